@@ -1,0 +1,1 @@
+//! TODO: audience stage (placeholder until its issue lands).

@@ -1,0 +1,344 @@
+//! The command line: raw flags (clap derive) and the dispatch to each command.
+//!
+//! This module owns the flag names and their help text. It turns the process arguments into one
+//! [`Cli`] value and hands each subcommand's arguments to the module that implements it
+//! (`crate::cmd::*`). It does no work of its own beyond logging setup and exit-code mapping.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exit::{CmdResult, Exit};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imcast",
+    version,
+    about = "Declarative campaign runner for the Volcengine RTC IM server API",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output: warnings and errors only.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log request bodies (they hold personal data). Off unless asked for.
+    #[arg(long, global = true)]
+    pub log_bodies: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check campaign files offline: schema, paths, templates, audience, schedule. Sends nothing.
+    Validate(ValidateArgs),
+    /// Dry run: audience counts, grouping into calls, ETA, plan hash, sample messages. Sends nothing.
+    Plan(PlanArgs),
+    /// Print the exact request body one recipient's call would carry. Sends nothing.
+    Preview(PreviewArgs),
+    /// Print the JSON Schema of the campaign file format (for editors).
+    Schema,
+    /// Send a campaign: throttled, journaled, resumable; writes a per-recipient report.
+    Run(RunArgs),
+    /// Show the latest run of a campaign.
+    Status(StatusArgs),
+    /// Rewrite a run's report from the journal.
+    Report(ReportArgs),
+    /// Run a folder of campaigns on their schedules, each occurrence exactly once.
+    Daemon(DaemonArgs),
+    /// List each campaign's next and past occurrences.
+    Schedule(ScheduleArgs),
+    /// Pause a running or scheduled campaign.
+    Pause(ControlArgs),
+    /// Resume a paused campaign.
+    Resume(ControlArgs),
+    /// Cancel a running or scheduled campaign: its pending recipients become `cancelled`.
+    Cancel(ControlArgs),
+    /// Delete old runs from the journal (reports already written stay).
+    Prune(PruneArgs),
+    /// Run the mock provider: the same API on loopback, with signature checks, limits and faults.
+    MockServer(MockServerArgs),
+}
+
+/// Where state and account settings live; shared by commands that touch the journal.
+#[derive(Debug, Clone, Args, Default)]
+pub struct StateArgs {
+    /// Account settings file (default: imcast.toml at the campaigns repository root, if present).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// State directory holding the journal (default: .imcast/ at the campaigns repository root).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// Campaign files to check.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Allow this provider endpoint besides the known region hosts and loopback.
+    #[arg(long, value_name = "URL")]
+    pub allow_endpoint: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// Campaign file.
+    pub file: PathBuf,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+    /// How many rendered sample recipients to show.
+    #[arg(long, default_value_t = 3)]
+    pub sample: usize,
+    /// Allow this provider endpoint besides the known region hosts and loopback.
+    #[arg(long, value_name = "URL")]
+    pub allow_endpoint: Vec<String>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PreviewArgs {
+    /// Campaign file.
+    pub file: PathBuf,
+    /// The recipient (user id, or conversation id for conversation/p2p campaigns).
+    #[arg(long)]
+    pub recipient: u64,
+    /// Allow this provider endpoint besides the known region hosts and loopback.
+    #[arg(long, value_name = "URL")]
+    pub allow_endpoint: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Campaign file.
+    pub file: PathBuf,
+    /// Start the embedded mock provider and send there (no credentials needed).
+    #[arg(long)]
+    pub mock: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Start a fresh run that sends to everyone again, even if an earlier run finished.
+    #[arg(long, conflicts_with = "continue_changed")]
+    pub new_run: bool,
+    /// Continue an unfinished run whose inputs changed: new content, skipping recipients already sent.
+    #[arg(long)]
+    pub continue_changed: bool,
+    /// Resend recipients whose outcome is unknown (may duplicate messages).
+    #[arg(long)]
+    pub resend_unknown: bool,
+    /// Send the real content to these ids only, as a test; the campaign's run is not touched.
+    #[arg(long, value_delimiter = ',', value_name = "ID,ID")]
+    pub test_to: Vec<u64>,
+    /// Where reports go (default: reports/ at the campaigns repository root).
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
+    /// Allow this provider endpoint besides the known region hosts and loopback.
+    #[arg(long, value_name = "URL")]
+    pub allow_endpoint: Vec<String>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Campaign file.
+    pub file: PathBuf,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Campaign file.
+    pub file: PathBuf,
+    /// Run id (default: the latest run).
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Where reports go (default: reports/ at the campaigns repository root).
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    /// Folder of campaign files.
+    pub dir: PathBuf,
+    /// Serve Prometheus metrics on this loopback address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Where reports go (default: reports/ at the campaigns repository root).
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
+    /// Allow this provider endpoint besides the known region hosts and loopback.
+    #[arg(long, value_name = "URL")]
+    pub allow_endpoint: Vec<String>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleArgs {
+    /// Folder of campaign files.
+    pub dir: PathBuf,
+    /// How many upcoming occurrences to list per campaign.
+    #[arg(long, default_value_t = 3)]
+    pub next: usize,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ControlArgs {
+    /// Campaign name (the `name:` in its file).
+    pub name: String,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// Delete runs that ended longer ago than this (e.g. 90d).
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: String,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MockServerArgs {
+    /// Address to listen on (port 0 = ephemeral); the bound address is the first line of stdout.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Access key id the mock accepts.
+    #[arg(long, env = "VOLC_ACCESSKEY", default_value = crate::mock::DEFAULT_ACCESS_KEY)]
+    pub access_key: String,
+    /// Secret key the mock verifies signatures with.
+    #[arg(long, env = "VOLC_SECRETKEY", default_value = crate::mock::DEFAULT_SECRET_KEY, hide_env_values = true)]
+    pub secret_key: String,
+    /// AppIds the mock accepts (repeatable; default: any).
+    #[arg(long)]
+    pub app_id: Vec<u64>,
+    /// BatchSendMessage messages allowed per rolling window.
+    #[arg(long, default_value_t = 12000)]
+    pub limit: u64,
+    /// The rolling window for --limit (e.g. 60s, 5s, 500ms).
+    #[arg(long, default_value = "60s")]
+    pub window: String,
+    /// SendMessage requests allowed per rolling second.
+    #[arg(long, default_value_t = 50)]
+    pub send_qps: u64,
+    /// P2PSendMessage requests allowed per rolling second.
+    #[arg(long, default_value_t = 100)]
+    pub p2p_qps: u64,
+    /// Share of requests answered HTTP 500 before processing.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Share of requests processed, then answered HTTP 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_after_rate: f64,
+    /// Share of requests processed, then the connection closed with no response.
+    #[arg(long, default_value_t = 0.0)]
+    pub lost_rate: f64,
+    /// Share of requests answered 503 ServiceUnavailableTemp before processing.
+    #[arg(long, default_value_t = 0.0)]
+    pub unavailable_rate: f64,
+    /// Share of receivers returned in FailedReceiver.
+    #[arg(long, default_value_t = 0.0)]
+    pub failed_receiver_rate: f64,
+    /// Share of P2P users returned NOT_ONLINE.
+    #[arg(long, default_value_t = 0.0)]
+    pub offline_rate: f64,
+    /// Added latency per request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Seed for the fault injection.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Record every delivery to this JSONL file.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+}
+
+/// Parse the arguments, set up logging, run the command, map the outcome to an exit code.
+pub fn run<I, T>(args: I) -> std::process::ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    Exit::Ok.into()
+                }
+                _ => Exit::Invalid.into(),
+            };
+        }
+    };
+    crate::logging::init(&cli.global);
+    match dispatch(cli) {
+        Ok(exit) => exit.into(),
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            failure.exit.into()
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> CmdResult {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Validate(a) => crate::cmd::validate::run(g, a),
+        Command::Plan(a) => crate::cmd::plan::run(g, a),
+        Command::Preview(a) => crate::cmd::preview::run(g, a),
+        Command::Schema => crate::cmd::schema::run(g),
+        Command::Run(a) => crate::cmd::run::run(g, a),
+        Command::Status(a) => crate::cmd::status::run(g, a),
+        Command::Report(a) => crate::cmd::report::run(g, a),
+        Command::Daemon(a) => crate::cmd::daemon::run(g, a),
+        Command::Schedule(a) => crate::cmd::schedule::run(g, a),
+        Command::Pause(a) => crate::cmd::control::pause(g, a),
+        Command::Resume(a) => crate::cmd::control::resume(g, a),
+        Command::Cancel(a) => crate::cmd::control::cancel(g, a),
+        Command::Prune(a) => crate::cmd::prune::run(g, a),
+        Command::MockServer(a) => crate::cmd::mock_server::run(g, a),
+    }
+}

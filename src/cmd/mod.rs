@@ -1,0 +1,25 @@
+//! One module per subcommand: each turns its validated arguments into calls on the stage modules
+//! and prints the result. Commands own no business logic of their own.
+
+pub mod control;
+pub mod daemon;
+pub mod mock_server;
+pub mod plan;
+pub mod preview;
+pub mod prune;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod schema;
+pub mod status;
+pub mod validate;
+
+use crate::exit::{Exit, Failure};
+
+/// The error for a command whose implementation has not landed yet.
+pub(crate) fn not_yet(name: &str) -> Failure {
+    Failure::new(
+        Exit::Internal,
+        anyhow::anyhow!("`imcast {name}` is not implemented in this build"),
+    )
+}

@@ -1,0 +1,1 @@
+//! TODO: config stage (placeholder until its issue lands).

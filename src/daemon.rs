@@ -1,0 +1,1 @@
+//! TODO: daemon stage (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! TODO: journal stage (placeholder until its issue lands).

@@ -1,0 +1,30 @@
+//! imcast: a declarative campaign runner for the Volcengine RTC IM server API.
+//!
+//! The data flow, one module per stage:
+//! `spec` (parse, validate) → `audience` (stream, dedupe, suppress) → `render` (minijinja) →
+//! `plan` (group identical Content into calls) → `journal` (durable run state) → `send`
+//! (throttle, signed HTTP, retries) → `report` (per recipient). `schedule` and `daemon` fire
+//! campaigns on their schedules; `provider` is the API client, `mock` a faithful local stand-in.
+//! `cli` parses the command line and `cmd` holds one small module per subcommand.
+
+pub mod cli;
+pub mod clock;
+pub mod cmd;
+pub mod exit;
+pub mod logging;
+
+pub mod audience;
+pub mod config;
+pub mod daemon;
+pub mod journal;
+pub mod mock;
+pub mod plan;
+pub mod provider;
+pub mod render;
+pub mod report;
+pub mod schedule;
+pub mod send;
+pub mod spec;
+pub mod throttle;
+
+pub use cli::run;

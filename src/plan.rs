@@ -1,0 +1,1 @@
+//! TODO: plan stage (placeholder until its issue lands).

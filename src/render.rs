@@ -1,0 +1,1 @@
+//! TODO: render stage (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! TODO: report stage (placeholder until its issue lands).

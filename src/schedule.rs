@@ -1,0 +1,1 @@
+//! TODO: schedule stage (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! TODO: send stage (placeholder until its issue lands).

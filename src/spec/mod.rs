@@ -1,0 +1,1 @@
+//! TODO: spec stage (placeholder).

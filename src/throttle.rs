@@ -1,0 +1,1 @@
+//! TODO: throttle stage (placeholder until its issue lands).
