@@ -7,6 +7,7 @@
 //! campaigns on their schedules; `provider` is the API client, `mock` a faithful local stand-in.
 //! `cli` parses the command line and `cmd` holds one small module per subcommand.
 
+pub mod action;
 pub mod cli;
 pub mod clock;
 pub mod cmd;
