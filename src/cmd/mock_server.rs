@@ -24,10 +24,18 @@ fn rate(name: &str, v: f64) -> Result<f64, Failure> {
 /// The mock configuration the flags describe.
 pub fn config(a: &MockServerArgs) -> Result<MockConfig, Failure> {
     let window: Duration = humantime::parse_duration(&a.window)
-        .with_context(|| format!("--window {:?}: expected a duration such as 60s, 5s or 500ms", a.window))
+        .with_context(|| {
+            format!(
+                "--window {:?}: expected a duration such as 60s, 5s or 500ms",
+                a.window
+            )
+        })
         .exit(Exit::Invalid)?;
     if window.is_zero() {
-        return Err(Failure::new(Exit::Invalid, anyhow!("--window must be longer than zero")));
+        return Err(Failure::new(
+            Exit::Invalid,
+            anyhow!("--window must be longer than zero"),
+        ));
     }
     Ok(MockConfig {
         listen: a.listen,

@@ -74,7 +74,12 @@ struct ApiErr {
     message: String,
 }
 
-fn api_err(status: u16, code: &'static str, code_n: Option<i64>, message: impl Into<String>) -> ApiErr {
+fn api_err(
+    status: u16,
+    code: &'static str,
+    code_n: Option<i64>,
+    message: impl Into<String>,
+) -> ApiErr {
     ApiErr {
         status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         code,
@@ -207,13 +212,28 @@ impl State {
             .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
             .map(|(_, v)| v.as_str())
         else {
-            return Err(api_err(401, "MissingAuthenticationToken", Some(100003), "the request has no Authorization header"));
+            return Err(api_err(
+                401,
+                "MissingAuthenticationToken",
+                Some(100003),
+                "the request has no Authorization header",
+            ));
         };
         let Some(auth) = sign::parse_authorization(auth_value) else {
-            return Err(api_err(400, "InvalidAuthorization", None, "the Authorization header is malformed"));
+            return Err(api_err(
+                400,
+                "InvalidAuthorization",
+                None,
+                "the Authorization header is malformed",
+            ));
         };
         if auth.access_key_id != self.cfg.access_key {
-            return Err(api_err(401, "InvalidAccessKey", Some(100009), "the access key is not valid"));
+            return Err(api_err(
+                401,
+                "InvalidAccessKey",
+                Some(100009),
+                "the access key is not valid",
+            ));
         }
         let x_date = r
             .headers
@@ -221,33 +241,63 @@ impl State {
             .find(|(k, _)| k.eq_ignore_ascii_case("x-date"))
             .and_then(|(_, v)| sign::parse_x_date(v));
         let Some(x_date) = x_date else {
-            return Err(api_err(400, "InvalidTimestamp", Some(100006), "X-Date is missing or malformed"));
+            return Err(api_err(
+                400,
+                "InvalidTimestamp",
+                Some(100006),
+                "X-Date is missing or malformed",
+            ));
         };
         let now = self.cfg.clock.now();
         let skew = (now.as_nanosecond() - x_date.as_nanosecond()).unsigned_abs();
         if skew > self.cfg.max_skew.as_nanos() {
-            return Err(api_err(400, "InvalidTimestamp", Some(100006), format!("X-Date {x_date} is too far from the server time {now}")));
+            return Err(api_err(
+                400,
+                "InvalidTimestamp",
+                Some(100006),
+                format!("X-Date {x_date} is too far from the server time {now}"),
+            ));
         }
         match sign::verify(r, &auth, &self.cfg.secret_key) {
             Ok(()) => Ok(()),
-            Err(sign::VerifyError::BadDate | sign::VerifyError::ScopeDate) => {
-                Err(api_err(400, "InvalidTimestamp", Some(100006), "X-Date does not match the credential scope"))
-            }
-            Err(e) => Err(api_err(401, "SignatureDoesNotMatch", Some(100010), e.to_string())),
+            Err(sign::VerifyError::BadDate | sign::VerifyError::ScopeDate) => Err(api_err(
+                400,
+                "InvalidTimestamp",
+                Some(100006),
+                "X-Date does not match the credential scope",
+            )),
+            Err(e) => Err(api_err(
+                401,
+                "SignatureDoesNotMatch",
+                Some(100010),
+                e.to_string(),
+            )),
         }
     }
 
     fn check_app(&self, app_id: u64) -> Result<(), ApiErr> {
         if !self.cfg.app_ids.is_empty() && !self.cfg.app_ids.contains(&app_id) {
-            return Err(invalid("InvalidParameter.NotExistAppId", format!("AppId {app_id} does not exist")));
+            return Err(invalid(
+                "InvalidParameter.NotExistAppId",
+                format!("AppId {app_id} does not exist"),
+            ));
         }
         Ok(())
     }
 
     fn rate_limited(&self, g: &mut Inner, action: &str) -> ApiErr {
         g.stats.rate_limited += 1;
-        g.stats.actions.entry(action.to_string()).or_default().rate_limited += 1;
-        api_err(429, "FlowLimitExceeded", None, "the request rate exceeds the limit")
+        g.stats
+            .actions
+            .entry(action.to_string())
+            .or_default()
+            .rate_limited += 1;
+        api_err(
+            429,
+            "FlowLimitExceeded",
+            None,
+            "the request rate exceeds the limit",
+        )
     }
 
     fn next_id(g: &mut Inner) -> u64 {
@@ -262,11 +312,19 @@ impl State {
             g.stats.duplicates += 1;
         }
         g.stats.delivered += 1;
-        g.stats.actions.entry(action.to_string()).or_default().delivered += 1;
+        g.stats
+            .actions
+            .entry(action.to_string())
+            .or_default()
+            .delivered += 1;
     }
 
     /// Everything after authentication; returns the result JSON and the deliveries to record.
-    fn process(&self, action: &'static str, body: &[u8]) -> Result<(Vec<u8>, Vec<Delivery>), ApiErr> {
+    fn process(
+        &self,
+        action: &'static str,
+        body: &[u8],
+    ) -> Result<(Vec<u8>, Vec<Delivery>), ApiErr> {
         match action {
             "BatchSendMessage" => {
                 let req: BatchSendMessageRequest = parse_body(body, check_batch)?;
@@ -284,7 +342,14 @@ impl State {
                         let id = Self::next_id(&mut g);
                         res.user_message_id.insert(u, id);
                         Self::note_delivery(&mut g, action, u, &req.content);
-                        ds.push(Delivery { action, recipient: u, content: req.content.clone(), message_id: Some(id), users: None, time: now.to_string() });
+                        ds.push(Delivery {
+                            action,
+                            recipient: u,
+                            content: req.content.clone(),
+                            message_id: Some(id),
+                            users: None,
+                            time: now.to_string(),
+                        });
                     } else {
                         g.stats.failed_receivers += 1;
                         res.failed_receiver.push(u);
@@ -301,10 +366,18 @@ impl State {
                 if !g.send.try_admit(now, 1) {
                     return Err(self.rate_limited(&mut g, action));
                 }
-                let key = req.client_msg_id.as_ref().filter(|s| !s.is_empty()).map(|c| (req.app_id, req.conversation_short_id, c.clone()));
+                let key = req
+                    .client_msg_id
+                    .as_ref()
+                    .filter(|s| !s.is_empty())
+                    .map(|c| (req.app_id, req.conversation_short_id, c.clone()));
                 if let Some(id) = key.as_ref().and_then(|k| g.client_msg_ids.get(k)).copied() {
                     g.stats.idempotent_replays += 1;
-                    return Ok((serde_json::to_vec(&SendMessageResult { message_id: id }).unwrap_or_default(), Vec::new()));
+                    return Ok((
+                        serde_json::to_vec(&SendMessageResult { message_id: id })
+                            .unwrap_or_default(),
+                        Vec::new(),
+                    ));
                 }
                 let id = Self::next_id(&mut g);
                 if let Some(k) = key {
@@ -312,8 +385,18 @@ impl State {
                 }
                 Self::note_delivery(&mut g, action, req.conversation_short_id, &req.content);
                 self.count_accepted(&mut g, action, 1);
-                let d = Delivery { action, recipient: req.conversation_short_id, content: req.content, message_id: Some(id), users: None, time: now.to_string() };
-                Ok((serde_json::to_vec(&SendMessageResult { message_id: id }).unwrap_or_default(), vec![d]))
+                let d = Delivery {
+                    action,
+                    recipient: req.conversation_short_id,
+                    content: req.content,
+                    message_id: Some(id),
+                    users: None,
+                    time: now.to_string(),
+                };
+                Ok((
+                    serde_json::to_vec(&SendMessageResult { message_id: id }).unwrap_or_default(),
+                    vec![d],
+                ))
             }
             "P2PSendMessage" => {
                 let req: P2pSendMessageRequest = parse_body(body, |_| Ok(()))?;
@@ -330,19 +413,39 @@ impl State {
                 for u in users {
                     if self.fault_free(&mut g, self.cfg.offline_rate) {
                         let platform = ["Android", "Web", "IOS"][(u % 3) as usize];
-                        res.p2p_result.push(P2pUserResult { user_id: u, code: P2P_SUCCESS.to_string(), device_platform: Some(platform.to_string()) });
+                        res.p2p_result.push(P2pUserResult {
+                            user_id: u,
+                            code: P2P_SUCCESS.to_string(),
+                            device_platform: Some(platform.to_string()),
+                        });
                         got.push(u);
                     } else {
                         g.stats.offline += 1;
-                        res.p2p_result.push(P2pUserResult { user_id: u, code: P2P_NOT_ONLINE.to_string(), device_platform: Some("Default".to_string()) });
+                        res.p2p_result.push(P2pUserResult {
+                            user_id: u,
+                            code: P2P_NOT_ONLINE.to_string(),
+                            device_platform: Some("Default".to_string()),
+                        });
                     }
                 }
                 Self::note_delivery(&mut g, action, req.conversation_short_id, &req.content);
                 self.count_accepted(&mut g, action, 1);
-                let d = Delivery { action, recipient: req.conversation_short_id, content: req.content, message_id: None, users: Some(got), time: now.to_string() };
+                let d = Delivery {
+                    action,
+                    recipient: req.conversation_short_id,
+                    content: req.content,
+                    message_id: None,
+                    users: Some(got),
+                    time: now.to_string(),
+                };
                 Ok((serde_json::to_vec(&res).unwrap_or_default(), vec![d]))
             }
-            _ => Err(api_err(404, "InvalidActionOrVersion", Some(100008), "unknown action")),
+            _ => Err(api_err(
+                404,
+                "InvalidActionOrVersion",
+                Some(100008),
+                "unknown action",
+            )),
         }
     }
 
@@ -358,13 +461,28 @@ impl State {
         a.messages += n;
     }
 
-    async fn handle(&self, method: Method, path: String, query: Option<String>, headers: Vec<(String, String)>, body: Bytes) -> Outcome {
+    async fn handle(
+        &self,
+        method: Method,
+        path: String,
+        query: Option<String>,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Outcome {
         if method == Method::GET && path == "/stats" {
             let s = self.stats();
-            return Outcome::Reply(StatusCode::OK, serde_json::to_vec_pretty(&s).unwrap_or_default());
+            return Outcome::Reply(
+                StatusCode::OK,
+                serde_json::to_vec_pretty(&s).unwrap_or_default(),
+            );
         }
         let query_pairs = parse_query(query.as_deref().unwrap_or(""));
-        let q = |name: &str| query_pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let q = |name: &str| {
+            query_pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
         let action_name = q("Action").unwrap_or("").to_string();
         {
             let mut g = self.lock();
@@ -379,23 +497,61 @@ impl State {
             "P2PSendMessage" => "P2PSendMessage",
             _ => "",
         };
-        let received = Received { method: method.as_str(), path: &path, query: &query_pairs, headers: &headers, body: &body };
+        let received = Received {
+            method: method.as_str(),
+            path: &path,
+            query: &query_pairs,
+            headers: &headers,
+            body: &body,
+        };
         if let Err(e) = self.authenticate(&received) {
             return self.error_reply(&action_name, e);
         }
-        if method != Method::POST || path != "/" || action.is_empty() || q("Version") != Some(VERSION) {
-            return self.error_reply(&action_name, api_err(404, "InvalidActionOrVersion", Some(100008), format!("unknown action {action_name:?} or version")));
+        if method != Method::POST
+            || path != "/"
+            || action.is_empty()
+            || q("Version") != Some(VERSION)
+        {
+            return self.error_reply(
+                &action_name,
+                api_err(
+                    404,
+                    "InvalidActionOrVersion",
+                    Some(100008),
+                    format!("unknown action {action_name:?} or version"),
+                ),
+            );
         }
         {
             let mut g = self.lock();
-            g.stats.actions.entry(action.to_string()).or_default().requests += 1;
+            g.stats
+                .actions
+                .entry(action.to_string())
+                .or_default()
+                .requests += 1;
             if self.fault(&mut g, self.cfg.unavailable_rate, "unavailable") {
                 drop(g);
-                return self.error_reply(action, api_err(503, "ServiceUnavailableTemp", None, "the service is temporarily unavailable (injected)"));
+                return self.error_reply(
+                    action,
+                    api_err(
+                        503,
+                        "ServiceUnavailableTemp",
+                        None,
+                        "the service is temporarily unavailable (injected)",
+                    ),
+                );
             }
             if self.fault(&mut g, self.cfg.fail_rate, "fail") {
                 drop(g);
-                return self.error_reply(action, api_err(500, "InternalError", Some(100014), "internal error before processing (injected)"));
+                return self.error_reply(
+                    action,
+                    api_err(
+                        500,
+                        "InternalError",
+                        Some(100014),
+                        "internal error before processing (injected)",
+                    ),
+                );
             }
         }
         let (result, deliveries) = match self.process(action, &body) {
@@ -418,9 +574,18 @@ impl State {
             return Outcome::Close;
         }
         if fail_after {
-            return self.error_reply(action, api_err(500, "InternalError", Some(100014), "internal error after processing (injected)"));
+            return self.error_reply(
+                action,
+                api_err(
+                    500,
+                    "InternalError",
+                    Some(100014),
+                    "internal error after processing (injected)",
+                ),
+            );
         }
-        let result: serde_json::Value = serde_json::from_slice(&result).unwrap_or(serde_json::Value::Null);
+        let result: serde_json::Value =
+            serde_json::from_slice(&result).unwrap_or(serde_json::Value::Null);
         self.ok_reply(action, result)
     }
 }
@@ -429,26 +594,51 @@ fn check_batch(v: &serde_json::Value) -> Result<(), ApiErr> {
     match v.get("Receiver") {
         Some(serde_json::Value::Array(a)) => {
             if a.is_empty() || a.len() > MAX_RECEIVERS {
-                return Err(invalid("InvalidParameter.UserCountOverLimit", format!("Receiver must hold 1 to {MAX_RECEIVERS} users, got {}", a.len())));
+                return Err(invalid(
+                    "InvalidParameter.UserCountOverLimit",
+                    format!(
+                        "Receiver must hold 1 to {MAX_RECEIVERS} users, got {}",
+                        a.len()
+                    ),
+                ));
             }
             if a.iter().any(|x| x.as_u64().is_none()) {
-                return Err(invalid("InvalidParameter", "Receiver must be a list of non-negative integers"));
+                return Err(invalid(
+                    "InvalidParameter",
+                    "Receiver must be a list of non-negative integers",
+                ));
             }
             Ok(())
         }
-        Some(_) => Err(invalid("InvalidParameter", "Receiver must be a list of non-negative integers")),
+        Some(_) => Err(invalid(
+            "InvalidParameter",
+            "Receiver must be a list of non-negative integers",
+        )),
         None => Err(invalid("InvalidParameter", "missing field Receiver")),
     }
 }
 
-fn parse_body<T: DeserializeOwned>(body: &[u8], pre: impl Fn(&serde_json::Value) -> Result<(), ApiErr>) -> Result<T, ApiErr> {
+fn parse_body<T: DeserializeOwned>(
+    body: &[u8],
+    pre: impl Fn(&serde_json::Value) -> Result<(), ApiErr>,
+) -> Result<T, ApiErr> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(invalid("InvalidParameter.BodyIsEmpty", "the request body is empty"));
+        return Err(invalid(
+            "InvalidParameter.BodyIsEmpty",
+            "the request body is empty",
+        ));
     }
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| invalid("InvalidParameter.Unmarshal", format!("the body is not JSON: {e}")))?;
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        invalid(
+            "InvalidParameter.Unmarshal",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
     if !v.is_object() {
-        return Err(invalid("InvalidParameter.Unmarshal", "the body is not a JSON object"));
+        return Err(invalid(
+            "InvalidParameter.Unmarshal",
+            "the body is not a JSON object",
+        ));
     }
     pre(&v)?;
     serde_json::from_value(v).map_err(|e| invalid("InvalidParameter", e.to_string()))
@@ -460,7 +650,11 @@ fn parse_query(q: &str) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
             (dec(k), dec(v))
         })
         .collect()
@@ -476,17 +670,30 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Response<F
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
         .collect();
     let out = state
-        .handle(parts.method, parts.uri.path().to_string(), parts.uri.query().map(str::to_string), headers, body)
+        .handle(
+            parts.method,
+            parts.uri.path().to_string(),
+            parts.uri.query().map(str::to_string),
+            headers,
+            body,
+        )
         .await;
     match out {
         Outcome::Close => Err(Lost),
         Outcome::Reply(status, bytes) => {
             let mut resp = Response::new(Full::new(Bytes::from(bytes)));
             *resp.status_mut() = status;
-            resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
             Ok(resp)
         }
     }
@@ -494,7 +701,11 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Response<F
 
 /// Accept connections until `shutdown`, then let in-flight requests finish (up to 10 s) and
 /// flush the record.
-pub async fn serve_state(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve_state(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -534,7 +745,10 @@ pub async fn serve_state(listener: TcpListener, state: Arc<State>, shutdown: imp
     drop(listener);
     let _ = stop_tx.send(true);
     let drain = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         conns.abort_all();
     }
     state.close_record().await

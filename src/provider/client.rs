@@ -14,7 +14,7 @@ use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::error::{self, ErrorClass, ProviderError};
+use super::error::{self, ApiFailure, ErrorClass, ProviderError};
 use super::sign::{self, SignInput};
 use super::types::*;
 use super::{ClientConfig, Credentials};
@@ -24,6 +24,15 @@ use crate::clock::{SharedClock, SystemClock};
 pub const API_VERSION: &str = "2020-12-01";
 /// The signing service name.
 pub const SERVICE: &str = "rtc";
+
+/// A request as the client would send it (see [`Client::signed_request`]).
+#[derive(Debug, Clone)]
+pub struct SignedRequest {
+    pub url: url::Url,
+    /// Every header, Host and Authorization included (never log these).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
 
 struct Inner {
     http: reqwest::Client,
@@ -121,13 +130,13 @@ impl Client {
         &self,
         action: &str,
         req: &T,
-    ) -> Result<(url::Url, Vec<(String, String)>, Vec<u8>), ProviderError> {
+    ) -> Result<SignedRequest, ProviderError> {
         let body = serde_json::to_vec(req).map_err(|e| ProviderError::Build {
             action: action.to_string(),
             detail: e.to_string(),
         })?;
         let (url, headers) = self.sign_for(action, &body);
-        Ok((url, headers, body))
+        Ok(SignedRequest { url, headers, body })
     }
 
     fn sign_for(&self, action: &str, body: &[u8]) -> (url::Url, Vec<(String, String)>) {
@@ -252,15 +261,14 @@ pub fn parse_envelope<Res: DeserializeOwned>(
         }
     };
     if let Some(err) = env.response_metadata.error {
-        return Err(ProviderError::Api {
+        return Err(ProviderError::Api(Box::new(ApiFailure {
             action: action.to_string(),
             status,
-            hint: error::hint(status, &err.code),
             code: err.code,
             code_n: err.code_n,
             message: err.message,
             request_id: env.response_metadata.request_id,
-        });
+        })));
     }
     if !(200..300).contains(&status) {
         return Err(ProviderError::BadResponse {

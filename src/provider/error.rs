@@ -51,16 +51,8 @@ pub enum ProviderError {
     #[error("the connection to {endpoint} dropped before a response: {detail}; the provider may or may not have processed the request")]
     Dropped { endpoint: String, detail: String },
     /// The provider answered with `ResponseMetadata.Error`.
-    #[error("{action} failed: HTTP {status} {code}: {message} (request id {request_id}); {hint}")]
-    Api {
-        action: String,
-        status: u16,
-        code: String,
-        code_n: Option<i64>,
-        message: String,
-        request_id: String,
-        hint: &'static str,
-    },
+    #[error("{0}")]
+    Api(Box<ApiFailure>),
     /// The response could not be understood (not the envelope, or neither Result nor Error).
     #[error("{action}: unreadable response (HTTP {status}): {detail}")]
     BadResponse {
@@ -74,6 +66,32 @@ pub enum ProviderError {
     /// The client could not be set up.
     #[error("provider client setup failed: {0}")]
     Setup(String),
+}
+
+/// The details of a `ResponseMetadata.Error` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFailure {
+    pub action: String,
+    pub status: u16,
+    pub code: String,
+    pub code_n: Option<i64>,
+    pub message: String,
+    pub request_id: String,
+}
+
+impl fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} failed: HTTP {} {}: {} (request id {}); {}",
+            self.action,
+            self.status,
+            self.code,
+            self.message,
+            self.request_id,
+            hint(self.status, &self.code)
+        )
+    }
 }
 
 /// Classify an API error by code first, then by HTTP status.
@@ -144,7 +162,7 @@ impl ProviderError {
                 ErrorClass::NotProcessed
             }
             ProviderError::Timeout { .. } | ProviderError::Dropped { .. } => ErrorClass::Unknown,
-            ProviderError::Api { status, code, .. } => classify(*status, code),
+            ProviderError::Api(a) => classify(a.status, &a.code),
             ProviderError::BadResponse { status, .. } => match *status {
                 429 | 503 => ErrorClass::NotProcessed,
                 400..=499 => ErrorClass::Fatal,
@@ -157,7 +175,7 @@ impl ProviderError {
     /// The provider's error code (`ResponseMetadata.Error.Code`), if it sent one.
     pub fn code(&self) -> Option<&str> {
         match self {
-            ProviderError::Api { code, .. } => Some(code),
+            ProviderError::Api(a) => Some(&a.code),
             _ => None,
         }
     }
@@ -165,9 +183,8 @@ impl ProviderError {
     /// The HTTP status, if a response arrived.
     pub fn http_status(&self) -> Option<u16> {
         match self {
-            ProviderError::Api { status, .. } | ProviderError::BadResponse { status, .. } => {
-                Some(*status)
-            }
+            ProviderError::Api(a) => Some(a.status),
+            ProviderError::BadResponse { status, .. } => Some(*status),
             _ => None,
         }
     }

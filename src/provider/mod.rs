@@ -17,7 +17,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub use client::Client;
-pub use error::{ErrorClass, ProviderError};
+pub use error::{ApiFailure, ErrorClass, ProviderError};
 pub use types::*;
 
 /// `cn-north-1` host.
@@ -98,11 +98,12 @@ impl Credentials {
                 let path = PathBuf::from(
                     non_empty("VOLC_SECRETKEY_FILE").ok_or(CredentialsError::MissingSecretKey)?,
                 );
-                let text =
-                    std::fs::read_to_string(&path).map_err(|source| CredentialsError::SecretFile {
+                let text = std::fs::read_to_string(&path).map_err(|source| {
+                    CredentialsError::SecretFile {
                         path: path.clone(),
                         source,
-                    })?;
+                    }
+                })?;
                 let sk = text.trim().to_string();
                 if sk.is_empty() {
                     return Err(CredentialsError::EmptySecretFile { path });

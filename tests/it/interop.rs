@@ -23,7 +23,8 @@ fn venv_dir() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {
-    cmd.output().unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"))
 }
 
 /// A python with the SDK installed, or None when python3 is absent.
@@ -71,7 +72,10 @@ fn python_json(python: &Path, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("sdk_interop.py printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "sdk_interop.py printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -80,23 +84,44 @@ fn official_python_sdk_interoperates_with_imcast() {
     let Some(python) = sdk_python() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let m = rt.block_on(mock::start(MockConfig::default())).expect("mock");
+    let m = rt
+        .block_on(mock::start(MockConfig::default()))
+        .expect("mock");
     let hostport = m.addr.to_string();
 
     // (a) The SDK signs, the mock verifies.
     let bodies = [
-        ("BatchSendMessage", json!({"AppId": 1, "Sender": 2, "Receiver": [3, 9007199254740993u64], "MsgType": 10001, "Content": "{\"text\":\"你好 😀\"}"})),
-        ("SendMessage", json!({"AppId": 1, "Sender": 2, "ConversationShortId": 7221856821303361536u64, "MsgType": 10001, "Content": "{\"text\":\"hi\"}", "ClientMsgId": "k1"})),
-        ("P2PSendMessage", json!({"AppId": 1, "Sender": 2, "ConversationShortId": 5, "MsgType": 10013, "Content": "{}", "ReceiverUserId": [3]})),
+        (
+            "BatchSendMessage",
+            json!({"AppId": 1, "Sender": 2, "Receiver": [3, 9007199254740993u64], "MsgType": 10001, "Content": "{\"text\":\"你好 😀\"}"}),
+        ),
+        (
+            "SendMessage",
+            json!({"AppId": 1, "Sender": 2, "ConversationShortId": 7221856821303361536u64, "MsgType": 10001, "Content": "{\"text\":\"hi\"}", "ClientMsgId": "k1"}),
+        ),
+        (
+            "P2PSendMessage",
+            json!({"AppId": 1, "Sender": 2, "ConversationShortId": 5, "MsgType": 10013, "Content": "{}", "ReceiverUserId": [3]}),
+        ),
     ];
     for (action, body) in &bodies {
         let f = dir.path().join(format!("{action}.json"));
         std::fs::write(&f, serde_json::to_string(body).expect("json")).expect("write body");
         let v = python_json(
             &python,
-            &["send", &hostport, &m.access_key, &m.secret_key, action, f.to_str().expect("utf-8 path")],
+            &[
+                "send",
+                &hostport,
+                &m.access_key,
+                &m.secret_key,
+                action,
+                f.to_str().expect("utf-8 path"),
+            ],
         );
-        assert_eq!(v["status"], 200, "{action}: the mock rejected an SDK-signed request: {v}");
+        assert_eq!(
+            v["status"], 200,
+            "{action}: the mock rejected an SDK-signed request: {v}"
+        );
         assert!(v["response"]["ResponseMetadata"]["Error"].is_null(), "{v}");
         assert!(v["response"]["Result"].is_object(), "{v}");
     }
@@ -106,18 +131,39 @@ fn official_python_sdk_interoperates_with_imcast() {
 
     // A wrong secret in the SDK is rejected the same way.
     let f = dir.path().join("BatchSendMessage.json");
-    let v = python_json(&python, &["send", &hostport, &m.access_key, "not-the-secret", "BatchSendMessage", f.to_str().expect("utf-8")]);
+    let v = python_json(
+        &python,
+        &[
+            "send",
+            &hostport,
+            &m.access_key,
+            "not-the-secret",
+            "BatchSendMessage",
+            f.to_str().expect("utf-8"),
+        ],
+    );
     assert_eq!(v["status"], 401);
-    assert_eq!(v["response"]["ResponseMetadata"]["Error"]["Code"], "SignatureDoesNotMatch");
+    assert_eq!(
+        v["response"]["ResponseMetadata"]["Error"]["Code"],
+        "SignatureDoesNotMatch"
+    );
     rt.block_on(m.shutdown());
 
     // (b) imcast signs, the SDK re-derives the signature.
     for token in [None, Some("STS2eyJ0ZXN0Ijp0cnVlfQ==")] {
-        let creds = Credentials::new("AKLTinteropAK", "interop/secret+key==", token.map(str::to_string));
+        let creds = Credentials::new(
+            "AKLTinteropAK",
+            "interop/secret+key==",
+            token.map(str::to_string),
+        );
         let url = url::Url::parse("https://rtc.volcengineapi.com").expect("url");
         let c = Client::new(ClientConfig::new(url, "cn-north-1", creds)).expect("client");
         for (action, body) in &bodies {
-            let (url, headers, bytes) = c.signed_request(action, body).expect("signed");
+            let imcast::provider::client::SignedRequest {
+                url,
+                headers,
+                body: bytes,
+            } = c.signed_request(action, body).expect("signed");
             let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
             let req = json!({"method": "POST", "path": url.path(), "query": query, "headers": headers, "body": bytes});
             let f = dir.path().join("imcast-request.json");
@@ -127,7 +173,12 @@ fn official_python_sdk_interoperates_with_imcast() {
                 args.push(t);
             }
             let v = python_json(&python, &args);
-            assert_eq!(v["match"], true, "{action} (token: {}): SDK and imcast disagree: {v}", token.is_some());
+            assert_eq!(
+                v["match"],
+                true,
+                "{action} (token: {}): SDK and imcast disagree: {v}",
+                token.is_some()
+            );
         }
     }
 }

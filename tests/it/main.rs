@@ -2,6 +2,6 @@
 
 mod cli;
 mod common;
-mod provider;
-mod mock;
 mod interop;
+mod mock;
+mod provider;

@@ -13,7 +13,12 @@ use imcast::provider::*;
 use serde_json::{json, Value};
 
 fn client_for(m: &mock::MockHandle) -> Client {
-    Client::new(ClientConfig::new(m.endpoint(), "cn-north-1", m.credentials())).expect("client")
+    Client::new(ClientConfig::new(
+        m.endpoint(),
+        "cn-north-1",
+        m.credentials(),
+    ))
+    .expect("client")
 }
 
 fn batch(receivers: Vec<u64>, content: &str) -> BatchSendMessageRequest {
@@ -58,7 +63,10 @@ async fn window_holds_under_fifty_concurrent_senders() {
             let (mut accepted, mut limited) = (0u64, 0u64);
             for i in 0..30u64 {
                 let base = (t * 1000 + i) * 100;
-                match c.batch_send(&batch((base..base + 10).collect(), "promo")).await {
+                match c
+                    .batch_send(&batch((base..base + 10).collect(), "promo"))
+                    .await
+                {
                     Ok(r) => accepted += r.user_message_id.len() as u64,
                     Err(e) if e.is_rate_limited() => limited += 1,
                     Err(e) => panic!("unexpected error: {e}"),
@@ -76,7 +84,10 @@ async fn window_holds_under_fifty_concurrent_senders() {
     let stats = m.stats();
     m.shutdown().await;
 
-    assert!(limited > 0, "15000 messages offered against 1000 per 2s must be limited");
+    assert!(
+        limited > 0,
+        "15000 messages offered against 1000 per 2s must be limited"
+    );
     assert_eq!(stats.rate_limited, limited);
     assert_eq!(stats.messages, accepted);
     assert_eq!(stats.max_in_window, 1000, "the first window fills exactly");
@@ -88,7 +99,12 @@ async fn window_holds_under_fifty_concurrent_senders() {
     let mut times: Vec<i128> = lines
         .iter()
         .map(|l| {
-            l["time"].as_str().expect("time").parse::<jiff::Timestamp>().expect("RFC 3339").as_nanosecond()
+            l["time"]
+                .as_str()
+                .expect("time")
+                .parse::<jiff::Timestamp>()
+                .expect("RFC 3339")
+                .as_nanosecond()
         })
         .collect();
     times.sort();
@@ -121,26 +137,34 @@ async fn window_follows_the_injected_clock() {
     })
     .await
     .expect("mock");
-    let c = Client::with_clock(ClientConfig::new(m.endpoint(), "cn-north-1", m.credentials()), shared)
-        .expect("client");
-    c.batch_send(&batch((1..=6).collect(), "a")).await.expect("6 fit");
+    let c = Client::with_clock(
+        ClientConfig::new(m.endpoint(), "cn-north-1", m.credentials()),
+        shared,
+    )
+    .expect("client");
+    c.batch_send(&batch((1..=6).collect(), "a"))
+        .await
+        .expect("6 fit");
     clock.advance(Duration::from_secs(30));
-    c.batch_send(&batch((7..=10).collect(), "a")).await.expect("4 more fit");
+    c.batch_send(&batch((7..=10).collect(), "a"))
+        .await
+        .expect("4 more fit");
     let e = c.batch_send(&batch(vec![11], "a")).await.expect_err("full");
     assert!(e.is_rate_limited());
     clock.advance(Duration::from_secs(30)); // the first 6 leave the window
-    c.batch_send(&batch((11..=16).collect(), "a")).await.expect("room again");
-    let e = c.batch_send(&batch(vec![17], "a")).await.expect_err("full again");
+    c.batch_send(&batch((11..=16).collect(), "a"))
+        .await
+        .expect("room again");
+    let e = c
+        .batch_send(&batch(vec![17], "a"))
+        .await
+        .expect_err("full again");
     assert!(e.is_rate_limited());
     assert_eq!(m.stats().max_in_window, 10);
     m.shutdown().await;
 }
 
-async fn raw(
-    url: url::Url,
-    headers: &[(String, String)],
-    body: Vec<u8>,
-) -> (u16, Value) {
+async fn raw(url: url::Url, headers: &[(String, String)], body: Vec<u8>) -> (u16, Value) {
     let mut rb = reqwest::Client::new().post(url);
     for (k, v) in headers {
         if !k.eq_ignore_ascii_case("host") {
@@ -153,7 +177,9 @@ async fn raw(
 }
 
 fn code(v: &Value) -> &str {
-    v["ResponseMetadata"]["Error"]["Code"].as_str().unwrap_or("")
+    v["ResponseMetadata"]["Error"]["Code"]
+        .as_str()
+        .unwrap_or("")
 }
 
 #[tokio::test]
@@ -161,35 +187,64 @@ async fn signature_and_body_checks_over_raw_http() {
     let m = mock::start(MockConfig::default()).await.expect("mock");
     let c = client_for(&m);
     let req = batch(vec![5], "hi");
-    let (url, headers, body) = c.signed_request("BatchSendMessage", &req).expect("signed");
+    let imcast::provider::client::SignedRequest { url, headers, body } =
+        c.signed_request("BatchSendMessage", &req).expect("signed");
 
     let (status, v) = raw(url.clone(), &headers, body.clone()).await;
     assert_eq!((status, code(&v)), (200, ""), "{v}");
-    assert_eq!(v["Result"]["UserMessageId"].as_object().expect("map").len(), 1);
+    assert_eq!(
+        v["Result"]["UserMessageId"].as_object().expect("map").len(),
+        1
+    );
 
     let mut tampered = body.clone();
     let last = tampered.len() - 2;
     tampered[last] ^= 1;
     let (status, v) = raw(url.clone(), &headers, tampered).await;
-    assert_eq!((status, code(&v)), (401, "SignatureDoesNotMatch"), "body changed after signing");
+    assert_eq!(
+        (status, code(&v)),
+        (401, "SignatureDoesNotMatch"),
+        "body changed after signing"
+    );
 
-    let no_auth: Vec<_> = headers.iter().filter(|(k, _)| k != "Authorization").cloned().collect();
+    let no_auth: Vec<_> = headers
+        .iter()
+        .filter(|(k, _)| k != "Authorization")
+        .cloned()
+        .collect();
     let (status, v) = raw(url.clone(), &no_auth, body.clone()).await;
     assert_eq!((status, code(&v)), (401, "MissingAuthenticationToken"));
 
     let mut other_action = url.clone();
     other_action.set_query(Some("Action=SendMessage&Version=2020-12-01"));
     let (status, v) = raw(other_action, &headers, body.clone()).await;
-    assert_eq!((status, code(&v)), (401, "SignatureDoesNotMatch"), "query is signed");
+    assert_eq!(
+        (status, code(&v)),
+        (401, "SignatureDoesNotMatch"),
+        "query is signed"
+    );
 
     // Bodies the provider rejects, each correctly signed.
     for (body, want) in [
         (json!("not an object"), "InvalidParameter.Unmarshal"),
-        (json!({"AppId": 1, "Sender": 2, "MsgType": 10001, "Content": "x"}), "InvalidParameter"),
-        (json!({"AppId": 1, "Sender": 2, "Receiver": ["a"], "MsgType": 10001, "Content": "x"}), "InvalidParameter"),
-        (json!({"AppId": 1, "Sender": 2, "Receiver": [1], "MsgType": 10001}), "InvalidParameter"),
+        (
+            json!({"AppId": 1, "Sender": 2, "MsgType": 10001, "Content": "x"}),
+            "InvalidParameter",
+        ),
+        (
+            json!({"AppId": 1, "Sender": 2, "Receiver": ["a"], "MsgType": 10001, "Content": "x"}),
+            "InvalidParameter",
+        ),
+        (
+            json!({"AppId": 1, "Sender": 2, "Receiver": [1], "MsgType": 10001}),
+            "InvalidParameter",
+        ),
     ] {
-        let (url, headers, bytes) = c.signed_request("BatchSendMessage", &body).expect("signed");
+        let imcast::provider::client::SignedRequest {
+            url,
+            headers,
+            body: bytes,
+        } = c.signed_request("BatchSendMessage", &body).expect("signed");
         let (status, v) = raw(url, &headers, bytes).await;
         assert_eq!((status, code(&v)), (400, want), "{body}");
     }
@@ -203,13 +258,23 @@ async fn signature_and_body_checks_over_raw_http() {
 async fn duplicates_stats_endpoint_and_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let record = dir.path().join("r.jsonl");
-    let m = mock::start(MockConfig { record: Some(record.clone()), ..MockConfig::default() })
-        .await
-        .expect("mock");
+    let m = mock::start(MockConfig {
+        record: Some(record.clone()),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
     let c = client_for(&m);
-    let first = c.batch_send(&batch(vec![1, 2], "same")).await.expect("sent");
-    c.batch_send(&batch(vec![1, 2], "same")).await.expect("sent again");
-    c.batch_send(&batch(vec![1, 2], "different")).await.expect("sent");
+    let first = c
+        .batch_send(&batch(vec![1, 2], "same"))
+        .await
+        .expect("sent");
+    c.batch_send(&batch(vec![1, 2], "same"))
+        .await
+        .expect("sent again");
+    c.batch_send(&batch(vec![1, 2], "different"))
+        .await
+        .expect("sent");
     let over_http: MockStats = reqwest::get(m.endpoint().join("stats").expect("url"))
         .await
         .expect("GET /stats")
@@ -233,13 +298,20 @@ async fn duplicates_stats_endpoint_and_record() {
 #[tokio::test]
 async fn faults_are_reproducible_from_the_seed() {
     async fn failed_lists(seed: u64) -> Vec<Vec<u64>> {
-        let m = mock::start(MockConfig { failed_receiver_rate: 0.5, seed, ..MockConfig::default() })
-            .await
-            .expect("mock");
+        let m = mock::start(MockConfig {
+            failed_receiver_rate: 0.5,
+            seed,
+            ..MockConfig::default()
+        })
+        .await
+        .expect("mock");
         let c = client_for(&m);
         let mut out = Vec::new();
         for i in 0..4u64 {
-            let r = c.batch_send(&batch((i * 20..i * 20 + 20).collect(), "x")).await.expect("sent");
+            let r = c
+                .batch_send(&batch((i * 20..i * 20 + 20).collect(), "x"))
+                .await
+                .expect("sent");
             assert_eq!(r.user_message_id.len() + r.failed_receiver.len(), 20);
             out.push(r.failed_receiver);
         }
@@ -257,7 +329,16 @@ fn mock_server_prints_its_address_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let record = dir.path().join("rec.jsonl");
     let mut child = Command::new(crate::common::bin())
-        .args(["mock-server", "--listen", "127.0.0.1:0", "--limit", "3", "--window", "5s", "--record"])
+        .args([
+            "mock-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--limit",
+            "3",
+            "--window",
+            "5s",
+            "--record",
+        ])
         .arg(&record)
         .env_remove("VOLC_ACCESSKEY")
         .env_remove("VOLC_SECRETKEY")
@@ -269,7 +350,10 @@ fn mock_server_prints_its_address_and_stops_on_sigterm() {
     std::io::BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("first line");
-    let addr: std::net::SocketAddr = line.trim().parse().expect("first line is the bound address");
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .parse()
+        .expect("first line is the bound address");
     assert_ne!(addr.port(), 0);
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -281,8 +365,13 @@ fn mock_server_prints_its_address_and_stops_on_sigterm() {
             Credentials::new(mock::DEFAULT_ACCESS_KEY, mock::DEFAULT_SECRET_KEY, None),
         ))
         .expect("client");
-        c.batch_send(&batch(vec![1, 2, 3], "hello")).await.expect("3 fit the --limit");
-        let e = c.batch_send(&batch(vec![4], "hello")).await.expect_err("--limit 3");
+        c.batch_send(&batch(vec![1, 2, 3], "hello"))
+            .await
+            .expect("3 fit the --limit");
+        let e = c
+            .batch_send(&batch(vec![4], "hello"))
+            .await
+            .expect_err("--limit 3");
         assert!(e.is_rate_limited());
     });
     let status = Command::new("kill")
@@ -292,7 +381,11 @@ fn mock_server_prints_its_address_and_stops_on_sigterm() {
     assert!(status.success());
     let exit = child.wait().expect("exits");
     assert_eq!(exit.code(), Some(0));
-    assert_eq!(read_record(&record).len(), 3, "the record is flushed on SIGTERM");
+    assert_eq!(
+        read_record(&record).len(),
+        3,
+        "the record is flushed on SIGTERM"
+    );
 }
 
 #[test]
@@ -310,4 +403,3 @@ fn mock_server_rejects_bad_flags() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--window"));
 }
-

@@ -73,16 +73,40 @@ fn all_nine_official_vectors_reproduce_byte_for_byte() {
         });
         let out = |k: &str| o[k].as_str().expect(k).to_string();
         assert_eq!(s.x_date, out("x_date"), "{name} x_date");
-        assert_eq!(s.x_content_sha256, out("x_content_sha256"), "{name} body hash");
+        assert_eq!(
+            s.x_content_sha256,
+            out("x_content_sha256"),
+            "{name} body hash"
+        );
         assert_eq!(s.canonical_uri, out("canonical_uri"), "{name} uri");
         assert_eq!(s.canonical_query, out("canonical_query"), "{name} query");
-        assert_eq!(s.canonical_request, out("canonical_request"), "{name} canonical request");
-        assert_eq!(s.canonical_request_sha256, out("canonical_request_sha256"), "{name}");
+        assert_eq!(
+            s.canonical_request,
+            out("canonical_request"),
+            "{name} canonical request"
+        );
+        assert_eq!(
+            s.canonical_request_sha256,
+            out("canonical_request_sha256"),
+            "{name}"
+        );
         assert_eq!(s.credential_scope, out("credential_scope"), "{name} scope");
-        assert_eq!(s.string_to_sign, out("string_to_sign"), "{name} string to sign");
-        assert_eq!(s.signed_headers, out("signed_headers"), "{name} signed headers");
+        assert_eq!(
+            s.string_to_sign,
+            out("string_to_sign"),
+            "{name} string to sign"
+        );
+        assert_eq!(
+            s.signed_headers,
+            out("signed_headers"),
+            "{name} signed headers"
+        );
         assert_eq!(s.signature, out("signature"), "{name} signature");
-        assert_eq!(s.authorization, out("authorization"), "{name} authorization");
+        assert_eq!(
+            s.authorization,
+            out("authorization"),
+            "{name} authorization"
+        );
         let mut got: Vec<(String, String)> = s.headers_out.clone();
         let mut want = pairs(&o["headers_out"]);
         got.sort();
@@ -107,11 +131,7 @@ fn arb_query() -> impl Strategy<Value = Vec<(String, String)>> {
     prop::collection::vec(("[A-Za-z0-9 _~+=&/中-]{1,8}", "[ -~中😀]{0,10}"), 0..5)
 }
 
-fn sign_req(
-    body: &[u8],
-    query: &[(String, String)],
-    extra: &[(String, String)],
-) -> sign::Signed {
+fn sign_req(body: &[u8], query: &[(String, String)], extra: &[(String, String)]) -> sign::Signed {
     sign::sign(&SignInput {
         access_key_id: "AK",
         secret_key: "SK",
@@ -208,7 +228,12 @@ proptest! {
 // The client against the in-process mock.
 
 fn client_for(m: &mock::MockHandle) -> Client {
-    Client::new(ClientConfig::new(m.endpoint(), "cn-north-1", m.credentials())).expect("client")
+    Client::new(ClientConfig::new(
+        m.endpoint(),
+        "cn-north-1",
+        m.credentials(),
+    ))
+    .expect("client")
 }
 
 fn batch(receivers: Vec<u64>, content: &str) -> BatchSendMessageRequest {
@@ -278,14 +303,20 @@ async fn send_message_is_idempotent_on_client_msg_id() {
     let m = mock::start(MockConfig::default()).await.expect("mock");
     let c = client_for(&m);
     let a = c.send_message(&send(42, Some("k-1"))).await.expect("sent");
-    let b = c.send_message(&send(42, Some("k-1"))).await.expect("replayed");
+    let b = c
+        .send_message(&send(42, Some("k-1")))
+        .await
+        .expect("replayed");
     let other = c.send_message(&send(42, Some("k-2"))).await.expect("sent");
     assert_eq!(a.message_id, b.message_id);
     assert_ne!(a.message_id, other.message_id);
     let s = m.stats();
     assert_eq!(s.idempotent_replays, 1);
     assert_eq!(s.delivered, 2);
-    assert_eq!(s.duplicates, 1, "k-2 repeats the same Content to the same conversation");
+    assert_eq!(
+        s.duplicates, 1,
+        "k-2 repeats the same Content to the same conversation"
+    );
     m.shutdown().await;
 }
 
@@ -298,9 +329,12 @@ async fn p2p_reports_success_and_not_online() {
     assert!(r.p2p_result.iter().all(|u| u.code == P2P_SUCCESS));
     m.shutdown().await;
 
-    let m = mock::start(MockConfig { offline_rate: 1.0, ..MockConfig::default() })
-        .await
-        .expect("mock");
+    let m = mock::start(MockConfig {
+        offline_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
     let c = client_for(&m);
     let r = c.p2p_send(&p2p(7, vec![10, 11])).await.expect("sent");
     assert!(r.p2p_result.iter().all(|u| u.code == P2P_NOT_ONLINE));
@@ -310,12 +344,21 @@ async fn p2p_reports_success_and_not_online() {
 
 #[tokio::test]
 async fn over_the_window_is_429_not_processed() {
-    let m = mock::start(MockConfig { limit: 5, window: Duration::from_secs(600), ..MockConfig::default() })
-        .await
-        .expect("mock");
+    let m = mock::start(MockConfig {
+        limit: 5,
+        window: Duration::from_secs(600),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
     let c = client_for(&m);
-    c.batch_send(&batch(vec![1, 2, 3, 4, 5], "x")).await.expect("fits");
-    let e = c.batch_send(&batch(vec![6], "x")).await.expect_err("over the limit");
+    c.batch_send(&batch(vec![1, 2, 3, 4, 5], "x"))
+        .await
+        .expect("fits");
+    let e = c
+        .batch_send(&batch(vec![6], "x"))
+        .await
+        .expect_err("over the limit");
     assert!(e.is_rate_limited(), "{e}");
     assert_eq!(e.class(), ErrorClass::NotProcessed);
     assert_eq!(e.http_status(), Some(429));
@@ -327,9 +370,13 @@ async fn over_the_window_is_429_not_processed() {
 
 #[tokio::test]
 async fn send_and_p2p_qps_limits() {
-    let m = mock::start(MockConfig { send_qps: 2, p2p_qps: 1, ..MockConfig::default() })
-        .await
-        .expect("mock");
+    let m = mock::start(MockConfig {
+        send_qps: 2,
+        p2p_qps: 1,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
     let c = client_for(&m);
     // A long-enough burst must hit the per-second limit however slow the machine is: the
     // limits count requests in any rolling second, so stop at the first 429.
@@ -341,7 +388,10 @@ async fn send_and_p2p_qps_limits() {
         }
     }
     let e = limited.expect("SendMessage was never rate limited");
-    assert!(e.is_rate_limited() && e.class() == ErrorClass::NotProcessed, "{e}");
+    assert!(
+        e.is_rate_limited() && e.class() == ErrorClass::NotProcessed,
+        "{e}"
+    );
     let mut limited = None;
     for i in 0..200 {
         if let Err(e) = c.p2p_send(&p2p(i, vec![1])).await {
@@ -349,18 +399,29 @@ async fn send_and_p2p_qps_limits() {
             break;
         }
     }
-    assert!(limited.expect("P2P was never rate limited").is_rate_limited());
+    assert!(limited
+        .expect("P2P was never rate limited")
+        .is_rate_limited());
     let s = m.stats();
-    assert!(s.send_max_in_second <= 2 && s.p2p_max_in_second <= 1, "{s:?}");
+    assert!(
+        s.send_max_in_second <= 2 && s.p2p_max_in_second <= 1,
+        "{s:?}"
+    );
     m.shutdown().await;
 }
 
 #[tokio::test]
 async fn unavailable_503_is_not_processed() {
-    let m = mock::start(MockConfig { unavailable_rate: 1.0, ..MockConfig::default() })
+    let m = mock::start(MockConfig {
+        unavailable_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let e = client_for(&m)
+        .batch_send(&batch(vec![1], "x"))
         .await
-        .expect("mock");
-    let e = client_for(&m).batch_send(&batch(vec![1], "x")).await.expect_err("503");
+        .expect_err("503");
     assert_eq!(e.http_status(), Some(503));
     assert_eq!(e.code(), Some("ServiceUnavailableTemp"));
     assert_eq!(e.class(), ErrorClass::NotProcessed);
@@ -370,33 +431,68 @@ async fn unavailable_503_is_not_processed() {
 
 #[tokio::test]
 async fn internal_error_before_and_after_processing_is_unknown() {
-    let m = mock::start(MockConfig { fail_rate: 1.0, ..MockConfig::default() }).await.expect("mock");
-    let e = client_for(&m).batch_send(&batch(vec![1, 2], "x")).await.expect_err("500");
-    assert_eq!((e.http_status(), e.class()), (Some(500), ErrorClass::Unknown));
-    assert_eq!(m.stats().delivered, 0, "fail-rate answers before processing");
+    let m = mock::start(MockConfig {
+        fail_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let e = client_for(&m)
+        .batch_send(&batch(vec![1, 2], "x"))
+        .await
+        .expect_err("500");
+    assert_eq!(
+        (e.http_status(), e.class()),
+        (Some(500), ErrorClass::Unknown)
+    );
+    assert_eq!(
+        m.stats().delivered,
+        0,
+        "fail-rate answers before processing"
+    );
     m.shutdown().await;
 
-    let m = mock::start(MockConfig { fail_after_rate: 1.0, ..MockConfig::default() })
+    let m = mock::start(MockConfig {
+        fail_after_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let e = client_for(&m)
+        .batch_send(&batch(vec![1, 2], "x"))
         .await
-        .expect("mock");
-    let e = client_for(&m).batch_send(&batch(vec![1, 2], "x")).await.expect_err("500");
-    assert_eq!((e.http_status(), e.class()), (Some(500), ErrorClass::Unknown));
+        .expect_err("500");
+    assert_eq!(
+        (e.http_status(), e.class()),
+        (Some(500), ErrorClass::Unknown)
+    );
     assert_eq!(m.stats().delivered, 2, "fail-after-rate processes first");
     m.shutdown().await;
 }
 
 #[tokio::test]
 async fn dropped_connection_after_send_is_unknown() {
-    let m = mock::start(MockConfig { lost_rate: 1.0, ..MockConfig::default() }).await.expect("mock");
+    let m = mock::start(MockConfig {
+        lost_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
     let c = client_for(&m);
-    let e = c.batch_send(&batch(vec![1, 2, 3], "x")).await.expect_err("lost");
+    let e = c
+        .batch_send(&batch(vec![1, 2, 3], "x"))
+        .await
+        .expect_err("lost");
     assert!(matches!(e, ProviderError::Dropped { .. }), "{e:?}");
     assert_eq!(e.class(), ErrorClass::Unknown);
     assert_eq!(e.http_status(), None);
     assert_eq!(m.stats().delivered, 3, "the lost request was processed");
     assert_eq!(m.stats().faults.get("lost"), Some(&1));
     // The client recovers on a fresh connection.
-    let e = c.send_message(&send(1, None)).await.expect_err("lost again");
+    let e = c
+        .send_message(&send(1, None))
+        .await
+        .expect_err("lost again");
     assert_eq!(e.class(), ErrorClass::Unknown);
     m.shutdown().await;
 }
@@ -407,21 +503,35 @@ async fn connect_failure_is_not_processed() {
     let addr = l.local_addr().expect("addr");
     drop(l);
     let url = url::Url::parse(&format!("http://{addr}/")).expect("url");
-    let c = Client::new(ClientConfig::new(url, "cn-north-1", Credentials::new("AK", "SK", None)))
-        .expect("client");
-    let e = c.batch_send(&batch(vec![1], "x")).await.expect_err("nothing listens");
+    let c = Client::new(ClientConfig::new(
+        url,
+        "cn-north-1",
+        Credentials::new("AK", "SK", None),
+    ))
+    .expect("client");
+    let e = c
+        .batch_send(&batch(vec![1], "x"))
+        .await
+        .expect_err("nothing listens");
     assert!(matches!(e, ProviderError::Connect { .. }), "{e:?}");
     assert_eq!(e.class(), ErrorClass::NotProcessed);
 }
 
 #[tokio::test]
 async fn read_timeout_is_unknown() {
-    let m = mock::start(MockConfig { latency: Duration::from_secs(3), ..MockConfig::default() })
-        .await
-        .expect("mock");
+    let m = mock::start(MockConfig {
+        latency: Duration::from_secs(3),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
     let mut cfg = ClientConfig::new(m.endpoint(), "cn-north-1", m.credentials());
     cfg.request_timeout = Duration::from_millis(200);
-    let e = Client::new(cfg).expect("client").batch_send(&batch(vec![1], "x")).await.expect_err("timeout");
+    let e = Client::new(cfg)
+        .expect("client")
+        .batch_send(&batch(vec![1], "x"))
+        .await
+        .expect_err("timeout");
     assert!(matches!(e, ProviderError::Timeout { .. }), "{e:?}");
     assert_eq!(e.class(), ErrorClass::Unknown);
 }
@@ -435,7 +545,10 @@ async fn bad_secret_and_unknown_key_are_fatal_access_errors() {
         Credentials::new(&m.access_key, "wrong-secret", None),
     ))
     .expect("client");
-    let e = c.batch_send(&batch(vec![1], "x")).await.expect_err("bad signature");
+    let e = c
+        .batch_send(&batch(vec![1], "x"))
+        .await
+        .expect_err("bad signature");
     assert_eq!(e.code(), Some("SignatureDoesNotMatch"));
     assert_eq!((e.http_status(), e.class()), (Some(401), ErrorClass::Fatal));
     assert!(e.is_access());
@@ -448,7 +561,10 @@ async fn bad_secret_and_unknown_key_are_fatal_access_errors() {
         Credentials::new("AKLTnobody", &m.secret_key, None),
     ))
     .expect("client");
-    let e = c.send_message(&send(1, None)).await.expect_err("unknown key");
+    let e = c
+        .send_message(&send(1, None))
+        .await
+        .expect_err("unknown key");
     assert_eq!(e.code(), Some("InvalidAccessKey"));
     assert_eq!(e.class(), ErrorClass::Fatal);
     assert_eq!(m.stats().delivered, 0);
@@ -457,14 +573,23 @@ async fn bad_secret_and_unknown_key_are_fatal_access_errors() {
 
 #[tokio::test]
 async fn invalid_parameters_are_fatal() {
-    let m = mock::start(MockConfig { app_ids: vec![666675], ..MockConfig::default() })
-        .await
-        .expect("mock");
+    let m = mock::start(MockConfig {
+        app_ids: vec![666675],
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
     let c = client_for(&m);
-    let e = c.batch_send(&batch((1..=501).collect(), "x")).await.expect_err("501 receivers");
+    let e = c
+        .batch_send(&batch((1..=501).collect(), "x"))
+        .await
+        .expect_err("501 receivers");
     assert_eq!(e.code(), Some("InvalidParameter.UserCountOverLimit"));
     assert_eq!(e.class(), ErrorClass::Fatal);
-    let e = c.batch_send(&batch(vec![], "x")).await.expect_err("no receivers");
+    let e = c
+        .batch_send(&batch(vec![], "x"))
+        .await
+        .expect_err("no receivers");
     assert_eq!(e.code(), Some("InvalidParameter.UserCountOverLimit"));
     let mut r = batch(vec![1], "x");
     r.app_id = 1;
@@ -472,7 +597,10 @@ async fn invalid_parameters_are_fatal() {
     assert_eq!(e.code(), Some("InvalidParameter.NotExistAppId"));
     assert_eq!(e.class(), ErrorClass::Fatal);
     let s = m.stats();
-    assert_eq!(s.rejected.get("InvalidParameter.UserCountOverLimit"), Some(&2));
+    assert_eq!(
+        s.rejected.get("InvalidParameter.UserCountOverLimit"),
+        Some(&2)
+    );
     assert_eq!(s.delivered, 0);
     m.shutdown().await;
 }
@@ -505,8 +633,11 @@ fn skewed_client(m: &mock::MockHandle, bad_reads: usize) -> (Client, Arc<SkewedC
         bad_reads,
         reads: AtomicUsize::new(0),
     });
-    let c = Client::with_clock(ClientConfig::new(m.endpoint(), "cn-north-1", m.credentials()), clock.clone())
-        .expect("client");
+    let c = Client::with_clock(
+        ClientConfig::new(m.endpoint(), "cn-north-1", m.credentials()),
+        clock.clone(),
+    )
+    .expect("client");
     (c, clock)
 }
 
@@ -515,12 +646,17 @@ async fn clock_skew_resigns_once_with_a_fresh_x_date() {
     let m = mock::start(MockConfig::default()).await.expect("mock");
     // Off once: the re-signed request succeeds.
     let (c, clock) = skewed_client(&m, 1);
-    c.batch_send(&batch(vec![1], "x")).await.expect("re-signed and delivered");
+    c.batch_send(&batch(vec![1], "x"))
+        .await
+        .expect("re-signed and delivered");
     assert_eq!(clock.reads.load(Ordering::SeqCst), 2, "signed twice");
     assert_eq!(m.stats().rejected.get("InvalidTimestamp"), Some(&1));
     // Off for good: one re-sign, then a Clock error.
     let (c, clock) = skewed_client(&m, usize::MAX);
-    let e = c.batch_send(&batch(vec![2], "x")).await.expect_err("still off");
+    let e = c
+        .batch_send(&batch(vec![2], "x"))
+        .await
+        .expect_err("still off");
     assert_eq!(e.class(), ErrorClass::Clock);
     assert_eq!(e.code(), Some("InvalidTimestamp"));
     assert_eq!(clock.reads.load(Ordering::SeqCst), 2, "exactly one re-sign");
@@ -532,15 +668,31 @@ async fn clock_skew_resigns_once_with_a_fresh_x_date() {
 #[test]
 fn http_200_with_an_error_is_a_failure() {
     let body = br#"{"ResponseMetadata":{"RequestId":"r1","Action":"BatchSendMessage","Version":"2020-12-01","Error":{"CodeN":0,"Code":"InvalidParameter","Message":"bad"}}}"#;
-    let e = imcast::provider::client::parse_envelope::<BatchSendMessageResult>("BatchSendMessage", 200, body)
-        .expect_err("Error means failure");
+    let e = imcast::provider::client::parse_envelope::<BatchSendMessageResult>(
+        "BatchSendMessage",
+        200,
+        body,
+    )
+    .expect_err("Error means failure");
     assert_eq!(e.code(), Some("InvalidParameter"));
     assert_eq!(e.class(), ErrorClass::Fatal);
-    let e = imcast::provider::client::parse_envelope::<BatchSendMessageResult>("BatchSendMessage", 502, b"<html>bad gateway</html>")
-        .expect_err("not an envelope");
+    let e = imcast::provider::client::parse_envelope::<BatchSendMessageResult>(
+        "BatchSendMessage",
+        502,
+        b"<html>bad gateway</html>",
+    )
+    .expect_err("not an envelope");
     assert_eq!(e.class(), ErrorClass::Unknown);
     let ok = br#"{"ResponseMetadata":{"RequestId":"r1"},"Result":{"UserMessageId":{"9007199254740993":9007199254740995},"FailedReceiver":[3]}}"#;
-    let r = imcast::provider::client::parse_envelope::<BatchSendMessageResult>("BatchSendMessage", 200, ok).expect("ok");
-    assert_eq!(r.user_message_id.get(&9007199254740993), Some(&9007199254740995));
+    let r = imcast::provider::client::parse_envelope::<BatchSendMessageResult>(
+        "BatchSendMessage",
+        200,
+        ok,
+    )
+    .expect("ok");
+    assert_eq!(
+        r.user_message_id.get(&9007199254740993),
+        Some(&9007199254740995)
+    );
     assert_eq!(r.failed_receiver, vec![3]);
 }
