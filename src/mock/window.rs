@@ -102,4 +102,32 @@ mod tests {
         assert!(!w.try_admit(c.now(), 4));
         assert_eq!(w.max_seen(), 0);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the arrival pattern, no window of the admitted log exceeds the limit, and
+        /// `max_seen` is exactly the largest window sum.
+        #[test]
+        fn never_over_the_limit(steps in proptest::collection::vec((0u64..1500, 1u64..8), 1..120)) {
+            let c = SimClock::new("2026-01-01T00:00:00Z".parse().expect("valid"));
+            let window = Duration::from_secs(1);
+            let mut w = Window::new(10, window);
+            let mut admitted: Vec<(i128, u64)> = Vec::new();
+            for (advance_ms, n) in steps {
+                c.advance(Duration::from_millis(advance_ms));
+                if w.try_admit(c.now(), n) {
+                    admitted.push((c.now().as_nanosecond(), n));
+                }
+            }
+            let wn = window.as_nanos() as i128;
+            let mut max = 0;
+            for &(t, _) in &admitted {
+                let sum: u64 = admitted.iter().filter(|(u, _)| *u > t - wn && *u <= t).map(|(_, n)| n).sum();
+                proptest::prop_assert!(sum <= 10);
+                max = max.max(sum);
+            }
+            proptest::prop_assert_eq!(max, w.max_seen());
+        }
+    }
 }
