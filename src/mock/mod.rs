@@ -157,6 +157,8 @@ pub struct MockStats {
     pub p2p_max_in_second: u64,
     /// Per action (API name).
     pub actions: BTreeMap<String, ActionStats>,
+    /// TCP connections accepted (a client that reuses connections keeps this low).
+    pub connections: u64,
 }
 
 /// A running in-process mock.

@@ -722,6 +722,7 @@ pub async fn serve_state(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                state.lock().stats.connections += 1;
                 let state = state.clone();
                 let mut stop = stop_rx.clone();
                 conns.spawn(async move {

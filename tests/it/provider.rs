@@ -311,6 +311,7 @@ async fn send_message_is_idempotent_on_client_msg_id() {
     assert_eq!(a.message_id, b.message_id);
     assert_ne!(a.message_id, other.message_id);
     let s = m.stats();
+    assert_eq!(s.connections, 1, "the client reuses its connection");
     assert_eq!(s.idempotent_replays, 1);
     assert_eq!(s.delivered, 2);
     assert_eq!(
@@ -695,4 +696,61 @@ fn http_200_with_an_error_is_a_failure() {
         Some(&9007199254740995)
     );
     assert_eq!(r.failed_receiver, vec![3]);
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn debug_logs_hold_no_secret_signature_or_body() {
+    let buf = Captured::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let m = mock::start(MockConfig::default()).await.expect("mock");
+    let c = client_for(&m);
+    c.batch_send(&batch(vec![424242], "very-private-content"))
+        .await
+        .expect("sent");
+    let bad = Client::new(ClientConfig::new(
+        m.endpoint(),
+        "cn-north-1",
+        Credentials::new(&m.access_key, "wrong-secret-value", None),
+    ))
+    .expect("client");
+    bad.batch_send(&batch(vec![1], "x"))
+        .await
+        .expect_err("bad signature");
+    m.shutdown().await;
+    let logs = String::from_utf8(buf.0.lock().expect("log buffer").clone()).expect("utf-8");
+    assert!(
+        logs.contains("provider response"),
+        "debug logging is active: {logs}"
+    );
+    for secret in [
+        mock::DEFAULT_SECRET_KEY,
+        "wrong-secret-value",
+        "Signature=",
+        "very-private-content",
+        "424242",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{secret:?} leaked into the logs:\n{logs}"
+        );
+    }
 }
