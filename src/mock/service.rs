@@ -306,8 +306,7 @@ impl State {
         id
     }
 
-    fn note_delivery(g: &mut Inner, action: &'static str, recipient: u64, content: &str) {
-        let digest: [u8; 32] = Sha256::digest(content.as_bytes()).into();
+    fn note_delivery(g: &mut Inner, action: &'static str, recipient: u64, digest: [u8; 32]) {
         if !g.seen.insert((action, recipient, digest)) {
             g.stats.duplicates += 1;
         }
@@ -329,6 +328,7 @@ impl State {
             "BatchSendMessage" => {
                 let req: BatchSendMessageRequest = parse_body(body, check_batch)?;
                 self.check_app(req.app_id)?;
+                let digest: [u8; 32] = Sha256::digest(req.content.as_bytes()).into();
                 let mut g = self.lock();
                 let now = self.cfg.clock.now();
                 let n = req.receiver.len() as u64;
@@ -336,19 +336,20 @@ impl State {
                     return Err(self.rate_limited(&mut g, action));
                 }
                 let mut res = BatchSendMessageResult::default();
-                let mut ds = Vec::new();
+                let mut ds = Vec::with_capacity(req.receiver.len());
+                let time = now.to_string();
                 for &u in &req.receiver {
                     if self.fault_free(&mut g, self.cfg.failed_receiver_rate) {
                         let id = Self::next_id(&mut g);
                         res.user_message_id.insert(u, id);
-                        Self::note_delivery(&mut g, action, u, &req.content);
+                        Self::note_delivery(&mut g, action, u, digest);
                         ds.push(Delivery {
                             action,
                             recipient: u,
                             content: req.content.clone(),
                             message_id: Some(id),
                             users: None,
-                            time: now.to_string(),
+                            time: time.clone(),
                         });
                     } else {
                         g.stats.failed_receivers += 1;
@@ -361,6 +362,7 @@ impl State {
             "SendMessage" => {
                 let req: SendMessageRequest = parse_body(body, |_| Ok(()))?;
                 self.check_app(req.app_id)?;
+                let digest: [u8; 32] = Sha256::digest(req.content.as_bytes()).into();
                 let mut g = self.lock();
                 let now = self.cfg.clock.now();
                 if !g.send.try_admit(now, 1) {
@@ -383,7 +385,7 @@ impl State {
                 if let Some(k) = key {
                     g.client_msg_ids.insert(k, id);
                 }
-                Self::note_delivery(&mut g, action, req.conversation_short_id, &req.content);
+                Self::note_delivery(&mut g, action, req.conversation_short_id, digest);
                 self.count_accepted(&mut g, action, 1);
                 let d = Delivery {
                     action,
@@ -401,6 +403,7 @@ impl State {
             "P2PSendMessage" => {
                 let req: P2pSendMessageRequest = parse_body(body, |_| Ok(()))?;
                 self.check_app(req.app_id)?;
+                let digest: [u8; 32] = Sha256::digest(req.content.as_bytes()).into();
                 let mut g = self.lock();
                 let now = self.cfg.clock.now();
                 if !g.p2p.try_admit(now, 1) {
@@ -428,7 +431,7 @@ impl State {
                         });
                     }
                 }
-                Self::note_delivery(&mut g, action, req.conversation_short_id, &req.content);
+                Self::note_delivery(&mut g, action, req.conversation_short_id, digest);
                 self.count_accepted(&mut g, action, 1);
                 let d = Delivery {
                     action,
