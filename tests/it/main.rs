@@ -2,3 +2,6 @@
 
 mod cli;
 mod common;
+mod interop;
+mod mock;
+mod provider;
