@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod runner;
 pub mod source;
 pub mod state;
+pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -267,6 +267,7 @@ pub fn set_paused(conn: &Connection, name: &str, paused: bool) -> Result<(), Sta
 
 /// Record a decided occurrence and move the cursor past it, in one transaction. Returns false
 /// when the occurrence was already recorded (then nothing changes but the cursor).
+#[allow(clippy::too_many_arguments)] // one flat row; a struct would only rename the columns
 pub fn record_occurrence(
     conn: &mut Connection,
     campaign: &str,
@@ -470,6 +471,12 @@ pub fn release_daemon(conn: &Connection, pid: u32) -> Result<(), StateError> {
         params![pid],
     )?;
     Ok(())
+}
+
+/// Another stage's share of `imcast prune` (the journal's runs, calls and recipients): delete
+/// what ended before `cutoff` (UTC seconds) on the shared connection; returns rows deleted.
+pub trait PruneHook {
+    fn prune(&self, conn: &Connection, cutoff: i64) -> Result<u64, String>;
 }
 
 /// Delete finished occurrences older than `cutoff` (UTC seconds) and handled control requests

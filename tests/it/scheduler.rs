@@ -627,3 +627,250 @@ fn edit_remove_and_invalid_files_while_a_run_is_going() {
     );
     assert!(runner.runs().contains_key("other@2026-03-01T03:00:00Z"));
 }
+
+// ---- the commands, as real processes ----
+
+use std::process::Command;
+
+use crate::common::bin;
+
+fn redact(s: &str, env: &Env) -> String {
+    s.replace(&env.dir.display().to_string(), "[DIR]")
+}
+
+fn schedule_env() -> Env {
+    let env = Env::new("2026-03-01T00:00:00Z");
+    env.write(
+        "daily.yaml",
+        &cron_campaign(
+            "daily",
+            "30 2 * * *",
+            "America/New_York",
+            "  quiet_hours:\n    from: \"22:00\"\n    to: \"07:00\"\n    timezone: America/New_York\n",
+        ),
+    );
+    env.write(
+        "once.yaml",
+        "name: once\nschedule:\n  at: 2026-03-08T09:00:00+08:00\n  not_after: 15m\n",
+    );
+    env.write("manual.yaml", "name: manual\n");
+    env.write(
+        "broken.yaml",
+        "name: broken\nschedule:\n  cron: \"0 9 * *\"\n  timezone: UTC\n",
+    );
+    // Some history.
+    let mut conn = env.conn();
+    state::upsert_campaign(&conn, "daily", "daily.yaml", None, 0).expect("upsert");
+    state::record_occurrence(
+        &mut conn,
+        "daily",
+        t("2026-03-06T07:30:00Z").as_second(),
+        "done",
+        "k1",
+        "h",
+        0,
+        None,
+    )
+    .expect("rec");
+    state::record_occurrence(
+        &mut conn,
+        "daily",
+        t("2026-03-07T07:30:00Z").as_second(),
+        "skipped_late",
+        "k2",
+        "h",
+        0,
+        None,
+    )
+    .expect("rec");
+    env
+}
+
+#[test]
+fn schedule_command_lists_next_in_zone_and_utc_and_past_outcomes() {
+    let env = schedule_env();
+    let out = Command::new(bin())
+        .arg("schedule")
+        .arg(&env.dir)
+        .arg("--state-dir")
+        .arg(&env.state)
+        .args(["--now", "2026-03-07T12:00:00Z"])
+        .output()
+        .expect("run imcast schedule");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an invalid file makes the exit code 2"
+    );
+    let text = redact(&String::from_utf8_lossy(&out.stdout), &env);
+    // 02:30 on 2026-03-08 does not exist in New York: shown at 03:00 EDT.
+    assert!(
+        text.contains("2026-03-08 03:00:00 -04:00   2026-03-08T07:00:00Z"),
+        "{text}"
+    );
+    insta::assert_snapshot!("schedule_human", text);
+
+    let out = Command::new(bin())
+        .arg("schedule")
+        .arg(&env.dir)
+        .arg("--state-dir")
+        .arg(&env.state)
+        .args([
+            "--now",
+            "2026-03-07T12:00:00Z",
+            "--output",
+            "json",
+            "--next",
+            "1",
+        ])
+        .output()
+        .expect("run imcast schedule");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let daily = &v["campaigns"][0];
+    assert_eq!(daily["name"], "daily");
+    assert_eq!(daily["next"][0]["utc"], "2026-03-08T07:00:00Z");
+    assert_eq!(daily["past"][1]["status"], "skipped_late");
+    assert_eq!(v["invalid"][0]["file"], "broken.yaml");
+}
+
+#[test]
+fn control_command_names_unknown_campaigns() {
+    let env = schedule_env();
+    let out = Command::new(bin())
+        .args(["pause", "dayly", "--no-wait", "--state-dir"])
+        .arg(&env.state)
+        .output()
+        .expect("run imcast pause");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown campaign \"dayly\""), "{err}");
+    assert!(err.contains("did you mean \"daily\""), "{err}");
+
+    let out = Command::new(bin())
+        .args(["cancel", "daily", "--no-wait", "--state-dir"])
+        .arg(&env.state)
+        .output()
+        .expect("run imcast cancel");
+    assert_eq!(out.status.code(), Some(0));
+    let pending = state::pending_controls(&env.conn()).expect("q");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].action, ControlAction::Cancel);
+}
+
+#[test]
+fn prune_deletes_old_finished_occurrences_only() {
+    let env = Env::new("2026-03-01T00:00:00Z");
+    let mut conn = env.conn();
+    let now = jiff::Timestamp::now().as_second();
+    state::upsert_campaign(&conn, "p", "p.yaml", None, 0).expect("upsert");
+    state::record_occurrence(&mut conn, "p", now - 100 * 86400, "done", "a", "h", 0, None)
+        .expect("rec");
+    state::record_occurrence(
+        &mut conn,
+        "p",
+        now - 95 * 86400,
+        "queued",
+        "b",
+        "h",
+        0,
+        None,
+    )
+    .expect("rec");
+    state::record_occurrence(&mut conn, "p", now - 10 * 86400, "done", "c", "h", 0, None)
+        .expect("rec");
+    let out = Command::new(bin())
+        .args(["prune", "--older-than", "90d", "--state-dir"])
+        .arg(&env.state)
+        .output()
+        .expect("run imcast prune");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pruned 1 schedule occurrence"));
+    let left: Vec<String> = state::occurrences(&env.conn(), Some("p"))
+        .expect("rows")
+        .into_iter()
+        .map(|r| r.run_key)
+        .collect();
+    assert_eq!(left, vec!["b", "c"]);
+}
+
+#[test]
+fn daemon_process_fires_once_answers_control_serves_metrics_and_stops_on_sigterm() {
+    let env = Env::new("2026-03-01T00:00:00Z");
+    let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 2).expect("ts");
+    env.write("soon.yaml", &format!("name: soon\nschedule:\n  at: {at}\n"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut child = Command::new(bin())
+        .arg("daemon")
+        .arg(&env.dir)
+        .arg("--state-dir")
+        .arg(&env.state)
+        .arg("--metrics")
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start daemon");
+    // Wait (bounded) until the occurrence is recorded; no assertion on how long it took.
+    let mut rows = Vec::new();
+    for _ in 0..200 {
+        if env.state.join("imcast.db").exists() {
+            rows = state::occurrences(&env.conn(), Some("soon")).unwrap_or_default();
+            if rows.iter().any(|r| r.finished_at.is_some()) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].occurrence, at.as_second());
+    // The sender is not wired into this build: the occurrence is recorded failed, saying so.
+    assert_eq!(rows[0].status, "failed");
+    assert!(rows[0]
+        .detail
+        .as_deref()
+        .unwrap_or("")
+        .contains("not wired"));
+
+    let out = Command::new(bin())
+        .args(["pause", "soon", "--state-dir"])
+        .arg(&env.state)
+        .output()
+        .expect("run imcast pause");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("soon: paused"), "{text}");
+
+    let body = reqwest::blocking_get(port);
+    assert!(
+        body.contains("imcast_occurrences{status=\"failed\"} 1"),
+        "{body}"
+    );
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(143));
+}
+
+mod reqwest {
+    /// GET /metrics with a plain TCP request (keeps the test free of an async runtime).
+    pub fn blocking_get(port: u16) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+}
