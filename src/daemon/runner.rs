@@ -128,6 +128,7 @@ pub struct FakeRunner {
     runs: Mutex<BTreeMap<String, FakeRun>>,
     /// Every start call's run key, in order (resumes included).
     log: Mutex<Vec<String>>,
+    shutdowns: std::sync::atomic::AtomicU32,
 }
 
 impl FakeRunner {
@@ -139,6 +140,10 @@ impl FakeRunner {
     }
     pub fn starts(&self) -> Vec<String> {
         self.log.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+    /// How many times `shutdown` was called.
+    pub fn shutdowns(&self) -> u32 {
+        self.shutdowns.load(std::sync::atomic::Ordering::SeqCst)
     }
     /// End a run with an outcome.
     pub fn finish(&self, run_key: &str, outcome: RunOutcome) {
@@ -215,6 +220,10 @@ impl Runner for FakeRunner {
                 r.status = RunStatus::Running
             }
         });
+    }
+    fn shutdown(&self) {
+        self.shutdowns
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
     fn cancel(&self, run_key: &str) {
         self.set(run_key, |r| {

@@ -874,3 +874,100 @@ mod reqwest {
         out
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_run_loop_fires_on_sim_clock_and_stops_gracefully() {
+    let env = Env::new("2026-03-01T00:00:00Z");
+    env.write("a.yaml", "name: a\nschedule:\n  at: 2026-03-01T00:05:00Z\n");
+    let runner = Arc::new(FakeRunner::new());
+    let d = env.daemon(&runner);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(d.run(rx));
+    // The SimClock advances one second per tick; wait (bounded) for the simulated 00:05.
+    for _ in 0..3000 {
+        if !runner.starts().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(runner.starts(), vec!["a@2026-03-01T00:05:00Z"]);
+    tx.send(true).expect("send shutdown");
+    task.await.expect("join").expect("daemon run ok");
+    assert_eq!(
+        runner.shutdowns(),
+        1,
+        "the runner is asked to stop gracefully"
+    );
+    assert_eq!(env.rows("a"), rows(&[("2026-03-01T00:05:00Z", "running")]));
+}
+
+mod exactly_once {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Advance(u64),
+        Restart,
+        FinishAll,
+        Pause,
+        Resume,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (1u64..5400).prop_map(Step::Advance),
+            1 => Just(Step::Restart),
+            2 => Just(Step::FinishAll),
+            1 => Just(Step::Pause),
+            1 => Just(Step::Resume),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// Whatever the interleaving of time, restarts, pauses and run ends: no occurrence is
+        /// started fresh twice, every started run is recorded, and every recorded occurrence is
+        /// a real occurrence of the schedule.
+        #[test]
+        fn no_occurrence_starts_twice(steps in proptest::collection::vec(step(), 1..40)) {
+            let env = Env::new("2026-03-01T00:00:00Z");
+            env.write("p.yaml", &cron_campaign("p", "*/20 * * * *", "Europe/Berlin", "  not_after: 30m\n  overlap: queue\n"));
+            let mut runners = vec![Arc::new(FakeRunner::new())];
+            let mut d = env.daemon(&runners[0]);
+            let conn = env.conn();
+            for s in steps {
+                match s {
+                    Step::Advance(secs) => env.clock.advance(Duration::from_secs(secs)),
+                    Step::Restart => {
+                        drop(d);
+                        runners.push(Arc::new(FakeRunner::new()));
+                        d = env.daemon(runners.last().expect("runner"));
+                    }
+                    Step::FinishAll => finish_all(runners.last().expect("runner")),
+                    Step::Pause => { state::request_control(&conn, "p", ControlAction::Pause, 0).expect("req"); }
+                    Step::Resume => { state::request_control(&conn, "p", ControlAction::Resume, 0).expect("req"); }
+                }
+                d.tick().expect("tick");
+            }
+            let mut fresh: std::collections::BTreeMap<String, u32> = Default::default();
+            for r in &runners {
+                for (k, run) in r.runs() {
+                    if !run.resumed {
+                        *fresh.entry(k).or_default() += 1;
+                    }
+                }
+            }
+            for (k, n) in &fresh {
+                prop_assert_eq!(*n, 1, "{} started fresh {} times", k, n);
+            }
+            let recorded = state::occurrences(&conn, Some("p")).expect("rows");
+            for k in fresh.keys() {
+                prop_assert!(recorded.iter().any(|r| &r.run_key == k), "{} started but not recorded", k);
+            }
+            for r in &recorded {
+                prop_assert_eq!(r.occurrence % 1200, 0, "not an occurrence of */20: {}", r.occurrence);
+            }
+        }
+    }
+}
