@@ -128,6 +128,9 @@ impl Hold {
     }
 }
 
+/// How often the daemon refreshes its claim on the state directory.
+const HEARTBEAT_EVERY_SECS: i64 = 10;
+
 fn ts(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
 }
@@ -148,6 +151,9 @@ pub struct Daemon {
     metrics: Metrics,
     pid: u32,
     next_logged: BTreeMap<String, Option<Timestamp>>,
+    /// What `sched_campaign` holds for path/next_fire, to write only changes.
+    published: BTreeMap<String, (String, Option<i64>)>,
+    last_heartbeat: Option<i64>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -192,6 +198,8 @@ impl Daemon {
             metrics: Metrics::new(),
             pid,
             next_logged: BTreeMap::new(),
+            published: BTreeMap::new(),
+            last_heartbeat: Some(now),
         })
     }
 
@@ -223,7 +231,13 @@ impl Daemon {
     /// One pass of the loop at the clock's current time.
     pub fn tick(&mut self) -> Result<(), DaemonError> {
         let now = self.clock.now();
-        state::heartbeat(&self.conn, self.pid, now.as_second())?;
+        if self
+            .last_heartbeat
+            .is_none_or(|h| now.as_second() - h >= HEARTBEAT_EVERY_SECS)
+        {
+            state::heartbeat(&self.conn, self.pid, now.as_second())?;
+            self.last_heartbeat = Some(now.as_second());
+        }
         let scan_due = match self.last_scan {
             None => true,
             Some(t) => now.duration_since(t).as_secs_f64() >= self.cfg.scan_every.as_secs_f64(),
@@ -849,7 +863,11 @@ impl Daemon {
                 }
                 self.next_logged.insert(name.clone(), next);
             }
-            state::upsert_campaign(&self.conn, &name, &path, next.map(|t| t.as_second()), n)?;
+            let want = (path, next.map(|t| t.as_second()));
+            if self.published.get(&name) != Some(&want) {
+                state::upsert_campaign(&self.conn, &name, &want.0, want.1, n)?;
+                self.published.insert(name.clone(), want);
+            }
             next_fire.push((name, next.map(|t| t.as_second())));
         }
         let active = state::occurrences_in(&self.conn, &status::ACTIVE)?;

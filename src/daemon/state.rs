@@ -27,6 +27,11 @@ pub enum StateError {
     Sql(#[from] rusqlite::Error),
 }
 
+/// `execute` through the statement cache: the daemon runs the same few statements every tick.
+fn exec(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(p)
+}
+
 /// Create the scheduler's tables if they do not exist. Idempotent; safe on the journal's connection.
 pub fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
@@ -84,7 +89,11 @@ pub fn open(state_dir: &Path) -> Result<Connection, StateError> {
         .map_err(open_err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(open_err)?;
-    conn.pragma_update(None, "synchronous", "FULL")
+    // WAL + NORMAL survives a process crash; only a power loss can drop the last commits. The
+    // one write that must survive that too — the claim of an occurrence — commits with FULL
+    // (see record_occurrence). Everything else is re-derivable: run keys are deterministic, so a
+    // lost status update is corrected by asking the runner again.
+    conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(open_err)?;
     migrate(&conn).map_err(open_err)?;
     Ok(conn)
@@ -160,7 +169,7 @@ pub fn occurrences(
     let sql = format!(
         "SELECT {OCC_COLS} FROM sched_occurrence WHERE (?1 IS NULL OR campaign = ?1) ORDER BY occurrence, campaign"
     );
-    let mut st = conn.prepare(&sql)?;
+    let mut st = conn.prepare_cached(&sql)?;
     let rows = st
         .query_map(params![campaign], occ_row)?
         .collect::<Result<Vec<_>, _>>()?;
@@ -179,7 +188,7 @@ pub fn occurrences_in(
     let sql = format!(
         "SELECT {OCC_COLS} FROM sched_occurrence WHERE status IN ({marks}) ORDER BY occurrence, campaign"
     );
-    let mut st = conn.prepare(&sql)?;
+    let mut st = conn.prepare_cached(&sql)?;
     let rows = st
         .query_map(rusqlite::params_from_iter(statuses.iter()), occ_row)?
         .collect::<Result<Vec<_>, _>>()?;
@@ -210,24 +219,23 @@ pub struct CampaignRow {
 
 pub fn campaign(conn: &Connection, name: &str) -> Result<Option<CampaignRow>, StateError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT name, cursor, paused, path, next_fire FROM sched_campaign WHERE name = ?1",
-            params![name],
-            |r| {
-                Ok(CampaignRow {
-                    name: r.get(0)?,
-                    cursor: r.get(1)?,
-                    paused: r.get::<_, i64>(2)? != 0,
-                    path: r.get(3)?,
-                    next_fire: r.get(4)?,
-                })
-            },
-        )
+        )?
+        .query_row(params![name], |r| {
+            Ok(CampaignRow {
+                name: r.get(0)?,
+                cursor: r.get(1)?,
+                paused: r.get::<_, i64>(2)? != 0,
+                path: r.get(3)?,
+                next_fire: r.get(4)?,
+            })
+        })
         .optional()?)
 }
 
 pub fn campaign_names(conn: &Connection) -> Result<Vec<String>, StateError> {
-    let mut st = conn.prepare("SELECT name FROM sched_campaign ORDER BY name")?;
+    let mut st = conn.prepare_cached("SELECT name FROM sched_campaign ORDER BY name")?;
     let names = st
         .query_map([], |r| r.get(0))?
         .collect::<Result<Vec<String>, _>>()?;
@@ -241,7 +249,7 @@ pub fn upsert_campaign(
     next_fire: Option<i64>,
     now: i64,
 ) -> Result<(), StateError> {
-    conn.execute(
+    exec(conn,
         "INSERT INTO sched_campaign (name, path, next_fire, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(name) DO UPDATE SET path = excluded.path, next_fire = excluded.next_fire, updated_at = excluded.updated_at",
         params![name, path, next_fire, now],
@@ -250,7 +258,8 @@ pub fn upsert_campaign(
 }
 
 pub fn set_cursor(conn: &Connection, name: &str, cursor: i64) -> Result<(), StateError> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE sched_campaign SET cursor = ?2 WHERE name = ?1 AND (cursor IS NULL OR cursor < ?2)",
         params![name, cursor],
     )?;
@@ -258,7 +267,8 @@ pub fn set_cursor(conn: &Connection, name: &str, cursor: i64) -> Result<(), Stat
 }
 
 pub fn set_paused(conn: &Connection, name: &str, paused: bool) -> Result<(), StateError> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE sched_campaign SET paused = ?2 WHERE name = ?1",
         params![name, paused as i64],
     )?;
@@ -278,13 +288,42 @@ pub fn record_occurrence(
     now: i64,
     detail: Option<&str>,
 ) -> Result<bool, StateError> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let res = record_occurrence_tx(
+        conn,
+        campaign,
+        occurrence,
+        status,
+        run_key,
+        content_hash,
+        now,
+        detail,
+    );
+    let reset = conn.pragma_update(None, "synchronous", "NORMAL");
+    let inserted = res?;
+    reset?;
+    Ok(inserted)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_occurrence_tx(
+    conn: &mut Connection,
+    campaign: &str,
+    occurrence: i64,
+    status: &str,
+    run_key: &str,
+    content_hash: &str,
+    now: i64,
+    detail: Option<&str>,
+) -> Result<bool, StateError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let n = tx.execute(
+    let n = exec(&tx,
         "INSERT OR IGNORE INTO sched_occurrence (campaign, occurrence, status, run_key, content_hash, recorded_at, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![campaign, occurrence, status, run_key, content_hash, now, detail],
     )?;
-    tx.execute(
+    exec(
+        &tx,
         "UPDATE sched_campaign SET cursor = ?2 WHERE name = ?1 AND (cursor IS NULL OR cursor < ?2)",
         params![campaign, occurrence],
     )?;
@@ -300,7 +339,8 @@ pub fn update_occurrence(
     status: &str,
     upd: Update<'_>,
 ) -> Result<(), StateError> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE sched_occurrence SET status = ?3,
             started_at = COALESCE(?4, started_at),
             finished_at = COALESCE(?5, finished_at),
@@ -373,7 +413,8 @@ pub fn request_control(
     action: ControlAction,
     now: i64,
 ) -> Result<i64, StateError> {
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO sched_control (campaign, action, requested_at) VALUES (?1, ?2, ?3)",
         params![campaign, action.as_str(), now],
     )?;
@@ -381,7 +422,7 @@ pub fn request_control(
 }
 
 pub fn pending_controls(conn: &Connection) -> Result<Vec<ControlRequest>, StateError> {
-    let mut st = conn.prepare(
+    let mut st = conn.prepare_cached(
         "SELECT id, campaign, action, requested_at FROM sched_control WHERE handled_at IS NULL ORDER BY id",
     )?;
     let rows = st
@@ -413,7 +454,8 @@ pub fn finish_control(
     now: i64,
     result: &str,
 ) -> Result<(), StateError> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE sched_control SET handled_at = ?2, result = ?3 WHERE id = ?1",
         params![id, now, result],
     )?;
@@ -457,7 +499,8 @@ pub fn claim_daemon(
 }
 
 pub fn heartbeat(conn: &Connection, pid: u32, now: i64) -> Result<(), StateError> {
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO sched_daemon (id, pid, heartbeat) VALUES (1, ?1, ?2)
          ON CONFLICT(id) DO UPDATE SET pid = excluded.pid, heartbeat = excluded.heartbeat",
         params![pid, now],
@@ -466,7 +509,8 @@ pub fn heartbeat(conn: &Connection, pid: u32, now: i64) -> Result<(), StateError
 }
 
 pub fn release_daemon(conn: &Connection, pid: u32) -> Result<(), StateError> {
-    conn.execute(
+    exec(
+        conn,
         "DELETE FROM sched_daemon WHERE id = 1 AND pid = ?1",
         params![pid],
     )?;
@@ -482,12 +526,14 @@ pub trait PruneHook {
 /// Delete finished occurrences older than `cutoff` (UTC seconds) and handled control requests
 /// older than it. Returns (occurrences, controls) deleted. Active and pending rows are kept.
 pub fn prune(conn: &Connection, cutoff: i64) -> Result<(usize, usize), StateError> {
-    let occ = conn.execute(
+    let occ = exec(
+        conn,
         "DELETE FROM sched_occurrence WHERE occurrence < ?1
            AND status IN ('done', 'failed', 'cancelled', 'skipped_late', 'skipped_overlap')",
         params![cutoff],
     )?;
-    let ctl = conn.execute(
+    let ctl = exec(
+        conn,
         "DELETE FROM sched_control WHERE handled_at IS NOT NULL AND handled_at < ?1",
         params![cutoff],
     )?;
