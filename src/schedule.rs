@@ -200,6 +200,14 @@ impl Schedule {
                         "required with `cron`: the IANA time zone the expression is read in, e.g. Asia/Shanghai",
                     ));
                 };
+                // A pattern like "0 0 30 2 *" (30 February) parses but never fires: say so now.
+                let reference = Timestamp::UNIX_EPOCH.to_zoned(tz.clone());
+                if cron.find_next_occurrence(&reference, false).is_err() {
+                    return Err(field_err(
+                        "cron",
+                        format!("{:?} never matches a real date and time; check the day of month and month", expr.trim()),
+                    ));
+                }
                 (
                     Kind::Cron {
                         cron: Box::new(cron),
@@ -491,6 +499,15 @@ mod tests {
             ..Default::default()
         });
         assert!(e.contains("both"), "{e}");
+        let e = err(RawSchedule {
+            cron: Some("0 0 30 2 *".into()),
+            timezone: Some("UTC".into()),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("schedule.cron:") && e.contains("never matches"),
+            "{e}"
+        );
         let e = err(RawSchedule {
             cron: Some("0 9 * * *".into()),
             timezone: Some("UTC".into()),

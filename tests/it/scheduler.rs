@@ -855,7 +855,7 @@ fn daemon_process_fires_once_answers_control_serves_metrics_and_stops_on_sigterm
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("soon: paused"), "{text}");
 
-    let body = reqwest::blocking_get(port);
+    let body = http::blocking_get(port);
     assert!(
         body.contains("imcast_occurrences{status=\"failed\"} 1"),
         "{body}"
@@ -870,7 +870,7 @@ fn daemon_process_fires_once_answers_control_serves_metrics_and_stops_on_sigterm
     assert_eq!(status.code(), Some(143));
 }
 
-mod reqwest {
+mod http {
     /// GET /metrics with a plain TCP request (keeps the test free of an async runtime).
     pub fn blocking_get(port: u16) -> String {
         use std::io::{Read, Write};
