@@ -128,6 +128,9 @@ impl Hold {
     }
 }
 
+/// Consecutive failed ticks after which [`Daemon::run`] gives up.
+const MAX_FAILED_TICKS: u32 = 30;
+
 /// How often the daemon refreshes its claim on the state directory.
 const HEARTBEAT_EVERY_SECS: i64 = 10;
 
@@ -271,6 +274,7 @@ impl Daemon {
         mut self,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), DaemonError> {
+        let mut failures = 0u32;
         loop {
             let (back, res) = tokio::task::spawn_blocking(move || {
                 let r = self.tick();
@@ -282,7 +286,20 @@ impl Daemon {
                 source: std::io::Error::other(e.to_string()),
             })?;
             self = back;
-            res?;
+            // Each write in a tick is atomic and a claim is durable before its run starts, so a
+            // failed tick (e.g. the database busy beyond its timeout) is safely retried; only a
+            // persistent failure stops the daemon.
+            match res {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    error!(error = %e, attempt = failures, "tick failed; retrying");
+                    if failures >= MAX_FAILED_TICKS {
+                        self.runner.shutdown();
+                        return Err(e);
+                    }
+                }
+            }
             if *shutdown.borrow() {
                 break;
             }
@@ -881,5 +898,21 @@ impl Daemon {
             stopped: self.stopped,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_state_dir_is_at_the_repository_root() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("repo");
+        std::fs::create_dir_all(root.join("campaigns/team")).expect("mkdir");
+        std::fs::write(root.join("imcast.toml"), "").expect("write");
+        let got = default_state_dir(&root.join("campaigns/team"));
+        let want = std::fs::canonicalize(&root).expect("canon").join(".imcast");
+        assert_eq!(got, want);
     }
 }

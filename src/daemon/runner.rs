@@ -25,7 +25,9 @@ pub struct RunRequest {
     /// `NAME@<UTC RFC 3339>`: stable across restarts.
     pub run_key: String,
     pub path: PathBuf,
-    /// The content hash recorded when the occurrence was claimed.
+    /// The content hash recorded when the occurrence was claimed. On a resume after a restart
+    /// the payload is the file as it is now; an adapter compares this hash with the payload's
+    /// (the journal's plan hash) and refuses to continue changed content (like `run`, exit 7).
     pub content_hash: String,
     pub payload: Payload,
     /// True when this resumes a run claimed before a restart.
