@@ -396,6 +396,46 @@ impl QuietHours {
         }
     }
 
+    /// The next instant at or after `t` at which quiet hours begin (`t` itself if quiet).
+    pub fn next_quiet(&self, t: Timestamp) -> Timestamp {
+        if self.is_quiet(t) {
+            return t;
+        }
+        let z = t.to_zoned(self.tz.clone());
+        let mut date = z.date();
+        for _ in 0..3 {
+            if let Ok(start) = self
+                .tz
+                .to_ambiguous_zoned(date.to_datetime(self.from))
+                .compatible()
+            {
+                if start.timestamp() > t {
+                    return start.timestamp();
+                }
+            }
+            date = date.tomorrow().unwrap_or(date);
+        }
+        Timestamp::MAX
+    }
+
+    /// When `work` of sending time, starting at `start`, ends if it may only run outside quiet
+    /// hours (for ETAs): the work pauses at each quiet period and continues when it ends.
+    pub fn finish_time(&self, start: Timestamp, work: Duration) -> Timestamp {
+        let mut t = self.next_open(start);
+        let mut left = jiff::SignedDuration::try_from(work).unwrap_or(jiff::SignedDuration::MAX);
+        // Bounded: one iteration per day of work.
+        for _ in 0..100_000 {
+            let quiet = self.next_quiet(t);
+            let open = t.duration_until(quiet);
+            if left <= open {
+                return t.checked_add(left).unwrap_or(Timestamp::MAX);
+            }
+            left -= open;
+            t = self.next_open(quiet);
+        }
+        Timestamp::MAX
+    }
+
     /// `22:00–07:00 Asia/Shanghai`.
     pub fn describe(&self) -> String {
         format!(
@@ -697,6 +737,28 @@ mod tests {
         assert_eq!(
             q.next_open(ts("2026-03-08T06:30:00Z")),
             ts("2026-03-08T07:30:00Z")
+        );
+    }
+
+    #[test]
+    fn quiet_hours_shift_an_eta() {
+        let q = qh("22:00", "07:00", "Asia/Shanghai");
+        // Starts 21:00 local with 3h of work: 1h before quiet, the rest from 07:00.
+        let start = ts("2026-03-01T13:00:00Z");
+        assert_eq!(q.next_quiet(start), ts("2026-03-01T14:00:00Z"));
+        assert_eq!(
+            q.finish_time(start, Duration::from_secs(3 * 3600)),
+            ts("2026-03-02T01:00:00Z")
+        );
+        // Starting inside quiet hours waits for the end.
+        assert_eq!(
+            q.finish_time(ts("2026-03-01T15:00:00Z"), Duration::from_secs(600)),
+            ts("2026-03-01T23:10:00Z")
+        );
+        // 40h of work: 15 open hours a day.
+        assert_eq!(
+            q.finish_time(ts("2026-03-01T23:00:00Z"), Duration::from_secs(40 * 3600)),
+            ts("2026-03-04T09:00:00Z")
         );
     }
 
