@@ -219,6 +219,12 @@ pub struct ScheduleArgs {
     pub next: usize,
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
+    /// How many past occurrences to list per campaign.
+    #[arg(long, default_value_t = 10)]
+    pub past: usize,
+    /// Pretend it is this instant (RFC 3339); for tests and what-if checks.
+    #[arg(long, hide = true, value_name = "TIME")]
+    pub now: Option<String>,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -227,6 +233,9 @@ pub struct ScheduleArgs {
 pub struct ControlArgs {
     /// Campaign name (the `name:` in its file).
     pub name: String,
+    /// Do not wait for the daemon to acknowledge the request.
+    #[arg(long)]
+    pub no_wait: bool,
     #[command(flatten)]
     pub state: StateArgs,
 }

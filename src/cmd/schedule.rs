@@ -1,8 +1,55 @@
-//! `imcast schedule`.
+//! `imcast schedule DIR`: each campaign's next occurrences (its zone and UTC) and past ones with
+//! their outcome. Reads the state database if it exists; never creates or writes it.
 
-use crate::cli::{GlobalArgs, ScheduleArgs};
-use crate::exit::CmdResult;
+use anyhow::{anyhow, Context};
+use jiff::Timestamp;
 
-pub fn run(_g: &GlobalArgs, _args: &ScheduleArgs) -> CmdResult {
-    Err(super::not_yet("schedule"))
+use crate::cli::{GlobalArgs, OutputFormat, ScheduleArgs};
+use crate::clock::{Clock, SystemClock};
+use crate::daemon::source::StandInSource;
+use crate::daemon::{default_state_dir, state, view};
+use crate::exit::{CmdResult, Exit, ExitContext};
+
+pub fn run(_g: &GlobalArgs, a: &ScheduleArgs) -> CmdResult {
+    let now: Timestamp = match &a.now {
+        Some(s) => s
+            .parse()
+            .map_err(|_| {
+                anyhow!(
+                    "--now {s:?}: write an RFC 3339 time with offset, e.g. 2026-03-01T00:00:00Z"
+                )
+            })
+            .exit(Exit::Invalid)?,
+        None => SystemClock.now(),
+    };
+    if !a.dir.is_dir() {
+        return Err(anyhow!(
+            "{}: not a folder of campaign files",
+            a.dir.display()
+        ))
+        .exit(Exit::Invalid);
+    }
+    let state_dir = a
+        .state
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_state_dir(&a.dir));
+    let conn = state::open_existing(&state_dir)
+        .with_context(|| format!("reading the state directory {}", state_dir.display()))
+        .exit(Exit::Internal)?;
+    // TODO(merge): replace StandInSource with the adapter over spec::load.
+    let v = view::schedule_view(&a.dir, &StandInSource, conn.as_ref(), now, a.next, a.past)
+        .exit(Exit::Invalid)?;
+    match a.output {
+        OutputFormat::Human => print!("{}", view::render_human(&v)),
+        OutputFormat::Json => {
+            let s = serde_json::to_string_pretty(&v).exit(Exit::Internal)?;
+            println!("{s}");
+        }
+    }
+    Ok(if v.invalid.is_empty() {
+        Exit::Ok
+    } else {
+        Exit::Invalid
+    })
 }

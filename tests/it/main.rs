@@ -5,3 +5,4 @@ mod common;
 mod interop;
 mod mock;
 mod provider;
+mod scheduler;

@@ -1,0 +1,206 @@
+//! Prometheus text for `imcast daemon --metrics 127.0.0.1:PORT`.
+//!
+//! Owns: the snapshot the daemon publishes after every tick and its rendering in the
+//! Prometheus text exposition format, plus the tiny axum server. What only the sender knows
+//! (messages by status, rate vs limit) comes in through [`MetricsHook`]s, registered at merge.
+//! Must not: block the daemon (the server reads a snapshot behind a mutex), or bind anything
+//! but the address it is given (the command refuses non-loopback addresses).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// What the daemon knows after a tick.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    /// (campaign, next fire as UTC seconds).
+    pub next_fire: Vec<(String, Option<i64>)>,
+    pub runs_active: u64,
+    pub runs_paused: u64,
+    pub invalid_files: u64,
+    /// Occurrences by status, all time (until pruned).
+    pub occurrences: Vec<(String, u64)>,
+    pub stopped: bool,
+}
+
+/// Extra metric families from other stages (the sender's messages by status, rate vs limit).
+pub trait MetricsHook: Send + Sync {
+    /// Append complete families (`# HELP`, `# TYPE`, samples) to `out`.
+    fn render(&self, out: &mut String);
+}
+
+/// Shared state between the daemon and the metrics server.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    snapshot: Arc<Mutex<MetricsSnapshot>>,
+    hooks: Arc<Mutex<Vec<Arc<dyn MetricsHook>>>>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn publish(&self, s: MetricsSnapshot) {
+        if let Ok(mut g) = self.snapshot.lock() {
+            *g = s;
+        }
+    }
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        self.snapshot.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+    pub fn add_hook(&self, h: Arc<dyn MetricsHook>) {
+        if let Ok(mut g) = self.hooks.lock() {
+            g.push(h);
+        }
+    }
+    /// The whole exposition text.
+    pub fn render(&self) -> String {
+        let mut out = render_snapshot(&self.snapshot());
+        let hooks = self.hooks.lock().map(|g| g.clone()).unwrap_or_default();
+        for h in hooks {
+            h.render(&mut out);
+        }
+        out
+    }
+}
+
+fn esc(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Render a snapshot as Prometheus text.
+pub fn render_snapshot(s: &MetricsSnapshot) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "# HELP imcast_campaign_next_fire_timestamp_seconds Next occurrence of each scheduled campaign (UTC seconds).");
+    let _ = writeln!(
+        o,
+        "# TYPE imcast_campaign_next_fire_timestamp_seconds gauge"
+    );
+    for (name, next) in &s.next_fire {
+        if let Some(t) = next {
+            let _ = writeln!(
+                o,
+                "imcast_campaign_next_fire_timestamp_seconds{{campaign=\"{}\"}} {t}",
+                esc(name)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP imcast_runs_active Runs started by the daemon and not finished."
+    );
+    let _ = writeln!(o, "# TYPE imcast_runs_active gauge");
+    let _ = writeln!(o, "imcast_runs_active {}", s.runs_active);
+    let _ = writeln!(
+        o,
+        "# HELP imcast_runs_paused Runs currently paused (user, stop file or quiet hours)."
+    );
+    let _ = writeln!(o, "# TYPE imcast_runs_paused gauge");
+    let _ = writeln!(o, "imcast_runs_paused {}", s.runs_paused);
+    let _ = writeln!(
+        o,
+        "# HELP imcast_invalid_campaign_files Campaign files that failed to load at the last scan."
+    );
+    let _ = writeln!(o, "# TYPE imcast_invalid_campaign_files gauge");
+    let _ = writeln!(o, "imcast_invalid_campaign_files {}", s.invalid_files);
+    let _ = writeln!(
+        o,
+        "# HELP imcast_stopped 1 while the stop file pauses everything."
+    );
+    let _ = writeln!(o, "# TYPE imcast_stopped gauge");
+    let _ = writeln!(o, "imcast_stopped {}", u8::from(s.stopped));
+    let _ = writeln!(
+        o,
+        "# HELP imcast_occurrences Recorded occurrences by status."
+    );
+    let _ = writeln!(o, "# TYPE imcast_occurrences gauge");
+    for (status, n) in &s.occurrences {
+        let _ = writeln!(o, "imcast_occurrences{{status=\"{}\"}} {n}", esc(status));
+    }
+    o
+}
+
+/// Serve `GET /metrics` on `addr` until `shutdown` resolves. Returns the bound address first
+/// through `bound` (useful with port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    });
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Hook;
+    impl MetricsHook for Hook {
+        fn render(&self, out: &mut String) {
+            out.push_str("imcast_messages{status=\"sent\"} 3\n");
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_snapshot_and_hooks() {
+        let m = Metrics::new();
+        m.publish(MetricsSnapshot {
+            next_fire: vec![
+                ("daily \"news\"".into(), Some(1_772_326_800)),
+                ("off".into(), None),
+            ],
+            runs_active: 2,
+            runs_paused: 1,
+            ..Default::default()
+        });
+        m.add_hook(Arc::new(Hook));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let addr = serve("127.0.0.1:0".parse().expect("addr"), m, async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("bind");
+        let body = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("text");
+        let _ = tx.send(());
+        assert!(body.contains(
+            "imcast_campaign_next_fire_timestamp_seconds{campaign=\"daily \\\"news\\\"\"} 1772326800"
+        ), "{body}");
+        assert!(!body.contains("campaign=\"off\""), "{body}");
+        assert!(body.contains("imcast_runs_active 2\n"), "{body}");
+        assert!(body.contains("imcast_runs_paused 1\n"), "{body}");
+        assert!(
+            body.contains("imcast_messages{status=\"sent\"} 3"),
+            "{body}"
+        );
+    }
+}

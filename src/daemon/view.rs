@@ -1,0 +1,212 @@
+//! What `imcast schedule DIR` shows: each campaign's next occurrences (in its zone and UTC) and
+//! its past ones with their outcome from the `sched_*` tables. Builds data only; the command
+//! renders it (human text or JSON). Must not: write to the state database.
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::source::{scan_dir, CampaignSource};
+use super::state::{self, StateError};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleView {
+    pub now: String,
+    pub campaigns: Vec<CampaignView>,
+    pub invalid: Vec<InvalidFile>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CampaignView {
+    pub name: String,
+    /// File name inside the folder.
+    pub file: String,
+    /// `None`: no schedule; the daemon never fires it.
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub not_after_seconds: Option<u64>,
+    pub overlap: Option<String>,
+    pub quiet_hours: Option<String>,
+    pub paused: bool,
+    pub next: Vec<When>,
+    pub past: Vec<Past>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct When {
+    pub local: String,
+    pub utc: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Past {
+    pub local: String,
+    pub utc: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InvalidFile {
+    pub file: String,
+    pub error: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("campaign folder {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Build the view. `conn` is the state database if it exists; `past` caps past rows per campaign.
+pub fn schedule_view(
+    dir: &Path,
+    source: &dyn CampaignSource,
+    conn: Option<&Connection>,
+    now: Timestamp,
+    next: usize,
+    past: usize,
+) -> Result<ScheduleView, ViewError> {
+    let files = scan_dir(dir, source).map_err(|e| ViewError::Dir {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.display().to_string())
+    };
+    let mut campaigns = Vec::new();
+    let mut invalid = Vec::new();
+    for (path, res) in files {
+        let c = match res {
+            Ok(c) => c,
+            Err(e) => {
+                let prefix = format!("{}: ", path.display());
+                let shown = e.strip_prefix(&prefix).unwrap_or(&e).to_string();
+                invalid.push(InvalidFile {
+                    file: file_name(&path),
+                    error: shown,
+                });
+                continue;
+            }
+        };
+        let sched = c.schedule.as_ref();
+        let next_list = sched
+            .map(|s| {
+                s.upcoming(now, next)
+                    .into_iter()
+                    .map(|t| When {
+                        local: s.local(t),
+                        utc: t.to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (rows, paused) = match conn {
+            Some(conn) => (
+                state::occurrences(conn, Some(&c.name))?,
+                state::campaign(conn, &c.name)?.is_some_and(|r| r.paused),
+            ),
+            None => (Vec::new(), false),
+        };
+        let skip = rows.len().saturating_sub(past);
+        let past_list = rows
+            .into_iter()
+            .skip(skip)
+            .map(|r| {
+                let t = Timestamp::from_second(r.occurrence).unwrap_or(Timestamp::UNIX_EPOCH);
+                Past {
+                    local: sched.map(|s| s.local(t)).unwrap_or_else(|| t.to_string()),
+                    utc: t.to_string(),
+                    status: r.status,
+                    detail: r.detail,
+                }
+            })
+            .collect();
+        campaigns.push(CampaignView {
+            name: c.name.clone(),
+            file: file_name(&path),
+            schedule: sched.map(|s| s.describe()),
+            timezone: sched.map(|s| s.timezone_name().to_string()),
+            not_after_seconds: sched.map(|s| s.not_after().as_secs()),
+            overlap: sched.map(|s| s.overlap().as_str().to_string()),
+            quiet_hours: c.quiet_hours.as_ref().map(|q| q.describe()),
+            paused,
+            next: next_list,
+            past: past_list,
+        });
+    }
+    Ok(ScheduleView {
+        now: now.to_string(),
+        campaigns,
+        invalid,
+    })
+}
+
+/// Human text for [`ScheduleView`].
+pub fn render_human(v: &ScheduleView) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    for c in &v.campaigns {
+        let _ = writeln!(
+            o,
+            "{} ({}){}",
+            c.name,
+            c.file,
+            if c.paused { "  [paused]" } else { "" }
+        );
+        match &c.schedule {
+            None => {
+                let _ = writeln!(
+                    o,
+                    "  no schedule: the daemon never fires it (send with `imcast run`)"
+                );
+            }
+            Some(s) => {
+                let _ = writeln!(
+                    o,
+                    "  {s}; not_after {}; overlap {}",
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        c.not_after_seconds.unwrap_or(0)
+                    )),
+                    c.overlap.as_deref().unwrap_or("skip")
+                );
+            }
+        }
+        if let Some(q) = &c.quiet_hours {
+            let _ = writeln!(o, "  quiet hours {q}");
+        }
+        if c.schedule.is_some() {
+            if c.next.is_empty() {
+                let _ = writeln!(o, "  next: none");
+            } else {
+                let _ = writeln!(o, "  next:");
+                for w in &c.next {
+                    let _ = writeln!(o, "    {}   {}", w.local, w.utc);
+                }
+            }
+        }
+        if !c.past.is_empty() {
+            let _ = writeln!(o, "  past:");
+            for p in &c.past {
+                let _ = writeln!(o, "    {}   {}   {}", p.local, p.utc, p.status);
+            }
+        }
+    }
+    for i in &v.invalid {
+        let _ = writeln!(o, "INVALID {}: {}", i.file, i.error);
+    }
+    if v.campaigns.is_empty() && v.invalid.is_empty() {
+        let _ = writeln!(o, "no campaign files (*.yaml, *.yml) in the folder");
+    }
+    o
+}
