@@ -1,1 +1,892 @@
-//! TODO: plan stage (placeholder until its issue lands).
+//! The plan: every audience row's outcome, and the calls that deliver the valid ones.
+//!
+//! Grouping: recipients whose rendered Content and Ext are identical form a group; each group is
+//! cut into calls of at most `Action::max_receivers()` (500 for batch, 1 for conversation/p2p),
+//! groups ordered by their first recipient in audience order, recipients in audience order within
+//! a group. So the number of calls is exactly Σ⌈group size / max⌉, the minimum.
+//!
+//! Memory: the plan holds 8–16 bytes per valid recipient plus ~40 bytes per distinct Content,
+//! never rows × columns. Each distinct Content is stored once; above [`STORE_MAX_CONTENTS`] (or
+//! [`STORE_MAX_BYTES`]) the plan keeps only each group's content hash and the position of its first
+//! row, and [`Plan::calls`] re-renders at send time (rendering is deterministic; a mismatch means
+//! the inputs changed and is an error, never a silent send).
+//!
+//! The plan hash covers everything that decides what is sent: the campaign file, every template
+//! file read (main and includes), the audience bytes, every exclude list and every extra
+//! suppression list. This module sends nothing and writes nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::action::Action;
+use crate::audience::{load_suppression, AudienceError, AudienceReader, RowCursor, RowPos};
+use crate::render::{RenderError, Renderer, RowInput};
+use crate::spec::{Campaign, Source};
+
+/// Keep at most this many distinct Contents in memory; beyond, re-render at send time.
+pub const STORE_MAX_CONTENTS: usize = 100_000;
+/// Keep at most this many bytes of distinct Contents in memory.
+pub const STORE_MAX_BYTES: usize = 64 << 20;
+/// Rendered samples kept for `plan` output.
+pub const SAMPLES: usize = 10;
+/// Examples listed per undefined variable.
+const EXAMPLES: usize = 5;
+
+/// Options from outside the campaign file.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// Global suppression lists (imcast.toml `account.suppress`), hashed into the plan too.
+    pub extra_suppress: Vec<PathBuf>,
+}
+
+/// Where a render failed, with the first few recipients affected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenderProblem {
+    /// `undefined variable `x`` or the template error.
+    pub what: String,
+    pub count: u64,
+    /// (recipient id, line) of the first few.
+    pub examples: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Audience(#[from] AudienceError),
+    #[error("template: {0}")]
+    Template(String),
+    #[error("{}", render_problems(.0))]
+    Render(Vec<RenderProblem>),
+    #[error("`audience.required` lists columns, but the audience is an inline id list without columns")]
+    RequiredWithoutColumns,
+    #[error("the inputs changed since the plan was made: {0}")]
+    Changed(String),
+}
+
+fn render_problems(ps: &[RenderProblem]) -> String {
+    let mut s = String::from("rendering failed; nothing can be sent until every recipient renders:");
+    for p in ps {
+        let ex: Vec<String> = p
+            .examples
+            .iter()
+            .map(|(id, line)| format!("{id} (line {line})"))
+            .collect();
+        s.push_str(&format!(
+            "\n  {} — {} recipient{}, first: {}",
+            p.what,
+            p.count,
+            if p.count == 1 { "" } else { "s" },
+            ex.join(", ")
+        ));
+    }
+    s.push_str("\n  fix the audience columns or `message.vars`, or guard with `{% if x is defined %}`");
+    s
+}
+
+/// The plan's numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Audience rows.
+    pub total: u64,
+    pub valid: u64,
+    pub invalid: u64,
+    pub duplicate: u64,
+    pub suppressed: u64,
+    pub distinct_contents: u64,
+    pub calls: u64,
+    /// Messages the provider counts: receivers for batch, calls for conversation/p2p.
+    pub messages: u64,
+    /// Valid recipients whose render read an empty value.
+    pub empty_value_rows: u64,
+}
+
+/// One call to make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedCall {
+    /// 0-based call number.
+    pub seq: u64,
+    /// Short hash of content + ext.
+    pub variant: String,
+    /// batch: ≤500 user ids; conversation/p2p: exactly one conversation id.
+    pub receivers: Vec<u64>,
+    pub msg_type: i32,
+    pub content: String,
+    pub ext: BTreeMap<String, String>,
+}
+
+/// What happens to one audience row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RowStatus {
+    Valid { call: u64 },
+    Invalid { reason: String },
+    Duplicate { first_line: u64 },
+    Suppressed { list: String },
+}
+
+/// One audience row and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AudienceRow {
+    pub line: u64,
+    pub id: Option<u64>,
+    pub raw_id: String,
+    pub status: RowStatus,
+}
+
+/// A rendered example.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    pub id: u64,
+    pub line: u64,
+    pub content: String,
+    pub ext: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    key: u128,
+    pos: RowPos,
+    first_index: u64,
+    stored: Option<u32>,
+}
+
+/// The plan for one campaign.
+pub struct Plan {
+    campaign: Campaign,
+    renderer: Renderer,
+    hash: String,
+    counts: Counts,
+    groups: Vec<Group>,
+    contents: Vec<(String, BTreeMap<String, String>)>,
+    /// Valid ids ordered by group (stable: audience order within a group).
+    ids_by_group: Vec<u64>,
+    /// Offsets into `ids_by_group`, one per group plus the end.
+    group_start: Vec<usize>,
+    /// Group of each valid row, in audience order.
+    row_group: Vec<u32>,
+    /// First call number of each group.
+    group_call_base: Vec<u64>,
+    suppress: HashMap<u64, u16>,
+    suppress_labels: Vec<String>,
+    samples: Vec<Sample>,
+    variable_distinct: BTreeMap<String, u64>,
+    warnings: Vec<String>,
+    static_content: bool,
+    header: Option<std::sync::Arc<Vec<String>>>,
+}
+
+fn content_key(content: &str, ext: &BTreeMap<String, String>) -> u128 {
+    let mut h = Sha256::new();
+    h.update((content.len() as u64).to_le_bytes());
+    h.update(content.as_bytes());
+    for (k, v) in ext {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(b)
+}
+
+fn variant_of(key: u128) -> String {
+    format!("{:012x}", key >> 80)
+}
+
+fn value_hash(s: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+/// Build the plan: stream the audience once, render, group, hash.
+pub fn build(c: &Campaign, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    let renderer = Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?;
+
+    // Suppression lists: one map id → list, 8 bytes per id plus the label index.
+    let mut suppress: HashMap<u64, u16> = HashMap::new();
+    let mut suppress_labels = Vec::new();
+    let mut list_hashes: Vec<[u8; 32]> = Vec::new();
+    let default_col = match &c.audience.source {
+        Source::Csv { id_column, .. } => id_column.clone(),
+        Source::Ids(_) => "user_id".to_string(),
+    };
+    let extra: Vec<Source> = opts
+        .extra_suppress
+        .iter()
+        .map(|p| Source::Csv {
+            path: p.clone(),
+            id_column: default_col.clone(),
+        })
+        .collect();
+    for src in c.audience.exclude.iter().chain(extra.iter()) {
+        let (set, h) = load_suppression(src)?;
+        let idx = suppress_labels.len() as u16;
+        suppress_labels.push(src.label());
+        list_hashes.push(h);
+        for id in set {
+            suppress.entry(id).or_insert(idx);
+        }
+    }
+
+    let mut reader = AudienceReader::open(&c.audience.source)?;
+    let header = reader.header().cloned();
+    let columns: Vec<String> = header
+        .as_ref()
+        .map(|h| h.names.as_ref().clone())
+        .unwrap_or_default();
+    let mut required = Vec::new();
+    for r in &c.audience.required {
+        match &header {
+            None => return Err(PlanError::RequiredWithoutColumns),
+            Some(h) => match h.names.iter().position(|n| n == r) {
+                Some(i) => required.push((i, r.clone())),
+                None => {
+                    let path = match &c.audience.source {
+                        Source::Csv { path, .. } => path.clone(),
+                        Source::Ids(_) => PathBuf::from("inline"),
+                    };
+                    return Err(AudienceError::MissingRequiredColumn {
+                        path,
+                        column: r.clone(),
+                        found: h.names.join(", "),
+                    }
+                    .into());
+                }
+            },
+        }
+    }
+    let static_content = renderer.is_static(&columns);
+    // Variables to count distinct values of: columns the templates read (+ recipient).
+    let tracked: Vec<(String, Option<usize>)> = renderer
+        .variables()
+        .iter()
+        .filter_map(|v| {
+            if v == "recipient" {
+                Some((v.clone(), None))
+            } else {
+                columns
+                    .iter()
+                    .position(|c| c == v)
+                    .map(|i| (v.clone(), Some(i)))
+            }
+        })
+        .take(8)
+        .collect();
+    let mut distinct: Vec<HashSet<u64>> = vec![HashSet::new(); tracked.len()];
+
+    let mut counts = Counts::default();
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut by_key: HashMap<u128, u32> = HashMap::new();
+    let mut contents: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    let mut stored_bytes = 0usize;
+    let mut spilled = false;
+    let mut row_group: Vec<u32> = Vec::new();
+    let mut ids_in_order: Vec<u64> = Vec::new();
+    let mut samples = Vec::new();
+    let mut failures: BTreeMap<String, RenderProblem> = BTreeMap::new();
+    let mut static_cache: Option<(u128, u32, Sample)> = None;
+
+    while let Some(row) = reader.next_row()? {
+        counts.total += 1;
+        let id = match row.id {
+            Ok(id) => id,
+            Err(_) => {
+                counts.invalid += 1;
+                continue;
+            }
+        };
+        if !seen.insert(id) {
+            counts.duplicate += 1;
+            continue;
+        }
+        if suppress.contains_key(&id) {
+            counts.suppressed += 1;
+            continue;
+        }
+        if required
+            .iter()
+            .any(|(i, _)| row.fields.get(*i).unwrap_or("").trim().is_empty())
+        {
+            counts.invalid += 1;
+            continue;
+        }
+        for (k, (_, col)) in tracked.iter().enumerate() {
+            let h = match col {
+                Some(i) => value_hash(row.fields.get(*i).unwrap_or("")),
+                None => id,
+            };
+            distinct[k].insert(h);
+        }
+        let g = if let Some((_, g, sample)) = &static_cache {
+            if samples.len() < SAMPLES {
+                samples.push(Sample {
+                    id,
+                    line: row.line,
+                    ..sample.clone()
+                });
+            }
+            *g
+        } else {
+            let input = RowInput {
+                id,
+                header: header.as_ref().map(|h| &h.names),
+                fields: &row.fields,
+            };
+            let r = match renderer.render(&input) {
+                Ok(r) => r,
+                Err(e) => {
+                    let what = match &e {
+                        RenderError::Undefined { variable, .. } => {
+                            format!("undefined variable `{variable}`")
+                        }
+                        RenderError::Template(m) => m.clone(),
+                    };
+                    let p = failures.entry(what.clone()).or_insert(RenderProblem {
+                        what,
+                        count: 0,
+                        examples: Vec::new(),
+                    });
+                    p.count += 1;
+                    if p.examples.len() < EXAMPLES {
+                        p.examples.push((id, row.line));
+                    }
+                    continue;
+                }
+            };
+            if r.used_empty {
+                counts.empty_value_rows += 1;
+            }
+            let sample = Sample {
+                id,
+                line: row.line,
+                content: r.content.clone(),
+                ext: r.ext.clone(),
+            };
+            if samples.len() < SAMPLES {
+                samples.push(sample.clone());
+            }
+            let key = content_key(&r.content, &r.ext);
+            let g = match by_key.get(&key) {
+                Some(g) => *g,
+                None => {
+                    let g = groups.len() as u32;
+                    let stored = if spilled {
+                        None
+                    } else {
+                        stored_bytes += r.content.len()
+                            + r.ext.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                        if contents.len() >= STORE_MAX_CONTENTS || stored_bytes > STORE_MAX_BYTES
+                        {
+                            spilled = true;
+                            contents = Vec::new();
+                            for gr in &mut groups {
+                                gr.stored = None;
+                            }
+                            None
+                        } else {
+                            contents.push((r.content, r.ext));
+                            Some((contents.len() - 1) as u32)
+                        }
+                    };
+                    groups.push(Group {
+                        key,
+                        pos: row.pos,
+                        first_index: row.index,
+                        stored,
+                    });
+                    by_key.insert(key, g);
+                    g
+                }
+            };
+            if static_content {
+                static_cache = Some((key, g, sample));
+            }
+            g
+        };
+        row_group.push(g);
+        ids_in_order.push(id);
+        counts.valid += 1;
+    }
+    if static_content && counts.empty_value_rows > 0 {
+        counts.empty_value_rows = counts.valid;
+    }
+    let audience_hash = reader.finish()?;
+    drop(by_key);
+    drop(seen);
+    if !failures.is_empty() {
+        let mut v: Vec<RenderProblem> = failures.into_values().collect();
+        v.sort_by(|a, b| b.count.cmp(&a.count).then(a.what.cmp(&b.what)));
+        return Err(PlanError::Render(v));
+    }
+
+    // Counting sort of valid ids by group (stable).
+    let mut group_start = vec![0usize; groups.len() + 1];
+    for g in &row_group {
+        group_start[*g as usize + 1] += 1;
+    }
+    for i in 0..groups.len() {
+        group_start[i + 1] += group_start[i];
+    }
+    let mut fill = group_start.clone();
+    let mut ids_by_group = vec![0u64; ids_in_order.len()];
+    for (g, id) in row_group.iter().zip(ids_in_order.iter()) {
+        let slot = &mut fill[*g as usize];
+        ids_by_group[*slot] = *id;
+        *slot += 1;
+    }
+    drop(ids_in_order);
+    drop(fill);
+
+    let max = c.action.max_receivers() as u64;
+    let mut group_call_base = Vec::with_capacity(groups.len());
+    let mut calls = 0u64;
+    for g in 0..groups.len() {
+        group_call_base.push(calls);
+        let size = (group_start[g + 1] - group_start[g]) as u64;
+        calls += size.div_ceil(max);
+    }
+    counts.calls = calls;
+    counts.distinct_contents = groups.len() as u64;
+    counts.messages = match c.action {
+        Action::Batch => counts.valid,
+        Action::Conversation | Action::P2p => calls,
+    };
+
+    // The plan hash.
+    let mut h = Sha256::new();
+    h.update(b"imcast-plan/1\n");
+    h.update((c.source.len() as u64).to_le_bytes());
+    h.update(c.source.as_bytes());
+    for (name, fh) in renderer.files() {
+        h.update(b"template\0");
+        h.update(name.as_bytes());
+        h.update(fh);
+    }
+    h.update(b"audience\0");
+    h.update(audience_hash);
+    for lh in &list_hashes {
+        h.update(b"suppress\0");
+        h.update(lh);
+    }
+    let hash = hex::encode(h.finalize());
+
+    let variable_distinct: BTreeMap<String, u64> = tracked
+        .iter()
+        .zip(distinct.iter())
+        .map(|((n, _), s)| (n.clone(), s.len() as u64))
+        .collect();
+
+    let mut warnings = Vec::new();
+    if c.action == Action::Batch
+        && counts.valid >= 2
+        && counts.distinct_contents * 2 > counts.valid
+    {
+        let mut culprits: Vec<(&String, &u64)> = variable_distinct
+            .iter()
+            .filter(|(_, n)| **n * 2 > counts.distinct_contents)
+            .collect();
+        culprits.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let named: Vec<String> = culprits
+            .iter()
+            .map(|(n, d)| format!("`{n}` ({d} distinct values)"))
+            .collect();
+        warnings.push(format!(
+            "personalized: {} of {} recipients get a Content of their own, so calls carry {:.1} receivers on average instead of up to 500; responsible: {}",
+            counts.distinct_contents,
+            counts.valid,
+            counts.valid as f64 / counts.calls.max(1) as f64,
+            if named.is_empty() {
+                "the templates' per-recipient values".to_string()
+            } else {
+                named.join(", ")
+            }
+        ));
+    }
+    if counts.empty_value_rows > 0 {
+        warnings.push(format!(
+            "{} recipient{} got a message that used an empty value (e.g. \"Hi ,\"); list such columns in `audience.required` to make those rows invalid",
+            counts.empty_value_rows,
+            if counts.empty_value_rows == 1 { "" } else { "s" }
+        ));
+    }
+    if counts.valid == 0 {
+        warnings.push("no valid recipients: nothing would be sent".to_string());
+    }
+
+    Ok(Plan {
+        campaign: c.clone(),
+        renderer,
+        hash,
+        counts,
+        groups,
+        contents,
+        ids_by_group,
+        group_start,
+        row_group,
+        group_call_base,
+        suppress,
+        suppress_labels,
+        samples,
+        variable_distinct,
+        warnings,
+        static_content,
+        header: header.map(|h| h.names),
+    })
+}
+
+impl Plan {
+    /// Hex sha256 over everything that decides what is sent.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    pub fn campaign(&self) -> &Campaign {
+        &self.campaign
+    }
+
+    /// Warnings for people (personalization, empty values, nothing to send).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The first few rendered recipients.
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
+    /// Distinct values of each per-recipient variable the templates read.
+    pub fn variable_distinct(&self) -> &BTreeMap<String, u64> {
+        &self.variable_distinct
+    }
+
+    /// True when every recipient gets the same Content (rendered once).
+    pub fn is_static(&self) -> bool {
+        self.static_content
+    }
+
+    /// Whether Contents are kept in memory (false: re-rendered by `calls()`).
+    pub fn contents_in_memory(&self) -> bool {
+        self.groups.iter().all(|g| g.stored.is_some())
+    }
+
+    /// Every call, in plan order (deterministic).
+    pub fn calls(&self) -> impl Iterator<Item = Result<PlannedCall, PlanError>> + '_ {
+        CallIter {
+            plan: self,
+            group: 0,
+            offset: 0,
+            seq: 0,
+            current: None,
+            cursor: None,
+            failed: false,
+        }
+    }
+
+    /// Every audience row in file order with its outcome.
+    pub fn rows(&self) -> impl Iterator<Item = Result<AudienceRow, PlanError>> + '_ {
+        RowIter {
+            plan: self,
+            reader: None,
+            first_line: HashMap::new(),
+            valid_seen: 0,
+            rank: vec![0; self.groups.len()],
+            required: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The call that carries `id`, if `id` is a valid recipient.
+    pub fn call_for(&self, id: u64) -> Option<Result<PlannedCall, PlanError>> {
+        self.calls().find(|c| match c {
+            Ok(c) => c.receivers.contains(&id),
+            Err(_) => true,
+        })
+    }
+
+    fn content_of(
+        &self,
+        g: usize,
+        cursor: &mut Option<RowCursor>,
+    ) -> Result<(String, BTreeMap<String, String>), PlanError> {
+        let group = &self.groups[g];
+        if let Some(i) = group.stored {
+            if let Some((c, e)) = self.contents.get(i as usize) {
+                return Ok((c.clone(), e.clone()));
+            }
+        }
+        if cursor.is_none() {
+            *cursor = Some(RowCursor::open(&self.campaign.audience.source)?);
+        }
+        let Some(cur) = cursor.as_mut() else {
+            return Err(PlanError::Changed("audience cursor".into()));
+        };
+        let row = cur.seek_forward(group.pos, group.first_index)?;
+        let id = row
+            .id
+            .map_err(|e| PlanError::Changed(format!("line {}: {e}", row.line)))?;
+        let input = RowInput {
+            id,
+            header: self.header.as_ref(),
+            fields: &row.fields,
+        };
+        let r = self
+            .renderer
+            .render(&input)
+            .map_err(|e| PlanError::Changed(format!("line {}: {e}", row.line)))?;
+        if content_key(&r.content, &r.ext) != group.key {
+            return Err(PlanError::Changed(format!(
+                "line {} renders differently than when planned; plan again",
+                row.line
+            )));
+        }
+        Ok((r.content, r.ext))
+    }
+}
+
+struct CallIter<'a> {
+    plan: &'a Plan,
+    group: usize,
+    offset: usize,
+    seq: u64,
+    current: Option<(String, BTreeMap<String, String>, String)>,
+    cursor: Option<RowCursor>,
+    failed: bool,
+}
+
+impl Iterator for CallIter<'_> {
+    type Item = Result<PlannedCall, PlanError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let p = self.plan;
+        let max = p.campaign.action.max_receivers();
+        loop {
+            if self.group >= p.groups.len() {
+                return None;
+            }
+            let start = p.group_start[self.group];
+            let end = p.group_start[self.group + 1];
+            if start + self.offset >= end {
+                self.group += 1;
+                self.offset = 0;
+                self.current = None;
+                continue;
+            }
+            if self.current.is_none() {
+                match p.content_of(self.group, &mut self.cursor) {
+                    Ok((c, e)) => {
+                        self.current = Some((c, e, variant_of(p.groups[self.group].key)))
+                    }
+                    Err(e) => {
+                        self.failed = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            let from = start + self.offset;
+            let to = (from + max).min(end);
+            self.offset += to - from;
+            let (content, ext, variant) = self.current.as_ref()?;
+            let call = PlannedCall {
+                seq: self.seq,
+                variant: variant.clone(),
+                receivers: p.ids_by_group[from..to].to_vec(),
+                msg_type: p.campaign.message.msg_type,
+                content: content.clone(),
+                ext: ext.clone(),
+            };
+            self.seq += 1;
+            return Some(Ok(call));
+        }
+    }
+}
+
+struct RowIter<'a> {
+    plan: &'a Plan,
+    reader: Option<AudienceReader>,
+    first_line: HashMap<u64, u64>,
+    valid_seen: usize,
+    rank: Vec<u32>,
+    required: Vec<(usize, String)>,
+    done: bool,
+}
+
+impl RowIter<'_> {
+    fn step(&mut self) -> Result<Option<AudienceRow>, PlanError> {
+        let p = self.plan;
+        if self.reader.is_none() {
+            let r = AudienceReader::open(&p.campaign.audience.source)?;
+            if let Some(h) = r.header() {
+                for col in &p.campaign.audience.required {
+                    if let Some(i) = h.names.iter().position(|n| n == col) {
+                        self.required.push((i, col.clone()));
+                    }
+                }
+            }
+            self.reader = Some(r);
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        let Some(row) = reader.next_row()? else {
+            return Ok(None);
+        };
+        let status = match &row.id {
+            Err(reason) => RowStatus::Invalid {
+                reason: reason.clone(),
+            },
+            Ok(id) => {
+                if let Some(first) = self.first_line.get(id) {
+                    RowStatus::Duplicate { first_line: *first }
+                } else {
+                    self.first_line.insert(*id, row.line);
+                    if let Some(l) = p.suppress.get(id) {
+                        RowStatus::Suppressed {
+                            list: p
+                                .suppress_labels
+                                .get(*l as usize)
+                                .cloned()
+                                .unwrap_or_default(),
+                        }
+                    } else if let Some((_, col)) = self
+                        .required
+                        .iter()
+                        .find(|(i, _)| row.fields.get(*i).unwrap_or("").trim().is_empty())
+                    {
+                        RowStatus::Invalid {
+                            reason: format!("required column `{col}` is empty"),
+                        }
+                    } else {
+                        let Some(g) = p.row_group.get(self.valid_seen).copied() else {
+                            return Err(PlanError::Changed(format!(
+                                "line {}: more valid rows than planned",
+                                row.line
+                            )));
+                        };
+                        self.valid_seen += 1;
+                        let g = g as usize;
+                        let r = self.rank[g] as u64;
+                        self.rank[g] += 1;
+                        let max = p.campaign.action.max_receivers() as u64;
+                        RowStatus::Valid {
+                            call: p.group_call_base[g] + r / max,
+                        }
+                    }
+                }
+            }
+        };
+        Ok(Some(AudienceRow {
+            line: row.line,
+            id: row.id.ok(),
+            raw_id: row.raw_id,
+            status,
+        }))
+    }
+}
+
+impl Iterator for RowIter<'_> {
+    type Item = Result<AudienceRow, PlanError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// The provider request body for one call (PascalCase keys, ids as JSON integers).
+pub fn request_body(c: &Campaign, call: &PlannedCall) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let mut m = Map::new();
+    m.insert("AppId".into(), json!(c.app_id));
+    m.insert("Sender".into(), json!(c.sender));
+    let target = call.receivers.first().copied().unwrap_or(0);
+    match c.action {
+        Action::Batch => {
+            m.insert("Receiver".into(), json!(call.receivers));
+            if let Some(t) = c.batch.inbox_type {
+                m.insert("InboxType".into(), json!(t));
+            }
+            m.insert("MsgType".into(), json!(call.msg_type));
+            m.insert("Content".into(), Value::String(call.content.clone()));
+            if let Some(n) = c.batch.is_normal_user {
+                m.insert("IsNormalUser".into(), json!(n));
+            }
+        }
+        Action::Conversation => {
+            let o = &c.conversation;
+            m.insert("ConversationShortId".into(), json!(target));
+            m.insert("MsgType".into(), json!(call.msg_type));
+            m.insert("Content".into(), Value::String(call.content.clone()));
+            if let Some(v) = &o.mentioned_users {
+                m.insert("MentionedUsers".into(), json!(v));
+            }
+            if let Some(r) = &o.ref_msg {
+                let mut rm = Map::new();
+                if let Some(x) = r.referenced_message_id {
+                    rm.insert("ReferencedMessageId".into(), json!(x));
+                }
+                if let Some(x) = &r.hint {
+                    rm.insert("Hint".into(), json!(x));
+                }
+                if let Some(x) = r.referenced_message_type {
+                    rm.insert("ReferencedMessageType".into(), json!(x));
+                }
+                if let Some(x) = r.status {
+                    rm.insert("Status".into(), json!(x));
+                }
+                m.insert("RefMsgInfo".into(), Value::Object(rm));
+            }
+            if let Some(v) = &o.visible_users {
+                m.insert("VisibleUsers".into(), json!(v));
+            }
+            if let Some(v) = &o.invisible_users {
+                m.insert("InvisibleUsers".into(), json!(v));
+            }
+            if let Some(v) = o.priority {
+                m.insert("Priority".into(), json!(v));
+            }
+        }
+        Action::P2p => {
+            let o = &c.p2p;
+            m.insert("ConversationShortId".into(), json!(target));
+            m.insert("MsgType".into(), json!(call.msg_type));
+            m.insert("Content".into(), Value::String(call.content.clone()));
+            if let Some(v) = &o.receiver_user_ids {
+                m.insert("ReceiverUserId".into(), json!(v));
+            }
+            if let Some(v) = &o.ignore_user_ids {
+                m.insert("IgnoreUserIds".into(), json!(v));
+            }
+        }
+    }
+    if !call.ext.is_empty() && c.action != Action::P2p {
+        m.insert("Ext".into(), json!(call.ext));
+    }
+    Value::Object(m)
+}

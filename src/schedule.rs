@@ -67,3 +67,29 @@ impl Schedule {
         None
     }
 }
+
+/// Quiet hours: times of day in which no call starts.
+///
+/// PLACEHOLDER (foundation stream): the scheduler issue replaces this with the real thing; the
+/// signatures are the CONTRACTS.md boundary. This stub accepts any raw value and is never quiet.
+#[derive(Debug, Clone)]
+pub struct QuietHours {
+    _private: (),
+}
+
+impl QuietHours {
+    /// Validate raw quiet hours.
+    pub fn from_raw(_raw: &RawQuietHours) -> Result<QuietHours, ScheduleError> {
+        Ok(QuietHours { _private: () })
+    }
+
+    /// Whether no call may start at `t`.
+    pub fn is_quiet(&self, _t: Timestamp) -> bool {
+        false
+    }
+
+    /// The first instant at or after `t` that is not quiet (`t` itself if not quiet).
+    pub fn next_open(&self, t: Timestamp) -> Timestamp {
+        t
+    }
+}
