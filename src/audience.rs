@@ -71,16 +71,59 @@ pub fn parse_id(raw: &str) -> Result<u64, String> {
         .map_err(|_| format!("id `{s}` is larger than 18446744073709551615"))
 }
 
-/// A reader that hashes every byte it passes on.
+/// A reader that hashes every byte it passes on and keeps a window of the most recent bytes,
+/// so a record's true first line can be found (see [`HashingReader::true_line`]).
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
+    window: Vec<u8>,
+    window_start: u64,
+}
+
+const WINDOW_MAX: usize = 1 << 20;
+const WINDOW_KEEP: usize = 256 << 10;
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            window: Vec::new(),
+            window_start: 0,
+        }
+    }
+
+    /// csv reports a record's position before it skips the terminator left over from the
+    /// previous record (the `\n` of a CRLF) and blank lines, so with CRLF files its line numbers
+    /// lag. Skip that run of `\r`/`\n` bytes and count its newlines. Falls back to the reported
+    /// line if the bytes are no longer in the window (a record longer than 256 KiB).
+    fn true_line(&self, reported_line: u64, byte: u64) -> u64 {
+        if byte < self.window_start {
+            return reported_line;
+        }
+        let from = (byte - self.window_start) as usize;
+        let newlines = self
+            .window
+            .get(from..)
+            .unwrap_or(&[])
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .filter(|b| **b == b'\n')
+            .count() as u64;
+        reported_line + newlines
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.window.extend_from_slice(&buf[..n]);
+        if self.window.len() > WINDOW_MAX {
+            let drop = self.window.len() - WINDOW_KEEP;
+            self.window.drain(..drop);
+            self.window_start += drop as u64;
+        }
         Ok(n)
     }
 }
@@ -196,10 +239,7 @@ impl AudienceReader {
         match source {
             Source::Csv { path, id_column } => {
                 let f = open(path)?;
-                let mut rdr = csv_builder().from_reader(HashingReader {
-                    inner: f,
-                    hasher: Sha256::new(),
-                });
+                let mut rdr = csv_builder().from_reader(HashingReader::new(f));
                 let names = read_header(&mut rdr, path)?;
                 let id_index = names.iter().position(|n| n == id_column).ok_or_else(|| {
                     AudienceError::MissingIdColumn {
@@ -270,6 +310,7 @@ impl AudienceReader {
                     .position()
                     .map(|p| (p.line(), p.byte()))
                     .unwrap_or((0, 0));
+                let line = rdr.get_ref().true_line(line, byte);
                 let raw_id = rec.get(*id_index).unwrap_or("").to_string();
                 let id = parse_id(&raw_id);
                 let index = self.index;

@@ -205,8 +205,29 @@ fn value_hash(s: &str) -> u64 {
     h.finish()
 }
 
+/// How many distinct Contents a plan keeps in memory before it switches to re-rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    pub max_contents: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_contents: STORE_MAX_CONTENTS,
+            max_bytes: STORE_MAX_BYTES,
+        }
+    }
+}
+
 /// Build the plan: stream the audience once, render, group, hash.
 pub fn build(c: &Campaign, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    build_with(c, opts, StoreLimits::default())
+}
+
+/// [`build`] with explicit memory limits (tests use tiny ones to exercise re-rendering).
+pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Result<Plan, PlanError> {
     let renderer = Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?;
 
     // Suppression lists: one map id → list, 8 bytes per id plus the label index.
@@ -345,7 +366,17 @@ pub fn build(c: &Campaign, opts: &PlanOptions) -> Result<Plan, PlanError> {
                 Err(e) => {
                     let what = match &e {
                         RenderError::Undefined { variable, .. } => {
-                            format!("undefined variable `{variable}`")
+                            let known: Vec<&str> = columns
+                                .iter()
+                                .map(String::as_str)
+                                .chain(c.message.vars.keys().map(String::as_str))
+                                .collect();
+                            match crate::spec::did_you_mean(variable, &known) {
+                                Some(s) => {
+                                    format!("undefined variable `{variable}` (did you mean `{s}`?)")
+                                }
+                                None => format!("undefined variable `{variable}`"),
+                            }
                         }
                         RenderError::Template(m) => m.clone(),
                     };
@@ -383,7 +414,7 @@ pub fn build(c: &Campaign, opts: &PlanOptions) -> Result<Plan, PlanError> {
                     } else {
                         stored_bytes += r.content.len()
                             + r.ext.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-                        if contents.len() >= STORE_MAX_CONTENTS || stored_bytes > STORE_MAX_BYTES
+                        if contents.len() >= limits.max_contents || stored_bytes > limits.max_bytes
                         {
                             spilled = true;
                             contents = Vec::new();

@@ -293,7 +293,14 @@ pub fn parse_str(
     let raw: RawCampaign = match serde_saphyr::from_str(text) {
         Ok(r) => r,
         Err(e) => {
-            problems.push(parse_problem(&e));
+            let pp = parse_problem(&e);
+            // A credential key is also an unknown key: say it once, as the credential.
+            if !problems
+                .iter()
+                .any(|c| c.line == pp.line && c.column == pp.column)
+            {
+                problems.push(pp);
+            }
             return Err(problems);
         }
     };
@@ -376,7 +383,18 @@ fn parse_problem(e: &serde_saphyr::Error) -> Problem {
         other => {
             // The crate's own message, without its location suffix/snippet (we print our own).
             let s = other.to_string();
-            s.lines().next().unwrap_or("invalid YAML").to_string()
+            let first = s.lines().next().unwrap_or("invalid YAML");
+            let first = match first.rfind(" at line ") {
+                Some(i) => &first[..i],
+                None => first,
+            };
+            match first {
+                "invalid u64" | "invalid u32" => {
+                    format!("{first}: expected a non-negative whole number")
+                }
+                "invalid i32" => format!("{first}: expected a whole number"),
+                other => other.to_string(),
+            }
         }
     };
     Problem {
@@ -510,6 +528,7 @@ fn validate(
         }
         (None, None) => None,
     };
+    let body_conflict = m.text.is_some() && m.template.is_some();
     let image_only = m.url.is_some() || m.width.is_some() || m.height.is_some();
     if image_only && m.kind != RawMessageType::Image {
         p.nowhere("message `url`/`width`/`height` are for `type: image` only");
@@ -521,7 +540,9 @@ fn validate(
         RawMessageType::Text => match body {
             Some(body) => Some(MessageKind::Text { body }),
             None => {
-                p.nowhere("`type: text` needs `text:` (inline template) or `template: FILE`");
+                if !body_conflict {
+                    p.nowhere("`type: text` needs `text:` (inline template) or `template: FILE`");
+                }
                 None
             }
         },
@@ -549,7 +570,9 @@ fn validate(
                 None
             }
             (None, None) => {
-                p.nowhere("`type: custom` needs `data:` (a document) or `text`/`template`");
+                if !body_conflict {
+                    p.nowhere("`type: custom` needs `data:` (a document) or `text`/`template`");
+                }
                 None
             }
         },
@@ -560,7 +583,9 @@ fn validate(
             match body {
                 Some(body) => Some(MessageKind::Raw { body }),
                 None => {
-                    p.nowhere("`type: raw` needs `text:` or `template: FILE`");
+                    if !body_conflict {
+                        p.nowhere("`type: raw` needs `text:` or `template: FILE`");
+                    }
                     None
                 }
             }

@@ -2,3 +2,6 @@
 
 mod cli;
 mod common;
+mod audience;
+mod plan;
+mod spec;
