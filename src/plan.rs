@@ -146,12 +146,24 @@ pub struct Sample {
     pub ext: BTreeMap<String, String>,
 }
 
+/// One distinct Content: 32 bytes (the plan holds one per distinct Content).
 #[derive(Debug, Clone)]
 struct Group {
-    key: u128,
+    key: [u64; 2],
     pos: RowPos,
-    first_index: u64,
-    stored: Option<u32>,
+    /// Index into `contents`, or [`NOT_STORED`].
+    stored: u32,
+}
+
+const NOT_STORED: u32 = u32::MAX;
+
+impl Group {
+    fn key(&self) -> u128 {
+        ((self.key[0] as u128) << 64) | self.key[1] as u128
+    }
+    fn stored(&self) -> Option<u32> {
+        (self.stored != NOT_STORED).then_some(self.stored)
+    }
 }
 
 /// The plan for one campaign.
@@ -228,7 +240,7 @@ pub fn build(c: &Campaign, opts: &PlanOptions) -> Result<Plan, PlanError> {
 
 /// [`build`] with explicit memory limits (tests use tiny ones to exercise re-rendering).
 pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Result<Plan, PlanError> {
-    let renderer = Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?;
+    let mut renderer = Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?;
 
     // Suppression lists: one map id → list, 8 bytes per id plus the label index.
     let mut suppress: HashMap<u64, u16> = HashMap::new();
@@ -284,6 +296,9 @@ pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Resu
         }
     }
     let static_content = renderer.is_static(&columns);
+    renderer
+        .prepare(&columns)
+        .map_err(|e| PlanError::Template(e.to_string()))?;
     // Variables to count distinct values of: columns the templates read (+ recipient).
     let tracked: Vec<(String, Option<usize>)> = renderer
         .variables()
@@ -305,7 +320,10 @@ pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Resu
     let mut counts = Counts::default();
     let mut seen: HashSet<u64> = HashSet::new();
     let mut groups: Vec<Group> = Vec::new();
-    let mut by_key: HashMap<u128, u32> = HashMap::new();
+    // Index by the key's high 64 bits (16 bytes an entry instead of 32); the full 128-bit key is
+    // checked against the group, and the astronomically rare 64-bit clash goes to `clash`.
+    let mut by_key: HashMap<u64, u32> = HashMap::new();
+    let mut clash: HashMap<u128, u32> = HashMap::new();
     let mut contents: Vec<(String, BTreeMap<String, String>)> = Vec::new();
     let mut stored_bytes = 0usize;
     let mut spilled = false;
@@ -359,9 +377,9 @@ pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Resu
             let input = RowInput {
                 id,
                 header: header.as_ref().map(|h| &h.names),
-                fields: &row.fields,
+                fields: row.fields,
             };
-            let r = match renderer.render(&input) {
+            let r = match renderer.render(input) {
                 Ok(r) => r,
                 Err(e) => {
                     let what = match &e {
@@ -405,12 +423,18 @@ pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Resu
                 samples.push(sample.clone());
             }
             let key = content_key(&r.content, &r.ext);
-            let g = match by_key.get(&key) {
-                Some(g) => *g,
+            let hi = (key >> 64) as u64;
+            let found = match by_key.get(&hi) {
+                Some(g) if groups[*g as usize].key() == key => Some(*g),
+                Some(_) => clash.get(&key).copied(),
+                None => None,
+            };
+            let g = match found {
+                Some(g) => g,
                 None => {
                     let g = groups.len() as u32;
                     let stored = if spilled {
-                        None
+                        NOT_STORED
                     } else {
                         stored_bytes += r.content.len()
                             + r.ext.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
@@ -419,21 +443,24 @@ pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Resu
                             spilled = true;
                             contents = Vec::new();
                             for gr in &mut groups {
-                                gr.stored = None;
+                                gr.stored = NOT_STORED;
                             }
-                            None
+                            NOT_STORED
                         } else {
                             contents.push((r.content, r.ext));
-                            Some((contents.len() - 1) as u32)
+                            (contents.len() - 1) as u32
                         }
                     };
                     groups.push(Group {
-                        key,
+                        key: [hi, key as u64],
                         pos: row.pos,
-                        first_index: row.index,
                         stored,
                     });
-                    by_key.insert(key, g);
+                    if by_key.contains_key(&hi) {
+                        clash.insert(key, g);
+                    } else {
+                        by_key.insert(hi, g);
+                    }
                     g
                 }
             };
@@ -451,6 +478,7 @@ pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Resu
     }
     let audience_hash = reader.finish()?;
     drop(by_key);
+    drop(clash);
     drop(seen);
     if !failures.is_empty() {
         let mut v: Vec<RenderProblem> = failures.into_values().collect();
@@ -609,7 +637,7 @@ impl Plan {
 
     /// Whether Contents are kept in memory (false: re-rendered by `calls()`).
     pub fn contents_in_memory(&self) -> bool {
-        self.groups.iter().all(|g| g.stored.is_some())
+        self.groups.iter().all(|g| g.stored().is_some())
     }
 
     /// Every call, in plan order (deterministic).
@@ -652,7 +680,7 @@ impl Plan {
         cursor: &mut Option<RowCursor>,
     ) -> Result<(String, BTreeMap<String, String>), PlanError> {
         let group = &self.groups[g];
-        if let Some(i) = group.stored {
+        if let Some(i) = group.stored() {
             if let Some((c, e)) = self.contents.get(i as usize) {
                 return Ok((c.clone(), e.clone()));
             }
@@ -663,20 +691,20 @@ impl Plan {
         let Some(cur) = cursor.as_mut() else {
             return Err(PlanError::Changed("audience cursor".into()));
         };
-        let row = cur.seek_forward(group.pos, group.first_index)?;
+        let row = cur.seek_forward(group.pos, 0)?;
         let id = row
             .id
             .map_err(|e| PlanError::Changed(format!("line {}: {e}", row.line)))?;
         let input = RowInput {
             id,
             header: self.header.as_ref(),
-            fields: &row.fields,
+            fields: row.fields,
         };
         let r = self
             .renderer
-            .render(&input)
+            .render(input)
             .map_err(|e| PlanError::Changed(format!("line {}: {e}", row.line)))?;
-        if content_key(&r.content, &r.ext) != group.key {
+        if content_key(&r.content, &r.ext) != group.key() {
             return Err(PlanError::Changed(format!(
                 "line {} renders differently than when planned; plan again",
                 row.line
@@ -720,7 +748,7 @@ impl Iterator for CallIter<'_> {
             if self.current.is_none() {
                 match p.content_of(self.group, &mut self.cursor) {
                     Ok((c, e)) => {
-                        self.current = Some((c, e, variant_of(p.groups[self.group].key)))
+                        self.current = Some((c, e, variant_of(p.groups[self.group].key())))
                     }
                     Err(e) => {
                         self.failed = true;

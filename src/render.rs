@@ -48,11 +48,11 @@ pub struct Rendered {
     pub used_empty: bool,
 }
 
-/// A row as the renderer sees it.
+/// A row as the renderer sees it (the fields are moved in: no copy per row).
 pub struct RowInput<'a> {
     pub id: u64,
     pub header: Option<&'a Arc<Vec<String>>>,
-    pub fields: &'a csv::StringRecord,
+    pub fields: csv::StringRecord,
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +67,7 @@ struct Ctx {
     fields: csv::StringRecord,
     vars: Arc<BTreeMap<String, Value>>,
     campaign: Value,
-    recipient: Value,
+    id: u64,
     touch: Mutex<Touch>,
 }
 
@@ -84,7 +84,9 @@ impl Object for Ctx {
         let k = key.as_str()?;
         match k {
             "campaign" => return Some(self.campaign.clone()),
-            "recipient" => return Some(self.recipient.clone()),
+            "recipient" => {
+                return Some(Value::from_iter([("id", Value::from(self.id))]));
+            }
             _ => {}
         }
         if let Some(h) = &self.header {
@@ -134,13 +136,17 @@ enum Compiled {
 pub struct Renderer {
     env: Environment<'static>,
     compiled: Compiled,
-    ext_keys: Vec<String>,
     vars: Arc<BTreeMap<String, Value>>,
     campaign: Value,
     loaded: Arc<Mutex<BTreeMap<String, [u8; 32]>>>,
     main_file: Option<(String, [u8; 32])>,
     used: BTreeSet<String>,
     may_include: bool,
+    /// Per template: the variables it reads and whether it may include other files.
+    template_vars: BTreeMap<String, (BTreeSet<String>, bool)>,
+    /// Templates that do not depend on the recipient, rendered once (see [`Renderer::prepare`]).
+    fixed: BTreeMap<String, String>,
+    ext_names: Vec<(String, String)>,
 }
 
 fn template_error(e: &minijinja::Error) -> String {
@@ -278,16 +284,20 @@ impl Renderer {
 
         let mut used = BTreeSet::new();
         let mut may_include = false;
+        let mut template_vars = BTreeMap::new();
         for (name, src) in sources {
-            if src.contains("include") || src.contains("import") || src.contains("extends") {
-                may_include = true;
-            }
+            let includes =
+                src.contains("include") || src.contains("import") || src.contains("extends");
+            may_include |= includes;
             env.add_template_owned(name.clone(), src)
                 .map_err(|e| RenderError::Template(template_error(&e)))?;
             let t = env
                 .get_template(&name)
                 .map_err(|e| RenderError::Template(template_error(&e)))?;
-            used.extend(t.undeclared_variables(false));
+            let mut vars = t.undeclared_variables(false);
+            vars.retain(|v| !GLOBALS.contains(&v.as_str()));
+            used.extend(vars.iter().cloned());
+            template_vars.insert(name, (vars.into_iter().collect(), includes));
         }
         let vars: BTreeMap<String, Value> = c
             .message
@@ -297,10 +307,16 @@ impl Renderer {
             .collect();
         let campaign = Value::from_serialize(serde_json::json!({ "name": c.name }));
         used.retain(|v| !GLOBALS.contains(&v.as_str()));
+        let ext_names = ext_keys
+            .iter()
+            .map(|k| (k.clone(), format!("ext.{k}")))
+            .collect();
         Ok(Renderer {
             env,
             compiled,
-            ext_keys,
+            ext_names,
+            fixed: BTreeMap::new(),
+            template_vars,
             vars: Arc::new(vars),
             campaign,
             loaded,
@@ -324,6 +340,49 @@ impl Renderer {
                 .all(|v| v == "campaign" || (self.vars.contains_key(v) && !columns.contains(v)))
     }
 
+    /// Render once every template that cannot depend on the recipient (it reads only `campaign`
+    /// and vars that no column shadows, and includes nothing), so per-row rendering skips it.
+    /// Call after the audience header is known; rendering is unchanged, only faster.
+    pub fn prepare(&mut self, columns: &[String]) -> Result<(), RenderError> {
+        let empty = Arc::new(Vec::new());
+        let fixed_names: Vec<String> = self
+            .template_vars
+            .iter()
+            .filter(|(_, (vars, includes))| {
+                !includes
+                    && vars.iter().all(|v| {
+                        v == "campaign" || (self.vars.contains_key(v) && !columns.contains(v))
+                    })
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let ctx = Value::from_object(Ctx {
+            header: Some(empty),
+            fields: csv::StringRecord::new(),
+            vars: Arc::clone(&self.vars),
+            campaign: self.campaign.clone(),
+            id: 0,
+            touch: Mutex::default(),
+        });
+        let mut fixed = BTreeMap::new();
+        for n in fixed_names {
+            let out = self
+                .render_one(&n, &ctx)
+                .map_err(|e| RenderError::Template(template_error(&e)))?;
+            fixed.insert(n, out);
+        }
+        // An empty value used by a fixed template must still count: keep those dynamic.
+        if ctx
+            .downcast_object_ref::<Ctx>()
+            .and_then(|c| c.touch.lock().ok().map(|t| t.empty))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        self.fixed = fixed;
+        Ok(())
+    }
+
     /// Template files read so far (main template and includes), name → sha256. Part of the plan hash.
     pub fn files(&self) -> BTreeMap<String, [u8; 32]> {
         let mut m = self.loaded.lock().map(|l| l.clone()).unwrap_or_default();
@@ -334,17 +393,20 @@ impl Renderer {
     }
 
     fn render_one(&self, name: &str, ctx: &Value) -> Result<String, minijinja::Error> {
+        if let Some(s) = self.fixed.get(name) {
+            return Ok(s.clone());
+        }
         self.env.get_template(name)?.render(ctx)
     }
 
     /// Render one recipient.
-    pub fn render(&self, row: &RowInput<'_>) -> Result<Rendered, RenderError> {
+    pub fn render(&self, row: RowInput<'_>) -> Result<Rendered, RenderError> {
         let ctx = Ctx {
             header: row.header.cloned(),
-            fields: row.fields.clone(),
+            fields: row.fields,
             vars: Arc::clone(&self.vars),
             campaign: self.campaign.clone(),
-            recipient: Value::from_serialize(serde_json::json!({ "id": row.id })),
+            id: row.id,
             touch: Mutex::default(),
         };
         let value = Value::from_object(ctx);
@@ -380,8 +442,8 @@ impl Renderer {
         ctx: &Value,
     ) -> Result<(String, BTreeMap<String, String>), minijinja::Error> {
         let mut ext = BTreeMap::new();
-        for k in &self.ext_keys {
-            ext.insert(k.clone(), self.render_one(&format!("ext.{k}"), ctx)?);
+        for (k, name) in &self.ext_names {
+            ext.insert(k.clone(), self.render_one(name, ctx)?);
         }
         let content = match &self.compiled {
             Compiled::Text => {
