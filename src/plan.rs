@@ -24,8 +24,37 @@ use sha2::{Digest, Sha256};
 
 use crate::action::Action;
 use crate::audience::{load_suppression, AudienceError, AudienceReader, RowCursor, RowPos};
-use crate::render::{RenderError, Renderer, RowInput};
+use crate::render::{RenderError, Rendered, Renderer, RowInput};
 use crate::spec::{Campaign, Source};
+
+/// A hasher for keys that are already well mixed or are plain ids: one multiply instead of
+/// SipHash. The audience is trusted operator input, so hash flooding is not a concern here, and
+/// these maps are the plan's hot path (a million inserts for a million rows). Hand-written to avoid
+/// a dependency for ten lines.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing; the high bits (which hashbrown uses for its control bytes) mix all
+        // input bits, and a rotation feeds them to the low bits used for the bucket index.
+        let h = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 32);
+    }
+}
+
+/// Build [`FastHasher`]s.
+pub type FastState = std::hash::BuildHasherDefault<FastHasher>;
+type FastMap<K, V> = HashMap<K, V, FastState>;
+type FastSet<K> = HashSet<K, FastState>;
 
 /// Keep at most this many distinct Contents in memory; beyond, re-render at send time.
 pub const STORE_MAX_CONTENTS: usize = 100_000;
@@ -182,7 +211,7 @@ pub struct Plan {
     row_group: Vec<u32>,
     /// First call number of each group.
     group_call_base: Vec<u64>,
-    suppress: HashMap<u64, u16>,
+    suppress: FastMap<u64, u16>,
     suppress_labels: Vec<String>,
     samples: Vec<Sample>,
     variable_distinct: BTreeMap<String, u64>,
@@ -233,6 +262,185 @@ impl Default for StoreLimits {
     }
 }
 
+/// Rows rendered together, split across worker threads.
+const CHUNK: usize = 4096;
+
+struct Pending {
+    id: u64,
+    line: u64,
+    pos: RowPos,
+    fields: csv::StringRecord,
+}
+
+/// What the single pass over the audience accumulates.
+struct Acc {
+    counts: Counts,
+    groups: Vec<Group>,
+    // Index by the key's high 64 bits (16 bytes an entry instead of 32); the full 128-bit key is
+    // checked against the group, and the astronomically rare 64-bit clash goes to `clash`.
+    by_key: FastMap<u64, u32>,
+    clash: HashMap<u128, u32>,
+    contents: Vec<(String, BTreeMap<String, String>)>,
+    stored_bytes: usize,
+    spilled: bool,
+    row_group: Vec<u32>,
+    ids_in_order: Vec<u64>,
+    samples: Vec<Sample>,
+    failures: BTreeMap<String, RenderProblem>,
+    limits: StoreLimits,
+    /// Columns and vars, for "did you mean".
+    known: Vec<String>,
+}
+
+impl Acc {
+    /// Render the pending rows (in parallel; rendering is pure) and take the results in order.
+    fn flush(
+        &mut self,
+        renderer: &Renderer,
+        header: Option<&std::sync::Arc<Vec<String>>>,
+        pending: &mut Vec<Pending>,
+        workers: usize,
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        let rows = std::mem::take(pending);
+        let render = |part: Vec<Pending>| -> Vec<(u64, u64, RowPos, Result<Rendered, RenderError>)> {
+            part.into_iter()
+                .map(|p| {
+                    let r = renderer.render(RowInput {
+                        id: p.id,
+                        header,
+                        fields: p.fields,
+                    });
+                    (p.id, p.line, p.pos, r)
+                })
+                .collect()
+        };
+        let results: Vec<_> = if workers <= 1 || rows.len() < 64 {
+            render(rows)
+        } else {
+            let per = rows.len().div_ceil(workers);
+            let mut parts: Vec<Vec<Pending>> = Vec::with_capacity(workers);
+            let mut it = rows.into_iter();
+            loop {
+                let part: Vec<Pending> = it.by_ref().take(per).collect();
+                if part.is_empty() {
+                    break;
+                }
+                parts.push(part);
+            }
+            let mut first = parts.remove(0);
+            let out = std::thread::scope(|s| {
+                let handles: Vec<_> = parts
+                    .into_iter()
+                    .map(|part| s.spawn(move || render(part)))
+                    .collect();
+                let mut out = render(std::mem::take(&mut first));
+                for h in handles {
+                    match h.join() {
+                        Ok(v) => out.extend(v),
+                        Err(p) => std::panic::resume_unwind(p),
+                    }
+                }
+                out
+            });
+            out
+        };
+        for (id, line, pos, r) in results {
+            self.accept(id, line, pos, r);
+        }
+        *pending = Vec::with_capacity(CHUNK);
+    }
+
+    fn accept(&mut self, id: u64, line: u64, pos: RowPos, r: Result<Rendered, RenderError>) {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                let what = match &e {
+                    RenderError::Undefined { variable, .. } => {
+                        let known: Vec<&str> = self.known.iter().map(String::as_str).collect();
+                        match crate::spec::did_you_mean(variable, &known) {
+                            Some(s) => {
+                                format!("undefined variable `{variable}` (did you mean `{s}`?)")
+                            }
+                            None => format!("undefined variable `{variable}`"),
+                        }
+                    }
+                    RenderError::Template(m) => m.clone(),
+                };
+                let p = self.failures.entry(what.clone()).or_insert(RenderProblem {
+                    what,
+                    count: 0,
+                    examples: Vec::new(),
+                });
+                p.count += 1;
+                if p.examples.len() < EXAMPLES {
+                    p.examples.push((id, line));
+                }
+                return;
+            }
+        };
+        if r.used_empty {
+            self.counts.empty_value_rows += 1;
+        }
+        if self.samples.len() < SAMPLES {
+            self.samples.push(Sample {
+                id,
+                line,
+                content: r.content.clone(),
+                ext: r.ext.clone(),
+            });
+        }
+        let key = content_key(&r.content, &r.ext);
+        let hi = (key >> 64) as u64;
+        let found = match self.by_key.get(&hi) {
+            Some(g) if self.groups[*g as usize].key() == key => Some(*g),
+            Some(_) => self.clash.get(&key).copied(),
+            None => None,
+        };
+        let g = match found {
+            Some(g) => g,
+            None => {
+                let g = self.groups.len() as u32;
+                let stored = if self.spilled {
+                    NOT_STORED
+                } else {
+                    self.stored_bytes += r.content.len()
+                        + r.ext.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                    if self.contents.len() >= self.limits.max_contents
+                        || self.stored_bytes > self.limits.max_bytes
+                    {
+                        self.spilled = true;
+                        self.contents = Vec::new();
+                        for gr in &mut self.groups {
+                            gr.stored = NOT_STORED;
+                        }
+                        NOT_STORED
+                    } else {
+                        self.contents.push((r.content, r.ext));
+                        (self.contents.len() - 1) as u32
+                    }
+                };
+                self.groups.push(Group {
+                    key: [hi, key as u64],
+                    pos,
+                    stored,
+                });
+                if self.by_key.contains_key(&hi) {
+                    self.clash.insert(key, g);
+                } else {
+                    self.by_key.insert(hi, g);
+                }
+                g
+            }
+        };
+        self.row_group.push(g);
+        self.ids_in_order.push(id);
+        self.counts.valid += 1;
+    }
+}
+
 /// Build the plan: stream the audience once, render, group, hash.
 pub fn build(c: &Campaign, opts: &PlanOptions) -> Result<Plan, PlanError> {
     build_with(c, opts, StoreLimits::default())
@@ -243,7 +451,7 @@ pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Resu
     let mut renderer = Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?;
 
     // Suppression lists: one map id → list, 8 bytes per id plus the label index.
-    let mut suppress: HashMap<u64, u16> = HashMap::new();
+    let mut suppress: FastMap<u64, u16> = FastMap::default();
     let mut suppress_labels = Vec::new();
     let mut list_hashes: Vec<[u8; 32]> = Vec::new();
     let default_col = match &c.audience.source {
@@ -315,46 +523,63 @@ pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Resu
         })
         .take(8)
         .collect();
-    let mut distinct: Vec<HashSet<u64>> = vec![HashSet::new(); tracked.len()];
+    let mut distinct: Vec<FastSet<u64>> = vec![FastSet::default(); tracked.len()];
 
-    let mut counts = Counts::default();
-    let mut seen: HashSet<u64> = HashSet::new();
-    let mut groups: Vec<Group> = Vec::new();
-    // Index by the key's high 64 bits (16 bytes an entry instead of 32); the full 128-bit key is
-    // checked against the group, and the astronomically rare 64-bit clash goes to `clash`.
-    let mut by_key: HashMap<u64, u32> = HashMap::new();
-    let mut clash: HashMap<u128, u32> = HashMap::new();
-    let mut contents: Vec<(String, BTreeMap<String, String>)> = Vec::new();
-    let mut stored_bytes = 0usize;
-    let mut spilled = false;
-    let mut row_group: Vec<u32> = Vec::new();
-    let mut ids_in_order: Vec<u64> = Vec::new();
-    let mut samples = Vec::new();
-    let mut failures: BTreeMap<String, RenderProblem> = BTreeMap::new();
-    let mut static_cache: Option<(u128, u32, Sample)> = None;
+    let known: Vec<String> = columns
+        .iter()
+        .cloned()
+        .chain(c.message.vars.keys().cloned())
+        .collect();
+    let mut acc = Acc {
+        counts: Counts::default(),
+        groups: Vec::new(),
+        by_key: FastMap::default(),
+        clash: HashMap::new(),
+        contents: Vec::new(),
+        stored_bytes: 0,
+        spilled: false,
+        row_group: Vec::new(),
+        ids_in_order: Vec::new(),
+        samples: Vec::new(),
+        failures: BTreeMap::new(),
+        limits,
+        known,
+    };
+    let mut seen: FastSet<u64> = FastSet::default();
+    let mut static_cache: Option<(u32, Sample)> = None;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
+    let names = header.as_ref().map(|h| &h.names);
 
-    while let Some(row) = reader.next_row()? {
-        counts.total += 1;
+    loop {
+        let Some(row) = reader.next_row()? else {
+            acc.flush(&renderer, names, &mut pending, workers);
+            break;
+        };
+        acc.counts.total += 1;
         let id = match row.id {
             Ok(id) => id,
             Err(_) => {
-                counts.invalid += 1;
+                acc.counts.invalid += 1;
                 continue;
             }
         };
         if !seen.insert(id) {
-            counts.duplicate += 1;
+            acc.counts.duplicate += 1;
             continue;
         }
         if suppress.contains_key(&id) {
-            counts.suppressed += 1;
+            acc.counts.suppressed += 1;
             continue;
         }
         if required
             .iter()
             .any(|(i, _)| row.fields.get(*i).unwrap_or("").trim().is_empty())
         {
-            counts.invalid += 1;
+            acc.counts.invalid += 1;
             continue;
         }
         for (k, (_, col)) in tracked.iter().enumerate() {
@@ -364,115 +589,46 @@ pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Resu
             };
             distinct[k].insert(h);
         }
-        let g = if let Some((_, g, sample)) = &static_cache {
-            if samples.len() < SAMPLES {
-                samples.push(Sample {
+        if let Some((g, sample)) = &static_cache {
+            if acc.samples.len() < SAMPLES {
+                acc.samples.push(Sample {
                     id,
                     line: row.line,
                     ..sample.clone()
                 });
             }
-            *g
-        } else {
-            let input = RowInput {
-                id,
-                header: header.as_ref().map(|h| &h.names),
-                fields: row.fields,
-            };
-            let r = match renderer.render(input) {
-                Ok(r) => r,
-                Err(e) => {
-                    let what = match &e {
-                        RenderError::Undefined { variable, .. } => {
-                            let known: Vec<&str> = columns
-                                .iter()
-                                .map(String::as_str)
-                                .chain(c.message.vars.keys().map(String::as_str))
-                                .collect();
-                            match crate::spec::did_you_mean(variable, &known) {
-                                Some(s) => {
-                                    format!("undefined variable `{variable}` (did you mean `{s}`?)")
-                                }
-                                None => format!("undefined variable `{variable}`"),
-                            }
-                        }
-                        RenderError::Template(m) => m.clone(),
-                    };
-                    let p = failures.entry(what.clone()).or_insert(RenderProblem {
-                        what,
-                        count: 0,
-                        examples: Vec::new(),
-                    });
-                    p.count += 1;
-                    if p.examples.len() < EXAMPLES {
-                        p.examples.push((id, row.line));
-                    }
-                    continue;
+            acc.row_group.push(*g);
+            acc.ids_in_order.push(id);
+            acc.counts.valid += 1;
+            continue;
+        }
+        pending.push(Pending {
+            id,
+            line: row.line,
+            pos: row.pos,
+            fields: row.fields,
+        });
+        if static_content || pending.len() >= CHUNK {
+            acc.flush(&renderer, names, &mut pending, workers);
+            if static_content && static_cache.is_none() {
+                if let (Some(g), Some(s)) = (acc.row_group.last(), acc.samples.last()) {
+                    static_cache = Some((*g, s.clone()));
                 }
-            };
-            if r.used_empty {
-                counts.empty_value_rows += 1;
             }
-            let sample = Sample {
-                id,
-                line: row.line,
-                content: r.content.clone(),
-                ext: r.ext.clone(),
-            };
-            if samples.len() < SAMPLES {
-                samples.push(sample.clone());
-            }
-            let key = content_key(&r.content, &r.ext);
-            let hi = (key >> 64) as u64;
-            let found = match by_key.get(&hi) {
-                Some(g) if groups[*g as usize].key() == key => Some(*g),
-                Some(_) => clash.get(&key).copied(),
-                None => None,
-            };
-            let g = match found {
-                Some(g) => g,
-                None => {
-                    let g = groups.len() as u32;
-                    let stored = if spilled {
-                        NOT_STORED
-                    } else {
-                        stored_bytes += r.content.len()
-                            + r.ext.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-                        if contents.len() >= limits.max_contents || stored_bytes > limits.max_bytes
-                        {
-                            spilled = true;
-                            contents = Vec::new();
-                            for gr in &mut groups {
-                                gr.stored = NOT_STORED;
-                            }
-                            NOT_STORED
-                        } else {
-                            contents.push((r.content, r.ext));
-                            (contents.len() - 1) as u32
-                        }
-                    };
-                    groups.push(Group {
-                        key: [hi, key as u64],
-                        pos: row.pos,
-                        stored,
-                    });
-                    if by_key.contains_key(&hi) {
-                        clash.insert(key, g);
-                    } else {
-                        by_key.insert(hi, g);
-                    }
-                    g
-                }
-            };
-            if static_content {
-                static_cache = Some((key, g, sample));
-            }
-            g
-        };
-        row_group.push(g);
-        ids_in_order.push(id);
-        counts.valid += 1;
+        }
     }
+    let Acc {
+        mut counts,
+        groups,
+        by_key,
+        clash,
+        contents,
+        row_group,
+        ids_in_order,
+        samples,
+        failures,
+        ..
+    } = acc;
     if static_content && counts.empty_value_rows > 0 {
         counts.empty_value_rows = counts.valid;
     }
@@ -658,7 +814,7 @@ impl Plan {
         RowIter {
             plan: self,
             reader: None,
-            first_line: HashMap::new(),
+            first_line: FastMap::default(),
             valid_seen: 0,
             rank: vec![0; self.groups.len()],
             required: Vec::new(),
@@ -777,7 +933,7 @@ impl Iterator for CallIter<'_> {
 struct RowIter<'a> {
     plan: &'a Plan,
     reader: Option<AudienceReader>,
-    first_line: HashMap<u64, u64>,
+    first_line: FastMap<u64, u64>,
     valid_seen: usize,
     rank: Vec<u32>,
     required: Vec<(usize, String)>,

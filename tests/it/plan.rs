@@ -433,3 +433,31 @@ fn shipped_demo_plans() {
     assert_eq!(p.counts().distinct_contents, 4);
     assert_eq!(p.counts().calls, 4);
 }
+
+#[test]
+fn many_chunks_keep_audience_order() {
+    // More rows than one render chunk (4096), so parallel chunks must be reassembled in order.
+    let f = Fixture::new();
+    let rows: Vec<(u64, u8)> = (0..9_000u64).map(|i| (i, (i * 7 % 11) as u8)).collect();
+    let c = grouped(&f, &rows, "batch");
+    let p = plan::build(&c, &PlanOptions::default()).expect("plan");
+    let cs = calls(&p);
+    assert_eq!(p.counts().distinct_contents, 11);
+    let expect: u64 = (0..11u64)
+        .map(|g| (rows.iter().filter(|r| r.1 as u64 == g).count() as u64).div_ceil(500))
+        .sum();
+    assert_eq!(cs.len() as u64, expect);
+    // Within each call, receivers ascend (audience order); each group's first call starts with
+    // the group's first recipient, and groups come in first-recipient order.
+    let mut firsts = Vec::new();
+    let mut last_variant = String::new();
+    for call in &cs {
+        assert!(call.receivers.windows(2).all(|w| w[0] < w[1]));
+        if call.variant != last_variant {
+            firsts.push(call.receivers[0]);
+            last_variant = call.variant.clone();
+        }
+    }
+    assert_eq!(firsts, (0..11).collect::<Vec<u64>>());
+    assert_eq!(p.samples()[3].id, 3);
+}
