@@ -40,7 +40,8 @@ impl Hasher for FastHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
     }
     fn write_u64(&mut self, n: u64) {
@@ -90,14 +91,17 @@ pub enum PlanError {
     Template(String),
     #[error("{}", render_problems(.0))]
     Render(Vec<RenderProblem>),
-    #[error("`audience.required` lists columns, but the audience is an inline id list without columns")]
+    #[error(
+        "`audience.required` lists columns, but the audience is an inline id list without columns"
+    )]
     RequiredWithoutColumns,
     #[error("the inputs changed since the plan was made: {0}")]
     Changed(String),
 }
 
 fn render_problems(ps: &[RenderProblem]) -> String {
-    let mut s = String::from("rendering failed; nothing can be sent until every recipient renders:");
+    let mut s =
+        String::from("rendering failed; nothing can be sent until every recipient renders:");
     for p in ps {
         let ex: Vec<String> = p
             .examples
@@ -112,7 +116,9 @@ fn render_problems(ps: &[RenderProblem]) -> String {
             ex.join(", ")
         ));
     }
-    s.push_str("\n  fix the audience columns or `message.vars`, or guard with `{% if x is defined %}`");
+    s.push_str(
+        "\n  fix the audience columns or `message.vars`, or guard with `{% if x is defined %}`",
+    );
     s
 }
 
@@ -304,20 +310,33 @@ impl Acc {
         if pending.is_empty() {
             return;
         }
+        if workers <= 1 {
+            // In place: no per-chunk allocations (they fragment the heap and raise peak RSS).
+            for p in pending.drain(..) {
+                let r = renderer.render(RowInput {
+                    id: p.id,
+                    header,
+                    fields: p.fields,
+                });
+                self.accept(p.id, p.line, p.pos, r);
+            }
+            return;
+        }
         let rows = std::mem::take(pending);
-        let render = |part: Vec<Pending>| -> Vec<(u64, u64, RowPos, Result<Rendered, RenderError>)> {
-            part.into_iter()
-                .map(|p| {
-                    let r = renderer.render(RowInput {
-                        id: p.id,
-                        header,
-                        fields: p.fields,
-                    });
-                    (p.id, p.line, p.pos, r)
-                })
-                .collect()
-        };
-        let results: Vec<_> = if workers <= 1 || rows.len() < 64 {
+        let render =
+            |part: Vec<Pending>| -> Vec<(u64, u64, RowPos, Result<Rendered, RenderError>)> {
+                part.into_iter()
+                    .map(|p| {
+                        let r = renderer.render(RowInput {
+                            id: p.id,
+                            header,
+                            fields: p.fields,
+                        });
+                        (p.id, p.line, p.pos, r)
+                    })
+                    .collect()
+            };
+        let results: Vec<_> = if rows.len() < 64 {
             render(rows)
         } else {
             let per = rows.len().div_ceil(workers);
@@ -427,10 +446,13 @@ impl Acc {
                     pos,
                     stored,
                 });
-                if self.by_key.contains_key(&hi) {
-                    self.clash.insert(key, g);
-                } else {
-                    self.by_key.insert(hi, g);
+                match self.by_key.entry(hi) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        self.clash.insert(key, g);
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(g);
+                    }
                 }
                 g
             }
@@ -447,7 +469,11 @@ pub fn build(c: &Campaign, opts: &PlanOptions) -> Result<Plan, PlanError> {
 }
 
 /// [`build`] with explicit memory limits (tests use tiny ones to exercise re-rendering).
-pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Result<Plan, PlanError> {
+pub fn build_with(
+    c: &Campaign,
+    opts: &PlanOptions,
+    limits: StoreLimits,
+) -> Result<Plan, PlanError> {
     let mut renderer = Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?;
 
     // Suppression lists: one map id → list, 8 bytes per id plus the label index.
@@ -547,10 +573,26 @@ pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Resu
     };
     let mut seen: FastSet<u64> = FastSet::default();
     let mut static_cache: Option<(u32, Sample)> = None;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
+    // Render threads: 1 unless IMCAST_PLAN_THREADS says otherwise. On the shared 2-core
+    // benchmark machine a second thread cost more (contention, malloc arenas) than it saved; see
+    // BENCHMARKS.md.
+    let workers = std::env::var("IMCAST_PLAN_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1)
         .clamp(1, 4);
+    // Reserve the per-row vectors up front from the file size (an over-estimate costs only
+    // address space: pages never written are never resident), so they never reallocate and
+    // fragment the heap while growing.
+    let estimate = match &c.audience.source {
+        Source::Csv { path, .. } => std::fs::metadata(path)
+            .map(|m| (m.len() / 16) as usize)
+            .unwrap_or(0),
+        Source::Ids(ids) => ids.len(),
+    }
+    .min(1 << 28);
+    acc.row_group.reserve(estimate);
+    acc.ids_in_order.reserve(estimate);
     let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
     let names = header.as_ref().map(|h| &h.names);
 
@@ -700,9 +742,7 @@ pub fn build_with(c: &Campaign, opts: &PlanOptions, limits: StoreLimits) -> Resu
         .collect();
 
     let mut warnings = Vec::new();
-    if c.action == Action::Batch
-        && counts.valid >= 2
-        && counts.distinct_contents * 2 > counts.valid
+    if c.action == Action::Batch && counts.valid >= 2 && counts.distinct_contents * 2 > counts.valid
     {
         let mut culprits: Vec<(&String, &u64)> = variable_distinct
             .iter()
@@ -1129,7 +1169,9 @@ pub fn deadline_warning(
     start: jiff::Timestamp,
     eta: std::time::Duration,
 ) -> Option<String> {
-    let fmt = |d: std::time::Duration| humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string();
+    let fmt = |d: std::time::Duration| {
+        humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+    };
     match c.deadline? {
         crate::spec::Deadline::After(d) => (eta > d).then(|| {
             format!(

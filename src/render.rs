@@ -26,7 +26,13 @@ pub const FUEL: u64 = 200_000;
 
 /// Names minijinja resolves from its globals after the context.
 const GLOBALS: [&str; 7] = [
-    "range", "dict", "namespace", "debug", "lipsum", "cycler", "joiner",
+    "range",
+    "dict",
+    "namespace",
+    "debug",
+    "lipsum",
+    "cycler",
+    "joiner",
 ];
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -216,17 +222,11 @@ impl Renderer {
         let mut sources: Vec<(String, String)> = Vec::new();
         let compiled = match &c.message.kind {
             MessageKind::Text { body } => {
-                sources.push((
-                    BODY.into(),
-                    body_source(body, &mut dirs, &mut main_file)?,
-                ));
+                sources.push((BODY.into(), body_source(body, &mut dirs, &mut main_file)?));
                 Compiled::Text
             }
             MessageKind::Raw { body } => {
-                sources.push((
-                    BODY.into(),
-                    body_source(body, &mut dirs, &mut main_file)?,
-                ));
+                sources.push((BODY.into(), body_source(body, &mut dirs, &mut main_file)?));
                 Compiled::Raw
             }
             MessageKind::Image { url, width, height } => {
@@ -261,7 +261,9 @@ impl Renderer {
             let Some(rel) = safe_relative(name) else {
                 return Err(minijinja::Error::new(
                     ErrorKind::TemplateNotFound,
-                    format!("`{name}`: templates may only include files by relative name, without `..`"),
+                    format!(
+                        "`{name}`: templates may only include files by relative name, without `..`"
+                    ),
                 ));
             };
             for d in &dirs {
@@ -512,9 +514,7 @@ fn collect_data_templates(v: &serde_json::Value, n: &mut usize, out: &mut Vec<(S
             *n += 1;
         }
         serde_json::Value::Array(a) => a.iter().for_each(|x| collect_data_templates(x, n, out)),
-        serde_json::Value::Object(o) => o
-            .values()
-            .for_each(|x| collect_data_templates(x, n, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| collect_data_templates(x, n, out)),
         _ => {}
     }
 }

@@ -129,7 +129,10 @@ fn human(s: &Summary<'_>) -> String {
             " (re-rendered at send time)"
         }
     ));
-    o.push_str(&format!("calls      {} ({} messages)\n", n.calls, n.messages));
+    o.push_str(&format!(
+        "calls      {} ({} messages)\n",
+        n.calls, n.messages
+    ));
     o.push_str(&format!(
         "throttle   {} per {}{} → about {}\n",
         s.throttle_limit,

@@ -277,7 +277,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Campaign, SpecError> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
-    parse_str(&text, canonical, dir, opts).map_err(|problems| fail(problems))
+    parse_str(&text, canonical, dir, opts).map_err(fail)
 }
 
 /// Parse and validate campaign text; `path`/`dir` are where it lives (for relative paths).
@@ -482,10 +482,7 @@ fn validate(
             Some(Source::Ids(ids.clone()))
         }
         (Some(csv), Some(_)) => {
-            p.at(
-                csv,
-                "audience has both `csv` and `ids`: give one of them",
-            );
+            p.at(csv, "audience has both `csv` and `ids`: give one of them");
             None
         }
         (None, None) => {
@@ -523,7 +520,10 @@ fn validate(
             &mut p,
         ))),
         (Some(t), Some(_)) => {
-            p.at(t, "message has both `text` and `template`: give one of them");
+            p.at(
+                t,
+                "message has both `text` and `template`: give one of them",
+            );
             None
         }
         (None, None) => None,

@@ -53,7 +53,10 @@ pub fn credentials(text: &str) -> Vec<Problem> {
         // Whether this node is a mapping key; afterwards flip the parent's expectation.
         let is_node = matches!(
             ev,
-            Event::Scalar(..) | Event::MappingStart(..) | Event::SequenceStart(..) | Event::Alias(_)
+            Event::Scalar(..)
+                | Event::MappingStart(..)
+                | Event::SequenceStart(..)
+                | Event::Alias(_)
         );
         let is_key = matches!(stack.last(), Some(Frame::Map { expect_key: true }));
         if is_node {

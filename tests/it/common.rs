@@ -61,4 +61,5 @@ impl Fixture {
 }
 
 /// A minimal valid campaign head; append `audience:`/`message:` etc.
-pub const HEAD: &str = "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1 }\naction: batch\nsender: 1\n";
+pub const HEAD: &str =
+    "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1 }\naction: batch\nsender: 1\n";

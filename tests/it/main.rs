@@ -1,7 +1,7 @@
 //! The one integration-test binary (`autotests = false`): each area is a module here.
 
+mod audience;
 mod cli;
 mod common;
-mod audience;
 mod plan;
 mod spec;

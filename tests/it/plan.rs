@@ -173,10 +173,7 @@ fn conversation_is_one_call_per_conversation() {
 #[test]
 fn undefined_variable_names_variable_and_recipients() {
     let f = Fixture::new();
-    f.write(
-        "a.csv",
-        "user_id,name\n1,a\n2,b\n3,c\n4,d\n5,e\n6,f\n7,g\n",
-    );
+    f.write("a.csv", "user_id,name\n1,a\n2,b\n3,c\n4,d\n5,e\n6,f\n7,g\n");
     let p = f.write(
         "c.yaml",
         &format!("{HEAD}audience: {{ csv: a.csv }}\nmessage: {{ type: text, text: \"{{{{ nmae }}}} {{{{ x }}}}\" }}\n"),
@@ -200,7 +197,10 @@ fn variable_missing_for_some_rows_only() {
         .expect("fails")
         .to_string();
     assert!(e.contains("undefined variable `missing_for_all`"), "{e}");
-    assert!(e.contains("2 recipients, first: 1 (line 2), 2 (line 3)"), "{e}");
+    assert!(
+        e.contains("2 recipients, first: 1 (line 2), 2 (line 3)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -300,7 +300,9 @@ fn templates_are_sandboxed_and_fueled() {
         f.write("sub/.keep", "");
         let p = f.write(
             "sub/c.yaml",
-            &format!("{HEAD}audience: {{ ids: [1] }}\nmessage: {{ type: text, text: \"{text}\" }}\n"),
+            &format!(
+                "{HEAD}audience: {{ ids: [1] }}\nmessage: {{ type: text, text: \"{text}\" }}\n"
+            ),
         );
         let e = plan::build(&load(&p), &PlanOptions::default())
             .err()
@@ -363,7 +365,11 @@ fn plan_command_human_and_json() {
     let f = Fixture::new();
     let p = demo(&f);
     let out = f.imcast(&["plan", p.to_str().expect("utf8")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     insta::assert_snapshot!(f.redact(&String::from_utf8_lossy(&out.stdout)));
 
     let out = f.imcast(&["plan", "c.yaml", "--output", "json"]);
@@ -396,7 +402,9 @@ fn plan_command_warns_past_the_deadline() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("→ about 3m"), "{s}");
     assert!(
-        s.contains("warning: the estimated duration 3m is longer than the deadline of 1m after start"),
+        s.contains(
+            "warning: the estimated duration 3m is longer than the deadline of 1m after start"
+        ),
         "{s}"
     );
 }
@@ -406,7 +414,11 @@ fn preview_prints_the_exact_body() {
     let f = Fixture::new();
     demo(&f);
     let out = f.imcast(&["preview", "c.yaml", "--recipient", "9007199254740993"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     insta::assert_snapshot!(stdout);
     assert!(stdout.contains("9007199254740993"));

@@ -155,10 +155,7 @@ fn missing_key_and_bad_id() {
     [DIR]/c.yaml: 1 problem
       [DIR]/c.yaml:6:1: missing required key `audience`
     ");
-    let e = load_err(
-        &f,
-        &format!("{HEAD}audience: {{ ids: [1, -5] }}\n{MSG}"),
-    );
+    let e = load_err(&f, &format!("{HEAD}audience: {{ ids: [1, -5] }}\n{MSG}"));
     insta::assert_snapshot!(e, @r"
     [DIR]/c.yaml: 1 problem
       [DIR]/c.yaml:6:22: invalid u64: expected a non-negative whole number
@@ -308,7 +305,10 @@ fn schema_command_prints_a_json_schema() {
     let committed = std::fs::read_to_string(crate::common::root().join("imcast.schema.json"))
         .expect("imcast.schema.json");
     let committed: serde_json::Value = serde_json::from_str(&committed).expect("json");
-    assert_eq!(committed, v, "regenerate: imcast schema > imcast.schema.json");
+    assert_eq!(
+        committed, v,
+        "regenerate: imcast schema > imcast.schema.json"
+    );
 }
 
 #[test]
@@ -321,7 +321,9 @@ fn validate_lists_every_file_and_exits_2() {
     let bad = f.write("bad.yaml", &format!("{HEAD}audiance: {{ ids: [1] }}\n"));
     let bad2 = f.write(
         "bad2.yaml",
-        &format!("{HEAD}audience: {{ ids: [1] }}\nmessage: {{ type: text, text: \"{{{{ nme }}}}\" }}\n"),
+        &format!(
+            "{HEAD}audience: {{ ids: [1] }}\nmessage: {{ type: text, text: \"{{{{ nme }}}}\" }}\n"
+        ),
     );
     let out = f.imcast(&[
         "validate",
