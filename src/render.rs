@@ -527,3 +527,82 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String, minijinja::Error> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{LoadOptions, Problem};
+
+    fn campaign(message: &str) -> Campaign {
+        let text = format!(
+            "version: 1\nname: t\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\nsender: 1\naudience: {{ ids: [1] }}\nmessage: {message}\n"
+        );
+        let dir = std::env::temp_dir();
+        crate::spec::parse_str(&text, dir.join("t.yaml"), dir, &LoadOptions::default())
+            .unwrap_or_else(|p: Vec<Problem>| panic!("{p:?}"))
+    }
+
+    fn row(header: &Arc<Vec<String>>, fields: &[&str]) -> RowInput<'static> {
+        RowInput {
+            id: 9_007_199_254_740_993,
+            header: Some(Box::leak(Box::new(Arc::clone(header)))),
+            fields: csv::StringRecord::from(fields.to_vec()),
+        }
+    }
+
+    #[test]
+    fn text_content_is_a_json_document() {
+        let r = Renderer::new(&campaign(
+            "{ type: text, text: \"{{ name }} \\\"{{ recipient.id }}\\\" {{ campaign.name }}\" }",
+        ))
+        .expect("compile");
+        let h = Arc::new(vec!["user_id".to_string(), "name".to_string()]);
+        let out = r.render(row(&h, &["1", "a\"b\\c\n😀{{"])).expect("render");
+        assert_eq!(
+            out.content,
+            r#"{"text":"a\"b\\c\n😀{{ \"9007199254740993\" t"}"#
+        );
+        assert!(!out.used_empty);
+    }
+
+    #[test]
+    fn undefined_names_the_variable_and_empty_is_noticed() {
+        let r = Renderer::new(&campaign("{ type: text, text: \"{{ name }}{{ other }}\" }"))
+            .expect("compile");
+        let h = Arc::new(vec!["user_id".to_string(), "name".to_string()]);
+        match r.render(row(&h, &["1", ""])) {
+            Err(RenderError::Undefined { variable, .. }) => assert_eq!(variable, "other"),
+            other => panic!("expected undefined, got {other:?}"),
+        }
+        let r = Renderer::new(&campaign("{ type: text, text: \"Hi {{ name }},\" }"))
+            .expect("compile");
+        let out = r.render(row(&h, &["1", ""])).expect("render");
+        assert!(out.used_empty);
+        assert_eq!(out.content, r#"{"text":"Hi ,"}"#);
+    }
+
+    #[test]
+    fn static_detection_and_fixed_templates() {
+        let mut r = Renderer::new(&campaign(
+            "{ type: text, text: \"{{ a }} {{ campaign.name }}\", vars: { a: x } }",
+        ))
+        .expect("compile");
+        assert!(r.is_static(&["user_id".into()]));
+        assert!(!r.is_static(&["user_id".into(), "a".into()]), "a column shadows the var");
+        r.prepare(&["user_id".into()]).expect("prepare");
+        let h = Arc::new(vec!["user_id".to_string()]);
+        assert_eq!(
+            r.render(row(&h, &["1"])).expect("render").content,
+            r#"{"text":"x t"}"#
+        );
+    }
+
+    #[test]
+    fn include_names_are_confined() {
+        assert!(safe_relative("footer.j2").is_some());
+        assert!(safe_relative("parts/footer.j2").is_some());
+        assert!(safe_relative("../secret").is_none());
+        assert!(safe_relative("/etc/passwd").is_none());
+        assert!(safe_relative("a/../../b").is_none());
+    }
+}
