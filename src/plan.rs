@@ -593,6 +593,7 @@ pub fn build_with(
     .min(1 << 28);
     acc.row_group.reserve(estimate);
     acc.ids_in_order.reserve(estimate);
+    acc.groups.reserve(estimate);
     let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
     let names = header.as_ref().map(|h| &h.names);
 
