@@ -574,8 +574,8 @@ mod tests {
             Err(RenderError::Undefined { variable, .. }) => assert_eq!(variable, "other"),
             other => panic!("expected undefined, got {other:?}"),
         }
-        let r = Renderer::new(&campaign("{ type: text, text: \"Hi {{ name }},\" }"))
-            .expect("compile");
+        let r =
+            Renderer::new(&campaign("{ type: text, text: \"Hi {{ name }},\" }")).expect("compile");
         let out = r.render(row(&h, &["1", ""])).expect("render");
         assert!(out.used_empty);
         assert_eq!(out.content, r#"{"text":"Hi ,"}"#);
@@ -588,7 +588,10 @@ mod tests {
         ))
         .expect("compile");
         assert!(r.is_static(&["user_id".into()]));
-        assert!(!r.is_static(&["user_id".into(), "a".into()]), "a column shadows the var");
+        assert!(
+            !r.is_static(&["user_id".into(), "a".into()]),
+            "a column shadows the var"
+        );
         r.prepare(&["user_id".into()]).expect("prepare");
         let h = Arc::new(vec!["user_id".to_string()]);
         assert_eq!(

@@ -473,3 +473,27 @@ fn many_chunks_keep_audience_order() {
     assert_eq!(firsts, (0..11).collect::<Vec<u64>>());
     assert_eq!(p.samples()[3].id, 3);
 }
+
+#[test]
+fn plan_is_send_and_sync_for_the_sender() {
+    fn check<T: Send + Sync>() {}
+    check::<plan::Plan>();
+    check::<spec::Campaign>();
+    check::<PlannedCall>();
+}
+
+#[test]
+fn p2p_body_uses_the_wire_names() {
+    let f = Fixture::new();
+    let p = f.write(
+        "c.yaml",
+        "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1 }\naction: p2p\nsender: 9\np2p: { receiver_user_ids: [18446744073709551615], ignore_user_ids: [3] }\naudience: { ids: [42] }\nmessage: { type: custom, data: { op: ping } }\n",
+    );
+    let c = load(&p);
+    let cs = calls(&plan::build(&c, &PlanOptions::default()).expect("plan"));
+    let body = plan::request_body(&c, &cs[0]);
+    assert_eq!(
+        serde_json::to_string(&body).expect("json"),
+        r#"{"AppId":1,"Sender":9,"ConversationShortId":42,"MsgType":10012,"Content":"{\"op\":\"ping\"}","ReceiverUserId":[18446744073709551615],"IgnoreUserIds":[3]}"#
+    );
+}
