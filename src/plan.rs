@@ -116,9 +116,11 @@ fn render_problems(ps: &[RenderProblem]) -> String {
             ex.join(", ")
         ));
     }
-    s.push_str(
-        "\n  fix the audience columns or `message.vars`, or guard with `{% if x is defined %}`",
-    );
+    if ps.iter().any(|p| p.what.starts_with("undefined variable")) {
+        s.push_str(
+            "\n  fix the audience columns or `message.vars`, or guard with `{% if x is defined %}`",
+        );
+    }
     s
 }
 

@@ -153,13 +153,23 @@ pub struct Renderer {
     /// Templates that do not depend on the recipient, rendered once (see [`Renderer::prepare`]).
     fixed: BTreeMap<String, String>,
     ext_names: Vec<(String, String)>,
+    /// What the body template is called in messages.
+    label: String,
 }
 
-fn template_error(e: &minijinja::Error) -> String {
+/// A template error as people read it; `label` is what the body template is called (its file
+/// or `message.text`), since minijinja knows it by its internal name.
+fn template_error(e: &minijinja::Error, label: &str) -> String {
     let mut s = e.to_string();
-    if let (Some(name), Some(line)) = (e.name(), e.line()) {
-        if !s.contains(name) {
-            s.push_str(&format!(" (in {name} line {line})"));
+    let shown = if e.name() == Some(BODY) {
+        label
+    } else {
+        e.name().unwrap_or("")
+    };
+    s = s.replace(&format!("(in {BODY}:"), &format!("(in {label}:"));
+    if let Some(line) = e.line() {
+        if !shown.is_empty() && !s.contains(shown) {
+            s.push_str(&format!(" (in {shown} line {line})"));
         }
     }
     if e.kind() == ErrorKind::OutOfFuel {
@@ -284,6 +294,14 @@ impl Renderer {
             Ok(None)
         });
 
+        let label = match &c.message.kind {
+            MessageKind::Text { body } | MessageKind::Raw { body } => match body {
+                Body::Inline(_) => "message.text".to_string(),
+                Body::File(p) => p.strip_prefix(&c.dir).unwrap_or(p).display().to_string(),
+            },
+            MessageKind::Image { .. } => "message.url".to_string(),
+            MessageKind::CustomData { .. } => "message.data".to_string(),
+        };
         let mut used = BTreeSet::new();
         let mut may_include = false;
         let mut template_vars = BTreeMap::new();
@@ -292,10 +310,10 @@ impl Renderer {
                 src.contains("include") || src.contains("import") || src.contains("extends");
             may_include |= includes;
             env.add_template_owned(name.clone(), src)
-                .map_err(|e| RenderError::Template(template_error(&e)))?;
+                .map_err(|e| RenderError::Template(template_error(&e, &label)))?;
             let t = env
                 .get_template(&name)
-                .map_err(|e| RenderError::Template(template_error(&e)))?;
+                .map_err(|e| RenderError::Template(template_error(&e, &label)))?;
             let mut vars = t.undeclared_variables(false);
             vars.retain(|v| !GLOBALS.contains(&v.as_str()));
             used.extend(vars.iter().cloned());
@@ -319,6 +337,7 @@ impl Renderer {
             ext_names,
             fixed: BTreeMap::new(),
             template_vars,
+            label,
             vars: Arc::new(vars),
             campaign,
             loaded,
@@ -370,7 +389,7 @@ impl Renderer {
         for n in fixed_names {
             let out = self
                 .render_one(&n, &ctx)
-                .map_err(|e| RenderError::Template(template_error(&e)))?;
+                .map_err(|e| RenderError::Template(template_error(&e, &self.label)))?;
             fixed.insert(n, out);
         }
         // An empty value used by a fixed template must still count: keep those dynamic.
@@ -432,10 +451,10 @@ impl Renderer {
                     .unwrap_or_else(|| "?".to_string());
                 Err(RenderError::Undefined {
                     variable,
-                    detail: template_error(&e),
+                    detail: template_error(&e, &self.label),
                 })
             }
-            Err(e) => Err(RenderError::Template(template_error(&e))),
+            Err(e) => Err(RenderError::Template(template_error(&e, &self.label))),
         }
     }
 
