@@ -1,1 +1,1200 @@
-//! TODO: plan stage (placeholder until its issue lands).
+//! The plan: every audience row's outcome, and the calls that deliver the valid ones.
+//!
+//! Grouping: recipients whose rendered Content and Ext are identical form a group; each group is
+//! cut into calls of at most `Action::max_receivers()` (500 for batch, 1 for conversation/p2p),
+//! groups ordered by their first recipient in audience order, recipients in audience order within
+//! a group. So the number of calls is exactly Σ⌈group size / max⌉, the minimum.
+//!
+//! Memory: the plan holds 8–16 bytes per valid recipient plus ~40 bytes per distinct Content,
+//! never rows × columns. Each distinct Content is stored once; above [`STORE_MAX_CONTENTS`] (or
+//! [`STORE_MAX_BYTES`]) the plan keeps only each group's content hash and the position of its first
+//! row, and [`Plan::calls`] re-renders at send time (rendering is deterministic; a mismatch means
+//! the inputs changed and is an error, never a silent send).
+//!
+//! The plan hash covers everything that decides what is sent: the campaign file, every template
+//! file read (main and includes), the audience bytes, every exclude list and every extra
+//! suppression list. This module sends nothing and writes nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::action::Action;
+use crate::audience::{load_suppression, AudienceError, AudienceReader, RowCursor, RowPos};
+use crate::render::{RenderError, Rendered, Renderer, RowInput};
+use crate::spec::{Campaign, Source};
+
+/// A hasher for keys that are already well mixed or are plain ids: one multiply instead of
+/// SipHash. The audience is trusted operator input, so hash flooding is not a concern here, and
+/// these maps are the plan's hot path (a million inserts for a million rows). Hand-written to avoid
+/// a dependency for ten lines.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing; the high bits (which hashbrown uses for its control bytes) mix all
+        // input bits, and a rotation feeds them to the low bits used for the bucket index.
+        let h = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 32);
+    }
+}
+
+/// Build [`FastHasher`]s.
+pub type FastState = std::hash::BuildHasherDefault<FastHasher>;
+type FastMap<K, V> = HashMap<K, V, FastState>;
+type FastSet<K> = HashSet<K, FastState>;
+
+/// Keep at most this many distinct Contents in memory; beyond, re-render at send time.
+pub const STORE_MAX_CONTENTS: usize = 100_000;
+/// Keep at most this many bytes of distinct Contents in memory.
+pub const STORE_MAX_BYTES: usize = 64 << 20;
+/// Rendered samples kept for `plan` output.
+pub const SAMPLES: usize = 10;
+/// Examples listed per undefined variable.
+const EXAMPLES: usize = 5;
+
+/// Options from outside the campaign file.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// Global suppression lists (imcast.toml `account.suppress`), hashed into the plan too.
+    pub extra_suppress: Vec<PathBuf>,
+}
+
+/// Where a render failed, with the first few recipients affected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenderProblem {
+    /// `undefined variable `x`` or the template error.
+    pub what: String,
+    pub count: u64,
+    /// (recipient id, line) of the first few.
+    pub examples: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Audience(#[from] AudienceError),
+    #[error("template: {0}")]
+    Template(String),
+    #[error("{}", render_problems(.0))]
+    Render(Vec<RenderProblem>),
+    #[error(
+        "`audience.required` lists columns, but the audience is an inline id list without columns"
+    )]
+    RequiredWithoutColumns,
+    #[error("the inputs changed since the plan was made: {0}")]
+    Changed(String),
+}
+
+fn render_problems(ps: &[RenderProblem]) -> String {
+    let mut s =
+        String::from("rendering failed; nothing can be sent until every recipient renders:");
+    for p in ps {
+        let ex: Vec<String> = p
+            .examples
+            .iter()
+            .map(|(id, line)| format!("{id} (line {line})"))
+            .collect();
+        s.push_str(&format!(
+            "\n  {} — {} recipient{}, first: {}",
+            p.what,
+            p.count,
+            if p.count == 1 { "" } else { "s" },
+            ex.join(", ")
+        ));
+    }
+    if ps.iter().any(|p| p.what.starts_with("undefined variable")) {
+        s.push_str(
+            "\n  fix the audience columns or `message.vars`, or guard with `{% if x is defined %}`",
+        );
+    }
+    s
+}
+
+/// The plan's numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Audience rows.
+    pub total: u64,
+    pub valid: u64,
+    pub invalid: u64,
+    pub duplicate: u64,
+    pub suppressed: u64,
+    pub distinct_contents: u64,
+    pub calls: u64,
+    /// Messages the provider counts: receivers for batch, calls for conversation/p2p.
+    pub messages: u64,
+    /// Valid recipients whose render read an empty value.
+    pub empty_value_rows: u64,
+}
+
+/// One call to make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedCall {
+    /// 0-based call number.
+    pub seq: u64,
+    /// Short hash of content + ext.
+    pub variant: String,
+    /// batch: ≤500 user ids; conversation/p2p: exactly one conversation id.
+    pub receivers: Vec<u64>,
+    pub msg_type: i32,
+    pub content: String,
+    pub ext: BTreeMap<String, String>,
+}
+
+/// What happens to one audience row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RowStatus {
+    Valid { call: u64 },
+    Invalid { reason: String },
+    Duplicate { first_line: u64 },
+    Suppressed { list: String },
+}
+
+/// One audience row and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AudienceRow {
+    pub line: u64,
+    pub id: Option<u64>,
+    pub raw_id: String,
+    pub status: RowStatus,
+}
+
+/// A rendered example.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    pub id: u64,
+    pub line: u64,
+    pub content: String,
+    pub ext: BTreeMap<String, String>,
+}
+
+/// One distinct Content: 32 bytes (the plan holds one per distinct Content).
+#[derive(Debug, Clone)]
+struct Group {
+    key: [u64; 2],
+    pos: RowPos,
+    /// Index into `contents`, or [`NOT_STORED`].
+    stored: u32,
+}
+
+const NOT_STORED: u32 = u32::MAX;
+
+impl Group {
+    fn key(&self) -> u128 {
+        ((self.key[0] as u128) << 64) | self.key[1] as u128
+    }
+    fn stored(&self) -> Option<u32> {
+        (self.stored != NOT_STORED).then_some(self.stored)
+    }
+}
+
+/// The plan for one campaign.
+pub struct Plan {
+    campaign: Campaign,
+    renderer: Renderer,
+    hash: String,
+    counts: Counts,
+    groups: Vec<Group>,
+    contents: Vec<(String, BTreeMap<String, String>)>,
+    /// Valid ids ordered by group (stable: audience order within a group).
+    ids_by_group: Vec<u64>,
+    /// Offsets into `ids_by_group`, one per group plus the end.
+    group_start: Vec<usize>,
+    /// Group of each valid row, in audience order.
+    row_group: Vec<u32>,
+    /// First call number of each group.
+    group_call_base: Vec<u64>,
+    suppress: FastMap<u64, u16>,
+    suppress_labels: Vec<String>,
+    samples: Vec<Sample>,
+    variable_distinct: BTreeMap<String, u64>,
+    warnings: Vec<String>,
+    static_content: bool,
+    header: Option<std::sync::Arc<Vec<String>>>,
+}
+
+fn content_key(content: &str, ext: &BTreeMap<String, String>) -> u128 {
+    let mut h = Sha256::new();
+    h.update((content.len() as u64).to_le_bytes());
+    h.update(content.as_bytes());
+    for (k, v) in ext {
+        h.update((k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(b)
+}
+
+fn variant_of(key: u128) -> String {
+    format!("{:012x}", key >> 80)
+}
+
+fn value_hash(s: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+/// How many distinct Contents a plan keeps in memory before it switches to re-rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    pub max_contents: usize,
+    pub max_bytes: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_contents: STORE_MAX_CONTENTS,
+            max_bytes: STORE_MAX_BYTES,
+        }
+    }
+}
+
+/// Rows rendered together, split across worker threads.
+const CHUNK: usize = 4096;
+
+struct Pending {
+    id: u64,
+    line: u64,
+    pos: RowPos,
+    fields: csv::StringRecord,
+}
+
+/// What the single pass over the audience accumulates.
+struct Acc {
+    counts: Counts,
+    groups: Vec<Group>,
+    // Index by the key's high 64 bits (16 bytes an entry instead of 32); the full 128-bit key is
+    // checked against the group, and the astronomically rare 64-bit clash goes to `clash`.
+    by_key: FastMap<u64, u32>,
+    clash: HashMap<u128, u32>,
+    contents: Vec<(String, BTreeMap<String, String>)>,
+    stored_bytes: usize,
+    spilled: bool,
+    row_group: Vec<u32>,
+    ids_in_order: Vec<u64>,
+    samples: Vec<Sample>,
+    failures: BTreeMap<String, RenderProblem>,
+    limits: StoreLimits,
+    /// Columns and vars, for "did you mean".
+    known: Vec<String>,
+}
+
+impl Acc {
+    /// Render the pending rows (in parallel; rendering is pure) and take the results in order.
+    fn flush(
+        &mut self,
+        renderer: &Renderer,
+        header: Option<&std::sync::Arc<Vec<String>>>,
+        pending: &mut Vec<Pending>,
+        workers: usize,
+    ) {
+        if pending.is_empty() {
+            return;
+        }
+        if workers <= 1 {
+            // In place: no per-chunk allocations (they fragment the heap and raise peak RSS).
+            for p in pending.drain(..) {
+                let r = renderer.render(RowInput {
+                    id: p.id,
+                    header,
+                    fields: p.fields,
+                });
+                self.accept(p.id, p.line, p.pos, r);
+            }
+            return;
+        }
+        let rows = std::mem::take(pending);
+        let render =
+            |part: Vec<Pending>| -> Vec<(u64, u64, RowPos, Result<Rendered, RenderError>)> {
+                part.into_iter()
+                    .map(|p| {
+                        let r = renderer.render(RowInput {
+                            id: p.id,
+                            header,
+                            fields: p.fields,
+                        });
+                        (p.id, p.line, p.pos, r)
+                    })
+                    .collect()
+            };
+        let results: Vec<_> = if rows.len() < 64 {
+            render(rows)
+        } else {
+            let per = rows.len().div_ceil(workers);
+            let mut parts: Vec<Vec<Pending>> = Vec::with_capacity(workers);
+            let mut it = rows.into_iter();
+            loop {
+                let part: Vec<Pending> = it.by_ref().take(per).collect();
+                if part.is_empty() {
+                    break;
+                }
+                parts.push(part);
+            }
+            let mut first = parts.remove(0);
+            let out = std::thread::scope(|s| {
+                let handles: Vec<_> = parts
+                    .into_iter()
+                    .map(|part| s.spawn(move || render(part)))
+                    .collect();
+                let mut out = render(std::mem::take(&mut first));
+                for h in handles {
+                    match h.join() {
+                        Ok(v) => out.extend(v),
+                        Err(p) => std::panic::resume_unwind(p),
+                    }
+                }
+                out
+            });
+            out
+        };
+        for (id, line, pos, r) in results {
+            self.accept(id, line, pos, r);
+        }
+        *pending = Vec::with_capacity(CHUNK);
+    }
+
+    fn accept(&mut self, id: u64, line: u64, pos: RowPos, r: Result<Rendered, RenderError>) {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                let what = match &e {
+                    RenderError::Undefined { variable, .. } => {
+                        let known: Vec<&str> = self.known.iter().map(String::as_str).collect();
+                        match crate::spec::did_you_mean(variable, &known) {
+                            Some(s) => {
+                                format!("undefined variable `{variable}` (did you mean `{s}`?)")
+                            }
+                            None => format!("undefined variable `{variable}`"),
+                        }
+                    }
+                    RenderError::Template(m) => m.clone(),
+                };
+                let p = self.failures.entry(what.clone()).or_insert(RenderProblem {
+                    what,
+                    count: 0,
+                    examples: Vec::new(),
+                });
+                p.count += 1;
+                if p.examples.len() < EXAMPLES {
+                    p.examples.push((id, line));
+                }
+                return;
+            }
+        };
+        if r.used_empty {
+            self.counts.empty_value_rows += 1;
+        }
+        if self.samples.len() < SAMPLES {
+            self.samples.push(Sample {
+                id,
+                line,
+                content: r.content.clone(),
+                ext: r.ext.clone(),
+            });
+        }
+        let key = content_key(&r.content, &r.ext);
+        let hi = (key >> 64) as u64;
+        let found = match self.by_key.get(&hi) {
+            Some(g) if self.groups[*g as usize].key() == key => Some(*g),
+            Some(_) => self.clash.get(&key).copied(),
+            None => None,
+        };
+        let g = match found {
+            Some(g) => g,
+            None => {
+                let g = self.groups.len() as u32;
+                let stored = if self.spilled {
+                    NOT_STORED
+                } else {
+                    self.stored_bytes += r.content.len()
+                        + r.ext.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                    if self.contents.len() >= self.limits.max_contents
+                        || self.stored_bytes > self.limits.max_bytes
+                    {
+                        self.spilled = true;
+                        self.contents = Vec::new();
+                        for gr in &mut self.groups {
+                            gr.stored = NOT_STORED;
+                        }
+                        NOT_STORED
+                    } else {
+                        self.contents.push((r.content, r.ext));
+                        (self.contents.len() - 1) as u32
+                    }
+                };
+                self.groups.push(Group {
+                    key: [hi, key as u64],
+                    pos,
+                    stored,
+                });
+                match self.by_key.entry(hi) {
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        self.clash.insert(key, g);
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(g);
+                    }
+                }
+                g
+            }
+        };
+        self.row_group.push(g);
+        self.ids_in_order.push(id);
+        self.counts.valid += 1;
+    }
+}
+
+/// Build the plan: stream the audience once, render, group, hash.
+pub fn build(c: &Campaign, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    build_with(c, opts, StoreLimits::default())
+}
+
+/// [`build`] with explicit memory limits (tests use tiny ones to exercise re-rendering).
+pub fn build_with(
+    c: &Campaign,
+    opts: &PlanOptions,
+    limits: StoreLimits,
+) -> Result<Plan, PlanError> {
+    let mut renderer = Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?;
+
+    // Suppression lists: one map id → list, 8 bytes per id plus the label index.
+    let mut suppress: FastMap<u64, u16> = FastMap::default();
+    let mut suppress_labels = Vec::new();
+    let mut list_hashes: Vec<[u8; 32]> = Vec::new();
+    let default_col = match &c.audience.source {
+        Source::Csv { id_column, .. } => id_column.clone(),
+        Source::Ids(_) => "user_id".to_string(),
+    };
+    let extra: Vec<Source> = opts
+        .extra_suppress
+        .iter()
+        .map(|p| Source::Csv {
+            path: p.clone(),
+            id_column: default_col.clone(),
+        })
+        .collect();
+    for src in c.audience.exclude.iter().chain(extra.iter()) {
+        let (set, h) = load_suppression(src)?;
+        let idx = suppress_labels.len() as u16;
+        suppress_labels.push(src.label());
+        list_hashes.push(h);
+        for id in set {
+            suppress.entry(id).or_insert(idx);
+        }
+    }
+
+    let mut reader = AudienceReader::open(&c.audience.source)?;
+    let header = reader.header().cloned();
+    let columns: Vec<String> = header
+        .as_ref()
+        .map(|h| h.names.as_ref().clone())
+        .unwrap_or_default();
+    let mut required = Vec::new();
+    for r in &c.audience.required {
+        match &header {
+            None => return Err(PlanError::RequiredWithoutColumns),
+            Some(h) => match h.names.iter().position(|n| n == r) {
+                Some(i) => required.push((i, r.clone())),
+                None => {
+                    let path = match &c.audience.source {
+                        Source::Csv { path, .. } => path.clone(),
+                        Source::Ids(_) => PathBuf::from("inline"),
+                    };
+                    return Err(AudienceError::MissingRequiredColumn {
+                        path,
+                        column: r.clone(),
+                        found: h.names.join(", "),
+                    }
+                    .into());
+                }
+            },
+        }
+    }
+    let static_content = renderer.is_static(&columns);
+    renderer
+        .prepare(&columns)
+        .map_err(|e| PlanError::Template(e.to_string()))?;
+    // Variables to count distinct values of: columns the templates read (+ recipient).
+    let tracked: Vec<(String, Option<usize>)> = renderer
+        .variables()
+        .iter()
+        .filter_map(|v| {
+            if v == "recipient" {
+                Some((v.clone(), None))
+            } else {
+                columns
+                    .iter()
+                    .position(|c| c == v)
+                    .map(|i| (v.clone(), Some(i)))
+            }
+        })
+        .take(8)
+        .collect();
+    let mut distinct: Vec<FastSet<u64>> = vec![FastSet::default(); tracked.len()];
+
+    let known: Vec<String> = columns
+        .iter()
+        .cloned()
+        .chain(c.message.vars.keys().cloned())
+        .collect();
+    let mut acc = Acc {
+        counts: Counts::default(),
+        groups: Vec::new(),
+        by_key: FastMap::default(),
+        clash: HashMap::new(),
+        contents: Vec::new(),
+        stored_bytes: 0,
+        spilled: false,
+        row_group: Vec::new(),
+        ids_in_order: Vec::new(),
+        samples: Vec::new(),
+        failures: BTreeMap::new(),
+        limits,
+        known,
+    };
+    let mut seen: FastSet<u64> = FastSet::default();
+    let mut static_cache: Option<(u32, Sample)> = None;
+    // Render threads: 1 unless IMCAST_PLAN_THREADS says otherwise. On the shared 2-core
+    // benchmark machine a second thread cost more (contention, malloc arenas) than it saved; see
+    // BENCHMARKS.md.
+    let workers = std::env::var("IMCAST_PLAN_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    // Reserve the per-row vectors up front from the file size (an over-estimate costs only
+    // address space: pages never written are never resident), so they never reallocate and
+    // fragment the heap while growing.
+    let estimate = match &c.audience.source {
+        Source::Csv { path, .. } => std::fs::metadata(path)
+            .map(|m| (m.len() / 16) as usize)
+            .unwrap_or(0),
+        Source::Ids(ids) => ids.len(),
+    }
+    .min(1 << 28);
+    acc.row_group.reserve(estimate);
+    acc.ids_in_order.reserve(estimate);
+    acc.groups.reserve(estimate);
+    let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
+    let names = header.as_ref().map(|h| &h.names);
+
+    loop {
+        let Some(row) = reader.next_row()? else {
+            acc.flush(&renderer, names, &mut pending, workers);
+            break;
+        };
+        acc.counts.total += 1;
+        let id = match row.id {
+            Ok(id) => id,
+            Err(_) => {
+                acc.counts.invalid += 1;
+                continue;
+            }
+        };
+        if !seen.insert(id) {
+            acc.counts.duplicate += 1;
+            continue;
+        }
+        if suppress.contains_key(&id) {
+            acc.counts.suppressed += 1;
+            continue;
+        }
+        if required
+            .iter()
+            .any(|(i, _)| row.fields.get(*i).unwrap_or("").trim().is_empty())
+        {
+            acc.counts.invalid += 1;
+            continue;
+        }
+        for (k, (_, col)) in tracked.iter().enumerate() {
+            let h = match col {
+                Some(i) => value_hash(row.fields.get(*i).unwrap_or("")),
+                None => id,
+            };
+            distinct[k].insert(h);
+        }
+        if let Some((g, sample)) = &static_cache {
+            if acc.samples.len() < SAMPLES {
+                acc.samples.push(Sample {
+                    id,
+                    line: row.line,
+                    ..sample.clone()
+                });
+            }
+            acc.row_group.push(*g);
+            acc.ids_in_order.push(id);
+            acc.counts.valid += 1;
+            continue;
+        }
+        pending.push(Pending {
+            id,
+            line: row.line,
+            pos: row.pos,
+            fields: row.fields,
+        });
+        if static_content || pending.len() >= CHUNK {
+            acc.flush(&renderer, names, &mut pending, workers);
+            if static_content && static_cache.is_none() {
+                if let (Some(g), Some(s)) = (acc.row_group.last(), acc.samples.last()) {
+                    static_cache = Some((*g, s.clone()));
+                }
+            }
+        }
+    }
+    let Acc {
+        mut counts,
+        groups,
+        by_key,
+        clash,
+        contents,
+        row_group,
+        ids_in_order,
+        samples,
+        failures,
+        ..
+    } = acc;
+    if static_content && counts.empty_value_rows > 0 {
+        counts.empty_value_rows = counts.valid;
+    }
+    let audience_hash = reader.finish()?;
+    drop(by_key);
+    drop(clash);
+    drop(seen);
+    if !failures.is_empty() {
+        let mut v: Vec<RenderProblem> = failures.into_values().collect();
+        v.sort_by(|a, b| b.count.cmp(&a.count).then(a.what.cmp(&b.what)));
+        return Err(PlanError::Render(v));
+    }
+
+    // Counting sort of valid ids by group (stable).
+    let mut group_start = vec![0usize; groups.len() + 1];
+    for g in &row_group {
+        group_start[*g as usize + 1] += 1;
+    }
+    for i in 0..groups.len() {
+        group_start[i + 1] += group_start[i];
+    }
+    let mut fill = group_start.clone();
+    let mut ids_by_group = vec![0u64; ids_in_order.len()];
+    for (g, id) in row_group.iter().zip(ids_in_order.iter()) {
+        let slot = &mut fill[*g as usize];
+        ids_by_group[*slot] = *id;
+        *slot += 1;
+    }
+    drop(ids_in_order);
+    drop(fill);
+
+    let max = c.action.max_receivers() as u64;
+    let mut group_call_base = Vec::with_capacity(groups.len());
+    let mut calls = 0u64;
+    for g in 0..groups.len() {
+        group_call_base.push(calls);
+        let size = (group_start[g + 1] - group_start[g]) as u64;
+        calls += size.div_ceil(max);
+    }
+    counts.calls = calls;
+    counts.distinct_contents = groups.len() as u64;
+    counts.messages = match c.action {
+        Action::Batch => counts.valid,
+        Action::Conversation | Action::P2p => calls,
+    };
+
+    // The plan hash.
+    let mut h = Sha256::new();
+    h.update(b"imcast-plan/1\n");
+    h.update((c.source.len() as u64).to_le_bytes());
+    h.update(c.source.as_bytes());
+    for (name, fh) in renderer.files() {
+        h.update(b"template\0");
+        h.update(name.as_bytes());
+        h.update(fh);
+    }
+    h.update(b"audience\0");
+    h.update(audience_hash);
+    for lh in &list_hashes {
+        h.update(b"suppress\0");
+        h.update(lh);
+    }
+    let hash = hex::encode(h.finalize());
+
+    let variable_distinct: BTreeMap<String, u64> = tracked
+        .iter()
+        .zip(distinct.iter())
+        .map(|((n, _), s)| (n.clone(), s.len() as u64))
+        .collect();
+
+    let mut warnings = Vec::new();
+    if c.action == Action::Batch && counts.valid >= 2 && counts.distinct_contents * 2 > counts.valid
+    {
+        let mut culprits: Vec<(&String, &u64)> = variable_distinct
+            .iter()
+            .filter(|(_, n)| **n * 2 > counts.distinct_contents)
+            .collect();
+        culprits.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let named: Vec<String> = culprits
+            .iter()
+            .map(|(n, d)| format!("`{n}` ({d} distinct values)"))
+            .collect();
+        warnings.push(format!(
+            "personalized: {} of {} recipients get a Content of their own, so calls carry {:.1} receivers on average instead of up to 500; responsible: {}",
+            counts.distinct_contents,
+            counts.valid,
+            counts.valid as f64 / counts.calls.max(1) as f64,
+            if named.is_empty() {
+                "the templates' per-recipient values".to_string()
+            } else {
+                named.join(", ")
+            }
+        ));
+    }
+    if counts.empty_value_rows > 0 {
+        warnings.push(format!(
+            "{} recipient{} got a message that used an empty value (e.g. \"Hi ,\"); list such columns in `audience.required` to make those rows invalid",
+            counts.empty_value_rows,
+            if counts.empty_value_rows == 1 { "" } else { "s" }
+        ));
+    }
+    if counts.valid == 0 {
+        warnings.push("no valid recipients: nothing would be sent".to_string());
+    }
+
+    Ok(Plan {
+        campaign: c.clone(),
+        renderer,
+        hash,
+        counts,
+        groups,
+        contents,
+        ids_by_group,
+        group_start,
+        row_group,
+        group_call_base,
+        suppress,
+        suppress_labels,
+        samples,
+        variable_distinct,
+        warnings,
+        static_content,
+        header: header.map(|h| h.names),
+    })
+}
+
+impl Plan {
+    /// Hex sha256 over everything that decides what is sent.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    pub fn campaign(&self) -> &Campaign {
+        &self.campaign
+    }
+
+    /// Warnings for people (personalization, empty values, nothing to send).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The first few rendered recipients.
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
+
+    /// Distinct values of each per-recipient variable the templates read.
+    pub fn variable_distinct(&self) -> &BTreeMap<String, u64> {
+        &self.variable_distinct
+    }
+
+    /// True when every recipient gets the same Content (rendered once).
+    pub fn is_static(&self) -> bool {
+        self.static_content
+    }
+
+    /// Whether Contents are kept in memory (false: re-rendered by `calls()`).
+    pub fn contents_in_memory(&self) -> bool {
+        self.groups.iter().all(|g| g.stored().is_some())
+    }
+
+    /// Every call, in plan order (deterministic).
+    pub fn calls(&self) -> impl Iterator<Item = Result<PlannedCall, PlanError>> + '_ {
+        CallIter {
+            plan: self,
+            group: 0,
+            offset: 0,
+            seq: 0,
+            current: None,
+            cursor: None,
+            failed: false,
+        }
+    }
+
+    /// Every audience row in file order with its outcome.
+    pub fn rows(&self) -> impl Iterator<Item = Result<AudienceRow, PlanError>> + '_ {
+        RowIter {
+            plan: self,
+            reader: None,
+            first_line: FastMap::default(),
+            valid_seen: 0,
+            rank: vec![0; self.groups.len()],
+            required: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The call that carries `id`, if `id` is a valid recipient.
+    pub fn call_for(&self, id: u64) -> Option<Result<PlannedCall, PlanError>> {
+        self.calls().find(|c| match c {
+            Ok(c) => c.receivers.contains(&id),
+            Err(_) => true,
+        })
+    }
+
+    fn content_of(
+        &self,
+        g: usize,
+        cursor: &mut Option<RowCursor>,
+    ) -> Result<(String, BTreeMap<String, String>), PlanError> {
+        let group = &self.groups[g];
+        if let Some(i) = group.stored() {
+            if let Some((c, e)) = self.contents.get(i as usize) {
+                return Ok((c.clone(), e.clone()));
+            }
+        }
+        if cursor.is_none() {
+            *cursor = Some(RowCursor::open(&self.campaign.audience.source)?);
+        }
+        let Some(cur) = cursor.as_mut() else {
+            return Err(PlanError::Changed("audience cursor".into()));
+        };
+        let row = cur.seek_forward(group.pos, 0)?;
+        let id = row
+            .id
+            .map_err(|e| PlanError::Changed(format!("line {}: {e}", row.line)))?;
+        let input = RowInput {
+            id,
+            header: self.header.as_ref(),
+            fields: row.fields,
+        };
+        let r = self
+            .renderer
+            .render(input)
+            .map_err(|e| PlanError::Changed(format!("line {}: {e}", row.line)))?;
+        if content_key(&r.content, &r.ext) != group.key() {
+            return Err(PlanError::Changed(format!(
+                "line {} renders differently than when planned; plan again",
+                row.line
+            )));
+        }
+        Ok((r.content, r.ext))
+    }
+}
+
+struct CallIter<'a> {
+    plan: &'a Plan,
+    group: usize,
+    offset: usize,
+    seq: u64,
+    current: Option<(String, BTreeMap<String, String>, String)>,
+    cursor: Option<RowCursor>,
+    failed: bool,
+}
+
+impl Iterator for CallIter<'_> {
+    type Item = Result<PlannedCall, PlanError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let p = self.plan;
+        let max = p.campaign.action.max_receivers();
+        loop {
+            if self.group >= p.groups.len() {
+                return None;
+            }
+            let start = p.group_start[self.group];
+            let end = p.group_start[self.group + 1];
+            if start + self.offset >= end {
+                self.group += 1;
+                self.offset = 0;
+                self.current = None;
+                continue;
+            }
+            if self.current.is_none() {
+                match p.content_of(self.group, &mut self.cursor) {
+                    Ok((c, e)) => {
+                        self.current = Some((c, e, variant_of(p.groups[self.group].key())))
+                    }
+                    Err(e) => {
+                        self.failed = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            let from = start + self.offset;
+            let to = (from + max).min(end);
+            self.offset += to - from;
+            let (content, ext, variant) = self.current.as_ref()?;
+            let call = PlannedCall {
+                seq: self.seq,
+                variant: variant.clone(),
+                receivers: p.ids_by_group[from..to].to_vec(),
+                msg_type: p.campaign.message.msg_type,
+                content: content.clone(),
+                ext: ext.clone(),
+            };
+            self.seq += 1;
+            return Some(Ok(call));
+        }
+    }
+}
+
+struct RowIter<'a> {
+    plan: &'a Plan,
+    reader: Option<AudienceReader>,
+    first_line: FastMap<u64, u64>,
+    valid_seen: usize,
+    rank: Vec<u32>,
+    required: Vec<(usize, String)>,
+    done: bool,
+}
+
+impl RowIter<'_> {
+    fn step(&mut self) -> Result<Option<AudienceRow>, PlanError> {
+        let p = self.plan;
+        if self.reader.is_none() {
+            let r = AudienceReader::open(&p.campaign.audience.source)?;
+            if let Some(h) = r.header() {
+                for col in &p.campaign.audience.required {
+                    if let Some(i) = h.names.iter().position(|n| n == col) {
+                        self.required.push((i, col.clone()));
+                    }
+                }
+            }
+            self.reader = Some(r);
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        let Some(row) = reader.next_row()? else {
+            return Ok(None);
+        };
+        let status = match &row.id {
+            Err(reason) => RowStatus::Invalid {
+                reason: reason.clone(),
+            },
+            Ok(id) => {
+                if let Some(first) = self.first_line.get(id) {
+                    RowStatus::Duplicate { first_line: *first }
+                } else {
+                    self.first_line.insert(*id, row.line);
+                    if let Some(l) = p.suppress.get(id) {
+                        RowStatus::Suppressed {
+                            list: p
+                                .suppress_labels
+                                .get(*l as usize)
+                                .cloned()
+                                .unwrap_or_default(),
+                        }
+                    } else if let Some((_, col)) = self
+                        .required
+                        .iter()
+                        .find(|(i, _)| row.fields.get(*i).unwrap_or("").trim().is_empty())
+                    {
+                        RowStatus::Invalid {
+                            reason: format!("required column `{col}` is empty"),
+                        }
+                    } else {
+                        let Some(g) = p.row_group.get(self.valid_seen).copied() else {
+                            return Err(PlanError::Changed(format!(
+                                "line {}: more valid rows than planned",
+                                row.line
+                            )));
+                        };
+                        self.valid_seen += 1;
+                        let g = g as usize;
+                        let r = self.rank[g] as u64;
+                        self.rank[g] += 1;
+                        let max = p.campaign.action.max_receivers() as u64;
+                        RowStatus::Valid {
+                            call: p.group_call_base[g] + r / max,
+                        }
+                    }
+                }
+            }
+        };
+        Ok(Some(AudienceRow {
+            line: row.line,
+            id: row.id.ok(),
+            raw_id: row.raw_id,
+            status,
+        }))
+    }
+}
+
+impl Iterator for RowIter<'_> {
+    type Item = Result<AudienceRow, PlanError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.step() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// The provider request body for one call (PascalCase keys, ids as JSON integers).
+pub fn request_body(c: &Campaign, call: &PlannedCall) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let mut m = Map::new();
+    m.insert("AppId".into(), json!(c.app_id));
+    m.insert("Sender".into(), json!(c.sender));
+    let target = call.receivers.first().copied().unwrap_or(0);
+    match c.action {
+        Action::Batch => {
+            m.insert("Receiver".into(), json!(call.receivers));
+            if let Some(t) = c.batch.inbox_type {
+                m.insert("InboxType".into(), json!(t));
+            }
+            m.insert("MsgType".into(), json!(call.msg_type));
+            m.insert("Content".into(), Value::String(call.content.clone()));
+            if let Some(n) = c.batch.is_normal_user {
+                m.insert("IsNormalUser".into(), json!(n));
+            }
+        }
+        Action::Conversation => {
+            let o = &c.conversation;
+            m.insert("ConversationShortId".into(), json!(target));
+            m.insert("MsgType".into(), json!(call.msg_type));
+            m.insert("Content".into(), Value::String(call.content.clone()));
+            if let Some(v) = &o.mentioned_users {
+                m.insert("MentionedUsers".into(), json!(v));
+            }
+            if let Some(r) = &o.ref_msg {
+                let mut rm = Map::new();
+                if let Some(x) = r.referenced_message_id {
+                    rm.insert("ReferencedMessageId".into(), json!(x));
+                }
+                if let Some(x) = &r.hint {
+                    rm.insert("Hint".into(), json!(x));
+                }
+                if let Some(x) = r.referenced_message_type {
+                    rm.insert("ReferencedMessageType".into(), json!(x));
+                }
+                if let Some(x) = r.status {
+                    rm.insert("Status".into(), json!(x));
+                }
+                m.insert("RefMsgInfo".into(), Value::Object(rm));
+            }
+            if let Some(v) = &o.visible_users {
+                m.insert("VisibleUsers".into(), json!(v));
+            }
+            if let Some(v) = &o.invisible_users {
+                m.insert("InvisibleUsers".into(), json!(v));
+            }
+            if let Some(v) = o.priority {
+                m.insert("Priority".into(), json!(v));
+            }
+        }
+        Action::P2p => {
+            let o = &c.p2p;
+            m.insert("ConversationShortId".into(), json!(target));
+            m.insert("MsgType".into(), json!(call.msg_type));
+            m.insert("Content".into(), Value::String(call.content.clone()));
+            if let Some(v) = &o.receiver_user_ids {
+                m.insert("ReceiverUserId".into(), json!(v));
+            }
+            if let Some(v) = &o.ignore_user_ids {
+                m.insert("IgnoreUserIds".into(), json!(v));
+            }
+        }
+    }
+    if !call.ext.is_empty() && c.action != Action::P2p {
+        m.insert("Ext".into(), json!(call.ext));
+    }
+    Value::Object(m)
+}
+
+/// Units the throttle counts for this plan: receivers for batch, requests otherwise.
+pub fn throttle_units(c: &Campaign, counts: &Counts) -> u64 {
+    match c.action {
+        Action::Batch => counts.messages,
+        Action::Conversation | Action::P2p => counts.calls,
+    }
+}
+
+/// Estimated sending time under `throttle`, pacing smoothly: units / limit × window.
+pub fn eta(units: u64, throttle: crate::spec::Throttle) -> std::time::Duration {
+    if units == 0 || throttle.limit == 0 {
+        return std::time::Duration::ZERO;
+    }
+    let secs = throttle.window.as_secs_f64() * units as f64 / throttle.limit as f64;
+    std::time::Duration::from_secs_f64(secs)
+}
+
+/// A warning when the plan, started at `start`, would run past the campaign's deadline.
+pub fn deadline_warning(
+    c: &Campaign,
+    start: jiff::Timestamp,
+    eta: std::time::Duration,
+) -> Option<String> {
+    let fmt = |d: std::time::Duration| {
+        humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+    };
+    match c.deadline? {
+        crate::spec::Deadline::After(d) => (eta > d).then(|| {
+            format!(
+                "the estimated duration {} is longer than the deadline of {} after start: recipients still pending then become `expired`",
+                fmt(eta),
+                fmt(d)
+            )
+        }),
+        crate::spec::Deadline::At(t) if t <= start => Some(format!(
+            "the deadline {t} has already passed: every recipient would be `expired`"
+        )),
+        crate::spec::Deadline::At(t) => {
+            let end = start
+                .checked_add(jiff::SignedDuration::try_from(eta).ok()?)
+                .ok()?;
+            (end > t).then(|| {
+                format!(
+                    "started now, sending would end around {end}, after the deadline {t}: recipients still pending then become `expired`"
+                )
+            })
+        }
+    }
+}

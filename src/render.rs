@@ -1,1 +1,630 @@
-//! TODO: render stage (placeholder until its issue lands).
+//! Rendering: one recipient's row → the Content string and Ext map its call carries.
+//!
+//! Invariants: minijinja runs with strict undefined (a missing variable is an error, never an
+//! empty string), a fuel limit (a runaway template fails instead of hanging) and no access to
+//! anything but the campaign's own template files (loader confined to the template's directory,
+//! the campaign's directory and its `templates/`; no absolute paths, no `..`). Rendering is
+//! deterministic: the same row gives the same bytes, which is what lets `plan` re-render at send
+//! time instead of keeping millions of Contents. Content documents are built as data and
+//! serialized with serde_json — never pasted together — so any quote, backslash, newline or emoji
+//! in the data stays correct.
+//! The context is: the row's columns, then `message.vars`, plus `campaign.name` and `recipient.id`
+//! (a column shadows a var of the same name).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use minijinja::value::{Enumerator, Object, Value};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior};
+use sha2::{Digest, Sha256};
+
+use crate::spec::{Body, Campaign, MessageKind};
+
+/// Instructions a single render may execute before it is stopped.
+pub const FUEL: u64 = 200_000;
+
+/// Names minijinja resolves from its globals after the context.
+const GLOBALS: [&str; 7] = [
+    "range",
+    "dict",
+    "namespace",
+    "debug",
+    "lipsum",
+    "cycler",
+    "joiner",
+];
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    /// A variable the template uses is not defined for this recipient.
+    #[error("undefined variable `{variable}` ({detail})")]
+    Undefined { variable: String, detail: String },
+    /// Any other template error (syntax, fuel, a filter failing).
+    #[error("{0}")]
+    Template(String),
+}
+
+/// The result of rendering one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub content: String,
+    pub ext: BTreeMap<String, String>,
+    /// The render read an empty value (a column or var holding "").
+    pub used_empty: bool,
+}
+
+/// A row as the renderer sees it (the fields are moved in: no copy per row).
+pub struct RowInput<'a> {
+    pub id: u64,
+    pub header: Option<&'a Arc<Vec<String>>>,
+    pub fields: csv::StringRecord,
+}
+
+#[derive(Debug, Default)]
+struct Touch {
+    empty: bool,
+    missing: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Ctx {
+    header: Option<Arc<Vec<String>>>,
+    fields: csv::StringRecord,
+    vars: Arc<BTreeMap<String, Value>>,
+    campaign: Value,
+    id: u64,
+    touch: Mutex<Touch>,
+}
+
+impl Ctx {
+    fn note_empty(&self) {
+        if let Ok(mut t) = self.touch.lock() {
+            t.empty = true;
+        }
+    }
+}
+
+impl Object for Ctx {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let k = key.as_str()?;
+        match k {
+            "campaign" => return Some(self.campaign.clone()),
+            "recipient" => {
+                return Some(Value::from_iter([("id", Value::from(self.id))]));
+            }
+            _ => {}
+        }
+        if let Some(h) = &self.header {
+            if let Some(i) = h.iter().position(|n| n == k) {
+                let v = self.fields.get(i).unwrap_or("");
+                if v.is_empty() {
+                    self.note_empty();
+                }
+                return Some(Value::from(v));
+            }
+        }
+        if let Some(v) = self.vars.get(k) {
+            if v.as_str().is_some_and(str::is_empty) {
+                self.note_empty();
+            }
+            return Some(v.clone());
+        }
+        if let Ok(mut t) = self.touch.lock() {
+            t.missing.push(k.to_string());
+        }
+        None
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::NonEnumerable
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct TextContent<'a> {
+    text: &'a str,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ImageContent<'a> {
+    url: &'a str,
+}
+
+enum Compiled {
+    Text,
+    Image { width: bool, height: bool },
+    CustomData(serde_json::Value),
+    Raw,
+}
+
+/// The compiled templates of one campaign.
+pub struct Renderer {
+    env: Environment<'static>,
+    compiled: Compiled,
+    vars: Arc<BTreeMap<String, Value>>,
+    campaign: Value,
+    loaded: Arc<Mutex<BTreeMap<String, [u8; 32]>>>,
+    main_file: Option<(String, [u8; 32])>,
+    used: BTreeSet<String>,
+    may_include: bool,
+    /// Per template: the variables it reads and whether it may include other files.
+    template_vars: BTreeMap<String, (BTreeSet<String>, bool)>,
+    /// Templates that do not depend on the recipient, rendered once (see [`Renderer::prepare`]).
+    fixed: BTreeMap<String, String>,
+    ext_names: Vec<(String, String)>,
+    /// What the body template is called in messages.
+    label: String,
+}
+
+/// A template error as people read it; `label` is what the body template is called (its file
+/// or `message.text`), since minijinja knows it by its internal name.
+fn template_error(e: &minijinja::Error, label: &str) -> String {
+    let mut s = e.to_string();
+    let shown = if e.name() == Some(BODY) {
+        label
+    } else {
+        e.name().unwrap_or("")
+    };
+    s = s.replace(&format!("(in {BODY}:"), &format!("(in {label}:"));
+    if let Some(line) = e.line() {
+        if !shown.is_empty() && !s.contains(shown) {
+            s.push_str(&format!(" (in {shown} line {line})"));
+        }
+    }
+    if e.kind() == ErrorKind::OutOfFuel {
+        s.push_str(": the template did too much work (a loop that never ends?)");
+    }
+    s
+}
+
+fn safe_relative(name: &str) -> Option<PathBuf> {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return None;
+    }
+    if p.components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return None;
+    }
+    Some(p.to_path_buf())
+}
+
+const BODY: &str = "message";
+
+impl Renderer {
+    /// Compile every template of the campaign (syntax errors surface here).
+    pub fn new(c: &Campaign) -> Result<Renderer, RenderError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(64);
+        env.set_keep_trailing_newline(false);
+        // Content is JSON or plain text, never HTML.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+
+        let mut dirs = Vec::new();
+        let mut main_file = None;
+        let body_source = |b: &Body,
+                           dirs: &mut Vec<PathBuf>,
+                           main_file: &mut Option<(String, [u8; 32])>|
+         -> Result<String, RenderError> {
+            match b {
+                Body::Inline(t) => Ok(t.clone()),
+                Body::File(p) => {
+                    let text = std::fs::read_to_string(p).map_err(|e| {
+                        RenderError::Template(format!("cannot read {}: {e}", p.display()))
+                    })?;
+                    if let Some(d) = p.parent() {
+                        dirs.push(d.to_path_buf());
+                    }
+                    *main_file = Some((
+                        p.file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        Sha256::digest(text.as_bytes()).into(),
+                    ));
+                    Ok(text)
+                }
+            }
+        };
+        let mut sources: Vec<(String, String)> = Vec::new();
+        let compiled = match &c.message.kind {
+            MessageKind::Text { body } => {
+                sources.push((BODY.into(), body_source(body, &mut dirs, &mut main_file)?));
+                Compiled::Text
+            }
+            MessageKind::Raw { body } => {
+                sources.push((BODY.into(), body_source(body, &mut dirs, &mut main_file)?));
+                Compiled::Raw
+            }
+            MessageKind::Image { url, width, height } => {
+                sources.push((BODY.into(), url.clone()));
+                if let Some(w) = width {
+                    sources.push(("image.width".into(), w.clone()));
+                }
+                if let Some(h) = height {
+                    sources.push(("image.height".into(), h.clone()));
+                }
+                Compiled::Image {
+                    width: width.is_some(),
+                    height: height.is_some(),
+                }
+            }
+            MessageKind::CustomData { data } => {
+                let mut n = 0usize;
+                collect_data_templates(data, &mut n, &mut sources);
+                Compiled::CustomData(data.clone())
+            }
+        };
+        let ext_keys: Vec<String> = c.message.ext.keys().cloned().collect();
+        for (k, v) in &c.message.ext {
+            sources.push((format!("ext.{k}"), v.clone()));
+        }
+        dirs.push(c.dir.clone());
+        dirs.push(c.dir.join("templates"));
+
+        let loaded: Arc<Mutex<BTreeMap<String, [u8; 32]>>> = Arc::default();
+        let loaded_in = Arc::clone(&loaded);
+        env.set_loader(move |name| {
+            let Some(rel) = safe_relative(name) else {
+                return Err(minijinja::Error::new(
+                    ErrorKind::TemplateNotFound,
+                    format!(
+                        "`{name}`: templates may only include files by relative name, without `..`"
+                    ),
+                ));
+            };
+            for d in &dirs {
+                let p = d.join(&rel);
+                if p.is_file() {
+                    let text = std::fs::read_to_string(&p).map_err(|e| {
+                        minijinja::Error::new(
+                            ErrorKind::TemplateNotFound,
+                            format!("cannot read {}: {e}", p.display()),
+                        )
+                    })?;
+                    if let Ok(mut l) = loaded_in.lock() {
+                        l.insert(name.to_string(), Sha256::digest(text.as_bytes()).into());
+                    }
+                    return Ok(Some(text));
+                }
+            }
+            Ok(None)
+        });
+
+        let label = match &c.message.kind {
+            MessageKind::Text { body } | MessageKind::Raw { body } => match body {
+                Body::Inline(_) => "message.text".to_string(),
+                Body::File(p) => p.strip_prefix(&c.dir).unwrap_or(p).display().to_string(),
+            },
+            MessageKind::Image { .. } => "message.url".to_string(),
+            MessageKind::CustomData { .. } => "message.data".to_string(),
+        };
+        let mut used = BTreeSet::new();
+        let mut may_include = false;
+        let mut template_vars = BTreeMap::new();
+        for (name, src) in sources {
+            let includes =
+                src.contains("include") || src.contains("import") || src.contains("extends");
+            may_include |= includes;
+            env.add_template_owned(name.clone(), src)
+                .map_err(|e| RenderError::Template(template_error(&e, &label)))?;
+            let t = env
+                .get_template(&name)
+                .map_err(|e| RenderError::Template(template_error(&e, &label)))?;
+            let mut vars = t.undeclared_variables(false);
+            vars.retain(|v| !GLOBALS.contains(&v.as_str()));
+            used.extend(vars.iter().cloned());
+            template_vars.insert(name, (vars.into_iter().collect(), includes));
+        }
+        let vars: BTreeMap<String, Value> = c
+            .message
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from_serialize(v)))
+            .collect();
+        let campaign = Value::from_serialize(serde_json::json!({ "name": c.name }));
+        used.retain(|v| !GLOBALS.contains(&v.as_str()));
+        let ext_names = ext_keys
+            .iter()
+            .map(|k| (k.clone(), format!("ext.{k}")))
+            .collect();
+        Ok(Renderer {
+            env,
+            compiled,
+            ext_names,
+            fixed: BTreeMap::new(),
+            template_vars,
+            label,
+            vars: Arc::new(vars),
+            campaign,
+            loaded,
+            main_file,
+            used,
+            may_include,
+        })
+    }
+
+    /// Top-level variables the templates read (includes not followed).
+    pub fn variables(&self) -> &BTreeSet<String> {
+        &self.used
+    }
+
+    /// True when no template can depend on the recipient: every recipient gets the same Content.
+    pub fn is_static(&self, columns: &[String]) -> bool {
+        !self.may_include
+            && self
+                .used
+                .iter()
+                .all(|v| v == "campaign" || (self.vars.contains_key(v) && !columns.contains(v)))
+    }
+
+    /// Render once every template that cannot depend on the recipient (it reads only `campaign`
+    /// and vars that no column shadows, and includes nothing), so per-row rendering skips it.
+    /// Call after the audience header is known; rendering is unchanged, only faster.
+    pub fn prepare(&mut self, columns: &[String]) -> Result<(), RenderError> {
+        let empty = Arc::new(Vec::new());
+        let fixed_names: Vec<String> = self
+            .template_vars
+            .iter()
+            .filter(|(_, (vars, includes))| {
+                !includes
+                    && vars.iter().all(|v| {
+                        v == "campaign" || (self.vars.contains_key(v) && !columns.contains(v))
+                    })
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let ctx = Value::from_object(Ctx {
+            header: Some(empty),
+            fields: csv::StringRecord::new(),
+            vars: Arc::clone(&self.vars),
+            campaign: self.campaign.clone(),
+            id: 0,
+            touch: Mutex::default(),
+        });
+        let mut fixed = BTreeMap::new();
+        for n in fixed_names {
+            let out = self
+                .render_one(&n, &ctx)
+                .map_err(|e| RenderError::Template(template_error(&e, &self.label)))?;
+            fixed.insert(n, out);
+        }
+        // An empty value used by a fixed template must still count: keep those dynamic.
+        if ctx
+            .downcast_object_ref::<Ctx>()
+            .and_then(|c| c.touch.lock().ok().map(|t| t.empty))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        self.fixed = fixed;
+        Ok(())
+    }
+
+    /// Template files read so far (main template and includes), name → sha256. Part of the plan hash.
+    pub fn files(&self) -> BTreeMap<String, [u8; 32]> {
+        let mut m = self.loaded.lock().map(|l| l.clone()).unwrap_or_default();
+        if let Some((n, h)) = &self.main_file {
+            m.insert(format!("<main>/{n}"), *h);
+        }
+        m
+    }
+
+    fn render_one(&self, name: &str, ctx: &Value) -> Result<String, minijinja::Error> {
+        if let Some(s) = self.fixed.get(name) {
+            return Ok(s.clone());
+        }
+        self.env.get_template(name)?.render(ctx)
+    }
+
+    /// Render one recipient.
+    pub fn render(&self, row: RowInput<'_>) -> Result<Rendered, RenderError> {
+        let ctx = Ctx {
+            header: row.header.cloned(),
+            fields: row.fields,
+            vars: Arc::clone(&self.vars),
+            campaign: self.campaign.clone(),
+            id: row.id,
+            touch: Mutex::default(),
+        };
+        let value = Value::from_object(ctx);
+        let result = self.render_with(&value);
+        let touch = value
+            .downcast_object_ref::<Ctx>()
+            .and_then(|c| c.touch.lock().ok().map(|t| (t.empty, t.missing.clone())));
+        let (empty, missing) = touch.unwrap_or_default();
+        match result {
+            Ok((content, ext)) => Ok(Rendered {
+                content,
+                ext,
+                used_empty: empty,
+            }),
+            Err(e) if e.kind() == ErrorKind::UndefinedError => {
+                let variable = missing
+                    .iter()
+                    .rev()
+                    .find(|m| !GLOBALS.contains(&m.as_str()))
+                    .cloned()
+                    .unwrap_or_else(|| "?".to_string());
+                Err(RenderError::Undefined {
+                    variable,
+                    detail: template_error(&e, &self.label),
+                })
+            }
+            Err(e) => Err(RenderError::Template(template_error(&e, &self.label))),
+        }
+    }
+
+    fn render_with(
+        &self,
+        ctx: &Value,
+    ) -> Result<(String, BTreeMap<String, String>), minijinja::Error> {
+        let mut ext = BTreeMap::new();
+        for (k, name) in &self.ext_names {
+            ext.insert(k.clone(), self.render_one(name, ctx)?);
+        }
+        let content = match &self.compiled {
+            Compiled::Text => {
+                let text = self.render_one(BODY, ctx)?;
+                to_json(&TextContent { text: &text })?
+            }
+            Compiled::Raw => self.render_one(BODY, ctx)?,
+            Compiled::Image { width, height } => {
+                let url = self.render_one(BODY, ctx)?;
+                if *width {
+                    ext.insert(
+                        "file_ext_key_original_width".into(),
+                        self.render_one("image.width", ctx)?,
+                    );
+                }
+                if *height {
+                    ext.insert(
+                        "file_ext_key_original_height".into(),
+                        self.render_one("image.height", ctx)?,
+                    );
+                }
+                to_json(&ImageContent { url: &url })?
+            }
+            Compiled::CustomData(data) => {
+                let mut n = 0usize;
+                let doc = self.render_data(data, &mut n, ctx)?;
+                to_json(&doc)?
+            }
+        };
+        Ok((content, ext))
+    }
+
+    fn render_data(
+        &self,
+        v: &serde_json::Value,
+        n: &mut usize,
+        ctx: &Value,
+    ) -> Result<serde_json::Value, minijinja::Error> {
+        Ok(match v {
+            serde_json::Value::String(_) => {
+                let name = format!("data.{n}");
+                *n += 1;
+                serde_json::Value::String(self.render_one(&name, ctx)?)
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(
+                a.iter()
+                    .map(|x| self.render_data(x, n, ctx))
+                    .collect::<Result<_, _>>()?,
+            ),
+            serde_json::Value::Object(o) => {
+                let mut m = serde_json::Map::new();
+                for (k, x) in o {
+                    m.insert(k.clone(), self.render_data(x, n, ctx)?);
+                }
+                serde_json::Value::Object(m)
+            }
+            other => other.clone(),
+        })
+    }
+}
+
+fn collect_data_templates(v: &serde_json::Value, n: &mut usize, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::String(s) => {
+            out.push((format!("data.{n}"), s.clone()));
+            *n += 1;
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_data_templates(x, n, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| collect_data_templates(x, n, out)),
+        _ => {}
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, minijinja::Error> {
+    serde_json::to_string(v).map_err(|e| {
+        minijinja::Error::new(
+            ErrorKind::BadSerialization,
+            format!("cannot serialize Content: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{LoadOptions, Problem};
+
+    fn campaign(message: &str) -> Campaign {
+        let text = format!(
+            "version: 1\nname: t\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\nsender: 1\naudience: {{ ids: [1] }}\nmessage: {message}\n"
+        );
+        let dir = std::env::temp_dir();
+        crate::spec::parse_str(&text, dir.join("t.yaml"), dir, &LoadOptions::default())
+            .unwrap_or_else(|p: Vec<Problem>| panic!("{p:?}"))
+    }
+
+    fn row(header: &Arc<Vec<String>>, fields: &[&str]) -> RowInput<'static> {
+        RowInput {
+            id: 9_007_199_254_740_993,
+            header: Some(Box::leak(Box::new(Arc::clone(header)))),
+            fields: csv::StringRecord::from(fields.to_vec()),
+        }
+    }
+
+    #[test]
+    fn text_content_is_a_json_document() {
+        let r = Renderer::new(&campaign(
+            "{ type: text, text: \"{{ name }} \\\"{{ recipient.id }}\\\" {{ campaign.name }}\" }",
+        ))
+        .expect("compile");
+        let h = Arc::new(vec!["user_id".to_string(), "name".to_string()]);
+        let out = r.render(row(&h, &["1", "a\"b\\c\n😀{{"])).expect("render");
+        assert_eq!(
+            out.content,
+            r#"{"text":"a\"b\\c\n😀{{ \"9007199254740993\" t"}"#
+        );
+        assert!(!out.used_empty);
+    }
+
+    #[test]
+    fn undefined_names_the_variable_and_empty_is_noticed() {
+        let r = Renderer::new(&campaign("{ type: text, text: \"{{ name }}{{ other }}\" }"))
+            .expect("compile");
+        let h = Arc::new(vec!["user_id".to_string(), "name".to_string()]);
+        match r.render(row(&h, &["1", ""])) {
+            Err(RenderError::Undefined { variable, .. }) => assert_eq!(variable, "other"),
+            other => panic!("expected undefined, got {other:?}"),
+        }
+        let r =
+            Renderer::new(&campaign("{ type: text, text: \"Hi {{ name }},\" }")).expect("compile");
+        let out = r.render(row(&h, &["1", ""])).expect("render");
+        assert!(out.used_empty);
+        assert_eq!(out.content, r#"{"text":"Hi ,"}"#);
+    }
+
+    #[test]
+    fn static_detection_and_fixed_templates() {
+        let mut r = Renderer::new(&campaign(
+            "{ type: text, text: \"{{ a }} {{ campaign.name }}\", vars: { a: x } }",
+        ))
+        .expect("compile");
+        assert!(r.is_static(&["user_id".into()]));
+        assert!(
+            !r.is_static(&["user_id".into(), "a".into()]),
+            "a column shadows the var"
+        );
+        r.prepare(&["user_id".into()]).expect("prepare");
+        let h = Arc::new(vec!["user_id".to_string()]);
+        assert_eq!(
+            r.render(row(&h, &["1"])).expect("render").content,
+            r#"{"text":"x t"}"#
+        );
+    }
+
+    #[test]
+    fn include_names_are_confined() {
+        assert!(safe_relative("footer.j2").is_some());
+        assert!(safe_relative("parts/footer.j2").is_some());
+        assert!(safe_relative("../secret").is_none());
+        assert!(safe_relative("/etc/passwd").is_none());
+        assert!(safe_relative("a/../../b").is_none());
+    }
+}

@@ -1,8 +1,203 @@
-//! `imcast plan`.
+//! `imcast plan`: the dry run. Counts, grouping, ETA under the throttle, deadline warning, next
+//! schedule occurrence, plan hash, rendered samples — human text or `--output json`. The system
+//! clock is read here, at the command edge, and nowhere below.
 
-use crate::cli::{GlobalArgs, PlanArgs};
-use crate::exit::CmdResult;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub fn run(_g: &GlobalArgs, _args: &PlanArgs) -> CmdResult {
-    Err(super::not_yet("plan"))
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, OutputFormat, PlanArgs};
+use crate::clock::{Clock, SystemClock};
+use crate::exit::{CmdResult, Exit, ExitContext};
+use crate::plan::{Counts, Plan, PlanOptions, Sample};
+use crate::spec::{Campaign, LoadOptions};
+
+/// The account's global suppression lists (`account.suppress` in imcast.toml), found at
+/// `config` or in the campaign's directory or an ancestor. A small local reader of one key: the
+/// sender stream owns `config::AccountConfig`; this is replaced by it at merge.
+pub fn extra_suppress(c: &Campaign, config: Option<&Path>) -> Vec<PathBuf> {
+    let found = match config {
+        Some(p) => Some(p.to_path_buf()),
+        None => c
+            .dir
+            .ancestors()
+            .map(|d| d.join("imcast.toml"))
+            .find(|p| p.is_file()),
+    };
+    let Some(path) = found else {
+        return Vec::new();
+    };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    let Ok(v) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    v.get("account")
+        .and_then(|a| a.get("suppress"))
+        .and_then(|s| s.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .map(|s| base.join(s))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    campaign: &'a str,
+    file: String,
+    action: &'a str,
+    api: &'a str,
+    app_id: u64,
+    endpoint: String,
+    sender: u64,
+    plan_hash: &'a str,
+    counts: &'a Counts,
+    throttle_limit: u64,
+    throttle_window_secs: f64,
+    throttle_is_default: bool,
+    eta_secs: u64,
+    deadline_warning: Option<String>,
+    next_occurrence: Option<String>,
+    contents_in_memory: bool,
+    variable_distinct: &'a std::collections::BTreeMap<String, u64>,
+    warnings: &'a [String],
+    samples: &'a [Sample],
+}
+
+fn summarize<'a>(
+    c: &'a Campaign,
+    plan: &'a Plan,
+    now: jiff::Timestamp,
+    sample: usize,
+) -> Summary<'a> {
+    let t = c.effective_throttle();
+    let units = crate::plan::throttle_units(c, plan.counts());
+    let eta = crate::plan::eta(units, t);
+    Summary {
+        campaign: &c.name,
+        file: c.path.display().to_string(),
+        action: c.action.as_str(),
+        api: c.action.api_name(),
+        app_id: c.app_id,
+        endpoint: c.endpoint.to_string(),
+        sender: c.sender,
+        plan_hash: plan.hash(),
+        counts: plan.counts(),
+        throttle_limit: t.limit,
+        throttle_window_secs: t.window.as_secs_f64(),
+        throttle_is_default: c.throttle.is_none(),
+        eta_secs: eta.as_secs_f64().ceil() as u64,
+        deadline_warning: crate::plan::deadline_warning(c, now, eta),
+        next_occurrence: c
+            .schedule
+            .as_ref()
+            .and_then(|s| s.next_after(now))
+            .map(|t| t.to_string()),
+        contents_in_memory: plan.contents_in_memory(),
+        variable_distinct: plan.variable_distinct(),
+        warnings: plan.warnings(),
+        samples: &plan.samples()[..sample.min(plan.samples().len())],
+    }
+}
+
+fn human(s: &Summary<'_>) -> String {
+    let n = s.counts;
+    let dur = |secs: u64| humantime::format_duration(Duration::from_secs(secs)).to_string();
+    let mut o = String::new();
+    o.push_str(&format!("campaign   {} ({})\n", s.campaign, s.file));
+    o.push_str(&format!(
+        "send       {} via {} to app {} at {} as sender {}\n",
+        s.action, s.api, s.app_id, s.endpoint, s.sender
+    ));
+    o.push_str(&format!(
+        "audience   {} rows: {} valid, {} invalid, {} duplicate, {} suppressed\n",
+        n.total, n.valid, n.invalid, n.duplicate, n.suppressed
+    ));
+    o.push_str(&format!(
+        "contents   {} distinct{}\n",
+        n.distinct_contents,
+        if s.contents_in_memory {
+            ""
+        } else {
+            " (re-rendered at send time)"
+        }
+    ));
+    o.push_str(&format!(
+        "calls      {} ({} messages)\n",
+        n.calls, n.messages
+    ));
+    o.push_str(&format!(
+        "throttle   {} per {}{} → about {}\n",
+        s.throttle_limit,
+        humantime::format_duration(Duration::from_secs_f64(s.throttle_window_secs)),
+        if s.throttle_is_default {
+            " (the action's documented limit)"
+        } else {
+            ""
+        },
+        dur(s.eta_secs)
+    ));
+    o.push_str(&format!(
+        "schedule   {}\n",
+        s.next_occurrence
+            .as_deref()
+            .map(|t| format!("next {t}"))
+            .unwrap_or_else(|| "manual (no upcoming occurrence)".to_string())
+    ));
+    o.push_str(&format!("plan hash  {}\n", s.plan_hash));
+    if let Some(w) = &s.deadline_warning {
+        o.push_str(&format!("warning: {w}\n"));
+    }
+    for w in s.warnings {
+        o.push_str(&format!("warning: {w}\n"));
+    }
+    if !s.samples.is_empty() {
+        o.push_str("first recipients:\n");
+        for x in s.samples {
+            o.push_str(&format!("  {} (line {}): {}", x.id, x.line, x.content));
+            if !x.ext.is_empty() {
+                let ext = serde_json::to_string(&x.ext).unwrap_or_default();
+                o.push_str(&format!("  ext {ext}"));
+            }
+            o.push('\n');
+        }
+    }
+    o
+}
+
+pub fn run(_g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
+    let c = crate::spec::load(
+        &a.file,
+        &LoadOptions {
+            allow_endpoints: a.allow_endpoint.clone(),
+        },
+    )
+    .exit(Exit::Invalid)?;
+    let extra = extra_suppress(&c, a.state.config.as_deref());
+    let plan = crate::plan::build(
+        &c,
+        &PlanOptions {
+            extra_suppress: extra,
+        },
+    )
+    .exit(Exit::Invalid)?;
+    let now = SystemClock.now();
+    let s = summarize(&c, &plan, now, a.sample);
+    match a.output {
+        OutputFormat::Human => print!("{}", human(&s)),
+        OutputFormat::Json => {
+            let j = serde_json::to_string_pretty(&s)
+                .context("serialize the plan")
+                .exit(Exit::Internal)?;
+            println!("{j}");
+        }
+    }
+    Ok(Exit::Ok)
 }

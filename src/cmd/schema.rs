@@ -1,8 +1,10 @@
-//! `imcast schema`.
+//! `imcast schema`: the JSON Schema of the campaign file format, for editors.
 
 use crate::cli::GlobalArgs;
-use crate::exit::CmdResult;
+use crate::exit::{CmdResult, Exit, ExitContext};
 
 pub fn run(_g: &GlobalArgs) -> CmdResult {
-    Err(super::not_yet("schema"))
+    let s = serde_json::to_string_pretty(&crate::spec::json_schema()).exit(Exit::Internal)?;
+    println!("{s}");
+    Ok(Exit::Ok)
 }

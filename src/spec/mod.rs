@@ -1,1 +1,873 @@
-//! TODO: spec stage (placeholder).
+//! The campaign file: parse (serde-saphyr, `deny_unknown_fields`), then validate into a
+//! [`Campaign`] — the one validated value every later stage reads.
+//!
+//! Invariants: a `Campaign` has a canonical path, a resolved endpoint that passed the endpoint
+//! policy (known region host, loopback, or `--allow-endpoint`), paths resolved against the file's
+//! directory, and no credential in it. Every problem found is reported at once with file, line and
+//! column ([`SpecError`]); a parse error stops at the first problem because serde does.
+//! This module reads the campaign file only: it does not open the audience or templates beyond
+//! checking that they exist (that is `plan`'s job), and it never touches the network.
+
+mod raw;
+mod scan;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_saphyr::Spanned;
+
+pub use raw::{RawCampaign, RawMessageType};
+
+use crate::action::Action;
+use crate::schedule::{QuietHours, Schedule};
+
+/// Options the command line adds to loading.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Endpoints allowed besides region hosts and loopback (`--allow-endpoint`).
+    pub allow_endpoints: Vec<String>,
+}
+
+/// One problem in a campaign file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when known.
+    pub line: Option<u64>,
+    /// 1-based column, when known.
+    pub column: Option<u64>,
+    pub message: String,
+}
+
+/// Everything wrong with one campaign file.
+#[derive(Debug, thiserror::Error)]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {n} problem{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {}", self.file.display())?;
+            if let Some(l) = p.line {
+                write!(f, ":{l}")?;
+                if let Some(c) = p.column {
+                    write!(f, ":{c}")?;
+                }
+            }
+            write!(f, ": {}", p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// `throttle:` — this campaign's share of the account limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    pub limit: u64,
+    pub window: Duration,
+}
+
+/// `deadline:` — when pending recipients become `expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    At(Timestamp),
+    After(Duration),
+}
+
+/// `breaker:` — when a run stops itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Breaker {
+    pub consecutive_failures: u32,
+    pub window_calls: u32,
+    pub max_failure_ratio: f64,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            consecutive_failures: 5,
+            window_calls: 50,
+            max_failure_ratio: 0.5,
+        }
+    }
+}
+
+/// Where ids come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A CSV file (absolute path) and the column holding the id.
+    Csv { path: PathBuf, id_column: String },
+    /// Inline ids.
+    Ids(Vec<u64>),
+}
+
+impl Source {
+    /// A short name for reports: the file name, or "inline".
+    pub fn label(&self) -> String {
+        match self {
+            Source::Csv { path, .. } => path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string()),
+            Source::Ids(_) => "inline".to_string(),
+        }
+    }
+}
+
+/// `audience:`.
+#[derive(Debug, Clone)]
+pub struct AudienceSpec {
+    pub source: Source,
+    pub exclude: Vec<Source>,
+    /// Columns that must be non-empty.
+    pub required: Vec<String>,
+}
+
+/// Where the message body template comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// Inline template text.
+    Inline(String),
+    /// A template file (absolute path).
+    File(PathBuf),
+}
+
+/// What the Content document is built from.
+#[derive(Debug, Clone)]
+pub enum MessageKind {
+    /// `{"text": body}`.
+    Text { body: Body },
+    /// `{"url": url}`; width/height go to Ext.
+    Image {
+        url: String,
+        width: Option<String>,
+        height: Option<String>,
+    },
+    /// `data` with every string rendered, serialized.
+    CustomData { data: serde_json::Value },
+    /// The rendered body as is (custom without `data`, and raw).
+    Raw { body: Body },
+}
+
+/// `message:`.
+#[derive(Debug, Clone)]
+pub struct MessageSpec {
+    pub kind: MessageKind,
+    pub msg_type: i32,
+    /// Ext templates.
+    pub ext: BTreeMap<String, String>,
+    pub vars: BTreeMap<String, serde_json::Value>,
+}
+
+/// BatchSendMessage options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOptions {
+    pub inbox_type: Option<i32>,
+    pub is_normal_user: Option<bool>,
+}
+
+/// RefMsgInfo.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefMsg {
+    pub referenced_message_id: Option<u64>,
+    pub hint: Option<String>,
+    pub referenced_message_type: Option<i32>,
+    pub status: Option<i32>,
+}
+
+/// SendMessage options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConversationOptions {
+    pub mentioned_users: Option<Vec<u64>>,
+    pub visible_users: Option<Vec<u64>>,
+    pub invisible_users: Option<Vec<u64>>,
+    pub priority: Option<i32>,
+    pub ref_msg: Option<RefMsg>,
+}
+
+/// P2PSendMessage options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct P2pOptions {
+    pub receiver_user_ids: Option<Vec<u64>>,
+    pub ignore_user_ids: Option<Vec<u64>>,
+}
+
+/// A validated campaign.
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub name: String,
+    /// Canonical path of the campaign file.
+    pub path: PathBuf,
+    /// Its directory (relative paths in the file are resolved against it).
+    pub dir: PathBuf,
+    pub description: Option<String>,
+    pub action: Action,
+    pub app_id: u64,
+    pub region: String,
+    pub endpoint: url::Url,
+    pub sender: u64,
+    pub schedule: Option<Schedule>,
+    pub quiet_hours: Option<QuietHours>,
+    pub throttle: Option<Throttle>,
+    pub retry_max_attempts: u32,
+    pub deadline: Option<Deadline>,
+    pub guard_max_recipients: Option<u64>,
+    pub breaker: Breaker,
+    pub audience: AudienceSpec,
+    pub message: MessageSpec,
+    pub batch: BatchOptions,
+    pub conversation: ConversationOptions,
+    pub p2p: P2pOptions,
+    /// The campaign file's bytes as read (hashed into the plan hash).
+    pub source: String,
+}
+
+impl Campaign {
+    /// The throttle in effect for this campaign alone: its own, or the action's documented default.
+    pub fn effective_throttle(&self) -> Throttle {
+        self.throttle.unwrap_or_else(|| {
+            let (limit, window) = self.action.default_limit();
+            Throttle { limit, window }
+        })
+    }
+}
+
+/// The documented endpoint of a region.
+pub fn region_endpoint(region: &str) -> Option<url::Url> {
+    let s = match region {
+        "cn-north-1" => "https://rtc.volcengineapi.com/",
+        "ap-southeast-1" => "https://open-ap-singapore-1.volcengineapi.com/",
+        _ => return None,
+    };
+    url::Url::parse(s).ok()
+}
+
+const REGIONS: [&str; 2] = ["cn-north-1", "ap-southeast-1"];
+
+/// Read, parse and validate a campaign file.
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Campaign, SpecError> {
+    let fail = |problems: Vec<Problem>| SpecError {
+        file: path.to_path_buf(),
+        problems,
+    };
+    let one = |message: String| {
+        fail(vec![Problem {
+            line: None,
+            column: None,
+            message,
+        }])
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| one(format!("cannot read the campaign file: {e}")))?;
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| one(format!("cannot resolve the campaign file's path: {e}")))?;
+    let dir = canonical
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    parse_str(&text, canonical, dir, opts).map_err(fail)
+}
+
+/// Parse and validate campaign text; `path`/`dir` are where it lives (for relative paths).
+pub fn parse_str(
+    text: &str,
+    path: PathBuf,
+    dir: PathBuf,
+    opts: &LoadOptions,
+) -> Result<Campaign, Vec<Problem>> {
+    // Credentials first: a file holding a secret is rejected whatever else is wrong with it, and
+    // the scan sees keys that serde would stop at.
+    let mut problems = scan::credentials(text);
+    let raw: RawCampaign = match serde_saphyr::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let pp = parse_problem(&e);
+            // A credential key is also an unknown key: say it once, as the credential.
+            if !problems
+                .iter()
+                .any(|c| c.line == pp.line && c.column == pp.column)
+            {
+                problems.push(pp);
+            }
+            return Err(problems);
+        }
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    validate(raw, text, path, dir, opts)
+}
+
+fn at<T>(s: &Spanned<T>) -> (Option<u64>, Option<u64>) {
+    let l = s.referenced;
+    if l.line() == 0 {
+        (None, None)
+    } else {
+        (Some(l.line()), Some(l.column()))
+    }
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn at<T>(&mut self, s: &Spanned<T>, message: impl Into<String>) {
+        let (line, column) = at(s);
+        self.0.push(Problem {
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+    fn nowhere(&mut self, message: impl Into<String>) {
+        self.0.push(Problem {
+            line: None,
+            column: None,
+            message: message.into(),
+        });
+    }
+}
+
+/// The nearest of `candidates` to `word`, if it is an obvious near match.
+pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(word, c), *c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+fn parse_problem(e: &serde_saphyr::Error) -> Problem {
+    let inner = e.without_snippet();
+    let loc = inner.location().or_else(|| e.location());
+    let (line, column) = match loc {
+        Some(l) if l.line() > 0 => (Some(l.line()), Some(l.column())),
+        _ => (None, None),
+    };
+    let message = match inner {
+        serde_saphyr::Error::SerdeUnknownField {
+            field, expected, ..
+        } => {
+            let mut m = format!("unknown key `{field}`");
+            if let Some(s) = did_you_mean(field, expected) {
+                m.push_str(&format!(" — did you mean `{s}`?"));
+            }
+            m.push_str(&format!("; expected one of: {}", expected.join(", ")));
+            m
+        }
+        serde_saphyr::Error::SerdeUnknownVariant {
+            variant, expected, ..
+        } => {
+            let mut m = format!("unknown value `{variant}`");
+            if let Some(s) = did_you_mean(variant, expected) {
+                m.push_str(&format!(" — did you mean `{s}`?"));
+            }
+            m.push_str(&format!("; expected one of: {}", expected.join(", ")));
+            m
+        }
+        serde_saphyr::Error::SerdeMissingField { field, .. } => {
+            format!("missing required key `{field}`")
+        }
+        other => {
+            // The crate's own message, without its location suffix/snippet (we print our own).
+            let s = other.to_string();
+            let first = s.lines().next().unwrap_or("invalid YAML");
+            let first = match first.rfind(" at line ") {
+                Some(i) => &first[..i],
+                None => first,
+            };
+            match first {
+                "invalid u64" | "invalid u32" => {
+                    format!("{first}: expected a non-negative whole number")
+                }
+                "invalid i32" => format!("{first}: expected a whole number"),
+                other => other.to_string(),
+            }
+        }
+    };
+    Problem {
+        line,
+        column,
+        message,
+    }
+}
+
+fn validate(
+    raw: RawCampaign,
+    text: &str,
+    path: PathBuf,
+    dir: PathBuf,
+    opts: &LoadOptions,
+) -> Result<Campaign, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+
+    if raw.version.value != 1 {
+        p.at(
+            &raw.version,
+            format!(
+                "unsupported version {}: this imcast reads version 1",
+                raw.version.value
+            ),
+        );
+    }
+    let name_ok = !raw.name.value.is_empty()
+        && raw
+            .name
+            .value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !name_ok {
+        p.at(
+            &raw.name,
+            format!(
+                "invalid name `{}`: use lower-case letters, digits, `-` and `_` only (it names the state and report folder)",
+                raw.name.value
+            ),
+        );
+    }
+
+    // Provider and endpoint policy.
+    let region = raw.provider.region.value.clone();
+    let region_url = region_endpoint(&region);
+    if region_url.is_none() {
+        let hint = did_you_mean(&region, &REGIONS)
+            .map(|s| format!(" — did you mean `{s}`?"))
+            .unwrap_or_default();
+        p.at(
+            &raw.provider.region,
+            format!(
+                "unknown region `{region}`{hint}; known: {}",
+                REGIONS.join(", ")
+            ),
+        );
+    }
+    let mut endpoint = region_url.clone();
+    if let Some(ep) = &raw.provider.endpoint {
+        match check_endpoint(ep, opts) {
+            Ok(u) => endpoint = Some(u),
+            Err(m) => {
+                p.at(ep, m);
+                endpoint = None;
+            }
+        }
+    }
+
+    // Audience.
+    let id_column = raw
+        .audience
+        .id_column
+        .clone()
+        .unwrap_or_else(|| "user_id".to_string());
+    let source = match (&raw.audience.csv, &raw.audience.ids) {
+        (Some(csv), None) => Some(Source::Csv {
+            path: resolve_file(&dir, csv, "audience.csv", &mut p),
+            id_column: id_column.clone(),
+        }),
+        (None, Some(ids)) => {
+            if ids.is_empty() {
+                p.nowhere("audience.ids is empty: give at least one id");
+            }
+            Some(Source::Ids(ids.clone()))
+        }
+        (Some(csv), Some(_)) => {
+            p.at(csv, "audience has both `csv` and `ids`: give one of them");
+            None
+        }
+        (None, None) => {
+            p.nowhere("audience needs `csv: FILE` or `ids: [..]`");
+            None
+        }
+    };
+    let mut exclude = Vec::new();
+    for (i, x) in raw.audience.exclude.iter().enumerate() {
+        let col = x.id_column.clone().unwrap_or_else(|| id_column.clone());
+        match (&x.csv, &x.ids) {
+            (Some(csv), None) => exclude.push(Source::Csv {
+                path: resolve_file(&dir, csv, "audience.exclude.csv", &mut p),
+                id_column: col,
+            }),
+            (None, Some(ids)) => exclude.push(Source::Ids(ids.clone())),
+            (Some(csv), Some(_)) => p.at(
+                csv,
+                format!("audience.exclude[{i}] has both `csv` and `ids`: give one of them"),
+            ),
+            (None, None) => p.nowhere(format!(
+                "audience.exclude[{i}] needs `csv: FILE` or `ids: [..]`"
+            )),
+        }
+    }
+
+    // Message.
+    let m = &raw.message;
+    let body = match (&m.text, &m.template) {
+        (Some(t), None) => Some(Body::Inline(t.value.clone())),
+        (None, Some(f)) => Some(Body::File(resolve_file(
+            &dir,
+            f,
+            "message.template",
+            &mut p,
+        ))),
+        (Some(t), Some(_)) => {
+            p.at(
+                t,
+                "message has both `text` and `template`: give one of them",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let body_conflict = m.text.is_some() && m.template.is_some();
+    let image_only = m.url.is_some() || m.width.is_some() || m.height.is_some();
+    if image_only && m.kind != RawMessageType::Image {
+        p.nowhere("message `url`/`width`/`height` are for `type: image` only");
+    }
+    if m.data.is_some() && m.kind != RawMessageType::Custom {
+        p.nowhere("message `data` is for `type: custom` only");
+    }
+    let kind = match m.kind {
+        RawMessageType::Text => match body {
+            Some(body) => Some(MessageKind::Text { body }),
+            None => {
+                if !body_conflict {
+                    p.nowhere("`type: text` needs `text:` (inline template) or `template: FILE`");
+                }
+                None
+            }
+        },
+        RawMessageType::Image => {
+            if body.is_some() {
+                p.nowhere("`type: image` takes `url`, `width`, `height`, not `text`/`template`");
+            }
+            match &m.url {
+                Some(url) => Some(MessageKind::Image {
+                    url: url.clone(),
+                    width: m.width.as_ref().map(|w| w.as_template()),
+                    height: m.height.as_ref().map(|h| h.as_template()),
+                }),
+                None => {
+                    p.nowhere("`type: image` needs `url:`");
+                    None
+                }
+            }
+        }
+        RawMessageType::Custom => match (&m.data, body) {
+            (Some(data), None) => Some(MessageKind::CustomData { data: data.clone() }),
+            (None, Some(body)) => Some(MessageKind::Raw { body }),
+            (Some(_), Some(_)) => {
+                p.nowhere("`type: custom` takes `data:` or `text`/`template`, not both");
+                None
+            }
+            (None, None) => {
+                if !body_conflict {
+                    p.nowhere("`type: custom` needs `data:` (a document) or `text`/`template`");
+                }
+                None
+            }
+        },
+        RawMessageType::Raw => {
+            if m.msg_type.is_none() {
+                p.nowhere("`type: raw` needs `msg_type:` (the MsgType number)");
+            }
+            match body {
+                Some(body) => Some(MessageKind::Raw { body }),
+                None => {
+                    if !body_conflict {
+                        p.nowhere("`type: raw` needs `text:` or `template: FILE`");
+                    }
+                    None
+                }
+            }
+        }
+    };
+    let msg_type = m.msg_type.unwrap_or(match m.kind {
+        RawMessageType::Text => 10001,
+        RawMessageType::Image => 10003,
+        RawMessageType::Custom | RawMessageType::Raw => 10012,
+    });
+    for k in m.ext.keys() {
+        if k.starts_with("s:") {
+            p.nowhere(format!(
+                "message.ext key `{k}`: keys starting with `s:` are reserved by the IM platform"
+            ));
+        }
+    }
+    for k in m.vars.keys() {
+        if k == "campaign" || k == "recipient" {
+            p.nowhere(format!(
+                "message.vars `{k}` is reserved (the template context sets it)"
+            ));
+        }
+    }
+
+    // Action options.
+    let wrong_action = |key: &str, want: Action, p: &mut Problems| {
+        if raw.action != want {
+            p.nowhere(format!(
+                "`{key}:` options apply to `action: {want}`, but this campaign is `action: {}`",
+                raw.action
+            ));
+        }
+    };
+    let batch = match &raw.batch {
+        Some(b) => {
+            wrong_action("batch", Action::Batch, &mut p);
+            BatchOptions {
+                inbox_type: b.inbox_type,
+                is_normal_user: b.is_normal_user,
+            }
+        }
+        None => BatchOptions::default(),
+    };
+    let conversation = match &raw.conversation {
+        Some(c) => {
+            wrong_action("conversation", Action::Conversation, &mut p);
+            ConversationOptions {
+                mentioned_users: c.mentioned_users.clone(),
+                visible_users: c.visible_users.clone(),
+                invisible_users: c.invisible_users.clone(),
+                priority: c.priority,
+                ref_msg: c.ref_msg.as_ref().map(|r| RefMsg {
+                    referenced_message_id: r.referenced_message_id,
+                    hint: r.hint.clone(),
+                    referenced_message_type: r.referenced_message_type,
+                    status: r.status,
+                }),
+            }
+        }
+        None => ConversationOptions::default(),
+    };
+    let p2p = match &raw.p2p {
+        Some(x) => {
+            wrong_action("p2p", Action::P2p, &mut p);
+            P2pOptions {
+                receiver_user_ids: x.receiver_user_ids.clone(),
+                ignore_user_ids: x.ignore_user_ids.clone(),
+            }
+        }
+        None => P2pOptions::default(),
+    };
+
+    // Schedule.
+    let mut schedule = None;
+    let mut quiet_hours = None;
+    if let Some(s) = &raw.schedule {
+        match Schedule::from_raw(s) {
+            Ok(sc) => schedule = sc,
+            Err(e) => p.nowhere(format!("schedule: {e}")),
+        }
+        if let Some(q) = &s.quiet_hours {
+            match QuietHours::from_raw(q) {
+                Ok(q) => quiet_hours = Some(q),
+                Err(e) => p.nowhere(format!("schedule.quiet_hours: {e}")),
+            }
+        }
+    }
+
+    // Throttle, retry, deadline, guard, breaker.
+    let mut throttle = None;
+    if let Some(t) = &raw.throttle {
+        match humantime::parse_duration(&t.window.value) {
+            Ok(w) if !w.is_zero() => {
+                if t.limit == 0 {
+                    p.at(&t.window, "throttle.limit must be at least 1");
+                } else {
+                    throttle = Some(Throttle {
+                        limit: t.limit,
+                        window: w,
+                    })
+                }
+            }
+            Ok(_) => p.at(&t.window, "throttle.window must be longer than zero"),
+            Err(e) => p.at(
+                &t.window,
+                format!(
+                    "throttle.window `{}`: {e} (write e.g. 60s, 5s, 500ms)",
+                    t.window.value
+                ),
+            ),
+        }
+    }
+    let retry_max_attempts = match &raw.retry {
+        Some(r) if r.max_attempts == 0 => {
+            p.nowhere("retry.max_attempts must be at least 1 (the first attempt counts)");
+            1
+        }
+        Some(r) => r.max_attempts,
+        None => 3,
+    };
+    let deadline = match &raw.deadline {
+        None => None,
+        Some(d) => {
+            if let Ok(ts) = d.value.parse::<Timestamp>() {
+                Some(Deadline::At(ts))
+            } else if let Ok(dur) = humantime::parse_duration(&d.value) {
+                Some(Deadline::After(dur))
+            } else {
+                p.at(
+                    d,
+                    format!(
+                        "deadline `{}` is neither an RFC 3339 time with offset (2026-03-01T12:00:00+08:00) nor a duration (2h)",
+                        d.value
+                    ),
+                );
+                None
+            }
+        }
+    };
+    let guard_max_recipients = raw.guard.as_ref().and_then(|g| g.max_recipients);
+    let mut breaker = Breaker::default();
+    if let Some(b) = &raw.breaker {
+        if let Some(n) = b.consecutive_failures {
+            breaker.consecutive_failures = n.max(1);
+        }
+        if let Some(n) = b.window_calls {
+            breaker.window_calls = n.max(1);
+        }
+        if let Some(r) = b.max_failure_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                p.nowhere(format!(
+                    "breaker.max_failure_ratio {r} must be between 0 and 1"
+                ));
+            } else {
+                breaker.max_failure_ratio = r;
+            }
+        }
+    }
+
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    let (Some(endpoint), Some(source), Some(kind)) = (endpoint, source, kind) else {
+        return Err(vec![Problem {
+            line: None,
+            column: None,
+            message: "internal: validation incomplete".into(),
+        }]);
+    };
+    Ok(Campaign {
+        name: raw.name.value,
+        path,
+        dir,
+        description: raw.description,
+        action: raw.action,
+        app_id: raw.provider.app_id,
+        region,
+        endpoint,
+        sender: raw.sender,
+        schedule,
+        quiet_hours,
+        throttle,
+        retry_max_attempts,
+        deadline,
+        guard_max_recipients,
+        breaker,
+        audience: AudienceSpec {
+            source,
+            exclude,
+            required: raw.audience.required,
+        },
+        message: MessageSpec {
+            kind,
+            msg_type,
+            ext: raw.message.ext,
+            vars: raw.message.vars,
+        },
+        batch,
+        conversation,
+        p2p,
+        source: text.to_string(),
+    })
+}
+
+fn resolve_file(dir: &Path, rel: &Spanned<String>, key: &str, p: &mut Problems) -> PathBuf {
+    let full = dir.join(&rel.value);
+    if !full.is_file() {
+        p.at(
+            rel,
+            format!(
+                "{key}: file `{}` not found (paths are relative to the campaign file)",
+                rel.value
+            ),
+        );
+    }
+    full
+}
+
+/// The endpoint policy: a known region host, a loopback address, or listed in `allow_endpoints`.
+fn check_endpoint(ep: &Spanned<String>, opts: &LoadOptions) -> Result<url::Url, String> {
+    let u = url::Url::parse(&ep.value)
+        .map_err(|e| format!("provider.endpoint `{}` is not a URL: {e}", ep.value))?;
+    if u.scheme() != "https" && u.scheme() != "http" {
+        return Err(format!(
+            "provider.endpoint `{}`: only http and https are supported",
+            ep.value
+        ));
+    }
+    let allowed_by_flag = opts.allow_endpoints.iter().any(|a| {
+        url::Url::parse(a)
+            .map(|a| a.origin() == u.origin())
+            .unwrap_or(false)
+    });
+    let host_ok = match u.host() {
+        Some(url::Host::Domain(d)) => {
+            d == "localhost"
+                || REGIONS
+                    .iter()
+                    .filter_map(|r| region_endpoint(r))
+                    .any(|r| r.host_str() == Some(d))
+        }
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    };
+    if host_ok || allowed_by_flag {
+        Ok(u)
+    } else {
+        Err(format!(
+            "provider.endpoint `{}` is not a known region host or a loopback address; campaign files cannot send elsewhere unless the command line says `--allow-endpoint {}`",
+            ep.value,
+            u.origin().ascii_serialization()
+        ))
+    }
+}
+
+/// The JSON Schema of the campaign file format.
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(RawCampaign);
+    serde_json::to_value(&schema).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn did_you_mean_finds_near_keys() {
+        assert_eq!(
+            did_you_mean("audiance", &["audience", "action", "message"]),
+            Some("audience")
+        );
+        assert_eq!(did_you_mean("zzz", &["audience", "action"]), None);
+    }
+
+    #[test]
+    fn region_endpoints_are_known() {
+        assert_eq!(
+            region_endpoint("cn-north-1").map(|u| u.to_string()),
+            Some("https://rtc.volcengineapi.com/".to_string())
+        );
+        assert!(region_endpoint("us-east-1").is_none());
+    }
+}

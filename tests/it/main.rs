@@ -1,8 +1,11 @@
 //! The one integration-test binary (`autotests = false`): each area is a module here.
 
+mod audience;
 mod cli;
 mod common;
 mod interop;
 mod mock;
+mod plan;
 mod provider;
 mod scheduler;
+mod spec;

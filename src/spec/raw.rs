@@ -1,0 +1,277 @@
+//! The campaign file exactly as written: serde structs with `deny_unknown_fields`, no meaning
+//! attached. `spec::validate` turns a [`RawCampaign`] into a [`super::Campaign`]; nothing else
+//! reads these types. `imcast schema` derives the JSON Schema from them, so doc comments here are
+//! what editors show.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::action::Action;
+use crate::schedule::RawSchedule;
+
+/// A campaign file (version 1).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "imcast campaign")]
+pub struct RawCampaign {
+    /// File format version; must be 1.
+    #[schemars(with = "u32")]
+    pub version: Spanned<u32>,
+    /// Campaign name: [a-z0-9_-]+. Names the state and the report folder.
+    #[schemars(with = "String", regex(pattern = r"^[a-z0-9_-]+$"))]
+    pub name: Spanned<String>,
+    /// Free text shown in plans and reports.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Which app and where to send.
+    pub provider: RawProvider,
+    /// batch (BatchSendMessage) | conversation (SendMessage) | p2p (P2PSendMessage).
+    pub action: Action,
+    /// The sending user id.
+    pub sender: u64,
+    /// BatchSendMessage options.
+    #[serde(default)]
+    pub batch: Option<RawBatch>,
+    /// SendMessage options.
+    #[serde(default)]
+    pub conversation: Option<RawConversation>,
+    /// P2PSendMessage options.
+    #[serde(default)]
+    pub p2p: Option<RawP2p>,
+    /// Who receives it: user ids (batch) or conversation ids (conversation, p2p).
+    pub audience: RawAudience,
+    /// What is sent.
+    pub message: RawMessage,
+    /// When it fires; absent = manual runs only.
+    #[serde(default)]
+    pub schedule: Option<RawSchedule>,
+    /// Lower this campaign's share of the account limit (never raises it).
+    #[serde(default)]
+    pub throttle: Option<RawThrottle>,
+    /// Retries for calls that were certainly not processed.
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    /// Recipients still pending then become `expired`: an RFC 3339 time, or a duration after the
+    /// run starts (e.g. 2h).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub deadline: Option<Spanned<String>>,
+    /// Safety rails checked before a run starts.
+    #[serde(default)]
+    pub guard: Option<RawGuard>,
+    /// When a run stops itself because calls keep failing.
+    #[serde(default)]
+    pub breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// The RTC AppId.
+    pub app_id: u64,
+    /// cn-north-1 or ap-southeast-1; the endpoint is derived from it.
+    #[schemars(with = "String")]
+    pub region: Spanned<String>,
+    /// Override the endpoint: a known region host or a loopback address only (other hosts need
+    /// `--allow-endpoint`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub endpoint: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    /// InboxType.
+    #[serde(default)]
+    pub inbox_type: Option<i32>,
+    /// IsNormalUser.
+    #[serde(default)]
+    pub is_normal_user: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawConversation {
+    /// MentionedUsers.
+    #[serde(default)]
+    pub mentioned_users: Option<Vec<u64>>,
+    /// VisibleUsers: only these members see the message.
+    #[serde(default)]
+    pub visible_users: Option<Vec<u64>>,
+    /// InvisibleUsers: these members do not see the message.
+    #[serde(default)]
+    pub invisible_users: Option<Vec<u64>>,
+    /// Priority.
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// RefMsgInfo: the message this one quotes.
+    #[serde(default)]
+    pub ref_msg: Option<RawRefMsg>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRefMsg {
+    pub referenced_message_id: Option<u64>,
+    pub hint: Option<String>,
+    pub referenced_message_type: Option<i32>,
+    pub status: Option<i32>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawP2p {
+    /// ReceiverUserId: only these members receive it.
+    #[serde(default)]
+    pub receiver_user_ids: Option<Vec<u64>>,
+    /// IgnoreUserIds: these members do not receive it.
+    #[serde(default)]
+    pub ignore_user_ids: Option<Vec<u64>>,
+}
+
+/// Where ids come from: a CSV file (with a header row) or an inline list.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudience {
+    /// CSV file, relative to the campaign file.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub csv: Option<Spanned<String>>,
+    /// Inline ids.
+    #[serde(default)]
+    pub ids: Option<Vec<u64>>,
+    /// The CSV column holding the id (default user_id); other columns become template variables.
+    #[serde(default)]
+    pub id_column: Option<String>,
+    /// Suppression lists: ids here are never sent to.
+    #[serde(default)]
+    pub exclude: Vec<RawSource>,
+    /// Columns that must be non-empty; rows where one is empty are `invalid`.
+    #[serde(default)]
+    pub required: Vec<String>,
+}
+
+/// A suppression list.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub csv: Option<Spanned<String>>,
+    #[serde(default)]
+    pub ids: Option<Vec<u64>>,
+    /// Id column (default: the audience's id_column).
+    #[serde(default)]
+    pub id_column: Option<String>,
+}
+
+/// Message types; `msg_type` is derived from it unless given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMessageType {
+    /// 10001: Content is {"text": "..."}.
+    Text,
+    /// 10003: Content is {"url": "..."}, width/height go to Ext.
+    Image,
+    /// 10012: Content is `data` serialized as JSON (or the rendered text as is).
+    Custom,
+    /// The rendered text as is; `msg_type` required.
+    Raw,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMessage {
+    /// text | image | custom | raw.
+    #[serde(rename = "type")]
+    pub kind: RawMessageType,
+    /// Override the MsgType number.
+    #[serde(default)]
+    pub msg_type: Option<i32>,
+    /// Inline template (minijinja).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub text: Option<Spanned<String>>,
+    /// Template file, relative to the campaign file.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub template: Option<Spanned<String>>,
+    /// image: the URL (a template).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// image: width in pixels (a template), sent in Ext.
+    #[serde(default)]
+    pub width: Option<StringOrInt>,
+    /// image: height in pixels (a template), sent in Ext.
+    #[serde(default)]
+    pub height: Option<StringOrInt>,
+    /// custom: the Content document; every string in it is a template.
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+    /// Ext: string to string; values are templates. Keys starting with `s:` are reserved.
+    #[serde(default)]
+    pub ext: BTreeMap<String, String>,
+    /// Campaign-level template variables.
+    #[serde(default)]
+    pub vars: BTreeMap<String, serde_json::Value>,
+}
+
+/// A number or a string.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StringOrInt {
+    Int(u64),
+    String(String),
+}
+
+impl StringOrInt {
+    pub fn as_template(&self) -> String {
+        match self {
+            StringOrInt::Int(n) => n.to_string(),
+            StringOrInt::String(s) => s.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawThrottle {
+    /// Units per window: receivers for batch, requests for conversation/p2p.
+    pub limit: u64,
+    /// The rolling window, e.g. 60s, 5s, 500ms.
+    #[schemars(with = "String")]
+    pub window: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Attempts per call, first included (default 3).
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    /// Refuse a run whose valid audience is larger than this.
+    #[serde(default)]
+    pub max_recipients: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    /// Stop after this many failed calls in a row (default 5).
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    /// Failure ratio is measured over the last this many calls (default 50).
+    #[serde(default)]
+    pub window_calls: Option<u32>,
+    /// Stop when the failure ratio over the window exceeds this, 0..1 (default 0.5).
+    #[serde(default)]
+    pub max_failure_ratio: Option<f64>,
+}
