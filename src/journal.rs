@@ -1447,6 +1447,49 @@ impl RawRun {
     }
 }
 
+/// A journal shared by async tasks: each operation runs on the blocking pool, never on a
+/// runtime thread.
+#[derive(Clone)]
+pub struct SharedJournal {
+    inner: std::sync::Arc<std::sync::Mutex<Journal>>,
+    path: PathBuf,
+}
+
+impl SharedJournal {
+    pub fn new(j: Journal) -> Self {
+        let path = j.path().to_path_buf();
+        SharedJournal {
+            inner: std::sync::Arc::new(std::sync::Mutex::new(j)),
+            path,
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` with the journal on the blocking pool.
+    pub async fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Journal) -> Result<R, JournalError> + Send + 'static,
+    ) -> Result<R, JournalError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut j = inner.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut j)
+        })
+        .await
+        .map_err(|e| JournalError::Corrupt(format!("journal worker failed: {e}")))?
+    }
+
+    /// Run `f` with the journal on this thread (for synchronous callers outside the runtime).
+    pub fn with_blocking<R>(&self, f: impl FnOnce(&mut Journal) -> R) -> R {
+        let mut j = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut j)
+    }
+}
+
 /// A run id: UTC start time plus a random suffix, e.g. `20260301T090000Z-3f9a`.
 pub fn new_run_id(now: Timestamp) -> String {
     let t = now.strftime("%Y%m%dT%H%M%SZ");
