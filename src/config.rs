@@ -216,12 +216,7 @@ impl AccountConfig {
             cfg.reserve = r;
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        cfg.suppress = raw
-            .account
-            .suppress
-            .iter()
-            .map(|s| base.join(s))
-            .collect();
+        cfg.suppress = raw.account.suppress.iter().map(|s| base.join(s)).collect();
         for (action, l) in [
             (Action::Batch, raw.limits.batch),
             (Action::Conversation, raw.limits.conversation),
@@ -229,9 +224,7 @@ impl AccountConfig {
         ] {
             let Some(l) = l else { continue };
             if l.limit == 0 {
-                return Err(invalid(format!(
-                    "limits.{action}.limit must be at least 1"
-                )));
+                return Err(invalid(format!("limits.{action}.limit must be at least 1")));
             }
             let window = match &l.window {
                 None => action.default_limit().1,
@@ -250,13 +243,17 @@ impl AccountConfig {
         }
         if let Some(v) = raw.send.max_requests_per_second {
             if v == 0 {
-                return Err(invalid("send.max_requests_per_second must be at least 1".into()));
+                return Err(invalid(
+                    "send.max_requests_per_second must be at least 1".into(),
+                ));
             }
             cfg.max_requests_per_second = v;
         }
         if let Some(v) = raw.send.max_batch_in_flight {
             if v == 0 {
-                return Err(invalid("send.max_batch_in_flight must be at least 1".into()));
+                return Err(invalid(
+                    "send.max_batch_in_flight must be at least 1".into(),
+                ));
             }
             cfg.max_batch_in_flight = v;
         }
@@ -444,8 +441,11 @@ limit = 80
         let e = AccountConfig::parse("[account]\nreserve = 1.5\n", Path::new("x.toml"))
             .expect_err("bad reserve");
         assert!(e.to_string().contains("reserve"), "{e}");
-        let e = AccountConfig::parse("[limits.batch]\nlimit = 5\nwindow = \"soon\"\n", Path::new("x.toml"))
-            .expect_err("bad window");
+        let e = AccountConfig::parse(
+            "[limits.batch]\nlimit = 5\nwindow = \"soon\"\n",
+            Path::new("x.toml"),
+        )
+        .expect_err("bad window");
         assert!(e.to_string().contains("window"), "{e}");
     }
 

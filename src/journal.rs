@@ -475,8 +475,10 @@ impl Journal {
         };
         let conn = Connection::open(path).map_err(db)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         let mut j = Journal {
             conn,
@@ -666,7 +668,9 @@ impl Journal {
                     self.claim(&old, now)?;
                     let recovered = self.recover(&old.id, old.action)?;
                     self.set_status(&old.id, RunStatus::Running, None, now)?;
-                    let run = self.run(&old.id)?.ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
+                    let run = self
+                        .run(&old.id)?
+                        .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
                     return Ok(Opened::Resumed { run, recovered });
                 }
                 if opts.continue_changed {
@@ -691,7 +695,9 @@ impl Journal {
                     if let Some(n) = self.try_apply_suppressions(&old, new, rows(), now)? {
                         let recovered = self.recover(&old.id, old.action)?;
                         self.set_status(&old.id, RunStatus::Running, None, now)?;
-                        let run = self.run(&old.id)?.ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
+                        let run = self
+                            .run(&old.id)?
+                            .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
                         return Ok(Opened::ResumedWithSuppressions {
                             run,
                             recovered,
@@ -717,7 +723,9 @@ impl Journal {
                     {
                         self.claim(&last, now)?;
                         self.set_status(&last.id, RunStatus::Running, None, now)?;
-                        let run = self.run(&last.id)?.ok_or_else(|| JournalError::NoRun(last.id.clone()))?;
+                        let run = self
+                            .run(&last.id)?
+                            .ok_or_else(|| JournalError::NoRun(last.id.clone()))?;
                         return Ok(Opened::Resumed {
                             run,
                             recovered: Recovered::default(),
@@ -754,10 +762,10 @@ impl Journal {
         now: Timestamp,
     ) -> Result<(RunInfo, u64), JournalError> {
         let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
-        let flags = serde_json::to_string(&new.flags)
-            .map_err(|e| JournalError::Corrupt(e.to_string()))?;
-        let audit = serde_json::to_string(&new.audit)
-            .map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let flags =
+            serde_json::to_string(&new.flags).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let audit =
+            serde_json::to_string(&new.audit).map_err(|e| JournalError::Corrupt(e.to_string()))?;
         let path = self.path.clone();
         let db = |source| JournalError::Db {
             path: path.clone(),
@@ -847,7 +855,9 @@ impl Journal {
             }
         }
         tx.commit().map_err(db)?;
-        let run = self.run(&id)?.ok_or_else(|| JournalError::NoRun(id.clone()))?;
+        let run = self
+            .run(&id)?
+            .ok_or_else(|| JournalError::NoRun(id.clone()))?;
         Ok((run, skipped))
     }
 
@@ -885,7 +895,9 @@ impl Journal {
                 let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
                 seen += 1;
                 let cur: Option<(Option<i64>, String)> = get
-                    .query_row(params![old.id, row.line as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .query_row(params![old.id, row.line as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
                     .optional()
                     .map_err(db)?;
                 let Some((cid, cstatus)) = cur else {
@@ -897,11 +909,15 @@ impl Journal {
                 let cstatus: RecipientStatus = cstatus.parse()?;
                 let was_final_input = matches!(
                     cstatus,
-                    RecipientStatus::Invalid | RecipientStatus::Duplicate | RecipientStatus::Suppressed
+                    RecipientStatus::Invalid
+                        | RecipientStatus::Duplicate
+                        | RecipientStatus::Suppressed
                 );
                 let now_final_input = matches!(
                     row.status,
-                    RecipientStatus::Invalid | RecipientStatus::Duplicate | RecipientStatus::Suppressed
+                    RecipientStatus::Invalid
+                        | RecipientStatus::Duplicate
+                        | RecipientStatus::Suppressed
                 );
                 if row.status == RecipientStatus::Suppressed && !was_final_input {
                     if cstatus == RecipientStatus::Pending {
@@ -911,8 +927,7 @@ impl Journal {
                     }
                     continue;
                 }
-                if was_final_input != now_final_input
-                    || (was_final_input && cstatus != row.status)
+                if was_final_input != now_final_input || (was_final_input && cstatus != row.status)
                 {
                     return Ok(None);
                 }
@@ -941,7 +956,9 @@ impl Journal {
     pub fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
         let owner: Option<String> = self
             .conn
-            .query_row("SELECT owner FROM runs WHERE id = ?1", [&run.id], |r| r.get(0))
+            .query_row("SELECT owner FROM runs WHERE id = ?1", [&run.id], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(self.db())?
             .flatten();
@@ -1012,7 +1029,9 @@ impl Journal {
         let mut rec = Recovered::default();
         let calls: Vec<(i64, String)> = {
             let mut st = tx
-                .prepare("SELECT seq, receivers FROM calls WHERE run_id = ?1 AND state = 'in_flight'")
+                .prepare(
+                    "SELECT seq, receivers FROM calls WHERE run_id = ?1 AND state = 'in_flight'",
+                )
                 .map_err(db)?;
             let v = st
                 .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1049,9 +1068,8 @@ impl Journal {
                 )
                 .map_err(db)?;
             for id in ids {
-                rec.unknown_recipients += upd
-                    .execute(params![run_id, id as i64, seq])
-                    .map_err(db)? as u64;
+                rec.unknown_recipients +=
+                    upd.execute(params![run_id, id as i64, seq]).map_err(db)? as u64;
             }
         }
         tx.commit().map_err(db)?;
@@ -1101,7 +1119,8 @@ impl Journal {
             path: path.clone(),
             source,
         };
-        let recv = serde_json::to_string(receivers).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let recv =
+            serde_json::to_string(receivers).map_err(|e| JournalError::Corrupt(e.to_string()))?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1211,12 +1230,22 @@ impl Journal {
 
     /// Pending recipients become `expired` (deadline passed). Returns how many.
     pub fn expire_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
-        self.set_pending(run_id, RecipientStatus::Expired, "the run's deadline passed", now)
+        self.set_pending(
+            run_id,
+            RecipientStatus::Expired,
+            "the run's deadline passed",
+            now,
+        )
     }
 
     /// Pending recipients become `cancelled`. Returns how many.
     pub fn cancel_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
-        self.set_pending(run_id, RecipientStatus::Cancelled, "the run was cancelled", now)
+        self.set_pending(
+            run_id,
+            RecipientStatus::Cancelled,
+            "the run was cancelled",
+            now,
+        )
     }
 
     fn set_pending(
@@ -1245,10 +1274,14 @@ impl Journal {
             RecipientStatus::ALL.iter().map(|s| (*s, 0)).collect();
         let mut st = self
             .conn
-            .prepare_cached("SELECT status, COUNT(*) FROM recipients WHERE run_id = ?1 GROUP BY status")
+            .prepare_cached(
+                "SELECT status, COUNT(*) FROM recipients WHERE run_id = ?1 GROUP BY status",
+            )
             .map_err(self.db())?;
         let rows = st
-            .query_map([run_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .query_map([run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
             .map_err(self.db())?;
         for row in rows {
             let (s, n) = row.map_err(self.db())?;
@@ -1278,7 +1311,9 @@ impl Journal {
             .prepare_cached("SELECT state, COUNT(*) FROM calls WHERE run_id = ?1 GROUP BY state")
             .map_err(self.db())?;
         let rows = st
-            .query_map([run_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .query_map([run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
             .map_err(self.db())?;
         for row in rows {
             let (s, n) = row.map_err(self.db())?;
@@ -1554,7 +1589,12 @@ mod tests {
             .collect()
     }
 
-    fn open(j: &mut Journal, hash: &str, o: ResumeOptions, r: Vec<SeedRow>) -> Result<Opened, JournalError> {
+    fn open(
+        j: &mut Journal,
+        hash: &str,
+        o: ResumeOptions,
+        r: Vec<SeedRow>,
+    ) -> Result<Opened, JournalError> {
         let mut f = || -> SeedRows<'static, String> { Box::new(r.clone().into_iter().map(Ok)) };
         j.open_run(&new_run(hash), o, &mut f, now())
     }
@@ -1567,7 +1607,8 @@ mod tests {
         assert!(matches!(run, Opened::Created(_)));
         let id = run.run().id.clone();
         // The first call is in flight when the process dies.
-        j.mark_in_flight(&id, 0, "v", &[101, 102], None, now()).expect("mark");
+        j.mark_in_flight(&id, 0, "v", &[101, 102], None, now())
+            .expect("mark");
         drop(j);
         let mut j = Journal::open(d.path()).expect("reopen");
         // Same hash: resumed, in-flight receivers become unknown.
@@ -1575,11 +1616,19 @@ mod tests {
             Opened::Resumed { recovered, .. } => assert_eq!(recovered.unknown_recipients, 2),
             other => panic!("expected resume, got {other:?}"),
         }
-        assert_eq!(j.sendable(&id, &[101, 102, 103], false).expect("q"), vec![103]);
-        assert_eq!(j.sendable(&id, &[101, 102, 103], true).expect("q"), vec![101, 102, 103]);
+        assert_eq!(
+            j.sendable(&id, &[101, 102, 103], false).expect("q"),
+            vec![103]
+        );
+        assert_eq!(
+            j.sendable(&id, &[101, 102, 103], true).expect("q"),
+            vec![101, 102, 103]
+        );
         // Changed hash, but only a new suppression: applied.
         match open(&mut j, "h2", ResumeOptions::default(), rows(&[104])).expect("suppress") {
-            Opened::ResumedWithSuppressions { newly_suppressed, .. } => assert_eq!(newly_suppressed, 1),
+            Opened::ResumedWithSuppressions {
+                newly_suppressed, ..
+            } => assert_eq!(newly_suppressed, 1),
             other => panic!("expected suppression resume, got {other:?}"),
         }
         // Anything else changed: refused with exit 7.
@@ -1594,24 +1643,45 @@ mod tests {
     fn continue_changed_skips_already_sent() {
         let d = tempfile::tempdir().expect("tempdir");
         let mut j = Journal::open(d.path()).expect("open");
-        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[])).expect("create").run().id.clone();
-        j.mark_in_flight(&id, 0, "v", &[101], None, now()).expect("mark");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        j.mark_in_flight(&id, 0, "v", &[101], None, now())
+            .expect("mark");
         j.record_outcome(
             &id,
             0,
             CallState::Done,
-            &[RecipientUpdate { id: 101, status: RecipientStatus::Sent, message_id: Some(7), error_code: None, error_message: None, detail: None }],
+            &[RecipientUpdate {
+                id: 101,
+                status: RecipientStatus::Sent,
+                message_id: Some(7),
+                error_code: None,
+                error_message: None,
+                detail: None,
+            }],
             None,
             now(),
         )
         .expect("record");
-        let o = ResumeOptions { continue_changed: true, ..Default::default() };
+        let o = ResumeOptions {
+            continue_changed: true,
+            ..Default::default()
+        };
         match open(&mut j, "h2", o, rows(&[])).expect("continue") {
             Opened::Continued { run, from, skipped } => {
                 assert_eq!(from, id);
                 assert_eq!(skipped, 1);
-                assert_eq!(j.sendable(&run.id, &[101, 102], false).expect("q"), vec![102]);
-                assert_eq!(j.run(&id).expect("q").expect("old").status, RunStatus::Cancelled);
+                assert_eq!(
+                    j.sendable(&run.id, &[101, 102], false).expect("q"),
+                    vec![102]
+                );
+                assert_eq!(
+                    j.run(&id).expect("q").expect("old").status,
+                    RunStatus::Cancelled
+                );
             }
             other => panic!("expected continue, got {other:?}"),
         }
@@ -1621,10 +1691,21 @@ mod tests {
     fn finished_run_is_not_resent_without_new_run() {
         let d = tempfile::tempdir().expect("tempdir");
         let mut j = Journal::open(d.path()).expect("open");
-        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[])).expect("create").run().id.clone();
-        j.set_status(&id, RunStatus::Finished, None, now()).expect("finish");
-        assert!(matches!(open(&mut j, "h1", ResumeOptions::default(), rows(&[])), Ok(Opened::AlreadyFinished(_))));
-        let o = ResumeOptions { new_run: true, ..Default::default() };
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        j.set_status(&id, RunStatus::Finished, None, now())
+            .expect("finish");
+        assert!(matches!(
+            open(&mut j, "h1", ResumeOptions::default(), rows(&[])),
+            Ok(Opened::AlreadyFinished(_))
+        ));
+        let o = ResumeOptions {
+            new_run: true,
+            ..Default::default()
+        };
         let r = open(&mut j, "h1", o, rows(&[])).expect("new run");
         assert!(matches!(r, Opened::Created(ref run) if run.id != id));
     }
@@ -1634,7 +1715,8 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(d.path()).expect("open");
         assert_eq!(j.control("c").expect("q"), None);
-        j.request_control("c", ControlRequest::Pause, Some("ops"), now()).expect("req");
+        j.request_control("c", ControlRequest::Pause, Some("ops"), now())
+            .expect("req");
         assert_eq!(j.control("c").expect("q"), Some(ControlRequest::Pause));
         j.clear_control("c").expect("clear");
         assert_eq!(j.control("c").expect("q"), None);

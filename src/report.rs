@@ -233,8 +233,10 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
         .iter()
         .map(|s| counts.get(s).copied().unwrap_or(0))
         .sum::<u64>(),
-        _ => calls.get(&CallState::Done).copied().unwrap_or(0)
-            + calls.get(&CallState::Unknown).copied().unwrap_or(0),
+        _ => {
+            calls.get(&CallState::Done).copied().unwrap_or(0)
+                + calls.get(&CallState::Unknown).copied().unwrap_or(0)
+        }
     };
     let window = run.limit.window.as_secs_f64();
     let achieved = if duration > 0.0 {
@@ -361,11 +363,10 @@ pub fn write_report(
             ];
             w.write_record(cells.iter().map(|c| safe_cell(c).into_owned()))
                 .map_err(csv_err(&paths.csv))?;
-            serde_json::to_writer(&mut jw, &row)
-                .map_err(|e| ReportError::Io {
-                    path: paths.jsonl.clone(),
-                    source: e.into(),
-                })?;
+            serde_json::to_writer(&mut jw, &row).map_err(|e| ReportError::Io {
+                path: paths.jsonl.clone(),
+                source: e.into(),
+            })?;
             jw.write_all(b"\n").map_err(io(&paths.jsonl))?;
             Ok(())
         })?;

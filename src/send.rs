@@ -60,11 +60,14 @@ pub struct Call<P> {
     pub payload: P,
 }
 
+/// The iterator a [`CallSource`] returns.
+pub type Calls<'a, P, E> = Box<dyn Iterator<Item = Result<Call<P>, E>> + 'a>;
+
 /// The calls to make, in plan order. Iterated on a dedicated thread (it may re-render).
 pub trait CallSource: Send + Sync + 'static {
     type Payload: Send + Sync + 'static;
     type Error: std::fmt::Display + Send + 'static;
-    fn calls(&self) -> Box<dyn Iterator<Item = Result<Call<Self::Payload>, Self::Error>> + '_>;
+    fn calls(&self) -> Calls<'_, Self::Payload, Self::Error>;
 }
 
 /// One attempt of a call as the transport sees it: only the receivers still to send.
@@ -78,6 +81,8 @@ pub struct OutgoingCall<P> {
     pub client_msg_id: Option<String>,
     /// 1-based attempt number.
     pub attempt: u32,
+    /// When the limiter admitted this attempt (the start the account limit counts).
+    pub admitted_at: Timestamp,
 }
 
 /// One user in a P2PSendMessage answer.
@@ -236,7 +241,10 @@ pub struct Progress {
 
 impl Progress {
     pub fn pending(&self) -> u64 {
-        self.counts.get(&RecipientStatus::Pending).copied().unwrap_or(0)
+        self.counts
+            .get(&RecipientStatus::Pending)
+            .copied()
+            .unwrap_or(0)
     }
     pub fn deliverable_total(&self) -> u64 {
         self.counts
@@ -244,7 +252,9 @@ impl Progress {
             .filter(|(s, _)| {
                 !matches!(
                     s,
-                    RecipientStatus::Invalid | RecipientStatus::Duplicate | RecipientStatus::Suppressed
+                    RecipientStatus::Invalid
+                        | RecipientStatus::Duplicate
+                        | RecipientStatus::Suppressed
                 )
             })
             .map(|(_, n)| n)
@@ -488,13 +498,17 @@ impl<T: Transport> Engine<T> {
                 }
             }
             if now >= next_control {
-                next_control = now + jiff::SignedDuration::try_from(self.cfg.control_every).unwrap_or_default();
+                next_control = now
+                    + jiff::SignedDuration::try_from(self.cfg.control_every).unwrap_or_default();
                 let campaign = self.cfg.campaign.clone();
                 match self
                     .journal
                     .with(move |j| {
                         let c = j.control(&campaign)?;
-                        if matches!(c, Some(ControlRequest::Pause) | Some(ControlRequest::Cancel)) {
+                        if matches!(
+                            c,
+                            Some(ControlRequest::Pause) | Some(ControlRequest::Cancel)
+                        ) {
                             j.clear_control(&campaign)?;
                         }
                         Ok(c)
@@ -689,10 +703,13 @@ impl<T: Transport> Ctx<T> {
             _ = self.stop.stopped() => return Ok(Attempt::Stop),
             a = self.limiter.acquire(units, self.cfg.deadline) => a?,
         };
-        if acquired == Acquired::Deadline {
-            self.set_stop(StopReason::Deadline);
-            return Ok(Attempt::Stop);
-        }
+        let admitted_at = match acquired {
+            Acquired::At(t) => t,
+            Acquired::Deadline => {
+                self.set_stop(StopReason::Deadline);
+                return Ok(Attempt::Stop);
+            }
+        };
         // A stop requested while waiting for the limiter: do not start.
         if self.stop.is_stopped() || self.should_stop() {
             return Ok(Attempt::Stop);
@@ -717,6 +734,7 @@ impl<T: Transport> Ctx<T> {
             payload: work.payload.clone(),
             client_msg_id: client_msg_id.clone(),
             attempt: *attempt,
+            admitted_at,
         };
         let res = self.transport.send(&out).await;
         failpoint::hit(Point::AfterResponse);
@@ -727,9 +745,12 @@ impl<T: Transport> Ctx<T> {
                 let updates = outcome_updates(&work.receivers, &outcome);
                 let failed = updates
                     .iter()
-                    .filter(|u| matches!(u.status, RecipientStatus::Failed | RecipientStatus::Unknown))
+                    .filter(|u| {
+                        matches!(u.status, RecipientStatus::Failed | RecipientStatus::Unknown)
+                    })
                     .count() as u64;
-                self.record(work.seq, CallState::Done, updates, None, now).await?;
+                self.record(work.seq, CallState::Done, updates, None, now)
+                    .await?;
                 Ok(Attempt::End(CallEnd {
                     receivers: work.receivers.len() as u64,
                     failed,
@@ -754,11 +775,19 @@ impl<T: Transport> Ctx<T> {
                             *attempt < self.cfg.retry_max_attempts.max(1)
                         };
                         if retry {
-                            self.retry_later(work.seq, &code, &e.message, *attempt).await
+                            self.retry_later(work.seq, &code, &e.message, *attempt)
+                                .await
                         } else {
-                            let updates = all(&work.receivers, RecipientStatus::Failed, &code, &e.message);
-                            self.record(work.seq, CallState::Done, updates, Some((&code, &e.message)), now)
-                                .await?;
+                            let updates =
+                                all(&work.receivers, RecipientStatus::Failed, &code, &e.message);
+                            self.record(
+                                work.seq,
+                                CallState::Done,
+                                updates,
+                                Some((&code, &e.message)),
+                                now,
+                            )
+                            .await?;
                             Ok(Attempt::End(CallEnd {
                                 receivers: work.receivers.len() as u64,
                                 failed: work.receivers.len() as u64,
@@ -771,15 +800,23 @@ impl<T: Transport> Ctx<T> {
                         if self.cfg.action == Action::Conversation
                             && *attempt < self.cfg.retry_max_attempts.max(1)
                         {
-                            return self.retry_later(work.seq, &code, &e.message, *attempt).await;
+                            return self
+                                .retry_later(work.seq, &code, &e.message, *attempt)
+                                .await;
                         }
                         let msg = format!(
                             "{} (the provider may have delivered it; not resent without --resend-unknown)",
                             e.message
                         );
                         let updates = all(&work.receivers, RecipientStatus::Unknown, &code, &msg);
-                        self.record(work.seq, CallState::Unknown, updates, Some((&code, &msg)), now)
-                            .await?;
+                        self.record(
+                            work.seq,
+                            CallState::Unknown,
+                            updates,
+                            Some((&code, &msg)),
+                            now,
+                        )
+                        .await?;
                         Ok(Attempt::End(CallEnd {
                             receivers: work.receivers.len() as u64,
                             failed: work.receivers.len() as u64,
@@ -788,7 +825,12 @@ impl<T: Transport> Ctx<T> {
                         }))
                     }
                     ErrorClass::Fatal | ErrorClass::Clock => {
-                        let (run, seq, c, m) = (self.cfg.run_id.clone(), work.seq, code.clone(), e.message.clone());
+                        let (run, seq, c, m) = (
+                            self.cfg.run_id.clone(),
+                            work.seq,
+                            code.clone(),
+                            e.message.clone(),
+                        );
                         self.journal
                             .with(move |j| j.mark_retry(&run, seq, Some(&c), &m, now))
                             .await?;
@@ -1015,7 +1057,9 @@ pub fn outcome_updates(receivers: &[u64], outcome: &CallOutcome) -> Vec<Recipien
                         status: RecipientStatus::Failed,
                         message_id: None,
                         error_code: Some("FailedReceiver".into()),
-                        error_message: Some("the provider refused this receiver (FailedReceiver)".into()),
+                        error_message: Some(
+                            "the provider refused this receiver (FailedReceiver)".into(),
+                        ),
                         detail: None,
                     }
                 } else {
@@ -1024,7 +1068,9 @@ pub fn outcome_updates(receivers: &[u64], outcome: &CallOutcome) -> Vec<Recipien
                         status: RecipientStatus::Unknown,
                         message_id: None,
                         error_code: Some("MissingFromAnswer".into()),
-                        error_message: Some("the provider's answer did not mention this receiver".into()),
+                        error_message: Some(
+                            "the provider's answer did not mention this receiver".into(),
+                        ),
                         detail: None,
                     }
                 }
@@ -1076,4 +1122,3 @@ pub fn describe_counts(counts: &BTreeMap<RecipientStatus, u64>) -> String {
         v.join(", ")
     }
 }
-

@@ -136,8 +136,10 @@ impl Limiter {
         // WAL so readers never block; NORMAL sync: losing the last entries on power loss only
         // makes a restarted process less cautious by at most a few calls, and an fsync per
         // admission would cap personalized campaigns far below the provider's limits.
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
         create_tables(&conn).map_err(db)?;
         Ok(Limiter {
             inner: Arc::new(Inner {
@@ -428,8 +430,14 @@ mod tests {
         let db = dir.path().join("imcast.db");
         let mut adm = Vec::new();
         for _ in 0..2 {
-            let l = Limiter::open(&db, "p2p", limit, LimiterOptions::default(), Arc::new(clock.clone()))
-                .expect("open");
+            let l = Limiter::open(
+                &db,
+                "p2p",
+                limit,
+                LimiterOptions::default(),
+                Arc::new(clock.clone()),
+            )
+            .expect("open");
             for _ in 0..15 {
                 if let Acquired::At(t) = l.acquire(1, None).await.expect("acquire") {
                     adm.push((t.as_nanosecond(), 1));
@@ -449,8 +457,14 @@ mod tests {
             max_requests_per_second: Some(5),
             ..LimiterOptions::default()
         };
-        let l = Limiter::open(&dir.path().join("imcast.db"), "batch", limit, opts, Arc::new(clock.clone()))
-            .expect("open");
+        let l = Limiter::open(
+            &dir.path().join("imcast.db"),
+            "batch",
+            limit,
+            opts,
+            Arc::new(clock.clone()),
+        )
+        .expect("open");
         let mut adm = Vec::new();
         for _ in 0..40 {
             if let Acquired::At(t) = l.acquire(1, None).await.expect("acquire") {
@@ -460,12 +474,24 @@ mod tests {
         assert!(max_in_window(&adm, Duration::from_secs(1)) <= 5);
         // A deadline that cannot be met takes nothing.
         let tight = Limit::new(1, Duration::from_secs(60));
-        let l2 = Limiter::open(&dir.path().join("imcast.db"), "conv", tight, LimiterOptions::default(), Arc::new(clock.clone()))
-            .expect("open");
+        let l2 = Limiter::open(
+            &dir.path().join("imcast.db"),
+            "conv",
+            tight,
+            LimiterOptions::default(),
+            Arc::new(clock.clone()),
+        )
+        .expect("open");
         assert!(matches!(l2.acquire(1, None).await, Ok(Acquired::At(_))));
         let d = clock.now() + jiff::SignedDuration::from_secs(5);
-        assert_eq!(l2.acquire(1, Some(d)).await.expect("acquire"), Acquired::Deadline);
-        assert!(matches!(l2.acquire(2, None).await, Err(ThrottleError::TooLarge { .. })));
+        assert_eq!(
+            l2.acquire(1, Some(d)).await.expect("acquire"),
+            Acquired::Deadline
+        );
+        assert!(matches!(
+            l2.acquire(2, None).await,
+            Err(ThrottleError::TooLarge { .. })
+        ));
     }
 
     #[tokio::test]
@@ -486,7 +512,10 @@ mod tests {
         let Acquired::At(t) = l.acquire(1, None).await.expect("acquire") else {
             panic!("no deadline given")
         };
-        assert!(t.as_nanosecond() - before.as_nanosecond() >= 250_000_000, "held back");
+        assert!(
+            t.as_nanosecond() - before.as_nanosecond() >= 250_000_000,
+            "held back"
+        );
         for _ in 0..200 {
             l.on_success();
         }

@@ -75,20 +75,35 @@ mod tests {
 
     #[test]
     fn consecutive_and_ratio_rules() {
-        let mut b = Breaker::new(BreakerSettings { consecutive_failures: 3, window_calls: 0, max_failure_ratio: 1.0 });
+        let mut b = Breaker::new(BreakerSettings {
+            consecutive_failures: 3,
+            window_calls: 0,
+            max_failure_ratio: 1.0,
+        });
         assert!(b.record(1, 1).is_none());
         assert!(b.record(1, 1).is_none());
         assert!(b.record(1, 0).is_none());
         assert!(b.record(1, 1).is_none());
         assert!(b.record(1, 1).is_none());
         assert!(b.record(1, 1).expect("trips").contains("3 calls in a row"));
-        let mut b = Breaker::new(BreakerSettings { consecutive_failures: 0, window_calls: 4, max_failure_ratio: 0.25 });
+        let mut b = Breaker::new(BreakerSettings {
+            consecutive_failures: 0,
+            window_calls: 4,
+            max_failure_ratio: 0.25,
+        });
         for _ in 0..3 {
             assert!(b.record(500, 200).is_none(), "window not full yet");
         }
         assert!(b.record(500, 0).expect("trips").contains("30%"));
-        let mut b = Breaker::new(BreakerSettings { consecutive_failures: 0, window_calls: 2, max_failure_ratio: 0.5 });
+        let mut b = Breaker::new(BreakerSettings {
+            consecutive_failures: 0,
+            window_calls: 2,
+            max_failure_ratio: 0.5,
+        });
         assert!(b.record(10, 5).is_none());
-        assert!(b.record(10, 5).is_none(), "exactly at the threshold does not trip");
+        assert!(
+            b.record(10, 5).is_none(),
+            "exactly at the threshold does not trip"
+        );
     }
 }

@@ -15,7 +15,6 @@ use rand::{Rng, SeedableRng};
 
 use super::{CallOutcome, ErrorClass, OutgoingCall, P2pUser, Transport, TransportError};
 use crate::action::Action;
-use crate::clock::SharedClock;
 
 /// Fault probabilities (0..1 each) and switches.
 #[derive(Debug, Clone, Default)]
@@ -54,7 +53,7 @@ struct State {
 pub struct FakeTransport {
     action: Action,
     faults: Faults,
-    clock: Option<SharedClock>,
+    record_starts: bool,
     state: Mutex<State>,
 }
 
@@ -64,7 +63,7 @@ impl FakeTransport {
         FakeTransport {
             action,
             faults,
-            clock: None,
+            record_starts: false,
             state: Mutex::new(State {
                 rng: Some(rng),
                 next_message_id: 7_000_000_000,
@@ -73,9 +72,9 @@ impl FakeTransport {
         }
     }
 
-    /// Record the clock time of every request (for window checks).
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
-        self.clock = Some(clock);
+    /// Record the admission time of every request (for window checks).
+    pub fn recording_starts(mut self) -> Self {
+        self.record_starts = true;
         self
     }
 
@@ -111,13 +110,13 @@ impl Transport for FakeTransport {
         let mut st = self.lock();
         let n = st.requests;
         st.requests += 1;
-        if let Some(c) = &self.clock {
+        if self.record_starts {
             let units = if self.action == Action::Batch {
                 call.receivers.len() as u64
             } else {
                 1
             };
-            st.starts.push((c.now(), units));
+            st.starts.push((call.admitted_at, units));
         }
         let mut rng = st.rng.take().unwrap_or_else(|| StdRng::seed_from_u64(0));
         let f = &self.faults;
@@ -134,8 +133,9 @@ impl Transport for FakeTransport {
                 }
             }
             if f.always_fail || rng.random_bool(f.not_processed.clamp(0.0, 1.0)) {
-                let mut e = TransportError::new(ErrorClass::NotProcessed, "HTTP 500 before processing")
-                    .with_code("InternalError");
+                let mut e =
+                    TransportError::new(ErrorClass::NotProcessed, "HTTP 500 before processing")
+                        .with_code("InternalError");
                 e.http_status = Some(500);
                 return Err(e);
             }
@@ -148,8 +148,11 @@ impl Transport for FakeTransport {
             }
             if rng.random_bool(f.lost_before.clamp(0.0, 1.0)) {
                 st.unknown_calls.push(call.receivers.clone());
-                return Err(TransportError::new(ErrorClass::Unknown, "connection lost before an answer")
-                    .with_code("Timeout"));
+                return Err(TransportError::new(
+                    ErrorClass::Unknown,
+                    "connection lost before an answer",
+                )
+                .with_code("Timeout"));
             }
             let lost_after = rng.random_bool(f.lost_after.clamp(0.0, 1.0));
             let outcome = match self.action {
@@ -165,7 +168,10 @@ impl Transport for FakeTransport {
                             *st.delivered.entry(r).or_default() += 1;
                         }
                     }
-                    CallOutcome::Batch { message_ids, failed }
+                    CallOutcome::Batch {
+                        message_ids,
+                        failed,
+                    }
                 }
                 Action::Conversation => {
                     let conv = call.receivers.first().copied().unwrap_or(0);
@@ -199,8 +205,10 @@ impl Transport for FakeTransport {
             };
             if lost_after {
                 st.unknown_calls.push(call.receivers.clone());
-                return Err(TransportError::new(ErrorClass::Unknown, "HTTP 500 after processing")
-                    .with_code("InternalError"));
+                return Err(
+                    TransportError::new(ErrorClass::Unknown, "HTTP 500 after processing")
+                        .with_code("InternalError"),
+                );
             }
             Ok(outcome)
         })();
