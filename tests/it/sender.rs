@@ -827,3 +827,294 @@ fn regex_free_redact(csv: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+fn run_args(file: &std::path::Path) -> imcast::cli::RunArgs {
+    imcast::cli::RunArgs {
+        file: file.to_path_buf(),
+        mock: false,
+        yes: true,
+        new_run: false,
+        continue_changed: false,
+        resend_unknown: false,
+        test_to: Vec::new(),
+        report_dir: None,
+        allow_endpoint: Vec::new(),
+        state: imcast::cli::StateArgs::default(),
+    }
+}
+
+fn inputs(
+    file: &std::path::Path,
+    hash: &str,
+    recipients: u64,
+    calls: u64,
+) -> imcast::cmd::run::RunInputs {
+    imcast::cmd::run::RunInputs {
+        campaign_file: file.to_path_buf(),
+        campaign: "spring-sale".into(),
+        occurrence: None,
+        action: Action::Batch,
+        app_id: 1,
+        endpoint: "http://127.0.0.1:1".into(),
+        access_key_id: Some("AKTEST".into()),
+        plan_hash: hash.into(),
+        content_key: None,
+        total_calls: calls,
+        recipients,
+        sample_message: "hello".into(),
+        campaign_throttle: None,
+        retry_max_attempts: 3,
+        breaker: None,
+        deadline: None,
+        guard_max_recipients: None,
+        is_test: false,
+    }
+}
+
+/// A campaigns repository: imcast.toml with a lowered limit, one campaign file.
+fn repo() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("imcast.toml"),
+        "[account]\nreserve = 0.5\n[limits.batch]\nlimit = 1000\nwindow = \"10s\"\n",
+    )
+    .expect("write toml");
+    std::fs::create_dir(dir.path().join("campaigns")).expect("mkdir");
+    let file = dir.path().join("campaigns/spring.yaml");
+    std::fs::write(&file, "name: spring-sale\naction: batch\n").expect("write campaign");
+    (dir, file)
+}
+
+#[test]
+fn execute_runs_resumes_refuses_changes_and_writes_the_report() {
+    let (dir, file) = repo();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (rows, calls) = plan(Action::Batch, 300, 50);
+    let clock: SharedClock = Arc::new(SimClock::new(t0()));
+    let fake = Arc::new(FakeTransport::new(Action::Batch, Faults::default()).recording_starts());
+    let mut seed = || -> SeedRows<'_, String> { Box::new(rows.iter().cloned().map(Ok)) };
+    let exit = imcast::cmd::run::execute(
+        &rt,
+        &run_args(&file),
+        inputs(&file, "h1", 300, calls.len() as u64),
+        &mut seed,
+        Arc::new(VecSource(calls.clone())),
+        fake.clone(),
+        clock.clone(),
+    )
+    .expect("run");
+    assert_eq!(exit, Exit::Ok);
+    assert!(fake.delivered().values().all(|&n| n == 1));
+    assert_eq!(fake.delivered().len(), 300);
+    // imcast.toml's limit with the 50% reserve: 500 per 10 s.
+    assert!(max_in_window(&fake.starts(), Duration::from_secs(10)) <= 500);
+    // The report is at <root>/reports/<campaign>/<run>/ and the state at <root>/.imcast/.
+    let campaign_reports = dir.path().join("reports/spring-sale");
+    let runs: Vec<_> = std::fs::read_dir(&campaign_reports)
+        .expect("reports")
+        .collect();
+    assert_eq!(runs.len(), 1);
+    assert!(dir.path().join(".imcast/imcast.db").is_file());
+
+    // Again: already finished, nothing sent.
+    let before = fake.requests();
+    let exit = imcast::cmd::run::execute(
+        &rt,
+        &run_args(&file),
+        inputs(&file, "h1", 300, calls.len() as u64),
+        &mut seed,
+        Arc::new(VecSource(calls.clone())),
+        fake.clone(),
+        clock.clone(),
+    )
+    .expect("second run");
+    assert_eq!(exit, Exit::Ok);
+    assert_eq!(fake.requests(), before);
+
+    // The guard refuses a larger audience before anything else.
+    let mut inp = inputs(&file, "h2", 300, calls.len() as u64);
+    inp.guard_max_recipients = Some(100);
+    let err = imcast::cmd::run::execute(
+        &rt,
+        &run_args(&file),
+        inp,
+        &mut seed,
+        Arc::new(VecSource(calls.clone())),
+        fake.clone(),
+        clock.clone(),
+    )
+    .expect_err("guard");
+    assert_eq!(err.exit, Exit::Invalid);
+    assert!(err.to_string().contains("guard.max_recipients"), "{err}");
+}
+
+#[test]
+fn execute_refuses_a_changed_plan_with_exit_7() {
+    let (_dir, file) = repo();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (rows, calls) = plan(Action::Batch, 100, 10);
+    let clock: SharedClock = Arc::new(SimClock::new(t0()));
+    let failing = Arc::new(FakeTransport::new(
+        Action::Batch,
+        Faults {
+            always_fail: true,
+            ..Faults::default()
+        },
+    ));
+    let mut seed = || -> SeedRows<'_, String> { Box::new(rows.iter().cloned().map(Ok)) };
+    let mut inp = inputs(&file, "h1", 100, calls.len() as u64);
+    inp.breaker = Some(BreakerSettings {
+        consecutive_failures: 2,
+        window_calls: 0,
+        max_failure_ratio: 1.0,
+    });
+    let exit = imcast::cmd::run::execute(
+        &rt,
+        &run_args(&file),
+        inp,
+        &mut seed,
+        Arc::new(VecSource(calls.clone())),
+        failing,
+        clock.clone(),
+    )
+    .expect("run");
+    assert_eq!(exit, Exit::Breaker);
+    let good = Arc::new(FakeTransport::new(Action::Batch, Faults::default()));
+    let err = imcast::cmd::run::execute(
+        &rt,
+        &run_args(&file),
+        inputs(&file, "h2", 100, calls.len() as u64),
+        &mut seed,
+        Arc::new(VecSource(calls.clone())),
+        good.clone(),
+        clock.clone(),
+    )
+    .expect_err("changed");
+    assert_eq!(err.exit, Exit::Changed);
+    assert_eq!(good.requests(), 0, "nothing sent on a changed plan");
+    // The same plan resumes and completes.
+    let exit = imcast::cmd::run::execute(
+        &rt,
+        &run_args(&file),
+        inputs(&file, "h1", 100, calls.len() as u64),
+        &mut seed,
+        Arc::new(VecSource(calls.clone())),
+        good.clone(),
+        clock.clone(),
+    )
+    .expect("resume");
+    assert_eq!(
+        exit,
+        Exit::Incomplete,
+        "the first run's failed recipients stay failed"
+    );
+    let j = Journal::open(&_dir.path().join(".imcast")).expect("journal");
+    let run = j.latest_run("spring-sale", false).expect("q").expect("run");
+    let counts = j.counts(&run.id).expect("counts");
+    assert_eq!(
+        counts[&RecipientStatus::Sent],
+        good.delivered().len() as u64
+    );
+    assert!(
+        counts[&RecipientStatus::Failed] >= 20,
+        "at least the breaker's two calls failed"
+    );
+    assert_eq!(
+        counts[&RecipientStatus::Sent] + counts[&RecipientStatus::Failed],
+        100
+    );
+}
+
+#[test]
+fn status_and_report_commands_read_the_journal() {
+    let (dir, file) = repo();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (rows, calls) = plan(Action::Batch, 20, 10);
+    let clock: SharedClock = Arc::new(SimClock::new(t0()));
+    let fake = Arc::new(FakeTransport::new(Action::Batch, Faults::default()));
+    let mut seed = || -> SeedRows<'_, String> { Box::new(rows.iter().cloned().map(Ok)) };
+    imcast::cmd::run::execute(
+        &rt,
+        &run_args(&file),
+        inputs(&file, "h1", 20, 2),
+        &mut seed,
+        Arc::new(VecSource(calls)),
+        fake,
+        clock,
+    )
+    .expect("run");
+
+    let out = std::process::Command::new(crate::common::bin())
+        .arg("status")
+        .arg(&file)
+        .output()
+        .expect("status");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let run_id = text.split_whitespace().nth(3).expect("run id").to_string();
+    let redacted = text
+        .replace(&run_id, "[run]")
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("started") || l.trim_start().starts_with("finished") {
+                l.split_whitespace()
+                    .next()
+                    .map(|w| format!("  {w} [time]"))
+                    .unwrap_or_default()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    insta::assert_snapshot!("status_human", redacted);
+
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["status", "--output", "json"])
+        .arg(&file)
+        .output()
+        .expect("status json");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["counts"]["sent"], 20);
+
+    let report_dir = dir.path().join("reports/spring-sale").join(&run_id);
+    std::fs::remove_dir_all(&report_dir).expect("remove report");
+    let out = std::process::Command::new(crate::common::bin())
+        .arg("report")
+        .arg(&file)
+        .output()
+        .expect("report");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report_dir.join("summary.json").is_file());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        report_dir.to_string_lossy()
+    );
+
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["report", "--run", "nope"])
+        .arg(&file)
+        .output()
+        .expect("report");
+    assert_eq!(out.status.code(), Some(2));
+
+    // A campaign without runs.
+    let other = dir.path().join("campaigns/other.yaml");
+    std::fs::write(&other, "name: other\n").expect("write");
+    let out = std::process::Command::new(crate::common::bin())
+        .arg("status")
+        .arg(&other)
+        .output()
+        .expect("status");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no runs yet"));
+}
