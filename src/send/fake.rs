@@ -54,6 +54,7 @@ pub struct FakeTransport {
     action: Action,
     faults: Faults,
     record_starts: bool,
+    delivery_log: Option<Mutex<std::fs::File>>,
     state: Mutex<State>,
 }
 
@@ -64,6 +65,7 @@ impl FakeTransport {
             action,
             faults,
             record_starts: false,
+            delivery_log: None,
             state: Mutex::new(State {
                 rng: Some(rng),
                 next_message_id: 7_000_000_000,
@@ -76,6 +78,25 @@ impl FakeTransport {
     pub fn recording_starts(mut self) -> Self {
         self.record_starts = true;
         self
+    }
+
+    /// Also append every delivered receiver id, one per line, to `path` (survives a crash of
+    /// this process, for crash tests).
+    pub fn with_delivery_log(mut self, path: &std::path::Path) -> std::io::Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        self.delivery_log = Some(Mutex::new(f));
+        Ok(self)
+    }
+
+    fn log_delivery(&self, id: u64) {
+        if let Some(f) = &self.delivery_log {
+            use std::io::Write;
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(f, "{id}");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -166,6 +187,7 @@ impl Transport for FakeTransport {
                             st.next_message_id += 1;
                             message_ids.insert(r, st.next_message_id);
                             *st.delivered.entry(r).or_default() += 1;
+                            self.log_delivery(r);
                         }
                     }
                     CallOutcome::Batch {
@@ -183,6 +205,7 @@ impl Transport for FakeTransport {
                             let m = st.next_message_id;
                             st.by_client_msg_id.insert(key, m);
                             *st.delivered.entry(conv).or_default() += 1;
+                            self.log_delivery(conv);
                             m
                         }
                     };
@@ -193,6 +216,7 @@ impl Transport for FakeTransport {
                     let online = !rng.random_bool(f.not_online.clamp(0.0, 1.0));
                     if online {
                         *st.delivered.entry(conv).or_default() += 1;
+                        self.log_delivery(conv);
                     }
                     CallOutcome::P2p {
                         results: vec![P2pUser {
