@@ -54,6 +54,7 @@ pub struct FakeTransport {
     action: Action,
     faults: Faults,
     record_starts: bool,
+    track: bool,
     delivery_log: Option<Mutex<std::fs::File>>,
     state: Mutex<State>,
 }
@@ -65,6 +66,7 @@ impl FakeTransport {
             action,
             faults,
             record_starts: false,
+            track: true,
             delivery_log: None,
             state: Mutex::new(State {
                 rng: Some(rng),
@@ -77,6 +79,12 @@ impl FakeTransport {
     /// Record the admission time of every request (for window checks).
     pub fn recording_starts(mut self) -> Self {
         self.record_starts = true;
+        self
+    }
+
+    /// Do not keep per-receiver delivery counts (benchmarks: flat memory).
+    pub fn without_tracking(mut self) -> Self {
+        self.track = false;
         self
     }
 
@@ -186,7 +194,9 @@ impl Transport for FakeTransport {
                         } else {
                             st.next_message_id += 1;
                             message_ids.insert(r, st.next_message_id);
-                            *st.delivered.entry(r).or_default() += 1;
+                            if self.track {
+                                *st.delivered.entry(r).or_default() += 1;
+                            }
                             self.log_delivery(r);
                         }
                     }

@@ -1333,3 +1333,139 @@ fn two_processes_share_the_limiter() {
         "two processes together admitted {worst} in one window"
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 8, ..proptest::prelude::ProptestConfig::default() })]
+    /// Any fault mix: every row ends with exactly one final status, statuses sum to the rows,
+    /// no receiver is delivered twice, and `unknown` is exactly the receivers of calls whose
+    /// outcome was lost.
+    #[test]
+    fn any_faults_every_recipient_final(
+        seed in 0u64..1000,
+        not_processed in 0.0f64..0.3,
+        lost in 0.0f64..0.1,
+        failed_receiver in 0.0f64..0.1,
+        rate_limited in 0.0f64..0.1,
+        in_flight in 1usize..4,
+        users in 1u64..300,
+        per_call in 1usize..60,
+    ) {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let s = Setup::new(Action::Batch, Limit::new(1_000, Duration::from_secs(1)));
+            let (rows, calls) = plan(Action::Batch, users, per_call);
+            let (j, o) = s.open("prop", "h1", &rows, calls.len() as u64, ResumeOptions::default());
+            let run = o.run().id.clone();
+            let fake = Arc::new(FakeTransport::new(Action::Batch, Faults {
+                seed, not_processed, lost_after: lost, lost_before: lost, failed_receiver, rate_limited,
+                ..Faults::default()
+            }));
+            let mut cfg = s.cfg(&run, "prop");
+            cfg.max_in_flight = in_flight;
+            let end = s.run(&j, cfg, fake.clone(), &calls, StopToken::new()).await;
+            proptest::prop_assert_eq!(end.status, RunStatus::Finished);
+            proptest::prop_assert_eq!(end.counts[&RecipientStatus::Pending], 0);
+            proptest::prop_assert_eq!(end.counts.values().sum::<u64>(), rows.len() as u64);
+            proptest::prop_assert!(fake.delivered().values().all(|&n| n == 1));
+            let st = statuses(&j, &run);
+            let unknown: BTreeSet<u64> = st.iter().filter(|(_, s)| **s == RecipientStatus::Unknown).map(|(i, _)| *i).collect();
+            let expected: BTreeSet<u64> = fake.unknown_calls().into_iter().flatten().collect();
+            proptest::prop_assert_eq!(unknown, expected);
+            for id in fake.delivered().keys() {
+                proptest::prop_assert!(matches!(st[id], RecipientStatus::Sent | RecipientStatus::Unknown));
+            }
+            Ok(())
+        })?;
+    }
+}
+
+/// Benchmark (not a test): `cargo test --release --test it -- --ignored --nocapture bench_engine`.
+/// 1,000,000 recipients in 2,000 batch calls, and a personalized sample (one call per
+/// recipient), through the real engine, journal and limiter (throttle lifted) with the fake
+/// provider. Prints wall time and peak memory; figures go to BENCHMARKS.md.
+#[test]
+#[ignore = "benchmark"]
+fn bench_engine() {
+    fn peak_rss_mb() -> f64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<f64>().ok())
+                })
+            })
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+    let users: u64 = std::env::var("IMCAST_BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let personalized: u64 = std::env::var("IMCAST_BENCH_PERSONALIZED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    for (label, n, per_call) in [
+        ("shared content", users, 500usize),
+        ("personalized", personalized, 1),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join(".imcast");
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let (rows, calls) = plan(Action::Batch, n, per_call);
+        let t = std::time::Instant::now();
+        let mut j = Journal::open(&state).expect("journal");
+        let mut seed = || -> SeedRows<'_, String> { Box::new(rows.iter().cloned().map(Ok)) };
+        let limit = Limit::new(1_000_000_000_000, Duration::from_secs(60));
+        let new = NewRun {
+            id: Some("bench".into()),
+            campaign: "bench".into(),
+            occurrence: None,
+            plan_hash: "h".into(),
+            content_key: None,
+            action: Action::Batch,
+            flags: RunFlags::default(),
+            is_test: false,
+            audit: serde_json::json!({}),
+            limit,
+            total_calls: calls.len() as u64,
+        };
+        j.open_run(&new, ResumeOptions::default(), &mut seed, Timestamp::now())
+            .expect("seed");
+        let seeded = t.elapsed();
+        let j = SharedJournal::new(j);
+        let clock: SharedClock = Arc::new(imcast::clock::SystemClock);
+        let limiter = Limiter::open(
+            &state.join("imcast.db"),
+            "batch",
+            limit,
+            LimiterOptions::default(),
+            clock.clone(),
+        )
+        .expect("limiter");
+        let fake =
+            Arc::new(FakeTransport::new(Action::Batch, Faults::default()).without_tracking());
+        let mut cfg = EngineConfig::new("bench", "bench", Action::Batch);
+        cfg.max_in_flight = 4;
+        let ncalls = calls.len();
+        let t2 = std::time::Instant::now();
+        let end = rt
+            .block_on(
+                Engine::new(cfg, j, limiter, fake, clock, StopToken::new())
+                    .run(Arc::new(VecSource(calls))),
+            )
+            .expect("run");
+        let sent = t2.elapsed();
+        assert_eq!(end.counts[&RecipientStatus::Sent], n);
+        println!(
+            "BENCH {label}: {n} recipients, {ncalls} calls: seed {:.2}s, send {:.2}s ({:.0} calls/s, {:.0} recipients/s), peak RSS {:.0} MB",
+            seeded.as_secs_f64(),
+            sent.as_secs_f64(),
+            ncalls as f64 / sent.as_secs_f64(),
+            n as f64 / sent.as_secs_f64(),
+            peak_rss_mb()
+        );
+    }
+}
