@@ -413,6 +413,17 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE extra_migrations(component TEXT PRIMARY KEY, version INTEGER NOT NULL);",
 ];
 
+/// Ids per multi-row statement (well under SQLite's parameter limit).
+const CHUNK: usize = 500;
+
+/// `?first, ?first+1, …` for `n` parameters.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn ts(t: Timestamp) -> String {
     t.to_string()
 }
@@ -1078,30 +1089,42 @@ impl Journal {
 
     // ---- calls ------------------------------------------------------------------------------
 
-    /// Of `ids`, those still to send in this run: `pending` (and `unknown` with `resend_unknown`).
+    /// Of `ids`, those still to send in this run: `pending` (and `unknown` with `resend_unknown`),
+    /// in the given order.
     pub fn sendable(
         &self,
         run_id: &str,
         ids: &[u64],
         resend_unknown: bool,
     ) -> Result<Vec<u64>, JournalError> {
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT 1 FROM recipients WHERE run_id = ?1 AND id = ?2
-                   AND (status = 'pending' OR (?3 AND status = 'unknown')) LIMIT 1",
-            )
-            .map_err(self.db())?;
-        let mut out = Vec::with_capacity(ids.len());
-        for &id in ids {
-            if st
-                .exists(params![run_id, id as i64, resend_unknown])
-                .map_err(self.db())?
-            {
-                out.push(id);
+        let mut found = std::collections::HashSet::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id FROM recipients WHERE run_id = ?1 AND id IN ({})
+                   AND (status = 'pending' OR (?2 AND status = 'unknown'))",
+                placeholders(3, chunk.len())
+            );
+            let mut st = self.conn.prepare_cached(&sql).map_err(self.db())?;
+            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() + 2);
+            values.push(run_id.to_string().into());
+            values.push(i64::from(resend_unknown).into());
+            values.extend(
+                chunk
+                    .iter()
+                    .map(|&id| rusqlite::types::Value::Integer(id as i64)),
+            );
+            let rows = st
+                .query_map(rusqlite::params_from_iter(values), |r| r.get::<_, i64>(0))
+                .map_err(self.db())?;
+            for r in rows {
+                found.insert(r.map_err(self.db())? as u64);
             }
         }
-        Ok(out)
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|id| found.contains(id))
+            .collect())
     }
 
     /// Commit the in-flight mark of a call attempt (before the request leaves).
@@ -1134,18 +1157,27 @@ impl Journal {
             params![run_id, seq as i64, variant, recv, client_msg_id, ts(now)],
         )
         .map_err(db)?;
-        {
-            let mut upd = tx
-                .prepare_cached(
-                    "UPDATE recipients SET attempts = attempts + 1, call_seq = ?3, variant = ?4,
-                         status = 'pending', updated_at = ?5
-                     WHERE run_id = ?1 AND id = ?2 AND status IN ('pending','unknown')",
-                )
+        for chunk in receivers.chunks(CHUNK) {
+            let sql = format!(
+                "UPDATE recipients SET attempts = attempts + 1, call_seq = ?2, variant = ?3,
+                     status = 'pending', updated_at = ?4
+                 WHERE run_id = ?1 AND status IN ('pending','unknown') AND id IN ({})",
+                placeholders(5, chunk.len())
+            );
+            let mut upd = tx.prepare_cached(&sql).map_err(db)?;
+            let mut values: Vec<rusqlite::types::Value> = vec![
+                run_id.to_string().into(),
+                (seq as i64).into(),
+                variant.to_string().into(),
+                ts(now).into(),
+            ];
+            values.extend(
+                chunk
+                    .iter()
+                    .map(|&id| rusqlite::types::Value::Integer(id as i64)),
+            );
+            upd.execute(rusqlite::params_from_iter(values))
                 .map_err(db)?;
-            for &id in receivers {
-                upd.execute(params![run_id, id as i64, seq as i64, variant, ts(now)])
-                    .map_err(db)?;
-            }
         }
         tx.commit().map_err(db)
     }
@@ -1196,6 +1228,7 @@ impl Journal {
                      WHERE run_id = ?1 AND id = ?2 AND call_seq = ?9 AND status IN ('pending','unknown')",
                 )
                 .map_err(db)?;
+            let now_s = ts(now);
             for u in updates {
                 upd.execute(params![
                     run_id,
@@ -1205,7 +1238,7 @@ impl Journal {
                     u.error_code,
                     u.error_message,
                     u.detail,
-                    ts(now),
+                    now_s,
                     seq as i64,
                 ])
                 .map_err(db)?;
