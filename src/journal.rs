@@ -1074,8 +1074,11 @@ impl Journal {
             let mut upd = tx
                 .prepare_cached(
                     "UPDATE recipients SET status = 'unknown', error_code = 'InFlightAtCrash',
-                         error_message = 'the process stopped while this call was in flight; it may have been delivered'
-                     WHERE run_id = ?1 AND id = ?2 AND call_seq = ?3 AND status = 'pending'",
+                         error_message = 'the process stopped while this call was in flight; it may have been delivered',
+                         call_seq = ?3,
+                         variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
+                         attempts = (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
+                     WHERE run_id = ?1 AND id = ?2 AND status = 'pending'",
                 )
                 .map_err(db)?;
             for id in ids {
@@ -1157,28 +1160,9 @@ impl Journal {
             params![run_id, seq as i64, variant, recv, client_msg_id, ts(now)],
         )
         .map_err(db)?;
-        for chunk in receivers.chunks(CHUNK) {
-            let sql = format!(
-                "UPDATE recipients SET attempts = attempts + 1, call_seq = ?2, variant = ?3,
-                     status = 'pending', updated_at = ?4
-                 WHERE run_id = ?1 AND status IN ('pending','unknown') AND id IN ({})",
-                placeholders(5, chunk.len())
-            );
-            let mut upd = tx.prepare_cached(&sql).map_err(db)?;
-            let mut values: Vec<rusqlite::types::Value> = vec![
-                run_id.to_string().into(),
-                (seq as i64).into(),
-                variant.to_string().into(),
-                ts(now).into(),
-            ];
-            values.extend(
-                chunk
-                    .iter()
-                    .map(|&id| rusqlite::types::Value::Integer(id as i64)),
-            );
-            upd.execute(rusqlite::params_from_iter(values))
-                .map_err(db)?;
-        }
+        // Recipients are not touched here: the call row (with its receivers) is the in-flight
+        // mark; the outcome (or crash recovery) updates the recipients. This halves the writes
+        // per call.
         tx.commit().map_err(db)
     }
 
@@ -1221,11 +1205,18 @@ impl Journal {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
         {
+            let (attempts, variant): (i64, String) = tx
+                .query_row(
+                    "SELECT attempts, variant FROM calls WHERE run_id = ?1 AND seq = ?2",
+                    params![run_id, seq as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db)?;
             let mut upd = tx
                 .prepare_cached(
                     "UPDATE recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
-                         detail = ?7, updated_at = ?8
-                     WHERE run_id = ?1 AND id = ?2 AND call_seq = ?9 AND status IN ('pending','unknown')",
+                         detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10, attempts = ?11
+                     WHERE run_id = ?1 AND id = ?2 AND status IN ('pending','unknown')",
                 )
                 .map_err(db)?;
             let now_s = ts(now);
@@ -1240,6 +1231,8 @@ impl Journal {
                     u.detail,
                     now_s,
                     seq as i64,
+                    variant,
+                    attempts,
                 ])
                 .map_err(db)?;
             }

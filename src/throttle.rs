@@ -96,6 +96,8 @@ struct Backoff {
 #[derive(Clone)]
 pub struct Limiter {
     inner: Arc<Inner>,
+    /// A campaign's own `throttle:`, taken from before the account limit (its own log key).
+    cap: Option<Box<Limiter>>,
 }
 
 struct Inner {
@@ -155,7 +157,15 @@ impl Limiter {
                     strikes: 0,
                 }),
             }),
+            cap: None,
         })
+    }
+
+    /// Also hold every admission to `cap` (a campaign's own throttle, on its own key), taken
+    /// first; the account limit still bounds the sum of all campaigns.
+    pub fn capped_by(mut self, cap: Limiter) -> Limiter {
+        self.cap = Some(Box::new(cap));
+        self
     }
 
     /// The limit this limiter enforces.
@@ -183,6 +193,11 @@ impl Limiter {
                 n,
                 limit: self.inner.limit.limit,
             });
+        }
+        if let Some(cap) = &self.cap {
+            if Box::pin(cap.acquire(n, deadline)).await? == Acquired::Deadline {
+                return Ok(Acquired::Deadline);
+            }
         }
         loop {
             let now = self.inner.clock.now();
@@ -248,6 +263,8 @@ impl Limiter {
         let mut wait: i128 = 0;
 
         // 1. The hard guarantee: entries in (at - window, at] plus n stay within the limit.
+        // (Read back at least one second for the requests-per-second cap.)
+        let look_back = window_ns.max(NS_PER_SEC);
         let mut entries: Vec<(i128, i128)> = Vec::new();
         {
             let mut st = tx
@@ -256,7 +273,7 @@ impl Limiter {
                 )
                 .map_err(db)?;
             let rows = st
-                .query_map(params![inner.key, (at - window_ns) as i64], |r| {
+                .query_map(params![inner.key, (at - look_back) as i64], |r| {
                     Ok((r.get::<_, i64>(0)? as i128, r.get::<_, i64>(1)? as i128))
                 })
                 .map_err(db)?;
@@ -264,10 +281,15 @@ impl Limiter {
                 entries.push(row.map_err(db)?);
             }
         }
-        let used: i128 = entries.iter().map(|e| e.1).sum();
+        let in_window: Vec<(i128, i128)> = entries
+            .iter()
+            .copied()
+            .filter(|e| e.0 > at - window_ns)
+            .collect();
+        let used: i128 = in_window.iter().map(|e| e.1).sum();
         if used + n as i128 > limit {
             let mut excess = used + n as i128 - limit;
-            for (t, c) in &entries {
+            for (t, c) in &in_window {
                 excess -= c;
                 if excess <= 0 {
                     // That entry leaves the window once at - window >= t.
@@ -520,6 +542,41 @@ mod tests {
             l.on_success();
         }
         assert_eq!(l.slowdown(), 1.0);
+    }
+
+    #[tokio::test]
+    async fn campaign_cap_lowers_one_campaign_not_the_account() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("imcast.db");
+        let clock = SimClock::new(start());
+        let acct = Limit::new(100, Duration::from_secs(1));
+        let open = |key: &str, l: Limit| {
+            Limiter::open(
+                &db,
+                key,
+                l,
+                LimiterOptions::default(),
+                Arc::new(clock.clone()),
+            )
+            .expect("open")
+        };
+        let a = open("batch", acct).capped_by(open(
+            "campaign:a:batch",
+            Limit::new(20, Duration::from_secs(1)),
+        ));
+        let b = open("batch", acct);
+        let (mut adm_a, mut adm_all) = (Vec::new(), Vec::new());
+        for i in 0..400 {
+            let l = if i % 2 == 0 { &a } else { &b };
+            if let Acquired::At(t) = l.acquire(1, None).await.expect("acquire") {
+                if i % 2 == 0 {
+                    adm_a.push((t.as_nanosecond(), 1));
+                }
+                adm_all.push((t.as_nanosecond(), 1));
+            }
+        }
+        assert!(max_in_window(&adm_a, Duration::from_secs(1)) <= 20);
+        assert!(max_in_window(&adm_all, Duration::from_secs(1)) <= 100);
     }
 
     proptest! {

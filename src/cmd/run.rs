@@ -110,6 +110,9 @@ where
         args.report_dir.as_deref(),
     );
     let account = paths.account_config().exit(Exit::Invalid)?;
+    // The account's share bounds every campaign together; the campaign's own throttle (if any)
+    // is a second limiter on its own key. `limit` is what this run can use at most.
+    let account_limit = account.effective_limit(inp.action, None);
     let limit = account.effective_limit(inp.action, inp.campaign_throttle);
     let flags = RunFlags {
         new_run: args.new_run,
@@ -227,10 +230,10 @@ where
         ),
     }
     let journal = SharedJournal::new(journal);
-    let limiter = Limiter::open(
+    let mut limiter = Limiter::open(
         journal.path(),
         inp.action.as_str(),
-        limit,
+        account_limit,
         LimiterOptions {
             max_requests_per_second: (inp.action == Action::Batch)
                 .then_some(account.max_requests_per_second),
@@ -239,6 +242,17 @@ where
         clock.clone(),
     )
     .exit(Exit::Internal)?;
+    if let Some(t) = inp.campaign_throttle.filter(|_| limit != account_limit) {
+        let cap = Limiter::open(
+            journal.path(),
+            &format!("campaign:{}:{}", inp.campaign, inp.action),
+            t,
+            LimiterOptions::default(),
+            clock.clone(),
+        )
+        .exit(Exit::Internal)?;
+        limiter = limiter.capped_by(cap);
+    }
 
     let mut cfg = EngineConfig::new(&run.id, &run.campaign, inp.action);
     cfg.max_in_flight = if inp.action == Action::Batch {
