@@ -1186,7 +1186,31 @@ impl Journal {
     }
 
     /// Commit a call's per-recipient outcomes and its final state in one transaction.
+    ///
+    /// This commit runs with `synchronous=NORMAL`: it is durable against a process crash at once,
+    /// and against an OS crash / power loss by the next in-flight mark's `FULL` commit (the WAL is
+    /// one sequential file, so that fsync covers it). If power fails in between, the outcome is
+    /// lost but its in-flight mark is not, so recovery makes those receivers `unknown` — never a
+    /// resend. This halves the fsyncs per call.
     pub fn record_outcome(
+        &mut self,
+        run_id: &str,
+        seq: u64,
+        state: CallState,
+        updates: &[RecipientUpdate],
+        error: Option<(&str, &str)>,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(self.db())?;
+        let res = self.record_outcome_tx(run_id, seq, state, updates, error, now);
+        let back = self.conn.pragma_update(None, "synchronous", "FULL");
+        res?;
+        back.map_err(self.db())
+    }
+
+    fn record_outcome_tx(
         &mut self,
         run_id: &str,
         seq: u64,
