@@ -1407,17 +1407,52 @@ fn bench_engine() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    /// The plan generated on the fly (no audience held in memory), like a streaming plan.
+    struct GenSource {
+        n: u64,
+        per_call: u64,
+    }
+    impl CallSource for GenSource {
+        type Payload = String;
+        type Error = String;
+        fn calls(&self) -> Calls<'_, String, String> {
+            let (n, per) = (self.n, self.per_call);
+            Box::new((0..n.div_ceil(per)).map(move |seq| {
+                Ok(Call {
+                    seq,
+                    variant: "v".into(),
+                    receivers: (seq * per..((seq + 1) * per).min(n))
+                        .map(|i| 1_000 + i)
+                        .collect(),
+                    payload: "hello".into(),
+                })
+            }))
+        }
+    }
     for (label, n, per_call) in [
-        ("shared content", users, 500usize),
+        ("shared content", users, 500u64),
         ("personalized", personalized, 1),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join(".imcast");
         let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let (rows, calls) = plan(Action::Batch, n, per_call);
+        let source = GenSource { n, per_call };
+        let ncalls = n.div_ceil(per_call);
         let t = std::time::Instant::now();
         let mut j = Journal::open(&state).expect("journal");
-        let mut seed = || -> SeedRows<'_, String> { Box::new(rows.iter().cloned().map(Ok)) };
+        let mut seed = || -> SeedRows<'_, String> {
+            Box::new((0..n).map(move |i| {
+                Ok(SeedRow {
+                    line: i + 2,
+                    id: Some(1_000 + i),
+                    raw_id: (1_000 + i).to_string(),
+                    status: RecipientStatus::Pending,
+                    call_seq: Some(i / per_call),
+                    variant: Some("v".into()),
+                    note: None,
+                })
+            }))
+        };
         let limit = Limit::new(1_000_000_000_000, Duration::from_secs(60));
         let new = NewRun {
             id: Some("bench".into()),
@@ -1430,7 +1465,7 @@ fn bench_engine() {
             is_test: false,
             audit: serde_json::json!({}),
             limit,
-            total_calls: calls.len() as u64,
+            total_calls: ncalls,
         };
         j.open_run(&new, ResumeOptions::default(), &mut seed, Timestamp::now())
             .expect("seed");
@@ -1449,12 +1484,10 @@ fn bench_engine() {
             Arc::new(FakeTransport::new(Action::Batch, Faults::default()).without_tracking());
         let mut cfg = EngineConfig::new("bench", "bench", Action::Batch);
         cfg.max_in_flight = 4;
-        let ncalls = calls.len();
         let t2 = std::time::Instant::now();
         let end = rt
             .block_on(
-                Engine::new(cfg, j, limiter, fake, clock, StopToken::new())
-                    .run(Arc::new(VecSource(calls))),
+                Engine::new(cfg, j, limiter, fake, clock, StopToken::new()).run(Arc::new(source)),
             )
             .expect("run");
         let sent = t2.elapsed();
