@@ -1761,6 +1761,32 @@ mod tests {
     }
 
     #[test]
+    fn conversation_in_flight_is_replanned_not_unknown() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let mut nr = new_run("h1");
+        nr.action = Action::Conversation;
+        let r = rows(&[]);
+        let mut f = || -> SeedRows<'static, String> { Box::new(r.clone().into_iter().map(Ok)) };
+        let id = j
+            .open_run(&nr, ResumeOptions::default(), &mut f, now())
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        j.mark_in_flight(&id, 0, "v", &[101], Some("imcast-abc"), now())
+            .expect("mark");
+        let rec = j.recover(&id, Action::Conversation).expect("recover");
+        assert_eq!(rec.replanned_calls, 1);
+        assert_eq!(rec.unknown_recipients, 0);
+        assert_eq!(
+            j.sendable(&id, &[101], false).expect("q"),
+            vec![101],
+            "resent with the same ClientMsgId"
+        );
+    }
+
+    #[test]
     fn control_requests_round_trip() {
         let d = tempfile::tempdir().expect("tempdir");
         let j = Journal::open(d.path()).expect("open");

@@ -1502,3 +1502,44 @@ fn bench_engine() {
         );
     }
 }
+
+#[tokio::test]
+async fn engine_achieves_99_percent_of_the_limit_on_a_sim_clock() {
+    let limit = Limit::new(12_000, Duration::from_secs(60));
+    let s = Setup::new(Action::Batch, limit);
+    let (rows, calls) = plan(Action::Batch, 100_000, 500);
+    let (j, o) = s.open(
+        "eff",
+        "h1",
+        &rows,
+        calls.len() as u64,
+        ResumeOptions::default(),
+    );
+    let run = o.run().id.clone();
+    let fake = Arc::new(FakeTransport::new(Action::Batch, Faults::default()).recording_starts());
+    let end = s
+        .run(
+            &j,
+            s.cfg(&run, "eff"),
+            fake.clone(),
+            &calls,
+            StopToken::new(),
+        )
+        .await;
+    assert_eq!(end.counts[&RecipientStatus::Sent], 100_000);
+    let starts = fake.starts();
+    assert!(
+        max_in_window(&starts, limit.window) <= limit.limit,
+        "never over the limit"
+    );
+    let first = starts.first().expect("starts").0.as_nanosecond();
+    let last = starts.last().expect("starts").0.as_nanosecond();
+    // Units started before the last call, over the time they took.
+    let units: u64 = starts[..starts.len() - 1].iter().map(|s| s.1).sum();
+    let rate = units as f64 / ((last - first) as f64 / 1e9);
+    assert!(
+        rate >= 0.99 * limit.per_second(),
+        "achieved {rate:.1}/s of {:.1}/s",
+        limit.per_second()
+    );
+}
