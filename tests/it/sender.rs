@@ -1379,7 +1379,7 @@ proptest::proptest! {
     }
 }
 
-/// Benchmark (not a test): `cargo test --release --test it -- --ignored --nocapture bench_engine`.
+/// Benchmark (not a test): `IMCAST_BENCH=1 cargo test --release --test it -- --ignored --nocapture bench_engine`.
 /// 1,000,000 recipients in 2,000 batch calls, and a personalized sample (one call per
 /// recipient), through the real engine, journal and limiter (throttle lifted) with the fake
 /// provider. Prints wall time and peak memory; figures go to BENCHMARKS.md.
@@ -1398,6 +1398,10 @@ fn bench_engine() {
             })
             .unwrap_or(0.0)
             / 1024.0
+    }
+    if std::env::var_os("IMCAST_BENCH").is_none() {
+        eprintln!("set IMCAST_BENCH=1 to run the benchmark");
+        return;
     }
     let users: u64 = std::env::var("IMCAST_BENCH_USERS")
         .ok()
