@@ -1,1 +1,469 @@
-//! TODO: config stage (placeholder until its issue lands).
+//! Account settings (`imcast.toml`) and where a campaigns repository keeps its state and reports.
+//!
+//! Owns: parsing `imcast.toml` (unknown keys are errors), the per-action limits with the documented
+//! defaults ([`Action::default_limit`]), the reserved share, the global suppression lists, the
+//! request-rate cap and in-flight bounds, the failure-breaker defaults, and discovery of the
+//! repository root (the directory holding `imcast.toml`, else the git root, else the campaign's
+//! directory) from which `.imcast/` and `reports/` default.
+//!
+//! Invariant: the effective limit is the account limit × (1 − reserve), lowered (never raised) by a
+//! campaign's own `throttle:`. This module reads files only; it never touches the journal or the network.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::action::Action;
+
+/// The file name looked for at the repository root.
+pub const FILE_NAME: &str = "imcast.toml";
+
+/// Errors reading `imcast.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read account settings {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A count per window: the provider's limit or a share of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limit {
+    pub limit: u64,
+    #[serde(with = "duration_ms")]
+    pub window: Duration,
+}
+
+mod duration_ms {
+    use std::time::Duration;
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+impl Limit {
+    pub fn new(limit: u64, window: Duration) -> Self {
+        Limit { limit, window }
+    }
+    /// Events per second this limit allows on average.
+    pub fn per_second(&self) -> f64 {
+        let w = self.window.as_secs_f64();
+        if w <= 0.0 {
+            return f64::INFINITY;
+        }
+        self.limit as f64 / w
+    }
+    pub fn describe(&self) -> String {
+        format!(
+            "{} per {}",
+            self.limit,
+            humantime::format_duration(self.window)
+        )
+    }
+}
+
+/// Failure-breaker settings: stop after `consecutive_failures` failed calls in a row, or when the
+/// share of failed receivers over the last `window_calls` calls exceeds `max_failure_ratio`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BreakerSettings {
+    pub consecutive_failures: u32,
+    pub window_calls: u32,
+    pub max_failure_ratio: f64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            consecutive_failures: 10,
+            window_calls: 50,
+            max_failure_ratio: 0.5,
+        }
+    }
+}
+
+/// What belongs to the account rather than to one campaign.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccountConfig {
+    /// The file this came from (None: defaults, no file).
+    pub path: Option<PathBuf>,
+    /// Share of every limit left for other traffic on the account (0 ≤ reserve < 1).
+    pub reserve: f64,
+    /// Global suppression lists, resolved against the file's directory.
+    pub suppress: Vec<PathBuf>,
+    /// The provider's limit per action (account-wide, before the reserve).
+    pub limits: BTreeMap<Action, Limit>,
+    /// Cap on BatchSendMessage requests per second (its request rate is undocumented).
+    pub max_requests_per_second: u32,
+    /// At most this many batch calls in flight (each holds up to 500 recipients in doubt).
+    pub max_batch_in_flight: usize,
+    /// At most this many conversation/p2p calls in flight.
+    pub max_in_flight: usize,
+    /// Failure-breaker defaults (a campaign's `breaker:` overrides).
+    pub breaker: BreakerSettings,
+}
+
+impl Default for AccountConfig {
+    fn default() -> Self {
+        AccountConfig {
+            path: None,
+            reserve: 0.0,
+            suppress: Vec::new(),
+            limits: Action::ALL
+                .iter()
+                .map(|a| {
+                    let (l, w) = a.default_limit();
+                    (*a, Limit::new(l, w))
+                })
+                .collect(),
+            max_requests_per_second: 200,
+            max_batch_in_flight: 4,
+            max_in_flight: 16,
+            breaker: BreakerSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    account: RawAccount,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    send: RawSend,
+    #[serde(default)]
+    breaker: RawBreaker,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    reserve: Option<f64>,
+    #[serde(default)]
+    suppress: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    batch: Option<RawLimit>,
+    conversation: Option<RawLimit>,
+    p2p: Option<RawLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    limit: u64,
+    window: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSend {
+    max_requests_per_second: Option<u32>,
+    max_batch_in_flight: Option<usize>,
+    max_in_flight: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    consecutive_failures: Option<u32>,
+    window_calls: Option<u32>,
+    max_failure_ratio: Option<f64>,
+}
+
+impl AccountConfig {
+    /// Read and check `imcast.toml` at `path`.
+    pub fn load(path: &Path) -> Result<AccountConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse `text` as if read from `path` (relative suppression paths resolve against its directory).
+    pub fn parse(text: &str, path: &Path) -> Result<AccountConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut cfg = AccountConfig {
+            path: Some(path.to_path_buf()),
+            ..AccountConfig::default()
+        };
+        if let Some(r) = raw.account.reserve {
+            if !(0.0..1.0).contains(&r) || r.is_nan() {
+                return Err(invalid(format!(
+                    "account.reserve = {r}: must be at least 0 and below 1 (e.g. 0.10 keeps 10% for other traffic)"
+                )));
+            }
+            cfg.reserve = r;
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.suppress = raw.account.suppress.iter().map(|s| base.join(s)).collect();
+        for (action, l) in [
+            (Action::Batch, raw.limits.batch),
+            (Action::Conversation, raw.limits.conversation),
+            (Action::P2p, raw.limits.p2p),
+        ] {
+            let Some(l) = l else { continue };
+            if l.limit == 0 {
+                return Err(invalid(format!("limits.{action}.limit must be at least 1")));
+            }
+            let window = match &l.window {
+                None => action.default_limit().1,
+                Some(w) => humantime::parse_duration(w).map_err(|e| {
+                    invalid(format!(
+                        "limits.{action}.window = {w:?}: {e} (write e.g. \"60s\" or \"1s\")"
+                    ))
+                })?,
+            };
+            if window.is_zero() {
+                return Err(invalid(format!(
+                    "limits.{action}.window must be longer than zero"
+                )));
+            }
+            cfg.limits.insert(action, Limit::new(l.limit, window));
+        }
+        if let Some(v) = raw.send.max_requests_per_second {
+            if v == 0 {
+                return Err(invalid(
+                    "send.max_requests_per_second must be at least 1".into(),
+                ));
+            }
+            cfg.max_requests_per_second = v;
+        }
+        if let Some(v) = raw.send.max_batch_in_flight {
+            if v == 0 {
+                return Err(invalid(
+                    "send.max_batch_in_flight must be at least 1".into(),
+                ));
+            }
+            cfg.max_batch_in_flight = v;
+        }
+        if let Some(v) = raw.send.max_in_flight {
+            if v == 0 {
+                return Err(invalid("send.max_in_flight must be at least 1".into()));
+            }
+            cfg.max_in_flight = v;
+        }
+        if let Some(v) = raw.breaker.consecutive_failures {
+            cfg.breaker.consecutive_failures = v;
+        }
+        if let Some(v) = raw.breaker.window_calls {
+            cfg.breaker.window_calls = v;
+        }
+        if let Some(v) = raw.breaker.max_failure_ratio {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(format!(
+                    "breaker.max_failure_ratio = {v}: must be between 0 and 1"
+                )));
+            }
+            cfg.breaker.max_failure_ratio = v;
+        }
+        Ok(cfg)
+    }
+
+    /// The account's limit for `action` (before the reserve).
+    pub fn account_limit(&self, action: Action) -> Limit {
+        self.limits.get(&action).copied().unwrap_or_else(|| {
+            let (l, w) = action.default_limit();
+            Limit::new(l, w)
+        })
+    }
+
+    /// The limit this process's limiter enforces for `action`: account limit × (1 − reserve),
+    /// lowered by `campaign_throttle` (converted to the account's window), never raised.
+    pub fn effective_limit(&self, action: Action, campaign_throttle: Option<Limit>) -> Limit {
+        let acct = self.account_limit(action);
+        let share = ((acct.limit as f64) * (1.0 - self.reserve)).floor() as u64;
+        let mut limit = share.max(1);
+        if let Some(t) = campaign_throttle {
+            // Scale the campaign's rate to the account window. For a longer campaign window this
+            // is a rate cap; the account window still bounds every burst.
+            let scaled = if t.window.is_zero() {
+                u64::MAX
+            } else {
+                let v = (t.limit as f64) * acct.window.as_secs_f64() / t.window.as_secs_f64();
+                if t.window <= acct.window {
+                    // Within the account window the campaign can use `t.limit` per its own window:
+                    // at most floor(acct.window / t.window) full windows fit.
+                    v.floor() as u64
+                } else {
+                    (v.floor() as u64).min(t.limit)
+                }
+            };
+            limit = limit.min(scaled.max(1));
+        }
+        Limit::new(limit, acct.window)
+    }
+}
+
+/// Where one campaign's repository keeps things.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoPaths {
+    /// The campaigns repository root.
+    pub root: PathBuf,
+    /// `imcast.toml` if present (or given by `--config`).
+    pub config: Option<PathBuf>,
+    /// The state directory (`<root>/.imcast/` unless `--state-dir`).
+    pub state_dir: PathBuf,
+    /// The reports directory (`<root>/reports/` unless `--report-dir`).
+    pub reports_dir: PathBuf,
+}
+
+impl RepoPaths {
+    /// Discover from the campaign file, honouring explicit overrides.
+    pub fn discover(
+        campaign_file: &Path,
+        config: Option<&Path>,
+        state_dir: Option<&Path>,
+        report_dir: Option<&Path>,
+    ) -> RepoPaths {
+        let root = discover_root(campaign_file);
+        let config = match config {
+            Some(c) => Some(c.to_path_buf()),
+            None => {
+                let c = root.join(FILE_NAME);
+                c.is_file().then_some(c)
+            }
+        };
+        RepoPaths {
+            state_dir: state_dir
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| root.join(".imcast")),
+            reports_dir: report_dir
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| root.join("reports")),
+            root,
+            config,
+        }
+    }
+
+    /// The account settings: the file if there is one, else defaults.
+    pub fn account_config(&self) -> Result<AccountConfig, ConfigError> {
+        match &self.config {
+            Some(p) => AccountConfig::load(p),
+            None => Ok(AccountConfig::default()),
+        }
+    }
+}
+
+/// The campaigns repository root for `campaign_file`: the nearest ancestor holding `imcast.toml`,
+/// else the nearest holding `.git`, else the campaign's own directory.
+pub fn discover_root(campaign_file: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(campaign_file).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(campaign_file))
+            .unwrap_or_else(|_| campaign_file.to_path_buf())
+    });
+    let dir = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    if let Some(d) = dir.ancestors().find(|d| d.join(FILE_NAME).is_file()) {
+        return d.to_path_buf();
+    }
+    if let Some(d) = dir.ancestors().find(|d| d.join(".git").exists()) {
+        return d.to_path_buf();
+    }
+    dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_documented_limits() {
+        let c = AccountConfig::default();
+        assert_eq!(
+            c.account_limit(Action::Batch),
+            Limit::new(12_000, Duration::from_secs(60))
+        );
+        assert_eq!(c.max_requests_per_second, 200);
+    }
+
+    #[test]
+    fn parses_issue_shape_and_applies_reserve() {
+        let text = r#"
+[account]
+reserve = 0.10
+suppress = ["audiences/global-optout.csv"]
+[limits.batch]
+limit = 12000
+window = "60s"
+[limits.p2p]
+limit = 80
+"#;
+        let c = AccountConfig::parse(text, Path::new("/repo/imcast.toml")).expect("valid");
+        assert_eq!(
+            c.suppress,
+            vec![PathBuf::from("/repo/audiences/global-optout.csv")]
+        );
+        assert_eq!(
+            c.effective_limit(Action::Batch, None),
+            Limit::new(10_800, Duration::from_secs(60))
+        );
+        assert_eq!(c.effective_limit(Action::P2p, None).limit, 72);
+        // A throttle lowers ...
+        let low = Limit::new(600, Duration::from_secs(60));
+        assert_eq!(c.effective_limit(Action::Batch, Some(low)).limit, 600);
+        // ... and never raises.
+        let high = Limit::new(1_000_000, Duration::from_secs(60));
+        assert_eq!(c.effective_limit(Action::Batch, Some(high)).limit, 10_800);
+        // A per-second throttle scales to the account window.
+        let per_sec = Limit::new(10, Duration::from_secs(1));
+        assert_eq!(c.effective_limit(Action::Batch, Some(per_sec)).limit, 600);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = AccountConfig::parse("[account]\nreserv = 0.1\n", Path::new("x.toml"))
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("reserv"), "{e}");
+        let e = AccountConfig::parse("[account]\nreserve = 1.5\n", Path::new("x.toml"))
+            .expect_err("bad reserve");
+        assert!(e.to_string().contains("reserve"), "{e}");
+        let e = AccountConfig::parse(
+            "[limits.batch]\nlimit = 5\nwindow = \"soon\"\n",
+            Path::new("x.toml"),
+        )
+        .expect_err("bad window");
+        assert!(e.to_string().contains("window"), "{e}");
+    }
+
+    #[test]
+    fn root_discovery_prefers_imcast_toml_then_git() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = t.path().canonicalize().expect("canon");
+        std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
+        std::fs::write(root.join("a/b/c.yaml"), "name: x\n").expect("write");
+        // Neither: the campaign's directory.
+        assert_eq!(discover_root(&root.join("a/b/c.yaml")), root.join("a/b"));
+        std::fs::create_dir(root.join(".git")).expect("mkdir");
+        assert_eq!(discover_root(&root.join("a/b/c.yaml")), root);
+        std::fs::write(root.join("a/imcast.toml"), "").expect("write");
+        assert_eq!(discover_root(&root.join("a/b/c.yaml")), root.join("a"));
+        let p = RepoPaths::discover(&root.join("a/b/c.yaml"), None, None, None);
+        assert_eq!(p.state_dir, root.join("a/.imcast"));
+        assert_eq!(p.reports_dir, root.join("a/reports"));
+        assert_eq!(p.config, Some(root.join("a/imcast.toml")));
+    }
+}

@@ -1,1 +1,1800 @@
-//! TODO: journal stage (placeholder until its issue lands).
+//! The journal: durable run state in SQLite at `<state_dir>/imcast.db` (the one state database;
+//! other stages add tables through [`Journal::connection`] and [`Journal::migrate_extra`]).
+//!
+//! Owns: runs (one per campaign send, keyed by campaign + optional occurrence, recording the plan
+//! hash, status, flags, audit), calls (one row per provider call: planned → in_flight → done |
+//! unknown), recipients (one row per audience row, with exactly one status), control requests
+//! (pause/resume/cancel per campaign) and the throttle's tables.
+//!
+//! Invariants: WAL with `synchronous=FULL`; an in-flight mark is committed before its request
+//! leaves; a call's per-recipient outcomes are committed in the same transaction that marks it
+//! done; after a crash an in-flight call without an answer makes its receivers `unknown` (except
+//! for SendMessage, whose ClientMsgId makes a resend safe). Every method is synchronous: async
+//! callers run it with `spawn_blocking`. A failed write is returned, never swallowed — the engine
+//! stops the run on it. The journal never talks to the network.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::action::Action;
+use crate::config::Limit;
+use crate::exit::Exit;
+
+/// The database file name inside the state directory.
+pub const DB_FILE: &str = "imcast.db";
+
+/// Errors from the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot create state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "campaign {campaign:?} changed since its unfinished run {run_id} started (plan hash {old} → {new}); \
+         nothing was sent. Revert the change and run again to resume, pass --continue-changed to continue \
+         with the new content (recipients already sent are skipped), or --new-run to send to everyone again"
+    )]
+    Changed {
+        campaign: String,
+        run_id: String,
+        old: String,
+        new: String,
+    },
+    #[error("run {run_id} of campaign {campaign:?} is being sent by another imcast process ({owner}); wait for it or stop it")]
+    Busy {
+        campaign: String,
+        run_id: String,
+        owner: String,
+    },
+    #[error("no run {0} in the journal")]
+    NoRun(String),
+    #[error("reading the audience to seed the run: {0}")]
+    Seed(String),
+    #[error("journal holds a value it does not understand: {0}")]
+    Corrupt(String),
+}
+
+impl JournalError {
+    /// The exit code this error means.
+    pub fn exit(&self) -> Exit {
+        match self {
+            JournalError::Changed { .. } => Exit::Changed,
+            JournalError::Busy { .. } => Exit::Busy,
+            JournalError::Db { source, .. } if is_busy(source) => Exit::Busy,
+            JournalError::NoRun(_) | JournalError::Seed(_) => Exit::Invalid,
+            _ => Exit::Internal,
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked
+    )
+}
+
+macro_rules! str_enum {
+    ($(#[$m:meta])* $name:ident { $($var:ident = $s:literal),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($var),* }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),*];
+            pub fn as_str(self) -> &'static str { match self { $($name::$var => $s),* } }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl FromStr for $name {
+            type Err = JournalError;
+            fn from_str(s: &str) -> Result<Self, JournalError> {
+                match s { $($s => Ok($name::$var),)* other => Err(JournalError::Corrupt(format!("{} {other:?}", stringify!($name)))) }
+            }
+        }
+    };
+}
+
+str_enum!(
+    /// A run's status.
+    RunStatus {
+        Running = "running",
+        Paused = "paused",
+        Finished = "finished",
+        Cancelled = "cancelled",
+        Interrupted = "interrupted",
+    }
+);
+
+str_enum!(
+    /// A recipient's status: exactly one per audience row; `pending` only while a run is unfinished.
+    RecipientStatus {
+        Sent = "sent",
+        Failed = "failed",
+        Unknown = "unknown",
+        NotOnline = "not_online",
+        Invalid = "invalid",
+        Duplicate = "duplicate",
+        Suppressed = "suppressed",
+        Expired = "expired",
+        Cancelled = "cancelled",
+        Pending = "pending",
+    }
+);
+
+str_enum!(
+    /// A call's state.
+    CallState {
+        Planned = "planned",
+        InFlight = "in_flight",
+        Done = "done",
+        Unknown = "unknown",
+    }
+);
+
+str_enum!(
+    /// A control request for a campaign (written by `imcast pause|resume|cancel`, read by runners).
+    ControlRequest {
+        Pause = "pause",
+        Resume = "resume",
+        Cancel = "cancel",
+    }
+);
+
+impl RunStatus {
+    /// Running, paused or interrupted: `run` resumes it.
+    pub fn is_unfinished(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Running | RunStatus::Paused | RunStatus::Interrupted
+        )
+    }
+}
+
+/// Flags a run was started with (stored as JSON, shown in the audit block).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunFlags {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_run: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_changed: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resend_unknown: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub yes: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mock: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_to: Vec<u64>,
+}
+
+impl RunFlags {
+    /// The flags that can cause duplicates or skip safety checks.
+    pub fn risky(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.new_run {
+            v.push("--new-run");
+        }
+        if self.continue_changed {
+            v.push("--continue-changed");
+        }
+        if self.resend_unknown {
+            v.push("--resend-unknown");
+        }
+        if self.yes {
+            v.push("--yes");
+        }
+        v
+    }
+}
+
+/// One run as the journal holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub id: String,
+    pub campaign: String,
+    pub occurrence: Option<String>,
+    pub plan_hash: String,
+    pub content_key: Option<String>,
+    pub action: Action,
+    pub status: RunStatus,
+    pub flags: RunFlags,
+    pub is_test: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub stop_reason: Option<String>,
+    pub audit: serde_json::Value,
+    pub limit: Limit,
+    pub total_calls: u64,
+    pub continued_from: Option<String>,
+}
+
+/// What a new run records.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// Set to choose the id (tests); otherwise generated from the time and a random suffix.
+    pub id: Option<String>,
+    pub campaign: String,
+    pub occurrence: Option<String>,
+    pub plan_hash: String,
+    /// Hash of everything that decides what is sent *except* which ids are suppressed; when both
+    /// the old and the new plan provide it and only suppressions were added, a resume applies them.
+    pub content_key: Option<String>,
+    pub action: Action,
+    pub flags: RunFlags,
+    pub is_test: bool,
+    pub audit: serde_json::Value,
+    pub limit: Limit,
+    pub total_calls: u64,
+}
+
+/// The audience rows a run is seeded from (called at most once per `open_run`).
+pub type SeedRows<'a, E> = Box<dyn Iterator<Item = Result<SeedRow, E>> + 'a>;
+
+/// One audience row to seed a run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedRow {
+    pub line: u64,
+    pub id: Option<u64>,
+    pub raw_id: String,
+    /// Pending (valid), or final: invalid / duplicate / suppressed.
+    pub status: RecipientStatus,
+    pub call_seq: Option<u64>,
+    pub variant: Option<String>,
+    /// Why invalid / which list suppressed / first line of a duplicate.
+    pub note: Option<String>,
+}
+
+/// One recipient row as stored (the report's row).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecipientRow {
+    pub line: u64,
+    pub id: Option<u64>,
+    pub raw_id: String,
+    pub status: RecipientStatus,
+    pub message_id: Option<u64>,
+    pub attempts: u32,
+    pub call: Option<u64>,
+    pub variant: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub detail: Option<String>,
+    pub time: Option<String>,
+}
+
+/// A per-recipient outcome of one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientUpdate {
+    pub id: u64,
+    pub status: RecipientStatus,
+    pub message_id: Option<u64>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// Extra detail (P2P: the per-user results as JSON).
+    pub detail: Option<String>,
+}
+
+/// How [`Journal::open_run`] should treat an existing run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResumeOptions {
+    pub new_run: bool,
+    pub continue_changed: bool,
+    pub resend_unknown: bool,
+}
+
+/// What [`Journal::open_run`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Opened {
+    /// A new run was created and seeded.
+    Created(RunInfo),
+    /// The unfinished run was resumed; `recovered` in-flight calls were settled first.
+    Resumed { run: RunInfo, recovered: Recovered },
+    /// The unfinished run continued after its plan only gained suppressed ids (now applied).
+    ResumedWithSuppressions {
+        run: RunInfo,
+        recovered: Recovered,
+        newly_suppressed: u64,
+    },
+    /// `--continue-changed`: a new run continuing `from`, skipping recipients it already sent.
+    Continued {
+        run: RunInfo,
+        from: String,
+        skipped: u64,
+    },
+    /// The latest run already finished and nothing asks to send again.
+    AlreadyFinished(RunInfo),
+}
+
+impl Opened {
+    pub fn run(&self) -> &RunInfo {
+        match self {
+            Opened::Created(r)
+            | Opened::Resumed { run: r, .. }
+            | Opened::ResumedWithSuppressions { run: r, .. }
+            | Opened::Continued { run: r, .. }
+            | Opened::AlreadyFinished(r) => r,
+        }
+    }
+}
+
+/// In-flight calls settled by crash recovery.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Calls whose receivers became `unknown`.
+    pub unknown_calls: u64,
+    pub unknown_recipients: u64,
+    /// SendMessage calls put back to planned (safe to resend with the same ClientMsgId).
+    pub replanned_calls: u64,
+}
+
+/// The state database.
+pub struct Journal {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the core tables.
+    "CREATE TABLE runs(
+        id TEXT PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        occurrence TEXT,
+        plan_hash TEXT NOT NULL,
+        content_key TEXT,
+        action TEXT NOT NULL,
+        status TEXT NOT NULL,
+        flags TEXT NOT NULL,
+        is_test INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        finished_at TEXT,
+        stop_reason TEXT,
+        audit TEXT NOT NULL,
+        limit_count INTEGER NOT NULL,
+        limit_window_ms INTEGER NOT NULL,
+        total_calls INTEGER NOT NULL,
+        continued_from TEXT,
+        owner TEXT
+     );
+     CREATE INDEX runs_campaign ON runs(campaign, created_at);
+     CREATE TABLE calls(
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        variant TEXT NOT NULL,
+        receivers TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        client_msg_id TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY(run_id, seq)
+     );
+     CREATE TABLE recipients(
+        run_id TEXT NOT NULL,
+        line INTEGER NOT NULL,
+        id INTEGER,
+        raw_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        message_id INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        call_seq INTEGER,
+        variant TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        detail TEXT,
+        updated_at TEXT,
+        PRIMARY KEY(run_id, line)
+     );
+     CREATE INDEX recipients_id ON recipients(run_id, id);
+     CREATE TABLE control(
+        campaign TEXT PRIMARY KEY,
+        request TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        requested_by TEXT
+     );
+     CREATE TABLE extra_migrations(component TEXT PRIMARY KEY, version INTEGER NOT NULL);",
+];
+
+/// Ids per multi-row statement (well under SQLite's parameter limit).
+const CHUNK: usize = 500;
+
+/// `?first, ?first+1, …` for `n` parameters.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn ts(t: Timestamp) -> String {
+    t.to_string()
+}
+
+fn parse_ts(s: &str) -> Result<Timestamp, JournalError> {
+    s.parse()
+        .map_err(|e| JournalError::Corrupt(format!("time {s:?}: {e}")))
+}
+
+/// This process, for the run lease: `host:pid`.
+fn owner_id() -> String {
+    format!("{}:{}", hostname(), std::process::id())
+}
+
+/// The machine's name (for the run lease and the audit block).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// Is the lease holder `owner` a live process? Only decidable on this host; another host's lease
+/// counts as live.
+fn owner_alive(owner: &str) -> bool {
+    let Some((host, pid)) = owner.rsplit_once(':') else {
+        return false;
+    };
+    if host != hostname() {
+        return true;
+    }
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    if pid == std::process::id() {
+        return true;
+    }
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}
+
+impl Journal {
+    /// Open (creating) `<state_dir>/imcast.db`; the directory is created owner-only.
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        create_private_dir(state_dir)?;
+        Self::open_path(&state_dir.join(DB_FILE))
+    }
+
+    /// Open (creating) the database file at `path` and bring its schema up to date.
+    pub fn open_path(path: &Path) -> Result<Journal, JournalError> {
+        let db = |source| JournalError::Db {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(db)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        let mut j = Journal {
+            conn,
+            path: path.to_path_buf(),
+        };
+        j.migrate()?;
+        Ok(j)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection, for other stages' own tables (same file, same pragmas).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn db(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+        move |source| JournalError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db)?;
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            if (i as i64) >= version {
+                tx.execute_batch(m).map_err(db)?;
+            }
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+            .map_err(db)?;
+        crate::throttle::create_tables(&tx).map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    /// Apply another stage's migrations once each: `steps[i]` runs when `component`'s recorded
+    /// version is ≤ i.
+    pub fn migrate_extra(&mut self, component: &str, steps: &[&str]) -> Result<(), JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let v: i64 = tx
+            .query_row(
+                "SELECT version FROM extra_migrations WHERE component = ?1",
+                [component],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?
+            .unwrap_or(0);
+        for (i, s) in steps.iter().enumerate() {
+            if (i as i64) >= v {
+                tx.execute_batch(s).map_err(db)?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO extra_migrations(component, version) VALUES (?1, ?2)
+             ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+            params![component, steps.len() as i64],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    // ---- runs -------------------------------------------------------------------------------
+
+    fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
+        Ok(RawRun {
+            id: r.get("id")?,
+            campaign: r.get("campaign")?,
+            occurrence: r.get("occurrence")?,
+            plan_hash: r.get("plan_hash")?,
+            content_key: r.get("content_key")?,
+            action: r.get("action")?,
+            status: r.get("status")?,
+            flags: r.get("flags")?,
+            is_test: r.get("is_test")?,
+            created_at: r.get("created_at")?,
+            updated_at: r.get("updated_at")?,
+            finished_at: r.get("finished_at")?,
+            stop_reason: r.get("stop_reason")?,
+            audit: r.get("audit")?,
+            limit_count: r.get("limit_count")?,
+            limit_window_ms: r.get("limit_window_ms")?,
+            total_calls: r.get("total_calls")?,
+            continued_from: r.get("continued_from")?,
+        })
+    }
+
+    /// One run by id.
+    pub fn run(&self, id: &str) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .query_row("SELECT * FROM runs WHERE id = ?1", [id], Self::run_from_row)
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    /// The latest run of a campaign (tests excluded unless asked for).
+    pub fn latest_run(
+        &self,
+        campaign: &str,
+        include_tests: bool,
+    ) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .query_row(
+                "SELECT * FROM runs WHERE campaign = ?1 AND (?2 OR is_test = 0)
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                params![campaign, include_tests],
+                Self::run_from_row,
+            )
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    /// The unfinished (running/paused/interrupted) non-test run of a campaign occurrence.
+    pub fn unfinished_run(
+        &self,
+        campaign: &str,
+        occurrence: Option<&str>,
+    ) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .query_row(
+                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
+                   AND status IN ('running','paused','interrupted')
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                params![campaign, occurrence],
+                Self::run_from_row,
+            )
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    /// All runs of a campaign, newest first.
+    pub fn runs(&self, campaign: &str) -> Result<Vec<RunInfo>, JournalError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT * FROM runs WHERE campaign = ?1 ORDER BY created_at DESC, rowid DESC")
+            .map_err(self.db())?;
+        let raws = st
+            .query_map([campaign], Self::run_from_row)
+            .map_err(self.db())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.db())?;
+        raws.into_iter().map(RawRun::into_info).collect()
+    }
+
+    /// Decide and do what `imcast run` does with the journal: create, resume, apply added
+    /// suppressions, continue a changed run, or report that the latest run finished.
+    /// `rows` is called at most once, to seed (or check) recipients.
+    pub fn open_run<'r, E: fmt::Display>(
+        &mut self,
+        new: &NewRun,
+        opts: ResumeOptions,
+        rows: &mut dyn FnMut() -> SeedRows<'r, E>,
+        now: Timestamp,
+    ) -> Result<Opened, JournalError> {
+        if !new.is_test && !opts.new_run {
+            if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
+                if old.plan_hash == new.plan_hash {
+                    self.claim(&old, now)?;
+                    let recovered = self.recover(&old.id, old.action)?;
+                    self.set_status(&old.id, RunStatus::Running, None, now)?;
+                    let run = self
+                        .run(&old.id)?
+                        .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
+                    return Ok(Opened::Resumed { run, recovered });
+                }
+                if opts.continue_changed {
+                    self.claim(&old, now)?;
+                    self.recover(&old.id, old.action)?;
+                    let (run, skipped) = self.create_run(new, Some(&old), opts, rows(), now)?;
+                    self.cancel_pending(&old.id, now)?;
+                    self.set_status(
+                        &old.id,
+                        RunStatus::Cancelled,
+                        Some(&format!("continued as run {} with changed content", run.id)),
+                        now,
+                    )?;
+                    return Ok(Opened::Continued {
+                        run,
+                        from: old.id,
+                        skipped,
+                    });
+                }
+                if old.content_key.is_some() && old.content_key == new.content_key {
+                    self.claim(&old, now)?;
+                    if let Some(n) = self.try_apply_suppressions(&old, new, rows(), now)? {
+                        let recovered = self.recover(&old.id, old.action)?;
+                        self.set_status(&old.id, RunStatus::Running, None, now)?;
+                        let run = self
+                            .run(&old.id)?
+                            .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
+                        return Ok(Opened::ResumedWithSuppressions {
+                            run,
+                            recovered,
+                            newly_suppressed: n,
+                        });
+                    }
+                    self.release(&old.id)?;
+                }
+                return Err(JournalError::Changed {
+                    campaign: new.campaign.clone(),
+                    run_id: old.id,
+                    old: old.plan_hash,
+                    new: new.plan_hash.clone(),
+                });
+            }
+            if let Some(last) = self.latest_run(&new.campaign, false)? {
+                if last.occurrence.as_deref() == new.occurrence.as_deref() {
+                    let unknown = self.count_status(&last.id, RecipientStatus::Unknown)?;
+                    if opts.resend_unknown
+                        && unknown > 0
+                        && last.status == RunStatus::Finished
+                        && last.plan_hash == new.plan_hash
+                    {
+                        self.claim(&last, now)?;
+                        self.set_status(&last.id, RunStatus::Running, None, now)?;
+                        let run = self
+                            .run(&last.id)?
+                            .ok_or_else(|| JournalError::NoRun(last.id.clone()))?;
+                        return Ok(Opened::Resumed {
+                            run,
+                            recovered: Recovered::default(),
+                        });
+                    }
+                    return Ok(Opened::AlreadyFinished(last));
+                }
+            }
+        }
+        if opts.new_run && !new.is_test {
+            if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
+                self.claim(&old, now)?;
+                self.recover(&old.id, old.action)?;
+                self.cancel_pending(&old.id, now)?;
+                self.set_status(
+                    &old.id,
+                    RunStatus::Cancelled,
+                    Some("superseded by --new-run"),
+                    now,
+                )?;
+                self.release(&old.id)?;
+            }
+        }
+        let (run, _) = self.create_run(new, None, opts, rows(), now)?;
+        Ok(Opened::Created(run))
+    }
+
+    fn create_run<E: fmt::Display>(
+        &mut self,
+        new: &NewRun,
+        continue_from: Option<&RunInfo>,
+        opts: ResumeOptions,
+        rows: Box<dyn Iterator<Item = Result<SeedRow, E>> + '_>,
+        now: Timestamp,
+    ) -> Result<(RunInfo, u64), JournalError> {
+        let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
+        let flags =
+            serde_json::to_string(&new.flags).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let audit =
+            serde_json::to_string(&new.audit).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        tx.execute(
+            "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
+                              created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
+                              continued_from, owner)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                id,
+                new.campaign,
+                new.occurrence,
+                new.plan_hash,
+                new.content_key,
+                new.action.as_str(),
+                flags,
+                new.is_test,
+                ts(now),
+                audit,
+                new.limit.limit as i64,
+                new.limit.window.as_millis() as i64,
+                new.total_calls as i64,
+                continue_from.map(|r| r.id.clone()),
+                owner_id(),
+            ],
+        )
+        .map_err(db)?;
+        let mut skipped = 0u64;
+        {
+            let mut ins = tx
+                .prepare(
+                    "INSERT INTO recipients(run_id, line, id, raw_id, status, call_seq, variant, error_message,
+                                            message_id, detail, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(db)?;
+            let mut prior = tx
+                .prepare(
+                    "SELECT status, message_id FROM recipients
+                     WHERE run_id = ?1 AND id = ?2 AND status IN ('sent','not_online','unknown') LIMIT 1",
+                )
+                .map_err(db)?;
+            for row in rows {
+                let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
+                let mut status = row.status;
+                let mut message_id: Option<i64> = None;
+                let mut note = row.note.clone();
+                let mut detail: Option<String> = None;
+                if let (Some(old), Some(rid), RecipientStatus::Pending) =
+                    (continue_from, row.id, row.status)
+                {
+                    let p: Option<(String, Option<i64>)> = prior
+                        .query_row(params![old.id, rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                        .map_err(db)?;
+                    if let Some((s, mid)) = p {
+                        let s: RecipientStatus = s.parse()?;
+                        if s != RecipientStatus::Unknown || !opts.resend_unknown {
+                            status = s;
+                            message_id = mid;
+                            detail = Some(format!("carried over from run {}", old.id));
+                            note = None;
+                            skipped += 1;
+                        }
+                    }
+                }
+                ins.execute(params![
+                    id,
+                    row.line as i64,
+                    row.id.map(|v| v as i64),
+                    row.raw_id,
+                    status.as_str(),
+                    row.call_seq.map(|v| v as i64),
+                    row.variant,
+                    note,
+                    message_id,
+                    detail,
+                    ts(now),
+                ])
+                .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)?;
+        let run = self
+            .run(&id)?
+            .ok_or_else(|| JournalError::NoRun(id.clone()))?;
+        Ok((run, skipped))
+    }
+
+    /// If the new rows differ from the run's only by rows that became suppressed, apply that and
+    /// return how many; otherwise change nothing and return None.
+    fn try_apply_suppressions<E: fmt::Display>(
+        &mut self,
+        old: &RunInfo,
+        new: &NewRun,
+        rows: Box<dyn Iterator<Item = Result<SeedRow, E>> + '_>,
+        now: Timestamp,
+    ) -> Result<Option<u64>, JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut n = 0u64;
+        let mut seen = 0u64;
+        {
+            let mut get = tx
+                .prepare("SELECT id, status FROM recipients WHERE run_id = ?1 AND line = ?2")
+                .map_err(db)?;
+            let mut upd = tx
+                .prepare(
+                    "UPDATE recipients SET status = 'suppressed', error_message = ?3, updated_at = ?4
+                     WHERE run_id = ?1 AND line = ?2",
+                )
+                .map_err(db)?;
+            for row in rows {
+                let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
+                seen += 1;
+                let cur: Option<(Option<i64>, String)> = get
+                    .query_row(params![old.id, row.line as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()
+                    .map_err(db)?;
+                let Some((cid, cstatus)) = cur else {
+                    return Ok(None);
+                };
+                if cid.map(|v| v as u64) != row.id {
+                    return Ok(None);
+                }
+                let cstatus: RecipientStatus = cstatus.parse()?;
+                let was_final_input = matches!(
+                    cstatus,
+                    RecipientStatus::Invalid
+                        | RecipientStatus::Duplicate
+                        | RecipientStatus::Suppressed
+                );
+                let now_final_input = matches!(
+                    row.status,
+                    RecipientStatus::Invalid
+                        | RecipientStatus::Duplicate
+                        | RecipientStatus::Suppressed
+                );
+                if row.status == RecipientStatus::Suppressed && !was_final_input {
+                    if cstatus == RecipientStatus::Pending {
+                        upd.execute(params![old.id, row.line as i64, row.note, ts(now)])
+                            .map_err(db)?;
+                        n += 1;
+                    }
+                    continue;
+                }
+                if was_final_input != now_final_input || (was_final_input && cstatus != row.status)
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        let total: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM recipients WHERE run_id = ?1",
+                [&old.id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if total as u64 != seen {
+            return Ok(None);
+        }
+        tx.execute(
+            "UPDATE runs SET plan_hash = ?2, total_calls = ?3, updated_at = ?4 WHERE id = ?1",
+            params![old.id, new.plan_hash, new.total_calls as i64, ts(now)],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(Some(n))
+    }
+
+    /// Take the run's lease for this process, unless a live process holds it.
+    pub fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
+        let owner: Option<String> = self
+            .conn
+            .query_row("SELECT owner FROM runs WHERE id = ?1", [&run.id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.db())?
+            .flatten();
+        let me = owner_id();
+        if let Some(o) = owner {
+            if o != me && owner_alive(&o) {
+                return Err(JournalError::Busy {
+                    campaign: run.campaign.clone(),
+                    run_id: run.id.clone(),
+                    owner: o,
+                });
+            }
+        }
+        self.conn
+            .execute(
+                "UPDATE runs SET owner = ?2, updated_at = ?3 WHERE id = ?1",
+                params![run.id, me, ts(now)],
+            )
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Give up the run's lease.
+    pub fn release(&self, run_id: &str) -> Result<(), JournalError> {
+        self.conn
+            .execute("UPDATE runs SET owner = NULL WHERE id = ?1", [run_id])
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Set a run's status (and why it stopped); finished/cancelled also set finished_at and release.
+    pub fn set_status(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        reason: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        let done = matches!(status, RunStatus::Finished | RunStatus::Cancelled);
+        let n = self
+            .conn
+            .execute(
+                "UPDATE runs SET status = ?2, stop_reason = ?3, updated_at = ?4,
+                     finished_at = CASE WHEN ?5 THEN ?4 ELSE NULL END,
+                     owner = CASE WHEN ?5 OR ?2 != 'running' THEN NULL ELSE owner END
+                 WHERE id = ?1",
+                params![run_id, status.as_str(), reason, ts(now), done],
+            )
+            .map_err(self.db())?;
+        if n == 0 {
+            return Err(JournalError::NoRun(run_id.into()));
+        }
+        Ok(())
+    }
+
+    /// Settle in-flight calls left by a crash: their receivers become `unknown`, except for
+    /// SendMessage (conversation) calls, which go back to planned (ClientMsgId makes a resend safe).
+    pub fn recover(&mut self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut rec = Recovered::default();
+        let calls: Vec<(i64, String)> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT seq, receivers FROM calls WHERE run_id = ?1 AND state = 'in_flight'",
+                )
+                .map_err(db)?;
+            let v = st
+                .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            v
+        };
+        for (seq, receivers) in calls {
+            if action == Action::Conversation {
+                tx.execute(
+                    "UPDATE calls SET state = 'planned', error_message = 'interrupted; resent with the same ClientMsgId'
+                     WHERE run_id = ?1 AND seq = ?2",
+                    params![run_id, seq],
+                )
+                .map_err(db)?;
+                rec.replanned_calls += 1;
+                continue;
+            }
+            let ids: Vec<u64> = serde_json::from_str(&receivers)
+                .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
+            tx.execute(
+                "UPDATE calls SET state = 'unknown', error_message = 'the process stopped while the call was in flight'
+                 WHERE run_id = ?1 AND seq = ?2",
+                params![run_id, seq],
+            )
+            .map_err(db)?;
+            rec.unknown_calls += 1;
+            let mut upd = tx
+                .prepare_cached(
+                    "UPDATE recipients SET status = 'unknown', error_code = 'InFlightAtCrash',
+                         error_message = 'the process stopped while this call was in flight; it may have been delivered',
+                         call_seq = ?3,
+                         variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
+                         attempts = (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
+                     WHERE run_id = ?1 AND id = ?2 AND status = 'pending'",
+                )
+                .map_err(db)?;
+            for id in ids {
+                rec.unknown_recipients +=
+                    upd.execute(params![run_id, id as i64, seq]).map_err(db)? as u64;
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(rec)
+    }
+
+    // ---- calls ------------------------------------------------------------------------------
+
+    /// Of `ids`, those still to send in this run: `pending` (and `unknown` with `resend_unknown`),
+    /// in the given order.
+    pub fn sendable(
+        &self,
+        run_id: &str,
+        ids: &[u64],
+        resend_unknown: bool,
+    ) -> Result<Vec<u64>, JournalError> {
+        let mut found = std::collections::HashSet::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id FROM recipients WHERE run_id = ?1 AND id IN ({})
+                   AND (status = 'pending' OR (?2 AND status = 'unknown'))",
+                placeholders(3, chunk.len())
+            );
+            let mut st = self.conn.prepare_cached(&sql).map_err(self.db())?;
+            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() + 2);
+            values.push(run_id.to_string().into());
+            values.push(i64::from(resend_unknown).into());
+            values.extend(
+                chunk
+                    .iter()
+                    .map(|&id| rusqlite::types::Value::Integer(id as i64)),
+            );
+            let rows = st
+                .query_map(rusqlite::params_from_iter(values), |r| r.get::<_, i64>(0))
+                .map_err(self.db())?;
+            for r in rows {
+                found.insert(r.map_err(self.db())? as u64);
+            }
+        }
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|id| found.contains(id))
+            .collect())
+    }
+
+    /// Commit the in-flight mark of a call attempt (before the request leaves).
+    pub fn mark_in_flight(
+        &mut self,
+        run_id: &str,
+        seq: u64,
+        variant: &str,
+        receivers: &[u64],
+        client_msg_id: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let recv =
+            serde_json::to_string(receivers).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        tx.execute(
+            "INSERT INTO calls(run_id, seq, variant, receivers, state, attempts, client_msg_id, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'in_flight', 1, ?5, ?6)
+             ON CONFLICT(run_id, seq) DO UPDATE SET variant = excluded.variant, receivers = excluded.receivers,
+                 state = 'in_flight', attempts = calls.attempts + 1, client_msg_id = excluded.client_msg_id,
+                 updated_at = excluded.updated_at",
+            params![run_id, seq as i64, variant, recv, client_msg_id, ts(now)],
+        )
+        .map_err(db)?;
+        // Recipients are not touched here: the call row (with its receivers) is the in-flight
+        // mark; the outcome (or crash recovery) updates the recipients. This halves the writes
+        // per call.
+        tx.commit().map_err(db)
+    }
+
+    /// A call attempt was not processed (safe to retry): back to planned, recipients untouched.
+    pub fn mark_retry(
+        &self,
+        run_id: &str,
+        seq: u64,
+        code: Option<&str>,
+        message: &str,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "UPDATE calls SET state = 'planned', error_code = ?3, error_message = ?4, updated_at = ?5
+                 WHERE run_id = ?1 AND seq = ?2",
+                params![run_id, seq as i64, code, message, ts(now)],
+            )
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Commit a call's per-recipient outcomes and its final state in one transaction.
+    ///
+    /// This commit runs with `synchronous=NORMAL`: it is durable against a process crash at once,
+    /// and against an OS crash / power loss by the next in-flight mark's `FULL` commit (the WAL is
+    /// one sequential file, so that fsync covers it). If power fails in between, the outcome is
+    /// lost but its in-flight mark is not, so recovery makes those receivers `unknown` — never a
+    /// resend. This halves the fsyncs per call.
+    pub fn record_outcome(
+        &mut self,
+        run_id: &str,
+        seq: u64,
+        state: CallState,
+        updates: &[RecipientUpdate],
+        error: Option<(&str, &str)>,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(self.db())?;
+        let res = self.record_outcome_tx(run_id, seq, state, updates, error, now);
+        let back = self.conn.pragma_update(None, "synchronous", "FULL");
+        res?;
+        back.map_err(self.db())
+    }
+
+    fn record_outcome_tx(
+        &mut self,
+        run_id: &str,
+        seq: u64,
+        state: CallState,
+        updates: &[RecipientUpdate],
+        error: Option<(&str, &str)>,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        {
+            let (attempts, variant): (i64, String) = tx
+                .query_row(
+                    "SELECT attempts, variant FROM calls WHERE run_id = ?1 AND seq = ?2",
+                    params![run_id, seq as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(db)?;
+            let mut upd = tx
+                .prepare_cached(
+                    "UPDATE recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
+                         detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10, attempts = ?11
+                     WHERE run_id = ?1 AND id = ?2 AND status IN ('pending','unknown')",
+                )
+                .map_err(db)?;
+            let now_s = ts(now);
+            for u in updates {
+                upd.execute(params![
+                    run_id,
+                    u.id as i64,
+                    u.status.as_str(),
+                    u.message_id.map(|v| v as i64),
+                    u.error_code,
+                    u.error_message,
+                    u.detail,
+                    now_s,
+                    seq as i64,
+                    variant,
+                    attempts,
+                ])
+                .map_err(db)?;
+            }
+        }
+        crate::failpoint::hit(crate::failpoint::Point::BeforeCommit);
+        tx.execute(
+            "UPDATE calls SET state = ?3, error_code = ?4, error_message = ?5, updated_at = ?6
+             WHERE run_id = ?1 AND seq = ?2",
+            params![
+                run_id,
+                seq as i64,
+                state.as_str(),
+                error.map(|e| e.0),
+                error.map(|e| e.1),
+                ts(now)
+            ],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    /// Pending recipients become `expired` (deadline passed). Returns how many.
+    pub fn expire_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
+        self.set_pending(
+            run_id,
+            RecipientStatus::Expired,
+            "the run's deadline passed",
+            now,
+        )
+    }
+
+    /// Pending recipients become `cancelled`. Returns how many.
+    pub fn cancel_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
+        self.set_pending(
+            run_id,
+            RecipientStatus::Cancelled,
+            "the run was cancelled",
+            now,
+        )
+    }
+
+    fn set_pending(
+        &self,
+        run_id: &str,
+        to: RecipientStatus,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<u64, JournalError> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE recipients SET status = ?2, error_message = ?3, updated_at = ?4
+                 WHERE run_id = ?1 AND status = 'pending'",
+                params![run_id, to.as_str(), why, ts(now)],
+            )
+            .map_err(self.db())?;
+        Ok(n as u64)
+    }
+
+    // ---- reading ----------------------------------------------------------------------------
+
+    /// Recipients per status (every status present, zeros included).
+    pub fn counts(&self, run_id: &str) -> Result<BTreeMap<RecipientStatus, u64>, JournalError> {
+        let mut out: BTreeMap<RecipientStatus, u64> =
+            RecipientStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT status, COUNT(*) FROM recipients WHERE run_id = ?1 GROUP BY status",
+            )
+            .map_err(self.db())?;
+        let rows = st
+            .query_map([run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(self.db())?;
+        for row in rows {
+            let (s, n) = row.map_err(self.db())?;
+            out.insert(s.parse()?, n as u64);
+        }
+        Ok(out)
+    }
+
+    /// How many recipients of a run have `status`.
+    pub fn count_status(&self, run_id: &str, status: RecipientStatus) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM recipients WHERE run_id = ?1 AND status = ?2",
+                params![run_id, status.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(n as u64)
+    }
+
+    /// Calls per state.
+    pub fn call_counts(&self, run_id: &str) -> Result<BTreeMap<CallState, u64>, JournalError> {
+        let mut out: BTreeMap<CallState, u64> = CallState::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT state, COUNT(*) FROM calls WHERE run_id = ?1 GROUP BY state")
+            .map_err(self.db())?;
+        let rows = st
+            .query_map([run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(self.db())?;
+        for row in rows {
+            let (s, n) = row.map_err(self.db())?;
+            out.insert(s.parse()?, n as u64);
+        }
+        Ok(out)
+    }
+
+    /// Total provider attempts made (sum over calls).
+    pub fn attempts(&self, run_id: &str) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(SUM(attempts), 0) FROM calls WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(n as u64)
+    }
+
+    /// Every recipient row of a run in audience order, streamed to `f` (stops at its first error).
+    pub fn for_each_recipient<E: From<JournalError>>(
+        &self,
+        run_id: &str,
+        mut f: impl FnMut(RecipientRow) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT line, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
+                        error_message, detail, updated_at
+                 FROM recipients WHERE run_id = ?1 ORDER BY line",
+            )
+            .map_err(self.db())?;
+        let mut rows = st.query([run_id]).map_err(self.db())?;
+        while let Some(r) = rows.next().map_err(self.db())? {
+            let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<RecipientRow> {
+                let status: String = r.get(3)?;
+                Ok(RecipientRow {
+                    line: r.get::<_, i64>(0)? as u64,
+                    id: r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                    raw_id: r.get(2)?,
+                    status: status.parse().unwrap_or(RecipientStatus::Unknown),
+                    message_id: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                    attempts: r.get::<_, i64>(5)? as u32,
+                    call: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                    variant: r.get(7)?,
+                    error_code: r.get(8)?,
+                    error_message: r.get(9)?,
+                    detail: r.get(10)?,
+                    time: r.get(11)?,
+                })
+            };
+            f(get(r).map_err(self.db())?)?;
+        }
+        Ok(())
+    }
+
+    /// All recipient rows of a run (small runs and tests; large runs use [`Self::for_each_recipient`]).
+    pub fn recipients(&self, run_id: &str) -> Result<Vec<RecipientRow>, JournalError> {
+        let mut v = Vec::new();
+        self.for_each_recipient::<JournalError>(run_id, |r| {
+            v.push(r);
+            Ok(())
+        })?;
+        Ok(v)
+    }
+
+    // ---- control ----------------------------------------------------------------------------
+
+    /// Record a pause/resume/cancel request for a campaign (the latest wins).
+    pub fn request_control(
+        &self,
+        campaign: &str,
+        req: ControlRequest,
+        by: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "INSERT INTO control(campaign, request, requested_at, requested_by) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(campaign) DO UPDATE SET request = excluded.request,
+                     requested_at = excluded.requested_at, requested_by = excluded.requested_by",
+                params![campaign, req.as_str(), ts(now), by],
+            )
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// The pending control request for a campaign, if any.
+    pub fn control(&self, campaign: &str) -> Result<Option<ControlRequest>, JournalError> {
+        let s: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT request FROM control WHERE campaign = ?1",
+                [campaign],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db())?;
+        s.map(|s| s.parse()).transpose()
+    }
+
+    /// Forget a campaign's control request (after acting on it).
+    pub fn clear_control(&self, campaign: &str) -> Result<(), JournalError> {
+        self.conn
+            .execute("DELETE FROM control WHERE campaign = ?1", [campaign])
+            .map_err(self.db())?;
+        Ok(())
+    }
+}
+
+struct RawRun {
+    id: String,
+    campaign: String,
+    occurrence: Option<String>,
+    plan_hash: String,
+    content_key: Option<String>,
+    action: String,
+    status: String,
+    flags: String,
+    is_test: bool,
+    created_at: String,
+    updated_at: String,
+    finished_at: Option<String>,
+    stop_reason: Option<String>,
+    audit: String,
+    limit_count: i64,
+    limit_window_ms: i64,
+    total_calls: i64,
+    continued_from: Option<String>,
+}
+
+impl RawRun {
+    fn into_info(self) -> Result<RunInfo, JournalError> {
+        let action = Action::ALL
+            .iter()
+            .copied()
+            .find(|a| a.as_str() == self.action)
+            .ok_or_else(|| JournalError::Corrupt(format!("action {:?}", self.action)))?;
+        Ok(RunInfo {
+            action,
+            status: self.status.parse()?,
+            flags: serde_json::from_str(&self.flags)
+                .map_err(|e| JournalError::Corrupt(format!("flags: {e}")))?,
+            audit: serde_json::from_str(&self.audit)
+                .map_err(|e| JournalError::Corrupt(format!("audit: {e}")))?,
+            created_at: parse_ts(&self.created_at)?,
+            updated_at: parse_ts(&self.updated_at)?,
+            finished_at: self.finished_at.as_deref().map(parse_ts).transpose()?,
+            limit: Limit::new(
+                self.limit_count.max(0) as u64,
+                Duration::from_millis(self.limit_window_ms.max(0) as u64),
+            ),
+            total_calls: self.total_calls.max(0) as u64,
+            id: self.id,
+            campaign: self.campaign,
+            occurrence: self.occurrence,
+            plan_hash: self.plan_hash,
+            content_key: self.content_key,
+            is_test: self.is_test,
+            stop_reason: self.stop_reason,
+            continued_from: self.continued_from,
+        })
+    }
+}
+
+/// A journal shared by async tasks: each operation runs on the blocking pool, never on a
+/// runtime thread.
+#[derive(Clone)]
+pub struct SharedJournal {
+    inner: std::sync::Arc<std::sync::Mutex<Journal>>,
+    path: PathBuf,
+}
+
+impl SharedJournal {
+    pub fn new(j: Journal) -> Self {
+        let path = j.path().to_path_buf();
+        SharedJournal {
+            inner: std::sync::Arc::new(std::sync::Mutex::new(j)),
+            path,
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` with the journal on the blocking pool.
+    pub async fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Journal) -> Result<R, JournalError> + Send + 'static,
+    ) -> Result<R, JournalError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut j = inner.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut j)
+        })
+        .await
+        .map_err(|e| JournalError::Corrupt(format!("journal worker failed: {e}")))?
+    }
+
+    /// Run `f` with the journal on this thread (for synchronous callers outside the runtime).
+    pub fn with_blocking<R>(&self, f: impl FnOnce(&mut Journal) -> R) -> R {
+        let mut j = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut j)
+    }
+}
+
+/// A run id: UTC start time plus a random suffix, e.g. `20260301T090000Z-3f9a`.
+pub fn new_run_id(now: Timestamp) -> String {
+    let t = now.strftime("%Y%m%dT%H%M%SZ");
+    format!("{t}-{:04x}", rand::random::<u16>())
+}
+
+/// Create a directory (and parents) readable by the owner only.
+pub fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
+    let io = |source| JournalError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        "2026-03-01T09:00:00Z".parse().expect("valid")
+    }
+
+    fn new_run(hash: &str) -> NewRun {
+        NewRun {
+            id: None,
+            campaign: "spring".into(),
+            occurrence: None,
+            plan_hash: hash.into(),
+            content_key: Some("content".into()),
+            action: Action::Batch,
+            flags: RunFlags::default(),
+            is_test: false,
+            audit: serde_json::json!({}),
+            limit: Limit::new(12_000, Duration::from_secs(60)),
+            total_calls: 1,
+        }
+    }
+
+    fn rows(suppress: &[u64]) -> Vec<SeedRow> {
+        (1..=4u64)
+            .map(|i| SeedRow {
+                line: i + 1,
+                id: Some(100 + i),
+                raw_id: (100 + i).to_string(),
+                status: if suppress.contains(&(100 + i)) {
+                    RecipientStatus::Suppressed
+                } else {
+                    RecipientStatus::Pending
+                },
+                call_seq: Some(0),
+                variant: Some("v".into()),
+                note: None,
+            })
+            .collect()
+    }
+
+    fn open(
+        j: &mut Journal,
+        hash: &str,
+        o: ResumeOptions,
+        r: Vec<SeedRow>,
+    ) -> Result<Opened, JournalError> {
+        let mut f = || -> SeedRows<'static, String> { Box::new(r.clone().into_iter().map(Ok)) };
+        j.open_run(&new_run(hash), o, &mut f, now())
+    }
+
+    #[test]
+    fn create_resume_change_and_suppression_only() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let run = open(&mut j, "h1", ResumeOptions::default(), rows(&[])).expect("create");
+        assert!(matches!(run, Opened::Created(_)));
+        let id = run.run().id.clone();
+        // The first call is in flight when the process dies.
+        j.mark_in_flight(&id, 0, "v", &[101, 102], None, now())
+            .expect("mark");
+        drop(j);
+        let mut j = Journal::open(d.path()).expect("reopen");
+        // Same hash: resumed, in-flight receivers become unknown.
+        match open(&mut j, "h1", ResumeOptions::default(), rows(&[])).expect("resume") {
+            Opened::Resumed { recovered, .. } => assert_eq!(recovered.unknown_recipients, 2),
+            other => panic!("expected resume, got {other:?}"),
+        }
+        assert_eq!(
+            j.sendable(&id, &[101, 102, 103], false).expect("q"),
+            vec![103]
+        );
+        assert_eq!(
+            j.sendable(&id, &[101, 102, 103], true).expect("q"),
+            vec![101, 102, 103]
+        );
+        // Changed hash, but only a new suppression: applied.
+        match open(&mut j, "h2", ResumeOptions::default(), rows(&[104])).expect("suppress") {
+            Opened::ResumedWithSuppressions {
+                newly_suppressed, ..
+            } => assert_eq!(newly_suppressed, 1),
+            other => panic!("expected suppression resume, got {other:?}"),
+        }
+        // Anything else changed: refused with exit 7.
+        let mut other = rows(&[104]);
+        other[2].id = Some(999);
+        let e = open(&mut j, "h3", ResumeOptions::default(), other).expect_err("changed");
+        assert_eq!(e.exit(), Exit::Changed);
+        assert!(e.to_string().contains("--continue-changed"), "{e}");
+    }
+
+    #[test]
+    fn continue_changed_skips_already_sent() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        j.mark_in_flight(&id, 0, "v", &[101], None, now())
+            .expect("mark");
+        j.record_outcome(
+            &id,
+            0,
+            CallState::Done,
+            &[RecipientUpdate {
+                id: 101,
+                status: RecipientStatus::Sent,
+                message_id: Some(7),
+                error_code: None,
+                error_message: None,
+                detail: None,
+            }],
+            None,
+            now(),
+        )
+        .expect("record");
+        let o = ResumeOptions {
+            continue_changed: true,
+            ..Default::default()
+        };
+        match open(&mut j, "h2", o, rows(&[])).expect("continue") {
+            Opened::Continued { run, from, skipped } => {
+                assert_eq!(from, id);
+                assert_eq!(skipped, 1);
+                assert_eq!(
+                    j.sendable(&run.id, &[101, 102], false).expect("q"),
+                    vec![102]
+                );
+                assert_eq!(
+                    j.run(&id).expect("q").expect("old").status,
+                    RunStatus::Cancelled
+                );
+            }
+            other => panic!("expected continue, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn finished_run_is_not_resent_without_new_run() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        j.set_status(&id, RunStatus::Finished, None, now())
+            .expect("finish");
+        assert!(matches!(
+            open(&mut j, "h1", ResumeOptions::default(), rows(&[])),
+            Ok(Opened::AlreadyFinished(_))
+        ));
+        let o = ResumeOptions {
+            new_run: true,
+            ..Default::default()
+        };
+        let r = open(&mut j, "h1", o, rows(&[])).expect("new run");
+        assert!(matches!(r, Opened::Created(ref run) if run.id != id));
+    }
+
+    #[test]
+    fn conversation_in_flight_is_replanned_not_unknown() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let mut nr = new_run("h1");
+        nr.action = Action::Conversation;
+        let r = rows(&[]);
+        let mut f = || -> SeedRows<'static, String> { Box::new(r.clone().into_iter().map(Ok)) };
+        let id = j
+            .open_run(&nr, ResumeOptions::default(), &mut f, now())
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        j.mark_in_flight(&id, 0, "v", &[101], Some("imcast-abc"), now())
+            .expect("mark");
+        let rec = j.recover(&id, Action::Conversation).expect("recover");
+        assert_eq!(rec.replanned_calls, 1);
+        assert_eq!(rec.unknown_recipients, 0);
+        assert_eq!(
+            j.sendable(&id, &[101], false).expect("q"),
+            vec![101],
+            "resent with the same ClientMsgId"
+        );
+    }
+
+    #[test]
+    fn control_requests_round_trip() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(d.path()).expect("open");
+        assert_eq!(j.control("c").expect("q"), None);
+        j.request_control("c", ControlRequest::Pause, Some("ops"), now())
+            .expect("req");
+        assert_eq!(j.control("c").expect("q"), Some(ControlRequest::Pause));
+        j.clear_control("c").expect("clear");
+        assert_eq!(j.control("c").expect("q"), None);
+    }
+}

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod cmd;
 pub mod exit;
+pub mod failpoint;
 pub mod logging;
 
 pub mod audience;

@@ -1,1 +1,436 @@
-//! TODO: report stage (placeholder until its issue lands).
+//! The one report writer: `reports/<campaign>/<run-id>/` with `recipients.csv`,
+//! `recipients.jsonl` (one row per audience row) and `summary.json` (counts per status, calls,
+//! duration, achieved rate vs limit, audit block). Generated from the journal only, so
+//! `imcast report` can rewrite it at any time and it always matches the journal.
+//!
+//! Invariants: every file is written to a temp file in the same directory and renamed into place
+//! (a reader never sees half a report); files are mode 0600 and directories 0700 (reports hold
+//! personal data); CSV cells that a spreadsheet would treat as a formula (leading `=`, `+`, `-`,
+//! `@`, tab or CR) are prefixed with `'`. Must not: send anything or change the journal.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::action::Action;
+use crate::journal::{
+    create_private_dir, CallState, Journal, JournalError, RecipientRow, RecipientStatus, RunFlags,
+    RunInfo,
+};
+
+/// Errors writing a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("writing report file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing report CSV {path}: {source}")]
+    Csv { path: PathBuf, source: csv::Error },
+    #[error("no run {0} in the journal")]
+    NoRun(String),
+}
+
+/// Who ran a run, from where, with what: recorded when the run is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Audit {
+    pub user: String,
+    pub host: String,
+    pub git_commit: Option<String>,
+    pub git_dirty: Option<bool>,
+    pub plan_hash: String,
+    pub access_key_id: Option<String>,
+    pub endpoint: String,
+    pub risky_flags: Vec<String>,
+    pub imcast_version: String,
+}
+
+impl Audit {
+    /// Gather the audit block for a run of a campaign in `repo_root` (runs `git` there if present).
+    pub fn collect(
+        repo_root: &Path,
+        plan_hash: &str,
+        access_key_id: Option<&str>,
+        endpoint: &str,
+        flags: &RunFlags,
+    ) -> Audit {
+        let (git_commit, git_dirty) = git_state(repo_root);
+        Audit {
+            user: std::env::var("USER")
+                .or_else(|_| std::env::var("USERNAME"))
+                .unwrap_or_else(|_| "unknown".into()),
+            host: crate::journal::hostname(),
+            git_commit,
+            git_dirty,
+            plan_hash: plan_hash.into(),
+            access_key_id: access_key_id.map(str::to_string),
+            endpoint: endpoint.into(),
+            risky_flags: flags.risky().into_iter().map(str::to_string).collect(),
+            imcast_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+fn git_state(root: &Path) -> (Option<String>, Option<bool>) {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = run(&["rev-parse", "HEAD"]).filter(|s| !s.is_empty());
+    let dirty = commit
+        .as_ref()
+        .and_then(|_| run(&["status", "--porcelain"]))
+        .map(|s| !s.is_empty());
+    (commit, dirty)
+}
+
+/// The report's paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportPaths {
+    pub dir: PathBuf,
+    pub csv: PathBuf,
+    pub jsonl: PathBuf,
+    pub summary: PathBuf,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub run_id: String,
+    pub campaign: String,
+    pub occurrence: Option<String>,
+    pub action: Action,
+    pub status: String,
+    pub stop_reason: Option<String>,
+    pub test: bool,
+    pub continued_from: Option<String>,
+    pub plan_hash: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub duration_seconds: f64,
+    /// Audience rows (= report rows).
+    pub rows: u64,
+    pub counts: BTreeMap<RecipientStatus, u64>,
+    pub calls: CallsSummary,
+    pub rate: RateSummary,
+    pub audit: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallsSummary {
+    pub planned: u64,
+    pub done: u64,
+    pub unknown: u64,
+    pub attempts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RateSummary {
+    /// What the limit counts: receivers (batch) or requests.
+    pub unit: &'static str,
+    pub limit: u64,
+    pub window_seconds: f64,
+    /// Units per window achieved over the run's duration.
+    pub achieved_per_window: f64,
+    /// achieved / limit.
+    pub share_of_limit: f64,
+}
+
+/// One row of recipients.csv / recipients.jsonl.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportRow {
+    pub line: u64,
+    pub id: Option<u64>,
+    pub raw_id: String,
+    pub status: RecipientStatus,
+    pub message_id: Option<u64>,
+    pub attempts: u32,
+    pub call: Option<u64>,
+    pub variant: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub detail: Option<String>,
+    pub time: Option<String>,
+}
+
+impl From<RecipientRow> for ReportRow {
+    fn from(r: RecipientRow) -> Self {
+        ReportRow {
+            line: r.line,
+            id: r.id,
+            raw_id: r.raw_id,
+            status: r.status,
+            message_id: r.message_id,
+            attempts: r.attempts,
+            call: r.call,
+            variant: r.variant,
+            error_code: r.error_code,
+            error_message: r.error_message,
+            detail: r.detail,
+            time: r.time,
+        }
+    }
+}
+
+/// Neutralize a cell a spreadsheet would evaluate as a formula.
+pub fn safe_cell(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}").into(),
+        _ => s.into(),
+    }
+}
+
+/// A path-safe directory name for a campaign.
+fn dir_name(s: &str) -> String {
+    let v: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if v.is_empty() || v.starts_with('.') {
+        format!("_{v}")
+    } else {
+        v
+    }
+}
+
+/// Where a run's report goes.
+pub fn report_dir(reports_dir: &Path, campaign: &str, run_id: &str) -> PathBuf {
+    reports_dir.join(dir_name(campaign)).join(dir_name(run_id))
+}
+
+/// Build the summary of a run from the journal.
+pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError> {
+    let counts = journal.counts(&run.id)?;
+    let calls = journal.call_counts(&run.id)?;
+    let attempts = journal.attempts(&run.id)?;
+    let rows: u64 = counts.values().sum();
+    let end = run.finished_at.unwrap_or(run.updated_at);
+    let duration = ((end.as_nanosecond() - run.created_at.as_nanosecond()).max(0) as f64) / 1e9;
+    let units = match run.action {
+        Action::Batch => [
+            RecipientStatus::Sent,
+            RecipientStatus::Failed,
+            RecipientStatus::Unknown,
+        ]
+        .iter()
+        .map(|s| counts.get(s).copied().unwrap_or(0))
+        .sum::<u64>(),
+        _ => {
+            calls.get(&CallState::Done).copied().unwrap_or(0)
+                + calls.get(&CallState::Unknown).copied().unwrap_or(0)
+        }
+    };
+    let window = run.limit.window.as_secs_f64();
+    let achieved = if duration > 0.0 {
+        units as f64 / duration * window
+    } else {
+        0.0
+    };
+    Ok(Summary {
+        run_id: run.id.clone(),
+        campaign: run.campaign.clone(),
+        occurrence: run.occurrence.clone(),
+        action: run.action,
+        status: run.status.to_string(),
+        stop_reason: run.stop_reason.clone(),
+        test: run.is_test,
+        continued_from: run.continued_from.clone(),
+        plan_hash: run.plan_hash.clone(),
+        started_at: run.created_at.to_string(),
+        finished_at: run.finished_at.map(|t| t.to_string()),
+        duration_seconds: (duration * 1000.0).round() / 1000.0,
+        rows,
+        counts,
+        calls: CallsSummary {
+            planned: run.total_calls,
+            done: calls.get(&CallState::Done).copied().unwrap_or(0),
+            unknown: calls.get(&CallState::Unknown).copied().unwrap_or(0),
+            attempts,
+        },
+        rate: RateSummary {
+            unit: if run.action == Action::Batch {
+                "receivers"
+            } else {
+                "requests"
+            },
+            limit: run.limit.limit,
+            window_seconds: window,
+            achieved_per_window: (achieved * 10.0).round() / 10.0,
+            share_of_limit: if run.limit.limit > 0 {
+                ((achieved / run.limit.limit as f64) * 1000.0).round() / 1000.0
+            } else {
+                0.0
+            },
+        },
+        audit: run.audit.clone(),
+    })
+}
+
+/// Write (or rewrite) the report of run `run_id` under `reports_dir`.
+pub fn write_report(
+    journal: &Journal,
+    run_id: &str,
+    reports_dir: &Path,
+) -> Result<ReportPaths, ReportError> {
+    let run = journal
+        .run(run_id)?
+        .ok_or_else(|| ReportError::NoRun(run_id.into()))?;
+    let dir = report_dir(reports_dir, &run.campaign, &run.id);
+    create_private_dir(&dir)?;
+    let paths = ReportPaths {
+        csv: dir.join("recipients.csv"),
+        jsonl: dir.join("recipients.jsonl"),
+        summary: dir.join("summary.json"),
+        dir,
+    };
+
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io {
+            path: path.clone(),
+            source,
+        }
+    };
+    let csv_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Csv {
+            path: path.clone(),
+            source,
+        }
+    };
+
+    let mut csv_tmp = tempfile::Builder::new()
+        .prefix(".recipients.csv.")
+        .tempfile_in(&paths.dir)
+        .map_err(io(&paths.csv))?;
+    let mut jsonl_tmp = tempfile::Builder::new()
+        .prefix(".recipients.jsonl.")
+        .tempfile_in(&paths.dir)
+        .map_err(io(&paths.jsonl))?;
+    {
+        let mut w = csv::Writer::from_writer(BufWriter::new(csv_tmp.as_file_mut()));
+        let mut jw = BufWriter::new(jsonl_tmp.as_file_mut());
+        w.write_record([
+            "line",
+            "id",
+            "raw_id",
+            "status",
+            "message_id",
+            "attempts",
+            "call",
+            "variant",
+            "error_code",
+            "error_message",
+            "detail",
+            "time",
+        ])
+        .map_err(csv_err(&paths.csv))?;
+        journal.for_each_recipient::<ReportError>(&run.id, |r| {
+            let row = ReportRow::from(r);
+            let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
+            let s = |v: &Option<String>| v.clone().unwrap_or_default();
+            let cells = [
+                row.line.to_string(),
+                opt(row.id),
+                row.raw_id.clone(),
+                row.status.to_string(),
+                opt(row.message_id),
+                row.attempts.to_string(),
+                opt(row.call),
+                s(&row.variant),
+                s(&row.error_code),
+                s(&row.error_message),
+                s(&row.detail),
+                s(&row.time),
+            ];
+            w.write_record(cells.iter().map(|c| safe_cell(c).into_owned()))
+                .map_err(csv_err(&paths.csv))?;
+            serde_json::to_writer(&mut jw, &row).map_err(|e| ReportError::Io {
+                path: paths.jsonl.clone(),
+                source: e.into(),
+            })?;
+            jw.write_all(b"\n").map_err(io(&paths.jsonl))?;
+            Ok(())
+        })?;
+        w.flush().map_err(io(&paths.csv))?;
+        jw.flush().map_err(io(&paths.jsonl))?;
+    }
+    let summary = summary(journal, &run)?;
+    let mut sum_tmp = tempfile::Builder::new()
+        .prefix(".summary.json.")
+        .tempfile_in(&paths.dir)
+        .map_err(io(&paths.summary))?;
+    serde_json::to_writer_pretty(sum_tmp.as_file_mut(), &summary).map_err(|e| ReportError::Io {
+        path: paths.summary.clone(),
+        source: e.into(),
+    })?;
+    sum_tmp
+        .as_file_mut()
+        .write_all(b"\n")
+        .map_err(io(&paths.summary))?;
+
+    for (tmp, path) in [
+        (csv_tmp, &paths.csv),
+        (jsonl_tmp, &paths.jsonl),
+        (sum_tmp, &paths.summary),
+    ] {
+        tmp.as_file().sync_all().map_err(io(path))?;
+        set_private(tmp.path()).map_err(io(path))?;
+        tmp.persist(path).map_err(|e| ReportError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+    }
+    Ok(paths)
+}
+
+fn set_private(p: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    let _ = p;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_neutralized() {
+        assert_eq!(safe_cell("=1+2"), "'=1+2");
+        assert_eq!(safe_cell("+1"), "'+1");
+        assert_eq!(safe_cell("-5"), "'-5");
+        assert_eq!(safe_cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(safe_cell("12345"), "12345");
+        assert_eq!(safe_cell(""), "");
+    }
+
+    #[test]
+    fn dir_names_are_path_safe() {
+        assert_eq!(dir_name("spring-sale"), "spring-sale");
+        assert_eq!(dir_name("../etc"), "_.._etc");
+        assert_eq!(dir_name("a/b"), "a_b");
+    }
+}

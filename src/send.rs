@@ -1,1 +1,1124 @@
-//! TODO: send stage (placeholder until its issue lands).
+//! The send engine: takes the calls to make, throttles them through the account-wide limiter,
+//! journals every attempt, retries what is safe to retry, and gives every recipient one status.
+//!
+//! It is generic over two traits so it does not depend on the plan or the provider client:
+//! [`CallSource`] yields the calls in plan order and [`Transport`] makes one call. At integration
+//! a thin adapter implements each (plan → `CallSource`, `provider::Client` → `Transport`, mapping
+//! `provider::ErrorClass` onto [`ErrorClass`] with a `match`).
+//!
+//! Invariants:
+//! - No call starts without a limiter admission; at most `max_in_flight` calls are in flight.
+//! - The in-flight mark is committed before the request leaves; the per-recipient outcome is
+//!   committed before the call counts as done; a failed journal write stops the run.
+//! - `NotProcessed` errors are retried with backoff up to `retry_max_attempts`; a 429 also slows
+//!   the limiter and does not use up attempts; recipients are never dropped (they end `failed`).
+//! - An `Unknown` outcome makes a batch/P2P call's receivers `unknown` and they are never resent
+//!   silently; SendMessage calls carry a stable ClientMsgId ([`client_msg_id`]) and are retried.
+//! - A `Fatal` error, the failure breaker, a deadline, a control request or a stop signal stops
+//!   starting calls; in-flight calls are waited for and committed.
+//!
+//! Must not: read the system clock (time comes from the limiter's [`Clock`]), print anything
+//! (progress goes to a callback rendered at the command edge), or block a runtime thread.
+
+pub mod breaker;
+pub mod fake;
+pub mod stop;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::action::Action;
+use crate::clock::SharedClock;
+use crate::config::{BreakerSettings, Limit};
+use crate::exit::Exit;
+use crate::failpoint::{self, Point};
+use crate::journal::{
+    CallState, ControlRequest, JournalError, RecipientStatus, RecipientUpdate, RunStatus,
+    SharedJournal,
+};
+use crate::throttle::{Acquired, Limiter, ThrottleError};
+
+pub use breaker::Breaker;
+pub use stop::StopToken;
+
+/// One call of the plan: its number, content variant, receivers and an opaque payload the
+/// transport turns into the request (e.g. the rendered Content and ext).
+#[derive(Debug, Clone)]
+pub struct Call<P> {
+    pub seq: u64,
+    pub variant: String,
+    /// Batch: user ids (≤ 500); conversation/P2P: exactly one conversation id.
+    pub receivers: Vec<u64>,
+    pub payload: P,
+}
+
+/// The iterator a [`CallSource`] returns.
+pub type Calls<'a, P, E> = Box<dyn Iterator<Item = Result<Call<P>, E>> + 'a>;
+
+/// The calls to make, in plan order. Iterated on a dedicated thread (it may re-render).
+pub trait CallSource: Send + Sync + 'static {
+    type Payload: Send + Sync + 'static;
+    type Error: std::fmt::Display + Send + 'static;
+    fn calls(&self) -> Calls<'_, Self::Payload, Self::Error>;
+}
+
+/// One attempt of a call as the transport sees it: only the receivers still to send.
+#[derive(Debug, Clone)]
+pub struct OutgoingCall<P> {
+    pub seq: u64,
+    pub variant: String,
+    pub receivers: Vec<u64>,
+    pub payload: Arc<P>,
+    /// SendMessage only: stable across attempts and restarts.
+    pub client_msg_id: Option<String>,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// When the limiter admitted this attempt (the start the account limit counts).
+    pub admitted_at: Timestamp,
+}
+
+/// One user in a P2PSendMessage answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct P2pUser {
+    pub user_id: u64,
+    /// `SUCCESS` or `NOT_ONLINE`.
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_platform: Option<String>,
+}
+
+/// What the provider answered to a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// BatchSendMessage: message id per receiver, and the receivers it refused.
+    Batch {
+        message_ids: BTreeMap<u64, u64>,
+        failed: Vec<u64>,
+    },
+    /// SendMessage: the one message id.
+    Message { message_id: u64 },
+    /// P2PSendMessage: per-user results.
+    P2p { results: Vec<P2pUser> },
+}
+
+/// How a failed call may be handled (mirrors `provider::ErrorClass`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ErrorClass {
+    /// Not processed: safe to resend.
+    NotProcessed,
+    /// The local clock is off (signature time check): stop and say so.
+    Clock,
+    /// Will not succeed by retrying (credentials, parameters): stop the run.
+    Fatal,
+    /// May have been processed.
+    Unknown,
+}
+
+/// A failed call attempt, as the transport classifies it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TransportError {
+    pub class: ErrorClass,
+    /// HTTP 429 / the provider's rate-limit code.
+    pub rate_limited: bool,
+    pub code: Option<String>,
+    pub http_status: Option<u16>,
+    /// What happened and what to do (never secrets).
+    pub message: String,
+    /// Credentials or access were refused (exit 5).
+    pub access: bool,
+}
+
+impl TransportError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        TransportError {
+            class,
+            rate_limited: false,
+            code: None,
+            http_status: None,
+            message: message.into(),
+            access: false,
+        }
+    }
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+    pub fn rate_limited(mut self) -> Self {
+        self.rate_limited = true;
+        self
+    }
+}
+
+/// Makes one provider call.
+pub trait Transport: Send + Sync + 'static {
+    type Payload: Send + Sync + 'static;
+    fn send(
+        &self,
+        call: &OutgoingCall<Self::Payload>,
+    ) -> impl Future<Output = Result<CallOutcome, TransportError>> + Send;
+}
+
+/// The SendMessage ClientMsgId: stable for (run key, conversation, content), so a resend after a
+/// timeout or a crash is deduplicated by the provider.
+pub fn client_msg_id(run_key: &str, conversation: u64, content_hash: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(run_key.as_bytes());
+    h.update([0]);
+    h.update(conversation.to_string().as_bytes());
+    h.update([0]);
+    h.update(content_hash.as_bytes());
+    let d = h.finalize();
+    format!("imcast-{}", &hex::encode(d)[..32])
+}
+
+/// Engine settings for one run.
+#[derive(Clone)]
+pub struct EngineConfig {
+    pub run_id: String,
+    pub campaign: String,
+    pub action: Action,
+    pub max_in_flight: usize,
+    /// Attempts per call for `NotProcessed` errors (and `Unknown` for SendMessage), ≥ 1.
+    pub retry_max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// 429s retried per call before the call is given up as failed.
+    pub max_rate_limited_retries: u32,
+    pub breaker: BreakerSettings,
+    pub deadline: Option<Timestamp>,
+    pub resend_unknown: bool,
+    /// Stable key for ClientMsgIds (the run id).
+    pub run_key: String,
+    /// How often (clock time) to look for pause/cancel requests in the journal.
+    pub control_every: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(run_id: &str, campaign: &str, action: Action) -> Self {
+        EngineConfig {
+            run_id: run_id.into(),
+            campaign: campaign.into(),
+            action,
+            max_in_flight: if action == Action::Batch { 4 } else { 16 },
+            retry_max_attempts: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            max_rate_limited_retries: 50,
+            breaker: BreakerSettings::default(),
+            deadline: None,
+            resend_unknown: false,
+            run_key: run_id.into(),
+            control_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where a run stands, for progress display.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Progress {
+    pub run_id: String,
+    /// Recipients per status (whole run, including earlier sessions).
+    pub counts: BTreeMap<RecipientStatus, u64>,
+    /// Calls finished in this session.
+    pub calls_done: u64,
+    /// Recipients (batch) or requests counted by the limiter in this session.
+    pub units_done: u64,
+    pub started: String,
+    pub elapsed_secs: f64,
+    /// Units per second achieved in this session.
+    pub rate: f64,
+    pub limit: Limit,
+}
+
+impl Progress {
+    pub fn pending(&self) -> u64 {
+        self.counts
+            .get(&RecipientStatus::Pending)
+            .copied()
+            .unwrap_or(0)
+    }
+    pub fn deliverable_total(&self) -> u64 {
+        self.counts
+            .iter()
+            .filter(|(s, _)| {
+                !matches!(
+                    s,
+                    RecipientStatus::Invalid
+                        | RecipientStatus::Duplicate
+                        | RecipientStatus::Suppressed
+                )
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+    pub fn settled(&self) -> u64 {
+        self.deliverable_total() - self.pending()
+    }
+}
+
+/// Receives progress after each call (rendered at the command edge).
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Why the engine stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum StopReason {
+    /// Every call was made.
+    Completed,
+    /// The deadline passed; pending recipients are `expired`.
+    Deadline,
+    /// The failure breaker tripped; the run is paused.
+    Breaker { message: String },
+    /// The provider refused in a way retrying cannot fix; the run is paused.
+    Fatal {
+        message: String,
+        code: Option<String>,
+        access: bool,
+        clock: bool,
+    },
+    /// A stop signal; the run is interrupted (resumable).
+    Interrupted,
+    /// A pause request; the run is paused.
+    Paused,
+    /// A cancel request; pending recipients are `cancelled`.
+    Cancelled,
+}
+
+/// The end of an engine session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEnd {
+    pub reason: StopReason,
+    pub status: RunStatus,
+    pub counts: BTreeMap<RecipientStatus, u64>,
+    pub calls_done: u64,
+    pub started: Timestamp,
+    pub ended: Timestamp,
+}
+
+impl RunEnd {
+    /// The exit code (SIGTERM callers map `Interrupted` to 143 themselves).
+    pub fn exit(&self) -> Exit {
+        match &self.reason {
+            StopReason::Completed | StopReason::Deadline => {
+                let bad: u64 = [
+                    RecipientStatus::Failed,
+                    RecipientStatus::Unknown,
+                    RecipientStatus::Expired,
+                ]
+                .iter()
+                .map(|s| self.counts.get(s).copied().unwrap_or(0))
+                .sum();
+                if bad > 0 || self.status != RunStatus::Finished {
+                    Exit::Incomplete
+                } else {
+                    Exit::Ok
+                }
+            }
+            StopReason::Breaker { .. } => Exit::Breaker,
+            StopReason::Fatal { access: true, .. } => Exit::Access,
+            StopReason::Fatal { .. } => Exit::Internal,
+            StopReason::Interrupted => Exit::Interrupted,
+            StopReason::Paused | StopReason::Cancelled => Exit::Ok,
+        }
+    }
+}
+
+/// Errors that stop the engine without a clean run status.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("journal write failed, the run stopped: {0}")]
+    Journal(#[from] JournalError),
+    #[error("{0}")]
+    Throttle(#[from] ThrottleError),
+    #[error("building call {seq}: {message}")]
+    Source { seq: u64, message: String },
+    #[error("send task failed: {0}")]
+    Task(String),
+}
+
+impl EngineError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            EngineError::Journal(j) => match j.exit() {
+                Exit::Busy => Exit::Busy,
+                _ => Exit::Internal,
+            },
+            EngineError::Source { .. } => Exit::Invalid,
+            _ => Exit::Internal,
+        }
+    }
+}
+
+/// The engine for one run session.
+pub struct Engine<T: Transport> {
+    cfg: EngineConfig,
+    journal: SharedJournal,
+    limiter: Limiter,
+    transport: Arc<T>,
+    clock: SharedClock,
+    stop: StopToken,
+    progress: Option<ProgressFn>,
+}
+
+struct Work<P> {
+    seq: u64,
+    variant: String,
+    receivers: Vec<u64>,
+    payload: Arc<P>,
+}
+
+enum Produced<P> {
+    Work(Work<P>),
+    Error { seq: u64, message: String },
+}
+
+/// How one call ended, for the breaker and progress.
+#[derive(Debug, Clone, Copy, Default)]
+struct CallEnd {
+    receivers: u64,
+    failed: u64,
+    units: u64,
+    done: bool,
+}
+
+struct Shared {
+    stop: Option<StopReason>,
+    error: Option<EngineError>,
+    breaker: Breaker,
+    counts: BTreeMap<RecipientStatus, u64>,
+    calls_done: u64,
+    units_done: u64,
+}
+
+struct Ctx<T: Transport> {
+    cfg: EngineConfig,
+    journal: SharedJournal,
+    limiter: Limiter,
+    transport: Arc<T>,
+    clock: SharedClock,
+    stop: StopToken,
+    shared: Mutex<Shared>,
+    progress: Option<ProgressFn>,
+    started: Timestamp,
+}
+
+impl<T: Transport> Engine<T> {
+    pub fn new(
+        cfg: EngineConfig,
+        journal: SharedJournal,
+        limiter: Limiter,
+        transport: Arc<T>,
+        clock: SharedClock,
+        stop: StopToken,
+    ) -> Self {
+        Engine {
+            cfg,
+            journal,
+            limiter,
+            transport,
+            clock,
+            stop,
+            progress: None,
+        }
+    }
+
+    /// Report progress to `f` after each call.
+    pub fn with_progress(mut self, f: ProgressFn) -> Self {
+        self.progress = Some(f);
+        self
+    }
+
+    /// Send every call of `source` still to send in this run, then settle the run's status.
+    pub async fn run<S>(self, source: Arc<S>) -> Result<RunEnd, EngineError>
+    where
+        S: CallSource<Payload = T::Payload>,
+    {
+        let started = self.clock.now();
+        let run_id = self.cfg.run_id.clone();
+        let counts = self.journal.with(move |j| j.counts(&run_id)).await?;
+        let ctx = Arc::new(Ctx {
+            cfg: self.cfg.clone(),
+            journal: self.journal.clone(),
+            limiter: self.limiter.clone(),
+            transport: self.transport.clone(),
+            clock: self.clock.clone(),
+            stop: self.stop.clone(),
+            shared: Mutex::new(Shared {
+                stop: None,
+                error: None,
+                breaker: Breaker::new(self.cfg.breaker),
+                counts,
+                calls_done: 0,
+                units_done: 0,
+            }),
+            progress: self.progress.clone(),
+            started,
+        });
+
+        // Producer: iterate the plan on its own thread, keep only receivers still to send.
+        let (tx, mut rx) = mpsc::channel::<Produced<T::Payload>>(self.cfg.max_in_flight.max(1) * 2);
+        let db_path = self.journal.path().to_path_buf();
+        let run_id = self.cfg.run_id.clone();
+        let resend_unknown = self.cfg.resend_unknown;
+        let producer = std::thread::Builder::new()
+            .name("imcast-plan".into())
+            .spawn(move || produce(source, &db_path, &run_id, resend_unknown, tx))
+            .map_err(|e| EngineError::Task(e.to_string()))?;
+
+        let sem = Arc::new(Semaphore::new(self.cfg.max_in_flight.max(1)));
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut next_control = started;
+        loop {
+            while let Some(r) = tasks.try_join_next() {
+                if let Err(e) = r {
+                    ctx.set_error(EngineError::Task(e.to_string()));
+                }
+            }
+            if ctx.should_stop() {
+                break;
+            }
+            if self.stop.is_stopped() {
+                ctx.set_stop(StopReason::Interrupted);
+                break;
+            }
+            let now = self.clock.now();
+            if let Some(d) = self.cfg.deadline {
+                if now >= d {
+                    ctx.set_stop(StopReason::Deadline);
+                    break;
+                }
+            }
+            if now >= next_control {
+                next_control = now
+                    + jiff::SignedDuration::try_from(self.cfg.control_every).unwrap_or_default();
+                let campaign = self.cfg.campaign.clone();
+                match self
+                    .journal
+                    .with(move |j| {
+                        let c = j.control(&campaign)?;
+                        if matches!(
+                            c,
+                            Some(ControlRequest::Pause) | Some(ControlRequest::Cancel)
+                        ) {
+                            j.clear_control(&campaign)?;
+                        }
+                        Ok(c)
+                    })
+                    .await
+                {
+                    Ok(Some(ControlRequest::Pause)) => {
+                        ctx.set_stop(StopReason::Paused);
+                        break;
+                    }
+                    Ok(Some(ControlRequest::Cancel)) => {
+                        ctx.set_stop(StopReason::Cancelled);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        ctx.set_error(e.into());
+                        break;
+                    }
+                }
+            }
+            let item = tokio::select! {
+                biased;
+                _ = self.stop.stopped() => { ctx.set_stop(StopReason::Interrupted); break; }
+                item = rx.recv() => item,
+            };
+            let work = match item {
+                None => break,
+                Some(Produced::Error { seq, message }) => {
+                    ctx.set_error(EngineError::Source { seq, message });
+                    break;
+                }
+                Some(Produced::Work(w)) => w,
+            };
+            let permit = tokio::select! {
+                biased;
+                _ = self.stop.stopped() => { ctx.set_stop(StopReason::Interrupted); break; }
+                p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            if ctx.should_stop() {
+                break;
+            }
+            let c = ctx.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                c.process(work).await;
+            });
+        }
+        drop(rx);
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r {
+                ctx.set_error(EngineError::Task(e.to_string()));
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || producer.join()).await;
+        ctx.finish().await
+    }
+}
+
+fn produce<S: CallSource>(
+    source: Arc<S>,
+    db_path: &std::path::Path,
+    run_id: &str,
+    resend_unknown: bool,
+    tx: mpsc::Sender<Produced<S::Payload>>,
+) {
+    let reader = match crate::journal::Journal::open_path(db_path) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.blocking_send(Produced::Error {
+                seq: 0,
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
+    let mut last_seq = 0;
+    for call in source.calls() {
+        let call = match call {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.blocking_send(Produced::Error {
+                    seq: last_seq,
+                    message: e.to_string(),
+                });
+                return;
+            }
+        };
+        last_seq = call.seq;
+        let receivers = match reader.sendable(run_id, &call.receivers, resend_unknown) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.blocking_send(Produced::Error {
+                    seq: call.seq,
+                    message: e.to_string(),
+                });
+                return;
+            }
+        };
+        if receivers.is_empty() {
+            continue;
+        }
+        let w = Work {
+            seq: call.seq,
+            variant: call.variant,
+            receivers,
+            payload: Arc::new(call.payload),
+        };
+        if tx.blocking_send(Produced::Work(w)).is_err() {
+            return;
+        }
+    }
+}
+
+enum Attempt {
+    Retry,
+    End(CallEnd),
+    Stop,
+}
+
+impl<T: Transport> Ctx<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn should_stop(&self) -> bool {
+        let s = self.lock();
+        s.stop.is_some() || s.error.is_some()
+    }
+
+    fn set_stop(&self, r: StopReason) {
+        let mut s = self.lock();
+        if s.stop.is_none() {
+            s.stop = Some(r);
+        }
+    }
+
+    fn set_error(&self, e: EngineError) {
+        let mut s = self.lock();
+        if s.error.is_none() {
+            s.error = Some(e);
+        }
+    }
+
+    fn units(&self, receivers: usize) -> u64 {
+        if self.cfg.action == Action::Batch {
+            receivers as u64
+        } else {
+            1
+        }
+    }
+
+    async fn process(&self, work: Work<T::Payload>) {
+        let client_msg_id = (self.cfg.action == Action::Conversation).then(|| {
+            client_msg_id(
+                &self.cfg.run_key,
+                work.receivers.first().copied().unwrap_or(0),
+                &work.variant,
+            )
+        });
+        let mut attempt: u32 = 0;
+        let mut rate_limited: u32 = 0;
+        loop {
+            match self
+                .attempt(&work, &client_msg_id, &mut attempt, &mut rate_limited)
+                .await
+            {
+                Ok(Attempt::Retry) => continue,
+                Ok(Attempt::Stop) => return,
+                Ok(Attempt::End(end)) => {
+                    self.call_ended(&work, end).await;
+                    return;
+                }
+                Err(e) => {
+                    self.set_error(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        work: &Work<T::Payload>,
+        client_msg_id: &Option<String>,
+        attempt: &mut u32,
+        rate_limited: &mut u32,
+    ) -> Result<Attempt, EngineError> {
+        let units = self.units(work.receivers.len());
+        let acquired = tokio::select! {
+            biased;
+            _ = self.stop.stopped() => return Ok(Attempt::Stop),
+            a = self.limiter.acquire(units, self.cfg.deadline) => a?,
+        };
+        let admitted_at = match acquired {
+            Acquired::At(t) => t,
+            Acquired::Deadline => {
+                self.set_stop(StopReason::Deadline);
+                return Ok(Attempt::Stop);
+            }
+        };
+        // A stop requested while waiting for the limiter: do not start.
+        if self.stop.is_stopped() || self.should_stop() {
+            return Ok(Attempt::Stop);
+        }
+        *attempt += 1;
+        let (run, seq, variant, recv, cmid, now) = (
+            self.cfg.run_id.clone(),
+            work.seq,
+            work.variant.clone(),
+            work.receivers.clone(),
+            client_msg_id.clone(),
+            self.clock.now(),
+        );
+        self.journal
+            .with(move |j| j.mark_in_flight(&run, seq, &variant, &recv, cmid.as_deref(), now))
+            .await?;
+        failpoint::hit(Point::AfterMark);
+        let out = OutgoingCall {
+            seq: work.seq,
+            variant: work.variant.clone(),
+            receivers: work.receivers.clone(),
+            payload: work.payload.clone(),
+            client_msg_id: client_msg_id.clone(),
+            attempt: *attempt,
+            admitted_at,
+        };
+        let res = self.transport.send(&out).await;
+        failpoint::hit(Point::AfterResponse);
+        let now = self.clock.now();
+        match res {
+            Ok(outcome) => {
+                self.limiter.on_success();
+                let updates = outcome_updates(&work.receivers, &outcome);
+                let failed = updates
+                    .iter()
+                    .filter(|u| {
+                        matches!(u.status, RecipientStatus::Failed | RecipientStatus::Unknown)
+                    })
+                    .count() as u64;
+                self.record(work.seq, CallState::Done, updates, None, now)
+                    .await?;
+                Ok(Attempt::End(CallEnd {
+                    receivers: work.receivers.len() as u64,
+                    failed,
+                    units,
+                    done: true,
+                }))
+            }
+            Err(e) => {
+                let code = e.code.clone().unwrap_or_else(|| match e.http_status {
+                    Some(s) => format!("HTTP{s}"),
+                    None => format!("{:?}", e.class),
+                });
+                match e.class {
+                    ErrorClass::NotProcessed => {
+                        let retry = if e.rate_limited {
+                            self.limiter.on_rate_limited();
+                            *rate_limited += 1;
+                            // 429s do not use up attempts.
+                            *attempt -= 1;
+                            *rate_limited <= self.cfg.max_rate_limited_retries
+                        } else {
+                            *attempt < self.cfg.retry_max_attempts.max(1)
+                        };
+                        if retry {
+                            self.retry_later(work.seq, &code, &e.message, *attempt)
+                                .await
+                        } else {
+                            let updates =
+                                all(&work.receivers, RecipientStatus::Failed, &code, &e.message);
+                            self.record(
+                                work.seq,
+                                CallState::Done,
+                                updates,
+                                Some((&code, &e.message)),
+                                now,
+                            )
+                            .await?;
+                            Ok(Attempt::End(CallEnd {
+                                receivers: work.receivers.len() as u64,
+                                failed: work.receivers.len() as u64,
+                                units,
+                                done: false,
+                            }))
+                        }
+                    }
+                    ErrorClass::Unknown => {
+                        if self.cfg.action == Action::Conversation
+                            && *attempt < self.cfg.retry_max_attempts.max(1)
+                        {
+                            return self
+                                .retry_later(work.seq, &code, &e.message, *attempt)
+                                .await;
+                        }
+                        let msg = format!(
+                            "{} (the provider may have delivered it; not resent without --resend-unknown)",
+                            e.message
+                        );
+                        let updates = all(&work.receivers, RecipientStatus::Unknown, &code, &msg);
+                        self.record(
+                            work.seq,
+                            CallState::Unknown,
+                            updates,
+                            Some((&code, &msg)),
+                            now,
+                        )
+                        .await?;
+                        Ok(Attempt::End(CallEnd {
+                            receivers: work.receivers.len() as u64,
+                            failed: work.receivers.len() as u64,
+                            units,
+                            done: false,
+                        }))
+                    }
+                    ErrorClass::Fatal | ErrorClass::Clock => {
+                        let (run, seq, c, m) = (
+                            self.cfg.run_id.clone(),
+                            work.seq,
+                            code.clone(),
+                            e.message.clone(),
+                        );
+                        self.journal
+                            .with(move |j| j.mark_retry(&run, seq, Some(&c), &m, now))
+                            .await?;
+                        self.set_stop(StopReason::Fatal {
+                            message: e.message.clone(),
+                            code: e.code.clone(),
+                            access: e.access,
+                            clock: e.class == ErrorClass::Clock,
+                        });
+                        Ok(Attempt::Stop)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn retry_later(
+        &self,
+        seq: u64,
+        code: &str,
+        message: &str,
+        attempt: u32,
+    ) -> Result<Attempt, EngineError> {
+        let (run, c, m, now) = (
+            self.cfg.run_id.clone(),
+            code.to_string(),
+            message.to_string(),
+            self.clock.now(),
+        );
+        self.journal
+            .with(move |j| j.mark_retry(&run, seq, Some(&c), &m, now))
+            .await?;
+        let exp = attempt.saturating_sub(1).min(16);
+        let wait = self
+            .cfg
+            .backoff_base
+            .saturating_mul(1u32 << exp)
+            .min(self.cfg.backoff_max);
+        if let Some(d) = self.cfg.deadline {
+            if self.clock.now() + jiff::SignedDuration::try_from(wait).unwrap_or_default() >= d {
+                self.set_stop(StopReason::Deadline);
+                return Ok(Attempt::Stop);
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = self.stop.stopped() => Ok(Attempt::Stop),
+            _ = self.clock.sleep(wait) => Ok(Attempt::Retry),
+        }
+    }
+
+    async fn record(
+        &self,
+        seq: u64,
+        state: CallState,
+        updates: Vec<RecipientUpdate>,
+        error: Option<(&str, &str)>,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        let run = self.cfg.run_id.clone();
+        let error = error.map(|(c, m)| (c.to_string(), m.to_string()));
+        let delta: Vec<RecipientStatus> = updates.iter().map(|u| u.status).collect();
+        self.journal
+            .with(move |j| {
+                j.record_outcome(
+                    &run,
+                    seq,
+                    state,
+                    &updates,
+                    error.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+                    now,
+                )
+            })
+            .await?;
+        let mut s = self.lock();
+        for st in delta {
+            *s.counts.entry(st).or_default() += 1;
+            let p = s.counts.entry(RecipientStatus::Pending).or_default();
+            *p = p.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    async fn call_ended(&self, _work: &Work<T::Payload>, end: CallEnd) {
+        let progress = {
+            let mut s = self.lock();
+            s.calls_done += 1;
+            s.units_done += end.units;
+            let _ = end.done;
+            if let Some(msg) = s.breaker.record(end.receivers, end.failed) {
+                if s.stop.is_none() {
+                    s.stop = Some(StopReason::Breaker { message: msg });
+                }
+            }
+            self.progress.as_ref().map(|_| self.snapshot(&s))
+        };
+        if let (Some(f), Some(p)) = (&self.progress, progress) {
+            f(&p);
+        }
+    }
+
+    fn snapshot(&self, s: &Shared) -> Progress {
+        let now = self.clock.now();
+        let elapsed = (now.as_nanosecond() - self.started.as_nanosecond()).max(0) as f64 / 1e9;
+        Progress {
+            run_id: self.cfg.run_id.clone(),
+            counts: s.counts.clone(),
+            calls_done: s.calls_done,
+            units_done: s.units_done,
+            started: self.started.to_string(),
+            elapsed_secs: elapsed,
+            rate: if elapsed > 0.0 {
+                s.units_done as f64 / elapsed
+            } else {
+                0.0
+            },
+            limit: self.limiter.limit(),
+        }
+    }
+
+    async fn finish(&self) -> Result<RunEnd, EngineError> {
+        let (reason, error, calls_done) = {
+            let mut s = self.lock();
+            (s.stop.take(), s.error.take(), s.calls_done)
+        };
+        let now = self.clock.now();
+        let run = self.cfg.run_id.clone();
+        if let Some(e) = error {
+            // Best effort: leave the run resumable with the reason; the error is what counts.
+            let msg = e.to_string();
+            let _ = self
+                .journal
+                .with(move |j| j.set_status(&run, RunStatus::Paused, Some(&msg), now))
+                .await;
+            return Err(e);
+        }
+        let reason = reason.unwrap_or(StopReason::Completed);
+        let r = reason.clone();
+        let (status, counts) = self
+            .journal
+            .with(move |j| {
+                let status = match &r {
+                    StopReason::Completed => {
+                        if j.count_status(&run, RecipientStatus::Pending)? == 0 {
+                            RunStatus::Finished
+                        } else {
+                            RunStatus::Paused
+                        }
+                    }
+                    StopReason::Deadline => {
+                        j.expire_pending(&run, now)?;
+                        RunStatus::Finished
+                    }
+                    StopReason::Cancelled => {
+                        j.cancel_pending(&run, now)?;
+                        RunStatus::Cancelled
+                    }
+                    StopReason::Interrupted => RunStatus::Interrupted,
+                    StopReason::Breaker { .. } | StopReason::Fatal { .. } | StopReason::Paused => {
+                        RunStatus::Paused
+                    }
+                };
+                let why = match &r {
+                    StopReason::Completed if status == RunStatus::Paused => {
+                        Some("calls ended with recipients still pending".to_string())
+                    }
+                    StopReason::Completed => None,
+                    StopReason::Deadline => Some("deadline passed".into()),
+                    StopReason::Breaker { message } => Some(message.clone()),
+                    StopReason::Fatal { message, .. } => Some(message.clone()),
+                    StopReason::Interrupted => Some("interrupted by a signal".into()),
+                    StopReason::Paused => Some("paused by request".into()),
+                    StopReason::Cancelled => Some("cancelled by request".into()),
+                };
+                j.set_status(&run, status, why.as_deref(), now)?;
+                Ok((status, j.counts(&run)?))
+            })
+            .await?;
+        Ok(RunEnd {
+            reason,
+            status,
+            counts,
+            calls_done,
+            started: self.started,
+            ended: now,
+        })
+    }
+}
+
+fn all(ids: &[u64], status: RecipientStatus, code: &str, msg: &str) -> Vec<RecipientUpdate> {
+    ids.iter()
+        .map(|&id| RecipientUpdate {
+            id,
+            status,
+            message_id: None,
+            error_code: Some(code.to_string()),
+            error_message: Some(msg.to_string()),
+            detail: None,
+        })
+        .collect()
+}
+
+/// Per-recipient statuses from a provider answer.
+pub fn outcome_updates(receivers: &[u64], outcome: &CallOutcome) -> Vec<RecipientUpdate> {
+    match outcome {
+        CallOutcome::Batch {
+            message_ids,
+            failed,
+        } => receivers
+            .iter()
+            .map(|&id| {
+                if let Some(m) = message_ids.get(&id) {
+                    RecipientUpdate {
+                        id,
+                        status: RecipientStatus::Sent,
+                        message_id: Some(*m),
+                        error_code: None,
+                        error_message: None,
+                        detail: None,
+                    }
+                } else if failed.contains(&id) {
+                    RecipientUpdate {
+                        id,
+                        status: RecipientStatus::Failed,
+                        message_id: None,
+                        error_code: Some("FailedReceiver".into()),
+                        error_message: Some(
+                            "the provider refused this receiver (FailedReceiver)".into(),
+                        ),
+                        detail: None,
+                    }
+                } else {
+                    RecipientUpdate {
+                        id,
+                        status: RecipientStatus::Unknown,
+                        message_id: None,
+                        error_code: Some("MissingFromAnswer".into()),
+                        error_message: Some(
+                            "the provider's answer did not mention this receiver".into(),
+                        ),
+                        detail: None,
+                    }
+                }
+            })
+            .collect(),
+        CallOutcome::Message { message_id } => receivers
+            .iter()
+            .map(|&id| RecipientUpdate {
+                id,
+                status: RecipientStatus::Sent,
+                message_id: Some(*message_id),
+                error_code: None,
+                error_message: None,
+                detail: None,
+            })
+            .collect(),
+        CallOutcome::P2p { results } => {
+            let any_ok = results.iter().any(|r| r.code == "SUCCESS");
+            let detail = serde_json::to_string(results).ok();
+            receivers
+                .iter()
+                .map(|&id| RecipientUpdate {
+                    id,
+                    status: if any_ok {
+                        RecipientStatus::Sent
+                    } else {
+                        RecipientStatus::NotOnline
+                    },
+                    message_id: None,
+                    error_code: (!any_ok).then(|| "NOT_ONLINE".to_string()),
+                    error_message: None,
+                    detail: detail.clone(),
+                })
+                .collect()
+        }
+    }
+}
+
+/// How many recipients per status, for messages: `sent 10, failed 2, …` (zeros left out).
+pub fn describe_counts(counts: &BTreeMap<RecipientStatus, u64>) -> String {
+    let v: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    if v.is_empty() {
+        "no recipients".into()
+    } else {
+        v.join(", ")
+    }
+}

@@ -1,8 +1,120 @@
-//! `imcast status`.
+//! `imcast status FILE`: the latest run of a campaign, from the journal.
+//!
+//! Until the spec stage is merged, the campaign name is read with a minimal parse of the file's
+//! top-level `name:` key ([`campaign_name`]); INTEGRATION TODO: use `crate::spec::load` instead.
 
-use crate::cli::{GlobalArgs, StatusArgs};
-use crate::exit::CmdResult;
+use std::path::Path;
 
-pub fn run(_g: &GlobalArgs, _args: &StatusArgs) -> CmdResult {
-    Err(super::not_yet("status"))
+use anyhow::{anyhow, Context};
+use serde::Deserialize;
+
+use crate::cli::{GlobalArgs, OutputFormat, StatusArgs};
+use crate::config::RepoPaths;
+use crate::exit::{CmdResult, Exit, ExitContext, Failure};
+use crate::journal::{Journal, RecipientStatus, DB_FILE};
+use crate::report::summary;
+use crate::send::describe_counts;
+
+#[derive(Deserialize)]
+struct NameOnly {
+    name: String,
+}
+
+/// The campaign's `name:` (a minimal read of the YAML file).
+pub(crate) fn campaign_name(file: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read campaign file {}", file.display()))
+        .exit(Exit::Invalid)?;
+    let n: NameOnly = serde_saphyr::from_str(&text)
+        .map_err(|e| {
+            anyhow!(
+                "{}: cannot read the campaign's `name:`: {e}",
+                file.display()
+            )
+        })
+        .exit(Exit::Invalid)?;
+    Ok(n.name)
+}
+
+/// The journal for a campaign file, if its state database exists (never creates one).
+pub(crate) fn open_existing(paths: &RepoPaths) -> Result<Option<Journal>, Failure> {
+    if !paths.state_dir.join(DB_FILE).is_file() {
+        return Ok(None);
+    }
+    Journal::open(&paths.state_dir).map(Some).map_err(|e| {
+        let exit = e.exit();
+        Failure::new(exit, e)
+    })
+}
+
+pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
+    let name = campaign_name(&args.file)?;
+    let paths = RepoPaths::discover(
+        &args.file,
+        args.state.config.as_deref(),
+        args.state.state_dir.as_deref(),
+        None,
+    );
+    let journal = open_existing(&paths)?;
+    let run = match &journal {
+        Some(j) => j.latest_run(&name, true).exit(Exit::Internal)?,
+        None => None,
+    };
+    let (Some(j), Some(run)) = (journal, run) else {
+        match args.output {
+            OutputFormat::Json => {
+                println!("{}", serde_json::json!({ "campaign": name, "run": null }))
+            }
+            OutputFormat::Human => println!(
+                "Campaign {name:?} has no runs yet (state: {}).",
+                paths.state_dir.display()
+            ),
+        }
+        return Ok(Exit::Ok);
+    };
+    let s = summary(&j, &run).exit(Exit::Internal)?;
+    match args.output {
+        OutputFormat::Json => {
+            let v = serde_json::to_string_pretty(&s).exit(Exit::Internal)?;
+            println!("{v}");
+        }
+        OutputFormat::Human => {
+            println!(
+                "Campaign {name:?}: run {} is {}{} ({}, {}).",
+                run.id,
+                run.status,
+                if run.is_test { " (test)" } else { "" },
+                run.action,
+                run.action.api_name()
+            );
+            println!("  started   {}", run.created_at);
+            if let Some(f) = run.finished_at {
+                println!("  finished  {f}");
+            }
+            if let Some(r) = &run.stop_reason {
+                println!("  reason    {r}");
+            }
+            println!("  recipients {}", describe_counts(&s.counts));
+            println!(
+                "  calls     {} done, {} unknown, {} planned, {} attempts",
+                s.calls.done, s.calls.unknown, s.calls.planned, s.calls.attempts
+            );
+            println!("  plan hash {}", run.plan_hash);
+            if run.status.is_unfinished() {
+                println!("Resume with: imcast run {}", args.file.display());
+            } else if s
+                .counts
+                .get(&RecipientStatus::Unknown)
+                .copied()
+                .unwrap_or(0)
+                > 0
+            {
+                println!(
+                    "Recipients with an unknown outcome are not resent; `imcast run {} --resend-unknown` resends them (may duplicate).",
+                    args.file.display()
+                );
+            }
+        }
+    }
+    Ok(Exit::Ok)
 }

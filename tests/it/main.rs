@@ -8,4 +8,5 @@ mod mock;
 mod plan;
 mod provider;
 mod scheduler;
+mod sender;
 mod spec;

@@ -1,0 +1,58 @@
+//! Crash test hooks: `IMCAST_FAILPOINT=after_mark|after_response|before_commit` makes the process
+//! abort (no unwinding, no destructors, like `kill -9`) at exactly that point of a call, so crash
+//! tests do not depend on timing. An optional `:N` suffix aborts at the N-th hit (1-based), e.g.
+//! `after_mark:3`. Unset or unknown values do nothing; reading the variable once is cheap.
+//!
+//! Must not: do anything else. It is compiled into release builds on purpose (the crash tests run
+//! the real binary); without the variable it is a no-op.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Where a failpoint can fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// After the in-flight mark is committed, before the request leaves.
+    AfterMark,
+    /// After the provider answered, before the outcome is recorded.
+    AfterResponse,
+    /// Inside the outcome transaction, before it commits.
+    BeforeCommit,
+}
+
+impl Point {
+    pub fn name(self) -> &'static str {
+        match self {
+            Point::AfterMark => "after_mark",
+            Point::AfterResponse => "after_response",
+            Point::BeforeCommit => "before_commit",
+        }
+    }
+}
+
+static CONFIG: OnceLock<Option<(String, u64)>> = OnceLock::new();
+static HITS: AtomicU64 = AtomicU64::new(0);
+
+fn config() -> &'static Option<(String, u64)> {
+    CONFIG.get_or_init(|| {
+        let v = std::env::var("IMCAST_FAILPOINT").ok()?;
+        let (name, n) = match v.split_once(':') {
+            Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
+            None => (v, 1),
+        };
+        Some((name, n.max(1)))
+    })
+}
+
+/// Abort the process if the configured failpoint is `p` and this is its N-th hit.
+pub fn hit(p: Point) {
+    if let Some((name, n)) = config() {
+        if name == p.name() {
+            let k = HITS.fetch_add(1, Ordering::SeqCst) + 1;
+            if k == *n {
+                eprintln!("IMCAST_FAILPOINT={}: aborting", p.name());
+                std::process::abort();
+            }
+        }
+    }
+}
