@@ -980,6 +980,14 @@ impl Renderer {
             humantime::format_duration(p.limit.window),
             p.limit.limit
         );
+        if let Some(q) = &p.quiet_until {
+            let msg = format!("quiet hours: no calls start until {q}");
+            match &self.bar {
+                Some(b) => b.set_message(msg),
+                None => tracing::info!(run = %p.run_id, "{msg}"),
+            }
+            return;
+        }
         if let Some(b) = &self.bar {
             b.set_length(p.deliverable_total());
             b.set_position(p.settled());
