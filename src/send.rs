@@ -909,25 +909,20 @@ impl<T: Transport> Ctx<T> {
 
     /// Record (once per change) that the run waits for quiet hours to end, or no longer does.
     async fn set_quiet(&self, until: Option<Timestamp>) {
-        let changed = {
+        let progress = {
             let mut s = self.lock();
             if s.quiet_until == until {
-                false
-            } else {
-                s.quiet_until = until;
-                true
+                return;
             }
+            s.quiet_until = until;
+            self.progress.as_ref().map(|_| self.snapshot(&s))
         };
-        if !changed {
-            return;
-        }
         let (run, now) = (self.cfg.run_id.clone(), self.clock.now());
         let why = until.map(|t| format!("waiting: quiet hours until {t}"));
         let _ = self
             .journal
             .with(move |j| j.set_status(&run, RunStatus::Running, why.as_deref(), now))
             .await;
-        let progress = self.progress.as_ref().map(|_| self.snapshot(&self.lock()));
         if let (Some(f), Some(p)) = (&self.progress, progress) {
             f(&p);
         }
