@@ -1433,6 +1433,55 @@ impl Journal {
         Ok(v)
     }
 
+    // ---- pruning ----------------------------------------------------------------------------
+
+    /// Delete runs that ended (finished or cancelled) before `cutoff`, with their calls and
+    /// recipients, in one transaction. Unfinished runs are kept whatever their age (they may
+    /// still be resumed); reports already written are files and stay. Returns
+    /// (runs, calls, recipients) deleted.
+    pub fn prune_runs(&mut self, cutoff: Timestamp) -> Result<(u64, u64, u64), JournalError> {
+        let path = self.path.clone();
+        let db = move |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&db)?;
+        let old: Vec<String> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT id, COALESCE(finished_at, updated_at) FROM runs
+                     WHERE status IN ('finished', 'cancelled')",
+                )
+                .map_err(&db)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(&db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&db)?;
+            rows.into_iter()
+                .filter(|(_, at)| at.parse::<Timestamp>().is_ok_and(|t| t < cutoff))
+                .map(|(id, _)| id)
+                .collect()
+        };
+        let (mut runs, mut calls, mut recipients) = (0u64, 0u64, 0u64);
+        for id in &old {
+            recipients += tx
+                .execute("DELETE FROM recipients WHERE run_id = ?1", [id])
+                .map_err(&db)? as u64;
+            calls += tx
+                .execute("DELETE FROM calls WHERE run_id = ?1", [id])
+                .map_err(&db)? as u64;
+            runs += tx
+                .execute("DELETE FROM runs WHERE id = ?1", [id])
+                .map_err(&db)? as u64;
+        }
+        tx.commit().map_err(&db)?;
+        Ok((runs, calls, recipients))
+    }
+
     // ---- control ----------------------------------------------------------------------------
 
     /// Record a pause/resume/cancel request for a campaign (the latest wins).

@@ -12,7 +12,7 @@ use tracing::info;
 use crate::cli::{DaemonArgs, GlobalArgs};
 use crate::clock::SystemClock;
 use crate::daemon::runner::UnwiredRunner;
-use crate::daemon::source::StandInSource;
+use crate::daemon::source::SpecSource;
 use crate::daemon::{default_state_dir, metrics, Daemon, DaemonConfig};
 use crate::exit::{CmdResult, Exit, ExitContext};
 
@@ -43,13 +43,13 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
         .exit(Exit::Internal)?;
     rt.block_on(async move {
         let cfg = DaemonConfig::new(&a.dir, &state_dir);
-        // TODO(merge): StandInSource -> adapter over spec::load (payload: spec::Campaign);
-        // UnwiredRunner -> adapter over send::Engine + journal::Journal (run key = RunRequest::run_key),
-        // and register the sender's MetricsHook (messages by status, rate vs limit).
+        let source = SpecSource::new(crate::spec::LoadOptions {
+            allow_endpoints: a.allow_endpoint.clone(),
+        });
         let daemon = Daemon::open(
             cfg,
             Arc::new(SystemClock),
-            Box::new(StandInSource),
+            Box::new(source),
             Arc::new(UnwiredRunner),
         )
         .map_err(|e| match e {
@@ -73,6 +73,19 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
             });
         }
         if let Some(addr) = a.metrics {
+            let journal_metrics = metrics::JournalMetrics::new();
+            let account = account_config(&a.dir, a.state.config.as_deref());
+            let limits = crate::action::Action::ALL
+                .iter()
+                .map(|act| (act.as_str().to_string(), account.account_limit(*act)))
+                .collect();
+            journal_metrics.spawn_refresh(
+                state_dir.join(crate::journal::DB_FILE),
+                limits,
+                Arc::new(SystemClock),
+                std::time::Duration::from_secs(5),
+            );
+            daemon.metrics().add_hook(Arc::new(journal_metrics));
             let mut srx = rx.clone();
             let bound = metrics::serve(addr, daemon.metrics(), async move {
                 let _ = srx.wait_for(|v| *v).await;
@@ -87,6 +100,22 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
         let code = signal.lock().ok().and_then(|g| *g).unwrap_or(Exit::Ok);
         Ok(code)
     })
+}
+
+/// The account settings for the campaigns under `dir`: `--config`, else `imcast.toml` at the
+/// nearest ancestor holding one, else defaults (for the metrics' limits; runs load their own).
+fn account_config(
+    dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> crate::config::AccountConfig {
+    let file = config.map(std::path::Path::to_path_buf).or_else(|| {
+        let dir = std::fs::canonicalize(dir).ok()?;
+        dir.ancestors()
+            .map(|d| d.join("imcast.toml"))
+            .find(|f| f.is_file())
+    });
+    file.and_then(|f| crate::config::AccountConfig::load(&f).ok())
+        .unwrap_or_default()
 }
 
 #[cfg(unix)]
