@@ -365,6 +365,18 @@ impl RepoPaths {
     }
 }
 
+/// The account's global suppression lists (`account.suppress` in `imcast.toml`) for a campaign
+/// file: `config` if given, else the `imcast.toml` found by [`RepoPaths::discover`]. The one
+/// reader of that key (plan, preview, validate and run all use it).
+pub fn account_suppress(
+    campaign_file: &Path,
+    config: Option<&Path>,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    Ok(RepoPaths::discover(campaign_file, config, None, None)
+        .account_config()?
+        .suppress)
+}
+
 /// The campaigns repository root for `campaign_file`: the nearest ancestor holding `imcast.toml`,
 /// else the nearest holding `.git`, else the campaign's own directory.
 pub fn discover_root(campaign_file: &Path) -> PathBuf {

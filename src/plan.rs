@@ -208,6 +208,7 @@ pub struct Plan {
     campaign: Campaign,
     renderer: Renderer,
     hash: String,
+    content_key: String,
     counts: Counts,
     groups: Vec<Group>,
     contents: Vec<(String, BTreeMap<String, String>)>,
@@ -737,6 +738,7 @@ pub fn build_with(
         h.update(lh);
     }
     let hash = hex::encode(h.finalize());
+    let content_key = content_key_of(c, &renderer, &audience_hash);
 
     let variable_distinct: BTreeMap<String, u64> = tracked
         .iter()
@@ -783,6 +785,7 @@ pub fn build_with(
         campaign: c.clone(),
         renderer,
         hash,
+        content_key,
         counts,
         groups,
         contents,
@@ -804,6 +807,14 @@ impl Plan {
     /// Hex sha256 over everything that decides what is sent.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// Hex sha256 over what decides the content and the audience, *excluding* suppression:
+    /// the campaign file without `audience.exclude`, the templates and the audience file, but not
+    /// the suppression lists. Two plans with the same key differ at most in who is suppressed (the
+    /// journal then checks row by row that ids were only added to suppression).
+    pub fn content_key(&self) -> &str {
+        &self.content_key
     }
 
     pub fn counts(&self) -> &Counts {
@@ -1147,6 +1158,37 @@ pub fn request_body(c: &Campaign, call: &PlannedCall) -> serde_json::Value {
         m.insert("Ext".into(), json!(call.ext));
     }
     Value::Object(m)
+}
+
+/// See [`Plan::content_key`]. The campaign file is read as YAML so the `audience.exclude` entry
+/// can be left out; a file that does not read as a mapping is hashed as bytes.
+fn content_key_of(c: &Campaign, renderer: &Renderer, audience_hash: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"imcast-content/1\n");
+    match serde_saphyr::from_str::<serde_json::Value>(&c.source) {
+        Ok(mut v) => {
+            if let Some(a) = v.get_mut("audience").and_then(|a| a.as_object_mut()) {
+                a.remove("exclude");
+            }
+            let text = serde_json::to_string(&v).unwrap_or_default();
+            h.update(b"campaign-json\0");
+            h.update((text.len() as u64).to_le_bytes());
+            h.update(text.as_bytes());
+        }
+        Err(_) => {
+            h.update(b"campaign-bytes\0");
+            h.update((c.source.len() as u64).to_le_bytes());
+            h.update(c.source.as_bytes());
+        }
+    }
+    for (name, fh) in renderer.files() {
+        h.update(b"template\0");
+        h.update(name.as_bytes());
+        h.update(fh);
+    }
+    h.update(b"audience\0");
+    h.update(audience_hash);
+    hex::encode(h.finalize())
 }
 
 /// Units the throttle counts for this plan: receivers for batch, requests otherwise.

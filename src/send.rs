@@ -20,6 +20,7 @@
 //! Must not: read the system clock (time comes from the limiter's [`Clock`]), print anything
 //! (progress goes to a callback rendered at the command edge), or block a runtime thread.
 
+pub mod adapters;
 pub mod breaker;
 pub mod fake;
 pub mod stop;
@@ -44,6 +45,7 @@ use crate::journal::{
     CallState, ControlRequest, JournalError, RecipientStatus, RecipientUpdate, RunStatus,
     SharedJournal,
 };
+use crate::schedule::QuietHours;
 use crate::throttle::{Acquired, Limiter, ThrottleError};
 
 pub use breaker::Breaker;
@@ -200,6 +202,8 @@ pub struct EngineConfig {
     pub run_key: String,
     /// How often (clock time) to look for pause/cancel requests in the journal.
     pub control_every: Duration,
+    /// No call starts inside these hours; the engine waits for them to end.
+    pub quiet_hours: Option<QuietHours>,
 }
 
 impl EngineConfig {
@@ -218,6 +222,7 @@ impl EngineConfig {
             resend_unknown: false,
             run_key: run_id.into(),
             control_every: Duration::from_secs(1),
+            quiet_hours: None,
         }
     }
 }
@@ -237,6 +242,8 @@ pub struct Progress {
     /// Units per second achieved in this session.
     pub rate: f64,
     pub limit: Limit,
+    /// Set while the run waits for quiet hours to end (no call starts until then).
+    pub quiet_until: Option<String>,
 }
 
 impl Progress {
@@ -397,6 +404,7 @@ struct Shared {
     counts: BTreeMap<RecipientStatus, u64>,
     calls_done: u64,
     units_done: u64,
+    quiet_until: Option<Timestamp>,
 }
 
 struct Ctx<T: Transport> {
@@ -459,6 +467,7 @@ impl<T: Transport> Engine<T> {
                 counts,
                 calls_done: 0,
                 units_done: 0,
+                quiet_until: None,
             }),
             progress: self.progress.clone(),
             started,
@@ -698,16 +707,29 @@ impl<T: Transport> Ctx<T> {
         rate_limited: &mut u32,
     ) -> Result<Attempt, EngineError> {
         let units = self.units(work.receivers.len());
-        let acquired = tokio::select! {
-            biased;
-            _ = self.stop.stopped() => return Ok(Attempt::Stop),
-            a = self.limiter.acquire(units, self.cfg.deadline) => a?,
-        };
-        let admitted_at = match acquired {
-            Acquired::At(t) => t,
-            Acquired::Deadline => {
-                self.set_stop(StopReason::Deadline);
+        let admitted_at = loop {
+            // Quiet hours: wait for them to end before taking quota.
+            if !self.wait_quiet().await {
                 return Ok(Attempt::Stop);
+            }
+            let acquired = tokio::select! {
+                biased;
+                _ = self.stop.stopped() => return Ok(Attempt::Stop),
+                a = self.limiter.acquire(units, self.cfg.deadline) => a?,
+            };
+            match acquired {
+                Acquired::At(t) => {
+                    // Admitted right as quiet hours began: that quota is spent (the window
+                    // counts it), wait and take fresh quota when they end.
+                    if self.is_quiet(self.clock.now()) {
+                        continue;
+                    }
+                    break t;
+                }
+                Acquired::Deadline => {
+                    self.set_stop(StopReason::Deadline);
+                    return Ok(Attempt::Stop);
+                }
             }
         };
         // A stop requested while waiting for the limiter: do not start.
@@ -847,6 +869,65 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
+    fn is_quiet(&self, t: Timestamp) -> bool {
+        self.cfg.quiet_hours.as_ref().is_some_and(|q| q.is_quiet(t))
+    }
+
+    /// Wait (on the clock) while it is quiet hours; false when stopped or the deadline comes
+    /// first. While waiting, `quiet_until` is set (progress and status show the pause).
+    async fn wait_quiet(&self) -> bool {
+        let Some(q) = self.cfg.quiet_hours.clone() else {
+            return true;
+        };
+        loop {
+            let now = self.clock.now();
+            if !q.is_quiet(now) {
+                self.set_quiet(None).await;
+                return true;
+            }
+            let open = q.next_open(now);
+            if let Some(d) = self.cfg.deadline {
+                if open >= d {
+                    self.set_quiet(Some(open)).await;
+                    self.set_stop(StopReason::Deadline);
+                    return false;
+                }
+            }
+            self.set_quiet(Some(open)).await;
+            let wait = (open.as_nanosecond() - now.as_nanosecond()).max(1_000_000) as u64;
+            let wait = Duration::from_nanos(wait);
+            tokio::select! {
+                biased;
+                _ = self.stop.stopped() => return false,
+                _ = self.clock.sleep(wait) => {}
+            }
+            if self.should_stop() {
+                return false;
+            }
+        }
+    }
+
+    /// Record (once per change) that the run waits for quiet hours to end, or no longer does.
+    async fn set_quiet(&self, until: Option<Timestamp>) {
+        let progress = {
+            let mut s = self.lock();
+            if s.quiet_until == until {
+                return;
+            }
+            s.quiet_until = until;
+            self.progress.as_ref().map(|_| self.snapshot(&s))
+        };
+        let (run, now) = (self.cfg.run_id.clone(), self.clock.now());
+        let why = until.map(|t| format!("waiting: quiet hours until {t}"));
+        let _ = self
+            .journal
+            .with(move |j| j.set_status(&run, RunStatus::Running, why.as_deref(), now))
+            .await;
+        if let (Some(f), Some(p)) = (&self.progress, progress) {
+            f(&p);
+        }
+    }
+
     async fn retry_later(
         &self,
         seq: u64,
@@ -948,6 +1029,7 @@ impl<T: Transport> Ctx<T> {
                 0.0
             },
             limit: self.limiter.limit(),
+            quiet_until: s.quiet_until.map(|t| t.to_string()),
         }
     }
 

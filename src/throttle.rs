@@ -5,8 +5,8 @@
 //! The window is an exact log of `(time, count)` entries in the SQLite table `throttle_log`; an
 //! admission is decided and recorded in one `BEGIN IMMEDIATE` transaction, so two processes (an
 //! ad-hoc `run` beside the daemon) see each other's entries and together stay under the limit, and
-//! a restarted process does not start with quota it already spent. The window is padded by 0.5%
-//! for network jitter between our start and the provider's clock.
+//! a restarted process does not start with quota it already spent. The window is padded by 0.5% (at
+//! least 250 ms) for network jitter between our start and the provider's clock.
 //!
 //! Why hand-written rather than the `governor` crate: GCRA / token buckets bound the *average*
 //! rate, but burst + refill can exceed the limit inside one window. Measured for this project:
@@ -37,6 +37,8 @@ use crate::config::Limit;
 
 /// Window padding against network jitter (0.5%).
 pub const WINDOW_PAD: f64 = 0.005;
+/// Smallest padding for short windows (see [`Limiter::padded_window`]).
+pub const MIN_PAD: Duration = Duration::from_millis(250);
 /// Pacing tolerance: how far behind schedule the limiter may catch up at once (share of window).
 const PACE_TOLERANCE: f64 = 1.0 / 20.0;
 const NS_PER_SEC: i128 = 1_000_000_000;
@@ -173,12 +175,19 @@ impl Limiter {
         self.inner.limit
     }
 
-    /// The padded window the log uses.
+    /// The padded window the log uses: the window plus `pad` of it, and at least
+    /// [`MIN_PAD`] (`pad > 0` only): a call starts after its in-flight mark is committed, so
+    /// admission and arrival at the provider differ by a commit's time, which on a loaded machine
+    /// can exceed 0.5% of a short window.
     pub fn padded_window(&self) -> Duration {
-        self.inner
-            .limit
-            .window
-            .mul_f64(1.0 + self.inner.opts.pad.max(0.0))
+        let w = self.inner.limit.window;
+        let pad = self.inner.opts.pad.max(0.0);
+        let padded = w.mul_f64(1.0 + pad);
+        if pad > 0.0 {
+            padded.max(w + MIN_PAD)
+        } else {
+            padded
+        }
     }
 
     /// Wait until `n` can start without breaking the limit, record it, and return when.

@@ -17,6 +17,7 @@ pub mod validate;
 use crate::exit::{Exit, Failure};
 
 /// The error for a command whose implementation has not landed yet.
+#[allow(dead_code)]
 pub(crate) fn not_yet(name: &str) -> Failure {
     Failure::new(
         Exit::Internal,

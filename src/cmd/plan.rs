@@ -2,7 +2,6 @@
 //! schedule occurrence, plan hash, rendered samples — human text or `--output json`. The system
 //! clock is read here, at the command edge, and nowhere below.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,40 +12,6 @@ use crate::clock::{Clock, SystemClock};
 use crate::exit::{CmdResult, Exit, ExitContext};
 use crate::plan::{Counts, Plan, PlanOptions, Sample};
 use crate::spec::{Campaign, LoadOptions};
-
-/// The account's global suppression lists (`account.suppress` in imcast.toml), found at
-/// `config` or in the campaign's directory or an ancestor. A small local reader of one key: the
-/// sender stream owns `config::AccountConfig`; this is replaced by it at merge.
-pub fn extra_suppress(c: &Campaign, config: Option<&Path>) -> Vec<PathBuf> {
-    let found = match config {
-        Some(p) => Some(p.to_path_buf()),
-        None => c
-            .dir
-            .ancestors()
-            .map(|d| d.join("imcast.toml"))
-            .find(|p| p.is_file()),
-    };
-    let Some(path) = found else {
-        return Vec::new();
-    };
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Vec::new();
-    };
-    let Ok(v) = text.parse::<toml::Table>() else {
-        return Vec::new();
-    };
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    v.get("account")
-        .and_then(|a| a.get("suppress"))
-        .and_then(|s| s.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str())
-                .map(|s| base.join(s))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[derive(Debug, Serialize)]
 struct Summary<'a> {
@@ -205,7 +170,8 @@ pub fn run(_g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
         },
     )
     .exit(Exit::Invalid)?;
-    let extra = extra_suppress(&c, a.state.config.as_deref());
+    let extra =
+        crate::config::account_suppress(&a.file, a.state.config.as_deref()).exit(Exit::Invalid)?;
     let plan = crate::plan::build(
         &c,
         &PlanOptions {

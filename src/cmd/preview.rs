@@ -18,7 +18,7 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
     let plan = crate::plan::build(
         &c,
         &PlanOptions {
-            extra_suppress: super::plan::extra_suppress(&c, None),
+            extra_suppress: crate::config::account_suppress(&a.file, None).exit(Exit::Invalid)?,
         },
     )
     .exit(Exit::Invalid)?;

@@ -1,19 +1,23 @@
-//! `imcast run`: everything between a plan and a finished report, at the command edge.
+//! `imcast run`: everything between a campaign file and a finished report, at the command edge.
 //!
-//! [`execute`] does the whole run given the plan's pieces behind the send traits: account
-//! settings, journal decision (create / resume / refuse on change / continue), audit block, the
-//! shared limiter, confirmation, signals (first SIGINT/SIGTERM stops starting calls and waits for
-//! in-flight ones; a second aborts at once), progress (a bar on a terminal, log lines otherwise),
-//! the report and the exit code.
+//! [`run_campaign`] is the library entry point (the CLI and the daemon call it from inside a
+//! tokio runtime): it builds the plan (`spec` → `plan`, blocking work on the blocking pool),
+//! picks the target (the campaign's endpoint with credentials from the environment, or an
+//! override such as the embedded mock), wraps the plan and the provider client in the engine's
+//! adapters (`send::adapters`) and hands them to the shared core: account settings, journal
+//! decision (create / resume / refuse on change / continue), audit block, the shared limiter,
+//! confirmation, progress, the report and the exit code. [`execute`] is the same core for callers
+//! that already have the plan's pieces behind the send traits (tests).
 //!
-//! INTEGRATION TODO (lead): [`run`] must load the campaign (`crate::spec::load`), build the plan
-//! (`crate::plan::build` with `PlanOptions { extra_suppress: account.suppress }`), wrap
-//! `plan.calls()` in a `send::CallSource` (payload = `PlannedCall`), `plan.rows()` into
-//! `journal::SeedRow`s (Valid → Pending with call seq, Invalid/Duplicate/Suppressed with the
-//! reason as note), wrap `provider::Client` (or the `--mock` server's client) in a
-//! `send::Transport` mapping `ProviderError::class()` onto `send::ErrorClass`, then call
-//! [`execute`]. `--test-to` seeds only the given ids with `is_test: true`.
+//! Signals are the caller's: the CLI installs a handler that trips the [`StopToken`] (first
+//! SIGINT/SIGTERM stops starting calls and waits for in-flight ones; a second aborts at once).
+//!
+//! Confirmation: on a terminal (stdin and stderr) `run` shows what it is about to send and asks;
+//! `--yes` skips that. Off a terminal without `--yes`, a real send is refused (exit 2) rather
+//! than sent unconfirmed or left waiting for an answer nobody can type; `--mock` runs need no
+//! confirmation (nothing leaves the machine).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -21,25 +25,108 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use jiff::Timestamp;
+use sha2::{Digest, Sha256};
 
 use crate::action::Action;
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{BreakerSettings, Limit, RepoPaths};
+use crate::config::{AccountConfig, BreakerSettings, Limit, RepoPaths};
 use crate::exit::{CmdResult, Exit, ExitContext, Failure};
 use crate::journal::{
-    Journal, NewRun, Opened, RecipientStatus, ResumeOptions, RunFlags, SeedRows, SharedJournal,
+    Journal, NewRun, Opened, RecipientStatus, ResumeOptions, RunFlags, RunInfo, RunStatus,
+    SeedRows, SharedJournal,
 };
+use crate::plan::{Plan, PlanOptions, PlannedCall};
+use crate::provider::{Client, ClientConfig, Credentials};
 use crate::report::{write_report, Audit};
+use crate::schedule::QuietHours;
+use crate::send::adapters::{seed_rows, test_seed_rows, PlanSource, ProviderTransport};
 use crate::send::{
-    describe_counts, CallSource, Engine, EngineConfig, Progress, StopReason, StopToken, Transport,
+    describe_counts, CallSource, Engine, EngineConfig, Progress, ProgressFn, StopReason, StopToken,
+    Transport,
 };
+use crate::spec::{Campaign, LoadOptions};
 use crate::throttle::{Limiter, LimiterOptions};
 
-pub fn run(_g: &GlobalArgs, _args: &RunArgs) -> CmdResult {
-    // INTEGRATION TODO: spec::load + plan::build + provider adapter, then `execute` (see the
-    // module doc). Everything after the plan is implemented in `execute`.
-    Err(super::not_yet("run"))
+/// One run of a campaign, as the CLI or the daemon asks for it.
+pub struct CampaignRun {
+    pub campaign: Campaign,
+    /// The schedule occurrence this run is for (daemon), None for an ad-hoc run.
+    pub occurrence: Option<String>,
+    /// Repository root, `imcast.toml`, state and report directories.
+    pub paths: RepoPaths,
+    /// Send here with these credentials instead of the campaign's endpoint and the environment's
+    /// credentials (the mock provider).
+    pub target: Option<(url::Url, Credentials)>,
+    /// The target is the embedded mock (recorded in the audit flags).
+    pub mock: bool,
+    /// Skip the confirmation.
+    pub yes: bool,
+    /// Ask for confirmation on stdin/stderr unless `yes` (only when both are a terminal).
+    pub interactive: bool,
+    pub new_run: bool,
+    pub continue_changed: bool,
+    pub resend_unknown: bool,
+    /// Send to these ids only, as a test run (`--test-to`).
+    pub test_to: Vec<u64>,
+    /// Progress after each call (the CLI renders a bar or log lines; None: nothing).
+    pub progress: Option<ProgressFn>,
+    /// Print the human notes (resuming, already finished) on stderr; else they go to tracing.
+    pub notes_on_stderr: bool,
+}
+
+impl CampaignRun {
+    /// A run with everything off: no target override, no flags, no prompt.
+    pub fn new(campaign: Campaign, paths: RepoPaths) -> Self {
+        CampaignRun {
+            campaign,
+            occurrence: None,
+            paths,
+            target: None,
+            mock: false,
+            yes: true,
+            interactive: false,
+            new_run: false,
+            continue_changed: false,
+            resend_unknown: false,
+            test_to: Vec::new(),
+            progress: None,
+            notes_on_stderr: false,
+        }
+    }
+}
+
+/// How a run ended, for the caller.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run's id (None when nothing was started: confirmation declined).
+    pub run_id: Option<String>,
+    pub exit: Exit,
+    /// The run's status in the journal after this session.
+    pub status: Option<RunStatus>,
+    /// Why the engine stopped (None when it did not run: already finished, declined).
+    pub reason: Option<StopReason>,
+    pub counts: BTreeMap<RecipientStatus, u64>,
+    pub calls_done: u64,
+    /// Where the report was written.
+    pub report_dir: Option<PathBuf>,
+    /// True when the latest run had already finished and nothing was sent.
+    pub already_finished: bool,
+}
+
+impl RunSummary {
+    fn nothing(exit: Exit) -> Self {
+        RunSummary {
+            run_id: None,
+            exit,
+            status: None,
+            reason: None,
+            counts: BTreeMap::new(),
+            calls_done: 0,
+            report_dir: None,
+            already_finished: false,
+        }
+    }
 }
 
 /// A deadline as the campaign writes it.
@@ -50,7 +137,7 @@ pub enum DeadlineSpec {
     After(Duration),
 }
 
-/// What `execute` needs to know about the campaign and its plan.
+/// What the core needs to know about the campaign and its plan.
 pub struct RunInputs {
     pub campaign_file: PathBuf,
     pub campaign: String,
@@ -75,21 +162,44 @@ pub struct RunInputs {
     pub is_test: bool,
 }
 
-/// Run the campaign: see the module doc. `rows` seeds the journal (called at most once).
-pub fn execute<'r, S, T, E>(
-    rt: &tokio::runtime::Runtime,
-    args: &RunArgs,
-    inp: RunInputs,
+/// Flags and environment of one run for the core.
+#[derive(Clone)]
+struct ExecOptions {
+    flags: RunFlags,
+    interactive: bool,
+    notes_on_stderr: bool,
+    quiet_hours: Option<QuietHours>,
+}
+
+fn note(on_stderr: bool, msg: &str) {
+    if on_stderr {
+        eprintln!("{msg}");
+    } else {
+        tracing::info!("{msg}");
+    }
+}
+
+/// The journal opened on a run the engine should drive.
+struct Prepared {
+    journal: Journal,
+    run: RunInfo,
+    account: AccountConfig,
+    account_limit: Limit,
+}
+
+enum Prep {
+    Go(Box<Prepared>),
+    Done(RunSummary),
+}
+
+/// Everything before the engine (blocking: files, prompt, journal).
+fn prepare<'r, E: std::fmt::Display>(
+    inp: &RunInputs,
+    opts: &ExecOptions,
+    paths: &RepoPaths,
     rows: &mut dyn FnMut() -> SeedRows<'r, E>,
-    source: Arc<S>,
-    transport: Arc<T>,
-    clock: SharedClock,
-) -> CmdResult
-where
-    S: CallSource,
-    T: Transport<Payload = S::Payload>,
-    E: std::fmt::Display,
-{
+    now: Timestamp,
+) -> Result<Prep, Failure> {
     if let Some(max) = inp.guard_max_recipients {
         if inp.recipients > max {
             return Err(Failure::new(
@@ -103,32 +213,31 @@ where
             ));
         }
     }
-    let paths = RepoPaths::discover(
-        &inp.campaign_file,
-        args.state.config.as_deref(),
-        args.state.state_dir.as_deref(),
-        args.report_dir.as_deref(),
-    );
     let account = paths.account_config().exit(Exit::Invalid)?;
     // The account's share bounds every campaign together; the campaign's own throttle (if any)
     // is a second limiter on its own key. `limit` is what this run can use at most.
     let account_limit = account.effective_limit(inp.action, None);
     let limit = account.effective_limit(inp.action, inp.campaign_throttle);
-    let flags = RunFlags {
-        new_run: args.new_run,
-        continue_changed: args.continue_changed,
-        resend_unknown: args.resend_unknown,
-        yes: args.yes,
-        mock: args.mock,
-        test_to: args.test_to.clone(),
-    };
+    let flags = opts.flags.clone();
 
-    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    if !args.yes && interactive {
+    if !flags.yes && !flags.mock {
+        if !opts.interactive {
+            return Err(Failure::new(
+                Exit::Invalid,
+                anyhow!(
+                    "{}: not on a terminal, so there is no one to confirm this send of {} recipient(s) to {}; \
+                     nothing was sent. Pass --yes to send without confirmation (e.g. from scripts or CI)",
+                    inp.campaign_file.display(),
+                    inp.recipients,
+                    inp.endpoint
+                ),
+            ));
+        }
         let eta = eta(inp.action, inp.recipients, inp.total_calls, limit);
         eprintln!(
-            "About to send campaign {:?}\n  app id    {}\n  endpoint  {}\n  action    {} ({})\n  recipients {}\n  calls     {}\n  limit     {}\n  ETA       {}\n  message   {}\n",
+            "About to send campaign {:?}{}\n  app id     {}\n  endpoint   {}\n  action     {} ({})\n  recipients {}\n  calls      {}\n  limit      {}\n  ETA        {}\n  message    {}\n",
             inp.campaign,
+            if inp.is_test { " as a TEST to the --test-to ids only" } else { "" },
             inp.app_id,
             inp.endpoint,
             inp.action,
@@ -145,7 +254,7 @@ where
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
             eprintln!("Nothing was sent.");
-            return Ok(Exit::Ok);
+            return Ok(Prep::Done(RunSummary::nothing(Exit::Ok)));
         }
     }
 
@@ -167,68 +276,113 @@ where
         plan_hash: inp.plan_hash.clone(),
         content_key: inp.content_key.clone(),
         action: inp.action,
-        flags,
+        flags: flags.clone(),
         is_test: inp.is_test,
         audit: serde_json::to_value(&audit).unwrap_or_default(),
         limit,
         total_calls: inp.total_calls,
     };
-    let opts = ResumeOptions {
-        new_run: args.new_run,
-        continue_changed: args.continue_changed,
-        resend_unknown: args.resend_unknown,
+    let ropts = ResumeOptions {
+        new_run: flags.new_run,
+        continue_changed: flags.continue_changed,
+        resend_unknown: flags.resend_unknown,
     };
-    let opened = journal
-        .open_run(&new, opts, rows, clock.now())
-        .map_err(|e| {
-            let exit = e.exit();
-            Failure::new(exit, e)
-        })?;
+    let opened = journal.open_run(&new, ropts, rows, now).map_err(|e| {
+        let exit = e.exit();
+        Failure::new(exit, e)
+    })?;
     let run = opened.run().clone();
+    let say = |m: String| note(opts.notes_on_stderr, &m);
     match &opened {
         Opened::AlreadyFinished(r) => {
-            eprintln!(
+            let counts = journal.counts(&r.id).unwrap_or_default();
+            say(format!(
                 "Campaign {:?}: run {} already {} ({}). Nothing to send. Pass --new-run to send to everyone again{}.",
                 r.campaign,
                 r.id,
                 r.status,
-                describe_counts(&journal.counts(&r.id).unwrap_or_default()),
+                describe_counts(&counts),
                 if journal.count_status(&r.id, RecipientStatus::Unknown).unwrap_or(0) > 0 {
                     ", or --resend-unknown to resend recipients whose outcome is unknown (may duplicate)"
                 } else {
                     ""
                 }
-            );
-            return Ok(Exit::Ok);
+            ));
+            return Ok(Prep::Done(RunSummary {
+                run_id: Some(r.id.clone()),
+                exit: Exit::Ok,
+                status: Some(r.status),
+                reason: None,
+                counts,
+                calls_done: 0,
+                report_dir: None,
+                already_finished: true,
+            }));
         }
+        Opened::Created(r) if r.is_test => say(format!(
+            "Test run {} of {:?}: sending to {} test recipient(s) only; the campaign's run is not touched.",
+            r.id, r.campaign, inp.recipients
+        )),
         Opened::Created(r) => tracing::info!(run = %r.id, "starting a new run"),
         Opened::Resumed { run, recovered } => {
-            eprintln!(
+            say(format!(
                 "Resuming unfinished run {} of {:?} ({}).",
                 run.id,
                 run.campaign,
                 describe_counts(&journal.counts(&run.id).unwrap_or_default())
-            );
+            ));
             if recovered.unknown_calls > 0 {
-                eprintln!(
+                say(format!(
                     "  {} call(s) were in flight when the previous process stopped: their {} recipient(s) are `unknown` and are not resent (pass --resend-unknown to resend them, which may duplicate).",
                     recovered.unknown_calls, recovered.unknown_recipients
-                );
+                ));
             }
         }
         Opened::ResumedWithSuppressions {
             run,
             newly_suppressed,
             ..
-        } => eprintln!(
+        } => say(format!(
             "Resuming run {} with {newly_suppressed} newly suppressed recipient(s) applied.",
             run.id
-        ),
-        Opened::Continued { run, from, skipped } => eprintln!(
+        )),
+        Opened::Continued { run, from, skipped } => say(format!(
             "Continuing run {from} as run {} with the changed content; {skipped} recipient(s) already handled are skipped.",
             run.id
-        ),
+        )),
     }
+    Ok(Prep::Go(Box::new(Prepared {
+        journal,
+        run,
+        account,
+        account_limit,
+    })))
+}
+
+/// The engine part of a run, then the report.
+#[allow(clippy::too_many_arguments)]
+async fn drive<S, T>(
+    inp: RunInputs,
+    opts: ExecOptions,
+    paths: RepoPaths,
+    prepared: Prepared,
+    source: Arc<S>,
+    transport: Arc<T>,
+    clock: SharedClock,
+    stop: StopToken,
+    progress: Option<ProgressFn>,
+) -> Result<RunSummary, Failure>
+where
+    S: CallSource,
+    T: Transport<Payload = S::Payload>,
+{
+    let Prepared {
+        journal,
+        run,
+        account,
+        account_limit,
+    } = prepared;
+    let limit = account.effective_limit(inp.action, inp.campaign_throttle);
     let journal = SharedJournal::new(journal);
     let mut limiter = Limiter::open(
         journal.path(),
@@ -262,7 +416,8 @@ where
     };
     cfg.retry_max_attempts = inp.retry_max_attempts.max(1);
     cfg.breaker = inp.breaker.unwrap_or(account.breaker);
-    cfg.resend_unknown = args.resend_unknown;
+    cfg.resend_unknown = opts.flags.resend_unknown;
+    cfg.quiet_hours = opts.quiet_hours.clone();
     cfg.deadline = inp.deadline.map(|d| match d {
         DeadlineSpec::At(t) => t,
         DeadlineSpec::After(dur) => {
@@ -271,71 +426,456 @@ where
         }
     });
 
-    let stop = StopToken::new();
-    let signal_exit = Arc::new(Mutex::new(None::<Exit>));
-    let renderer = Arc::new(Renderer::new(std::io::stderr().is_terminal()));
-    let r2 = renderer.clone();
-    let end = rt.block_on(async {
-        spawn_signal_handler(stop.clone(), signal_exit.clone());
-        Engine::new(
-            cfg,
-            journal.clone(),
-            limiter,
-            transport,
-            clock.clone(),
-            stop,
-        )
-        .with_progress(Arc::new(move |p: &Progress| r2.update(p)))
-        .run(source)
-        .await
-    });
-    renderer.finish();
+    let mut engine = Engine::new(
+        cfg,
+        journal.clone(),
+        limiter,
+        transport,
+        clock.clone(),
+        stop,
+    );
+    if let Some(p) = progress {
+        engine = engine.with_progress(p);
+    }
+    let end = engine.run(source).await;
+    let reports_dir = paths.reports_dir.clone();
+    let run_id = run.id.clone();
     let end = match end {
         Ok(e) => e,
         Err(e) => {
             let exit = e.exit();
-            let _ = journal.with_blocking(|j| write_report(j, &run.id, &paths.reports_dir));
+            let (j, r) = (journal.clone(), run_id.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                j.with_blocking(|j| write_report(j, &r, &reports_dir))
+            })
+            .await;
             return Err(Failure::new(exit, e).context_run(&run.id));
         }
     };
-    let report = journal
-        .with_blocking(|j| write_report(j, &run.id, &paths.reports_dir))
-        .with_context(|| {
-            format!(
-                "run {} stopped, but its report could not be written; `imcast report` retries",
-                run.id
-            )
-        })
-        .exit(Exit::Internal)?;
-    let file = inp.campaign_file.display();
-    eprintln!(
-        "Run {} {}: {}.",
-        run.id,
-        end.status,
-        describe_counts(&end.counts)
-    );
-    match &end.reason {
-        StopReason::Completed | StopReason::Deadline | StopReason::Cancelled => {}
-        StopReason::Interrupted => eprintln!("Stopped by a signal; resume with: imcast run {file}"),
-        StopReason::Breaker { message } => eprintln!("{message}\nResume with: imcast run {file}"),
-        StopReason::Fatal { message, .. } => {
+    let (j, r) = (journal.clone(), run_id.clone());
+    let report =
+        tokio::task::spawn_blocking(move || j.with_blocking(|j| write_report(j, &r, &reports_dir)))
+            .await
+            .map_err(|e| anyhow!("report task failed: {e}"))
+            .exit(Exit::Internal)?
+            .with_context(|| {
+                format!(
+                    "run {} stopped, but its report could not be written; `imcast report` retries",
+                    run.id
+                )
+            })
+            .exit(Exit::Internal)?;
+    Ok(RunSummary {
+        run_id: Some(run.id.clone()),
+        exit: end.exit(),
+        status: Some(end.status),
+        reason: Some(end.reason.clone()),
+        counts: end.counts.clone(),
+        calls_done: end.calls_done,
+        report_dir: Some(report.dir.clone()),
+        already_finished: false,
+    })
+}
+
+/// Print where a run stands (CLI): counts, how to resume, and the report directory on stdout.
+fn print_summary(s: &RunSummary, file: &std::path::Path) {
+    let file = file.display();
+    let (Some(id), Some(status)) = (&s.run_id, s.status) else {
+        return;
+    };
+    if s.already_finished {
+        return;
+    }
+    eprintln!("Run {id} {status}: {}.", describe_counts(&s.counts));
+    match &s.reason {
+        None | Some(StopReason::Completed | StopReason::Deadline | StopReason::Cancelled) => {}
+        Some(StopReason::Interrupted) => {
+            eprintln!("Stopped by a signal; resume with: imcast run {file}")
+        }
+        Some(StopReason::Breaker { message }) => {
+            eprintln!("{message}\nResume with: imcast run {file}")
+        }
+        Some(StopReason::Fatal { message, .. }) => {
             eprintln!(
                 "The provider refused: {message}\nFix it, then resume with: imcast run {file}"
             )
         }
-        StopReason::Paused => {
+        Some(StopReason::Paused) => {
             eprintln!("Paused by request; resume with: imcast resume or imcast run {file}")
         }
     }
-    println!("{}", report.dir.display());
-    let exit = match (
-        end.exit(),
-        *signal_exit.lock().unwrap_or_else(|p| p.into_inner()),
-    ) {
+    if let Some(dir) = &s.report_dir {
+        eprintln!("Report: {}", dir.display());
+        println!("{}", dir.display());
+    }
+}
+
+/// Run the campaign with the plan's pieces already behind the send traits (tests; see the module
+/// doc). `rows` seeds the journal (called at most once).
+pub fn execute<'r, S, T, E>(
+    rt: &tokio::runtime::Runtime,
+    args: &RunArgs,
+    inp: RunInputs,
+    rows: &mut dyn FnMut() -> SeedRows<'r, E>,
+    source: Arc<S>,
+    transport: Arc<T>,
+    clock: SharedClock,
+) -> CmdResult
+where
+    S: CallSource,
+    T: Transport<Payload = S::Payload>,
+    E: std::fmt::Display,
+{
+    let paths = RepoPaths::discover(
+        &inp.campaign_file,
+        args.state.config.as_deref(),
+        args.state.state_dir.as_deref(),
+        args.report_dir.as_deref(),
+    );
+    let opts = ExecOptions {
+        flags: flags_of(args),
+        interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
+        notes_on_stderr: true,
+        quiet_hours: None,
+    };
+    let prepared = match prepare(&inp, &opts, &paths, rows, clock.now())? {
+        Prep::Done(s) => return Ok(s.exit),
+        Prep::Go(p) => *p,
+    };
+    let file = inp.campaign_file.clone();
+    let stop = StopToken::new();
+    let signal_exit = Arc::new(Mutex::new(None::<Exit>));
+    let renderer = Arc::new(Renderer::new(std::io::stderr().is_terminal()));
+    let r2 = renderer.clone();
+    let progress: ProgressFn = Arc::new(move |p: &Progress| r2.update(p));
+    let res = rt.block_on(async {
+        spawn_signal_handler(stop.clone(), signal_exit.clone());
+        drive(
+            inp,
+            opts,
+            paths,
+            prepared,
+            source,
+            transport,
+            clock,
+            stop,
+            Some(progress),
+        )
+        .await
+    });
+    renderer.finish();
+    let s = res?;
+    print_summary(&s, &file);
+    Ok(signal_mapped(s.exit, &signal_exit))
+}
+
+fn flags_of(args: &RunArgs) -> RunFlags {
+    RunFlags {
+        new_run: args.new_run,
+        continue_changed: args.continue_changed,
+        resend_unknown: args.resend_unknown,
+        yes: args.yes,
+        mock: args.mock,
+        test_to: args.test_to.clone(),
+    }
+}
+
+fn signal_mapped(exit: Exit, signal_exit: &Mutex<Option<Exit>>) -> Exit {
+    match (exit, *signal_exit.lock().unwrap_or_else(|p| p.into_inner())) {
         (Exit::Interrupted, Some(sig)) => sig,
         (e, _) => e,
+    }
+}
+
+/// `imcast run FILE`.
+pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
+    let campaign = crate::spec::load(
+        &args.file,
+        &LoadOptions {
+            allow_endpoints: args.allow_endpoint.clone(),
+        },
+    )
+    .exit(Exit::Invalid)?;
+    let paths = RepoPaths::discover(
+        &args.file,
+        args.state.config.as_deref(),
+        args.state.state_dir.as_deref(),
+        args.report_dir.as_deref(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+        .exit(Exit::Internal)?;
+    let stop = StopToken::new();
+    let signal_exit = Arc::new(Mutex::new(None::<Exit>));
+    let renderer = Arc::new(Renderer::new(std::io::stderr().is_terminal()));
+    let r2 = renderer.clone();
+    let res = rt.block_on(async {
+        spawn_signal_handler(stop.clone(), signal_exit.clone());
+        let mock = if args.mock {
+            let m = crate::mock::start(crate::mock::MockConfig::default())
+                .await
+                .context("start the embedded mock provider")
+                .exit(Exit::Internal)?;
+            eprintln!(
+                "Sending to the embedded mock provider at {} (nothing leaves this machine).",
+                m.endpoint()
+            );
+            Some(m)
+        } else {
+            None
+        };
+        let req = CampaignRun {
+            campaign,
+            occurrence: None,
+            paths,
+            target: mock.as_ref().map(|m| (m.endpoint(), m.credentials())),
+            mock: args.mock,
+            yes: args.yes,
+            interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
+            new_run: args.new_run,
+            continue_changed: args.continue_changed,
+            resend_unknown: args.resend_unknown,
+            test_to: args.test_to.clone(),
+            progress: Some(Arc::new(move |p: &Progress| r2.update(p))),
+            notes_on_stderr: true,
+        };
+        let res = run_campaign(req, Arc::new(SystemClock), stop).await;
+        if let Some(m) = mock {
+            let st = m.stats();
+            eprintln!(
+                "Mock provider: {} request(s), {} message(s) accepted, {} rate-limited, {} duplicate(s), most in any window {}.",
+                st.requests, st.messages, st.rate_limited, st.duplicates, st.max_in_window
+            );
+            m.shutdown().await;
+        }
+        res
+    });
+    renderer.finish();
+    let s = res?;
+    print_summary(&s, &args.file);
+    Ok(signal_mapped(s.exit, &signal_exit))
+}
+
+/// Run one campaign to the end of this session (see the module doc). Call from inside a tokio
+/// runtime; blocking work goes to the blocking pool. `stop` stops starting calls (in-flight ones
+/// are waited for and committed); the summary's exit is then `Interrupted`.
+pub async fn run_campaign(
+    req: CampaignRun,
+    clock: SharedClock,
+    stop: StopToken,
+) -> Result<RunSummary, Failure> {
+    let (credentials, endpoint) = match &req.target {
+        Some((url, c)) => (c.clone(), url.clone()),
+        None => {
+            let c = Credentials::from_env()
+                .map_err(|e| {
+                    anyhow!(
+                        "{e}. Real sends need Volcengine credentials in the environment: VOLC_ACCESSKEY and \
+                         VOLC_SECRETKEY (or VOLC_SECRETKEY_FILE), optionally VOLC_SESSION_TOKEN. To try \
+                         imcast without credentials, add --mock"
+                    )
+                })
+                .exit(Exit::Access)?;
+            (c, req.campaign.endpoint.clone())
+        }
     };
-    Ok(exit)
+    let access_key_id = credentials.access_key_id.clone();
+    let client = Client::with_clock(
+        ClientConfig::new(endpoint.clone(), req.campaign.region.clone(), credentials),
+        clock.clone(),
+    )
+    .exit(Exit::Internal)?;
+
+    let campaign = Arc::new(req.campaign.clone());
+    let paths = req.paths.clone();
+    let flags = RunFlags {
+        new_run: req.new_run,
+        continue_changed: req.continue_changed,
+        resend_unknown: req.resend_unknown,
+        yes: req.yes,
+        mock: req.mock,
+        test_to: req.test_to.clone(),
+    };
+    let opts = ExecOptions {
+        flags,
+        interactive: req.interactive,
+        notes_on_stderr: req.notes_on_stderr,
+        quiet_hours: req.campaign.quiet_hours.clone(),
+    };
+    let test_to = req.test_to.clone();
+    let occurrence = req.occurrence.clone();
+    let c2 = campaign.clone();
+    let endpoint_s = endpoint.to_string();
+    let now = clock.now();
+    let o2 = opts.clone();
+    let p2 = paths.clone();
+    // Plan, confirmation and journal: blocking work, off the runtime threads.
+    let prepared = tokio::task::spawn_blocking(move || -> Result<_, Failure> {
+        let account = p2.account_config().exit(Exit::Invalid)?;
+        let plan = crate::plan::build(
+            &c2,
+            &PlanOptions {
+                extra_suppress: account.suppress.clone(),
+            },
+        )
+        .exit(Exit::Invalid)?;
+        for w in plan.warnings() {
+            tracing::warn!(campaign = %c2.name, "{w}");
+        }
+        let plan = Arc::new(plan);
+        let (inp, source) = if test_to.is_empty() {
+            let inp = inputs_for(&c2, &plan, occurrence, &endpoint_s, &access_key_id, false);
+            (inp, PlanSource::Plan(plan.clone()))
+        } else {
+            let calls = test_calls(&c2, &plan, &test_to)?;
+            let mut inp = inputs_for(&c2, &plan, occurrence, &endpoint_s, &access_key_id, true);
+            inp.recipients = test_to.len() as u64;
+            inp.total_calls = calls.len() as u64;
+            inp.guard_max_recipients = None;
+            inp.deadline = None;
+            (inp, PlanSource::Fixed(calls))
+        };
+        let prep = match &source {
+            PlanSource::Plan(p) => {
+                let mut rows = || seed_rows(p);
+                prepare(&inp, &o2, &p2, &mut rows, now)?
+            }
+            PlanSource::Fixed(calls) => {
+                let mut rows = || test_seed_rows(calls);
+                prepare(&inp, &o2, &p2, &mut rows, now)?
+            }
+        };
+        Ok((inp, source, prep))
+    })
+    .await
+    .map_err(|e| anyhow!("planning task failed: {e}"))
+    .exit(Exit::Internal)??;
+    let (inp, source, prep) = prepared;
+    let prepared = match prep {
+        Prep::Done(s) => return Ok(s),
+        Prep::Go(p) => *p,
+    };
+    let transport = Arc::new(ProviderTransport::new(client, campaign));
+    drive(
+        inp,
+        opts,
+        paths,
+        prepared,
+        Arc::new(source),
+        transport,
+        clock,
+        stop,
+        req.progress,
+    )
+    .await
+}
+
+/// The core's inputs from a campaign and its plan.
+fn inputs_for(
+    c: &Campaign,
+    plan: &Plan,
+    occurrence: Option<String>,
+    endpoint: &str,
+    access_key_id: &str,
+    is_test: bool,
+) -> RunInputs {
+    RunInputs {
+        campaign_file: c.path.clone(),
+        campaign: c.name.clone(),
+        occurrence,
+        action: c.action,
+        app_id: c.app_id,
+        endpoint: endpoint.to_string(),
+        access_key_id: Some(access_key_id.to_string()),
+        plan_hash: if is_test {
+            format!("test:{}", plan.hash())
+        } else {
+            plan.hash().to_string()
+        },
+        content_key: Some(plan.content_key().to_string()),
+        total_calls: plan.counts().calls,
+        recipients: plan.counts().valid,
+        sample_message: plan
+            .samples()
+            .first()
+            .map(|s| s.content.clone())
+            .unwrap_or_else(|| "(no valid recipients: nothing to send)".into()),
+        campaign_throttle: c.throttle.map(|t| Limit::new(t.limit, t.window)),
+        retry_max_attempts: c.retry_max_attempts,
+        breaker: Some(BreakerSettings {
+            consecutive_failures: c.breaker.consecutive_failures,
+            window_calls: c.breaker.window_calls,
+            max_failure_ratio: c.breaker.max_failure_ratio,
+        }),
+        deadline: c.deadline.map(|d| match d {
+            crate::spec::Deadline::At(t) => DeadlineSpec::At(t),
+            crate::spec::Deadline::After(d) => DeadlineSpec::After(d),
+        }),
+        guard_max_recipients: c.guard_max_recipients,
+        is_test,
+    }
+}
+
+/// The calls of a `--test-to` run: seed id i gets the Content rendered for the plan's i-th sample
+/// recipient (round robin over the first few), grouped into calls the action allows.
+fn test_calls(c: &Campaign, plan: &Plan, ids: &[u64]) -> Result<Vec<PlannedCall>, Failure> {
+    let samples = plan.samples();
+    let msg_type = match plan.calls().next() {
+        Some(Ok(call)) => call.msg_type,
+        Some(Err(e)) => return Err(Failure::new(Exit::Invalid, e)),
+        None => {
+            return Err(Failure::new(
+                Exit::Invalid,
+                anyhow!(
+                    "{}: the campaign has no valid recipients, so there is no rendered Content to test with",
+                    c.path.display()
+                ),
+            ))
+        }
+    };
+    if samples.is_empty() {
+        return Err(Failure::new(
+            Exit::Invalid,
+            anyhow!("{}: no rendered sample to test with", c.path.display()),
+        ));
+    }
+    let mut uniq: Vec<u64> = Vec::new();
+    for &id in ids {
+        if !uniq.contains(&id) {
+            uniq.push(id);
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    for (i, id) in uniq.iter().enumerate() {
+        groups.entry(i % samples.len()).or_default().push(*id);
+    }
+    let max = c.action.max_receivers().max(1);
+    let mut calls = Vec::new();
+    for (si, ids) in groups {
+        let s = &samples[si];
+        let mut h = Sha256::new();
+        h.update(s.content.as_bytes());
+        for (k, v) in &s.ext {
+            h.update([0]);
+            h.update(k.as_bytes());
+            h.update([0]);
+            h.update(v.as_bytes());
+        }
+        let variant = hex::encode(h.finalize())[..12].to_string();
+        for chunk in ids.chunks(max) {
+            calls.push(PlannedCall {
+                seq: calls.len() as u64,
+                variant: variant.clone(),
+                receivers: chunk.to_vec(),
+                msg_type,
+                content: s.content.clone(),
+                ext: s.ext.clone(),
+            });
+        }
+    }
+    Ok(calls)
 }
 
 trait FailureContext {
@@ -440,6 +980,14 @@ impl Renderer {
             humantime::format_duration(p.limit.window),
             p.limit.limit
         );
+        if let Some(q) = &p.quiet_until {
+            let msg = format!("quiet hours: no calls start until {q}");
+            match &self.bar {
+                Some(b) => b.set_message(msg),
+                None => tracing::info!(run = %p.run_id, "{msg}"),
+            }
+            return;
+        }
         if let Some(b) = &self.bar {
             b.set_length(p.deliverable_total());
             b.set_position(p.settled());

@@ -1,7 +1,8 @@
 //! `imcast status FILE`: the latest run of a campaign, from the journal.
 //!
-//! Until the spec stage is merged, the campaign name is read with a minimal parse of the file's
-//! top-level `name:` key ([`campaign_name`]); INTEGRATION TODO: use `crate::spec::load` instead.
+//! The campaign's name comes from `crate::spec::load`; a file that no longer validates (e.g. an
+//! audience file was moved since the run) still shows its runs through a minimal read of the
+//! top-level `name:` key, so status and report keep working on a broken campaign.
 
 use std::path::Path;
 
@@ -20,8 +21,12 @@ struct NameOnly {
     name: String,
 }
 
-/// The campaign's `name:` (a minimal read of the YAML file).
+/// The campaign's name: from the validated campaign, else a minimal read of `name:`.
 pub(crate) fn campaign_name(file: &Path) -> Result<String, Failure> {
+    match crate::spec::load(file, &crate::spec::LoadOptions::default()) {
+        Ok(c) => return Ok(c.name),
+        Err(e) => tracing::debug!("{e}; reading only its name"),
+    }
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read campaign file {}", file.display()))
         .exit(Exit::Invalid)?;

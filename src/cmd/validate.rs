@@ -21,7 +21,14 @@ pub fn run(_g: &GlobalArgs, a: &ValidateArgs) -> CmdResult {
                 continue;
             }
         };
-        let extra = super::plan::extra_suppress(&c, None);
+        let extra = match crate::config::account_suppress(file, None) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("{e}");
+                bad += 1;
+                continue;
+            }
+        };
         match crate::plan::build(
             &c,
             &PlanOptions {

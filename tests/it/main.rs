@@ -7,6 +7,7 @@ mod interop;
 mod mock;
 mod plan;
 mod provider;
+mod run;
 mod scheduler;
 mod sender;
 mod spec;

@@ -1,0 +1,775 @@
+//! `imcast run` end to end against the mock provider over real HTTP on 127.0.0.1: in-process
+//! (`mock::start` + `cmd::run::run_campaign`) and as real processes (`imcast mock-server` and the
+//! built binary), with real files in temp dirs. Also quiet hours in the engine on a simulated clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use imcast::clock::{Clock, SharedClock, SimClock, SystemClock};
+use imcast::cmd::run::{run_campaign, CampaignRun, RunSummary};
+use imcast::config::RepoPaths;
+use imcast::exit::Exit;
+use imcast::journal::{Journal, RecipientStatus};
+use imcast::mock::{self, MockConfig, MockStats};
+use imcast::send::{Progress, StopToken};
+use serde_json::Value;
+
+use crate::common::bin;
+
+/// A campaigns repository in a temp dir: imcast.toml, an audience, campaign files.
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new(toml: &str) -> Repo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("imcast.toml"), toml).expect("write imcast.toml");
+        Repo { dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// `n` valid users (ids 100000..) in `groups` content groups, plus `extra` raw lines.
+    fn audience(&self, file: &str, n: u64, groups: u64, extra: &[&str]) -> Vec<u64> {
+        let mut s = String::from("user_id,grp\n");
+        let ids: Vec<u64> = (0..n).map(|i| 100_000 + i).collect();
+        for (i, id) in ids.iter().enumerate() {
+            s.push_str(&format!("{id},g{}\n", i as u64 % groups.max(1)));
+        }
+        for l in extra {
+            s.push_str(l);
+            s.push('\n');
+        }
+        std::fs::write(self.path(file), s).expect("write audience");
+        ids
+    }
+
+    fn campaign(&self, name: &str, audience: &str, endpoint: &str, extra: &str) -> PathBuf {
+        let text = format!(
+            "version: 1\nname: {name}\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{endpoint}\" }}\n\
+             action: batch\nsender: 10001\naudience:\n  csv: {audience}\n  id_column: user_id\n\
+             message:\n  type: text\n  text: \"Hello {{{{ grp }}}} from {{{{ campaign.name }}}}\"\n\
+             breaker: {{ consecutive_failures: 1000, window_calls: 0, max_failure_ratio: 1.0 }}\n{extra}"
+        );
+        let p = self.path(&format!("{name}.yaml"));
+        std::fs::write(&p, text).expect("write campaign");
+        p
+    }
+
+    fn paths(&self, file: &Path) -> RepoPaths {
+        RepoPaths::discover(file, None, None, None)
+    }
+
+    fn journal(&self) -> Journal {
+        Journal::open(&self.path(".imcast")).expect("journal")
+    }
+}
+
+fn load(file: &Path) -> imcast::spec::Campaign {
+    imcast::spec::load(file, &imcast::spec::LoadOptions::default()).expect("valid campaign")
+}
+
+fn request(repo: &Repo, file: &Path, m: &mock::MockHandle) -> CampaignRun {
+    let mut r = CampaignRun::new(load(file), repo.paths(file));
+    r.target = Some((m.endpoint(), m.credentials()));
+    r.mock = true;
+    r
+}
+
+fn system() -> SharedClock {
+    Arc::new(SystemClock)
+}
+
+/// The report rows of a finished run session.
+fn report_rows(s: &RunSummary) -> Vec<Value> {
+    let dir = s.report_dir.as_ref().expect("report written");
+    let text = std::fs::read_to_string(dir.join("recipients.jsonl")).expect("recipients.jsonl");
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// id → status from report rows (valid ids only).
+fn statuses(rows: &[Value]) -> BTreeMap<u64, String> {
+    rows.iter()
+        .filter(|r| r["status"] != "duplicate")
+        .filter_map(|r| {
+            Some((
+                r["id"].as_u64()?,
+                r["status"].as_str().unwrap_or("").to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Deliveries per recipient in a mock record file.
+fn record(path: &Path) -> BTreeMap<u64, u64> {
+    let mut m = BTreeMap::new();
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return m;
+    };
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(l).expect("record line");
+        *m.entry(v["recipient"].as_u64().expect("recipient"))
+            .or_default() += 1;
+    }
+    m
+}
+
+fn with_status(st: &BTreeMap<u64, String>, s: &str) -> BTreeSet<u64> {
+    st.iter()
+        .filter(|(_, v)| v.as_str() == s)
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+/// Receivers of the run's calls whose outcome was unknown, from the journal's calls table.
+fn unknown_call_receivers(j: &Journal, run: &str) -> (u64, BTreeSet<u64>) {
+    let mut st = j
+        .connection()
+        .prepare("SELECT receivers FROM calls WHERE run_id = ?1 AND state = 'unknown'")
+        .expect("query");
+    let rows: Vec<String> = st
+        .query_map([run], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let mut set = BTreeSet::new();
+    for r in &rows {
+        let v: Vec<u64> = serde_json::from_str(r).expect("receivers json");
+        set.extend(v);
+    }
+    (rows.len() as u64, set)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_valid_recipient_delivered_exactly_once_and_rows_match_the_audience() {
+    let repo = Repo::new(
+        "[account]\nsuppress = [\"optout.csv\"]\n[limits.batch]\nlimit = 100000\nwindow = \"1s\"\n",
+    );
+    std::fs::write(repo.path("optout.csv"), "user_id\n100003\n100007\n").expect("optout");
+    let ids = repo.audience("a.csv", 1_200, 7, &["not-a-number,g1", "100001,g1"]);
+    let file = repo.campaign("once", "a.csv", "http://127.0.0.1:9", "");
+    let rec = repo.path("record.jsonl");
+    let m = mock::start(MockConfig {
+        limit: 100_000,
+        window: Duration::from_secs(1),
+        record: Some(rec.clone()),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let s = run_campaign(request(&repo, &file, &m), system(), StopToken::new())
+        .await
+        .expect("run");
+    let stats = m.stats();
+    m.shutdown().await;
+    assert_eq!(s.exit, Exit::Ok, "{s:?}");
+    let rows = report_rows(&s);
+    assert_eq!(rows.len(), 1_202, "one report row per audience row");
+    let st = statuses(&rows);
+    let sent = with_status(&st, "sent");
+    let expected: BTreeSet<u64> = ids
+        .iter()
+        .copied()
+        .filter(|i| *i != 100_003 && *i != 100_007)
+        .collect();
+    assert_eq!(sent, expected);
+    assert_eq!(
+        with_status(&st, "suppressed"),
+        BTreeSet::from([100_003, 100_007])
+    );
+    let counts: u64 = s.counts.values().sum();
+    assert_eq!(counts, 1_202, "statuses sum to the audience rows");
+    assert_eq!(s.counts[&RecipientStatus::Invalid], 1);
+    assert_eq!(s.counts[&RecipientStatus::Duplicate], 1);
+    let delivered = record(&rec);
+    assert_eq!(delivered.keys().copied().collect::<BTreeSet<_>>(), expected);
+    assert!(delivered.values().all(|&n| n == 1), "exactly once");
+    assert_eq!(stats.duplicates, 0);
+    assert_eq!(stats.delivered, expected.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_leave_every_recipient_final_with_zero_duplicates() {
+    let repo = Repo::new("[limits.batch]\nlimit = 1000000\nwindow = \"1s\"\n");
+    // 300 content groups of 20: 300 calls, enough for every fault kind to occur.
+    let ids = repo.audience("a.csv", 6_000, 300, &[]);
+    let file = repo.campaign("faults", "a.csv", "http://127.0.0.1:9", "");
+    let rec = repo.path("record.jsonl");
+    let m = mock::start(MockConfig {
+        limit: 1_000_000,
+        window: Duration::from_secs(1),
+        fail_rate: 0.05,
+        fail_after_rate: 0.02,
+        lost_rate: 0.02,
+        failed_receiver_rate: 0.03,
+        seed: 11,
+        record: Some(rec.clone()),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let s = run_campaign(request(&repo, &file, &m), system(), StopToken::new())
+        .await
+        .expect("run");
+    let stats = m.stats();
+    m.shutdown().await;
+    assert_eq!(
+        s.exit,
+        Exit::Incomplete,
+        "failed/unknown recipients: exit 3"
+    );
+    let rows = report_rows(&s);
+    assert_eq!(rows.len(), ids.len());
+    let st = statuses(&rows);
+    assert!(
+        st.values().all(|v| v != "pending"),
+        "every recipient has a final status"
+    );
+    let delivered = record(&rec);
+    assert_eq!(stats.duplicates, 0, "zero duplicates at the mock");
+    assert!(
+        delivered.values().all(|&n| n == 1),
+        "zero duplicates in the record"
+    );
+    for id in delivered.keys() {
+        let v = st.get(id).map(String::as_str);
+        assert!(
+            matches!(v, Some("sent" | "unknown")),
+            "{id} reached the mock but is {v:?}"
+        );
+    }
+    for id in with_status(&st, "sent") {
+        assert_eq!(delivered.get(&id), Some(&1), "sent {id} was delivered once");
+    }
+    let j = repo.journal();
+    let run = s.run_id.clone().expect("run id");
+    let (unknown_calls, unknown_receivers) = unknown_call_receivers(&j, &run);
+    assert_eq!(
+        with_status(&st, "unknown"),
+        unknown_receivers,
+        "unknown = receivers of calls whose outcome was unknown"
+    );
+    let faulted: u64 = ["fail", "fail_after", "lost"]
+        .iter()
+        .map(|k| stats.faults.get(*k).copied().unwrap_or(0))
+        .sum();
+    assert!(faulted > 0 && stats.failed_receivers > 0, "{stats:?}");
+    assert_eq!(
+        unknown_calls, faulted,
+        "each 500/lost answer leaves exactly its call unknown"
+    );
+    // The mock's count also holds FailedReceivers of calls whose answer was then lost.
+    let failed = with_status(&st, "failed").len() as u64;
+    assert!(
+        failed > 0 && failed <= stats.failed_receivers,
+        "FailedReceiver ids are failed: {failed} of {}",
+        stats.failed_receivers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_to_sends_the_real_content_to_seed_ids_only() {
+    let repo = Repo::new("[limits.batch]\nlimit = 100000\nwindow = \"1s\"\n");
+    repo.audience("a.csv", 300, 3, &[]);
+    let file = repo.campaign("seeded", "a.csv", "http://127.0.0.1:9", "");
+    let rec = repo.path("record.jsonl");
+    let m = mock::start(MockConfig {
+        limit: 100_000,
+        window: Duration::from_secs(1),
+        record: Some(rec.clone()),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let mut r = request(&repo, &file, &m);
+    r.test_to = vec![7, 8, 9, 7];
+    let t = run_campaign(r, system(), StopToken::new())
+        .await
+        .expect("test run");
+    assert_eq!(t.exit, Exit::Ok);
+    let delivered = record(&rec);
+    assert_eq!(
+        delivered.keys().copied().collect::<Vec<_>>(),
+        vec![7, 8, 9],
+        "only the seed ids"
+    );
+    let text = std::fs::read_to_string(&rec).expect("record");
+    assert!(
+        text.contains("Hello g0 from seeded") && text.contains("Hello g1 from seeded"),
+        "the real Content rendered for the first recipients: {text}"
+    );
+    let j = repo.journal();
+    let test_run = j
+        .run(t.run_id.as_deref().expect("id"))
+        .expect("q")
+        .expect("run");
+    assert!(test_run.is_test);
+    assert!(
+        j.latest_run("seeded", false).expect("q").is_none(),
+        "the campaign's run is untouched"
+    );
+    // The campaign itself then runs in full.
+    let s = run_campaign(request(&repo, &file, &m), system(), StopToken::new())
+        .await
+        .expect("run");
+    m.shutdown().await;
+    assert_eq!(s.exit, Exit::Ok);
+    assert_eq!(s.counts[&RecipientStatus::Sent], 300);
+    assert_ne!(s.run_id, t.run_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_campaigns_in_one_process_share_the_account_limit() {
+    let repo = Repo::new("[limits.batch]\nlimit = 200\nwindow = \"1s\"\n");
+    repo.audience("a.csv", 500, 5, &[]);
+    let a = repo.campaign("one", "a.csv", "http://127.0.0.1:9", "");
+    let b = repo.campaign("two", "a.csv", "http://127.0.0.1:9", "");
+    let m = mock::start(MockConfig {
+        limit: 200,
+        window: Duration::from_secs(1),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let ra = request(&repo, &a, &m);
+    let rb = request(&repo, &b, &m);
+    let (x, y) = tokio::join!(
+        tokio::spawn(run_campaign(ra, system(), StopToken::new())),
+        tokio::spawn(run_campaign(rb, system(), StopToken::new())),
+    );
+    let (x, y) = (
+        x.expect("task").expect("run"),
+        y.expect("task").expect("run"),
+    );
+    let stats = m.stats();
+    m.shutdown().await;
+    assert_eq!((x.exit, y.exit), (Exit::Ok, Exit::Ok));
+    assert_eq!(stats.messages, 1_000);
+    assert!(stats.max_in_window <= 200, "{stats:?}");
+    assert_eq!(stats.rate_limited, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_pause_the_engine_and_it_continues_after() {
+    // 2,000 users in 20 calls at 1,000 per minute from 09:00 UTC; quiet 09:01–09:30.
+    // One call in flight: the simulated clock adds up concurrent sleeps.
+    let repo = Repo::new(
+        "[limits.batch]\nlimit = 1000\nwindow = \"60s\"\n[send]\nmax_batch_in_flight = 1\n",
+    );
+    repo.audience("a.csv", 2_000, 20, &[]);
+    let file = repo.campaign(
+        "quiet",
+        "a.csv",
+        "http://127.0.0.1:9",
+        "schedule: { quiet_hours: { from: \"09:01\", to: \"09:30\", timezone: UTC } }\n",
+    );
+    let t0: jiff::Timestamp = "2026-03-01T09:00:00Z".parse().expect("time");
+    let clock = SimClock::new(t0);
+    // The mock checks signatures against the same simulated clock.
+    let m = mock::start(MockConfig {
+        limit: 1_000_000,
+        window: Duration::from_secs(1),
+        clock: Arc::new(clock.clone()),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let mut r = request(&repo, &file, &m);
+    let seen = Arc::new(Mutex::new(
+        Vec::<(jiff::Timestamp, Option<String>, u64)>::new(),
+    ));
+    let s2 = seen.clone();
+    let c2 = clock.clone();
+    r.progress = Some(Arc::new(move |p: &Progress| {
+        s2.lock()
+            .expect("lock")
+            .push((c2.now(), p.quiet_until.clone(), p.calls_done));
+    }));
+    let s = run_campaign(r, Arc::new(clock.clone()), StopToken::new())
+        .await
+        .expect("run");
+    m.shutdown().await;
+    assert_eq!(s.exit, Exit::Ok, "{s:?}");
+    assert_eq!(s.counts[&RecipientStatus::Sent], 2_000);
+    let seen = seen.lock().expect("lock").clone();
+    let quiet_start: jiff::Timestamp = "2026-03-01T09:01:00Z".parse().expect("time");
+    let quiet_end: jiff::Timestamp = "2026-03-01T09:30:00Z".parse().expect("time");
+    assert!(
+        seen.iter()
+            .any(|(_, q, _)| q.as_deref() == Some("2026-03-01T09:30:00Z")),
+        "progress shows the pause: {seen:?}"
+    );
+    // No call starts inside quiet hours: the journal's call rows carry their start time.
+    let j = repo.journal();
+    let mut st = j
+        .connection()
+        .prepare("SELECT updated_at FROM calls WHERE run_id = ?1")
+        .expect("q");
+    let times: Vec<jiff::Timestamp> = st
+        .query_map([s.run_id.as_deref().expect("id")], |r| {
+            r.get::<_, String>(0)
+        })
+        .expect("rows")
+        .map(|t| t.expect("row").parse().expect("time"))
+        .collect();
+    assert_eq!(times.len(), 20);
+    assert!(
+        times.iter().all(|t| *t < quiet_start || *t >= quiet_end),
+        "no call inside quiet hours: {times:?}"
+    );
+    assert!(times.iter().any(|t| *t < quiet_start), "some before");
+    assert!(times.iter().any(|t| *t >= quiet_end), "the rest after");
+}
+
+// ---- real processes -------------------------------------------------------------------------
+
+/// `imcast mock-server` as a process; killed on drop.
+struct MockServer {
+    child: Child,
+    addr: String,
+}
+
+impl MockServer {
+    fn start(args: &[&str]) -> MockServer {
+        let mut child = Command::new(bin())
+            .arg("mock-server")
+            .args(args)
+            .env_remove("VOLC_ACCESSKEY")
+            .env_remove("VOLC_SECRETKEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mock-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("address line");
+        MockServer {
+            child,
+            addr: line.trim().to_string(),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn stats(&self) -> MockStats {
+        let url = format!("{}/stats", self.endpoint());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            reqwest::get(url)
+                .await
+                .expect("GET /stats")
+                .json::<MockStats>()
+                .await
+                .expect("stats json")
+        })
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn imcast_run(repo: &Repo, file: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("run")
+        .arg(file)
+        .args(extra)
+        .current_dir(repo.dir.path())
+        .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
+        .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
+        .env_remove("VOLC_SECRETKEY_FILE")
+        .env_remove("IMCAST_FAILPOINT")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+fn latest_statuses(repo: &Repo, campaign: &str) -> (String, BTreeMap<u64, String>) {
+    let j = repo.journal();
+    let run = j
+        .latest_run(campaign, false)
+        .expect("q")
+        .expect("a run exists");
+    let st = j
+        .recipients(&run.id)
+        .expect("rows")
+        .into_iter()
+        .filter(|r| r.status != RecipientStatus::Duplicate)
+        .filter_map(|r| r.id.map(|id| (id, r.status.to_string())))
+        .collect();
+    (run.id, st)
+}
+
+#[test]
+fn readme_demo_command_runs_against_the_embedded_mock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ex = crate::common::root().join("examples");
+    std::fs::create_dir(dir.path().join("audiences")).expect("mkdir");
+    std::fs::copy(ex.join("demo.yaml"), dir.path().join("demo.yaml")).expect("copy demo");
+    std::fs::copy(
+        ex.join("audiences/demo.csv"),
+        dir.path().join("audiences/demo.csv"),
+    )
+    .expect("copy audience");
+    let audience_rows = std::fs::read_to_string(dir.path().join("audiences/demo.csv"))
+        .expect("csv")
+        .lines()
+        .count()
+        - 1;
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .arg("run")
+            .arg("demo.yaml")
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("VOLC_ACCESSKEY")
+            .env_remove("VOLC_SECRETKEY")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run imcast")
+    };
+    let out = run(&["--mock", "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        report.starts_with(dir.path().canonicalize().expect("canon"))
+            || report.starts_with(dir.path())
+    );
+    let csv = std::fs::read_to_string(report.join("recipients.csv")).expect("recipients.csv");
+    assert_eq!(
+        csv.lines().count() - 1,
+        audience_rows,
+        "a row per audience row"
+    );
+    assert!(stderr.contains("Report:"), "{stderr}");
+    // Off a terminal without --yes: a --mock run needs no confirmation and does not wait.
+    let out = run(&["--mock", "--new-run"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn real_sends_need_credentials_and_a_confirmation() {
+    let repo = Repo::new("");
+    repo.audience("a.csv", 10, 1, &[]);
+    let file = repo.campaign("creds", "a.csv", "http://127.0.0.1:9", "");
+    let out = imcast_run(&repo, &file, &["--yes"])
+        .env_remove("VOLC_ACCESSKEY")
+        .env_remove("VOLC_SECRETKEY")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("VOLC_ACCESSKEY") && stderr.contains("--mock"),
+        "{stderr}"
+    );
+    let out = imcast_run(&repo, &file, &[]).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--yes"), "{stderr}");
+    assert!(
+        !repo.path(".imcast/imcast.db").exists(),
+        "nothing was started"
+    );
+}
+
+#[test]
+fn throttle_1000_per_5s_with_6000_recipients_zero_429s() {
+    let mock = MockServer::start(&["--limit", "1000", "--window", "5s"]);
+    let repo = Repo::new("[limits.batch]\nlimit = 1000\nwindow = \"5s\"\n");
+    // 60 groups of 100: 60 calls of 100 receivers.
+    repo.audience("a.csv", 6_000, 60, &[]);
+    let file = repo.campaign("throttle", "a.csv", &mock.endpoint(), "");
+    let out = imcast_run(&repo, &file, &["--yes"]).output().expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = mock.stats();
+    assert_eq!(st.rate_limited, 0, "zero 429s: {st:?}");
+    assert_eq!(st.messages, 6_000);
+    assert!(st.max_in_window <= 1_000, "{st:?}");
+}
+
+#[test]
+fn crash_at_each_failpoint_then_resume() {
+    for point in ["after_mark", "after_response", "before_commit"] {
+        let repo = Repo::new("[limits.batch]\nlimit = 300\nwindow = \"1s\"\n");
+        let rec = repo.path("record.jsonl");
+        let mock = MockServer::start(&[
+            "--limit",
+            "300",
+            "--window",
+            "1s",
+            "--record",
+            rec.to_str().expect("utf8"),
+        ]);
+        let ids = repo.audience("a.csv", 1_000, 20, &[]);
+        let file = repo.campaign("crash", "a.csv", &mock.endpoint(), "");
+        let out = imcast_run(&repo, &file, &["--yes"])
+            .env("IMCAST_FAILPOINT", format!("{point}:4"))
+            .output()
+            .expect("run");
+        assert_ne!(out.status.code(), Some(0), "{point}: the process aborted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("IMCAST_FAILPOINT"),
+            "{point}"
+        );
+        let out = imcast_run(&repo, &file, &["--yes"])
+            .output()
+            .expect("resume");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(3)),
+            "{point}: {stderr}"
+        );
+        assert!(stderr.contains("Resuming"), "{point}: {stderr}");
+        let (_, st) = latest_statuses(&repo, "crash");
+        let unknown = with_status(&st, "unknown");
+        let sent = with_status(&st, "sent");
+        let all: BTreeSet<u64> = ids.iter().copied().collect();
+        assert_eq!(
+            sent,
+            all.difference(&unknown).copied().collect::<BTreeSet<_>>(),
+            "{point}: everyone but unknown is sent"
+        );
+        let delivered = record(&rec);
+        assert!(
+            delivered.values().all(|&n| n == 1),
+            "{point}: no duplicates"
+        );
+        let dset: BTreeSet<u64> = delivered.keys().copied().collect();
+        assert!(sent.is_subset(&dset), "{point}: sent were delivered");
+        assert!(
+            dset.difference(&sent).all(|i| unknown.contains(i)),
+            "{point}: deliveries = audience minus unknown (plus unknown ones that arrived)"
+        );
+        if point == "after_mark" {
+            assert!(unknown.is_empty() || !unknown.is_subset(&dset));
+        } else {
+            assert!(!unknown.is_empty(), "{point}: the crashed call is unknown");
+        }
+        let stats = mock.stats();
+        assert_eq!(stats.duplicates, 0, "{point}");
+        assert!(stats.max_in_window <= 300, "{point}: {stats:?}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigint_mid_run_exits_130_then_resume_completes() {
+    let rec_dir = tempfile::tempdir().expect("tempdir");
+    let rec = rec_dir.path().join("record.jsonl");
+    let mock = MockServer::start(&[
+        "--limit",
+        "200",
+        "--window",
+        "1s",
+        "--record",
+        rec.to_str().expect("utf8"),
+    ]);
+    let repo = Repo::new("[limits.batch]\nlimit = 200\nwindow = \"1s\"\n");
+    let ids = repo.audience("a.csv", 2_000, 40, &[]);
+    let file = repo.campaign("sigint", "a.csv", &mock.endpoint(), "");
+    let child = imcast_run(&repo, &file, &["--yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until sending has begun (the mock saw messages), then interrupt.
+    loop {
+        if mock.stats().messages > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("resume with"), "{stderr}");
+    let partial = mock.stats().messages;
+    assert!(partial < 2_000, "stopped early");
+    let out = imcast_run(&repo, &file, &["--yes"])
+        .output()
+        .expect("resume");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let delivered = record(&rec);
+    assert_eq!(delivered.len(), ids.len());
+    assert!(delivered.values().all(|&n| n == 1));
+    assert!(mock.stats().max_in_window <= 200);
+}
+
+#[test]
+fn two_campaigns_in_two_processes_share_the_account_limit() {
+    let mock = MockServer::start(&["--limit", "200", "--window", "1s"]);
+    let repo = Repo::new("[limits.batch]\nlimit = 200\nwindow = \"1s\"\n");
+    repo.audience("a.csv", 600, 6, &[]);
+    let a = repo.campaign("one", "a.csv", &mock.endpoint(), "");
+    let b = repo.campaign("two", "a.csv", &mock.endpoint(), "");
+    // Create the state database first so both processes open an existing one.
+    drop(repo.journal());
+    let pa = imcast_run(&repo, &a, &["--yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a");
+    let pb = imcast_run(&repo, &b, &["--yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn b");
+    let oa = pa.wait_with_output().expect("a");
+    let ob = pb.wait_with_output().expect("b");
+    assert_eq!(
+        oa.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&oa.stderr)
+    );
+    assert_eq!(
+        ob.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ob.stderr)
+    );
+    let st = mock.stats();
+    assert_eq!(st.messages, 1_200);
+    assert!(st.max_in_window <= 200, "{st:?}");
+    assert_eq!(st.rate_limited, 0);
+}
