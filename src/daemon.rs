@@ -29,6 +29,7 @@
 
 pub mod metrics;
 pub mod runner;
+pub mod send_runner;
 pub mod source;
 pub mod state;
 pub mod view;

@@ -1,8 +1,9 @@
 //! `imcast daemon DIR`: run a folder of campaigns on their schedules.
 //!
-//! Wires the scheduler core to the real clock, the campaign source, the runner, signals and the
-//! metrics server. First SIGINT/SIGTERM: stop ticking, let the runner stop gracefully (runs stay
-//! resumable), exit 130/143. A second signal exits at once.
+//! Wires the scheduler core to the real clock, the `spec::load` campaign source, the
+//! `run_campaign` runner, signals and the metrics server. First SIGINT/SIGTERM: stop ticking,
+//! stop starting calls, wait for calls in flight to commit (runs stay resumable), exit 130/143.
+//! A second signal exits at once.
 
 use std::sync::Arc;
 
@@ -11,12 +12,21 @@ use tracing::info;
 
 use crate::cli::{DaemonArgs, GlobalArgs};
 use crate::clock::SystemClock;
-use crate::daemon::runner::UnwiredRunner;
+use crate::daemon::send_runner::{SendRunner, SendRunnerConfig};
 use crate::daemon::source::SpecSource;
 use crate::daemon::{default_state_dir, metrics, Daemon, DaemonConfig};
 use crate::exit::{CmdResult, Exit, ExitContext};
 
 pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
+    // Every run needs them: refuse to start rather than fail each occurrence later.
+    crate::provider::Credentials::from_env()
+        .map_err(|e| {
+            anyhow!(
+                "{e}. The daemon sends with Volcengine credentials from the environment: VOLC_ACCESSKEY and \
+                 VOLC_SECRETKEY (or VOLC_SECRETKEY_FILE, e.g. with systemd LoadCredential=)"
+            )
+        })
+        .exit(Exit::Access)?;
     if !a.dir.is_dir() {
         return Err(anyhow!(
             "{}: not a folder of campaign files",
@@ -46,16 +56,20 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
         let source = SpecSource::new(crate::spec::LoadOptions {
             allow_endpoints: a.allow_endpoint.clone(),
         });
-        let daemon = Daemon::open(
-            cfg,
+        let runner = SendRunner::new(
+            SendRunnerConfig {
+                state_dir: state_dir.clone(),
+                report_dir: a.report_dir.clone(),
+                config: a.state.config.clone(),
+                target: None,
+            },
             Arc::new(SystemClock),
-            Box::new(source),
-            Arc::new(UnwiredRunner),
-        )
-        .map_err(|e| match e {
-            crate::daemon::DaemonError::Busy { .. } => crate::exit::Failure::new(Exit::Busy, e),
-            other => crate::exit::Failure::new(Exit::Internal, other),
-        })?;
+        );
+        let daemon = Daemon::open(cfg, Arc::new(SystemClock), Box::new(source), runner.clone())
+            .map_err(|e| match e {
+                crate::daemon::DaemonError::Busy { .. } => crate::exit::Failure::new(Exit::Busy, e),
+                other => crate::exit::Failure::new(Exit::Internal, other),
+            })?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let signal = Arc::new(std::sync::Mutex::new(None::<Exit>));
         {
@@ -96,7 +110,10 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
             info!(addr = %bound, "metrics at http://{bound}/metrics");
         }
         info!(dir = %a.dir.display(), state_dir = %state_dir.display(), "daemon started");
-        daemon.run(rx).await.exit(Exit::Internal)?;
+        let res = daemon.run(rx).await;
+        // Graceful: the runs stop starting calls; wait for calls in flight to commit.
+        runner.drain().await;
+        res.exit(Exit::Internal)?;
         let code = signal.lock().ok().and_then(|g| *g).unwrap_or(Exit::Ok);
         Ok(code)
     })
