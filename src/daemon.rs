@@ -559,7 +559,8 @@ impl Daemon {
                 continue;
             }
             match self.runner.status(&row.run_key) {
-                RunStatus::Paused if row.status != status::PAUSED => {
+                // (Under the stop file the engine pauses itself; that is not a user pause.)
+                RunStatus::Paused if row.status != status::PAUSED && !self.stopped => {
                     // The run's engine took the campaign's pause request from the control
                     // table before this loop did: the campaign is paused by the user.
                     state::set_paused(&self.conn, &row.campaign, true)?;

@@ -14,8 +14,9 @@
 //!   the limiter and does not use up attempts; recipients are never dropped (they end `failed`).
 //! - An `Unknown` outcome makes a batch/P2P call's receivers `unknown` and they are never resent
 //!   silently; SendMessage calls carry a stable ClientMsgId ([`client_msg_id`]) and are retried.
-//! - A `Fatal` error, the failure breaker, a deadline, a control request or a stop signal stops
-//!   starting calls; in-flight calls are waited for and committed.
+//! - A `Fatal` error, the failure breaker, a deadline, a control request, the `STOP` file in the
+//!   state directory (pauses the run) or a stop signal stops starting calls; in-flight calls are
+//!   waited for and committed.
 //!
 //! Must not: read the system clock (time comes from the limiter's [`Clock`]), print anything
 //! (progress goes to a callback rendered at the command edge), or block a runtime thread.
@@ -510,9 +511,14 @@ impl<T: Transport> Engine<T> {
                 next_control = now
                     + jiff::SignedDuration::try_from(self.cfg.control_every).unwrap_or_default();
                 let campaign = self.cfg.campaign.clone();
+                // The kill switch: `STOP` in the state directory pauses every run (no pid needed).
+                let stop_file = self.journal.path().with_file_name("STOP");
                 match self
                     .journal
                     .with(move |j| {
+                        if stop_file.exists() {
+                            return Ok(Some(ControlRequest::Pause));
+                        }
                         let c = j.control(&campaign)?;
                         if matches!(
                             c,

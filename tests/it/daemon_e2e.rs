@@ -254,3 +254,52 @@ fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
     let status = second.0.wait().expect("wait");
     assert_eq!(status.code(), Some(143));
 }
+
+/// The kill switch needs no daemon: a `STOP` file in the state directory pauses an `imcast run`
+/// engine before it sends anything, and the run resumes once it is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_file_pauses_a_plain_run_and_it_resumes_after() {
+    use imcast::cmd::run::{run_campaign, CampaignRun};
+    use imcast::send::{StopReason, StopToken};
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = std::fs::canonicalize(tmp.path()).expect("canon");
+    let m = mock::start(mock::MockConfig::default())
+        .await
+        .expect("mock");
+    let file = root.join("s.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: 1\nname: s\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{}\" }}\n\
+             action: batch\nsender: 10001\naudience: {{ ids: [1, 2, 3] }}\nmessage: {{ type: text, text: hi }}\n",
+            m.endpoint()
+        ),
+    )
+    .expect("campaign");
+    std::fs::create_dir_all(root.join(".imcast")).expect("state dir");
+    std::fs::write(root.join(".imcast").join("STOP"), "").expect("stop file");
+    let campaign =
+        imcast::spec::load(&file, &imcast::spec::LoadOptions::default()).expect("campaign");
+    let paths = imcast::config::RepoPaths::discover(&file, None, None, None);
+    let req = || {
+        let mut r = CampaignRun::new(campaign.clone(), paths.clone());
+        r.target = Some((m.endpoint(), m.credentials()));
+        r.mock = true;
+        r
+    };
+    let clock: imcast::clock::SharedClock = Arc::new(imcast::clock::SystemClock);
+    let s = run_campaign(req(), clock.clone(), StopToken::new())
+        .await
+        .expect("run");
+    assert_eq!(s.reason, Some(StopReason::Paused), "{s:?}");
+    assert_eq!(m.stats().messages, 0, "nothing sent under the stop file");
+    std::fs::remove_file(root.join(".imcast").join("STOP")).expect("rm");
+    let s = run_campaign(req(), clock, StopToken::new())
+        .await
+        .expect("run");
+    assert_eq!(s.reason, Some(StopReason::Completed), "{s:?}");
+    assert_eq!(s.counts[&RecipientStatus::Sent], 3);
+    m.shutdown().await;
+}
