@@ -96,13 +96,18 @@ pub fn scan_dir(
     Ok(out)
 }
 
+/// (length, mtime, hex sha256) of one input file.
+type CachedHash = (u64, Option<SystemTime>, String);
+
 /// Loads campaigns with `spec::load`; the payload is the `spec::Campaign`.
 #[derive(Debug, Default)]
 pub struct SpecSource {
     opts: crate::spec::LoadOptions,
     /// File hashes keyed by (path, length, mtime): a large audience CSV is read again only when
-    /// its metadata changes, not at every rescan.
-    cache: Mutex<BTreeMap<PathBuf, (u64, Option<SystemTime>, String)>>,
+    /// its metadata changes, not at every rescan. (A same-length rewrite within one filesystem
+    /// timestamp tick of the previous read would go unnoticed here; the run's own plan hash in
+    /// the journal still decides what is sent.)
+    cache: Mutex<BTreeMap<PathBuf, CachedHash>>,
 }
 
 impl SpecSource {
@@ -260,5 +265,30 @@ mod tests {
         assert!(b.contains("schedule.timezone: required"), "{b}");
         let c = got[2].1.as_ref().expect_err("c duplicate");
         assert!(c.contains("already used by"), "{c}");
+    }
+
+    #[test]
+    fn spec_source_hash_follows_the_campaign_and_its_inputs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let csv = dir.path().join("a.csv");
+        std::fs::write(&csv, "user_id\n1\n2\n").expect("csv");
+        let file = dir.path().join("c.yaml");
+        let text = "version: 1\nname: c\nprovider: { app_id: 1, region: cn-north-1 }\naction: batch\nsender: 1\naudience: { csv: a.csv }\nmessage: { type: text, text: hi }\nschedule: { cron: \"0 9 * * *\", timezone: UTC }\n";
+        std::fs::write(&file, text).expect("yaml");
+        let src = SpecSource::default();
+        let a = src.load(&file).expect("valid");
+        assert_eq!(a.name, "c");
+        assert!(a.schedule.is_some());
+        assert!(a.payload.downcast_ref::<crate::spec::Campaign>().is_some());
+        assert_eq!(src.load(&file).expect("valid").content_hash, a.content_hash);
+        std::fs::write(&csv, "user_id\n1\n33\n").expect("csv");
+        let b = src.load(&file).expect("valid");
+        assert_ne!(b.content_hash, a.content_hash, "audience change");
+        std::fs::write(&file, text.replace("text: hi", "text: ho")).expect("yaml");
+        let c = src.load(&file).expect("valid");
+        assert_ne!(c.content_hash, b.content_hash, "campaign change");
+        std::fs::write(&file, "version: 1\nname: c\n").expect("yaml");
+        let e = src.load(&file).expect_err("invalid");
+        assert!(e.contains("c.yaml"), "{e}");
     }
 }

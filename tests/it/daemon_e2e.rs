@@ -303,3 +303,165 @@ async fn stop_file_pauses_a_plain_run_and_it_resumes_after() {
     assert_eq!(s.counts[&RecipientStatus::Sent], 3);
     m.shutdown().await;
 }
+
+/// The daemon core with the real source and runner (in process, real clock, the mock over
+/// HTTP): pause stops the engine and the occurrence shows `paused`, resume continues the same
+/// run, cancel makes the remaining recipients `cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_cancel_act_on_a_running_occurrence() {
+    use imcast::daemon::send_runner::{SendRunner, SendRunnerConfig};
+    use imcast::daemon::source::SpecSource;
+    use imcast::daemon::state::ControlAction;
+    use imcast::daemon::{Daemon, DaemonConfig};
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = std::fs::canonicalize(tmp.path()).expect("canon");
+    let m = mock::start(mock::MockConfig::default())
+        .await
+        .expect("mock");
+    std::fs::write(
+        root.join("imcast.toml"),
+        "[limits.batch]\nlimit = 50\nwindow = \"1s\"\n",
+    )
+    .expect("toml");
+    let campaigns = root.join("campaigns");
+    std::fs::create_dir_all(&campaigns).expect("mkdir");
+    let mut csv = String::from("user_id,grp\n");
+    for i in 0..1_000u64 {
+        csv.push_str(&format!("{},g{}\n", 300_000 + i, i % 100));
+    }
+    std::fs::write(campaigns.join("a.csv"), csv).expect("csv");
+    let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("at");
+    std::fs::write(
+        campaigns.join("c.yaml"),
+        format!(
+            "version: 1\nname: c\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{}\" }}\n\
+             action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
+             message:\n  type: text\n  text: \"Hi {{{{ grp }}}}\"\nschedule:\n  at: {at}\n",
+            m.endpoint()
+        ),
+    )
+    .expect("campaign");
+    let state_dir = root.join(".imcast");
+    let clock: imcast::clock::SharedClock = Arc::new(imcast::clock::SystemClock);
+    let runner = SendRunner::new(
+        SendRunnerConfig {
+            state_dir: state_dir.clone(),
+            report_dir: Some(root.join("reports")),
+            config: None,
+            target: Some((m.endpoint(), m.credentials())),
+        },
+        clock.clone(),
+    );
+    let mut d = Daemon::open(
+        DaemonConfig::new(&campaigns, &state_dir),
+        clock,
+        Box::new(SpecSource::default()),
+        runner.clone(),
+    )
+    .expect("daemon");
+    let conn = state::open(&state_dir).expect("state");
+    let status = |conn: &rusqlite::Connection| {
+        state::occurrences(conn, Some("c"))
+            .expect("rows")
+            .first()
+            .map(|r| r.status.clone())
+            .unwrap_or_default()
+    };
+    // Tick (on the blocking pool: SQLite) until `done` holds, at most ~30 s.
+    async fn tick_until(
+        d: Daemon,
+        mut done: impl FnMut() -> bool + Send + 'static,
+    ) -> (Daemon, bool) {
+        let mut d = d;
+        for _ in 0..300 {
+            let (back, back_done, ok) = tokio::task::spawn_blocking(move || {
+                d.tick().expect("tick");
+                let ok = done();
+                (d, done, ok)
+            })
+            .await
+            .expect("join");
+            d = back;
+            done = back_done;
+            if ok {
+                return (d, true);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (d, false)
+    }
+    let sd = state_dir.clone();
+    let m_ref = Arc::new(m);
+    let m2 = m_ref.clone();
+    let (back, ok) = tick_until(d, move || m2.stats().messages >= 100).await;
+    d = back;
+    assert!(ok, "the occurrence started sending");
+
+    state::request_control(&conn, "c", ControlAction::Pause, 0).expect("pause");
+    let sd2 = sd.clone();
+    let (back, ok) = tick_until(d, move || {
+        status(&state::open(&sd2).expect("state")) == "paused"
+    })
+    .await;
+    d = back;
+    assert!(ok, "paused");
+    let journal = Journal::open(&state_dir).expect("journal");
+    let run = journal.runs("c").expect("runs").remove(0);
+    // The engine stops within its in-flight calls: the run is paused with recipients pending.
+    let (back, ok) = tick_until(d, {
+        let sd3 = sd.clone();
+        let id = run.id.clone();
+        move || {
+            let j = Journal::open(&sd3).expect("journal");
+            j.run(&id)
+                .expect("run")
+                .is_some_and(|r| r.status != imcast::journal::RunStatus::Running)
+        }
+    })
+    .await;
+    d = back;
+    assert!(ok, "the engine stopped");
+    assert!(
+        journal
+            .count_status(&run.id, RecipientStatus::Pending)
+            .expect("q")
+            > 0
+    );
+
+    state::request_control(&conn, "c", ControlAction::Resume, 0).expect("resume");
+    let sd4 = sd.clone();
+    let (back, ok) = tick_until(d, move || {
+        status(&state::open(&sd4).expect("state")) == "running"
+    })
+    .await;
+    d = back;
+    assert!(ok, "running again");
+
+    state::request_control(&conn, "c", ControlAction::Cancel, 0).expect("cancel");
+    let sd5 = sd.clone();
+    let (back, ok) = tick_until(d, move || {
+        status(&state::open(&sd5).expect("state")) == "cancelled"
+    })
+    .await;
+    d = back;
+    assert!(ok, "cancelled");
+    // The runner finishes the cancel in the journal: wait (bounded) for its tasks.
+    runner.drain().await;
+    drop(d);
+    let runs = journal.runs("c").expect("runs");
+    assert_eq!(runs.len(), 1, "resume continued the same run: {runs:?}");
+    let counts = journal.counts(&runs[0].id).expect("counts");
+    assert_eq!(counts[&RecipientStatus::Pending], 0, "{counts:?}");
+    assert!(counts[&RecipientStatus::Cancelled] > 0, "{counts:?}");
+    assert_eq!(
+        counts[&RecipientStatus::Sent]
+            + counts[&RecipientStatus::Cancelled]
+            + counts[&RecipientStatus::Unknown],
+        1_000,
+        "{counts:?}"
+    );
+    assert_eq!(runs[0].status, imcast::journal::RunStatus::Cancelled);
+    assert_eq!(m_ref.stats().messages, counts[&RecipientStatus::Sent]);
+}
