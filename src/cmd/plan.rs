@@ -76,7 +76,16 @@ fn summarize<'a>(
         eta_with_quiet_hours_secs: finish.map(|f| start.duration_until(f).as_secs().max(0) as u64),
         quiet_hours: c.quiet_hours.as_ref().map(|q| q.describe()),
         finish_at: finish.map(|f| f.to_string()),
-        deadline_warning: crate::plan::deadline_warning(c, now, eta),
+        // Quiet hours stretch the run: the deadline check uses the wall-clock duration.
+        deadline_warning: crate::plan::deadline_warning(
+            c,
+            now,
+            crate::plan::finish_with_quiet(c, now, eta)
+                .map(|f| {
+                    std::time::Duration::from_secs(now.duration_until(f).as_secs().max(0) as u64)
+                })
+                .unwrap_or(eta),
+        ),
         next_occurrence: c
             .schedule
             .as_ref()
