@@ -42,8 +42,8 @@ use crate::config::{BreakerSettings, Limit};
 use crate::exit::Exit;
 use crate::failpoint::{self, Point};
 use crate::journal::{
-    CallState, ControlRequest, JournalError, RecipientStatus, RecipientUpdate, RunStatus,
-    SharedJournal,
+    CallState, ControlRequest, JournalError, Mark, Outcome, RecipientStatus, RecipientUpdate,
+    RunStatus, SharedJournal, Write,
 };
 use crate::schedule::QuietHours;
 use crate::throttle::{Acquired, Limiter, ThrottleError};
@@ -746,7 +746,14 @@ impl<T: Transport> Ctx<T> {
             self.clock.now(),
         );
         self.journal
-            .with(move |j| j.mark_in_flight(&run, seq, &variant, &recv, cmid.as_deref(), now))
+            .write(Write::Mark(Mark {
+                run_id: run,
+                seq,
+                variant,
+                receivers: recv,
+                client_msg_id: cmid,
+                now,
+            }))
             .await?;
         failpoint::hit(Point::AfterMark);
         let out = OutgoingCall {
@@ -975,16 +982,14 @@ impl<T: Transport> Ctx<T> {
         let error = error.map(|(c, m)| (c.to_string(), m.to_string()));
         let delta: Vec<RecipientStatus> = updates.iter().map(|u| u.status).collect();
         self.journal
-            .with(move |j| {
-                j.record_outcome(
-                    &run,
-                    seq,
-                    state,
-                    &updates,
-                    error.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
-                    now,
-                )
-            })
+            .write(Write::Outcome(Outcome {
+                run_id: run,
+                seq,
+                state,
+                updates,
+                error,
+                now,
+            }))
             .await?;
         let mut s = self.lock();
         for st in delta {
