@@ -1167,6 +1167,22 @@ impl Journal {
             .collect())
     }
 
+    /// True when no recipient of the run has an outcome yet (every valid row is still
+    /// `pending`): a freshly created run. The engine then skips the per-call "still to send"
+    /// lookup, since every receiver the plan names is pending.
+    pub fn all_valid_pending(&self, run_id: &str) -> Result<bool, JournalError> {
+        let any: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM recipients WHERE run_id = ?1
+                   AND status NOT IN ('pending','invalid','duplicate','suppressed'))",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(!any)
+    }
+
     /// Commit the in-flight mark of a call attempt (before the request leaves).
     pub fn mark_in_flight(
         &mut self,

@@ -594,6 +594,17 @@ fn produce<S: CallSource>(
             return;
         }
     };
+    // A fresh run: every receiver the plan names is pending, no lookup per call needed.
+    let fresh = match reader.all_valid_pending(run_id) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx.blocking_send(Produced::Error {
+                seq: 0,
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
     let mut last_seq = 0;
     for call in source.calls() {
         let call = match call {
@@ -607,7 +618,12 @@ fn produce<S: CallSource>(
             }
         };
         last_seq = call.seq;
-        let receivers = match reader.sendable(run_id, &call.receivers, resend_unknown) {
+        let looked_up = if fresh {
+            Ok(call.receivers)
+        } else {
+            reader.sendable(run_id, &call.receivers, resend_unknown)
+        };
+        let receivers = match looked_up {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.blocking_send(Produced::Error {
