@@ -43,8 +43,8 @@ use crate::config::{BreakerSettings, Limit};
 use crate::exit::Exit;
 use crate::failpoint::{self, Point};
 use crate::journal::{
-    CallState, ControlRequest, JournalError, RecipientStatus, RecipientUpdate, RunStatus,
-    SharedJournal,
+    CallState, ControlRequest, JournalError, Mark, Outcome, RecipientStatus, RecipientUpdate,
+    RunStatus, SharedJournal, Write,
 };
 use crate::schedule::QuietHours;
 use crate::throttle::{Acquired, Limiter, ThrottleError};
@@ -600,6 +600,17 @@ fn produce<S: CallSource>(
             return;
         }
     };
+    // A fresh run: every receiver the plan names is pending, no lookup per call needed.
+    let fresh = match reader.all_valid_pending(run_id) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx.blocking_send(Produced::Error {
+                seq: 0,
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
     let mut last_seq = 0;
     for call in source.calls() {
         let call = match call {
@@ -613,7 +624,12 @@ fn produce<S: CallSource>(
             }
         };
         last_seq = call.seq;
-        let receivers = match reader.sendable(run_id, &call.receivers, resend_unknown) {
+        let looked_up = if fresh {
+            Ok(call.receivers)
+        } else {
+            reader.sendable(run_id, &call.receivers, resend_unknown)
+        };
+        let receivers = match looked_up {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.blocking_send(Produced::Error {
@@ -752,7 +768,14 @@ impl<T: Transport> Ctx<T> {
             self.clock.now(),
         );
         self.journal
-            .with(move |j| j.mark_in_flight(&run, seq, &variant, &recv, cmid.as_deref(), now))
+            .write(Write::Mark(Mark {
+                run_id: run,
+                seq,
+                variant,
+                receivers: recv,
+                client_msg_id: cmid,
+                now,
+            }))
             .await?;
         failpoint::hit(Point::AfterMark);
         let out = OutgoingCall {
@@ -981,16 +1004,14 @@ impl<T: Transport> Ctx<T> {
         let error = error.map(|(c, m)| (c.to_string(), m.to_string()));
         let delta: Vec<RecipientStatus> = updates.iter().map(|u| u.status).collect();
         self.journal
-            .with(move |j| {
-                j.record_outcome(
-                    &run,
-                    seq,
-                    state,
-                    &updates,
-                    error.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
-                    now,
-                )
-            })
+            .write(Write::Outcome(Outcome {
+                run_id: run,
+                seq,
+                state,
+                updates,
+                error,
+                now,
+            }))
             .await?;
         let mut s = self.lock();
         for st in delta {
