@@ -225,6 +225,9 @@ pub struct ScheduleArgs {
     /// Pretend it is this instant (RFC 3339); for tests and what-if checks.
     #[arg(long, hide = true, value_name = "TIME")]
     pub now: Option<String>,
+    /// Allow this provider endpoint besides the known region hosts and loopback.
+    #[arg(long, value_name = "URL")]
+    pub allow_endpoint: Vec<String>,
     #[command(flatten)]
     pub state: StateArgs,
 }

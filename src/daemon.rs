@@ -29,6 +29,7 @@
 
 pub mod metrics;
 pub mod runner;
+pub mod send_runner;
 pub mod source;
 pub mod state;
 pub mod view;
@@ -453,34 +454,35 @@ impl Daemon {
         for req in state::pending_controls(&self.conn)? {
             let name = req.campaign.as_str();
             let known_row = state::campaign(&self.conn, name)?;
-            let result = if known_row.is_none() && !self.campaigns.contains_key(name) {
-                format!("unknown campaign {name:?}")
-            } else {
-                if known_row.is_none() {
-                    if let Some(k) = self.campaigns.get(name) {
-                        state::upsert_campaign(
-                            &self.conn,
-                            name,
-                            &k.path.display().to_string(),
-                            None,
-                            n,
-                        )?;
-                    }
+            if known_row.is_none() && !self.campaigns.contains_key(name) {
+                // Not ours: a request for a campaign sent by `imcast run` (its engine acts on it).
+                continue;
+            }
+            if known_row.is_none() {
+                if let Some(k) = self.campaigns.get(name) {
+                    state::upsert_campaign(
+                        &self.conn,
+                        name,
+                        &k.path.display().to_string(),
+                        None,
+                        n,
+                    )?;
                 }
-                match req.action {
-                    ControlAction::Pause => {
-                        state::set_paused(&self.conn, name, true)?;
-                        "paused: no new occurrence starts and running runs pause until `imcast resume`".to_string()
-                    }
-                    ControlAction::Resume => {
-                        state::set_paused(&self.conn, name, false)?;
-                        "resumed".to_string()
-                    }
-                    ControlAction::Cancel => self.cancel(name, now)?,
+            }
+            let result = match req.action {
+                ControlAction::Pause => {
+                    state::set_paused(&self.conn, name, true)?;
+                    "paused: no new occurrence starts and running runs pause until `imcast resume`"
+                        .to_string()
                 }
+                ControlAction::Resume => {
+                    state::set_paused(&self.conn, name, false)?;
+                    "resumed".to_string()
+                }
+                ControlAction::Cancel => self.cancel(name, now)?,
             };
             info!(campaign = %name, action = req.action.as_str(), result = %result, "control request");
-            state::finish_control(&self.conn, req.id, n, &result)?;
+            state::finish_control(&self.conn, &req, n, &result)?;
         }
         Ok(())
     }
@@ -557,6 +559,13 @@ impl Daemon {
                 continue;
             }
             match self.runner.status(&row.run_key) {
+                // (Under the stop file the engine pauses itself; that is not a user pause.)
+                RunStatus::Paused if row.status != status::PAUSED && !self.stopped => {
+                    // The run's engine took the campaign's pause request from the control
+                    // table before this loop did: the campaign is paused by the user.
+                    state::set_paused(&self.conn, &row.campaign, true)?;
+                    info!(run = %row.run_key, "run paused by request");
+                }
                 RunStatus::Running | RunStatus::Paused => {}
                 RunStatus::Finished { outcome, detail } => {
                     self.attached.remove(&row.run_key);

@@ -66,6 +66,9 @@ pub enum JournalError {
     Seed(String),
     #[error("journal holds a value it does not understand: {0}")]
     Corrupt(String),
+    /// A grouped write (several calls' marks/outcomes in one transaction) failed.
+    #[error("journal write failed: {0}")]
+    Write(String),
 }
 
 impl JournalError {
@@ -291,6 +294,36 @@ pub struct RecipientUpdate {
     pub detail: Option<String>,
 }
 
+/// A call attempt's in-flight mark.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub run_id: String,
+    pub seq: u64,
+    pub variant: String,
+    pub receivers: Vec<u64>,
+    pub client_msg_id: Option<String>,
+    pub now: Timestamp,
+}
+
+/// A call's per-recipient outcomes and final state.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub run_id: String,
+    pub seq: u64,
+    pub state: CallState,
+    pub updates: Vec<RecipientUpdate>,
+    /// (code, message)
+    pub error: Option<(String, String)>,
+    pub now: Timestamp,
+}
+
+/// One write of a group commit.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Mark(Mark),
+    Outcome(Outcome),
+}
+
 /// How [`Journal::open_run`] should treat an existing run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResumeOptions {
@@ -491,6 +524,9 @@ impl Journal {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        // Up to 32 MiB of page cache (grows only as used): seeding a million recipients and
+        // updating them per call touch the two recipient indexes all over.
+        conn.pragma_update(None, "cache_size", -32768).map_err(db)?;
         let mut j = Journal {
             conn,
             path: path.to_path_buf(),
@@ -811,6 +847,7 @@ impl Journal {
         )
         .map_err(db)?;
         let mut skipped = 0u64;
+        let now_s = ts(now);
         {
             let mut ins = tx
                 .prepare(
@@ -860,7 +897,7 @@ impl Journal {
                     note,
                     message_id,
                     detail,
-                    ts(now),
+                    now_s,
                 ])
                 .map_err(db)?;
             }
@@ -1130,6 +1167,22 @@ impl Journal {
             .collect())
     }
 
+    /// True when no recipient of the run has an outcome yet (every valid row is still
+    /// `pending`): a freshly created run. The engine then skips the per-call "still to send"
+    /// lookup, since every receiver the plan names is pending.
+    pub fn all_valid_pending(&self, run_id: &str) -> Result<bool, JournalError> {
+        let any: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM recipients WHERE run_id = ?1
+                   AND status NOT IN ('pending','invalid','duplicate','suppressed'))",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(!any)
+    }
+
     /// Commit the in-flight mark of a call attempt (before the request leaves).
     pub fn mark_in_flight(
         &mut self,
@@ -1140,29 +1193,94 @@ impl Journal {
         client_msg_id: Option<&str>,
         now: Timestamp,
     ) -> Result<(), JournalError> {
-        let path = self.path.clone();
-        let db = |source| JournalError::Db {
-            path: path.clone(),
-            source,
-        };
-        let recv =
-            serde_json::to_string(receivers).map_err(|e| JournalError::Corrupt(e.to_string()))?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        tx.execute(
+        self.write_batch(&[Write::Mark(Mark {
+            run_id: run_id.to_string(),
+            seq,
+            variant: variant.to_string(),
+            receivers: receivers.to_vec(),
+            client_msg_id: client_msg_id.map(str::to_string),
+            now,
+        })])
+    }
+
+    fn mark_tx(
+        tx: &Connection,
+        m: &Mark,
+        db: &impl Fn(rusqlite::Error) -> JournalError,
+    ) -> Result<(), JournalError> {
+        let recv = serde_json::to_string(&m.receivers)
+            .map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        // Recipients are not touched here: the call row (with its receivers) is the in-flight
+        // mark; the outcome (or crash recovery) updates the recipients.
+        tx.prepare_cached(
             "INSERT INTO calls(run_id, seq, variant, receivers, state, attempts, client_msg_id, updated_at)
              VALUES (?1, ?2, ?3, ?4, 'in_flight', 1, ?5, ?6)
              ON CONFLICT(run_id, seq) DO UPDATE SET variant = excluded.variant, receivers = excluded.receivers,
                  state = 'in_flight', attempts = calls.attempts + 1, client_msg_id = excluded.client_msg_id,
                  updated_at = excluded.updated_at",
-            params![run_id, seq as i64, variant, recv, client_msg_id, ts(now)],
         )
+        .map_err(db)?
+        .execute(params![
+            m.run_id,
+            m.seq as i64,
+            m.variant,
+            recv,
+            m.client_msg_id,
+            ts(m.now)
+        ])
         .map_err(db)?;
-        // Recipients are not touched here: the call row (with its receivers) is the in-flight
-        // mark; the outcome (or crash recovery) updates the recipients. This halves the writes
-        // per call.
+        Ok(())
+    }
+
+    /// Commit several calls' in-flight marks and outcomes in one transaction (group commit).
+    ///
+    /// With any mark in the batch the commit is `synchronous=FULL` (durable before any of those
+    /// requests leaves); outcomes alone commit with `NORMAL`: durable against a process crash at
+    /// once, and against power loss by the next mark's FULL commit (the WAL is one sequential
+    /// file, so that fsync covers it). If power fails in between, an outcome is lost but its mark
+    /// is not, so recovery makes those receivers `unknown` — never a resend.
+    pub fn write_batch(&mut self, writes: &[Write]) -> Result<(), JournalError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let full = writes.iter().any(|w| matches!(w, Write::Mark(_)));
+        if !full {
+            self.conn
+                .pragma_update(None, "synchronous", "NORMAL")
+                .map_err(self.db())?;
+        }
+        let res = self.write_batch_tx(writes);
+        if !full {
+            let back = self.conn.pragma_update(None, "synchronous", "FULL");
+            res?;
+            return back.map_err(self.db());
+        }
+        res
+    }
+
+    fn write_batch_tx(&mut self, writes: &[Write]) -> Result<(), JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut outcomes = false;
+        for w in writes {
+            match w {
+                Write::Mark(m) => Self::mark_tx(&tx, m, &db)?,
+                Write::Outcome(o) => {
+                    outcomes = true;
+                    Self::outcome_tx(&tx, o, &db)?
+                }
+            }
+        }
+        if outcomes {
+            crate::failpoint::hit(crate::failpoint::Point::BeforeCommit);
+        }
         tx.commit().map_err(db)
     }
 
@@ -1185,13 +1303,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Commit a call's per-recipient outcomes and its final state in one transaction.
-    ///
-    /// This commit runs with `synchronous=NORMAL`: it is durable against a process crash at once,
-    /// and against an OS crash / power loss by the next in-flight mark's `FULL` commit (the WAL is
-    /// one sequential file, so that fsync covers it). If power fails in between, the outcome is
-    /// lost but its in-flight mark is not, so recovery makes those receivers `unknown` — never a
-    /// resend. This halves the fsyncs per call.
+    /// Commit a call's per-recipient outcomes and its final state in one transaction
+    /// (`synchronous=NORMAL`, see [`Journal::write_batch`]).
     pub fn record_outcome(
         &mut self,
         run_id: &str,
@@ -1201,81 +1314,67 @@ impl Journal {
         error: Option<(&str, &str)>,
         now: Timestamp,
     ) -> Result<(), JournalError> {
-        self.conn
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(self.db())?;
-        let res = self.record_outcome_tx(run_id, seq, state, updates, error, now);
-        let back = self.conn.pragma_update(None, "synchronous", "FULL");
-        res?;
-        back.map_err(self.db())
+        self.write_batch(&[Write::Outcome(Outcome {
+            run_id: run_id.to_string(),
+            seq,
+            state,
+            updates: updates.to_vec(),
+            error: error.map(|(c, m)| (c.to_string(), m.to_string())),
+            now,
+        })])
     }
 
-    fn record_outcome_tx(
-        &mut self,
-        run_id: &str,
-        seq: u64,
-        state: CallState,
-        updates: &[RecipientUpdate],
-        error: Option<(&str, &str)>,
-        now: Timestamp,
+    fn outcome_tx(
+        tx: &Connection,
+        o: &Outcome,
+        db: &impl Fn(rusqlite::Error) -> JournalError,
     ) -> Result<(), JournalError> {
-        let path = self.path.clone();
-        let db = |source| JournalError::Db {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        let (attempts, variant): (i64, String) = tx
+            .prepare_cached("SELECT attempts, variant FROM calls WHERE run_id = ?1 AND seq = ?2")
+            .map_err(db)?
+            .query_row(params![o.run_id, o.seq as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .map_err(db)?;
-        {
-            let (attempts, variant): (i64, String) = tx
-                .query_row(
-                    "SELECT attempts, variant FROM calls WHERE run_id = ?1 AND seq = ?2",
-                    params![run_id, seq as i64],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(db)?;
-            let mut upd = tx
-                .prepare_cached(
-                    "UPDATE recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
-                         detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10, attempts = ?11
-                     WHERE run_id = ?1 AND id = ?2 AND status IN ('pending','unknown')",
-                )
-                .map_err(db)?;
-            let now_s = ts(now);
-            for u in updates {
-                upd.execute(params![
-                    run_id,
-                    u.id as i64,
-                    u.status.as_str(),
-                    u.message_id.map(|v| v as i64),
-                    u.error_code,
-                    u.error_message,
-                    u.detail,
-                    now_s,
-                    seq as i64,
-                    variant,
-                    attempts,
-                ])
-                .map_err(db)?;
-            }
+        let mut upd = tx
+            .prepare_cached(
+                "UPDATE recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
+                     detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10, attempts = ?11
+                 WHERE run_id = ?1 AND id = ?2 AND status IN ('pending','unknown')",
+            )
+            .map_err(db)?;
+        let now_s = ts(o.now);
+        for u in &o.updates {
+            upd.execute(params![
+                o.run_id,
+                u.id as i64,
+                u.status.as_str(),
+                u.message_id.map(|v| v as i64),
+                u.error_code,
+                u.error_message,
+                u.detail,
+                now_s,
+                o.seq as i64,
+                variant,
+                attempts,
+            ])
+            .map_err(db)?;
         }
-        crate::failpoint::hit(crate::failpoint::Point::BeforeCommit);
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE calls SET state = ?3, error_code = ?4, error_message = ?5, updated_at = ?6
              WHERE run_id = ?1 AND seq = ?2",
-            params![
-                run_id,
-                seq as i64,
-                state.as_str(),
-                error.map(|e| e.0),
-                error.map(|e| e.1),
-                ts(now)
-            ],
         )
+        .map_err(db)?
+        .execute(params![
+            o.run_id,
+            o.seq as i64,
+            o.state.as_str(),
+            o.error.as_ref().map(|e| e.0.as_str()),
+            o.error.as_ref().map(|e| e.1.as_str()),
+            now_s
+        ])
         .map_err(db)?;
-        tx.commit().map_err(db)
+        Ok(())
     }
 
     /// Pending recipients become `expired` (deadline passed). Returns how many.
@@ -1433,6 +1532,55 @@ impl Journal {
         Ok(v)
     }
 
+    // ---- pruning ----------------------------------------------------------------------------
+
+    /// Delete runs that ended (finished or cancelled) before `cutoff`, with their calls and
+    /// recipients, in one transaction. Unfinished runs are kept whatever their age (they may
+    /// still be resumed); reports already written are files and stay. Returns
+    /// (runs, calls, recipients) deleted.
+    pub fn prune_runs(&mut self, cutoff: Timestamp) -> Result<(u64, u64, u64), JournalError> {
+        let path = self.path.clone();
+        let db = move |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&db)?;
+        let old: Vec<String> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT id, COALESCE(finished_at, updated_at) FROM runs
+                     WHERE status IN ('finished', 'cancelled')",
+                )
+                .map_err(&db)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(&db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&db)?;
+            rows.into_iter()
+                .filter(|(_, at)| at.parse::<Timestamp>().is_ok_and(|t| t < cutoff))
+                .map(|(id, _)| id)
+                .collect()
+        };
+        let (mut runs, mut calls, mut recipients) = (0u64, 0u64, 0u64);
+        for id in &old {
+            recipients += tx
+                .execute("DELETE FROM recipients WHERE run_id = ?1", [id])
+                .map_err(&db)? as u64;
+            calls += tx
+                .execute("DELETE FROM calls WHERE run_id = ?1", [id])
+                .map_err(&db)? as u64;
+            runs += tx
+                .execute("DELETE FROM runs WHERE id = ?1", [id])
+                .map_err(&db)? as u64;
+        }
+        tx.commit().map_err(&db)?;
+        Ok((runs, calls, recipients))
+    }
+
     // ---- control ----------------------------------------------------------------------------
 
     /// Record a pause/resume/cancel request for a campaign (the latest wins).
@@ -1537,15 +1685,51 @@ impl RawRun {
 #[derive(Clone)]
 pub struct SharedJournal {
     inner: std::sync::Arc<std::sync::Mutex<Journal>>,
+    /// Marks and outcomes waiting for the next group commit.
+    queue: std::sync::Arc<std::sync::Mutex<Vec<Queued>>>,
     path: PathBuf,
 }
+
+type Queued = (Write, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 impl SharedJournal {
     pub fn new(j: Journal) -> Self {
         let path = j.path().to_path_buf();
         SharedJournal {
             inner: std::sync::Arc::new(std::sync::Mutex::new(j)),
+            queue: Default::default(),
             path,
+        }
+    }
+
+    /// Commit `w` with whatever other marks/outcomes are queued, in one transaction (group
+    /// commit): the first task to get the journal writes every queued write; the others find
+    /// theirs done. Returns once `w` is committed (see [`Journal::write_batch`] for durability).
+    pub async fn write(&self, w: Write) -> Result<(), JournalError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((w, tx));
+        let inner = self.inner.clone();
+        let queue = self.queue.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut j = inner.lock().unwrap_or_else(|p| p.into_inner());
+            let batch = std::mem::take(&mut *queue.lock().unwrap_or_else(|p| p.into_inner()));
+            if batch.is_empty() {
+                return;
+            }
+            let (writes, senders): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
+            let res = j.write_batch(&writes).map_err(|e| e.to_string());
+            for s in senders {
+                let _ = s.send(res.clone());
+            }
+        })
+        .await
+        .map_err(|e| JournalError::Corrupt(format!("journal worker failed: {e}")))?;
+        match rx.await {
+            Ok(r) => r.map_err(JournalError::Write),
+            Err(_) => Err(JournalError::Write("the group commit was dropped".into())),
         }
     }
 

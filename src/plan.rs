@@ -1208,6 +1208,17 @@ pub fn eta(units: u64, throttle: crate::spec::Throttle) -> std::time::Duration {
     std::time::Duration::from_secs_f64(secs)
 }
 
+/// When sending `eta` worth of work started at `start` ends, given the campaign's quiet hours
+/// (no calls start inside them; a run pauses there and continues when they end). `None` without
+/// quiet hours.
+pub fn finish_with_quiet(
+    c: &Campaign,
+    start: jiff::Timestamp,
+    eta: std::time::Duration,
+) -> Option<jiff::Timestamp> {
+    c.quiet_hours.as_ref().map(|q| q.finish_time(start, eta))
+}
+
 /// A warning when the plan, started at `start`, would run past the campaign's deadline.
 pub fn deadline_warning(
     c: &Campaign,

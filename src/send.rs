@@ -14,8 +14,9 @@
 //!   the limiter and does not use up attempts; recipients are never dropped (they end `failed`).
 //! - An `Unknown` outcome makes a batch/P2P call's receivers `unknown` and they are never resent
 //!   silently; SendMessage calls carry a stable ClientMsgId ([`client_msg_id`]) and are retried.
-//! - A `Fatal` error, the failure breaker, a deadline, a control request or a stop signal stops
-//!   starting calls; in-flight calls are waited for and committed.
+//! - A `Fatal` error, the failure breaker, a deadline, a control request, the `STOP` file in the
+//!   state directory (pauses the run) or a stop signal stops starting calls; in-flight calls are
+//!   waited for and committed.
 //!
 //! Must not: read the system clock (time comes from the limiter's [`Clock`]), print anything
 //! (progress goes to a callback rendered at the command edge), or block a runtime thread.
@@ -42,8 +43,8 @@ use crate::config::{BreakerSettings, Limit};
 use crate::exit::Exit;
 use crate::failpoint::{self, Point};
 use crate::journal::{
-    CallState, ControlRequest, JournalError, RecipientStatus, RecipientUpdate, RunStatus,
-    SharedJournal,
+    CallState, ControlRequest, JournalError, Mark, Outcome, RecipientStatus, RecipientUpdate,
+    RunStatus, SharedJournal, Write,
 };
 use crate::schedule::QuietHours;
 use crate::throttle::{Acquired, Limiter, ThrottleError};
@@ -510,9 +511,14 @@ impl<T: Transport> Engine<T> {
                 next_control = now
                     + jiff::SignedDuration::try_from(self.cfg.control_every).unwrap_or_default();
                 let campaign = self.cfg.campaign.clone();
+                // The kill switch: `STOP` in the state directory pauses every run (no pid needed).
+                let stop_file = self.journal.path().with_file_name("STOP");
                 match self
                     .journal
                     .with(move |j| {
+                        if stop_file.exists() {
+                            return Ok(Some(ControlRequest::Pause));
+                        }
                         let c = j.control(&campaign)?;
                         if matches!(
                             c,
@@ -594,6 +600,17 @@ fn produce<S: CallSource>(
             return;
         }
     };
+    // A fresh run: every receiver the plan names is pending, no lookup per call needed.
+    let fresh = match reader.all_valid_pending(run_id) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = tx.blocking_send(Produced::Error {
+                seq: 0,
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
     let mut last_seq = 0;
     for call in source.calls() {
         let call = match call {
@@ -607,7 +624,12 @@ fn produce<S: CallSource>(
             }
         };
         last_seq = call.seq;
-        let receivers = match reader.sendable(run_id, &call.receivers, resend_unknown) {
+        let looked_up = if fresh {
+            Ok(call.receivers)
+        } else {
+            reader.sendable(run_id, &call.receivers, resend_unknown)
+        };
+        let receivers = match looked_up {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.blocking_send(Produced::Error {
@@ -746,7 +768,14 @@ impl<T: Transport> Ctx<T> {
             self.clock.now(),
         );
         self.journal
-            .with(move |j| j.mark_in_flight(&run, seq, &variant, &recv, cmid.as_deref(), now))
+            .write(Write::Mark(Mark {
+                run_id: run,
+                seq,
+                variant,
+                receivers: recv,
+                client_msg_id: cmid,
+                now,
+            }))
             .await?;
         failpoint::hit(Point::AfterMark);
         let out = OutgoingCall {
@@ -975,16 +1004,14 @@ impl<T: Transport> Ctx<T> {
         let error = error.map(|(c, m)| (c.to_string(), m.to_string()));
         let delta: Vec<RecipientStatus> = updates.iter().map(|u| u.status).collect();
         self.journal
-            .with(move |j| {
-                j.record_outcome(
-                    &run,
-                    seq,
-                    state,
-                    &updates,
-                    error.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
-                    now,
-                )
-            })
+            .write(Write::Outcome(Outcome {
+                run_id: run,
+                seq,
+                state,
+                updates,
+                error,
+                now,
+            }))
             .await?;
         let mut s = self.lock();
         for st in delta {

@@ -1,6 +1,7 @@
-//! `imcast pause|resume|cancel NAME`: write a request to the `sched_control` table of the state
-//! database; the daemon acts on it within a second and writes back what it did, which this
-//! command waits for (up to a few seconds) and prints.
+//! `imcast pause|resume|cancel NAME`: write a request to the journal's `control` table in the
+//! state database — the one channel both a running `imcast run` (its engine polls it every
+//! second) and the daemon (every tick) act on. Waits (up to a few seconds) until someone took
+//! the request and prints what was done.
 
 use std::time::Duration;
 
@@ -24,6 +25,19 @@ pub fn cancel(_g: &GlobalArgs, a: &ControlArgs) -> CmdResult {
     control(a, ControlAction::Cancel)
 }
 
+/// Campaigns the state directory knows: scheduled by a daemon or sent by `imcast run`.
+fn known_names(conn: &rusqlite::Connection) -> anyhow::Result<Vec<String>> {
+    let mut names = state::campaign_names(conn)?;
+    let mut st = conn.prepare("SELECT DISTINCT campaign FROM runs")?;
+    let runs = st
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    names.extend(runs);
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 fn control(a: &ControlArgs, action: ControlAction) -> CmdResult {
     let state_dir = match &a.state.state_dir {
         Some(d) => d.clone(),
@@ -34,12 +48,12 @@ fn control(a: &ControlArgs, action: ControlAction) -> CmdResult {
         .exit(Exit::Internal)?
     else {
         return Err(anyhow!(
-            "no state database in {}: no daemon has run with this state directory (pass --state-dir)",
+            "no state database in {}: nothing has run with this state directory (pass --state-dir)",
             state_dir.display()
         ))
         .exit(Exit::Invalid);
     };
-    let names = state::campaign_names(&conn).exit(Exit::Internal)?;
+    let names = known_names(&conn).exit(Exit::Internal)?;
     if !names.iter().any(|n| n == &a.name) {
         let hint = names
             .iter()
@@ -61,25 +75,28 @@ fn control(a: &ControlArgs, action: ControlAction) -> CmdResult {
         .exit(Exit::Invalid);
     }
     let clock = SystemClock;
-    let id = state::request_control(&conn, &a.name, action, clock.now().as_second())
+    let since = state::request_control(&conn, &a.name, action, clock.now().as_second())
         .exit(Exit::Internal)?;
     if a.no_wait {
-        println!(
-            "{} requested for {} (request {id})",
-            action.as_str(),
-            a.name
-        );
+        println!("{} requested for {}", action.as_str(), a.name);
         return Ok(Exit::Ok);
     }
     for _ in 0..30 {
-        if let Some(result) = state::control_result(&conn, id).exit(Exit::Internal)? {
-            println!("{}: {result}", a.name);
+        if !state::control_pending(&conn, &a.name).exit(Exit::Internal)? {
+            match state::control_result(&conn, &a.name, since).exit(Exit::Internal)? {
+                Some(result) => println!("{}: {result}", a.name),
+                None => println!(
+                    "{}: {} taken by its running `imcast run`",
+                    a.name,
+                    action.as_str()
+                ),
+            }
             return Ok(Exit::Ok);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     println!(
-        "{} requested for {} (request {id}); no daemon answered within 3s — it applies when the daemon runs",
+        "{} requested for {}; nothing running took it within 3s — it applies when a daemon or `imcast run` of it runs",
         action.as_str(),
         a.name
     );

@@ -1,8 +1,9 @@
 //! `imcast daemon DIR`: run a folder of campaigns on their schedules.
 //!
-//! Wires the scheduler core to the real clock, the campaign source, the runner, signals and the
-//! metrics server. First SIGINT/SIGTERM: stop ticking, let the runner stop gracefully (runs stay
-//! resumable), exit 130/143. A second signal exits at once.
+//! Wires the scheduler core to the real clock, the `spec::load` campaign source, the
+//! `run_campaign` runner, signals and the metrics server. First SIGINT/SIGTERM: stop ticking,
+//! stop starting calls, wait for calls in flight to commit (runs stay resumable), exit 130/143.
+//! A second signal exits at once.
 
 use std::sync::Arc;
 
@@ -11,12 +12,21 @@ use tracing::info;
 
 use crate::cli::{DaemonArgs, GlobalArgs};
 use crate::clock::SystemClock;
-use crate::daemon::runner::UnwiredRunner;
-use crate::daemon::source::StandInSource;
+use crate::daemon::send_runner::{SendRunner, SendRunnerConfig};
+use crate::daemon::source::SpecSource;
 use crate::daemon::{default_state_dir, metrics, Daemon, DaemonConfig};
 use crate::exit::{CmdResult, Exit, ExitContext};
 
 pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
+    // Every run needs them: refuse to start rather than fail each occurrence later.
+    crate::provider::Credentials::from_env()
+        .map_err(|e| {
+            anyhow!(
+                "{e}. The daemon sends with Volcengine credentials from the environment: VOLC_ACCESSKEY and \
+                 VOLC_SECRETKEY (or VOLC_SECRETKEY_FILE, e.g. with systemd LoadCredential=)"
+            )
+        })
+        .exit(Exit::Access)?;
     if !a.dir.is_dir() {
         return Err(anyhow!(
             "{}: not a folder of campaign files",
@@ -43,19 +53,23 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
         .exit(Exit::Internal)?;
     rt.block_on(async move {
         let cfg = DaemonConfig::new(&a.dir, &state_dir);
-        // TODO(merge): StandInSource -> adapter over spec::load (payload: spec::Campaign);
-        // UnwiredRunner -> adapter over send::Engine + journal::Journal (run key = RunRequest::run_key),
-        // and register the sender's MetricsHook (messages by status, rate vs limit).
-        let daemon = Daemon::open(
-            cfg,
+        let source = SpecSource::new(crate::spec::LoadOptions {
+            allow_endpoints: a.allow_endpoint.clone(),
+        });
+        let runner = SendRunner::new(
+            SendRunnerConfig {
+                state_dir: state_dir.clone(),
+                report_dir: a.report_dir.clone(),
+                config: a.state.config.clone(),
+                target: None,
+            },
             Arc::new(SystemClock),
-            Box::new(StandInSource),
-            Arc::new(UnwiredRunner),
-        )
-        .map_err(|e| match e {
-            crate::daemon::DaemonError::Busy { .. } => crate::exit::Failure::new(Exit::Busy, e),
-            other => crate::exit::Failure::new(Exit::Internal, other),
-        })?;
+        );
+        let daemon = Daemon::open(cfg, Arc::new(SystemClock), Box::new(source), runner.clone())
+            .map_err(|e| match e {
+                crate::daemon::DaemonError::Busy { .. } => crate::exit::Failure::new(Exit::Busy, e),
+                other => crate::exit::Failure::new(Exit::Internal, other),
+            })?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let signal = Arc::new(std::sync::Mutex::new(None::<Exit>));
         {
@@ -73,6 +87,19 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
             });
         }
         if let Some(addr) = a.metrics {
+            let journal_metrics = metrics::JournalMetrics::new();
+            let account = account_config(&a.dir, a.state.config.as_deref());
+            let limits = crate::action::Action::ALL
+                .iter()
+                .map(|act| (act.as_str().to_string(), account.account_limit(*act)))
+                .collect();
+            journal_metrics.spawn_refresh(
+                state_dir.join(crate::journal::DB_FILE),
+                limits,
+                Arc::new(SystemClock),
+                std::time::Duration::from_secs(5),
+            );
+            daemon.metrics().add_hook(Arc::new(journal_metrics));
             let mut srx = rx.clone();
             let bound = metrics::serve(addr, daemon.metrics(), async move {
                 let _ = srx.wait_for(|v| *v).await;
@@ -83,10 +110,29 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
             info!(addr = %bound, "metrics at http://{bound}/metrics");
         }
         info!(dir = %a.dir.display(), state_dir = %state_dir.display(), "daemon started");
-        daemon.run(rx).await.exit(Exit::Internal)?;
+        let res = daemon.run(rx).await;
+        // Graceful: the runs stop starting calls; wait for calls in flight to commit.
+        runner.drain().await;
+        res.exit(Exit::Internal)?;
         let code = signal.lock().ok().and_then(|g| *g).unwrap_or(Exit::Ok);
         Ok(code)
     })
+}
+
+/// The account settings for the campaigns under `dir`: `--config`, else `imcast.toml` at the
+/// nearest ancestor holding one, else defaults (for the metrics' limits; runs load their own).
+fn account_config(
+    dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> crate::config::AccountConfig {
+    let file = config.map(std::path::Path::to_path_buf).or_else(|| {
+        let dir = std::fs::canonicalize(dir).ok()?;
+        dir.ancestors()
+            .map(|d| d.join("imcast.toml"))
+            .find(|f| f.is_file())
+    });
+    file.and_then(|f| crate::config::AccountConfig::load(&f).ok())
+        .unwrap_or_default()
 }
 
 #[cfg(unix)]

@@ -28,6 +28,14 @@ struct Summary<'a> {
     throttle_window_secs: f64,
     throttle_is_default: bool,
     eta_secs: u64,
+    /// With quiet hours: wall-clock seconds from the start (next occurrence, else now) to the
+    /// end, quiet periods included, and when that is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eta_with_quiet_hours_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quiet_hours: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finish_at: Option<String>,
     deadline_warning: Option<String>,
     next_occurrence: Option<String>,
     contents_in_memory: bool,
@@ -45,6 +53,12 @@ fn summarize<'a>(
     let t = c.effective_throttle();
     let units = crate::plan::throttle_units(c, plan.counts());
     let eta = crate::plan::eta(units, t);
+    let start = c
+        .schedule
+        .as_ref()
+        .and_then(|s| s.next_after(now))
+        .unwrap_or(now);
+    let finish = crate::plan::finish_with_quiet(c, start, eta);
     Summary {
         campaign: &c.name,
         file: c.path.display().to_string(),
@@ -59,7 +73,19 @@ fn summarize<'a>(
         throttle_window_secs: t.window.as_secs_f64(),
         throttle_is_default: c.throttle.is_none(),
         eta_secs: eta.as_secs_f64().ceil() as u64,
-        deadline_warning: crate::plan::deadline_warning(c, now, eta),
+        eta_with_quiet_hours_secs: finish.map(|f| start.duration_until(f).as_secs().max(0) as u64),
+        quiet_hours: c.quiet_hours.as_ref().map(|q| q.describe()),
+        finish_at: finish.map(|f| f.to_string()),
+        // Quiet hours stretch the run: the deadline check uses the wall-clock duration.
+        deadline_warning: crate::plan::deadline_warning(
+            c,
+            now,
+            crate::plan::finish_with_quiet(c, now, eta)
+                .map(|f| {
+                    std::time::Duration::from_secs(now.duration_until(f).as_secs().max(0) as u64)
+                })
+                .unwrap_or(eta),
+        ),
         next_occurrence: c
             .schedule
             .as_ref()
@@ -109,6 +135,14 @@ fn human(s: &Summary<'_>) -> String {
         },
         dur(s.eta_secs)
     ));
+    if let (Some(wall), Some(q), Some(end)) =
+        (s.eta_with_quiet_hours_secs, &s.quiet_hours, &s.finish_at)
+    {
+        o.push_str(&format!(
+            "quiet      {q}: no calls start then → about {} from the start, ending around {end}\n",
+            dur(wall)
+        ));
+    }
     o.push_str(&format!(
         "schedule   {}\n",
         s.next_occurrence

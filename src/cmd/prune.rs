@@ -1,5 +1,7 @@
-//! `imcast prune --older-than 90d`: delete old rows from the state database. The scheduler's
-//! tables are pruned here; the journal's (runs, calls, recipients) through its hook at merge.
+//! `imcast prune --older-than 90d`: delete old rows from the state database — the journal's
+//! runs that ended before the cutoff (with their calls and recipients) and the scheduler's
+//! finished occurrences and handled control requests. Reports already written stay on disk;
+//! unfinished runs and pending occurrences are never pruned.
 
 use anyhow::{anyhow, Context};
 
@@ -33,11 +35,20 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
     };
     let now = SystemClock.now().as_second();
     let cutoff = now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
-    let (occ, ctl) = state::prune(&conn, cutoff).exit(Exit::Internal)?;
-    // TODO(merge): run the journal's prune hook (state::PruneHook) for runs that ended before
-    // `cutoff`; reports already written stay on disk.
+    drop(conn);
+    let mut journal = crate::journal::Journal::open(&state_dir).map_err(|e| {
+        let exit = e.exit();
+        crate::exit::Failure::new(exit, e)
+    })?;
+    let (runs, calls, recipients) = journal
+        .prune_runs(jiff::Timestamp::from_second(cutoff).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+        .map_err(|e| {
+            let exit = e.exit();
+            crate::exit::Failure::new(exit, e)
+        })?;
+    let (occ, ctl) = state::prune(journal.connection(), cutoff).exit(Exit::Internal)?;
     println!(
-        "pruned {occ} schedule occurrence(s) and {ctl} control request(s) older than {}",
+        "pruned {runs} run(s) ({calls} call(s), {recipients} recipient row(s)), {occ} schedule occurrence(s) and {ctl} control request(s) older than {}; reports stay",
         humantime::format_duration(age)
     );
     Ok(Exit::Ok)

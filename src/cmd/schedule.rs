@@ -6,7 +6,7 @@ use jiff::Timestamp;
 
 use crate::cli::{GlobalArgs, OutputFormat, ScheduleArgs};
 use crate::clock::{Clock, SystemClock};
-use crate::daemon::source::StandInSource;
+use crate::daemon::source::SpecSource;
 use crate::daemon::{default_state_dir, state, view};
 use crate::exit::{CmdResult, Exit, ExitContext};
 
@@ -37,8 +37,10 @@ pub fn run(_g: &GlobalArgs, a: &ScheduleArgs) -> CmdResult {
     let conn = state::open_existing(&state_dir)
         .with_context(|| format!("reading the state directory {}", state_dir.display()))
         .exit(Exit::Internal)?;
-    // TODO(merge): replace StandInSource with the adapter over spec::load.
-    let v = view::schedule_view(&a.dir, &StandInSource, conn.as_ref(), now, a.next, a.past)
+    let source = SpecSource::new(crate::spec::LoadOptions {
+        allow_endpoints: a.allow_endpoint.clone(),
+    });
+    let v = view::schedule_view(&a.dir, &source, conn.as_ref(), now, a.next, a.past)
         .exit(Exit::Invalid)?;
     match a.output {
         OutputFormat::Human => print!("{}", view::render_human(&v)),

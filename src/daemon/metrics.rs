@@ -2,7 +2,8 @@
 //!
 //! Owns: the snapshot the daemon publishes after every tick and its rendering in the
 //! Prometheus text exposition format, plus the tiny axum server. What only the sender knows
-//! (messages by status, rate vs limit) comes in through [`MetricsHook`]s, registered at merge.
+//! (messages by status, rate vs limit) comes in through [`MetricsHook`]s; [`JournalMetrics`] is
+//! the journal's.
 //! Must not: block the daemon (the server reads a snapshot behind a mutex), or bind anything
 //! but the address it is given (the command refuses non-loopback addresses).
 
@@ -153,6 +154,144 @@ pub async fn serve(
             .await;
     });
     Ok(local)
+}
+
+/// The sender's figures from the journal: recipients by status for recent runs and each
+/// action's use of the account window vs its limit. Computed every few seconds on the blocking
+/// pool by [`JournalMetrics::spawn_refresh`]; a scrape only copies the last text.
+#[derive(Clone, Default)]
+pub struct JournalMetrics {
+    text: Arc<Mutex<String>>,
+}
+
+impl MetricsHook for JournalMetrics {
+    fn render(&self, out: &mut String) {
+        if let Ok(g) = self.text.lock() {
+            out.push_str(&g);
+        }
+    }
+}
+
+/// How far back a run's messages are still exported (by its last update).
+const RECENT_SECS: i64 = 24 * 3600;
+
+impl JournalMetrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Refresh from the state database at `db` every `every` until the runtime ends.
+    pub fn spawn_refresh(
+        &self,
+        db: std::path::PathBuf,
+        limits: Vec<(String, crate::config::Limit)>,
+        clock: crate::clock::SharedClock,
+        every: std::time::Duration,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = clock.now();
+                let (db2, limits2) = (db.clone(), limits.clone());
+                if let Ok(Ok(text)) =
+                    tokio::task::spawn_blocking(move || journal_text(&db2, &limits2, now)).await
+                {
+                    if let Ok(mut g) = me.text.lock() {
+                        *g = text;
+                    }
+                }
+                clock.sleep(every).await;
+            }
+        });
+    }
+}
+
+/// The journal's families as Prometheus text, at `now`.
+pub fn journal_text(
+    db: &std::path::Path,
+    limits: &[(String, crate::config::Limit)],
+    now: jiff::Timestamp,
+) -> rusqlite::Result<String> {
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# HELP imcast_messages Recipients by status, per campaign, over runs updated in the last 24h."
+    );
+    let _ = writeln!(o, "# TYPE imcast_messages gauge");
+    let since = now.as_second() - RECENT_SECS;
+    let mut runs = conn.prepare("SELECT id, campaign, updated_at FROM runs")?;
+    let recent: Vec<(String, String)> = runs
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .filter_map(Result::ok)
+        .filter(|(_, _, at)| {
+            at.parse::<jiff::Timestamp>()
+                .is_ok_and(|t| t.as_second() >= since)
+        })
+        .map(|(id, c, _)| (id, c))
+        .collect();
+    let mut by: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    let mut st =
+        conn.prepare("SELECT status, COUNT(*) FROM recipients WHERE run_id = ?1 GROUP BY status")?;
+    for (id, campaign) in &recent {
+        for row in st.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+            let (status, n) = row?;
+            *by.entry((campaign.clone(), status)).or_default() += n.max(0) as u64;
+        }
+    }
+    for ((campaign, status), n) in &by {
+        let _ = writeln!(
+            o,
+            "imcast_messages{{campaign=\"{}\",status=\"{}\"}} {n}",
+            esc(campaign),
+            esc(status)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP imcast_rate_used Units (messages or calls) admitted by the account limiter in its current window."
+    );
+    let _ = writeln!(o, "# TYPE imcast_rate_used gauge");
+    let _ = writeln!(
+        o,
+        "# HELP imcast_rate_limit The account limit per window (after the reserve)."
+    );
+    let _ = writeln!(o, "# TYPE imcast_rate_limit gauge");
+    let has_log: bool = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'throttle_log'")?
+        .exists([])?;
+    for (action, limit) in limits {
+        let used: i64 = if has_log {
+            let from = now.as_nanosecond() - limit.window.as_nanos() as i128;
+            let from = i64::try_from(from).unwrap_or(i64::MIN);
+            conn.query_row(
+                "SELECT COALESCE(SUM(count), 0) FROM throttle_log WHERE key = ?1 AND at_ns >= ?2",
+                rusqlite::params![action, from],
+                |r| r.get(0),
+            )?
+        } else {
+            0
+        };
+        let _ = writeln!(o, "imcast_rate_used{{action=\"{}\"}} {used}", esc(action));
+        let _ = writeln!(
+            o,
+            "imcast_rate_limit{{action=\"{}\",window_seconds=\"{}\"}} {}",
+            esc(action),
+            limit.window.as_secs_f64(),
+            limit.limit
+        );
+    }
+    Ok(o)
 }
 
 #[cfg(test)]

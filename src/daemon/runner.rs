@@ -4,9 +4,8 @@
 //! Contract for implementations: `start` is idempotent per `run_key` — starting a key whose run
 //! already exists (in this process or, after a crash, in the journal) resumes it and never sends
 //! to a recipient twice; the run uses the payload it was started with even if the file changes
-//! later. At merge the sender's `send::Engine` + `journal::Journal` implement this
-//! (run key = `RunRequest::run_key`, the journal's stable run key). [`UnwiredRunner`] is the
-//! placeholder in this build; [`FakeRunner`] is for tests.
+//! later. [`super::send_runner::SendRunner`] is the real one (`cmd::run::run_campaign` per
+//! occurrence, run key = the journal's `runs.occurrence`); [`FakeRunner`] is for tests.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -92,23 +91,6 @@ pub trait Runner: Send + Sync {
     /// Graceful stop of everything (first SIGTERM/SIGINT): stop starting calls, let in-flight
     /// ones finish and commit. Runs stay resumable.
     fn shutdown(&self) {}
-}
-
-/// TODO(merge): replace with the adapter over `send::Engine`. Refuses every start, so an
-/// occurrence is recorded `failed` with this reason rather than silently "done".
-#[derive(Debug, Default)]
-pub struct UnwiredRunner;
-
-impl Runner for UnwiredRunner {
-    fn start(&self, _req: RunRequest) -> Result<(), String> {
-        Err("sending is not wired into the daemon in this build (sender stream pending)".into())
-    }
-    fn status(&self, _run_key: &str) -> RunStatus {
-        RunStatus::NotFound
-    }
-    fn pause(&self, _run_key: &str) {}
-    fn resume(&self, _run_key: &str) {}
-    fn cancel(&self, _run_key: &str) {}
 }
 
 /// What a [`FakeRunner`] remembers about one run.

@@ -6,14 +6,17 @@
 //! campaign; two files claiming the same `name:` are both reported and the later one (by path)
 //! is rejected. Must not: send anything or touch the state database.
 //!
-//! [`StandInSource`] is a STAND-IN until the spec stream lands: it reads only `name:` and
-//! `schedule:` with serde-saphyr. At merge it is replaced by an adapter over `spec::load`
-//! (whose `Campaign` becomes the payload).
+//! [`SpecSource`] is the real one: `spec::load` (the full validation `imcast validate` does),
+//! payload = the `spec::Campaign`, content hash over the campaign file and every input it reads
+//! (audience and exclude CSVs, a template file, `imcast.toml` and its suppression lists).
+//! [`StandInSource`] reads only `name:` and `schedule:`; the scheduler's simulated-clock tests use
+//! it so their files need no audience or message.
 
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -93,7 +96,107 @@ pub fn scan_dir(
     Ok(out)
 }
 
-/// STAND-IN (replaced by `spec::load` at merge): reads `name:` and `schedule:` only.
+/// (length, mtime, hex sha256) of one input file.
+type CachedHash = (u64, Option<SystemTime>, String);
+
+/// Loads campaigns with `spec::load`; the payload is the `spec::Campaign`.
+#[derive(Debug, Default)]
+pub struct SpecSource {
+    opts: crate::spec::LoadOptions,
+    /// File hashes keyed by (path, length, mtime): a large audience CSV is read again only when
+    /// its metadata changes, not at every rescan. (A same-length rewrite within one filesystem
+    /// timestamp tick of the previous read would go unnoticed here; the run's own plan hash in
+    /// the journal still decides what is sent.)
+    cache: Mutex<BTreeMap<PathBuf, CachedHash>>,
+}
+
+impl SpecSource {
+    pub fn new(opts: crate::spec::LoadOptions) -> Self {
+        SpecSource {
+            opts,
+            cache: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Hex sha256 of a file's bytes (cached by length + mtime); a missing file hashes as "missing".
+    fn file_hash(&self, path: &Path) -> String {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return "missing".into();
+        };
+        let key = (meta.len(), meta.modified().ok());
+        if let Ok(g) = self.cache.lock() {
+            if let Some((len, mtime, h)) = g.get(path) {
+                if (*len, *mtime) == key {
+                    return h.clone();
+                }
+            }
+        }
+        let h = match std::fs::File::open(path) {
+            Ok(mut f) => {
+                let mut hasher = Sha256::new();
+                match std::io::copy(&mut f, &mut hasher) {
+                    Ok(_) => hex::encode(hasher.finalize()),
+                    Err(_) => "unreadable".into(),
+                }
+            }
+            Err(_) => "unreadable".into(),
+        };
+        if let Ok(mut g) = self.cache.lock() {
+            g.insert(path.to_path_buf(), (key.0, key.1, h.clone()));
+        }
+        h
+    }
+
+    /// Every file whose content decides what the campaign sends.
+    fn inputs(c: &crate::spec::Campaign) -> Vec<PathBuf> {
+        use crate::spec::{Body, MessageKind, Source};
+        let mut v = vec![c.path.clone()];
+        for src in std::iter::once(&c.audience.source).chain(c.audience.exclude.iter()) {
+            if let Source::Csv { path, .. } = src {
+                v.push(path.clone());
+            }
+        }
+        if let MessageKind::Text {
+            body: Body::File(p),
+        }
+        | MessageKind::Raw {
+            body: Body::File(p),
+        } = &c.message.kind
+        {
+            v.push(p.clone());
+        }
+        let paths = crate::config::RepoPaths::discover(&c.path, None, None, None);
+        if let Some(cfg) = &paths.config {
+            v.push(cfg.clone());
+            if let Ok(acc) = paths.account_config() {
+                v.extend(acc.suppress);
+            }
+        }
+        v
+    }
+}
+
+impl CampaignSource for SpecSource {
+    fn load(&self, path: &Path) -> Result<LoadedCampaign, String> {
+        let c = crate::spec::load(path, &self.opts).map_err(|e| e.to_string())?;
+        let mut h = Sha256::new();
+        for input in Self::inputs(&c) {
+            h.update(input.display().to_string().as_bytes());
+            h.update([0]);
+            h.update(self.file_hash(&input).as_bytes());
+            h.update([0]);
+        }
+        Ok(LoadedCampaign {
+            name: c.name.clone(),
+            content_hash: hex::encode(h.finalize()),
+            schedule: c.schedule.clone(),
+            quiet_hours: c.quiet_hours.clone(),
+            payload: Arc::new(c),
+        })
+    }
+}
+
+/// Reads `name:` and `schedule:` only (for scheduler tests): reads `name:` and `schedule:` only.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StandInSource;
 
@@ -162,5 +265,30 @@ mod tests {
         assert!(b.contains("schedule.timezone: required"), "{b}");
         let c = got[2].1.as_ref().expect_err("c duplicate");
         assert!(c.contains("already used by"), "{c}");
+    }
+
+    #[test]
+    fn spec_source_hash_follows_the_campaign_and_its_inputs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let csv = dir.path().join("a.csv");
+        std::fs::write(&csv, "user_id\n1\n2\n").expect("csv");
+        let file = dir.path().join("c.yaml");
+        let text = "version: 1\nname: c\nprovider: { app_id: 1, region: cn-north-1 }\naction: batch\nsender: 1\naudience: { csv: a.csv }\nmessage: { type: text, text: hi }\nschedule: { cron: \"0 9 * * *\", timezone: UTC }\n";
+        std::fs::write(&file, text).expect("yaml");
+        let src = SpecSource::default();
+        let a = src.load(&file).expect("valid");
+        assert_eq!(a.name, "c");
+        assert!(a.schedule.is_some());
+        assert!(a.payload.downcast_ref::<crate::spec::Campaign>().is_some());
+        assert_eq!(src.load(&file).expect("valid").content_hash, a.content_hash);
+        std::fs::write(&csv, "user_id\n1\n33\n").expect("csv");
+        let b = src.load(&file).expect("valid");
+        assert_ne!(b.content_hash, a.content_hash, "audience change");
+        std::fs::write(&file, text.replace("text: hi", "text: ho")).expect("yaml");
+        let c = src.load(&file).expect("valid");
+        assert_ne!(c.content_hash, b.content_hash, "campaign change");
+        std::fs::write(&file, "version: 1\nname: c\n").expect("yaml");
+        let e = src.load(&file).expect_err("invalid");
+        assert!(e.contains("c.yaml"), "{e}");
     }
 }

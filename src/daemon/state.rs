@@ -2,8 +2,10 @@
 //!
 //! Owns: `sched_campaign` (per campaign: the cursor — the last occurrence already decided — and
 //! the user pause flag), `sched_occurrence` (one row per decided occurrence, keyed by campaign
-//! and UTC instant in whole seconds), `sched_control` (pause/resume/cancel requests written by
-//! `imcast pause|resume|cancel` and acted on by the daemon) and `sched_daemon` (a heartbeat so
+//! and UTC instant in whole seconds), `sched_control` (a log of what the daemon did with each
+//! pause/resume/cancel request; the requests themselves live in the journal's `control` table,
+//! the one channel `imcast pause|resume|cancel` writes and both the daemon and a running
+//! engine poll) and `sched_daemon` (a heartbeat so
 //! two daemons do not share one state directory). Invariants: an occurrence row is inserted in
 //! the same transaction that advances the cursor past it, BEFORE its run starts, and the primary
 //! key makes a second insert a no-op — this is what makes each occurrence fire at most once.
@@ -81,6 +83,12 @@ pub fn open(state_dir: &Path) -> Result<Connection, StateError> {
         source,
     };
     std::fs::create_dir_all(state_dir).map_err(|e| StateError::Open {
+        path: path.display().to_string(),
+        source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+    })?;
+    // The journal owns the file and its core tables (runs, calls, recipients, control): let it
+    // create/migrate them first so the `control` table is always there.
+    crate::journal::Journal::open(state_dir).map_err(|e| StateError::Open {
         path: path.display().to_string(),
         source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
     })?;
@@ -398,48 +406,59 @@ impl ControlAction {
     }
 }
 
+/// A request waiting in the journal's `control` table (one per campaign; the latest wins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlRequest {
-    pub id: i64,
     pub campaign: String,
     pub action: ControlAction,
-    pub requested_at: i64,
+    /// As the journal stores it (RFC 3339); identifies the request when it is cleared.
+    pub requested_at: String,
 }
 
-/// Queue a control request; returns its id.
+/// Queue a control request in the journal's `control` table — the one channel every runner
+/// (the daemon and a running `imcast run`'s engine) polls. Returns `now`, the instant to pass to
+/// [`control_result`].
 pub fn request_control(
     conn: &Connection,
     campaign: &str,
     action: ControlAction,
     now: i64,
 ) -> Result<i64, StateError> {
+    let at = jiff::Timestamp::from_second(now)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .to_string();
     exec(
         conn,
-        "INSERT INTO sched_control (campaign, action, requested_at) VALUES (?1, ?2, ?3)",
-        params![campaign, action.as_str(), now],
+        "INSERT INTO control(campaign, request, requested_at, requested_by) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(campaign) DO UPDATE SET request = excluded.request,
+             requested_at = excluded.requested_at, requested_by = excluded.requested_by",
+        params![
+            campaign,
+            action.as_str(),
+            at,
+            format!("imcast {}", action.as_str())
+        ],
     )?;
-    Ok(conn.last_insert_rowid())
+    Ok(now)
 }
 
+/// Requests not acted on yet, by campaign.
 pub fn pending_controls(conn: &Connection) -> Result<Vec<ControlRequest>, StateError> {
-    let mut st = conn.prepare_cached(
-        "SELECT id, campaign, action, requested_at FROM sched_control WHERE handled_at IS NULL ORDER BY id",
-    )?;
+    let mut st = conn
+        .prepare_cached("SELECT campaign, request, requested_at FROM control ORDER BY campaign")?;
     let rows = st
         .query_map([], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
+                r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, campaign, a, requested_at)| {
+        .filter_map(|(campaign, a, requested_at)| {
             ControlAction::parse(&a).map(|action| ControlRequest {
-                id,
                 campaign,
                 action,
                 requested_at,
@@ -448,26 +467,53 @@ pub fn pending_controls(conn: &Connection) -> Result<Vec<ControlRequest>, StateE
         .collect())
 }
 
+/// Is a request for `campaign` still waiting?
+pub fn control_pending(conn: &Connection, campaign: &str) -> Result<bool, StateError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM control WHERE campaign = ?1")?
+        .exists(params![campaign])?)
+}
+
+/// The daemon acted on `req`: remove it from the journal's `control` table (unless a newer
+/// request replaced it meanwhile) and log what was done in `sched_control`, in one transaction.
 pub fn finish_control(
     conn: &Connection,
-    id: i64,
+    req: &ControlRequest,
     now: i64,
     result: &str,
 ) -> Result<(), StateError> {
+    let requested = req
+        .requested_at
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.as_second())
+        .unwrap_or(now);
+    let tx = conn.unchecked_transaction()?;
     exec(
-        conn,
-        "UPDATE sched_control SET handled_at = ?2, result = ?3 WHERE id = ?1",
-        params![id, now, result],
+        &tx,
+        "DELETE FROM control WHERE campaign = ?1 AND requested_at = ?2",
+        params![req.campaign, req.requested_at],
     )?;
+    exec(
+        &tx,
+        "INSERT INTO sched_control (campaign, action, requested_at, handled_at, result) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![req.campaign, req.action.as_str(), requested, now, result],
+    )?;
+    tx.commit()?;
     Ok(())
 }
 
-/// The daemon's answer to a control request, once handled.
-pub fn control_result(conn: &Connection, id: i64) -> Result<Option<String>, StateError> {
+/// What the daemon answered to the latest request for `campaign` made at or after `since`
+/// (UTC seconds), once it acted on it.
+pub fn control_result(
+    conn: &Connection,
+    campaign: &str,
+    since: i64,
+) -> Result<Option<String>, StateError> {
     Ok(conn
         .query_row(
-            "SELECT result FROM sched_control WHERE id = ?1 AND handled_at IS NOT NULL",
-            params![id],
+            "SELECT result FROM sched_control WHERE campaign = ?1 AND requested_at >= ?2
+             ORDER BY id DESC LIMIT 1",
+            params![campaign, since],
             |r| r.get::<_, Option<String>>(0),
         )
         .optional()?
@@ -515,12 +561,6 @@ pub fn release_daemon(conn: &Connection, pid: u32) -> Result<(), StateError> {
         params![pid],
     )?;
     Ok(())
-}
-
-/// Another stage's share of `imcast prune` (the journal's runs, calls and recipients): delete
-/// what ended before `cutoff` (UTC seconds) on the shared connection; returns rows deleted.
-pub trait PruneHook {
-    fn prune(&self, conn: &Connection, cutoff: i64) -> Result<u64, String>;
 }
 
 /// Delete finished occurrences older than `cutoff` (UTC seconds) and handled control requests

@@ -3,6 +3,7 @@
 mod audience;
 mod cli;
 mod common;
+mod daemon_e2e;
 mod interop;
 mod mock;
 mod plan;

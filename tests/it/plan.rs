@@ -497,3 +497,34 @@ fn p2p_body_uses_the_wire_names() {
         r#"{"AppId":1,"Sender":9,"ConversationShortId":42,"MsgType":10012,"Content":"{\"op\":\"ping\"}","ReceiverUserId":[18446744073709551615],"IgnoreUserIds":[3]}"#
     );
 }
+
+#[test]
+fn plan_eta_accounts_for_quiet_hours() {
+    let f = Fixture::new();
+    let ids: Vec<String> = (1..=600).map(|i| i.to_string()).collect();
+    // 600 messages at 10 per second: one minute of sending. Quiet hours leave one open minute
+    // a day, so the run spans about one day whatever time it starts.
+    let p = f.write(
+        "q.yaml",
+        &format!(
+            "{HEAD}audience: {{ ids: [{}] }}\nmessage: {{ type: text, text: hi }}\nthrottle: {{ limit: 10, window: 1s }}\nschedule:\n  quiet_hours: {{ from: \"00:00\", to: \"23:59\", timezone: UTC }}\n",
+            ids.join(", ")
+        ),
+    );
+    let out = f.imcast(&["plan", p.to_str().expect("utf8"), "--output", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["eta_secs"], 60);
+    let wall = v["eta_with_quiet_hours_secs"].as_u64().expect("quiet eta");
+    assert!(wall > 60, "quiet hours lengthen the run: {wall}");
+    assert!(wall <= 2 * 86_400, "{wall}");
+    assert_eq!(v["quiet_hours"], "00:00–23:59 UTC");
+    let human = f.imcast(&["plan", p.to_str().expect("utf8")]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("quiet      00:00–23:59 UTC"), "{text}");
+}

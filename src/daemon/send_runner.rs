@@ -1,0 +1,403 @@
+//! The daemon's real [`Runner`]: each occurrence is its own run of `cmd::run::run_campaign` (the
+//! same code path as `imcast run`), started as a tokio task with the occurrence's run key as the
+//! journal's `runs.occurrence`, so a restart resumes exactly that run and a finished one is never
+//! sent again (the journal answers "already finished").
+//!
+//! Pause stops the run's engine through its stop token (calls in flight finish and commit; the
+//! journal run stays resumable) and resume starts `run_campaign` again, which resumes it. Cancel
+//! stops it the same way, then marks its pending recipients `cancelled` in the journal and
+//! writes the report. A pause or cancel the engine itself took from the control table ends the
+//! task as `Paused` / `Cancelled` and is reported the same way. All runs share the account
+//! limiter through the state database, like concurrent `imcast run` processes.
+//!
+//! Must not: block the caller (every call returns at once; work happens on the runtime), or
+//! send anything itself.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use super::runner::{RunOutcome, RunRequest, RunStatus, Runner};
+use crate::clock::SharedClock;
+use crate::cmd::run::{run_campaign, CampaignRun, RunSummary};
+use crate::config::RepoPaths;
+use crate::exit::Failure;
+use crate::journal::{Journal, RunStatus as JournalRunStatus};
+use crate::send::{describe_counts, StopReason, StopToken};
+
+/// What the daemon last asked of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Run,
+    Pause,
+    Cancel,
+}
+
+struct Entry {
+    req: RunRequest,
+    want: Want,
+    state: RunStatus,
+    stop: Option<StopToken>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Where the runs' files go.
+#[derive(Debug, Clone)]
+pub struct SendRunnerConfig {
+    pub state_dir: PathBuf,
+    /// `--report-dir` (else `reports/` at each campaign's repository root).
+    pub report_dir: Option<PathBuf>,
+    /// `--config` (else each campaign's `imcast.toml`).
+    pub config: Option<PathBuf>,
+    /// Send here instead of each campaign's endpoint (tests; None in production).
+    pub target: Option<(url::Url, crate::provider::Credentials)>,
+}
+
+/// See the module doc.
+pub struct SendRunner {
+    cfg: SendRunnerConfig,
+    clock: SharedClock,
+    rt: tokio::runtime::Handle,
+    runs: Mutex<BTreeMap<String, Entry>>,
+    shutting_down: AtomicBool,
+    me: std::sync::Weak<SendRunner>,
+}
+
+impl SendRunner {
+    /// Build on the current tokio runtime (call from inside it).
+    pub fn new(cfg: SendRunnerConfig, clock: SharedClock) -> Arc<SendRunner> {
+        Arc::new_cyclic(|me| SendRunner {
+            cfg,
+            clock,
+            rt: tokio::runtime::Handle::current(),
+            runs: Mutex::new(BTreeMap::new()),
+            shutting_down: AtomicBool::new(false),
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until every run task has ended (after [`Runner::shutdown`]: calls in flight are
+    /// finished and committed).
+    pub async fn drain(&self) {
+        loop {
+            let tasks: Vec<JoinHandle<()>> = self
+                .lock()
+                .values_mut()
+                .filter_map(|e| e.task.take())
+                .collect();
+            if tasks.is_empty() {
+                return;
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    }
+
+    fn paths(&self, c: &crate::spec::Campaign) -> RepoPaths {
+        RepoPaths::discover(
+            &c.path,
+            self.cfg.config.as_deref(),
+            Some(&self.cfg.state_dir),
+            self.cfg.report_dir.as_deref(),
+        )
+    }
+
+    /// Start (or restart) the task of `key`. Caller holds no lock.
+    fn spawn(&self, key: &str) {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let mut g = self.lock();
+        let Some(e) = g.get_mut(key) else {
+            return;
+        };
+        let Some(campaign) = e
+            .req
+            .payload
+            .downcast_ref::<crate::spec::Campaign>()
+            .cloned()
+        else {
+            e.state = RunStatus::Finished {
+                outcome: RunOutcome::Failed,
+                detail: "internal: the campaign payload is not a loaded campaign".into(),
+            };
+            return;
+        };
+        let stop = StopToken::new();
+        let mut run = CampaignRun::new(campaign, self.paths_for_key(&e.req));
+        run.occurrence = Some(e.req.run_key.clone());
+        run.target = self.cfg.target.clone();
+        run.yes = true;
+        run.interactive = false;
+        let clock = self.clock.clone();
+        let k = key.to_string();
+        let s2 = stop.clone();
+        e.stop = Some(stop);
+        e.state = RunStatus::Running;
+        e.want = Want::Run;
+        let task = self.rt.spawn(async move {
+            let res = run_campaign(run, clock, s2).await;
+            me.ended(&k, res).await;
+        });
+        e.task = Some(task);
+    }
+
+    fn paths_for_key(&self, req: &RunRequest) -> RepoPaths {
+        match req.payload.downcast_ref::<crate::spec::Campaign>() {
+            Some(c) => self.paths(c),
+            None => RepoPaths::discover(
+                &req.path,
+                self.cfg.config.as_deref(),
+                Some(&self.cfg.state_dir),
+                self.cfg.report_dir.as_deref(),
+            ),
+        }
+    }
+
+    /// A task ended: decide the run's state from why, and act on what was asked meanwhile.
+    async fn ended(&self, key: &str, res: Result<RunSummary, Failure>) {
+        let (want, req) = {
+            let mut g = self.lock();
+            let Some(e) = g.get_mut(key) else { return };
+            e.stop = None;
+            (e.want, e.req.clone())
+        };
+        let state = match res {
+            Err(f) => {
+                error!(run = %key, error = %f, "run failed");
+                RunStatus::Finished {
+                    outcome: RunOutcome::Failed,
+                    detail: f.to_string(),
+                }
+            }
+            Ok(s) => {
+                let counts = describe_counts(&s.counts);
+                let report = s
+                    .report_dir
+                    .as_ref()
+                    .map(|d| format!("; report {}", d.display()))
+                    .unwrap_or_default();
+                match &s.reason {
+                    None => RunStatus::Finished {
+                        outcome: RunOutcome::Done,
+                        detail: if s.already_finished {
+                            format!("already finished earlier ({counts})")
+                        } else {
+                            "nothing to send".into()
+                        },
+                    },
+                    Some(StopReason::Completed | StopReason::Deadline) => {
+                        info!(run = %key, counts = %counts, "run finished");
+                        RunStatus::Finished {
+                            outcome: RunOutcome::Done,
+                            detail: format!("{counts}{report}"),
+                        }
+                    }
+                    Some(StopReason::Cancelled) => RunStatus::Finished {
+                        outcome: RunOutcome::Cancelled,
+                        detail: format!("cancelled by request: {counts}{report}"),
+                    },
+                    Some(StopReason::Paused) => RunStatus::Paused,
+                    Some(StopReason::Breaker { message }) => RunStatus::Finished {
+                        outcome: RunOutcome::Failed,
+                        detail: format!("{message} ({counts}){report}"),
+                    },
+                    Some(StopReason::Fatal { message, .. }) => RunStatus::Finished {
+                        outcome: RunOutcome::Failed,
+                        detail: format!("the provider refused: {message} ({counts}){report}"),
+                    },
+                    Some(StopReason::Interrupted) => match want {
+                        Want::Cancel => self.cancel_in_journal(&req, s.run_id.clone()).await,
+                        Want::Pause => RunStatus::Paused,
+                        // Shutting down: stays resumable; the next daemon resumes it.
+                        Want::Run if self.shutting_down.load(Ordering::SeqCst) => RunStatus::Paused,
+                        Want::Run => {
+                            // A resume arrived while it was stopping: go again.
+                            if let Some(e) = self.lock().get_mut(key) {
+                                e.state = RunStatus::Paused;
+                            }
+                            self.spawn(key);
+                            return;
+                        }
+                    },
+                }
+            }
+        };
+        if let Some(e) = self.lock().get_mut(key) {
+            e.state = state;
+        }
+    }
+
+    /// Pending recipients of the occurrence's unfinished run become `cancelled`; the run is
+    /// recorded cancelled and its report written.
+    async fn cancel_in_journal(&self, req: &RunRequest, run_id: Option<String>) -> RunStatus {
+        let paths = self.paths_for_key(req);
+        let campaign = req.campaign.clone();
+        let occurrence = req.run_key.clone();
+        let now = self.clock.now();
+        let res = tokio::task::spawn_blocking(move || -> Result<String, String> {
+            let j = Journal::open(&paths.state_dir).map_err(|e| e.to_string())?;
+            let id = match run_id {
+                Some(id) => id,
+                None => match j
+                    .unfinished_run(&campaign, Some(&occurrence))
+                    .map_err(|e| e.to_string())?
+                {
+                    Some(r) => r.id,
+                    None => return Ok("cancelled before anything was sent".into()),
+                },
+            };
+            let n = j.cancel_pending(&id, now).map_err(|e| e.to_string())?;
+            j.set_status(&id, JournalRunStatus::Cancelled, Some("cancelled"), now)
+                .map_err(|e| e.to_string())?;
+            let report = crate::report::write_report(&j, &id, &paths.reports_dir)
+                .map(|r| format!("; report {}", r.dir.display()))
+                .unwrap_or_default();
+            Ok(format!(
+                "cancelled: {n} pending recipient(s) cancelled{report}"
+            ))
+        })
+        .await;
+        match res {
+            Ok(Ok(detail)) => RunStatus::Finished {
+                outcome: RunOutcome::Cancelled,
+                detail,
+            },
+            Ok(Err(e)) => {
+                warn!(run = %req.run_key, error = %e, "cancel: could not update the journal");
+                RunStatus::Finished {
+                    outcome: RunOutcome::Cancelled,
+                    detail: format!("cancelled; the journal could not be updated: {e}"),
+                }
+            }
+            Err(e) => RunStatus::Finished {
+                outcome: RunOutcome::Cancelled,
+                detail: format!("cancelled; {e}"),
+            },
+        }
+    }
+}
+
+impl Runner for SendRunner {
+    fn start(&self, req: RunRequest) -> Result<(), String> {
+        if req
+            .payload
+            .downcast_ref::<crate::spec::Campaign>()
+            .is_none()
+        {
+            return Err("the campaign payload is not a loaded campaign".into());
+        }
+        let key = req.run_key.clone();
+        let paused = req.start_paused;
+        {
+            let mut g = self.lock();
+            match g.get_mut(&key) {
+                Some(e) if e.stop.is_some() || matches!(e.state, RunStatus::Finished { .. }) => {
+                    return Ok(());
+                }
+                Some(e) => {
+                    e.req = req;
+                }
+                None => {
+                    g.insert(
+                        key.clone(),
+                        Entry {
+                            req,
+                            want: if paused { Want::Pause } else { Want::Run },
+                            state: RunStatus::Paused,
+                            stop: None,
+                            task: None,
+                        },
+                    );
+                }
+            }
+        }
+        if !paused {
+            self.spawn(&key);
+        }
+        Ok(())
+    }
+
+    fn status(&self, run_key: &str) -> RunStatus {
+        self.lock()
+            .get(run_key)
+            .map(|e| match (&e.state, e.want) {
+                // Asked to pause and still winding down: already paused for the daemon.
+                (RunStatus::Running, Want::Pause) => RunStatus::Paused,
+                (s, _) => s.clone(),
+            })
+            .unwrap_or(RunStatus::NotFound)
+    }
+
+    fn pause(&self, run_key: &str) {
+        if let Some(e) = self.lock().get_mut(run_key) {
+            e.want = Want::Pause;
+            if let Some(s) = &e.stop {
+                s.stop();
+            }
+        }
+    }
+
+    fn resume(&self, run_key: &str) {
+        let restart = {
+            let mut g = self.lock();
+            let Some(e) = g.get_mut(run_key) else { return };
+            e.want = Want::Run;
+            // Still stopping: `ended` restarts it. Paused with no task: start it again.
+            e.stop.is_none() && e.state == RunStatus::Paused
+        };
+        if restart {
+            self.spawn(run_key);
+        }
+    }
+
+    fn cancel(&self, run_key: &str) {
+        let idle = {
+            let mut g = self.lock();
+            let Some(e) = g.get_mut(run_key) else { return };
+            e.want = Want::Cancel;
+            match &e.stop {
+                Some(s) => {
+                    s.stop();
+                    None
+                }
+                None if e.state == RunStatus::Paused => Some(e.req.clone()),
+                None => None,
+            }
+        };
+        // Paused with no task: cancel in the journal directly.
+        if let (Some(req), Some(me)) = (idle, self.me.upgrade()) {
+            let key = run_key.to_string();
+            let task = self.rt.spawn(async move {
+                let st = me.cancel_in_journal(&req, None).await;
+                if let Some(e) = me.lock().get_mut(&key) {
+                    e.state = st;
+                }
+            });
+            if let Some(e) = self.lock().get_mut(run_key) {
+                e.task = Some(task);
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for e in self.lock().values() {
+            if let Some(s) = &e.stop {
+                s.stop();
+            }
+        }
+    }
+}
