@@ -1,5 +1,7 @@
 //! The one report writer: `reports/<campaign>/<run-id>/` with `recipients.csv`,
-//! `recipients.jsonl` (one row per audience row) and `summary.json` (counts per status, calls,
+//! `recipients.jsonl` (one row per audience row; for P2PSendMessage campaigns each conversation
+//! row is followed by one row per user the provider answered for, `raw_id` `<conversation>/<user>`,
+//! status `sent` or `not_online`) and `summary.json` (counts per status, calls,
 //! duration, achieved rate vs limit, audit block). Generated from the journal only, so
 //! `imcast report` can rewrite it at any time and it always matches the journal.
 //!
@@ -368,6 +370,32 @@ pub fn write_report(
                 source: e.into(),
             })?;
             jw.write_all(b"\n").map_err(io(&paths.jsonl))?;
+            // P2P: one row per user the provider answered for, right under its conversation.
+            if run.action == crate::action::Action::P2p {
+                for u in p2p_user_rows(&row) {
+                    let cells = [
+                        u.line.to_string(),
+                        opt(u.id),
+                        u.raw_id.clone(),
+                        u.status.to_string(),
+                        String::new(),
+                        u.attempts.to_string(),
+                        opt(u.call),
+                        s(&u.variant),
+                        s(&u.error_code),
+                        s(&u.error_message),
+                        s(&u.detail),
+                        s(&u.time),
+                    ];
+                    w.write_record(cells.iter().map(|c| safe_cell(c).into_owned()))
+                        .map_err(csv_err(&paths.csv))?;
+                    serde_json::to_writer(&mut jw, &u).map_err(|e| ReportError::Io {
+                        path: paths.jsonl.clone(),
+                        source: e.into(),
+                    })?;
+                    jw.write_all(b"\n").map_err(io(&paths.jsonl))?;
+                }
+            }
             Ok(())
         })?;
         w.flush().map_err(io(&paths.csv))?;
@@ -400,6 +428,55 @@ pub fn write_report(
         })?;
     }
     Ok(paths)
+}
+
+/// One user of a P2PSendMessage answer (as the engine stores them in the row's detail).
+#[derive(serde::Deserialize)]
+struct P2pUserDetail {
+    user_id: u64,
+    code: String,
+    #[serde(default)]
+    device_platform: Option<String>,
+}
+
+/// The per-user rows of a P2P conversation row: same line and call, `raw_id`
+/// `<conversation>/<user>`, status `sent` (SUCCESS) or `not_online`. Empty for rows without a
+/// P2P answer in their detail.
+pub fn p2p_user_rows(conv: &ReportRow) -> Vec<ReportRow> {
+    let Some(detail) = &conv.detail else {
+        return Vec::new();
+    };
+    let Ok(users) = serde_json::from_str::<Vec<P2pUserDetail>>(detail) else {
+        return Vec::new();
+    };
+    let conv_id = conv.id.map(|v| v.to_string()).unwrap_or_default();
+    users
+        .into_iter()
+        .map(|u| {
+            let online = u.code == "SUCCESS";
+            ReportRow {
+                line: conv.line,
+                id: Some(u.user_id),
+                raw_id: format!("{conv_id}/{}", u.user_id),
+                status: if online {
+                    RecipientStatus::Sent
+                } else {
+                    RecipientStatus::NotOnline
+                },
+                message_id: None,
+                attempts: conv.attempts,
+                call: conv.call,
+                variant: conv.variant.clone(),
+                error_code: (!online).then(|| u.code.clone()),
+                error_message: None,
+                detail: Some(match &u.device_platform {
+                    Some(p) => format!("user of conversation {conv_id} ({p})"),
+                    None => format!("user of conversation {conv_id}"),
+                }),
+                time: conv.time.clone(),
+            }
+        })
+        .collect()
 }
 
 fn set_private(p: &Path) -> std::io::Result<()> {

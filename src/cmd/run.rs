@@ -974,12 +974,21 @@ impl Renderer {
 
     fn update(&self, p: &Progress) {
         let per_window = p.rate * p.limit.window.as_secs_f64();
-        let msg = format!(
-            "{:.0} per {} (limit {})",
-            per_window,
-            humantime::format_duration(p.limit.window),
-            p.limit.limit
-        );
+        // The first second's rate says nothing (one call over a few milliseconds).
+        let msg = if p.elapsed_secs < 1.0 {
+            format!(
+                "limit {} per {}",
+                p.limit.limit,
+                humantime::format_duration(p.limit.window)
+            )
+        } else {
+            format!(
+                "{:.0} per {} (limit {})",
+                per_window,
+                humantime::format_duration(p.limit.window),
+                p.limit.limit
+            )
+        };
         if let Some(q) = &p.quiet_until {
             let msg = format!("quiet hours: no calls start until {q}");
             match &self.bar {

@@ -773,3 +773,70 @@ fn two_campaigns_in_two_processes_share_the_account_limit() {
     assert!(st.max_in_window <= 200, "{st:?}");
     assert_eq!(st.rate_limited, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_report_has_one_row_per_user_under_its_conversation() {
+    let repo = Repo::new("");
+    std::fs::write(
+        repo.path("convs.csv"),
+        "conversation_id\n7001\n7002\n7003\n7004\n",
+    )
+    .expect("audience");
+    let file = repo.path("p2p.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nname: p2p\nprovider: { app_id: 666675, region: cn-north-1, endpoint: \"http://127.0.0.1:9\" }\n\
+         action: p2p\nsender: 10001\np2p: { receiver_user_ids: [11, 12, 13] }\n\
+         audience:\n  csv: convs.csv\n  id_column: conversation_id\n\
+         message:\n  type: text\n  text: \"ping\"\n",
+    )
+    .expect("campaign");
+    let m = mock::start(MockConfig {
+        offline_rate: 0.5,
+        seed: 3,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let s = run_campaign(request(&repo, &file, &m), system(), StopToken::new())
+        .await
+        .expect("run");
+    let stats = m.stats();
+    m.shutdown().await;
+    let rows = report_rows(&s);
+    let convs: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["raw_id"].as_str().is_some_and(|r| !r.contains('/')))
+        .collect();
+    assert_eq!(convs.len(), 4, "one row per audience row");
+    assert_eq!(
+        rows.len(),
+        4 + 4 * 3,
+        "plus one per user returned: {rows:?}"
+    );
+    let users: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["raw_id"].as_str().is_some_and(|r| r.contains('/')))
+        .collect();
+    let offline = users.iter().filter(|r| r["status"] == "not_online").count() as u64;
+    assert_eq!(
+        offline, stats.offline,
+        "not_online rows = users the provider reported offline"
+    );
+    assert!(
+        offline > 0 && offline < 12,
+        "the seed gives a mix: {offline}"
+    );
+    // Each user row sits right under its conversation.
+    for (i, r) in rows.iter().enumerate() {
+        if let Some((conv, _)) = r["raw_id"].as_str().and_then(|x| x.split_once('/')) {
+            let parent = rows[..i]
+                .iter()
+                .rev()
+                .find(|p| p["raw_id"].as_str().is_some_and(|x| !x.contains('/')))
+                .expect("a conversation row above");
+            assert_eq!(parent["raw_id"].as_str(), Some(conv));
+            assert_eq!(parent["line"], r["line"]);
+        }
+    }
+}
