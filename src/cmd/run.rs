@@ -569,6 +569,17 @@ where
     Ok(signal_mapped(s.exit, &signal_exit))
 }
 
+/// Whether the latest run of `campaign` in the mock journal has finished (no journal yet: false).
+fn latest_mock_run_finished(paths: &RepoPaths, campaign: &str) -> bool {
+    if !paths.state_dir.join(crate::journal::DB_FILE).exists() {
+        return false;
+    }
+    Journal::open(&paths.state_dir)
+        .ok()
+        .and_then(|j| j.latest_run(campaign, false).ok().flatten())
+        .is_some_and(|r| !r.status.is_unfinished())
+}
+
 fn flags_of(args: &RunArgs) -> RunFlags {
     RunFlags {
         new_run: args.new_run,
@@ -596,12 +607,26 @@ pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
         },
     )
     .exit(Exit::Invalid)?;
-    let paths = RepoPaths::discover(
+    let mut paths = RepoPaths::discover(
         &args.file,
         args.state.config.as_deref(),
         args.state.state_dir.as_deref(),
         args.report_dir.as_deref(),
     );
+    let mut new_run = args.new_run;
+    if args.mock {
+        // A mock run must never stand for the real campaign: it keeps its own journal and
+        // reports (unless the command line names them), so a demo or a rehearsal cannot make a
+        // later real `run` answer "already finished". The embedded mock remembers nothing between
+        // processes, so a finished mock run is simply run again.
+        if args.state.state_dir.is_none() {
+            paths.state_dir = paths.state_dir.join("mock");
+        }
+        if args.report_dir.is_none() {
+            paths.reports_dir = paths.reports_dir.join("mock");
+        }
+        new_run = new_run || latest_mock_run_finished(&paths, &campaign.name);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -634,7 +659,7 @@ pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
             mock: args.mock,
             yes: args.yes,
             interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
-            new_run: args.new_run,
+            new_run,
             continue_changed: args.continue_changed,
             resend_unknown: args.resend_unknown,
             test_to: args.test_to.clone(),

@@ -561,14 +561,21 @@ fn readme_demo_command_runs_against_the_embedded_mock() {
         "a row per audience row"
     );
     assert!(stderr.contains("Report:"), "{stderr}");
-    // Off a terminal without --yes: a --mock run needs no confirmation and does not wait.
-    let out = run(&["--mock", "--new-run"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // A mock run keeps its own journal and reports: it never stands for the real campaign.
+    assert!(
+        report.components().any(|c| c.as_os_str() == "mock"),
+        "mock reports go under reports/mock/: {report:?}"
     );
+    assert!(
+        !dir.path().join(".imcast").join("imcast.db").exists(),
+        "a mock run must not write the real journal"
+    );
+    // Off a terminal without --yes: a --mock run needs no confirmation and does not wait; the
+    // embedded mock remembers nothing, so a finished mock run is run again, not "already finished".
+    let out = run(&["--mock"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("finished: sent 2000"), "{stderr}");
 }
 
 #[test]
