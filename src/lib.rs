@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod exit;
 pub mod failpoint;
 pub mod logging;
+pub mod output;
 
 pub mod audience;
 pub mod config;

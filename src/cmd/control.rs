@@ -78,14 +78,14 @@ fn control(a: &ControlArgs, action: ControlAction) -> CmdResult {
     let since = state::request_control(&conn, &a.name, action, clock.now().as_second())
         .exit(Exit::Internal)?;
     if a.no_wait {
-        println!("{} requested for {}", action.as_str(), a.name);
+        crate::outln!("{} requested for {}", action.as_str(), a.name);
         return Ok(Exit::Ok);
     }
     for _ in 0..30 {
         if !state::control_pending(&conn, &a.name).exit(Exit::Internal)? {
             match state::control_result(&conn, &a.name, since).exit(Exit::Internal)? {
-                Some(result) => println!("{}: {result}", a.name),
-                None => println!(
+                Some(result) => crate::outln!("{}: {result}", a.name),
+                None => crate::outln!(
                     "{}: {} taken by its running `imcast run`",
                     a.name,
                     action.as_str()
@@ -95,7 +95,7 @@ fn control(a: &ControlArgs, action: ControlAction) -> CmdResult {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!(
+    crate::outln!(
         "{} requested for {}; nothing running took it within 3s — it applies when a daemon or `imcast run` of it runs",
         action.as_str(),
         a.name

@@ -191,12 +191,12 @@ pub fn run(_g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
     let now = SystemClock.now();
     let s = summarize(&c, &plan, now, a.sample);
     match a.output {
-        OutputFormat::Human => print!("{}", human(&s)),
+        OutputFormat::Human => crate::out!("{}", human(&s)),
         OutputFormat::Json => {
             let j = serde_json::to_string_pretty(&s)
                 .context("serialize the plan")
                 .exit(Exit::Internal)?;
-            println!("{j}");
+            crate::outln!("{j}");
         }
     }
     Ok(Exit::Ok)

@@ -26,7 +26,7 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
         Some(Ok(call)) => {
             let body = crate::plan::request_body(&c, &call);
             let s = serde_json::to_string_pretty(&body).exit(Exit::Internal)?;
-            println!("{s}");
+            crate::outln!("{s}");
             eprintln!(
                 "call {} of {} ({} receivers) to {}?Action={}",
                 call.seq + 1,

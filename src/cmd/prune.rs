@@ -27,7 +27,7 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
         .with_context(|| format!("state directory {}", state_dir.display()))
         .exit(Exit::Internal)?
     else {
-        println!(
+        crate::outln!(
             "nothing to prune: no state database in {}",
             state_dir.display()
         );
@@ -47,7 +47,7 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
             crate::exit::Failure::new(exit, e)
         })?;
     let (occ, ctl) = state::prune(journal.connection(), cutoff).exit(Exit::Internal)?;
-    println!(
+    crate::outln!(
         "pruned {runs} run(s) ({calls} call(s), {recipients} recipient row(s)), {occ} schedule occurrence(s) and {ctl} control request(s) older than {}; reports stay",
         humantime::format_duration(age)
     );

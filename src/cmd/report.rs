@@ -43,6 +43,6 @@ pub fn run(_g: &GlobalArgs, args: &ReportArgs) -> CmdResult {
     };
     let p = write_report(&j, &run.id, &paths.reports_dir).exit(Exit::Internal)?;
     eprintln!("Report of run {} written.", run.id);
-    println!("{}", p.dir.display());
+    crate::outln!("{}", p.dir.display());
     Ok(Exit::Ok)
 }

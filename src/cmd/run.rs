@@ -506,7 +506,7 @@ fn print_summary(s: &RunSummary, file: &std::path::Path) {
     }
     if let Some(dir) = &s.report_dir {
         eprintln!("Report: {}", dir.display());
-        println!("{}", dir.display());
+        crate::outln!("{}", dir.display());
     }
 }
 

@@ -43,10 +43,10 @@ pub fn run(_g: &GlobalArgs, a: &ScheduleArgs) -> CmdResult {
     let v = view::schedule_view(&a.dir, &source, conn.as_ref(), now, a.next, a.past)
         .exit(Exit::Invalid)?;
     match a.output {
-        OutputFormat::Human => print!("{}", view::render_human(&v)),
+        OutputFormat::Human => crate::out!("{}", view::render_human(&v)),
         OutputFormat::Json => {
             let s = serde_json::to_string_pretty(&v).exit(Exit::Internal)?;
-            println!("{s}");
+            crate::outln!("{s}");
         }
     }
     Ok(if v.invalid.is_empty() {

@@ -5,6 +5,6 @@ use crate::exit::{CmdResult, Exit, ExitContext};
 
 pub fn run(_g: &GlobalArgs) -> CmdResult {
     let s = serde_json::to_string_pretty(&crate::spec::json_schema()).exit(Exit::Internal)?;
-    println!("{s}");
+    crate::outln!("{s}");
     Ok(Exit::Ok)
 }

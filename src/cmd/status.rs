@@ -68,9 +68,9 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
     let (Some(j), Some(run)) = (journal, run) else {
         match args.output {
             OutputFormat::Json => {
-                println!("{}", serde_json::json!({ "campaign": name, "run": null }))
+                crate::outln!("{}", serde_json::json!({ "campaign": name, "run": null }))
             }
-            OutputFormat::Human => println!(
+            OutputFormat::Human => crate::outln!(
                 "Campaign {name:?} has no runs yet (state: {}).",
                 paths.state_dir.display()
             ),
@@ -81,10 +81,10 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
     match args.output {
         OutputFormat::Json => {
             let v = serde_json::to_string_pretty(&s).exit(Exit::Internal)?;
-            println!("{v}");
+            crate::outln!("{v}");
         }
         OutputFormat::Human => {
-            println!(
+            crate::outln!(
                 "Campaign {name:?}: run {} is {}{} ({}, {}).",
                 run.id,
                 run.status,
@@ -92,21 +92,24 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                 run.action,
                 run.action.api_name()
             );
-            println!("  started   {}", run.created_at);
+            crate::outln!("  started   {}", run.created_at);
             if let Some(f) = run.finished_at {
-                println!("  finished  {f}");
+                crate::outln!("  finished  {f}");
             }
             if let Some(r) = &run.stop_reason {
-                println!("  reason    {r}");
+                crate::outln!("  reason    {r}");
             }
-            println!("  recipients {}", describe_counts(&s.counts));
-            println!(
+            crate::outln!("  recipients {}", describe_counts(&s.counts));
+            crate::outln!(
                 "  calls     {} done, {} unknown, {} planned, {} attempts",
-                s.calls.done, s.calls.unknown, s.calls.planned, s.calls.attempts
+                s.calls.done,
+                s.calls.unknown,
+                s.calls.planned,
+                s.calls.attempts
             );
-            println!("  plan hash {}", run.plan_hash);
+            crate::outln!("  plan hash {}", run.plan_hash);
             if run.status.is_unfinished() {
-                println!("Resume with: imcast run {}", args.file.display());
+                crate::outln!("Resume with: imcast run {}", args.file.display());
             } else if s
                 .counts
                 .get(&RecipientStatus::Unknown)
@@ -114,7 +117,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                 .unwrap_or(0)
                 > 0
             {
-                println!(
+                crate::outln!(
                     "Recipients with an unknown outcome are not resent; `imcast run {} --resend-unknown` resends them (may duplicate).",
                     args.file.display()
                 );

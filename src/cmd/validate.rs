@@ -37,7 +37,7 @@ pub fn run(_g: &GlobalArgs, a: &ValidateArgs) -> CmdResult {
         ) {
             Ok(p) => {
                 let n = p.counts();
-                println!(
+                crate::outln!(
                     "ok  {}: {} valid of {} rows, {} calls",
                     file.display(),
                     n.valid,

@@ -1,0 +1,34 @@
+//! The one writer for what commands print to stdout (plans, reports, listings, JSON).
+//!
+//! `println!` panics when stdout is a closed pipe (`imcast schema | head`); a command-line tool
+//! should instead stop quietly, as `cat` does. [`outln!`](crate::outln) and [`out!`](crate::out)
+//! write through here: a broken pipe ends the process with exit code 0 (the reader wanted no more),
+//! any other write error with code 1 and a message on stderr. Logs never come through here.
+
+use std::fmt;
+use std::io::{ErrorKind, Write};
+
+/// Write `args` to stdout (no newline added).
+pub fn write(args: fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` for command output: see the module doc.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` for command output: see the module doc.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*)) };
+}
