@@ -316,11 +316,7 @@ impl Acc {
         if workers <= 1 {
             // In place: no per-chunk allocations (they fragment the heap and raise peak RSS).
             for p in pending.drain(..) {
-                let r = renderer.render(RowInput {
-                    id: p.id,
-                    header,
-                    fields: p.fields,
-                });
+                let r = renderer.render_fields(p.id, header, &p.fields);
                 self.accept(p.id, p.line, p.pos, r);
             }
             return;
@@ -330,11 +326,7 @@ impl Acc {
             |part: Vec<Pending>| -> Vec<(u64, u64, RowPos, Result<Rendered, RenderError>)> {
                 part.into_iter()
                     .map(|p| {
-                        let r = renderer.render(RowInput {
-                            id: p.id,
-                            header,
-                            fields: p.fields,
-                        });
+                        let r = renderer.render_fields(p.id, header, &p.fields);
                         (p.id, p.line, p.pos, r)
                     })
                     .collect()
@@ -599,9 +591,12 @@ pub fn build_with(
     acc.groups.reserve(estimate);
     let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
     let names = header.as_ref().map(|h| &h.names);
+    // One record reused for every row: the reader parses into it, a single render thread
+    // renders straight from it (no per-row allocation or copy).
+    let mut fields = csv::StringRecord::new();
 
     loop {
-        let Some(row) = reader.next_row()? else {
+        let Some(row) = reader.next_row_into(&mut fields)? else {
             acc.flush(&renderer, names, &mut pending, workers);
             break;
         };
@@ -623,14 +618,14 @@ pub fn build_with(
         }
         if required
             .iter()
-            .any(|(i, _)| row.fields.get(*i).unwrap_or("").trim().is_empty())
+            .any(|(i, _)| fields.get(*i).unwrap_or("").trim().is_empty())
         {
             acc.counts.invalid += 1;
             continue;
         }
         for (k, (_, col)) in tracked.iter().enumerate() {
             let h = match col {
-                Some(i) => value_hash(row.fields.get(*i).unwrap_or("")),
+                Some(i) => value_hash(fields.get(*i).unwrap_or("")),
                 None => id,
             };
             distinct[k].insert(h);
@@ -648,11 +643,21 @@ pub fn build_with(
             acc.counts.valid += 1;
             continue;
         }
+        if workers <= 1 {
+            let r = renderer.render_fields(id, names, &fields);
+            acc.accept(id, row.line, row.pos, r);
+            if static_content && static_cache.is_none() {
+                if let (Some(g), Some(s)) = (acc.row_group.last(), acc.samples.last()) {
+                    static_cache = Some((*g, s.clone()));
+                }
+            }
+            continue;
+        }
         pending.push(Pending {
             id,
             line: row.line,
             pos: row.pos,
-            fields: row.fields,
+            fields: fields.clone(),
         });
         if static_content || pending.len() >= CHUNK {
             acc.flush(&renderer, names, &mut pending, workers);
