@@ -146,6 +146,15 @@ pub struct Row {
     pub fields: csv::StringRecord,
 }
 
+/// A row without its fields (see [`AudienceReader::next_row_into`]).
+#[derive(Debug, Clone)]
+pub struct RowMeta {
+    pub line: u64,
+    pub pos: RowPos,
+    pub index: u64,
+    pub id: Result<u64, String>,
+}
+
 /// The columns of a CSV audience.
 #[derive(Debug, Clone)]
 pub struct Header {
@@ -282,6 +291,34 @@ impl AudienceReader {
 
     /// The next row, `Ok(None)` at the end.
     pub fn next_row(&mut self) -> Result<Option<Row>, AudienceError> {
+        let mut rec = csv::StringRecord::new();
+        let Some(meta) = self.next_row_into(&mut rec)? else {
+            return Ok(None);
+        };
+        let raw_id = match &self.inner {
+            Inner::Csv { id_index, .. } => rec.get(*id_index).unwrap_or("").to_string(),
+            Inner::Ids { ids, .. } => ids
+                .get(meta.index as usize)
+                .map(u64::to_string)
+                .unwrap_or_default(),
+        };
+        Ok(Some(Row {
+            line: meta.line,
+            pos: meta.pos,
+            index: meta.index,
+            raw_id,
+            id: meta.id,
+            fields: rec,
+        }))
+    }
+
+    /// Like [`AudienceReader::next_row`], but the fields go into `rec` (reused across rows: no
+    /// allocation per row once it has grown) and the raw id is not copied out. The plan's hot
+    /// path; the row is the same one `next_row` would return.
+    pub fn next_row_into(
+        &mut self,
+        rec: &mut csv::StringRecord,
+    ) -> Result<Option<RowMeta>, AudienceError> {
         if self.done {
             return Ok(None);
         }
@@ -291,9 +328,8 @@ impl AudienceReader {
                 rdr,
                 id_index,
             } => {
-                let mut rec = csv::StringRecord::new();
                 loop {
-                    match rdr.read_record(&mut rec) {
+                    match rdr.read_record(rec) {
                         Ok(true) => {}
                         Ok(false) => {
                             self.done = true;
@@ -312,17 +348,14 @@ impl AudienceReader {
                     .map(|p| (p.line(), p.byte()))
                     .unwrap_or((0, 0));
                 let line = rdr.get_ref().true_line(line, byte);
-                let raw_id = rec.get(*id_index).unwrap_or("").to_string();
-                let id = parse_id(&raw_id);
+                let id = parse_id(rec.get(*id_index).unwrap_or(""));
                 let index = self.index;
                 self.index += 1;
-                Ok(Some(Row {
+                Ok(Some(RowMeta {
                     line,
                     pos: RowPos(byte),
                     index,
-                    raw_id,
                     id,
-                    fields: rec,
                 }))
             }
             Inner::Ids { ids, next } => {
@@ -333,13 +366,12 @@ impl AudienceReader {
                 let i = *next as u64;
                 *next += 1;
                 self.index += 1;
-                Ok(Some(Row {
+                rec.clear();
+                Ok(Some(RowMeta {
                     line: i + 1,
                     pos: RowPos(i),
                     index: i,
-                    raw_id: id.to_string(),
                     id: Ok(id),
-                    fields: csv::StringRecord::new(),
                 }))
             }
         }
@@ -348,7 +380,8 @@ impl AudienceReader {
     /// Read to the end and return the sha256 of every byte of the source (inline lists: of the
     /// ids as decimal lines).
     pub fn finish(mut self) -> Result<[u8; 32], AudienceError> {
-        while self.next_row()?.is_some() {}
+        let mut rec = csv::StringRecord::new();
+        while self.next_row_into(&mut rec)?.is_some() {}
         match self.inner {
             Inner::Csv { rdr, .. } => Ok(rdr.into_inner().hasher.finalize().into()),
             Inner::Ids { ids, .. } => {

@@ -271,14 +271,39 @@ impl Default for StoreLimits {
     }
 }
 
-/// Rows rendered together, split across worker threads.
+/// Rows handed to the render thread at a time.
 const CHUNK: usize = 4096;
+/// Chunks given to the render thread and not yet taken back (bounds memory: ≤ this many chunks
+/// of rows and their results exist at once, and their buffers are reused).
+const IN_FLIGHT: usize = 2;
 
 struct Pending {
     id: u64,
     line: u64,
     pos: RowPos,
     fields: csv::StringRecord,
+}
+
+/// A chunk of rows for the render thread and, on its way back, their results (content keys
+/// computed there too). The buffers go back and forth: no allocation per chunk or per row
+/// record once warm, and every record is freed by the thread that allocated it.
+#[derive(Default)]
+struct Chunk {
+    rows: Vec<Pending>,
+    len: usize,
+    out: Vec<Result<(Rendered, u128), RenderError>>,
+}
+
+fn render_keyed(
+    renderer: &Renderer,
+    id: u64,
+    header: Option<&std::sync::Arc<Vec<String>>>,
+    fields: &csv::StringRecord,
+) -> Result<(Rendered, u128), RenderError> {
+    renderer.render_fields(id, header, fields).map(|r| {
+        let key = content_key(&r.content, &r.ext);
+        (r, key)
+    })
 }
 
 /// What the single pass over the audience accumulates.
@@ -302,81 +327,14 @@ struct Acc {
 }
 
 impl Acc {
-    /// Render the pending rows (in parallel; rendering is pure) and take the results in order.
-    fn flush(
+    fn accept(
         &mut self,
-        renderer: &Renderer,
-        header: Option<&std::sync::Arc<Vec<String>>>,
-        pending: &mut Vec<Pending>,
-        workers: usize,
+        id: u64,
+        line: u64,
+        pos: RowPos,
+        r: Result<(Rendered, u128), RenderError>,
     ) {
-        if pending.is_empty() {
-            return;
-        }
-        if workers <= 1 {
-            // In place: no per-chunk allocations (they fragment the heap and raise peak RSS).
-            for p in pending.drain(..) {
-                let r = renderer.render(RowInput {
-                    id: p.id,
-                    header,
-                    fields: p.fields,
-                });
-                self.accept(p.id, p.line, p.pos, r);
-            }
-            return;
-        }
-        let rows = std::mem::take(pending);
-        let render =
-            |part: Vec<Pending>| -> Vec<(u64, u64, RowPos, Result<Rendered, RenderError>)> {
-                part.into_iter()
-                    .map(|p| {
-                        let r = renderer.render(RowInput {
-                            id: p.id,
-                            header,
-                            fields: p.fields,
-                        });
-                        (p.id, p.line, p.pos, r)
-                    })
-                    .collect()
-            };
-        let results: Vec<_> = if rows.len() < 64 {
-            render(rows)
-        } else {
-            let per = rows.len().div_ceil(workers);
-            let mut parts: Vec<Vec<Pending>> = Vec::with_capacity(workers);
-            let mut it = rows.into_iter();
-            loop {
-                let part: Vec<Pending> = it.by_ref().take(per).collect();
-                if part.is_empty() {
-                    break;
-                }
-                parts.push(part);
-            }
-            let mut first = parts.remove(0);
-            let out = std::thread::scope(|s| {
-                let handles: Vec<_> = parts
-                    .into_iter()
-                    .map(|part| s.spawn(move || render(part)))
-                    .collect();
-                let mut out = render(std::mem::take(&mut first));
-                for h in handles {
-                    match h.join() {
-                        Ok(v) => out.extend(v),
-                        Err(p) => std::panic::resume_unwind(p),
-                    }
-                }
-                out
-            });
-            out
-        };
-        for (id, line, pos, r) in results {
-            self.accept(id, line, pos, r);
-        }
-        *pending = Vec::with_capacity(CHUNK);
-    }
-
-    fn accept(&mut self, id: u64, line: u64, pos: RowPos, r: Result<Rendered, RenderError>) {
-        let r = match r {
+        let (r, key) = match r {
             Ok(r) => r,
             Err(e) => {
                 let what = match &e {
@@ -414,7 +372,6 @@ impl Acc {
                 ext: r.ext.clone(),
             });
         }
-        let key = content_key(&r.content, &r.ext);
         let hi = (key >> 64) as u64;
         let found = match self.by_key.get(&hi) {
             Some(g) if self.groups[*g as usize].key() == key => Some(*g),
@@ -466,6 +423,27 @@ impl Acc {
     }
 }
 
+fn render_thread_gone() -> PlanError {
+    PlanError::Template("the render thread stopped unexpectedly".into())
+}
+
+/// Take the next rendered chunk back (chunks return in the order they were sent) and accept its
+/// rows in audience order.
+fn take_back(
+    acc: &mut Acc,
+    rendered: &std::sync::mpsc::Receiver<Chunk>,
+    free: &mut Vec<Chunk>,
+) -> Result<(), PlanError> {
+    let mut chunk = rendered.recv().map_err(|_| render_thread_gone())?;
+    let Chunk { rows, len, out } = &mut chunk;
+    for (p, r) in rows[..*len].iter().zip(out.drain(..)) {
+        acc.accept(p.id, p.line, p.pos, r);
+    }
+    chunk.len = 0;
+    free.push(chunk);
+    Ok(())
+}
+
 /// Build the plan: stream the audience once, render, group, hash.
 pub fn build(c: &Campaign, opts: &PlanOptions) -> Result<Plan, PlanError> {
     build_with(c, opts, StoreLimits::default())
@@ -476,6 +454,24 @@ pub fn build_with(
     c: &Campaign,
     opts: &PlanOptions,
     limits: StoreLimits,
+) -> Result<Plan, PlanError> {
+    // Render threads: IMCAST_PLAN_THREADS=2 (or more) runs a two-stage pipeline: this thread
+    // reads the CSV, dedupes, suppresses and groups, while one render thread renders chunks and
+    // hashes their Contents; order is kept (chunks come back in the order they went). Default 1:
+    // see BENCHMARKS.md for when the second thread pays on the shared 2-core machine.
+    let workers = std::env::var("IMCAST_PLAN_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    build_threads(c, opts, limits, workers)
+}
+
+fn build_threads(
+    c: &Campaign,
+    opts: &PlanOptions,
+    limits: StoreLimits,
+    workers: usize,
 ) -> Result<Plan, PlanError> {
     let mut renderer = Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?;
 
@@ -576,14 +572,6 @@ pub fn build_with(
     };
     let mut seen: FastSet<u64> = FastSet::default();
     let mut static_cache: Option<(u32, Sample)> = None;
-    // Render threads: 1 unless IMCAST_PLAN_THREADS says otherwise. On the shared 2-core
-    // benchmark machine a second thread cost more (contention, malloc arenas) than it saved; see
-    // BENCHMARKS.md.
-    let workers = std::env::var("IMCAST_PLAN_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1)
-        .clamp(1, 4);
     // Reserve the per-row vectors up front from the file size (an over-estimate costs only
     // address space: pages never written are never resident), so they never reallocate and
     // fragment the heap while growing.
@@ -597,72 +585,146 @@ pub fn build_with(
     acc.row_group.reserve(estimate);
     acc.ids_in_order.reserve(estimate);
     acc.groups.reserve(estimate);
-    let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
     let names = header.as_ref().map(|h| &h.names);
+    // One record reused for every row: the reader parses into it and, single-threaded, the
+    // renderer renders straight from it (no per-row allocation or copy).
+    let mut fields = csv::StringRecord::new();
+    // A static Content is rendered once: nothing to hand to a second thread.
+    let pipelined = workers > 1 && !static_content;
+    let renderer_ref = &renderer;
+    // Whether accepted rows may still need their Content (a new group while Contents are kept,
+    // or a sample). Goes from true to false once, never back; while false the render thread
+    // drops each Content where it was made (freeing across threads is what made the pipeline
+    // slow and fat) and sends only its key.
+    let need_content = std::sync::atomic::AtomicBool::new(true);
+    let need_ref = &need_content;
 
-    loop {
-        let Some(row) = reader.next_row()? else {
-            acc.flush(&renderer, names, &mut pending, workers);
-            break;
-        };
-        acc.counts.total += 1;
-        let id = match row.id {
-            Ok(id) => id,
-            Err(_) => {
+    std::thread::scope(|s| -> Result<(), PlanError> {
+        let (to_render, from_main) = std::sync::mpsc::channel::<Chunk>();
+        let (to_main, rendered) = std::sync::mpsc::channel::<Chunk>();
+        if pipelined {
+            s.spawn(move || {
+                for mut chunk in from_main {
+                    chunk.out.clear();
+                    let keep = need_ref.load(std::sync::atomic::Ordering::Acquire);
+                    for p in &chunk.rows[..chunk.len] {
+                        let mut r = render_keyed(renderer_ref, p.id, names, &p.fields);
+                        if !keep {
+                            if let Ok((rendered, _)) = &mut r {
+                                rendered.content = String::new();
+                                rendered.ext = BTreeMap::new();
+                            }
+                        }
+                        chunk.out.push(r);
+                    }
+                    if to_main.send(chunk).is_err() {
+                        break;
+                    }
+                }
+            });
+        } else {
+            drop(from_main);
+            drop(to_main);
+        }
+        let mut cur = Chunk::default();
+        let mut free: Vec<Chunk> = Vec::new();
+        let mut in_flight = 0usize;
+
+        while let Some(row) = reader.next_row_into(&mut fields)? {
+            acc.counts.total += 1;
+            let id = match row.id {
+                Ok(id) => id,
+                Err(_) => {
+                    acc.counts.invalid += 1;
+                    continue;
+                }
+            };
+            if !seen.insert(id) {
+                acc.counts.duplicate += 1;
+                continue;
+            }
+            if suppress.contains_key(&id) {
+                acc.counts.suppressed += 1;
+                continue;
+            }
+            if required
+                .iter()
+                .any(|(i, _)| fields.get(*i).unwrap_or("").trim().is_empty())
+            {
                 acc.counts.invalid += 1;
                 continue;
             }
-        };
-        if !seen.insert(id) {
-            acc.counts.duplicate += 1;
-            continue;
-        }
-        if suppress.contains_key(&id) {
-            acc.counts.suppressed += 1;
-            continue;
-        }
-        if required
-            .iter()
-            .any(|(i, _)| row.fields.get(*i).unwrap_or("").trim().is_empty())
-        {
-            acc.counts.invalid += 1;
-            continue;
-        }
-        for (k, (_, col)) in tracked.iter().enumerate() {
-            let h = match col {
-                Some(i) => value_hash(row.fields.get(*i).unwrap_or("")),
-                None => id,
-            };
-            distinct[k].insert(h);
-        }
-        if let Some((g, sample)) = &static_cache {
-            if acc.samples.len() < SAMPLES {
-                acc.samples.push(Sample {
+            for (k, (_, col)) in tracked.iter().enumerate() {
+                let h = match col {
+                    Some(i) => value_hash(fields.get(*i).unwrap_or("")),
+                    None => id,
+                };
+                distinct[k].insert(h);
+            }
+            if let Some((g, sample)) = &static_cache {
+                if acc.samples.len() < SAMPLES {
+                    acc.samples.push(Sample {
+                        id,
+                        line: row.line,
+                        ..sample.clone()
+                    });
+                }
+                acc.row_group.push(*g);
+                acc.ids_in_order.push(id);
+                acc.counts.valid += 1;
+                continue;
+            }
+            if !pipelined {
+                let r = render_keyed(&renderer, id, names, &fields);
+                acc.accept(id, row.line, row.pos, r);
+                if static_content && static_cache.is_none() {
+                    if let (Some(g), Some(s)) = (acc.row_group.last(), acc.samples.last()) {
+                        static_cache = Some((*g, s.clone()));
+                    }
+                }
+                continue;
+            }
+            if cur.len == cur.rows.len() {
+                cur.rows.push(Pending {
                     id,
                     line: row.line,
-                    ..sample.clone()
+                    pos: row.pos,
+                    fields: csv::StringRecord::new(),
                 });
             }
-            acc.row_group.push(*g);
-            acc.ids_in_order.push(id);
-            acc.counts.valid += 1;
-            continue;
-        }
-        pending.push(Pending {
-            id,
-            line: row.line,
-            pos: row.pos,
-            fields: row.fields,
-        });
-        if static_content || pending.len() >= CHUNK {
-            acc.flush(&renderer, names, &mut pending, workers);
-            if static_content && static_cache.is_none() {
-                if let (Some(g), Some(s)) = (acc.row_group.last(), acc.samples.last()) {
-                    static_cache = Some((*g, s.clone()));
+            if let Some(slot) = cur.rows.get_mut(cur.len) {
+                slot.id = id;
+                slot.line = row.line;
+                slot.pos = row.pos;
+                // The record moves into the chunk; the slot's old one is read into next.
+                std::mem::swap(&mut slot.fields, &mut fields);
+                cur.len += 1;
+            }
+            if cur.len >= CHUNK {
+                while in_flight >= IN_FLIGHT {
+                    take_back(&mut acc, &rendered, &mut free)?;
+                    in_flight -= 1;
+                    if acc.spilled && acc.samples.len() >= SAMPLES {
+                        need_content.store(false, std::sync::atomic::Ordering::Release);
+                    }
                 }
+                let full = std::mem::replace(&mut cur, free.pop().unwrap_or_default());
+                to_render.send(full).map_err(|_| render_thread_gone())?;
+                in_flight += 1;
             }
         }
-    }
+        if pipelined {
+            if cur.len > 0 {
+                to_render.send(cur).map_err(|_| render_thread_gone())?;
+                in_flight += 1;
+            }
+            while in_flight > 0 {
+                take_back(&mut acc, &rendered, &mut free)?;
+                in_flight -= 1;
+            }
+        }
+        Ok(())
+    })?;
     let Acc {
         mut counts,
         groups,
@@ -1248,6 +1310,69 @@ pub fn deadline_warning(
                     "started now, sending would end around {end}, after the deadline {t}: recipients still pending then become `expired`"
                 )
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{LoadOptions, Problem};
+    use std::io::Write;
+
+    /// The render-thread pipeline gives exactly the single-threaded plan: counts, hash, calls,
+    /// rows and samples, over several chunks, with duplicates, bad ids and empty values, through
+    /// both the substitution fast path and minijinja, with Contents kept and re-rendered.
+    #[test]
+    fn pipeline_matches_single_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let csv = dir.path().join("a.csv");
+        let mut w = std::fs::File::create(&csv).expect("csv");
+        writeln!(w, "user_id,name").expect("write");
+        for i in 0..6_000u64 {
+            let id = match i % 97 {
+                0 => "x".to_string(),
+                1 => (1_000_000 + i - 2).to_string(),
+                _ => (1_000_000 + i).to_string(),
+            };
+            let name = if i % 89 == 0 {
+                String::new()
+            } else {
+                format!("n{}", i % 300)
+            };
+            writeln!(w, "{id},{name}").expect("write");
+        }
+        drop(w);
+        for text in ["Hi {{ name }} {{ recipient.id }}", "Hi {{ name|upper }}"] {
+            let yaml = format!(
+                "version: 1\nname: t\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\nsender: 1\naudience: {{ csv: a.csv }}\nmessage: {{ type: text, text: {text:?} }}\n"
+            );
+            let c = crate::spec::parse_str(
+                &yaml,
+                dir.path().join("c.yaml"),
+                dir.path().to_path_buf(),
+                &LoadOptions::default(),
+            )
+            .unwrap_or_else(|p: Vec<Problem>| panic!("{p:?}"));
+            for limits in [
+                StoreLimits::default(),
+                StoreLimits {
+                    max_contents: 100,
+                    max_bytes: 1 << 20,
+                },
+            ] {
+                let one = build_threads(&c, &PlanOptions::default(), limits, 1).expect("plan 1");
+                let two = build_threads(&c, &PlanOptions::default(), limits, 2).expect("plan 2");
+                assert_eq!(one.counts(), two.counts());
+                assert!(one.counts().duplicate > 0 && one.counts().invalid > 0);
+                assert!(one.counts().empty_value_rows > 0);
+                assert_eq!(one.hash(), two.hash());
+                assert_eq!(one.samples(), two.samples());
+                let calls = |p: &Plan| p.calls().collect::<Result<Vec<_>, _>>().expect("calls");
+                assert_eq!(calls(&one), calls(&two));
+                let rows = |p: &Plan| p.rows().collect::<Result<Vec<_>, _>>().expect("rows");
+                assert_eq!(rows(&one), rows(&two));
+            }
         }
     }
 }

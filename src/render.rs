@@ -11,7 +11,9 @@
 //! The context is: the row's columns, then `message.vars`, plus `campaign.name` and `recipient.id`
 //! (a column shadows a var of the same name).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -131,6 +133,73 @@ struct ImageContent<'a> {
     url: &'a str,
 }
 
+/// One piece of a template that is only text and `{{ name }}` substitutions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Lit(String),
+    /// A column, by index in the audience header.
+    Col(usize),
+    /// `recipient.id`.
+    Id,
+}
+
+/// Names minijinja reads as literals, never from the context.
+const LITERALS: [&str; 6] = ["true", "false", "none", "True", "False", "None"];
+
+fn is_ident(s: &str) -> bool {
+    let mut b = s.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// Split a template source into literal text and `{{ name }}` / `{{ a.b }}` expressions, or
+/// `None` if it uses anything else (blocks, comments, filters, whitespace control, non-ASCII
+/// names...). Mirrors minijinja's lexer for this subset, including dropping one trailing newline
+/// (`keep_trailing_newline` is off). Hand-written because minijinja exposes no AST; anything
+/// this does not recognise goes through minijinja as before.
+fn parse_simple(src: &str) -> Option<Vec<(bool, &str)>> {
+    let mut src = src;
+    if let Some(s) = src.strip_suffix('\n') {
+        src = s;
+    }
+    if let Some(s) = src.strip_suffix('\r') {
+        src = s;
+    }
+    if src.contains("{%") || src.contains("{#") {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(i) = rest.find("{{") {
+        let lit = &rest[..i];
+        if lit.contains("}}") {
+            return None;
+        }
+        if !lit.is_empty() {
+            out.push((false, lit));
+        }
+        let after = &rest[i + 2..];
+        let j = after.find("}}")?;
+        let expr = after[..j].trim_matches(|c| c == ' ' || c == '\t' || c == '\n' || c == '\r');
+        let ok = match expr.split_once('.') {
+            Some((a, b)) => is_ident(a) && is_ident(b),
+            None => is_ident(expr),
+        };
+        if !ok || LITERALS.iter().any(|l| expr.split('.').any(|p| p == *l)) {
+            return None;
+        }
+        out.push((true, expr));
+        rest = &after[j + 2..];
+    }
+    if rest.contains("}}") {
+        return None;
+    }
+    if !rest.is_empty() {
+        out.push((false, rest));
+    }
+    Some(out)
+}
+
 enum Compiled {
     Text,
     Image { width: bool, height: bool },
@@ -144,6 +213,7 @@ pub struct Renderer {
     compiled: Compiled,
     vars: Arc<BTreeMap<String, Value>>,
     campaign: Value,
+    campaign_name: String,
     loaded: Arc<Mutex<BTreeMap<String, [u8; 32]>>>,
     main_file: Option<(String, [u8; 32])>,
     used: BTreeSet<String>,
@@ -152,6 +222,13 @@ pub struct Renderer {
     template_vars: BTreeMap<String, (BTreeSet<String>, bool)>,
     /// Templates that do not depend on the recipient, rendered once (see [`Renderer::prepare`]).
     fixed: BTreeMap<String, String>,
+    /// Templates that are only text and substitutions of columns (and `recipient.id`), rendered
+    /// without minijinja by [`Renderer::render_fields`] (see [`Renderer::prepare`]).
+    fast: BTreeMap<String, Vec<Seg>>,
+    /// The columns given to [`Renderer::prepare`].
+    columns: Vec<String>,
+    /// Every template is in `fixed` or `fast`: a row renders without minijinja.
+    direct: bool,
     ext_names: Vec<(String, String)>,
     /// What the body template is called in messages.
     label: String,
@@ -336,10 +413,14 @@ impl Renderer {
             compiled,
             ext_names,
             fixed: BTreeMap::new(),
+            fast: BTreeMap::new(),
+            columns: Vec::new(),
+            direct: false,
             template_vars,
             label,
             vars: Arc::new(vars),
             campaign,
+            campaign_name: c.name.clone(),
             loaded,
             main_file,
             used,
@@ -365,6 +446,7 @@ impl Renderer {
     /// and vars that no column shadows, and includes nothing), so per-row rendering skips it.
     /// Call after the audience header is known; rendering is unchanged, only faster.
     pub fn prepare(&mut self, columns: &[String]) -> Result<(), RenderError> {
+        self.prepare_fast(columns);
         let empty = Arc::new(Vec::new());
         let fixed_names: Vec<String> = self
             .template_vars
@@ -401,7 +483,66 @@ impl Renderer {
             return Ok(());
         }
         self.fixed = fixed;
+        self.direct = self
+            .template_vars
+            .keys()
+            .all(|n| self.fixed.contains_key(n) || self.fast.contains_key(n));
         Ok(())
+    }
+
+    /// Find the templates [`Renderer::render_fields`] can render by plain substitution: only text
+    /// and `{{ x }}` where `x` is a column (looked up as the context does: first matching column),
+    /// a non-empty string var no column shadows, `recipient.id` or `campaign.name`. Anything else
+    /// (an include, a filter, a number var, an empty var, an undefined name) keeps minijinja.
+    fn prepare_fast(&mut self, columns: &[String]) {
+        let mut fast = BTreeMap::new();
+        for (name, (_, includes)) in &self.template_vars {
+            if *includes {
+                continue;
+            }
+            let Ok(t) = self.env.get_template(name) else {
+                continue;
+            };
+            let Some(pieces) = parse_simple(t.source()) else {
+                continue;
+            };
+            let mut segs = Vec::with_capacity(pieces.len());
+            let mut ok = true;
+            for (is_expr, text) in pieces {
+                if !is_expr {
+                    segs.push(Seg::Lit(text.to_string()));
+                    continue;
+                }
+                let seg = match text.split_once('.') {
+                    Some(("recipient", "id")) => Some(Seg::Id),
+                    Some(("campaign", "name")) => Some(Seg::Lit(self.campaign_name.clone())),
+                    Some(_) => None,
+                    None if text == "campaign" || text == "recipient" => None,
+                    None => match columns.iter().position(|c| c == text) {
+                        Some(i) => Some(Seg::Col(i)),
+                        None => self
+                            .vars
+                            .get(text)
+                            .and_then(|v| v.as_str())
+                            .filter(|s| !s.is_empty())
+                            .map(|s| Seg::Lit(s.to_string())),
+                    },
+                };
+                match seg {
+                    Some(s) => segs.push(s),
+                    None => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                fast.insert(name.clone(), segs);
+            }
+        }
+        self.fast = fast;
+        self.columns = columns.to_vec();
+        self.direct = false;
     }
 
     /// Template files read so far (main template and includes), name → sha256. Part of the plan hash.
@@ -431,7 +572,7 @@ impl Renderer {
             touch: Mutex::default(),
         };
         let value = Value::from_object(ctx);
-        let result = self.render_with(&value);
+        let result = self.render_with(&|name: &str| self.render_one(name, &value));
         let touch = value
             .downcast_object_ref::<Ctx>()
             .and_then(|c| c.touch.lock().ok().map(|t| (t.empty, t.missing.clone())));
@@ -458,39 +599,92 @@ impl Renderer {
         }
     }
 
+    /// Render one recipient from borrowed fields; same result as [`Renderer::render`] (the
+    /// header must be the columns given to [`Renderer::prepare`]). When every template is fixed
+    /// or plain substitution, minijinja is not involved and nothing is copied per row but the
+    /// output; otherwise (or on any error, so messages are the same) it goes through `render`.
+    pub fn render_fields(
+        &self,
+        id: u64,
+        header: Option<&Arc<Vec<String>>>,
+        fields: &csv::StringRecord,
+    ) -> Result<Rendered, RenderError> {
+        let same_columns = match header {
+            Some(h) => h.as_slice() == self.columns.as_slice(),
+            None => self.columns.is_empty(),
+        };
+        if self.direct && same_columns {
+            let empty = Cell::new(false);
+            let one = |name: &str| -> Result<String, minijinja::Error> {
+                if let Some(s) = self.fixed.get(name) {
+                    return Ok(s.clone());
+                }
+                let Some(segs) = self.fast.get(name) else {
+                    return Err(minijinja::Error::new(
+                        ErrorKind::TemplateNotFound,
+                        name.to_string(),
+                    ));
+                };
+                let mut out = String::new();
+                for s in segs {
+                    match s {
+                        Seg::Lit(t) => out.push_str(t),
+                        Seg::Col(i) => {
+                            let v = fields.get(*i).unwrap_or("");
+                            if v.is_empty() {
+                                empty.set(true);
+                            }
+                            out.push_str(v);
+                        }
+                        Seg::Id => {
+                            let _ = write!(out, "{id}");
+                        }
+                    }
+                }
+                Ok(out)
+            };
+            if let Ok((content, ext)) = self.render_with(&one) {
+                return Ok(Rendered {
+                    content,
+                    ext,
+                    used_empty: empty.get(),
+                });
+            }
+        }
+        self.render(RowInput {
+            id,
+            header,
+            fields: fields.clone(),
+        })
+    }
+
     fn render_with(
         &self,
-        ctx: &Value,
+        one: &dyn Fn(&str) -> Result<String, minijinja::Error>,
     ) -> Result<(String, BTreeMap<String, String>), minijinja::Error> {
         let mut ext = BTreeMap::new();
         for (k, name) in &self.ext_names {
-            ext.insert(k.clone(), self.render_one(name, ctx)?);
+            ext.insert(k.clone(), one(name)?);
         }
         let content = match &self.compiled {
             Compiled::Text => {
-                let text = self.render_one(BODY, ctx)?;
+                let text = one(BODY)?;
                 to_json(&TextContent { text: &text })?
             }
-            Compiled::Raw => self.render_one(BODY, ctx)?,
+            Compiled::Raw => one(BODY)?,
             Compiled::Image { width, height } => {
-                let url = self.render_one(BODY, ctx)?;
+                let url = one(BODY)?;
                 if *width {
-                    ext.insert(
-                        "file_ext_key_original_width".into(),
-                        self.render_one("image.width", ctx)?,
-                    );
+                    ext.insert("file_ext_key_original_width".into(), one("image.width")?);
                 }
                 if *height {
-                    ext.insert(
-                        "file_ext_key_original_height".into(),
-                        self.render_one("image.height", ctx)?,
-                    );
+                    ext.insert("file_ext_key_original_height".into(), one("image.height")?);
                 }
                 to_json(&ImageContent { url: &url })?
             }
             Compiled::CustomData(data) => {
                 let mut n = 0usize;
-                let doc = self.render_data(data, &mut n, ctx)?;
+                let doc = self.render_data(data, &mut n, one)?;
                 to_json(&doc)?
             }
         };
@@ -501,23 +695,23 @@ impl Renderer {
         &self,
         v: &serde_json::Value,
         n: &mut usize,
-        ctx: &Value,
+        one: &dyn Fn(&str) -> Result<String, minijinja::Error>,
     ) -> Result<serde_json::Value, minijinja::Error> {
         Ok(match v {
             serde_json::Value::String(_) => {
                 let name = format!("data.{n}");
                 *n += 1;
-                serde_json::Value::String(self.render_one(&name, ctx)?)
+                serde_json::Value::String(one(&name)?)
             }
             serde_json::Value::Array(a) => serde_json::Value::Array(
                 a.iter()
-                    .map(|x| self.render_data(x, n, ctx))
+                    .map(|x| self.render_data(x, n, one))
                     .collect::<Result<_, _>>()?,
             ),
             serde_json::Value::Object(o) => {
                 let mut m = serde_json::Map::new();
                 for (k, x) in o {
-                    m.insert(k.clone(), self.render_data(x, n, ctx)?);
+                    m.insert(k.clone(), self.render_data(x, n, one)?);
                 }
                 serde_json::Value::Object(m)
             }
@@ -616,6 +810,61 @@ mod tests {
         assert_eq!(
             r.render(row(&h, &["1"])).expect("render").content,
             r#"{"text":"x t"}"#
+        );
+    }
+
+    /// The substitution fast path gives exactly what minijinja gives, or defers to it.
+    #[test]
+    fn fast_path_matches_minijinja() {
+        let h = Arc::new(vec![
+            "user_id".to_string(),
+            "name".to_string(),
+            "true".to_string(),
+            "v".to_string(),
+        ]);
+        let texts = [
+            "Hi {{ name }}, {{recipient.id}} from {{ campaign.name }}!",
+            "{{ name }}\n",
+            "a }} b {{ name }}",
+            "{{- name }} x",
+            "{{ name|upper }}",
+            "{{ true }} {{ v }}",
+            "{{ s }}-{{ e }}-{{ n }}",
+            "{{ s }}",
+            "{{ e }}",
+            "{# c #}{{ name }}",
+            "{{ name.x }}",
+            "plain",
+            "{{ recipient }}",
+        ];
+        for t in texts {
+            let msg = format!(
+                "{{ type: text, text: {t:?}, ext: {{ k: \"{{{{ name }}}}!\" }}, vars: {{ s: sv, e: \"\", n: 5, v: var }} }}"
+            );
+            let mut r = Renderer::new(&campaign(&msg)).expect("compile");
+            r.prepare(&h).expect("prepare");
+            for fields in [
+                &["1", "Zoë \"q\" \\ 😀", "t", "col"][..],
+                &["2", "", "", ""],
+                &["3"],
+            ] {
+                let rec = csv::StringRecord::from(fields.to_vec());
+                let fast = r.render_fields(7, Some(&h), &rec);
+                let slow = r.render(RowInput {
+                    id: 7,
+                    header: Some(&h),
+                    fields: rec.clone(),
+                });
+                assert_eq!(fast, slow, "template {t:?}, row {fields:?}");
+            }
+        }
+        let r = Renderer::new(&campaign("{ type: text, text: \"Hi {{ name }}\" }"));
+        let mut r = r.expect("compile");
+        r.prepare(&h).expect("prepare");
+        assert!(r.direct, "a column substitution renders without minijinja");
+        assert_eq!(
+            parse_simple("a{{ x }}b\n"),
+            Some(vec![(false, "a"), (true, "x"), (false, "b")])
         );
     }
 
