@@ -19,6 +19,7 @@ pub mod output;
 pub mod audience;
 pub mod config;
 pub mod daemon;
+pub mod db;
 pub mod journal;
 pub mod mock;
 pub mod plan;

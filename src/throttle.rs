@@ -135,15 +135,10 @@ impl Limiter {
             path: db_path.to_path_buf(),
             source,
         };
-        let conn = Connection::open(db_path).map_err(db)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
         // WAL so readers never block; NORMAL sync: losing the last entries on power loss only
         // makes a restarted process less cautious by at most a few calls, and an fsync per
         // admission would cap personalized campaigns far below the provider's limits.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db)?;
+        let conn = crate::db::open(db_path, "NORMAL").map_err(db)?;
         create_tables(&conn).map_err(db)?;
         Ok(Limiter {
             inner: Arc::new(Inner {

@@ -92,17 +92,13 @@ pub fn open(state_dir: &Path) -> Result<Connection, StateError> {
         path: path.display().to_string(),
         source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
     })?;
-    let conn = Connection::open(&path).map_err(open_err)?;
+    let conn = crate::db::open(&path, "NORMAL").map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(open_err)?;
-    conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(open_err)?;
     // WAL + NORMAL survives a process crash; only a power loss can drop the last commits. The
     // one write that must survive that too — the claim of an occurrence — commits with FULL
     // (see record_occurrence). Everything else is re-derivable: run keys are deterministic, so a
     // lost status update is corrected by asking the runner again.
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(open_err)?;
     migrate(&conn).map_err(open_err)?;
     Ok(conn)
 }
