@@ -389,6 +389,18 @@ pub fn discover_root(campaign_file: &Path) -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    root_above(dir)
+}
+
+/// The campaigns repository root above the directory `dir` (same rule as [`discover_root`]):
+/// what `imcast daemon DIR`, `schedule`, `pause` and `prune` use, so every command finds the same
+/// state directory as `imcast run` does for a file in `dir`.
+pub fn discover_root_from_dir(dir: &Path) -> PathBuf {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    root_above(dir)
+}
+
+fn root_above(dir: PathBuf) -> PathBuf {
     if let Some(d) = dir.ancestors().find(|d| d.join(FILE_NAME).is_file()) {
         return d.to_path_buf();
     }

@@ -93,17 +93,10 @@ pub enum DaemonError {
 }
 
 /// The default state directory for campaigns under `start`: `.imcast/` at the campaigns
-/// repository root (the nearest ancestor holding `imcast.toml` or `.git`), else `start/.imcast`.
+/// repository root, found by the same rule `imcast run` uses ([`crate::config::discover_root`]:
+/// the nearest ancestor holding `imcast.toml`, else the nearest holding `.git`, else `start`).
 pub fn default_state_dir(start: &Path) -> PathBuf {
-    let start = std::fs::canonicalize(start).unwrap_or_else(|_| start.to_path_buf());
-    let mut cur: Option<&Path> = Some(&start);
-    while let Some(d) = cur {
-        if d.join("imcast.toml").exists() || d.join(".git").exists() {
-            return d.join(".imcast");
-        }
-        cur = d.parent();
-    }
-    start.join(".imcast")
+    crate::config::discover_root_from_dir(start).join(".imcast")
 }
 
 struct Known {
@@ -923,5 +916,13 @@ mod tests {
         let got = default_state_dir(&root.join("campaigns/team"));
         let want = std::fs::canonicalize(&root).expect("canon").join(".imcast");
         assert_eq!(got, want);
+        // A nearer `.git` (a submodule, a nested checkout) does not split the state: the daemon
+        // and `imcast run` on a file in that folder find the same state directory.
+        std::fs::create_dir_all(root.join("campaigns/.git")).expect("mkdir .git");
+        let file = root.join("campaigns/team/x.yaml");
+        std::fs::write(&file, "").expect("write");
+        let run_paths = crate::config::RepoPaths::discover(&file, None, None, None);
+        assert_eq!(default_state_dir(&root.join("campaigns/team")), want);
+        assert_eq!(run_paths.state_dir, want);
     }
 }
