@@ -1414,22 +1414,34 @@ impl Journal {
 
     /// Recipients per status (every status present, zeros included).
     pub fn counts(&self, run_id: &str) -> Result<BTreeMap<RecipientStatus, u64>, JournalError> {
-        let mut out: BTreeMap<RecipientStatus, u64> =
-            RecipientStatus::ALL.iter().map(|s| (*s, 0)).collect();
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT status, COUNT(*) FROM recipients WHERE run_id = ?1 GROUP BY status",
-            )
-            .map_err(self.db())?;
+        self.grouped_counts(
+            "SELECT status, COUNT(*) FROM recipients WHERE run_id = ?1 GROUP BY status",
+            run_id,
+            RecipientStatus::ALL,
+        )
+    }
+
+    /// Rows per key for a `SELECT key, COUNT(*) ... GROUP BY key` query, every key in `all`
+    /// present (zeros included).
+    fn grouped_counts<K>(
+        &self,
+        sql: &str,
+        run_id: &str,
+        all: &[K],
+    ) -> Result<BTreeMap<K, u64>, JournalError>
+    where
+        K: Copy + Ord + FromStr<Err = JournalError>,
+    {
+        let mut out: BTreeMap<K, u64> = all.iter().map(|k| (*k, 0)).collect();
+        let mut st = self.conn.prepare_cached(sql).map_err(self.db())?;
         let rows = st
             .query_map([run_id], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
             })
             .map_err(self.db())?;
         for row in rows {
-            let (s, n) = row.map_err(self.db())?;
-            out.insert(s.parse()?, n as u64);
+            let (k, n) = row.map_err(self.db())?;
+            out.insert(k.parse()?, n as u64);
         }
         Ok(out)
     }
@@ -1449,21 +1461,11 @@ impl Journal {
 
     /// Calls per state.
     pub fn call_counts(&self, run_id: &str) -> Result<BTreeMap<CallState, u64>, JournalError> {
-        let mut out: BTreeMap<CallState, u64> = CallState::ALL.iter().map(|s| (*s, 0)).collect();
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT state, COUNT(*) FROM calls WHERE run_id = ?1 GROUP BY state")
-            .map_err(self.db())?;
-        let rows = st
-            .query_map([run_id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })
-            .map_err(self.db())?;
-        for row in rows {
-            let (s, n) = row.map_err(self.db())?;
-            out.insert(s.parse()?, n as u64);
-        }
-        Ok(out)
+        self.grouped_counts(
+            "SELECT state, COUNT(*) FROM calls WHERE run_id = ?1 GROUP BY state",
+            run_id,
+            CallState::ALL,
+        )
     }
 
     /// Total provider attempts made (sum over calls).
