@@ -150,41 +150,9 @@ pub struct RateSummary {
     pub share_of_limit: f64,
 }
 
-/// One row of recipients.csv / recipients.jsonl.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ReportRow {
-    pub line: u64,
-    pub id: Option<u64>,
-    pub raw_id: String,
-    pub status: RecipientStatus,
-    pub message_id: Option<u64>,
-    pub attempts: u32,
-    pub call: Option<u64>,
-    pub variant: Option<String>,
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
-    pub detail: Option<String>,
-    pub time: Option<String>,
-}
-
-impl From<RecipientRow> for ReportRow {
-    fn from(r: RecipientRow) -> Self {
-        ReportRow {
-            line: r.line,
-            id: r.id,
-            raw_id: r.raw_id,
-            status: r.status,
-            message_id: r.message_id,
-            attempts: r.attempts,
-            call: r.call,
-            variant: r.variant,
-            error_code: r.error_code,
-            error_message: r.error_message,
-            detail: r.detail,
-            time: r.time,
-        }
-    }
-}
+/// One row of recipients.csv / recipients.jsonl: the journal's recipient row as stored (P2P
+/// per-user rows are built in the same shape by [`p2p_user_rows`]).
+pub type ReportRow = RecipientRow;
 
 /// Neutralize a cell a spreadsheet would evaluate as a formula.
 pub fn safe_cell(s: &str) -> std::borrow::Cow<'_, str> {
@@ -346,7 +314,7 @@ pub fn write_report(
         ])
         .map_err(csv_err(&paths.csv))?;
         journal.for_each_recipient::<ReportError>(&run.id, |r| {
-            let row = ReportRow::from(r);
+            let row: ReportRow = r;
             let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
             let s = |v: &Option<String>| v.clone().unwrap_or_default();
             let cells = [
