@@ -444,7 +444,40 @@ const MIGRATIONS: &[&str] = &[
         requested_by TEXT
      );
      CREATE TABLE extra_migrations(component TEXT PRIMARY KEY, version INTEGER NOT NULL);",
+    // 2: recipients per status and run, kept by every statement that changes a status (so
+    // counting a run of millions never scans its rows).
+    "CREATE TABLE run_counts(
+        run_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY(run_id, status)
+     ) WITHOUT ROWID;
+     INSERT INTO run_counts(run_id, status, n)
+        SELECT run_id, status, COUNT(*) FROM recipients GROUP BY run_id, status;",
 ];
+
+/// Move `n` recipients of a run from status `from` to `to` in the per-status counters
+/// (`from = None` adds new rows). Called in the same transaction as the change it counts.
+fn count_move(
+    tx: &Connection,
+    run_id: &str,
+    from: Option<RecipientStatus>,
+    to: RecipientStatus,
+    n: u64,
+) -> rusqlite::Result<()> {
+    if n == 0 || from == Some(to) {
+        return Ok(());
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO run_counts(run_id, status, n) VALUES (?1, ?2, ?3)
+         ON CONFLICT(run_id, status) DO UPDATE SET n = n + excluded.n",
+    )?;
+    st.execute(params![run_id, to.as_str(), n as i64])?;
+    if let Some(from) = from {
+        st.execute(params![run_id, from.as_str(), -(n as i64)])?;
+    }
+    Ok(())
+}
 
 /// Ids per multi-row statement (well under SQLite's parameter limit).
 const CHUNK: usize = 500;
@@ -843,6 +876,7 @@ impl Journal {
         .map_err(db)?;
         let mut skipped = 0u64;
         let now_s = ts(now);
+        let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
         {
             let mut ins = tx
                 .prepare(
@@ -881,6 +915,7 @@ impl Journal {
                         }
                     }
                 }
+                *seeded.entry(status).or_default() += 1;
                 ins.execute(params![
                     id,
                     row.line as i64,
@@ -896,6 +931,9 @@ impl Journal {
                 ])
                 .map_err(db)?;
             }
+        }
+        for (status, n) in seeded {
+            count_move(&tx, &id, None, status, n).map_err(db)?;
         }
         tx.commit().map_err(db)?;
         let run = self
@@ -978,11 +1016,19 @@ impl Journal {
         }
         let total: i64 = tx
             .query_row(
-                "SELECT COUNT(*) FROM recipients WHERE run_id = ?1",
+                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1",
                 [&old.id],
                 |r| r.get(0),
             )
             .map_err(db)?;
+        count_move(
+            &tx,
+            &old.id,
+            Some(RecipientStatus::Pending),
+            RecipientStatus::Suppressed,
+            n,
+        )
+        .map_err(db)?;
         if total as u64 != seen {
             return Ok(None);
         }
@@ -1118,6 +1164,14 @@ impl Journal {
                     upd.execute(params![run_id, id as i64, seq]).map_err(db)? as u64;
             }
         }
+        count_move(
+            &tx,
+            run_id,
+            Some(RecipientStatus::Pending),
+            RecipientStatus::Unknown,
+            rec.unknown_recipients,
+        )
+        .map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(rec)
     }
@@ -1169,7 +1223,7 @@ impl Journal {
         let any: bool = self
             .conn
             .query_row(
-                "SELECT EXISTS(SELECT 1 FROM recipients WHERE run_id = ?1
+                "SELECT EXISTS(SELECT 1 FROM run_counts WHERE run_id = ?1 AND n > 0
                    AND status NOT IN ('pending','invalid','duplicate','suppressed'))",
                 [run_id],
                 |r| r.get(0),
@@ -1335,25 +1389,39 @@ impl Journal {
             .prepare_cached(
                 "UPDATE recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
                      detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10, attempts = ?11
-                 WHERE run_id = ?1 AND id = ?2 AND status IN ('pending','unknown')",
+                 WHERE run_id = ?1 AND id = ?2 AND status = ?12",
             )
             .map_err(db)?;
         let now_s = ts(o.now);
+        // (from, to) → recipients moved, for the per-status counters. A receiver is `pending`,
+        // or `unknown` when resent with --resend-unknown (tried second: rare).
+        let mut moved: BTreeMap<(RecipientStatus, RecipientStatus), u64> = BTreeMap::new();
         for u in &o.updates {
-            upd.execute(params![
-                o.run_id,
-                u.id as i64,
-                u.status.as_str(),
-                u.message_id.map(|v| v as i64),
-                u.error_code,
-                u.error_message,
-                u.detail,
-                now_s,
-                o.seq as i64,
-                variant,
-                attempts,
-            ])
-            .map_err(db)?;
+            for from in [RecipientStatus::Pending, RecipientStatus::Unknown] {
+                let n = upd
+                    .execute(params![
+                        o.run_id,
+                        u.id as i64,
+                        u.status.as_str(),
+                        u.message_id.map(|v| v as i64),
+                        u.error_code,
+                        u.error_message,
+                        u.detail,
+                        now_s,
+                        o.seq as i64,
+                        variant,
+                        attempts,
+                        from.as_str(),
+                    ])
+                    .map_err(db)?;
+                if n > 0 {
+                    *moved.entry((from, u.status)).or_default() += n as u64;
+                    break;
+                }
+            }
+        }
+        for ((from, to), n) in moved {
+            count_move(tx, &o.run_id, Some(from), to, n).map_err(db)?;
         }
         tx.prepare_cached(
             "UPDATE calls SET state = ?3, error_code = ?4, error_message = ?5, updated_at = ?6
@@ -1399,21 +1467,45 @@ impl Journal {
         why: &str,
         now: Timestamp,
     ) -> Result<u64, JournalError> {
-        let n = self
-            .conn
+        let tx = self.conn.unchecked_transaction().map_err(self.db())?;
+        let n = tx
             .execute(
                 "UPDATE recipients SET status = ?2, error_message = ?3, updated_at = ?4
                  WHERE run_id = ?1 AND status = 'pending'",
                 params![run_id, to.as_str(), why, ts(now)],
             )
-            .map_err(self.db())?;
-        Ok(n as u64)
+            .map_err(self.db())? as u64;
+        count_move(&tx, run_id, Some(RecipientStatus::Pending), to, n).map_err(self.db())?;
+        tx.commit().map_err(self.db())?;
+        Ok(n)
     }
 
     // ---- reading ----------------------------------------------------------------------------
 
     /// Recipients per status (every status present, zeros included).
     pub fn counts(&self, run_id: &str) -> Result<BTreeMap<RecipientStatus, u64>, JournalError> {
+        let counts = self.grouped_counts(
+            "SELECT status, n FROM run_counts WHERE run_id = ?1",
+            run_id,
+            RecipientStatus::ALL,
+        )?;
+        // Every test run (debug builds) checks the counters against the rows themselves.
+        #[cfg(debug_assertions)]
+        if let Ok(scan) = self.counts_by_scan(run_id) {
+            assert_eq!(
+                counts, scan,
+                "run_counts out of step with recipients for run {run_id}"
+            );
+        }
+        Ok(counts)
+    }
+
+    /// [`Self::counts`] by scanning the run's rows (what the counters must always equal; tests
+    /// and `imcast status --verify`-style checks).
+    pub fn counts_by_scan(
+        &self,
+        run_id: &str,
+    ) -> Result<BTreeMap<RecipientStatus, u64>, JournalError> {
         self.grouped_counts(
             "SELECT status, COUNT(*) FROM recipients WHERE run_id = ?1 GROUP BY status",
             run_id,
@@ -1451,7 +1543,7 @@ impl Journal {
         let n: i64 = self
             .conn
             .query_row(
-                "SELECT COUNT(*) FROM recipients WHERE run_id = ?1 AND status = ?2",
+                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1 AND status = ?2",
                 params![run_id, status.as_str()],
                 |r| r.get(0),
             )
@@ -1567,6 +1659,8 @@ impl Journal {
             recipients += tx
                 .execute("DELETE FROM recipients WHERE run_id = ?1", [id])
                 .map_err(&db)? as u64;
+            tx.execute("DELETE FROM run_counts WHERE run_id = ?1", [id])
+                .map_err(&db)?;
             calls += tx
                 .execute("DELETE FROM calls WHERE run_id = ?1", [id])
                 .map_err(&db)? as u64;
@@ -1818,6 +1912,35 @@ mod tests {
                 note: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn migration_2_counts_the_rows_of_existing_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            // A state database as the first release left it: schema 1, one run with rows.
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(MIGRATIONS[0]).expect("schema 1");
+            conn.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO recipients(run_id, line, id, raw_id, status) VALUES
+                   ('r1', 2, 1, '1', 'sent'), ('r1', 3, 2, '2', 'sent'), ('r1', 4, 3, '3', 'pending'),
+                   ('r1', 5, NULL, 'x', 'invalid'), ('r2', 2, 1, '1', 'unknown');",
+            )
+            .expect("rows");
+        }
+        let j = Journal::open_path(&path).expect("migrate");
+        let c = j.counts("r1").expect("counts");
+        assert_eq!(c[&RecipientStatus::Sent], 2);
+        assert_eq!(c[&RecipientStatus::Pending], 1);
+        assert_eq!(c[&RecipientStatus::Invalid], 1);
+        assert_eq!(c[&RecipientStatus::Unknown], 0);
+        assert_eq!(
+            j.count_status("r2", RecipientStatus::Unknown).expect("n"),
+            1
+        );
+        assert_eq!(c, j.counts_by_scan("r1").expect("scan"));
     }
 
     fn open(

@@ -241,8 +241,7 @@ pub fn journal_text(
         .map(|(id, c, _)| (id, c))
         .collect();
     let mut by: std::collections::BTreeMap<(String, String), u64> = Default::default();
-    let mut st =
-        conn.prepare("SELECT status, COUNT(*) FROM recipients WHERE run_id = ?1 GROUP BY status")?;
+    let mut st = conn.prepare("SELECT status, n FROM run_counts WHERE run_id = ?1")?;
     for (id, campaign) in &recent {
         for row in st.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
             let (status, n) = row?;
