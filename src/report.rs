@@ -279,13 +279,6 @@ pub fn write_report(
             source,
         }
     };
-    let csv_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ReportError::Csv {
-            path: path.clone(),
-            source,
-        }
-    };
 
     let mut csv_tmp = tempfile::Builder::new()
         .prefix(".recipients.csv.")
@@ -296,78 +289,52 @@ pub fn write_report(
         .tempfile_in(&paths.dir)
         .map_err(io(&paths.jsonl))?;
     {
-        let mut w = csv::Writer::from_writer(BufWriter::new(csv_tmp.as_file_mut()));
-        let mut jw = BufWriter::new(jsonl_tmp.as_file_mut());
-        w.write_record([
-            "line",
-            "id",
-            "raw_id",
-            "status",
-            "message_id",
-            "attempts",
-            "call",
-            "variant",
-            "error_code",
-            "error_message",
-            "detail",
-            "time",
-        ])
-        .map_err(csv_err(&paths.csv))?;
-        journal.for_each_recipient::<ReportError>(&run.id, |r| {
-            let row: ReportRow = r;
-            let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
-            let s = |v: &Option<String>| v.clone().unwrap_or_default();
-            let cells = [
-                row.line.to_string(),
-                opt(row.id),
-                row.raw_id.clone(),
-                row.status.to_string(),
-                opt(row.message_id),
-                row.attempts.to_string(),
-                opt(row.call),
-                s(&row.variant),
-                s(&row.error_code),
-                s(&row.error_message),
-                s(&row.detail),
-                s(&row.time),
-            ];
-            w.write_record(cells.iter().map(|c| safe_cell(c).into_owned()))
-                .map_err(csv_err(&paths.csv))?;
-            serde_json::to_writer(&mut jw, &row).map_err(|e| ReportError::Io {
-                path: paths.jsonl.clone(),
-                source: e.into(),
-            })?;
-            jw.write_all(b"\n").map_err(io(&paths.jsonl))?;
-            // P2P: one row per user the provider answered for, right under its conversation.
-            if run.action == crate::action::Action::P2p {
-                for u in p2p_user_rows(&row) {
-                    let cells = [
-                        u.line.to_string(),
-                        opt(u.id),
-                        u.raw_id.clone(),
-                        u.status.to_string(),
-                        String::new(),
-                        u.attempts.to_string(),
-                        opt(u.call),
-                        s(&u.variant),
-                        s(&u.error_code),
-                        s(&u.error_message),
-                        s(&u.detail),
-                        s(&u.time),
-                    ];
-                    w.write_record(cells.iter().map(|c| safe_cell(c).into_owned()))
-                        .map_err(csv_err(&paths.csv))?;
-                    serde_json::to_writer(&mut jw, &u).map_err(|e| ReportError::Io {
-                        path: paths.jsonl.clone(),
-                        source: e.into(),
-                    })?;
-                    jw.write_all(b"\n").map_err(io(&paths.jsonl))?;
+        // One ordered scan of the journal on this thread; the CSV and the JSONL are formatted
+        // and written by a thread each, fed batches of rows through bounded channels (memory
+        // stays at a few batches whatever the run's size).
+        let csv_file = csv_tmp.as_file_mut();
+        let jsonl_file = jsonl_tmp.as_file_mut();
+        let (csv_path, jsonl_path) = (&paths.csv, &paths.jsonl);
+        let p2p = run.action == Action::P2p;
+        std::thread::scope(|scope| -> Result<(), ReportError> {
+            let (csv_tx, csv_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+            let (json_tx, json_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+            let csv_h = scope.spawn(move || write_csv(csv_file, csv_rx, csv_path));
+            let json_h = scope.spawn(move || write_jsonl(jsonl_file, json_rx, jsonl_path));
+            let scanned = {
+                let send = |b: Vec<ReportRow>| {
+                    let b = std::sync::Arc::new(b);
+                    csv_tx.send(b.clone()).is_ok() && json_tx.send(b).is_ok()
+                };
+                let mut batch = Vec::with_capacity(BATCH_ROWS);
+                let mut scanned = journal.for_each_recipient::<ReportError>(&run.id, |row| {
+                    // P2P: one row per user the provider answered for, right under its conversation.
+                    let users = if p2p { p2p_user_rows(&row) } else { Vec::new() };
+                    batch.push(row);
+                    batch.extend(users);
+                    if batch.len() >= BATCH_ROWS
+                        && !send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS)))
+                    {
+                        return Err(writer_stopped(csv_path));
+                    }
+                    Ok(())
+                });
+                if scanned.is_ok() && !batch.is_empty() && !send(batch) {
+                    scanned = Err(writer_stopped(csv_path));
                 }
-            }
-            Ok(())
+                scanned
+            };
+            drop((csv_tx, json_tx));
+            let joined = |h: std::thread::ScopedJoinHandle<'_, Result<(), ReportError>>,
+                          path: &Path| {
+                h.join().unwrap_or_else(|_| Err(writer_stopped(path)))
+            };
+            // A writer's own error explains a stopped scan better than the scan's.
+            let (c, j) = (joined(csv_h, csv_path), joined(json_h, jsonl_path));
+            c?;
+            j?;
+            scanned
         })?;
-        w.flush().map_err(io(&paths.csv))?;
-        jw.flush().map_err(io(&paths.jsonl))?;
     }
     let summary = summary(journal, &run)?;
     let mut sum_tmp = tempfile::Builder::new()
@@ -396,6 +363,108 @@ pub fn write_report(
         })?;
     }
     Ok(paths)
+}
+
+/// Rows handed from the journal scan to the two file writers.
+type Batch = std::sync::Arc<Vec<ReportRow>>;
+
+/// Rows per batch handed to the writers.
+const BATCH_ROWS: usize = 2048;
+
+const CSV_HEADER: [&str; 12] = [
+    "line",
+    "id",
+    "raw_id",
+    "status",
+    "message_id",
+    "attempts",
+    "call",
+    "variant",
+    "error_code",
+    "error_message",
+    "detail",
+    "time",
+];
+
+fn writer_stopped(path: &Path) -> ReportError {
+    ReportError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other("the report writer stopped"),
+    }
+}
+
+/// Write `recipients.csv` from the batches in `rx` (numbers formatted without allocating;
+/// text cells neutralized with [`safe_cell`]).
+fn write_csv(
+    file: &mut std::fs::File,
+    rx: std::sync::mpsc::Receiver<Batch>,
+    path: &Path,
+) -> Result<(), ReportError> {
+    let err = |source| ReportError::Csv {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 16, file));
+    w.write_record(CSV_HEADER).map_err(err)?;
+    let mut num = itoa::Buffer::new();
+    for batch in rx {
+        for row in batch.iter() {
+            w.write_field(num.format(row.line)).map_err(err)?;
+            match row.id {
+                Some(id) => w.write_field(num.format(id)),
+                None => w.write_field(""),
+            }
+            .map_err(err)?;
+            w.write_field(safe_cell(&row.raw_id).as_ref()).map_err(err)?;
+            w.write_field(row.status.as_str()).map_err(err)?;
+            match row.message_id {
+                Some(m) => w.write_field(num.format(m)),
+                None => w.write_field(""),
+            }
+            .map_err(err)?;
+            w.write_field(num.format(row.attempts)).map_err(err)?;
+            match row.call {
+                Some(c) => w.write_field(num.format(c)),
+                None => w.write_field(""),
+            }
+            .map_err(err)?;
+            for cell in [
+                &row.variant,
+                &row.error_code,
+                &row.error_message,
+                &row.detail,
+                &row.time,
+            ] {
+                let cell = cell.as_deref().map(safe_cell).unwrap_or_default();
+                w.write_field(cell.as_ref()).map_err(err)?;
+            }
+            w.write_record(None::<&[u8]>).map_err(err)?;
+        }
+    }
+    w.flush().map_err(|source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Write `recipients.jsonl` from the batches in `rx`.
+fn write_jsonl(
+    file: &mut std::fs::File,
+    rx: std::sync::mpsc::Receiver<Batch>,
+    path: &Path,
+) -> Result<(), ReportError> {
+    let err = |source: std::io::Error| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut w = BufWriter::with_capacity(1 << 16, file);
+    for batch in rx {
+        for row in batch.iter() {
+            serde_json::to_writer(&mut w, row).map_err(|e| err(e.into()))?;
+            w.write_all(b"\n").map_err(err)?;
+        }
+    }
+    w.flush().map_err(err)
 }
 
 /// One user of a P2PSendMessage answer (as the engine stores them in the row's detail).
