@@ -313,7 +313,10 @@ pub fn write_report(
                     batch.push(row);
                     batch.extend(users);
                     if batch.len() >= BATCH_ROWS
-                        && !send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS)))
+                        && !send(std::mem::replace(
+                            &mut batch,
+                            Vec::with_capacity(BATCH_ROWS),
+                        ))
                     {
                         return Err(writer_stopped(csv_path));
                     }
@@ -415,7 +418,8 @@ fn write_csv(
                 None => w.write_field(""),
             }
             .map_err(err)?;
-            w.write_field(safe_cell(&row.raw_id).as_ref()).map_err(err)?;
+            w.write_field(safe_cell(&row.raw_id).as_ref())
+                .map_err(err)?;
             w.write_field(row.status.as_str()).map_err(err)?;
             match row.message_id {
                 Some(m) => w.write_field(num.format(m)),

@@ -155,7 +155,7 @@ async fn every_valid_recipient_delivered_exactly_once_and_rows_match_the_audienc
         "[account]\nsuppress = [\"optout.csv\"]\n[limits.batch]\nlimit = 100000\nwindow = \"1s\"\n",
     );
     std::fs::write(repo.path("optout.csv"), "user_id\n100003\n100007\n").expect("optout");
-    let ids = repo.audience("a.csv", 1_200, 7, &["not-a-number,g1", "100001,g1"]);
+    let ids = repo.audience("a.csv", 1_200, 7, &["=1+2,g1", "100001,g1"]);
     let file = repo.campaign("once", "a.csv", "http://127.0.0.1:9", "");
     let rec = repo.path("record.jsonl");
     let m = mock::start(MockConfig {
@@ -195,6 +195,45 @@ async fn every_valid_recipient_delivered_exactly_once_and_rows_match_the_audienc
     assert!(delivered.values().all(|&n| n == 1), "exactly once");
     assert_eq!(stats.duplicates, 0);
     assert_eq!(stats.delivered, expected.len() as u64);
+    report_csv_matches_jsonl(&s, &rows);
+}
+
+/// recipients.csv holds the same rows as recipients.jsonl, in the same order, with formula-like
+/// cells neutralized.
+fn report_csv_matches_jsonl(s: &RunSummary, rows: &[Value]) {
+    let dir = s.report_dir.as_ref().expect("report written");
+    let mut r = csv::Reader::from_path(dir.join("recipients.csv")).expect("recipients.csv");
+    let header: Vec<String> = r
+        .headers()
+        .expect("header")
+        .iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(header[..4], ["line", "id", "raw_id", "status"]);
+    let records: Vec<csv::StringRecord> = r.records().collect::<Result<_, _>>().expect("rows");
+    assert_eq!(
+        records.len(),
+        rows.len(),
+        "CSV and JSONL have the same rows"
+    );
+    for (c, j) in records.iter().zip(rows) {
+        for (i, name) in header.iter().enumerate() {
+            let cell = &c[i];
+            let want = match &j[name.as_str()] {
+                Value::Null => String::new(),
+                Value::String(v) if v.starts_with('=') => format!("'{v}"),
+                Value::String(v) => v.clone(),
+                v => v.to_string(),
+            };
+            assert_eq!(cell, want, "column {name} of line {}", &c[0]);
+        }
+    }
+    assert!(
+        records
+            .iter()
+            .any(|c| &c[2] == "'=1+2" && &c[3] == "invalid"),
+        "a formula-like id is neutralized in the CSV"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
