@@ -3,8 +3,9 @@
 //!
 //! Owns: runs (one per campaign send, keyed by campaign + optional occurrence, recording the plan
 //! hash, status, flags, audit), calls (one row per provider call: planned → in_flight → done |
-//! unknown), recipients (one row per audience row, with exactly one status), control requests
-//! (pause/resume/cancel per campaign) and the throttle's tables.
+//! unknown), recipients (one row per audience row, with exactly one status) with per-status
+//! counters (`run_counts`), and control requests (pause/resume/cancel per campaign). The limiter
+//! keeps its own file beside it (see `throttle`).
 //!
 //! Invariants: WAL with `synchronous=FULL`; an in-flight mark is committed before its request
 //! leaves; a call's per-recipient outcomes are committed in the same transaction that marks it
@@ -249,7 +250,42 @@ pub struct NewRun {
 }
 
 /// The audience rows a run is seeded from (called at most once per `open_run`).
-pub type SeedRows<'a, E> = Box<dyn Iterator<Item = Result<SeedRow, E>> + 'a>;
+pub type SeedRows<'a, E> = Box<dyn Iterator<Item = Result<SeedRow, E>> + Send + 'a>;
+
+/// Call `f` with every item of `items`, produced on another thread in batches (reading and
+/// rendering the audience again overlaps with writing it to the database). Stops at `f`'s first
+/// error; the producer then stops too.
+fn consume_in_batches<T: Send>(
+    items: impl Iterator<Item = T> + Send,
+    mut f: impl FnMut(T) -> Result<(), JournalError>,
+) -> Result<(), JournalError> {
+    const BATCH: usize = 1024;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<T>>(4);
+        scope.spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            for item in items {
+                batch.push(item);
+                if batch.len() == BATCH
+                    && tx
+                        .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+        });
+        for batch in rx {
+            for item in batch {
+                f(item)?;
+            }
+        }
+        Ok(())
+    })
+}
 
 /// One audience row to seed a run with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -600,7 +636,6 @@ impl Journal {
         }
         tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
             .map_err(db)?;
-        crate::throttle::create_tables(&tx).map_err(db)?;
         tx.commit().map_err(db)
     }
 
@@ -730,7 +765,7 @@ impl Journal {
     /// Decide and do what `imcast run` does with the journal: create, resume, apply added
     /// suppressions, continue a changed run, or report that the latest run finished.
     /// `rows` is called at most once, to seed (or check) recipients.
-    pub fn open_run<'r, E: fmt::Display>(
+    pub fn open_run<'r, E: fmt::Display + Send>(
         &mut self,
         new: &NewRun,
         opts: ResumeOptions,
@@ -828,12 +863,12 @@ impl Journal {
         Ok(Opened::Created(run))
     }
 
-    fn create_run<E: fmt::Display>(
+    fn create_run<E: fmt::Display + Send>(
         &mut self,
         new: &NewRun,
         continue_from: Option<&RunInfo>,
         opts: ResumeOptions,
-        rows: Box<dyn Iterator<Item = Result<SeedRow, E>> + '_>,
+        rows: SeedRows<'_, E>,
         now: Timestamp,
     ) -> Result<(RunInfo, u64), JournalError> {
         let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
@@ -891,7 +926,7 @@ impl Journal {
                      WHERE run_id = ?1 AND id = ?2 AND status IN ('sent','not_online','unknown') LIMIT 1",
                 )
                 .map_err(db)?;
-            for row in rows {
+            consume_in_batches(rows, |row| {
                 let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
                 let mut status = row.status;
                 let mut message_id: Option<i64> = None;
@@ -930,7 +965,8 @@ impl Journal {
                     now_s,
                 ])
                 .map_err(db)?;
-            }
+                Ok(())
+            })?;
         }
         for (status, n) in seeded {
             count_move(&tx, &id, None, status, n).map_err(db)?;
@@ -944,11 +980,11 @@ impl Journal {
 
     /// If the new rows differ from the run's only by rows that became suppressed, apply that and
     /// return how many; otherwise change nothing and return None.
-    fn try_apply_suppressions<E: fmt::Display>(
+    fn try_apply_suppressions<E: fmt::Display + Send>(
         &mut self,
         old: &RunInfo,
         new: &NewRun,
-        rows: Box<dyn Iterator<Item = Result<SeedRow, E>> + '_>,
+        rows: SeedRows<'_, E>,
         now: Timestamp,
     ) -> Result<Option<u64>, JournalError> {
         let path = self.path.clone();

@@ -1,5 +1,10 @@
 //! The account-wide rate limiter: one per (state directory, action), shared by every campaign and
-//! every imcast process using the same state database.
+//! every imcast process using the same state directory.
+//!
+//! Its state lives in its own SQLite file beside the journal, `<state_dir>/throttle.db`
+//! ([`DB_FILE`]): SQLite has one writer per file, and the journal's writes (seeding a run of
+//! millions of recipients is one long transaction) must never hold up another campaign's
+//! admissions, nor admissions hold up the journal's in-flight marks.
 //!
 //! Guarantee: in no rolling window of the limit's length does imcast *start* more than the limit.
 //! The window is an exact log of `(time, count)` entries in the SQLite table `throttle_log`; an
@@ -34,6 +39,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::clock::SharedClock;
 use crate::config::Limit;
+
+/// The limiter's database file inside the state directory.
+pub const DB_FILE: &str = "throttle.db";
 
 /// Window padding against network jitter (0.5%).
 pub const WINDOW_PAD: f64 = 0.005;
@@ -112,7 +120,7 @@ struct Inner {
     backoff: Mutex<Backoff>,
 }
 
-/// Create the limiter's tables (also part of the journal's migrations).
+/// Create the limiter's tables.
 pub fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS throttle_log(
@@ -123,7 +131,8 @@ pub fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 impl Limiter {
-    /// Open the limiter `key` (e.g. `"batch"`) on the state database at `db_path`.
+    /// Open the limiter `key` (e.g. `"batch"`) on the limiter database at `db_path`
+    /// (`<state_dir>/`[`DB_FILE`]; tests may use any file).
     pub fn open(
         db_path: &Path,
         key: &str,

@@ -193,7 +193,7 @@ enum Prep {
 }
 
 /// Everything before the engine (blocking: files, prompt, journal).
-fn prepare<'r, E: std::fmt::Display>(
+fn prepare<'r, E: std::fmt::Display + Send>(
     inp: &RunInputs,
     opts: &ExecOptions,
     paths: &RepoPaths,
@@ -384,8 +384,9 @@ where
     } = prepared;
     let limit = account.effective_limit(inp.action, inp.campaign_throttle);
     let journal = SharedJournal::new(journal);
+    let throttle_db = journal.path().with_file_name(crate::throttle::DB_FILE);
     let mut limiter = Limiter::open(
-        journal.path(),
+        &throttle_db,
         inp.action.as_str(),
         account_limit,
         LimiterOptions {
@@ -398,7 +399,7 @@ where
     .exit(Exit::Internal)?;
     if let Some(t) = inp.campaign_throttle.filter(|_| limit != account_limit) {
         let cap = Limiter::open(
-            journal.path(),
+            &throttle_db,
             &format!("campaign:{}:{}", inp.campaign, inp.action),
             t,
             LimiterOptions::default(),
@@ -524,7 +525,7 @@ pub fn execute<'r, S, T, E>(
 where
     S: CallSource,
     T: Transport<Payload = S::Payload>,
-    E: std::fmt::Display,
+    E: std::fmt::Display + Send,
 {
     let paths = RepoPaths::discover(
         &inp.campaign_file,

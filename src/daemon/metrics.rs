@@ -266,11 +266,22 @@ pub fn journal_text(
         "# HELP imcast_rate_limit The account limit per window (after the reserve)."
     );
     let _ = writeln!(o, "# TYPE imcast_rate_limit gauge");
-    let has_log: bool = conn
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'throttle_log'")?
-        .exists([])?;
+    // The limiter keeps its log in its own file beside the journal (see `throttle`).
+    let tconn = rusqlite::Connection::open_with_flags(
+        db.with_file_name(crate::throttle::DB_FILE),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok();
+    let has_log: bool = match &tconn {
+        Some(t) => {
+            t.busy_timeout(std::time::Duration::from_secs(2))?;
+            t.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'throttle_log'")?
+                .exists([])?
+        }
+        None => false,
+    };
     for (action, limit) in limits {
-        let used: i64 = if has_log {
+        let used: i64 = if let (true, Some(conn)) = (has_log, &tconn) {
             let from = now.as_nanosecond() - limit.window.as_nanos() as i128;
             let from = i64::try_from(from).unwrap_or(i64::MIN);
             conn.query_row(
