@@ -490,7 +490,51 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;
      INSERT INTO run_counts(run_id, status, n)
         SELECT run_id, status, COUNT(*) FROM recipients GROUP BY run_id, status;",
+    // 3: recipients keyed by an integer: `rk` = the run's integer `key` << 32 | line (the rowid
+    // itself, so a run's rows are one contiguous range of the table b-tree in audience order and
+    // no key repeats the 21-byte text run id); `raw_id` is NULL when it is `id` written in
+    // decimal, and `updated_at` NULL until the row changes (the run's start time).
+    "ALTER TABLE runs ADD COLUMN key INTEGER;
+     UPDATE runs SET key = rowid;
+     CREATE UNIQUE INDEX runs_key ON runs(key);
+     CREATE TABLE recipients_3(
+        rk INTEGER PRIMARY KEY,
+        id INTEGER,
+        raw_id TEXT,
+        status TEXT NOT NULL,
+        message_id INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        call_seq INTEGER,
+        variant TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        detail TEXT,
+        updated_at TEXT
+     );
+     INSERT INTO recipients_3(rk, id, raw_id, status, message_id, attempts, call_seq, variant,
+                              error_code, error_message, detail, updated_at)
+        SELECT (r.key << 32) | x.line, x.id, x.raw_id, x.status, x.message_id, x.attempts, x.call_seq,
+               x.variant, x.error_code, x.error_message, x.detail, x.updated_at
+        FROM recipients x JOIN runs r ON r.id = x.run_id;
+     DROP TABLE recipients;
+     ALTER TABLE recipients_3 RENAME TO recipients;
+     CREATE INDEX recipients_id ON recipients(id);",
 ];
+
+/// Largest audience line a recipient key holds (`rk` = run key << 32 | line).
+const MAX_LINE: u64 = u32::MAX as u64;
+
+/// The `rk` range of a run's recipient rows: `(key << 32, key << 32 | MAX_LINE)`.
+fn rk_range(key: i64) -> (i64, i64) {
+    (key << 32, (key << 32) | MAX_LINE as i64)
+}
+
+/// A run's integer key (`runs.key`), if the run exists.
+fn run_key(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT key FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| r.get(0))
+        .optional()
+}
 
 /// Move `n` recipients of a run from status `from` to `to` in the per-status counters
 /// (`from = None` adds new rows). Called in the same transaction as the change it counts.
@@ -888,8 +932,9 @@ impl Journal {
         tx.execute(
             "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
                               created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
-                              continued_from, owner)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                              continued_from, owner, key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                     (SELECT COALESCE(MAX(key), 0) + 1 FROM runs))",
             params![
                 id,
                 new.campaign,
@@ -910,20 +955,26 @@ impl Journal {
         )
         .map_err(db)?;
         let mut skipped = 0u64;
-        let now_s = ts(now);
         let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
+        let key = run_key(&tx, &id)
+            .map_err(db)?
+            .ok_or_else(|| JournalError::NoRun(id.clone()))?;
+        let old_range = match continue_from {
+            Some(old) => run_key(&tx, &old.id).map_err(db)?.map(rk_range),
+            None => None,
+        };
         {
             let mut ins = tx
                 .prepare(
-                    "INSERT INTO recipients(run_id, line, id, raw_id, status, call_seq, variant, error_message,
+                    "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message,
                                             message_id, detail, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(db)?;
             let mut prior = tx
                 .prepare(
                     "SELECT status, message_id FROM recipients
-                     WHERE run_id = ?1 AND id = ?2 AND status IN ('sent','not_online','unknown') LIMIT 1",
+                     WHERE id = ?3 AND rk BETWEEN ?1 AND ?2 AND status IN ('sent','not_online','unknown') LIMIT 1",
                 )
                 .map_err(db)?;
             consume_in_batches(rows, |row| {
@@ -932,11 +983,17 @@ impl Journal {
                 let mut message_id: Option<i64> = None;
                 let mut note = row.note.clone();
                 let mut detail: Option<String> = None;
-                if let (Some(old), Some(rid), RecipientStatus::Pending) =
-                    (continue_from, row.id, row.status)
+                if row.line > MAX_LINE {
+                    return Err(JournalError::Seed(format!(
+                        "audience line {} is beyond the {MAX_LINE} lines a run can hold",
+                        row.line
+                    )));
+                }
+                if let (Some(old), Some((lo, hi)), Some(rid), RecipientStatus::Pending) =
+                    (continue_from, old_range, row.id, row.status)
                 {
                     let p: Option<(String, Option<i64>)> = prior
-                        .query_row(params![old.id, rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .query_row(params![lo, hi, rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()
                         .map_err(db)?;
                     if let Some((s, mid)) = p {
@@ -951,18 +1008,24 @@ impl Journal {
                     }
                 }
                 *seeded.entry(status).or_default() += 1;
+                // The id's own decimal form is not stored twice; seeded rows take the run's start
+                // time (NULL) until they change.
+                let raw_id = match row.id {
+                    Some(v) if itoa::Buffer::new().format(v) == row.raw_id => None,
+                    _ => Some(row.raw_id.as_str()),
+                };
+                let updated_at: Option<&str> = None;
                 ins.execute(params![
-                    id,
-                    row.line as i64,
+                    (key << 32) | row.line as i64,
                     row.id.map(|v| v as i64),
-                    row.raw_id,
+                    raw_id,
                     status.as_str(),
                     row.call_seq.map(|v| v as i64),
                     row.variant,
                     note,
                     message_id,
                     detail,
-                    now_s,
+                    updated_at,
                 ])
                 .map_err(db)?;
                 Ok(())
@@ -999,22 +1062,27 @@ impl Journal {
         let mut n = 0u64;
         let mut seen = 0u64;
         {
+            let key = run_key(&tx, &old.id)
+                .map_err(db)?
+                .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
             let mut get = tx
-                .prepare("SELECT id, status FROM recipients WHERE run_id = ?1 AND line = ?2")
+                .prepare("SELECT id, status FROM recipients WHERE rk = ?1")
                 .map_err(db)?;
             let mut upd = tx
                 .prepare(
-                    "UPDATE recipients SET status = 'suppressed', error_message = ?3, updated_at = ?4
-                     WHERE run_id = ?1 AND line = ?2",
+                    "UPDATE recipients SET status = 'suppressed', error_message = ?2, updated_at = ?3
+                     WHERE rk = ?1",
                 )
                 .map_err(db)?;
             for row in rows {
                 let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
                 seen += 1;
+                if row.line > MAX_LINE {
+                    return Ok(None);
+                }
+                let rk = (key << 32) | row.line as i64;
                 let cur: Option<(Option<i64>, String)> = get
-                    .query_row(params![old.id, row.line as i64], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
+                    .query_row(params![rk], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
                     .map_err(db)?;
                 let Some((cid, cstatus)) = cur else {
@@ -1038,8 +1106,7 @@ impl Journal {
                 );
                 if row.status == RecipientStatus::Suppressed && !was_final_input {
                     if cstatus == RecipientStatus::Pending {
-                        upd.execute(params![old.id, row.line as i64, row.note, ts(now)])
-                            .map_err(db)?;
+                        upd.execute(params![rk, row.note, ts(now)]).map_err(db)?;
                         n += 1;
                     }
                     continue;
@@ -1152,6 +1219,11 @@ impl Journal {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
         let mut rec = Recovered::default();
+        let (lo, hi) = rk_range(
+            run_key(&tx, run_id)
+                .map_err(db)?
+                .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?,
+        );
         let calls: Vec<(i64, String)> = {
             let mut st = tx
                 .prepare(
@@ -1192,12 +1264,13 @@ impl Journal {
                          call_seq = ?3,
                          variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
                          attempts = (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
-                     WHERE run_id = ?1 AND id = ?2 AND status = 'pending'",
+                     WHERE id = ?2 AND rk BETWEEN ?4 AND ?5 AND status = 'pending'",
                 )
                 .map_err(db)?;
             for id in ids {
-                rec.unknown_recipients +=
-                    upd.execute(params![run_id, id as i64, seq]).map_err(db)? as u64;
+                rec.unknown_recipients += upd
+                    .execute(params![run_id, id as i64, seq, lo, hi])
+                    .map_err(db)? as u64;
             }
         }
         count_move(
@@ -1223,15 +1296,20 @@ impl Journal {
         resend_unknown: bool,
     ) -> Result<Vec<u64>, JournalError> {
         let mut found = std::collections::HashSet::with_capacity(ids.len());
+        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
+            return Ok(Vec::new());
+        };
+        let (lo, hi) = rk_range(key);
         for chunk in ids.chunks(CHUNK) {
             let sql = format!(
-                "SELECT id FROM recipients WHERE run_id = ?1 AND id IN ({})
-                   AND (status = 'pending' OR (?2 AND status = 'unknown'))",
-                placeholders(3, chunk.len())
+                "SELECT id FROM recipients WHERE id IN ({}) AND rk BETWEEN ?1 AND ?2
+                   AND (status = 'pending' OR (?3 AND status = 'unknown'))",
+                placeholders(4, chunk.len())
             );
             let mut st = self.conn.prepare_cached(&sql).map_err(self.db())?;
-            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() + 2);
-            values.push(run_id.to_string().into());
+            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() + 3);
+            values.push(lo.into());
+            values.push(hi.into());
             values.push(i64::from(resend_unknown).into());
             values.extend(
                 chunk
@@ -1421,11 +1499,16 @@ impl Journal {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .map_err(db)?;
+        let (lo, hi) = rk_range(
+            run_key(tx, &o.run_id)
+                .map_err(db)?
+                .ok_or_else(|| JournalError::NoRun(o.run_id.clone()))?,
+        );
         let mut upd = tx
             .prepare_cached(
                 "UPDATE recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
                      detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10, attempts = ?11
-                 WHERE run_id = ?1 AND id = ?2 AND status = ?12",
+                 WHERE id = ?2 AND rk BETWEEN ?1 AND ?13 AND status = ?12",
             )
             .map_err(db)?;
         let now_s = ts(o.now);
@@ -1436,7 +1519,7 @@ impl Journal {
             for from in [RecipientStatus::Pending, RecipientStatus::Unknown] {
                 let n = upd
                     .execute(params![
-                        o.run_id,
+                        lo,
                         u.id as i64,
                         u.status.as_str(),
                         u.message_id.map(|v| v as i64),
@@ -1448,6 +1531,7 @@ impl Journal {
                         variant,
                         attempts,
                         from.as_str(),
+                        hi,
                     ])
                     .map_err(db)?;
                 if n > 0 {
@@ -1504,11 +1588,15 @@ impl Journal {
         now: Timestamp,
     ) -> Result<u64, JournalError> {
         let tx = self.conn.unchecked_transaction().map_err(self.db())?;
+        let Some(key) = run_key(&tx, run_id).map_err(self.db())? else {
+            return Ok(0);
+        };
+        let (lo, hi) = rk_range(key);
         let n = tx
             .execute(
-                "UPDATE recipients SET status = ?2, error_message = ?3, updated_at = ?4
-                 WHERE run_id = ?1 AND status = 'pending'",
-                params![run_id, to.as_str(), why, ts(now)],
+                "UPDATE recipients SET status = ?3, error_message = ?4, updated_at = ?5
+                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'",
+                params![lo, hi, to.as_str(), why, ts(now)],
             )
             .map_err(self.db())? as u64;
         count_move(&tx, run_id, Some(RecipientStatus::Pending), to, n).map_err(self.db())?;
@@ -1543,7 +1631,10 @@ impl Journal {
         run_id: &str,
     ) -> Result<BTreeMap<RecipientStatus, u64>, JournalError> {
         self.grouped_counts(
-            "SELECT status, COUNT(*) FROM recipients WHERE run_id = ?1 GROUP BY status",
+            "SELECT status, COUNT(*) FROM recipients
+             WHERE rk BETWEEN (SELECT key << 32 FROM runs WHERE id = ?1)
+                          AND (SELECT (key << 32) | 4294967295 FROM runs WHERE id = ?1)
+             GROUP BY status",
             run_id,
             RecipientStatus::ALL,
         )
@@ -1615,23 +1706,42 @@ impl Journal {
         run_id: &str,
         mut f: impl FnMut(RecipientRow) -> Result<(), E>,
     ) -> Result<(), E> {
+        let run: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT key, created_at FROM runs WHERE id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.db())?;
+        let Some((key, created_at)) = run else {
+            return Ok(());
+        };
+        let (lo, hi) = rk_range(key);
         let mut st = self
             .conn
             .prepare(
-                "SELECT line, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
+                "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
                         error_message, detail, updated_at
-                 FROM recipients WHERE run_id = ?1 ORDER BY line",
+                 FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
             )
             .map_err(self.db())?;
-        let mut rows = st.query([run_id]).map_err(self.db())?;
+        let mut rows = st.query(params![lo, hi]).map_err(self.db())?;
         while let Some(r) = rows.next().map_err(self.db())? {
             let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<RecipientRow> {
-                let status: String = r.get(3)?;
+                let status: rusqlite::types::ValueRef<'_> = r.get_ref(3)?;
+                let id = r.get::<_, Option<i64>>(1)?.map(|v| v as u64);
+                let raw_id: Option<String> = r.get(2)?;
                 Ok(RecipientRow {
-                    line: r.get::<_, i64>(0)? as u64,
-                    id: r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
-                    raw_id: r.get(2)?,
-                    status: status.parse().unwrap_or(RecipientStatus::Unknown),
+                    line: (r.get::<_, i64>(0)? as u64) & MAX_LINE,
+                    raw_id: raw_id.unwrap_or_else(|| id.map(|v| v.to_string()).unwrap_or_default()),
+                    id,
+                    status: status
+                        .as_str()
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(RecipientStatus::Unknown),
                     message_id: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
                     attempts: r.get::<_, i64>(5)? as u32,
                     call: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
@@ -1639,7 +1749,10 @@ impl Journal {
                     error_code: r.get(8)?,
                     error_message: r.get(9)?,
                     detail: r.get(10)?,
-                    time: r.get(11)?,
+                    time: Some(
+                        r.get::<_, Option<String>>(11)?
+                            .unwrap_or_else(|| created_at.clone()),
+                    ),
                 })
             };
             f(get(r).map_err(self.db())?)?;
@@ -1692,9 +1805,15 @@ impl Journal {
         };
         let (mut runs, mut calls, mut recipients) = (0u64, 0u64, 0u64);
         for id in &old {
-            recipients += tx
-                .execute("DELETE FROM recipients WHERE run_id = ?1", [id])
-                .map_err(&db)? as u64;
+            if let Some(key) = run_key(&tx, id).map_err(&db)? {
+                let (lo, hi) = rk_range(key);
+                recipients += tx
+                    .execute(
+                        "DELETE FROM recipients WHERE rk BETWEEN ?1 AND ?2",
+                        params![lo, hi],
+                    )
+                    .map_err(&db)? as u64;
+            }
             tx.execute("DELETE FROM run_counts WHERE run_id = ?1", [id])
                 .map_err(&db)?;
             calls += tx
@@ -1951,7 +2070,7 @@ mod tests {
     }
 
     #[test]
-    fn migration_2_counts_the_rows_of_existing_runs() {
+    fn migrations_count_and_rekey_the_rows_of_existing_runs() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(DB_FILE);
         {
@@ -1960,6 +2079,12 @@ mod tests {
             conn.execute_batch(MIGRATIONS[0]).expect("schema 1");
             conn.execute_batch(
                 "PRAGMA user_version = 1;
+                 INSERT INTO runs(id, campaign, plan_hash, action, status, flags, created_at, updated_at,
+                                  audit, limit_count, limit_window_ms, total_calls)
+                 VALUES ('r1', 'c', 'h', 'batch', 'finished', '{}', '2026-03-01T09:00:00Z',
+                         '2026-03-01T09:00:00Z', '{}', 1, 1000, 1),
+                        ('r2', 'c', 'h', 'batch', 'finished', '{}', '2026-03-01T09:00:00Z',
+                         '2026-03-01T09:00:00Z', '{}', 1, 1000, 1);
                  INSERT INTO recipients(run_id, line, id, raw_id, status) VALUES
                    ('r1', 2, 1, '1', 'sent'), ('r1', 3, 2, '2', 'sent'), ('r1', 4, 3, '3', 'pending'),
                    ('r1', 5, NULL, 'x', 'invalid'), ('r2', 2, 1, '1', 'unknown');",
@@ -1977,6 +2102,11 @@ mod tests {
             1
         );
         assert_eq!(c, j.counts_by_scan("r1").expect("scan"));
+        // Migration 3 kept every row, in audience order, with its line and raw id.
+        let rows = j.recipients("r1").expect("rows");
+        let lines: Vec<(u64, &str)> = rows.iter().map(|r| (r.line, r.raw_id.as_str())).collect();
+        assert_eq!(lines, [(2, "1"), (3, "2"), (4, "3"), (5, "x")]);
+        assert_eq!(j.recipients("r2").expect("rows").len(), 1);
     }
 
     fn open(

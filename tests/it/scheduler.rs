@@ -796,20 +796,25 @@ fn prune_deletes_old_finished_occurrences_only() {
             .expect("ts")
             .to_string()
     };
-    for (id, status, days) in [
+    for (key, (id, status, days)) in [
         ("old", "finished", 100),
         ("stuck", "interrupted", 100),
         ("new", "finished", 10),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = key as i64 + 1;
         conn.execute(
-            "INSERT INTO runs(id, campaign, plan_hash, action, status, flags, created_at, updated_at, finished_at, audit, limit_count, limit_window_ms, total_calls)
-             VALUES (?1, 'p', 'h', 'batch', ?2, '{}', ?3, ?3, ?3, '{}', 1, 1000, 1)",
-            rusqlite::params![id, status, at(days)],
+            "INSERT INTO runs(id, campaign, plan_hash, action, status, flags, created_at, updated_at, finished_at, audit, limit_count, limit_window_ms, total_calls, key)
+             VALUES (?1, 'p', 'h', 'batch', ?2, '{}', ?3, ?3, ?3, '{}', 1, 1000, 1, ?4)",
+            rusqlite::params![id, status, at(days), key],
         )
         .expect("insert run");
+        // A recipient row: key = the run's key << 32 | its audience line.
         conn.execute(
-            "INSERT INTO recipients(run_id, line, id, raw_id, status) VALUES (?1, 1, 1, '1', 'sent')",
-            [id],
+            "INSERT INTO recipients(rk, id, raw_id, status) VALUES (?1, 1, '1', 'sent')",
+            [(key << 32) | 1],
         )
         .expect("insert recipient");
         conn.execute(
@@ -842,15 +847,19 @@ fn prune_deletes_old_finished_occurrences_only() {
         .collect::<Result<_, _>>()
         .expect("rows");
     assert_eq!(runs, vec!["new", "stuck"]);
-    let orphans: i64 = env
+    let left_rows: Vec<i64> = env
         .conn()
-        .query_row(
-            "SELECT COUNT(*) FROM recipients WHERE run_id = 'old'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("q");
-    assert_eq!(orphans, 0);
+        .prepare("SELECT rk >> 32 FROM recipients ORDER BY rk")
+        .expect("q")
+        .query_map([], |r| r.get(0))
+        .expect("q")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(
+        left_rows,
+        vec![2, 3],
+        "the pruned run's rows are gone, the others kept"
+    );
     let left: Vec<String> = state::occurrences(&env.conn(), Some("p"))
         .expect("rows")
         .into_iter()
