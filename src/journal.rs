@@ -955,6 +955,7 @@ impl Journal {
         )
         .map_err(db)?;
         let mut skipped = 0u64;
+        let now_s = ts(now);
         let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
         let key = run_key(&tx, &id)
             .map_err(db)?
@@ -1008,13 +1009,14 @@ impl Journal {
                     }
                 }
                 *seeded.entry(status).or_default() += 1;
-                // The id's own decimal form is not stored twice; seeded rows take the run's start
-                // time (NULL) until they change.
+                // The id's own decimal form is not stored twice. `updated_at` is written now
+                // although the run row holds the same time: an outcome then rewrites the row at
+                // the same size instead of growing it (which splits pages all over the table).
                 let raw_id = match row.id {
                     Some(v) if itoa::Buffer::new().format(v) == row.raw_id => None,
                     _ => Some(row.raw_id.as_str()),
                 };
-                let updated_at: Option<&str> = None;
+                let updated_at = Some(now_s.as_str());
                 ins.execute(params![
                     (key << 32) | row.line as i64,
                     row.id.map(|v| v as i64),
