@@ -52,7 +52,11 @@ struct Inner {
     next_message_id: u64,
     next_request_id: u64,
     client_msg_ids: HashMap<(u64, u64, String), u64>,
-    seen: HashSet<(&'static str, u64, [u8; 32])>,
+    /// Deliveries seen, to count duplicates: (action, recipient, first 8 bytes of the Content's
+    /// sha256). 24 bytes an entry instead of the whole digest: a million deliveries stay
+    /// ~50 MB lighter, and two different Contents to one recipient share a 64-bit prefix with
+    /// probability 2^-64.
+    seen: HashSet<(&'static str, u64, u64)>,
 }
 
 pub struct State {
@@ -307,7 +311,9 @@ impl State {
     }
 
     fn note_delivery(g: &mut Inner, action: &'static str, recipient: u64, digest: [u8; 32]) {
-        if !g.seen.insert((action, recipient, digest)) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&digest[..8]);
+        if !g.seen.insert((action, recipient, u64::from_le_bytes(prefix))) {
             g.stats.duplicates += 1;
         }
         g.stats.delivered += 1;
