@@ -601,9 +601,7 @@ fn produce<S: CallSource>(
         }
     };
     // This connection only looks up a call's receivers: a small page cache (memory stays flat).
-    let _ = reader
-        .connection()
-        .pragma_update(None, "cache_size", -2048);
+    let _ = reader.connection().pragma_update(None, "cache_size", -2048);
     // A fresh run: every receiver the plan names is pending, no lookup per call needed.
     let fresh = match reader.all_valid_pending(run_id) {
         Ok(f) => f,

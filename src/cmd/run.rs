@@ -192,6 +192,40 @@ enum Prep {
     Done(RunSummary),
 }
 
+/// What a person confirms before a real send: where it goes, how much, how long, and one
+/// rendered message.
+fn confirmation_text(inp: &RunInputs, limit: &Limit, eta: Duration) -> String {
+    format!(
+        "About to send campaign {:?}{}\n  app id     {}\n  endpoint   {}\n  action     {} ({})\n  recipients {}\n  calls      {}\n  limit      {}\n  ETA        {}\n  message    {}\n",
+        inp.campaign,
+        if inp.is_test { " as a TEST to the --test-to ids only" } else { "" },
+        inp.app_id,
+        inp.endpoint,
+        inp.action,
+        inp.action.api_name(),
+        inp.recipients,
+        inp.total_calls,
+        limit.describe(),
+        humantime::format_duration(eta),
+        inp.sample_message
+    )
+}
+
+/// Show `text`, ask "Send? [y/N]" and read one answer line: only `y`, `Y` or `yes` sends
+/// (an empty line, anything else or end of input does not).
+fn confirm(text: &str, input: &mut dyn BufRead, out: &mut dyn Write) -> bool {
+    let _ = writeln!(out, "{text}");
+    let _ = write!(out, "Send? [y/N] ");
+    let _ = out.flush();
+    let mut answer = String::new();
+    let _ = input.read_line(&mut answer);
+    let yes = matches!(answer.trim(), "y" | "Y" | "yes");
+    if !yes {
+        let _ = writeln!(out, "Nothing was sent.");
+    }
+    yes
+}
+
 /// Everything before the engine (blocking: files, prompt, journal).
 fn prepare<'r, E: std::fmt::Display + Send>(
     inp: &RunInputs,
@@ -234,26 +268,9 @@ fn prepare<'r, E: std::fmt::Display + Send>(
             ));
         }
         let eta = eta(inp.action, inp.recipients, inp.total_calls, limit);
-        eprintln!(
-            "About to send campaign {:?}{}\n  app id     {}\n  endpoint   {}\n  action     {} ({})\n  recipients {}\n  calls      {}\n  limit      {}\n  ETA        {}\n  message    {}\n",
-            inp.campaign,
-            if inp.is_test { " as a TEST to the --test-to ids only" } else { "" },
-            inp.app_id,
-            inp.endpoint,
-            inp.action,
-            inp.action.api_name(),
-            inp.recipients,
-            inp.total_calls,
-            limit.describe(),
-            humantime::format_duration(eta),
-            inp.sample_message
-        );
-        eprint!("Send? [y/N] ");
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("Nothing was sent.");
+        let text = confirmation_text(inp, &limit, eta);
+        let stdin = std::io::stdin();
+        if !confirm(&text, &mut stdin.lock(), &mut std::io::stderr()) {
             return Ok(Prep::Done(RunSummary::nothing(Exit::Ok)));
         }
     }
@@ -1054,4 +1071,30 @@ impl Renderer {
 /// The system clock, for callers wiring `execute`.
 pub fn system_clock() -> SharedClock {
     Arc::new(SystemClock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(line: &str) -> (bool, String) {
+        let mut out = Vec::new();
+        let yes = confirm("About to send…\n", &mut line.as_bytes(), &mut out);
+        (yes, String::from_utf8(out).expect("utf-8"))
+    }
+
+    #[test]
+    fn only_an_explicit_yes_sends() {
+        for l in ["y\n", "Y\n", "yes\n", "  y  \r\n"] {
+            let (yes, out) = answer(l);
+            assert!(yes, "{l:?}");
+            assert!(out.ends_with("Send? [y/N] "), "{out}");
+        }
+        for l in ["", "\n", "n\n", "no\n", "yes please\n", "YES\n", "Send\n"] {
+            let (yes, out) = answer(l);
+            assert!(!yes, "{l:?}");
+            assert!(out.contains("About to send…"), "{out}");
+            assert!(out.ends_with("Nothing was sent.\n"), "{out}");
+        }
+    }
 }

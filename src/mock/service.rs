@@ -313,7 +313,10 @@ impl State {
     fn note_delivery(g: &mut Inner, action: &'static str, recipient: u64, digest: [u8; 32]) {
         let mut prefix = [0u8; 8];
         prefix.copy_from_slice(&digest[..8]);
-        if !g.seen.insert((action, recipient, u64::from_le_bytes(prefix))) {
+        if !g
+            .seen
+            .insert((action, recipient, u64::from_le_bytes(prefix)))
+        {
             g.stats.duplicates += 1;
         }
         g.stats.delivered += 1;

@@ -617,6 +617,79 @@ fn readme_demo_command_runs_against_the_embedded_mock() {
     assert!(stderr.contains("finished: sent 2000"), "{stderr}");
 }
 
+/// `imcast run` on a terminal (a pseudo-terminal from util-linux `script`): it shows what is about
+/// to be sent and asks; "n" sends nothing, "y" sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_run_asks_before_sending() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: util-linux `script` (to get a pseudo-terminal) is not installed");
+        return;
+    }
+    let repo = Repo::new("");
+    repo.audience("a.csv", 10, 1, &[]);
+    let m = mock::start(MockConfig::default()).await.expect("mock");
+    let file = repo.campaign("ask", "a.csv", m.endpoint().as_str(), "");
+    let on_tty = |answer: &'static str| {
+        let cmd = format!("{} run {}", bin().display(), file.display());
+        let mut c = Command::new("script");
+        c.args(["-q", "-e", "-c", &cmd, "/dev/null"])
+            .current_dir(repo.dir.path())
+            .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
+            .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
+            .env_remove("VOLC_SECRETKEY_FILE")
+            .env_remove("IMCAST_FAILPOINT")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut child = c.spawn().expect("run script");
+                let mut stdin = child.stdin.take().expect("stdin");
+                stdin.write_all(answer.as_bytes()).expect("answer");
+                let out = child.wait_with_output().expect("wait");
+                drop(stdin);
+                out
+            })
+            .await
+            .expect("join")
+        }
+    };
+    let out = on_tty("n\n").await;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for want in [
+        "About to send campaign \"ask\"",
+        "app id     666675",
+        "endpoint   http://127.0.0.1:",
+        "action     batch (BatchSendMessage)",
+        "recipients 10",
+        "calls      1",
+        "ETA",
+        "message    ",
+        "Hello g0 from ask",
+        "Send? [y/N]",
+        "Nothing was sent.",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert_eq!(m.stats().requests, 0, "a no sends nothing");
+    assert!(
+        repo.journal()
+            .latest_run("ask", false)
+            .expect("q")
+            .is_none(),
+        "a no starts no run"
+    );
+    let out = on_tty("y\n").await;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("finished: sent 10"), "{text}");
+    assert_eq!(m.stats().delivered, 10, "a yes sends");
+    m.shutdown().await;
+}
+
 #[test]
 fn real_sends_need_credentials_and_a_confirmation() {
     let repo = Repo::new("");
