@@ -56,7 +56,7 @@ struct Inner {
     /// sha256). 24 bytes an entry instead of the whole digest: a million deliveries stay
     /// ~50 MB lighter, and two different Contents to one recipient share a 64-bit prefix with
     /// probability 2^-64.
-    seen: HashSet<(&'static str, u64, u64)>,
+    seen: HashSet<(&'static str, u64, u64), crate::plan::FastState>,
 }
 
 pub struct State {
@@ -111,7 +111,7 @@ impl State {
             next_message_id: FIRST_MESSAGE_ID,
             next_request_id: 1,
             client_msg_ids: HashMap::new(),
-            seen: HashSet::new(),
+            seen: HashSet::default(),
         };
         Ok(State {
             cfg,
