@@ -272,14 +272,15 @@ pub fn journal_text(
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .ok();
-    let has_log: bool = match &tconn {
-        Some(t) => {
-            t.busy_timeout(std::time::Duration::from_secs(2))?;
-            t.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'throttle_log'")?
-                .exists([])?
-        }
-        None => false,
-    };
+    // No limiter file yet (nothing sent from this state directory) or unreadable: nothing used.
+    let has_log: bool = tconn.as_ref().is_some_and(|t| {
+        t.busy_timeout(std::time::Duration::from_secs(2)).is_ok()
+            && t.prepare(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'throttle_log'",
+            )
+            .and_then(|mut st| st.exists([]))
+            .unwrap_or(false)
+    });
     for (action, limit) in limits {
         let used: i64 = if let (true, Some(conn)) = (has_log, &tconn) {
             let from = now.as_nanosecond() - limit.window.as_nanos() as i128;
@@ -350,6 +351,40 @@ mod tests {
         assert!(
             body.contains("imcast_messages{status=\"sent\"} 3"),
             "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn journal_families_read_the_run_counters_and_the_limiter_file() {
+        use crate::clock::{Clock, SimClock};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = crate::journal::Journal::open(dir.path()).expect("journal");
+        let clock = SimClock::new("2026-03-01T09:00:00Z".parse().expect("ts"));
+        let limit = crate::config::Limit::new(12_000, std::time::Duration::from_secs(60));
+        let none = journal_text(journal.path(), &[("batch".into(), limit)], clock.now())
+            .expect("metrics without a limiter file");
+        assert!(
+            none.contains("imcast_rate_used{action=\"batch\"} 0"),
+            "{none}"
+        );
+        let limiter = crate::throttle::Limiter::open(
+            &dir.path().join(crate::throttle::DB_FILE),
+            "batch",
+            limit,
+            crate::throttle::LimiterOptions::default(),
+            Arc::new(clock.clone()),
+        )
+        .expect("limiter");
+        limiter.acquire(500, None).await.expect("admitted");
+        let text =
+            journal_text(journal.path(), &[("batch".into(), limit)], clock.now()).expect("metrics");
+        assert!(
+            text.contains("imcast_rate_used{action=\"batch\"} 500"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imcast_rate_limit{action=\"batch\",window_seconds=\"60\"} 12000"),
+            "{text}"
         );
     }
 }
