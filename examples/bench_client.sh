@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): the release `imcast` client alone against `imcast mock-server` as a separate
+# process, throttle lifted, one shared Content. Prints the client's wall, CPU and peak RSS, and the mock's.
+#
+#   cargo build --release --locked
+#   examples/bench_client.sh 1000000
+#   WRAP="heaptrack -o /tmp/imcast-heap" examples/bench_client.sh 1000000   # where the client's memory goes
+set -euo pipefail
+N=${1:-1000000}
+BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release/imcast
+D=$(mktemp -d)
+trap 'kill "${MOCK:-}" 2>/dev/null || true; rm -rf "$D"' EXIT
+cd "$D"
+printf '[limits.batch]\nlimit = 1000000000\nwindow = "1s"\n[send]\nmax_requests_per_second = 1000000\nmax_batch_in_flight = 8\n' > imcast.toml
+# ids above 2^53, written as text (awk numbers are doubles)
+awk -v n="$N" 'BEGIN { print "user_id,name"; for (i = 0; i < n; i++) printf "90071993%08d,user%d\n", i, i }' > audience.csv
+"$BIN" mock-server --limit 1000000000 --window 1s -q > mock.out 2> mock.err &
+MOCK=$!
+for _ in $(seq 50); do [ -s mock.out ] && break; sleep 0.1; done
+ADDR=$(head -1 mock.out)
+cat > bench.yaml <<YAML
+version: 1
+name: bench
+provider: { app_id: 666675, region: cn-north-1, endpoint: "http://$ADDR" }
+action: batch
+sender: 10001
+audience:
+  csv: audience.csv
+  id_column: user_id
+message:
+  type: text
+  text: "Hello from {{ campaign.name }}: the spring sale starts Saturday."
+YAML
+VOLC_ACCESSKEY=AKLTmockaccesskey000000 VOLC_SECRETKEY=mock-secret-key-not-a-secret RUST_LOG=imcast=warn \
+  ${WRAP:-/usr/bin/time -f "client: %e s wall, %U user %S sys, %M KB maxrss"} "$BIN" run bench.yaml --yes > /dev/null
+grep VmHWM "/proc/$MOCK/status" | sed 's/^/mock /'
