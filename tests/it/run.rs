@@ -528,17 +528,19 @@ impl Drop for MockServer {
 
 fn imcast_run(repo: &Repo, file: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(bin());
-    c.arg("run")
-        .arg(file)
-        .args(extra)
-        .current_dir(repo.dir.path())
+    c.arg("run").arg(file).args(extra).stdin(Stdio::null());
+    in_repo_with_mock_credentials(&mut c, repo);
+    c
+}
+
+/// Run `c` in the repo with the mock's credentials and no test hooks or log filter inherited.
+fn in_repo_with_mock_credentials(c: &mut Command, repo: &Repo) {
+    c.current_dir(repo.dir.path())
         .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
         .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
         .env_remove("VOLC_SECRETKEY_FILE")
         .env_remove("IMCAST_FAILPOINT")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    c
+        .env_remove("RUST_LOG");
 }
 
 fn latest_statuses(repo: &Repo, campaign: &str) -> (String, BTreeMap<u64, String>) {
@@ -632,13 +634,8 @@ async fn on_a_terminal_run_asks_before_sending() {
     let on_tty = |answer: &'static str| {
         let cmd = format!("{} run {}", bin().display(), file.display());
         let mut c = Command::new("script");
+        in_repo_with_mock_credentials(&mut c, &repo);
         c.args(["-q", "-e", "-c", &cmd, "/dev/null"])
-            .current_dir(repo.dir.path())
-            .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
-            .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
-            .env_remove("VOLC_SECRETKEY_FILE")
-            .env_remove("IMCAST_FAILPOINT")
-            .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
