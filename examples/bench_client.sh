@@ -5,11 +5,12 @@
 #   cargo build --release --locked
 #   examples/bench_client.sh 1000000
 #   WRAP="heaptrack -o /tmp/imcast-heap" examples/bench_client.sh 1000000   # where the client's memory goes
+#   KEEP=1 examples/bench_client.sh 1000000   # keep the temp repo (state, reports) to look at
 set -euo pipefail
 N=${1:-1000000}
 BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release/imcast
 D=$(mktemp -d)
-trap 'kill "${MOCK:-}" 2>/dev/null || true; rm -rf "$D"' EXIT
+trap 'kill "${MOCK:-}" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$D"' EXIT
 cd "$D"
 printf '[limits.batch]\nlimit = 1000000000\nwindow = "1s"\n[send]\nmax_requests_per_second = 1000000\nmax_batch_in_flight = 8\n' > imcast.toml
 # ids above 2^53, written as text (awk numbers are doubles)

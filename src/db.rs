@@ -35,6 +35,9 @@ fn try_open(path: &Path, synchronous: &str) -> rusqlite::Result<Connection> {
     conn.busy_handler(Some(busy_wait))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", synchronous)?;
+    // Seeding a large run writes its rows to the WAL in one transaction (a million rows ≈ 100 MB);
+    // once checkpointed, the WAL file is cut back to this size instead of staying that large.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     Ok(conn)
 }
 

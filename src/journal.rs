@@ -493,7 +493,7 @@ const MIGRATIONS: &[&str] = &[
     // 3: recipients keyed by an integer: `rk` = the run's integer `key` << 32 | line (the rowid
     // itself, so a run's rows are one contiguous range of the table b-tree in audience order and
     // no key repeats the 21-byte text run id); `raw_id` is NULL when it is `id` written in
-    // decimal, and `updated_at` NULL until the row changes (the run's start time).
+    // decimal. A NULL `updated_at` reads as the run's start time.
     "ALTER TABLE runs ADD COLUMN key INTEGER;
      UPDATE runs SET key = rowid;
      CREATE UNIQUE INDEX runs_key ON runs(key);
