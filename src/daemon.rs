@@ -425,17 +425,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     error!(run = %row.run_key, error = %e, "could not resume run");
-                    state::update_occurrence(
-                        &self.conn,
-                        &row.campaign,
-                        row.occurrence,
-                        status::FAILED,
-                        Update {
-                            finished_at: Some(now.as_second()),
-                            detail: Some(&e),
-                            ..Default::default()
-                        },
-                    )?;
+                    state::record_failed(&self.conn, &row, now.as_second(), &e)?;
                 }
             }
         }
@@ -579,16 +569,11 @@ impl Daemon {
                 RunStatus::NotFound => {
                     self.attached.remove(&row.run_key);
                     error!(run = %row.run_key, "the runner lost this run; recorded failed");
-                    state::update_occurrence(
+                    state::record_failed(
                         &self.conn,
-                        &row.campaign,
-                        row.occurrence,
-                        status::FAILED,
-                        Update {
-                            finished_at: Some(now.as_second()),
-                            detail: Some("the runner lost the run"),
-                            ..Default::default()
-                        },
+                        &row,
+                        now.as_second(),
+                        "the runner lost the run",
                     )?;
                 }
             }
@@ -691,17 +676,7 @@ impl Daemon {
             }
             Err(e) => {
                 error!(campaign = %row.campaign, run = %row.run_key, error = %e, "could not start run; recorded failed");
-                state::update_occurrence(
-                    &self.conn,
-                    &row.campaign,
-                    row.occurrence,
-                    status::FAILED,
-                    Update {
-                        finished_at: Some(now.as_second()),
-                        detail: Some(&e),
-                        ..Default::default()
-                    },
-                )?;
+                state::record_failed(&self.conn, row, now.as_second(), &e)?;
             }
         }
         Ok(())

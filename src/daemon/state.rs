@@ -335,6 +335,26 @@ fn record_occurrence_tx(
     Ok(n == 1)
 }
 
+/// Record an occurrence `failed` at `at` (UTC seconds), saying why.
+pub fn record_failed(
+    conn: &Connection,
+    row: &OccurrenceRow,
+    at: i64,
+    detail: &str,
+) -> Result<(), StateError> {
+    update_occurrence(
+        conn,
+        &row.campaign,
+        row.occurrence,
+        status::FAILED,
+        Update {
+            finished_at: Some(at),
+            detail: Some(detail),
+            ..Default::default()
+        },
+    )
+}
+
 /// Change an occurrence's status (and optionally timestamps/detail).
 pub fn update_occurrence(
     conn: &Connection,
