@@ -1,6 +1,7 @@
-//! Opening the state database (`<state_dir>/imcast.db`) the same way everywhere.
+//! Opening the state directory's SQLite files (`<state_dir>/imcast.db`: journal and scheduler;
+//! `<state_dir>/throttle.db`: the limiter) the same way everywhere.
 //!
-//! Every connection to the state database (journal, limiter, scheduler) is WAL with a busy timeout.
+//! Every connection is WAL with a busy handler (see [`busy_wait`]).
 //! Switching a new database file to WAL needs a lock that SQLite does not wait for through the busy
 //! handler, so two runs (or a run and the daemon) opening a fresh state directory at the same
 //! moment can get an immediate "database is locked". [`open`] retries that step briefly instead of

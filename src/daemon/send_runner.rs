@@ -8,7 +8,7 @@
 //! stops it the same way, then marks its pending recipients `cancelled` in the journal and
 //! writes the report. A pause or cancel the engine itself took from the control table ends the
 //! task as `Paused` / `Cancelled` and is reported the same way. All runs share the account
-//! limiter through the state database, like concurrent `imcast run` processes.
+//! limiter through the state directory, like concurrent `imcast run` processes.
 //!
 //! Must not: block the caller (every call returns at once; work happens on the runtime), or
 //! send anything itself.
