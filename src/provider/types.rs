@@ -1,20 +1,29 @@
-//! Typed requests and responses for the three IM actions and the response envelope.
+//! Typed requests and responses for the three IM actions, the response envelope, and
+//! [`Request`]: the one value a call's body is serialized from (the sender and `imcast preview`).
 //!
-//! Invariants: ids are `u64` end to end (they exceed 2^53; they never pass through a float);
-//! optional fields are omitted from the wire when `None`; field names are the provider's
-//! PascalCase. `UserMessageId` has string keys on the wire and `u64` keys here. This module does
-//! no I/O.
+//! Invariants: ids are `u64` end to end (they exceed 2^53; they never pass through a float) and
+//! never above `i64::MAX` on the wire (`Long`; AppId `Integer`, ≤ `i32::MAX`: the serializers in
+//! [`super::wire`] refuse more); optional fields are omitted from the wire when `None`; field names
+//! are the provider's PascalCase, exactly the seeds' fields. Replies are read leniently (see
+//! [`super::wire`]): `null` or absent lists, maps and strings are empty, ids may be integers or
+//! strings, unknown fields are ignored. `UserMessageId` has string keys on the wire and `u64` keys
+//! here. This module does no I/O.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::wire;
+
 /// BatchSendMessage: one Content to up to 500 users.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct BatchSendMessageRequest {
+    #[serde(serialize_with = "wire::integer")]
     pub app_id: u64,
+    #[serde(serialize_with = "wire::long")]
     pub sender: u64,
+    #[serde(serialize_with = "wire::longs")]
     pub receiver: Vec<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbox_type: Option<i32>,
@@ -27,13 +36,14 @@ pub struct BatchSendMessageRequest {
 }
 
 /// BatchSendMessage result: delivered users with their message ids, and the users it failed for.
+/// Either may be `null` or absent (empty); ids may be JSON integers or strings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct BatchSendMessageResult {
-    /// user id → message id (the wire has the user id as a string key; serde_json maps it).
-    #[serde(default)]
+    /// user id → message id (the wire has the user id as a string key).
+    #[serde(default, deserialize_with = "wire::id_map")]
     pub user_message_id: BTreeMap<u64, u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::id_list")]
     pub failed_receiver: Vec<u64>,
 }
 
@@ -41,18 +51,33 @@ pub struct BatchSendMessageResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct SendMessageRequest {
+    #[serde(serialize_with = "wire::integer")]
     pub app_id: u64,
+    #[serde(serialize_with = "wire::long")]
     pub sender: u64,
+    #[serde(serialize_with = "wire::long")]
     pub conversation_short_id: u64,
     pub msg_type: i32,
     pub content: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "wire::opt_longs"
+    )]
     pub mentioned_users: Option<Vec<u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ref_msg_info: Option<RefMsgInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "wire::opt_longs"
+    )]
     pub visible_users: Option<Vec<u64>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "wire::opt_longs"
+    )]
     pub invisible_users: Option<Vec<u64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ext: Option<BTreeMap<String, String>>,
@@ -70,7 +95,11 @@ pub struct SendMessageRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RefMsgInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "wire::opt_long"
+    )]
     pub referenced_message_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
@@ -80,38 +109,58 @@ pub struct RefMsgInfo {
     pub status: Option<i32>,
 }
 
+/// SendMessage result. `MessageId` is required (a JSON integer or a string): a reply without it
+/// is unreadable, so the call's outcome is unknown (and SendMessage is retried under its
+/// ClientMsgId).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct SendMessageResult {
+    #[serde(deserialize_with = "wire::id")]
     pub message_id: u64,
 }
 
-/// P2PSendMessage: a passthrough message to the online members of a conversation.
+/// P2PSendMessage: a passthrough message to the online members of a conversation. It has no
+/// `Ext` (the seed lists none).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct P2pSendMessageRequest {
+    #[serde(serialize_with = "wire::integer")]
     pub app_id: u64,
+    #[serde(serialize_with = "wire::long")]
     pub sender: u64,
+    #[serde(serialize_with = "wire::long")]
     pub conversation_short_id: u64,
     pub msg_type: i32,
     pub content: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "wire::opt_longs"
+    )]
     pub receiver_user_id: Option<Vec<u64>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "wire::opt_longs"
+    )]
     pub ignore_user_ids: Option<Vec<u64>>,
 }
 
+/// P2PSendMessage result; `P2PResult` may be `null` or absent (empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct P2pSendMessageResult {
-    #[serde(rename = "P2PResult", default)]
+    #[serde(rename = "P2PResult", default, deserialize_with = "wire::null_default")]
     pub p2p_result: Vec<P2pUserResult>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct P2pUserResult {
+    #[serde(deserialize_with = "wire::id")]
     pub user_id: u64,
-    /// `SUCCESS` or `NOT_ONLINE`.
+    /// `SUCCESS` or `NOT_ONLINE` in any case (the seed writes both `SUCCESS` and `Success`),
+    /// kept verbatim; `null` or absent is empty. Compare with [`p2p_code`].
+    #[serde(default, deserialize_with = "wire::null_default")]
     pub code: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_platform: Option<String>,
@@ -122,42 +171,114 @@ pub const P2P_SUCCESS: &str = "SUCCESS";
 /// P2P per-user code for a user who is not online (nothing stored).
 pub const P2P_NOT_ONLINE: &str = "NOT_ONLINE";
 
-/// The response envelope: `Error` only on failure, `Result` only on success.
+/// What a P2P per-user `Code` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum P2pCode {
+    /// `SUCCESS` (any case).
+    Success,
+    /// `NOT_ONLINE` (any case).
+    NotOnline,
+    /// Anything else (kept verbatim in the report).
+    Other,
+}
+
+/// Read a P2P per-user code, case-insensitively (the seed's own examples disagree on case).
+pub fn p2p_code(code: &str) -> P2pCode {
+    let c = code.trim();
+    if c.eq_ignore_ascii_case(P2P_SUCCESS) {
+        P2pCode::Success
+    } else if c.eq_ignore_ascii_case(P2P_NOT_ONLINE) {
+        P2pCode::NotOnline
+    } else {
+        P2pCode::Other
+    }
+}
+
+/// One request as it goes on the wire: the value both the sender and `imcast preview` serialize
+/// (see [`super::client::request_body`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Batch(BatchSendMessageRequest),
+    Message(SendMessageRequest),
+    P2p(P2pSendMessageRequest),
+}
+
+impl Request {
+    /// The `Action` query parameter.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Request::Batch(_) => "BatchSendMessage",
+            Request::Message(_) => "SendMessage",
+            Request::P2p(_) => "P2PSendMessage",
+        }
+    }
+}
+
+impl Serialize for Request {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Request::Batch(r) => r.serialize(s),
+            Request::Message(r) => r.serialize(s),
+            Request::P2p(r) => r.serialize(s),
+        }
+    }
+}
+
+/// The response envelope: `Error` only on failure, `Result` only on success. A missing or `null`
+/// `ResponseMetadata` reads as empty (no error).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope<T> {
-    #[serde(rename = "ResponseMetadata")]
+    #[serde(
+        rename = "ResponseMetadata",
+        default,
+        deserialize_with = "wire::null_default"
+    )]
     pub response_metadata: ResponseMetadata,
     #[serde(rename = "Result", default, skip_serializing_if = "Option::is_none")]
     pub result: Option<T>,
 }
 
+/// `ResponseMetadata`; every string may be `null` or absent (empty).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ResponseMetadata {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::null_default")]
     pub request_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::null_default")]
     pub action: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::null_default")]
     pub version: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::null_default")]
     pub service: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::null_default")]
     pub region: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,
 }
 
-/// `ResponseMetadata.Error`.
+/// `ResponseMetadata.Error`. `Code` and `Message` may be `null` or absent (empty); `CodeN` may be
+/// an integer, a string, `null` or absent. An `Error` with an empty `Code` and a `CodeN` of 0 or
+/// none ([`ApiError::is_empty`]) is no error at all.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ApiError {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "wire::code_n"
+    )]
     pub code_n: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::null_default")]
     pub code: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wire::null_default")]
     pub message: String,
+}
+
+impl ApiError {
+    /// Present but saying nothing: no code and no code number. Success.
+    pub fn is_empty(&self) -> bool {
+        self.code.trim().is_empty() && self.code_n.unwrap_or(0) == 0
+    }
 }
 
 #[cfg(test)]

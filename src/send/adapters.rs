@@ -200,7 +200,7 @@ pub fn transport_error(e: &ProviderError) -> TransportError {
     TransportError {
         class,
         rate_limited: e.is_rate_limited(),
-        code: e.code().map(str::to_string),
+        code: e.shown_code(),
         http_status: e.http_status(),
         message: e.to_string(),
         access: e.is_access(),
