@@ -389,6 +389,17 @@ fn chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    fn api(status: u16, code: &str, code_n: Option<i64>) -> ProviderError {
+        ProviderError::Api(Box::new(ApiFailure {
+            action: "BatchSendMessage".into(),
+            status,
+            code: code.into(),
+            code_n,
+            message: "m".into(),
+            request_id: "20240515160313C0FFEE".into(),
+        }))
+    }
+
     #[test]
     fn classes_follow_the_issue() {
         assert_eq!(classify(400, "InvalidTimestamp"), ErrorClass::Clock);
@@ -413,8 +424,90 @@ mod tests {
         );
         assert_eq!(classify(404, "Whatever"), ErrorClass::Fatal);
         assert_eq!(classify(500, "InternalError"), ErrorClass::Unknown);
+        assert_eq!(classify(500, "InternalError.Timeout"), ErrorClass::Unknown);
         assert_eq!(classify(502, "FailToConnect"), ErrorClass::Unknown);
         assert_eq!(classify(504, "InternalServiceTimeout"), ErrorClass::Unknown);
-        assert_eq!(classify(200, "SomethingNew"), ErrorClass::Unknown);
+    }
+
+    #[test]
+    fn rate_limits_are_rate_limits_at_any_status() {
+        for (status, code) in [
+            (200, "FlowLimitExceeded"),
+            (400, "FlowLimitExceeded.QPSOverLimit"),
+            (403, "AccountFlowLimitExceeded"),
+            (500, "accountflowlimitexceeded"),
+            (200, "FLOWLIMITEXCEEDED.TaskNumberOverLimit"),
+            (429, "SomethingNew"),
+        ] {
+            let e = api(status, code, None);
+            assert!(e.is_rate_limited(), "{status} {code}");
+            assert_eq!(e.class(), ErrorClass::NotProcessed, "{status} {code}");
+            assert!(e.to_string().contains("rate limited"), "{e}");
+            assert!(!e.is_access());
+        }
+    }
+
+    #[test]
+    fn access_codes_say_check_the_key_and_its_policy() {
+        for (status, code) in [
+            (401, "InvalidCredential"),
+            (401, "InvalidSecretToken"),
+            (403, "LackPolicy"),
+            (403, "AccessDenied"),
+            (403, "AccessDenied.ServiceNotEnabled"),
+            (403, "accessdenied.noPermissionForApp"),
+            (401, "SignatureDoesNotMatch"),
+            (401, "signaturedoesnotmatch"),
+            (401, "InvalidAccessKey"),
+            (401, "MissingAuthenticationToken"),
+            (401, "MissingSignature"),
+            (400, "InvalidAuthorization"),
+            (200, "InvalidCredential"),
+        ] {
+            let e = api(status, code, None);
+            assert!(e.is_access(), "{status} {code}");
+            assert_eq!(e.class(), ErrorClass::Fatal, "{status} {code}");
+            let s = e.to_string();
+            assert!(s.contains(ACCESS_HINT), "{s}");
+            assert!(s.contains("20240515160313C0FFEE"), "{s}");
+        }
+        assert!(!api(400, "InvalidParameter", None).is_access());
+        assert!(!api(403, "AccessDeniedButNotReally", None).is_access());
+    }
+
+    #[test]
+    fn an_unrecognized_code_is_fatal_and_shown_verbatim_with_its_request_id() {
+        let e = api(200, "Brand.NewCode", None);
+        assert_eq!(e.class(), ErrorClass::Fatal);
+        assert!(!e.is_access() && !e.is_rate_limited());
+        assert_eq!(e.code(), Some("Brand.NewCode"));
+        let s = e.to_string();
+        assert!(s.contains("HTTP 200 Brand.NewCode: m"), "{s}");
+        assert!(s.contains("request id 20240515160313C0FFEE"), "{s}");
+        assert!(s.contains("imcast does not know this error code"), "{s}");
+        assert_eq!(api(400, "Brand.NewCode", None).class(), ErrorClass::Fatal);
+        // A 5xx may have been acted on: unknown outcome, never resent blindly.
+        assert_eq!(api(500, "Brand.NewCode", None).class(), ErrorClass::Unknown);
+    }
+
+    #[test]
+    fn code_n_alone_is_classified_and_shown() {
+        let e = api(401, "", Some(100010));
+        assert!(e.is_access());
+        assert_eq!(e.code(), None);
+        assert_eq!(e.shown_code().as_deref(), Some("CodeN 100010"));
+        assert!(e.to_string().contains("HTTP 401 CodeN 100010"), "{e}");
+        assert_eq!(api(400, "", Some(100006)).class(), ErrorClass::Clock);
+        let e = api(400, "", None);
+        assert_eq!(e.class(), ErrorClass::Fatal);
+        let e = ProviderError::Api(Box::new(ApiFailure {
+            action: "SendMessage".into(),
+            status: 400,
+            code: "InvalidParameter".into(),
+            code_n: None,
+            message: String::new(),
+            request_id: String::new(),
+        }));
+        assert!(e.to_string().contains("the reply carried no request id"), "{e}");
     }
 }

@@ -283,7 +283,178 @@ impl ApiError {
 
 #[cfg(test)]
 mod tests {
+    use super::super::client::{parse_envelope, request_body};
+    use super::super::error::ProviderError;
     use super::*;
+
+    fn batch(result: &str) -> Result<BatchSendMessageResult, ProviderError> {
+        let body = format!(r#"{{"ResponseMetadata":{{"RequestId":"r"}},"Result":{result}}}"#);
+        parse_envelope("BatchSendMessage", 200, body.as_bytes())
+    }
+
+    #[test]
+    fn null_or_absent_lists_and_maps_are_empty() {
+        for r in [
+            r#"{"UserMessageId":{"1":7368834896},"FailedReceiver":null}"#,
+            r#"{"UserMessageId":{"1":7368834896}}"#,
+            r#"{"UserMessageId":{"1":7368834896},"FailedReceiver":[],"Extra":{"x":[null]}}"#,
+        ] {
+            let res = batch(r).expect(r);
+            assert_eq!(res.user_message_id, BTreeMap::from([(1, 7368834896)]), "{r}");
+            assert!(res.failed_receiver.is_empty(), "{r}");
+        }
+        for r in [
+            r#"{"UserMessageId":null,"FailedReceiver":[3]}"#,
+            r#"{"FailedReceiver":[3]}"#,
+        ] {
+            let res = batch(r).expect(r);
+            assert!(res.user_message_id.is_empty(), "{r}");
+            assert_eq!(res.failed_receiver, vec![3], "{r}");
+        }
+        assert_eq!(batch("{}").expect("{}"), BatchSendMessageResult::default());
+        // A user whose message id is null is not taken as delivered with some id.
+        let res = batch(r#"{"UserMessageId":{"1":null,"2":5}}"#).expect("null value");
+        assert_eq!(res.user_message_id, BTreeMap::from([(2, 5)]));
+    }
+
+    #[test]
+    fn ids_as_numbers_or_strings_parse_exactly() {
+        let res = batch(
+            r#"{"UserMessageId":{"9223372036854775807":"9007199254740993","9007199254740993":9007199254740995},"FailedReceiver":["9007199254740997",9007199254740999," 12 "]}"#,
+        )
+        .expect("parses");
+        assert_eq!(
+            res.user_message_id,
+            BTreeMap::from([
+                (9223372036854775807, 9007199254740993),
+                (9007199254740993, 9007199254740995)
+            ])
+        );
+        assert_eq!(
+            res.failed_receiver,
+            vec![9007199254740997, 9007199254740999, 12]
+        );
+        let m: SendMessageResult = parse_envelope(
+            "SendMessage",
+            200,
+            br#"{"ResponseMetadata":{},"Result":{"MessageId":"7368834896123456789"}}"#,
+        )
+        .expect("string id");
+        assert_eq!(m.message_id, 7368834896123456789);
+        // Never through a float: a fraction, an exponent or a number past 64 bits is refused.
+        for bad in [
+            r#"{"FailedReceiver":[1.5]}"#,
+            r#"{"FailedReceiver":[1e3]}"#,
+            r#"{"FailedReceiver":[18446744073709551616]}"#,
+            r#"{"FailedReceiver":["18446744073709551616"]}"#,
+            r#"{"FailedReceiver":[-1]}"#,
+            r#"{"FailedReceiver":["x"]}"#,
+            r#"{"UserMessageId":{"1.0":1}}"#,
+        ] {
+            assert!(
+                matches!(batch(bad), Err(ProviderError::BadResponse { .. })),
+                "{bad}"
+            );
+        }
+        let missing: Result<SendMessageResult, _> = parse_envelope(
+            "SendMessage",
+            200,
+            br#"{"ResponseMetadata":{},"Result":{"MessageId":null}}"#,
+        );
+        assert!(matches!(missing, Err(ProviderError::BadResponse { .. })));
+    }
+
+    #[test]
+    fn p2p_results_read_leniently() {
+        let res: P2pSendMessageResult = parse_envelope(
+            "P2PSendMessage",
+            200,
+            br#"{"ResponseMetadata":{"RequestId":null,"Service":null,"Region":""},"Result":{"P2PResult":[
+                {"UserId":"10008","Code":"Success","DevicePlatform":"Web"},
+                {"UserId":10001,"Code":null,"DevicePlatform":null},
+                {"UserId":10002,"Code":"not_online","New":1}]}}"#,
+        )
+        .expect("parses");
+        assert_eq!(res.p2p_result.len(), 3);
+        assert_eq!(res.p2p_result[0].user_id, 10008);
+        assert_eq!(p2p_code(&res.p2p_result[0].code), P2pCode::Success);
+        assert_eq!(res.p2p_result[1].code, "");
+        assert_eq!(res.p2p_result[1].device_platform, None);
+        assert_eq!(p2p_code(&res.p2p_result[1].code), P2pCode::Other);
+        assert_eq!(p2p_code(&res.p2p_result[2].code), P2pCode::NotOnline);
+        assert_eq!(p2p_code("SUCCESS"), P2pCode::Success);
+        assert_eq!(p2p_code("NOT_ONLINE"), P2pCode::NotOnline);
+        assert_eq!(p2p_code("USER_BLOCKED"), P2pCode::Other);
+        for r in [r#"{"P2PResult":null}"#, "{}"] {
+            let body = format!(r#"{{"ResponseMetadata":null,"Result":{r}}}"#);
+            let res: P2pSendMessageResult =
+                parse_envelope("P2PSendMessage", 200, body.as_bytes()).expect(r);
+            assert!(res.p2p_result.is_empty(), "{r}");
+        }
+    }
+
+    #[test]
+    fn an_empty_error_object_is_success() {
+        for err in [
+            "null",
+            "{}",
+            r#"{"Code":"","CodeN":0,"Message":""}"#,
+            r#"{"Code":null,"CodeN":null,"Message":null}"#,
+            r#"{"Code":"  ","CodeN":"0"}"#,
+        ] {
+            let body = format!(
+                r#"{{"ResponseMetadata":{{"RequestId":"r","Error":{err}}},"Result":{{"FailedReceiver":[4]}}}}"#
+            );
+            let res: BatchSendMessageResult =
+                parse_envelope("BatchSendMessage", 200, body.as_bytes()).expect(err);
+            assert_eq!(res.failed_receiver, vec![4], "{err}");
+        }
+        for err in [
+            r#"{"Code":"","CodeN":100010}"#,
+            r#"{"Code":"InvalidParameter","CodeN":null,"Message":null}"#,
+        ] {
+            let body = format!(r#"{{"ResponseMetadata":{{"Error":{err}}}}}"#);
+            let e = parse_envelope::<BatchSendMessageResult>("BatchSendMessage", 400, body.as_bytes())
+                .expect_err(err);
+            assert!(matches!(e, ProviderError::Api(_)), "{err}: {e}");
+        }
+    }
+
+    #[test]
+    fn requests_never_put_an_out_of_range_id_on_the_wire() {
+        let mut r = BatchSendMessageRequest {
+            app_id: 2147483647,
+            sender: 9223372036854775807,
+            receiver: vec![9223372036854775807],
+            inbox_type: None,
+            msg_type: 10001,
+            content: "x".into(),
+            is_normal_user: None,
+            ext: None,
+        };
+        let body = request_body("BatchSendMessage", &r).expect("in range");
+        assert_eq!(
+            String::from_utf8(body).expect("utf8"),
+            r#"{"AppId":2147483647,"Sender":9223372036854775807,"Receiver":[9223372036854775807],"MsgType":10001,"Content":"x"}"#
+        );
+        r.receiver.push(9223372036854775808);
+        let e = request_body("BatchSendMessage", &r).expect_err("receiver too large");
+        assert!(e.to_string().contains("9223372036854775808"), "{e}");
+        r.receiver.pop();
+        r.app_id = 2147483648;
+        let e = request_body("BatchSendMessage", &r).expect_err("AppId too large");
+        assert!(e.to_string().contains("AppId 2147483648"), "{e}");
+        let p = P2pSendMessageRequest {
+            app_id: 1,
+            sender: 1,
+            conversation_short_id: u64::MAX,
+            msg_type: 10013,
+            content: "x".into(),
+            receiver_user_id: None,
+            ignore_user_ids: Some(vec![1]),
+        };
+        assert!(request_body("P2PSendMessage", &p).is_err());
+    }
 
     #[test]
     fn big_ids_survive_and_string_keys_map() {
