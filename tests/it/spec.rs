@@ -332,7 +332,7 @@ message: { type: text, text: hi }
         "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1 }\naction: p2p\nsender: 1\np2p: { receiver_user_ids: [9223372036854775808], ignore_user_ids: [] }\naudience: { ids: [1] }\nmessage: { type: custom, text: x }\n",
     );
     assert!(
-        e.contains("c.yaml:6:27: p2p.receiver_user_ids[0]: id 9223372036854775808 is larger than 9223372036854775807"),
+        e.contains("c.yaml:6:28: p2p.receiver_user_ids[0]: id 9223372036854775808 is larger than 9223372036854775807"),
         "{e}"
     );
 }
