@@ -1221,7 +1221,10 @@ pub fn outcome_updates(receivers: &[u64], outcome: &CallOutcome) -> Vec<Recipien
 /// `failed`, with the provider's first other code verbatim (never silently `not_online`).
 fn p2p_status(results: &[P2pUser]) -> (RecipientStatus, Option<String>, Option<String>) {
     use crate::provider::{p2p_code, P2pCode};
-    if results.iter().any(|r| p2p_code(&r.code) == P2pCode::Success) {
+    if results
+        .iter()
+        .any(|r| p2p_code(&r.code) == P2pCode::Success)
+    {
         return (RecipientStatus::Sent, None, None);
     }
     if let Some(r) = results.iter().find(|r| p2p_code(&r.code) == P2pCode::Other) {

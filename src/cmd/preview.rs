@@ -41,15 +41,16 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
                 &call.receivers,
                 client_msg_id.clone(),
             );
-            let body = crate::provider::client::request_body(req.action(), &req)
-                .exit(Exit::Invalid)?;
+            let body =
+                crate::provider::client::request_body(req.action(), &req).exit(Exit::Invalid)?;
             let text = String::from_utf8(body).exit(Exit::Internal)?;
             crate::outln!("{text}");
             eprintln!(
-                "call {} of {} ({} receivers) to {}?Action={}&Version={}",
+                "call {} of {} ({} receiver{}) to {}?Action={}&Version={}",
                 call.seq + 1,
                 plan.counts().calls,
                 call.receivers.len(),
+                if call.receivers.len() == 1 { "" } else { "s" },
                 c.endpoint,
                 req.action(),
                 crate::provider::client::API_VERSION,

@@ -103,7 +103,13 @@ impl ApiFailure {
 
 impl fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} failed: HTTP {} {}", self.action, self.status, self.shown_code())?;
+        write!(
+            f,
+            "{} failed: HTTP {} {}",
+            self.action,
+            self.status,
+            self.shown_code()
+        )?;
         if !self.message.trim().is_empty() {
             write!(f, ": {}", self.message)?;
         }
@@ -184,13 +190,15 @@ pub fn code_kind(code: &str) -> CodeKind {
     if family("invalidparameter")
         || matches!(
             c.as_str(),
-            "missingparameter" | "missingrequestinfo" | "invalidactionorversion" | "servicenotfound"
+            "missingparameter"
+                | "missingrequestinfo"
+                | "invalidactionorversion"
+                | "servicenotfound"
         )
     {
         return CodeKind::Invalid;
     }
-    if family("internalerror") || matches!(c.as_str(), "failtoconnect" | "internalservicetimeout")
-    {
+    if family("internalerror") || matches!(c.as_str(), "failtoconnect" | "internalservicetimeout") {
         return CodeKind::ServerSide;
     }
     CodeKind::Unrecognized
@@ -508,6 +516,9 @@ mod tests {
             message: String::new(),
             request_id: String::new(),
         }));
-        assert!(e.to_string().contains("the reply carried no request id"), "{e}");
+        assert!(
+            e.to_string().contains("the reply carried no request id"),
+            "{e}"
+        );
     }
 }

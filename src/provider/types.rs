@@ -300,7 +300,11 @@ mod tests {
             r#"{"UserMessageId":{"1":7368834896},"FailedReceiver":[],"Extra":{"x":[null]}}"#,
         ] {
             let res = batch(r).expect(r);
-            assert_eq!(res.user_message_id, BTreeMap::from([(1, 7368834896)]), "{r}");
+            assert_eq!(
+                res.user_message_id,
+                BTreeMap::from([(1, 7368834896)]),
+                "{r}"
+            );
             assert!(res.failed_receiver.is_empty(), "{r}");
         }
         for r in [
@@ -414,8 +418,9 @@ mod tests {
             r#"{"Code":"InvalidParameter","CodeN":null,"Message":null}"#,
         ] {
             let body = format!(r#"{{"ResponseMetadata":{{"Error":{err}}}}}"#);
-            let e = parse_envelope::<BatchSendMessageResult>("BatchSendMessage", 400, body.as_bytes())
-                .expect_err(err);
+            let e =
+                parse_envelope::<BatchSendMessageResult>("BatchSendMessage", 400, body.as_bytes())
+                    .expect_err(err);
             assert!(matches!(e, ProviderError::Api(_)), "{err}: {e}");
         }
     }

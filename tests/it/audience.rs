@@ -89,7 +89,11 @@ fn ids_above_2_pow_53_survive() {
     let calls: Vec<_> = p.calls().collect::<Result<_, _>>().expect("calls");
     assert_eq!(
         calls[0].receivers,
-        vec![9_007_199_254_740_993, i64::MAX as u64, 9_007_199_254_740_992]
+        vec![
+            9_007_199_254_740_993,
+            i64::MAX as u64,
+            9_007_199_254_740_992
+        ]
     );
     let text = crate::common::wire_body(&c, &calls[0]);
     assert!(

@@ -270,16 +270,25 @@ fn region_and_endpoint_must_agree_and_region_hosts_take_https_only() {
     };
     let c = load_ok(
         &f,
-        &with("ap-southeast-1", "https://open-ap-singapore-1.volcengineapi.com/"),
+        &with(
+            "ap-southeast-1",
+            "https://open-ap-singapore-1.volcengineapi.com/",
+        ),
         &LoadOptions::default(),
     );
     assert_eq!(c.region, "ap-southeast-1");
     let mut out = String::new();
     for (region, ep) in [
-        ("cn-north-1", "https://open-ap-singapore-1.volcengineapi.com"),
+        (
+            "cn-north-1",
+            "https://open-ap-singapore-1.volcengineapi.com",
+        ),
         ("ap-southeast-1", "https://rtc.volcengineapi.com/"),
         ("cn-north-1", "http://rtc.volcengineapi.com"),
-        ("ap-southeast-1", "http://open-ap-singapore-1.volcengineapi.com/"),
+        (
+            "ap-southeast-1",
+            "http://open-ap-singapore-1.volcengineapi.com/",
+        ),
     ] {
         out.push_str(&load_err(&f, &with(region, ep)));
         out.push('\n');
@@ -287,7 +296,10 @@ fn region_and_endpoint_must_agree_and_region_hosts_take_https_only() {
     insta::assert_snapshot!(out);
     // Not even --allow-endpoint lets a region host be reached the wrong way.
     for (region, ep) in [
-        ("cn-north-1", "https://open-ap-singapore-1.volcengineapi.com"),
+        (
+            "cn-north-1",
+            "https://open-ap-singapore-1.volcengineapi.com",
+        ),
         ("cn-north-1", "http://rtc.volcengineapi.com"),
     ] {
         let p = f.write("c.yaml", &with(region, ep));
