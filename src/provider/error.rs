@@ -3,8 +3,11 @@
 //!
 //! Invariants: every [`ProviderError`] has exactly one [`ErrorClass`]; anything that does not
 //! prove the request was not processed is [`ErrorClass::Unknown`] (the safe default for calls
-//! without an idempotency key). Display strings say what happened and what to do; they never
-//! contain a secret, a header or a request body.
+//! without an idempotency key). Codes are read case-insensitively into one [`CodeKind`] (by
+//! `CodeN` when `Code` is empty). An `Error` answer below HTTP 500 proves the request was refused,
+//! so a code imcast does not recognize there is [`ErrorClass::Fatal`] (the run stops, the code
+//! shown verbatim with the RequestId); at 5xx it stays `Unknown`. Display strings say what
+//! happened and what to do; they never contain a secret, a header or a request body.
 
 use std::fmt;
 
