@@ -3,7 +3,8 @@
 //!
 //! Invariants: the CSV is read record by record, never loaded whole (what grows is the caller's
 //! choice: a set of ids at 8 bytes each); ids are parsed from their text straight into `u64`
-//! (never via a float, so ids above 2^53 survive); a header row is required and the id column must
+//! (never via a float, so ids above 2^53 survive) and must be at most `i64::MAX` (the provider's
+//! ids are signed 64-bit `Long`s: a larger one is an invalid row, never sent); a header row is required and the id column must
 //! be in it; a UTF-8 BOM, CRLF line ends and quoted fields (also spanning lines) are handled; every
 //! row keeps the line it starts on. Every byte read is hashed as it streams by, so the plan hash
 //! covers the exact file content without a second read.
@@ -55,7 +56,8 @@ pub enum AudienceError {
     },
 }
 
-/// Parse an id: a non-negative integer that fits in 64 bits, surrounding spaces allowed.
+/// Parse an id: a non-negative integer of at most `i64::MAX` (the provider's ids are signed
+/// 64-bit `Long`s), surrounding spaces allowed.
 pub fn parse_id(raw: &str) -> Result<u64, String> {
     let s = raw.trim();
     if s.is_empty() {
@@ -67,8 +69,26 @@ pub fn parse_id(raw: &str) -> Result<u64, String> {
     if !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("id `{s}` is not a whole number"));
     }
-    s.parse::<u64>()
-        .map_err(|_| format!("id `{s}` is larger than 18446744073709551615"))
+    match s.parse::<u64>() {
+        Ok(v) => check_id(v),
+        Err(_) => Err(too_large(s)),
+    }
+}
+
+/// An id the provider accepts: at most `i64::MAX`.
+pub fn check_id(v: u64) -> Result<u64, String> {
+    if v > crate::provider::wire::MAX_LONG {
+        Err(too_large(&v.to_string()))
+    } else {
+        Ok(v)
+    }
+}
+
+fn too_large(s: &str) -> String {
+    format!(
+        "id `{s}` is larger than {}, the largest id the provider accepts (user and conversation ids are signed 64-bit); it is never sent",
+        crate::provider::wire::MAX_LONG
+    )
 }
 
 /// A reader that hashes every byte it passes on and keeps a window of the most recent bytes,
@@ -371,7 +391,7 @@ impl AudienceReader {
                     line: i + 1,
                     pos: RowPos(i),
                     index: i,
-                    id: Ok(id),
+                    id: check_id(id),
                 }))
             }
         }
@@ -494,7 +514,7 @@ impl RowCursor {
                     pos,
                     index,
                     raw_id: id.to_string(),
-                    id: Ok(id),
+                    id: check_id(id),
                     fields: csv::StringRecord::new(),
                 })
             }
@@ -555,10 +575,17 @@ mod tests {
     #[test]
     fn ids_parse_exactly() {
         assert_eq!(parse_id(" 9007199254740993 "), Ok(9_007_199_254_740_993));
-        assert_eq!(parse_id("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_id("9223372036854775807"), Ok(i64::MAX as u64));
+        assert!(parse_id("9223372036854775808")
+            .expect_err("above Long")
+            .contains("larger than 9223372036854775807"));
+        assert!(parse_id("18446744073709551615")
+            .expect_err("u64::MAX")
+            .contains("larger"));
         assert!(parse_id("18446744073709551616")
             .expect_err("overflow")
             .contains("larger"));
+        assert!(check_id(u64::MAX).is_err());
         assert!(parse_id("-1").expect_err("negative").contains("negative"));
         assert!(parse_id("1e5").expect_err("float").contains("whole"));
         assert!(parse_id("1.0").expect_err("float").contains("whole"));

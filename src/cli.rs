@@ -157,7 +157,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub resend_unknown: bool,
     /// Send the real content to these ids only, as a test; the campaign's run is not touched.
-    #[arg(long, value_delimiter = ',', value_name = "ID,ID")]
+    /// Ids are at most 9223372036854775807 (the provider's ids are signed 64-bit).
+    #[arg(long, value_delimiter = ',', value_name = "ID,ID",
+          value_parser = clap::value_parser!(u64).range(..=i64::MAX as u64))]
     pub test_to: Vec<u64>,
     /// Where reports go (default: reports/ at the campaigns repository root).
     #[arg(long)]

@@ -1,7 +1,7 @@
 //! The one report writer: `reports/<campaign>/<run-id>/` with `recipients.csv`,
 //! `recipients.jsonl` (one row per audience row; for P2PSendMessage campaigns each conversation
 //! row is followed by one row per user the provider answered for, `raw_id` `<conversation>/<user>`,
-//! status `sent` or `not_online`) and `summary.json` (counts per status, calls,
+//! status `sent`, `not_online` or `failed` for another code) and `summary.json` (counts per status, calls,
 //! duration, achieved rate vs limit, audit block). Generated from the journal only, so
 //! `imcast report` can rewrite it at any time and it always matches the journal.
 //!
@@ -481,7 +481,8 @@ struct P2pUserDetail {
 }
 
 /// The per-user rows of a P2P conversation row: same line and call, `raw_id`
-/// `<conversation>/<user>`, status `sent` (SUCCESS) or `not_online`. Empty for rows without a
+/// `<conversation>/<user>`, status `sent` (SUCCESS, any case), `not_online` (NOT_ONLINE, any
+/// case) or `failed` (any other code, kept verbatim as the error code). Empty for rows without a
 /// P2P answer in their detail.
 pub fn p2p_user_rows(conv: &ReportRow) -> Vec<ReportRow> {
     let Some(detail) = &conv.detail else {
@@ -494,15 +495,16 @@ pub fn p2p_user_rows(conv: &ReportRow) -> Vec<ReportRow> {
     users
         .into_iter()
         .map(|u| {
-            let online = u.code == "SUCCESS";
+            let code = crate::provider::p2p_code(&u.code);
+            let online = code == crate::provider::P2pCode::Success;
             ReportRow {
                 line: conv.line,
                 id: Some(u.user_id),
                 raw_id: format!("{conv_id}/{}", u.user_id),
-                status: if online {
-                    RecipientStatus::Sent
-                } else {
-                    RecipientStatus::NotOnline
+                status: match code {
+                    crate::provider::P2pCode::Success => RecipientStatus::Sent,
+                    crate::provider::P2pCode::NotOnline => RecipientStatus::NotOnline,
+                    crate::provider::P2pCode::Other => RecipientStatus::Failed,
                 },
                 message_id: None,
                 attempts: conv.attempts,

@@ -92,7 +92,7 @@ pub struct OutgoingCall<P> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct P2pUser {
     pub user_id: u64,
-    /// `SUCCESS` or `NOT_ONLINE`.
+    /// `SUCCESS` or `NOT_ONLINE` (any case), or another code, verbatim.
     pub code: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_platform: Option<String>,
@@ -1199,24 +1199,56 @@ pub fn outcome_updates(receivers: &[u64], outcome: &CallOutcome) -> Vec<Recipien
             })
             .collect(),
         CallOutcome::P2p { results } => {
-            let any_ok = results.iter().any(|r| r.code == "SUCCESS");
+            let (status, error_code, error_message) = p2p_status(results);
             let detail = serde_json::to_string(results).ok();
             receivers
                 .iter()
                 .map(|&id| RecipientUpdate {
                     id,
-                    status: if any_ok {
-                        RecipientStatus::Sent
-                    } else {
-                        RecipientStatus::NotOnline
-                    },
+                    status,
                     message_id: None,
-                    error_code: (!any_ok).then(|| "NOT_ONLINE".to_string()),
-                    error_message: None,
+                    error_code: error_code.clone(),
+                    error_message: error_message.clone(),
                     detail: detail.clone(),
                 })
                 .collect()
         }
+    }
+}
+
+/// A P2P conversation's status from its per-user results: `sent` if any user got it (`SUCCESS`,
+/// any case); `not_online` if every user is `NOT_ONLINE` (any case) or none is listed; otherwise
+/// `failed`, with the provider's first other code verbatim (never silently `not_online`).
+fn p2p_status(results: &[P2pUser]) -> (RecipientStatus, Option<String>, Option<String>) {
+    use crate::provider::{p2p_code, P2pCode};
+    if results
+        .iter()
+        .any(|r| p2p_code(&r.code) == P2pCode::Success)
+    {
+        return (RecipientStatus::Sent, None, None);
+    }
+    if let Some(r) = results.iter().find(|r| p2p_code(&r.code) == P2pCode::Other) {
+        let code = if r.code.trim().is_empty() {
+            "(empty)".to_string()
+        } else {
+            r.code.clone()
+        };
+        return (
+            RecipientStatus::Failed,
+            Some(code.clone()),
+            Some(format!(
+                "the provider answered Code {code} for user {} (not SUCCESS or NOT_ONLINE); no user of the conversation got it",
+                r.user_id
+            )),
+        );
+    }
+    match results.first() {
+        Some(r) => (RecipientStatus::NotOnline, Some(r.code.clone()), None),
+        None => (
+            RecipientStatus::NotOnline,
+            Some("NOT_ONLINE".to_string()),
+            Some("the provider listed no user in P2PResult: nobody online received it".to_string()),
+        ),
     }
 }
 

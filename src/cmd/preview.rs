@@ -1,11 +1,19 @@
-//! `imcast preview FILE --recipient ID`: the exact request body that recipient's call carries.
+//! `imcast preview FILE --recipient ID`: the exact request body that recipient's call carries —
+//! the same typed request the sender builds (`send::adapters::build_request`), serialized by the
+//! same function the client signs and sends (`provider::client::request_body`), printed byte for
+//! byte on one line. Sends nothing.
 
 use anyhow::anyhow;
 
+use crate::action::Action;
 use crate::cli::{GlobalArgs, PreviewArgs};
 use crate::exit::{CmdResult, Exit, ExitContext, Failure};
 use crate::plan::{PlanOptions, RowStatus};
 use crate::spec::LoadOptions;
+
+/// The run id preview derives a SendMessage `ClientMsgId` from: a real run uses its own run id,
+/// which does not exist before `imcast run` creates it.
+pub const PREVIEW_RUN_ID: &str = "<run-id>";
 
 pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
     let c = crate::spec::load(
@@ -24,17 +32,37 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
     .exit(Exit::Invalid)?;
     match plan.call_for(a.recipient) {
         Some(Ok(call)) => {
-            let body = crate::plan::request_body(&c, &call);
-            let s = serde_json::to_string_pretty(&body).exit(Exit::Internal)?;
-            crate::outln!("{s}");
+            let target = call.receivers.first().copied().unwrap_or(0);
+            let client_msg_id = (c.action == Action::Conversation)
+                .then(|| crate::send::client_msg_id(PREVIEW_RUN_ID, target, &call.variant));
+            let req = crate::send::adapters::build_request(
+                &c,
+                &call,
+                &call.receivers,
+                client_msg_id.clone(),
+            );
+            let body =
+                crate::provider::client::request_body(req.action(), &req).exit(Exit::Invalid)?;
+            let text = String::from_utf8(body).exit(Exit::Internal)?;
+            crate::outln!("{text}");
             eprintln!(
-                "call {} of {} ({} receivers) to {}?Action={}",
+                "call {} of {} ({} receiver{}) to {}?Action={}&Version={}",
                 call.seq + 1,
                 plan.counts().calls,
                 call.receivers.len(),
+                if call.receivers.len() == 1 { "" } else { "s" },
                 c.endpoint,
-                c.action.api_name()
+                req.action(),
+                crate::provider::client::API_VERSION,
             );
+            if let Some(id) = client_msg_id {
+                eprintln!(
+                    "ClientMsgId {id} is shown for the placeholder run id `{PREVIEW_RUN_ID}`: each run sends \
+                     \"imcast-\" + the first 32 hex digits of sha256(run id, 0x00, conversation id, 0x00, \
+                     content variant {}), the same on every retry and resume of that run",
+                    call.variant
+                );
+            }
             Ok(Exit::Ok)
         }
         Some(Err(e)) => Err(Failure::new(Exit::Invalid, e)),

@@ -131,10 +131,7 @@ impl Client {
         action: &str,
         req: &T,
     ) -> Result<SignedRequest, ProviderError> {
-        let body = serde_json::to_vec(req).map_err(|e| ProviderError::Build {
-            action: action.to_string(),
-            detail: e.to_string(),
-        })?;
+        let body = request_body(action, req)?;
         let (url, headers) = self.sign_for(action, &body);
         Ok(SignedRequest { url, headers, body })
     }
@@ -178,10 +175,7 @@ impl Client {
         action: &str,
         req: &Req,
     ) -> Result<Res, ProviderError> {
-        let body = serde_json::to_vec(req).map_err(|e| ProviderError::Build {
-            action: action.to_string(),
-            detail: e.to_string(),
-        })?;
+        let body = request_body(action, req)?;
         if crate::logging::bodies_enabled() {
             tracing::debug!(action, body = %String::from_utf8_lossy(&body), "provider request body");
         }
@@ -244,7 +238,17 @@ impl Client {
     }
 }
 
-/// Parse a response envelope: success means no `ResponseMetadata.Error`, whatever the status.
+/// The exact body bytes of a request: what is signed, sent, and shown by `imcast preview`.
+/// Fails (nothing is sent) when a value is out of the provider's range (see [`super::wire`]).
+pub fn request_body<T: Serialize>(action: &str, req: &T) -> Result<Vec<u8>, ProviderError> {
+    serde_json::to_vec(req).map_err(|e| ProviderError::Build {
+        action: action.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// Parse a response envelope: success means no `ResponseMetadata.Error` (or one that is present
+/// but empty: no code, code number 0), whatever the status. Read leniently (see [`super::wire`]).
 pub fn parse_envelope<Res: DeserializeOwned>(
     action: &str,
     status: u16,
@@ -260,11 +264,11 @@ pub fn parse_envelope<Res: DeserializeOwned>(
             })
         }
     };
-    if let Some(err) = env.response_metadata.error {
+    if let Some(err) = env.response_metadata.error.filter(|e| !e.is_empty()) {
         return Err(ProviderError::Api(Box::new(ApiFailure {
             action: action.to_string(),
             status,
-            code: err.code,
+            code: err.code.trim().to_string(),
             code_n: err.code_n,
             message: err.message,
             request_id: env.response_metadata.request_id,
@@ -277,7 +281,7 @@ pub fn parse_envelope<Res: DeserializeOwned>(
             detail: "an error status without ResponseMetadata.Error".to_string(),
         });
     }
-    let Some(result) = env.result else {
+    let Some(result) = env.result.filter(|r| !r.is_null()) else {
         return Err(ProviderError::BadResponse {
             action: action.to_string(),
             status,

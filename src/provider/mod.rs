@@ -1,5 +1,6 @@
 //! The Volcengine RTC IM server API client: credentials, V4 signing ([`sign`]), typed requests and
-//! responses ([`types`]), the HTTP client ([`client`]) and error classification ([`error`]).
+//! responses ([`types`]) read leniently and written strictly ([`wire`]), the HTTP client
+//! ([`client`]) and error classification ([`error`]).
 //!
 //! Invariants: secrets live in `secrecy` types and are exposed only to the signer; nothing here
 //! logs a secret, an Authorization header, or (without `--log-bodies`) a body. This module does
@@ -10,6 +11,7 @@ pub mod client;
 pub mod error;
 pub mod sign;
 pub mod types;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::time::Duration;

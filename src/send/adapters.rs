@@ -2,9 +2,10 @@
 //! [`Plan`] (payload: [`PlannedCall`]), a [`Transport`] over [`provider::Client`] and the journal
 //! seed rows from `plan.rows()`.
 //!
-//! Invariants: the request for a call is built from the campaign and the planned call alone
-//! (the same shape `plan::request_body` shows in `imcast preview`); only the receivers still to
-//! send (the engine's `OutgoingCall::receivers`) go into a batch request. Provider errors are
+//! Invariants: the request for a call is built by [`build_request`] from the campaign and the
+//! planned call alone — the one builder, which `imcast preview` also calls, so preview shows the
+//! bytes the client sends; only the receivers still to send (the engine's
+//! `OutgoingCall::receivers`) go into a batch request. Provider errors are
 //! classified by `ProviderError::class()` and mapped one to one; nothing here retries.
 //! Must not: touch the journal or the limiter, log bodies or credentials.
 
@@ -18,7 +19,7 @@ use crate::journal::{RecipientStatus, SeedRow, SeedRows};
 use crate::plan::{Plan, PlanError, PlannedCall, RowStatus};
 use crate::provider::{
     self, BatchSendMessageRequest, Client, P2pSendMessageRequest, ProviderError, RefMsgInfo,
-    SendMessageRequest,
+    Request, SendMessageRequest,
 };
 use crate::spec::Campaign;
 
@@ -112,66 +113,27 @@ impl ProviderTransport {
         &self,
         call: &OutgoingCall<PlannedCall>,
     ) -> Result<CallOutcome, ProviderError> {
-        let c = &self.campaign;
-        let p = &call.payload;
-        let target = call.receivers.first().copied().unwrap_or(0);
-        let ext = (!p.ext.is_empty()).then(|| p.ext.clone());
-        match c.action {
-            Action::Batch => {
-                let r = BatchSendMessageRequest {
-                    app_id: c.app_id,
-                    sender: c.sender,
-                    receiver: call.receivers.clone(),
-                    inbox_type: c.batch.inbox_type,
-                    msg_type: p.msg_type,
-                    content: p.content.clone(),
-                    is_normal_user: c.batch.is_normal_user,
-                    ext,
-                };
+        let req = build_request(
+            &self.campaign,
+            &call.payload,
+            &call.receivers,
+            call.client_msg_id.clone(),
+        );
+        match req {
+            Request::Batch(r) => {
                 let res = self.client.batch_send(&r).await?;
                 Ok(CallOutcome::Batch {
                     message_ids: res.user_message_id,
                     failed: res.failed_receiver,
                 })
             }
-            Action::Conversation => {
-                let o = &c.conversation;
-                let r = SendMessageRequest {
-                    app_id: c.app_id,
-                    sender: c.sender,
-                    conversation_short_id: target,
-                    msg_type: p.msg_type,
-                    content: p.content.clone(),
-                    mentioned_users: o.mentioned_users.clone(),
-                    ref_msg_info: o.ref_msg.as_ref().map(|m| RefMsgInfo {
-                        referenced_message_id: m.referenced_message_id,
-                        hint: m.hint.clone(),
-                        referenced_message_type: m.referenced_message_type,
-                        status: m.status,
-                    }),
-                    visible_users: o.visible_users.clone(),
-                    invisible_users: o.invisible_users.clone(),
-                    ext,
-                    client_msg_id: call.client_msg_id.clone(),
-                    create_time: None,
-                    priority: o.priority,
-                };
+            Request::Message(r) => {
                 let res = self.client.send_message(&r).await?;
                 Ok(CallOutcome::Message {
                     message_id: res.message_id,
                 })
             }
-            Action::P2p => {
-                let o = &c.p2p;
-                let r = P2pSendMessageRequest {
-                    app_id: c.app_id,
-                    sender: c.sender,
-                    conversation_short_id: target,
-                    msg_type: p.msg_type,
-                    content: p.content.clone(),
-                    receiver_user_id: o.receiver_user_ids.clone(),
-                    ignore_user_ids: o.ignore_user_ids.clone(),
-                };
+            Request::P2p(r) => {
                 let res = self.client.p2p_send(&r).await?;
                 Ok(CallOutcome::P2p {
                     results: res
@@ -189,6 +151,70 @@ impl ProviderTransport {
     }
 }
 
+/// The request for one call: the one builder of what goes on the wire, used by the sender and by
+/// `imcast preview` (which serializes it with `provider::client::request_body`, as the client
+/// does). Built from the campaign and the planned call alone; `receivers` are the receivers still
+/// to send (batch: a subset of `call.receivers` on a retry; conversation/p2p: the one
+/// conversation); `client_msg_id` is SendMessage's idempotency key (see `send::client_msg_id`).
+/// P2PSendMessage has no `Ext`: the spec refuses `message.ext` on a p2p campaign, so nothing is
+/// dropped here.
+pub fn build_request(
+    c: &Campaign,
+    call: &PlannedCall,
+    receivers: &[u64],
+    client_msg_id: Option<String>,
+) -> Request {
+    let target = receivers.first().copied().unwrap_or(0);
+    let ext = (!call.ext.is_empty()).then(|| call.ext.clone());
+    match c.action {
+        Action::Batch => Request::Batch(BatchSendMessageRequest {
+            app_id: c.app_id,
+            sender: c.sender,
+            receiver: receivers.to_vec(),
+            inbox_type: c.batch.inbox_type,
+            msg_type: call.msg_type,
+            content: call.content.clone(),
+            is_normal_user: c.batch.is_normal_user,
+            ext,
+        }),
+        Action::Conversation => {
+            let o = &c.conversation;
+            Request::Message(SendMessageRequest {
+                app_id: c.app_id,
+                sender: c.sender,
+                conversation_short_id: target,
+                msg_type: call.msg_type,
+                content: call.content.clone(),
+                mentioned_users: o.mentioned_users.clone(),
+                ref_msg_info: o.ref_msg.as_ref().map(|m| RefMsgInfo {
+                    referenced_message_id: m.referenced_message_id,
+                    hint: m.hint.clone(),
+                    referenced_message_type: m.referenced_message_type,
+                    status: m.status,
+                }),
+                visible_users: o.visible_users.clone(),
+                invisible_users: o.invisible_users.clone(),
+                ext,
+                client_msg_id,
+                create_time: None,
+                priority: o.priority,
+            })
+        }
+        Action::P2p => {
+            let o = &c.p2p;
+            Request::P2p(P2pSendMessageRequest {
+                app_id: c.app_id,
+                sender: c.sender,
+                conversation_short_id: target,
+                msg_type: call.msg_type,
+                content: call.content.clone(),
+                receiver_user_id: o.receiver_user_ids.clone(),
+                ignore_user_ids: o.ignore_user_ids.clone(),
+            })
+        }
+    }
+}
+
 /// The engine's view of a provider error.
 pub fn transport_error(e: &ProviderError) -> TransportError {
     let class = match e.class() {
@@ -200,7 +226,7 @@ pub fn transport_error(e: &ProviderError) -> TransportError {
     TransportError {
         class,
         rate_limited: e.is_rate_limited(),
-        code: e.code().map(str::to_string),
+        code: e.shown_code(),
         http_status: e.http_status(),
         message: e.to_string(),
         access: e.is_access(),

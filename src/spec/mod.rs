@@ -455,7 +455,7 @@ fn validate(
     }
     let mut endpoint = region_url.clone();
     if let Some(ep) = &raw.provider.endpoint {
-        match check_endpoint(ep, opts) {
+        match check_endpoint(ep, region_url.as_ref().map(|_| region.as_str()), opts) {
             Ok(u) => endpoint = Some(u),
             Err(m) => {
                 p.at(ep, m);
@@ -463,6 +463,19 @@ fn validate(
             }
         }
     }
+
+    // AppId is an `Integer` (signed 32-bit); ids are `Long` (signed 64-bit).
+    let app_id = raw.provider.app_id.value;
+    if app_id > crate::provider::wire::MAX_INTEGER {
+        p.at(
+            &raw.provider.app_id,
+            format!(
+                "provider.app_id {app_id} is out of range: the provider's AppId is a signed 32-bit Integer (at most {})",
+                crate::provider::wire::MAX_INTEGER
+            ),
+        );
+    }
+    let sender = long_id(&mut p, "sender", &raw.sender);
 
     // Audience.
     let id_column = raw
@@ -479,7 +492,7 @@ fn validate(
             if ids.is_empty() {
                 p.nowhere("audience.ids is empty: give at least one id");
             }
-            Some(Source::Ids(ids.clone()))
+            Some(Source::Ids(long_ids(&mut p, "audience.ids", ids)))
         }
         (Some(csv), Some(_)) => {
             p.at(csv, "audience has both `csv` and `ids`: give one of them");
@@ -498,7 +511,11 @@ fn validate(
                 path: resolve_file(&dir, csv, "audience.exclude.csv", &mut p),
                 id_column: col,
             }),
-            (None, Some(ids)) => exclude.push(Source::Ids(ids.clone())),
+            (None, Some(ids)) => exclude.push(Source::Ids(long_ids(
+                &mut p,
+                &format!("audience.exclude[{i}].ids"),
+                ids,
+            ))),
             (Some(csv), Some(_)) => p.at(
                 csv,
                 format!("audience.exclude[{i}] has both `csv` and `ids`: give one of them"),
@@ -553,8 +570,8 @@ fn validate(
             match &m.url {
                 Some(url) => Some(MessageKind::Image {
                     url: url.clone(),
-                    width: m.width.as_ref().map(|w| w.as_template()),
-                    height: m.height.as_ref().map(|h| h.as_template()),
+                    width: m.width.as_ref().map(|w| w.value.as_template()),
+                    height: m.height.as_ref().map(|h| h.value.as_template()),
                 }),
                 None => {
                     p.nowhere("`type: image` needs `url:`");
@@ -596,11 +613,29 @@ fn validate(
         RawMessageType::Image => 10003,
         RawMessageType::Custom | RawMessageType::Raw => 10012,
     });
-    for k in m.ext.keys() {
+    let ext = m.ext.as_ref().map(|e| e.value.clone()).unwrap_or_default();
+    for k in ext.keys() {
         if k.starts_with("s:") {
             p.nowhere(format!(
                 "message.ext key `{k}`: keys starting with `s:` are reserved by the IM platform"
             ));
+        }
+    }
+    // P2PSendMessage has no Ext field: whatever would go there cannot be sent.
+    if raw.action == Action::P2p {
+        if let Some(e) = m.ext.as_ref().filter(|e| !e.value.is_empty()) {
+            p.at(
+                e,
+                "message.ext: `action: p2p` (P2PSendMessage) has no Ext field, so it could not be sent; remove `ext:` or put the values into the Content",
+            );
+        }
+        for (key, v) in [("width", &m.width), ("height", &m.height)] {
+            if let Some(v) = v.as_ref().filter(|_| m.kind == RawMessageType::Image) {
+                p.at(
+                    v,
+                    format!("message.{key}: an image's width and height travel in Ext, which `action: p2p` (P2PSendMessage) does not have; remove `{key}:`"),
+                );
+            }
         }
     }
     for k in m.vars.keys() {
@@ -634,12 +669,23 @@ fn validate(
         Some(c) => {
             wrong_action("conversation", Action::Conversation, &mut p);
             ConversationOptions {
-                mentioned_users: c.mentioned_users.clone(),
-                visible_users: c.visible_users.clone(),
-                invisible_users: c.invisible_users.clone(),
+                mentioned_users: c
+                    .mentioned_users
+                    .as_ref()
+                    .map(|v| long_ids(&mut p, "conversation.mentioned_users", v)),
+                visible_users: c
+                    .visible_users
+                    .as_ref()
+                    .map(|v| long_ids(&mut p, "conversation.visible_users", v)),
+                invisible_users: c
+                    .invisible_users
+                    .as_ref()
+                    .map(|v| long_ids(&mut p, "conversation.invisible_users", v)),
                 priority: c.priority,
                 ref_msg: c.ref_msg.as_ref().map(|r| RefMsg {
-                    referenced_message_id: r.referenced_message_id,
+                    referenced_message_id: r.referenced_message_id.as_ref().map(|id| {
+                        long_id(&mut p, "conversation.ref_msg.referenced_message_id", id)
+                    }),
                     hint: r.hint.clone(),
                     referenced_message_type: r.referenced_message_type,
                     status: r.status,
@@ -651,9 +697,26 @@ fn validate(
     let p2p = match &raw.p2p {
         Some(x) => {
             wrong_action("p2p", Action::P2p, &mut p);
+            let receivers = x
+                .receiver_user_ids
+                .as_ref()
+                .map(|v| long_ids(&mut p, "p2p.receiver_user_ids", v));
+            let ignore = x
+                .ignore_user_ids
+                .as_ref()
+                .map(|v| long_ids(&mut p, "p2p.ignore_user_ids", v));
+            // The seed: with ReceiverUserId set, IgnoreUserIds does not take effect.
+            if let (Some(r), Some(i)) = (&receivers, &x.ignore_user_ids) {
+                if !r.is_empty() && !i.is_empty() {
+                    p.at(
+                        &i[0],
+                        "p2p.ignore_user_ids has no effect when p2p.receiver_user_ids is set (the provider then ignores IgnoreUserIds): give one of them",
+                    );
+                }
+            }
             P2pOptions {
-                receiver_user_ids: x.receiver_user_ids.clone(),
-                ignore_user_ids: x.ignore_user_ids.clone(),
+                receiver_user_ids: receivers,
+                ignore_user_ids: ignore,
             }
         }
         None => P2pOptions::default(),
@@ -762,10 +825,10 @@ fn validate(
         dir,
         description: raw.description,
         action: raw.action,
-        app_id: raw.provider.app_id,
+        app_id,
         region,
         endpoint,
-        sender: raw.sender,
+        sender,
         schedule,
         quiet_hours,
         throttle,
@@ -781,7 +844,7 @@ fn validate(
         message: MessageSpec {
             kind,
             msg_type,
-            ext: raw.message.ext,
+            ext,
             vars: raw.message.vars,
         },
         batch,
@@ -789,6 +852,30 @@ fn validate(
         p2p,
         source: text.to_string(),
     })
+}
+
+/// A `Long` id from the file: above `i64::MAX` is a problem at its line (the value is kept so
+/// validation goes on; the campaign is refused).
+fn long_id(p: &mut Problems, key: &str, id: &Spanned<u64>) -> u64 {
+    if id.value > crate::provider::wire::MAX_LONG {
+        p.at(id, format!("{key}: {}", too_large(id.value)));
+    }
+    id.value
+}
+
+/// A list of `Long` ids from the file, each checked as [`long_id`], named by its position.
+fn long_ids(p: &mut Problems, key: &str, ids: &[Spanned<u64>]) -> Vec<u64> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| long_id(p, &format!("{key}[{i}]"), id))
+        .collect()
+}
+
+fn too_large(v: u64) -> String {
+    format!(
+        "id {v} is larger than {}, the largest id the provider accepts (user and conversation ids are signed 64-bit Longs); fix or remove it",
+        crate::provider::wire::MAX_LONG
+    )
 }
 
 fn resolve_file(dir: &Path, rel: &Spanned<String>, key: &str, p: &mut Problems) -> PathBuf {
@@ -805,8 +892,24 @@ fn resolve_file(dir: &Path, rel: &Spanned<String>, key: &str, p: &mut Problems) 
     full
 }
 
-/// The endpoint policy: a known region host, a loopback address, or listed in `allow_endpoints`.
-fn check_endpoint(ep: &Spanned<String>, opts: &LoadOptions) -> Result<url::Url, String> {
+/// The region whose host `u` is, if it is a region host.
+fn region_of_host(u: &url::Url) -> Option<&'static str> {
+    let host = u.host_str()?;
+    REGIONS.iter().copied().find(|r| {
+        region_endpoint(r)
+            .and_then(|e| e.host_str().map(|h| h.eq_ignore_ascii_case(host)))
+            .unwrap_or(false)
+    })
+}
+
+/// The endpoint policy: a known region host (over https, for the campaign's own region: a host of
+/// another region would get requests signed for the wrong region), a loopback address (http or
+/// https: the mock), or listed in `allow_endpoints`.
+fn check_endpoint(
+    ep: &Spanned<String>,
+    region: Option<&str>,
+    opts: &LoadOptions,
+) -> Result<url::Url, String> {
     let u = url::Url::parse(&ep.value)
         .map_err(|e| format!("provider.endpoint `{}` is not a URL: {e}", ep.value))?;
     if u.scheme() != "https" && u.scheme() != "http" {
@@ -815,24 +918,37 @@ fn check_endpoint(ep: &Spanned<String>, opts: &LoadOptions) -> Result<url::Url, 
             ep.value
         ));
     }
+    if let Some(host_region) = region_of_host(&u) {
+        if u.scheme() != "https" {
+            return Err(format!(
+                "provider.endpoint `{}`: the provider's region hosts are reached over https only (signed requests and personal data never go over plain http); write `https://{}`",
+                ep.value,
+                u.host_str().unwrap_or_default()
+            ));
+        }
+        if let Some(region) = region.filter(|r| *r != host_region) {
+            let own = region_endpoint(region)
+                .map(|e| e.origin().ascii_serialization())
+                .unwrap_or_default();
+            return Err(format!(
+                "provider.endpoint `{}` is the {host_region} host, but provider.region is `{region}`: requests would be signed for {region} and sent to {host_region}; make them agree (region `{host_region}` for this host, or endpoint `{own}` for {region}, or leave `endpoint:` out)",
+                ep.value
+            ));
+        }
+        return Ok(u);
+    }
     let allowed_by_flag = opts.allow_endpoints.iter().any(|a| {
         url::Url::parse(a)
             .map(|a| a.origin() == u.origin())
             .unwrap_or(false)
     });
-    let host_ok = match u.host() {
-        Some(url::Host::Domain(d)) => {
-            d == "localhost"
-                || REGIONS
-                    .iter()
-                    .filter_map(|r| region_endpoint(r))
-                    .any(|r| r.host_str() == Some(d))
-        }
+    let loopback = match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,
     };
-    if host_ok || allowed_by_flag {
+    if loopback || allowed_by_flag {
         Ok(u)
     } else {
         Err(format!(

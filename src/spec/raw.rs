@@ -30,8 +30,9 @@ pub struct RawCampaign {
     pub provider: RawProvider,
     /// batch (BatchSendMessage) | conversation (SendMessage) | p2p (P2PSendMessage).
     pub action: Action,
-    /// The sending user id.
-    pub sender: u64,
+    /// The sending user id (`Long`: at most 9223372036854775807).
+    #[schemars(with = "LongId")]
+    pub sender: Spanned<u64>,
     /// BatchSendMessage options.
     #[serde(default)]
     pub batch: Option<RawBatch>,
@@ -70,8 +71,9 @@ pub struct RawCampaign {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
-    /// The RTC AppId.
-    pub app_id: u64,
+    /// The RTC AppId (`Integer`: at most 2147483647).
+    #[schemars(with = "AppId")]
+    pub app_id: Spanned<u64>,
     /// cn-north-1 or ap-southeast-1; the endpoint is derived from it.
     #[schemars(with = "String")]
     pub region: Spanned<String>,
@@ -98,13 +100,16 @@ pub struct RawBatch {
 pub struct RawConversation {
     /// MentionedUsers.
     #[serde(default)]
-    pub mentioned_users: Option<Vec<u64>>,
+    #[schemars(with = "Option<Vec<LongId>>")]
+    pub mentioned_users: Option<Vec<Spanned<u64>>>,
     /// VisibleUsers: only these members see the message.
     #[serde(default)]
-    pub visible_users: Option<Vec<u64>>,
+    #[schemars(with = "Option<Vec<LongId>>")]
+    pub visible_users: Option<Vec<Spanned<u64>>>,
     /// InvisibleUsers: these members do not see the message.
     #[serde(default)]
-    pub invisible_users: Option<Vec<u64>>,
+    #[schemars(with = "Option<Vec<LongId>>")]
+    pub invisible_users: Option<Vec<Spanned<u64>>>,
     /// Priority.
     #[serde(default)]
     pub priority: Option<i32>,
@@ -116,7 +121,8 @@ pub struct RawConversation {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRefMsg {
-    pub referenced_message_id: Option<u64>,
+    #[schemars(with = "Option<LongId>")]
+    pub referenced_message_id: Option<Spanned<u64>>,
     pub hint: Option<String>,
     pub referenced_message_type: Option<i32>,
     pub status: Option<i32>,
@@ -127,10 +133,13 @@ pub struct RawRefMsg {
 pub struct RawP2p {
     /// ReceiverUserId: only these members receive it.
     #[serde(default)]
-    pub receiver_user_ids: Option<Vec<u64>>,
-    /// IgnoreUserIds: these members do not receive it.
+    #[schemars(with = "Option<Vec<LongId>>")]
+    pub receiver_user_ids: Option<Vec<Spanned<u64>>>,
+    /// IgnoreUserIds: these members do not receive it (not with `receiver_user_ids`, which makes
+    /// the provider ignore it).
     #[serde(default)]
-    pub ignore_user_ids: Option<Vec<u64>>,
+    #[schemars(with = "Option<Vec<LongId>>")]
+    pub ignore_user_ids: Option<Vec<Spanned<u64>>>,
 }
 
 /// Where ids come from: a CSV file (with a header row) or an inline list.
@@ -143,7 +152,8 @@ pub struct RawAudience {
     pub csv: Option<Spanned<String>>,
     /// Inline ids.
     #[serde(default)]
-    pub ids: Option<Vec<u64>>,
+    #[schemars(with = "Option<Vec<LongId>>")]
+    pub ids: Option<Vec<Spanned<u64>>>,
     /// The CSV column holding the id (default user_id); other columns become template variables.
     #[serde(default)]
     pub id_column: Option<String>,
@@ -163,7 +173,8 @@ pub struct RawSource {
     #[schemars(with = "Option<String>")]
     pub csv: Option<Spanned<String>>,
     #[serde(default)]
-    pub ids: Option<Vec<u64>>,
+    #[schemars(with = "Option<Vec<LongId>>")]
+    pub ids: Option<Vec<Spanned<u64>>>,
     /// Id column (default: the audience's id_column).
     #[serde(default)]
     pub id_column: Option<String>,
@@ -203,21 +214,59 @@ pub struct RawMessage {
     /// image: the URL (a template).
     #[serde(default)]
     pub url: Option<String>,
-    /// image: width in pixels (a template), sent in Ext.
+    /// image: width in pixels (a template), sent in Ext (not for `action: p2p`, which has no Ext).
     #[serde(default)]
-    pub width: Option<StringOrInt>,
-    /// image: height in pixels (a template), sent in Ext.
+    #[schemars(with = "Option<StringOrInt>")]
+    pub width: Option<Spanned<StringOrInt>>,
+    /// image: height in pixels (a template), sent in Ext (not for `action: p2p`, which has no Ext).
     #[serde(default)]
-    pub height: Option<StringOrInt>,
+    #[schemars(with = "Option<StringOrInt>")]
+    pub height: Option<Spanned<StringOrInt>>,
     /// custom: the Content document; every string in it is a template.
     #[serde(default)]
     pub data: Option<serde_json::Value>,
-    /// Ext: string to string; values are templates. Keys starting with `s:` are reserved.
+    /// Ext: string to string; values are templates. Keys starting with `s:` are reserved. Not for
+    /// `action: p2p` (P2PSendMessage has no Ext).
     #[serde(default)]
-    pub ext: BTreeMap<String, String>,
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub ext: Option<Spanned<BTreeMap<String, String>>>,
     /// Campaign-level template variables.
     #[serde(default)]
     pub vars: BTreeMap<String, serde_json::Value>,
+}
+
+/// A user or conversation id in the schema: `Long` (signed 64-bit), so at most `i64::MAX`.
+pub struct LongId;
+
+impl JsonSchema for LongId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "LongId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 9223372036854775807u64,
+            "description": "A user or conversation id: a whole number from 0 to 9223372036854775807 (Long)."
+        })
+    }
+}
+
+/// The AppId in the schema: `Integer` (signed 32-bit), so at most `i32::MAX`.
+pub struct AppId;
+
+impl JsonSchema for AppId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "AppId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 2147483647u64,
+            "description": "The RTC AppId: a whole number from 0 to 2147483647 (Integer)."
+        })
+    }
 }
 
 /// A number or a string.

@@ -56,7 +56,7 @@ fn invalid_duplicate_suppressed_with_lines() {
     let f = Fixture::new();
     f.write(
         "a.csv",
-        "user_id,name\n10,a\n,b\nabc,c\n-4,d\n18446744073709551616,e\n1.5,f\n10,g\n11,h\n9007199254740993,i\n12,\n",
+        "user_id,name\n10,a\n,b\nabc,c\n-4,d\n18446744073709551616,e\n1.5,f\n10,g\n11,h\n9007199254740993,i\n12,\n9223372036854775807,j\n9223372036854775808,k\n18446744073709551615,l\n",
     );
     f.write("optout.csv", "user_id\n11\n");
     let c = campaign(
@@ -68,7 +68,7 @@ fn invalid_duplicate_suppressed_with_lines() {
     let n = p.counts();
     assert_eq!(
         (n.total, n.valid, n.invalid, n.duplicate, n.suppressed),
-        (10, 2, 6, 1, 1)
+        (13, 3, 8, 1, 1)
     );
     let text: Vec<String> = rows(&p)
         .iter()
@@ -82,19 +82,22 @@ fn ids_above_2_pow_53_survive() {
     let f = Fixture::new();
     f.write(
         "a.csv",
-        "user_id\n9007199254740993\n18446744073709551615\n9007199254740992\n",
+        "user_id\n9007199254740993\n9223372036854775807\n9007199254740992\n",
     );
     let c = campaign(&f, "  csv: a.csv", "hi");
     let p = plan::build(&c, &PlanOptions::default()).expect("plan");
     let calls: Vec<_> = p.calls().collect::<Result<_, _>>().expect("calls");
     assert_eq!(
         calls[0].receivers,
-        vec![9_007_199_254_740_993, u64::MAX, 9_007_199_254_740_992]
+        vec![
+            9_007_199_254_740_993,
+            i64::MAX as u64,
+            9_007_199_254_740_992
+        ]
     );
-    let body = plan::request_body(&c, &calls[0]);
-    let text = serde_json::to_string(&body).expect("json");
+    let text = crate::common::wire_body(&c, &calls[0]);
     assert!(
-        text.contains("[9007199254740993,18446744073709551615,9007199254740992]"),
+        text.contains("[9007199254740993,9223372036854775807,9007199254740992]"),
         "{text}"
     );
 }

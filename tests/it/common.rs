@@ -63,3 +63,11 @@ impl Fixture {
 /// A minimal valid campaign head; append `audience:`/`message:` etc.
 pub const HEAD: &str =
     "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1 }\naction: batch\nsender: 1\n";
+
+/// The exact wire body of a planned call: the request the sender builds
+/// (`send::adapters::build_request`), serialized as the client sends it and `preview` prints it.
+pub fn wire_body(c: &imcast::spec::Campaign, call: &imcast::plan::PlannedCall) -> String {
+    let req = imcast::send::adapters::build_request(c, call, &call.receivers, None);
+    let bytes = imcast::provider::client::request_body(req.action(), &req).expect("body builds");
+    String::from_utf8(bytes).expect("utf-8 body")
+}

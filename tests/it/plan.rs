@@ -115,7 +115,7 @@ proptest! {
         let f = Fixture::new();
         let mut w = csv::Writer::from_path(f.path("a.csv")).expect("csv");
         w.write_record(["user_id", "v"]).expect("row");
-        w.write_record(["18446744073709551615", s.as_str()]).expect("row");
+        w.write_record(["9223372036854775807", s.as_str()]).expect("row");
         w.flush().expect("flush");
         drop(w);
         let p = f.write("c.yaml", &format!("{HEAD}audience: {{ csv: a.csv }}\nmessage: {{ type: text, text: \"{{{{ v }}}}\", ext: {{ k: \"{{{{ v }}}}\" }} }}\n"));
@@ -127,11 +127,10 @@ proptest! {
         // template source, never for data.
         prop_assert_eq!(v["text"].as_str(), Some(s.as_str()));
         prop_assert_eq!(cs[0].ext.get("k").map(String::as_str), Some(s.as_str()));
-        let body = plan::request_body(&c, &cs[0]);
-        let wire = serde_json::to_string(&body).expect("body");
+        let wire = crate::common::wire_body(&c, &cs[0]);
         let back: serde_json::Value = serde_json::from_str(&wire).expect("parse");
         prop_assert_eq!(back["Content"].as_str(), Some(cs[0].content.as_str()));
-        prop_assert_eq!(back["Receiver"][0].as_u64(), Some(u64::MAX));
+        prop_assert_eq!(back["Receiver"][0].as_u64(), Some(i64::MAX as u64));
     }
 }
 
@@ -165,7 +164,8 @@ fn conversation_is_one_call_per_conversation() {
     assert!(cs.iter().all(|c| c.receivers.len() == 1));
     assert_eq!(p.counts().messages, 7);
     assert_eq!(p.counts().distinct_contents, 1);
-    let body = plan::request_body(&c, &cs[2]);
+    let body: serde_json::Value =
+        serde_json::from_str(&crate::common::wire_body(&c, &cs[2])).expect("json");
     assert_eq!(body["ConversationShortId"], 72);
     assert!(body.get("Receiver").is_none());
 }
@@ -487,14 +487,13 @@ fn p2p_body_uses_the_wire_names() {
     let f = Fixture::new();
     let p = f.write(
         "c.yaml",
-        "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1 }\naction: p2p\nsender: 9\np2p: { receiver_user_ids: [18446744073709551615], ignore_user_ids: [3] }\naudience: { ids: [42] }\nmessage: { type: custom, data: { op: ping } }\n",
+        "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1 }\naction: p2p\nsender: 9\np2p: { receiver_user_ids: [9223372036854775807] }\naudience: { ids: [42] }\nmessage: { type: custom, data: { op: ping } }\n",
     );
     let c = load(&p);
     let cs = calls(&plan::build(&c, &PlanOptions::default()).expect("plan"));
-    let body = plan::request_body(&c, &cs[0]);
     assert_eq!(
-        serde_json::to_string(&body).expect("json"),
-        r#"{"AppId":1,"Sender":9,"ConversationShortId":42,"MsgType":10012,"Content":"{\"op\":\"ping\"}","ReceiverUserId":[18446744073709551615],"IgnoreUserIds":[3]}"#
+        crate::common::wire_body(&c, &cs[0]),
+        r#"{"AppId":1,"Sender":9,"ConversationShortId":42,"MsgType":10012,"Content":"{\"op\":\"ping\"}","ReceiverUserId":[9223372036854775807]}"#
     );
 }
 

@@ -34,7 +34,7 @@ name: spring-sale_2026
 description: Spring
 provider: { app_id: 666675, region: ap-southeast-1 }
 action: batch
-sender: 18446744073709551615
+sender: 9223372036854775807
 batch: { inbox_type: 0, is_normal_user: false }
 audience:
   csv: a.csv
@@ -56,7 +56,7 @@ breaker: { consecutive_failures: 2, window_calls: 10, max_failure_ratio: 0.25 }
         &LoadOptions::default(),
     );
     assert_eq!(c.name, "spring-sale_2026");
-    assert_eq!(c.sender, u64::MAX);
+    assert_eq!(c.sender, i64::MAX as u64);
     assert_eq!(c.app_id, 666675);
     assert_eq!(
         c.endpoint.as_str(),
@@ -216,11 +216,12 @@ fn endpoint_policy() {
     };
     for ok in [
         "http://127.0.0.1:8420",
+        "https://127.0.0.1:8420",
         "http://127.5.5.5:1",
         "http://localhost:9000/",
         "http://[::1]:80",
         "https://rtc.volcengineapi.com",
-        "https://open-ap-singapore-1.volcengineapi.com/",
+        "https://RTC.volcengineapi.com/",
     ] {
         let c = load_ok(&f, &with(ok), &LoadOptions::default());
         assert_eq!(
@@ -248,6 +249,128 @@ fn endpoint_policy() {
         },
     );
     assert_eq!(c.endpoint.host_str(), Some("collector.example.com"));
+    // --allow-endpoint keeps working for loopback and for other hosts, over http too.
+    let c = load_ok(
+        &f,
+        &with("http://proxy.internal:8080/"),
+        &LoadOptions {
+            allow_endpoints: vec!["http://proxy.internal:8080".into()],
+        },
+    );
+    assert_eq!(c.endpoint.host_str(), Some("proxy.internal"));
+}
+
+#[test]
+fn region_and_endpoint_must_agree_and_region_hosts_take_https_only() {
+    let f = Fixture::new();
+    let with = |region: &str, ep: &str| {
+        format!(
+            "version: 1\nname: t\nprovider: {{ app_id: 1, region: {region}, endpoint: \"{ep}\" }}\naction: batch\nsender: 1\naudience: {{ ids: [1] }}\n{MSG}"
+        )
+    };
+    let c = load_ok(
+        &f,
+        &with(
+            "ap-southeast-1",
+            "https://open-ap-singapore-1.volcengineapi.com/",
+        ),
+        &LoadOptions::default(),
+    );
+    assert_eq!(c.region, "ap-southeast-1");
+    let mut out = String::new();
+    for (region, ep) in [
+        (
+            "cn-north-1",
+            "https://open-ap-singapore-1.volcengineapi.com",
+        ),
+        ("ap-southeast-1", "https://rtc.volcengineapi.com/"),
+        ("cn-north-1", "http://rtc.volcengineapi.com"),
+        (
+            "ap-southeast-1",
+            "http://open-ap-singapore-1.volcengineapi.com/",
+        ),
+    ] {
+        out.push_str(&load_err(&f, &with(region, ep)));
+        out.push('\n');
+    }
+    insta::assert_snapshot!(out);
+    // Not even --allow-endpoint lets a region host be reached the wrong way.
+    for (region, ep) in [
+        (
+            "cn-north-1",
+            "https://open-ap-singapore-1.volcengineapi.com",
+        ),
+        ("cn-north-1", "http://rtc.volcengineapi.com"),
+    ] {
+        let p = f.write("c.yaml", &with(region, ep));
+        let opts = LoadOptions {
+            allow_endpoints: vec![ep.to_string()],
+        };
+        assert!(spec::load(&p, &opts).is_err(), "{region} {ep}");
+    }
+}
+
+#[test]
+fn ids_and_app_id_out_of_the_providers_range_are_errors_with_their_place() {
+    let f = Fixture::new();
+    // The largest accepted values load.
+    let c = load_ok(
+        &f,
+        "version: 1\nname: t\nprovider: { app_id: 2147483647, region: cn-north-1 }\naction: batch\nsender: 9223372036854775807\naudience: { ids: [9223372036854775807], exclude: [ { ids: [9223372036854775807] } ] }\nmessage: { type: text, text: hi }\n",
+        &LoadOptions::default(),
+    );
+    assert_eq!((c.app_id, c.sender), (2147483647, i64::MAX as u64));
+    let e = load_err(
+        &f,
+        "version: 1
+name: t
+provider: { app_id: 2147483648, region: cn-north-1 }
+action: conversation
+sender: 9223372036854775808
+conversation:
+  mentioned_users: [1, 18446744073709551615]
+  visible_users: [9223372036854775808]
+  invisible_users: [2]
+  ref_msg: { referenced_message_id: 9223372036854775808, hint: x }
+audience:
+  ids: [1, 2, 9223372036854775808]
+  exclude: [ { ids: [3] }, { ids: [4, 9223372036854775809] } ]
+message: { type: text, text: hi }
+",
+    );
+    insta::assert_snapshot!(e);
+    let e = load_err(
+        &f,
+        "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1 }\naction: p2p\nsender: 1\np2p: { receiver_user_ids: [9223372036854775808], ignore_user_ids: [] }\naudience: { ids: [1] }\nmessage: { type: custom, text: x }\n",
+    );
+    assert!(
+        e.contains("c.yaml:6:28: p2p.receiver_user_ids[0]: id 9223372036854775808 is larger than 9223372036854775807"),
+        "{e}"
+    );
+}
+
+#[test]
+fn p2p_campaigns_cannot_set_what_p2psendmessage_does_not_have() {
+    let f = Fixture::new();
+    let head = "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1 }\naction: p2p\nsender: 1\naudience: { ids: [1] }\n";
+    let mut out = String::new();
+    for tail in [
+        "message:\n  type: custom\n  text: x\n  ext: { k: v }\n",
+        "message: { type: image, url: \"https://x/a.png\", width: 10, height: \"{{ h }}\" }\n",
+        "p2p: { receiver_user_ids: [5], ignore_user_ids: [6] }\nmessage: { type: custom, text: x }\n",
+    ] {
+        out.push_str(&format!("{tail}{}\n\n", load_err(&f, &format!("{head}{tail}"))));
+    }
+    insta::assert_snapshot!(out);
+    // What it does have still loads: an image without width/height, an empty ext, either list.
+    for tail in [
+        "message: { type: image, url: \"https://x/a.png\" }\n",
+        "message: { type: custom, text: x, ext: {} }\n",
+        "p2p: { receiver_user_ids: [5], ignore_user_ids: [] }\nmessage: { type: custom, text: x }\n",
+        "p2p: { ignore_user_ids: [6] }\nmessage: { type: custom, text: x }\n",
+    ] {
+        load_ok(&f, &format!("{head}{tail}"), &LoadOptions::default());
+    }
 }
 
 #[test]
