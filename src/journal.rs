@@ -318,6 +318,16 @@ pub struct RecipientRow {
     pub time: Option<String>,
 }
 
+/// A receiver still to send, as [`Journal::sendable_detail`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sendable {
+    pub id: u64,
+    /// Times the provider refused it (> 0 on a `pending` row: re-queued).
+    pub refusals: u32,
+    /// `pending` (else `unknown`, resent with --resend-unknown).
+    pub pending: bool,
+}
+
 /// A per-recipient outcome of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientUpdate {
@@ -519,6 +529,11 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE recipients;
      ALTER TABLE recipients_3 RENAME TO recipients;
      CREATE INDEX recipients_id ON recipients(id);",
+    // 4 (re-queue, branch w/requeue; renumber freely when merging, it depends only on 3): how
+    // many times the provider refused a recipient with FailedReceiver. A `pending` row with
+    // refusals > 0 waits to be sent again in a later call of its Content; the re-queue budget
+    // (`retry.max_attempts`) counts these, not 429s or not-processed retries.
+    "ALTER TABLE recipients ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Largest audience line a recipient key holds (`rk` = run key << 32 | line).
@@ -1266,7 +1281,7 @@ impl Journal {
                          error_message = 'the process stopped while this call was in flight; it may have been delivered',
                          call_seq = ?3,
                          variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
-                         attempts = (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
+                         attempts = attempts + (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
                      WHERE id = ?2 AND rk BETWEEN ?4 AND ?5 AND status = 'pending'",
                 )
                 .map_err(db)?;
@@ -1347,6 +1362,175 @@ impl Journal {
             )
             .map_err(self.db())?;
         Ok(!any)
+    }
+
+    // ---- re-queued receivers (FailedReceiver) ------------------------------------------------
+    //
+    // A receiver the provider refused (`FailedReceiver`) was not delivered, so it is sent again in
+    // a later call of the same Content. In the journal it stays `pending`, with `refusals` > 0,
+    // `attempts` = the requests that carried it so far, and error code `FailedReceiver`; no other
+    // `pending` row has refusals or attempts > 0. The calls that resend such receivers are
+    // ordinary call rows ("extra calls") numbered from the run's `total_calls` up (after every
+    // plan call), marked in flight before they are sent like any call; settling one adds its
+    // attempts to each receiver's. After a stop or a crash, the engine finds these receivers
+    // again through their plan call (`sendable_detail`) and re-queues them.
+
+    /// True when any call of the run has an outcome (`done` or `unknown`). A run without one has
+    /// no re-queued receivers either.
+    pub fn any_call_settled(&self, run_id: &str) -> Result<bool, JournalError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM calls WHERE run_id = ?1 AND state IN ('done','unknown'))",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.db())
+    }
+
+    /// [`Self::sendable`] with each receiver's refusals so far and whether it is `pending` (a
+    /// pending receiver with refusals > 0 was refused and is to be re-queued).
+    pub fn sendable_detail(
+        &self,
+        run_id: &str,
+        ids: &[u64],
+        resend_unknown: bool,
+    ) -> Result<Vec<Sendable>, JournalError> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
+            return Ok(Vec::new());
+        };
+        let (lo, hi) = rk_range(key);
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id, refusals, status = 'pending' FROM recipients WHERE id IN ({}) AND rk BETWEEN ?1 AND ?2
+                   AND (status = 'pending' OR (?3 AND status = 'unknown'))",
+                placeholders(4, chunk.len())
+            );
+            let mut st = self.conn.prepare_cached(&sql).map_err(self.db())?;
+            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() + 3);
+            values.push(lo.into());
+            values.push(hi.into());
+            values.push(i64::from(resend_unknown).into());
+            values.extend(
+                chunk
+                    .iter()
+                    .map(|&id| rusqlite::types::Value::Integer(id as i64)),
+            );
+            let rows = st
+                .query_map(rusqlite::params_from_iter(values), |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                })
+                .map_err(self.db())?;
+            for r in rows {
+                let (id, refusals, pending) = r.map_err(self.db())?;
+                found.insert(
+                    id as u64,
+                    (refusals.clamp(0, u32::MAX as i64) as u32, pending),
+                );
+            }
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                found.get(id).map(|&(refusals, pending)| Sendable {
+                    id: *id,
+                    refusals,
+                    pending,
+                })
+            })
+            .collect())
+    }
+
+    /// Before a session sends: settle the extra calls an earlier session left `planned` (a
+    /// not-processed attempt waiting for its retry when the run stopped). Their attempts are added
+    /// to their still-pending receivers, which are re-queued again through their plan calls; the
+    /// call itself becomes `done` (nothing more is sent under its number). Returns the number the
+    /// next extra call gets: after every plan call and every call already recorded.
+    pub fn prepare_requeue(&mut self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let (key, total): (i64, i64) = tx
+            .query_row(
+                "SELECT key, total_calls FROM runs WHERE id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db)?
+            .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?;
+        let (lo, hi) = rk_range(key);
+        let stale: Vec<(i64, String, i64)> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT seq, receivers, attempts FROM calls
+                     WHERE run_id = ?1 AND seq >= ?2 AND state = 'planned'",
+                )
+                .map_err(db)?;
+            let v = st
+                .query_map(params![run_id, total], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            v
+        };
+        for (seq, receivers, attempts) in stale {
+            let ids: Vec<u64> = serde_json::from_str(&receivers)
+                .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
+            let mut upd = tx
+                .prepare_cached(
+                    "UPDATE OR FAIL recipients SET attempts = attempts + ?4
+                     WHERE id = ?1 AND rk BETWEEN ?2 AND ?3 AND status = 'pending'",
+                )
+                .map_err(db)?;
+            for id in ids {
+                upd.execute(params![id as i64, lo, hi, attempts])
+                    .map_err(db)?;
+            }
+            tx.execute(
+                "UPDATE calls SET state = 'done', updated_at = ?3,
+                     error_message = COALESCE(error_message || '; ', '') || 'not sent again under this number: its receivers were re-queued'
+                 WHERE run_id = ?1 AND seq = ?2",
+                params![run_id, seq, ts(now)],
+            )
+            .map_err(db)?;
+        }
+        let max_seq: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(seq) FROM calls WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        let next = max_seq.map_or(0, |m| m + 1).max(total).max(0);
+        Ok(next as u64)
+    }
+
+    /// Calls made for re-queued receivers (numbered from `total_calls` up).
+    pub fn extra_calls(&self, run_id: &str) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM calls c JOIN runs r ON r.id = c.run_id
+                 WHERE c.run_id = ?1 AND c.seq >= r.total_calls",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(n as u64)
     }
 
     /// Commit the in-flight mark of a call attempt (before the request leaves).
@@ -1512,8 +1696,13 @@ impl Journal {
                 // OR FAIL: at most one row per statement, so nothing to undo if it fails halfway;
                 // SQLite then keeps no statement journal for it (measured: about half of the
                 // per-statement overhead of this update).
+                // A pending receiver keeps the attempts of earlier calls that refused it
+                // (FailedReceiver, re-queued) and adds this call's; an `unknown` one resent with
+                // --resend-unknown was in this very call before, whose count already holds them.
                 "UPDATE OR FAIL recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
-                     detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10, attempts = ?11
+                     detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10,
+                     attempts = CASE WHEN ?12 = 'pending' THEN attempts + ?11 ELSE ?11 END,
+                     refusals = refusals + (?5 IS 'FailedReceiver')
                  WHERE id = ?2 AND rk BETWEEN ?1 AND ?13 AND status = ?12",
             )
             .map_err(db)?;
