@@ -529,11 +529,14 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE recipients;
      ALTER TABLE recipients_3 RENAME TO recipients;
      CREATE INDEX recipients_id ON recipients(id);",
-    // 4 (re-queue, branch w/requeue; renumber freely when merging, it depends only on 3): how
-    // many times the provider refused a recipient with FailedReceiver. A `pending` row with
-    // refusals > 0 waits to be sent again in a later call of its Content; the re-queue budget
-    // (`retry.max_attempts`) counts these, not 429s or not-processed retries.
-    "ALTER TABLE recipients ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;",
+    // 4 (re-queue, branch w/requeue; renumber freely when merging, it depends only on 3):
+    // `recipients.refusals`: how many times the provider refused a recipient with
+    // FailedReceiver. A `pending` row with refusals > 0 waits to be sent again in a later call of
+    // its Content; the re-queue budget (`retry.max_attempts`) counts these, not 429s or
+    // not-processed retries. `runs.first_resend_seq`: calls numbered from here on resend refused
+    // recipients (set once, before the first such call; every plan call's number is below it).
+    "ALTER TABLE recipients ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN first_resend_seq INTEGER;",
 ];
 
 /// Largest audience line a recipient key holds (`rk` = run key << 32 | line).
@@ -1370,8 +1373,8 @@ impl Journal {
     // a later call of the same Content. In the journal it stays `pending`, with `refusals` > 0,
     // `attempts` = the requests that carried it so far, and error code `FailedReceiver`; no other
     // `pending` row has refusals or attempts > 0. The calls that resend such receivers are
-    // ordinary call rows ("extra calls") numbered from the run's `total_calls` up (after every
-    // plan call), marked in flight before they are sent like any call; settling one adds its
+    // ordinary call rows ("extra calls") numbered from the run's `first_resend_seq` up (after
+    // every plan call), marked in flight before they are sent like any call; settling one adds its
     // attempts to each receiver's. After a stop or a crash, the engine finds these receivers
     // again through their plan call (`sendable_detail`) and re-queues them.
 
@@ -1460,11 +1463,11 @@ impl Journal {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        let (key, total): (i64, i64) = tx
+        let (key, total, first): (i64, i64, Option<i64>) = tx
             .query_row(
-                "SELECT key, total_calls FROM runs WHERE id = ?1",
+                "SELECT key, total_calls, first_resend_seq FROM runs WHERE id = ?1",
                 [run_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(db)?
@@ -1478,7 +1481,7 @@ impl Journal {
                 )
                 .map_err(db)?;
             let v = st
-                .query_map(params![run_id, total], |r| {
+                .query_map(params![run_id, first.unwrap_or(i64::MAX)], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .map_err(db)?
@@ -1514,18 +1517,25 @@ impl Journal {
                 |r| r.get(0),
             )
             .map_err(db)?;
-        tx.commit().map_err(db)?;
         let next = max_seq.map_or(0, |m| m + 1).max(total).max(0);
+        if first.is_none() {
+            tx.execute(
+                "UPDATE runs SET first_resend_seq = ?2 WHERE id = ?1",
+                params![run_id, next],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
         Ok(next as u64)
     }
 
-    /// Calls made for re-queued receivers (numbered from `total_calls` up).
+    /// Calls made for re-queued receivers (numbered from the run's `first_resend_seq` up).
     pub fn extra_calls(&self, run_id: &str) -> Result<u64, JournalError> {
         let n: i64 = self
             .conn
             .query_row(
                 "SELECT COUNT(*) FROM calls c JOIN runs r ON r.id = c.run_id
-                 WHERE c.run_id = ?1 AND c.seq >= r.total_calls",
+                 WHERE c.run_id = ?1 AND c.seq >= r.first_resend_seq",
                 [run_id],
                 |r| r.get(0),
             )
@@ -2423,6 +2433,99 @@ mod tests {
         };
         let r = open(&mut j, "h1", o, rows(&[])).expect("new run");
         assert!(matches!(r, Opened::Created(ref run) if run.id != id));
+    }
+
+    #[test]
+    fn refused_receivers_stay_pending_and_stale_resends_are_settled() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        assert_eq!(j.prepare_requeue(&id, now()).expect("prepare"), 1);
+        j.mark_in_flight(&id, 0, "v", &[101, 102, 103, 104], None, now())
+            .expect("mark");
+        let upd = |id, status, code: Option<&str>| RecipientUpdate {
+            id,
+            status,
+            message_id: None,
+            error_code: code.map(str::to_string),
+            error_message: None,
+            detail: None,
+        };
+        j.record_outcome(
+            &id,
+            0,
+            CallState::Done,
+            &[
+                upd(101, RecipientStatus::Sent, None),
+                upd(102, RecipientStatus::Pending, Some("FailedReceiver")),
+                upd(103, RecipientStatus::Failed, Some("FailedReceiver")),
+                upd(104, RecipientStatus::Sent, None),
+            ],
+            None,
+            now(),
+        )
+        .expect("outcome");
+        assert!(j.any_call_settled(&id).expect("q"));
+        assert_eq!(
+            j.sendable_detail(&id, &[101, 102, 103, 104], false)
+                .expect("q"),
+            [Sendable {
+                id: 102,
+                refusals: 1,
+                pending: true
+            }]
+        );
+        // A resend tried twice, not processed, left planned by a stop.
+        j.mark_in_flight(&id, 1, "v", &[102], None, now())
+            .expect("mark");
+        j.mark_retry(&id, 1, Some("InternalError"), "HTTP 500", now())
+            .expect("retry");
+        j.mark_in_flight(&id, 1, "v", &[102], None, now())
+            .expect("mark");
+        j.mark_retry(&id, 1, Some("InternalError"), "HTTP 500", now())
+            .expect("retry");
+        // The next session settles it (its attempts count) and numbers resends after it.
+        assert_eq!(j.prepare_requeue(&id, now()).expect("prepare"), 2);
+        assert_eq!(j.call_counts(&id).expect("calls")[&CallState::Planned], 0);
+        let row = |j: &Journal| {
+            j.recipients(&id)
+                .expect("rows")
+                .into_iter()
+                .find(|r| r.id == Some(102))
+                .expect("row")
+        };
+        assert_eq!(row(&j).attempts, 3);
+        assert_eq!(row(&j).status, RecipientStatus::Pending);
+        j.mark_in_flight(&id, 2, "v", &[102], None, now())
+            .expect("mark");
+        j.record_outcome(
+            &id,
+            2,
+            CallState::Done,
+            &[upd(102, RecipientStatus::Sent, None)],
+            None,
+            now(),
+        )
+        .expect("outcome");
+        assert_eq!(row(&j).attempts, 4, "every request that carried it");
+        assert_eq!(row(&j).status, RecipientStatus::Sent);
+        assert_eq!(j.extra_calls(&id).expect("n"), 2);
+        let c = j.counts(&id).expect("counts");
+        assert_eq!(c[&RecipientStatus::Sent], 3);
+        assert_eq!(c[&RecipientStatus::Failed], 1);
+        assert_eq!(c[&RecipientStatus::Pending], 0);
+        // The refusal that made 103 `failed` is counted too.
+        let n: i64 = j
+            .connection()
+            .query_row("SELECT refusals FROM recipients WHERE id = 103", [], |r| {
+                r.get(0)
+            })
+            .expect("refusals");
+        assert_eq!(n, 1);
     }
 
     #[test]

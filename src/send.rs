@@ -13,12 +13,13 @@
 //! - `NotProcessed` errors are retried with backoff up to `retry_max_attempts`; a 429 also slows
 //!   the limiter and does not use up attempts; recipients are never dropped (they end `failed`).
 //! - A receiver a BatchSendMessage answer lists in `FailedReceiver` (not delivered) is re-queued:
-//!   it stays `pending` in the journal (with its attempts so far) and waits in a per-Content pool
-//!   ([`requeue`]) for a later call of the same Content, with back-off, up to
-//!   `retry_max_attempts` attempts per recipient; only then is it `failed`. Such calls ("extra
-//!   calls", numbered after the plan's calls) go through the limiter, the in-flight mark and the
-//!   journal like any call. After a stop or crash the journal still holds these receivers
-//!   `pending`: the next session finds them through their plan call and re-queues them.
+//!   it stays `pending` in the journal (with its refusals and attempts so far) and waits in a
+//!   per-Content pool ([`requeue`]) for a later call of the same Content, with back-off, until
+//!   the provider refused it `retry_max_attempts` times (429s and not-processed retries do not
+//!   count); only then is it `failed`. Such calls ("extra calls", numbered after the plan's
+//!   calls) go through the limiter, the in-flight mark and the journal like any call. After a
+//!   stop or crash the journal still holds these receivers `pending`: the next session finds
+//!   them through their plan call and re-queues them.
 //! - A receiver is in at most one call at a time: it enters a pool only after the answer that
 //!   refused it is committed, and leaves it for exactly one call.
 //! - An `Unknown` outcome makes a batch/P2P call's receivers `unknown` and they are never resent
@@ -398,8 +399,8 @@ struct Work<P> {
     variant: String,
     receivers: Vec<u64>,
     payload: Arc<P>,
-    /// How many times the provider refused each receiver before this call (re-queued
-    /// receivers, in `receivers` order); empty: never.
+    /// How many times the provider refused each receiver before this call (in `receivers`
+    /// order); empty: never.
     refusals: Vec<u32>,
     /// An extra call: it only carries re-queued receivers.
     extra: bool,
@@ -761,7 +762,7 @@ fn produce<S: CallSource>(
             continue;
         }
         // Resumed: only the receivers still to send; those refused in an earlier session
-        // (pending with attempts) go back to the re-queue pools, not into this call.
+        // (pending with refusals) go back to the re-queue pools, not into this call.
         let looked_up = reader.sendable_detail(run_id, &call.receivers, resend_unknown);
         let found = match looked_up {
             Ok(r) => r,
@@ -789,12 +790,18 @@ fn produce<S: CallSource>(
         if receivers.is_empty() {
             continue;
         }
+        // (An `unknown` receiver resent with --resend-unknown keeps the refusals it had.)
+        let refusals = if receivers.iter().any(|x| x.refusals > 0) {
+            receivers.iter().map(|x| x.refusals).collect()
+        } else {
+            Vec::new()
+        };
         let w = Work {
             seq: call.seq,
             variant: call.variant,
             receivers: receivers.iter().map(|x| x.id).collect(),
             payload,
-            refusals: Vec::new(),
+            refusals,
             extra: false,
         };
         if tx.blocking_send(Produced::Work(w)).is_err() {
