@@ -10,9 +10,11 @@
 //! Invariants: WAL with `synchronous=FULL`; an in-flight mark is committed before its request
 //! leaves; a call's per-recipient outcomes are committed in the same transaction that marks it
 //! done; after a crash an in-flight call without an answer makes its receivers `unknown` (except
-//! for SendMessage, whose ClientMsgId makes a resend safe). Every method is synchronous: async
-//! callers run it with `spawn_blocking`. A failed write is returned, never swallowed — the engine
-//! stops the run on it. The journal never talks to the network.
+//! for SendMessage, whose ClientMsgId makes a resend safe). A recipient refused with
+//! FailedReceiver stays `pending` with its refusals counted until a later call resends it (see
+//! "re-queued receivers" below). Every method is synchronous: async callers run it with
+//! `spawn_blocking`. A failed write is returned, never swallowed — the engine stops the run on
+//! it. The journal never talks to the network.
 
 use std::collections::BTreeMap;
 use std::fmt;
