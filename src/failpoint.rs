@@ -1,4 +1,4 @@
-//! Crash test hooks: `IMCAST_FAILPOINT=after_mark|after_response|before_commit` makes the process
+//! Crash test hooks: `IMCAST_FAILPOINT=after_mark|after_response|before_commit|after_requeue` makes the process
 //! abort (no unwinding, no destructors, like `kill -9`) at exactly that point of a call, so crash
 //! tests do not depend on timing. An optional `:N` suffix aborts at the N-th hit (1-based), e.g.
 //! `after_mark:3`. Unset or unknown values do nothing; reading the variable once is cheap.
@@ -18,6 +18,9 @@ pub enum Point {
     AfterResponse,
     /// Inside the outcome transaction, before it commits.
     BeforeCommit,
+    /// After an answer that re-queued FailedReceiver receivers was committed, before any call
+    /// resends them.
+    AfterRequeue,
 }
 
 impl Point {
@@ -26,6 +29,7 @@ impl Point {
             Point::AfterMark => "after_mark",
             Point::AfterResponse => "after_response",
             Point::BeforeCommit => "before_commit",
+            Point::AfterRequeue => "after_requeue",
         }
     }
 }

@@ -10,9 +10,11 @@
 //! Invariants: WAL with `synchronous=FULL`; an in-flight mark is committed before its request
 //! leaves; a call's per-recipient outcomes are committed in the same transaction that marks it
 //! done; after a crash an in-flight call without an answer makes its receivers `unknown` (except
-//! for SendMessage, whose ClientMsgId makes a resend safe). Every method is synchronous: async
-//! callers run it with `spawn_blocking`. A failed write is returned, never swallowed — the engine
-//! stops the run on it. The journal never talks to the network.
+//! for SendMessage, whose ClientMsgId makes a resend safe). A recipient refused with
+//! FailedReceiver stays `pending` with its refusals counted until a later call resends it (see
+//! "re-queued receivers" below). Every method is synchronous: async callers run it with
+//! `spawn_blocking`. A failed write is returned, never swallowed — the engine stops the run on
+//! it. The journal never talks to the network.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -318,6 +320,16 @@ pub struct RecipientRow {
     pub time: Option<String>,
 }
 
+/// A receiver still to send, as [`Journal::sendable_detail`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sendable {
+    pub id: u64,
+    /// Times the provider refused it (> 0 on a `pending` row: re-queued).
+    pub refusals: u32,
+    /// `pending` (else `unknown`, resent with --resend-unknown).
+    pub pending: bool,
+}
+
 /// A per-recipient outcome of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientUpdate {
@@ -519,6 +531,14 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE recipients;
      ALTER TABLE recipients_3 RENAME TO recipients;
      CREATE INDEX recipients_id ON recipients(id);",
+    // 4 (re-queue, branch w/requeue; renumber freely when merging, it depends only on 3):
+    // `recipients.refusals`: how many times the provider refused a recipient with
+    // FailedReceiver. A `pending` row with refusals > 0 waits to be sent again in a later call of
+    // its Content; the re-queue budget (`retry.max_attempts`) counts these, not 429s or
+    // not-processed retries. `runs.first_resend_seq`: calls numbered from here on resend refused
+    // recipients (set once, before the first such call; every plan call's number is below it).
+    "ALTER TABLE recipients ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN first_resend_seq INTEGER;",
 ];
 
 /// Largest audience line a recipient key holds (`rk` = run key << 32 | line).
@@ -1266,7 +1286,7 @@ impl Journal {
                          error_message = 'the process stopped while this call was in flight; it may have been delivered',
                          call_seq = ?3,
                          variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
-                         attempts = (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
+                         attempts = attempts + (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
                      WHERE id = ?2 AND rk BETWEEN ?4 AND ?5 AND status = 'pending'",
                 )
                 .map_err(db)?;
@@ -1347,6 +1367,182 @@ impl Journal {
             )
             .map_err(self.db())?;
         Ok(!any)
+    }
+
+    // ---- re-queued receivers (FailedReceiver) ------------------------------------------------
+    //
+    // A receiver the provider refused (`FailedReceiver`) was not delivered, so it is sent again in
+    // a later call of the same Content. In the journal it stays `pending`, with `refusals` > 0,
+    // `attempts` = the requests that carried it so far, and error code `FailedReceiver`; no other
+    // `pending` row has refusals or attempts > 0. The calls that resend such receivers are
+    // ordinary call rows ("extra calls") numbered from the run's `first_resend_seq` up (after
+    // every plan call), marked in flight before they are sent like any call; settling one adds its
+    // attempts to each receiver's. After a stop or a crash, the engine finds these receivers
+    // again through their plan call (`sendable_detail`) and re-queues them.
+
+    /// True when any call of the run has an outcome (`done` or `unknown`). A run without one has
+    /// no re-queued receivers either.
+    pub fn any_call_settled(&self, run_id: &str) -> Result<bool, JournalError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM calls WHERE run_id = ?1 AND state IN ('done','unknown'))",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.db())
+    }
+
+    /// [`Self::sendable`] with each receiver's refusals so far and whether it is `pending` (a
+    /// pending receiver with refusals > 0 was refused and is to be re-queued).
+    pub fn sendable_detail(
+        &self,
+        run_id: &str,
+        ids: &[u64],
+        resend_unknown: bool,
+    ) -> Result<Vec<Sendable>, JournalError> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
+            return Ok(Vec::new());
+        };
+        let (lo, hi) = rk_range(key);
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id, refusals, status = 'pending' FROM recipients WHERE id IN ({}) AND rk BETWEEN ?1 AND ?2
+                   AND (status = 'pending' OR (?3 AND status = 'unknown'))",
+                placeholders(4, chunk.len())
+            );
+            let mut st = self.conn.prepare_cached(&sql).map_err(self.db())?;
+            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() + 3);
+            values.push(lo.into());
+            values.push(hi.into());
+            values.push(i64::from(resend_unknown).into());
+            values.extend(
+                chunk
+                    .iter()
+                    .map(|&id| rusqlite::types::Value::Integer(id as i64)),
+            );
+            let rows = st
+                .query_map(rusqlite::params_from_iter(values), |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                })
+                .map_err(self.db())?;
+            for r in rows {
+                let (id, refusals, pending) = r.map_err(self.db())?;
+                found.insert(
+                    id as u64,
+                    (refusals.clamp(0, u32::MAX as i64) as u32, pending),
+                );
+            }
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                found.get(id).map(|&(refusals, pending)| Sendable {
+                    id: *id,
+                    refusals,
+                    pending,
+                })
+            })
+            .collect())
+    }
+
+    /// Before a session sends: settle the extra calls an earlier session left `planned` (a
+    /// not-processed attempt waiting for its retry when the run stopped). Their attempts are added
+    /// to their still-pending receivers, which are re-queued again through their plan calls; the
+    /// call itself becomes `done` (nothing more is sent under its number). Returns the number the
+    /// next extra call gets: after every plan call and every call already recorded.
+    pub fn prepare_requeue(&mut self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let (key, total, first): (i64, i64, Option<i64>) = tx
+            .query_row(
+                "SELECT key, total_calls, first_resend_seq FROM runs WHERE id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(db)?
+            .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?;
+        let (lo, hi) = rk_range(key);
+        let stale: Vec<(i64, String, i64)> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT seq, receivers, attempts FROM calls
+                     WHERE run_id = ?1 AND seq >= ?2 AND state = 'planned'",
+                )
+                .map_err(db)?;
+            let v = st
+                .query_map(params![run_id, first.unwrap_or(i64::MAX)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            v
+        };
+        for (seq, receivers, attempts) in stale {
+            let ids: Vec<u64> = serde_json::from_str(&receivers)
+                .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
+            let mut upd = tx
+                .prepare_cached(
+                    "UPDATE OR FAIL recipients SET attempts = attempts + ?4
+                     WHERE id = ?1 AND rk BETWEEN ?2 AND ?3 AND status = 'pending'",
+                )
+                .map_err(db)?;
+            for id in ids {
+                upd.execute(params![id as i64, lo, hi, attempts])
+                    .map_err(db)?;
+            }
+            tx.execute(
+                "UPDATE calls SET state = 'done', updated_at = ?3,
+                     error_message = COALESCE(error_message || '; ', '') || 'not sent again under this number: its receivers were re-queued'
+                 WHERE run_id = ?1 AND seq = ?2",
+                params![run_id, seq, ts(now)],
+            )
+            .map_err(db)?;
+        }
+        let max_seq: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(seq) FROM calls WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        let next = max_seq.map_or(0, |m| m + 1).max(total).max(0);
+        if first.is_none() {
+            tx.execute(
+                "UPDATE runs SET first_resend_seq = ?2 WHERE id = ?1",
+                params![run_id, next],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(next as u64)
+    }
+
+    /// Calls made for re-queued receivers (numbered from the run's `first_resend_seq` up).
+    pub fn extra_calls(&self, run_id: &str) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM calls c JOIN runs r ON r.id = c.run_id
+                 WHERE c.run_id = ?1 AND c.seq >= r.first_resend_seq",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(n as u64)
     }
 
     /// Commit the in-flight mark of a call attempt (before the request leaves).
@@ -1512,8 +1708,13 @@ impl Journal {
                 // OR FAIL: at most one row per statement, so nothing to undo if it fails halfway;
                 // SQLite then keeps no statement journal for it (measured: about half of the
                 // per-statement overhead of this update).
+                // A pending receiver keeps the attempts of earlier calls that refused it
+                // (FailedReceiver, re-queued) and adds this call's; an `unknown` one resent with
+                // --resend-unknown was in this very call before, whose count already holds them.
                 "UPDATE OR FAIL recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
-                     detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10, attempts = ?11
+                     detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10,
+                     attempts = CASE WHEN ?12 = 'pending' THEN attempts + ?11 ELSE ?11 END,
+                     refusals = refusals + (?5 IS 'FailedReceiver')
                  WHERE id = ?2 AND rk BETWEEN ?1 AND ?13 AND status = ?12",
             )
             .map_err(db)?;
@@ -2234,6 +2435,99 @@ mod tests {
         };
         let r = open(&mut j, "h1", o, rows(&[])).expect("new run");
         assert!(matches!(r, Opened::Created(ref run) if run.id != id));
+    }
+
+    #[test]
+    fn refused_receivers_stay_pending_and_stale_resends_are_settled() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        assert_eq!(j.prepare_requeue(&id, now()).expect("prepare"), 1);
+        j.mark_in_flight(&id, 0, "v", &[101, 102, 103, 104], None, now())
+            .expect("mark");
+        let upd = |id, status, code: Option<&str>| RecipientUpdate {
+            id,
+            status,
+            message_id: None,
+            error_code: code.map(str::to_string),
+            error_message: None,
+            detail: None,
+        };
+        j.record_outcome(
+            &id,
+            0,
+            CallState::Done,
+            &[
+                upd(101, RecipientStatus::Sent, None),
+                upd(102, RecipientStatus::Pending, Some("FailedReceiver")),
+                upd(103, RecipientStatus::Failed, Some("FailedReceiver")),
+                upd(104, RecipientStatus::Sent, None),
+            ],
+            None,
+            now(),
+        )
+        .expect("outcome");
+        assert!(j.any_call_settled(&id).expect("q"));
+        assert_eq!(
+            j.sendable_detail(&id, &[101, 102, 103, 104], false)
+                .expect("q"),
+            [Sendable {
+                id: 102,
+                refusals: 1,
+                pending: true
+            }]
+        );
+        // A resend tried twice, not processed, left planned by a stop.
+        j.mark_in_flight(&id, 1, "v", &[102], None, now())
+            .expect("mark");
+        j.mark_retry(&id, 1, Some("InternalError"), "HTTP 500", now())
+            .expect("retry");
+        j.mark_in_flight(&id, 1, "v", &[102], None, now())
+            .expect("mark");
+        j.mark_retry(&id, 1, Some("InternalError"), "HTTP 500", now())
+            .expect("retry");
+        // The next session settles it (its attempts count) and numbers resends after it.
+        assert_eq!(j.prepare_requeue(&id, now()).expect("prepare"), 2);
+        assert_eq!(j.call_counts(&id).expect("calls")[&CallState::Planned], 0);
+        let row = |j: &Journal| {
+            j.recipients(&id)
+                .expect("rows")
+                .into_iter()
+                .find(|r| r.id == Some(102))
+                .expect("row")
+        };
+        assert_eq!(row(&j).attempts, 3);
+        assert_eq!(row(&j).status, RecipientStatus::Pending);
+        j.mark_in_flight(&id, 2, "v", &[102], None, now())
+            .expect("mark");
+        j.record_outcome(
+            &id,
+            2,
+            CallState::Done,
+            &[upd(102, RecipientStatus::Sent, None)],
+            None,
+            now(),
+        )
+        .expect("outcome");
+        assert_eq!(row(&j).attempts, 4, "every request that carried it");
+        assert_eq!(row(&j).status, RecipientStatus::Sent);
+        assert_eq!(j.extra_calls(&id).expect("n"), 2);
+        let c = j.counts(&id).expect("counts");
+        assert_eq!(c[&RecipientStatus::Sent], 3);
+        assert_eq!(c[&RecipientStatus::Failed], 1);
+        assert_eq!(c[&RecipientStatus::Pending], 0);
+        // The refusal that made 103 `failed` is counted too.
+        let n: i64 = j
+            .connection()
+            .query_row("SELECT refusals FROM recipients WHERE id = 103", [], |r| {
+                r.get(0)
+            })
+            .expect("refusals");
+        assert_eq!(n, 1);
     }
 
     #[test]

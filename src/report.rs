@@ -136,6 +136,14 @@ pub struct CallsSummary {
     pub done: u64,
     pub unknown: u64,
     pub attempts: u64,
+    /// Calls made (beyond the plan's) to resend receivers the provider refused with
+    /// FailedReceiver; included in `done`/`unknown`. Left out when zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub resend_calls: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -234,6 +242,7 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
             done: calls.get(&CallState::Done).copied().unwrap_or(0),
             unknown: calls.get(&CallState::Unknown).copied().unwrap_or(0),
             attempts,
+            resend_calls: journal.extra_calls(&run.id)?,
         },
         rate: RateSummary {
             unit: if run.action == Action::Batch {

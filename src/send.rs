@@ -12,6 +12,16 @@
 //!   committed before the call counts as done; a failed journal write stops the run.
 //! - `NotProcessed` errors are retried with backoff up to `retry_max_attempts`; a 429 also slows
 //!   the limiter and does not use up attempts; recipients are never dropped (they end `failed`).
+//! - A receiver a BatchSendMessage answer lists in `FailedReceiver` (not delivered) is re-queued:
+//!   it stays `pending` in the journal (with its refusals and attempts so far) and waits in a
+//!   per-Content pool ([`requeue`]) for a later call of the same Content, with back-off, until
+//!   the provider refused it `retry_max_attempts` times (429s and not-processed retries do not
+//!   count); only then is it `failed`. Such calls ("extra calls", numbered after the plan's
+//!   calls) go through the limiter, the in-flight mark and the journal like any call. After a
+//!   stop or crash the journal still holds these receivers `pending`: the next session finds
+//!   them through their plan call and re-queues them.
+//! - A receiver is in at most one call at a time: it enters a pool only after the answer that
+//!   refused it is committed, and leaves it for exactly one call.
 //! - An `Unknown` outcome makes a batch/P2P call's receivers `unknown` and they are never resent
 //!   silently; SendMessage calls carry a stable ClientMsgId ([`client_msg_id`]) and are retried.
 //! - A `Fatal` error, the failure breaker, a deadline, a control request, the `STOP` file in the
@@ -24,10 +34,12 @@
 pub mod adapters;
 pub mod breaker;
 pub mod fake;
+pub mod requeue;
 pub mod stop;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +62,7 @@ use crate::schedule::QuietHours;
 use crate::throttle::{Acquired, Limiter, ThrottleError};
 
 pub use breaker::Breaker;
+pub use requeue::SameContent;
 pub use stop::StopToken;
 
 /// One call of the plan: its number, content variant, receivers and an opaque payload the
@@ -163,7 +176,7 @@ impl TransportError {
 
 /// Makes one provider call.
 pub trait Transport: Send + Sync + 'static {
-    type Payload: Send + Sync + 'static;
+    type Payload: SameContent + Send + Sync + 'static;
     fn send(
         &self,
         call: &OutgoingCall<Self::Payload>,
@@ -205,6 +218,9 @@ pub struct EngineConfig {
     pub control_every: Duration,
     /// No call starts inside these hours; the engine waits for them to end.
     pub quiet_hours: Option<QuietHours>,
+    /// How long re-queued receivers wait (after their back-off) for others of the same Content
+    /// to share a call with; once the plan is exhausted they go as soon as they are ready.
+    pub requeue_linger: Duration,
 }
 
 impl EngineConfig {
@@ -224,6 +240,7 @@ impl EngineConfig {
             run_key: run_id.into(),
             control_every: Duration::from_secs(1),
             quiet_hours: None,
+            requeue_linger: Duration::from_secs(5),
         }
     }
 }
@@ -382,18 +399,35 @@ struct Work<P> {
     variant: String,
     receivers: Vec<u64>,
     payload: Arc<P>,
+    /// How many times the provider refused each receiver before this call (in `receivers`
+    /// order); empty: never.
+    refusals: Vec<u32>,
+    /// An extra call: it only carries re-queued receivers.
+    extra: bool,
 }
 
 enum Produced<P> {
     Work(Work<P>),
-    Error { seq: u64, message: String },
+    /// Receivers of a plan call refused in an earlier session: (id, refusals so far).
+    Requeue {
+        variant: String,
+        payload: Arc<P>,
+        entries: Vec<(u64, u32)>,
+    },
+    Error {
+        seq: u64,
+        message: String,
+    },
 }
 
 /// How one call ended, for the breaker and progress.
 #[derive(Debug, Clone, Copy, Default)]
 struct CallEnd {
+    /// Receivers with a final outcome in this call.
     receivers: u64,
     failed: u64,
+    /// Receivers refused and re-queued (judged later, by their final outcome).
+    requeued: u64,
     units: u64,
     done: bool,
 }
@@ -418,6 +452,10 @@ struct Ctx<T: Transport> {
     shared: Mutex<Shared>,
     progress: Option<ProgressFn>,
     started: Timestamp,
+    /// Receivers refused by the provider, waiting for a later call of their Content.
+    pools: Mutex<requeue::Pools<T::Payload>>,
+    /// The number the next extra call gets.
+    next_extra: AtomicU64,
 }
 
 impl<T: Transport> Engine<T> {
@@ -453,7 +491,10 @@ impl<T: Transport> Engine<T> {
     {
         let started = self.clock.now();
         let run_id = self.cfg.run_id.clone();
-        let counts = self.journal.with(move |j| j.counts(&run_id)).await?;
+        let (counts, next_extra) = self
+            .journal
+            .with(move |j| Ok((j.counts(&run_id)?, j.prepare_requeue(&run_id, started)?)))
+            .await?;
         let ctx = Arc::new(Ctx {
             cfg: self.cfg.clone(),
             journal: self.journal.clone(),
@@ -472,6 +513,11 @@ impl<T: Transport> Engine<T> {
             }),
             progress: self.progress.clone(),
             started,
+            pools: Mutex::new(requeue::Pools::new(
+                self.cfg.action.max_receivers(),
+                self.cfg.requeue_linger,
+            )),
+            next_extra: AtomicU64::new(next_extra),
         });
 
         // Producer: iterate the plan on its own thread, keep only receivers still to send.
@@ -487,6 +533,7 @@ impl<T: Transport> Engine<T> {
         let sem = Arc::new(Semaphore::new(self.cfg.max_in_flight.max(1)));
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut next_control = started;
+        let mut source_done = false;
         loop {
             while let Some(r) = tasks.try_join_next() {
                 if let Err(e) = r {
@@ -545,18 +592,85 @@ impl<T: Transport> Engine<T> {
                     }
                 }
             }
-            let item = tokio::select! {
-                biased;
-                _ = self.stop.stopped() => { ctx.set_stop(StopReason::Interrupted); break; }
-                item = rx.recv() => item,
-            };
-            let work = match item {
-                None => break,
-                Some(Produced::Error { seq, message }) => {
-                    ctx.set_error(EngineError::Source { seq, message });
-                    break;
+            // Re-queued receivers that are due go first; then the plan's next call; once the
+            // plan is exhausted, wait for calls in flight (they may re-queue more) and for the
+            // re-queued receivers' back-off.
+            let due = ctx.pools().take(now, source_done);
+            let work = if let Some(t) = due {
+                ctx.extra_work(t)
+            } else if !source_done {
+                let item = tokio::select! {
+                    biased;
+                    _ = self.stop.stopped() => { ctx.set_stop(StopReason::Interrupted); break; }
+                    item = rx.recv() => item,
+                };
+                match item {
+                    None => {
+                        source_done = true;
+                        continue;
+                    }
+                    Some(Produced::Error { seq, message }) => {
+                        ctx.set_error(EngineError::Source { seq, message });
+                        break;
+                    }
+                    Some(Produced::Requeue {
+                        variant,
+                        payload,
+                        entries,
+                    }) => {
+                        let entries = entries
+                            .into_iter()
+                            .map(|(id, refusals)| requeue::Entry {
+                                id,
+                                refusals,
+                                ready_at: now,
+                            })
+                            .collect();
+                        ctx.pools().add(&variant, &payload, entries);
+                        continue;
+                    }
+                    Some(Produced::Work(w)) => w,
                 }
-                Some(Produced::Work(w)) => w,
+            } else {
+                let next_due = ctx.pools().next_due(true);
+                if next_due.is_none() {
+                    // Nothing waits: done once the calls in flight are (they may re-queue).
+                    let r = tokio::select! {
+                        biased;
+                        _ = self.stop.stopped() => { ctx.set_stop(StopReason::Interrupted); break; }
+                        r = tasks.join_next() => r,
+                    };
+                    match r {
+                        None => break,
+                        Some(Err(e)) => ctx.set_error(EngineError::Task(e.to_string())),
+                        Some(Ok(())) => {}
+                    }
+                    continue;
+                }
+                // Wait for a call to end, the next re-queued receiver, the next control check
+                // or the deadline, whichever comes first.
+                let mut until = next_control;
+                if let Some(t) = next_due {
+                    until = until.min(t);
+                }
+                if let Some(d) = self.cfg.deadline {
+                    until = until.min(d);
+                }
+                let wait = Duration::from_nanos(
+                    (until.as_nanosecond() - now.as_nanosecond())
+                        .clamp(1_000_000, i128::from(u64::MAX)) as u64,
+                );
+                tokio::select! {
+                    biased;
+                    _ = self.stop.stopped() => { ctx.set_stop(StopReason::Interrupted); break; }
+                    Some(r) = tasks.join_next(), if !tasks.is_empty() => {
+                        if let Err(e) = r {
+                            ctx.set_error(EngineError::Task(e.to_string()));
+                        }
+                    }
+                    _ = self.clock.sleep(wait) => {}
+                }
+                continue;
             };
             let permit = tokio::select! {
                 biased;
@@ -602,8 +716,12 @@ fn produce<S: CallSource>(
     };
     // This connection only looks up a call's receivers: a small page cache (memory stays flat).
     let _ = reader.connection().pragma_update(None, "cache_size", -2048);
-    // A fresh run: every receiver the plan names is pending, no lookup per call needed.
-    let fresh = match reader.all_valid_pending(run_id) {
+    // A fresh run: every receiver the plan names is pending and none was re-queued, no lookup
+    // per call needed.
+    let fresh = match reader
+        .all_valid_pending(run_id)
+        .and_then(|f| Ok(f && !reader.any_call_settled(run_id)?))
+    {
         Ok(f) => f,
         Err(e) => {
             let _ = tx.blocking_send(Produced::Error {
@@ -626,12 +744,27 @@ fn produce<S: CallSource>(
             }
         };
         last_seq = call.seq;
-        let looked_up = if fresh {
-            Ok(call.receivers)
-        } else {
-            reader.sendable(run_id, &call.receivers, resend_unknown)
-        };
-        let receivers = match looked_up {
+        if fresh {
+            let w = Work {
+                seq: call.seq,
+                variant: call.variant,
+                receivers: call.receivers,
+                payload: Arc::new(call.payload),
+                refusals: Vec::new(),
+                extra: false,
+            };
+            if w.receivers.is_empty() {
+                continue;
+            }
+            if tx.blocking_send(Produced::Work(w)).is_err() {
+                return;
+            }
+            continue;
+        }
+        // Resumed: only the receivers still to send; those refused in an earlier session
+        // (pending with refusals) go back to the re-queue pools, not into this call.
+        let looked_up = reader.sendable_detail(run_id, &call.receivers, resend_unknown);
+        let found = match looked_up {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.blocking_send(Produced::Error {
@@ -641,14 +774,35 @@ fn produce<S: CallSource>(
                 return;
             }
         };
+        let (requeued, receivers): (Vec<_>, Vec<_>) =
+            found.into_iter().partition(|x| x.pending && x.refusals > 0);
+        let payload = Arc::new(call.payload);
+        if !requeued.is_empty() {
+            let r = Produced::Requeue {
+                variant: call.variant.clone(),
+                payload: payload.clone(),
+                entries: requeued.iter().map(|x| (x.id, x.refusals)).collect(),
+            };
+            if tx.blocking_send(r).is_err() {
+                return;
+            }
+        }
         if receivers.is_empty() {
             continue;
         }
+        // (An `unknown` receiver resent with --resend-unknown keeps the refusals it had.)
+        let refusals = if receivers.iter().any(|x| x.refusals > 0) {
+            receivers.iter().map(|x| x.refusals).collect()
+        } else {
+            Vec::new()
+        };
         let w = Work {
             seq: call.seq,
             variant: call.variant,
-            receivers,
-            payload: Arc::new(call.payload),
+            receivers: receivers.iter().map(|x| x.id).collect(),
+            payload,
+            refusals,
+            extra: false,
         };
         if tx.blocking_send(Produced::Work(w)).is_err() {
             return;
@@ -684,6 +838,105 @@ impl<T: Transport> Ctx<T> {
         if s.error.is_none() {
             s.error = Some(e);
         }
+    }
+
+    fn pools(&self) -> std::sync::MutexGuard<'_, requeue::Pools<T::Payload>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An extra call for re-queued receivers, numbered after every call so far.
+    fn extra_work(&self, t: requeue::Taken<T::Payload>) -> Work<T::Payload> {
+        Work {
+            seq: self.next_extra.fetch_add(1, Ordering::SeqCst),
+            variant: t.variant,
+            receivers: t.entries.iter().map(|e| e.id).collect(),
+            refusals: t.entries.iter().map(|e| e.refusals).collect(),
+            payload: t.payload,
+            extra: true,
+        }
+    }
+
+    /// The wait before attempt `attempt + 1`: `backoff_base` doubled per attempt, at most
+    /// `backoff_max`.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(16);
+        self.cfg
+            .backoff_base
+            .saturating_mul(1u32 << exp)
+            .min(self.cfg.backoff_max)
+    }
+
+    /// Receivers of a batch answer's `FailedReceiver` (not delivered): refused fewer than
+    /// `retry_max_attempts` times, they stay `pending` and are returned to be re-queued; the rest
+    /// are `failed`. The budget counts refusals (calls answered), not 429s or not-processed
+    /// retries of a call, which have their own limits.
+    fn refused(
+        &self,
+        work: &Work<T::Payload>,
+        outcome: &CallOutcome,
+        updates: &mut [RecipientUpdate],
+    ) -> Vec<requeue::Entry> {
+        let CallOutcome::Batch {
+            message_ids,
+            failed,
+        } = outcome
+        else {
+            return Vec::new();
+        };
+        if failed.is_empty() {
+            return Vec::new();
+        }
+        let refused: std::collections::HashSet<u64> = failed
+            .iter()
+            .copied()
+            .filter(|id| !message_ids.contains_key(id))
+            .collect();
+        let index: std::collections::HashMap<u64, usize> = if work.refusals.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            work.receivers
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (*id, i))
+                .collect()
+        };
+        let max = self.cfg.retry_max_attempts.max(1);
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for u in updates.iter_mut().filter(|u| refused.contains(&u.id)) {
+            let before = index
+                .get(&u.id)
+                .and_then(|&i| work.refusals.get(i))
+                .copied()
+                .unwrap_or(0);
+            let refusals = before.saturating_add(1);
+            u.message_id = None;
+            u.error_code = Some("FailedReceiver".into());
+            if refusals < max {
+                u.status = RecipientStatus::Pending;
+                u.error_message = Some(format!(
+                    "the provider refused this receiver (FailedReceiver), try {refusals} of at most {max}; sent again in a later call"
+                ));
+                let wait =
+                    jiff::SignedDuration::try_from(self.backoff(refusals)).unwrap_or_default();
+                out.push(requeue::Entry {
+                    id: u.id,
+                    refusals,
+                    ready_at: now.saturating_add(wait).unwrap_or(now),
+                });
+            } else {
+                u.status = RecipientStatus::Failed;
+                u.error_message = Some(if refusals <= 1 {
+                    "the provider refused this receiver (FailedReceiver); retry.max_attempts is 1, so it was not sent again"
+                        .to_string()
+                } else {
+                    format!(
+                        "the provider refused this receiver (FailedReceiver) in each of its {refusals} tries (retry.max_attempts)"
+                    )
+                });
+            }
+        }
+        out
     }
 
     fn units(&self, receivers: usize) -> u64 {
@@ -795,7 +1048,8 @@ impl<T: Transport> Ctx<T> {
         match res {
             Ok(outcome) => {
                 self.limiter.on_success();
-                let updates = outcome_updates(&work.receivers, &outcome);
+                let mut updates = outcome_updates(&work.receivers, &outcome);
+                let requeue = self.refused(work, &outcome, &mut updates);
                 let failed = updates
                     .iter()
                     .filter(|u| {
@@ -804,9 +1058,16 @@ impl<T: Transport> Ctx<T> {
                     .count() as u64;
                 self.record(work.seq, CallState::Done, updates, None, now)
                     .await?;
+                let requeued = requeue.len() as u64;
+                if !requeue.is_empty() {
+                    // Committed `pending`: from here a crash loses nobody (resume re-queues).
+                    failpoint::hit(Point::AfterRequeue);
+                    self.pools().add(&work.variant, &work.payload, requeue);
+                }
                 Ok(Attempt::End(CallEnd {
-                    receivers: work.receivers.len() as u64,
+                    receivers: work.receivers.len() as u64 - requeued,
                     failed,
+                    requeued,
                     units,
                     done: true,
                 }))
@@ -844,6 +1105,7 @@ impl<T: Transport> Ctx<T> {
                             Ok(Attempt::End(CallEnd {
                                 receivers: work.receivers.len() as u64,
                                 failed: work.receivers.len() as u64,
+                                requeued: 0,
                                 units,
                                 done: false,
                             }))
@@ -873,6 +1135,7 @@ impl<T: Transport> Ctx<T> {
                         Ok(Attempt::End(CallEnd {
                             receivers: work.receivers.len() as u64,
                             failed: work.receivers.len() as u64,
+                            requeued: 0,
                             units,
                             done: false,
                         }))
@@ -975,12 +1238,7 @@ impl<T: Transport> Ctx<T> {
         self.journal
             .with(move |j| j.mark_retry(&run, seq, Some(&c), &m, now))
             .await?;
-        let exp = attempt.saturating_sub(1).min(16);
-        let wait = self
-            .cfg
-            .backoff_base
-            .saturating_mul(1u32 << exp)
-            .min(self.cfg.backoff_max);
+        let wait = self.backoff(attempt);
         if let Some(d) = self.cfg.deadline {
             if self.clock.now() + jiff::SignedDuration::try_from(wait).unwrap_or_default() >= d {
                 self.set_stop(StopReason::Deadline);
@@ -1024,13 +1282,16 @@ impl<T: Transport> Ctx<T> {
         Ok(())
     }
 
-    async fn call_ended(&self, _work: &Work<T::Payload>, end: CallEnd) {
+    async fn call_ended(&self, work: &Work<T::Payload>, end: CallEnd) {
         let progress = {
             let mut s = self.lock();
             s.calls_done += 1;
             s.units_done += end.units;
             let _ = end.done;
-            if let Some(msg) = s.breaker.record(end.receivers, end.failed) {
+            if let Some(msg) =
+                s.breaker
+                    .record_call(end.receivers, end.failed, end.requeued, work.extra)
+            {
                 if s.stop.is_none() {
                     s.stop = Some(StopReason::Breaker { message: msg });
                 }

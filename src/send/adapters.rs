@@ -47,6 +47,13 @@ impl CallSource for PlanSource {
     }
 }
 
+/// Re-queued receivers of calls with the same Content and Ext (and message type) may share a call.
+impl super::SameContent for PlannedCall {
+    fn same_content(&self, other: &Self) -> bool {
+        self.msg_type == other.msg_type && self.content == other.content && self.ext == other.ext
+    }
+}
+
 /// The journal seed rows of a plan: valid rows pending with their call, the rest final with the
 /// reason as note.
 pub fn seed_rows(plan: &Plan) -> SeedRows<'_, PlanError> {

@@ -1,6 +1,15 @@
 //! The failure breaker: trips after `consecutive_failures` failed calls in a row, or when the
-//! share of failed receivers (FailedReceiver, failed and unknown outcomes) over the last
-//! `window_calls` calls passes `max_failure_ratio`. Zero disables either rule.
+//! share of failed receivers (failed and unknown outcomes) over the last `window_calls` calls
+//! passes `max_failure_ratio`. Zero disables either rule.
+//!
+//! A receiver refused with FailedReceiver and re-queued (sent again in a later call) is judged by
+//! its final outcome, not by the refusal: it counts in neither the failed share nor the receivers
+//! until its last attempt (so a few percent of refusals that retries fix never trip it), and one
+//! refused on every attempt counts as failed then. For the consecutive rule a plan call in which
+//! nothing was delivered (every receiver failed, unknown or refused) is a failed call, so a
+//! provider refusing everyone trips it quickly; calls that only resend re-queued receivers
+//! neither count nor reset it (a repeated refusal of the same ids, such as a handful of ids the
+//! provider never accepts, says nothing new about the provider).
 
 use std::collections::VecDeque;
 
@@ -26,14 +35,31 @@ impl Breaker {
         }
     }
 
-    /// Record one finished call; returns why the breaker tripped, if it did.
+    /// Record one finished plan call whose receivers all got a final outcome; returns why the
+    /// breaker tripped, if it did.
     pub fn record(&mut self, receivers: u64, failed: u64) -> Option<String> {
-        let call_failed = receivers > 0 && failed >= receivers;
-        if call_failed {
-            self.consecutive += 1;
-        } else {
-            self.consecutive = 0;
+        self.record_call(receivers, failed, 0, false)
+    }
+
+    /// Record one finished call: `settled` receivers got a final outcome in it, `failed` of them
+    /// failed or unknown; `requeued` more were refused and re-queued. `resend` marks a call that
+    /// only carried re-queued receivers. Returns why the breaker tripped, if it did.
+    pub fn record_call(
+        &mut self,
+        settled: u64,
+        failed: u64,
+        requeued: u64,
+        resend: bool,
+    ) -> Option<String> {
+        let total = settled + requeued;
+        if !resend {
+            if total > 0 && failed + requeued >= total {
+                self.consecutive += 1;
+            } else {
+                self.consecutive = 0;
+            }
         }
+        let receivers = settled;
         if self.s.window_calls > 0 {
             self.window.push_back((receivers, failed));
             self.sum_receivers += receivers;
@@ -105,5 +131,49 @@ mod tests {
             b.record(10, 5).is_none(),
             "exactly at the threshold does not trip"
         );
+    }
+
+    #[test]
+    fn re_queued_receivers_are_judged_by_their_final_outcome() {
+        let mut b = Breaker::new(BreakerSettings {
+            consecutive_failures: 3,
+            window_calls: 4,
+            max_failure_ratio: 0.02,
+        });
+        // 3% refused and re-queued in every plan call: neither rule moves.
+        for _ in 0..20 {
+            assert!(b.record_call(485, 0, 15, false).is_none());
+        }
+        // The re-sends: refused again, then delivered.
+        for _ in 0..5 {
+            assert!(b.record_call(0, 0, 15, true).is_none());
+            assert!(b.record_call(15, 0, 0, true).is_none());
+        }
+        // Calls of re-queued ids only never make a run of failed calls.
+        let mut b = Breaker::new(BreakerSettings {
+            consecutive_failures: 3,
+            window_calls: 0,
+            max_failure_ratio: 1.0,
+        });
+        for _ in 0..10 {
+            assert!(b.record_call(0, 0, 1, true).is_none());
+            assert!(b.record_call(1, 1, 0, true).is_none());
+        }
+        // A provider refusing every receiver of plan calls trips the consecutive rule.
+        assert!(b.record_call(0, 0, 500, false).is_none());
+        assert!(b.record_call(0, 0, 500, false).is_none());
+        assert!(b
+            .record_call(0, 0, 500, false)
+            .expect("trips")
+            .contains("3 calls in a row"));
+        // And final failures count in the ratio.
+        let mut b = Breaker::new(BreakerSettings {
+            consecutive_failures: 0,
+            window_calls: 2,
+            max_failure_ratio: 0.1,
+        });
+        assert!(b.record_call(100, 0, 5, false).is_none());
+        assert!(b.record_call(5, 5, 0, true).is_none(), "5 of 105");
+        assert!(b.record_call(10, 10, 0, true).expect("trips").contains("%"));
     }
 }

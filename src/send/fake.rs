@@ -3,10 +3,13 @@
 //!
 //! Fault kinds mirror the mock provider's: refused before processing (`NotProcessed`, e.g. HTTP
 //! 500 before), processed but the answer lost (`Unknown`, a delivery happened), lost before
-//! processing (`Unknown`, nothing delivered), FailedReceiver per receiver, 429s, a fatal refusal.
-//! SendMessage is idempotent by ClientMsgId, like the real API.
+//! processing (`Unknown`, nothing delivered), FailedReceiver per receiver (at random, or always
+//! for chosen ids), 429s, a fatal refusal. SendMessage is idempotent by ClientMsgId, like the
+//! real API. It also counts the requests that carried each receiver, the largest call, and
+//! receivers seen in two calls at once; and it can abort the process when a refused receiver is
+//! sent again (crash tests).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use jiff::Timestamp;
@@ -36,6 +39,13 @@ pub struct Faults {
     pub fatal_from_request: Option<u64>,
     /// Refuse every call as NotProcessed (for the breaker).
     pub always_fail: bool,
+    /// Receivers refused (FailedReceiver) by every call.
+    pub refuse_always: BTreeSet<u64>,
+    /// Crash tests: abort this process at the N-th (1-based) request that carries a receiver
+    /// this fake refused before: before processing it (nothing delivered), or with
+    /// `abort_after_processing` after delivering it (the answer never leaves).
+    pub abort_on_resend: Option<u32>,
+    pub abort_after_processing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +57,12 @@ struct State {
     by_client_msg_id: BTreeMap<String, u64>,
     starts: Vec<(Timestamp, u64)>,
     unknown_calls: Vec<Vec<u64>>,
+    carried: BTreeMap<u64, u32>,
+    in_flight: BTreeSet<u64>,
+    overlaps: Vec<u64>,
+    max_call: usize,
+    refused: BTreeSet<u64>,
+    resends: u32,
 }
 
 /// The fake transport. Payload: the content string.
@@ -130,13 +146,73 @@ impl FakeTransport {
     pub fn starts(&self) -> Vec<(Timestamp, u64)> {
         self.lock().starts.clone()
     }
+
+    /// How many requests carried each receiver (whatever their answer).
+    pub fn carried(&self) -> BTreeMap<u64, u32> {
+        self.lock().carried.clone()
+    }
+
+    /// Receivers that arrived in a request while another request carrying them was in flight.
+    pub fn overlaps(&self) -> Vec<u64> {
+        self.lock().overlaps.clone()
+    }
+
+    /// The most receivers one request carried.
+    pub fn max_call(&self) -> usize {
+        self.lock().max_call
+    }
+
+    /// Receivers this fake refused (FailedReceiver) at least once.
+    pub fn refused(&self) -> BTreeSet<u64> {
+        self.lock().refused.clone()
+    }
 }
 
 impl Transport for FakeTransport {
     type Payload = String;
 
     async fn send(&self, call: &OutgoingCall<String>) -> Result<CallOutcome, TransportError> {
+        if self.track {
+            {
+                let mut st = self.lock();
+                st.max_call = st.max_call.max(call.receivers.len());
+                for &r in &call.receivers {
+                    *st.carried.entry(r).or_default() += 1;
+                    if !st.in_flight.insert(r) {
+                        st.overlaps.push(r);
+                    }
+                }
+            }
+            // Let other calls run while this one is "in flight".
+            tokio::task::yield_now().await;
+        }
+        let res = self.answer(call);
+        if self.track {
+            let mut st = self.lock();
+            for r in &call.receivers {
+                st.in_flight.remove(r);
+            }
+        }
+        res
+    }
+}
+
+impl FakeTransport {
+    fn answer(&self, call: &OutgoingCall<String>) -> Result<CallOutcome, TransportError> {
         let mut st = self.lock();
+        let mut abort_after = false;
+        if let Some(n) = self.faults.abort_on_resend {
+            if call.receivers.iter().any(|r| st.refused.contains(r)) {
+                st.resends += 1;
+                if st.resends == n {
+                    if !self.faults.abort_after_processing {
+                        eprintln!("fake provider: aborting before resend {n}");
+                        std::process::abort();
+                    }
+                    abort_after = true;
+                }
+            }
+        }
         let n = st.requests;
         st.requests += 1;
         if self.record_starts {
@@ -189,7 +265,9 @@ impl Transport for FakeTransport {
                     let mut message_ids = BTreeMap::new();
                     let mut failed = Vec::new();
                     for &r in &call.receivers {
-                        if rng.random_bool(f.failed_receiver.clamp(0.0, 1.0)) {
+                        let refuse = rng.random_bool(f.failed_receiver.clamp(0.0, 1.0));
+                        if refuse || f.refuse_always.contains(&r) {
+                            st.refused.insert(r);
                             failed.push(r);
                         } else {
                             st.next_message_id += 1;
@@ -247,6 +325,10 @@ impl Transport for FakeTransport {
             Ok(outcome)
         })();
         st.rng = Some(rng);
+        if abort_after {
+            eprintln!("fake provider: aborting after processing a resend");
+            std::process::abort();
+        }
         result
     }
 }
