@@ -427,11 +427,7 @@ impl State {
     }
 
     /// Everything after authentication; returns the Result JSON and the deliveries to record.
-    fn process(
-        &self,
-        action: &'static str,
-        body: &[u8],
-    ) -> Result<(Value, Vec<Delivery>), ApiErr> {
+    fn process(&self, action: &'static str, body: &[u8]) -> Result<(Value, Vec<Delivery>), ApiErr> {
         match action {
             "BatchSendMessage" => {
                 let req = wire::batch(body)?;
@@ -528,7 +524,9 @@ impl State {
                 for u in users {
                     if self.fault_free(&mut g, self.cfg.offline_rate) {
                         let platform = ["Android", "Web", "IOS"][(u % 3) as usize];
-                        results.push(json!({"UserId": u, "Code": success, "DevicePlatform": platform}));
+                        results.push(
+                            json!({"UserId": u, "Code": success, "DevicePlatform": platform}),
+                        );
                         got.push(u);
                     } else {
                         g.stats.offline += 1;

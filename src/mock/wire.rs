@@ -476,10 +476,7 @@ mod tests {
             "RefMsgInfo": {"ReferencedMessageId": 13, "Hint": "[图片]"}
         })))
         .expect("send example");
-        assert_eq!(
-            s.ref_msg_info.expect("ref").referenced_message_id,
-            Some(13)
-        );
+        assert_eq!(s.ref_msg_info.expect("ref").referenced_message_id, Some(13));
         let p = p2p(&b(json!({
             "AppId": 666675, "Sender": 10008, "ConversationShortId": 7221856821303361536_u64,
             "MsgType": 10013, "Content": "{\"type\":1000}", "ReceiverUserId": [], "IgnoreUserIds": []
@@ -503,9 +500,8 @@ mod tests {
 
     #[test]
     fn names_types_and_ranges_are_checked() {
-        let base = || {
-            json!({"AppId": 1, "Sender": 2, "Receiver": [3], "MsgType": 10001, "Content": "x"})
-        };
+        let base =
+            || json!({"AppId": 1, "Sender": 2, "Receiver": [3], "MsgType": 10001, "Content": "x"});
         let with = |k: &str, v: Value| {
             let mut o = base();
             o[k] = v;
@@ -513,7 +509,11 @@ mod tests {
         };
         let e = err_of(batch(&with("Reciever", json!([3]))));
         assert_eq!(e.code, "InvalidParameter");
-        assert!(e.message.contains("unknown field Reciever"), "{}", e.message);
+        assert!(
+            e.message.contains("unknown field Reciever"),
+            "{}",
+            e.message
+        );
         let e = err_of(batch(&with("appId", json!(1))));
         assert!(e.message.contains("case-sensitive: AppId"), "{}", e.message);
         let e = err_of(batch(&with("Sender", json!("2"))));
@@ -532,9 +532,17 @@ mod tests {
         let e = err_of(batch(&with("MsgType", json!(2147483648_i64))));
         assert!(e.message.contains("MsgType is 2147483648"), "{}", e.message);
         let e = err_of(batch(&with("MsgType", json!(10001.0))));
-        assert!(e.message.contains("MsgType must be an Integer"), "{}", e.message);
+        assert!(
+            e.message.contains("MsgType must be an Integer"),
+            "{}",
+            e.message
+        );
         let e = err_of(batch(&with("Ext", json!({"k": 1}))));
-        assert!(e.message.contains("Ext[\"k\"] must be a String"), "{}", e.message);
+        assert!(
+            e.message.contains("Ext[\"k\"] must be a String"),
+            "{}",
+            e.message
+        );
         let e = err_of(batch(&with("Ext", Value::Null)));
         assert!(e.message.contains("Ext is null"), "{}", e.message);
         let e = err_of(batch(&with("Receiver", json!([]))));
@@ -548,7 +556,8 @@ mod tests {
             "RefMsgInfo": {"ReferencedMessageID": 1}
         }))));
         assert!(
-            e.message.contains("unknown field RefMsgInfo.ReferencedMessageID"),
+            e.message
+                .contains("unknown field RefMsgInfo.ReferencedMessageID"),
             "{}",
             e.message
         );
@@ -557,7 +566,11 @@ mod tests {
             "AppId": 1, "Sender": 2, "ConversationShortId": 3, "MsgType": 1, "Content": "x",
             "Receiver": [4]
         }))));
-        assert!(e.message.contains("unknown field Receiver"), "{}", e.message);
+        assert!(
+            e.message.contains("unknown field Receiver"),
+            "{}",
+            e.message
+        );
         assert_eq!(err_of(batch(b"  ")).code, "InvalidParameter.BodyIsEmpty");
         assert_eq!(err_of(batch(b"[1]")).code, "InvalidParameter.Unmarshal");
     }
