@@ -901,3 +901,103 @@ fn mock_server_rejects_bad_flags() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown quirk `bogus`"), "{err}");
 }
+
+/// End to end: campaigns of all three actions run against a mock writing every quirk, and every
+/// recipient gets the status it would get from plain replies. Fails with today's strict reply
+/// parser (`"FailedReceiver": null` makes whole calls `unknown`, an empty Error object reads as a
+/// failure, `Success` reads as `not_online`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the tolerant reply parser from w/wire"]
+async fn campaigns_against_every_quirk_report_the_true_statuses() {
+    use imcast::cmd::run::{run_campaign, CampaignRun};
+    use imcast::config::RepoPaths;
+    use imcast::exit::Exit;
+    use imcast::send::StopToken;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    std::fs::write(
+        root.join("imcast.toml"),
+        "[limits.batch]\nlimit = 100000\nwindow = \"1s\"\n",
+    )
+    .expect("imcast.toml");
+    let users: Vec<u64> = (0..1_200).map(|i| 100_000 + i).collect();
+    let mut csv = String::from("user_id\n");
+    for u in &users {
+        csv.push_str(&format!("{u}\n"));
+    }
+    std::fs::write(root.join("users.csv"), csv).expect("users.csv");
+    std::fs::write(
+        root.join("convs.csv"),
+        "conversation_id\n7001\n7002\n7003\n7004\n",
+    )
+    .expect("convs.csv");
+    let provider =
+        "provider: { app_id: 666675, region: cn-north-1, endpoint: \"http://127.0.0.1:9\" }";
+    let campaigns = [
+        ("batch", "action: batch\naudience: { csv: users.csv, id_column: user_id }"),
+        ("conversation", "action: conversation\naudience: { csv: convs.csv, id_column: conversation_id }"),
+        ("p2p", "action: p2p\np2p: { receiver_user_ids: [11, 12, 13] }\naudience: { csv: convs.csv, id_column: conversation_id }"),
+    ];
+    for (name, body) in campaigns {
+        let file = root.join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!("version: 1\nname: {name}\n{provider}\nsender: 10001\n{body}\nmessage: {{ type: text, text: hi }}\n"),
+        )
+        .expect("campaign");
+        let m = mock::start(MockConfig {
+            quirks: mock::parse_quirks("all").expect("all"),
+            offline_rate: if name == "p2p" { 0.5 } else { 0.0 },
+            seed: 3,
+            ..MockConfig::default()
+        })
+        .await
+        .expect("mock");
+        let campaign = imcast::spec::load(&file, &imcast::spec::LoadOptions::default())
+            .expect("valid campaign");
+        let mut req = CampaignRun::new(campaign, RepoPaths::discover(&file, None, None, None));
+        req.target = Some((m.endpoint(), m.credentials()));
+        req.mock = true;
+        let s = run_campaign(req, Arc::new(imcast::clock::SystemClock), StopToken::new())
+            .await
+            .expect("run");
+        let stats = m.stats();
+        m.shutdown().await;
+        let text = std::fs::read_to_string(
+            s.report_dir
+                .as_ref()
+                .expect("report")
+                .join("recipients.jsonl"),
+        )
+        .expect("recipients.jsonl");
+        let rows: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("row"))
+            .collect();
+        let count = |st: &str| rows.iter().filter(|r| r["status"] == st).count() as u64;
+        match name {
+            "batch" => {
+                assert_eq!(s.exit, Exit::Ok, "{name}: {s:?}");
+                assert_eq!(count("sent"), users.len() as u64, "{name}: {rows:?}");
+                assert_eq!(stats.delivered, users.len() as u64);
+            }
+            "conversation" => {
+                assert_eq!(s.exit, Exit::Ok, "{name}: {s:?}");
+                assert_eq!(count("sent"), 4, "{name}: {rows:?}");
+            }
+            _ => {
+                // One row per conversation plus one per user the provider returned.
+                assert_eq!(rows.len(), 4 + 4 * 3, "{name}: {rows:?}");
+                let users_not_online = rows
+                    .iter()
+                    .filter(|r| r["raw_id"].as_str().is_some_and(|x| x.contains('/')))
+                    .filter(|r| r["status"] == "not_online")
+                    .count() as u64;
+                assert_eq!(users_not_online, stats.offline, "{name}: {rows:?}");
+                assert!(stats.offline > 0 && stats.offline < 12);
+                assert_eq!(count("unknown") + count("failed"), 0, "{name}: {rows:?}");
+            }
+        }
+    }
+}
