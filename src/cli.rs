@@ -269,8 +269,8 @@ pub struct MockServerArgs {
     pub region: String,
     /// Write replies the way a real (Go) server may: comma-separated from null-lists,
     /// empty-error, success-spelling, extra-fields, or `all`.
-    #[arg(long, value_name = "LIST", default_value = "")]
-    pub quirks: String,
+    #[arg(long, value_name = "LIST")]
+    pub quirks: Option<String>,
     /// AppIds the mock accepts (repeatable; default: any).
     #[arg(long)]
     pub app_id: Vec<u64>,

@@ -37,8 +37,11 @@ pub fn config(a: &MockServerArgs) -> Result<MockConfig, Failure> {
             anyhow!("--window must be longer than zero"),
         ));
     }
-    let quirks = crate::mock::parse_quirks(&a.quirks)
-        .map_err(|e| Failure::new(Exit::Invalid, anyhow!("--quirks {:?}: {e}", a.quirks)))?;
+    let quirks = match &a.quirks {
+        None => Default::default(),
+        Some(list) => crate::mock::parse_quirks(list)
+            .map_err(|e| Failure::new(Exit::Invalid, anyhow!("--quirks {list:?}: {e}")))?,
+    };
     if a.region.trim().is_empty() {
         return Err(Failure::new(
             Exit::Invalid,

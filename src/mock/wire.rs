@@ -17,6 +17,11 @@
 //! rejects all three, because each is a mistake on our side that the real server might silently
 //! swallow — a misspelled optional field would simply be dropped there. Must not: import
 //! `crate::provider::types`, or accept anything the seeds do not document.
+//!
+//! A walker over `serde_json::Value` rather than derived serde structs: serde's errors for a
+//! mistyped or out-of-range field give a line and column, not the field, it reads `null` as an
+//! absent `Option`, and it cannot tell `Integer` (i32) from an id that must also be non-negative
+//! without one wrapper type per rule; the walker is short and its messages name the field path.
 
 use std::collections::BTreeMap;
 
