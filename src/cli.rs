@@ -265,6 +265,14 @@ pub struct MockServerArgs {
     /// Secret key the mock verifies signatures with.
     #[arg(long, env = "VOLC_SECRETKEY", default_value = crate::mock::DEFAULT_SECRET_KEY, hide_env_values = true)]
     pub secret_key: String,
+    /// Region the credential scope must name (the service must be `rtc`); a request signed for
+    /// another region or service gets 401 SignatureDoesNotMatch.
+    #[arg(long, default_value = crate::mock::DEFAULT_REGION)]
+    pub region: String,
+    /// Write replies the way a real (Go) server may: comma-separated from null-lists,
+    /// empty-error, success-spelling, extra-fields, or `all`.
+    #[arg(long, value_name = "LIST")]
+    pub quirks: Option<String>,
     /// AppIds the mock accepts (repeatable; default: any).
     #[arg(long)]
     pub app_id: Vec<u64>,

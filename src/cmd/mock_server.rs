@@ -37,10 +37,23 @@ pub fn config(a: &MockServerArgs) -> Result<MockConfig, Failure> {
             anyhow!("--window must be longer than zero"),
         ));
     }
+    let quirks = match &a.quirks {
+        None => Default::default(),
+        Some(list) => crate::mock::parse_quirks(list)
+            .map_err(|e| Failure::new(Exit::Invalid, anyhow!("--quirks {list:?}: {e}")))?,
+    };
+    if a.region.trim().is_empty() {
+        return Err(Failure::new(
+            Exit::Invalid,
+            anyhow!("--region must name a region, such as cn-north-1"),
+        ));
+    }
     Ok(MockConfig {
         listen: a.listen,
         access_key: a.access_key.clone(),
         secret_key: a.secret_key.clone(),
+        region: a.region.clone(),
+        quirks,
         app_ids: a.app_id.clone(),
         limit: a.limit,
         window,
@@ -76,7 +89,7 @@ pub fn run(_g: &GlobalArgs, a: &MockServerArgs) -> CmdResult {
             let mut out = std::io::stdout().lock();
             writeln!(out, "{addr}").and_then(|_| out.flush()).context("stdout").exit(Exit::Internal)?;
         }
-        tracing::info!(%addr, access_key = %cfg.access_key, "mock provider listening; stop with Ctrl-C");
+        tracing::info!(%addr, access_key = %cfg.access_key, region = %cfg.region, quirks = ?cfg.quirks, "mock provider listening; stop with Ctrl-C");
         crate::mock::serve(listener, cfg, shutdown_signal())
             .await
             .context("mock provider failed")

@@ -657,7 +657,11 @@ pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
     let res = rt.block_on(async {
         spawn_signal_handler(stop.clone(), signal_exit.clone());
         let mock = if args.mock {
-            let m = crate::mock::start(crate::mock::MockConfig::default())
+            // The embedded mock serves the campaign's region, so the scope the client signs checks.
+            let m = crate::mock::start(crate::mock::MockConfig {
+                region: campaign.region.clone(),
+                ..crate::mock::MockConfig::default()
+            })
                 .await
                 .context("start the embedded mock provider")
                 .exit(Exit::Internal)?;

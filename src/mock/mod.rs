@@ -4,16 +4,21 @@
 //! standalone as `imcast mock-server`.
 //!
 //! Invariants: it binds what it is given (`start` binds 127.0.0.1 only); signatures are checked
-//! with the client's own signer ([`crate::provider::sign`]); the batch limit is an exact rolling
-//! window ([`window::Window`]); time comes from the configured [`Clock`]; the record file is
-//! written by one task fed through a bounded channel, never on a request path. It must not be
-//! pointed at real traffic: it holds delivery state in memory only.
+//! with the client's own signer ([`crate::provider::sign`]), and the credential scope must name
+//! the configured region and the service `rtc`; request bodies are read by the mock's own
+//! [`wire`] module, written from the API pages independently of the client's
+//! `provider::types` (which the mock must not use), so a wire mistake of the client cannot pass
+//! both sides; replies are built as JSON data, shaped by the configured [`Quirk`]s; the batch
+//! limit is an exact rolling window ([`window::Window`]); time comes from the configured
+//! [`Clock`]; the record file is written by one task fed through a bounded channel, never on a
+//! request path. It must not be pointed at real traffic: it holds delivery state in memory only.
 
 mod record;
 mod service;
 pub mod window;
+pub mod wire;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +37,84 @@ pub const DEFAULT_ACCESS_KEY: &str = "AKLTmockaccesskey000000";
 pub const DEFAULT_SECRET_KEY: &str = "mock-secret-key-not-a-secret";
 /// How far X-Date may be from the mock's clock.
 pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(15 * 60);
+/// The region the mock serves by default (PROTOCOL.md).
+pub const DEFAULT_REGION: &str = "cn-north-1";
+/// The signing service of the IM API (PROTOCOL.md); the credential scope must name it.
+pub const SERVICE: &str = "rtc";
+
+/// A way a real (Go) server may write a reply that the seeds allow and the mock's plain replies
+/// do not show; each makes the mock write its replies that way, so tests exercise the client's
+/// tolerant reply parser end to end. Not offered: message ids as JSON strings, because the seeds
+/// type every id in a reply as `Long` (UserMessageId's keys are strings already).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Quirk {
+    /// Empty lists and maps written as `null` (`"FailedReceiver": null`, `"UserMessageId": null`,
+    /// `"P2PResult": null`), as Go's encoding/json writes a nil slice or map.
+    NullLists,
+    /// Successful replies carry `"Error": {"Code": "", "CodeN": 0, "Message": ""}` in
+    /// ResponseMetadata (a Go struct field without `omitempty`).
+    EmptyError,
+    /// P2P per-user code `Success` (the spelling of the P2P page's response table) instead of
+    /// `SUCCESS`.
+    SuccessSpelling,
+    /// Unknown extra fields in every object of every reply (envelope, ResponseMetadata, Error,
+    /// Result, each P2PResult).
+    ExtraFields,
+}
+
+impl Quirk {
+    /// Every quirk (what `all` means).
+    pub const ALL: [Quirk; 4] = [
+        Quirk::NullLists,
+        Quirk::EmptyError,
+        Quirk::SuccessSpelling,
+        Quirk::ExtraFields,
+    ];
+
+    /// The name used by `--quirks`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quirk::NullLists => "null-lists",
+            Quirk::EmptyError => "empty-error",
+            Quirk::SuccessSpelling => "success-spelling",
+            Quirk::ExtraFields => "extra-fields",
+        }
+    }
+}
+
+impl std::fmt::Display for Quirk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Quirk {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Quirk, String> {
+        Quirk::ALL
+            .into_iter()
+            .find(|q| q.name() == s)
+            .ok_or_else(|| format!("unknown quirk `{s}`; known: all, {}", quirk_names()))
+    }
+}
+
+fn quirk_names() -> String {
+    Quirk::ALL.map(Quirk::name).join(", ")
+}
+
+/// Parse a comma-separated quirk list (`--quirks`): names from [`Quirk::name`], or `all`.
+/// Blank items are ignored, so `""` is the empty set.
+pub fn parse_quirks(list: &str) -> Result<BTreeSet<Quirk>, String> {
+    let mut out = BTreeSet::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if item == "all" {
+            out.extend(Quirk::ALL);
+        } else {
+            out.insert(item.parse::<Quirk>()?);
+        }
+    }
+    Ok(out)
+}
 
 /// One field per `imcast mock-server` flag (plus the clock and skew allowance).
 #[derive(Clone)]
@@ -40,6 +123,11 @@ pub struct MockConfig {
     pub listen: SocketAddr,
     pub access_key: String,
     pub secret_key: String,
+    /// The region the credential scope must name (the service must be [`SERVICE`]); also the
+    /// `Region` of every reply.
+    pub region: String,
+    /// How replies are shaped (see [`Quirk`]); empty = the plain replies of the seeds' examples.
+    pub quirks: BTreeSet<Quirk>,
     /// Accepted AppIds; empty = any.
     pub app_ids: Vec<u64>,
     /// BatchSendMessage messages per rolling `window`.
@@ -77,6 +165,8 @@ impl Default for MockConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             access_key: DEFAULT_ACCESS_KEY.to_string(),
             secret_key: DEFAULT_SECRET_KEY.to_string(),
+            region: DEFAULT_REGION.to_string(),
+            quirks: BTreeSet::new(),
             app_ids: Vec::new(),
             limit: 12_000,
             window: Duration::from_secs(60),
@@ -102,6 +192,8 @@ impl std::fmt::Debug for MockConfig {
         f.debug_struct("MockConfig")
             .field("listen", &self.listen)
             .field("access_key", &self.access_key)
+            .field("region", &self.region)
+            .field("quirks", &self.quirks)
             .field("app_ids", &self.app_ids)
             .field("limit", &self.limit)
             .field("window", &self.window)

@@ -1,9 +1,12 @@
-//! The mock's HTTP service: routing, signature checks, validation, limits, idempotency, faults.
+//! The mock's HTTP service: routing, signature and credential-scope checks, validation (by
+//! [`super::wire`]), limits, idempotency, faults, and replies built as JSON data and shaped by the
+//! configured quirks.
 //!
 //! Hand-written on hyper (not axum) because the lost-response fault needs to close a connection
 //! without writing any response, which a hyper service does by returning an error.
 //! All mutable state sits behind one `std::sync::Mutex` that is never held across an await, so
-//! admission into the rolling windows is atomic under concurrent requests.
+//! admission into the rolling windows is atomic under concurrent requests. Must not use the
+//! client's `provider::types` (requests or replies): the mock is the client's independent check.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -16,20 +19,23 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rand::{Rng, SeedableRng};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::record::{self, Delivery, Recorder};
 use super::window::Window;
-use super::{MockConfig, MockStats};
+use super::wire::{self, WireError};
+use super::{MockConfig, MockStats, Quirk, SERVICE};
 use crate::provider::sign::{self, Received};
-use crate::provider::types::*;
 
 const VERSION: &str = "2020-12-01";
-const MAX_RECEIVERS: usize = 500;
+/// P2P per-user codes (P2PSendMessage.md, P2PResult table).
+const P2P_SUCCESS: &str = "SUCCESS";
+/// The spelling of the P2P page's response table example (quirk `success-spelling`).
+const P2P_SUCCESS_QUIRK: &str = "Success";
+const P2P_NOT_ONLINE: &str = "NOT_ONLINE";
 /// First message id handed out: above 2^53, so a float anywhere in a client shows up at once.
 const FIRST_MESSAGE_ID: u64 = (1 << 53) + 1;
 
@@ -52,10 +58,23 @@ struct Inner {
     next_message_id: u64,
     next_request_id: u64,
     client_msg_ids: HashMap<(u64, u64, String), u64>,
-    /// Deliveries seen, to count duplicates: (action, recipient, first 8 bytes of the Content's
-    /// sha256): 32 bytes an entry instead of 56 with the whole digest, and two different Contents
-    /// to one recipient share a 64-bit prefix with probability 2^-64.
-    seen: HashSet<(&'static str, u64, u64), crate::plan::FastState>,
+    /// Deliveries seen, to count duplicates: (recipient, [`delivery_tag`] of action and Content):
+    /// 16 bytes an entry; two different (action, Content) pairs to one recipient share a tag with
+    /// probability 2^-64. std's SipHash: ~20 ns an insert is nothing beside a request.
+    seen: HashSet<(u64, u64)>,
+}
+
+/// The first 8 bytes of SHA-256 over the action, a NUL and the Content: the mock's own digest
+/// for duplicate counting (one per request, not per recipient).
+fn delivery_tag(action: &str, content: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(action.as_bytes());
+    h.update([0u8]);
+    h.update(content.as_bytes());
+    let d: [u8; 32] = h.finalize().into();
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(prefix)
 }
 
 pub struct State {
@@ -93,6 +112,25 @@ fn api_err(
 
 fn invalid(code: &'static str, message: impl Into<String>) -> ApiErr {
     api_err(400, code, None, message)
+}
+
+impl From<WireError> for ApiErr {
+    fn from(e: WireError) -> ApiErr {
+        invalid(e.code, e.message)
+    }
+}
+
+/// Unknown fields the `extra-fields` quirk adds to an object of a reply: several JSON types, as a
+/// newer server version might add.
+fn add_extra_fields(o: &mut Map<String, Value>) {
+    o.insert("XMockExtraString".into(), json!("ignore me"));
+    o.insert("XMockExtraNumber".into(), json!(1.5));
+    o.insert("XMockExtraNull".into(), Value::Null);
+    o.insert("XMockExtraList".into(), json!([1, "two", null]));
+    o.insert(
+        "XMockExtraObject".into(),
+        json!({"Nested": {"Deeper": [true]}, "Code": "NOT_A_CODE"}),
+    );
 }
 
 impl State {
@@ -154,17 +192,54 @@ impl State {
         }
     }
 
-    fn envelope_meta(&self, g: &mut Inner, action: &str) -> ResponseMetadata {
+    fn quirk(&self, q: Quirk) -> bool {
+        self.cfg.quirks.contains(&q)
+    }
+
+    /// ResponseMetadata without Error.
+    fn envelope_meta(&self, g: &mut Inner, action: &str) -> Map<String, Value> {
         let id = g.next_request_id;
         g.next_request_id += 1;
-        ResponseMetadata {
-            request_id: format!("mock{id:016}"),
-            action: action.to_string(),
-            version: VERSION.to_string(),
-            service: "rtc".to_string(),
-            region: "cn-north-1".to_string(),
-            error: None,
+        let mut m = Map::new();
+        m.insert("RequestId".into(), json!(format!("mock{id:016}")));
+        m.insert("Action".into(), json!(action));
+        m.insert("Version".into(), json!(VERSION));
+        m.insert("Service".into(), json!(SERVICE));
+        m.insert("Region".into(), json!(self.cfg.region));
+        m
+    }
+
+    /// The envelope as bytes: `Error` only on failure, `Result` only on success (PROTOCOL.md),
+    /// with the `extra-fields` quirk applied to every object but the maps keyed by user id.
+    fn envelope(&self, mut meta: Map<String, Value>, result: Option<Value>) -> Vec<u8> {
+        let extra = self.quirk(Quirk::ExtraFields);
+        if extra {
+            if let Some(Value::Object(e)) = meta.get_mut("Error") {
+                add_extra_fields(e);
+            }
+            add_extra_fields(&mut meta);
         }
+        let mut env = Map::new();
+        env.insert("ResponseMetadata".into(), Value::Object(meta));
+        if let Some(mut r) = result {
+            if extra {
+                if let Value::Object(o) = &mut r {
+                    if let Some(Value::Array(items)) = o.get_mut("P2PResult") {
+                        for it in items.iter_mut() {
+                            if let Value::Object(it) = it {
+                                add_extra_fields(it);
+                            }
+                        }
+                    }
+                    add_extra_fields(o);
+                }
+            }
+            env.insert("Result".into(), r);
+        }
+        if extra {
+            add_extra_fields(&mut env);
+        }
+        serde_json::to_vec(&Value::Object(env)).unwrap_or_default()
     }
 
     fn error_reply(&self, action: &str, e: ApiErr) -> Outcome {
@@ -172,28 +247,42 @@ impl State {
         *g.stats.rejected.entry(e.code.to_string()).or_default() += 1;
         let mut meta = self.envelope_meta(&mut g, action);
         drop(g);
-        meta.error = Some(ApiError {
-            code_n: e.code_n,
-            code: e.code.to_string(),
-            message: e.message,
-        });
-        let env: Envelope<()> = Envelope {
-            response_metadata: meta,
-            result: None,
-        };
-        Outcome::Reply(e.status, serde_json::to_vec(&env).unwrap_or_default())
+        let mut err = Map::new();
+        if let Some(n) = e.code_n {
+            err.insert("CodeN".into(), json!(n));
+        }
+        err.insert("Code".into(), json!(e.code));
+        err.insert("Message".into(), json!(e.message));
+        meta.insert("Error".into(), Value::Object(err));
+        Outcome::Reply(e.status, self.envelope(meta, None))
     }
 
-    fn ok_reply<T: Serialize>(&self, action: &str, result: T) -> Outcome {
-        let meta = {
+    fn ok_reply(&self, action: &str, result: Value) -> Outcome {
+        let mut meta = {
             let mut g = self.lock();
             self.envelope_meta(&mut g, action)
         };
-        let env = Envelope {
-            response_metadata: meta,
-            result: Some(result),
+        if self.quirk(Quirk::EmptyError) {
+            meta.insert(
+                "Error".into(),
+                json!({"Code": "", "CodeN": 0, "Message": ""}),
+            );
+        }
+        Outcome::Reply(StatusCode::OK, self.envelope(meta, Some(result)))
+    }
+
+    /// A list or map of a Result: as is, or `null` when empty under the `null-lists` quirk.
+    fn list(&self, v: Value) -> Value {
+        let empty = match &v {
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.is_empty(),
+            _ => false,
         };
-        Outcome::Reply(StatusCode::OK, serde_json::to_vec(&env).unwrap_or_default())
+        if empty && self.quirk(Quirk::NullLists) {
+            Value::Null
+        } else {
+            v
+        }
     }
 
     fn fault(&self, g: &mut Inner, rate: f64, kind: &str) -> bool {
@@ -236,6 +325,22 @@ impl State {
                 "InvalidAccessKey",
                 Some(100009),
                 "the access key is not valid",
+            ));
+        }
+        // A scope for another region or service: the server derives its signing key from its own
+        // region and `rtc`, so such a signature cannot verify there. No dedicated code is
+        // documented for this endpoint (PROTOCOL.md's gateway table), so the mock answers what
+        // the failed verification yields: 401 SignatureDoesNotMatch (100010), with a message
+        // naming both scopes so the mistake is plain.
+        if auth.region != self.cfg.region || auth.service != SERVICE {
+            return Err(api_err(
+                401,
+                "SignatureDoesNotMatch",
+                Some(100010),
+                format!(
+                    "the credential scope is signed for region `{}` and service `{}`; this endpoint is region `{}`, service `{SERVICE}`",
+                    auth.region, auth.service, self.cfg.region
+                ),
             ));
         }
         let x_date = r
@@ -309,13 +414,8 @@ impl State {
         id
     }
 
-    fn note_delivery(g: &mut Inner, action: &'static str, recipient: u64, digest: [u8; 32]) {
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&digest[..8]);
-        if !g
-            .seen
-            .insert((action, recipient, u64::from_le_bytes(prefix)))
-        {
+    fn note_delivery(g: &mut Inner, action: &'static str, recipient: u64, tag: u64) {
+        if !g.seen.insert((recipient, tag)) {
             g.stats.duplicates += 1;
         }
         g.stats.delivered += 1;
@@ -326,31 +426,29 @@ impl State {
             .delivered += 1;
     }
 
-    /// Everything after authentication; returns the result JSON and the deliveries to record.
-    fn process(
-        &self,
-        action: &'static str,
-        body: &[u8],
-    ) -> Result<(Vec<u8>, Vec<Delivery>), ApiErr> {
+    /// Everything after authentication; returns the Result JSON and the deliveries to record.
+    fn process(&self, action: &'static str, body: &[u8]) -> Result<(Value, Vec<Delivery>), ApiErr> {
         match action {
             "BatchSendMessage" => {
-                let req: BatchSendMessageRequest = parse_body(body, check_batch)?;
+                let req = wire::batch(body)?;
                 self.check_app(req.app_id)?;
-                let digest: [u8; 32] = Sha256::digest(req.content.as_bytes()).into();
+                let tag = delivery_tag(action, &req.content);
                 let mut g = self.lock();
                 let now = self.cfg.clock.now();
                 let n = req.receiver.len() as u64;
                 if !g.batch.try_admit(now, n) {
                     return Err(self.rate_limited(&mut g, action));
                 }
-                let mut res = BatchSendMessageResult::default();
+                // UserMessageId: user id as a string key, message id as a Long (the seed).
+                let mut ids = Map::new();
+                let mut failed = Vec::new();
                 let mut ds = Vec::with_capacity(req.receiver.len());
                 let time = now.to_string();
                 for &u in &req.receiver {
                     if self.fault_free(&mut g, self.cfg.failed_receiver_rate) {
                         let id = Self::next_id(&mut g);
-                        res.user_message_id.insert(u, id);
-                        Self::note_delivery(&mut g, action, u, digest);
+                        ids.insert(u.to_string(), json!(id));
+                        Self::note_delivery(&mut g, action, u, tag);
                         ds.push(Delivery {
                             action,
                             recipient: u,
@@ -361,16 +459,20 @@ impl State {
                         });
                     } else {
                         g.stats.failed_receivers += 1;
-                        res.failed_receiver.push(u);
+                        failed.push(json!(u));
                     }
                 }
                 self.count_accepted(&mut g, action, n);
-                Ok((serde_json::to_vec(&res).unwrap_or_default(), ds))
+                drop(g);
+                let mut res = Map::new();
+                res.insert("UserMessageId".into(), self.list(Value::Object(ids)));
+                res.insert("FailedReceiver".into(), self.list(Value::Array(failed)));
+                Ok((Value::Object(res), ds))
             }
             "SendMessage" => {
-                let req: SendMessageRequest = parse_body(body, |_| Ok(()))?;
+                let req = wire::send(body)?;
                 self.check_app(req.app_id)?;
-                let digest: [u8; 32] = Sha256::digest(req.content.as_bytes()).into();
+                let tag = delivery_tag(action, &req.content);
                 let mut g = self.lock();
                 let now = self.cfg.clock.now();
                 if !g.send.try_admit(now, 1) {
@@ -383,17 +485,13 @@ impl State {
                     .map(|c| (req.app_id, req.conversation_short_id, c.clone()));
                 if let Some(id) = key.as_ref().and_then(|k| g.client_msg_ids.get(k)).copied() {
                     g.stats.idempotent_replays += 1;
-                    return Ok((
-                        serde_json::to_vec(&SendMessageResult { message_id: id })
-                            .unwrap_or_default(),
-                        Vec::new(),
-                    ));
+                    return Ok((json!({"MessageId": id}), Vec::new()));
                 }
                 let id = Self::next_id(&mut g);
                 if let Some(k) = key {
                     g.client_msg_ids.insert(k, id);
                 }
-                Self::note_delivery(&mut g, action, req.conversation_short_id, digest);
+                Self::note_delivery(&mut g, action, req.conversation_short_id, tag);
                 self.count_accepted(&mut g, action, 1);
                 let d = Delivery {
                     action,
@@ -403,44 +501,41 @@ impl State {
                     users: None,
                     time: now.to_string(),
                 };
-                Ok((
-                    serde_json::to_vec(&SendMessageResult { message_id: id }).unwrap_or_default(),
-                    vec![d],
-                ))
+                Ok((json!({"MessageId": id}), vec![d]))
             }
             "P2PSendMessage" => {
-                let req: P2pSendMessageRequest = parse_body(body, |_| Ok(()))?;
+                let req = wire::p2p(body)?;
                 self.check_app(req.app_id)?;
-                let digest: [u8; 32] = Sha256::digest(req.content.as_bytes()).into();
+                let tag = delivery_tag(action, &req.content);
                 let mut g = self.lock();
                 let now = self.cfg.clock.now();
                 if !g.p2p.try_admit(now, 1) {
                     return Err(self.rate_limited(&mut g, action));
                 }
+                let success = if self.quirk(Quirk::SuccessSpelling) {
+                    P2P_SUCCESS_QUIRK
+                } else {
+                    P2P_SUCCESS
+                };
                 // The mock knows no conversation members: ReceiverUserId are the members reached.
                 let users: Vec<u64> = req.receiver_user_id.clone().unwrap_or_default();
-                let mut res = P2pSendMessageResult::default();
+                let mut results = Vec::with_capacity(users.len());
                 let mut got = Vec::new();
                 for u in users {
                     if self.fault_free(&mut g, self.cfg.offline_rate) {
                         let platform = ["Android", "Web", "IOS"][(u % 3) as usize];
-                        res.p2p_result.push(P2pUserResult {
-                            user_id: u,
-                            code: P2P_SUCCESS.to_string(),
-                            device_platform: Some(platform.to_string()),
-                        });
+                        results.push(
+                            json!({"UserId": u, "Code": success, "DevicePlatform": platform}),
+                        );
                         got.push(u);
                     } else {
                         g.stats.offline += 1;
-                        res.p2p_result.push(P2pUserResult {
-                            user_id: u,
-                            code: P2P_NOT_ONLINE.to_string(),
-                            device_platform: Some("Default".to_string()),
-                        });
+                        results.push(json!({"UserId": u, "Code": P2P_NOT_ONLINE, "DevicePlatform": "Default"}));
                     }
                 }
-                Self::note_delivery(&mut g, action, req.conversation_short_id, digest);
+                Self::note_delivery(&mut g, action, req.conversation_short_id, tag);
                 self.count_accepted(&mut g, action, 1);
+                drop(g);
                 let d = Delivery {
                     action,
                     recipient: req.conversation_short_id,
@@ -449,7 +544,9 @@ impl State {
                     users: Some(got),
                     time: now.to_string(),
                 };
-                Ok((serde_json::to_vec(&res).unwrap_or_default(), vec![d]))
+                let mut res = Map::new();
+                res.insert("P2PResult".into(), self.list(Value::Array(results)));
+                Ok((Value::Object(res), vec![d]))
             }
             _ => Err(api_err(
                 404,
@@ -595,64 +692,8 @@ impl State {
                 ),
             );
         }
-        let result: serde_json::Value =
-            serde_json::from_slice(&result).unwrap_or(serde_json::Value::Null);
         self.ok_reply(action, result)
     }
-}
-
-fn check_batch(v: &serde_json::Value) -> Result<(), ApiErr> {
-    match v.get("Receiver") {
-        Some(serde_json::Value::Array(a)) => {
-            if a.is_empty() || a.len() > MAX_RECEIVERS {
-                return Err(invalid(
-                    "InvalidParameter.UserCountOverLimit",
-                    format!(
-                        "Receiver must hold 1 to {MAX_RECEIVERS} users, got {}",
-                        a.len()
-                    ),
-                ));
-            }
-            if a.iter().any(|x| x.as_u64().is_none()) {
-                return Err(invalid(
-                    "InvalidParameter",
-                    "Receiver must be a list of non-negative integers",
-                ));
-            }
-            Ok(())
-        }
-        Some(_) => Err(invalid(
-            "InvalidParameter",
-            "Receiver must be a list of non-negative integers",
-        )),
-        None => Err(invalid("InvalidParameter", "missing field Receiver")),
-    }
-}
-
-fn parse_body<T: DeserializeOwned>(
-    body: &[u8],
-    pre: impl Fn(&serde_json::Value) -> Result<(), ApiErr>,
-) -> Result<T, ApiErr> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(invalid(
-            "InvalidParameter.BodyIsEmpty",
-            "the request body is empty",
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        invalid(
-            "InvalidParameter.Unmarshal",
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
-    if !v.is_object() {
-        return Err(invalid(
-            "InvalidParameter.Unmarshal",
-            "the body is not a JSON object",
-        ));
-    }
-    pre(&v)?;
-    serde_json::from_value(v).map_err(|e| invalid("InvalidParameter", e.to_string()))
 }
 
 /// Split a raw query into decoded pairs (`+` is kept: the signer encodes it as `%2B`).

@@ -284,15 +284,14 @@ async fn batch_send_delivers_and_keeps_big_ids_exact() {
     let m = mock::start(MockConfig::default()).await.expect("mock");
     let c = client_for(&m);
     let big = (1u64 << 53) + 1;
+    // The largest id the wire allows: user ids are Long (signed 64-bit).
+    let max = i64::MAX as u64;
     let r = c
-        .batch_send(&batch(
-            vec![1, 2, big, i64::MAX as u64],
-            r#"{"text":"你好"}"#,
-        ))
+        .batch_send(&batch(vec![1, 2, big, max], r#"{"text":"你好"}"#))
         .await
         .expect("delivered");
     assert_eq!(r.user_message_id.len(), 4);
-    assert!(r.user_message_id.contains_key(&(i64::MAX as u64)));
+    assert!(r.user_message_id.contains_key(&max));
     assert!(r.user_message_id.contains_key(&big));
     assert!(r.failed_receiver.is_empty());
     assert!(r.user_message_id.values().all(|&id| id > 1 << 53));
