@@ -78,7 +78,9 @@ impl JournalError {
         match self {
             JournalError::Changed { .. } => Exit::Changed,
             JournalError::Busy { .. } => Exit::Busy,
-            JournalError::Db { source, .. } if is_busy(source) => Exit::Busy,
+            JournalError::Db { source, .. } if is_busy(source) || is_unfinished_conflict(source) => {
+                Exit::Busy
+            }
             JournalError::NoRun(_) | JournalError::Seed(_) => Exit::Invalid,
             _ => Exit::Internal,
         }
@@ -90,6 +92,19 @@ fn is_busy(e: &rusqlite::Error) -> bool {
         e,
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked
+    )
+}
+
+/// The index that keeps at most one unfinished non-test run per (campaign, occurrence).
+const UNFINISHED_INDEX: &str = "runs_one_unfinished";
+
+/// Whether `e` is the database refusing a second unfinished run of a campaign occurrence
+/// (another process created or reopened one first).
+fn is_unfinished_conflict(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, Some(msg))
+            if f.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains(UNFINISHED_INDEX)
     )
 }
 
@@ -417,6 +432,16 @@ pub struct Recovered {
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
+    /// The lease id this journal writes into `runs.owner` (see [`Journal::claim`]).
+    owner: String,
+    /// This journal's entry in [`LIVE_LEASES`].
+    instance: u64,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        live_leases().remove(&self.instance);
+    }
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -519,7 +544,76 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE recipients;
      ALTER TABLE recipients_3 RENAME TO recipients;
      CREATE INDEX recipients_id ON recipients(id);",
+    // 4: at most one unfinished (running/paused/interrupted) non-test run per campaign and
+    // occurrence, enforced by the database. Before it is created, older duplicates (left by the
+    // race this closes) are cancelled: see `end_duplicate_unfinished_runs`.
+    "CREATE UNIQUE INDEX runs_one_unfinished ON runs(campaign, COALESCE(occurrence, ''))
+        WHERE is_test = 0 AND status IN ('running', 'paused', 'interrupted');",
 ];
+
+/// The migration (index into [`MIGRATIONS`]) that adds [`UNFINISHED_INDEX`].
+const UNFINISHED_INDEX_MIGRATION: usize = 3;
+
+/// Before [`UNFINISHED_INDEX`] exists, a database may hold several unfinished runs of one
+/// campaign occurrence (two processes started at once). The newest of each group stays (it is
+/// what `run` resumed before the index existed); the older ones are recovered like a crash (an
+/// in-flight call's receivers become `unknown`) and cancelled: pending recipients `cancelled`,
+/// the run `cancelled` with a stop reason naming the run kept. Returns how many were cancelled.
+fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, JournalError> {
+    let db = |source| JournalError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    let older: Vec<(String, String, String, String)> = {
+        let mut st = conn
+            .prepare(
+                "SELECT r.id, r.action, r.updated_at,
+                    (SELECT n.id FROM runs n
+                      WHERE n.campaign = r.campaign AND COALESCE(n.occurrence, '') = COALESCE(r.occurrence, '')
+                        AND n.is_test = 0 AND n.status IN ('running', 'paused', 'interrupted')
+                      ORDER BY n.created_at DESC, n.rowid DESC LIMIT 1) AS kept
+                 FROM runs r
+                 WHERE r.is_test = 0 AND r.status IN ('running', 'paused', 'interrupted')",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        rows.into_iter().filter(|(id, _, _, kept)| id != kept).collect()
+    };
+    let ops = Ops {
+        conn,
+        path,
+        owner: "",
+    };
+    for (id, action, updated_at, kept) in &older {
+        let action = parse_action(action)?;
+        let at = parse_ts(updated_at)?;
+        ops.recover(id, action)?;
+        ops.set_pending(
+            id,
+            RecipientStatus::Cancelled,
+            "the run was cancelled: another unfinished run of the campaign was kept",
+            at,
+        )?;
+        conn.execute(
+            "UPDATE runs SET status = 'cancelled', finished_at = updated_at, owner = NULL,
+                 stop_reason = ?2
+             WHERE id = ?1",
+            params![
+                id,
+                format!(
+                    "cancelled when the journal was upgraded: run {kept} of the same campaign was \
+                     also unfinished, and only one unfinished run per campaign is kept"
+                )
+            ],
+        )
+        .map_err(db)?;
+    }
+    Ok(older.len() as u64)
+}
 
 /// Largest audience line a recipient key holds (`rk` = run key << 32 | line).
 const MAX_LINE: u64 = u32::MAX as u64;
@@ -579,9 +673,44 @@ fn parse_ts(s: &str) -> Result<Timestamp, JournalError> {
         .map_err(|e| JournalError::Corrupt(format!("time {s:?}: {e}")))
 }
 
-/// This process, for the run lease: `host:pid`.
-fn owner_id() -> String {
-    format!("{}:{}", hostname(), std::process::id())
+/// Journals open in this process, by instance number: a lease written by this process is live
+/// exactly while the journal that took it is open (two journals in one process — the daemon's
+/// runs, tests — are two lease holders, like two processes).
+fn live_leases() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u64>> {
+    static LIVE: std::sync::Mutex<std::collections::BTreeSet<u64>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A new lease id for a journal of this process: `host:pid:instance`, registered live.
+fn new_owner() -> (String, u64) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let instance = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    live_leases().insert(instance);
+    (
+        format!("{}:{}:{instance}", hostname(), std::process::id()),
+        instance,
+    )
+}
+
+/// A lease id's parts: host, pid and (since leases are per journal) the journal instance.
+/// Older releases wrote `host:pid`.
+fn parse_owner(owner: &str) -> Option<(&str, u32, Option<u64>)> {
+    let (rest, last) = owner.rsplit_once(':')?;
+    if let Some((host, pid)) = rest.rsplit_once(':') {
+        if let (Ok(pid), Ok(instance)) = (pid.parse::<u32>(), last.parse::<u64>()) {
+            return Some((host, pid, Some(instance)));
+        }
+    }
+    Some((rest, last.parse().ok()?, None))
+}
+
+/// A lease holder as people read it: `pid 4242 on host-a`.
+fn describe_owner(owner: &str) -> String {
+    match parse_owner(owner) {
+        Some((host, pid, _)) => format!("pid {pid} on {host}"),
+        None => owner.to_string(),
+    }
 }
 
 /// The machine's name (for the run lease and the audit block).
@@ -598,17 +727,16 @@ pub fn hostname() -> String {
 /// Is the lease holder `owner` a live process? Only decidable on this host; another host's lease
 /// counts as live.
 fn owner_alive(owner: &str) -> bool {
-    let Some((host, pid)) = owner.rsplit_once(':') else {
+    let Some((host, pid, instance)) = parse_owner(owner) else {
         return false;
     };
     if host != hostname() {
         return true;
     }
-    let Ok(pid) = pid.parse::<u32>() else {
-        return false;
-    };
     if pid == std::process::id() {
-        return true;
+        // This process: live while the journal that took it is open. A lease in the old
+        // `host:pid` form with our pid was written by an earlier process that had this pid.
+        return instance.is_some_and(|i| live_leases().contains(&i));
     }
     if cfg!(target_os = "linux") {
         Path::new(&format!("/proc/{pid}")).exists()
@@ -636,9 +764,12 @@ impl Journal {
         // in audience order, so the hot pages are few; the id index is what a larger audience
         // touches all over. Bounded, whatever the audience size.
         conn.pragma_update(None, "cache_size", -16384).map_err(db)?;
+        let (owner, instance) = new_owner();
         let mut j = Journal {
             conn,
             path: path.to_path_buf(),
+            owner,
+            instance,
         };
         j.migrate()?;
         Ok(j)
@@ -676,6 +807,9 @@ impl Journal {
             .map_err(db)?;
         for (i, m) in MIGRATIONS.iter().enumerate() {
             if (i as i64) >= version {
+                if i == UNFINISHED_INDEX_MIGRATION {
+                    end_duplicate_unfinished_runs(&tx, &path)?;
+                }
                 tx.execute_batch(m).map_err(db)?;
             }
         }
@@ -744,14 +878,19 @@ impl Journal {
         })
     }
 
+    /// Statements on this journal's own connection (each commits by itself unless the caller
+    /// opened a transaction).
+    fn ops(&self) -> Ops<'_> {
+        Ops {
+            conn: &self.conn,
+            path: &self.path,
+            owner: &self.owner,
+        }
+    }
+
     /// One run by id.
     pub fn run(&self, id: &str) -> Result<Option<RunInfo>, JournalError> {
-        let raw = self
-            .conn
-            .query_row("SELECT * FROM runs WHERE id = ?1", [id], Self::run_from_row)
-            .optional()
-            .map_err(self.db())?;
-        raw.map(RawRun::into_info).transpose()
+        self.ops().run(id)
     }
 
     /// The latest run of a campaign (tests excluded unless asked for).
@@ -773,24 +912,14 @@ impl Journal {
         raw.map(RawRun::into_info).transpose()
     }
 
-    /// The unfinished (running/paused/interrupted) non-test run of a campaign occurrence.
+    /// The unfinished (running/paused/interrupted) non-test run of a campaign occurrence (the
+    /// database holds at most one).
     pub fn unfinished_run(
         &self,
         campaign: &str,
         occurrence: Option<&str>,
     ) -> Result<Option<RunInfo>, JournalError> {
-        let raw = self
-            .conn
-            .query_row(
-                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
-                   AND status IN ('running','paused','interrupted')
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
-                params![campaign, occurrence],
-                Self::run_from_row,
-            )
-            .optional()
-            .map_err(self.db())?;
-        raw.map(RawRun::into_info).transpose()
+        self.ops().unfinished_run(campaign, occurrence)
     }
 
     /// All runs of a campaign, newest first.
@@ -808,8 +937,15 @@ impl Journal {
     }
 
     /// Decide and do what `imcast run` does with the journal: create, resume, apply added
-    /// suppressions, continue a changed run, or report that the latest run finished.
-    /// `rows` is called at most once, to seed (or check) recipients.
+    /// suppressions, continue a changed run, reopen a finished run for `--resend-unknown`, or
+    /// report that the latest run finished. `rows` is called at most once, to seed (or check)
+    /// recipients.
+    ///
+    /// The decision and everything it does (taking the lease, settling in-flight calls,
+    /// cancelling a superseded run, inserting and seeding the new run) are one IMMEDIATE
+    /// transaction: a second process deciding at the same moment waits for it, then sees this
+    /// run and its live lease ([`JournalError::Busy`], exit 6). The unique index on unfinished
+    /// runs backs this up; if it refuses a run, that is `Busy` too.
     pub fn open_run<'r, E: fmt::Display + Send>(
         &mut self,
         new: &NewRun,
@@ -817,110 +953,6 @@ impl Journal {
         rows: &mut dyn FnMut() -> SeedRows<'r, E>,
         now: Timestamp,
     ) -> Result<Opened, JournalError> {
-        if !new.is_test && !opts.new_run {
-            if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
-                if old.plan_hash == new.plan_hash {
-                    self.claim(&old, now)?;
-                    let recovered = self.recover(&old.id, old.action)?;
-                    self.set_status(&old.id, RunStatus::Running, None, now)?;
-                    let run = self
-                        .run(&old.id)?
-                        .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
-                    return Ok(Opened::Resumed { run, recovered });
-                }
-                if opts.continue_changed {
-                    self.claim(&old, now)?;
-                    self.recover(&old.id, old.action)?;
-                    let (run, skipped) = self.create_run(new, Some(&old), opts, rows(), now)?;
-                    self.cancel_pending(&old.id, now)?;
-                    self.set_status(
-                        &old.id,
-                        RunStatus::Cancelled,
-                        Some(&format!("continued as run {} with changed content", run.id)),
-                        now,
-                    )?;
-                    return Ok(Opened::Continued {
-                        run,
-                        from: old.id,
-                        skipped,
-                    });
-                }
-                if old.content_key.is_some() && old.content_key == new.content_key {
-                    self.claim(&old, now)?;
-                    if let Some(n) = self.try_apply_suppressions(&old, new, rows(), now)? {
-                        let recovered = self.recover(&old.id, old.action)?;
-                        self.set_status(&old.id, RunStatus::Running, None, now)?;
-                        let run = self
-                            .run(&old.id)?
-                            .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
-                        return Ok(Opened::ResumedWithSuppressions {
-                            run,
-                            recovered,
-                            newly_suppressed: n,
-                        });
-                    }
-                    self.release(&old.id)?;
-                }
-                return Err(JournalError::Changed {
-                    campaign: new.campaign.clone(),
-                    run_id: old.id,
-                    old: old.plan_hash,
-                    new: new.plan_hash.clone(),
-                });
-            }
-            if let Some(last) = self.latest_run(&new.campaign, false)? {
-                if last.occurrence.as_deref() == new.occurrence.as_deref() {
-                    let unknown = self.count_status(&last.id, RecipientStatus::Unknown)?;
-                    if opts.resend_unknown
-                        && unknown > 0
-                        && last.status == RunStatus::Finished
-                        && last.plan_hash == new.plan_hash
-                    {
-                        self.claim(&last, now)?;
-                        self.set_status(&last.id, RunStatus::Running, None, now)?;
-                        let run = self
-                            .run(&last.id)?
-                            .ok_or_else(|| JournalError::NoRun(last.id.clone()))?;
-                        return Ok(Opened::Resumed {
-                            run,
-                            recovered: Recovered::default(),
-                        });
-                    }
-                    return Ok(Opened::AlreadyFinished(last));
-                }
-            }
-        }
-        if opts.new_run && !new.is_test {
-            if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
-                self.claim(&old, now)?;
-                self.recover(&old.id, old.action)?;
-                self.cancel_pending(&old.id, now)?;
-                self.set_status(
-                    &old.id,
-                    RunStatus::Cancelled,
-                    Some("superseded by --new-run"),
-                    now,
-                )?;
-                self.release(&old.id)?;
-            }
-        }
-        let (run, _) = self.create_run(new, None, opts, rows(), now)?;
-        Ok(Opened::Created(run))
-    }
-
-    fn create_run<E: fmt::Display + Send>(
-        &mut self,
-        new: &NewRun,
-        continue_from: Option<&RunInfo>,
-        opts: ResumeOptions,
-        rows: SeedRows<'_, E>,
-        now: Timestamp,
-    ) -> Result<(RunInfo, u64), JournalError> {
-        let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
-        let flags =
-            serde_json::to_string(&new.flags).map_err(|e| JournalError::Corrupt(e.to_string()))?;
-        let audit =
-            serde_json::to_string(&new.audit).map_err(|e| JournalError::Corrupt(e.to_string()))?;
         let path = self.path.clone();
         let db = |source| JournalError::Db {
             path: path.clone(),
@@ -930,256 +962,73 @@ impl Journal {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        tx.execute(
-            "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
-                              created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
-                              continued_from, owner, key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                     (SELECT COALESCE(MAX(key), 0) + 1 FROM runs))",
-            params![
-                id,
-                new.campaign,
-                new.occurrence,
-                new.plan_hash,
-                new.content_key,
-                new.action.as_str(),
-                flags,
-                new.is_test,
-                ts(now),
-                audit,
-                new.limit.limit as i64,
-                new.limit.window.as_millis() as i64,
-                new.total_calls as i64,
-                continue_from.map(|r| r.id.clone()),
-                owner_id(),
-            ],
-        )
-        .map_err(db)?;
-        let mut skipped = 0u64;
-        let now_s = ts(now);
-        let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
-        let key = run_key(&tx, &id)
-            .map_err(db)?
-            .ok_or_else(|| JournalError::NoRun(id.clone()))?;
-        let old_range = match continue_from {
-            Some(old) => run_key(&tx, &old.id).map_err(db)?.map(rk_range),
-            None => None,
+        let ops = Ops {
+            conn: &tx,
+            path: &self.path,
+            owner: &self.owner,
         };
-        {
-            let mut ins = tx
-                .prepare(
-                    "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message,
-                                            message_id, detail, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(db)?;
-            let mut prior = tx
-                .prepare(
-                    "SELECT status, message_id FROM recipients
-                     WHERE id = ?3 AND rk BETWEEN ?1 AND ?2 AND status IN ('sent','not_online','unknown') LIMIT 1",
-                )
-                .map_err(db)?;
-            consume_in_batches(rows, |row| {
-                let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
-                let mut status = row.status;
-                let mut message_id: Option<i64> = None;
-                let mut note = row.note.clone();
-                let mut detail: Option<String> = None;
-                if row.line > MAX_LINE {
-                    return Err(JournalError::Seed(format!(
-                        "audience line {} is beyond the {MAX_LINE} lines a run can hold",
-                        row.line
-                    )));
-                }
-                if let (Some(old), Some((lo, hi)), Some(rid), RecipientStatus::Pending) =
-                    (continue_from, old_range, row.id, row.status)
-                {
-                    let p: Option<(String, Option<i64>)> = prior
-                        .query_row(params![lo, hi, rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
-                        .map_err(db)?;
-                    if let Some((s, mid)) = p {
-                        let s: RecipientStatus = s.parse()?;
-                        if s != RecipientStatus::Unknown || !opts.resend_unknown {
-                            status = s;
-                            message_id = mid;
-                            detail = Some(format!("carried over from run {}", old.id));
-                            note = None;
-                            skipped += 1;
-                        }
-                    }
-                }
-                *seeded.entry(status).or_default() += 1;
-                // The id's own decimal form is not stored twice. `updated_at` is written now
-                // although the run row holds the same time: an outcome then rewrites the row at
-                // the same size instead of growing it (which splits pages all over the table).
-                let raw_id = match row.id {
-                    Some(v) if itoa::Buffer::new().format(v) == row.raw_id => None,
-                    _ => Some(row.raw_id.as_str()),
-                };
-                let updated_at = Some(now_s.as_str());
-                ins.execute(params![
-                    (key << 32) | row.line as i64,
-                    row.id.map(|v| v as i64),
-                    raw_id,
-                    status.as_str(),
-                    row.call_seq.map(|v| v as i64),
-                    row.variant,
-                    note,
-                    message_id,
-                    detail,
-                    updated_at,
-                ])
-                .map_err(db)?;
-                Ok(())
-            })?;
-        }
-        for (status, n) in seeded {
-            count_move(&tx, &id, None, status, n).map_err(db)?;
-        }
-        tx.commit().map_err(db)?;
-        let run = self
-            .run(&id)?
-            .ok_or_else(|| JournalError::NoRun(id.clone()))?;
-        Ok((run, skipped))
-    }
-
-    /// If the new rows differ from the run's only by rows that became suppressed, apply that and
-    /// return how many; otherwise change nothing and return None.
-    fn try_apply_suppressions<E: fmt::Display + Send>(
-        &mut self,
-        old: &RunInfo,
-        new: &NewRun,
-        rows: SeedRows<'_, E>,
-        now: Timestamp,
-    ) -> Result<Option<u64>, JournalError> {
-        let path = self.path.clone();
-        let db = |source| JournalError::Db {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let mut n = 0u64;
-        let mut seen = 0u64;
-        {
-            let key = run_key(&tx, &old.id)
-                .map_err(db)?
-                .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
-            let mut get = tx
-                .prepare("SELECT id, status FROM recipients WHERE rk = ?1")
-                .map_err(db)?;
-            let mut upd = tx
-                .prepare(
-                    "UPDATE recipients SET status = 'suppressed', error_message = ?2, updated_at = ?3
-                     WHERE rk = ?1",
-                )
-                .map_err(db)?;
-            for row in rows {
-                let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
-                seen += 1;
-                if row.line > MAX_LINE {
-                    return Ok(None);
-                }
-                let rk = (key << 32) | row.line as i64;
-                let cur: Option<(Option<i64>, String)> = get
-                    .query_row(params![rk], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-                    .map_err(db)?;
-                let Some((cid, cstatus)) = cur else {
-                    return Ok(None);
-                };
-                if cid.map(|v| v as u64) != row.id {
-                    return Ok(None);
-                }
-                let cstatus: RecipientStatus = cstatus.parse()?;
-                let was_final_input = matches!(
-                    cstatus,
-                    RecipientStatus::Invalid
-                        | RecipientStatus::Duplicate
-                        | RecipientStatus::Suppressed
-                );
-                let now_final_input = matches!(
-                    row.status,
-                    RecipientStatus::Invalid
-                        | RecipientStatus::Duplicate
-                        | RecipientStatus::Suppressed
-                );
-                if row.status == RecipientStatus::Suppressed && !was_final_input {
-                    if cstatus == RecipientStatus::Pending {
-                        upd.execute(params![rk, row.note, ts(now)]).map_err(db)?;
-                        n += 1;
-                    }
-                    continue;
-                }
-                if was_final_input != now_final_input || (was_final_input && cstatus != row.status)
-                {
-                    return Ok(None);
-                }
+        match ops.open_run(new, opts, rows, now) {
+            Ok(opened) => {
+                tx.commit().map_err(db)?;
+                Ok(opened)
+            }
+            Err(e) => {
+                drop(tx);
+                Err(self.conflict_as_busy(e, &new.campaign, new.occurrence.as_deref()))
             }
         }
-        let total: i64 = tx
-            .query_row(
-                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1",
-                [&old.id],
-                |r| r.get(0),
-            )
-            .map_err(db)?;
-        count_move(
-            &tx,
-            &old.id,
-            Some(RecipientStatus::Pending),
-            RecipientStatus::Suppressed,
-            n,
-        )
-        .map_err(db)?;
-        if total as u64 != seen {
-            return Ok(None);
-        }
-        tx.execute(
-            "UPDATE runs SET plan_hash = ?2, total_calls = ?3, updated_at = ?4 WHERE id = ?1",
-            params![old.id, new.plan_hash, new.total_calls as i64, ts(now)],
-        )
-        .map_err(db)?;
-        tx.commit().map_err(db)?;
-        Ok(Some(n))
     }
 
-    /// Take the run's lease for this process, unless a live process holds it.
+    /// The unique index refused a second unfinished run: say who holds the one there is.
+    fn conflict_as_busy(
+        &self,
+        e: JournalError,
+        campaign: &str,
+        occurrence: Option<&str>,
+    ) -> JournalError {
+        let JournalError::Db { source, .. } = &e else {
+            return e;
+        };
+        if !is_unfinished_conflict(source) {
+            return e;
+        }
+        let run = self.unfinished_run(campaign, occurrence).ok().flatten();
+        let owner = run
+            .as_ref()
+            .and_then(|r| self.ops().owner_of(&r.id).ok().flatten());
+        JournalError::Busy {
+            campaign: campaign.to_string(),
+            run_id: run.map(|r| r.id).unwrap_or_else(|| "(just created)".into()),
+            owner: owner
+                .as_deref()
+                .map(describe_owner)
+                .unwrap_or_else(|| "another process".into()),
+        }
+    }
+
+    /// Take the run's lease for this journal, unless a live holder has it: the check and the
+    /// write are one IMMEDIATE transaction, so of two processes claiming at once exactly one
+    /// gets it. A dead holder's lease (its process gone, or its journal closed in this process)
+    /// is taken over; another host's lease counts as live.
     pub fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
-        let owner: Option<String> = self
-            .conn
-            .query_row("SELECT owner FROM runs WHERE id = ?1", [&run.id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(self.db())?
-            .flatten();
-        let me = owner_id();
-        if let Some(o) = owner {
-            if o != me && owner_alive(&o) {
-                return Err(JournalError::Busy {
-                    campaign: run.campaign.clone(),
-                    run_id: run.id.clone(),
-                    owner: o,
-                });
-            }
-        }
-        self.conn
-            .execute(
-                "UPDATE runs SET owner = ?2, updated_at = ?3 WHERE id = ?1",
-                params![run.id, me, ts(now)],
-            )
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
             .map_err(self.db())?;
-        Ok(())
+        let ops = Ops {
+            conn: &tx,
+            path: &self.path,
+            owner: &self.owner,
+        };
+        ops.claim(run, now)?;
+        tx.commit().map_err(self.db())
     }
 
-    /// Give up the run's lease.
+    /// Give up the run's lease (if this journal holds it).
     pub fn release(&self, run_id: &str) -> Result<(), JournalError> {
         self.conn
-            .execute("UPDATE runs SET owner = NULL WHERE id = ?1", [run_id])
+            .execute(
+                "UPDATE runs SET owner = NULL WHERE id = ?1 AND owner = ?2",
+                params![run_id, self.owner],
+            )
             .map_err(self.db())?;
         Ok(())
     }
@@ -1192,21 +1041,7 @@ impl Journal {
         reason: Option<&str>,
         now: Timestamp,
     ) -> Result<(), JournalError> {
-        let done = matches!(status, RunStatus::Finished | RunStatus::Cancelled);
-        let n = self
-            .conn
-            .execute(
-                "UPDATE runs SET status = ?2, stop_reason = ?3, updated_at = ?4,
-                     finished_at = CASE WHEN ?5 THEN ?4 ELSE NULL END,
-                     owner = CASE WHEN ?5 OR ?2 != 'running' THEN NULL ELSE owner END
-                 WHERE id = ?1",
-                params![run_id, status.as_str(), reason, ts(now), done],
-            )
-            .map_err(self.db())?;
-        if n == 0 {
-            return Err(JournalError::NoRun(run_id.into()));
-        }
-        Ok(())
+        self.ops().set_status(run_id, status, reason, now)
     }
 
     /// Settle in-flight calls left by a crash: their receivers become `unknown`, except for
@@ -1221,69 +1056,12 @@ impl Journal {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
-        let mut rec = Recovered::default();
-        let (lo, hi) = rk_range(
-            run_key(&tx, run_id)
-                .map_err(db)?
-                .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?,
-        );
-        let calls: Vec<(i64, String)> = {
-            let mut st = tx
-                .prepare(
-                    "SELECT seq, receivers FROM calls WHERE run_id = ?1 AND state = 'in_flight'",
-                )
-                .map_err(db)?;
-            let v = st
-                .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(db)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db)?;
-            v
-        };
-        for (seq, receivers) in calls {
-            if action == Action::Conversation {
-                tx.execute(
-                    "UPDATE calls SET state = 'planned', error_message = 'interrupted; resent with the same ClientMsgId'
-                     WHERE run_id = ?1 AND seq = ?2",
-                    params![run_id, seq],
-                )
-                .map_err(db)?;
-                rec.replanned_calls += 1;
-                continue;
-            }
-            let ids: Vec<u64> = serde_json::from_str(&receivers)
-                .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
-            tx.execute(
-                "UPDATE calls SET state = 'unknown', error_message = 'the process stopped while the call was in flight'
-                 WHERE run_id = ?1 AND seq = ?2",
-                params![run_id, seq],
-            )
-            .map_err(db)?;
-            rec.unknown_calls += 1;
-            let mut upd = tx
-                .prepare_cached(
-                    "UPDATE OR FAIL recipients SET status = 'unknown', error_code = 'InFlightAtCrash',
-                         error_message = 'the process stopped while this call was in flight; it may have been delivered',
-                         call_seq = ?3,
-                         variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
-                         attempts = (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
-                     WHERE id = ?2 AND rk BETWEEN ?4 AND ?5 AND status = 'pending'",
-                )
-                .map_err(db)?;
-            for id in ids {
-                rec.unknown_recipients += upd
-                    .execute(params![run_id, id as i64, seq, lo, hi])
-                    .map_err(db)? as u64;
-            }
+        let rec = Ops {
+            conn: &tx,
+            path: &self.path,
+            owner: &self.owner,
         }
-        count_move(
-            &tx,
-            run_id,
-            Some(RecipientStatus::Pending),
-            RecipientStatus::Unknown,
-            rec.unknown_recipients,
-        )
-        .map_err(db)?;
+        .recover(run_id, action)?;
         tx.commit().map_err(db)?;
         Ok(rec)
     }
@@ -1593,19 +1371,14 @@ impl Journal {
         why: &str,
         now: Timestamp,
     ) -> Result<u64, JournalError> {
-        let tx = self.conn.unchecked_transaction().map_err(self.db())?;
-        let Some(key) = run_key(&tx, run_id).map_err(self.db())? else {
-            return Ok(0);
-        };
-        let (lo, hi) = rk_range(key);
-        let n = tx
-            .execute(
-                "UPDATE recipients SET status = ?3, error_message = ?4, updated_at = ?5
-                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'",
-                params![lo, hi, to.as_str(), why, ts(now)],
-            )
-            .map_err(self.db())? as u64;
-        count_move(&tx, run_id, Some(RecipientStatus::Pending), to, n).map_err(self.db())?;
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(self.db())?;
+        let n = Ops {
+            conn: &tx,
+            path: &self.path,
+            owner: &self.owner,
+        }
+        .set_pending(run_id, to, why, now)?;
         tx.commit().map_err(self.db())?;
         Ok(n)
     }
@@ -1900,11 +1673,7 @@ struct RawRun {
 
 impl RawRun {
     fn into_info(self) -> Result<RunInfo, JournalError> {
-        let action = Action::ALL
-            .iter()
-            .copied()
-            .find(|a| a.as_str() == self.action)
-            .ok_or_else(|| JournalError::Corrupt(format!("action {:?}", self.action)))?;
+        let action = parse_action(&self.action)?;
         Ok(RunInfo {
             action,
             status: self.status.parse()?,
@@ -1929,6 +1698,610 @@ impl RawRun {
             stop_reason: self.stop_reason,
             continued_from: self.continued_from,
         })
+    }
+}
+
+/// An action's stored name.
+fn parse_action(s: &str) -> Result<Action, JournalError> {
+    Action::ALL
+        .iter()
+        .copied()
+        .find(|a| a.as_str() == s)
+        .ok_or_else(|| JournalError::Corrupt(format!("action {s:?}")))
+}
+
+/// The journal's run statements on one connection: inside [`Journal::open_run`]'s transaction
+/// (so a decision and what it does commit together), in a migration, or on the journal's own
+/// connection. Never begins or commits a transaction itself.
+struct Ops<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+    /// The lease id of the journal these statements act for.
+    owner: &'a str,
+}
+
+impl Ops<'_> {
+    fn db(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+        move |source| JournalError::Db {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn run(&self, id: &str) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .prepare_cached("SELECT * FROM runs WHERE id = ?1")
+            .map_err(self.db())?
+            .query_row([id], Journal::run_from_row)
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    fn existing_run(&self, id: &str) -> Result<RunInfo, JournalError> {
+        self.run(id)?
+            .ok_or_else(|| JournalError::NoRun(id.to_string()))
+    }
+
+    fn owner_of(&self, run_id: &str) -> Result<Option<String>, JournalError> {
+        Ok(self
+            .conn
+            .query_row("SELECT owner FROM runs WHERE id = ?1", [run_id], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()
+            .map_err(self.db())?
+            .flatten())
+    }
+
+    fn unfinished_run(
+        &self,
+        campaign: &str,
+        occurrence: Option<&str>,
+    ) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .prepare_cached(
+                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
+                   AND status IN ('running','paused','interrupted')
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            )
+            .map_err(self.db())?
+            .query_row(params![campaign, occurrence], Journal::run_from_row)
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    /// The latest non-test run of a campaign occurrence (`None` = runs started by `imcast run`).
+    fn latest_of_occurrence(
+        &self,
+        campaign: &str,
+        occurrence: Option<&str>,
+    ) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .prepare_cached(
+                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            )
+            .map_err(self.db())?
+            .query_row(params![campaign, occurrence], Journal::run_from_row)
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    fn count_status(&self, run_id: &str, status: RecipientStatus) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1 AND status = ?2",
+            )
+            .map_err(self.db())?
+            .query_row(params![run_id, status.as_str()], |r| r.get(0))
+            .map_err(self.db())?;
+        Ok(n as u64)
+    }
+
+    /// See [`Journal::open_run`]; runs inside its transaction.
+    fn open_run<'r, E: fmt::Display + Send>(
+        &self,
+        new: &NewRun,
+        opts: ResumeOptions,
+        rows: &mut dyn FnMut() -> SeedRows<'r, E>,
+        now: Timestamp,
+    ) -> Result<Opened, JournalError> {
+        if !new.is_test && !opts.new_run {
+            if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
+                if old.plan_hash == new.plan_hash {
+                    self.claim(&old, now)?;
+                    let recovered = self.recover(&old.id, old.action)?;
+                    self.set_status(&old.id, RunStatus::Running, None, now)?;
+                    let run = self.existing_run(&old.id)?;
+                    return Ok(Opened::Resumed { run, recovered });
+                }
+                if opts.continue_changed {
+                    self.claim(&old, now)?;
+                    self.recover(&old.id, old.action)?;
+                    // The old run ends before the continuing one is inserted (at most one
+                    // unfinished run); both commit together or not at all.
+                    let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
+                    self.cancel_pending(&old.id, now)?;
+                    self.set_status(
+                        &old.id,
+                        RunStatus::Cancelled,
+                        Some(&format!("continued as run {id} with changed content")),
+                        now,
+                    )?;
+                    let (run, skipped) = self.create_run(&id, new, Some(&old), opts, rows(), now)?;
+                    return Ok(Opened::Continued {
+                        run,
+                        from: old.id,
+                        skipped,
+                    });
+                }
+                if old.content_key.is_some() && old.content_key == new.content_key {
+                    self.claim(&old, now)?;
+                    if let Some(n) = self.try_apply_suppressions(&old, new, rows(), now)? {
+                        let recovered = self.recover(&old.id, old.action)?;
+                        self.set_status(&old.id, RunStatus::Running, None, now)?;
+                        let run = self.existing_run(&old.id)?;
+                        return Ok(Opened::ResumedWithSuppressions {
+                            run,
+                            recovered,
+                            newly_suppressed: n,
+                        });
+                    }
+                    // The caller rolls back, the lease included.
+                }
+                return Err(JournalError::Changed {
+                    campaign: new.campaign.clone(),
+                    run_id: old.id,
+                    old: old.plan_hash,
+                    new: new.plan_hash.clone(),
+                });
+            }
+            if let Some(last) =
+                self.latest_of_occurrence(&new.campaign, new.occurrence.as_deref())?
+            {
+                let unknown = self.count_status(&last.id, RecipientStatus::Unknown)?;
+                if opts.resend_unknown
+                    && unknown > 0
+                    && last.status == RunStatus::Finished
+                    && last.plan_hash == new.plan_hash
+                {
+                    // Reopened: unfinished again, so the unique index admits it only because
+                    // no other unfinished run exists (checked above, in this transaction).
+                    self.claim(&last, now)?;
+                    self.set_status(&last.id, RunStatus::Running, None, now)?;
+                    let run = self.existing_run(&last.id)?;
+                    return Ok(Opened::Resumed {
+                        run,
+                        recovered: Recovered::default(),
+                    });
+                }
+                return Ok(Opened::AlreadyFinished(last));
+            }
+        }
+        if opts.new_run && !new.is_test {
+            if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
+                self.claim(&old, now)?;
+                self.recover(&old.id, old.action)?;
+                self.cancel_pending(&old.id, now)?;
+                self.set_status(
+                    &old.id,
+                    RunStatus::Cancelled,
+                    Some("superseded by --new-run"),
+                    now,
+                )?;
+            }
+        }
+        let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
+        let (run, _) = self.create_run(&id, new, None, opts, rows(), now)?;
+        Ok(Opened::Created(run))
+    }
+
+    fn create_run<E: fmt::Display + Send>(
+        &self,
+        id: &str,
+        new: &NewRun,
+        continue_from: Option<&RunInfo>,
+        opts: ResumeOptions,
+        rows: SeedRows<'_, E>,
+        now: Timestamp,
+    ) -> Result<(RunInfo, u64), JournalError> {
+        let flags =
+            serde_json::to_string(&new.flags).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let audit =
+            serde_json::to_string(&new.audit).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let db = self.db();
+        let tx = self.conn;
+        tx.execute(
+            "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
+                              created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
+                              continued_from, owner, key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                     (SELECT COALESCE(MAX(key), 0) + 1 FROM runs))",
+            params![
+                id,
+                new.campaign,
+                new.occurrence,
+                new.plan_hash,
+                new.content_key,
+                new.action.as_str(),
+                flags,
+                new.is_test,
+                ts(now),
+                audit,
+                new.limit.limit as i64,
+                new.limit.window.as_millis() as i64,
+                new.total_calls as i64,
+                continue_from.map(|r| r.id.clone()),
+                self.owner,
+            ],
+        )
+        .map_err(&db)?;
+        let mut skipped = 0u64;
+        let now_s = ts(now);
+        let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
+        let key = run_key(tx, id)
+            .map_err(&db)?
+            .ok_or_else(|| JournalError::NoRun(id.to_string()))?;
+        let old_range = match continue_from {
+            Some(old) => run_key(tx, &old.id).map_err(&db)?.map(rk_range),
+            None => None,
+        };
+        {
+            let mut ins = tx
+                .prepare(
+                    "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message,
+                                            message_id, detail, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(&db)?;
+            let mut prior = tx
+                .prepare(
+                    "SELECT status, message_id FROM recipients
+                     WHERE id = ?3 AND rk BETWEEN ?1 AND ?2 AND status IN ('sent','not_online','unknown') LIMIT 1",
+                )
+                .map_err(&db)?;
+            consume_in_batches(rows, |row| {
+                let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
+                let mut status = row.status;
+                let mut message_id: Option<i64> = None;
+                let mut note = row.note.clone();
+                let mut detail: Option<String> = None;
+                if row.line > MAX_LINE {
+                    return Err(JournalError::Seed(format!(
+                        "audience line {} is beyond the {MAX_LINE} lines a run can hold",
+                        row.line
+                    )));
+                }
+                if let (Some(old), Some((lo, hi)), Some(rid), RecipientStatus::Pending) =
+                    (continue_from, old_range, row.id, row.status)
+                {
+                    let p: Option<(String, Option<i64>)> = prior
+                        .query_row(params![lo, hi, rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                        .map_err(&db)?;
+                    if let Some((s, mid)) = p {
+                        let s: RecipientStatus = s.parse()?;
+                        if s != RecipientStatus::Unknown || !opts.resend_unknown {
+                            status = s;
+                            message_id = mid;
+                            detail = Some(format!("carried over from run {}", old.id));
+                            note = None;
+                            skipped += 1;
+                        }
+                    }
+                }
+                *seeded.entry(status).or_default() += 1;
+                // The id's own decimal form is not stored twice. `updated_at` is written now
+                // although the run row holds the same time: an outcome then rewrites the row at
+                // the same size instead of growing it (which splits pages all over the table).
+                let raw_id = match row.id {
+                    Some(v) if itoa::Buffer::new().format(v) == row.raw_id => None,
+                    _ => Some(row.raw_id.as_str()),
+                };
+                let updated_at = Some(now_s.as_str());
+                ins.execute(params![
+                    (key << 32) | row.line as i64,
+                    row.id.map(|v| v as i64),
+                    raw_id,
+                    status.as_str(),
+                    row.call_seq.map(|v| v as i64),
+                    row.variant,
+                    note,
+                    message_id,
+                    detail,
+                    updated_at,
+                ])
+                .map_err(&db)?;
+                Ok(())
+            })?;
+        }
+        for (status, n) in seeded {
+            count_move(tx, id, None, status, n).map_err(&db)?;
+        }
+        let run = self.existing_run(id)?;
+        Ok((run, skipped))
+    }
+
+    /// If the new rows differ from the run's only by rows that became suppressed, apply that and
+    /// return how many; otherwise change nothing (its own savepoint is rolled back) and return
+    /// None.
+    fn try_apply_suppressions<E: fmt::Display + Send>(
+        &self,
+        old: &RunInfo,
+        new: &NewRun,
+        rows: SeedRows<'_, E>,
+        now: Timestamp,
+    ) -> Result<Option<u64>, JournalError> {
+        let db = self.db();
+        self.conn
+            .execute_batch("SAVEPOINT apply_suppressions")
+            .map_err(&db)?;
+        let res = self.apply_suppressions(old, new, rows, now);
+        let end = match res {
+            Ok(Some(_)) => "RELEASE apply_suppressions",
+            _ => "ROLLBACK TO apply_suppressions; RELEASE apply_suppressions",
+        };
+        let ended = self.conn.execute_batch(end).map_err(&db);
+        let n = res?;
+        ended?;
+        Ok(n)
+    }
+
+    fn apply_suppressions<E: fmt::Display + Send>(
+        &self,
+        old: &RunInfo,
+        new: &NewRun,
+        rows: SeedRows<'_, E>,
+        now: Timestamp,
+    ) -> Result<Option<u64>, JournalError> {
+        let db = self.db();
+        let tx = self.conn;
+        let mut n = 0u64;
+        let mut seen = 0u64;
+        {
+            let key = run_key(tx, &old.id)
+                .map_err(&db)?
+                .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
+            let mut get = tx
+                .prepare("SELECT id, status FROM recipients WHERE rk = ?1")
+                .map_err(&db)?;
+            let mut upd = tx
+                .prepare(
+                    "UPDATE recipients SET status = 'suppressed', error_message = ?2, updated_at = ?3
+                     WHERE rk = ?1",
+                )
+                .map_err(&db)?;
+            for row in rows {
+                let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
+                seen += 1;
+                if row.line > MAX_LINE {
+                    return Ok(None);
+                }
+                let rk = (key << 32) | row.line as i64;
+                let cur: Option<(Option<i64>, String)> = get
+                    .query_row(params![rk], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(&db)?;
+                let Some((cid, cstatus)) = cur else {
+                    return Ok(None);
+                };
+                if cid.map(|v| v as u64) != row.id {
+                    return Ok(None);
+                }
+                let cstatus: RecipientStatus = cstatus.parse()?;
+                let was_final_input = matches!(
+                    cstatus,
+                    RecipientStatus::Invalid
+                        | RecipientStatus::Duplicate
+                        | RecipientStatus::Suppressed
+                );
+                let now_final_input = matches!(
+                    row.status,
+                    RecipientStatus::Invalid
+                        | RecipientStatus::Duplicate
+                        | RecipientStatus::Suppressed
+                );
+                if row.status == RecipientStatus::Suppressed && !was_final_input {
+                    if cstatus == RecipientStatus::Pending {
+                        upd.execute(params![rk, row.note, ts(now)]).map_err(&db)?;
+                        n += 1;
+                    }
+                    continue;
+                }
+                if was_final_input != now_final_input || (was_final_input && cstatus != row.status)
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        let total: i64 = tx
+            .query_row(
+                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1",
+                [&old.id],
+                |r| r.get(0),
+            )
+            .map_err(&db)?;
+        if total as u64 != seen {
+            return Ok(None);
+        }
+        count_move(
+            tx,
+            &old.id,
+            Some(RecipientStatus::Pending),
+            RecipientStatus::Suppressed,
+            n,
+        )
+        .map_err(&db)?;
+        tx.execute(
+            "UPDATE runs SET plan_hash = ?2, total_calls = ?3, updated_at = ?4 WHERE id = ?1",
+            params![old.id, new.plan_hash, new.total_calls as i64, ts(now)],
+        )
+        .map_err(&db)?;
+        Ok(Some(n))
+    }
+
+    /// See [`Journal::claim`]; the caller holds the IMMEDIATE transaction.
+    fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
+        let held = self
+            .conn
+            .query_row("SELECT owner FROM runs WHERE id = ?1", [&run.id], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()
+            .map_err(self.db())?
+            .ok_or_else(|| JournalError::NoRun(run.id.clone()))?;
+        if let Some(o) = held {
+            if o != self.owner && owner_alive(&o) {
+                return Err(JournalError::Busy {
+                    campaign: run.campaign.clone(),
+                    run_id: run.id.clone(),
+                    owner: describe_owner(&o),
+                });
+            }
+        }
+        self.conn
+            .execute(
+                "UPDATE runs SET owner = ?2, updated_at = ?3 WHERE id = ?1",
+                params![run.id, self.owner, ts(now)],
+            )
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    fn set_status(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        reason: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        let done = matches!(status, RunStatus::Finished | RunStatus::Cancelled);
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE runs SET status = ?2, stop_reason = ?3, updated_at = ?4,
+                     finished_at = CASE WHEN ?5 THEN ?4 ELSE NULL END,
+                     owner = CASE WHEN ?5 OR ?2 != 'running' THEN NULL ELSE owner END
+                 WHERE id = ?1",
+            )
+            .map_err(self.db())?
+            .execute(params![run_id, status.as_str(), reason, ts(now), done])
+            .map_err(self.db())?;
+        if n == 0 {
+            return Err(JournalError::NoRun(run_id.into()));
+        }
+        Ok(())
+    }
+
+    /// See [`Journal::recover`]; the caller holds the transaction.
+    fn recover(&self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
+        let db = self.db();
+        let tx = self.conn;
+        let mut rec = Recovered::default();
+        let (lo, hi) = rk_range(
+            run_key(tx, run_id)
+                .map_err(&db)?
+                .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?,
+        );
+        let calls: Vec<(i64, String)> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT seq, receivers FROM calls WHERE run_id = ?1 AND state = 'in_flight'",
+                )
+                .map_err(&db)?;
+            let v = st
+                .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(&db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&db)?;
+            v
+        };
+        for (seq, receivers) in calls {
+            if action == Action::Conversation {
+                tx.execute(
+                    "UPDATE calls SET state = 'planned', error_message = 'interrupted; resent with the same ClientMsgId'
+                     WHERE run_id = ?1 AND seq = ?2",
+                    params![run_id, seq],
+                )
+                .map_err(&db)?;
+                rec.replanned_calls += 1;
+                continue;
+            }
+            let ids: Vec<u64> = serde_json::from_str(&receivers)
+                .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
+            tx.execute(
+                "UPDATE calls SET state = 'unknown', error_message = 'the process stopped while the call was in flight'
+                 WHERE run_id = ?1 AND seq = ?2",
+                params![run_id, seq],
+            )
+            .map_err(&db)?;
+            rec.unknown_calls += 1;
+            let mut upd = tx
+                .prepare_cached(
+                    "UPDATE OR FAIL recipients SET status = 'unknown', error_code = 'InFlightAtCrash',
+                         error_message = 'the process stopped while this call was in flight; it may have been delivered',
+                         call_seq = ?3,
+                         variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
+                         attempts = (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
+                     WHERE id = ?2 AND rk BETWEEN ?4 AND ?5 AND status = 'pending'",
+                )
+                .map_err(&db)?;
+            for id in ids {
+                rec.unknown_recipients += upd
+                    .execute(params![run_id, id as i64, seq, lo, hi])
+                    .map_err(&db)? as u64;
+            }
+        }
+        count_move(
+            tx,
+            run_id,
+            Some(RecipientStatus::Pending),
+            RecipientStatus::Unknown,
+            rec.unknown_recipients,
+        )
+        .map_err(&db)?;
+        Ok(rec)
+    }
+
+    fn cancel_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
+        self.set_pending(
+            run_id,
+            RecipientStatus::Cancelled,
+            "the run was cancelled",
+            now,
+        )
+    }
+
+    /// Pending recipients of a run become `to`; the caller holds the transaction.
+    fn set_pending(
+        &self,
+        run_id: &str,
+        to: RecipientStatus,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<u64, JournalError> {
+        let db = self.db();
+        let Some(key) = run_key(self.conn, run_id).map_err(&db)? else {
+            return Ok(0);
+        };
+        let (lo, hi) = rk_range(key);
+        let n = self
+            .conn
+            .execute(
+                "UPDATE recipients SET status = ?3, error_message = ?4, updated_at = ?5
+                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'",
+                params![lo, hi, to.as_str(), why, ts(now)],
+            )
+            .map_err(&db)? as u64;
+        count_move(self.conn, run_id, Some(RecipientStatus::Pending), to, n).map_err(&db)?;
+        Ok(n)
     }
 }
 
