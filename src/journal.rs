@@ -2635,6 +2635,200 @@ mod tests {
         );
     }
 
+    /// A direct insert of a run row (bypassing `open_run`).
+    fn insert_run(conn: &Connection, id: &str, occurrence: Option<&str>, status: &str, is_test: bool) -> rusqlite::Result<usize> {
+        conn.execute(
+            "INSERT INTO runs(id, campaign, occurrence, plan_hash, action, status, flags, is_test, created_at,
+                              updated_at, audit, limit_count, limit_window_ms, total_calls, key)
+             VALUES (?1, 'spring', ?2, 'h', 'batch', ?3, '{}', ?4, '2026-03-01T09:00:00Z',
+                     '2026-03-01T09:00:00Z', '{}', 1, 1000, 1, (SELECT COALESCE(MAX(key), 0) + 1 FROM runs))",
+            params![id, occurrence, status, is_test],
+        )
+    }
+
+    #[test]
+    fn two_journals_racing_open_run_create_exactly_one_run() {
+        for round in 0..20 {
+            let d = tempfile::tempdir().expect("tempdir");
+            drop(Journal::open(d.path()).expect("create the database"));
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let dir = d.path().to_path_buf();
+                    let b = barrier.clone();
+                    std::thread::spawn(move || {
+                        let mut j = Journal::open(&dir).expect("open");
+                        b.wait();
+                        let r = open(&mut j, "h1", ResumeOptions::default(), rows(&[]));
+                        // The journal (and so its lease) lives until both have decided.
+                        (j, r)
+                    })
+                })
+                .collect();
+            let results: Vec<_> = handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect();
+            let created = results
+                .iter()
+                .filter(|(_, r)| matches!(r, Ok(Opened::Created(_))))
+                .count();
+            let busy: Vec<&JournalError> = results
+                .iter()
+                .filter_map(|(_, r)| r.as_ref().err())
+                .collect();
+            assert_eq!(created, 1, "round {round}: {:?}", results.iter().map(|r| &r.1).collect::<Vec<_>>());
+            assert_eq!(busy.len(), 1, "round {round}");
+            assert!(matches!(busy[0], JournalError::Busy { .. }), "round {round}: {}", busy[0]);
+            assert_eq!(busy[0].exit(), Exit::Busy);
+            assert!(busy[0].to_string().contains("being sent by another imcast process"), "{}", busy[0]);
+            assert_eq!(results[0].0.runs("spring").expect("runs").len(), 1, "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_live_lease_is_kept_and_a_dead_one_taken() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut a = Journal::open(d.path()).expect("open a");
+        let run = open(&mut a, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .clone();
+        let b = Journal::open(d.path()).expect("open b");
+        // Held by a's open journal: refused, and the lease stays a's.
+        let e = b.claim(&run, now()).expect_err("a holds it");
+        assert_eq!(e.exit(), Exit::Busy);
+        assert_eq!(b.ops().owner_of(&run.id).expect("q"), Some(a.owner.clone()));
+        // Another host's lease counts as live.
+        let set = |o: &str| {
+            b.connection()
+                .execute("UPDATE runs SET owner = ?2 WHERE id = ?1", params![run.id, o])
+                .expect("set owner")
+        };
+        set("some-other-host:1:0");
+        assert!(b.claim(&run, now()).is_err());
+        // A process that is gone (this host, no such pid), an old-format lease with this
+        // process's pid (an earlier process), and a journal of this process that was closed:
+        // all dead, so taken over.
+        let me = std::process::id();
+        let host = hostname();
+        let closed = {
+            let c = Journal::open(d.path()).expect("open c");
+            c.owner.clone()
+        };
+        for dead in [format!("{host}:4294967295:0"), format!("{host}:{me}"), closed] {
+            set(&dead);
+            b.claim(&run, now()).unwrap_or_else(|e| panic!("{dead}: {e}"));
+            assert_eq!(b.ops().owner_of(&run.id).expect("q"), Some(b.owner.clone()));
+        }
+        // Released by its holder only.
+        a.release(&run.id).expect("release");
+        assert_eq!(b.ops().owner_of(&run.id).expect("q"), Some(b.owner.clone()));
+        b.release(&run.id).expect("release");
+        assert_eq!(b.ops().owner_of(&run.id).expect("q"), None);
+    }
+
+    #[test]
+    fn the_database_refuses_a_second_unfinished_run() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        open(&mut j, "h1", ResumeOptions::default(), rows(&[])).expect("create");
+        let c = j.connection();
+        for status in ["running", "paused", "interrupted"] {
+            let e = insert_run(c, &format!("dup-{status}"), None, status, false)
+                .expect_err("a second unfinished run");
+            assert!(is_unfinished_conflict(&e), "{e}");
+            let je = JournalError::Db {
+                path: j.path().to_path_buf(),
+                source: e,
+            };
+            assert_eq!(je.exit(), Exit::Busy, "never an internal error");
+        }
+        // Finished runs, test runs and other occurrences are not limited.
+        insert_run(c, "done", None, "finished", false).expect("finished");
+        insert_run(c, "cancelled", None, "cancelled", false).expect("cancelled");
+        insert_run(c, "test-1", None, "running", true).expect("test run");
+        insert_run(c, "test-2", None, "running", true).expect("another test run");
+        insert_run(c, "occ-1", Some("2026-03-01T09:00Z"), "running", false).expect("occurrence");
+        let e = insert_run(c, "occ-2", Some("2026-03-01T09:00Z"), "paused", false)
+            .expect_err("same occurrence");
+        assert!(is_unfinished_conflict(&e), "{e}");
+        // Reopening a finished run while another is unfinished is refused too.
+        let e = c
+            .execute("UPDATE runs SET status = 'running' WHERE id = 'done'", [])
+            .expect_err("reopen");
+        assert!(is_unfinished_conflict(&e), "{e}");
+    }
+
+    #[test]
+    fn migration_cancels_older_duplicate_unfinished_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            // Schema 3 (before the index), holding what the race left: two unfinished runs of
+            // campaign `spring`, the older with a call in flight, and two of one occurrence.
+            let conn = Connection::open(&path).expect("open");
+            for m in &MIGRATIONS[..UNFINISHED_INDEX_MIGRATION] {
+                conn.execute_batch(m).expect("schema");
+            }
+            conn.execute_batch("PRAGMA user_version = 3;").expect("version");
+            insert_run(&conn, "old", None, "running", false).expect("old");
+            insert_run(&conn, "new", None, "interrupted", false).expect("new");
+            insert_run(&conn, "test", None, "running", true).expect("test");
+            insert_run(&conn, "o1", Some("occ"), "paused", false).expect("o1");
+            insert_run(&conn, "o2", Some("occ"), "running", false).expect("o2");
+            conn.execute_batch(
+                "UPDATE runs SET created_at = '2026-03-01T08:00:00Z' WHERE id IN ('old', 'o1');
+                 UPDATE runs SET owner = 'somewhere:1' WHERE id = 'old';",
+            )
+            .expect("times");
+            for (run, key) in [("old", 1i64), ("new", 2)] {
+                for line in 2..=5i64 {
+                    conn.execute(
+                        "INSERT INTO recipients(rk, id, status) VALUES (?1, ?2, ?3)",
+                        params![(key << 32) | line, 100 + line, if line == 2 { "sent" } else { "pending" }],
+                    )
+                    .expect("recipient");
+                }
+                conn.execute(
+                    "INSERT INTO run_counts(run_id, status, n) VALUES (?1, 'sent', 1), (?1, 'pending', 3)",
+                    [run],
+                )
+                .expect("counts");
+            }
+            conn.execute(
+                "INSERT INTO calls(run_id, seq, variant, receivers, state, attempts, updated_at)
+                 VALUES ('old', 0, 'v', '[103]', 'in_flight', 1, '2026-03-01T09:00:00Z')",
+                [],
+            )
+            .expect("call");
+        }
+        let j = Journal::open_path(&path).expect("migrate");
+        let old = j.run("old").expect("q").expect("old");
+        assert_eq!(old.status, RunStatus::Cancelled);
+        assert!(old.finished_at.is_some());
+        let why = old.stop_reason.expect("a stop reason");
+        assert!(why.contains("run new"), "{why}");
+        let c = j.counts("old").expect("counts");
+        assert_eq!(c[&RecipientStatus::Sent], 1);
+        assert_eq!(c[&RecipientStatus::Unknown], 1, "the in-flight receiver may have been delivered");
+        assert_eq!(c[&RecipientStatus::Cancelled], 2);
+        assert_eq!(c[&RecipientStatus::Pending], 0);
+        assert_eq!(j.ops().owner_of("old").expect("q"), None);
+        // The newest of each group stays as it was; test runs are not touched.
+        assert_eq!(j.run("new").expect("q").expect("new").status, RunStatus::Interrupted);
+        assert_eq!(j.counts("new").expect("counts")[&RecipientStatus::Pending], 3);
+        assert_eq!(j.run("o1").expect("q").expect("o1").status, RunStatus::Cancelled);
+        assert_eq!(j.run("o2").expect("q").expect("o2").status, RunStatus::Running);
+        assert_eq!(j.run("test").expect("q").expect("test").status, RunStatus::Running);
+        assert_eq!(
+            j.unfinished_run("spring", None).expect("q").map(|r| r.id),
+            Some("new".to_string())
+        );
+        // And the index now holds.
+        assert!(insert_run(j.connection(), "third", None, "paused", false).is_err());
+    }
+
     #[test]
     fn control_requests_round_trip() {
         let d = tempfile::tempdir().expect("tempdir");
