@@ -78,7 +78,9 @@ impl JournalError {
         match self {
             JournalError::Changed { .. } => Exit::Changed,
             JournalError::Busy { .. } => Exit::Busy,
-            JournalError::Db { source, .. } if is_busy(source) || is_unfinished_conflict(source) => {
+            JournalError::Db { source, .. }
+                if is_busy(source) || is_unfinished_conflict(source) =>
+            {
                 Exit::Busy
             }
             JournalError::NoRun(_) | JournalError::Seed(_) => Exit::Invalid,
@@ -581,7 +583,9 @@ fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, 
             .map_err(db)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(db)?;
-        rows.into_iter().filter(|(id, _, _, kept)| id != kept).collect()
+        rows.into_iter()
+            .filter(|(id, _, _, kept)| id != kept)
+            .collect()
     };
     let ops = Ops {
         conn,
@@ -739,7 +743,15 @@ fn owner_alive(owner: &str) -> bool {
         return instance.is_some_and(|i| live_leases().contains(&i));
     }
     if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
+        // A process killed but not yet reaped by its parent (a zombie) sends nothing more.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !matches!(
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next()),
+                Some('Z' | 'X')
+            ),
+            Err(_) => Path::new(&format!("/proc/{pid}")).exists(),
+        }
     } else {
         true
     }
@@ -1835,7 +1847,8 @@ impl Ops<'_> {
                         Some(&format!("continued as run {id} with changed content")),
                         now,
                     )?;
-                    let (run, skipped) = self.create_run(&id, new, Some(&old), opts, rows(), now)?;
+                    let (run, skipped) =
+                        self.create_run(&id, new, Some(&old), opts, rows(), now)?;
                     return Ok(Opened::Continued {
                         run,
                         from: old.id,
@@ -2636,7 +2649,13 @@ mod tests {
     }
 
     /// A direct insert of a run row (bypassing `open_run`).
-    fn insert_run(conn: &Connection, id: &str, occurrence: Option<&str>, status: &str, is_test: bool) -> rusqlite::Result<usize> {
+    fn insert_run(
+        conn: &Connection,
+        id: &str,
+        occurrence: Option<&str>,
+        status: &str,
+        is_test: bool,
+    ) -> rusqlite::Result<usize> {
         conn.execute(
             "INSERT INTO runs(id, campaign, occurrence, plan_hash, action, status, flags, is_test, created_at,
                               updated_at, audit, limit_count, limit_window_ms, total_calls, key)
@@ -2677,12 +2696,31 @@ mod tests {
                 .iter()
                 .filter_map(|(_, r)| r.as_ref().err())
                 .collect();
-            assert_eq!(created, 1, "round {round}: {:?}", results.iter().map(|r| &r.1).collect::<Vec<_>>());
+            assert_eq!(
+                created,
+                1,
+                "round {round}: {:?}",
+                results.iter().map(|r| &r.1).collect::<Vec<_>>()
+            );
             assert_eq!(busy.len(), 1, "round {round}");
-            assert!(matches!(busy[0], JournalError::Busy { .. }), "round {round}: {}", busy[0]);
+            assert!(
+                matches!(busy[0], JournalError::Busy { .. }),
+                "round {round}: {}",
+                busy[0]
+            );
             assert_eq!(busy[0].exit(), Exit::Busy);
-            assert!(busy[0].to_string().contains("being sent by another imcast process"), "{}", busy[0]);
-            assert_eq!(results[0].0.runs("spring").expect("runs").len(), 1, "round {round}");
+            assert!(
+                busy[0]
+                    .to_string()
+                    .contains("being sent by another imcast process"),
+                "{}",
+                busy[0]
+            );
+            assert_eq!(
+                results[0].0.runs("spring").expect("runs").len(),
+                1,
+                "round {round}"
+            );
         }
     }
 
@@ -2702,7 +2740,10 @@ mod tests {
         // Another host's lease counts as live.
         let set = |o: &str| {
             b.connection()
-                .execute("UPDATE runs SET owner = ?2 WHERE id = ?1", params![run.id, o])
+                .execute(
+                    "UPDATE runs SET owner = ?2 WHERE id = ?1",
+                    params![run.id, o],
+                )
                 .expect("set owner")
         };
         set("some-other-host:1:0");
@@ -2716,9 +2757,28 @@ mod tests {
             let c = Journal::open(d.path()).expect("open c");
             c.owner.clone()
         };
-        for dead in [format!("{host}:4294967295:0"), format!("{host}:{me}"), closed] {
+        // A child killed and not yet reaped: a zombie, which sends nothing more.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        child.kill().expect("kill");
+        let zombie = format!("{host}:{}:0", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while owner_alive(&zombie) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!owner_alive(&zombie), "a zombie is not a live holder");
+        assert!(owner_alive(&format!("{host}:{me}:{}", b.instance)));
+        for dead in [
+            format!("{host}:4294967295:0"),
+            format!("{host}:{me}"),
+            closed,
+            zombie,
+        ] {
             set(&dead);
-            b.claim(&run, now()).unwrap_or_else(|e| panic!("{dead}: {e}"));
+            b.claim(&run, now())
+                .unwrap_or_else(|e| panic!("{dead}: {e}"));
             assert_eq!(b.ops().owner_of(&run.id).expect("q"), Some(b.owner.clone()));
         }
         // Released by its holder only.
@@ -2726,6 +2786,7 @@ mod tests {
         assert_eq!(b.ops().owner_of(&run.id).expect("q"), Some(b.owner.clone()));
         b.release(&run.id).expect("release");
         assert_eq!(b.ops().owner_of(&run.id).expect("q"), None);
+        let _ = child.wait();
     }
 
     #[test]
@@ -2771,7 +2832,8 @@ mod tests {
             for m in &MIGRATIONS[..UNFINISHED_INDEX_MIGRATION] {
                 conn.execute_batch(m).expect("schema");
             }
-            conn.execute_batch("PRAGMA user_version = 3;").expect("version");
+            conn.execute_batch("PRAGMA user_version = 3;")
+                .expect("version");
             insert_run(&conn, "old", None, "running", false).expect("old");
             insert_run(&conn, "new", None, "interrupted", false).expect("new");
             insert_run(&conn, "test", None, "running", true).expect("test");
@@ -2786,7 +2848,11 @@ mod tests {
                 for line in 2..=5i64 {
                     conn.execute(
                         "INSERT INTO recipients(rk, id, status) VALUES (?1, ?2, ?3)",
-                        params![(key << 32) | line, 100 + line, if line == 2 { "sent" } else { "pending" }],
+                        params![
+                            (key << 32) | line,
+                            100 + line,
+                            if line == 2 { "sent" } else { "pending" }
+                        ],
                     )
                     .expect("recipient");
                 }
@@ -2811,16 +2877,35 @@ mod tests {
         assert!(why.contains("run new"), "{why}");
         let c = j.counts("old").expect("counts");
         assert_eq!(c[&RecipientStatus::Sent], 1);
-        assert_eq!(c[&RecipientStatus::Unknown], 1, "the in-flight receiver may have been delivered");
+        assert_eq!(
+            c[&RecipientStatus::Unknown],
+            1,
+            "the in-flight receiver may have been delivered"
+        );
         assert_eq!(c[&RecipientStatus::Cancelled], 2);
         assert_eq!(c[&RecipientStatus::Pending], 0);
         assert_eq!(j.ops().owner_of("old").expect("q"), None);
         // The newest of each group stays as it was; test runs are not touched.
-        assert_eq!(j.run("new").expect("q").expect("new").status, RunStatus::Interrupted);
-        assert_eq!(j.counts("new").expect("counts")[&RecipientStatus::Pending], 3);
-        assert_eq!(j.run("o1").expect("q").expect("o1").status, RunStatus::Cancelled);
-        assert_eq!(j.run("o2").expect("q").expect("o2").status, RunStatus::Running);
-        assert_eq!(j.run("test").expect("q").expect("test").status, RunStatus::Running);
+        assert_eq!(
+            j.run("new").expect("q").expect("new").status,
+            RunStatus::Interrupted
+        );
+        assert_eq!(
+            j.counts("new").expect("counts")[&RecipientStatus::Pending],
+            3
+        );
+        assert_eq!(
+            j.run("o1").expect("q").expect("o1").status,
+            RunStatus::Cancelled
+        );
+        assert_eq!(
+            j.run("o2").expect("q").expect("o2").status,
+            RunStatus::Running
+        );
+        assert_eq!(
+            j.run("test").expect("q").expect("test").status,
+            RunStatus::Running
+        );
         assert_eq!(
             j.unfinished_run("spring", None).expect("q").map(|r| r.id),
             Some("new".to_string())

@@ -651,7 +651,10 @@ mod tests {
         assert_eq!(claim_daemon(&conn, 1, 100, 30, alive).expect("q"), Ok(()));
         assert_eq!(claim_daemon(&conn, 2, 110, 30, alive).expect("q"), Err(1));
         // A fresh heartbeat of a process that is gone does not hold the slot.
-        assert_eq!(claim_daemon(&conn, 3, 111, 30, |_| false).expect("q"), Ok(()));
+        assert_eq!(
+            claim_daemon(&conn, 3, 111, 30, |_| false).expect("q"),
+            Ok(())
+        );
         assert_eq!(claim_daemon(&conn, 2, 142, 30, alive).expect("q"), Ok(()));
     }
 
@@ -678,7 +681,11 @@ mod tests {
                 .into_iter()
                 .map(|h| h.join().expect("thread"))
                 .collect();
-            assert_eq!(won.iter().filter(|w| **w).count(), 1, "round {round}: {won:?}");
+            assert_eq!(
+                won.iter().filter(|w| **w).count(),
+                1,
+                "round {round}: {won:?}"
+            );
         }
     }
 }
