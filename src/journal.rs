@@ -2665,62 +2665,137 @@ mod tests {
         )
     }
 
-    #[test]
-    fn two_journals_racing_open_run_create_exactly_one_run() {
-        for round in 0..20 {
-            let d = tempfile::tempdir().expect("tempdir");
-            drop(Journal::open(d.path()).expect("create the database"));
-            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
-            let handles: Vec<_> = (0..2)
-                .map(|_| {
-                    let dir = d.path().to_path_buf();
-                    let b = barrier.clone();
-                    std::thread::spawn(move || {
-                        let mut j = Journal::open(&dir).expect("open");
-                        b.wait();
-                        let r = open(&mut j, "h1", ResumeOptions::default(), rows(&[]));
-                        // The journal (and so its lease) lives until both have decided.
-                        (j, r)
-                    })
+    /// Two journals on one file (two threads, released together) call `open_run` with the same
+    /// arguments; both journals stay open until both have decided.
+    fn race_two(
+        dir: &Path,
+        hash: &'static str,
+        o: ResumeOptions,
+        r: Vec<SeedRow>,
+    ) -> Vec<(Journal, Result<Opened, JournalError>)> {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let (dir, b, r) = (dir.to_path_buf(), barrier.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let mut j = Journal::open(&dir).expect("open");
+                    b.wait();
+                    let res = open(&mut j, hash, o, r);
+                    (j, res)
                 })
-                .collect();
-            let results: Vec<_> = handles
-                .into_iter()
-                .map(|h| h.join().expect("thread"))
-                .collect();
-            let created = results
-                .iter()
-                .filter(|(_, r)| matches!(r, Ok(Opened::Created(_))))
-                .count();
-            let busy: Vec<&JournalError> = results
-                .iter()
-                .filter_map(|(_, r)| r.as_ref().err())
-                .collect();
-            assert_eq!(
-                created,
-                1,
-                "round {round}: {:?}",
-                results.iter().map(|r| &r.1).collect::<Vec<_>>()
-            );
-            assert_eq!(busy.len(), 1, "round {round}");
-            assert!(
-                matches!(busy[0], JournalError::Busy { .. }),
-                "round {round}: {}",
-                busy[0]
-            );
-            assert_eq!(busy[0].exit(), Exit::Busy);
-            assert!(
-                busy[0]
-                    .to_string()
-                    .contains("being sent by another imcast process"),
-                "{}",
-                busy[0]
-            );
-            assert_eq!(
-                results[0].0.runs("spring").expect("runs").len(),
-                1,
-                "round {round}"
-            );
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    }
+
+    #[test]
+    fn two_journals_racing_open_run_act_exactly_once() {
+        let o = ResumeOptions::default();
+        let new_run = ResumeOptions { new_run: true, ..o };
+        let continue_changed = ResumeOptions {
+            continue_changed: true,
+            ..o
+        };
+        let resend_unknown = ResumeOptions {
+            resend_unknown: true,
+            ..o
+        };
+        // (what is there before, how both open, what the winner gets)
+        type Setup = fn(&mut Journal);
+        fn nothing(_: &mut Journal) {}
+        /// A run whose process died (its journal closed) with a call in flight.
+        fn interrupted(j: &mut Journal) {
+            let id = open(j, "h1", ResumeOptions::default(), rows(&[]))
+                .expect("create")
+                .run()
+                .id
+                .clone();
+            j.mark_in_flight(&id, 0, "v", &[101], None, now())
+                .expect("mark");
+        }
+        fn finished_with_unknown(j: &mut Journal) {
+            interrupted(j);
+            let id = j.latest_run("spring", false).expect("q").expect("run").id;
+            j.recover(&id, Action::Batch).expect("recover");
+            j.set_status(&id, RunStatus::Finished, None, now())
+                .expect("finish");
+        }
+        let cases: [(&str, Setup, &'static str, ResumeOptions, Vec<SeedRow>); 6] = [
+            ("fresh", nothing, "h1", o, rows(&[])),
+            ("resume", interrupted, "h1", o, rows(&[])),
+            ("suppressions", interrupted, "h2", o, rows(&[104])),
+            (
+                "--continue-changed",
+                interrupted,
+                "h2",
+                continue_changed,
+                rows(&[]),
+            ),
+            ("--new-run", finished_with_unknown, "h1", new_run, rows(&[])),
+            (
+                "--resend-unknown",
+                finished_with_unknown,
+                "h1",
+                resend_unknown,
+                rows(&[]),
+            ),
+        ];
+        for (name, setup, hash, opts, r) in cases {
+            for round in 0..5 {
+                let d = tempfile::tempdir().expect("tempdir");
+                {
+                    let mut j = Journal::open(d.path()).expect("create the database");
+                    setup(&mut j);
+                }
+                let results = race_two(d.path(), hash, opts, r.clone());
+                let ctx = format!(
+                    "{name}, round {round}: {:?}",
+                    results.iter().map(|r| &r.1).collect::<Vec<_>>()
+                );
+                let won: Vec<&Opened> = results
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().ok())
+                    .collect();
+                let lost: Vec<&JournalError> = results
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().err())
+                    .collect();
+                assert_eq!(won.len(), 1, "{ctx}");
+                let expected = match won[0] {
+                    Opened::Created(_) => ["fresh", "--new-run"].contains(&name),
+                    Opened::Resumed { .. } => ["resume", "--resend-unknown"].contains(&name),
+                    Opened::ResumedWithSuppressions { .. } => name == "suppressions",
+                    Opened::Continued { .. } => name == "--continue-changed",
+                    Opened::AlreadyFinished(_) => false,
+                };
+                assert!(expected, "{ctx}");
+                assert!(matches!(lost[0], JournalError::Busy { .. }), "{ctx}");
+                assert_eq!(lost[0].exit(), Exit::Busy);
+                let msg = lost[0].to_string();
+                assert!(
+                    msg.contains("being sent by another imcast process"),
+                    "{msg}"
+                );
+                assert!(
+                    msg.contains(&format!("pid {}", std::process::id())),
+                    "{msg}"
+                );
+                // The winner holds the one unfinished run.
+                let j = &results[0].0;
+                let runs = j.runs("spring").expect("runs");
+                let unfinished: Vec<&RunInfo> =
+                    runs.iter().filter(|r| r.status.is_unfinished()).collect();
+                assert_eq!(unfinished.len(), 1, "{ctx}");
+                assert_eq!(unfinished[0].id, won[0].run().id, "{ctx}");
+                let holder = results
+                    .iter()
+                    .find(|(_, r)| r.is_ok())
+                    .map(|(j, _)| j.owner.clone());
+                assert_eq!(j.ops().owner_of(&unfinished[0].id).expect("q"), holder);
+            }
         }
     }
 

@@ -325,8 +325,14 @@ fn release(fifos: &[PathBuf], procs: &mut [Proc], ctx: &str) {
         match opened_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(()) => opened += 1,
             Err(_) => {
-                if let Some(p) = procs.iter_mut().find_map(|p| p.try_status().is_some().then_some(p)) {
-                    panic!("{ctx}: a process ended before reading its key:\n{}", p.stderr());
+                if let Some(p) = procs
+                    .iter_mut()
+                    .find_map(|p| p.try_status().is_some().then_some(p))
+                {
+                    panic!(
+                        "{ctx}: a process ended before reading its key:\n{}",
+                        p.stderr()
+                    );
                 }
                 assert!(
                     Instant::now() < deadline,
@@ -378,7 +384,12 @@ fn the_one_that_sent<'p>(procs: &'p [Proc], ctx: &str) -> &'p Proc {
             .collect::<Vec<_>>()
             .join("\n---\n")
     };
-    assert_eq!(other.len(), 1, "{ctx}: exactly one process sends\n{}", report());
+    assert_eq!(
+        other.len(),
+        1,
+        "{ctx}: exactly one process sends\n{}",
+        report()
+    );
     assert_eq!(busy.len(), N - 1, "{ctx}\n{}", report());
     for p in busy {
         assert!(
@@ -418,14 +429,22 @@ fn n_runs_started_at_once_send_once() {
         );
         let (status, st) = repo.statuses();
         assert_eq!(status, RunStatus::Finished, "{ctx}");
-        assert_eq!(repo.journal().runs(CAMPAIGN).expect("runs").len(), 1, "{ctx}: one run");
+        assert_eq!(
+            repo.journal().runs(CAMPAIGN).expect("runs").len(),
+            1,
+            "{ctx}: one run"
+        );
         assert!(
             st.values().all(|s| *s == RecipientStatus::Sent),
             "{ctx}: {st:?}"
         );
         let delivered = mock.deliveries();
         for id in &repo.ids {
-            assert_eq!(delivered.get(id), Some(&1), "{ctx}: recipient {id} delivered once");
+            assert_eq!(
+                delivered.get(id),
+                Some(&1),
+                "{ctx}: recipient {id} delivered once"
+            );
         }
         assert_eq!(mock.stats().duplicates, 0, "{ctx}");
     }
@@ -454,7 +473,11 @@ fn n_processes_resuming_one_interrupted_run_resume_it_once() {
         let mut crash = Proc::spawn(c, err);
         let s = crash.wait_until(Instant::now() + CHILD_LIMIT, &ctx);
         assert!(!s.success(), "{ctx}: the first process aborted");
-        assert!(crash.stderr().contains("IMCAST_FAILPOINT"), "{ctx}: {}", crash.stderr());
+        assert!(
+            crash.stderr().contains("IMCAST_FAILPOINT"),
+            "{ctx}: {}",
+            crash.stderr()
+        );
         let unfinished = repo
             .journal()
             .unfinished_run(CAMPAIGN, None)
@@ -523,7 +546,10 @@ fn kill_9_storm_then_resume_leaves_every_recipient_final() {
     let mut attempt = 0u32;
     while kills < KILLS {
         attempt += 1;
-        assert!(attempt <= 3 * KILLS, "{ctx}: the run kept ending before its kill");
+        assert!(
+            attempt <= 3 * KILLS,
+            "{ctx}: the run kept ending before its kill"
+        );
         let before = mock.stats().requests;
         let err = repo.path(&format!("storm-{attempt}.txt"));
         let mut p = Proc::spawn(repo.run(None, &err), err);
@@ -535,7 +561,11 @@ fn kill_9_storm_then_resume_leaves_every_recipient_final() {
         } else {
             let deadline = Instant::now() + CHILD_LIMIT;
             while mock.stats().requests == before && p.try_status().is_none() {
-                assert!(Instant::now() < deadline, "{ctx}: attempt {attempt} never sent: {}", p.stderr());
+                assert!(
+                    Instant::now() < deadline,
+                    "{ctx}: attempt {attempt} never sent: {}",
+                    p.stderr()
+                );
                 std::thread::sleep(Duration::from_millis(5));
             }
             std::thread::sleep(Duration::from_millis(rng.random_range(0..=300)));
@@ -572,8 +602,14 @@ fn kill_9_storm_then_resume_leaves_every_recipient_final() {
         sent + unknown + failed,
         repo.ids.len(),
         "{ctx}: sent + unknown + failed is every recipient: {:?}",
-        repo.journal()
-            .counts(&repo.journal().latest_run(CAMPAIGN, false).expect("q").expect("run").id)
+        repo.journal().counts(
+            &repo
+                .journal()
+                .latest_run(CAMPAIGN, false)
+                .expect("q")
+                .expect("run")
+                .id
+        )
     );
     let delivered = mock.deliveries();
     let dups: BTreeSet<u64> = delivered
@@ -591,7 +627,11 @@ fn kill_9_storm_then_resume_leaves_every_recipient_final() {
     }
     for (id, s) in &st {
         if *s == RecipientStatus::Sent {
-            assert_eq!(delivered.get(id), Some(&1), "{ctx}: sent {id} delivered once");
+            assert_eq!(
+                delivered.get(id),
+                Some(&1),
+                "{ctx}: sent {id} delivered once"
+            );
         }
     }
     let stats = mock.stats();
