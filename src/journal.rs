@@ -10,9 +10,15 @@
 //! Invariants: WAL with `synchronous=FULL`; an in-flight mark is committed before its request
 //! leaves; a call's per-recipient outcomes are committed in the same transaction that marks it
 //! done; after a crash an in-flight call without an answer makes its receivers `unknown` (except
-//! for SendMessage, whose ClientMsgId makes a resend safe). Every method is synchronous: async
-//! callers run it with `spawn_blocking`. A failed write is returned, never swallowed — the engine
-//! stops the run on it. The journal never talks to the network.
+//! for SendMessage, whose ClientMsgId makes a resend safe). At most one unfinished
+//! (running/paused/interrupted) non-test run exists per (campaign, occurrence): `open_run` decides
+//! and acts in one IMMEDIATE transaction and a partial unique index (`runs_one_unfinished`) makes
+//! the database refuse a second one; a refusal is [`JournalError::Busy`] (exit 6). A run's lease
+//! (`runs.owner` = `host:pid:instance`, one per open `Journal`) is checked and taken in one
+//! transaction; it is live while that process runs (and, in this process, while that journal is
+//! open). Every method is synchronous: async callers run it with `spawn_blocking`. A failed write
+//! is returned, never swallowed — the engine stops the run on it. The journal never talks to the
+//! network.
 
 use std::collections::BTreeMap;
 use std::fmt;
