@@ -1833,15 +1833,17 @@ impl Ops<'_> {
     ) -> Result<Opened, JournalError> {
         if !new.is_test && !opts.new_run {
             if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
+                // Whatever follows, a run another live process is sending is not touched (and
+                // that, not a changed plan, is what the caller hears). On an error the caller
+                // rolls back, this lease included.
+                self.claim(&old, now)?;
                 if old.plan_hash == new.plan_hash {
-                    self.claim(&old, now)?;
                     let recovered = self.recover(&old.id, old.action)?;
                     self.set_status(&old.id, RunStatus::Running, None, now)?;
                     let run = self.existing_run(&old.id)?;
                     return Ok(Opened::Resumed { run, recovered });
                 }
                 if opts.continue_changed {
-                    self.claim(&old, now)?;
                     self.recover(&old.id, old.action)?;
                     // The old run ends before the continuing one is inserted (at most one
                     // unfinished run); both commit together or not at all.
@@ -1862,7 +1864,6 @@ impl Ops<'_> {
                     });
                 }
                 if old.content_key.is_some() && old.content_key == new.content_key {
-                    self.claim(&old, now)?;
                     if let Some(n) = self.try_apply_suppressions(&old, new, rows(), now)? {
                         let recovered = self.recover(&old.id, old.action)?;
                         self.set_status(&old.id, RunStatus::Running, None, now)?;
@@ -1873,7 +1874,6 @@ impl Ops<'_> {
                             newly_suppressed: n,
                         });
                     }
-                    // The caller rolls back, the lease included.
                 }
                 return Err(JournalError::Changed {
                     campaign: new.campaign.clone(),
@@ -2803,6 +2803,29 @@ mod tests {
                 assert_eq!(j.ops().owner_of(&unfinished[0].id).expect("q"), holder);
             }
         }
+    }
+
+    #[test]
+    fn a_changed_plan_meets_a_run_being_sent_busy_and_a_dead_one_changed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut a = Journal::open(d.path()).expect("open a");
+        let id = open(&mut a, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        let mut b = Journal::open(d.path()).expect("open b");
+        let mut other = rows(&[]);
+        other[0].id = Some(999);
+        let e = open(&mut b, "h2", ResumeOptions::default(), other.clone()).expect_err("busy");
+        assert!(matches!(e, JournalError::Busy { .. }), "{e}");
+        // Refused without a trace: the lease is still a's.
+        assert_eq!(b.ops().owner_of(&id).expect("q"), Some(a.owner.clone()));
+        drop(a);
+        let e = open(&mut b, "h2", ResumeOptions::default(), other).expect_err("changed");
+        assert_eq!(e.exit(), Exit::Changed, "{e}");
+        // The refusal rolled back the lease it took on the way.
+        assert_ne!(b.ops().owner_of(&id).expect("q"), Some(b.owner.clone()));
     }
 
     #[test]
