@@ -406,9 +406,9 @@ fn the_one_that_sent<'p>(procs: &'p [Proc], ctx: &str) -> &'p Proc {
 #[test]
 fn n_runs_started_at_once_send_once() {
     let started = Instant::now();
-    // One call per run, answered after 500 ms: the first run is still sending while the others
-    // decide.
-    let mock = MockProc::start(500);
+    // One call per run, answered after 800 ms: the first run is still sending while the others
+    // decide, even on a loaded machine.
+    let mock = MockProc::start(800);
     let per_rep = 40;
     for rep in 0..REPS {
         let ctx = format!("fresh run, repetition {rep}");
@@ -460,8 +460,8 @@ fn n_runs_started_at_once_send_once() {
 #[test]
 fn n_processes_resuming_one_interrupted_run_resume_it_once() {
     let started = Instant::now();
-    // 8 calls of 10, 4 in flight, 250 ms each: the resumed run sends for about half a second.
-    let mock = MockProc::start(250);
+    // 8 calls of 10, 4 in flight, 400 ms each: the resumed run sends for about 0.8 s.
+    let mock = MockProc::start(400);
     let per_rep = 80;
     for rep in 0..REPS {
         let ctx = format!("resume, repetition {rep}");
