@@ -1083,7 +1083,614 @@ impl Journal {
         tx.commit().map_err(db)?;
         Ok(rec)
     }
+}
 
+/// An action's stored name.
+fn parse_action(s: &str) -> Result<Action, JournalError> {
+    Action::ALL
+        .iter()
+        .copied()
+        .find(|a| a.as_str() == s)
+        .ok_or_else(|| JournalError::Corrupt(format!("action {s:?}")))
+}
+
+/// The journal's run statements on one connection: inside [`Journal::open_run`]'s transaction
+/// (so a decision and what it does commit together), in a migration, or on the journal's own
+/// connection. Never begins or commits a transaction itself.
+struct Ops<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+    /// The lease id of the journal these statements act for.
+    owner: &'a str,
+}
+
+impl Ops<'_> {
+    fn db(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+        move |source| JournalError::Db {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn run(&self, id: &str) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .prepare_cached("SELECT * FROM runs WHERE id = ?1")
+            .map_err(self.db())?
+            .query_row([id], Journal::run_from_row)
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    fn existing_run(&self, id: &str) -> Result<RunInfo, JournalError> {
+        self.run(id)?
+            .ok_or_else(|| JournalError::NoRun(id.to_string()))
+    }
+
+    fn owner_of(&self, run_id: &str) -> Result<Option<String>, JournalError> {
+        Ok(self
+            .conn
+            .query_row("SELECT owner FROM runs WHERE id = ?1", [run_id], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()
+            .map_err(self.db())?
+            .flatten())
+    }
+
+    fn unfinished_run(
+        &self,
+        campaign: &str,
+        occurrence: Option<&str>,
+    ) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .prepare_cached(
+                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
+                   AND status IN ('running','paused','interrupted')
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            )
+            .map_err(self.db())?
+            .query_row(params![campaign, occurrence], Journal::run_from_row)
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    /// The latest non-test run of a campaign occurrence (`None` = runs started by `imcast run`).
+    fn latest_of_occurrence(
+        &self,
+        campaign: &str,
+        occurrence: Option<&str>,
+    ) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .prepare_cached(
+                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            )
+            .map_err(self.db())?
+            .query_row(params![campaign, occurrence], Journal::run_from_row)
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    fn count_status(&self, run_id: &str, status: RecipientStatus) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1 AND status = ?2",
+            )
+            .map_err(self.db())?
+            .query_row(params![run_id, status.as_str()], |r| r.get(0))
+            .map_err(self.db())?;
+        Ok(n as u64)
+    }
+
+    /// See [`Journal::open_run`]; runs inside its transaction.
+    fn open_run<'r, E: fmt::Display + Send>(
+        &self,
+        new: &NewRun,
+        opts: ResumeOptions,
+        rows: &mut dyn FnMut() -> SeedRows<'r, E>,
+        now: Timestamp,
+    ) -> Result<Opened, JournalError> {
+        if !new.is_test && !opts.new_run {
+            if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
+                // Whatever follows, a run another live process is sending is not touched (and
+                // that, not a changed plan, is what the caller hears). On an error the caller
+                // rolls back, this lease included.
+                self.claim(&old, now)?;
+                if old.plan_hash == new.plan_hash {
+                    let recovered = self.recover(&old.id, old.action)?;
+                    self.set_status(&old.id, RunStatus::Running, None, now)?;
+                    let run = self.existing_run(&old.id)?;
+                    return Ok(Opened::Resumed { run, recovered });
+                }
+                if opts.continue_changed {
+                    self.recover(&old.id, old.action)?;
+                    // The old run ends before the continuing one is inserted (at most one
+                    // unfinished run); both commit together or not at all.
+                    let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
+                    self.cancel_pending(&old.id, now)?;
+                    self.set_status(
+                        &old.id,
+                        RunStatus::Cancelled,
+                        Some(&format!("continued as run {id} with changed content")),
+                        now,
+                    )?;
+                    let (run, skipped) =
+                        self.create_run(&id, new, Some(&old), opts, rows(), now)?;
+                    return Ok(Opened::Continued {
+                        run,
+                        from: old.id,
+                        skipped,
+                    });
+                }
+                if old.content_key.is_some() && old.content_key == new.content_key {
+                    if let Some(n) = self.try_apply_suppressions(&old, new, rows(), now)? {
+                        let recovered = self.recover(&old.id, old.action)?;
+                        self.set_status(&old.id, RunStatus::Running, None, now)?;
+                        let run = self.existing_run(&old.id)?;
+                        return Ok(Opened::ResumedWithSuppressions {
+                            run,
+                            recovered,
+                            newly_suppressed: n,
+                        });
+                    }
+                }
+                return Err(JournalError::Changed {
+                    campaign: new.campaign.clone(),
+                    run_id: old.id,
+                    old: old.plan_hash,
+                    new: new.plan_hash.clone(),
+                });
+            }
+            if let Some(last) =
+                self.latest_of_occurrence(&new.campaign, new.occurrence.as_deref())?
+            {
+                let unknown = self.count_status(&last.id, RecipientStatus::Unknown)?;
+                if opts.resend_unknown
+                    && unknown > 0
+                    && last.status == RunStatus::Finished
+                    && last.plan_hash == new.plan_hash
+                {
+                    // Reopened: unfinished again, so the unique index admits it only because
+                    // no other unfinished run exists (checked above, in this transaction).
+                    self.claim(&last, now)?;
+                    self.set_status(&last.id, RunStatus::Running, None, now)?;
+                    let run = self.existing_run(&last.id)?;
+                    return Ok(Opened::Resumed {
+                        run,
+                        recovered: Recovered::default(),
+                    });
+                }
+                return Ok(Opened::AlreadyFinished(last));
+            }
+        }
+        if opts.new_run && !new.is_test {
+            if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
+                self.claim(&old, now)?;
+                self.recover(&old.id, old.action)?;
+                self.cancel_pending(&old.id, now)?;
+                self.set_status(
+                    &old.id,
+                    RunStatus::Cancelled,
+                    Some("superseded by --new-run"),
+                    now,
+                )?;
+            }
+        }
+        let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
+        let (run, _) = self.create_run(&id, new, None, opts, rows(), now)?;
+        Ok(Opened::Created(run))
+    }
+
+    fn create_run<E: fmt::Display + Send>(
+        &self,
+        id: &str,
+        new: &NewRun,
+        continue_from: Option<&RunInfo>,
+        opts: ResumeOptions,
+        rows: SeedRows<'_, E>,
+        now: Timestamp,
+    ) -> Result<(RunInfo, u64), JournalError> {
+        let flags =
+            serde_json::to_string(&new.flags).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let audit =
+            serde_json::to_string(&new.audit).map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        let db = self.db();
+        let tx = self.conn;
+        tx.execute(
+            "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
+                              created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
+                              continued_from, owner, key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                     (SELECT COALESCE(MAX(key), 0) + 1 FROM runs))",
+            params![
+                id,
+                new.campaign,
+                new.occurrence,
+                new.plan_hash,
+                new.content_key,
+                new.action.as_str(),
+                flags,
+                new.is_test,
+                ts(now),
+                audit,
+                new.limit.limit as i64,
+                new.limit.window.as_millis() as i64,
+                new.total_calls as i64,
+                continue_from.map(|r| r.id.clone()),
+                self.owner,
+            ],
+        )
+        .map_err(&db)?;
+        let mut skipped = 0u64;
+        let now_s = ts(now);
+        let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
+        let key = run_key(tx, id)
+            .map_err(&db)?
+            .ok_or_else(|| JournalError::NoRun(id.to_string()))?;
+        let old_range = match continue_from {
+            Some(old) => run_key(tx, &old.id).map_err(&db)?.map(rk_range),
+            None => None,
+        };
+        {
+            let mut ins = tx
+                .prepare(
+                    "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message,
+                                            message_id, detail, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(&db)?;
+            let mut prior = tx
+                .prepare(
+                    "SELECT status, message_id FROM recipients
+                     WHERE id = ?3 AND rk BETWEEN ?1 AND ?2 AND status IN ('sent','not_online','unknown') LIMIT 1",
+                )
+                .map_err(&db)?;
+            consume_in_batches(rows, |row| {
+                let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
+                let mut status = row.status;
+                let mut message_id: Option<i64> = None;
+                let mut note = row.note.clone();
+                let mut detail: Option<String> = None;
+                if row.line > MAX_LINE {
+                    return Err(JournalError::Seed(format!(
+                        "audience line {} is beyond the {MAX_LINE} lines a run can hold",
+                        row.line
+                    )));
+                }
+                if let (Some(old), Some((lo, hi)), Some(rid), RecipientStatus::Pending) =
+                    (continue_from, old_range, row.id, row.status)
+                {
+                    let p: Option<(String, Option<i64>)> = prior
+                        .query_row(params![lo, hi, rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                        .map_err(&db)?;
+                    if let Some((s, mid)) = p {
+                        let s: RecipientStatus = s.parse()?;
+                        if s != RecipientStatus::Unknown || !opts.resend_unknown {
+                            status = s;
+                            message_id = mid;
+                            detail = Some(format!("carried over from run {}", old.id));
+                            note = None;
+                            skipped += 1;
+                        }
+                    }
+                }
+                *seeded.entry(status).or_default() += 1;
+                // The id's own decimal form is not stored twice. `updated_at` is written now
+                // although the run row holds the same time: an outcome then rewrites the row at
+                // the same size instead of growing it (which splits pages all over the table).
+                let raw_id = match row.id {
+                    Some(v) if itoa::Buffer::new().format(v) == row.raw_id => None,
+                    _ => Some(row.raw_id.as_str()),
+                };
+                let updated_at = Some(now_s.as_str());
+                ins.execute(params![
+                    (key << 32) | row.line as i64,
+                    row.id.map(|v| v as i64),
+                    raw_id,
+                    status.as_str(),
+                    row.call_seq.map(|v| v as i64),
+                    row.variant,
+                    note,
+                    message_id,
+                    detail,
+                    updated_at,
+                ])
+                .map_err(&db)?;
+                Ok(())
+            })?;
+        }
+        for (status, n) in seeded {
+            count_move(tx, id, None, status, n).map_err(&db)?;
+        }
+        let run = self.existing_run(id)?;
+        Ok((run, skipped))
+    }
+
+    /// If the new rows differ from the run's only by rows that became suppressed, apply that and
+    /// return how many; otherwise change nothing (its own savepoint is rolled back) and return
+    /// None.
+    fn try_apply_suppressions<E: fmt::Display + Send>(
+        &self,
+        old: &RunInfo,
+        new: &NewRun,
+        rows: SeedRows<'_, E>,
+        now: Timestamp,
+    ) -> Result<Option<u64>, JournalError> {
+        let db = self.db();
+        self.conn
+            .execute_batch("SAVEPOINT apply_suppressions")
+            .map_err(&db)?;
+        let res = self.apply_suppressions(old, new, rows, now);
+        let end = match res {
+            Ok(Some(_)) => "RELEASE apply_suppressions",
+            _ => "ROLLBACK TO apply_suppressions; RELEASE apply_suppressions",
+        };
+        let ended = self.conn.execute_batch(end).map_err(&db);
+        let n = res?;
+        ended?;
+        Ok(n)
+    }
+
+    fn apply_suppressions<E: fmt::Display + Send>(
+        &self,
+        old: &RunInfo,
+        new: &NewRun,
+        rows: SeedRows<'_, E>,
+        now: Timestamp,
+    ) -> Result<Option<u64>, JournalError> {
+        let db = self.db();
+        let tx = self.conn;
+        let mut n = 0u64;
+        let mut seen = 0u64;
+        {
+            let key = run_key(tx, &old.id)
+                .map_err(&db)?
+                .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
+            let mut get = tx
+                .prepare("SELECT id, status FROM recipients WHERE rk = ?1")
+                .map_err(&db)?;
+            let mut upd = tx
+                .prepare(
+                    "UPDATE recipients SET status = 'suppressed', error_message = ?2, updated_at = ?3
+                     WHERE rk = ?1",
+                )
+                .map_err(&db)?;
+            for row in rows {
+                let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
+                seen += 1;
+                if row.line > MAX_LINE {
+                    return Ok(None);
+                }
+                let rk = (key << 32) | row.line as i64;
+                let cur: Option<(Option<i64>, String)> = get
+                    .query_row(params![rk], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(&db)?;
+                let Some((cid, cstatus)) = cur else {
+                    return Ok(None);
+                };
+                if cid.map(|v| v as u64) != row.id {
+                    return Ok(None);
+                }
+                let cstatus: RecipientStatus = cstatus.parse()?;
+                let was_final_input = matches!(
+                    cstatus,
+                    RecipientStatus::Invalid
+                        | RecipientStatus::Duplicate
+                        | RecipientStatus::Suppressed
+                );
+                let now_final_input = matches!(
+                    row.status,
+                    RecipientStatus::Invalid
+                        | RecipientStatus::Duplicate
+                        | RecipientStatus::Suppressed
+                );
+                if row.status == RecipientStatus::Suppressed && !was_final_input {
+                    if cstatus == RecipientStatus::Pending {
+                        upd.execute(params![rk, row.note, ts(now)]).map_err(&db)?;
+                        n += 1;
+                    }
+                    continue;
+                }
+                if was_final_input != now_final_input || (was_final_input && cstatus != row.status)
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        let total: i64 = tx
+            .query_row(
+                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1",
+                [&old.id],
+                |r| r.get(0),
+            )
+            .map_err(&db)?;
+        if total as u64 != seen {
+            return Ok(None);
+        }
+        count_move(
+            tx,
+            &old.id,
+            Some(RecipientStatus::Pending),
+            RecipientStatus::Suppressed,
+            n,
+        )
+        .map_err(&db)?;
+        tx.execute(
+            "UPDATE runs SET plan_hash = ?2, total_calls = ?3, updated_at = ?4 WHERE id = ?1",
+            params![old.id, new.plan_hash, new.total_calls as i64, ts(now)],
+        )
+        .map_err(&db)?;
+        Ok(Some(n))
+    }
+
+    /// See [`Journal::claim`]; the caller holds the IMMEDIATE transaction.
+    fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
+        let held = self
+            .conn
+            .query_row("SELECT owner FROM runs WHERE id = ?1", [&run.id], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()
+            .map_err(self.db())?
+            .ok_or_else(|| JournalError::NoRun(run.id.clone()))?;
+        if let Some(o) = held {
+            if o != self.owner && owner_alive(&o) {
+                return Err(JournalError::Busy {
+                    campaign: run.campaign.clone(),
+                    run_id: run.id.clone(),
+                    owner: describe_owner(&o),
+                });
+            }
+        }
+        self.conn
+            .execute(
+                "UPDATE runs SET owner = ?2, updated_at = ?3 WHERE id = ?1",
+                params![run.id, self.owner, ts(now)],
+            )
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    fn set_status(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        reason: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        let done = matches!(status, RunStatus::Finished | RunStatus::Cancelled);
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE runs SET status = ?2, stop_reason = ?3, updated_at = ?4,
+                     finished_at = CASE WHEN ?5 THEN ?4 ELSE NULL END,
+                     owner = CASE WHEN ?5 OR ?2 != 'running' THEN NULL ELSE owner END
+                 WHERE id = ?1",
+            )
+            .map_err(self.db())?
+            .execute(params![run_id, status.as_str(), reason, ts(now), done])
+            .map_err(self.db())?;
+        if n == 0 {
+            return Err(JournalError::NoRun(run_id.into()));
+        }
+        Ok(())
+    }
+
+    /// See [`Journal::recover`]; the caller holds the transaction.
+    fn recover(&self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
+        let db = self.db();
+        let tx = self.conn;
+        let mut rec = Recovered::default();
+        let (lo, hi) = rk_range(
+            run_key(tx, run_id)
+                .map_err(&db)?
+                .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?,
+        );
+        let calls: Vec<(i64, String)> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT seq, receivers FROM calls WHERE run_id = ?1 AND state = 'in_flight'",
+                )
+                .map_err(&db)?;
+            let v = st
+                .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(&db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&db)?;
+            v
+        };
+        for (seq, receivers) in calls {
+            if action == Action::Conversation {
+                tx.execute(
+                    "UPDATE calls SET state = 'planned', error_message = 'interrupted; resent with the same ClientMsgId'
+                     WHERE run_id = ?1 AND seq = ?2",
+                    params![run_id, seq],
+                )
+                .map_err(&db)?;
+                rec.replanned_calls += 1;
+                continue;
+            }
+            let ids: Vec<u64> = serde_json::from_str(&receivers)
+                .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
+            tx.execute(
+                "UPDATE calls SET state = 'unknown', error_message = 'the process stopped while the call was in flight'
+                 WHERE run_id = ?1 AND seq = ?2",
+                params![run_id, seq],
+            )
+            .map_err(&db)?;
+            rec.unknown_calls += 1;
+            let mut upd = tx
+                .prepare_cached(
+                    "UPDATE OR FAIL recipients SET status = 'unknown', error_code = 'InFlightAtCrash',
+                         error_message = 'the process stopped while this call was in flight; it may have been delivered',
+                         call_seq = ?3,
+                         variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
+                         attempts = (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
+                     WHERE id = ?2 AND rk BETWEEN ?4 AND ?5 AND status = 'pending'",
+                )
+                .map_err(&db)?;
+            for id in ids {
+                rec.unknown_recipients += upd
+                    .execute(params![run_id, id as i64, seq, lo, hi])
+                    .map_err(&db)? as u64;
+            }
+        }
+        count_move(
+            tx,
+            run_id,
+            Some(RecipientStatus::Pending),
+            RecipientStatus::Unknown,
+            rec.unknown_recipients,
+        )
+        .map_err(&db)?;
+        Ok(rec)
+    }
+
+    fn cancel_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
+        self.set_pending(
+            run_id,
+            RecipientStatus::Cancelled,
+            "the run was cancelled",
+            now,
+        )
+    }
+
+    /// Pending recipients of a run become `to`; the caller holds the transaction.
+    fn set_pending(
+        &self,
+        run_id: &str,
+        to: RecipientStatus,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<u64, JournalError> {
+        let db = self.db();
+        let Some(key) = run_key(self.conn, run_id).map_err(&db)? else {
+            return Ok(0);
+        };
+        let (lo, hi) = rk_range(key);
+        let n = self
+            .conn
+            .execute(
+                "UPDATE recipients SET status = ?3, error_message = ?4, updated_at = ?5
+                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'",
+                params![lo, hi, to.as_str(), why, ts(now)],
+            )
+            .map_err(&db)? as u64;
+        count_move(self.conn, run_id, Some(RecipientStatus::Pending), to, n).map_err(&db)?;
+        Ok(n)
+    }
+}
+
+impl Journal {
     // ---- calls ------------------------------------------------------------------------------
 
     /// Of `ids`, those still to send in this run: `pending` (and `unknown` with `resend_unknown`),
@@ -1716,611 +2323,6 @@ impl RawRun {
             stop_reason: self.stop_reason,
             continued_from: self.continued_from,
         })
-    }
-}
-
-/// An action's stored name.
-fn parse_action(s: &str) -> Result<Action, JournalError> {
-    Action::ALL
-        .iter()
-        .copied()
-        .find(|a| a.as_str() == s)
-        .ok_or_else(|| JournalError::Corrupt(format!("action {s:?}")))
-}
-
-/// The journal's run statements on one connection: inside [`Journal::open_run`]'s transaction
-/// (so a decision and what it does commit together), in a migration, or on the journal's own
-/// connection. Never begins or commits a transaction itself.
-struct Ops<'a> {
-    conn: &'a Connection,
-    path: &'a Path,
-    /// The lease id of the journal these statements act for.
-    owner: &'a str,
-}
-
-impl Ops<'_> {
-    fn db(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
-        move |source| JournalError::Db {
-            path: self.path.to_path_buf(),
-            source,
-        }
-    }
-
-    fn run(&self, id: &str) -> Result<Option<RunInfo>, JournalError> {
-        let raw = self
-            .conn
-            .prepare_cached("SELECT * FROM runs WHERE id = ?1")
-            .map_err(self.db())?
-            .query_row([id], Journal::run_from_row)
-            .optional()
-            .map_err(self.db())?;
-        raw.map(RawRun::into_info).transpose()
-    }
-
-    fn existing_run(&self, id: &str) -> Result<RunInfo, JournalError> {
-        self.run(id)?
-            .ok_or_else(|| JournalError::NoRun(id.to_string()))
-    }
-
-    fn owner_of(&self, run_id: &str) -> Result<Option<String>, JournalError> {
-        Ok(self
-            .conn
-            .query_row("SELECT owner FROM runs WHERE id = ?1", [run_id], |r| {
-                r.get::<_, Option<String>>(0)
-            })
-            .optional()
-            .map_err(self.db())?
-            .flatten())
-    }
-
-    fn unfinished_run(
-        &self,
-        campaign: &str,
-        occurrence: Option<&str>,
-    ) -> Result<Option<RunInfo>, JournalError> {
-        let raw = self
-            .conn
-            .prepare_cached(
-                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
-                   AND status IN ('running','paused','interrupted')
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
-            )
-            .map_err(self.db())?
-            .query_row(params![campaign, occurrence], Journal::run_from_row)
-            .optional()
-            .map_err(self.db())?;
-        raw.map(RawRun::into_info).transpose()
-    }
-
-    /// The latest non-test run of a campaign occurrence (`None` = runs started by `imcast run`).
-    fn latest_of_occurrence(
-        &self,
-        campaign: &str,
-        occurrence: Option<&str>,
-    ) -> Result<Option<RunInfo>, JournalError> {
-        let raw = self
-            .conn
-            .prepare_cached(
-                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
-            )
-            .map_err(self.db())?
-            .query_row(params![campaign, occurrence], Journal::run_from_row)
-            .optional()
-            .map_err(self.db())?;
-        raw.map(RawRun::into_info).transpose()
-    }
-
-    fn count_status(&self, run_id: &str, status: RecipientStatus) -> Result<u64, JournalError> {
-        let n: i64 = self
-            .conn
-            .prepare_cached(
-                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1 AND status = ?2",
-            )
-            .map_err(self.db())?
-            .query_row(params![run_id, status.as_str()], |r| r.get(0))
-            .map_err(self.db())?;
-        Ok(n as u64)
-    }
-
-    /// See [`Journal::open_run`]; runs inside its transaction.
-    fn open_run<'r, E: fmt::Display + Send>(
-        &self,
-        new: &NewRun,
-        opts: ResumeOptions,
-        rows: &mut dyn FnMut() -> SeedRows<'r, E>,
-        now: Timestamp,
-    ) -> Result<Opened, JournalError> {
-        if !new.is_test && !opts.new_run {
-            if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
-                // Whatever follows, a run another live process is sending is not touched (and
-                // that, not a changed plan, is what the caller hears). On an error the caller
-                // rolls back, this lease included.
-                self.claim(&old, now)?;
-                if old.plan_hash == new.plan_hash {
-                    let recovered = self.recover(&old.id, old.action)?;
-                    self.set_status(&old.id, RunStatus::Running, None, now)?;
-                    let run = self.existing_run(&old.id)?;
-                    return Ok(Opened::Resumed { run, recovered });
-                }
-                if opts.continue_changed {
-                    self.recover(&old.id, old.action)?;
-                    // The old run ends before the continuing one is inserted (at most one
-                    // unfinished run); both commit together or not at all.
-                    let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
-                    self.cancel_pending(&old.id, now)?;
-                    self.set_status(
-                        &old.id,
-                        RunStatus::Cancelled,
-                        Some(&format!("continued as run {id} with changed content")),
-                        now,
-                    )?;
-                    let (run, skipped) =
-                        self.create_run(&id, new, Some(&old), opts, rows(), now)?;
-                    return Ok(Opened::Continued {
-                        run,
-                        from: old.id,
-                        skipped,
-                    });
-                }
-                if old.content_key.is_some() && old.content_key == new.content_key {
-                    if let Some(n) = self.try_apply_suppressions(&old, new, rows(), now)? {
-                        let recovered = self.recover(&old.id, old.action)?;
-                        self.set_status(&old.id, RunStatus::Running, None, now)?;
-                        let run = self.existing_run(&old.id)?;
-                        return Ok(Opened::ResumedWithSuppressions {
-                            run,
-                            recovered,
-                            newly_suppressed: n,
-                        });
-                    }
-                }
-                return Err(JournalError::Changed {
-                    campaign: new.campaign.clone(),
-                    run_id: old.id,
-                    old: old.plan_hash,
-                    new: new.plan_hash.clone(),
-                });
-            }
-            if let Some(last) =
-                self.latest_of_occurrence(&new.campaign, new.occurrence.as_deref())?
-            {
-                let unknown = self.count_status(&last.id, RecipientStatus::Unknown)?;
-                if opts.resend_unknown
-                    && unknown > 0
-                    && last.status == RunStatus::Finished
-                    && last.plan_hash == new.plan_hash
-                {
-                    // Reopened: unfinished again, so the unique index admits it only because
-                    // no other unfinished run exists (checked above, in this transaction).
-                    self.claim(&last, now)?;
-                    self.set_status(&last.id, RunStatus::Running, None, now)?;
-                    let run = self.existing_run(&last.id)?;
-                    return Ok(Opened::Resumed {
-                        run,
-                        recovered: Recovered::default(),
-                    });
-                }
-                return Ok(Opened::AlreadyFinished(last));
-            }
-        }
-        if opts.new_run && !new.is_test {
-            if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
-                self.claim(&old, now)?;
-                self.recover(&old.id, old.action)?;
-                self.cancel_pending(&old.id, now)?;
-                self.set_status(
-                    &old.id,
-                    RunStatus::Cancelled,
-                    Some("superseded by --new-run"),
-                    now,
-                )?;
-            }
-        }
-        let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
-        let (run, _) = self.create_run(&id, new, None, opts, rows(), now)?;
-        Ok(Opened::Created(run))
-    }
-
-    fn create_run<E: fmt::Display + Send>(
-        &self,
-        id: &str,
-        new: &NewRun,
-        continue_from: Option<&RunInfo>,
-        opts: ResumeOptions,
-        rows: SeedRows<'_, E>,
-        now: Timestamp,
-    ) -> Result<(RunInfo, u64), JournalError> {
-        let flags =
-            serde_json::to_string(&new.flags).map_err(|e| JournalError::Corrupt(e.to_string()))?;
-        let audit =
-            serde_json::to_string(&new.audit).map_err(|e| JournalError::Corrupt(e.to_string()))?;
-        let db = self.db();
-        let tx = self.conn;
-        tx.execute(
-            "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
-                              created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
-                              continued_from, owner, key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, ?8, ?9, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                     (SELECT COALESCE(MAX(key), 0) + 1 FROM runs))",
-            params![
-                id,
-                new.campaign,
-                new.occurrence,
-                new.plan_hash,
-                new.content_key,
-                new.action.as_str(),
-                flags,
-                new.is_test,
-                ts(now),
-                audit,
-                new.limit.limit as i64,
-                new.limit.window.as_millis() as i64,
-                new.total_calls as i64,
-                continue_from.map(|r| r.id.clone()),
-                self.owner,
-            ],
-        )
-        .map_err(&db)?;
-        let mut skipped = 0u64;
-        let now_s = ts(now);
-        let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
-        let key = run_key(tx, id)
-            .map_err(&db)?
-            .ok_or_else(|| JournalError::NoRun(id.to_string()))?;
-        let old_range = match continue_from {
-            Some(old) => run_key(tx, &old.id).map_err(&db)?.map(rk_range),
-            None => None,
-        };
-        {
-            let mut ins = tx
-                .prepare(
-                    "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message,
-                                            message_id, detail, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
-                .map_err(&db)?;
-            let mut prior = tx
-                .prepare(
-                    "SELECT status, message_id FROM recipients
-                     WHERE id = ?3 AND rk BETWEEN ?1 AND ?2 AND status IN ('sent','not_online','unknown') LIMIT 1",
-                )
-                .map_err(&db)?;
-            consume_in_batches(rows, |row| {
-                let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
-                let mut status = row.status;
-                let mut message_id: Option<i64> = None;
-                let mut note = row.note.clone();
-                let mut detail: Option<String> = None;
-                if row.line > MAX_LINE {
-                    return Err(JournalError::Seed(format!(
-                        "audience line {} is beyond the {MAX_LINE} lines a run can hold",
-                        row.line
-                    )));
-                }
-                if let (Some(old), Some((lo, hi)), Some(rid), RecipientStatus::Pending) =
-                    (continue_from, old_range, row.id, row.status)
-                {
-                    let p: Option<(String, Option<i64>)> = prior
-                        .query_row(params![lo, hi, rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
-                        .map_err(&db)?;
-                    if let Some((s, mid)) = p {
-                        let s: RecipientStatus = s.parse()?;
-                        if s != RecipientStatus::Unknown || !opts.resend_unknown {
-                            status = s;
-                            message_id = mid;
-                            detail = Some(format!("carried over from run {}", old.id));
-                            note = None;
-                            skipped += 1;
-                        }
-                    }
-                }
-                *seeded.entry(status).or_default() += 1;
-                // The id's own decimal form is not stored twice. `updated_at` is written now
-                // although the run row holds the same time: an outcome then rewrites the row at
-                // the same size instead of growing it (which splits pages all over the table).
-                let raw_id = match row.id {
-                    Some(v) if itoa::Buffer::new().format(v) == row.raw_id => None,
-                    _ => Some(row.raw_id.as_str()),
-                };
-                let updated_at = Some(now_s.as_str());
-                ins.execute(params![
-                    (key << 32) | row.line as i64,
-                    row.id.map(|v| v as i64),
-                    raw_id,
-                    status.as_str(),
-                    row.call_seq.map(|v| v as i64),
-                    row.variant,
-                    note,
-                    message_id,
-                    detail,
-                    updated_at,
-                ])
-                .map_err(&db)?;
-                Ok(())
-            })?;
-        }
-        for (status, n) in seeded {
-            count_move(tx, id, None, status, n).map_err(&db)?;
-        }
-        let run = self.existing_run(id)?;
-        Ok((run, skipped))
-    }
-
-    /// If the new rows differ from the run's only by rows that became suppressed, apply that and
-    /// return how many; otherwise change nothing (its own savepoint is rolled back) and return
-    /// None.
-    fn try_apply_suppressions<E: fmt::Display + Send>(
-        &self,
-        old: &RunInfo,
-        new: &NewRun,
-        rows: SeedRows<'_, E>,
-        now: Timestamp,
-    ) -> Result<Option<u64>, JournalError> {
-        let db = self.db();
-        self.conn
-            .execute_batch("SAVEPOINT apply_suppressions")
-            .map_err(&db)?;
-        let res = self.apply_suppressions(old, new, rows, now);
-        let end = match res {
-            Ok(Some(_)) => "RELEASE apply_suppressions",
-            _ => "ROLLBACK TO apply_suppressions; RELEASE apply_suppressions",
-        };
-        let ended = self.conn.execute_batch(end).map_err(&db);
-        let n = res?;
-        ended?;
-        Ok(n)
-    }
-
-    fn apply_suppressions<E: fmt::Display + Send>(
-        &self,
-        old: &RunInfo,
-        new: &NewRun,
-        rows: SeedRows<'_, E>,
-        now: Timestamp,
-    ) -> Result<Option<u64>, JournalError> {
-        let db = self.db();
-        let tx = self.conn;
-        let mut n = 0u64;
-        let mut seen = 0u64;
-        {
-            let key = run_key(tx, &old.id)
-                .map_err(&db)?
-                .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
-            let mut get = tx
-                .prepare("SELECT id, status FROM recipients WHERE rk = ?1")
-                .map_err(&db)?;
-            let mut upd = tx
-                .prepare(
-                    "UPDATE recipients SET status = 'suppressed', error_message = ?2, updated_at = ?3
-                     WHERE rk = ?1",
-                )
-                .map_err(&db)?;
-            for row in rows {
-                let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
-                seen += 1;
-                if row.line > MAX_LINE {
-                    return Ok(None);
-                }
-                let rk = (key << 32) | row.line as i64;
-                let cur: Option<(Option<i64>, String)> = get
-                    .query_row(params![rk], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-                    .map_err(&db)?;
-                let Some((cid, cstatus)) = cur else {
-                    return Ok(None);
-                };
-                if cid.map(|v| v as u64) != row.id {
-                    return Ok(None);
-                }
-                let cstatus: RecipientStatus = cstatus.parse()?;
-                let was_final_input = matches!(
-                    cstatus,
-                    RecipientStatus::Invalid
-                        | RecipientStatus::Duplicate
-                        | RecipientStatus::Suppressed
-                );
-                let now_final_input = matches!(
-                    row.status,
-                    RecipientStatus::Invalid
-                        | RecipientStatus::Duplicate
-                        | RecipientStatus::Suppressed
-                );
-                if row.status == RecipientStatus::Suppressed && !was_final_input {
-                    if cstatus == RecipientStatus::Pending {
-                        upd.execute(params![rk, row.note, ts(now)]).map_err(&db)?;
-                        n += 1;
-                    }
-                    continue;
-                }
-                if was_final_input != now_final_input || (was_final_input && cstatus != row.status)
-                {
-                    return Ok(None);
-                }
-            }
-        }
-        let total: i64 = tx
-            .query_row(
-                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1",
-                [&old.id],
-                |r| r.get(0),
-            )
-            .map_err(&db)?;
-        if total as u64 != seen {
-            return Ok(None);
-        }
-        count_move(
-            tx,
-            &old.id,
-            Some(RecipientStatus::Pending),
-            RecipientStatus::Suppressed,
-            n,
-        )
-        .map_err(&db)?;
-        tx.execute(
-            "UPDATE runs SET plan_hash = ?2, total_calls = ?3, updated_at = ?4 WHERE id = ?1",
-            params![old.id, new.plan_hash, new.total_calls as i64, ts(now)],
-        )
-        .map_err(&db)?;
-        Ok(Some(n))
-    }
-
-    /// See [`Journal::claim`]; the caller holds the IMMEDIATE transaction.
-    fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
-        let held = self
-            .conn
-            .query_row("SELECT owner FROM runs WHERE id = ?1", [&run.id], |r| {
-                r.get::<_, Option<String>>(0)
-            })
-            .optional()
-            .map_err(self.db())?
-            .ok_or_else(|| JournalError::NoRun(run.id.clone()))?;
-        if let Some(o) = held {
-            if o != self.owner && owner_alive(&o) {
-                return Err(JournalError::Busy {
-                    campaign: run.campaign.clone(),
-                    run_id: run.id.clone(),
-                    owner: describe_owner(&o),
-                });
-            }
-        }
-        self.conn
-            .execute(
-                "UPDATE runs SET owner = ?2, updated_at = ?3 WHERE id = ?1",
-                params![run.id, self.owner, ts(now)],
-            )
-            .map_err(self.db())?;
-        Ok(())
-    }
-
-    fn set_status(
-        &self,
-        run_id: &str,
-        status: RunStatus,
-        reason: Option<&str>,
-        now: Timestamp,
-    ) -> Result<(), JournalError> {
-        let done = matches!(status, RunStatus::Finished | RunStatus::Cancelled);
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE runs SET status = ?2, stop_reason = ?3, updated_at = ?4,
-                     finished_at = CASE WHEN ?5 THEN ?4 ELSE NULL END,
-                     owner = CASE WHEN ?5 OR ?2 != 'running' THEN NULL ELSE owner END
-                 WHERE id = ?1",
-            )
-            .map_err(self.db())?
-            .execute(params![run_id, status.as_str(), reason, ts(now), done])
-            .map_err(self.db())?;
-        if n == 0 {
-            return Err(JournalError::NoRun(run_id.into()));
-        }
-        Ok(())
-    }
-
-    /// See [`Journal::recover`]; the caller holds the transaction.
-    fn recover(&self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
-        let db = self.db();
-        let tx = self.conn;
-        let mut rec = Recovered::default();
-        let (lo, hi) = rk_range(
-            run_key(tx, run_id)
-                .map_err(&db)?
-                .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?,
-        );
-        let calls: Vec<(i64, String)> = {
-            let mut st = tx
-                .prepare(
-                    "SELECT seq, receivers FROM calls WHERE run_id = ?1 AND state = 'in_flight'",
-                )
-                .map_err(&db)?;
-            let v = st
-                .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(&db)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(&db)?;
-            v
-        };
-        for (seq, receivers) in calls {
-            if action == Action::Conversation {
-                tx.execute(
-                    "UPDATE calls SET state = 'planned', error_message = 'interrupted; resent with the same ClientMsgId'
-                     WHERE run_id = ?1 AND seq = ?2",
-                    params![run_id, seq],
-                )
-                .map_err(&db)?;
-                rec.replanned_calls += 1;
-                continue;
-            }
-            let ids: Vec<u64> = serde_json::from_str(&receivers)
-                .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
-            tx.execute(
-                "UPDATE calls SET state = 'unknown', error_message = 'the process stopped while the call was in flight'
-                 WHERE run_id = ?1 AND seq = ?2",
-                params![run_id, seq],
-            )
-            .map_err(&db)?;
-            rec.unknown_calls += 1;
-            let mut upd = tx
-                .prepare_cached(
-                    "UPDATE OR FAIL recipients SET status = 'unknown', error_code = 'InFlightAtCrash',
-                         error_message = 'the process stopped while this call was in flight; it may have been delivered',
-                         call_seq = ?3,
-                         variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
-                         attempts = (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
-                     WHERE id = ?2 AND rk BETWEEN ?4 AND ?5 AND status = 'pending'",
-                )
-                .map_err(&db)?;
-            for id in ids {
-                rec.unknown_recipients += upd
-                    .execute(params![run_id, id as i64, seq, lo, hi])
-                    .map_err(&db)? as u64;
-            }
-        }
-        count_move(
-            tx,
-            run_id,
-            Some(RecipientStatus::Pending),
-            RecipientStatus::Unknown,
-            rec.unknown_recipients,
-        )
-        .map_err(&db)?;
-        Ok(rec)
-    }
-
-    fn cancel_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
-        self.set_pending(
-            run_id,
-            RecipientStatus::Cancelled,
-            "the run was cancelled",
-            now,
-        )
-    }
-
-    /// Pending recipients of a run become `to`; the caller holds the transaction.
-    fn set_pending(
-        &self,
-        run_id: &str,
-        to: RecipientStatus,
-        why: &str,
-        now: Timestamp,
-    ) -> Result<u64, JournalError> {
-        let db = self.db();
-        let Some(key) = run_key(self.conn, run_id).map_err(&db)? else {
-            return Ok(0);
-        };
-        let (lo, hi) = rk_range(key);
-        let n = self
-            .conn
-            .execute(
-                "UPDATE recipients SET status = ?3, error_message = ?4, updated_at = ?5
-                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'",
-                params![lo, hi, to.as_str(), why, ts(now)],
-            )
-            .map_err(&db)? as u64;
-        count_move(self.conn, run_id, Some(RecipientStatus::Pending), to, n).map_err(&db)?;
-        Ok(n)
     }
 }
 
