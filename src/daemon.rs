@@ -172,14 +172,11 @@ impl Daemon {
         let conn = state::open(&cfg.state_dir)?;
         let pid = std::process::id();
         let now = clock.now().as_second();
-        if let Err(other) = state::claim_daemon(&conn, pid, now, 30)? {
-            if pid_alive(other) {
-                return Err(DaemonError::Busy {
-                    pid: other,
-                    state_dir: cfg.state_dir.display().to_string(),
-                });
-            }
-            state::heartbeat(&conn, pid, now)?;
+        if let Err(other) = state::claim_daemon(&conn, pid, now, 30, pid_alive)? {
+            return Err(DaemonError::Busy {
+                pid: other,
+                state_dir: cfg.state_dir.display().to_string(),
+            });
         }
         Ok(Daemon {
             cfg,

@@ -12,9 +12,15 @@
 //! done; after a crash an in-flight call without an answer makes its receivers `unknown` (except
 //! for SendMessage, whose ClientMsgId makes a resend safe). A recipient refused with
 //! FailedReceiver stays `pending` with its refusals counted until a later call resends it (see
-//! "re-queued receivers" below). Every method is synchronous: async callers run it with
-//! `spawn_blocking`. A failed write is returned, never swallowed — the engine stops the run on
-//! it. The journal never talks to the network.
+//! "re-queued receivers" below). At most one unfinished
+//! (running/paused/interrupted) non-test run exists per (campaign, occurrence): `open_run` decides
+//! and acts in one IMMEDIATE transaction and a partial unique index (`runs_one_unfinished`) makes
+//! the database refuse a second one; a refusal is [`JournalError::Busy`] (exit 6). A run's lease
+//! (`runs.owner` = `host:pid:instance`, one per open `Journal`) is checked and taken in one
+//! transaction; it is live while that process runs (and, in this process, while that journal is
+//! open). Every method is synchronous: async callers run it with `spawn_blocking`. A failed write
+//! is returned, never swallowed — the engine stops the run on it. The journal never talks to the
+//! network.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -80,7 +86,11 @@ impl JournalError {
         match self {
             JournalError::Changed { .. } => Exit::Changed,
             JournalError::Busy { .. } => Exit::Busy,
-            JournalError::Db { source, .. } if is_busy(source) => Exit::Busy,
+            JournalError::Db { source, .. }
+                if is_busy(source) || is_unfinished_conflict(source) =>
+            {
+                Exit::Busy
+            }
             JournalError::NoRun(_) | JournalError::Seed(_) => Exit::Invalid,
             _ => Exit::Internal,
         }
@@ -92,6 +102,19 @@ fn is_busy(e: &rusqlite::Error) -> bool {
         e,
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked
+    )
+}
+
+/// The index that keeps at most one unfinished non-test run per (campaign, occurrence).
+const UNFINISHED_INDEX: &str = "runs_one_unfinished";
+
+/// Whether `e` is the database refusing a second unfinished run of a campaign occurrence
+/// (another process created or reopened one first).
+fn is_unfinished_conflict(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, Some(msg))
+            if f.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains(UNFINISHED_INDEX)
     )
 }
 
@@ -429,6 +452,16 @@ pub struct Recovered {
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
+    /// The lease id this journal writes into `runs.owner` (see [`Journal::claim`]).
+    owner: String,
+    /// This journal's entry in [`LIVE_LEASES`].
+    instance: u64,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        live_leases().remove(&self.instance);
+    }
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -531,7 +564,7 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE recipients;
      ALTER TABLE recipients_3 RENAME TO recipients;
      CREATE INDEX recipients_id ON recipients(id);",
-    // 4 (re-queue, branch w/requeue; renumber freely when merging, it depends only on 3):
+    // 4 (re-queue):
     // `recipients.refusals`: how many times the provider refused a recipient with
     // FailedReceiver. A `pending` row with refusals > 0 waits to be sent again in a later call of
     // its Content; the re-queue budget (`retry.max_attempts`) counts these, not 429s or
@@ -539,7 +572,78 @@ const MIGRATIONS: &[&str] = &[
     // recipients (set once, before the first such call; every plan call's number is below it).
     "ALTER TABLE recipients ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE runs ADD COLUMN first_resend_seq INTEGER;",
+    // 5: at most one unfinished (running/paused/interrupted) non-test run per campaign and
+    // occurrence, enforced by the database. Before it is created, older duplicates (left by the
+    // race this closes) are cancelled: see `end_duplicate_unfinished_runs`.
+    "CREATE UNIQUE INDEX runs_one_unfinished ON runs(campaign, COALESCE(occurrence, ''))
+        WHERE is_test = 0 AND status IN ('running', 'paused', 'interrupted');",
 ];
+
+/// The migration (index into [`MIGRATIONS`]) that adds [`UNFINISHED_INDEX`].
+const UNFINISHED_INDEX_MIGRATION: usize = 4;
+
+/// Before [`UNFINISHED_INDEX`] exists, a database may hold several unfinished runs of one
+/// campaign occurrence (two processes started at once). The newest of each group stays (it is
+/// what `run` resumed before the index existed); the older ones are recovered like a crash (an
+/// in-flight call's receivers become `unknown`) and cancelled: pending recipients `cancelled`,
+/// the run `cancelled` with a stop reason naming the run kept. Returns how many were cancelled.
+fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, JournalError> {
+    let db = |source| JournalError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    let older: Vec<(String, String, String, String)> = {
+        let mut st = conn
+            .prepare(
+                "SELECT r.id, r.action, r.updated_at,
+                    (SELECT n.id FROM runs n
+                      WHERE n.campaign = r.campaign AND COALESCE(n.occurrence, '') = COALESCE(r.occurrence, '')
+                        AND n.is_test = 0 AND n.status IN ('running', 'paused', 'interrupted')
+                      ORDER BY n.created_at DESC, n.rowid DESC LIMIT 1) AS kept
+                 FROM runs r
+                 WHERE r.is_test = 0 AND r.status IN ('running', 'paused', 'interrupted')",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        rows.into_iter()
+            .filter(|(id, _, _, kept)| id != kept)
+            .collect()
+    };
+    let ops = Ops {
+        conn,
+        path,
+        owner: "",
+    };
+    for (id, action, updated_at, kept) in &older {
+        let action = parse_action(action)?;
+        let at = parse_ts(updated_at)?;
+        ops.recover(id, action)?;
+        ops.set_pending(
+            id,
+            RecipientStatus::Cancelled,
+            "the run was cancelled: another unfinished run of the campaign was kept",
+            at,
+        )?;
+        conn.execute(
+            "UPDATE runs SET status = 'cancelled', finished_at = updated_at, owner = NULL,
+                 stop_reason = ?2
+             WHERE id = ?1",
+            params![
+                id,
+                format!(
+                    "cancelled when the journal was upgraded: run {kept} of the same campaign was \
+                     also unfinished, and only one unfinished run per campaign is kept"
+                )
+            ],
+        )
+        .map_err(db)?;
+    }
+    Ok(older.len() as u64)
+}
 
 /// Largest audience line a recipient key holds (`rk` = run key << 32 | line).
 const MAX_LINE: u64 = u32::MAX as u64;
@@ -599,9 +703,44 @@ fn parse_ts(s: &str) -> Result<Timestamp, JournalError> {
         .map_err(|e| JournalError::Corrupt(format!("time {s:?}: {e}")))
 }
 
-/// This process, for the run lease: `host:pid`.
-fn owner_id() -> String {
-    format!("{}:{}", hostname(), std::process::id())
+/// Journals open in this process, by instance number: a lease written by this process is live
+/// exactly while the journal that took it is open (two journals in one process — the daemon's
+/// runs, tests — are two lease holders, like two processes).
+fn live_leases() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<u64>> {
+    static LIVE: std::sync::Mutex<std::collections::BTreeSet<u64>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A new lease id for a journal of this process: `host:pid:instance`, registered live.
+fn new_owner() -> (String, u64) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let instance = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    live_leases().insert(instance);
+    (
+        format!("{}:{}:{instance}", hostname(), std::process::id()),
+        instance,
+    )
+}
+
+/// A lease id's parts: host, pid and (since leases are per journal) the journal instance.
+/// Older releases wrote `host:pid`.
+fn parse_owner(owner: &str) -> Option<(&str, u32, Option<u64>)> {
+    let (rest, last) = owner.rsplit_once(':')?;
+    if let Some((host, pid)) = rest.rsplit_once(':') {
+        if let (Ok(pid), Ok(instance)) = (pid.parse::<u32>(), last.parse::<u64>()) {
+            return Some((host, pid, Some(instance)));
+        }
+    }
+    Some((rest, last.parse().ok()?, None))
+}
+
+/// A lease holder as people read it: `pid 4242 on host-a`.
+fn describe_owner(owner: &str) -> String {
+    match parse_owner(owner) {
+        Some((host, pid, _)) => format!("pid {pid} on {host}"),
+        None => owner.to_string(),
+    }
 }
 
 /// The machine's name (for the run lease and the audit block).
@@ -618,20 +757,27 @@ pub fn hostname() -> String {
 /// Is the lease holder `owner` a live process? Only decidable on this host; another host's lease
 /// counts as live.
 fn owner_alive(owner: &str) -> bool {
-    let Some((host, pid)) = owner.rsplit_once(':') else {
+    let Some((host, pid, instance)) = parse_owner(owner) else {
         return false;
     };
     if host != hostname() {
         return true;
     }
-    let Ok(pid) = pid.parse::<u32>() else {
-        return false;
-    };
     if pid == std::process::id() {
-        return true;
+        // This process: live while the journal that took it is open. A lease in the old
+        // `host:pid` form with our pid was written by an earlier process that had this pid.
+        return instance.is_some_and(|i| live_leases().contains(&i));
     }
     if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
+        // A process killed but not yet reaped by its parent (a zombie) sends nothing more.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !matches!(
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next()),
+                Some('Z' | 'X')
+            ),
+            Err(_) => Path::new(&format!("/proc/{pid}")).exists(),
+        }
     } else {
         true
     }
@@ -656,9 +802,12 @@ impl Journal {
         // in audience order, so the hot pages are few; the id index is what a larger audience
         // touches all over. Bounded, whatever the audience size.
         conn.pragma_update(None, "cache_size", -16384).map_err(db)?;
+        let (owner, instance) = new_owner();
         let mut j = Journal {
             conn,
             path: path.to_path_buf(),
+            owner,
+            instance,
         };
         j.migrate()?;
         Ok(j)
@@ -696,6 +845,9 @@ impl Journal {
             .map_err(db)?;
         for (i, m) in MIGRATIONS.iter().enumerate() {
             if (i as i64) >= version {
+                if i == UNFINISHED_INDEX_MIGRATION {
+                    end_duplicate_unfinished_runs(&tx, &path)?;
+                }
                 tx.execute_batch(m).map_err(db)?;
             }
         }
@@ -764,14 +916,19 @@ impl Journal {
         })
     }
 
+    /// Statements on this journal's own connection (each commits by itself unless the caller
+    /// opened a transaction).
+    fn ops(&self) -> Ops<'_> {
+        Ops {
+            conn: &self.conn,
+            path: &self.path,
+            owner: &self.owner,
+        }
+    }
+
     /// One run by id.
     pub fn run(&self, id: &str) -> Result<Option<RunInfo>, JournalError> {
-        let raw = self
-            .conn
-            .query_row("SELECT * FROM runs WHERE id = ?1", [id], Self::run_from_row)
-            .optional()
-            .map_err(self.db())?;
-        raw.map(RawRun::into_info).transpose()
+        self.ops().run(id)
     }
 
     /// The latest run of a campaign (tests excluded unless asked for).
@@ -793,24 +950,14 @@ impl Journal {
         raw.map(RawRun::into_info).transpose()
     }
 
-    /// The unfinished (running/paused/interrupted) non-test run of a campaign occurrence.
+    /// The unfinished (running/paused/interrupted) non-test run of a campaign occurrence (the
+    /// database holds at most one).
     pub fn unfinished_run(
         &self,
         campaign: &str,
         occurrence: Option<&str>,
     ) -> Result<Option<RunInfo>, JournalError> {
-        let raw = self
-            .conn
-            .query_row(
-                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
-                   AND status IN ('running','paused','interrupted')
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
-                params![campaign, occurrence],
-                Self::run_from_row,
-            )
-            .optional()
-            .map_err(self.db())?;
-        raw.map(RawRun::into_info).transpose()
+        self.ops().unfinished_run(campaign, occurrence)
     }
 
     /// All runs of a campaign, newest first.
@@ -828,8 +975,15 @@ impl Journal {
     }
 
     /// Decide and do what `imcast run` does with the journal: create, resume, apply added
-    /// suppressions, continue a changed run, or report that the latest run finished.
-    /// `rows` is called at most once, to seed (or check) recipients.
+    /// suppressions, continue a changed run, reopen a finished run for `--resend-unknown`, or
+    /// report that the latest run finished. `rows` is called at most once, to seed (or check)
+    /// recipients.
+    ///
+    /// The decision and everything it does (taking the lease, settling in-flight calls,
+    /// cancelling a superseded run, inserting and seeding the new run) are one IMMEDIATE
+    /// transaction: a second process deciding at the same moment waits for it, then sees this
+    /// run and its live lease ([`JournalError::Busy`], exit 6). The unique index on unfinished
+    /// runs backs this up; if it refuses a run, that is `Busy` too.
     pub fn open_run<'r, E: fmt::Display + Send>(
         &mut self,
         new: &NewRun,
@@ -837,28 +991,258 @@ impl Journal {
         rows: &mut dyn FnMut() -> SeedRows<'r, E>,
         now: Timestamp,
     ) -> Result<Opened, JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let ops = Ops {
+            conn: &tx,
+            path: &self.path,
+            owner: &self.owner,
+        };
+        match ops.open_run(new, opts, rows, now) {
+            Ok(opened) => {
+                tx.commit().map_err(db)?;
+                Ok(opened)
+            }
+            Err(e) => {
+                drop(tx);
+                Err(self.conflict_as_busy(e, &new.campaign, new.occurrence.as_deref()))
+            }
+        }
+    }
+
+    /// The unique index refused a second unfinished run: say who holds the one there is.
+    fn conflict_as_busy(
+        &self,
+        e: JournalError,
+        campaign: &str,
+        occurrence: Option<&str>,
+    ) -> JournalError {
+        let JournalError::Db { source, .. } = &e else {
+            return e;
+        };
+        if !is_unfinished_conflict(source) {
+            return e;
+        }
+        let run = self.unfinished_run(campaign, occurrence).ok().flatten();
+        let owner = run
+            .as_ref()
+            .and_then(|r| self.ops().owner_of(&r.id).ok().flatten());
+        JournalError::Busy {
+            campaign: campaign.to_string(),
+            run_id: run.map(|r| r.id).unwrap_or_else(|| "(just created)".into()),
+            owner: owner
+                .as_deref()
+                .map(describe_owner)
+                .unwrap_or_else(|| "another process".into()),
+        }
+    }
+
+    /// Take the run's lease for this journal, unless a live holder has it: the check and the
+    /// write are one IMMEDIATE transaction, so of two processes claiming at once exactly one
+    /// gets it. A dead holder's lease (its process gone, or its journal closed in this process)
+    /// is taken over; another host's lease counts as live.
+    pub fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(self.db())?;
+        let ops = Ops {
+            conn: &tx,
+            path: &self.path,
+            owner: &self.owner,
+        };
+        ops.claim(run, now)?;
+        tx.commit().map_err(self.db())
+    }
+
+    /// Give up the run's lease (if this journal holds it).
+    pub fn release(&self, run_id: &str) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET owner = NULL WHERE id = ?1 AND owner = ?2",
+                params![run_id, self.owner],
+            )
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Set a run's status (and why it stopped); finished/cancelled also set finished_at and release.
+    pub fn set_status(
+        &self,
+        run_id: &str,
+        status: RunStatus,
+        reason: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        self.ops().set_status(run_id, status, reason, now)
+    }
+
+    /// Settle in-flight calls left by a crash: their receivers become `unknown`, except for
+    /// SendMessage (conversation) calls, which go back to planned (ClientMsgId makes a resend safe).
+    pub fn recover(&mut self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let rec = Ops {
+            conn: &tx,
+            path: &self.path,
+            owner: &self.owner,
+        }
+        .recover(run_id, action)?;
+        tx.commit().map_err(db)?;
+        Ok(rec)
+    }
+}
+
+/// An action's stored name.
+fn parse_action(s: &str) -> Result<Action, JournalError> {
+    Action::ALL
+        .iter()
+        .copied()
+        .find(|a| a.as_str() == s)
+        .ok_or_else(|| JournalError::Corrupt(format!("action {s:?}")))
+}
+
+/// The journal's run statements on one connection: inside [`Journal::open_run`]'s transaction
+/// (so a decision and what it does commit together), in a migration, or on the journal's own
+/// connection. Never begins or commits a transaction itself.
+struct Ops<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+    /// The lease id of the journal these statements act for.
+    owner: &'a str,
+}
+
+impl Ops<'_> {
+    fn db(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+        move |source| JournalError::Db {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn run(&self, id: &str) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .prepare_cached("SELECT * FROM runs WHERE id = ?1")
+            .map_err(self.db())?
+            .query_row([id], Journal::run_from_row)
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    fn existing_run(&self, id: &str) -> Result<RunInfo, JournalError> {
+        self.run(id)?
+            .ok_or_else(|| JournalError::NoRun(id.to_string()))
+    }
+
+    fn owner_of(&self, run_id: &str) -> Result<Option<String>, JournalError> {
+        Ok(self
+            .conn
+            .query_row("SELECT owner FROM runs WHERE id = ?1", [run_id], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()
+            .map_err(self.db())?
+            .flatten())
+    }
+
+    fn unfinished_run(
+        &self,
+        campaign: &str,
+        occurrence: Option<&str>,
+    ) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .prepare_cached(
+                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
+                   AND status IN ('running','paused','interrupted')
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            )
+            .map_err(self.db())?
+            .query_row(params![campaign, occurrence], Journal::run_from_row)
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    /// The latest non-test run of a campaign occurrence (`None` = runs started by `imcast run`).
+    fn latest_of_occurrence(
+        &self,
+        campaign: &str,
+        occurrence: Option<&str>,
+    ) -> Result<Option<RunInfo>, JournalError> {
+        let raw = self
+            .conn
+            .prepare_cached(
+                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
+                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            )
+            .map_err(self.db())?
+            .query_row(params![campaign, occurrence], Journal::run_from_row)
+            .optional()
+            .map_err(self.db())?;
+        raw.map(RawRun::into_info).transpose()
+    }
+
+    fn count_status(&self, run_id: &str, status: RecipientStatus) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1 AND status = ?2",
+            )
+            .map_err(self.db())?
+            .query_row(params![run_id, status.as_str()], |r| r.get(0))
+            .map_err(self.db())?;
+        Ok(n as u64)
+    }
+
+    /// See [`Journal::open_run`]; runs inside its transaction.
+    fn open_run<'r, E: fmt::Display + Send>(
+        &self,
+        new: &NewRun,
+        opts: ResumeOptions,
+        rows: &mut dyn FnMut() -> SeedRows<'r, E>,
+        now: Timestamp,
+    ) -> Result<Opened, JournalError> {
         if !new.is_test && !opts.new_run {
             if let Some(old) = self.unfinished_run(&new.campaign, new.occurrence.as_deref())? {
+                // Whatever follows, a run another live process is sending is not touched (and
+                // that, not a changed plan, is what the caller hears). On an error the caller
+                // rolls back, this lease included.
+                self.claim(&old, now)?;
                 if old.plan_hash == new.plan_hash {
-                    self.claim(&old, now)?;
                     let recovered = self.recover(&old.id, old.action)?;
                     self.set_status(&old.id, RunStatus::Running, None, now)?;
-                    let run = self
-                        .run(&old.id)?
-                        .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
+                    let run = self.existing_run(&old.id)?;
                     return Ok(Opened::Resumed { run, recovered });
                 }
                 if opts.continue_changed {
-                    self.claim(&old, now)?;
                     self.recover(&old.id, old.action)?;
-                    let (run, skipped) = self.create_run(new, Some(&old), opts, rows(), now)?;
+                    // The old run ends before the continuing one is inserted (at most one
+                    // unfinished run); both commit together or not at all.
+                    let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
                     self.cancel_pending(&old.id, now)?;
                     self.set_status(
                         &old.id,
                         RunStatus::Cancelled,
-                        Some(&format!("continued as run {} with changed content", run.id)),
+                        Some(&format!("continued as run {id} with changed content")),
                         now,
                     )?;
+                    let (run, skipped) =
+                        self.create_run(&id, new, Some(&old), opts, rows(), now)?;
                     return Ok(Opened::Continued {
                         run,
                         from: old.id,
@@ -866,20 +1250,16 @@ impl Journal {
                     });
                 }
                 if old.content_key.is_some() && old.content_key == new.content_key {
-                    self.claim(&old, now)?;
                     if let Some(n) = self.try_apply_suppressions(&old, new, rows(), now)? {
                         let recovered = self.recover(&old.id, old.action)?;
                         self.set_status(&old.id, RunStatus::Running, None, now)?;
-                        let run = self
-                            .run(&old.id)?
-                            .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
+                        let run = self.existing_run(&old.id)?;
                         return Ok(Opened::ResumedWithSuppressions {
                             run,
                             recovered,
                             newly_suppressed: n,
                         });
                     }
-                    self.release(&old.id)?;
                 }
                 return Err(JournalError::Changed {
                     campaign: new.campaign.clone(),
@@ -888,26 +1268,26 @@ impl Journal {
                     new: new.plan_hash.clone(),
                 });
             }
-            if let Some(last) = self.latest_run(&new.campaign, false)? {
-                if last.occurrence.as_deref() == new.occurrence.as_deref() {
-                    let unknown = self.count_status(&last.id, RecipientStatus::Unknown)?;
-                    if opts.resend_unknown
-                        && unknown > 0
-                        && last.status == RunStatus::Finished
-                        && last.plan_hash == new.plan_hash
-                    {
-                        self.claim(&last, now)?;
-                        self.set_status(&last.id, RunStatus::Running, None, now)?;
-                        let run = self
-                            .run(&last.id)?
-                            .ok_or_else(|| JournalError::NoRun(last.id.clone()))?;
-                        return Ok(Opened::Resumed {
-                            run,
-                            recovered: Recovered::default(),
-                        });
-                    }
-                    return Ok(Opened::AlreadyFinished(last));
+            if let Some(last) =
+                self.latest_of_occurrence(&new.campaign, new.occurrence.as_deref())?
+            {
+                let unknown = self.count_status(&last.id, RecipientStatus::Unknown)?;
+                if opts.resend_unknown
+                    && unknown > 0
+                    && last.status == RunStatus::Finished
+                    && last.plan_hash == new.plan_hash
+                {
+                    // Reopened: unfinished again, so the unique index admits it only because
+                    // no other unfinished run exists (checked above, in this transaction).
+                    self.claim(&last, now)?;
+                    self.set_status(&last.id, RunStatus::Running, None, now)?;
+                    let run = self.existing_run(&last.id)?;
+                    return Ok(Opened::Resumed {
+                        run,
+                        recovered: Recovered::default(),
+                    });
                 }
+                return Ok(Opened::AlreadyFinished(last));
             }
         }
         if opts.new_run && !new.is_test {
@@ -921,35 +1301,28 @@ impl Journal {
                     Some("superseded by --new-run"),
                     now,
                 )?;
-                self.release(&old.id)?;
             }
         }
-        let (run, _) = self.create_run(new, None, opts, rows(), now)?;
+        let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
+        let (run, _) = self.create_run(&id, new, None, opts, rows(), now)?;
         Ok(Opened::Created(run))
     }
 
     fn create_run<E: fmt::Display + Send>(
-        &mut self,
+        &self,
+        id: &str,
         new: &NewRun,
         continue_from: Option<&RunInfo>,
         opts: ResumeOptions,
         rows: SeedRows<'_, E>,
         now: Timestamp,
     ) -> Result<(RunInfo, u64), JournalError> {
-        let id = new.id.clone().unwrap_or_else(|| new_run_id(now));
         let flags =
             serde_json::to_string(&new.flags).map_err(|e| JournalError::Corrupt(e.to_string()))?;
         let audit =
             serde_json::to_string(&new.audit).map_err(|e| JournalError::Corrupt(e.to_string()))?;
-        let path = self.path.clone();
-        let db = |source| JournalError::Db {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let db = self.db();
+        let tx = self.conn;
         tx.execute(
             "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
                               created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
@@ -971,18 +1344,18 @@ impl Journal {
                 new.limit.window.as_millis() as i64,
                 new.total_calls as i64,
                 continue_from.map(|r| r.id.clone()),
-                owner_id(),
+                self.owner,
             ],
         )
-        .map_err(db)?;
+        .map_err(&db)?;
         let mut skipped = 0u64;
         let now_s = ts(now);
         let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
-        let key = run_key(&tx, &id)
-            .map_err(db)?
-            .ok_or_else(|| JournalError::NoRun(id.clone()))?;
+        let key = run_key(tx, id)
+            .map_err(&db)?
+            .ok_or_else(|| JournalError::NoRun(id.to_string()))?;
         let old_range = match continue_from {
-            Some(old) => run_key(&tx, &old.id).map_err(db)?.map(rk_range),
+            Some(old) => run_key(tx, &old.id).map_err(&db)?.map(rk_range),
             None => None,
         };
         {
@@ -992,13 +1365,13 @@ impl Journal {
                                             message_id, detail, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
-                .map_err(db)?;
+                .map_err(&db)?;
             let mut prior = tx
                 .prepare(
                     "SELECT status, message_id FROM recipients
                      WHERE id = ?3 AND rk BETWEEN ?1 AND ?2 AND status IN ('sent','not_online','unknown') LIMIT 1",
                 )
-                .map_err(db)?;
+                .map_err(&db)?;
             consume_in_batches(rows, |row| {
                 let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
                 let mut status = row.status;
@@ -1017,7 +1390,7 @@ impl Journal {
                     let p: Option<(String, Option<i64>)> = prior
                         .query_row(params![lo, hi, rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()
-                        .map_err(db)?;
+                        .map_err(&db)?;
                     if let Some((s, mid)) = p {
                         let s: RecipientStatus = s.parse()?;
                         if s != RecipientStatus::Unknown || !opts.resend_unknown {
@@ -1050,53 +1423,66 @@ impl Journal {
                     detail,
                     updated_at,
                 ])
-                .map_err(db)?;
+                .map_err(&db)?;
                 Ok(())
             })?;
         }
         for (status, n) in seeded {
-            count_move(&tx, &id, None, status, n).map_err(db)?;
+            count_move(tx, id, None, status, n).map_err(&db)?;
         }
-        tx.commit().map_err(db)?;
-        let run = self
-            .run(&id)?
-            .ok_or_else(|| JournalError::NoRun(id.clone()))?;
+        let run = self.existing_run(id)?;
         Ok((run, skipped))
     }
 
     /// If the new rows differ from the run's only by rows that became suppressed, apply that and
-    /// return how many; otherwise change nothing and return None.
+    /// return how many; otherwise change nothing (its own savepoint is rolled back) and return
+    /// None.
     fn try_apply_suppressions<E: fmt::Display + Send>(
-        &mut self,
+        &self,
         old: &RunInfo,
         new: &NewRun,
         rows: SeedRows<'_, E>,
         now: Timestamp,
     ) -> Result<Option<u64>, JournalError> {
-        let path = self.path.clone();
-        let db = |source| JournalError::Db {
-            path: path.clone(),
-            source,
+        let db = self.db();
+        self.conn
+            .execute_batch("SAVEPOINT apply_suppressions")
+            .map_err(&db)?;
+        let res = self.apply_suppressions(old, new, rows, now);
+        let end = match res {
+            Ok(Some(_)) => "RELEASE apply_suppressions",
+            _ => "ROLLBACK TO apply_suppressions; RELEASE apply_suppressions",
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let ended = self.conn.execute_batch(end).map_err(&db);
+        let n = res?;
+        ended?;
+        Ok(n)
+    }
+
+    fn apply_suppressions<E: fmt::Display + Send>(
+        &self,
+        old: &RunInfo,
+        new: &NewRun,
+        rows: SeedRows<'_, E>,
+        now: Timestamp,
+    ) -> Result<Option<u64>, JournalError> {
+        let db = self.db();
+        let tx = self.conn;
         let mut n = 0u64;
         let mut seen = 0u64;
         {
-            let key = run_key(&tx, &old.id)
-                .map_err(db)?
+            let key = run_key(tx, &old.id)
+                .map_err(&db)?
                 .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
             let mut get = tx
                 .prepare("SELECT id, status FROM recipients WHERE rk = ?1")
-                .map_err(db)?;
+                .map_err(&db)?;
             let mut upd = tx
                 .prepare(
                     "UPDATE recipients SET status = 'suppressed', error_message = ?2, updated_at = ?3
                      WHERE rk = ?1",
                 )
-                .map_err(db)?;
+                .map_err(&db)?;
             for row in rows {
                 let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
                 seen += 1;
@@ -1107,7 +1493,7 @@ impl Journal {
                 let cur: Option<(Option<i64>, String)> = get
                     .query_row(params![rk], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
-                    .map_err(db)?;
+                    .map_err(&db)?;
                 let Some((cid, cstatus)) = cur else {
                     return Ok(None);
                 };
@@ -1129,7 +1515,7 @@ impl Journal {
                 );
                 if row.status == RecipientStatus::Suppressed && !was_final_input {
                     if cstatus == RecipientStatus::Pending {
-                        upd.execute(params![rk, row.note, ts(now)]).map_err(db)?;
+                        upd.execute(params![rk, row.note, ts(now)]).map_err(&db)?;
                         n += 1;
                     }
                     continue;
@@ -1146,66 +1532,55 @@ impl Journal {
                 [&old.id],
                 |r| r.get(0),
             )
-            .map_err(db)?;
+            .map_err(&db)?;
+        if total as u64 != seen {
+            return Ok(None);
+        }
         count_move(
-            &tx,
+            tx,
             &old.id,
             Some(RecipientStatus::Pending),
             RecipientStatus::Suppressed,
             n,
         )
-        .map_err(db)?;
-        if total as u64 != seen {
-            return Ok(None);
-        }
+        .map_err(&db)?;
         tx.execute(
             "UPDATE runs SET plan_hash = ?2, total_calls = ?3, updated_at = ?4 WHERE id = ?1",
             params![old.id, new.plan_hash, new.total_calls as i64, ts(now)],
         )
-        .map_err(db)?;
-        tx.commit().map_err(db)?;
+        .map_err(&db)?;
         Ok(Some(n))
     }
 
-    /// Take the run's lease for this process, unless a live process holds it.
-    pub fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
-        let owner: Option<String> = self
+    /// See [`Journal::claim`]; the caller holds the IMMEDIATE transaction.
+    fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
+        let held = self
             .conn
             .query_row("SELECT owner FROM runs WHERE id = ?1", [&run.id], |r| {
-                r.get(0)
+                r.get::<_, Option<String>>(0)
             })
             .optional()
             .map_err(self.db())?
-            .flatten();
-        let me = owner_id();
-        if let Some(o) = owner {
-            if o != me && owner_alive(&o) {
+            .ok_or_else(|| JournalError::NoRun(run.id.clone()))?;
+        if let Some(o) = held {
+            if o != self.owner && owner_alive(&o) {
                 return Err(JournalError::Busy {
                     campaign: run.campaign.clone(),
                     run_id: run.id.clone(),
-                    owner: o,
+                    owner: describe_owner(&o),
                 });
             }
         }
         self.conn
             .execute(
                 "UPDATE runs SET owner = ?2, updated_at = ?3 WHERE id = ?1",
-                params![run.id, me, ts(now)],
+                params![run.id, self.owner, ts(now)],
             )
             .map_err(self.db())?;
         Ok(())
     }
 
-    /// Give up the run's lease.
-    pub fn release(&self, run_id: &str) -> Result<(), JournalError> {
-        self.conn
-            .execute("UPDATE runs SET owner = NULL WHERE id = ?1", [run_id])
-            .map_err(self.db())?;
-        Ok(())
-    }
-
-    /// Set a run's status (and why it stopped); finished/cancelled also set finished_at and release.
-    pub fn set_status(
+    fn set_status(
         &self,
         run_id: &str,
         status: RunStatus,
@@ -1215,13 +1590,14 @@ impl Journal {
         let done = matches!(status, RunStatus::Finished | RunStatus::Cancelled);
         let n = self
             .conn
-            .execute(
+            .prepare_cached(
                 "UPDATE runs SET status = ?2, stop_reason = ?3, updated_at = ?4,
                      finished_at = CASE WHEN ?5 THEN ?4 ELSE NULL END,
                      owner = CASE WHEN ?5 OR ?2 != 'running' THEN NULL ELSE owner END
                  WHERE id = ?1",
-                params![run_id, status.as_str(), reason, ts(now), done],
             )
+            .map_err(self.db())?
+            .execute(params![run_id, status.as_str(), reason, ts(now), done])
             .map_err(self.db())?;
         if n == 0 {
             return Err(JournalError::NoRun(run_id.into()));
@@ -1229,22 +1605,14 @@ impl Journal {
         Ok(())
     }
 
-    /// Settle in-flight calls left by a crash: their receivers become `unknown`, except for
-    /// SendMessage (conversation) calls, which go back to planned (ClientMsgId makes a resend safe).
-    pub fn recover(&mut self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
-        let path = self.path.clone();
-        let db = |source| JournalError::Db {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+    /// See [`Journal::recover`]; the caller holds the transaction.
+    fn recover(&self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
+        let db = self.db();
+        let tx = self.conn;
         let mut rec = Recovered::default();
         let (lo, hi) = rk_range(
-            run_key(&tx, run_id)
-                .map_err(db)?
+            run_key(tx, run_id)
+                .map_err(&db)?
                 .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?,
         );
         let calls: Vec<(i64, String)> = {
@@ -1252,12 +1620,12 @@ impl Journal {
                 .prepare(
                     "SELECT seq, receivers FROM calls WHERE run_id = ?1 AND state = 'in_flight'",
                 )
-                .map_err(db)?;
+                .map_err(&db)?;
             let v = st
                 .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(db)?
+                .map_err(&db)?
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(db)?;
+                .map_err(&db)?;
             v
         };
         for (seq, receivers) in calls {
@@ -1267,7 +1635,7 @@ impl Journal {
                      WHERE run_id = ?1 AND seq = ?2",
                     params![run_id, seq],
                 )
-                .map_err(db)?;
+                .map_err(&db)?;
                 rec.replanned_calls += 1;
                 continue;
             }
@@ -1278,7 +1646,7 @@ impl Journal {
                  WHERE run_id = ?1 AND seq = ?2",
                 params![run_id, seq],
             )
-            .map_err(db)?;
+            .map_err(&db)?;
             rec.unknown_calls += 1;
             let mut upd = tx
                 .prepare_cached(
@@ -1289,25 +1657,60 @@ impl Journal {
                          attempts = attempts + (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
                      WHERE id = ?2 AND rk BETWEEN ?4 AND ?5 AND status = 'pending'",
                 )
-                .map_err(db)?;
+                .map_err(&db)?;
             for id in ids {
                 rec.unknown_recipients += upd
                     .execute(params![run_id, id as i64, seq, lo, hi])
-                    .map_err(db)? as u64;
+                    .map_err(&db)? as u64;
             }
         }
         count_move(
-            &tx,
+            tx,
             run_id,
             Some(RecipientStatus::Pending),
             RecipientStatus::Unknown,
             rec.unknown_recipients,
         )
-        .map_err(db)?;
-        tx.commit().map_err(db)?;
+        .map_err(&db)?;
         Ok(rec)
     }
 
+    fn cancel_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
+        self.set_pending(
+            run_id,
+            RecipientStatus::Cancelled,
+            "the run was cancelled",
+            now,
+        )
+    }
+
+    /// Pending recipients of a run become `to`; the caller holds the transaction.
+    fn set_pending(
+        &self,
+        run_id: &str,
+        to: RecipientStatus,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<u64, JournalError> {
+        let db = self.db();
+        let Some(key) = run_key(self.conn, run_id).map_err(&db)? else {
+            return Ok(0);
+        };
+        let (lo, hi) = rk_range(key);
+        let n = self
+            .conn
+            .execute(
+                "UPDATE recipients SET status = ?3, error_message = ?4, updated_at = ?5
+                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'",
+                params![lo, hi, to.as_str(), why, ts(now)],
+            )
+            .map_err(&db)? as u64;
+        count_move(self.conn, run_id, Some(RecipientStatus::Pending), to, n).map_err(&db)?;
+        Ok(n)
+    }
+}
+
+impl Journal {
     // ---- calls ------------------------------------------------------------------------------
 
     /// Of `ids`, those still to send in this run: `pending` (and `unknown` with `resend_unknown`),
@@ -1794,19 +2197,14 @@ impl Journal {
         why: &str,
         now: Timestamp,
     ) -> Result<u64, JournalError> {
-        let tx = self.conn.unchecked_transaction().map_err(self.db())?;
-        let Some(key) = run_key(&tx, run_id).map_err(self.db())? else {
-            return Ok(0);
-        };
-        let (lo, hi) = rk_range(key);
-        let n = tx
-            .execute(
-                "UPDATE recipients SET status = ?3, error_message = ?4, updated_at = ?5
-                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'",
-                params![lo, hi, to.as_str(), why, ts(now)],
-            )
-            .map_err(self.db())? as u64;
-        count_move(&tx, run_id, Some(RecipientStatus::Pending), to, n).map_err(self.db())?;
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(self.db())?;
+        let n = Ops {
+            conn: &tx,
+            path: &self.path,
+            owner: &self.owner,
+        }
+        .set_pending(run_id, to, why, now)?;
         tx.commit().map_err(self.db())?;
         Ok(n)
     }
@@ -2101,11 +2499,7 @@ struct RawRun {
 
 impl RawRun {
     fn into_info(self) -> Result<RunInfo, JournalError> {
-        let action = Action::ALL
-            .iter()
-            .copied()
-            .find(|a| a.as_str() == self.action)
-            .ok_or_else(|| JournalError::Corrupt(format!("action {:?}", self.action)))?;
+        let action = parse_action(&self.action)?;
         Ok(RunInfo {
             action,
             status: self.status.parse()?,
@@ -2554,6 +2948,370 @@ mod tests {
             vec![101],
             "resent with the same ClientMsgId"
         );
+    }
+
+    /// A direct insert of a run row (bypassing `open_run`).
+    fn insert_run(
+        conn: &Connection,
+        id: &str,
+        occurrence: Option<&str>,
+        status: &str,
+        is_test: bool,
+    ) -> rusqlite::Result<usize> {
+        conn.execute(
+            "INSERT INTO runs(id, campaign, occurrence, plan_hash, action, status, flags, is_test, created_at,
+                              updated_at, audit, limit_count, limit_window_ms, total_calls, key)
+             VALUES (?1, 'spring', ?2, 'h', 'batch', ?3, '{}', ?4, '2026-03-01T09:00:00Z',
+                     '2026-03-01T09:00:00Z', '{}', 1, 1000, 1, (SELECT COALESCE(MAX(key), 0) + 1 FROM runs))",
+            params![id, occurrence, status, is_test],
+        )
+    }
+
+    /// Two journals on one file (two threads, released together) call `open_run` with the same
+    /// arguments; both journals stay open until both have decided.
+    fn race_two(
+        dir: &Path,
+        hash: &'static str,
+        o: ResumeOptions,
+        r: Vec<SeedRow>,
+    ) -> Vec<(Journal, Result<Opened, JournalError>)> {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let (dir, b, r) = (dir.to_path_buf(), barrier.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let mut j = Journal::open(&dir).expect("open");
+                    b.wait();
+                    let res = open(&mut j, hash, o, r);
+                    (j, res)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    }
+
+    #[test]
+    fn two_journals_racing_open_run_act_exactly_once() {
+        let o = ResumeOptions::default();
+        let new_run = ResumeOptions { new_run: true, ..o };
+        let continue_changed = ResumeOptions {
+            continue_changed: true,
+            ..o
+        };
+        let resend_unknown = ResumeOptions {
+            resend_unknown: true,
+            ..o
+        };
+        // (what is there before, how both open, what the winner gets)
+        type Setup = fn(&mut Journal);
+        fn nothing(_: &mut Journal) {}
+        /// A run whose process died (its journal closed) with a call in flight.
+        fn interrupted(j: &mut Journal) {
+            let id = open(j, "h1", ResumeOptions::default(), rows(&[]))
+                .expect("create")
+                .run()
+                .id
+                .clone();
+            j.mark_in_flight(&id, 0, "v", &[101], None, now())
+                .expect("mark");
+        }
+        fn finished_with_unknown(j: &mut Journal) {
+            interrupted(j);
+            let id = j.latest_run("spring", false).expect("q").expect("run").id;
+            j.recover(&id, Action::Batch).expect("recover");
+            j.set_status(&id, RunStatus::Finished, None, now())
+                .expect("finish");
+        }
+        let cases: [(&str, Setup, &'static str, ResumeOptions, Vec<SeedRow>); 6] = [
+            ("fresh", nothing, "h1", o, rows(&[])),
+            ("resume", interrupted, "h1", o, rows(&[])),
+            ("suppressions", interrupted, "h2", o, rows(&[104])),
+            (
+                "--continue-changed",
+                interrupted,
+                "h2",
+                continue_changed,
+                rows(&[]),
+            ),
+            ("--new-run", finished_with_unknown, "h1", new_run, rows(&[])),
+            (
+                "--resend-unknown",
+                finished_with_unknown,
+                "h1",
+                resend_unknown,
+                rows(&[]),
+            ),
+        ];
+        for (name, setup, hash, opts, r) in cases {
+            for round in 0..5 {
+                let d = tempfile::tempdir().expect("tempdir");
+                {
+                    let mut j = Journal::open(d.path()).expect("create the database");
+                    setup(&mut j);
+                }
+                let results = race_two(d.path(), hash, opts, r.clone());
+                let ctx = format!(
+                    "{name}, round {round}: {:?}",
+                    results.iter().map(|r| &r.1).collect::<Vec<_>>()
+                );
+                let won: Vec<&Opened> = results
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().ok())
+                    .collect();
+                let lost: Vec<&JournalError> = results
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().err())
+                    .collect();
+                assert_eq!(won.len(), 1, "{ctx}");
+                let expected = match won[0] {
+                    Opened::Created(_) => ["fresh", "--new-run"].contains(&name),
+                    Opened::Resumed { .. } => ["resume", "--resend-unknown"].contains(&name),
+                    Opened::ResumedWithSuppressions { .. } => name == "suppressions",
+                    Opened::Continued { .. } => name == "--continue-changed",
+                    Opened::AlreadyFinished(_) => false,
+                };
+                assert!(expected, "{ctx}");
+                assert!(matches!(lost[0], JournalError::Busy { .. }), "{ctx}");
+                assert_eq!(lost[0].exit(), Exit::Busy);
+                let msg = lost[0].to_string();
+                assert!(
+                    msg.contains("being sent by another imcast process"),
+                    "{msg}"
+                );
+                assert!(
+                    msg.contains(&format!("pid {}", std::process::id())),
+                    "{msg}"
+                );
+                // The winner holds the one unfinished run.
+                let j = &results[0].0;
+                let runs = j.runs("spring").expect("runs");
+                let unfinished: Vec<&RunInfo> =
+                    runs.iter().filter(|r| r.status.is_unfinished()).collect();
+                assert_eq!(unfinished.len(), 1, "{ctx}");
+                assert_eq!(unfinished[0].id, won[0].run().id, "{ctx}");
+                let holder = results
+                    .iter()
+                    .find(|(_, r)| r.is_ok())
+                    .map(|(j, _)| j.owner.clone());
+                assert_eq!(j.ops().owner_of(&unfinished[0].id).expect("q"), holder);
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_plan_meets_a_run_being_sent_busy_and_a_dead_one_changed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut a = Journal::open(d.path()).expect("open a");
+        let id = open(&mut a, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        let mut b = Journal::open(d.path()).expect("open b");
+        let mut other = rows(&[]);
+        other[0].id = Some(999);
+        let e = open(&mut b, "h2", ResumeOptions::default(), other.clone()).expect_err("busy");
+        assert!(matches!(e, JournalError::Busy { .. }), "{e}");
+        // Refused without a trace: the lease is still a's.
+        assert_eq!(b.ops().owner_of(&id).expect("q"), Some(a.owner.clone()));
+        drop(a);
+        let e = open(&mut b, "h2", ResumeOptions::default(), other).expect_err("changed");
+        assert_eq!(e.exit(), Exit::Changed, "{e}");
+        // The refusal rolled back the lease it took on the way.
+        assert_ne!(b.ops().owner_of(&id).expect("q"), Some(b.owner.clone()));
+    }
+
+    #[test]
+    fn a_live_lease_is_kept_and_a_dead_one_taken() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut a = Journal::open(d.path()).expect("open a");
+        let run = open(&mut a, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .clone();
+        let b = Journal::open(d.path()).expect("open b");
+        // Held by a's open journal: refused, and the lease stays a's.
+        let e = b.claim(&run, now()).expect_err("a holds it");
+        assert_eq!(e.exit(), Exit::Busy);
+        assert_eq!(b.ops().owner_of(&run.id).expect("q"), Some(a.owner.clone()));
+        // Another host's lease counts as live.
+        let set = |o: &str| {
+            b.connection()
+                .execute(
+                    "UPDATE runs SET owner = ?2 WHERE id = ?1",
+                    params![run.id, o],
+                )
+                .expect("set owner")
+        };
+        set("some-other-host:1:0");
+        assert!(b.claim(&run, now()).is_err());
+        // A process that is gone (this host, no such pid), an old-format lease with this
+        // process's pid (an earlier process), and a journal of this process that was closed:
+        // all dead, so taken over.
+        let me = std::process::id();
+        let host = hostname();
+        let closed = {
+            let c = Journal::open(d.path()).expect("open c");
+            c.owner.clone()
+        };
+        // A child killed and not yet reaped: a zombie, which sends nothing more.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        child.kill().expect("kill");
+        let zombie = format!("{host}:{}:0", child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while owner_alive(&zombie) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!owner_alive(&zombie), "a zombie is not a live holder");
+        assert!(owner_alive(&format!("{host}:{me}:{}", b.instance)));
+        for dead in [
+            format!("{host}:4294967295:0"),
+            format!("{host}:{me}"),
+            closed,
+            zombie,
+        ] {
+            set(&dead);
+            b.claim(&run, now())
+                .unwrap_or_else(|e| panic!("{dead}: {e}"));
+            assert_eq!(b.ops().owner_of(&run.id).expect("q"), Some(b.owner.clone()));
+        }
+        // Released by its holder only.
+        a.release(&run.id).expect("release");
+        assert_eq!(b.ops().owner_of(&run.id).expect("q"), Some(b.owner.clone()));
+        b.release(&run.id).expect("release");
+        assert_eq!(b.ops().owner_of(&run.id).expect("q"), None);
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn the_database_refuses_a_second_unfinished_run() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        open(&mut j, "h1", ResumeOptions::default(), rows(&[])).expect("create");
+        let c = j.connection();
+        for status in ["running", "paused", "interrupted"] {
+            let e = insert_run(c, &format!("dup-{status}"), None, status, false)
+                .expect_err("a second unfinished run");
+            assert!(is_unfinished_conflict(&e), "{e}");
+            let je = JournalError::Db {
+                path: j.path().to_path_buf(),
+                source: e,
+            };
+            assert_eq!(je.exit(), Exit::Busy, "never an internal error");
+        }
+        // Finished runs, test runs and other occurrences are not limited.
+        insert_run(c, "done", None, "finished", false).expect("finished");
+        insert_run(c, "cancelled", None, "cancelled", false).expect("cancelled");
+        insert_run(c, "test-1", None, "running", true).expect("test run");
+        insert_run(c, "test-2", None, "running", true).expect("another test run");
+        insert_run(c, "occ-1", Some("2026-03-01T09:00Z"), "running", false).expect("occurrence");
+        let e = insert_run(c, "occ-2", Some("2026-03-01T09:00Z"), "paused", false)
+            .expect_err("same occurrence");
+        assert!(is_unfinished_conflict(&e), "{e}");
+        // Reopening a finished run while another is unfinished is refused too.
+        let e = c
+            .execute("UPDATE runs SET status = 'running' WHERE id = 'done'", [])
+            .expect_err("reopen");
+        assert!(is_unfinished_conflict(&e), "{e}");
+    }
+
+    #[test]
+    fn migration_cancels_older_duplicate_unfinished_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            // Schema 3 (before the index), holding what the race left: two unfinished runs of
+            // campaign `spring`, the older with a call in flight, and two of one occurrence.
+            let conn = Connection::open(&path).expect("open");
+            for m in &MIGRATIONS[..UNFINISHED_INDEX_MIGRATION] {
+                conn.execute_batch(m).expect("schema");
+            }
+            conn.execute_batch(&format!("PRAGMA user_version = {UNFINISHED_INDEX_MIGRATION};"))
+                .expect("version");
+            insert_run(&conn, "old", None, "running", false).expect("old");
+            insert_run(&conn, "new", None, "interrupted", false).expect("new");
+            insert_run(&conn, "test", None, "running", true).expect("test");
+            insert_run(&conn, "o1", Some("occ"), "paused", false).expect("o1");
+            insert_run(&conn, "o2", Some("occ"), "running", false).expect("o2");
+            conn.execute_batch(
+                "UPDATE runs SET created_at = '2026-03-01T08:00:00Z' WHERE id IN ('old', 'o1');
+                 UPDATE runs SET owner = 'somewhere:1' WHERE id = 'old';",
+            )
+            .expect("times");
+            for (run, key) in [("old", 1i64), ("new", 2)] {
+                for line in 2..=5i64 {
+                    conn.execute(
+                        "INSERT INTO recipients(rk, id, status) VALUES (?1, ?2, ?3)",
+                        params![
+                            (key << 32) | line,
+                            100 + line,
+                            if line == 2 { "sent" } else { "pending" }
+                        ],
+                    )
+                    .expect("recipient");
+                }
+                conn.execute(
+                    "INSERT INTO run_counts(run_id, status, n) VALUES (?1, 'sent', 1), (?1, 'pending', 3)",
+                    [run],
+                )
+                .expect("counts");
+            }
+            conn.execute(
+                "INSERT INTO calls(run_id, seq, variant, receivers, state, attempts, updated_at)
+                 VALUES ('old', 0, 'v', '[103]', 'in_flight', 1, '2026-03-01T09:00:00Z')",
+                [],
+            )
+            .expect("call");
+        }
+        let j = Journal::open_path(&path).expect("migrate");
+        let old = j.run("old").expect("q").expect("old");
+        assert_eq!(old.status, RunStatus::Cancelled);
+        assert!(old.finished_at.is_some());
+        let why = old.stop_reason.expect("a stop reason");
+        assert!(why.contains("run new"), "{why}");
+        let c = j.counts("old").expect("counts");
+        assert_eq!(c[&RecipientStatus::Sent], 1);
+        assert_eq!(
+            c[&RecipientStatus::Unknown],
+            1,
+            "the in-flight receiver may have been delivered"
+        );
+        assert_eq!(c[&RecipientStatus::Cancelled], 2);
+        assert_eq!(c[&RecipientStatus::Pending], 0);
+        assert_eq!(j.ops().owner_of("old").expect("q"), None);
+        // The newest of each group stays as it was; test runs are not touched.
+        assert_eq!(
+            j.run("new").expect("q").expect("new").status,
+            RunStatus::Interrupted
+        );
+        assert_eq!(
+            j.counts("new").expect("counts")[&RecipientStatus::Pending],
+            3
+        );
+        assert_eq!(
+            j.run("o1").expect("q").expect("o1").status,
+            RunStatus::Cancelled
+        );
+        assert_eq!(
+            j.run("o2").expect("q").expect("o2").status,
+            RunStatus::Running
+        );
+        assert_eq!(
+            j.run("test").expect("q").expect("test").status,
+            RunStatus::Running
+        );
+        assert_eq!(
+            j.unfinished_run("spring", None).expect("q").map(|r| r.id),
+            Some("new".to_string())
+        );
+        // And the index now holds.
+        assert!(insert_run(j.connection(), "third", None, "paused", false).is_err());
     }
 
     #[test]

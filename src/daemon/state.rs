@@ -537,14 +537,18 @@ pub fn control_result(
 }
 
 /// Claim the daemon slot: fails with the other pid when another daemon's heartbeat is fresher
-/// than `stale_after` seconds.
+/// than `stale_after` seconds and `alive(pid)` says it still runs. The check and the write are
+/// one IMMEDIATE transaction, so of two daemons starting at once on one state directory exactly
+/// one gets the slot.
 pub fn claim_daemon(
     conn: &Connection,
     pid: u32,
     now: i64,
     stale_after: i64,
+    alive: impl Fn(u32) -> bool,
 ) -> Result<Result<(), u32>, StateError> {
-    let other: Option<(u32, i64)> = conn
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let other: Option<(u32, i64)> = tx
         .query_row(
             "SELECT pid, heartbeat FROM sched_daemon WHERE id = 1",
             [],
@@ -552,11 +556,12 @@ pub fn claim_daemon(
         )
         .optional()?;
     if let Some((opid, hb)) = other {
-        if opid != pid && now - hb < stale_after {
+        if opid != pid && now - hb < stale_after && alive(opid) {
             return Ok(Err(opid));
         }
     }
-    heartbeat(conn, pid, now)?;
+    heartbeat(&tx, pid, now)?;
+    tx.commit()?;
     Ok(Ok(()))
 }
 
@@ -642,8 +647,45 @@ mod tests {
     fn daemon_slot_is_exclusive_until_stale() {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn = open(dir.path()).expect("open");
-        assert_eq!(claim_daemon(&conn, 1, 100, 30).expect("q"), Ok(()));
-        assert_eq!(claim_daemon(&conn, 2, 110, 30).expect("q"), Err(1));
-        assert_eq!(claim_daemon(&conn, 2, 131, 30).expect("q"), Ok(()));
+        let alive = |_| true;
+        assert_eq!(claim_daemon(&conn, 1, 100, 30, alive).expect("q"), Ok(()));
+        assert_eq!(claim_daemon(&conn, 2, 110, 30, alive).expect("q"), Err(1));
+        // A fresh heartbeat of a process that is gone does not hold the slot.
+        assert_eq!(
+            claim_daemon(&conn, 3, 111, 30, |_| false).expect("q"),
+            Ok(())
+        );
+        assert_eq!(claim_daemon(&conn, 2, 142, 30, alive).expect("q"), Ok(()));
+    }
+
+    #[test]
+    fn two_daemons_claiming_at_once_get_one_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(open(dir.path()).expect("create"));
+        for round in 0..10 {
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let won: Vec<bool> = (0..2u32)
+                .map(|i| {
+                    let d = dir.path().to_path_buf();
+                    let b = barrier.clone();
+                    std::thread::spawn(move || {
+                        let conn = open(&d).expect("open");
+                        b.wait();
+                        let pid = 1000 * (round + 1) + i;
+                        claim_daemon(&conn, pid, 100 * i64::from(round + 1), 30, |_| true)
+                            .expect("claim")
+                            .is_ok()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect();
+            assert_eq!(
+                won.iter().filter(|w| **w).count(),
+                1,
+                "round {round}: {won:?}"
+            );
+        }
     }
 }

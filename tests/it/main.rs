@@ -8,6 +8,7 @@ mod interop;
 mod mock;
 mod plan;
 mod provider;
+mod race;
 mod requeue;
 mod run;
 mod scheduler;
