@@ -3232,8 +3232,10 @@ mod tests {
             for m in &MIGRATIONS[..UNFINISHED_INDEX_MIGRATION] {
                 conn.execute_batch(m).expect("schema");
             }
-            conn.execute_batch(&format!("PRAGMA user_version = {UNFINISHED_INDEX_MIGRATION};"))
-                .expect("version");
+            conn.execute_batch(&format!(
+                "PRAGMA user_version = {UNFINISHED_INDEX_MIGRATION};"
+            ))
+            .expect("version");
             insert_run(&conn, "old", None, "running", false).expect("old");
             insert_run(&conn, "new", None, "interrupted", false).expect("new");
             insert_run(&conn, "test", None, "running", true).expect("test");
