@@ -731,7 +731,7 @@ impl<T: Transport> Ctx<T> {
         rate_limited: &mut u32,
     ) -> Result<Attempt, EngineError> {
         let units = self.units(work.receivers.len());
-        let admitted_at = loop {
+        let mut permit = loop {
             // Quiet hours: wait for them to end before taking quota.
             if !self.wait_quiet().await {
                 return Ok(Attempt::Stop);
@@ -742,13 +742,13 @@ impl<T: Transport> Ctx<T> {
                 a = self.limiter.acquire(units, self.cfg.deadline) => a?,
             };
             match acquired {
-                Acquired::At(t) => {
+                Acquired::At(p) => {
                     // Admitted right as quiet hours began: that quota is spent (the window
                     // counts it), wait and take fresh quota when they end.
                     if self.is_quiet(self.clock.now()) {
                         continue;
                     }
-                    break t;
+                    break p;
                 }
                 Acquired::Deadline => {
                     self.set_stop(StopReason::Deadline);
@@ -787,11 +787,14 @@ impl<T: Transport> Ctx<T> {
             payload: work.payload.clone(),
             client_msg_id: client_msg_id.clone(),
             attempt: *attempt,
-            admitted_at,
+            admitted_at: permit.at(),
         };
+        permit.sending().await;
         let res = self.transport.send(&out).await;
         failpoint::hit(Point::AfterResponse);
         let now = self.clock.now();
+        // The call counts in the window until its answer (or failure) plus one window.
+        permit.complete(now).await;
         match res {
             Ok(outcome) => {
                 self.limiter.on_success();
