@@ -12,3 +12,4 @@ mod run;
 mod scheduler;
 mod sender;
 mod spec;
+mod throttle;
