@@ -7,7 +7,9 @@
 //! `provider::ErrorClass` onto [`ErrorClass`] with a `match`).
 //!
 //! Invariants:
-//! - No call starts without a limiter admission; at most `max_in_flight` calls are in flight.
+//! - No call starts without a limiter admission; at most `max_in_flight` calls are in flight. The
+//!   admission's permit is completed with the instant the answer (or failure) arrived: the
+//!   limiter counts the call until then plus one window (see `throttle`).
 //! - The in-flight mark is committed before the request leaves; the per-recipient outcome is
 //!   committed before the call counts as done; a failed journal write stops the run.
 //! - `NotProcessed` errors are retried with backoff up to `retry_max_attempts`; a 429 also slows
