@@ -306,7 +306,8 @@ pub struct MockServerArgs {
     /// Share of P2P users returned NOT_ONLINE.
     #[arg(long, default_value_t = 0.0)]
     pub offline_rate: f64,
-    /// Added latency per request, in milliseconds.
+    /// Added latency per request, in milliseconds: a random part before the request is read,
+    /// checked and counted in its window, the rest before the answer.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
     /// Seed for the fault injection.

@@ -7,7 +7,9 @@
 //! `provider::ErrorClass` onto [`ErrorClass`] with a `match`).
 //!
 //! Invariants:
-//! - No call starts without a limiter admission; at most `max_in_flight` calls are in flight.
+//! - No call starts without a limiter admission; at most `max_in_flight` calls are in flight. The
+//!   admission's permit is completed with the instant the answer (or failure) arrived: the
+//!   limiter counts the call until then plus one window (see `throttle`).
 //! - The in-flight mark is committed before the request leaves; the per-recipient outcome is
 //!   committed before the call counts as done; a failed journal write stops the run.
 //! - `NotProcessed` errors are retried with backoff up to `retry_max_attempts`; a 429 also slows
@@ -984,7 +986,7 @@ impl<T: Transport> Ctx<T> {
         rate_limited: &mut u32,
     ) -> Result<Attempt, EngineError> {
         let units = self.units(work.receivers.len());
-        let admitted_at = loop {
+        let mut permit = loop {
             // Quiet hours: wait for them to end before taking quota.
             if !self.wait_quiet().await {
                 return Ok(Attempt::Stop);
@@ -995,13 +997,13 @@ impl<T: Transport> Ctx<T> {
                 a = self.limiter.acquire(units, self.cfg.deadline) => a?,
             };
             match acquired {
-                Acquired::At(t) => {
+                Acquired::At(p) => {
                     // Admitted right as quiet hours began: that quota is spent (the window
                     // counts it), wait and take fresh quota when they end.
                     if self.is_quiet(self.clock.now()) {
                         continue;
                     }
-                    break t;
+                    break p;
                 }
                 Acquired::Deadline => {
                     self.set_stop(StopReason::Deadline);
@@ -1040,11 +1042,14 @@ impl<T: Transport> Ctx<T> {
             payload: work.payload.clone(),
             client_msg_id: client_msg_id.clone(),
             attempt: *attempt,
-            admitted_at,
+            admitted_at: permit.at(),
         };
+        permit.sending().await;
         let res = self.transport.send(&out).await;
         failpoint::hit(Point::AfterResponse);
         let now = self.clock.now();
+        // The call counts in the window until its answer (or failure) plus one window.
+        permit.complete(now).await;
         match res {
             Ok(outcome) => {
                 self.limiter.on_success();

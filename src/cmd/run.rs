@@ -409,7 +409,8 @@ where
         LimiterOptions {
             max_requests_per_second: (inp.action == Action::Batch)
                 .then_some(account.max_requests_per_second),
-            ..LimiterOptions::default()
+            // The provider client's request timeout, twice (it re-signs once): see `throttle`.
+            call_timeout: crate::throttle::DEFAULT_CALL_TIMEOUT,
         },
         clock.clone(),
     )

@@ -258,7 +258,7 @@ pub fn journal_text(
     }
     let _ = writeln!(
         o,
-        "# HELP imcast_rate_used Units (messages or calls) admitted by the account limiter in its current window."
+        "# HELP imcast_rate_used Units (messages or calls) the account limiter counts now: calls in flight and calls answered within the last window."
     );
     let _ = writeln!(o, "# TYPE imcast_rate_used gauge");
     let _ = writeln!(
@@ -282,14 +282,8 @@ pub fn journal_text(
             .unwrap_or(false)
     });
     for (action, limit) in limits {
-        let used: i64 = if let (true, Some(conn)) = (has_log, &tconn) {
-            let from = now.as_nanosecond() - limit.window.as_nanos() as i128;
-            let from = i64::try_from(from).unwrap_or(i64::MIN);
-            conn.query_row(
-                "SELECT COALESCE(SUM(count), 0) FROM throttle_log WHERE key = ?1 AND at_ns >= ?2",
-                rusqlite::params![action, from],
-                |r| r.get(0),
-            )?
+        let used: u64 = if let (true, Some(conn)) = (has_log, &tconn) {
+            crate::throttle::used_in_window(conn, action, now)?
         } else {
             0
         };
@@ -375,7 +369,8 @@ mod tests {
             Arc::new(clock.clone()),
         )
         .expect("limiter");
-        limiter.acquire(500, None).await.expect("admitted");
+        // In flight (not completed): it counts.
+        let _in_flight = limiter.acquire(500, None).await.expect("admitted");
         let text =
             journal_text(journal.path(), &[("batch".into(), limit)], clock.now()).expect("metrics");
         assert!(

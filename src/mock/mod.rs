@@ -149,7 +149,7 @@ pub struct MockConfig {
     pub failed_receiver_rate: f64,
     /// Share of P2P users returned NOT_ONLINE.
     pub offline_rate: f64,
-    /// Added latency per request.
+    /// Added latency per request: a random part before the request is stamped, the rest after.
     pub latency: Duration,
     pub seed: u64,
     /// JSONL file of every delivery.

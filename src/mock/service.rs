@@ -51,6 +51,8 @@ impl std::error::Error for Lost {}
 
 struct Inner {
     rng: rand::rngs::StdRng,
+    /// Splits `--latency-ms` around the stamp (its own stream: faults stay as seeded).
+    latency_rng: rand::rngs::StdRng,
     stats: MockStats,
     batch: Window,
     send: Window,
@@ -141,6 +143,7 @@ impl State {
         };
         let inner = Inner {
             rng: rand::rngs::StdRng::seed_from_u64(cfg.seed),
+            latency_rng: rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x6c61_7465_6e63_7900),
             stats: MockStats::default(),
             batch: Window::new(cfg.limit, cfg.window),
             send: Window::new(cfg.send_qps, Duration::from_secs(1)),
@@ -569,7 +572,32 @@ impl State {
         a.messages += n;
     }
 
+    /// `--latency-ms`: a uniformly random part of it before the request is read, checked and
+    /// stamped (counted in its window), the rest before the answer leaves, so the stamp falls
+    /// anywhere between the client's send and its answer, as a real provider's does.
     async fn handle(
+        &self,
+        method: Method,
+        path: String,
+        query: Option<String>,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Outcome {
+        let latency = self.cfg.latency;
+        if latency.is_zero() || (method == Method::GET && path == "/stats") {
+            return self.handle_now(method, path, query, headers, body).await;
+        }
+        let before = {
+            let mut g = self.lock();
+            latency.mul_f64(g.latency_rng.random::<f64>())
+        };
+        tokio::time::sleep(before).await;
+        let out = self.handle_now(method, path, query, headers, body).await;
+        tokio::time::sleep(latency.saturating_sub(before)).await;
+        out
+    }
+
+    async fn handle_now(
         &self,
         method: Method,
         path: String,
@@ -595,9 +623,6 @@ impl State {
         {
             let mut g = self.lock();
             g.stats.requests += 1;
-        }
-        if !self.cfg.latency.is_zero() {
-            tokio::time::sleep(self.cfg.latency).await;
         }
         let action: &'static str = match action_name.as_str() {
             "BatchSendMessage" => "BatchSendMessage",

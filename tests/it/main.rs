@@ -14,4 +14,5 @@ mod run;
 mod scheduler;
 mod sender;
 mod spec;
+mod throttle;
 mod wire;

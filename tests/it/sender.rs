@@ -1283,11 +1283,13 @@ impl<F: std::future::Future> AwaitBlocking for F {}
 
 const LIMITER_CHILD: &str = "IMCAST_TEST_LIMITER_OUT";
 
-/// Child half of the two-process limiter test: take from the shared limiter on the real clock
-/// and write every admission (ns, count) to a file.
+/// Child half of the two-process limiter test: three tasks take from the shared limiter on the
+/// real clock and make simulated calls (0–60 ms latency, the "provider" stamping each at a random
+/// instant between send and answer), then write every stamp and admission (ns, count).
 #[test]
 #[ignore = "run by two_processes_share_the_limiter in child processes"]
 fn limiter_child() {
+    use rand::{Rng, SeedableRng};
     let Ok(out) = std::env::var(LIMITER_CHILD) else {
         return;
     };
@@ -1297,31 +1299,59 @@ fn limiter_child() {
         .parse()
         .expect("n");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let clock = imcast::clock::SystemClock;
     let l = Limiter::open(
         &db,
         "batch",
         Limit::new(50, Duration::from_millis(500)),
         LimiterOptions::default(),
-        Arc::new(imcast::clock::SystemClock),
+        Arc::new(clock),
     )
     .expect("limiter");
-    let mut lines = String::new();
-    rt.block_on(async {
-        for i in 0..60u64 {
-            let n = 1 + (i * 7 + seed) % 4;
-            if let imcast::throttle::Acquired::At(t) = l.acquire(n, None).await.expect("acquire") {
-                lines.push_str(&format!("{} {n}\n", t.as_nanosecond()));
-            }
+    let lines = rt.block_on(async {
+        let tasks: Vec<_> = (0..3u64)
+            .map(|k| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 10 + k);
+                    let mut lines = String::new();
+                    for i in 0..20u64 {
+                        let n = 1 + (i * 7 + seed + k) % 4;
+                        let imcast::throttle::Acquired::At(mut p) =
+                            l.acquire(n, None).await.expect("acquire")
+                        else {
+                            panic!("no deadline given")
+                        };
+                        let admitted = p.at();
+                        p.sending().await;
+                        let before = Duration::from_millis(rng.random_range(0..30));
+                        let after = Duration::from_millis(rng.random_range(0..30));
+                        tokio::time::sleep(before).await;
+                        let stamp = clock.now();
+                        tokio::time::sleep(after).await;
+                        p.complete(clock.now()).await;
+                        lines.push_str(&format!(
+                            "{} {} {n}\n",
+                            stamp.as_nanosecond(),
+                            admitted.as_nanosecond()
+                        ));
+                    }
+                    lines
+                })
+            })
+            .collect();
+        let mut all = String::new();
+        for t in tasks {
+            all.push_str(&t.await.expect("task"));
         }
+        all
     });
     std::fs::write(out, lines).expect("write");
 }
-
 #[test]
 fn two_processes_share_the_limiter() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("imcast.db");
-    Journal::open_path(&db).expect("create db");
+    let db = dir.path().join(imcast::throttle::DB_FILE);
     let children: Vec<_> = (0..2)
         .map(|k| {
             let out = dir.path().join(format!("out{k}"));
@@ -1336,20 +1366,32 @@ fn two_processes_share_the_limiter() {
             (child, out)
         })
         .collect();
-    let mut starts = Vec::new();
+    let (mut stamps, mut admissions) = (Vec::new(), Vec::new());
     for (mut child, out) in children {
         assert!(child.wait().expect("wait").success());
         for l in std::fs::read_to_string(out).expect("out").lines() {
-            let (t, n) = l.split_once(' ').expect("line");
-            let t = Timestamp::from_nanosecond(t.parse().expect("t")).expect("ts");
-            starts.push((t, n.parse::<u64>().expect("n")));
+            let f: Vec<&str> = l.split(' ').collect();
+            let ts = |s: &str| Timestamp::from_nanosecond(s.parse().expect("t")).expect("ts");
+            let n = f[2].parse::<u64>().expect("n");
+            stamps.push((ts(f[0]), n));
+            admissions.push((ts(f[1]), n));
         }
     }
-    assert_eq!(starts.len(), 120, "both processes finished");
-    let worst = max_in_window(&starts, Duration::from_millis(500));
+    assert_eq!(stamps.len(), 120, "both processes finished");
+    // The provider's view (stamps between send and answer) and ours (admissions).
+    for (what, v) in [("stamps", &stamps), ("admissions", &admissions)] {
+        let worst = max_in_window(v, Duration::from_millis(500));
+        assert!(
+            worst <= 50,
+            "two processes together: {worst} {what} in one window"
+        );
+    }
+    // Both were busy at once: the test exercised sharing, not taking turns.
+    let last_of_first = admissions[..60].iter().map(|a| a.0).max().expect("a");
+    let first_of_second = admissions[60..].iter().map(|a| a.0).min().expect("a");
     assert!(
-        worst <= 50,
-        "two processes together admitted {worst} in one window"
+        first_of_second < last_of_first,
+        "the two processes overlapped"
     );
 }
 

@@ -1,0 +1,785 @@
+//! The limiter's tests, all on a simulated clock. [`simulate`] is a discrete-event simulation of
+//! several processes (limiters on one file), each with callers queueing for admission as the
+//! engine's tasks do, against a simulated provider that stamps each call at a random instant
+//! between its send and its reply; the windows are then checked from the stamps alone.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::clock::{Clock, SimClock};
+
+fn start() -> Timestamp {
+    "2026-01-01T00:00:00Z".parse().expect("valid")
+}
+
+fn ns(d: Duration) -> i128 {
+    d.as_nanos() as i128
+}
+
+/// Largest sum in any closed window `[t - w, t]` (stricter than the provider's `(t - w, t]`).
+fn max_in_window(events: &[(i128, u64)], w: Duration) -> u64 {
+    let w = ns(w);
+    let mut sorted = events.to_vec();
+    sorted.sort();
+    let (mut best, mut lo, mut sum) = (0, 0, 0u64);
+    for hi in 0..sorted.len() {
+        sum += sorted[hi].1;
+        while sorted[lo].0 < sorted[hi].0 - w {
+            sum -= sorted[lo].1;
+            lo += 1;
+        }
+        best = best.max(sum);
+    }
+    best
+}
+
+fn open(db: &Path, key: &str, limit: Limit, opts: LimiterOptions, clock: &SimClock) -> Limiter {
+    Limiter::open(db, key, limit, opts, Arc::new(clock.clone())).expect("open")
+}
+
+/// One simulated setup.
+#[derive(Debug, Clone)]
+struct Sim {
+    limit: Limit,
+    rps: Option<u32>,
+    processes: usize,
+    callers: usize,
+    /// Units per call: fixed, or random in `1..=max` when `random_sizes`.
+    size: u64,
+    random_sizes: bool,
+    /// Latency of each call, uniform in this range (ms).
+    latency_ms: (u64, u64),
+    run: Duration,
+    seed: u64,
+    /// A 429 arrives at this offset from the start (process 0's limiter).
+    rate_limited_at: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+struct SimResult {
+    /// (provider stamp, units) of every call.
+    stamps: Vec<(i128, u64)>,
+    /// (admission, units).
+    admissions: Vec<(i128, u64)>,
+    /// (admission, latency ns) of every call.
+    latencies: Vec<(i128, i128)>,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// Process `p`'s first queued caller asks for admission.
+    Try(usize),
+    /// The reply to caller `c`'s call arrives.
+    Reply(usize),
+}
+
+fn simulate(sim: &Sim) -> SimResult {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join(DB_FILE);
+    let clock = SimClock::new(start());
+    let t0 = start().as_nanosecond();
+    let end = t0 + ns(sim.run);
+    let opts = LimiterOptions {
+        max_requests_per_second: sim.rps,
+        call_timeout: Duration::from_secs(10),
+    };
+    let limiters: Vec<Limiter> = (0..sim.processes)
+        .map(|_| open(&db, "batch", sim.limit, opts, &clock))
+        .collect();
+    let mut rng = StdRng::seed_from_u64(sim.seed);
+    let ncallers = sim.processes * sim.callers;
+    let owner = |c: usize| c % sim.processes;
+    let mut queues: Vec<VecDeque<usize>> = vec![VecDeque::new(); sim.processes];
+    let mut trying = vec![false; sim.processes];
+    let mut in_flight: Vec<Option<Permit>> = (0..ncallers).map(|_| None).collect();
+    let mut next_size: Vec<u64> = vec![0; ncallers];
+    let mut events: BinaryHeap<Reverse<(i128, u64, Event)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut push = |events: &mut BinaryHeap<_>, t: i128, e: Event| {
+        seq += 1;
+        events.push(Reverse((t, seq, e)));
+    };
+    let size = |rng: &mut StdRng| {
+        if sim.random_sizes {
+            rng.random_range(1..=sim.size)
+        } else {
+            sim.size
+        }
+    };
+    for (c, s) in next_size.iter_mut().enumerate() {
+        *s = size(&mut rng);
+        queues[owner(c)].push_back(c);
+    }
+    for (p, t) in trying.iter_mut().enumerate() {
+        *t = true;
+        push(&mut events, t0, Event::Try(p));
+    }
+    let mut rate_limited = sim.rate_limited_at.map(|d| t0 + ns(d));
+    let mut out = SimResult::default();
+    while let Some(Reverse((t, _, ev))) = events.pop() {
+        if t >= end {
+            break;
+        }
+        if let Some(r) = rate_limited.filter(|r| *r <= t) {
+            clock.advance_to(Timestamp::from_nanosecond(r).expect("ts"));
+            limiters[0].on_rate_limited();
+            rate_limited = None;
+        }
+        clock.advance_to(Timestamp::from_nanosecond(t).expect("ts"));
+        match ev {
+            Event::Reply(c) => {
+                let permit = in_flight[c].take().expect("in flight");
+                permit.complete_blocking(clock.now()).expect("complete");
+                next_size[c] = size(&mut rng);
+                let p = owner(c);
+                queues[p].push_back(c);
+                if !trying[p] {
+                    trying[p] = true;
+                    push(&mut events, t, Event::Try(p));
+                }
+            }
+            Event::Try(p) => loop {
+                let Some(&c) = queues[p].front() else {
+                    trying[p] = false;
+                    break;
+                };
+                match limiters[p].try_acquire(next_size[c]).expect("decide") {
+                    Ok(permit) => {
+                        queues[p].pop_front();
+                        let a = permit.at().as_nanosecond();
+                        assert_eq!(a, t, "admitted at the decision's instant");
+                        let (lo, hi) = sim.latency_ms;
+                        let lat = ns(Duration::from_millis(lo))
+                            + (rng.random::<f64>() * ns(Duration::from_millis(hi - lo)) as f64)
+                                as i128;
+                        let stamp = a + (rng.random::<f64>() * lat as f64) as i128;
+                        out.stamps.push((stamp, next_size[c]));
+                        out.admissions.push((a, next_size[c]));
+                        out.latencies.push((a, lat));
+                        in_flight[c] = Some(permit);
+                        push(&mut events, a + lat, Event::Reply(c));
+                    }
+                    Err(wait) => {
+                        push(&mut events, t + ns(wait), Event::Try(p));
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    out
+}
+
+/// Units stamped in `[from, to)` per second, as a share of the limit's rate.
+fn share(res: &SimResult, limit: Limit, from: i128, to: i128) -> f64 {
+    let units: u64 = res
+        .stamps
+        .iter()
+        .filter(|(s, _)| *s >= from && *s < to)
+        .map(|(_, n)| n)
+        .sum();
+    units as f64 / ((to - from) as f64 / 1e9) / limit.per_second()
+}
+
+fn mean_latency_s(res: &SimResult, from: i128, to: i128) -> f64 {
+    let v: Vec<i128> = res
+        .latencies
+        .iter()
+        .filter(|(a, _)| *a >= from && *a < to)
+        .map(|(_, l)| *l)
+        .collect();
+    v.iter().sum::<i128>() as f64 / v.len().max(1) as f64 / 1e9
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// Random latencies (0–2 s, per call), random call sizes (batch up to 500 units, or count-1
+    /// calls), several processes and callers, windows of 1 s, 5 s and 60 s: no window of the
+    /// provider's stamps ever holds more than the limit, nor any window of admissions, nor any
+    /// second more requests than the request cap.
+    #[test]
+    fn no_provider_window_over_the_limit(
+        window_s in prop::sample::select(vec![1u64, 5, 60]),
+        limit in 1u64..1500,
+        batch in any::<bool>(),
+        max_size in 1u64..=500,
+        processes in 1usize..=3,
+        callers in 1usize..=12,
+        max_latency_ms in 0u64..=2000,
+        rps in prop::option::of(1u32..30),
+        seed in any::<u64>(),
+    ) {
+        // One-request calls: a lower limit keeps the number of simulated calls moderate.
+        let (limit, size) = if batch { (limit, max_size.min(limit)) } else { (limit.min(300), 1) };
+        let sim = Sim {
+            limit: Limit::new(limit, Duration::from_secs(window_s)),
+            rps,
+            processes,
+            callers,
+            size,
+            random_sizes: true,
+            latency_ms: (0, max_latency_ms),
+            run: Duration::from_secs(window_s * 6),
+            seed,
+            rate_limited_at: None,
+        };
+        let res = simulate(&sim);
+        prop_assert!(!res.stamps.is_empty());
+        let w = sim.limit.window;
+        prop_assert!(max_in_window(&res.stamps, w) <= limit, "stamps: {}", max_in_window(&res.stamps, w));
+        prop_assert!(max_in_window(&res.admissions, w) <= limit);
+        if let Some(rps) = rps {
+            let requests: Vec<(i128, u64)> = res.stamps.iter().map(|(s, _)| (*s, 1)).collect();
+            prop_assert!(max_in_window(&requests, Duration::from_secs(1)) <= u64::from(rps));
+        }
+    }
+}
+
+#[test]
+fn full_limit_when_latency_is_small_against_the_window() {
+    // 12,000 / 60 s in 500-receiver calls, latency 0–0.5 s: W / (W + L) ≈ 99.6%.
+    let sim = Sim {
+        limit: Limit::new(12_000, Duration::from_secs(60)),
+        rps: Some(200),
+        processes: 2,
+        callers: 4,
+        size: 500,
+        random_sizes: false,
+        latency_ms: (0, 500),
+        run: Duration::from_secs(60 * 60),
+        seed: 7,
+        rate_limited_at: None,
+    };
+    let res = simulate(&sim);
+    let t0 = start().as_nanosecond();
+    let (from, to) = (t0 + ns(Duration::from_secs(120)), t0 + ns(sim.run));
+    let got = share(&res, sim.limit, from, to);
+    assert!(got >= 0.99, "{:.4} of the limit", got);
+    assert!(max_in_window(&res.stamps, sim.limit.window) <= 12_000);
+    // Smooth: the first 10 seconds hold far less than the whole quota.
+    let first: u64 = res
+        .admissions
+        .iter()
+        .filter(|a| a.0 < t0 + 10 * NS_PER_SEC)
+        .map(|a| a.1)
+        .sum();
+    assert!(first <= 12_000 / 3, "burst of {first} at start");
+}
+
+#[test]
+fn best_exact_share_when_latency_is_large_against_the_window() {
+    for (limit, size, latency_ms, callers) in [
+        // p2p-like: 100 / 1 s, one request a call, latency 0–2 s (mean 1 s): about 50%.
+        (Limit::new(100, Duration::from_secs(1)), 1, (0, 2000), 120),
+        // conversation-like: 50 / 1 s, latency 0–0.4 s.
+        (Limit::new(50, Duration::from_secs(1)), 1, (0, 400), 40),
+        // batch 1000 / 5 s in 500-receiver calls, latency 0–2 s.
+        (Limit::new(1000, Duration::from_secs(5)), 500, (0, 2000), 4),
+    ] {
+        let sim = Sim {
+            limit,
+            rps: None,
+            processes: 1,
+            callers,
+            size,
+            random_sizes: false,
+            latency_ms,
+            run: limit.window * 200,
+            seed: 11,
+            rate_limited_at: None,
+        };
+        let res = simulate(&sim);
+        let t0 = start().as_nanosecond();
+        let (from, to) = (t0 + 2 * ns(limit.window), t0 + ns(sim.run));
+        let got = share(&res, limit, from, to);
+        let w = limit.window.as_secs_f64();
+        let best = w / (w + mean_latency_s(&res, from, to));
+        assert!(
+            got >= 0.99 * best,
+            "{limit:?} latency {latency_ms:?}: {got:.4} of the limit, best exact {best:.4}"
+        );
+        assert!(max_in_window(&res.stamps, limit.window) <= limit.limit);
+    }
+}
+
+#[test]
+fn full_rate_again_within_one_window_after_a_429() {
+    let limit = Limit::new(100, Duration::from_secs(1));
+    let at = Duration::from_secs(10);
+    let sim = Sim {
+        limit,
+        rps: None,
+        processes: 1,
+        callers: 4,
+        size: 1,
+        random_sizes: false,
+        latency_ms: (0, 0),
+        run: Duration::from_secs(20),
+        seed: 3,
+        rate_limited_at: Some(at),
+    };
+    let res = simulate(&sim);
+    let t0 = start().as_nanosecond();
+    let t429 = t0 + ns(at);
+    let w = ns(limit.window);
+    // Held back and slowed in the window after the 429 …
+    let held = share(&res, limit, t429, t429 + ns(Duration::from_millis(250)));
+    assert_eq!(held, 0.0, "nothing admitted during the hold");
+    let slowed = share(&res, limit, t429, t429 + w);
+    assert!(slowed < 0.9, "slowed after the 429: {slowed:.3}");
+    // … and at the full rate in the window after that, and from then on.
+    for k in 1..5 {
+        let got = share(&res, limit, t429 + k * w, t429 + (k + 1) * w);
+        assert!(
+            got >= 0.99,
+            "window {k} after the 429: {got:.3} of the limit"
+        );
+    }
+    assert!(max_in_window(&res.stamps, limit.window) <= limit.limit);
+}
+
+#[tokio::test]
+async fn consecutive_429s_hold_longer_but_at_most_a_quarter_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = SimClock::new(start());
+    let limit = Limit::new(100, Duration::from_secs(4));
+    let l = open(
+        &dir.path().join(DB_FILE),
+        "batch",
+        limit,
+        LimiterOptions::default(),
+        &clock,
+    );
+    let mut holds = Vec::new();
+    for _ in 0..4 {
+        let before = clock.now().as_nanosecond();
+        l.on_rate_limited();
+        assert!(l.slowdown() > 1.5);
+        let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") else {
+            panic!("no deadline given")
+        };
+        holds.push(p.at().as_nanosecond() - before);
+        p.complete(clock.now()).await;
+    }
+    assert_eq!(holds[0], ns(Duration::from_millis(250)));
+    assert_eq!(holds[1], ns(Duration::from_millis(500)));
+    assert_eq!(holds[3], ns(Duration::from_secs(1)), "capped at W/4");
+    l.on_success();
+    clock.advance(limit.window);
+    assert_eq!(l.slowdown(), 1.0);
+    let before = clock.now().as_nanosecond();
+    l.on_rate_limited();
+    let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") else {
+        panic!("no deadline given")
+    };
+    assert_eq!(
+        p.at().as_nanosecond() - before,
+        ns(Duration::from_millis(250)),
+        "strikes reset"
+    );
+}
+
+#[test]
+fn an_in_flight_call_counts_until_its_answer_plus_one_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = SimClock::new(start());
+    let limit = Limit::new(10, Duration::from_secs(1));
+    let l = open(
+        &dir.path().join(DB_FILE),
+        "p2p",
+        limit,
+        LimiterOptions::default(),
+        &clock,
+    );
+    let p = l.try_acquire(10).expect("decide").expect("admitted");
+    // Long after one window, the call is still in flight: it still counts.
+    clock.advance(Duration::from_secs(5));
+    let wait = l
+        .try_acquire(1)
+        .expect("decide")
+        .expect_err("in flight counts");
+    assert_eq!(
+        wait,
+        limit.window + Duration::from_nanos(1),
+        "ask again after one window at most"
+    );
+    // The answer arrives now: free exactly one window later (its end included).
+    p.complete_blocking(clock.now()).expect("complete");
+    let wait = l.try_acquire(1).expect("decide").expect_err("answer + W");
+    assert_eq!(wait, limit.window + Duration::from_nanos(1));
+    clock.advance(limit.window);
+    assert!(
+        l.try_acquire(1).expect("decide").is_err(),
+        "its end is included"
+    );
+    clock.advance(Duration::from_nanos(1));
+    assert!(l.try_acquire(1).expect("decide").is_ok());
+}
+
+#[test]
+fn a_dropped_permit_closes_at_drop_time_plus_one_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = SimClock::new(start());
+    let limit = Limit::new(1, Duration::from_secs(2));
+    let l = open(
+        &dir.path().join(DB_FILE),
+        "p2p",
+        limit,
+        LimiterOptions::default(),
+        &clock,
+    );
+    let p = l.try_acquire(1).expect("decide").expect("admitted");
+    clock.advance(Duration::from_secs(3));
+    drop(p); // a cancelled future or a panic: no answer instant known
+    let dropped = clock.now();
+    clock.advance(limit.window);
+    assert!(
+        l.try_acquire(1).expect("decide").is_err(),
+        "counts to drop + W"
+    );
+    clock.advance(Duration::from_nanos(1));
+    let p = l
+        .try_acquire(1)
+        .expect("decide")
+        .expect("free after drop + W");
+    assert_eq!(
+        p.at().as_nanosecond(),
+        dropped.as_nanosecond() + ns(limit.window) + 1
+    );
+}
+
+#[test]
+fn a_killed_process_entries_stop_counting_after_the_call_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join(DB_FILE);
+    let clock = SimClock::new(start());
+    let limit = Limit::new(5, Duration::from_secs(1));
+    let opts = LimiterOptions {
+        call_timeout: Duration::from_secs(30),
+        ..LimiterOptions::default()
+    };
+    {
+        let dead = open(&db, "p2p", limit, opts, &clock);
+        let p = dead.try_acquire(5).expect("decide").expect("admitted");
+        std::mem::forget(p); // kill -9: nothing closes the entry
+    }
+    let l = open(&db, "p2p", limit, opts, &clock);
+    let fallback = ns(SEND_SLACK) + ns(opts.call_timeout) + ns(limit.window);
+    clock.advance(Duration::from_nanos(fallback as u64));
+    assert!(
+        l.try_acquire(1).expect("decide").is_err(),
+        "still counts at its end"
+    );
+    clock.advance(Duration::from_nanos(1));
+    assert!(l.try_acquire(5).expect("decide").is_ok(), "not forever");
+}
+
+#[tokio::test]
+async fn a_late_start_extends_the_fallback() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join(DB_FILE);
+    let clock = SimClock::new(start());
+    let limit = Limit::new(1, Duration::from_secs(1));
+    let opts = LimiterOptions {
+        call_timeout: Duration::from_secs(10),
+        ..LimiterOptions::default()
+    };
+    let l = open(&db, "p2p", limit, opts, &clock);
+    let Acquired::At(mut p) = l.acquire(1, None).await.expect("acquire") else {
+        panic!("no deadline")
+    };
+    // The journal's mark took 8 s: the request leaves late.
+    clock.advance(Duration::from_secs(8));
+    p.sending().await;
+    let other = open(&db, "p2p", limit, opts, &clock);
+    // Past the original fallback (5 + 10 + 1 s after admission) it still counts for others.
+    clock.advance(Duration::from_secs(9));
+    assert!(other.try_acquire(1).expect("decide").is_err());
+    std::mem::forget(p);
+    clock.advance(Duration::from_secs(8));
+    assert!(
+        other.try_acquire(1).expect("decide").is_ok(),
+        "extended fallback ends too"
+    );
+}
+
+#[test]
+fn old_format_logs_are_replaced() {
+    for old in [
+        // The first format: no running totals.
+        "CREATE TABLE throttle_log(key TEXT NOT NULL, at_ns INTEGER NOT NULL, count INTEGER NOT NULL);
+         INSERT INTO throttle_log VALUES ('batch', 1, 500);",
+        // The padded window with running totals (`seq`, `cum`).
+        "CREATE TABLE throttle_log(key TEXT NOT NULL, at_ns INTEGER NOT NULL, count INTEGER NOT NULL,
+             seq INTEGER NOT NULL, cum INTEGER NOT NULL);
+         CREATE INDEX throttle_log_key_cum ON throttle_log(key, cum);
+         CREATE TABLE throttle_pace(key TEXT PRIMARY KEY, tat_ns INTEGER NOT NULL);
+         INSERT INTO throttle_log VALUES ('batch', 1, 500, 1, 500);",
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let conn = Connection::open(&path).expect("open");
+        conn.execute_batch(old).expect("old schema");
+        create_tables(&conn).expect("upgrade");
+        create_tables(&conn).expect("idempotent");
+        let cols: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('throttle_log')")
+            .expect("q")
+            .query_map([], |r| r.get(0))
+            .expect("q")
+            .collect::<Result<_, _>>()
+            .expect("cols");
+        assert_eq!(cols, ["id", "key", "at_ns", "count", "until_ns", "done"]);
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM throttle_log", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 0, "old entries dropped");
+        drop(conn);
+        // And the limiter works on it.
+        let clock = SimClock::new(start());
+        let l = open(&path, "batch", Limit::new(500, Duration::from_secs(60)), LimiterOptions::default(), &clock);
+        assert!(l.try_acquire(500).expect("decide").is_ok());
+    }
+}
+
+#[test]
+fn decisions_use_the_index_not_a_scan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(DB_FILE);
+    let clock = SimClock::new(start());
+    let limit = Limit::new(12_000, Duration::from_secs(60));
+    let l = open(&path, "batch", limit, LimiterOptions::default(), &clock);
+    // A personalized campaign: 12,000 one-receiver calls in the window (still in flight).
+    let mut permits = Vec::new();
+    while permits.len() < 12_000 {
+        match l.try_acquire(1).expect("decide") {
+            Ok(p) => permits.push(p),
+            Err(w) => clock.advance(w),
+        }
+    }
+    let conn = Connection::open(&path).expect("open");
+    let total: i64 = conn
+        .query_row(
+            "SELECT units FROM throttle_total WHERE key = 'batch'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("total");
+    let sum: i64 = conn
+        .query_row(
+            "SELECT SUM(count) FROM throttle_log WHERE key = 'batch'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("sum");
+    assert_eq!(total, sum, "the running total is the sum of the entries");
+    assert_eq!(total, 12_000, "entries in the window");
+    for q in [
+        "SELECT COALESCE(SUM(count), 0), COUNT(*) FROM throttle_log WHERE key = 'batch' AND until_ns < 0",
+        "SELECT until_ns, count FROM throttle_log WHERE key = 'batch' ORDER BY until_ns",
+    ] {
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {q}"))
+            .expect("plan")
+            .query_map([], |r| r.get::<_, String>(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("plan");
+        let plan = plan.join("; ");
+        assert!(
+            plan.contains("COVERING INDEX throttle_log_key_until") && !plan.contains("TEMP B-TREE"),
+            "{q}: {plan}"
+        );
+    }
+    // At the limit: the wait is at most one window (only calls in flight block).
+    let wait = l.try_acquire(1).expect("decide").expect_err("full");
+    assert!(wait <= limit.window + Duration::from_nanos(1));
+    std::mem::forget(permits);
+}
+
+#[tokio::test]
+async fn restarted_limiter_remembers_spent_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = SimClock::new(start());
+    let limit = Limit::new(10, Duration::from_secs(10));
+    let db = dir.path().join(DB_FILE);
+    let mut adm = Vec::new();
+    for _ in 0..2 {
+        let l = open(&db, "p2p", limit, LimiterOptions::default(), &clock);
+        for _ in 0..15 {
+            if let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") {
+                adm.push((p.at().as_nanosecond(), 1));
+                p.complete(clock.now()).await;
+            }
+        }
+    }
+    assert_eq!(adm.len(), 30);
+    assert!(max_in_window(&adm, limit.window) <= limit.limit);
+}
+
+#[tokio::test]
+async fn requests_per_second_cap_and_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = SimClock::new(start());
+    let limit = Limit::new(1_000_000, Duration::from_secs(60));
+    let opts = LimiterOptions {
+        max_requests_per_second: Some(5),
+        ..LimiterOptions::default()
+    };
+    let l = open(&dir.path().join(DB_FILE), "batch", limit, opts, &clock);
+    let mut adm = Vec::new();
+    for _ in 0..40 {
+        if let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") {
+            adm.push((p.at().as_nanosecond(), 1));
+            p.complete(clock.now()).await;
+        }
+    }
+    assert!(max_in_window(&adm, Duration::from_secs(1)) <= 5);
+    // A deadline that cannot be met takes nothing.
+    let tight = Limit::new(1, Duration::from_secs(60));
+    let l2 = open(
+        &dir.path().join(DB_FILE),
+        "conv",
+        tight,
+        LimiterOptions::default(),
+        &clock,
+    );
+    let Ok(Acquired::At(p)) = l2.acquire(1, None).await else {
+        panic!("admitted")
+    };
+    p.complete(clock.now()).await;
+    let d = clock.now() + jiff::SignedDuration::from_secs(5);
+    assert!(matches!(
+        l2.acquire(1, Some(d)).await,
+        Ok(Acquired::Deadline)
+    ));
+    assert!(matches!(
+        l2.acquire(2, None).await,
+        Err(ThrottleError::TooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn campaign_cap_lowers_one_campaign_not_the_account() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join(DB_FILE);
+    let clock = SimClock::new(start());
+    let acct = Limit::new(100, Duration::from_secs(1));
+    let o = |key: &str, l: Limit| open(&db, key, l, LimiterOptions::default(), &clock);
+    let a = o("batch", acct).capped_by(o(
+        "campaign:a:batch",
+        Limit::new(20, Duration::from_secs(1)),
+    ));
+    let b = o("batch", acct);
+    let (mut adm_a, mut adm_all) = (Vec::new(), Vec::new());
+    for i in 0..400 {
+        let l = if i % 2 == 0 { &a } else { &b };
+        if let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") {
+            if i % 2 == 0 {
+                adm_a.push((p.at().as_nanosecond(), 1));
+            }
+            adm_all.push((p.at().as_nanosecond(), 1));
+            p.complete(clock.now()).await;
+        }
+    }
+    assert!(max_in_window(&adm_a, Duration::from_secs(1)) <= 20);
+    assert!(max_in_window(&adm_all, Duration::from_secs(1)) <= 100);
+    assert_eq!(a.limit(), acct, "the account's limit");
+}
+
+#[test]
+fn used_in_window_counts_what_the_rule_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(DB_FILE);
+    let clock = SimClock::new(start());
+    let limit = Limit::new(1000, Duration::from_secs(5));
+    let l = open(&path, "batch", limit, LimiterOptions::default(), &clock);
+    let a = l.try_acquire(300).expect("decide").expect("admitted");
+    let b = l.try_acquire(200).expect("decide").expect("admitted");
+    let conn = Connection::open(&path).expect("open");
+    assert_eq!(
+        used_in_window(&conn, "batch", clock.now()).expect("used"),
+        500
+    );
+    a.complete_blocking(clock.now()).expect("complete");
+    clock.advance(Duration::from_secs(6));
+    // `a` answered 6 s ago: out; `b` still in flight: in.
+    assert_eq!(
+        used_in_window(&conn, "batch", clock.now()).expect("used"),
+        200
+    );
+    drop(b);
+    let empty = tempfile::tempdir().expect("tempdir");
+    let old = Connection::open(empty.path().join("old.db")).expect("open");
+    old.execute_batch("CREATE TABLE throttle_log(key TEXT, at_ns INTEGER, count INTEGER)")
+        .expect("old");
+    assert_eq!(
+        used_in_window(&old, "batch", clock.now()).expect("old format"),
+        0
+    );
+}
+
+#[test]
+fn default_call_timeout_covers_the_client() {
+    let c = crate::provider::ClientConfig::new(
+        "http://127.0.0.1:1".parse().expect("url"),
+        "cn-north-1",
+        crate::provider::Credentials::new("AK", "SK", None),
+    );
+    // The client re-signs once after InvalidTimestamp: two requests, each within its timeout.
+    assert!(DEFAULT_CALL_TIMEOUT >= 2 * c.request_timeout);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// Two limiter instances on one database (= two processes), random sizes, pauses and answer
+    /// delays, calls completed in any order: no window of admissions ever holds more than the
+    /// limit.
+    #[test]
+    fn two_limiters_never_exceed_the_limit(
+        limit in 5u64..60,
+        window_ms in 200u64..5000,
+        ops in proptest::collection::vec((any::<bool>(), 1u64..5, 0u64..400, 0usize..4), 10..80),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join(DB_FILE);
+        let clock = SimClock::new(start());
+        let lim = Limit::new(limit, Duration::from_millis(window_ms));
+        let a = open(&db, "batch", lim, LimiterOptions::default(), &clock);
+        let b = open(&db, "batch", lim, LimiterOptions::default(), &clock);
+        let mut adm = Vec::new();
+        let mut open_permits: VecDeque<Permit> = VecDeque::new();
+        for (which, n, pause, finish) in ops {
+            let n = n.min(limit);
+            clock.advance(Duration::from_millis(pause));
+            for _ in 0..finish {
+                if let Some(p) = open_permits.pop_front() {
+                    p.complete_blocking(clock.now()).expect("complete");
+                }
+            }
+            let l = if which { &a } else { &b };
+            loop {
+                match l.try_acquire(n).expect("decide") {
+                    Ok(p) => {
+                        adm.push((p.at().as_nanosecond(), n));
+                        open_permits.push_back(p);
+                        break;
+                    }
+                    Err(w) => {
+                        clock.advance(w);
+                        // Waiting on in-flight calls: some answers arrive meanwhile.
+                        if let Some(p) = open_permits.pop_front() {
+                            p.complete_blocking(clock.now()).expect("complete");
+                        }
+                    }
+                }
+            }
+        }
+        prop_assert!(max_in_window(&adm, lim.window) <= limit);
+    }
+}
