@@ -52,8 +52,37 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum OutputFormat {
     #[default]
+    #[value(alias = "text")]
     Human,
     Json,
+}
+
+/// `imcast plan --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum PlanOutput {
+    /// For people (coloured on a terminal unless NO_COLOR is set).
+    #[default]
+    #[value(alias = "human")]
+    Text,
+    /// Machine-readable (with --diff: the format in plan-diff.schema.json).
+    Json,
+    /// With --diff: a summary table and collapsible sections for a pull-request comment.
+    Markdown,
+}
+
+/// `imcast validate --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ValidateOutput {
+    /// One line per file; problems on stderr.
+    #[default]
+    #[value(alias = "human")]
+    Text,
+    /// One JSON document: every file, its counts or its problems.
+    Json,
+    /// GitHub Actions workflow commands (`::error file=…,line=…,col=…::message`).
+    Github,
+    /// SARIF 2.1.0, for code-scanning tools.
+    Sarif,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +115,17 @@ pub enum Command {
     Prune(PruneArgs),
     /// Run the mock provider: the same API on loopback, with signature checks, limits and faults.
     MockServer(MockServerArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Where state and account settings live; shared by commands that touch the journal.
@@ -107,14 +147,23 @@ pub struct ValidateArgs {
     /// Allow this provider endpoint besides the known region hosts and loopback.
     #[arg(long, value_name = "URL")]
     pub allow_endpoint: Vec<String>,
+    #[arg(long, value_enum, default_value_t = ValidateOutput::Text)]
+    pub output: ValidateOutput,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
     /// Campaign file.
     pub file: PathBuf,
-    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
-    pub output: OutputFormat,
+    #[arg(long, value_enum, default_value_t = PlanOutput::Text)]
+    pub output: PlanOutput,
+    /// Compare with the campaign as it was at this git revision (branch, tag or commit): who is
+    /// added or removed, whose message changes, which settings change.
+    #[arg(long, value_name = "REV")]
+    pub diff: Option<String>,
+    /// Pretend it is this instant (RFC 3339); for tests and what-if checks.
+    #[arg(long, hide = true, value_name = "TIME")]
+    pub now: Option<String>,
     /// How many rendered sample recipients to show.
     #[arg(long, default_value_t = 3)]
     pub sample: usize,
@@ -352,5 +401,7 @@ fn dispatch(cli: Cli) -> CmdResult {
         Command::Cancel(a) => crate::cmd::control::cancel(g, a),
         Command::Prune(a) => crate::cmd::prune::run(g, a),
         Command::MockServer(a) => crate::cmd::mock_server::run(g, a),
+        Command::Completions(a) => crate::cmd::completions::completions(g, a),
+        Command::Man => crate::cmd::completions::man(g),
     }
 }

@@ -23,7 +23,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::action::Action;
-use crate::audience::{load_suppression, AudienceError, AudienceReader, RowCursor, RowPos};
+use crate::audience::{load_suppression_in, AudienceError, AudienceReader, RowCursor, RowPos};
 use crate::render::{RenderError, Rendered, Renderer, RowInput};
 use crate::spec::{Campaign, Source};
 
@@ -182,6 +182,9 @@ pub struct Sample {
     pub content: String,
     pub ext: BTreeMap<String, String>,
 }
+
+/// A group's Content and Ext.
+pub type GroupContent = (String, BTreeMap<String, String>);
 
 /// One distinct Content: 32 bytes (the plan holds one per distinct Content).
 #[derive(Debug, Clone)]
@@ -492,7 +495,7 @@ fn build_threads(
         })
         .collect();
     for src in c.audience.exclude.iter().chain(extra.iter()) {
-        let (set, h) = load_suppression(src)?;
+        let (set, h) = load_suppression_in(src, &c.files)?;
         let idx = suppress_labels.len() as u16;
         suppress_labels.push(src.label());
         list_hashes.push(h);
@@ -501,7 +504,7 @@ fn build_threads(
         }
     }
 
-    let mut reader = AudienceReader::open(&c.audience.source)?;
+    let mut reader = AudienceReader::open_in(&c.audience.source, &c.files)?;
     let header = reader.header().cloned();
     let columns: Vec<String> = header
         .as_ref()
@@ -576,8 +579,10 @@ fn build_threads(
     // address space: pages never written are never resident), so they never reallocate and
     // fragment the heap while growing.
     let estimate = match &c.audience.source {
-        Source::Csv { path, .. } => std::fs::metadata(path)
-            .map(|m| (m.len() / 16) as usize)
+        Source::Csv { path, .. } => c
+            .files
+            .size_hint(path)
+            .map(|n| (n / 16) as usize)
             .unwrap_or(0),
         Source::Ids(ids) => ids.len(),
     }
@@ -946,6 +951,36 @@ impl Plan {
         })
     }
 
+    /// The group (one distinct Content and Ext) that call `seq` carries.
+    pub fn group_of_call(&self, seq: u64) -> Option<usize> {
+        let g = self.group_call_base.partition_point(|b| *b <= seq);
+        (g > 0 && seq < self.counts.calls).then(|| g - 1)
+    }
+
+    /// A 128-bit digest of group `g`'s Content and Ext: equal across plans exactly when what the
+    /// recipients get is equal (see `content_key`).
+    pub fn group_key(&self, g: usize) -> Option<u128> {
+        self.groups.get(g).map(Group::key)
+    }
+
+    /// The Content and Ext of each group in `gs` (re-rendered in one pass over the audience when
+    /// not kept in memory).
+    pub fn group_contents(
+        &self,
+        gs: &[usize],
+    ) -> Result<Vec<GroupContent>, PlanError> {
+        let mut order: Vec<usize> = (0..gs.len()).collect();
+        order.sort_by_key(|i| self.groups.get(gs[*i]).map(|g| g.pos));
+        let mut out = vec![(String::new(), BTreeMap::new()); gs.len()];
+        let mut cursor = None;
+        for i in order {
+            if gs[i] < self.groups.len() {
+                out[i] = self.content_of(gs[i], &mut cursor)?;
+            }
+        }
+        Ok(out)
+    }
+
     fn content_of(
         &self,
         g: usize,
@@ -958,7 +993,10 @@ impl Plan {
             }
         }
         if cursor.is_none() {
-            *cursor = Some(RowCursor::open(&self.campaign.audience.source)?);
+            *cursor = Some(RowCursor::open_in(
+                &self.campaign.audience.source,
+                &self.campaign.files,
+            )?);
         }
         let Some(cur) = cursor.as_mut() else {
             return Err(PlanError::Changed("audience cursor".into()));
@@ -1060,7 +1098,7 @@ impl RowIter<'_> {
     fn step(&mut self) -> Result<Option<AudienceRow>, PlanError> {
         let p = self.plan;
         if self.reader.is_none() {
-            let r = AudienceReader::open(&p.campaign.audience.source)?;
+            let r = AudienceReader::open_in(&p.campaign.audience.source, &p.campaign.files)?;
             if let Some(h) = r.header() {
                 for col in &p.campaign.audience.required {
                     if let Some(i) = h.names.iter().position(|n| n == col) {
