@@ -93,8 +93,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the exact request body one recipient's call would carry. Sends nothing.
     Preview(PreviewArgs),
-    /// Print the JSON Schema of the campaign file format (for editors).
-    Schema,
+    /// Print a JSON Schema: of the campaign file format (for editors), or of `plan --diff --output json`.
+    Schema(SchemaArgs),
     /// Send a campaign: throttled, journaled, resumable; writes a per-recipient report.
     Run(RunArgs),
     /// Show the latest run of a campaign.
@@ -119,6 +119,21 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff).
     Man,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SchemaArgs {
+    /// Which schema.
+    #[arg(value_enum, default_value_t = SchemaKind::Campaign)]
+    pub kind: SchemaKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// The campaign file (imcast.schema.json).
+    Campaign,
+    /// The JSON output of `plan --diff` (plan-diff.schema.json).
+    PlanDiff,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -390,7 +405,7 @@ fn dispatch(cli: Cli) -> CmdResult {
         Command::Validate(a) => crate::cmd::validate::run(g, a),
         Command::Plan(a) => crate::cmd::plan::run(g, a),
         Command::Preview(a) => crate::cmd::preview::run(g, a),
-        Command::Schema => crate::cmd::schema::run(g),
+        Command::Schema(a) => crate::cmd::schema::run(g, a),
         Command::Run(a) => crate::cmd::run::run(g, a),
         Command::Status(a) => crate::cmd::status::run(g, a),
         Command::Report(a) => crate::cmd::report::run(g, a),
