@@ -965,10 +965,7 @@ impl Plan {
 
     /// The Content and Ext of each group in `gs` (re-rendered in one pass over the audience when
     /// not kept in memory).
-    pub fn group_contents(
-        &self,
-        gs: &[usize],
-    ) -> Result<Vec<GroupContent>, PlanError> {
+    pub fn group_contents(&self, gs: &[usize]) -> Result<Vec<GroupContent>, PlanError> {
         let mut order: Vec<usize> = (0..gs.len()).collect();
         order.sort_by_key(|i| self.groups.get(gs[*i]).map(|g| g.pos));
         let mut out = vec![(String::new(), BTreeMap::new()); gs.len()];

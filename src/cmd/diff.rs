@@ -78,9 +78,16 @@ fn plan_side(files: &Files, file: &Path, a: &PlanArgs, side: &str) -> Result<Pla
     .exit(Exit::Invalid)
 }
 
-/// Colour only on a terminal, and never when `NO_COLOR` is set to anything (no-color.org).
+/// Colour only on a terminal, and never when `NO_COLOR` is set to a non-empty value (no-color.org).
+fn color_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn use_color() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    color_wanted(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
 }
 
 pub fn run(_g: &GlobalArgs, a: &PlanArgs, rev: &str) -> CmdResult {
@@ -129,4 +136,18 @@ pub fn run(_g: &GlobalArgs, a: &PlanArgs, rev: &str) -> CmdResult {
         }
     }
     Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(color_wanted(true, None));
+        assert!(color_wanted(true, Some(OsStr::new(""))));
+        assert!(!color_wanted(true, Some(OsStr::new("1"))));
+        assert!(!color_wanted(false, None));
+    }
 }

@@ -87,9 +87,7 @@ fn plan_diagnostics(file: &Path, c: &Campaign, e: &PlanError) -> Vec<Diagnostic>
             AudienceError::Open { path, .. } => at(path, None, a.to_string()),
             AudienceError::NoHeader { path }
             | AudienceError::MissingIdColumn { path, .. }
-            | AudienceError::MissingRequiredColumn { path, .. } => {
-                at(path, Some(1), a.to_string())
-            }
+            | AudienceError::MissingRequiredColumn { path, .. } => at(path, Some(1), a.to_string()),
         }],
         PlanError::Render(problems) => problems
             .iter()

@@ -623,3 +623,33 @@ pub fn markdown(d: &PlanDiff) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_spans_outlast_backticks_and_cells_escape_pipes() {
+        assert_eq!(code("plain"), "`plain`");
+        assert_eq!(code("a`b"), "``a`b``");
+        assert_eq!(code("`x"), "`` `x ``");
+        assert_eq!(code("two\nlines"), "`two lines`");
+        assert_eq!(cell(&code("a|b")), "`a\\|b`");
+        assert_eq!(html("<b>&"), "&lt;b&gt;&amp;");
+        assert!(fenced("text", "has ``` inside").starts_with("````text\n"));
+    }
+
+    #[test]
+    fn colour_is_added_only_when_asked() {
+        let d = PlanDiff {
+            verdict: "Changes what is sent.".into(),
+            recipients: super::super::Recipients {
+                gained: 1,
+                ..Default::default()
+            },
+            ..PlanDiff::default()
+        };
+        assert!(text(&d, true).contains("\u{1b}["));
+        assert!(!text(&d, false).contains('\u{1b}'));
+    }
+}

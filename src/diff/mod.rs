@@ -33,7 +33,7 @@ pub const GROUPS: usize = 10;
 pub const OCCURRENCES: usize = 3;
 
 /// What changes when the campaign moves from the revision (`before`) to the work tree (`after`).
-#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 #[schemars(title = "imcast plan diff")]
 pub struct PlanDiff {
     /// Always `imcast-plan-diff/1` for this format.
@@ -391,23 +391,25 @@ fn verdict(
         return "No effect: nothing sent changes (same recipients, same messages, same settings)."
             .to_string();
     }
+    let who = |n: u64, one: &str, many: &str| {
+        format!(
+            "{} {}",
+            plural(n, "recipient", "recipients"),
+            if n == 1 { one } else { many }
+        )
+    };
     let mut parts = Vec::new();
     if r.gained > 0 {
-        parts.push(format!(
-            "{} gain a message",
-            plural(r.gained, "recipient", "recipients")
-        ));
+        parts.push(who(r.gained, "gains a message", "gain a message"));
     }
     if r.lost > 0 {
-        parts.push(format!(
-            "{} lose their message",
-            plural(r.lost, "recipient", "recipients")
-        ));
+        parts.push(who(r.lost, "loses their message", "lose their message"));
     }
     if r.content_changed > 0 {
-        parts.push(format!(
-            "{} get a different message",
-            plural(r.content_changed, "recipient", "recipients")
+        parts.push(who(
+            r.content_changed,
+            "gets a different message",
+            "get a different message",
         ));
     }
     let changed: Vec<&str> = settings
@@ -415,8 +417,16 @@ fn verdict(
         .filter(|s| s.changed)
         .map(|s| s.name.as_str())
         .collect();
-    if !changed.is_empty() {
-        parts.push(format!("changed: {}", changed.join(", ")));
+    let settings = if changed.is_empty() {
+        String::new()
+    } else {
+        format!("settings changed: {}", changed.join(", "))
+    };
+    if parts.is_empty() {
+        return format!("Same recipients, same messages; {settings}.");
+    }
+    if !settings.is_empty() {
+        parts.push(settings);
     }
     format!("Changes what is sent: {}.", parts.join("; "))
 }
