@@ -602,3 +602,80 @@ fn completions_and_man_page_are_generated() {
         .expect("run imcast");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The comparison step of `examples/github-actions.yml`, run as the workflow runs it (bash with
+/// `-eo pipefail`) in a clone whose `origin/main` is the base: the changed campaign is in the
+/// comment, the untouched one is not.
+#[test]
+fn the_example_workflow_compares_changed_campaigns() {
+    let wf: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(root().join("examples/github-actions.yml")).expect("workflow"),
+    )
+    .expect("workflow yaml");
+    let steps = wf["jobs"]["review"]["steps"].as_array().expect("steps");
+    let script = steps
+        .iter()
+        .find(|s| s["name"] == "Compare every campaign with the base branch")
+        .and_then(|s| s["run"].as_str())
+        .expect("the compare step");
+    assert!(steps.iter().any(|s| s["with"]["fetch-depth"] == 0));
+
+    let r = Repo::new();
+    r.write(
+        "campaigns/other.yaml",
+        &CAMPAIGN
+            .replace("spring-promo", "other")
+            .replace("template: ../templates/promo.j2", "text: Unchanged."),
+    );
+    r.commit("another campaign");
+    let remote = tempfile::tempdir().expect("temp dir");
+    let origin = remote.path().join("origin.git");
+    r.git(&[
+        "clone",
+        "-q",
+        "--bare",
+        ".",
+        origin.to_str().expect("utf-8 path"),
+    ]);
+    r.git(&[
+        "remote",
+        "add",
+        "origin",
+        origin.to_str().expect("utf-8 path"),
+    ]);
+    r.git(&["fetch", "-q", "origin"]);
+    r.write("templates/promo.j2", "The sale starts today.\n");
+    r.commit("new wording");
+
+    let path = format!(
+        "{}:{}",
+        bin().parent().expect("bin dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = git_env(&mut Command::new("bash"))
+        .args(["--noprofile", "--norc", "-eo", "pipefail", "-c", script])
+        .current_dir(r.dir.path())
+        .env("BASE", "origin/main")
+        .env("PATH", path)
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let comment = r.read("comment.md");
+    assert!(
+        comment.contains("### imcast plan diff: `spring-promo`"),
+        "{comment}"
+    );
+    assert!(
+        comment.contains("4 recipients get a different message"),
+        "{comment}"
+    );
+    assert!(
+        !comment.contains("`other`"),
+        "an untouched campaign is left out: {comment}"
+    );
+    check_markdown(&comment);
+}
