@@ -235,14 +235,16 @@ impl GitRev {
         Ok(buf)
     }
 
-    /// The file at `path` as a stream from `git cat-file blob` (audiences: never read whole).
+    /// The file at `path` as a stream from `git cat-file --filters` (audiences: never read whole).
     pub fn stream(&self, path: &Path) -> io::Result<GitBlob> {
         let rel = self.relative(path)?;
         if !self.is_file(path) {
             return Err(self.not_found(&rel));
         }
+        // `--filters`: the bytes a checkout would write (end-of-line conversion, smudge filters such
+        // as Git LFS), so both sides of a comparison read files the same way.
         let mut child = git(&self.top)
-            .args(["cat-file", "blob"])
+            .args(["cat-file", "--filters"])
             .arg(self.object(&rel))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -260,7 +262,7 @@ impl GitRev {
     }
 }
 
-/// A file streaming out of `git cat-file blob`. At the end of the stream the child is reaped and a
+/// A file streaming out of `git cat-file`. At the end of the stream the child is reaped and a
 /// failure becomes a read error (a truncated blob is never taken for the whole file); dropped
 /// early, the child is killed and reaped.
 #[derive(Debug)]
@@ -286,7 +288,7 @@ impl Read for GitBlob {
                     let _ = e.read_to_string(&mut err);
                 }
                 return Err(io::Error::other(format!(
-                    "git cat-file blob {}: {} {}",
+                    "git cat-file {}: {} {}",
                     self.rel,
                     status,
                     err.trim()
@@ -303,5 +305,27 @@ impl Drop for GitBlob {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logical_paths_need_not_exist() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let canon = std::fs::canonicalize(d.path()).expect("canonical");
+        std::fs::create_dir(d.path().join("a")).expect("mkdir");
+        let p = logical_path(&d.path().join("a/./gone/../deleted.yaml"));
+        assert_eq!(p, canon.join("a/deleted.yaml"));
+        let p = logical_path(&d.path().join("missing/dir/x.csv"));
+        assert_eq!(p, canon.join("missing/dir/x.csv"));
+    }
+
+    #[test]
+    fn revisions_that_read_as_options_are_refused() {
+        let e = GitRev::open(Path::new("."), "--output=/tmp/x").expect_err("refused");
+        assert!(matches!(e, GitError::BadRev(_)), "{e}");
     }
 }
