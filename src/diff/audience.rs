@@ -94,10 +94,36 @@ fn push(c: &mut Category, e: Example) {
     }
 }
 
+/// A (before group → after group) pair or a gained group: 40 bytes, however many there are (a
+/// personalized template change makes one per recipient).
 struct Pair {
     count: u64,
-    first: Example,
+    id: u64,
+    line_before: u64,
+    line_after: u64,
     order: u64,
+}
+
+impl Pair {
+    fn new(id: u64, line_before: Option<u64>, line_after: u64, order: u64) -> Pair {
+        Pair {
+            count: 0,
+            id,
+            line_before: line_before.unwrap_or(0),
+            line_after,
+            order,
+        }
+    }
+
+    fn example(&self) -> Example {
+        Example {
+            id: Some(self.id),
+            raw_id: None,
+            line_before: (self.line_before > 0).then_some(self.line_before),
+            line_after: Some(self.line_after),
+            detail: None,
+        }
+    }
 }
 
 fn describe_state(state: Option<u8>) -> &'static str {
@@ -198,11 +224,7 @@ pub(super) fn compare(
                                 let k = (u64::from(o.group) << 32) | u64::from(g);
                                 let e = pairs.entry(k).or_insert_with(|| {
                                     order += 1;
-                                    Pair {
-                                        count: 0,
-                                        first: ex(None),
-                                        order,
-                                    }
+                                    Pair::new(id, old.map(|o| o.line), row.line, order)
                                 });
                                 e.count += 1;
                             }
@@ -211,11 +233,7 @@ pub(super) fn compare(
                             r.gained += 1;
                             let e = gained.entry(g).or_insert_with(|| {
                                 order += 1;
-                                Pair {
-                                    count: 0,
-                                    first: ex(None),
-                                    order,
-                                }
+                                Pair::new(id, old.map(|o| o.line), row.line, order)
                             });
                             e.count += 1;
                             match old_state {
@@ -366,7 +384,7 @@ fn content_groups(
                 before_variant: variant(bkey),
                 after_variant: variant(akey),
                 count: p.count,
-                example: p.first,
+                example: p.example(),
                 field: field.to_string(),
                 words: words(&b, &a),
                 before: b,
@@ -382,7 +400,7 @@ fn content_groups(
             out.gained.push(GainedContent {
                 variant: variant(ap.group_key(k as usize).unwrap_or(0)),
                 count: p.count,
-                example: p.first,
+                example: p.example(),
                 content,
                 ext,
             });
