@@ -679,3 +679,27 @@ fn the_example_workflow_compares_changed_campaigns() {
     );
     check_markdown(&comment);
 }
+
+/// The account's suppression lists (`imcast.toml`) are read at the revision too: a list that grew
+/// in the work tree shows its new ids as newly suppressed, and only those.
+#[test]
+fn account_suppression_lists_are_compared_at_the_revision() {
+    let r = Repo::new();
+    r.write(
+        "imcast.toml",
+        "[account]\nsuppress = [\"audiences/global.csv\"]\n",
+    );
+    r.write("audiences/global.csv", "user_id\n1004\n");
+    r.commit("a global suppression list");
+    r.write("audiences/global.csv", "user_id\n1004\n1001\n");
+    let v: serde_json::Value = serde_json::from_str(&r.diff("HEAD", "json")).expect("json output");
+    let s = &v["audience"]["newly_suppressed"];
+    assert_eq!(s["count"], 1, "{v}");
+    assert_eq!(s["examples"][0]["id"], 1001);
+    assert_eq!(
+        s["examples"][0]["detail"],
+        "by global.csv; got a message before"
+    );
+    assert_eq!(v["before"]["suppressed"], 2);
+    assert_eq!(v["after"]["suppressed"], 3);
+}
