@@ -1,6 +1,7 @@
 //! `imcast plan`: the dry run. Counts, grouping, ETA under the throttle, deadline warning, next
 //! schedule occurrence, plan hash, rendered samples — human text or `--output json`. The system
-//! clock is read here, at the command edge, and nowhere below.
+//! clock (or `--now`) is read here, at the command edge, and nowhere below. With `--diff REV` the
+//! command is `cmd::diff`'s comparison instead.
 
 use std::time::Duration;
 

@@ -703,3 +703,26 @@ fn account_suppression_lists_are_compared_at_the_revision() {
     assert_eq!(v["before"]["suppressed"], 2);
     assert_eq!(v["after"]["suppressed"], 3);
 }
+
+/// Templates a template includes are read at the revision too.
+#[test]
+fn included_templates_are_compared_at_the_revision() {
+    let r = Repo::new();
+    r.write(
+        "templates/promo.j2",
+        "The sale starts Monday. {% include \"footer.j2\" %}\n",
+    );
+    r.write("templates/footer.j2", "Reply STOP to opt out.");
+    r.commit("a footer");
+    r.write("templates/footer.j2", "Reply STOP to unsubscribe.");
+    let v: serde_json::Value = serde_json::from_str(&r.diff("HEAD", "json")).expect("json output");
+    assert_eq!(v["recipients"]["content_changed"], 4, "{v}");
+    assert_eq!(
+        v["content"]["groups"][0]["after"],
+        "The sale starts Monday. Reply STOP to unsubscribe."
+    );
+    assert_eq!(
+        v["content"]["groups"][0]["before"],
+        "The sale starts Monday. Reply STOP to opt out."
+    );
+}
