@@ -47,7 +47,7 @@ EOF
 awk -v n="$rows" 'BEGIN {
   print "user_id,name,city";
   split("Beijing Shanghai Shenzhen Singapore", c, " ");
-  for (i = 0; i < n; i++) printf "%d,user%d,%s\n", 9007199254740993 + i, i, c[i % 4 + 1];
+  for (i = 0; i < n; i++) printf "%.0f,user%d,%s\n", 1000000000000 + i, i, c[i % 4 + 1];
 }' > audience.csv
 git add -A && git commit -q -m base
 
@@ -59,7 +59,7 @@ awk -v n="$rows" 'NR == 1 { print; next }
   { print }
   END {
     printf "%s", moved;
-    for (i = 0; i < 1000; i++) printf "%d,new%d,Singapore\n", 19007199254740993 + i, i;  # 1,000 added
+    for (i = 0; i < 1000; i++) printf "%.0f,new%d,Singapore\n", 2000000000000 + i, i;  # 1,000 added
   }' audience.csv > audience.new && mv audience.new audience.csv
 
 measure() {

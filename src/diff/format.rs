@@ -119,7 +119,7 @@ pub fn text(d: &PlanDiff, color: bool) -> String {
     let r = &d.recipients;
     let _ = writeln!(
         o,
-        "recipients {} → {} ({}, {}, {} get a different message, {} unchanged)",
+        "recipients {} → {} ({}, {}, {} with a different message, {} unchanged)",
         r.before,
         r.after,
         p.add(&format!("+{} gained", r.gained)),
@@ -158,9 +158,9 @@ pub fn text(d: &PlanDiff, color: bool) -> String {
     } else {
         let _ = writeln!(
             o,
-            "{}    {} recipients get a different message ({} variant change{})",
+            "{}    {} a different message ({} variant change{})",
             p.bold("content"),
-            c.changed,
+            super::plural(c.changed, "recipient gets", "recipients get"),
             c.groups_total,
             if c.groups_total == 1 { "" } else { "s" }
         );
@@ -473,8 +473,8 @@ pub fn markdown(d: &PlanDiff) -> String {
         "no recipient's message changes".to_string()
     } else {
         format!(
-            "{} recipients get a different message ({} variant change{})",
-            c.changed,
+            "{} a different message ({} variant change{})",
+            super::plural(c.changed, "recipient gets", "recipients get"),
             c.groups_total,
             if c.groups_total == 1 { "" } else { "s" }
         )
