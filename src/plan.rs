@@ -452,6 +452,35 @@ pub fn build(c: &Campaign, opts: &PlanOptions) -> Result<Plan, PlanError> {
     build_with(c, opts, StoreLimits::default())
 }
 
+/// One audience row's outcome, reported in file order by [`build_observed`] during the plan's
+/// single pass (what [`Plan::rows`] would give, without reading the audience again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowEvent<'a> {
+    /// The `ordinal`-th valid row (0-based); its group is [`Plan::group_of_valid`] once built.
+    Valid { id: u64, line: u64, ordinal: u64 },
+    /// The id column does not hold an id.
+    BadId {
+        line: u64,
+        raw_id: &'a str,
+        reason: &'a str,
+    },
+    /// A column listed in `audience.required` is empty.
+    MissingRequired { id: u64, line: u64, column: &'a str },
+    /// The id is on an earlier row.
+    Duplicate { id: u64, line: u64 },
+    /// The id is in suppression list number `list` ([`Plan::suppress_label`]).
+    Suppressed { id: u64, line: u64, list: u16 },
+}
+
+/// [`build`], telling `observer` each row's outcome as it streams by (`plan --diff`).
+pub fn build_observed(
+    c: &Campaign,
+    opts: &PlanOptions,
+    observer: &mut dyn FnMut(RowEvent<'_>),
+) -> Result<Plan, PlanError> {
+    build_threads(c, opts, StoreLimits::default(), 1, Some(observer))
+}
+
 /// [`build`] with explicit memory limits (tests use tiny ones to exercise re-rendering).
 pub fn build_with(
     c: &Campaign,
@@ -467,7 +496,7 @@ pub fn build_with(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1)
         .clamp(1, 4);
-    build_threads(c, opts, limits, workers)
+    build_threads(c, opts, limits, workers, None)
 }
 
 fn build_threads(
@@ -475,6 +504,7 @@ fn build_threads(
     opts: &PlanOptions,
     limits: StoreLimits,
     workers: usize,
+    mut observer: Option<&mut dyn FnMut(RowEvent<'_>)>,
 ) -> Result<Plan, PlanError> {
     let mut renderer = Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?;
 
@@ -635,30 +665,64 @@ fn build_threads(
         let mut free: Vec<Chunk> = Vec::new();
         let mut in_flight = 0usize;
 
+        let id_index = header.as_ref().map(|h| h.id_index).unwrap_or(0);
+        let mut valid_ordinal = 0u64;
         while let Some(row) = reader.next_row_into(&mut fields)? {
             acc.counts.total += 1;
             let id = match row.id {
                 Ok(id) => id,
-                Err(_) => {
+                Err(reason) => {
                     acc.counts.invalid += 1;
+                    if let Some(o) = observer.as_mut() {
+                        o(RowEvent::BadId {
+                            line: row.line,
+                            raw_id: fields.get(id_index).unwrap_or(""),
+                            reason: &reason,
+                        });
+                    }
                     continue;
                 }
             };
             if !seen.insert(id) {
                 acc.counts.duplicate += 1;
+                if let Some(o) = observer.as_mut() {
+                    o(RowEvent::Duplicate { id, line: row.line });
+                }
                 continue;
             }
-            if suppress.contains_key(&id) {
+            if let Some(list) = suppress.get(&id) {
                 acc.counts.suppressed += 1;
+                if let Some(o) = observer.as_mut() {
+                    o(RowEvent::Suppressed {
+                        id,
+                        line: row.line,
+                        list: *list,
+                    });
+                }
                 continue;
             }
-            if required
+            if let Some((_, column)) = required
                 .iter()
-                .any(|(i, _)| fields.get(*i).unwrap_or("").trim().is_empty())
+                .find(|(i, _)| fields.get(*i).unwrap_or("").trim().is_empty())
             {
                 acc.counts.invalid += 1;
+                if let Some(o) = observer.as_mut() {
+                    o(RowEvent::MissingRequired {
+                        id,
+                        line: row.line,
+                        column,
+                    });
+                }
                 continue;
             }
+            if let Some(o) = observer.as_mut() {
+                o(RowEvent::Valid {
+                    id,
+                    line: row.line,
+                    ordinal: valid_ordinal,
+                });
+            }
+            valid_ordinal += 1;
             for (k, (_, col)) in tracked.iter().enumerate() {
                 let h = match col {
                     Some(i) => value_hash(fields.get(*i).unwrap_or("")),
@@ -949,6 +1013,16 @@ impl Plan {
             Ok(c) => c.receivers.contains(&id),
             Err(_) => true,
         })
+    }
+
+    /// The group of the `ordinal`-th valid row (audience order; see [`RowEvent::Valid`]).
+    pub fn group_of_valid(&self, ordinal: u64) -> Option<usize> {
+        self.row_group.get(ordinal as usize).map(|g| *g as usize)
+    }
+
+    /// The name of suppression list number `list` (see [`RowEvent::Suppressed`]).
+    pub fn suppress_label(&self, list: u16) -> Option<&str> {
+        self.suppress_labels.get(list as usize).map(String::as_str)
     }
 
     /// The group (one distinct Content and Ext) that call `seq` carries.
@@ -1396,8 +1470,10 @@ mod tests {
                     max_bytes: 1 << 20,
                 },
             ] {
-                let one = build_threads(&c, &PlanOptions::default(), limits, 1).expect("plan 1");
-                let two = build_threads(&c, &PlanOptions::default(), limits, 2).expect("plan 2");
+                let one =
+                    build_threads(&c, &PlanOptions::default(), limits, 1, None).expect("plan 1");
+                let two =
+                    build_threads(&c, &PlanOptions::default(), limits, 2, None).expect("plan 2");
                 assert_eq!(one.counts(), two.counts());
                 assert!(one.counts().duplicate > 0 && one.counts().invalid > 0);
                 assert!(one.counts().empty_value_rows > 0);

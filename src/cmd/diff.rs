@@ -11,6 +11,7 @@ use jiff::Timestamp;
 
 use crate::cli::{GlobalArgs, PlanArgs, PlanOutput};
 use crate::clock::{Clock, SystemClock};
+use crate::diff::Collector;
 use crate::exit::{CmdResult, Exit, ExitContext, Failure};
 use crate::files::Files;
 use crate::git::{logical_path, GitRev};
@@ -56,7 +57,13 @@ fn account_suppress(
     Ok(crate::config::AccountConfig::parse(&text, &candidate)?.suppress)
 }
 
-fn plan_side(files: &Files, file: &Path, a: &PlanArgs, side: &str) -> Result<Plan, Failure> {
+fn plan_side(
+    files: &Files,
+    file: &Path,
+    a: &PlanArgs,
+    side: &str,
+    rows: &mut crate::diff::Collector<'_>,
+) -> Result<Plan, Failure> {
     let opts = LoadOptions {
         allow_endpoints: a.allow_endpoint.clone(),
     };
@@ -67,11 +74,12 @@ fn plan_side(files: &Files, file: &Path, a: &PlanArgs, side: &str) -> Result<Pla
     let extra = account_suppress(files, file, a.state.config.as_deref())
         .with_context(|| format!("the account settings {side}"))
         .exit(Exit::Invalid)?;
-    crate::plan::build(
+    crate::plan::build_observed(
         &c,
         &PlanOptions {
             extra_suppress: extra,
         },
+        &mut |ev| rows.observe(ev),
     )
     .map_err(anyhow::Error::new)
     .with_context(|| format!("{}: the plan {side}", file.display()))
@@ -111,17 +119,24 @@ pub fn run(_g: &GlobalArgs, a: &PlanArgs, rev: &str) -> CmdResult {
         commit: git.commit().to_string(),
     };
     let at = Files::Git(Arc::new(git));
-    let after = if in_tree {
-        Some(plan_side(&Files::WorkTree, &a.file, a, "in the work tree")?)
-    } else {
-        None
-    };
+    // The revision first: the work tree's rows are compared with its rows as they stream by.
     let before = if at_rev {
-        Some(plan_side(&at, &path, a, &format!("at {rev}"))?)
+        let mut rows = Collector::before();
+        let p = plan_side(&at, &path, a, &format!("at {rev}"), &mut rows)?;
+        Some((p, rows.finish()))
     } else {
         None
     };
-    let d = crate::diff::compare(before.as_ref(), after.as_ref(), now, meta)
+    let after = if in_tree {
+        let mut rows = Collector::after(before.as_ref().map(|(_, r)| r));
+        let p = plan_side(&Files::WorkTree, &a.file, a, "in the work tree", &mut rows)?;
+        Some((p, rows.finish()))
+    } else {
+        None
+    };
+    let (bp, br) = before.map_or((None, None), |(p, r)| (Some(p), Some(r)));
+    let (ap, ar) = after.map_or((None, None), |(p, r)| (Some(p), Some(r)));
+    let d = crate::diff::compare(bp.as_ref().zip(br), ap.as_ref().zip(ar), now, meta)
         .map_err(anyhow::Error::new)
         .context("compare the plans")
         .exit(Exit::Invalid)?;

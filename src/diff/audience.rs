@@ -1,12 +1,13 @@
-//! The streaming audience and content comparison behind `plan --diff`.
+//! The audience and content comparison behind `plan --diff`.
 //!
-//! The before side is streamed first ([`Plan::rows`]) into a table of fixed-size entries — id,
-//! line, state, content group: 24 bytes a recipient, no text — sorted by id, plus counters of
-//! repeated ids and of invalid-id rows (keyed by a 64-bit hash of the id text). The after side is
-//! then streamed once and each row classified on the spot by a binary search in that table; a bit
-//! per before entry records that it was seen, so the before-only recipients (removed) are found
-//! in one pass over the table afterwards. Nothing of the after side is kept per row. Content is
-//! compared by the plans' 128-bit Content+Ext digests; only the few groups shown are rendered.
+//! Each side's rows are observed while its plan is built ([`crate::plan::build_observed`]: the
+//! audience is read once per side, by the plan itself) and condensed into a table of fixed-size
+//! entries — id, line, state, group: 24 bytes a recipient, never the row's text — plus counters
+//! of repeated ids and of invalid-id rows (keyed by a 64-bit hash of the id text). Both tables are
+//! sorted by id and merged in one pass. Rows of the work tree that are newly invalid or newly
+//! duplicate are found while they stream by, against the revision's counters. Content is compared
+//! by the plans' 128-bit Content+Ext digests; only the few groups shown are rendered. Examples are
+//! the first few in file order (bounded heaps by line).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -16,7 +17,7 @@ use super::{
     AudienceDiff, Category, ContentDiff, ContentGroup, Example, ExtChange, GainedContent,
     Recipients, WordChange, EXAMPLES, GROUPS,
 };
-use crate::plan::{FastState, Plan, PlanError, RowStatus};
+use crate::plan::{FastState, Plan, PlanError, RowEvent};
 
 type FastMap<K, V> = HashMap<K, V, FastState>;
 
@@ -24,12 +25,13 @@ const SENT: u8 = 0;
 const SUPPRESSED: u8 = 1;
 const INVALID: u8 = 2;
 
-/// One before-side recipient (the first row of its id).
+/// One recipient of one side (the first row of its id). `aux` is the valid ordinal (then, once
+/// resolved, the content group) for SENT, the list for SUPPRESSED, the reason for INVALID.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     id: u64,
     line: u64,
-    group: u32,
+    aux: u32,
     state: u8,
 }
 
@@ -43,54 +45,181 @@ fn variant(key: u128) -> String {
     format!("{:012x}", key >> 80)
 }
 
-/// The before side, condensed.
-#[derive(Default)]
-struct Before {
+/// One side's rows, condensed.
+#[derive(Debug, Default)]
+pub struct Rows {
     entries: Vec<Entry>,
     dups: FastMap<u64, u32>,
-    invalid_ids: FastMap<u64, u32>,
-    /// Recipients who got a message.
-    sent: u64,
+    bad_ids: FastMap<u64, u32>,
+    /// Why rows with a valid id are invalid (few distinct reasons).
+    reasons: Vec<String>,
+    /// After side: invalid-id rows beyond the revision's, in file order (first few).
+    new_bad: Category,
+    /// After side: duplicate rows beyond the revision's, in file order (first few).
+    new_dups: Category,
 }
 
-fn scan_before(p: &Plan) -> Result<Before, PlanError> {
-    let mut b = Before {
-        entries: Vec::with_capacity(p.counts().total as usize),
-        ..Before::default()
-    };
-    for row in p.rows() {
-        let row = row?;
-        let Some(id) = row.id else {
-            *b.invalid_ids.entry(text_hash(&row.raw_id)).or_insert(0) += 1;
-            continue;
-        };
-        let (state, group) = match &row.status {
-            RowStatus::Duplicate { .. } => {
-                *b.dups.entry(id).or_insert(0) += 1;
-                continue;
-            }
-            RowStatus::Valid { call } => {
-                b.sent += 1;
-                (SENT, p.group_of_call(*call).unwrap_or(0) as u32)
-            }
-            RowStatus::Suppressed { .. } => (SUPPRESSED, 0),
-            RowStatus::Invalid { .. } => (INVALID, 0),
-        };
-        b.entries.push(Entry {
-            id,
-            line: row.line,
-            group,
-            state,
-        });
+/// Collects one side's [`RowEvent`]s while its plan is built.
+pub struct Collector<'a> {
+    rows: Rows,
+    /// The revision's rows, when this is the work tree's side (`None` inside: no revision file).
+    before: Option<&'a Rows>,
+    after_side: bool,
+}
+
+impl<'a> Collector<'a> {
+    /// For the revision's side.
+    pub fn before() -> Collector<'static> {
+        Collector {
+            rows: Rows::default(),
+            before: None,
+            after_side: false,
+        }
     }
-    b.entries.sort_unstable_by_key(|e| e.id);
-    Ok(b)
+
+    /// For the work tree's side, compared with the revision's rows (if the file existed there).
+    pub fn after(before: Option<&'a Rows>) -> Collector<'a> {
+        Collector {
+            rows: Rows::default(),
+            before,
+            after_side: true,
+        }
+    }
+
+    pub fn observe(&mut self, ev: RowEvent<'_>) {
+        let r = &mut self.rows;
+        match ev {
+            RowEvent::Valid { id, line, ordinal } => r.entries.push(Entry {
+                id,
+                line,
+                aux: u32::try_from(ordinal).unwrap_or(u32::MAX),
+                state: SENT,
+            }),
+            RowEvent::Suppressed { id, line, list } => r.entries.push(Entry {
+                id,
+                line,
+                aux: u32::from(list),
+                state: SUPPRESSED,
+            }),
+            RowEvent::MissingRequired { id, line, column } => {
+                let reason = format!("required column `{column}` is empty");
+                let aux = match r.reasons.iter().position(|x| *x == reason) {
+                    Some(i) => i,
+                    None => {
+                        r.reasons.push(reason);
+                        r.reasons.len() - 1
+                    }
+                };
+                r.entries.push(Entry {
+                    id,
+                    line,
+                    aux: aux as u32,
+                    state: INVALID,
+                });
+            }
+            RowEvent::Duplicate { id, line } => {
+                let n = r.dups.entry(id).or_insert(0);
+                *n += 1;
+                let before = self
+                    .before
+                    .and_then(|b| b.dups.get(&id).copied())
+                    .unwrap_or(0);
+                if self.after_side && *n > before {
+                    push(
+                        &mut r.new_dups,
+                        Example {
+                            id: Some(id),
+                            line_after: Some(line),
+                            ..Example::default()
+                        },
+                    );
+                }
+            }
+            RowEvent::BadId {
+                line,
+                raw_id,
+                reason,
+            } => {
+                let h = text_hash(raw_id);
+                let n = r.bad_ids.entry(h).or_insert(0);
+                *n += 1;
+                let before = self
+                    .before
+                    .and_then(|b| b.bad_ids.get(&h).copied())
+                    .unwrap_or(0);
+                if self.after_side && *n > before {
+                    push(
+                        &mut r.new_bad,
+                        Example {
+                            id: None,
+                            raw_id: Some(raw_id.to_string()),
+                            line_before: None,
+                            line_after: Some(line),
+                            detail: Some(reason.to_string()),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn finish(self) -> Rows {
+        self.rows
+    }
 }
 
 fn push(c: &mut Category, e: Example) {
     c.count += 1;
     if c.examples.len() < EXAMPLES {
         c.examples.push(e);
+    }
+}
+
+/// A candidate example: ordered by line so a bounded max-heap keeps the first few.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Cand {
+    line: u64,
+    id: u64,
+    line_before: u64,
+    line_after: u64,
+    old_state: u8,
+    aux: u32,
+}
+
+/// A category's count and its first few candidates by line.
+#[derive(Default)]
+struct Firsts {
+    count: u64,
+    heap: BinaryHeap<Cand>,
+}
+
+impl Firsts {
+    fn add(&mut self, c: Cand) {
+        self.count += 1;
+        if self.heap.len() < EXAMPLES {
+            self.heap.push(c);
+        } else if self.heap.peek().is_some_and(|top| c < *top) {
+            self.heap.pop();
+            self.heap.push(c);
+        }
+    }
+
+    fn into_category(self, detail: impl Fn(&Cand) -> Option<String>) -> Category {
+        let mut v = self.heap.into_vec();
+        v.sort_unstable();
+        Category {
+            count: self.count,
+            examples: v
+                .iter()
+                .map(|c| Example {
+                    id: Some(c.id),
+                    raw_id: None,
+                    line_before: (c.line_before > 0).then_some(c.line_before),
+                    line_after: (c.line_after > 0).then_some(c.line_after),
+                    detail: detail(c),
+                })
+                .collect(),
+        }
     }
 }
 
@@ -101,20 +230,9 @@ struct Pair {
     id: u64,
     line_before: u64,
     line_after: u64,
-    order: u64,
 }
 
 impl Pair {
-    fn new(id: u64, line_before: Option<u64>, line_after: u64, order: u64) -> Pair {
-        Pair {
-            count: 0,
-            id,
-            line_before: line_before.unwrap_or(0),
-            line_after,
-            order,
-        }
-    }
-
     fn example(&self) -> Example {
         Example {
             id: Some(self.id),
@@ -122,6 +240,15 @@ impl Pair {
             line_before: (self.line_before > 0).then_some(self.line_before),
             line_after: Some(self.line_after),
             detail: None,
+        }
+    }
+
+    fn add(&mut self, id: u64, line_before: u64, line_after: u64) {
+        self.count += 1;
+        if line_after < self.line_after {
+            self.id = id;
+            self.line_before = line_before;
+            self.line_after = line_after;
         }
     }
 }
@@ -135,174 +262,216 @@ fn describe_state(state: Option<u8>) -> &'static str {
     }
 }
 
-/// Compare the audiences and messages of two plans (either may be absent).
+const ABSENT: u8 = u8::MAX;
+
+fn state_of(s: u8) -> Option<u8> {
+    (s != ABSENT).then_some(s)
+}
+
+/// Resolve valid ordinals to content groups and sort by id.
+fn prepare(plan: &Plan, rows: &mut Rows) {
+    for e in &mut rows.entries {
+        if e.state == SENT {
+            e.aux = plan.group_of_valid(u64::from(e.aux)).unwrap_or(0) as u32;
+        }
+    }
+    rows.entries.sort_unstable_by_key(|e| e.id);
+}
+
+/// Compare the audiences and messages of two plans (either may be absent), given the rows each
+/// side's build reported.
 pub(super) fn compare(
-    before: Option<&Plan>,
-    after: Option<&Plan>,
+    before: Option<(&Plan, &mut Rows)>,
+    after: Option<(&Plan, &mut Rows)>,
 ) -> Result<(Recipients, AudienceDiff, ContentDiff), PlanError> {
-    let b = match before {
-        Some(p) => scan_before(p)?,
-        None => Before::default(),
+    let mut empty_b = Rows::default();
+    let mut empty_a = Rows::default();
+    let (bp, b) = match before {
+        Some((p, r)) => {
+            prepare(p, r);
+            (Some(p), r)
+        }
+        None => (None, &mut empty_b),
     };
-    let mut seen = vec![false; b.entries.len()];
-    let mut r = Recipients {
-        before: b.sent,
-        ..Recipients::default()
+    let (ap, a) = match after {
+        Some((p, r)) => {
+            prepare(p, r);
+            (Some(p), r)
+        }
+        None => (None, &mut empty_a),
     };
-    let mut a = AudienceDiff::default();
+    let mut rec = Recipients::default();
+    let mut added = Firsts::default();
+    let mut removed = Firsts::default();
+    let mut newly_suppressed = Firsts::default();
+    let mut unsuppressed = Firsts::default();
+    let mut newly_invalid = Firsts::default();
+    let mut fixed = Firsts::default();
     let mut pairs: FastMap<u64, Pair> = FastMap::default();
     let mut gained: FastMap<u32, Pair> = FastMap::default();
-    let mut new_dups: FastMap<u64, u32> = FastMap::default();
-    let mut new_invalid: FastMap<u64, u32> = FastMap::default();
-    let mut order = 0u64;
 
-    if let Some(p) = after {
-        for row in p.rows() {
-            let row = row?;
-            let Some(id) = row.id else {
-                let h = text_hash(&row.raw_id);
-                let n = new_invalid.entry(h).or_insert(0);
-                *n += 1;
-                if *n > b.invalid_ids.get(&h).copied().unwrap_or(0) {
-                    let detail = match &row.status {
-                        RowStatus::Invalid { reason } => Some(reason.clone()),
-                        _ => None,
-                    };
-                    push(
-                        &mut a.newly_invalid,
-                        Example {
-                            id: None,
-                            raw_id: Some(row.raw_id.clone()),
-                            line_before: None,
-                            line_after: Some(row.line),
-                            detail,
-                        },
-                    );
-                }
-                continue;
-            };
-            if let RowStatus::Duplicate { first_line } = &row.status {
-                let n = new_dups.entry(id).or_insert(0);
-                *n += 1;
-                if *n > b.dups.get(&id).copied().unwrap_or(0) {
-                    push(
-                        &mut a.newly_duplicate,
-                        Example {
-                            id: Some(id),
-                            line_after: Some(row.line),
-                            detail: Some(format!("repeats line {first_line}")),
-                            ..Example::default()
-                        },
-                    );
-                }
-                continue;
+    let key = |p: Option<&Plan>, g: u32| p.and_then(|p| p.group_key(g as usize));
+    let (mut i, mut j) = (0usize, 0usize);
+    let (be, ae) = (&b.entries, &a.entries);
+    while i < be.len() || j < ae.len() {
+        let (o, n) = match (be.get(i), ae.get(j)) {
+            (Some(o), Some(n)) if o.id == n.id => {
+                i += 1;
+                j += 1;
+                (Some(*o), Some(*n))
             }
-            let old = b.entries.binary_search_by_key(&id, |e| e.id).ok().map(|i| {
-                seen[i] = true;
-                b.entries[i]
-            });
-            let ex = |detail: Option<String>| Example {
-                id: Some(id),
-                raw_id: None,
-                line_before: old.map(|o| o.line),
-                line_after: Some(row.line),
-                detail,
-            };
-            let old_state = old.map(|o| o.state);
-            match &row.status {
-                RowStatus::Valid { call } => {
-                    r.after += 1;
-                    let g = p.group_of_call(*call).unwrap_or(0) as u32;
-                    match old {
-                        Some(o) if o.state == SENT => {
-                            let ok = before.and_then(|bp| bp.group_key(o.group as usize));
-                            let nk = p.group_key(g as usize);
-                            if ok == nk {
-                                r.unchanged += 1;
-                            } else {
-                                r.content_changed += 1;
-                                let k = (u64::from(o.group) << 32) | u64::from(g);
-                                let e = pairs.entry(k).or_insert_with(|| {
-                                    order += 1;
-                                    Pair::new(id, old.map(|o| o.line), row.line, order)
-                                });
-                                e.count += 1;
-                            }
-                        }
-                        _ => {
-                            r.gained += 1;
-                            let e = gained.entry(g).or_insert_with(|| {
-                                order += 1;
-                                Pair::new(id, old.map(|o| o.line), row.line, order)
-                            });
-                            e.count += 1;
-                            match old_state {
-                                None => push(&mut a.added, ex(None)),
-                                Some(SUPPRESSED) => push(&mut a.unsuppressed, ex(None)),
-                                _ => push(&mut a.fixed, ex(None)),
-                            }
-                        }
-                    }
-                }
-                RowStatus::Suppressed { list } => {
-                    if old_state == Some(SENT) {
-                        r.lost += 1;
-                    }
-                    if old_state != Some(SUPPRESSED) {
-                        push(
-                            &mut a.newly_suppressed,
-                            ex(Some(format!("by {list}; {}", describe_state(old_state)))),
-                        );
-                    }
-                }
-                RowStatus::Invalid { reason } => {
-                    if old_state == Some(SENT) {
-                        r.lost += 1;
-                    }
-                    if old_state != Some(INVALID) {
-                        push(
-                            &mut a.newly_invalid,
-                            ex(Some(format!("{reason}; {}", describe_state(old_state)))),
-                        );
-                    }
-                }
-                RowStatus::Duplicate { .. } => {}
+            (Some(o), Some(n)) if o.id < n.id => {
+                i += 1;
+                (Some(*o), None)
             }
+            (Some(o), None) => {
+                i += 1;
+                (Some(*o), None)
+            }
+            (_, Some(n)) => {
+                j += 1;
+                (None, Some(*n))
+            }
+            (None, None) => break,
+        };
+        let os = o.map(|o| o.state).unwrap_or(ABSENT);
+        if os == SENT {
+            rec.before += 1;
         }
-    }
-
-    // Before-side recipients the after side does not have.
-    let mut first_removed: BinaryHeap<(u64, u64)> = BinaryHeap::new();
-    for (e, s) in b.entries.iter().zip(seen.iter()) {
-        if *s || e.state != SENT {
+        let Some(n) = n else {
+            if let Some(o) = o.filter(|o| o.state == SENT) {
+                rec.lost += 1;
+                removed.add(Cand {
+                    line: o.line,
+                    id: o.id,
+                    line_before: o.line,
+                    line_after: 0,
+                    old_state: os,
+                    aux: 0,
+                });
+            }
             continue;
-        }
-        r.lost += 1;
-        a.removed.count += 1;
-        first_removed.push((e.line, e.id));
-        if first_removed.len() > EXAMPLES {
-            first_removed.pop();
+        };
+        let lb = o.map(|o| o.line).unwrap_or(0);
+        let cand = Cand {
+            line: n.line,
+            id: n.id,
+            line_before: lb,
+            line_after: n.line,
+            old_state: os,
+            aux: n.aux,
+        };
+        match n.state {
+            SENT => {
+                rec.after += 1;
+                match o {
+                    Some(o) if o.state == SENT => {
+                        if key(bp, o.aux) == key(ap, n.aux) {
+                            rec.unchanged += 1;
+                        } else {
+                            rec.content_changed += 1;
+                            pairs
+                                .entry((u64::from(o.aux) << 32) | u64::from(n.aux))
+                                .or_insert(Pair {
+                                    count: 0,
+                                    id: n.id,
+                                    line_before: lb,
+                                    line_after: n.line,
+                                })
+                                .add(n.id, lb, n.line);
+                        }
+                    }
+                    _ => {
+                        rec.gained += 1;
+                        gained
+                            .entry(n.aux)
+                            .or_insert(Pair {
+                                count: 0,
+                                id: n.id,
+                                line_before: lb,
+                                line_after: n.line,
+                            })
+                            .add(n.id, lb, n.line);
+                        match os {
+                            ABSENT => added.add(cand),
+                            SUPPRESSED => unsuppressed.add(cand),
+                            _ => fixed.add(cand),
+                        }
+                    }
+                }
+            }
+            SUPPRESSED => {
+                if os == SENT {
+                    rec.lost += 1;
+                }
+                if os != SUPPRESSED {
+                    newly_suppressed.add(cand);
+                }
+            }
+            _ => {
+                if os == SENT {
+                    rec.lost += 1;
+                }
+                if os != INVALID {
+                    newly_invalid.add(cand);
+                }
+            }
         }
     }
-    let mut removed: Vec<(u64, u64)> = first_removed.into_vec();
-    removed.sort_unstable();
-    a.removed.examples = removed
-        .into_iter()
-        .map(|(line, id)| Example {
-            id: Some(id),
-            line_before: Some(line),
-            ..Example::default()
-        })
-        .collect();
 
-    let content = content_groups(before, after, pairs, gained)?;
-    Ok((r, a, content))
+    let label = |l: u32| {
+        ap.and_then(|p| p.suppress_label(l as u16))
+            .unwrap_or("a suppression list")
+            .to_string()
+    };
+    let mut audience = AudienceDiff {
+        added: added.into_category(|_| None),
+        removed: removed.into_category(|_| None),
+        newly_suppressed: newly_suppressed.into_category(|c| {
+            Some(format!(
+                "by {}; {}",
+                label(c.aux),
+                describe_state(state_of(c.old_state))
+            ))
+        }),
+        unsuppressed: unsuppressed.into_category(|_| None),
+        newly_invalid: newly_invalid.into_category(|c| {
+            Some(format!(
+                "{}; {}",
+                a.reasons
+                    .get(c.aux as usize)
+                    .map(String::as_str)
+                    .unwrap_or("invalid"),
+                describe_state(state_of(c.old_state))
+            ))
+        }),
+        fixed: fixed.into_category(|_| None),
+        newly_duplicate: std::mem::take(&mut a.new_dups),
+    };
+    // Rows with a bad id join the rows invalid for an empty column, in file order.
+    let bad = std::mem::take(&mut a.new_bad);
+    let inv = &mut audience.newly_invalid;
+    inv.count += bad.count;
+    inv.examples.extend(bad.examples);
+    inv.examples.sort_by_key(|e| e.line_after);
+    inv.examples.truncate(EXAMPLES);
+    // Say which row a duplicate repeats.
+    for e in &mut audience.newly_duplicate.examples {
+        if let Some(id) = e.id {
+            if let Ok(k) = a.entries.binary_search_by_key(&id, |x| x.id) {
+                e.detail = Some(format!("repeats line {}", a.entries[k].line));
+            }
+        }
+    }
+
+    let content = content_groups(bp, ap, pairs, gained)?;
+    Ok((rec, audience, content))
 }
 
 fn largest<K: Into<u64>>(m: FastMap<K, Pair>, n: usize) -> (u64, Vec<(u64, Pair)>) {
     let total = m.len() as u64;
     let mut v: Vec<(u64, Pair)> = m.into_iter().map(|(k, p)| (k.into(), p)).collect();
-    v.sort_by_key(|(_, p)| (Reverse(p.count), p.order));
+    v.sort_by_key(|(_, p)| (Reverse(p.count), p.line_after));
     v.truncate(n);
     (total, v)
 }

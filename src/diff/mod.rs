@@ -4,9 +4,9 @@
 //! as it is in the work tree ("after"), either possibly absent — and the [`PlanDiff`] report, whose
 //! JSON form is a stable, documented format (`plan-diff.schema.json`, derived from these types).
 //!
-//! Invariants: the audience comparison streams both audiences once more after planning and holds
-//! only fixed-size values per recipient of the *before* side (id, line, state, group: 24 bytes),
-//! never the rows' text, and nothing per row of the after side (see [`audience`]). "No effect"
+//! Invariants: the audience comparison reads no audience itself: each plan's build reports its rows
+//! as they stream by, and each side keeps only fixed-size values per recipient (id, line, state,
+//! group: 24 bytes), never the rows' text (see [`audience`]). "No effect"
 //! means nothing sent changes: the same recipients get the same Content and Ext through the same
 //! request fields and sending settings — a comment or a reordering of rows has no effect even
 //! though the plan hash changes. Examples are bounded ([`EXAMPLES`] per category, [`GROUPS`]
@@ -20,6 +20,8 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::Serialize;
+
+pub use audience::{Collector, Rows};
 
 use crate::plan::{Plan, PlanError};
 
@@ -292,14 +294,22 @@ fn side(p: &Plan) -> Side {
     }
 }
 
-/// Compare the plan at the revision (`before`) with the work tree's (`after`); at least one must
-/// exist. Streams both audiences once (see [`audience`]).
+/// Compare the plan at the revision (`before`) with the work tree's (`after`), each with the rows
+/// its build reported to a [`Collector`] (built with [`crate::plan::build_observed`], the revision's
+/// first); at least one must exist.
 pub fn compare(
-    before: Option<&Plan>,
-    after: Option<&Plan>,
+    before: Option<(&Plan, Rows)>,
+    after: Option<(&Plan, Rows)>,
     now: jiff::Timestamp,
     meta: Meta,
 ) -> Result<PlanDiff, PlanError> {
+    let (mut before, mut after) = (before, after);
+    let rows = (
+        before.as_mut().map(|(p, r)| (*p, r)),
+        after.as_mut().map(|(p, r)| (*p, r)),
+    );
+    let before = rows.0.as_ref().map(|(p, _)| *p);
+    let after = rows.1.as_ref().map(|(p, _)| *p);
     let identical = match (before, after) {
         (Some(b), Some(a)) => b.hash() == a.hash(),
         _ => false,
@@ -317,7 +327,7 @@ pub fn compare(
             ContentDiff::default(),
         )
     } else {
-        audience::compare(before, after)?
+        audience::compare(rows.0, rows.1)?
     };
     let settings = settings::compare(before, after, now);
     let schedule = settings::schedule(before, after, now);
