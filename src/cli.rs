@@ -162,6 +162,7 @@ pub struct ValidateArgs {
     /// Allow this provider endpoint besides the known region hosts and loopback.
     #[arg(long, value_name = "URL")]
     pub allow_endpoint: Vec<String>,
+    /// Output format.
     #[arg(long, value_enum, default_value_t = ValidateOutput::Text)]
     pub output: ValidateOutput,
 }
@@ -170,6 +171,7 @@ pub struct ValidateArgs {
 pub struct PlanArgs {
     /// Campaign file.
     pub file: PathBuf,
+    /// Output format.
     #[arg(long, value_enum, default_value_t = PlanOutput::Text)]
     pub output: PlanOutput,
     /// Compare with the campaign as it was at this git revision (branch, tag or commit): who is
