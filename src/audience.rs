@@ -11,13 +11,13 @@
 //! This module decides nothing about duplicates or suppression: `plan` does.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::files::{Files, Input};
 use crate::spec::Source;
 
 #[derive(Debug, thiserror::Error)]
@@ -235,8 +235,8 @@ fn csv_err(path: &Path, e: &csv::Error) -> AudienceError {
     }
 }
 
-fn open(path: &Path) -> Result<File, AudienceError> {
-    File::open(path).map_err(|e| AudienceError::Open {
+fn open(files: &Files, path: &Path) -> Result<Input, AudienceError> {
+    files.open(path).map_err(|e| AudienceError::Open {
         path: path.to_path_buf(),
         source: e,
     })
@@ -246,7 +246,7 @@ fn open(path: &Path) -> Result<File, AudienceError> {
 enum Inner {
     Csv {
         path: PathBuf,
-        rdr: csv::Reader<HashingReader<File>>,
+        rdr: csv::Reader<HashingReader<Input>>,
         id_index: usize,
     },
     Ids {
@@ -266,9 +266,14 @@ pub struct AudienceReader {
 impl AudienceReader {
     /// Open a source and read its header.
     pub fn open(source: &Source) -> Result<AudienceReader, AudienceError> {
+        Self::open_in(source, &Files::WorkTree)
+    }
+
+    /// [`AudienceReader::open`] reading the CSV from `files` (the work tree or a git revision).
+    pub fn open_in(source: &Source, files: &Files) -> Result<AudienceReader, AudienceError> {
         match source {
             Source::Csv { path, id_column } => {
-                let f = open(path)?;
+                let f = open(files, path)?;
                 let mut rdr = csv_builder().from_reader(HashingReader::new(f));
                 let names = read_header(&mut rdr, path)?;
                 let id_index = names.iter().position(|n| n == id_column).ok_or_else(|| {
@@ -426,7 +431,7 @@ pub struct RowCursor {
 enum CursorInner {
     Csv {
         path: PathBuf,
-        rdr: csv::Reader<std::io::BufReader<File>>,
+        rdr: csv::Reader<std::io::BufReader<Input>>,
         id_index: usize,
         rec: csv::StringRecord,
     },
@@ -435,9 +440,14 @@ enum CursorInner {
 
 impl RowCursor {
     pub fn open(source: &Source) -> Result<RowCursor, AudienceError> {
+        Self::open_in(source, &Files::WorkTree)
+    }
+
+    /// [`RowCursor::open`] reading the CSV from `files`.
+    pub fn open_in(source: &Source, files: &Files) -> Result<RowCursor, AudienceError> {
         match source {
             Source::Csv { path, id_column } => {
-                let f = open(path)?;
+                let f = open(files, path)?;
                 let mut rdr = csv_builder().from_reader(std::io::BufReader::new(f));
                 let names = read_header(&mut rdr, path)?;
                 let id_index = names.iter().position(|n| n == id_column).ok_or_else(|| {
@@ -525,11 +535,19 @@ impl RowCursor {
 /// Load a suppression list into a set (8 bytes per id) and hash its bytes. For a CSV without
 /// `id_column`, a one-column file's only column is used.
 pub fn load_suppression(source: &Source) -> Result<(HashSet<u64>, [u8; 32]), AudienceError> {
+    load_suppression_in(source, &Files::WorkTree)
+}
+
+/// [`load_suppression`] reading the list from `files`.
+pub fn load_suppression_in(
+    source: &Source,
+    files: &Files,
+) -> Result<(HashSet<u64>, [u8; 32]), AudienceError> {
     let mut set = HashSet::new();
     let source = match source {
         Source::Csv { path, id_column } => {
             // Peek at the header to apply the one-column rule.
-            let f = open(path)?;
+            let f = open(files, path)?;
             let mut rdr = csv_builder().from_reader(f);
             let names = read_header(&mut rdr, path)?;
             let col = if names.iter().any(|n| n == id_column) || names.len() != 1 {
@@ -544,7 +562,7 @@ pub fn load_suppression(source: &Source) -> Result<(HashSet<u64>, [u8; 32]), Aud
         }
         other => other.clone(),
     };
-    let mut r = AudienceReader::open(&source)?;
+    let mut r = AudienceReader::open_in(&source, files)?;
     while let Some(row) = r.next_row()? {
         match row.id {
             Ok(id) => {

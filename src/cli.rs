@@ -52,8 +52,37 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum OutputFormat {
     #[default]
+    #[value(alias = "text")]
     Human,
     Json,
+}
+
+/// `imcast plan --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum PlanOutput {
+    /// For people (coloured on a terminal unless NO_COLOR is set).
+    #[default]
+    #[value(alias = "human")]
+    Text,
+    /// Machine-readable (with --diff: the format in plan-diff.schema.json).
+    Json,
+    /// With --diff: a summary table and collapsible sections for a pull-request comment.
+    Markdown,
+}
+
+/// `imcast validate --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ValidateOutput {
+    /// One line per file; problems on stderr.
+    #[default]
+    #[value(alias = "human")]
+    Text,
+    /// One JSON document: every file, its counts or its problems.
+    Json,
+    /// GitHub Actions workflow commands (`::error file=…,line=…,col=…::message`).
+    Github,
+    /// SARIF 2.1.0, for code-scanning tools.
+    Sarif,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,8 +93,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the exact request body one recipient's call would carry. Sends nothing.
     Preview(PreviewArgs),
-    /// Print the JSON Schema of the campaign file format (for editors).
-    Schema,
+    /// Print a JSON Schema: of the campaign file format (for editors), or of `plan --diff --output json`.
+    Schema(SchemaArgs),
     /// Send a campaign: throttled, journaled, resumable; writes a per-recipient report.
     Run(RunArgs),
     /// Show the latest run of a campaign.
@@ -86,6 +115,32 @@ pub enum Command {
     Prune(PruneArgs),
     /// Run the mock provider: the same API on loopback, with signature checks, limits and faults.
     MockServer(MockServerArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SchemaArgs {
+    /// Which schema.
+    #[arg(value_enum, default_value_t = SchemaKind::Campaign)]
+    pub kind: SchemaKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// The campaign file (imcast.schema.json).
+    Campaign,
+    /// The JSON output of `plan --diff` (plan-diff.schema.json).
+    PlanDiff,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Where state and account settings live; shared by commands that touch the journal.
@@ -107,14 +162,25 @@ pub struct ValidateArgs {
     /// Allow this provider endpoint besides the known region hosts and loopback.
     #[arg(long, value_name = "URL")]
     pub allow_endpoint: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ValidateOutput::Text)]
+    pub output: ValidateOutput,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
     /// Campaign file.
     pub file: PathBuf,
-    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
-    pub output: OutputFormat,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = PlanOutput::Text)]
+    pub output: PlanOutput,
+    /// Compare with the campaign as it was at this git revision (branch, tag or commit): who is
+    /// added or removed, whose message changes, which settings change.
+    #[arg(long, value_name = "REV")]
+    pub diff: Option<String>,
+    /// Pretend it is this instant (RFC 3339); for tests and what-if checks.
+    #[arg(long, hide = true, value_name = "TIME")]
+    pub now: Option<String>,
     /// How many rendered sample recipients to show.
     #[arg(long, default_value_t = 3)]
     pub sample: usize,
@@ -352,7 +418,7 @@ fn dispatch(cli: Cli) -> CmdResult {
         Command::Validate(a) => crate::cmd::validate::run(g, a),
         Command::Plan(a) => crate::cmd::plan::run(g, a),
         Command::Preview(a) => crate::cmd::preview::run(g, a),
-        Command::Schema => crate::cmd::schema::run(g),
+        Command::Schema(a) => crate::cmd::schema::run(g, a),
         Command::Run(a) => crate::cmd::run::run(g, a),
         Command::Status(a) => crate::cmd::status::run(g, a),
         Command::Report(a) => crate::cmd::report::run(g, a),
@@ -363,5 +429,7 @@ fn dispatch(cli: Cli) -> CmdResult {
         Command::Cancel(a) => crate::cmd::control::cancel(g, a),
         Command::Prune(a) => crate::cmd::prune::run(g, a),
         Command::MockServer(a) => crate::cmd::mock_server::run(g, a),
+        Command::Completions(a) => crate::cmd::completions::completions(g, a),
+        Command::Man => crate::cmd::completions::man(g),
     }
 }

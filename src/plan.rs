@@ -23,7 +23,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::action::Action;
-use crate::audience::{load_suppression, AudienceError, AudienceReader, RowCursor, RowPos};
+use crate::audience::{load_suppression_in, AudienceError, AudienceReader, RowCursor, RowPos};
 use crate::render::{RenderError, Rendered, Renderer, RowInput};
 use crate::spec::{Campaign, Source};
 
@@ -182,6 +182,9 @@ pub struct Sample {
     pub content: String,
     pub ext: BTreeMap<String, String>,
 }
+
+/// A group's Content and Ext.
+pub type GroupContent = (String, BTreeMap<String, String>);
 
 /// One distinct Content: 32 bytes (the plan holds one per distinct Content).
 #[derive(Debug, Clone)]
@@ -449,6 +452,35 @@ pub fn build(c: &Campaign, opts: &PlanOptions) -> Result<Plan, PlanError> {
     build_with(c, opts, StoreLimits::default())
 }
 
+/// One audience row's outcome, reported in file order by [`build_observed`] during the plan's
+/// single pass (what [`Plan::rows`] would give, without reading the audience again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowEvent<'a> {
+    /// The `ordinal`-th valid row (0-based); its group is [`Plan::group_of_valid`] once built.
+    Valid { id: u64, line: u64, ordinal: u64 },
+    /// The id column does not hold an id.
+    BadId {
+        line: u64,
+        raw_id: &'a str,
+        reason: &'a str,
+    },
+    /// A column listed in `audience.required` is empty.
+    MissingRequired { id: u64, line: u64, column: &'a str },
+    /// The id is on an earlier row.
+    Duplicate { id: u64, line: u64 },
+    /// The id is in suppression list number `list` ([`Plan::suppress_label`]).
+    Suppressed { id: u64, line: u64, list: u16 },
+}
+
+/// [`build`], telling `observer` each row's outcome as it streams by (`plan --diff`).
+pub fn build_observed(
+    c: &Campaign,
+    opts: &PlanOptions,
+    observer: &mut dyn FnMut(RowEvent<'_>),
+) -> Result<Plan, PlanError> {
+    build_threads(c, opts, StoreLimits::default(), 1, Some(observer))
+}
+
 /// [`build`] with explicit memory limits (tests use tiny ones to exercise re-rendering).
 pub fn build_with(
     c: &Campaign,
@@ -464,7 +496,7 @@ pub fn build_with(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1)
         .clamp(1, 4);
-    build_threads(c, opts, limits, workers)
+    build_threads(c, opts, limits, workers, None)
 }
 
 fn build_threads(
@@ -472,6 +504,7 @@ fn build_threads(
     opts: &PlanOptions,
     limits: StoreLimits,
     workers: usize,
+    mut observer: Option<&mut dyn FnMut(RowEvent<'_>)>,
 ) -> Result<Plan, PlanError> {
     let mut renderer = Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?;
 
@@ -492,7 +525,7 @@ fn build_threads(
         })
         .collect();
     for src in c.audience.exclude.iter().chain(extra.iter()) {
-        let (set, h) = load_suppression(src)?;
+        let (set, h) = load_suppression_in(src, &c.files)?;
         let idx = suppress_labels.len() as u16;
         suppress_labels.push(src.label());
         list_hashes.push(h);
@@ -501,7 +534,7 @@ fn build_threads(
         }
     }
 
-    let mut reader = AudienceReader::open(&c.audience.source)?;
+    let mut reader = AudienceReader::open_in(&c.audience.source, &c.files)?;
     let header = reader.header().cloned();
     let columns: Vec<String> = header
         .as_ref()
@@ -576,8 +609,10 @@ fn build_threads(
     // address space: pages never written are never resident), so they never reallocate and
     // fragment the heap while growing.
     let estimate = match &c.audience.source {
-        Source::Csv { path, .. } => std::fs::metadata(path)
-            .map(|m| (m.len() / 16) as usize)
+        Source::Csv { path, .. } => c
+            .files
+            .size_hint(path)
+            .map(|n| (n / 16) as usize)
             .unwrap_or(0),
         Source::Ids(ids) => ids.len(),
     }
@@ -630,30 +665,64 @@ fn build_threads(
         let mut free: Vec<Chunk> = Vec::new();
         let mut in_flight = 0usize;
 
+        let id_index = header.as_ref().map(|h| h.id_index).unwrap_or(0);
+        let mut valid_ordinal = 0u64;
         while let Some(row) = reader.next_row_into(&mut fields)? {
             acc.counts.total += 1;
             let id = match row.id {
                 Ok(id) => id,
-                Err(_) => {
+                Err(reason) => {
                     acc.counts.invalid += 1;
+                    if let Some(o) = observer.as_mut() {
+                        o(RowEvent::BadId {
+                            line: row.line,
+                            raw_id: fields.get(id_index).unwrap_or(""),
+                            reason: &reason,
+                        });
+                    }
                     continue;
                 }
             };
             if !seen.insert(id) {
                 acc.counts.duplicate += 1;
+                if let Some(o) = observer.as_mut() {
+                    o(RowEvent::Duplicate { id, line: row.line });
+                }
                 continue;
             }
-            if suppress.contains_key(&id) {
+            if let Some(list) = suppress.get(&id) {
                 acc.counts.suppressed += 1;
+                if let Some(o) = observer.as_mut() {
+                    o(RowEvent::Suppressed {
+                        id,
+                        line: row.line,
+                        list: *list,
+                    });
+                }
                 continue;
             }
-            if required
+            if let Some((_, column)) = required
                 .iter()
-                .any(|(i, _)| fields.get(*i).unwrap_or("").trim().is_empty())
+                .find(|(i, _)| fields.get(*i).unwrap_or("").trim().is_empty())
             {
                 acc.counts.invalid += 1;
+                if let Some(o) = observer.as_mut() {
+                    o(RowEvent::MissingRequired {
+                        id,
+                        line: row.line,
+                        column,
+                    });
+                }
                 continue;
             }
+            if let Some(o) = observer.as_mut() {
+                o(RowEvent::Valid {
+                    id,
+                    line: row.line,
+                    ordinal: valid_ordinal,
+                });
+            }
+            valid_ordinal += 1;
             for (k, (_, col)) in tracked.iter().enumerate() {
                 let h = match col {
                     Some(i) => value_hash(fields.get(*i).unwrap_or("")),
@@ -946,6 +1015,43 @@ impl Plan {
         })
     }
 
+    /// The group of the `ordinal`-th valid row (audience order; see [`RowEvent::Valid`]).
+    pub fn group_of_valid(&self, ordinal: u64) -> Option<usize> {
+        self.row_group.get(ordinal as usize).map(|g| *g as usize)
+    }
+
+    /// The name of suppression list number `list` (see [`RowEvent::Suppressed`]).
+    pub fn suppress_label(&self, list: u16) -> Option<&str> {
+        self.suppress_labels.get(list as usize).map(String::as_str)
+    }
+
+    /// The group (one distinct Content and Ext) that call `seq` carries.
+    pub fn group_of_call(&self, seq: u64) -> Option<usize> {
+        let g = self.group_call_base.partition_point(|b| *b <= seq);
+        (g > 0 && seq < self.counts.calls).then(|| g - 1)
+    }
+
+    /// A 128-bit digest of group `g`'s Content and Ext: equal across plans exactly when what the
+    /// recipients get is equal (see `content_key`).
+    pub fn group_key(&self, g: usize) -> Option<u128> {
+        self.groups.get(g).map(Group::key)
+    }
+
+    /// The Content and Ext of each group in `gs` (re-rendered in one pass over the audience when
+    /// not kept in memory).
+    pub fn group_contents(&self, gs: &[usize]) -> Result<Vec<GroupContent>, PlanError> {
+        let mut order: Vec<usize> = (0..gs.len()).collect();
+        order.sort_by_key(|i| self.groups.get(gs[*i]).map(|g| g.pos));
+        let mut out = vec![(String::new(), BTreeMap::new()); gs.len()];
+        let mut cursor = None;
+        for i in order {
+            if gs[i] < self.groups.len() {
+                out[i] = self.content_of(gs[i], &mut cursor)?;
+            }
+        }
+        Ok(out)
+    }
+
     fn content_of(
         &self,
         g: usize,
@@ -958,7 +1064,10 @@ impl Plan {
             }
         }
         if cursor.is_none() {
-            *cursor = Some(RowCursor::open(&self.campaign.audience.source)?);
+            *cursor = Some(RowCursor::open_in(
+                &self.campaign.audience.source,
+                &self.campaign.files,
+            )?);
         }
         let Some(cur) = cursor.as_mut() else {
             return Err(PlanError::Changed("audience cursor".into()));
@@ -1060,7 +1169,7 @@ impl RowIter<'_> {
     fn step(&mut self) -> Result<Option<AudienceRow>, PlanError> {
         let p = self.plan;
         if self.reader.is_none() {
-            let r = AudienceReader::open(&p.campaign.audience.source)?;
+            let r = AudienceReader::open_in(&p.campaign.audience.source, &p.campaign.files)?;
             if let Some(h) = r.header() {
                 for col in &p.campaign.audience.required {
                     if let Some(i) = h.names.iter().position(|n| n == col) {
@@ -1289,8 +1398,10 @@ mod tests {
                     max_bytes: 1 << 20,
                 },
             ] {
-                let one = build_threads(&c, &PlanOptions::default(), limits, 1).expect("plan 1");
-                let two = build_threads(&c, &PlanOptions::default(), limits, 2).expect("plan 2");
+                let one =
+                    build_threads(&c, &PlanOptions::default(), limits, 1, None).expect("plan 1");
+                let two =
+                    build_threads(&c, &PlanOptions::default(), limits, 2, None).expect("plan 2");
                 assert_eq!(one.counts(), two.counts());
                 assert!(one.counts().duplicate > 0 && one.counts().invalid > 0);
                 assert!(one.counts().empty_value_rows > 0);

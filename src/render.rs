@@ -290,7 +290,7 @@ impl Renderer {
             match b {
                 Body::Inline(t) => Ok(t.clone()),
                 Body::File(p) => {
-                    let text = std::fs::read_to_string(p).map_err(|e| {
+                    let text = c.files.read_to_string(p).map_err(|e| {
                         RenderError::Template(format!("cannot read {}: {e}", p.display()))
                     })?;
                     if let Some(d) = p.parent() {
@@ -344,6 +344,7 @@ impl Renderer {
 
         let loaded: Arc<Mutex<BTreeMap<String, [u8; 32]>>> = Arc::default();
         let loaded_in = Arc::clone(&loaded);
+        let files = c.files.clone();
         env.set_loader(move |name| {
             let Some(rel) = safe_relative(name) else {
                 return Err(minijinja::Error::new(
@@ -355,8 +356,8 @@ impl Renderer {
             };
             for d in &dirs {
                 let p = d.join(&rel);
-                if p.is_file() {
-                    let text = std::fs::read_to_string(&p).map_err(|e| {
+                if files.is_file(&p) {
+                    let text = files.read_to_string(&p).map_err(|e| {
                         minijinja::Error::new(
                             ErrorKind::TemplateNotFound,
                             format!("cannot read {}: {e}", p.display()),

@@ -1,14 +1,14 @@
 //! `imcast plan`: the dry run. Counts, grouping, ETA under the throttle, deadline warning, next
 //! schedule occurrence, plan hash, rendered samples — human text or `--output json`. The system
-//! clock is read here, at the command edge, and nowhere below.
+//! clock (or `--now`) is read here, at the command edge, and nowhere below. With `--diff REV` the
+//! command is `cmd::diff`'s comparison instead.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::cli::{GlobalArgs, OutputFormat, PlanArgs};
-use crate::clock::{Clock, SystemClock};
+use crate::cli::{GlobalArgs, PlanArgs, PlanOutput};
 use crate::exit::{CmdResult, Exit, ExitContext};
 use crate::plan::{Counts, Plan, PlanOptions, Sample};
 use crate::spec::{Campaign, LoadOptions};
@@ -171,7 +171,17 @@ fn human(s: &Summary<'_>) -> String {
     o
 }
 
-pub fn run(_g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
+pub fn run(g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
+    if let Some(rev) = &a.diff {
+        return crate::cmd::diff::run(g, a, rev);
+    }
+    if a.output == PlanOutput::Markdown {
+        return Err(anyhow::anyhow!(
+            "--output markdown is for comparing with a revision: add --diff REV (e.g. --diff origin/main)"
+        ))
+        .exit(Exit::Invalid);
+    }
+    let now = crate::cmd::diff::now_arg(a.now.as_deref())?;
     let c = crate::spec::load(
         &a.file,
         &LoadOptions {
@@ -188,11 +198,10 @@ pub fn run(_g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
         },
     )
     .exit(Exit::Invalid)?;
-    let now = SystemClock.now();
     let s = summarize(&c, &plan, now, a.sample);
     match a.output {
-        OutputFormat::Human => crate::out!("{}", human(&s)),
-        OutputFormat::Json => {
+        PlanOutput::Text | PlanOutput::Markdown => crate::out!("{}", human(&s)),
+        PlanOutput::Json => {
             let j = serde_json::to_string_pretty(&s)
                 .context("serialize the plan")
                 .exit(Exit::Internal)?;

@@ -232,6 +232,8 @@ pub struct Campaign {
     pub p2p: P2pOptions,
     /// The campaign file's bytes as read (hashed into the plan hash).
     pub source: String,
+    /// Where this campaign's files (audience, lists, templates) are read from.
+    pub files: crate::files::Files,
 }
 
 impl Campaign {
@@ -258,6 +260,16 @@ const REGIONS: [&str; 2] = ["cn-north-1", "ap-southeast-1"];
 
 /// Read, parse and validate a campaign file.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Campaign, SpecError> {
+    load_from(&crate::files::Files::WorkTree, path, opts)
+}
+
+/// [`load`] reading the file, and later everything it names, from `files` (the work tree or a git
+/// revision). The campaign's `path` is the work-tree path in both cases.
+pub fn load_from(
+    files: &crate::files::Files,
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<Campaign, SpecError> {
     let fail = |problems: Vec<Problem>| SpecError {
         file: path.to_path_buf(),
         problems,
@@ -269,19 +281,35 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Campaign, SpecError> {
             message,
         }])
     };
-    let text = std::fs::read_to_string(path)
+    let text = files
+        .read_to_string(path)
         .map_err(|e| one(format!("cannot read the campaign file: {e}")))?;
-    let canonical = std::fs::canonicalize(path)
-        .map_err(|e| one(format!("cannot resolve the campaign file's path: {e}")))?;
+    let canonical = match files {
+        crate::files::Files::WorkTree => std::fs::canonicalize(path)
+            .map_err(|e| one(format!("cannot resolve the campaign file's path: {e}")))?,
+        // It may not exist in the work tree any more.
+        crate::files::Files::Git(_) => crate::git::logical_path(path),
+    };
     let dir = canonical
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
-    parse_str(&text, canonical, dir, opts).map_err(fail)
+    parse_str_in(files, &text, canonical, dir, opts).map_err(fail)
 }
 
 /// Parse and validate campaign text; `path`/`dir` are where it lives (for relative paths).
 pub fn parse_str(
+    text: &str,
+    path: PathBuf,
+    dir: PathBuf,
+    opts: &LoadOptions,
+) -> Result<Campaign, Vec<Problem>> {
+    parse_str_in(&crate::files::Files::WorkTree, text, path, dir, opts)
+}
+
+/// [`parse_str`] checking the files it names in `files`.
+pub fn parse_str_in(
+    files: &crate::files::Files,
     text: &str,
     path: PathBuf,
     dir: PathBuf,
@@ -307,7 +335,7 @@ pub fn parse_str(
     if !problems.is_empty() {
         return Err(problems);
     }
-    validate(raw, text, path, dir, opts)
+    validate(raw, text, path, dir, opts, files)
 }
 
 fn at<T>(s: &Spanned<T>) -> (Option<u64>, Option<u64>) {
@@ -410,8 +438,12 @@ fn validate(
     path: PathBuf,
     dir: PathBuf,
     opts: &LoadOptions,
+    files: &crate::files::Files,
 ) -> Result<Campaign, Vec<Problem>> {
     let mut p = Problems(Vec::new());
+    let resolve_file = |dir: &Path, rel: &Spanned<String>, key: &str, p: &mut Problems| {
+        resolve_file(files, dir, rel, key, p)
+    };
 
     if raw.version.value != 1 {
         p.at(
@@ -851,6 +883,7 @@ fn validate(
         conversation,
         p2p,
         source: text.to_string(),
+        files: files.clone(),
     })
 }
 
@@ -878,14 +911,24 @@ fn too_large(v: u64) -> String {
     )
 }
 
-fn resolve_file(dir: &Path, rel: &Spanned<String>, key: &str, p: &mut Problems) -> PathBuf {
+fn resolve_file(
+    files: &crate::files::Files,
+    dir: &Path,
+    rel: &Spanned<String>,
+    key: &str,
+    p: &mut Problems,
+) -> PathBuf {
     let full = dir.join(&rel.value);
-    if !full.is_file() {
+    if !files.is_file(&full) {
         p.at(
             rel,
             format!(
-                "{key}: file `{}` not found (paths are relative to the campaign file)",
-                rel.value
+                "{key}: file `{}` not found{} (paths are relative to the campaign file)",
+                rel.value,
+                files
+                    .revision()
+                    .map(|g| format!(" at {}", g.rev()))
+                    .unwrap_or_default()
             ),
         );
     }

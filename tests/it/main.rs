@@ -7,6 +7,7 @@ mod daemon_e2e;
 mod interop;
 mod mock;
 mod plan;
+mod plan_diff;
 mod provider;
 mod race;
 mod requeue;

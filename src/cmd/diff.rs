@@ -1,0 +1,168 @@
+//! `imcast plan FILE --diff REV`: plan the campaign as it is in the work tree and as it was at a git
+//! revision, compare the two plans (`crate::diff`) and print the result as text, JSON or Markdown.
+//! The system clock is read here (or `--now`), nowhere below.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use jiff::Timestamp;
+
+use crate::cli::{GlobalArgs, PlanArgs, PlanOutput};
+use crate::clock::{Clock, SystemClock};
+use crate::diff::Collector;
+use crate::exit::{CmdResult, Exit, ExitContext, Failure};
+use crate::files::Files;
+use crate::git::{logical_path, GitRev};
+use crate::plan::{Plan, PlanOptions};
+use crate::spec::LoadOptions;
+
+/// `--now TIME`, else the system clock.
+pub fn now_arg(s: Option<&str>) -> Result<Timestamp, Failure> {
+    match s {
+        Some(s) => s
+            .parse()
+            .map_err(|_| {
+                anyhow!(
+                    "--now {s:?}: write an RFC 3339 time with offset, e.g. 2026-03-01T00:00:00Z"
+                )
+            })
+            .exit(Exit::Invalid),
+        None => Ok(SystemClock.now()),
+    }
+}
+
+/// The account's suppression lists as `files` has them: `--config`, else `imcast.toml` at the
+/// repository root the work tree would use, read from `files` (absent there: none).
+fn account_suppress(
+    files: &Files,
+    file: &Path,
+    config: Option<&Path>,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    if let Files::WorkTree = files {
+        return Ok(crate::config::account_suppress(file, config)?);
+    }
+    let candidate = match config {
+        Some(c) => c.to_path_buf(),
+        None => crate::config::discover_root(file).join(crate::config::FILE_NAME),
+    };
+    let candidate = logical_path(&candidate);
+    if !files.is_file(&candidate) {
+        return Ok(Vec::new());
+    }
+    let text = files
+        .read_to_string(&candidate)
+        .with_context(|| format!("cannot read {}", candidate.display()))?;
+    Ok(crate::config::AccountConfig::parse(&text, &candidate)?.suppress)
+}
+
+fn plan_side(
+    files: &Files,
+    file: &Path,
+    a: &PlanArgs,
+    side: &str,
+    rows: &mut crate::diff::Collector<'_>,
+) -> Result<Plan, Failure> {
+    let opts = LoadOptions {
+        allow_endpoints: a.allow_endpoint.clone(),
+    };
+    let c = crate::spec::load_from(files, file, &opts)
+        .map_err(anyhow::Error::new)
+        .with_context(|| format!("the campaign {side}"))
+        .exit(Exit::Invalid)?;
+    let extra = account_suppress(files, file, a.state.config.as_deref())
+        .with_context(|| format!("the account settings {side}"))
+        .exit(Exit::Invalid)?;
+    crate::plan::build_observed(
+        &c,
+        &PlanOptions {
+            extra_suppress: extra,
+        },
+        &mut |ev| rows.observe(ev),
+    )
+    .map_err(anyhow::Error::new)
+    .with_context(|| format!("{}: the plan {side}", file.display()))
+    .exit(Exit::Invalid)
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set to a non-empty value (no-color.org).
+fn color_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+fn use_color() -> bool {
+    color_wanted(
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+pub fn run(_g: &GlobalArgs, a: &PlanArgs, rev: &str) -> CmdResult {
+    let now = now_arg(a.now.as_deref())?;
+    let git = GitRev::open(&a.file, rev).exit(Exit::Invalid)?;
+    let path = logical_path(&a.file);
+    let rel = git.relative(&path).exit(Exit::Invalid)?;
+    let in_tree = a.file.is_file();
+    let at_rev = git.is_file(&path);
+    if !in_tree && !at_rev {
+        return Err(anyhow!(
+            "{}: no such campaign file in the work tree, nor at {} — check the path",
+            a.file.display(),
+            rev
+        ))
+        .exit(Exit::Invalid);
+    }
+    let meta = crate::diff::Meta {
+        file: rel,
+        rev: git.rev().to_string(),
+        commit: git.commit().to_string(),
+    };
+    let at = Files::Git(Arc::new(git));
+    // The revision first: the work tree's rows are compared with its rows as they stream by.
+    let before = if at_rev {
+        let mut rows = Collector::before();
+        let p = plan_side(&at, &path, a, &format!("at {rev}"), &mut rows)?;
+        Some((p, rows.finish()))
+    } else {
+        None
+    };
+    let after = if in_tree {
+        let mut rows = Collector::after(before.as_ref().map(|(_, r)| r));
+        let p = plan_side(&Files::WorkTree, &a.file, a, "in the work tree", &mut rows)?;
+        Some((p, rows.finish()))
+    } else {
+        None
+    };
+    let (bp, br) = before.map_or((None, None), |(p, r)| (Some(p), Some(r)));
+    let (ap, ar) = after.map_or((None, None), |(p, r)| (Some(p), Some(r)));
+    let d = crate::diff::compare(bp.as_ref().zip(br), ap.as_ref().zip(ar), now, meta)
+        .map_err(anyhow::Error::new)
+        .context("compare the plans")
+        .exit(Exit::Invalid)?;
+    match a.output {
+        PlanOutput::Text => crate::out!("{}", crate::diff::format::text(&d, use_color())),
+        PlanOutput::Markdown => crate::out!("{}", crate::diff::format::markdown(&d)),
+        PlanOutput::Json => {
+            let j = serde_json::to_string_pretty(&d)
+                .context("serialize the plan diff")
+                .exit(Exit::Internal)?;
+            crate::outln!("{j}");
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(color_wanted(true, None));
+        assert!(color_wanted(true, Some(OsStr::new(""))));
+        assert!(!color_wanted(true, Some(OsStr::new("1"))));
+        assert!(!color_wanted(false, None));
+    }
+}
