@@ -14,9 +14,14 @@ use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub mod facts;
+mod html;
+
 use crate::action::Action;
+use crate::config::ReportFormats;
 use crate::journal::{
     create_private_dir, CallState, Journal, JournalError, RecipientRow, RecipientStatus, RunFlags,
     RunInfo,
@@ -48,6 +53,9 @@ pub struct Audit {
     pub plan_hash: String,
     pub access_key_id: Option<String>,
     pub endpoint: String,
+    /// The campaign's AppId.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<u64>,
     pub risky_flags: Vec<String>,
     pub imcast_version: String,
 }
@@ -59,6 +67,7 @@ impl Audit {
         plan_hash: &str,
         access_key_id: Option<&str>,
         endpoint: &str,
+        app_id: u64,
         flags: &RunFlags,
     ) -> Audit {
         let (git_commit, git_dirty) = git_state(repo_root);
@@ -72,6 +81,7 @@ impl Audit {
             plan_hash: plan_hash.into(),
             access_key_id: access_key_id.map(str::to_string),
             endpoint: endpoint.into(),
+            app_id: Some(app_id),
             risky_flags: flags.risky().into_iter().map(str::to_string).collect(),
             imcast_version: env!("CARGO_PKG_VERSION").into(),
         }
@@ -102,9 +112,64 @@ fn git_state(root: &Path) -> (Option<String>, Option<bool>) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportPaths {
     pub dir: PathBuf,
-    pub csv: PathBuf,
-    pub jsonl: PathBuf,
+    /// `recipients.csv` (`.zst` when compressed), if written.
+    pub csv: Option<PathBuf>,
+    /// `recipients.jsonl` (`.zst` when compressed), if written.
+    pub jsonl: Option<PathBuf>,
     pub summary: PathBuf,
+    pub html: PathBuf,
+    /// The per-recipient files are zstd-compressed.
+    pub compressed: bool,
+}
+
+/// The files of a report, as `summary.json` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportFiles {
+    pub report_html: String,
+    pub recipients_csv: Option<String>,
+    pub recipients_jsonl: Option<String>,
+    /// The per-recipient files are zstd-compressed (runs above 1,000,000 rows).
+    pub compressed: bool,
+    /// What a person needs to know about them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl ReportFiles {
+    fn new(p: &ReportPaths) -> Self {
+        let name = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        ReportFiles {
+            report_html: HTML_FILE.into(),
+            recipients_csv: name(&p.csv),
+            recipients_jsonl: name(&p.jsonl),
+            compressed: p.compressed,
+            note: p.compressed.then(|| {
+                format!(
+                    "more than {} rows: the per-recipient files are zstd-compressed (no spreadsheet \
+                     opens that many rows); read them with `zstdcat recipients.csv.zst` or unpack \
+                     with `zstd -d`",
+                    fmt_count(COMPRESS_ABOVE_ROWS)
+                )
+            }),
+        }
+    }
+}
+
+/// `1234567` → `1,234,567`.
+pub fn fmt_count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// `summary.json`.
@@ -128,6 +193,9 @@ pub struct Summary {
     pub calls: CallsSummary,
     pub rate: RateSummary,
     pub audit: serde_json::Value,
+    /// The report's files (set when a report is written).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<ReportFiles>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -251,24 +319,95 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
             },
         },
         audit: run.audit.clone(),
+        files: None,
     })
 }
 
-/// Write (or rewrite) the report of run `run_id` under `reports_dir`.
+/// What to write (see [`write_report_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportOptions {
+    /// Per-recipient files (`report.html` and `summary.json` are always written).
+    pub formats: ReportFormats,
+    /// Above this many rows the per-recipient files are written zstd-compressed (`.zst`).
+    pub compress_above_rows: u64,
+    /// The campaign file, named in the commands the report suggests (else the one the run
+    /// recorded).
+    pub campaign_file: Option<PathBuf>,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        ReportOptions {
+            formats: ReportFormats::default(),
+            compress_above_rows: COMPRESS_ABOVE_ROWS,
+            campaign_file: None,
+        }
+    }
+}
+
+/// Per-recipient files of runs with more rows than this are written zstd-compressed: no
+/// spreadsheet opens them anyway, and they shrink several times.
+pub const COMPRESS_ABOVE_ROWS: u64 = 1_000_000;
+
+/// zstd level for the per-recipient files: fast (the report step must keep up with ten million
+/// rows in seconds) and still several times smaller than the text.
+const ZSTD_LEVEL: i32 = 3;
+
+/// The report page's file name.
+pub const HTML_FILE: &str = "report.html";
+/// The summary's file name.
+pub const SUMMARY_FILE: &str = "summary.json";
+/// Every file name the report writer may leave in a report folder (what `prune --reports`
+/// removes, and what a rewrite removes when it no longer writes it).
+pub const FILE_NAMES: &[&str] = &[
+    "recipients.csv",
+    "recipients.csv.zst",
+    "recipients.jsonl",
+    "recipients.jsonl.zst",
+    HTML_FILE,
+    SUMMARY_FILE,
+];
+
+/// Write (or rewrite) the report of run `run_id` under `reports_dir` with the default options
+/// (`recipients.csv`, `report.html`, `summary.json`).
 pub fn write_report(
     journal: &Journal,
     run_id: &str,
     reports_dir: &Path,
+) -> Result<ReportPaths, ReportError> {
+    write_report_with(journal, run_id, reports_dir, &ReportOptions::default())
+}
+
+/// Write (or rewrite) the report of run `run_id` under `reports_dir`: one ordered scan of the
+/// journal feeds the per-recipient files and the failure tally; then `summary.json` and
+/// `report.html`. Per-recipient files of the other kind or compression left by an earlier write
+/// are removed, so the folder always matches the journal.
+pub fn write_report_with(
+    journal: &Journal,
+    run_id: &str,
+    reports_dir: &Path,
+    opts: &ReportOptions,
 ) -> Result<ReportPaths, ReportError> {
     let run = journal
         .run(run_id)?
         .ok_or_else(|| ReportError::NoRun(run_id.into()))?;
     let dir = report_dir(reports_dir, &run.campaign, &run.id);
     create_private_dir(&dir)?;
+    let mut summary = summary(journal, &run)?;
+    let compressed = summary.rows > opts.compress_above_rows;
+    let ext = if compressed { ".zst" } else { "" };
     let paths = ReportPaths {
-        csv: dir.join("recipients.csv"),
-        jsonl: dir.join("recipients.jsonl"),
-        summary: dir.join("summary.json"),
+        csv: opts
+            .formats
+            .csv
+            .then(|| dir.join(format!("recipients.csv{ext}"))),
+        jsonl: opts
+            .formats
+            .jsonl
+            .then(|| dir.join(format!("recipients.jsonl{ext}"))),
+        summary: dir.join(SUMMARY_FILE),
+        html: dir.join(HTML_FILE),
+        compressed,
         dir,
     };
 
@@ -279,35 +418,72 @@ pub fn write_report(
             source,
         }
     };
+    let temp = |path: &Path| {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .tempfile_in(&paths.dir)
+            .map_err(io(path))
+    };
 
-    let mut csv_tmp = tempfile::Builder::new()
-        .prefix(".recipients.csv.")
-        .tempfile_in(&paths.dir)
-        .map_err(io(&paths.csv))?;
-    let mut jsonl_tmp = tempfile::Builder::new()
-        .prefix(".recipients.jsonl.")
-        .tempfile_in(&paths.dir)
-        .map_err(io(&paths.jsonl))?;
+    let mut csv_tmp = paths.csv.as_deref().map(temp).transpose()?;
+    let mut jsonl_tmp = paths.jsonl.as_deref().map(temp).transpose()?;
+    let mut tally = facts::Tally::default();
     {
-        // One ordered scan of the journal on this thread; the CSV and the JSONL are formatted
-        // and written by a thread each, fed batches of rows through bounded channels (memory
-        // stays at a few batches whatever the run's size).
-        let csv_file = csv_tmp.as_file_mut();
-        let jsonl_file = jsonl_tmp.as_file_mut();
-        let (csv_path, jsonl_path) = (&paths.csv, &paths.jsonl);
+        // One ordered scan of the journal on this thread (which also tallies the failures);
+        // each per-recipient file is formatted (and compressed) on a thread of its own, fed
+        // batches of rows through bounded channels (memory stays at a few batches whatever the
+        // run's size).
+        let csv_out = csv_tmp
+            .as_mut()
+            .zip(paths.csv.as_deref())
+            .map(|(t, p)| (t.as_file_mut(), p));
+        let jsonl_out = jsonl_tmp
+            .as_mut()
+            .zip(paths.jsonl.as_deref())
+            .map(|(t, p)| (t.as_file_mut(), p));
+        let scan_path = paths
+            .csv
+            .as_deref()
+            .or(paths.jsonl.as_deref())
+            .unwrap_or(&paths.summary)
+            .to_path_buf();
         let p2p = run.action == Action::P2p;
+        let tally = &mut tally;
         std::thread::scope(|scope| -> Result<(), ReportError> {
-            let (csv_tx, csv_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
-            let (json_tx, json_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
-            let csv_h = scope.spawn(move || write_csv(csv_file, csv_rx, csv_path));
-            let json_h = scope.spawn(move || write_jsonl(jsonl_file, json_rx, jsonl_path));
+            let mut txs = Vec::new();
+            let mut handles = Vec::new();
+            if let Some((file, path)) = csv_out {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+                txs.push(tx);
+                handles.push((
+                    scope.spawn(move || write_csv(Sink::new(file, compressed, path)?, rx, path)),
+                    path,
+                ));
+            }
+            if let Some((file, path)) = jsonl_out {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+                txs.push(tx);
+                handles.push((
+                    scope.spawn(move || write_jsonl(Sink::new(file, compressed, path)?, rx, path)),
+                    path,
+                ));
+            }
             let scanned = {
                 let send = |b: Vec<ReportRow>| {
                     let b = std::sync::Arc::new(b);
-                    csv_tx.send(b.clone()).is_ok() && json_tx.send(b).is_ok()
+                    txs.iter().all(|tx| tx.send(b.clone()).is_ok())
                 };
-                let mut batch = Vec::with_capacity(BATCH_ROWS);
+                let writing = !txs.is_empty();
+                let mut batch = Vec::with_capacity(if writing { BATCH_ROWS } else { 0 });
                 let mut scanned = journal.for_each_recipient::<ReportError>(&run.id, |row| {
+                    tally.add(&row);
+                    if !writing {
+                        return Ok(());
+                    }
                     // P2P: one row per user the provider answered for, right under its conversation.
                     let users = if p2p { p2p_user_rows(&row) } else { Vec::new() };
                     batch.push(row);
@@ -318,32 +494,26 @@ pub fn write_report(
                             Vec::with_capacity(BATCH_ROWS),
                         ))
                     {
-                        return Err(writer_stopped(csv_path));
+                        return Err(writer_stopped(&scan_path));
                     }
                     Ok(())
                 });
                 if scanned.is_ok() && !batch.is_empty() && !send(batch) {
-                    scanned = Err(writer_stopped(csv_path));
+                    scanned = Err(writer_stopped(&scan_path));
                 }
                 scanned
             };
-            drop((csv_tx, json_tx));
-            let joined = |h: std::thread::ScopedJoinHandle<'_, Result<(), ReportError>>,
-                          path: &Path| {
-                h.join().unwrap_or_else(|_| Err(writer_stopped(path)))
-            };
+            drop(txs);
             // A writer's own error explains a stopped scan better than the scan's.
-            let (c, j) = (joined(csv_h, csv_path), joined(json_h, jsonl_path));
-            c?;
-            j?;
+            for (h, path) in handles {
+                h.join().unwrap_or_else(|_| Err(writer_stopped(path)))?;
+            }
             scanned
         })?;
     }
-    let summary = summary(journal, &run)?;
-    let mut sum_tmp = tempfile::Builder::new()
-        .prefix(".summary.json.")
-        .tempfile_in(&paths.dir)
-        .map_err(io(&paths.summary))?;
+
+    summary.files = Some(ReportFiles::new(&paths));
+    let mut sum_tmp = temp(&paths.summary)?;
     serde_json::to_writer_pretty(sum_tmp.as_file_mut(), &summary).map_err(|e| ReportError::Io {
         path: paths.summary.clone(),
         source: e.into(),
@@ -353,11 +523,26 @@ pub fn write_report(
         .write_all(b"\n")
         .map_err(io(&paths.summary))?;
 
-    for (tmp, path) in [
-        (csv_tmp, &paths.csv),
-        (jsonl_tmp, &paths.jsonl),
-        (sum_tmp, &paths.summary),
-    ] {
+    let page = html::render(journal, &run, &summary, tally, opts).map_err(|e| ReportError::Io {
+        path: paths.html.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let mut html_tmp = temp(&paths.html)?;
+    html_tmp
+        .as_file_mut()
+        .write_all(page.as_bytes())
+        .map_err(io(&paths.html))?;
+
+    let mut done: Vec<(tempfile::NamedTempFile, &PathBuf)> = Vec::new();
+    if let (Some(t), Some(p)) = (csv_tmp, &paths.csv) {
+        done.push((t, p));
+    }
+    if let (Some(t), Some(p)) = (jsonl_tmp, &paths.jsonl) {
+        done.push((t, p));
+    }
+    done.push((sum_tmp, &paths.summary));
+    done.push((html_tmp, &paths.html));
+    for (tmp, path) in done {
         tmp.as_file().sync_all().map_err(io(path))?;
         set_private(tmp.path()).map_err(io(path))?;
         tmp.persist(path).map_err(|e| ReportError::Io {
@@ -365,7 +550,152 @@ pub fn write_report(
             source: e.error,
         })?;
     }
+    // Per-recipient files this write did not produce are stale: remove them.
+    for name in FILE_NAMES {
+        let p = paths.dir.join(name);
+        let written = [&paths.csv, &paths.jsonl]
+            .iter()
+            .any(|w| w.as_ref() == Some(&p))
+            || p == paths.summary
+            || p == paths.html;
+        if !written && p.exists() {
+            std::fs::remove_file(&p).map_err(io(&p))?;
+        }
+    }
     Ok(paths)
+}
+
+/// What [`prune_reports`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrunedReports {
+    pub folders: u64,
+    pub bytes: u64,
+}
+
+/// Remove the report folders under `reports_dir` (`<campaign>/<run>/`, and `mock/<campaign>/<run>/`)
+/// whose run ended — `summary.json` says finished or cancelled — before `cutoff`. Only the files
+/// this module writes are removed (and its temp files); a folder is removed once empty, so anything
+/// else a person put there stays. Folders without a readable `summary.json` are left alone, and
+/// symbolic links are never followed.
+pub fn prune_reports(reports_dir: &Path, cutoff: Timestamp) -> Result<PrunedReports, ReportError> {
+    let mut out = PrunedReports::default();
+    if !reports_dir.is_dir() {
+        return Ok(out);
+    }
+    prune_walk(reports_dir, reports_dir, 0, cutoff, &mut out)?;
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct SummaryEnd {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    finished_at: Option<String>,
+}
+
+fn prune_walk(
+    root: &Path,
+    dir: &Path,
+    depth: usize,
+    cutoff: Timestamp,
+    out: &mut PrunedReports,
+) -> Result<(), ReportError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ReportError::Io {
+            path: path.clone(),
+            source,
+        }
+    };
+    let summary = dir.join(SUMMARY_FILE);
+    if depth >= 2 && summary.is_file() {
+        let ended = std::fs::read_to_string(&summary)
+            .ok()
+            .and_then(|t| serde_json::from_str::<SummaryEnd>(&t).ok())
+            .filter(|s| matches!(s.status.as_str(), "finished" | "cancelled"))
+            .and_then(|s| s.finished_at)
+            .and_then(|t| t.parse::<Timestamp>().ok());
+        if ended.is_some_and(|t| t < cutoff) {
+            for e in std::fs::read_dir(dir).map_err(io(dir))? {
+                let e = e.map_err(io(dir))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let ours = FILE_NAMES.iter().any(|f| {
+                    name == *f
+                        || name
+                            .strip_prefix('.')
+                            .is_some_and(|rest| rest.starts_with(&format!("{f}.")))
+                });
+                if ours && e.file_type().map_err(io(dir))?.is_file() {
+                    out.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+                }
+            }
+            out.folders += 1;
+            // Remove the folder, then its campaign folder, when nothing else is in them.
+            let mut d = dir.to_path_buf();
+            while d != root && d.starts_with(root) && std::fs::remove_dir(&d).is_ok() {
+                if !d.pop() {
+                    break;
+                }
+            }
+        }
+        return Ok(());
+    }
+    if depth >= 3 {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
+        if e.file_type().map_err(io(dir))?.is_dir() {
+            prune_walk(root, &e.path(), depth + 1, cutoff, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a per-recipient file's bytes go: the temp file, through zstd when compressed.
+enum Sink<'a> {
+    Plain(BufWriter<&'a mut std::fs::File>),
+    Zstd(zstd::stream::write::Encoder<'static, BufWriter<&'a mut std::fs::File>>),
+}
+
+impl<'a> Sink<'a> {
+    fn new(file: &'a mut std::fs::File, compressed: bool, path: &Path) -> Result<Self, ReportError> {
+        let w = BufWriter::with_capacity(1 << 16, file);
+        if !compressed {
+            return Ok(Sink::Plain(w));
+        }
+        zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)
+            .map(Sink::Zstd)
+            .map_err(|source| ReportError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+
+    /// Flush everything (and end the zstd frame).
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(mut w) => w.flush(),
+            Sink::Zstd(e) => e.finish()?.flush(),
+        }
+    }
+}
+
+impl Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Zstd(w) => w.flush(),
+        }
+    }
 }
 
 /// Rows handed from the journal scan to the two file writers.
@@ -399,7 +729,7 @@ fn writer_stopped(path: &Path) -> ReportError {
 /// Write `recipients.csv` from the batches in `rx` (numbers formatted without allocating;
 /// text cells neutralized with [`safe_cell`]).
 fn write_csv(
-    file: &mut std::fs::File,
+    sink: Sink<'_>,
     rx: std::sync::mpsc::Receiver<Batch>,
     path: &Path,
 ) -> Result<(), ReportError> {
@@ -407,7 +737,7 @@ fn write_csv(
         path: path.to_path_buf(),
         source,
     };
-    let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 16, file));
+    let mut w = csv::Writer::from_writer(sink);
     w.write_record(CSV_HEADER).map_err(err)?;
     let mut num = itoa::Buffer::new();
     for batch in rx {
@@ -445,15 +775,20 @@ fn write_csv(
             w.write_record(None::<&[u8]>).map_err(err)?;
         }
     }
-    w.flush().map_err(|source| ReportError::Io {
+    let io = |source| ReportError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    w.flush().map_err(io)?;
+    w.into_inner()
+        .map_err(|e| io(std::io::Error::other(e.to_string())))?
+        .finish()
+        .map_err(io)
 }
 
 /// Write `recipients.jsonl` from the batches in `rx`.
 fn write_jsonl(
-    file: &mut std::fs::File,
+    mut w: Sink<'_>,
     rx: std::sync::mpsc::Receiver<Batch>,
     path: &Path,
 ) -> Result<(), ReportError> {
@@ -461,14 +796,13 @@ fn write_jsonl(
         path: path.to_path_buf(),
         source,
     };
-    let mut w = BufWriter::with_capacity(1 << 16, file);
     for batch in rx {
         for row in batch.iter() {
             serde_json::to_writer(&mut w, row).map_err(|e| err(e.into()))?;
             w.write_all(b"\n").map_err(err)?;
         }
     }
-    w.flush().map_err(err)
+    w.finish().map_err(err)
 }
 
 /// One user of a P2PSendMessage answer (as the engine stores them in the row's detail).

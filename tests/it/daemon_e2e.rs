@@ -351,6 +351,7 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
             report_dir: Some(root.join("reports")),
             config: None,
             target: Some((m.endpoint(), m.credentials())),
+            report_formats: None,
         },
         clock.clone(),
     );
