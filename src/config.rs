@@ -384,7 +384,9 @@ impl AccountConfig {
             for n in names {
                 if let Err(e) = f.add(n.get_ref()) {
                     let (line, col) = line_col(text, n.span().start);
-                    return Err(invalid(format!("line {line}, column {col}: report.formats: {e}")));
+                    return Err(invalid(format!(
+                        "line {line}, column {col}: report.formats: {e}"
+                    )));
                 }
             }
             cfg.report_formats = f;

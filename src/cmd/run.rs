@@ -485,15 +485,15 @@ where
         j.with_blocking(|j| write_report_with(j, &r, &reports_dir, &report_opts))
     })
     .await
-            .map_err(|e| anyhow!("report task failed: {e}"))
-            .exit(Exit::Internal)?
-            .with_context(|| {
-                format!(
-                    "run {} stopped, but its report could not be written; `imcast report` retries",
-                    run.id
-                )
-            })
-            .exit(Exit::Internal)?;
+    .map_err(|e| anyhow!("report task failed: {e}"))
+    .exit(Exit::Internal)?
+    .with_context(|| {
+        format!(
+            "run {} stopped, but its report could not be written; `imcast report` retries",
+            run.id
+        )
+    })
+    .exit(Exit::Internal)?;
     Ok(RunSummary {
         run_id: Some(run.id.clone()),
         exit: end.exit(),

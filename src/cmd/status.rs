@@ -87,9 +87,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
             if let Some(o) = v.as_object_mut() {
                 o.insert(
                     "report_html".into(),
-                    html.as_ref()
-                        .map(|p| p.display().to_string())
-                        .into(),
+                    html.as_ref().map(|p| p.display().to_string()).into(),
                 );
             }
             let v = serde_json::to_string_pretty(&v).exit(Exit::Internal)?;

@@ -460,7 +460,9 @@ pub fn timeline(
     let last_ms = ends[ends.len() - 1];
     let end_ms = millis(end).max(last_ms);
     let span = (end_ms - start_ms).max(1);
-    let n = (span as f64 / res as f64).ceil().clamp(1.0, MAX_SAMPLES as f64) as usize;
+    let n = (span as f64 / res as f64)
+        .ceil()
+        .clamp(1.0, MAX_SAMPLES as f64) as usize;
     let step = (span as f64 / n as f64).max(1.0);
     let idx = |t: i64| (((t - start_ms) as f64 / step) as usize).min(n - 1);
     let mut values: Vec<u64> = (0..n)
@@ -488,7 +490,11 @@ pub fn timeline(
         let from = prev;
         if e - from >= threshold {
             if gaps.len() < MAX_GAPS {
-                let ts = |ms: i64| Timestamp::from_millisecond(ms).map(show_time).unwrap_or_default();
+                let ts = |ms: i64| {
+                    Timestamp::from_millisecond(ms)
+                        .map(show_time)
+                        .unwrap_or_default()
+                };
                 gaps.push(Gap {
                     from: ts(from),
                     to: ts(e),

@@ -37,8 +37,12 @@ const ORDER: &[RecipientStatus] = &[
 
 fn meaning(s: RecipientStatus) -> &'static str {
     match s {
-        RecipientStatus::Sent => "accepted by the provider (with a message id); not a proof of delivery to a device",
-        RecipientStatus::Failed => "the provider refused this recipient (error code and message below)",
+        RecipientStatus::Sent => {
+            "accepted by the provider (with a message id); not a proof of delivery to a device"
+        }
+        RecipientStatus::Failed => {
+            "the provider refused this recipient (error code and message below)"
+        }
         RecipientStatus::Unknown => "the request left but no usable answer came back; not resent",
         RecipientStatus::NotOnline => "P2PSendMessage: the user was not online",
         RecipientStatus::Invalid => "the audience row's id is not a valid user id; never sent",
@@ -85,6 +89,7 @@ struct Calls {
 struct Tick {
     pos: f64,
     label: String,
+    anchor: &'static str,
 }
 
 #[derive(Serialize)]
@@ -270,6 +275,7 @@ fn header_fields(
     run: &RunInfo,
     s: &Summary,
     meta: Option<&facts::RunMeta>,
+    timeline: Option<&Timeline>,
     duration: &str,
 ) -> Vec<Field> {
     let a = &run.audit;
@@ -376,19 +382,34 @@ fn header_fields(
         value: flags_of(run),
         mono: true,
     });
+    let window = show_duration(s.rate.window_seconds);
     f.push(Field {
         label: "Limit",
         value: format!(
-            "{} {} per {} (achieved {} per window, {} of the limit)",
+            "{} {} per {window} (this run's share of the account limit)",
             fmt_count(s.rate.limit),
             s.rate.unit,
-            show_duration(s.rate.window_seconds),
-            fmt_count(s.rate.achieved_per_window.round() as u64),
-            pct(
-                (s.rate.share_of_limit * 1000.0).round() as u64,
-                1000
-            )
         ),
+        mono: false,
+    });
+    let mut rate = match timeline {
+        Some(t) => format!(
+            "busiest {window} window {} {} ({} of the limit)",
+            fmt_count(t.peak),
+            s.rate.unit,
+            pct(t.peak, t.limit)
+        ),
+        None => "no call was answered".into(),
+    };
+    if s.duration_seconds >= s.rate.window_seconds && s.rate.window_seconds > 0.0 {
+        rate.push_str(&format!(
+            "; {} per {window} on average over the whole run, pauses included",
+            fmt_count(s.rate.achieved_per_window.round() as u64)
+        ));
+    }
+    f.push(Field {
+        label: "Rate",
+        value: rate,
         mono: false,
     });
     if let Some(c) = &run.continued_from {
@@ -457,6 +478,7 @@ fn chart(t: &Timeline) -> Chart {
         y_ticks.push(Tick {
             pos: (y(v) * 10.0).round() / 10.0,
             label: fmt_count(v as u64),
+            anchor: "end",
         });
         v += ystep;
     }
@@ -478,6 +500,11 @@ fn chart(t: &Timeline) -> Chart {
             Tick {
                 pos: ((left + s / span_s * plot_w) * 10.0).round() / 10.0,
                 label: at(s).strftime(fmt).to_string(),
+                anchor: match k {
+                    0 => "start",
+                    5 => "end",
+                    _ => "middle",
+                },
             }
         })
         .collect();
@@ -593,6 +620,17 @@ fn group_view(g: FailureGroup) -> Group {
     }
 }
 
+/// A Content as people read it: JSON pretty-printed (the provider gets it compact), anything
+/// else as it is.
+fn readable(content: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(content) {
+        Ok(v @ serde_json::Value::Object(_)) => {
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| content.to_string())
+        }
+        _ => content.to_string(),
+    }
+}
+
 fn variant_view(v: VariantFact) -> Variant {
     Variant {
         recipients_s: fmt_count(v.recipients),
@@ -601,7 +639,11 @@ fn variant_view(v: VariantFact) -> Variant {
         variant: facts::clip(&v.variant, 80),
         recipients: v.recipients,
         msg_type: v.msg_type,
-        content: v.content,
+        content: if v.truncated {
+            v.content
+        } else {
+            readable(&v.content)
+        },
         truncated: v.truncated,
         ext: v
             .ext
@@ -664,11 +706,7 @@ pub(super) fn render(
     let status_sentence = if rows == 0 {
         "The audience had no rows.".to_string()
     } else {
-        format!(
-            "{} audience rows: {}.",
-            fmt_count(rows),
-            nonzero.join(", ")
-        )
+        format!("{} audience rows: {}.", fmt_count(rows), nonzero.join(", "))
     };
 
     let mut failures = Vec::new();
@@ -775,7 +813,7 @@ pub(super) fn render(
         test: run.is_test,
         rows,
         rows_s: fmt_count(rows),
-        fields: header_fields(run, s, meta.as_ref(), &duration),
+        fields: header_fields(run, s, meta.as_ref(), timeline.as_ref(), &duration),
         duration,
         bar_desc: status_sentence.clone(),
         status_sentence,

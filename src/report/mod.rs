@@ -661,7 +661,11 @@ enum Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
-    fn new(file: &'a mut std::fs::File, compressed: bool, path: &Path) -> Result<Self, ReportError> {
+    fn new(
+        file: &'a mut std::fs::File,
+        compressed: bool,
+        path: &Path,
+    ) -> Result<Self, ReportError> {
         let w = BufWriter::with_capacity(1 << 16, file);
         if !compressed {
             return Ok(Sink::Plain(w));

@@ -8,6 +8,7 @@ mod interop;
 mod mock;
 mod plan;
 mod provider;
+mod report;
 mod run;
 mod scheduler;
 mod sender;
