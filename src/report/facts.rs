@@ -23,7 +23,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::action::Action;
-use crate::journal::{Journal, JournalError, RecipientRow, RecipientStatus, RunInfo};
+use crate::journal::{Journal, JournalError, RecipientRef, RecipientStatus, RunInfo};
 use crate::plan::PlanVariant;
 
 /// Points on the sending-over-time chart.
@@ -280,11 +280,11 @@ impl Tally {
         )
     }
 
-    pub fn add(&mut self, row: &RecipientRow) {
+    pub fn add(&mut self, row: &RecipientRef<'_>) {
         if !Self::counts_status(row.status) {
             return;
         }
-        let code = row.error_code.as_deref().map(|c| clip(c, 80));
+        let code = row.error_code.map(|c| clip(c, 80));
         let key = (row.status, code);
         let i = match self.index.get(&key) {
             Some(i) => *i,
@@ -292,11 +292,7 @@ impl Tally {
                 self.groups.push(FailureGroup {
                     status: row.status,
                     code: key.1.clone(),
-                    message: row
-                        .error_message
-                        .as_deref()
-                        .or(row.detail.as_deref())
-                        .map(|m| clip(m, MAX_TEXT)),
+                    message: row.error_message.or(row.detail).map(|m| clip(m, MAX_TEXT)),
                     count: 0,
                     examples: Vec::new(),
                 });
@@ -314,8 +310,11 @@ impl Tally {
             g.examples.push(ExampleRow {
                 line: row.line,
                 id: row.id,
-                raw_id: clip(&row.raw_id, 80),
-                code: row.error_code.as_deref().map(|c| clip(c, 80)),
+                raw_id: match row.raw_id {
+                    Some(r) => clip(r, 80),
+                    None => row.id.map(|v| v.to_string()).unwrap_or_default(),
+                },
+                code: row.error_code.map(|c| clip(c, 80)),
                 call: row.call,
             });
         }

@@ -499,7 +499,12 @@ fn chart(t: &Timeline) -> Chart {
             let s = span_s * k as f64 / 5.0;
             Tick {
                 pos: ((left + s / span_s * plot_w) * 10.0).round() / 10.0,
-                label: at(s).strftime(fmt).to_string(),
+                // Under a minute, seconds after the first tick tell the ticks apart.
+                label: if span_s < 60.0 && k > 0 {
+                    format!("+{s:.1}s")
+                } else {
+                    at(s).strftime(fmt).to_string()
+                },
                 anchor: match k {
                     0 => "start",
                     5 => "end",
@@ -528,16 +533,17 @@ fn chart(t: &Timeline) -> Chart {
     let title = format!("{unit} counted in any {window} window, against the limit");
     let share = pct(t.peak, t.limit);
     let desc = format!(
-        "From {} to {}: {} {unit} in {} calls. The busiest {window} window held {} {unit} ({share} of the limit of {}), {} after the start. {} pause(s) of {} or longer.",
+        "From {} to {}: {} {unit} in {} call{}. The busiest {window} window held {} {unit} ({share} of the limit of {}), {} after the start. Pauses of {} or longer: {}.",
         show_time(t.start),
         show_time(t.end),
         fmt_count(t.units),
         fmt_count(t.calls),
+        if t.calls == 1 { "" } else { "s" },
         fmt_count(t.peak),
         fmt_count(t.limit),
         show_duration(t.peak_at_s),
-        t.gaps.len() + t.more_gaps,
         show_duration(((2.0 * t.window_seconds).max(30.0)).round()),
+        t.gaps.len() + t.more_gaps,
     );
     let sentence = format!(
         "The area is how many {unit} the limiter counted in the {window} window ending at each moment (the highest in each interval of {}); the dashed line is the limit this run could use, {} {unit} per {window}. A flat top at the line is the throttle at work; a drop to zero is a pause; the slope at the end is the tail.",

@@ -391,7 +391,7 @@ fn hostile_journal(root: &Path, rows: u64) -> (Journal, String) {
             })
         }))
     };
-    let now = jiff::Timestamp::now();
+    let now: jiff::Timestamp = "2026-11-22T08:00:00Z".parse().expect("time");
     let run = j
         .open_run(&new, ResumeOptions::default(), &mut seed_rows, now)
         .expect("open")
@@ -424,12 +424,17 @@ fn hostile_journal(root: &Path, rows: u64) -> (Journal, String) {
             state: CallState::Done,
             updates,
             error: None,
-            now,
+            now: now + Duration::from_millis(1500),
         }),
     ])
     .expect("outcome");
-    j.set_status(&run, imcast::journal::RunStatus::Finished, None, now)
-        .expect("finish");
+    j.set_status(
+        &run,
+        imcast::journal::RunStatus::Finished,
+        None,
+        now + Duration::from_secs(2),
+    )
+    .expect("finish");
     (j, run)
 }
 
@@ -456,6 +461,22 @@ fn provider_and_audit_text_is_escaped() {
     assert!(text.contains(HOSTILE), "messages and audit shown as text");
     assert!(!html.contains("<script>x("), "never raw in the source");
     assert!(html.contains("&lt;script&gt;"));
+    // What a person reads, line by line (the page's text, whitespace collapsed).
+    let body: String = doc
+        .select(&sel("body"))
+        .next()
+        .expect("body")
+        .text()
+        .collect();
+    let lines: Vec<String> = body
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let page = lines
+        .join("\n")
+        .replace(env!("CARGO_PKG_VERSION"), "[version]");
+    insta::assert_snapshot!("report_page_text", page);
 }
 
 #[test]
