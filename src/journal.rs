@@ -1808,12 +1808,47 @@ impl Journal {
         Ok(())
     }
 
-    /// Every recipient row of a run in audience order, borrowed from the database row (no
-    /// allocation per row: the report's scan of ten million rows). Same rows and values as
-    /// [`Self::for_each_recipient`]; stops at `f`'s first error.
+    /// A second connection to the same database that only reads (`query_only`): for a reader on
+    /// another thread (the report scans the halves of a large run in parallel). Writes through it
+    /// fail.
+    pub fn reader(&self) -> Result<Journal, JournalError> {
+        let db = |source| JournalError::Db {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = crate::db::open(&self.path, "FULL").map_err(db)?;
+        conn.pragma_update(None, "query_only", true).map_err(db)?;
+        conn.pragma_update(None, "cache_size", -16384).map_err(db)?;
+        Ok(Journal {
+            conn,
+            path: self.path.clone(),
+        })
+    }
+
+    /// The highest audience line of a run's recipient rows (None: no rows).
+    pub fn last_line(&self, run_id: &str) -> Result<Option<u64>, JournalError> {
+        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
+            return Ok(None);
+        };
+        let (lo, hi) = rk_range(key);
+        let max: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(rk) FROM recipients WHERE rk BETWEEN ?1 AND ?2",
+                params![lo, hi],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(max.map(|v| (v as u64) & MAX_LINE))
+    }
+
+    /// The recipient rows of a run whose audience line is in `lines`, in audience order,
+    /// borrowed from the database row (no allocation per row: the report's scan of ten million
+    /// rows). Same rows and values as [`Self::for_each_recipient`]; stops at `f`'s first error.
     pub fn for_each_recipient_ref<E: From<JournalError>>(
         &self,
         run_id: &str,
+        lines: std::ops::RangeInclusive<u64>,
         mut f: impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let run: Option<(i64, String)> = self
@@ -1828,7 +1863,11 @@ impl Journal {
         let Some((key, created_at)) = run else {
             return Ok(());
         };
-        let (lo, hi) = rk_range(key);
+        let (lo, _) = rk_range(key);
+        let (first, last) = (
+            (*lines.start()).min(MAX_LINE) as i64,
+            (*lines.end()).min(MAX_LINE) as i64,
+        );
         let mut st = self
             .conn
             .prepare(
@@ -1837,7 +1876,9 @@ impl Journal {
                  FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
             )
             .map_err(self.db())?;
-        let mut rows = st.query(params![lo, hi]).map_err(self.db())?;
+        let mut rows = st
+            .query(params![lo | first, lo | last])
+            .map_err(self.db())?;
         fn text<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'a str>> {
             match r.get_ref(i)? {
                 rusqlite::types::ValueRef::Null => Ok(None),

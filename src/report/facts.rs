@@ -280,6 +280,29 @@ impl Tally {
         )
     }
 
+    /// Add the tally of the rows after this one's (parts scanned in parallel, merged in order).
+    pub fn merge(&mut self, other: Tally) {
+        for g in other.groups {
+            let key = (g.status, g.code.clone());
+            match self.index.get(&key) {
+                Some(&i) => {
+                    let mine = &mut self.groups[i];
+                    mine.count += g.count;
+                    let room = MAX_EXAMPLES.saturating_sub(mine.examples.len());
+                    mine.examples.extend(g.examples.into_iter().take(room));
+                }
+                None if self.groups.len() < MAX_GROUPS => {
+                    self.index.insert(key, self.groups.len());
+                    self.groups.push(g);
+                }
+                None => *self.other.entry(g.status).or_default() += g.count,
+            }
+        }
+        for (k, n) in other.other {
+            *self.other.entry(k).or_default() += n;
+        }
+    }
+
     pub fn add(&mut self, row: &RecipientRef<'_>) {
         if !Self::counts_status(row.status) {
             return;

@@ -11,7 +11,7 @@
 //! `@`, tab or CR) are prefixed with `'`. Must not: send anything or change the journal.
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -333,6 +333,8 @@ pub struct ReportOptions {
     /// The campaign file, named in the commands the report suggests (else the one the run
     /// recorded).
     pub campaign_file: Option<PathBuf>,
+    /// Scan in this many parallel parts (None: one per core, up to 4, above 200,000 rows).
+    pub scan_parts: Option<usize>,
 }
 
 impl Default for ReportOptions {
@@ -341,6 +343,7 @@ impl Default for ReportOptions {
             formats: ReportFormats::default(),
             compress_above_rows: COMPRESS_ABOVE_ROWS,
             campaign_file: None,
+            scan_parts: None,
         }
     }
 }
@@ -429,81 +432,81 @@ pub fn write_report_with(
             .map_err(io(path))
     };
 
-    let mut csv_tmp = paths.csv.as_deref().map(temp).transpose()?;
-    let mut jsonl_tmp = paths.jsonl.as_deref().map(temp).transpose()?;
-    let mut tally = facts::Tally::default();
+    // The per-recipient files, formatted by one scan of the journal per part: a large run is
+    // cut into contiguous line ranges scanned in parallel (each on its own read connection,
+    // formatting rows borrowed from SQLite, nothing allocated per row, and writing — compressed
+    // when large — into a temp file of its own); the parts are then appended in order (zstd
+    // frames concatenate into one stream). Memory: a chunk buffer per part and file.
+    let formats: Vec<(Kind, &Path)> = [
+        (Kind::Csv, paths.csv.as_deref()),
+        (Kind::Jsonl, paths.jsonl.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(k, p)| p.map(|p| (k, p)))
+    .collect();
+    let ranges = scan_ranges(journal, &run.id, summary.rows, opts.scan_parts)?;
+    let mut files: Vec<Vec<tempfile::NamedTempFile>> = formats
+        .iter()
+        .map(|(_, path)| ranges.iter().map(|_| temp(path)).collect())
+        .collect::<Result<_, _>>()?;
+    let readers: Vec<Journal> = (1..ranges.len())
+        .map(|_| journal.reader())
+        .collect::<Result<_, _>>()?;
+    let mut tallies: Vec<facts::Tally> = ranges.iter().map(|_| facts::Tally::default()).collect();
     {
-        // One ordered scan of the journal on this thread: it tallies the failures and formats
-        // each row (borrowed from SQLite, nothing allocated per row) into a chunk of CSV and of
-        // JSON lines; each file's chunks are compressed (when large) and written on a thread of
-        // its own, fed through a bounded channel (memory stays at a few chunks whatever the
-        // run's size).
-        let csv_out = csv_tmp
-            .as_mut()
-            .zip(paths.csv.as_deref())
-            .map(|(t, p)| (t.as_file_mut(), p));
-        let jsonl_out = jsonl_tmp
-            .as_mut()
-            .zip(paths.jsonl.as_deref())
-            .map(|(t, p)| (t.as_file_mut(), p));
+        let mut per_part: Vec<Vec<(Kind, &mut std::fs::File, &Path)>> =
+            ranges.iter().map(|_| Vec::new()).collect();
+        for ((kind, path), parts) in formats.iter().zip(files.iter_mut()) {
+            for (part, t) in per_part.iter_mut().zip(parts.iter_mut()) {
+                part.push((*kind, t.as_file_mut(), path));
+            }
+        }
         let p2p = run.action == Action::P2p;
-        let tally = &mut tally;
+        let run_id = run.id.as_str();
         std::thread::scope(|scope| -> Result<(), ReportError> {
-            let mut outs: Vec<Out<'_>> = Vec::new();
-            let mut handles = Vec::new();
-            for (out, kind) in [(csv_out, Kind::Csv), (jsonl_out, Kind::Jsonl)] {
-                let Some((file, path)) = out else { continue };
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-                let sink = Sink::new(file, compressed, path)?;
-                handles.push((scope.spawn(move || write_chunks(sink, rx, path)), path));
-                let mut buf = Vec::with_capacity(CHUNK + 4096);
-                if kind == Kind::Csv {
-                    buf.extend_from_slice(CSV_HEADER.join(",").as_bytes());
-                    buf.push(b'\n');
+            let mut work = per_part
+                .into_iter()
+                .zip(tallies.iter_mut())
+                .zip(ranges.iter().cloned())
+                .enumerate();
+            let first = work.next();
+            let handles: Vec<_> = work
+                .zip(readers)
+                .map(|((_, ((outs, tally), lines)), reader)| {
+                    scope.spawn(move || {
+                        scan_part(&reader, run_id, lines, outs, tally, compressed, false, p2p)
+                    })
+                })
+                .collect();
+            let res = match first {
+                Some((_, ((outs, tally), lines))) => {
+                    scan_part(journal, run_id, lines, outs, tally, compressed, true, p2p)
                 }
-                outs.push(Out {
-                    kind,
-                    tx,
-                    buf,
-                    path,
-                });
+                None => Ok(()),
+            };
+            for h in handles {
+                h.join()
+                    .unwrap_or_else(|_| Err(writer_stopped(&paths.dir)))?;
             }
-            let scanned = journal.for_each_recipient_ref::<ReportError>(&run.id, |row| {
-                tally.add(row);
-                if outs.is_empty() {
-                    return Ok(());
-                }
-                // P2P: one row per user the provider answered for, right under its conversation.
-                let users = if p2p && row.detail.is_some() {
-                    p2p_user_rows(&row.to_row())
-                } else {
-                    Vec::new()
-                };
-                for out in outs.iter_mut() {
-                    out.push(row)?;
-                    for u in &users {
-                        out.push(&row_ref(u))?;
-                    }
-                    if out.buf.len() >= CHUNK {
-                        out.flush()?;
-                    }
-                }
-                Ok(())
-            });
-            let mut flushed = Ok(());
-            for out in outs.iter_mut() {
-                if scanned.is_ok() && flushed.is_ok() {
-                    flushed = out.flush();
-                }
-            }
-            drop(outs);
-            // A writer's own error explains a stopped scan better than the scan's.
-            for (h, path) in handles {
-                h.join().unwrap_or_else(|_| Err(writer_stopped(path)))?;
-            }
-            scanned.and(flushed)
+            res
         })?;
     }
+    for (parts, (_, path)) in files.iter_mut().zip(&formats) {
+        let (first, rest) = parts.split_at_mut(1);
+        let dst = first[0].as_file_mut();
+        for t in rest {
+            let f = t.as_file_mut();
+            f.seek(std::io::SeekFrom::Start(0)).map_err(io(path))?;
+            std::io::copy(f, dst).map_err(io(path))?;
+        }
+    }
+    let mut tally = facts::Tally::default();
+    for t in tallies {
+        tally.merge(t);
+    }
+    let mut finals = files.into_iter().map(|mut parts| parts.swap_remove(0));
+    let csv_tmp = paths.csv.as_ref().and_then(|_| finals.next());
+    let jsonl_tmp = paths.jsonl.as_ref().and_then(|_| finals.next());
 
     summary.files = Some(ReportFiles::new(&paths));
     let mut sum_tmp = temp(&paths.summary)?;
@@ -726,12 +729,105 @@ enum Kind {
     Jsonl,
 }
 
-/// One per-recipient file being formatted on the scan thread.
-struct Out<'p> {
+/// Runs with more rows than this are scanned in parallel parts.
+const PARALLEL_ABOVE_ROWS: u64 = 200_000;
+/// At most this many parts.
+const MAX_PARTS: usize = 4;
+
+/// The line ranges to scan: one for small runs, else one per core (up to [`MAX_PARTS`]).
+fn scan_ranges(
+    journal: &Journal,
+    run_id: &str,
+    rows: u64,
+    parts: Option<usize>,
+) -> Result<Vec<std::ops::RangeInclusive<u64>>, ReportError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let parts = match parts {
+        Some(n) => n.clamp(1, MAX_PARTS) as u64,
+        None if rows > PARALLEL_ABOVE_ROWS => cores.clamp(1, MAX_PARTS) as u64,
+        None => 1,
+    };
+    let last = journal.last_line(run_id)?.unwrap_or(0);
+    if parts == 1 || last < parts {
+        return Ok(vec![0..=u64::MAX]);
+    }
+    let step = last.div_ceil(parts);
+    Ok((0..parts)
+        .map(|i| {
+            let from = if i == 0 { 0 } else { i * step + 1 };
+            let to = if i + 1 == parts {
+                u64::MAX
+            } else {
+                (i + 1) * step
+            };
+            from..=to
+        })
+        .collect())
+}
+
+/// Scan the rows of `lines` and write each per-recipient file's part (`header`: the CSV header
+/// first).
+#[allow(clippy::too_many_arguments)]
+fn scan_part(
+    journal: &Journal,
+    run_id: &str,
+    lines: std::ops::RangeInclusive<u64>,
+    outs: Vec<(Kind, &mut std::fs::File, &Path)>,
+    tally: &mut facts::Tally,
+    compressed: bool,
+    header: bool,
+    p2p: bool,
+) -> Result<(), ReportError> {
+    let mut outs = outs
+        .into_iter()
+        .map(|(kind, file, path)| {
+            let mut buf = Vec::with_capacity(CHUNK + 4096);
+            if header && kind == Kind::Csv {
+                buf.extend_from_slice(CSV_HEADER.join(",").as_bytes());
+                buf.push(b'\n');
+            }
+            Ok(Out {
+                kind,
+                sink: Sink::new(file, compressed, path)?,
+                buf,
+                path,
+            })
+        })
+        .collect::<Result<Vec<_>, ReportError>>()?;
+    journal.for_each_recipient_ref::<ReportError>(run_id, lines, |row| {
+        tally.add(row);
+        if outs.is_empty() {
+            return Ok(());
+        }
+        // P2P: one row per user the provider answered for, right under its conversation.
+        let users = if p2p && row.detail.is_some() {
+            p2p_user_rows(&row.to_row())
+        } else {
+            Vec::new()
+        };
+        for out in outs.iter_mut() {
+            out.push(row)?;
+            for u in &users {
+                out.push(&row_ref(u))?;
+            }
+            if out.buf.len() >= CHUNK {
+                out.flush()?;
+            }
+        }
+        Ok(())
+    })?;
+    for out in outs {
+        out.finish()?;
+    }
+    Ok(())
+}
+
+/// One per-recipient file's part being formatted.
+struct Out<'f> {
     kind: Kind,
-    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    sink: Sink<'f>,
     buf: Vec<u8>,
-    path: &'p Path,
+    path: &'f Path,
 }
 
 impl Out<'_> {
@@ -749,28 +845,22 @@ impl Out<'_> {
     }
 
     fn flush(&mut self) -> Result<(), ReportError> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + 4096));
-        self.tx.send(full).map_err(|_| writer_stopped(self.path))
+        let res = self.sink.write_all(&self.buf);
+        self.buf.clear();
+        res.map_err(|source| ReportError::Io {
+            path: self.path.to_path_buf(),
+            source,
+        })
     }
-}
 
-/// Write the chunks from `rx` through `sink` (a per-recipient file's own thread).
-fn write_chunks(
-    mut sink: Sink<'_>,
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    path: &Path,
-) -> Result<(), ReportError> {
-    let err = |source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    for chunk in rx {
-        sink.write_all(&chunk).map_err(err)?;
+    fn finish(mut self) -> Result<(), ReportError> {
+        self.flush()?;
+        let path = self.path;
+        self.sink.finish().map_err(|source| ReportError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
-    sink.finish().map_err(err)
 }
 
 /// A borrowed view of an owned row (the P2P per-user rows).

@@ -537,6 +537,54 @@ fn large_runs_are_compressed_and_formats_are_chosen() {
     let html = std::fs::read_to_string(&z.html).expect("html");
     assert!(html.contains("recipients.csv.zst"));
 
+    // Scanned in parallel parts (forced here; automatic above 200,000 rows): the parts are
+    // appended in order, zstd frames into one stream, the failures tallied across them.
+    for parts in [2, 3, 4] {
+        let p = write_report_with(
+            &j,
+            &run,
+            &reports,
+            &ReportOptions {
+                formats: both,
+                scan_parts: Some(parts),
+                ..ReportOptions::default()
+            },
+        )
+        .expect("parts");
+        assert_eq!(
+            std::fs::read(p.csv.as_ref().expect("csv")).expect("csv"),
+            csv,
+            "{parts} parts"
+        );
+        assert_eq!(
+            std::fs::read(p.jsonl.as_ref().expect("jsonl")).expect("j"),
+            jsonl
+        );
+        let z = write_report_with(
+            &j,
+            &run,
+            &reports,
+            &ReportOptions {
+                formats: both,
+                scan_parts: Some(parts),
+                compress_above_rows: 39,
+                ..ReportOptions::default()
+            },
+        )
+        .expect("parts, compressed");
+        let unpacked =
+            zstd::decode_all(std::fs::File::open(z.csv.as_ref().expect("csv.zst")).expect("open"))
+                .expect("zstd frames");
+        assert_eq!(unpacked, csv, "{parts} zstd frames make one CSV");
+        let html = std::fs::read_to_string(&z.html).expect("html");
+        let doc = Html::parse_document(&html);
+        let failed: u64 = doc.select(&sel("#failures div.card")).count() as u64;
+        assert_eq!(
+            failed, 40,
+            "every failure group across the parts (one code per row)"
+        );
+    }
+
     // No per-recipient file at all: only the page and the summary.
     let none = write_report_with(
         &j,
