@@ -449,7 +449,7 @@ pub fn write_report_with(
         .iter()
         .map(|(_, path)| ranges.iter().map(|_| temp(path)).collect())
         .collect::<Result<_, _>>()?;
-    let readers: Vec<Journal> = (1..ranges.len())
+    let readers: Vec<Journal> = (0..ranges.len())
         .map(|_| journal.reader())
         .collect::<Result<_, _>>()?;
     let mut tallies: Vec<facts::Tally> = ranges.iter().map(|_| facts::Tally::default()).collect();
@@ -469,7 +469,8 @@ pub fn write_report_with(
                 .zip(tallies.iter_mut())
                 .zip(ranges.iter().cloned())
                 .enumerate();
-            let first = work.next();
+            let mut readers = readers.into_iter();
+            let first = work.next().zip(readers.next());
             let handles: Vec<_> = work
                 .zip(readers)
                 .map(|((_, ((outs, tally), lines)), reader)| {
@@ -479,8 +480,8 @@ pub fn write_report_with(
                 })
                 .collect();
             let res = match first {
-                Some((_, ((outs, tally), lines))) => {
-                    scan_part(journal, run_id, lines, outs, tally, compressed, true, p2p)
+                Some(((_, ((outs, tally), lines)), reader)) => {
+                    scan_part(&reader, run_id, lines, outs, tally, compressed, true, p2p)
                 }
                 None => Ok(()),
             };
