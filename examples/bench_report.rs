@@ -166,7 +166,7 @@ fn main() -> anyhow::Result<()> {
     for (seq, recv) in receivers.iter().enumerate() {
         let seq = seq as u64;
         // One call every 2.5 s (12,000 receivers a minute); two hours of quiet in the middle.
-        let pause = if seq >= pause_at { 7200_000 } else { 0 };
+        let pause = if seq >= pause_at { 7_200_000 } else { 0 };
         let at =
             Timestamp::from_millisecond(t0.as_millisecond() + 30_000 + seq as i64 * 2500 + pause)?;
         let variant = variants[group_of(seq)].clone();

@@ -1891,16 +1891,11 @@ impl Journal {
             r.get::<_, Option<i64>>(i)
         }
         while let Some(r) = rows.next().map_err(self.db())? {
-            let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(u64, Option<u64>, Option<u64>, u32, Option<u64>)> {
-                Ok((
-                    (r.get::<_, i64>(0)? as u64) & MAX_LINE,
-                    int(r, 1)?.map(|v| v as u64),
-                    int(r, 4)?.map(|v| v as u64),
-                    r.get::<_, i64>(5)? as u32,
-                    int(r, 6)?.map(|v| v as u64),
-                ))
-            };
-            let (line, id, message_id, attempts, call) = get(r).map_err(self.db())?;
+            let line = (r.get::<_, i64>(0).map_err(self.db())? as u64) & MAX_LINE;
+            let id = int(r, 1).map_err(self.db())?.map(|v| v as u64);
+            let message_id = int(r, 4).map_err(self.db())?.map(|v| v as u64);
+            let attempts = r.get::<_, i64>(5).map_err(self.db())? as u32;
+            let call = int(r, 6).map_err(self.db())?.map(|v| v as u64);
             let status = text(r, 3)
                 .map_err(self.db())?
                 .and_then(|s| s.parse().ok())

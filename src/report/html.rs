@@ -731,7 +731,7 @@ pub(super) fn render(
             .cmp(&a.count)
             .then(rank(a.status).cmp(&rank(b.status)))
     });
-    unknown_groups.sort_by(|a, b| b.count.cmp(&a.count));
+    unknown_groups.sort_by_key(|g| std::cmp::Reverse(g.count));
     let failed_total: u64 = failures.iter().map(|g| g.count).sum::<u64>()
         + tally
             .other

@@ -1,14 +1,24 @@
-//! The one report writer: `reports/<campaign>/<run-id>/` with `recipients.csv`,
-//! `recipients.jsonl` (one row per audience row; for P2PSendMessage campaigns each conversation
-//! row is followed by one row per user the provider answered for, `raw_id` `<conversation>/<user>`,
-//! status `sent` or `not_online`) and `summary.json` (counts per status, calls,
-//! duration, achieved rate vs limit, audit block). Generated from the journal only, so
-//! `imcast report` can rewrite it at any time and it always matches the journal.
+//! The one report writer: `reports/<campaign>/<run-id>/` with `report.html` (the page people look
+//! at, see `html`), `summary.json` (counts per status, calls, duration, achieved rate vs limit,
+//! the report's files, audit block) and the per-recipient files the formats ask for:
+//! `recipients.csv` (default) and/or `recipients.jsonl` (on request) — one row per audience row;
+//! for P2PSendMessage campaigns each conversation row is followed by one row per user the provider
+//! answered for (`raw_id` `<conversation>/<user>`, status `sent` or `not_online`). Above
+//! [`COMPRESS_ABOVE_ROWS`] rows the per-recipient files are zstd-compressed (`.zst`). Generated
+//! from the journal only (plus what the run recorded for its page, see `facts`), so
+//! `imcast report` can rewrite it at any time and it always matches the journal; per-recipient
+//! files a rewrite no longer writes are removed. [`prune_reports`] deletes old report folders.
+//!
+//! Speed: the per-recipient rows are read borrowed from SQLite and formatted by hand (the CSV
+//! exactly as the `csv` crate writes it, checked by a unit test), a large run in contiguous line
+//! ranges scanned in parallel on read connections, each into a temp file appended in order
+//! (zstd frames concatenate); memory is a chunk buffer per part and file, whatever the run's size.
 //!
 //! Invariants: every file is written to a temp file in the same directory and renamed into place
 //! (a reader never sees half a report); files are mode 0600 and directories 0700 (reports hold
 //! personal data); CSV cells that a spreadsheet would treat as a formula (leading `=`, `+`, `-`,
-//! `@`, tab or CR) are prefixed with `'`. Must not: send anything or change the journal.
+//! `@`, tab or CR) are prefixed with `'`. Must not: send anything or change the journal's core
+//! tables (it only reads them; `facts::record_run` keeps the page's extras in tables of its own).
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Seek, Write};
@@ -164,7 +174,7 @@ pub fn fmt_count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
