@@ -1126,3 +1126,66 @@ async fn browser_renders_the_report_without_errors() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// The variants a run records for its page are the plan's largest Contents, rendered the same
+/// whether the plan keeps its Contents or re-renders them, with the recipients its calls carry.
+#[test]
+fn plan_variants_are_the_largest_contents_kept_or_re_rendered() {
+    use imcast::plan::{self, PlanOptions, StoreLimits};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Group g has 30 - 2g users: sizes 30, 28, …, 2.
+    let mut csv = String::from("user_id,g\n");
+    let mut id = 1_000u64;
+    for g in 0..15u64 {
+        for _ in 0..(30 - 2 * g) {
+            csv.push_str(&format!("{id},g{g}\n"));
+            id += 1;
+        }
+    }
+    std::fs::write(dir.path().join("a.csv"), csv).expect("csv");
+    let file = dir.path().join("v.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nname: v\nprovider: { app_id: 1, region: cn-north-1 }\naction: batch\nsender: 1\n\
+         audience: { csv: a.csv }\nmessage: { type: text, text: \"Hello {{ g }}\", ext: { k: \"{{ g }}\" } }\n",
+    )
+    .expect("campaign");
+    let c = imcast::spec::load(&file, &imcast::spec::LoadOptions::default()).expect("campaign");
+    let kept = plan::build(&c, &PlanOptions::default()).expect("plan");
+    let spilled = plan::build_with(
+        &c,
+        &PlanOptions::default(),
+        StoreLimits {
+            max_contents: 1,
+            max_bytes: 1 << 20,
+        },
+    )
+    .expect("plan");
+    assert!(!spilled.contents_in_memory());
+    let mut by_variant: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for call in kept.calls() {
+        let call = call.expect("call");
+        let e = by_variant
+            .entry(call.variant.clone())
+            .or_insert((0, call.content.clone()));
+        e.0 += call.receivers.len() as u64;
+    }
+    for p in [&kept, &spilled] {
+        let v = p.variants(4).expect("variants");
+        let sizes: Vec<u64> = v.iter().map(|v| v.recipients).collect();
+        assert_eq!(sizes, [30, 28, 26, 24], "the four largest, in plan order");
+        for x in &v {
+            let (n, content) = &by_variant[&x.variant];
+            assert_eq!(x.recipients, *n);
+            assert_eq!(&x.content, content);
+            assert_eq!(
+                x.ext.get("k").map(String::as_str),
+                x.content
+                    .split(' ')
+                    .nth(1)
+                    .map(|s| s.trim_end_matches("\"}"))
+            );
+        }
+        assert_eq!(p.variants(100).expect("all").len(), 15);
+    }
+}
