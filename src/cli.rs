@@ -99,7 +99,7 @@ pub enum Command {
     Run(RunArgs),
     /// Show the latest run of a campaign.
     Status(StatusArgs),
-    /// Rewrite a run's report from the journal.
+    /// Rewrite a run's report (report.html, summary.json, per-recipient files) from the journal.
     Report(ReportArgs),
     /// Run a folder of campaigns on their schedules, each occurrence exactly once.
     Daemon(DaemonArgs),
@@ -111,7 +111,7 @@ pub enum Command {
     Resume(ControlArgs),
     /// Cancel a running or scheduled campaign: its pending recipients become `cancelled`.
     Cancel(ControlArgs),
-    /// Delete old runs from the journal (reports already written stay).
+    /// Delete old runs from the journal (and, with --reports, their report folders).
     Prune(PruneArgs),
     /// Run the mock provider: the same API on loopback, with signature checks, limits and faults.
     MockServer(MockServerArgs),
@@ -230,6 +230,10 @@ pub struct RunArgs {
     /// Where reports go (default: reports/ at the campaigns repository root).
     #[arg(long)]
     pub report_dir: Option<PathBuf>,
+    /// Per-recipient report files, comma-separated: csv, jsonl, or none (default: imcast.toml's
+    /// `report.formats`, else csv). report.html and summary.json are always written.
+    #[arg(long, value_name = "FORMAT,FORMAT", value_parser = crate::config::ReportFormats::parse)]
+    pub report_format: Option<crate::config::ReportFormats>,
     /// Allow this provider endpoint besides the known region hosts and loopback.
     #[arg(long, value_name = "URL")]
     pub allow_endpoint: Vec<String>,
@@ -243,6 +247,9 @@ pub struct StatusArgs {
     pub file: PathBuf,
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
+    /// Where reports go (default: reports/ at the campaigns repository root).
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -257,6 +264,13 @@ pub struct ReportArgs {
     /// Where reports go (default: reports/ at the campaigns repository root).
     #[arg(long)]
     pub report_dir: Option<PathBuf>,
+    /// Per-recipient report files, comma-separated: csv, jsonl, or none (default: imcast.toml's
+    /// `report.formats`, else csv). report.html and summary.json are always written.
+    #[arg(long, value_name = "FORMAT,FORMAT", value_parser = crate::config::ReportFormats::parse)]
+    pub report_format: Option<crate::config::ReportFormats>,
+    /// Open report.html in a browser, when there is one (else print where it is).
+    #[arg(long)]
+    pub open: bool,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -271,6 +285,10 @@ pub struct DaemonArgs {
     /// Where reports go (default: reports/ at the campaigns repository root).
     #[arg(long)]
     pub report_dir: Option<PathBuf>,
+    /// Per-recipient report files, comma-separated: csv, jsonl, or none (default: imcast.toml's
+    /// `report.formats`, else csv). report.html and summary.json are always written.
+    #[arg(long, value_name = "FORMAT,FORMAT", value_parser = crate::config::ReportFormats::parse)]
+    pub report_format: Option<crate::config::ReportFormats>,
     /// Allow this provider endpoint besides the known region hosts and loopback.
     #[arg(long, value_name = "URL")]
     pub allow_endpoint: Vec<String>,
@@ -316,6 +334,12 @@ pub struct PruneArgs {
     /// Delete runs that ended longer ago than this (e.g. 90d).
     #[arg(long, value_name = "DURATION")]
     pub older_than: String,
+    /// Also delete the report folders of runs that ended longer ago (never by default).
+    #[arg(long)]
+    pub reports: bool,
+    /// Where reports are (with --reports; default: reports/ at the campaigns repository root).
+    #[arg(long, requires = "reports")]
+    pub report_dir: Option<PathBuf>,
     #[command(flatten)]
     pub state: StateArgs,
 }

@@ -2,7 +2,8 @@
 //!
 //! Owns: parsing `imcast.toml` (unknown keys are errors), the per-action limits with the documented
 //! defaults ([`Action::default_limit`]), the reserved share, the global suppression lists, the
-//! request-rate cap and in-flight bounds, the failure-breaker defaults, and discovery of the
+//! request-rate cap and in-flight bounds, the failure-breaker defaults, which per-recipient report
+//! files to write (`[report] formats`, [`ReportFormats`]), and discovery of the
 //! repository root (the directory holding `imcast.toml`, else the git root, else the campaign's
 //! directory) from which `.imcast/` and `reports/` default.
 //!
@@ -108,6 +109,95 @@ pub struct AccountConfig {
     pub max_in_flight: usize,
     /// Failure-breaker defaults (a campaign's `breaker:` overrides).
     pub breaker: BreakerSettings,
+    /// Per-recipient report files (`[report] formats`; `--report-format` overrides).
+    pub report_formats: ReportFormats,
+}
+
+/// Which per-recipient report files a run writes: `recipients.csv` (default) and/or
+/// `recipients.jsonl` (on request). `report.html` and `summary.json` are always written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReportFormats {
+    pub csv: bool,
+    pub jsonl: bool,
+}
+
+impl Default for ReportFormats {
+    fn default() -> Self {
+        ReportFormats {
+            csv: true,
+            jsonl: false,
+        }
+    }
+}
+
+impl ReportFormats {
+    /// The names accepted in `--report-format` and `report.formats`.
+    pub const NAMES: &'static str = "csv, jsonl (or none)";
+
+    /// One format name into `self`; an unknown name is an error saying what is accepted.
+    fn add(&mut self, name: &str) -> Result<(), String> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "csv" => self.csv = true,
+            "jsonl" => self.jsonl = true,
+            "none" => {}
+            "html" | "summary" | "json" => {
+                return Err(format!(
+                    "report format {name:?}: report.html and summary.json are always written; \
+                     choose the per-recipient files from {}",
+                    Self::NAMES
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "unknown report format {name:?}: choose from {}",
+                    Self::NAMES
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// A list of names (`report.formats = [...]`); empty or `["none"]` means no per-recipient file.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut f = ReportFormats {
+            csv: false,
+            jsonl: false,
+        };
+        for n in names {
+            f.add(n)?;
+        }
+        Ok(f)
+    }
+
+    /// `--report-format csv,jsonl` (comma-separated).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Err(format!(
+                "no report format given: choose from {}",
+                Self::NAMES
+            ));
+        }
+        Self::from_names(s.split(','))
+    }
+
+    /// The names, for messages and `summary.json`.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.csv {
+            v.push("csv");
+        }
+        if self.jsonl {
+            v.push("jsonl");
+        }
+        v
+    }
+}
+
+impl std::str::FromStr for ReportFormats {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
 }
 
 impl Default for AccountConfig {
@@ -127,6 +217,7 @@ impl Default for AccountConfig {
             max_batch_in_flight: 4,
             max_in_flight: 16,
             breaker: BreakerSettings::default(),
+            report_formats: ReportFormats::default(),
         }
     }
 }
@@ -142,6 +233,14 @@ struct RawConfig {
     send: RawSend,
     #[serde(default)]
     breaker: RawBreaker,
+    #[serde(default)]
+    report: RawReport,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    formats: Option<Vec<toml::Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +376,21 @@ impl AccountConfig {
             }
             cfg.breaker.max_failure_ratio = v;
         }
+        if let Some(names) = &raw.report.formats {
+            let mut f = ReportFormats {
+                csv: false,
+                jsonl: false,
+            };
+            for n in names {
+                if let Err(e) = f.add(n.get_ref()) {
+                    let (line, col) = line_col(text, n.span().start);
+                    return Err(invalid(format!(
+                        "line {line}, column {col}: report.formats: {e}"
+                    )));
+                }
+            }
+            cfg.report_formats = f;
+        }
         Ok(cfg)
     }
 
@@ -313,6 +427,14 @@ impl AccountConfig {
         }
         Limit::new(limit, acct.window)
     }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
 }
 
 /// Where one campaign's repository keeps things.

@@ -155,6 +155,18 @@ pub struct PlannedCall {
     pub ext: BTreeMap<String, String>,
 }
 
+/// One distinct Content of a plan (see [`Plan::variants`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanVariant {
+    /// Short hash of content + ext (the calls' and report rows' `variant`).
+    pub variant: String,
+    /// Valid recipients who get it.
+    pub recipients: u64,
+    pub msg_type: i32,
+    pub content: String,
+    pub ext: BTreeMap<String, String>,
+}
+
 /// What happens to one audience row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -1005,6 +1017,33 @@ impl Plan {
             required: Vec::new(),
             done: false,
         }
+    }
+
+    /// The `max` distinct Contents with the most recipients (ties: plan order), in plan order,
+    /// each rendered, with its variant id and recipient count (for the run report). Re-renders a
+    /// Content the plan does not keep in memory from its first row.
+    pub fn variants(&self, max: usize) -> Result<Vec<PlanVariant>, PlanError> {
+        let size = |g: usize| (self.group_start[g + 1] - self.group_start[g]) as u64;
+        let mut chosen: Vec<usize> = (0..self.groups.len()).collect();
+        if chosen.len() > max {
+            chosen.select_nth_unstable_by_key(max, |&g| (std::cmp::Reverse(size(g)), g));
+            chosen.truncate(max);
+        }
+        chosen.sort_unstable();
+        let mut cursor = None;
+        chosen
+            .into_iter()
+            .map(|g| {
+                let (content, ext) = self.content_of(g, &mut cursor)?;
+                Ok(PlanVariant {
+                    variant: variant_of(self.groups[g].key()),
+                    recipients: size(g),
+                    msg_type: self.campaign.message.msg_type,
+                    content,
+                    ext,
+                })
+            })
+            .collect()
     }
 
     /// The call that carries `id`, if `id` is a valid recipient.

@@ -62,6 +62,7 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
                 report_dir: a.report_dir.clone(),
                 config: a.state.config.clone(),
                 target: None,
+                report_formats: a.report_format,
             },
             Arc::new(SystemClock),
         );

@@ -1,12 +1,15 @@
-//! `imcast prune --older-than 90d`: delete old rows from the state database — the journal's
-//! runs that ended before the cutoff (with their calls and recipients) and the scheduler's
-//! finished occurrences and handled control requests. Reports already written stay on disk;
-//! unfinished runs and pending occurrences are never pruned.
+//! `imcast prune --older-than 90d [--reports]`: delete old rows from the state database — the
+//! journal's runs that ended before the cutoff (with their calls, recipients and what their
+//! reports recorded) and the scheduler's finished occurrences and handled control requests. With
+//! `--reports` (never by default) also the report folders of runs that ended before the cutoff
+//! (`report::prune_reports`: only files imcast wrote). Unfinished runs and pending occurrences
+//! are never pruned.
 
 use anyhow::{anyhow, Context};
 
 use crate::cli::{GlobalArgs, PruneArgs};
 use crate::clock::{Clock, SystemClock};
+use crate::config::discover_root_from_dir;
 use crate::daemon::{default_state_dir, state};
 use crate::exit::{CmdResult, Exit, ExitContext};
 
@@ -19,36 +22,56 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
             )
         })
         .exit(Exit::Invalid)?;
+    let cwd = std::env::current_dir().exit(Exit::Internal)?;
     let state_dir = match &a.state.state_dir {
         Some(d) => d.clone(),
-        None => default_state_dir(&std::env::current_dir().exit(Exit::Internal)?),
+        None => default_state_dir(&cwd),
+    };
+    let now = SystemClock.now().as_second();
+    let cutoff = now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
+    let cutoff_ts = jiff::Timestamp::from_second(cutoff).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let reports = if a.reports {
+        let dir = a
+            .report_dir
+            .clone()
+            .unwrap_or_else(|| discover_root_from_dir(&cwd).join("reports"));
+        let r = crate::report::prune_reports(&dir, cutoff_ts).exit(Exit::Internal)?;
+        Some((dir, r))
+    } else {
+        None
+    };
+    let reports_note = match &reports {
+        Some((dir, r)) => format!(
+            "; {} report folder(s) ({:.1} MB) in {}",
+            r.folders,
+            r.bytes as f64 / 1e6,
+            dir.display()
+        ),
+        None => "; reports stay (--reports removes them too)".into(),
     };
     let Some(conn) = state::open_existing(&state_dir)
         .with_context(|| format!("state directory {}", state_dir.display()))
         .exit(Exit::Internal)?
     else {
         crate::outln!(
-            "nothing to prune: no state database in {}",
+            "nothing to prune in the journal: no state database in {}{reports_note}",
             state_dir.display()
         );
         return Ok(Exit::Ok);
     };
-    let now = SystemClock.now().as_second();
-    let cutoff = now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
     drop(conn);
     let mut journal = crate::journal::Journal::open(&state_dir).map_err(|e| {
         let exit = e.exit();
         crate::exit::Failure::new(exit, e)
     })?;
-    let (runs, calls, recipients) = journal
-        .prune_runs(jiff::Timestamp::from_second(cutoff).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
-        .map_err(|e| {
-            let exit = e.exit();
-            crate::exit::Failure::new(exit, e)
-        })?;
+    let (runs, calls, recipients) = journal.prune_runs(cutoff_ts).map_err(|e| {
+        let exit = e.exit();
+        crate::exit::Failure::new(exit, e)
+    })?;
+    crate::report::facts::forget_pruned(&journal).exit(Exit::Internal)?;
     let (occ, ctl) = state::prune(journal.connection(), cutoff).exit(Exit::Internal)?;
     crate::outln!(
-        "pruned {runs} run(s) ({calls} call(s), {recipients} recipient row(s)), {occ} schedule occurrence(s) and {ctl} control request(s) older than {}; reports stay",
+        "pruned {runs} run(s) ({calls} call(s), {recipients} recipient row(s)), {occ} schedule occurrence(s) and {ctl} control request(s) older than {}{reports_note}",
         humantime::format_duration(age)
     );
     Ok(Exit::Ok)

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use crate::action::Action;
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{AccountConfig, BreakerSettings, Limit, RepoPaths};
+use crate::config::{AccountConfig, BreakerSettings, Limit, RepoPaths, ReportFormats};
 use crate::exit::{CmdResult, Exit, ExitContext, Failure};
 use crate::journal::{
     Journal, NewRun, Opened, RecipientStatus, ResumeOptions, RunFlags, RunInfo, RunStatus,
@@ -38,7 +38,7 @@ use crate::journal::{
 };
 use crate::plan::{Plan, PlanOptions, PlannedCall};
 use crate::provider::{Client, ClientConfig, Credentials};
-use crate::report::{write_report, Audit};
+use crate::report::{write_report_with, Audit, ReportOptions};
 use crate::schedule::QuietHours;
 use crate::send::adapters::{seed_rows, test_seed_rows, PlanSource, ProviderTransport};
 use crate::send::{
@@ -73,6 +73,8 @@ pub struct CampaignRun {
     pub progress: Option<ProgressFn>,
     /// Print the human notes (resuming, already finished) on stderr; else they go to tracing.
     pub notes_on_stderr: bool,
+    /// Per-recipient report files (`--report-format`); None: `imcast.toml`'s `report.formats`.
+    pub report_formats: Option<ReportFormats>,
 }
 
 impl CampaignRun {
@@ -92,6 +94,7 @@ impl CampaignRun {
             test_to: Vec::new(),
             progress: None,
             notes_on_stderr: false,
+            report_formats: None,
         }
     }
 }
@@ -169,6 +172,7 @@ struct ExecOptions {
     interactive: bool,
     notes_on_stderr: bool,
     quiet_hours: Option<QuietHours>,
+    report_formats: Option<ReportFormats>,
 }
 
 fn note(on_stderr: bool, msg: &str) {
@@ -280,6 +284,7 @@ fn prepare<'r, E: std::fmt::Display + Send>(
         &inp.plan_hash,
         inp.access_key_id.as_deref(),
         &inp.endpoint,
+        inp.app_id,
         &flags,
     );
     let mut journal = Journal::open(&paths.state_dir).map_err(|e| {
@@ -459,31 +464,37 @@ where
     let end = engine.run(source).await;
     let reports_dir = paths.reports_dir.clone();
     let run_id = run.id.clone();
+    let report_opts = ReportOptions {
+        formats: opts.report_formats.unwrap_or(account.report_formats),
+        campaign_file: Some(inp.campaign_file.clone()),
+        ..ReportOptions::default()
+    };
     let end = match end {
         Ok(e) => e,
         Err(e) => {
             let exit = e.exit();
             let (j, r) = (journal.clone(), run_id.clone());
             let _ = tokio::task::spawn_blocking(move || {
-                j.with_blocking(|j| write_report(j, &r, &reports_dir))
+                j.with_blocking(|j| write_report_with(j, &r, &reports_dir, &report_opts))
             })
             .await;
             return Err(Failure::new(exit, e).context_run(&run.id));
         }
     };
     let (j, r) = (journal.clone(), run_id.clone());
-    let report =
-        tokio::task::spawn_blocking(move || j.with_blocking(|j| write_report(j, &r, &reports_dir)))
-            .await
-            .map_err(|e| anyhow!("report task failed: {e}"))
-            .exit(Exit::Internal)?
-            .with_context(|| {
-                format!(
-                    "run {} stopped, but its report could not be written; `imcast report` retries",
-                    run.id
-                )
-            })
-            .exit(Exit::Internal)?;
+    let report = tokio::task::spawn_blocking(move || {
+        j.with_blocking(|j| write_report_with(j, &r, &reports_dir, &report_opts))
+    })
+    .await
+    .map_err(|e| anyhow!("report task failed: {e}"))
+    .exit(Exit::Internal)?
+    .with_context(|| {
+        format!(
+            "run {} stopped, but its report could not be written; `imcast report` retries",
+            run.id
+        )
+    })
+    .exit(Exit::Internal)?;
     Ok(RunSummary {
         run_id: Some(run.id.clone()),
         exit: end.exit(),
@@ -556,6 +567,7 @@ where
         interactive: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
         notes_on_stderr: true,
         quiet_hours: None,
+        report_formats: args.report_format,
     };
     let prepared = match prepare(&inp, &opts, &paths, rows, clock.now())? {
         Prep::Done(s) => return Ok(s.exit),
@@ -688,6 +700,7 @@ pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
             test_to: args.test_to.clone(),
             progress: Some(Arc::new(move |p: &Progress| r2.update(p))),
             notes_on_stderr: true,
+            report_formats: args.report_format,
         };
         let res = run_campaign(req, Arc::new(SystemClock), stop).await;
         if let Some(m) = mock {
@@ -751,6 +764,7 @@ pub async fn run_campaign(
         interactive: req.interactive,
         notes_on_stderr: req.notes_on_stderr,
         quiet_hours: req.campaign.quiet_hours.clone(),
+        report_formats: req.report_formats,
     };
     let test_to = req.test_to.clone();
     let occurrence = req.occurrence.clone();
@@ -785,7 +799,7 @@ pub async fn run_campaign(
             inp.deadline = None;
             (inp, PlanSource::Fixed(calls))
         };
-        let prep = match &source {
+        let mut prep = match &source {
             PlanSource::Plan(p) => {
                 let mut rows = || seed_rows(p);
                 prepare(&inp, &o2, &p2, &mut rows, now)?
@@ -795,6 +809,9 @@ pub async fn run_campaign(
                 prepare(&inp, &o2, &p2, &mut rows, now)?
             }
         };
+        if let Prep::Go(p) = &mut prep {
+            record_for_report(&mut p.journal, &p.run.id, &c2, &plan, &source);
+        }
         Ok((inp, source, prep))
     })
     .await
@@ -818,6 +835,54 @@ pub async fn run_campaign(
         req.progress,
     )
     .await
+}
+
+/// Record what the run's report shows and the journal's core tables do not hold: the campaign
+/// file, its AppId and the largest variants, rendered. A failure costs only the report's
+/// Contents, never the send: it is logged and the run goes on.
+fn record_for_report(
+    journal: &mut Journal,
+    run_id: &str,
+    c: &Campaign,
+    plan: &Plan,
+    source: &PlanSource,
+) {
+    let res = (|| -> Result<(), String> {
+        let (variants, distinct) = match source {
+            PlanSource::Plan(_) => (
+                plan.variants(crate::report::facts::MAX_VARIANTS)
+                    .map_err(|e| e.to_string())?,
+                plan.counts().distinct_contents,
+            ),
+            PlanSource::Fixed(calls) => {
+                let mut by: Vec<crate::plan::PlanVariant> = Vec::new();
+                for call in calls {
+                    match by.iter_mut().find(|v| v.variant == call.variant) {
+                        Some(v) => v.recipients += call.receivers.len() as u64,
+                        None => by.push(crate::plan::PlanVariant {
+                            variant: call.variant.clone(),
+                            recipients: call.receivers.len() as u64,
+                            msg_type: call.msg_type,
+                            content: call.content.clone(),
+                            ext: call.ext.clone(),
+                        }),
+                    }
+                }
+                let n = by.len() as u64;
+                (by, n)
+            }
+        };
+        let meta = crate::report::facts::RunMeta {
+            campaign_file: Some(c.path.display().to_string()),
+            app_id: Some(c.app_id),
+            distinct_contents: distinct,
+        };
+        crate::report::facts::record_run(journal, run_id, &meta, &variants)
+            .map_err(|e| e.to_string())
+    })();
+    if let Err(e) = res {
+        tracing::warn!(run = %run_id, "the report will not show the rendered Contents: {e}");
+    }
 }
 
 /// The core's inputs from a campaign and its plan.

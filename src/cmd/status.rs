@@ -1,4 +1,5 @@
-//! `imcast status FILE`: the latest run of a campaign, from the journal.
+//! `imcast status FILE`: the latest run of a campaign, from the journal, and where its report
+//! page is (`report.html`, or how to write it when it is not there).
 //!
 //! The campaign's name comes from `crate::spec::load`; a file that no longer validates (e.g. an
 //! audience file was moved since the run) still shows its runs through a minimal read of the
@@ -13,7 +14,7 @@ use crate::cli::{GlobalArgs, OutputFormat, StatusArgs};
 use crate::config::RepoPaths;
 use crate::exit::{CmdResult, Exit, ExitContext, Failure};
 use crate::journal::{Journal, RecipientStatus, DB_FILE};
-use crate::report::summary;
+use crate::report::{report_dir, summary, HTML_FILE};
 use crate::send::describe_counts;
 
 #[derive(Deserialize)]
@@ -58,7 +59,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         &args.file,
         args.state.config.as_deref(),
         args.state.state_dir.as_deref(),
-        None,
+        args.report_dir.as_deref(),
     );
     let journal = open_existing(&paths)?;
     let run = match &journal {
@@ -78,9 +79,18 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         return Ok(Exit::Ok);
     };
     let s = summary(&j, &run).exit(Exit::Internal)?;
+    let html = report_dir(&paths.reports_dir, &run.campaign, &run.id).join(HTML_FILE);
+    let html = html.is_file().then_some(html);
     match args.output {
         OutputFormat::Json => {
-            let v = serde_json::to_string_pretty(&s).exit(Exit::Internal)?;
+            let mut v = serde_json::to_value(&s).exit(Exit::Internal)?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "report_html".into(),
+                    html.as_ref().map(|p| p.display().to_string()).into(),
+                );
+            }
+            let v = serde_json::to_string_pretty(&v).exit(Exit::Internal)?;
             crate::outln!("{v}");
         }
         OutputFormat::Human => {
@@ -108,6 +118,13 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                 s.calls.attempts
             );
             crate::outln!("  plan hash {}", run.plan_hash);
+            match &html {
+                Some(p) => crate::outln!("  report    {}", p.display()),
+                None => crate::outln!(
+                    "  report    not written yet; `imcast report {}` writes it",
+                    args.file.display()
+                ),
+            }
             if run.status.is_unfinished() {
                 crate::outln!("Resume with: imcast run {}", args.file.display());
             } else if s

@@ -55,6 +55,8 @@ pub struct SendRunnerConfig {
     pub config: Option<PathBuf>,
     /// Send here instead of each campaign's endpoint (tests; None in production).
     pub target: Option<(url::Url, crate::provider::Credentials)>,
+    /// `--report-format` (else each campaign's `imcast.toml` `report.formats`).
+    pub report_formats: Option<crate::config::ReportFormats>,
 }
 
 /// See the module doc.
@@ -139,6 +141,7 @@ impl SendRunner {
         let mut run = CampaignRun::new(campaign, self.paths_for_key(&e.req));
         run.occurrence = Some(e.req.run_key.clone());
         run.target = self.cfg.target.clone();
+        run.report_formats = self.cfg.report_formats;
         run.yes = true;
         run.interactive = false;
         let clock = self.clock.clone();
@@ -247,6 +250,8 @@ impl SendRunner {
         let campaign = req.campaign.clone();
         let occurrence = req.run_key.clone();
         let now = self.clock.now();
+        let formats = self.cfg.report_formats;
+        let file = req.path.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<String, String> {
             let j = Journal::open(&paths.state_dir).map_err(|e| e.to_string())?;
             let id = match run_id {
@@ -262,7 +267,18 @@ impl SendRunner {
             let n = j.cancel_pending(&id, now).map_err(|e| e.to_string())?;
             j.set_status(&id, JournalRunStatus::Cancelled, Some("cancelled"), now)
                 .map_err(|e| e.to_string())?;
-            let report = crate::report::write_report(&j, &id, &paths.reports_dir)
+            let opts = crate::report::ReportOptions {
+                formats: match formats {
+                    Some(f) => f,
+                    None => paths
+                        .account_config()
+                        .map(|c| c.report_formats)
+                        .unwrap_or_default(),
+                },
+                campaign_file: Some(file),
+                ..crate::report::ReportOptions::default()
+            };
+            let report = crate::report::write_report_with(&j, &id, &paths.reports_dir, &opts)
                 .map(|r| format!("; report {}", r.dir.display()))
                 .unwrap_or_default();
             Ok(format!(

@@ -227,6 +227,16 @@ fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
             .unwrap_or(false),
         "a report was written"
     );
+    // The daemon's run has its report page too.
+    let pages: Vec<PathBuf> = std::fs::read_dir(root.join("reports/e2e"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("report.html"))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!pages.is_empty(), "the daemon's run has report.html");
 
     // Metrics from the journal, control through the one table, graceful SIGTERM.
     let body = wait_for(200, || {
@@ -351,6 +361,7 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
             report_dir: Some(root.join("reports")),
             config: None,
             target: Some((m.endpoint(), m.credentials())),
+            report_formats: None,
         },
         clock.clone(),
     );

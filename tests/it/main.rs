@@ -10,6 +10,7 @@ mod plan;
 mod plan_diff;
 mod provider;
 mod race;
+mod report;
 mod requeue;
 mod run;
 mod scheduler;

@@ -80,6 +80,11 @@ fn request(repo: &Repo, file: &Path, m: &mock::MockHandle) -> CampaignRun {
     let mut r = CampaignRun::new(load(file), repo.paths(file));
     r.target = Some((m.endpoint(), m.credentials()));
     r.mock = true;
+    // These tests read the JSONL rows (on request; the default is CSV only).
+    r.report_formats = Some(imcast::config::ReportFormats {
+        csv: true,
+        jsonl: true,
+    });
     r
 }
 

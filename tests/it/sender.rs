@@ -780,12 +780,22 @@ async fn report_files_are_complete_private_and_spreadsheet_safe() {
         .await;
     assert_eq!(end.status, RunStatus::Finished);
     let reports = s.state.parent().expect("root").join("reports");
+    let opts = imcast::report::ReportOptions {
+        formats: imcast::config::ReportFormats {
+            csv: true,
+            jsonl: true,
+        },
+        ..imcast::report::ReportOptions::default()
+    };
     let paths = j
-        .with_blocking(|j| imcast::report::write_report(j, &run, &reports))
+        .with_blocking(|j| imcast::report::write_report_with(j, &run, &reports, &opts))
         .expect("report");
     assert_eq!(paths.dir, reports.join("spring-sale").join(&run));
-    let csv = std::fs::read_to_string(&paths.csv).expect("csv");
-    let jsonl = std::fs::read_to_string(&paths.jsonl).expect("jsonl");
+    let csv_path = paths.csv.clone().expect("csv written");
+    let jsonl_path = paths.jsonl.clone().expect("jsonl asked for");
+    assert!(!paths.compressed, "small runs are not compressed");
+    let csv = std::fs::read_to_string(&csv_path).expect("csv");
+    let jsonl = std::fs::read_to_string(&jsonl_path).expect("jsonl");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&paths.summary).expect("summary"))
             .expect("json");
@@ -807,7 +817,7 @@ async fn report_files_are_complete_private_and_spreadsheet_safe() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        for p in [&paths.csv, &paths.jsonl, &paths.summary] {
+        for p in [&csv_path, &jsonl_path, &paths.summary, &paths.html] {
             let m = std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
             assert_eq!(m, 0o600, "{}", p.display());
         }
@@ -823,10 +833,23 @@ async fn report_files_are_complete_private_and_spreadsheet_safe() {
         .expect("dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 3, "{names:?}");
-    j.with_blocking(|j| imcast::report::write_report(j, &run, &reports))
+    assert_eq!(names.len(), 4, "{names:?}");
+    let html = std::fs::read_to_string(&paths.html).expect("html");
+    j.with_blocking(|j| imcast::report::write_report_with(j, &run, &reports, &opts))
         .expect("rewrite");
-    assert_eq!(std::fs::read_to_string(&paths.csv).expect("csv"), csv);
+    assert_eq!(std::fs::read_to_string(&csv_path).expect("csv"), csv);
+    assert_eq!(
+        std::fs::read_to_string(&paths.html).expect("html"),
+        html,
+        "rewriting gives the same page"
+    );
+    // The default rewrite drops the JSONL file it no longer writes.
+    let again = j
+        .with_blocking(|j| imcast::report::write_report(j, &run, &reports))
+        .expect("rewrite with defaults");
+    assert!(again.jsonl.is_none());
+    assert!(!jsonl_path.exists(), "a stale recipients.jsonl is removed");
+    assert!(csv_path.exists());
 
     let time = regex_free_redact(&csv);
     insta::assert_snapshot!("report_csv", time);
@@ -857,6 +880,7 @@ fn run_args(file: &std::path::Path) -> imcast::cli::RunArgs {
         resend_unknown: false,
         test_to: Vec::new(),
         report_dir: None,
+        report_format: None,
         allow_endpoint: Vec::new(),
         state: imcast::cli::StateArgs::default(),
     }
@@ -1076,8 +1100,11 @@ fn status_and_report_commands_read_the_journal() {
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let run_id = text.split_whitespace().nth(3).expect("run id").to_string();
+    let canon = dir.path().canonicalize().expect("canon");
     let redacted = text
         .replace(&run_id, "[run]")
+        .replace(&canon.display().to_string(), "[DIR]")
+        .replace(&dir.path().display().to_string(), "[DIR]")
         .lines()
         .map(|l| {
             if l.trim_start().starts_with("started") || l.trim_start().starts_with("finished") {
