@@ -958,6 +958,10 @@ async fn campaigns_against_every_quirk_report_the_true_statuses() {
         let mut req = CampaignRun::new(campaign, RepoPaths::discover(&file, None, None, None));
         req.target = Some((m.endpoint(), m.credentials()));
         req.mock = true;
+        req.report_formats = Some(imcast::config::ReportFormats {
+            csv: true,
+            jsonl: true,
+        });
         let s = run_campaign(req, Arc::new(imcast::clock::SystemClock), StopToken::new())
             .await
             .expect("run");

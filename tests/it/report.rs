@@ -36,7 +36,8 @@ fn sel(s: &str) -> Selector {
 /// A finished run against the in-process mock: 3,000 users in 3 Contents carrying hostile text
 /// (6 calls of exactly 500, one at a time, so the seeded mock's faults fall the same way every
 /// time), an invalid
-/// and a duplicate row, some FailedReceivers and some lost answers (unknown).
+/// and a duplicate row, some FailedReceivers (final: `retry.max_attempts: 1`, so they are not
+/// re-queued) and some lost answers (unknown).
 struct RealRun {
     dir: tempfile::TempDir,
     file: PathBuf,
@@ -94,7 +95,8 @@ async fn real_run(failed: f64, lost: f64) -> RealRun {
             "version: 1\nname: hostile\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{}\" }}\n\
              action: batch\nsender: 10001\naudience:\n  csv: audience.csv\n  id_column: user_id\n\
              message:\n  type: text\n  text: \"Hi {{{{ grp }}}} </pre></td><b>bold</b>\"\n  ext: {{ tag: \"{{{{ grp }}}}\" }}\n\
-             breaker: {{ consecutive_failures: 1000, window_calls: 0, max_failure_ratio: 1.0 }}\n",
+             breaker: {{ consecutive_failures: 1000, window_calls: 0, max_failure_ratio: 1.0 }}\n\
+             retry: {{ max_attempts: 1 }}\n",
             m.endpoint()
         ),
     )

@@ -665,6 +665,10 @@ async fn mock_failed_receiver_rate_three_percent_everyone_sent_once() {
     let mut r = CampaignRun::new(campaign, RepoPaths::discover(&file, None, None, None));
     r.target = Some((m.endpoint(), m.credentials()));
     r.mock = true;
+    r.report_formats = Some(imcast::config::ReportFormats {
+        csv: true,
+        jsonl: true,
+    });
     let clock: SharedClock = Arc::new(SystemClock);
     let s = run_campaign(r, clock, StopToken::new()).await.expect("run");
     let stats = m.stats();

@@ -232,7 +232,10 @@ fn a_go_style_batch_reply_with_nulls_and_string_ids_is_a_good_send() {
         "batch",
         "audience: { ids: [11, 12, 9223372036854775806, 9223372036854775807] }\nmessage: { type: text, text: hi }\n",
     );
-    let out = imcast(&f, &["run", "--yes", "c.yaml"]);
+    let out = imcast(
+        &f,
+        &["run", "--yes", "--report-format", "csv,jsonl", "c.yaml"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let (_, rows) = report(&out);
     let rows = by_raw_id(&rows);
@@ -276,7 +279,10 @@ fn p2p_codes_are_read_in_any_case_and_other_codes_kept_verbatim() {
         "p2p",
         "audience: { ids: [101, 102, 103, 104] }\nmessage: { type: custom, data: { op: ping } }\n",
     );
-    let out = imcast(&f, &["run", "--yes", "c.yaml"]);
+    let out = imcast(
+        &f,
+        &["run", "--yes", "--report-format", "csv,jsonl", "c.yaml"],
+    );
     // One conversation failed: the run is incomplete.
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let (_, rows) = report(&out);
@@ -324,7 +330,10 @@ fn provider_error_codes_are_classified_as_the_docs_say() {
         "batch",
         "audience: { ids: [1, 2] }\nmessage: { type: text, text: hi }\n",
     );
-    let out = imcast(&f, &["run", "--yes", "c.yaml"]);
+    let out = imcast(
+        &f,
+        &["run", "--yes", "--report-format", "csv,jsonl", "c.yaml"],
+    );
     let e = stderr(&out);
     assert_eq!(out.status.code(), Some(5), "{e}");
     assert!(e.contains("check your access key and its policy"), "{e}");
@@ -341,7 +350,17 @@ fn provider_error_codes_are_classified_as_the_docs_say() {
         "batch",
         "audience: { ids: [1, 2] }\nmessage: { type: text, text: hi }\n",
     );
-    let out = imcast(&f, &["run", "--yes", "--new-run", "c.yaml"]);
+    let out = imcast(
+        &f,
+        &[
+            "run",
+            "--yes",
+            "--report-format",
+            "csv,jsonl",
+            "--new-run",
+            "c.yaml",
+        ],
+    );
     let e = stderr(&out);
     // Exit 1: the run stopped on a failure imcast could not classify (resumable once fixed).
     assert_eq!(out.status.code(), Some(1), "{e}");
@@ -376,7 +395,17 @@ fn provider_error_codes_are_classified_as_the_docs_say() {
         "batch",
         "audience: { ids: [1, 2] }\nmessage: { type: text, text: hi }\n",
     );
-    let out = imcast(&f, &["run", "--yes", "--new-run", "c.yaml"]);
+    let out = imcast(
+        &f,
+        &[
+            "run",
+            "--yes",
+            "--report-format",
+            "csv,jsonl",
+            "--new-run",
+            "c.yaml",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(s.seen().len(), 2, "rate limited once, then sent");
 }
@@ -423,7 +452,10 @@ fn preview_prints_byte_for_byte_what_the_transport_sends() {
         .expect("one line")
         .to_vec();
     assert!(!shown.contains(&b'\n'), "one line");
-    let out = imcast(&f, &["run", "--yes", "c.yaml"]);
+    let out = imcast(
+        &f,
+        &["run", "--yes", "--report-format", "csv,jsonl", "c.yaml"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let sent: Vec<Seen> = s
         .seen()
@@ -455,7 +487,10 @@ fn preview_prints_byte_for_byte_what_the_transport_sends() {
     let shown = String::from_utf8(preview.stdout.clone()).expect("utf-8");
     let shown = shown.strip_suffix('\n').expect("one line").to_string();
     let note = stderr(&preview).replace(&s.endpoint(), "[ENDPOINT]");
-    let out = imcast(&f, &["run", "--yes", "c.yaml"]);
+    let out = imcast(
+        &f,
+        &["run", "--yes", "--report-format", "csv,jsonl", "c.yaml"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let (dir, rows) = report(&out);
     let run_id = dir
