@@ -25,6 +25,7 @@ pub mod files;
 pub mod git;
 pub mod journal;
 pub mod mock;
+pub mod pg;
 pub mod plan;
 pub mod provider;
 pub mod render;
