@@ -33,6 +33,8 @@ pub mod report;
 pub mod schedule;
 pub mod send;
 pub mod spec;
+#[doc(hidden)]
+pub mod testing;
 pub mod throttle;
 
 pub use cli::run;
