@@ -353,13 +353,19 @@ impl Acc {
             Ok(r) => r,
             Err(e) => {
                 let what = match &e {
-                    RenderError::Undefined { variable, .. } => {
+                    RenderError::Undefined {
+                        variable, place, ..
+                    } => {
                         let known: Vec<&str> = self.known.iter().map(String::as_str).collect();
+                        let place = place
+                            .as_ref()
+                            .map(|p| format!(" in {p}"))
+                            .unwrap_or_default();
                         match crate::spec::did_you_mean(variable, &known) {
-                            Some(s) => {
-                                format!("undefined variable `{variable}` (did you mean `{s}`?)")
-                            }
-                            None => format!("undefined variable `{variable}`"),
+                            Some(s) => format!(
+                                "undefined variable `{variable}`{place} (did you mean `{s}`?)"
+                            ),
+                            None => format!("undefined variable `{variable}`{place}"),
                         }
                     }
                     RenderError::Template(m) => m.clone(),

@@ -358,6 +358,13 @@ impl Problems {
             message: message.into(),
         });
     }
+    fn located(&mut self, at: Option<crate::schedule::Loc>, message: impl Into<String>) {
+        self.0.push(Problem {
+            line: at.map(|l| l.line),
+            column: at.map(|l| l.column),
+            message: message.into(),
+        });
+    }
     fn nowhere(&mut self, message: impl Into<String>) {
         self.0.push(Problem {
             line: None,
@@ -384,7 +391,12 @@ fn parse_problem(e: &serde_saphyr::Error) -> Problem {
         Some(l) if l.line() > 0 => (Some(l.line()), Some(l.column())),
         _ => (None, None),
     };
-    let message = match inner {
+    // An error met while replaying an alias is wrapped with the alias's places: read the error.
+    let mut core = inner;
+    while let serde_saphyr::Error::AliasError { error, .. } = core {
+        core = error.without_snippet();
+    }
+    let message = match core {
         serde_saphyr::Error::SerdeUnknownField {
             field, expected, ..
         } => {
@@ -408,6 +420,8 @@ fn parse_problem(e: &serde_saphyr::Error) -> Problem {
         serde_saphyr::Error::SerdeMissingField { field, .. } => {
             format!("missing required key `{field}`")
         }
+        // The parser's safety budget (it stops an alias bomb early): say what it means.
+        serde_saphyr::Error::Budget { breach, .. } => budget_message(breach),
         other => {
             // The crate's own message, without its location suffix/snippet (we print our own).
             let s = other.to_string();
@@ -429,6 +443,25 @@ fn parse_problem(e: &serde_saphyr::Error) -> Problem {
         line,
         column,
         message,
+    }
+}
+
+/// What a breach of the YAML parser's budget means for a campaign file.
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    match breach {
+        B::Depth { .. } => "the file nests too deeply to be a campaign (YAML nesting beyond the parser's limit); \
+             flatten it"
+            .to_string(),
+        B::ScalarBytes { .. } | B::InputBytes { .. } => {
+            "the file is too large to be a campaign; keep long texts in a template file (`message.template`) \
+             and ids in a CSV (`audience.csv`)"
+                .to_string()
+        }
+        _ => "the file expands to too many values (YAML aliases?): its anchors (`&a`) and aliases (`*a`) \
+             repeat into more values than a campaign can hold; write the values out, or keep ids in a CSV \
+             (`audience.csv`)"
+            .to_string(),
     }
 }
 
@@ -758,14 +791,15 @@ fn validate(
     let mut schedule = None;
     let mut quiet_hours = None;
     if let Some(s) = &raw.schedule {
+        // The errors read `schedule.cron: ...` and carry the value's line and column.
         match Schedule::from_raw(s) {
             Ok(sc) => schedule = sc,
-            Err(e) => p.nowhere(format!("schedule: {e}")),
+            Err(e) => p.located(e.location(), e.to_string()),
         }
         if let Some(q) = &s.quiet_hours {
             match QuietHours::from_raw(q) {
                 Ok(q) => quiet_hours = Some(q),
-                Err(e) => p.nowhere(format!("schedule.quiet_hours: {e}")),
+                Err(e) => p.located(e.location(), e.to_string()),
             }
         }
     }
