@@ -3,9 +3,9 @@
 //! Owns: parsing `imcast.toml` (unknown keys are errors), the per-action limits with the documented
 //! defaults ([`Action::default_limit`]), the reserved share, the global suppression lists, the
 //! request-rate cap and in-flight bounds, the failure-breaker defaults, which per-recipient report
-//! files to write (`[report] formats`, [`ReportFormats`]), and discovery of the
-//! repository root (the directory holding `imcast.toml`, else the git root, else the campaign's
-//! directory) from which `.imcast/` and `reports/` default.
+//! files to write (`[report] formats`, [`ReportFormats`]), and discovery of the campaigns root
+//! from which `.imcast/` and `reports/` default — one rule for every command ([`ROOT_RULE`],
+//! [`discover_root`]).
 //!
 //! Invariant: the effective limit is the account limit × (1 − reserve), lowered (never raised) by a
 //! campaign's own `throttle:`. This module reads files only; it never touches the journal or the network.
@@ -469,13 +469,25 @@ impl RepoPaths {
         RepoPaths {
             state_dir: state_dir
                 .map(Path::to_path_buf)
-                .unwrap_or_else(|| root.join(".imcast")),
+                .unwrap_or_else(|| root.join(STATE_DIR_NAME)),
             reports_dir: report_dir
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| root.join("reports")),
             root,
             config,
         }
+    }
+
+    /// Where mock runs (`imcast run --mock`) keep things: `<state>/mock/` and `<reports>/mock/`,
+    /// each unless the command line named that directory (`state_given`, `reports_given`).
+    pub fn for_mock(mut self, state_given: bool, reports_given: bool) -> RepoPaths {
+        if !state_given {
+            self.state_dir = self.state_dir.join(MOCK_DIR);
+        }
+        if !reports_given {
+            self.reports_dir = self.reports_dir.join(MOCK_DIR);
+        }
+        self
     }
 
     /// The account settings: the file if there is one, else defaults.
@@ -499,8 +511,21 @@ pub fn account_suppress(
         .suppress)
 }
 
-/// The campaigns repository root for `campaign_file`: the nearest ancestor holding `imcast.toml`,
-/// else the nearest holding `.git`, else the campaign's own directory.
+/// The folder under the state and reports directories where mock runs keep theirs.
+pub const MOCK_DIR: &str = "mock";
+
+/// The state directory's name under the campaigns root.
+pub const STATE_DIR_NAME: &str = ".imcast";
+
+/// Where state and reports live, as `--help` says it (see [`root_above_in`]).
+pub const ROOT_RULE: &str = "The campaigns root is the nearest folder above the campaign file (for daemon and \
+schedule: above the campaigns folder; for pause, resume, cancel and prune: above the current directory) that \
+holds imcast.toml, else .git. Outside any repository it is the current directory, when the campaign is inside \
+it (unless a folder in between already holds .imcast/), else the campaign's own folder. State lives in \
+<root>/.imcast/ (mock runs in <root>/.imcast/mock/), reports in <root>/reports/ (mock runs in \
+<root>/reports/mock/).";
+
+/// The campaigns repository root for `campaign_file` (see [`root_above_in`]).
 pub fn discover_root(campaign_file: &Path) -> PathBuf {
     let abs = std::fs::canonicalize(campaign_file).unwrap_or_else(|_| {
         std::env::current_dir()
@@ -523,13 +548,34 @@ pub fn discover_root_from_dir(dir: &Path) -> PathBuf {
 }
 
 fn root_above(dir: PathBuf) -> PathBuf {
+    let cwd = std::env::current_dir()
+        .ok()
+        .map(|c| std::fs::canonicalize(&c).unwrap_or(c));
+    root_above_in(dir, cwd.as_deref())
+}
+
+/// The campaigns root above the (canonical) folder `dir`, seen from the current directory `cwd`:
+/// the nearest ancestor holding `imcast.toml`, else the nearest holding `.git`. Outside any
+/// repository: when `dir` is inside `cwd`, the nearest folder from `dir` up to `cwd` that
+/// already holds `.imcast/` (state written before stays found), else `cwd` itself — so
+/// `imcast daemon campaigns` and `imcast pause NAME` in the same shell agree; when `dir` is not
+/// inside `cwd`, `dir` itself.
+pub fn root_above_in(dir: PathBuf, cwd: Option<&Path>) -> PathBuf {
     if let Some(d) = dir.ancestors().find(|d| d.join(FILE_NAME).is_file()) {
         return d.to_path_buf();
     }
     if let Some(d) = dir.ancestors().find(|d| d.join(".git").exists()) {
         return d.to_path_buf();
     }
-    dir
+    match cwd {
+        Some(cwd) if dir.starts_with(cwd) => dir
+            .ancestors()
+            .take_while(|d| d.starts_with(cwd))
+            .find(|d| d.join(STATE_DIR_NAME).is_dir())
+            .unwrap_or(cwd)
+            .to_path_buf(),
+        _ => dir,
+    }
 }
 
 #[cfg(test)]
@@ -601,8 +647,18 @@ limit = 80
         let root = t.path().canonicalize().expect("canon");
         std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
         std::fs::write(root.join("a/b/c.yaml"), "name: x\n").expect("write");
-        // Neither: the campaign's directory.
-        assert_eq!(discover_root(&root.join("a/b/c.yaml")), root.join("a/b"));
+        // Neither: the campaign's directory, seen from elsewhere ...
+        let file_dir = root.join("a/b");
+        assert_eq!(root_above_in(file_dir.clone(), None), file_dir);
+        let elsewhere = root.join("z");
+        assert_eq!(root_above_in(file_dir.clone(), Some(&elsewhere)), file_dir);
+        // ... and the current directory when the campaign is inside it ...
+        assert_eq!(root_above_in(file_dir.clone(), Some(&root)), root);
+        assert_eq!(root_above_in(root.clone(), Some(&root)), root);
+        // ... unless a folder in between already holds state.
+        std::fs::create_dir(root.join("a/.imcast")).expect("mkdir");
+        assert_eq!(root_above_in(file_dir.clone(), Some(&root)), root.join("a"));
+        std::fs::remove_dir(root.join("a/.imcast")).expect("rmdir");
         std::fs::create_dir(root.join(".git")).expect("mkdir");
         assert_eq!(discover_root(&root.join("a/b/c.yaml")), root);
         std::fs::write(root.join("a/imcast.toml"), "").expect("write");

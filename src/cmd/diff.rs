@@ -2,7 +2,6 @@
 //! revision, compare the two plans (`crate::diff`) and print the result as text, JSON or Markdown.
 //! The system clock is read here (or `--now`), nowhere below.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -86,16 +85,9 @@ fn plan_side(
     .exit(Exit::Invalid)
 }
 
-/// Colour only on a terminal, and never when `NO_COLOR` is set to a non-empty value (no-color.org).
-fn color_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    terminal && no_color.is_none_or(|v| v.is_empty())
-}
-
+/// Colour by the one rule (`--color`, `NO_COLOR`, a terminal): see `crate::logging`.
 fn use_color() -> bool {
-    color_wanted(
-        std::io::stdout().is_terminal(),
-        std::env::var_os("NO_COLOR").as_deref(),
-    )
+    crate::logging::color_stdout()
 }
 
 pub fn run(_g: &GlobalArgs, a: &PlanArgs, rev: &str) -> CmdResult {
@@ -151,18 +143,4 @@ pub fn run(_g: &GlobalArgs, a: &PlanArgs, rev: &str) -> CmdResult {
         }
     }
     Ok(Exit::Ok)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::ffi::OsStr;
-
-    #[test]
-    fn colour_only_on_a_terminal_without_no_color() {
-        assert!(color_wanted(true, None));
-        assert!(color_wanted(true, Some(OsStr::new(""))));
-        assert!(!color_wanted(true, Some(OsStr::new("1"))));
-        assert!(!color_wanted(false, None));
-    }
 }

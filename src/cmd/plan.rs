@@ -108,8 +108,12 @@ fn human(s: &Summary<'_>) -> String {
         s.action, s.api, s.app_id, s.endpoint, s.sender
     ));
     o.push_str(&format!(
-        "audience   {} rows: {} valid, {} invalid, {} duplicate, {} suppressed\n",
-        n.total, n.valid, n.invalid, n.duplicate, n.suppressed
+        "audience   {}: {} valid, {} invalid, {} duplicate, {} suppressed\n",
+        crate::output::count(n.total, "row", "rows"),
+        n.valid,
+        n.invalid,
+        n.duplicate,
+        n.suppressed
     ));
     o.push_str(&format!(
         "contents   {} distinct{}\n",
@@ -121,8 +125,9 @@ fn human(s: &Summary<'_>) -> String {
         }
     ));
     o.push_str(&format!(
-        "calls      {} ({} messages)\n",
-        n.calls, n.messages
+        "calls      {} ({})\n",
+        n.calls,
+        crate::output::count(n.messages, "message", "messages")
     ));
     o.push_str(&format!(
         "throttle   {} per {}{} → about {}\n",

@@ -81,7 +81,14 @@ fn values(p: &Plan, now: jiff::Timestamp) -> Vec<(&'static str, String)> {
         ("sender", c.sender.to_string()),
         ("msg_type", c.message.msg_type.to_string()),
         ("options", options(c)),
-        ("calls", format!("{} ({} messages)", n.calls, n.messages)),
+        (
+            "calls",
+            format!(
+                "{} ({})",
+                n.calls,
+                crate::output::count(n.messages, "message", "messages")
+            ),
+        ),
         (
             "throttle",
             format!(
