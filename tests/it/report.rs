@@ -802,7 +802,7 @@ fn prune_removes_old_report_folders_only_when_asked() {
         "--report-dir",
         reports.to_str().expect("utf-8"),
     ]);
-    assert!(text.contains("4 report folder(s)"), "{text}");
+    assert!(text.contains("4 report folders"), "{text}");
     assert!(!old_done.exists() && !old_cancelled.exists() && !mock_old.exists());
     assert!(
         !reports.join("b").exists(),

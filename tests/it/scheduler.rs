@@ -836,7 +836,7 @@ fn prune_deletes_old_finished_occurrences_only() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("pruned 1 run(s) (1 call(s), 1 recipient row(s)), 1 schedule occurrence"),
+        stdout.contains("pruned 1 run (1 call, 1 recipient row), 1 schedule occurrence"),
         "{stdout}"
     );
     let check = env.conn();
