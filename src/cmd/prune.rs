@@ -44,7 +44,7 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
     let reports_note = match &reports {
         Some((dir, r)) => format!(
             "; {} ({:.1} MB) in {}",
-            count(r.folders as u64, "report folder", "report folders"),
+            count(r.folders, "report folder", "report folders"),
             r.bytes as f64 / 1e6,
             dir.display()
         ),
@@ -73,9 +73,9 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
     let (occ, ctl) = state::prune(journal.connection(), cutoff).exit(Exit::Internal)?;
     crate::outln!(
         "pruned {} ({}, {}), {} and {} older than {}{reports_note}",
-        count(runs as u64, "run", "runs"),
-        count(calls as u64, "call", "calls"),
-        count(recipients as u64, "recipient row", "recipient rows"),
+        count(runs, "run", "runs"),
+        count(calls, "call", "calls"),
+        count(recipients, "recipient row", "recipient rows"),
         count(occ as u64, "schedule occurrence", "schedule occurrences"),
         count(ctl as u64, "control request", "control requests"),
         humantime::format_duration(age)

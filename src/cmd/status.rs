@@ -27,20 +27,17 @@ struct NameOnly {
 
 /// The campaign's name: from the validated campaign, else a minimal read of `name:`.
 pub(crate) fn campaign_name(file: &Path) -> Result<String, Failure> {
-    match crate::spec::load(file, &crate::spec::LoadOptions::default()) {
+    let spec_error = match crate::spec::load(file, &crate::spec::LoadOptions::default()) {
         Ok(c) => return Ok(c.name),
-        Err(e) => tracing::debug!("{e}; reading only its name"),
-    }
+        Err(e) => e,
+    };
+    tracing::debug!("{spec_error}; reading only its name");
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read campaign file {}", file.display()))
         .exit(Exit::Invalid)?;
+    // A file that does not even parse: the campaign loader's located, plain-worded error.
     let n: NameOnly = serde_saphyr::from_str(&text)
-        .map_err(|e| {
-            anyhow!(
-                "{}: cannot read the campaign's `name:`: {e}",
-                file.display()
-            )
-        })
+        .map_err(|_| anyhow!(spec_error))
         .exit(Exit::Invalid)?;
     Ok(n.name)
 }

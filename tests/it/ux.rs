@@ -177,7 +177,10 @@ fn mock_runs_are_found_with_mock_and_their_reports_stay_under_reports_mock() {
     let out = imcast_in(&root, &["status", "c.yaml"]);
     assert_eq!(out.status.code(), Some(0));
     let plain = f.redact(&text(&out.stdout));
-    assert!(plain.contains("`imcast status c.yaml --mock` shows it"), "{plain}");
+    assert!(
+        plain.contains("`imcast status c.yaml --mock` shows it"),
+        "{plain}"
+    );
     let out = imcast_in(&root, &["status", "c.yaml", "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["run"], serde_json::Value::Null);
@@ -203,10 +206,14 @@ fn mock_runs_are_found_with_mock_and_their_reports_stay_under_reports_mock() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let dir = text(&out.stdout);
     assert!(
-        dir.trim().starts_with(&root.join("reports/mock/t/").display().to_string()),
+        dir.trim()
+            .starts_with(&root.join("reports/mock/t/").display().to_string()),
         "{dir}"
     );
-    assert!(!root.join("reports/t").exists(), "nothing in the real reports");
+    assert!(
+        !root.join("reports/t").exists(),
+        "nothing in the real reports"
+    );
     let out = imcast_in(&root, &["report", "c.yaml", "--mock"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), dir);
@@ -271,7 +278,11 @@ fn daemon_and_pause_in_the_same_shell_share_the_state_directory() {
     assert!(known, "`imcast pause weekly` finds the daemon's campaign");
     // `run` of a file in that folder, and `prune`, agree too.
     let out = imcast_in(&root, &["prune", "--older-than", "1d"]);
-    assert!(text(&out.stdout).contains("pruned"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("pruned"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = imcast_in(&root, &["run", "campaigns/x.yaml", "--mock", "--yes"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(root.join(".imcast/mock/imcast.db").is_file());
@@ -280,7 +291,9 @@ fn daemon_and_pause_in_the_same_shell_share_the_state_directory() {
 #[test]
 fn help_says_the_state_directory_rule_and_lists_global_options_apart() {
     let f = Fixture::new();
-    for cmd in ["run", "status", "report", "pause", "daemon", "prune", "schedule"] {
+    for cmd in [
+        "run", "status", "report", "pause", "daemon", "prune", "schedule",
+    ] {
         let out = imcast_in(f.dir.path(), &[cmd, "--help"]);
         assert_eq!(out.status.code(), Some(0));
         let h = text(&out.stdout);
@@ -351,7 +364,10 @@ fn no_colour_off_a_terminal_unless_asked_and_no_color_is_respected() {
         out.stderr
     };
     // stderr is a pipe here, as under cron, systemd or `2> file`.
-    assert!(!has_escape(&run(&[], false)), "auto: no colour off a terminal");
+    assert!(
+        !has_escape(&run(&[], false)),
+        "auto: no colour off a terminal"
+    );
     assert!(!has_escape(&run(&["--color", "never"], false)));
     assert!(has_escape(&run(&["--color", "always"], false)));
     assert!(
@@ -390,7 +406,9 @@ fn counts_agree_with_their_nouns() {
 #[test]
 fn preview_folds_long_receiver_lists_unless_full() {
     let f = Fixture::new();
-    let ids: Vec<String> = (1..=40).map(|i| (9_007_199_254_740_000u64 + i).to_string()).collect();
+    let ids: Vec<String> = (1..=40)
+        .map(|i| (9_007_199_254_740_000u64 + i).to_string())
+        .collect();
     f.write(
         "c.yaml",
         &format!(
@@ -408,17 +426,19 @@ fn preview_folds_long_receiver_lists_unless_full() {
     // --full: the exact body — the wire bytes the sender builds, every receiver in it.
     let c = spec::load(&f.path("c.yaml"), &LoadOptions::default()).expect("campaign");
     let p = plan::build(&c, &PlanOptions::default()).expect("plan");
-    let call = p
-        .calls()
-        .next()
-        .expect("a call")
-        .expect("the call renders");
-    assert_eq!(text(&full.stdout), format!("{}\n", crate::common::wire_body(&c, &call)));
+    let call = p.calls().next().expect("a call").expect("the call renders");
+    assert_eq!(
+        text(&full.stdout),
+        format!("{}\n", crate::common::wire_body(&c, &call))
+    );
     assert!(!text(&full.stderr).contains("FOLDED"));
     // Folded: marked in the body (not valid JSON) and on stderr; the Content is untouched.
     let shown = text(&folded.stdout);
     assert!(serde_json::from_str::<serde_json::Value>(&shown).is_err());
-    assert!(shown.contains("…30 more ids folded: --full shows all…"), "{shown}");
+    assert!(
+        shown.contains("…30 more ids folded: --full shows all…"),
+        "{shown}"
+    );
     assert!(shown.contains("[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21]"));
     insta::assert_snapshot!(
         "preview_folded",
