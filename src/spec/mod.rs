@@ -347,7 +347,8 @@ fn at<T>(s: &Spanned<T>) -> (Option<u64>, Option<u64>) {
     }
 }
 
-struct Problems(Vec<Problem>);
+/// The problems found, and where each key is written (for problems serde gave no span for).
+struct Problems(Vec<Problem>, scan::Places);
 
 impl Problems {
     fn at<T>(&mut self, s: &Spanned<T>, message: impl Into<String>) {
@@ -365,10 +366,16 @@ impl Problems {
             message: message.into(),
         });
     }
-    fn nowhere(&mut self, message: impl Into<String>) {
+    /// A problem at the key `path` (dotted, as [`scan::Places`] names keys), or the nearest
+    /// written parent of it: the first of `paths` that is written.
+    fn key(&mut self, paths: &[&str], message: impl Into<String>) {
+        let at = paths
+            .iter()
+            .find_map(|k| self.1.get(k))
+            .or_else(|| paths.first().and_then(|k| self.1.find(k)));
         self.0.push(Problem {
-            line: None,
-            column: None,
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
             message: message.into(),
         });
     }
@@ -473,7 +480,7 @@ fn validate(
     opts: &LoadOptions,
     files: &crate::files::Files,
 ) -> Result<Campaign, Vec<Problem>> {
-    let mut p = Problems(Vec::new());
+    let mut p = Problems(Vec::new(), scan::key_places(text));
     let resolve_file = |dir: &Path, rel: &Spanned<String>, key: &str, p: &mut Problems| {
         resolve_file(files, dir, rel, key, p)
     };
@@ -555,7 +562,10 @@ fn validate(
         }),
         (None, Some(ids)) => {
             if ids.is_empty() {
-                p.nowhere("audience.ids is empty: give at least one id");
+                p.key(
+                    &["audience.ids"],
+                    "audience.ids is empty: give at least one id",
+                );
             }
             Some(Source::Ids(long_ids(&mut p, "audience.ids", ids)))
         }
@@ -564,7 +574,7 @@ fn validate(
             None
         }
         (None, None) => {
-            p.nowhere("audience needs `csv: FILE` or `ids: [..]`");
+            p.key(&["audience"], "audience needs `csv: FILE` or `ids: [..]`");
             None
         }
     };
@@ -585,9 +595,10 @@ fn validate(
                 csv,
                 format!("audience.exclude[{i}] has both `csv` and `ids`: give one of them"),
             ),
-            (None, None) => p.nowhere(format!(
-                "audience.exclude[{i}] needs `csv: FILE` or `ids: [..]`"
-            )),
+            (None, None) => p.key(
+                &[&format!("audience.exclude[{i}]")],
+                format!("audience.exclude[{i}] needs `csv: FILE` or `ids: [..]`"),
+            ),
         }
     }
 
@@ -613,24 +624,36 @@ fn validate(
     let body_conflict = m.text.is_some() && m.template.is_some();
     let image_only = m.url.is_some() || m.width.is_some() || m.height.is_some();
     if image_only && m.kind != RawMessageType::Image {
-        p.nowhere("message `url`/`width`/`height` are for `type: image` only");
+        p.key(
+            &["message.url", "message.width", "message.height"],
+            "message `url`/`width`/`height` are for `type: image` only",
+        );
     }
     if m.data.is_some() && m.kind != RawMessageType::Custom {
-        p.nowhere("message `data` is for `type: custom` only");
+        p.key(
+            &["message.data"],
+            "message `data` is for `type: custom` only",
+        );
     }
     let kind = match m.kind {
         RawMessageType::Text => match body {
             Some(body) => Some(MessageKind::Text { body }),
             None => {
                 if !body_conflict {
-                    p.nowhere("`type: text` needs `text:` (inline template) or `template: FILE`");
+                    p.key(
+                        &["message.type"],
+                        "`type: text` needs `text:` (inline template) or `template: FILE`",
+                    );
                 }
                 None
             }
         },
         RawMessageType::Image => {
             if body.is_some() {
-                p.nowhere("`type: image` takes `url`, `width`, `height`, not `text`/`template`");
+                p.key(
+                    &["message.text", "message.template"],
+                    "`type: image` takes `url`, `width`, `height`, not `text`/`template`",
+                );
             }
             match &m.url {
                 Some(url) => Some(MessageKind::Image {
@@ -639,7 +662,7 @@ fn validate(
                     height: m.height.as_ref().map(|h| h.value.as_template()),
                 }),
                 None => {
-                    p.nowhere("`type: image` needs `url:`");
+                    p.key(&["message.type"], "`type: image` needs `url:`");
                     None
                 }
             }
@@ -648,25 +671,37 @@ fn validate(
             (Some(data), None) => Some(MessageKind::CustomData { data: data.clone() }),
             (None, Some(body)) => Some(MessageKind::Raw { body }),
             (Some(_), Some(_)) => {
-                p.nowhere("`type: custom` takes `data:` or `text`/`template`, not both");
+                p.key(
+                    &["message.data"],
+                    "`type: custom` takes `data:` or `text`/`template`, not both",
+                );
                 None
             }
             (None, None) => {
                 if !body_conflict {
-                    p.nowhere("`type: custom` needs `data:` (a document) or `text`/`template`");
+                    p.key(
+                        &["message.type"],
+                        "`type: custom` needs `data:` (a document) or `text`/`template`",
+                    );
                 }
                 None
             }
         },
         RawMessageType::Raw => {
             if m.msg_type.is_none() {
-                p.nowhere("`type: raw` needs `msg_type:` (the MsgType number)");
+                p.key(
+                    &["message.type"],
+                    "`type: raw` needs `msg_type:` (the MsgType number)",
+                );
             }
             match body {
                 Some(body) => Some(MessageKind::Raw { body }),
                 None => {
                     if !body_conflict {
-                        p.nowhere("`type: raw` needs `text:` or `template: FILE`");
+                        p.key(
+                            &["message.type"],
+                            "`type: raw` needs `text:` or `template: FILE`",
+                        );
                     }
                     None
                 }
@@ -681,9 +716,12 @@ fn validate(
     let ext = m.ext.as_ref().map(|e| e.value.clone()).unwrap_or_default();
     for k in ext.keys() {
         if k.starts_with("s:") {
-            p.nowhere(format!(
-                "message.ext key `{k}`: keys starting with `s:` are reserved by the IM platform"
-            ));
+            p.key(
+                &[&format!("message.ext.{k}")],
+                format!(
+                    "message.ext key `{k}`: keys starting with `s:` are reserved by the IM platform"
+                ),
+            );
         }
     }
     // P2PSendMessage has no Ext field: whatever would go there cannot be sent.
@@ -705,19 +743,23 @@ fn validate(
     }
     for k in m.vars.keys() {
         if k == "campaign" || k == "recipient" {
-            p.nowhere(format!(
-                "message.vars `{k}` is reserved (the template context sets it)"
-            ));
+            p.key(
+                &[&format!("message.vars.{k}")],
+                format!("message.vars `{k}` is reserved (the template context sets it)"),
+            );
         }
     }
 
     // Action options.
     let wrong_action = |key: &str, want: Action, p: &mut Problems| {
         if raw.action != want {
-            p.nowhere(format!(
-                "`{key}:` options apply to `action: {want}`, but this campaign is `action: {}`",
-                raw.action
-            ));
+            p.key(
+                &[key],
+                format!(
+                    "`{key}:` options apply to `action: {want}`, but this campaign is `action: {}`",
+                    raw.action
+                ),
+            );
         }
     };
     let batch = match &raw.batch {
@@ -830,7 +872,10 @@ fn validate(
     }
     let retry_max_attempts = match &raw.retry {
         Some(r) if r.max_attempts == 0 => {
-            p.nowhere("retry.max_attempts must be at least 1 (the first attempt counts)");
+            p.key(
+                &["retry.max_attempts"],
+                "retry.max_attempts must be at least 1 (the first attempt counts)",
+            );
             1
         }
         Some(r) => r.max_attempts,
@@ -866,9 +911,10 @@ fn validate(
         }
         if let Some(r) = b.max_failure_ratio {
             if !(0.0..=1.0).contains(&r) {
-                p.nowhere(format!(
-                    "breaker.max_failure_ratio {r} must be between 0 and 1"
-                ));
+                p.key(
+                    &["breaker.max_failure_ratio"],
+                    format!("breaker.max_failure_ratio {r} must be between 0 and 1"),
+                );
             } else {
                 breaker.max_failure_ratio = r;
             }

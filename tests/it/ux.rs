@@ -445,3 +445,34 @@ fn preview_folds_long_receiver_lists_unless_full() {
         format!("{shown}---\n{}", text(&folded.stderr))
     );
 }
+
+/// No problem in a campaign file is reported without its line and column.
+#[test]
+fn every_campaign_problem_has_a_line_and_column() {
+    let f = Fixture::new();
+    let cases = [
+        format!("{HEAD}audience: {{ ids: [] }}\nmessage: {{ type: text }}\nretry: {{ max_attempts: 0 }}\n"),
+        format!("{HEAD}audience: {{ exclude: [ {{ id_column: x }} ] }}\nmessage: {{ type: raw, url: u, data: {{ a: 1 }} }}\n"),
+        format!("{HEAD}audience: {{ ids: [1] }}\nmessage: {{ type: image, text: t, ext: {{ \"s:x\": v }}, vars: {{ campaign: c }} }}\nconversation: {{ priority: 1 }}\nbreaker: {{ max_failure_ratio: 2 }}\n"),
+        format!("{HEAD}audience: {{ ids: [1] }}\nmessage: {{ type: custom, text: t, data: {{ a: b }} }}\nschedule: {{ at: \"2026-03-01T09:00:00Z\", quiet_hours: {{ from: \"9:00\", to: \"9:00\", timezone: UTC }} }}\n"),
+    ];
+    let mut seen = 0;
+    for text in &cases {
+        let e = load_err(&f, text);
+        for line in e.lines().skip(1) {
+            let rest = line
+                .trim_start()
+                .strip_prefix("[DIR]/c.yaml:")
+                .unwrap_or_else(|| panic!("no place: {line}"));
+            let mut parts = rest.splitn(3, ':');
+            let l = parts.next().unwrap_or("");
+            let c = parts.next().unwrap_or("");
+            assert!(
+                l.parse::<u64>().is_ok() && c.parse::<u64>().is_ok(),
+                "no line and column: {line}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 12, "the cases hold many problems ({seen})");
+}
