@@ -521,7 +521,7 @@ pub const STATE_DIR_NAME: &str = ".imcast";
 pub const ROOT_RULE: &str = "The campaigns root is the nearest folder above the campaign file (for daemon and \
 schedule: above the campaigns folder; for pause, resume, cancel and prune: above the current directory) that \
 holds imcast.toml, else .git. Outside any repository it is the current directory, when the campaign is inside \
-it (unless a folder in between already holds .imcast/), else the campaign's own folder. State lives in \
+it (unless a folder in between already holds .imcast/; never /), else the campaign's own folder. State lives in \
 <root>/.imcast/ (mock runs in <root>/.imcast/mock/), reports in <root>/reports/ (mock runs in \
 <root>/reports/mock/).";
 
@@ -559,7 +559,7 @@ fn root_above(dir: PathBuf) -> PathBuf {
 /// repository: when `dir` is inside `cwd`, the nearest folder from `dir` up to `cwd` that
 /// already holds `.imcast/` (state written before stays found), else `cwd` itself — so
 /// `imcast daemon campaigns` and `imcast pause NAME` in the same shell agree; when `dir` is not
-/// inside `cwd`, `dir` itself.
+/// inside `cwd` (or `cwd` is the filesystem root `/`), `dir` itself.
 pub fn root_above_in(dir: PathBuf, cwd: Option<&Path>) -> PathBuf {
     if let Some(d) = dir.ancestors().find(|d| d.join(FILE_NAME).is_file()) {
         return d.to_path_buf();
@@ -567,7 +567,8 @@ pub fn root_above_in(dir: PathBuf, cwd: Option<&Path>) -> PathBuf {
     if let Some(d) = dir.ancestors().find(|d| d.join(".git").exists()) {
         return d.to_path_buf();
     }
-    match cwd {
+    // A service started in `/` (systemd's default) must not make `/` the root.
+    match cwd.filter(|c| c.parent().is_some()) {
         Some(cwd) if dir.starts_with(cwd) => dir
             .ancestors()
             .take_while(|d| d.starts_with(cwd))
@@ -659,6 +660,11 @@ limit = 80
         std::fs::create_dir(root.join("a/.imcast")).expect("mkdir");
         assert_eq!(root_above_in(file_dir.clone(), Some(&root)), root.join("a"));
         std::fs::remove_dir(root.join("a/.imcast")).expect("rmdir");
+        // Started in `/` (a service): never `/` itself.
+        assert_eq!(
+            root_above_in(file_dir.clone(), Some(Path::new("/"))),
+            file_dir
+        );
         std::fs::create_dir(root.join(".git")).expect("mkdir");
         assert_eq!(discover_root(&root.join("a/b/c.yaml")), root);
         std::fs::write(root.join("a/imcast.toml"), "").expect("write");

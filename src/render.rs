@@ -9,7 +9,9 @@
 //! serialized with serde_json — never pasted together — so any quote, backslash, newline or emoji
 //! in the data stays correct.
 //! The context is: the row's columns, then `message.vars`, plus `campaign.name` and `recipient.id`
-//! (a column shadows a var of the same name).
+//! (a column shadows a var of the same name). Errors name the template file and line when the
+//! problem is in one (the body's `message.template`, or an included file by its path): an error
+//! inside an include is reported as that file's own, not as "could not render include".
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
