@@ -231,7 +231,7 @@ impl EngineConfig {
             run_id: run_id.into(),
             campaign: campaign.into(),
             action,
-            max_in_flight: if action == Action::Batch { 4 } else { 16 },
+            max_in_flight: crate::config::AccountConfig::default().max_in_flight_for(action),
             retry_max_attempts: 5,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),

@@ -1,5 +1,5 @@
 //! `imcast run` end to end against the mock provider over real HTTP on 127.0.0.1: in-process
-//! (`mock::start` + `cmd::run::run_campaign`) and as real processes (`imcast mock-server` and the
+//! (`mock::start` + `run::run_campaign`) and as real processes (`imcast mock-server` and the
 //! built binary), with real files in temp dirs. Also quiet hours in the engine on a simulated clock.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use imcast::clock::{Clock, SharedClock, SimClock, SystemClock};
-use imcast::cmd::run::{run_campaign, CampaignRun, RunSummary};
 use imcast::config::RepoPaths;
 use imcast::exit::Exit;
 use imcast::journal::{Journal, RecipientStatus};
 use imcast::mock::{self, MockConfig, MockStats};
+use imcast::run::{run_campaign, Request, RunSummary};
 use imcast::send::{Progress, StopToken};
 use serde_json::Value;
 
@@ -76,10 +76,10 @@ fn load(file: &Path) -> imcast::spec::Campaign {
     imcast::spec::load(file, &imcast::spec::LoadOptions::default()).expect("valid campaign")
 }
 
-fn request(repo: &Repo, file: &Path, m: &mock::MockHandle) -> CampaignRun {
-    let mut r = CampaignRun::new(load(file), repo.paths(file));
+fn request(repo: &Repo, file: &Path, m: &mock::MockHandle) -> Request {
+    let mut r = Request::new(load(file), repo.paths(file));
     r.target = Some((m.endpoint(), m.credentials()));
-    r.mock = true;
+    r.flags.mock = true;
     // These tests read the JSONL rows (on request; the default is CSV only).
     r.report_formats = Some(imcast::config::ReportFormats {
         csv: true,
@@ -349,7 +349,7 @@ async fn test_to_sends_the_real_content_to_seed_ids_only() {
     .await
     .expect("mock");
     let mut r = request(&repo, &file, &m);
-    r.test_to = vec![7, 8, 9, 7];
+    r.flags.test_to = vec![7, 8, 9, 7];
     let t = run_campaign(r, system(), StopToken::new())
         .await
         .expect("test run");
@@ -447,7 +447,7 @@ async fn quiet_hours_pause_the_engine_and_it_continues_after() {
     ));
     let s2 = seen.clone();
     let c2 = clock.clone();
-    r.progress = Some(Arc::new(move |p: &Progress| {
+    r.hooks.progress = Some(Arc::new(move |p: &Progress| {
         s2.lock()
             .expect("lock")
             .push((c2.now(), p.quiet_until.clone(), p.calls_done));
