@@ -865,10 +865,8 @@ fn build_threads(
     }
     counts.calls = calls;
     counts.distinct_contents = groups.len() as u64;
-    counts.messages = match c.action {
-        Action::Batch => counts.valid,
-        Action::Conversation | Action::P2p => calls,
-    };
+    // What the provider counts: receivers for batch, requests (one message each) otherwise.
+    counts.messages = c.action.total_units(counts.valid, calls);
 
     // The plan hash.
     let mut h = Sha256::new();
