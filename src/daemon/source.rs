@@ -1,5 +1,5 @@
 //! Where the daemon's campaigns come from: a [`CampaignSource`] turns one file into a
-//! [`LoadedCampaign`] (name, content hash, schedule, quiet hours and an opaque payload the
+//! [`LoadedCampaign`] (name, content hash, schedule, quiet hours and a typed [`Payload`] the
 //! runner gets back), and [`scan_dir`] loads every campaign file of a folder.
 //!
 //! Invariants: a file that fails to load is reported with its error and never yields a
