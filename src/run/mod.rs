@@ -8,7 +8,7 @@
 //! - [`prepare`]: the guard, the confirmation (a [`Confirmation`] handed to the caller's
 //!   callback), the audit block and the journal's decision (create / resume / refuse a changed
 //!   plan / continue / already finished);
-//! - [`drive`]: the shared limiter, the engine and the report;
+//! - `drive`: the shared limiter, the engine and the report;
 //! - [`test_to`]: the calls of a `--test-to` run.
 //!
 //! [`run_campaign`] builds the plan (`spec` → `plan`, on the blocking pool), picks the target
