@@ -1,5 +1,8 @@
-//! One module per subcommand: each turns its validated arguments into calls on the stage modules
-//! and prints the result. Commands own no business logic of their own.
+//! One module per subcommand — the shell: each turns its validated arguments into calls on the
+//! library (the stage modules, `run` for a campaign run), asks and displays what a person must
+//! see (prompts, progress, results through `output.rs`) and maps the outcome to an exit code.
+//! Commands own no business logic of their own, and no module outside `cli.rs` and `cmd/`
+//! imports them.
 
 pub mod completions;
 pub mod control;

@@ -269,7 +269,7 @@ fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
 /// engine before it sends anything, and the run resumes once it is removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_file_pauses_a_plain_run_and_it_resumes_after() {
-    use imcast::cmd::run::{run_campaign, CampaignRun};
+    use imcast::run::{run_campaign, Request};
     use imcast::send::{StopReason, StopToken};
     use std::sync::Arc;
 
@@ -294,9 +294,9 @@ async fn stop_file_pauses_a_plain_run_and_it_resumes_after() {
         imcast::spec::load(&file, &imcast::spec::LoadOptions::default()).expect("campaign");
     let paths = imcast::config::RepoPaths::discover(&file, None, None, None);
     let req = || {
-        let mut r = CampaignRun::new(campaign.clone(), paths.clone());
+        let mut r = Request::new(campaign.clone(), paths.clone());
         r.target = Some((m.endpoint(), m.credentials()));
-        r.mock = true;
+        r.flags.mock = true;
         r
     };
     let clock: imcast::clock::SharedClock = Arc::new(imcast::clock::SystemClock);

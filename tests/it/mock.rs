@@ -908,9 +908,9 @@ fn mock_server_rejects_bad_flags() {
 /// failure, `Success` reads as `not_online`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaigns_against_every_quirk_report_the_true_statuses() {
-    use imcast::cmd::run::{run_campaign, CampaignRun};
     use imcast::config::RepoPaths;
     use imcast::exit::Exit;
+    use imcast::run::{run_campaign, Request};
     use imcast::send::StopToken;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -955,9 +955,9 @@ async fn campaigns_against_every_quirk_report_the_true_statuses() {
         .expect("mock");
         let campaign = imcast::spec::load(&file, &imcast::spec::LoadOptions::default())
             .expect("valid campaign");
-        let mut req = CampaignRun::new(campaign, RepoPaths::discover(&file, None, None, None));
+        let mut req = Request::new(campaign, RepoPaths::discover(&file, None, None, None));
         req.target = Some((m.endpoint(), m.credentials()));
-        req.mock = true;
+        req.flags.mock = true;
         req.report_formats = Some(imcast::config::ReportFormats {
             csv: true,
             jsonl: true,

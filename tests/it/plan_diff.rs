@@ -704,6 +704,50 @@ fn account_suppression_lists_are_compared_at_the_revision() {
     assert_eq!(v["after"]["suppressed"], 3);
 }
 
+/// Each side's settings are what a run of it would use, `imcast.toml` included: a `[breaker]` or
+/// limit changed there alone shows as changed settings, never "the inputs are identical".
+#[test]
+fn account_settings_are_compared_at_the_revision() {
+    let r = Repo::new();
+    r.write("imcast.toml", "[breaker]\nconsecutive_failures = 7\n");
+    r.commit("account settings");
+    r.write(
+        "imcast.toml",
+        "[breaker]\nconsecutive_failures = 3\n[limits.batch]\nlimit = 300\nwindow = \"60s\"\n",
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.diff("HEAD", "json")).expect("json output");
+    let changed: Vec<&str> = v["settings"]
+        .as_array()
+        .expect("settings")
+        .iter()
+        .filter(|s| s["changed"] == true)
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    // Four messages take a second either way: the ETA does not change.
+    assert_eq!(changed, ["throttle", "breaker"], "{v}");
+    let setting = |name: &str| {
+        v["settings"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name))
+            .cloned()
+            .expect("setting")
+    };
+    assert!(
+        setting("breaker")["before"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("stop after 7 failed calls")),
+        "{v}"
+    );
+    // The account's 300 a minute is below the campaign's 600: it paces the run.
+    assert_eq!(
+        setting("throttle")["after"],
+        "300 per 1m (the account's share in imcast.toml)"
+    );
+    assert_eq!(v["identical"], false);
+    assert_eq!(v["no_effect"], false);
+    assert_eq!(v["recipients"]["unchanged"], 4);
+}
+
 /// Templates a template includes are read at the revision too.
 #[test]
 fn included_templates_are_compared_at_the_revision() {

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use imcast::action::Action;
 use imcast::clock::{SharedClock, SystemClock};
-use imcast::cmd::run::{run_campaign, CampaignRun, RunSummary};
 use imcast::config::{Limit, RepoPaths, ReportFormats};
 use imcast::journal::{
     CallState, Journal, Mark, NewRun, Outcome, RecipientStatus, RecipientUpdate, ResumeOptions,
@@ -20,6 +19,7 @@ use imcast::journal::{
 };
 use imcast::mock::{self, MockConfig};
 use imcast::report::{write_report_with, ReportOptions};
+use imcast::run::{run_campaign, Request, RunSummary};
 use imcast::send::StopToken;
 use scraper::{Html, Selector};
 use serde_json::Value;
@@ -103,9 +103,9 @@ async fn real_run(failed: f64, lost: f64) -> RealRun {
     .expect("campaign");
     let campaign =
         imcast::spec::load(&file, &imcast::spec::LoadOptions::default()).expect("valid campaign");
-    let mut req = CampaignRun::new(campaign, RepoPaths::discover(&file, None, None, None));
+    let mut req = Request::new(campaign, RepoPaths::discover(&file, None, None, None));
     req.target = Some((m.endpoint(), m.credentials()));
-    req.mock = true;
+    req.flags.mock = true;
     let clock: SharedClock = Arc::new(SystemClock);
     let summary = run_campaign(req, clock, StopToken::new())
         .await

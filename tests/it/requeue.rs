@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use imcast::action::Action;
 use imcast::clock::{Clock, SharedClock, SimClock, SystemClock};
-use imcast::cmd::run::{run_campaign, CampaignRun};
 use imcast::config::{BreakerSettings, Limit, RepoPaths};
 use imcast::exit::Exit;
 use imcast::journal::{
@@ -19,6 +18,7 @@ use imcast::journal::{
     SharedJournal,
 };
 use imcast::mock::{self, MockConfig};
+use imcast::run::{run_campaign, Request};
 use imcast::send::fake::{FakeTransport, Faults};
 use imcast::send::{Call, StopReason, StopToken};
 use serde_json::Value;
@@ -662,9 +662,9 @@ async fn mock_failed_receiver_rate_three_percent_everyone_sent_once() {
     .expect("mock");
     let campaign =
         imcast::spec::load(&file, &imcast::spec::LoadOptions::default()).expect("valid campaign");
-    let mut r = CampaignRun::new(campaign, RepoPaths::discover(&file, None, None, None));
+    let mut r = Request::new(campaign, RepoPaths::discover(&file, None, None, None));
     r.target = Some((m.endpoint(), m.credentials()));
-    r.mock = true;
+    r.flags.mock = true;
     r.report_formats = Some(imcast::config::ReportFormats {
         csv: true,
         jsonl: true,

@@ -1,5 +1,5 @@
 //! `imcast run` end to end against the mock provider over real HTTP on 127.0.0.1: in-process
-//! (`mock::start` + `cmd::run::run_campaign`) and as real processes (`imcast mock-server` and the
+//! (`mock::start` + `run::run_campaign`) and as real processes (`imcast mock-server` and the
 //! built binary), with real files in temp dirs. Also quiet hours in the engine on a simulated clock.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use imcast::clock::{Clock, SharedClock, SimClock, SystemClock};
-use imcast::cmd::run::{run_campaign, CampaignRun, RunSummary};
 use imcast::config::RepoPaths;
 use imcast::exit::Exit;
-use imcast::journal::{Journal, RecipientStatus};
+use imcast::journal::{Journal, RecipientStatus, RunFlags};
 use imcast::mock::{self, MockConfig, MockStats};
-use imcast::send::{Progress, StopToken};
+use imcast::run::{run_campaign, Request, RunSummary};
+use imcast::send::{Progress, StopReason, StopToken};
 use serde_json::Value;
 
 use crate::common::bin;
@@ -76,10 +76,10 @@ fn load(file: &Path) -> imcast::spec::Campaign {
     imcast::spec::load(file, &imcast::spec::LoadOptions::default()).expect("valid campaign")
 }
 
-fn request(repo: &Repo, file: &Path, m: &mock::MockHandle) -> CampaignRun {
-    let mut r = CampaignRun::new(load(file), repo.paths(file));
+fn request(repo: &Repo, file: &Path, m: &mock::MockHandle) -> Request {
+    let mut r = Request::new(load(file), repo.paths(file));
     r.target = Some((m.endpoint(), m.credentials()));
-    r.mock = true;
+    r.flags.mock = true;
     // These tests read the JSONL rows (on request; the default is CSV only).
     r.report_formats = Some(imcast::config::ReportFormats {
         csv: true,
@@ -349,7 +349,7 @@ async fn test_to_sends_the_real_content_to_seed_ids_only() {
     .await
     .expect("mock");
     let mut r = request(&repo, &file, &m);
-    r.test_to = vec![7, 8, 9, 7];
+    r.flags.test_to = vec![7, 8, 9, 7];
     let t = run_campaign(r, system(), StopToken::new())
         .await
         .expect("test run");
@@ -383,6 +383,100 @@ async fn test_to_sends_the_real_content_to_seed_ids_only() {
     assert_eq!(s.exit, Exit::Ok);
     assert_eq!(s.counts[&RecipientStatus::Sent], 300);
     assert_ne!(s.run_id, t.run_id);
+    // One variant function: a test call of a Content carries the campaign run's variant id.
+    let variants = |s: &RunSummary| -> BTreeSet<String> {
+        report_rows(s)
+            .iter()
+            .filter_map(|r| r["variant"].as_str().map(str::to_string))
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    let (tested, planned) = (variants(&t), variants(&s));
+    assert_eq!(tested.len(), 3, "{tested:?}");
+    assert!(tested.is_subset(&planned), "{tested:?} not in {planned:?}");
+}
+
+/// A campaign without `breaker:` stops at `imcast.toml`'s `[breaker]` (before, the campaign's
+/// built-in default of 5 failed calls in a row always won and `[breaker]` was never read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imcast_toml_breaker_applies_to_a_campaign_without_one() {
+    let repo = Repo::new(
+        "[breaker]\nconsecutive_failures = 2\nwindow_calls = 0\n[send]\nmax_batch_in_flight = 1\n",
+    );
+    // Ten Contents: ten calls, one at a time.
+    repo.audience("a.csv", 10, 10, &[]);
+    let file = repo.path("nobreaker.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nname: nobreaker\nprovider: { app_id: 666675, region: cn-north-1, endpoint: \"http://127.0.0.1:9\" }\n\
+         action: batch\nsender: 10001\naudience: { csv: a.csv }\n\
+         message: { type: text, text: \"Hello {{ grp }}\" }\n",
+    )
+    .expect("write campaign");
+    // Every request is answered HTTP 500: each call's outcome is unknown, a failed call.
+    let m = mock::start(MockConfig {
+        fail_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let s = run_campaign(request(&repo, &file, &m), system(), StopToken::new())
+        .await
+        .expect("run");
+    let stats = m.stats();
+    m.shutdown().await;
+    assert_eq!(s.exit, Exit::Breaker, "{s:?}");
+    match &s.reason {
+        Some(StopReason::Breaker { message }) => {
+            assert!(message.contains("2 calls in a row"), "{message}")
+        }
+        other => panic!("expected the breaker, got {other:?}"),
+    }
+    assert!(
+        stats.requests < 5,
+        "stopped before the default's 5: {stats:?}"
+    );
+    // The flags the run recorded, in the journal's JSON (see `recorded_flags_keep_their_json`).
+    let flags: String = repo
+        .journal()
+        .connection()
+        .query_row(
+            "SELECT flags FROM runs WHERE id = ?1",
+            [s.run_id.as_deref().expect("run id")],
+            |r| r.get(0),
+        )
+        .expect("flags");
+    assert_eq!(flags, r#"{"yes":true,"mock":true}"#);
+}
+
+/// `runs.flags` keeps its JSON: what earlier versions wrote reads back, and what is written now
+/// has the same shape (the one flags type is the journal's `RunFlags`).
+#[test]
+fn recorded_flags_keep_their_json() {
+    let all = RunFlags {
+        new_run: true,
+        continue_changed: true,
+        resend_unknown: true,
+        yes: true,
+        mock: true,
+        test_to: vec![7, 8],
+    };
+    let yes = RunFlags {
+        yes: true,
+        ..RunFlags::default()
+    };
+    for (json, want) in [
+        ("{}", RunFlags::default()),
+        (r#"{"yes":true}"#, yes),
+        (
+            r#"{"new_run":true,"continue_changed":true,"resend_unknown":true,"yes":true,"mock":true,"test_to":[7,8]}"#,
+            all,
+        ),
+    ] {
+        let read: RunFlags = serde_json::from_str(json).expect("old flags JSON");
+        assert_eq!(read, want, "{json}");
+        assert_eq!(serde_json::to_string(&want).expect("json"), json);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -447,7 +541,7 @@ async fn quiet_hours_pause_the_engine_and_it_continues_after() {
     ));
     let s2 = seen.clone();
     let c2 = clock.clone();
-    r.progress = Some(Arc::new(move |p: &Progress| {
+    r.hooks.progress = Some(Arc::new(move |p: &Progress| {
         s2.lock()
             .expect("lock")
             .push((c2.now(), p.quiet_until.clone(), p.calls_done));

@@ -870,48 +870,67 @@ fn regex_free_redact(csv: &str) -> String {
         .join("\n")
 }
 
-fn run_args(file: &std::path::Path) -> imcast::cli::RunArgs {
-    imcast::cli::RunArgs {
-        file: file.to_path_buf(),
-        mock: false,
-        yes: true,
-        new_run: false,
-        continue_changed: false,
-        resend_unknown: false,
-        test_to: Vec::new(),
-        report_dir: None,
-        report_format: None,
-        allow_endpoint: Vec::new(),
-        state: imcast::cli::StateArgs::default(),
-    }
-}
-
-fn inputs(
+/// What `imcast run --yes` on `file` would run with, for a fake plan of `recipients` in `calls`
+/// calls: the plan's facts, and the settings resolved from the campaign file and the
+/// repository's imcast.toml (`edit` changes the loaded campaign first).
+fn inputs_with(
     file: &std::path::Path,
     hash: &str,
     recipients: u64,
     calls: u64,
-) -> imcast::cmd::run::RunInputs {
-    imcast::cmd::run::RunInputs {
-        campaign_file: file.to_path_buf(),
-        campaign: "spring-sale".into(),
-        occurrence: None,
-        action: Action::Batch,
-        app_id: 1,
-        endpoint: "http://127.0.0.1:1".into(),
-        access_key_id: Some("AKTEST".into()),
-        plan_hash: hash.into(),
-        content_key: None,
-        total_calls: calls,
-        recipients,
-        sample_message: "hello".into(),
-        campaign_throttle: None,
-        retry_max_attempts: 3,
-        breaker: None,
-        deadline: None,
-        guard_max_recipients: None,
-        is_test: false,
+    edit: impl FnOnce(&mut imcast::spec::Campaign),
+) -> imcast::run::Inputs {
+    let paths = imcast::config::RepoPaths::discover(file, None, None, None);
+    let mut c = imcast::spec::load(file, &imcast::spec::LoadOptions::default()).expect("campaign");
+    edit(&mut c);
+    let account = paths.account_config().expect("imcast.toml");
+    let flags = RunFlags {
+        yes: true,
+        ..RunFlags::default()
+    };
+    imcast::run::Inputs {
+        facts: imcast::run::Facts {
+            campaign_file: file.to_path_buf(),
+            campaign: "spring-sale".into(),
+            occurrence: None,
+            app_id: 1,
+            endpoint: "http://127.0.0.1:1".into(),
+            access_key_id: Some("AKTEST".into()),
+            plan_hash: hash.into(),
+            content_key: None,
+            total_calls: calls,
+            recipients,
+            sample_message: "hello".into(),
+        },
+        settings: imcast::run::Settings::resolve(&c, &account, &flags, None),
+        paths,
+        hooks: imcast::run::Hooks::default(),
     }
+}
+
+fn inputs(file: &std::path::Path, hash: &str, recipients: u64, calls: u64) -> imcast::run::Inputs {
+    inputs_with(file, hash, recipients, calls, |_| {})
+}
+
+/// [`imcast::run::execute`] on `rt`, to the summary's exit.
+fn execute<'r>(
+    rt: &tokio::runtime::Runtime,
+    inputs: imcast::run::Inputs,
+    seed: &mut dyn FnMut() -> SeedRows<'r, String>,
+    source: Arc<VecSource>,
+    transport: Arc<FakeTransport>,
+    clock: SharedClock,
+) -> Result<Exit, imcast::exit::Failure> {
+    imcast::run::execute(
+        rt.handle(),
+        inputs,
+        seed,
+        source,
+        transport,
+        clock,
+        StopToken::new(),
+    )
+    .map(|s| s.exit)
 }
 
 /// A campaigns repository: imcast.toml with a lowered limit, one campaign file.
@@ -924,7 +943,11 @@ fn repo() -> (tempfile::TempDir, PathBuf) {
     .expect("write toml");
     std::fs::create_dir(dir.path().join("campaigns")).expect("mkdir");
     let file = dir.path().join("campaigns/spring.yaml");
-    std::fs::write(&file, "name: spring-sale\naction: batch\n").expect("write campaign");
+    std::fs::write(
+        &file,
+        "version: 1\nname: spring-sale\nprovider: { app_id: 1, region: cn-north-1, endpoint: \"http://127.0.0.1:1\" }\naction: batch\nsender: 1\naudience: { ids: [1] }\nmessage: { type: text, text: hello }\n",
+    )
+    .expect("write campaign");
     (dir, file)
 }
 
@@ -936,9 +959,8 @@ fn execute_runs_resumes_refuses_changes_and_writes_the_report() {
     let clock: SharedClock = Arc::new(SimClock::new(t0()));
     let fake = Arc::new(FakeTransport::new(Action::Batch, Faults::default()).recording_starts());
     let mut seed = || -> SeedRows<'_, String> { Box::new(rows.iter().cloned().map(Ok)) };
-    let exit = imcast::cmd::run::execute(
+    let exit = execute(
         &rt,
-        &run_args(&file),
         inputs(&file, "h1", 300, calls.len() as u64),
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -961,9 +983,8 @@ fn execute_runs_resumes_refuses_changes_and_writes_the_report() {
 
     // Again: already finished, nothing sent.
     let before = fake.requests();
-    let exit = imcast::cmd::run::execute(
+    let exit = execute(
         &rt,
-        &run_args(&file),
         inputs(&file, "h1", 300, calls.len() as u64),
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -975,11 +996,11 @@ fn execute_runs_resumes_refuses_changes_and_writes_the_report() {
     assert_eq!(fake.requests(), before);
 
     // The guard refuses a larger audience before anything else.
-    let mut inp = inputs(&file, "h2", 300, calls.len() as u64);
-    inp.guard_max_recipients = Some(100);
-    let err = imcast::cmd::run::execute(
+    let inp = inputs_with(&file, "h2", 300, calls.len() as u64, |c| {
+        c.guard_max_recipients = Some(100)
+    });
+    let err = execute(
         &rt,
-        &run_args(&file),
         inp,
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -1005,15 +1026,15 @@ fn execute_refuses_a_changed_plan_with_exit_7() {
         },
     ));
     let mut seed = || -> SeedRows<'_, String> { Box::new(rows.iter().cloned().map(Ok)) };
-    let mut inp = inputs(&file, "h1", 100, calls.len() as u64);
-    inp.breaker = Some(BreakerSettings {
-        consecutive_failures: 2,
-        window_calls: 0,
-        max_failure_ratio: 1.0,
+    let inp = inputs_with(&file, "h1", 100, calls.len() as u64, |c| {
+        c.breaker = imcast::config::BreakerFields {
+            consecutive_failures: Some(2),
+            window_calls: Some(0),
+            max_failure_ratio: Some(1.0),
+        }
     });
-    let exit = imcast::cmd::run::execute(
+    let exit = execute(
         &rt,
-        &run_args(&file),
         inp,
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -1023,9 +1044,8 @@ fn execute_refuses_a_changed_plan_with_exit_7() {
     .expect("run");
     assert_eq!(exit, Exit::Breaker);
     let good = Arc::new(FakeTransport::new(Action::Batch, Faults::default()));
-    let err = imcast::cmd::run::execute(
+    let err = execute(
         &rt,
-        &run_args(&file),
         inputs(&file, "h2", 100, calls.len() as u64),
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -1036,9 +1056,8 @@ fn execute_refuses_a_changed_plan_with_exit_7() {
     assert_eq!(err.exit, Exit::Changed);
     assert_eq!(good.requests(), 0, "nothing sent on a changed plan");
     // The same plan resumes and completes.
-    let exit = imcast::cmd::run::execute(
+    let exit = execute(
         &rt,
-        &run_args(&file),
         inputs(&file, "h1", 100, calls.len() as u64),
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -1076,9 +1095,8 @@ fn status_and_report_commands_read_the_journal() {
     let clock: SharedClock = Arc::new(SimClock::new(t0()));
     let fake = Arc::new(FakeTransport::new(Action::Batch, Faults::default()));
     let mut seed = || -> SeedRows<'_, String> { Box::new(rows.iter().cloned().map(Ok)) };
-    imcast::cmd::run::execute(
+    execute(
         &rt,
-        &run_args(&file),
         inputs(&file, "h1", 20, 2),
         &mut seed,
         Arc::new(VecSource(calls)),

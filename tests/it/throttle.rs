@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imcast::clock::SystemClock;
-use imcast::cmd::run::{run_campaign, CampaignRun};
 use imcast::config::RepoPaths;
 use imcast::journal::RecipientStatus;
 use imcast::mock::{self, MockConfig, MockStats};
+use imcast::run::{run_campaign, Request};
 use imcast::send::StopToken;
 use jiff::Timestamp;
 
@@ -119,9 +119,9 @@ async fn run(case: Case, mock_limit_factor: u64) -> Outcome {
     .expect("mock");
     let campaign =
         imcast::spec::load(&file, &imcast::spec::LoadOptions::default()).expect("campaign");
-    let mut req = CampaignRun::new(campaign, RepoPaths::discover(&file, None, None, None));
+    let mut req = Request::new(campaign, RepoPaths::discover(&file, None, None, None));
     req.target = Some((m.endpoint(), m.credentials()));
-    req.mock = true;
+    req.flags.mock = true;
     let s = run_campaign(req, Arc::new(SystemClock), StopToken::new())
         .await
         .unwrap_or_else(|e| panic!("{case:?}: {e}"));
