@@ -119,7 +119,9 @@ pub fn require_tool(tool: &str, why: &str) -> bool {
         .name()
         .unwrap_or("a test")
         .to_string();
-    skip_or_fail(&format!("TEST SKIPPED: {test}: `{tool}` is not installed, so {why}."));
+    skip_or_fail(&format!(
+        "TEST SKIPPED: {test}: `{tool}` is not installed, so {why}."
+    ));
     false
 }
 

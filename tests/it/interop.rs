@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use imcast::mock::{self, MockConfig};
 use crate::common::{OutputWithin, CHILD_LIMIT};
+use imcast::mock::{self, MockConfig};
 use imcast::provider::*;
 use serde_json::{json, Value};
 

@@ -414,7 +414,13 @@ async fn two_campaigns_in_one_process_share_the_account_limit() {
     m.shutdown().await;
     assert_eq!((x.exit, y.exit), (Exit::Ok, Exit::Ok));
     assert_eq!(stats.messages, 1_000);
-    assert_window(&rec, stats.delivered, 200, Duration::from_secs(1), "two runs");
+    assert_window(
+        &rec,
+        stats.delivered,
+        200,
+        Duration::from_secs(1),
+        "two runs",
+    );
 }
 
 /// From the mock's record (not its counters, which refuse anything over its own limit): every
@@ -754,7 +760,9 @@ fn throttle_1000_per_5s_with_6000_recipients_zero_429s() {
     // 60 groups of 100: 60 calls of 100 receivers.
     repo.audience("a.csv", 6_000, 60, &[]);
     let file = repo.campaign("throttle", "a.csv", &mock.endpoint(), "");
-    let out = imcast_run(&repo, &file, &["--yes"]).output_limited().expect("run");
+    let out = imcast_run(&repo, &file, &["--yes"])
+        .output_limited()
+        .expect("run");
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -839,7 +847,10 @@ fn crash_at_each_failpoint_then_resume() {
         if point == "after_mark" {
             assert_eq!(dset, sent, "after_mark: the crashed request never left");
         } else {
-            assert_eq!(dset, all, "{point}: the provider had processed the crashed call");
+            assert_eq!(
+                dset, all,
+                "{point}: the provider had processed the crashed call"
+            );
         }
         let worst = max_in_window(&stamps(&lines, None), Duration::from_secs(1));
         assert!(
@@ -957,7 +968,13 @@ fn two_campaigns_in_two_processes_share_the_account_limit() {
     );
     let st = mock.stats();
     assert_eq!(st.messages, 1_200);
-    assert_window(&rec, st.delivered, 200, Duration::from_secs(1), "two processes");
+    assert_window(
+        &rec,
+        st.delivered,
+        200,
+        Duration::from_secs(1),
+        "two processes",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
