@@ -93,13 +93,20 @@ pub fn loud(msg: &str) {
     let _ = writeln!(std::io::stderr(), "\n{line}\n{msg}\n{line}\n");
 }
 
-/// A test that cannot run on this machine: under CI that is a failure (panics); elsewhere the
-/// skip is announced loudly on stderr and the caller returns.
+/// A test that cannot run on this machine (`msg` says what is missing and what was not
+/// checked): under CI that is a failure (panics); elsewhere a loud SKIPPED line naming the test
+/// goes to stderr and the caller returns.
 pub fn skip_or_fail(msg: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
     if in_ci() {
-        panic!("{msg} CI is set, so a missing prerequisite is a failure.");
+        panic!("{test}: {msg} CI is set, so a missing prerequisite is a failure.");
     }
-    loud(&format!("{msg} (a failure under CI=true)"));
+    loud(&format!(
+        "TEST SKIPPED (it passes, but checked nothing; a failure under CI=true): {test}: {msg}"
+    ));
 }
 
 /// Whether `tool` can be run (`tool --version` starts). When it cannot: under CI the test fails,
@@ -115,13 +122,7 @@ pub fn require_tool(tool: &str, why: &str) -> bool {
     if found.is_ok() {
         return true;
     }
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("a test")
-        .to_string();
-    skip_or_fail(&format!(
-        "TEST SKIPPED: {test}: `{tool}` is not installed, so {why}."
-    ));
+    skip_or_fail(&format!("`{tool}` is not installed, so {why}."));
     false
 }
 

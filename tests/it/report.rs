@@ -970,8 +970,8 @@ fn png_size(png: &[u8]) -> (u32, u32) {
 async fn browser_renders_the_report_without_errors() {
     let Some(chromium) = find_chromium() else {
         crate::common::skip_or_fail(
-            "BROWSER TEST NOT RUN: no chromium on PATH (apt-get install -y chromium, or set \
-             IMCAST_CHROMIUM). report.html was NOT checked in a browser.",
+            "no chromium on PATH (apt-get install -y chromium, or set IMCAST_CHROMIUM), so \
+             report.html was NOT checked in a browser.",
         );
         return;
     };
