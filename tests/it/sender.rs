@@ -1481,7 +1481,7 @@ fn bench_engine() {
             / 1024.0
     }
     if std::env::var_os("IMCAST_BENCH").is_none() {
-        eprintln!("set IMCAST_BENCH=1 to run the benchmark");
+        crate::common::loud("benchmark NOT RUN: set IMCAST_BENCH=1 to run it");
         return;
     }
     let users: u64 = std::env::var("IMCAST_BENCH_USERS")
