@@ -18,14 +18,3 @@ pub mod schedule;
 pub mod schema;
 pub mod status;
 pub mod validate;
-
-use crate::exit::{Exit, Failure};
-
-/// The error for a command whose implementation has not landed yet.
-#[allow(dead_code)]
-pub(crate) fn not_yet(name: &str) -> Failure {
-    Failure::new(
-        Exit::Internal,
-        anyhow::anyhow!("`imcast {name}` is not implemented in this build"),
-    )
-}

@@ -25,8 +25,8 @@ pub struct RunRequest {
     pub run_key: String,
     pub path: PathBuf,
     /// The content hash recorded when the occurrence was claimed. On a resume after a restart
-    /// the payload is the file as it is now; an adapter compares this hash with the payload's
-    /// (the journal's plan hash) and refuses to continue changed content (like `run`, exit 7).
+    /// the payload is the file as it is now; the run's journal compares its own plan hash with
+    /// the payload's plan and refuses to continue changed content (like `run`, exit 7).
     pub content_hash: String,
     pub payload: Payload,
     /// True when this resumes a run claimed before a restart.

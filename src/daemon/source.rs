@@ -52,7 +52,7 @@ impl Payload {
 #[derive(Clone)]
 pub struct LoadedCampaign {
     pub name: String,
-    /// Hex hash of what decides what is sent (the plan hash once the plan stage is wired).
+    /// Hex SHA-256 of the files that decide what is sent (paths and contents); not the plan hash.
     pub content_hash: String,
     pub schedule: Option<Schedule>,
     pub quiet_hours: Option<QuietHours>,

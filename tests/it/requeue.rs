@@ -23,6 +23,7 @@ use imcast::send::fake::{FakeTransport, Faults};
 use imcast::send::{Call, StopReason, StopToken};
 use serde_json::Value;
 
+use crate::common::OutputWithin;
 use crate::sender::{statuses, t0, AwaitBlocking, Setup};
 
 /// `users` valid ids (from 10_000) in calls of `per_call`, the calls cycling through `variants`
@@ -497,7 +498,7 @@ fn crash_between_refusal_and_resend_then_resume() {
         } else {
             child.env_remove("IMCAST_FAILPOINT");
         }
-        let out = child.output().expect("spawn child");
+        let out = child.output_limited().expect("spawn child");
         assert!(
             !out.status.success(),
             "{mode}: the child should have aborted"

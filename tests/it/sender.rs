@@ -20,6 +20,8 @@ use imcast::send::{Call, CallSource, Calls, Engine, EngineConfig, RunEnd, StopRe
 use imcast::throttle::{Limiter, LimiterOptions};
 use jiff::Timestamp;
 
+use crate::common::OutputWithin;
+
 pub(crate) fn t0() -> Timestamp {
     "2026-03-01T09:00:00Z".parse().expect("valid time")
 }
@@ -198,23 +200,13 @@ pub(crate) fn statuses(j: &SharedJournal, run: &str) -> BTreeMap<u64, RecipientS
         .collect()
 }
 
+/// [`crate::common::max_in_window`] over the fake transport's start stamps.
 fn max_in_window(starts: &[(Timestamp, u64)], w: Duration) -> u64 {
-    let mut v: Vec<(i128, u64)> = starts
+    let v: Vec<(i128, u64)> = starts
         .iter()
         .map(|(t, n)| (t.as_nanosecond(), *n))
         .collect();
-    v.sort();
-    let w = w.as_nanos() as i128;
-    let (mut lo, mut sum, mut best) = (0, 0, 0);
-    for hi in 0..v.len() {
-        sum += v[hi].1;
-        while v[lo].0 < v[hi].0 - w {
-            sum -= v[lo].1;
-            lo += 1;
-        }
-        best = best.max(sum);
-    }
-    best
+    crate::common::max_in_window(&v, w)
 }
 
 #[tokio::test]
@@ -1108,7 +1100,7 @@ fn status_and_report_commands_read_the_journal() {
     let out = std::process::Command::new(crate::common::bin())
         .arg("status")
         .arg(&file)
-        .output()
+        .output_limited()
         .expect("status");
     assert_eq!(
         out.status.code(),
@@ -1141,7 +1133,7 @@ fn status_and_report_commands_read_the_journal() {
     let out = std::process::Command::new(crate::common::bin())
         .args(["status", "--output", "json"])
         .arg(&file)
-        .output()
+        .output_limited()
         .expect("status json");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["counts"]["sent"], 20);
@@ -1151,7 +1143,7 @@ fn status_and_report_commands_read_the_journal() {
     let out = std::process::Command::new(crate::common::bin())
         .arg("report")
         .arg(&file)
-        .output()
+        .output_limited()
         .expect("report");
     assert_eq!(
         out.status.code(),
@@ -1168,7 +1160,7 @@ fn status_and_report_commands_read_the_journal() {
     let out = std::process::Command::new(crate::common::bin())
         .args(["report", "--run", "nope"])
         .arg(&file)
-        .output()
+        .output_limited()
         .expect("report");
     assert_eq!(out.status.code(), Some(2));
 
@@ -1178,7 +1170,7 @@ fn status_and_report_commands_read_the_journal() {
     let out = std::process::Command::new(crate::common::bin())
         .arg("status")
         .arg(&other)
-        .output()
+        .output_limited()
         .expect("status");
     assert!(String::from_utf8_lossy(&out.stdout).contains("no runs yet"));
 }
@@ -1231,7 +1223,7 @@ fn crash_at_each_failpoint_then_resume() {
             .args(["--exact", "sender::crash_child", "--ignored", "--nocapture"])
             .env(CHILD_STATE, &state)
             .env("IMCAST_FAILPOINT", format!("{point}:4"))
-            .output()
+            .output_limited()
             .expect("spawn child");
         assert!(
             !out.status.success(),
@@ -1412,8 +1404,9 @@ fn two_processes_share_the_limiter() {
         })
         .collect();
     let (mut stamps, mut admissions) = (Vec::new(), Vec::new());
-    for (mut child, out) in children {
-        assert!(child.wait().expect("wait").success());
+    for (child, out) in children {
+        let done = crate::common::wait_within(child, crate::common::CHILD_LIMIT, "limiter child");
+        assert!(done.status.success(), "limiter child: {}", done.status);
         for l in std::fs::read_to_string(out).expect("out").lines() {
             let f: Vec<&str> = l.split(' ').collect();
             let ts = |s: &str| Timestamp::from_nanosecond(s.parse().expect("t")).expect("ts");
@@ -1506,7 +1499,7 @@ fn bench_engine() {
             / 1024.0
     }
     if std::env::var_os("IMCAST_BENCH").is_none() {
-        eprintln!("set IMCAST_BENCH=1 to run the benchmark");
+        crate::common::loud("benchmark NOT RUN: set IMCAST_BENCH=1 to run it");
         return;
     }
     let users: u64 = std::env::var("IMCAST_BENCH_USERS")

@@ -2,7 +2,7 @@
 
 use imcast::spec::{self, Deadline, LoadOptions, Source};
 
-use crate::common::{Fixture, HEAD};
+use crate::common::{Fixture, OutputWithin, HEAD};
 
 fn load_err(f: &Fixture, text: &str) -> String {
     let p = f.write("c.yaml", text);
@@ -485,7 +485,7 @@ fn validate_checks_the_shipped_campaigns_and_examples() {
     let out = std::process::Command::new(crate::common::bin())
         .arg("validate")
         .args(&files)
-        .output()
+        .output_limited()
         .expect("run");
     assert!(
         out.status.success(),
