@@ -2,13 +2,15 @@
 //!
 //! Owns: parsing `imcast.toml` (unknown keys are errors), the per-action limits with the documented
 //! defaults ([`Action::default_limit`]), the reserved share, the global suppression lists, the
-//! request-rate cap and in-flight bounds, the failure-breaker defaults, which per-recipient report
+//! request-rate cap and in-flight bounds, the `[breaker]` fields, which per-recipient report
 //! files to write (`[report] formats`, [`ReportFormats`]), and discovery of the campaigns root
 //! from which `.imcast/` and `reports/` default — one rule for every command ([`ROOT_RULE`],
 //! [`discover_root`]).
 //!
 //! Invariant: the effective limit is the account limit × (1 − reserve), lowered (never raised) by a
-//! campaign's own `throttle:`. This module reads files only; it never touches the journal or the network.
+//! campaign's own `throttle:`. What a file leaves out stays `None` here (e.g. [`BreakerFields`]):
+//! `run::settings` resolves campaign, account and flags into the settings a run uses, in one place.
+//! This module reads files only; it never touches the journal or the network.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,8 +73,9 @@ impl Limit {
     }
 }
 
-/// Failure-breaker settings: stop after `consecutive_failures` failed calls in a row, or when the
-/// share of failed receivers over the last `window_calls` calls exceeds `max_failure_ratio`.
+/// Failure-breaker settings a run uses: stop after `consecutive_failures` failed calls in a row,
+/// or when the share of failed receivers over the last `window_calls` calls exceeds
+/// `max_failure_ratio`. The default is the documented one (README: 5, 50, 0.5).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BreakerSettings {
     pub consecutive_failures: u32,
@@ -83,9 +86,39 @@ pub struct BreakerSettings {
 impl Default for BreakerSettings {
     fn default() -> Self {
         BreakerSettings {
-            consecutive_failures: 10,
+            consecutive_failures: 5,
             window_calls: 50,
             max_failure_ratio: 0.5,
+        }
+    }
+}
+
+/// The breaker fields one file sets (a campaign's `breaker:`, `imcast.toml`'s `[breaker]`); a
+/// field it leaves out is `None` and comes from the next source (see [`BreakerFields::or`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct BreakerFields {
+    pub consecutive_failures: Option<u32>,
+    pub window_calls: Option<u32>,
+    pub max_failure_ratio: Option<f64>,
+}
+
+impl BreakerFields {
+    /// Field by field: this file's value, else `fallback`'s.
+    pub fn or(self, fallback: BreakerFields) -> BreakerFields {
+        BreakerFields {
+            consecutive_failures: self.consecutive_failures.or(fallback.consecutive_failures),
+            window_calls: self.window_calls.or(fallback.window_calls),
+            max_failure_ratio: self.max_failure_ratio.or(fallback.max_failure_ratio),
+        }
+    }
+
+    /// The settings, with the documented default for every field nobody set.
+    pub fn or_default(self) -> BreakerSettings {
+        let d = BreakerSettings::default();
+        BreakerSettings {
+            consecutive_failures: self.consecutive_failures.unwrap_or(d.consecutive_failures),
+            window_calls: self.window_calls.unwrap_or(d.window_calls),
+            max_failure_ratio: self.max_failure_ratio.unwrap_or(d.max_failure_ratio),
         }
     }
 }
@@ -107,8 +140,8 @@ pub struct AccountConfig {
     pub max_batch_in_flight: usize,
     /// At most this many conversation/p2p calls in flight.
     pub max_in_flight: usize,
-    /// Failure-breaker defaults (a campaign's `breaker:` overrides).
-    pub breaker: BreakerSettings,
+    /// `[breaker]`: the failure-breaker fields for campaigns whose `breaker:` leaves them out.
+    pub breaker: BreakerFields,
     /// Per-recipient report files (`[report] formats`; `--report-format` overrides).
     pub report_formats: ReportFormats,
 }
@@ -216,7 +249,7 @@ impl Default for AccountConfig {
             max_requests_per_second: 200,
             max_batch_in_flight: 4,
             max_in_flight: 16,
-            breaker: BreakerSettings::default(),
+            breaker: BreakerFields::default(),
             report_formats: ReportFormats::default(),
         }
     }
@@ -362,20 +395,18 @@ impl AccountConfig {
             }
             cfg.max_in_flight = v;
         }
-        if let Some(v) = raw.breaker.consecutive_failures {
-            cfg.breaker.consecutive_failures = v;
-        }
-        if let Some(v) = raw.breaker.window_calls {
-            cfg.breaker.window_calls = v;
-        }
         if let Some(v) = raw.breaker.max_failure_ratio {
             if !(0.0..=1.0).contains(&v) {
                 return Err(invalid(format!(
                     "breaker.max_failure_ratio = {v}: must be between 0 and 1"
                 )));
             }
-            cfg.breaker.max_failure_ratio = v;
         }
+        cfg.breaker = BreakerFields {
+            consecutive_failures: raw.breaker.consecutive_failures,
+            window_calls: raw.breaker.window_calls,
+            max_failure_ratio: raw.breaker.max_failure_ratio,
+        };
         if let Some(names) = &raw.report.formats {
             let mut f = ReportFormats {
                 csv: false,
@@ -392,6 +423,22 @@ impl AccountConfig {
             cfg.report_formats = f;
         }
         Ok(cfg)
+    }
+
+    /// At most this many calls of `action` in flight: `send.max_batch_in_flight` for batch (each
+    /// call holds up to 500 recipients in doubt), `send.max_in_flight` for the others.
+    pub fn max_in_flight_for(&self, action: Action) -> usize {
+        if action.max_receivers() > 1 {
+            self.max_batch_in_flight
+        } else {
+            self.max_in_flight
+        }
+    }
+
+    /// The cap on requests per second for `action`: only where the limit counts receivers
+    /// (BatchSendMessage's request rate is undocumented); None where it counts requests.
+    pub fn max_requests_per_second_for(&self, action: Action) -> Option<u32> {
+        (action.unit() == crate::action::Unit::Receivers).then_some(self.max_requests_per_second)
     }
 
     /// The account's limit for `action` (before the reserve).

@@ -23,6 +23,7 @@ use serde_saphyr::Spanned;
 pub use raw::{RawCampaign, RawMessageType};
 
 use crate::action::Action;
+use crate::config::{BreakerFields, Limit};
 use crate::schedule::{QuietHours, Schedule};
 
 /// Options the command line adds to loading.
@@ -72,34 +73,22 @@ impl fmt::Display for SpecError {
     }
 }
 
-/// `throttle:` — this campaign's share of the account limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Throttle {
-    pub limit: u64,
-    pub window: Duration,
-}
-
 /// `deadline:` — when pending recipients become `expired`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
     At(Timestamp),
+    /// After the run started (a resumed run keeps its original start).
     After(Duration),
 }
 
-/// `breaker:` — when a run stops itself.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Breaker {
-    pub consecutive_failures: u32,
-    pub window_calls: u32,
-    pub max_failure_ratio: f64,
-}
-
-impl Default for Breaker {
-    fn default() -> Self {
-        Breaker {
-            consecutive_failures: 5,
-            window_calls: 50,
-            max_failure_ratio: 0.5,
+impl Deadline {
+    /// The instant, for a run that started at `started`.
+    pub fn at(self, started: Timestamp) -> Timestamp {
+        match self {
+            Deadline::At(t) => t,
+            Deadline::After(d) => started
+                .checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
+                .unwrap_or(Timestamp::MAX),
         }
     }
 }
@@ -220,11 +209,16 @@ pub struct Campaign {
     pub sender: u64,
     pub schedule: Option<Schedule>,
     pub quiet_hours: Option<QuietHours>,
-    pub throttle: Option<Throttle>,
-    pub retry_max_attempts: u32,
+    // What the campaign may leave out is None here; `run::settings` resolves it with
+    // `imcast.toml` and the flags into what a run uses.
+    /// `throttle:`: this campaign's cap, as written (it lowers the account's share, never raises it).
+    pub throttle: Option<Limit>,
+    /// `retry.max_attempts` (≥ 1).
+    pub retry_max_attempts: Option<u32>,
     pub deadline: Option<Deadline>,
     pub guard_max_recipients: Option<u64>,
-    pub breaker: Breaker,
+    /// `breaker:`, field by field (the rest from `imcast.toml [breaker]`, else the default).
+    pub breaker: BreakerFields,
     pub audience: AudienceSpec,
     pub message: MessageSpec,
     pub batch: BatchOptions,
@@ -234,16 +228,6 @@ pub struct Campaign {
     pub source: String,
     /// Where this campaign's files (audience, lists, templates) are read from.
     pub files: crate::files::Files,
-}
-
-impl Campaign {
-    /// The throttle in effect for this campaign alone: its own, or the action's documented default.
-    pub fn effective_throttle(&self) -> Throttle {
-        self.throttle.unwrap_or_else(|| {
-            let (limit, window) = self.action.default_limit();
-            Throttle { limit, window }
-        })
-    }
 }
 
 /// The documented endpoint of a region.
@@ -854,10 +838,7 @@ fn validate(
                 if t.limit == 0 {
                     p.at(&t.window, "throttle.limit must be at least 1");
                 } else {
-                    throttle = Some(Throttle {
-                        limit: t.limit,
-                        window: w,
-                    })
+                    throttle = Some(Limit::new(t.limit, w))
                 }
             }
             Ok(_) => p.at(&t.window, "throttle.window must be longer than zero"),
@@ -876,10 +857,10 @@ fn validate(
                 &["retry.max_attempts"],
                 "retry.max_attempts must be at least 1 (the first attempt counts)",
             );
-            1
+            None
         }
-        Some(r) => r.max_attempts,
-        None => 3,
+        Some(r) => Some(r.max_attempts),
+        None => None,
     };
     let deadline = match &raw.deadline {
         None => None,
@@ -901,14 +882,10 @@ fn validate(
         }
     };
     let guard_max_recipients = raw.guard.as_ref().and_then(|g| g.max_recipients);
-    let mut breaker = Breaker::default();
+    let mut breaker = BreakerFields::default();
     if let Some(b) = &raw.breaker {
-        if let Some(n) = b.consecutive_failures {
-            breaker.consecutive_failures = n.max(1);
-        }
-        if let Some(n) = b.window_calls {
-            breaker.window_calls = n.max(1);
-        }
+        breaker.consecutive_failures = b.consecutive_failures.map(|n| n.max(1));
+        breaker.window_calls = b.window_calls.map(|n| n.max(1));
         if let Some(r) = b.max_failure_ratio {
             if !(0.0..=1.0).contains(&r) {
                 p.key(
@@ -916,7 +893,7 @@ fn validate(
                     format!("breaker.max_failure_ratio {r} must be between 0 and 1"),
                 );
             } else {
-                breaker.max_failure_ratio = r;
+                breaker.max_failure_ratio = Some(r);
             }
         }
     }
