@@ -334,10 +334,10 @@ pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
             let st = m.stats();
             eprintln!(
                 "Mock provider: {}, {} accepted, {} rate-limited, {}, most in any window {}.",
-                count(st.requests as u64, "request", "requests"),
-                count(st.messages as u64, "message", "messages"),
+                count(st.requests, "request", "requests"),
+                count(st.messages, "message", "messages"),
                 st.rate_limited,
-                count(st.duplicates as u64, "duplicate", "duplicates"),
+                count(st.duplicates, "duplicate", "duplicates"),
                 st.max_in_window
             );
             m.shutdown().await;

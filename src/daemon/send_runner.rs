@@ -280,7 +280,7 @@ impl SendRunner {
                 .unwrap_or_default();
             Ok(format!(
                 "cancelled: {} cancelled{report}",
-                crate::output::count(n as u64, "pending recipient", "pending recipients")
+                crate::output::count(n, "pending recipient", "pending recipients")
             ))
         })
         .await;

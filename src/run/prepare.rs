@@ -107,7 +107,7 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
                     "{}: not on a terminal, so there is no one to confirm this send of {} to {}; \
                      nothing was sent. Pass --yes to send without confirmation (e.g. from scripts or CI)",
                     facts.campaign_file.display(),
-                    count(facts.recipients as u64, "recipient", "recipients"),
+                    count(facts.recipients, "recipient", "recipients"),
                     facts.endpoint
                 ),
             ));
@@ -190,7 +190,7 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         }
         Opened::Created(r) if r.is_test => hooks.note(&format!(
             "Test run {} of {:?}: sending to {} only; the campaign's run is not touched.",
-            r.id, r.campaign, count(facts.recipients as u64, "test recipient", "test recipients")
+            r.id, r.campaign, count(facts.recipients, "test recipient", "test recipients")
         )),
         Opened::Created(r) => tracing::info!(run = %r.id, "starting a new run"),
         Opened::Resumed { run, recovered } => {
@@ -203,8 +203,8 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
             if recovered.unknown_calls > 0 {
                 hooks.note(&format!(
                     "  {} in flight when the previous process stopped: their {} `unknown` and are not resent (pass --resend-unknown to resend them, which may duplicate).",
-                    count(recovered.unknown_calls as u64, "call was", "calls were"),
-                    count(recovered.unknown_recipients as u64, "recipient is", "recipients are")
+                    count(recovered.unknown_calls, "call was", "calls were"),
+                    count(recovered.unknown_recipients, "recipient is", "recipients are")
                 ));
             }
         }
