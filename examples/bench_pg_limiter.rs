@@ -101,13 +101,14 @@ fn main() {
                     })
                 })
                 .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("decider"))
-                .fold((Vec::new(), Vec::new()), |(mut a, mut d), (x, y)| {
+            hs.into_iter().map(|h| h.join().expect("decider")).fold(
+                (Vec::new(), Vec::new()),
+                |(mut a, mut d), (x, y)| {
                     a.extend(x);
                     d.extend(y);
                     (a, d)
-                })
+                },
+            )
         });
         let wall = t0.elapsed();
         adm.sort();

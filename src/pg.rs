@@ -27,6 +27,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod schema;
+
 /// How long [`connect`] waits for the server unless the URL says `connect_timeout`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

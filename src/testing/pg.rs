@@ -224,10 +224,9 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 
 fn start() -> Result<Server, Unavailable> {
     if let Ok(u) = std::env::var(URL_VAR) {
-        let url = PgUrl::parse(&u)
-            .map_err(|e| Unavailable::Failed(format!("{URL_VAR}: {e}")))?;
-        let client = crate::pg::connect(&url)
-            .map_err(|e| Unavailable::Failed(format!("{URL_VAR}: {e}")))?;
+        let url = PgUrl::parse(&u).map_err(|e| Unavailable::Failed(format!("{URL_VAR}: {e}")))?;
+        let client =
+            crate::pg::connect(&url).map_err(|e| Unavailable::Failed(format!("{URL_VAR}: {e}")))?;
         return Ok(Server {
             url,
             local: None,
@@ -256,7 +255,11 @@ fn start() -> Result<Server, Unavailable> {
 /// The folder holding `initdb`, `pg_ctl` and `postgres`: `PATH` first (symlinks resolved, so
 /// the three come from one installation), then Debian's highest version.
 pub fn find_bin() -> Option<PathBuf> {
-    let complete = |d: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| d.join(b).is_file());
+    let complete = |d: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| d.join(b).is_file())
+    };
     if let Some(path) = std::env::var_os("PATH") {
         for d in std::env::split_paths(&path) {
             let Ok(real) = std::fs::canonicalize(d.join("initdb")) else {
@@ -299,7 +302,14 @@ fn pg_cmd(bin: &Path, name: &str, as_postgres: bool, cwd: &Path) -> Command {
     // The tools look at the working directory; root's may be closed to `postgres`.
     c.current_dir(cwd).stdin(Stdio::null());
     // A client setting in the environment must not steer the tools.
-    for v in ["PGDATA", "PGPORT", "PGHOST", "PGUSER", "PGDATABASE", "PGOPTIONS"] {
+    for v in [
+        "PGDATA",
+        "PGPORT",
+        "PGHOST",
+        "PGUSER",
+        "PGDATABASE",
+        "PGOPTIONS",
+    ] {
         c.env_remove(v);
     }
     c
@@ -450,7 +460,9 @@ fn start_cluster(bin: &Path) -> Result<LocalCluster, String> {
 
 /// A port nobody listens on now (the server binds it a moment later; start retries if taken).
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Remove clusters left by test processes that are gone and whose watchdog did not clean up

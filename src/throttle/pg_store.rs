@@ -1,8 +1,8 @@
 //! The limiter's log in PostgreSQL (`[state] url`): the same exact rule, shared by every process
 //! of the account on any host.
 //!
-//! Tables (created on first use, under an advisory lock so two hosts starting at once do not
-//! race): `imcast_throttle_log(id, key, at_ns, count, until_ns, done)` with an index on
+//! Tables (the store's versioned migrations, `crate::pg::schema`, applied on connecting; a newer
+//! schema is refused): `imcast_throttle_log(id, key, at_ns, count, until_ns, done)` with an index on
 //! `(key, until_ns) INCLUDE (count)`, and `imcast_throttle_key(key, units, tat_ns)`: one row per
 //! key holding the running total and the pacing time, and serving as the key's lock.
 //!
@@ -28,24 +28,6 @@ use postgres::Statement;
 
 use super::store::{clamp_i64, End, KeyState, NewEntry, Store, StoreError};
 use crate::pg::{OffRuntime, PgUrl};
-
-/// Serializes schema creation between processes (an arbitrary constant: "imcast" + 1).
-const SCHEMA_LOCK: i64 = 0x696d_6361_7374_0001;
-
-const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS imcast_throttle_key(
-        key TEXT PRIMARY KEY,
-        units BIGINT NOT NULL DEFAULT 0,
-        tat_ns BIGINT);
-    CREATE TABLE IF NOT EXISTS imcast_throttle_log(
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        key TEXT NOT NULL,
-        at_ns BIGINT NOT NULL,
-        count BIGINT NOT NULL,
-        until_ns BIGINT NOT NULL,
-        done BOOLEAN NOT NULL);
-    CREATE INDEX IF NOT EXISTS imcast_throttle_log_key_until
-        ON imcast_throttle_log(key, until_ns) INCLUDE (count);";
 
 const LOCK: &str = "SELECT key, units, tat_ns FROM imcast_throttle_key
     WHERE key = ANY($1) ORDER BY key FOR UPDATE";
@@ -102,10 +84,10 @@ impl Conn {
         client.batch_execute(
             "SET lock_timeout = '30s'; SET idle_in_transaction_session_timeout = '10s'",
         )?;
-        let mut tx = client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
-        tx.batch_execute(SCHEMA)?;
-        tx.commit()?;
+        let m = crate::pg::schema::migrate(&mut client)?;
+        for (v, name) in &m.applied {
+            tracing::info!(version = v, "state store: applied migration: {name}");
+        }
         Ok(Conn {
             lock: client.prepare(LOCK)?,
             ensure: client.prepare(ENSURE)?,

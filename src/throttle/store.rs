@@ -42,6 +42,8 @@ pub enum StoreError {
     Postgres(#[from] postgres::Error),
     #[error(transparent)]
     Connect(#[from] crate::pg::PgError),
+    #[error(transparent)]
+    Schema(crate::pg::schema::SchemaError),
     #[error("the connection was lost in the middle of a decision")]
     Lost,
 }
@@ -62,7 +64,15 @@ impl StoreError {
                     })
             }
             StoreError::Connect(_) | StoreError::Lost => true,
+            StoreError::Schema(crate::pg::schema::SchemaError::Postgres(e)) => e.is_closed(),
+            StoreError::Schema(_) => false,
         }
+    }
+}
+
+impl From<crate::pg::schema::SchemaError> for StoreError {
+    fn from(e: crate::pg::schema::SchemaError) -> Self {
+        StoreError::Schema(e)
     }
 }
 
@@ -151,6 +161,9 @@ mod tests {
             end(2, 30, false),
             end(3, 1, true),
         ]);
-        assert_eq!(got, vec![end(1, 20, false), end(2, 7, true), end(3, 1, true)]);
+        assert_eq!(
+            got,
+            vec![end(1, 20, false), end(2, 7, true), end(3, 1, true)]
+        );
     }
 }

@@ -325,7 +325,11 @@ fn no_window_over(
         return Ok(());
     };
     // One-request calls: a lower limit keeps the number of simulated calls moderate.
-    let (limit, size) = if batch { (limit, max_size.min(limit)) } else { (limit.min(300), 1) };
+    let (limit, size) = if batch {
+        (limit, max_size.min(limit))
+    } else {
+        (limit.min(300), 1)
+    };
     let sim = Sim {
         limit: Limit::new(limit, Duration::from_secs(window_s)),
         rps,
@@ -341,7 +345,11 @@ fn no_window_over(
     let res = simulate(&sim, &place);
     prop_assert!(!res.stamps.is_empty());
     let w = sim.limit.window;
-    prop_assert!(max_in_window(&res.stamps, w) <= limit, "stamps: {}", max_in_window(&res.stamps, w));
+    prop_assert!(
+        max_in_window(&res.stamps, w) <= limit,
+        "stamps: {}",
+        max_in_window(&res.stamps, w)
+    );
     prop_assert!(max_in_window(&res.admissions, w) <= limit);
     if let Some(rps) = rps {
         let requests: Vec<(i128, u64)> = res.stamps.iter().map(|(s, _)| (*s, 1)).collect();
