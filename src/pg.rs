@@ -135,6 +135,38 @@ impl PgUrl {
         self.url.as_str().parse()
     }
 
+    /// The same URL with no password at all (what `imcast.toml` may hold), and the password it
+    /// had, if any (for `PGPASSWORD` or a password file).
+    pub fn split_password(&self) -> (PgUrl, Option<String>) {
+        let mut u = self.url.clone();
+        let pw = u.password().map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
+        let _ = u.set_password(None);
+        let mut qp = None;
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .filter_map(|(k, v)| {
+                if k == "password" {
+                    qp = Some(v.into_owned());
+                    None
+                } else {
+                    Some((k.into_owned(), v.into_owned()))
+                }
+            })
+            .collect();
+        if qp.is_some() {
+            if pairs.is_empty() {
+                u.set_query(None);
+            } else {
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+        }
+        (PgUrl { url: u }, pw.or(qp))
+    }
+
     /// The URL without its password (for messages).
     pub fn redacted(&self) -> String {
         let mut u = self.url.clone();

@@ -21,7 +21,7 @@
 //!   the folder. A folder whose test process and watchdog are both gone (the machine was reset)
 //!   is swept by the next start.
 //!
-//! Where PostgreSQL is not installed: with `CI` set that is a failure (a panic saying so);
+//! Where PostgreSQL is not installed: under CI (`CI=true`) that is a failure (a panic saying so);
 //! elsewhere [`test_db`] says so loudly on stderr (past the harness's capture, visible even when
 //! the tests pass) and returns `None`, and the test returns early. A server that is installed but
 //! fails to start is always a failure.
@@ -73,10 +73,12 @@ impl TestDb {
         StateStore::Postgres(self.url.clone())
     }
 
-    /// The URL as `imcast.toml` would hold it (`[state] url`): our own cluster trusts every local
-    /// connection, so it carries no password.
-    pub fn toml_url(&self) -> String {
-        self.url.redacted()
+    /// The URL as `imcast.toml` may hold it (`[state] url`, no password), and the password a
+    /// process needs in `PGPASSWORD` (an external server's; our own cluster trusts local
+    /// connections).
+    pub fn toml_url(&self) -> (String, Option<String>) {
+        let (url, pw) = self.url.split_password();
+        (url.to_string(), pw)
     }
 
     /// Run `f` with a fresh connection to this database, on a thread of its own.
@@ -112,7 +114,7 @@ pub fn test_db(label: &str) -> Option<TestDb> {
                 "POSTGRESQL TESTS NOT RUN: {why}. Install PostgreSQL (apt-get install -y postgresql) \
                  or name a server in {URL_VAR}. The PostgreSQL backends were NOT tested."
             );
-            if std::env::var_os("CI").is_some() {
+            if in_ci() {
                 panic!("{msg} CI is set, so this is a failure.");
             }
             static LOUD: Once = Once::new();
@@ -143,6 +145,11 @@ pub fn test_db(label: &str) -> Option<TestDb> {
         name,
         drop_after: server.local.is_none(),
     })
+}
+
+/// True under CI (`CI` set to anything but empty, `0` or `false`, as CI services set it).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
 }
 
 fn ident(name: &str) -> String {
