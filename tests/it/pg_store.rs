@@ -149,10 +149,14 @@ async fn three_processes_on_one_store_share_one_p2p_limit() {
         names.len(),
         "all three processes sent in the middle second: {in_mid:?}"
     );
-    // Sustained near the limit: the whole send (first to last request) at ≥ 90% of 100/s.
+    // Sustained near the limit: the whole send (first to last request) at ≥ 80% of 100/s. The
+    // exact rule costs `W / (W + latency)` (a call counts until its answer + one window): on
+    // loopback that is 94–97/s here; the floor leaves room for a loaded machine (a request
+    // taking 250 ms still gets 80%), and a limiter that serialized the three processes badly
+    // or lost admissions would fall far below it.
     let rate = (total - 1) as f64 / ((last - first) as f64 / 1e9);
     assert!(
-        rate >= 0.9 * LIMIT as f64,
+        rate >= 0.8 * LIMIT as f64,
         "{rate:.1} requests/s over {:.1} s (limit {LIMIT}/s)",
         (last - first) as f64 / 1e9
     );
