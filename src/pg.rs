@@ -3,7 +3,8 @@
 //!
 //! Owns: [`PgUrl`] (a `postgres://user@host:port/db` URL, checked once when it is read; its
 //! password, when one was given programmatically, is never displayed, logged or serialized), the
-//! password lookup, and [`connect`].
+//! password lookup, [`connect`], and the store's schema ([`schema`]: versioned migrations, a newer
+//! schema refused).
 //!
 //! The password never comes from `imcast.toml` (the config rejects one there: the file lives in
 //! git). [`connect`] looks, in order, at `IMCAST_STATE_PASSWORD_FILE` (a file holding only the
@@ -461,6 +462,36 @@ mod tests {
             Some("s3cret")
         );
         assert_eq!(u.with_database("other").database(), "other");
+    }
+
+    #[test]
+    fn split_password_leaves_a_url_the_config_accepts() {
+        for (s, want_url) in [
+            (
+                "postgres://imcast:s%3Acret@h:5432/d",
+                "postgres://imcast@h:5432/d",
+            ),
+            (
+                "postgres://imcast@h:5432/d?password=s:cret&connect_timeout=5",
+                "postgres://imcast@h:5432/d?connect_timeout=5",
+            ),
+            (
+                "postgres://imcast@h:5432/d?password=s:cret",
+                "postgres://imcast@h:5432/d",
+            ),
+        ] {
+            let (u, pw) = PgUrl::parse(s).expect("valid").split_password();
+            assert_eq!(pw.as_deref(), Some("s:cret"), "{s}");
+            assert!(!u.has_password(), "{s}");
+            assert_eq!(u.to_string(), want_url);
+        }
+        let (u, pw) = PgUrl::parse("postgres://imcast@h/d")
+            .expect("valid")
+            .split_password();
+        assert_eq!(
+            (u.to_string().as_str(), pw),
+            ("postgres://imcast@h/d", None)
+        );
     }
 
     #[test]

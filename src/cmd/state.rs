@@ -48,11 +48,7 @@ pub fn migrate(_g: &GlobalArgs, a: &StateMigrateArgs) -> CmdResult {
             m.to
         );
     } else {
-        crate::outln!(
-            "state store {url}: schema version {} -> {}",
-            m.from,
-            m.to
-        );
+        crate::outln!("state store {url}: schema version {} -> {}", m.from, m.to);
         for (v, name) in &m.applied {
             crate::outln!("  applied {v}: {name}");
         }

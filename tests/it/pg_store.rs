@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use imcast::mock::{self, MockConfig};
 
-use crate::common::{bin, max_in_window, record_lines, stamps, wait_within, CHILD_LIMIT};
+use crate::common::{
+    bin, max_in_window, record_lines, stamps, wait_within, OutputWithin, CHILD_LIMIT,
+};
 
 /// Conversations per campaign (one P2P request each).
 const PER_CAMPAIGN: u64 = 400;
@@ -27,9 +29,7 @@ async fn three_processes_on_one_store_share_one_p2p_limit() {
     let root = dir.path();
     std::fs::write(
         root.join("imcast.toml"),
-        format!(
-            "[limits.p2p]\nlimit = {LIMIT}\nwindow = \"1s\"\n\n[state]\nurl = \"{url}\"\n"
-        ),
+        format!("[limits.p2p]\nlimit = {LIMIT}\nwindow = \"1s\"\n\n[state]\nurl = \"{url}\"\n"),
     )
     .expect("imcast.toml");
     // The mock admits 10× the account limit and records when it counted each request: only the
@@ -112,7 +112,10 @@ async fn three_processes_on_one_store_share_one_p2p_limit() {
     // PostgreSQL.
     for k in 0..names.len() {
         let state = root.join(format!("state-{k}"));
-        assert!(state.join("imcast.db").exists(), "state-{k} has its journal");
+        assert!(
+            state.join("imcast.db").exists(),
+            "state-{k} has its journal"
+        );
         assert!(
             !state.join(imcast::throttle::DB_FILE).exists(),
             "state-{k}: no SQLite limiter log beside the journal"
@@ -163,4 +166,77 @@ async fn three_processes_on_one_store_share_one_p2p_limit() {
     eprintln!(
         "three processes on one store: {total} requests at {rate:.1}/s, fullest second {worst}"
     );
+}
+
+/// `imcast state migrate`: applies the schema and says so, then finds nothing to do; a database
+/// migrated by a newer imcast is refused (exit 1, both versions named) and left as it was; without
+/// `[state] url` there is nothing to migrate.
+#[test]
+fn state_migrate_applies_then_refuses_a_newer_schema() {
+    let Some(db) = imcast::testing::pg::test_db("state_migrate") else {
+        return;
+    };
+    let (url, password) = db.toml_url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let migrate = |toml: &str| {
+        std::fs::write(dir.path().join("imcast.toml"), toml).expect("imcast.toml");
+        let mut c = Command::new(bin());
+        c.args(["state", "migrate"])
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("PGPASSWORD")
+            .stdin(Stdio::null());
+        if let Some(p) = &password {
+            c.env("PGPASSWORD", p);
+        }
+        let out = c.output_limited().expect("imcast state migrate");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let toml = format!("[state]\nurl = \"{url}\"\n");
+    let v = imcast::pg::schema::SCHEMA_VERSION;
+    let (code, out, err) = migrate(&toml);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("schema version 0 -> {v}")), "{out}");
+    assert!(
+        out.contains("applied 1: the account limiter's log"),
+        "{out}"
+    );
+    let (code, out, err) = migrate(&toml);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&format!("already at version {v} (nothing to do)")),
+        "{out}"
+    );
+    // A newer imcast migrated the database further.
+    db.with_client(|c| {
+        c.execute(
+            "INSERT INTO imcast_schema(version, name, applied_by) VALUES ($1, 'future', 'imcast 9.9.9')",
+            &[&(v + 1)],
+        )
+        .expect("insert");
+    });
+    let (code, _, err) = migrate(&toml);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("schema is version {}", v + 1))
+            && err.contains("imcast 9.9.9")
+            && err.contains(&format!("up to version {v}"))
+            && err.contains("upgrade imcast"),
+        "{err}"
+    );
+    let versions: i64 = db.with_client(|c| {
+        c.query_one("SELECT count(*) FROM imcast_schema", &[])
+            .expect("count")
+            .get(0)
+    });
+    assert_eq!(versions, i64::from(v) + 1, "the newer schema is untouched");
+    // No [state] url: SQLite in the state directory, nothing to do here.
+    let (code, out, err) = migrate("");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("nothing to migrate"), "{out}");
+    assert!(out.contains("has no [state] url"), "{out}");
 }
