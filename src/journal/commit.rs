@@ -8,6 +8,7 @@
 //! thread (every operation goes to the blocking pool).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::TransactionBehavior;
 
@@ -77,7 +78,11 @@ pub struct SharedJournal {
     path: PathBuf,
 }
 
-type Queued = (Write, tokio::sync::oneshot::Sender<Result<(), String>>);
+/// A write waiting for the group commit, and where its result goes (shared by the batch).
+type Queued = (
+    Write,
+    tokio::sync::oneshot::Sender<Result<(), Arc<JournalError>>>,
+);
 
 impl SharedJournal {
     pub fn new(j: Journal) -> Self {
@@ -107,16 +112,16 @@ impl SharedJournal {
                 return;
             }
             let (writes, senders): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
-            let res = j.write_batch(&writes).map_err(|e| e.to_string());
+            let res = j.write_batch(&writes).map_err(Arc::new);
             for s in senders {
                 let _ = s.send(res.clone());
             }
         })
         .await
-        .map_err(|e| JournalError::Corrupt(format!("journal worker failed: {e}")))?;
+        .map_err(|e| JournalError::Worker(e.to_string()))?;
         match rx.await {
             Ok(r) => r.map_err(JournalError::Write),
-            Err(_) => Err(JournalError::Write("the group commit was dropped".into())),
+            Err(_) => Err(JournalError::Worker("the group commit was dropped".into())),
         }
     }
 
@@ -136,12 +141,68 @@ impl SharedJournal {
             f(&mut j)
         })
         .await
-        .map_err(|e| JournalError::Corrupt(format!("journal worker failed: {e}")))?
+        .map_err(|e| JournalError::Worker(e.to_string()))?
     }
 
     /// Run `f` with the journal on this thread (for synchronous callers outside the runtime).
     pub fn with_blocking<R>(&self, f: impl FnOnce(&mut Journal) -> R) -> R {
         let mut j = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut j)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::Exit;
+    use crate::journal::testutil::*;
+    use crate::journal::{Mark, ResumeOptions};
+
+    /// A failed group commit reaches every writer as the journal's own error, so its exit code
+    /// survives: a busy database is exit 6 like anywhere else, not an internal error.
+    #[tokio::test]
+    async fn a_failed_group_commit_keeps_its_error_and_exit_code() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        // A reader refuses writes: the batch fails inside SQLite.
+        let shared = SharedJournal::new(j.reader().expect("reader"));
+        let mark = |seq| {
+            Write::Mark(Mark {
+                run_id: id.clone(),
+                seq,
+                variant: "v".into(),
+                receivers: vec![101],
+                client_msg_id: None,
+                now: now(),
+            })
+        };
+        let (a, b) = tokio::join!(shared.write(mark(0)), shared.write(mark(1)));
+        for e in [a.expect_err("read-only"), b.expect_err("read-only")] {
+            let JournalError::Write(inner) = &e else {
+                panic!("expected a group-commit error, got {e:?}");
+            };
+            assert!(
+                matches!(**inner, JournalError::Db { .. }),
+                "the database's own error: {inner:?}"
+            );
+            assert_eq!(e.exit(), inner.exit());
+            assert!(
+                e.to_string().starts_with("journal write failed: journal "),
+                "{e}"
+            );
+        }
+        let busy = JournalError::Write(Arc::new(JournalError::Db {
+            path: d.path().join(crate::journal::DB_FILE),
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                None,
+            ),
+        }));
+        assert_eq!(busy.exit(), Exit::Busy);
     }
 }

@@ -108,9 +108,13 @@ pub enum JournalError {
     Seed(String),
     #[error("journal holds a value it does not understand: {0}")]
     Corrupt(String),
-    /// A grouped write (several calls' marks/outcomes in one transaction) failed.
+    /// A grouped write (several calls' marks/outcomes in one transaction) failed: every call
+    /// whose write was in the batch gets this same error, which keeps its exit code.
     #[error("journal write failed: {0}")]
-    Write(String),
+    Write(std::sync::Arc<JournalError>),
+    /// The blocking task that ran a journal operation panicked or was dropped.
+    #[error("journal worker failed: {0}")]
+    Worker(String),
 }
 
 impl JournalError {
@@ -125,6 +129,7 @@ impl JournalError {
                 Exit::Busy
             }
             JournalError::NoRun(_) | JournalError::Seed(_) => Exit::Invalid,
+            JournalError::Write(e) => e.exit(),
             _ => Exit::Internal,
         }
     }
