@@ -4,14 +4,16 @@
 //!
 //! Invariants: a counter moves in the same transaction as the change it counts; in debug builds
 //! every [`Journal::counts`] checks the counters against a scan of the rows. Must not: be
-//! written from outside this module's [`count_move`].
+//! changed but through [`count_move`] (pruning deletes a run's counters with the run).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use jiff::Timestamp;
 use rusqlite::{params, Connection};
 
-use super::{CallState, Journal, JournalError, Ops, RecipientStatus};
+use super::schema::parse_ts;
+use super::{CallState, Journal, JournalError, Ops, RecipientStatus, RunCounts};
 
 /// Move `n` recipients of a run from status `from` to `to` in the per-status counters
 /// (`from = None` adds new rows). Called in the same transaction as the change it counts.
@@ -147,5 +149,51 @@ impl Journal {
             )
             .map_err(self.db())?;
         Ok(n as u64)
+    }
+
+    /// The counters of every run updated at or after `since` (compared in whole seconds), for
+    /// the daemon's metrics: per run, each status its recipients have had and how many have it
+    /// now (zero once all moved on; a status none of them ever had is absent).
+    pub fn recent_counts(&self, since: Timestamp) -> Result<Vec<RunCounts>, JournalError> {
+        let mut runs = self
+            .conn
+            .prepare("SELECT id, campaign, updated_at FROM runs")
+            .map_err(self.db())?;
+        let recent: Vec<(String, String)> = runs
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(self.db())?
+            .filter_map(Result::ok)
+            .filter(|(_, _, at)| parse_ts(at).is_ok_and(|t| t.as_second() >= since.as_second()))
+            .map(|(id, campaign, _)| (id, campaign))
+            .collect();
+        let mut st = self
+            .conn
+            .prepare("SELECT status, n FROM run_counts WHERE run_id = ?1")
+            .map_err(self.db())?;
+        let mut out = Vec::with_capacity(recent.len());
+        for (run_id, campaign) in recent {
+            let mut counts = BTreeMap::new();
+            let rows = st
+                .query_map([&run_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(self.db())?;
+            for row in rows {
+                let (status, n) = row.map_err(self.db())?;
+                counts.insert(status.parse()?, n.max(0) as u64);
+            }
+            out.push(RunCounts {
+                run_id,
+                campaign,
+                counts,
+            });
+        }
+        Ok(out)
     }
 }

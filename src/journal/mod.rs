@@ -52,12 +52,12 @@ mod testutil;
 mod types;
 
 pub use commit::SharedJournal;
-pub use control::ControlRequest;
+pub use control::{ControlRequest, PendingControl};
 pub use lease::hostname;
 pub use types::{
     CallState, Mark, NewRun, Opened, Outcome, RecipientRef, RecipientRow, RecipientStatus,
-    RecipientUpdate, Recovered, ResumeOptions, RunFlags, RunInfo, RunStatus, SeedRow, SeedRows,
-    Sendable, Write,
+    RecipientUpdate, Recovered, ResumeOptions, RunCounts, RunFlags, RunInfo, RunStatus, SeedRow,
+    SeedRows, Sendable, Write,
 };
 
 use std::path::{Path, PathBuf};
@@ -104,6 +104,8 @@ pub enum JournalError {
     },
     #[error("no run {0} in the journal")]
     NoRun(String),
+    #[error("no journal at {0}")]
+    Missing(PathBuf),
     #[error("reading the audience to seed the run: {0}")]
     Seed(String),
     #[error("journal holds a value it does not understand: {0}")]
@@ -220,18 +222,29 @@ impl Journal {
     /// another thread (the report scans the halves of a large run in parallel). Writes through it
     /// fail.
     pub fn reader(&self) -> Result<Journal, JournalError> {
+        Self::open_reader(&self.path, 16 * 1024)
+    }
+
+    /// A journal that only reads the existing database at `path` (`query_only`, no migration;
+    /// writes through it fail), with a page cache of at most `cache_kib` KiB: for a reader of its
+    /// own (the sender's receiver look-ups, the daemon's metrics).
+    pub fn open_reader(path: &Path, cache_kib: u32) -> Result<Journal, JournalError> {
+        if !path.exists() {
+            return Err(JournalError::Missing(path.to_path_buf()));
+        }
         let db = |source| JournalError::Db {
-            path: self.path.clone(),
+            path: path.to_path_buf(),
             source,
         };
-        let conn = crate::db::open(&self.path, "FULL").map_err(db)?;
+        let conn = crate::db::open(path, "FULL").map_err(db)?;
         conn.pragma_update(None, "query_only", true).map_err(db)?;
-        conn.pragma_update(None, "cache_size", -16384).map_err(db)?;
+        conn.pragma_update(None, "cache_size", -i64::from(cache_kib))
+            .map_err(db)?;
         // Its own lease id, never written (the connection is read-only).
         let (owner, instance) = new_owner();
         Ok(Journal {
             conn,
-            path: self.path.clone(),
+            path: path.to_path_buf(),
             owner,
             instance,
         })

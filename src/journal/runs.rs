@@ -87,6 +87,20 @@ impl Journal {
         raws.into_iter().map(RawRun::into_info).collect()
     }
 
+    /// Every campaign with a run in the journal (test runs included), sorted.
+    pub fn campaigns(&self) -> Result<Vec<String>, JournalError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT DISTINCT campaign FROM runs ORDER BY campaign")
+            .map_err(self.db())?;
+        let names = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.db())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.db())?;
+        Ok(names)
+    }
+
     /// Set a run's status (and why it stopped); finished/cancelled also set finished_at and release.
     pub fn set_status(
         &self,

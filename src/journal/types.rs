@@ -6,6 +6,7 @@
 //! Invariants: a stored name never changes (old databases hold them). Must not: touch the
 //! database (plain data only).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -143,6 +144,14 @@ pub struct RunInfo {
     pub limit: Limit,
     pub total_calls: u64,
     pub continued_from: Option<String>,
+}
+
+/// The recipient counters of one run (see [`Journal::recent_counts`](super::Journal::recent_counts)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCounts {
+    pub run_id: String,
+    pub campaign: String,
+    pub counts: BTreeMap<RecipientStatus, u64>,
 }
 
 /// What a new run records.

@@ -321,8 +321,8 @@ async fn stop_file_pauses_a_plain_run_and_it_resumes_after() {
 async fn pause_resume_cancel_act_on_a_running_occurrence() {
     use imcast::daemon::send_runner::{SendRunner, SendRunnerConfig};
     use imcast::daemon::source::SpecSource;
-    use imcast::daemon::state::ControlAction;
     use imcast::daemon::{Daemon, DaemonConfig};
+    use imcast::journal::ControlRequest;
     use std::sync::Arc;
 
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -372,7 +372,13 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
         runner.clone(),
     )
     .expect("daemon");
-    let conn = state::open(&state_dir).expect("state");
+    // What `imcast pause|resume|cancel c` records.
+    let request = |req: ControlRequest| {
+        Journal::open(&state_dir)
+            .expect("journal")
+            .request_control("c", req, Some("test"), jiff::Timestamp::UNIX_EPOCH)
+            .expect("request")
+    };
     let status = |conn: &rusqlite::Connection| {
         state::occurrences(conn, Some("c"))
             .expect("rows")
@@ -410,7 +416,7 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
     d = back;
     assert!(ok, "the occurrence started sending");
 
-    state::request_control(&conn, "c", ControlAction::Pause, 0).expect("pause");
+    request(ControlRequest::Pause);
     let sd2 = sd.clone();
     let (back, ok) = tick_until(d, move || {
         status(&state::open(&sd2).expect("state")) == "paused"
@@ -441,7 +447,7 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
             > 0
     );
 
-    state::request_control(&conn, "c", ControlAction::Resume, 0).expect("resume");
+    request(ControlRequest::Resume);
     let sd4 = sd.clone();
     let (back, ok) = tick_until(d, move || {
         status(&state::open(&sd4).expect("state")) == "running"
@@ -450,7 +456,7 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
     d = back;
     assert!(ok, "running again");
 
-    state::request_control(&conn, "c", ControlAction::Cancel, 0).expect("cancel");
+    request(ControlRequest::Cancel);
     let sd5 = sd.clone();
     let (back, ok) = tick_until(d, move || {
         status(&state::open(&sd5).expect("state")) == "cancelled"
