@@ -59,7 +59,6 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
         );
         return Ok(Exit::Ok);
     };
-    drop(conn);
     let mut journal = crate::journal::Journal::open(&state_dir).map_err(|e| {
         let exit = e.exit();
         crate::exit::Failure::new(exit, e)
@@ -69,7 +68,7 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
         crate::exit::Failure::new(exit, e)
     })?;
     crate::report::facts::forget_pruned(&journal).exit(Exit::Internal)?;
-    let (occ, ctl) = state::prune(journal.connection(), cutoff).exit(Exit::Internal)?;
+    let (occ, ctl) = state::prune(&conn, cutoff).exit(Exit::Internal)?;
     crate::outln!(
         "pruned {runs} run(s) ({calls} call(s), {recipients} recipient row(s)), {occ} schedule occurrence(s) and {ctl} control request(s) older than {}{reports_note}",
         humantime::format_duration(age)

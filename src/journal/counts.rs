@@ -197,3 +197,41 @@ impl Journal {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::testutil::*;
+    use crate::journal::ResumeOptions;
+
+    #[test]
+    fn recent_counts_are_the_counters_of_runs_updated_since() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[103]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        assert_eq!(j.campaigns().expect("campaigns"), ["spring"]);
+        let recent = j.recent_counts(now()).expect("recent");
+        assert_eq!(recent.len(), 1);
+        assert_eq!(
+            (recent[0].run_id.as_str(), recent[0].campaign.as_str()),
+            (id.as_str(), "spring")
+        );
+        // The statuses its rows have had, not every status.
+        assert_eq!(
+            recent[0].counts,
+            BTreeMap::from([
+                (RecipientStatus::Pending, 3),
+                (RecipientStatus::Suppressed, 1)
+            ])
+        );
+        // Whole seconds: a run updated within the second of `since` counts.
+        let just_after = now() + jiff::SignedDuration::from_millis(999);
+        assert_eq!(j.recent_counts(just_after).expect("recent").len(), 1);
+        let next_second = now() + jiff::SignedDuration::from_secs(1);
+        assert!(j.recent_counts(next_second).expect("recent").is_empty());
+    }
+}

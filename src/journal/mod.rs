@@ -55,9 +55,9 @@ pub use commit::SharedJournal;
 pub use control::{ControlRequest, PendingControl};
 pub use lease::hostname;
 pub use types::{
-    CallState, Mark, NewRun, Opened, Outcome, RecipientRef, RecipientRow, RecipientStatus,
-    RecipientUpdate, Recovered, ResumeOptions, RunCounts, RunFlags, RunInfo, RunStatus, SeedRow,
-    SeedRows, Sendable, Write,
+    CallEnd, CallRow, CallState, Mark, NewRun, Opened, Outcome, RecipientRef, RecipientRow,
+    RecipientStatus, RecipientUpdate, Recovered, ResumeOptions, RunCounts, RunFlags, RunInfo,
+    RunStatus, SeedRow, SeedRows, Sendable, Write,
 };
 
 use std::path::{Path, PathBuf};

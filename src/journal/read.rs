@@ -1,14 +1,23 @@
-//! Reading a run's recipient rows in audience order: owned ([`Journal::for_each_recipient`]) or
+//! Reading a run's rows: recipients in audience order, owned ([`Journal::for_each_recipient`]) or
 //! borrowed from the database row without an allocation per row
-//! ([`Journal::for_each_recipient_ref`], the report's scan of ten million rows).
+//! ([`Journal::for_each_recipient_ref`], the report's scan of ten million rows); and its calls
+//! ([`Journal::calls`], and what the report shows of them).
 //!
-//! Invariants: both give the same rows and values; a row never updated reads the run's start
-//! time. Must not: write.
+//! Invariants: both recipient scans give the same rows and values; a row never updated reads the
+//! run's start time. Must not: write.
 
+use jiff::Timestamp;
 use rusqlite::{params, OptionalExtension};
 
-use super::schema::{rk_range, run_key, MAX_LINE};
-use super::{Journal, JournalError, RecipientRef, RecipientRow, RecipientStatus};
+use super::schema::{parse_ts, rk_range, run_key, MAX_LINE};
+use super::{
+    CallEnd, CallRow, CallState, Journal, JournalError, RecipientRef, RecipientRow, RecipientStatus,
+};
+
+/// The number of receivers of a call row, counted in SQL without parsing the JSON array
+/// (`[1,2,3]`: commas + 1; `[]`: 0).
+const RECEIVERS: &str = "CASE WHEN receivers = '[]' THEN 0 \
+     ELSE length(receivers) - length(replace(receivers, ',', '')) + 1 END";
 
 impl Journal {
     /// Every recipient row of a run in audience order, streamed to `f` (stops at its first error).
@@ -173,5 +182,168 @@ impl Journal {
             Ok(())
         })?;
         Ok(v)
+    }
+
+    /// Every call of a run, in call order (small runs and tests).
+    pub fn calls(&self, run_id: &str) -> Result<Vec<CallRow>, JournalError> {
+        self.call_rows(run_id, None, None)
+    }
+
+    /// The first `limit` calls of a run in `state`, in call order.
+    pub fn calls_in_state(
+        &self,
+        run_id: &str,
+        state: CallState,
+        limit: usize,
+    ) -> Result<Vec<CallRow>, JournalError> {
+        self.call_rows(run_id, Some(state), Some(limit))
+    }
+
+    fn call_rows(
+        &self,
+        run_id: &str,
+        state: Option<CallState>,
+        limit: Option<usize>,
+    ) -> Result<Vec<CallRow>, JournalError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT seq, variant, receivers, state, attempts, client_msg_id, error_code,
+                        error_message, updated_at
+                 FROM calls WHERE run_id = ?1 AND (?2 IS NULL OR state = ?2) ORDER BY seq LIMIT ?3",
+            )
+            .map_err(self.db())?;
+        let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let raw = st
+            .query_map(params![run_id, state.map(CallState::as_str), limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, String>(8)?,
+                ))
+            })
+            .map_err(self.db())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.db())?;
+        raw.into_iter()
+            .map(
+                |(seq, variant, receivers, state, attempts, client_msg_id, code, message, at)| {
+                    Ok(CallRow {
+                        seq: seq.max(0) as u64,
+                        receivers: serde_json::from_str(&receivers).map_err(|e| {
+                            JournalError::Corrupt(format!("call {seq} receivers: {e}"))
+                        })?,
+                        variant,
+                        state: state.parse()?,
+                        attempts: attempts.max(0) as u64,
+                        client_msg_id,
+                        error_code: code,
+                        error_message: message,
+                        updated_at: parse_ts(&at)?,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Every answered call (done or unknown) of a run, in no particular order: when it was
+    /// answered and how many receivers it carried, without reading the receivers themselves (the
+    /// report's timeline of a run of millions). Stops at `f`'s first error.
+    pub fn for_each_answered_call<E: From<JournalError>>(
+        &self,
+        run_id: &str,
+        mut f: impl FnMut(CallEnd) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT updated_at, {RECEIVERS} FROM calls
+                 WHERE run_id = ?1 AND state IN ('done', 'unknown')"
+            ))
+            .map_err(self.db())?;
+        let mut rows = st.query([run_id]).map_err(self.db())?;
+        while let Some(r) = rows.next().map_err(self.db())? {
+            let at: String = r.get(0).map_err(self.db())?;
+            let at: Timestamp = parse_ts(&at)?;
+            let receivers = r.get::<_, i64>(1).map_err(self.db())?.max(0) as u64;
+            f(CallEnd { at, receivers })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::Action;
+    use crate::journal::testutil::*;
+    use crate::journal::{RecipientUpdate, ResumeOptions};
+
+    #[test]
+    fn calls_read_back_as_written_and_answered_ones_are_counted_without_their_receivers() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        let later = now() + jiff::SignedDuration::from_secs(5);
+        j.mark_in_flight(&id, 0, "v", &[101, 102], None, now())
+            .expect("mark");
+        j.record_outcome(
+            &id,
+            0,
+            CallState::Done,
+            &[RecipientUpdate {
+                id: 101,
+                status: RecipientStatus::Sent,
+                message_id: Some(7),
+                error_code: None,
+                error_message: None,
+                detail: None,
+            }],
+            Some(("Partial", "one of two")),
+            later,
+        )
+        .expect("outcome");
+        j.mark_in_flight(&id, 1, "v", &[103, 104], Some("imcast-x"), now())
+            .expect("mark");
+        j.mark_in_flight(&id, 2, "w", &[], None, now())
+            .expect("mark");
+        j.recover(&id, Action::Batch).expect("recover");
+        let calls = j.calls(&id).expect("calls");
+        assert_eq!(
+            calls.iter().map(|c| (c.seq, c.state)).collect::<Vec<_>>(),
+            [
+                (0, CallState::Done),
+                (1, CallState::Unknown),
+                (2, CallState::Unknown)
+            ]
+        );
+        assert_eq!(calls[0].receivers, [101, 102]);
+        assert_eq!(calls[0].updated_at, later);
+        assert_eq!(calls[0].error_code.as_deref(), Some("Partial"));
+        assert_eq!(calls[1].client_msg_id.as_deref(), Some("imcast-x"));
+        assert_eq!(calls[1].attempts, 1);
+        let unknown = j
+            .calls_in_state(&id, CallState::Unknown, 1)
+            .expect("unknown");
+        assert_eq!(unknown.len(), 1, "limited");
+        assert_eq!(unknown[0].seq, 1);
+        let mut ends = Vec::new();
+        j.for_each_answered_call::<JournalError>(&id, |c| {
+            ends.push((c.at, c.receivers));
+            Ok(())
+        })
+        .expect("ends");
+        ends.sort();
+        assert_eq!(ends, [(now(), 0), (now(), 2), (later, 2)]);
     }
 }

@@ -271,6 +271,31 @@ pub struct RecipientUpdate {
     pub detail: Option<String>,
 }
 
+/// One call row as stored (see [`Journal::calls`](super::Journal::calls)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRow {
+    pub seq: u64,
+    pub variant: String,
+    pub receivers: Vec<u64>,
+    pub state: CallState,
+    /// Requests made under this number.
+    pub attempts: u64,
+    pub client_msg_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// The last change: the mark, the outcome or a retry.
+    pub updated_at: Timestamp,
+}
+
+/// An answered call as the report's timeline needs it (see
+/// [`Journal::for_each_answered_call`](super::Journal::for_each_answered_call)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallEnd {
+    /// When its outcome was written.
+    pub at: Timestamp,
+    pub receivers: u64,
+}
+
 /// A call attempt's in-flight mark.
 #[derive(Debug, Clone)]
 pub struct Mark {
