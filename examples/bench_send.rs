@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imcast::clock::SystemClock;
-use imcast::cmd::run::{run_campaign, CampaignRun};
 use imcast::config::RepoPaths;
 use imcast::mock::{self, MockConfig};
+use imcast::run::{run_campaign, Request};
 use imcast::send::StopToken;
 
 fn peak_rss_kib() -> Option<u64> {
@@ -89,9 +89,9 @@ fn main() -> anyhow::Result<()> {
         })
         .await?;
         let campaign = imcast::spec::load(&file, &imcast::spec::LoadOptions::default())?;
-        let mut req = CampaignRun::new(campaign, RepoPaths::discover(&file, None, None, None));
+        let mut req = Request::new(campaign, RepoPaths::discover(&file, None, None, None));
         req.target = Some((m.endpoint(), m.credentials()));
-        req.mock = true;
+        req.flags.mock = true;
         let cpu0 = cpu_secs();
         let t0 = Instant::now();
         let s = run_campaign(req, Arc::new(SystemClock), StopToken::new())

@@ -1,5 +1,9 @@
 //! The three provider actions a campaign can use, and the facts about each that several stages
 //! need (API name, what the provider's limit counts, the documented default limit).
+//!
+//! Owns the rule "batch counts receivers, the others requests" ([`Action::unit`]); every stage
+//! that counts against a limit (the engine, the limiter's callers, the ETA, the report's rate)
+//! asks [`Action::units`] / [`Action::total_units`] instead of comparing with `Action::Batch`.
 
 use std::time::Duration;
 
@@ -29,6 +33,25 @@ pub enum Action {
     P2p,
 }
 
+/// What the provider's limit for an action counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// Every receiver of a call counts (BatchSendMessage).
+    Receivers,
+    /// Every request counts, whatever it carries (SendMessage, P2PSendMessage).
+    Requests,
+}
+
+impl Unit {
+    /// The plural name, for reports: `receivers` or `requests`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Receivers => "receivers",
+            Unit::Requests => "requests",
+        }
+    }
+}
+
 impl Action {
     pub const ALL: [Action; 3] = [Action::Batch, Action::Conversation, Action::P2p];
 
@@ -50,7 +73,32 @@ impl Action {
         }
     }
 
-    /// The documented limit: (count, window). Batch counts receivers, the others requests.
+    /// What the provider's limit counts: receivers for batch, requests for the others.
+    pub fn unit(self) -> Unit {
+        match self {
+            Action::Batch => Unit::Receivers,
+            Action::Conversation | Action::P2p => Unit::Requests,
+        }
+    }
+
+    /// The units one call carrying `receivers` receivers takes from the limit.
+    pub fn units(self, receivers: u64) -> u64 {
+        match self.unit() {
+            Unit::Receivers => receivers,
+            Unit::Requests => 1,
+        }
+    }
+
+    /// The units of `calls` calls that carry `receivers` receivers in all (the sum of
+    /// [`Action::units`] over the calls).
+    pub fn total_units(self, receivers: u64, calls: u64) -> u64 {
+        match self.unit() {
+            Unit::Receivers => receivers,
+            Unit::Requests => calls,
+        }
+    }
+
+    /// The documented limit: (count, window), in [`Action::unit`]s.
     pub fn default_limit(self) -> (u64, Duration) {
         match self {
             Action::Batch => (12_000, Duration::from_secs(60)),

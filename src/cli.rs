@@ -8,7 +8,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::exit::{CmdResult, Exit};
 
@@ -27,33 +27,60 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Flags every command takes; `--help` lists them apart, under "Global options".
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human,
+          help_heading = GLOBAL)]
     pub log_format: LogFormat,
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
     /// Less log output: warnings and errors only.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
     /// Log request bodies (they hold personal data). Off unless asked for.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub log_bodies: bool,
+    /// Colour in logs and text output: auto (only on a terminal, and not when NO_COLOR is set),
+    /// always, or never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto,
+          value_name = "WHEN", help_heading = GLOBAL)]
+    pub color: ColorChoice,
+}
+
+/// The heading `--help` lists [`GlobalArgs`] under, apart from each command's own flags.
+pub const GLOBAL: &str = "Global options";
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ColorChoice {
+    /// Colour only where it is read on a terminal, and never when NO_COLOR is set (no-color.org).
+    #[default]
+    Auto,
+    /// Colour even into files and pipes (and despite NO_COLOR).
+    Always,
+    /// No colour.
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// One line per event, for people.
     Human,
+    /// One JSON object per event, for log collectors.
     Json,
 }
 
+/// `--output` of `status` and `schedule`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum OutputFormat {
+    /// Lines for people.
     #[default]
     #[value(alias = "text")]
     Human,
+    /// One JSON document, for scripts.
     Json,
 }
 
@@ -149,10 +176,22 @@ pub struct StateArgs {
     /// Account settings file (default: imcast.toml at the campaigns repository root, if present).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// State directory holding the journal (default: .imcast/ at the campaigns repository root).
-    #[arg(long)]
+    /// State directory holding the journal (default: .imcast/ at the campaigns root; --help
+    /// says how the root is found).
+    #[arg(long, value_name = "DIR", long_help = state_dir_long_help())]
     pub state_dir: Option<PathBuf>,
 }
+
+fn state_dir_long_help() -> String {
+    format!(
+        "State directory holding the journal (default: .imcast/ at the campaigns root).\n\n{}",
+        crate::config::ROOT_RULE
+    )
+}
+
+/// `--mock` of the commands that read or act on runs.
+const MOCK_HELP: &str = "Mock runs (`imcast run --mock`) instead of real ones: their state is in \
+<state>/mock/ and their reports under reports/mock/";
 
 #[derive(Debug, Clone, Args)]
 pub struct ValidateArgs {
@@ -198,6 +237,11 @@ pub struct PreviewArgs {
     /// The recipient (user id, or conversation id for conversation/p2p campaigns).
     #[arg(long)]
     pub recipient: u64,
+    /// Print the body exactly as it goes on the wire, every id included. Without it, id lists
+    /// longer than 20 (e.g. a call's 500 receivers) are folded to their first and last 5 and a
+    /// count — readable, but no longer the wire bytes nor valid JSON, and marked as folded.
+    #[arg(long)]
+    pub full: bool,
     /// Allow this provider endpoint besides the known region hosts and loopback.
     #[arg(long, value_name = "URL")]
     pub allow_endpoint: Vec<String>,
@@ -245,6 +289,9 @@ pub struct RunArgs {
 pub struct StatusArgs {
     /// Campaign file.
     pub file: PathBuf,
+    #[arg(long, help = MOCK_HELP)]
+    pub mock: bool,
+    /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
     /// Where reports go (default: reports/ at the campaigns repository root).
@@ -261,6 +308,10 @@ pub struct ReportArgs {
     /// Run id (default: the latest run).
     #[arg(long)]
     pub run: Option<String>,
+    /// Mock runs (`imcast run --mock`) instead of real ones: their state is in <state>/mock/. A
+    /// mock run's report always goes under reports/mock/, with or without this flag.
+    #[arg(long)]
+    pub mock: bool,
     /// Where reports go (default: reports/ at the campaigns repository root).
     #[arg(long)]
     pub report_dir: Option<PathBuf>,
@@ -303,6 +354,7 @@ pub struct ScheduleArgs {
     /// How many upcoming occurrences to list per campaign.
     #[arg(long, default_value_t = 3)]
     pub next: usize,
+    /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
     /// How many past occurrences to list per campaign.
@@ -325,6 +377,9 @@ pub struct ControlArgs {
     /// Do not wait for the daemon to acknowledge the request.
     #[arg(long)]
     pub no_wait: bool,
+    /// Act on a running `imcast run --mock` (its state is in <state>/mock/).
+    #[arg(long)]
+    pub mock: bool,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -414,7 +469,13 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // clap prints help and usage errors before `--color` is parsed: look for it first.
+    let parsed = Cli::command()
+        .color(clap_color(&args))
+        .try_get_matches_from(args)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -433,6 +494,31 @@ where
             eprintln!("error: {failure}");
             failure.exit.into()
         }
+    }
+}
+
+/// The `--color` on the command line, for clap's own help and error output (which honours
+/// NO_COLOR and a terminal by itself under `auto`).
+fn clap_color(args: &[OsString]) -> clap::ColorChoice {
+    let mut it = args.iter().filter_map(|a| a.to_str());
+    let mut last = None;
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        }
+        let v = match a.strip_prefix("--color") {
+            Some("") => it.next(),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        };
+        if let Some(v) = v {
+            last = Some(v);
+        }
+    }
+    match last {
+        Some("always") => clap::ColorChoice::Always,
+        Some("never") => clap::ColorChoice::Never,
+        _ => clap::ColorChoice::Auto,
     }
 }
 

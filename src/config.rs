@@ -2,13 +2,15 @@
 //!
 //! Owns: parsing `imcast.toml` (unknown keys are errors), the per-action limits with the documented
 //! defaults ([`Action::default_limit`]), the reserved share, the global suppression lists, the
-//! request-rate cap and in-flight bounds, the failure-breaker defaults, which per-recipient report
-//! files to write (`[report] formats`, [`ReportFormats`]), and discovery of the
-//! repository root (the directory holding `imcast.toml`, else the git root, else the campaign's
-//! directory) from which `.imcast/` and `reports/` default.
+//! request-rate cap and in-flight bounds, the `[breaker]` fields, which per-recipient report
+//! files to write (`[report] formats`, [`ReportFormats`]), and discovery of the campaigns root
+//! from which `.imcast/` and `reports/` default — one rule for every command ([`ROOT_RULE`],
+//! [`discover_root`]).
 //!
 //! Invariant: the effective limit is the account limit × (1 − reserve), lowered (never raised) by a
-//! campaign's own `throttle:`. This module reads files only; it never touches the journal or the network.
+//! campaign's own `throttle:`. What a file leaves out stays `None` here (e.g. [`BreakerFields`]):
+//! `run::settings` resolves campaign, account and flags into the settings a run uses, in one place.
+//! This module reads files only; it never touches the journal or the network.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,8 +73,9 @@ impl Limit {
     }
 }
 
-/// Failure-breaker settings: stop after `consecutive_failures` failed calls in a row, or when the
-/// share of failed receivers over the last `window_calls` calls exceeds `max_failure_ratio`.
+/// Failure-breaker settings a run uses: stop after `consecutive_failures` failed calls in a row,
+/// or when the share of failed receivers over the last `window_calls` calls exceeds
+/// `max_failure_ratio`. The default is the documented one (README: 5, 50, 0.5).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BreakerSettings {
     pub consecutive_failures: u32,
@@ -83,9 +86,39 @@ pub struct BreakerSettings {
 impl Default for BreakerSettings {
     fn default() -> Self {
         BreakerSettings {
-            consecutive_failures: 10,
+            consecutive_failures: 5,
             window_calls: 50,
             max_failure_ratio: 0.5,
+        }
+    }
+}
+
+/// The breaker fields one file sets (a campaign's `breaker:`, `imcast.toml`'s `[breaker]`); a
+/// field it leaves out is `None` and comes from the next source (see [`BreakerFields::or`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct BreakerFields {
+    pub consecutive_failures: Option<u32>,
+    pub window_calls: Option<u32>,
+    pub max_failure_ratio: Option<f64>,
+}
+
+impl BreakerFields {
+    /// Field by field: this file's value, else `fallback`'s.
+    pub fn or(self, fallback: BreakerFields) -> BreakerFields {
+        BreakerFields {
+            consecutive_failures: self.consecutive_failures.or(fallback.consecutive_failures),
+            window_calls: self.window_calls.or(fallback.window_calls),
+            max_failure_ratio: self.max_failure_ratio.or(fallback.max_failure_ratio),
+        }
+    }
+
+    /// The settings, with the documented default for every field nobody set.
+    pub fn or_default(self) -> BreakerSettings {
+        let d = BreakerSettings::default();
+        BreakerSettings {
+            consecutive_failures: self.consecutive_failures.unwrap_or(d.consecutive_failures),
+            window_calls: self.window_calls.unwrap_or(d.window_calls),
+            max_failure_ratio: self.max_failure_ratio.unwrap_or(d.max_failure_ratio),
         }
     }
 }
@@ -107,8 +140,8 @@ pub struct AccountConfig {
     pub max_batch_in_flight: usize,
     /// At most this many conversation/p2p calls in flight.
     pub max_in_flight: usize,
-    /// Failure-breaker defaults (a campaign's `breaker:` overrides).
-    pub breaker: BreakerSettings,
+    /// `[breaker]`: the failure-breaker fields for campaigns whose `breaker:` leaves them out.
+    pub breaker: BreakerFields,
     /// Per-recipient report files (`[report] formats`; `--report-format` overrides).
     pub report_formats: ReportFormats,
 }
@@ -216,7 +249,7 @@ impl Default for AccountConfig {
             max_requests_per_second: 200,
             max_batch_in_flight: 4,
             max_in_flight: 16,
-            breaker: BreakerSettings::default(),
+            breaker: BreakerFields::default(),
             report_formats: ReportFormats::default(),
         }
     }
@@ -362,20 +395,18 @@ impl AccountConfig {
             }
             cfg.max_in_flight = v;
         }
-        if let Some(v) = raw.breaker.consecutive_failures {
-            cfg.breaker.consecutive_failures = v;
-        }
-        if let Some(v) = raw.breaker.window_calls {
-            cfg.breaker.window_calls = v;
-        }
         if let Some(v) = raw.breaker.max_failure_ratio {
             if !(0.0..=1.0).contains(&v) {
                 return Err(invalid(format!(
                     "breaker.max_failure_ratio = {v}: must be between 0 and 1"
                 )));
             }
-            cfg.breaker.max_failure_ratio = v;
         }
+        cfg.breaker = BreakerFields {
+            consecutive_failures: raw.breaker.consecutive_failures,
+            window_calls: raw.breaker.window_calls,
+            max_failure_ratio: raw.breaker.max_failure_ratio,
+        };
         if let Some(names) = &raw.report.formats {
             let mut f = ReportFormats {
                 csv: false,
@@ -392,6 +423,22 @@ impl AccountConfig {
             cfg.report_formats = f;
         }
         Ok(cfg)
+    }
+
+    /// At most this many calls of `action` in flight: `send.max_batch_in_flight` for batch (each
+    /// call holds up to 500 recipients in doubt), `send.max_in_flight` for the others.
+    pub fn max_in_flight_for(&self, action: Action) -> usize {
+        if action.max_receivers() > 1 {
+            self.max_batch_in_flight
+        } else {
+            self.max_in_flight
+        }
+    }
+
+    /// The cap on requests per second for `action`: only where the limit counts receivers
+    /// (BatchSendMessage's request rate is undocumented); None where it counts requests.
+    pub fn max_requests_per_second_for(&self, action: Action) -> Option<u32> {
+        (action.unit() == crate::action::Unit::Receivers).then_some(self.max_requests_per_second)
     }
 
     /// The account's limit for `action` (before the reserve).
@@ -469,13 +516,25 @@ impl RepoPaths {
         RepoPaths {
             state_dir: state_dir
                 .map(Path::to_path_buf)
-                .unwrap_or_else(|| root.join(".imcast")),
+                .unwrap_or_else(|| root.join(STATE_DIR_NAME)),
             reports_dir: report_dir
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| root.join("reports")),
             root,
             config,
         }
+    }
+
+    /// Where mock runs (`imcast run --mock`) keep things: `<state>/mock/` and `<reports>/mock/`,
+    /// each unless the command line named that directory (`state_given`, `reports_given`).
+    pub fn for_mock(mut self, state_given: bool, reports_given: bool) -> RepoPaths {
+        if !state_given {
+            self.state_dir = self.state_dir.join(MOCK_DIR);
+        }
+        if !reports_given {
+            self.reports_dir = self.reports_dir.join(MOCK_DIR);
+        }
+        self
     }
 
     /// The account settings: the file if there is one, else defaults.
@@ -499,8 +558,21 @@ pub fn account_suppress(
         .suppress)
 }
 
-/// The campaigns repository root for `campaign_file`: the nearest ancestor holding `imcast.toml`,
-/// else the nearest holding `.git`, else the campaign's own directory.
+/// The folder under the state and reports directories where mock runs keep theirs.
+pub const MOCK_DIR: &str = "mock";
+
+/// The state directory's name under the campaigns root.
+pub const STATE_DIR_NAME: &str = ".imcast";
+
+/// Where state and reports live, as `--help` says it (see [`root_above_in`]).
+pub const ROOT_RULE: &str = "The campaigns root is the nearest folder above the campaign file (for daemon and \
+schedule: above the campaigns folder; for pause, resume, cancel and prune: above the current directory) that \
+holds imcast.toml, else .git. Outside any repository it is the current directory, when the campaign is inside \
+it (unless a folder in between already holds .imcast/; never /), else the campaign's own folder. State lives in \
+<root>/.imcast/ (mock runs in <root>/.imcast/mock/), reports in <root>/reports/ (mock runs in \
+<root>/reports/mock/).";
+
+/// The campaigns repository root for `campaign_file` (see [`root_above_in`]).
 pub fn discover_root(campaign_file: &Path) -> PathBuf {
     let abs = std::fs::canonicalize(campaign_file).unwrap_or_else(|_| {
         std::env::current_dir()
@@ -523,13 +595,35 @@ pub fn discover_root_from_dir(dir: &Path) -> PathBuf {
 }
 
 fn root_above(dir: PathBuf) -> PathBuf {
+    let cwd = std::env::current_dir()
+        .ok()
+        .map(|c| std::fs::canonicalize(&c).unwrap_or(c));
+    root_above_in(dir, cwd.as_deref())
+}
+
+/// The campaigns root above the (canonical) folder `dir`, seen from the current directory `cwd`:
+/// the nearest ancestor holding `imcast.toml`, else the nearest holding `.git`. Outside any
+/// repository: when `dir` is inside `cwd`, the nearest folder from `dir` up to `cwd` that
+/// already holds `.imcast/` (state written before stays found), else `cwd` itself — so
+/// `imcast daemon campaigns` and `imcast pause NAME` in the same shell agree; when `dir` is not
+/// inside `cwd` (or `cwd` is the filesystem root `/`), `dir` itself.
+pub fn root_above_in(dir: PathBuf, cwd: Option<&Path>) -> PathBuf {
     if let Some(d) = dir.ancestors().find(|d| d.join(FILE_NAME).is_file()) {
         return d.to_path_buf();
     }
     if let Some(d) = dir.ancestors().find(|d| d.join(".git").exists()) {
         return d.to_path_buf();
     }
-    dir
+    // A service started in `/` (systemd's default) must not make `/` the root.
+    match cwd.filter(|c| c.parent().is_some()) {
+        Some(cwd) if dir.starts_with(cwd) => dir
+            .ancestors()
+            .take_while(|d| d.starts_with(cwd))
+            .find(|d| d.join(STATE_DIR_NAME).is_dir())
+            .unwrap_or(cwd)
+            .to_path_buf(),
+        _ => dir,
+    }
 }
 
 #[cfg(test)]
@@ -601,8 +695,23 @@ limit = 80
         let root = t.path().canonicalize().expect("canon");
         std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
         std::fs::write(root.join("a/b/c.yaml"), "name: x\n").expect("write");
-        // Neither: the campaign's directory.
-        assert_eq!(discover_root(&root.join("a/b/c.yaml")), root.join("a/b"));
+        // Neither: the campaign's directory, seen from elsewhere ...
+        let file_dir = root.join("a/b");
+        assert_eq!(root_above_in(file_dir.clone(), None), file_dir);
+        let elsewhere = root.join("z");
+        assert_eq!(root_above_in(file_dir.clone(), Some(&elsewhere)), file_dir);
+        // ... and the current directory when the campaign is inside it ...
+        assert_eq!(root_above_in(file_dir.clone(), Some(&root)), root);
+        assert_eq!(root_above_in(root.clone(), Some(&root)), root);
+        // ... unless a folder in between already holds state.
+        std::fs::create_dir(root.join("a/.imcast")).expect("mkdir");
+        assert_eq!(root_above_in(file_dir.clone(), Some(&root)), root.join("a"));
+        std::fs::remove_dir(root.join("a/.imcast")).expect("rmdir");
+        // Started in `/` (a service): never `/` itself.
+        assert_eq!(
+            root_above_in(file_dir.clone(), Some(Path::new("/"))),
+            file_dir
+        );
         std::fs::create_dir(root.join(".git")).expect("mkdir");
         assert_eq!(discover_root(&root.join("a/b/c.yaml")), root);
         std::fs::write(root.join("a/imcast.toml"), "").expect("write");

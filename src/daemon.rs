@@ -77,7 +77,7 @@ impl DaemonConfig {
     }
     /// `<state_dir>/STOP`: while it exists everything is paused.
     pub fn stop_file(&self) -> PathBuf {
-        self.state_dir.join("STOP")
+        crate::send::stop::stop_file(&self.state_dir)
     }
 }
 

@@ -3,9 +3,11 @@
 //! The data flow, one module per stage:
 //! `spec` (parse, validate) → `audience` (stream, dedupe, suppress) → `render` (minijinja) →
 //! `plan` (group identical Content into calls) → `journal` (durable run state) → `send`
-//! (throttle, signed HTTP, retries) → `report` (per recipient). `schedule` and `daemon` fire
-//! campaigns on their schedules; `provider` is the API client, `mock` a faithful local stand-in.
-//! `cli` parses the command line and `cmd` holds one small module per subcommand.
+//! (throttle, signed HTTP, retries) → `report` (per recipient). `run` is one campaign run through
+//! those stages (settings resolved once, confirmation, journal decision, engine, report), called
+//! by `imcast run` and the daemon alike. `schedule` and `daemon` fire campaigns on their
+//! schedules; `provider` is the API client, `mock` a faithful local stand-in. `cli` parses the
+//! command line and `cmd` holds one small module per subcommand (the shell: nothing below imports it).
 
 pub mod action;
 pub mod cli;
@@ -29,6 +31,7 @@ pub mod plan;
 pub mod provider;
 pub mod render;
 pub mod report;
+pub mod run;
 pub mod schedule;
 pub mod send;
 pub mod spec;

@@ -4,6 +4,8 @@
 //! should instead stop quietly, as `cat` does. [`outln!`](crate::outln) and [`out!`](crate::out)
 //! write through here: a broken pipe ends the process with exit code 0 (the reader wanted no more),
 //! any other write error with code 1 and a message on stderr. Logs never come through here.
+//! [`count`] writes a number with its noun in the right number ("1 call", "2 calls") for every
+//! message people read.
 
 use std::fmt;
 use std::io::{ErrorKind, Write};
@@ -31,4 +33,19 @@ macro_rules! outln {
 #[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*)) };
+}
+
+/// `n` and the noun that fits it: `count(1, "call", "calls")` is "1 call", `count(4, ...)` "4 calls".
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn count_agrees_with_its_number() {
+        assert_eq!(super::count(0, "call", "calls"), "0 calls");
+        assert_eq!(super::count(1, "call", "calls"), "1 call");
+        assert_eq!(super::count(2, "run", "runs"), "2 runs");
+    }
 }

@@ -264,6 +264,12 @@ fn variant_of(key: u128) -> String {
     format!("{:012x}", key >> 80)
 }
 
+/// The variant id of a Content and Ext: what the plan's calls and report rows carry as
+/// `variant` (the one variant function: a `--test-to` call of a Content has its plan variant).
+pub fn variant_id(content: &str, ext: &BTreeMap<String, String>) -> String {
+    variant_of(content_key(content, ext))
+}
+
 fn value_hash(s: &str) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     s.hash(&mut h);
@@ -353,13 +359,19 @@ impl Acc {
             Ok(r) => r,
             Err(e) => {
                 let what = match &e {
-                    RenderError::Undefined { variable, .. } => {
+                    RenderError::Undefined {
+                        variable, place, ..
+                    } => {
                         let known: Vec<&str> = self.known.iter().map(String::as_str).collect();
+                        let place = place
+                            .as_ref()
+                            .map(|p| format!(" in {p}"))
+                            .unwrap_or_default();
                         match crate::spec::did_you_mean(variable, &known) {
-                            Some(s) => {
-                                format!("undefined variable `{variable}` (did you mean `{s}`?)")
-                            }
-                            None => format!("undefined variable `{variable}`"),
+                            Some(s) => format!(
+                                "undefined variable `{variable}`{place} (did you mean `{s}`?)"
+                            ),
+                            None => format!("undefined variable `{variable}`{place}"),
                         }
                     }
                     RenderError::Template(m) => m.clone(),
@@ -859,10 +871,8 @@ fn build_threads(
     }
     counts.calls = calls;
     counts.distinct_contents = groups.len() as u64;
-    counts.messages = match c.action {
-        Action::Batch => counts.valid,
-        Action::Conversation | Action::P2p => calls,
-    };
+    // What the provider counts: receivers for batch, requests (one message each) otherwise.
+    counts.messages = c.action.total_units(counts.valid, calls);
 
     // The plan hash.
     let mut h = Sha256::new();
@@ -1327,67 +1337,6 @@ fn content_key_of(c: &Campaign, renderer: &Renderer, audience_hash: &[u8]) -> St
     h.update(b"audience\0");
     h.update(audience_hash);
     hex::encode(h.finalize())
-}
-
-/// Units the throttle counts for this plan: receivers for batch, requests otherwise.
-pub fn throttle_units(c: &Campaign, counts: &Counts) -> u64 {
-    match c.action {
-        Action::Batch => counts.messages,
-        Action::Conversation | Action::P2p => counts.calls,
-    }
-}
-
-/// Estimated sending time under `throttle`, pacing smoothly: units / limit × window.
-pub fn eta(units: u64, throttle: crate::spec::Throttle) -> std::time::Duration {
-    if units == 0 || throttle.limit == 0 {
-        return std::time::Duration::ZERO;
-    }
-    let secs = throttle.window.as_secs_f64() * units as f64 / throttle.limit as f64;
-    std::time::Duration::from_secs_f64(secs)
-}
-
-/// When sending `eta` worth of work started at `start` ends, given the campaign's quiet hours
-/// (no calls start inside them; a run pauses there and continues when they end). `None` without
-/// quiet hours.
-pub fn finish_with_quiet(
-    c: &Campaign,
-    start: jiff::Timestamp,
-    eta: std::time::Duration,
-) -> Option<jiff::Timestamp> {
-    c.quiet_hours.as_ref().map(|q| q.finish_time(start, eta))
-}
-
-/// A warning when the plan, started at `start`, would run past the campaign's deadline.
-pub fn deadline_warning(
-    c: &Campaign,
-    start: jiff::Timestamp,
-    eta: std::time::Duration,
-) -> Option<String> {
-    let fmt = |d: std::time::Duration| {
-        humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
-    };
-    match c.deadline? {
-        crate::spec::Deadline::After(d) => (eta > d).then(|| {
-            format!(
-                "the estimated duration {} is longer than the deadline of {} after start: recipients still pending then become `expired`",
-                fmt(eta),
-                fmt(d)
-            )
-        }),
-        crate::spec::Deadline::At(t) if t <= start => Some(format!(
-            "the deadline {t} has already passed: every recipient would be `expired`"
-        )),
-        crate::spec::Deadline::At(t) => {
-            let end = start
-                .checked_add(jiff::SignedDuration::try_from(eta).ok()?)
-                .ok()?;
-            (end > t).then(|| {
-                format!(
-                    "started now, sending would end around {end}, after the deadline {t}: recipients still pending then become `expired`"
-                )
-            })
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //! serialized with serde_json — never pasted together — so any quote, backslash, newline or emoji
 //! in the data stays correct.
 //! The context is: the row's columns, then `message.vars`, plus `campaign.name` and `recipient.id`
-//! (a column shadows a var of the same name).
+//! (a column shadows a var of the same name). Errors name the template file and line when the
+//! problem is in one (the body's `message.template`, or an included file by its path): an error
+//! inside an include is reported as that file's own, not as "could not render include".
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,9 +41,15 @@ const GLOBALS: [&str; 7] = [
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RenderError {
-    /// A variable the template uses is not defined for this recipient.
+    /// A variable the template uses is not defined for this recipient. `place` is where the
+    /// template reads it when that is a file: `templates/welcome.j2 line 3` (the body template's
+    /// path relative to the campaign, or an included file's name); None for inline templates.
     #[error("undefined variable `{variable}` ({detail})")]
-    Undefined { variable: String, detail: String },
+    Undefined {
+        variable: String,
+        detail: String,
+        place: Option<String>,
+    },
     /// Any other template error (syntax, fuel, a filter failing).
     #[error("{0}")]
     Template(String),
@@ -215,6 +223,9 @@ pub struct Renderer {
     campaign: Value,
     campaign_name: String,
     loaded: Arc<Mutex<BTreeMap<String, [u8; 32]>>>,
+    /// Included files read so far: the name they were included by → their path relative to
+    /// the campaign's directory (for error messages).
+    found: Arc<Mutex<BTreeMap<String, String>>>,
     main_file: Option<(String, [u8; 32])>,
     used: BTreeSet<String>,
     may_include: bool,
@@ -234,9 +245,23 @@ pub struct Renderer {
     label: String,
 }
 
+/// The error that caused `e`: an error inside an included file reaches us wrapped in "could
+/// not render include"; the inner one names the file, the line and the undefined variable.
+fn innermost(e: &minijinja::Error) -> &minijinja::Error {
+    let mut cur = e;
+    while let Some(inner) =
+        std::error::Error::source(cur).and_then(|s| s.downcast_ref::<minijinja::Error>())
+    {
+        cur = inner;
+    }
+    cur
+}
+
 /// A template error as people read it; `label` is what the body template is called (its file
-/// or `message.text`), since minijinja knows it by its internal name.
+/// or `message.text`), since minijinja knows it by its internal name. An error inside an
+/// included file is told as that file's error.
 fn template_error(e: &minijinja::Error, label: &str) -> String {
+    let e = innermost(e);
     let mut s = e.to_string();
     let shown = if e.name() == Some(BODY) {
         label
@@ -344,6 +369,9 @@ impl Renderer {
 
         let loaded: Arc<Mutex<BTreeMap<String, [u8; 32]>>> = Arc::default();
         let loaded_in = Arc::clone(&loaded);
+        let found: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let found_in = Arc::clone(&found);
+        let campaign_dir = c.dir.clone();
         let files = c.files.clone();
         env.set_loader(move |name| {
             let Some(rel) = safe_relative(name) else {
@@ -365,6 +393,10 @@ impl Renderer {
                     })?;
                     if let Ok(mut l) = loaded_in.lock() {
                         l.insert(name.to_string(), Sha256::digest(text.as_bytes()).into());
+                    }
+                    if let Ok(mut f) = found_in.lock() {
+                        let shown = p.strip_prefix(&campaign_dir).unwrap_or(&p);
+                        f.insert(name.to_string(), shown.display().to_string());
                     }
                     return Ok(Some(text));
                 }
@@ -423,9 +455,34 @@ impl Renderer {
             campaign,
             campaign_name: c.name.clone(),
             loaded,
+            found,
             main_file,
             used,
             may_include,
+        })
+    }
+
+    /// Where in a template FILE an error happened (`templates/welcome.j2 line 3`): the body
+    /// template when it comes from `message.template`, or an included file. None for the
+    /// campaign's inline templates (`message.text`, `ext`, `data`), which the campaign names.
+    fn file_place(&self, e: &minijinja::Error) -> Option<String> {
+        let e = innermost(e);
+        let name = e.name()?;
+        let file = if name == BODY {
+            self.main_file.as_ref()?;
+            self.label.clone()
+        } else if self.template_vars.contains_key(name) {
+            return None;
+        } else {
+            self.found
+                .lock()
+                .ok()
+                .and_then(|f| f.get(name).cloned())
+                .unwrap_or_else(|| name.to_string())
+        };
+        Some(match e.line() {
+            Some(line) => format!("{file} line {line}"),
+            None => file,
         })
     }
 
@@ -584,7 +641,7 @@ impl Renderer {
                 ext,
                 used_empty: empty,
             }),
-            Err(e) if e.kind() == ErrorKind::UndefinedError => {
+            Err(e) if innermost(&e).kind() == ErrorKind::UndefinedError => {
                 let variable = missing
                     .iter()
                     .rev()
@@ -594,6 +651,7 @@ impl Renderer {
                 Err(RenderError::Undefined {
                     variable,
                     detail: template_error(&e, &self.label),
+                    place: self.file_place(&e),
                 })
             }
             Err(e) => Err(RenderError::Template(template_error(&e, &self.label))),

@@ -1,8 +1,9 @@
 //! Schedules: when a campaign fires (`at` or `cron` in an IANA time zone), how late it may fire,
 //! what happens on overlap, and quiet hours in which no call may start.
 //!
-//! Owns: parsing and validating `schedule:` (errors name the field, e.g. `schedule.cron: ...`),
-//! computing occurrences, and quiet-hour arithmetic. Invariants: every occurrence is a UTC
+//! Owns: parsing and validating `schedule:` (errors name the field, e.g. `schedule.cron: ...`, and
+//! carry the value's line and column in the campaign file, see [`Located`]; a cron error says which
+//! of its fields is wrong), computing occurrences, and quiet-hour arithmetic. Invariants: every occurrence is a UTC
 //! instant with whole seconds (the daemon keys its bookkeeping by it); occurrences are strictly
 //! increasing; a `cron` is always evaluated in its required IANA zone, with the daylight-saving
 //! rules of the Open Cron Pattern Specification as implemented by croner (checked by the tests
@@ -20,18 +21,67 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::Deserialize;
 
+/// Where a value is in the campaign file (1-based line and column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    pub line: u64,
+    pub column: u64,
+}
+
+/// A string value of `schedule:` with where it was written, so an error can point at it. Built
+/// from text (`"0 9 * * *".into()`) it has no place (tests, callers without a file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub value: String,
+    pub at: Option<Loc>,
+}
+
+impl From<&str> for Located {
+    fn from(s: &str) -> Located {
+        Located {
+            value: s.to_string(),
+            at: None,
+        }
+    }
+}
+
+impl std::ops::Deref for Located {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.value
+    }
+}
+
+impl<'de> Deserialize<'de> for Located {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Located, D::Error> {
+        let s = serde_saphyr::Spanned::<String>::deserialize(d)?;
+        let l = s.referenced;
+        Ok(Located {
+            value: s.value,
+            at: (l.line() > 0).then(|| Loc {
+                line: l.line(),
+                column: l.column(),
+            }),
+        })
+    }
+}
+
 /// `schedule:` as written in the campaign file.
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSchedule {
     /// One occurrence: an RFC 3339 time with offset, e.g. 2026-03-01T09:00:00+08:00.
-    pub at: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub at: Option<Located>,
     /// A cron expression (5 or 6 fields; 0 and 7 are Sunday), evaluated in `timezone`.
-    pub cron: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub cron: Option<Located>,
     /// IANA time zone for `cron` (required with it), e.g. Asia/Shanghai.
-    pub timezone: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub timezone: Option<Located>,
     /// How late a missed occurrence may still fire (default 1h).
-    pub not_after: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub not_after: Option<Located>,
     /// What to do when an occurrence is due while the previous run is still going.
     pub overlap: Option<Overlap>,
     /// Times of day in which no call starts.
@@ -59,29 +109,44 @@ impl Overlap {
 #[serde(deny_unknown_fields)]
 pub struct RawQuietHours {
     /// Start, local wall-clock time "HH:MM".
-    pub from: String,
+    #[schemars(with = "String")]
+    pub from: Located,
     /// End, local wall-clock time "HH:MM" (may be earlier than `from`: spans midnight).
-    pub to: String,
+    #[schemars(with = "String")]
+    pub to: Located,
     /// IANA time zone the times are in.
-    pub timezone: String,
+    #[schemars(with = "String")]
+    pub timezone: Located,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("{0}")]
-    Invalid(String),
-    /// A problem with one field; Display reads `schedule.cron: ...`.
+    /// A problem with one field; Display reads `schedule.cron: ...` (the location is apart, for
+    /// the caller to print as `file:line:column`).
     #[error("schedule.{field}: {message}")]
     Field {
         field: &'static str,
         message: String,
+        /// Where the value (or, for a missing key, the key beside it) is written, when known.
+        at: Option<Loc>,
     },
 }
 
-fn field_err(field: &'static str, message: impl Into<String>) -> ScheduleError {
+impl ScheduleError {
+    /// Where in the campaign file the problem is, when known.
+    pub fn location(&self) -> Option<Loc> {
+        match self {
+            ScheduleError::Field { at, .. } => *at,
+        }
+    }
+}
+
+/// A problem with `schedule.{field}`, at `value`'s place in the file.
+fn err_at(field: &'static str, value: &Located, message: impl Into<String>) -> ScheduleError {
     ScheduleError::Field {
         field,
         message: message.into(),
+        at: value.at,
     }
 }
 
@@ -104,85 +169,148 @@ pub struct Schedule {
     overlap: Overlap,
 }
 
-fn parse_tz(field: &'static str, name: &str) -> Result<TimeZone, ScheduleError> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(field_err(
+fn parse_tz(field: &'static str, name: &Located) -> Result<TimeZone, ScheduleError> {
+    let n = name.trim();
+    if n.is_empty() {
+        return Err(err_at(
             field,
+            name,
             "empty; write an IANA time zone such as Asia/Shanghai",
         ));
     }
-    TimeZone::get(name).map_err(|_| {
-        field_err(
+    TimeZone::get(n).map_err(|_| {
+        err_at(
             field,
-            format!("unknown time zone {name:?}; write an IANA name such as Asia/Shanghai, Europe/Berlin or UTC"),
+            name,
+            format!("unknown time zone {n:?}; write an IANA name such as Asia/Shanghai, Europe/Berlin or UTC"),
         )
     })
 }
 
-/// Parse a cron expression the way imcast accepts it: 5 fields (minute precision) or 6 (with
-/// seconds first); no year field; 0 and 7 are both Sunday.
-fn parse_cron(expr: &str) -> Result<Cron, ScheduleError> {
-    let fields = expr.split_whitespace().count();
-    let nickname = expr.trim_start().starts_with('@');
-    if !nickname && !(5..=6).contains(&fields) {
-        return Err(field_err(
-            "cron",
-            format!(
-                "{expr:?} has {fields} fields; write 5 (minute hour day-of-month month day-of-week) or 6 (seconds first)"
-            ),
-        ));
+/// The names and ranges of a cron expression's fields, for 5 or 6 fields.
+fn cron_fields(count: usize) -> &'static [(&'static str, &'static str)] {
+    const SIX: [(&str, &str); 6] = [
+        ("second", "0-59"),
+        ("minute", "0-59"),
+        ("hour", "0-23"),
+        ("day-of-month", "1-31"),
+        ("month", "1-12 or JAN-DEC"),
+        ("day-of-week", "0-7 or SUN-SAT; 0 and 7 are Sunday"),
+    ];
+    if count == 6 {
+        &SIX
+    } else {
+        &SIX[1..]
     }
+}
+
+fn cron_parser() -> CronParser {
     CronParser::builder()
         .seconds(Seconds::Optional)
         .year(Year::Disallowed)
         .build()
-        .parse(expr)
-        .map_err(|e| {
-            field_err(
-                "cron",
-                format!("{expr:?} is not a valid cron expression: {e}"),
-            )
-        })
+}
+
+/// Which fields of a cron expression that does not parse are wrong: each field is tried alone,
+/// with every other field `*`. Empty when no single field is at fault (or for `@daily` and the
+/// like).
+fn wrong_cron_fields(expr: &str) -> Vec<String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if !(5..=6).contains(&fields.len()) {
+        return Vec::new();
+    }
+    let names = cron_fields(fields.len());
+    let parser = cron_parser();
+    let mut wrong = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        let alone: Vec<&str> = (0..fields.len())
+            .map(|j| if j == i { *f } else { "*" })
+            .collect();
+        if parser.parse(&alone.join(" ")).is_err() {
+            let (name, range) = names[i];
+            wrong.push(format!(
+                "field {} ({name}) {f:?} is wrong ({name} takes {range})",
+                i + 1
+            ));
+        }
+    }
+    wrong
+}
+
+/// Parse a cron expression the way imcast accepts it: 5 fields (minute precision) or 6 (with
+/// seconds first); no year field; 0 and 7 are both Sunday.
+fn parse_cron(value: &Located) -> Result<Cron, ScheduleError> {
+    let expr = value.trim();
+    let fields = expr.split_whitespace().count();
+    let nickname = expr.starts_with('@');
+    if !nickname && !(5..=6).contains(&fields) {
+        return Err(err_at(
+            "cron",
+            value,
+            format!(
+                "{expr:?} has {fields} field{}; write 5 (minute hour day-of-month month day-of-week) or 6 (seconds first)",
+                if fields == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    cron_parser().parse(expr).map_err(|e| {
+        let wrong = wrong_cron_fields(expr);
+        let why = if wrong.is_empty() {
+            e.to_string()
+        } else {
+            wrong.join("; ")
+        };
+        err_at(
+            "cron",
+            value,
+            format!("{expr:?} is not a valid cron expression: {why}"),
+        )
+    })
 }
 
 impl Schedule {
     /// Validate a raw schedule. `Ok(None)` when it names no occurrence (`at`/`cron` both absent).
     pub fn from_raw(raw: &RawSchedule) -> Result<Option<Schedule>, ScheduleError> {
-        let not_after = match raw.not_after.as_deref() {
+        let not_after = match &raw.not_after {
             None => DEFAULT_NOT_AFTER,
             Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
-                field_err(
+                err_at(
                     "not_after",
-                    format!("{s:?} is not a duration ({e}); write e.g. 30m, 1h or 2h30m"),
+                    s,
+                    format!(
+                        "{:?} is not a duration ({e}); write e.g. 30m, 1h or 2h30m",
+                        s.value
+                    ),
                 )
             })?,
         };
         let overlap = raw.overlap.unwrap_or_default();
-        let tz = match raw.timezone.as_deref() {
+        let tz = match &raw.timezone {
             Some(name) => Some((parse_tz("timezone", name)?, name.trim().to_string())),
             None => None,
         };
-        let (kind, tz, tz_name) = match (raw.at.as_deref(), raw.cron.as_deref()) {
+        let (kind, tz, tz_name) = match (&raw.at, &raw.cron) {
             (None, None) => return Ok(None),
-            (Some(_), Some(_)) => {
-                return Err(field_err(
-                    "at",
+            (Some(_), Some(cron)) => {
+                return Err(err_at(
+                    "cron",
+                    cron,
                     "both `at` and `cron` are set; a schedule is one time (`at`) or a recurring `cron`, not both",
                 ))
             }
-            (Some(at), None) => {
-                let at = at.trim();
+            (Some(at_value), None) => {
+                let at = at_value.trim();
                 let ts: Timestamp = at.parse().map_err(|_| {
-                    field_err(
+                    err_at(
                         "at",
+                        at_value,
                         format!(
                             "{at:?} is not an RFC 3339 time with an offset; write e.g. 2026-03-01T09:00:00+08:00 (or ...Z for UTC)"
                         ),
                     )
                 })?;
                 let ts = Timestamp::from_second(ts.as_second())
-                    .map_err(|e| field_err("at", e.to_string()))?;
+                    .map_err(|e| err_at("at", at_value, e.to_string()))?;
                 let (tz, name) = match tz {
                     Some(t) => t,
                     None => {
@@ -193,18 +321,20 @@ impl Schedule {
                 (Kind::At(ts), tz, name)
             }
             (None, Some(expr)) => {
-                let cron = parse_cron(expr.trim())?;
+                let cron = parse_cron(expr)?;
                 let Some((tz, name)) = tz else {
-                    return Err(field_err(
+                    return Err(err_at(
                         "timezone",
+                        expr,
                         "required with `cron`: the IANA time zone the expression is read in, e.g. Asia/Shanghai",
                     ));
                 };
                 // A pattern like "0 0 30 2 *" (30 February) parses but never fires: say so now.
                 let reference = Timestamp::UNIX_EPOCH.to_zoned(tz.clone());
                 if cron.find_next_occurrence(&reference, false).is_err() {
-                    return Err(field_err(
+                    return Err(err_at(
                         "cron",
+                        expr,
                         format!("{:?} never matches a real date and time; check the day of month and month", expr.trim()),
                     ));
                 }
@@ -318,10 +448,12 @@ pub struct QuietHours {
     tz_name: String,
 }
 
-fn parse_hhmm(field: &'static str, s: &str) -> Result<Time, ScheduleError> {
+fn parse_hhmm(field: &'static str, value: &Located) -> Result<Time, ScheduleError> {
+    let s = value.value.as_str();
     let bad = || {
-        field_err(
+        err_at(
             field,
+            value,
             format!("{s:?} is not a time of day; write HH:MM in 24-hour form, e.g. 22:00"),
         )
     };
@@ -339,11 +471,12 @@ impl QuietHours {
         let from = parse_hhmm("quiet_hours.from", &raw.from)?;
         let to = parse_hhmm("quiet_hours.to", &raw.to)?;
         if from == to {
-            return Err(field_err(
+            return Err(err_at(
                 "quiet_hours.to",
+                &raw.to,
                 format!(
                     "equals `from` ({}); quiet hours need a start and a different end",
-                    raw.from
+                    raw.from.value
                 ),
             ));
         }

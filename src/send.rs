@@ -231,7 +231,7 @@ impl EngineConfig {
             run_id: run_id.into(),
             campaign: campaign.into(),
             action,
-            max_in_flight: if action == Action::Batch { 4 } else { 16 },
+            max_in_flight: crate::config::AccountConfig::default().max_in_flight_for(action),
             retry_max_attempts: 5,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
@@ -561,7 +561,12 @@ impl<T: Transport> Engine<T> {
                     + jiff::SignedDuration::try_from(self.cfg.control_every).unwrap_or_default();
                 let campaign = self.cfg.campaign.clone();
                 // The kill switch: `STOP` in the state directory pauses every run (no pid needed).
-                let stop_file = self.journal.path().with_file_name("STOP");
+                let stop_file = stop::stop_file(
+                    self.journal
+                        .path()
+                        .parent()
+                        .unwrap_or(std::path::Path::new(".")),
+                );
                 match self
                     .journal
                     .with(move |j| {
@@ -941,11 +946,7 @@ impl<T: Transport> Ctx<T> {
     }
 
     fn units(&self, receivers: usize) -> u64 {
-        if self.cfg.action == Action::Batch {
-            receivers as u64
-        } else {
-            1
-        }
+        self.cfg.action.units(receivers as u64)
     }
 
     async fn process(&self, work: Work<T::Payload>) {

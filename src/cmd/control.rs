@@ -1,14 +1,18 @@
 //! `imcast pause|resume|cancel NAME`: record a request in the journal ([`Journal::request_control`])
 //! — the one channel both a running `imcast run` (its engine polls it every second) and the daemon
 //! (every tick) act on. Waits (up to a few seconds) until someone took the request and prints what
-//! was done (the daemon's answer from its `sched_control` log).
+//! was done (the daemon's answer from its `sched_control` log). The state directory is found by the
+//! one rule (`config::ROOT_RULE`) from the current directory; `--mock` acts on a running
+//! `imcast run --mock` (`<state>/mock/`).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 
 use crate::cli::{ControlArgs, GlobalArgs};
 use crate::clock::{Clock, SystemClock};
+use crate::config::{MOCK_DIR, STATE_DIR_NAME};
 use crate::daemon::default_state_dir;
 use crate::daemon::state;
 use crate::exit::{CmdResult, Exit, ExitContext};
@@ -35,17 +39,54 @@ fn known_names(conn: &rusqlite::Connection, journal: &Journal) -> anyhow::Result
     Ok(names)
 }
 
+/// State databases one folder below `cwd` (`*/.imcast/imcast.db`), for the hint when there is
+/// none where the rule points: e.g. one a daemon of an older imcast left in `campaigns/.imcast`.
+fn state_dirs_below(cwd: &Path, mock: bool) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(cwd) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path().join(STATE_DIR_NAME))
+        .map(|d| if mock { d.join(MOCK_DIR) } else { d })
+        .filter(|d| d.join(crate::journal::DB_FILE).is_file())
+        .collect();
+    found.sort();
+    found.truncate(3);
+    found
+}
+
 fn control(a: &ControlArgs, action: ControlRequest) -> CmdResult {
+    // The one rule (`config::ROOT_RULE`), started from the current directory.
+    let cwd = std::env::current_dir().exit(Exit::Internal)?;
     let state_dir = match &a.state.state_dir {
         Some(d) => d.clone(),
-        None => default_state_dir(&std::env::current_dir().exit(Exit::Internal)?),
+        None if a.mock => default_state_dir(&cwd).join(MOCK_DIR),
+        None => default_state_dir(&cwd),
     };
     let Some(conn) = state::open_existing(&state_dir)
         .with_context(|| format!("state directory {}", state_dir.display()))
         .exit(Exit::Internal)?
     else {
+        let below = state_dirs_below(&cwd, a.mock && a.state.state_dir.is_none());
+        let mock_dir = state_dir.join(MOCK_DIR);
+        let hint = if !a.mock && mock_dir.join(crate::journal::DB_FILE).is_file() {
+            format!(
+                "; mock runs keep theirs in {}: add --mock to act on a running `imcast run --mock`",
+                mock_dir.display()
+            )
+        } else {
+            match below.first() {
+                Some(d) => format!(
+                    "; there is one in {}: pass --state-dir {}",
+                    d.display(),
+                    d.display()
+                ),
+                None => " (pass --state-dir)".to_string(),
+            }
+        };
         return Err(anyhow!(
-            "no state database in {}: nothing has run with this state directory (pass --state-dir)",
+            "no state database in {}: nothing has run with this state directory{hint}",
             state_dir.display()
         ))
         .exit(Exit::Invalid);
@@ -68,8 +109,27 @@ fn control(a: &ControlArgs, action: ControlRequest) -> CmdResult {
         } else {
             names.join(", ")
         };
+        // A campaign only run with `--mock` is known to the mock state directory.
+        let mock_dir = state_dir.join(MOCK_DIR);
+        let mock_hint = if !a.mock
+            && state::open_existing(&mock_dir)
+                .ok()
+                .flatten()
+                .and_then(|c| {
+                    let j = Journal::open(&mock_dir).ok()?;
+                    known_names(&c, &j).ok()
+                })
+                .is_some_and(|n| n.contains(&a.name))
+        {
+            format!(
+                "; it has mock runs ({}): add --mock to act on a running `imcast run --mock`",
+                mock_dir.display()
+            )
+        } else {
+            String::new()
+        };
         return Err(anyhow!(
-            "unknown campaign {:?} in {} (known: {known}){hint}",
+            "unknown campaign {:?} in {} (known: {known}){hint}{mock_hint}",
             a.name,
             state_dir.display()
         ))

@@ -124,16 +124,15 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
 }
 
 /// The account settings for the campaigns under `dir`: `--config`, else `imcast.toml` at the
-/// nearest ancestor holding one, else defaults (for the metrics' limits; runs load their own).
+/// campaigns root (the same rule as the state directory's, `config::ROOT_RULE`), else defaults
+/// (for the metrics' limits; runs load their own).
 fn account_config(
     dir: &std::path::Path,
     config: Option<&std::path::Path>,
 ) -> crate::config::AccountConfig {
     let file = config.map(std::path::Path::to_path_buf).or_else(|| {
-        let dir = std::fs::canonicalize(dir).ok()?;
-        dir.ancestors()
-            .map(|d| d.join("imcast.toml"))
-            .find(|f| f.is_file())
+        let f = crate::config::discover_root_from_dir(dir).join(crate::config::FILE_NAME);
+        f.is_file().then_some(f)
     });
     file.and_then(|f| crate::config::AccountConfig::load(&f).ok())
         .unwrap_or_default()

@@ -2,7 +2,6 @@
 //! revision, compare the two plans (`crate::diff`) and print the result as text, JSON or Markdown.
 //! The system clock is read here (or `--now`), nowhere below.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,11 +10,14 @@ use jiff::Timestamp;
 
 use crate::cli::{GlobalArgs, PlanArgs, PlanOutput};
 use crate::clock::{Clock, SystemClock};
-use crate::diff::Collector;
+use crate::config::{AccountConfig, RepoPaths};
+use crate::diff::{Collector, Rows};
 use crate::exit::{CmdResult, Exit, ExitContext, Failure};
 use crate::files::Files;
 use crate::git::{logical_path, GitRev};
+use crate::journal::RunFlags;
 use crate::plan::{Plan, PlanOptions};
+use crate::run::Settings;
 use crate::spec::LoadOptions;
 
 /// `--now TIME`, else the system clock.
@@ -33,15 +35,15 @@ pub fn now_arg(s: Option<&str>) -> Result<Timestamp, Failure> {
     }
 }
 
-/// The account's suppression lists as `files` has them: `--config`, else `imcast.toml` at the
-/// repository root the work tree would use, read from `files` (absent there: none).
-fn account_suppress(
+/// The account settings as `files` has them: `--config`, else `imcast.toml` at the repository
+/// root the work tree would use, read from `files` (absent there: the defaults).
+fn account_config(
     files: &Files,
     file: &Path,
     config: Option<&Path>,
-) -> anyhow::Result<Vec<std::path::PathBuf>> {
+) -> anyhow::Result<AccountConfig> {
     if let Files::WorkTree = files {
-        return Ok(crate::config::account_suppress(file, config)?);
+        return Ok(RepoPaths::discover(file, config, None, None).account_config()?);
     }
     let candidate = match config {
         Some(c) => c.to_path_buf(),
@@ -49,21 +51,22 @@ fn account_suppress(
     };
     let candidate = logical_path(&candidate);
     if !files.is_file(&candidate) {
-        return Ok(Vec::new());
+        return Ok(AccountConfig::default());
     }
     let text = files
         .read_to_string(&candidate)
         .with_context(|| format!("cannot read {}", candidate.display()))?;
-    Ok(crate::config::AccountConfig::parse(&text, &candidate)?.suppress)
+    Ok(AccountConfig::parse(&text, &candidate)?)
 }
 
+/// One side's plan and the settings a run of it would use.
 fn plan_side(
     files: &Files,
     file: &Path,
     a: &PlanArgs,
     side: &str,
     rows: &mut crate::diff::Collector<'_>,
-) -> Result<Plan, Failure> {
+) -> Result<(Plan, Settings), Failure> {
     let opts = LoadOptions {
         allow_endpoints: a.allow_endpoint.clone(),
     };
@@ -71,31 +74,34 @@ fn plan_side(
         .map_err(anyhow::Error::new)
         .with_context(|| format!("the campaign {side}"))
         .exit(Exit::Invalid)?;
-    let extra = account_suppress(files, file, a.state.config.as_deref())
+    let account = account_config(files, file, a.state.config.as_deref())
         .with_context(|| format!("the account settings {side}"))
         .exit(Exit::Invalid)?;
-    crate::plan::build_observed(
+    let settings = Settings::resolve(&c, &account, &RunFlags::default(), None);
+    let plan = crate::plan::build_observed(
         &c,
         &PlanOptions {
-            extra_suppress: extra,
+            extra_suppress: account.suppress,
         },
         &mut |ev| rows.observe(ev),
     )
     .map_err(anyhow::Error::new)
     .with_context(|| format!("{}: the plan {side}", file.display()))
-    .exit(Exit::Invalid)
+    .exit(Exit::Invalid)?;
+    Ok((plan, settings))
 }
 
-/// Colour only on a terminal, and never when `NO_COLOR` is set to a non-empty value (no-color.org).
-fn color_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    terminal && no_color.is_none_or(|v| v.is_empty())
+/// One side for the comparison: its plan and settings by reference, its rows handed over.
+fn with_rows(
+    side: &Option<(Plan, Settings)>,
+    rows: Option<Rows>,
+) -> Option<(&Plan, &Settings, Rows)> {
+    side.as_ref().zip(rows).map(|((p, s), r)| (p, s, r))
 }
 
+/// Colour by the one rule (`--color`, `NO_COLOR`, a terminal): see `crate::logging`.
 fn use_color() -> bool {
-    color_wanted(
-        std::io::stdout().is_terminal(),
-        std::env::var_os("NO_COLOR").as_deref(),
-    )
+    crate::logging::color_stdout()
 }
 
 pub fn run(_g: &GlobalArgs, a: &PlanArgs, rev: &str) -> CmdResult {
@@ -122,21 +128,25 @@ pub fn run(_g: &GlobalArgs, a: &PlanArgs, rev: &str) -> CmdResult {
     // The revision first: the work tree's rows are compared with its rows as they stream by.
     let before = if at_rev {
         let mut rows = Collector::before();
-        let p = plan_side(&at, &path, a, &format!("at {rev}"), &mut rows)?;
-        Some((p, rows.finish()))
+        let (p, s) = plan_side(&at, &path, a, &format!("at {rev}"), &mut rows)?;
+        Some((p, s, rows.finish()))
     } else {
         None
     };
     let after = if in_tree {
-        let mut rows = Collector::after(before.as_ref().map(|(_, r)| r));
-        let p = plan_side(&Files::WorkTree, &a.file, a, "in the work tree", &mut rows)?;
-        Some((p, rows.finish()))
+        let mut rows = Collector::after(before.as_ref().map(|(_, _, r)| r));
+        let (p, s) = plan_side(&Files::WorkTree, &a.file, a, "in the work tree", &mut rows)?;
+        Some((p, s, rows.finish()))
     } else {
         None
     };
-    let (bp, br) = before.map_or((None, None), |(p, r)| (Some(p), Some(r)));
-    let (ap, ar) = after.map_or((None, None), |(p, r)| (Some(p), Some(r)));
-    let d = crate::diff::compare(bp.as_ref().zip(br), ap.as_ref().zip(ar), now, meta)
+    // The plans and settings stay here; their rows go to the comparison.
+    let split = |x: Option<(Plan, Settings, Rows)>| match x {
+        Some((p, s, r)) => (Some((p, s)), Some(r)),
+        None => (None, None),
+    };
+    let ((bp, br), (ap, ar)) = (split(before), split(after));
+    let d = crate::diff::compare(with_rows(&bp, br), with_rows(&ap, ar), now, meta)
         .map_err(anyhow::Error::new)
         .context("compare the plans")
         .exit(Exit::Invalid)?;
@@ -151,18 +161,4 @@ pub fn run(_g: &GlobalArgs, a: &PlanArgs, rev: &str) -> CmdResult {
         }
     }
     Ok(Exit::Ok)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::ffi::OsStr;
-
-    #[test]
-    fn colour_only_on_a_terminal_without_no_color() {
-        assert!(color_wanted(true, None));
-        assert!(color_wanted(true, Some(OsStr::new(""))));
-        assert!(!color_wanted(true, Some(OsStr::new("1"))));
-        assert!(!color_wanted(false, None));
-    }
 }

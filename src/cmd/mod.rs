@@ -1,5 +1,8 @@
-//! One module per subcommand: each turns its validated arguments into calls on the stage modules
-//! and prints the result. Commands own no business logic of their own.
+//! One module per subcommand — the shell: each turns its validated arguments into calls on the
+//! library (the stage modules, `run` for a campaign run), asks and displays what a person must
+//! see (prompts, progress, results through `output.rs`) and maps the outcome to an exit code.
+//! Commands own no business logic of their own, and no module outside `cli.rs` and `cmd/`
+//! imports them.
 
 pub mod completions;
 pub mod control;
@@ -15,14 +18,3 @@ pub mod schedule;
 pub mod schema;
 pub mod status;
 pub mod validate;
-
-use crate::exit::{Exit, Failure};
-
-/// The error for a command whose implementation has not landed yet.
-#[allow(dead_code)]
-pub(crate) fn not_yet(name: &str) -> Failure {
-    Failure::new(
-        Exit::Internal,
-        anyhow::anyhow!("`imcast {name}` is not implemented in this build"),
-    )
-}

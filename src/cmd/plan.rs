@@ -1,4 +1,5 @@
-//! `imcast plan`: the dry run. Counts, grouping, ETA under the throttle, deadline warning, next
+//! `imcast plan`: the dry run. Counts, grouping, the ETA at the pace a run would use (the lower of
+//! the campaign's throttle and the account's share: `run::Settings`), deadline warning, next
 //! schedule occurrence, plan hash, rendered samples — human text or `--output json`. The system
 //! clock (or `--now`) is read here, at the command edge, and nowhere below. With `--diff REV` the
 //! command is `cmd::diff`'s comparison instead.
@@ -9,8 +10,11 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::cli::{GlobalArgs, PlanArgs, PlanOutput};
+use crate::config::RepoPaths;
 use crate::exit::{CmdResult, Exit, ExitContext};
+use crate::journal::RunFlags;
 use crate::plan::{Counts, Plan, PlanOptions, Sample};
+use crate::run::{LimitSource, Settings};
 use crate::spec::{Campaign, LoadOptions};
 
 #[derive(Debug, Serialize)]
@@ -24,9 +28,15 @@ struct Summary<'a> {
     sender: u64,
     plan_hash: &'a str,
     counts: &'a Counts,
+    /// The limit the run is paced by (the lower of the campaign's throttle and the account's
+    /// share in `imcast.toml`), per window.
     throttle_limit: u64,
     throttle_window_secs: f64,
+    /// The pace is the action's documented limit (no throttle, no `imcast.toml` limit or reserve).
     throttle_is_default: bool,
+    /// The pace for people, with where it comes from.
+    #[serde(skip)]
+    throttle: String,
     eta_secs: u64,
     /// With quiet hours: wall-clock seconds from the start (next occurrence, else now) to the
     /// end, quiet periods included, and when that is.
@@ -47,18 +57,17 @@ struct Summary<'a> {
 fn summarize<'a>(
     c: &'a Campaign,
     plan: &'a Plan,
+    settings: &Settings,
     now: jiff::Timestamp,
     sample: usize,
 ) -> Summary<'a> {
-    let t = c.effective_throttle();
-    let units = crate::plan::throttle_units(c, plan.counts());
-    let eta = crate::plan::eta(units, t);
+    let eta = settings.eta(plan.counts().valid, plan.counts().calls);
     let start = c
         .schedule
         .as_ref()
         .and_then(|s| s.next_after(now))
         .unwrap_or(now);
-    let finish = crate::plan::finish_with_quiet(c, start, eta);
+    let finish = settings.finish_with_quiet(start, eta);
     Summary {
         campaign: &c.name,
         file: c.path.display().to_string(),
@@ -69,23 +78,15 @@ fn summarize<'a>(
         sender: c.sender,
         plan_hash: plan.hash(),
         counts: plan.counts(),
-        throttle_limit: t.limit,
-        throttle_window_secs: t.window.as_secs_f64(),
-        throttle_is_default: c.throttle.is_none(),
+        throttle_limit: settings.pace.limit,
+        throttle_window_secs: settings.pace.window.as_secs_f64(),
+        throttle_is_default: settings.pace_source == LimitSource::Default,
+        throttle: settings.describe_pace(),
         eta_secs: eta.as_secs_f64().ceil() as u64,
         eta_with_quiet_hours_secs: finish.map(|f| start.duration_until(f).as_secs().max(0) as u64),
         quiet_hours: c.quiet_hours.as_ref().map(|q| q.describe()),
         finish_at: finish.map(|f| f.to_string()),
-        // Quiet hours stretch the run: the deadline check uses the wall-clock duration.
-        deadline_warning: crate::plan::deadline_warning(
-            c,
-            now,
-            crate::plan::finish_with_quiet(c, now, eta)
-                .map(|f| {
-                    std::time::Duration::from_secs(now.duration_until(f).as_secs().max(0) as u64)
-                })
-                .unwrap_or(eta),
-        ),
+        deadline_warning: settings.deadline_warning(now, eta),
         next_occurrence: c
             .schedule
             .as_ref()
@@ -108,8 +109,12 @@ fn human(s: &Summary<'_>) -> String {
         s.action, s.api, s.app_id, s.endpoint, s.sender
     ));
     o.push_str(&format!(
-        "audience   {} rows: {} valid, {} invalid, {} duplicate, {} suppressed\n",
-        n.total, n.valid, n.invalid, n.duplicate, n.suppressed
+        "audience   {}: {} valid, {} invalid, {} duplicate, {} suppressed\n",
+        crate::output::count(n.total, "row", "rows"),
+        n.valid,
+        n.invalid,
+        n.duplicate,
+        n.suppressed
     ));
     o.push_str(&format!(
         "contents   {} distinct{}\n",
@@ -121,18 +126,13 @@ fn human(s: &Summary<'_>) -> String {
         }
     ));
     o.push_str(&format!(
-        "calls      {} ({} messages)\n",
-        n.calls, n.messages
+        "calls      {} ({})\n",
+        n.calls,
+        crate::output::count(n.messages, "message", "messages")
     ));
     o.push_str(&format!(
-        "throttle   {} per {}{} → about {}\n",
-        s.throttle_limit,
-        humantime::format_duration(Duration::from_secs_f64(s.throttle_window_secs)),
-        if s.throttle_is_default {
-            " (the action's documented limit)"
-        } else {
-            ""
-        },
+        "throttle   {} → about {}\n",
+        s.throttle,
         dur(s.eta_secs)
     ));
     if let (Some(wall), Some(q), Some(end)) =
@@ -189,16 +189,19 @@ pub fn run(g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
         },
     )
     .exit(Exit::Invalid)?;
-    let extra =
-        crate::config::account_suppress(&a.file, a.state.config.as_deref()).exit(Exit::Invalid)?;
+    let account = RepoPaths::discover(&a.file, a.state.config.as_deref(), None, None)
+        .account_config()
+        .exit(Exit::Invalid)?;
+    // What a run would use: the ETA and the deadline warning are the run's.
+    let settings = Settings::resolve(&c, &account, &RunFlags::default(), None);
     let plan = crate::plan::build(
         &c,
         &PlanOptions {
-            extra_suppress: extra,
+            extra_suppress: account.suppress.clone(),
         },
     )
     .exit(Exit::Invalid)?;
-    let s = summarize(&c, &plan, now, a.sample);
+    let s = summarize(&c, &plan, &settings, now, a.sample);
     match a.output {
         PlanOutput::Text | PlanOutput::Markdown => crate::out!("{}", human(&s)),
         PlanOutput::Json => {

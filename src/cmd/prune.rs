@@ -12,6 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::discover_root_from_dir;
 use crate::daemon::{default_state_dir, state};
 use crate::exit::{CmdResult, Exit, ExitContext};
+use crate::output::count;
 
 pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
     let age = humantime::parse_duration(a.older_than.trim())
@@ -42,8 +43,8 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
     };
     let reports_note = match &reports {
         Some((dir, r)) => format!(
-            "; {} report folder(s) ({:.1} MB) in {}",
-            r.folders,
+            "; {} ({:.1} MB) in {}",
+            count(r.folders, "report folder", "report folders"),
             r.bytes as f64 / 1e6,
             dir.display()
         ),
@@ -70,7 +71,12 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
     crate::report::facts::forget_pruned(&journal).exit(Exit::Internal)?;
     let (occ, ctl) = state::prune(&conn, cutoff).exit(Exit::Internal)?;
     crate::outln!(
-        "pruned {runs} run(s) ({calls} call(s), {recipients} recipient row(s)), {occ} schedule occurrence(s) and {ctl} control request(s) older than {}{reports_note}",
+        "pruned {} ({}, {}), {} and {} older than {}{reports_note}",
+        count(runs, "run", "runs"),
+        count(calls, "call", "calls"),
+        count(recipients, "recipient row", "recipient rows"),
+        count(occ as u64, "schedule occurrence", "schedule occurrences"),
+        count(ctl as u64, "control request", "control requests"),
         humantime::format_duration(age)
     );
     Ok(Exit::Ok)

@@ -1,6 +1,8 @@
 //! `imcast report FILE [--run ID] [--report-format csv,jsonl] [--open]`: rewrite a run's report
 //! (report.html, summary.json and the per-recipient files) from the journal, and optionally open
-//! report.html in a browser.
+//! report.html in a browser. `--mock` reads the mock runs (`<state>/mock/`); a mock run's report
+//! always goes under `reports/mock/` — decided from the run's recorded flags, so
+//! `--state-dir .imcast/mock` cannot put it among the real campaign's reports.
 //!
 //! `--open` never fails the command: with no browser to hand (no `xdg-open`/`open`, or no
 //! graphical session on Linux) it prints the page's path and says so.
@@ -10,28 +12,38 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 
 use crate::cli::{GlobalArgs, ReportArgs};
-use crate::config::RepoPaths;
 use crate::exit::{CmdResult, Exit, ExitContext, Failure};
 use crate::report::{write_report_with, ReportOptions};
 
 pub fn run(_g: &GlobalArgs, args: &ReportArgs) -> CmdResult {
     let name = super::status::campaign_name(&args.file)?;
-    let paths = RepoPaths::discover(
+    let (base, paths) = super::status::paths_for(
         &args.file,
-        args.state.config.as_deref(),
-        args.state.state_dir.as_deref(),
+        &args.state,
         args.report_dir.as_deref(),
+        args.mock,
     );
     let formats = match args.report_format {
         Some(f) => f,
         None => paths.account_config().exit(Exit::Invalid)?.report_formats,
     };
+    let hint = || {
+        if args.mock {
+            String::new()
+        } else {
+            super::status::mock_hint(&base, &name, &args.file, "report")
+                .map(|h| format!(". {h}"))
+                .unwrap_or_default()
+        }
+    };
     let Some(j) = super::status::open_existing(&paths)? else {
         return Err(Failure::new(
             Exit::Invalid,
             anyhow!(
-                "campaign {name:?} has no runs (no journal at {}); pass --state-dir if it lives elsewhere",
-                paths.state_dir.display()
+                "campaign {name:?} has no {}runs (no journal at {}); pass --state-dir if it lives elsewhere{}",
+                if args.mock { "mock " } else { "" },
+                paths.state_dir.display(),
+                hint()
             ),
         ));
     };
@@ -46,18 +58,24 @@ pub fn run(_g: &GlobalArgs, args: &ReportArgs) -> CmdResult {
         return Err(Failure::new(
             Exit::Invalid,
             anyhow!(
-                "campaign {name:?} has no run {}; `imcast status {}` shows the latest",
+                "campaign {name:?} has no {}run {}; `imcast status {}{}` shows the latest{}",
+                if args.mock { "mock " } else { "" },
                 args.run.as_deref().unwrap_or("yet"),
-                args.file.display()
+                args.file.display(),
+                if args.mock { " --mock" } else { "" },
+                hint()
             ),
         ));
     };
+    // A mock run's report goes under reports/mock/ whatever the state directory was called.
+    let reports_dir =
+        super::status::reports_dir_for(&run, &base, args.mock, args.report_dir.is_some());
     let opts = ReportOptions {
         formats,
         campaign_file: Some(args.file.clone()),
         ..ReportOptions::default()
     };
-    let p = write_report_with(&j, &run.id, &paths.reports_dir, &opts).exit(Exit::Internal)?;
+    let p = write_report_with(&j, &run.id, &reports_dir, &opts).exit(Exit::Internal)?;
     eprintln!("Report of run {} written: {}", run.id, p.html.display());
     if p.compressed {
         eprintln!(

@@ -1,19 +1,22 @@
 //! `imcast status FILE`: the latest run of a campaign, from the journal, and where its report
-//! page is (`report.html`, or how to write it when it is not there).
+//! page is (`report.html`, or how to write it when it is not there). `--mock` shows the mock runs
+//! (`imcast run --mock` keeps them in `<state>/mock/`, reports in `reports/mock/`); a campaign
+//! with only mock runs says so and how to see them. The helpers here (`paths_for`,
+//! `reports_dir_for`, `mock_hint`) are shared with `imcast report`.
 //!
 //! The campaign's name comes from `crate::spec::load`; a file that no longer validates (e.g. an
 //! audience file was moved since the run) still shows its runs through a minimal read of the
 //! top-level `name:` key, so status and report keep working on a broken campaign.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 use serde::Deserialize;
 
 use crate::cli::{GlobalArgs, OutputFormat, StatusArgs};
-use crate::config::RepoPaths;
+use crate::config::{RepoPaths, MOCK_DIR};
 use crate::exit::{CmdResult, Exit, ExitContext, Failure};
-use crate::journal::{Journal, RecipientStatus, DB_FILE};
+use crate::journal::{Journal, RecipientStatus, RunInfo, DB_FILE};
 use crate::report::{report_dir, summary, HTML_FILE};
 use crate::send::describe_counts;
 
@@ -24,20 +27,17 @@ struct NameOnly {
 
 /// The campaign's name: from the validated campaign, else a minimal read of `name:`.
 pub(crate) fn campaign_name(file: &Path) -> Result<String, Failure> {
-    match crate::spec::load(file, &crate::spec::LoadOptions::default()) {
+    let spec_error = match crate::spec::load(file, &crate::spec::LoadOptions::default()) {
         Ok(c) => return Ok(c.name),
-        Err(e) => tracing::debug!("{e}; reading only its name"),
-    }
+        Err(e) => e,
+    };
+    tracing::debug!("{spec_error}; reading only its name");
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read campaign file {}", file.display()))
         .exit(Exit::Invalid)?;
+    // A file that does not even parse: the campaign loader's located, plain-worded error.
     let n: NameOnly = serde_saphyr::from_str(&text)
-        .map_err(|e| {
-            anyhow!(
-                "{}: cannot read the campaign's `name:`: {e}",
-                file.display()
-            )
-        })
+        .map_err(|_| anyhow!(spec_error))
         .exit(Exit::Invalid)?;
     Ok(n.name)
 }
@@ -53,13 +53,88 @@ pub(crate) fn open_existing(paths: &RepoPaths) -> Result<Option<Journal>, Failur
     })
 }
 
+/// The paths `status`/`report` read: the campaign's, or with `--mock` its mock runs' (state in
+/// `<state>/mock/` unless `--state-dir` names one). Reports are placed per run
+/// ([`reports_dir_for`]), so the reports folder here is the campaign's own.
+pub(crate) fn paths_for(
+    file: &Path,
+    state: &crate::cli::StateArgs,
+    report_dir: Option<&Path>,
+    mock: bool,
+) -> (RepoPaths, RepoPaths) {
+    let base = RepoPaths::discover(
+        file,
+        state.config.as_deref(),
+        state.state_dir.as_deref(),
+        report_dir,
+    );
+    let mut read = base.clone();
+    if mock && state.state_dir.is_none() {
+        read.state_dir = read.state_dir.join(MOCK_DIR);
+    }
+    (base, read)
+}
+
+/// The reports folder a run's report belongs in: `--report-dir` if given; else the campaign's
+/// `reports/`, or `reports/mock/` for a mock run — decided from the run itself (its recorded
+/// flags say `mock`), so a mock run's report never lands among the real campaign's however its
+/// state directory was named.
+pub(crate) fn reports_dir_for(
+    run: &RunInfo,
+    base: &RepoPaths,
+    mock: bool,
+    report_dir_given: bool,
+) -> PathBuf {
+    if report_dir_given || !(run.flags.mock || mock) {
+        base.reports_dir.clone()
+    } else {
+        base.reports_dir.join(MOCK_DIR)
+    }
+}
+
+/// How many mock runs of `name` the mock state directory under `base` holds (0 when none).
+pub(crate) fn mock_runs(base: &RepoPaths, name: &str) -> usize {
+    let dir = base.state_dir.join(MOCK_DIR);
+    if !dir.join(DB_FILE).is_file() {
+        return 0;
+    }
+    Journal::open(&dir)
+        .and_then(|j| j.runs(name))
+        .map(|r| r.len())
+        .unwrap_or(0)
+}
+
+/// What to say when a campaign has no real runs but has mock ones: `command` is `status` or
+/// `report`.
+pub(crate) fn mock_hint(
+    base: &RepoPaths,
+    name: &str,
+    file: &Path,
+    command: &str,
+) -> Option<String> {
+    let n = mock_runs(base, name);
+    let which = if n == 1 { "it" } else { "the latest" };
+    let does = match command {
+        "report" => format!("writes the report of {which}"),
+        _ => format!("shows {which}"),
+    };
+    (n > 0).then(|| {
+        format!(
+            "It has {} (`imcast run --mock`, state in {}): `imcast {command} {} --mock` {does}.",
+            crate::output::count(n as u64, "mock run", "mock runs"),
+            base.state_dir.join(MOCK_DIR).display(),
+            file.display(),
+        )
+    })
+}
+
 pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
     let name = campaign_name(&args.file)?;
-    let paths = RepoPaths::discover(
+    let (base, paths) = paths_for(
         &args.file,
-        args.state.config.as_deref(),
-        args.state.state_dir.as_deref(),
+        &args.state,
         args.report_dir.as_deref(),
+        args.mock,
     );
     let journal = open_existing(&paths)?;
     let run = match &journal {
@@ -67,19 +142,35 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         None => None,
     };
     let (Some(j), Some(run)) = (journal, run) else {
+        let hint = if args.mock {
+            None
+        } else {
+            mock_hint(&base, &name, &args.file, "status")
+        };
         match args.output {
             OutputFormat::Json => {
-                crate::outln!("{}", serde_json::json!({ "campaign": name, "run": null }))
+                let mut v = serde_json::json!({ "campaign": name, "run": null });
+                if !args.mock {
+                    v["mock_runs"] = mock_runs(&base, &name).into();
+                }
+                crate::outln!("{v}")
             }
-            OutputFormat::Human => crate::outln!(
-                "Campaign {name:?} has no runs yet (state: {}).",
-                paths.state_dir.display()
-            ),
+            OutputFormat::Human => {
+                crate::outln!(
+                    "Campaign {name:?} has no {}runs yet (state: {}).",
+                    if args.mock { "mock " } else { "" },
+                    paths.state_dir.display()
+                );
+                if let Some(h) = hint {
+                    crate::outln!("{h}");
+                }
+            }
         }
         return Ok(Exit::Ok);
     };
+    let reports_dir = reports_dir_for(&run, &base, args.mock, args.report_dir.is_some());
     let s = summary(&j, &run).exit(Exit::Internal)?;
-    let html = report_dir(&paths.reports_dir, &run.campaign, &run.id).join(HTML_FILE);
+    let html = report_dir(&reports_dir, &run.campaign, &run.id).join(HTML_FILE);
     let html = html.is_file().then_some(html);
     match args.output {
         OutputFormat::Json => {
@@ -95,7 +186,8 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         }
         OutputFormat::Human => {
             crate::outln!(
-                "Campaign {name:?}: run {} is {}{} ({}, {}).",
+                "Campaign {name:?}: {}run {} is {}{} ({}, {}).",
+                if run.flags.mock { "mock " } else { "" },
                 run.id,
                 run.status,
                 if run.is_test { " (test)" } else { "" },
@@ -111,22 +203,24 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
             }
             crate::outln!("  recipients {}", describe_counts(&s.counts));
             crate::outln!(
-                "  calls     {} done, {} unknown, {} planned, {} attempts",
+                "  calls     {} done, {} unknown, {} planned, {}",
                 s.calls.done,
                 s.calls.unknown,
                 s.calls.planned,
-                s.calls.attempts
+                crate::output::count(s.calls.attempts, "attempt", "attempts")
             );
             crate::outln!("  plan hash {}", run.plan_hash);
+            // The commands to suggest carry `--mock` for a mock run.
+            let mock = if run.flags.mock { " --mock" } else { "" };
             match &html {
                 Some(p) => crate::outln!("  report    {}", p.display()),
                 None => crate::outln!(
-                    "  report    not written yet; `imcast report {}` writes it",
+                    "  report    not written yet; `imcast report {}{mock}` writes it",
                     args.file.display()
                 ),
             }
             if run.status.is_unfinished() {
-                crate::outln!("Resume with: imcast run {}", args.file.display());
+                crate::outln!("Resume with: imcast run {}{mock}", args.file.display());
             } else if s
                 .counts
                 .get(&RecipientStatus::Unknown)

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::audience::AudienceError;
 use crate::cli::{GlobalArgs, ValidateArgs, ValidateOutput};
 use crate::exit::{CmdResult, Exit, ExitContext, Failure};
+use crate::output::count;
 use crate::plan::{PlanError, PlanOptions};
 use crate::spec::{Campaign, LoadOptions, Source};
 
@@ -249,6 +250,17 @@ fn sarif(report: &Report) -> serde_json::Value {
     })
 }
 
+/// `2 valid of 2 rows, 1 call` for a file that passed.
+fn ok_line(f: &FileResult) -> String {
+    let rows = f.rows.unwrap_or(0);
+    format!(
+        "{} valid of {}, {}",
+        f.valid.unwrap_or(0),
+        count(rows, "row", "rows"),
+        count(f.calls.unwrap_or(0), "call", "calls")
+    )
+}
+
 pub fn run(_g: &GlobalArgs, a: &ValidateArgs) -> CmdResult {
     let opts = LoadOptions {
         allow_endpoints: a.allow_endpoint.clone(),
@@ -264,13 +276,7 @@ pub fn run(_g: &GlobalArgs, a: &ValidateArgs) -> CmdResult {
         ValidateOutput::Text => {
             for (f, path) in report.files.iter().zip(&a.files) {
                 if f.ok {
-                    crate::outln!(
-                        "ok  {}: {} valid of {} rows, {} calls",
-                        path.display(),
-                        f.valid.unwrap_or(0),
-                        f.rows.unwrap_or(0),
-                        f.calls.unwrap_or(0)
-                    );
+                    crate::outln!("ok  {}: {}", path.display(), ok_line(f));
                 } else {
                     eprintln!("{}", f.human);
                 }
@@ -287,13 +293,7 @@ pub fn run(_g: &GlobalArgs, a: &ValidateArgs) -> CmdResult {
         ValidateOutput::Github => {
             for f in &report.files {
                 if f.ok {
-                    crate::outln!(
-                        "ok  {}: {} valid of {} rows, {} calls",
-                        f.file,
-                        f.valid.unwrap_or(0),
-                        f.rows.unwrap_or(0),
-                        f.calls.unwrap_or(0)
-                    );
+                    crate::outln!("ok  {}: {}", f.file, ok_line(f));
                 }
                 for d in &f.problems {
                     crate::outln!("{}", github_annotation(d));
@@ -304,7 +304,10 @@ pub fn run(_g: &GlobalArgs, a: &ValidateArgs) -> CmdResult {
     if bad > 0 {
         return Err(Failure::new(
             Exit::Invalid,
-            anyhow!("{bad} of {} campaign file(s) invalid", a.files.len()),
+            anyhow!(
+                "{bad} of {} invalid",
+                count(a.files.len() as u64, "campaign file", "campaign files")
+            ),
         ));
     }
     Ok(Exit::Ok)

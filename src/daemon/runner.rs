@@ -4,7 +4,7 @@
 //! Contract for implementations: `start` is idempotent per `run_key` — starting a key whose run
 //! already exists (in this process or, after a crash, in the journal) resumes it and never sends
 //! to a recipient twice; the run uses the payload it was started with even if the file changes
-//! later. [`super::send_runner::SendRunner`] is the real one (`cmd::run::run_campaign` per
+//! later. [`super::send_runner::SendRunner`] is the real one (`run::run_campaign` per
 //! occurrence, run key = the journal's `runs.occurrence`); [`FakeRunner`] is for tests.
 
 use std::collections::BTreeMap;
@@ -25,8 +25,8 @@ pub struct RunRequest {
     pub run_key: String,
     pub path: PathBuf,
     /// The content hash recorded when the occurrence was claimed. On a resume after a restart
-    /// the payload is the file as it is now; an adapter compares this hash with the payload's
-    /// (the journal's plan hash) and refuses to continue changed content (like `run`, exit 7).
+    /// the payload is the file as it is now; the run's journal compares its own plan hash with
+    /// the payload's plan and refuses to continue changed content (like `run`, exit 7).
     pub content_hash: String,
     pub payload: Payload,
     /// True when this resumes a run claimed before a restart.
@@ -98,7 +98,7 @@ pub trait Runner: Send + Sync {
 pub struct FakeRun {
     pub campaign: String,
     pub content_hash: String,
-    /// The payload as text, when it is a `String` (the stand-in source's file text).
+    /// The payload as text, when it is the stand-in source's file text.
     pub content: Option<String>,
     pub status: RunStatus,
     /// How many times `start` was called for this key (1 + resumes).
@@ -174,7 +174,7 @@ impl Runner for FakeRunner {
                     FakeRun {
                         campaign: req.campaign.clone(),
                         content_hash: req.content_hash.clone(),
-                        content: req.payload.downcast_ref::<String>().cloned(),
+                        content: req.payload.text().map(str::to_string),
                         status,
                         starts: 1,
                         resumed: req.resume,

@@ -1,5 +1,5 @@
-//! The daemon's real [`Runner`]: each occurrence is its own run of `cmd::run::run_campaign` (the
-//! same code path as `imcast run`), started as a tokio task with the occurrence's run key as the
+//! The daemon's real [`Runner`]: each occurrence is its own run of [`run::run_campaign`] (the
+//! same library code path as `imcast run`), started as a tokio task with the occurrence's run key as the
 //! journal's `runs.occurrence`, so a restart resumes exactly that run and a finished one is never
 //! sent again (the journal answers "already finished").
 //!
@@ -23,10 +23,10 @@ use tracing::{error, info, warn};
 
 use super::runner::{RunOutcome, RunRequest, RunStatus, Runner};
 use crate::clock::SharedClock;
-use crate::cmd::run::{run_campaign, CampaignRun, RunSummary};
 use crate::config::RepoPaths;
 use crate::exit::Failure;
-use crate::journal::{Journal, RunStatus as JournalRunStatus};
+use crate::journal::{Journal, RunFlags, RunStatus as JournalRunStatus};
+use crate::run::{self, run_campaign, RunSummary, Settings};
 use crate::send::{describe_counts, StopReason, StopToken};
 
 /// What the daemon last asked of a run.
@@ -125,12 +125,7 @@ impl SendRunner {
         let Some(e) = g.get_mut(key) else {
             return;
         };
-        let Some(campaign) = e
-            .req
-            .payload
-            .downcast_ref::<crate::spec::Campaign>()
-            .cloned()
-        else {
+        let Some(campaign) = e.req.payload.campaign().cloned() else {
             e.state = RunStatus::Finished {
                 outcome: RunOutcome::Failed,
                 detail: "internal: the campaign payload is not a loaded campaign".into(),
@@ -138,12 +133,11 @@ impl SendRunner {
             return;
         };
         let stop = StopToken::new();
-        let mut run = CampaignRun::new(campaign, self.paths_for_key(&e.req));
+        // Confirmed by being scheduled (`--yes`); nobody to ask, notes go to the log.
+        let mut run = run::Request::new(campaign, self.paths_for_key(&e.req));
         run.occurrence = Some(e.req.run_key.clone());
         run.target = self.cfg.target.clone();
         run.report_formats = self.cfg.report_formats;
-        run.yes = true;
-        run.interactive = false;
         let clock = self.clock.clone();
         let k = key.to_string();
         let s2 = stop.clone();
@@ -158,7 +152,7 @@ impl SendRunner {
     }
 
     fn paths_for_key(&self, req: &RunRequest) -> RepoPaths {
-        match req.payload.downcast_ref::<crate::spec::Campaign>() {
+        match req.payload.campaign() {
             Some(c) => self.paths(c),
             None => RepoPaths::discover(
                 &req.path,
@@ -252,6 +246,7 @@ impl SendRunner {
         let now = self.clock.now();
         let formats = self.cfg.report_formats;
         let file = req.path.clone();
+        let loaded = req.payload.campaign().cloned();
         let res = tokio::task::spawn_blocking(move || -> Result<String, String> {
             let j = Journal::open(&paths.state_dir).map_err(|e| e.to_string())?;
             let id = match run_id {
@@ -267,14 +262,16 @@ impl SendRunner {
             let n = j.cancel_pending(&id, now).map_err(|e| e.to_string())?;
             j.set_status(&id, JournalRunStatus::Cancelled, Some("cancelled"), now)
                 .map_err(|e| e.to_string())?;
+            // The formats the run would have written (its settings, resolved the one way).
+            let account = paths.account_config().unwrap_or_default();
+            let formats = match &loaded {
+                Some(c) => {
+                    Settings::resolve(c, &account, &RunFlags::default(), formats).report_formats
+                }
+                None => formats.unwrap_or(account.report_formats),
+            };
             let opts = crate::report::ReportOptions {
-                formats: match formats {
-                    Some(f) => f,
-                    None => paths
-                        .account_config()
-                        .map(|c| c.report_formats)
-                        .unwrap_or_default(),
-                },
+                formats,
                 campaign_file: Some(file),
                 ..crate::report::ReportOptions::default()
             };
@@ -282,7 +279,8 @@ impl SendRunner {
                 .map(|r| format!("; report {}", r.dir.display()))
                 .unwrap_or_default();
             Ok(format!(
-                "cancelled: {n} pending recipient(s) cancelled{report}"
+                "cancelled: {} cancelled{report}",
+                crate::output::count(n, "pending recipient", "pending recipients")
             ))
         })
         .await;
@@ -308,11 +306,7 @@ impl SendRunner {
 
 impl Runner for SendRunner {
     fn start(&self, req: RunRequest) -> Result<(), String> {
-        if req
-            .payload
-            .downcast_ref::<crate::spec::Campaign>()
-            .is_none()
-        {
+        if req.payload.campaign().is_none() {
             return Err("the campaign payload is not a loaded campaign".into());
         }
         let key = req.run_key.clone();

@@ -1,5 +1,5 @@
 //! Where the daemon's campaigns come from: a [`CampaignSource`] turns one file into a
-//! [`LoadedCampaign`] (name, content hash, schedule, quiet hours and an opaque payload the
+//! [`LoadedCampaign`] (name, content hash, schedule, quiet hours and a typed [`Payload`] the
 //! runner gets back), and [`scan_dir`] loads every campaign file of a folder.
 //!
 //! Invariants: a file that fails to load is reported with its error and never yields a
@@ -7,12 +7,11 @@
 //! is rejected. Must not: send anything or touch the state database.
 //!
 //! [`SpecSource`] is the real one: `spec::load` (the full validation `imcast validate` does),
-//! payload = the `spec::Campaign`, content hash over the campaign file and every input it reads
+//! payload = [`Payload::Campaign`], content hash over the campaign file and every input it reads
 //! (audience and exclude CSVs, a template file, `imcast.toml` and its suppression lists).
-//! [`StandInSource`] reads only `name:` and `schedule:`; the scheduler's simulated-clock tests use
-//! it so their files need no audience or message.
+//! [`StandInSource`] reads only `name:` and `schedule:` (payload = [`Payload::Text`]); the
+//! scheduler's simulated-clock tests use it so their files need no audience or message.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,14 +21,38 @@ use sha2::{Digest, Sha256};
 
 use crate::schedule::{QuietHours, RawSchedule, Schedule};
 
-/// Whatever the runner needs to start a run (the loaded campaign); the daemon never looks inside.
-pub type Payload = Arc<dyn Any + Send + Sync>;
+/// What the runner gets back to start a run of a loaded file; the daemon never looks inside.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// The validated campaign ([`SpecSource`]): what `run::run_campaign` sends.
+    Campaign(Arc<crate::spec::Campaign>),
+    /// The file's text ([`StandInSource`]): scheduler tests, nothing to send.
+    Text(Arc<str>),
+}
+
+impl Payload {
+    /// The loaded campaign, if this payload is one.
+    pub fn campaign(&self) -> Option<&crate::spec::Campaign> {
+        match self {
+            Payload::Campaign(c) => Some(c),
+            Payload::Text(_) => None,
+        }
+    }
+
+    /// The file's text, if this payload is a stand-in's.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Payload::Text(t) => Some(t),
+            Payload::Campaign(_) => None,
+        }
+    }
+}
 
 /// One valid campaign file.
 #[derive(Clone)]
 pub struct LoadedCampaign {
     pub name: String,
-    /// Hex hash of what decides what is sent (the plan hash once the plan stage is wired).
+    /// Hex SHA-256 of the files that decide what is sent (paths and contents); not the plan hash.
     pub content_hash: String,
     pub schedule: Option<Schedule>,
     pub quiet_hours: Option<QuietHours>,
@@ -191,7 +214,7 @@ impl CampaignSource for SpecSource {
             content_hash: hex::encode(h.finalize()),
             schedule: c.schedule.clone(),
             quiet_hours: c.quiet_hours.clone(),
-            payload: Arc::new(c),
+            payload: Payload::Campaign(Arc::new(c)),
         })
     }
 }
@@ -232,7 +255,7 @@ impl CampaignSource for StandInSource {
             content_hash,
             schedule,
             quiet_hours,
-            payload: Arc::new(text),
+            payload: Payload::Text(text.into()),
         })
     }
 }
@@ -279,7 +302,7 @@ mod tests {
         let a = src.load(&file).expect("valid");
         assert_eq!(a.name, "c");
         assert!(a.schedule.is_some());
-        assert!(a.payload.downcast_ref::<crate::spec::Campaign>().is_some());
+        assert_eq!(a.payload.campaign().map(|c| c.name.as_str()), Some("c"));
         assert_eq!(src.load(&file).expect("valid").content_hash, a.content_hash);
         std::fs::write(&csv, "user_id\n1\n33\n").expect("csv");
         let b = src.load(&file).expect("valid");

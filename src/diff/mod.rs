@@ -24,6 +24,7 @@ use serde::Serialize;
 pub use audience::{Collector, Rows};
 
 use crate::plan::{Plan, PlanError};
+use crate::run::Settings;
 
 /// The value of [`PlanDiff::format`]; bumped only when a change would break readers.
 pub const FORMAT: &str = "imcast-plan-diff/1";
@@ -55,7 +56,8 @@ pub struct PlanDiff {
     /// True when nothing sent changes: same recipients, same Content and Ext, same request
     /// fields and sending settings (a comment or a reordering of rows).
     pub no_effect: bool,
-    /// True when the two plans read byte-identical inputs (equal plan hashes).
+    /// True when the two plans read byte-identical inputs (equal plan hashes) and resolve to the
+    /// same sending settings (an `imcast.toml` change can alter those alone).
     pub identical: bool,
     /// One sentence for people.
     pub verdict: String,
@@ -85,7 +87,8 @@ pub struct Side {
     pub calls: u64,
     /// Messages the provider counts: receivers for batch, calls for conversation/p2p.
     pub messages: u64,
-    /// Estimated sending time under the throttle, in seconds (quiet hours not included).
+    /// Estimated sending time, in seconds, at the pace a run would use: the lower of the
+    /// campaign's throttle and the account's share in `imcast.toml` (quiet hours not included).
     pub eta_secs: u64,
 }
 
@@ -274,10 +277,8 @@ pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(&schema).unwrap_or(serde_json::Value::Null)
 }
 
-fn side(p: &Plan) -> Side {
-    let c = p.campaign();
+fn side((p, settings): (&Plan, &Settings)) -> Side {
     let n = p.counts();
-    let units = crate::plan::throttle_units(c, n);
     Side {
         plan_hash: p.hash().to_string(),
         rows: n.total,
@@ -288,9 +289,7 @@ fn side(p: &Plan) -> Side {
         distinct_contents: n.distinct_contents,
         calls: n.calls,
         messages: n.messages,
-        eta_secs: crate::plan::eta(units, c.effective_throttle())
-            .as_secs_f64()
-            .ceil() as u64,
+        eta_secs: settings.eta(n.valid, n.calls).as_secs_f64().ceil() as u64,
     }
 }
 
@@ -298,23 +297,30 @@ fn side(p: &Plan) -> Side {
 /// its build reported to a [`Collector`] (built with [`crate::plan::build_observed`], the revision's
 /// first); at least one must exist.
 pub fn compare(
-    before: Option<(&Plan, Rows)>,
-    after: Option<(&Plan, Rows)>,
+    before: Option<(&Plan, &Settings, Rows)>,
+    after: Option<(&Plan, &Settings, Rows)>,
     now: jiff::Timestamp,
     meta: Meta,
 ) -> Result<PlanDiff, PlanError> {
     let (mut before, mut after) = (before, after);
+    let sides = (
+        before.as_ref().map(|(p, s, _)| (*p, *s)),
+        after.as_ref().map(|(p, s, _)| (*p, *s)),
+    );
     let rows = (
-        before.as_mut().map(|(p, r)| (*p, r)),
-        after.as_mut().map(|(p, r)| (*p, r)),
+        before.as_mut().map(|(p, _, r)| (*p, r)),
+        after.as_mut().map(|(p, _, r)| (*p, r)),
     );
     let before = rows.0.as_ref().map(|(p, _)| *p);
     let after = rows.1.as_ref().map(|(p, _)| *p);
-    let identical = match (before, after) {
+    let same_plan = match (before, after) {
         (Some(b), Some(a)) => b.hash() == a.hash(),
         _ => false,
     };
-    let (recipients, audience, content) = if identical {
+    let settings = settings::compare(sides.0, sides.1, now);
+    // The plan hash covers the campaign's inputs; `imcast.toml` may still change its settings.
+    let identical = same_plan && settings.iter().all(|s| !s.changed);
+    let (recipients, audience, content) = if same_plan {
         let n = after.map(|a| a.counts().valid).unwrap_or(0);
         (
             Recipients {
@@ -329,7 +335,6 @@ pub fn compare(
     } else {
         audience::compare(rows.0, rows.1)?
     };
-    let settings = settings::compare(before, after, now);
     let schedule = settings::schedule(before, after, now);
     let no_effect = recipients.gained == 0
         && recipients.lost == 0
@@ -338,8 +343,8 @@ pub fn compare(
         && before.is_some()
         && after.is_some();
     let mut warnings = Vec::new();
-    if let Some(a) = after {
-        warnings.extend(settings::deadline_warning(a, now));
+    if let Some((a, s)) = sides.1 {
+        warnings.extend(settings::deadline_warning(a, s, now));
         warnings.extend(a.warnings().iter().cloned());
     }
     let verdict = verdict(identical, no_effect, &recipients, &settings, before, after);
@@ -353,8 +358,8 @@ pub fn compare(
         file: meta.file,
         rev: meta.rev,
         commit: meta.commit,
-        before: before.map(side),
-        after: after.map(side),
+        before: sides.0.map(side),
+        after: sides.1.map(side),
         no_effect,
         identical,
         verdict,

@@ -1,9 +1,12 @@
 //! The sending settings of two plans side by side, as text, and the schedules' next occurrences.
+//! Each side's settings are the ones a run would use (`run::Settings`: the campaign with that
+//! side's `imcast.toml`), so the throttle, ETA and breaker shown are what would be sent with.
 
 use std::time::Duration;
 
 use super::{Occurrence, ScheduleDiff, Setting, OCCURRENCES};
 use crate::plan::{Plan, PlannedCall};
+use crate::run::Settings;
 use crate::spec::{Campaign, Deadline};
 
 /// Whole seconds, rounded up (as `imcast plan` shows an ETA).
@@ -47,30 +50,28 @@ fn options(c: &Campaign) -> String {
     serde_json::to_string(&body).unwrap_or_default()
 }
 
-fn eta(p: &Plan, now: jiff::Timestamp) -> String {
+fn eta(p: &Plan, s: &Settings, now: jiff::Timestamp) -> String {
     let c = p.campaign();
-    let units = crate::plan::throttle_units(c, p.counts());
-    let e = crate::plan::eta(units, c.effective_throttle());
-    let mut s = dur(e);
+    let e = s.eta(p.counts().valid, p.counts().calls);
+    let mut text = dur(e);
     let start = c
         .schedule
         .as_ref()
         .and_then(|s| s.next_after(now))
         .unwrap_or(now);
-    if let Some(f) = crate::plan::finish_with_quiet(c, start, e) {
+    if let Some(f) = s.finish_with_quiet(start, e) {
         let wall = Duration::from_secs(start.duration_until(f).as_secs().max(0) as u64);
         if wall.as_secs() != e.as_secs_f64().ceil() as u64 {
-            s.push_str(&format!(" ({} with quiet hours)", dur(wall)));
+            text.push_str(&format!(" ({} with quiet hours)", dur(wall)));
         }
     }
-    s
+    text
 }
 
-fn values(p: &Plan, now: jiff::Timestamp) -> Vec<(&'static str, String)> {
+fn values((p, s): (&Plan, &Settings), now: jiff::Timestamp) -> Vec<(&'static str, String)> {
     let c = p.campaign();
     let n = p.counts();
-    let t = c.effective_throttle();
-    let b = c.breaker;
+    let b = s.breaker;
     vec![
         (
             "action",
@@ -81,24 +82,19 @@ fn values(p: &Plan, now: jiff::Timestamp) -> Vec<(&'static str, String)> {
         ("sender", c.sender.to_string()),
         ("msg_type", c.message.msg_type.to_string()),
         ("options", options(c)),
-        ("calls", format!("{} ({} messages)", n.calls, n.messages)),
         (
-            "throttle",
+            "calls",
             format!(
-                "{} per {}{}",
-                t.limit,
-                window(t.window),
-                if c.throttle.is_none() {
-                    " (the action's documented limit)"
-                } else {
-                    ""
-                }
+                "{} ({})",
+                n.calls,
+                crate::output::count(n.messages, "message", "messages")
             ),
         ),
-        ("eta", eta(p, now)),
+        ("throttle", s.describe_pace()),
+        ("eta", eta(p, s, now)),
         (
             "deadline",
-            match c.deadline {
+            match s.deadline {
                 None => "none".to_string(),
                 Some(Deadline::At(t)) => t.to_string(),
                 Some(Deadline::After(d)) => format!("{} after the start", window(d)),
@@ -106,13 +102,13 @@ fn values(p: &Plan, now: jiff::Timestamp) -> Vec<(&'static str, String)> {
         ),
         (
             "guard",
-            c.guard_max_recipients
+            s.guard_max_recipients
                 .map(|m| format!("at most {m} recipients"))
                 .unwrap_or_else(|| "none".to_string()),
         ),
         (
             "retry",
-            format!("at most {} attempts a call", c.retry_max_attempts),
+            format!("at most {} attempts a call", s.retry_max_attempts),
         ),
         (
             "breaker",
@@ -147,8 +143,8 @@ fn values(p: &Plan, now: jiff::Timestamp) -> Vec<(&'static str, String)> {
 
 /// Every setting of both sides, in a fixed order.
 pub(super) fn compare(
-    before: Option<&Plan>,
-    after: Option<&Plan>,
+    before: Option<(&Plan, &Settings)>,
+    after: Option<(&Plan, &Settings)>,
     now: jiff::Timestamp,
 ) -> Vec<Setting> {
     let b = before.map(|p| values(p, now));
@@ -204,12 +200,6 @@ pub(super) fn schedule(
 }
 
 /// The deadline warning `imcast plan` shows, for the work tree's plan.
-pub(super) fn deadline_warning(p: &Plan, now: jiff::Timestamp) -> Option<String> {
-    let c = p.campaign();
-    let units = crate::plan::throttle_units(c, p.counts());
-    let e = crate::plan::eta(units, c.effective_throttle());
-    let wall = crate::plan::finish_with_quiet(c, now, e)
-        .map(|f| Duration::from_secs(now.duration_until(f).as_secs().max(0) as u64))
-        .unwrap_or(e);
-    crate::plan::deadline_warning(c, now, wall)
+pub(super) fn deadline_warning(p: &Plan, s: &Settings, now: jiff::Timestamp) -> Option<String> {
+    s.deadline_warning(now, s.eta(p.counts().valid, p.counts().calls))
 }

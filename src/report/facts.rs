@@ -22,7 +22,7 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use crate::action::Action;
+use crate::action::Unit;
 use crate::journal::{CallState, Journal, JournalError, RecipientRef, RecipientStatus, RunInfo};
 use crate::plan::PlanVariant;
 
@@ -444,7 +444,7 @@ pub fn timeline(
     let window_ms = (run.limit.window.as_millis() as i64).max(1);
     // Time slices: a tenth of the window, between 100 ms and 1 s.
     let res = (window_ms / 10).clamp(100, 1000);
-    let batch = run.action == Action::Batch;
+    let batch = run.action.unit() == Unit::Receivers;
     let mut slices: HashMap<i64, u64> = HashMap::new();
     let mut calls = 0u64;
     journal.for_each_answered_call::<JournalError>(&run.id, |c| {
@@ -525,7 +525,7 @@ pub fn timeline(
     }
     let ts = |ms: i64| Timestamp::from_millisecond(ms).unwrap_or(run.created_at);
     Ok(Some(Timeline {
-        unit: if batch { "receivers" } else { "requests" },
+        unit: run.action.unit().as_str(),
         limit: run.limit.limit,
         window_seconds: window_ms as f64 / 1000.0,
         start: ts(start_ms),

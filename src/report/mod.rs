@@ -281,20 +281,18 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
     let rows: u64 = counts.values().sum();
     let end = run.finished_at.unwrap_or(run.updated_at);
     let duration = ((end.as_nanosecond() - run.created_at.as_nanosecond()).max(0) as f64) / 1e9;
-    let units = match run.action {
-        Action::Batch => [
-            RecipientStatus::Sent,
-            RecipientStatus::Failed,
-            RecipientStatus::Unknown,
-        ]
-        .iter()
-        .map(|s| counts.get(s).copied().unwrap_or(0))
-        .sum::<u64>(),
-        _ => {
-            calls.get(&CallState::Done).copied().unwrap_or(0)
-                + calls.get(&CallState::Unknown).copied().unwrap_or(0)
-        }
-    };
+    // What the limiter counted: the receivers and calls that reached the provider.
+    let receivers = [
+        RecipientStatus::Sent,
+        RecipientStatus::Failed,
+        RecipientStatus::Unknown,
+    ]
+    .iter()
+    .map(|s| counts.get(s).copied().unwrap_or(0))
+    .sum::<u64>();
+    let calls_made = calls.get(&CallState::Done).copied().unwrap_or(0)
+        + calls.get(&CallState::Unknown).copied().unwrap_or(0);
+    let units = run.action.total_units(receivers, calls_made);
     let window = run.limit.window.as_secs_f64();
     let achieved = if duration > 0.0 {
         units as f64 / duration * window
@@ -324,11 +322,7 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
             resend_calls: journal.extra_calls(&run.id)?,
         },
         rate: RateSummary {
-            unit: if run.action == Action::Batch {
-                "receivers"
-            } else {
-                "requests"
-            },
+            unit: run.action.unit().as_str(),
             limit: run.limit.limit,
             window_seconds: window,
             achieved_per_window: (achieved * 10.0).round() / 10.0,

@@ -73,8 +73,8 @@ impl Breaker {
         }
         if self.s.consecutive_failures > 0 && self.consecutive >= self.s.consecutive_failures {
             return Some(format!(
-                "failure breaker: {} calls in a row failed; fix the cause, then run again to resume",
-                self.consecutive
+                "failure breaker: {} in a row failed; fix the cause, then run again to resume",
+                crate::output::count(u64::from(self.consecutive), "call", "calls")
             ));
         }
         if self.s.window_calls > 0
@@ -84,9 +84,9 @@ impl Breaker {
             let ratio = self.sum_failed as f64 / self.sum_receivers as f64;
             if ratio > self.s.max_failure_ratio {
                 return Some(format!(
-                    "failure breaker: {:.0}% of receivers failed over the last {} calls (limit {:.0}%); fix the cause, then run again to resume",
+                    "failure breaker: {:.0}% of receivers failed over the last {} (limit {:.0}%); fix the cause, then run again to resume",
                     ratio * 100.0,
-                    self.window.len(),
+                    crate::output::count(self.window.len() as u64, "call", "calls"),
                     self.s.max_failure_ratio * 100.0
                 ));
             }

@@ -216,11 +216,7 @@ impl FakeTransport {
         let n = st.requests;
         st.requests += 1;
         if self.record_starts {
-            let units = if self.action == Action::Batch {
-                call.receivers.len() as u64
-            } else {
-                1
-            };
+            let units = self.action.units(call.receivers.len() as u64);
             st.starts.push((call.admitted_at, units));
         }
         let mut rng = st.rng.take().unwrap_or_else(|| StdRng::seed_from_u64(0));

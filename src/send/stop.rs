@@ -1,6 +1,9 @@
 //! A stop token for graceful shutdown: the first request stops starting calls; callers count
-//! requests so a second one (a second SIGINT) can abort at once.
+//! requests so a second one (a second SIGINT) can abort at once. And the kill switch's place:
+//! [`stop_file`] is the one builder of the `STOP` file's path (the engine and the daemon both
+//! look for it there).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -43,4 +46,12 @@ impl StopToken {
         let mut rx = self.tx.subscribe();
         let _ = rx.wait_for(|v| *v > 0).await;
     }
+}
+
+/// The kill switch's file name: while `<state dir>/STOP` exists every run and the daemon pause.
+pub const STOP_FILE: &str = "STOP";
+
+/// `<state_dir>/STOP` (see [`STOP_FILE`]).
+pub fn stop_file(state_dir: &Path) -> PathBuf {
+    state_dir.join(STOP_FILE)
 }

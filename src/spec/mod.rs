@@ -23,6 +23,7 @@ use serde_saphyr::Spanned;
 pub use raw::{RawCampaign, RawMessageType};
 
 use crate::action::Action;
+use crate::config::{BreakerFields, Limit};
 use crate::schedule::{QuietHours, Schedule};
 
 /// Options the command line adds to loading.
@@ -72,34 +73,22 @@ impl fmt::Display for SpecError {
     }
 }
 
-/// `throttle:` — this campaign's share of the account limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Throttle {
-    pub limit: u64,
-    pub window: Duration,
-}
-
 /// `deadline:` — when pending recipients become `expired`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
     At(Timestamp),
+    /// After the run started (a resumed run keeps its original start).
     After(Duration),
 }
 
-/// `breaker:` — when a run stops itself.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Breaker {
-    pub consecutive_failures: u32,
-    pub window_calls: u32,
-    pub max_failure_ratio: f64,
-}
-
-impl Default for Breaker {
-    fn default() -> Self {
-        Breaker {
-            consecutive_failures: 5,
-            window_calls: 50,
-            max_failure_ratio: 0.5,
+impl Deadline {
+    /// The instant, for a run that started at `started`.
+    pub fn at(self, started: Timestamp) -> Timestamp {
+        match self {
+            Deadline::At(t) => t,
+            Deadline::After(d) => started
+                .checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
+                .unwrap_or(Timestamp::MAX),
         }
     }
 }
@@ -220,11 +209,16 @@ pub struct Campaign {
     pub sender: u64,
     pub schedule: Option<Schedule>,
     pub quiet_hours: Option<QuietHours>,
-    pub throttle: Option<Throttle>,
-    pub retry_max_attempts: u32,
+    // What the campaign may leave out is None here; `run::settings` resolves it with
+    // `imcast.toml` and the flags into what a run uses.
+    /// `throttle:`: this campaign's cap, as written (it lowers the account's share, never raises it).
+    pub throttle: Option<Limit>,
+    /// `retry.max_attempts` (≥ 1).
+    pub retry_max_attempts: Option<u32>,
     pub deadline: Option<Deadline>,
     pub guard_max_recipients: Option<u64>,
-    pub breaker: Breaker,
+    /// `breaker:`, field by field (the rest from `imcast.toml [breaker]`, else the default).
+    pub breaker: BreakerFields,
     pub audience: AudienceSpec,
     pub message: MessageSpec,
     pub batch: BatchOptions,
@@ -234,16 +228,6 @@ pub struct Campaign {
     pub source: String,
     /// Where this campaign's files (audience, lists, templates) are read from.
     pub files: crate::files::Files,
-}
-
-impl Campaign {
-    /// The throttle in effect for this campaign alone: its own, or the action's documented default.
-    pub fn effective_throttle(&self) -> Throttle {
-        self.throttle.unwrap_or_else(|| {
-            let (limit, window) = self.action.default_limit();
-            Throttle { limit, window }
-        })
-    }
 }
 
 /// The documented endpoint of a region.
@@ -347,7 +331,8 @@ fn at<T>(s: &Spanned<T>) -> (Option<u64>, Option<u64>) {
     }
 }
 
-struct Problems(Vec<Problem>);
+/// The problems found, and where each key is written (for problems serde gave no span for).
+struct Problems(Vec<Problem>, scan::Places);
 
 impl Problems {
     fn at<T>(&mut self, s: &Spanned<T>, message: impl Into<String>) {
@@ -358,10 +343,23 @@ impl Problems {
             message: message.into(),
         });
     }
-    fn nowhere(&mut self, message: impl Into<String>) {
+    fn located(&mut self, at: Option<crate::schedule::Loc>, message: impl Into<String>) {
         self.0.push(Problem {
-            line: None,
-            column: None,
+            line: at.map(|l| l.line),
+            column: at.map(|l| l.column),
+            message: message.into(),
+        });
+    }
+    /// A problem at the key `path` (dotted, as [`scan::Places`] names keys), or the nearest
+    /// written parent of it: the first of `paths` that is written.
+    fn key(&mut self, paths: &[&str], message: impl Into<String>) {
+        let at = paths
+            .iter()
+            .find_map(|k| self.1.get(k))
+            .or_else(|| paths.first().and_then(|k| self.1.find(k)));
+        self.0.push(Problem {
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
             message: message.into(),
         });
     }
@@ -384,7 +382,12 @@ fn parse_problem(e: &serde_saphyr::Error) -> Problem {
         Some(l) if l.line() > 0 => (Some(l.line()), Some(l.column())),
         _ => (None, None),
     };
-    let message = match inner {
+    // An error met while replaying an alias is wrapped with the alias's places: read the error.
+    let mut core = inner;
+    while let serde_saphyr::Error::AliasError { error, .. } = core {
+        core = error.without_snippet();
+    }
+    let message = match core {
         serde_saphyr::Error::SerdeUnknownField {
             field, expected, ..
         } => {
@@ -408,6 +411,8 @@ fn parse_problem(e: &serde_saphyr::Error) -> Problem {
         serde_saphyr::Error::SerdeMissingField { field, .. } => {
             format!("missing required key `{field}`")
         }
+        // The parser's safety budget (it stops an alias bomb early): say what it means.
+        serde_saphyr::Error::Budget { breach, .. } => budget_message(breach),
         other => {
             // The crate's own message, without its location suffix/snippet (we print our own).
             let s = other.to_string();
@@ -432,6 +437,25 @@ fn parse_problem(e: &serde_saphyr::Error) -> Problem {
     }
 }
 
+/// What a breach of the YAML parser's budget means for a campaign file.
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    match breach {
+        B::Depth { .. } => "the file nests too deeply to be a campaign (YAML nesting beyond the parser's limit); \
+             flatten it"
+            .to_string(),
+        B::ScalarBytes { .. } | B::InputBytes { .. } => {
+            "the file is too large to be a campaign; keep long texts in a template file (`message.template`) \
+             and ids in a CSV (`audience.csv`)"
+                .to_string()
+        }
+        _ => "the file expands to too many values (YAML aliases?): its anchors (`&a`) and aliases (`*a`) \
+             repeat into more values than a campaign can hold; write the values out, or keep ids in a CSV \
+             (`audience.csv`)"
+            .to_string(),
+    }
+}
+
 fn validate(
     raw: RawCampaign,
     text: &str,
@@ -440,7 +464,7 @@ fn validate(
     opts: &LoadOptions,
     files: &crate::files::Files,
 ) -> Result<Campaign, Vec<Problem>> {
-    let mut p = Problems(Vec::new());
+    let mut p = Problems(Vec::new(), scan::key_places(text));
     let resolve_file = |dir: &Path, rel: &Spanned<String>, key: &str, p: &mut Problems| {
         resolve_file(files, dir, rel, key, p)
     };
@@ -522,7 +546,10 @@ fn validate(
         }),
         (None, Some(ids)) => {
             if ids.is_empty() {
-                p.nowhere("audience.ids is empty: give at least one id");
+                p.key(
+                    &["audience.ids"],
+                    "audience.ids is empty: give at least one id",
+                );
             }
             Some(Source::Ids(long_ids(&mut p, "audience.ids", ids)))
         }
@@ -531,7 +558,7 @@ fn validate(
             None
         }
         (None, None) => {
-            p.nowhere("audience needs `csv: FILE` or `ids: [..]`");
+            p.key(&["audience"], "audience needs `csv: FILE` or `ids: [..]`");
             None
         }
     };
@@ -552,9 +579,10 @@ fn validate(
                 csv,
                 format!("audience.exclude[{i}] has both `csv` and `ids`: give one of them"),
             ),
-            (None, None) => p.nowhere(format!(
-                "audience.exclude[{i}] needs `csv: FILE` or `ids: [..]`"
-            )),
+            (None, None) => p.key(
+                &[&format!("audience.exclude[{i}]")],
+                format!("audience.exclude[{i}] needs `csv: FILE` or `ids: [..]`"),
+            ),
         }
     }
 
@@ -580,24 +608,36 @@ fn validate(
     let body_conflict = m.text.is_some() && m.template.is_some();
     let image_only = m.url.is_some() || m.width.is_some() || m.height.is_some();
     if image_only && m.kind != RawMessageType::Image {
-        p.nowhere("message `url`/`width`/`height` are for `type: image` only");
+        p.key(
+            &["message.url", "message.width", "message.height"],
+            "message `url`/`width`/`height` are for `type: image` only",
+        );
     }
     if m.data.is_some() && m.kind != RawMessageType::Custom {
-        p.nowhere("message `data` is for `type: custom` only");
+        p.key(
+            &["message.data"],
+            "message `data` is for `type: custom` only",
+        );
     }
     let kind = match m.kind {
         RawMessageType::Text => match body {
             Some(body) => Some(MessageKind::Text { body }),
             None => {
                 if !body_conflict {
-                    p.nowhere("`type: text` needs `text:` (inline template) or `template: FILE`");
+                    p.key(
+                        &["message.type"],
+                        "`type: text` needs `text:` (inline template) or `template: FILE`",
+                    );
                 }
                 None
             }
         },
         RawMessageType::Image => {
             if body.is_some() {
-                p.nowhere("`type: image` takes `url`, `width`, `height`, not `text`/`template`");
+                p.key(
+                    &["message.text", "message.template"],
+                    "`type: image` takes `url`, `width`, `height`, not `text`/`template`",
+                );
             }
             match &m.url {
                 Some(url) => Some(MessageKind::Image {
@@ -606,7 +646,7 @@ fn validate(
                     height: m.height.as_ref().map(|h| h.value.as_template()),
                 }),
                 None => {
-                    p.nowhere("`type: image` needs `url:`");
+                    p.key(&["message.type"], "`type: image` needs `url:`");
                     None
                 }
             }
@@ -615,25 +655,37 @@ fn validate(
             (Some(data), None) => Some(MessageKind::CustomData { data: data.clone() }),
             (None, Some(body)) => Some(MessageKind::Raw { body }),
             (Some(_), Some(_)) => {
-                p.nowhere("`type: custom` takes `data:` or `text`/`template`, not both");
+                p.key(
+                    &["message.data"],
+                    "`type: custom` takes `data:` or `text`/`template`, not both",
+                );
                 None
             }
             (None, None) => {
                 if !body_conflict {
-                    p.nowhere("`type: custom` needs `data:` (a document) or `text`/`template`");
+                    p.key(
+                        &["message.type"],
+                        "`type: custom` needs `data:` (a document) or `text`/`template`",
+                    );
                 }
                 None
             }
         },
         RawMessageType::Raw => {
             if m.msg_type.is_none() {
-                p.nowhere("`type: raw` needs `msg_type:` (the MsgType number)");
+                p.key(
+                    &["message.type"],
+                    "`type: raw` needs `msg_type:` (the MsgType number)",
+                );
             }
             match body {
                 Some(body) => Some(MessageKind::Raw { body }),
                 None => {
                     if !body_conflict {
-                        p.nowhere("`type: raw` needs `text:` or `template: FILE`");
+                        p.key(
+                            &["message.type"],
+                            "`type: raw` needs `text:` or `template: FILE`",
+                        );
                     }
                     None
                 }
@@ -648,9 +700,12 @@ fn validate(
     let ext = m.ext.as_ref().map(|e| e.value.clone()).unwrap_or_default();
     for k in ext.keys() {
         if k.starts_with("s:") {
-            p.nowhere(format!(
-                "message.ext key `{k}`: keys starting with `s:` are reserved by the IM platform"
-            ));
+            p.key(
+                &[&format!("message.ext.{k}")],
+                format!(
+                    "message.ext key `{k}`: keys starting with `s:` are reserved by the IM platform"
+                ),
+            );
         }
     }
     // P2PSendMessage has no Ext field: whatever would go there cannot be sent.
@@ -672,19 +727,23 @@ fn validate(
     }
     for k in m.vars.keys() {
         if k == "campaign" || k == "recipient" {
-            p.nowhere(format!(
-                "message.vars `{k}` is reserved (the template context sets it)"
-            ));
+            p.key(
+                &[&format!("message.vars.{k}")],
+                format!("message.vars `{k}` is reserved (the template context sets it)"),
+            );
         }
     }
 
     // Action options.
     let wrong_action = |key: &str, want: Action, p: &mut Problems| {
         if raw.action != want {
-            p.nowhere(format!(
-                "`{key}:` options apply to `action: {want}`, but this campaign is `action: {}`",
-                raw.action
-            ));
+            p.key(
+                &[key],
+                format!(
+                    "`{key}:` options apply to `action: {want}`, but this campaign is `action: {}`",
+                    raw.action
+                ),
+            );
         }
     };
     let batch = match &raw.batch {
@@ -758,14 +817,15 @@ fn validate(
     let mut schedule = None;
     let mut quiet_hours = None;
     if let Some(s) = &raw.schedule {
+        // The errors read `schedule.cron: ...` and carry the value's line and column.
         match Schedule::from_raw(s) {
             Ok(sc) => schedule = sc,
-            Err(e) => p.nowhere(format!("schedule: {e}")),
+            Err(e) => p.located(e.location(), e.to_string()),
         }
         if let Some(q) = &s.quiet_hours {
             match QuietHours::from_raw(q) {
                 Ok(q) => quiet_hours = Some(q),
-                Err(e) => p.nowhere(format!("schedule.quiet_hours: {e}")),
+                Err(e) => p.located(e.location(), e.to_string()),
             }
         }
     }
@@ -778,10 +838,7 @@ fn validate(
                 if t.limit == 0 {
                     p.at(&t.window, "throttle.limit must be at least 1");
                 } else {
-                    throttle = Some(Throttle {
-                        limit: t.limit,
-                        window: w,
-                    })
+                    throttle = Some(Limit::new(t.limit, w))
                 }
             }
             Ok(_) => p.at(&t.window, "throttle.window must be longer than zero"),
@@ -796,11 +853,14 @@ fn validate(
     }
     let retry_max_attempts = match &raw.retry {
         Some(r) if r.max_attempts == 0 => {
-            p.nowhere("retry.max_attempts must be at least 1 (the first attempt counts)");
-            1
+            p.key(
+                &["retry.max_attempts"],
+                "retry.max_attempts must be at least 1 (the first attempt counts)",
+            );
+            None
         }
-        Some(r) => r.max_attempts,
-        None => 3,
+        Some(r) => Some(r.max_attempts),
+        None => None,
     };
     let deadline = match &raw.deadline {
         None => None,
@@ -822,21 +882,18 @@ fn validate(
         }
     };
     let guard_max_recipients = raw.guard.as_ref().and_then(|g| g.max_recipients);
-    let mut breaker = Breaker::default();
+    let mut breaker = BreakerFields::default();
     if let Some(b) = &raw.breaker {
-        if let Some(n) = b.consecutive_failures {
-            breaker.consecutive_failures = n.max(1);
-        }
-        if let Some(n) = b.window_calls {
-            breaker.window_calls = n.max(1);
-        }
+        breaker.consecutive_failures = b.consecutive_failures.map(|n| n.max(1));
+        breaker.window_calls = b.window_calls.map(|n| n.max(1));
         if let Some(r) = b.max_failure_ratio {
             if !(0.0..=1.0).contains(&r) {
-                p.nowhere(format!(
-                    "breaker.max_failure_ratio {r} must be between 0 and 1"
-                ));
+                p.key(
+                    &["breaker.max_failure_ratio"],
+                    format!("breaker.max_failure_ratio {r} must be between 0 and 1"),
+                );
             } else {
-                breaker.max_failure_ratio = r;
+                breaker.max_failure_ratio = Some(r);
             }
         }
     }

@@ -63,7 +63,8 @@ pub struct RawCampaign {
     /// Safety rails checked before a run starts.
     #[serde(default)]
     pub guard: Option<RawGuard>,
-    /// When a run stops itself because calls keep failing.
+    /// When a run stops itself because calls keep failing; fields left out come from
+    /// `imcast.toml` `[breaker]`, else the documented defaults.
     #[serde(default)]
     pub breaker: Option<RawBreaker>,
 }
@@ -314,13 +315,14 @@ pub struct RawGuard {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
-    /// Stop after this many failed calls in a row (default 5).
+    /// Stop after this many failed calls in a row (default: `imcast.toml` `[breaker]`, else 5).
     #[serde(default)]
     pub consecutive_failures: Option<u32>,
-    /// Failure ratio is measured over the last this many calls (default 50).
+    /// Failure ratio is measured over the last this many calls (default: `[breaker]`, else 50).
     #[serde(default)]
     pub window_calls: Option<u32>,
-    /// Stop when the failure ratio over the window exceeds this, 0..1 (default 0.5).
+    /// Stop when the failure ratio over the window exceeds this, 0..1 (default: `[breaker]`, else
+    /// 0.5).
     #[serde(default)]
     pub max_failure_ratio: Option<f64>,
 }

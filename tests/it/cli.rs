@@ -2,13 +2,13 @@
 
 use std::process::Command;
 
-use crate::common::bin;
+use crate::common::{bin, OutputWithin};
 
 #[test]
 fn help_lists_commands_and_exits_zero() {
     let out = Command::new(bin())
         .arg("--help")
-        .output()
+        .output_limited()
         .expect("run imcast");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -28,7 +28,7 @@ fn help_lists_commands_and_exits_zero() {
 fn unknown_flag_is_invalid_input() {
     let out = Command::new(bin())
         .args(["plan", "--no-such-flag"])
-        .output()
+        .output_limited()
         .expect("run imcast");
     assert_eq!(out.status.code(), Some(2));
 }

@@ -4,16 +4,15 @@
 //! journal reports `unknown`, and the occurrence fires once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use imcast::daemon::state;
 use imcast::journal::{Journal, RecipientStatus};
 use imcast::mock;
 
-use crate::common::bin;
+use crate::common::{bin, first_line_within, status_until, OutputWithin};
 
 /// A child process killed on drop (a failing assertion must not leave a daemon behind).
 struct Proc(Child);
@@ -42,11 +41,8 @@ fn mock_server(record: &Path) -> (Proc, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start mock-server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    (Proc(child), format!("http://{}", line.trim()))
+    let addr = first_line_within(&mut child, Duration::from_secs(60), "imcast mock-server");
+    (Proc(child), format!("http://{addr}"))
 }
 
 fn daemon(root: &Path, log: &Path, metrics_port: u16) -> Proc {
@@ -157,7 +153,9 @@ fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
         read_log()
     );
     first.0.kill().expect("SIGKILL");
-    first.0.wait().expect("wait");
+    // Reaped within a minute (SIGKILL cannot be ignored; the limit guards a zombie).
+    status_until(&mut first.0, Instant::now() + Duration::from_secs(60))
+        .expect("the killed daemon was reaped");
     let at_kill = deliveries(&rec).len();
     assert!(at_kill < ids.len(), "killed mid-run ({at_kill} delivered)");
 
@@ -252,16 +250,22 @@ fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
     let out = Command::new(bin())
         .args(["pause", "e2e", "--state-dir"])
         .arg(root.join(".imcast"))
-        .output()
+        .output_limited()
         .expect("imcast pause");
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.starts_with("e2e: paused"), "{said}");
     let kill = Command::new("kill")
         .args(["-TERM", &second.0.id().to_string()])
-        .status()
+        .output_limited()
         .expect("kill");
-    assert!(kill.success());
-    let status = second.0.wait().expect("wait");
+    assert!(kill.status.success());
+    let status = status_until(&mut second.0, Instant::now() + Duration::from_secs(120))
+        .unwrap_or_else(|| {
+            panic!(
+                "the daemon did not stop within 120 s of SIGTERM (killed). Its log:\n{}",
+                read_log()
+            )
+        });
     assert_eq!(status.code(), Some(143));
 }
 
@@ -269,7 +273,7 @@ fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
 /// engine before it sends anything, and the run resumes once it is removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_file_pauses_a_plain_run_and_it_resumes_after() {
-    use imcast::cmd::run::{run_campaign, CampaignRun};
+    use imcast::run::{run_campaign, Request};
     use imcast::send::{StopReason, StopToken};
     use std::sync::Arc;
 
@@ -294,9 +298,9 @@ async fn stop_file_pauses_a_plain_run_and_it_resumes_after() {
         imcast::spec::load(&file, &imcast::spec::LoadOptions::default()).expect("campaign");
     let paths = imcast::config::RepoPaths::discover(&file, None, None, None);
     let req = || {
-        let mut r = CampaignRun::new(campaign.clone(), paths.clone());
+        let mut r = Request::new(campaign.clone(), paths.clone());
         r.target = Some((m.endpoint(), m.credentials()));
-        r.mock = true;
+        r.flags.mock = true;
         r
     };
     let clock: imcast::clock::SharedClock = Arc::new(imcast::clock::SystemClock);

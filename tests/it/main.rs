@@ -17,4 +17,5 @@ mod scheduler;
 mod sender;
 mod spec;
 mod throttle;
+mod ux;
 mod wire;

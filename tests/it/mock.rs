@@ -3,7 +3,6 @@
 //! fields from the seeds), the credential scope's region and service, the reply quirks,
 //! duplicates, seeded faults, the SimClock window, and the `imcast mock-server` process.
 
-use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +12,8 @@ use imcast::mock::{self, MockConfig, MockStats};
 use imcast::provider::sign;
 use imcast::provider::*;
 use serde_json::{json, Value};
+
+use crate::common::{first_line_within, wait_within, OutputWithin};
 
 fn client_for(m: &mock::MockHandle) -> Client {
     Client::new(ClientConfig::new(
@@ -92,10 +93,10 @@ async fn window_holds_under_fifty_concurrent_senders() {
     );
     assert_eq!(stats.rate_limited, limited);
     assert_eq!(stats.messages, accepted);
-    assert!(stats.max_in_window > 0 && stats.max_in_window <= 1000);
     assert_eq!(stats.duplicates, 0);
 
-    // Check every rolling window from the record itself.
+    // Check every rolling window from the record itself (the mock's counter is what refuses, so
+    // only the record can show an overshoot), and that the counter agrees with it.
     let lines = read_record(&record);
     assert_eq!(lines.len() as u64, accepted, "one record line per delivery");
     let mut times: Vec<i128> = lines
@@ -348,14 +349,8 @@ fn mock_server_prints_its_address_and_stops_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn imcast mock-server");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("first line");
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .parse()
-        .expect("first line is the bound address");
+    let line = first_line_within(&mut child, Duration::from_secs(60), "imcast mock-server");
+    let addr: std::net::SocketAddr = line.parse().expect("first line is the bound address");
     assert_ne!(addr.port(), 0);
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -376,12 +371,12 @@ fn mock_server_prints_its_address_and_stops_on_sigterm() {
             .expect_err("--limit 3");
         assert!(e.is_rate_limited());
     });
-    let status = Command::new("kill")
+    let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
-        .status()
+        .output_limited()
         .expect("kill");
-    assert!(status.success());
-    let exit = child.wait().expect("exits");
+    assert!(kill.status.success());
+    let exit = wait_within(child, Duration::from_secs(60), "mock-server after SIGTERM").status;
     assert_eq!(exit.code(), Some(0));
     assert_eq!(
         read_record(&record).len(),
@@ -845,11 +840,8 @@ fn mock_server_region_and_quirks_flags() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn imcast mock-server");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("first line");
-    let addr: std::net::SocketAddr = line.trim().parse().expect("bound address");
+    let line = first_line_within(&mut child, Duration::from_secs(60), "imcast mock-server");
+    let addr: std::net::SocketAddr = line.parse().expect("bound address");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (ok, wrong) = rt.block_on(async {
         let url = url::Url::parse(&format!("http://{addr}/")).expect("url");
@@ -869,8 +861,8 @@ fn mock_server_region_and_quirks_flags() {
     });
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
-        .status();
-    let exit = child.wait().expect("exits");
+        .output_limited();
+    let exit = wait_within(child, Duration::from_secs(60), "mock-server after SIGTERM").status;
     assert_eq!(exit.code(), Some(0));
     assert_eq!(ok.0, 200, "{}", ok.1);
     assert_eq!(ok.1["Result"]["FailedReceiver"], Value::Null);
@@ -883,19 +875,19 @@ fn mock_server_region_and_quirks_flags() {
 fn mock_server_rejects_bad_flags() {
     let out = Command::new(crate::common::bin())
         .args(["mock-server", "--fail-rate", "1.5"])
-        .output()
+        .output_limited()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--fail-rate must be between 0 and 1"));
     let out = Command::new(crate::common::bin())
         .args(["mock-server", "--window", "soon"])
-        .output()
+        .output_limited()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--window"));
     let out = Command::new(crate::common::bin())
         .args(["mock-server", "--quirks", "null-lists,bogus"])
-        .output()
+        .output_limited()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -908,9 +900,9 @@ fn mock_server_rejects_bad_flags() {
 /// failure, `Success` reads as `not_online`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaigns_against_every_quirk_report_the_true_statuses() {
-    use imcast::cmd::run::{run_campaign, CampaignRun};
     use imcast::config::RepoPaths;
     use imcast::exit::Exit;
+    use imcast::run::{run_campaign, Request};
     use imcast::send::StopToken;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -955,9 +947,9 @@ async fn campaigns_against_every_quirk_report_the_true_statuses() {
         .expect("mock");
         let campaign = imcast::spec::load(&file, &imcast::spec::LoadOptions::default())
             .expect("valid campaign");
-        let mut req = CampaignRun::new(campaign, RepoPaths::discover(&file, None, None, None));
+        let mut req = Request::new(campaign, RepoPaths::discover(&file, None, None, None));
         req.target = Some((m.endpoint(), m.credentials()));
-        req.mock = true;
+        req.flags.mock = true;
         req.report_formats = Some(imcast::config::ReportFormats {
             csv: true,
             jsonl: true,

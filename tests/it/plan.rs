@@ -497,6 +497,41 @@ fn p2p_body_uses_the_wire_names() {
     );
 }
 
+/// The ETA is the run's: at the lower of the campaign's throttle and the account's share in
+/// imcast.toml (it used to take the throttle alone, ignoring the account's limit and reserve).
+#[test]
+fn plan_eta_uses_the_limit_the_run_uses() {
+    let f = Fixture::new();
+    f.write(
+        "imcast.toml",
+        "[account]\nreserve = 0.5\n[limits.batch]\nlimit = 600\nwindow = \"60s\"\n",
+    );
+    let ids: Vec<String> = (1..=600).map(|i| i.to_string()).collect();
+    let p = f.write(
+        "c.yaml",
+        &format!(
+            "{HEAD}audience: {{ ids: [{}] }}\nmessage: {{ type: text, text: hi }}\nthrottle: {{ limit: 100000, window: 60s }}\n",
+            ids.join(", ")
+        ),
+    );
+    let out = f.imcast(&["plan", p.to_str().expect("utf8"), "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    // 600 receivers at the account's share, 300 a minute.
+    assert_eq!(v["throttle_limit"], 300);
+    assert_eq!(v["eta_secs"], 120);
+    let human = f.imcast(&["plan", p.to_str().expect("utf8")]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("throttle   300 per 1m (the account's share in imcast.toml) → about 2m"),
+        "{text}"
+    );
+}
+
 #[test]
 fn plan_eta_accounts_for_quiet_hours() {
     let f = Fixture::new();

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use crate::common::{bin, root, Fixture};
+use crate::common::{bin, root, Fixture, OutputWithin};
 
 /// A fixed instant for schedule occurrences and ETAs (a Sunday).
 const NOW: &str = "2026-03-01T00:00:00Z";
@@ -95,7 +95,7 @@ impl Repo {
         let out = git_env(&mut Command::new("git"))
             .args(args)
             .current_dir(self.dir.path())
-            .output()
+            .output_limited()
             .expect("run git");
         assert!(
             out.status.success(),
@@ -116,7 +116,7 @@ impl Repo {
             .current_dir(self.dir.path())
             .env_remove("RUST_LOG")
             .env_remove("NO_COLOR")
-            .output()
+            .output_limited()
             .expect("run imcast")
     }
 
@@ -487,7 +487,7 @@ fn markdown_without_diff_is_refused() {
 fn plan_diff_schema_is_committed_and_current() {
     let out = Command::new(bin())
         .args(["schema", "plan-diff"])
-        .output()
+        .output_limited()
         .expect("run imcast");
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -578,7 +578,10 @@ fn validate_json_and_sarif_list_every_problem() {
 #[test]
 fn completions_and_man_page_are_generated() {
     let run = |args: &[&str]| {
-        let out = Command::new(bin()).args(args).output().expect("run imcast");
+        let out = Command::new(bin())
+            .args(args)
+            .output_limited()
+            .expect("run imcast");
         assert!(out.status.success(), "{args:?}");
         String::from_utf8_lossy(&out.stdout).to_string()
     };
@@ -598,7 +601,7 @@ fn completions_and_man_page_are_generated() {
     );
     let out = Command::new(bin())
         .args(["completions", "tcsh"])
-        .output()
+        .output_limited()
         .expect("run imcast");
     assert_eq!(out.status.code(), Some(2));
 }
@@ -657,7 +660,7 @@ fn the_example_workflow_compares_changed_campaigns() {
         .current_dir(r.dir.path())
         .env("BASE", "origin/main")
         .env("PATH", path)
-        .output()
+        .output_limited()
         .expect("run bash");
     assert!(
         out.status.success(),
@@ -702,6 +705,50 @@ fn account_suppression_lists_are_compared_at_the_revision() {
     );
     assert_eq!(v["before"]["suppressed"], 2);
     assert_eq!(v["after"]["suppressed"], 3);
+}
+
+/// Each side's settings are what a run of it would use, `imcast.toml` included: a `[breaker]` or
+/// limit changed there alone shows as changed settings, never "the inputs are identical".
+#[test]
+fn account_settings_are_compared_at_the_revision() {
+    let r = Repo::new();
+    r.write("imcast.toml", "[breaker]\nconsecutive_failures = 7\n");
+    r.commit("account settings");
+    r.write(
+        "imcast.toml",
+        "[breaker]\nconsecutive_failures = 3\n[limits.batch]\nlimit = 300\nwindow = \"60s\"\n",
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.diff("HEAD", "json")).expect("json output");
+    let changed: Vec<&str> = v["settings"]
+        .as_array()
+        .expect("settings")
+        .iter()
+        .filter(|s| s["changed"] == true)
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    // Four messages take a second either way: the ETA does not change.
+    assert_eq!(changed, ["throttle", "breaker"], "{v}");
+    let setting = |name: &str| {
+        v["settings"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name))
+            .cloned()
+            .expect("setting")
+    };
+    assert!(
+        setting("breaker")["before"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("stop after 7 failed calls")),
+        "{v}"
+    );
+    // The account's 300 a minute is below the campaign's 600: it paces the run.
+    assert_eq!(
+        setting("throttle")["after"],
+        "300 per 1m (the account's share in imcast.toml)"
+    );
+    assert_eq!(v["identical"], false);
+    assert_eq!(v["no_effect"], false);
+    assert_eq!(v["recipients"]["unchanged"], 4);
 }
 
 /// Templates a template includes are read at the revision too.

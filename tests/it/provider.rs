@@ -371,46 +371,72 @@ async fn over_the_window_is_429_not_processed() {
     m.shutdown().await;
 }
 
+/// Requests keep coming for three simulated seconds (one every 70 ms, so no two arrive exactly a
+/// second apart), refused ones included; the mock's record shows what it delivered in any
+/// rolling second. Its own counters are what refuse, so only the record can show an overshoot.
 #[tokio::test]
 async fn send_and_p2p_qps_limits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let record = dir.path().join("record.jsonl");
+    let clock = imcast::clock::SimClock::new("2026-03-01T08:00:00Z".parse().expect("valid"));
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
     let m = mock::start(MockConfig {
         send_qps: 2,
         p2p_qps: 1,
+        record: Some(record.clone()),
+        clock: shared.clone(),
         ..MockConfig::default()
     })
     .await
     .expect("mock");
-    let c = client_for(&m);
-    // A long-enough burst must hit the per-second limit however slow the machine is: the
-    // limits count requests in any rolling second, so stop at the first 429.
-    let mut limited = None;
-    for i in 0..200 {
+    let c = Client::with_clock(
+        ClientConfig::new(m.endpoint(), "cn-north-1", m.credentials()),
+        shared,
+    )
+    .expect("client");
+    let step = Duration::from_millis(70);
+    let mut limited = (0, 0);
+    for i in 0..43 {
         if let Err(e) = c.send_message(&send(i, None)).await {
-            limited = Some(e);
-            break;
+            assert!(
+                e.is_rate_limited() && e.class() == ErrorClass::NotProcessed,
+                "{e}"
+            );
+            limited.0 += 1;
         }
+        clock.advance(step);
     }
-    let e = limited.expect("SendMessage was never rate limited");
-    assert!(
-        e.is_rate_limited() && e.class() == ErrorClass::NotProcessed,
-        "{e}"
-    );
-    let mut limited = None;
-    for i in 0..200 {
+    for i in 0..43 {
         if let Err(e) = c.p2p_send(&p2p(i, vec![1])).await {
-            limited = Some(e);
-            break;
+            assert!(e.is_rate_limited(), "{e}");
+            limited.1 += 1;
         }
+        clock.advance(step);
     }
-    assert!(limited
-        .expect("P2P was never rate limited")
-        .is_rate_limited());
     let s = m.stats();
+    m.shutdown().await;
     assert!(
-        s.send_max_in_second <= 2 && s.p2p_max_in_second <= 1,
+        limited.0 > 20 && limited.1 > 30,
+        "the limits bite: {limited:?}"
+    );
+    let lines = crate::common::record_lines(&record, s.delivered);
+    let second = Duration::from_secs(1);
+    let send = crate::common::stamps(&lines, Some("SendMessage"));
+    let p2p = crate::common::stamps(&lines, Some("P2PSendMessage"));
+    assert_eq!(
+        send.len() as u64 + limited.0,
+        43,
+        "every SendMessage delivered or refused"
+    );
+    assert_eq!(
+        (
+            crate::common::max_in_window(&send, second),
+            crate::common::max_in_window(&p2p, second)
+        ),
+        (2, 1),
         "{s:?}"
     );
-    m.shutdown().await;
+    assert_eq!((s.send_max_in_second, s.p2p_max_in_second), (2, 1), "{s:?}");
 }
 
 #[tokio::test]

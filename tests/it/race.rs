@@ -24,7 +24,7 @@ use imcast::mock::{self, MockStats};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::common::bin;
+use crate::common::{bin, OutputWithin};
 
 /// Processes started at once.
 const N: usize = 4;
@@ -292,11 +292,11 @@ impl Drop for Proc {
 }
 
 fn mkfifo(path: &Path) {
-    let ok = Command::new("mkfifo")
+    let out = Command::new("mkfifo")
         .arg(path)
-        .status()
+        .output_limited()
         .expect("run mkfifo");
-    assert!(ok.success(), "mkfifo {}", path.display());
+    assert!(out.status.success(), "mkfifo {}", path.display());
 }
 
 /// Wait until every process has opened its FIFO (it blocks reading the secret), then write

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use imcast::action::Action;
 use imcast::clock::{Clock, SharedClock, SimClock, SystemClock};
-use imcast::cmd::run::{run_campaign, CampaignRun};
 use imcast::config::{BreakerSettings, Limit, RepoPaths};
 use imcast::exit::Exit;
 use imcast::journal::{
@@ -19,10 +18,12 @@ use imcast::journal::{
     SharedJournal,
 };
 use imcast::mock::{self, MockConfig};
+use imcast::run::{run_campaign, Request};
 use imcast::send::fake::{FakeTransport, Faults};
 use imcast::send::{Call, StopReason, StopToken};
 use serde_json::Value;
 
+use crate::common::OutputWithin;
 use crate::sender::{statuses, t0, AwaitBlocking, Setup};
 
 /// `users` valid ids (from 10_000) in calls of `per_call`, the calls cycling through `variants`
@@ -482,7 +483,7 @@ fn crash_between_refusal_and_resend_then_resume() {
         } else {
             child.env_remove("IMCAST_FAILPOINT");
         }
-        let out = child.output().expect("spawn child");
+        let out = child.output_limited().expect("spawn child");
         assert!(
             !out.status.success(),
             "{mode}: the child should have aborted"
@@ -647,9 +648,9 @@ async fn mock_failed_receiver_rate_three_percent_everyone_sent_once() {
     .expect("mock");
     let campaign =
         imcast::spec::load(&file, &imcast::spec::LoadOptions::default()).expect("valid campaign");
-    let mut r = CampaignRun::new(campaign, RepoPaths::discover(&file, None, None, None));
+    let mut r = Request::new(campaign, RepoPaths::discover(&file, None, None, None));
     r.target = Some((m.endpoint(), m.credentials()));
-    r.mock = true;
+    r.flags.mock = true;
     r.report_formats = Some(imcast::config::ReportFormats {
         csv: true,
         jsonl: true,

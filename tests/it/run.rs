@@ -1,24 +1,26 @@
 //! `imcast run` end to end against the mock provider over real HTTP on 127.0.0.1: in-process
-//! (`mock::start` + `cmd::run::run_campaign`) and as real processes (`imcast mock-server` and the
+//! (`mock::start` + `run::run_campaign`) and as real processes (`imcast mock-server` and the
 //! built binary), with real files in temp dirs. Also quiet hours in the engine on a simulated clock.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use imcast::clock::{Clock, SharedClock, SimClock, SystemClock};
-use imcast::cmd::run::{run_campaign, CampaignRun, RunSummary};
 use imcast::config::RepoPaths;
 use imcast::exit::Exit;
-use imcast::journal::{CallState, Journal, RecipientStatus};
+use imcast::journal::{CallState, Journal, RecipientStatus, RunFlags};
 use imcast::mock::{self, MockConfig, MockStats};
-use imcast::send::{Progress, StopToken};
+use imcast::run::{run_campaign, Request, RunSummary};
+use imcast::send::{Progress, StopReason, StopToken};
 use serde_json::Value;
 
-use crate::common::bin;
+use crate::common::{
+    bin, first_line_within, max_in_window, poll_while_running, record_lines, stamps, wait_within,
+    OutputWithin, CHILD_LIMIT,
+};
 
 /// A campaigns repository in a temp dir: imcast.toml, an audience, campaign files.
 struct Repo {
@@ -76,10 +78,10 @@ fn load(file: &Path) -> imcast::spec::Campaign {
     imcast::spec::load(file, &imcast::spec::LoadOptions::default()).expect("valid campaign")
 }
 
-fn request(repo: &Repo, file: &Path, m: &mock::MockHandle) -> CampaignRun {
-    let mut r = CampaignRun::new(load(file), repo.paths(file));
+fn request(repo: &Repo, file: &Path, m: &mock::MockHandle) -> Request {
+    let mut r = Request::new(load(file), repo.paths(file));
     r.target = Some((m.endpoint(), m.credentials()));
-    r.mock = true;
+    r.flags.mock = true;
     // These tests read the JSONL rows (on request; the default is CSV only).
     r.report_formats = Some(imcast::config::ReportFormats {
         csv: true,
@@ -114,14 +116,10 @@ fn statuses(rows: &[Value]) -> BTreeMap<u64, String> {
         .collect()
 }
 
-/// Deliveries per recipient in a mock record file.
-fn record(path: &Path) -> BTreeMap<u64, u64> {
+/// Deliveries per recipient in a mock record (see `common::record_lines`).
+fn record(lines: &[Value]) -> BTreeMap<u64, u64> {
     let mut m = BTreeMap::new();
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return m;
-    };
-    for l in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(l).expect("record line");
+    for v in lines {
         *m.entry(v["recipient"].as_u64().expect("recipient"))
             .or_default() += 1;
     }
@@ -188,7 +186,7 @@ async fn every_valid_recipient_delivered_exactly_once_and_rows_match_the_audienc
     assert_eq!(counts, 1_202, "statuses sum to the audience rows");
     assert_eq!(s.counts[&RecipientStatus::Invalid], 1);
     assert_eq!(s.counts[&RecipientStatus::Duplicate], 1);
-    let delivered = record(&rec);
+    let delivered = record(&record_lines(&rec, stats.delivered));
     assert_eq!(delivered.keys().copied().collect::<BTreeSet<_>>(), expected);
     assert!(delivered.values().all(|&n| n == 1), "exactly once");
     assert_eq!(stats.duplicates, 0);
@@ -271,7 +269,7 @@ async fn faults_leave_every_recipient_final_with_zero_duplicates() {
         st.values().all(|v| v != "pending"),
         "every recipient has a final status"
     );
-    let delivered = record(&rec);
+    let delivered = record(&record_lines(&rec, stats.delivered));
     assert_eq!(stats.duplicates, 0, "zero duplicates at the mock");
     assert!(
         delivered.values().all(|&n| n == 1),
@@ -342,12 +340,12 @@ async fn test_to_sends_the_real_content_to_seed_ids_only() {
     .await
     .expect("mock");
     let mut r = request(&repo, &file, &m);
-    r.test_to = vec![7, 8, 9, 7];
+    r.flags.test_to = vec![7, 8, 9, 7];
     let t = run_campaign(r, system(), StopToken::new())
         .await
         .expect("test run");
     assert_eq!(t.exit, Exit::Ok);
-    let delivered = record(&rec);
+    let delivered = record(&record_lines(&rec, m.stats().delivered));
     assert_eq!(
         delivered.keys().copied().collect::<Vec<_>>(),
         vec![7, 8, 9],
@@ -376,6 +374,100 @@ async fn test_to_sends_the_real_content_to_seed_ids_only() {
     assert_eq!(s.exit, Exit::Ok);
     assert_eq!(s.counts[&RecipientStatus::Sent], 300);
     assert_ne!(s.run_id, t.run_id);
+    // One variant function: a test call of a Content carries the campaign run's variant id.
+    let variants = |s: &RunSummary| -> BTreeSet<String> {
+        report_rows(s)
+            .iter()
+            .filter_map(|r| r["variant"].as_str().map(str::to_string))
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    let (tested, planned) = (variants(&t), variants(&s));
+    assert_eq!(tested.len(), 3, "{tested:?}");
+    assert!(tested.is_subset(&planned), "{tested:?} not in {planned:?}");
+}
+
+/// A campaign without `breaker:` stops at `imcast.toml`'s `[breaker]` (before, the campaign's
+/// built-in default of 5 failed calls in a row always won and `[breaker]` was never read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imcast_toml_breaker_applies_to_a_campaign_without_one() {
+    let repo = Repo::new(
+        "[breaker]\nconsecutive_failures = 2\nwindow_calls = 0\n[send]\nmax_batch_in_flight = 1\n",
+    );
+    // Ten Contents: ten calls, one at a time.
+    repo.audience("a.csv", 10, 10, &[]);
+    let file = repo.path("nobreaker.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nname: nobreaker\nprovider: { app_id: 666675, region: cn-north-1, endpoint: \"http://127.0.0.1:9\" }\n\
+         action: batch\nsender: 10001\naudience: { csv: a.csv }\n\
+         message: { type: text, text: \"Hello {{ grp }}\" }\n",
+    )
+    .expect("write campaign");
+    // Every request is answered HTTP 500: each call's outcome is unknown, a failed call.
+    let m = mock::start(MockConfig {
+        fail_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let s = run_campaign(request(&repo, &file, &m), system(), StopToken::new())
+        .await
+        .expect("run");
+    let stats = m.stats();
+    m.shutdown().await;
+    assert_eq!(s.exit, Exit::Breaker, "{s:?}");
+    match &s.reason {
+        Some(StopReason::Breaker { message }) => {
+            assert!(message.contains("2 calls in a row"), "{message}")
+        }
+        other => panic!("expected the breaker, got {other:?}"),
+    }
+    assert!(
+        stats.requests < 5,
+        "stopped before the default's 5: {stats:?}"
+    );
+    // The flags the run recorded, in the journal's JSON (see `recorded_flags_keep_their_json`).
+    let flags: String = repo
+        .journal()
+        .connection()
+        .query_row(
+            "SELECT flags FROM runs WHERE id = ?1",
+            [s.run_id.as_deref().expect("run id")],
+            |r| r.get(0),
+        )
+        .expect("flags");
+    assert_eq!(flags, r#"{"yes":true,"mock":true}"#);
+}
+
+/// `runs.flags` keeps its JSON: what earlier versions wrote reads back, and what is written now
+/// has the same shape (the one flags type is the journal's `RunFlags`).
+#[test]
+fn recorded_flags_keep_their_json() {
+    let all = RunFlags {
+        new_run: true,
+        continue_changed: true,
+        resend_unknown: true,
+        yes: true,
+        mock: true,
+        test_to: vec![7, 8],
+    };
+    let yes = RunFlags {
+        yes: true,
+        ..RunFlags::default()
+    };
+    for (json, want) in [
+        ("{}", RunFlags::default()),
+        (r#"{"yes":true}"#, yes),
+        (
+            r#"{"new_run":true,"continue_changed":true,"resend_unknown":true,"yes":true,"mock":true,"test_to":[7,8]}"#,
+            all,
+        ),
+    ] {
+        let read: RunFlags = serde_json::from_str(json).expect("old flags JSON");
+        assert_eq!(read, want, "{json}");
+        assert_eq!(serde_json::to_string(&want).expect("json"), json);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,9 +476,13 @@ async fn two_campaigns_in_one_process_share_the_account_limit() {
     repo.audience("a.csv", 500, 5, &[]);
     let a = repo.campaign("one", "a.csv", "http://127.0.0.1:9", "");
     let b = repo.campaign("two", "a.csv", "http://127.0.0.1:9", "");
+    // The mock admits 10× the account limit and records when it counted each delivery: only the
+    // shared limiter keeps the two runs under 200 a second, and the record shows it.
+    let rec = repo.path("record.jsonl");
     let m = mock::start(MockConfig {
-        limit: 200,
+        limit: 2_000,
         window: Duration::from_secs(1),
+        record: Some(rec.clone()),
         ..MockConfig::default()
     })
     .await
@@ -405,8 +501,29 @@ async fn two_campaigns_in_one_process_share_the_account_limit() {
     m.shutdown().await;
     assert_eq!((x.exit, y.exit), (Exit::Ok, Exit::Ok));
     assert_eq!(stats.messages, 1_000);
-    assert!(stats.max_in_window <= 200, "{stats:?}");
-    assert_eq!(stats.rate_limited, 0);
+    assert_window(
+        &rec,
+        stats.delivered,
+        200,
+        Duration::from_secs(1),
+        "two runs",
+    );
+}
+
+/// From the mock's record (not its counters, which refuse anything over its own limit): every
+/// rolling `window` holds at most `limit` deliveries, and the fullest at least half of it (the
+/// check is not vacuous: the client pushed against the limit).
+fn assert_window(rec: &Path, delivered: u64, limit: u64, window: Duration, ctx: &str) {
+    let lines = record_lines(rec, delivered);
+    let worst = max_in_window(&stamps(&lines, None), window);
+    assert!(
+        worst <= limit,
+        "{ctx}: {worst} deliveries in one window of {window:?} (limit {limit})"
+    );
+    assert!(
+        worst * 2 >= limit,
+        "{ctx}: only {worst} in the fullest window"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,7 +557,7 @@ async fn quiet_hours_pause_the_engine_and_it_continues_after() {
     ));
     let s2 = seen.clone();
     let c2 = clock.clone();
-    r.progress = Some(Arc::new(move |p: &Progress| {
+    r.hooks.progress = Some(Arc::new(move |p: &Progress| {
         s2.lock()
             .expect("lock")
             .push((c2.now(), p.quiet_until.clone(), p.calls_done));
@@ -495,14 +612,8 @@ impl MockServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start mock-server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("address line");
-        MockServer {
-            child,
-            addr: line.trim().to_string(),
-        }
+        let addr = first_line_within(&mut child, Duration::from_secs(60), "imcast mock-server");
+        MockServer { child, addr }
     }
 
     fn endpoint(&self) -> String {
@@ -591,7 +702,7 @@ fn readme_demo_command_runs_against_the_embedded_mock() {
             .env_remove("VOLC_ACCESSKEY")
             .env_remove("VOLC_SECRETKEY")
             .stdin(Stdio::null())
-            .output()
+            .output_limited()
             .expect("run imcast")
     };
     let out = run(&["--mock", "--yes"]);
@@ -630,8 +741,11 @@ fn readme_demo_command_runs_against_the_embedded_mock() {
 /// to be sent and asks; "n" sends nothing, "y" sends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_terminal_run_asks_before_sending() {
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: util-linux `script` (to get a pseudo-terminal) is not installed");
+    if !crate::common::require_tool(
+        "script",
+        "the confirmation prompt on a terminal was NOT checked (util-linux `script` gives the \
+         pseudo-terminal)",
+    ) {
         return;
     }
     let repo = Repo::new("");
@@ -652,7 +766,8 @@ async fn on_a_terminal_run_asks_before_sending() {
                 let mut child = c.spawn().expect("run script");
                 let mut stdin = child.stdin.take().expect("stdin");
                 stdin.write_all(answer.as_bytes()).expect("answer");
-                let out = child.wait_with_output().expect("wait");
+                // stdin stays open until the child ends (EOF would end the terminal session).
+                let out = wait_within(child, CHILD_LIMIT, "imcast run on a pseudo-terminal");
                 drop(stdin);
                 out
             })
@@ -702,7 +817,7 @@ fn real_sends_need_credentials_and_a_confirmation() {
     let out = imcast_run(&repo, &file, &["--yes"])
         .env_remove("VOLC_ACCESSKEY")
         .env_remove("VOLC_SECRETKEY")
-        .output()
+        .output_limited()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
@@ -710,7 +825,7 @@ fn real_sends_need_credentials_and_a_confirmation() {
         stderr.contains("VOLC_ACCESSKEY") && stderr.contains("--mock"),
         "{stderr}"
     );
-    let out = imcast_run(&repo, &file, &[]).output().expect("run");
+    let out = imcast_run(&repo, &file, &[]).output_limited().expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--yes"), "{stderr}");
@@ -727,54 +842,74 @@ fn throttle_1000_per_5s_with_6000_recipients_zero_429s() {
     // 60 groups of 100: 60 calls of 100 receivers.
     repo.audience("a.csv", 6_000, 60, &[]);
     let file = repo.campaign("throttle", "a.csv", &mock.endpoint(), "");
-    let out = imcast_run(&repo, &file, &["--yes"]).output().expect("run");
+    let out = imcast_run(&repo, &file, &["--yes"])
+        .output_limited()
+        .expect("run");
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The mock runs at the provider's own limit and refuses anything over it, so its window
+    // counter can never show an overshoot: zero 429s is the check (the record-based window
+    // check with the mock's limit raised is in throttle.rs).
     let st = mock.stats();
     assert_eq!(st.rate_limited, 0, "zero 429s: {st:?}");
     assert_eq!(st.messages, 6_000);
-    assert!(st.max_in_window <= 1_000, "{st:?}");
 }
 
+/// The real binary and a real mock process; as strict as the fake-transport version in
+/// sender.rs: one call in flight, so the crash at the 4th call leaves exactly that call unknown.
 #[test]
 fn crash_at_each_failpoint_then_resume() {
     for point in ["after_mark", "after_response", "before_commit"] {
-        let repo = Repo::new("[limits.batch]\nlimit = 300\nwindow = \"1s\"\n");
+        let repo = Repo::new(
+            "[limits.batch]\nlimit = 300\nwindow = \"1s\"\n[send]\nmax_batch_in_flight = 1\n",
+        );
         let rec = repo.path("record.jsonl");
+        // The mock admits 10× the limit: the record shows whether the limit held across the crash.
         let mock = MockServer::start(&[
             "--limit",
-            "300",
+            "3000",
             "--window",
             "1s",
             "--record",
             rec.to_str().expect("utf8"),
         ]);
+        // 20 content groups of 50: 20 calls of 50 receivers.
         let ids = repo.audience("a.csv", 1_000, 20, &[]);
         let file = repo.campaign("crash", "a.csv", &mock.endpoint(), "");
         let out = imcast_run(&repo, &file, &["--yes"])
             .env("IMCAST_FAILPOINT", format!("{point}:4"))
-            .output()
+            .output_limited()
             .expect("run");
-        assert_ne!(out.status.code(), Some(0), "{point}: the process aborted");
+        assert!(!out.status.success(), "{point}: the process aborted");
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("IMCAST_FAILPOINT"),
-            "{point}"
+            String::from_utf8_lossy(&out.stderr)
+                .contains(&format!("IMCAST_FAILPOINT={point}: aborting")),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
         let out = imcast_run(&repo, &file, &["--yes"])
-            .output()
+            .output_limited()
             .expect("resume");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            matches!(out.status.code(), Some(0) | Some(3)),
-            "{point}: {stderr}"
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{point}: finished with unknown recipients: {stderr}"
         );
         assert!(stderr.contains("Resuming"), "{point}: {stderr}");
-        let (_, st) = latest_statuses(&repo, "crash");
+        let (run, st) = latest_statuses(&repo, "crash");
         let unknown = with_status(&st, "unknown");
+        let (unknown_calls, in_unknown_call) = unknown_call_receivers(&repo.journal(), &run);
+        assert_eq!(unknown_calls, 1, "{point}: the crashed call is unknown");
+        assert_eq!(
+            unknown, in_unknown_call,
+            "{point}: its receivers, and only they, are unknown"
+        );
+        assert_eq!(unknown.len(), 50, "{point}: one call's receivers");
         let sent = with_status(&st, "sent");
         let all: BTreeSet<u64> = ids.iter().copied().collect();
         assert_eq!(
@@ -782,25 +917,29 @@ fn crash_at_each_failpoint_then_resume() {
             all.difference(&unknown).copied().collect::<BTreeSet<_>>(),
             "{point}: everyone but unknown is sent"
         );
-        let delivered = record(&rec);
+        let stats = mock.stats();
+        let lines = record_lines(&rec, stats.delivered);
+        let delivered = record(&lines);
         assert!(
             delivered.values().all(|&n| n == 1),
             "{point}: no duplicates"
         );
-        let dset: BTreeSet<u64> = delivered.keys().copied().collect();
-        assert!(sent.is_subset(&dset), "{point}: sent were delivered");
-        assert!(
-            dset.difference(&sent).all(|i| unknown.contains(i)),
-            "{point}: deliveries = audience minus unknown (plus unknown ones that arrived)"
-        );
-        if point == "after_mark" {
-            assert!(unknown.is_empty() || !unknown.is_subset(&dset));
-        } else {
-            assert!(!unknown.is_empty(), "{point}: the crashed call is unknown");
-        }
-        let stats = mock.stats();
         assert_eq!(stats.duplicates, 0, "{point}");
-        assert!(stats.max_in_window <= 300, "{point}: {stats:?}");
+        let dset: BTreeSet<u64> = delivered.keys().copied().collect();
+        if point == "after_mark" {
+            assert_eq!(dset, sent, "after_mark: the crashed request never left");
+        } else {
+            assert_eq!(
+                dset, all,
+                "{point}: the provider had processed the crashed call"
+            );
+        }
+        let worst = max_in_window(&stamps(&lines, None), Duration::from_secs(1));
+        assert!(
+            worst <= 300,
+            "{point}: {worst} deliveries in one second across the crash"
+        );
+        assert!(worst >= 150, "{point}: only {worst} in the fullest second");
     }
 }
 
@@ -809,9 +948,10 @@ fn crash_at_each_failpoint_then_resume() {
 fn sigint_mid_run_exits_130_then_resume_completes() {
     let rec_dir = tempfile::tempdir().expect("tempdir");
     let rec = rec_dir.path().join("record.jsonl");
+    // The mock admits 10× the limit: the record shows whether it held across the interruption.
     let mock = MockServer::start(&[
         "--limit",
-        "200",
+        "2000",
         "--window",
         "1s",
         "--record",
@@ -820,31 +960,31 @@ fn sigint_mid_run_exits_130_then_resume_completes() {
     let repo = Repo::new("[limits.batch]\nlimit = 200\nwindow = \"1s\"\n");
     let ids = repo.audience("a.csv", 2_000, 40, &[]);
     let file = repo.campaign("sigint", "a.csv", &mock.endpoint(), "");
-    let child = imcast_run(&repo, &file, &["--yes"])
+    let mut child = imcast_run(&repo, &file, &["--yes"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     // Wait until sending has begun (the mock saw messages), then interrupt.
-    loop {
-        if mock.stats().messages > 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_while_running(
+        &mut child,
+        Duration::from_secs(120),
+        "imcast run before its first send",
+        || mock.stats().messages > 0,
+    );
     let ok = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
-        .status()
+        .output_limited()
         .expect("kill");
-    assert!(ok.success());
-    let out = child.wait_with_output().expect("wait");
+    assert!(ok.status.success());
+    let out = wait_within(child, CHILD_LIMIT, "imcast run after SIGINT");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("resume with"), "{stderr}");
     let partial = mock.stats().messages;
     assert!(partial < 2_000, "stopped early");
     let out = imcast_run(&repo, &file, &["--yes"])
-        .output()
+        .output_limited()
         .expect("resume");
     assert_eq!(
         out.status.code(),
@@ -852,16 +992,33 @@ fn sigint_mid_run_exits_130_then_resume_completes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let delivered = record(&rec);
+    let stats = mock.stats();
+    let delivered = record(&record_lines(&rec, stats.delivered));
     assert_eq!(delivered.len(), ids.len());
     assert!(delivered.values().all(|&n| n == 1));
-    assert!(mock.stats().max_in_window <= 200);
+    assert_window(
+        &rec,
+        stats.delivered,
+        200,
+        Duration::from_secs(1),
+        "across SIGINT and resume",
+    );
 }
 
 #[test]
 fn two_campaigns_in_two_processes_share_the_account_limit() {
-    let mock = MockServer::start(&["--limit", "200", "--window", "1s"]);
     let repo = Repo::new("[limits.batch]\nlimit = 200\nwindow = \"1s\"\n");
+    let rec = repo.path("record.jsonl");
+    // The mock admits 10× the account limit: only the limiter the two processes share keeps them
+    // under 200 a second, and the record shows it.
+    let mock = MockServer::start(&[
+        "--limit",
+        "2000",
+        "--window",
+        "1s",
+        "--record",
+        rec.to_str().expect("utf8"),
+    ]);
     repo.audience("a.csv", 600, 6, &[]);
     let a = repo.campaign("one", "a.csv", &mock.endpoint(), "");
     let b = repo.campaign("two", "a.csv", &mock.endpoint(), "");
@@ -877,8 +1034,8 @@ fn two_campaigns_in_two_processes_share_the_account_limit() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn b");
-    let oa = pa.wait_with_output().expect("a");
-    let ob = pb.wait_with_output().expect("b");
+    let oa = wait_within(pa, CHILD_LIMIT, "imcast run one");
+    let ob = wait_within(pb, CHILD_LIMIT, "imcast run two");
     assert_eq!(
         oa.status.code(),
         Some(0),
@@ -893,8 +1050,13 @@ fn two_campaigns_in_two_processes_share_the_account_limit() {
     );
     let st = mock.stats();
     assert_eq!(st.messages, 1_200);
-    assert!(st.max_in_window <= 200, "{st:?}");
-    assert_eq!(st.rate_limited, 0);
+    assert_window(
+        &rec,
+        st.delivered,
+        200,
+        Duration::from_secs(1),
+        "two processes",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

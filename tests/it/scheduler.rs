@@ -1,12 +1,13 @@
 //! The scheduler on a simulated clock: a real state database and real campaign files in a temp
-//! dir, the stand-in campaign source and a fake runner. No test sleeps.
+//! dir, the stand-in campaign source and a fake runner. No test sleeps: the async run loop's
+//! test waits (with a time limit) for the runner to report a start.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use imcast::clock::{Clock, SimClock};
-use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
+use imcast::daemon::runner::{FakeRunner, RunOutcome, RunRequest, RunStatus, Runner};
 use imcast::daemon::source::StandInSource;
 use imcast::daemon::state;
 use imcast::daemon::{Daemon, DaemonConfig};
@@ -656,7 +657,7 @@ fn edit_remove_and_invalid_files_while_a_run_is_going() {
 
 use std::process::Command;
 
-use crate::common::bin;
+use crate::common::{bin, OutputWithin};
 
 fn redact(s: &str, env: &Env) -> String {
     s.replace(&env.dir.display().to_string(), "[DIR]")
@@ -723,7 +724,7 @@ fn schedule_command_lists_next_in_zone_and_utc_and_past_outcomes() {
         .arg("--state-dir")
         .arg(&env.state)
         .args(["--now", "2026-03-07T12:00:00Z"])
-        .output()
+        .output_limited()
         .expect("run imcast schedule");
     assert_eq!(
         out.status.code(),
@@ -751,7 +752,7 @@ fn schedule_command_lists_next_in_zone_and_utc_and_past_outcomes() {
             "--next",
             "1",
         ])
-        .output()
+        .output_limited()
         .expect("run imcast schedule");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let daily = &v["campaigns"][0];
@@ -767,7 +768,7 @@ fn control_command_names_unknown_campaigns() {
     let out = Command::new(bin())
         .args(["pause", "dayly", "--no-wait", "--state-dir"])
         .arg(&env.state)
-        .output()
+        .output_limited()
         .expect("run imcast pause");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -777,7 +778,7 @@ fn control_command_names_unknown_campaigns() {
     let out = Command::new(bin())
         .args(["cancel", "daily", "--no-wait", "--state-dir"])
         .arg(&env.state)
-        .output()
+        .output_limited()
         .expect("run imcast cancel");
     assert_eq!(out.status.code(), Some(0));
     let pending = env.journal().pending_controls().expect("q");
@@ -843,7 +844,7 @@ fn prune_deletes_old_finished_occurrences_only() {
     let out = Command::new(bin())
         .args(["prune", "--older-than", "90d", "--state-dir"])
         .arg(&env.state)
-        .output()
+        .output_limited()
         .expect("run imcast prune");
     assert_eq!(
         out.status.code(),
@@ -853,7 +854,7 @@ fn prune_deletes_old_finished_occurrences_only() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("pruned 1 run(s) (1 call(s), 1 recipient row(s)), 1 schedule occurrence"),
+        stdout.contains("pruned 1 run (1 call, 1 recipient row), 1 schedule occurrence"),
         "{stdout}"
     );
     let check = env.conn();
@@ -898,21 +899,60 @@ pub mod http {
     }
 }
 
+/// A [`FakeRunner`] that tells a watcher how many runs it has started.
+struct Announcing {
+    inner: Arc<FakeRunner>,
+    started: tokio::sync::watch::Sender<usize>,
+}
+
+impl Runner for Announcing {
+    fn start(&self, req: RunRequest) -> Result<(), String> {
+        let r = self.inner.start(req);
+        self.started.send_modify(|n| *n += 1);
+        r
+    }
+    fn status(&self, run_key: &str) -> RunStatus {
+        self.inner.status(run_key)
+    }
+    fn pause(&self, run_key: &str) {
+        self.inner.pause(run_key)
+    }
+    fn resume(&self, run_key: &str) {
+        self.inner.resume(run_key)
+    }
+    fn cancel(&self, run_key: &str) {
+        self.inner.cancel(run_key)
+    }
+    fn shutdown(&self) {
+        self.inner.shutdown()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_run_loop_fires_on_sim_clock_and_stops_gracefully() {
     let env = Env::new("2026-03-01T00:00:00Z");
     env.write("a.yaml", "name: a\nschedule:\n  at: 2026-03-01T00:05:00Z\n");
     let runner = Arc::new(FakeRunner::new());
-    let d = env.daemon(&runner);
+    let (started, mut starts) = tokio::sync::watch::channel(0usize);
+    let announcing = Arc::new(Announcing {
+        inner: runner.clone(),
+        started,
+    });
+    let d = Daemon::open(
+        DaemonConfig::new(&env.dir, &env.state),
+        Arc::new(env.clock.clone()),
+        Box::new(StandInSource),
+        announcing,
+    )
+    .expect("open daemon");
     let (tx, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(d.run(rx));
-    // The SimClock advances one second per tick; wait (bounded) for the simulated 00:05.
-    for _ in 0..3000 {
-        if !runner.starts().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The SimClock advances one second per tick: the start comes at the simulated 00:05, after
+    // 300 ticks on the blocking pool. Waited for, not slept on (a minute at most).
+    tokio::time::timeout(Duration::from_secs(60), starts.wait_for(|n| *n > 0))
+        .await
+        .expect("the run loop started the occurrence within a minute")
+        .expect("the runner is alive");
     assert_eq!(runner.starts(), vec!["a@2026-03-01T00:05:00Z"]);
     tx.send(true).expect("send shutdown");
     task.await.expect("join").expect("daemon run ok");

@@ -20,6 +20,8 @@ use imcast::send::{Call, CallSource, Calls, Engine, EngineConfig, RunEnd, StopRe
 use imcast::throttle::{Limiter, LimiterOptions};
 use jiff::Timestamp;
 
+use crate::common::OutputWithin;
+
 pub(crate) fn t0() -> Timestamp {
     "2026-03-01T09:00:00Z".parse().expect("valid time")
 }
@@ -198,23 +200,13 @@ pub(crate) fn statuses(j: &SharedJournal, run: &str) -> BTreeMap<u64, RecipientS
         .collect()
 }
 
+/// [`crate::common::max_in_window`] over the fake transport's start stamps.
 fn max_in_window(starts: &[(Timestamp, u64)], w: Duration) -> u64 {
-    let mut v: Vec<(i128, u64)> = starts
+    let v: Vec<(i128, u64)> = starts
         .iter()
         .map(|(t, n)| (t.as_nanosecond(), *n))
         .collect();
-    v.sort();
-    let w = w.as_nanos() as i128;
-    let (mut lo, mut sum, mut best) = (0, 0, 0);
-    for hi in 0..v.len() {
-        sum += v[hi].1;
-        while v[lo].0 < v[hi].0 - w {
-            sum -= v[lo].1;
-            lo += 1;
-        }
-        best = best.max(sum);
-    }
-    best
+    crate::common::max_in_window(&v, w)
 }
 
 #[tokio::test]
@@ -870,48 +862,67 @@ fn regex_free_redact(csv: &str) -> String {
         .join("\n")
 }
 
-fn run_args(file: &std::path::Path) -> imcast::cli::RunArgs {
-    imcast::cli::RunArgs {
-        file: file.to_path_buf(),
-        mock: false,
-        yes: true,
-        new_run: false,
-        continue_changed: false,
-        resend_unknown: false,
-        test_to: Vec::new(),
-        report_dir: None,
-        report_format: None,
-        allow_endpoint: Vec::new(),
-        state: imcast::cli::StateArgs::default(),
-    }
-}
-
-fn inputs(
+/// What `imcast run --yes` on `file` would run with, for a fake plan of `recipients` in `calls`
+/// calls: the plan's facts, and the settings resolved from the campaign file and the
+/// repository's imcast.toml (`edit` changes the loaded campaign first).
+fn inputs_with(
     file: &std::path::Path,
     hash: &str,
     recipients: u64,
     calls: u64,
-) -> imcast::cmd::run::RunInputs {
-    imcast::cmd::run::RunInputs {
-        campaign_file: file.to_path_buf(),
-        campaign: "spring-sale".into(),
-        occurrence: None,
-        action: Action::Batch,
-        app_id: 1,
-        endpoint: "http://127.0.0.1:1".into(),
-        access_key_id: Some("AKTEST".into()),
-        plan_hash: hash.into(),
-        content_key: None,
-        total_calls: calls,
-        recipients,
-        sample_message: "hello".into(),
-        campaign_throttle: None,
-        retry_max_attempts: 3,
-        breaker: None,
-        deadline: None,
-        guard_max_recipients: None,
-        is_test: false,
+    edit: impl FnOnce(&mut imcast::spec::Campaign),
+) -> imcast::run::Inputs {
+    let paths = imcast::config::RepoPaths::discover(file, None, None, None);
+    let mut c = imcast::spec::load(file, &imcast::spec::LoadOptions::default()).expect("campaign");
+    edit(&mut c);
+    let account = paths.account_config().expect("imcast.toml");
+    let flags = RunFlags {
+        yes: true,
+        ..RunFlags::default()
+    };
+    imcast::run::Inputs {
+        facts: imcast::run::Facts {
+            campaign_file: file.to_path_buf(),
+            campaign: "spring-sale".into(),
+            occurrence: None,
+            app_id: 1,
+            endpoint: "http://127.0.0.1:1".into(),
+            access_key_id: Some("AKTEST".into()),
+            plan_hash: hash.into(),
+            content_key: None,
+            total_calls: calls,
+            recipients,
+            sample_message: "hello".into(),
+        },
+        settings: imcast::run::Settings::resolve(&c, &account, &flags, None),
+        paths,
+        hooks: imcast::run::Hooks::default(),
     }
+}
+
+fn inputs(file: &std::path::Path, hash: &str, recipients: u64, calls: u64) -> imcast::run::Inputs {
+    inputs_with(file, hash, recipients, calls, |_| {})
+}
+
+/// [`imcast::run::execute`] on `rt`, to the summary's exit.
+fn execute<'r>(
+    rt: &tokio::runtime::Runtime,
+    inputs: imcast::run::Inputs,
+    seed: &mut dyn FnMut() -> SeedRows<'r, String>,
+    source: Arc<VecSource>,
+    transport: Arc<FakeTransport>,
+    clock: SharedClock,
+) -> Result<Exit, imcast::exit::Failure> {
+    imcast::run::execute(
+        rt.handle(),
+        inputs,
+        seed,
+        source,
+        transport,
+        clock,
+        StopToken::new(),
+    )
+    .map(|s| s.exit)
 }
 
 /// A campaigns repository: imcast.toml with a lowered limit, one campaign file.
@@ -924,7 +935,11 @@ fn repo() -> (tempfile::TempDir, PathBuf) {
     .expect("write toml");
     std::fs::create_dir(dir.path().join("campaigns")).expect("mkdir");
     let file = dir.path().join("campaigns/spring.yaml");
-    std::fs::write(&file, "name: spring-sale\naction: batch\n").expect("write campaign");
+    std::fs::write(
+        &file,
+        "version: 1\nname: spring-sale\nprovider: { app_id: 1, region: cn-north-1, endpoint: \"http://127.0.0.1:1\" }\naction: batch\nsender: 1\naudience: { ids: [1] }\nmessage: { type: text, text: hello }\n",
+    )
+    .expect("write campaign");
     (dir, file)
 }
 
@@ -936,9 +951,8 @@ fn execute_runs_resumes_refuses_changes_and_writes_the_report() {
     let clock: SharedClock = Arc::new(SimClock::new(t0()));
     let fake = Arc::new(FakeTransport::new(Action::Batch, Faults::default()).recording_starts());
     let mut seed = || -> SeedRows<'_, String> { Box::new(rows.iter().cloned().map(Ok)) };
-    let exit = imcast::cmd::run::execute(
+    let exit = execute(
         &rt,
-        &run_args(&file),
         inputs(&file, "h1", 300, calls.len() as u64),
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -961,9 +975,8 @@ fn execute_runs_resumes_refuses_changes_and_writes_the_report() {
 
     // Again: already finished, nothing sent.
     let before = fake.requests();
-    let exit = imcast::cmd::run::execute(
+    let exit = execute(
         &rt,
-        &run_args(&file),
         inputs(&file, "h1", 300, calls.len() as u64),
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -975,11 +988,11 @@ fn execute_runs_resumes_refuses_changes_and_writes_the_report() {
     assert_eq!(fake.requests(), before);
 
     // The guard refuses a larger audience before anything else.
-    let mut inp = inputs(&file, "h2", 300, calls.len() as u64);
-    inp.guard_max_recipients = Some(100);
-    let err = imcast::cmd::run::execute(
+    let inp = inputs_with(&file, "h2", 300, calls.len() as u64, |c| {
+        c.guard_max_recipients = Some(100)
+    });
+    let err = execute(
         &rt,
-        &run_args(&file),
         inp,
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -1005,15 +1018,15 @@ fn execute_refuses_a_changed_plan_with_exit_7() {
         },
     ));
     let mut seed = || -> SeedRows<'_, String> { Box::new(rows.iter().cloned().map(Ok)) };
-    let mut inp = inputs(&file, "h1", 100, calls.len() as u64);
-    inp.breaker = Some(BreakerSettings {
-        consecutive_failures: 2,
-        window_calls: 0,
-        max_failure_ratio: 1.0,
+    let inp = inputs_with(&file, "h1", 100, calls.len() as u64, |c| {
+        c.breaker = imcast::config::BreakerFields {
+            consecutive_failures: Some(2),
+            window_calls: Some(0),
+            max_failure_ratio: Some(1.0),
+        }
     });
-    let exit = imcast::cmd::run::execute(
+    let exit = execute(
         &rt,
-        &run_args(&file),
         inp,
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -1023,9 +1036,8 @@ fn execute_refuses_a_changed_plan_with_exit_7() {
     .expect("run");
     assert_eq!(exit, Exit::Breaker);
     let good = Arc::new(FakeTransport::new(Action::Batch, Faults::default()));
-    let err = imcast::cmd::run::execute(
+    let err = execute(
         &rt,
-        &run_args(&file),
         inputs(&file, "h2", 100, calls.len() as u64),
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -1036,9 +1048,8 @@ fn execute_refuses_a_changed_plan_with_exit_7() {
     assert_eq!(err.exit, Exit::Changed);
     assert_eq!(good.requests(), 0, "nothing sent on a changed plan");
     // The same plan resumes and completes.
-    let exit = imcast::cmd::run::execute(
+    let exit = execute(
         &rt,
-        &run_args(&file),
         inputs(&file, "h1", 100, calls.len() as u64),
         &mut seed,
         Arc::new(VecSource(calls.clone())),
@@ -1076,9 +1087,8 @@ fn status_and_report_commands_read_the_journal() {
     let clock: SharedClock = Arc::new(SimClock::new(t0()));
     let fake = Arc::new(FakeTransport::new(Action::Batch, Faults::default()));
     let mut seed = || -> SeedRows<'_, String> { Box::new(rows.iter().cloned().map(Ok)) };
-    imcast::cmd::run::execute(
+    execute(
         &rt,
-        &run_args(&file),
         inputs(&file, "h1", 20, 2),
         &mut seed,
         Arc::new(VecSource(calls)),
@@ -1090,7 +1100,7 @@ fn status_and_report_commands_read_the_journal() {
     let out = std::process::Command::new(crate::common::bin())
         .arg("status")
         .arg(&file)
-        .output()
+        .output_limited()
         .expect("status");
     assert_eq!(
         out.status.code(),
@@ -1123,7 +1133,7 @@ fn status_and_report_commands_read_the_journal() {
     let out = std::process::Command::new(crate::common::bin())
         .args(["status", "--output", "json"])
         .arg(&file)
-        .output()
+        .output_limited()
         .expect("status json");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["counts"]["sent"], 20);
@@ -1133,7 +1143,7 @@ fn status_and_report_commands_read_the_journal() {
     let out = std::process::Command::new(crate::common::bin())
         .arg("report")
         .arg(&file)
-        .output()
+        .output_limited()
         .expect("report");
     assert_eq!(
         out.status.code(),
@@ -1150,7 +1160,7 @@ fn status_and_report_commands_read_the_journal() {
     let out = std::process::Command::new(crate::common::bin())
         .args(["report", "--run", "nope"])
         .arg(&file)
-        .output()
+        .output_limited()
         .expect("report");
     assert_eq!(out.status.code(), Some(2));
 
@@ -1160,7 +1170,7 @@ fn status_and_report_commands_read_the_journal() {
     let out = std::process::Command::new(crate::common::bin())
         .arg("status")
         .arg(&other)
-        .output()
+        .output_limited()
         .expect("status");
     assert!(String::from_utf8_lossy(&out.stdout).contains("no runs yet"));
 }
@@ -1213,7 +1223,7 @@ fn crash_at_each_failpoint_then_resume() {
             .args(["--exact", "sender::crash_child", "--ignored", "--nocapture"])
             .env(CHILD_STATE, &state)
             .env("IMCAST_FAILPOINT", format!("{point}:4"))
-            .output()
+            .output_limited()
             .expect("spawn child");
         assert!(
             !out.status.success(),
@@ -1394,8 +1404,9 @@ fn two_processes_share_the_limiter() {
         })
         .collect();
     let (mut stamps, mut admissions) = (Vec::new(), Vec::new());
-    for (mut child, out) in children {
-        assert!(child.wait().expect("wait").success());
+    for (child, out) in children {
+        let done = crate::common::wait_within(child, crate::common::CHILD_LIMIT, "limiter child");
+        assert!(done.status.success(), "limiter child: {}", done.status);
         for l in std::fs::read_to_string(out).expect("out").lines() {
             let f: Vec<&str> = l.split(' ').collect();
             let ts = |s: &str| Timestamp::from_nanosecond(s.parse().expect("t")).expect("ts");
@@ -1488,7 +1499,7 @@ fn bench_engine() {
             / 1024.0
     }
     if std::env::var_os("IMCAST_BENCH").is_none() {
-        eprintln!("set IMCAST_BENCH=1 to run the benchmark");
+        crate::common::loud("benchmark NOT RUN: set IMCAST_BENCH=1 to run it");
         return;
     }
     let users: u64 = std::env::var("IMCAST_BENCH_USERS")

@@ -2,7 +2,7 @@
 
 use imcast::spec::{self, Deadline, LoadOptions, Source};
 
-use crate::common::{Fixture, HEAD};
+use crate::common::{Fixture, OutputWithin, HEAD};
 
 fn load_err(f: &Fixture, text: &str) -> String {
     let p = f.write("c.yaml", text);
@@ -63,11 +63,11 @@ breaker: { consecutive_failures: 2, window_calls: 10, max_failure_ratio: 0.25 }
         "https://open-ap-singapore-1.volcengineapi.com/"
     );
     assert_eq!(c.message.msg_type, 10001);
-    assert_eq!(c.retry_max_attempts, 4);
+    assert_eq!(c.retry_max_attempts, Some(4));
     assert_eq!(c.guard_max_recipients, Some(10));
-    assert_eq!(c.breaker.consecutive_failures, 2);
-    assert_eq!(c.breaker.window_calls, 10);
-    assert_eq!(c.breaker.max_failure_ratio, 0.25);
+    assert_eq!(c.breaker.consecutive_failures, Some(2));
+    assert_eq!(c.breaker.window_calls, Some(10));
+    assert_eq!(c.breaker.max_failure_ratio, Some(0.25));
     assert_eq!(
         c.deadline,
         Some(Deadline::After(std::time::Duration::from_secs(7200)))
@@ -92,12 +92,21 @@ fn defaults_apply() {
         &LoadOptions::default(),
     );
     assert_eq!(c.endpoint.as_str(), "https://rtc.volcengineapi.com/");
-    assert_eq!(c.retry_max_attempts, 3);
+    // What the file leaves out stays None; a run resolves it (imcast.toml, else the defaults).
+    assert_eq!(c.retry_max_attempts, None);
     assert!(c.throttle.is_none());
-    let t = c.effective_throttle();
-    assert_eq!((t.limit, t.window.as_secs()), (12000, 60));
-    assert_eq!(c.breaker, spec::Breaker::default());
+    assert_eq!(c.breaker, imcast::config::BreakerFields::default());
     assert!(c.deadline.is_none());
+    let s = imcast::run::Settings::resolve(
+        &c,
+        &imcast::config::AccountConfig::default(),
+        &imcast::journal::RunFlags::default(),
+        None,
+    );
+    assert_eq!(s.retry_max_attempts, 3);
+    assert_eq!((s.pace.limit, s.pace.window.as_secs()), (12000, 60));
+    assert_eq!(s.limit, s.pace);
+    assert_eq!(s.breaker, imcast::config::BreakerSettings::default());
 }
 
 #[test]
@@ -476,7 +485,7 @@ fn validate_checks_the_shipped_campaigns_and_examples() {
     let out = std::process::Command::new(crate::common::bin())
         .arg("validate")
         .args(&files)
-        .output()
+        .output_limited()
         .expect("run");
     assert!(
         out.status.success(),

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 
 use serde_json::Value;
 
-use crate::common::{bin, Fixture};
+use crate::common::{bin, Fixture, OutputWithin};
 
 /// One request as it arrived.
 #[derive(Debug, Clone)]
@@ -156,7 +156,7 @@ fn imcast(f: &Fixture, args: &[&str]) -> Output {
         .env_remove("IMCAST_FAILPOINT")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
-        .output()
+        .output_limited()
         .expect("run imcast")
 }
 

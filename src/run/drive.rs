@@ -1,0 +1,137 @@
+//! The engine part of a run, then its report: the shared limiter (the account's share on the
+//! action's key, capped by the campaign's own throttle on the campaign's key), the engine
+//! configured from the resolved settings, and the report written whatever way the engine ended.
+//!
+//! Invariants: every run of the account shares one limiter per action through the state
+//! directory (concurrent processes included); the report is attempted after every engine end,
+//! an engine error included. Must not: print (progress is the caller's callback), or decide a
+//! setting (they come resolved in `Settings`).
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+
+use super::prepare::Prepared;
+use super::{Inputs, RunSummary};
+use crate::clock::SharedClock;
+use crate::exit::{Exit, ExitContext, Failure};
+use crate::journal::SharedJournal;
+use crate::report::{write_report_with, ReportOptions};
+use crate::send::{CallSource, Engine, EngineConfig, StopToken, Transport};
+use crate::throttle::{Limiter, LimiterOptions};
+
+/// `failure` with the run's id in its message.
+fn in_run(failure: Failure, run: &str) -> Failure {
+    Failure {
+        exit: failure.exit,
+        error: failure.error.context(format!("run {run}")),
+    }
+}
+
+/// Drive the prepared run with the engine, then write its report.
+pub(super) async fn drive<S, T>(
+    inputs: Inputs,
+    prepared: Prepared,
+    source: Arc<S>,
+    transport: Arc<T>,
+    clock: SharedClock,
+    stop: StopToken,
+) -> Result<RunSummary, Failure>
+where
+    S: CallSource,
+    T: Transport<Payload = S::Payload>,
+{
+    let Inputs {
+        facts,
+        settings,
+        paths,
+        hooks,
+    } = inputs;
+    let Prepared { journal, run } = prepared;
+    let journal = SharedJournal::new(journal);
+    let throttle_db = paths.state_dir.join(crate::throttle::DB_FILE);
+    let mut limiter = Limiter::open(
+        &throttle_db,
+        settings.action.as_str(),
+        settings.account_limit,
+        LimiterOptions {
+            max_requests_per_second: settings.max_requests_per_second,
+            // The provider client's request timeout, twice (it re-signs once): see `throttle`.
+            call_timeout: crate::throttle::DEFAULT_CALL_TIMEOUT,
+        },
+        clock.clone(),
+    )
+    .exit(Exit::Internal)?;
+    if let Some(t) = settings.campaign_limit {
+        let cap = Limiter::open(
+            &throttle_db,
+            &format!("campaign:{}:{}", facts.campaign, settings.action),
+            t,
+            LimiterOptions::default(),
+            clock.clone(),
+        )
+        .exit(Exit::Internal)?;
+        limiter = limiter.capped_by(cap);
+    }
+
+    let mut cfg = EngineConfig::new(&run.id, &run.campaign, settings.action);
+    cfg.max_in_flight = settings.max_in_flight;
+    cfg.retry_max_attempts = settings.retry_max_attempts;
+    cfg.breaker = settings.breaker;
+    cfg.resend_unknown = settings.flags.resend_unknown;
+    cfg.quiet_hours = settings.quiet_hours.clone();
+    // A resumed run keeps its original start.
+    cfg.deadline = settings.deadline.map(|d| d.at(run.created_at));
+
+    let mut engine = Engine::new(
+        cfg,
+        journal.clone(),
+        limiter,
+        transport,
+        clock.clone(),
+        stop,
+    );
+    if let Some(p) = hooks.progress {
+        engine = engine.with_progress(p);
+    }
+    let end = engine.run(source).await;
+    let reports_dir = paths.reports_dir.clone();
+    let report_opts = ReportOptions {
+        formats: settings.report_formats,
+        campaign_file: Some(facts.campaign_file.clone()),
+        ..ReportOptions::default()
+    };
+    let write_report = {
+        let (j, r) = (journal.clone(), run.id.clone());
+        move || j.with_blocking(|j| write_report_with(j, &r, &reports_dir, &report_opts))
+    };
+    let end = match end {
+        Ok(e) => e,
+        Err(e) => {
+            let exit = e.exit();
+            let _ = tokio::task::spawn_blocking(write_report).await;
+            return Err(in_run(Failure::new(exit, e), &run.id));
+        }
+    };
+    let report = tokio::task::spawn_blocking(write_report)
+        .await
+        .map_err(|e| anyhow!("report task failed: {e}"))
+        .exit(Exit::Internal)?
+        .with_context(|| {
+            format!(
+                "run {} stopped, but its report could not be written; `imcast report` retries",
+                run.id
+            )
+        })
+        .exit(Exit::Internal)?;
+    Ok(RunSummary {
+        run_id: Some(run.id.clone()),
+        exit: end.exit(),
+        status: Some(end.status),
+        reason: Some(end.reason.clone()),
+        counts: end.counts.clone(),
+        calls_done: end.calls_done,
+        report_dir: Some(report.dir.clone()),
+        already_finished: false,
+    })
+}
