@@ -668,10 +668,9 @@ pub(super) fn render(
     tally: Tally,
     opts: &ReportOptions,
 ) -> Result<String, String> {
-    let db = |e: rusqlite::Error| format!("reading the journal for report.html: {e}");
     let journal_err = |e: JournalError| format!("reading the journal for report.html: {e}");
     // The report's own tables (see `facts::record_run`).
-    let (meta, recorded) = facts::recorded(journal.connection(), &run.id).map_err(db)?;
+    let (meta, recorded) = facts::recorded(journal, &run.id).map_err(journal_err)?;
     let end = run.finished_at.unwrap_or(run.updated_at);
     let timeline = facts::timeline(journal, run, end).map_err(journal_err)?;
     let unknown_calls = facts::unknown_calls(journal, &run.id).map_err(journal_err)?;
