@@ -27,15 +27,51 @@
 //! engine stops the run on it.
 //!
 //! Must not: talk to the network; let a rusqlite type into a public signature other than
-//! [`Journal::connection`] (for other stages' own tables) and the [`JournalError::Db`] source.
+//! [`Journal::connection`] (for other stages' own tables in this file, never the journal's) and
+//! the [`JournalError::Db`] source. Integration tests may read the file to check what is stored
+//! (and write rows an older version left); no module of the crate does.
+//!
+//! # The surface, by concern
+//!
+//! The public methods are the operations a store holds: plain data in and out (ids, [`Timestamp`]s,
+//! the row and status types of `types`), every error a [`JournalError`], no transaction or
+//! connection handed out (the next backend implements the same list). By concern:
+//!
+//! - **Opening**: [`Journal::open`], [`Journal::open_path`], [`Journal::open_reader`],
+//!   [`Journal::reader`], [`Journal::path`]; [`new_run_id`], [`create_private_dir`]. Other stages'
+//!   tables in the same file: [`Journal::migrate_extra`], [`Journal::connection`].
+//! - **Runs and the lease**: [`Journal::open_run`] (the resume decision: create, resume,
+//!   continue, reopen, or "already finished", with the lease, in one transaction),
+//!   [`Journal::run`], [`Journal::latest_run`], [`Journal::unfinished_run`], [`Journal::runs`],
+//!   [`Journal::campaigns`], [`Journal::set_status`], [`Journal::claim`], [`Journal::release`],
+//!   [`Journal::prune_runs`].
+//! - **Recipients**: [`Journal::for_each_recipient`], [`Journal::for_each_recipient_ref`],
+//!   [`Journal::recipients`], [`Journal::last_line`], [`Journal::sendable`],
+//!   [`Journal::sendable_detail`], [`Journal::all_valid_pending`], [`Journal::expire_pending`],
+//!   [`Journal::cancel_pending`].
+//! - **Calls**: [`Journal::mark_in_flight`], [`Journal::mark_retry`], [`Journal::record_outcome`],
+//!   [`Journal::write_batch`] and [`SharedJournal::write`] (group commit), [`Journal::recover`]
+//!   (after a crash), [`Journal::prepare_requeue`], [`Journal::extra_calls`],
+//!   [`Journal::any_call_settled`], [`Journal::calls`], [`Journal::calls_in_state`],
+//!   [`Journal::for_each_answered_call`].
+//! - **Counts**: [`Journal::counts`], [`Journal::counts_by_scan`], [`Journal::count_status`],
+//!   [`Journal::call_counts`], [`Journal::attempts`], [`Journal::recent_counts`].
+//! - **Control**: [`Journal::request_control`], [`Journal::control`],
+//!   [`Journal::control_pending`], [`Journal::pending_controls`], [`Journal::clear_control`],
+//!   [`Journal::finish_control`].
+//! - **Audit**: who started a run, where and with which risky flags is part of the run row
+//!   ([`NewRun::audit`] in, [`RunInfo::audit`] and [`RunFlags::risky`] out; [`hostname`]).
+//!
+//! Async callers use [`SharedJournal`] ([`SharedJournal::with`] runs any of the above on the
+//! blocking pool).
 //!
 //! One concern per file: `types` (statuses, runs, rows, writes), `schema` (migrations, the
 //! recipient key, stored time), `runs` (run rows and their status), `lease` (who is sending a
 //! run), `resume` (the `open_run` decision), `calls` (in-flight marks, outcomes, re-queued
 //! receivers, crash recovery), `commit` (group commit and [`SharedJournal`]), `counts` (the
-//! per-status counters), `read` (recipient scans), `control` (pause/resume/cancel requests),
-//! `prune` (deleting old runs). `Ops` below is the set of run statements that can run inside
-//! another statement's transaction (a decision in `open_run`, a migration).
+//! per-status counters), `read` (recipient and call reads), `control` (pause/resume/cancel
+//! requests), `prune` (deleting old runs). `Ops` below is the set of run statements that can run
+//! inside another statement's transaction (a decision in `open_run`, a migration).
 
 mod calls;
 mod commit;
@@ -196,7 +232,9 @@ impl Journal {
         &self.path
     }
 
-    /// The connection, for other stages' own tables (same file, same pragmas).
+    /// The connection, for other stages' own tables in this file (the scheduler's `sched_*`, the
+    /// report's `report_*`; same pragmas). Never for the journal's own tables: their methods are
+    /// the only way to them.
     pub fn connection(&self) -> &Connection {
         &self.conn
     }

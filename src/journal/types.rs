@@ -207,7 +207,7 @@ pub struct RecipientRow {
     pub time: Option<String>,
 }
 
-/// A receiver still to send, as [`Journal::sendable_detail`] finds it.
+/// A receiver still to send, as [`Journal::sendable_detail`](super::Journal::sendable_detail) finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sendable {
     pub id: u64,
@@ -217,7 +217,7 @@ pub struct Sendable {
     pub pending: bool,
 }
 
-/// One recipient row borrowed from the database (see [`Journal::for_each_recipient_ref`]).
+/// One recipient row borrowed from the database (see [`Journal::for_each_recipient_ref`](super::Journal::for_each_recipient_ref)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecipientRef<'a> {
     pub line: u64,
@@ -237,7 +237,7 @@ pub struct RecipientRef<'a> {
 }
 
 impl RecipientRef<'_> {
-    /// The owned row, as [`Journal::for_each_recipient`] gives it.
+    /// The owned row, as [`Journal::for_each_recipient`](super::Journal::for_each_recipient) gives it.
     pub fn to_row(&self) -> RecipientRow {
         RecipientRow {
             line: self.line,
@@ -271,7 +271,7 @@ pub struct RecipientUpdate {
     pub detail: Option<String>,
 }
 
-/// One call row as stored (see [`Journal::calls`](super::Journal::calls)).
+/// One call row as stored (see [`Journal::calls`](super::Journal::calls)(super::Journal::calls)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRow {
     pub seq: u64,
@@ -288,7 +288,7 @@ pub struct CallRow {
 }
 
 /// An answered call as the report's timeline needs it (see
-/// [`Journal::for_each_answered_call`](super::Journal::for_each_answered_call)).
+/// [`Journal::for_each_answered_call`](super::Journal::for_each_answered_call)(super::Journal::for_each_answered_call)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallEnd {
     /// When its outcome was written.
@@ -326,7 +326,7 @@ pub enum Write {
     Outcome(Outcome),
 }
 
-/// How [`Journal::open_run`] should treat an existing run.
+/// How [`Journal::open_run`](super::Journal::open_run) should treat an existing run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResumeOptions {
     pub new_run: bool,
@@ -334,7 +334,7 @@ pub struct ResumeOptions {
     pub resend_unknown: bool,
 }
 
-/// What [`Journal::open_run`] did.
+/// What [`Journal::open_run`](super::Journal::open_run) did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Opened {
     /// A new run was created and seeded.
