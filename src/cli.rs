@@ -491,7 +491,7 @@ where
     match dispatch(cli) {
         Ok(exit) => exit.into(),
         Err(failure) => {
-            eprintln!("error: {failure}");
+            crate::errln!("error: {failure}");
             failure.exit.into()
         }
     }

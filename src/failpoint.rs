@@ -54,7 +54,7 @@ pub fn hit(p: Point) {
         if name == p.name() {
             let k = HITS.fetch_add(1, Ordering::SeqCst) + 1;
             if k == *n {
-                eprintln!("IMCAST_FAILPOINT={}: aborting", p.name());
+                crate::errln!("IMCAST_FAILPOINT={}: aborting", p.name());
                 std::process::abort();
             }
         }

@@ -711,7 +711,8 @@ fn produce<S: CallSource>(
     resend_unknown: bool,
     tx: mpsc::Sender<Produced<S::Payload>>,
 ) {
-    let reader = match crate::journal::Journal::open_path(db_path) {
+    // This connection only looks up a call's receivers: a small page cache (memory stays flat).
+    let reader = match crate::journal::Journal::open_reader(db_path, 2048) {
         Ok(r) => r,
         Err(e) => {
             let _ = tx.blocking_send(Produced::Error {
@@ -721,8 +722,6 @@ fn produce<S: CallSource>(
             return;
         }
     };
-    // This connection only looks up a call's receivers: a small page cache (memory stays flat).
-    let _ = reader.connection().pragma_update(None, "cache_size", -2048);
     // A fresh run: every receiver the plan names is pending and none was re-queued, no lookup
     // per call needed.
     let fresh = match reader

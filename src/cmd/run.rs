@@ -16,12 +16,12 @@
 use crate::output::count;
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::cli::{GlobalArgs, RunArgs};
-use crate::clock::SystemClock;
+use crate::clock::{Stopwatch, SystemClock};
 use crate::config::RepoPaths;
 use crate::exit::{CmdResult, Exit, ExitContext};
 use crate::journal::{Journal, RunFlags};
@@ -86,10 +86,10 @@ fn spawn_signal_handler(stop: StopToken, signal_exit: Arc<Mutex<Option<Exit>>>) 
                     g.get_or_insert(exit);
                 }
                 if stop.stop() >= 2 {
-                    eprintln!("Second signal: aborting now. The journal is consistent; resume with `imcast run`.");
+                    crate::errln!("Second signal: aborting now. The journal is consistent; resume with `imcast run`.");
                     std::process::exit(i32::from(exit.code()));
                 }
-                eprintln!("Stopping: no new calls; waiting for calls in flight to finish (signal again to abort).");
+                crate::errln!("Stopping: no new calls; waiting for calls in flight to finish (signal again to abort).");
             }
         }
         #[cfg(not(unix))]
@@ -111,7 +111,7 @@ fn spawn_signal_handler(stop: StopToken, signal_exit: Arc<Mutex<Option<Exit>>>) 
 /// Progress on stderr: a bar on a terminal, a log line every 10 s otherwise.
 struct Renderer {
     bar: Option<indicatif::ProgressBar>,
-    last_log: Mutex<Option<Instant>>,
+    last_log: Mutex<Option<Stopwatch>>,
 }
 
 impl Renderer {
@@ -166,7 +166,7 @@ impl Renderer {
         let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
         let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
         if due {
-            *last = Some(Instant::now());
+            *last = Some(Stopwatch::start());
             tracing::info!(
                 run = %p.run_id,
                 settled = p.settled(),
@@ -194,26 +194,26 @@ fn print_summary(s: &RunSummary, file: &std::path::Path) {
     if s.already_finished {
         return;
     }
-    eprintln!("Run {id} {status}: {}.", describe_counts(&s.counts));
+    crate::errln!("Run {id} {status}: {}.", describe_counts(&s.counts));
     match &s.reason {
         None | Some(StopReason::Completed | StopReason::Deadline | StopReason::Cancelled) => {}
         Some(StopReason::Interrupted) => {
-            eprintln!("Stopped by a signal; resume with: imcast run {file}")
+            crate::errln!("Stopped by a signal; resume with: imcast run {file}")
         }
         Some(StopReason::Breaker { message }) => {
-            eprintln!("{message}\nResume with: imcast run {file}")
+            crate::errln!("{message}\nResume with: imcast run {file}")
         }
         Some(StopReason::Fatal { message, .. }) => {
-            eprintln!(
+            crate::errln!(
                 "The provider refused: {message}\nFix it, then resume with: imcast run {file}"
             )
         }
         Some(StopReason::Paused) => {
-            eprintln!("Paused by request; resume with: imcast resume or imcast run {file}")
+            crate::errln!("Paused by request; resume with: imcast resume or imcast run {file}")
         }
     }
     if let Some(dir) = &s.report_dir {
-        eprintln!("Report: {}", dir.display());
+        crate::errln!("Report: {}", dir.display());
         crate::outln!("{}", dir.display());
     }
 }
@@ -263,7 +263,7 @@ fn hooks(renderer: Arc<Renderer>) -> Hooks {
                 )
             }) as crate::run::ConfirmFn
         }),
-        note: Some(Arc::new(|m: &str| eprintln!("{m}"))),
+        note: Some(Arc::new(|m: &str| crate::errln!("{m}"))),
         progress: Some(Arc::new(move |p: &Progress| renderer.update(p))),
     }
 }
@@ -312,7 +312,7 @@ pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
             .await
             .context("start the embedded mock provider")
             .exit(Exit::Internal)?;
-            eprintln!(
+            crate::errln!(
                 "Sending to the embedded mock provider at {} (nothing leaves this machine).",
                 m.endpoint()
             );
@@ -332,7 +332,7 @@ pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
         let res = crate::run::run_campaign(req, Arc::new(SystemClock), stop).await;
         if let Some(m) = mock {
             let st = m.stats();
-            eprintln!(
+            crate::errln!(
                 "Mock provider: {}, {} accepted, {} rate-limited, {}, most in any window {}.",
                 count(st.requests, "request", "requests"),
                 count(st.messages, "message", "messages"),

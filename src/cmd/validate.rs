@@ -278,7 +278,7 @@ pub fn run(_g: &GlobalArgs, a: &ValidateArgs) -> CmdResult {
                 if f.ok {
                     crate::outln!("ok  {}: {}", path.display(), ok_line(f));
                 } else {
-                    eprintln!("{}", f.human);
+                    crate::errln!("{}", f.human);
                 }
             }
         }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::facts::{self, show_time, FailureGroup, Tally, Timeline, VariantFact};
 use super::{fmt_count, ReportOptions, Summary};
 use crate::action::Action;
-use crate::journal::{Journal, RecipientStatus, RunInfo};
+use crate::journal::{Journal, JournalError, RecipientStatus, RunInfo};
 
 const TEMPLATE: &str = include_str!("page.html");
 
@@ -668,12 +668,12 @@ pub(super) fn render(
     tally: Tally,
     opts: &ReportOptions,
 ) -> Result<String, String> {
-    let conn = journal.connection();
-    let db = |e: rusqlite::Error| format!("reading the journal for report.html: {e}");
-    let (meta, recorded) = facts::recorded(conn, &run.id).map_err(db)?;
+    let journal_err = |e: JournalError| format!("reading the journal for report.html: {e}");
+    // The report's own tables (see `facts::record_run`).
+    let (meta, recorded) = facts::recorded(journal, &run.id).map_err(journal_err)?;
     let end = run.finished_at.unwrap_or(run.updated_at);
-    let timeline = facts::timeline(conn, run, end).map_err(db)?;
-    let unknown_calls = facts::unknown_calls(conn, &run.id).map_err(db)?;
+    let timeline = facts::timeline(journal, run, end).map_err(journal_err)?;
+    let unknown_calls = facts::unknown_calls(journal, &run.id).map_err(journal_err)?;
     let file = facts::campaign_file_hint(meta.as_ref(), opts.campaign_file.as_deref());
     let duration = show_duration(s.duration_seconds);
 

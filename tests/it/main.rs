@@ -1,4 +1,9 @@
 //! The one integration-test binary (`autotests = false`): each area is a module here.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a test's own notes (a skip, a measured figure) go to the test harness's captured output"
+)]
 
 mod audience;
 mod cli;
