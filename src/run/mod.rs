@@ -215,6 +215,21 @@ pub async fn run_campaign(
             },
         )
         .exit(Exit::Invalid)?;
+        if let Some(g) = &settings.guard {
+            let refused = crate::guard::check(g, plan.counts());
+            if !refused.is_empty() {
+                return Err(Failure::new(
+                    Exit::Invalid,
+                    anyhow!(
+                        "{}\nNothing was sent.",
+                        crate::guard::describe(&c.path, &refused)
+                    ),
+                ));
+            }
+        }
+        if let Some(w) = settings.throttle_warning() {
+            tracing::warn!(campaign = %c.name, "{w}");
+        }
         for w in plan.warnings() {
             tracing::warn!(campaign = %c.name, "{w}");
         }
@@ -251,6 +266,19 @@ pub async fn run_campaign(
             paths,
             hooks,
         };
+        if !inputs.settings.is_test() && plan.counts().valid == 0 {
+            // The guard let an empty audience through: `audience.allow_empty: true`.
+            let n = plan.counts();
+            inputs.hooks.note(&format!(
+                "Campaign {:?}: no one to send to: the audience has no valid recipient ({}: {} invalid, {} duplicate, {} suppressed) and `audience.allow_empty` is true. Nothing was sent.",
+                c.name,
+                crate::output::count(n.total, "row", "rows"),
+                n.invalid,
+                n.duplicate,
+                n.suppressed
+            ));
+            return Ok((inputs, source, prepare::Prep::Done(RunSummary::nothing(Exit::Ok))));
+        }
         let mut prep = match &source {
             PlanSource::Plan(p) => prepare::prepare(&inputs, &mut || seed_rows(p), now)?,
             PlanSource::Fixed(calls) => {

@@ -122,6 +122,8 @@ pub struct AudienceSpec {
     pub exclude: Vec<Source>,
     /// Columns that must be non-empty.
     pub required: Vec<String>,
+    /// `audience.allow_empty`: an audience with no valid recipient is not an error.
+    pub allow_empty: bool,
 }
 
 /// Where the message body template comes from.
@@ -217,6 +219,8 @@ pub struct Campaign {
     pub retry_max_attempts: Option<u32>,
     pub deadline: Option<Deadline>,
     pub guard_max_recipients: Option<u64>,
+    /// `guard.max_invalid_ratio` as written, 0..=1 (None: [`crate::guard::DEFAULT_MAX_INVALID_RATIO`]).
+    pub guard_max_invalid_ratio: Option<f64>,
     /// `breaker:`, field by field (the rest from `imcast.toml [breaker]`, else the default).
     pub breaker: BreakerFields,
     pub audience: AudienceSpec,
@@ -882,6 +886,16 @@ fn validate(
         }
     };
     let guard_max_recipients = raw.guard.as_ref().and_then(|g| g.max_recipients);
+    let guard_max_invalid_ratio = match raw.guard.as_ref().and_then(|g| g.max_invalid_ratio) {
+        Some(r) if !(0.0..=1.0).contains(&r) => {
+            p.key(
+                &["guard.max_invalid_ratio"],
+                format!("guard.max_invalid_ratio {r} must be between 0 and 1 (e.g. 0.05 for 5%)"),
+            );
+            None
+        }
+        r => r,
+    };
     let mut breaker = BreakerFields::default();
     if let Some(b) = &raw.breaker {
         breaker.consecutive_failures = b.consecutive_failures.map(|n| n.max(1));
@@ -924,11 +938,13 @@ fn validate(
         retry_max_attempts,
         deadline,
         guard_max_recipients,
+        guard_max_invalid_ratio,
         breaker,
         audience: AudienceSpec {
             source,
             exclude,
             required: raw.audience.required,
+            allow_empty: raw.audience.allow_empty,
         },
         message: MessageSpec {
             kind,

@@ -164,6 +164,11 @@ pub struct RawAudience {
     /// Columns that must be non-empty; rows where one is empty are `invalid`.
     #[serde(default)]
     pub required: Vec<String>,
+    /// An audience with no valid recipient (no rows, or every row invalid, duplicate or
+    /// suppressed) is an error unless this is true; then a run of it ends at once, saying there
+    /// was no one to send to (a recurring campaign whose list is sometimes empty).
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 /// A suppression list.
@@ -310,6 +315,10 @@ pub struct RawGuard {
     /// Refuse a run whose valid audience is larger than this.
     #[serde(default)]
     pub max_recipients: Option<u64>,
+    /// Refuse a run when more than this share of the audience's rows is invalid, 0..1 (default
+    /// 0.05): a broken export is the likeliest mistake.
+    #[serde(default)]
+    pub max_invalid_ratio: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
