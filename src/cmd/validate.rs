@@ -13,11 +13,11 @@ use serde::Serialize;
 
 use crate::audience::AudienceError;
 use crate::cli::{GlobalArgs, ValidateArgs, ValidateOutput};
-use crate::exit::{CmdResult, Exit, ExitContext, Failure};
-use crate::output::count;
 use crate::config::RepoPaths;
+use crate::exit::{CmdResult, Exit, ExitContext, Failure};
 use crate::guard::{self, Rejected};
 use crate::journal::RunFlags;
+use crate::output::count;
 use crate::plan::{PlanError, PlanOptions};
 use crate::run::Settings;
 use crate::spec::{Campaign, LoadOptions, Source};
@@ -198,7 +198,13 @@ fn check(file: &Path, opts: &LoadOptions, now: jiff::Timestamp) -> FileResult {
             r.rejected = rejected
                 .first
                 .iter()
-                .map(|x| at(&rows_file, Some(x.line), format!("rejected row: {}", x.reason)))
+                .map(|x| {
+                    at(
+                        &rows_file,
+                        Some(x.line),
+                        format!("rejected row: {}", x.reason),
+                    )
+                })
                 .collect();
             if n.invalid > 0 {
                 r.rejected_total = Some(n.invalid);
