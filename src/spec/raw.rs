@@ -254,6 +254,16 @@ pub enum RawId {
     Other(String),
 }
 
+/// Only so the JSON Schema can show a list's default (`null`); ids are never written back.
+impl serde::Serialize for RawId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RawId::Id(v) => s.serialize_u64(*v),
+            RawId::Other(w) => s.serialize_str(w),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for RawId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -368,6 +378,7 @@ pub struct RawGuard {
     /// Refuse a run when more than this share of the audience's rows is invalid, 0..1 (default
     /// 0.05): a broken export is the likeliest mistake.
     #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub max_invalid_ratio: Option<f64>,
 }
 
