@@ -419,13 +419,15 @@ impl Schedule {
     /// still fire it (see [`Schedule::is_late`]).
     pub fn describe_past(&self, now: Timestamp) -> Option<String> {
         let at = self.past_at(now)?;
-        let ago = Duration::from_secs(now.duration_since(at).as_secs().max(0) as u64);
+        let ago = now.duration_since(at).as_secs().max(0) as u64;
+        // Coarse: minutes within a day, then days.
+        let ago = if ago >= 86_400 {
+            crate::output::count(ago / 86_400, "day", "days")
+        } else {
+            humantime::format_duration(Duration::from_secs(ago.max(60) / 60 * 60)).to_string()
+        };
         let not_after = humantime::format_duration(self.not_after);
-        let head = format!(
-            "at {at} ({}) is past ({} ago)",
-            self.local(at),
-            humantime::format_duration(ago)
-        );
+        let head = format!("at {at} ({}) is past ({ago} ago)", self.local(at));
         Some(if self.is_late(at, now) {
             format!(
                 "{head}, later than not_after {not_after}: the daemon will not fire it. Send it by hand with `imcast run`, or move `at:`"
