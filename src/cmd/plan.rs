@@ -1,6 +1,10 @@
 //! `imcast plan`: the dry run. Counts, grouping, the ETA at the pace a run would use (the lower of
-//! the campaign's throttle and the account's share: `run::Settings`), deadline warning, next
-//! schedule occurrence, plan hash, rendered samples — human text or `--output json`. The system
+//! the campaign's throttle and the account's share: `run::Settings`, which also words the warning
+//! when the throttle asks for more than the share), deadline warning, next schedule occurrence (or
+//! a past `at:` and whether the daemon would still fire it), plan hash, rendered samples, the
+//! rejected rows (text: the first [`guard::SHOWN`]; JSON: every one, streamed from a temporary
+//! file) — human text or `--output json`. What `run` would refuse (`guard::check`) is refused here
+//! too, after the plan is shown: exit 2. The system
 //! clock (or `--now`) is read here, at the command edge, and nowhere below. With `--diff REV` the
 //! command is `cmd::diff`'s comparison instead.
 

@@ -1,4 +1,8 @@
-//! `imcast validate`: everything checkable offline, for every file; every problem listed.
+//! `imcast validate`: everything checkable offline, for every file; every problem listed. A file
+//! `run` would refuse for its audience (`guard::check`: too many recipients, none, too many
+//! invalid rows) is invalid here too, with the same words; a good file lists its first rejected
+//! rows and what a run would do differently (a throttle above the account's share, a past `at:`)
+//! as warnings.
 //!
 //! Output: text (one `ok` line per good file on stdout, problems on stderr), or for machines one
 //! document on stdout: `json`, GitHub Actions workflow commands (`github`: `::error file=…,line=…,

@@ -11,7 +11,9 @@
 //! - `drive`: the shared limiter, the engine and the report;
 //! - [`test_to`]: the calls of a `--test-to` run.
 //!
-//! [`run_campaign`] builds the plan (`spec` → `plan`, on the blocking pool), picks the target
+//! [`run_campaign`] builds the plan (`spec` → `plan`, on the blocking pool), applies the audience
+//! guard (`guard::check`, the one `validate` and `plan` apply; an empty audience the campaign allows
+//! ends the run here with a note and exit 0, nothing recorded), picks the target
 //! (the campaign's endpoint with credentials from the environment, or an override such as the
 //! embedded mock), wraps the plan and the provider client in the engine's adapters
 //! (`send::adapters`), then prepares and drives.

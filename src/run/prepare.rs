@@ -1,4 +1,5 @@
-//! Everything before the engine, in order: the guard, the confirmation (the library builds a
+//! Everything before the engine, in order: the guard (`guard.max_recipients` again, for callers
+//! that come straight here; `run_campaign` already applied the whole `guard::check`), the confirmation (the library builds a
 //! [`Confirmation`] and asks the caller's callback), the audit block and the journal's decision
 //! (create, resume, refuse a changed plan, continue, already finished), with a note for people
 //! on what was decided; then what the report shows that the journal's core tables do not hold.

@@ -5,7 +5,9 @@
 //! Owns: every precedence and default of a run's settings — campaign over `imcast.toml` over the
 //! documented default (field by field for the breaker), `--report-format` over
 //! `[report] formats`, what a `--test-to` run drops (deadline, guard) — the limits a run is paced
-//! by, and the one ETA ([`Settings::eta`]) that `plan`, `plan --diff` and `run`'s confirmation show.
+//! by, the one ETA ([`Settings::eta`]) that `plan`, `plan --diff` and `run`'s confirmation show,
+//! the warning when a campaign's throttle asks for more than the share
+//! ([`Settings::throttle_warning`]), and the audience guard a run applies (none for `--test-to`).
 //!
 //! Invariants: `limit` never exceeds the account's share (a campaign's `throttle:` lowers it,
 //! never raises it); the ETA uses the pace the limiter really applies (the lower rate of the
