@@ -125,8 +125,8 @@ fn summarize<'a>(
     }
 }
 
-/// The first rejected rows for people, one a line, and how many more (`plan` and `validate`).
-pub fn rejected_lines(first: &[RejectedRow], total: u64, all_hint: &str) -> Vec<String> {
+/// The first rejected rows for people, one a line, and how many more.
+fn rejected_lines(first: &[RejectedRow], total: u64, all_hint: &str) -> Vec<String> {
     let mut v: Vec<String> = first
         .iter()
         .map(|r| format!("line {}: {}", r.line, r.reason))
