@@ -308,6 +308,18 @@ fn a_throttle_above_the_account_limit_is_named_and_the_eta_is_the_runs() {
     assert_eq!(code(&v), 0);
     assert!(text(&v.stdout)
         .contains("warning: throttle 60000 per 1m is above the account's limit 12000 per 1m"));
+    // run says it too (one recipient: the run itself takes no time).
+    f.write(
+        "c.yaml",
+        &format!("{HEAD}audience: {{ ids: [1] }}\nthrottle: {{ limit: 60000, window: 1m }}\n{MSG}"),
+    );
+    let r = f.imcast(&["run", "c.yaml", "--mock", "--yes"]);
+    assert_eq!(code(&r), 0, "{}", text(&r.stderr));
+    assert!(
+        text(&r.stderr).contains("throttle 60000 per 1m is above the account's limit 12000 per 1m"),
+        "{}",
+        text(&r.stderr)
+    );
     // A throttle below the share: no warning.
     f.write(
         "c.yaml",
