@@ -27,6 +27,23 @@ pub fn write(args: fmt::Arguments<'_>) {
     }
 }
 
+/// Write `v` as pretty JSON and a newline to stdout, streamed (nothing the size of the document
+/// is built in memory); errors as [`write`].
+pub fn write_json<T: serde::Serialize + ?Sized>(v: &T) {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let res = serde_json::to_writer_pretty(&mut out, v)
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = res {
+        if e.kind() == ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// `println!` for command output: see the module doc.
 #[macro_export]
 macro_rules! outln {

@@ -11,7 +11,9 @@
 //! - `drive`: the shared limiter, the engine and the report;
 //! - [`test_to`]: the calls of a `--test-to` run.
 //!
-//! [`run_campaign`] builds the plan (`spec` → `plan`, on the blocking pool), picks the target
+//! [`run_campaign`] builds the plan (`spec` → `plan`, on the blocking pool), applies the audience
+//! guard (`guard::check`, the one `validate` and `plan` apply; an empty audience the campaign allows
+//! ends the run here with a note and exit 0, nothing recorded), picks the target
 //! (the campaign's endpoint with credentials from the environment, or an override such as the
 //! embedded mock), wraps the plan and the provider client in the engine's adapters
 //! (`send::adapters`), then prepares and drives.
@@ -215,6 +217,21 @@ pub async fn run_campaign(
             },
         )
         .exit(Exit::Invalid)?;
+        if let Some(g) = &settings.guard {
+            let refused = crate::guard::check(g, plan.counts());
+            if !refused.is_empty() {
+                return Err(Failure::new(
+                    Exit::Invalid,
+                    anyhow!(
+                        "{}\nNothing was sent.",
+                        crate::guard::describe(&c.path, &refused)
+                    ),
+                ));
+            }
+        }
+        if let Some(w) = settings.throttle_warning() {
+            tracing::warn!(campaign = %c.name, "{w}");
+        }
         for w in plan.warnings() {
             tracing::warn!(campaign = %c.name, "{w}");
         }
@@ -251,6 +268,19 @@ pub async fn run_campaign(
             paths,
             hooks,
         };
+        if !inputs.settings.is_test() && plan.counts().valid == 0 {
+            // The guard let an empty audience through: `audience.allow_empty: true`.
+            let n = plan.counts();
+            inputs.hooks.note(&format!(
+                "Campaign {:?}: no one to send to: the audience has no valid recipient ({}: {} invalid, {} duplicate, {} suppressed) and `audience.allow_empty` is true. Nothing was sent.",
+                c.name,
+                crate::output::count(n.total, "row", "rows"),
+                n.invalid,
+                n.duplicate,
+                n.suppressed
+            ));
+            return Ok((inputs, source, prepare::Prep::Done(RunSummary::nothing(Exit::Ok))));
+        }
         let mut prep = match &source {
             PlanSource::Plan(p) => prepare::prepare(&inputs, &mut || seed_rows(p), now)?,
             PlanSource::Fixed(calls) => {

@@ -1,4 +1,5 @@
-//! Everything before the engine, in order: the guard, the confirmation (the library builds a
+//! Everything before the engine, in order: the guard (`guard.max_recipients` again, for callers
+//! that come straight here; `run_campaign` already applied the whole `guard::check`), the confirmation (the library builds a
 //! [`Confirmation`] and asks the caller's callback), the audit block and the journal's decision
 //! (create, resume, refuse a changed plan, continue, already finished), with a note for people
 //! on what was decided; then what the report shows that the journal's core tables do not hold.
@@ -59,7 +60,7 @@ pub(super) enum Prep {
 }
 
 impl Hooks {
-    fn note(&self, msg: &str) {
+    pub(super) fn note(&self, msg: &str) {
         match &self.note {
             Some(f) => f(msg),
             None => tracing::info!("{msg}"),
@@ -85,18 +86,16 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         paths,
         hooks,
     } = inp;
-    if let Some(max) = settings.guard_max_recipients {
-        if facts.recipients > max {
-            return Err(Failure::new(
-                Exit::Invalid,
-                anyhow!(
-                    "{}: the audience has {} recipients but guard.max_recipients is {max}; nothing was sent. \
-                     Check the audience file, or raise the guard if this is intended",
-                    facts.campaign_file.display(),
-                    facts.recipients
-                ),
-            ));
-        }
+    // `run_campaign` checked the whole guard on the plan's counts; this re-checks the one rule
+    // the facts carry, for callers that come straight here (`execute`).
+    if let Some(e) = crate::guard::check_max(settings.guard_max_recipients, facts.recipients) {
+        return Err(Failure::new(
+            Exit::Invalid,
+            anyhow!(
+                "{}\nNothing was sent.",
+                crate::guard::describe(&facts.campaign_file, &[e])
+            ),
+        ));
     }
     let flags = &settings.flags;
     if !flags.yes && !flags.mock {

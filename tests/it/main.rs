@@ -13,6 +13,7 @@ mod interop;
 mod mock;
 mod plan;
 mod plan_diff;
+mod predict;
 mod provider;
 mod race;
 mod report;
