@@ -12,19 +12,24 @@ use std::fmt;
 use std::io::{ErrorKind, Write};
 
 /// Write `args` to stdout (no newline added).
+pub fn write(args: fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        stdout_failed(&e);
+    }
+}
+
+/// Stdout failed: a closed pipe ends the process quietly (exit 0), anything else with exit 1.
 #[allow(
     clippy::print_stderr,
     reason = "stdout itself failed: the message cannot go through the writers it belongs to"
 )]
-pub fn write(args: fmt::Arguments<'_>) {
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
-        if e.kind() == ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("error: cannot write to stdout: {e}");
-        std::process::exit(1);
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == ErrorKind::BrokenPipe {
+        std::process::exit(0);
     }
+    eprintln!("error: cannot write to stdout: {e}");
+    std::process::exit(1);
 }
 
 /// Write `v` as pretty JSON and a newline to stdout, streamed (nothing the size of the document
@@ -36,11 +41,7 @@ pub fn write_json<T: serde::Serialize + ?Sized>(v: &T) {
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush());
     if let Err(e) = res {
-        if e.kind() == ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("error: cannot write to stdout: {e}");
-        std::process::exit(1);
+        stdout_failed(&e);
     }
 }
 
