@@ -34,9 +34,11 @@
 //! run), `resume` (the `open_run` decision), `calls` (in-flight marks, outcomes, re-queued
 //! receivers, crash recovery), `commit` (group commit and [`SharedJournal`]), `counts` (the
 //! per-status counters), `read` (recipient scans), `control` (pause/resume/cancel requests),
-//! `prune` (deleting old runs). `Ops` below is the set of run statements that can run inside
+//! `prune` (deleting old runs), `audit` (the invocations that opened each run), `retry` (the
+//! `--retry-failed` follow-up run and what it would send). `Ops` below is the set of run statements that can run inside
 //! another statement's transaction (a decision in `open_run`, a migration).
 
+mod audit;
 mod calls;
 mod commit;
 mod control;
@@ -45,15 +47,18 @@ mod lease;
 mod prune;
 mod read;
 mod resume;
+mod retry;
 mod runs;
 mod schema;
 #[cfg(test)]
 mod testutil;
 mod types;
 
+pub use audit::Invocation;
 pub use commit::SharedJournal;
 pub use control::{ControlRequest, PendingControl};
 pub use lease::hostname;
+pub use retry::{describe_codes, RetryCandidates};
 pub use types::{
     CallEnd, CallRow, CallState, Mark, NewRun, Opened, Outcome, RecipientRef, RecipientRow,
     RecipientStatus, RecipientUpdate, Recovered, ResumeOptions, RunCounts, RunFlags, RunInfo,
@@ -117,6 +122,10 @@ pub enum JournalError {
     /// The blocking task that ran a journal operation panicked or was dropped.
     #[error("journal worker failed: {0}")]
     Worker(String),
+    /// `--retry-failed` cannot start: no finished run, nothing retryable in it, or an unfinished
+    /// run to resume first. Nothing was sent.
+    #[error("{0}")]
+    Retry(String),
 }
 
 impl JournalError {
@@ -130,7 +139,9 @@ impl JournalError {
             {
                 Exit::Busy
             }
-            JournalError::NoRun(_) | JournalError::Seed(_) => Exit::Invalid,
+            JournalError::NoRun(_) | JournalError::Seed(_) | JournalError::Retry(_) => {
+                Exit::Invalid
+            }
             JournalError::Write(e) => e.exit(),
             _ => Exit::Internal,
         }

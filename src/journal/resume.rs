@@ -89,7 +89,10 @@ impl Journal {
             path: &self.path,
             owner: &self.owner,
         };
-        match ops.open_run(new, opts, rows, now) {
+        match ops
+            .open_run(new, opts, rows, now)
+            .and_then(|o| ops.record_opened(&o, new, now).map(|()| o))
+        {
             Ok(opened) => {
                 tx.commit().map_err(db)?;
                 Ok(opened)
@@ -102,7 +105,7 @@ impl Journal {
     }
 
     /// The unique index refused a second unfinished run: say who holds the one there is.
-    fn conflict_as_busy(
+    pub(super) fn conflict_as_busy(
         &self,
         e: JournalError,
         campaign: &str,
@@ -130,6 +133,24 @@ impl Journal {
 }
 
 impl Ops<'_> {
+    /// Append the invocation that made `opened` to its run's audit (see `audit`); an "already
+    /// finished" answer changed nothing and is not recorded.
+    pub(super) fn record_opened(
+        &self,
+        opened: &Opened,
+        new: &NewRun,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        let decision = match opened {
+            Opened::AlreadyFinished(_) => return Ok(()),
+            Opened::Created(_) => "created",
+            Opened::Resumed { .. } | Opened::ResumedWithSuppressions { .. } => "resumed",
+            Opened::Continued { .. } => "continued",
+            Opened::Retry { .. } => "retry",
+        };
+        self.record_invocation(&opened.run().id, decision, new, now)
+    }
+
     /// See [`Journal::open_run`]; runs inside its transaction.
     fn open_run<'r, E: fmt::Display + Send>(
         &self,
@@ -698,7 +719,7 @@ mod tests {
                     Opened::Resumed { .. } => ["resume", "--resend-unknown"].contains(&name),
                     Opened::ResumedWithSuppressions { .. } => name == "suppressions",
                     Opened::Continued { .. } => name == "--continue-changed",
-                    Opened::AlreadyFinished(_) => false,
+                    Opened::AlreadyFinished(_) | Opened::Retry { .. } => false,
                 };
                 assert!(expected, "{ctx}");
                 assert!(matches!(lost[0], JournalError::Busy { .. }), "{ctx}");

@@ -45,6 +45,8 @@ pub struct Confirmation {
     /// At the run's pace (see `Settings::eta`).
     pub eta: Duration,
     pub sample_message: String,
+    /// `--retry-failed`: what the follow-up sends again (then `recipients` counts only those).
+    pub retry: Option<crate::journal::RetryCandidates>,
 }
 
 /// The journal opened on a run the engine should drive.
@@ -99,6 +101,12 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         }
     }
     let flags = &settings.flags;
+    // --retry-failed: what it would send, before anyone is asked (nothing to retry is an error).
+    let retry = if flags.retry_failed {
+        Some(retry_candidates(inp)?)
+    } else {
+        None
+    };
     if !flags.yes && !flags.mock {
         let Some(confirm) = &hooks.confirm else {
             return Err(Failure::new(
@@ -112,6 +120,14 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
                 ),
             ));
         };
+        let (recipients, calls) = match &retry {
+            // At most one call per retried recipient, and no more than the plan's.
+            Some(r) => (
+                r.retryable_total(),
+                facts.total_calls.min(r.retryable_total()),
+            ),
+            None => (facts.recipients, facts.total_calls),
+        };
         let c = Confirmation {
             campaign: facts.campaign.clone(),
             campaign_file: facts.campaign_file.clone(),
@@ -119,11 +135,12 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
             app_id: facts.app_id,
             endpoint: facts.endpoint.clone(),
             action: settings.action,
-            recipients: facts.recipients,
-            calls: facts.total_calls,
+            recipients,
+            calls,
             limit: settings.limit,
-            eta: settings.eta(facts.recipients, facts.total_calls),
+            eta: settings.eta(recipients, calls),
             sample_message: facts.sample_message.clone(),
+            retry: retry.clone(),
         };
         if !confirm(&c) {
             return Ok(Prep::Done(RunSummary::nothing(Exit::Ok)));
@@ -158,9 +175,12 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         continue_changed: flags.continue_changed,
         resend_unknown: flags.resend_unknown,
     };
-    let opened = journal
-        .open_run(&new, resume, rows, now)
-        .map_err(journal_failure)?;
+    let opened = if flags.retry_failed {
+        journal.open_retry_run(&new, &crate::provider::retryable_failure, rows, now)
+    } else {
+        journal.open_run(&new, resume, rows, now)
+    }
+    .map_err(journal_failure)?;
     let run = opened.run().clone();
     match &opened {
         Opened::AlreadyFinished(r) => {
@@ -217,6 +237,47 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
             run.id,
             count(*newly_suppressed, "newly suppressed recipient", "newly suppressed recipients")
         )),
+        Opened::Retry {
+            run,
+            of,
+            retried,
+            left_out,
+        } => {
+            hooks.note(&format!(
+                "Retrying run {of} as run {}: sending again to {} that failed with a retryable code{}.",
+                run.id,
+                count(*retried, "recipient", "recipients"),
+                match &retry {
+                    Some(r) if !r.retryable.is_empty() => {
+                        format!(" ({})", crate::journal::describe_codes(&r.retryable))
+                    }
+                    _ => String::new(),
+                }
+            ));
+            if *left_out > 0 {
+                hooks.note(&format!(
+                    "  {} no longer in the audience: not sent.",
+                    count(*left_out, "of them is", "of them are")
+                ));
+            }
+            if let Some(r) = retry.as_ref().filter(|r| r.other_total() > 0 || r.unknown > 0) {
+                let mut rest = Vec::new();
+                if r.other_total() > 0 {
+                    rest.push(format!(
+                        "{} failed with a code that is not retryable ({})",
+                        count(r.other_total(), "recipient", "recipients"),
+                        crate::journal::describe_codes(&r.other)
+                    ));
+                }
+                if r.unknown > 0 {
+                    rest.push(format!(
+                        "{} unknown (--resend-unknown)",
+                        count(r.unknown, "recipient is", "recipients are")
+                    ));
+                }
+                hooks.note(&format!("  Not retried: {}.", rest.join("; ")));
+            }
+        }
         Opened::Continued { run, from, skipped } => hooks.note(&format!(
             "Continuing run {from} as run {} with the changed content, skipping {} already handled.",
             run.id,
@@ -224,6 +285,33 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         )),
     }
     Ok(Prep::Go(Box::new(Prepared { journal, run })))
+}
+
+/// What `--retry-failed` would send now, from the journal (read before the confirmation; a
+/// missing journal means there is no run to retry).
+fn retry_candidates(inp: &Inputs) -> Result<crate::journal::RetryCandidates, Failure> {
+    let facts = &inp.facts;
+    let db = inp.paths.state_dir.join(crate::journal::DB_FILE);
+    if !db.exists() {
+        return Err(Failure::new(
+            Exit::Invalid,
+            anyhow!(
+                "{}: --retry-failed: campaign {:?} has no finished run to retry (no journal at {}); \
+                 nothing was sent",
+                facts.campaign_file.display(),
+                facts.campaign,
+                db.display()
+            ),
+        ));
+    }
+    let journal = Journal::open(&inp.paths.state_dir).map_err(journal_failure)?;
+    journal
+        .retry_candidates(
+            &facts.campaign,
+            facts.occurrence.as_deref(),
+            &crate::provider::retryable_failure,
+        )
+        .map_err(journal_failure)
 }
 
 /// Record what the run's report shows and the journal's core tables do not hold: the campaign
