@@ -129,8 +129,22 @@ pub enum JournalError {
 }
 
 impl JournalError {
+    /// The file or directory a full disk (or quota) refused to grow, when that is what this
+    /// error is: SQLite's SQLITE_FULL, or ENOSPC/EDQUOT creating the state directory.
+    pub fn disk_full(&self) -> Option<&Path> {
+        match self {
+            JournalError::Db { path, source } if crate::db::is_disk_full(source) => Some(path),
+            JournalError::Io { path, source } if crate::exit::is_storage_full(source) => Some(path),
+            JournalError::Write(e) => e.disk_full(),
+            _ => None,
+        }
+    }
+
     /// The exit code this error means.
     pub fn exit(&self) -> Exit {
+        if self.disk_full().is_some() {
+            return Exit::Environment;
+        }
         match self {
             JournalError::Changed { .. } => Exit::Changed,
             JournalError::Busy { .. } => Exit::Busy,

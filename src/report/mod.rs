@@ -54,6 +54,22 @@ pub enum ReportError {
     NoRun(String),
 }
 
+impl ReportError {
+    /// The file a full disk refused (a report file, or the journal), when that is what this
+    /// error is.
+    pub fn disk_full(&self) -> Option<&Path> {
+        match self {
+            ReportError::Journal(j) => j.disk_full(),
+            ReportError::Io { path, source } if crate::exit::is_storage_full(source) => Some(path),
+            ReportError::Csv { path, source } => match source.kind() {
+                csv::ErrorKind::Io(e) if crate::exit::is_storage_full(e) => Some(path),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// Who ran a run, from where, with what: recorded when the run is created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Audit {

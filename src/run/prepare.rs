@@ -69,7 +69,10 @@ impl Hooks {
     }
 }
 
-fn journal_failure(e: crate::journal::JournalError) -> Failure {
+fn journal_failure(e: crate::journal::JournalError, campaign_file: &std::path::Path) -> Failure {
+    if let Some(path) = e.disk_full() {
+        return super::disk_full_failure(path, campaign_file);
+    }
     let exit = e.exit();
     Failure::new(exit, e)
 }
@@ -155,7 +158,8 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         facts.app_id,
         flags,
     );
-    let mut journal = Journal::open(&paths.state_dir).map_err(journal_failure)?;
+    let mut journal =
+        Journal::open(&paths.state_dir).map_err(|e| journal_failure(e, &facts.campaign_file))?;
     let new = NewRun {
         id: None,
         campaign: facts.campaign.clone(),
@@ -180,7 +184,7 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
     } else {
         journal.open_run(&new, resume, rows, now)
     }
-    .map_err(journal_failure)?;
+    .map_err(|e| journal_failure(e, &facts.campaign_file))?;
     let run = opened.run().clone();
     match &opened {
         Opened::AlreadyFinished(r) => {
@@ -304,14 +308,15 @@ fn retry_candidates(inp: &Inputs) -> Result<crate::journal::RetryCandidates, Fai
             ),
         ));
     }
-    let journal = Journal::open(&inp.paths.state_dir).map_err(journal_failure)?;
+    let journal = Journal::open(&inp.paths.state_dir)
+        .map_err(|e| journal_failure(e, &facts.campaign_file))?;
     journal
         .retry_candidates(
             &facts.campaign,
             facts.occurrence.as_deref(),
             &crate::provider::retryable_failure,
         )
-        .map_err(journal_failure)
+        .map_err(|e| journal_failure(e, &facts.campaign_file))
 }
 
 /// Record what the run's report shows and the journal's core tables do not hold: the campaign

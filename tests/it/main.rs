@@ -4,6 +4,7 @@ mod audience;
 mod cli;
 mod common;
 mod daemon_e2e;
+mod disk_full;
 mod interop;
 mod mock;
 mod plan;
