@@ -13,6 +13,7 @@ mod provider;
 mod race;
 mod report;
 mod requeue;
+mod retry;
 mod run;
 mod scheduler;
 mod sender;
