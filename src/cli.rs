@@ -226,6 +226,10 @@ pub struct PlanArgs {
     /// Allow this provider endpoint besides the known region hosts and loopback.
     #[arg(long, value_name = "URL")]
     pub allow_endpoint: Vec<String>,
+    /// Also say what `imcast run FILE --retry-failed` would send again (from the journal): how many
+    /// failed recipients of the last finished run, by code, and what stays.
+    #[arg(long, conflicts_with = "diff")]
+    pub retry_failed: bool,
     #[command(flatten)]
     pub state: StateArgs,
 }

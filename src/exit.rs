@@ -1,7 +1,9 @@
 //! Process exit codes: the one place they are defined.
 //!
 //! Every command returns an [`Exit`]; errors carry one through [`Failure`]. README.md documents
-//! the same table. Nothing else in the crate picks a numeric exit code.
+//! the same table. Nothing else in the crate picks a numeric exit code. A failure prints its
+//! error chain with each piece of wording once ([`chain_text`]); [`is_storage_full`] is the one
+//! test for a full disk in an I/O error (exit 8, [`Exit::Environment`]).
 
 use std::fmt;
 

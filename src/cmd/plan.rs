@@ -202,10 +202,47 @@ pub fn run(g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
     )
     .exit(Exit::Invalid)?;
     let s = summarize(&c, &plan, &settings, now, a.sample);
+    // --retry-failed: what a follow-up run would send again (see `run::prepare::retry_preview`).
+    let retry = if a.retry_failed {
+        let paths = RepoPaths::discover(
+            &a.file,
+            a.state.config.as_deref(),
+            a.state.state_dir.as_deref(),
+            None,
+        );
+        Some(crate::run::prepare::retry_preview(
+            &paths.state_dir,
+            &c.name,
+            None,
+            &a.file,
+        )?)
+    } else {
+        None
+    };
     match a.output {
-        PlanOutput::Text | PlanOutput::Markdown => crate::out!("{}", human(&s)),
+        PlanOutput::Text | PlanOutput::Markdown => {
+            crate::out!("{}", human(&s));
+            if let Some(r) = &retry {
+                crate::outln!("retry      {r}");
+            }
+        }
         PlanOutput::Json => {
-            let j = serde_json::to_string_pretty(&s)
+            let mut v = serde_json::to_value(&s)
+                .context("serialize the plan")
+                .exit(Exit::Internal)?;
+            if let (Some(r), Some(o)) = (&retry, v.as_object_mut()) {
+                o.insert(
+                    "retry".into(),
+                    serde_json::json!({
+                        "run_id": r.run_id,
+                        "recipients": r.retryable_total(),
+                        "by_code": r.retryable,
+                        "not_retried_failed_by_code": r.other,
+                        "unknown": r.unknown,
+                    }),
+                );
+            }
+            let j = serde_json::to_string_pretty(&v)
                 .context("serialize the plan")
                 .exit(Exit::Internal)?;
             crate::outln!("{j}");

@@ -5,7 +5,8 @@
 //! Owns: runs (one per campaign send, keyed by campaign + optional occurrence, recording the plan
 //! hash, status, flags, audit), calls (one row per provider call: planned → in_flight → done |
 //! unknown), recipients (one row per audience row, with exactly one status) with per-status
-//! counters (`run_counts`), and control requests (pause/resume/cancel per campaign). These
+//! counters (`run_counts`), the invocations that opened each run (`run_invocations`, the audit),
+//! and control requests (pause/resume/cancel per campaign). These
 //! tables have no other writer or reader: every other module calls the methods of [`Journal`]
 //! (the operations a store holds, with plain-data arguments and results). The limiter keeps its
 //! own file beside it (see `throttle`); the scheduler (`daemon::state`) and the report
@@ -24,7 +25,8 @@
 //! (and, in this process, while that journal is open). Every method is synchronous: async callers
 //! run it with `spawn_blocking` ([`SharedJournal`]). A failed write is returned as a
 //! [`JournalError`] (never swallowed, never flattened to text: its exit code survives) — the
-//! engine stops the run on it.
+//! engine stops the run on it; a full disk (SQLITE_FULL, ENOSPC) is recognizable
+//! ([`JournalError::disk_full`], exit 8) so the run can say so in one message.
 //!
 //! Must not: talk to the network; let a rusqlite type into a public signature other than
 //! [`Journal::connection`] (for other stages' own tables) and the [`JournalError::Db`] source.

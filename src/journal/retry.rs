@@ -79,20 +79,22 @@ impl fmt::Display for RetryCandidates {
         if !self.retryable.is_empty() {
             write!(f, " ({})", describe_codes(&self.retryable))?;
         }
+        let mut rest = Vec::new();
         if self.other_total() > 0 {
-            write!(
-                f,
-                "; {} with a code that is not retryable stay failed ({})",
-                count(self.other_total(), "recipient", "recipients"),
+            rest.push(format!(
+                "{} failed with a code that is not retryable ({})",
+                self.other_total(),
                 describe_codes(&self.other)
-            )?;
+            ));
         }
         if self.unknown > 0 {
-            write!(
-                f,
-                "; {} stay unknown (--resend-unknown resends them)",
-                count(self.unknown, "recipient", "recipients")
-            )?;
+            rest.push(format!(
+                "{} unknown (--resend-unknown resends them)",
+                self.unknown
+            ));
+        }
+        if !rest.is_empty() {
+            write!(f, "; not retried: {}", rest.join(", "))?;
         }
         Ok(())
     }
@@ -520,9 +522,9 @@ mod tests {
         assert_eq!(
             c.to_string(),
             format!(
-                "1 failed recipient of run {first} to send again (FailedReceiver 1); 1 recipient \
-                 with a code that is not retryable stay failed (USER_BLOCKED 1); 1 recipient stay \
-                 unknown (--resend-unknown resends them)"
+                "1 failed recipient of run {first} to send again (FailedReceiver 1); not retried: \
+                 1 failed with a code that is not retryable (USER_BLOCKED 1), 1 unknown \
+                 (--resend-unknown resends them)"
             )
         );
         let (run, of, retried) = match retry(&mut j, "h2").expect("retry") {

@@ -4,7 +4,8 @@
 //!
 //! Invariants: every run of the account shares one limiter per action through the state
 //! directory (concurrent processes included); the report is attempted after every engine end,
-//! an engine error included. Must not: print (progress is the caller's callback), or decide a
+//! an engine error included; a full disk (journal, limiter state or report) ends it with one
+//! message naming the file (exit 8), never as an internal error. Must not: print (progress is the caller's callback), or decide a
 //! setting (they come resolved in `Settings`).
 
 use std::sync::Arc;

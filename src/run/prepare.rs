@@ -3,9 +3,14 @@
 //! (create, resume, refuse a changed plan, continue, already finished), with a note for people
 //! on what was decided; then what the report shows that the journal's core tables do not hold.
 //!
+//! `--retry-failed` asks the journal what it would send before the confirmation (which shows it)
+//! and opens the follow-up run (`Journal::open_retry_run`) instead of `open_run`. A journal error
+//! that is a full disk becomes one message (which file, nothing lost, how to resume; exit 8).
+//!
 //! Invariants: nothing is written (no run, no journal row) before the guard passed and the send
 //! was confirmed — or needs no confirmation (`--yes`, `--mock`); a real send nobody can confirm
-//! is refused (exit 2). Must not: read stdin or print (the confirmation and the notes are
+//! is refused (exit 2). (`--retry-failed` opens the existing journal to read it first, which
+//! may bring its schema up to date; it never creates one.) Must not: read stdin or print (the confirmation and the notes are
 //! callbacks), or start a call.
 //!
 //! Blocking: call from outside the runtime threads (files, the callback, the journal).
@@ -295,28 +300,40 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
 /// missing journal means there is no run to retry).
 fn retry_candidates(inp: &Inputs) -> Result<crate::journal::RetryCandidates, Failure> {
     let facts = &inp.facts;
-    let db = inp.paths.state_dir.join(crate::journal::DB_FILE);
+    retry_preview(
+        &inp.paths.state_dir,
+        &facts.campaign,
+        facts.occurrence.as_deref(),
+        &facts.campaign_file,
+    )
+}
+
+/// What `imcast run FILE --retry-failed` would send now for `campaign` (its ad-hoc runs when
+/// `occurrence` is None), from the journal in `state_dir`: for the confirmation and
+/// `imcast plan --retry-failed`. No finished run, an unfinished one, or nothing retryable is an
+/// error (exit 2) that says why.
+pub fn retry_preview(
+    state_dir: &std::path::Path,
+    campaign: &str,
+    occurrence: Option<&str>,
+    campaign_file: &std::path::Path,
+) -> Result<crate::journal::RetryCandidates, Failure> {
+    let db = state_dir.join(crate::journal::DB_FILE);
     if !db.exists() {
         return Err(Failure::new(
             Exit::Invalid,
             anyhow!(
-                "{}: --retry-failed: campaign {:?} has no finished run to retry (no journal at {}); \
+                "{}: --retry-failed: campaign {campaign:?} has no finished run to retry (no journal at {}); \
                  nothing was sent",
-                facts.campaign_file.display(),
-                facts.campaign,
+                campaign_file.display(),
                 db.display()
             ),
         ));
     }
-    let journal = Journal::open(&inp.paths.state_dir)
-        .map_err(|e| journal_failure(e, &facts.campaign_file))?;
+    let journal = Journal::open(state_dir).map_err(|e| journal_failure(e, campaign_file))?;
     journal
-        .retry_candidates(
-            &facts.campaign,
-            facts.occurrence.as_deref(),
-            &crate::provider::retryable_failure,
-        )
-        .map_err(|e| journal_failure(e, &facts.campaign_file))
+        .retry_candidates(campaign, occurrence, &crate::provider::retryable_failure)
+        .map_err(|e| journal_failure(e, campaign_file))
 }
 
 /// Record what the run's report shows and the journal's core tables do not hold: the campaign

@@ -63,7 +63,7 @@ impl Repo {
     }
 }
 
-fn request(repo: &Repo, file: &Path, m: &mock::MockHandle) -> Request {
+fn request(file: &Path, m: &mock::MockHandle) -> Request {
     let c = imcast::spec::load(file, &imcast::spec::LoadOptions::default()).expect("campaign");
     let mut r = Request::new(c, RepoPaths::discover(file, None, None, None));
     r.target = Some((m.endpoint(), m.credentials()));
@@ -117,7 +117,7 @@ async fn retry_failed_sends_exactly_the_retryable_failures_of_the_last_run_and_n
     let file = repo.campaign(m1.endpoint().as_str());
 
     // Nothing to follow up yet: a clear error, nothing sent.
-    let mut req = request(&repo, &file, &m1);
+    let mut req = request(&file, &m1);
     req.flags.retry_failed = true;
     let e = run(req).await.expect_err("no finished run");
     assert_eq!(e.exit, Exit::Invalid);
@@ -128,7 +128,7 @@ async fn retry_failed_sends_exactly_the_retryable_failures_of_the_last_run_and_n
             .replace(&repo.dir.path().display().to_string(), "[DIR]")
     );
 
-    let first = run(request(&repo, &file, &m1)).await.expect("first run");
+    let first = run(request(&file, &m1)).await.expect("first run");
     let first_id = first.run_id.clone().expect("run id");
     let j = repo.journal();
     let st = by_status(&j, &first_id);
@@ -154,6 +154,31 @@ async fn retry_failed_sends_exactly_the_retryable_failures_of_the_last_run_and_n
         .all(|r| r.error_code.as_deref() == Some("FailedReceiver")));
     m1.shutdown().await;
 
+    // `plan --retry-failed` says what the follow-up would send.
+    let f = file.clone();
+    let d = repo.dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin())
+            .args(["plan", "--retry-failed", "--sample", "0"])
+            .arg(&f)
+            .current_dir(&d)
+            .output_limited()
+            .expect("plan")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "retry      {} of run {first_id} to send again (FailedReceiver {}); not retried: {} unknown (--resend-unknown resends them)",
+            imcast::output::count(failed.len() as u64, "failed recipient", "failed recipients"),
+            failed.len(),
+            unknown.len(),
+        )),
+        "{stdout}"
+    );
+
     // A person fixed the cause; the provider now takes everyone. The confirmation says how many
     // are retried.
     let rec = repo.path("record2.jsonl");
@@ -164,7 +189,7 @@ async fn retry_failed_sends_exactly_the_retryable_failures_of_the_last_run_and_n
     .await
     .expect("mock 2");
     let asked: Arc<Mutex<Option<Confirmation>>> = Arc::default();
-    let mut req = request(&repo, &file, &m2);
+    let mut req = request(&file, &m2);
     req.flags.yes = false;
     req.flags.retry_failed = true;
     let a = asked.clone();
@@ -237,7 +262,7 @@ async fn retry_failed_sends_exactly_the_retryable_failures_of_the_last_run_and_n
 
     // Again: the follow-up left nothing failed, so there is nothing to retry (the unknown ones
     // stay behind --resend-unknown).
-    let mut req = request(&repo, &file, &m2);
+    let mut req = request(&file, &m2);
     req.flags.retry_failed = true;
     let e = run(req).await.expect_err("nothing to retry");
     assert_eq!(e.exit, Exit::Invalid);
