@@ -30,8 +30,8 @@ use crate::send::{describe_counts, Progress, StopReason, StopToken};
 use crate::spec::LoadOptions;
 
 /// What a person confirms before a real send: where it goes, how much, how long, and one
-/// rendered message.
-fn confirmation_text(c: &Confirmation) -> String {
+/// rendered message (with `--retry-failed`: which run it retries and how many, by code).
+pub fn confirmation_text(c: &Confirmation) -> String {
     // Whole seconds, rounded up (as `imcast plan` shows an ETA).
     let eta = Duration::from_secs(c.eta.as_secs_f64().ceil() as u64);
     let retry = match &c.retry {

@@ -332,7 +332,7 @@ impl Ops<'_> {
                 "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
                                   created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
                                   owner, retry_of, key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, 0, ?8, ?8, ?9, ?10, ?11, 0, ?12, ?13,
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7, 0, ?8, ?8, ?9, ?10, ?11, ?14, ?12, ?13,
                          (SELECT COALESCE(MAX(key), 0) + 1 FROM runs))",
                 params![
                     id,
@@ -348,6 +348,10 @@ impl Ops<'_> {
                     new.limit.window.as_millis() as i64,
                     self.owner,
                     last.id,
+                    // The plan's calls, as for any run: call numbers from here up resend
+                    // re-queued receivers (`calls::prepare_requeue`), so none may collide with a
+                    // plan call's, although most plan calls send nothing in a follow-up.
+                    new.total_calls as i64,
                 ],
             )
             .map_err(&db)?;
@@ -406,15 +410,6 @@ impl Ops<'_> {
         for (status, n) in seeded {
             count_move(self.conn, &id, None, status, n).map_err(&db)?;
         }
-        let (nlo, nhi) = rk_range(key);
-        self.conn
-            .execute(
-                "UPDATE runs SET total_calls = (SELECT COUNT(DISTINCT call_seq) FROM recipients
-                     WHERE rk BETWEEN ?2 AND ?3 AND status = 'pending')
-                 WHERE id = ?1",
-                params![id, nlo, nhi],
-            )
-            .map_err(&db)?;
         let run = self.existing_run(&id)?;
         Ok(Opened::Retry {
             run,
@@ -449,6 +444,7 @@ mod tests {
     fn retry(j: &mut Journal, hash: &str) -> Result<Opened, JournalError> {
         let mut new = new_run(hash);
         new.flags.retry_failed = true;
+        new.total_calls = 7;
         let r = rows(&[]);
         let mut f = || -> SeedRows<'static, String> { Box::new(r.clone().into_iter().map(Ok)) };
         j.open_retry_run(&new, &retryable, &mut f, now())
@@ -542,7 +538,9 @@ mod tests {
         assert_eq!((of.as_str(), retried), (first.as_str(), 1));
         assert_eq!(run.retry_of.as_deref(), Some(first.as_str()));
         assert_eq!(run.audit["retry_of"], first.as_str());
-        assert_eq!(run.total_calls, 1);
+        // The plan's calls: a call that resends refused receivers is numbered after all of them.
+        assert_eq!(run.total_calls, 7);
+        assert_eq!(j.prepare_requeue(&run.id, now()).expect("requeue"), 7);
         let ids: Vec<(Option<u64>, RecipientStatus)> = j
             .recipients(&run.id)
             .expect("rows")
@@ -567,6 +565,22 @@ mod tests {
             Opened::Resumed { run: ref r, .. } if r.id == run.id
         ));
         assert_eq!(j.invocations(&run.id).expect("inv").len(), 2);
+
+        // Once the follow-up finished, --resend-unknown still reaches the retried run's
+        // `unknown` recipient (the follow-up has none).
+        j.set_status(&run.id, RunStatus::Finished, None, now())
+            .expect("finish");
+        let o = ResumeOptions {
+            resend_unknown: true,
+            ..ResumeOptions::default()
+        };
+        match open(&mut j, "h1", o, rows(&[])).expect("resend unknown") {
+            Opened::Resumed { run: r, .. } => {
+                assert_eq!(r.id, first);
+                assert_eq!(j.sendable(&r.id, &[104], true).expect("q"), [104]);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -90,6 +90,17 @@ fn deliveries(rec: &Path, n: u64) -> BTreeMap<u64, u64> {
     m
 }
 
+/// The mock's seeded faults decide how many fail; the snapshots show where the counts go.
+fn redact_counts(s: &str, failed: usize, unknown: usize) -> String {
+    let mut out = s.to_string();
+    for (n, tag) in [(failed, "[FAILED]"), (unknown, "[UNKNOWN]")] {
+        for (a, b) in [(" ", " "), (" ", ")"), (" ", "\n")] {
+            out = out.replace(&format!("{a}{n}{b}"), &format!("{a}{tag}{b}"));
+        }
+    }
+    out
+}
+
 /// Ids of a run per final status (from the journal).
 fn by_status(j: &Journal, run: &str) -> BTreeMap<RecipientStatus, BTreeSet<u64>> {
     let mut m: BTreeMap<RecipientStatus, BTreeSet<u64>> = BTreeMap::new();
@@ -205,6 +216,16 @@ async fn retry_failed_sends_exactly_the_retryable_failures_of_the_last_run_and_n
     let second = run(req).await.expect("retry run");
     let c = asked.lock().expect("lock").clone().expect("asked");
     let r = c.retry.clone().expect("the confirmation names the retry");
+    insta::assert_snapshot!(
+        "retry_failed_confirmation",
+        redact_counts(
+            &imcast::cmd::run::confirmation_text(&c)
+                .replace(&first_id, "[RUN]")
+                .replace(m2.endpoint().as_str().trim_end_matches('/'), "[ENDPOINT]"),
+            failed.len(),
+            unknown.len()
+        )
+    );
     assert_eq!(r.run_id, first_id);
     assert_eq!(c.recipients, failed.len() as u64);
     assert_eq!(r.retryable_total(), failed.len() as u64);
@@ -220,6 +241,16 @@ async fn retry_failed_sends_exactly_the_retryable_failures_of_the_last_run_and_n
         "{notes}"
     );
     assert!(notes.contains("(--resend-unknown)"), "{notes}");
+    insta::assert_snapshot!(
+        "retry_failed_notes",
+        redact_counts(
+            &notes
+                .replace(&first_id, "[RUN]")
+                .replace(second.run_id.as_deref().expect("id"), "[NEW RUN]"),
+            failed.len(),
+            unknown.len()
+        )
+    );
 
     // Exactly the failed ones got a message, once; nobody else (not the unknown ones).
     let got = deliveries(&rec, m2.stats().delivered);
@@ -267,7 +298,10 @@ async fn retry_failed_sends_exactly_the_retryable_failures_of_the_last_run_and_n
     let e = run(req).await.expect_err("nothing to retry");
     assert_eq!(e.exit, Exit::Invalid);
     let msg = e.to_string();
-    assert!(msg.contains("nothing to retry"), "{msg}");
+    insta::assert_snapshot!(
+        "retry_failed_nothing_to_retry",
+        msg.replace(second.run_id.as_deref().expect("id"), "[RUN]")
+    );
     assert_eq!(
         m2.stats().delivered,
         failed.len() as u64,
