@@ -192,5 +192,23 @@ mod tests {
         assert!(inv.iter().all(|i| i.via == "run"
             && i.host.as_deref() == Some("box")
             && i.imcast_version.as_deref() == Some("9.9.9")));
+
+        // A schedule occurrence's run is the daemon's.
+        new.occurrence = Some("2026-03-01T09:00:00Z".into());
+        new.flags = RunFlags {
+            yes: true,
+            ..RunFlags::default()
+        };
+        let daemon_run = j
+            .open_run(&new, ResumeOptions::default(), &mut f, later)
+            .expect("occurrence")
+            .run()
+            .id
+            .clone();
+        let inv = j.invocations(&daemon_run).expect("invocations");
+        assert_eq!(
+            (inv.len(), inv[0].via.as_str(), inv[0].decision.as_str()),
+            (1, "daemon", "created")
+        );
     }
 }

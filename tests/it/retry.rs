@@ -190,6 +190,22 @@ async fn retry_failed_sends_exactly_the_retryable_failures_of_the_last_run_and_n
         "{stdout}"
     );
 
+    let (f, d) = (file.clone(), repo.dir.path().to_path_buf());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin())
+            .args(["plan", "--retry-failed", "--output", "json"])
+            .arg(&f)
+            .current_dir(&d)
+            .output_limited()
+            .expect("plan json")
+    })
+    .await
+    .expect("join");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("plan json");
+    assert_eq!(v["retry"]["run_id"], first_id.as_str());
+    assert_eq!(v["retry"]["recipients"], failed.len() as u64);
+    assert_eq!(v["retry"]["unknown"], unknown.len() as u64);
+
     // A person fixed the cause; the provider now takes everyone. The confirmation says how many
     // are retried.
     let rec = repo.path("record2.jsonl");
