@@ -110,6 +110,16 @@ pub enum ThrottleError {
     Join(String),
 }
 
+impl ThrottleError {
+    /// The file a full disk refused to grow, when that is what this error is (SQLITE_FULL).
+    pub fn disk_full(&self) -> Option<&std::path::Path> {
+        match self {
+            ThrottleError::Db { path, source } if crate::db::is_disk_full(source) => Some(path),
+            _ => None,
+        }
+    }
+}
+
 /// What an acquire came to.
 #[derive(Debug)]
 pub enum Acquired {

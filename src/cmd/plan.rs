@@ -268,9 +268,51 @@ pub fn run(g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
         .context("read back the rejected rows")
         .exit(Exit::Internal)?;
     let s = summarize(&c, &plan, &settings, now, a.sample, all);
+    // --retry-failed: what a follow-up run would send again (see `run::prepare::retry_preview`).
+    let retry = if a.retry_failed {
+        let paths = RepoPaths::discover(
+            &a.file,
+            a.state.config.as_deref(),
+            a.state.state_dir.as_deref(),
+            None,
+        );
+        Some(crate::run::prepare::retry_preview(
+            &paths.state_dir,
+            &c.name,
+            None,
+            &a.file,
+        )?)
+    } else {
+        None
+    };
     match a.output {
-        PlanOutput::Text | PlanOutput::Markdown => crate::out!("{}", human(&s, &first)),
-        PlanOutput::Json => crate::output::write_json(&s),
+        PlanOutput::Text | PlanOutput::Markdown => {
+            crate::out!("{}", human(&s, &first));
+            if let Some(r) = &retry {
+                crate::outln!("retry      {r}");
+            }
+        }
+        PlanOutput::Json => {
+            /// The plan's fields and, with --retry-failed, `retry` beside them (streamed: the
+            /// rejected rows are not collected in memory).
+            #[derive(serde::Serialize)]
+            struct WithRetry<'a, T: serde::Serialize> {
+                #[serde(flatten)]
+                plan: &'a T,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                retry: Option<serde_json::Value>,
+            }
+            let retry = retry.as_ref().map(|r| {
+                serde_json::json!({
+                    "run_id": r.run_id,
+                    "recipients": r.retryable_total(),
+                    "by_code": r.retryable,
+                    "not_retried_failed_by_code": r.other,
+                    "unknown": r.unknown,
+                })
+            });
+            crate::output::write_json(&WithRetry { plan: &s, retry });
+        }
     }
     if let Some(g) = &settings.guard {
         let refused = guard::check(g, plan.counts());

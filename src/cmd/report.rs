@@ -75,7 +75,25 @@ pub fn run(_g: &GlobalArgs, args: &ReportArgs) -> CmdResult {
         campaign_file: Some(args.file.clone()),
         ..ReportOptions::default()
     };
-    let p = write_report_with(&j, &run.id, &reports_dir, &opts).exit(Exit::Internal)?;
+    let p = match write_report_with(&j, &run.id, &reports_dir, &opts) {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(path) = e.disk_full() {
+                return Err(Failure::new(
+                    Exit::Environment,
+                    anyhow!(
+                        "the disk is full: imcast could not write {}, so the report of run {} was not \
+                         written. Nothing was lost: the journal holds the run. Free space, then run \
+                         `imcast report {}` again",
+                        path.display(),
+                        run.id,
+                        args.file.display()
+                    ),
+                ));
+            }
+            return Err(Failure::new(Exit::Internal, e));
+        }
+    };
     crate::errln!("Report of run {} written: {}", run.id, p.html.display());
     if p.compressed {
         crate::errln!(

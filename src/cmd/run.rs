@@ -30,12 +30,16 @@ use crate::send::{describe_counts, Progress, StopReason, StopToken};
 use crate::spec::LoadOptions;
 
 /// What a person confirms before a real send: where it goes, how much, how long, and one
-/// rendered message.
-fn confirmation_text(c: &Confirmation) -> String {
+/// rendered message (with `--retry-failed`: which run it retries and how many, by code).
+pub fn confirmation_text(c: &Confirmation) -> String {
     // Whole seconds, rounded up (as `imcast plan` shows an ETA).
     let eta = Duration::from_secs(c.eta.as_secs_f64().ceil() as u64);
+    let retry = match &c.retry {
+        Some(r) => format!("  retry      {r}\n"),
+        None => String::new(),
+    };
     format!(
-        "About to send campaign {:?}{}\n  app id     {}\n  endpoint   {}\n  action     {} ({})\n  recipients {}\n  calls      {}\n  limit      {}\n  ETA        {}\n  message    {}\n",
+        "About to send campaign {:?}{}\n{retry}  app id     {}\n  endpoint   {}\n  action     {} ({})\n  recipients {}\n  calls      {}\n  limit      {}\n  ETA        {}\n  message    {}\n",
         c.campaign,
         if c.is_test { " as a TEST to the --test-to ids only" } else { "" },
         c.app_id,
@@ -245,6 +249,7 @@ fn flags_of(args: &RunArgs) -> RunFlags {
         yes: args.yes,
         mock: args.mock,
         test_to: args.test_to.clone(),
+        retry_failed: args.retry_failed,
     }
 }
 
@@ -290,7 +295,9 @@ pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
         // later real `run` answer "already finished". The embedded mock remembers nothing between
         // processes, so a finished mock run is simply run again.
         paths = paths.for_mock(args.state.state_dir.is_some(), args.report_dir.is_some());
-        flags.new_run = flags.new_run || latest_mock_run_finished(&paths, &campaign.name);
+        // (A --retry-failed follow-up is a new run by itself, of the last mock run.)
+        flags.new_run = flags.new_run
+            || (!flags.retry_failed && latest_mock_run_finished(&paths, &campaign.name));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

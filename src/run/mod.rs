@@ -164,6 +164,40 @@ impl RunSummary {
     }
 }
 
+/// A full disk stopped the run (the journal, the limiter's state or the state directory could
+/// not grow): one message that names the file, says nothing was lost and how to go on (exit 8).
+pub fn disk_full_failure(path: &std::path::Path, campaign_file: &std::path::Path) -> Failure {
+    Failure::new(
+        Exit::Environment,
+        anyhow!(
+            "the disk is full: imcast could not write {}. Nothing was lost: every outcome recorded so \
+             far is kept, recipients not yet sent stay pending, and a call whose answer could not be \
+             recorded will show its recipients as `unknown` (never resent on its own). Free space, \
+             then resume with `imcast run {}`",
+            path.display(),
+            campaign_file.display()
+        ),
+    )
+}
+
+/// The same after the engine ended, for the run's report (exit 8).
+pub fn report_disk_full_failure(
+    path: &std::path::Path,
+    run_id: &str,
+    campaign_file: &std::path::Path,
+) -> Failure {
+    Failure::new(
+        Exit::Environment,
+        anyhow!(
+            "the disk is full: imcast could not write {}, so the report of run {run_id} was not \
+             written. Nothing was lost: the journal holds the run. Free space, then write the report \
+             with `imcast report {}`",
+            path.display(),
+            campaign_file.display()
+        ),
+    )
+}
+
 /// Run one campaign to the end of this session (see the module doc). Call from inside a tokio
 /// runtime; blocking work goes to the blocking pool. `stop` stops starting calls (in-flight ones
 /// are waited for and committed); the summary's exit is then `Interrupted`.
