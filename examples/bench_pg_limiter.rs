@@ -13,6 +13,12 @@
 //! have) on one shared key, at a limit far above what it reaches, so every decision admits.
 //! Timed per call: `try_acquire` (one decision: lock, prune, admit, commit) and
 //! `complete_blocking` (writing the answer's end), on the system clock. Prints percentiles.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark measures wall time and prints its figures"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -49,7 +49,9 @@ use crate::schedule::Overlap;
 use metrics::{Metrics, MetricsSnapshot};
 use runner::{RunRequest, RunStatus, Runner};
 use source::{CampaignSource, LoadedCampaign};
-use state::{status, ControlAction, OccurrenceRow, StateError, Update};
+use state::{status, OccurrenceRow, StateError, Update};
+
+use crate::journal::{ControlRequest, Journal, JournalError};
 
 /// Where and how often.
 #[derive(Debug, Clone)]
@@ -83,6 +85,8 @@ impl DaemonConfig {
 pub enum DaemonError {
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     #[error("another imcast daemon (pid {pid}) is running on state directory {state_dir}; stop it first or use another --state-dir")]
     Busy { pid: u32, state_dir: String },
     #[error("campaign folder {path}: {source}")]
@@ -139,6 +143,8 @@ pub struct Daemon {
     source: Box<dyn CampaignSource>,
     runner: Arc<dyn Runner>,
     conn: Connection,
+    /// The journal, for control requests (its `control` table is the journal's).
+    journal: Journal,
     campaigns: BTreeMap<String, Known>,
     invalid: BTreeMap<PathBuf, String>,
     last_scan: Option<Timestamp>,
@@ -169,6 +175,7 @@ impl Daemon {
         source: Box<dyn CampaignSource>,
         runner: Arc<dyn Runner>,
     ) -> Result<Daemon, DaemonError> {
+        let journal = Journal::open(&cfg.state_dir)?;
         let conn = state::open(&cfg.state_dir)?;
         let pid = std::process::id();
         let now = clock.now().as_second();
@@ -184,6 +191,7 @@ impl Daemon {
             source,
             runner,
             conn,
+            journal,
             campaigns: BTreeMap::new(),
             invalid: BTreeMap::new(),
             last_scan: None,
@@ -431,7 +439,7 @@ impl Daemon {
 
     fn handle_controls(&mut self, now: Timestamp) -> Result<(), DaemonError> {
         let n = now.as_second();
-        for req in state::pending_controls(&self.conn)? {
+        for req in self.journal.pending_controls()? {
             let name = req.campaign.as_str();
             let known_row = state::campaign(&self.conn, name)?;
             if known_row.is_none() && !self.campaigns.contains_key(name) {
@@ -449,20 +457,24 @@ impl Daemon {
                     )?;
                 }
             }
-            let result = match req.action {
-                ControlAction::Pause => {
+            let result = match req.request {
+                ControlRequest::Pause => {
                     state::set_paused(&self.conn, name, true)?;
                     "paused: no new occurrence starts and running runs pause until `imcast resume`"
                         .to_string()
                 }
-                ControlAction::Resume => {
+                ControlRequest::Resume => {
                     state::set_paused(&self.conn, name, false)?;
                     "resumed".to_string()
                 }
-                ControlAction::Cancel => self.cancel(name, now)?,
+                ControlRequest::Cancel => self.cancel(name, now)?,
             };
-            info!(campaign = %name, action = req.action.as_str(), result = %result, "control request");
-            state::finish_control(&self.conn, &req, n, &result)?;
+            info!(campaign = %name, action = req.request.as_str(), result = %result, "control request");
+            // The request's removal and the log of what was done commit together.
+            self.journal
+                .finish_control(&req, |j| -> Result<(), DaemonError> {
+                    Ok(state::log_control(j.connection(), &req, n, &result)?)
+                })?;
         }
         Ok(())
     }
@@ -763,7 +775,7 @@ impl Daemon {
             }
             for o in sched.occurrences_between(cursor, now, 1000) {
                 let key = runner::run_key(&name, o);
-                let late = now.duration_since(o).as_secs_f64() > sched.not_after().as_secs_f64();
+                let late = sched.is_late(o, now);
                 let (st, detail): (&str, Option<String>) = if late {
                     (
                         status::SKIPPED_LATE,

@@ -373,7 +373,20 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The file a full disk refused to grow (the journal or the limiter's state), when that is
+    /// what stopped the engine.
+    pub fn disk_full(&self) -> Option<&std::path::Path> {
+        match self {
+            EngineError::Journal(j) => j.disk_full(),
+            EngineError::Throttle(t) => t.disk_full(),
+            _ => None,
+        }
+    }
+
     pub fn exit(&self) -> Exit {
+        if self.disk_full().is_some() {
+            return Exit::Environment;
+        }
         match self {
             EngineError::Journal(j) => match j.exit() {
                 Exit::Busy => Exit::Busy,
@@ -711,7 +724,8 @@ fn produce<S: CallSource>(
     resend_unknown: bool,
     tx: mpsc::Sender<Produced<S::Payload>>,
 ) {
-    let reader = match crate::journal::Journal::open_path(db_path) {
+    // This connection only looks up a call's receivers: a small page cache (memory stays flat).
+    let reader = match crate::journal::Journal::open_reader(db_path, 2048) {
         Ok(r) => r,
         Err(e) => {
             let _ = tx.blocking_send(Produced::Error {
@@ -721,8 +735,6 @@ fn produce<S: CallSource>(
             return;
         }
     };
-    // This connection only looks up a call's receivers: a small page cache (memory stays flat).
-    let _ = reader.connection().pragma_update(None, "cache_size", -2048);
     // A fresh run: every receiver the plan names is pending and none was re-queued, no lookup
     // per call needed.
     let fresh = match reader

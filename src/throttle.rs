@@ -96,7 +96,7 @@ mod pg_store;
 mod sqlite;
 mod store;
 
-pub use sqlite::{create_tables, used_in_window};
+pub use sqlite::{create_tables, used_in_window, used_in_windows};
 pub use store::StoreError;
 use store::{collapse, End, NewEntry, Store};
 
@@ -136,6 +136,18 @@ impl ThrottleError {
     /// A store that may answer again soon (lost connection, failover, deadlock).
     fn is_transient(&self) -> bool {
         matches!(self, ThrottleError::Store { source, .. } if source.is_transient())
+    }
+
+    /// The file a full disk refused to grow, when that is what this error is (SQLITE_FULL on
+    /// the limiter's SQLite file; its place is that file's path).
+    pub fn disk_full(&self) -> Option<&Path> {
+        match self {
+            ThrottleError::Store {
+                place,
+                source: StoreError::Sqlite(e),
+            } if crate::db::is_disk_full(e) => Some(Path::new(place)),
+            _ => None,
+        }
     }
 }
 

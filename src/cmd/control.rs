@@ -1,8 +1,8 @@
-//! `imcast pause|resume|cancel NAME`: write a request to the journal's `control` table in the
-//! state database — the one channel both a running `imcast run` (its engine polls it every
-//! second) and the daemon (every tick) act on. Waits (up to a few seconds) until someone took
-//! the request and prints what was done. The state directory is found by the one rule
-//! (`config::ROOT_RULE`) from the current directory; `--mock` acts on a running
+//! `imcast pause|resume|cancel NAME`: record a request in the journal ([`Journal::request_control`])
+//! — the one channel both a running `imcast run` (its engine polls it every second) and the daemon
+//! (every tick) act on. Waits (up to a few seconds) until someone took the request and prints what
+//! was done (the daemon's answer from its `sched_control` log). The state directory is found by the
+//! one rule (`config::ROOT_RULE`) from the current directory; `--mock` acts on a running
 //! `imcast run --mock` (`<state>/mock/`).
 
 use std::path::{Path, PathBuf};
@@ -14,29 +14,26 @@ use crate::cli::{ControlArgs, GlobalArgs};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{MOCK_DIR, STATE_DIR_NAME};
 use crate::daemon::default_state_dir;
-use crate::daemon::state::{self, ControlAction};
+use crate::daemon::state;
 use crate::exit::{CmdResult, Exit, ExitContext};
+use crate::journal::{ControlRequest, Journal};
 
 pub fn pause(_g: &GlobalArgs, a: &ControlArgs) -> CmdResult {
-    control(a, ControlAction::Pause)
+    control(a, ControlRequest::Pause)
 }
 
 pub fn resume(_g: &GlobalArgs, a: &ControlArgs) -> CmdResult {
-    control(a, ControlAction::Resume)
+    control(a, ControlRequest::Resume)
 }
 
 pub fn cancel(_g: &GlobalArgs, a: &ControlArgs) -> CmdResult {
-    control(a, ControlAction::Cancel)
+    control(a, ControlRequest::Cancel)
 }
 
 /// Campaigns the state directory knows: scheduled by a daemon or sent by `imcast run`.
-fn known_names(conn: &rusqlite::Connection) -> anyhow::Result<Vec<String>> {
+fn known_names(conn: &rusqlite::Connection, journal: &Journal) -> anyhow::Result<Vec<String>> {
     let mut names = state::campaign_names(conn)?;
-    let mut st = conn.prepare("SELECT DISTINCT campaign FROM runs")?;
-    let runs = st
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    names.extend(runs);
+    names.extend(journal.campaigns()?);
     names.sort();
     names.dedup();
     Ok(names)
@@ -59,7 +56,7 @@ fn state_dirs_below(cwd: &Path, mock: bool) -> Vec<PathBuf> {
     found
 }
 
-fn control(a: &ControlArgs, action: ControlAction) -> CmdResult {
+fn control(a: &ControlArgs, action: ControlRequest) -> CmdResult {
     // The one rule (`config::ROOT_RULE`), started from the current directory.
     let cwd = std::env::current_dir().exit(Exit::Internal)?;
     let state_dir = match &a.state.state_dir {
@@ -94,7 +91,11 @@ fn control(a: &ControlArgs, action: ControlAction) -> CmdResult {
         ))
         .exit(Exit::Invalid);
     };
-    let names = known_names(&conn).exit(Exit::Internal)?;
+    let journal = Journal::open(&state_dir).map_err(|e| {
+        let exit = e.exit();
+        crate::exit::Failure::new(exit, e)
+    })?;
+    let names = known_names(&conn, &journal).exit(Exit::Internal)?;
     if !names.iter().any(|n| n == &a.name) {
         let hint = names
             .iter()
@@ -114,7 +115,10 @@ fn control(a: &ControlArgs, action: ControlAction) -> CmdResult {
             && state::open_existing(&mock_dir)
                 .ok()
                 .flatten()
-                .and_then(|c| known_names(&c).ok())
+                .and_then(|c| {
+                    let j = Journal::open(&mock_dir).ok()?;
+                    known_names(&c, &j).ok()
+                })
                 .is_some_and(|n| n.contains(&a.name))
         {
             format!(
@@ -132,14 +136,18 @@ fn control(a: &ControlArgs, action: ControlAction) -> CmdResult {
         .exit(Exit::Invalid);
     }
     let clock = SystemClock;
-    let since = state::request_control(&conn, &a.name, action, clock.now().as_second())
+    // Whole seconds: the daemon's log of what it did keeps the request's time in seconds.
+    let since = clock.now().as_second();
+    let at = jiff::Timestamp::from_second(since).exit(Exit::Internal)?;
+    journal
+        .request_control(&a.name, action, Some(&format!("imcast {action}")), at)
         .exit(Exit::Internal)?;
     if a.no_wait {
         crate::outln!("{} requested for {}", action.as_str(), a.name);
         return Ok(Exit::Ok);
     }
     for _ in 0..30 {
-        if !state::control_pending(&conn, &a.name).exit(Exit::Internal)? {
+        if !journal.control_pending(&a.name).exit(Exit::Internal)? {
             match state::control_result(&conn, &a.name, since).exit(Exit::Internal)? {
                 Some(result) => crate::outln!("{}: {result}", a.name),
                 None => crate::outln!(

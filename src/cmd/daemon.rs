@@ -69,6 +69,9 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
         let daemon = Daemon::open(cfg, Arc::new(SystemClock), Box::new(source), runner.clone())
             .map_err(|e| match e {
                 crate::daemon::DaemonError::Busy { .. } => crate::exit::Failure::new(Exit::Busy, e),
+                crate::daemon::DaemonError::Journal(ref j) => {
+                    crate::exit::Failure::new(j.exit(), e)
+                }
                 other => crate::exit::Failure::new(Exit::Internal, other),
             })?;
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -83,7 +86,7 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
                 info!("signal received: stopping after the current tick (a second signal aborts)");
                 let _ = tx.send(true);
                 let second = wait_signal().await;
-                eprintln!("second signal: aborting now; runs stay resumable");
+                crate::errln!("second signal: aborting now; runs stay resumable");
                 std::process::exit(i32::from(second.code()));
             });
         }

@@ -60,7 +60,6 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
         );
         return Ok(Exit::Ok);
     };
-    drop(conn);
     let mut journal = crate::journal::Journal::open(&state_dir).map_err(|e| {
         let exit = e.exit();
         crate::exit::Failure::new(exit, e)
@@ -70,7 +69,7 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
         crate::exit::Failure::new(exit, e)
     })?;
     crate::report::facts::forget_pruned(&journal).exit(Exit::Internal)?;
-    let (occ, ctl) = state::prune(journal.connection(), cutoff).exit(Exit::Internal)?;
+    let (occ, ctl) = state::prune(&conn, cutoff).exit(Exit::Internal)?;
     crate::outln!(
         "pruned {} ({}, {}), {} and {} older than {}{reports_note}",
         count(runs, "run", "runs"),

@@ -3,7 +3,8 @@
 //! Owns: the snapshot the daemon publishes after every tick and its rendering in the
 //! Prometheus text exposition format, plus the tiny axum server. What only the sender knows
 //! (messages by status, rate vs limit) comes in through [`MetricsHook`]s; [`JournalMetrics`] is
-//! the journal's.
+//! the journal's (read through the journal's own methods and the limiter's
+//! [`used_in_windows`](crate::throttle::used_in_windows), never their tables).
 //! Must not: block the daemon (the server reads a snapshot behind a mutex), or bind anything
 //! but the address it is given (the command refuses non-loopback addresses).
 
@@ -206,46 +207,36 @@ impl JournalMetrics {
     }
 }
 
+/// Why the journal's families could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("the limiter's log: {0}")]
+    Limiter(#[from] rusqlite::Error),
+}
+
 /// The journal's families as Prometheus text, at `now`.
 pub fn journal_text(
     db: &std::path::Path,
     limits: &[(String, crate::config::Limit)],
     now: jiff::Timestamp,
-) -> rusqlite::Result<String> {
-    let conn = rusqlite::Connection::open_with_flags(
-        db,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+) -> Result<String, MetricsError> {
+    let journal = crate::journal::Journal::open_reader(db, 2048)?;
     let mut o = String::new();
     let _ = writeln!(
         o,
         "# HELP imcast_messages Recipients by status, per campaign, over runs updated in the last 24h."
     );
     let _ = writeln!(o, "# TYPE imcast_messages gauge");
-    let since = now.as_second() - RECENT_SECS;
-    let mut runs = conn.prepare("SELECT id, campaign, updated_at FROM runs")?;
-    let recent: Vec<(String, String)> = runs
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .filter_map(Result::ok)
-        .filter(|(_, _, at)| {
-            at.parse::<jiff::Timestamp>()
-                .is_ok_and(|t| t.as_second() >= since)
-        })
-        .map(|(id, c, _)| (id, c))
-        .collect();
-    let mut by: std::collections::BTreeMap<(String, String), u64> = Default::default();
-    let mut st = conn.prepare("SELECT status, n FROM run_counts WHERE run_id = ?1")?;
-    for (id, campaign) in &recent {
-        for row in st.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-            let (status, n) = row?;
-            *by.entry((campaign.clone(), status)).or_default() += n.max(0) as u64;
+    let since = now
+        .checked_sub(jiff::SignedDuration::from_secs(RECENT_SECS))
+        .unwrap_or(jiff::Timestamp::MIN);
+    let mut by: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+    for run in journal.recent_counts(since)? {
+        for (status, n) in run.counts {
+            *by.entry((run.campaign.clone(), status.as_str()))
+                .or_default() += n;
         }
     }
     for ((campaign, status), n) in &by {
@@ -267,26 +258,10 @@ pub fn journal_text(
     );
     let _ = writeln!(o, "# TYPE imcast_rate_limit gauge");
     // The limiter keeps its log in its own file beside the journal (see `throttle`).
-    let tconn = rusqlite::Connection::open_with_flags(
-        db.with_file_name(crate::throttle::DB_FILE),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .ok();
-    // No limiter file yet (nothing sent from this state directory) or unreadable: nothing used.
-    let has_log: bool = tconn.as_ref().is_some_and(|t| {
-        t.busy_timeout(std::time::Duration::from_secs(2)).is_ok()
-            && t.prepare(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'throttle_log'",
-            )
-            .and_then(|mut st| st.exists([]))
-            .unwrap_or(false)
-    });
-    for (action, limit) in limits {
-        let used: u64 = if let (true, Some(conn)) = (has_log, &tconn) {
-            crate::throttle::used_in_window(conn, action, now)?
-        } else {
-            0
-        };
+    let keys: Vec<&str> = limits.iter().map(|(action, _)| action.as_str()).collect();
+    let used =
+        crate::throttle::used_in_windows(&db.with_file_name(crate::throttle::DB_FILE), &keys, now)?;
+    for ((action, limit), used) in limits.iter().zip(used) {
         let _ = writeln!(o, "imcast_rate_used{{action=\"{}\"}} {used}", esc(action));
         let _ = writeln!(
             o,

@@ -3,19 +3,23 @@
 //! Owns: `sched_campaign` (per campaign: the cursor — the last occurrence already decided — and
 //! the user pause flag), `sched_occurrence` (one row per decided occurrence, keyed by campaign
 //! and UTC instant in whole seconds), `sched_control` (a log of what the daemon did with each
-//! pause/resume/cancel request; the requests themselves live in the journal's `control` table,
-//! the one channel `imcast pause|resume|cancel` writes and both the daemon and a running
-//! engine poll) and `sched_daemon` (a heartbeat so
-//! two daemons do not share one state directory). Invariants: an occurrence row is inserted in
-//! the same transaction that advances the cursor past it, BEFORE its run starts, and the primary
-//! key makes a second insert a no-op — this is what makes each occurrence fire at most once.
-//! Must not: touch the journal's tables (the sender stream owns them); [`migrate`] only creates
-//! `sched_*` tables with `CREATE TABLE IF NOT EXISTS`, so the journal may call it on its
-//! connection.
+//! pause/resume/cancel request; the requests themselves are the journal's — see
+//! [`Journal::pending_controls`](crate::journal::Journal::pending_controls) — and a log row is
+//! written by [`log_control`] inside
+//! [`Journal::finish_control`](crate::journal::Journal::finish_control)'s transaction, so the
+//! request's removal and its log commit together) and `sched_daemon` (a heartbeat so two daemons
+//! do not share one state directory). Invariants: an occurrence row is inserted in the same
+//! transaction that advances the cursor past it, BEFORE its run starts, and the primary key makes
+//! a second insert a no-op — this is what makes each occurrence fire at most once.
+//! Must not: touch the journal's tables (`runs`, `calls`, `recipients`, `run_counts`, `control`:
+//! the journal's methods are the only way to them); [`migrate`] only creates `sched_*` tables
+//! with `CREATE TABLE IF NOT EXISTS`, so it is safe on any connection to the file.
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::journal::PendingControl;
 
 /// Errors from the scheduler tables.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +91,7 @@ pub fn open(state_dir: &Path) -> Result<Connection, StateError> {
         source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
     })?;
     // The journal owns the file and its core tables (runs, calls, recipients, control): let it
-    // create/migrate them first so the `control` table is always there.
+    // create and migrate them first, so a fresh state directory has them whoever opens it first.
     crate::journal::Journal::open(state_dir).map_err(|e| StateError::Open {
         path: path.display().to_string(),
         source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
@@ -396,125 +400,26 @@ pub struct Update<'a> {
     pub content_hash: Option<&'a str>,
 }
 
-/// A pause/resume/cancel request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ControlAction {
-    Pause,
-    Resume,
-    Cancel,
-}
-
-impl ControlAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ControlAction::Pause => "pause",
-            ControlAction::Resume => "resume",
-            ControlAction::Cancel => "cancel",
-        }
-    }
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pause" => Some(ControlAction::Pause),
-            "resume" => Some(ControlAction::Resume),
-            "cancel" => Some(ControlAction::Cancel),
-            _ => None,
-        }
-    }
-}
-
-/// A request waiting in the journal's `control` table (one per campaign; the latest wins).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlRequest {
-    pub campaign: String,
-    pub action: ControlAction,
-    /// As the journal stores it (RFC 3339); identifies the request when it is cleared.
-    pub requested_at: String,
-}
-
-/// Queue a control request in the journal's `control` table — the one channel every runner
-/// (the daemon and a running `imcast run`'s engine) polls. Returns `now`, the instant to pass to
-/// [`control_result`].
-pub fn request_control(
+/// Log what the daemon did with a control request: call it inside
+/// [`Journal::finish_control`](crate::journal::Journal::finish_control)'s step, on the journal's
+/// connection, so the request's removal and this row commit together.
+pub fn log_control(
     conn: &Connection,
-    campaign: &str,
-    action: ControlAction,
-    now: i64,
-) -> Result<i64, StateError> {
-    let at = jiff::Timestamp::from_second(now)
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-        .to_string();
-    exec(
-        conn,
-        "INSERT INTO control(campaign, request, requested_at, requested_by) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(campaign) DO UPDATE SET request = excluded.request,
-             requested_at = excluded.requested_at, requested_by = excluded.requested_by",
-        params![
-            campaign,
-            action.as_str(),
-            at,
-            format!("imcast {}", action.as_str())
-        ],
-    )?;
-    Ok(now)
-}
-
-/// Requests not acted on yet, by campaign.
-pub fn pending_controls(conn: &Connection) -> Result<Vec<ControlRequest>, StateError> {
-    let mut st = conn
-        .prepare_cached("SELECT campaign, request, requested_at FROM control ORDER BY campaign")?;
-    let rows = st
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(campaign, a, requested_at)| {
-            ControlAction::parse(&a).map(|action| ControlRequest {
-                campaign,
-                action,
-                requested_at,
-            })
-        })
-        .collect())
-}
-
-/// Is a request for `campaign` still waiting?
-pub fn control_pending(conn: &Connection, campaign: &str) -> Result<bool, StateError> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM control WHERE campaign = ?1")?
-        .exists(params![campaign])?)
-}
-
-/// The daemon acted on `req`: remove it from the journal's `control` table (unless a newer
-/// request replaced it meanwhile) and log what was done in `sched_control`, in one transaction.
-pub fn finish_control(
-    conn: &Connection,
-    req: &ControlRequest,
-    now: i64,
+    req: &PendingControl,
+    handled_at: i64,
     result: &str,
 ) -> Result<(), StateError> {
-    let requested = req
-        .requested_at
-        .parse::<jiff::Timestamp>()
-        .map(|t| t.as_second())
-        .unwrap_or(now);
-    let tx = conn.unchecked_transaction()?;
     exec(
-        &tx,
-        "DELETE FROM control WHERE campaign = ?1 AND requested_at = ?2",
-        params![req.campaign, req.requested_at],
-    )?;
-    exec(
-        &tx,
+        conn,
         "INSERT INTO sched_control (campaign, action, requested_at, handled_at, result) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![req.campaign, req.action.as_str(), requested, now, result],
+        params![
+            req.campaign,
+            req.request.as_str(),
+            req.requested_at.as_second(),
+            handled_at,
+            result
+        ],
     )?;
-    tx.commit()?;
     Ok(())
 }
 

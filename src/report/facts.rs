@@ -23,7 +23,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::action::Unit;
-use crate::journal::{Journal, JournalError, RecipientRef, RecipientStatus, RunInfo};
+use crate::journal::{CallState, Journal, JournalError, RecipientRef, RecipientStatus, RunInfo};
 use crate::plan::PlanVariant;
 
 /// Points on the sending-over-time chart.
@@ -155,7 +155,8 @@ pub fn record_run(
     tx.commit().map_err(db)
 }
 
-/// Remove what [`record_run`] kept for runs the journal no longer has (after pruning).
+/// Remove what [`record_run`] kept for runs the journal no longer has (after pruning). Which
+/// runs it has is the journal's to say ([`Journal::run`]); this reads only the report's tables.
 pub fn forget_pruned(journal: &Journal) -> Result<u64, JournalError> {
     let conn = journal.connection();
     let db = |source| JournalError::Db {
@@ -165,17 +166,29 @@ pub fn forget_pruned(journal: &Journal) -> Result<u64, JournalError> {
     if !has_table(conn, "report_runs").map_err(db)? {
         return Ok(0);
     }
-    let n = conn
-        .execute(
-            "DELETE FROM report_runs WHERE run_id NOT IN (SELECT id FROM runs)",
-            [],
-        )
+    let kept: Vec<String> = conn
+        .prepare("SELECT run_id FROM report_runs UNION SELECT run_id FROM report_variants")
+        .map_err(db)?
+        .query_map([], |r| r.get(0))
+        .map_err(db)?
+        .collect::<Result<_, _>>()
         .map_err(db)?;
-    conn.execute(
-        "DELETE FROM report_variants WHERE run_id NOT IN (SELECT id FROM runs)",
-        [],
-    )
-    .map_err(db)?;
+    let mut gone = Vec::new();
+    for id in kept {
+        if journal.run(&id)?.is_none() {
+            gone.push(id);
+        }
+    }
+    let tx = conn.unchecked_transaction().map_err(db)?;
+    let mut n = 0;
+    for id in &gone {
+        n += tx
+            .execute("DELETE FROM report_runs WHERE run_id = ?1", [id])
+            .map_err(db)?;
+        tx.execute("DELETE FROM report_variants WHERE run_id = ?1", [id])
+            .map_err(db)?;
+    }
+    tx.commit().map_err(db)?;
     Ok(n as u64)
 }
 
@@ -191,6 +204,17 @@ fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
 
 /// The run's recorded meta and variants (largest first), if it recorded them.
 pub fn recorded(
+    journal: &Journal,
+    run_id: &str,
+) -> Result<(Option<RunMeta>, Vec<VariantFact>), JournalError> {
+    let db = |source| JournalError::Db {
+        path: journal.path().to_path_buf(),
+        source,
+    };
+    recorded_in(journal.connection(), run_id).map_err(db)
+}
+
+fn recorded_in(
     conn: &Connection,
     run_id: &str,
 ) -> rusqlite::Result<(Option<RunMeta>, Vec<VariantFact>)> {
@@ -359,33 +383,21 @@ pub struct UnknownCall {
 }
 
 /// The first [`MAX_UNKNOWN_CALLS`] calls of a run whose outcome is unknown, in call order.
-pub fn unknown_calls(conn: &Connection, run_id: &str) -> rusqlite::Result<Vec<UnknownCall>> {
-    let mut st = conn.prepare(&format!(
-        "SELECT seq, variant, {RECEIVERS}, attempts, error_code, error_message, updated_at
-         FROM calls WHERE run_id = ?1 AND state = 'unknown' ORDER BY seq LIMIT ?2"
-    ))?;
-    let rows = st.query_map(params![run_id, MAX_UNKNOWN_CALLS as i64], |r| {
-        Ok(UnknownCall {
-            seq: r.get::<_, i64>(0)? as u64,
-            variant: r.get(1)?,
-            receivers: r.get::<_, i64>(2)? as u64,
-            attempts: r.get::<_, i64>(3)? as u64,
-            code: r.get::<_, Option<String>>(4)?.map(|c| clip(&c, 80)),
-            message: r.get::<_, Option<String>>(5)?.map(|m| clip(&m, MAX_TEXT)),
-            time: r
-                .get::<_, String>(6)?
-                .parse::<Timestamp>()
-                .map(show_time)
-                .unwrap_or_default(),
+pub fn unknown_calls(journal: &Journal, run_id: &str) -> Result<Vec<UnknownCall>, JournalError> {
+    Ok(journal
+        .calls_in_state(run_id, CallState::Unknown, MAX_UNKNOWN_CALLS)?
+        .into_iter()
+        .map(|c| UnknownCall {
+            seq: c.seq,
+            receivers: c.receivers.len() as u64,
+            variant: c.variant,
+            attempts: c.attempts,
+            code: c.error_code.map(|c| clip(&c, 80)),
+            message: c.error_message.map(|m| clip(&m, MAX_TEXT)),
+            time: show_time(c.updated_at),
         })
-    })?;
-    rows.collect()
+        .collect())
 }
-
-/// The number of receivers of a call row, counted in SQL without parsing the JSON array
-/// (`[1,2,3]`: commas + 1; `[]`: 0).
-const RECEIVERS: &str = "CASE WHEN receivers = '[]' THEN 0 \
-     ELSE length(receivers) - length(replace(receivers, ',', '')) + 1 END";
 
 // ---- sending over time -------------------------------------------------------------------
 
@@ -436,32 +448,22 @@ fn millis(t: Timestamp) -> i64 {
 /// Sending over time, from the outcome time of every call that was answered (done or unknown).
 /// `end` is when the run ended (or was last updated).
 pub fn timeline(
-    conn: &Connection,
+    journal: &Journal,
     run: &RunInfo,
     end: Timestamp,
-) -> rusqlite::Result<Option<Timeline>> {
+) -> Result<Option<Timeline>, JournalError> {
     let window_ms = (run.limit.window.as_millis() as i64).max(1);
     // Time slices: a tenth of the window, between 100 ms and 1 s.
     let res = (window_ms / 10).clamp(100, 1000);
-    let units_sql = match run.action.unit() {
-        Unit::Receivers => RECEIVERS,
-        Unit::Requests => "1",
-    };
-    let mut st = conn.prepare(&format!(
-        "SELECT updated_at, {units_sql} FROM calls WHERE run_id = ?1 AND state IN ('done', 'unknown')"
-    ))?;
+    let batch = run.action.unit() == Unit::Receivers;
     let mut slices: HashMap<i64, u64> = HashMap::new();
     let mut calls = 0u64;
-    let mut rows = st.query([&run.id])?;
-    while let Some(r) = rows.next()? {
-        let t: String = r.get(0)?;
-        let Ok(t) = t.parse::<Timestamp>() else {
-            continue;
-        };
-        let n = r.get::<_, i64>(1)?.max(0) as u64;
-        *slices.entry(millis(t).div_euclid(res)).or_default() += n;
+    journal.for_each_answered_call::<JournalError>(&run.id, |c| {
+        let n = if batch { c.receivers } else { 1 };
+        *slices.entry(millis(c.at).div_euclid(res)).or_default() += n;
         calls += 1;
-    }
+        Ok(())
+    })?;
     if slices.is_empty() {
         return Ok(None);
     }

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::StateStore;
 use crate::pg::PgUrl;
@@ -513,19 +513,4 @@ fn sweep_stale(tmp: &Path, bin: &Path, root: bool) {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-/// How long to wait for something the watchdog does (its own tests).
-pub const WATCHDOG_PATIENCE: Duration = Duration::from_secs(60);
-
-/// Wait until `cond` holds or `patience` passes; whether it held.
-pub fn wait_until(patience: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < patience {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
 }

@@ -246,3 +246,30 @@ pub fn used_in_window(conn: &Connection, key: &str, now: Timestamp) -> rusqlite:
     )?;
     Ok(used.max(0) as u64)
 }
+
+/// Units each of `keys` holds in its window at `now`, read from the limiter file at `db_path`
+/// on a read-only connection (daemon metrics). No file or no log yet (nothing sent from this
+/// state directory), or a file it cannot open: 0 for every key.
+pub fn used_in_windows(
+    db_path: &Path,
+    keys: &[&str],
+    now: Timestamp,
+) -> rusqlite::Result<Vec<u64>> {
+    let conn = Connection::open_with_flags(
+        db_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok();
+    let has_log = conn.as_ref().is_some_and(|c| {
+        c.busy_timeout(std::time::Duration::from_secs(2)).is_ok()
+            && c.prepare(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'throttle_log'",
+            )
+            .and_then(|mut st| st.exists([]))
+            .unwrap_or(false)
+    });
+    match (has_log, &conn) {
+        (true, Some(c)) => keys.iter().map(|k| used_in_window(c, k, now)).collect(),
+        _ => Ok(vec![0; keys.len()]),
+    }
+}

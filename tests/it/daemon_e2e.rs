@@ -110,6 +110,10 @@ fn wait_for(tries: u32, mut f: impl FnMut() -> bool) -> bool {
 }
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the real daemon binary schedules on the system clock; a child's time limit is wall time"
+)]
 fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root: PathBuf = std::fs::canonicalize(tmp.path()).expect("canon");
@@ -322,11 +326,15 @@ async fn stop_file_pauses_a_plain_run_and_it_resumes_after() {
 /// HTTP): pause stops the engine and the occurrence shows `paused`, resume continues the same
 /// run, cancel makes the remaining recipients `cancelled`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the real daemon binary schedules on the system clock; a child's time limit is wall time"
+)]
 async fn pause_resume_cancel_act_on_a_running_occurrence() {
     use imcast::daemon::send_runner::{SendRunner, SendRunnerConfig};
     use imcast::daemon::source::SpecSource;
-    use imcast::daemon::state::ControlAction;
     use imcast::daemon::{Daemon, DaemonConfig};
+    use imcast::journal::ControlRequest;
     use std::sync::Arc;
 
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -376,7 +384,13 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
         runner.clone(),
     )
     .expect("daemon");
-    let conn = state::open(&state_dir).expect("state");
+    // What `imcast pause|resume|cancel c` records.
+    let request = |req: ControlRequest| {
+        Journal::open(&state_dir)
+            .expect("journal")
+            .request_control("c", req, Some("test"), jiff::Timestamp::UNIX_EPOCH)
+            .expect("request")
+    };
     let status = |conn: &rusqlite::Connection| {
         state::occurrences(conn, Some("c"))
             .expect("rows")
@@ -414,7 +428,7 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
     d = back;
     assert!(ok, "the occurrence started sending");
 
-    state::request_control(&conn, "c", ControlAction::Pause, 0).expect("pause");
+    request(ControlRequest::Pause);
     let sd2 = sd.clone();
     let (back, ok) = tick_until(d, move || {
         status(&state::open(&sd2).expect("state")) == "paused"
@@ -445,7 +459,7 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
             > 0
     );
 
-    state::request_control(&conn, "c", ControlAction::Resume, 0).expect("resume");
+    request(ControlRequest::Resume);
     let sd4 = sd.clone();
     let (back, ok) = tick_until(d, move || {
         status(&state::open(&sd4).expect("state")) == "running"
@@ -454,7 +468,7 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
     d = back;
     assert!(ok, "running again");
 
-    state::request_control(&conn, "c", ControlAction::Cancel, 0).expect("cancel");
+    request(ControlRequest::Cancel);
     let sd5 = sd.clone();
     let (back, ok) = tick_until(d, move || {
         status(&state::open(&sd5).expect("state")) == "cancelled"

@@ -69,27 +69,12 @@ fn rows(j: &SharedJournal, run: &str) -> BTreeMap<u64, RecipientRow> {
 
 /// The run's calls numbered after the plan's (the re-sends): (seq, variant, receivers).
 fn extra_calls(j: &SharedJournal, run: &str, planned: u64) -> Vec<(u64, String, Vec<u64>)> {
-    j.with_blocking(|j| {
-        let mut st = j
-            .connection()
-            .prepare(
-                "SELECT seq, variant, receivers FROM calls WHERE run_id = ?1 AND seq >= ?2 ORDER BY seq",
-            )
-            .expect("query");
-        let v: Vec<(i64, String, String)> = st
-            .query_map(rusqlite::params![run, planned as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .expect("rows")
-            .collect::<Result<_, _>>()
-            .expect("rows");
-        v.into_iter()
-            .map(|(seq, variant, recv)| {
-                let ids: Vec<u64> = serde_json::from_str(&recv).expect("receivers json");
-                (seq as u64, variant, ids)
-            })
-            .collect()
-    })
+    j.with_blocking(|j| j.calls(run))
+        .expect("calls")
+        .into_iter()
+        .filter(|c| c.seq >= planned)
+        .map(|c| (c.seq, c.variant, c.receivers))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use imcast::clock::{Clock, SharedClock, SimClock, SystemClock};
 use imcast::config::RepoPaths;
 use imcast::exit::Exit;
-use imcast::journal::{Journal, RecipientStatus, RunFlags};
+use imcast::journal::{CallState, Journal, RecipientStatus, RunFlags};
 use imcast::mock::{self, MockConfig, MockStats};
 use imcast::run::{run_campaign, Request, RunSummary};
 use imcast::send::{Progress, StopReason, StopToken};
@@ -133,23 +133,16 @@ fn with_status(st: &BTreeMap<u64, String>, s: &str) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Receivers of the run's calls whose outcome was unknown, from the journal's calls table.
+/// Receivers of the run's calls whose outcome was unknown, from the journal's calls.
 fn unknown_call_receivers(j: &Journal, run: &str) -> (u64, BTreeSet<u64>) {
-    let mut st = j
-        .connection()
-        .prepare("SELECT receivers FROM calls WHERE run_id = ?1 AND state = 'unknown'")
-        .expect("query");
-    let rows: Vec<String> = st
-        .query_map([run], |r| r.get(0))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows");
-    let mut set = BTreeSet::new();
-    for r in &rows {
-        let v: Vec<u64> = serde_json::from_str(r).expect("receivers json");
-        set.extend(v);
-    }
-    (rows.len() as u64, set)
+    let unknown: Vec<_> = j
+        .calls(run)
+        .expect("calls")
+        .into_iter()
+        .filter(|c| c.state == CallState::Unknown)
+        .collect();
+    let set = unknown.iter().flat_map(|c| c.receivers.clone()).collect();
+    (unknown.len() as u64, set)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,6 +451,7 @@ fn recorded_flags_keep_their_json() {
         yes: true,
         mock: true,
         test_to: vec![7, 8],
+        retry_failed: false,
     };
     let yes = RunFlags {
         yes: true,
@@ -585,16 +579,11 @@ async fn quiet_hours_pause_the_engine_and_it_continues_after() {
     );
     // No call starts inside quiet hours: the journal's call rows carry their start time.
     let j = repo.journal();
-    let mut st = j
-        .connection()
-        .prepare("SELECT updated_at FROM calls WHERE run_id = ?1")
-        .expect("q");
-    let times: Vec<jiff::Timestamp> = st
-        .query_map([s.run_id.as_deref().expect("id")], |r| {
-            r.get::<_, String>(0)
-        })
-        .expect("rows")
-        .map(|t| t.expect("row").parse().expect("time"))
+    let times: Vec<jiff::Timestamp> = j
+        .calls(s.run_id.as_deref().expect("id"))
+        .expect("calls")
+        .into_iter()
+        .map(|c| c.updated_at)
         .collect();
     assert_eq!(times.len(), 20);
     assert!(

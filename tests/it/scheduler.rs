@@ -9,8 +9,9 @@ use std::time::Duration;
 use imcast::clock::{Clock, SimClock};
 use imcast::daemon::runner::{FakeRunner, RunOutcome, RunRequest, RunStatus, Runner};
 use imcast::daemon::source::StandInSource;
-use imcast::daemon::state::{self, ControlAction};
+use imcast::daemon::state;
 use imcast::daemon::{Daemon, DaemonConfig};
+use imcast::journal::{ControlRequest, Journal};
 use jiff::Timestamp;
 
 struct Env {
@@ -62,6 +63,22 @@ impl Env {
     }
     fn conn(&self) -> rusqlite::Connection {
         state::open(&self.state).expect("open state")
+    }
+    fn journal(&self) -> Journal {
+        Journal::open(&self.state).expect("open journal")
+    }
+    /// What `imcast pause|resume|cancel` records, made at the epoch; returns that instant in
+    /// seconds (what `state::control_result` takes).
+    fn request(&self, campaign: &str, req: ControlRequest) -> i64 {
+        self.journal()
+            .request_control(
+                campaign,
+                req,
+                Some(&format!("imcast {req}")),
+                Timestamp::UNIX_EPOCH,
+            )
+            .expect("request");
+        0
     }
     /// (UTC occurrence, status) for one campaign.
     fn rows(&self, name: &str) -> Vec<(String, String)> {
@@ -457,7 +474,7 @@ fn pause_resume_cancel_through_the_control_table() {
     assert_eq!(runner.runs()[k1].status, RunStatus::Running);
 
     let conn = env.conn();
-    let id = state::request_control(&conn, "c", ControlAction::Pause, 0).expect("req");
+    let id = env.request("c", ControlRequest::Pause);
     env.clock.advance(Duration::from_secs(1));
     d.tick().expect("tick");
     assert_eq!(runner.runs()[k1].status, RunStatus::Paused);
@@ -471,7 +488,7 @@ fn pause_resume_cancel_through_the_control_table() {
     d.tick().expect("tick");
     assert_eq!(env.rows("c"), rows(&[("2026-03-01T01:00:00Z", "done")]));
 
-    state::request_control(&conn, "c", ControlAction::Resume, 0).expect("req");
+    env.request("c", ControlRequest::Resume);
     env.at("2026-03-01T02:05:00Z");
     d.tick().expect("tick");
     let k2 = "c@2026-03-01T02:00:00Z";
@@ -481,7 +498,7 @@ fn pause_resume_cancel_through_the_control_table() {
         "held occurrence fires on resume within not_after"
     );
 
-    let id = state::request_control(&conn, "c", ControlAction::Cancel, 0).expect("req");
+    let id = env.request("c", ControlRequest::Cancel);
     d.tick().expect("tick");
     assert!(matches!(
         runner.runs()[k2].status,
@@ -495,7 +512,7 @@ fn pause_resume_cancel_through_the_control_table() {
         .expect("handled")
         .contains(k2));
     // Nothing running now: cancel takes the next occurrence, which then never fires.
-    state::request_control(&conn, "c", ControlAction::Cancel, 0).expect("req");
+    env.request("c", ControlRequest::Cancel);
     d.tick().expect("tick");
     env.at("2026-03-01T03:00:00Z");
     d.tick().expect("tick");
@@ -510,10 +527,10 @@ fn pause_resume_cancel_through_the_control_table() {
     assert!(!runner.runs().contains_key("c@2026-03-01T03:00:00Z"));
 
     // A campaign the daemon does not know is left for the engine of an `imcast run` of it.
-    state::request_control(&conn, "nope", ControlAction::Pause, 0).expect("req");
+    env.request("nope", ControlRequest::Pause);
     d.tick().expect("tick");
-    assert!(state::control_pending(&conn, "nope").expect("q"));
-    assert!(!state::control_pending(&conn, "c").expect("q"));
+    assert!(env.journal().control_pending("nope").expect("q"));
+    assert!(!env.journal().control_pending("c").expect("q"));
 }
 
 #[test]
@@ -764,12 +781,16 @@ fn control_command_names_unknown_campaigns() {
         .output_limited()
         .expect("run imcast cancel");
     assert_eq!(out.status.code(), Some(0));
-    let pending = state::pending_controls(&env.conn()).expect("q");
+    let pending = env.journal().pending_controls().expect("q");
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].action, ControlAction::Cancel);
+    assert_eq!(pending[0].request, ControlRequest::Cancel);
 }
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "`imcast prune` (a real process) ages rows by the system clock: the fixture must too"
+)]
 fn prune_deletes_old_finished_occurrences_only() {
     let env = Env::new("2026-03-01T00:00:00Z");
     let mut conn = env.conn();
@@ -991,8 +1012,8 @@ mod exactly_once {
                         d = env.daemon(runners.last().expect("runner"));
                     }
                     Step::FinishAll => finish_all(runners.last().expect("runner")),
-                    Step::Pause => { state::request_control(&conn, "p", ControlAction::Pause, 0).expect("req"); }
-                    Step::Resume => { state::request_control(&conn, "p", ControlAction::Resume, 0).expect("req"); }
+                    Step::Pause => { env.request("p", ControlRequest::Pause); }
+                    Step::Resume => { env.request("p", ControlRequest::Resume); }
                 }
                 d.tick().expect("tick");
             }

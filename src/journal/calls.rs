@@ -1,0 +1,740 @@
+//! Call writes and the receivers still to send: in-flight marks, outcomes, not-processed
+//! retries, the bookkeeping of re-queued receivers (FailedReceiver) and their resend calls, the
+//! end of pending recipients (deadline, cancel), and crash recovery.
+//!
+//! Invariants: a mark is committed before its request leaves (see `commit` for the group
+//! commit); a call's outcomes and its final state commit in one transaction, with the per-status
+//! counters; after a crash an in-flight call makes its pending receivers `unknown` (SendMessage
+//! calls go back to planned: the same ClientMsgId makes a resend safe). Must not: change a
+//! recipient that already has a final status (every update is guarded by its current status).
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::counts::count_move;
+use super::schema::{rk_range, run_key, ts};
+use super::{
+    CallState, Journal, JournalError, Mark, Ops, Outcome, RecipientStatus, RecipientUpdate,
+    Recovered, Sendable, Write,
+};
+use crate::action::Action;
+
+/// Ids per multi-row statement (well under SQLite's parameter limit).
+const CHUNK: usize = 500;
+
+/// `?first, ?first+1, …` for `n` parameters.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Journal {
+    /// Settle in-flight calls left by a crash: their receivers become `unknown`, except for
+    /// SendMessage (conversation) calls, which go back to planned (ClientMsgId makes a resend safe).
+    pub fn recover(&mut self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let rec = Ops {
+            conn: &tx,
+            path: &self.path,
+            owner: &self.owner,
+        }
+        .recover(run_id, action)?;
+        tx.commit().map_err(db)?;
+        Ok(rec)
+    }
+}
+
+impl Ops<'_> {
+    /// See [`Journal::recover`]; the caller holds the transaction.
+    pub(super) fn recover(&self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
+        let db = self.db();
+        let tx = self.conn;
+        let mut rec = Recovered::default();
+        let (lo, hi) = rk_range(
+            run_key(tx, run_id)
+                .map_err(&db)?
+                .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?,
+        );
+        let calls: Vec<(i64, String)> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT seq, receivers FROM calls WHERE run_id = ?1 AND state = 'in_flight'",
+                )
+                .map_err(&db)?;
+            let v = st
+                .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(&db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(&db)?;
+            v
+        };
+        for (seq, receivers) in calls {
+            if action == Action::Conversation {
+                tx.execute(
+                    "UPDATE calls SET state = 'planned', error_message = 'interrupted; resent with the same ClientMsgId'
+                     WHERE run_id = ?1 AND seq = ?2",
+                    params![run_id, seq],
+                )
+                .map_err(&db)?;
+                rec.replanned_calls += 1;
+                continue;
+            }
+            let ids: Vec<u64> = serde_json::from_str(&receivers)
+                .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
+            tx.execute(
+                "UPDATE calls SET state = 'unknown', error_message = 'the process stopped while the call was in flight'
+                 WHERE run_id = ?1 AND seq = ?2",
+                params![run_id, seq],
+            )
+            .map_err(&db)?;
+            rec.unknown_calls += 1;
+            let mut upd = tx
+                .prepare_cached(
+                    "UPDATE OR FAIL recipients SET status = 'unknown', error_code = 'InFlightAtCrash',
+                         error_message = 'the process stopped while this call was in flight; it may have been delivered',
+                         call_seq = ?3,
+                         variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
+                         attempts = attempts + (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
+                     WHERE id = ?2 AND rk BETWEEN ?4 AND ?5 AND status = 'pending'",
+                )
+                .map_err(&db)?;
+            for id in ids {
+                rec.unknown_recipients += upd
+                    .execute(params![run_id, id as i64, seq, lo, hi])
+                    .map_err(&db)? as u64;
+            }
+        }
+        count_move(
+            tx,
+            run_id,
+            Some(RecipientStatus::Pending),
+            RecipientStatus::Unknown,
+            rec.unknown_recipients,
+        )
+        .map_err(&db)?;
+        Ok(rec)
+    }
+
+    pub(super) fn cancel_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
+        self.set_pending(
+            run_id,
+            RecipientStatus::Cancelled,
+            "the run was cancelled",
+            now,
+        )
+    }
+
+    /// Pending recipients of a run become `to`; the caller holds the transaction.
+    pub(super) fn set_pending(
+        &self,
+        run_id: &str,
+        to: RecipientStatus,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<u64, JournalError> {
+        let db = self.db();
+        let Some(key) = run_key(self.conn, run_id).map_err(&db)? else {
+            return Ok(0);
+        };
+        let (lo, hi) = rk_range(key);
+        let n = self
+            .conn
+            .execute(
+                "UPDATE recipients SET status = ?3, error_message = ?4, updated_at = ?5
+                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'",
+                params![lo, hi, to.as_str(), why, ts(now)],
+            )
+            .map_err(&db)? as u64;
+        count_move(self.conn, run_id, Some(RecipientStatus::Pending), to, n).map_err(&db)?;
+        Ok(n)
+    }
+}
+
+impl Journal {
+    // ---- calls ------------------------------------------------------------------------------
+
+    /// Of `ids`, those still to send in this run: `pending` (and `unknown` with `resend_unknown`),
+    /// in the given order.
+    pub fn sendable(
+        &self,
+        run_id: &str,
+        ids: &[u64],
+        resend_unknown: bool,
+    ) -> Result<Vec<u64>, JournalError> {
+        let mut found = std::collections::HashSet::with_capacity(ids.len());
+        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
+            return Ok(Vec::new());
+        };
+        let (lo, hi) = rk_range(key);
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id FROM recipients WHERE id IN ({}) AND rk BETWEEN ?1 AND ?2
+                   AND (status = 'pending' OR (?3 AND status = 'unknown'))",
+                placeholders(4, chunk.len())
+            );
+            let mut st = self.conn.prepare_cached(&sql).map_err(self.db())?;
+            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() + 3);
+            values.push(lo.into());
+            values.push(hi.into());
+            values.push(i64::from(resend_unknown).into());
+            values.extend(
+                chunk
+                    .iter()
+                    .map(|&id| rusqlite::types::Value::Integer(id as i64)),
+            );
+            let rows = st
+                .query_map(rusqlite::params_from_iter(values), |r| r.get::<_, i64>(0))
+                .map_err(self.db())?;
+            for r in rows {
+                found.insert(r.map_err(self.db())? as u64);
+            }
+        }
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|id| found.contains(id))
+            .collect())
+    }
+
+    /// True when no recipient of the run has an outcome yet (every valid row is still
+    /// `pending`): a freshly created run. The engine then skips the per-call "still to send"
+    /// lookup, since every receiver the plan names is pending. Never true for a `--retry-failed`
+    /// run: it holds only some of the plan's receivers (see `retry`).
+    pub fn all_valid_pending(&self, run_id: &str) -> Result<bool, JournalError> {
+        let any: bool = self
+            .conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM run_counts WHERE run_id = ?1 AND n > 0
+                   AND status NOT IN ('pending','invalid','duplicate','suppressed'))
+                 OR EXISTS(SELECT 1 FROM runs WHERE id = ?1 AND retry_of IS NOT NULL)",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(!any)
+    }
+
+    // ---- re-queued receivers (FailedReceiver) ------------------------------------------------
+    //
+    // A receiver the provider refused (`FailedReceiver`) was not delivered, so it is sent again in
+    // a later call of the same Content. In the journal it stays `pending`, with `refusals` > 0,
+    // `attempts` = the requests that carried it so far, and error code `FailedReceiver`; no other
+    // `pending` row has refusals or attempts > 0. The calls that resend such receivers are
+    // ordinary call rows ("extra calls") numbered from the run's `first_resend_seq` up (after
+    // every plan call), marked in flight before they are sent like any call; settling one adds its
+    // attempts to each receiver's. After a stop or a crash, the engine finds these receivers
+    // again through their plan call (`sendable_detail`) and re-queues them.
+
+    /// True when any call of the run has an outcome (`done` or `unknown`). A run without one has
+    /// no re-queued receivers either.
+    pub fn any_call_settled(&self, run_id: &str) -> Result<bool, JournalError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM calls WHERE run_id = ?1 AND state IN ('done','unknown'))",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.db())
+    }
+
+    /// [`Self::sendable`] with each receiver's refusals so far and whether it is `pending` (a
+    /// pending receiver with refusals > 0 was refused and is to be re-queued).
+    pub fn sendable_detail(
+        &self,
+        run_id: &str,
+        ids: &[u64],
+        resend_unknown: bool,
+    ) -> Result<Vec<Sendable>, JournalError> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
+            return Ok(Vec::new());
+        };
+        let (lo, hi) = rk_range(key);
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT id, refusals, status = 'pending' FROM recipients WHERE id IN ({}) AND rk BETWEEN ?1 AND ?2
+                   AND (status = 'pending' OR (?3 AND status = 'unknown'))",
+                placeholders(4, chunk.len())
+            );
+            let mut st = self.conn.prepare_cached(&sql).map_err(self.db())?;
+            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() + 3);
+            values.push(lo.into());
+            values.push(hi.into());
+            values.push(i64::from(resend_unknown).into());
+            values.extend(
+                chunk
+                    .iter()
+                    .map(|&id| rusqlite::types::Value::Integer(id as i64)),
+            );
+            let rows = st
+                .query_map(rusqlite::params_from_iter(values), |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                })
+                .map_err(self.db())?;
+            for r in rows {
+                let (id, refusals, pending) = r.map_err(self.db())?;
+                found.insert(
+                    id as u64,
+                    (refusals.clamp(0, u32::MAX as i64) as u32, pending),
+                );
+            }
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| {
+                found.get(id).map(|&(refusals, pending)| Sendable {
+                    id: *id,
+                    refusals,
+                    pending,
+                })
+            })
+            .collect())
+    }
+
+    /// Before a session sends: settle the extra calls an earlier session left `planned` (a
+    /// not-processed attempt waiting for its retry when the run stopped). Their attempts are added
+    /// to their still-pending receivers, which are re-queued again through their plan calls; the
+    /// call itself becomes `done` (nothing more is sent under its number). Returns the number the
+    /// next extra call gets: after every plan call and every call already recorded.
+    pub fn prepare_requeue(&mut self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let (key, total, first): (i64, i64, Option<i64>) = tx
+            .query_row(
+                "SELECT key, total_calls, first_resend_seq FROM runs WHERE id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(db)?
+            .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?;
+        let (lo, hi) = rk_range(key);
+        let stale: Vec<(i64, String, i64)> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT seq, receivers, attempts FROM calls
+                     WHERE run_id = ?1 AND seq >= ?2 AND state = 'planned'",
+                )
+                .map_err(db)?;
+            let v = st
+                .query_map(params![run_id, first.unwrap_or(i64::MAX)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            v
+        };
+        for (seq, receivers, attempts) in stale {
+            let ids: Vec<u64> = serde_json::from_str(&receivers)
+                .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
+            let mut upd = tx
+                .prepare_cached(
+                    "UPDATE OR FAIL recipients SET attempts = attempts + ?4
+                     WHERE id = ?1 AND rk BETWEEN ?2 AND ?3 AND status = 'pending'",
+                )
+                .map_err(db)?;
+            for id in ids {
+                upd.execute(params![id as i64, lo, hi, attempts])
+                    .map_err(db)?;
+            }
+            tx.execute(
+                "UPDATE calls SET state = 'done', updated_at = ?3,
+                     error_message = COALESCE(error_message || '; ', '') || 'not sent again under this number: its receivers were re-queued'
+                 WHERE run_id = ?1 AND seq = ?2",
+                params![run_id, seq, ts(now)],
+            )
+            .map_err(db)?;
+        }
+        let max_seq: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(seq) FROM calls WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        let next = max_seq.map_or(0, |m| m + 1).max(total).max(0);
+        if first.is_none() {
+            tx.execute(
+                "UPDATE runs SET first_resend_seq = ?2 WHERE id = ?1",
+                params![run_id, next],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(next as u64)
+    }
+
+    /// Calls made for re-queued receivers (numbered from the run's `first_resend_seq` up).
+    pub fn extra_calls(&self, run_id: &str) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM calls c JOIN runs r ON r.id = c.run_id
+                 WHERE c.run_id = ?1 AND c.seq >= r.first_resend_seq",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(n as u64)
+    }
+
+    /// Commit the in-flight mark of a call attempt (before the request leaves).
+    pub fn mark_in_flight(
+        &mut self,
+        run_id: &str,
+        seq: u64,
+        variant: &str,
+        receivers: &[u64],
+        client_msg_id: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        self.write_batch(&[Write::Mark(Mark {
+            run_id: run_id.to_string(),
+            seq,
+            variant: variant.to_string(),
+            receivers: receivers.to_vec(),
+            client_msg_id: client_msg_id.map(str::to_string),
+            now,
+        })])
+    }
+
+    pub(super) fn mark_tx(
+        tx: &Connection,
+        m: &Mark,
+        db: &impl Fn(rusqlite::Error) -> JournalError,
+    ) -> Result<(), JournalError> {
+        let recv = serde_json::to_string(&m.receivers)
+            .map_err(|e| JournalError::Corrupt(e.to_string()))?;
+        // Recipients are not touched here: the call row (with its receivers) is the in-flight
+        // mark; the outcome (or crash recovery) updates the recipients.
+        tx.prepare_cached(
+            "INSERT INTO calls(run_id, seq, variant, receivers, state, attempts, client_msg_id, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'in_flight', 1, ?5, ?6)
+             ON CONFLICT(run_id, seq) DO UPDATE SET variant = excluded.variant, receivers = excluded.receivers,
+                 state = 'in_flight', attempts = calls.attempts + 1, client_msg_id = excluded.client_msg_id,
+                 updated_at = excluded.updated_at",
+        )
+        .map_err(db)?
+        .execute(params![
+            m.run_id,
+            m.seq as i64,
+            m.variant,
+            recv,
+            m.client_msg_id,
+            ts(m.now)
+        ])
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// A call attempt was not processed (safe to retry): back to planned, recipients untouched.
+    pub fn mark_retry(
+        &self,
+        run_id: &str,
+        seq: u64,
+        code: Option<&str>,
+        message: &str,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "UPDATE calls SET state = 'planned', error_code = ?3, error_message = ?4, updated_at = ?5
+                 WHERE run_id = ?1 AND seq = ?2",
+                params![run_id, seq as i64, code, message, ts(now)],
+            )
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Commit a call's per-recipient outcomes and its final state in one transaction
+    /// (`synchronous=NORMAL`, see [`Journal::write_batch`]).
+    pub fn record_outcome(
+        &mut self,
+        run_id: &str,
+        seq: u64,
+        state: CallState,
+        updates: &[RecipientUpdate],
+        error: Option<(&str, &str)>,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        self.write_batch(&[Write::Outcome(Outcome {
+            run_id: run_id.to_string(),
+            seq,
+            state,
+            updates: updates.to_vec(),
+            error: error.map(|(c, m)| (c.to_string(), m.to_string())),
+            now,
+        })])
+    }
+
+    pub(super) fn outcome_tx(
+        tx: &Connection,
+        o: &Outcome,
+        db: &impl Fn(rusqlite::Error) -> JournalError,
+    ) -> Result<(), JournalError> {
+        let (attempts, variant): (i64, String) = tx
+            .prepare_cached("SELECT attempts, variant FROM calls WHERE run_id = ?1 AND seq = ?2")
+            .map_err(db)?
+            .query_row(params![o.run_id, o.seq as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(db)?;
+        let (lo, hi) = rk_range(
+            run_key(tx, &o.run_id)
+                .map_err(db)?
+                .ok_or_else(|| JournalError::NoRun(o.run_id.clone()))?,
+        );
+        let mut upd = tx
+            .prepare_cached(
+                // OR FAIL: at most one row per statement, so nothing to undo if it fails halfway;
+                // SQLite then keeps no statement journal for it (measured: about half of the
+                // per-statement overhead of this update).
+                // A pending receiver keeps the attempts of earlier calls that refused it
+                // (FailedReceiver, re-queued) and adds this call's; an `unknown` one resent with
+                // --resend-unknown was in this very call before, whose count already holds them.
+                "UPDATE OR FAIL recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
+                     detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10,
+                     attempts = CASE WHEN ?12 = 'pending' THEN attempts + ?11 ELSE ?11 END,
+                     refusals = refusals + (?5 IS 'FailedReceiver')
+                 WHERE id = ?2 AND rk BETWEEN ?1 AND ?13 AND status = ?12",
+            )
+            .map_err(db)?;
+        let now_s = ts(o.now);
+        // What every row of the call shares is bound once; per row only its own values (SQLite
+        // keeps bindings between executions).
+        upd.raw_bind_parameter(1, lo).map_err(db)?;
+        upd.raw_bind_parameter(8, &now_s).map_err(db)?;
+        upd.raw_bind_parameter(9, o.seq as i64).map_err(db)?;
+        upd.raw_bind_parameter(10, &variant).map_err(db)?;
+        upd.raw_bind_parameter(11, attempts).map_err(db)?;
+        upd.raw_bind_parameter(13, hi).map_err(db)?;
+        // (from, to) → recipients moved, for the per-status counters. A receiver is `pending`,
+        // or `unknown` when resent with --resend-unknown (tried second: rare).
+        let mut moved: BTreeMap<(RecipientStatus, RecipientStatus), u64> = BTreeMap::new();
+        for u in &o.updates {
+            upd.raw_bind_parameter(2, u.id as i64).map_err(db)?;
+            upd.raw_bind_parameter(3, u.status.as_str()).map_err(db)?;
+            upd.raw_bind_parameter(4, u.message_id.map(|v| v as i64))
+                .map_err(db)?;
+            upd.raw_bind_parameter(5, &u.error_code).map_err(db)?;
+            upd.raw_bind_parameter(6, &u.error_message).map_err(db)?;
+            upd.raw_bind_parameter(7, &u.detail).map_err(db)?;
+            for from in [RecipientStatus::Pending, RecipientStatus::Unknown] {
+                upd.raw_bind_parameter(12, from.as_str()).map_err(db)?;
+                let n = upd.raw_execute().map_err(db)?;
+                if n > 0 {
+                    *moved.entry((from, u.status)).or_default() += n as u64;
+                    break;
+                }
+            }
+        }
+        for ((from, to), n) in moved {
+            count_move(tx, &o.run_id, Some(from), to, n).map_err(db)?;
+        }
+        tx.prepare_cached(
+            "UPDATE calls SET state = ?3, error_code = ?4, error_message = ?5, updated_at = ?6
+             WHERE run_id = ?1 AND seq = ?2",
+        )
+        .map_err(db)?
+        .execute(params![
+            o.run_id,
+            o.seq as i64,
+            o.state.as_str(),
+            o.error.as_ref().map(|e| e.0.as_str()),
+            o.error.as_ref().map(|e| e.1.as_str()),
+            now_s
+        ])
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Pending recipients become `expired` (deadline passed). Returns how many.
+    pub fn expire_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
+        self.set_pending(
+            run_id,
+            RecipientStatus::Expired,
+            "the run's deadline passed",
+            now,
+        )
+    }
+
+    /// Pending recipients become `cancelled`. Returns how many.
+    pub fn cancel_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
+        self.set_pending(
+            run_id,
+            RecipientStatus::Cancelled,
+            "the run was cancelled",
+            now,
+        )
+    }
+
+    pub(super) fn set_pending(
+        &self,
+        run_id: &str,
+        to: RecipientStatus,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<u64, JournalError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(self.db())?;
+        let n = Ops {
+            conn: &tx,
+            path: &self.path,
+            owner: &self.owner,
+        }
+        .set_pending(run_id, to, why, now)?;
+        tx.commit().map_err(self.db())?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::Action;
+    use crate::journal::testutil::*;
+    use crate::journal::*;
+
+    #[test]
+    fn refused_receivers_stay_pending_and_stale_resends_are_settled() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        assert_eq!(j.prepare_requeue(&id, now()).expect("prepare"), 1);
+        j.mark_in_flight(&id, 0, "v", &[101, 102, 103, 104], None, now())
+            .expect("mark");
+        let upd = |id, status, code: Option<&str>| RecipientUpdate {
+            id,
+            status,
+            message_id: None,
+            error_code: code.map(str::to_string),
+            error_message: None,
+            detail: None,
+        };
+        j.record_outcome(
+            &id,
+            0,
+            CallState::Done,
+            &[
+                upd(101, RecipientStatus::Sent, None),
+                upd(102, RecipientStatus::Pending, Some("FailedReceiver")),
+                upd(103, RecipientStatus::Failed, Some("FailedReceiver")),
+                upd(104, RecipientStatus::Sent, None),
+            ],
+            None,
+            now(),
+        )
+        .expect("outcome");
+        assert!(j.any_call_settled(&id).expect("q"));
+        assert_eq!(
+            j.sendable_detail(&id, &[101, 102, 103, 104], false)
+                .expect("q"),
+            [Sendable {
+                id: 102,
+                refusals: 1,
+                pending: true
+            }]
+        );
+        // A resend tried twice, not processed, left planned by a stop.
+        j.mark_in_flight(&id, 1, "v", &[102], None, now())
+            .expect("mark");
+        j.mark_retry(&id, 1, Some("InternalError"), "HTTP 500", now())
+            .expect("retry");
+        j.mark_in_flight(&id, 1, "v", &[102], None, now())
+            .expect("mark");
+        j.mark_retry(&id, 1, Some("InternalError"), "HTTP 500", now())
+            .expect("retry");
+        // The next session settles it (its attempts count) and numbers resends after it.
+        assert_eq!(j.prepare_requeue(&id, now()).expect("prepare"), 2);
+        assert_eq!(j.call_counts(&id).expect("calls")[&CallState::Planned], 0);
+        let row = |j: &Journal| {
+            j.recipients(&id)
+                .expect("rows")
+                .into_iter()
+                .find(|r| r.id == Some(102))
+                .expect("row")
+        };
+        assert_eq!(row(&j).attempts, 3);
+        assert_eq!(row(&j).status, RecipientStatus::Pending);
+        j.mark_in_flight(&id, 2, "v", &[102], None, now())
+            .expect("mark");
+        j.record_outcome(
+            &id,
+            2,
+            CallState::Done,
+            &[upd(102, RecipientStatus::Sent, None)],
+            None,
+            now(),
+        )
+        .expect("outcome");
+        assert_eq!(row(&j).attempts, 4, "every request that carried it");
+        assert_eq!(row(&j).status, RecipientStatus::Sent);
+        assert_eq!(j.extra_calls(&id).expect("n"), 2);
+        let c = j.counts(&id).expect("counts");
+        assert_eq!(c[&RecipientStatus::Sent], 3);
+        assert_eq!(c[&RecipientStatus::Failed], 1);
+        assert_eq!(c[&RecipientStatus::Pending], 0);
+        // The refusal that made 103 `failed` is counted too.
+        let n: i64 = j
+            .connection()
+            .query_row("SELECT refusals FROM recipients WHERE id = 103", [], |r| {
+                r.get(0)
+            })
+            .expect("refusals");
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn conversation_in_flight_is_replanned_not_unknown() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let mut nr = new_run("h1");
+        nr.action = Action::Conversation;
+        let r = rows(&[]);
+        let mut f = || -> SeedRows<'static, String> { Box::new(r.clone().into_iter().map(Ok)) };
+        let id = j
+            .open_run(&nr, ResumeOptions::default(), &mut f, now())
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        j.mark_in_flight(&id, 0, "v", &[101], Some("imcast-abc"), now())
+            .expect("mark");
+        let rec = j.recover(&id, Action::Conversation).expect("recover");
+        assert_eq!(rec.replanned_calls, 1);
+        assert_eq!(rec.unknown_recipients, 0);
+        assert_eq!(
+            j.sendable(&id, &[101], false).expect("q"),
+            vec![101],
+            "resent with the same ClientMsgId"
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! Group commit: several calls' in-flight marks and outcomes in one transaction
+//! ([`Journal::write_batch`]), and [`SharedJournal`], the journal shared by async tasks, which
+//! batches whatever writes are waiting when it gets the journal.
+//!
+//! Invariants: a batch with a mark commits with `synchronous=FULL` (durable before its request
+//! leaves); outcomes alone commit with `NORMAL` (see [`Journal::write_batch`]); every waiter of a
+//! failed batch gets the failure with its exit code. Must not: run a statement on a runtime
+//! thread (every operation goes to the blocking pool).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::TransactionBehavior;
+
+use super::{Journal, JournalError, Write};
+
+impl Journal {
+    /// Commit several calls' in-flight marks and outcomes in one transaction (group commit).
+    ///
+    /// With any mark in the batch the commit is `synchronous=FULL` (durable before any of those
+    /// requests leaves); outcomes alone commit with `NORMAL`: durable against a process crash at
+    /// once, and against power loss by the next mark's FULL commit (the WAL is one sequential
+    /// file, so that fsync covers it). If power fails in between, an outcome is lost but its mark
+    /// is not, so recovery makes those receivers `unknown` — never a resend.
+    pub fn write_batch(&mut self, writes: &[Write]) -> Result<(), JournalError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let full = writes.iter().any(|w| matches!(w, Write::Mark(_)));
+        if !full {
+            self.conn
+                .pragma_update(None, "synchronous", "NORMAL")
+                .map_err(self.db())?;
+        }
+        let res = self.write_batch_tx(writes);
+        if !full {
+            let back = self.conn.pragma_update(None, "synchronous", "FULL");
+            res?;
+            return back.map_err(self.db());
+        }
+        res
+    }
+
+    fn write_batch_tx(&mut self, writes: &[Write]) -> Result<(), JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let mut outcomes = false;
+        for w in writes {
+            match w {
+                Write::Mark(m) => Self::mark_tx(&tx, m, &db)?,
+                Write::Outcome(o) => {
+                    outcomes = true;
+                    Self::outcome_tx(&tx, o, &db)?
+                }
+            }
+        }
+        if outcomes {
+            crate::failpoint::hit(crate::failpoint::Point::BeforeCommit);
+        }
+        tx.commit().map_err(db)
+    }
+}
+
+/// A journal shared by async tasks: each operation runs on the blocking pool, never on a
+/// runtime thread.
+#[derive(Clone)]
+pub struct SharedJournal {
+    inner: std::sync::Arc<std::sync::Mutex<Journal>>,
+    /// Marks and outcomes waiting for the next group commit.
+    queue: std::sync::Arc<std::sync::Mutex<Vec<Queued>>>,
+    path: PathBuf,
+}
+
+/// A write waiting for the group commit, and where its result goes (shared by the batch).
+type Queued = (
+    Write,
+    tokio::sync::oneshot::Sender<Result<(), Arc<JournalError>>>,
+);
+
+impl SharedJournal {
+    pub fn new(j: Journal) -> Self {
+        let path = j.path().to_path_buf();
+        SharedJournal {
+            inner: std::sync::Arc::new(std::sync::Mutex::new(j)),
+            queue: Default::default(),
+            path,
+        }
+    }
+
+    /// Commit `w` with whatever other marks/outcomes are queued, in one transaction (group
+    /// commit): the first task to get the journal writes every queued write; the others find
+    /// theirs done. Returns once `w` is committed (see [`Journal::write_batch`] for durability).
+    pub async fn write(&self, w: Write) -> Result<(), JournalError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((w, tx));
+        let inner = self.inner.clone();
+        let queue = self.queue.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut j = inner.lock().unwrap_or_else(|p| p.into_inner());
+            let batch = std::mem::take(&mut *queue.lock().unwrap_or_else(|p| p.into_inner()));
+            if batch.is_empty() {
+                return;
+            }
+            let (writes, senders): (Vec<Write>, Vec<_>) = batch.into_iter().unzip();
+            let res = j.write_batch(&writes).map_err(Arc::new);
+            for s in senders {
+                let _ = s.send(res.clone());
+            }
+        })
+        .await
+        .map_err(|e| JournalError::Worker(e.to_string()))?;
+        match rx.await {
+            Ok(r) => r.map_err(JournalError::Write),
+            Err(_) => Err(JournalError::Worker("the group commit was dropped".into())),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` with the journal on the blocking pool.
+    pub async fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Journal) -> Result<R, JournalError> + Send + 'static,
+    ) -> Result<R, JournalError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut j = inner.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut j)
+        })
+        .await
+        .map_err(|e| JournalError::Worker(e.to_string()))?
+    }
+
+    /// Run `f` with the journal on this thread (for synchronous callers outside the runtime).
+    pub fn with_blocking<R>(&self, f: impl FnOnce(&mut Journal) -> R) -> R {
+        let mut j = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut j)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::Exit;
+    use crate::journal::testutil::*;
+    use crate::journal::{Mark, ResumeOptions};
+
+    /// A failed group commit reaches every writer as the journal's own error, so its exit code
+    /// survives: a busy database is exit 6 like anywhere else, not an internal error.
+    #[tokio::test]
+    async fn a_failed_group_commit_keeps_its_error_and_exit_code() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        // A reader refuses writes: the batch fails inside SQLite.
+        let shared = SharedJournal::new(j.reader().expect("reader"));
+        let mark = |seq| {
+            Write::Mark(Mark {
+                run_id: id.clone(),
+                seq,
+                variant: "v".into(),
+                receivers: vec![101],
+                client_msg_id: None,
+                now: now(),
+            })
+        };
+        let (a, b) = tokio::join!(shared.write(mark(0)), shared.write(mark(1)));
+        for e in [a.expect_err("read-only"), b.expect_err("read-only")] {
+            let JournalError::Write(inner) = &e else {
+                panic!("expected a group-commit error, got {e:?}");
+            };
+            assert!(
+                matches!(**inner, JournalError::Db { .. }),
+                "the database's own error: {inner:?}"
+            );
+            assert_eq!(e.exit(), inner.exit());
+            assert!(
+                e.to_string().starts_with("journal write failed: journal "),
+                "{e}"
+            );
+        }
+        let busy = JournalError::Write(Arc::new(JournalError::Db {
+            path: d.path().join(crate::journal::DB_FILE),
+            source: rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                None,
+            ),
+        }));
+        assert_eq!(busy.exit(), Exit::Busy);
+    }
+}

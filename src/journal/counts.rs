@@ -1,0 +1,237 @@
+//! The per-status counters (`run_counts`): recipients per status and run, kept by every statement
+//! that changes a status so counting a run of millions never scans its rows; and the other
+//! per-run figures (calls per state, attempts).
+//!
+//! Invariants: a counter moves in the same transaction as the change it counts; in debug builds
+//! every [`Journal::counts`] checks the counters against a scan of the rows. Must not: be
+//! changed but through [`count_move`] (pruning deletes a run's counters with the run).
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use rusqlite::{params, Connection};
+
+use super::schema::parse_ts;
+use super::{CallState, Journal, JournalError, Ops, RecipientStatus, RunCounts};
+
+/// Move `n` recipients of a run from status `from` to `to` in the per-status counters
+/// (`from = None` adds new rows). Called in the same transaction as the change it counts.
+pub(super) fn count_move(
+    tx: &Connection,
+    run_id: &str,
+    from: Option<RecipientStatus>,
+    to: RecipientStatus,
+    n: u64,
+) -> rusqlite::Result<()> {
+    if n == 0 || from == Some(to) {
+        return Ok(());
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO run_counts(run_id, status, n) VALUES (?1, ?2, ?3)
+         ON CONFLICT(run_id, status) DO UPDATE SET n = n + excluded.n",
+    )?;
+    st.execute(params![run_id, to.as_str(), n as i64])?;
+    if let Some(from) = from {
+        st.execute(params![run_id, from.as_str(), -(n as i64)])?;
+    }
+    Ok(())
+}
+
+impl Ops<'_> {
+    pub(super) fn count_status(
+        &self,
+        run_id: &str,
+        status: RecipientStatus,
+    ) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1 AND status = ?2",
+            )
+            .map_err(self.db())?
+            .query_row(params![run_id, status.as_str()], |r| r.get(0))
+            .map_err(self.db())?;
+        Ok(n as u64)
+    }
+}
+
+impl Journal {
+    /// Recipients per status (every status present, zeros included).
+    pub fn counts(&self, run_id: &str) -> Result<BTreeMap<RecipientStatus, u64>, JournalError> {
+        let counts = self.grouped_counts(
+            "SELECT status, n FROM run_counts WHERE run_id = ?1",
+            run_id,
+            RecipientStatus::ALL,
+        )?;
+        // Every test run (debug builds) checks the counters against the rows themselves.
+        #[cfg(debug_assertions)]
+        if let Ok(scan) = self.counts_by_scan(run_id) {
+            assert_eq!(
+                counts, scan,
+                "run_counts out of step with recipients for run {run_id}"
+            );
+        }
+        Ok(counts)
+    }
+
+    /// [`Self::counts`] by scanning the run's rows (what the counters must always equal; tests
+    /// and `imcast status --verify`-style checks).
+    pub fn counts_by_scan(
+        &self,
+        run_id: &str,
+    ) -> Result<BTreeMap<RecipientStatus, u64>, JournalError> {
+        self.grouped_counts(
+            "SELECT status, COUNT(*) FROM recipients
+             WHERE rk BETWEEN (SELECT key << 32 FROM runs WHERE id = ?1)
+                          AND (SELECT (key << 32) | 4294967295 FROM runs WHERE id = ?1)
+             GROUP BY status",
+            run_id,
+            RecipientStatus::ALL,
+        )
+    }
+
+    /// Rows per key for a `SELECT key, COUNT(*) ... GROUP BY key` query, every key in `all`
+    /// present (zeros included).
+    fn grouped_counts<K>(
+        &self,
+        sql: &str,
+        run_id: &str,
+        all: &[K],
+    ) -> Result<BTreeMap<K, u64>, JournalError>
+    where
+        K: Copy + Ord + FromStr<Err = JournalError>,
+    {
+        let mut out: BTreeMap<K, u64> = all.iter().map(|k| (*k, 0)).collect();
+        let mut st = self.conn.prepare_cached(sql).map_err(self.db())?;
+        let rows = st
+            .query_map([run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(self.db())?;
+        for row in rows {
+            let (k, n) = row.map_err(self.db())?;
+            out.insert(k.parse()?, n as u64);
+        }
+        Ok(out)
+    }
+
+    /// How many recipients of a run have `status`.
+    pub fn count_status(&self, run_id: &str, status: RecipientStatus) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1 AND status = ?2",
+                params![run_id, status.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(n as u64)
+    }
+
+    /// Calls per state.
+    pub fn call_counts(&self, run_id: &str) -> Result<BTreeMap<CallState, u64>, JournalError> {
+        self.grouped_counts(
+            "SELECT state, COUNT(*) FROM calls WHERE run_id = ?1 GROUP BY state",
+            run_id,
+            CallState::ALL,
+        )
+    }
+
+    /// Total provider attempts made (sum over calls).
+    pub fn attempts(&self, run_id: &str) -> Result<u64, JournalError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(SUM(attempts), 0) FROM calls WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(n as u64)
+    }
+
+    /// The counters of every run updated at or after `since` (compared in whole seconds), for
+    /// the daemon's metrics: per run, each status its recipients have had and how many have it
+    /// now (zero once all moved on; a status none of them ever had is absent).
+    pub fn recent_counts(&self, since: Timestamp) -> Result<Vec<RunCounts>, JournalError> {
+        let mut runs = self
+            .conn
+            .prepare("SELECT id, campaign, updated_at FROM runs")
+            .map_err(self.db())?;
+        let recent: Vec<(String, String)> = runs
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(self.db())?
+            .filter_map(Result::ok)
+            .filter(|(_, _, at)| parse_ts(at).is_ok_and(|t| t.as_second() >= since.as_second()))
+            .map(|(id, campaign, _)| (id, campaign))
+            .collect();
+        let mut st = self
+            .conn
+            .prepare("SELECT status, n FROM run_counts WHERE run_id = ?1")
+            .map_err(self.db())?;
+        let mut out = Vec::with_capacity(recent.len());
+        for (run_id, campaign) in recent {
+            let mut counts = BTreeMap::new();
+            let rows = st
+                .query_map([&run_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(self.db())?;
+            for row in rows {
+                let (status, n) = row.map_err(self.db())?;
+                counts.insert(status.parse()?, n.max(0) as u64);
+            }
+            out.push(RunCounts {
+                run_id,
+                campaign,
+                counts,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::testutil::*;
+    use crate::journal::ResumeOptions;
+
+    #[test]
+    fn recent_counts_are_the_counters_of_runs_updated_since() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[103]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        assert_eq!(j.campaigns().expect("campaigns"), ["spring"]);
+        let recent = j.recent_counts(now()).expect("recent");
+        assert_eq!(recent.len(), 1);
+        assert_eq!(
+            (recent[0].run_id.as_str(), recent[0].campaign.as_str()),
+            (id.as_str(), "spring")
+        );
+        // The statuses its rows have had, not every status.
+        assert_eq!(
+            recent[0].counts,
+            BTreeMap::from([
+                (RecipientStatus::Pending, 3),
+                (RecipientStatus::Suppressed, 1)
+            ])
+        );
+        // Whole seconds: a run updated within the second of `since` counts.
+        let just_after = now() + jiff::SignedDuration::from_millis(999);
+        assert_eq!(j.recent_counts(just_after).expect("recent").len(), 1);
+        let next_second = now() + jiff::SignedDuration::from_secs(1);
+        assert!(j.recent_counts(next_second).expect("recent").is_empty());
+    }
+}

@@ -1,0 +1,361 @@
+//! The journal: durable run state in SQLite at `<state_dir>/imcast.db` (the one state database;
+//! other stages add their own tables through [`Journal::connection`] and
+//! [`Journal::migrate_extra`]).
+//!
+//! Owns: runs (one per campaign send, keyed by campaign + optional occurrence, recording the plan
+//! hash, status, flags, audit), calls (one row per provider call: planned → in_flight → done |
+//! unknown), recipients (one row per audience row, with exactly one status) with per-status
+//! counters (`run_counts`), the invocations that opened each run (`run_invocations`, the audit),
+//! and control requests (pause/resume/cancel per campaign). These
+//! tables have no other writer or reader: every other module calls the methods of [`Journal`]
+//! (the operations a store holds, with plain-data arguments and results). The limiter keeps its
+//! own file beside it (see `throttle`); the scheduler (`daemon::state`) and the report
+//! (`report::facts`) keep their own tables in this file.
+//!
+//! Invariants: WAL with `synchronous=FULL`; an in-flight mark is committed before its request
+//! leaves; a call's per-recipient outcomes are committed in the same transaction that marks it
+//! done; after a crash an in-flight call without an answer makes its receivers `unknown` (except
+//! for SendMessage, whose ClientMsgId makes a resend safe). A recipient refused with
+//! FailedReceiver stays `pending` with its refusals counted until a later call resends it (see
+//! `calls`). At most one unfinished (running/paused/interrupted) non-test run exists per
+//! (campaign, occurrence): `open_run` decides and acts in one IMMEDIATE transaction and a partial
+//! unique index (`runs_one_unfinished`) makes the database refuse a second one; a refusal is
+//! [`JournalError::Busy`] (exit 6). A run's lease (`runs.owner` = `host:pid:instance`, one per
+//! open `Journal`) is checked and taken in one transaction; it is live while that process runs
+//! (and, in this process, while that journal is open). Every method is synchronous: async callers
+//! run it with `spawn_blocking` ([`SharedJournal`]). A failed write is returned as a
+//! [`JournalError`] (never swallowed, never flattened to text: its exit code survives) — the
+//! engine stops the run on it; a full disk (SQLITE_FULL, ENOSPC) is recognizable
+//! ([`JournalError::disk_full`], exit 8) so the run can say so in one message.
+//!
+//! Must not: talk to the network; let a rusqlite type into a public signature other than
+//! [`Journal::connection`] (for other stages' own tables in this file, never the journal's) and
+//! the [`JournalError::Db`] source. Integration tests may read the file to check what is stored
+//! (and write rows an older version left); no module of the crate does.
+//!
+//! # The surface, by concern
+//!
+//! The public methods are the operations a store holds: plain data in and out (ids, [`Timestamp`]s,
+//! the row and status types of `types`), every error a [`JournalError`], no transaction or
+//! connection handed out (the next backend implements the same list). By concern:
+//!
+//! - **Opening**: [`Journal::open`], [`Journal::open_path`], [`Journal::open_reader`],
+//!   [`Journal::reader`], [`Journal::path`]; [`new_run_id`], [`create_private_dir`]. Other stages'
+//!   tables in the same file: [`Journal::migrate_extra`], [`Journal::connection`].
+//! - **Runs and the lease**: [`Journal::open_run`] (the resume decision: create, resume,
+//!   continue, reopen, or "already finished", with the lease, in one transaction),
+//!   [`Journal::run`], [`Journal::latest_run`], [`Journal::unfinished_run`], [`Journal::runs`],
+//!   [`Journal::campaigns`], [`Journal::set_status`], [`Journal::claim`], [`Journal::release`],
+//!   [`Journal::prune_runs`].
+//! - **Recipients**: [`Journal::for_each_recipient`], [`Journal::for_each_recipient_ref`],
+//!   [`Journal::recipients`], [`Journal::last_line`], [`Journal::sendable`],
+//!   [`Journal::sendable_detail`], [`Journal::all_valid_pending`], [`Journal::expire_pending`],
+//!   [`Journal::cancel_pending`].
+//! - **Calls**: [`Journal::mark_in_flight`], [`Journal::mark_retry`], [`Journal::record_outcome`],
+//!   [`Journal::write_batch`] and [`SharedJournal::write`] (group commit), [`Journal::recover`]
+//!   (after a crash), [`Journal::prepare_requeue`], [`Journal::extra_calls`],
+//!   [`Journal::any_call_settled`], [`Journal::calls`], [`Journal::calls_in_state`],
+//!   [`Journal::for_each_answered_call`].
+//! - **Counts**: [`Journal::counts`], [`Journal::counts_by_scan`], [`Journal::count_status`],
+//!   [`Journal::call_counts`], [`Journal::attempts`], [`Journal::recent_counts`].
+//! - **Control**: [`Journal::request_control`], [`Journal::control`],
+//!   [`Journal::control_pending`], [`Journal::pending_controls`], [`Journal::clear_control`],
+//!   [`Journal::finish_control`].
+//! - **Audit**: who started a run, where and with which risky flags is part of the run row
+//!   ([`NewRun::audit`] in, [`RunInfo::audit`] and [`RunFlags::risky`] out; [`hostname`]); every invocation that
+//!   opened a run (created, resumed, continued, retry: who, where, when, its flags) is a row of
+//!   `run_invocations`, written in the transaction of the decision it records (`audit`).
+//!
+//! Async callers use [`SharedJournal`] ([`SharedJournal::with`] runs any of the above on the
+//! blocking pool).
+//!
+//! One concern per file: `types` (statuses, runs, rows, writes), `schema` (migrations, the
+//! recipient key, stored time), `runs` (run rows and their status), `lease` (who is sending a
+//! run), `resume` (the `open_run` decision), `calls` (in-flight marks, outcomes, re-queued
+//! receivers, crash recovery), `commit` (group commit and [`SharedJournal`]), `counts` (the
+//! per-status counters), `read` (recipient and call reads), `control` (pause/resume/cancel
+//! requests), `prune` (deleting old runs), `audit` (the invocations that opened each run),
+//! `retry` (the `--retry-failed` follow-up run and what it would send). `Ops` below is the set
+//! of run statements that can run inside another statement's transaction (a decision in
+//! `open_run`, a migration).
+
+mod audit;
+mod calls;
+mod commit;
+mod control;
+mod counts;
+mod lease;
+mod prune;
+mod read;
+mod resume;
+mod retry;
+mod runs;
+mod schema;
+#[cfg(test)]
+mod testutil;
+mod types;
+
+pub use audit::Invocation;
+pub use commit::SharedJournal;
+pub use control::{ControlRequest, PendingControl};
+pub use lease::hostname;
+pub use retry::{describe_codes, RetryCandidates};
+pub use types::{
+    CallEnd, CallRow, CallState, Mark, NewRun, Opened, Outcome, RecipientRef, RecipientRow,
+    RecipientStatus, RecipientUpdate, Recovered, ResumeOptions, RunCounts, RunFlags, RunInfo,
+    RunStatus, SeedRow, SeedRows, Sendable, Write,
+};
+
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use rusqlite::Connection;
+
+use crate::exit::Exit;
+use lease::{live_leases, new_owner};
+use schema::is_unfinished_conflict;
+
+/// The database file name inside the state directory.
+pub const DB_FILE: &str = "imcast.db";
+
+/// Errors from the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot create state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "campaign {campaign:?} changed since its unfinished run {run_id} started (plan hash {old} → {new}); \
+         nothing was sent. Revert the change and run again to resume, pass --continue-changed to continue \
+         with the new content (recipients already sent are skipped), or --new-run to send to everyone again"
+    )]
+    Changed {
+        campaign: String,
+        run_id: String,
+        old: String,
+        new: String,
+    },
+    #[error("run {run_id} of campaign {campaign:?} is being sent by another imcast process ({owner}); wait for it or stop it")]
+    Busy {
+        campaign: String,
+        run_id: String,
+        owner: String,
+    },
+    #[error("no run {0} in the journal")]
+    NoRun(String),
+    #[error("no journal at {0}")]
+    Missing(PathBuf),
+    #[error("reading the audience to seed the run: {0}")]
+    Seed(String),
+    #[error("journal holds a value it does not understand: {0}")]
+    Corrupt(String),
+    /// A grouped write (several calls' marks/outcomes in one transaction) failed: every call
+    /// whose write was in the batch gets this same error, which keeps its exit code.
+    #[error("journal write failed: {0}")]
+    Write(std::sync::Arc<JournalError>),
+    /// The blocking task that ran a journal operation panicked or was dropped.
+    #[error("journal worker failed: {0}")]
+    Worker(String),
+    /// `--retry-failed` cannot start: no finished run, nothing retryable in it, or an unfinished
+    /// run to resume first. Nothing was sent.
+    #[error("{0}")]
+    Retry(String),
+}
+
+impl JournalError {
+    /// The file or directory a full disk (or quota) refused to grow, when that is what this
+    /// error is: SQLite's SQLITE_FULL, or ENOSPC/EDQUOT creating the state directory.
+    pub fn disk_full(&self) -> Option<&Path> {
+        match self {
+            JournalError::Db { path, source } if crate::db::is_disk_full(source) => Some(path),
+            JournalError::Io { path, source } if crate::exit::is_storage_full(source) => Some(path),
+            JournalError::Write(e) => e.disk_full(),
+            _ => None,
+        }
+    }
+
+    /// The exit code this error means.
+    pub fn exit(&self) -> Exit {
+        if self.disk_full().is_some() {
+            return Exit::Environment;
+        }
+        match self {
+            JournalError::Changed { .. } => Exit::Changed,
+            JournalError::Busy { .. } => Exit::Busy,
+            JournalError::Db { source, .. }
+                if is_busy(source) || is_unfinished_conflict(source) =>
+            {
+                Exit::Busy
+            }
+            JournalError::NoRun(_) | JournalError::Seed(_) | JournalError::Retry(_) => {
+                Exit::Invalid
+            }
+            JournalError::Write(e) => e.exit(),
+            _ => Exit::Internal,
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked
+    )
+}
+
+/// The state database.
+pub struct Journal {
+    conn: Connection,
+    path: PathBuf,
+    /// The lease id this journal writes into `runs.owner` (see [`Journal::claim`]).
+    owner: String,
+    /// This journal's entry in [`LIVE_LEASES`].
+    instance: u64,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        live_leases().remove(&self.instance);
+    }
+}
+
+impl Journal {
+    /// Open (creating) `<state_dir>/imcast.db`; the directory is created owner-only.
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        create_private_dir(state_dir)?;
+        Self::open_path(&state_dir.join(DB_FILE))
+    }
+
+    /// Open (creating) the database file at `path` and bring its schema up to date.
+    pub fn open_path(path: &Path) -> Result<Journal, JournalError> {
+        let db = |source| JournalError::Db {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = crate::db::open(path, "FULL").map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+        // Up to 16 MiB of page cache (grows only as used): a run's rows are appended and updated
+        // in audience order, so the hot pages are few; the id index is what a larger audience
+        // touches all over. Bounded, whatever the audience size.
+        conn.pragma_update(None, "cache_size", -16384).map_err(db)?;
+        let (owner, instance) = new_owner();
+        let mut j = Journal {
+            conn,
+            path: path.to_path_buf(),
+            owner,
+            instance,
+        };
+        j.migrate()?;
+        Ok(j)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection, for other stages' own tables in this file (the scheduler's `sched_*`, the
+    /// report's `report_*`; same pragmas). Never for the journal's own tables: their methods are
+    /// the only way to them.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn db(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+        move |source| JournalError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Statements on this journal's own connection (each commits by itself unless the caller
+    /// opened a transaction).
+    fn ops(&self) -> Ops<'_> {
+        Ops {
+            conn: &self.conn,
+            path: &self.path,
+            owner: &self.owner,
+        }
+    }
+
+    /// A second connection to the same database that only reads (`query_only`): for a reader on
+    /// another thread (the report scans the halves of a large run in parallel). Writes through it
+    /// fail.
+    pub fn reader(&self) -> Result<Journal, JournalError> {
+        Self::open_reader(&self.path, 16 * 1024)
+    }
+
+    /// A journal that only reads the existing database at `path` (`query_only`, no migration;
+    /// writes through it fail), with a page cache of at most `cache_kib` KiB: for a reader of its
+    /// own (the sender's receiver look-ups, the daemon's metrics).
+    pub fn open_reader(path: &Path, cache_kib: u32) -> Result<Journal, JournalError> {
+        if !path.exists() {
+            return Err(JournalError::Missing(path.to_path_buf()));
+        }
+        let db = |source| JournalError::Db {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = crate::db::open(path, "FULL").map_err(db)?;
+        conn.pragma_update(None, "query_only", true).map_err(db)?;
+        conn.pragma_update(None, "cache_size", -i64::from(cache_kib))
+            .map_err(db)?;
+        // Its own lease id, never written (the connection is read-only).
+        let (owner, instance) = new_owner();
+        Ok(Journal {
+            conn,
+            path: path.to_path_buf(),
+            owner,
+            instance,
+        })
+    }
+}
+
+/// The journal's run statements on one connection: inside [`Journal::open_run`]'s transaction
+/// (so a decision and what it does commit together), in a migration, or on the journal's own
+/// connection. Never begins or commits a transaction itself.
+struct Ops<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+    /// The lease id of the journal these statements act for.
+    owner: &'a str,
+}
+
+impl Ops<'_> {
+    fn db(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+        move |source| JournalError::Db {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A run id: UTC start time plus a random suffix, e.g. `20260301T090000Z-3f9a`.
+pub fn new_run_id(now: Timestamp) -> String {
+    let t = now.strftime("%Y%m%dT%H%M%SZ");
+    format!("{t}-{:04x}", rand::random::<u16>())
+}
+
+/// Create a directory (and parents) readable by the owner only.
+pub fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
+    let io = |source| JournalError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir).map_err(io)
+}

@@ -1,0 +1,349 @@
+//! Reading a run's rows: recipients in audience order, owned ([`Journal::for_each_recipient`]) or
+//! borrowed from the database row without an allocation per row
+//! ([`Journal::for_each_recipient_ref`], the report's scan of ten million rows); and its calls
+//! ([`Journal::calls`], and what the report shows of them).
+//!
+//! Invariants: both recipient scans give the same rows and values; a row never updated reads the
+//! run's start time. Must not: write.
+
+use jiff::Timestamp;
+use rusqlite::{params, OptionalExtension};
+
+use super::schema::{parse_ts, rk_range, run_key, MAX_LINE};
+use super::{
+    CallEnd, CallRow, CallState, Journal, JournalError, RecipientRef, RecipientRow, RecipientStatus,
+};
+
+/// The number of receivers of a call row, counted in SQL without parsing the JSON array
+/// (`[1,2,3]`: commas + 1; `[]`: 0).
+const RECEIVERS: &str = "CASE WHEN receivers = '[]' THEN 0 \
+     ELSE length(receivers) - length(replace(receivers, ',', '')) + 1 END";
+
+impl Journal {
+    /// Every recipient row of a run in audience order, streamed to `f` (stops at its first error).
+    pub fn for_each_recipient<E: From<JournalError>>(
+        &self,
+        run_id: &str,
+        mut f: impl FnMut(RecipientRow) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let run: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT key, created_at FROM runs WHERE id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.db())?;
+        let Some((key, created_at)) = run else {
+            return Ok(());
+        };
+        let (lo, hi) = rk_range(key);
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
+                        error_message, detail, updated_at
+                 FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
+            )
+            .map_err(self.db())?;
+        let mut rows = st.query(params![lo, hi]).map_err(self.db())?;
+        while let Some(r) = rows.next().map_err(self.db())? {
+            let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<RecipientRow> {
+                let status: rusqlite::types::ValueRef<'_> = r.get_ref(3)?;
+                let id = r.get::<_, Option<i64>>(1)?.map(|v| v as u64);
+                let raw_id: Option<String> = r.get(2)?;
+                Ok(RecipientRow {
+                    line: (r.get::<_, i64>(0)? as u64) & MAX_LINE,
+                    raw_id: raw_id.unwrap_or_else(|| id.map(|v| v.to_string()).unwrap_or_default()),
+                    id,
+                    status: status
+                        .as_str()
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(RecipientStatus::Unknown),
+                    message_id: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                    attempts: r.get::<_, i64>(5)? as u32,
+                    call: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                    variant: r.get(7)?,
+                    error_code: r.get(8)?,
+                    error_message: r.get(9)?,
+                    detail: r.get(10)?,
+                    time: Some(
+                        r.get::<_, Option<String>>(11)?
+                            .unwrap_or_else(|| created_at.clone()),
+                    ),
+                })
+            };
+            f(get(r).map_err(self.db())?)?;
+        }
+        Ok(())
+    }
+
+    /// The highest audience line of a run's recipient rows (None: no rows).
+    pub fn last_line(&self, run_id: &str) -> Result<Option<u64>, JournalError> {
+        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
+            return Ok(None);
+        };
+        let (lo, hi) = rk_range(key);
+        let max: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(rk) FROM recipients WHERE rk BETWEEN ?1 AND ?2",
+                params![lo, hi],
+                |r| r.get(0),
+            )
+            .map_err(self.db())?;
+        Ok(max.map(|v| (v as u64) & MAX_LINE))
+    }
+
+    /// The recipient rows of a run whose audience line is in `lines`, in audience order,
+    /// borrowed from the database row (no allocation per row: the report's scan of ten million
+    /// rows). Same rows and values as [`Self::for_each_recipient`]; stops at `f`'s first error.
+    pub fn for_each_recipient_ref<E: From<JournalError>>(
+        &self,
+        run_id: &str,
+        lines: std::ops::RangeInclusive<u64>,
+        mut f: impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let run: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT key, created_at FROM runs WHERE id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.db())?;
+        let Some((key, created_at)) = run else {
+            return Ok(());
+        };
+        let (lo, _) = rk_range(key);
+        let (first, last) = (
+            (*lines.start()).min(MAX_LINE) as i64,
+            (*lines.end()).min(MAX_LINE) as i64,
+        );
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
+                        error_message, detail, updated_at
+                 FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
+            )
+            .map_err(self.db())?;
+        let mut rows = st
+            .query(params![lo | first, lo | last])
+            .map_err(self.db())?;
+        fn text<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'a str>> {
+            match r.get_ref(i)? {
+                rusqlite::types::ValueRef::Null => Ok(None),
+                v => v.as_str().map(Some).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e))
+                }),
+            }
+        }
+        fn int(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<i64>> {
+            r.get::<_, Option<i64>>(i)
+        }
+        while let Some(r) = rows.next().map_err(self.db())? {
+            let line = (r.get::<_, i64>(0).map_err(self.db())? as u64) & MAX_LINE;
+            let id = int(r, 1).map_err(self.db())?.map(|v| v as u64);
+            let message_id = int(r, 4).map_err(self.db())?.map(|v| v as u64);
+            let attempts = r.get::<_, i64>(5).map_err(self.db())? as u32;
+            let call = int(r, 6).map_err(self.db())?.map(|v| v as u64);
+            let status = text(r, 3)
+                .map_err(self.db())?
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(RecipientStatus::Unknown);
+            let row = RecipientRef {
+                line,
+                id,
+                raw_id: text(r, 2).map_err(self.db())?,
+                status,
+                message_id,
+                attempts,
+                call,
+                variant: text(r, 7).map_err(self.db())?,
+                error_code: text(r, 8).map_err(self.db())?,
+                error_message: text(r, 9).map_err(self.db())?,
+                detail: text(r, 10).map_err(self.db())?,
+                time: text(r, 11).map_err(self.db())?.unwrap_or(&created_at),
+            };
+            f(&row)?;
+        }
+        Ok(())
+    }
+
+    /// All recipient rows of a run (small runs and tests; large runs use [`Self::for_each_recipient`]).
+    pub fn recipients(&self, run_id: &str) -> Result<Vec<RecipientRow>, JournalError> {
+        let mut v = Vec::new();
+        self.for_each_recipient::<JournalError>(run_id, |r| {
+            v.push(r);
+            Ok(())
+        })?;
+        Ok(v)
+    }
+
+    /// Every call of a run, in call order (small runs and tests).
+    pub fn calls(&self, run_id: &str) -> Result<Vec<CallRow>, JournalError> {
+        self.call_rows(run_id, None, None)
+    }
+
+    /// The first `limit` calls of a run in `state`, in call order.
+    pub fn calls_in_state(
+        &self,
+        run_id: &str,
+        state: CallState,
+        limit: usize,
+    ) -> Result<Vec<CallRow>, JournalError> {
+        self.call_rows(run_id, Some(state), Some(limit))
+    }
+
+    fn call_rows(
+        &self,
+        run_id: &str,
+        state: Option<CallState>,
+        limit: Option<usize>,
+    ) -> Result<Vec<CallRow>, JournalError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT seq, variant, receivers, state, attempts, client_msg_id, error_code,
+                        error_message, updated_at
+                 FROM calls WHERE run_id = ?1 AND (?2 IS NULL OR state = ?2) ORDER BY seq LIMIT ?3",
+            )
+            .map_err(self.db())?;
+        let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let raw = st
+            .query_map(params![run_id, state.map(CallState::as_str), limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, String>(8)?,
+                ))
+            })
+            .map_err(self.db())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.db())?;
+        raw.into_iter()
+            .map(
+                |(seq, variant, receivers, state, attempts, client_msg_id, code, message, at)| {
+                    Ok(CallRow {
+                        seq: seq.max(0) as u64,
+                        receivers: serde_json::from_str(&receivers).map_err(|e| {
+                            JournalError::Corrupt(format!("call {seq} receivers: {e}"))
+                        })?,
+                        variant,
+                        state: state.parse()?,
+                        attempts: attempts.max(0) as u64,
+                        client_msg_id,
+                        error_code: code,
+                        error_message: message,
+                        updated_at: parse_ts(&at)?,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Every answered call (done or unknown) of a run, in no particular order: when it was
+    /// answered and how many receivers it carried, without reading the receivers themselves (the
+    /// report's timeline of a run of millions). Stops at `f`'s first error.
+    pub fn for_each_answered_call<E: From<JournalError>>(
+        &self,
+        run_id: &str,
+        mut f: impl FnMut(CallEnd) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT updated_at, {RECEIVERS} FROM calls
+                 WHERE run_id = ?1 AND state IN ('done', 'unknown')"
+            ))
+            .map_err(self.db())?;
+        let mut rows = st.query([run_id]).map_err(self.db())?;
+        while let Some(r) = rows.next().map_err(self.db())? {
+            let at: String = r.get(0).map_err(self.db())?;
+            let at: Timestamp = parse_ts(&at)?;
+            let receivers = r.get::<_, i64>(1).map_err(self.db())?.max(0) as u64;
+            f(CallEnd { at, receivers })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::Action;
+    use crate::journal::testutil::*;
+    use crate::journal::{RecipientUpdate, ResumeOptions};
+
+    #[test]
+    fn calls_read_back_as_written_and_answered_ones_are_counted_without_their_receivers() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+            .expect("create")
+            .run()
+            .id
+            .clone();
+        let later = now() + jiff::SignedDuration::from_secs(5);
+        j.mark_in_flight(&id, 0, "v", &[101, 102], None, now())
+            .expect("mark");
+        j.record_outcome(
+            &id,
+            0,
+            CallState::Done,
+            &[RecipientUpdate {
+                id: 101,
+                status: RecipientStatus::Sent,
+                message_id: Some(7),
+                error_code: None,
+                error_message: None,
+                detail: None,
+            }],
+            Some(("Partial", "one of two")),
+            later,
+        )
+        .expect("outcome");
+        j.mark_in_flight(&id, 1, "v", &[103, 104], Some("imcast-x"), now())
+            .expect("mark");
+        j.mark_in_flight(&id, 2, "w", &[], None, now())
+            .expect("mark");
+        j.recover(&id, Action::Batch).expect("recover");
+        let calls = j.calls(&id).expect("calls");
+        assert_eq!(
+            calls.iter().map(|c| (c.seq, c.state)).collect::<Vec<_>>(),
+            [
+                (0, CallState::Done),
+                (1, CallState::Unknown),
+                (2, CallState::Unknown)
+            ]
+        );
+        assert_eq!(calls[0].receivers, [101, 102]);
+        assert_eq!(calls[0].updated_at, later);
+        assert_eq!(calls[0].error_code.as_deref(), Some("Partial"));
+        assert_eq!(calls[1].client_msg_id.as_deref(), Some("imcast-x"));
+        assert_eq!(calls[1].attempts, 1);
+        let unknown = j
+            .calls_in_state(&id, CallState::Unknown, 1)
+            .expect("unknown");
+        assert_eq!(unknown.len(), 1, "limited");
+        assert_eq!(unknown[0].seq, 1);
+        let mut ends = Vec::new();
+        j.for_each_answered_call::<JournalError>(&id, |c| {
+            ends.push((c.at, c.receivers));
+            Ok(())
+        })
+        .expect("ends");
+        ends.sort();
+        assert_eq!(ends, [(now(), 0), (now(), 2), (later, 2)]);
+    }
+}

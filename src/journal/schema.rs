@@ -1,0 +1,498 @@
+//! The journal's schema: the migrations (numbered by `PRAGMA user_version`), the upgrade step that
+//! ends duplicate unfinished runs before the partial unique index is created, other stages'
+//! migrations ([`Journal::migrate_extra`]), and how values are stored: the recipient key (`rk` =
+//! run key << 32 | audience line) and times as RFC 3339 text.
+//!
+//! Invariants: a migration runs once, in order, inside one IMMEDIATE transaction with the
+//! version bump; a migration is never edited once released (add a new one). Must not: change
+//! a stored name or the key layout without a migration.
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::runs::parse_action;
+use super::{Journal, JournalError, Ops, RecipientStatus};
+
+/// The index that keeps at most one unfinished non-test run per (campaign, occurrence).
+pub(super) const UNFINISHED_INDEX: &str = "runs_one_unfinished";
+
+/// Whether `e` is the database refusing a second unfinished run of a campaign occurrence
+/// (another process created or reopened one first).
+pub(super) fn is_unfinished_conflict(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, Some(msg))
+            if f.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains(UNFINISHED_INDEX)
+    )
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the core tables.
+    "CREATE TABLE runs(
+        id TEXT PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        occurrence TEXT,
+        plan_hash TEXT NOT NULL,
+        content_key TEXT,
+        action TEXT NOT NULL,
+        status TEXT NOT NULL,
+        flags TEXT NOT NULL,
+        is_test INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        finished_at TEXT,
+        stop_reason TEXT,
+        audit TEXT NOT NULL,
+        limit_count INTEGER NOT NULL,
+        limit_window_ms INTEGER NOT NULL,
+        total_calls INTEGER NOT NULL,
+        continued_from TEXT,
+        owner TEXT
+     );
+     CREATE INDEX runs_campaign ON runs(campaign, created_at);
+     CREATE TABLE calls(
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        variant TEXT NOT NULL,
+        receivers TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        client_msg_id TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY(run_id, seq)
+     );
+     CREATE TABLE recipients(
+        run_id TEXT NOT NULL,
+        line INTEGER NOT NULL,
+        id INTEGER,
+        raw_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        message_id INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        call_seq INTEGER,
+        variant TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        detail TEXT,
+        updated_at TEXT,
+        PRIMARY KEY(run_id, line)
+     );
+     CREATE INDEX recipients_id ON recipients(run_id, id);
+     CREATE TABLE control(
+        campaign TEXT PRIMARY KEY,
+        request TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        requested_by TEXT
+     );
+     CREATE TABLE extra_migrations(component TEXT PRIMARY KEY, version INTEGER NOT NULL);",
+    // 2: recipients per status and run, kept by every statement that changes a status (so
+    // counting a run of millions never scans its rows).
+    "CREATE TABLE run_counts(
+        run_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY(run_id, status)
+     ) WITHOUT ROWID;
+     INSERT INTO run_counts(run_id, status, n)
+        SELECT run_id, status, COUNT(*) FROM recipients GROUP BY run_id, status;",
+    // 3: recipients keyed by an integer: `rk` = the run's integer `key` << 32 | line (the rowid
+    // itself, so a run's rows are one contiguous range of the table b-tree in audience order and
+    // no key repeats the 21-byte text run id); `raw_id` is NULL when it is `id` written in
+    // decimal. A NULL `updated_at` reads as the run's start time.
+    "ALTER TABLE runs ADD COLUMN key INTEGER;
+     UPDATE runs SET key = rowid;
+     CREATE UNIQUE INDEX runs_key ON runs(key);
+     CREATE TABLE recipients_3(
+        rk INTEGER PRIMARY KEY,
+        id INTEGER,
+        raw_id TEXT,
+        status TEXT NOT NULL,
+        message_id INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        call_seq INTEGER,
+        variant TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        detail TEXT,
+        updated_at TEXT
+     );
+     INSERT INTO recipients_3(rk, id, raw_id, status, message_id, attempts, call_seq, variant,
+                              error_code, error_message, detail, updated_at)
+        SELECT (r.key << 32) | x.line, x.id, x.raw_id, x.status, x.message_id, x.attempts, x.call_seq,
+               x.variant, x.error_code, x.error_message, x.detail, x.updated_at
+        FROM recipients x JOIN runs r ON r.id = x.run_id;
+     DROP TABLE recipients;
+     ALTER TABLE recipients_3 RENAME TO recipients;
+     CREATE INDEX recipients_id ON recipients(id);",
+    // 4 (re-queue):
+    // `recipients.refusals`: how many times the provider refused a recipient with
+    // FailedReceiver. A `pending` row with refusals > 0 waits to be sent again in a later call of
+    // its Content; the re-queue budget (`retry.max_attempts`) counts these, not 429s or
+    // not-processed retries. `runs.first_resend_seq`: calls numbered from here on resend refused
+    // recipients (set once, before the first such call; every plan call's number is below it).
+    "ALTER TABLE recipients ADD COLUMN refusals INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN first_resend_seq INTEGER;",
+    // 5: at most one unfinished (running/paused/interrupted) non-test run per campaign and
+    // occurrence, enforced by the database. Before it is created, older duplicates (left by the
+    // race this closes) are cancelled: see `end_duplicate_unfinished_runs`.
+    "CREATE UNIQUE INDEX runs_one_unfinished ON runs(campaign, COALESCE(occurrence, ''))
+        WHERE is_test = 0 AND status IN ('running', 'paused', 'interrupted');",
+    // 6 (audit, retry): `run_invocations` holds one row per invocation that opened a run (created,
+    // resumed, continued, reopened for --resend-unknown, a --retry-failed follow-up; the daemon's
+    // too): who, where, when, which imcast and which flags (`audit`). Runs from before get their
+    // creation as their first row. `runs.retry_of`: the finished run a --retry-failed run sends
+    // the retryable failures of (`retry`).
+    "CREATE TABLE run_invocations(
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        via TEXT NOT NULL,
+        user TEXT,
+        host TEXT,
+        imcast_version TEXT,
+        flags TEXT NOT NULL,
+        PRIMARY KEY(run_id, seq)
+     ) WITHOUT ROWID;
+     INSERT INTO run_invocations(run_id, seq, at, decision, via, user, host, imcast_version, flags)
+        SELECT id, 1, created_at, 'created',
+               CASE WHEN occurrence IS NULL THEN 'run' ELSE 'daemon' END,
+               CASE WHEN json_valid(audit) THEN json_extract(audit, '$.user') END,
+               CASE WHEN json_valid(audit) THEN json_extract(audit, '$.host') END,
+               CASE WHEN json_valid(audit) THEN json_extract(audit, '$.imcast_version') END,
+               flags
+        FROM runs;
+     ALTER TABLE runs ADD COLUMN retry_of TEXT;",
+];
+
+/// The migration (index into [`MIGRATIONS`]) that adds [`UNFINISHED_INDEX`].
+const UNFINISHED_INDEX_MIGRATION: usize = 4;
+
+/// Before [`UNFINISHED_INDEX`] exists, a database may hold several unfinished runs of one
+/// campaign occurrence (two processes started at once). The newest of each group stays (it is
+/// what `run` resumed before the index existed); the older ones are recovered like a crash (an
+/// in-flight call's receivers become `unknown`) and cancelled: pending recipients `cancelled`,
+/// the run `cancelled` with a stop reason naming the run kept. Returns how many were cancelled.
+fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, JournalError> {
+    let db = |source| JournalError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    let older: Vec<(String, String, String, String)> = {
+        let mut st = conn
+            .prepare(
+                "SELECT r.id, r.action, r.updated_at,
+                    (SELECT n.id FROM runs n
+                      WHERE n.campaign = r.campaign AND COALESCE(n.occurrence, '') = COALESCE(r.occurrence, '')
+                        AND n.is_test = 0 AND n.status IN ('running', 'paused', 'interrupted')
+                      ORDER BY n.created_at DESC, n.rowid DESC LIMIT 1) AS kept
+                 FROM runs r
+                 WHERE r.is_test = 0 AND r.status IN ('running', 'paused', 'interrupted')",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(db)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db)?;
+        rows.into_iter()
+            .filter(|(id, _, _, kept)| id != kept)
+            .collect()
+    };
+    let ops = Ops {
+        conn,
+        path,
+        owner: "",
+    };
+    for (id, action, updated_at, kept) in &older {
+        let action = parse_action(action)?;
+        let at = parse_ts(updated_at)?;
+        ops.recover(id, action)?;
+        ops.set_pending(
+            id,
+            RecipientStatus::Cancelled,
+            "the run was cancelled: another unfinished run of the campaign was kept",
+            at,
+        )?;
+        conn.execute(
+            "UPDATE runs SET status = 'cancelled', finished_at = updated_at, owner = NULL,
+                 stop_reason = ?2
+             WHERE id = ?1",
+            params![
+                id,
+                format!(
+                    "cancelled when the journal was upgraded: run {kept} of the same campaign was \
+                     also unfinished, and only one unfinished run per campaign is kept"
+                )
+            ],
+        )
+        .map_err(db)?;
+    }
+    Ok(older.len() as u64)
+}
+
+/// Largest audience line a recipient key holds (`rk` = run key << 32 | line).
+pub(super) const MAX_LINE: u64 = u32::MAX as u64;
+
+/// The `rk` range of a run's recipient rows: `(key << 32, key << 32 | MAX_LINE)`.
+pub(super) fn rk_range(key: i64) -> (i64, i64) {
+    (key << 32, (key << 32) | MAX_LINE as i64)
+}
+
+/// A run's integer key (`runs.key`), if the run exists.
+pub(super) fn run_key(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT key FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| r.get(0))
+        .optional()
+}
+
+pub(super) fn ts(t: Timestamp) -> String {
+    t.to_string()
+}
+
+pub(super) fn parse_ts(s: &str) -> Result<Timestamp, JournalError> {
+    s.parse()
+        .map_err(|e| JournalError::Corrupt(format!("time {s:?}: {e}")))
+}
+
+impl Journal {
+    pub(super) fn migrate(&mut self) -> Result<(), JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db)?;
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            if (i as i64) >= version {
+                if i == UNFINISHED_INDEX_MIGRATION {
+                    end_duplicate_unfinished_runs(&tx, &path)?;
+                }
+                tx.execute_batch(m).map_err(db)?;
+            }
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+            .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+
+    /// Apply another stage's migrations once each: `steps[i]` runs when `component`'s recorded
+    /// version is ≤ i.
+    pub fn migrate_extra(&mut self, component: &str, steps: &[&str]) -> Result<(), JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let v: i64 = tx
+            .query_row(
+                "SELECT version FROM extra_migrations WHERE component = ?1",
+                [component],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?
+            .unwrap_or(0);
+        for (i, s) in steps.iter().enumerate() {
+            if (i as i64) >= v {
+                tx.execute_batch(s).map_err(db)?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO extra_migrations(component, version) VALUES (?1, ?2)
+             ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+            params![component, steps.len() as i64],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::Exit;
+    use crate::journal::testutil::*;
+    use crate::journal::*;
+
+    #[test]
+    fn migrations_count_and_rekey_the_rows_of_existing_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            // A state database as the first release left it: schema 1, one run with rows.
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(MIGRATIONS[0]).expect("schema 1");
+            conn.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO runs(id, campaign, plan_hash, action, status, flags, created_at, updated_at,
+                                  audit, limit_count, limit_window_ms, total_calls)
+                 VALUES ('r1', 'c', 'h', 'batch', 'finished', '{}', '2026-03-01T09:00:00Z',
+                         '2026-03-01T09:00:00Z', '{}', 1, 1000, 1),
+                        ('r2', 'c', 'h', 'batch', 'finished', '{}', '2026-03-01T09:00:00Z',
+                         '2026-03-01T09:00:00Z', '{}', 1, 1000, 1);
+                 INSERT INTO recipients(run_id, line, id, raw_id, status) VALUES
+                   ('r1', 2, 1, '1', 'sent'), ('r1', 3, 2, '2', 'sent'), ('r1', 4, 3, '3', 'pending'),
+                   ('r1', 5, NULL, 'x', 'invalid'), ('r2', 2, 1, '1', 'unknown');",
+            )
+            .expect("rows");
+        }
+        let j = Journal::open_path(&path).expect("migrate");
+        let c = j.counts("r1").expect("counts");
+        assert_eq!(c[&RecipientStatus::Sent], 2);
+        assert_eq!(c[&RecipientStatus::Pending], 1);
+        assert_eq!(c[&RecipientStatus::Invalid], 1);
+        assert_eq!(c[&RecipientStatus::Unknown], 0);
+        assert_eq!(
+            j.count_status("r2", RecipientStatus::Unknown).expect("n"),
+            1
+        );
+        assert_eq!(c, j.counts_by_scan("r1").expect("scan"));
+        // Migration 3 kept every row, in audience order, with its line and raw id.
+        let rows = j.recipients("r1").expect("rows");
+        let lines: Vec<(u64, &str)> = rows.iter().map(|r| (r.line, r.raw_id.as_str())).collect();
+        assert_eq!(lines, [(2, "1"), (3, "2"), (4, "3"), (5, "x")]);
+        assert_eq!(j.recipients("r2").expect("rows").len(), 1);
+    }
+
+    #[test]
+    fn the_database_refuses_a_second_unfinished_run() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(d.path()).expect("open");
+        open(&mut j, "h1", ResumeOptions::default(), rows(&[])).expect("create");
+        let c = j.connection();
+        for status in ["running", "paused", "interrupted"] {
+            let e = insert_run(c, &format!("dup-{status}"), None, status, false)
+                .expect_err("a second unfinished run");
+            assert!(is_unfinished_conflict(&e), "{e}");
+            let je = JournalError::Db {
+                path: j.path().to_path_buf(),
+                source: e,
+            };
+            assert_eq!(je.exit(), Exit::Busy, "never an internal error");
+        }
+        // Finished runs, test runs and other occurrences are not limited.
+        insert_run(c, "done", None, "finished", false).expect("finished");
+        insert_run(c, "cancelled", None, "cancelled", false).expect("cancelled");
+        insert_run(c, "test-1", None, "running", true).expect("test run");
+        insert_run(c, "test-2", None, "running", true).expect("another test run");
+        insert_run(c, "occ-1", Some("2026-03-01T09:00Z"), "running", false).expect("occurrence");
+        let e = insert_run(c, "occ-2", Some("2026-03-01T09:00Z"), "paused", false)
+            .expect_err("same occurrence");
+        assert!(is_unfinished_conflict(&e), "{e}");
+        // Reopening a finished run while another is unfinished is refused too.
+        let e = c
+            .execute("UPDATE runs SET status = 'running' WHERE id = 'done'", [])
+            .expect_err("reopen");
+        assert!(is_unfinished_conflict(&e), "{e}");
+    }
+
+    #[test]
+    fn migration_cancels_older_duplicate_unfinished_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            // Schema 3 (before the index), holding what the race left: two unfinished runs of
+            // campaign `spring`, the older with a call in flight, and two of one occurrence.
+            let conn = Connection::open(&path).expect("open");
+            for m in &MIGRATIONS[..UNFINISHED_INDEX_MIGRATION] {
+                conn.execute_batch(m).expect("schema");
+            }
+            conn.execute_batch(&format!(
+                "PRAGMA user_version = {UNFINISHED_INDEX_MIGRATION};"
+            ))
+            .expect("version");
+            insert_run(&conn, "old", None, "running", false).expect("old");
+            insert_run(&conn, "new", None, "interrupted", false).expect("new");
+            insert_run(&conn, "test", None, "running", true).expect("test");
+            insert_run(&conn, "o1", Some("occ"), "paused", false).expect("o1");
+            insert_run(&conn, "o2", Some("occ"), "running", false).expect("o2");
+            conn.execute_batch(
+                "UPDATE runs SET created_at = '2026-03-01T08:00:00Z' WHERE id IN ('old', 'o1');
+                 UPDATE runs SET owner = 'somewhere:1' WHERE id = 'old';",
+            )
+            .expect("times");
+            for (run, key) in [("old", 1i64), ("new", 2)] {
+                for line in 2..=5i64 {
+                    conn.execute(
+                        "INSERT INTO recipients(rk, id, status) VALUES (?1, ?2, ?3)",
+                        params![
+                            (key << 32) | line,
+                            100 + line,
+                            if line == 2 { "sent" } else { "pending" }
+                        ],
+                    )
+                    .expect("recipient");
+                }
+                conn.execute(
+                    "INSERT INTO run_counts(run_id, status, n) VALUES (?1, 'sent', 1), (?1, 'pending', 3)",
+                    [run],
+                )
+                .expect("counts");
+            }
+            conn.execute(
+                "INSERT INTO calls(run_id, seq, variant, receivers, state, attempts, updated_at)
+                 VALUES ('old', 0, 'v', '[103]', 'in_flight', 1, '2026-03-01T09:00:00Z')",
+                [],
+            )
+            .expect("call");
+        }
+        let j = Journal::open_path(&path).expect("migrate");
+        let old = j.run("old").expect("q").expect("old");
+        assert_eq!(old.status, RunStatus::Cancelled);
+        assert!(old.finished_at.is_some());
+        let why = old.stop_reason.expect("a stop reason");
+        assert!(why.contains("run new"), "{why}");
+        let c = j.counts("old").expect("counts");
+        assert_eq!(c[&RecipientStatus::Sent], 1);
+        assert_eq!(
+            c[&RecipientStatus::Unknown],
+            1,
+            "the in-flight receiver may have been delivered"
+        );
+        assert_eq!(c[&RecipientStatus::Cancelled], 2);
+        assert_eq!(c[&RecipientStatus::Pending], 0);
+        assert_eq!(j.ops().owner_of("old").expect("q"), None);
+        // The newest of each group stays as it was; test runs are not touched.
+        assert_eq!(
+            j.run("new").expect("q").expect("new").status,
+            RunStatus::Interrupted
+        );
+        assert_eq!(
+            j.counts("new").expect("counts")[&RecipientStatus::Pending],
+            3
+        );
+        assert_eq!(
+            j.run("o1").expect("q").expect("o1").status,
+            RunStatus::Cancelled
+        );
+        assert_eq!(
+            j.run("o2").expect("q").expect("o2").status,
+            RunStatus::Running
+        );
+        assert_eq!(
+            j.run("test").expect("q").expect("test").status,
+            RunStatus::Running
+        );
+        assert_eq!(
+            j.unfinished_run("spring", None).expect("q").map(|r| r.id),
+            Some("new".to_string())
+        );
+        // And the index now holds.
+        assert!(insert_run(j.connection(), "third", None, "paused", false).is_err());
+    }
+}

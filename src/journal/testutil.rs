@@ -1,0 +1,81 @@
+//! Shared set-up of the journal's unit tests: a run, its audience rows, `open_run` with them, and
+//! a run row inserted directly (bypassing `open_run`).
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use rusqlite::{params, Connection};
+
+use super::{
+    Journal, JournalError, NewRun, Opened, RecipientStatus, ResumeOptions, RunFlags, SeedRow,
+    SeedRows,
+};
+use crate::action::Action;
+use crate::config::Limit;
+
+pub(super) fn now() -> Timestamp {
+    "2026-03-01T09:00:00Z".parse().expect("valid")
+}
+
+pub(super) fn new_run(hash: &str) -> NewRun {
+    NewRun {
+        id: None,
+        campaign: "spring".into(),
+        occurrence: None,
+        plan_hash: hash.into(),
+        content_key: Some("content".into()),
+        action: Action::Batch,
+        flags: RunFlags::default(),
+        is_test: false,
+        audit: serde_json::json!({}),
+        limit: Limit::new(12_000, Duration::from_secs(60)),
+        total_calls: 1,
+    }
+}
+
+pub(super) fn rows(suppress: &[u64]) -> Vec<SeedRow> {
+    (1..=4u64)
+        .map(|i| SeedRow {
+            line: i + 1,
+            id: Some(100 + i),
+            raw_id: (100 + i).to_string(),
+            status: if suppress.contains(&(100 + i)) {
+                RecipientStatus::Suppressed
+            } else {
+                RecipientStatus::Pending
+            },
+            call_seq: Some(0),
+            variant: Some("v".into()),
+            note: None,
+        })
+        .collect()
+}
+
+pub(super) fn open(
+    j: &mut Journal,
+    hash: &str,
+    o: ResumeOptions,
+    r: Vec<SeedRow>,
+) -> Result<Opened, JournalError> {
+    let mut f = || -> SeedRows<'static, String> { Box::new(r.clone().into_iter().map(Ok)) };
+    j.open_run(&new_run(hash), o, &mut f, now())
+}
+
+/// A direct insert of a run row (bypassing `open_run`).
+pub(super) fn insert_run(
+    conn: &Connection,
+    id: &str,
+    occurrence: Option<&str>,
+    status: &str,
+    is_test: bool,
+) -> rusqlite::Result<usize> {
+    conn.execute(
+            "INSERT INTO runs(id, campaign, occurrence, plan_hash, action, status, flags, is_test, created_at,
+                              updated_at, audit, limit_count, limit_window_ms, total_calls, key)
+             VALUES (?1, 'spring', ?2, 'h', 'batch', ?3, '{}', ?4, '2026-03-01T09:00:00Z',
+                     '2026-03-01T09:00:00Z', '{}', 1, 1000, 1, (SELECT COALESCE(MAX(key), 0) + 1 FROM runs))",
+            params![id, occurrence, status, is_test],
+        )
+}
