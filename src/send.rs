@@ -1022,7 +1022,8 @@ impl<T: Transport> Ctx<T> {
             work.variant.clone(),
             work.receivers.clone(),
             client_msg_id.clone(),
-            self.clock.now(),
+            // The admission instant: the attempts log measures the busiest window from it.
+            permit.at(),
         );
         self.journal
             .write(Write::Mark(Mark {

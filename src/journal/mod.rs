@@ -34,9 +34,11 @@
 //! run), `resume` (the `open_run` decision), `calls` (in-flight marks, outcomes, re-queued
 //! receivers, crash recovery), `commit` (group commit and [`SharedJournal`]), `counts` (the
 //! per-status counters), `read` (recipient scans), `control` (pause/resume/cancel requests),
-//! `prune` (deleting old runs). `Ops` below is the set of run statements that can run inside
+//! `prune` (deleting old runs), `attempts` (the log of admitted attempts: admission instants and
+//! error codes, for the report's figures). `Ops` below is the set of run statements that can run inside
 //! another statement's transaction (a decision in `open_run`, a migration).
 
+mod attempts;
 mod calls;
 mod commit;
 mod control;
@@ -51,6 +53,7 @@ mod schema;
 mod testutil;
 mod types;
 
+pub use attempts::Admission;
 pub use commit::SharedJournal;
 pub use control::{ControlRequest, PendingControl};
 pub use lease::hostname;
