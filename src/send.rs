@@ -38,6 +38,7 @@ pub mod breaker;
 pub mod fake;
 pub mod requeue;
 pub mod stop;
+pub mod warn;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -66,6 +67,7 @@ use crate::throttle::{Acquired, Limiter, ThrottleError};
 pub use breaker::Breaker;
 pub use requeue::SameContent;
 pub use stop::StopToken;
+pub use warn::{WarnFn, WarnKind, Warning};
 
 /// One call of the plan: its number, content variant, receivers and an opaque payload the
 /// transport turns into the request (e.g. the rendered Content and ext).
@@ -261,6 +263,8 @@ pub struct Progress {
     pub elapsed_secs: f64,
     /// Units per second achieved in this session.
     pub rate: f64,
+    /// The limit this run is held to (the campaign's own throttle where it is lower than the
+    /// account's share).
     pub limit: Limit,
     /// Set while the run waits for quiet hours to end (no call starts until then).
     pub quiet_until: Option<String>,
@@ -289,6 +293,39 @@ impl Progress {
     }
     pub fn settled(&self) -> u64 {
         self.deliverable_total() - self.pending()
+    }
+
+    /// The progress line people read: outcomes so far, the rate against the limit this run is
+    /// really held to, and the elapsed time of this session:
+    /// `sent 1,200, failed 3, unknown 0 · 200 per 1m (limit 1000 per 1m) · elapsed 2m 5s`.
+    pub fn describe(&self) -> String {
+        let n = |s: RecipientStatus| self.counts.get(&s).copied().unwrap_or(0);
+        let fmt = crate::report::fmt_count;
+        let mut outcomes = format!(
+            "sent {}, failed {}, unknown {}",
+            fmt(n(RecipientStatus::Sent)),
+            fmt(n(RecipientStatus::Failed)),
+            fmt(n(RecipientStatus::Unknown))
+        );
+        if n(RecipientStatus::NotOnline) > 0 {
+            outcomes.push_str(&format!(
+                ", not online {}",
+                fmt(n(RecipientStatus::NotOnline))
+            ));
+        }
+        let window = humantime::format_duration(self.limit.window);
+        // The first second's rate says nothing (one call over a few milliseconds).
+        let rate = if self.elapsed_secs < 1.0 {
+            format!("limit {} per {window}", self.limit.limit)
+        } else {
+            format!(
+                "{:.0} per {window} (limit {} per {window})",
+                self.rate * self.limit.window.as_secs_f64(),
+                self.limit.limit
+            )
+        };
+        let elapsed = humantime::format_duration(Duration::from_secs(self.elapsed_secs as u64));
+        format!("{outcomes} · {rate} · elapsed {elapsed}")
     }
 }
 
@@ -394,6 +431,7 @@ pub struct Engine<T: Transport> {
     clock: SharedClock,
     stop: StopToken,
     progress: Option<ProgressFn>,
+    warn: Option<WarnFn>,
 }
 
 struct Work<P> {
@@ -453,6 +491,9 @@ struct Ctx<T: Transport> {
     stop: StopToken,
     shared: Mutex<Shared>,
     progress: Option<ProgressFn>,
+    /// Where warnings go (None: `tracing`), one line per kind per 10 s.
+    warn: Option<WarnFn>,
+    warnings: Mutex<warn::WarnGate>,
     started: Timestamp,
     /// Receivers refused by the provider, waiting for a later call of their Content.
     pools: Mutex<requeue::Pools<T::Payload>>,
@@ -477,12 +518,19 @@ impl<T: Transport> Engine<T> {
             clock,
             stop,
             progress: None,
+            warn: None,
         }
     }
 
     /// Report progress to `f` after each call.
     pub fn with_progress(mut self, f: ProgressFn) -> Self {
         self.progress = Some(f);
+        self
+    }
+
+    /// Hand warnings to `f` (at most one line per kind per 10 s of the clock; see `warn`).
+    pub fn with_warnings(mut self, f: WarnFn) -> Self {
+        self.warn = Some(f);
         self
     }
 
@@ -514,6 +562,8 @@ impl<T: Transport> Engine<T> {
                 quiet_until: None,
             }),
             progress: self.progress.clone(),
+            warn: self.warn.clone(),
+            warnings: Mutex::new(warn::WarnGate::default()),
             started,
             pools: Mutex::new(requeue::Pools::new(
                 self.cfg.action.max_receivers(),
@@ -846,6 +896,21 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
+    /// A warning happened now: shown when its kind is due (see `warn`).
+    fn warn(&self, kind: WarnKind, message: String) {
+        let line = self
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(kind, self.clock.now(), message);
+        if let Some(w) = line {
+            match &self.warn {
+                Some(f) => f(&w),
+                None => tracing::warn!(run = %self.cfg.run_id, "{}", w.line()),
+            }
+        }
+    }
+
     fn pools(&self) -> std::sync::MutexGuard<'_, requeue::Pools<T::Payload>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1083,6 +1148,20 @@ impl<T: Transport> Ctx<T> {
                     Some(s) => format!("HTTP{s}"),
                     None => format!("{:?}", e.class),
                 });
+                if e.rate_limited {
+                    self.warn(
+                        WarnKind::RateLimited,
+                        format!(
+                            "the provider answered call {} with {code}; slowing down and retrying (someone else may be using this account's quota)",
+                            work.seq
+                        ),
+                    );
+                } else if e.http_status.is_some_and(|s| s >= 500) {
+                    self.warn(
+                        WarnKind::ServerError,
+                        format!("call {} failed with {code}: {}", work.seq, e.message),
+                    );
+                }
                 match e.class {
                     ErrorClass::NotProcessed => {
                         let retry = if e.rate_limited {
@@ -1128,6 +1207,14 @@ impl<T: Transport> Ctx<T> {
                         let msg = format!(
                             "{} (the provider may have delivered it; not resent without --resend-unknown)",
                             e.message
+                        );
+                        self.warn(
+                            WarnKind::Unknown,
+                            format!(
+                                "call {} ({}) has an unknown outcome ({code}); its recipients are `unknown` and not resent without --resend-unknown",
+                                work.seq,
+                                crate::output::count(work.receivers.len() as u64, "recipient", "recipients")
+                            ),
                         );
                         let updates = all(&work.receivers, RecipientStatus::Unknown, &code, &msg);
                         self.record(
@@ -1289,11 +1376,12 @@ impl<T: Transport> Ctx<T> {
     }
 
     async fn call_ended(&self, work: &Work<T::Payload>, end: CallEnd) {
-        let progress = {
+        let (progress, near) = {
             let mut s = self.lock();
             s.calls_done += 1;
             s.units_done += end.units;
             let _ = end.done;
+            let mut near = None;
             if let Some(msg) =
                 s.breaker
                     .record_call(end.receivers, end.failed, end.requeued, work.extra)
@@ -1301,9 +1389,14 @@ impl<T: Transport> Ctx<T> {
                 if s.stop.is_none() {
                     s.stop = Some(StopReason::Breaker { message: msg });
                 }
+            } else {
+                near = s.breaker.approaching();
             }
-            self.progress.as_ref().map(|_| self.snapshot(&s))
+            (self.progress.as_ref().map(|_| self.snapshot(&s)), near)
         };
+        if let Some(msg) = near {
+            self.warn(WarnKind::BreakerNear, msg);
+        }
         if let (Some(f), Some(p)) = (&self.progress, progress) {
             f(&p);
         }
@@ -1324,7 +1417,7 @@ impl<T: Transport> Ctx<T> {
             } else {
                 0.0
             },
-            limit: self.limiter.limit(),
+            limit: self.limiter.effective_limit(),
             quiet_until: s.quiet_until.map(|t| t.to_string()),
         }
     }

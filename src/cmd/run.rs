@@ -16,7 +16,7 @@
 use crate::output::count;
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -26,7 +26,7 @@ use crate::config::RepoPaths;
 use crate::exit::{CmdResult, Exit, ExitContext};
 use crate::journal::{Journal, RunFlags};
 use crate::run::{Confirmation, Hooks, Request, RunSummary};
-use crate::send::{describe_counts, Progress, StopReason, StopToken};
+use crate::send::{describe_counts, Progress, StopReason, StopToken, Warning};
 use crate::spec::LoadOptions;
 
 /// What a person confirms before a real send: where it goes, how much, how long, and one
@@ -108,10 +108,12 @@ fn spawn_signal_handler(stop: StopToken, signal_exit: Arc<Mutex<Option<Exit>>>) 
     });
 }
 
-/// Progress on stderr: a bar on a terminal, a log line every 10 s otherwise.
+/// Progress on stderr: a bar on a terminal, a log line every 10 s (of the run's clock)
+/// otherwise; warnings as lines of their own (above the bar on a terminal).
 struct Renderer {
     bar: Option<indicatif::ProgressBar>,
-    last_log: Mutex<Option<Instant>>,
+    /// When the last log line went out (the run's elapsed seconds).
+    last_log: Mutex<Option<f64>>,
 }
 
 impl Renderer {
@@ -132,23 +134,15 @@ impl Renderer {
         }
     }
 
+    fn warn(&self, w: &Warning) {
+        match &self.bar {
+            Some(b) => b.suspend(|| eprintln!("{}", w.line())),
+            None => eprintln!("{}", w.line()),
+        }
+    }
+
     fn update(&self, p: &Progress) {
-        let per_window = p.rate * p.limit.window.as_secs_f64();
-        // The first second's rate says nothing (one call over a few milliseconds).
-        let msg = if p.elapsed_secs < 1.0 {
-            format!(
-                "limit {} per {}",
-                p.limit.limit,
-                humantime::format_duration(p.limit.window)
-            )
-        } else {
-            format!(
-                "{:.0} per {} (limit {})",
-                per_window,
-                humantime::format_duration(p.limit.window),
-                p.limit.limit
-            )
-        };
+        let msg = p.describe();
         if let Some(q) = &p.quiet_until {
             let msg = format!("quiet hours: no calls start until {q}");
             match &self.bar {
@@ -164,16 +158,15 @@ impl Renderer {
             return;
         }
         let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
-        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        let due = last.is_none_or(|t| p.elapsed_secs - t >= 10.0);
         if due {
-            *last = Some(Instant::now());
+            *last = Some(p.elapsed_secs);
             tracing::info!(
                 run = %p.run_id,
                 settled = p.settled(),
                 total = p.deliverable_total(),
                 calls = p.calls_done,
-                rate = %msg,
-                "progress"
+                "progress: {msg}"
             );
         }
     }
@@ -264,7 +257,11 @@ fn hooks(renderer: Arc<Renderer>) -> Hooks {
             }) as crate::run::ConfirmFn
         }),
         note: Some(Arc::new(|m: &str| eprintln!("{m}"))),
-        progress: Some(Arc::new(move |p: &Progress| renderer.update(p))),
+        progress: Some({
+            let r = renderer.clone();
+            Arc::new(move |p: &Progress| r.update(p))
+        }),
+        warn: Some(Arc::new(move |w: &Warning| renderer.warn(w))),
     }
 }
 
