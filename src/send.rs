@@ -266,6 +266,9 @@ pub struct Progress {
     /// The limit this run is held to (the campaign's own throttle where it is lower than the
     /// account's share).
     pub limit: Limit,
+    /// Units this session admitted in the last window of `limit` (retries included): what the
+    /// run uses of its limit right now (never above it while the limiter holds).
+    pub in_window: u64,
     /// Set while the run waits for quiet hours to end (no call starts until then).
     pub quiet_until: Option<String>,
 }
@@ -297,7 +300,7 @@ impl Progress {
 
     /// The progress line people read: outcomes so far, the rate against the limit this run is
     /// really held to, and the elapsed time of this session:
-    /// `sent 1,200, failed 3, unknown 0 · 200 per 1m (limit 1000 per 1m) · elapsed 2m 5s`.
+    /// `sent 1,200, failed 3, unknown 0 · 1,000 in the last 1m (limit 1,000 per 1m) · elapsed 2m 5s`.
     pub fn describe(&self) -> String {
         let n = |s: RecipientStatus| self.counts.get(&s).copied().unwrap_or(0);
         let fmt = crate::report::fmt_count;
@@ -314,16 +317,13 @@ impl Progress {
             ));
         }
         let window = humantime::format_duration(self.limit.window);
-        // The first second's rate says nothing (one call over a few milliseconds).
-        let rate = if self.elapsed_secs < 1.0 {
-            format!("limit {} per {window}", self.limit.limit)
-        } else {
-            format!(
-                "{:.0} per {window} (limit {} per {window})",
-                self.rate * self.limit.window.as_secs_f64(),
-                self.limit.limit
-            )
-        };
+        // What the last window holds, not an average: an average over a short run counts one
+        // call too many for its time and reads as "over the limit".
+        let rate = format!(
+            "{} in the last {window} (limit {} per {window})",
+            fmt(self.in_window),
+            fmt(self.limit.limit)
+        );
         let elapsed = humantime::format_duration(Duration::from_secs(self.elapsed_secs as u64));
         format!("{outcomes} · {rate} · elapsed {elapsed}")
     }
@@ -480,6 +480,8 @@ struct Shared {
     calls_done: u64,
     units_done: u64,
     quiet_until: Option<Timestamp>,
+    /// This session's admissions (instant, units) within the last window of the run's limit.
+    recent: std::collections::VecDeque<(Timestamp, u64)>,
 }
 
 struct Ctx<T: Transport> {
@@ -560,6 +562,7 @@ impl<T: Transport> Engine<T> {
                 calls_done: 0,
                 units_done: 0,
                 quiet_until: None,
+                recent: std::collections::VecDeque::new(),
             }),
             progress: self.progress.clone(),
             warn: self.warn.clone(),
@@ -1080,6 +1083,7 @@ impl<T: Transport> Ctx<T> {
         if self.stop.is_stopped() || self.should_stop() {
             return Ok(Attempt::Stop);
         }
+        self.admitted(permit.at(), units);
         *attempt += 1;
         let (run, seq, variant, recv, cmid, now) = (
             self.cfg.run_id.clone(),
@@ -1302,7 +1306,7 @@ impl<T: Transport> Ctx<T> {
                 return;
             }
             s.quiet_until = until;
-            self.progress.as_ref().map(|_| self.snapshot(&s))
+            self.progress.as_ref().map(|_| self.snapshot(&mut s))
         };
         let (run, now) = (self.cfg.run_id.clone(), self.clock.now());
         let why = until.map(|t| format!("waiting: quiet hours until {t}"));
@@ -1392,7 +1396,7 @@ impl<T: Transport> Ctx<T> {
             } else {
                 near = s.breaker.approaching();
             }
-            (self.progress.as_ref().map(|_| self.snapshot(&s)), near)
+            (self.progress.as_ref().map(|_| self.snapshot(&mut s)), near)
         };
         if let Some(msg) = near {
             self.warn(WarnKind::BreakerNear, msg);
@@ -1402,8 +1406,29 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
-    fn snapshot(&self, s: &Shared) -> Progress {
+    /// Keep only the admissions in the window `(now - W, now]` of `limit` (memory: one window's
+    /// admissions, whether or not anyone reads the progress).
+    fn keep_window(s: &mut Shared, limit: Limit, now: Timestamp) {
+        let w = jiff::SignedDuration::try_from(limit.window).unwrap_or_default();
+        let from = now.checked_sub(w).unwrap_or(now);
+        while s.recent.front().is_some_and(|(at, _)| *at <= from) {
+            s.recent.pop_front();
+        }
+    }
+
+    /// An attempt of `units` was admitted at `at`.
+    fn admitted(&self, at: Timestamp, units: u64) {
+        let limit = self.limiter.effective_limit();
+        let mut s = self.lock();
+        s.recent.push_back((at, units));
+        Self::keep_window(&mut s, limit, at);
+    }
+
+    fn snapshot(&self, s: &mut Shared) -> Progress {
         let now = self.clock.now();
+        let limit = self.limiter.effective_limit();
+        Self::keep_window(s, limit, now);
+        let in_window = s.recent.iter().map(|(_, u)| u).sum();
         let elapsed = (now.as_nanosecond() - self.started.as_nanosecond()).max(0) as f64 / 1e9;
         Progress {
             run_id: self.cfg.run_id.clone(),
@@ -1417,12 +1442,25 @@ impl<T: Transport> Ctx<T> {
             } else {
                 0.0
             },
-            limit: self.limiter.effective_limit(),
+            limit,
+            in_window,
             quiet_until: s.quiet_until.map(|t| t.to_string()),
         }
     }
 
     async fn finish(&self) -> Result<RunEnd, EngineError> {
+        // What the warnings held back since their last line, said once at the end.
+        let closing = self
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain();
+        for w in closing {
+            match &self.warn {
+                Some(f) => f(&w),
+                None => tracing::warn!(run = %self.cfg.run_id, "{}", w.line()),
+            }
+        }
         let (reason, error, calls_done) = {
             let mut s = self.lock();
             (s.stop.take(), s.error.take(), s.calls_done)

@@ -409,7 +409,12 @@ fn header_fields(
         ),
         (_, None) => "no call was answered".into(),
     };
-    if s.rate.admitted > 0 && s.duration_seconds > 0.0 {
+    // An average over less than one window says nothing against a per-window limit (a run of
+    // ten calls in nine seconds averages more than the limit's per-second rate without breaking it).
+    if s.rate.admitted > 0
+        && s.duration_seconds >= s.rate.window_seconds
+        && s.rate.window_seconds > 0.0
+    {
         rate.push_str(&format!(
             "; {} {} per second on average over the whole run, pauses included",
             s.rate.average_per_second, s.rate.unit

@@ -257,7 +257,9 @@ pub struct RateSummary {
     pub busiest_window_share_of_limit: Option<f64>,
     /// Units admitted over the run (retries included).
     pub admitted: u64,
-    /// admitted / duration_seconds: the average over the whole run, pauses included.
+    /// admitted / duration_seconds: the average over the whole run, pauses included. Compare
+    /// `busiest_window` with the limit, not this: a run shorter than a few windows averages
+    /// above the limit's per-second rate without breaking it (n calls span n − 1 intervals).
     pub average_per_second: f64,
 }
 
@@ -289,7 +291,10 @@ impl ErrorCounts {
             *by.entry(g.status).or_default().entry(code).or_default() += g.count;
         }
         for (st, n) in tally.other.iter().filter(|(st, _)| provider(st)) {
-            *by.entry(*st).or_default().entry("(other)".into()).or_default() += n;
+            *by.entry(*st)
+                .or_default()
+                .entry("(other)".into())
+                .or_default() += n;
         }
         self.recipients = Some(by);
     }

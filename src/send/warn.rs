@@ -51,11 +51,21 @@ pub struct Warning {
     pub message: String,
     /// Warnings of this kind held back since the last line.
     pub held_back: u64,
+    /// The line at the end of a session that only says what was held back since the last one
+    /// (see [`WarnGate::drain`]).
+    pub closing: bool,
 }
 
 impl Warning {
     /// The line people read: `warning: rate limited (429): … (3 more since the last one)`.
     pub fn line(&self) -> String {
+        if self.closing {
+            return format!(
+                "warning: {}: {} more since the last warning of this kind, until the run stopped",
+                self.kind.as_str(),
+                self.held_back
+            );
+        }
         let more = if self.held_back > 0 {
             format!(
                 " ({} more since the last warning of this kind)",
@@ -92,6 +102,7 @@ impl WarnGate {
                     kind,
                     message,
                     held_back: *held,
+                    closing: false,
                 };
                 *at = now;
                 *held = 0;
@@ -103,9 +114,32 @@ impl WarnGate {
                     kind,
                     message,
                     held_back: 0,
+                    closing: false,
                 })
             }
         }
+    }
+}
+
+impl WarnGate {
+    /// The end of a session: one closing line per kind with warnings held back since its last
+    /// line (so every warning is either a line or counted in one).
+    pub fn drain(&mut self) -> Vec<Warning> {
+        let out = self
+            .last
+            .iter()
+            .filter(|(_, (_, held))| *held > 0)
+            .map(|(kind, (_, held))| Warning {
+                kind: *kind,
+                message: String::new(),
+                held_back: *held,
+                closing: true,
+            })
+            .collect();
+        for (_, held) in self.last.values_mut() {
+            *held = 0;
+        }
+        out
     }
 }
 
@@ -134,10 +168,25 @@ mod tests {
             "warning: rate limited (429): c (3 more since the last warning of this kind)"
         );
         // The next window starts at that line.
-        assert!(g.note(WarnKind::RateLimited, at(19_999), "d".into()).is_none());
+        assert!(g
+            .note(WarnKind::RateLimited, at(19_999), "d".into())
+            .is_none());
         let w = g
             .note(WarnKind::RateLimited, at(20_000), "e".into())
             .expect("due");
         assert_eq!(w.held_back, 1);
+        assert!(g
+            .note(WarnKind::RateLimited, at(20_001), "f".into())
+            .is_none());
+        assert!(g
+            .note(WarnKind::RateLimited, at(20_002), "g".into())
+            .is_none());
+        let end = g.drain();
+        assert_eq!(end.len(), 1, "only kinds with something held back");
+        assert_eq!(
+            end[0].line(),
+            "warning: rate limited (429): 2 more since the last warning of this kind, until the run stopped"
+        );
+        assert!(g.drain().is_empty());
     }
 }

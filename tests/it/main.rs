@@ -6,6 +6,7 @@ mod common;
 mod daemon_e2e;
 mod interop;
 mod mock;
+mod numbers;
 mod plan;
 mod plan_diff;
 mod provider;
