@@ -612,7 +612,7 @@ pub fn write_report_with(
     if !recorded.is_empty() && distinct > recorded.len() as u64 {
         files.variants_note = Some(format!(
             "{} distinct Contents: variants.csv lists the {} with the most recipients; \
-             `imcast preview` shows any recipient's message",
+             `imcast preview FILE ID` shows any recipient's message",
             fmt_count(distinct),
             fmt_count(recorded.len() as u64)
         ));
