@@ -30,8 +30,13 @@
 //!   state directory (pauses the run) or a stop signal stops starting calls; in-flight calls are
 //!   waited for and committed.
 //!
-//! Must not: read the system clock (time comes from the limiter's [`Clock`]), print anything
-//! (progress goes to a callback rendered at the command edge), or block a runtime thread.
+//! Progress and warnings (429s, 5xx, unknown outcomes, the breaker nearing its threshold; one
+//! line per kind per 10 s of the clock, see [`warn`]) go to callbacks rendered at the command
+//! edge; each attempt's admission instant is its in-flight mark's time, which the journal logs
+//! for the report's busiest window.
+//!
+//! Must not: read the system clock (time comes from the limiter's [`Clock`]), print anything,
+//! or block a runtime thread.
 
 pub mod adapters;
 pub mod breaker;

@@ -1,6 +1,7 @@
 //! `imcast run`: the shell around [`crate::run::run_campaign`]. Arguments become a
 //! [`Request`]; this module shows the confirmation prompt (on a terminal: stdin and stderr),
-//! installs the signal handler that trips the [`StopToken`], renders progress on stderr, starts
+//! installs the signal handler that trips the [`StopToken`], renders progress and the run's
+//! warnings on stderr, starts
 //! the embedded mock for `--mock`, and prints the summary (the report directory on stdout). The
 //! run itself — settings, plan, journal, engine, report — is the library's.
 //!
