@@ -376,3 +376,39 @@ async fn status_shows_the_latest_real_run_and_lists_test_runs_apart() {
         format!("{}---\n{}", redact(&only_tests), redact(&both))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_csv_lists_the_largest_thousand_and_says_so() {
+    // A personalized campaign: 1,001 distinct Contents (one per recipient).
+    let repo = Repo::new("[limits.batch]\nlimit = 1000000\nwindow = \"1s\"\n");
+    repo.audience(1_001, 1_001);
+    let file = repo.campaign("personal", "");
+    let clock = SimClock::new(t0());
+    let m = mock_on(
+        &clock,
+        MockConfig {
+            limit: 1_000_000,
+            window: Duration::from_secs(1),
+            ..MockConfig::default()
+        },
+    )
+    .await;
+    let s = run_campaign(
+        request(&file, &m),
+        Arc::new(clock.clone()),
+        StopToken::new(),
+    )
+    .await
+    .expect("run");
+    m.shutdown().await;
+    assert_eq!(s.counts[&RecipientStatus::Sent], 1_001);
+    let dir = s.report_dir.as_ref().expect("report");
+    let mut r = csv::Reader::from_path(dir.join("variants.csv")).expect("variants.csv");
+    assert_eq!(r.records().count(), 1_000);
+    let v = summary_json(&s);
+    assert_eq!(
+        v["files"]["variants_note"],
+        "1,001 distinct Contents: variants.csv lists the 1,000 with the most recipients; \
+         `imcast preview FILE ID` shows any recipient's message"
+    );
+}
