@@ -109,7 +109,13 @@ impl Breaker {
         }
         let max = self.s.max_failure_ratio;
         let calls = self.s.window_calls as usize;
-        if calls > 0 && self.window.len() * 2 >= calls && self.sum_receivers > 0 && max > 0.0 {
+        // A share of 1.0 or more never trips (no share is above it): nothing to approach.
+        if calls > 0
+            && self.window.len() * 2 >= calls
+            && self.sum_receivers > 0
+            && max > 0.0
+            && max < 1.0
+        {
             let ratio = self.sum_failed as f64 / self.sum_receivers as f64;
             if ratio * 2.0 >= max && ratio <= max {
                 return Some(format!(
@@ -154,6 +160,14 @@ mod tests {
             b.approaching().as_deref(),
             Some("30% of receivers failed over the last 2 calls; the breaker pauses the run above 50%")
         );
+        // A share of 100% can never be passed: never "near".
+        let mut b = Breaker::new(BreakerSettings {
+            consecutive_failures: 0,
+            window_calls: 1,
+            max_failure_ratio: 1.0,
+        });
+        assert!(b.record(10, 10).is_none());
+        assert_eq!(b.approaching(), None);
     }
 
     use super::*;

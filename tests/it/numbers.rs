@@ -412,3 +412,71 @@ async fn variants_csv_lists_the_largest_thousand_and_says_so() {
          `imcast preview FILE ID` shows any recipient's message"
     );
 }
+
+/// The real binary against `imcast mock-server` (a process on 127.0.0.1) that drops every
+/// connection after processing: stderr shows the progress against the campaign's own limit and
+/// one unknown-outcome warning, then a closing line for the rest.
+#[test]
+fn the_binary_prints_progress_and_folded_warnings_on_stderr() {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(bin())
+        .args(["mock-server", "--lost-rate", "1"])
+        .env_remove("VOLC_ACCESSKEY")
+        .env_remove("VOLC_SECRETKEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mock-server");
+    let addr = crate::common::first_line_within(&mut child, Duration::from_secs(60), "mock-server");
+    let repo = Repo::new("[limits.batch]\nlimit = 12000\nwindow = \"60s\"\n");
+    repo.audience(30, 3);
+    let text = std::fs::read_to_string(repo.campaign("lost", "")).expect("campaign");
+    let file = repo.path("lost.yaml");
+    std::fs::write(
+        &file,
+        text.replace("http://127.0.0.1:9", &format!("http://{addr}"))
+            + "throttle: { limit: 100, window: 1s }\n\
+               breaker: { consecutive_failures: 1000, window_calls: 0, max_failure_ratio: 1.0 }\n",
+    )
+    .expect("write campaign");
+    let out = Command::new(bin())
+        .args(["run", "lost.yaml", "--yes"])
+        .current_dir(repo.dir.path())
+        .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
+        .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
+        .env_remove("VOLC_SECRETKEY_FILE")
+        .env_remove("IMCAST_FAILPOINT")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run imcast");
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{stderr}");
+    assert!(
+        warnings[0]
+            .starts_with("warning: unknown outcome: call 0 (10 recipients) has an unknown outcome"),
+        "{stderr}"
+    );
+    assert_eq!(
+        warnings[1],
+        "warning: unknown outcome: 2 more since the last warning of this kind, until the run stopped"
+    );
+    // The first progress line (then one every 10 s): the campaign's own limit, not the
+    // account's 12000 per 1m.
+    assert!(
+        stderr.contains("progress: sent 0, failed 0, unknown 10 · "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(" in the last 1s (limit 100 per 1s) · elapsed 0s"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("12000"), "{stderr}");
+}
