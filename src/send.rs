@@ -415,7 +415,20 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// The file a full disk refused to grow (the journal or the limiter's state), when that is
+    /// what stopped the engine.
+    pub fn disk_full(&self) -> Option<&std::path::Path> {
+        match self {
+            EngineError::Journal(j) => j.disk_full(),
+            EngineError::Throttle(t) => t.disk_full(),
+            _ => None,
+        }
+    }
+
     pub fn exit(&self) -> Exit {
+        if self.disk_full().is_some() {
+            return Exit::Environment;
+        }
         match self {
             EngineError::Journal(j) => match j.exit() {
                 Exit::Busy => Exit::Busy,

@@ -210,13 +210,15 @@ impl Journal {
 
     /// True when no recipient of the run has an outcome yet (every valid row is still
     /// `pending`): a freshly created run. The engine then skips the per-call "still to send"
-    /// lookup, since every receiver the plan names is pending.
+    /// lookup, since every receiver the plan names is pending. Never true for a `--retry-failed`
+    /// run: it holds only some of the plan's receivers (see `retry`).
     pub fn all_valid_pending(&self, run_id: &str) -> Result<bool, JournalError> {
         let any: bool = self
             .conn
             .query_row(
                 "SELECT EXISTS(SELECT 1 FROM run_counts WHERE run_id = ?1 AND n > 0
-                   AND status NOT IN ('pending','invalid','duplicate','suppressed'))",
+                   AND status NOT IN ('pending','invalid','duplicate','suppressed'))
+                 OR EXISTS(SELECT 1 FROM runs WHERE id = ?1 AND retry_of IS NOT NULL)",
                 [run_id],
                 |r| r.get(0),
             )

@@ -207,6 +207,17 @@ fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
 
 /// The run's recorded meta and variants (largest first), if it recorded them.
 pub fn recorded(
+    journal: &Journal,
+    run_id: &str,
+) -> Result<(Option<RunMeta>, Vec<VariantFact>), JournalError> {
+    let db = |source| JournalError::Db {
+        path: journal.path().to_path_buf(),
+        source,
+    };
+    recorded_in(journal.connection(), run_id).map_err(db)
+}
+
+fn recorded_in(
     conn: &Connection,
     run_id: &str,
 ) -> rusqlite::Result<(Option<RunMeta>, Vec<VariantFact>)> {

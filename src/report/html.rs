@@ -255,6 +255,7 @@ fn flags_of(run: &RunInfo) -> String {
         (f.new_run, "--new-run"),
         (f.continue_changed, "--continue-changed"),
         (f.resend_unknown, "--resend-unknown"),
+        (f.retry_failed, "--retry-failed"),
         (f.yes, "--yes"),
         (f.mock, "--mock"),
     ] {
@@ -271,6 +272,44 @@ fn flags_of(run: &RunInfo) -> String {
     } else {
         v.join(" ")
     }
+}
+
+/// One invocation of the audit block for people: `2026-03-01 09:00:00 UTC: resumed by ana on
+/// host-1 (imcast run, imcast 0.1.0), flags --resend-unknown --yes`.
+fn describe_invocation(i: &serde_json::Value) -> String {
+    let s = |k: &str| i.get(k).and_then(serde_json::Value::as_str);
+    let at = s("at")
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map_or_else(|| "(time not recorded)".to_string(), show_time);
+    let who = match (s("user"), s("host")) {
+        (Some(u), Some(h)) => format!(" by {u} on {h}"),
+        (Some(u), None) => format!(" by {u}"),
+        (None, Some(h)) => format!(" on {h}"),
+        (None, None) => String::new(),
+    };
+    let via = match s("via") {
+        Some("daemon") => "the daemon",
+        _ => "imcast run",
+    };
+    let version = s("imcast_version")
+        .map(|v| format!(", imcast {v}"))
+        .unwrap_or_default();
+    let flags: Vec<&str> = i
+        .get("flags")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    let flags = if flags.is_empty() {
+        "no flags".to_string()
+    } else {
+        format!("flags {}", flags.join(" "))
+    };
+    format!(
+        "{at}: {}{who} ({via}{version}), {flags}",
+        s("decision").unwrap_or("opened")
+    )
 }
 
 fn header_fields(
@@ -430,6 +469,29 @@ fn header_fields(
             label: "Continues run",
             value: text(c),
             mono: true,
+        });
+    }
+    if let Some(r) = &run.retry_of {
+        f.push(Field {
+            label: "Retries run",
+            value: format!(
+                "{} (sends again to the recipients it left failed with a retryable code)",
+                text(r)
+            ),
+            mono: false,
+        });
+    }
+    for i in s
+        .audit
+        .get("invocations")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        f.push(Field {
+            label: "Invocation",
+            value: text(&describe_invocation(i)),
+            mono: false,
         });
     }
     if let Some(v) = audit_str(a, "imcast_version") {
@@ -681,10 +743,9 @@ pub(super) fn render(
     tally: Tally,
     opts: &ReportOptions,
 ) -> Result<String, String> {
-    let db = |e: rusqlite::Error| format!("reading the journal for report.html: {e}");
     let journal_err = |e: JournalError| format!("reading the journal for report.html: {e}");
     // The report's own tables (see `facts::record_run`).
-    let (meta, recorded) = facts::recorded(journal.connection(), &run.id).map_err(db)?;
+    let (meta, recorded) = facts::recorded(journal, &run.id).map_err(journal_err)?;
     let end = run.finished_at.unwrap_or(run.updated_at);
     let timeline = facts::timeline(journal, run, end).map_err(journal_err)?;
     let unknown_calls = facts::unknown_calls(journal, &run.id).map_err(journal_err)?;

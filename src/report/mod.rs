@@ -36,7 +36,7 @@ pub mod variants;
 use crate::action::Action;
 use crate::config::ReportFormats;
 use crate::journal::{
-    create_private_dir, CallState, Journal, JournalError, RecipientRef, RecipientRow,
+    create_private_dir, CallState, Invocation, Journal, JournalError, RecipientRef, RecipientRow,
     RecipientStatus, RunFlags, RunInfo,
 };
 
@@ -54,6 +54,22 @@ pub enum ReportError {
     Csv { path: PathBuf, source: csv::Error },
     #[error("no run {0} in the journal")]
     NoRun(String),
+}
+
+impl ReportError {
+    /// The file a full disk refused (a report file, or the journal), when that is what this
+    /// error is.
+    pub fn disk_full(&self) -> Option<&Path> {
+        match self {
+            ReportError::Journal(j) => j.disk_full(),
+            ReportError::Io { path, source } if crate::exit::is_storage_full(source) => Some(path),
+            ReportError::Csv { path, source } => match source.kind() {
+                csv::ErrorKind::Io(e) if crate::exit::is_storage_full(e) => Some(path),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 /// Who ran a run, from where, with what: recorded when the run is created.
@@ -206,6 +222,9 @@ pub struct Summary {
     pub stop_reason: Option<String>,
     pub test: bool,
     pub continued_from: Option<String>,
+    /// A `--retry-failed` run: the finished run whose retryable failures it sends again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
     pub plan_hash: String,
     pub started_at: String,
     pub finished_at: Option<String>,
@@ -377,6 +396,7 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
         stop_reason: run.stop_reason.clone(),
         test: run.is_test,
         continued_from: run.continued_from.clone(),
+        retry_of: run.retry_of.clone(),
         plan_hash: run.plan_hash.clone(),
         started_at: run.created_at.to_string(),
         finished_at: run.finished_at.map(|t| t.to_string()),
@@ -409,9 +429,38 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
             attempts: journal.attempt_codes(&run.id)?,
             recipients: None,
         },
-        audit: run.audit.clone(),
+        audit: audit_block(run, &journal.invocations(&run.id)?),
         files: None,
     })
+}
+
+/// The run's audit block as `summary.json` shows it: what was recorded when the run was created,
+/// plus `invocations` — every invocation that opened the run (created, resumed, continued, a
+/// `--retry-failed` follow-up), oldest first, with who, where, when, which imcast and its flags.
+pub fn audit_block(run: &RunInfo, invocations: &[Invocation]) -> serde_json::Value {
+    let mut audit = match &run.audit {
+        serde_json::Value::Object(o) => o.clone(),
+        _ => serde_json::Map::new(),
+    };
+    if let Some(r) = &run.retry_of {
+        audit.insert("retry_of".into(), r.clone().into());
+    }
+    let list: Vec<serde_json::Value> = invocations
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "at": i.at.to_string(),
+                "decision": i.decision,
+                "via": i.via,
+                "user": i.user,
+                "host": i.host,
+                "imcast_version": i.imcast_version,
+                "flags": i.flags.to_args(),
+            })
+        })
+        .collect();
+    audit.insert("invocations".into(), serde_json::Value::Array(list));
+    serde_json::Value::Object(audit)
 }
 
 /// What to write (see [`write_report_with`]).
@@ -489,11 +538,7 @@ pub fn write_report_with(
     let dir = report_dir(reports_dir, &run.campaign, &run.id);
     create_private_dir(&dir)?;
     let mut summary = summary(journal, &run)?;
-    let (meta, recorded) =
-        facts::recorded(journal.connection(), &run.id).map_err(|source| JournalError::Db {
-            path: journal.path().to_path_buf(),
-            source,
-        })?;
+    let (meta, recorded) = facts::recorded(journal, &run.id)?;
     let compressed = summary.rows > opts.compress_above_rows;
     let ext = if compressed { ".zst" } else { "" };
     let paths = ReportPaths {
