@@ -75,10 +75,12 @@
 //! receivers, crash recovery), `commit` (group commit and [`SharedJournal`]), `counts` (the
 //! per-status counters), `read` (recipient and call reads), `control` (pause/resume/cancel
 //! requests), `prune` (deleting old runs), `audit` (the invocations that opened each run),
-//! `retry` (the `--retry-failed` follow-up run and what it would send). `Ops` below is the set
+//! `retry` (the `--retry-failed` follow-up run and what it would send), `attempts` (the log of
+//! admitted attempts: admission instants and error codes, for the report's figures). `Ops` below is the set
 //! of run statements that can run inside another statement's transaction (a decision in
 //! `open_run`, a migration).
 
+mod attempts;
 mod audit;
 mod calls;
 mod commit;
@@ -95,6 +97,7 @@ mod schema;
 mod testutil;
 mod types;
 
+pub use attempts::Admission;
 pub use audit::Invocation;
 pub use commit::SharedJournal;
 pub use control::{ControlRequest, PendingControl};

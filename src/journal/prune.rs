@@ -44,6 +44,7 @@ impl Journal {
         };
         let (mut runs, mut calls, mut recipients) = (0u64, 0u64, 0u64);
         for id in &old {
+            super::attempts::delete_run_tx(&tx, id).map_err(&db)?;
             if let Some(key) = run_key(&tx, id).map_err(&db)? {
                 let (lo, hi) = rk_range(key);
                 recipients += tx

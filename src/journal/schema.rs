@@ -167,6 +167,18 @@ const MIGRATIONS: &[&str] = &[
                flags
         FROM runs;
      ALTER TABLE runs ADD COLUMN retry_of TEXT;",
+    // 7: the attempts log (see `attempts`): one row per admitted call attempt, its admission
+    // instant (nanoseconds since 1970) and the error code it ended with.
+    "CREATE TABLE attempts(
+        run_key INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        at_ns INTEGER NOT NULL,
+        receivers INTEGER NOT NULL,
+        code TEXT,
+        PRIMARY KEY(run_key, seq, attempt)
+     ) WITHOUT ROWID;
+     CREATE INDEX attempts_at ON attempts(run_key, at_ns);",
 ];
 
 /// The migration (index into [`MIGRATIONS`]) that adds [`UNFINISHED_INDEX`].

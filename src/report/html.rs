@@ -83,6 +83,8 @@ struct Calls {
     unknown_s: String,
     attempts: u64,
     attempts_s: String,
+    /// Failed attempts per error code (retried ones included): (code, count, count shown).
+    errors: Vec<(String, u64, String)>,
 }
 
 #[derive(Serialize)]
@@ -431,19 +433,30 @@ fn header_fields(
         ),
         mono: false,
     });
-    let mut rate = match timeline {
-        Some(t) => format!(
+    let mut rate = match (s.rate.busiest_window, timeline) {
+        (Some(b), _) if s.rate.admitted > 0 => format!(
+            "busiest {window} window {} {} ({} of the limit)",
+            fmt_count(b),
+            s.rate.unit,
+            pct(b, s.rate.limit)
+        ),
+        (_, Some(t)) => format!(
             "busiest {window} window {} {} ({} of the limit)",
             fmt_count(t.peak),
             s.rate.unit,
             pct(t.peak, t.limit)
         ),
-        None => "no call was answered".into(),
+        (_, None) => "no call was answered".into(),
     };
-    if s.duration_seconds >= s.rate.window_seconds && s.rate.window_seconds > 0.0 {
+    // An average over less than one window says nothing against a per-window limit (a run of
+    // ten calls in nine seconds averages more than the limit's per-second rate without breaking it).
+    if s.rate.admitted > 0
+        && s.duration_seconds >= s.rate.window_seconds
+        && s.rate.window_seconds > 0.0
+    {
         rate.push_str(&format!(
-            "; {} per {window} on average over the whole run, pauses included",
-            fmt_count(s.rate.achieved_per_window.round() as u64)
+            "; {} {} per second on average over the whole run, pauses included",
+            s.rate.average_per_second, s.rate.unit
         ));
     }
     f.push(Field {
@@ -828,6 +841,7 @@ pub(super) fn render(
         call_rows: unknown_calls,
     };
 
+    let recorded: Vec<VariantFact> = recorded.into_iter().take(facts::MAX_VARIANTS).collect();
     let shown = recorded.len() as u64;
     let total_variants = meta
         .as_ref()
@@ -861,7 +875,10 @@ pub(super) fn render(
                 n if Some(n) == s.files.as_ref().and_then(|f| f.recipients_jsonl.as_deref()) => {
                     "the same rows as JSON lines"
                 }
-                super::SUMMARY_FILE => "counts per status, calls, duration, achieved rate and the audit block, as JSON",
+                super::SUMMARY_FILE => "counts per status, calls, errors per code, duration, the busiest window and average rate, and the audit block, as JSON",
+                n if Some(n) == s.files.as_ref().and_then(|f| f.variants_csv.as_deref()) => {
+                    "each variant id of the per-recipient file with its rendered Content, Ext and recipients"
+                }
                 super::HTML_FILE => "this page",
                 _ => return None,
             };
@@ -895,6 +912,12 @@ pub(super) fn render(
             unknown_s: fmt_count(s.calls.unknown),
             attempts: s.calls.attempts,
             attempts_s: fmt_count(s.calls.attempts),
+            errors: s
+                .errors
+                .attempts
+                .iter()
+                .map(|(c, n)| (facts::clip(c, 80), *n, fmt_count(*n)))
+                .collect(),
         },
         chart: timeline.as_ref().map(chart),
         failures: failures.into_iter().collect(),

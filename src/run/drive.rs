@@ -105,6 +105,9 @@ where
     if let Some(p) = hooks.progress {
         engine = engine.with_progress(p);
     }
+    if let Some(w) = hooks.warn {
+        engine = engine.with_warnings(w);
+    }
     let end = engine.run(source).await;
     let reports_dir = paths.reports_dir.clone();
     let report_opts = ReportOptions {

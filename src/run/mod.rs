@@ -43,7 +43,7 @@ use crate::journal::{RecipientStatus, RunFlags, RunStatus, SeedRows};
 use crate::plan::PlanOptions;
 use crate::provider::{Client, ClientConfig, Credentials};
 use crate::send::adapters::{seed_rows, test_seed_rows, PlanSource, ProviderTransport};
-use crate::send::{CallSource, ProgressFn, StopReason, StopToken, Transport};
+use crate::send::{CallSource, ProgressFn, StopReason, StopToken, Transport, WarnFn};
 use crate::spec::Campaign;
 
 pub use prepare::Confirmation;
@@ -64,6 +64,8 @@ pub struct Hooks {
     pub note: Option<NoteFn>,
     /// Progress after each call (the CLI renders a bar or log lines).
     pub progress: Option<ProgressFn>,
+    /// Warnings during the run, one line per kind per 10 s (None: `tracing`).
+    pub warn: Option<WarnFn>,
 }
 
 /// One run of a campaign, as the CLI or the daemon asks for it.

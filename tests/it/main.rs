@@ -12,6 +12,7 @@ mod daemon_e2e;
 mod disk_full;
 mod interop;
 mod mock;
+mod numbers;
 mod plan;
 mod plan_diff;
 mod predict;
