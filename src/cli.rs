@@ -266,6 +266,9 @@ pub struct RunArgs {
     /// Resend recipients whose outcome is unknown (may duplicate messages).
     #[arg(long)]
     pub resend_unknown: bool,
+    /// Send past the rollout's canary without waiting for its gate (recorded in the audit).
+    #[arg(long)]
+    pub skip_canary: bool,
     /// Send the real content to these ids only, as a test; the campaign's run is not touched.
     /// Ids are at most 9223372036854775807 (the provider's ids are signed 64-bit).
     #[arg(long, value_delimiter = ',', value_name = "ID,ID",

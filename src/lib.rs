@@ -36,6 +36,7 @@ pub mod run;
 pub mod schedule;
 pub mod send;
 pub mod spec;
+pub mod stages;
 pub mod throttle;
 
 pub use cli::run;

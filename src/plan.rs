@@ -227,14 +227,23 @@ pub struct Plan {
     counts: Counts,
     groups: Vec<Group>,
     contents: Vec<(String, BTreeMap<String, String>)>,
-    /// Valid ids ordered by group (stable: audience order within a group).
+    /// Valid ids ordered by bucket (stable: audience order within a bucket). A bucket is a
+    /// group, or with stages a (stage, group) pair; buckets are ordered by stage, then group.
     ids_by_group: Vec<u64>,
-    /// Offsets into `ids_by_group`, one per group plus the end.
+    /// Offsets into `ids_by_group`, one per bucket plus the end.
     group_start: Vec<usize>,
     /// Group of each valid row, in audience order.
     row_group: Vec<u32>,
-    /// First call number of each group.
+    /// First call number of each bucket.
     group_call_base: Vec<u64>,
+    /// The group of each bucket (None: no stages, bucket `b` is group `b`).
+    bucket_group: Option<Vec<u32>>,
+    /// The bucket of each valid row in audience order (None: its group).
+    row_bucket: Option<Vec<u32>>,
+    /// Valid recipients per group.
+    group_size: Vec<u64>,
+    /// The run's stages, in order (empty: one stage, the whole plan).
+    stages: Vec<crate::stages::PlanStage>,
     suppress: FastMap<u64, u16>,
     suppress_labels: Vec<String>,
     samples: Vec<Sample>,
@@ -843,31 +852,79 @@ fn build_threads(
         return Err(PlanError::Render(v));
     }
 
-    // Counting sort of valid ids by group (stable).
-    let mut group_start = vec![0usize; groups.len() + 1];
+    // The run's stages (a canary, or waves): each valid row's stage, in audience order. Calls
+    // are cut per (stage, group) — a "bucket" — ordered by stage, then group: a stage's calls
+    // are one contiguous range of call numbers. Without stages a bucket is a group.
+    let staged = crate::stages::assign_rows(c, &ids_in_order);
+    let mut group_size = vec![0u64; groups.len()];
     for g in &row_group {
-        group_start[*g as usize + 1] += 1;
+        group_size[*g as usize] += 1;
     }
-    for i in 0..groups.len() {
-        group_start[i + 1] += group_start[i];
-    }
-    let mut fill = group_start.clone();
-    let mut ids_by_group = vec![0u64; ids_in_order.len()];
-    for (g, id) in row_group.iter().zip(ids_in_order.iter()) {
-        let slot = &mut fill[*g as usize];
-        ids_by_group[*slot] = *id;
-        *slot += 1;
-    }
+    let (bucket_group, row_bucket, group_start, ids_by_group, stage_of_bucket, stage_names) =
+        match staged {
+            None => {
+                // Counting sort of valid ids by group (stable).
+                let mut group_start = vec![0usize; groups.len() + 1];
+                for (g, n) in group_size.iter().enumerate() {
+                    group_start[g + 1] = group_start[g] + *n as usize;
+                }
+                let mut fill = group_start.clone();
+                let mut ids_by_group = vec![0u64; ids_in_order.len()];
+                for (g, id) in row_group.iter().zip(ids_in_order.iter()) {
+                    let slot = &mut fill[*g as usize];
+                    ids_by_group[*slot] = *id;
+                    *slot += 1;
+                }
+                (None, None, group_start, ids_by_group, Vec::new(), Vec::new())
+            }
+            Some(st) => {
+                let o = crate::stages::order_rows(&row_group, &group_size, &st.row_stage);
+                let ids: Vec<u64> = o.order.iter().map(|r| ids_in_order[*r as usize]).collect();
+                (
+                    Some(o.bucket_group),
+                    Some(o.row_bucket),
+                    o.bucket_start,
+                    ids,
+                    o.bucket_stage,
+                    st.names,
+                )
+            }
+        };
     drop(ids_in_order);
-    drop(fill);
 
     let max = c.action.max_receivers() as u64;
-    let mut group_call_base = Vec::with_capacity(groups.len());
+    let nbuckets = group_start.len() - 1;
+    let mut group_call_base = Vec::with_capacity(nbuckets);
     let mut calls = 0u64;
-    for g in 0..groups.len() {
+    let mut stages: Vec<crate::stages::PlanStage> = stage_names
+        .into_iter()
+        .map(|name| crate::stages::PlanStage {
+            name,
+            first_call: 0,
+            calls: 0,
+            recipients: 0,
+        })
+        .collect();
+    for b in 0..nbuckets {
         group_call_base.push(calls);
-        let size = (group_start[g + 1] - group_start[g]) as u64;
-        calls += size.div_ceil(max);
+        let size = (group_start[b + 1] - group_start[b]) as u64;
+        let n = size.div_ceil(max);
+        if let Some(s) = stage_of_bucket.get(b).and_then(|s| stages.get_mut(*s as usize)) {
+            if s.recipients == 0 {
+                s.first_call = calls;
+            }
+            s.calls += n;
+            s.recipients += size;
+        }
+        calls += n;
+    }
+    // An empty stage starts where the next one does (it has no calls).
+    let mut next = calls;
+    for s in stages.iter_mut().rev() {
+        if s.recipients == 0 {
+            s.first_call = next;
+        }
+        next = s.first_call;
     }
     counts.calls = calls;
     counts.distinct_contents = groups.len() as u64;
@@ -946,6 +1003,10 @@ fn build_threads(
         group_start,
         row_group,
         group_call_base,
+        bucket_group,
+        row_bucket,
+        group_size,
+        stages,
         suppress,
         suppress_labels,
         samples,
@@ -1013,6 +1074,7 @@ impl Plan {
             current: None,
             cursor: None,
             failed: false,
+            last_group: None,
         }
     }
 
@@ -1023,7 +1085,7 @@ impl Plan {
             reader: None,
             first_line: FastMap::default(),
             valid_seen: 0,
-            rank: vec![0; self.groups.len()],
+            rank: vec![0; self.group_start.len().saturating_sub(1)],
             required: Vec::new(),
             done: false,
         }
@@ -1033,7 +1095,7 @@ impl Plan {
     /// each rendered, with its variant id and recipient count (for the run report). Re-renders a
     /// Content the plan does not keep in memory from its first row.
     pub fn variants(&self, max: usize) -> Result<Vec<PlanVariant>, PlanError> {
-        let size = |g: usize| (self.group_start[g + 1] - self.group_start[g]) as u64;
+        let size = |g: usize| self.group_size[g];
         let mut chosen: Vec<usize> = (0..self.groups.len()).collect();
         if chosen.len() > max {
             chosen.select_nth_unstable_by_key(max, |&g| (std::cmp::Reverse(size(g)), g));
@@ -1076,8 +1138,21 @@ impl Plan {
 
     /// The group (one distinct Content and Ext) that call `seq` carries.
     pub fn group_of_call(&self, seq: u64) -> Option<usize> {
-        let g = self.group_call_base.partition_point(|b| *b <= seq);
-        (g > 0 && seq < self.counts.calls).then(|| g - 1)
+        let b = self.group_call_base.partition_point(|b| *b <= seq);
+        (b > 0 && seq < self.counts.calls).then(|| self.bucket_group(b - 1))
+    }
+
+    /// The group of bucket `b` (see `ids_by_group`).
+    fn bucket_group(&self, b: usize) -> usize {
+        match &self.bucket_group {
+            Some(v) => v.get(b).map_or(b, |g| *g as usize),
+            None => b,
+        }
+    }
+
+    /// The run's stages in order (empty: the plan is sent as one stage).
+    pub fn stages(&self) -> &[crate::stages::PlanStage] {
+        &self.stages
     }
 
     /// A 128-bit digest of group `g`'s Content and Ext: equal across plans exactly when what the
@@ -1152,6 +1227,7 @@ struct CallIter<'a> {
     current: Option<(String, BTreeMap<String, String>, String)>,
     cursor: Option<RowCursor>,
     failed: bool,
+    last_group: Option<usize>,
 }
 
 impl Iterator for CallIter<'_> {
@@ -1164,7 +1240,7 @@ impl Iterator for CallIter<'_> {
         let p = self.plan;
         let max = p.campaign.action.max_receivers();
         loop {
-            if self.group >= p.groups.len() {
+            if self.group + 1 >= p.group_start.len() {
                 return None;
             }
             let start = p.group_start[self.group];
@@ -1176,10 +1252,14 @@ impl Iterator for CallIter<'_> {
                 continue;
             }
             if self.current.is_none() {
-                match p.content_of(self.group, &mut self.cursor) {
-                    Ok((c, e)) => {
-                        self.current = Some((c, e, variant_of(p.groups[self.group].key())))
-                    }
+                let g = p.bucket_group(self.group);
+                // The audience cursor only moves forward: a later stage starts over.
+                if self.last_group.is_some_and(|l| g < l) {
+                    self.cursor = None;
+                }
+                self.last_group = Some(g);
+                match p.content_of(g, &mut self.cursor) {
+                    Ok((c, e)) => self.current = Some((c, e, variant_of(p.groups[g].key()))),
                     Err(e) => {
                         self.failed = true;
                         return Some(Err(e));
@@ -1260,7 +1340,11 @@ impl RowIter<'_> {
                             reason: format!("required column `{col}` is empty"),
                         }
                     } else {
-                        let Some(g) = p.row_group.get(self.valid_seen).copied() else {
+                        let bucket = match &p.row_bucket {
+                            Some(v) => v.get(self.valid_seen).copied(),
+                            None => p.row_group.get(self.valid_seen).copied(),
+                        };
+                        let Some(g) = bucket else {
                             return Err(PlanError::Changed(format!(
                                 "line {}: more valid rows than planned",
                                 row.line

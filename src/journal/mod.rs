@@ -34,7 +34,7 @@
 //! run), `resume` (the `open_run` decision), `calls` (in-flight marks, outcomes, re-queued
 //! receivers, crash recovery), `commit` (group commit and [`SharedJournal`]), `counts` (the
 //! per-status counters), `read` (recipient scans), `control` (pause/resume/cancel requests),
-//! `prune` (deleting old runs). `Ops` below is the set of run statements that can run inside
+//! `prune` (deleting old runs), `stages` (a run's stages: their times, states and gates). `Ops` below is the set of run statements that can run inside
 //! another statement's transaction (a decision in `open_run`, a migration).
 
 mod calls;
@@ -47,6 +47,7 @@ mod read;
 mod resume;
 mod runs;
 mod schema;
+mod stages;
 #[cfg(test)]
 mod testutil;
 mod types;
@@ -54,6 +55,7 @@ mod types;
 pub use commit::SharedJournal;
 pub use control::{ControlRequest, PendingControl};
 pub use lease::hostname;
+pub use stages::{NewStage, StageRow};
 pub use types::{
     CallEnd, CallRow, CallState, Mark, NewRun, Opened, Outcome, RecipientRef, RecipientRow,
     RecipientStatus, RecipientUpdate, Recovered, ResumeOptions, RunCounts, RunFlags, RunInfo,

@@ -55,6 +55,8 @@ impl Journal {
             }
             tx.execute("DELETE FROM run_counts WHERE run_id = ?1", [id])
                 .map_err(&db)?;
+            tx.execute("DELETE FROM run_stages WHERE run_id = ?1", [id])
+                .map_err(&db)?;
             calls += tx
                 .execute("DELETE FROM calls WHERE run_id = ?1", [id])
                 .map_err(&db)? as u64;

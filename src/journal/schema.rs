@@ -141,6 +141,26 @@ const MIGRATIONS: &[&str] = &[
     // race this closes) are cancelled: see `end_duplicate_unfinished_runs`.
     "CREATE UNIQUE INDEX runs_one_unfinished ON runs(campaign, COALESCE(occurrence, ''))
         WHERE is_test = 0 AND status IN ('running', 'paused', 'interrupted');",
+    // 6 (stages): a run's stages in order (a canary and the rest): each one's range of call
+    // numbers, the time it may not start before, its state (waiting | sending | sent | expired)
+    // and its gate (NULL: none; waiting | passed | failed | overridden | skipped) with the time
+    // the gate decides. Times, never sleeps: a restart reads where the run stands.
+    "CREATE TABLE run_stages(
+        run_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        first_call INTEGER NOT NULL,
+        calls INTEGER NOT NULL,
+        recipients INTEGER NOT NULL,
+        not_before TEXT,
+        state TEXT NOT NULL,
+        gate TEXT,
+        gate_at TEXT,
+        detail TEXT,
+        started_at TEXT,
+        finished_at TEXT,
+        PRIMARY KEY(run_id, idx)
+     ) WITHOUT ROWID;",
 ];
 
 /// The migration (index into [`MIGRATIONS`]) that adds [`UNFINISHED_INDEX`].

@@ -102,6 +102,9 @@ pub struct RunFlags {
     pub mock: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub test_to: Vec<u64>,
+    /// `--skip-canary`: the rollout's canary gate is not waited for (recorded in the audit).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_canary: bool,
 }
 
 impl RunFlags {
@@ -119,6 +122,9 @@ impl RunFlags {
         }
         if self.yes {
             v.push("--yes");
+        }
+        if self.skip_canary {
+            v.push("--skip-canary");
         }
         v
     }

@@ -255,6 +255,7 @@ fn flags_of(run: &RunInfo) -> String {
         (f.resend_unknown, "--resend-unknown"),
         (f.yes, "--yes"),
         (f.mock, "--mock"),
+        (f.skip_canary, "--skip-canary"),
     ] {
         if on {
             v.push(name.into());

@@ -83,18 +83,45 @@ where
     // A resumed run keeps its original start.
     cfg.deadline = settings.deadline.map(|d| d.at(run.created_at));
 
-    let mut engine = Engine::new(
-        cfg,
-        journal.clone(),
-        limiter,
-        transport,
-        clock.clone(),
-        stop,
-    );
-    if let Some(p) = hooks.progress {
-        engine = engine.with_progress(p);
-    }
-    let end = engine.run(source).await;
+    let control_every = cfg.control_every;
+    let make_engine = {
+        let (journal, clock, stop, progress) = (
+            journal.clone(),
+            clock.clone(),
+            stop.clone(),
+            hooks.progress.clone(),
+        );
+        move || {
+            let mut engine = Engine::new(
+                cfg.clone(),
+                journal.clone(),
+                limiter.clone(),
+                transport.clone(),
+                clock.clone(),
+                stop.clone(),
+            );
+            if let Some(p) = &progress {
+                engine = engine.with_progress(p.clone());
+            }
+            engine
+        }
+    };
+    let end = if facts.stages.is_empty() {
+        make_engine().run(source).await
+    } else {
+        super::staged::StagedRun {
+            journal: journal.clone(),
+            run: run.clone(),
+            campaign: facts.campaign.clone(),
+            stages: facts.stages.clone(),
+            skip_canary: settings.flags.skip_canary,
+            clock: clock.clone(),
+            stop: stop.clone(),
+            control_every,
+        }
+        .run(source, make_engine)
+        .await
+    };
     let reports_dir = paths.reports_dir.clone();
     let report_opts = ReportOptions {
         formats: settings.report_formats,

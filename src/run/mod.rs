@@ -24,6 +24,7 @@
 //! [`Hooks`] for the prompt, the notes and the progress), or import `cmd`.
 
 mod drive;
+mod staged;
 pub mod prepare;
 pub mod settings;
 pub mod test_to;
@@ -117,6 +118,8 @@ pub struct Facts {
     pub recipients: u64,
     /// One rendered message, shown in the confirmation.
     pub sample_message: String,
+    /// The run's stages in order (empty: the plan is sent as one stage); see `stages`.
+    pub stages: Vec<crate::stages::RunStage>,
 }
 
 /// Everything [`execute`] needs besides the calls: the plan's facts, the resolved settings,
@@ -235,10 +238,12 @@ pub async fn run_campaign(
                 .first()
                 .map(|s| s.content.clone())
                 .unwrap_or_else(|| "(no valid recipients: nothing to send)".into()),
+            stages: crate::stages::run_stages(&c, plan.stages()),
         };
         let source = if settings.is_test() {
             let calls = test_to::test_calls(&c, &plan, &settings.flags.test_to)?;
             facts.plan_hash = format!("test:{}", plan.hash());
+            facts.stages = Vec::new();
             facts.recipients = settings.flags.test_to.len() as u64;
             facts.total_calls = calls.len() as u64;
             PlanSource::Fixed(calls)

@@ -73,6 +73,68 @@ impl fmt::Display for SpecError {
     }
 }
 
+/// How many recipients a canary takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// `parts` per `whole` of the valid recipients (1% is 1 per 100, 0.5% is 5 per 1000).
+    Fraction { parts: u64, whole: u64 },
+    /// This many valid recipients (the ones with the lowest hash points).
+    Count(u64),
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Share::Count(n) => write!(f, "{n}"),
+            Share::Fraction { parts, whole } => {
+                // whole is 100 × 10^decimals: print the percentage with those decimals.
+                let mut decimals = 0usize;
+                let mut w = whole;
+                while w > 100 {
+                    w /= 10;
+                    decimals += 1;
+                }
+                let int = parts / 10u64.pow(decimals as u32);
+                let frac = parts % 10u64.pow(decimals as u32);
+                if decimals == 0 {
+                    write!(f, "{int}%")
+                } else {
+                    write!(f, "{int}.{frac:0decimals$}%")
+                }
+            }
+        }
+    }
+}
+
+/// `rollout:`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rollout {
+    pub canary: Share,
+    /// From the canary's end to the decision.
+    pub wait: Duration,
+    /// The canary passes when (failed + unknown) / sent ≤ this.
+    pub max_failure_ratio: f64,
+}
+
+/// Parse "1%", "0.25%" (at most 4 decimals) into a fraction.
+fn parse_percent(s: &str) -> Option<Share> {
+    let num = s.trim().strip_suffix('%')?.trim();
+    let (int, frac) = match num.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (num, ""),
+    };
+    if int.is_empty() && frac.is_empty()
+        || frac.len() > 4
+        || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    let parts: u64 = digits.parse().ok()?;
+    let whole = 100u64 * 10u64.pow(frac.len() as u32);
+    (parts <= whole).then_some(Share::Fraction { parts, whole })
+}
+
 /// `deadline:` — when pending recipients become `expired`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
@@ -219,6 +281,8 @@ pub struct Campaign {
     pub guard_max_recipients: Option<u64>,
     /// `breaker:`, field by field (the rest from `imcast.toml [breaker]`, else the default).
     pub breaker: BreakerFields,
+    /// `rollout:`: a canary stage first (see `stages`).
+    pub rollout: Option<Rollout>,
     pub audience: AudienceSpec,
     pub message: MessageSpec,
     pub batch: BatchOptions,
@@ -898,6 +962,53 @@ fn validate(
         }
     }
 
+    let mut rollout = None;
+    if let Some(r) = &raw.rollout {
+        let canary = match &r.canary.value {
+            raw::StringOrInt::Int(0) => None,
+            raw::StringOrInt::Int(n) => Some(Share::Count(*n)),
+            raw::StringOrInt::String(s) => parse_percent(s),
+        };
+        let wait = match &r.wait {
+            None => Some(Duration::from_secs(600)),
+            Some(w) => match humantime::parse_duration(&w.value) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    p.at(
+                        w,
+                        format!("rollout.wait `{}`: {e} (write e.g. 10m, 30s)", w.value),
+                    );
+                    None
+                }
+            },
+        };
+        let ratio = r.max_failure_ratio.unwrap_or(0.02);
+        if !(0.0..=1.0).contains(&ratio) {
+            p.key(
+                &["rollout.max_failure_ratio"],
+                format!("rollout.max_failure_ratio {ratio} must be between 0 and 1"),
+            );
+        }
+        match canary {
+            None => p.at(
+                &r.canary,
+                format!(
+                    "rollout.canary `{}` is neither a share (1%, 0.5%: up to 100%, at most 4 decimals) nor a count of recipients (500, at least 1)",
+                    r.canary.value.as_template()
+                ),
+            ),
+            Some(canary) => {
+                if let Some(wait) = wait {
+                    rollout = Some(Rollout {
+                        canary,
+                        wait,
+                        max_failure_ratio: ratio,
+                    });
+                }
+            }
+        }
+    }
+
     if !p.0.is_empty() {
         return Err(p.0);
     }
@@ -925,6 +1036,7 @@ fn validate(
         deadline,
         guard_max_recipients,
         breaker,
+        rollout,
         audience: AudienceSpec {
             source,
             exclude,

@@ -67,6 +67,10 @@ pub struct RawCampaign {
     /// `imcast.toml` `[breaker]`, else the documented defaults.
     #[serde(default)]
     pub breaker: Option<RawBreaker>,
+    /// Staged rollout: a canary sample first, a wait, then the rest only if the canary's failure
+    /// ratio is within bounds.
+    #[serde(default)]
+    pub rollout: Option<RawRollout>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -323,6 +327,24 @@ pub struct RawBreaker {
     pub window_calls: Option<u32>,
     /// Stop when the failure ratio over the window exceeds this, 0..1 (default: `[breaker]`, else
     /// 0.5).
+    #[serde(default)]
+    pub max_failure_ratio: Option<f64>,
+}
+
+/// `rollout:` — a canary stage before the rest.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// The canary: a share of the valid recipients ("1%", "0.5%") or a count (500), chosen by a
+    /// stable hash of (campaign name, recipient id).
+    #[schemars(with = "StringOrInt")]
+    pub canary: Spanned<StringOrInt>,
+    /// How long to wait after the canary's last call before deciding (default 10m).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub wait: Option<Spanned<String>>,
+    /// Continue only if the canary's (failed + unknown) / sent is at most this, 0..1 (default
+    /// 0.02).
     #[serde(default)]
     pub max_failure_ratio: Option<f64>,
 }

@@ -893,6 +893,7 @@ fn inputs_with(
             total_calls: calls,
             recipients,
             sample_message: "hello".into(),
+            stages: Vec::new(),
         },
         settings: imcast::run::Settings::resolve(&c, &account, &flags, None),
         paths,

@@ -1,0 +1,225 @@
+//! A run's stages: the ordered parts a run is sent in — a canary sample and the rest
+//! (`rollout:`) — each a set of recipients derived deterministically from the audience, a time
+//! it may not start before, and a gate it must pass before the next stage starts.
+//!
+//! Owns: which stage each valid row belongs to ([`assign_rows`]: the canary by the one stable
+//! hash, `assign::point(campaign, Canary, id)`), the order of rows by (stage, Content group) that
+//! makes each stage one contiguous range of call numbers ([`order_rows`]), and the canary's gate
+//! ([`gate`]). The plan calls the first two; the run (`run::staged`) walks the stages and keeps
+//! their times and gate outcomes in the journal (`journal::stages`), so a wait is a time, never
+//! a sleep that a restart forgets.
+//!
+//! Invariants: a row's stage depends only on (campaign name, recipient id) and the campaign's
+//! `rollout:` — never on CSV order, run or resume — so a resumed run re-derives the sets it
+//! started with and nobody moves between stages. Within a stage the usual grouping applies
+//! (calls of ≤ 500 receivers of one Content). Must not: read the journal or the clock, send.
+
+use serde::Serialize;
+
+use crate::assign::{point, within, Purpose};
+use crate::spec::{Campaign, Share};
+
+/// Stage names as the journal, `plan` and the report show them.
+pub const CANARY: &str = "canary";
+pub const REST: &str = "rest";
+
+/// One stage of a plan: its calls are `first_call .. first_call + calls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanStage {
+    pub name: String,
+    pub first_call: u64,
+    pub calls: u64,
+    pub recipients: u64,
+}
+
+/// Each valid row's stage (index into `names`), in audience order.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub names: Vec<String>,
+    pub row_stage: Vec<u32>,
+}
+
+/// The stage of each valid row (`ids` in audience order), or None when the campaign has no
+/// stages. The canary is a `within` share of the hash points, or the `n` rows with the lowest
+/// points (all of them when the audience is smaller).
+pub fn assign_rows(c: &Campaign, ids: &[u64]) -> Option<Staged> {
+    let rollout = c.rollout.as_ref()?;
+    let names = vec![CANARY.to_string(), REST.to_string()];
+    let row_stage = match rollout.canary {
+        Share::Fraction { parts, whole } => ids
+            .iter()
+            .map(|&id| u32::from(!within(point(&c.name, Purpose::Canary, id), parts, whole)))
+            .collect(),
+        Share::Count(n) if n as usize >= ids.len() => vec![0; ids.len()],
+        Share::Count(n) => {
+            let points: Vec<u64> = ids
+                .iter()
+                .map(|&id| point(&c.name, Purpose::Canary, id))
+                .collect();
+            let mut sorted = points.clone();
+            let (_, nth, _) = sorted.select_nth_unstable(n as usize);
+            let threshold = *nth;
+            // Points below the (n+1)-th smallest: exactly n of them (SHA-256 points of distinct
+            // ids do not tie in practice; a tie only makes the canary smaller).
+            points
+                .iter()
+                .map(|p| u32::from(*p >= threshold))
+                .collect()
+        }
+    };
+    Some(Staged { names, row_stage })
+}
+
+/// What [`order_rows`] gives the plan.
+pub struct Ordered {
+    /// Valid-row ordinals (audience order numbers) by (stage, group, audience order).
+    pub order: Vec<u32>,
+    /// The group of each bucket (a (stage, group) pair with rows), in order.
+    pub bucket_group: Vec<u32>,
+    /// The bucket of each valid row, in audience order.
+    pub row_bucket: Vec<u32>,
+    /// Offsets into `order`, one per bucket plus the end.
+    pub bucket_start: Vec<usize>,
+    /// The stage of each bucket.
+    pub bucket_stage: Vec<u32>,
+}
+
+/// Order the valid rows by (stage, group, audience order): two stable counting sorts.
+pub fn order_rows(row_group: &[u32], group_size: &[u64], row_stage: &[u32]) -> Ordered {
+    // By group.
+    let mut start = vec![0usize; group_size.len() + 1];
+    for (g, n) in group_size.iter().enumerate() {
+        start[g + 1] = start[g] + *n as usize;
+    }
+    let mut by_group = vec![0u32; row_group.len()];
+    for (ord, g) in row_group.iter().enumerate() {
+        let slot = &mut start[*g as usize];
+        by_group[*slot] = ord as u32;
+        *slot += 1;
+    }
+    // Then by stage (stable: group order kept within a stage).
+    let stages = row_stage.iter().max().map_or(0, |m| *m as usize + 1);
+    let mut sstart = vec![0usize; stages + 1];
+    for s in row_stage {
+        sstart[*s as usize + 1] += 1;
+    }
+    for i in 0..stages {
+        sstart[i + 1] += sstart[i];
+    }
+    let mut order = vec![0u32; row_group.len()];
+    for ord in by_group {
+        let slot = &mut sstart[row_stage[ord as usize] as usize];
+        order[*slot] = ord;
+        *slot += 1;
+    }
+    // Buckets: runs of equal (stage, group).
+    let mut bucket_group = Vec::new();
+    let mut bucket_stage = Vec::new();
+    let mut bucket_start = Vec::new();
+    let mut row_bucket = vec![0u32; row_group.len()];
+    let mut last = None;
+    for (i, ord) in order.iter().enumerate() {
+        let key = (row_stage[*ord as usize], row_group[*ord as usize]);
+        if last != Some(key) {
+            bucket_group.push(key.1);
+            bucket_stage.push(key.0);
+            bucket_start.push(i);
+            last = Some(key);
+        }
+        row_bucket[*ord as usize] = (bucket_group.len() - 1) as u32;
+    }
+    bucket_start.push(order.len());
+    Ordered {
+        order,
+        bucket_group,
+        row_bucket,
+        bucket_start,
+        bucket_stage,
+    }
+}
+
+/// What a stage must pass before the next one starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gate {
+    /// From the stage's end to the decision.
+    pub wait: std::time::Duration,
+    /// The stage passes when (failed + unknown) / sent ≤ this.
+    pub max_failure_ratio: f64,
+}
+
+/// A stage as a run sends it: the plan's stage, when it may start and its gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunStage {
+    pub stage: PlanStage,
+    pub not_before: Option<jiff::Timestamp>,
+    pub gate: Option<Gate>,
+}
+
+/// The stages a run of `c` sends, from its plan's stages (empty: one stage, the whole plan).
+pub fn run_stages(c: &Campaign, stages: &[PlanStage]) -> Vec<RunStage> {
+    stages
+        .iter()
+        .map(|s| RunStage {
+            stage: s.clone(),
+            not_before: None,
+            gate: match (&c.rollout, s.name.as_str()) {
+                (Some(r), CANARY) => Some(Gate {
+                    wait: r.wait,
+                    max_failure_ratio: r.max_failure_ratio,
+                }),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
+/// The canary's numbers at the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GateCounts {
+    /// Recipients the canary attempted (sent, failed, unknown, not online).
+    pub sent: u64,
+    pub failed: u64,
+    pub unknown: u64,
+}
+
+/// Whether the canary passes: (failed + unknown) / sent ≤ `max_ratio` (a canary that sent
+/// nothing passes: there is nothing to judge). Returns the ratio and the verdict.
+pub fn gate(c: GateCounts, max_ratio: f64) -> (f64, bool) {
+    if c.sent == 0 {
+        return (0.0, true);
+    }
+    let ratio = (c.failed + c.unknown) as f64 / c.sent as f64;
+    (ratio, ratio <= max_ratio)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_rows_groups_each_stage_contiguously() {
+        // rows: group, stage
+        let row_group = [0, 1, 0, 1, 0];
+        let row_stage = [1, 0, 0, 1, 1];
+        let o = order_rows(&row_group, &[3, 2], &row_stage);
+        // stage 0: group 0 (row 2), group 1 (row 1); stage 1: group 0 (rows 0, 4), group 1 (row 3)
+        assert_eq!(o.order, vec![2, 1, 0, 4, 3]);
+        assert_eq!(o.bucket_group, vec![0, 1, 0, 1]);
+        assert_eq!(o.bucket_stage, vec![0, 0, 1, 1]);
+        assert_eq!(o.bucket_start, vec![0, 1, 2, 4, 5]);
+        assert_eq!(o.row_bucket, vec![2, 1, 0, 3, 2]);
+    }
+
+    #[test]
+    fn the_gate_compares_failed_and_unknown_over_sent() {
+        let c = |sent, failed, unknown| GateCounts {
+            sent,
+            failed,
+            unknown,
+        };
+        assert!(gate(c(100, 1, 1), 0.02).1);
+        assert!(!gate(c(100, 2, 1), 0.02).1);
+        assert!(gate(c(0, 0, 0), 0.0).1);
+        assert_eq!(gate(c(50, 5, 0), 0.5).0, 0.1);
+    }
+}
