@@ -52,6 +52,47 @@ struct Summary<'a> {
     variable_distinct: &'a std::collections::BTreeMap<String, u64>,
     warnings: &'a [String],
     samples: &'a [Sample],
+    /// The run's stages in order (a canary and the rest); absent: one stage.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stages: Vec<StageLine>,
+}
+
+/// One stage of the run as `plan` shows it.
+#[derive(Debug, Serialize)]
+struct StageLine {
+    name: String,
+    recipients: u64,
+    calls: u64,
+    first_call: u64,
+    /// At the run's pace.
+    eta_secs: u64,
+    /// After the stage: wait this long, then continue only if (failed + unknown) / sent ≤ the
+    /// ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gate_wait_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gate_max_failure_ratio: Option<f64>,
+}
+
+fn stage_lines(c: &Campaign, plan: &Plan, settings: &Settings) -> Vec<StageLine> {
+    crate::stages::run_stages(c, plan.stages())
+        .into_iter()
+        .map(|s| StageLine {
+            eta_secs: settings
+                .eta(s.stage.recipients, s.stage.calls)
+                .as_secs_f64()
+                .ceil() as u64,
+            name: match (&c.rollout, s.stage.name.as_str()) {
+                (Some(r), crate::stages::CANARY) => format!("canary {}", r.canary),
+                _ => s.stage.name.clone(),
+            },
+            recipients: s.stage.recipients,
+            calls: s.stage.calls,
+            first_call: s.stage.first_call,
+            gate_wait_secs: s.gate.map(|g| g.wait.as_secs()),
+            gate_max_failure_ratio: s.gate.map(|g| g.max_failure_ratio),
+        })
+        .collect()
 }
 
 fn summarize<'a>(
@@ -96,6 +137,7 @@ fn summarize<'a>(
         variable_distinct: plan.variable_distinct(),
         warnings: plan.warnings(),
         samples: &plan.samples()[..sample.min(plan.samples().len())],
+        stages: stage_lines(c, plan, settings),
     }
 }
 
@@ -130,6 +172,25 @@ fn human(s: &Summary<'_>) -> String {
         n.calls,
         crate::output::count(n.messages, "message", "messages")
     ));
+    for (i, st) in s.stages.iter().enumerate() {
+        o.push_str(&format!(
+            "{}{}. {}: {}, {}, about {}",
+            if i == 0 { "stages     " } else { "           " },
+            i + 1,
+            st.name,
+            crate::output::count(st.recipients, "recipient", "recipients"),
+            crate::output::count(st.calls, "call", "calls"),
+            dur(st.eta_secs)
+        ));
+        if let (Some(w), Some(r)) = (st.gate_wait_secs, st.gate_max_failure_ratio) {
+            o.push_str(&format!(
+                "; then wait {} and continue only if at most {}% failed or unknown",
+                dur(w),
+                r * 100.0
+            ));
+        }
+        o.push('\n');
+    }
     o.push_str(&format!(
         "throttle   {} → about {}\n",
         s.throttle,
