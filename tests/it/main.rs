@@ -16,6 +16,7 @@ mod run;
 mod scheduler;
 mod sender;
 mod spec;
+mod stages;
 mod throttle;
 mod ux;
 mod wire;

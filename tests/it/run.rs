@@ -451,6 +451,7 @@ fn recorded_flags_keep_their_json() {
         yes: true,
         mock: true,
         test_to: vec![7, 8],
+        skip_canary: true,
     };
     let yes = RunFlags {
         yes: true,
@@ -460,7 +461,7 @@ fn recorded_flags_keep_their_json() {
         ("{}", RunFlags::default()),
         (r#"{"yes":true}"#, yes),
         (
-            r#"{"new_run":true,"continue_changed":true,"resend_unknown":true,"yes":true,"mock":true,"test_to":[7,8]}"#,
+            r#"{"new_run":true,"continue_changed":true,"resend_unknown":true,"yes":true,"mock":true,"test_to":[7,8],"skip_canary":true}"#,
             all,
         ),
     ] {
