@@ -875,7 +875,14 @@ fn build_threads(
                     ids_by_group[*slot] = *id;
                     *slot += 1;
                 }
-                (None, None, group_start, ids_by_group, Vec::new(), Vec::new())
+                (
+                    None,
+                    None,
+                    group_start,
+                    ids_by_group,
+                    Vec::new(),
+                    Vec::new(),
+                )
             }
             Some(st) => {
                 let o = crate::stages::order_rows(&row_group, &group_size, &st.row_stage);
@@ -909,7 +916,10 @@ fn build_threads(
         group_call_base.push(calls);
         let size = (group_start[b + 1] - group_start[b]) as u64;
         let n = size.div_ceil(max);
-        if let Some(s) = stage_of_bucket.get(b).and_then(|s| stages.get_mut(*s as usize)) {
+        if let Some(s) = stage_of_bucket
+            .get(b)
+            .and_then(|s| stages.get_mut(*s as usize))
+        {
             if s.recipients == 0 {
                 s.first_call = calls;
             }

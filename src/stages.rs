@@ -61,10 +61,7 @@ pub fn assign_rows(c: &Campaign, ids: &[u64]) -> Option<Staged> {
             let threshold = *nth;
             // Points below the (n+1)-th smallest: exactly n of them (SHA-256 points of distinct
             // ids do not tie in practice; a tie only makes the canary smaller).
-            points
-                .iter()
-                .map(|p| u32::from(*p >= threshold))
-                .collect()
+            points.iter().map(|p| u32::from(*p >= threshold)).collect()
         }
     };
     Some(Staged { names, row_stage })

@@ -180,7 +180,13 @@ impl Journal {
                  WHERE run_id = ?1 AND idx = ?2",
             )
             .map_err(self.db())?
-            .execute(params![run_id, i64::from(idx), gate, gate_at.map(ts), detail])
+            .execute(params![
+                run_id,
+                i64::from(idx),
+                gate,
+                gate_at.map(ts),
+                detail
+            ])
             .map_err(self.db())?;
         Ok(())
     }

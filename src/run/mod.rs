@@ -24,9 +24,9 @@
 //! [`Hooks`] for the prompt, the notes and the progress), or import `cmd`.
 
 mod drive;
-mod staged;
 pub mod prepare;
 pub mod settings;
+mod staged;
 pub mod test_to;
 
 use std::collections::BTreeMap;

@@ -221,12 +221,7 @@ impl StagedRun {
                         if more {
                             // Between stages the run is still running (the engine's end of a
                             // stage with recipients left marks it paused) and stays ours.
-                            j.set_status(
-                                &run_id,
-                                RunStatus::Running,
-                                Some("between stages"),
-                                now,
-                            )?;
+                            j.set_status(&run_id, RunStatus::Running, Some("between stages"), now)?;
                             j.claim(&run, now)?;
                         }
                         Ok(())

@@ -164,7 +164,10 @@ async fn the_canary_goes_first_waits_on_the_clock_then_the_rest_follows() {
         .map(|v| v["recipient"].as_u64().expect("id"))
         .collect();
     let first: BTreeSet<u64> = order[..expected.len()].iter().copied().collect();
-    assert_eq!(first, expected, "the canary is sent first and is the stable sample");
+    assert_eq!(
+        first, expected,
+        "the canary is sent first and is the stable sample"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,9 +192,13 @@ async fn a_failing_canary_pauses_the_run_and_a_person_resumes_it() {
     })
     .await
     .expect("mock");
-    let s = run_campaign(request(&repo, &file, &bad), shared.clone(), StopToken::new())
-        .await
-        .expect("run");
+    let s = run_campaign(
+        request(&repo, &file, &bad),
+        shared.clone(),
+        StopToken::new(),
+    )
+    .await
+    .expect("run");
     let first = bad.stats();
     bad.shutdown().await;
     assert_eq!(s.exit, Exit::Breaker, "exit 4: {s:?}");
@@ -280,7 +287,10 @@ async fn skip_canary_does_not_wait_and_says_so() {
     let (run_id, rows) = stages(&repo);
     assert_eq!(rows[0].gate.as_deref(), Some("skipped"));
     let run = repo.journal().run(&run_id).expect("q").expect("run");
-    assert!(run.flags.skip_canary, "recorded in the run's flags (the audit)");
+    assert!(
+        run.flags.skip_canary,
+        "recorded in the run's flags (the audit)"
+    );
     let audit: Value = run.audit.clone();
     assert!(
         audit["risky_flags"]
@@ -288,4 +298,153 @@ async fn skip_canary_does_not_wait_and_says_so() {
             .is_some_and(|f| f.iter().any(|x| x == "--skip-canary")),
         "{audit}"
     );
+}
+
+// ---- real processes -------------------------------------------------------------------------
+
+/// `imcast mock-server` as a process; killed on drop.
+struct MockServer {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl MockServer {
+    fn start(record: &Path) -> MockServer {
+        let mut child = std::process::Command::new(crate::common::bin())
+            .args([
+                "mock-server",
+                "--limit",
+                "100000",
+                "--window",
+                "1s",
+                "--record",
+            ])
+            .arg(record)
+            .env_remove("VOLC_ACCESSKEY")
+            .env_remove("VOLC_SECRETKEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start mock-server");
+        let addr = crate::common::first_line_within(
+            &mut child,
+            Duration::from_secs(60),
+            "imcast mock-server",
+        );
+        MockServer { child, addr }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn stats(&self) -> mock::MockStats {
+        let url = format!("{}/stats", self.endpoint());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            reqwest::get(url)
+                .await
+                .expect("GET /stats")
+                .json::<mock::MockStats>()
+                .await
+                .expect("stats json")
+        })
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn imcast_run(repo: &Repo, file: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(crate::common::bin());
+    c.arg("run")
+        .arg(file)
+        .arg("--yes")
+        .stdin(std::process::Stdio::null())
+        .current_dir(repo.dir.path())
+        .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
+        .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
+        .env_remove("VOLC_SECRETKEY_FILE")
+        .env_remove("IMCAST_FAILPOINT")
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// The stages of the campaign's latest run, read without taking part (None before it exists).
+fn stages_now(repo: &Repo, campaign: &str) -> Option<Vec<StageRow>> {
+    let db = repo.path(".imcast").join(imcast::journal::DB_FILE);
+    let j = Journal::open_reader(&db, 256).ok()?;
+    let run = j.latest_run(campaign, false).ok()??;
+    j.stages(&run.id).ok()
+}
+
+/// SIGKILL during the canary's wait: the restarted run waits only what is left of the same
+/// wait (its time is in the journal), then sends the rest: nobody twice, nobody skipped.
+#[cfg(unix)]
+#[test]
+fn a_crash_during_the_canary_wait_resumes_at_the_gate() {
+    use crate::common::OutputWithin;
+    let repo = Repo::new();
+    let rec = repo.path("record.jsonl");
+    let mock = MockServer::start(&rec);
+    let ids = repo.audience(800);
+    let file = repo.campaign(
+        "can",
+        &mock.endpoint(),
+        "rollout: { canary: 10%, wait: 4s }\n",
+    );
+    let canary = canary_of("can", &ids, 10, 100);
+    let mut child = imcast_run(&repo, &file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("imcast run");
+    crate::common::poll_while_running(
+        &mut child,
+        Duration::from_secs(120),
+        "the canary's wait",
+        || {
+            stages_now(&repo, "can").is_some_and(|s| {
+                s.first()
+                    .is_some_and(|c| c.gate.as_deref() == Some("waiting") && c.gate_at.is_some())
+            })
+        },
+    );
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let before = stages_now(&repo, "can").expect("stages");
+    let gate_at = before[0].gate_at.expect("gate time");
+    assert_eq!(before[1].state, "waiting", "the rest had not started");
+    let at_kill = mock.stats().delivered;
+    assert_eq!(at_kill, canary.len() as u64, "only the canary was sent");
+
+    let out = imcast_run(&repo, &file).output_limited().expect("resume");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("Resuming"), "{stderr}");
+    let after = stages_now(&repo, "can").expect("stages");
+    assert_eq!(
+        after[0].gate_at,
+        Some(gate_at),
+        "the same wait, not a new one"
+    );
+    assert_eq!(after[0].gate.as_deref(), Some("passed"));
+    assert!(after[1].started_at.expect("rest started") >= gate_at);
+
+    let stats = mock.stats();
+    let delivered = deliveries(&rec, stats.delivered);
+    assert_eq!(
+        delivered.keys().copied().collect::<BTreeSet<_>>(),
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        "nobody skipped"
+    );
+    assert!(delivered.values().all(|n| *n == 1), "nobody twice");
+    assert_eq!(stats.duplicates, 0);
 }
