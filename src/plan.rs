@@ -71,6 +71,9 @@ const EXAMPLES: usize = 5;
 pub struct PlanOptions {
     /// Global suppression lists (imcast.toml `account.suppress`), hashed into the plan too.
     pub extra_suppress: Vec<PathBuf>,
+    /// The date whose `schedule.local_time` the waves are at (the occurrence's date; None:
+    /// today in UTC, see `stages::waves`). Hashed into the plan with local-time waves.
+    pub local_date: Option<jiff::civil::Date>,
 }
 
 /// Where a render failed, with the first few recipients affected.
@@ -499,6 +502,8 @@ pub enum RowEvent<'a> {
     },
     /// A column listed in `audience.required` is empty.
     MissingRequired { id: u64, line: u64, column: &'a str },
+    /// The time zone column (`audience.timezone_column`) holds no known zone.
+    BadZone { id: u64, line: u64, reason: &'a str },
     /// The id is on an earlier row.
     Duplicate { id: u64, line: u64 },
     /// The id is in suppression list number `list` ([`Plan::suppress_label`]).
@@ -594,6 +599,9 @@ fn build_threads(
             },
         }
     }
+    // Each valid row's zone (`schedule.local_time`), in audience order.
+    let mut zones = crate::stages::Zones::new(c, &columns)?;
+    let mut row_zone: Vec<u16> = Vec::new();
     let static_content = renderer.is_static(&columns);
     renderer
         .prepare(&columns)
@@ -748,6 +756,22 @@ fn build_threads(
                 }
                 continue;
             }
+            if let Some(z) = zones.as_mut() {
+                match z.resolve(&fields) {
+                    Ok(i) => row_zone.push(i),
+                    Err(reason) => {
+                        acc.counts.invalid += 1;
+                        if let Some(o) = observer.as_mut() {
+                            o(RowEvent::BadZone {
+                                id,
+                                line: row.line,
+                                reason: &reason,
+                            });
+                        }
+                        continue;
+                    }
+                }
+            }
             if let Some(o) = observer.as_mut() {
                 o(RowEvent::Valid {
                     id,
@@ -855,7 +879,11 @@ fn build_threads(
     // The run's stages (a canary, or waves): each valid row's stage, in audience order. Calls
     // are cut per (stage, group) — a "bucket" — ordered by stage, then group: a stage's calls
     // are one contiguous range of call numbers. Without stages a bucket is a group.
-    let staged = crate::stages::assign_rows(c, &ids_in_order);
+    let staged = match &zones {
+        Some(z) => Some(crate::stages::waves(c, z, &row_zone, opts.local_date)),
+        None => crate::stages::assign_rows(c, &ids_in_order),
+    };
+    drop(row_zone);
     let mut group_size = vec![0u64; groups.len()];
     for g in &row_group {
         group_size[*g as usize] += 1;
@@ -893,7 +921,7 @@ fn build_threads(
                     o.bucket_start,
                     ids,
                     o.bucket_stage,
-                    st.names,
+                    st.stages,
                 )
             }
         };
@@ -905,11 +933,14 @@ fn build_threads(
     let mut calls = 0u64;
     let mut stages: Vec<crate::stages::PlanStage> = stage_names
         .into_iter()
-        .map(|name| crate::stages::PlanStage {
-            name,
+        .map(|s| crate::stages::PlanStage {
+            name: s.name,
             first_call: 0,
             calls: 0,
             recipients: 0,
+            at: s.at,
+            zones: s.zones,
+            date: s.date,
         })
         .collect();
     for b in 0..nbuckets {
@@ -953,6 +984,11 @@ fn build_threads(
     }
     h.update(b"audience\0");
     h.update(audience_hash);
+    if let Some(d) = stages.first().and_then(|s| s.date) {
+        // Waves are at a date's local time: another date is another plan.
+        h.update(b"local_date\0");
+        h.update(d.to_string().as_bytes());
+    }
     for lh in &list_hashes {
         h.update(b"suppress\0");
         h.update(lh);
@@ -1097,6 +1133,7 @@ impl Plan {
             valid_seen: 0,
             rank: vec![0; self.group_start.len().saturating_sub(1)],
             required: Vec::new(),
+            zones: None,
             done: false,
         }
     }
@@ -1301,6 +1338,7 @@ struct RowIter<'a> {
     valid_seen: usize,
     rank: Vec<u32>,
     required: Vec<(usize, String)>,
+    zones: Option<crate::stages::Zones>,
     done: bool,
 }
 
@@ -1309,6 +1347,11 @@ impl RowIter<'_> {
         let p = self.plan;
         if self.reader.is_none() {
             let r = AudienceReader::open_in(&p.campaign.audience.source, &p.campaign.files)?;
+            let columns: Vec<String> = r
+                .header()
+                .map(|h| h.names.as_ref().clone())
+                .unwrap_or_default();
+            self.zones = crate::stages::Zones::new(&p.campaign, &columns)?;
             if let Some(h) = r.header() {
                 for col in &p.campaign.audience.required {
                     if let Some(i) = h.names.iter().position(|n| n == col) {
@@ -1349,6 +1392,12 @@ impl RowIter<'_> {
                         RowStatus::Invalid {
                             reason: format!("required column `{col}` is empty"),
                         }
+                    } else if let Some(reason) = self
+                        .zones
+                        .as_mut()
+                        .and_then(|z| z.resolve(&row.fields).err())
+                    {
+                        RowStatus::Invalid { reason }
                     } else {
                         let bucket = match &p.row_bucket {
                             Some(v) => v.get(self.valid_seen).copied(),

@@ -24,19 +24,211 @@ pub const CANARY: &str = "canary";
 pub const REST: &str = "rest";
 
 /// One stage of a plan: its calls are `first_call .. first_call + calls`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanStage {
     pub name: String,
     pub first_call: u64,
     pub calls: u64,
     pub recipients: u64,
+    /// A wave's instant: `schedule.local_time` on `date` in each of `zones`.
+    pub at: Option<jiff::Timestamp>,
+    pub zones: Vec<String>,
+    /// The date the waves are on.
+    pub date: Option<jiff::civil::Date>,
 }
 
-/// Each valid row's stage (index into `names`), in audience order.
+/// A stage before its calls are counted.
+#[derive(Debug, Clone)]
+pub struct StageInfo {
+    pub name: String,
+    pub at: Option<jiff::Timestamp>,
+    pub zones: Vec<String>,
+    pub date: Option<jiff::civil::Date>,
+}
+
+impl StageInfo {
+    fn named(name: &str) -> StageInfo {
+        StageInfo {
+            name: name.to_string(),
+            at: None,
+            zones: Vec::new(),
+            date: None,
+        }
+    }
+}
+
+/// Each valid row's stage (index into `stages`), in audience order.
 #[derive(Debug, Clone)]
 pub struct Staged {
-    pub names: Vec<String>,
+    pub stages: Vec<StageInfo>,
     pub row_stage: Vec<u32>,
+}
+
+/// The date waves fall on when the caller names none: fixed, so a plan stays deterministic
+/// (commands that only read a plan's rows and Contents: validate, preview, diff).
+pub const DEFAULT_WAVE_DATE: jiff::civil::Date = jiff::civil::date(2000, 1, 1);
+
+/// Each row's zone from `audience.timezone_column` (see [`Zones::resolve`]): zones are
+/// numbered in the order first seen; names are looked up once each.
+pub struct Zones {
+    col: Option<usize>,
+    column: String,
+    default: Option<String>,
+    by_name: std::collections::HashMap<String, Option<u16>>,
+    /// The zones seen, by number.
+    pub names: Vec<String>,
+    pub tzs: Vec<jiff::tz::TimeZone>,
+}
+
+impl Zones {
+    /// None when the campaign has no local-time waves. An audience without the column is an
+    /// error (nothing could be sent at anyone's local time).
+    pub fn new(
+        c: &Campaign,
+        columns: &[String],
+    ) -> Result<Option<Zones>, crate::plan::PlanError> {
+        let (Some(_), Some(column)) = (c.local_time, c.audience.timezone_column.as_ref()) else {
+            return Ok(None);
+        };
+        let col = columns.iter().position(|n| n == column);
+        if col.is_none() {
+            let path = match &c.audience.source {
+                crate::spec::Source::Csv { path, .. } => path.clone(),
+                crate::spec::Source::Ids(_) => std::path::PathBuf::from("inline"),
+            };
+            return Err(crate::audience::AudienceError::MissingRequiredColumn {
+                path,
+                column: column.clone(),
+                found: columns.join(", "),
+            }
+            .into());
+        }
+        Ok(Some(Zones {
+            col,
+            column: column.clone(),
+            default: c.audience.default_timezone.clone(),
+            by_name: std::collections::HashMap::new(),
+            names: Vec::new(),
+            tzs: Vec::new(),
+        }))
+    }
+
+    /// The number of the row's zone, or why the row is invalid.
+    pub fn resolve(&mut self, fields: &csv::StringRecord) -> Result<u16, String> {
+        let cell = self
+            .col
+            .and_then(|i| fields.get(i))
+            .unwrap_or("")
+            .trim();
+        let name = if cell.is_empty() {
+            match &self.default {
+                Some(d) => d.clone(),
+                None => {
+                    return Err(format!(
+                        "time zone column `{}` is empty (set `audience.default_timezone` for such rows)",
+                        self.column
+                    ))
+                }
+            }
+        } else {
+            cell.to_string()
+        };
+        if let Some(found) = self.by_name.get(&name) {
+            return found.ok_or_else(|| self.unknown(&name));
+        }
+        let found = match jiff::tz::TimeZone::get(&name) {
+            Ok(tz) if self.names.len() < usize::from(u16::MAX) => {
+                self.names.push(name.clone());
+                self.tzs.push(tz);
+                Some((self.names.len() - 1) as u16)
+            }
+            _ => None,
+        };
+        self.by_name.insert(name.clone(), found);
+        found.ok_or_else(|| self.unknown(&name))
+    }
+
+    fn unknown(&self, name: &str) -> String {
+        format!(
+            "unknown time zone {name:?} in column `{}`; write an IANA name such as Asia/Shanghai",
+            self.column
+        )
+    }
+}
+
+/// The date a run's waves fall on: the occurrence's date (an ad-hoc run: `now`'s) in the
+/// schedule's zone (UTC without one). None without `schedule.local_time`.
+pub fn wave_date(
+    c: &Campaign,
+    occurrence: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+) -> Option<jiff::civil::Date> {
+    c.local_time?;
+    let tz = c
+        .schedule
+        .as_ref()
+        .and_then(|s| s.timezone())
+        .cloned()
+        .unwrap_or(jiff::tz::TimeZone::UTC);
+    Some(occurrence.unwrap_or(now).to_zoned(tz).date())
+}
+
+/// The instant of a daemon occurrence's run key (`NAME@<UTC RFC 3339>`, see
+/// `daemon::runner::run_key`).
+pub fn occurrence_instant(run_key: &str) -> Option<jiff::Timestamp> {
+    run_key.rsplit_once('@')?.1.parse().ok()
+}
+
+/// `time` on `date` in `tz` as an instant: a time skipped by a DST change is the first instant
+/// after the gap, a time that occurs twice is the first (jiff's "compatible" choice).
+pub fn local_instant(
+    date: jiff::civil::Date,
+    time: jiff::civil::Time,
+    tz: &jiff::tz::TimeZone,
+) -> jiff::Timestamp {
+    tz.to_ambiguous_timestamp(date.to_datetime(time))
+        .compatible()
+        .unwrap_or(jiff::Timestamp::MAX)
+}
+
+/// The waves of a local-time campaign: one per distinct instant of `local_time` on `date`
+/// among the zones seen, earliest first; each row's wave from its zone.
+pub fn waves(
+    c: &Campaign,
+    zones: &Zones,
+    row_zone: &[u16],
+    date: Option<jiff::civil::Date>,
+) -> Staged {
+    let date = date.unwrap_or(DEFAULT_WAVE_DATE);
+    let time = c.local_time.unwrap_or(jiff::civil::Time::midnight());
+    let mut by_at: std::collections::BTreeMap<jiff::Timestamp, Vec<usize>> =
+        std::collections::BTreeMap::new();
+    for (z, tz) in zones.tzs.iter().enumerate() {
+        by_at
+            .entry(local_instant(date, time, tz))
+            .or_default()
+            .push(z);
+    }
+    let mut wave_of_zone = vec![0u32; zones.tzs.len()];
+    let mut stages = Vec::new();
+    for (w, (at, zs)) in by_at.into_iter().enumerate() {
+        let mut names: Vec<String> = zs.iter().map(|z| zones.names[*z].clone()).collect();
+        names.sort();
+        for z in zs {
+            wave_of_zone[z] = w as u32;
+        }
+        stages.push(StageInfo {
+            name: format!("wave {}", w + 1),
+            at: Some(at),
+            zones: names,
+            date: Some(date),
+        });
+    }
+    let row_stage = row_zone
+        .iter()
+        .map(|z| wave_of_zone.get(usize::from(*z)).copied().unwrap_or(0))
+        .collect();
+    Staged { stages, row_stage }
 }
 
 /// The stage of each valid row (`ids` in audience order), or None when the campaign has no
@@ -44,7 +236,7 @@ pub struct Staged {
 /// points (all of them when the audience is smaller).
 pub fn assign_rows(c: &Campaign, ids: &[u64]) -> Option<Staged> {
     let rollout = c.rollout.as_ref()?;
-    let names = vec![CANARY.to_string(), REST.to_string()];
+    let stages = vec![StageInfo::named(CANARY), StageInfo::named(REST)];
     let row_stage = match rollout.canary {
         Share::Fraction { parts, whole } => ids
             .iter()
@@ -64,7 +256,7 @@ pub fn assign_rows(c: &Campaign, ids: &[u64]) -> Option<Staged> {
             points.iter().map(|p| u32::from(*p >= threshold)).collect()
         }
     };
-    Some(Staged { names, row_stage })
+    Some(Staged { stages, row_stage })
 }
 
 /// What [`order_rows`] gives the plan.
@@ -150,6 +342,9 @@ pub struct RunStage {
     pub stage: PlanStage,
     pub not_before: Option<jiff::Timestamp>,
     pub gate: Option<Gate>,
+    /// A stage not started by `not_before` + this is `expired` for its recipients (a wave: the
+    /// schedule's `not_after`, default 1h).
+    pub expire_after: Option<std::time::Duration>,
 }
 
 /// The stages a run of `c` sends, from its plan's stages (empty: one stage, the whole plan).
@@ -158,7 +353,12 @@ pub fn run_stages(c: &Campaign, stages: &[PlanStage]) -> Vec<RunStage> {
         .iter()
         .map(|s| RunStage {
             stage: s.clone(),
-            not_before: None,
+            not_before: s.at,
+            expire_after: s.at.map(|_| {
+                c.schedule
+                    .as_ref()
+                    .map_or(crate::schedule::DEFAULT_NOT_AFTER, |sc| sc.not_after())
+            }),
             gate: match (&c.rollout, s.name.as_str()) {
                 (Some(r), CANARY) => Some(Gate {
                     wait: r.wait,

@@ -50,7 +50,7 @@ struct Summary<'a> {
     next_occurrence: Option<String>,
     contents_in_memory: bool,
     variable_distinct: &'a std::collections::BTreeMap<String, u64>,
-    warnings: &'a [String],
+    warnings: Vec<String>,
     samples: &'a [Sample],
     /// The run's stages in order (a canary and the rest); absent: one stage.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -64,6 +64,11 @@ struct StageLine {
     recipients: u64,
     calls: u64,
     first_call: u64,
+    /// A wave's instant (UTC) and the zones whose local time it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    zones: Vec<String>,
     /// At the run's pace.
     eta_secs: u64,
     /// After the stage: wait this long, then continue only if (failed + unknown) / sent ≤ the
@@ -72,6 +77,32 @@ struct StageLine {
     gate_wait_secs: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     gate_max_failure_ratio: Option<f64>,
+}
+
+/// A warning for each wave that cannot finish at the run's pace before the next one starts.
+fn wave_warnings(c: &Campaign, plan: &Plan, settings: &Settings) -> Vec<String> {
+    let stages = plan.stages();
+    let mut out = Vec::new();
+    for (a, b) in stages.iter().zip(stages.iter().skip(1)) {
+        let (Some(at), Some(next)) = (a.at, b.at) else {
+            continue;
+        };
+        let eta = settings.eta(a.recipients, a.calls);
+        let gap = at.duration_until(next);
+        if jiff::SignedDuration::try_from(eta).unwrap_or(jiff::SignedDuration::MAX) > gap {
+            out.push(format!(
+                "{} ({}) needs about {} at {} but {} starts {} later: it will still be sending, and the next wave waits for it (raise the limit, or expect later deliveries than {} local time)",
+                a.name,
+                a.zones.join(", "),
+                humantime::format_duration(Duration::from_secs(eta.as_secs_f64().ceil() as u64)),
+                settings.describe_pace(),
+                b.name,
+                humantime::format_duration(Duration::from_secs(gap.as_secs().max(0) as u64)),
+                c.local_time.map(|t| t.strftime("%H:%M").to_string()).unwrap_or_default()
+            ));
+        }
+    }
+    out
 }
 
 fn stage_lines(c: &Campaign, plan: &Plan, settings: &Settings) -> Vec<StageLine> {
@@ -89,6 +120,8 @@ fn stage_lines(c: &Campaign, plan: &Plan, settings: &Settings) -> Vec<StageLine>
             recipients: s.stage.recipients,
             calls: s.stage.calls,
             first_call: s.stage.first_call,
+            at: s.stage.at.map(|t| t.to_string()),
+            zones: s.stage.zones.clone(),
             gate_wait_secs: s.gate.map(|g| g.wait.as_secs()),
             gate_max_failure_ratio: s.gate.map(|g| g.max_failure_ratio),
         })
@@ -135,7 +168,12 @@ fn summarize<'a>(
             .map(|t| t.to_string()),
         contents_in_memory: plan.contents_in_memory(),
         variable_distinct: plan.variable_distinct(),
-        warnings: plan.warnings(),
+        warnings: plan
+            .warnings()
+            .iter()
+            .cloned()
+            .chain(wave_warnings(c, plan, settings))
+            .collect(),
         samples: &plan.samples()[..sample.min(plan.samples().len())],
         stages: stage_lines(c, plan, settings),
     }
@@ -173,8 +211,12 @@ fn human(s: &Summary<'_>) -> String {
         crate::output::count(n.messages, "message", "messages")
     ));
     for (i, st) in s.stages.iter().enumerate() {
+        let when = match &st.at {
+            Some(at) => format!(" at {at} ({})", st.zones.join(", ")),
+            None => String::new(),
+        };
         o.push_str(&format!(
-            "{}{}. {}: {}, {}, about {}",
+            "{}{}. {}{when}: {}, {}, about {}",
             if i == 0 { "stages     " } else { "           " },
             i + 1,
             st.name,
@@ -215,7 +257,7 @@ fn human(s: &Summary<'_>) -> String {
     if let Some(w) = &s.deadline_warning {
         o.push_str(&format!("warning: {w}\n"));
     }
-    for w in s.warnings {
+    for w in &s.warnings {
         o.push_str(&format!("warning: {w}\n"));
     }
     if !s.samples.is_empty() {
@@ -259,6 +301,12 @@ pub fn run(g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
         &c,
         &PlanOptions {
             extra_suppress: account.suppress.clone(),
+            // The waves of the next occurrence (else of a run started now).
+            local_date: crate::stages::wave_date(
+                &c,
+                c.schedule.as_ref().and_then(|s| s.next_after(now)),
+                now,
+            ),
         },
     )
     .exit(Exit::Invalid)?;

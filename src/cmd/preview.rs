@@ -35,6 +35,7 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
         &c,
         &PlanOptions {
             extra_suppress: crate::config::account_suppress(&a.file, None).exit(Exit::Invalid)?,
+            local_date: None,
         },
     )
     .exit(Exit::Invalid)?;

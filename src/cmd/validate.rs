@@ -161,6 +161,7 @@ fn check(file: &Path, opts: &LoadOptions) -> FileResult {
         &c,
         &PlanOptions {
             extra_suppress: extra,
+            local_date: None,
         },
     ) {
         Ok(p) => {

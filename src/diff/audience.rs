@@ -101,8 +101,14 @@ impl<'a> Collector<'a> {
                 aux: u32::from(list),
                 state: SUPPRESSED,
             }),
-            RowEvent::MissingRequired { id, line, column } => {
-                let reason = format!("required column `{column}` is empty");
+            RowEvent::MissingRequired { .. } | RowEvent::BadZone { .. } => {
+                let (id, line, reason) = match ev {
+                    RowEvent::MissingRequired { id, line, column } => {
+                        (id, line, format!("required column `{column}` is empty"))
+                    }
+                    RowEvent::BadZone { id, line, reason } => (id, line, reason.to_string()),
+                    _ => return,
+                };
                 let aux = match r.reasons.iter().position(|x| *x == reason) {
                     Some(i) => i,
                     None => {

@@ -8,8 +8,9 @@
 use jiff::Timestamp;
 use rusqlite::params;
 
-use super::schema::{parse_ts, ts};
-use super::{Journal, JournalError};
+use super::counts::count_move;
+use super::schema::{parse_ts, rk_range, run_key, ts};
+use super::{Journal, JournalError, RecipientStatus};
 
 /// A stage as the run records it before sending.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +190,64 @@ impl Journal {
             ])
             .map_err(self.db())?;
         Ok(())
+    }
+}
+
+impl Journal {
+    /// Pending recipients of the plan calls `calls` (a stage) become `expired` with `why`, and
+    /// the stage `expired`, in one transaction. Returns how many recipients.
+    pub fn expire_stage(
+        &mut self,
+        run_id: &str,
+        idx: u32,
+        calls: std::ops::Range<u64>,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<u64, JournalError> {
+        let path = self.path.clone();
+        let db = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        let Some(key) = run_key(&tx, run_id).map_err(db)? else {
+            return Err(JournalError::NoRun(run_id.into()));
+        };
+        let (lo, hi) = rk_range(key);
+        let n = tx
+            .execute(
+                "UPDATE recipients SET status = 'expired', error_message = ?5, updated_at = ?6
+                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'
+                   AND call_seq >= ?3 AND call_seq < ?4",
+                params![
+                    lo,
+                    hi,
+                    calls.start as i64,
+                    calls.end as i64,
+                    why,
+                    ts(now)
+                ],
+            )
+            .map_err(db)? as u64;
+        count_move(
+            &tx,
+            run_id,
+            Some(RecipientStatus::Pending),
+            RecipientStatus::Expired,
+            n,
+        )
+        .map_err(db)?;
+        tx.execute(
+            "UPDATE run_stages SET state = 'expired', finished_at = ?3, detail = ?4
+             WHERE run_id = ?1 AND idx = ?2",
+            params![run_id, i64::from(idx), ts(now), why],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(n)
     }
 }
 

@@ -91,9 +91,20 @@ where
             stop.clone(),
             hooks.progress.clone(),
         );
-        move || {
+        move |stage: Option<&crate::stages::RunStage>| {
+            let mut cfg = cfg.clone();
+            // `quiet_hours.timezone: recipient`: a wave's quiet hours are in its zone (its zones
+            // share the wave's local time).
+            if let (Some(q), Some(zone)) = (
+                cfg.quiet_hours.as_ref().filter(|q| q.per_recipient()),
+                stage.and_then(|s| s.stage.zones.first()),
+            ) {
+                cfg.quiet_hours = jiff::tz::TimeZone::get(zone)
+                    .ok()
+                    .map(|tz| q.in_zone(tz, zone));
+            }
             let mut engine = Engine::new(
-                cfg.clone(),
+                cfg,
                 journal.clone(),
                 limiter.clone(),
                 transport.clone(),
@@ -107,7 +118,7 @@ where
         }
     };
     let end = if facts.stages.is_empty() {
-        make_engine().run(source).await
+        make_engine(None).run(source).await
     } else {
         super::staged::StagedRun {
             journal: journal.clone(),

@@ -215,6 +215,13 @@ pub async fn run_campaign(
             &c,
             &PlanOptions {
                 extra_suppress: account.suppress.clone(),
+                local_date: crate::stages::wave_date(
+                    &c,
+                    occurrence
+                        .as_deref()
+                        .and_then(crate::stages::occurrence_instant),
+                    now,
+                ),
             },
         )
         .exit(Exit::Invalid)?;

@@ -146,7 +146,7 @@ impl StagedRun {
     pub async fn run<S, T>(
         self,
         source: Arc<S>,
-        engine: impl Fn() -> Engine<T>,
+        engine: impl Fn(Option<&RunStage>) -> Engine<T>,
     ) -> Result<RunEnd, EngineError>
     where
         S: CallSource,
@@ -177,8 +177,33 @@ impl StagedRun {
         let mut last: Option<RunEnd> = None;
         let n = rows.len();
         for (i, row) in rows.into_iter().enumerate() {
-            let gate_spec = self.stages.get(i).and_then(|s| s.gate);
+            let spec = self.stages.get(i);
+            let gate_spec = spec.and_then(|s| s.gate);
             if row.state != "sent" && row.state != "expired" {
+                // A wave never started and missed by more than its lateness: its recipients
+                // are `expired` (the next waves still go at their own times).
+                let late = match (row.not_before, spec.and_then(|s| s.expire_after)) {
+                    (Some(nb), Some(after)) if row.state == "waiting" => {
+                        let cutoff = nb + jiff::SignedDuration::try_from(after).unwrap_or_default();
+                        (self.clock.now() > cutoff).then_some(cutoff)
+                    }
+                    _ => None,
+                };
+                if let Some(cutoff) = late {
+                    let (run_id, now, idx) = (self.run.id.clone(), self.clock.now(), row.idx);
+                    let why = format!(
+                        "{} was due at {} and had not started by {cutoff} (schedule.not_after)",
+                        row.name,
+                        row.not_before.map(|t| t.to_string()).unwrap_or_default()
+                    );
+                    let calls = row.first_call..row.first_call + row.calls;
+                    let n = self
+                        .journal
+                        .with(move |j| j.expire_stage(&run_id, idx, calls, &why, now))
+                        .await?;
+                    tracing::warn!(run = %self.run.id, stage = %row.name, expired = n, "stage missed: its recipients are expired");
+                    continue;
+                }
                 if let Some(nb) = row.not_before {
                     match self.wait_until(nb).await? {
                         Waited::Due => {}
@@ -194,7 +219,7 @@ impl StagedRun {
                                 .await
                         }
                         // The engine takes the request on its first look and stops.
-                        Waited::Control => return engine().run(Arc::new(Empty::<S>::new())).await,
+                        Waited::Control => return engine(None).run(Arc::new(Empty::<S>::new())).await,
                     }
                 }
                 let (run_id, now, idx) = (self.run.id.clone(), self.clock.now(), row.idx);
@@ -202,7 +227,7 @@ impl StagedRun {
                     .with(move |j| j.set_stage_state(&run_id, idx, "sending", now))
                     .await?;
                 tracing::info!(run = %self.run.id, stage = %row.name, "sending stage {} of {n}", i + 1);
-                let end = engine()
+                let end = engine(spec)
                     .run(Arc::new(StageSource {
                         inner: source.clone(),
                         range: row.first_call..row.first_call + row.calls,
@@ -290,7 +315,7 @@ impl StagedRun {
                         )
                         .await
                 }
-                Waited::Control => return engine().run(Arc::new(Empty::<S>::new())).await,
+                Waited::Control => return engine(None).run(Arc::new(Empty::<S>::new())).await,
             }
             let r = run_id.clone();
             let counts = self.journal.with(move |j| j.counts(&r)).await?;
@@ -338,7 +363,7 @@ impl StagedRun {
         match last {
             Some(end) => Ok(end),
             // Every stage was sent in an earlier session: settle the run's status.
-            None => engine().run(Arc::new(Empty::<S>::new())).await,
+            None => engine(None).run(Arc::new(Empty::<S>::new())).await,
         }
     }
 }

@@ -116,6 +116,15 @@ pub struct Rollout {
     pub max_failure_ratio: f64,
 }
 
+/// "HH:MM" (24-hour) as a time of day.
+fn parse_local_time(s: &str) -> Option<jiff::civil::Time> {
+    let (h, m) = s.trim().split_once(':')?;
+    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        return None;
+    }
+    jiff::civil::Time::new(h.parse().ok()?, m.parse().ok()?, 0, 0).ok()
+}
+
 /// Parse "1%", "0.25%" (at most 4 decimals) into a fraction.
 fn parse_percent(s: &str) -> Option<Share> {
     let num = s.trim().strip_suffix('%')?.trim();
@@ -184,6 +193,10 @@ pub struct AudienceSpec {
     pub exclude: Vec<Source>,
     /// Columns that must be non-empty.
     pub required: Vec<String>,
+    /// The column holding each recipient's IANA time zone (`schedule.local_time`).
+    pub timezone_column: Option<String>,
+    /// The zone of rows with an empty `timezone_column` cell (None: such rows are invalid).
+    pub default_timezone: Option<String>,
 }
 
 /// Where the message body template comes from.
@@ -283,6 +296,9 @@ pub struct Campaign {
     pub breaker: BreakerFields,
     /// `rollout:`: a canary stage first (see `stages`).
     pub rollout: Option<Rollout>,
+    /// `schedule.local_time`: each recipient at this wall-clock time in their own zone (waves,
+    /// see `stages`).
+    pub local_time: Option<jiff::civil::Time>,
     pub audience: AudienceSpec,
     pub message: MessageSpec,
     pub batch: BatchOptions,
@@ -1009,6 +1025,66 @@ fn validate(
         }
     }
 
+    // Local-time waves.
+    let mut local_time = None;
+    let raw_local = raw.schedule.as_ref().and_then(|s| s.local_time.as_ref());
+    if let Some(lt) = raw_local {
+        match parse_local_time(&lt.value) {
+            Some(t) => local_time = Some(t),
+            None => p.located(
+                lt.at,
+                format!(
+                    "schedule.local_time {:?} is not a time of day; write HH:MM in 24-hour form, e.g. 09:00",
+                    lt.value
+                ),
+            ),
+        }
+        if raw.audience.timezone_column.is_none() {
+            p.located(
+                lt.at,
+                "schedule.local_time needs `audience.timezone_column`: the CSV column holding each recipient's IANA time zone",
+            );
+        }
+        if matches!(source, Some(Source::Ids(_))) {
+            p.located(
+                lt.at,
+                "schedule.local_time needs a CSV audience with a time zone column (`audience.csv`, `audience.timezone_column`)",
+            );
+        }
+        if raw.rollout.is_some() {
+            p.located(
+                lt.at,
+                "`rollout` and `schedule.local_time` cannot be combined yet: use one of them",
+            );
+        }
+    } else {
+        if raw.audience.timezone_column.is_some() {
+            p.key(
+                &["audience.timezone_column"],
+                "audience.timezone_column is used by `schedule.local_time`, which is not set",
+            );
+        }
+        if quiet_hours.as_ref().is_some_and(QuietHours::per_recipient) {
+            p.key(
+                &["schedule.quiet_hours.timezone"],
+                "quiet_hours.timezone `recipient` needs `schedule.local_time` and `audience.timezone_column`",
+            );
+        }
+    }
+    let mut default_timezone = None;
+    if let Some(d) = &raw.audience.default_timezone {
+        match jiff::tz::TimeZone::get(d.value.trim()) {
+            Ok(_) => default_timezone = Some(d.value.trim().to_string()),
+            Err(_) => p.at(
+                d,
+                format!(
+                    "audience.default_timezone: unknown time zone {:?}; write an IANA name such as Asia/Shanghai",
+                    d.value
+                ),
+            ),
+        }
+    }
+
     if !p.0.is_empty() {
         return Err(p.0);
     }
@@ -1037,10 +1113,13 @@ fn validate(
         guard_max_recipients,
         breaker,
         rollout,
+        local_time,
         audience: AudienceSpec {
             source,
             exclude,
             required: raw.audience.required,
+            timezone_column: raw.audience.timezone_column,
+            default_timezone,
         },
         message: MessageSpec {
             kind,

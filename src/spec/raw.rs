@@ -168,6 +168,14 @@ pub struct RawAudience {
     /// Columns that must be non-empty; rows where one is empty are `invalid`.
     #[serde(default)]
     pub required: Vec<String>,
+    /// The CSV column holding each recipient's IANA time zone (with `schedule.local_time`); a row
+    /// whose zone is unknown is `invalid`.
+    #[serde(default)]
+    pub timezone_column: Option<String>,
+    /// The zone of rows whose `timezone_column` cell is empty (default: such rows are `invalid`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub default_timezone: Option<Spanned<String>>,
 }
 
 /// A suppression list.
