@@ -533,8 +533,7 @@ impl QuietHours {
 
     /// Whether no call may start at `t` (never for `timezone: recipient` until bound to a zone).
     pub fn is_quiet(&self, t: Timestamp) -> bool {
-        !self.recipient
-            && self.in_window(t.to_zoned(self.tz.clone()).time())
+        !self.recipient && self.in_window(t.to_zoned(self.tz.clone()).time())
     }
 
     /// When quiet hours containing `t` end (`t` itself if not quiet).

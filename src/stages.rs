@@ -83,10 +83,7 @@ pub struct Zones {
 impl Zones {
     /// None when the campaign has no local-time waves. An audience without the column is an
     /// error (nothing could be sent at anyone's local time).
-    pub fn new(
-        c: &Campaign,
-        columns: &[String],
-    ) -> Result<Option<Zones>, crate::plan::PlanError> {
+    pub fn new(c: &Campaign, columns: &[String]) -> Result<Option<Zones>, crate::plan::PlanError> {
         let (Some(_), Some(column)) = (c.local_time, c.audience.timezone_column.as_ref()) else {
             return Ok(None);
         };
@@ -115,11 +112,7 @@ impl Zones {
 
     /// The number of the row's zone, or why the row is invalid.
     pub fn resolve(&mut self, fields: &csv::StringRecord) -> Result<u16, String> {
-        let cell = self
-            .col
-            .and_then(|i| fields.get(i))
-            .unwrap_or("")
-            .trim();
+        let cell = self.col.and_then(|i| fields.get(i)).unwrap_or("").trim();
         let name = if cell.is_empty() {
             match &self.default {
                 Some(d) => d.clone(),

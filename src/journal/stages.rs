@@ -222,14 +222,7 @@ impl Journal {
                 "UPDATE recipients SET status = 'expired', error_message = ?5, updated_at = ?6
                  WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'
                    AND call_seq >= ?3 AND call_seq < ?4",
-                params![
-                    lo,
-                    hi,
-                    calls.start as i64,
-                    calls.end as i64,
-                    why,
-                    ts(now)
-                ],
+                params![lo, hi, calls.start as i64, calls.end as i64, why, ts(now)],
             )
             .map_err(db)? as u64;
         count_move(

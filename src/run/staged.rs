@@ -219,7 +219,9 @@ impl StagedRun {
                                 .await
                         }
                         // The engine takes the request on its first look and stops.
-                        Waited::Control => return engine(None).run(Arc::new(Empty::<S>::new())).await,
+                        Waited::Control => {
+                            return engine(None).run(Arc::new(Empty::<S>::new())).await
+                        }
                     }
                 }
                 let (run_id, now, idx) = (self.run.id.clone(), self.clock.now(), row.idx);

@@ -448,3 +448,197 @@ fn a_crash_during_the_canary_wait_resumes_at_the_gate() {
     assert!(delivered.values().all(|n| *n == 1), "nobody twice");
     assert_eq!(stats.duplicates, 0);
 }
+
+// ---- local-time waves ------------------------------------------------------------------------
+
+/// An audience of `per_zone` users in each of `zones` (ids 300000.. in zone order), plus one row
+/// with an unknown zone (line 2) and one with an empty cell.
+fn zoned_audience(repo: &Repo, zones: &[&str], per_zone: u64) -> BTreeMap<String, BTreeSet<u64>> {
+    let mut s = String::from("user_id,grp,tz\n999,g0,Mars/Olympus\n998,g0,\n");
+    let mut by: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut id = 300_000u64;
+    for i in 0..per_zone {
+        for z in zones {
+            s.push_str(&format!("{id},g{},{z}\n", i % 2));
+            by.entry(z.to_string()).or_default().insert(id);
+            id += 1;
+        }
+    }
+    std::fs::write(repo.path("a.csv"), s).expect("audience");
+    by
+}
+
+fn wave_request(repo: &Repo, file: &Path, m: &mock::MockHandle, occurrence: &str) -> Request {
+    let mut r = request(repo, file, m);
+    r.occurrence = Some(format!("tz@{occurrence}"));
+    r
+}
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().expect("timestamp")
+}
+
+/// Three zones on the day New York springs forward (2026-03-08): each wave at 09:00 in its
+/// zones, earliest first, on the simulated clock; New York's 09:00 is already EDT (13:00 UTC,
+/// not 14:00). Every valid recipient once, each delivered no earlier than their wave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_go_at_each_zones_local_time_across_a_dst_change() {
+    let repo = Repo::new();
+    let by_zone = zoned_audience(
+        &repo,
+        &["America/New_York", "Asia/Tokyo", "Europe/London"],
+        40,
+    );
+    let file = repo.campaign(
+        "tz",
+        "http://127.0.0.1:9",
+        "schedule: { local_time: \"09:00\" }\n",
+    );
+    let mut text = std::fs::read_to_string(&file).expect("read");
+    text = text.replace(
+        "audience: { csv: a.csv }",
+        "audience: { csv: a.csv, timezone_column: tz }",
+    );
+    std::fs::write(&file, text).expect("write");
+    // The occurrence fires at midnight UTC on the 8th; Tokyo's 09:00 is that instant.
+    let clock = SimClock::new(ts("2026-03-07T23:59:00Z"));
+    let shared: SharedClock = Arc::new(clock.clone());
+    let rec = repo.path("record.jsonl");
+    let m = mock::start(MockConfig {
+        limit: 100_000,
+        window: Duration::from_secs(1),
+        record: Some(rec.clone()),
+        clock: shared.clone(),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let s = run_campaign(
+        wave_request(&repo, &file, &m, "2026-03-08T00:00:00Z"),
+        shared,
+        StopToken::new(),
+    )
+    .await
+    .expect("run");
+    let stats = m.stats();
+    m.shutdown().await;
+    assert_eq!(s.exit, Exit::Ok, "{s:?}");
+    assert_eq!(
+        s.counts[&RecipientStatus::Invalid],
+        2,
+        "unknown and empty zone"
+    );
+
+    let j = repo.journal();
+    let run = j.latest_run("tz", false).expect("q").expect("run");
+    let rows = j.stages(&run.id).expect("stages");
+    let at: Vec<Timestamp> = rows.iter().filter_map(|r| r.not_before).collect();
+    assert_eq!(
+        at,
+        vec![
+            ts("2026-03-08T00:00:00Z"), // Tokyo, JST
+            ts("2026-03-08T09:00:00Z"), // London, GMT
+            ts("2026-03-08T13:00:00Z"), // New York, EDT from 02:00 that morning
+        ]
+    );
+    for r in &rows {
+        assert_eq!(r.state, "sent", "{r:?}");
+        assert!(r.started_at.expect("started") >= r.not_before.expect("at"));
+        assert_eq!(r.recipients, 40);
+    }
+    // The unknown zone is invalid with its line and the reason.
+    let bad = j
+        .recipients(&run.id)
+        .expect("rows")
+        .into_iter()
+        .find(|r| r.id == Some(999))
+        .expect("row 999");
+    assert_eq!(bad.line, 2);
+    assert!(
+        bad.error_message
+            .as_deref()
+            .or(bad.detail.as_deref())
+            .unwrap_or("")
+            .contains("Mars/Olympus"),
+        "{bad:?}"
+    );
+
+    // Each recipient once, no earlier than their zone's wave.
+    let lines = record_lines(&rec, stats.delivered);
+    assert_eq!(lines.len(), 120);
+    assert_eq!(stats.duplicates, 0);
+    let wave_of = |zone: &str| match zone {
+        "Asia/Tokyo" => at[0],
+        "Europe/London" => at[1],
+        _ => at[2],
+    };
+    let mut seen = BTreeSet::new();
+    for v in &lines {
+        let id = v["recipient"].as_u64().expect("id");
+        assert!(seen.insert(id), "{id} twice");
+        let when = ts(v["time"].as_str().expect("time"));
+        let zone = by_zone
+            .iter()
+            .find(|(_, ids)| ids.contains(&id))
+            .map(|(z, _)| z.as_str())
+            .expect("a zone");
+        assert!(when >= wave_of(zone), "{id} in {zone} at {when}");
+    }
+}
+
+/// A wave missed by more than `not_after` (the run starts late) is `expired` for its
+/// recipients; later waves still go at their time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_wave_is_expired_and_the_next_still_goes() {
+    let repo = Repo::new();
+    let by_zone = zoned_audience(&repo, &["Asia/Tokyo", "Europe/London"], 10);
+    let file = repo.campaign(
+        "tz",
+        "http://127.0.0.1:9",
+        "schedule: { local_time: \"09:00\", not_after: 30m }\n",
+    );
+    let mut text = std::fs::read_to_string(&file).expect("read");
+    text = text.replace(
+        "audience: { csv: a.csv }",
+        "audience: { csv: a.csv, timezone_column: tz, default_timezone: Europe/London }",
+    );
+    std::fs::write(&file, text).expect("write");
+    // Two hours after Tokyo's 09:00.
+    let clock = SimClock::new(ts("2026-06-01T02:00:00Z"));
+    let shared: SharedClock = Arc::new(clock.clone());
+    let m = mock::start(MockConfig {
+        limit: 100_000,
+        window: Duration::from_secs(1),
+        clock: shared.clone(),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let s = run_campaign(
+        wave_request(&repo, &file, &m, "2026-06-01T00:00:00Z"),
+        shared,
+        StopToken::new(),
+    )
+    .await
+    .expect("run");
+    let stats = m.stats();
+    m.shutdown().await;
+    assert_eq!(s.exit, Exit::Incomplete, "expired recipients: exit 3");
+    assert_eq!(s.counts[&RecipientStatus::Expired], 10, "Tokyo's wave");
+    // London (BST: 08:00 UTC) plus the empty-zone row defaulted to London.
+    assert_eq!(s.counts[&RecipientStatus::Sent], 11);
+    assert_eq!(stats.delivered, 11);
+    let j = repo.journal();
+    let run = j.latest_run("tz", false).expect("q").expect("run");
+    let rows = j.stages(&run.id).expect("stages");
+    assert_eq!(rows[0].state, "expired");
+    assert_eq!(rows[1].not_before, Some(ts("2026-06-01T08:00:00Z")));
+    let expired: BTreeSet<u64> = j
+        .recipients(&run.id)
+        .expect("rows")
+        .into_iter()
+        .filter(|r| r.status == RecipientStatus::Expired)
+        .filter_map(|r| r.id)
+        .collect();
+    assert_eq!(&expired, &by_zone["Asia/Tokyo"]);
+}
