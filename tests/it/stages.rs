@@ -642,3 +642,75 @@ async fn a_missed_wave_is_expired_and_the_next_still_goes() {
         .collect();
     assert_eq!(&expired, &by_zone["Asia/Tokyo"]);
 }
+
+// ---- plan output -----------------------------------------------------------------------------
+
+#[test]
+fn plan_shows_the_canary_stage_and_its_gate() {
+    let f = crate::common::Fixture::new();
+    let mut csv = String::from("user_id,grp\n");
+    for i in 0..1_000 {
+        csv.push_str(&format!("{},g{}\n", 500_000 + i, i % 2));
+    }
+    f.write("a.csv", &csv);
+    f.write(
+        "c.yaml",
+        &format!(
+            "{}audience: {{ csv: a.csv }}\nmessage: {{ type: text, text: \"Hi {{{{ grp }}}}\" }}\n\
+             rollout: {{ canary: 2%, wait: 15m, max_failure_ratio: 0.05 }}\n",
+            crate::common::HEAD
+        ),
+    );
+    let out = f.imcast(&["plan", "c.yaml", "--now", "2026-03-01T00:00:00Z"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = f.redact(&String::from_utf8_lossy(&out.stdout));
+    let stages: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("stages") || l.starts_with("           "))
+        .collect();
+    insta::assert_snapshot!(stages.join("\n"));
+}
+
+#[test]
+fn plan_shows_the_waves_and_warns_when_one_overruns_the_next() {
+    let f = crate::common::Fixture::new();
+    let mut csv = String::from("user_id,grp,tz\n1,g0,Mars/Olympus\n");
+    for i in 0..30u64 {
+        for (k, z) in ["Asia/Kolkata", "Asia/Kathmandu", "Europe/Berlin", "Europe/Paris"]
+            .iter()
+            .enumerate()
+        {
+            csv.push_str(&format!("{},g{},{z}\n", 600_000 + i * 10 + k as u64, i % 2));
+        }
+    }
+    f.write("a.csv", &csv);
+    f.write(
+        "c.yaml",
+        &format!(
+            "{}audience: {{ csv: a.csv, timezone_column: tz }}\nmessage: {{ type: text, text: \"Hi {{{{ grp }}}}\" }}\n\
+             schedule: {{ local_time: \"09:00\", cron: \"0 0 * * *\", timezone: Asia/Kathmandu }}\n\
+             throttle: {{ limit: 1, window: 1m }}\n",
+            crate::common::HEAD
+        ),
+    );
+    let out = f.imcast(&["plan", "c.yaml", "--now", "2026-03-28T12:00:00Z"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = f.redact(&String::from_utf8_lossy(&out.stdout));
+    let shown: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("audience")
+                || l.starts_with("stages")
+                || l.starts_with("           ")
+                || l.starts_with("warning")
+        })
+        .collect();
+    insta::assert_snapshot!(shown.join("\n"));
+
+    let out = f.imcast(&["plan", "c.yaml", "--now", "2026-03-28T12:00:00Z", "--output", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let waves = v["stages"].as_array().expect("stages");
+    assert_eq!(waves.len(), 3, "Berlin and Paris share one instant");
+    assert_eq!(waves[2]["zones"], serde_json::json!(["Europe/Berlin", "Europe/Paris"]));
+    assert_eq!(waves[2]["recipients"], 60);
+}
