@@ -662,7 +662,11 @@ fn plan_shows_the_canary_stage_and_its_gate() {
         ),
     );
     let out = f.imcast(&["plan", "c.yaml", "--now", "2026-03-01T00:00:00Z"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = f.redact(&String::from_utf8_lossy(&out.stdout));
     let stages: Vec<&str> = text
         .lines()
@@ -676,9 +680,14 @@ fn plan_shows_the_waves_and_warns_when_one_overruns_the_next() {
     let f = crate::common::Fixture::new();
     let mut csv = String::from("user_id,grp,tz\n1,g0,Mars/Olympus\n");
     for i in 0..30u64 {
-        for (k, z) in ["Asia/Kolkata", "Asia/Kathmandu", "Europe/Berlin", "Europe/Paris"]
-            .iter()
-            .enumerate()
+        for (k, z) in [
+            "Asia/Kolkata",
+            "Asia/Kathmandu",
+            "Europe/Berlin",
+            "Europe/Paris",
+        ]
+        .iter()
+        .enumerate()
         {
             csv.push_str(&format!("{},g{},{z}\n", 600_000 + i * 10 + k as u64, i % 2));
         }
@@ -694,7 +703,11 @@ fn plan_shows_the_waves_and_warns_when_one_overruns_the_next() {
         ),
     );
     let out = f.imcast(&["plan", "c.yaml", "--now", "2026-03-28T12:00:00Z"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = f.redact(&String::from_utf8_lossy(&out.stdout));
     let shown: Vec<&str> = text
         .lines()
@@ -707,10 +720,113 @@ fn plan_shows_the_waves_and_warns_when_one_overruns_the_next() {
         .collect();
     insta::assert_snapshot!(shown.join("\n"));
 
-    let out = f.imcast(&["plan", "c.yaml", "--now", "2026-03-28T12:00:00Z", "--output", "json"]);
+    let out = f.imcast(&[
+        "plan",
+        "c.yaml",
+        "--now",
+        "2026-03-28T12:00:00Z",
+        "--output",
+        "json",
+    ]);
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     let waves = v["stages"].as_array().expect("stages");
     assert_eq!(waves.len(), 3, "Berlin and Paris share one instant");
-    assert_eq!(waves[2]["zones"], serde_json::json!(["Europe/Berlin", "Europe/Paris"]));
+    assert_eq!(
+        waves[2]["zones"],
+        serde_json::json!(["Europe/Berlin", "Europe/Paris"])
+    );
     assert_eq!(waves[2]["recipients"], 60);
+}
+
+/// SIGKILL while a real `imcast run` waits for its second wave: the restarted run resumes at
+/// that wave (the first is not sent again), sends it at its time, and everyone gets one message.
+/// The waves are 09:00-style local times of two real zones 15 (or 30) minutes apart, chosen so
+/// the first is just past (within `not_after`) and the second is the next whole minute.
+#[cfg(unix)]
+#[test]
+fn a_crash_between_waves_resumes_at_the_next_wave() {
+    use crate::common::OutputWithin;
+    use jiff::tz::TimeZone;
+    let now = Timestamp::now();
+    let utc_date = now.to_zoned(TimeZone::UTC).date();
+    let mut next = (now.as_second() / 60 + 1) * 60;
+    if next - now.as_second() < 8 {
+        next += 60;
+    }
+    // Zones whose local date is the UTC date at that hour (the run's wave date is UTC's).
+    let (first, second) = if now.to_zoned(TimeZone::UTC).hour() < 18 {
+        ("Asia/Kathmandu", "Asia/Kolkata")
+    } else {
+        ("America/St_Johns", "America/Halifax")
+    };
+    let tz2 = TimeZone::get(second).expect("zone");
+    let (t2, local) = (0..3)
+        .map(|k| Timestamp::from_second(next + 60 * k).expect("t"))
+        .map(|t| (t, t.to_zoned(tz2.clone()).time()))
+        .find(|(t, l)| imcast::stages::local_instant(utc_date, *l, &tz2) == *t)
+        .expect("a wave time on today's date");
+
+    let repo = Repo::new();
+    let rec = repo.path("record.jsonl");
+    let mock = MockServer::start(&rec);
+    let by_zone = zoned_audience(&repo, &[first, second], 50);
+    let file = repo.campaign(
+        "tz",
+        &mock.endpoint(),
+        &format!(
+            "schedule: {{ local_time: \"{}\" }}\n",
+            local.strftime("%H:%M")
+        ),
+    );
+    let text = std::fs::read_to_string(&file).expect("read").replace(
+        "audience: { csv: a.csv }",
+        "audience: { csv: a.csv, timezone_column: tz }",
+    );
+    std::fs::write(&file, text).expect("write");
+
+    let mut child = imcast_run(&repo, &file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("imcast run");
+    crate::common::poll_while_running(
+        &mut child,
+        Duration::from_secs(60),
+        "the wait for the second wave",
+        || {
+            stages_now(&repo, "tz")
+                .is_some_and(|s| s.len() == 2 && s[0].state == "sent" && s[1].state == "waiting")
+        },
+    );
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    assert!(
+        Timestamp::now() < t2,
+        "killed before the second wave was due"
+    );
+    let at_kill = deliveries(&rec, mock.stats().delivered);
+    assert_eq!(
+        at_kill.keys().copied().collect::<BTreeSet<_>>(),
+        by_zone[first],
+        "only the first wave was sent"
+    );
+
+    let out = imcast_run(&repo, &file).output_limited().expect("resume");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("Resuming"), "{stderr}");
+    let rows = stages_now(&repo, "tz").expect("stages");
+    assert_eq!(rows[1].not_before, Some(t2));
+    assert!(rows[1].started_at.expect("second wave started") >= t2);
+
+    let stats = mock.stats();
+    let delivered = deliveries(&rec, stats.delivered);
+    let all: BTreeSet<u64> = by_zone.values().flatten().copied().collect();
+    assert_eq!(
+        delivered.keys().copied().collect::<BTreeSet<_>>(),
+        all,
+        "nobody skipped"
+    );
+    assert!(delivered.values().all(|n| *n == 1), "nobody twice");
+    assert_eq!(stats.duplicates, 0);
 }
