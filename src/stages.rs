@@ -113,6 +113,10 @@ impl Zones {
     /// The number of the row's zone, or why the row is invalid.
     pub fn resolve(&mut self, fields: &csv::StringRecord) -> Result<u16, String> {
         let cell = self.col.and_then(|i| fields.get(i)).unwrap_or("").trim();
+        // The common case: a zone seen before, looked up without allocating.
+        if let Some(found) = self.by_name.get(cell) {
+            return found.ok_or_else(|| self.unknown(cell));
+        }
         let name = if cell.is_empty() {
             match &self.default {
                 Some(d) => d.clone(),

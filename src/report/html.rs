@@ -214,6 +214,8 @@ struct Page {
     unknown: UnknownView,
     variants: Vec<Variant>,
     variants_sentence: String,
+    /// The run's stages (empty: sent as one stage).
+    stages: Vec<super::StageSummary>,
     files: Vec<FileRow>,
     files_note: Option<String>,
 }
@@ -843,6 +845,18 @@ pub(super) fn render(
         unknown,
         variants: recorded.into_iter().map(variant_view).collect(),
         variants_sentence,
+        stages: s
+            .stages
+            .iter()
+            .map(|st| super::StageSummary {
+                name: facts::clip(&st.name, facts::MAX_TEXT),
+                detail: st
+                    .detail
+                    .as_deref()
+                    .map(|d| facts::clip(d, facts::MAX_TEXT)),
+                ..st.clone()
+            })
+            .collect(),
         files,
         files_note: s.files.as_ref().and_then(|f| f.note.clone()),
     };

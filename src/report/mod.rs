@@ -204,9 +204,33 @@ pub struct Summary {
     pub calls: CallsSummary,
     pub rate: RateSummary,
     pub audit: serde_json::Value,
+    /// The run's stages in order (a canary and the rest, or local-time waves); absent for a
+    /// run sent as one stage.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageSummary>,
     /// The report's files (set when a report is written).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<ReportFiles>,
+}
+
+/// One stage of a staged run as the journal holds it (see `stages`, `journal::stages`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageSummary {
+    pub name: String,
+    /// waiting | sending | sent | expired.
+    pub state: String,
+    pub recipients: u64,
+    pub calls: u64,
+    /// Not before this time (a wave's local time).
+    pub not_before: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// The gate after the stage (the canary's): waiting | passed | failed | overridden | skipped.
+    pub gate: Option<String>,
+    /// When the gate decides.
+    pub gate_at: Option<String>,
+    /// The gate's numbers, or why the stage expired.
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -333,6 +357,22 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
             },
         },
         audit: run.audit.clone(),
+        stages: journal
+            .stages(&run.id)?
+            .into_iter()
+            .map(|r| StageSummary {
+                name: r.name,
+                state: r.state,
+                recipients: r.recipients,
+                calls: r.calls,
+                not_before: r.not_before.map(|t| t.to_string()),
+                started_at: r.started_at.map(|t| t.to_string()),
+                finished_at: r.finished_at.map(|t| t.to_string()),
+                gate: r.gate,
+                gate_at: r.gate_at.map(|t| t.to_string()),
+                detail: r.detail,
+            })
+            .collect(),
         files: None,
     })
 }

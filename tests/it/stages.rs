@@ -168,6 +168,22 @@ async fn the_canary_goes_first_waits_on_the_clock_then_the_rest_follows() {
         first, expected,
         "the canary is sent first and is the stable sample"
     );
+
+    // The report shows the stages: summary.json and report.html.
+    let dir = s.report_dir.as_ref().expect("report");
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).expect("summary"))
+            .expect("json");
+    assert_eq!(summary["stages"][0]["name"], "canary");
+    assert_eq!(summary["stages"][0]["gate"], "passed");
+    assert_eq!(summary["stages"][1]["state"], "sent");
+    assert_eq!(
+        summary["stages"][1]["recipients"],
+        1_000 - expected.len() as u64
+    );
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(html.contains(r#"<tr data-stage="canary">"#), "stages table");
+    assert!(html.contains("0 of "), "the gate's numbers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -829,4 +845,125 @@ fn a_crash_between_waves_resumes_at_the_next_wave() {
     );
     assert!(delivered.values().all(|n| *n == 1), "nobody twice");
     assert_eq!(stats.duplicates, 0);
+}
+
+// ---- the daemon -------------------------------------------------------------------------------
+
+/// The daemon sends the canary of a scheduled occurrence and waits; SIGKILL during the wait, a
+/// new daemon resumes the same run of the occurrence at the gate (the same decision time), then
+/// sends the rest: one occurrence, one run, everyone once.
+#[cfg(unix)]
+#[test]
+fn the_daemon_resumes_a_canary_wait_after_sigkill() {
+    use imcast::daemon::state;
+    let repo = Repo::new();
+    let root = std::fs::canonicalize(repo.dir.path()).expect("canon");
+    let rec = root.join("record.jsonl");
+    let mock = MockServer::start(&rec);
+    let campaigns = root.join("campaigns");
+    std::fs::create_dir_all(&campaigns).expect("mkdir");
+    let ids: Vec<u64> = (0..600).map(|i| 700_000 + i).collect();
+    let mut csv = String::from("user_id,grp\n");
+    for (i, id) in ids.iter().enumerate() {
+        csv.push_str(&format!("{id},g{}\n", i % 3));
+    }
+    std::fs::write(campaigns.join("a.csv"), csv).expect("audience");
+    let at = Timestamp::from_second(Timestamp::now().as_second() + 3).expect("at");
+    std::fs::write(
+        campaigns.join("can.yaml"),
+        format!(
+            "version: 1\nname: can\nprovider: {{ app_id: 1, region: cn-north-1, endpoint: \"{}\" }}\n\
+             action: batch\nsender: 10001\naudience: {{ csv: a.csv }}\n\
+             message: {{ type: text, text: \"Hi {{{{ grp }}}}\" }}\n\
+             schedule: {{ at: {at} }}\nrollout: {{ canary: 10%, wait: 4s }}\n",
+            mock.endpoint()
+        ),
+    )
+    .expect("campaign");
+    let log = root.join("daemon.log");
+    let daemon = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
+        std::process::Command::new(crate::common::bin())
+            .arg("daemon")
+            .arg(&campaigns)
+            .arg("--state-dir")
+            .arg(root.join(".imcast"))
+            .arg("--report-dir")
+            .arg(root.join("reports"))
+            .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
+            .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
+            .env_remove("VOLC_SECRETKEY_FILE")
+            .env_remove("IMCAST_FAILPOINT")
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("daemon")
+    };
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let stages = || {
+        let db = root.join(".imcast").join(imcast::journal::DB_FILE);
+        let j = Journal::open_reader(&db, 256).ok()?;
+        let run = j.latest_run("can", false).ok()??;
+        j.stages(&run.id).ok()
+    };
+    let waiting = |s: &Option<Vec<StageRow>>| {
+        s.as_ref().is_some_and(|s| {
+            s.first()
+                .is_some_and(|c| c.gate.as_deref() == Some("waiting") && c.gate_at.is_some())
+        })
+    };
+
+    let mut first = daemon();
+    crate::common::poll_while_running(
+        &mut first,
+        Duration::from_secs(120),
+        "the canary wait",
+        || waiting(&stages()),
+    );
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+    let before = stages().expect("stages");
+    let gate_at = before[0].gate_at.expect("gate time");
+    let canary = canary_of("can", &ids, 10, 100);
+    assert_eq!(
+        deliveries(&rec, mock.stats().delivered)
+            .keys()
+            .copied()
+            .collect::<BTreeSet<_>>(),
+        canary,
+        "only the canary before the kill"
+    );
+
+    let mut second = daemon();
+    let conn = || state::open(&root.join(".imcast")).expect("state");
+    crate::common::poll_while_running(&mut second, Duration::from_secs(120), "the rest", || {
+        state::occurrences(&conn(), Some("can"))
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.finished_at.is_some())
+    });
+    let _ = second.kill();
+    let _ = second.wait();
+    let occ = state::occurrences(&conn(), Some("can")).expect("rows");
+    assert_eq!(occ.len(), 1, "{occ:?}");
+    assert_eq!(occ[0].status, "done", "{occ:?}\n{}", read_log());
+    let journal = repo.journal();
+    assert_eq!(journal.runs("can").expect("runs").len(), 1, "one run");
+    let after = stages().expect("stages");
+    assert_eq!(after[0].gate_at, Some(gate_at), "the same wait");
+    assert_eq!(after[0].gate.as_deref(), Some("passed"));
+    let stats = mock.stats();
+    let got = deliveries(&rec, stats.delivered);
+    assert_eq!(
+        got.keys().copied().collect::<BTreeSet<_>>(),
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        "nobody skipped"
+    );
+    assert!(got.values().all(|n| *n == 1), "nobody twice");
 }
