@@ -390,6 +390,127 @@ pub fn gate(c: GateCounts, max_ratio: f64) -> (f64, bool) {
 mod tests {
     use super::*;
 
+    fn campaign(rollout: &str) -> Campaign {
+        let text = format!(
+            "version: 1\nname: spring\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\n\
+             sender: 1\naudience: {{ ids: [1] }}\nmessage: {{ type: text, text: hi }}\nrollout: {rollout}\n"
+        );
+        crate::spec::parse_str(
+            &text,
+            "/tmp/c.yaml".into(),
+            "/tmp".into(),
+            &crate::spec::LoadOptions::default(),
+        )
+        .expect("valid campaign")
+    }
+
+    fn canary(c: &Campaign, ids: &[u64]) -> std::collections::BTreeSet<u64> {
+        let st = assign_rows(c, ids).expect("staged");
+        ids.iter()
+            .zip(st.row_stage.iter())
+            .filter(|(_, s)| **s == 0)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    #[test]
+    fn a_share_canary_is_within_binomial_bounds_and_stable_under_reordering() {
+        let c = campaign("{ canary: 1% }");
+        let ids: Vec<u64> = (0..100_000u64).map(|i| i * 7 + 3).collect();
+        let a = canary(&c, &ids);
+        // 1 % of 100,000 is 1,000; σ ≈ 31.5, so ±5σ is ±158.
+        assert!((842..=1_158).contains(&a.len()), "{}", a.len());
+        let mut shuffled = ids.clone();
+        shuffled.reverse();
+        shuffled.rotate_left(12_345);
+        assert_eq!(canary(&c, &shuffled), a, "independent of CSV order");
+        // Another campaign draws another sample.
+        let mut autumn = campaign("{ canary: 1% }");
+        autumn.name = "autumn".into();
+        let other = canary(&autumn, &ids);
+        assert_ne!(other, a);
+    }
+
+    #[test]
+    fn a_count_canary_takes_exactly_that_many_lowest_points() {
+        let c = campaign("{ canary: 500 }");
+        let ids: Vec<u64> = (1..=20_000u64).collect();
+        let a = canary(&c, &ids);
+        assert_eq!(a.len(), 500);
+        let max_in = a
+            .iter()
+            .map(|id| point("spring", Purpose::Canary, *id))
+            .max()
+            .expect("some");
+        let min_out = ids
+            .iter()
+            .filter(|id| !a.contains(id))
+            .map(|id| point("spring", Purpose::Canary, *id))
+            .min()
+            .expect("some");
+        assert!(max_in < min_out);
+        let mut rev = ids.clone();
+        rev.reverse();
+        assert_eq!(canary(&c, &rev), a);
+        // Fewer recipients than the count: everyone is the canary.
+        assert_eq!(canary(&c, &ids[..10]).len(), 10);
+    }
+
+    #[test]
+    fn shares_parse_and_print() {
+        for (text, shown) in [
+            ("1%", "1%"),
+            ("0.5%", "0.5%"),
+            ("12.25%", "12.25%"),
+            ("100%", "100%"),
+        ] {
+            let c = campaign(&format!("{{ canary: \"{text}\" }}"));
+            assert_eq!(c.rollout.expect("rollout").canary.to_string(), shown);
+        }
+        let bad = |r: &str| {
+            crate::spec::parse_str(
+                &format!(
+                    "version: 1\nname: s\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\n\
+                     sender: 1\naudience: {{ ids: [1] }}\nmessage: {{ type: text, text: hi }}\nrollout: {r}\n"
+                ),
+                "/tmp/c.yaml".into(),
+                "/tmp".into(),
+                &crate::spec::LoadOptions::default(),
+            )
+            .expect_err("invalid")
+        };
+        let e = bad("{ canary: \"150%\" }");
+        assert!(e[0].message.contains("rollout.canary"), "{e:?}");
+        assert_eq!(e[0].line, Some(8));
+        let e = bad("{ canary: 0 }");
+        assert!(e[0].message.contains("at least 1"), "{e:?}");
+        let e = bad("{ canary: 1%, max_failure_ratio: 2 }");
+        assert!(e[0].message.contains("between 0 and 1"), "{e:?}");
+        let e = bad("{ canary: 1%, wait: soon }");
+        assert!(e[0].message.contains("rollout.wait"), "{e:?}");
+    }
+
+    #[test]
+    fn a_wave_time_skipped_by_dst_is_the_first_instant_after_the_gap() {
+        let ny = jiff::tz::TimeZone::get("America/New_York").expect("zone");
+        let d = jiff::civil::date(2026, 3, 8);
+        // 02:30 does not exist that morning in New York: it is 03:30 EDT (07:30 UTC).
+        let t = local_instant(d, jiff::civil::time(2, 30, 0, 0), &ny);
+        assert_eq!(
+            t,
+            "2026-03-08T07:30:00Z"
+                .parse::<jiff::Timestamp>()
+                .expect("t")
+        );
+        let t = local_instant(d, jiff::civil::time(9, 0, 0, 0), &ny);
+        assert_eq!(
+            t,
+            "2026-03-08T13:00:00Z"
+                .parse::<jiff::Timestamp>()
+                .expect("t")
+        );
+    }
+
     #[test]
     fn order_rows_groups_each_stage_contiguously() {
         // rows: group, stage
