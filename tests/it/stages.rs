@@ -967,3 +967,56 @@ fn the_daemon_resumes_a_canary_wait_after_sigkill() {
     );
     assert!(got.values().all(|n| *n == 1), "nobody twice");
 }
+
+// ---- the plan ---------------------------------------------------------------------------------
+
+/// With stages the plan's calls are ordered by stage, each stage one contiguous range of call
+/// numbers, every valid recipient in exactly one call — the call its audience row names (what the
+/// journal is seeded with) — also when Contents are re-rendered at send time.
+#[test]
+fn staged_calls_are_contiguous_and_match_each_rows_call() {
+    use imcast::plan::{build_with, PlanOptions, RowStatus, StoreLimits};
+    let repo = Repo::new();
+    let mut csv = String::from("user_id,grp\n");
+    for i in 0..3_000u64 {
+        csv.push_str(&format!("{},g{}\n", 800_000 + i, i % 7));
+    }
+    std::fs::write(repo.path("a.csv"), csv).expect("audience");
+    let file = repo.campaign("can", "http://127.0.0.1:9", "rollout: { canary: 5% }\n");
+    let c = imcast::spec::load(&file, &imcast::spec::LoadOptions::default()).expect("campaign");
+    for limits in [
+        StoreLimits::default(),
+        StoreLimits {
+            max_contents: 1,
+            max_bytes: 1 << 20,
+        },
+    ] {
+        let plan = build_with(&c, &PlanOptions::default(), limits).expect("plan");
+        let stages = plan.stages();
+        assert_eq!(stages.len(), 2);
+        assert_eq!(stages[0].first_call, 0);
+        assert_eq!(stages[1].first_call, stages[0].calls);
+        assert_eq!(stages[0].calls + stages[1].calls, plan.counts().calls);
+        let calls: Vec<_> = plan.calls().collect::<Result<_, _>>().expect("calls");
+        let mut call_of = BTreeMap::new();
+        for call in &calls {
+            for id in &call.receivers {
+                assert!(call_of.insert(*id, call.seq).is_none(), "{id} in two calls");
+            }
+        }
+        assert_eq!(call_of.len(), 3_000);
+        let canary: BTreeSet<u64> = calls[..stages[0].calls as usize]
+            .iter()
+            .flat_map(|c| c.receivers.clone())
+            .collect();
+        let ids: Vec<u64> = (0..3_000).map(|i| 800_000 + i).collect();
+        assert_eq!(canary, canary_of("can", &ids, 5, 100));
+        for row in plan.rows() {
+            let row = row.expect("row");
+            let RowStatus::Valid { call } = row.status else {
+                panic!("{row:?}")
+            };
+            assert_eq!(Some(&call), call_of.get(&row.id.expect("id")), "{row:?}");
+        }
+    }
+}
