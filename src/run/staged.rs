@@ -114,6 +114,14 @@ impl StagedRun {
         }
     }
 
+    /// Say in the run's status line what it waits for (`imcast status` shows it).
+    async fn note_wait(&self, why: String) -> Result<(), JournalError> {
+        let (run, now) = (self.run.id.clone(), self.clock.now());
+        self.journal
+            .with(move |j| j.set_status(&run, RunStatus::Running, Some(&why), now))
+            .await
+    }
+
     /// Record the run stopped for `reason` with `status` and give the engine's kind of end.
     async fn end(
         &self,
@@ -205,6 +213,11 @@ impl StagedRun {
                     continue;
                 }
                 if let Some(nb) = row.not_before {
+                    if self.clock.now() < nb {
+                        let zones = spec.map(|s| s.stage.zones.join(", ")).unwrap_or_default();
+                        self.note_wait(format!("waiting: {} ({zones}) starts at {nb}", row.name))
+                            .await?;
+                    }
                     match self.wait_until(nb).await? {
                         Waited::Due => {}
                         Waited::Stopped => {
@@ -304,6 +317,8 @@ impl StagedRun {
                 }
             };
             tracing::info!(run = %self.run.id, stage = %row.name, until = %at, "waiting for the gate");
+            self.note_wait(format!("waiting: the {} gate decides at {at}", row.name))
+                .await?;
             match self.wait_until(at).await? {
                 Waited::Due => {}
                 Waited::Stopped => {

@@ -433,6 +433,20 @@ fn a_crash_during_the_canary_wait_resumes_at_the_gate() {
             })
         },
     );
+    // `imcast status` says what the run waits for.
+    let status = std::process::Command::new(crate::common::bin())
+        .arg("status")
+        .arg(&file)
+        .current_dir(repo.dir.path())
+        .env_remove("RUST_LOG")
+        .output_limited()
+        .expect("status");
+    let shown = String::from_utf8_lossy(&status.stdout).to_string()
+        + &String::from_utf8_lossy(&status.stderr);
+    assert!(
+        shown.contains("waiting: the canary gate decides at"),
+        "{shown}"
+    );
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     let before = stages_now(&repo, "can").expect("stages");
