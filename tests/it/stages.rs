@@ -1034,3 +1034,168 @@ fn staged_calls_are_contiguous_and_match_each_rows_call() {
         }
     }
 }
+
+/// `imcast daemon` on `<root>/campaigns` with the mock's credentials, logging to `log`.
+fn daemon_proc(root: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    std::process::Command::new(crate::common::bin())
+        .arg("daemon")
+        .arg(root.join("campaigns"))
+        .arg("--state-dir")
+        .arg(root.join(".imcast"))
+        .arg("--report-dir")
+        .arg(root.join("reports"))
+        .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
+        .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
+        .env_remove("VOLC_SECRETKEY_FILE")
+        .env_remove("IMCAST_FAILPOINT")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("daemon")
+}
+
+/// Under the daemon a failing canary pauses the campaign (the rest is not sent) until a person
+/// runs `imcast resume NAME`; then the same run sends the rest, the gate recorded `overridden`.
+#[cfg(unix)]
+#[test]
+fn under_the_daemon_a_failed_canary_waits_for_imcast_resume() {
+    use crate::common::OutputWithin;
+    use imcast::daemon::state;
+    let repo = Repo::new();
+    let root = std::fs::canonicalize(repo.dir.path()).expect("canon");
+    let rec = root.join("record.jsonl");
+    // Half the receivers of every call are refused: the canary fails its 2 % bound.
+    let mut mock_child = std::process::Command::new(crate::common::bin())
+        .args(["mock-server", "--limit", "100000", "--window", "1s"])
+        .args(["--failed-receiver-rate", "0.5", "--record"])
+        .arg(&rec)
+        .env_remove("VOLC_ACCESSKEY")
+        .env_remove("VOLC_SECRETKEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mock-server");
+    let addr = crate::common::first_line_within(
+        &mut mock_child,
+        Duration::from_secs(60),
+        "imcast mock-server",
+    );
+    let mock = MockServer {
+        child: mock_child,
+        addr,
+    };
+    let campaigns = root.join("campaigns");
+    std::fs::create_dir_all(&campaigns).expect("mkdir");
+    let ids: Vec<u64> = (0..400).map(|i| 900_000 + i).collect();
+    let mut csv = String::from("user_id,grp\n");
+    for (i, id) in ids.iter().enumerate() {
+        csv.push_str(&format!("{id},g{}\n", i % 2));
+    }
+    std::fs::write(campaigns.join("a.csv"), csv).expect("audience");
+    let at = Timestamp::from_second(Timestamp::now().as_second() + 3).expect("at");
+    std::fs::write(
+        campaigns.join("can.yaml"),
+        format!(
+            "version: 1\nname: can\nprovider: {{ app_id: 1, region: cn-north-1, endpoint: \"{}\" }}\n\
+             action: batch\nsender: 10001\naudience: {{ csv: a.csv }}\n\
+             message: {{ type: text, text: \"Hi {{{{ grp }}}}\" }}\nretry: {{ max_attempts: 1 }}\n\
+             breaker: {{ consecutive_failures: 1000, window_calls: 0, max_failure_ratio: 1.0 }}\n\
+             schedule: {{ at: {at} }}\nrollout: {{ canary: 25%, wait: 1s }}\n",
+            mock.endpoint()
+        ),
+    )
+    .expect("campaign");
+    let log = root.join("daemon.log");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let conn = || state::open(&root.join(".imcast")).expect("state");
+    let stages = || {
+        let db = root.join(".imcast").join(imcast::journal::DB_FILE);
+        let j = Journal::open_reader(&db, 256).ok()?;
+        let run = j.latest_run("can", false).ok()??;
+        j.stages(&run.id).ok()
+    };
+    let mut d = daemon_proc(&root, &log);
+    crate::common::poll_while_running(&mut d, Duration::from_secs(120), "the failed gate", || {
+        stages().is_some_and(|s| {
+            s.first()
+                .is_some_and(|c| c.gate.as_deref() == Some("failed"))
+        }) && state::campaign(&conn(), "can")
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.paused)
+    });
+    let canary = canary_of("can", &ids, 25, 100);
+    let got = deliveries(&rec, mock.stats().delivered);
+    assert!(
+        got.keys().all(|id| canary.contains(id)),
+        "only canary recipients were sent"
+    );
+    let j = repo.journal();
+    let run = j.latest_run("can", false).expect("q").expect("run");
+    assert_eq!(run.status, RunStatus::Paused, "{}", read_log());
+    assert!(run
+        .stop_reason
+        .as_deref()
+        .is_some_and(|r| r.contains("failed its gate")));
+    assert_eq!(
+        j.counts(&run.id).expect("counts")[&RecipientStatus::Pending],
+        (ids.len() - canary.len()) as u64
+    );
+
+    // A person resumes it.
+    let out = std::process::Command::new(crate::common::bin())
+        .args(["resume", "can", "--state-dir"])
+        .arg(root.join(".imcast"))
+        .current_dir(&root)
+        .env_remove("RUST_LOG")
+        .output_limited()
+        .expect("imcast resume");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    crate::common::poll_while_running(&mut d, Duration::from_secs(120), "the rest", || {
+        state::occurrences(&conn(), Some("can"))
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.finished_at.is_some())
+    });
+    let _ = d.kill();
+    let _ = d.wait();
+    let j = repo.journal();
+    assert_eq!(j.runs("can").expect("runs").len(), 1, "the same run");
+    let rows = stages().expect("stages");
+    assert_eq!(
+        rows[0].gate.as_deref(),
+        Some("overridden"),
+        "{}",
+        read_log()
+    );
+    assert_eq!(rows[1].state, "sent");
+    let counts = j.counts(&run.id).expect("counts");
+    assert_eq!(
+        counts.get(&RecipientStatus::Pending).copied().unwrap_or(0),
+        0,
+        "{counts:?}"
+    );
+    let got = deliveries(&rec, mock.stats().delivered);
+    assert!(got.values().all(|n| *n == 1), "nobody twice");
+    assert_eq!(
+        counts[&RecipientStatus::Sent],
+        got.len() as u64,
+        "every delivery is a sent recipient"
+    );
+    assert_eq!(
+        counts[&RecipientStatus::Sent] + counts[&RecipientStatus::Failed],
+        ids.len() as u64,
+        "nobody skipped: {counts:?}"
+    );
+}
