@@ -3,7 +3,11 @@
 //! Grouping: recipients whose rendered Content and Ext are identical form a group; each group is
 //! cut into calls of at most `Action::max_receivers()` (500 for batch, 1 for conversation/p2p),
 //! groups ordered by their first recipient in audience order, recipients in audience order within
-//! a group. So the number of calls is exactly Σ⌈group size / max⌉, the minimum.
+//! a group. So the number of calls is exactly Σ⌈group size / max⌉, the minimum. A staged campaign
+//! (`rollout:`, `schedule.local_time`; see `stages`) is cut per (stage, group) instead, ordered
+//! by stage, then group: each stage's calls are one contiguous range of call numbers
+//! ([`Plan::stages`]), at the cost of at most one partial call per group and stage. An audience
+//! row whose time zone is unknown is `invalid` (with local-time waves).
 //!
 //! Memory: the plan holds 8–16 bytes per valid recipient plus ~40 bytes per distinct Content,
 //! never rows × columns. Each distinct Content is stored once; above [`STORE_MAX_CONTENTS`] (or

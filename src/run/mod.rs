@@ -9,6 +9,8 @@
 //!   callback), the audit block and the journal's decision (create / resume / refuse a changed
 //!   plan / continue / already finished);
 //! - `drive`: the shared limiter, the engine and the report;
+//! - `staged`: a run in stages (canary, waves): one engine per stage, waits and gates kept as
+//!   times in the journal;
 //! - [`test_to`]: the calls of a `--test-to` run.
 //!
 //! [`run_campaign`] builds the plan (`spec` → `plan`, on the blocking pool), picks the target
