@@ -37,5 +37,6 @@ pub mod schedule;
 pub mod send;
 pub mod spec;
 pub mod throttle;
+pub mod variants;
 
 pub use cli::run;

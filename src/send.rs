@@ -282,6 +282,7 @@ impl Progress {
                     RecipientStatus::Invalid
                         | RecipientStatus::Duplicate
                         | RecipientStatus::Suppressed
+                        | RecipientStatus::Holdout
                 )
             })
             .map(|(_, n)| n)

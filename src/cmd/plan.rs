@@ -13,7 +13,7 @@ use crate::cli::{GlobalArgs, PlanArgs, PlanOutput};
 use crate::config::RepoPaths;
 use crate::exit::{CmdResult, Exit, ExitContext};
 use crate::journal::RunFlags;
-use crate::plan::{Counts, Plan, PlanOptions, Sample};
+use crate::plan::{AbVariant, Counts, Plan, PlanOptions, Sample};
 use crate::run::{LimitSource, Settings};
 use crate::spec::{Campaign, LoadOptions};
 
@@ -52,6 +52,12 @@ struct Summary<'a> {
     variable_distinct: &'a std::collections::BTreeMap<String, u64>,
     warnings: &'a [String],
     samples: &'a [Sample],
+    /// A/B variants (`message.variants`): recipients, calls and a rendered example each.
+    #[serde(skip_serializing_if = "<[AbVariant]>::is_empty")]
+    variants: &'a [AbVariant],
+    /// `holdout:` as written (e.g. `5%`); `counts.holdout` recipients are not sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holdout: Option<String>,
 }
 
 fn summarize<'a>(
@@ -96,6 +102,8 @@ fn summarize<'a>(
         variable_distinct: plan.variable_distinct(),
         warnings: plan.warnings(),
         samples: &plan.samples()[..sample.min(plan.samples().len())],
+        variants: plan.ab_variants(),
+        holdout: c.holdout.map(|h| h.to_string()),
     }
 }
 
@@ -116,6 +124,30 @@ fn human(s: &Summary<'_>) -> String {
         n.duplicate,
         n.suppressed
     ));
+    for v in s.variants {
+        o.push_str(&format!(
+            "variant    {}: weight {}, {}, {}, {} distinct\n",
+            v.name,
+            v.weight,
+            crate::output::count(v.recipients, "recipient", "recipients"),
+            crate::output::count(v.calls, "call", "calls"),
+            v.distinct_contents
+        ));
+        if let Some(x) = &v.example {
+            o.push_str(&format!("             e.g. {} (line {}): {}", x.id, x.line, x.content));
+            if !x.ext.is_empty() {
+                let ext = serde_json::to_string(&x.ext).unwrap_or_default();
+                o.push_str(&format!("  ext {ext}"));
+            }
+            o.push('\n');
+        }
+    }
+    if let Some(h) = &s.holdout {
+        o.push_str(&format!(
+            "holdout    {h}: {} not sent (status holdout)\n",
+            crate::output::count(n.holdout, "recipient", "recipients")
+        ));
+    }
     o.push_str(&format!(
         "contents   {} distinct{}\n",
         n.distinct_contents,
@@ -160,7 +192,12 @@ fn human(s: &Summary<'_>) -> String {
     if !s.samples.is_empty() {
         o.push_str("first recipients:\n");
         for x in s.samples {
-            o.push_str(&format!("  {} (line {}): {}", x.id, x.line, x.content));
+            let v = x
+                .variant_name
+                .as_ref()
+                .map(|n| format!(" [{n}]"))
+                .unwrap_or_default();
+            o.push_str(&format!("  {} (line {}){v}: {}", x.id, x.line, x.content));
             if !x.ext.is_empty() {
                 let ext = serde_json::to_string(&x.ext).unwrap_or_default();
                 o.push_str(&format!("  ext {ext}"));

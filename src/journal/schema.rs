@@ -141,6 +141,10 @@ const MIGRATIONS: &[&str] = &[
     // race this closes) are cancelled: see `end_duplicate_unfinished_runs`.
     "CREATE UNIQUE INDEX runs_one_unfinished ON runs(campaign, COALESCE(occurrence, ''))
         WHERE is_test = 0 AND status IN ('running', 'paused', 'interrupted');",
+    // 6 (A/B variants): the `message.variants` entry a recipient was assigned (NULL: the
+    // campaign has no variants, or the row is not sent). A row held out by `holdout:` has status
+    // `holdout` (a final status like `suppressed`).
+    "ALTER TABLE recipients ADD COLUMN variant_name TEXT;",
 ];
 
 /// The migration (index into [`MIGRATIONS`]) that adds [`UNFINISHED_INDEX`].

@@ -61,6 +61,7 @@ str_enum!(
         Invalid = "invalid",
         Duplicate = "duplicate",
         Suppressed = "suppressed",
+        Holdout = "holdout",
         Expired = "expired",
         Cancelled = "cancelled",
         Pending = "pending",
@@ -186,6 +187,8 @@ pub struct SeedRow {
     pub status: RecipientStatus,
     pub call_seq: Option<u64>,
     pub variant: Option<String>,
+    /// The A/B variant (`message.variants`) the recipient is assigned.
+    pub variant_name: Option<String>,
     /// Why invalid / which list suppressed / first line of a duplicate.
     pub note: Option<String>,
 }
@@ -205,6 +208,8 @@ pub struct RecipientRow {
     pub error_message: Option<String>,
     pub detail: Option<String>,
     pub time: Option<String>,
+    /// The A/B variant (`message.variants`) the recipient was assigned.
+    pub variant_name: Option<String>,
 }
 
 /// A receiver still to send, as [`Journal::sendable_detail`] finds it.
@@ -234,6 +239,8 @@ pub struct RecipientRef<'a> {
     pub detail: Option<&'a str>,
     /// The last update (the run's start when the row was never updated).
     pub time: &'a str,
+    /// The A/B variant (`message.variants`) the recipient was assigned.
+    pub variant_name: Option<&'a str>,
 }
 
 impl RecipientRef<'_> {
@@ -255,6 +262,7 @@ impl RecipientRef<'_> {
             error_message: self.error_message.map(str::to_string),
             detail: self.detail.map(str::to_string),
             time: Some(self.time.to_string()),
+            variant_name: self.variant_name.map(str::to_string),
         }
     }
 }

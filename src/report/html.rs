@@ -30,6 +30,7 @@ const ORDER: &[RecipientStatus] = &[
     RecipientStatus::Invalid,
     RecipientStatus::Duplicate,
     RecipientStatus::Suppressed,
+    RecipientStatus::Holdout,
     RecipientStatus::Expired,
     RecipientStatus::Cancelled,
     RecipientStatus::Pending,
@@ -48,6 +49,9 @@ fn meaning(s: RecipientStatus) -> &'static str {
         RecipientStatus::Invalid => "the audience row's id is not a valid user id; never sent",
         RecipientStatus::Duplicate => "the id appeared earlier in the audience; sent once",
         RecipientStatus::Suppressed => "on a suppression list; never sent",
+        RecipientStatus::Holdout => {
+            "in the campaign's holdout (a stable share kept from the message to compare with); never sent, not an error"
+        }
         RecipientStatus::Expired => "the campaign's deadline passed before it was sent",
         RecipientStatus::Cancelled => "the run was cancelled before it was sent",
         RecipientStatus::Pending => "not sent yet: the run is unfinished",

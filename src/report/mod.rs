@@ -204,6 +204,10 @@ pub struct Summary {
     pub calls: CallsSummary,
     pub rate: RateSummary,
     pub audit: serde_json::Value,
+    /// A/B variants: recipients per status of each `message.variants` entry, by name (held-out
+    /// recipients are in `counts.holdout`, under no variant). Left out without variants.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, BTreeMap<RecipientStatus, u64>>,
     /// The report's files (set when a report is written).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<ReportFiles>,
@@ -333,6 +337,7 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
             },
         },
         audit: run.audit.clone(),
+        variants: BTreeMap::new(),
         files: None,
     })
 }
@@ -523,6 +528,7 @@ pub fn write_report_with(
     let csv_tmp = paths.csv.as_ref().and_then(|_| finals.next());
     let jsonl_tmp = paths.jsonl.as_ref().and_then(|_| finals.next());
 
+    summary.variants = tally.by_variant.clone();
     summary.files = Some(ReportFiles::new(&paths));
     let mut sum_tmp = temp(&paths.summary)?;
     serde_json::to_writer_pretty(sum_tmp.as_file_mut(), &summary).map_err(|e| ReportError::Io {
@@ -716,7 +722,7 @@ impl Write for Sink<'_> {
 /// Bytes of formatted rows handed to a file's writer at a time.
 const CHUNK: usize = 256 * 1024;
 
-const CSV_HEADER: [&str; 12] = [
+const CSV_HEADER: [&str; 13] = [
     "line",
     "id",
     "raw_id",
@@ -729,6 +735,7 @@ const CSV_HEADER: [&str; 12] = [
     "error_message",
     "detail",
     "time",
+    "variant_name",
 ];
 
 fn writer_stopped(path: &Path) -> ReportError {
@@ -893,6 +900,7 @@ fn row_ref(r: &ReportRow) -> RecipientRef<'_> {
         error_message: r.error_message.as_deref(),
         detail: r.detail.as_deref(),
         time: r.time.as_deref().unwrap_or_default(),
+        variant_name: r.variant_name.as_deref(),
     }
 }
 
@@ -935,6 +943,7 @@ fn csv_row(buf: &mut Vec<u8>, r: &RecipientRef<'_>) {
         r.error_message,
         r.detail,
         Some(r.time),
+        r.variant_name,
     ] {
         buf.push(b',');
         if let Some(t) = cell {
@@ -978,6 +987,7 @@ fn json_row(buf: &mut Vec<u8>, r: &RecipientRef<'_>) -> serde_json::Result<()> {
         error_message: Option<&'a str>,
         detail: Option<&'a str>,
         time: Option<&'a str>,
+        variant_name: Option<&'a str>,
     }
     let mut n = itoa::Buffer::new();
     let raw_id = match (r.raw_id, r.id) {
@@ -1000,6 +1010,7 @@ fn json_row(buf: &mut Vec<u8>, r: &RecipientRef<'_>) -> serde_json::Result<()> {
             error_message: r.error_message,
             detail: r.detail,
             time: Some(r.time),
+            variant_name: r.variant_name,
         },
     )?;
     buf.push(b'\n');
@@ -1052,6 +1063,7 @@ pub fn p2p_user_rows(conv: &ReportRow) -> Vec<ReportRow> {
                     None => format!("user of conversation {conv_id}"),
                 }),
                 time: conv.time.clone(),
+                variant_name: conv.variant_name.clone(),
             }
         })
         .collect()
@@ -1102,6 +1114,7 @@ mod tests {
             text(&row.error_message),
             text(&row.detail),
             text(&row.time),
+            text(&row.variant_name),
         ])
         .expect("csv");
         let csv = w.into_inner().expect("inner");
@@ -1139,6 +1152,7 @@ mod tests {
                 error_message: (i % 2 == 0).then(|| t.to_string()),
                 detail: Some(t.to_string()),
                 time: Some("2026-11-22T08:00:00Z".into()),
+                variant_name: (i % 2 == 0).then(|| t.to_string()),
             };
             let (want_csv, want_json) = reference(&row);
             let mut csv = Vec::new();
@@ -1170,6 +1184,7 @@ mod tests {
             error_message: None,
             detail: None,
             time: Some("t".into()),
+            variant_name: None,
         };
         let mut r = row_ref(&row);
         r.raw_id = None;

@@ -67,6 +67,45 @@ pub struct RawCampaign {
     /// `imcast.toml` `[breaker]`, else the documented defaults.
     #[serde(default)]
     pub breaker: Option<RawBreaker>,
+    /// A share of the valid audience that is not sent (status `holdout`), chosen by a stable hash
+    /// of (campaign name, recipient id): `5%`, `2.5%` or a number of percent (`5`); at most two
+    /// decimals, below 100.
+    #[serde(default)]
+    #[schemars(with = "Option<StringOrNumber>")]
+    pub holdout: Option<Spanned<StringOrNumber>>,
+}
+
+/// A number or a string (a percentage).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StringOrNumber {
+    Number(f64),
+    String(String),
+}
+
+/// One A/B variant of the message: it replaces the message body (`text` or `template`) and may
+/// add or override Ext keys.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawVariant {
+    /// The variant's name ([A-Za-z0-9_-]+, unique): the report's `variant_name`.
+    #[schemars(with = "String", regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub name: Spanned<String>,
+    /// Relative weight (a whole number; 0 switches the variant off without moving anyone else).
+    #[schemars(with = "u64")]
+    pub weight: Spanned<u64>,
+    /// Inline template (minijinja) of this variant's body.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub text: Option<Spanned<String>>,
+    /// Template file of this variant's body, relative to the campaign file.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub template: Option<Spanned<String>>,
+    /// Ext keys added to (or overriding) `message.ext` for this variant; values are templates.
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub ext: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -234,6 +273,11 @@ pub struct RawMessage {
     /// Campaign-level template variables.
     #[serde(default)]
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// A/B variants (for `type: text`, `raw`, or `custom` without `data`): each recipient gets
+    /// one, chosen by a stable hash of (campaign name, recipient id) in proportion to the weights.
+    /// They replace `text`/`template` (give neither here when variants are given).
+    #[serde(default)]
+    pub variants: Option<Vec<RawVariant>>,
 }
 
 /// A user or conversation id in the schema: `Long` (signed 64-bit), so at most `i64::MAX`.
