@@ -208,6 +208,9 @@ struct Page {
     duration: String,
     fields: Vec<Field>,
     statuses: Vec<StatusRow>,
+    /// A/B variants: the statuses any variant has (columns), and one row per variant.
+    ab_statuses: Vec<&'static str>,
+    ab_variants: Vec<AbRow>,
     status_sentence: String,
     bar_desc: String,
     calls: Calls,
@@ -220,6 +223,15 @@ struct Page {
     variants_sentence: String,
     files: Vec<FileRow>,
     files_note: Option<String>,
+}
+
+/// One A/B variant's recipients per status (`ab_statuses` order).
+#[derive(Serialize)]
+struct AbRow {
+    name: String,
+    total: u64,
+    total_s: String,
+    cells: Vec<(u64, String)>,
 }
 
 fn pct(n: u64, of: u64) -> String {
@@ -687,7 +699,9 @@ pub(super) fn render(
     let mut x = 0.0f64;
     let statuses: Vec<StatusRow> = ORDER
         .iter()
-        .filter(|st| **st != RecipientStatus::Pending || count(**st) > 0)
+        .filter(|st| {
+            !matches!(**st, RecipientStatus::Pending | RecipientStatus::Holdout) || count(**st) > 0
+        })
         .map(|st| {
             let n = count(*st);
             let w = if rows > 0 {
@@ -713,6 +727,11 @@ pub(super) fn render(
         .iter()
         .filter(|r| r.count > 0)
         .map(|r| format!("{} {} ({})", r.count_s, r.status, r.pct))
+        .collect();
+    let ab_statuses: Vec<&'static str> = ORDER
+        .iter()
+        .filter(|st| s.variants.values().any(|c| c.get(st).is_some_and(|n| *n > 0)))
+        .map(|st| st.as_str())
         .collect();
     let status_sentence = if rows == 0 {
         "The audience had no rows.".to_string()
@@ -829,6 +848,30 @@ pub(super) fn render(
         bar_desc: status_sentence.clone(),
         status_sentence,
         statuses,
+        ab_statuses: ab_statuses.clone(),
+        ab_variants: s
+            .variants
+            .iter()
+            .map(|(name, counts)| {
+                let total: u64 = counts.values().sum();
+                AbRow {
+                    name: facts::clip(name, facts::MAX_TEXT),
+                    total,
+                    total_s: fmt_count(total),
+                    cells: ab_statuses
+                        .iter()
+                        .map(|st| {
+                            let n = st
+                                .parse::<RecipientStatus>()
+                                .ok()
+                                .and_then(|st| counts.get(&st).copied())
+                                .unwrap_or(0);
+                            (n, fmt_count(n))
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
         calls: Calls {
             planned: s.calls.planned,
             planned_s: fmt_count(s.calls.planned),
