@@ -188,10 +188,18 @@ pub struct PlanVariant {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum RowStatus {
-    Valid { call: u64 },
-    Invalid { reason: String },
-    Duplicate { first_line: u64 },
-    Suppressed { list: String },
+    Valid {
+        call: u64,
+    },
+    Invalid {
+        reason: String,
+    },
+    Duplicate {
+        first_line: u64,
+    },
+    Suppressed {
+        list: String,
+    },
     /// In the holdout: valid, never sent.
     Holdout,
 }
@@ -617,9 +625,11 @@ fn build_threads(
         for (i, v) in c.message.variants.iter().enumerate() {
             let mut cv = c.clone();
             cv.message = c.message.for_variant(i);
-            renderers.push(Renderer::new(&cv).map_err(|e| {
-                PlanError::Template(format!("message.variants `{}`: {e}", v.name))
-            })?);
+            renderers.push(
+                Renderer::new(&cv).map_err(|e| {
+                    PlanError::Template(format!("message.variants `{}`: {e}", v.name))
+                })?,
+            );
         }
     }
 
@@ -897,7 +907,8 @@ fn build_threads(
                 let line = row.line;
                 acc.accept(id, line, row.pos, ab, r);
                 if static_of.get(ri).copied().unwrap_or(false) && acc.counts.valid > before {
-                    if let (Some(g), Some(slot)) = (acc.row_group.last(), static_cache.get_mut(ri)) {
+                    if let (Some(g), Some(slot)) = (acc.row_group.last(), static_cache.get_mut(ri))
+                    {
                         let content = acc.groups.get(*g as usize).map(|gr| variant_of(gr.key()));
                         let sample = acc
                             .samples

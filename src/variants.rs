@@ -73,7 +73,10 @@ impl Assigner {
         if self.names.is_empty() {
             return Assignment::Send(None);
         }
-        Assignment::Send(pick(point(&self.campaign, Purpose::Variant, id), &self.weights))
+        Assignment::Send(pick(
+            point(&self.campaign, Purpose::Variant, id),
+            &self.weights,
+        ))
     }
 
     /// Why `id` is assigned as it is, in words for `preview --recipient`.
@@ -81,7 +84,7 @@ impl Assigner {
         let total: u128 = self.weights.iter().map(|&w| u128::from(w)).sum();
         match self.assign(id) {
             Assignment::Holdout => format!(
-                "in the holdout ({} of the audience, by a stable hash of campaign `{}` and id {id}): not sent",
+                "in the holdout ({} of the valid audience, by a stable hash of campaign `{}` and id {id}): not sent",
                 self.holdout.map(|h| h.to_string()).unwrap_or_default(),
                 self.campaign
             ),

@@ -134,7 +134,10 @@ fn human(s: &Summary<'_>) -> String {
             v.distinct_contents
         ));
         if let Some(x) = &v.example {
-            o.push_str(&format!("             e.g. {} (line {}): {}", x.id, x.line, x.content));
+            o.push_str(&format!(
+                "             e.g. {} (line {}): {}",
+                x.id, x.line, x.content
+            ));
             if !x.ext.is_empty() {
                 let ext = serde_json::to_string(&x.ext).unwrap_or_default();
                 o.push_str(&format!("  ext {ext}"));

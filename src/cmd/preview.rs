@@ -107,11 +107,9 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
                         format!("line {}: suppressed by {list}", r.line)
                     }
                     RowStatus::Invalid { reason } => format!("line {}: invalid: {reason}", r.line),
-                    RowStatus::Holdout => format!(
-                        "line {}: {}",
-                        r.line,
-                        plan.assigner().explain(a.recipient)
-                    ),
+                    RowStatus::Holdout => {
+                        format!("line {}: {}", r.line, plan.assigner().explain(a.recipient))
+                    }
                     RowStatus::Valid { .. } => format!("line {}: valid", r.line),
                 })
                 .unwrap_or_else(|| "not in the audience".to_string());

@@ -730,7 +730,11 @@ pub(super) fn render(
         .collect();
     let ab_statuses: Vec<&'static str> = ORDER
         .iter()
-        .filter(|st| s.variants.values().any(|c| c.get(st).is_some_and(|n| *n > 0)))
+        .filter(|st| {
+            s.variants
+                .values()
+                .any(|c| c.get(st).is_some_and(|n| *n > 0))
+        })
         .map(|st| st.as_str())
         .collect();
     let status_sentence = if rows == 0 {

@@ -231,7 +231,11 @@ pub fn parse_percent(s: &str) -> Option<u64> {
     if frac.len() > 2 || whole.len() > 6 {
         return None;
     }
-    let w: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let w: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
     let f: u64 = match frac.len() {
         0 => 0,
         1 => frac.parse::<u64>().ok()? * 10,
@@ -799,7 +803,14 @@ fn validate(
     }
     // The base kind takes the first variant's body (every variant renders with its own).
     let body = match (body, variants.first()) {
-        (None, Some(v)) if m.text.is_none() && m.template.is_none() => Some(v.body.clone()),
+        (None, Some(v))
+            if m.text.is_none()
+                && m.template.is_none()
+                && (matches!(m.kind, RawMessageType::Text | RawMessageType::Raw)
+                    || (m.kind == RawMessageType::Custom && m.data.is_none())) =>
+        {
+            Some(v.body.clone())
+        }
         (b, _) => b,
     };
     let image_only = m.url.is_some() || m.width.is_some() || m.height.is_some();
@@ -1088,7 +1099,10 @@ fn validate(
             match bp {
                 Some(bp) if bp < 10_000 => Some(Holdout { basis_points: bp }),
                 Some(_) => {
-                    p.at(h, "holdout must be below 100%: a holdout of everyone sends nobody");
+                    p.at(
+                        h,
+                        "holdout must be below 100%: a holdout of everyone sends nobody",
+                    );
                     None
                 }
                 None => {

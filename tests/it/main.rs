@@ -18,4 +18,5 @@ mod sender;
 mod spec;
 mod throttle;
 mod ux;
+mod variants;
 mod wire;

@@ -391,6 +391,7 @@ fn hostile_journal(root: &Path, rows: u64) -> (Journal, String) {
                 status: RecipientStatus::Pending,
                 call_seq: Some(0),
                 variant: None,
+                variant_name: None,
                 note: None,
             })
         }))

@@ -52,6 +52,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
                 status: RecipientStatus::Pending,
                 call_seq: Some(seq as u64),
                 variant: Some(variant.clone()),
+                variant_name: None,
                 note: None,
             });
         }
@@ -71,6 +72,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
         status: RecipientStatus::Invalid,
         call_seq: None,
         variant: None,
+        variant_name: None,
         note: Some("not a user id".into()),
     });
     rows.push(SeedRow {
@@ -80,6 +82,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
         status: RecipientStatus::Duplicate,
         call_seq: None,
         variant: None,
+        variant_name: None,
         note: Some("first seen on line 2".into()),
     });
     rows.push(SeedRow {
@@ -89,6 +92,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
         status: RecipientStatus::Suppressed,
         call_seq: None,
         variant: None,
+        variant_name: None,
         note: Some("audiences/global-optout.csv".into()),
     });
     (rows, calls)
@@ -1552,6 +1556,7 @@ fn bench_engine() {
                     status: RecipientStatus::Pending,
                     call_seq: Some(i / per_call),
                     variant: Some("v".into()),
+                    variant_name: None,
                     note: None,
                 })
             }))
