@@ -116,6 +116,7 @@ fn main() -> anyhow::Result<()> {
                     status: RecipientStatus::Invalid,
                     call_seq: None,
                     variant: None,
+                    variant_name: None,
                     note: Some("not a user id".into()),
                 });
             }
@@ -129,6 +130,7 @@ fn main() -> anyhow::Result<()> {
                 status: RecipientStatus::Pending,
                 call_seq: Some(seq),
                 variant: None,
+                variant_name: None,
                 note: None,
             })
         }))
