@@ -146,8 +146,12 @@ fn switching_a_variant_off_with_weight_0_moves_nobody_else() {
     let f = Fixture::new();
     let ids: Vec<String> = (0..2_000u64).map(|i| (900_000 + i).to_string()).collect();
     let audience = format!("{{ ids: [{}] }}", ids.join(", "));
-    let before = outcomes(&parse(&f, &campaign_text(&audience, "holdout: 5%\n", &ABC)));
-    let off = [ABC[0], "{ name: b, weight: 0, text: \"B\" }", ABC[2]];
+    // Four variants, a middle one switched off: with cumulative ranges this would move some of
+    // c's people to d.
+    let d = "{ name: d, weight: 10, text: \"D\" }";
+    let on = [ABC[0], ABC[1], ABC[2], d];
+    let before = outcomes(&parse(&f, &campaign_text(&audience, "holdout: 5%\n", &on)));
+    let off = [ABC[0], "{ name: b, weight: 0, text: \"B\" }", ABC[2], d];
     let after = outcomes(&parse(&f, &campaign_text(&audience, "holdout: 5%\n", &off)));
     let mut moved = 0;
     for (id, (status, variant)) in &before {
