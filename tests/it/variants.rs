@@ -177,9 +177,10 @@ fn plan_inline(dir: &std::path::Path, ids: &[u64], weights: &[u64], holdout_bp: 
         .iter()
         .enumerate()
         .map(|(i, w)| {
+            // The same text in every variant: the variant alone keeps their calls apart.
             format!(
-                "{{ name: {}, weight: {w}, text: \"{} {{{{ recipient.id % 3 }}}}\" }}",
-                names[i], names[i]
+                "{{ name: {}, weight: {w}, text: \"v {{{{ recipient.id % 3 }}}}\" }}",
+                names[i]
             )
         })
         .collect();
