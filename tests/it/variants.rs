@@ -302,16 +302,45 @@ async fn a_mock_run_sends_nobody_in_the_holdout_and_reports_them_as_holdout() {
     })
     .await
     .expect("mock");
-    let mut req = Request::new(c, RepoPaths::discover(&file, None, None, None));
-    req.target = Some((m.endpoint(), m.credentials()));
-    req.flags.mock = true;
-    req.report_formats = Some(imcast::config::ReportFormats {
-        csv: true,
-        jsonl: true,
-    });
-    let s = run_campaign(req, Arc::new(SystemClock), StopToken::new())
+    let request = |c: Campaign| {
+        let mut req = Request::new(c, RepoPaths::discover(&file, None, None, None));
+        req.target = Some((m.endpoint(), m.credentials()));
+        req.flags.mock = true;
+        req.report_formats = Some(imcast::config::ReportFormats {
+            csv: true,
+            jsonl: true,
+        });
+        req
+    };
+    // A first session stopped after its first call, then a resume: nobody held out is sent by
+    // either, and the resumed run keeps them `holdout`.
+    let stop = StopToken::new();
+    let mut first = request(c.clone());
+    let stopper = stop.clone();
+    first.hooks.progress = Some(Arc::new(move |p: &imcast::send::Progress| {
+        if p.calls_done >= 1 {
+            stopper.stop();
+        }
+    }));
+    let s1 = run_campaign(first, Arc::new(SystemClock), stop)
         .await
-        .expect("run");
+        .expect("first session");
+    assert!(
+        s1.counts
+            .get(&RecipientStatus::Pending)
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "the first session stopped early: {s1:?}"
+    );
+    assert_eq!(
+        s1.counts.get(&RecipientStatus::Holdout).copied(),
+        Some(held.len() as u64)
+    );
+    let s = run_campaign(request(c), Arc::new(SystemClock), StopToken::new())
+        .await
+        .expect("resumed run");
+    assert_eq!(s.run_id, s1.run_id, "the same run resumed");
     let stats = m.stats();
     m.shutdown().await;
     assert_eq!(s.exit, Exit::Ok, "{s:?}");
