@@ -888,7 +888,8 @@ fn build_threads(
                 distinct[k].insert(h);
             }
             let ri = ab.unwrap_or(0);
-            if let Some(Some((g, sample))) = static_cache.get(ri) {
+            // Pipelined, every row goes through the chunks: rows are accepted in audience order.
+            if let Some(Some((g, sample))) = static_cache.get(ri).filter(|_| !pipelined) {
                 if acc.samples.len() < SAMPLES {
                     acc.samples.push(Sample {
                         id,
@@ -901,7 +902,7 @@ fn build_threads(
                 acc.counts.valid += 1;
                 continue;
             }
-            if !pipelined || static_of.get(ri).copied().unwrap_or(false) {
+            if !pipelined {
                 let r = render_keyed(&renderers, &names, ab, id, names_of_header, &fields);
                 let before = acc.counts.valid;
                 let line = row.line;
@@ -947,7 +948,13 @@ fn build_threads(
                 while in_flight >= IN_FLIGHT {
                     take_back(&mut acc, &rendered, &mut free)?;
                     in_flight -= 1;
-                    if acc.spilled && acc.samples.len() >= SAMPLES {
+                    // Every variant with a weight needs its example before Contents go.
+                    let examples_done = acc
+                        .ab_samples
+                        .iter()
+                        .zip(&c.message.variants)
+                        .all(|(s, v)| s.is_some() || v.weight == 0);
+                    if acc.spilled && acc.samples.len() >= SAMPLES && examples_done {
                         need_content.store(false, std::sync::atomic::Ordering::Release);
                     }
                 }
@@ -1591,9 +1598,16 @@ mod tests {
             writeln!(w, "{id},{name}").expect("write");
         }
         drop(w);
-        for text in ["Hi {{ name }} {{ recipient.id }}", "Hi {{ name|upper }}"] {
+        let plain = |text: &str| format!("message: {{ type: text, text: {text:?} }}\n");
+        // A/B variants (a personalized, a filtered and a static one) and a holdout.
+        let ab = "holdout: 10%\nmessage:\n  type: text\n  variants:\n    - { name: a, weight: 2, text: \"Hi {{ name }} {{ recipient.id }}\" }\n    - { name: b, weight: 1, text: \"Yo {{ name|upper }}\" }\n    - { name: c, weight: 1, text: \"static\" }\n    - { name: d, weight: 0, text: \"off\" }\n".to_string();
+        for message in [
+            plain("Hi {{ name }} {{ recipient.id }}"),
+            plain("Hi {{ name|upper }}"),
+            ab,
+        ] {
             let yaml = format!(
-                "version: 1\nname: t\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\nsender: 1\naudience: {{ csv: a.csv }}\nmessage: {{ type: text, text: {text:?} }}\n"
+                "version: 1\nname: t\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\nsender: 1\naudience: {{ csv: a.csv }}\n{message}"
             );
             let c = crate::spec::parse_str(
                 &yaml,
@@ -1622,6 +1636,15 @@ mod tests {
                 assert_eq!(calls(&one), calls(&two));
                 let rows = |p: &Plan| p.rows().collect::<Result<Vec<_>, _>>().expect("rows");
                 assert_eq!(rows(&one), rows(&two));
+                assert_eq!(one.ab_variants(), two.ab_variants());
+                for v in one.ab_variants() {
+                    let shown = v.example.as_ref().map(|e| e.content.as_str());
+                    if v.weight == 0 {
+                        assert_eq!((v.recipients, shown), (0, None));
+                    } else {
+                        assert!(v.recipients > 0 && shown.is_some_and(|t| t.len() > 10));
+                    }
+                }
             }
         }
     }
