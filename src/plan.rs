@@ -1,5 +1,10 @@
 //! The plan: every audience row's outcome, and the calls that deliver the valid ones.
 //!
+//! A/B variants and the holdout (`crate::variants`): a valid row the holdout takes is counted as
+//! `holdout` (not `valid`) and never rendered or called; every other row renders with its
+//! variant's templates (one renderer per variant), and the variant's name is part of the group
+//! key, so every group — and every call — belongs to one variant.
+//!
 //! Grouping: recipients whose rendered Content and Ext are identical form a group; each group is
 //! cut into calls of at most `Action::max_receivers()` (500 for batch, 1 for conversation/p2p),
 //! groups ordered by their first recipient in audience order, recipients in audience order within

@@ -1,7 +1,9 @@
 //! The one report writer: `reports/<campaign>/<run-id>/` with `report.html` (the page people look
 //! at, see `html`), `summary.json` (counts per status, calls, duration, achieved rate vs limit,
 //! the report's files, audit block) and the per-recipient files the formats ask for:
-//! `recipients.csv` (default) and/or `recipients.jsonl` (on request) — one row per audience row;
+//! `recipients.csv` (default) and/or `recipients.jsonl` (on request) — one row per audience row,
+//! its last column the A/B `variant_name` (and `summary.json`/`report.html` count each status per
+//! variant name);
 //! for P2PSendMessage campaigns each conversation row is followed by one row per user the provider
 //! answered for (`raw_id` `<conversation>/<user>`, status `sent`, `not_online` or `failed` for
 //! another code). Above
