@@ -183,7 +183,7 @@ pub struct SeedRow {
     pub line: u64,
     pub id: Option<u64>,
     pub raw_id: String,
-    /// Pending (valid), or final: invalid / duplicate / suppressed.
+    /// Pending (valid), or final: invalid / duplicate / suppressed / holdout.
     pub status: RecipientStatus,
     pub call_seq: Option<u64>,
     pub variant: Option<String>,
