@@ -122,7 +122,7 @@ fn render_problems(ps: &[RenderProblem]) -> String {
             ex.join(", ")
         ));
     }
-    if ps.iter().any(|p| p.what.starts_with("undefined variable")) {
+    if ps.iter().any(|p| p.what.contains("undefined variable `")) {
         s.push_str(
             "\n  fix the audience columns or `message.vars`, or guard with `{% if x is defined %}`",
         );
@@ -449,6 +449,11 @@ impl Acc {
                         }
                     }
                     RenderError::Template(m) => m.clone(),
+                };
+                // With A/B variants, say whose template it is.
+                let what = match ab.and_then(|i| self.names.get(i)) {
+                    Some(name) => format!("message.variants `{name}`: {what}"),
+                    None => what,
                 };
                 let p = self.failures.entry(what.clone()).or_insert(RenderProblem {
                     what,
