@@ -13,6 +13,12 @@
 //! the middle), 0.5 % of receivers `failed` with a FailedReceiver code and 3 calls `unknown`. Then
 //! times `report::write_report_with` (the report step: recipients.csv[.zst], report.html,
 //! summary.json) and prints its wall and CPU time, peak RSS and the size of every file written.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark measures wall time and prints its figures"
+)]
 
 use std::time::{Duration, Instant};
 

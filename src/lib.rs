@@ -26,6 +26,7 @@ pub mod db;
 pub mod diff;
 pub mod files;
 pub mod git;
+pub mod guard;
 pub mod journal;
 pub mod mock;
 pub mod plan;

@@ -87,6 +87,8 @@ struct Calls {
     unknown_s: String,
     attempts: u64,
     attempts_s: String,
+    /// Failed attempts per error code (retried ones included): (code, count, count shown).
+    errors: Vec<(String, u64, String)>,
 }
 
 #[derive(Serialize)]
@@ -269,6 +271,7 @@ fn flags_of(run: &RunInfo) -> String {
         (f.new_run, "--new-run"),
         (f.continue_changed, "--continue-changed"),
         (f.resend_unknown, "--resend-unknown"),
+        (f.retry_failed, "--retry-failed"),
         (f.yes, "--yes"),
         (f.mock, "--mock"),
     ] {
@@ -285,6 +288,44 @@ fn flags_of(run: &RunInfo) -> String {
     } else {
         v.join(" ")
     }
+}
+
+/// One invocation of the audit block for people: `2026-03-01 09:00:00 UTC: resumed by ana on
+/// host-1 (imcast run, imcast 0.1.0), flags --resend-unknown --yes`.
+fn describe_invocation(i: &serde_json::Value) -> String {
+    let s = |k: &str| i.get(k).and_then(serde_json::Value::as_str);
+    let at = s("at")
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map_or_else(|| "(time not recorded)".to_string(), show_time);
+    let who = match (s("user"), s("host")) {
+        (Some(u), Some(h)) => format!(" by {u} on {h}"),
+        (Some(u), None) => format!(" by {u}"),
+        (None, Some(h)) => format!(" on {h}"),
+        (None, None) => String::new(),
+    };
+    let via = match s("via") {
+        Some("daemon") => "the daemon",
+        _ => "imcast run",
+    };
+    let version = s("imcast_version")
+        .map(|v| format!(", imcast {v}"))
+        .unwrap_or_default();
+    let flags: Vec<&str> = i
+        .get("flags")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    let flags = if flags.is_empty() {
+        "no flags".to_string()
+    } else {
+        format!("flags {}", flags.join(" "))
+    };
+    format!(
+        "{at}: {}{who} ({via}{version}), {flags}",
+        s("decision").unwrap_or("opened")
+    )
 }
 
 fn header_fields(
@@ -408,19 +449,30 @@ fn header_fields(
         ),
         mono: false,
     });
-    let mut rate = match timeline {
-        Some(t) => format!(
+    let mut rate = match (s.rate.busiest_window, timeline) {
+        (Some(b), _) if s.rate.admitted > 0 => format!(
+            "busiest {window} window {} {} ({} of the limit)",
+            fmt_count(b),
+            s.rate.unit,
+            pct(b, s.rate.limit)
+        ),
+        (_, Some(t)) => format!(
             "busiest {window} window {} {} ({} of the limit)",
             fmt_count(t.peak),
             s.rate.unit,
             pct(t.peak, t.limit)
         ),
-        None => "no call was answered".into(),
+        (_, None) => "no call was answered".into(),
     };
-    if s.duration_seconds >= s.rate.window_seconds && s.rate.window_seconds > 0.0 {
+    // An average over less than one window says nothing against a per-window limit (a run of
+    // ten calls in nine seconds averages more than the limit's per-second rate without breaking it).
+    if s.rate.admitted > 0
+        && s.duration_seconds >= s.rate.window_seconds
+        && s.rate.window_seconds > 0.0
+    {
         rate.push_str(&format!(
-            "; {} per {window} on average over the whole run, pauses included",
-            fmt_count(s.rate.achieved_per_window.round() as u64)
+            "; {} {} per second on average over the whole run, pauses included",
+            s.rate.average_per_second, s.rate.unit
         ));
     }
     f.push(Field {
@@ -433,6 +485,29 @@ fn header_fields(
             label: "Continues run",
             value: text(c),
             mono: true,
+        });
+    }
+    if let Some(r) = &run.retry_of {
+        f.push(Field {
+            label: "Retries run",
+            value: format!(
+                "{} (sends again to the recipients it left failed with a retryable code)",
+                text(r)
+            ),
+            mono: false,
+        });
+    }
+    for i in s
+        .audit
+        .get("invocations")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        f.push(Field {
+            label: "Invocation",
+            value: text(&describe_invocation(i)),
+            mono: false,
         });
     }
     if let Some(v) = audit_str(a, "imcast_version") {
@@ -684,10 +759,9 @@ pub(super) fn render(
     tally: Tally,
     opts: &ReportOptions,
 ) -> Result<String, String> {
-    let db = |e: rusqlite::Error| format!("reading the journal for report.html: {e}");
     let journal_err = |e: JournalError| format!("reading the journal for report.html: {e}");
     // The report's own tables (see `facts::record_run`).
-    let (meta, recorded) = facts::recorded(journal.connection(), &run.id).map_err(db)?;
+    let (meta, recorded) = facts::recorded(journal, &run.id).map_err(journal_err)?;
     let end = run.finished_at.unwrap_or(run.updated_at);
     let timeline = facts::timeline(journal, run, end).map_err(journal_err)?;
     let unknown_calls = facts::unknown_calls(journal, &run.id).map_err(journal_err)?;
@@ -794,6 +868,7 @@ pub(super) fn render(
         call_rows: unknown_calls,
     };
 
+    let recorded: Vec<VariantFact> = recorded.into_iter().take(facts::MAX_VARIANTS).collect();
     let shown = recorded.len() as u64;
     let total_variants = meta
         .as_ref()
@@ -827,7 +902,10 @@ pub(super) fn render(
                 n if Some(n) == s.files.as_ref().and_then(|f| f.recipients_jsonl.as_deref()) => {
                     "the same rows as JSON lines"
                 }
-                super::SUMMARY_FILE => "counts per status, calls, duration, achieved rate and the audit block, as JSON",
+                super::SUMMARY_FILE => "counts per status, calls, errors per code, duration, the busiest window and average rate, and the audit block, as JSON",
+                n if Some(n) == s.files.as_ref().and_then(|f| f.variants_csv.as_deref()) => {
+                    "each variant id of the per-recipient file with its rendered Content, Ext and recipients"
+                }
                 super::HTML_FILE => "this page",
                 _ => return None,
             };
@@ -885,6 +963,12 @@ pub(super) fn render(
             unknown_s: fmt_count(s.calls.unknown),
             attempts: s.calls.attempts,
             attempts_s: fmt_count(s.calls.attempts),
+            errors: s
+                .errors
+                .attempts
+                .iter()
+                .map(|(c, n)| (facts::clip(c, 80), *n, fmt_count(*n)))
+                .collect(),
         },
         chart: timeline.as_ref().map(chart),
         failures: failures.into_iter().collect(),

@@ -122,6 +122,8 @@ pub struct AudienceSpec {
     pub exclude: Vec<Source>,
     /// Columns that must be non-empty.
     pub required: Vec<String>,
+    /// `audience.allow_empty`: an audience with no valid recipient is not an error.
+    pub allow_empty: bool,
 }
 
 /// Where the message body template comes from.
@@ -303,6 +305,8 @@ pub struct Campaign {
     pub guard_max_recipients: Option<u64>,
     /// `holdout:` (None: everyone valid is sent).
     pub holdout: Option<Holdout>,
+    /// `guard.max_invalid_ratio` as written, 0..=1 (None: [`crate::guard::DEFAULT_MAX_INVALID_RATIO`]).
+    pub guard_max_invalid_ratio: Option<f64>,
     /// `breaker:`, field by field (the rest from `imcast.toml [breaker]`, else the default).
     pub breaker: BreakerFields,
     pub audience: AudienceSpec,
@@ -637,7 +641,7 @@ fn validate(
                     "audience.ids is empty: give at least one id",
                 );
             }
-            Some(Source::Ids(long_ids(&mut p, "audience.ids", ids)))
+            Some(Source::Ids(long_ids(&mut p, text, "audience.ids", ids)))
         }
         (Some(csv), Some(_)) => {
             p.at(csv, "audience has both `csv` and `ids`: give one of them");
@@ -658,6 +662,7 @@ fn validate(
             }),
             (None, Some(ids)) => exclude.push(Source::Ids(long_ids(
                 &mut p,
+                text,
                 &format!("audience.exclude[{i}].ids"),
                 ids,
             ))),
@@ -970,15 +975,15 @@ fn validate(
                 mentioned_users: c
                     .mentioned_users
                     .as_ref()
-                    .map(|v| long_ids(&mut p, "conversation.mentioned_users", v)),
+                    .map(|v| long_ids(&mut p, text, "conversation.mentioned_users", v)),
                 visible_users: c
                     .visible_users
                     .as_ref()
-                    .map(|v| long_ids(&mut p, "conversation.visible_users", v)),
+                    .map(|v| long_ids(&mut p, text, "conversation.visible_users", v)),
                 invisible_users: c
                     .invisible_users
                     .as_ref()
-                    .map(|v| long_ids(&mut p, "conversation.invisible_users", v)),
+                    .map(|v| long_ids(&mut p, text, "conversation.invisible_users", v)),
                 priority: c.priority,
                 ref_msg: c.ref_msg.as_ref().map(|r| RefMsg {
                     referenced_message_id: r.referenced_message_id.as_ref().map(|id| {
@@ -998,11 +1003,11 @@ fn validate(
             let receivers = x
                 .receiver_user_ids
                 .as_ref()
-                .map(|v| long_ids(&mut p, "p2p.receiver_user_ids", v));
+                .map(|v| long_ids(&mut p, text, "p2p.receiver_user_ids", v));
             let ignore = x
                 .ignore_user_ids
                 .as_ref()
-                .map(|v| long_ids(&mut p, "p2p.ignore_user_ids", v));
+                .map(|v| long_ids(&mut p, text, "p2p.ignore_user_ids", v));
             // The seed: with ReceiverUserId set, IgnoreUserIds does not take effect.
             if let (Some(r), Some(i)) = (&receivers, &x.ignore_user_ids) {
                 if !r.is_empty() && !i.is_empty() {
@@ -1115,6 +1120,16 @@ fn validate(
             }
         }
     };
+    let guard_max_invalid_ratio = match raw.guard.as_ref().and_then(|g| g.max_invalid_ratio) {
+        Some(r) if !(0.0..=1.0).contains(&r) => {
+            p.key(
+                &["guard.max_invalid_ratio"],
+                format!("guard.max_invalid_ratio {r} must be between 0 and 1 (e.g. 0.05 for 5%)"),
+            );
+            None
+        }
+        r => r,
+    };
     let mut breaker = BreakerFields::default();
     if let Some(b) = &raw.breaker {
         breaker.consecutive_failures = b.consecutive_failures.map(|n| n.max(1));
@@ -1158,11 +1173,13 @@ fn validate(
         deadline,
         guard_max_recipients,
         holdout,
+        guard_max_invalid_ratio,
         breaker,
         audience: AudienceSpec {
             source,
             exclude,
             required: raw.audience.required,
+            allow_empty: raw.audience.allow_empty,
         },
         message: MessageSpec {
             kind,
@@ -1188,12 +1205,50 @@ fn long_id(p: &mut Problems, key: &str, id: &Spanned<u64>) -> u64 {
     id.value
 }
 
-/// A list of `Long` ids from the file, each checked as [`long_id`], named by its position.
-fn long_ids(p: &mut Problems, key: &str, ids: &[Spanned<u64>]) -> Vec<u64> {
+/// A list of `Long` ids from the file, each checked as [`long_id`], named by its position (an
+/// entry that is no id at all too: `audience.ids[2]: "abc" is not an id`).
+fn long_ids(p: &mut Problems, text: &str, key: &str, ids: &[Spanned<raw::RawId>]) -> Vec<u64> {
     ids.iter()
         .enumerate()
-        .map(|(i, id)| long_id(p, &format!("{key}[{i}]"), id))
+        .filter_map(|(i, id)| match &id.value {
+            raw::RawId::Id(v) => Some(long_id(
+                p,
+                &format!("{key}[{i}]"),
+                &Spanned {
+                    value: *v,
+                    referenced: id.referenced,
+                    defined: id.defined,
+                },
+            )),
+            raw::RawId::Other(parsed) => {
+                let written = written_at(text, id.referenced.line(), id.referenced.column())
+                    .unwrap_or_else(|| parsed.clone());
+                p.at(
+                    id,
+                    format!(
+                        "{key}[{i}]: `{written}` is not an id: ids are whole numbers from 0 to {} (no sign, decimals or quotes)",
+                        crate::provider::wire::MAX_LONG
+                    ),
+                );
+                None
+            }
+        })
         .collect()
+}
+
+/// The plain scalar written at 1-based `line` and `column` of `text` (up to `,`, `]`, `}`, `#`
+/// or the line's end), as people typed it: `99999999999999999999`, not its float.
+fn written_at(text: &str, line: u64, column: u64) -> Option<String> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let rest: String = l
+        .chars()
+        .skip(usize::try_from(column).ok()?.checked_sub(1)?)
+        .take_while(|c| !matches!(c, ',' | ']' | '}' | '#'))
+        .collect();
+    let w = rest.trim();
+    (!w.is_empty()).then(|| w.to_string())
 }
 
 fn too_large(v: u64) -> String {

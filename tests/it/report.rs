@@ -750,6 +750,10 @@ fn report_open_uses_the_desktop_opener_or_says_where_the_page_is() {
 }
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "`imcast prune --reports` (a real process) ages folders by the system clock: the fixture must too"
+)]
 fn prune_removes_old_report_folders_only_when_asked() {
     let root = tempfile::tempdir().expect("tempdir");
     let reports = root.path().join("reports");

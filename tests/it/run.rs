@@ -451,6 +451,7 @@ fn recorded_flags_keep_their_json() {
         yes: true,
         mock: true,
         test_to: vec![7, 8],
+        retry_failed: false,
     };
     let yes = RunFlags {
         yes: true,

@@ -1493,6 +1493,10 @@ proptest::proptest! {
 /// provider. Prints wall time and peak memory; figures go to BENCHMARKS.md.
 #[test]
 #[ignore = "benchmark"]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a speed measurement of real SQLite writes (wall time is what is measured)"
+)]
 fn bench_engine() {
     fn peak_rss_mb() -> f64 {
         std::fs::read_to_string("/proc/self/status")
