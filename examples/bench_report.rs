@@ -13,6 +13,12 @@
 //! the middle), 0.5 % of receivers `failed` with a FailedReceiver code and 3 calls `unknown`. Then
 //! times `report::write_report_with` (the report step: recipients.csv[.zst], report.html,
 //! summary.json) and prints its wall and CPU time, peak RSS and the size of every file written.
+#![allow(
+    clippy::disallowed_methods,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark measures wall time and prints its figures"
+)]
 
 use std::time::{Duration, Instant};
 
@@ -116,6 +122,7 @@ fn main() -> anyhow::Result<()> {
                     status: RecipientStatus::Invalid,
                     call_seq: None,
                     variant: None,
+                    variant_name: None,
                     note: Some("not a user id".into()),
                 });
             }
@@ -129,6 +136,7 @@ fn main() -> anyhow::Result<()> {
                 status: RecipientStatus::Pending,
                 call_seq: Some(seq),
                 variant: None,
+                variant_name: None,
                 note: None,
             })
         }))

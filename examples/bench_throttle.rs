@@ -16,6 +16,12 @@
 //!   over a long run the best an exact rule can do is `W / (W + latency)` (column `W/(W+L)`);
 //! - `max/W`: the most units stamped in any window (≤ the limit: the mock refuses the rest with
 //!   a 429), and the 429 count (each one a window the client would have overfilled).
+#![allow(
+    clippy::disallowed_methods,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a benchmark measures wall time and prints its figures"
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

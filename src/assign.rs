@@ -9,8 +9,10 @@
 //! CSV order, run, resume, host or imcast version — so the same person gets the same variant on
 //! every run and a resumed run re-derives exactly the sets it started with. Purposes are
 //! independent: the holdout takes the same share of every variant, and the canary samples each
-//! variant in proportion. Choices use integer arithmetic only (no floats on the path), so a
-//! variant switched off with weight 0 leaves every other recipient where it was.
+//! variant in proportion. Choices use integer arithmetic only (no floats on the path). [`pick`]
+//! lays the weights out as consecutive ranges, so switching one off with weight 0 also moves people
+//! of the variants after it; A/B variants therefore use the weighted rendezvous draw of
+//! `crate::variants` over the same point, where switching one off moves only its own people.
 //!
 //! Must not: read the journal, the clock or any randomness; change the hash (that would move
 //! people between variants of a running campaign). SHA-256 is the `sha2` crate the signer

@@ -226,6 +226,10 @@ pub struct PlanArgs {
     /// Allow this provider endpoint besides the known region hosts and loopback.
     #[arg(long, value_name = "URL")]
     pub allow_endpoint: Vec<String>,
+    /// Also say what `imcast run FILE --retry-failed` would send again (from the journal): how many
+    /// failed recipients of the last finished run, by code, and what stays.
+    #[arg(long, conflicts_with = "diff")]
+    pub retry_failed: bool,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -269,6 +273,12 @@ pub struct RunArgs {
     /// Send past the rollout's canary without waiting for its gate (recorded in the audit).
     #[arg(long)]
     pub skip_canary: bool,
+    /// After fixing what made recipients fail: start a follow-up run (linked to the last
+    /// finished run) that sends again to exactly the recipients that run left `failed` with a
+    /// retryable code (FailedReceiver, rate limited or unavailable after the retries ran out).
+    /// `unknown` recipients stay behind --resend-unknown.
+    #[arg(long, conflicts_with_all = ["new_run", "continue_changed", "resend_unknown", "test_to"])]
+    pub retry_failed: bool,
     /// Send the real content to these ids only, as a test; the campaign's run is not touched.
     /// Ids are at most 9223372036854775807 (the provider's ids are signed 64-bit).
     #[arg(long, value_delimiter = ',', value_name = "ID,ID",
@@ -494,7 +504,7 @@ where
     match dispatch(cli) {
         Ok(exit) => exit.into(),
         Err(failure) => {
-            eprintln!("error: {failure}");
+            crate::errln!("error: {failure}");
             failure.exit.into()
         }
     }

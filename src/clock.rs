@@ -4,6 +4,12 @@
 //! Invariants: `now()` never goes backwards for a given clock; `sleep(d)` returns no earlier than
 //! `now() + d` as that clock sees it. A `SimClock` never sleeps for real: `sleep` advances its own
 //! time (auto-advance), so a simulated hour of throttled sending takes milliseconds.
+//!
+//! This is the one module that reads the system clock: clippy's `disallowed-methods`
+//! (`clippy.toml`) refuses `Instant::now`, `SystemTime::now`, `jiff::Timestamp::now` and
+//! `jiff::Zoned::now` everywhere else. [`SystemClock`] is wall time for logic; [`Stopwatch`] is
+//! monotonic time for durations only people see (a log field, how often progress is logged),
+//! never for a decision a test must control.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,11 +37,36 @@ pub type SharedClock = Arc<dyn Clock>;
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the real clock: the one place logic's wall time comes from"
+    )]
     fn now(&self) -> Timestamp {
         Timestamp::now()
     }
     fn sleep(&self, d: Duration) -> SleepFuture<'_> {
         Box::pin(tokio::time::sleep(d))
+    }
+}
+
+/// Monotonic elapsed time for what people see (a request's latency in a log line, the pacing of
+/// progress log lines); never for a decision (those ask a [`Clock`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    /// Start measuring now.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "monotonic time for durations people see, never for decisions"
+    )]
+    pub fn start() -> Self {
+        Stopwatch(std::time::Instant::now())
+    }
+
+    /// Time since [`Stopwatch::start`].
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
     }
 }
 

@@ -775,7 +775,7 @@ impl Daemon {
             }
             for o in sched.occurrences_between(cursor, now, 1000) {
                 let key = runner::run_key(&name, o);
-                let late = now.duration_since(o).as_secs_f64() > sched.not_after().as_secs_f64();
+                let late = sched.is_late(o, now);
                 let (st, detail): (&str, Option<String>) = if late {
                     (
                         status::SKIPPED_LATE,

@@ -15,6 +15,12 @@ use rusqlite::{Connection, ErrorCode};
 /// How long a statement waits for another connection's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// SQLite could not grow a file: the disk (or quota) is full (SQLITE_FULL; SQLite reports a
+/// write's ENOSPC this way too).
+pub fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DiskFull)
+}
+
 /// Open `path` in WAL mode with `synchronous` (`"FULL"` or `"NORMAL"`) and [`BUSY_TIMEOUT`].
 pub fn open(path: &Path, synchronous: &str) -> rusqlite::Result<Connection> {
     let mut delay = Duration::from_millis(5);

@@ -1,7 +1,9 @@
 //! Process exit codes: the one place they are defined.
 //!
 //! Every command returns an [`Exit`]; errors carry one through [`Failure`]. README.md documents
-//! the same table. Nothing else in the crate picks a numeric exit code.
+//! the same table. Nothing else in the crate picks a numeric exit code. A failure prints its
+//! error chain with each piece of wording once ([`chain_text`]); [`is_storage_full`] is the one
+//! test for a full disk in an I/O error (exit 8, [`Exit::Environment`]).
 
 use std::fmt;
 
@@ -10,7 +12,8 @@ use std::fmt;
 pub enum Exit {
     /// 0: everything asked for was done.
     Ok,
-    /// 1: a bug or an environment failure imcast could not classify (disk full, journal write failed).
+    /// 1: a bug or an environment failure imcast could not classify (a journal write failed for
+    /// another reason than a full disk).
     Internal,
     /// 2: invalid input: campaign file, audience, template, flags. Nothing was sent.
     Invalid,
@@ -24,6 +27,9 @@ pub enum Exit {
     Busy,
     /// 7: what decides what is sent changed since the unfinished run started.
     Changed,
+    /// 8: the machine refused a write imcast needs: the disk (or quota) under the state or
+    /// report directory is full. Nothing was lost; free space, then run the command again.
+    Environment,
     /// 130: interrupted by SIGINT; the run is resumable.
     Interrupted,
     /// 143: terminated by SIGTERM; the run is resumable.
@@ -41,6 +47,7 @@ impl Exit {
             Exit::Access => 5,
             Exit::Busy => 6,
             Exit::Changed => 7,
+            Exit::Environment => 8,
             Exit::Interrupted => 130,
             Exit::Terminated => 143,
         }
@@ -53,6 +60,13 @@ impl From<Exit> for std::process::ExitCode {
     }
 }
 
+/// Whether an I/O error is the disk (or the user's quota) being full.
+pub fn is_storage_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || e.raw_os_error() == Some(28) // ENOSPC (Linux, macOS)
+}
+
 /// An error at the command-line edge: what went wrong (with its chain) and the exit code it means.
 #[derive(Debug)]
 pub struct Failure {
@@ -62,8 +76,41 @@ pub struct Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#}", self.error)
+        f.write_str(&chain_text(&self.error))
     }
+}
+
+/// An error and its causes, `: `-separated, each piece of wording once: a cause whose text an
+/// earlier one already says is left out (`journal x.db: database or disk is full` does not go on
+/// `: database or disk is full`), and a cause that repeats the end of the text so far only adds
+/// what is new (`… is full` + `database or disk is full (Error code 13)` → `… is full (Error code
+/// 13)`).
+pub fn chain_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        let s = s.trim();
+        if s.is_empty() || out.contains(s) {
+            continue;
+        }
+        if out.is_empty() {
+            out.push_str(s);
+            continue;
+        }
+        // The longest end of `out` that `s` starts with (at least a few words' worth).
+        let overlap = (8..=s.len().min(out.len()))
+            .rev()
+            .filter(|&n| s.is_char_boundary(n))
+            .find(|&n| out.ends_with(&s[..n]));
+        match overlap {
+            Some(n) => out.push_str(&s[n..]),
+            None => {
+                out.push_str(": ");
+                out.push_str(s);
+            }
+        }
+    }
+    out
 }
 
 impl Failure {
@@ -88,3 +135,31 @@ impl<T, E: Into<anyhow::Error>> ExitContext<T> for Result<T, E> {
 
 /// What every command returns.
 pub type CmdResult = Result<Exit, Failure>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("journal state/imcast.db: {0}")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database or disk is full")]
+    struct Inner(#[source] Code);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database or disk is full (Error code 13)")]
+    struct Code;
+
+    #[test]
+    fn a_chain_says_each_piece_of_wording_once() {
+        let e = anyhow::Error::new(Outer(Inner(Code))).context("run 1");
+        assert_eq!(
+            Failure::new(Exit::Internal, e).to_string(),
+            "run 1: journal state/imcast.db: database or disk is full (Error code 13)"
+        );
+        let e = anyhow::anyhow!("cannot open x").context("loading y");
+        assert_eq!(chain_text(&e), "loading y: cannot open x");
+    }
+}

@@ -3,6 +3,11 @@
 //! tests do not depend on timing. An optional `:N` suffix aborts at the N-th hit (1-based), e.g.
 //! `after_mark:3`. Unset or unknown values do nothing; reading the variable once is cheap.
 //!
+//! `IMCAST_FAILPOINT=journal_full[:K]` is not a crash: when a run's engine starts, the journal's
+//! connection may grow by at most K more pages (default 0; SQLite `PRAGMA max_page_count`), so a
+//! later write fails with SQLite's own SQLITE_FULL ("database or disk is full", code 13) — what a
+//! full disk gives, on any machine and without root ([`limit_journal`]).
+//!
 //! Must not: do anything else. It is compiled into release builds on purpose (the crash tests run
 //! the real binary); without the variable it is a no-op.
 
@@ -54,9 +59,34 @@ pub fn hit(p: Point) {
         if name == p.name() {
             let k = HITS.fetch_add(1, Ordering::SeqCst) + 1;
             if k == *n {
-                eprintln!("IMCAST_FAILPOINT={}: aborting", p.name());
+                crate::errln!("IMCAST_FAILPOINT={}: aborting", p.name());
                 std::process::abort();
             }
         }
+    }
+}
+
+/// The extra pages `IMCAST_FAILPOINT=journal_full[:K]` lets the journal grow by (None: unset).
+fn journal_full() -> Option<u64> {
+    let v = std::env::var("IMCAST_FAILPOINT").ok()?;
+    let (name, k) = v.split_once(':').unwrap_or((v.as_str(), "0"));
+    (name == "journal_full").then(|| k.parse().unwrap_or(0))
+}
+
+/// With `IMCAST_FAILPOINT=journal_full[:K]`: cap `conn`'s database at its current size plus K
+/// pages, so a write that needs more fails with SQLITE_FULL. Called when a run's engine starts.
+pub fn limit_journal(conn: &rusqlite::Connection) {
+    let Some(k) = journal_full() else {
+        return;
+    };
+    let pages: Result<i64, _> = conn.query_row("PRAGMA page_count", [], |r| r.get(0));
+    if let Ok(pages) = pages {
+        let max = pages.saturating_add(k as i64);
+        let set: Result<i64, _> =
+            conn.query_row(&format!("PRAGMA max_page_count = {max}"), [], |r| r.get(0));
+        crate::errln!(
+            "IMCAST_FAILPOINT=journal_full:{k}: the journal may grow to {} pages",
+            set.unwrap_or(max)
+        );
     }
 }

@@ -26,6 +26,7 @@ pub mod db;
 pub mod diff;
 pub mod files;
 pub mod git;
+pub mod guard;
 pub mod journal;
 pub mod mock;
 pub mod plan;
@@ -38,5 +39,6 @@ pub mod send;
 pub mod spec;
 pub mod stages;
 pub mod throttle;
+pub mod variants;
 
 pub use cli::run;

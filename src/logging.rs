@@ -8,7 +8,13 @@
 //! (no-color.org) and `TERM` is not `dumb`; `always` and `never` decide outright (the command
 //! line overrides the environment). Logs to a file, cron mail or journald therefore carry no
 //! escape codes. Every coloured output asks [`color_stderr`] or [`color_stdout`].
+//!
+//! Also the one writer of plain messages people read on stderr beside the logs (a run's summary,
+//! "Mock provider: …", a signal's notice, the CLI's `error: …`): [`errln!`](crate::errln) writes
+//! through [`note`]. Clippy's `print_stderr` is allowed here and in `output` only, so no other
+//! module prints around these writers.
 
+use std::fmt;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -67,6 +73,23 @@ pub fn color_stderr() -> bool {
 /// Whether to colour what goes to stdout (e.g. `plan --diff`'s text).
 pub fn color_stdout() -> bool {
     color_for(std::io::stdout().is_terminal())
+}
+
+/// Write `args` to stderr (no newline added): a message for people, not a log record (see the
+/// module doc).
+#[allow(
+    clippy::print_stderr,
+    reason = "the one writer of plain messages to stderr (with `output` for stdout)"
+)]
+pub fn note(args: fmt::Arguments<'_>) {
+    eprint!("{args}");
+}
+
+/// `eprintln!` for messages people read on stderr: see the module doc.
+#[macro_export]
+macro_rules! errln {
+    () => { $crate::logging::note(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::logging::note(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
 /// Install the global subscriber (once; later calls are ignored).

@@ -5,7 +5,8 @@
 //! write through here: a broken pipe ends the process with exit code 0 (the reader wanted no more),
 //! any other write error with code 1 and a message on stderr. Logs never come through here.
 //! [`count`] writes a number with its noun in the right number ("1 call", "2 calls") for every
-//! message people read.
+//! message people read. Clippy's `print_stdout` is allowed nowhere (this writes through a locked
+//! `std::io::stdout()`), so no module prints around this writer.
 
 use std::fmt;
 use std::io::{ErrorKind, Write};
@@ -14,11 +15,33 @@ use std::io::{ErrorKind, Write};
 pub fn write(args: fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
-        if e.kind() == ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("error: cannot write to stdout: {e}");
-        std::process::exit(1);
+        stdout_failed(&e);
+    }
+}
+
+/// Stdout failed: a closed pipe ends the process quietly (exit 0), anything else with exit 1.
+#[allow(
+    clippy::print_stderr,
+    reason = "stdout itself failed: the message cannot go through the writers it belongs to"
+)]
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to stdout: {e}");
+    std::process::exit(1);
+}
+
+/// Write `v` as pretty JSON and a newline to stdout, streamed (nothing the size of the document
+/// is built in memory); errors as [`write`].
+pub fn write_json<T: serde::Serialize + ?Sized>(v: &T) {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let res = serde_json::to_writer_pretty(&mut out, v)
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = res {
+        stdout_failed(&e);
     }
 }
 

@@ -405,6 +405,50 @@ impl Schedule {
         self.not_after
     }
 
+    /// The one lateness rule: an occurrence due at `due` that the daemon reaches at `now` is
+    /// skipped when that is later than `not_after` (the daemon and `plan` both ask here).
+    pub fn is_late(&self, due: Timestamp, now: Timestamp) -> bool {
+        now.duration_since(due).as_secs_f64() > self.not_after.as_secs_f64()
+    }
+
+    /// An `at:` schedule whose time is not after `now`: that time (None for cron, or a future
+    /// `at:`).
+    pub fn past_at(&self, now: Timestamp) -> Option<Timestamp> {
+        match &self.kind {
+            Kind::At(at) if *at <= now => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// For people, when `at:` is past at `now`: how long ago, and whether the daemon would
+    /// still fire it (see [`Schedule::is_late`]).
+    pub fn describe_past(&self, now: Timestamp) -> Option<String> {
+        let at = self.past_at(now)?;
+        let ago = now.duration_since(at).as_secs().max(0) as u64;
+        // Coarse: minutes within a day, then days.
+        let ago = if ago >= 86_400 {
+            crate::output::count(ago / 86_400, "day", "days")
+        } else {
+            humantime::format_duration(Duration::from_secs(ago.max(60) / 60 * 60)).to_string()
+        };
+        let not_after = humantime::format_duration(self.not_after);
+        let head = format!("at {at} ({}) is past ({ago} ago)", self.local(at));
+        Some(if self.is_late(at, now) {
+            format!(
+                "{head}, later than not_after {not_after}: the daemon will not fire it. Send it by hand with `imcast run`, or move `at:`"
+            )
+        } else {
+            let until = jiff::SignedDuration::try_from(self.not_after)
+                .ok()
+                .and_then(|d| at.checked_add(d).ok())
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            format!(
+                "{head}, within not_after {not_after}: a daemon that gets to it by {until} still fires it (once: unless it already has)"
+            )
+        })
+    }
+
     pub fn overlap(&self) -> Overlap {
         self.overlap
     }

@@ -110,6 +110,16 @@ pub enum ThrottleError {
     Join(String),
 }
 
+impl ThrottleError {
+    /// The file a full disk refused to grow, when that is what this error is (SQLITE_FULL).
+    pub fn disk_full(&self) -> Option<&std::path::Path> {
+        match self {
+            ThrottleError::Db { path, source } if crate::db::is_disk_full(source) => Some(path),
+            _ => None,
+        }
+    }
+}
+
 /// What an acquire came to.
 #[derive(Debug)]
 pub enum Acquired {
@@ -427,6 +437,33 @@ pub fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// Units each of `keys` holds in its window at `now`, read from the limiter file at `db_path`
+/// on a read-only connection (daemon metrics). No file or no log yet (nothing sent from this
+/// state directory), or a file it cannot open: 0 for every key.
+pub fn used_in_windows(
+    db_path: &Path,
+    keys: &[&str],
+    now: Timestamp,
+) -> rusqlite::Result<Vec<u64>> {
+    let conn = Connection::open_with_flags(
+        db_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok();
+    let has_log = conn.as_ref().is_some_and(|c| {
+        c.busy_timeout(Duration::from_secs(2)).is_ok()
+            && c.prepare(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'throttle_log'",
+            )
+            .and_then(|mut st| st.exists([]))
+            .unwrap_or(false)
+    });
+    match (has_log, &conn) {
+        (true, Some(c)) => keys.iter().map(|k| used_in_window(c, k, now)).collect(),
+        _ => Ok(vec![0; keys.len()]),
+    }
+}
+
 /// Units `key` holds in its window at `now` (read-only: daemon metrics).
 pub fn used_in_window(conn: &Connection, key: &str, now: Timestamp) -> rusqlite::Result<u64> {
     let has_until = conn
@@ -510,6 +547,20 @@ impl Limiter {
     pub fn limit(&self) -> Limit {
         let r = &self.rules[0];
         Limit::new(r.limit, Duration::from_nanos(r.window_ns as u64))
+    }
+
+    /// The limit this limiter really holds admissions to, as its rule is written: the lowest
+    /// rate among the paced rules (a campaign's own throttle where it is lower than the
+    /// account's share; on a tie, the campaign's). The request-rate cap is not in it.
+    pub fn effective_limit(&self) -> Limit {
+        let mut best = &self.rules[0];
+        for r in self.rules.iter().filter(|r| r.pace) {
+            // a/w ≤ b/v ⇔ a·v ≤ b·w (exact in integers).
+            if i128::from(r.limit) * best.window_ns <= i128::from(best.limit) * r.window_ns {
+                best = r;
+            }
+        }
+        Limit::new(best.limit, Duration::from_nanos(best.window_ns as u64))
     }
 
     /// Wait until `n` can start without breaking any limit, record it, and return its permit.

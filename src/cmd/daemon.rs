@@ -86,7 +86,7 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
                 info!("signal received: stopping after the current tick (a second signal aborts)");
                 let _ = tx.send(true);
                 let second = wait_signal().await;
-                eprintln!("second signal: aborting now; runs stay resumable");
+                crate::errln!("second signal: aborting now; runs stay resumable");
                 std::process::exit(i32::from(second.code()));
             });
         }

@@ -1,6 +1,10 @@
 //! `imcast plan`: the dry run. Counts, grouping, the ETA at the pace a run would use (the lower of
-//! the campaign's throttle and the account's share: `run::Settings`), deadline warning, next
-//! schedule occurrence, plan hash, rendered samples — human text or `--output json`. The system
+//! the campaign's throttle and the account's share: `run::Settings`, which also words the warning
+//! when the throttle asks for more than the share), deadline warning, next schedule occurrence (or
+//! a past `at:` and whether the daemon would still fire it), plan hash, rendered samples, the
+//! rejected rows (text: the first [`guard::SHOWN`]; JSON: every one, streamed from a temporary
+//! file) — human text or `--output json`. What `run` would refuse (`guard::check`) is refused here
+//! too, after the plan is shown: exit 2. The system
 //! clock (or `--now`) is read here, at the command edge, and nowhere below. With `--diff REV` the
 //! command is `cmd::diff`'s comparison instead.
 
@@ -12,8 +16,9 @@ use serde::Serialize;
 use crate::cli::{GlobalArgs, PlanArgs, PlanOutput};
 use crate::config::RepoPaths;
 use crate::exit::{CmdResult, Exit, ExitContext};
+use crate::guard::{self, AllRejected, Rejected, RejectedRow};
 use crate::journal::RunFlags;
-use crate::plan::{Counts, Plan, PlanOptions, Sample};
+use crate::plan::{AbVariant, Counts, Plan, PlanOptions, Sample};
 use crate::run::{LimitSource, Settings};
 use crate::spec::{Campaign, LoadOptions};
 
@@ -47,11 +52,26 @@ struct Summary<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     finish_at: Option<String>,
     deadline_warning: Option<String>,
+    /// The campaign's throttle asks for more than the account's share (the run uses the share).
+    throttle_warning: Option<String>,
     next_occurrence: Option<String>,
+    /// An `at:` that is past: how long ago, and whether the daemon would still fire it.
+    schedule_past: Option<String>,
     contents_in_memory: bool,
     variable_distinct: &'a std::collections::BTreeMap<String, u64>,
     warnings: Vec<String>,
+    /// Why a run would refuse this audience (`guard.*`, `audience.allow_empty`): then `plan`
+    /// exits 2, as `run` would.
+    refused: Vec<String>,
+    /// Every invalid row, in file order (human text: the first few).
+    rejected: AllRejected,
     samples: &'a [Sample],
+    /// A/B variants (`message.variants`): recipients, calls and a rendered example each.
+    #[serde(skip_serializing_if = "<[AbVariant]>::is_empty")]
+    variants: &'a [AbVariant],
+    /// `holdout:` as written (e.g. `5%`); `counts.holdout` recipients are not sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holdout: Option<String>,
     /// The run's stages in order (a canary and the rest); absent: one stage.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     stages: Vec<StageLine>,
@@ -134,6 +154,7 @@ fn summarize<'a>(
     settings: &Settings,
     now: jiff::Timestamp,
     sample: usize,
+    rejected: AllRejected,
 ) -> Summary<'a> {
     let eta = settings.eta(plan.counts().valid, plan.counts().calls);
     let start = c
@@ -161,6 +182,8 @@ fn summarize<'a>(
         quiet_hours: c.quiet_hours.as_ref().map(|q| q.describe()),
         finish_at: finish.map(|f| f.to_string()),
         deadline_warning: settings.deadline_warning(now, eta),
+        throttle_warning: settings.throttle_warning(),
+        schedule_past: c.schedule.as_ref().and_then(|s| s.describe_past(now)),
         next_occurrence: c
             .schedule
             .as_ref()
@@ -174,12 +197,36 @@ fn summarize<'a>(
             .cloned()
             .chain(wave_warnings(c, plan, settings))
             .collect(),
+        refused: settings
+            .guard
+            .as_ref()
+            .map(|g| guard::check(g, plan.counts()))
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        rejected,
         samples: &plan.samples()[..sample.min(plan.samples().len())],
+        variants: plan.ab_variants(),
+        holdout: c.holdout.map(|h| h.to_string()),
         stages: stage_lines(c, plan, settings),
     }
 }
 
-fn human(s: &Summary<'_>) -> String {
+/// The first rejected rows for people, one a line, and how many more.
+fn rejected_lines(first: &[RejectedRow], total: u64, all_hint: &str) -> Vec<String> {
+    let mut v: Vec<String> = first
+        .iter()
+        .map(|r| format!("line {}: {}", r.line, r.reason))
+        .collect();
+    let more = total.saturating_sub(first.len() as u64);
+    if more > 0 {
+        v.push(format!("… and {more} more ({all_hint})"));
+    }
+    v
+}
+
+fn human(s: &Summary<'_>, first: &[RejectedRow]) -> String {
     let n = s.counts;
     let dur = |secs: u64| humantime::format_duration(Duration::from_secs(secs)).to_string();
     let mut o = String::new();
@@ -196,6 +243,33 @@ fn human(s: &Summary<'_>) -> String {
         n.duplicate,
         n.suppressed
     ));
+    for v in s.variants {
+        o.push_str(&format!(
+            "variant    {}: weight {}, {}, {}, {} distinct\n",
+            v.name,
+            v.weight,
+            crate::output::count(v.recipients, "recipient", "recipients"),
+            crate::output::count(v.calls, "call", "calls"),
+            v.distinct_contents
+        ));
+        if let Some(x) = &v.example {
+            o.push_str(&format!(
+                "             e.g. {} (line {}): {}",
+                x.id, x.line, x.content
+            ));
+            if !x.ext.is_empty() {
+                let ext = serde_json::to_string(&x.ext).unwrap_or_default();
+                o.push_str(&format!("  ext {ext}"));
+            }
+            o.push('\n');
+        }
+    }
+    if let Some(h) = &s.holdout {
+        o.push_str(&format!(
+            "holdout    {h}: {} not sent (status holdout)\n",
+            crate::output::count(n.holdout, "recipient", "recipients")
+        ));
+    }
     o.push_str(&format!(
         "contents   {} distinct{}\n",
         n.distinct_contents,
@@ -248,22 +322,40 @@ fn human(s: &Summary<'_>) -> String {
     }
     o.push_str(&format!(
         "schedule   {}\n",
-        s.next_occurrence
-            .as_deref()
-            .map(|t| format!("next {t}"))
-            .unwrap_or_else(|| "manual (no upcoming occurrence)".to_string())
+        match (&s.schedule_past, &s.next_occurrence) {
+            (Some(past), _) => past.clone(),
+            (None, Some(t)) => format!("next {t}"),
+            (None, None) => "manual (no upcoming occurrence)".to_string(),
+        }
     ));
     o.push_str(&format!("plan hash  {}\n", s.plan_hash));
+    if let Some(w) = &s.throttle_warning {
+        o.push_str(&format!("warning: {w}\n"));
+    }
     if let Some(w) = &s.deadline_warning {
         o.push_str(&format!("warning: {w}\n"));
     }
     for w in &s.warnings {
         o.push_str(&format!("warning: {w}\n"));
     }
+    if n.invalid > 0 {
+        o.push_str(&format!(
+            "rejected   {}:\n",
+            crate::output::count(n.invalid, "row", "rows")
+        ));
+        for l in rejected_lines(first, n.invalid, "--output json lists every one") {
+            o.push_str(&format!("  {l}\n"));
+        }
+    }
     if !s.samples.is_empty() {
         o.push_str("first recipients:\n");
         for x in s.samples {
-            o.push_str(&format!("  {} (line {}): {}", x.id, x.line, x.content));
+            let v = x
+                .variant_name
+                .as_ref()
+                .map(|n| format!(" [{n}]"))
+                .unwrap_or_default();
+            o.push_str(&format!("  {} (line {}){v}: {}", x.id, x.line, x.content));
             if !x.ext.is_empty() {
                 let ext = serde_json::to_string(&x.ext).unwrap_or_default();
                 o.push_str(&format!("  ext {ext}"));
@@ -297,7 +389,15 @@ pub fn run(g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
         .exit(Exit::Invalid)?;
     // What a run would use: the ETA and the deadline warning are the run's.
     let settings = Settings::resolve(&c, &account, &RunFlags::default(), None);
-    let plan = crate::plan::build(
+    let json = a.output == PlanOutput::Json;
+    let mut rejected = if json {
+        Rejected::keep_all()
+            .context("create a temporary file for the rejected rows")
+            .exit(Exit::Internal)?
+    } else {
+        Rejected::new()
+    };
+    let plan = crate::plan::build_observed(
         &c,
         &PlanOptions {
             extra_suppress: account.suppress.clone(),
@@ -308,16 +408,69 @@ pub fn run(g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
                 now,
             ),
         },
+        &mut |e| rejected.observe(e),
     )
     .exit(Exit::Invalid)?;
-    let s = summarize(&c, &plan, &settings, now, a.sample);
+    let first = rejected.first.clone();
+    let all = rejected
+        .all()
+        .context("read back the rejected rows")
+        .exit(Exit::Internal)?;
+    let s = summarize(&c, &plan, &settings, now, a.sample, all);
+    // --retry-failed: what a follow-up run would send again (see `run::prepare::retry_preview`).
+    let retry = if a.retry_failed {
+        let paths = RepoPaths::discover(
+            &a.file,
+            a.state.config.as_deref(),
+            a.state.state_dir.as_deref(),
+            None,
+        );
+        Some(crate::run::prepare::retry_preview(
+            &paths.state_dir,
+            &c.name,
+            None,
+            &a.file,
+        )?)
+    } else {
+        None
+    };
     match a.output {
-        PlanOutput::Text | PlanOutput::Markdown => crate::out!("{}", human(&s)),
+        PlanOutput::Text | PlanOutput::Markdown => {
+            crate::out!("{}", human(&s, &first));
+            if let Some(r) = &retry {
+                crate::outln!("retry      {r}");
+            }
+        }
         PlanOutput::Json => {
-            let j = serde_json::to_string_pretty(&s)
-                .context("serialize the plan")
-                .exit(Exit::Internal)?;
-            crate::outln!("{j}");
+            /// The plan's fields and, with --retry-failed, `retry` beside them (streamed: the
+            /// rejected rows are not collected in memory).
+            #[derive(serde::Serialize)]
+            struct WithRetry<'a, T: serde::Serialize> {
+                #[serde(flatten)]
+                plan: &'a T,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                retry: Option<serde_json::Value>,
+            }
+            let retry = retry.as_ref().map(|r| {
+                serde_json::json!({
+                    "run_id": r.run_id,
+                    "recipients": r.retryable_total(),
+                    "by_code": r.retryable,
+                    "not_retried_failed_by_code": r.other,
+                    "unknown": r.unknown,
+                })
+            });
+            crate::output::write_json(&WithRetry { plan: &s, retry });
+        }
+    }
+    if let Some(g) = &settings.guard {
+        let refused = guard::check(g, plan.counts());
+        if !refused.is_empty() {
+            return Err(anyhow::anyhow!(
+                "{}\n`imcast run` would refuse it the same way; nothing was sent.",
+                guard::describe(&a.file, &refused)
+            ))
+            .exit(Exit::Invalid);
         }
     }
     Ok(Exit::Ok)

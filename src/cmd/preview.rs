@@ -58,7 +58,7 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
                 Some(f) => crate::outln!("{}", f.text),
                 None => crate::outln!("{text}"),
             }
-            eprintln!(
+            crate::errln!(
                 "call {} of {} ({} receiver{}) to {}?Action={}&Version={}",
                 call.seq + 1,
                 plan.counts().calls,
@@ -68,20 +68,23 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
                 req.action(),
                 crate::provider::client::API_VERSION,
             );
+            if !plan.assigner().is_trivial() {
+                crate::errln!("{}", plan.assigner().explain(a.recipient));
+            }
             if let Some(f) = &folded {
                 let lists: Vec<String> = f
                     .lists
                     .iter()
                     .map(|(key, n)| format!("{key} ({n} ids)"))
                     .collect();
-                eprintln!(
+                crate::errln!(
                     "FOLDED for reading: {} shown as the first and last {FOLD_KEEP} ids and a count; \
                      this is not the exact body, nor valid JSON. `--full` prints the bytes on the wire.",
                     lists.join(", ")
                 );
             }
             if let Some(id) = client_msg_id {
-                eprintln!(
+                crate::errln!(
                     "ClientMsgId {id} is shown for the placeholder run id `{PREVIEW_RUN_ID}`: each run sends \
                      \"imcast-\" + the first 32 hex digits of sha256(run id, 0x00, conversation id, 0x00, \
                      content variant {}), the same on every retry and resume of that run",
@@ -105,6 +108,9 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
                         format!("line {}: suppressed by {list}", r.line)
                     }
                     RowStatus::Invalid { reason } => format!("line {}: invalid: {reason}", r.line),
+                    RowStatus::Holdout => {
+                        format!("line {}: {}", r.line, plan.assigner().explain(a.recipient))
+                    }
                     RowStatus::Valid { .. } => format!("line {}: valid", r.line),
                 })
                 .unwrap_or_else(|| "not in the audience".to_string());

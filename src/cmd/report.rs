@@ -75,18 +75,36 @@ pub fn run(_g: &GlobalArgs, args: &ReportArgs) -> CmdResult {
         campaign_file: Some(args.file.clone()),
         ..ReportOptions::default()
     };
-    let p = write_report_with(&j, &run.id, &reports_dir, &opts).exit(Exit::Internal)?;
-    eprintln!("Report of run {} written: {}", run.id, p.html.display());
+    let p = match write_report_with(&j, &run.id, &reports_dir, &opts) {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(path) = e.disk_full() {
+                return Err(Failure::new(
+                    Exit::Environment,
+                    anyhow!(
+                        "the disk is full: imcast could not write {}, so the report of run {} was not \
+                         written. Nothing was lost: the journal holds the run. Free space, then run \
+                         `imcast report {}` again",
+                        path.display(),
+                        run.id,
+                        args.file.display()
+                    ),
+                ));
+            }
+            return Err(Failure::new(Exit::Internal, e));
+        }
+    };
+    crate::errln!("Report of run {} written: {}", run.id, p.html.display());
     if p.compressed {
-        eprintln!(
+        crate::errln!(
             "The run has more than {} rows: the per-recipient files are zstd-compressed (read them with zstdcat).",
             crate::report::fmt_count(crate::report::COMPRESS_ABOVE_ROWS)
         );
     }
     if args.open {
         match open_in_browser(&p.html) {
-            Ok(how) => eprintln!("Opened {} with {how}.", p.html.display()),
-            Err(why) => eprintln!(
+            Ok(how) => crate::errln!("Opened {} with {how}.", p.html.display()),
+            Err(why) => crate::errln!(
                 "Not opened: {why}. The page is {}; open it in any browser.",
                 p.html.display()
             ),

@@ -1,6 +1,7 @@
 //! `imcast run`: the shell around [`crate::run::run_campaign`]. Arguments become a
 //! [`Request`]; this module shows the confirmation prompt (on a terminal: stdin and stderr),
-//! installs the signal handler that trips the [`StopToken`], renders progress on stderr, starts
+//! installs the signal handler that trips the [`StopToken`], renders progress and the run's
+//! warnings on stderr, starts
 //! the embedded mock for `--mock`, and prints the summary (the report directory on stdout). The
 //! run itself — settings, plan, journal, engine, report — is the library's.
 //!
@@ -16,7 +17,7 @@
 use crate::output::count;
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -26,16 +27,20 @@ use crate::config::RepoPaths;
 use crate::exit::{CmdResult, Exit, ExitContext};
 use crate::journal::{Journal, RunFlags};
 use crate::run::{Confirmation, Hooks, Request, RunSummary};
-use crate::send::{describe_counts, Progress, StopReason, StopToken};
+use crate::send::{describe_counts, Progress, StopReason, StopToken, Warning};
 use crate::spec::LoadOptions;
 
 /// What a person confirms before a real send: where it goes, how much, how long, and one
-/// rendered message.
-fn confirmation_text(c: &Confirmation) -> String {
+/// rendered message (with `--retry-failed`: which run it retries and how many, by code).
+pub fn confirmation_text(c: &Confirmation) -> String {
     // Whole seconds, rounded up (as `imcast plan` shows an ETA).
     let eta = Duration::from_secs(c.eta.as_secs_f64().ceil() as u64);
+    let retry = match &c.retry {
+        Some(r) => format!("  retry      {r}\n"),
+        None => String::new(),
+    };
     format!(
-        "About to send campaign {:?}{}\n  app id     {}\n  endpoint   {}\n  action     {} ({})\n  recipients {}\n  calls      {}\n  limit      {}\n  ETA        {}\n  message    {}\n",
+        "About to send campaign {:?}{}\n{retry}  app id     {}\n  endpoint   {}\n  action     {} ({})\n  recipients {}\n  calls      {}\n  limit      {}\n  ETA        {}\n  message    {}\n",
         c.campaign,
         if c.is_test { " as a TEST to the --test-to ids only" } else { "" },
         c.app_id,
@@ -86,10 +91,10 @@ fn spawn_signal_handler(stop: StopToken, signal_exit: Arc<Mutex<Option<Exit>>>) 
                     g.get_or_insert(exit);
                 }
                 if stop.stop() >= 2 {
-                    eprintln!("Second signal: aborting now. The journal is consistent; resume with `imcast run`.");
+                    crate::errln!("Second signal: aborting now. The journal is consistent; resume with `imcast run`.");
                     std::process::exit(i32::from(exit.code()));
                 }
-                eprintln!("Stopping: no new calls; waiting for calls in flight to finish (signal again to abort).");
+                crate::errln!("Stopping: no new calls; waiting for calls in flight to finish (signal again to abort).");
             }
         }
         #[cfg(not(unix))]
@@ -108,10 +113,12 @@ fn spawn_signal_handler(stop: StopToken, signal_exit: Arc<Mutex<Option<Exit>>>) 
     });
 }
 
-/// Progress on stderr: a bar on a terminal, a log line every 10 s otherwise.
+/// Progress on stderr: a bar on a terminal, a log line every 10 s (of the run's clock)
+/// otherwise; warnings as lines of their own (above the bar on a terminal).
 struct Renderer {
     bar: Option<indicatif::ProgressBar>,
-    last_log: Mutex<Option<Instant>>,
+    /// When the last log line went out (the run's elapsed seconds).
+    last_log: Mutex<Option<f64>>,
 }
 
 impl Renderer {
@@ -132,23 +139,15 @@ impl Renderer {
         }
     }
 
+    fn warn(&self, w: &Warning) {
+        match &self.bar {
+            Some(b) => b.suspend(|| crate::errln!("{}", w.line())),
+            None => crate::errln!("{}", w.line()),
+        }
+    }
+
     fn update(&self, p: &Progress) {
-        let per_window = p.rate * p.limit.window.as_secs_f64();
-        // The first second's rate says nothing (one call over a few milliseconds).
-        let msg = if p.elapsed_secs < 1.0 {
-            format!(
-                "limit {} per {}",
-                p.limit.limit,
-                humantime::format_duration(p.limit.window)
-            )
-        } else {
-            format!(
-                "{:.0} per {} (limit {})",
-                per_window,
-                humantime::format_duration(p.limit.window),
-                p.limit.limit
-            )
-        };
+        let msg = p.describe();
         if let Some(q) = &p.quiet_until {
             let msg = format!("quiet hours: no calls start until {q}");
             match &self.bar {
@@ -164,16 +163,15 @@ impl Renderer {
             return;
         }
         let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
-        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        let due = last.is_none_or(|t| p.elapsed_secs - t >= 10.0);
         if due {
-            *last = Some(Instant::now());
+            *last = Some(p.elapsed_secs);
             tracing::info!(
                 run = %p.run_id,
                 settled = p.settled(),
                 total = p.deliverable_total(),
                 calls = p.calls_done,
-                rate = %msg,
-                "progress"
+                "progress: {msg}"
             );
         }
     }
@@ -194,32 +192,32 @@ fn print_summary(s: &RunSummary, file: &std::path::Path) {
     if s.already_finished {
         return;
     }
-    eprintln!("Run {id} {status}: {}.", describe_counts(&s.counts));
+    crate::errln!("Run {id} {status}: {}.", describe_counts(&s.counts));
     match &s.reason {
         None | Some(StopReason::Completed | StopReason::Deadline | StopReason::Cancelled) => {}
         Some(StopReason::Interrupted) => {
-            eprintln!("Stopped by a signal; resume with: imcast run {file}")
+            crate::errln!("Stopped by a signal; resume with: imcast run {file}")
         }
         Some(StopReason::Breaker { message }) => {
-            eprintln!("{message}\nResume with: imcast run {file}")
+            crate::errln!("{message}\nResume with: imcast run {file}")
         }
         Some(StopReason::Canary { message }) => {
-            eprintln!(
+            crate::errln!(
                 "{message}\nThe rest of the audience was not sent. Check the report; to send to them anyway, \
                  resume with: imcast run {file} (or imcast resume NAME under the daemon)"
             )
         }
         Some(StopReason::Fatal { message, .. }) => {
-            eprintln!(
+            crate::errln!(
                 "The provider refused: {message}\nFix it, then resume with: imcast run {file}"
             )
         }
         Some(StopReason::Paused) => {
-            eprintln!("Paused by request; resume with: imcast resume or imcast run {file}")
+            crate::errln!("Paused by request; resume with: imcast resume or imcast run {file}")
         }
     }
     if let Some(dir) = &s.report_dir {
-        eprintln!("Report: {}", dir.display());
+        crate::errln!("Report: {}", dir.display());
         crate::outln!("{}", dir.display());
     }
 }
@@ -252,6 +250,7 @@ fn flags_of(args: &RunArgs) -> RunFlags {
         mock: args.mock,
         test_to: args.test_to.clone(),
         skip_canary: args.skip_canary,
+        retry_failed: args.retry_failed,
     }
 }
 
@@ -270,8 +269,12 @@ fn hooks(renderer: Arc<Renderer>) -> Hooks {
                 )
             }) as crate::run::ConfirmFn
         }),
-        note: Some(Arc::new(|m: &str| eprintln!("{m}"))),
-        progress: Some(Arc::new(move |p: &Progress| renderer.update(p))),
+        note: Some(Arc::new(|m: &str| crate::errln!("{m}"))),
+        progress: Some({
+            let r = renderer.clone();
+            Arc::new(move |p: &Progress| r.update(p))
+        }),
+        warn: Some(Arc::new(move |w: &Warning| renderer.warn(w))),
     }
 }
 
@@ -297,7 +300,9 @@ pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
         // later real `run` answer "already finished". The embedded mock remembers nothing between
         // processes, so a finished mock run is simply run again.
         paths = paths.for_mock(args.state.state_dir.is_some(), args.report_dir.is_some());
-        flags.new_run = flags.new_run || latest_mock_run_finished(&paths, &campaign.name);
+        // (A --retry-failed follow-up is a new run by itself, of the last mock run.)
+        flags.new_run = flags.new_run
+            || (!flags.retry_failed && latest_mock_run_finished(&paths, &campaign.name));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -319,7 +324,7 @@ pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
             .await
             .context("start the embedded mock provider")
             .exit(Exit::Internal)?;
-            eprintln!(
+            crate::errln!(
                 "Sending to the embedded mock provider at {} (nothing leaves this machine).",
                 m.endpoint()
             );
@@ -339,7 +344,7 @@ pub fn run(_g: &GlobalArgs, args: &RunArgs) -> CmdResult {
         let res = crate::run::run_campaign(req, Arc::new(SystemClock), stop).await;
         if let Some(m) = mock {
             let st = m.stats();
-            eprintln!(
+            crate::errln!(
                 "Mock provider: {}, {} accepted, {} rate-limited, {}, most in any window {}.",
                 count(st.requests, "request", "requests"),
                 count(st.messages, "message", "messages"),

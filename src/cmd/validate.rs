@@ -1,4 +1,8 @@
-//! `imcast validate`: everything checkable offline, for every file; every problem listed.
+//! `imcast validate`: everything checkable offline, for every file; every problem listed. A file
+//! `run` would refuse for its audience (`guard::check`: too many recipients, none, too many
+//! invalid rows) is invalid here too, with the same words; a good file lists its first rejected
+//! rows and what a run would do differently (a throttle above the account's share, a past `at:`)
+//! as warnings.
 //!
 //! Output: text (one `ok` line per good file on stdout, problems on stderr), or for machines one
 //! document on stdout: `json`, GitHub Actions workflow commands (`github`: `::error file=…,line=…,
@@ -13,9 +17,13 @@ use serde::Serialize;
 
 use crate::audience::AudienceError;
 use crate::cli::{GlobalArgs, ValidateArgs, ValidateOutput};
+use crate::config::RepoPaths;
 use crate::exit::{CmdResult, Exit, ExitContext, Failure};
+use crate::guard::{self, Rejected};
+use crate::journal::RunFlags;
 use crate::output::count;
 use crate::plan::{PlanError, PlanOptions};
+use crate::run::Settings;
 use crate::spec::{Campaign, LoadOptions, Source};
 
 /// One problem, located.
@@ -38,6 +46,15 @@ struct FileResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     calls: Option<u64>,
     problems: Vec<Diagnostic>,
+    /// Invalid audience rows (the first few; `rejected_total` counts them all), located.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rejected: Vec<Diagnostic>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected_total: Option<u64>,
+    /// What a run would do differently from what the file says (a throttle above the account's
+    /// share, a past `at:`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<Diagnostic>,
     /// The text mode's message for a bad file (as `validate` always printed it).
     #[serde(skip)]
     human: String,
@@ -116,7 +133,7 @@ fn plan_diagnostics(file: &Path, c: &Campaign, e: &PlanError) -> Vec<Diagnostic>
 }
 
 /// Check one file: its counts, or every problem found.
-fn check(file: &Path, opts: &LoadOptions) -> FileResult {
+fn check(file: &Path, opts: &LoadOptions, now: jiff::Timestamp) -> FileResult {
     let mut r = FileResult {
         file: shown(file),
         ok: false,
@@ -124,6 +141,9 @@ fn check(file: &Path, opts: &LoadOptions) -> FileResult {
         valid: None,
         calls: None,
         problems: Vec::new(),
+        rejected: Vec::new(),
+        rejected_total: None,
+        warnings: Vec::new(),
         human: String::new(),
     };
     let c = match crate::spec::load(file, opts) {
@@ -144,8 +164,8 @@ fn check(file: &Path, opts: &LoadOptions) -> FileResult {
             return r;
         }
     };
-    let extra = match crate::config::account_suppress(file, None) {
-        Ok(e) => e,
+    let account = match RepoPaths::discover(file, None, None, None).account_config() {
+        Ok(a) => a,
         Err(e) => {
             let path = match &e {
                 crate::config::ConfigError::Read { path, .. }
@@ -157,19 +177,60 @@ fn check(file: &Path, opts: &LoadOptions) -> FileResult {
             return r;
         }
     };
-    match crate::plan::build(
+    // What a run would use (`run::Settings`): its guard and its pace.
+    let settings = Settings::resolve(&c, &account, &RunFlags::default(), None);
+    if let Some(w) = settings.throttle_warning() {
+        r.warnings.push(at(file, None, w));
+    }
+    if let Some(w) = c.schedule.as_ref().and_then(|s| s.describe_past(now)) {
+        r.warnings.push(at(file, None, w));
+    }
+    let mut rejected = Rejected::new();
+    match crate::plan::build_observed(
         &c,
         &PlanOptions {
-            extra_suppress: extra,
+            extra_suppress: account.suppress.clone(),
             local_date: None,
         },
+        &mut |e| rejected.observe(e),
     ) {
         Ok(p) => {
             let n = p.counts();
-            r.ok = true;
             r.rows = Some(n.total);
             r.valid = Some(n.valid);
             r.calls = Some(n.calls);
+            let rows_file = audience_path(&c).unwrap_or_else(|| file.to_path_buf());
+            r.rejected = rejected
+                .first
+                .iter()
+                .map(|x| {
+                    at(
+                        &rows_file,
+                        Some(x.line),
+                        format!("rejected row: {}", x.reason),
+                    )
+                })
+                .collect();
+            if n.invalid > 0 {
+                r.rejected_total = Some(n.invalid);
+            }
+            let refused = settings
+                .guard
+                .as_ref()
+                .map(|g| guard::check(g, n))
+                .unwrap_or_default();
+            r.ok = refused.is_empty();
+            if !r.ok {
+                let mut human = guard::describe(file, &refused);
+                for l in rejected_notes(&r) {
+                    human.push_str(&format!("\n  {l}"));
+                }
+                r.human = human;
+                r.problems = refused
+                    .iter()
+                    .map(|e| at(file, None, e.to_string()))
+                    .collect();
+            }
         }
         Err(e) => {
             r.human = format!("{}: {e}", file.display());
@@ -193,6 +254,11 @@ pub fn escape_property(s: &str) -> String {
 
 /// One `::error` workflow command.
 pub fn github_annotation(d: &Diagnostic) -> String {
+    github_annotation_at("error", d)
+}
+
+/// One workflow command of `level` (`error`, `warning`).
+fn github_annotation_at(level: &str, d: &Diagnostic) -> String {
     let mut props = vec![format!("file={}", escape_property(&d.file))];
     if let Some(l) = d.line {
         props.push(format!("line={l}"));
@@ -201,7 +267,7 @@ pub fn github_annotation(d: &Diagnostic) -> String {
         props.push(format!("col={c}"));
     }
     props.push(format!("title={}", escape_property("imcast validate")));
-    format!("::error {}::{}", props.join(","), escape_data(&d.message))
+    format!("::{level} {}::{}", props.join(","), escape_data(&d.message))
 }
 
 fn sarif(report: &Report) -> serde_json::Value {
@@ -209,8 +275,13 @@ fn sarif(report: &Report) -> serde_json::Value {
     let results: Vec<serde_json::Value> = report
         .files
         .iter()
-        .flat_map(|f| f.problems.iter())
-        .map(|d| {
+        .flat_map(|f| {
+            f.problems
+                .iter()
+                .map(|d| ("error", d))
+                .chain(f.rejected.iter().chain(&f.warnings).map(|d| ("warning", d)))
+        })
+        .map(|(level, d)| {
             let mut region = serde_json::Map::new();
             if let Some(l) = d.line {
                 region.insert("startLine".into(), json!(l));
@@ -228,7 +299,7 @@ fn sarif(report: &Report) -> serde_json::Value {
             }
             json!({
                 "ruleId": "imcast/invalid-campaign",
-                "level": "error",
+                "level": level,
                 "message": { "text": d.message },
                 "locations": [{ "physicalLocation": phys }],
             })
@@ -251,6 +322,35 @@ fn sarif(report: &Report) -> serde_json::Value {
     })
 }
 
+/// The lines under a good file's `ok` line: its rejected rows and warnings.
+fn notes(f: &FileResult) -> Vec<String> {
+    let mut v = rejected_notes(f);
+    v.extend(f.warnings.iter().map(|d| format!("warning: {}", d.message)));
+    v
+}
+
+/// A file's first rejected rows (`audience.csv:7: rejected row: …`) and how many more.
+fn rejected_notes(f: &FileResult) -> Vec<String> {
+    let mut v: Vec<String> = f
+        .rejected
+        .iter()
+        .map(|d| match d.line {
+            Some(l) => format!("{}:{l}: {}", d.file, d.message),
+            None => format!("{}: {}", d.file, d.message),
+        })
+        .collect();
+    let more = f
+        .rejected_total
+        .unwrap_or(0)
+        .saturating_sub(f.rejected.len() as u64);
+    if more > 0 {
+        v.push(format!(
+            "… and {more} more rejected rows (imcast plan FILE --output json lists every one)"
+        ));
+    }
+    v
+}
+
 /// `2 valid of 2 rows, 1 call` for a file that passed.
 fn ok_line(f: &FileResult) -> String {
     let rows = f.rows.unwrap_or(0);
@@ -263,10 +363,12 @@ fn ok_line(f: &FileResult) -> String {
 }
 
 pub fn run(_g: &GlobalArgs, a: &ValidateArgs) -> CmdResult {
+    // The system clock, read here at the command edge (for a past `at:`).
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
     let opts = LoadOptions {
         allow_endpoints: a.allow_endpoint.clone(),
     };
-    let files: Vec<FileResult> = a.files.iter().map(|f| check(f, &opts)).collect();
+    let files: Vec<FileResult> = a.files.iter().map(|f| check(f, &opts, now)).collect();
     let bad = files.iter().filter(|f| !f.ok).count();
     let report = Report {
         ok: bad == 0,
@@ -278,8 +380,11 @@ pub fn run(_g: &GlobalArgs, a: &ValidateArgs) -> CmdResult {
             for (f, path) in report.files.iter().zip(&a.files) {
                 if f.ok {
                     crate::outln!("ok  {}: {}", path.display(), ok_line(f));
+                    for l in notes(f) {
+                        crate::outln!("  {l}");
+                    }
                 } else {
-                    eprintln!("{}", f.human);
+                    crate::errln!("{}", f.human);
                 }
             }
         }
@@ -298,6 +403,9 @@ pub fn run(_g: &GlobalArgs, a: &ValidateArgs) -> CmdResult {
                 }
                 for d in &f.problems {
                     crate::outln!("{}", github_annotation(d));
+                }
+                for d in f.rejected.iter().chain(&f.warnings) {
+                    crate::outln!("{}", github_annotation_at("warning", d));
                 }
             }
         }

@@ -3,7 +3,8 @@
 //! Owns: the snapshot the daemon publishes after every tick and its rendering in the
 //! Prometheus text exposition format, plus the tiny axum server. What only the sender knows
 //! (messages by status, rate vs limit) comes in through [`MetricsHook`]s; [`JournalMetrics`] is
-//! the journal's (read through the journal's own methods, never its tables).
+//! the journal's (read through the journal's own methods and the limiter's
+//! [`used_in_windows`](crate::throttle::used_in_windows), never their tables).
 //! Must not: block the daemon (the server reads a snapshot behind a mutex), or bind anything
 //! but the address it is given (the command refuses non-loopback addresses).
 
@@ -257,26 +258,10 @@ pub fn journal_text(
     );
     let _ = writeln!(o, "# TYPE imcast_rate_limit gauge");
     // The limiter keeps its log in its own file beside the journal (see `throttle`).
-    let tconn = rusqlite::Connection::open_with_flags(
-        db.with_file_name(crate::throttle::DB_FILE),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .ok();
-    // No limiter file yet (nothing sent from this state directory) or unreadable: nothing used.
-    let has_log: bool = tconn.as_ref().is_some_and(|t| {
-        t.busy_timeout(std::time::Duration::from_secs(2)).is_ok()
-            && t.prepare(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'throttle_log'",
-            )
-            .and_then(|mut st| st.exists([]))
-            .unwrap_or(false)
-    });
-    for (action, limit) in limits {
-        let used: u64 = if let (true, Some(conn)) = (has_log, &tconn) {
-            crate::throttle::used_in_window(conn, action, now)?
-        } else {
-            0
-        };
+    let keys: Vec<&str> = limits.iter().map(|(action, _)| action.as_str()).collect();
+    let used =
+        crate::throttle::used_in_windows(&db.with_file_name(crate::throttle::DB_FILE), &keys, now)?;
+    for ((action, limit), used) in limits.iter().zip(used) {
         let _ = writeln!(o, "imcast_rate_used{{action=\"{}\"}} {used}", esc(action));
         let _ = writeln!(
             o,

@@ -5,7 +5,8 @@
 //! Owns: runs (one per campaign send, keyed by campaign + optional occurrence, recording the plan
 //! hash, status, flags, audit), calls (one row per provider call: planned → in_flight → done |
 //! unknown), recipients (one row per audience row, with exactly one status) with per-status
-//! counters (`run_counts`), and control requests (pause/resume/cancel per campaign). These
+//! counters (`run_counts`), the invocations that opened each run (`run_invocations`, the audit),
+//! and control requests (pause/resume/cancel per campaign). These
 //! tables have no other writer or reader: every other module calls the methods of [`Journal`]
 //! (the operations a store holds, with plain-data arguments and results). The limiter keeps its
 //! own file beside it (see `throttle`); the scheduler (`daemon::state`) and the report
@@ -24,19 +25,64 @@
 //! (and, in this process, while that journal is open). Every method is synchronous: async callers
 //! run it with `spawn_blocking` ([`SharedJournal`]). A failed write is returned as a
 //! [`JournalError`] (never swallowed, never flattened to text: its exit code survives) — the
-//! engine stops the run on it.
+//! engine stops the run on it; a full disk (SQLITE_FULL, ENOSPC) is recognizable
+//! ([`JournalError::disk_full`], exit 8) so the run can say so in one message.
 //!
 //! Must not: talk to the network; let a rusqlite type into a public signature other than
-//! [`Journal::connection`] (for other stages' own tables) and the [`JournalError::Db`] source.
+//! [`Journal::connection`] (for other stages' own tables in this file, never the journal's) and
+//! the [`JournalError::Db`] source. Integration tests may read the file to check what is stored
+//! (and write rows an older version left); no module of the crate does.
+//!
+//! # The surface, by concern
+//!
+//! The public methods are the operations a store holds: plain data in and out (ids, [`Timestamp`]s,
+//! the row and status types of `types`), every error a [`JournalError`], no transaction or
+//! connection handed out (the next backend implements the same list). By concern:
+//!
+//! - **Opening**: [`Journal::open`], [`Journal::open_path`], [`Journal::open_reader`],
+//!   [`Journal::reader`], [`Journal::path`]; [`new_run_id`], [`create_private_dir`]. Other stages'
+//!   tables in the same file: [`Journal::migrate_extra`], [`Journal::connection`].
+//! - **Runs and the lease**: [`Journal::open_run`] (the resume decision: create, resume,
+//!   continue, reopen, or "already finished", with the lease, in one transaction),
+//!   [`Journal::run`], [`Journal::latest_run`], [`Journal::unfinished_run`], [`Journal::runs`],
+//!   [`Journal::campaigns`], [`Journal::set_status`], [`Journal::claim`], [`Journal::release`],
+//!   [`Journal::prune_runs`].
+//! - **Recipients**: [`Journal::for_each_recipient`], [`Journal::for_each_recipient_ref`],
+//!   [`Journal::recipients`], [`Journal::last_line`], [`Journal::sendable`],
+//!   [`Journal::sendable_detail`], [`Journal::all_valid_pending`], [`Journal::expire_pending`],
+//!   [`Journal::cancel_pending`].
+//! - **Calls**: [`Journal::mark_in_flight`], [`Journal::mark_retry`], [`Journal::record_outcome`],
+//!   [`Journal::write_batch`] and [`SharedJournal::write`] (group commit), [`Journal::recover`]
+//!   (after a crash), [`Journal::prepare_requeue`], [`Journal::extra_calls`],
+//!   [`Journal::any_call_settled`], [`Journal::calls`], [`Journal::calls_in_state`],
+//!   [`Journal::for_each_answered_call`].
+//! - **Counts**: [`Journal::counts`], [`Journal::counts_by_scan`], [`Journal::count_status`],
+//!   [`Journal::call_counts`], [`Journal::attempts`], [`Journal::recent_counts`].
+//! - **Control**: [`Journal::request_control`], [`Journal::control`],
+//!   [`Journal::control_pending`], [`Journal::pending_controls`], [`Journal::clear_control`],
+//!   [`Journal::finish_control`].
+//! - **Audit**: who started a run, where and with which risky flags is part of the run row
+//!   ([`NewRun::audit`] in, [`RunInfo::audit`] and [`RunFlags::risky`] out; [`hostname`]); every invocation that
+//!   opened a run (created, resumed, continued, retry: who, where, when, its flags) is a row of
+//!   `run_invocations`, written in the transaction of the decision it records (`audit`).
+//!
+//! Async callers use [`SharedJournal`] ([`SharedJournal::with`] runs any of the above on the
+//! blocking pool).
 //!
 //! One concern per file: `types` (statuses, runs, rows, writes), `schema` (migrations, the
 //! recipient key, stored time), `runs` (run rows and their status), `lease` (who is sending a
 //! run), `resume` (the `open_run` decision), `calls` (in-flight marks, outcomes, re-queued
 //! receivers, crash recovery), `commit` (group commit and [`SharedJournal`]), `counts` (the
-//! per-status counters), `read` (recipient scans), `control` (pause/resume/cancel requests),
-//! `prune` (deleting old runs), `stages` (a run's stages: their times, states and gates). `Ops` below is the set of run statements that can run inside
-//! another statement's transaction (a decision in `open_run`, a migration).
+//! per-status counters), `read` (recipient and call reads), `control` (pause/resume/cancel
+//! requests), `prune` (deleting old runs), `audit` (the invocations that opened each run),
+//! `retry` (the `--retry-failed` follow-up run and what it would send), `attempts` (the log of
+//! admitted attempts: admission instants and error codes, for the report's figures), `stages`
+//! (a run's stages: their times, states and gates). `Ops` below is the set
+//! of run statements that can run inside another statement's transaction (a decision in
+//! `open_run`, a migration).
 
+mod attempts;
+mod audit;
 mod calls;
 mod commit;
 mod control;
@@ -45,6 +91,7 @@ mod lease;
 mod prune;
 mod read;
 mod resume;
+mod retry;
 mod runs;
 mod schema;
 mod stages;
@@ -52,9 +99,12 @@ mod stages;
 mod testutil;
 mod types;
 
+pub use attempts::Admission;
+pub use audit::Invocation;
 pub use commit::SharedJournal;
 pub use control::{ControlRequest, PendingControl};
 pub use lease::hostname;
+pub use retry::{describe_codes, RetryCandidates};
 pub use stages::{NewStage, StageRow};
 pub use types::{
     CallEnd, CallRow, CallState, Mark, NewRun, Opened, Outcome, RecipientRef, RecipientRow,
@@ -119,11 +169,29 @@ pub enum JournalError {
     /// The blocking task that ran a journal operation panicked or was dropped.
     #[error("journal worker failed: {0}")]
     Worker(String),
+    /// `--retry-failed` cannot start: no finished run, nothing retryable in it, or an unfinished
+    /// run to resume first. Nothing was sent.
+    #[error("{0}")]
+    Retry(String),
 }
 
 impl JournalError {
+    /// The file or directory a full disk (or quota) refused to grow, when that is what this
+    /// error is: SQLite's SQLITE_FULL, or ENOSPC/EDQUOT creating the state directory.
+    pub fn disk_full(&self) -> Option<&Path> {
+        match self {
+            JournalError::Db { path, source } if crate::db::is_disk_full(source) => Some(path),
+            JournalError::Io { path, source } if crate::exit::is_storage_full(source) => Some(path),
+            JournalError::Write(e) => e.disk_full(),
+            _ => None,
+        }
+    }
+
     /// The exit code this error means.
     pub fn exit(&self) -> Exit {
+        if self.disk_full().is_some() {
+            return Exit::Environment;
+        }
         match self {
             JournalError::Changed { .. } => Exit::Changed,
             JournalError::Busy { .. } => Exit::Busy,
@@ -132,7 +200,9 @@ impl JournalError {
             {
                 Exit::Busy
             }
-            JournalError::NoRun(_) | JournalError::Seed(_) => Exit::Invalid,
+            JournalError::NoRun(_) | JournalError::Seed(_) | JournalError::Retry(_) => {
+                Exit::Invalid
+            }
             JournalError::Write(e) => e.exit(),
             _ => Exit::Internal,
         }
@@ -198,7 +268,9 @@ impl Journal {
         &self.path
     }
 
-    /// The connection, for other stages' own tables (same file, same pragmas).
+    /// The connection, for other stages' own tables in this file (the scheduler's `sched_*`, the
+    /// report's `report_*`; same pragmas). Never for the journal's own tables: their methods are
+    /// the only way to them.
     pub fn connection(&self) -> &Connection {
         &self.conn
     }

@@ -1,7 +1,8 @@
 //! The resume decision: what `imcast run` does with the journal when it opens a run — create and
 //! seed it, resume the unfinished one, apply suppressions added since, continue a changed run
 //! (`--continue-changed`), supersede it (`--new-run`), reopen a finished run to resend its
-//! `unknown` recipients (`--resend-unknown`), or report that the latest run finished.
+//! `unknown` recipients (`--resend-unknown`; past a `--retry-failed` follow-up, which holds none,
+//! to the run it retried), or report that the latest run finished.
 //!
 //! Invariants: the decision and everything it does are one IMMEDIATE transaction (see
 //! [`Journal::open_run`]); a run another live process is sending is never touched (`Busy`, exit
@@ -89,7 +90,10 @@ impl Journal {
             path: &self.path,
             owner: &self.owner,
         };
-        match ops.open_run(new, opts, rows, now) {
+        match ops
+            .open_run(new, opts, rows, now)
+            .and_then(|o| ops.record_opened(&o, new, now).map(|()| o))
+        {
             Ok(opened) => {
                 tx.commit().map_err(db)?;
                 Ok(opened)
@@ -102,7 +106,7 @@ impl Journal {
     }
 
     /// The unique index refused a second unfinished run: say who holds the one there is.
-    fn conflict_as_busy(
+    pub(super) fn conflict_as_busy(
         &self,
         e: JournalError,
         campaign: &str,
@@ -130,6 +134,24 @@ impl Journal {
 }
 
 impl Ops<'_> {
+    /// Append the invocation that made `opened` to its run's audit (see `audit`); an "already
+    /// finished" answer changed nothing and is not recorded.
+    pub(super) fn record_opened(
+        &self,
+        opened: &Opened,
+        new: &NewRun,
+        now: Timestamp,
+    ) -> Result<(), JournalError> {
+        let decision = match opened {
+            Opened::AlreadyFinished(_) => return Ok(()),
+            Opened::Created(_) => "created",
+            Opened::Resumed { .. } | Opened::ResumedWithSuppressions { .. } => "resumed",
+            Opened::Continued { .. } => "continued",
+            Opened::Retry { .. } => "retry",
+        };
+        self.record_invocation(&opened.run().id, decision, new, now)
+    }
+
     /// See [`Journal::open_run`]; runs inside its transaction.
     fn open_run<'r, E: fmt::Display + Send>(
         &self,
@@ -189,10 +211,22 @@ impl Ops<'_> {
                     new: new.plan_hash.clone(),
                 });
             }
-            if let Some(last) =
+            if let Some(latest) =
                 self.latest_of_occurrence(&new.campaign, new.occurrence.as_deref())?
             {
-                let unknown = self.count_status(&last.id, RecipientStatus::Unknown)?;
+                // A --retry-failed follow-up holds only the retried recipients: the `unknown`
+                // ones are in the run it retried (and so on back), so --resend-unknown looks
+                // there when the follow-up has none (see `retry`).
+                let mut last = latest.clone();
+                let mut unknown = self.count_status(&last.id, RecipientStatus::Unknown)?;
+                while opts.resend_unknown && unknown == 0 {
+                    let Some(prev) = last.retry_of.as_deref() else {
+                        break;
+                    };
+                    let Some(prev) = self.run(prev)? else { break };
+                    unknown = self.count_status(&prev.id, RecipientStatus::Unknown)?;
+                    last = prev;
+                }
                 if opts.resend_unknown
                     && unknown > 0
                     && last.status == RunStatus::Finished
@@ -208,7 +242,7 @@ impl Ops<'_> {
                         recovered: Recovered::default(),
                     });
                 }
-                return Ok(Opened::AlreadyFinished(last));
+                return Ok(Opened::AlreadyFinished(latest));
             }
         }
         if opts.new_run && !new.is_test {
@@ -283,8 +317,8 @@ impl Ops<'_> {
             let mut ins = tx
                 .prepare(
                     "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message,
-                                            message_id, detail, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                            message_id, detail, updated_at, variant_name)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(&db)?;
             let mut prior = tx
@@ -343,6 +377,7 @@ impl Ops<'_> {
                     message_id,
                     detail,
                     updated_at,
+                    row.variant_name,
                 ])
                 .map_err(&db)?;
                 Ok(())
@@ -427,12 +462,14 @@ impl Ops<'_> {
                     RecipientStatus::Invalid
                         | RecipientStatus::Duplicate
                         | RecipientStatus::Suppressed
+                        | RecipientStatus::Holdout
                 );
                 let now_final_input = matches!(
                     row.status,
                     RecipientStatus::Invalid
                         | RecipientStatus::Duplicate
                         | RecipientStatus::Suppressed
+                        | RecipientStatus::Holdout
                 );
                 if row.status == RecipientStatus::Suppressed && !was_final_input {
                     if cstatus == RecipientStatus::Pending {
@@ -698,7 +735,7 @@ mod tests {
                     Opened::Resumed { .. } => ["resume", "--resend-unknown"].contains(&name),
                     Opened::ResumedWithSuppressions { .. } => name == "suppressions",
                     Opened::Continued { .. } => name == "--continue-changed",
-                    Opened::AlreadyFinished(_) => false,
+                    Opened::AlreadyFinished(_) | Opened::Retry { .. } => false,
                 };
                 assert!(expected, "{ctx}");
                 assert!(matches!(lost[0], JournalError::Busy { .. }), "{ctx}");

@@ -36,6 +36,7 @@ impl Journal {
             limit_window_ms: r.get("limit_window_ms")?,
             total_calls: r.get("total_calls")?,
             continued_from: r.get("continued_from")?,
+            retry_of: r.get("retry_of")?,
         })
     }
 
@@ -222,6 +223,7 @@ struct RawRun {
     limit_window_ms: i64,
     total_calls: i64,
     continued_from: Option<String>,
+    retry_of: Option<String>,
 }
 
 impl RawRun {
@@ -250,6 +252,7 @@ impl RawRun {
             is_test: self.is_test,
             stop_reason: self.stop_reason,
             continued_from: self.continued_from,
+            retry_of: self.retry_of,
         })
     }
 }

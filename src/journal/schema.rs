@@ -141,7 +141,49 @@ const MIGRATIONS: &[&str] = &[
     // race this closes) are cancelled: see `end_duplicate_unfinished_runs`.
     "CREATE UNIQUE INDEX runs_one_unfinished ON runs(campaign, COALESCE(occurrence, ''))
         WHERE is_test = 0 AND status IN ('running', 'paused', 'interrupted');",
-    // 6 (stages): a run's stages in order (a canary and the rest): each one's range of call
+    // 6 (audit, retry): `run_invocations` holds one row per invocation that opened a run (created,
+    // resumed, continued, reopened for --resend-unknown, a --retry-failed follow-up; the daemon's
+    // too): who, where, when, which imcast and which flags (`audit`). Runs from before get their
+    // creation as their first row. `runs.retry_of`: the finished run a --retry-failed run sends
+    // the retryable failures of (`retry`).
+    "CREATE TABLE run_invocations(
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        via TEXT NOT NULL,
+        user TEXT,
+        host TEXT,
+        imcast_version TEXT,
+        flags TEXT NOT NULL,
+        PRIMARY KEY(run_id, seq)
+     ) WITHOUT ROWID;
+     INSERT INTO run_invocations(run_id, seq, at, decision, via, user, host, imcast_version, flags)
+        SELECT id, 1, created_at, 'created',
+               CASE WHEN occurrence IS NULL THEN 'run' ELSE 'daemon' END,
+               CASE WHEN json_valid(audit) THEN json_extract(audit, '$.user') END,
+               CASE WHEN json_valid(audit) THEN json_extract(audit, '$.host') END,
+               CASE WHEN json_valid(audit) THEN json_extract(audit, '$.imcast_version') END,
+               flags
+        FROM runs;
+     ALTER TABLE runs ADD COLUMN retry_of TEXT;",
+    // 7: the attempts log (see `attempts`): one row per admitted call attempt, its admission
+    // instant (nanoseconds since 1970) and the error code it ended with.
+    "CREATE TABLE attempts(
+        run_key INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        at_ns INTEGER NOT NULL,
+        receivers INTEGER NOT NULL,
+        code TEXT,
+        PRIMARY KEY(run_key, seq, attempt)
+     ) WITHOUT ROWID;
+     CREATE INDEX attempts_at ON attempts(run_key, at_ns);",
+    // 8 (A/B variants): the `message.variants` entry a recipient was assigned (NULL: the
+    // campaign has no variants, or the row is not sent). A row held out by `holdout:` has status
+    // `holdout` (a final status like `suppressed`).
+    "ALTER TABLE recipients ADD COLUMN variant_name TEXT;",
+    // 9 (stages): a run's stages in order (a canary and the rest): each one's range of call
     // numbers, the time it may not start before, its state (waiting | sending | sent | expired)
     // and its gate (NULL: none; waiting | passed | failed | overridden | skipped) with the time
     // the gate decides. Times, never sleeps: a restart reads where the run stands.

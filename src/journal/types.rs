@@ -61,6 +61,7 @@ str_enum!(
         Invalid = "invalid",
         Duplicate = "duplicate",
         Suppressed = "suppressed",
+        Holdout = "holdout",
         Expired = "expired",
         Cancelled = "cancelled",
         Pending = "pending",
@@ -105,6 +106,9 @@ pub struct RunFlags {
     /// `--skip-canary`: the rollout's canary gate is not waited for (recorded in the audit).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_canary: bool,
+    /// `--retry-failed`: a follow-up run for the last finished run's retryable failures.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_failed: bool,
 }
 
 impl RunFlags {
@@ -125,6 +129,29 @@ impl RunFlags {
         }
         if self.skip_canary {
             v.push("--skip-canary");
+        }
+        v
+    }
+
+    /// Every flag as it is written on the command line (`--test-to` with its ids), in a fixed
+    /// order: what the audit shows for an invocation.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for (on, name) in [
+            (self.new_run, "--new-run"),
+            (self.continue_changed, "--continue-changed"),
+            (self.resend_unknown, "--resend-unknown"),
+            (self.retry_failed, "--retry-failed"),
+            (self.yes, "--yes"),
+            (self.mock, "--mock"),
+        ] {
+            if on {
+                v.push(name.to_string());
+            }
+        }
+        if !self.test_to.is_empty() {
+            let ids: Vec<String> = self.test_to.iter().map(u64::to_string).collect();
+            v.push(format!("--test-to {}", ids.join(",")));
         }
         v
     }
@@ -150,6 +177,8 @@ pub struct RunInfo {
     pub limit: Limit,
     pub total_calls: u64,
     pub continued_from: Option<String>,
+    /// A `--retry-failed` run: the finished run whose failures it sends again.
+    pub retry_of: Option<String>,
 }
 
 /// The recipient counters of one run (see [`Journal::recent_counts`](super::Journal::recent_counts)).
@@ -188,10 +217,12 @@ pub struct SeedRow {
     pub line: u64,
     pub id: Option<u64>,
     pub raw_id: String,
-    /// Pending (valid), or final: invalid / duplicate / suppressed.
+    /// Pending (valid), or final: invalid / duplicate / suppressed / holdout.
     pub status: RecipientStatus,
     pub call_seq: Option<u64>,
     pub variant: Option<String>,
+    /// The A/B variant (`message.variants`) the recipient is assigned.
+    pub variant_name: Option<String>,
     /// Why invalid / which list suppressed / first line of a duplicate.
     pub note: Option<String>,
 }
@@ -211,9 +242,11 @@ pub struct RecipientRow {
     pub error_message: Option<String>,
     pub detail: Option<String>,
     pub time: Option<String>,
+    /// The A/B variant (`message.variants`) the recipient was assigned.
+    pub variant_name: Option<String>,
 }
 
-/// A receiver still to send, as [`Journal::sendable_detail`] finds it.
+/// A receiver still to send, as [`Journal::sendable_detail`](super::Journal::sendable_detail) finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sendable {
     pub id: u64,
@@ -223,7 +256,7 @@ pub struct Sendable {
     pub pending: bool,
 }
 
-/// One recipient row borrowed from the database (see [`Journal::for_each_recipient_ref`]).
+/// One recipient row borrowed from the database (see [`Journal::for_each_recipient_ref`](super::Journal::for_each_recipient_ref)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecipientRef<'a> {
     pub line: u64,
@@ -240,10 +273,12 @@ pub struct RecipientRef<'a> {
     pub detail: Option<&'a str>,
     /// The last update (the run's start when the row was never updated).
     pub time: &'a str,
+    /// The A/B variant (`message.variants`) the recipient was assigned.
+    pub variant_name: Option<&'a str>,
 }
 
 impl RecipientRef<'_> {
-    /// The owned row, as [`Journal::for_each_recipient`] gives it.
+    /// The owned row, as [`Journal::for_each_recipient`](super::Journal::for_each_recipient) gives it.
     pub fn to_row(&self) -> RecipientRow {
         RecipientRow {
             line: self.line,
@@ -261,6 +296,7 @@ impl RecipientRef<'_> {
             error_message: self.error_message.map(str::to_string),
             detail: self.detail.map(str::to_string),
             time: Some(self.time.to_string()),
+            variant_name: self.variant_name.map(str::to_string),
         }
     }
 }
@@ -277,7 +313,7 @@ pub struct RecipientUpdate {
     pub detail: Option<String>,
 }
 
-/// One call row as stored (see [`Journal::calls`](super::Journal::calls)).
+/// One call row as stored (see [`Journal::calls`](super::Journal::calls)(super::Journal::calls)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallRow {
     pub seq: u64,
@@ -294,7 +330,7 @@ pub struct CallRow {
 }
 
 /// An answered call as the report's timeline needs it (see
-/// [`Journal::for_each_answered_call`](super::Journal::for_each_answered_call)).
+/// [`Journal::for_each_answered_call`](super::Journal::for_each_answered_call)(super::Journal::for_each_answered_call)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallEnd {
     /// When its outcome was written.
@@ -332,7 +368,7 @@ pub enum Write {
     Outcome(Outcome),
 }
 
-/// How [`Journal::open_run`] should treat an existing run.
+/// How [`Journal::open_run`](super::Journal::open_run) should treat an existing run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResumeOptions {
     pub new_run: bool,
@@ -340,7 +376,7 @@ pub struct ResumeOptions {
     pub resend_unknown: bool,
 }
 
-/// What [`Journal::open_run`] did.
+/// What [`Journal::open_run`](super::Journal::open_run) did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Opened {
     /// A new run was created and seeded.
@@ -361,6 +397,16 @@ pub enum Opened {
     },
     /// The latest run already finished and nothing asks to send again.
     AlreadyFinished(RunInfo),
+    /// `--retry-failed`: a new run for the recipients of the finished run `of` whose final
+    /// status is `failed` with a retryable code (see [`Journal::open_retry_run`](super::Journal::open_retry_run)).
+    Retry {
+        run: RunInfo,
+        of: String,
+        /// Recipients seeded `pending` (sent again).
+        retried: u64,
+        /// Retryable failures of `of` whose id is no longer in the audience (not sent).
+        left_out: u64,
+    },
 }
 
 impl Opened {
@@ -370,6 +416,7 @@ impl Opened {
             | Opened::Resumed { run: r, .. }
             | Opened::ResumedWithSuppressions { run: r, .. }
             | Opened::Continued { run: r, .. }
+            | Opened::Retry { run: r, .. }
             | Opened::AlreadyFinished(r) => r,
         }
     }

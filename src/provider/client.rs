@@ -8,7 +8,6 @@
 //! else: retry policy belongs to the sender, which knows whether a call is idempotent.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use secrecy::ExposeSecret;
 use serde::de::DeserializeOwned;
@@ -203,7 +202,7 @@ impl Client {
             }
             rb = rb.header(k.as_str(), v.as_str());
         }
-        let started = Instant::now();
+        let started = crate::clock::Stopwatch::start();
         let endpoint = inner.endpoint.as_str();
         let resp = rb
             .body(body.to_vec())

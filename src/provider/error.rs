@@ -396,6 +396,32 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// The codes the send engine records on `failed` recipients of a request the provider never
+/// processed when no provider code came with it (`send`): the HTTP status (`HTTP429`,
+/// `HTTP503`) or, for a connection that failed before the request was fully sent, the class.
+pub const NOT_PROCESSED_CODES: [&str; 3] = ["HTTP429", "HTTP503", "NotProcessed"];
+
+/// Whether a recipient whose final status is `failed` with `code` may be sent again by
+/// `imcast run --retry-failed` (after a person fixed the cause). Retryable: the provider said it
+/// did not deliver, so a resend cannot duplicate —
+/// - `FailedReceiver`: a BatchSendMessage answer listed the receiver as not delivered (the run
+///   already re-queued it `retry.max_attempts` times);
+/// - codes classified [`ErrorClass::NotProcessed`] by their name: `FlowLimitExceeded*` /
+///   `AccountFlowLimitExceeded*` (rate limited) and `ServiceUnavailableTemp`, after the run's
+///   retries ran out;
+/// - [`NOT_PROCESSED_CODES`]: the same without a provider code (HTTP 429/503, connect failures).
+///
+/// Not retryable: every other code — a P2P per-user code other than `SUCCESS`/`NOT_ONLINE`, a
+/// code imcast does not know (its status is not recorded with it, so a 429/503 answer with an
+/// unrecognized code is not retried either), or no code. `unknown` outcomes are not `failed`:
+/// they stay behind `--resend-unknown`.
+pub fn retryable_failure(code: &str) -> bool {
+    let c = code.trim();
+    c.eq_ignore_ascii_case("FailedReceiver")
+        || NOT_PROCESSED_CODES.contains(&c)
+        || matches!(code_kind(c), CodeKind::RateLimited | CodeKind::Unavailable)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,5 +549,33 @@ mod tests {
             e.to_string().contains("the reply carried no request id"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn retryable_failures_are_the_codes_that_prove_nothing_was_delivered() {
+        for c in [
+            "FailedReceiver",
+            "failedreceiver",
+            "FlowLimitExceeded",
+            "AccountFlowLimitExceeded.Batch",
+            "ServiceUnavailableTemp",
+            "HTTP429",
+            "HTTP503",
+            "NotProcessed",
+        ] {
+            assert!(super::retryable_failure(c), "{c}");
+        }
+        for c in [
+            "",
+            "InvalidParameter",
+            "AccessDenied",
+            "InternalError",
+            "HTTP500",
+            "USER_BLOCKED",
+            "MissingFromAnswer",
+            "Unknown",
+        ] {
+            assert!(!super::retryable_failure(c), "{c}");
+        }
     }
 }

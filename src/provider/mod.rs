@@ -19,7 +19,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub use client::Client;
-pub use error::{ApiFailure, ErrorClass, ProviderError};
+pub use error::{retryable_failure, ApiFailure, ErrorClass, ProviderError};
 pub use types::*;
 
 /// `cn-north-1` host.

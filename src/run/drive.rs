@@ -4,7 +4,8 @@
 //!
 //! Invariants: every run of the account shares one limiter per action through the state
 //! directory (concurrent processes included); the report is attempted after every engine end,
-//! an engine error included. Must not: print (progress is the caller's callback), or decide a
+//! an engine error included; a full disk (journal, limiter state or report) ends it with one
+//! message naming the file (exit 8), never as an internal error. Must not: print (progress is the caller's callback), or decide a
 //! setting (they come resolved in `Settings`).
 
 use std::sync::Arc;
@@ -28,6 +29,15 @@ fn in_run(failure: Failure, run: &str) -> Failure {
     }
 }
 
+/// The limiter's state could not be opened: a full disk says so (exit 8), anything else is
+/// internal.
+fn limiter_failure(e: crate::throttle::ThrottleError, campaign_file: &std::path::Path) -> Failure {
+    match e.disk_full() {
+        Some(path) => super::disk_full_failure(path, campaign_file),
+        None => Failure::new(Exit::Internal, e),
+    }
+}
+
 /// Drive the prepared run with the engine, then write its report.
 pub(super) async fn drive<S, T>(
     inputs: Inputs,
@@ -48,6 +58,7 @@ where
         hooks,
     } = inputs;
     let Prepared { journal, run } = prepared;
+    crate::failpoint::limit_journal(journal.connection());
     let journal = SharedJournal::new(journal);
     let throttle_db = paths.state_dir.join(crate::throttle::DB_FILE);
     let mut limiter = Limiter::open(
@@ -61,7 +72,7 @@ where
         },
         clock.clone(),
     )
-    .exit(Exit::Internal)?;
+    .map_err(|e| limiter_failure(e, &facts.campaign_file))?;
     if let Some(t) = settings.campaign_limit {
         let cap = Limiter::open(
             &throttle_db,
@@ -70,7 +81,7 @@ where
             LimiterOptions::default(),
             clock.clone(),
         )
-        .exit(Exit::Internal)?;
+        .map_err(|e| limiter_failure(e, &facts.campaign_file))?;
         limiter = limiter.capped_by(cap);
     }
 
@@ -85,11 +96,12 @@ where
 
     let control_every = cfg.control_every;
     let make_engine = {
-        let (journal, clock, stop, progress) = (
+        let (journal, clock, stop, progress, warn) = (
             journal.clone(),
             clock.clone(),
             stop.clone(),
             hooks.progress.clone(),
+            hooks.warn.clone(),
         );
         move |stage: Option<&crate::stages::RunStage>| {
             let mut cfg = cfg.clone();
@@ -113,6 +125,9 @@ where
             );
             if let Some(p) = &progress {
                 engine = engine.with_progress(p.clone());
+            }
+            if let Some(w) = &warn {
+                engine = engine.with_warnings(w.clone());
             }
             engine
         }
@@ -146,22 +161,42 @@ where
     let end = match end {
         Ok(e) => e,
         Err(e) => {
-            let exit = e.exit();
+            // (On a full disk the report most likely fails too; the journal keeps everything.)
             let _ = tokio::task::spawn_blocking(write_report).await;
+            if let Some(path) = e.disk_full() {
+                return Err(in_run(
+                    super::disk_full_failure(path, &facts.campaign_file),
+                    &run.id,
+                ));
+            }
+            let exit = e.exit();
             return Err(in_run(Failure::new(exit, e), &run.id));
         }
     };
-    let report = tokio::task::spawn_blocking(write_report)
+    let report = match tokio::task::spawn_blocking(write_report)
         .await
         .map_err(|e| anyhow!("report task failed: {e}"))
         .exit(Exit::Internal)?
-        .with_context(|| {
-            format!(
-                "run {} stopped, but its report could not be written; `imcast report` retries",
-                run.id
-            )
-        })
-        .exit(Exit::Internal)?;
+    {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(path) = e.disk_full() {
+                return Err(super::report_disk_full_failure(
+                    path,
+                    &run.id,
+                    &facts.campaign_file,
+                ));
+            }
+            return Err(anyhow::Error::new(e))
+                .with_context(|| {
+                    format!(
+                        "run {} stopped, but its report could not be written; `imcast report` retries",
+                        run.id
+                    )
+                })
+                .exit(Exit::Internal);
+        }
+    };
     Ok(RunSummary {
         run_id: Some(run.id.clone()),
         exit: end.exit(),

@@ -13,7 +13,9 @@
 //!   times in the journal;
 //! - [`test_to`]: the calls of a `--test-to` run.
 //!
-//! [`run_campaign`] builds the plan (`spec` → `plan`, on the blocking pool), picks the target
+//! [`run_campaign`] builds the plan (`spec` → `plan`, on the blocking pool), applies the audience
+//! guard (`guard::check`, the one `validate` and `plan` apply; an empty audience the campaign allows
+//! ends the run here with a note and exit 0, nothing recorded), picks the target
 //! (the campaign's endpoint with credentials from the environment, or an override such as the
 //! embedded mock), wraps the plan and the provider client in the engine's adapters
 //! (`send::adapters`), then prepares and drives.
@@ -44,7 +46,7 @@ use crate::journal::{RecipientStatus, RunFlags, RunStatus, SeedRows};
 use crate::plan::PlanOptions;
 use crate::provider::{Client, ClientConfig, Credentials};
 use crate::send::adapters::{seed_rows, test_seed_rows, PlanSource, ProviderTransport};
-use crate::send::{CallSource, ProgressFn, StopReason, StopToken, Transport};
+use crate::send::{CallSource, ProgressFn, StopReason, StopToken, Transport, WarnFn};
 use crate::spec::Campaign;
 
 pub use prepare::Confirmation;
@@ -65,6 +67,8 @@ pub struct Hooks {
     pub note: Option<NoteFn>,
     /// Progress after each call (the CLI renders a bar or log lines).
     pub progress: Option<ProgressFn>,
+    /// Warnings during the run, one line per kind per 10 s (None: `tracing`).
+    pub warn: Option<WarnFn>,
 }
 
 /// One run of a campaign, as the CLI or the daemon asks for it.
@@ -167,6 +171,40 @@ impl RunSummary {
     }
 }
 
+/// A full disk stopped the run (the journal, the limiter's state or the state directory could
+/// not grow): one message that names the file, says nothing was lost and how to go on (exit 8).
+pub fn disk_full_failure(path: &std::path::Path, campaign_file: &std::path::Path) -> Failure {
+    Failure::new(
+        Exit::Environment,
+        anyhow!(
+            "the disk is full: imcast could not write {}. Nothing was lost: every outcome recorded so \
+             far is kept, recipients not yet sent stay pending, and a call whose answer could not be \
+             recorded will show its recipients as `unknown` (never resent on its own). Free space, \
+             then resume with `imcast run {}`",
+            path.display(),
+            campaign_file.display()
+        ),
+    )
+}
+
+/// The same after the engine ended, for the run's report (exit 8).
+pub fn report_disk_full_failure(
+    path: &std::path::Path,
+    run_id: &str,
+    campaign_file: &std::path::Path,
+) -> Failure {
+    Failure::new(
+        Exit::Environment,
+        anyhow!(
+            "the disk is full: imcast could not write {}, so the report of run {run_id} was not \
+             written. Nothing was lost: the journal holds the run. Free space, then write the report \
+             with `imcast report {}`",
+            path.display(),
+            campaign_file.display()
+        ),
+    )
+}
+
 /// Run one campaign to the end of this session (see the module doc). Call from inside a tokio
 /// runtime; blocking work goes to the blocking pool. `stop` stops starting calls (in-flight ones
 /// are waited for and committed); the summary's exit is then `Interrupted`.
@@ -227,6 +265,21 @@ pub async fn run_campaign(
             },
         )
         .exit(Exit::Invalid)?;
+        if let Some(g) = &settings.guard {
+            let refused = crate::guard::check(g, plan.counts());
+            if !refused.is_empty() {
+                return Err(Failure::new(
+                    Exit::Invalid,
+                    anyhow!(
+                        "{}\nNothing was sent.",
+                        crate::guard::describe(&c.path, &refused)
+                    ),
+                ));
+            }
+        }
+        if let Some(w) = settings.throttle_warning() {
+            tracing::warn!(campaign = %c.name, "{w}");
+        }
         for w in plan.warnings() {
             tracing::warn!(campaign = %c.name, "{w}");
         }
@@ -265,6 +318,19 @@ pub async fn run_campaign(
             paths,
             hooks,
         };
+        if !inputs.settings.is_test() && plan.counts().valid == 0 {
+            // The guard let an empty audience through: `audience.allow_empty: true`.
+            let n = plan.counts();
+            inputs.hooks.note(&format!(
+                "Campaign {:?}: no one to send to: the audience has no valid recipient ({}: {} invalid, {} duplicate, {} suppressed) and `audience.allow_empty` is true. Nothing was sent.",
+                c.name,
+                crate::output::count(n.total, "row", "rows"),
+                n.invalid,
+                n.duplicate,
+                n.suppressed
+            ));
+            return Ok((inputs, source, prepare::Prep::Done(RunSummary::nothing(Exit::Ok))));
+        }
         let mut prep = match &source {
             PlanSource::Plan(p) => prepare::prepare(&inputs, &mut || seed_rows(p), now)?,
             PlanSource::Fixed(calls) => {

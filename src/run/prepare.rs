@@ -1,11 +1,17 @@
-//! Everything before the engine, in order: the guard, the confirmation (the library builds a
+//! Everything before the engine, in order: the guard (`guard.max_recipients` again, for callers
+//! that come straight here; `run_campaign` already applied the whole `guard::check`), the confirmation (the library builds a
 //! [`Confirmation`] and asks the caller's callback), the audit block and the journal's decision
 //! (create, resume, refuse a changed plan, continue, already finished), with a note for people
 //! on what was decided; then what the report shows that the journal's core tables do not hold.
 //!
+//! `--retry-failed` asks the journal what it would send before the confirmation (which shows it)
+//! and opens the follow-up run (`Journal::open_retry_run`) instead of `open_run`. A journal error
+//! that is a full disk becomes one message (which file, nothing lost, how to resume; exit 8).
+//!
 //! Invariants: nothing is written (no run, no journal row) before the guard passed and the send
 //! was confirmed — or needs no confirmation (`--yes`, `--mock`); a real send nobody can confirm
-//! is refused (exit 2). Must not: read stdin or print (the confirmation and the notes are
+//! is refused (exit 2). (`--retry-failed` opens the existing journal to read it first, which
+//! may bring its schema up to date; it never creates one.) Must not: read stdin or print (the confirmation and the notes are
 //! callbacks), or start a call.
 //!
 //! Blocking: call from outside the runtime threads (files, the callback, the journal).
@@ -45,6 +51,8 @@ pub struct Confirmation {
     /// At the run's pace (see `Settings::eta`).
     pub eta: Duration,
     pub sample_message: String,
+    /// `--retry-failed`: what the follow-up sends again (then `recipients` counts only those).
+    pub retry: Option<crate::journal::RetryCandidates>,
 }
 
 /// The journal opened on a run the engine should drive.
@@ -59,7 +67,7 @@ pub(super) enum Prep {
 }
 
 impl Hooks {
-    fn note(&self, msg: &str) {
+    pub(super) fn note(&self, msg: &str) {
         match &self.note {
             Some(f) => f(msg),
             None => tracing::info!("{msg}"),
@@ -67,7 +75,10 @@ impl Hooks {
     }
 }
 
-fn journal_failure(e: crate::journal::JournalError) -> Failure {
+fn journal_failure(e: crate::journal::JournalError, campaign_file: &std::path::Path) -> Failure {
+    if let Some(path) = e.disk_full() {
+        return super::disk_full_failure(path, campaign_file);
+    }
     let exit = e.exit();
     Failure::new(exit, e)
 }
@@ -85,20 +96,24 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         paths,
         hooks,
     } = inp;
-    if let Some(max) = settings.guard_max_recipients {
-        if facts.recipients > max {
-            return Err(Failure::new(
-                Exit::Invalid,
-                anyhow!(
-                    "{}: the audience has {} recipients but guard.max_recipients is {max}; nothing was sent. \
-                     Check the audience file, or raise the guard if this is intended",
-                    facts.campaign_file.display(),
-                    facts.recipients
-                ),
-            ));
-        }
+    // `run_campaign` checked the whole guard on the plan's counts; this re-checks the one rule
+    // the facts carry, for callers that come straight here (`execute`).
+    if let Some(e) = crate::guard::check_max(settings.guard_max_recipients, facts.recipients) {
+        return Err(Failure::new(
+            Exit::Invalid,
+            anyhow!(
+                "{}\nNothing was sent.",
+                crate::guard::describe(&facts.campaign_file, &[e])
+            ),
+        ));
     }
     let flags = &settings.flags;
+    // --retry-failed: what it would send, before anyone is asked (nothing to retry is an error).
+    let retry = if flags.retry_failed {
+        Some(retry_candidates(inp)?)
+    } else {
+        None
+    };
     if !flags.yes && !flags.mock {
         let Some(confirm) = &hooks.confirm else {
             return Err(Failure::new(
@@ -112,6 +127,14 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
                 ),
             ));
         };
+        let (recipients, calls) = match &retry {
+            // At most one call per retried recipient, and no more than the plan's.
+            Some(r) => (
+                r.retryable_total(),
+                facts.total_calls.min(r.retryable_total()),
+            ),
+            None => (facts.recipients, facts.total_calls),
+        };
         let c = Confirmation {
             campaign: facts.campaign.clone(),
             campaign_file: facts.campaign_file.clone(),
@@ -119,11 +142,12 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
             app_id: facts.app_id,
             endpoint: facts.endpoint.clone(),
             action: settings.action,
-            recipients: facts.recipients,
-            calls: facts.total_calls,
+            recipients,
+            calls,
             limit: settings.limit,
-            eta: settings.eta(facts.recipients, facts.total_calls),
+            eta: settings.eta(recipients, calls),
             sample_message: facts.sample_message.clone(),
+            retry: retry.clone(),
         };
         if !confirm(&c) {
             return Ok(Prep::Done(RunSummary::nothing(Exit::Ok)));
@@ -138,7 +162,8 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         facts.app_id,
         flags,
     );
-    let mut journal = Journal::open(&paths.state_dir).map_err(journal_failure)?;
+    let mut journal =
+        Journal::open(&paths.state_dir).map_err(|e| journal_failure(e, &facts.campaign_file))?;
     let new = NewRun {
         id: None,
         campaign: facts.campaign.clone(),
@@ -158,9 +183,12 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         continue_changed: flags.continue_changed,
         resend_unknown: flags.resend_unknown,
     };
-    let opened = journal
-        .open_run(&new, resume, rows, now)
-        .map_err(journal_failure)?;
+    let opened = if flags.retry_failed {
+        journal.open_retry_run(&new, &crate::provider::retryable_failure, rows, now)
+    } else {
+        journal.open_run(&new, resume, rows, now)
+    }
+    .map_err(|e| journal_failure(e, &facts.campaign_file))?;
     let run = opened.run().clone();
     match &opened {
         Opened::AlreadyFinished(r) => {
@@ -217,6 +245,47 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
             run.id,
             count(*newly_suppressed, "newly suppressed recipient", "newly suppressed recipients")
         )),
+        Opened::Retry {
+            run,
+            of,
+            retried,
+            left_out,
+        } => {
+            hooks.note(&format!(
+                "Retrying run {of} as run {}: sending again to {} that failed with a retryable code{}.",
+                run.id,
+                count(*retried, "recipient", "recipients"),
+                match &retry {
+                    Some(r) if !r.retryable.is_empty() => {
+                        format!(" ({})", crate::journal::describe_codes(&r.retryable))
+                    }
+                    _ => String::new(),
+                }
+            ));
+            if *left_out > 0 {
+                hooks.note(&format!(
+                    "  {} no longer in the audience: not sent.",
+                    count(*left_out, "of them is", "of them are")
+                ));
+            }
+            if let Some(r) = retry.as_ref().filter(|r| r.other_total() > 0 || r.unknown > 0) {
+                let mut rest = Vec::new();
+                if r.other_total() > 0 {
+                    rest.push(format!(
+                        "{} failed with a code that is not retryable ({})",
+                        count(r.other_total(), "recipient", "recipients"),
+                        crate::journal::describe_codes(&r.other)
+                    ));
+                }
+                if r.unknown > 0 {
+                    rest.push(format!(
+                        "{} unknown (--resend-unknown)",
+                        count(r.unknown, "recipient is", "recipients are")
+                    ));
+                }
+                hooks.note(&format!("  Not retried: {}.", rest.join("; ")));
+            }
+        }
         Opened::Continued { run, from, skipped } => hooks.note(&format!(
             "Continuing run {from} as run {} with the changed content, skipping {} already handled.",
             run.id,
@@ -224,6 +293,46 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         )),
     }
     Ok(Prep::Go(Box::new(Prepared { journal, run })))
+}
+
+/// What `--retry-failed` would send now, from the journal (read before the confirmation; a
+/// missing journal means there is no run to retry).
+fn retry_candidates(inp: &Inputs) -> Result<crate::journal::RetryCandidates, Failure> {
+    let facts = &inp.facts;
+    retry_preview(
+        &inp.paths.state_dir,
+        &facts.campaign,
+        facts.occurrence.as_deref(),
+        &facts.campaign_file,
+    )
+}
+
+/// What `imcast run FILE --retry-failed` would send now for `campaign` (its ad-hoc runs when
+/// `occurrence` is None), from the journal in `state_dir`: for the confirmation and
+/// `imcast plan --retry-failed`. No finished run, an unfinished one, or nothing retryable is an
+/// error (exit 2) that says why.
+pub fn retry_preview(
+    state_dir: &std::path::Path,
+    campaign: &str,
+    occurrence: Option<&str>,
+    campaign_file: &std::path::Path,
+) -> Result<crate::journal::RetryCandidates, Failure> {
+    let db = state_dir.join(crate::journal::DB_FILE);
+    if !db.exists() {
+        return Err(Failure::new(
+            Exit::Invalid,
+            anyhow!(
+                "{}: --retry-failed: campaign {campaign:?} has no finished run to retry (no journal at {}); \
+                 nothing was sent",
+                campaign_file.display(),
+                db.display()
+            ),
+        ));
+    }
+    let journal = Journal::open(state_dir).map_err(|e| journal_failure(e, campaign_file))?;
+    journal
+        .retry_candidates(campaign, occurrence, &crate::provider::retryable_failure)
+        .map_err(|e| journal_failure(e, campaign_file))
 }
 
 /// Record what the run's report shows and the journal's core tables do not hold: the campaign
@@ -239,7 +348,7 @@ pub(super) fn record_for_report(
     let res = (|| -> Result<(), String> {
         let (variants, distinct) = match source {
             PlanSource::Plan(_) => (
-                plan.variants(crate::report::facts::MAX_VARIANTS)
+                plan.variants(crate::report::facts::MAX_RECORDED_VARIANTS)
                     .map_err(|e| e.to_string())?,
                 plan.counts().distinct_contents,
             ),

@@ -5,7 +5,9 @@
 //! Owns: every precedence and default of a run's settings — campaign over `imcast.toml` over the
 //! documented default (field by field for the breaker), `--report-format` over
 //! `[report] formats`, what a `--test-to` run drops (deadline, guard) — the limits a run is paced
-//! by, and the one ETA ([`Settings::eta`]) that `plan`, `plan --diff` and `run`'s confirmation show.
+//! by, the one ETA ([`Settings::eta`]) that `plan`, `plan --diff` and `run`'s confirmation show,
+//! the warning when a campaign's throttle asks for more than the share
+//! ([`Settings::throttle_warning`]), and the audience guard a run applies (none for `--test-to`).
 //!
 //! Invariants: `limit` never exceeds the account's share (a campaign's `throttle:` lowers it,
 //! never raises it); the ETA uses the pace the limiter really applies (the lower rate of the
@@ -18,6 +20,7 @@ use jiff::Timestamp;
 
 use crate::action::Action;
 use crate::config::{AccountConfig, BreakerSettings, Limit, ReportFormats};
+use crate::guard::AudienceGuard;
 use crate::journal::RunFlags;
 use crate::schedule::QuietHours;
 use crate::spec::{Campaign, Deadline};
@@ -57,6 +60,8 @@ pub struct Settings {
     /// The campaign's `throttle:` as written, when it lowers the account's share: a second
     /// limiter on the campaign's own key.
     pub campaign_limit: Option<Limit>,
+    /// The campaign's `throttle:` as written, whether or not it lowers the share.
+    pub campaign_throttle: Option<Limit>,
     /// The most this run can use, in the account's window (recorded in the journal, shown in the
     /// confirmation and the report).
     pub limit: Limit,
@@ -72,6 +77,8 @@ pub struct Settings {
     pub breaker: BreakerSettings,
     pub deadline: Option<Deadline>,
     pub guard_max_recipients: Option<u64>,
+    /// The audience guard (`guard.*`, `audience.allow_empty`); None for a `--test-to` run.
+    pub guard: Option<AudienceGuard>,
     pub quiet_hours: Option<QuietHours>,
     /// The per-recipient report files.
     pub report_formats: ReportFormats,
@@ -111,6 +118,7 @@ impl Settings {
             action,
             account_limit,
             campaign_limit,
+            campaign_throttle: c.throttle,
             limit,
             pace,
             pace_source,
@@ -124,6 +132,7 @@ impl Settings {
             // A test run sends to a few ids now: no deadline, and the guard is for the audience.
             deadline: c.deadline.filter(|_| !is_test),
             guard_max_recipients: c.guard_max_recipients.filter(|_| !is_test),
+            guard: (!is_test).then(|| AudienceGuard::of(c)),
             quiet_hours: c.quiet_hours.clone(),
             report_formats: report_formats.unwrap_or(account.report_formats),
             flags: flags.clone(),
@@ -133,6 +142,21 @@ impl Settings {
     /// A `--test-to` run (to the listed ids only; the campaign's run is not touched).
     pub fn is_test(&self) -> bool {
         !self.flags.test_to.is_empty()
+    }
+
+    /// A warning when the campaign's `throttle:` asks for more than the account's share: the run
+    /// is paced by the share (as [`Settings::eta`] is), never by the throttle.
+    pub fn throttle_warning(&self) -> Option<String> {
+        let t = self.campaign_throttle?;
+        (t.per_second() > self.account_limit.per_second()).then(|| {
+            format!(
+                "throttle {} is above the account's limit {}{}: the run is paced at {} (a campaign's throttle lowers the account's share, never raises it)",
+                t.describe(),
+                self.account_limit.describe(),
+                self.pace_source.note(),
+                self.pace.describe()
+            )
+        })
     }
 
     /// The pace for people: `1000 per 5s`, with where it comes from.

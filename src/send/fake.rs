@@ -206,7 +206,7 @@ impl FakeTransport {
                 st.resends += 1;
                 if st.resends == n {
                     if !self.faults.abort_after_processing {
-                        eprintln!("fake provider: aborting before resend {n}");
+                        crate::errln!("fake provider: aborting before resend {n}");
                         std::process::abort();
                     }
                     abort_after = true;
@@ -322,7 +322,7 @@ impl FakeTransport {
         })();
         st.rng = Some(rng);
         if abort_after {
-            eprintln!("fake provider: aborting after processing a resend");
+            crate::errln!("fake provider: aborting after processing a resend");
             std::process::abort();
         }
         result

@@ -20,7 +20,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_saphyr::Spanned;
 
-pub use raw::{RawCampaign, RawMessageType};
+pub use raw::{RawCampaign, RawMessageType, StringOrNumber};
 
 use crate::action::Action;
 use crate::config::{BreakerFields, Limit};
@@ -126,7 +126,7 @@ fn parse_local_time(s: &str) -> Option<jiff::civil::Time> {
 }
 
 /// Parse "1%", "0.25%" (at most 4 decimals) into a fraction.
-fn parse_percent(s: &str) -> Option<Share> {
+fn parse_share_percent(s: &str) -> Option<Share> {
     let num = s.trim().strip_suffix('%')?.trim();
     let (int, frac) = match num.split_once('.') {
         Some((i, f)) => (i, f),
@@ -197,6 +197,8 @@ pub struct AudienceSpec {
     pub timezone_column: Option<String>,
     /// The zone of rows with an empty `timezone_column` cell (None: such rows are invalid).
     pub default_timezone: Option<String>,
+    /// `audience.allow_empty`: an audience with no valid recipient is not an error.
+    pub allow_empty: bool,
 }
 
 /// Where the message body template comes from.
@@ -228,11 +230,95 @@ pub enum MessageKind {
 /// `message:`.
 #[derive(Debug, Clone)]
 pub struct MessageSpec {
+    /// With variants, the body is the first variant's (each variant renders with its own: see
+    /// [`MessageSpec::for_variant`]).
     pub kind: MessageKind,
     pub msg_type: i32,
     /// Ext templates.
     pub ext: BTreeMap<String, String>,
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// `message.variants` (empty: one message for everyone).
+    pub variants: Vec<VariantSpec>,
+}
+
+impl MessageSpec {
+    /// The message variant `i` sends: its body in place of the message's, its Ext keys over the
+    /// message's. `i` out of range (or no variants) gives the message as written.
+    pub fn for_variant(&self, i: usize) -> MessageSpec {
+        let mut m = self.clone();
+        m.variants = Vec::new();
+        if let Some(v) = self.variants.get(i) {
+            match &mut m.kind {
+                MessageKind::Text { body } | MessageKind::Raw { body } => *body = v.body.clone(),
+                MessageKind::Image { .. } | MessageKind::CustomData { .. } => {}
+            }
+            m.ext
+                .extend(v.ext.iter().map(|(k, x)| (k.clone(), x.clone())));
+        }
+        m
+    }
+}
+
+/// One A/B variant (`message.variants[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantSpec {
+    pub name: String,
+    /// Relative weight; 0 = switched off (nobody is assigned, nobody else moves).
+    pub weight: u64,
+    pub body: Body,
+    /// Ext templates added to (or overriding) `message.ext`.
+    pub ext: BTreeMap<String, String>,
+}
+
+/// `holdout:`: the share of the valid audience that is not sent, in hundredths of a percent
+/// (500 = 5 %), below 10,000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holdout {
+    pub basis_points: u64,
+}
+
+impl fmt::Display for Holdout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (whole, frac) = (self.basis_points / 100, self.basis_points % 100);
+        if frac == 0 {
+            write!(f, "{whole}%")
+        } else if frac % 10 == 0 {
+            write!(f, "{whole}.{}%", frac / 10)
+        } else {
+            write!(f, "{whole}.{frac:02}%")
+        }
+    }
+}
+
+/// A percentage as written (`5%`, `2.5%`, `5`, `2.5`) in hundredths of a percent; None when it is
+/// not one or has more than two decimals. Decimal text is read digit by digit (no float rounding).
+pub fn parse_percent(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let t = t.strip_suffix('%').unwrap_or(t).trim_end();
+    let (whole, frac) = match t.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (t, ""),
+    };
+    if whole.is_empty() && frac.is_empty() {
+        return None;
+    }
+    if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if frac.len() > 2 || whole.len() > 6 {
+        return None;
+    }
+    let w: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let f: u64 = match frac.len() {
+        0 => 0,
+        1 => frac.parse::<u64>().ok()? * 10,
+        _ => frac.parse().ok()?,
+    };
+    Some(w * 100 + f)
 }
 
 /// BatchSendMessage options.
@@ -292,6 +378,10 @@ pub struct Campaign {
     pub retry_max_attempts: Option<u32>,
     pub deadline: Option<Deadline>,
     pub guard_max_recipients: Option<u64>,
+    /// `holdout:` (None: everyone valid is sent).
+    pub holdout: Option<Holdout>,
+    /// `guard.max_invalid_ratio` as written, 0..=1 (None: [`crate::guard::DEFAULT_MAX_INVALID_RATIO`]).
+    pub guard_max_invalid_ratio: Option<f64>,
     /// `breaker:`, field by field (the rest from `imcast.toml [breaker]`, else the default).
     pub breaker: BreakerFields,
     /// `rollout:`: a canary stage first (see `stages`).
@@ -631,7 +721,7 @@ fn validate(
                     "audience.ids is empty: give at least one id",
                 );
             }
-            Some(Source::Ids(long_ids(&mut p, "audience.ids", ids)))
+            Some(Source::Ids(long_ids(&mut p, text, "audience.ids", ids)))
         }
         (Some(csv), Some(_)) => {
             p.at(csv, "audience has both `csv` and `ids`: give one of them");
@@ -652,6 +742,7 @@ fn validate(
             }),
             (None, Some(ids)) => exclude.push(Source::Ids(long_ids(
                 &mut p,
+                text,
                 &format!("audience.exclude[{i}].ids"),
                 ids,
             ))),
@@ -686,6 +777,127 @@ fn validate(
         (None, None) => None,
     };
     let body_conflict = m.text.is_some() && m.template.is_some();
+    // A/B variants replace the body: each gives its own `text` or `template`.
+    let mut variants = Vec::new();
+    if let Some(vs) = &m.variants {
+        if let Some(t) = m.text.as_ref().or(m.template.as_ref()) {
+            p.at(
+                t,
+                "message has `variants` and its own `text`/`template`: the variants replace the body; move it into each variant",
+            );
+        }
+        let body_kind = match m.kind {
+            RawMessageType::Text | RawMessageType::Raw => true,
+            RawMessageType::Custom => m.data.is_none(),
+            RawMessageType::Image => false,
+        };
+        if !body_kind {
+            p.key(
+                &["message.variants"],
+                "message.variants replace the message body (`text`/`template`): they are for `type: text`, `raw`, or `custom` without `data`",
+            );
+        }
+        if vs.is_empty() {
+            p.key(
+                &["message.variants"],
+                "message.variants is empty: give at least one variant, or leave `variants:` out",
+            );
+        }
+        let mut seen: BTreeMap<String, (Option<u64>, Option<u64>)> = BTreeMap::new();
+        for (i, v) in vs.iter().enumerate() {
+            let name = &v.name.value;
+            let name_ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                p.at(
+                    &v.name,
+                    format!("message.variants[{i}].name `{name}`: use letters, digits, `-` and `_` only (it is the report's variant_name)"),
+                );
+            }
+            if let Some((line, _)) = seen.get(name) {
+                p.at(
+                    &v.name,
+                    format!(
+                        "message.variants[{i}].name `{name}` is used twice{}: variant names must be unique",
+                        line.map(|l| format!(" (first at line {l})")).unwrap_or_default()
+                    ),
+                );
+            } else {
+                seen.insert(name.clone(), at(&v.name));
+            }
+            let vbody = match (&v.text, &v.template) {
+                (Some(t), None) => Some(Body::Inline(t.value.clone())),
+                (None, Some(f)) => Some(Body::File(resolve_file(
+                    &dir,
+                    f,
+                    &format!("message.variants[{i}].template"),
+                    &mut p,
+                ))),
+                (Some(t), Some(_)) => {
+                    p.at(
+                        t,
+                        format!("message.variants[{i}] (`{name}`) has both `text` and `template`: give one of them"),
+                    );
+                    None
+                }
+                (None, None) => {
+                    p.at(
+                        &v.name,
+                        format!("message.variants[{i}] (`{name}`) needs `text:` (inline template) or `template: FILE`"),
+                    );
+                    None
+                }
+            };
+            let vext = v.ext.as_ref().map(|e| e.value.clone()).unwrap_or_default();
+            for k in vext.keys() {
+                if k.starts_with("s:") {
+                    p.key(
+                        &[&format!("message.variants[{i}].ext.{k}"), "message.variants"],
+                        format!("message.variants[{i}].ext key `{k}`: keys starting with `s:` are reserved by the IM platform"),
+                    );
+                }
+            }
+            if raw.action == Action::P2p {
+                if let Some(e) = v.ext.as_ref().filter(|e| !e.value.is_empty()) {
+                    p.at(
+                        e,
+                        format!("message.variants[{i}].ext: `action: p2p` (P2PSendMessage) has no Ext field, so it could not be sent; remove `ext:`"),
+                    );
+                }
+            }
+            if let Some(body) = vbody {
+                variants.push(VariantSpec {
+                    name: name.clone(),
+                    weight: v.weight.value,
+                    body,
+                    ext: vext,
+                });
+            }
+        }
+        if !vs.is_empty() && vs.iter().all(|v| v.weight.value == 0) {
+            p.key(
+                &["message.variants"],
+                "every variant in message.variants has weight 0: nobody could be sent; give at least one a weight above 0",
+            );
+        }
+        if vs.iter().map(|v| u128::from(v.weight.value)).sum::<u128>() > u128::from(u64::MAX) {
+            p.key(&["message.variants"], "message.variants: the weights add up to more than a whole number can hold; use smaller weights");
+        }
+    }
+    // The base kind takes the first variant's body (every variant renders with its own).
+    let body = match (body, variants.first()) {
+        (None, Some(v))
+            if m.text.is_none()
+                && m.template.is_none()
+                && (matches!(m.kind, RawMessageType::Text | RawMessageType::Raw)
+                    || (m.kind == RawMessageType::Custom && m.data.is_none())) =>
+        {
+            Some(v.body.clone())
+        }
+        (b, _) => b,
+    };
     let image_only = m.url.is_some() || m.width.is_some() || m.height.is_some();
     if image_only && m.kind != RawMessageType::Image {
         p.key(
@@ -843,15 +1055,15 @@ fn validate(
                 mentioned_users: c
                     .mentioned_users
                     .as_ref()
-                    .map(|v| long_ids(&mut p, "conversation.mentioned_users", v)),
+                    .map(|v| long_ids(&mut p, text, "conversation.mentioned_users", v)),
                 visible_users: c
                     .visible_users
                     .as_ref()
-                    .map(|v| long_ids(&mut p, "conversation.visible_users", v)),
+                    .map(|v| long_ids(&mut p, text, "conversation.visible_users", v)),
                 invisible_users: c
                     .invisible_users
                     .as_ref()
-                    .map(|v| long_ids(&mut p, "conversation.invisible_users", v)),
+                    .map(|v| long_ids(&mut p, text, "conversation.invisible_users", v)),
                 priority: c.priority,
                 ref_msg: c.ref_msg.as_ref().map(|r| RefMsg {
                     referenced_message_id: r.referenced_message_id.as_ref().map(|id| {
@@ -871,11 +1083,11 @@ fn validate(
             let receivers = x
                 .receiver_user_ids
                 .as_ref()
-                .map(|v| long_ids(&mut p, "p2p.receiver_user_ids", v));
+                .map(|v| long_ids(&mut p, text, "p2p.receiver_user_ids", v));
             let ignore = x
                 .ignore_user_ids
                 .as_ref()
-                .map(|v| long_ids(&mut p, "p2p.ignore_user_ids", v));
+                .map(|v| long_ids(&mut p, text, "p2p.ignore_user_ids", v));
             // The seed: with ReceiverUserId set, IgnoreUserIds does not take effect.
             if let (Some(r), Some(i)) = (&receivers, &x.ignore_user_ids) {
                 if !r.is_empty() && !i.is_empty() {
@@ -962,6 +1174,42 @@ fn validate(
         }
     };
     let guard_max_recipients = raw.guard.as_ref().and_then(|g| g.max_recipients);
+    let holdout = match &raw.holdout {
+        None => None,
+        Some(h) => {
+            let bp = match &h.value {
+                raw::StringOrNumber::String(s) => parse_percent(s),
+                raw::StringOrNumber::Number(x) => parse_percent(&x.to_string()),
+            };
+            match bp {
+                Some(bp) if bp < 10_000 => Some(Holdout { basis_points: bp }),
+                Some(_) => {
+                    p.at(
+                        h,
+                        "holdout must be below 100%: a holdout of everyone sends nobody",
+                    );
+                    None
+                }
+                None => {
+                    p.at(
+                        h,
+                        "holdout: write a percentage such as `5%`, `2.5%` or `5` (at most two decimals)",
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let guard_max_invalid_ratio = match raw.guard.as_ref().and_then(|g| g.max_invalid_ratio) {
+        Some(r) if !(0.0..=1.0).contains(&r) => {
+            p.key(
+                &["guard.max_invalid_ratio"],
+                format!("guard.max_invalid_ratio {r} must be between 0 and 1 (e.g. 0.05 for 5%)"),
+            );
+            None
+        }
+        r => r,
+    };
     let mut breaker = BreakerFields::default();
     if let Some(b) = &raw.breaker {
         breaker.consecutive_failures = b.consecutive_failures.map(|n| n.max(1));
@@ -983,7 +1231,7 @@ fn validate(
         let canary = match &r.canary.value {
             raw::StringOrInt::Int(0) => None,
             raw::StringOrInt::Int(n) => Some(Share::Count(*n)),
-            raw::StringOrInt::String(s) => parse_percent(s),
+            raw::StringOrInt::String(s) => parse_share_percent(s),
         };
         let wait = match &r.wait {
             None => Some(Duration::from_secs(600)),
@@ -1111,6 +1359,8 @@ fn validate(
         retry_max_attempts,
         deadline,
         guard_max_recipients,
+        holdout,
+        guard_max_invalid_ratio,
         breaker,
         rollout,
         local_time,
@@ -1120,12 +1370,14 @@ fn validate(
             required: raw.audience.required,
             timezone_column: raw.audience.timezone_column,
             default_timezone,
+            allow_empty: raw.audience.allow_empty,
         },
         message: MessageSpec {
             kind,
             msg_type,
             ext,
             vars: raw.message.vars,
+            variants,
         },
         batch,
         conversation,
@@ -1144,12 +1396,50 @@ fn long_id(p: &mut Problems, key: &str, id: &Spanned<u64>) -> u64 {
     id.value
 }
 
-/// A list of `Long` ids from the file, each checked as [`long_id`], named by its position.
-fn long_ids(p: &mut Problems, key: &str, ids: &[Spanned<u64>]) -> Vec<u64> {
+/// A list of `Long` ids from the file, each checked as [`long_id`], named by its position (an
+/// entry that is no id at all too: `audience.ids[2]: "abc" is not an id`).
+fn long_ids(p: &mut Problems, text: &str, key: &str, ids: &[Spanned<raw::RawId>]) -> Vec<u64> {
     ids.iter()
         .enumerate()
-        .map(|(i, id)| long_id(p, &format!("{key}[{i}]"), id))
+        .filter_map(|(i, id)| match &id.value {
+            raw::RawId::Id(v) => Some(long_id(
+                p,
+                &format!("{key}[{i}]"),
+                &Spanned {
+                    value: *v,
+                    referenced: id.referenced,
+                    defined: id.defined,
+                },
+            )),
+            raw::RawId::Other(parsed) => {
+                let written = written_at(text, id.referenced.line(), id.referenced.column())
+                    .unwrap_or_else(|| parsed.clone());
+                p.at(
+                    id,
+                    format!(
+                        "{key}[{i}]: `{written}` is not an id: ids are whole numbers from 0 to {} (no sign, decimals or quotes)",
+                        crate::provider::wire::MAX_LONG
+                    ),
+                );
+                None
+            }
+        })
         .collect()
+}
+
+/// The plain scalar written at 1-based `line` and `column` of `text` (up to `,`, `]`, `}`, `#`
+/// or the line's end), as people typed it: `99999999999999999999`, not its float.
+fn written_at(text: &str, line: u64, column: u64) -> Option<String> {
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let rest: String = l
+        .chars()
+        .skip(usize::try_from(column).ok()?.checked_sub(1)?)
+        .take_while(|c| !matches!(c, ',' | ']' | '}' | '#'))
+        .collect();
+    let w = rest.trim();
+    (!w.is_empty()).then(|| w.to_string())
 }
 
 fn too_large(v: u64) -> String {
@@ -1267,6 +1557,22 @@ mod tests {
             Some("audience")
         );
         assert_eq!(did_you_mean("zzz", &["audience", "action"]), None);
+    }
+
+    #[test]
+    fn percentages_read_exactly() {
+        assert_eq!(parse_percent("5%"), Some(500));
+        assert_eq!(parse_percent("2.5%"), Some(250));
+        assert_eq!(parse_percent("0.05"), Some(5));
+        assert_eq!(parse_percent("5"), Some(500));
+        assert_eq!(parse_percent("12.34 %"), Some(1234));
+        assert_eq!(parse_percent("1.234%"), None);
+        assert_eq!(parse_percent("-5%"), None);
+        assert_eq!(parse_percent("%"), None);
+        assert_eq!(parse_percent("five"), None);
+        assert_eq!(Holdout { basis_points: 250 }.to_string(), "2.5%");
+        assert_eq!(Holdout { basis_points: 5 }.to_string(), "0.05%");
+        assert_eq!(Holdout { basis_points: 500 }.to_string(), "5%");
     }
 
     #[test]

@@ -71,6 +71,45 @@ pub struct RawCampaign {
     /// ratio is within bounds.
     #[serde(default)]
     pub rollout: Option<RawRollout>,
+    /// A share of the valid audience that is not sent (status `holdout`), chosen by a stable hash
+    /// of (campaign name, recipient id): `5%`, `2.5%` or a number of percent (`5`); at most two
+    /// decimals, below 100.
+    #[serde(default)]
+    #[schemars(with = "Option<StringOrNumber>")]
+    pub holdout: Option<Spanned<StringOrNumber>>,
+}
+
+/// A number or a string (a percentage).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StringOrNumber {
+    Number(f64),
+    String(String),
+}
+
+/// One A/B variant of the message: it replaces the message body (`text` or `template`) and may
+/// add or override Ext keys.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawVariant {
+    /// The variant's name ([A-Za-z0-9_-]+, unique): the report's `variant_name`.
+    #[schemars(with = "String", regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub name: Spanned<String>,
+    /// Relative weight (a whole number; 0 switches the variant off without moving anyone else).
+    #[schemars(with = "u64")]
+    pub weight: Spanned<u64>,
+    /// Inline template (minijinja) of this variant's body.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub text: Option<Spanned<String>>,
+    /// Template file of this variant's body, relative to the campaign file.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub template: Option<Spanned<String>>,
+    /// Ext keys added to (or overriding) `message.ext` for this variant; values are templates.
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub ext: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -106,15 +145,15 @@ pub struct RawConversation {
     /// MentionedUsers.
     #[serde(default)]
     #[schemars(with = "Option<Vec<LongId>>")]
-    pub mentioned_users: Option<Vec<Spanned<u64>>>,
+    pub mentioned_users: Option<Vec<Spanned<RawId>>>,
     /// VisibleUsers: only these members see the message.
     #[serde(default)]
     #[schemars(with = "Option<Vec<LongId>>")]
-    pub visible_users: Option<Vec<Spanned<u64>>>,
+    pub visible_users: Option<Vec<Spanned<RawId>>>,
     /// InvisibleUsers: these members do not see the message.
     #[serde(default)]
     #[schemars(with = "Option<Vec<LongId>>")]
-    pub invisible_users: Option<Vec<Spanned<u64>>>,
+    pub invisible_users: Option<Vec<Spanned<RawId>>>,
     /// Priority.
     #[serde(default)]
     pub priority: Option<i32>,
@@ -139,12 +178,12 @@ pub struct RawP2p {
     /// ReceiverUserId: only these members receive it.
     #[serde(default)]
     #[schemars(with = "Option<Vec<LongId>>")]
-    pub receiver_user_ids: Option<Vec<Spanned<u64>>>,
+    pub receiver_user_ids: Option<Vec<Spanned<RawId>>>,
     /// IgnoreUserIds: these members do not receive it (not with `receiver_user_ids`, which makes
     /// the provider ignore it).
     #[serde(default)]
     #[schemars(with = "Option<Vec<LongId>>")]
-    pub ignore_user_ids: Option<Vec<Spanned<u64>>>,
+    pub ignore_user_ids: Option<Vec<Spanned<RawId>>>,
 }
 
 /// Where ids come from: a CSV file (with a header row) or an inline list.
@@ -158,7 +197,7 @@ pub struct RawAudience {
     /// Inline ids.
     #[serde(default)]
     #[schemars(with = "Option<Vec<LongId>>")]
-    pub ids: Option<Vec<Spanned<u64>>>,
+    pub ids: Option<Vec<Spanned<RawId>>>,
     /// The CSV column holding the id (default user_id); other columns become template variables.
     #[serde(default)]
     pub id_column: Option<String>,
@@ -176,6 +215,11 @@ pub struct RawAudience {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub default_timezone: Option<Spanned<String>>,
+    /// An audience with no valid recipient (no rows, or every row invalid, duplicate or
+    /// suppressed) is an error unless this is true; then a run of it ends at once, saying there
+    /// was no one to send to (a recurring campaign whose list is sometimes empty).
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 /// A suppression list.
@@ -187,7 +231,7 @@ pub struct RawSource {
     pub csv: Option<Spanned<String>>,
     #[serde(default)]
     #[schemars(with = "Option<Vec<LongId>>")]
-    pub ids: Option<Vec<Spanned<u64>>>,
+    pub ids: Option<Vec<Spanned<RawId>>>,
     /// Id column (default: the audience's id_column).
     #[serde(default)]
     pub id_column: Option<String>,
@@ -246,10 +290,75 @@ pub struct RawMessage {
     /// Campaign-level template variables.
     #[serde(default)]
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// A/B variants (for `type: text`, `raw`, or `custom` without `data`): each recipient gets
+    /// one, chosen by a stable hash of (campaign name, recipient id) in proportion to the weights.
+    /// They replace `text`/`template` (give neither here when variants are given).
+    #[serde(default)]
+    pub variants: Option<Vec<RawVariant>>,
 }
 
 /// A user or conversation id in the schema: `Long` (signed 64-bit), so at most `i64::MAX`.
 pub struct LongId;
+
+/// An id in a list as written: a non-negative whole number, or whatever else was there (a
+/// negative or fractional number, text, null), kept so validation can say which entry is wrong
+/// and carry on (a plain `u64` would stop at the first with a message naming no key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawId {
+    Id(u64),
+    /// Not a whole number from 0 up, as written (e.g. `-5`, `1.5`, `abc`).
+    Other(String),
+}
+
+/// Only so the JSON Schema can show a list's default (`null`); ids are never written back.
+impl serde::Serialize for RawId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RawId::Id(v) => s.serialize_u64(*v),
+            RawId::Other(w) => s.serialize_str(w),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawId;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an id (a whole number from 0)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawId, E> {
+                Ok(RawId::Id(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawId, E> {
+                Ok(u64::try_from(v).map_or_else(|_| RawId::Other(v.to_string()), RawId::Id))
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<RawId, E> {
+                Ok(u64::try_from(v).map_or_else(|_| RawId::Other(v.to_string()), RawId::Id))
+            }
+            fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<RawId, E> {
+                Ok(u64::try_from(v).map_or_else(|_| RawId::Other(v.to_string()), RawId::Id))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawId, E> {
+                Ok(RawId::Other(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawId, E> {
+                Ok(RawId::Other(v.to_string()))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawId, E> {
+                Ok(RawId::Other(format!("\"{v}\"")))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<RawId, E> {
+                Ok(RawId::Other("null".into()))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<RawId, E> {
+                Ok(RawId::Other("null".into()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 impl JsonSchema for LongId {
     fn schema_name() -> std::borrow::Cow<'static, str> {
@@ -322,6 +431,11 @@ pub struct RawGuard {
     /// Refuse a run whose valid audience is larger than this.
     #[serde(default)]
     pub max_recipients: Option<u64>,
+    /// Refuse a run when more than this share of the audience's rows is invalid, 0..1 (default
+    /// 0.05): a broken export is the likeliest mistake.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_invalid_ratio: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

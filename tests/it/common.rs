@@ -133,6 +133,10 @@ pub const CHILD_LIMIT: Duration = Duration::from_secs(300);
 
 /// Wait for `child` until `deadline`; one still running then is killed (and reaped) and this
 /// returns None.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a time limit on a real child process or file: waits on the kernel, not on our clock"
+)]
 pub fn status_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
     loop {
         match child.try_wait() {
@@ -168,6 +172,10 @@ fn drain(r: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
 
 /// `wait_with_output` with a time limit: a child still running after `limit` is killed and the
 /// test fails with `what` and the child's stderr (when piped). Collects piped stdout/stderr.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a time limit on a real child process or file: waits on the kernel, not on our clock"
+)]
 pub fn wait_within(mut child: Child, limit: Duration, what: &str) -> Output {
     let deadline = Instant::now() + limit;
     let out = drain(child.stdout.take());
@@ -237,6 +245,10 @@ pub fn first_line_within(child: &mut Child, limit: Duration, what: &str) -> Stri
 
 /// Poll `cond` until it holds while `child` runs: a child that ends first, or `limit` passing,
 /// fails the test (the child killed, `what` and its stderr, when piped, in the message).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a time limit on a real child process or file: waits on the kernel, not on our clock"
+)]
 pub fn poll_while_running(
     child: &mut Child,
     limit: Duration,
@@ -266,6 +278,10 @@ pub fn poll_while_running(
 
 /// The mock's record (`--record`, `MockConfig::record`) once it holds `want` lines (the writer
 /// flushes asynchronously; at most 20 s): one JSON value per delivery.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a time limit on a real child process or file: waits on the kernel, not on our clock"
+)]
 pub fn record_lines(path: &Path, want: u64) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -110,6 +110,10 @@ fn wait_for(tries: u32, mut f: impl FnMut() -> bool) -> bool {
 }
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the real daemon binary schedules on the system clock; a child's time limit is wall time"
+)]
 fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root: PathBuf = std::fs::canonicalize(tmp.path()).expect("canon");
@@ -322,6 +326,10 @@ async fn stop_file_pauses_a_plain_run_and_it_resumes_after() {
 /// HTTP): pause stops the engine and the occurrence shows `paused`, resume continues the same
 /// run, cancel makes the remaining recipients `cancelled`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the real daemon binary schedules on the system clock; a child's time limit is wall time"
+)]
 async fn pause_resume_cancel_act_on_a_running_occurrence() {
     use imcast::daemon::send_runner::{SendRunner, SendRunnerConfig};
     use imcast::daemon::source::SpecSource;

@@ -387,6 +387,10 @@ fn mock_server_prints_its_address_and_stops_on_sigterm() {
 
 /// A request signed with imcast's signer for any region and service (the client always signs for
 /// `rtc`), with a body given as JSON data.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the mock checks X-Date against its system clock: the request is signed at real time"
+)]
 fn signed_raw(
     m: &mock::MockHandle,
     region: &str,

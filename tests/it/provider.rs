@@ -748,6 +748,11 @@ async fn debug_logs_hold_no_secret_signature_or_body() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    // A second live dispatch, so tracing takes its general path when another test's thread
+    // first reaches a callsite: with exactly one registered dispatch (this test's) it asks that
+    // thread's default (none) and caches "never" for every thread (tokio-rs/tracing#3611), and
+    // the events below would be lost when tests run in parallel.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard = tracing::subscriber::set_default(subscriber);
     let m = mock::start(MockConfig::default()).await.expect("mock");
     let c = client_for(&m);

@@ -114,6 +114,10 @@ impl MockProc {
     }
 
     /// Deliveries per recipient, once the record file holds every delivery the mock counted.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "real processes race on the real clock: a child's time limit, elapsed time of the race"
+    )]
     fn deliveries(&self) -> BTreeMap<u64, u64> {
         let want = self.stats().delivered;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -259,6 +263,10 @@ impl Proc {
     }
 
     /// Wait at most until `deadline`; a child still running then is killed and fails the test.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "real processes race on the real clock: a child's time limit, elapsed time of the race"
+    )]
     fn wait_until(&mut self, deadline: Instant, ctx: &str) -> ExitStatus {
         loop {
             if let Some(s) = self.try_status() {
@@ -301,6 +309,10 @@ fn mkfifo(path: &Path) {
 
 /// Wait until every process has opened its FIFO (it blocks reading the secret), then write
 /// the secret to all of them at once.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "real processes race on the real clock: a child's time limit, elapsed time of the race"
+)]
 fn release(fifos: &[PathBuf], procs: &mut [Proc], ctx: &str) {
     let (opened_tx, opened_rx) = mpsc::channel::<()>();
     let mut go = Vec::new();
@@ -347,6 +359,10 @@ fn release(fifos: &[PathBuf], procs: &mut [Proc], ctx: &str) {
 }
 
 /// Start `N` runs of `repo`'s campaign, released together; wait for all. Returns them ended.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "real processes race on the real clock: a child's time limit, elapsed time of the race"
+)]
 fn race(repo: &Repo, ctx: &str) -> Vec<Proc> {
     let fifos: Vec<PathBuf> = (0..N)
         .map(|i| {
@@ -404,6 +420,10 @@ fn the_one_that_sent<'p>(procs: &'p [Proc], ctx: &str) -> &'p Proc {
 // ---- tests ----------------------------------------------------------------------------------
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "real processes race on the real clock: a child's time limit, elapsed time of the race"
+)]
 fn n_runs_started_at_once_send_once() {
     let started = Instant::now();
     // One call per run, answered after 800 ms: the first run is still sending while the others
@@ -458,6 +478,10 @@ fn n_runs_started_at_once_send_once() {
 }
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "real processes race on the real clock: a child's time limit, elapsed time of the race"
+)]
 fn n_processes_resuming_one_interrupted_run_resume_it_once() {
     let started = Instant::now();
     // 8 calls of 10, 4 in flight, 400 ms each: the resumed run sends for about 0.8 s.
@@ -521,6 +545,10 @@ fn n_processes_resuming_one_interrupted_run_resume_it_once() {
 }
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "real processes race on the real clock: a child's time limit, elapsed time of the race"
+)]
 fn kill_9_storm_then_resume_leaves_every_recipient_final() {
     const KILLS: u32 = 20;
     let seed: u64 = std::env::var("IMCAST_STORM_SEED")

@@ -452,6 +452,7 @@ fn recorded_flags_keep_their_json() {
         mock: true,
         test_to: vec![7, 8],
         skip_canary: true,
+        retry_failed: false,
     };
     let yes = RunFlags {
         yes: true,

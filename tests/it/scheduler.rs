@@ -787,6 +787,10 @@ fn control_command_names_unknown_campaigns() {
 }
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "`imcast prune` (a real process) ages rows by the system clock: the fixture must too"
+)]
 fn prune_deletes_old_finished_occurrences_only() {
     let env = Env::new("2026-03-01T00:00:00Z");
     let mut conn = env.conn();

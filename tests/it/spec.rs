@@ -131,7 +131,7 @@ fn unknown_key_suggests_the_near_one() {
     let e = load_err(&f, &format!("{HEAD}audiance: {{ ids: [1] }}\n{MSG}"));
     insta::assert_snapshot!(e, @r"
     [DIR]/c.yaml: 1 problem
-      [DIR]/c.yaml:6:1: unknown key `audiance` — did you mean `audience`?; expected one of: version, name, description, provider, action, sender, batch, conversation, p2p, audience, message, schedule, throttle, retry, deadline, guard, breaker, rollout
+      [DIR]/c.yaml:6:1: unknown key `audiance` — did you mean `audience`?; expected one of: version, name, description, provider, action, sender, batch, conversation, p2p, audience, message, schedule, throttle, retry, deadline, guard, breaker, rollout, holdout
     ");
 }
 
@@ -144,7 +144,7 @@ fn unknown_nested_key_and_variant() {
     );
     insta::assert_snapshot!(e, @r"
     [DIR]/c.yaml: 1 problem
-      [DIR]/c.yaml:6:23: unknown key `id_colum` — did you mean `id_column`?; expected one of: csv, ids, id_column, exclude, required, timezone_column, default_timezone
+      [DIR]/c.yaml:6:23: unknown key `id_colum` — did you mean `id_column`?; expected one of: csv, ids, id_column, exclude, required, timezone_column, default_timezone, allow_empty
     ");
     let e = load_err(
         &f,
@@ -167,7 +167,7 @@ fn missing_key_and_bad_id() {
     let e = load_err(&f, &format!("{HEAD}audience: {{ ids: [1, -5] }}\n{MSG}"));
     insta::assert_snapshot!(e, @r"
     [DIR]/c.yaml: 1 problem
-      [DIR]/c.yaml:6:22: invalid u64: expected a non-negative whole number
+      [DIR]/c.yaml:6:22: audience.ids[1]: `-5` is not an id: ids are whole numbers from 0 to 9223372036854775807 (no sign, decimals or quotes)
     ");
     let e = load_err(
         &f,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imcast::assign::{point, within, Purpose};
-use imcast::clock::{Clock, SharedClock, SimClock};
+use imcast::clock::{Clock, SharedClock, SimClock, SystemClock};
 use imcast::config::RepoPaths;
 use imcast::exit::Exit;
 use imcast::journal::{Journal, RecipientStatus, RunStatus, StageRow};
@@ -77,7 +77,7 @@ fn request(_repo: &Repo, file: &Path, m: &mock::MockHandle) -> Request {
 
 fn t0() -> Timestamp {
     // Near the real time: the mock checks X-Date against its (simulated) clock only.
-    Timestamp::now()
+    SystemClock.now()
 }
 
 /// Deliveries per recipient in the mock's record.
@@ -777,7 +777,7 @@ fn plan_shows_the_waves_and_warns_when_one_overruns_the_next() {
 fn a_crash_between_waves_resumes_at_the_next_wave() {
     use crate::common::OutputWithin;
     use jiff::tz::TimeZone;
-    let now = Timestamp::now();
+    let now = SystemClock.now();
     let utc_date = now.to_zoned(TimeZone::UTC).date();
     let mut next = (now.as_second() / 60 + 1) * 60;
     if next - now.as_second() < 8 {
@@ -831,7 +831,7 @@ fn a_crash_between_waves_resumes_at_the_next_wave() {
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     assert!(
-        Timestamp::now() < t2,
+        SystemClock.now() < t2,
         "killed before the second wave was due"
     );
     let at_kill = deliveries(&rec, mock.stats().delivered);
@@ -882,7 +882,7 @@ fn the_daemon_resumes_a_canary_wait_after_sigkill() {
         csv.push_str(&format!("{id},g{}\n", i % 3));
     }
     std::fs::write(campaigns.join("a.csv"), csv).expect("audience");
-    let at = Timestamp::from_second(Timestamp::now().as_second() + 3).expect("at");
+    let at = Timestamp::from_second(SystemClock.now().as_second() + 3).expect("at");
     std::fs::write(
         campaigns.join("can.yaml"),
         format!(
@@ -1099,7 +1099,7 @@ fn under_the_daemon_a_failed_canary_waits_for_imcast_resume() {
         csv.push_str(&format!("{id},g{}\n", i % 2));
     }
     std::fs::write(campaigns.join("a.csv"), csv).expect("audience");
-    let at = Timestamp::from_second(Timestamp::now().as_second() + 3).expect("at");
+    let at = Timestamp::from_second(SystemClock.now().as_second() + 3).expect("at");
     std::fs::write(
         campaigns.join("can.yaml"),
         format!(

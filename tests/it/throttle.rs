@@ -162,11 +162,14 @@ async fn the_providers_stamps_never_exceed_the_limit_whatever_the_latency() {
             "{case:?}: {worst} stamped in one window of {:?}",
             case.window
         );
-        // Not vacuous: the client pushed against the limit (on a loaded machine not
-        // necessarily all the way).
+        // Not vacuous: the client pushed against the limit. A call holds its place from
+        // admission until its answer + W, so with latency L at most limit × W/(W+L) fit in one
+        // window; a loaded test machine must reach at least half of that.
+        let w = case.window.as_millis() as u64;
+        let reachable = case.limit * w / (w + case.latency_ms);
         assert!(
-            worst * 2 >= case.limit,
-            "{case:?}: only {worst} in the fullest window"
+            worst * 2 >= reachable,
+            "{case:?}: only {worst} in the fullest window (at most {reachable} reachable)"
         );
         assert_eq!(o.stats.rate_limited, 0, "{case:?}");
     }
