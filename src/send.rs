@@ -294,6 +294,7 @@ impl Progress {
                     RecipientStatus::Invalid
                         | RecipientStatus::Duplicate
                         | RecipientStatus::Suppressed
+                        | RecipientStatus::Holdout
                 )
             })
             .map(|(_, n)| n)
@@ -360,6 +361,8 @@ pub enum StopReason {
     Paused,
     /// A cancel request; pending recipients are `cancelled`.
     Cancelled,
+    /// The rollout's canary failed its gate; the run is paused (a person resumes it).
+    Canary { message: String },
 }
 
 /// The end of an engine session.
@@ -392,7 +395,7 @@ impl RunEnd {
                     Exit::Ok
                 }
             }
-            StopReason::Breaker { .. } => Exit::Breaker,
+            StopReason::Breaker { .. } | StopReason::Canary { .. } => Exit::Breaker,
             StopReason::Fatal { access: true, .. } => Exit::Access,
             StopReason::Fatal { .. } => Exit::Internal,
             StopReason::Interrupted => Exit::Interrupted,
@@ -1516,9 +1519,10 @@ impl<T: Transport> Ctx<T> {
                         RunStatus::Cancelled
                     }
                     StopReason::Interrupted => RunStatus::Interrupted,
-                    StopReason::Breaker { .. } | StopReason::Fatal { .. } | StopReason::Paused => {
-                        RunStatus::Paused
-                    }
+                    StopReason::Breaker { .. }
+                    | StopReason::Canary { .. }
+                    | StopReason::Fatal { .. }
+                    | StopReason::Paused => RunStatus::Paused,
                 };
                 let why = match &r {
                     StopReason::Completed if status == RunStatus::Paused => {
@@ -1526,7 +1530,9 @@ impl<T: Transport> Ctx<T> {
                     }
                     StopReason::Completed => None,
                     StopReason::Deadline => Some("deadline passed".into()),
-                    StopReason::Breaker { message } => Some(message.clone()),
+                    StopReason::Breaker { message } | StopReason::Canary { message } => {
+                        Some(message.clone())
+                    }
                     StopReason::Fatal { message, .. } => Some(message.clone()),
                     StopReason::Interrupted => Some("interrupted by a signal".into()),
                     StopReason::Paused => Some("paused by request".into()),

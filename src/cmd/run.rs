@@ -201,6 +201,12 @@ fn print_summary(s: &RunSummary, file: &std::path::Path) {
         Some(StopReason::Breaker { message }) => {
             crate::errln!("{message}\nResume with: imcast run {file}")
         }
+        Some(StopReason::Canary { message }) => {
+            crate::errln!(
+                "{message}\nThe rest of the audience was not sent. Check the report; to send to them anyway, \
+                 resume with: imcast run {file} (or imcast resume NAME under the daemon)"
+            )
+        }
         Some(StopReason::Fatal { message, .. }) => {
             crate::errln!(
                 "The provider refused: {message}\nFix it, then resume with: imcast run {file}"
@@ -243,6 +249,7 @@ fn flags_of(args: &RunArgs) -> RunFlags {
         yes: args.yes,
         mock: args.mock,
         test_to: args.test_to.clone(),
+        skip_canary: args.skip_canary,
         retry_failed: args.retry_failed,
     }
 }

@@ -217,7 +217,7 @@ impl Journal {
             .conn
             .query_row(
                 "SELECT EXISTS(SELECT 1 FROM run_counts WHERE run_id = ?1 AND n > 0
-                   AND status NOT IN ('pending','invalid','duplicate','suppressed'))
+                   AND status NOT IN ('pending','invalid','duplicate','suppressed','holdout'))
                  OR EXISTS(SELECT 1 FROM runs WHERE id = ?1 AND retry_of IS NOT NULL)",
                 [run_id],
                 |r| r.get(0),

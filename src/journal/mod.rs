@@ -76,7 +76,8 @@
 //! per-status counters), `read` (recipient and call reads), `control` (pause/resume/cancel
 //! requests), `prune` (deleting old runs), `audit` (the invocations that opened each run),
 //! `retry` (the `--retry-failed` follow-up run and what it would send), `attempts` (the log of
-//! admitted attempts: admission instants and error codes, for the report's figures). `Ops` below is the set
+//! admitted attempts: admission instants and error codes, for the report's figures), `stages`
+//! (a run's stages: their times, states and gates). `Ops` below is the set
 //! of run statements that can run inside another statement's transaction (a decision in
 //! `open_run`, a migration).
 
@@ -93,6 +94,7 @@ mod resume;
 mod retry;
 mod runs;
 mod schema;
+mod stages;
 #[cfg(test)]
 mod testutil;
 mod types;
@@ -103,6 +105,7 @@ pub use commit::SharedJournal;
 pub use control::{ControlRequest, PendingControl};
 pub use lease::hostname;
 pub use retry::{describe_codes, RetryCandidates};
+pub use stages::{NewStage, StageRow};
 pub use types::{
     CallEnd, CallRow, CallState, Mark, NewRun, Opened, Outcome, RecipientRef, RecipientRow,
     RecipientStatus, RecipientUpdate, Recovered, ResumeOptions, RunCounts, RunFlags, RunInfo,

@@ -56,6 +56,8 @@ impl Journal {
             }
             tx.execute("DELETE FROM run_counts WHERE run_id = ?1", [id])
                 .map_err(&db)?;
+            tx.execute("DELETE FROM run_stages WHERE run_id = ?1", [id])
+                .map_err(&db)?;
             tx.execute("DELETE FROM run_invocations WHERE run_id = ?1", [id])
                 .map_err(&db)?;
             calls += tx

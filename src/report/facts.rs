@@ -290,6 +290,8 @@ pub struct Tally {
     pub groups: Vec<FailureGroup>,
     /// Rows in groups beyond [`MAX_GROUPS`] (not listed), per status.
     pub other: BTreeMap<RecipientStatus, u64>,
+    /// A/B variants: rows per status of each variant name (rows without a variant not counted).
+    pub by_variant: BTreeMap<String, BTreeMap<RecipientStatus, u64>>,
 }
 
 impl Tally {
@@ -328,9 +330,25 @@ impl Tally {
         for (k, n) in other.other {
             *self.other.entry(k).or_default() += n;
         }
+        for (name, counts) in other.by_variant {
+            let mine = self.by_variant.entry(name).or_default();
+            for (s, n) in counts {
+                *mine.entry(s).or_default() += n;
+            }
+        }
     }
 
     pub fn add(&mut self, row: &RecipientRef<'_>) {
+        if let Some(name) = row.variant_name {
+            // Looked up by &str: a key is allocated once per variant, not per row.
+            match self.by_variant.get_mut(name) {
+                Some(m) => *m.entry(row.status).or_default() += 1,
+                None => {
+                    self.by_variant
+                        .insert(name.to_string(), BTreeMap::from([(row.status, 1)]));
+                }
+            }
+        }
         if !Self::counts_status(row.status) {
             return;
         }

@@ -1,7 +1,9 @@
 //! The one report writer: `reports/<campaign>/<run-id>/` with `report.html` (the page people look
 //! at, see `html`), `summary.json` (counts per status, calls, duration, achieved rate vs limit,
 //! the report's files, audit block) and the per-recipient files the formats ask for:
-//! `recipients.csv` (default) and/or `recipients.jsonl` (on request) — one row per audience row;
+//! `recipients.csv` (default) and/or `recipients.jsonl` (on request) — one row per audience row,
+//! its last column the A/B `variant_name` (and `summary.json`/`report.html` count each status per
+//! variant name);
 //! for P2PSendMessage campaigns each conversation row is followed by one row per user the provider
 //! answered for (`raw_id` `<conversation>/<user>`, status `sent`, `not_online` or `failed` for
 //! another code). Above
@@ -236,9 +238,37 @@ pub struct Summary {
     pub rate: RateSummary,
     pub errors: ErrorCounts,
     pub audit: serde_json::Value,
+    /// The run's stages in order (a canary and the rest, or local-time waves); absent for a
+    /// run sent as one stage.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageSummary>,
+    /// A/B variants: recipients per status of each `message.variants` entry, by name (held-out
+    /// recipients are in `counts.holdout`, under no variant). Left out without variants.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, BTreeMap<RecipientStatus, u64>>,
     /// The report's files (set when a report is written).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<ReportFiles>,
+}
+
+/// One stage of a staged run as the journal holds it (see `stages`, `journal::stages`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageSummary {
+    pub name: String,
+    /// waiting | sending | sent | expired.
+    pub state: String,
+    pub recipients: u64,
+    pub calls: u64,
+    /// Not before this time (a wave's local time).
+    pub not_before: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// The gate after the stage (the canary's): waiting | passed | failed | overridden | skipped.
+    pub gate: Option<String>,
+    /// When the gate decides.
+    pub gate_at: Option<String>,
+    /// The gate's numbers, or why the stage expired.
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -430,6 +460,23 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
             recipients: None,
         },
         audit: audit_block(run, &journal.invocations(&run.id)?),
+        stages: journal
+            .stages(&run.id)?
+            .into_iter()
+            .map(|r| StageSummary {
+                name: r.name,
+                state: r.state,
+                recipients: r.recipients,
+                calls: r.calls,
+                not_before: r.not_before.map(|t| t.to_string()),
+                started_at: r.started_at.map(|t| t.to_string()),
+                finished_at: r.finished_at.map(|t| t.to_string()),
+                gate: r.gate,
+                gate_at: r.gate_at.map(|t| t.to_string()),
+                detail: r.detail,
+            })
+            .collect(),
+        variants: BTreeMap::new(),
         files: None,
     })
 }
@@ -652,6 +699,7 @@ pub fn write_report_with(
     let csv_tmp = paths.csv.as_ref().and_then(|_| finals.next());
     let jsonl_tmp = paths.jsonl.as_ref().and_then(|_| finals.next());
 
+    summary.variants = tally.by_variant.clone();
     let mut files = ReportFiles::new(&paths);
     let distinct = meta.as_ref().map_or(0, |m| m.distinct_contents);
     if !recorded.is_empty() && distinct > recorded.len() as u64 {
@@ -871,7 +919,7 @@ impl Write for Sink<'_> {
 /// Bytes of formatted rows handed to a file's writer at a time.
 const CHUNK: usize = 256 * 1024;
 
-const CSV_HEADER: [&str; 12] = [
+const CSV_HEADER: [&str; 13] = [
     "line",
     "id",
     "raw_id",
@@ -884,6 +932,7 @@ const CSV_HEADER: [&str; 12] = [
     "error_message",
     "detail",
     "time",
+    "variant_name",
 ];
 
 fn writer_stopped(path: &Path) -> ReportError {
@@ -1048,6 +1097,7 @@ fn row_ref(r: &ReportRow) -> RecipientRef<'_> {
         error_message: r.error_message.as_deref(),
         detail: r.detail.as_deref(),
         time: r.time.as_deref().unwrap_or_default(),
+        variant_name: r.variant_name.as_deref(),
     }
 }
 
@@ -1090,6 +1140,7 @@ fn csv_row(buf: &mut Vec<u8>, r: &RecipientRef<'_>) {
         r.error_message,
         r.detail,
         Some(r.time),
+        r.variant_name,
     ] {
         buf.push(b',');
         if let Some(t) = cell {
@@ -1133,6 +1184,7 @@ fn json_row(buf: &mut Vec<u8>, r: &RecipientRef<'_>) -> serde_json::Result<()> {
         error_message: Option<&'a str>,
         detail: Option<&'a str>,
         time: Option<&'a str>,
+        variant_name: Option<&'a str>,
     }
     let mut n = itoa::Buffer::new();
     let raw_id = match (r.raw_id, r.id) {
@@ -1155,6 +1207,7 @@ fn json_row(buf: &mut Vec<u8>, r: &RecipientRef<'_>) -> serde_json::Result<()> {
             error_message: r.error_message,
             detail: r.detail,
             time: Some(r.time),
+            variant_name: r.variant_name,
         },
     )?;
     buf.push(b'\n');
@@ -1207,6 +1260,7 @@ pub fn p2p_user_rows(conv: &ReportRow) -> Vec<ReportRow> {
                     None => format!("user of conversation {conv_id}"),
                 }),
                 time: conv.time.clone(),
+                variant_name: conv.variant_name.clone(),
             }
         })
         .collect()
@@ -1257,6 +1311,7 @@ mod tests {
             text(&row.error_message),
             text(&row.detail),
             text(&row.time),
+            text(&row.variant_name),
         ])
         .expect("csv");
         let csv = w.into_inner().expect("inner");
@@ -1294,6 +1349,7 @@ mod tests {
                 error_message: (i % 2 == 0).then(|| t.to_string()),
                 detail: Some(t.to_string()),
                 time: Some("2026-11-22T08:00:00Z".into()),
+                variant_name: (i % 2 == 0).then(|| t.to_string()),
             };
             let (want_csv, want_json) = reference(&row);
             let mut csv = Vec::new();
@@ -1325,6 +1381,7 @@ mod tests {
             error_message: None,
             detail: None,
             time: Some("t".into()),
+            variant_name: None,
         };
         let mut r = row_ref(&row);
         r.raw_id = None;

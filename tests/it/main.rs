@@ -25,6 +25,8 @@ mod run;
 mod scheduler;
 mod sender;
 mod spec;
+mod stages;
 mod throttle;
 mod ux;
+mod variants;
 mod wire;
