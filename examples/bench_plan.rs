@@ -6,7 +6,8 @@
 //! /usr/bin/time -v target/release/examples/bench_plan shared
 //! ```
 //! `personalized`: every recipient's text holds their own name (1,000,000 distinct Contents,
-//! re-rendered at send time). `shared`: one Content for everyone (2,000 calls).
+//! re-rendered at send time). `shared`: one Content for everyone (2,000 calls). `variants`: the
+//! shared text in three A/B variants (weights 50/30/20) with a 5 % holdout (the cost of assigning).
 //! The CSV is written to a temp dir and deleted afterwards. Prints the plan's wall time (CSV
 //! generation excluded) and the process's peak RSS (VmHWM from /proc/self/status).
 #![allow(
@@ -56,8 +57,15 @@ fn main() -> anyhow::Result<()> {
         "personalized" => "Hi {{ name }}, the spring sale starts {{ starts_at }}!",
         _ => "Hello from {{ campaign.name }}: the spring sale starts {{ starts_at }}!",
     };
+    let body = if mode == "variants" {
+        format!(
+            "holdout: 5%\nmessage:\n  type: text\n  variants:\n    - {{ name: a, weight: 50, text: \"{text}\" }}\n    - {{ name: b, weight: 30, text: \"B {text}\" }}\n    - {{ name: c, weight: 20, text: \"C {text}\" }}\n"
+        )
+    } else {
+        format!("message:\n  type: text\n  text: \"{text}\"\n")
+    };
     let yaml = format!(
-        "version: 1\nname: bench\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\nsender: 1\naudience: {{ csv: audience.csv }}\nmessage:\n  type: text\n  text: \"{text}\"\n  ext: {{ campaign: \"{{{{ campaign.name }}}}\" }}\n  vars: {{ starts_at: \"March 1\" }}\n"
+        "version: 1\nname: bench\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\nsender: 1\naudience: {{ csv: audience.csv }}\n{body}  ext: {{ campaign: \"{{{{ campaign.name }}}}\" }}\n  vars: {{ starts_at: \"March 1\" }}\n"
     );
     let file = dir.path().join("bench.yaml");
     std::fs::write(&file, yaml)?;
@@ -68,9 +76,10 @@ fn main() -> anyhow::Result<()> {
     let took = start.elapsed();
     let n = p.counts();
     println!(
-        "mode={mode} rows={} valid={} distinct_contents={} calls={} in_memory={} plan_wall={:.2}s peak_rss={} MiB hash={}",
+        "mode={mode} rows={} valid={} holdout={} distinct_contents={} calls={} in_memory={} plan_wall={:.2}s peak_rss={} MiB hash={}",
         n.total,
         n.valid,
+        n.holdout,
         n.distinct_contents,
         n.calls,
         p.contents_in_memory(),

@@ -122,6 +122,7 @@ fn main() -> anyhow::Result<()> {
                     status: RecipientStatus::Invalid,
                     call_seq: None,
                     variant: None,
+                    variant_name: None,
                     note: Some("not a user id".into()),
                 });
             }
@@ -135,6 +136,7 @@ fn main() -> anyhow::Result<()> {
                 status: RecipientStatus::Pending,
                 call_seq: Some(seq),
                 variant: None,
+                variant_name: None,
                 note: None,
             })
         }))

@@ -273,6 +273,9 @@ pub struct RunArgs {
     /// Resend recipients whose outcome is unknown (may duplicate messages).
     #[arg(long)]
     pub resend_unknown: bool,
+    /// Send past the rollout's canary without waiting for its gate (recorded in the audit).
+    #[arg(long)]
+    pub skip_canary: bool,
     /// After fixing what made recipients fail: start a follow-up run (linked to the last
     /// finished run) that sends again to exactly the recipients that run left `failed` with a
     /// retryable code (FailedReceiver, rate limited or unavailable after the retries ran out).

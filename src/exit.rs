@@ -19,7 +19,7 @@ pub enum Exit {
     Invalid,
     /// 3: the run finished, but some recipients are `failed` or `unknown`.
     Incomplete,
-    /// 4: the failure breaker stopped the run (resumable with `run`).
+    /// 4: the failure breaker, or a failed canary gate, stopped the run (resumable with `run`).
     Breaker,
     /// 5: credentials missing, or the provider refused them (signature, access key, access denied).
     Access,

@@ -10,6 +10,7 @@
 //! command line and `cmd` holds one small module per subcommand (the shell: nothing below imports it).
 
 pub mod action;
+pub mod assign;
 pub mod cli;
 pub mod clock;
 pub mod cmd;
@@ -37,8 +38,10 @@ pub mod run;
 pub mod schedule;
 pub mod send;
 pub mod spec;
+pub mod stages;
 #[doc(hidden)]
 pub mod testing;
 pub mod throttle;
+pub mod variants;
 
 pub use cli::run;

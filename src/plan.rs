@@ -1,9 +1,18 @@
 //! The plan: every audience row's outcome, and the calls that deliver the valid ones.
 //!
+//! A/B variants and the holdout (`crate::variants`): a valid row the holdout takes is counted as
+//! `holdout` (not `valid`) and never rendered or called; every other row renders with its
+//! variant's templates (one renderer per variant), and the variant's name is part of the group
+//! key, so every group — and every call — belongs to one variant.
+//!
 //! Grouping: recipients whose rendered Content and Ext are identical form a group; each group is
 //! cut into calls of at most `Action::max_receivers()` (500 for batch, 1 for conversation/p2p),
 //! groups ordered by their first recipient in audience order, recipients in audience order within
-//! a group. So the number of calls is exactly Σ⌈group size / max⌉, the minimum.
+//! a group. So the number of calls is exactly Σ⌈group size / max⌉, the minimum. A staged campaign
+//! (`rollout:`, `schedule.local_time`; see `stages`) is cut per (stage, group) instead, ordered
+//! by stage, then group: each stage's calls are one contiguous range of call numbers
+//! ([`Plan::stages`]), at the cost of at most one partial call per group and stage. An audience
+//! row whose time zone is unknown is `invalid` (with local-time waves).
 //!
 //! Memory: the plan holds 8–16 bytes per valid recipient plus ~40 bytes per distinct Content,
 //! never rows × columns. Each distinct Content is stored once; above [`STORE_MAX_CONTENTS`] (or
@@ -26,6 +35,7 @@ use crate::action::Action;
 use crate::audience::{load_suppression_in, AudienceError, AudienceReader, RowCursor, RowPos};
 use crate::render::{RenderError, Rendered, Renderer, RowInput};
 use crate::spec::{Campaign, Source};
+use crate::variants::{Assigner, Assignment};
 
 /// A hasher for keys that are already well mixed or are plain ids: one multiply instead of
 /// SipHash. The audience is trusted operator input, so hash flooding is not a concern here, and
@@ -71,6 +81,9 @@ const EXAMPLES: usize = 5;
 pub struct PlanOptions {
     /// Global suppression lists (imcast.toml `account.suppress`), hashed into the plan too.
     pub extra_suppress: Vec<PathBuf>,
+    /// The date whose `schedule.local_time` the waves are at (the occurrence's date; None:
+    /// today in UTC, see `stages::waves`). Hashed into the plan with local-time waves.
+    pub local_date: Option<jiff::civil::Date>,
 }
 
 /// Where a render failed, with the first few recipients affected.
@@ -116,7 +129,7 @@ fn render_problems(ps: &[RenderProblem]) -> String {
             ex.join(", ")
         ));
     }
-    if ps.iter().any(|p| p.what.starts_with("undefined variable")) {
+    if ps.iter().any(|p| p.what.contains("undefined variable `")) {
         s.push_str(
             "\n  fix the audience columns or `message.vars`, or guard with `{% if x is defined %}`",
         );
@@ -139,6 +152,22 @@ pub struct Counts {
     pub messages: u64,
     /// Valid recipients whose render read an empty value.
     pub empty_value_rows: u64,
+    /// Rows otherwise valid that the holdout keeps from being sent (not in `valid`).
+    pub holdout: u64,
+}
+
+/// One A/B variant of a plan (`message.variants`): who gets it and a rendered example.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AbVariant {
+    pub name: String,
+    pub weight: u64,
+    /// Valid recipients assigned to it.
+    pub recipients: u64,
+    pub calls: u64,
+    /// Distinct Contents it renders.
+    pub distinct_contents: u64,
+    /// Its first recipient's rendered message.
+    pub example: Option<Sample>,
 }
 
 /// One call to make.
@@ -171,10 +200,20 @@ pub struct PlanVariant {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum RowStatus {
-    Valid { call: u64 },
-    Invalid { reason: String },
-    Duplicate { first_line: u64 },
-    Suppressed { list: String },
+    Valid {
+        call: u64,
+    },
+    Invalid {
+        reason: String,
+    },
+    Duplicate {
+        first_line: u64,
+    },
+    Suppressed {
+        list: String,
+    },
+    /// In the holdout: valid, never sent.
+    Holdout,
 }
 
 /// One audience row and its outcome.
@@ -184,6 +223,9 @@ pub struct AudienceRow {
     pub id: Option<u64>,
     pub raw_id: String,
     pub status: RowStatus,
+    /// The A/B variant a valid row gets (None: no variants, or not valid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant_name: Option<String>,
 }
 
 /// A rendered example.
@@ -193,6 +235,12 @@ pub struct Sample {
     pub line: u64,
     pub content: String,
     pub ext: BTreeMap<String, String>,
+    /// The A/B variant it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant_name: Option<String>,
+    /// The content variant id of its Content (see [`PlannedCall::variant`]).
+    #[serde(skip)]
+    pub content_id: String,
 }
 
 /// A group's Content and Ext.
@@ -208,6 +256,8 @@ struct Group {
 }
 
 const NOT_STORED: u32 = u32::MAX;
+/// A group of a campaign without A/B variants.
+const NO_VARIANT: u16 = u16::MAX;
 
 impl Group {
     fn key(&self) -> u128 {
@@ -221,20 +271,34 @@ impl Group {
 /// The plan for one campaign.
 pub struct Plan {
     campaign: Campaign,
-    renderer: Renderer,
+    /// One per A/B variant (one when there are none).
+    renderers: Vec<Renderer>,
+    assigner: Assigner,
+    /// The A/B variant of each group ([`NO_VARIANT`] without variants).
+    group_variant: Vec<u16>,
+    ab: Vec<AbVariant>,
     hash: String,
     content_key: String,
     counts: Counts,
     groups: Vec<Group>,
     contents: Vec<(String, BTreeMap<String, String>)>,
-    /// Valid ids ordered by group (stable: audience order within a group).
+    /// Valid ids ordered by bucket (stable: audience order within a bucket). A bucket is a
+    /// group, or with stages a (stage, group) pair; buckets are ordered by stage, then group.
     ids_by_group: Vec<u64>,
-    /// Offsets into `ids_by_group`, one per group plus the end.
+    /// Offsets into `ids_by_group`, one per bucket plus the end.
     group_start: Vec<usize>,
     /// Group of each valid row, in audience order.
     row_group: Vec<u32>,
-    /// First call number of each group.
+    /// First call number of each bucket.
     group_call_base: Vec<u64>,
+    /// The group of each bucket (None: no stages, bucket `b` is group `b`).
+    bucket_group: Option<Vec<u32>>,
+    /// The bucket of each valid row in audience order (None: its group).
+    row_bucket: Option<Vec<u32>>,
+    /// Valid recipients per group.
+    group_size: Vec<u64>,
+    /// The run's stages, in order (empty: one stage, the whole plan).
+    stages: Vec<crate::stages::PlanStage>,
     suppress: FastMap<u64, u16>,
     suppress_labels: Vec<String>,
     samples: Vec<Sample>,
@@ -245,7 +309,18 @@ pub struct Plan {
 }
 
 fn content_key(content: &str, ext: &BTreeMap<String, String>) -> u128 {
+    content_key_in(None, content, ext)
+}
+
+/// The group key: the Content and Ext, and the A/B variant's name when there is one (two
+/// variants that render the same Content are still two groups, so each call is one variant's).
+fn content_key_in(ab: Option<&str>, content: &str, ext: &BTreeMap<String, String>) -> u128 {
     let mut h = Sha256::new();
+    if let Some(name) = ab {
+        h.update(b"ab-variant\0");
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+    }
     h.update((content.len() as u64).to_le_bytes());
     h.update(content.as_bytes());
     for (k, v) in ext {
@@ -302,6 +377,7 @@ struct Pending {
     id: u64,
     line: u64,
     pos: RowPos,
+    ab: Option<usize>,
     fields: csv::StringRecord,
 }
 
@@ -316,13 +392,21 @@ struct Chunk {
 }
 
 fn render_keyed(
-    renderer: &Renderer,
+    renderers: &[Renderer],
+    names: &[String],
+    ab: Option<usize>,
     id: u64,
     header: Option<&std::sync::Arc<Vec<String>>>,
     fields: &csv::StringRecord,
 ) -> Result<(Rendered, u128), RenderError> {
+    let Some(renderer) = renderers.get(ab.unwrap_or(0)) else {
+        return Err(RenderError::Template(format!(
+            "internal: no renderer for variant {ab:?}"
+        )));
+    };
+    let name = ab.and_then(|i| names.get(i)).map(String::as_str);
     renderer.render_fields(id, header, fields).map(|r| {
-        let key = content_key(&r.content, &r.ext);
+        let key = content_key_in(name, &r.content, &r.ext);
         (r, key)
     })
 }
@@ -343,6 +427,11 @@ struct Acc {
     samples: Vec<Sample>,
     failures: BTreeMap<String, RenderProblem>,
     limits: StoreLimits,
+    /// The A/B variant of each group.
+    group_variant: Vec<u16>,
+    /// The first sample of each A/B variant.
+    ab_samples: Vec<Option<Sample>>,
+    names: Vec<String>,
     /// Columns and vars, for "did you mean".
     known: Vec<String>,
 }
@@ -353,6 +442,7 @@ impl Acc {
         id: u64,
         line: u64,
         pos: RowPos,
+        ab: Option<usize>,
         r: Result<(Rendered, u128), RenderError>,
     ) {
         let (r, key) = match r {
@@ -376,6 +466,11 @@ impl Acc {
                     }
                     RenderError::Template(m) => m.clone(),
                 };
+                // With A/B variants, say whose template it is.
+                let what = match ab.and_then(|i| self.names.get(i)) {
+                    Some(name) => format!("message.variants `{name}`: {what}"),
+                    None => what,
+                };
                 let p = self.failures.entry(what.clone()).or_insert(RenderProblem {
                     what,
                     count: 0,
@@ -391,13 +486,24 @@ impl Acc {
         if r.used_empty {
             self.counts.empty_value_rows += 1;
         }
-        if self.samples.len() < SAMPLES {
-            self.samples.push(Sample {
+        let ab_missing = ab.is_some_and(|i| self.ab_samples.get(i).is_some_and(Option::is_none));
+        if self.samples.len() < SAMPLES || ab_missing {
+            let sample = Sample {
                 id,
                 line,
                 content: r.content.clone(),
                 ext: r.ext.clone(),
-            });
+                variant_name: ab.and_then(|i| self.names.get(i)).cloned(),
+                content_id: variant_of(key),
+            };
+            if ab_missing {
+                if let Some(slot) = ab.and_then(|i| self.ab_samples.get_mut(i)) {
+                    *slot = Some(sample.clone());
+                }
+            }
+            if self.samples.len() < SAMPLES {
+                self.samples.push(sample);
+            }
         }
         let hi = (key >> 64) as u64;
         let found = match self.by_key.get(&hi) {
@@ -433,6 +539,8 @@ impl Acc {
                     pos,
                     stored,
                 });
+                self.group_variant
+                    .push(ab.map(|i| i as u16).unwrap_or(NO_VARIANT));
                 match self.by_key.entry(hi) {
                     std::collections::hash_map::Entry::Occupied(_) => {
                         self.clash.insert(key, g);
@@ -464,7 +572,7 @@ fn take_back(
     let mut chunk = rendered.recv().map_err(|_| render_thread_gone())?;
     let Chunk { rows, len, out } = &mut chunk;
     for (p, r) in rows[..*len].iter().zip(out.drain(..)) {
-        acc.accept(p.id, p.line, p.pos, r);
+        acc.accept(p.id, p.line, p.pos, p.ab, r);
     }
     chunk.len = 0;
     free.push(chunk);
@@ -490,10 +598,14 @@ pub enum RowEvent<'a> {
     },
     /// A column listed in `audience.required` is empty.
     MissingRequired { id: u64, line: u64, column: &'a str },
+    /// The time zone column (`audience.timezone_column`) holds no known zone.
+    BadZone { id: u64, line: u64, reason: &'a str },
     /// The id is on an earlier row.
     Duplicate { id: u64, line: u64 },
     /// The id is in suppression list number `list` ([`Plan::suppress_label`]).
     Suppressed { id: u64, line: u64, list: u16 },
+    /// The holdout keeps it from being sent.
+    Holdout { id: u64, line: u64 },
 }
 
 /// [`build`], telling `observer` each row's outcome as it streams by (`plan --diff`).
@@ -530,7 +642,24 @@ fn build_threads(
     workers: usize,
     mut observer: Option<&mut dyn FnMut(RowEvent<'_>)>,
 ) -> Result<Plan, PlanError> {
-    let mut renderer = Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?;
+    let assigner = Assigner::new(c);
+    let trivial = assigner.is_trivial();
+    let names: Vec<String> = assigner.names().to_vec();
+    // One renderer per A/B variant (its body and Ext); one for a campaign without variants.
+    let mut renderers = Vec::new();
+    if c.message.variants.is_empty() {
+        renderers.push(Renderer::new(c).map_err(|e| PlanError::Template(e.to_string()))?);
+    } else {
+        for (i, v) in c.message.variants.iter().enumerate() {
+            let mut cv = c.clone();
+            cv.message = c.message.for_variant(i);
+            renderers.push(
+                Renderer::new(&cv).map_err(|e| {
+                    PlanError::Template(format!("message.variants `{}`: {e}", v.name))
+                })?,
+            );
+        }
+    }
 
     // Suppression lists: one map id → list, 8 bytes per id plus the label index.
     let mut suppress: FastMap<u64, u16> = FastMap::default();
@@ -585,13 +714,22 @@ fn build_threads(
             },
         }
     }
-    let static_content = renderer.is_static(&columns);
-    renderer
-        .prepare(&columns)
-        .map_err(|e| PlanError::Template(e.to_string()))?;
+    // Each valid row's zone (`schedule.local_time`), in audience order.
+    let mut zones = crate::stages::Zones::new(c, &columns)?;
+    let mut row_zone: Vec<u16> = Vec::new();
+    // Per renderer: every recipient of that variant gets the same Content.
+    let static_of: Vec<bool> = renderers.iter().map(|r| r.is_static(&columns)).collect();
+    let static_content = renderers.len() == 1 && static_of.iter().all(|s| *s);
+    for r in &mut renderers {
+        r.prepare(&columns)
+            .map_err(|e| PlanError::Template(e.to_string()))?;
+    }
     // Variables to count distinct values of: columns the templates read (+ recipient).
-    let tracked: Vec<(String, Option<usize>)> = renderer
-        .variables()
+    let read: std::collections::BTreeSet<String> = renderers
+        .iter()
+        .flat_map(|r| r.variables().iter().cloned())
+        .collect();
+    let tracked: Vec<(String, Option<usize>)> = read
         .iter()
         .filter_map(|v| {
             if v == "recipient" {
@@ -626,9 +764,13 @@ fn build_threads(
         failures: BTreeMap::new(),
         limits,
         known,
+        group_variant: Vec::new(),
+        ab_samples: vec![None; names.len()],
+        names: names.clone(),
     };
     let mut seen: FastSet<u64> = FastSet::default();
-    let mut static_cache: Option<(u32, Sample)> = None;
+    // Per renderer: the group and sample of its static Content, once rendered.
+    let mut static_cache: Vec<Option<(u32, Sample)>> = vec![None; renderers.len()];
     // Reserve the per-row vectors up front from the file size (an over-estimate costs only
     // address space: pages never written are never resident), so they never reallocate and
     // fragment the heap while growing.
@@ -644,13 +786,14 @@ fn build_threads(
     acc.row_group.reserve(estimate);
     acc.ids_in_order.reserve(estimate);
     acc.groups.reserve(estimate);
-    let names = header.as_ref().map(|h| &h.names);
+    let names_of_header = header.as_ref().map(|h| &h.names);
     // One record reused for every row: the reader parses into it and, single-threaded, the
     // renderer renders straight from it (no per-row allocation or copy).
     let mut fields = csv::StringRecord::new();
     // A static Content is rendered once: nothing to hand to a second thread.
-    let pipelined = workers > 1 && !static_content;
-    let renderer_ref = &renderer;
+    let pipelined = workers > 1 && !static_of.iter().all(|s| *s);
+    let renderers_ref = &renderers;
+    let names_ref = &names;
     // Whether accepted rows may still need their Content (a new group while Contents are kept,
     // or a sample). Goes from true to false once, never back; while false the render thread
     // drops each Content where it was made (freeing across threads is what made the pipeline
@@ -667,7 +810,14 @@ fn build_threads(
                     chunk.out.clear();
                     let keep = need_ref.load(std::sync::atomic::Ordering::Acquire);
                     for p in &chunk.rows[..chunk.len] {
-                        let mut r = render_keyed(renderer_ref, p.id, names, &p.fields);
+                        let mut r = render_keyed(
+                            renderers_ref,
+                            names_ref,
+                            p.ab,
+                            p.id,
+                            names_of_header,
+                            &p.fields,
+                        );
                         if !keep {
                             if let Ok((rendered, _)) = &mut r {
                                 rendered.content = String::new();
@@ -739,6 +889,36 @@ fn build_threads(
                 }
                 continue;
             }
+            let ab = if trivial {
+                None
+            } else {
+                match assigner.assign(id) {
+                    Assignment::Holdout => {
+                        acc.counts.holdout += 1;
+                        if let Some(o) = observer.as_mut() {
+                            o(RowEvent::Holdout { id, line: row.line });
+                        }
+                        continue;
+                    }
+                    Assignment::Send(v) => v,
+                }
+            };
+            if let Some(z) = zones.as_mut() {
+                match z.resolve(&fields) {
+                    Ok(i) => row_zone.push(i),
+                    Err(reason) => {
+                        acc.counts.invalid += 1;
+                        if let Some(o) = observer.as_mut() {
+                            o(RowEvent::BadZone {
+                                id,
+                                line: row.line,
+                                reason: &reason,
+                            });
+                        }
+                        continue;
+                    }
+                }
+            }
             if let Some(o) = observer.as_mut() {
                 o(RowEvent::Valid {
                     id,
@@ -754,7 +934,9 @@ fn build_threads(
                 };
                 distinct[k].insert(h);
             }
-            if let Some((g, sample)) = &static_cache {
+            let ri = ab.unwrap_or(0);
+            // Pipelined, every row goes through the chunks: rows are accepted in audience order.
+            if let Some(Some((g, sample))) = static_cache.get(ri).filter(|_| !pipelined) {
                 if acc.samples.len() < SAMPLES {
                     acc.samples.push(Sample {
                         id,
@@ -768,11 +950,25 @@ fn build_threads(
                 continue;
             }
             if !pipelined {
-                let r = render_keyed(&renderer, id, names, &fields);
-                acc.accept(id, row.line, row.pos, r);
-                if static_content && static_cache.is_none() {
-                    if let (Some(g), Some(s)) = (acc.row_group.last(), acc.samples.last()) {
-                        static_cache = Some((*g, s.clone()));
+                let r = render_keyed(&renderers, &names, ab, id, names_of_header, &fields);
+                let before = acc.counts.valid;
+                let line = row.line;
+                acc.accept(id, line, row.pos, ab, r);
+                if static_of.get(ri).copied().unwrap_or(false) && acc.counts.valid > before {
+                    if let (Some(g), Some(slot)) = (acc.row_group.last(), static_cache.get_mut(ri))
+                    {
+                        let content = acc.groups.get(*g as usize).map(|gr| variant_of(gr.key()));
+                        let sample = acc
+                            .samples
+                            .iter()
+                            .rev()
+                            .find(|s| s.id == id)
+                            .cloned()
+                            .or_else(|| acc.ab_samples.get(ri).cloned().flatten());
+                        if let (Some(mut s), Some(content)) = (sample, content) {
+                            s.content_id = content;
+                            *slot = Some((*g, s));
+                        }
                     }
                 }
                 continue;
@@ -782,6 +978,7 @@ fn build_threads(
                     id,
                     line: row.line,
                     pos: row.pos,
+                    ab,
                     fields: csv::StringRecord::new(),
                 });
             }
@@ -789,6 +986,7 @@ fn build_threads(
                 slot.id = id;
                 slot.line = row.line;
                 slot.pos = row.pos;
+                slot.ab = ab;
                 // The record moves into the chunk; the slot's old one is read into next.
                 std::mem::swap(&mut slot.fields, &mut fields);
                 cur.len += 1;
@@ -797,7 +995,13 @@ fn build_threads(
                 while in_flight >= IN_FLIGHT {
                     take_back(&mut acc, &rendered, &mut free)?;
                     in_flight -= 1;
-                    if acc.spilled && acc.samples.len() >= SAMPLES {
+                    // Every variant with a weight needs its example before Contents go.
+                    let examples_done = acc
+                        .ab_samples
+                        .iter()
+                        .zip(&c.message.variants)
+                        .all(|(s, v)| s.is_some() || v.weight == 0);
+                    if acc.spilled && acc.samples.len() >= SAMPLES && examples_done {
                         need_content.store(false, std::sync::atomic::Ordering::Release);
                     }
                 }
@@ -828,6 +1032,8 @@ fn build_threads(
         ids_in_order,
         samples,
         failures,
+        group_variant,
+        ab_samples,
         ..
     } = acc;
     if static_content && counts.empty_value_rows > 0 {
@@ -843,34 +1049,121 @@ fn build_threads(
         return Err(PlanError::Render(v));
     }
 
-    // Counting sort of valid ids by group (stable).
-    let mut group_start = vec![0usize; groups.len() + 1];
+    // The run's stages (a canary, or waves): each valid row's stage, in audience order. Calls
+    // are cut per (stage, group) — a "bucket" — ordered by stage, then group: a stage's calls
+    // are one contiguous range of call numbers. Without stages a bucket is a group.
+    let staged = match &zones {
+        Some(z) => Some(crate::stages::waves(c, z, &row_zone, opts.local_date)),
+        None => crate::stages::assign_rows(c, &ids_in_order),
+    };
+    drop(row_zone);
+    let mut group_size = vec![0u64; groups.len()];
     for g in &row_group {
-        group_start[*g as usize + 1] += 1;
+        group_size[*g as usize] += 1;
     }
-    for i in 0..groups.len() {
-        group_start[i + 1] += group_start[i];
-    }
-    let mut fill = group_start.clone();
-    let mut ids_by_group = vec![0u64; ids_in_order.len()];
-    for (g, id) in row_group.iter().zip(ids_in_order.iter()) {
-        let slot = &mut fill[*g as usize];
-        ids_by_group[*slot] = *id;
-        *slot += 1;
-    }
+    let (bucket_group, row_bucket, group_start, ids_by_group, stage_of_bucket, stage_names) =
+        match staged {
+            None => {
+                // Counting sort of valid ids by group (stable).
+                let mut group_start = vec![0usize; groups.len() + 1];
+                for (g, n) in group_size.iter().enumerate() {
+                    group_start[g + 1] = group_start[g] + *n as usize;
+                }
+                let mut fill = group_start.clone();
+                let mut ids_by_group = vec![0u64; ids_in_order.len()];
+                for (g, id) in row_group.iter().zip(ids_in_order.iter()) {
+                    let slot = &mut fill[*g as usize];
+                    ids_by_group[*slot] = *id;
+                    *slot += 1;
+                }
+                (
+                    None,
+                    None,
+                    group_start,
+                    ids_by_group,
+                    Vec::new(),
+                    Vec::new(),
+                )
+            }
+            Some(st) => {
+                let o = crate::stages::order_rows(&row_group, &group_size, &st.row_stage);
+                let ids: Vec<u64> = o.order.iter().map(|r| ids_in_order[*r as usize]).collect();
+                (
+                    Some(o.bucket_group),
+                    Some(o.row_bucket),
+                    o.bucket_start,
+                    ids,
+                    o.bucket_stage,
+                    st.stages,
+                )
+            }
+        };
     drop(ids_in_order);
-    drop(fill);
 
     let max = c.action.max_receivers() as u64;
-    let mut group_call_base = Vec::with_capacity(groups.len());
+    let nbuckets = group_start.len() - 1;
+    let mut group_call_base = Vec::with_capacity(nbuckets);
     let mut calls = 0u64;
-    for g in 0..groups.len() {
+    let mut stages: Vec<crate::stages::PlanStage> = stage_names
+        .into_iter()
+        .map(|s| crate::stages::PlanStage {
+            name: s.name,
+            first_call: 0,
+            calls: 0,
+            recipients: 0,
+            at: s.at,
+            zones: s.zones,
+            date: s.date,
+        })
+        .collect();
+    for b in 0..nbuckets {
         group_call_base.push(calls);
-        let size = (group_start[g + 1] - group_start[g]) as u64;
-        calls += size.div_ceil(max);
+        let size = (group_start[b + 1] - group_start[b]) as u64;
+        let n = size.div_ceil(max);
+        if let Some(s) = stage_of_bucket
+            .get(b)
+            .and_then(|s| stages.get_mut(*s as usize))
+        {
+            if s.recipients == 0 {
+                s.first_call = calls;
+            }
+            s.calls += n;
+            s.recipients += size;
+        }
+        calls += n;
+    }
+    // An empty stage starts where the next one does (it has no calls).
+    let mut next = calls;
+    for s in stages.iter_mut().rev() {
+        if s.recipients == 0 {
+            s.first_call = next;
+        }
+        next = s.first_call;
     }
     counts.calls = calls;
     counts.distinct_contents = groups.len() as u64;
+    let mut ab: Vec<AbVariant> = c
+        .message
+        .variants
+        .iter()
+        .zip(ab_samples)
+        .map(|(v, example)| AbVariant {
+            name: v.name.clone(),
+            weight: v.weight,
+            recipients: 0,
+            calls: 0,
+            distinct_contents: 0,
+            example,
+        })
+        .collect();
+    for (g, v) in group_variant.iter().enumerate() {
+        if let Some(a) = ab.get_mut(*v as usize) {
+            let size = (group_start[g + 1] - group_start[g]) as u64;
+            a.recipients += size;
+            a.calls += size.div_ceil(max);
+            a.distinct_contents += 1;
+        }
+    }
     // What the provider counts: receivers for batch, requests (one message each) otherwise.
     counts.messages = c.action.total_units(counts.valid, calls);
 
@@ -879,19 +1172,24 @@ fn build_threads(
     h.update(b"imcast-plan/1\n");
     h.update((c.source.len() as u64).to_le_bytes());
     h.update(c.source.as_bytes());
-    for (name, fh) in renderer.files() {
+    for (name, fh) in template_files(&renderers) {
         h.update(b"template\0");
         h.update(name.as_bytes());
         h.update(fh);
     }
     h.update(b"audience\0");
     h.update(audience_hash);
+    if let Some(d) = stages.first().and_then(|s| s.date) {
+        // Waves are at a date's local time: another date is another plan.
+        h.update(b"local_date\0");
+        h.update(d.to_string().as_bytes());
+    }
     for lh in &list_hashes {
         h.update(b"suppress\0");
         h.update(lh);
     }
     let hash = hex::encode(h.finalize());
-    let content_key = content_key_of(c, &renderer, &audience_hash);
+    let content_key = content_key_of(c, &renderers, &audience_hash);
 
     let variable_distinct: BTreeMap<String, u64> = tracked
         .iter()
@@ -936,7 +1234,10 @@ fn build_threads(
 
     Ok(Plan {
         campaign: c.clone(),
-        renderer,
+        renderers,
+        assigner,
+        group_variant,
+        ab,
         hash,
         content_key,
         counts,
@@ -946,6 +1247,10 @@ fn build_threads(
         group_start,
         row_group,
         group_call_base,
+        bucket_group,
+        row_bucket,
+        group_size,
+        stages,
         suppress,
         suppress_labels,
         samples,
@@ -998,6 +1303,30 @@ impl Plan {
         self.static_content
     }
 
+    /// The A/B variants (`message.variants`) with their recipients, calls and an example; empty
+    /// for a campaign without variants.
+    pub fn ab_variants(&self) -> &[AbVariant] {
+        &self.ab
+    }
+
+    /// Who gets which variant and who is held out.
+    pub fn assigner(&self) -> &Assigner {
+        &self.assigner
+    }
+
+    /// The A/B variant (index into `message.variants`) group `g` belongs to.
+    pub fn ab_of_group(&self, g: usize) -> Option<usize> {
+        self.group_variant
+            .get(g)
+            .filter(|v| **v != NO_VARIANT)
+            .map(|v| *v as usize)
+    }
+
+    /// The A/B variant name of group `g`.
+    pub fn variant_name_of_group(&self, g: usize) -> Option<&str> {
+        self.ab_of_group(g).and_then(|i| self.assigner.name(i))
+    }
+
     /// Whether Contents are kept in memory (false: re-rendered by `calls()`).
     pub fn contents_in_memory(&self) -> bool {
         self.groups.iter().all(|g| g.stored().is_some())
@@ -1013,6 +1342,7 @@ impl Plan {
             current: None,
             cursor: None,
             failed: false,
+            last_group: None,
         }
     }
 
@@ -1023,8 +1353,9 @@ impl Plan {
             reader: None,
             first_line: FastMap::default(),
             valid_seen: 0,
-            rank: vec![0; self.groups.len()],
+            rank: vec![0; self.group_start.len().saturating_sub(1)],
             required: Vec::new(),
+            zones: None,
             done: false,
         }
     }
@@ -1033,7 +1364,7 @@ impl Plan {
     /// each rendered, with its variant id and recipient count (for the run report). Re-renders a
     /// Content the plan does not keep in memory from its first row.
     pub fn variants(&self, max: usize) -> Result<Vec<PlanVariant>, PlanError> {
-        let size = |g: usize| (self.group_start[g + 1] - self.group_start[g]) as u64;
+        let size = |g: usize| self.group_size[g];
         let mut chosen: Vec<usize> = (0..self.groups.len()).collect();
         if chosen.len() > max {
             chosen.select_nth_unstable_by_key(max, |&g| (std::cmp::Reverse(size(g)), g));
@@ -1076,8 +1407,21 @@ impl Plan {
 
     /// The group (one distinct Content and Ext) that call `seq` carries.
     pub fn group_of_call(&self, seq: u64) -> Option<usize> {
-        let g = self.group_call_base.partition_point(|b| *b <= seq);
-        (g > 0 && seq < self.counts.calls).then(|| g - 1)
+        let b = self.group_call_base.partition_point(|b| *b <= seq);
+        (b > 0 && seq < self.counts.calls).then(|| self.bucket_group(b - 1))
+    }
+
+    /// The group of bucket `b` (see `ids_by_group`).
+    fn bucket_group(&self, b: usize) -> usize {
+        match &self.bucket_group {
+            Some(v) => v.get(b).map_or(b, |g| *g as usize),
+            None => b,
+        }
+    }
+
+    /// The run's stages in order (empty: the plan is sent as one stage).
+    pub fn stages(&self) -> &[crate::stages::PlanStage] {
+        &self.stages
     }
 
     /// A 128-bit digest of group `g`'s Content and Ext: equal across plans exactly when what the
@@ -1130,11 +1474,16 @@ impl Plan {
             header: self.header.as_ref(),
             fields: row.fields,
         };
-        let r = self
-            .renderer
+        let ab = self.ab_of_group(g);
+        let renderer = self
+            .renderers
+            .get(ab.unwrap_or(0))
+            .ok_or_else(|| PlanError::Changed(format!("group {g}: no renderer")))?;
+        let r = renderer
             .render(input)
             .map_err(|e| PlanError::Changed(format!("line {}: {e}", row.line)))?;
-        if content_key(&r.content, &r.ext) != group.key() {
+        let name = ab.and_then(|i| self.assigner.name(i));
+        if content_key_in(name, &r.content, &r.ext) != group.key() {
             return Err(PlanError::Changed(format!(
                 "line {} renders differently than when planned; plan again",
                 row.line
@@ -1152,6 +1501,7 @@ struct CallIter<'a> {
     current: Option<(String, BTreeMap<String, String>, String)>,
     cursor: Option<RowCursor>,
     failed: bool,
+    last_group: Option<usize>,
 }
 
 impl Iterator for CallIter<'_> {
@@ -1164,7 +1514,7 @@ impl Iterator for CallIter<'_> {
         let p = self.plan;
         let max = p.campaign.action.max_receivers();
         loop {
-            if self.group >= p.groups.len() {
+            if self.group + 1 >= p.group_start.len() {
                 return None;
             }
             let start = p.group_start[self.group];
@@ -1176,10 +1526,14 @@ impl Iterator for CallIter<'_> {
                 continue;
             }
             if self.current.is_none() {
-                match p.content_of(self.group, &mut self.cursor) {
-                    Ok((c, e)) => {
-                        self.current = Some((c, e, variant_of(p.groups[self.group].key())))
-                    }
+                let g = p.bucket_group(self.group);
+                // The audience cursor only moves forward: a later stage starts over.
+                if self.last_group.is_some_and(|l| g < l) {
+                    self.cursor = None;
+                }
+                self.last_group = Some(g);
+                match p.content_of(g, &mut self.cursor) {
+                    Ok((c, e)) => self.current = Some((c, e, variant_of(p.groups[g].key()))),
                     Err(e) => {
                         self.failed = true;
                         return Some(Err(e));
@@ -1211,6 +1565,7 @@ struct RowIter<'a> {
     valid_seen: usize,
     rank: Vec<u32>,
     required: Vec<(usize, String)>,
+    zones: Option<crate::stages::Zones>,
     done: bool,
 }
 
@@ -1219,6 +1574,11 @@ impl RowIter<'_> {
         let p = self.plan;
         if self.reader.is_none() {
             let r = AudienceReader::open_in(&p.campaign.audience.source, &p.campaign.files)?;
+            let columns: Vec<String> = r
+                .header()
+                .map(|h| h.names.as_ref().clone())
+                .unwrap_or_default();
+            self.zones = crate::stages::Zones::new(&p.campaign, &columns)?;
             if let Some(h) = r.header() {
                 for col in &p.campaign.audience.required {
                     if let Some(i) = h.names.iter().position(|n| n == col) {
@@ -1234,6 +1594,7 @@ impl RowIter<'_> {
         let Some(row) = reader.next_row()? else {
             return Ok(None);
         };
+        let mut variant_name = None;
         let status = match &row.id {
             Err(reason) => RowStatus::Invalid {
                 reason: reason.clone(),
@@ -1259,8 +1620,22 @@ impl RowIter<'_> {
                         RowStatus::Invalid {
                             reason: format!("required column `{col}` is empty"),
                         }
+                    } else if !p.assigner.is_trivial()
+                        && p.assigner.assign(*id) == Assignment::Holdout
+                    {
+                        RowStatus::Holdout
+                    } else if let Some(reason) = self
+                        .zones
+                        .as_mut()
+                        .and_then(|z| z.resolve(&row.fields).err())
+                    {
+                        RowStatus::Invalid { reason }
                     } else {
-                        let Some(g) = p.row_group.get(self.valid_seen).copied() else {
+                        let bucket = match &p.row_bucket {
+                            Some(v) => v.get(self.valid_seen).copied(),
+                            None => p.row_group.get(self.valid_seen).copied(),
+                        };
+                        let Some(g) = bucket else {
                             return Err(PlanError::Changed(format!(
                                 "line {}: more valid rows than planned",
                                 row.line
@@ -1271,6 +1646,7 @@ impl RowIter<'_> {
                         let r = self.rank[g] as u64;
                         self.rank[g] += 1;
                         let max = p.campaign.action.max_receivers() as u64;
+                        variant_name = p.variant_name_of_group(g).map(str::to_string);
                         RowStatus::Valid {
                             call: p.group_call_base[g] + r / max,
                         }
@@ -1283,6 +1659,7 @@ impl RowIter<'_> {
             id: row.id.ok(),
             raw_id: row.raw_id,
             status,
+            variant_name,
         }))
     }
 }
@@ -1310,7 +1687,7 @@ impl Iterator for RowIter<'_> {
 
 /// See [`Plan::content_key`]. The campaign file is read as YAML so the `audience.exclude` entry
 /// can be left out; a file that does not read as a mapping is hashed as bytes.
-fn content_key_of(c: &Campaign, renderer: &Renderer, audience_hash: &[u8]) -> String {
+fn content_key_of(c: &Campaign, renderers: &[Renderer], audience_hash: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(b"imcast-content/1\n");
     match serde_saphyr::from_str::<serde_json::Value>(&c.source) {
@@ -1329,7 +1706,7 @@ fn content_key_of(c: &Campaign, renderer: &Renderer, audience_hash: &[u8]) -> St
             h.update(c.source.as_bytes());
         }
     }
-    for (name, fh) in renderer.files() {
+    for (name, fh) in template_files(renderers) {
         h.update(b"template\0");
         h.update(name.as_bytes());
         h.update(fh);
@@ -1337,6 +1714,16 @@ fn content_key_of(c: &Campaign, renderer: &Renderer, audience_hash: &[u8]) -> St
     h.update(b"audience\0");
     h.update(audience_hash);
     hex::encode(h.finalize())
+}
+
+/// Every template file the renderers read (main and includes), each once, by name. With one
+/// renderer this is exactly its `files()` (plans of campaigns without variants hash as before).
+fn template_files(renderers: &[Renderer]) -> BTreeMap<String, [u8; 32]> {
+    let mut all = BTreeMap::new();
+    for r in renderers {
+        all.extend(r.files());
+    }
+    all
 }
 
 #[cfg(test)]
@@ -1368,9 +1755,16 @@ mod tests {
             writeln!(w, "{id},{name}").expect("write");
         }
         drop(w);
-        for text in ["Hi {{ name }} {{ recipient.id }}", "Hi {{ name|upper }}"] {
+        let plain = |text: &str| format!("message: {{ type: text, text: {text:?} }}\n");
+        // A/B variants (a personalized, a filtered and a static one) and a holdout.
+        let ab = "holdout: 10%\nmessage:\n  type: text\n  variants:\n    - { name: a, weight: 2, text: \"Hi {{ name }} {{ recipient.id }}\" }\n    - { name: b, weight: 1, text: \"Yo {{ name|upper }}\" }\n    - { name: c, weight: 1, text: \"static\" }\n    - { name: d, weight: 0, text: \"off\" }\n".to_string();
+        for message in [
+            plain("Hi {{ name }} {{ recipient.id }}"),
+            plain("Hi {{ name|upper }}"),
+            ab,
+        ] {
             let yaml = format!(
-                "version: 1\nname: t\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\nsender: 1\naudience: {{ csv: a.csv }}\nmessage: {{ type: text, text: {text:?} }}\n"
+                "version: 1\nname: t\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\nsender: 1\naudience: {{ csv: a.csv }}\n{message}"
             );
             let c = crate::spec::parse_str(
                 &yaml,
@@ -1399,6 +1793,15 @@ mod tests {
                 assert_eq!(calls(&one), calls(&two));
                 let rows = |p: &Plan| p.rows().collect::<Result<Vec<_>, _>>().expect("rows");
                 assert_eq!(rows(&one), rows(&two));
+                assert_eq!(one.ab_variants(), two.ab_variants());
+                for v in one.ab_variants() {
+                    let shown = v.example.as_ref().map(|e| e.content.as_str());
+                    if v.weight == 0 {
+                        assert_eq!((v.recipients, shown), (0, None));
+                    } else {
+                        assert!(v.recipients > 0 && shown.is_some_and(|t| t.len() > 10));
+                    }
+                }
             }
         }
     }

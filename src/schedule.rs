@@ -86,6 +86,10 @@ pub struct RawSchedule {
     pub overlap: Option<Overlap>,
     /// Times of day in which no call starts.
     pub quiet_hours: Option<RawQuietHours>,
+    /// Deliver at this wall-clock time ("HH:MM") in each recipient's own zone
+    /// (`audience.timezone_column`): the run becomes one wave per distinct local instant.
+    #[schemars(with = "Option<String>")]
+    pub local_time: Option<Located>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
@@ -114,7 +118,8 @@ pub struct RawQuietHours {
     /// End, local wall-clock time "HH:MM" (may be earlier than `from`: spans midnight).
     #[schemars(with = "String")]
     pub to: Located,
-    /// IANA time zone the times are in.
+    /// IANA time zone the times are in, or `recipient`: each recipient's own zone (with
+    /// `schedule.local_time`; each wave keeps the quiet hours of its zones).
     #[schemars(with = "String")]
     pub timezone: Located,
 }
@@ -490,6 +495,9 @@ pub struct QuietHours {
     to: Time,
     tz: TimeZone,
     tz_name: String,
+    /// `timezone: recipient`: no zone of its own; never quiet until a run binds a wave's zone
+    /// ([`QuietHours::in_zone`]).
+    recipient: bool,
 }
 
 fn parse_hhmm(field: &'static str, value: &Located) -> Result<Time, ScheduleError> {
@@ -524,13 +532,39 @@ impl QuietHours {
                 ),
             ));
         }
+        if raw.timezone.trim() == "recipient" {
+            return Ok(QuietHours {
+                from,
+                to,
+                tz: TimeZone::UTC,
+                tz_name: "recipient".into(),
+                recipient: true,
+            });
+        }
         let tz = parse_tz("quiet_hours.timezone", &raw.timezone)?;
         Ok(QuietHours {
             from,
             to,
             tz,
             tz_name: raw.timezone.trim().to_string(),
+            recipient: false,
         })
+    }
+
+    /// `timezone: recipient` (see [`QuietHours::in_zone`]).
+    pub fn per_recipient(&self) -> bool {
+        self.recipient
+    }
+
+    /// The same hours in zone `tz` (a wave's recipients' zone).
+    pub fn in_zone(&self, tz: TimeZone, name: &str) -> QuietHours {
+        QuietHours {
+            from: self.from,
+            to: self.to,
+            tz,
+            tz_name: name.to_string(),
+            recipient: false,
+        }
     }
 
     fn in_window(&self, lt: Time) -> bool {
@@ -541,9 +575,9 @@ impl QuietHours {
         }
     }
 
-    /// Whether no call may start at `t`.
+    /// Whether no call may start at `t` (never for `timezone: recipient` until bound to a zone).
     pub fn is_quiet(&self, t: Timestamp) -> bool {
-        self.in_window(t.to_zoned(self.tz.clone()).time())
+        !self.recipient && self.in_window(t.to_zoned(self.tz.clone()).time())
     }
 
     /// When quiet hours containing `t` end (`t` itself if not quiet).
@@ -581,6 +615,9 @@ impl QuietHours {
         let z = t.to_zoned(self.tz.clone());
         let mut date = z.date();
         for _ in 0..3 {
+            if self.recipient {
+                break;
+            }
             if let Ok(start) = self
                 .tz
                 .to_ambiguous_zoned(date.to_datetime(self.from))

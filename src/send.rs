@@ -30,14 +30,20 @@
 //!   state directory (pauses the run) or a stop signal stops starting calls; in-flight calls are
 //!   waited for and committed.
 //!
-//! Must not: read the system clock (time comes from the limiter's [`Clock`]), print anything
-//! (progress goes to a callback rendered at the command edge), or block a runtime thread.
+//! Progress and warnings (429s, 5xx, unknown outcomes, the breaker nearing its threshold; one
+//! line per kind per 10 s of the clock, see [`warn`]) go to callbacks rendered at the command
+//! edge; each attempt's admission instant is its in-flight mark's time, which the journal logs
+//! for the report's busiest window.
+//!
+//! Must not: read the system clock (time comes from the limiter's [`Clock`]), print anything,
+//! or block a runtime thread.
 
 pub mod adapters;
 pub mod breaker;
 pub mod fake;
 pub mod requeue;
 pub mod stop;
+pub mod warn;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -66,6 +72,7 @@ use crate::throttle::{Acquired, Limiter, ThrottleError};
 pub use breaker::Breaker;
 pub use requeue::SameContent;
 pub use stop::StopToken;
+pub use warn::{WarnFn, WarnKind, Warning};
 
 /// One call of the plan: its number, content variant, receivers and an opaque payload the
 /// transport turns into the request (e.g. the rendered Content and ext).
@@ -261,7 +268,12 @@ pub struct Progress {
     pub elapsed_secs: f64,
     /// Units per second achieved in this session.
     pub rate: f64,
+    /// The limit this run is held to (the campaign's own throttle where it is lower than the
+    /// account's share).
     pub limit: Limit,
+    /// Units this session admitted in the last window of `limit` (retries included): what the
+    /// run uses of its limit right now (never above it while the limiter holds).
+    pub in_window: u64,
     /// Set while the run waits for quiet hours to end (no call starts until then).
     pub quiet_until: Option<String>,
 }
@@ -282,6 +294,7 @@ impl Progress {
                     RecipientStatus::Invalid
                         | RecipientStatus::Duplicate
                         | RecipientStatus::Suppressed
+                        | RecipientStatus::Holdout
                 )
             })
             .map(|(_, n)| n)
@@ -289,6 +302,36 @@ impl Progress {
     }
     pub fn settled(&self) -> u64 {
         self.deliverable_total() - self.pending()
+    }
+
+    /// The progress line people read: outcomes so far, the rate against the limit this run is
+    /// really held to, and the elapsed time of this session:
+    /// `sent 1,200, failed 3, unknown 0 · 1,000 in the last 1m (limit 1,000 per 1m) · elapsed 2m 5s`.
+    pub fn describe(&self) -> String {
+        let n = |s: RecipientStatus| self.counts.get(&s).copied().unwrap_or(0);
+        let fmt = crate::report::fmt_count;
+        let mut outcomes = format!(
+            "sent {}, failed {}, unknown {}",
+            fmt(n(RecipientStatus::Sent)),
+            fmt(n(RecipientStatus::Failed)),
+            fmt(n(RecipientStatus::Unknown))
+        );
+        if n(RecipientStatus::NotOnline) > 0 {
+            outcomes.push_str(&format!(
+                ", not online {}",
+                fmt(n(RecipientStatus::NotOnline))
+            ));
+        }
+        let window = humantime::format_duration(self.limit.window);
+        // What the last window holds, not an average: an average over a short run counts one
+        // call too many for its time and reads as "over the limit".
+        let rate = format!(
+            "{} in the last {window} (limit {} per {window})",
+            fmt(self.in_window),
+            fmt(self.limit.limit)
+        );
+        let elapsed = humantime::format_duration(Duration::from_secs(self.elapsed_secs as u64));
+        format!("{outcomes} · {rate} · elapsed {elapsed}")
     }
 }
 
@@ -318,6 +361,8 @@ pub enum StopReason {
     Paused,
     /// A cancel request; pending recipients are `cancelled`.
     Cancelled,
+    /// The rollout's canary failed its gate; the run is paused (a person resumes it).
+    Canary { message: String },
 }
 
 /// The end of an engine session.
@@ -350,7 +395,7 @@ impl RunEnd {
                     Exit::Ok
                 }
             }
-            StopReason::Breaker { .. } => Exit::Breaker,
+            StopReason::Breaker { .. } | StopReason::Canary { .. } => Exit::Breaker,
             StopReason::Fatal { access: true, .. } => Exit::Access,
             StopReason::Fatal { .. } => Exit::Internal,
             StopReason::Interrupted => Exit::Interrupted,
@@ -407,6 +452,7 @@ pub struct Engine<T: Transport> {
     clock: SharedClock,
     stop: StopToken,
     progress: Option<ProgressFn>,
+    warn: Option<WarnFn>,
 }
 
 struct Work<P> {
@@ -455,6 +501,8 @@ struct Shared {
     calls_done: u64,
     units_done: u64,
     quiet_until: Option<Timestamp>,
+    /// This session's admissions (instant, units) within the last window of the run's limit.
+    recent: std::collections::VecDeque<(Timestamp, u64)>,
 }
 
 struct Ctx<T: Transport> {
@@ -466,6 +514,9 @@ struct Ctx<T: Transport> {
     stop: StopToken,
     shared: Mutex<Shared>,
     progress: Option<ProgressFn>,
+    /// Where warnings go (None: `tracing`), one line per kind per 10 s.
+    warn: Option<WarnFn>,
+    warnings: Mutex<warn::WarnGate>,
     started: Timestamp,
     /// Receivers refused by the provider, waiting for a later call of their Content.
     pools: Mutex<requeue::Pools<T::Payload>>,
@@ -490,12 +541,19 @@ impl<T: Transport> Engine<T> {
             clock,
             stop,
             progress: None,
+            warn: None,
         }
     }
 
     /// Report progress to `f` after each call.
     pub fn with_progress(mut self, f: ProgressFn) -> Self {
         self.progress = Some(f);
+        self
+    }
+
+    /// Hand warnings to `f` (at most one line per kind per 10 s of the clock; see `warn`).
+    pub fn with_warnings(mut self, f: WarnFn) -> Self {
+        self.warn = Some(f);
         self
     }
 
@@ -525,8 +583,11 @@ impl<T: Transport> Engine<T> {
                 calls_done: 0,
                 units_done: 0,
                 quiet_until: None,
+                recent: std::collections::VecDeque::new(),
             }),
             progress: self.progress.clone(),
+            warn: self.warn.clone(),
+            warnings: Mutex::new(warn::WarnGate::default()),
             started,
             pools: Mutex::new(requeue::Pools::new(
                 self.cfg.action.max_receivers(),
@@ -859,6 +920,21 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
+    /// A warning happened now: shown when its kind is due (see `warn`).
+    fn warn(&self, kind: WarnKind, message: String) {
+        let line = self
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(kind, self.clock.now(), message);
+        if let Some(w) = line {
+            match &self.warn {
+                Some(f) => f(&w),
+                None => tracing::warn!(run = %self.cfg.run_id, "{}", w.line()),
+            }
+        }
+    }
+
     fn pools(&self) -> std::sync::MutexGuard<'_, requeue::Pools<T::Payload>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1028,6 +1104,7 @@ impl<T: Transport> Ctx<T> {
         if self.stop.is_stopped() || self.should_stop() {
             return Ok(Attempt::Stop);
         }
+        self.admitted(permit.at(), units);
         *attempt += 1;
         let (run, seq, variant, recv, cmid, now) = (
             self.cfg.run_id.clone(),
@@ -1035,7 +1112,8 @@ impl<T: Transport> Ctx<T> {
             work.variant.clone(),
             work.receivers.clone(),
             client_msg_id.clone(),
-            self.clock.now(),
+            // The admission instant: the attempts log measures the busiest window from it.
+            permit.at(),
         );
         self.journal
             .write(Write::Mark(Mark {
@@ -1095,6 +1173,20 @@ impl<T: Transport> Ctx<T> {
                     Some(s) => format!("HTTP{s}"),
                     None => format!("{:?}", e.class),
                 });
+                if e.rate_limited {
+                    self.warn(
+                        WarnKind::RateLimited,
+                        format!(
+                            "the provider answered call {} with {code}; slowing down and retrying (someone else may be using this account's quota)",
+                            work.seq
+                        ),
+                    );
+                } else if e.http_status.is_some_and(|s| s >= 500) {
+                    self.warn(
+                        WarnKind::ServerError,
+                        format!("call {} failed with {code}: {}", work.seq, e.message),
+                    );
+                }
                 match e.class {
                     ErrorClass::NotProcessed => {
                         let retry = if e.rate_limited {
@@ -1140,6 +1232,14 @@ impl<T: Transport> Ctx<T> {
                         let msg = format!(
                             "{} (the provider may have delivered it; not resent without --resend-unknown)",
                             e.message
+                        );
+                        self.warn(
+                            WarnKind::Unknown,
+                            format!(
+                                "call {} ({}) has an unknown outcome ({code}); its recipients are `unknown` and not resent without --resend-unknown",
+                                work.seq,
+                                crate::output::count(work.receivers.len() as u64, "recipient", "recipients")
+                            ),
                         );
                         let updates = all(&work.receivers, RecipientStatus::Unknown, &code, &msg);
                         self.record(
@@ -1227,7 +1327,7 @@ impl<T: Transport> Ctx<T> {
                 return;
             }
             s.quiet_until = until;
-            self.progress.as_ref().map(|_| self.snapshot(&s))
+            self.progress.as_ref().map(|_| self.snapshot(&mut s))
         };
         let (run, now) = (self.cfg.run_id.clone(), self.clock.now());
         let why = until.map(|t| format!("waiting: quiet hours until {t}"));
@@ -1301,11 +1401,12 @@ impl<T: Transport> Ctx<T> {
     }
 
     async fn call_ended(&self, work: &Work<T::Payload>, end: CallEnd) {
-        let progress = {
+        let (progress, near) = {
             let mut s = self.lock();
             s.calls_done += 1;
             s.units_done += end.units;
             let _ = end.done;
+            let mut near = None;
             if let Some(msg) =
                 s.breaker
                     .record_call(end.receivers, end.failed, end.requeued, work.extra)
@@ -1313,16 +1414,42 @@ impl<T: Transport> Ctx<T> {
                 if s.stop.is_none() {
                     s.stop = Some(StopReason::Breaker { message: msg });
                 }
+            } else {
+                near = s.breaker.approaching();
             }
-            self.progress.as_ref().map(|_| self.snapshot(&s))
+            (self.progress.as_ref().map(|_| self.snapshot(&mut s)), near)
         };
+        if let Some(msg) = near {
+            self.warn(WarnKind::BreakerNear, msg);
+        }
         if let (Some(f), Some(p)) = (&self.progress, progress) {
             f(&p);
         }
     }
 
-    fn snapshot(&self, s: &Shared) -> Progress {
+    /// Keep only the admissions in the window `(now - W, now]` of `limit` (memory: one window's
+    /// admissions, whether or not anyone reads the progress).
+    fn keep_window(s: &mut Shared, limit: Limit, now: Timestamp) {
+        let w = jiff::SignedDuration::try_from(limit.window).unwrap_or_default();
+        let from = now.checked_sub(w).unwrap_or(now);
+        while s.recent.front().is_some_and(|(at, _)| *at <= from) {
+            s.recent.pop_front();
+        }
+    }
+
+    /// An attempt of `units` was admitted at `at`.
+    fn admitted(&self, at: Timestamp, units: u64) {
+        let limit = self.limiter.effective_limit();
+        let mut s = self.lock();
+        s.recent.push_back((at, units));
+        Self::keep_window(&mut s, limit, at);
+    }
+
+    fn snapshot(&self, s: &mut Shared) -> Progress {
         let now = self.clock.now();
+        let limit = self.limiter.effective_limit();
+        Self::keep_window(s, limit, now);
+        let in_window = s.recent.iter().map(|(_, u)| u).sum();
         let elapsed = (now.as_nanosecond() - self.started.as_nanosecond()).max(0) as f64 / 1e9;
         Progress {
             run_id: self.cfg.run_id.clone(),
@@ -1336,12 +1463,25 @@ impl<T: Transport> Ctx<T> {
             } else {
                 0.0
             },
-            limit: self.limiter.limit(),
+            limit,
+            in_window,
             quiet_until: s.quiet_until.map(|t| t.to_string()),
         }
     }
 
     async fn finish(&self) -> Result<RunEnd, EngineError> {
+        // What the warnings held back since their last line, said once at the end.
+        let closing = self
+            .warnings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain();
+        for w in closing {
+            match &self.warn {
+                Some(f) => f(&w),
+                None => tracing::warn!(run = %self.cfg.run_id, "{}", w.line()),
+            }
+        }
         let (reason, error, calls_done) = {
             let mut s = self.lock();
             (s.stop.take(), s.error.take(), s.calls_done)
@@ -1379,9 +1519,10 @@ impl<T: Transport> Ctx<T> {
                         RunStatus::Cancelled
                     }
                     StopReason::Interrupted => RunStatus::Interrupted,
-                    StopReason::Breaker { .. } | StopReason::Fatal { .. } | StopReason::Paused => {
-                        RunStatus::Paused
-                    }
+                    StopReason::Breaker { .. }
+                    | StopReason::Canary { .. }
+                    | StopReason::Fatal { .. }
+                    | StopReason::Paused => RunStatus::Paused,
                 };
                 let why = match &r {
                     StopReason::Completed if status == RunStatus::Paused => {
@@ -1389,7 +1530,9 @@ impl<T: Transport> Ctx<T> {
                     }
                     StopReason::Completed => None,
                     StopReason::Deadline => Some("deadline passed".into()),
-                    StopReason::Breaker { message } => Some(message.clone()),
+                    StopReason::Breaker { message } | StopReason::Canary { message } => {
+                        Some(message.clone())
+                    }
                     StopReason::Fatal { message, .. } => Some(message.clone()),
                     StopReason::Interrupted => Some("interrupted by a signal".into()),
                     StopReason::Paused => Some("paused by request".into()),

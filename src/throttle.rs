@@ -555,6 +555,20 @@ impl Limiter {
         Limit::new(r.limit, Duration::from_nanos(r.window_ns as u64))
     }
 
+    /// The limit this limiter really holds admissions to, as its rule is written: the lowest
+    /// rate among the paced rules (a campaign's own throttle where it is lower than the
+    /// account's share; on a tie, the campaign's). The request-rate cap is not in it.
+    pub fn effective_limit(&self) -> Limit {
+        let mut best = &self.rules[0];
+        for r in self.rules.iter().filter(|r| r.pace) {
+            // a/w ≤ b/v ⇔ a·v ≤ b·w (exact in integers).
+            if i128::from(r.limit) * best.window_ns <= i128::from(best.limit) * r.window_ns {
+                best = r;
+            }
+        }
+        Limit::new(best.limit, Duration::from_nanos(best.window_ns as u64))
+    }
+
     /// Wait until `n` can start without breaking any limit, record it, and return its permit.
     /// With a deadline, gives up (taking nothing) once the wait would pass it. A store that
     /// cannot be reached is retried for [`STORE_PATIENCE`].

@@ -82,6 +82,7 @@ fn plan_side(
         &c,
         &PlanOptions {
             extra_suppress: account.suppress,
+            local_date: None,
         },
         &mut |ev| rows.observe(ev),
     )

@@ -18,7 +18,7 @@ use crate::config::RepoPaths;
 use crate::exit::{CmdResult, Exit, ExitContext};
 use crate::guard::{self, AllRejected, Rejected, RejectedRow};
 use crate::journal::RunFlags;
-use crate::plan::{Counts, Plan, PlanOptions, Sample};
+use crate::plan::{AbVariant, Counts, Plan, PlanOptions, Sample};
 use crate::run::{LimitSource, Settings};
 use crate::spec::{Campaign, LoadOptions};
 
@@ -59,13 +59,93 @@ struct Summary<'a> {
     schedule_past: Option<String>,
     contents_in_memory: bool,
     variable_distinct: &'a std::collections::BTreeMap<String, u64>,
-    warnings: &'a [String],
+    warnings: Vec<String>,
     /// Why a run would refuse this audience (`guard.*`, `audience.allow_empty`): then `plan`
     /// exits 2, as `run` would.
     refused: Vec<String>,
     /// Every invalid row, in file order (human text: the first few).
     rejected: AllRejected,
     samples: &'a [Sample],
+    /// A/B variants (`message.variants`): recipients, calls and a rendered example each.
+    #[serde(skip_serializing_if = "<[AbVariant]>::is_empty")]
+    variants: &'a [AbVariant],
+    /// `holdout:` as written (e.g. `5%`); `counts.holdout` recipients are not sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holdout: Option<String>,
+    /// The run's stages in order (a canary and the rest); absent: one stage.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stages: Vec<StageLine>,
+}
+
+/// One stage of the run as `plan` shows it.
+#[derive(Debug, Serialize)]
+struct StageLine {
+    name: String,
+    recipients: u64,
+    calls: u64,
+    first_call: u64,
+    /// A wave's instant (UTC) and the zones whose local time it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    zones: Vec<String>,
+    /// At the run's pace.
+    eta_secs: u64,
+    /// After the stage: wait this long, then continue only if (failed + unknown) / sent ≤ the
+    /// ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gate_wait_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gate_max_failure_ratio: Option<f64>,
+}
+
+/// A warning for each wave that cannot finish at the run's pace before the next one starts.
+fn wave_warnings(c: &Campaign, plan: &Plan, settings: &Settings) -> Vec<String> {
+    let stages = plan.stages();
+    let mut out = Vec::new();
+    for (a, b) in stages.iter().zip(stages.iter().skip(1)) {
+        let (Some(at), Some(next)) = (a.at, b.at) else {
+            continue;
+        };
+        let eta = settings.eta(a.recipients, a.calls);
+        let gap = at.duration_until(next);
+        if jiff::SignedDuration::try_from(eta).unwrap_or(jiff::SignedDuration::MAX) > gap {
+            out.push(format!(
+                "{} ({}) needs about {} at {} but {} starts {} later: it will still be sending, and the next wave waits for it (raise the limit, or expect later deliveries than {} local time)",
+                a.name,
+                a.zones.join(", "),
+                humantime::format_duration(Duration::from_secs(eta.as_secs_f64().ceil() as u64)),
+                settings.describe_pace(),
+                b.name,
+                humantime::format_duration(Duration::from_secs(gap.as_secs().max(0) as u64)),
+                c.local_time.map(|t| t.strftime("%H:%M").to_string()).unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+fn stage_lines(c: &Campaign, plan: &Plan, settings: &Settings) -> Vec<StageLine> {
+    crate::stages::run_stages(c, plan.stages())
+        .into_iter()
+        .map(|s| StageLine {
+            eta_secs: settings
+                .eta(s.stage.recipients, s.stage.calls)
+                .as_secs_f64()
+                .ceil() as u64,
+            name: match (&c.rollout, s.stage.name.as_str()) {
+                (Some(r), crate::stages::CANARY) => format!("canary {}", r.canary),
+                _ => s.stage.name.clone(),
+            },
+            recipients: s.stage.recipients,
+            calls: s.stage.calls,
+            first_call: s.stage.first_call,
+            at: s.stage.at.map(|t| t.to_string()),
+            zones: s.stage.zones.clone(),
+            gate_wait_secs: s.gate.map(|g| g.wait.as_secs()),
+            gate_max_failure_ratio: s.gate.map(|g| g.max_failure_ratio),
+        })
+        .collect()
 }
 
 fn summarize<'a>(
@@ -111,7 +191,12 @@ fn summarize<'a>(
             .map(|t| t.to_string()),
         contents_in_memory: plan.contents_in_memory(),
         variable_distinct: plan.variable_distinct(),
-        warnings: plan.warnings(),
+        warnings: plan
+            .warnings()
+            .iter()
+            .cloned()
+            .chain(wave_warnings(c, plan, settings))
+            .collect(),
         refused: settings
             .guard
             .as_ref()
@@ -122,6 +207,9 @@ fn summarize<'a>(
             .collect(),
         rejected,
         samples: &plan.samples()[..sample.min(plan.samples().len())],
+        variants: plan.ab_variants(),
+        holdout: c.holdout.map(|h| h.to_string()),
+        stages: stage_lines(c, plan, settings),
     }
 }
 
@@ -155,6 +243,33 @@ fn human(s: &Summary<'_>, first: &[RejectedRow]) -> String {
         n.duplicate,
         n.suppressed
     ));
+    for v in s.variants {
+        o.push_str(&format!(
+            "variant    {}: weight {}, {}, {}, {} distinct\n",
+            v.name,
+            v.weight,
+            crate::output::count(v.recipients, "recipient", "recipients"),
+            crate::output::count(v.calls, "call", "calls"),
+            v.distinct_contents
+        ));
+        if let Some(x) = &v.example {
+            o.push_str(&format!(
+                "             e.g. {} (line {}): {}",
+                x.id, x.line, x.content
+            ));
+            if !x.ext.is_empty() {
+                let ext = serde_json::to_string(&x.ext).unwrap_or_default();
+                o.push_str(&format!("  ext {ext}"));
+            }
+            o.push('\n');
+        }
+    }
+    if let Some(h) = &s.holdout {
+        o.push_str(&format!(
+            "holdout    {h}: {} not sent (status holdout)\n",
+            crate::output::count(n.holdout, "recipient", "recipients")
+        ));
+    }
     o.push_str(&format!(
         "contents   {} distinct{}\n",
         n.distinct_contents,
@@ -169,6 +284,29 @@ fn human(s: &Summary<'_>, first: &[RejectedRow]) -> String {
         n.calls,
         crate::output::count(n.messages, "message", "messages")
     ));
+    for (i, st) in s.stages.iter().enumerate() {
+        let when = match &st.at {
+            Some(at) => format!(" at {at} ({})", st.zones.join(", ")),
+            None => String::new(),
+        };
+        o.push_str(&format!(
+            "{}{}. {}{when}: {}, {}, about {}",
+            if i == 0 { "stages     " } else { "           " },
+            i + 1,
+            st.name,
+            crate::output::count(st.recipients, "recipient", "recipients"),
+            crate::output::count(st.calls, "call", "calls"),
+            dur(st.eta_secs)
+        ));
+        if let (Some(w), Some(r)) = (st.gate_wait_secs, st.gate_max_failure_ratio) {
+            o.push_str(&format!(
+                "; then wait {} and continue only if at most {}% failed or unknown",
+                dur(w),
+                r * 100.0
+            ));
+        }
+        o.push('\n');
+    }
     o.push_str(&format!(
         "throttle   {} → about {}\n",
         s.throttle,
@@ -197,7 +335,7 @@ fn human(s: &Summary<'_>, first: &[RejectedRow]) -> String {
     if let Some(w) = &s.deadline_warning {
         o.push_str(&format!("warning: {w}\n"));
     }
-    for w in s.warnings {
+    for w in &s.warnings {
         o.push_str(&format!("warning: {w}\n"));
     }
     if n.invalid > 0 {
@@ -212,7 +350,12 @@ fn human(s: &Summary<'_>, first: &[RejectedRow]) -> String {
     if !s.samples.is_empty() {
         o.push_str("first recipients:\n");
         for x in s.samples {
-            o.push_str(&format!("  {} (line {}): {}", x.id, x.line, x.content));
+            let v = x
+                .variant_name
+                .as_ref()
+                .map(|n| format!(" [{n}]"))
+                .unwrap_or_default();
+            o.push_str(&format!("  {} (line {}){v}: {}", x.id, x.line, x.content));
             if !x.ext.is_empty() {
                 let ext = serde_json::to_string(&x.ext).unwrap_or_default();
                 o.push_str(&format!("  ext {ext}"));
@@ -258,6 +401,12 @@ pub fn run(g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
         &c,
         &PlanOptions {
             extra_suppress: account.suppress.clone(),
+            // The waves of the next occurrence (else of a run started now).
+            local_date: crate::stages::wave_date(
+                &c,
+                c.schedule.as_ref().and_then(|s| s.next_after(now)),
+                now,
+            ),
         },
         &mut |e| rejected.observe(e),
     )

@@ -35,6 +35,7 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
         &c,
         &PlanOptions {
             extra_suppress: crate::config::account_suppress(&a.file, None).exit(Exit::Invalid)?,
+            local_date: None,
         },
     )
     .exit(Exit::Invalid)?;
@@ -67,6 +68,9 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
                 req.action(),
                 crate::provider::client::API_VERSION,
             );
+            if !plan.assigner().is_trivial() {
+                crate::errln!("{}", plan.assigner().explain(a.recipient));
+            }
             if let Some(f) = &folded {
                 let lists: Vec<String> = f
                     .lists
@@ -104,6 +108,9 @@ pub fn run(_g: &GlobalArgs, a: &PreviewArgs) -> CmdResult {
                         format!("line {}: suppressed by {list}", r.line)
                     }
                     RowStatus::Invalid { reason } => format!("line {}: invalid: {reason}", r.line),
+                    RowStatus::Holdout => {
+                        format!("line {}: {}", r.line, plan.assigner().explain(a.recipient))
+                    }
                     RowStatus::Valid { .. } => format!("line {}: valid", r.line),
                 })
                 .unwrap_or_else(|| "not in the audience".to_string());

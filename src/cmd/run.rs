@@ -1,6 +1,7 @@
 //! `imcast run`: the shell around [`crate::run::run_campaign`]. Arguments become a
 //! [`Request`]; this module shows the confirmation prompt (on a terminal: stdin and stderr),
-//! installs the signal handler that trips the [`StopToken`], renders progress on stderr, starts
+//! installs the signal handler that trips the [`StopToken`], renders progress and the run's
+//! warnings on stderr, starts
 //! the embedded mock for `--mock`, and prints the summary (the report directory on stdout). The
 //! run itself — settings, plan, journal, engine, report — is the library's.
 //!
@@ -21,12 +22,12 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::{GlobalArgs, RunArgs};
-use crate::clock::{Stopwatch, SystemClock};
+use crate::clock::SystemClock;
 use crate::config::RepoPaths;
 use crate::exit::{CmdResult, Exit, ExitContext};
 use crate::journal::{Journal, RunFlags};
 use crate::run::{Confirmation, Hooks, Request, RunSummary};
-use crate::send::{describe_counts, Progress, StopReason, StopToken};
+use crate::send::{describe_counts, Progress, StopReason, StopToken, Warning};
 use crate::spec::LoadOptions;
 
 /// What a person confirms before a real send: where it goes, how much, how long, and one
@@ -112,10 +113,12 @@ fn spawn_signal_handler(stop: StopToken, signal_exit: Arc<Mutex<Option<Exit>>>) 
     });
 }
 
-/// Progress on stderr: a bar on a terminal, a log line every 10 s otherwise.
+/// Progress on stderr: a bar on a terminal, a log line every 10 s (of the run's clock)
+/// otherwise; warnings as lines of their own (above the bar on a terminal).
 struct Renderer {
     bar: Option<indicatif::ProgressBar>,
-    last_log: Mutex<Option<Stopwatch>>,
+    /// When the last log line went out (the run's elapsed seconds).
+    last_log: Mutex<Option<f64>>,
 }
 
 impl Renderer {
@@ -136,23 +139,15 @@ impl Renderer {
         }
     }
 
+    fn warn(&self, w: &Warning) {
+        match &self.bar {
+            Some(b) => b.suspend(|| crate::errln!("{}", w.line())),
+            None => crate::errln!("{}", w.line()),
+        }
+    }
+
     fn update(&self, p: &Progress) {
-        let per_window = p.rate * p.limit.window.as_secs_f64();
-        // The first second's rate says nothing (one call over a few milliseconds).
-        let msg = if p.elapsed_secs < 1.0 {
-            format!(
-                "limit {} per {}",
-                p.limit.limit,
-                humantime::format_duration(p.limit.window)
-            )
-        } else {
-            format!(
-                "{:.0} per {} (limit {})",
-                per_window,
-                humantime::format_duration(p.limit.window),
-                p.limit.limit
-            )
-        };
+        let msg = p.describe();
         if let Some(q) = &p.quiet_until {
             let msg = format!("quiet hours: no calls start until {q}");
             match &self.bar {
@@ -168,16 +163,15 @@ impl Renderer {
             return;
         }
         let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
-        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        let due = last.is_none_or(|t| p.elapsed_secs - t >= 10.0);
         if due {
-            *last = Some(Stopwatch::start());
+            *last = Some(p.elapsed_secs);
             tracing::info!(
                 run = %p.run_id,
                 settled = p.settled(),
                 total = p.deliverable_total(),
                 calls = p.calls_done,
-                rate = %msg,
-                "progress"
+                "progress: {msg}"
             );
         }
     }
@@ -206,6 +200,12 @@ fn print_summary(s: &RunSummary, file: &std::path::Path) {
         }
         Some(StopReason::Breaker { message }) => {
             crate::errln!("{message}\nResume with: imcast run {file}")
+        }
+        Some(StopReason::Canary { message }) => {
+            crate::errln!(
+                "{message}\nThe rest of the audience was not sent. Check the report; to send to them anyway, \
+                 resume with: imcast run {file} (or imcast resume NAME under the daemon)"
+            )
         }
         Some(StopReason::Fatal { message, .. }) => {
             crate::errln!(
@@ -249,6 +249,7 @@ fn flags_of(args: &RunArgs) -> RunFlags {
         yes: args.yes,
         mock: args.mock,
         test_to: args.test_to.clone(),
+        skip_canary: args.skip_canary,
         retry_failed: args.retry_failed,
     }
 }
@@ -269,7 +270,11 @@ fn hooks(renderer: Arc<Renderer>) -> Hooks {
             }) as crate::run::ConfirmFn
         }),
         note: Some(Arc::new(|m: &str| crate::errln!("{m}"))),
-        progress: Some(Arc::new(move |p: &Progress| renderer.update(p))),
+        progress: Some({
+            let r = renderer.clone();
+            Arc::new(move |p: &Progress| r.update(p))
+        }),
+        warn: Some(Arc::new(move |w: &Warning| renderer.warn(w))),
     }
 }
 

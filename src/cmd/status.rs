@@ -1,5 +1,6 @@
-//! `imcast status FILE`: the latest run of a campaign, from the journal, and where its report
-//! page is (`report.html`, or how to write it when it is not there). `--mock` shows the mock runs
+//! `imcast status FILE`: the latest real run of a campaign, from the journal, and where its report
+//! page is (`report.html`, or how to write it when it is not there); the latest `--test-to` runs
+//! are listed apart (a test run is never shown as "the" run). `--mock` shows the mock runs
 //! (`imcast run --mock` keeps them in `<state>/mock/`, reports in `reports/mock/`); a campaign
 //! with only mock runs says so and how to see them. The helpers here (`paths_for`,
 //! `reports_dir_for`, `mock_hint`) are shared with `imcast report`.
@@ -128,6 +129,52 @@ pub(crate) fn mock_hint(
     })
 }
 
+/// Test runs listed by `status` (newest first).
+const TEST_RUNS_SHOWN: usize = 5;
+
+/// A `--test-to` run as `status` lists it.
+#[derive(serde::Serialize)]
+struct TestRun {
+    run_id: String,
+    status: String,
+    started_at: String,
+    counts: std::collections::BTreeMap<RecipientStatus, u64>,
+}
+
+/// The latest [`TEST_RUNS_SHOWN`] `--test-to` runs of `name`, newest first (never "the" run).
+fn test_runs(j: &Journal, name: &str) -> Result<Vec<TestRun>, Failure> {
+    let runs = j.runs(name).exit(Exit::Internal)?;
+    runs.into_iter()
+        .filter(|r| r.is_test)
+        .take(TEST_RUNS_SHOWN)
+        .map(|r| {
+            Ok(TestRun {
+                counts: j.counts(&r.id).exit(Exit::Internal)?,
+                run_id: r.id,
+                status: r.status.to_string(),
+                started_at: r.created_at.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The human lines for the test runs (nothing when there are none).
+fn print_test_runs(tests: &[TestRun]) {
+    if tests.is_empty() {
+        return;
+    }
+    crate::outln!("Test runs (--test-to: sent to the listed ids only, not the campaign's run):");
+    for t in tests {
+        crate::outln!(
+            "  {} {} (started {}): {}",
+            t.run_id,
+            t.status,
+            t.started_at,
+            describe_counts(&t.counts)
+        );
+    }
+}
+
 pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
     let name = campaign_name(&args.file)?;
     let (base, paths) = paths_for(
@@ -137,9 +184,14 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         args.mock,
     );
     let journal = open_existing(&paths)?;
+    // The latest real run; `--test-to` runs are listed apart, never as "the" run.
     let run = match &journal {
-        Some(j) => j.latest_run(&name, true).exit(Exit::Internal)?,
+        Some(j) => j.latest_run(&name, false).exit(Exit::Internal)?,
         None => None,
+    };
+    let tests = match &journal {
+        Some(j) => test_runs(j, &name)?,
+        None => Vec::new(),
     };
     let (Some(j), Some(run)) = (journal, run) else {
         let hint = if args.mock {
@@ -153,6 +205,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                 if !args.mock {
                     v["mock_runs"] = mock_runs(&base, &name).into();
                 }
+                v["test_runs"] = serde_json::to_value(&tests).exit(Exit::Internal)?;
                 crate::outln!("{v}")
             }
             OutputFormat::Human => {
@@ -164,6 +217,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                 if let Some(h) = hint {
                     crate::outln!("{h}");
                 }
+                print_test_runs(&tests);
             }
         }
         return Ok(Exit::Ok);
@@ -180,17 +234,20 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     "report_html".into(),
                     html.as_ref().map(|p| p.display().to_string()).into(),
                 );
+                o.insert(
+                    "test_runs".into(),
+                    serde_json::to_value(&tests).exit(Exit::Internal)?,
+                );
             }
             let v = serde_json::to_string_pretty(&v).exit(Exit::Internal)?;
             crate::outln!("{v}");
         }
         OutputFormat::Human => {
             crate::outln!(
-                "Campaign {name:?}: {}run {} is {}{} ({}, {}).",
+                "Campaign {name:?}: {}run {} is {} ({}, {}).",
                 if run.flags.mock { "mock " } else { "" },
                 run.id,
                 run.status,
-                if run.is_test { " (test)" } else { "" },
                 run.action,
                 run.action.api_name()
             );
@@ -233,6 +290,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     args.file.display()
                 );
             }
+            print_test_runs(&tests);
         }
     }
     Ok(Exit::Ok)

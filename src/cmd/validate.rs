@@ -190,6 +190,7 @@ fn check(file: &Path, opts: &LoadOptions, now: jiff::Timestamp) -> FileResult {
         &c,
         &PlanOptions {
             extra_suppress: account.suppress.clone(),
+            local_date: None,
         },
         &mut |e| rejected.observe(e),
     ) {

@@ -207,6 +207,12 @@ impl SendRunner {
                         detail: format!("cancelled by request: {counts}{report}"),
                     },
                     Some(StopReason::Paused) => RunStatus::Paused,
+                    // Paused until a person resumes it (`imcast resume NAME`): the daemon sees
+                    // a run that paused itself and records the campaign paused.
+                    Some(StopReason::Canary { message }) => {
+                        warn!(run = %key, "{message}");
+                        RunStatus::Paused
+                    }
                     Some(StopReason::Breaker { message }) => RunStatus::Finished {
                         outcome: RunOutcome::Failed,
                         detail: format!("{message} ({counts}){report}"),

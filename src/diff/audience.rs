@@ -101,8 +101,31 @@ impl<'a> Collector<'a> {
                 aux: u32::from(list),
                 state: SUPPRESSED,
             }),
-            RowEvent::MissingRequired { id, line, column } => {
-                let reason = format!("required column `{column}` is empty");
+            // Held out rows are not sent: told apart from invalid ones by their reason.
+            RowEvent::Holdout { id, line } => {
+                let reason = "in the holdout (not sent)".to_string();
+                let aux = match r.reasons.iter().position(|x| *x == reason) {
+                    Some(i) => i,
+                    None => {
+                        r.reasons.push(reason);
+                        r.reasons.len() - 1
+                    }
+                };
+                r.entries.push(Entry {
+                    id,
+                    line,
+                    aux: aux as u32,
+                    state: INVALID,
+                });
+            }
+            RowEvent::MissingRequired { .. } | RowEvent::BadZone { .. } => {
+                let (id, line, reason) = match ev {
+                    RowEvent::MissingRequired { id, line, column } => {
+                        (id, line, format!("required column `{column}` is empty"))
+                    }
+                    RowEvent::BadZone { id, line, reason } => (id, line, reason.to_string()),
+                    _ => return,
+                };
                 let aux = match r.reasons.iter().position(|x| *x == reason) {
                     Some(i) => i,
                     None => {

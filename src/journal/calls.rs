@@ -217,7 +217,7 @@ impl Journal {
             .conn
             .query_row(
                 "SELECT EXISTS(SELECT 1 FROM run_counts WHERE run_id = ?1 AND n > 0
-                   AND status NOT IN ('pending','invalid','duplicate','suppressed'))
+                   AND status NOT IN ('pending','invalid','duplicate','suppressed','holdout'))
                  OR EXISTS(SELECT 1 FROM runs WHERE id = ?1 AND retry_of IS NOT NULL)",
                 [run_id],
                 |r| r.get(0),
@@ -448,7 +448,7 @@ impl Journal {
             ts(m.now)
         ])
         .map_err(db)?;
-        Ok(())
+        super::attempts::attempt_tx(tx, m, db)
     }
 
     /// A call attempt was not processed (safe to retry): back to planned, recipients untouched.
@@ -467,6 +467,9 @@ impl Journal {
                 params![run_id, seq as i64, code, message, ts(now)],
             )
             .map_err(self.db())?;
+        if let Some(code) = code {
+            super::attempts::attempt_ended_tx(&self.conn, run_id, seq, code).map_err(self.db())?;
+        }
         Ok(())
     }
 
@@ -569,6 +572,9 @@ impl Journal {
             now_s
         ])
         .map_err(db)?;
+        if let Some((code, _)) = &o.error {
+            super::attempts::attempt_ended_tx(tx, &o.run_id, o.seq, code).map_err(db)?;
+        }
         Ok(())
     }
 

@@ -75,10 +75,13 @@
 //! receivers, crash recovery), `commit` (group commit and [`SharedJournal`]), `counts` (the
 //! per-status counters), `read` (recipient and call reads), `control` (pause/resume/cancel
 //! requests), `prune` (deleting old runs), `audit` (the invocations that opened each run),
-//! `retry` (the `--retry-failed` follow-up run and what it would send). `Ops` below is the set
+//! `retry` (the `--retry-failed` follow-up run and what it would send), `attempts` (the log of
+//! admitted attempts: admission instants and error codes, for the report's figures), `stages`
+//! (a run's stages: their times, states and gates). `Ops` below is the set
 //! of run statements that can run inside another statement's transaction (a decision in
 //! `open_run`, a migration).
 
+mod attempts;
 mod audit;
 mod calls;
 mod commit;
@@ -91,15 +94,18 @@ mod resume;
 mod retry;
 mod runs;
 mod schema;
+mod stages;
 #[cfg(test)]
 mod testutil;
 mod types;
 
+pub use attempts::Admission;
 pub use audit::Invocation;
 pub use commit::SharedJournal;
 pub use control::{ControlRequest, PendingControl};
 pub use lease::hostname;
 pub use retry::{describe_codes, RetryCandidates};
+pub use stages::{NewStage, StageRow};
 pub use types::{
     CallEnd, CallRow, CallState, Mark, NewRun, Opened, Outcome, RecipientRef, RecipientRow,
     RecipientStatus, RecipientUpdate, Recovered, ResumeOptions, RunCounts, RunFlags, RunInfo,

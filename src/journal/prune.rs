@@ -44,6 +44,7 @@ impl Journal {
         };
         let (mut runs, mut calls, mut recipients) = (0u64, 0u64, 0u64);
         for id in &old {
+            super::attempts::delete_run_tx(&tx, id).map_err(&db)?;
             if let Some(key) = run_key(&tx, id).map_err(&db)? {
                 let (lo, hi) = rk_range(key);
                 recipients += tx
@@ -54,6 +55,8 @@ impl Journal {
                     .map_err(&db)? as u64;
             }
             tx.execute("DELETE FROM run_counts WHERE run_id = ?1", [id])
+                .map_err(&db)?;
+            tx.execute("DELETE FROM run_stages WHERE run_id = ?1", [id])
                 .map_err(&db)?;
             tx.execute("DELETE FROM run_invocations WHERE run_id = ?1", [id])
                 .map_err(&db)?;

@@ -43,7 +43,7 @@ impl Journal {
             .conn
             .prepare(
                 "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
-                        error_message, detail, updated_at
+                        error_message, detail, updated_at, variant_name
                  FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
             )
             .map_err(self.db())?;
@@ -73,6 +73,7 @@ impl Journal {
                         r.get::<_, Option<String>>(11)?
                             .unwrap_or_else(|| created_at.clone()),
                     ),
+                    variant_name: r.get(12)?,
                 })
             };
             f(get(r).map_err(self.db())?)?;
@@ -127,7 +128,7 @@ impl Journal {
             .conn
             .prepare(
                 "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
-                        error_message, detail, updated_at
+                        error_message, detail, updated_at, variant_name
                  FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
             )
             .map_err(self.db())?;
@@ -168,6 +169,7 @@ impl Journal {
                 error_message: text(r, 9).map_err(self.db())?,
                 detail: text(r, 10).map_err(self.db())?,
                 time: text(r, 11).map_err(self.db())?.unwrap_or(&created_at),
+                variant_name: text(r, 12).map_err(self.db())?,
             };
             f(&row)?;
         }

@@ -317,8 +317,8 @@ impl Ops<'_> {
             let mut ins = tx
                 .prepare(
                     "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message,
-                                            message_id, detail, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                            message_id, detail, updated_at, variant_name)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(&db)?;
             let mut prior = tx
@@ -377,6 +377,7 @@ impl Ops<'_> {
                     message_id,
                     detail,
                     updated_at,
+                    row.variant_name,
                 ])
                 .map_err(&db)?;
                 Ok(())
@@ -461,12 +462,14 @@ impl Ops<'_> {
                     RecipientStatus::Invalid
                         | RecipientStatus::Duplicate
                         | RecipientStatus::Suppressed
+                        | RecipientStatus::Holdout
                 );
                 let now_final_input = matches!(
                     row.status,
                     RecipientStatus::Invalid
                         | RecipientStatus::Duplicate
                         | RecipientStatus::Suppressed
+                        | RecipientStatus::Holdout
                 );
                 if row.status == RecipientStatus::Suppressed && !was_final_input {
                     if cstatus == RecipientStatus::Pending {

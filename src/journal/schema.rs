@@ -167,6 +167,42 @@ const MIGRATIONS: &[&str] = &[
                flags
         FROM runs;
      ALTER TABLE runs ADD COLUMN retry_of TEXT;",
+    // 7: the attempts log (see `attempts`): one row per admitted call attempt, its admission
+    // instant (nanoseconds since 1970) and the error code it ended with.
+    "CREATE TABLE attempts(
+        run_key INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        at_ns INTEGER NOT NULL,
+        receivers INTEGER NOT NULL,
+        code TEXT,
+        PRIMARY KEY(run_key, seq, attempt)
+     ) WITHOUT ROWID;
+     CREATE INDEX attempts_at ON attempts(run_key, at_ns);",
+    // 8 (A/B variants): the `message.variants` entry a recipient was assigned (NULL: the
+    // campaign has no variants, or the row is not sent). A row held out by `holdout:` has status
+    // `holdout` (a final status like `suppressed`).
+    "ALTER TABLE recipients ADD COLUMN variant_name TEXT;",
+    // 9 (stages): a run's stages in order (a canary and the rest): each one's range of call
+    // numbers, the time it may not start before, its state (waiting | sending | sent | expired)
+    // and its gate (NULL: none; waiting | passed | failed | overridden | skipped) with the time
+    // the gate decides. Times, never sleeps: a restart reads where the run stands.
+    "CREATE TABLE run_stages(
+        run_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        first_call INTEGER NOT NULL,
+        calls INTEGER NOT NULL,
+        recipients INTEGER NOT NULL,
+        not_before TEXT,
+        state TEXT NOT NULL,
+        gate TEXT,
+        gate_at TEXT,
+        detail TEXT,
+        started_at TEXT,
+        finished_at TEXT,
+        PRIMARY KEY(run_id, idx)
+     ) WITHOUT ROWID;",
 ];
 
 /// The migration (index into [`MIGRATIONS`]) that adds [`UNFINISHED_INDEX`].

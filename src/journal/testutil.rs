@@ -48,6 +48,7 @@ pub(super) fn rows(suppress: &[u64]) -> Vec<SeedRow> {
             },
             call_seq: Some(0),
             variant: Some("v".into()),
+            variant_name: None,
             note: None,
         })
         .collect()

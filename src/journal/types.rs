@@ -61,6 +61,7 @@ str_enum!(
         Invalid = "invalid",
         Duplicate = "duplicate",
         Suppressed = "suppressed",
+        Holdout = "holdout",
         Expired = "expired",
         Cancelled = "cancelled",
         Pending = "pending",
@@ -102,6 +103,9 @@ pub struct RunFlags {
     pub mock: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub test_to: Vec<u64>,
+    /// `--skip-canary`: the rollout's canary gate is not waited for (recorded in the audit).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_canary: bool,
     /// `--retry-failed`: a follow-up run for the last finished run's retryable failures.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry_failed: bool,
@@ -122,6 +126,9 @@ impl RunFlags {
         }
         if self.yes {
             v.push("--yes");
+        }
+        if self.skip_canary {
+            v.push("--skip-canary");
         }
         v
     }
@@ -210,10 +217,12 @@ pub struct SeedRow {
     pub line: u64,
     pub id: Option<u64>,
     pub raw_id: String,
-    /// Pending (valid), or final: invalid / duplicate / suppressed.
+    /// Pending (valid), or final: invalid / duplicate / suppressed / holdout.
     pub status: RecipientStatus,
     pub call_seq: Option<u64>,
     pub variant: Option<String>,
+    /// The A/B variant (`message.variants`) the recipient is assigned.
+    pub variant_name: Option<String>,
     /// Why invalid / which list suppressed / first line of a duplicate.
     pub note: Option<String>,
 }
@@ -233,6 +242,8 @@ pub struct RecipientRow {
     pub error_message: Option<String>,
     pub detail: Option<String>,
     pub time: Option<String>,
+    /// The A/B variant (`message.variants`) the recipient was assigned.
+    pub variant_name: Option<String>,
 }
 
 /// A receiver still to send, as [`Journal::sendable_detail`](super::Journal::sendable_detail) finds it.
@@ -262,6 +273,8 @@ pub struct RecipientRef<'a> {
     pub detail: Option<&'a str>,
     /// The last update (the run's start when the row was never updated).
     pub time: &'a str,
+    /// The A/B variant (`message.variants`) the recipient was assigned.
+    pub variant_name: Option<&'a str>,
 }
 
 impl RecipientRef<'_> {
@@ -283,6 +296,7 @@ impl RecipientRef<'_> {
             error_message: self.error_message.map(str::to_string),
             detail: self.detail.map(str::to_string),
             time: Some(self.time.to_string()),
+            variant_name: self.variant_name.map(str::to_string),
         }
     }
 }

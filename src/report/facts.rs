@@ -6,7 +6,8 @@
 //! The rendered Contents are not part of the journal's core tables: the run records them once,
 //! when the engine is about to send ([`record_run`]), in two tables of its own in the same
 //! database (`report_runs`, `report_variants`, created through [`Journal::migrate_extra`]), at most
-//! [`MAX_VARIANTS`] of them (the largest). A run recorded before those tables existed simply has
+//! [`MAX_RECORDED_VARIANTS`] of them (the largest; `variants.csv` lists them all, the page the
+//! [`MAX_VARIANTS`] largest). A run recorded before those tables existed simply has
 //! no rendered Content in its report.
 //!
 //! Bounds: at most [`MAX_SAMPLES`] points on the chart, [`MAX_GAPS`] pauses, [`MAX_GROUPS`] failure
@@ -36,8 +37,10 @@ pub const MAX_GROUPS: usize = 40;
 pub const MAX_EXAMPLES: usize = 10;
 /// Unknown calls listed.
 pub const MAX_UNKNOWN_CALLS: usize = 50;
-/// Variants whose rendered Content is recorded and shown.
+/// Variants whose rendered Content `report.html` shows (the largest).
 pub const MAX_VARIANTS: usize = 20;
+/// Variants whose rendered Content is recorded (the largest), all listed in `variants.csv`.
+pub const MAX_RECORDED_VARIANTS: usize = 1000;
 /// Bytes of one rendered Content kept for the report.
 pub const MAX_CONTENT_BYTES: usize = 16 * 1024;
 /// Characters of any other text (error messages, ids, ext values) shown.
@@ -138,7 +141,7 @@ pub fn record_run(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .map_err(db)?;
-        for v in variants.iter().take(MAX_VARIANTS) {
+        for v in variants.iter().take(MAX_RECORDED_VARIANTS) {
             let ext = serde_json::to_string(&v.ext).unwrap_or_else(|_| "{}".into());
             st.execute(params![
                 run_id,
@@ -287,6 +290,8 @@ pub struct Tally {
     pub groups: Vec<FailureGroup>,
     /// Rows in groups beyond [`MAX_GROUPS`] (not listed), per status.
     pub other: BTreeMap<RecipientStatus, u64>,
+    /// A/B variants: rows per status of each variant name (rows without a variant not counted).
+    pub by_variant: BTreeMap<String, BTreeMap<RecipientStatus, u64>>,
 }
 
 impl Tally {
@@ -325,9 +330,25 @@ impl Tally {
         for (k, n) in other.other {
             *self.other.entry(k).or_default() += n;
         }
+        for (name, counts) in other.by_variant {
+            let mine = self.by_variant.entry(name).or_default();
+            for (s, n) in counts {
+                *mine.entry(s).or_default() += n;
+            }
+        }
     }
 
     pub fn add(&mut self, row: &RecipientRef<'_>) {
+        if let Some(name) = row.variant_name {
+            // Looked up by &str: a key is allocated once per variant, not per row.
+            match self.by_variant.get_mut(name) {
+                Some(m) => *m.entry(row.status).or_default() += 1,
+                None => {
+                    self.by_variant
+                        .insert(name.to_string(), BTreeMap::from([(row.status, 1)]));
+                }
+            }
+        }
         if !Self::counts_status(row.status) {
             return;
         }

@@ -30,6 +30,7 @@ const ORDER: &[RecipientStatus] = &[
     RecipientStatus::Invalid,
     RecipientStatus::Duplicate,
     RecipientStatus::Suppressed,
+    RecipientStatus::Holdout,
     RecipientStatus::Expired,
     RecipientStatus::Cancelled,
     RecipientStatus::Pending,
@@ -48,6 +49,9 @@ fn meaning(s: RecipientStatus) -> &'static str {
         RecipientStatus::Invalid => "the audience row's id is not a valid user id; never sent",
         RecipientStatus::Duplicate => "the id appeared earlier in the audience; sent once",
         RecipientStatus::Suppressed => "on a suppression list; never sent",
+        RecipientStatus::Holdout => {
+            "in the campaign's holdout (a stable share kept from the message to compare with); never sent, not an error"
+        }
         RecipientStatus::Expired => "the campaign's deadline passed before it was sent",
         RecipientStatus::Cancelled => "the run was cancelled before it was sent",
         RecipientStatus::Pending => "not sent yet: the run is unfinished",
@@ -83,6 +87,8 @@ struct Calls {
     unknown_s: String,
     attempts: u64,
     attempts_s: String,
+    /// Failed attempts per error code (retried ones included): (code, count, count shown).
+    errors: Vec<(String, u64, String)>,
 }
 
 #[derive(Serialize)]
@@ -204,6 +210,9 @@ struct Page {
     duration: String,
     fields: Vec<Field>,
     statuses: Vec<StatusRow>,
+    /// A/B variants: the statuses any variant has (columns), and one row per variant.
+    ab_statuses: Vec<&'static str>,
+    ab_variants: Vec<AbRow>,
     status_sentence: String,
     bar_desc: String,
     calls: Calls,
@@ -214,8 +223,19 @@ struct Page {
     unknown: UnknownView,
     variants: Vec<Variant>,
     variants_sentence: String,
+    /// The run's stages (empty: sent as one stage).
+    stages: Vec<super::StageSummary>,
     files: Vec<FileRow>,
     files_note: Option<String>,
+}
+
+/// One A/B variant's recipients per status (`ab_statuses` order).
+#[derive(Serialize)]
+struct AbRow {
+    name: String,
+    total: u64,
+    total_s: String,
+    cells: Vec<(u64, String)>,
 }
 
 fn pct(n: u64, of: u64) -> String {
@@ -256,6 +276,7 @@ fn flags_of(run: &RunInfo) -> String {
         (f.retry_failed, "--retry-failed"),
         (f.yes, "--yes"),
         (f.mock, "--mock"),
+        (f.skip_canary, "--skip-canary"),
     ] {
         if on {
             v.push(name.into());
@@ -431,19 +452,30 @@ fn header_fields(
         ),
         mono: false,
     });
-    let mut rate = match timeline {
-        Some(t) => format!(
+    let mut rate = match (s.rate.busiest_window, timeline) {
+        (Some(b), _) if s.rate.admitted > 0 => format!(
+            "busiest {window} window {} {} ({} of the limit)",
+            fmt_count(b),
+            s.rate.unit,
+            pct(b, s.rate.limit)
+        ),
+        (_, Some(t)) => format!(
             "busiest {window} window {} {} ({} of the limit)",
             fmt_count(t.peak),
             s.rate.unit,
             pct(t.peak, t.limit)
         ),
-        None => "no call was answered".into(),
+        (_, None) => "no call was answered".into(),
     };
-    if s.duration_seconds >= s.rate.window_seconds && s.rate.window_seconds > 0.0 {
+    // An average over less than one window says nothing against a per-window limit (a run of
+    // ten calls in nine seconds averages more than the limit's per-second rate without breaking it).
+    if s.rate.admitted > 0
+        && s.duration_seconds >= s.rate.window_seconds
+        && s.rate.window_seconds > 0.0
+    {
         rate.push_str(&format!(
-            "; {} per {window} on average over the whole run, pauses included",
-            fmt_count(s.rate.achieved_per_window.round() as u64)
+            "; {} {} per second on average over the whole run, pauses included",
+            s.rate.average_per_second, s.rate.unit
         ));
     }
     f.push(Field {
@@ -744,7 +776,9 @@ pub(super) fn render(
     let mut x = 0.0f64;
     let statuses: Vec<StatusRow> = ORDER
         .iter()
-        .filter(|st| **st != RecipientStatus::Pending || count(**st) > 0)
+        .filter(|st| {
+            !matches!(**st, RecipientStatus::Pending | RecipientStatus::Holdout) || count(**st) > 0
+        })
         .map(|st| {
             let n = count(*st);
             let w = if rows > 0 {
@@ -770,6 +804,15 @@ pub(super) fn render(
         .iter()
         .filter(|r| r.count > 0)
         .map(|r| format!("{} {} ({})", r.count_s, r.status, r.pct))
+        .collect();
+    let ab_statuses: Vec<&'static str> = ORDER
+        .iter()
+        .filter(|st| {
+            s.variants
+                .values()
+                .any(|c| c.get(st).is_some_and(|n| *n > 0))
+        })
+        .map(|st| st.as_str())
         .collect();
     let status_sentence = if rows == 0 {
         "The audience had no rows.".to_string()
@@ -828,6 +871,7 @@ pub(super) fn render(
         call_rows: unknown_calls,
     };
 
+    let recorded: Vec<VariantFact> = recorded.into_iter().take(facts::MAX_VARIANTS).collect();
     let shown = recorded.len() as u64;
     let total_variants = meta
         .as_ref()
@@ -861,7 +905,10 @@ pub(super) fn render(
                 n if Some(n) == s.files.as_ref().and_then(|f| f.recipients_jsonl.as_deref()) => {
                     "the same rows as JSON lines"
                 }
-                super::SUMMARY_FILE => "counts per status, calls, duration, achieved rate and the audit block, as JSON",
+                super::SUMMARY_FILE => "counts per status, calls, errors per code, duration, the busiest window and average rate, and the audit block, as JSON",
+                n if Some(n) == s.files.as_ref().and_then(|f| f.variants_csv.as_deref()) => {
+                    "each variant id of the per-recipient file with its rendered Content, Ext and recipients"
+                }
                 super::HTML_FILE => "this page",
                 _ => return None,
             };
@@ -886,6 +933,30 @@ pub(super) fn render(
         bar_desc: status_sentence.clone(),
         status_sentence,
         statuses,
+        ab_statuses: ab_statuses.clone(),
+        ab_variants: s
+            .variants
+            .iter()
+            .map(|(name, counts)| {
+                let total: u64 = counts.values().sum();
+                AbRow {
+                    name: facts::clip(name, facts::MAX_TEXT),
+                    total,
+                    total_s: fmt_count(total),
+                    cells: ab_statuses
+                        .iter()
+                        .map(|st| {
+                            let n = st
+                                .parse::<RecipientStatus>()
+                                .ok()
+                                .and_then(|st| counts.get(&st).copied())
+                                .unwrap_or(0);
+                            (n, fmt_count(n))
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
         calls: Calls {
             planned: s.calls.planned,
             planned_s: fmt_count(s.calls.planned),
@@ -895,6 +966,12 @@ pub(super) fn render(
             unknown_s: fmt_count(s.calls.unknown),
             attempts: s.calls.attempts,
             attempts_s: fmt_count(s.calls.attempts),
+            errors: s
+                .errors
+                .attempts
+                .iter()
+                .map(|(c, n)| (facts::clip(c, 80), *n, fmt_count(*n)))
+                .collect(),
         },
         chart: timeline.as_ref().map(chart),
         failures: failures.into_iter().collect(),
@@ -903,6 +980,18 @@ pub(super) fn render(
         unknown,
         variants: recorded.into_iter().map(variant_view).collect(),
         variants_sentence,
+        stages: s
+            .stages
+            .iter()
+            .map(|st| super::StageSummary {
+                name: facts::clip(&st.name, facts::MAX_TEXT),
+                detail: st
+                    .detail
+                    .as_deref()
+                    .map(|d| facts::clip(d, facts::MAX_TEXT)),
+                ..st.clone()
+            })
+            .collect(),
         files,
         files_note: s.files.as_ref().and_then(|f| f.note.clone()),
     };

@@ -1,7 +1,9 @@
 //! The one report writer: `reports/<campaign>/<run-id>/` with `report.html` (the page people look
 //! at, see `html`), `summary.json` (counts per status, calls, duration, achieved rate vs limit,
 //! the report's files, audit block) and the per-recipient files the formats ask for:
-//! `recipients.csv` (default) and/or `recipients.jsonl` (on request) — one row per audience row;
+//! `recipients.csv` (default) and/or `recipients.jsonl` (on request) — one row per audience row,
+//! its last column the A/B `variant_name` (and `summary.json`/`report.html` count each status per
+//! variant name);
 //! for P2PSendMessage campaigns each conversation row is followed by one row per user the provider
 //! answered for (`raw_id` `<conversation>/<user>`, status `sent`, `not_online` or `failed` for
 //! another code). Above
@@ -30,6 +32,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod facts;
 mod html;
+pub mod rate;
+pub mod variants;
 
 use crate::action::Action;
 use crate::config::ReportFormats;
@@ -145,6 +149,8 @@ pub struct ReportPaths {
     pub jsonl: Option<PathBuf>,
     pub summary: PathBuf,
     pub html: PathBuf,
+    /// `variants.csv`, if the run recorded its variants.
+    pub variants: Option<PathBuf>,
     /// The per-recipient files are zstd-compressed.
     pub compressed: bool,
 }
@@ -155,11 +161,17 @@ pub struct ReportFiles {
     pub report_html: String,
     pub recipients_csv: Option<String>,
     pub recipients_jsonl: Option<String>,
+    /// Each variant id with its rendered Content, Ext and recipients (absent for a run that
+    /// did not record its variants).
+    pub variants_csv: Option<String>,
     /// The per-recipient files are zstd-compressed (runs above 1,000,000 rows).
     pub compressed: bool,
     /// What a person needs to know about them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// When `variants.csv` lists only the variants with the most recipients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variants_note: Option<String>,
 }
 
 impl ReportFiles {
@@ -173,6 +185,7 @@ impl ReportFiles {
             report_html: HTML_FILE.into(),
             recipients_csv: name(&p.csv),
             recipients_jsonl: name(&p.jsonl),
+            variants_csv: name(&p.variants),
             compressed: p.compressed,
             note: p.compressed.then(|| {
                 format!(
@@ -182,6 +195,7 @@ impl ReportFiles {
                     fmt_count(COMPRESS_ABOVE_ROWS)
                 )
             }),
+            variants_note: None,
         }
     }
 }
@@ -222,10 +236,39 @@ pub struct Summary {
     pub counts: BTreeMap<RecipientStatus, u64>,
     pub calls: CallsSummary,
     pub rate: RateSummary,
+    pub errors: ErrorCounts,
     pub audit: serde_json::Value,
+    /// The run's stages in order (a canary and the rest, or local-time waves); absent for a
+    /// run sent as one stage.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageSummary>,
+    /// A/B variants: recipients per status of each `message.variants` entry, by name (held-out
+    /// recipients are in `counts.holdout`, under no variant). Left out without variants.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, BTreeMap<RecipientStatus, u64>>,
     /// The report's files (set when a report is written).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<ReportFiles>,
+}
+
+/// One stage of a staged run as the journal holds it (see `stages`, `journal::stages`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageSummary {
+    pub name: String,
+    /// waiting | sending | sent | expired.
+    pub state: String,
+    pub recipients: u64,
+    pub calls: u64,
+    /// Not before this time (a wave's local time).
+    pub not_before: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// The gate after the stage (the canary's): waiting | passed | failed | overridden | skipped.
+    pub gate: Option<String>,
+    /// When the gate decides.
+    pub gate_at: Option<String>,
+    /// The gate's numbers, or why the stage expired.
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -244,16 +287,66 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// What the run used of its limit: measured from the admission instants the journal logged
+/// (see [`rate`]), never extrapolated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RateSummary {
     /// What the limit counts: receivers (batch) or requests.
     pub unit: &'static str,
+    /// The most this run may use per window: the account's share, or the campaign's own
+    /// `throttle:` where that is lower (in the account's window).
     pub limit: u64,
     pub window_seconds: f64,
-    /// Units per window achieved over the run's duration.
-    pub achieved_per_window: f64,
-    /// achieved / limit.
-    pub share_of_limit: f64,
+    /// The most units admitted in any one window of the run (exact sliding window; retries
+    /// count). Null for a run sent before imcast logged admissions.
+    pub busiest_window: Option<u64>,
+    /// When that window ended (its last admission).
+    pub busiest_window_end: Option<String>,
+    /// busiest_window / limit (≤ 1 whenever the limiter held).
+    pub busiest_window_share_of_limit: Option<f64>,
+    /// Units admitted over the run (retries included).
+    pub admitted: u64,
+    /// admitted / duration_seconds: the average over the whole run, pauses included. Compare
+    /// `busiest_window` with the limit, not this: a run shorter than a few windows averages
+    /// above the limit's per-second rate without breaking it (n calls span n − 1 intervals).
+    pub average_per_second: f64,
+}
+
+/// Errors by code: what people look for when a run went wrong.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorCounts {
+    /// Failed attempts per error code, retried ones included (429s, 5xx): the provider's code,
+    /// `HTTP<status>` when it gave none, or the transport's class (`Unknown`: no answer).
+    pub attempts: BTreeMap<String, u64>,
+    /// Failed, unknown and not-online recipients per status and final error code (the
+    /// report's scan counts them; `imcast status --output json` leaves this out). Codes beyond the report's 40 groups are counted
+    /// under `(other)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<BTreeMap<RecipientStatus, BTreeMap<String, u64>>>,
+}
+
+impl ErrorCounts {
+    /// The recipient counts from the report's tally.
+    fn with_tally(&mut self, tally: &facts::Tally) {
+        let mut by: BTreeMap<RecipientStatus, BTreeMap<String, u64>> = BTreeMap::new();
+        let provider = |st: &RecipientStatus| {
+            matches!(
+                st,
+                RecipientStatus::Failed | RecipientStatus::Unknown | RecipientStatus::NotOnline
+            )
+        };
+        for g in tally.groups.iter().filter(|g| provider(&g.status)) {
+            let code = g.code.clone().unwrap_or_else(|| "(none)".into());
+            *by.entry(g.status).or_default().entry(code).or_default() += g.count;
+        }
+        for (st, n) in tally.other.iter().filter(|(st, _)| provider(st)) {
+            *by.entry(*st)
+                .or_default()
+                .entry("(other)".into())
+                .or_default() += n;
+        }
+        self.recipients = Some(by);
+    }
 }
 
 /// One row of recipients.csv / recipients.jsonl: the journal's recipient row as stored (P2P
@@ -311,12 +404,18 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
     .sum::<u64>();
     let calls_made = calls.get(&CallState::Done).copied().unwrap_or(0)
         + calls.get(&CallState::Unknown).copied().unwrap_or(0);
-    let units = run.action.total_units(receivers, calls_made);
     let window = run.limit.window.as_secs_f64();
-    let achieved = if duration > 0.0 {
-        units as f64 / duration * window
+    let busiest = rate::busiest(journal, &run.id, run.action, run.limit.window)?;
+    // A run sent before the attempts log existed: what reached the provider, no busiest window.
+    let logged = busiest.attempts > 0 || calls_made == 0;
+    let admitted = if logged {
+        busiest.admitted
     } else {
-        0.0
+        run.action.total_units(receivers, calls_made)
+    };
+    let round = |x: f64, places: i32| {
+        let f = 10f64.powi(places);
+        (x * f).round() / f
     };
     Ok(Summary {
         run_id: run.id.clone(),
@@ -345,14 +444,39 @@ pub fn summary(journal: &Journal, run: &RunInfo) -> Result<Summary, ReportError>
             unit: run.action.unit().as_str(),
             limit: run.limit.limit,
             window_seconds: window,
-            achieved_per_window: (achieved * 10.0).round() / 10.0,
-            share_of_limit: if run.limit.limit > 0 {
-                ((achieved / run.limit.limit as f64) * 1000.0).round() / 1000.0
+            busiest_window: logged.then_some(busiest.units),
+            busiest_window_end: busiest.end.map(|t| t.to_string()),
+            busiest_window_share_of_limit: (logged && run.limit.limit > 0)
+                .then(|| round(busiest.units as f64 / run.limit.limit as f64, 3)),
+            admitted,
+            average_per_second: if duration > 0.0 {
+                round(admitted as f64 / duration, 2)
             } else {
                 0.0
             },
         },
+        errors: ErrorCounts {
+            attempts: journal.attempt_codes(&run.id)?,
+            recipients: None,
+        },
         audit: audit_block(run, &journal.invocations(&run.id)?),
+        stages: journal
+            .stages(&run.id)?
+            .into_iter()
+            .map(|r| StageSummary {
+                name: r.name,
+                state: r.state,
+                recipients: r.recipients,
+                calls: r.calls,
+                not_before: r.not_before.map(|t| t.to_string()),
+                started_at: r.started_at.map(|t| t.to_string()),
+                finished_at: r.finished_at.map(|t| t.to_string()),
+                gate: r.gate,
+                gate_at: r.gate_at.map(|t| t.to_string()),
+                detail: r.detail,
+            })
+            .collect(),
+        variants: BTreeMap::new(),
         files: None,
     })
 }
@@ -432,6 +556,7 @@ pub const FILE_NAMES: &[&str] = &[
     "recipients.jsonl.zst",
     HTML_FILE,
     SUMMARY_FILE,
+    variants::FILE,
 ];
 
 /// Write (or rewrite) the report of run `run_id` under `reports_dir` with the default options
@@ -460,6 +585,7 @@ pub fn write_report_with(
     let dir = report_dir(reports_dir, &run.campaign, &run.id);
     create_private_dir(&dir)?;
     let mut summary = summary(journal, &run)?;
+    let (meta, recorded) = facts::recorded(journal, &run.id)?;
     let compressed = summary.rows > opts.compress_above_rows;
     let ext = if compressed { ".zst" } else { "" };
     let paths = ReportPaths {
@@ -473,6 +599,7 @@ pub fn write_report_with(
             .then(|| dir.join(format!("recipients.jsonl{ext}"))),
         summary: dir.join(SUMMARY_FILE),
         html: dir.join(HTML_FILE),
+        variants: (!recorded.is_empty()).then(|| dir.join(variants::FILE)),
         compressed,
         dir,
     };
@@ -572,7 +699,31 @@ pub fn write_report_with(
     let csv_tmp = paths.csv.as_ref().and_then(|_| finals.next());
     let jsonl_tmp = paths.jsonl.as_ref().and_then(|_| finals.next());
 
-    summary.files = Some(ReportFiles::new(&paths));
+    summary.variants = tally.by_variant.clone();
+    let mut files = ReportFiles::new(&paths);
+    let distinct = meta.as_ref().map_or(0, |m| m.distinct_contents);
+    if !recorded.is_empty() && distinct > recorded.len() as u64 {
+        files.variants_note = Some(format!(
+            "{} distinct Contents: variants.csv lists the {} with the most recipients; \
+             `imcast preview FILE ID` shows any recipient's message",
+            fmt_count(distinct),
+            fmt_count(recorded.len() as u64)
+        ));
+    }
+    summary.files = Some(files);
+    summary.errors.with_tally(&tally);
+    let variants_tmp = match &paths.variants {
+        Some(p) => {
+            let mut t = temp(p)?;
+            let bytes = variants::to_csv(&recorded).map_err(|source| ReportError::Csv {
+                path: p.clone(),
+                source,
+            })?;
+            t.as_file_mut().write_all(&bytes).map_err(io(p))?;
+            Some(t)
+        }
+        None => None,
+    };
     let mut sum_tmp = temp(&paths.summary)?;
     serde_json::to_writer_pretty(sum_tmp.as_file_mut(), &summary).map_err(|e| ReportError::Io {
         path: paths.summary.clone(),
@@ -600,6 +751,9 @@ pub fn write_report_with(
     if let (Some(t), Some(p)) = (jsonl_tmp, &paths.jsonl) {
         done.push((t, p));
     }
+    if let (Some(t), Some(p)) = (variants_tmp, &paths.variants) {
+        done.push((t, p));
+    }
     done.push((sum_tmp, &paths.summary));
     done.push((html_tmp, &paths.html));
     for (tmp, path) in done {
@@ -613,7 +767,7 @@ pub fn write_report_with(
     // Per-recipient files this write did not produce are stale: remove them.
     for name in FILE_NAMES {
         let p = paths.dir.join(name);
-        let written = [&paths.csv, &paths.jsonl]
+        let written = [&paths.csv, &paths.jsonl, &paths.variants]
             .iter()
             .any(|w| w.as_ref() == Some(&p))
             || p == paths.summary
@@ -765,7 +919,7 @@ impl Write for Sink<'_> {
 /// Bytes of formatted rows handed to a file's writer at a time.
 const CHUNK: usize = 256 * 1024;
 
-const CSV_HEADER: [&str; 12] = [
+const CSV_HEADER: [&str; 13] = [
     "line",
     "id",
     "raw_id",
@@ -778,6 +932,7 @@ const CSV_HEADER: [&str; 12] = [
     "error_message",
     "detail",
     "time",
+    "variant_name",
 ];
 
 fn writer_stopped(path: &Path) -> ReportError {
@@ -942,6 +1097,7 @@ fn row_ref(r: &ReportRow) -> RecipientRef<'_> {
         error_message: r.error_message.as_deref(),
         detail: r.detail.as_deref(),
         time: r.time.as_deref().unwrap_or_default(),
+        variant_name: r.variant_name.as_deref(),
     }
 }
 
@@ -984,6 +1140,7 @@ fn csv_row(buf: &mut Vec<u8>, r: &RecipientRef<'_>) {
         r.error_message,
         r.detail,
         Some(r.time),
+        r.variant_name,
     ] {
         buf.push(b',');
         if let Some(t) = cell {
@@ -1027,6 +1184,7 @@ fn json_row(buf: &mut Vec<u8>, r: &RecipientRef<'_>) -> serde_json::Result<()> {
         error_message: Option<&'a str>,
         detail: Option<&'a str>,
         time: Option<&'a str>,
+        variant_name: Option<&'a str>,
     }
     let mut n = itoa::Buffer::new();
     let raw_id = match (r.raw_id, r.id) {
@@ -1049,6 +1207,7 @@ fn json_row(buf: &mut Vec<u8>, r: &RecipientRef<'_>) -> serde_json::Result<()> {
             error_message: r.error_message,
             detail: r.detail,
             time: Some(r.time),
+            variant_name: r.variant_name,
         },
     )?;
     buf.push(b'\n');
@@ -1101,6 +1260,7 @@ pub fn p2p_user_rows(conv: &ReportRow) -> Vec<ReportRow> {
                     None => format!("user of conversation {conv_id}"),
                 }),
                 time: conv.time.clone(),
+                variant_name: conv.variant_name.clone(),
             }
         })
         .collect()
@@ -1151,6 +1311,7 @@ mod tests {
             text(&row.error_message),
             text(&row.detail),
             text(&row.time),
+            text(&row.variant_name),
         ])
         .expect("csv");
         let csv = w.into_inner().expect("inner");
@@ -1188,6 +1349,7 @@ mod tests {
                 error_message: (i % 2 == 0).then(|| t.to_string()),
                 detail: Some(t.to_string()),
                 time: Some("2026-11-22T08:00:00Z".into()),
+                variant_name: (i % 2 == 0).then(|| t.to_string()),
             };
             let (want_csv, want_json) = reference(&row);
             let mut csv = Vec::new();
@@ -1219,6 +1381,7 @@ mod tests {
             error_message: None,
             detail: None,
             time: Some("t".into()),
+            variant_name: None,
         };
         let mut r = row_ref(&row);
         r.raw_id = None;

@@ -100,18 +100,60 @@ where
     // A resumed run keeps its original start.
     cfg.deadline = settings.deadline.map(|d| d.at(run.created_at));
 
-    let mut engine = Engine::new(
-        cfg,
-        journal.clone(),
-        limiter,
-        transport,
-        clock.clone(),
-        stop,
-    );
-    if let Some(p) = hooks.progress {
-        engine = engine.with_progress(p);
-    }
-    let end = engine.run(source).await;
+    let control_every = cfg.control_every;
+    let make_engine = {
+        let (journal, clock, stop, progress, warn) = (
+            journal.clone(),
+            clock.clone(),
+            stop.clone(),
+            hooks.progress.clone(),
+            hooks.warn.clone(),
+        );
+        move |stage: Option<&crate::stages::RunStage>| {
+            let mut cfg = cfg.clone();
+            // `quiet_hours.timezone: recipient`: a wave's quiet hours are in its zone (its zones
+            // share the wave's local time).
+            if let (Some(q), Some(zone)) = (
+                cfg.quiet_hours.as_ref().filter(|q| q.per_recipient()),
+                stage.and_then(|s| s.stage.zones.first()),
+            ) {
+                cfg.quiet_hours = jiff::tz::TimeZone::get(zone)
+                    .ok()
+                    .map(|tz| q.in_zone(tz, zone));
+            }
+            let mut engine = Engine::new(
+                cfg,
+                journal.clone(),
+                limiter.clone(),
+                transport.clone(),
+                clock.clone(),
+                stop.clone(),
+            );
+            if let Some(p) = &progress {
+                engine = engine.with_progress(p.clone());
+            }
+            if let Some(w) = &warn {
+                engine = engine.with_warnings(w.clone());
+            }
+            engine
+        }
+    };
+    let end = if facts.stages.is_empty() {
+        make_engine(None).run(source).await
+    } else {
+        super::staged::StagedRun {
+            journal: journal.clone(),
+            run: run.clone(),
+            campaign: facts.campaign.clone(),
+            stages: facts.stages.clone(),
+            skip_canary: settings.flags.skip_canary,
+            clock: clock.clone(),
+            stop: stop.clone(),
+            control_every,
+        }
+        .run(source, make_engine)
+        .await
+    };
     let reports_dir = paths.reports_dir.clone();
     let report_opts = ReportOptions {
         formats: settings.report_formats,

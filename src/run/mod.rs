@@ -9,6 +9,8 @@
 //!   callback), the audit block and the journal's decision (create / resume / refuse a changed
 //!   plan / continue / already finished);
 //! - `drive`: the shared limiter, the engine and the report;
+//! - `staged`: a run in stages (canary, waves): one engine per stage, waits and gates kept as
+//!   times in the journal;
 //! - [`test_to`]: the calls of a `--test-to` run.
 //!
 //! [`run_campaign`] builds the plan (`spec` → `plan`, on the blocking pool), applies the audience
@@ -28,6 +30,7 @@
 mod drive;
 pub mod prepare;
 pub mod settings;
+mod staged;
 pub mod test_to;
 
 use std::collections::BTreeMap;
@@ -43,7 +46,7 @@ use crate::journal::{RecipientStatus, RunFlags, RunStatus, SeedRows};
 use crate::plan::PlanOptions;
 use crate::provider::{Client, ClientConfig, Credentials};
 use crate::send::adapters::{seed_rows, test_seed_rows, PlanSource, ProviderTransport};
-use crate::send::{CallSource, ProgressFn, StopReason, StopToken, Transport};
+use crate::send::{CallSource, ProgressFn, StopReason, StopToken, Transport, WarnFn};
 use crate::spec::Campaign;
 
 pub use prepare::Confirmation;
@@ -64,6 +67,8 @@ pub struct Hooks {
     pub note: Option<NoteFn>,
     /// Progress after each call (the CLI renders a bar or log lines).
     pub progress: Option<ProgressFn>,
+    /// Warnings during the run, one line per kind per 10 s (None: `tracing`).
+    pub warn: Option<WarnFn>,
 }
 
 /// One run of a campaign, as the CLI or the daemon asks for it.
@@ -119,6 +124,8 @@ pub struct Facts {
     pub recipients: u64,
     /// One rendered message, shown in the confirmation.
     pub sample_message: String,
+    /// The run's stages in order (empty: the plan is sent as one stage); see `stages`.
+    pub stages: Vec<crate::stages::RunStage>,
 }
 
 /// Everything [`execute`] needs besides the calls: the plan's facts, the resolved settings,
@@ -248,6 +255,13 @@ pub async fn run_campaign(
             &c,
             &PlanOptions {
                 extra_suppress: account.suppress.clone(),
+                local_date: crate::stages::wave_date(
+                    &c,
+                    occurrence
+                        .as_deref()
+                        .and_then(crate::stages::occurrence_instant),
+                    now,
+                ),
             },
         )
         .exit(Exit::Invalid)?;
@@ -286,10 +300,12 @@ pub async fn run_campaign(
                 .first()
                 .map(|s| s.content.clone())
                 .unwrap_or_else(|| "(no valid recipients: nothing to send)".into()),
+            stages: crate::stages::run_stages(&c, plan.stages()),
         };
         let source = if settings.is_test() {
             let calls = test_to::test_calls(&c, &plan, &settings.flags.test_to)?;
             facts.plan_hash = format!("test:{}", plan.hash());
+            facts.stages = Vec::new();
             facts.recipients = settings.flags.test_to.len() as u64;
             facts.total_calls = calls.len() as u64;
             PlanSource::Fixed(calls)

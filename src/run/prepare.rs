@@ -348,7 +348,7 @@ pub(super) fn record_for_report(
     let res = (|| -> Result<(), String> {
         let (variants, distinct) = match source {
             PlanSource::Plan(_) => (
-                plan.variants(crate::report::facts::MAX_VARIANTS)
+                plan.variants(crate::report::facts::MAX_RECORDED_VARIANTS)
                     .map_err(|e| e.to_string())?,
                 plan.counts().distinct_contents,
             ),

@@ -1,8 +1,8 @@
 //! The calls of a `--test-to` run: seed id i gets the Content rendered for the plan's i-th sample
 //! recipient (round robin over the first few), grouped into calls the action allows.
 //!
-//! Invariants: each call's `variant` is the plan's variant of its Content and Ext
-//! ([`crate::plan::variant_id`], the one variant function), so a test call and the real run's
+//! Invariants: each call's `variant` is the plan's variant of its Content and Ext (the sample's
+//! `content_id`; [`crate::plan::variant_id`] without A/B variants), so a test call and the real run's
 //! calls of one Content carry the same id; an id listed twice gets one message.
 //! Must not: touch the journal or send.
 
@@ -50,7 +50,9 @@ pub fn test_calls(c: &Campaign, plan: &Plan, ids: &[u64]) -> Result<Vec<PlannedC
     let mut calls = Vec::new();
     for (si, ids) in groups {
         let s = &samples[si];
-        let variant = crate::plan::variant_id(&s.content, &s.ext);
+        // The sample's content id: its plan variant (with A/B variants, the variant's name is
+        // part of it), equal to `crate::plan::variant_id` of its Content and Ext otherwise.
+        let variant = s.content_id.clone();
         for chunk in ids.chunks(max) {
             calls.push(PlannedCall {
                 seq: calls.len() as u64,

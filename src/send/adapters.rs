@@ -72,6 +72,11 @@ pub fn seed_rows(plan: &Plan) -> SeedRows<'_, PlanError> {
                     None,
                     Some(format!("suppressed by {list}")),
                 ),
+                RowStatus::Holdout => (
+                    RecipientStatus::Holdout,
+                    None,
+                    Some("in the holdout: not sent".to_string()),
+                ),
             };
             SeedRow {
                 line: row.line,
@@ -80,6 +85,7 @@ pub fn seed_rows(plan: &Plan) -> SeedRows<'_, PlanError> {
                 status,
                 call_seq,
                 variant: None,
+                variant_name: row.variant_name,
                 note,
             }
         })
@@ -98,6 +104,7 @@ pub fn test_seed_rows(calls: &[PlannedCall]) -> SeedRows<'static, PlanError> {
                 status: RecipientStatus::Pending,
                 call_seq: Some(c.seq),
                 variant: Some(c.variant.clone()),
+                variant_name: None,
                 note: Some("test send (--test-to)".into()),
             });
         }

@@ -95,8 +95,81 @@ impl Breaker {
     }
 }
 
+impl Breaker {
+    /// Why the breaker is close to tripping, if it is: a rule half way or more to its threshold
+    /// but not past it (consecutive failed calls, or the failed share over a window at least
+    /// half full).
+    pub fn approaching(&self) -> Option<String> {
+        let limit = self.s.consecutive_failures;
+        if limit >= 2 && self.consecutive * 2 >= limit && self.consecutive < limit {
+            return Some(format!(
+                "{} in a row failed; the breaker pauses the run at {limit}",
+                crate::output::count(u64::from(self.consecutive), "call", "calls")
+            ));
+        }
+        let max = self.s.max_failure_ratio;
+        let calls = self.s.window_calls as usize;
+        // A share of 1.0 or more never trips (no share is above it): nothing to approach.
+        if calls > 0
+            && self.window.len() * 2 >= calls
+            && self.sum_receivers > 0
+            && max > 0.0
+            && max < 1.0
+        {
+            let ratio = self.sum_failed as f64 / self.sum_receivers as f64;
+            if ratio * 2.0 >= max && ratio <= max {
+                return Some(format!(
+                    "{:.0}% of receivers failed over the last {}; the breaker pauses the run above {:.0}%",
+                    ratio * 100.0,
+                    crate::output::count(self.window.len() as u64, "call", "calls"),
+                    max * 100.0
+                ));
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn approaching_is_half_way_to_a_threshold() {
+        let mut b = Breaker::new(BreakerSettings {
+            consecutive_failures: 4,
+            window_calls: 0,
+            max_failure_ratio: 1.0,
+        });
+        assert!(b.record(1, 1).is_none());
+        assert_eq!(b.approaching(), None, "1 of 4");
+        assert!(b.record(1, 1).is_none());
+        assert_eq!(
+            b.approaching().as_deref(),
+            Some("2 calls in a row failed; the breaker pauses the run at 4")
+        );
+        assert!(b.record(1, 0).is_none());
+        assert_eq!(b.approaching(), None, "reset by a good call");
+        let mut b = Breaker::new(BreakerSettings {
+            consecutive_failures: 0,
+            window_calls: 4,
+            max_failure_ratio: 0.5,
+        });
+        assert!(b.record(10, 2).is_none());
+        assert_eq!(b.approaching(), None, "window not half full");
+        assert!(b.record(10, 4).is_none());
+        assert_eq!(
+            b.approaching().as_deref(),
+            Some("30% of receivers failed over the last 2 calls; the breaker pauses the run above 50%")
+        );
+        // A share of 100% can never be passed: never "near".
+        let mut b = Breaker::new(BreakerSettings {
+            consecutive_failures: 0,
+            window_calls: 1,
+            max_failure_ratio: 1.0,
+        });
+        assert!(b.record(10, 10).is_none());
+        assert_eq!(b.approaching(), None);
+    }
+
     use super::*;
 
     #[test]

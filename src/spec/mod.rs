@@ -20,7 +20,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde_saphyr::Spanned;
 
-pub use raw::{RawCampaign, RawMessageType};
+pub use raw::{RawCampaign, RawMessageType, StringOrNumber};
 
 use crate::action::Action;
 use crate::config::{BreakerFields, Limit};
@@ -73,6 +73,77 @@ impl fmt::Display for SpecError {
     }
 }
 
+/// How many recipients a canary takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// `parts` per `whole` of the valid recipients (1% is 1 per 100, 0.5% is 5 per 1000).
+    Fraction { parts: u64, whole: u64 },
+    /// This many valid recipients (the ones with the lowest hash points).
+    Count(u64),
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Share::Count(n) => write!(f, "{n}"),
+            Share::Fraction { parts, whole } => {
+                // whole is 100 × 10^decimals: print the percentage with those decimals.
+                let mut decimals = 0usize;
+                let mut w = whole;
+                while w > 100 {
+                    w /= 10;
+                    decimals += 1;
+                }
+                let int = parts / 10u64.pow(decimals as u32);
+                let frac = parts % 10u64.pow(decimals as u32);
+                if decimals == 0 {
+                    write!(f, "{int}%")
+                } else {
+                    write!(f, "{int}.{frac:0decimals$}%")
+                }
+            }
+        }
+    }
+}
+
+/// `rollout:`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rollout {
+    pub canary: Share,
+    /// From the canary's end to the decision.
+    pub wait: Duration,
+    /// The canary passes when (failed + unknown) / sent ≤ this.
+    pub max_failure_ratio: f64,
+}
+
+/// "HH:MM" (24-hour) as a time of day.
+fn parse_local_time(s: &str) -> Option<jiff::civil::Time> {
+    let (h, m) = s.trim().split_once(':')?;
+    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        return None;
+    }
+    jiff::civil::Time::new(h.parse().ok()?, m.parse().ok()?, 0, 0).ok()
+}
+
+/// Parse "1%", "0.25%" (at most 4 decimals) into a fraction.
+fn parse_share_percent(s: &str) -> Option<Share> {
+    let num = s.trim().strip_suffix('%')?.trim();
+    let (int, frac) = match num.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (num, ""),
+    };
+    if int.is_empty() && frac.is_empty()
+        || frac.len() > 4
+        || !int.chars().chain(frac.chars()).all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    let parts: u64 = digits.parse().ok()?;
+    let whole = 100u64 * 10u64.pow(frac.len() as u32);
+    (parts <= whole).then_some(Share::Fraction { parts, whole })
+}
+
 /// `deadline:` — when pending recipients become `expired`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
@@ -122,6 +193,10 @@ pub struct AudienceSpec {
     pub exclude: Vec<Source>,
     /// Columns that must be non-empty.
     pub required: Vec<String>,
+    /// The column holding each recipient's IANA time zone (`schedule.local_time`).
+    pub timezone_column: Option<String>,
+    /// The zone of rows with an empty `timezone_column` cell (None: such rows are invalid).
+    pub default_timezone: Option<String>,
     /// `audience.allow_empty`: an audience with no valid recipient is not an error.
     pub allow_empty: bool,
 }
@@ -155,11 +230,95 @@ pub enum MessageKind {
 /// `message:`.
 #[derive(Debug, Clone)]
 pub struct MessageSpec {
+    /// With variants, the body is the first variant's (each variant renders with its own: see
+    /// [`MessageSpec::for_variant`]).
     pub kind: MessageKind,
     pub msg_type: i32,
     /// Ext templates.
     pub ext: BTreeMap<String, String>,
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// `message.variants` (empty: one message for everyone).
+    pub variants: Vec<VariantSpec>,
+}
+
+impl MessageSpec {
+    /// The message variant `i` sends: its body in place of the message's, its Ext keys over the
+    /// message's. `i` out of range (or no variants) gives the message as written.
+    pub fn for_variant(&self, i: usize) -> MessageSpec {
+        let mut m = self.clone();
+        m.variants = Vec::new();
+        if let Some(v) = self.variants.get(i) {
+            match &mut m.kind {
+                MessageKind::Text { body } | MessageKind::Raw { body } => *body = v.body.clone(),
+                MessageKind::Image { .. } | MessageKind::CustomData { .. } => {}
+            }
+            m.ext
+                .extend(v.ext.iter().map(|(k, x)| (k.clone(), x.clone())));
+        }
+        m
+    }
+}
+
+/// One A/B variant (`message.variants[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantSpec {
+    pub name: String,
+    /// Relative weight; 0 = switched off (nobody is assigned, nobody else moves).
+    pub weight: u64,
+    pub body: Body,
+    /// Ext templates added to (or overriding) `message.ext`.
+    pub ext: BTreeMap<String, String>,
+}
+
+/// `holdout:`: the share of the valid audience that is not sent, in hundredths of a percent
+/// (500 = 5 %), below 10,000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holdout {
+    pub basis_points: u64,
+}
+
+impl fmt::Display for Holdout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (whole, frac) = (self.basis_points / 100, self.basis_points % 100);
+        if frac == 0 {
+            write!(f, "{whole}%")
+        } else if frac % 10 == 0 {
+            write!(f, "{whole}.{}%", frac / 10)
+        } else {
+            write!(f, "{whole}.{frac:02}%")
+        }
+    }
+}
+
+/// A percentage as written (`5%`, `2.5%`, `5`, `2.5`) in hundredths of a percent; None when it is
+/// not one or has more than two decimals. Decimal text is read digit by digit (no float rounding).
+pub fn parse_percent(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let t = t.strip_suffix('%').unwrap_or(t).trim_end();
+    let (whole, frac) = match t.split_once('.') {
+        Some((w, f)) => (w, f),
+        None => (t, ""),
+    };
+    if whole.is_empty() && frac.is_empty() {
+        return None;
+    }
+    if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if frac.len() > 2 || whole.len() > 6 {
+        return None;
+    }
+    let w: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let f: u64 = match frac.len() {
+        0 => 0,
+        1 => frac.parse::<u64>().ok()? * 10,
+        _ => frac.parse().ok()?,
+    };
+    Some(w * 100 + f)
 }
 
 /// BatchSendMessage options.
@@ -219,10 +378,17 @@ pub struct Campaign {
     pub retry_max_attempts: Option<u32>,
     pub deadline: Option<Deadline>,
     pub guard_max_recipients: Option<u64>,
+    /// `holdout:` (None: everyone valid is sent).
+    pub holdout: Option<Holdout>,
     /// `guard.max_invalid_ratio` as written, 0..=1 (None: [`crate::guard::DEFAULT_MAX_INVALID_RATIO`]).
     pub guard_max_invalid_ratio: Option<f64>,
     /// `breaker:`, field by field (the rest from `imcast.toml [breaker]`, else the default).
     pub breaker: BreakerFields,
+    /// `rollout:`: a canary stage first (see `stages`).
+    pub rollout: Option<Rollout>,
+    /// `schedule.local_time`: each recipient at this wall-clock time in their own zone (waves,
+    /// see `stages`).
+    pub local_time: Option<jiff::civil::Time>,
     pub audience: AudienceSpec,
     pub message: MessageSpec,
     pub batch: BatchOptions,
@@ -611,6 +777,127 @@ fn validate(
         (None, None) => None,
     };
     let body_conflict = m.text.is_some() && m.template.is_some();
+    // A/B variants replace the body: each gives its own `text` or `template`.
+    let mut variants = Vec::new();
+    if let Some(vs) = &m.variants {
+        if let Some(t) = m.text.as_ref().or(m.template.as_ref()) {
+            p.at(
+                t,
+                "message has `variants` and its own `text`/`template`: the variants replace the body; move it into each variant",
+            );
+        }
+        let body_kind = match m.kind {
+            RawMessageType::Text | RawMessageType::Raw => true,
+            RawMessageType::Custom => m.data.is_none(),
+            RawMessageType::Image => false,
+        };
+        if !body_kind {
+            p.key(
+                &["message.variants"],
+                "message.variants replace the message body (`text`/`template`): they are for `type: text`, `raw`, or `custom` without `data`",
+            );
+        }
+        if vs.is_empty() {
+            p.key(
+                &["message.variants"],
+                "message.variants is empty: give at least one variant, or leave `variants:` out",
+            );
+        }
+        let mut seen: BTreeMap<String, (Option<u64>, Option<u64>)> = BTreeMap::new();
+        for (i, v) in vs.iter().enumerate() {
+            let name = &v.name.value;
+            let name_ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                p.at(
+                    &v.name,
+                    format!("message.variants[{i}].name `{name}`: use letters, digits, `-` and `_` only (it is the report's variant_name)"),
+                );
+            }
+            if let Some((line, _)) = seen.get(name) {
+                p.at(
+                    &v.name,
+                    format!(
+                        "message.variants[{i}].name `{name}` is used twice{}: variant names must be unique",
+                        line.map(|l| format!(" (first at line {l})")).unwrap_or_default()
+                    ),
+                );
+            } else {
+                seen.insert(name.clone(), at(&v.name));
+            }
+            let vbody = match (&v.text, &v.template) {
+                (Some(t), None) => Some(Body::Inline(t.value.clone())),
+                (None, Some(f)) => Some(Body::File(resolve_file(
+                    &dir,
+                    f,
+                    &format!("message.variants[{i}].template"),
+                    &mut p,
+                ))),
+                (Some(t), Some(_)) => {
+                    p.at(
+                        t,
+                        format!("message.variants[{i}] (`{name}`) has both `text` and `template`: give one of them"),
+                    );
+                    None
+                }
+                (None, None) => {
+                    p.at(
+                        &v.name,
+                        format!("message.variants[{i}] (`{name}`) needs `text:` (inline template) or `template: FILE`"),
+                    );
+                    None
+                }
+            };
+            let vext = v.ext.as_ref().map(|e| e.value.clone()).unwrap_or_default();
+            for k in vext.keys() {
+                if k.starts_with("s:") {
+                    p.key(
+                        &[&format!("message.variants[{i}].ext.{k}"), "message.variants"],
+                        format!("message.variants[{i}].ext key `{k}`: keys starting with `s:` are reserved by the IM platform"),
+                    );
+                }
+            }
+            if raw.action == Action::P2p {
+                if let Some(e) = v.ext.as_ref().filter(|e| !e.value.is_empty()) {
+                    p.at(
+                        e,
+                        format!("message.variants[{i}].ext: `action: p2p` (P2PSendMessage) has no Ext field, so it could not be sent; remove `ext:`"),
+                    );
+                }
+            }
+            if let Some(body) = vbody {
+                variants.push(VariantSpec {
+                    name: name.clone(),
+                    weight: v.weight.value,
+                    body,
+                    ext: vext,
+                });
+            }
+        }
+        if !vs.is_empty() && vs.iter().all(|v| v.weight.value == 0) {
+            p.key(
+                &["message.variants"],
+                "every variant in message.variants has weight 0: nobody could be sent; give at least one a weight above 0",
+            );
+        }
+        if vs.iter().map(|v| u128::from(v.weight.value)).sum::<u128>() > u128::from(u64::MAX) {
+            p.key(&["message.variants"], "message.variants: the weights add up to more than a whole number can hold; use smaller weights");
+        }
+    }
+    // The base kind takes the first variant's body (every variant renders with its own).
+    let body = match (body, variants.first()) {
+        (None, Some(v))
+            if m.text.is_none()
+                && m.template.is_none()
+                && (matches!(m.kind, RawMessageType::Text | RawMessageType::Raw)
+                    || (m.kind == RawMessageType::Custom && m.data.is_none())) =>
+        {
+            Some(v.body.clone())
+        }
+        (b, _) => b,
+    };
     let image_only = m.url.is_some() || m.width.is_some() || m.height.is_some();
     if image_only && m.kind != RawMessageType::Image {
         p.key(
@@ -887,6 +1174,32 @@ fn validate(
         }
     };
     let guard_max_recipients = raw.guard.as_ref().and_then(|g| g.max_recipients);
+    let holdout = match &raw.holdout {
+        None => None,
+        Some(h) => {
+            let bp = match &h.value {
+                raw::StringOrNumber::String(s) => parse_percent(s),
+                raw::StringOrNumber::Number(x) => parse_percent(&x.to_string()),
+            };
+            match bp {
+                Some(bp) if bp < 10_000 => Some(Holdout { basis_points: bp }),
+                Some(_) => {
+                    p.at(
+                        h,
+                        "holdout must be below 100%: a holdout of everyone sends nobody",
+                    );
+                    None
+                }
+                None => {
+                    p.at(
+                        h,
+                        "holdout: write a percentage such as `5%`, `2.5%` or `5` (at most two decimals)",
+                    );
+                    None
+                }
+            }
+        }
+    };
     let guard_max_invalid_ratio = match raw.guard.as_ref().and_then(|g| g.max_invalid_ratio) {
         Some(r) if !(0.0..=1.0).contains(&r) => {
             p.key(
@@ -910,6 +1223,113 @@ fn validate(
             } else {
                 breaker.max_failure_ratio = Some(r);
             }
+        }
+    }
+
+    let mut rollout = None;
+    if let Some(r) = &raw.rollout {
+        let canary = match &r.canary.value {
+            raw::StringOrInt::Int(0) => None,
+            raw::StringOrInt::Int(n) => Some(Share::Count(*n)),
+            raw::StringOrInt::String(s) => parse_share_percent(s),
+        };
+        let wait = match &r.wait {
+            None => Some(Duration::from_secs(600)),
+            Some(w) => match humantime::parse_duration(&w.value) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    p.at(
+                        w,
+                        format!("rollout.wait `{}`: {e} (write e.g. 10m, 30s)", w.value),
+                    );
+                    None
+                }
+            },
+        };
+        let ratio = r.max_failure_ratio.unwrap_or(0.02);
+        if !(0.0..=1.0).contains(&ratio) {
+            p.key(
+                &["rollout.max_failure_ratio"],
+                format!("rollout.max_failure_ratio {ratio} must be between 0 and 1"),
+            );
+        }
+        match canary {
+            None => p.at(
+                &r.canary,
+                format!(
+                    "rollout.canary `{}` is neither a share (1%, 0.5%: up to 100%, at most 4 decimals) nor a count of recipients (500, at least 1)",
+                    r.canary.value.as_template()
+                ),
+            ),
+            Some(canary) => {
+                if let Some(wait) = wait {
+                    rollout = Some(Rollout {
+                        canary,
+                        wait,
+                        max_failure_ratio: ratio,
+                    });
+                }
+            }
+        }
+    }
+
+    // Local-time waves.
+    let mut local_time = None;
+    let raw_local = raw.schedule.as_ref().and_then(|s| s.local_time.as_ref());
+    if let Some(lt) = raw_local {
+        match parse_local_time(&lt.value) {
+            Some(t) => local_time = Some(t),
+            None => p.located(
+                lt.at,
+                format!(
+                    "schedule.local_time {:?} is not a time of day; write HH:MM in 24-hour form, e.g. 09:00",
+                    lt.value
+                ),
+            ),
+        }
+        if raw.audience.timezone_column.is_none() {
+            p.located(
+                lt.at,
+                "schedule.local_time needs `audience.timezone_column`: the CSV column holding each recipient's IANA time zone",
+            );
+        }
+        if matches!(source, Some(Source::Ids(_))) {
+            p.located(
+                lt.at,
+                "schedule.local_time needs a CSV audience with a time zone column (`audience.csv`, `audience.timezone_column`)",
+            );
+        }
+        if raw.rollout.is_some() {
+            p.located(
+                lt.at,
+                "`rollout` and `schedule.local_time` cannot be combined yet: use one of them",
+            );
+        }
+    } else {
+        if raw.audience.timezone_column.is_some() {
+            p.key(
+                &["audience.timezone_column"],
+                "audience.timezone_column is used by `schedule.local_time`, which is not set",
+            );
+        }
+        if quiet_hours.as_ref().is_some_and(QuietHours::per_recipient) {
+            p.key(
+                &["schedule.quiet_hours.timezone"],
+                "quiet_hours.timezone `recipient` needs `schedule.local_time` and `audience.timezone_column`",
+            );
+        }
+    }
+    let mut default_timezone = None;
+    if let Some(d) = &raw.audience.default_timezone {
+        match jiff::tz::TimeZone::get(d.value.trim()) {
+            Ok(_) => default_timezone = Some(d.value.trim().to_string()),
+            Err(_) => p.at(
+                d,
+                format!(
+                    "audience.default_timezone: unknown time zone {:?}; write an IANA name such as Asia/Shanghai",
+                    d.value
+                ),
+            ),
         }
     }
 
@@ -939,12 +1359,17 @@ fn validate(
         retry_max_attempts,
         deadline,
         guard_max_recipients,
+        holdout,
         guard_max_invalid_ratio,
         breaker,
+        rollout,
+        local_time,
         audience: AudienceSpec {
             source,
             exclude,
             required: raw.audience.required,
+            timezone_column: raw.audience.timezone_column,
+            default_timezone,
             allow_empty: raw.audience.allow_empty,
         },
         message: MessageSpec {
@@ -952,6 +1377,7 @@ fn validate(
             msg_type,
             ext,
             vars: raw.message.vars,
+            variants,
         },
         batch,
         conversation,
@@ -1131,6 +1557,22 @@ mod tests {
             Some("audience")
         );
         assert_eq!(did_you_mean("zzz", &["audience", "action"]), None);
+    }
+
+    #[test]
+    fn percentages_read_exactly() {
+        assert_eq!(parse_percent("5%"), Some(500));
+        assert_eq!(parse_percent("2.5%"), Some(250));
+        assert_eq!(parse_percent("0.05"), Some(5));
+        assert_eq!(parse_percent("5"), Some(500));
+        assert_eq!(parse_percent("12.34 %"), Some(1234));
+        assert_eq!(parse_percent("1.234%"), None);
+        assert_eq!(parse_percent("-5%"), None);
+        assert_eq!(parse_percent("%"), None);
+        assert_eq!(parse_percent("five"), None);
+        assert_eq!(Holdout { basis_points: 250 }.to_string(), "2.5%");
+        assert_eq!(Holdout { basis_points: 5 }.to_string(), "0.05%");
+        assert_eq!(Holdout { basis_points: 500 }.to_string(), "5%");
     }
 
     #[test]

@@ -67,6 +67,49 @@ pub struct RawCampaign {
     /// `imcast.toml` `[breaker]`, else the documented defaults.
     #[serde(default)]
     pub breaker: Option<RawBreaker>,
+    /// Staged rollout: a canary sample first, a wait, then the rest only if the canary's failure
+    /// ratio is within bounds.
+    #[serde(default)]
+    pub rollout: Option<RawRollout>,
+    /// A share of the valid audience that is not sent (status `holdout`), chosen by a stable hash
+    /// of (campaign name, recipient id): `5%`, `2.5%` or a number of percent (`5`); at most two
+    /// decimals, below 100.
+    #[serde(default)]
+    #[schemars(with = "Option<StringOrNumber>")]
+    pub holdout: Option<Spanned<StringOrNumber>>,
+}
+
+/// A number or a string (a percentage).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StringOrNumber {
+    Number(f64),
+    String(String),
+}
+
+/// One A/B variant of the message: it replaces the message body (`text` or `template`) and may
+/// add or override Ext keys.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawVariant {
+    /// The variant's name ([A-Za-z0-9_-]+, unique): the report's `variant_name`.
+    #[schemars(with = "String", regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub name: Spanned<String>,
+    /// Relative weight (a whole number; 0 switches the variant off without moving anyone else).
+    #[schemars(with = "u64")]
+    pub weight: Spanned<u64>,
+    /// Inline template (minijinja) of this variant's body.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub text: Option<Spanned<String>>,
+    /// Template file of this variant's body, relative to the campaign file.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub template: Option<Spanned<String>>,
+    /// Ext keys added to (or overriding) `message.ext` for this variant; values are templates.
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub ext: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -164,6 +207,14 @@ pub struct RawAudience {
     /// Columns that must be non-empty; rows where one is empty are `invalid`.
     #[serde(default)]
     pub required: Vec<String>,
+    /// The CSV column holding each recipient's IANA time zone (with `schedule.local_time`); a row
+    /// whose zone is unknown is `invalid`.
+    #[serde(default)]
+    pub timezone_column: Option<String>,
+    /// The zone of rows whose `timezone_column` cell is empty (default: such rows are `invalid`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub default_timezone: Option<Spanned<String>>,
     /// An audience with no valid recipient (no rows, or every row invalid, duplicate or
     /// suppressed) is an error unless this is true; then a run of it ends at once, saying there
     /// was no one to send to (a recurring campaign whose list is sometimes empty).
@@ -239,6 +290,11 @@ pub struct RawMessage {
     /// Campaign-level template variables.
     #[serde(default)]
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// A/B variants (for `type: text`, `raw`, or `custom` without `data`): each recipient gets
+    /// one, chosen by a stable hash of (campaign name, recipient id) in proportion to the weights.
+    /// They replace `text`/`template` (give neither here when variants are given).
+    #[serde(default)]
+    pub variants: Option<Vec<RawVariant>>,
 }
 
 /// A user or conversation id in the schema: `Long` (signed 64-bit), so at most `i64::MAX`.
@@ -393,6 +449,24 @@ pub struct RawBreaker {
     pub window_calls: Option<u32>,
     /// Stop when the failure ratio over the window exceeds this, 0..1 (default: `[breaker]`, else
     /// 0.5).
+    #[serde(default)]
+    pub max_failure_ratio: Option<f64>,
+}
+
+/// `rollout:` — a canary stage before the rest.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// The canary: a share of the valid recipients ("1%", "0.5%") or a count (500), chosen by a
+    /// stable hash of (campaign name, recipient id).
+    #[schemars(with = "StringOrInt")]
+    pub canary: Spanned<StringOrInt>,
+    /// How long to wait after the canary's last call before deciding (default 10m).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub wait: Option<Spanned<String>>,
+    /// Continue only if the canary's (failed + unknown) / sent is at most this, 0..1 (default
+    /// 0.02).
     #[serde(default)]
     pub max_failure_ratio: Option<f64>,
 }

@@ -848,6 +848,18 @@ both! {
         assert!(max_in_window(&adm_a, Duration::from_secs(1)) <= 20);
         assert!(max_in_window(&adm_all, Duration::from_secs(1)) <= 100);
         assert_eq!(a.limit(), acct, "the account's limit");
+        assert_eq!(
+            a.effective_limit(),
+            Limit::new(20, Duration::from_secs(1)),
+            "the campaign's cap is what holds this run"
+        );
+        assert_eq!(b.effective_limit(), acct);
+        // A cap above the account's rate does not hold anything: the account's limit does.
+        let high = o("batch", acct).capped_by(o(
+            "campaign:h:batch",
+            Limit::new(60_000, Duration::from_secs(60)),
+        ));
+        assert_eq!(high.effective_limit(), acct);
     }
 }
 

@@ -166,6 +166,7 @@ fn extra_suppression_lists_apply_and_one_column_files_work() {
         &c,
         &PlanOptions {
             extra_suppress: vec![g],
+            ..PlanOptions::default()
         },
     )
     .expect("plan");

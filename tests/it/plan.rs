@@ -250,6 +250,7 @@ fn plan_hash_covers_every_input() {
     let p = f.write("c.yaml", &yaml);
     let opts = PlanOptions {
         extra_suppress: vec![g.clone()],
+        ..PlanOptions::default()
     };
     let h = |opts: &PlanOptions| {
         plan::build(&load(&p), opts)

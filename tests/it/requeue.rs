@@ -42,6 +42,7 @@ fn plan(users: u64, per_call: usize, variants: usize) -> (Vec<SeedRow>, Vec<Call
                 status: RecipientStatus::Pending,
                 call_seq: Some(seq as u64),
                 variant: Some(variant.clone()),
+                variant_name: None,
                 note: None,
             });
         }

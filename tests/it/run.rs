@@ -451,6 +451,7 @@ fn recorded_flags_keep_their_json() {
         yes: true,
         mock: true,
         test_to: vec![7, 8],
+        skip_canary: true,
         retry_failed: false,
     };
     let yes = RunFlags {
@@ -461,7 +462,7 @@ fn recorded_flags_keep_their_json() {
         ("{}", RunFlags::default()),
         (r#"{"yes":true}"#, yes),
         (
-            r#"{"new_run":true,"continue_changed":true,"resend_unknown":true,"yes":true,"mock":true,"test_to":[7,8]}"#,
+            r#"{"new_run":true,"continue_changed":true,"resend_unknown":true,"yes":true,"mock":true,"test_to":[7,8],"skip_canary":true}"#,
             all,
         ),
     ] {

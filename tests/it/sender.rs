@@ -52,6 +52,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
                 status: RecipientStatus::Pending,
                 call_seq: Some(seq as u64),
                 variant: Some(variant.clone()),
+                variant_name: None,
                 note: None,
             });
         }
@@ -71,6 +72,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
         status: RecipientStatus::Invalid,
         call_seq: None,
         variant: None,
+        variant_name: None,
         note: Some("not a user id".into()),
     });
     rows.push(SeedRow {
@@ -80,6 +82,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
         status: RecipientStatus::Duplicate,
         call_seq: None,
         variant: None,
+        variant_name: None,
         note: Some("first seen on line 2".into()),
     });
     rows.push(SeedRow {
@@ -89,6 +92,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
         status: RecipientStatus::Suppressed,
         call_seq: None,
         variant: None,
+        variant_name: None,
         note: Some("audiences/global-optout.csv".into()),
     });
     (rows, calls)
@@ -851,12 +855,17 @@ async fn report_files_are_complete_private_and_spreadsheet_safe() {
     insta::assert_json_snapshot!("report_summary", summary);
 }
 
-/// Replace RFC 3339 times (the last CSV column) with a placeholder.
+/// Replace RFC 3339 times (the column before the last, `variant_name`) with a placeholder.
 fn regex_free_redact(csv: &str) -> String {
     csv.lines()
-        .map(|l| match l.rsplit_once(',') {
-            Some((head, tail)) if tail.starts_with("20") => format!("{head},[time]"),
-            _ => l.to_string(),
+        .map(|l| {
+            let mut parts = l.rsplitn(3, ',');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(last), Some(time), Some(head)) if time.starts_with("20") => {
+                    format!("{head},[time],{last}")
+                }
+                _ => l.to_string(),
+            }
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -893,6 +902,7 @@ fn inputs_with(
             total_calls: calls,
             recipients,
             sample_message: "hello".into(),
+            stages: Vec::new(),
         },
         settings: imcast::run::Settings::resolve(&c, &account, &flags, None),
         paths,
@@ -1556,6 +1566,7 @@ fn bench_engine() {
                     status: RecipientStatus::Pending,
                     call_seq: Some(i / per_call),
                     variant: Some("v".into()),
+                    variant_name: None,
                     note: None,
                 })
             }))

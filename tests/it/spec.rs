@@ -131,7 +131,7 @@ fn unknown_key_suggests_the_near_one() {
     let e = load_err(&f, &format!("{HEAD}audiance: {{ ids: [1] }}\n{MSG}"));
     insta::assert_snapshot!(e, @r"
     [DIR]/c.yaml: 1 problem
-      [DIR]/c.yaml:6:1: unknown key `audiance` — did you mean `audience`?; expected one of: version, name, description, provider, action, sender, batch, conversation, p2p, audience, message, schedule, throttle, retry, deadline, guard, breaker
+      [DIR]/c.yaml:6:1: unknown key `audiance` — did you mean `audience`?; expected one of: version, name, description, provider, action, sender, batch, conversation, p2p, audience, message, schedule, throttle, retry, deadline, guard, breaker, rollout, holdout
     ");
 }
 
@@ -144,7 +144,7 @@ fn unknown_nested_key_and_variant() {
     );
     insta::assert_snapshot!(e, @r"
     [DIR]/c.yaml: 1 problem
-      [DIR]/c.yaml:6:23: unknown key `id_colum` — did you mean `id_column`?; expected one of: csv, ids, id_column, exclude, required, allow_empty
+      [DIR]/c.yaml:6:23: unknown key `id_colum` — did you mean `id_column`?; expected one of: csv, ids, id_column, exclude, required, timezone_column, default_timezone, allow_empty
     ");
     let e = load_err(
         &f,
