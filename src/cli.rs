@@ -140,6 +140,9 @@ pub enum Command {
     Cancel(ControlArgs),
     /// Delete old runs from the journal (and, with --reports, their report folders).
     Prune(PruneArgs),
+    /// The shared state store (`[state] url` in imcast.toml): schema migrations.
+    #[command(subcommand)]
+    State(StateCommand),
     /// Run the mock provider: the same API on loopback, with signature checks, limits and faults.
     MockServer(MockServerArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -412,6 +415,20 @@ pub struct PruneArgs {
     pub state: StateArgs,
 }
 
+/// `imcast state …`.
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Bring the state store's schema up to this version of imcast and print what was applied
+    /// (a schema newer than this imcast knows is refused, untouched).
+    Migrate(StateMigrateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StateMigrateArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct MockServerArgs {
     /// Address to listen on (port 0 = ephemeral); the bound address is the first line of stdout.
@@ -551,6 +568,7 @@ fn dispatch(cli: Cli) -> CmdResult {
         Command::Resume(a) => crate::cmd::control::resume(g, a),
         Command::Cancel(a) => crate::cmd::control::cancel(g, a),
         Command::Prune(a) => crate::cmd::prune::run(g, a),
+        Command::State(StateCommand::Migrate(a)) => crate::cmd::state::migrate(g, a),
         Command::MockServer(a) => crate::cmd::mock_server::run(g, a),
         Command::Completions(a) => crate::cmd::completions::completions(g, a),
         Command::Man => crate::cmd::completions::man(g),

@@ -3,9 +3,11 @@
 //! Owns: parsing `imcast.toml` (unknown keys are errors), the per-action limits with the documented
 //! defaults ([`Action::default_limit`]), the reserved share, the global suppression lists, the
 //! request-rate cap and in-flight bounds, the `[breaker]` fields, which per-recipient report
-//! files to write (`[report] formats`, [`ReportFormats`]), and discovery of the campaigns root
+//! files to write (`[report] formats`, [`ReportFormats`]), discovery of the campaigns root
 //! from which `.imcast/` and `reports/` default — one rule for every command ([`ROOT_RULE`],
-//! [`discover_root`]).
+//! [`discover_root`]) — and where shared state lives ([`StateStore`]: SQLite in the state
+//! directory, or `[state] url`, a PostgreSQL database; a password in that URL is refused like any
+//! credential in the file).
 //!
 //! Invariant: the effective limit is the account limit × (1 − reserve), lowered (never raised) by a
 //! campaign's own `throttle:`. What a file leaves out stays `None` here (e.g. [`BreakerFields`]):
@@ -19,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::action::Action;
+use crate::pg::PgUrl;
 
 /// The file name looked for at the repository root.
 pub const FILE_NAME: &str = "imcast.toml";
@@ -144,6 +147,17 @@ pub struct AccountConfig {
     pub breaker: BreakerFields,
     /// Per-recipient report files (`[report] formats`; `--report-format` overrides).
     pub report_formats: ReportFormats,
+    /// `[state] url`: the PostgreSQL database shared state lives in (None: the state directory).
+    pub state_url: Option<PgUrl>,
+}
+
+/// Where the state shared by imcast processes lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateStore {
+    /// SQLite files in this state directory (the default; one machine).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`[state] url`): every process of the account, on any host.
+    Postgres(PgUrl),
 }
 
 /// Which per-recipient report files a run writes: `recipients.csv` (default) and/or
@@ -251,6 +265,7 @@ impl Default for AccountConfig {
             max_in_flight: 16,
             breaker: BreakerFields::default(),
             report_formats: ReportFormats::default(),
+            state_url: None,
         }
     }
 }
@@ -268,6 +283,14 @@ struct RawConfig {
     breaker: RawBreaker,
     #[serde(default)]
     report: RawReport,
+    #[serde(default)]
+    state: RawState,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    url: Option<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -422,7 +445,28 @@ impl AccountConfig {
             }
             cfg.report_formats = f;
         }
+        if let Some(u) = &raw.state.url {
+            let (line, col) = line_col(text, u.span().start);
+            let at = |m: &str| invalid(format!("line {line}, column {col}: state.url: {m}"));
+            // Checked first: nothing below may echo the URL with its password.
+            if crate::pg::str_has_password(u.get_ref()) {
+                return Err(at(
+                    "the URL holds a password, and imcast.toml is kept in git: remove it from the \
+                     URL and give it in PGPASSWORD, ~/.pgpass or a file named by \
+                     IMCAST_STATE_PASSWORD_FILE",
+                ));
+            }
+            cfg.state_url = Some(PgUrl::parse(u.get_ref()).map_err(|e| at(&e))?);
+        }
         Ok(cfg)
+    }
+
+    /// Where shared state lives for a state directory: `[state] url` if set, else SQLite there.
+    pub fn state_store(&self, state_dir: &Path) -> StateStore {
+        match &self.state_url {
+            Some(u) => StateStore::Postgres(u.clone()),
+            None => StateStore::Sqlite(state_dir.to_path_buf()),
+        }
     }
 
     /// At most this many calls of `action` in flight: `send.max_batch_in_flight` for batch (each
@@ -687,6 +731,47 @@ limit = 80
         )
         .expect_err("bad window");
         assert!(e.to_string().contains("window"), "{e}");
+    }
+
+    #[test]
+    fn state_url_is_checked_and_never_holds_a_password() {
+        let p = Path::new("/repo/imcast.toml");
+        let c = AccountConfig::parse(
+            "[state]\nurl = \"postgres://imcast@db.internal:5432/imcast\"\n",
+            p,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.state_store(Path::new("/s")),
+            StateStore::Postgres(
+                PgUrl::parse("postgres://imcast@db.internal:5432/imcast").expect("url")
+            )
+        );
+        assert_eq!(
+            AccountConfig::default().state_store(Path::new("/s")),
+            StateStore::Sqlite(PathBuf::from("/s"))
+        );
+        for (text, says) in [
+            (
+                "[limits.p2p]\nlimit = 5\n[state]\nurl = \"postgres://imcast:hunter2@db:5432/imcast\"\n",
+                "line 4, column 7: state.url: the URL holds a password",
+            ),
+            (
+                "[state]\nurl = \"postgres://imcast@db/imcast?password=hunter2\"\n",
+                "line 2, column 7: state.url: the URL holds a password",
+            ),
+            (
+                "[state]\nurl = \"postgres://db:5432/imcast\"\n",
+                "line 2, column 7: state.url: the URL names no user",
+            ),
+            ("[state]\nurl = \"sqlite://x\"\n", "postgres://"),
+            ("[state]\nuri = \"postgres://a@b/c\"\n", "uri"),
+        ] {
+            let e = AccountConfig::parse(text, p).expect_err(text).to_string();
+            assert!(e.contains(says), "{text}: {e}");
+            assert!(e.starts_with("/repo/imcast.toml"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod git;
 pub mod guard;
 pub mod journal;
 pub mod mock;
+pub mod pg;
 pub mod plan;
 pub mod provider;
 pub mod render;
@@ -38,6 +39,8 @@ pub mod schedule;
 pub mod send;
 pub mod spec;
 pub mod stages;
+#[doc(hidden)]
+pub mod testing;
 pub mod throttle;
 pub mod variants;
 

@@ -1,9 +1,12 @@
-//! The account-wide rate limiter: one per (state directory, action), shared by every campaign and
-//! every imcast process using the same state directory.
+//! The account-wide rate limiter: one per (state store, action), shared by every campaign and
+//! every imcast process using the same state: the state directory, or with `[state] url` a
+//! PostgreSQL database shared by every host of the account.
 //!
-//! Owns: the log of admissions in its own SQLite file beside the journal,
-//! `<state_dir>/throttle.db` ([`DB_FILE`]; one writer per file, so the journal's long writes never
-//! hold up an admission), the pacing state, and the in-process back-off after a 429.
+//! Owns: the log of admissions, the pacing state, and the in-process back-off after a 429. The
+//! log lives behind a small backend interface (`throttle/store.rs`: begin a decision on some keys,
+//! ask when units free up, admit, write ends): SQLite in its own file beside the journal,
+//! `<state_dir>/throttle.db` ([`DB_FILE`], `throttle/sqlite.rs`), or PostgreSQL
+//! (`throttle/pg_store.rs`). The rule below is decided here once, for both.
 //!
 //! The rule (exact, no padding): a call counts in the window from its admission until its answer
 //! arrived plus one window; a call still in flight always counts. An admission of `n` units is
@@ -27,9 +30,11 @@
 //!   running total (`throttle_total`) always equals the sum of the key's entries, so a decision is
 //!   a few index lookups (an index on `(key, until_ns, count)`), even with 12,000 entries in the
 //!   window (a personalized campaign at 12,000 / 60 s).
-//! - Decision and record are one `BEGIN IMMEDIATE` transaction: two processes (an ad-hoc `run`
-//!   beside the daemon) see each other's entries and together stay within the limit, and a
-//!   restarted process does not start with quota it already spent.
+//! - Decision and record are one transaction that excludes every other decision on the same keys
+//!   (SQLite: `BEGIN IMMEDIATE` on the file; PostgreSQL: `SELECT … FOR UPDATE` on the keys' rows):
+//!   two processes (an ad-hoc `run` beside the daemon, or runs on other hosts) see each other's
+//!   entries and together stay within the limit, and a restarted process does not start with
+//!   quota it already spent.
 //! - Within one process, waiting admissions queue first-come first-served (an async gate), so a
 //!   500-receiver call is not starved by smaller ones and waiting tasks do not all poll SQLite.
 //!
@@ -59,20 +64,41 @@
 //! know nothing of latency (the provider counts when it stamps, not when we start) and are
 //! in-process only, so two processes would each spend the full quota.
 //!
-//! Must not: read the system clock (time comes only from the injected [`Clock`]), talk to the
-//! network, or block a runtime thread (SQLite work runs on the blocking pool).
+//! Several hosts (PostgreSQL): each stamps its entries with its own clock, so the hosts' clocks
+//! must agree (NTP; the database's clock is not used: time is the injected clock, so tests run on
+//! a simulated one). Under a skew of δ between two hosts, one sees the other's entries end up to δ
+//! early, so the guarantee holds for windows of `W − δ`: a provider window of `W` could hold more
+//! than the limit only if δ > 0, and only calls within δ of its edges. With NTP's milliseconds on a
+//! 1 s window that is well inside the provider's own tolerance; a host whose clock is off by
+//! seconds should not share the limiter.
+//!
+//! Errors: a lost connection, a deadlock or serialization failure the server broke is retried at
+//! once (a few times); [`Limiter::acquire`] keeps retrying a store that cannot be reached (a
+//! database failover) for [`STORE_PATIENCE`] before giving up.
+//!
+//! Must not: read the system clock (time comes only from the injected [`Clock`]), talk to
+//! anything but the state store, or block a runtime thread (store work runs on the blocking pool;
+//! [`Limiter::connect`] opens on it too).
 //!
 //! [`Clock`]: crate::clock::Clock
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::clock::SharedClock;
-use crate::config::Limit;
+use crate::config::{Limit, StateStore};
+use crate::pg::PgUrl;
+
+mod pg_store;
+mod sqlite;
+mod store;
+
+pub use sqlite::{create_tables, used_in_window, used_in_windows};
+pub use store::StoreError;
+use store::{collapse, End, NewEntry, Store};
 
 /// The limiter's database file inside the state directory.
 pub const DB_FILE: &str = "throttle.db";
@@ -83,27 +109,23 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time allowed between an admission and the request leaving (the journal's in-flight mark);
 /// a call that starts later than this pushes its entry's fallback end out ([`Permit::sending`]).
 pub const SEND_SLACK: Duration = Duration::from_secs(5);
+/// How long [`Limiter::acquire`] keeps retrying a state store it cannot reach.
+pub const STORE_PATIENCE: Duration = Duration::from_secs(60);
 /// Pacing tolerance: how far behind schedule the limiter may catch up at once (share of window).
 const PACE_TOLERANCE: f64 = 1.0 / 20.0;
 /// Pacing slow-down right after a 429 (halved rate), ramping back to 1 over one window.
 const SLOW_AFTER_429: f64 = 2.0;
 /// First hold after a 429; doubles on consecutive 429s, at most a quarter window.
 const HOLD_AFTER_429: Duration = Duration::from_millis(250);
+/// Immediate retries of a decision after a transient store error.
+const TRANSIENT_RETRIES: u32 = 3;
 const NS_PER_SEC: i128 = 1_000_000_000;
-
-/// `t` as an SQLite integer (times are nanoseconds since 1970: far inside i64).
-fn clamp_i64(t: i128) -> i64 {
-    t.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
-}
 
 /// Errors from the limiter.
 #[derive(Debug, thiserror::Error)]
 pub enum ThrottleError {
-    #[error("throttle state in {path}: {source}")]
-    Db {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    #[error("throttle state in {place}: {source}")]
+    Store { place: String, source: StoreError },
     #[error("one call of {n} exceeds the whole limit of {limit} per window; lower the batch size or raise the limit")]
     TooLarge { n: u64, limit: u64 },
     #[error("throttle worker failed: {0}")]
@@ -111,10 +133,19 @@ pub enum ThrottleError {
 }
 
 impl ThrottleError {
-    /// The file a full disk refused to grow, when that is what this error is (SQLITE_FULL).
-    pub fn disk_full(&self) -> Option<&std::path::Path> {
+    /// A store that may answer again soon (lost connection, failover, deadlock).
+    fn is_transient(&self) -> bool {
+        matches!(self, ThrottleError::Store { source, .. } if source.is_transient())
+    }
+
+    /// The file a full disk refused to grow, when that is what this error is (SQLITE_FULL on
+    /// the limiter's SQLite file; its place is that file's path).
+    pub fn disk_full(&self) -> Option<&Path> {
         match self {
-            ThrottleError::Db { path, source } if crate::db::is_disk_full(source) => Some(path),
+            ThrottleError::Store {
+                place,
+                source: StoreError::Sqlite(e),
+            } if crate::db::is_disk_full(e) => Some(Path::new(place)),
             _ => None,
         }
     }
@@ -194,70 +225,76 @@ impl Backoff {
     }
 }
 
-/// An entry's end to write at the next flush.
-#[derive(Debug, Clone, Copy)]
-enum Pending {
-    /// The call ended (answer, error, or the permit was dropped): set the end, mark done.
-    Close { id: i64, until_ns: i128 },
-    /// The call started late: push the in-flight fallback out to at least this.
-    Extend { id: i64, until_ns: i128 },
-}
-
-/// What a limiter and its permits share: the connection, the clock, ends not yet written.
+/// What a limiter and its permits share: the store, the clock, ends not yet written.
 struct Core {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    /// Where the log is, for messages (a path, or a URL without its password).
+    place: String,
+    store: Mutex<Box<dyn Store>>,
     clock: SharedClock,
-    pending: Mutex<Vec<Pending>>,
+    /// Ends not yet written. Taken only once written (under the store's lock): on an error they
+    /// stay queued, and meanwhile the entries keep their (later) fallback ends.
+    pending: Mutex<Vec<End>>,
 }
 
 impl Core {
-    fn db(&self) -> impl Fn(rusqlite::Error) -> ThrottleError + '_ {
-        move |source| ThrottleError::Db {
-            path: self.path.clone(),
+    fn new(place: String, store: Box<dyn Store>, clock: SharedClock) -> Core {
+        Core {
+            place,
+            store: Mutex::new(store),
+            clock,
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn err(&self) -> impl Fn(StoreError) -> ThrottleError + '_ {
+        move |source| ThrottleError::Store {
+            place: self.place.clone(),
             source,
         }
     }
 
-    fn push(&self, p: Pending) {
+    fn push(&self, e: End) {
         self.pending
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(p);
+            .unwrap_or_else(|p| p.into_inner())
+            .push(e);
+    }
+
+    /// The queued ends (one per entry) and how many queue items they cover.
+    fn queued(&self) -> (Vec<End>, usize) {
+        let q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        (collapse(&q), q.len())
+    }
+
+    /// Drop the first `n` queue items: written.
+    fn written(&self, n: usize) {
+        let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let n = n.min(q.len());
+        q.drain(..n);
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Box<dyn Store>> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Write the pending ends (blocking).
     fn flush(&self) -> Result<(), ThrottleError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(self.db())?;
-        self.flush_in(&tx)?;
-        tx.commit().map_err(self.db())
-    }
-
-    /// Write the pending ends inside `tx`. Taken from the queue only once written: on an error
-    /// they stay queued, and meanwhile the entries keep their (later) fallback ends.
-    fn flush_in(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), ThrottleError> {
-        let mut q = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for p in q.iter() {
-            match *p {
-                Pending::Close { id, until_ns } => tx
-                    .prepare_cached(
-                        "UPDATE throttle_log SET until_ns = ?2, done = 1 WHERE id = ?1 AND done = 0",
-                    )
-                    .and_then(|mut s| s.execute(params![id, clamp_i64(until_ns)])),
-                Pending::Extend { id, until_ns } => tx
-                    .prepare_cached(
-                        "UPDATE throttle_log SET until_ns = MAX(until_ns, ?2)
-                         WHERE id = ?1 AND done = 0",
-                    )
-                    .and_then(|mut s| s.execute(params![id, clamp_i64(until_ns)])),
+        let mut attempt = 0;
+        loop {
+            let mut store = self.store();
+            let (ends, n) = self.queued();
+            if ends.is_empty() {
+                return Ok(());
             }
-            .map_err(self.db())?;
+            match store.write_ends(&ends).map_err(self.err()) {
+                Ok(()) => {
+                    self.written(n);
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && attempt < TRANSIENT_RETRIES => attempt += 1,
+                Err(e) => return Err(e),
+            }
         }
-        q.clear();
-        Ok(())
     }
 
     /// Flush on the blocking pool when inside a runtime, else here.
@@ -293,8 +330,8 @@ pub struct Limiter {
 pub struct Permit {
     core: Arc<Core>,
     at: Timestamp,
-    /// (entry id, that rule's window in ns).
-    entries: Vec<(i64, i128)>,
+    /// (entry id, that rule's key, its window in ns).
+    entries: Vec<(i64, String, i128)>,
     call_timeout_ns: i128,
     open: bool,
 }
@@ -323,10 +360,12 @@ impl Permit {
         if now <= self.at.as_nanosecond() + SEND_SLACK.as_nanos() as i128 {
             return;
         }
-        for &(id, w) in &self.entries {
-            self.core.push(Pending::Extend {
-                id,
-                until_ns: fallback_end(now, self.call_timeout_ns, w),
+        for (id, key, w) in &self.entries {
+            self.core.push(End {
+                id: *id,
+                key: key.clone(),
+                until_ns: fallback_end(now, self.call_timeout_ns, *w),
+                close: false,
             });
         }
         let core = self.core.clone();
@@ -362,10 +401,12 @@ impl Permit {
     fn close_at(&mut self, reply: Timestamp) {
         self.open = false;
         let r = reply.as_nanosecond();
-        for &(id, w) in &self.entries {
-            self.core.push(Pending::Close {
-                id,
+        for (id, key, w) in &self.entries {
+            self.core.push(End {
+                id: *id,
+                key: key.clone(),
                 until_ns: r + w,
+                close: true,
             });
         }
     }
@@ -389,99 +430,29 @@ fn fallback_end(start_ns: i128, call_timeout_ns: i128, window_ns: i128) -> i128 
     start_ns + SEND_SLACK.as_nanos() as i128 + call_timeout_ns + window_ns
 }
 
-/// Create the limiter's tables, replacing a log of an older format.
-pub fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let r = (|| {
-        // A log without ends (the padded-window formats before) is dropped: it holds at most one
-        // window of history, which only makes the first window after the upgrade less cautious.
-        let has_log = conn
-            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'throttle_log'")?
-            .exists([])?;
-        let has_until = conn
-            .prepare("SELECT 1 FROM pragma_table_info('throttle_log') WHERE name = 'until_ns'")?
-            .exists([])?;
-        if has_log && !has_until {
-            conn.execute_batch(
-                "DROP TABLE throttle_log;
-                 DROP TABLE IF EXISTS throttle_total;",
-            )?;
-        }
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS throttle_log(
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 key TEXT NOT NULL,
-                 at_ns INTEGER NOT NULL,
-                 count INTEGER NOT NULL,
-                 until_ns INTEGER NOT NULL,
-                 done INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS throttle_log_key_until
-                 ON throttle_log(key, until_ns, count);
-             CREATE TABLE IF NOT EXISTS throttle_total(
-                 key TEXT PRIMARY KEY, units INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS throttle_pace(key TEXT PRIMARY KEY, tat_ns INTEGER NOT NULL);",
-        )?;
-        // Totals are derived: rebuild them if a crash or an older build left them out of step.
-        conn.execute_batch(
-            "DELETE FROM throttle_total;
-             INSERT INTO throttle_total(key, units)
-                 SELECT key, SUM(count) FROM throttle_log GROUP BY key;",
-        )
-    })();
-    match r {
-        Ok(()) => conn.execute_batch("COMMIT"),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
+/// The rules a limiter on `key` enforces.
+fn rules_for(key: &str, limit: Limit, opts: &LimiterOptions) -> Vec<Rule> {
+    let mut rules = vec![Rule {
+        key: key.to_string(),
+        limit: limit.limit,
+        window_ns: limit.window.as_nanos() as i128,
+        per_request: false,
+        pace: true,
+    }];
+    if let Some(rps) = opts.max_requests_per_second {
+        rules.push(Rule {
+            key: format!("{key}/requests"),
+            limit: u64::from(rps.max(1)),
+            window_ns: NS_PER_SEC,
+            per_request: true,
+            pace: false,
+        });
     }
-}
-
-/// Units each of `keys` holds in its window at `now`, read from the limiter file at `db_path`
-/// on a read-only connection (daemon metrics). No file or no log yet (nothing sent from this
-/// state directory), or a file it cannot open: 0 for every key.
-pub fn used_in_windows(
-    db_path: &Path,
-    keys: &[&str],
-    now: Timestamp,
-) -> rusqlite::Result<Vec<u64>> {
-    let conn = Connection::open_with_flags(
-        db_path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .ok();
-    let has_log = conn.as_ref().is_some_and(|c| {
-        c.busy_timeout(Duration::from_secs(2)).is_ok()
-            && c.prepare(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'throttle_log'",
-            )
-            .and_then(|mut st| st.exists([]))
-            .unwrap_or(false)
-    });
-    match (has_log, &conn) {
-        (true, Some(c)) => keys.iter().map(|k| used_in_window(c, k, now)).collect(),
-        _ => Ok(vec![0; keys.len()]),
-    }
-}
-
-/// Units `key` holds in its window at `now` (read-only: daemon metrics).
-pub fn used_in_window(conn: &Connection, key: &str, now: Timestamp) -> rusqlite::Result<u64> {
-    let has_until = conn
-        .prepare("SELECT 1 FROM pragma_table_info('throttle_log') WHERE name = 'until_ns'")?
-        .exists([])?;
-    if !has_until {
-        return Ok(0);
-    }
-    let used: i64 = conn.query_row(
-        "SELECT COALESCE(SUM(count), 0) FROM throttle_log WHERE key = ?1 AND until_ns >= ?2",
-        params![key, clamp_i64(now.as_nanosecond())],
-        |r| r.get(0),
-    )?;
-    Ok(used.max(0) as u64)
+    rules
 }
 
 impl Limiter {
-    /// Open the limiter `key` (e.g. `"batch"`) on the limiter database at `db_path`
+    /// Open the limiter `key` (e.g. `"batch"`) on the SQLite limiter database at `db_path`
     /// (`<state_dir>/`[`DB_FILE`]; tests may use any file).
     pub fn open(
         db_path: &Path,
@@ -490,38 +461,73 @@ impl Limiter {
         opts: LimiterOptions,
         clock: SharedClock,
     ) -> Result<Limiter, ThrottleError> {
-        let db = |source| ThrottleError::Db {
-            path: db_path.to_path_buf(),
+        let place = db_path.display().to_string();
+        let store = sqlite::SqliteStore::open(db_path).map_err(|source| ThrottleError::Store {
+            place: place.clone(),
             source,
-        };
-        // WAL so readers never block; NORMAL sync: losing the last entries on power loss only
-        // makes a restarted process less cautious by at most a few calls, and an fsync per
-        // admission would cap personalized campaigns far below the provider's limits.
-        let conn = crate::db::open(db_path, "NORMAL").map_err(db)?;
-        create_tables(&conn).map_err(db)?;
-        let mut rules = vec![Rule {
-            key: key.to_string(),
-            limit: limit.limit,
-            window_ns: limit.window.as_nanos() as i128,
-            per_request: false,
-            pace: true,
-        }];
-        if let Some(rps) = opts.max_requests_per_second {
-            rules.push(Rule {
-                key: format!("{key}/requests"),
-                limit: u64::from(rps.max(1)),
-                window_ns: NS_PER_SEC,
-                per_request: true,
-                pace: false,
-            });
+        })?;
+        Ok(Limiter::with_store(
+            Core::new(place, Box::new(store), clock),
+            rules_for(key, limit, &opts),
+            opts,
+        ))
+    }
+
+    /// Open the limiter `key` on a PostgreSQL database (blocking: off the async runtime; async
+    /// code uses [`Limiter::connect`]).
+    pub fn open_postgres(
+        url: &PgUrl,
+        key: &str,
+        limit: Limit,
+        opts: LimiterOptions,
+        clock: SharedClock,
+    ) -> Result<Limiter, ThrottleError> {
+        let rules = rules_for(key, limit, &opts);
+        let keys: Vec<&str> = rules.iter().map(|r| r.key.as_str()).collect();
+        let place = format!("PostgreSQL {}", url.redacted());
+        let store = pg_store::PgStore::open(url, &keys).map_err(|source| ThrottleError::Store {
+            place: place.clone(),
+            source,
+        })?;
+        Ok(Limiter::with_store(
+            Core::new(place, Box::new(store), clock),
+            rules,
+            opts,
+        ))
+    }
+
+    /// Open the limiter `key` where `store` keeps shared state: `<state_dir>/`[`DB_FILE`], or the
+    /// PostgreSQL database (blocking; async code uses [`Limiter::connect`]).
+    pub fn open_store(
+        store: &StateStore,
+        key: &str,
+        limit: Limit,
+        opts: LimiterOptions,
+        clock: SharedClock,
+    ) -> Result<Limiter, ThrottleError> {
+        match store {
+            StateStore::Sqlite(dir) => Limiter::open(&dir.join(DB_FILE), key, limit, opts, clock),
+            StateStore::Postgres(url) => Limiter::open_postgres(url, key, limit, opts, clock),
         }
-        Ok(Limiter {
-            core: Arc::new(Core {
-                path: db_path.to_path_buf(),
-                conn: Mutex::new(conn),
-                clock,
-                pending: Mutex::new(Vec::new()),
-            }),
+    }
+
+    /// [`Limiter::open_store`] on the blocking pool.
+    pub async fn connect(
+        store: &StateStore,
+        key: &str,
+        limit: Limit,
+        opts: LimiterOptions,
+        clock: SharedClock,
+    ) -> Result<Limiter, ThrottleError> {
+        let (store, key) = (store.clone(), key.to_string());
+        tokio::task::spawn_blocking(move || Limiter::open_store(&store, &key, limit, opts, clock))
+            .await
+            .map_err(|e| ThrottleError::Join(e.to_string()))?
+    }
+
+    fn with_store(core: Core, rules: Vec<Rule>, opts: LimiterOptions) -> Limiter {
+        Limiter {
+            core: Arc::new(core),
             rules: rules.into(),
             opts,
             backoff: Arc::new(Mutex::new(Backoff {
@@ -530,12 +536,12 @@ impl Limiter {
                 strikes: 0,
             })),
             gate: Arc::new(tokio::sync::Mutex::new(())),
-        })
+        }
     }
 
     /// Also hold every admission to `cap`'s limits (a campaign's own throttle, on its own key),
     /// decided in the same transaction; the account limit still bounds the sum of all
-    /// campaigns. `cap` must be on the same database file (its connection is not used).
+    /// campaigns. `cap` must be on the same state store (its connection is not used).
     pub fn capped_by(mut self, cap: Limiter) -> Limiter {
         let mut rules: Vec<Rule> = self.rules.to_vec();
         rules.extend(cap.rules.iter().cloned());
@@ -564,7 +570,8 @@ impl Limiter {
     }
 
     /// Wait until `n` can start without breaking any limit, record it, and return its permit.
-    /// With a deadline, gives up (taking nothing) once the wait would pass it.
+    /// With a deadline, gives up (taking nothing) once the wait would pass it. A store that
+    /// cannot be reached is retried for [`STORE_PATIENCE`].
     pub async fn acquire(
         &self,
         n: u64,
@@ -572,11 +579,29 @@ impl Limiter {
     ) -> Result<Acquired, ThrottleError> {
         self.check_size(n)?;
         let _turn = self.gate.lock().await;
+        let mut unreachable_since: Option<Timestamp> = None;
+        let mut retry_in = Duration::from_millis(100);
         loop {
             let me = self.clone();
             let res = tokio::task::spawn_blocking(move || me.try_acquire(n))
                 .await
-                .map_err(|e| ThrottleError::Join(e.to_string()))??;
+                .map_err(|e| ThrottleError::Join(e.to_string()))?;
+            let res = match res {
+                Ok(r) => r,
+                Err(e) if e.is_transient() => {
+                    let now = self.core.clock.now();
+                    let since = *unreachable_since.get_or_insert(now);
+                    if now.duration_since(since).unsigned_abs() >= STORE_PATIENCE {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, retry_in = ?retry_in, "limiter: state store unavailable; retrying");
+                    self.core.clock.sleep(retry_in).await;
+                    retry_in = (retry_in * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            unreachable_since = None;
             match res {
                 Ok(p) => return Ok(Acquired::At(p)),
                 Err(wait) => {
@@ -602,8 +627,23 @@ impl Limiter {
     /// One decision now (blocking; async code uses [`Limiter::acquire`]): the permit, or how long
     /// to wait before asking again. The wait is never longer than the real one: when only calls
     /// in flight block, it is at most one window, the earliest a completion could free anything.
+    /// A deadlock or lost connection is retried here a few times.
     pub fn try_acquire(&self, n: u64) -> Result<Result<Permit, Duration>, ThrottleError> {
         self.check_size(n)?;
+        let mut attempt = 0;
+        loop {
+            match self.decide(n) {
+                Err(e) if e.is_transient() && attempt < TRANSIENT_RETRIES => {
+                    tracing::debug!(error = %e, "limiter: retrying a decision");
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One decision in one store transaction (rolled back on any error).
+    fn decide(&self, n: u64) -> Result<Result<Permit, Duration>, ThrottleError> {
         let now = self.core.clock.now().as_nanosecond();
         let to_wait = |ns: i128| Duration::from_nanos(ns.clamp(1, i128::from(u64::MAX)) as u64);
         let backoff = *self.backoff.lock().unwrap_or_else(|p| p.into_inner());
@@ -611,22 +651,51 @@ impl Limiter {
             return Ok(Err(to_wait(backoff.not_before - now)));
         }
         let core = &self.core;
-        let db = core.db();
-        let mut conn = core.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&db)?;
-        core.flush_in(&tx)?;
+        let mut store = core.store();
+        let (ends, written) = core.queued();
+        match self.decide_in(&mut **store, n, now, backoff, &ends) {
+            Ok(verdict) => {
+                // The ends were committed with the decision.
+                core.written(written);
+                Ok(match verdict {
+                    Verdict::Wait(ns) => Err(to_wait(ns)),
+                    Verdict::Admitted(entries) => Ok(Permit {
+                        core: core.clone(),
+                        at: Timestamp::from_nanosecond(now).unwrap_or(Timestamp::UNIX_EPOCH),
+                        entries,
+                        call_timeout_ns: self.opts.call_timeout.as_nanos() as i128,
+                        open: true,
+                    }),
+                })
+            }
+            Err(e) => {
+                store.rollback();
+                Err(core.err()(e))
+            }
+        }
+    }
+
+    /// The rule, on `store`: begin, decide, then admit or finish.
+    fn decide_in(
+        &self,
+        store: &mut dyn Store,
+        n: u64,
+        now: i128,
+        backoff: Backoff,
+        ends: &[End],
+    ) -> Result<Verdict, StoreError> {
+        let keys: Vec<&str> = self.rules.iter().map(|r| r.key.as_str()).collect();
+        let states = store.begin(&keys, now, ends)?;
         let mut wait: i128 = 0;
-        let mut tats = Vec::with_capacity(self.rules.len());
-        for rule in self.rules.iter() {
-            let used = prune(&tx, &rule.key, now).map_err(&db)?;
+        let mut tats: Vec<(&str, i128)> = Vec::with_capacity(self.rules.len());
+        for (rule, state) in self.rules.iter().zip(&states) {
+            let used = state.used;
             let need = rule.units(n) as i128;
             let limit = rule.limit as i128;
             // 1. The hard guarantee: what counts now plus n stays within the limit.
             if used + need > limit {
                 let excess = used + need - limit;
-                let free_at = earliest_free(&tx, &rule.key, excess).map_err(&db)?;
+                let free_at = store.earliest_free(&rule.key, excess)?;
                 // An entry in flight ends at its completion + W, so nothing frees up before
                 // now + W except entries already ending: asking again then misses nothing.
                 let cap = rule.window_ns + 1;
@@ -635,11 +704,7 @@ impl Limiter {
             }
             // 2. Pacing (smoothness, not safety).
             if rule.pace {
-                let tat: Option<i64> = tx
-                    .prepare_cached("SELECT tat_ns FROM throttle_pace WHERE key = ?1")
-                    .and_then(|mut s| s.query_row(params![rule.key], |r| r.get(0)).optional())
-                    .map_err(&db)?;
-                let tat = tat.map_or(now, i128::from).max(now);
+                let tat = state.tat.unwrap_or(now).max(now);
                 let unit = rule.window_ns as f64 / rule.limit.max(1) as f64
                     * backoff.factor(now, rule.window_ns);
                 let this_call = (unit * need as f64) as i128;
@@ -651,54 +716,32 @@ impl Limiter {
                 if tat - now > tolerance {
                     wait = wait.max(tat - now - tolerance);
                 }
-                tats.push((rule, tat + this_call));
+                tats.push((&rule.key, tat + this_call));
             }
         }
         if wait > 0 {
-            tx.commit().map_err(&db)?;
-            return Ok(Err(to_wait(wait)));
+            store.finish()?;
+            return Ok(Verdict::Wait(wait));
         }
         let call_timeout_ns = self.opts.call_timeout.as_nanos() as i128;
-        let mut entries = Vec::with_capacity(self.rules.len());
-        for rule in self.rules.iter() {
-            let units = rule.units(n) as i64;
-            tx.prepare_cached(
-                "INSERT INTO throttle_log(key, at_ns, count, until_ns, done)
-                 VALUES (?1, ?2, ?3, ?4, 0)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    rule.key,
-                    clamp_i64(now),
-                    units,
-                    clamp_i64(fallback_end(now, call_timeout_ns, rule.window_ns))
-                ])
+        let new: Vec<NewEntry<'_>> = self
+            .rules
+            .iter()
+            .map(|rule| NewEntry {
+                key: &rule.key,
+                at_ns: now,
+                units: rule.units(n) as i64,
+                until_ns: fallback_end(now, call_timeout_ns, rule.window_ns),
             })
-            .map_err(&db)?;
-            entries.push((tx.last_insert_rowid(), rule.window_ns));
-            tx.prepare_cached(
-                "INSERT INTO throttle_total(key, units) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET units = units + excluded.units",
-            )
-            .and_then(|mut s| s.execute(params![rule.key, units]))
-            .map_err(&db)?;
-        }
-        for (rule, tat) in tats {
-            tx.prepare_cached(
-                "INSERT INTO throttle_pace(key, tat_ns) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET tat_ns = excluded.tat_ns",
-            )
-            .and_then(|mut s| s.execute(params![rule.key, clamp_i64(tat)]))
-            .map_err(&db)?;
-        }
-        tx.commit().map_err(&db)?;
-        Ok(Ok(Permit {
-            core: self.core.clone(),
-            at: Timestamp::from_nanosecond(now).unwrap_or(Timestamp::UNIX_EPOCH),
-            entries,
-            call_timeout_ns,
-            open: true,
-        }))
+            .collect();
+        let ids = store.admit(&new, &tats)?;
+        Ok(Verdict::Admitted(
+            self.rules
+                .iter()
+                .zip(ids)
+                .map(|(rule, id)| (id, rule.key.clone(), rule.window_ns))
+                .collect(),
+        ))
     }
 
     /// The provider answered 429 (someone else spends this account's quota): hold admissions
@@ -731,48 +774,12 @@ impl Limiter {
     }
 }
 
-/// Delete `key`'s entries that ended before `now`, keep the running total in step, and return the
-/// units that still count.
-fn prune(tx: &rusqlite::Transaction<'_>, key: &str, now: i128) -> rusqlite::Result<i128> {
-    let now = clamp_i64(now);
-    let (gone, rows): (i64, i64) = tx
-        .prepare_cached(
-            "SELECT COALESCE(SUM(count), 0), COUNT(*) FROM throttle_log
-             WHERE key = ?1 AND until_ns < ?2",
-        )?
-        .query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    if rows > 0 {
-        tx.prepare_cached("DELETE FROM throttle_log WHERE key = ?1 AND until_ns < ?2")?
-            .execute(params![key, now])?;
-        tx.prepare_cached("UPDATE throttle_total SET units = units - ?2 WHERE key = ?1")?
-            .execute(params![key, gone])?;
-    }
-    let used: Option<i64> = tx
-        .prepare_cached("SELECT units FROM throttle_total WHERE key = ?1")?
-        .query_row(params![key], |r| r.get(0))
-        .optional()?;
-    Ok(i128::from(used.unwrap_or(0)))
-}
-
-/// The end of the entry at which `excess` units have stopped counting (entries taken by end).
-fn earliest_free(
-    tx: &rusqlite::Transaction<'_>,
-    key: &str,
-    excess: i128,
-) -> rusqlite::Result<Option<i128>> {
-    let mut st = tx.prepare_cached(
-        "SELECT until_ns, count FROM throttle_log WHERE key = ?1 ORDER BY until_ns",
-    )?;
-    let mut rows = st.query(params![key])?;
-    let mut freed: i128 = 0;
-    while let Some(r) = rows.next()? {
-        let (until, count): (i64, i64) = (r.get(0)?, r.get(1)?);
-        freed += i128::from(count);
-        if freed >= excess {
-            return Ok(Some(i128::from(until)));
-        }
-    }
-    Ok(None)
+/// What one decision came to.
+enum Verdict {
+    /// Ask again in this many nanoseconds.
+    Wait(i128),
+    /// Recorded: (entry id, key, window ns) per rule.
+    Admitted(Vec<(i64, String, i128)>),
 }
 
 #[cfg(test)]

@@ -16,5 +16,6 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod schema;
+pub mod state;
 pub mod status;
 pub mod validate;

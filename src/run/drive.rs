@@ -3,9 +3,10 @@
 //! configured from the resolved settings, and the report written whatever way the engine ended.
 //!
 //! Invariants: every run of the account shares one limiter per action through the state
-//! directory (concurrent processes included); the report is attempted after every engine end,
-//! an engine error included; a full disk (journal, limiter state or report) ends it with one
-//! message naming the file (exit 8), never as an internal error. Must not: print (progress is the caller's callback), or decide a
+//! directory, or with `[state] url` through the PostgreSQL store (concurrent processes and hosts
+//! included); the report is attempted after every engine end, an engine error included; a full
+//! disk (journal, limiter state or report) ends it with one message naming the file (exit 8),
+//! never as an internal error. Must not: print (progress is the caller's callback), or decide a
 //! setting (they come resolved in `Settings`).
 
 use std::sync::Arc;
@@ -60,9 +61,12 @@ where
     let Prepared { journal, run } = prepared;
     crate::failpoint::limit_journal(journal.connection());
     let journal = SharedJournal::new(journal);
-    let throttle_db = paths.state_dir.join(crate::throttle::DB_FILE);
-    let mut limiter = Limiter::open(
-        &throttle_db,
+    // The account limiter's log: `[state] url` (every process and host of the account), else
+    // `throttle.db` in the state directory. Opened on the blocking pool (a PostgreSQL connection
+    // and its schema check, or the SQLite file).
+    let store = settings.limiter_store(&paths.state_dir);
+    let mut limiter = Limiter::connect(
+        &store,
         settings.action.as_str(),
         settings.account_limit,
         LimiterOptions {
@@ -72,15 +76,17 @@ where
         },
         clock.clone(),
     )
+    .await
     .map_err(|e| limiter_failure(e, &facts.campaign_file))?;
     if let Some(t) = settings.campaign_limit {
-        let cap = Limiter::open(
-            &throttle_db,
+        let cap = Limiter::connect(
+            &store,
             &format!("campaign:{}:{}", facts.campaign, settings.action),
             t,
             LimiterOptions::default(),
             clock.clone(),
         )
+        .await
         .map_err(|e| limiter_failure(e, &facts.campaign_file))?;
         limiter = limiter.capped_by(cap);
     }

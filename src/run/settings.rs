@@ -5,7 +5,8 @@
 //! Owns: every precedence and default of a run's settings — campaign over `imcast.toml` over the
 //! documented default (field by field for the breaker), `--report-format` over
 //! `[report] formats`, what a `--test-to` run drops (deadline, guard) — the limits a run is paced
-//! by, the one ETA ([`Settings::eta`]) that `plan`, `plan --diff` and `run`'s confirmation show,
+//! by, where the account limiter's log lives (`[state] url`, else the state directory), the one
+//! ETA ([`Settings::eta`]) that `plan`, `plan --diff` and `run`'s confirmation show,
 //! the warning when a campaign's throttle asks for more than the share
 //! ([`Settings::throttle_warning`]), and the audience guard a run applies (none for `--test-to`).
 //!
@@ -19,9 +20,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use crate::action::Action;
-use crate::config::{AccountConfig, BreakerSettings, Limit, ReportFormats};
+use crate::config::{AccountConfig, BreakerSettings, Limit, ReportFormats, StateStore};
 use crate::guard::AudienceGuard;
 use crate::journal::RunFlags;
+use crate::pg::PgUrl;
 use crate::schedule::QuietHours;
 use crate::spec::{Campaign, Deadline};
 
@@ -84,6 +86,9 @@ pub struct Settings {
     pub report_formats: ReportFormats,
     /// The flags the run was started with (recorded in the journal's audit).
     pub flags: RunFlags,
+    /// `[state] url`: the PostgreSQL database the account limiter's log lives in, shared by every
+    /// process and host of the account (None: `throttle.db` in the state directory).
+    pub state_url: Option<PgUrl>,
 }
 
 impl Settings {
@@ -136,6 +141,15 @@ impl Settings {
             quiet_hours: c.quiet_hours.clone(),
             report_formats: report_formats.unwrap_or(account.report_formats),
             flags: flags.clone(),
+            state_url: account.state_url.clone(),
+        }
+    }
+
+    /// Where the account limiter's log lives for a run whose state directory is `state_dir`.
+    pub fn limiter_store(&self, state_dir: &std::path::Path) -> StateStore {
+        match &self.state_url {
+            Some(u) => StateStore::Postgres(u.clone()),
+            None => StateStore::Sqlite(state_dir.to_path_buf()),
         }
     }
 

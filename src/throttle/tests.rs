@@ -1,7 +1,11 @@
 //! The limiter's tests, all on a simulated clock. [`simulate`] is a discrete-event simulation of
-//! several processes (limiters on one file), each with callers queueing for admission as the
+//! several processes (limiters on one log), each with callers queueing for admission as the
 //! engine's tasks do, against a simulated provider that stamps each call at a random instant
 //! between its send and its reply; the windows are then checked from the stamps alone.
+//!
+//! The tests of the rule run on both backends ([`both!`]: `…::sqlite` and `…::postgres`, the
+//! latter on the test PostgreSQL server, `crate::testing::pg`, each test or proptest case on keys
+//! of its own in one database); tests of the SQLite file itself run on SQLite only.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -10,8 +14,13 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use std::sync::OnceLock;
+
+use rusqlite::Connection;
+
 use super::*;
 use crate::clock::{Clock, SimClock};
+use crate::testing::pg::TestDb;
 
 fn start() -> Timestamp {
     "2026-01-01T00:00:00Z".parse().expect("valid")
@@ -40,6 +49,117 @@ fn max_in_window(events: &[(i128, u64)], w: Duration) -> u64 {
 
 fn open(db: &Path, key: &str, limit: Limit, opts: LimiterOptions, clock: &SimClock) -> Limiter {
     Limiter::open(db, key, limit, opts, Arc::new(clock.clone())).expect("open")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One test's (or proptest case's) log: a fresh SQLite file, or keys of its own (a unique
+/// prefix) in this test process's PostgreSQL database.
+struct Place {
+    store: StateStore,
+    prefix: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Place {
+    /// None: PostgreSQL is not installed here (said loudly; a failure under CI).
+    fn new(backend: Backend) -> Option<Place> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match backend {
+            Backend::Sqlite => Some(Place {
+                store: StateStore::Sqlite(dir.path().to_path_buf()),
+                prefix: String::new(),
+                _dir: dir,
+            }),
+            Backend::Postgres => {
+                static DB: OnceLock<Option<TestDb>> = OnceLock::new();
+                static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let db = DB
+                    .get_or_init(|| crate::testing::pg::test_db("throttle"))
+                    .as_ref()?;
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(Place {
+                    store: db.store(),
+                    prefix: format!("t{n}:"),
+                    _dir: dir,
+                })
+            }
+        }
+    }
+
+    /// `windows` simulated windows on SQLite, a fifth of them (at least 30) on PostgreSQL, where
+    /// each decision is a few round trips to a server: the long simulations stay on SQLite, the
+    /// PostgreSQL runs check the same rule on enough windows to hold the same assertions.
+    fn windows(&self, windows: u32) -> u32 {
+        match self.store {
+            StateStore::Sqlite(_) => windows,
+            StateStore::Postgres(_) => (windows / 5).max(30).min(windows),
+        }
+    }
+
+    /// Another place on the same backend, sharing nothing with this one.
+    fn fresh(&self) -> Place {
+        let backend = match self.store {
+            StateStore::Sqlite(_) => Backend::Sqlite,
+            StateStore::Postgres(_) => Backend::Postgres,
+        };
+        Place::new(backend).expect("the backend was there a moment ago")
+    }
+
+    /// A limiter on `key` here (opened off any async runtime).
+    fn open(&self, key: &str, limit: Limit, opts: LimiterOptions, clock: &SimClock) -> Limiter {
+        let key = format!("{}{key}", self.prefix);
+        let clock: SharedClock = Arc::new(clock.clone());
+        off(|| Limiter::open_store(&self.store, &key, limit, opts, clock)).expect("open")
+    }
+}
+
+/// Run blocking limiter work on a plain thread: the PostgreSQL client must not run on an async
+/// runtime's thread (the limiter itself does its store work on the blocking pool).
+fn off<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("no panic"))
+}
+
+/// A test of the rule, once per backend: `name::sqlite` and `name::postgres`.
+macro_rules! both {
+    ($(#[$m:meta])* fn $name:ident($place:ident: Place) $body:block) => {
+        $(#[$m])*
+        mod $name {
+            use super::*;
+            fn check($place: Place) $body
+            #[test]
+            fn sqlite() {
+                check(Place::new(Backend::Sqlite).expect("sqlite"));
+            }
+            #[test]
+            fn postgres() {
+                if let Some(p) = Place::new(Backend::Postgres) {
+                    check(p);
+                }
+            }
+        }
+    };
+    ($(#[$m:meta])* async fn $name:ident($place:ident: Place) $body:block) => {
+        $(#[$m])*
+        mod $name {
+            use super::*;
+            async fn check($place: Place) $body
+            #[tokio::test]
+            async fn sqlite() {
+                check(Place::new(Backend::Sqlite).expect("sqlite")).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(p) = Place::new(Backend::Postgres) {
+                    check(p).await;
+                }
+            }
+        }
+    };
 }
 
 /// One simulated setup.
@@ -78,9 +198,7 @@ enum Event {
     Reply(usize),
 }
 
-fn simulate(sim: &Sim) -> SimResult {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join(DB_FILE);
+fn simulate(sim: &Sim, place: &Place) -> SimResult {
     let clock = SimClock::new(start());
     let t0 = start().as_nanosecond();
     let end = t0 + ns(sim.run);
@@ -89,7 +207,7 @@ fn simulate(sim: &Sim) -> SimResult {
         call_timeout: Duration::from_secs(10),
     };
     let limiters: Vec<Limiter> = (0..sim.processes)
-        .map(|_| open(&db, "batch", sim.limit, opts, &clock))
+        .map(|_| place.open("batch", sim.limit, opts, &clock))
         .collect();
     let mut rng = StdRng::seed_from_u64(sim.seed);
     let ncallers = sim.processes * sim.callers;
@@ -196,14 +314,64 @@ fn mean_latency_s(res: &SimResult, from: i128, to: i128) -> f64 {
     v.iter().sum::<i128>() as f64 / v.len().max(1) as f64 / 1e9
 }
 
+/// Random latencies (0–2 s, per call), random call sizes (batch up to 500 units, or count-1
+/// calls), several processes and callers, windows of 1 s, 5 s and 60 s: no window of the
+/// provider's stamps ever holds more than the limit, nor any window of admissions, nor any
+/// second more requests than the request cap.
+#[allow(clippy::too_many_arguments)]
+fn no_window_over(
+    backend: Backend,
+    window_s: u64,
+    limit: u64,
+    batch: bool,
+    max_size: u64,
+    processes: usize,
+    callers: usize,
+    max_latency_ms: u64,
+    rps: Option<u32>,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let Some(place) = Place::new(backend) else {
+        return Ok(());
+    };
+    // One-request calls: a lower limit keeps the number of simulated calls moderate.
+    let (limit, size) = if batch {
+        (limit, max_size.min(limit))
+    } else {
+        (limit.min(300), 1)
+    };
+    let sim = Sim {
+        limit: Limit::new(limit, Duration::from_secs(window_s)),
+        rps,
+        processes,
+        callers,
+        size,
+        random_sizes: true,
+        latency_ms: (0, max_latency_ms),
+        run: Duration::from_secs(window_s * 6),
+        seed,
+        rate_limited_at: None,
+    };
+    let res = simulate(&sim, &place);
+    prop_assert!(!res.stamps.is_empty());
+    let w = sim.limit.window;
+    prop_assert!(
+        max_in_window(&res.stamps, w) <= limit,
+        "stamps: {}",
+        max_in_window(&res.stamps, w)
+    );
+    prop_assert!(max_in_window(&res.admissions, w) <= limit);
+    if let Some(rps) = rps {
+        let requests: Vec<(i128, u64)> = res.stamps.iter().map(|(s, _)| (*s, 1)).collect();
+        prop_assert!(max_in_window(&requests, Duration::from_secs(1)) <= u64::from(rps));
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-    /// Random latencies (0–2 s, per call), random call sizes (batch up to 500 units, or count-1
-    /// calls), several processes and callers, windows of 1 s, 5 s and 60 s: no window of the
-    /// provider's stamps ever holds more than the limit, nor any window of admissions, nor any
-    /// second more requests than the request cap.
     #[test]
-    fn no_provider_window_over_the_limit(
+    fn no_provider_window_over_the_limit_sqlite(
         window_s in prop::sample::select(vec![1u64, 5, 60]),
         limit in 1u64..1500,
         batch in any::<bool>(),
@@ -214,298 +382,293 @@ proptest! {
         rps in prop::option::of(1u32..30),
         seed in any::<u64>(),
     ) {
-        // One-request calls: a lower limit keeps the number of simulated calls moderate.
-        let (limit, size) = if batch { (limit, max_size.min(limit)) } else { (limit.min(300), 1) };
+        no_window_over(Backend::Sqlite, window_s, limit, batch, max_size, processes, callers, max_latency_ms, rps, seed)?;
+    }
+}
+
+proptest! {
+    // Fewer cases on PostgreSQL: each decision is a few round trips to a server.
+    #![proptest_config(ProptestConfig { cases: PG_CASES, ..ProptestConfig::default() })]
+    #[test]
+    fn no_provider_window_over_the_limit_postgres(
+        window_s in prop::sample::select(vec![1u64, 5, 60]),
+        limit in 1u64..1500,
+        batch in any::<bool>(),
+        max_size in 1u64..=500,
+        processes in 1usize..=3,
+        callers in 1usize..=12,
+        max_latency_ms in 0u64..=2000,
+        rps in prop::option::of(1u32..30),
+        seed in any::<u64>(),
+    ) {
+        no_window_over(Backend::Postgres, window_s, limit, batch, max_size, processes, callers, max_latency_ms, rps, seed)?;
+    }
+}
+
+/// Proptest cases on PostgreSQL.
+const PG_CASES: u32 = 8;
+
+both! {
+    fn full_limit_when_latency_is_small_against_the_window(place: Place) {
+        // 12,000 / 60 s in 500-receiver calls, latency 0–0.5 s: W / (W + L) ≈ 99.6%.
         let sim = Sim {
-            limit: Limit::new(limit, Duration::from_secs(window_s)),
-            rps,
-            processes,
-            callers,
-            size,
-            random_sizes: true,
-            latency_ms: (0, max_latency_ms),
-            run: Duration::from_secs(window_s * 6),
-            seed,
+            limit: Limit::new(12_000, Duration::from_secs(60)),
+            rps: Some(200),
+            processes: 2,
+            callers: 4,
+            size: 500,
+            random_sizes: false,
+            latency_ms: (0, 500),
+            run: Duration::from_secs(60) * place.windows(60),
+            seed: 7,
             rate_limited_at: None,
         };
-        let res = simulate(&sim);
-        prop_assert!(!res.stamps.is_empty());
-        let w = sim.limit.window;
-        prop_assert!(max_in_window(&res.stamps, w) <= limit, "stamps: {}", max_in_window(&res.stamps, w));
-        prop_assert!(max_in_window(&res.admissions, w) <= limit);
-        if let Some(rps) = rps {
-            let requests: Vec<(i128, u64)> = res.stamps.iter().map(|(s, _)| (*s, 1)).collect();
-            prop_assert!(max_in_window(&requests, Duration::from_secs(1)) <= u64::from(rps));
+        let res = simulate(&sim, &place);
+        let t0 = start().as_nanosecond();
+        let (from, to) = (t0 + ns(Duration::from_secs(120)), t0 + ns(sim.run));
+        let got = share(&res, sim.limit, from, to);
+        assert!(got >= 0.99, "{:.4} of the limit", got);
+        assert!(max_in_window(&res.stamps, sim.limit.window) <= 12_000);
+        // Smooth: the first 10 seconds hold far less than the whole quota.
+        let first: u64 = res
+            .admissions
+            .iter()
+            .filter(|a| a.0 < t0 + 10 * NS_PER_SEC)
+            .map(|a| a.1)
+            .sum();
+        assert!(first <= 12_000 / 3, "burst of {first} at start");
+    }
+}
+
+both! {
+    fn best_exact_share_when_latency_is_large_against_the_window(place: Place) {
+        for (limit, size, latency_ms, callers) in [
+            // p2p-like: 100 / 1 s, one request a call, latency 0–2 s (mean 1 s): about 50%.
+            (Limit::new(100, Duration::from_secs(1)), 1, (0, 2000), 120),
+            // conversation-like: 50 / 1 s, latency 0–0.4 s.
+            (Limit::new(50, Duration::from_secs(1)), 1, (0, 400), 40),
+            // batch 1000 / 5 s in 500-receiver calls, latency 0–2 s.
+            (Limit::new(1000, Duration::from_secs(5)), 500, (0, 2000), 4),
+        ] {
+            let sim = Sim {
+                limit,
+                rps: None,
+                processes: 1,
+                callers,
+                size,
+                random_sizes: false,
+                latency_ms,
+                run: limit.window * place.windows(200),
+                seed: 11,
+                rate_limited_at: None,
+            };
+            let res = simulate(&sim, &place.fresh());
+            let t0 = start().as_nanosecond();
+            let (from, to) = (t0 + 2 * ns(limit.window), t0 + ns(sim.run));
+            let got = share(&res, limit, from, to);
+            let w = limit.window.as_secs_f64();
+            let best = w / (w + mean_latency_s(&res, from, to));
+            assert!(
+                got >= 0.99 * best,
+                "{limit:?} latency {latency_ms:?}: {got:.4} of the limit, best exact {best:.4}"
+            );
+            assert!(max_in_window(&res.stamps, limit.window) <= limit.limit);
         }
     }
 }
 
-#[test]
-fn full_limit_when_latency_is_small_against_the_window() {
-    // 12,000 / 60 s in 500-receiver calls, latency 0–0.5 s: W / (W + L) ≈ 99.6%.
-    let sim = Sim {
-        limit: Limit::new(12_000, Duration::from_secs(60)),
-        rps: Some(200),
-        processes: 2,
-        callers: 4,
-        size: 500,
-        random_sizes: false,
-        latency_ms: (0, 500),
-        run: Duration::from_secs(60 * 60),
-        seed: 7,
-        rate_limited_at: None,
-    };
-    let res = simulate(&sim);
-    let t0 = start().as_nanosecond();
-    let (from, to) = (t0 + ns(Duration::from_secs(120)), t0 + ns(sim.run));
-    let got = share(&res, sim.limit, from, to);
-    assert!(got >= 0.99, "{:.4} of the limit", got);
-    assert!(max_in_window(&res.stamps, sim.limit.window) <= 12_000);
-    // Smooth: the first 10 seconds hold far less than the whole quota.
-    let first: u64 = res
-        .admissions
-        .iter()
-        .filter(|a| a.0 < t0 + 10 * NS_PER_SEC)
-        .map(|a| a.1)
-        .sum();
-    assert!(first <= 12_000 / 3, "burst of {first} at start");
-}
-
-#[test]
-fn best_exact_share_when_latency_is_large_against_the_window() {
-    for (limit, size, latency_ms, callers) in [
-        // p2p-like: 100 / 1 s, one request a call, latency 0–2 s (mean 1 s): about 50%.
-        (Limit::new(100, Duration::from_secs(1)), 1, (0, 2000), 120),
-        // conversation-like: 50 / 1 s, latency 0–0.4 s.
-        (Limit::new(50, Duration::from_secs(1)), 1, (0, 400), 40),
-        // batch 1000 / 5 s in 500-receiver calls, latency 0–2 s.
-        (Limit::new(1000, Duration::from_secs(5)), 500, (0, 2000), 4),
-    ] {
+both! {
+    fn full_rate_again_within_one_window_after_a_429(place: Place) {
+        let limit = Limit::new(100, Duration::from_secs(1));
+        let at = Duration::from_secs(10);
         let sim = Sim {
             limit,
             rps: None,
             processes: 1,
-            callers,
-            size,
+            callers: 4,
+            size: 1,
             random_sizes: false,
-            latency_ms,
-            run: limit.window * 200,
-            seed: 11,
-            rate_limited_at: None,
+            latency_ms: (0, 0),
+            run: Duration::from_secs(20),
+            seed: 3,
+            rate_limited_at: Some(at),
         };
-        let res = simulate(&sim);
+        let res = simulate(&sim, &place);
         let t0 = start().as_nanosecond();
-        let (from, to) = (t0 + 2 * ns(limit.window), t0 + ns(sim.run));
-        let got = share(&res, limit, from, to);
-        let w = limit.window.as_secs_f64();
-        let best = w / (w + mean_latency_s(&res, from, to));
-        assert!(
-            got >= 0.99 * best,
-            "{limit:?} latency {latency_ms:?}: {got:.4} of the limit, best exact {best:.4}"
-        );
+        let t429 = t0 + ns(at);
+        let w = ns(limit.window);
+        // Held back and slowed in the window after the 429 …
+        let held = share(&res, limit, t429, t429 + ns(Duration::from_millis(250)));
+        assert_eq!(held, 0.0, "nothing admitted during the hold");
+        let slowed = share(&res, limit, t429, t429 + w);
+        assert!(slowed < 0.9, "slowed after the 429: {slowed:.3}");
+        // … and at the full rate in the window after that, and from then on.
+        for k in 1..5 {
+            let got = share(&res, limit, t429 + k * w, t429 + (k + 1) * w);
+            assert!(
+                got >= 0.99,
+                "window {k} after the 429: {got:.3} of the limit"
+            );
+        }
         assert!(max_in_window(&res.stamps, limit.window) <= limit.limit);
     }
 }
 
-#[test]
-fn full_rate_again_within_one_window_after_a_429() {
-    let limit = Limit::new(100, Duration::from_secs(1));
-    let at = Duration::from_secs(10);
-    let sim = Sim {
-        limit,
-        rps: None,
-        processes: 1,
-        callers: 4,
-        size: 1,
-        random_sizes: false,
-        latency_ms: (0, 0),
-        run: Duration::from_secs(20),
-        seed: 3,
-        rate_limited_at: Some(at),
-    };
-    let res = simulate(&sim);
-    let t0 = start().as_nanosecond();
-    let t429 = t0 + ns(at);
-    let w = ns(limit.window);
-    // Held back and slowed in the window after the 429 …
-    let held = share(&res, limit, t429, t429 + ns(Duration::from_millis(250)));
-    assert_eq!(held, 0.0, "nothing admitted during the hold");
-    let slowed = share(&res, limit, t429, t429 + w);
-    assert!(slowed < 0.9, "slowed after the 429: {slowed:.3}");
-    // … and at the full rate in the window after that, and from then on.
-    for k in 1..5 {
-        let got = share(&res, limit, t429 + k * w, t429 + (k + 1) * w);
-        assert!(
-            got >= 0.99,
-            "window {k} after the 429: {got:.3} of the limit"
+both! {
+    async fn consecutive_429s_hold_longer_but_at_most_a_quarter_window(place: Place) {
+        let clock = SimClock::new(start());
+        let limit = Limit::new(100, Duration::from_secs(4));
+        let l = place.open("batch",
+            limit,
+            LimiterOptions::default(),
+            &clock,
         );
-    }
-    assert!(max_in_window(&res.stamps, limit.window) <= limit.limit);
-}
-
-#[tokio::test]
-async fn consecutive_429s_hold_longer_but_at_most_a_quarter_window() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = SimClock::new(start());
-    let limit = Limit::new(100, Duration::from_secs(4));
-    let l = open(
-        &dir.path().join(DB_FILE),
-        "batch",
-        limit,
-        LimiterOptions::default(),
-        &clock,
-    );
-    let mut holds = Vec::new();
-    for _ in 0..4 {
+        let mut holds = Vec::new();
+        for _ in 0..4 {
+            let before = clock.now().as_nanosecond();
+            l.on_rate_limited();
+            assert!(l.slowdown() > 1.5);
+            let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") else {
+                panic!("no deadline given")
+            };
+            holds.push(p.at().as_nanosecond() - before);
+            p.complete(clock.now()).await;
+        }
+        assert_eq!(holds[0], ns(Duration::from_millis(250)));
+        assert_eq!(holds[1], ns(Duration::from_millis(500)));
+        assert_eq!(holds[3], ns(Duration::from_secs(1)), "capped at W/4");
+        l.on_success();
+        clock.advance(limit.window);
+        assert_eq!(l.slowdown(), 1.0);
         let before = clock.now().as_nanosecond();
         l.on_rate_limited();
-        assert!(l.slowdown() > 1.5);
         let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") else {
             panic!("no deadline given")
         };
-        holds.push(p.at().as_nanosecond() - before);
-        p.complete(clock.now()).await;
+        assert_eq!(
+            p.at().as_nanosecond() - before,
+            ns(Duration::from_millis(250)),
+            "strikes reset"
+        );
     }
-    assert_eq!(holds[0], ns(Duration::from_millis(250)));
-    assert_eq!(holds[1], ns(Duration::from_millis(500)));
-    assert_eq!(holds[3], ns(Duration::from_secs(1)), "capped at W/4");
-    l.on_success();
-    clock.advance(limit.window);
-    assert_eq!(l.slowdown(), 1.0);
-    let before = clock.now().as_nanosecond();
-    l.on_rate_limited();
-    let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") else {
-        panic!("no deadline given")
-    };
-    assert_eq!(
-        p.at().as_nanosecond() - before,
-        ns(Duration::from_millis(250)),
-        "strikes reset"
-    );
 }
 
-#[test]
-fn an_in_flight_call_counts_until_its_answer_plus_one_window() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = SimClock::new(start());
-    let limit = Limit::new(10, Duration::from_secs(1));
-    let l = open(
-        &dir.path().join(DB_FILE),
-        "p2p",
-        limit,
-        LimiterOptions::default(),
-        &clock,
-    );
-    let p = l.try_acquire(10).expect("decide").expect("admitted");
-    // Long after one window, the call is still in flight: it still counts.
-    clock.advance(Duration::from_secs(5));
-    let wait = l
-        .try_acquire(1)
-        .expect("decide")
-        .expect_err("in flight counts");
-    assert_eq!(
-        wait,
-        limit.window + Duration::from_nanos(1),
-        "ask again after one window at most"
-    );
-    // The answer arrives now: free exactly one window later (its end included).
-    p.complete_blocking(clock.now()).expect("complete");
-    let wait = l.try_acquire(1).expect("decide").expect_err("answer + W");
-    assert_eq!(wait, limit.window + Duration::from_nanos(1));
-    clock.advance(limit.window);
-    assert!(
-        l.try_acquire(1).expect("decide").is_err(),
-        "its end is included"
-    );
-    clock.advance(Duration::from_nanos(1));
-    assert!(l.try_acquire(1).expect("decide").is_ok());
-}
-
-#[test]
-fn a_dropped_permit_closes_at_drop_time_plus_one_window() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = SimClock::new(start());
-    let limit = Limit::new(1, Duration::from_secs(2));
-    let l = open(
-        &dir.path().join(DB_FILE),
-        "p2p",
-        limit,
-        LimiterOptions::default(),
-        &clock,
-    );
-    let p = l.try_acquire(1).expect("decide").expect("admitted");
-    clock.advance(Duration::from_secs(3));
-    drop(p); // a cancelled future or a panic: no answer instant known
-    let dropped = clock.now();
-    clock.advance(limit.window);
-    assert!(
-        l.try_acquire(1).expect("decide").is_err(),
-        "counts to drop + W"
-    );
-    clock.advance(Duration::from_nanos(1));
-    let p = l
-        .try_acquire(1)
-        .expect("decide")
-        .expect("free after drop + W");
-    assert_eq!(
-        p.at().as_nanosecond(),
-        dropped.as_nanosecond() + ns(limit.window) + 1
-    );
-}
-
-#[test]
-fn a_killed_process_entries_stop_counting_after_the_call_timeout() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join(DB_FILE);
-    let clock = SimClock::new(start());
-    let limit = Limit::new(5, Duration::from_secs(1));
-    let opts = LimiterOptions {
-        call_timeout: Duration::from_secs(30),
-        ..LimiterOptions::default()
-    };
-    {
-        let dead = open(&db, "p2p", limit, opts, &clock);
-        let p = dead.try_acquire(5).expect("decide").expect("admitted");
-        std::mem::forget(p); // kill -9: nothing closes the entry
+both! {
+    fn an_in_flight_call_counts_until_its_answer_plus_one_window(place: Place) {
+        let clock = SimClock::new(start());
+        let limit = Limit::new(10, Duration::from_secs(1));
+        let l = place.open("p2p",
+            limit,
+            LimiterOptions::default(),
+            &clock,
+        );
+        let p = l.try_acquire(10).expect("decide").expect("admitted");
+        // Long after one window, the call is still in flight: it still counts.
+        clock.advance(Duration::from_secs(5));
+        let wait = l
+            .try_acquire(1)
+            .expect("decide")
+            .expect_err("in flight counts");
+        assert_eq!(
+            wait,
+            limit.window + Duration::from_nanos(1),
+            "ask again after one window at most"
+        );
+        // The answer arrives now: free exactly one window later (its end included).
+        p.complete_blocking(clock.now()).expect("complete");
+        let wait = l.try_acquire(1).expect("decide").expect_err("answer + W");
+        assert_eq!(wait, limit.window + Duration::from_nanos(1));
+        clock.advance(limit.window);
+        assert!(
+            l.try_acquire(1).expect("decide").is_err(),
+            "its end is included"
+        );
+        clock.advance(Duration::from_nanos(1));
+        assert!(l.try_acquire(1).expect("decide").is_ok());
     }
-    let l = open(&db, "p2p", limit, opts, &clock);
-    let fallback = ns(SEND_SLACK) + ns(opts.call_timeout) + ns(limit.window);
-    clock.advance(Duration::from_nanos(fallback as u64));
-    assert!(
-        l.try_acquire(1).expect("decide").is_err(),
-        "still counts at its end"
-    );
-    clock.advance(Duration::from_nanos(1));
-    assert!(l.try_acquire(5).expect("decide").is_ok(), "not forever");
 }
 
-#[tokio::test]
-async fn a_late_start_extends_the_fallback() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join(DB_FILE);
-    let clock = SimClock::new(start());
-    let limit = Limit::new(1, Duration::from_secs(1));
-    let opts = LimiterOptions {
-        call_timeout: Duration::from_secs(10),
-        ..LimiterOptions::default()
-    };
-    let l = open(&db, "p2p", limit, opts, &clock);
-    let Acquired::At(mut p) = l.acquire(1, None).await.expect("acquire") else {
-        panic!("no deadline")
-    };
-    // The journal's mark took 8 s: the request leaves late.
-    clock.advance(Duration::from_secs(8));
-    p.sending().await;
-    let other = open(&db, "p2p", limit, opts, &clock);
-    // Past the original fallback (5 + 10 + 1 s after admission) it still counts for others.
-    clock.advance(Duration::from_secs(9));
-    assert!(other.try_acquire(1).expect("decide").is_err());
-    std::mem::forget(p);
-    clock.advance(Duration::from_secs(8));
-    assert!(
-        other.try_acquire(1).expect("decide").is_ok(),
-        "extended fallback ends too"
-    );
+both! {
+    fn a_dropped_permit_closes_at_drop_time_plus_one_window(place: Place) {
+        let clock = SimClock::new(start());
+        let limit = Limit::new(1, Duration::from_secs(2));
+        let l = place.open("p2p",
+            limit,
+            LimiterOptions::default(),
+            &clock,
+        );
+        let p = l.try_acquire(1).expect("decide").expect("admitted");
+        clock.advance(Duration::from_secs(3));
+        drop(p); // a cancelled future or a panic: no answer instant known
+        let dropped = clock.now();
+        clock.advance(limit.window);
+        assert!(
+            l.try_acquire(1).expect("decide").is_err(),
+            "counts to drop + W"
+        );
+        clock.advance(Duration::from_nanos(1));
+        let p = l
+            .try_acquire(1)
+            .expect("decide")
+            .expect("free after drop + W");
+        assert_eq!(
+            p.at().as_nanosecond(),
+            dropped.as_nanosecond() + ns(limit.window) + 1
+        );
+    }
+}
+
+both! {
+    fn a_killed_process_entries_stop_counting_after_the_call_timeout(place: Place) {
+        let clock = SimClock::new(start());
+        let limit = Limit::new(5, Duration::from_secs(1));
+        let opts = LimiterOptions {
+            call_timeout: Duration::from_secs(30),
+            ..LimiterOptions::default()
+        };
+        {
+            let dead = place.open("p2p", limit, opts, &clock);
+            let p = dead.try_acquire(5).expect("decide").expect("admitted");
+            std::mem::forget(p); // kill -9: nothing closes the entry
+        }
+        let l = place.open("p2p", limit, opts, &clock);
+        let fallback = ns(SEND_SLACK) + ns(opts.call_timeout) + ns(limit.window);
+        clock.advance(Duration::from_nanos(fallback as u64));
+        assert!(
+            l.try_acquire(1).expect("decide").is_err(),
+            "still counts at its end"
+        );
+        clock.advance(Duration::from_nanos(1));
+        assert!(l.try_acquire(5).expect("decide").is_ok(), "not forever");
+    }
+}
+
+both! {
+    async fn a_late_start_extends_the_fallback(place: Place) {
+        let clock = SimClock::new(start());
+        let limit = Limit::new(1, Duration::from_secs(1));
+        let opts = LimiterOptions {
+            call_timeout: Duration::from_secs(10),
+            ..LimiterOptions::default()
+        };
+        let l = place.open("p2p", limit, opts, &clock);
+        let Acquired::At(mut p) = l.acquire(1, None).await.expect("acquire") else {
+            panic!("no deadline")
+        };
+        // The journal's mark took 8 s: the request leaves late.
+        clock.advance(Duration::from_secs(8));
+        p.sending().await;
+        let other = place.open("p2p", limit, opts, &clock);
+        // Past the original fallback (5 + 10 + 1 s after admission) it still counts for others.
+        clock.advance(Duration::from_secs(9));
+        assert!(off(|| other.try_acquire(1)).expect("decide").is_err());
+        std::mem::forget(p);
+        clock.advance(Duration::from_secs(8));
+        assert!(
+            off(|| other.try_acquire(1)).expect("decide").is_ok(),
+            "extended fallback ends too"
+        );
+    }
 }
 
 #[test]
@@ -602,106 +765,102 @@ fn decisions_use_the_index_not_a_scan() {
     std::mem::forget(permits);
 }
 
-#[tokio::test]
-async fn restarted_limiter_remembers_spent_quota() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = SimClock::new(start());
-    let limit = Limit::new(10, Duration::from_secs(10));
-    let db = dir.path().join(DB_FILE);
-    let mut adm = Vec::new();
-    for _ in 0..2 {
-        let l = open(&db, "p2p", limit, LimiterOptions::default(), &clock);
-        for _ in 0..15 {
+both! {
+    async fn restarted_limiter_remembers_spent_quota(place: Place) {
+        let clock = SimClock::new(start());
+        let limit = Limit::new(10, Duration::from_secs(10));
+        let mut adm = Vec::new();
+        for _ in 0..2 {
+            let l = place.open("p2p", limit, LimiterOptions::default(), &clock);
+            for _ in 0..15 {
+                if let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") {
+                    adm.push((p.at().as_nanosecond(), 1));
+                    p.complete(clock.now()).await;
+                }
+            }
+        }
+        assert_eq!(adm.len(), 30);
+        assert!(max_in_window(&adm, limit.window) <= limit.limit);
+    }
+}
+
+both! {
+    async fn requests_per_second_cap_and_deadline(place: Place) {
+        let clock = SimClock::new(start());
+        let limit = Limit::new(1_000_000, Duration::from_secs(60));
+        let opts = LimiterOptions {
+            max_requests_per_second: Some(5),
+            ..LimiterOptions::default()
+        };
+        let l = place.open("batch", limit, opts, &clock);
+        let mut adm = Vec::new();
+        for _ in 0..40 {
             if let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") {
                 adm.push((p.at().as_nanosecond(), 1));
                 p.complete(clock.now()).await;
             }
         }
+        assert!(max_in_window(&adm, Duration::from_secs(1)) <= 5);
+        // A deadline that cannot be met takes nothing.
+        let tight = Limit::new(1, Duration::from_secs(60));
+        let l2 = place.open("conv",
+            tight,
+            LimiterOptions::default(),
+            &clock,
+        );
+        let Ok(Acquired::At(p)) = l2.acquire(1, None).await else {
+            panic!("admitted")
+        };
+        p.complete(clock.now()).await;
+        let d = clock.now() + jiff::SignedDuration::from_secs(5);
+        assert!(matches!(
+            l2.acquire(1, Some(d)).await,
+            Ok(Acquired::Deadline)
+        ));
+        assert!(matches!(
+            l2.acquire(2, None).await,
+            Err(ThrottleError::TooLarge { .. })
+        ));
     }
-    assert_eq!(adm.len(), 30);
-    assert!(max_in_window(&adm, limit.window) <= limit.limit);
 }
 
-#[tokio::test]
-async fn requests_per_second_cap_and_deadline() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = SimClock::new(start());
-    let limit = Limit::new(1_000_000, Duration::from_secs(60));
-    let opts = LimiterOptions {
-        max_requests_per_second: Some(5),
-        ..LimiterOptions::default()
-    };
-    let l = open(&dir.path().join(DB_FILE), "batch", limit, opts, &clock);
-    let mut adm = Vec::new();
-    for _ in 0..40 {
-        if let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") {
-            adm.push((p.at().as_nanosecond(), 1));
-            p.complete(clock.now()).await;
-        }
-    }
-    assert!(max_in_window(&adm, Duration::from_secs(1)) <= 5);
-    // A deadline that cannot be met takes nothing.
-    let tight = Limit::new(1, Duration::from_secs(60));
-    let l2 = open(
-        &dir.path().join(DB_FILE),
-        "conv",
-        tight,
-        LimiterOptions::default(),
-        &clock,
-    );
-    let Ok(Acquired::At(p)) = l2.acquire(1, None).await else {
-        panic!("admitted")
-    };
-    p.complete(clock.now()).await;
-    let d = clock.now() + jiff::SignedDuration::from_secs(5);
-    assert!(matches!(
-        l2.acquire(1, Some(d)).await,
-        Ok(Acquired::Deadline)
-    ));
-    assert!(matches!(
-        l2.acquire(2, None).await,
-        Err(ThrottleError::TooLarge { .. })
-    ));
-}
-
-#[tokio::test]
-async fn campaign_cap_lowers_one_campaign_not_the_account() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join(DB_FILE);
-    let clock = SimClock::new(start());
-    let acct = Limit::new(100, Duration::from_secs(1));
-    let o = |key: &str, l: Limit| open(&db, key, l, LimiterOptions::default(), &clock);
-    let a = o("batch", acct).capped_by(o(
-        "campaign:a:batch",
-        Limit::new(20, Duration::from_secs(1)),
-    ));
-    let b = o("batch", acct);
-    let (mut adm_a, mut adm_all) = (Vec::new(), Vec::new());
-    for i in 0..400 {
-        let l = if i % 2 == 0 { &a } else { &b };
-        if let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") {
-            if i % 2 == 0 {
-                adm_a.push((p.at().as_nanosecond(), 1));
+both! {
+    async fn campaign_cap_lowers_one_campaign_not_the_account(place: Place) {
+        let clock = SimClock::new(start());
+        let acct = Limit::new(100, Duration::from_secs(1));
+        let o = |key: &str, l: Limit| place.open(key, l, LimiterOptions::default(), &clock);
+        let a = o("batch", acct).capped_by(o(
+            "campaign:a:batch",
+            Limit::new(20, Duration::from_secs(1)),
+        ));
+        let b = o("batch", acct);
+        let (mut adm_a, mut adm_all) = (Vec::new(), Vec::new());
+        for i in 0..400 {
+            let l = if i % 2 == 0 { &a } else { &b };
+            if let Acquired::At(p) = l.acquire(1, None).await.expect("acquire") {
+                if i % 2 == 0 {
+                    adm_a.push((p.at().as_nanosecond(), 1));
+                }
+                adm_all.push((p.at().as_nanosecond(), 1));
+                p.complete(clock.now()).await;
             }
-            adm_all.push((p.at().as_nanosecond(), 1));
-            p.complete(clock.now()).await;
         }
+        assert!(max_in_window(&adm_a, Duration::from_secs(1)) <= 20);
+        assert!(max_in_window(&adm_all, Duration::from_secs(1)) <= 100);
+        assert_eq!(a.limit(), acct, "the account's limit");
+        assert_eq!(
+            a.effective_limit(),
+            Limit::new(20, Duration::from_secs(1)),
+            "the campaign's cap is what holds this run"
+        );
+        assert_eq!(b.effective_limit(), acct);
+        // A cap above the account's rate does not hold anything: the account's limit does.
+        let high = o("batch", acct).capped_by(o(
+            "campaign:h:batch",
+            Limit::new(60_000, Duration::from_secs(60)),
+        ));
+        assert_eq!(high.effective_limit(), acct);
     }
-    assert!(max_in_window(&adm_a, Duration::from_secs(1)) <= 20);
-    assert!(max_in_window(&adm_all, Duration::from_secs(1)) <= 100);
-    assert_eq!(a.limit(), acct, "the account's limit");
-    assert_eq!(
-        a.effective_limit(),
-        Limit::new(20, Duration::from_secs(1)),
-        "the campaign's cap is what holds this run"
-    );
-    assert_eq!(b.effective_limit(), acct);
-    // A cap above the account's rate does not hold anything: the account's limit does.
-    let high = o("batch", acct).capped_by(o(
-        "campaign:h:batch",
-        Limit::new(60_000, Duration::from_secs(60)),
-    ));
-    assert_eq!(high.effective_limit(), acct);
 }
 
 #[test]
@@ -747,51 +906,158 @@ fn default_call_timeout_covers_the_client() {
     assert!(DEFAULT_CALL_TIMEOUT >= 2 * c.request_timeout);
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-    /// Two limiter instances on one database (= two processes), random sizes, pauses and answer
-    /// delays, calls completed in any order: no window of admissions ever holds more than the
-    /// limit.
-    #[test]
-    fn two_limiters_never_exceed_the_limit(
-        limit in 5u64..60,
-        window_ms in 200u64..5000,
-        ops in proptest::collection::vec((any::<bool>(), 1u64..5, 0u64..400, 0usize..4), 10..80),
-    ) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join(DB_FILE);
-        let clock = SimClock::new(start());
-        let lim = Limit::new(limit, Duration::from_millis(window_ms));
-        let a = open(&db, "batch", lim, LimiterOptions::default(), &clock);
-        let b = open(&db, "batch", lim, LimiterOptions::default(), &clock);
-        let mut adm = Vec::new();
-        let mut open_permits: VecDeque<Permit> = VecDeque::new();
-        for (which, n, pause, finish) in ops {
-            let n = n.min(limit);
-            clock.advance(Duration::from_millis(pause));
-            for _ in 0..finish {
-                if let Some(p) = open_permits.pop_front() {
-                    p.complete_blocking(clock.now()).expect("complete");
-                }
+/// Two limiter instances on one log (= two processes), random sizes, pauses and answer delays,
+/// calls completed in any order: no window of admissions ever holds more than the limit.
+fn two_limiters(
+    backend: Backend,
+    limit: u64,
+    window_ms: u64,
+    ops: Vec<(bool, u64, u64, usize)>,
+) -> Result<(), TestCaseError> {
+    let Some(place) = Place::new(backend) else {
+        return Ok(());
+    };
+    let clock = SimClock::new(start());
+    let lim = Limit::new(limit, Duration::from_millis(window_ms));
+    let a = place.open("batch", lim, LimiterOptions::default(), &clock);
+    let b = place.open("batch", lim, LimiterOptions::default(), &clock);
+    let mut adm = Vec::new();
+    let mut open_permits: VecDeque<Permit> = VecDeque::new();
+    for (which, n, pause, finish) in ops {
+        let n = n.min(limit);
+        clock.advance(Duration::from_millis(pause));
+        for _ in 0..finish {
+            if let Some(p) = open_permits.pop_front() {
+                p.complete_blocking(clock.now()).expect("complete");
             }
-            let l = if which { &a } else { &b };
-            loop {
-                match l.try_acquire(n).expect("decide") {
-                    Ok(p) => {
-                        adm.push((p.at().as_nanosecond(), n));
-                        open_permits.push_back(p);
-                        break;
-                    }
-                    Err(w) => {
-                        clock.advance(w);
-                        // Waiting on in-flight calls: some answers arrive meanwhile.
-                        if let Some(p) = open_permits.pop_front() {
-                            p.complete_blocking(clock.now()).expect("complete");
-                        }
+        }
+        let l = if which { &a } else { &b };
+        loop {
+            match l.try_acquire(n).expect("decide") {
+                Ok(p) => {
+                    adm.push((p.at().as_nanosecond(), n));
+                    open_permits.push_back(p);
+                    break;
+                }
+                Err(w) => {
+                    clock.advance(w);
+                    // Waiting on in-flight calls: some answers arrive meanwhile.
+                    if let Some(p) = open_permits.pop_front() {
+                        p.complete_blocking(clock.now()).expect("complete");
                     }
                 }
             }
         }
-        prop_assert!(max_in_window(&adm, lim.window) <= limit);
+    }
+    prop_assert!(max_in_window(&adm, lim.window) <= limit);
+    let (total, sum) = totals(&place, "batch");
+    prop_assert_eq!(total, sum, "the running total is the sum of the entries");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn two_limiters_never_exceed_the_limit_sqlite(
+        limit in 5u64..60,
+        window_ms in 200u64..5000,
+        ops in proptest::collection::vec((any::<bool>(), 1u64..5, 0u64..400, 0usize..4), 10..80),
+    ) {
+        two_limiters(Backend::Sqlite, limit, window_ms, ops)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: PG_CASES, ..ProptestConfig::default() })]
+    #[test]
+    fn two_limiters_never_exceed_the_limit_postgres(
+        limit in 5u64..60,
+        window_ms in 200u64..5000,
+        ops in proptest::collection::vec((any::<bool>(), 1u64..5, 0u64..400, 0usize..4), 10..80),
+    ) {
+        two_limiters(Backend::Postgres, limit, window_ms, ops)?;
+    }
+}
+
+/// `key`'s running total and the sum of its entries, read from the store directly.
+fn totals(place: &Place, key: &str) -> (i64, i64) {
+    let key = format!("{}{key}", place.prefix);
+    match &place.store {
+        StateStore::Sqlite(dir) => {
+            let conn = Connection::open(dir.join(DB_FILE)).expect("open");
+            let total: i64 = conn
+                .query_row(
+                    "SELECT COALESCE((SELECT units FROM throttle_total WHERE key = ?1), 0)",
+                    [&key],
+                    |r| r.get(0),
+                )
+                .expect("total");
+            let sum: i64 = conn
+                .query_row(
+                    "SELECT COALESCE(SUM(count), 0) FROM throttle_log WHERE key = ?1",
+                    [&key],
+                    |r| r.get(0),
+                )
+                .expect("sum");
+            (total, sum)
+        }
+        StateStore::Postgres(url) => off(|| {
+            let mut c = crate::pg::connect(url).expect("connect");
+            let total: i64 = c
+                .query_one(
+                    "SELECT COALESCE((SELECT units FROM imcast_throttle_key WHERE key = $1), 0)",
+                    &[&key],
+                )
+                .expect("total")
+                .get(0);
+            let sum: i64 = c
+                .query_one(
+                    "SELECT COALESCE(SUM(count), 0)::bigint FROM imcast_throttle_log WHERE key = $1",
+                    &[&key],
+                )
+                .expect("sum")
+                .get(0);
+            (total, sum)
+        }),
+    }
+}
+
+both! {
+    /// Four processes deciding at once (threads, each with its own connection) at one frozen
+    /// instant admit exactly what one process deciding alone does: the decision and its record
+    /// are atomic against each other (limit, running total and pacing time alike).
+    fn concurrent_decisions_admit_what_sequential_ones_do(place: Place) {
+        let clock = SimClock::new(start());
+        let limit = Limit::new(400, Duration::from_secs(1));
+        let admitted = |key: &str, threads: usize| -> u64 {
+            let limiters: Vec<Limiter> = (0..threads)
+                .map(|_| place.open(key, limit, LimiterOptions::default(), &clock))
+                .collect();
+            let got: u64 = std::thread::scope(|s| {
+                let handles: Vec<_> = limiters
+                    .iter()
+                    .map(|l| {
+                        s.spawn(move || {
+                            let mut n = 0;
+                            for _ in 0..40 {
+                                if let Ok(p) = l.try_acquire(1).expect("decide") {
+                                    std::mem::forget(p);
+                                    n += 1;
+                                }
+                            }
+                            n
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("thread")).sum()
+            });
+            let (total, sum) = totals(&place, key);
+            assert_eq!((total, sum), (got as i64, got as i64), "{key}: totals");
+            got
+        };
+        let alone = admitted("alone", 1);
+        let together = admitted("together", 4);
+        assert!(alone > 1 && alone < 40, "pacing bounds one instant: {alone}");
+        assert_eq!(together, alone);
     }
 }

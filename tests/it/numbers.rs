@@ -459,9 +459,10 @@ fn the_binary_prints_progress_and_folded_warnings_on_stderr() {
         .filter(|l| l.starts_with("warning: "))
         .collect();
     assert_eq!(warnings.len(), 2, "{stderr}");
+    // Calls run side by side: any one of the three may be the first to end unknown.
     assert!(
-        warnings[0]
-            .starts_with("warning: unknown outcome: call 0 (10 recipients) has an unknown outcome"),
+        warnings[0].starts_with("warning: unknown outcome: call ")
+            && warnings[0].contains(" (10 recipients) has an unknown outcome"),
         "{stderr}"
     );
     assert_eq!(

@@ -1,0 +1,192 @@
+//! The PostgreSQL state store's schema: versioned migrations, applied in order, recorded in
+//! `imcast_schema` (one row per applied version: its name, when, and by which imcast).
+//!
+//! Owns: [`MIGRATIONS`] (append-only: a released migration is never edited, a change is a new
+//! version), [`migrate`] and the refusal of a newer schema ([`SchemaError::Newer`]).
+//!
+//! Invariants: migrations run in one transaction under a transaction-scoped advisory lock
+//! ([`SCHEMA_LOCK`]), so two hosts starting at once apply each version once and nobody sees a
+//! half-migrated schema; a store whose highest version is above [`SCHEMA_VERSION`] is never
+//! touched (an older imcast would not know what the newer tables mean; every host sharing a store
+//! must run a version that knows its schema). Opening the limiter applies what is missing (as the
+//! SQLite files do on open); `imcast state migrate` does the same on request and says what it did.
+//!
+//! Must not: drop or rewrite data a released version wrote without a migration that says so.
+
+/// Serializes schema changes between processes (an arbitrary constant: "imcast" + 1).
+pub const SCHEMA_LOCK: i64 = 0x696d_6361_7374_0001;
+
+/// One schema version.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i32,
+    /// What it adds, for people (`imcast state migrate` prints it).
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every version, in order (versions 1, 2, … without gaps).
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "the account limiter's log (imcast_throttle_key, imcast_throttle_log)",
+    sql: "
+    CREATE TABLE imcast_throttle_key(
+        key TEXT PRIMARY KEY,
+        units BIGINT NOT NULL DEFAULT 0,
+        tat_ns BIGINT);
+    CREATE TABLE imcast_throttle_log(
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        key TEXT NOT NULL,
+        at_ns BIGINT NOT NULL,
+        count BIGINT NOT NULL,
+        until_ns BIGINT NOT NULL,
+        done BOOLEAN NOT NULL);
+    CREATE INDEX imcast_throttle_log_key_until
+        ON imcast_throttle_log(key, until_ns) INCLUDE (count);",
+}];
+
+/// The schema version this build knows (the last migration's).
+pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+const TABLE: &str = "CREATE TABLE IF NOT EXISTS imcast_schema(
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    applied_by TEXT NOT NULL)";
+
+/// Errors checking or migrating the schema.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error(
+        "the state store's schema is version {found} (migrated by {by}), newer than this imcast \
+         ({ours}) knows (up to version {known}); upgrade imcast on this host: every host sharing \
+         the store must run a version that knows its schema"
+    )]
+    Newer {
+        found: i32,
+        known: i32,
+        by: String,
+        ours: &'static str,
+    },
+    #[error(transparent)]
+    Postgres(#[from] postgres::Error),
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// The version before (0: a store imcast had never used).
+    pub from: i32,
+    /// The version now ([`SCHEMA_VERSION`]).
+    pub to: i32,
+    /// The versions applied now, with their names.
+    pub applied: Vec<(i32, &'static str)>,
+}
+
+/// Who applies a migration, as recorded in `imcast_schema.applied_by`.
+pub fn applied_by() -> String {
+    format!("imcast {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Bring the schema to [`SCHEMA_VERSION`] (blocking: off the async runtime), or refuse a newer one
+/// without touching it.
+pub fn migrate(client: &mut postgres::Client) -> Result<Migrated, SchemaError> {
+    migrate_with(client, MIGRATIONS)
+}
+
+/// [`migrate`] with another list (tests: a "newer" build).
+pub fn migrate_with(
+    client: &mut postgres::Client,
+    migrations: &[Migration],
+) -> Result<Migrated, SchemaError> {
+    let known = migrations.last().map_or(0, |m| m.version);
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+    tx.batch_execute(TABLE)?;
+    let top = tx.query_opt(
+        "SELECT version, applied_by FROM imcast_schema ORDER BY version DESC LIMIT 1",
+        &[],
+    )?;
+    let (from, by): (i32, String) = match top {
+        Some(r) => (r.try_get(0)?, r.try_get(1)?),
+        None => (0, String::new()),
+    };
+    if from > known {
+        return Err(SchemaError::Newer {
+            found: from,
+            known,
+            by,
+            ours: concat!("imcast ", env!("CARGO_PKG_VERSION")),
+        });
+    }
+    let mut applied = Vec::new();
+    let who = applied_by();
+    for m in migrations.iter().filter(|m| m.version > from) {
+        tx.batch_execute(m.sql)?;
+        tx.execute(
+            "INSERT INTO imcast_schema(version, name, applied_by) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &who],
+        )?;
+        applied.push((m.version, m.name));
+    }
+    tx.commit()?;
+    Ok(Migrated {
+        from,
+        to: from.max(known),
+        applied,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::pg::test_db;
+
+    #[test]
+    fn versions_are_one_two_three_without_gaps() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i32 + 1, "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn migrates_once_then_refuses_a_newer_schema_untouched() {
+        let Some(db) = test_db("schema") else { return };
+        db.with_client(|c| {
+            let first = migrate(c).expect("migrate");
+            assert_eq!(first.from, 0);
+            assert_eq!(first.to, SCHEMA_VERSION);
+            assert_eq!(first.applied.len(), MIGRATIONS.len());
+            // Again: nothing to do.
+            let again = migrate(c).expect("migrate again");
+            assert_eq!(again.from, SCHEMA_VERSION);
+            assert!(again.applied.is_empty());
+            // A newer build adds a version …
+            let mut newer = MIGRATIONS.to_vec();
+            newer.push(Migration {
+                version: SCHEMA_VERSION + 1,
+                name: "a table of the future",
+                sql: "CREATE TABLE imcast_future(x INT)",
+            });
+            let up = migrate_with(c, &newer).expect("newer migrates");
+            assert_eq!(
+                up.applied,
+                vec![(SCHEMA_VERSION + 1, "a table of the future")]
+            );
+            // … and this build refuses the store, naming both versions, changing nothing.
+            let err = migrate(c).expect_err("refused");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("version {}", SCHEMA_VERSION + 1))
+                    && msg.contains(&format!("up to version {SCHEMA_VERSION}"))
+                    && msg.contains("upgrade imcast"),
+                "{msg}"
+            );
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM imcast_schema", &[])
+                .expect("count")
+                .get(0);
+            assert_eq!(n, i64::from(SCHEMA_VERSION) + 1);
+        });
+    }
+}
