@@ -360,6 +360,7 @@ pub(super) fn record_for_report(
                         None => by.push(PlanVariant {
                             variant: call.variant.clone(),
                             recipients: call.receivers.len() as u64,
+                            variant_name: plan.variant_name_of(&call.variant).map(str::to_string),
                             msg_type: call.msg_type,
                             content: call.content.clone(),
                             ext: call.ext.clone(),
