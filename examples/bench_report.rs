@@ -251,6 +251,7 @@ fn main() -> anyhow::Result<()> {
         .map(|g| PlanVariant {
             variant: variants[g].clone(),
             recipients: size[g],
+            variant_name: None,
             msg_type: 10001,
             content: format!(
                 "{{\"text\":\"Announcement, edition {g}: our spring sale starts Monday.\"}}"

@@ -191,6 +191,8 @@ pub struct PlanVariant {
     pub variant: String,
     /// Valid recipients who get it.
     pub recipients: u64,
+    /// The A/B variant (`message.variants`) it belongs to; None without A/B variants.
+    pub variant_name: Option<String>,
     pub msg_type: i32,
     pub content: String,
     pub ext: BTreeMap<String, String>,
@@ -1327,6 +1329,13 @@ impl Plan {
         self.ab_of_group(g).and_then(|i| self.assigner.name(i))
     }
 
+    /// The A/B variant name of the distinct Content whose variant id is `variant`, if any.
+    pub fn variant_name_of(&self, variant: &str) -> Option<&str> {
+        (0..self.groups.len())
+            .find(|&g| variant_of(self.groups[g].key()) == variant)
+            .and_then(|g| self.variant_name_of_group(g))
+    }
+
     /// Whether Contents are kept in memory (false: re-rendered by `calls()`).
     pub fn contents_in_memory(&self) -> bool {
         self.groups.iter().all(|g| g.stored().is_some())
@@ -1379,6 +1388,7 @@ impl Plan {
                 Ok(PlanVariant {
                     variant: variant_of(self.groups[g].key()),
                     recipients: size(g),
+                    variant_name: self.variant_name_of_group(g).map(str::to_string),
                     msg_type: self.campaign.message.msg_type,
                     content,
                     ext,

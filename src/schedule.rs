@@ -273,22 +273,29 @@ fn parse_cron(value: &Located) -> Result<Cron, ScheduleError> {
     })
 }
 
+/// `not_after` of a raw schedule ([`DEFAULT_NOT_AFTER`] when absent): how late an occurrence, or a
+/// local-time wave, may still start. Read on its own too, for a schedule that names only
+/// `local_time` (no `at`/`cron`: no [`Schedule`]).
+pub fn parse_not_after(raw: &RawSchedule) -> Result<Duration, ScheduleError> {
+    match &raw.not_after {
+        None => Ok(DEFAULT_NOT_AFTER),
+        Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+            err_at(
+                "not_after",
+                s,
+                format!(
+                    "{:?} is not a duration ({e}); write e.g. 30m, 1h or 2h30m",
+                    s.value
+                ),
+            )
+        }),
+    }
+}
+
 impl Schedule {
     /// Validate a raw schedule. `Ok(None)` when it names no occurrence (`at`/`cron` both absent).
     pub fn from_raw(raw: &RawSchedule) -> Result<Option<Schedule>, ScheduleError> {
-        let not_after = match &raw.not_after {
-            None => DEFAULT_NOT_AFTER,
-            Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
-                err_at(
-                    "not_after",
-                    s,
-                    format!(
-                        "{:?} is not a duration ({e}); write e.g. 30m, 1h or 2h30m",
-                        s.value
-                    ),
-                )
-            })?,
-        };
+        let not_after = parse_not_after(raw)?;
         let overlap = raw.overlap.unwrap_or_default();
         let tz = match &raw.timezone {
             Some(name) => Some((parse_tz("timezone", name)?, name.trim().to_string())),

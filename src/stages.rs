@@ -351,11 +351,9 @@ pub fn run_stages(c: &Campaign, stages: &[PlanStage]) -> Vec<RunStage> {
         .map(|s| RunStage {
             stage: s.clone(),
             not_before: s.at,
-            expire_after: s.at.map(|_| {
-                c.schedule
-                    .as_ref()
-                    .map_or(crate::schedule::DEFAULT_NOT_AFTER, |sc| sc.not_after())
-            }),
+            // `schedule.not_after`, read even when the schedule names only `local_time` (then
+            // there is no `c.schedule`, and a wave would otherwise fall back to the default).
+            expire_after: s.at.map(|_| c.wave_not_after),
             gate: match (&c.rollout, s.name.as_str()) {
                 (Some(r), CANARY) => Some(Gate {
                     wait: r.wait,
@@ -402,6 +400,49 @@ mod tests {
             &crate::spec::LoadOptions::default(),
         )
         .expect("valid campaign")
+    }
+
+    #[test]
+    fn a_wave_expires_after_the_schedules_not_after_even_without_cron_or_at() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.csv"), "id,tz\n1,Europe/London\n").expect("csv");
+        let load = |schedule: &str| {
+            let text = format!(
+                "version: 1\nname: w\nprovider: {{ app_id: 1, region: cn-north-1 }}\naction: batch\n\
+                 sender: 1\naudience: {{ csv: a.csv, timezone_column: tz }}\n\
+                 message: {{ type: text, text: hi }}\nschedule: {schedule}\n"
+            );
+            crate::spec::parse_str(
+                &text,
+                dir.path().join("c.yaml"),
+                dir.path().to_path_buf(),
+                &crate::spec::LoadOptions::default(),
+            )
+            .expect("valid campaign")
+        };
+        let at = "2026-06-01T08:00:00Z".parse().expect("ts");
+        let stage = PlanStage {
+            name: "wave 1".into(),
+            first_call: 0,
+            calls: 1,
+            recipients: 1,
+            at: Some(at),
+            zones: vec!["Europe/London".into()],
+            date: None,
+        };
+        let c = load("{ local_time: \"09:00\", not_after: 12h }");
+        assert!(
+            c.schedule.is_none(),
+            "only local_time: no occurrence schedule"
+        );
+        let r = run_stages(&c, std::slice::from_ref(&stage));
+        assert_eq!(
+            r[0].expire_after,
+            Some(std::time::Duration::from_secs(12 * 3600))
+        );
+        let c = load("{ local_time: \"09:00\" }");
+        let r = run_stages(&c, std::slice::from_ref(&stage));
+        assert_eq!(r[0].expire_after, Some(crate::schedule::DEFAULT_NOT_AFTER));
     }
 
     fn canary(c: &Campaign, ids: &[u64]) -> std::collections::BTreeSet<u64> {

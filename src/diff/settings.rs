@@ -68,6 +68,24 @@ fn eta(p: &Plan, s: &Settings, now: jiff::Timestamp) -> String {
     text
 }
 
+/// The whole audience guard that decides a run, named as the campaign writes it, so a change to
+/// any part shows: `guard.max_recipients`, `guard.max_invalid_ratio` (its default marked) and
+/// `audience.allow_empty`.
+fn guard(c: &Campaign) -> String {
+    let max = c
+        .guard_max_recipients
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| "none".to_string());
+    let ratio = match c.guard_max_invalid_ratio {
+        Some(r) => r.to_string(),
+        None => format!("{} (default)", crate::guard::DEFAULT_MAX_INVALID_RATIO),
+    };
+    format!(
+        "max_recipients {max}, max_invalid_ratio {ratio}, audience.allow_empty {}",
+        c.audience.allow_empty
+    )
+}
+
 fn values((p, s): (&Plan, &Settings), now: jiff::Timestamp) -> Vec<(&'static str, String)> {
     let c = p.campaign();
     let n = p.counts();
@@ -100,12 +118,7 @@ fn values((p, s): (&Plan, &Settings), now: jiff::Timestamp) -> Vec<(&'static str
                 Some(Deadline::After(d)) => format!("{} after the start", window(d)),
             },
         ),
-        (
-            "guard",
-            s.guard_max_recipients
-                .map(|m| format!("at most {m} recipients"))
-                .unwrap_or_else(|| "none".to_string()),
-        ),
+        ("guard", guard(c)),
         (
             "retry",
             format!("at most {} attempts a call", s.retry_max_attempts),

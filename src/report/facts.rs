@@ -46,7 +46,8 @@ pub const MAX_CONTENT_BYTES: usize = 16 * 1024;
 /// Characters of any other text (error messages, ids, ext values) shown.
 pub const MAX_TEXT: usize = 500;
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE report_runs(
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE report_runs(
         run_id TEXT PRIMARY KEY,
         campaign_file TEXT,
         app_id INTEGER,
@@ -61,7 +62,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE report_runs(
         content_bytes INTEGER NOT NULL,
         ext TEXT NOT NULL,
         PRIMARY KEY(run_id, variant)
-     );"];
+     );",
+    // The A/B variant's name (`message.variants`), empty without A/B variants.
+    "ALTER TABLE report_variants ADD COLUMN variant_name TEXT NOT NULL DEFAULT '';",
+];
 
 /// Cut `s` to at most `max` characters (marking the cut).
 pub fn clip(s: &str, max: usize) -> String {
@@ -95,6 +99,8 @@ pub struct RunMeta {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VariantFact {
     pub variant: String,
+    /// The A/B variant's name (`message.variants`); empty without A/B variants.
+    pub variant_name: String,
     pub recipients: u64,
     pub msg_type: i32,
     pub content: String,
@@ -137,8 +143,8 @@ pub fn record_run(
         let mut st = tx
             .prepare(
                 "INSERT OR REPLACE INTO report_variants(run_id, variant, recipients, msg_type, content,
-                                                        content_bytes, ext)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                                                        content_bytes, ext, variant_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .map_err(db)?;
         for v in variants.iter().take(MAX_RECORDED_VARIANTS) {
@@ -150,7 +156,8 @@ pub fn record_run(
                 v.msg_type,
                 clip_bytes(&v.content, MAX_CONTENT_BYTES),
                 v.content.len() as i64,
-                ext
+                ext,
+                v.variant_name.as_deref().unwrap_or("")
             ])
             .map_err(db)?;
         }
@@ -205,6 +212,16 @@ fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     .map(|o| o.is_some())
 }
 
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|o| o.is_some())
+}
+
 /// The run's recorded meta and variants (largest first), if it recorded them.
 pub fn recorded(
     journal: &Journal,
@@ -237,10 +254,17 @@ fn recorded_in(
             },
         )
         .optional()?;
-    let mut st = conn.prepare(
-        "SELECT variant, recipients, msg_type, content, content_bytes, ext FROM report_variants
-         WHERE run_id = ?1 ORDER BY recipients DESC, variant",
-    )?;
+    // A journal whose report tables predate the column (recorded by an older imcast and not
+    // recorded since) reads an empty name.
+    let name = if has_column(conn, "report_variants", "variant_name")? {
+        "variant_name"
+    } else {
+        "''"
+    };
+    let mut st = conn.prepare(&format!(
+        "SELECT variant, recipients, msg_type, content, content_bytes, ext, {name}
+         FROM report_variants WHERE run_id = ?1 ORDER BY recipients DESC, variant"
+    ))?;
     let variants = st
         .query_map([run_id], |r| {
             let content: String = r.get(3)?;
@@ -248,6 +272,7 @@ fn recorded_in(
             let ext: String = r.get(5)?;
             Ok(VariantFact {
                 variant: r.get(0)?,
+                variant_name: r.get(6)?,
                 recipients: r.get::<_, i64>(1)? as u64,
                 msg_type: r.get(2)?,
                 truncated: bytes > content.len() as u64,
@@ -592,5 +617,42 @@ mod tests {
         assert_eq!(clip("héllo", 2), "hé…");
         assert_eq!(clip_bytes("héllo", 2), "h");
         assert_eq!(clip_bytes("héllo", 3), "hé");
+    }
+
+    /// A journal whose report tables predate `variant_name` reads it empty; recording again adds
+    /// the column and keeps the name.
+    #[test]
+    fn variant_name_is_read_from_old_and_new_report_tables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path()).expect("journal");
+        j.migrate_extra("report", &MIGRATIONS[..1])
+            .expect("old tables");
+        j.connection()
+            .execute(
+                "INSERT INTO report_variants(run_id, variant, recipients, msg_type, content,
+                                             content_bytes, ext)
+                 VALUES ('r1', 'v1', 3, 1, 'hi', 2, '{}')",
+                [],
+            )
+            .expect("old row");
+        let (_, old) = recorded(&j, "r1").expect("read old");
+        assert_eq!(old.len(), 1);
+        assert_eq!(
+            (old[0].variant.as_str(), old[0].variant_name.as_str()),
+            ("v1", "")
+        );
+        let pv = PlanVariant {
+            variant: "v2".into(),
+            recipients: 4,
+            variant_name: Some("b".into()),
+            msg_type: 1,
+            content: "hello".into(),
+            ext: BTreeMap::new(),
+        };
+        record_run(&mut j, "r2", &RunMeta::default(), &[pv]).expect("record");
+        let (_, new) = recorded(&j, "r2").expect("read new");
+        assert_eq!(new[0].variant_name, "b");
+        let (_, old) = recorded(&j, "r1").expect("read old again");
+        assert_eq!(old[0].variant_name, "");
     }
 }

@@ -1,10 +1,11 @@
 //! `variants.csv`: what each variant id of the per-recipient files stands for — one row per
 //! variant the run recorded (see `facts::record_run`: up to
 //! [`MAX_RECORDED_VARIANTS`](super::facts::MAX_RECORDED_VARIANTS), those with the most recipients
-//! first) with its recipients, MsgType, rendered Content and Ext (a JSON object).
+//! first) with its A/B variant name (`message.variants`; empty without), recipients, MsgType,
+//! rendered Content and Ext (a JSON object).
 //!
 //! The columns are one table, [`COLUMNS`]: a column is a header and a function of the
-//! [`VariantFact`]; adding one (an A/B variant's name, say) is one entry there. Every text cell
+//! [`VariantFact`]; adding one is one entry there. Every text cell
 //! goes through [`safe_cell`] (a spreadsheet never evaluates a Content as a formula). Must not:
 //! read anything but the facts it is given, or write anything but the bytes it returns.
 
@@ -25,6 +26,10 @@ pub const COLUMNS: &[Column] = &[
     Column {
         header: "variant",
         cell: variant,
+    },
+    Column {
+        header: "variant_name",
+        cell: variant_name,
     },
     Column {
         header: "recipients",
@@ -50,6 +55,9 @@ pub const COLUMNS: &[Column] = &[
 
 fn variant(v: &VariantFact) -> String {
     v.variant.clone()
+}
+fn variant_name(v: &VariantFact) -> String {
+    v.variant_name.clone()
 }
 fn recipients(v: &VariantFact) -> String {
     v.recipients.to_string()
@@ -85,6 +93,7 @@ mod tests {
     fn one_row_per_variant_spreadsheet_safe() {
         let v = VariantFact {
             variant: "ab12cd34".into(),
+            variant_name: "short".into(),
             recipients: 3,
             msg_type: 1,
             content: "=HYPERLINK(\"x\"), hi\nthere".into(),
@@ -95,12 +104,12 @@ mod tests {
         let out = String::from_utf8(to_csv(&[v]).expect("csv")).expect("utf-8");
         assert_eq!(
             out,
-            "variant,recipients,msg_type,content,content_truncated,ext\n\
-             ab12cd34,3,1,\"'=HYPERLINK(\"\"x\"\"), hi\nthere\",false,\"{\"\"k\"\":\"\"v,1\"\"}\"\n"
+            "variant,variant_name,recipients,msg_type,content,content_truncated,ext\n\
+             ab12cd34,short,3,1,\"'=HYPERLINK(\"\"x\"\"), hi\nthere\",false,\"{\"\"k\"\":\"\"v,1\"\"}\"\n"
         );
         assert_eq!(
             String::from_utf8(to_csv(&[]).expect("csv")).expect("utf-8"),
-            "variant,recipients,msg_type,content,content_truncated,ext\n"
+            "variant,variant_name,recipients,msg_type,content,content_truncated,ext\n"
         );
     }
 }

@@ -126,6 +126,9 @@ pub struct Facts {
     pub sample_message: String,
     /// The run's stages in order (empty: the plan is sent as one stage); see `stages`.
     pub stages: Vec<crate::stages::RunStage>,
+    /// The date the run's local-time waves fall on (`schedule.local_time`; None without): recorded
+    /// in the run's audit as `wave_date`, so a resume on a later day plans the same waves.
+    pub wave_date: Option<jiff::civil::Date>,
 }
 
 /// Everything [`execute`] needs besides the calls: the plan's facts, the resolved settings,
@@ -251,17 +254,28 @@ pub async fn run_campaign(
     let prepared = tokio::task::spawn_blocking(move || -> Result<_, Failure> {
         let account = paths.account_config().exit(Exit::Invalid)?;
         let settings = Settings::resolve(&c, &account, &flags, report_formats);
+        // An ad-hoc run's waves fall on the day it started: a resume (after midnight too) plans
+        // the date its unfinished run recorded; a new run, today's.
+        let resumed_date = (c.local_time.is_some()
+            && occurrence.is_none()
+            && !settings.is_test()
+            && !flags.new_run)
+            .then(|| prepare::started_wave_date(&paths.state_dir, &c.name))
+            .flatten();
+        let local_date = resumed_date.or_else(|| {
+            crate::stages::wave_date(
+                &c,
+                occurrence
+                    .as_deref()
+                    .and_then(crate::stages::occurrence_instant),
+                now,
+            )
+        });
         let plan = crate::plan::build(
             &c,
             &PlanOptions {
                 extra_suppress: account.suppress.clone(),
-                local_date: crate::stages::wave_date(
-                    &c,
-                    occurrence
-                        .as_deref()
-                        .and_then(crate::stages::occurrence_instant),
-                    now,
-                ),
+                local_date,
             },
         )
         .exit(Exit::Invalid)?;
@@ -301,6 +315,7 @@ pub async fn run_campaign(
                 .map(|s| s.content.clone())
                 .unwrap_or_else(|| "(no valid recipients: nothing to send)".into()),
             stages: crate::stages::run_stages(&c, plan.stages()),
+            wave_date: local_date,
         };
         let source = if settings.is_test() {
             let calls = test_to::test_calls(&c, &plan, &settings.flags.test_to)?;

@@ -11,7 +11,9 @@
 //! Invariants: nothing is written (no run, no journal row) before the guard passed and the send
 //! was confirmed — or needs no confirmation (`--yes`, `--mock`); a real send nobody can confirm
 //! is refused (exit 2). (`--retry-failed` opens the existing journal to read it first, which
-//! may bring its schema up to date; it never creates one.) Must not: read stdin or print (the confirmation and the notes are
+//! may bring its schema up to date; it never creates one. So does an ad-hoc run of a
+//! `schedule.local_time` campaign, to read the wave date its unfinished run started with,
+//! [`started_wave_date`].) Must not: read stdin or print (the confirmation and the notes are
 //! callbacks), or start a call.
 //!
 //! Blocking: call from outside the runtime threads (files, the callback, the journal).
@@ -173,7 +175,10 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         action: settings.action,
         flags: flags.clone(),
         is_test: settings.is_test(),
-        audit: serde_json::to_value(&audit).unwrap_or_default(),
+        audit: with_wave_date(
+            serde_json::to_value(&audit).unwrap_or_default(),
+            facts.wave_date,
+        ),
         limit: settings.limit,
         total_calls: facts.total_calls,
     };
@@ -307,6 +312,36 @@ fn retry_candidates(inp: &Inputs) -> Result<crate::journal::RetryCandidates, Fai
     )
 }
 
+/// The audit key of a local-time run's wave date (see [`started_wave_date`]).
+const WAVE_DATE: &str = "wave_date";
+
+/// The run's audit with the date its local-time waves fall on, when it has one.
+fn with_wave_date(
+    mut audit: serde_json::Value,
+    date: Option<jiff::civil::Date>,
+) -> serde_json::Value {
+    if let (Some(d), Some(m)) = (date, audit.as_object_mut()) {
+        m.insert(WAVE_DATE.into(), d.to_string().into());
+    }
+    audit
+}
+
+/// The wave date the unfinished ad-hoc run of `campaign` started with (recorded in its audit),
+/// if there is one: a resume plans the same waves whatever the day. Reads only; no journal, no
+/// such run or an unreadable one is None (the run then plans today's date and the journal's
+/// usual plan check decides).
+pub(super) fn started_wave_date(
+    state_dir: &std::path::Path,
+    campaign: &str,
+) -> Option<jiff::civil::Date> {
+    if !state_dir.join(crate::journal::DB_FILE).exists() {
+        return None;
+    }
+    let journal = Journal::open(state_dir).ok()?;
+    let run = journal.unfinished_run(campaign, None).ok()??;
+    run.audit.get(WAVE_DATE)?.as_str()?.parse().ok()
+}
+
 /// What `imcast run FILE --retry-failed` would send now for `campaign` (its ad-hoc runs when
 /// `occurrence` is None), from the journal in `state_dir`: for the confirmation and
 /// `imcast plan --retry-failed`. No finished run, an unfinished one, or nothing retryable is an
@@ -360,6 +395,7 @@ pub(super) fn record_for_report(
                         None => by.push(PlanVariant {
                             variant: call.variant.clone(),
                             recipients: call.receivers.len() as u64,
+                            variant_name: plan.variant_name_of(&call.variant).map(str::to_string),
                             msg_type: call.msg_type,
                             content: call.content.clone(),
                             ext: call.ext.clone(),

@@ -389,6 +389,9 @@ pub struct Campaign {
     /// `schedule.local_time`: each recipient at this wall-clock time in their own zone (waves,
     /// see `stages`).
     pub local_time: Option<jiff::civil::Time>,
+    /// `schedule.not_after` (default 1h), also when the schedule names only `local_time`: a
+    /// local-time wave not started by its instant + this is `expired` for its recipients.
+    pub wave_not_after: std::time::Duration,
     pub audience: AudienceSpec,
     pub message: MessageSpec,
     pub batch: BatchOptions,
@@ -1364,6 +1367,11 @@ fn validate(
         breaker,
         rollout,
         local_time,
+        wave_not_after: raw
+            .schedule
+            .as_ref()
+            .and_then(|s| crate::schedule::parse_not_after(s).ok())
+            .unwrap_or(crate::schedule::DEFAULT_NOT_AFTER),
         audience: AudienceSpec {
             source,
             exclude,

@@ -300,9 +300,13 @@ async fn variants_csv_says_what_each_variant_id_is() {
     }
     let mut listed: BTreeMap<String, u64> = BTreeMap::new();
     let mut v = csv::Reader::from_reader(text.as_bytes());
+    let h = v.headers().expect("header").clone();
+    let col = |n: &str| h.iter().position(|c| c == n).expect(n);
+    let (id, name, n) = (col("variant"), col("variant_name"), col("recipients"));
     for r in v.records() {
         let r = r.expect("row");
-        listed.insert(r[0].to_string(), r[1].parse().expect("count"));
+        listed.insert(r[id].to_string(), r[n].parse().expect("count"));
+        assert_eq!(&r[name], "", "no A/B variants: no variant name");
     }
     assert_eq!(per_row, listed);
     assert_eq!(summary_json(&s)["files"]["variants_csv"], "variants.csv");

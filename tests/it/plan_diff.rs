@@ -318,6 +318,35 @@ fn throttle_change_shows_throttle_and_eta() {
 }
 
 #[test]
+fn a_max_invalid_ratio_change_shows_in_the_guard() {
+    let r = Repo::new();
+    let v = r.change_and_snapshot("guard_ratio", |r| {
+        r.write(
+            "campaigns/promo.yaml",
+            &format!("{CAMPAIGN}guard: {{ max_invalid_ratio: 0.5 }}\n"),
+        );
+    });
+    let changed: Vec<&serde_json::Value> = v["settings"]
+        .as_array()
+        .expect("settings")
+        .iter()
+        .filter(|s| s["changed"] == true)
+        .collect();
+    assert_eq!(changed.len(), 1, "only the guard changes: {changed:?}");
+    let g = changed[0];
+    assert_eq!(g["name"], "guard");
+    assert_eq!(
+        g["before"],
+        "max_recipients none, max_invalid_ratio 0.05 (default), audience.allow_empty false"
+    );
+    assert_eq!(
+        g["after"],
+        "max_recipients none, max_invalid_ratio 0.5, audience.allow_empty false"
+    );
+    assert_eq!(v["recipients"]["unchanged"], 4);
+}
+
+#[test]
 fn schedule_time_zone_change_shows_next_occurrences_in_both_zones() {
     let r = Repo::new();
     let v = r.change_and_snapshot("timezone", |r| {

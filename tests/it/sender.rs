@@ -903,6 +903,7 @@ fn inputs_with(
             recipients,
             sample_message: "hello".into(),
             stages: Vec::new(),
+            wave_date: None,
         },
         settings: imcast::run::Settings::resolve(&c, &account, &flags, None),
         paths,

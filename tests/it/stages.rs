@@ -673,6 +673,116 @@ async fn a_missed_wave_is_expired_and_the_next_still_goes() {
     assert_eq!(&expired, &by_zone["Asia/Tokyo"]);
 }
 
+/// An ad-hoc run (no occurrence) of a local-time campaign stopped after its first wave and
+/// resumed after midnight in the schedule's zone continues the same run: its waves keep the date
+/// it started with (recorded in the run's audit), so the plan is not "changed" (exit 7), and the
+/// next wave goes at its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ad_hoc_local_time_run_resumed_after_midnight_keeps_its_wave_date() {
+    let repo = Repo::new();
+    let by_zone = zoned_audience(&repo, &["Europe/London", "Pacific/Honolulu"], 10);
+    let file = repo.campaign(
+        "tz",
+        "http://127.0.0.1:9",
+        "schedule: { local_time: \"09:00\", cron: \"0 0 * * *\", timezone: Asia/Tokyo }\n\
+         guard: { max_invalid_ratio: 0.5 }\n",
+    );
+    let mut text = std::fs::read_to_string(&file).expect("read");
+    text = text.replace(
+        "audience: { csv: a.csv }",
+        "audience: { csv: a.csv, timezone_column: tz }",
+    );
+    std::fs::write(&file, text).expect("write");
+    // 16:00 on 1 June in Tokyo (the schedule's zone, whose date the waves take). London's 09:00
+    // is 08:00 UTC (BST), Honolulu's 19:00 UTC (04:00 on 2 June in Tokyo).
+    let clock = SimClock::new(ts("2026-06-01T07:00:00Z"));
+    let shared: SharedClock = Arc::new(clock.clone());
+    let rec = repo.path("record.jsonl");
+    let m = mock::start(MockConfig {
+        limit: 100_000,
+        window: Duration::from_secs(1),
+        record: Some(rec.clone()),
+        clock: shared.clone(),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    // The first session stops once London's wave (two Content groups: two calls) is sent.
+    let stop = StopToken::new();
+    let mut first = request(&repo, &file, &m);
+    let stopper = stop.clone();
+    first.hooks.progress = Some(Arc::new(move |p: &imcast::send::Progress| {
+        if p.calls_done >= 2 {
+            stopper.stop();
+        }
+    }));
+    let s1 = run_campaign(first, shared.clone(), stop)
+        .await
+        .expect("first session");
+    assert_eq!(
+        s1.counts.get(&RecipientStatus::Sent).copied(),
+        Some(10),
+        "{s1:?}"
+    );
+    assert_eq!(
+        s1.counts.get(&RecipientStatus::Pending).copied(),
+        Some(10),
+        "Honolulu waits: {s1:?}"
+    );
+    let run = repo
+        .journal()
+        .latest_run("tz", false)
+        .expect("q")
+        .expect("run");
+    assert_eq!(run.audit["wave_date"], "2026-06-01");
+
+    // Past midnight in Tokyo (03:30 on 2 June): the run's waves are still 1 June's.
+    clock.advance_to(ts("2026-06-01T18:30:00Z"));
+    let s = run_campaign(request(&repo, &file, &m), shared, StopToken::new())
+        .await
+        .expect("resumed run");
+    let stats = m.stats();
+    m.shutdown().await;
+    assert_eq!(
+        s.exit,
+        Exit::Ok,
+        "{s:?}\n{s1:?}\n{:?}",
+        repo.journal().stages(&run.id)
+    );
+    assert_eq!(s.run_id, s1.run_id, "the same run resumed");
+    assert_eq!(
+        repo.journal()
+            .run(&run.id)
+            .expect("q")
+            .expect("run")
+            .plan_hash,
+        run.plan_hash,
+        "the same plan"
+    );
+    assert_eq!(s.counts.get(&RecipientStatus::Sent).copied(), Some(20));
+    let j = repo.journal();
+    let rows = j.stages(&run.id).expect("stages");
+    let at: Vec<Timestamp> = rows.iter().filter_map(|r| r.not_before).collect();
+    assert_eq!(
+        at,
+        vec![ts("2026-06-01T08:00:00Z"), ts("2026-06-01T19:00:00Z")]
+    );
+    assert!(rows.iter().all(|r| r.state == "sent"), "{rows:?}");
+    // Everyone once, Honolulu no earlier than its wave.
+    let got = deliveries(&rec, stats.delivered);
+    let all: BTreeSet<u64> = by_zone.values().flatten().copied().collect();
+    assert_eq!(got.keys().copied().collect::<BTreeSet<_>>(), all);
+    assert!(got.values().all(|n| *n == 1));
+    for v in record_lines(&rec, stats.delivered) {
+        let id = v["recipient"].as_u64().expect("id");
+        if by_zone["Pacific/Honolulu"].contains(&id) {
+            // At 1 June's wave, not 2 June's.
+            let when = ts(v["time"].as_str().expect("time"));
+            assert!(when >= at[1] && when < ts("2026-06-01T20:00:00Z"), "{v}");
+        }
+    }
+}
+
 // ---- plan output -----------------------------------------------------------------------------
 
 #[test]

@@ -532,3 +532,89 @@ fn variant_and_holdout_errors_name_their_line() {
         format!("{shown}\n---\n{}", f.redact(&e2.to_string()))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variants_csv_names_each_ab_variant_with_its_recipients() {
+    let f = Fixture::new();
+    f.write(
+        "imcast.toml",
+        "[limits.batch]\nlimit = 100000\nwindow = \"1s\"\n",
+    );
+    let mut csv = String::from("user_id,name\n");
+    for id in 200_000..200_300u64 {
+        csv.push_str(&format!("{id},n{}\n", id % 3));
+    }
+    f.write("a.csv", &csv);
+    // Variant a renders three Contents (one per name), b one.
+    let file = f.write(
+        "c.yaml",
+        &campaign_text(
+            "{ csv: a.csv }",
+            "",
+            &[
+                "{ name: a, weight: 1, text: \"Hi {{ name }}\" }",
+                "{ name: b, weight: 1, text: \"Hello\", ext: { cta: shop } }",
+            ],
+        ),
+    );
+    let c = spec::load(&file, &LoadOptions::default()).expect("valid");
+    let m = mock::start(MockConfig {
+        limit: 100_000,
+        window: Duration::from_secs(1),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let mut req = Request::new(c, RepoPaths::discover(&file, None, None, None));
+    req.target = Some((m.endpoint(), m.credentials()));
+    req.flags.mock = true;
+    req.report_formats = Some(imcast::config::ReportFormats {
+        csv: true,
+        jsonl: false,
+    });
+    let s = run_campaign(req, Arc::new(SystemClock), StopToken::new())
+        .await
+        .expect("run");
+    m.shutdown().await;
+    assert_eq!(s.exit, Exit::Ok, "{s:?}");
+    let dir = s.report_dir.as_ref().expect("report");
+
+    // recipients.csv: rows per variant name, and which variant ids each name has.
+    let mut rows = csv::Reader::from_path(dir.join("recipients.csv")).expect("recipients.csv");
+    let h = rows.headers().expect("header").clone();
+    let col = |n: &str| h.iter().position(|c| c == n).expect(n);
+    let (vid, vname) = (col("variant"), col("variant_name"));
+    let mut per_name: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ids_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in rows.records() {
+        let r = r.expect("row");
+        *per_name.entry(r[vname].to_string()).or_default() += 1;
+        ids_of
+            .entry(r[vname].to_string())
+            .or_default()
+            .insert(r[vid].to_string());
+    }
+    assert_eq!(per_name.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(per_name.values().sum::<u64>(), 300);
+
+    // variants.csv: every row names its A/B variant, and the recipients per name match.
+    let mut v = csv::Reader::from_path(dir.join("variants.csv")).expect("variants.csv");
+    let h = v.headers().expect("header").clone();
+    assert_eq!(&h[1], "variant_name", "{h:?}");
+    let col = |n: &str| h.iter().position(|c| c == n).expect(n);
+    let (vid, vname, n) = (col("variant"), col("variant_name"), col("recipients"));
+    let mut listed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut listed_ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in v.records() {
+        let r = r.expect("row");
+        *listed.entry(r[vname].to_string()).or_default() += r[n].parse::<u64>().expect("count");
+        listed_ids
+            .entry(r[vname].to_string())
+            .or_default()
+            .insert(r[vid].to_string());
+    }
+    assert_eq!(listed, per_name);
+    assert_eq!(listed_ids, ids_of);
+    assert_eq!(listed_ids["a"].len(), 3, "a renders one Content per name");
+    assert_eq!(listed_ids["b"].len(), 1);
+}
