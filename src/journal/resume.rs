@@ -76,6 +76,18 @@ impl Journal {
         rows: &mut dyn FnMut() -> SeedRows<'r, E>,
         now: Timestamp,
     ) -> Result<Opened, JournalError> {
+        self.decide(new, now, |ops| ops.open_run(new, opts, rows, now))
+    }
+
+    /// Run a decision that opens a run of `new` (`decide`) in one IMMEDIATE transaction, record
+    /// the invocation with it (`audit`), and commit both or neither; a unique-index refusal from
+    /// another process's decision is [`JournalError::Busy`].
+    pub(super) fn decide(
+        &mut self,
+        new: &NewRun,
+        now: Timestamp,
+        decide: impl FnOnce(&Ops<'_>) -> Result<Opened, JournalError>,
+    ) -> Result<Opened, JournalError> {
         let path = self.path.clone();
         let db = |source| JournalError::Db {
             path: path.clone(),
@@ -90,10 +102,7 @@ impl Journal {
             path: &self.path,
             owner: &self.owner,
         };
-        match ops
-            .open_run(new, opts, rows, now)
-            .and_then(|o| ops.record_opened(&o, new, now).map(|()| o))
-        {
+        match decide(&ops).and_then(|o| ops.record_opened(&o, new, now).map(|()| o)) {
             Ok(opened) => {
                 tx.commit().map_err(db)?;
                 Ok(opened)

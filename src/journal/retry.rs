@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use jiff::Timestamp;
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 
 use super::counts::count_move;
 use super::schema::{rk_range, run_key, ts, MAX_LINE};
@@ -133,33 +133,9 @@ impl Journal {
         rows: &mut dyn FnMut() -> SeedRows<'r, E>,
         now: Timestamp,
     ) -> Result<Opened, JournalError> {
-        let path = self.path.clone();
-        let db = |source| JournalError::Db {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let ops = Ops {
-            conn: &tx,
-            path: &self.path,
-            owner: &self.owner,
-        };
-        match ops
-            .open_retry_run(new, retryable, rows, now)
-            .and_then(|o| ops.record_opened(&o, new, now).map(|()| o))
-        {
-            Ok(opened) => {
-                tx.commit().map_err(db)?;
-                Ok(opened)
-            }
-            Err(e) => {
-                drop(tx);
-                Err(self.conflict_as_busy(e, &new.campaign, new.occurrence.as_deref()))
-            }
-        }
+        self.decide(new, now, |ops| {
+            ops.open_retry_run(new, retryable, rows, now)
+        })
     }
 }
 
