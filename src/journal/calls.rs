@@ -590,12 +590,7 @@ impl Journal {
 
     /// Pending recipients become `cancelled`. Returns how many.
     pub fn cancel_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
-        self.set_pending(
-            run_id,
-            RecipientStatus::Cancelled,
-            "the run was cancelled",
-            now,
-        )
+        self.in_immediate(|ops| ops.cancel_pending(run_id, now))
     }
 
     pub(super) fn set_pending(
@@ -605,14 +600,22 @@ impl Journal {
         why: &str,
         now: Timestamp,
     ) -> Result<u64, JournalError> {
+        self.in_immediate(|ops| ops.set_pending(run_id, to, why, now))
+    }
+
+    /// Run `f` on the run statements ([`Ops`]) in one IMMEDIATE transaction, committed if it
+    /// succeeds.
+    fn in_immediate(
+        &self,
+        f: impl FnOnce(&Ops<'_>) -> Result<u64, JournalError>,
+    ) -> Result<u64, JournalError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
             .map_err(self.db())?;
-        let n = Ops {
+        let n = f(&Ops {
             conn: &tx,
             path: &self.path,
             owner: &self.owner,
-        }
-        .set_pending(run_id, to, why, now)?;
+        })?;
         tx.commit().map_err(self.db())?;
         Ok(n)
     }
