@@ -3,8 +3,9 @@
 //! ([`Journal::for_each_recipient_ref`], the report's scan of ten million rows); and its calls
 //! ([`Journal::calls`], and what the report shows of them).
 //!
-//! Invariants: both recipient scans give the same rows and values; a row never updated reads the
-//! run's start time. Must not: write.
+//! Invariants: both recipient scans give the same rows and values (the owned one is the borrowed
+//! one copied); a row reads its own time, else its answered call's, else the run's start (see
+//! `rows::RunView`). Must not: write.
 
 use jiff::Timestamp;
 use rusqlite::params;

@@ -40,8 +40,7 @@ fn corrupt(e: JournalError) -> rusqlite::Error {
 /// one range scan, others one by one (rowid look-ups).
 pub(super) fn rows_at(conn: &Connection, rks: &[i64]) -> rusqlite::Result<HashMap<u64, Found>> {
     let mut out = HashMap::with_capacity(rks.len());
-    let contiguous =
-        rks.len() > 1 && rks.windows(2).all(|w| w[1] == w[0] + 1) && rks.first().is_some();
+    let contiguous = rks.len() > 1 && rks.windows(2).all(|w| w[1] == w[0] + 1);
     if contiguous {
         let mut st = conn.prepare_cached(
             "SELECT rk, id, status, refusals FROM recipients WHERE rk BETWEEN ?1 AND ?2",
@@ -290,7 +289,7 @@ impl RunView {
             *buf = super::pack::ns_text(ns)?;
             return Ok(buf.as_str());
         }
-        if status.from_call() {
+        if status.given_by_call() {
             if let Some(t) = call_seq.and_then(|c| self.call_times.get(&c)) {
                 return Ok(t.as_str());
             }
@@ -379,7 +378,6 @@ mod tests {
             .map(|m| m.len())
             .sum();
         let per = bytes as f64 / N as f64;
-        eprintln!("{bytes} bytes, {per:.1} a recipient");
         assert!(per <= 50.0, "{per:.1} bytes a recipient (bound 50)");
     }
 }

@@ -339,11 +339,11 @@ fn compact_rows(conn: &Connection, path: &Path) -> Result<(), JournalError> {
         let variant: Option<String> = r.get(7).map_err(db)?;
         let updated_at: Option<String> = r.get(11).map_err(db)?;
         let run = runs.get(&key);
-        let derived = run.and_then(|(id, created)| {
+        let derived = run.map(|(id, created)| {
             let call = call_seq
-                .filter(|_| status.from_call())
+                .filter(|_| status.given_by_call())
                 .and_then(|c| answered.get(&(id.clone(), c)));
-            Some(call.unwrap_or(created).as_str())
+            call.unwrap_or(created).as_str()
         });
         let old = updated_at
             .as_deref()
@@ -948,7 +948,14 @@ mod tests {
             .expect("version");
         assert_eq!(version, MIGRATIONS.len() as i64);
         let rows = j.recipients("r1").expect("rows");
-        let seen: Vec<(u64, &str, RecipientStatus, Option<&str>, Option<&str>)> = rows
+        type Seen<'a> = (
+            u64,
+            &'a str,
+            RecipientStatus,
+            Option<&'a str>,
+            Option<&'a str>,
+        );
+        let seen: Vec<Seen<'_>> = rows
             .iter()
             .map(|r| {
                 (

@@ -110,7 +110,7 @@ impl RecipientStatus {
 
     /// Statuses a call's answer (or crash recovery) gives: a row with one of them and no time of
     /// its own was last changed when its call (`call_seq`) was answered.
-    pub(super) fn from_call(self) -> bool {
+    pub(super) fn given_by_call(self) -> bool {
         matches!(
             self,
             RecipientStatus::Sent
@@ -315,7 +315,8 @@ pub struct RecipientRef<'a> {
     pub error_code: Option<&'a str>,
     pub error_message: Option<&'a str>,
     pub detail: Option<&'a str>,
-    /// The last update (the run's start when the row was never updated).
+    /// The last update: the row's own time (cancelled, expired, suppressed on resume, carried
+    /// over), else when its call was answered, else the run's start.
     pub time: &'a str,
     /// The A/B variant (`message.variants`) the recipient was assigned.
     pub variant_name: Option<&'a str>,
