@@ -31,7 +31,7 @@ pub(super) fn pack_receivers(
     seq: u64,
     ids: &[u64],
 ) -> rusqlite::Result<(Vec<u8>, Option<Vec<u8>>)> {
-    let found = resolve(conn, key, seq, ids)?;
+    let found = resolve(conn, key, seq, ids, true)?;
     let mut lines = Vec::with_capacity(ids.len());
     let mut strays = Vec::new();
     for id in ids {
@@ -261,7 +261,7 @@ impl Journal {
         let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
             return Ok(Vec::new());
         };
-        let found = resolve(&self.conn, key, seq, ids).map_err(self.db())?;
+        let found = resolve(&self.conn, key, seq, ids, false).map_err(self.db())?;
         let (pending, unknown) = (
             RecipientStatus::Pending.code(),
             RecipientStatus::Unknown.code(),
@@ -506,7 +506,7 @@ impl Journal {
             .filter(|id| !found.contains_key(id))
             .collect();
         if !missing.is_empty() {
-            found.extend(resolve(tx, key, o.seq, &missing).map_err(db)?);
+            found.extend(resolve(tx, key, o.seq, &missing, true).map_err(db)?);
         }
         let vidx = variant_idx(tx, key, &variant).map_err(db)?;
         let mut upd = tx

@@ -91,13 +91,18 @@ pub(super) fn plan_rks(conn: &Connection, key: i64, seq: u64) -> rusqlite::Resul
 }
 
 /// The rows of run `key` that `ids` name as receivers of call `seq`: its plan call's rows, then
-/// refused receivers (resent in another call), then a scan of the run for the rest (preferring
-/// a pending or unknown row of an id). Ids the run has no row for are absent.
+/// refused receivers (resent in another call), then, with `scan`, a scan of the run for the rest
+/// (preferring a pending or unknown row of an id). Ids not found are absent.
+///
+/// Without `scan` (what is still to send of a plan call), an id that is neither in the call's
+/// plan nor refused has nothing to send in this run: a `--retry-failed` run holds only some of
+/// the plan's receivers, and must not scan itself once per plan call for the others.
 pub(super) fn resolve(
     conn: &Connection,
     key: i64,
     seq: u64,
     ids: &[u64],
+    scan: bool,
 ) -> rusqlite::Result<HashMap<u64, Found>> {
     let mut found = rows_at(conn, &plan_rks(conn, key, seq)?)?;
     let missing: Vec<u64> = ids
@@ -131,7 +136,7 @@ pub(super) fn resolve(
             None => rest.push(id),
         }
     }
-    if rest.is_empty() {
+    if rest.is_empty() || !scan {
         return Ok(found);
     }
     // Not planned in this call and never refused: only callers outside a real run's flow get
