@@ -96,7 +96,9 @@ impl Journal {
                 .and_then(|i| view.variants.get(&i))
                 .map(String::as_str);
             let at = int(r, 11).map_err(self.db())?;
-            let time = view.time(status, call_seq, at, &mut buf)?;
+            let time = view
+                .time(&self.conn, status, call_seq, at, &mut buf)
+                .map_err(self.db())?;
             let row = RecipientRef {
                 line,
                 id,

@@ -238,13 +238,16 @@ impl Seeder {
     }
 }
 
-/// What a reader of a run's rows needs besides them: the run's start, its variant dictionary and
-/// the times its answered calls were answered.
+/// What a reader of a run's rows needs besides them: the run's start, its variant dictionary, and
+/// the time of the call a row was last answered by (looked up as the scan reaches it, one call
+/// remembered: rows of a call are mostly consecutive, and memory stays flat however many calls a
+/// run has — a personalized run has one per recipient).
 pub(super) struct RunView {
     pub key: i64,
-    pub created_at: String,
+    run_id: String,
+    created_at: String,
     pub variants: HashMap<i64, String>,
-    pub call_times: HashMap<i64, String>,
+    last_call: std::cell::RefCell<Option<(i64, Option<String>)>>,
 }
 
 impl RunView {
@@ -265,19 +268,12 @@ impl RunView {
         while let Some(r) = rows.next()? {
             variants.insert(r.get(0)?, r.get(1)?);
         }
-        let mut call_times = HashMap::new();
-        let mut st = conn.prepare(
-            "SELECT seq, updated_at FROM calls WHERE run_id = ?1 AND state IN ('done', 'unknown')",
-        )?;
-        let mut rows = st.query([run_id])?;
-        while let Some(r) = rows.next()? {
-            call_times.insert(r.get(0)?, r.get(1)?);
-        }
         Ok(Some(RunView {
             key,
+            run_id: run_id.to_string(),
             created_at,
             variants,
-            call_times,
+            last_call: std::cell::RefCell::new(None),
         }))
     }
 
@@ -285,18 +281,32 @@ impl RunView {
     /// gives), else the run's start.
     pub fn time<'a>(
         &'a self,
+        conn: &Connection,
         status: RecipientStatus,
         call_seq: Option<i64>,
         at: Option<i64>,
         buf: &'a mut String,
-    ) -> Result<&'a str, JournalError> {
+    ) -> rusqlite::Result<&'a str> {
         if let Some(ns) = at {
-            *buf = super::pack::ns_text(ns)?;
+            *buf = super::pack::ns_text(ns).map_err(corrupt)?;
             return Ok(buf.as_str());
         }
-        if status.given_by_call() {
-            if let Some(t) = call_seq.and_then(|c| self.call_times.get(&c)) {
-                return Ok(t.as_str());
+        if let (true, Some(c)) = (status.given_by_call(), call_seq) {
+            let mut last = self.last_call.borrow_mut();
+            if last.as_ref().map(|(s, _)| *s) != Some(c) {
+                let t: Option<String> = conn
+                    .prepare_cached(
+                        "SELECT updated_at FROM calls
+                         WHERE run_id = ?1 AND seq = ?2 AND state IN ('done', 'unknown')",
+                    )?
+                    .query_row(params![self.run_id, c], |r| r.get(0))
+                    .optional()?;
+                *last = Some((c, t));
+            }
+            if let Some((_, Some(t))) = last.as_ref() {
+                buf.clear();
+                buf.push_str(t);
+                return Ok(buf.as_str());
             }
         }
         Ok(self.created_at.as_str())
