@@ -203,6 +203,19 @@ const MIGRATIONS: &[&str] = &[
         finished_at TEXT,
         PRIMARY KEY(run_id, idx)
      ) WITHOUT ROWID;",
+    // 10 (leases across hosts): a run's lease gets an expiry (`lease_expires_ms`, renewed by the
+    // sending engine's heartbeat) and a fencing number (`fence`, +1 at every claim) with who
+    // took it and when (`fence_holder`, `fence_at_ms`); instants in milliseconds since the
+    // epoch. A lease held when upgrading counts as claimed once (fence 1, taken at its run's last
+    // update); its expiry stays NULL, which keeps the old rule for it (live while its process
+    // runs), so an older process still sending is never taken over by the upgrade.
+    "ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN fence_holder TEXT;
+     ALTER TABLE runs ADD COLUMN fence_at_ms INTEGER;
+     ALTER TABLE runs ADD COLUMN lease_expires_ms INTEGER;
+     UPDATE runs SET fence = 1, fence_holder = owner,
+         fence_at_ms = CAST(ROUND((julianday(updated_at) - 2440587.5) * 86400000.0) AS INTEGER)
+      WHERE owner IS NOT NULL;",
 ];
 
 /// The migration (index into [`MIGRATIONS`]) that adds [`UNFINISHED_INDEX`].
@@ -239,10 +252,12 @@ fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, 
             .filter(|(id, _, _, kept)| id != kept)
             .collect()
     };
+    // No lease holder: a migration has taken no fence, so it checks none.
+    let nobody = super::lease::Holder::new(String::new());
     let ops = Ops {
         conn,
         path,
-        owner: "",
+        owner: &nobody,
     };
     for (id, action, updated_at, kept) in &older {
         let action = parse_action(action)?;

@@ -2,6 +2,11 @@
 //! action's key, capped by the campaign's own throttle on the campaign's key), the engine
 //! configured from the resolved settings, and the report written whatever way the engine ended.
 //!
+//! While the engine runs, a heartbeat renews the run's lease every `[state] lease_heartbeat` of
+//! the clock ([`heartbeat`]); once a renewal (or any journal write) finds the run taken over by
+//! another process, the engine stops at once, no report is written (the run is the other
+//! process's now) and the run ends with the journal's `Fenced` error (exit 6).
+//!
 //! Invariants: every run of the account shares one limiter per action through the state
 //! directory, or with `[state] url` through the PostgreSQL store (concurrent processes and hosts
 //! included); the report is attempted after every engine end, an engine error included; a full
@@ -17,7 +22,7 @@ use super::prepare::Prepared;
 use super::{Inputs, RunSummary};
 use crate::clock::SharedClock;
 use crate::exit::{Exit, ExitContext, Failure};
-use crate::journal::SharedJournal;
+use crate::journal::{JournalError, SharedJournal};
 use crate::report::{write_report_with, ReportOptions};
 use crate::send::{CallSource, Engine, EngineConfig, StopToken, Transport};
 use crate::throttle::{Limiter, LimiterOptions};
@@ -36,6 +41,47 @@ fn limiter_failure(e: crate::throttle::ThrottleError, campaign_file: &std::path:
     match e.disk_full() {
         Some(path) => super::disk_full_failure(path, campaign_file),
         None => Failure::new(Exit::Internal, e),
+    }
+}
+
+/// The run lease's heartbeat: at once, then every `every` of the clock (waiting with [`Clock::idle`], which
+/// never moves a simulated clock itself), renew this process's lease on `run_id`. A renewal that
+/// finds the run taken over stops the engine (`stop`: no call starts after it) and returns that
+/// error; another failure is logged and retried at the next beat (the lease is only lost once
+/// it expires). Ends when `done` fires.
+///
+/// [`Clock::idle`]: crate::clock::Clock::idle
+pub(super) async fn heartbeat(
+    journal: SharedJournal,
+    run_id: String,
+    clock: SharedClock,
+    every: std::time::Duration,
+    stop: StopToken,
+    done: tokio::sync::oneshot::Receiver<()>,
+) -> Option<JournalError> {
+    tokio::pin!(done);
+    let mut first = true;
+    loop {
+        // The first beat is at once: the claim's expiry counts from when the run was opened,
+        // which may be long ago for a large audience seeded in the same transaction.
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                biased;
+                _ = &mut done => return None,
+                _ = clock.idle(every) => {}
+            }
+        }
+        let (r, now) = (run_id.clone(), clock.now());
+        match journal.with(move |j| j.renew(&r, now)).await {
+            Ok(_) => {}
+            Err(e) if e.is_fenced() => {
+                stop.stop();
+                return Some(e);
+            }
+            Err(e) => {
+                tracing::warn!(run = %run_id, "could not renew the run's lease (retried at the next heartbeat): {e}")
+            }
+        }
     }
 }
 
@@ -101,6 +147,15 @@ where
     cfg.deadline = settings.deadline.map(|d| d.at(run.created_at));
 
     let control_every = cfg.control_every;
+    let (beat_done, beat_end) = tokio::sync::oneshot::channel();
+    let beat = tokio::spawn(heartbeat(
+        journal.clone(),
+        run.id.clone(),
+        clock.clone(),
+        settings.lease.heartbeat,
+        stop.clone(),
+        beat_end,
+    ));
     let make_engine = {
         let (journal, clock, stop, progress, warn) = (
             journal.clone(),
@@ -153,6 +208,20 @@ where
         }
         .run(source, make_engine)
         .await
+    };
+    let _ = beat_done.send(());
+    let fenced = beat.await.ok().flatten();
+    // Taken over: the run is the other process's now (its report too); this one wrote nothing
+    // more and says so.
+    if let Some(e) = fenced {
+        return Err(in_run(Failure::new(e.exit(), e), &run.id));
+    }
+    let end = match end {
+        Err(e) if e.is_fenced() => {
+            let exit = e.exit();
+            return Err(in_run(Failure::new(exit, e), &run.id));
+        }
+        end => end,
     };
     let reports_dir = paths.reports_dir.clone();
     let report_opts = ReportOptions {
