@@ -101,6 +101,12 @@ impl SimClock {
         self.moved.send_replace(());
     }
 
+    /// How many [`Clock::idle`] waits are pending (a test moves the clock once a background
+    /// timer is parked on it).
+    pub fn idlers(&self) -> usize {
+        self.moved.receiver_count()
+    }
+
     /// Set the clock to `t` if `t` is later than now (it never goes backwards).
     pub fn advance_to(&self, t: Timestamp) {
         self.nanos

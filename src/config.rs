@@ -511,7 +511,11 @@ impl AccountConfig {
         };
         let defaults = LeaseTimes::default();
         cfg.lease = LeaseTimes {
-            heartbeat: lease_time(&raw.state.lease_heartbeat, "lease_heartbeat", defaults.heartbeat)?,
+            heartbeat: lease_time(
+                &raw.state.lease_heartbeat,
+                "lease_heartbeat",
+                defaults.heartbeat,
+            )?,
             expiry: lease_time(&raw.state.lease_expiry, "lease_expiry", defaults.expiry)?,
         };
         if cfg.lease.heartbeat >= cfg.lease.expiry {
@@ -835,6 +839,55 @@ limit = 80
             assert!(e.contains(says), "{text}: {e}");
             assert!(e.starts_with("/repo/imcast.toml"), "{e}");
             assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn lease_times_default_parse_and_heartbeat_must_be_shorter_than_expiry() {
+        let p = Path::new("/repo/imcast.toml");
+        assert_eq!(
+            AccountConfig::default().lease,
+            LeaseTimes {
+                heartbeat: Duration::from_secs(10),
+                expiry: Duration::from_secs(30)
+            }
+        );
+        let c = AccountConfig::parse(
+            "[state]\nlease_expiry = \"2s\"\nlease_heartbeat = \"500ms\"\n",
+            p,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.lease,
+            LeaseTimes {
+                heartbeat: Duration::from_millis(500),
+                expiry: Duration::from_secs(2)
+            }
+        );
+        // One key alone keeps the other's default.
+        let c = AccountConfig::parse("[state]\nlease_expiry = \"2m\"\n", p).expect("valid");
+        assert_eq!(c.lease.heartbeat, Duration::from_secs(10));
+        for (text, says) in [
+            (
+                "[state]\nlease_expiry = \"5s\"\n",
+                "state.lease_heartbeat (10s) must be shorter than state.lease_expiry (5s)",
+            ),
+            (
+                "[state]\nlease_expiry = \"2s\"\nlease_heartbeat = \"2s\"\n",
+                "must be shorter",
+            ),
+            (
+                "[state]\nlease_expiry = \"soon\"\n",
+                "line 2, column 16: state.lease_expiry = \"soon\"",
+            ),
+            (
+                "[state]\nlease_heartbeat = \"1ms\"\n",
+                "line 2, column 19: state.lease_heartbeat = \"1ms\": must be at least 100ms",
+            ),
+        ] {
+            let e = AccountConfig::parse(text, p).expect_err(text).to_string();
+            assert!(e.contains(says), "{text}: {e}");
+            assert!(e.starts_with("/repo/imcast.toml"), "{e}");
         }
     }
 

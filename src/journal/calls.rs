@@ -593,7 +593,10 @@ impl Journal {
 
     /// Pending recipients become `cancelled`. Returns how many.
     pub fn cancel_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
-        self.in_immediate(|ops| ops.check_fence(run_id).and_then(|()| ops.cancel_pending(run_id, now)))
+        self.in_immediate(|ops| {
+            ops.check_fence(run_id)
+                .and_then(|()| ops.cancel_pending(run_id, now))
+        })
     }
 
     pub(super) fn set_pending(
@@ -603,7 +606,10 @@ impl Journal {
         why: &str,
         now: Timestamp,
     ) -> Result<u64, JournalError> {
-        self.in_immediate(|ops| ops.check_fence(run_id).and_then(|()| ops.set_pending(run_id, to, why, now)))
+        self.in_immediate(|ops| {
+            ops.check_fence(run_id)
+                .and_then(|()| ops.set_pending(run_id, to, why, now))
+        })
     }
 
     /// Run `f` on the run statements ([`Ops`]) in one IMMEDIATE transaction, committed if it

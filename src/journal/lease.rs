@@ -160,7 +160,6 @@ pub(super) fn check_writes(
         .try_for_each(|r| check_fence(conn, path, holder, r))
 }
 
-
 /// Journals open in this process, by instance number: a lease written by this process is live
 /// exactly while the journal that took it is open (two journals in one process — the daemon's
 /// runs, tests — are two lease holders, like two processes).
@@ -306,9 +305,9 @@ impl Journal {
             .optional()
             .map_err(self.db())?;
         Ok(row.map(|(owner, until, fence)| Lease {
-            holder: owner.as_deref().and_then(|o| {
-                parse_owner(o).map(|(host, pid, _)| (host.to_string(), pid))
-            }),
+            holder: owner
+                .as_deref()
+                .and_then(|o| parse_owner(o).map(|(host, pid, _)| (host.to_string(), pid))),
             expires_at: until.map(from_ms),
             fence: fence.max(0) as u64,
         }))
@@ -407,10 +406,7 @@ mod tests {
 
     fn set_owner(j: &Journal, run: &str, o: &str) {
         j.connection()
-            .execute(
-                "UPDATE runs SET owner = ?2 WHERE id = ?1",
-                params![run, o],
-            )
+            .execute("UPDATE runs SET owner = ?2 WHERE id = ?1", params![run, o])
             .expect("set owner");
     }
 
@@ -426,8 +422,15 @@ mod tests {
         // Held by a's open journal and not expired: refused, and the lease stays a's.
         let e = b.claim(&run, now()).expect_err("a holds it");
         assert_eq!(e.exit(), Exit::Busy);
-        assert!(e.to_string().contains("lease renewed until 2026-03-01T09:00:30Z"), "{e}");
-        assert_eq!(b.ops().owner_of(&run.id).expect("q").as_deref(), Some(a.owner.id()));
+        assert!(
+            e.to_string()
+                .contains("lease renewed until 2026-03-01T09:00:30Z"),
+            "{e}"
+        );
+        assert_eq!(
+            b.ops().owner_of(&run.id).expect("q").as_deref(),
+            Some(a.owner.id())
+        );
         assert_eq!(a.lease(&run.id).expect("q").expect("run").fence, 1);
         // Another host's unexpired lease counts as live.
         set_owner(&b, &run.id, "some-other-host:1:0");
@@ -466,12 +469,18 @@ mod tests {
             b.claim(&run, now())
                 .unwrap_or_else(|e| panic!("{dead}: {e}"));
             fence += 1;
-            assert_eq!(b.ops().owner_of(&run.id).expect("q").as_deref(), Some(b.owner.id()));
+            assert_eq!(
+                b.ops().owner_of(&run.id).expect("q").as_deref(),
+                Some(b.owner.id())
+            );
             assert_eq!(b.lease(&run.id).expect("q").expect("run").fence, fence);
         }
         // Released by its holder only.
         a.release(&run.id).expect("release");
-        assert_eq!(b.ops().owner_of(&run.id).expect("q").as_deref(), Some(b.owner.id()));
+        assert_eq!(
+            b.ops().owner_of(&run.id).expect("q").as_deref(),
+            Some(b.owner.id())
+        );
         b.release(&run.id).expect("release");
         assert_eq!(b.ops().owner_of(&run.id).expect("q"), None);
         let l = b.lease(&run.id).expect("q").expect("run");
@@ -505,14 +514,20 @@ mod tests {
         let l = b.lease(&run.id).expect("q").expect("run");
         assert_eq!(l.fence, 2, "a take-over moves the fence");
         assert_eq!(l.expires_at, Some(clock.now() + Duration::from_secs(30)));
-        assert_eq!(b.ops().owner_of(&run.id).expect("q").as_deref(), Some(b.owner.id()));
+        assert_eq!(
+            b.ops().owner_of(&run.id).expect("q").as_deref(),
+            Some(b.owner.id())
+        );
         // The expiry is the journal's setting (`[state] lease_expiry`).
         let c = Journal::open(d.path()).expect("open c");
         c.set_lease_expiry(Duration::from_secs(2));
         clock.advance(Duration::from_secs(30));
         c.claim(&run, clock.now()).expect("b's lease expired");
         let l = c.lease(&run.id).expect("q").expect("run");
-        assert_eq!((l.fence, l.expires_at), (3, Some(clock.now() + Duration::from_secs(2))));
+        assert_eq!(
+            (l.fence, l.expires_at),
+            (3, Some(clock.now() + Duration::from_secs(2)))
+        );
     }
 
     #[test]
@@ -533,7 +548,11 @@ mod tests {
             let e = b.claim(&run, clock.now()).expect_err("renewed: still a's");
             assert_eq!(e.exit(), Exit::Busy);
         }
-        assert_eq!(a.lease(&run.id).expect("q").expect("run").fence, 1, "renewing is no claim");
+        assert_eq!(
+            a.lease(&run.id).expect("q").expect("run").fence,
+            1,
+            "renewing is no claim"
+        );
         // a stops renewing (paused, cut off) but its journal, in this live process, stays open:
         // once the lease expired it is taken over all the same.
         clock.advance(Duration::from_secs(29));
@@ -591,7 +610,11 @@ mod tests {
             )
         };
         let before = snapshot(&b);
-        assert_eq!(before.1[&RecipientStatus::Unknown], 2, "b's recovery: in flight → unknown");
+        assert_eq!(
+            before.1[&RecipientStatus::Unknown],
+            2,
+            "b's recovery: in flight → unknown"
+        );
         // Every write a makes now fails with the fencing error, naming who took over and when.
         let me = format!("pid {} on {}", std::process::id(), hostname());
         let t = clock.now();
@@ -610,14 +633,23 @@ mod tests {
                 a.record_outcome(&run.id, 0, CallState::Done, &[upd(101), upd(102)], None, t),
             ),
             ("retry", a.mark_retry(&run.id, 0, Some("x"), "m", t)),
-            ("status", a.set_status(&run.id, RunStatus::Interrupted, None, t)),
+            (
+                "status",
+                a.set_status(&run.id, RunStatus::Interrupted, None, t),
+            ),
             ("recover", a.recover(&run.id, run.action).map(|_| ())),
             ("cancel", a.cancel_pending(&run.id, t).map(|_| ())),
             ("expire", a.expire_pending(&run.id, t).map(|_| ())),
             ("requeue", a.prepare_requeue(&run.id, t).map(|_| ())),
             ("stage state", a.set_stage_state(&run.id, 0, "sent", t)),
-            ("stage gate", a.set_stage_gate(&run.id, 0, "passed", Some(t), None)),
-            ("expire stage", a.expire_stage(&run.id, 0, 0..1, "x", t).map(|_| ())),
+            (
+                "stage gate",
+                a.set_stage_gate(&run.id, 0, "passed", Some(t), None),
+            ),
+            (
+                "expire stage",
+                a.expire_stage(&run.id, 0, 0..1, "x", t).map(|_| ()),
+            ),
             ("stages", a.record_stages(&run.id, &[])),
             ("renew", a.renew(&run.id, t).map(|_| ())),
         ];
@@ -630,7 +662,11 @@ mod tests {
             assert!(msg.contains(&format!("at {taken_at}")), "{what}: {msg}");
             assert!(msg.contains("wrote nothing more"), "{what}: {msg}");
         }
-        assert_eq!(snapshot(&b), before, "nothing a wrote after the take-over is there");
+        assert_eq!(
+            snapshot(&b),
+            before,
+            "nothing a wrote after the take-over is there"
+        );
         // The new holder writes as usual.
         b.mark_in_flight(&run.id, 1, "v", &[103], None, t)
             .expect("b writes");
@@ -660,6 +696,9 @@ mod tests {
             .expect_err("fenced");
         assert!(e.is_fenced(), "{e}");
         assert_eq!(e.exit(), Exit::Busy);
-        assert!(b.calls(&run.id).expect("calls").is_empty(), "no mark was written");
+        assert!(
+            b.calls(&run.id).expect("calls").is_empty(),
+            "no mark was written"
+        );
     }
 }

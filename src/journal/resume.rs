@@ -790,11 +790,17 @@ mod tests {
         let e = open(&mut b, "h2", ResumeOptions::default(), other.clone()).expect_err("busy");
         assert!(matches!(e, JournalError::Busy { .. }), "{e}");
         // Refused without a trace: the lease is still a's.
-        assert_eq!(b.ops().owner_of(&id).expect("q"), Some(a.owner.id().to_string()));
+        assert_eq!(
+            b.ops().owner_of(&id).expect("q"),
+            Some(a.owner.id().to_string())
+        );
         drop(a);
         let e = open(&mut b, "h2", ResumeOptions::default(), other).expect_err("changed");
         assert_eq!(e.exit(), Exit::Changed, "{e}");
         // The refusal rolled back the lease it took on the way.
-        assert_ne!(b.ops().owner_of(&id).expect("q"), Some(b.owner.id().to_string()));
+        assert_ne!(
+            b.ops().owner_of(&id).expect("q"),
+            Some(b.owner.id().to_string())
+        );
     }
 }

@@ -546,4 +546,55 @@ mod tests {
         // And the index now holds.
         assert!(insert_run(j.connection(), "third", None, "paused", false).is_err());
     }
+
+    #[test]
+    fn the_lease_migration_counts_a_held_lease_as_claimed_once_and_keeps_its_old_rule() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let before_leases = MIGRATIONS.len() - 1;
+        {
+            let conn = Connection::open(&path).expect("open");
+            for m in &MIGRATIONS[..before_leases] {
+                conn.execute_batch(m).expect("schema");
+            }
+            conn.execute_batch(&format!("PRAGMA user_version = {before_leases};"))
+                .expect("version");
+            insert_run(&conn, "far", Some("a"), "running", false).expect("far");
+            insert_run(&conn, "dead", Some("b"), "running", false).expect("dead");
+            insert_run(&conn, "free", Some("c"), "paused", false).expect("free");
+            let host = hostname();
+            conn.execute_batch(&format!(
+                "UPDATE runs SET owner = 'other-host:7:0' WHERE id = 'far';
+                 UPDATE runs SET owner = '{host}:4294967295:0' WHERE id = 'dead';"
+            ))
+            .expect("owners");
+        }
+        let j = Journal::open_path(&path).expect("migrate");
+        let fence = |id: &str| -> (i64, Option<String>, Option<i64>, Option<i64>) {
+            j.connection()
+                .query_row(
+                    "SELECT fence, fence_holder, fence_at_ms, lease_expires_ms FROM runs WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .expect("row")
+        };
+        let at = now().as_millisecond();
+        assert_eq!(
+            fence("far"),
+            (1, Some("other-host:7:0".into()), Some(at), None)
+        );
+        assert_eq!(fence("free"), (0, None, None, None));
+        // No expiry: the old rule. Another host's lease stays live however late it is...
+        let far = j.run("far").expect("q").expect("far");
+        let e = j
+            .claim(&far, now() + std::time::Duration::from_secs(86_400))
+            .expect_err("live");
+        assert_eq!(e.exit(), Exit::Busy);
+        // ... and a dead local holder's is taken at once, the fence moving on.
+        let dead = j.run("dead").expect("q").expect("dead");
+        j.claim(&dead, now()).expect("dead holder");
+        assert_eq!(fence("dead").0, 2);
+        assert!(fence("dead").3.is_some(), "a claimed lease has an expiry");
+    }
 }

@@ -283,3 +283,127 @@ where
         already_finished: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::{Clock, SimClock};
+    use crate::journal::{Journal, NewRun, ResumeOptions, RunFlags, SeedRows};
+
+    fn start() -> jiff::Timestamp {
+        "2026-03-01T09:00:00Z".parse().expect("valid")
+    }
+
+    /// A run of campaign `c` opened by `j` at `at` (no recipients).
+    fn open(j: &mut Journal, at: jiff::Timestamp) -> String {
+        let new = NewRun {
+            id: None,
+            campaign: "c".into(),
+            occurrence: None,
+            plan_hash: "h".into(),
+            content_key: None,
+            action: crate::action::Action::Batch,
+            flags: RunFlags::default(),
+            is_test: false,
+            audit: serde_json::json!({}),
+            limit: crate::config::Limit::new(10, Duration::from_secs(1)),
+            total_calls: 0,
+        };
+        let mut rows = || -> SeedRows<'static, String> { Box::new(std::iter::empty()) };
+        j.open_run(&new, ResumeOptions::default(), &mut rows, at)
+            .expect("open")
+            .run()
+            .id
+            .clone()
+    }
+
+    /// Yield until `f` holds (the heartbeat runs on the blocking pool), at most 10 s of real time.
+    async fn until(mut f: impl FnMut() -> bool) {
+        let waited = crate::clock::Stopwatch::start();
+        while !f() {
+            assert!(waited.elapsed() < Duration::from_secs(10), "timed out");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_renews_on_the_clock_and_stops_the_run_once_taken_over() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let clock = SimClock::new(start());
+        let mut a = Journal::open(d.path()).expect("open a");
+        // Opened 5 s before the heartbeat starts: its first beat moves the expiry.
+        let run = open(&mut a, clock.now() - Duration::from_secs(5));
+        let reader = Journal::open(d.path()).expect("open reader");
+        let expiry = |r: &Journal| r.lease(&run).expect("q").expect("run").expires_at;
+        let a = SharedJournal::new(a);
+        let stop = StopToken::new();
+        let (done, end) = tokio::sync::oneshot::channel();
+        let beat = tokio::spawn(heartbeat(
+            a.clone(),
+            run.clone(),
+            Arc::new(clock.clone()),
+            Duration::from_secs(10),
+            stop.clone(),
+            end,
+        ));
+        // The first beat is at once; then one every 10 s of the clock, which the heartbeat never
+        // moves itself.
+        until(|| expiry(&reader) == Some(start() + Duration::from_secs(30))).await;
+        until(|| clock.idlers() == 1).await;
+        assert_eq!(
+            clock.now(),
+            start(),
+            "the heartbeat does not drive the clock"
+        );
+        for beat in 1..=3u64 {
+            until(|| clock.idlers() == 1).await;
+            clock.advance(Duration::from_secs(10));
+            let want = start() + Duration::from_secs(10 * beat + 30);
+            until(|| expiry(&reader) == Some(want)).await;
+        }
+        assert!(!stop.is_stopped());
+        // Another process takes the run over (its clock says a's lease expired).
+        let mut b = Journal::open(d.path()).expect("open b");
+        let taken = open(&mut b, start() + Duration::from_secs(3600));
+        assert_eq!(taken, run, "b resumed the same run");
+        assert_eq!(b.lease(&run).expect("q").expect("run").fence, 2);
+        // a's next beat finds the fence moved: the engine is told to stop, and a writes nothing.
+        let before = b.lease(&run).expect("q");
+        until(|| clock.idlers() == 1).await;
+        clock.advance(Duration::from_secs(10));
+        let e = tokio::time::timeout(Duration::from_secs(10), beat)
+            .await
+            .expect("the heartbeat ends")
+            .expect("task")
+            .expect("the take-over");
+        assert!(e.is_fenced(), "{e}");
+        assert!(stop.is_stopped(), "the engine is stopped at once");
+        assert_eq!(b.lease(&run).expect("q"), before);
+        drop(done);
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_ends_when_the_run_does() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let clock = SimClock::new(start());
+        let mut a = Journal::open(d.path()).expect("open a");
+        let run = open(&mut a, clock.now());
+        let (done, end) = tokio::sync::oneshot::channel();
+        let beat = tokio::spawn(heartbeat(
+            SharedJournal::new(a),
+            run,
+            Arc::new(clock.clone()),
+            Duration::from_secs(10),
+            StopToken::new(),
+            end,
+        ));
+        let _ = done.send(());
+        let r = tokio::time::timeout(Duration::from_secs(10), beat)
+            .await
+            .expect("ended")
+            .expect("task");
+        assert!(r.is_none());
+    }
+}
