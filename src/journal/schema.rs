@@ -1,7 +1,8 @@
 //! The journal's schema: the migrations (numbered by `PRAGMA user_version`), the upgrade step that
 //! ends duplicate unfinished runs before the partial unique index is created, other stages'
 //! migrations ([`Journal::migrate_extra`]), and how values are stored: the recipient key (`rk` =
-//! run key << 32 | audience line) and times as RFC 3339 text.
+//! run key << 32 | audience line) and times as RFC 3339 text (the lease's instants, migration 10,
+//! as integer milliseconds since the epoch).
 //!
 //! Invariants: a migration runs once, in order, inside one IMMEDIATE transaction with the
 //! version bump; a migration is never edited once released (add a new one). Must not: change

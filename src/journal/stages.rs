@@ -58,7 +58,10 @@ impl Journal {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
         super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
         for (i, s) in stages.iter().enumerate() {
             tx.execute(
