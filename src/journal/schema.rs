@@ -1,7 +1,8 @@
 //! The journal's schema: the migrations (numbered by `PRAGMA user_version`), the upgrade step that
 //! ends duplicate unfinished runs before the partial unique index is created, other stages'
 //! migrations ([`Journal::migrate_extra`]), and how values are stored: the recipient key (`rk` =
-//! run key << 32 | audience line) and times as RFC 3339 text.
+//! run key << 32 | audience line) and times as RFC 3339 text (the lease's instants, migration 10,
+//! as integer milliseconds since the epoch).
 //!
 //! Invariants: a migration runs once, in order, inside one IMMEDIATE transaction with the
 //! version bump; a migration is never edited once released (add a new one). Must not: change
@@ -203,6 +204,19 @@ const MIGRATIONS: &[&str] = &[
         finished_at TEXT,
         PRIMARY KEY(run_id, idx)
      ) WITHOUT ROWID;",
+    // 10 (leases across hosts): a run's lease gets an expiry (`lease_expires_ms`, renewed by the
+    // sending engine's heartbeat) and a fencing number (`fence`, +1 at every claim) with who
+    // took it and when (`fence_holder`, `fence_at_ms`); instants in milliseconds since the
+    // epoch. A lease held when upgrading counts as claimed once (fence 1, taken at its run's last
+    // update); its expiry stays NULL, which keeps the old rule for it (live while its process
+    // runs), so an older process still sending is never taken over by the upgrade.
+    "ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN fence_holder TEXT;
+     ALTER TABLE runs ADD COLUMN fence_at_ms INTEGER;
+     ALTER TABLE runs ADD COLUMN lease_expires_ms INTEGER;
+     UPDATE runs SET fence = 1, fence_holder = owner,
+         fence_at_ms = CAST(ROUND((julianday(updated_at) - 2440587.5) * 86400000.0) AS INTEGER)
+      WHERE owner IS NOT NULL;",
 ];
 
 /// The migration (index into [`MIGRATIONS`]) that adds [`UNFINISHED_INDEX`].
@@ -239,10 +253,12 @@ fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, 
             .filter(|(id, _, _, kept)| id != kept)
             .collect()
     };
+    // No lease holder: a migration has taken no fence, so it checks none.
+    let nobody = super::lease::Holder::new(String::new());
     let ops = Ops {
         conn,
         path,
-        owner: "",
+        owner: &nobody,
     };
     for (id, action, updated_at, kept) in &older {
         let action = parse_action(action)?;
@@ -530,5 +546,56 @@ mod tests {
         );
         // And the index now holds.
         assert!(insert_run(j.connection(), "third", None, "paused", false).is_err());
+    }
+
+    #[test]
+    fn the_lease_migration_counts_a_held_lease_as_claimed_once_and_keeps_its_old_rule() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let before_leases = MIGRATIONS.len() - 1;
+        {
+            let conn = Connection::open(&path).expect("open");
+            for m in &MIGRATIONS[..before_leases] {
+                conn.execute_batch(m).expect("schema");
+            }
+            conn.execute_batch(&format!("PRAGMA user_version = {before_leases};"))
+                .expect("version");
+            insert_run(&conn, "far", Some("a"), "running", false).expect("far");
+            insert_run(&conn, "dead", Some("b"), "running", false).expect("dead");
+            insert_run(&conn, "free", Some("c"), "paused", false).expect("free");
+            let host = hostname();
+            conn.execute_batch(&format!(
+                "UPDATE runs SET owner = 'other-host:7:0' WHERE id = 'far';
+                 UPDATE runs SET owner = '{host}:4294967295:0' WHERE id = 'dead';"
+            ))
+            .expect("owners");
+        }
+        let j = Journal::open_path(&path).expect("migrate");
+        let fence = |id: &str| -> (i64, Option<String>, Option<i64>, Option<i64>) {
+            j.connection()
+                .query_row(
+                    "SELECT fence, fence_holder, fence_at_ms, lease_expires_ms FROM runs WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .expect("row")
+        };
+        let at = now().as_millisecond();
+        assert_eq!(
+            fence("far"),
+            (1, Some("other-host:7:0".into()), Some(at), None)
+        );
+        assert_eq!(fence("free"), (0, None, None, None));
+        // No expiry: the old rule. Another host's lease stays live however late it is...
+        let far = j.run("far").expect("q").expect("far");
+        let e = j
+            .claim(&far, now() + std::time::Duration::from_secs(86_400))
+            .expect_err("live");
+        assert_eq!(e.exit(), Exit::Busy);
+        // ... and a dead local holder's is taken at once, the fence moving on.
+        let dead = j.run("dead").expect("q").expect("dead");
+        j.claim(&dead, now()).expect("dead holder");
+        assert_eq!(fence("dead").0, 2);
+        assert!(fence("dead").3.is_some(), "a claimed lease has an expiry");
     }
 }

@@ -11,6 +11,7 @@ mod common;
 mod daemon_e2e;
 mod disk_full;
 mod interop;
+mod lease;
 mod mock;
 mod numbers;
 mod pg_store;
