@@ -31,7 +31,7 @@ pub fn cancel(_g: &GlobalArgs, a: &ControlArgs) -> CmdResult {
 }
 
 /// Campaigns the state directory knows: scheduled by a daemon or sent by `imcast run`.
-fn known_names(conn: &rusqlite::Connection, journal: &Journal) -> anyhow::Result<Vec<String>> {
+fn known_names(conn: &state::Conn, journal: &Journal) -> anyhow::Result<Vec<String>> {
     let mut names = state::campaign_names(conn)?;
     names.extend(journal.campaigns()?);
     names.sort();

@@ -26,10 +26,11 @@ pub struct Migration {
 }
 
 /// Every version, in order (versions 1, 2, … without gaps).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "the account limiter's log (imcast_throttle_key, imcast_throttle_log)",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "the account limiter's log (imcast_throttle_key, imcast_throttle_log)",
+        sql: "
     CREATE TABLE imcast_throttle_key(
         key TEXT PRIMARY KEY,
         units BIGINT NOT NULL DEFAULT 0,
@@ -43,7 +44,39 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         done BOOLEAN NOT NULL);
     CREATE INDEX imcast_throttle_log_key_until
         ON imcast_throttle_log(key, until_ns) INCLUDE (count);",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "the scheduler's occurrence record (sched_campaign, sched_occurrence)",
+        // The same names and columns as the SQLite tables (`daemon::state`), so one SQL text
+        // serves both backends (`crate::store`); integers are BIGINT.
+        sql: "
+    CREATE TABLE sched_campaign(
+        name TEXT PRIMARY KEY,
+        cursor BIGINT,
+        paused BIGINT NOT NULL DEFAULT 0,
+        path TEXT,
+        next_fire BIGINT,
+        updated_at BIGINT NOT NULL);
+    CREATE TABLE sched_occurrence(
+        campaign TEXT NOT NULL,
+        occurrence BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        run_key TEXT NOT NULL,
+        content_hash TEXT,
+        recorded_at BIGINT NOT NULL,
+        started_at BIGINT,
+        finished_at BIGINT,
+        paused_by TEXT,
+        detail TEXT,
+        node TEXT,
+        host TEXT,
+        pid BIGINT,
+        claimed_at BIGINT,
+        PRIMARY KEY (campaign, occurrence));
+    CREATE INDEX sched_occurrence_status ON sched_occurrence(status);",
+    },
+];
 
 /// The schema version this build knows (the last migration's).
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -391,7 +391,7 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
             .request_control("c", req, Some("test"), jiff::Timestamp::UNIX_EPOCH)
             .expect("request")
     };
-    let status = |conn: &rusqlite::Connection| {
+    let status = |conn: &state::Conn| {
         state::occurrences(conn, Some("c"))
             .expect("rows")
             .first()

@@ -61,7 +61,7 @@ impl Env {
     fn at(&self, s: &str) {
         self.clock.advance_to(t(s));
     }
-    fn conn(&self) -> rusqlite::Connection {
+    fn conn(&self) -> state::Conn {
         state::open(&self.state).expect("open state")
     }
     fn journal(&self) -> Journal {
@@ -827,19 +827,25 @@ fn prune_deletes_old_finished_occurrences_only() {
     .enumerate()
     {
         let key = key as i64 + 1;
-        conn.execute(
+        conn.as_sqlite()
+            .expect("sqlite")
+            .execute(
             "INSERT INTO runs(id, campaign, plan_hash, action, status, flags, created_at, updated_at, finished_at, audit, limit_count, limit_window_ms, total_calls, key)
              VALUES (?1, 'p', 'h', 'batch', ?2, '{}', ?3, ?3, ?3, '{}', 1, 1000, 1, ?4)",
             rusqlite::params![id, status, at(days), key],
         )
         .expect("insert run");
         // A recipient row: key = the run's key << 32 | its audience line.
-        conn.execute(
-            "INSERT INTO recipients(rk, id, raw_id, status) VALUES (?1, 1, '1', 'sent')",
-            [(key << 32) | 1],
-        )
-        .expect("insert recipient");
-        conn.execute(
+        conn.as_sqlite()
+            .expect("sqlite")
+            .execute(
+                "INSERT INTO recipients(rk, id, raw_id, status) VALUES (?1, 1, '1', 'sent')",
+                [(key << 32) | 1],
+            )
+            .expect("insert recipient");
+        conn.as_sqlite()
+            .expect("sqlite")
+            .execute(
             "INSERT INTO calls(run_id, seq, variant, receivers, state, updated_at) VALUES (?1, 0, 'v', '[1]', 'done', ?2)",
             rusqlite::params![id, at(days)],
         )
@@ -862,7 +868,11 @@ fn prune_deletes_old_finished_occurrences_only() {
         "{stdout}"
     );
     let check = env.conn();
-    let mut st = check.prepare("SELECT id FROM runs ORDER BY id").expect("q");
+    let mut st = check
+        .as_sqlite()
+        .expect("sqlite")
+        .prepare("SELECT id FROM runs ORDER BY id")
+        .expect("q");
     let runs: Vec<String> = st
         .query_map([], |r| r.get(0))
         .expect("q")
@@ -871,6 +881,8 @@ fn prune_deletes_old_finished_occurrences_only() {
     assert_eq!(runs, vec!["new", "stuck"]);
     let left_rows: Vec<i64> = env
         .conn()
+        .as_sqlite()
+        .expect("sqlite")
         .prepare("SELECT rk >> 32 FROM recipients ORDER BY rk")
         .expect("q")
         .query_map([], |r| r.get(0))
