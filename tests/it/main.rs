@@ -13,6 +13,7 @@ mod disk_full;
 mod interop;
 mod mock;
 mod numbers;
+mod pg_daemons;
 mod pg_store;
 mod plan;
 mod plan_diff;
