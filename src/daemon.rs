@@ -12,6 +12,12 @@
 //!   BEFORE its run starts; the `(campaign, occurrence)` key makes it fire at most once. A row
 //!   left `claimed`/`running`/`paused` by a crash is resumed (the runner's `start` is idempotent
 //!   per run key); a finished one is never started again.
+//! - With `[state] url` ([`DaemonConfig::store`]) the occurrence record is in PostgreSQL, shared by
+//!   every daemon on it: the claim above is what lets only one of them fire an occurrence; each
+//!   daemon starts, resumes, polls and pauses only the runs of rows its node decided or claimed
+//!   (a run is in its local journal, so a run of a dead daemon waits for that daemon's restart),
+//!   and stops a run of its own whose row another daemon cancelled. Overlap, pause flags and
+//!   cursors are the shared record's, so they hold across daemons.
 //! - A missed occurrence later than `schedule.not_after` is recorded `skipped_late`; one due
 //!   while the campaign's previous run is going is `skipped_overlap` or `queued` (overlap).
 //! - While the campaign is paused by `imcast pause` or the stop file exists, no occurrence is

@@ -403,7 +403,7 @@ pub struct Conn {
 
 enum Inner {
     Sqlite(rusqlite::Connection),
-    Postgres(RefCell<Pg>),
+    Postgres(Box<RefCell<Pg>>),
 }
 
 struct Pg {
@@ -574,12 +574,12 @@ impl Conn {
     pub fn postgres(url: &PgUrl) -> Result<Conn, StoreError> {
         let client = pg_connect(url)?;
         Ok(Conn {
-            inner: Inner::Postgres(RefCell::new(Pg {
+            inner: Inner::Postgres(Box::new(RefCell::new(Pg {
                 url: url.clone(),
                 client: Some(OffRuntime::new(client)),
                 stmts: HashMap::new(),
                 in_tx: false,
-            })),
+            }))),
         })
     }
 

@@ -807,7 +807,7 @@ mod tests {
             Some(100)
         );
         update_occurrence(
-            &conn,
+            conn,
             "a",
             100,
             status::DONE,

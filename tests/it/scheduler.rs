@@ -688,10 +688,10 @@ fn schedule_env() -> Env {
         "name: broken\nschedule:\n  cron: \"0 9 * *\"\n  timezone: UTC\n".into(),
     );
     // Some history.
-    let mut conn = env.conn();
+    let conn = env.conn();
     state::upsert_campaign(&conn, "daily", "daily.yaml", None, 0).expect("upsert");
     state::record_occurrence(
-        &mut conn,
+        &conn,
         "daily",
         t("2026-03-06T07:30:00Z").as_second(),
         "done",
@@ -702,7 +702,7 @@ fn schedule_env() -> Env {
     )
     .expect("rec");
     state::record_occurrence(
-        &mut conn,
+        &conn,
         "daily",
         t("2026-03-07T07:30:00Z").as_second(),
         "skipped_late",
@@ -793,24 +793,14 @@ fn control_command_names_unknown_campaigns() {
 )]
 fn prune_deletes_old_finished_occurrences_only() {
     let env = Env::new("2026-03-01T00:00:00Z");
-    let mut conn = env.conn();
+    let conn = env.conn();
     let now = jiff::Timestamp::now().as_second();
     state::upsert_campaign(&conn, "p", "p.yaml", None, 0).expect("upsert");
-    state::record_occurrence(&mut conn, "p", now - 100 * 86400, "done", "a", "h", 0, None)
+    state::record_occurrence(&conn, "p", now - 100 * 86400, "done", "a", "h", 0, None)
         .expect("rec");
-    state::record_occurrence(
-        &mut conn,
-        "p",
-        now - 95 * 86400,
-        "queued",
-        "b",
-        "h",
-        0,
-        None,
-    )
-    .expect("rec");
-    state::record_occurrence(&mut conn, "p", now - 10 * 86400, "done", "c", "h", 0, None)
+    state::record_occurrence(&conn, "p", now - 95 * 86400, "queued", "b", "h", 0, None)
         .expect("rec");
+    state::record_occurrence(&conn, "p", now - 10 * 86400, "done", "c", "h", 0, None).expect("rec");
     // Journal runs: an old finished one (pruned with its rows), an old unfinished one and a
     // recent finished one (kept).
     let at = |days: i64| {
