@@ -94,8 +94,15 @@ impl StoreError {
             StoreError::Sqlite(e) => crate::db::is_busy(e),
             StoreError::Postgres(e) => {
                 e.is_closed()
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
                     || e.code().is_some_and(|c| {
-                        *c == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+                        use postgres::error::SqlState;
+                        // Class 08: connection exceptions; 57P01–03: the server shut the session.
+                        c.code().starts_with("08")
+                            || *c == SqlState::ADMIN_SHUTDOWN
+                            || *c == SqlState::CRASH_SHUTDOWN
+                            || *c == SqlState::CANNOT_CONNECT_NOW
+                            || *c == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
                             || *c == postgres::error::SqlState::T_R_DEADLOCK_DETECTED
                     })
             }
@@ -904,7 +911,25 @@ mod tests {
                     params![pid],
                 )
                 .expect("terminate");
-            let _ = c.query("SELECT 1", params![]);
+            // Terminating is asynchronous: wait until the backend is gone.
+            let gone = (0..200).any(|_| {
+                let left: i64 = killer
+                    .query_row(
+                        "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = CAST(?1 AS INTEGER)",
+                        params![pid],
+                        |r| r.get(0),
+                    )
+                    .expect("pg_stat_activity");
+                if left > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                left == 0
+            });
+            assert!(gone, "the backend was not terminated");
+            let e = c
+                .query("SELECT 1", params![])
+                .expect_err("the connection is gone");
+            assert!(e.is_transient(), "{e:?}");
             let n: i64 = c
                 .query_row("SELECT COUNT(*) FROM kv", params![], |r| r.get(0))
                 .expect("reconnected");
