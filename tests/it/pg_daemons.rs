@@ -212,3 +212,126 @@ fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
     );
     drop(b);
 }
+
+/// The same two-daemon rules on a simulated clock (no sleeping, no processes): two [`Daemon`]s
+/// with two state directories and two copies of the folder on one PostgreSQL store, each with a
+/// fake runner. An occurrence starts on exactly one; one due while the other's run is going is
+/// queued and started once by whichever claims it; a pause or cancel given to one daemon's state
+/// directory holds or stops the run on the other.
+#[test]
+fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
+    use imcast::clock::SimClock;
+    use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
+    use imcast::daemon::source::StandInSource;
+    use imcast::daemon::state;
+    use imcast::daemon::{Daemon, DaemonConfig};
+    use imcast::journal::{ControlRequest, Journal};
+    use std::sync::Arc;
+
+    let Some(db) = imcast::testing::pg::test_db("two_daemons_sim") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let clock = SimClock::new("2026-03-01T00:30:00Z".parse().expect("ts"));
+    let open = |name: &str, runner: &Arc<FakeRunner>| {
+        let dir = tmp.path().join(name).join("campaigns");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("h.yaml"),
+            "name: h\nschedule:\n  cron: \"0 * * * *\"\n  timezone: UTC\n  not_after: 10m\n  overlap: queue\n",
+        )
+        .expect("campaign");
+        let state_dir = tmp.path().join(name).join(".imcast");
+        let mut cfg = DaemonConfig::new(&dir, &state_dir);
+        cfg.store = Some(db.url().clone());
+        let d = Daemon::open(
+            cfg,
+            Arc::new(clock.clone()),
+            Box::new(StandInSource),
+            runner.clone(),
+        )
+        .expect("open daemon");
+        let node = state::node_id(&state::open(&state_dir).expect("local")).expect("node");
+        (d, state_dir, node)
+    };
+    let (ra, rb) = (Arc::new(FakeRunner::new()), Arc::new(FakeRunner::new()));
+    let (mut a, _sa, node_a) = open("a", &ra);
+    let (mut b, sb, node_b) = open("b", &rb);
+    assert_ne!(node_a, node_b);
+    let tick = |d: &mut Daemon| d.tick().expect("tick");
+    let request = |req: ControlRequest| {
+        Journal::open(&sb)
+            .expect("journal")
+            .request_control("h", req, None, jiff::Timestamp::UNIX_EPOCH)
+            .expect("request");
+    };
+    tick(&mut a);
+    tick(&mut b);
+
+    // 01:00: a ticks first and claims it; b records nothing and starts nothing.
+    clock.advance_to("2026-03-01T01:00:00Z".parse().expect("ts"));
+    tick(&mut a);
+    tick(&mut b);
+    let k1 = "h@2026-03-01T01:00:00Z";
+    assert_eq!(ra.starts(), vec![k1.to_string()]);
+    assert!(rb.starts().is_empty());
+
+    // 02:00 while a's run goes: b decides it first — queued (overlap: queue).
+    clock.advance_to("2026-03-01T02:00:00Z".parse().expect("ts"));
+    tick(&mut b);
+    tick(&mut a);
+    let k2 = "h@2026-03-01T02:00:00Z";
+    let reader = state::open_store(&db.store()).expect("store");
+    let row = |k: &str| {
+        state::occurrences(&reader, Some("h"))
+            .expect("rows")
+            .into_iter()
+            .find(|r| r.run_key == k)
+            .expect("row")
+    };
+    assert_eq!(row(k2).status, "queued");
+    assert_eq!(row(k2).node.as_deref(), Some(node_b.as_str()));
+    // a's run ends; a claims the queued occurrence; b, ticking after, does not start it too.
+    ra.finish(k1, RunOutcome::Done);
+    clock.advance(std::time::Duration::from_secs(1));
+    tick(&mut a);
+    tick(&mut b);
+    assert_eq!(ra.starts(), vec![k1.to_string(), k2.to_string()]);
+    assert!(rb.starts().is_empty(), "{:?}", rb.starts());
+    let r2 = row(k2);
+    assert_eq!(
+        (r2.status.as_str(), r2.node.as_deref()),
+        ("running", Some(node_a.as_str()))
+    );
+    assert_eq!(r2.pid, Some(i64::from(std::process::id())));
+    assert!(r2.host.is_some() && r2.claimed_at.is_some(), "{r2:?}");
+
+    // `imcast pause h` given to b's state directory pauses a's run; resume continues it.
+    request(ControlRequest::Pause);
+    tick(&mut b);
+    tick(&mut a);
+    assert_eq!(ra.runs()[k2].status, RunStatus::Paused);
+    request(ControlRequest::Resume);
+    tick(&mut b);
+    tick(&mut a);
+    assert_eq!(ra.runs()[k2].status, RunStatus::Running);
+
+    // A cancel given to b stops a's run.
+    request(ControlRequest::Cancel);
+    tick(&mut b);
+    tick(&mut a);
+    assert!(
+        matches!(
+            ra.runs()[k2].status,
+            RunStatus::Finished {
+                outcome: RunOutcome::Cancelled,
+                ..
+            }
+        ),
+        "{:?}",
+        ra.runs()[k2]
+    );
+    assert_eq!(row(k2).status, "cancelled");
+    assert_eq!(row(k1).status, "done");
+    assert!(rb.starts().is_empty());
+}
