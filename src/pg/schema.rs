@@ -8,8 +8,10 @@
 //! ([`SCHEMA_LOCK`]), so two hosts starting at once apply each version once and nobody sees a
 //! half-migrated schema; a store whose highest version is above [`SCHEMA_VERSION`] is never
 //! touched (an older imcast would not know what the newer tables mean; every host sharing a store
-//! must run a version that knows its schema). Opening the limiter applies what is missing (as the
-//! SQLite files do on open); `imcast state migrate` does the same on request and says what it did.
+//! must run a version that knows its schema). Opening the limiter, or a connection of the store
+//! layer (`crate::store::Conn::postgres`: the scheduler's occurrence record), applies what is
+//! missing (as the SQLite files do on open); `imcast state migrate` does the same on request and
+//! says what it did.
 //!
 //! Must not: drop or rewrite data a released version wrote without a migration that says so.
 
