@@ -1,11 +1,11 @@
 //! What `imcast schedule DIR` shows: each campaign's next occurrences (in its zone and UTC) and
-//! its past ones with their outcome from the `sched_*` tables. Builds data only; the command
+//! its past ones with their outcome from the `sched_*` tables, and which daemon (host, pid)
+//! decided or claimed each. Builds data only; the command
 //! renders it (human text or JSON). Must not: write to the state database.
 
 use std::path::Path;
 
 use jiff::Timestamp;
-use rusqlite::Connection;
 use serde::Serialize;
 
 use super::source::{scan_dir, CampaignSource};
@@ -47,6 +47,12 @@ pub struct Past {
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The host of the daemon that decided or claimed it (recorded since imcast knew more than
+    /// one daemon on a store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,7 +76,7 @@ pub enum ViewError {
 pub fn schedule_view(
     dir: &Path,
     source: &dyn CampaignSource,
-    conn: Option<&Connection>,
+    conn: Option<&state::Conn>,
     now: Timestamp,
     next: usize,
     past: usize,
@@ -129,6 +135,8 @@ pub fn schedule_view(
                     utc: t.to_string(),
                     status: r.status,
                     detail: r.detail,
+                    host: r.host,
+                    pid: r.pid,
                 }
             })
             .collect();
@@ -198,7 +206,12 @@ pub fn render_human(v: &ScheduleView) -> String {
         if !c.past.is_empty() {
             let _ = writeln!(o, "  past:");
             for p in &c.past {
-                let _ = writeln!(o, "    {}   {}   {}", p.local, p.utc, p.status);
+                let by = match (&p.host, p.pid) {
+                    (Some(h), Some(pid)) => format!("   by {h} (pid {pid})"),
+                    (Some(h), None) => format!("   by {h}"),
+                    _ => String::new(),
+                };
+                let _ = writeln!(o, "    {}   {}   {}{by}", p.local, p.utc, p.status);
             }
         }
     }

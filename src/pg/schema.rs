@@ -8,8 +8,10 @@
 //! ([`SCHEMA_LOCK`]), so two hosts starting at once apply each version once and nobody sees a
 //! half-migrated schema; a store whose highest version is above [`SCHEMA_VERSION`] is never
 //! touched (an older imcast would not know what the newer tables mean; every host sharing a store
-//! must run a version that knows its schema). Opening the limiter applies what is missing (as the
-//! SQLite files do on open); `imcast state migrate` does the same on request and says what it did.
+//! must run a version that knows its schema). Opening the limiter, or a connection of the store
+//! layer (`crate::store::Conn::postgres`: the scheduler's occurrence record), applies what is
+//! missing (as the SQLite files do on open); `imcast state migrate` does the same on request and
+//! says what it did.
 //!
 //! Must not: drop or rewrite data a released version wrote without a migration that says so.
 
@@ -26,10 +28,11 @@ pub struct Migration {
 }
 
 /// Every version, in order (versions 1, 2, … without gaps).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "the account limiter's log (imcast_throttle_key, imcast_throttle_log)",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "the account limiter's log (imcast_throttle_key, imcast_throttle_log)",
+        sql: "
     CREATE TABLE imcast_throttle_key(
         key TEXT PRIMARY KEY,
         units BIGINT NOT NULL DEFAULT 0,
@@ -43,7 +46,39 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         done BOOLEAN NOT NULL);
     CREATE INDEX imcast_throttle_log_key_until
         ON imcast_throttle_log(key, until_ns) INCLUDE (count);",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "the scheduler's occurrence record (sched_campaign, sched_occurrence)",
+        // The same names and columns as the SQLite tables (`daemon::state`), so one SQL text
+        // serves both backends (`crate::store`); integers are BIGINT.
+        sql: "
+    CREATE TABLE sched_campaign(
+        name TEXT PRIMARY KEY,
+        cursor BIGINT,
+        paused BIGINT NOT NULL DEFAULT 0,
+        path TEXT,
+        next_fire BIGINT,
+        updated_at BIGINT NOT NULL);
+    CREATE TABLE sched_occurrence(
+        campaign TEXT NOT NULL,
+        occurrence BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        run_key TEXT NOT NULL,
+        content_hash TEXT,
+        recorded_at BIGINT NOT NULL,
+        started_at BIGINT,
+        finished_at BIGINT,
+        paused_by TEXT,
+        detail TEXT,
+        node TEXT,
+        host TEXT,
+        pid BIGINT,
+        claimed_at BIGINT,
+        PRIMARY KEY (campaign, occurrence));
+    CREATE INDEX sched_occurrence_status ON sched_occurrence(status);",
+    },
+];
 
 /// The schema version this build knows (the last migration's).
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -14,6 +14,7 @@ mod interop;
 mod lease;
 mod mock;
 mod numbers;
+mod pg_daemons;
 mod pg_store;
 mod plan;
 mod plan_diff;

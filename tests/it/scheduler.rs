@@ -61,7 +61,7 @@ impl Env {
     fn at(&self, s: &str) {
         self.clock.advance_to(t(s));
     }
-    fn conn(&self) -> rusqlite::Connection {
+    fn conn(&self) -> state::Conn {
         state::open(&self.state).expect("open state")
     }
     fn journal(&self) -> Journal {
@@ -688,10 +688,10 @@ fn schedule_env() -> Env {
         "name: broken\nschedule:\n  cron: \"0 9 * *\"\n  timezone: UTC\n".into(),
     );
     // Some history.
-    let mut conn = env.conn();
+    let conn = env.conn();
     state::upsert_campaign(&conn, "daily", "daily.yaml", None, 0).expect("upsert");
     state::record_occurrence(
-        &mut conn,
+        &conn,
         "daily",
         t("2026-03-06T07:30:00Z").as_second(),
         "done",
@@ -702,7 +702,7 @@ fn schedule_env() -> Env {
     )
     .expect("rec");
     state::record_occurrence(
-        &mut conn,
+        &conn,
         "daily",
         t("2026-03-07T07:30:00Z").as_second(),
         "skipped_late",
@@ -793,24 +793,14 @@ fn control_command_names_unknown_campaigns() {
 )]
 fn prune_deletes_old_finished_occurrences_only() {
     let env = Env::new("2026-03-01T00:00:00Z");
-    let mut conn = env.conn();
+    let conn = env.conn();
     let now = jiff::Timestamp::now().as_second();
     state::upsert_campaign(&conn, "p", "p.yaml", None, 0).expect("upsert");
-    state::record_occurrence(&mut conn, "p", now - 100 * 86400, "done", "a", "h", 0, None)
+    state::record_occurrence(&conn, "p", now - 100 * 86400, "done", "a", "h", 0, None)
         .expect("rec");
-    state::record_occurrence(
-        &mut conn,
-        "p",
-        now - 95 * 86400,
-        "queued",
-        "b",
-        "h",
-        0,
-        None,
-    )
-    .expect("rec");
-    state::record_occurrence(&mut conn, "p", now - 10 * 86400, "done", "c", "h", 0, None)
+    state::record_occurrence(&conn, "p", now - 95 * 86400, "queued", "b", "h", 0, None)
         .expect("rec");
+    state::record_occurrence(&conn, "p", now - 10 * 86400, "done", "c", "h", 0, None).expect("rec");
     // Journal runs: an old finished one (pruned with its rows), an old unfinished one and a
     // recent finished one (kept).
     let at = |days: i64| {
@@ -827,19 +817,25 @@ fn prune_deletes_old_finished_occurrences_only() {
     .enumerate()
     {
         let key = key as i64 + 1;
-        conn.execute(
+        conn.as_sqlite()
+            .expect("sqlite")
+            .execute(
             "INSERT INTO runs(id, campaign, plan_hash, action, status, flags, created_at, updated_at, finished_at, audit, limit_count, limit_window_ms, total_calls, key)
              VALUES (?1, 'p', 'h', 'batch', ?2, '{}', ?3, ?3, ?3, '{}', 1, 1000, 1, ?4)",
             rusqlite::params![id, status, at(days), key],
         )
         .expect("insert run");
         // A recipient row: key = the run's key << 32 | its audience line.
-        conn.execute(
-            "INSERT INTO recipients(rk, id, raw_id, status) VALUES (?1, 1, '1', 'sent')",
-            [(key << 32) | 1],
-        )
-        .expect("insert recipient");
-        conn.execute(
+        conn.as_sqlite()
+            .expect("sqlite")
+            .execute(
+                "INSERT INTO recipients(rk, id, raw_id, status) VALUES (?1, 1, '1', 'sent')",
+                [(key << 32) | 1],
+            )
+            .expect("insert recipient");
+        conn.as_sqlite()
+            .expect("sqlite")
+            .execute(
             "INSERT INTO calls(run_id, seq, variant, receivers, state, updated_at) VALUES (?1, 0, 'v', '[1]', 'done', ?2)",
             rusqlite::params![id, at(days)],
         )
@@ -862,7 +858,11 @@ fn prune_deletes_old_finished_occurrences_only() {
         "{stdout}"
     );
     let check = env.conn();
-    let mut st = check.prepare("SELECT id FROM runs ORDER BY id").expect("q");
+    let mut st = check
+        .as_sqlite()
+        .expect("sqlite")
+        .prepare("SELECT id FROM runs ORDER BY id")
+        .expect("q");
     let runs: Vec<String> = st
         .query_map([], |r| r.get(0))
         .expect("q")
@@ -871,6 +871,8 @@ fn prune_deletes_old_finished_occurrences_only() {
     assert_eq!(runs, vec!["new", "stuck"]);
     let left_rows: Vec<i64> = env
         .conn()
+        .as_sqlite()
+        .expect("sqlite")
         .prepare("SELECT rk >> 32 FROM recipients ORDER BY rk")
         .expect("q")
         .query_map([], |r| r.get(0))
