@@ -78,6 +78,21 @@ pub const MIGRATIONS: &[Migration] = &[
         PRIMARY KEY (campaign, occurrence));
     CREATE INDEX sched_occurrence_status ON sched_occurrence(status);",
     },
+    Migration {
+        version: 3,
+        name: "the daemon roster (sched_roster)",
+        // The same columns as the SQLite table (`daemon::state::migrate`); self-contained.
+        sql: "
+    CREATE TABLE sched_roster(
+        node TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        version TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        every_secs BIGINT NOT NULL,
+        stopped_at BIGINT);",
+    },
 ];
 
 /// The schema version this build knows (the last migration's).
