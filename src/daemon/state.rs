@@ -826,6 +826,91 @@ mod tests {
     }
 
     #[test]
+    fn roster_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open(dir.path()).expect("open");
+        record_once(&conn);
+        claims_name_the_daemon_and_pending_is_claimed_once(&conn);
+        roster_rules(&conn);
+    }
+
+    /// The roster on a simulated clock (instants are parameters): written on start, refreshed,
+    /// alive within ALIVE_BEATS refresh intervals, stopped on a clean shutdown, replaced on a
+    /// restart; pruning takes old finished occurrences and old roster rows, but keeps the row of a
+    /// daemon that holds an active occurrence. Runs after the two helpers above (their rows: `a`
+    /// 100 done, `b` 150 done, `q` 200 claimed by n-b).
+    fn roster_rules(conn: &Conn) {
+        let who = |node: &str, host: &str, pid: u32| Claimant {
+            node: node.into(),
+            host: host.into(),
+            pid,
+        };
+        let (a, b) = (who("n-a", "host-a", 11), who("n-b", "host-b", 22));
+        roster_beat(conn, &a, 1000, 10, 1000).expect("a starts");
+        roster_beat(conn, &b, 1000, 10, 1005).expect("b starts");
+        let get = |node: &str| {
+            roster(conn)
+                .expect("roster")
+                .into_iter()
+                .find(|d| d.node == node)
+                .expect("row")
+        };
+        let rs = roster(conn).expect("roster");
+        assert_eq!(
+            rs.iter()
+                .map(|d| (d.host.as_str(), d.pid, d.version.as_str(), d.last_seen))
+                .collect::<Vec<_>>(),
+            vec![
+                ("host-a", 11, env!("CARGO_PKG_VERSION"), 1000),
+                ("host-b", 22, env!("CARGO_PKG_VERSION"), 1005)
+            ]
+        );
+        // Alive while seen within 3 × 10 s; not after.
+        let ra = get("n-a");
+        assert_eq!(ra.alive_window(), 30);
+        assert!(ra.alive(1030) && !ra.alive(1031));
+        // A refresh moves last_seen, not started_at.
+        roster_beat(conn, &a, 1000, 10, 1020).expect("a refreshes");
+        let ra = get("n-a");
+        assert_eq!((ra.started_at, ra.last_seen), (1000, 1020));
+        assert!(ra.alive(1050) && !ra.alive(1051));
+        // A clean stop: not alive at once. A stop from an older process of the node (another pid)
+        // does not mark the current one stopped.
+        roster_stop(conn, &who("n-b", "host-b", 99), 1021).expect("stale stop");
+        assert_eq!(get("n-b").stopped_at, None);
+        roster_stop(conn, &a, 1025).expect("a stops");
+        let ra = get("n-a");
+        assert_eq!((ra.stopped_at, ra.last_seen), (Some(1025), 1025));
+        assert!(!ra.alive(1025));
+        // A restart of node a (another pid) replaces its row.
+        let a2 = who("n-a", "host-a2", 33);
+        roster_beat(conn, &a2, 1100, 10, 1100).expect("a restarts");
+        let ra = get("n-a");
+        assert_eq!(
+            (ra.host.as_str(), ra.pid, ra.started_at, ra.stopped_at),
+            ("host-a2", 33, 1100, None)
+        );
+        assert!(ra.alive(1110));
+        // Prune at 2000: a's row (last seen 1100) goes; b's too old as well, but it holds the
+        // claimed occurrence q@200, so it stays; the finished occurrences before 2000 go.
+        assert_eq!(prune_store(conn, 1050).expect("prune"), (2, 0));
+        assert_eq!(prune_store(conn, 2000).expect("prune"), (0, 1));
+        assert_eq!(
+            roster(conn)
+                .expect("roster")
+                .iter()
+                .map(|d| d.node.as_str())
+                .collect::<Vec<_>>(),
+            vec!["n-b"]
+        );
+        assert_eq!(occurrences(conn, None).expect("rows").len(), 1);
+        // Once q is finished, b's old row goes too.
+        update_occurrence(conn, "q", 200, status::DONE, Update::default()).expect("done");
+        assert_eq!(prune_roster(conn, 2000).expect("prune"), 1);
+        assert!(roster(conn).expect("roster").is_empty());
+    }
+
+    #[test]
     fn record_once_and_claims_on_postgres() {
         let Some(db) = crate::testing::pg::test_db("sched_state") else {
             return;
@@ -838,6 +923,7 @@ mod tests {
             // Migrating again (a second daemon connecting) changes nothing.
             let again = open_store(&StateStore::Postgres(url)).expect("again");
             assert_eq!(occurrences(&again, None).expect("rows").len(), 3);
+            roster_rules(&conn);
         })
         .join()
         .expect("thread");
