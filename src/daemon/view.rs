@@ -168,7 +168,8 @@ pub fn schedule_view(
         let d = daemons.iter().find(|d| Some(&d.node) == r.node.as_ref())?;
         (!d.alive).then(|| {
             format!(
-                "its daemon on {} (pid {}) is {}: it resumes when that daemon restarts                  (no other daemon takes over a run in progress yet)",
+                "its daemon on {} (pid {}) is {}: it resumes when that daemon restarts \
+                 (no other daemon takes over a run in progress yet)",
                 d.host,
                 d.pid,
                 if d.stopped_at.is_some() {
