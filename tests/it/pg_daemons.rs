@@ -2,7 +2,8 @@
 //! state directory and its own copy of the campaigns folder (two checkouts of one repository),
 //! against one `imcast mock-server`: every occurrence is fired exactly once (the mock's record),
 //! the store names the host and pid that claimed each, and after a `kill -9` of one daemon the
-//! other fires every later occurrence. The test server is `imcast::testing::pg`'s (a throwaway
+//! other fires every later occurrence; `imcast schedule` lists both daemons, the killed one not
+//! alive once the alive window has passed. The test server is `imcast::testing::pg`'s (a throwaway
 //! cluster on 127.0.0.1, or `IMCAST_TEST_PG_URL`); where PostgreSQL is not installed the fixture
 //! says so loudly and, under CI, fails.
 
@@ -210,6 +211,46 @@ fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
         block.contains(&format!("by {host} (pid {b_pid})")),
         "{text}"
     );
+    // … and lists both daemons: b alive now; a (killed, no clean stop) not alive once the alive
+    // window (3 refreshes of 10 s) after its last refresh has passed.
+    let daemons = |now: Option<i64>| -> Vec<(i64, bool, Option<String>)> {
+        let mut c = Command::new(bin());
+        c.arg("schedule")
+            .arg(checkouts[1].join("campaigns"))
+            .args(["--output", "json"])
+            .env_remove("PGPASSWORD")
+            .envs(password.as_deref().map(|p| ("PGPASSWORD", p)));
+        if let Some(n) = now {
+            c.args([
+                "--now",
+                &jiff::Timestamp::from_second(n).expect("ts").to_string(),
+            ]);
+        }
+        let out = c.output_limited().expect("imcast schedule");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["daemons"]
+            .as_array()
+            .expect("daemons")
+            .iter()
+            .map(|d| {
+                assert_eq!(d["host"], host.as_str(), "{d}");
+                (
+                    d["pid"].as_i64().expect("pid"),
+                    d["alive"].as_bool().expect("alive"),
+                    d["stopped_at"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    };
+    let now_list = daemons(None);
+    let mut pids: Vec<i64> = now_list.iter().map(|d| d.0).collect();
+    pids.sort_unstable();
+    let mut want = vec![a_pid, b_pid];
+    want.sort_unstable();
+    assert_eq!(pids, want, "{now_list:?}");
+    assert!(now_list.contains(&(b_pid, true, None)), "{now_list:?}");
+    let later = daemons(Some(killed_at + 31));
+    assert!(later.contains(&(a_pid, false, None)), "{later:?}");
     drop(b);
 }
 
@@ -217,10 +258,11 @@ fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
 /// with two state directories and two copies of the folder on one PostgreSQL store, each with a
 /// fake runner. An occurrence starts on exactly one; one due while the other's run is going is
 /// queued and started once by whichever claims it; a pause or cancel given to one daemon's state
-/// directory holds or stops the run on the other.
+/// directory holds or stops the run on the other. The roster (what `imcast schedule` shows) names
+/// both; one that falls silent is not alive after the window, with a note on the run it holds.
 #[test]
 fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
-    use imcast::clock::SimClock;
+    use imcast::clock::{Clock, SimClock};
     use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
     use imcast::daemon::source::StandInSource;
     use imcast::daemon::state;
@@ -334,4 +376,65 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
     assert_eq!(row(k2).status, "cancelled");
     assert_eq!(row(k1).status, "done");
     assert!(rb.starts().is_empty());
+
+    // The roster names both daemons; at 03:00 a claims the occurrence, then falls silent (no
+    // tick, no clean stop) while b goes on: 31 s after a's last refresh, a is not alive and its
+    // running occurrence carries the note; b is alive.
+    clock.advance_to("2026-03-01T03:00:00Z".parse().expect("ts"));
+    tick(&mut a);
+    tick(&mut b);
+    let k3 = "h@2026-03-01T03:00:00Z";
+    assert_eq!(row(k3).node.as_deref(), Some(node_a.as_str()));
+    let folder = tmp.path().join("b").join("campaigns");
+    let view = || {
+        imcast::daemon::view::schedule_view(
+            &folder,
+            &StandInSource,
+            Some(&reader),
+            clock.now(),
+            1,
+            10,
+        )
+        .expect("view")
+    };
+    let v = view();
+    let alive: Vec<(&str, bool)> = v
+        .daemons
+        .iter()
+        .map(|d| (d.node.as_str(), d.alive))
+        .collect();
+    assert_eq!(alive.len(), 2, "{alive:?}");
+    assert!(alive.contains(&(node_a.as_str(), true)) && alive.contains(&(node_b.as_str(), true)));
+    for _ in 0..4 {
+        clock.advance(std::time::Duration::from_secs(10));
+        tick(&mut b);
+    }
+    clock.advance(std::time::Duration::from_secs(1));
+    let v = view();
+    let alive: Vec<(&str, bool)> = v
+        .daemons
+        .iter()
+        .map(|d| (d.node.as_str(), d.alive))
+        .collect();
+    assert!(
+        alive.contains(&(node_a.as_str(), false)) && alive.contains(&(node_b.as_str(), true)),
+        "{alive:?}"
+    );
+    let past = &v.campaigns[0].past;
+    let last = past.last().expect("k3");
+    assert_eq!(
+        (last.status.as_str(), last.node.as_deref()),
+        ("running", Some(node_a.as_str()))
+    );
+    assert!(
+        last.note.as_deref().is_some_and(
+            |n| n.contains("not alive") && n.contains("resumes when that daemon restarts")
+        ),
+        "{last:?}"
+    );
+    assert!(
+        past[..past.len() - 1].iter().all(|p| p.note.is_none()),
+        "{past:?}"
+    );
+    drop(a);
 }
