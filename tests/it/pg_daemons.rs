@@ -438,3 +438,105 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
     );
     drop(a);
 }
+
+/// `imcast prune` with `[state] url`: the store's finished occurrences older than the cutoff go
+/// (pending and recent ones stay), and so do roster rows last seen before it, except the row of a
+/// daemon that still holds an active occurrence.
+#[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "`imcast prune` (a real process) ages rows by the system clock: the fixture must too"
+)]
+fn prune_prunes_the_store_occurrences_and_stale_roster_rows() {
+    use imcast::daemon::state::{self, Claimant};
+
+    let Some(db) = imcast::testing::pg::test_db("prune_store") else {
+        return;
+    };
+    let (url, password) = db.toml_url();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        tmp.path().join("imcast.toml"),
+        format!("[state]\nurl = \"{url}\"\n"),
+    )
+    .expect("imcast.toml");
+    let now = jiff::Timestamp::now().as_second();
+    let day = 86_400;
+    let who = |node: &str, pid: u32| Claimant {
+        node: node.into(),
+        host: format!("host-{node}"),
+        pid,
+    };
+    let store = db.store();
+    std::thread::spawn(move || {
+        let c = state::open_store(&store).expect("store");
+        state::upsert_campaign(&c, "p", "p.yaml", None, 0).expect("upsert");
+        for (occ, status, node) in [
+            (now - 100 * day, "done", "old"),
+            (now - 95 * day, "queued", "old"),
+            (now - 99 * day, "running", "holder"),
+            (now - 10 * day, "done", "new"),
+        ] {
+            state::record_occurrence_by(
+                &c,
+                Some(&who(node, 1)),
+                "p",
+                occ,
+                status,
+                &format!("p@{occ}"),
+                "h",
+                occ,
+                None,
+            )
+            .expect("record");
+        }
+        state::roster_beat(&c, &who("old", 1), now - 100 * day, 10, now - 100 * day).expect("old");
+        state::roster_beat(&c, &who("holder", 2), now - 99 * day, 10, now - 99 * day)
+            .expect("holder");
+        state::roster_beat(&c, &who("new", 3), now - day, 10, now - 10).expect("new");
+    })
+    .join()
+    .expect("thread");
+
+    let out = Command::new(bin())
+        .args(["prune", "--older-than", "90d", "--state-dir"])
+        .arg(tmp.path().join(".imcast"))
+        .arg("--config")
+        .arg(tmp.path().join("imcast.toml"))
+        .current_dir(tmp.path())
+        .env_remove("PGPASSWORD")
+        .envs(password.as_deref().map(|p| ("PGPASSWORD", p)))
+        .output_limited()
+        .expect("imcast prune");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("in the state store: 1 schedule occurrence and 1 daemon roster row"),
+        "{stdout}"
+    );
+    let (occ, roster) = db.with_client(|c| {
+        let occ: Vec<String> = c
+            .query(
+                "SELECT status FROM sched_occurrence ORDER BY occurrence",
+                &[],
+            )
+            .expect("occ")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let roster: Vec<String> = c
+            .query("SELECT node FROM sched_roster ORDER BY node", &[])
+            .expect("roster")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        (occ, roster)
+    });
+    assert_eq!(occ, vec!["running", "queued", "done"]);
+    assert_eq!(roster, vec!["holder", "new"]);
+}
