@@ -98,7 +98,7 @@ mod store;
 
 pub use sqlite::{create_tables, used_in_window, used_in_windows};
 pub use store::StoreError;
-use store::{collapse, End, NewEntry, Store};
+use store::{clamp_i64, collapse, AskRule, Decided, End, Store};
 
 /// The limiter's database file inside the state directory.
 pub const DB_FILE: &str = "throttle.db";
@@ -675,7 +675,7 @@ impl Limiter {
         }
     }
 
-    /// The rule, on `store`: begin, decide, then admit or finish.
+    /// What this call asks of each rule, then the rule on `store` (one transaction).
     fn decide_in(
         &self,
         store: &mut dyn Store,
@@ -684,64 +684,43 @@ impl Limiter {
         backoff: Backoff,
         ends: &[End],
     ) -> Result<Verdict, StoreError> {
-        let keys: Vec<&str> = self.rules.iter().map(|r| r.key.as_str()).collect();
-        let states = store.begin(&keys, now, ends)?;
-        let mut wait: i128 = 0;
-        let mut tats: Vec<(&str, i128)> = Vec::with_capacity(self.rules.len());
-        for (rule, state) in self.rules.iter().zip(&states) {
-            let used = state.used;
-            let need = rule.units(n) as i128;
-            let limit = rule.limit as i128;
-            // 1. The hard guarantee: what counts now plus n stays within the limit.
-            if used + need > limit {
-                let excess = used + need - limit;
-                let free_at = store.earliest_free(&rule.key, excess)?;
-                // An entry in flight ends at its completion + W, so nothing frees up before
-                // now + W except entries already ending: asking again then misses nothing.
-                let cap = rule.window_ns + 1;
-                let w = free_at.map_or(cap, |t| (t + 1 - now).min(cap));
-                wait = wait.max(w.max(1));
-            }
-            // 2. Pacing (smoothness, not safety).
-            if rule.pace {
-                let tat = state.tat.unwrap_or(now).max(now);
-                let unit = rule.window_ns as f64 / rule.limit.max(1) as f64
-                    * backoff.factor(now, rule.window_ns);
-                let this_call = (unit * need as f64) as i128;
-                // At least two calls' worth: calls that are a large share of the limit are
-                // already spread by the log, and their answers, which free the window, come
-                // back at random intervals; pacing them further would only waste quota.
-                let tolerance =
-                    ((rule.window_ns as f64 * PACE_TOLERANCE) as i128).max(2 * this_call);
-                if tat - now > tolerance {
-                    wait = wait.max(tat - now - tolerance);
-                }
-                tats.push((&rule.key, tat + this_call));
-            }
-        }
-        if wait > 0 {
-            store.finish()?;
-            return Ok(Verdict::Wait(wait));
-        }
         let call_timeout_ns = self.opts.call_timeout.as_nanos() as i128;
-        let new: Vec<NewEntry<'_>> = self
+        let ask: Vec<AskRule<'_>> = self
             .rules
             .iter()
-            .map(|rule| NewEntry {
-                key: &rule.key,
-                at_ns: now,
-                units: rule.units(n) as i64,
-                until_ns: fallback_end(now, call_timeout_ns, rule.window_ns),
+            .map(|rule| {
+                let need = rule.units(n) as i128;
+                let pace = rule.pace.then(|| {
+                    let unit = rule.window_ns as f64 / rule.limit.max(1) as f64
+                        * backoff.factor(now, rule.window_ns);
+                    let this_call = (unit * need as f64) as i128;
+                    // At least two calls' worth: calls that are a large share of the limit are
+                    // already spread by the log, and their answers, which free the window, come
+                    // back at random intervals; pacing them further would only waste quota.
+                    let tolerance =
+                        ((rule.window_ns as f64 * PACE_TOLERANCE) as i128).max(2 * this_call);
+                    (clamp_i64(this_call), clamp_i64(tolerance))
+                });
+                AskRule {
+                    key: &rule.key,
+                    need: clamp_i64(need),
+                    limit: clamp_i64(i128::from(rule.limit)),
+                    window_ns: clamp_i64(rule.window_ns),
+                    pace,
+                    until_ns: clamp_i64(fallback_end(now, call_timeout_ns, rule.window_ns)),
+                }
             })
             .collect();
-        let ids = store.admit(&new, &tats)?;
-        Ok(Verdict::Admitted(
-            self.rules
-                .iter()
-                .zip(ids)
-                .map(|(rule, id)| (id, rule.key.clone(), rule.window_ns))
-                .collect(),
-        ))
+        Ok(match store.decide(&ask, now, ends)? {
+            Decided::Wait(ns) => Verdict::Wait(ns),
+            Decided::Admitted(ids) => Verdict::Admitted(
+                self.rules
+                    .iter()
+                    .zip(ids)
+                    .map(|(rule, id)| (id, rule.key.clone(), rule.window_ns))
+                    .collect(),
+            ),
+        })
     }
 
     /// The provider answered 429 (someone else spends this account's quota): hold admissions
