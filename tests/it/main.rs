@@ -14,6 +14,7 @@ mod interop;
 mod mock;
 mod numbers;
 mod pg_store;
+mod pg_tls;
 mod plan;
 mod plan_diff;
 mod predict;
