@@ -753,6 +753,61 @@ impl Limiter {
     }
 }
 
+/// Reads the units the account limiter counts now (read-only: the daemon's metrics), wherever its
+/// log is: `<state_dir>/`[`DB_FILE`] ([`used_in_windows`]) or the PostgreSQL store, on one
+/// connection kept between reads (reopened when lost). Blocking: call it off the async runtime.
+pub struct UsageReader {
+    store: StateStore,
+    pg: Option<crate::pg::OffRuntime<postgres::Client>>,
+}
+
+impl UsageReader {
+    pub fn new(store: StateStore) -> UsageReader {
+        UsageReader { store, pg: None }
+    }
+
+    /// Units each of `keys` holds in its window at `now` (an entry counts while its end is not
+    /// before `now`, as the rule counts it). No log yet (nothing sent on this store): 0s.
+    pub fn used(&mut self, keys: &[&str], now: Timestamp) -> Result<Vec<u64>, StoreError> {
+        let url = match &self.store {
+            StateStore::Sqlite(dir) => return Ok(used_in_windows(&dir.join(DB_FILE), keys, now)?),
+            StateStore::Postgres(url) => url.clone(),
+        };
+        let client = match self.pg.take() {
+            Some(c) if !c.is_closed() => self.pg.insert(c),
+            _ => self
+                .pg
+                .insert(crate::pg::OffRuntime::new(crate::pg::connect(&url)?)),
+        };
+        let want: Vec<&str> = keys.to_vec();
+        let rows = match client.query(
+            "SELECT key, COALESCE(SUM(count), 0)::bigint FROM imcast_throttle_log
+             WHERE key = ANY($1) AND until_ns >= $2 GROUP BY key",
+            &[&want, &store::clamp_i64(now.as_nanosecond())],
+        ) {
+            Ok(rows) => rows,
+            Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
+            Err(e) => {
+                if e.is_closed() {
+                    self.pg = None;
+                }
+                return Err(e.into());
+            }
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut used = 0i64;
+            for r in &rows {
+                if r.try_get::<_, &str>(0)? == *key {
+                    used = r.try_get(1)?;
+                }
+            }
+            out.push(used.max(0) as u64);
+        }
+        Ok(out)
+    }
+}
+
 /// What one decision came to.
 enum Verdict {
     /// Ask again in this many nanoseconds.
