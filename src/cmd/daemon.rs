@@ -109,6 +109,7 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
                 .collect();
             journal_metrics.spawn_refresh(
                 state_dir.join(crate::journal::DB_FILE),
+                account.state_store(&state_dir),
                 limits,
                 Arc::new(SystemClock),
                 std::time::Duration::from_secs(5),

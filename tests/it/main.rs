@@ -16,6 +16,7 @@ mod mock;
 mod numbers;
 mod pg_daemons;
 mod pg_store;
+mod pg_tls;
 mod plan;
 mod plan_diff;
 mod predict;
