@@ -83,6 +83,21 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "the account limiter's decision as one function (imcast_throttle_decide)",
         sql: THROTTLE_DECIDE,
     },
+    Migration {
+        version: 4,
+        name: "the daemon roster (sched_roster)",
+        // The same columns as the SQLite table (`daemon::state::migrate`); self-contained.
+        sql: "
+    CREATE TABLE sched_roster(
+        node TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        version TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        every_secs BIGINT NOT NULL,
+        stopped_at BIGINT);",
+    },
 ];
 
 /// Version 3: one admission decision in one call (one round trip), the same exact rule as
