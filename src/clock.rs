@@ -27,6 +27,12 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
     /// Wait for `d` as this clock measures it.
     fn sleep(&self, d: Duration) -> SleepFuture<'_>;
+    /// Wait for `d` as this clock measures it, without moving time: for a background timer (the
+    /// run lease's heartbeat) that must not drive a simulated clock by itself. The real clock
+    /// just sleeps; a [`SimClock`] returns once someone else moved it `d` on.
+    fn idle(&self, d: Duration) -> SleepFuture<'_> {
+        self.sleep(d)
+    }
 }
 
 /// A shared clock handle.
@@ -76,6 +82,8 @@ impl Stopwatch {
 #[derive(Debug, Clone)]
 pub struct SimClock {
     nanos: Arc<AtomicI64>,
+    /// Tells [`Clock::idle`] waiters that time moved.
+    moved: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 impl SimClock {
@@ -83,18 +91,27 @@ impl SimClock {
     pub fn new(start: Timestamp) -> Self {
         SimClock {
             nanos: Arc::new(AtomicI64::new(start.as_nanosecond() as i64)),
+            moved: Arc::new(tokio::sync::watch::channel(()).0),
         }
     }
 
     /// Move the clock forward by `d`.
     pub fn advance(&self, d: Duration) {
         self.nanos.fetch_add(d.as_nanos() as i64, Ordering::SeqCst);
+        self.moved.send_replace(());
+    }
+
+    /// How many [`Clock::idle`] waits are pending (a test moves the clock once a background
+    /// timer is parked on it).
+    pub fn idlers(&self) -> usize {
+        self.moved.receiver_count()
     }
 
     /// Set the clock to `t` if `t` is later than now (it never goes backwards).
     pub fn advance_to(&self, t: Timestamp) {
         self.nanos
             .fetch_max(t.as_nanosecond() as i64, Ordering::SeqCst);
+        self.moved.send_replace(());
     }
 }
 
@@ -107,11 +124,47 @@ impl Clock for SimClock {
         self.advance(d);
         Box::pin(tokio::task::yield_now())
     }
+    fn idle(&self, d: Duration) -> SleepFuture<'_> {
+        let until = self.now().as_nanosecond() + d.as_nanos() as i128;
+        let mut rx = self.moved.subscribe();
+        Box::pin(async move {
+            while self.now().as_nanosecond() < until {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn idling_on_a_sim_clock_waits_for_others_to_move_it() {
+        let c = SimClock::new("2026-01-01T00:00:00Z".parse().expect("valid"));
+        let start = c.now();
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.idle(Duration::from_secs(10)).await })
+        };
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(c.now(), start, "idling never moves the clock");
+        assert!(!waiter.is_finished(), "nothing moved it yet");
+        c.advance(Duration::from_secs(4));
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "4 s of 10");
+        c.advance(Duration::from_secs(6));
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken once the clock moved 10 s on")
+            .expect("task");
+    }
 
     #[tokio::test]
     async fn sim_clock_advances_on_sleep() {

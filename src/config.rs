@@ -7,7 +7,8 @@
 //! from which `.imcast/` and `reports/` default — one rule for every command ([`ROOT_RULE`],
 //! [`discover_root`]) — and where shared state lives ([`StateStore`]: SQLite in the state
 //! directory, or `[state] url`, a PostgreSQL database; a password in that URL is refused like any
-//! credential in the file).
+//! credential in the file), and how run leases are timed (`[state] lease_heartbeat`,
+//! `lease_expiry`: [`LeaseTimes`], heartbeat shorter than expiry).
 //!
 //! Invariant: the effective limit is the account limit × (1 − reserve), lowered (never raised) by a
 //! campaign's own `throttle:`. What a file leaves out stays `None` here (e.g. [`BreakerFields`]):
@@ -149,6 +150,36 @@ pub struct AccountConfig {
     pub report_formats: ReportFormats,
     /// `[state] url`: the PostgreSQL database shared state lives in (None: the state directory).
     pub state_url: Option<PgUrl>,
+    /// `[state] lease_heartbeat`, `lease_expiry`: how often a sending run renews its lease and
+    /// how long the lease lasts without renewal (another process takes the run over only after
+    /// that; default 10 s and 30 s, heartbeat < expiry).
+    pub lease: LeaseTimes,
+}
+
+/// How long a lease lasts without renewal, and how often the sending engine renews it
+/// (`imcast.toml` `[state] lease_expiry`, `lease_heartbeat`; heartbeat < expiry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LeaseTimes {
+    /// How often the sending engine renews its lease.
+    #[serde(rename = "heartbeat_ms", serialize_with = "ser_ms")]
+    pub heartbeat: Duration,
+    /// How long a lease lasts past its last renewal.
+    #[serde(rename = "expiry_ms", serialize_with = "ser_ms")]
+    pub expiry: Duration,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+impl Default for LeaseTimes {
+    /// Renewed every 10 s, expiring 30 s after the last renewal.
+    fn default() -> Self {
+        LeaseTimes {
+            heartbeat: Duration::from_secs(10),
+            expiry: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Where the state shared by imcast processes lives.
@@ -266,6 +297,7 @@ impl Default for AccountConfig {
             breaker: BreakerFields::default(),
             report_formats: ReportFormats::default(),
             state_url: None,
+            lease: LeaseTimes::default(),
         }
     }
 }
@@ -291,6 +323,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawState {
     url: Option<toml::Spanned<String>>,
+    lease_expiry: Option<toml::Spanned<String>>,
+    lease_heartbeat: Option<toml::Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -457,6 +491,40 @@ impl AccountConfig {
                 ));
             }
             cfg.state_url = Some(PgUrl::parse(u.get_ref()).map_err(|e| at(&e))?);
+        }
+        let lease_time = |v: &Option<toml::Spanned<String>>, key: &str, default: Duration| {
+            let Some(v) = v else { return Ok(default) };
+            let (line, col) = line_col(text, v.span().start);
+            let d = humantime::parse_duration(v.get_ref()).map_err(|e| {
+                invalid(format!(
+                    "line {line}, column {col}: state.{key} = {:?}: {e} (write e.g. \"30s\")",
+                    v.get_ref()
+                ))
+            })?;
+            if d < Duration::from_millis(100) {
+                return Err(invalid(format!(
+                    "line {line}, column {col}: state.{key} = {:?}: must be at least 100ms",
+                    v.get_ref()
+                )));
+            }
+            Ok(d)
+        };
+        let defaults = LeaseTimes::default();
+        cfg.lease = LeaseTimes {
+            heartbeat: lease_time(
+                &raw.state.lease_heartbeat,
+                "lease_heartbeat",
+                defaults.heartbeat,
+            )?,
+            expiry: lease_time(&raw.state.lease_expiry, "lease_expiry", defaults.expiry)?,
+        };
+        if cfg.lease.heartbeat >= cfg.lease.expiry {
+            return Err(invalid(format!(
+                "state.lease_heartbeat ({}) must be shorter than state.lease_expiry ({}): a lease \
+                 renewed less often than it expires would be taken over while its run still sends",
+                humantime::format_duration(cfg.lease.heartbeat),
+                humantime::format_duration(cfg.lease.expiry)
+            )));
         }
         Ok(cfg)
     }
@@ -771,6 +839,55 @@ limit = 80
             assert!(e.contains(says), "{text}: {e}");
             assert!(e.starts_with("/repo/imcast.toml"), "{e}");
             assert!(!e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn lease_times_default_parse_and_heartbeat_must_be_shorter_than_expiry() {
+        let p = Path::new("/repo/imcast.toml");
+        assert_eq!(
+            AccountConfig::default().lease,
+            LeaseTimes {
+                heartbeat: Duration::from_secs(10),
+                expiry: Duration::from_secs(30)
+            }
+        );
+        let c = AccountConfig::parse(
+            "[state]\nlease_expiry = \"2s\"\nlease_heartbeat = \"500ms\"\n",
+            p,
+        )
+        .expect("valid");
+        assert_eq!(
+            c.lease,
+            LeaseTimes {
+                heartbeat: Duration::from_millis(500),
+                expiry: Duration::from_secs(2)
+            }
+        );
+        // One key alone keeps the other's default.
+        let c = AccountConfig::parse("[state]\nlease_expiry = \"2m\"\n", p).expect("valid");
+        assert_eq!(c.lease.heartbeat, Duration::from_secs(10));
+        for (text, says) in [
+            (
+                "[state]\nlease_expiry = \"5s\"\n",
+                "state.lease_heartbeat (10s) must be shorter than state.lease_expiry (5s)",
+            ),
+            (
+                "[state]\nlease_expiry = \"2s\"\nlease_heartbeat = \"2s\"\n",
+                "must be shorter",
+            ),
+            (
+                "[state]\nlease_expiry = \"soon\"\n",
+                "line 2, column 16: state.lease_expiry = \"soon\"",
+            ),
+            (
+                "[state]\nlease_heartbeat = \"1ms\"\n",
+                "line 2, column 19: state.lease_heartbeat = \"1ms\": must be at least 100ms",
+            ),
+        ] {
+            let e = AccountConfig::parse(text, p).expect_err(text).to_string();
+            assert!(e.contains(says), "{text}: {e}");
+            assert!(e.starts_with("/repo/imcast.toml"), "{e}");
         }
     }
 

@@ -12,6 +12,16 @@
 //!   BEFORE its run starts; the `(campaign, occurrence)` key makes it fire at most once. A row
 //!   left `claimed`/`running`/`paused` by a crash is resumed (the runner's `start` is idempotent
 //!   per run key); a finished one is never started again.
+//! - With `[state] url` ([`DaemonConfig::store`]) the occurrence record is in PostgreSQL, shared by
+//!   every daemon on it: the claim above is what lets only one of them fire an occurrence; each
+//!   daemon starts, resumes, polls and pauses only the runs of rows its node decided or claimed
+//!   (a run is in its local journal, so a run of a dead daemon waits for that daemon's restart),
+//!   and stops a run of its own whose row another daemon cancelled. Overlap, pause flags and
+//!   cursors are the shared record's, so they hold across daemons.
+//! - Each daemon keeps a row in the store's roster (`sched_roster`: node, host, pid, version,
+//!   started, last seen) from [`Daemon::open`], refreshes `last_seen` every
+//!   [`HEARTBEAT_EVERY_SECS`] on the injected clock and marks it stopped on a clean shutdown;
+//!   it is for people (`imcast schedule`), nothing decides on it.
 //! - A missed occurrence later than `schedule.not_after` is recorded `skipped_late`; one due
 //!   while the campaign's previous run is going is `skipped_overlap` or `queued` (overlap).
 //! - While the campaign is paused by `imcast pause` or the stop file exists, no occurrence is
@@ -40,7 +50,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use rusqlite::Connection;
 use tracing::{debug, error, info, warn};
 
 use crate::clock::SharedClock;
@@ -49,7 +58,7 @@ use crate::schedule::Overlap;
 use metrics::{Metrics, MetricsSnapshot};
 use runner::{RunRequest, RunStatus, Runner};
 use source::{CampaignSource, LoadedCampaign};
-use state::{status, OccurrenceRow, StateError, Update};
+use state::{status, Claimant, Conn, OccurrenceRow, StateError, Update};
 
 use crate::journal::{ControlRequest, Journal, JournalError};
 
@@ -64,6 +73,9 @@ pub struct DaemonConfig {
     pub scan_every: Duration,
     /// How often [`Daemon::run`] ticks (control requests are acted on within one tick).
     pub tick_every: Duration,
+    /// `[state] url`: the occurrence record lives in this PostgreSQL store, shared with every
+    /// daemon on it (None: the state directory's SQLite file).
+    pub store: Option<crate::pg::PgUrl>,
 }
 
 impl DaemonConfig {
@@ -73,6 +85,7 @@ impl DaemonConfig {
             state_dir: state_dir.into(),
             scan_every: Duration::from_secs(5),
             tick_every: Duration::from_secs(1),
+            store: None,
         }
     }
     /// `<state_dir>/STOP`: while it exists everything is paused.
@@ -129,8 +142,9 @@ impl Hold {
 /// Consecutive failed ticks after which [`Daemon::run`] gives up.
 const MAX_FAILED_TICKS: u32 = 30;
 
-/// How often the daemon refreshes its claim on the state directory.
-const HEARTBEAT_EVERY_SECS: i64 = 10;
+/// How often the daemon refreshes its claim on the state directory and its roster row's
+/// `last_seen` (readers count it alive within [`state::ALIVE_BEATS`] of these).
+pub const HEARTBEAT_EVERY_SECS: i64 = 10;
 
 fn ts(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -142,7 +156,16 @@ pub struct Daemon {
     clock: SharedClock,
     source: Box<dyn CampaignSource>,
     runner: Arc<dyn Runner>,
-    conn: Connection,
+    /// The occurrence record (`sched_campaign`, `sched_occurrence`): the state directory's SQLite
+    /// file or the PostgreSQL store.
+    conn: Conn,
+    /// The state directory's SQLite file (the daemon slot, the node id).
+    local: Conn,
+    /// This daemon, as the occurrence rows name it.
+    me: Claimant,
+    /// Whether other daemons share the occurrence record (PostgreSQL): then only the rows this
+    /// daemon decided or claimed are its runs.
+    shared: bool,
     /// The journal, for control requests (its `control` table is the journal's).
     journal: Journal,
     campaigns: BTreeMap<String, Known>,
@@ -157,6 +180,8 @@ pub struct Daemon {
     /// What `sched_campaign` holds for path/next_fire, to write only changes.
     published: BTreeMap<String, (String, Option<i64>)>,
     last_heartbeat: Option<i64>,
+    /// When this process opened (UTC seconds, the injected clock), for the roster.
+    started_at: i64,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -176,14 +201,39 @@ impl Daemon {
         runner: Arc<dyn Runner>,
     ) -> Result<Daemon, DaemonError> {
         let journal = Journal::open(&cfg.state_dir)?;
-        let conn = state::open(&cfg.state_dir)?;
+        let local = state::open(&cfg.state_dir)?;
         let pid = std::process::id();
         let now = clock.now().as_second();
-        if let Err(other) = state::claim_daemon(&conn, pid, now, 30, pid_alive)? {
+        if let Err(other) = state::claim_daemon(&local, pid, now, 30, pid_alive)? {
             return Err(DaemonError::Busy {
                 pid: other,
                 state_dir: cfg.state_dir.display().to_string(),
             });
+        }
+        let me = Claimant {
+            node: state::node_id(&local)?,
+            host: state::host_name(),
+            pid,
+        };
+        let store = match &cfg.store {
+            Some(url) => crate::config::StateStore::Postgres(url.clone()),
+            None => crate::config::StateStore::Sqlite(cfg.state_dir.clone()),
+        };
+        let conn = match state::open_store(&store) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = state::release_daemon(&local, pid);
+                return Err(e.into());
+            }
+        };
+        // The roster: who is on the store (for `imcast schedule`), refreshed with the heartbeat.
+        if let Err(e) = state::roster_beat(&conn, &me, now, HEARTBEAT_EVERY_SECS, now) {
+            let _ = state::release_daemon(&local, pid);
+            return Err(e.into());
+        }
+        let shared = cfg.store.is_some();
+        if shared {
+            info!(node = %me.node, host = %me.host, pid, "occurrence record in the PostgreSQL state store, shared with every daemon on it");
         }
         Ok(Daemon {
             cfg,
@@ -191,6 +241,9 @@ impl Daemon {
             source,
             runner,
             conn,
+            local,
+            me,
+            shared,
             journal,
             campaigns: BTreeMap::new(),
             invalid: BTreeMap::new(),
@@ -202,6 +255,7 @@ impl Daemon {
             next_logged: BTreeMap::new(),
             published: BTreeMap::new(),
             last_heartbeat: Some(now),
+            started_at: now,
         })
     }
 
@@ -210,8 +264,9 @@ impl Daemon {
         self.metrics.clone()
     }
 
-    /// The state connection (tests and commands read the `sched_*` tables through it).
-    pub fn connection(&self) -> &Connection {
+    /// The occurrence record's connection (tests and commands read `sched_campaign` and
+    /// `sched_occurrence` through it).
+    pub fn connection(&self) -> &Conn {
         &self.conn
     }
 
@@ -237,7 +292,14 @@ impl Daemon {
             .last_heartbeat
             .is_none_or(|h| now.as_second() - h >= HEARTBEAT_EVERY_SECS)
         {
-            state::heartbeat(&self.conn, self.pid, now.as_second())?;
+            state::heartbeat(&self.local, self.pid, now.as_second())?;
+            state::roster_beat(
+                &self.conn,
+                &self.me,
+                self.started_at,
+                HEARTBEAT_EVERY_SECS,
+                now.as_second(),
+            )?;
             self.last_heartbeat = Some(now.as_second());
         }
         let scan_due = match self.last_scan {
@@ -311,7 +373,15 @@ impl Daemon {
         }
         info!("daemon stopping: runs in progress stay resumable");
         self.runner.shutdown();
-        let _ = state::release_daemon(&self.conn, self.pid);
+        // Off the runtime's threads: the store may be PostgreSQL (a blocking client).
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = self.clock.now().as_second();
+            if let Err(e) = state::roster_stop(&self.conn, &self.me, now) {
+                warn!(error = %e, "could not mark this daemon stopped in the roster; it ages out");
+            }
+            let _ = state::release_daemon(&self.local, self.pid);
+        })
+        .await;
         Ok(())
     }
 
@@ -371,6 +441,12 @@ impl Daemon {
         quiet.then_some(Hold::Quiet)
     }
 
+    /// Whether `row` is this daemon's to run: every row when the record is this state
+    /// directory's alone; on a shared store, the rows this daemon's node decided or claimed.
+    fn mine(&self, row: &OccurrenceRow) -> bool {
+        !self.shared || row.node.as_deref() == Some(self.me.node.as_str())
+    }
+
     fn user_paused(&self, name: &str) -> Result<bool, DaemonError> {
         Ok(state::campaign(&self.conn, name)?.is_some_and(|r| r.paused))
     }
@@ -400,7 +476,7 @@ impl Daemon {
     /// Resume runs recorded active by an earlier process (after a restart).
     fn attach_unattached(&mut self, now: Timestamp) -> Result<(), DaemonError> {
         for row in state::occurrences_in(&self.conn, &status::ACTIVE)? {
-            if self.attached.contains(&row.run_key) {
+            if self.attached.contains(&row.run_key) || !self.mine(&row) {
                 continue;
             }
             let Some(k) = self.campaigns.get(&row.campaign) else {
@@ -529,8 +605,9 @@ impl Daemon {
             return Ok("nothing to cancel (no further occurrence)".into());
         };
         let key = runner::run_key(name, next);
-        state::record_occurrence(
-            &mut self.conn,
+        state::record_occurrence_by(
+            &self.conn,
+            Some(&self.me),
             name,
             next.as_second(),
             status::CANCELLED,
@@ -546,8 +623,22 @@ impl Daemon {
     }
 
     fn poll_runs(&mut self, now: Timestamp) -> Result<(), DaemonError> {
-        for row in state::occurrences_in(&self.conn, &status::ACTIVE)? {
-            if !self.attached.contains(&row.run_key) {
+        let active = state::occurrences_in(&self.conn, &status::ACTIVE)?;
+        // A run of ours whose row is no longer active: another daemon on the store cancelled it
+        // (`imcast cancel` given to that daemon's state directory).
+        let gone: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|k| !active.iter().any(|r| &r.run_key == *k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.attached.remove(&key);
+            self.runner.cancel(&key);
+            info!(run = %key, "run cancelled in the occurrence record; stopped");
+        }
+        for row in active {
+            if !self.attached.contains(&row.run_key) || !self.mine(&row) {
                 continue;
             }
             match self.runner.status(&row.run_key) {
@@ -593,7 +684,7 @@ impl Daemon {
     fn apply_holds(&mut self) -> Result<(), DaemonError> {
         let now = self.clock.now();
         for row in state::occurrences_in(&self.conn, &status::ACTIVE)? {
-            if !self.attached.contains(&row.run_key) {
+            if !self.attached.contains(&row.run_key) || !self.mine(&row) {
                 continue;
             }
             let hold = self.hold(&row.campaign, self.user_paused(&row.campaign)?, now);
@@ -710,16 +801,11 @@ impl Daemon {
                 .campaigns
                 .get(&row.campaign)
                 .map(|k| k.campaign.content_hash.clone());
-            state::update_occurrence(
-                &self.conn,
-                &row.campaign,
-                row.occurrence,
-                status::CLAIMED,
-                Update {
-                    content_hash: hash.as_deref(),
-                    ..Default::default()
-                },
-            )?;
+            if !state::claim_pending(&self.conn, &row, &self.me, hash.as_deref(), now.as_second())?
+            {
+                debug!(run = %row.run_key, "another daemon claimed it first");
+                continue;
+            }
             let mut row = row;
             row.status = status::CLAIMED.into();
             row.content_hash = hash;
@@ -745,7 +831,7 @@ impl Daemon {
                 None => {
                     state::upsert_campaign(&self.conn, &name, &path, None, n)?;
                     state::campaign(&self.conn, &name)?
-                        .ok_or_else(|| StateError::Sql(rusqlite::Error::QueryReturnedNoRows))?
+                        .ok_or(StateError::Store(crate::store::StoreError::NoRows))?
                 }
             };
             let cursor = match row.cursor {
@@ -803,8 +889,9 @@ impl Daemon {
                 } else {
                     (status::CLAIMED, None)
                 };
-                let inserted = state::record_occurrence(
-                    &mut self.conn,
+                let inserted = state::record_occurrence_by(
+                    &self.conn,
+                    Some(&self.me),
                     &name,
                     o.as_second(),
                     st,
@@ -830,6 +917,10 @@ impl Daemon {
                             finished_at: None,
                             paused_by: None,
                             detail: None,
+                            node: Some(self.me.node.clone()),
+                            host: Some(self.me.host.clone()),
+                            pid: Some(i64::from(self.me.pid)),
+                            claimed_at: Some(n),
                         };
                         self.start_row(&row, now)?;
                     }

@@ -23,7 +23,8 @@ pub enum Exit {
     Breaker,
     /// 5: credentials missing, or the provider refused them (signature, access key, access denied).
     Access,
-    /// 6: another process holds what is needed (a run of the same campaign, the state database).
+    /// 6: another process holds what is needed (a run of the same campaign, the state database),
+    /// or took this process's run over after its lease expired (this process wrote nothing more).
     Busy,
     /// 7: what decides what is sent changed since the unfinished run started.
     Changed,

@@ -39,6 +39,7 @@ pub mod schedule;
 pub mod send;
 pub mod spec;
 pub mod stages;
+pub mod store;
 #[doc(hidden)]
 pub mod testing;
 pub mod throttle;

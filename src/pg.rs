@@ -20,12 +20,24 @@
 //! runtime of its own, so a [`postgres::Client`] must be created, used and dropped off the async
 //! runtime's threads ([`connect`] says so; [`OffRuntime`] drops one safely anywhere).
 //!
-//! TLS: not yet. `sslmode=require` is refused when the URL is read (rather than failing at the
-//! first connection); until TLS lands, use it on a trusted network or through a tunnel.
+//! TLS ([`SslMode`], libpq's `sslmode=` names and meanings, read from the URL): `disable` (plain),
+//! `prefer` (the default: TLS when the server offers it, unverified, else plain), `require`
+//! (TLS or no connection; encrypts without checking who answers, as libpq does, unless
+//! `sslrootcert=` is given, which makes it `verify-ca`, as libpq does when it finds a root
+//! certificate), `verify-ca` (the server's certificate chains to a trusted CA) and `verify-full`
+//! (that, and the certificate is valid for the URL's host name). Trusted CAs: the PEM file
+//! `sslrootcert=/path/ca.pem` (a private CA; read when connecting), else the Mozilla roots
+//! compiled in (`webpki-roots`). TLS is rustls (with the `ring` provider, as reqwest's), through
+//! `tokio-postgres-rustls`; the client library understands only disable/prefer/require, so the
+//! verification modes are ours: the URL's `sslmode` and `sslrootcert` are taken out before it sees
+//! the URL, and the certificate check is a rustls verifier chosen by mode. A TLS failure is
+//! [`PgError::Tls`]: the host, the mode and what to do.
 //!
-//! Must not: print a password (errors name the URL without it), or be called on a runtime thread.
+//! Must not: print a password (errors name the URL without it), be called on a runtime thread,
+//! or fall back to plain text when the mode is `require` or stronger.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub mod schema;
@@ -42,12 +54,69 @@ pub enum PgError {
         source: postgres::Error,
     },
     #[error(
+        "TLS to the PostgreSQL state store {target} failed (sslmode={mode}): {detail}; {hint}"
+    )]
+    Tls {
+        target: String,
+        mode: SslMode,
+        detail: String,
+        hint: String,
+    },
+    #[error(
+        "cannot read the CA certificates for the PostgreSQL state store {target} from \
+         sslrootcert={path}: {why}; name a PEM file holding your CA's certificate"
+    )]
+    RootCert {
+        target: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error(
         "cannot read the state store's password from {path} (IMCAST_STATE_PASSWORD_FILE): {source}"
     )]
     PasswordFile {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// How a connection uses TLS: `sslmode=` in the URL, with libpq's names and meanings (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl std::fmt::Display for SslMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A checked `postgres://user@host:port/db` URL. `Display`, `Debug` and `Serialize` show it
@@ -81,21 +150,25 @@ impl PgUrl {
                     .into(),
             );
         }
-        let me = PgUrl { url };
-        // The client library's own parser checks the options (`?connect_timeout=5` …).
-        let cfg = me
-            .client_config()
-            .map_err(|e| format!("not a PostgreSQL URL the client accepts: {e}"))?;
-        if !matches!(
-            cfg.get_ssl_mode(),
-            postgres::config::SslMode::Disable | postgres::config::SslMode::Prefer
-        ) {
-            return Err(
-                "sslmode=require: imcast does not speak TLS to PostgreSQL yet; use it on a trusted \
-                 network or through a tunnel (sslmode=disable or prefer)"
-                    .into(),
-            );
+        for (k, v) in url.query_pairs() {
+            match &*k {
+                "sslmode" if SslMode::parse(&v).is_none() => {
+                    return Err(format!(
+                        "sslmode={v}: write one of disable, prefer, require, verify-ca, verify-full"
+                    ))
+                }
+                "sslrootcert" if v.is_empty() => {
+                    return Err(
+                        "sslrootcert= names no file (write sslrootcert=/path/ca.pem)".into(),
+                    )
+                }
+                _ => {}
+            }
         }
+        let me = PgUrl { url };
+        // The client library's own parser checks the other options (`?connect_timeout=5` …).
+        me.client_config()
+            .map_err(|e| format!("not a PostgreSQL URL the client accepts: {e}"))?;
         Ok(me)
     }
 
@@ -131,9 +204,48 @@ impl PgUrl {
             .into_owned()
     }
 
-    /// The URL with its password, for the client library only.
+    /// The URL's `sslmode` (libpq's default, `prefer`, when it names none).
+    pub fn ssl_mode(&self) -> SslMode {
+        self.query("sslmode")
+            .and_then(|v| SslMode::parse(&v))
+            .unwrap_or(SslMode::Prefer)
+    }
+
+    /// The URL's `sslrootcert` (a PEM file of trusted CA certificates), if any.
+    pub fn ssl_root_cert(&self) -> Option<PathBuf> {
+        self.query("sslrootcert").map(PathBuf::from)
+    }
+
+    fn query(&self, key: &str) -> Option<String> {
+        self.url
+            .query_pairs()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// The URL with its password, for the client library only: without the TLS options it does
+    /// not know (ours: [`SslMode`]), its own `sslmode` set to what carries ours.
     fn client_config(&self) -> Result<postgres::Config, postgres::Error> {
-        self.url.as_str().parse()
+        let mut u = self.url.clone();
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .filter(|(k, _)| k != "sslmode" && k != "sslrootcert")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if pairs.is_empty() {
+            u.set_query(None);
+        } else {
+            u.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        let mut cfg: postgres::Config = u.as_str().parse()?;
+        cfg.ssl_mode(match self.ssl_mode() {
+            SslMode::Disable => postgres::config::SslMode::Disable,
+            SslMode::Prefer => postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                postgres::config::SslMode::Require
+            }
+        });
+        Ok(cfg)
     }
 
     /// The same URL with no password at all (what `imcast.toml` may hold), and the password it
@@ -353,7 +465,286 @@ pub fn connect_with(url: &PgUrl, env: &dyn Env) -> Result<postgres::Client, PgEr
     }
     // Notices ("relation already exists, skipping") are not worth a line.
     cfg.notice_callback(|n| tracing::debug!(notice = %n.message(), "postgres"));
-    cfg.connect(postgres::NoTls).map_err(err)
+    let mode = url.ssl_mode();
+    if mode == SslMode::Disable {
+        return cfg.connect(postgres::NoTls).map_err(err);
+    }
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(url)?);
+    cfg.connect(tls)
+        .map_err(|source| tls_error(url, mode, source).unwrap_or_else(err))
+}
+
+/// The rustls client configuration for `url`'s mode and trusted CAs.
+fn tls_config(url: &PgUrl) -> Result<rustls::ClientConfig, PgError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PgError::Tls {
+            target: url.redacted(),
+            mode: url.ssl_mode(),
+            detail: e.to_string(),
+            hint: "this build's TLS library refused its own settings".into(),
+        })?;
+    let root_cert = url.ssl_root_cert();
+    let mode = match url.ssl_mode() {
+        // As libpq: `require` with a root certificate checks the chain.
+        SslMode::Require if root_cert.is_some() => SslMode::VerifyCa,
+        m => m,
+    };
+    if matches!(mode, SslMode::Prefer | SslMode::Require) {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(tls::Unverified(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match &root_cert {
+        Some(path) => {
+            use rustls::pki_types::{pem::PemObject, CertificateDer};
+            let bad = |why: String| PgError::RootCert {
+                target: url.redacted(),
+                path: path.clone(),
+                why,
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let webpki =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| PgError::Tls {
+                target: url.redacted(),
+                mode,
+                detail: e.to_string(),
+                hint: "check the certificates sslrootcert= names".into(),
+            })?;
+    Ok(if mode == SslMode::VerifyCa {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(tls::AnyName(webpki)))
+            .with_no_client_auth()
+    } else {
+        builder.with_webpki_verifier(webpki).with_no_client_auth()
+    })
+}
+
+/// `source` as a [`PgError::Tls`] with what to do, when TLS is what failed.
+fn tls_error(
+    url: &PgUrl,
+    mode: SslMode,
+    source: postgres::Error,
+) -> Result<PgError, postgres::Error> {
+    use rustls::{CertificateError, Error as Tls};
+    let Some(cause) = tls::cause(&source) else {
+        return Err(source);
+    };
+    let (host, port) = (url.host(), url.port());
+    let hint = match &cause {
+        tls::Cause::NoTls => format!(
+            "the server at {host}:{port} does not accept TLS connections: turn on `ssl` in its \
+             postgresql.conf, or, only on a network you trust, set sslmode=prefer or disable in \
+             [state] url"
+        ),
+        tls::Cause::Rustls(Tls::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => format!(
+            "the server's certificate is not issued for the host name {host} of [state] url: \
+             write the name the certificate names as the url's host (sslmode=verify-full checks \
+             it), or use sslmode=verify-ca to check only the CA"
+        ),
+        tls::Cause::Rustls(Tls::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => match url.ssl_root_cert() {
+            Some(p) => format!(
+                "the certificate of the server at {host}:{port} is not signed by a CA imcast \
+                 trusts: the file sslrootcert= names ({}) holds no CA that signed it; name your \
+                 CA's certificate there",
+                p.display()
+            ),
+            None => format!(
+                "the certificate of the server at {host}:{port} is not signed by a CA imcast \
+                 trusts: add sslrootcert=/path/ca.pem (your CA's certificate) to [state] url"
+            ),
+        },
+        tls::Cause::Rustls(Tls::InvalidCertificate(_)) => format!(
+            "the certificate of the server at {host}:{port} was refused: renew or fix it on the \
+             server"
+        ),
+        tls::Cause::Rustls(_) | tls::Cause::Other(_) => format!(
+            "check that {host}:{port} is a PostgreSQL server with TLS turned on, and the \
+             sslmode and sslrootcert of [state] url"
+        ),
+    };
+    let detail = match cause {
+        tls::Cause::NoTls => "the server does not support TLS".to_string(),
+        tls::Cause::Rustls(e) => e.to_string(),
+        tls::Cause::Other(s) => s,
+    };
+    Ok(PgError::Tls {
+        target: url.redacted(),
+        mode,
+        detail,
+        hint,
+    })
+}
+
+/// The rustls pieces: certificate verifiers for the modes rustls has no ready one for, and
+/// finding what failed in a client error.
+mod tls {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
+
+    /// `prefer` and `require`: any certificate (libpq's meaning: encrypted, not authenticated),
+    /// but the handshake's signatures are still checked.
+    #[derive(Debug)]
+    pub(super) struct Unverified(pub Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for Unverified {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// `verify-ca`: the chain to a trusted CA, whatever host name the certificate names.
+    #[derive(Debug)]
+    pub(super) struct AnyName(pub Arc<WebPkiServerVerifier>);
+
+    impl ServerCertVerifier for AnyName {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            match self
+                .0
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            {
+                Err(Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                r => r,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+
+    /// What failed in a TLS connection attempt.
+    pub(super) enum Cause {
+        /// The server answered the TLS request with "no".
+        NoTls,
+        Rustls(Error),
+        /// Some other failure during the handshake (its text).
+        Other(String),
+    }
+
+    /// The TLS failure in `e`'s chain of causes, if the client says TLS failed.
+    pub(super) fn cause(e: &postgres::Error) -> Option<Cause> {
+        let text = e.to_string();
+        if !text.contains("TLS") {
+            return None;
+        }
+        let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(err) = next {
+            if let Some(r) = err.downcast_ref::<Error>() {
+                return Some(Cause::Rustls(r.clone()));
+            }
+            // tokio-rustls hands rustls's error over inside an io::Error, whose `source` skips it.
+            if let Some(r) = err
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<Error>())
+            {
+                return Some(Cause::Rustls(r.clone()));
+            }
+            if err.to_string().contains("server does not support TLS") {
+                return Some(Cause::NoTls);
+            }
+            next = err.source();
+        }
+        if text.contains("server does not support TLS") {
+            return Some(Cause::NoTls);
+        }
+        Some(Cause::Other(text))
+    }
 }
 
 /// A value (a [`postgres::Client`]) that must not be dropped on an async runtime's thread: its
@@ -428,7 +819,8 @@ mod tests {
             ("postgres://h:5432/d", "no user"),
             ("postgres://a@h:5432", "one database"),
             ("postgres://a@h/d/e", "one database"),
-            ("postgres://a@h/d?sslmode=require", "TLS"),
+            ("postgres://a@h/d?sslmode=allow", "verify-full"),
+            ("postgres://a@h/d?sslrootcert=", "sslrootcert"),
             ("postgres://a@h/d?bogus=1", "client accepts"),
             ("not a url", "not a URL"),
         ] {

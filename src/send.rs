@@ -428,6 +428,12 @@ impl EngineError {
         }
     }
 
+    /// Whether the run was taken over by another process (see `journal::lease`): this process
+    /// wrote nothing more to it.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, EngineError::Journal(j) if j.is_fenced())
+    }
+
     pub fn exit(&self) -> Exit {
         if self.disk_full().is_some() {
             return Exit::Environment;

@@ -98,7 +98,7 @@ mod store;
 
 pub use sqlite::{create_tables, used_in_window, used_in_windows};
 pub use store::StoreError;
-use store::{collapse, End, NewEntry, Store};
+use store::{clamp_i64, collapse, AskRule, Decided, End, Store};
 
 /// The limiter's database file inside the state directory.
 pub const DB_FILE: &str = "throttle.db";
@@ -675,7 +675,7 @@ impl Limiter {
         }
     }
 
-    /// The rule, on `store`: begin, decide, then admit or finish.
+    /// What this call asks of each rule, then the rule on `store` (one transaction).
     fn decide_in(
         &self,
         store: &mut dyn Store,
@@ -684,64 +684,43 @@ impl Limiter {
         backoff: Backoff,
         ends: &[End],
     ) -> Result<Verdict, StoreError> {
-        let keys: Vec<&str> = self.rules.iter().map(|r| r.key.as_str()).collect();
-        let states = store.begin(&keys, now, ends)?;
-        let mut wait: i128 = 0;
-        let mut tats: Vec<(&str, i128)> = Vec::with_capacity(self.rules.len());
-        for (rule, state) in self.rules.iter().zip(&states) {
-            let used = state.used;
-            let need = rule.units(n) as i128;
-            let limit = rule.limit as i128;
-            // 1. The hard guarantee: what counts now plus n stays within the limit.
-            if used + need > limit {
-                let excess = used + need - limit;
-                let free_at = store.earliest_free(&rule.key, excess)?;
-                // An entry in flight ends at its completion + W, so nothing frees up before
-                // now + W except entries already ending: asking again then misses nothing.
-                let cap = rule.window_ns + 1;
-                let w = free_at.map_or(cap, |t| (t + 1 - now).min(cap));
-                wait = wait.max(w.max(1));
-            }
-            // 2. Pacing (smoothness, not safety).
-            if rule.pace {
-                let tat = state.tat.unwrap_or(now).max(now);
-                let unit = rule.window_ns as f64 / rule.limit.max(1) as f64
-                    * backoff.factor(now, rule.window_ns);
-                let this_call = (unit * need as f64) as i128;
-                // At least two calls' worth: calls that are a large share of the limit are
-                // already spread by the log, and their answers, which free the window, come
-                // back at random intervals; pacing them further would only waste quota.
-                let tolerance =
-                    ((rule.window_ns as f64 * PACE_TOLERANCE) as i128).max(2 * this_call);
-                if tat - now > tolerance {
-                    wait = wait.max(tat - now - tolerance);
-                }
-                tats.push((&rule.key, tat + this_call));
-            }
-        }
-        if wait > 0 {
-            store.finish()?;
-            return Ok(Verdict::Wait(wait));
-        }
         let call_timeout_ns = self.opts.call_timeout.as_nanos() as i128;
-        let new: Vec<NewEntry<'_>> = self
+        let ask: Vec<AskRule<'_>> = self
             .rules
             .iter()
-            .map(|rule| NewEntry {
-                key: &rule.key,
-                at_ns: now,
-                units: rule.units(n) as i64,
-                until_ns: fallback_end(now, call_timeout_ns, rule.window_ns),
+            .map(|rule| {
+                let need = rule.units(n) as i128;
+                let pace = rule.pace.then(|| {
+                    let unit = rule.window_ns as f64 / rule.limit.max(1) as f64
+                        * backoff.factor(now, rule.window_ns);
+                    let this_call = (unit * need as f64) as i128;
+                    // At least two calls' worth: calls that are a large share of the limit are
+                    // already spread by the log, and their answers, which free the window, come
+                    // back at random intervals; pacing them further would only waste quota.
+                    let tolerance =
+                        ((rule.window_ns as f64 * PACE_TOLERANCE) as i128).max(2 * this_call);
+                    (clamp_i64(this_call), clamp_i64(tolerance))
+                });
+                AskRule {
+                    key: &rule.key,
+                    need: clamp_i64(need),
+                    limit: clamp_i64(i128::from(rule.limit)),
+                    window_ns: clamp_i64(rule.window_ns),
+                    pace,
+                    until_ns: clamp_i64(fallback_end(now, call_timeout_ns, rule.window_ns)),
+                }
             })
             .collect();
-        let ids = store.admit(&new, &tats)?;
-        Ok(Verdict::Admitted(
-            self.rules
-                .iter()
-                .zip(ids)
-                .map(|(rule, id)| (id, rule.key.clone(), rule.window_ns))
-                .collect(),
-        ))
+        Ok(match store.decide(&ask, now, ends)? {
+            Decided::Wait(ns) => Verdict::Wait(ns),
+            Decided::Admitted(ids) => Verdict::Admitted(
+                self.rules
+                    .iter()
+                    .zip(ids)
+                    .map(|(rule, id)| (id, rule.key.clone(), rule.window_ns))
+                    .collect(),
+            ),
+        })
     }
 
     /// The provider answered 429 (someone else spends this account's quota): hold admissions
@@ -771,6 +750,61 @@ impl Limiter {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .factor(now, self.rules[0].window_ns)
+    }
+}
+
+/// Reads the units the account limiter counts now (read-only: the daemon's metrics), wherever its
+/// log is: `<state_dir>/`[`DB_FILE`] ([`used_in_windows`]) or the PostgreSQL store, on one
+/// connection kept between reads (reopened when lost). Blocking: call it off the async runtime.
+pub struct UsageReader {
+    store: StateStore,
+    pg: Option<crate::pg::OffRuntime<postgres::Client>>,
+}
+
+impl UsageReader {
+    pub fn new(store: StateStore) -> UsageReader {
+        UsageReader { store, pg: None }
+    }
+
+    /// Units each of `keys` holds in its window at `now` (an entry counts while its end is not
+    /// before `now`, as the rule counts it). No log yet (nothing sent on this store): 0s.
+    pub fn used(&mut self, keys: &[&str], now: Timestamp) -> Result<Vec<u64>, StoreError> {
+        let url = match &self.store {
+            StateStore::Sqlite(dir) => return Ok(used_in_windows(&dir.join(DB_FILE), keys, now)?),
+            StateStore::Postgres(url) => url.clone(),
+        };
+        let client = match self.pg.take() {
+            Some(c) if !c.is_closed() => self.pg.insert(c),
+            _ => self
+                .pg
+                .insert(crate::pg::OffRuntime::new(crate::pg::connect(&url)?)),
+        };
+        let want: Vec<&str> = keys.to_vec();
+        let rows = match client.query(
+            "SELECT key, COALESCE(SUM(count), 0)::bigint FROM imcast_throttle_log
+             WHERE key = ANY($1) AND until_ns >= $2 GROUP BY key",
+            &[&want, &store::clamp_i64(now.as_nanosecond())],
+        ) {
+            Ok(rows) => rows,
+            Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
+            Err(e) => {
+                if e.is_closed() {
+                    self.pg = None;
+                }
+                return Err(e.into());
+            }
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut used = 0i64;
+            for r in &rows {
+                if r.try_get::<_, &str>(0)? == *key {
+                    used = r.try_get(1)?;
+                }
+            }
+            out.push(used.max(0) as u64);
+        }
+        Ok(out)
     }
 }
 

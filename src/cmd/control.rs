@@ -31,12 +31,36 @@ pub fn cancel(_g: &GlobalArgs, a: &ControlArgs) -> CmdResult {
 }
 
 /// Campaigns the state directory knows: scheduled by a daemon or sent by `imcast run`.
-fn known_names(conn: &rusqlite::Connection, journal: &Journal) -> anyhow::Result<Vec<String>> {
+fn known_names(conn: &state::Conn, journal: &Journal) -> anyhow::Result<Vec<String>> {
     let mut names = state::campaign_names(conn)?;
     names.extend(journal.campaigns()?);
     names.sort();
     names.dedup();
     Ok(names)
+}
+
+/// The campaigns of the PostgreSQL store's occurrence record when `imcast.toml` (or `--config`)
+/// names one; empty otherwise. Best effort: a store that cannot be read is said on stderr and the
+/// state directory's own names still apply.
+fn store_campaigns(cwd: &Path, config: Option<&Path>) -> Vec<String> {
+    let url = match crate::cmd::daemon::state_url(cwd, config) {
+        Ok(Some(u)) => u,
+        Ok(None) | Err(_) => return Vec::new(),
+    };
+    let store = crate::config::StateStore::Postgres(url);
+    // The blocking client on a thread of its own.
+    let got = std::thread::scope(|s| {
+        s.spawn(|| state::open_store(&store).and_then(|c| state::campaign_names(&c)))
+            .join()
+    });
+    match got {
+        Ok(Ok(names)) => names,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the campaigns of the state store");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
 }
 
 /// State databases one folder below `cwd` (`*/.imcast/imcast.db`), for the hint when there is
@@ -95,7 +119,12 @@ fn control(a: &ControlArgs, action: ControlRequest) -> CmdResult {
         let exit = e.exit();
         crate::exit::Failure::new(exit, e)
     })?;
-    let names = known_names(&conn, &journal).exit(Exit::Internal)?;
+    let mut names = known_names(&conn, &journal).exit(Exit::Internal)?;
+    // With `[state] url` the daemons' campaigns are the store's: one this state directory's daemon
+    // has not fired yet (another daemon on the store did) is known too.
+    names.extend(store_campaigns(&cwd, a.state.config.as_deref()));
+    names.sort();
+    names.dedup();
     if !names.iter().any(|n| n == &a.name) {
         let hint = names
             .iter()

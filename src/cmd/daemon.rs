@@ -47,12 +47,17 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
         .state_dir
         .clone()
         .unwrap_or_else(|| default_state_dir(&a.dir));
+    // `[state] url` decides where the occurrence record lives: a config that does not load is an
+    // error here, never a silent fall back to this machine's SQLite (two daemons would then each
+    // fire every occurrence).
+    let store = state_url(&a.dir, a.state.config.as_deref()).exit(Exit::Invalid)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .exit(Exit::Internal)?;
     rt.block_on(async move {
-        let cfg = DaemonConfig::new(&a.dir, &state_dir);
+        let mut cfg = DaemonConfig::new(&a.dir, &state_dir);
+        cfg.store = store;
         let source = SpecSource::new(crate::spec::LoadOptions {
             allow_endpoints: a.allow_endpoint.clone(),
         });
@@ -66,14 +71,19 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
             },
             Arc::new(SystemClock),
         );
-        let daemon = Daemon::open(cfg, Arc::new(SystemClock), Box::new(source), runner.clone())
-            .map_err(|e| match e {
-                crate::daemon::DaemonError::Busy { .. } => crate::exit::Failure::new(Exit::Busy, e),
-                crate::daemon::DaemonError::Journal(ref j) => {
-                    crate::exit::Failure::new(j.exit(), e)
-                }
-                other => crate::exit::Failure::new(Exit::Internal, other),
-            })?;
+        // Off the runtime's threads: opening may connect to PostgreSQL (a blocking client).
+        let open_runner: Arc<dyn crate::daemon::runner::Runner> = runner.clone();
+        let daemon = tokio::task::spawn_blocking(move || {
+            Daemon::open(cfg, Arc::new(SystemClock), Box::new(source), open_runner)
+        })
+        .await
+        .map_err(|e| anyhow!("opening the daemon: {e}"))
+        .exit(Exit::Internal)?
+        .map_err(|e| match e {
+            crate::daemon::DaemonError::Busy { .. } => crate::exit::Failure::new(Exit::Busy, e),
+            crate::daemon::DaemonError::Journal(ref j) => crate::exit::Failure::new(j.exit(), e),
+            other => crate::exit::Failure::new(Exit::Internal, other),
+        })?;
         let (tx, rx) = tokio::sync::watch::channel(false);
         let signal = Arc::new(std::sync::Mutex::new(None::<Exit>));
         {
@@ -99,6 +109,7 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
                 .collect();
             journal_metrics.spawn_refresh(
                 state_dir.join(crate::journal::DB_FILE),
+                account.state_store(&state_dir),
                 limits,
                 Arc::new(SystemClock),
                 std::time::Duration::from_secs(5),
@@ -121,6 +132,22 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
         let code = signal.lock().ok().and_then(|g| *g).unwrap_or(Exit::Ok);
         Ok(code)
     })
+}
+
+/// `[state] url` of the account settings for the campaigns under `dir` (`--config`, else
+/// `imcast.toml` at the campaigns root): an error when that file does not load.
+pub(crate) fn state_url(
+    dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<Option<crate::pg::PgUrl>> {
+    let file = config.map(std::path::Path::to_path_buf).or_else(|| {
+        let f = crate::config::discover_root_from_dir(dir).join(crate::config::FILE_NAME);
+        f.is_file().then_some(f)
+    });
+    match file {
+        Some(f) => Ok(crate::config::AccountConfig::load(&f)?.state_url),
+        None => Ok(None),
+    }
 }
 
 /// The account settings for the campaigns under `dir`: `--config`, else `imcast.toml` at the

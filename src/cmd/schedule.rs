@@ -34,9 +34,27 @@ pub fn run(_g: &GlobalArgs, a: &ScheduleArgs) -> CmdResult {
         .state_dir
         .clone()
         .unwrap_or_else(|| default_state_dir(&a.dir));
-    let conn = state::open_existing(&state_dir)
-        .with_context(|| format!("reading the state directory {}", state_dir.display()))
-        .exit(Exit::Internal)?;
+    let conn = match crate::cmd::daemon::state_url(&a.dir, a.state.config.as_deref())
+        .exit(Exit::Invalid)?
+    {
+        // With `[state] url` the occurrence record is the store's, shared by every daemon on it.
+        Some(url) => {
+            let store = crate::config::StateStore::Postgres(url);
+            // The blocking client on a plain thread (no runtime here, but keep the rule simple).
+            let c = std::thread::scope(|s| {
+                s.spawn(|| state::open_store(&store))
+                    .join()
+                    .map_err(|_| anyhow!("connecting to the state store panicked"))
+            })
+            .exit(Exit::Internal)?
+            .context("reading the occurrence record in the state store")
+            .exit(Exit::Internal)?;
+            Some(c)
+        }
+        None => state::open_existing(&state_dir)
+            .with_context(|| format!("reading the state directory {}", state_dir.display()))
+            .exit(Exit::Internal)?,
+    };
     let source = SpecSource::new(crate::spec::LoadOptions {
         allow_endpoints: a.allow_endpoint.clone(),
     });

@@ -226,6 +226,12 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
     let s = summary(&j, &run).exit(Exit::Internal)?;
     let html = report_dir(&reports_dir, &run.campaign, &run.id).join(HTML_FILE);
     let html = html.is_file().then_some(html);
+    // Who is sending the run and until when their lease holds (None: nobody holds it).
+    let lease = j
+        .lease(&run.id)
+        .exit(Exit::Internal)?
+        .filter(|l| l.holder.is_some());
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
     match args.output {
         OutputFormat::Json => {
             let mut v = serde_json::to_value(&s).exit(Exit::Internal)?;
@@ -237,6 +243,18 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                 o.insert(
                     "test_runs".into(),
                     serde_json::to_value(&tests).exit(Exit::Internal)?,
+                );
+                o.insert(
+                    "lease".into(),
+                    match &lease {
+                        Some(l) => serde_json::json!({
+                            "host": l.holder.as_ref().map(|h| h.0.clone()),
+                            "pid": l.holder.as_ref().map(|h| h.1),
+                            "expires_at": l.expires_at.map(|t| t.to_string()),
+                            "fence": l.fence,
+                        }),
+                        None => serde_json::Value::Null,
+                    },
                 );
             }
             let v = serde_json::to_string_pretty(&v).exit(Exit::Internal)?;
@@ -257,6 +275,21 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
             }
             if let Some(r) = &run.stop_reason {
                 crate::outln!("  reason    {r}");
+            }
+            if let Some((l, (host, pid))) =
+                lease.as_ref().and_then(|l| Some((l, l.holder.as_ref()?)))
+            {
+                let until = match l.expires_at {
+                    Some(t) if t <= now => format!(
+                        "its lease expired at {t}: the next `imcast run` takes the run over"
+                    ),
+                    Some(t) => format!("lease until {t}"),
+                    None => "lease held while that process runs".to_string(),
+                };
+                crate::outln!(
+                    "  held by   pid {pid} on {host} ({until}, fence {})",
+                    l.fence
+                );
             }
             crate::outln!("  recipients {}", describe_counts(&s.counts));
             crate::outln!(

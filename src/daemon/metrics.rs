@@ -4,7 +4,9 @@
 //! Prometheus text exposition format, plus the tiny axum server. What only the sender knows
 //! (messages by status, rate vs limit) comes in through [`MetricsHook`]s; [`JournalMetrics`] is
 //! the journal's (read through the journal's own methods and the limiter's
-//! [`used_in_windows`](crate::throttle::used_in_windows), never their tables).
+//! [`UsageReader`](crate::throttle::UsageReader), never their tables): `imcast_rate_used` comes
+//! from where the account limiter keeps its log, the PostgreSQL store when `[state] url` is set
+//! (what every host of the account spends together), else the state directory's SQLite file.
 //! Must not: block the daemon (the server reads a snapshot behind a mutex), or bind anything
 //! but the address it is given (the command refuses non-loopback addresses).
 
@@ -181,25 +183,35 @@ impl JournalMetrics {
         Self::default()
     }
 
-    /// Refresh from the state database at `db` every `every` until the runtime ends.
+    /// Refresh from the state database at `db` and the limiter's log in `store` every `every`
+    /// until the runtime ends.
     pub fn spawn_refresh(
         &self,
         db: std::path::PathBuf,
+        store: crate::config::StateStore,
         limits: Vec<(String, crate::config::Limit)>,
         clock: crate::clock::SharedClock,
         every: std::time::Duration,
     ) {
         let me = self.clone();
+        let usage = Arc::new(Mutex::new(crate::throttle::UsageReader::new(store)));
         tokio::spawn(async move {
             loop {
                 let now = clock.now();
-                let (db2, limits2) = (db.clone(), limits.clone());
-                if let Ok(Ok(text)) =
-                    tokio::task::spawn_blocking(move || journal_text(&db2, &limits2, now)).await
-                {
-                    if let Ok(mut g) = me.text.lock() {
-                        *g = text;
+                let (db2, limits2, usage2) = (db.clone(), limits.clone(), usage.clone());
+                let text = tokio::task::spawn_blocking(move || {
+                    let mut usage = usage2.lock().unwrap_or_else(|p| p.into_inner());
+                    journal_text(&db2, &mut usage, &limits2, now)
+                })
+                .await;
+                match text {
+                    Ok(Ok(text)) => {
+                        if let Ok(mut g) = me.text.lock() {
+                            *g = text;
+                        }
                     }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "metrics: could not refresh"),
+                    Err(_) => {}
                 }
                 clock.sleep(every).await;
             }
@@ -213,12 +225,13 @@ pub enum MetricsError {
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("the limiter's log: {0}")]
-    Limiter(#[from] rusqlite::Error),
+    Limiter(#[from] crate::throttle::StoreError),
 }
 
 /// The journal's families as Prometheus text, at `now`.
 pub fn journal_text(
     db: &std::path::Path,
+    usage: &mut crate::throttle::UsageReader,
     limits: &[(String, crate::config::Limit)],
     now: jiff::Timestamp,
 ) -> Result<String, MetricsError> {
@@ -257,10 +270,9 @@ pub fn journal_text(
         "# HELP imcast_rate_limit The account limit per window (after the reserve)."
     );
     let _ = writeln!(o, "# TYPE imcast_rate_limit gauge");
-    // The limiter keeps its log in its own file beside the journal (see `throttle`).
+    // The limiter's log: its own file beside the journal, or the PostgreSQL store (`throttle`).
     let keys: Vec<&str> = limits.iter().map(|(action, _)| action.as_str()).collect();
-    let used =
-        crate::throttle::used_in_windows(&db.with_file_name(crate::throttle::DB_FILE), &keys, now)?;
+    let used = usage.used(&keys, now)?;
     for ((action, limit), used) in limits.iter().zip(used) {
         let _ = writeln!(o, "imcast_rate_used{{action=\"{}\"}} {used}", esc(action));
         let _ = writeln!(
@@ -330,8 +342,15 @@ mod tests {
         let journal = crate::journal::Journal::open(dir.path()).expect("journal");
         let clock = SimClock::new("2026-03-01T09:00:00Z".parse().expect("ts"));
         let limit = crate::config::Limit::new(12_000, std::time::Duration::from_secs(60));
-        let none = journal_text(journal.path(), &[("batch".into(), limit)], clock.now())
-            .expect("metrics without a limiter file");
+        let mut usage =
+            crate::throttle::UsageReader::new(crate::config::StateStore::Sqlite(dir.path().into()));
+        let none = journal_text(
+            journal.path(),
+            &mut usage,
+            &[("batch".into(), limit)],
+            clock.now(),
+        )
+        .expect("metrics without a limiter file");
         assert!(
             none.contains("imcast_rate_used{action=\"batch\"} 0"),
             "{none}"
@@ -346,8 +365,13 @@ mod tests {
         .expect("limiter");
         // In flight (not completed): it counts.
         let _in_flight = limiter.acquire(500, None).await.expect("admitted");
-        let text =
-            journal_text(journal.path(), &[("batch".into(), limit)], clock.now()).expect("metrics");
+        let text = journal_text(
+            journal.path(),
+            &mut usage,
+            &[("batch".into(), limit)],
+            clock.now(),
+        )
+        .expect("metrics");
         assert!(
             text.contains("imcast_rate_used{action=\"batch\"} 500"),
             "{text}"
@@ -356,5 +380,74 @@ mod tests {
             text.contains("imcast_rate_limit{action=\"batch\",window_seconds=\"60\"} 12000"),
             "{text}"
         );
+    }
+
+    /// With `[state] url`, `imcast_rate_used` is what the limiter counts in PostgreSQL, shared by
+    /// every host: an admission by another process on the store shows, the local SQLite file
+    /// (empty here) does not matter, and a completed call stops counting one window after its
+    /// answer.
+    #[test]
+    fn rate_used_comes_from_the_postgres_limiter_when_the_store_is_postgres() {
+        use crate::clock::{Clock, SimClock};
+        let Some(db) = crate::testing::pg::test_db("metrics") else {
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = crate::journal::Journal::open(dir.path()).expect("journal");
+        let clock = SimClock::new("2026-03-01T09:00:00Z".parse().expect("ts"));
+        let limit = crate::config::Limit::new(12_000, std::time::Duration::from_secs(60));
+        let limits = [("batch".to_string(), limit), ("p2p".to_string(), limit)];
+        let journal = journal.path().to_path_buf();
+        // Blocking client work off any runtime (this test has none; the fixture's own threads).
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut usage = crate::throttle::UsageReader::new(db.store());
+                // A store nothing was ever sent on (no limiter tables yet): 0, not an error.
+                let text = journal_text(&journal, &mut usage, &limits, clock.now())
+                    .expect("metrics on an empty store");
+                assert!(
+                    text.contains("imcast_rate_used{action=\"batch\"} 0"),
+                    "{text}"
+                );
+                // Another process (here: a limiter of its own) admits 500 on the store.
+                let other = crate::throttle::Limiter::open_postgres(
+                    db.url(),
+                    "batch",
+                    limit,
+                    crate::throttle::LimiterOptions::default(),
+                    Arc::new(clock.clone()),
+                )
+                .expect("limiter");
+                let permit = other.try_acquire(500).expect("decide").expect("admitted");
+                let text =
+                    journal_text(&journal, &mut usage, &limits, clock.now()).expect("metrics");
+                assert!(
+                    text.contains("imcast_rate_used{action=\"batch\"} 500"),
+                    "{text}"
+                );
+                assert!(
+                    text.contains("imcast_rate_used{action=\"p2p\"} 0"),
+                    "{text}"
+                );
+                // The SQLite reader of the same state directory sees nothing: the count is the
+                // store's, not the local file's.
+                let mut local = crate::throttle::UsageReader::new(
+                    crate::config::StateStore::Sqlite(dir.path().into()),
+                );
+                assert_eq!(
+                    local.used(&["batch"], clock.now()).expect("sqlite"),
+                    vec![0]
+                );
+                // Answered now: it counts one more window, then no more.
+                permit.complete_blocking(clock.now()).expect("complete");
+                clock.advance(std::time::Duration::from_secs(60));
+                assert_eq!(
+                    usage.used(&["batch"], clock.now()).expect("used"),
+                    vec![500]
+                );
+                clock.advance(std::time::Duration::from_secs(1));
+                assert_eq!(usage.used(&["batch"], clock.now()).expect("used"), vec![0]);
+            });
+        });
     }
 }

@@ -1,45 +1,70 @@
-//! The scheduler's own tables in the shared state database (`<state_dir>/imcast.db`).
+//! The scheduler's occurrence record: in the state directory's SQLite file (`<state_dir>/imcast.db`)
+//! or, with `[state] url`, in the PostgreSQL state store shared by every daemon on it.
 //!
-//! Owns: `sched_campaign` (per campaign: the cursor — the last occurrence already decided — and
-//! the user pause flag), `sched_occurrence` (one row per decided occurrence, keyed by campaign
-//! and UTC instant in whole seconds), `sched_control` (a log of what the daemon did with each
-//! pause/resume/cancel request; the requests themselves are the journal's — see
+//! Owns: `sched_campaign` (per campaign: the cursor — the last occurrence already decided — the
+//! user pause flag, the file and next fire time last published), `sched_occurrence` (one row per
+//! decided occurrence, keyed by campaign and UTC instant in whole seconds, naming the daemon that
+//! decided or claimed it: its node id, host, pid and when), `sched_roster` (one row per daemon
+//! node on the store: host, pid, imcast version, started, last seen, stopped — see
+//! [`roster_beat`] and [`DaemonRow::alive`]) — all in the store ([`open_store`]:
+//! SQLite or PostgreSQL, the same statements through [`crate::store`]) — and, always in the
+//! local SQLite file ([`open`]): `sched_node` (this state directory's node id, random, made once),
+//! `sched_control` (a log of what the daemon did with each pause/resume/cancel request; the
+//! requests themselves are the journal's — see
 //! [`Journal::pending_controls`](crate::journal::Journal::pending_controls) — and a log row is
 //! written by [`log_control`] inside
 //! [`Journal::finish_control`](crate::journal::Journal::finish_control)'s transaction, so the
 //! request's removal and its log commit together) and `sched_daemon` (a heartbeat so two daemons
-//! do not share one state directory). Invariants: an occurrence row is inserted in the same
-//! transaction that advances the cursor past it, BEFORE its run starts, and the primary key makes
-//! a second insert a no-op — this is what makes each occurrence fire at most once.
+//! do not share one state directory).
+//!
+//! Invariants: an occurrence row is inserted in the same transaction that advances the cursor past
+//! it, BEFORE its run starts, and the primary key makes a second insert a no-op (`ON CONFLICT DO
+//! NOTHING`: on PostgreSQL a concurrent insert of the same key waits for the first to commit, then
+//! does nothing) — this is what makes each occurrence fire at most once, on one machine or across
+//! N daemons on one store. A queued or quiet-held occurrence is started by whoever moves it to
+//! `claimed` first ([`claim_pending`]: a compare-and-set on its status).
+//!
+//! The run an occurrence starts is in the claiming daemon's local journal (the journal moves to
+//! the store later): a run in progress is not yet taken over by another daemon if its host dies;
+//! it resumes when that daemon restarts (its node id is in its state directory, so a restart on
+//! another host with the same state directory resumes it too).
+//!
+//! The roster is for people (who is there, who holds what); nothing decides on it: whether a
+//! daemon "looks alive" compares its `last_seen` (its own clock) with the reader's clock, so it
+//! assumes the hosts' clocks agree within seconds (NTP), and the window
+//! ([`ALIVE_BEATS`] refresh intervals) is wide enough for that.
+//!
 //! Must not: touch the journal's tables (`runs`, `calls`, `recipients`, `run_counts`, `control`:
 //! the journal's methods are the only way to them); [`migrate`] only creates `sched_*` tables
-//! with `CREATE TABLE IF NOT EXISTS`, so it is safe on any connection to the file.
+//! with `CREATE TABLE IF NOT EXISTS` (and adds missing columns), so it is safe on any connection
+//! to the file.
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
-
+use crate::config::StateStore;
 use crate::journal::PendingControl;
+use crate::store::{params, OptionalExtension, Row, StoreError};
+
+pub use crate::store::Conn;
 
 /// Errors from the scheduler tables.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state database {path}: {source}")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
+    Open { path: String, source: StoreError },
     #[error("state database: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Store(#[from] StoreError),
 }
 
-/// `execute` through the statement cache: the daemon runs the same few statements every tick.
-fn exec(conn: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
-    conn.prepare_cached(sql)?.execute(p)
+impl From<rusqlite::Error> for StateError {
+    fn from(e: rusqlite::Error) -> Self {
+        StateError::Store(StoreError::Sqlite(e))
+    }
 }
 
-/// Create the scheduler's tables if they do not exist. Idempotent; safe on the journal's connection.
-pub fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+/// Create the scheduler's SQLite tables if they do not exist. Idempotent; safe on the journal's
+/// connection.
+pub fn migrate(conn: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS sched_campaign (
             name TEXT PRIMARY KEY,
@@ -75,27 +100,55 @@ pub fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
             id INTEGER PRIMARY KEY CHECK (id = 1),
             pid INTEGER NOT NULL,
             heartbeat INTEGER NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS sched_node (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            node TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS sched_roster (
+            node TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            version TEXT NOT NULL,
+            started_at INTEGER NOT NULL,
+            last_seen INTEGER NOT NULL,
+            every_secs INTEGER NOT NULL,
+            stopped_at INTEGER
         );",
-    )
+    )?;
+    // Who decided or claimed an occurrence (added after the table; older files get the columns).
+    let have: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('sched_occurrence')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (col, ty) in [
+        ("node", "TEXT"),
+        ("host", "TEXT"),
+        ("pid", "INTEGER"),
+        ("claimed_at", "INTEGER"),
+    ] {
+        if !have.iter().any(|h| h == col) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE sched_occurrence ADD COLUMN {col} {ty}"
+            ))?;
+        }
+    }
+    Ok(())
 }
 
-/// Open (creating if needed) the state database and migrate the scheduler tables.
-pub fn open(state_dir: &Path) -> Result<Connection, StateError> {
+/// Open (creating if needed) the state directory's SQLite file and migrate the scheduler tables.
+pub fn open(state_dir: &Path) -> Result<Conn, StateError> {
     let path = state_dir.join("imcast.db");
-    let open_err = |source| StateError::Open {
+    let open_err = |source: rusqlite::Error| StateError::Open {
         path: path.display().to_string(),
-        source,
+        source: StoreError::Sqlite(source),
     };
-    std::fs::create_dir_all(state_dir).map_err(|e| StateError::Open {
-        path: path.display().to_string(),
-        source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-    })?;
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
     // The journal owns the file and its core tables (runs, calls, recipients, control): let it
     // create and migrate them first, so a fresh state directory has them whoever opens it first.
-    crate::journal::Journal::open(state_dir).map_err(|e| StateError::Open {
-        path: path.display().to_string(),
-        source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-    })?;
+    crate::journal::Journal::open(state_dir)
+        .map_err(|e| open_err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
     let conn = crate::db::open(&path, "NORMAL").map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(open_err)?;
@@ -104,15 +157,62 @@ pub fn open(state_dir: &Path) -> Result<Connection, StateError> {
     // (see record_occurrence). Everything else is re-derivable: run keys are deterministic, so a
     // lost status update is corrected by asking the runner again.
     migrate(&conn).map_err(open_err)?;
-    Ok(conn)
+    Ok(Conn::sqlite(conn))
 }
 
 /// Open an existing state database for reading; `None` if it does not exist yet.
-pub fn open_existing(state_dir: &Path) -> Result<Option<Connection>, StateError> {
+pub fn open_existing(state_dir: &Path) -> Result<Option<Conn>, StateError> {
     if !state_dir.join("imcast.db").exists() {
         return Ok(None);
     }
     open(state_dir).map(Some)
+}
+
+/// The store holding `sched_campaign` and `sched_occurrence`: the state directory's SQLite file,
+/// or the PostgreSQL store (blocking: off the async runtime; migrations applied on connecting).
+pub fn open_store(store: &StateStore) -> Result<Conn, StateError> {
+    match store {
+        StateStore::Sqlite(dir) => open(dir),
+        StateStore::Postgres(url) => Conn::postgres(url).map_err(|source| StateError::Open {
+            path: url.redacted(),
+            source,
+        }),
+    }
+}
+
+/// This state directory's node id (made once, random): names the daemon of this state directory
+/// in the store across restarts. `local` is [`open`]'s connection.
+pub fn node_id(local: &Conn) -> Result<String, StateError> {
+    if let Some(n) = local
+        .query_row("SELECT node FROM sched_node WHERE id = 1", params![], |r| {
+            r.get::<String>(0)
+        })
+        .optional()?
+    {
+        return Ok(n);
+    }
+    let fresh = format!("{:032x}", rand::random::<u128>());
+    local.execute(
+        "INSERT INTO sched_node (id, node) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING",
+        params![&fresh],
+    )?;
+    Ok(
+        local.query_row("SELECT node FROM sched_node WHERE id = 1", params![], |r| {
+            r.get::<String>(0)
+        })?,
+    )
+}
+
+/// This machine's host name (for people: which host claimed what), from the kernel, else
+/// `HOSTNAME`, else `unknown`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Occurrence statuses.
@@ -136,6 +236,15 @@ pub mod status {
     pub const TERMINAL: [&str; 5] = [DONE, FAILED, CANCELLED, SKIPPED_LATE, SKIPPED_OVERLAP];
 }
 
+/// The daemon that decides or claims an occurrence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    /// Its state directory's node id ([`node_id`]).
+    pub node: String,
+    pub host: String,
+    pub pid: u32,
+}
+
 /// One row of `sched_occurrence`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OccurrenceRow {
@@ -150,11 +259,17 @@ pub struct OccurrenceRow {
     pub finished_at: Option<i64>,
     pub paused_by: Option<String>,
     pub detail: Option<String>,
+    /// The node id of the daemon that decided it, or claimed it from the queue.
+    pub node: Option<String>,
+    pub host: Option<String>,
+    pub pid: Option<i64>,
+    /// When (UTC seconds) that daemon decided or claimed it.
+    pub claimed_at: Option<i64>,
 }
 
-const OCC_COLS: &str = "campaign, occurrence, status, run_key, content_hash, recorded_at, started_at, finished_at, paused_by, detail";
+const OCC_COLS: &str = "campaign, occurrence, status, run_key, content_hash, recorded_at, started_at, finished_at, paused_by, detail, node, host, pid, claimed_at";
 
-fn occ_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OccurrenceRow> {
+fn occ_row(r: &Row) -> Result<OccurrenceRow, StoreError> {
     Ok(OccurrenceRow {
         campaign: r.get(0)?,
         occurrence: r.get(1)?,
@@ -166,29 +281,34 @@ fn occ_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OccurrenceRow> {
         finished_at: r.get(7)?,
         paused_by: r.get(8)?,
         detail: r.get(9)?,
+        node: r.get(10)?,
+        host: r.get(11)?,
+        pid: r.get(12)?,
+        claimed_at: r.get(13)?,
     })
 }
 
 /// Occurrences, oldest first; all campaigns when `campaign` is `None`.
-pub fn occurrences(
-    conn: &Connection,
-    campaign: Option<&str>,
-) -> Result<Vec<OccurrenceRow>, StateError> {
+pub fn occurrences(conn: &Conn, campaign: Option<&str>) -> Result<Vec<OccurrenceRow>, StateError> {
     let sql = format!(
-        "SELECT {OCC_COLS} FROM sched_occurrence WHERE (?1 IS NULL OR campaign = ?1) ORDER BY occurrence, campaign"
+        "SELECT {OCC_COLS} FROM sched_occurrence WHERE (CAST(?1 AS TEXT) IS NULL OR campaign = ?1) ORDER BY occurrence, campaign"
     );
-    let mut st = conn.prepare_cached(&sql)?;
-    let rows = st
-        .query_map(params![campaign], occ_row)?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    Ok(conn.query_map(&sql, params![campaign], occ_row)?)
+}
+
+/// One occurrence, if recorded.
+pub fn occurrence(
+    conn: &Conn,
+    campaign: &str,
+    occurrence: i64,
+) -> Result<Option<OccurrenceRow>, StateError> {
+    let sql =
+        format!("SELECT {OCC_COLS} FROM sched_occurrence WHERE campaign = ?1 AND occurrence = ?2");
+    Ok(conn.query_opt(&sql, params![campaign, occurrence], occ_row)?)
 }
 
 /// Occurrences in any of `statuses`, oldest first.
-pub fn occurrences_in(
-    conn: &Connection,
-    statuses: &[&str],
-) -> Result<Vec<OccurrenceRow>, StateError> {
+pub fn occurrences_in(conn: &Conn, statuses: &[&str]) -> Result<Vec<OccurrenceRow>, StateError> {
     let marks = (1..=statuses.len())
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
@@ -196,23 +316,17 @@ pub fn occurrences_in(
     let sql = format!(
         "SELECT {OCC_COLS} FROM sched_occurrence WHERE status IN ({marks}) ORDER BY occurrence, campaign"
     );
-    let mut st = conn.prepare_cached(&sql)?;
-    let rows = st
-        .query_map(rusqlite::params_from_iter(statuses.iter()), occ_row)?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    let ps: Vec<crate::store::Value<'_>> = statuses.iter().map(|s| (*s).into()).collect();
+    Ok(conn.query_map(&sql, &ps, occ_row)?)
 }
 
 /// Count of occurrences by status.
-pub fn status_counts(conn: &Connection) -> Result<Vec<(String, u64)>, StateError> {
-    let mut st = conn
-        .prepare("SELECT status, COUNT(*) FROM sched_occurrence GROUP BY status ORDER BY status")?;
-    let rows = st
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+pub fn status_counts(conn: &Conn) -> Result<Vec<(String, u64)>, StateError> {
+    Ok(conn.query_map(
+        "SELECT status, COUNT(*) FROM sched_occurrence GROUP BY status ORDER BY status",
+        params![],
+        |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?.max(0) as u64)),
+    )?)
 }
 
 /// Per-campaign bookkeeping.
@@ -225,60 +339,57 @@ pub struct CampaignRow {
     pub next_fire: Option<i64>,
 }
 
-pub fn campaign(conn: &Connection, name: &str) -> Result<Option<CampaignRow>, StateError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT name, cursor, paused, path, next_fire FROM sched_campaign WHERE name = ?1",
-        )?
-        .query_row(params![name], |r| {
+pub fn campaign(conn: &Conn, name: &str) -> Result<Option<CampaignRow>, StateError> {
+    Ok(conn.query_opt(
+        "SELECT name, cursor, paused, path, next_fire FROM sched_campaign WHERE name = ?1",
+        params![name],
+        |r| {
             Ok(CampaignRow {
                 name: r.get(0)?,
                 cursor: r.get(1)?,
-                paused: r.get::<_, i64>(2)? != 0,
+                paused: r.get(2)?,
                 path: r.get(3)?,
                 next_fire: r.get(4)?,
             })
-        })
-        .optional()?)
+        },
+    )?)
 }
 
-pub fn campaign_names(conn: &Connection) -> Result<Vec<String>, StateError> {
-    let mut st = conn.prepare_cached("SELECT name FROM sched_campaign ORDER BY name")?;
-    let names = st
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<Vec<String>, _>>()?;
-    Ok(names)
+pub fn campaign_names(conn: &Conn) -> Result<Vec<String>, StateError> {
+    Ok(conn.query_map(
+        "SELECT name FROM sched_campaign ORDER BY name",
+        params![],
+        |r| r.get(0),
+    )?)
 }
 
 pub fn upsert_campaign(
-    conn: &Connection,
+    conn: &Conn,
     name: &str,
     path: &str,
     next_fire: Option<i64>,
     now: i64,
 ) -> Result<(), StateError> {
-    exec(conn,
+    conn.execute(
         "INSERT INTO sched_campaign (name, path, next_fire, updated_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(name) DO UPDATE SET path = excluded.path, next_fire = excluded.next_fire, updated_at = excluded.updated_at",
+         ON CONFLICT (name) DO UPDATE SET path = excluded.path, next_fire = excluded.next_fire, updated_at = excluded.updated_at",
         params![name, path, next_fire, now],
     )?;
     Ok(())
 }
 
-pub fn set_cursor(conn: &Connection, name: &str, cursor: i64) -> Result<(), StateError> {
-    exec(
-        conn,
+pub fn set_cursor(conn: &Conn, name: &str, cursor: i64) -> Result<(), StateError> {
+    conn.execute(
         "UPDATE sched_campaign SET cursor = ?2 WHERE name = ?1 AND (cursor IS NULL OR cursor < ?2)",
         params![name, cursor],
     )?;
     Ok(())
 }
 
-pub fn set_paused(conn: &Connection, name: &str, paused: bool) -> Result<(), StateError> {
-    exec(
-        conn,
+pub fn set_paused(conn: &Conn, name: &str, paused: bool) -> Result<(), StateError> {
+    conn.execute(
         "UPDATE sched_campaign SET paused = ?2 WHERE name = ?1",
-        params![name, paused as i64],
+        params![name, paused],
     )?;
     Ok(())
 }
@@ -287,7 +398,7 @@ pub fn set_paused(conn: &Connection, name: &str, paused: bool) -> Result<(), Sta
 /// when the occurrence was already recorded (then nothing changes but the cursor).
 #[allow(clippy::too_many_arguments)] // one flat row; a struct would only rename the columns
 pub fn record_occurrence(
-    conn: &mut Connection,
+    conn: &Conn,
     campaign: &str,
     occurrence: i64,
     status: &str,
@@ -296,9 +407,49 @@ pub fn record_occurrence(
     now: i64,
     detail: Option<&str>,
 ) -> Result<bool, StateError> {
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    record_occurrence_by(
+        conn,
+        None,
+        campaign,
+        occurrence,
+        status,
+        run_key,
+        content_hash,
+        now,
+        detail,
+    )
+}
+
+/// [`record_occurrence`], naming the daemon that decides it (`by`).
+#[allow(clippy::too_many_arguments)]
+pub fn record_occurrence_by(
+    conn: &Conn,
+    by: Option<&Claimant>,
+    campaign: &str,
+    occurrence: i64,
+    status: &str,
+    run_key: &str,
+    content_hash: &str,
+    now: i64,
+    detail: Option<&str>,
+) -> Result<bool, StateError> {
+    let Some(sqlite) = conn.as_sqlite() else {
+        return record_occurrence_tx(
+            conn,
+            by,
+            campaign,
+            occurrence,
+            status,
+            run_key,
+            content_hash,
+            now,
+            detail,
+        );
+    };
+    sqlite.pragma_update(None, "synchronous", "FULL")?;
     let res = record_occurrence_tx(
         conn,
+        by,
         campaign,
         occurrence,
         status,
@@ -307,7 +458,7 @@ pub fn record_occurrence(
         now,
         detail,
     );
-    let reset = conn.pragma_update(None, "synchronous", "NORMAL");
+    let reset = sqlite.pragma_update(None, "synchronous", "NORMAL");
     let inserted = res?;
     reset?;
     Ok(inserted)
@@ -315,7 +466,8 @@ pub fn record_occurrence(
 
 #[allow(clippy::too_many_arguments)]
 fn record_occurrence_tx(
-    conn: &mut Connection,
+    conn: &Conn,
+    by: Option<&Claimant>,
     campaign: &str,
     occurrence: i64,
     status: &str,
@@ -324,14 +476,26 @@ fn record_occurrence_tx(
     now: i64,
     detail: Option<&str>,
 ) -> Result<bool, StateError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let n = exec(&tx,
-        "INSERT OR IGNORE INTO sched_occurrence (campaign, occurrence, status, run_key, content_hash, recorded_at, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![campaign, occurrence, status, run_key, content_hash, now, detail],
+    let tx = conn.transaction()?;
+    let n = tx.execute(
+        "INSERT INTO sched_occurrence (campaign, occurrence, status, run_key, content_hash, recorded_at, detail, node, host, pid, claimed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (campaign, occurrence) DO NOTHING",
+        params![
+            campaign,
+            occurrence,
+            status,
+            run_key,
+            content_hash,
+            now,
+            detail,
+            by.map(|b| b.node.as_str()),
+            by.map(|b| b.host.as_str()),
+            by.map(|b| b.pid),
+            by.map(|_| now)
+        ],
     )?;
-    exec(
-        &tx,
+    tx.execute(
         "UPDATE sched_campaign SET cursor = ?2 WHERE name = ?1 AND (cursor IS NULL OR cursor < ?2)",
         params![campaign, occurrence],
     )?;
@@ -339,9 +503,37 @@ fn record_occurrence_tx(
     Ok(n == 1)
 }
 
+/// Move a queued or quiet-held occurrence (`row`, as read) to `claimed` for `by`, if nobody did
+/// since it was read: false when another daemon (or an earlier tick) changed it first.
+pub fn claim_pending(
+    conn: &Conn,
+    row: &OccurrenceRow,
+    by: &Claimant,
+    content_hash: Option<&str>,
+    now: i64,
+) -> Result<bool, StateError> {
+    let n = conn.execute(
+        "UPDATE sched_occurrence SET status = ?3, content_hash = COALESCE(?4, content_hash),
+            node = ?5, host = ?6, pid = ?7, claimed_at = ?8
+         WHERE campaign = ?1 AND occurrence = ?2 AND status = ?9",
+        params![
+            &row.campaign,
+            row.occurrence,
+            status::CLAIMED,
+            content_hash,
+            &by.node,
+            &by.host,
+            by.pid,
+            now,
+            &row.status
+        ],
+    )?;
+    Ok(n == 1)
+}
+
 /// Record an occurrence `failed` at `at` (UTC seconds), saying why.
 pub fn record_failed(
-    conn: &Connection,
+    conn: &Conn,
     row: &OccurrenceRow,
     at: i64,
     detail: &str,
@@ -361,14 +553,13 @@ pub fn record_failed(
 
 /// Change an occurrence's status (and optionally timestamps/detail).
 pub fn update_occurrence(
-    conn: &Connection,
+    conn: &Conn,
     campaign: &str,
     occurrence: i64,
     status: &str,
     upd: Update<'_>,
 ) -> Result<(), StateError> {
-    exec(
-        conn,
+    conn.execute(
         "UPDATE sched_occurrence SET status = ?3,
             started_at = COALESCE(?4, started_at),
             finished_at = COALESCE(?5, finished_at),
@@ -404,62 +595,58 @@ pub struct Update<'a> {
 /// [`Journal::finish_control`](crate::journal::Journal::finish_control)'s step, on the journal's
 /// connection, so the request's removal and this row commit together.
 pub fn log_control(
-    conn: &Connection,
+    conn: &rusqlite::Connection,
     req: &PendingControl,
     handled_at: i64,
     result: &str,
 ) -> Result<(), StateError> {
-    exec(
-        conn,
+    conn.prepare_cached(
         "INSERT INTO sched_control (campaign, action, requested_at, handled_at, result) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            req.campaign,
-            req.request.as_str(),
-            req.requested_at.as_second(),
-            handled_at,
-            result
-        ],
-    )?;
+    )?
+    .execute(rusqlite::params![
+        req.campaign,
+        req.request.as_str(),
+        req.requested_at.as_second(),
+        handled_at,
+        result
+    ])?;
     Ok(())
 }
 
 /// What the daemon answered to the latest request for `campaign` made at or after `since`
-/// (UTC seconds), once it acted on it.
+/// (UTC seconds), once it acted on it. `conn` is the state directory's ([`open`]).
 pub fn control_result(
-    conn: &Connection,
+    conn: &Conn,
     campaign: &str,
     since: i64,
 ) -> Result<Option<String>, StateError> {
     Ok(conn
-        .query_row(
+        .query_opt(
             "SELECT result FROM sched_control WHERE campaign = ?1 AND requested_at >= ?2
              ORDER BY id DESC LIMIT 1",
             params![campaign, since],
-            |r| r.get::<_, Option<String>>(0),
-        )
-        .optional()?
+            |r| r.get::<Option<String>>(0),
+        )?
         .flatten())
 }
 
-/// Claim the daemon slot: fails with the other pid when another daemon's heartbeat is fresher
-/// than `stale_after` seconds and `alive(pid)` says it still runs. The check and the write are
-/// one IMMEDIATE transaction, so of two daemons starting at once on one state directory exactly
-/// one gets the slot.
+/// Claim the daemon slot of a state directory (`conn` is [`open`]'s): fails with the other pid
+/// when another daemon's heartbeat is fresher than `stale_after` seconds and `alive(pid)` says it
+/// still runs. The check and the write are one IMMEDIATE transaction, so of two daemons starting
+/// at once on one state directory exactly one gets the slot.
 pub fn claim_daemon(
-    conn: &Connection,
+    conn: &Conn,
     pid: u32,
     now: i64,
     stale_after: i64,
     alive: impl Fn(u32) -> bool,
 ) -> Result<Result<(), u32>, StateError> {
-    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-    let other: Option<(u32, i64)> = tx
-        .query_row(
-            "SELECT pid, heartbeat FROM sched_daemon WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    let tx = conn.transaction()?;
+    let other: Option<(u32, i64)> = tx.query_opt(
+        "SELECT pid, heartbeat FROM sched_daemon WHERE id = 1",
+        params![],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     if let Some((opid, hb)) = other {
         if opid != pid && now - hb < stale_after && alive(opid) {
             return Ok(Err(opid));
@@ -470,36 +657,152 @@ pub fn claim_daemon(
     Ok(Ok(()))
 }
 
-pub fn heartbeat(conn: &Connection, pid: u32, now: i64) -> Result<(), StateError> {
-    exec(
-        conn,
+pub fn heartbeat(conn: &Conn, pid: u32, now: i64) -> Result<(), StateError> {
+    conn.execute(
         "INSERT INTO sched_daemon (id, pid, heartbeat) VALUES (1, ?1, ?2)
-         ON CONFLICT(id) DO UPDATE SET pid = excluded.pid, heartbeat = excluded.heartbeat",
+         ON CONFLICT (id) DO UPDATE SET pid = excluded.pid, heartbeat = excluded.heartbeat",
         params![pid, now],
     )?;
     Ok(())
 }
 
-pub fn release_daemon(conn: &Connection, pid: u32) -> Result<(), StateError> {
-    exec(
-        conn,
+pub fn release_daemon(conn: &Conn, pid: u32) -> Result<(), StateError> {
+    conn.execute(
         "DELETE FROM sched_daemon WHERE id = 1 AND pid = ?1",
         params![pid],
     )?;
     Ok(())
 }
 
-/// Delete finished occurrences older than `cutoff` (UTC seconds) and handled control requests
-/// older than it. Returns (occurrences, controls) deleted. Active and pending rows are kept.
-pub fn prune(conn: &Connection, cutoff: i64) -> Result<(usize, usize), StateError> {
-    let occ = exec(
-        conn,
+/// A daemon counts as alive while its `last_seen` is at most this many of its refresh intervals
+/// old (refresh every 10 s: alive within 30 s, the run lease's expiry).
+pub const ALIVE_BEATS: i64 = 3;
+
+/// One row of `sched_roster`: a daemon node on the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonRow {
+    pub node: String,
+    pub host: String,
+    pub pid: i64,
+    /// The imcast version it runs.
+    pub version: String,
+    /// UTC seconds (its clock).
+    pub started_at: i64,
+    /// UTC seconds (its clock): the last refresh.
+    pub last_seen: i64,
+    /// How often it promised to refresh `last_seen`, seconds.
+    pub every_secs: i64,
+    /// UTC seconds: it stopped cleanly (a crash leaves this empty and `last_seen` ageing).
+    pub stopped_at: Option<i64>,
+}
+
+impl DaemonRow {
+    /// Alive at `now` (UTC seconds, the reader's clock): not stopped and seen within
+    /// [`ALIVE_BEATS`] refresh intervals.
+    pub fn alive(&self, now: i64) -> bool {
+        self.stopped_at.is_none() && now - self.last_seen <= self.alive_window()
+    }
+
+    /// The alive window in seconds.
+    pub fn alive_window(&self) -> i64 {
+        ALIVE_BEATS.saturating_mul(self.every_secs.max(1))
+    }
+}
+
+/// Write this daemon's roster row: on start and on each refresh (`started_at` is when this
+/// process started; `every_secs` how often it refreshes). A restart of the same node (its state
+/// directory) replaces the row, clearing `stopped_at`.
+pub fn roster_beat(
+    conn: &Conn,
+    me: &Claimant,
+    started_at: i64,
+    every_secs: i64,
+    now: i64,
+) -> Result<(), StateError> {
+    conn.execute(
+        "INSERT INTO sched_roster (node, host, pid, version, started_at, last_seen, every_secs, stopped_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
+         ON CONFLICT (node) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+            version = excluded.version, started_at = excluded.started_at,
+            last_seen = excluded.last_seen, every_secs = excluded.every_secs, stopped_at = NULL",
+        params![
+            &me.node,
+            &me.host,
+            me.pid,
+            env!("CARGO_PKG_VERSION"),
+            started_at,
+            now,
+            every_secs
+        ],
+    )?;
+    Ok(())
+}
+
+/// Mark this daemon stopped (a clean shutdown), if the row is still this process's.
+pub fn roster_stop(conn: &Conn, me: &Claimant, now: i64) -> Result<(), StateError> {
+    conn.execute(
+        "UPDATE sched_roster SET stopped_at = ?3, last_seen = ?3 WHERE node = ?1 AND pid = ?2",
+        params![&me.node, me.pid, now],
+    )?;
+    Ok(())
+}
+
+/// Every daemon on the store, by host then node.
+pub fn roster(conn: &Conn) -> Result<Vec<DaemonRow>, StateError> {
+    Ok(conn.query_map(
+        "SELECT node, host, pid, version, started_at, last_seen, every_secs, stopped_at
+         FROM sched_roster ORDER BY host, node",
+        params![],
+        |r| {
+            Ok(DaemonRow {
+                node: r.get(0)?,
+                host: r.get(1)?,
+                pid: r.get(2)?,
+                version: r.get(3)?,
+                started_at: r.get(4)?,
+                last_seen: r.get(5)?,
+                every_secs: r.get(6)?,
+                stopped_at: r.get(7)?,
+            })
+        },
+    )?)
+}
+
+/// Prune the store ([`open_store`]'s connection): finished occurrences older than `cutoff` (UTC
+/// seconds; the rule of [`prune`]) and roster rows last seen before it whose node holds no active
+/// occurrence (the note "resumes when that daemon restarts" needs the row). Returns
+/// (occurrences, roster rows) deleted. On SQLite the store is the state directory's file: call
+/// this or [`prune`] for its occurrences, not both counts.
+pub fn prune_store(conn: &Conn, cutoff: i64) -> Result<(usize, usize), StateError> {
+    let occ = prune_occurrences(conn, cutoff)?;
+    let roster = prune_roster(conn, cutoff)?;
+    Ok((occ, roster))
+}
+
+/// Roster rows last seen before `cutoff` whose node holds no active occurrence.
+pub fn prune_roster(conn: &Conn, cutoff: i64) -> Result<usize, StateError> {
+    Ok(conn.execute(
+        "DELETE FROM sched_roster WHERE last_seen < ?1
+           AND NOT EXISTS (SELECT 1 FROM sched_occurrence o WHERE o.node = sched_roster.node
+                           AND o.status IN ('claimed', 'running', 'paused'))",
+        params![cutoff],
+    )?)
+}
+
+fn prune_occurrences(conn: &Conn, cutoff: i64) -> Result<usize, StateError> {
+    Ok(conn.execute(
         "DELETE FROM sched_occurrence WHERE occurrence < ?1
            AND status IN ('done', 'failed', 'cancelled', 'skipped_late', 'skipped_overlap')",
         params![cutoff],
-    )?;
-    let ctl = exec(
-        conn,
+    )?)
+}
+
+/// Delete finished occurrences older than `cutoff` (UTC seconds) and handled control requests
+/// older than it. Returns (occurrences, controls) deleted. Active and pending rows are kept.
+/// `conn` is the state directory's ([`open`]).
+pub fn prune(conn: &Conn, cutoff: i64) -> Result<(usize, usize), StateError> {
+    let occ = prune_occurrences(conn, cutoff)?;
+    let ctl = conn.execute(
         "DELETE FROM sched_control WHERE handled_at IS NOT NULL AND handled_at < ?1",
         params![cutoff],
     )?;
@@ -513,28 +816,220 @@ mod tests {
     #[test]
     fn migrate_is_idempotent_and_record_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut conn = open(dir.path()).expect("open");
-        migrate(&conn).expect("second migrate");
-        upsert_campaign(&conn, "a", "a.yaml", None, 0).expect("upsert");
+        let conn = open(dir.path()).expect("open");
+        migrate(conn.as_sqlite().expect("sqlite")).expect("second migrate");
+        record_once(&conn);
+        claims_name_the_daemon_and_pending_is_claimed_once(&conn);
+        // Pruning is the state directory's (SQLite): finished rows before the cutoff go.
+        assert_eq!(prune(&conn, 99).expect("prune"), (0, 0));
+        assert_eq!(prune(&conn, 151).expect("prune"), (2, 0));
+    }
+
+    #[test]
+    fn roster_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open(dir.path()).expect("open");
+        record_once(&conn);
+        claims_name_the_daemon_and_pending_is_claimed_once(&conn);
+        roster_rules(&conn);
+    }
+
+    /// The roster on a simulated clock (instants are parameters): written on start, refreshed,
+    /// alive within ALIVE_BEATS refresh intervals, stopped on a clean shutdown, replaced on a
+    /// restart; pruning takes old finished occurrences and old roster rows, but keeps the row of a
+    /// daemon that holds an active occurrence. Runs after the two helpers above (their rows: `a`
+    /// 100 done, `b` 150 done, `q` 200 claimed by n-b).
+    fn roster_rules(conn: &Conn) {
+        let who = |node: &str, host: &str, pid: u32| Claimant {
+            node: node.into(),
+            host: host.into(),
+            pid,
+        };
+        let (a, b) = (who("n-a", "host-a", 11), who("n-b", "host-b", 22));
+        roster_beat(conn, &a, 1000, 10, 1000).expect("a starts");
+        roster_beat(conn, &b, 1000, 10, 1005).expect("b starts");
+        let get = |node: &str| {
+            roster(conn)
+                .expect("roster")
+                .into_iter()
+                .find(|d| d.node == node)
+                .expect("row")
+        };
+        let rs = roster(conn).expect("roster");
+        assert_eq!(
+            rs.iter()
+                .map(|d| (d.host.as_str(), d.pid, d.version.as_str(), d.last_seen))
+                .collect::<Vec<_>>(),
+            vec![
+                ("host-a", 11, env!("CARGO_PKG_VERSION"), 1000),
+                ("host-b", 22, env!("CARGO_PKG_VERSION"), 1005)
+            ]
+        );
+        // Alive while seen within 3 × 10 s; not after.
+        let ra = get("n-a");
+        assert_eq!(ra.alive_window(), 30);
+        assert!(ra.alive(1030) && !ra.alive(1031));
+        // A refresh moves last_seen, not started_at.
+        roster_beat(conn, &a, 1000, 10, 1020).expect("a refreshes");
+        let ra = get("n-a");
+        assert_eq!((ra.started_at, ra.last_seen), (1000, 1020));
+        assert!(ra.alive(1050) && !ra.alive(1051));
+        // A clean stop: not alive at once. A stop from an older process of the node (another pid)
+        // does not mark the current one stopped.
+        roster_stop(conn, &who("n-b", "host-b", 99), 1021).expect("stale stop");
+        assert_eq!(get("n-b").stopped_at, None);
+        roster_stop(conn, &a, 1025).expect("a stops");
+        let ra = get("n-a");
+        assert_eq!((ra.stopped_at, ra.last_seen), (Some(1025), 1025));
+        assert!(!ra.alive(1025));
+        // A restart of node a (another pid) replaces its row.
+        let a2 = who("n-a", "host-a2", 33);
+        roster_beat(conn, &a2, 1100, 10, 1100).expect("a restarts");
+        let ra = get("n-a");
+        assert_eq!(
+            (ra.host.as_str(), ra.pid, ra.started_at, ra.stopped_at),
+            ("host-a2", 33, 1100, None)
+        );
+        assert!(ra.alive(1110));
+        // Prune at 2000: a's row (last seen 1100) goes; b's too old as well, but it holds the
+        // claimed occurrence q@200, so it stays; the finished occurrences before 2000 go.
+        assert_eq!(prune_store(conn, 1050).expect("prune"), (2, 0));
+        assert_eq!(prune_store(conn, 2000).expect("prune"), (0, 1));
+        assert_eq!(
+            roster(conn)
+                .expect("roster")
+                .iter()
+                .map(|d| d.node.as_str())
+                .collect::<Vec<_>>(),
+            vec!["n-b"]
+        );
+        assert_eq!(occurrences(conn, None).expect("rows").len(), 1);
+        // Once q is finished, b's old row goes too.
+        update_occurrence(conn, "q", 200, status::DONE, Update::default()).expect("done");
+        assert_eq!(prune_roster(conn, 2000).expect("prune"), 1);
+        assert!(roster(conn).expect("roster").is_empty());
+    }
+
+    #[test]
+    fn record_once_and_claims_on_postgres() {
+        let Some(db) = crate::testing::pg::test_db("sched_state") else {
+            return;
+        };
+        let url = db.url().clone();
+        std::thread::spawn(move || {
+            let conn = open_store(&StateStore::Postgres(url.clone())).expect("store");
+            record_once(&conn);
+            claims_name_the_daemon_and_pending_is_claimed_once(&conn);
+            // Migrating again (a second daemon connecting) changes nothing.
+            let again = open_store(&StateStore::Postgres(url)).expect("again");
+            assert_eq!(occurrences(&again, None).expect("rows").len(), 3);
+            roster_rules(&conn);
+        })
+        .join()
+        .expect("thread");
+    }
+
+    fn claims_name_the_daemon_and_pending_is_claimed_once(conn: &Conn) {
+        let a = Claimant {
+            node: "n-a".into(),
+            host: "host-a".into(),
+            pid: 11,
+        };
+        let b = Claimant {
+            node: "n-b".into(),
+            host: "host-b".into(),
+            pid: 22,
+        };
+        upsert_campaign(conn, "q", "q.yaml", None, 0).expect("upsert");
+        assert!(record_occurrence_by(
+            conn,
+            Some(&a),
+            "q",
+            200,
+            status::QUEUED,
+            "q@200",
+            "h1",
+            7,
+            None
+        )
+        .expect("rec"));
+        assert!(!record_occurrence_by(
+            conn,
+            Some(&b),
+            "q",
+            200,
+            status::CLAIMED,
+            "q@200",
+            "h1",
+            8,
+            None
+        )
+        .expect("rec"));
+        let row = occurrence(conn, "q", 200).expect("q").expect("row");
+        assert_eq!(
+            (
+                row.status.as_str(),
+                row.node.as_deref(),
+                row.host.as_deref(),
+                row.pid,
+                row.claimed_at
+            ),
+            (
+                status::QUEUED,
+                Some("n-a"),
+                Some("host-a"),
+                Some(11),
+                Some(7)
+            )
+        );
+        // Two daemons read the queued row; the first claim wins, the second finds it changed.
+        assert!(claim_pending(conn, &row, &b, Some("h2"), 9).expect("claim"));
+        assert!(!claim_pending(conn, &row, &a, None, 10).expect("claim again"));
+        let row = occurrence(conn, "q", 200).expect("q").expect("row");
+        assert_eq!(
+            (
+                row.status.as_str(),
+                row.node.as_deref(),
+                row.host.as_deref(),
+                row.pid,
+                row.claimed_at,
+                row.content_hash.as_deref()
+            ),
+            (
+                status::CLAIMED,
+                Some("n-b"),
+                Some("host-b"),
+                Some(22),
+                Some(9),
+                Some("h2")
+            )
+        );
+        assert_eq!(
+            status_counts(conn).expect("counts"),
+            vec![("claimed".to_string(), 1), ("done".to_string(), 2)]
+        );
+    }
+
+    fn record_once(conn: &Conn) {
+        upsert_campaign(conn, "a", "a.yaml", None, 0).expect("upsert");
         assert!(
-            record_occurrence(&mut conn, "a", 100, status::CLAIMED, "a@100", "h", 1, None)
-                .expect("rec")
+            record_occurrence(conn, "a", 100, status::CLAIMED, "a@100", "h", 1, None).expect("rec")
         );
         assert!(
-            !record_occurrence(&mut conn, "a", 100, status::CLAIMED, "a@100", "h", 2, None)
+            !record_occurrence(conn, "a", 100, status::CLAIMED, "a@100", "h", 2, None)
                 .expect("rec")
         );
         assert_eq!(
-            campaign(&conn, "a").expect("q").expect("row").cursor,
+            campaign(conn, "a").expect("q").expect("row").cursor,
             Some(100)
         );
-        set_cursor(&conn, "a", 50).expect("cursor never goes back");
+        set_cursor(conn, "a", 50).expect("cursor never goes back");
         assert_eq!(
-            campaign(&conn, "a").expect("q").expect("row").cursor,
+            campaign(conn, "a").expect("q").expect("row").cursor,
             Some(100)
         );
         update_occurrence(
-            &conn,
+            conn,
             "a",
             100,
             status::DONE,
@@ -544,8 +1039,19 @@ mod tests {
             },
         )
         .expect("upd");
-        assert_eq!(prune(&conn, 99).expect("prune"), (0, 0));
-        assert_eq!(prune(&conn, 101).expect("prune"), (1, 0));
+        assert!(!campaign(conn, "a").expect("q").expect("row").paused);
+        set_paused(conn, "a", true).expect("pause");
+        assert!(campaign(conn, "a").expect("q").expect("row").paused);
+        assert_eq!(campaign_names(conn).expect("names"), vec!["a".to_string()]);
+        let rows = occurrences(conn, Some("a")).expect("rows");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].status, status::DONE);
+        assert_eq!(rows[0].node, None, "recorded without a claimant");
+        assert_eq!(occurrences_in(conn, &status::TERMINAL).expect("in"), rows);
+        upsert_campaign(conn, "b", "b.yaml", None, 0).expect("upsert");
+        assert!(
+            record_occurrence(conn, "b", 150, status::DONE, "b@150", "h", 1, None).expect("rec")
+        );
     }
 
     #[test]

@@ -57,6 +57,7 @@ impl Journal {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
+        super::lease::check_fence(&tx, &self.path, &self.owner, run_id)?;
         let rec = Ops {
             conn: &tx,
             path: &self.path,
@@ -294,6 +295,7 @@ impl Journal {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
+        super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
         let (key, total, first): (i64, i64, Option<i64>) = tx
             .query_row(
                 "SELECT key, total_calls, first_resend_seq FROM runs WHERE id = ?1",
@@ -441,6 +443,7 @@ impl Journal {
         message: &str,
         now: Timestamp,
     ) -> Result<(), JournalError> {
+        let tx = self.fenced(run_id)?;
         self.conn
             .execute(
                 "UPDATE calls SET state = 'planned', error_code = ?3, error_message = ?4, updated_at = ?5
@@ -451,7 +454,7 @@ impl Journal {
         if let Some(code) = code {
             super::attempts::attempt_ended_tx(&self.conn, run_id, seq, code).map_err(self.db())?;
         }
-        Ok(())
+        tx.commit().map_err(self.db())
     }
 
     /// Commit a call's per-recipient outcomes and its final state in one transaction
@@ -592,7 +595,10 @@ impl Journal {
 
     /// Pending recipients become `cancelled`. Returns how many.
     pub fn cancel_pending(&self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
-        self.in_immediate(|ops| ops.cancel_pending(run_id, now))
+        self.in_immediate(|ops| {
+            ops.check_fence(run_id)
+                .and_then(|()| ops.cancel_pending(run_id, now))
+        })
     }
 
     pub(super) fn set_pending(
@@ -602,7 +608,10 @@ impl Journal {
         why: &str,
         now: Timestamp,
     ) -> Result<u64, JournalError> {
-        self.in_immediate(|ops| ops.set_pending(run_id, to, why, now))
+        self.in_immediate(|ops| {
+            ops.check_fence(run_id)
+                .and_then(|()| ops.set_pending(run_id, to, why, now))
+        })
     }
 
     /// Run `f` on the run statements ([`Ops`]) in one IMMEDIATE transaction, committed if it

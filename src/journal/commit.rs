@@ -51,6 +51,7 @@ impl Journal {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db)?;
+        super::lease::check_writes(&tx, &path, &self.owner, writes)?;
         let mut outcomes = false;
         for w in writes {
             match w {

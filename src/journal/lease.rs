@@ -1,18 +1,164 @@
-//! The run lease: which journal (process) is sending a run. `runs.owner` holds
-//! `host:pid:instance`, one id per open [`Journal`]; a lease is live while that process runs and,
-//! in this process, while that journal is open.
+//! The run lease: which journal (process) is sending a run, until when, and the fencing number
+//! every write for the run checks.
+//!
+//! A lease (columns of `runs`) has a holder (`owner` = `host:pid:instance`, one id per open
+//! [`Journal`], for people and for the local liveness check; NULL once released), an expiry
+//! (`lease_expires_ms`, renewed by the sending engine's heartbeat, [`Journal::renew`]) and a
+//! fencing number (`fence`, with who took it and when: `fence_holder`, `fence_at_ms`). A claim
+//! takes the lease when it is free (released), expired (by the caller's clock), or held on this
+//! host by a process that is gone (or, in this process, by a journal that was closed): a killed
+//! run is resumed at once on its own host; a holder on another host, or one alive here but paused
+//! past its expiry, is taken over only once its lease expired. Every claim (a take-over, or a
+//! journal claiming its own run again) increments the fence; the journal remembers the fence it
+//! took per run ([`Holder`]), and every write for that run checks it in the write's own
+//! transaction ([`check_fence`], the one place): when another process took the run over since,
+//! the write fails with [`JournalError::Fenced`] and writes nothing, so a paused-then-revived old
+//! holder can never write after another took over. A journal that never claimed a run (a
+//! command on a stopped run, a migration) has no fence for it to check.
 //!
 //! Invariants: the check and the write of a claim are one IMMEDIATE transaction, so of two
-//! claimers exactly one gets it; a lease on another host counts as live (its process cannot be
-//! checked from here). Must not: take a live holder's lease.
+//! claimers exactly one gets it; the fence never decreases; an expiry is computed from the
+//! injected clock (`now` comes from the caller), never read here. A lease written before leases
+//! had an expiry (NULL `lease_expires_ms`, left by an older release) keeps the old rule: live
+//! while its process runs, and another host's counts as live. Must not: take a live holder's
+//! unexpired lease; read the system clock.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use jiff::Timestamp;
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::schema::ts;
-use super::{Journal, JournalError, Ops, RunInfo};
+use super::{Journal, JournalError, Ops, RunInfo, Write};
+
+/// A run's lease as people read it (`imcast status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder's host and pid (None: released).
+    pub holder: Option<(String, u32)>,
+    /// Until when it holds without renewal (None: released, or a lease of an older release).
+    pub expires_at: Option<Timestamp>,
+    /// The fencing number: how many times the run was claimed.
+    pub fence: u64,
+}
+
+/// The lease identity of one open [`Journal`]: its id (`host:pid:instance`), the fence it took
+/// per run, and how long the leases it takes last.
+#[derive(Debug)]
+pub(super) struct Holder {
+    id: String,
+    fences: Mutex<BTreeMap<String, i64>>,
+    expiry: Mutex<Duration>,
+}
+
+impl Holder {
+    pub(super) fn new(id: String) -> Self {
+        Holder {
+            id,
+            fences: Mutex::new(BTreeMap::new()),
+            expiry: Mutex::new(crate::config::LeaseTimes::default().expiry),
+        }
+    }
+
+    /// The id written into `runs.owner`.
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn fence(&self, run_id: &str) -> Option<i64> {
+        self.fences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .copied()
+    }
+
+    fn set_fence(&self, run_id: &str, fence: i64) {
+        self.fences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id.to_string(), fence);
+    }
+
+    fn expiry(&self) -> Duration {
+        *self.expiry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn set_expiry(&self, d: Duration) {
+        *self.expiry.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    }
+}
+
+/// Milliseconds since the epoch, as leases store instants.
+fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn from_ms(v: i64) -> Timestamp {
+    Timestamp::from_millisecond(v).unwrap_or(Timestamp::MAX)
+}
+
+fn plus(now: Timestamp, d: Duration) -> i64 {
+    ms(now).saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The fence check, the one place: when `holder` took a fence on `run_id` and the run's fence
+/// has moved since (another process claimed it), [`JournalError::Fenced`] naming who took it
+/// over and when. Called inside the transaction of every write for a run, before it writes.
+pub(super) fn check_fence(
+    conn: &Connection,
+    path: &Path,
+    holder: &Holder,
+    run_id: &str,
+) -> Result<(), JournalError> {
+    let Some(mine) = holder.fence(run_id) else {
+        return Ok(());
+    };
+    let db = |source| JournalError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    let row: Option<(i64, Option<String>, Option<i64>)> = conn
+        .prepare_cached("SELECT fence, fence_holder, fence_at_ms FROM runs WHERE id = ?1")
+        .map_err(db)?
+        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()
+        .map_err(db)?;
+    match row {
+        Some((fence, _, _)) if fence == mine => Ok(()),
+        Some((_, by, at)) => Err(JournalError::Fenced {
+            run_id: run_id.to_string(),
+            holder: by
+                .as_deref()
+                .map(describe_owner)
+                .unwrap_or_else(|| "another process".into()),
+            at: at.map(from_ms),
+        }),
+        None => Err(JournalError::NoRun(run_id.to_string())),
+    }
+}
+
+/// [`check_fence`] for each run a group commit writes to (see `commit`).
+pub(super) fn check_writes(
+    conn: &Connection,
+    path: &Path,
+    holder: &Holder,
+    writes: &[Write],
+) -> Result<(), JournalError> {
+    let mut runs: Vec<&str> = writes
+        .iter()
+        .map(|w| match w {
+            Write::Mark(m) => m.run_id.as_str(),
+            Write::Outcome(o) => o.run_id.as_str(),
+        })
+        .collect();
+    runs.sort_unstable();
+    runs.dedup();
+    runs.into_iter()
+        .try_for_each(|r| check_fence(conn, path, holder, r))
+}
 
 /// Journals open in this process, by instance number: a lease written by this process is live
 /// exactly while the journal that took it is open (two journals in one process — the daemon's
@@ -23,13 +169,13 @@ pub(super) fn live_leases() -> std::sync::MutexGuard<'static, std::collections::
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A new lease id for a journal of this process: `host:pid:instance`, registered live.
-pub(super) fn new_owner() -> (String, u64) {
+/// A new lease holder for a journal of this process: `host:pid:instance`, registered live.
+pub(super) fn new_owner() -> (Holder, u64) {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let instance = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     live_leases().insert(instance);
     (
-        format!("{}:{}:{instance}", hostname(), std::process::id()),
+        Holder::new(format!("{}:{}:{instance}", hostname(), std::process::id())),
         instance,
     )
 }
@@ -95,10 +241,16 @@ fn owner_alive(owner: &str) -> bool {
 }
 
 impl Journal {
+    /// How long the leases this journal takes last without renewal (default 30 s; the run
+    /// engine's heartbeat renews them well before: `[state] lease_expiry`/`lease_heartbeat`).
+    pub fn set_lease_expiry(&self, expiry: Duration) {
+        self.owner.set_expiry(expiry);
+    }
+
     /// Take the run's lease for this journal, unless a live holder has it: the check and the
     /// write are one IMMEDIATE transaction, so of two processes claiming at once exactly one
-    /// gets it. A dead holder's lease (its process gone, or its journal closed in this process)
-    /// is taken over; another host's lease counts as live.
+    /// gets it. A free, expired or dead holder's lease (its process gone, or its journal closed
+    /// in this process) is taken over, and the run's fence moves on.
     pub fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
             .map_err(self.db())?;
@@ -111,15 +263,64 @@ impl Journal {
         tx.commit().map_err(self.db())
     }
 
-    /// Give up the run's lease (if this journal holds it).
+    /// The heartbeat: extend this journal's lease on `run_id` to `now` + the expiry, unless the
+    /// run was taken over ([`JournalError::Fenced`]: the caller stops sending at once). Returns
+    /// the new expiry (None: the lease is not held any more, e.g. the run was paused).
+    pub fn renew(&self, run_id: &str, now: Timestamp) -> Result<Option<Timestamp>, JournalError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(self.db())?;
+        check_fence(&tx, &self.path, &self.owner, run_id)?;
+        let until = plus(now, self.owner.expiry());
+        let n = tx
+            .execute(
+                "UPDATE runs SET lease_expires_ms = ?3 WHERE id = ?1 AND owner = ?2",
+                params![run_id, self.owner.id(), until],
+            )
+            .map_err(self.db())?;
+        tx.commit().map_err(self.db())?;
+        Ok((n > 0).then(|| from_ms(until)))
+    }
+
+    /// Give up the run's lease (if this journal holds it). The fence stays: it moves only when
+    /// someone claims the run.
     pub fn release(&self, run_id: &str) -> Result<(), JournalError> {
         self.conn
             .execute(
-                "UPDATE runs SET owner = NULL WHERE id = ?1 AND owner = ?2",
-                params![run_id, self.owner],
+                "UPDATE runs SET owner = NULL, lease_expires_ms = NULL WHERE id = ?1 AND owner = ?2",
+                params![run_id, self.owner.id()],
             )
             .map_err(self.db())?;
         Ok(())
+    }
+
+    /// The run's lease: its holder (None once released), expiry and fence.
+    pub fn lease(&self, run_id: &str) -> Result<Option<Lease>, JournalError> {
+        let row: Option<(Option<String>, Option<i64>, i64)> = self
+            .conn
+            .query_row(
+                "SELECT owner, lease_expires_ms, fence FROM runs WHERE id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(self.db())?;
+        Ok(row.map(|(owner, until, fence)| Lease {
+            holder: owner
+                .as_deref()
+                .and_then(|o| parse_owner(o).map(|(host, pid, _)| (host.to_string(), pid))),
+            expires_at: until.map(from_ms),
+            fence: fence.max(0) as u64,
+        }))
+    }
+
+    /// Begin an IMMEDIATE transaction on this journal's connection for a write to `run_id`,
+    /// after [`check_fence`]: the caller's statements (on `self.conn`) run inside it, and it
+    /// commits with `.commit()` (dropped, it rolls back).
+    pub(super) fn fenced(&self, run_id: &str) -> Result<rusqlite::Transaction<'_>, JournalError> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .map_err(self.db())?;
+        check_fence(&tx, &self.path, &self.owner, run_id)?;
+        Ok(tx)
     }
 }
 
@@ -135,31 +336,62 @@ impl Ops<'_> {
             .flatten())
     }
 
+    /// [`check_fence`] on these statements' connection (inside the caller's transaction).
+    pub(super) fn check_fence(&self, run_id: &str) -> Result<(), JournalError> {
+        check_fence(self.conn, self.path, self.owner, run_id)
+    }
+
     /// See [`Journal::claim`]; the caller holds the IMMEDIATE transaction.
     pub(super) fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
-        let held = self
+        let held: (Option<String>, Option<i64>) = self
             .conn
-            .query_row("SELECT owner FROM runs WHERE id = ?1", [&run.id], |r| {
-                r.get::<_, Option<String>>(0)
-            })
+            .query_row(
+                "SELECT owner, lease_expires_ms FROM runs WHERE id = ?1",
+                [&run.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .map_err(self.db())?
             .ok_or_else(|| JournalError::NoRun(run.id.clone()))?;
-        if let Some(o) = held {
-            if o != self.owner && owner_alive(&o) {
+        if let (Some(o), until) = held {
+            let expired = until.is_some_and(|u| u <= ms(now));
+            if o != self.owner.id() && !expired && owner_alive(&o) {
+                let mut owner = describe_owner(&o);
+                if let Some(u) = until {
+                    owner.push_str(&format!(", its lease renewed until {}", from_ms(u)));
+                }
                 return Err(JournalError::Busy {
                     campaign: run.campaign.clone(),
                     run_id: run.id.clone(),
-                    owner: describe_owner(&o),
+                    owner,
                 });
             }
         }
-        self.conn
-            .execute(
-                "UPDATE runs SET owner = ?2, updated_at = ?3 WHERE id = ?1",
-                params![run.id, self.owner, ts(now)],
+        self.take(&run.id, now)
+    }
+
+    /// Write this journal as the run's holder: the fence moves on, the lease runs from `now`
+    /// (after the check in [`Ops::claim`], or for a run this journal just inserted).
+    pub(super) fn take(&self, run_id: &str, now: Timestamp) -> Result<(), JournalError> {
+        let fence: i64 = self
+            .conn
+            .query_row(
+                "UPDATE runs SET owner = ?2, updated_at = ?3, fence = fence + 1, fence_holder = ?2,
+                     fence_at_ms = ?4, lease_expires_ms = ?5
+                 WHERE id = ?1 RETURNING fence",
+                params![
+                    run_id,
+                    self.owner.id(),
+                    super::schema::ts(now),
+                    ms(now),
+                    plus(now, self.owner.expiry())
+                ],
+                |r| r.get(0),
             )
-            .map_err(self.db())?;
+            .optional()
+            .map_err(self.db())?
+            .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?;
+        self.owner.set_fence(run_id, fence);
         Ok(())
     }
 }
@@ -167,10 +399,16 @@ impl Ops<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, SimClock};
     use crate::exit::Exit;
     use crate::journal::testutil::*;
     use crate::journal::*;
-    use std::time::Duration;
+
+    fn set_owner(j: &Journal, run: &str, o: &str) {
+        j.connection()
+            .execute("UPDATE runs SET owner = ?2 WHERE id = ?1", params![run, o])
+            .expect("set owner");
+    }
 
     #[test]
     fn a_live_lease_is_kept_and_a_dead_one_taken() {
@@ -181,29 +419,30 @@ mod tests {
             .run()
             .clone();
         let b = Journal::open(d.path()).expect("open b");
-        // Held by a's open journal: refused, and the lease stays a's.
+        // Held by a's open journal and not expired: refused, and the lease stays a's.
         let e = b.claim(&run, now()).expect_err("a holds it");
         assert_eq!(e.exit(), Exit::Busy);
-        assert_eq!(b.ops().owner_of(&run.id).expect("q"), Some(a.owner.clone()));
-        // Another host's lease counts as live.
-        let set = |o: &str| {
-            b.connection()
-                .execute(
-                    "UPDATE runs SET owner = ?2 WHERE id = ?1",
-                    params![run.id, o],
-                )
-                .expect("set owner")
-        };
-        set("some-other-host:1:0");
+        assert!(
+            e.to_string()
+                .contains("lease renewed until 2026-03-01T09:00:30Z"),
+            "{e}"
+        );
+        assert_eq!(
+            b.ops().owner_of(&run.id).expect("q").as_deref(),
+            Some(a.owner.id())
+        );
+        assert_eq!(a.lease(&run.id).expect("q").expect("run").fence, 1);
+        // Another host's unexpired lease counts as live.
+        set_owner(&b, &run.id, "some-other-host:1:0");
         assert!(b.claim(&run, now()).is_err());
         // A process that is gone (this host, no such pid), an old-format lease with this
         // process's pid (an earlier process), and a journal of this process that was closed:
-        // all dead, so taken over.
+        // all dead, so taken over at once, before the lease expires; each take moves the fence.
         let me = std::process::id();
         let host = hostname();
         let closed = {
             let c = Journal::open(d.path()).expect("open c");
-            c.owner.clone()
+            c.owner.id().to_string()
         };
         // A child killed and not yet reaped: a zombie, which sends nothing more.
         let mut child = std::process::Command::new("sleep")
@@ -219,22 +458,247 @@ mod tests {
         }
         assert!(!owner_alive(&zombie), "a zombie is not a live holder");
         assert!(owner_alive(&format!("{host}:{me}:{}", b.instance)));
+        let mut fence = 1;
         for dead in [
             format!("{host}:4294967295:0"),
             format!("{host}:{me}"),
             closed,
             zombie,
         ] {
-            set(&dead);
+            set_owner(&b, &run.id, &dead);
             b.claim(&run, now())
                 .unwrap_or_else(|e| panic!("{dead}: {e}"));
-            assert_eq!(b.ops().owner_of(&run.id).expect("q"), Some(b.owner.clone()));
+            fence += 1;
+            assert_eq!(
+                b.ops().owner_of(&run.id).expect("q").as_deref(),
+                Some(b.owner.id())
+            );
+            assert_eq!(b.lease(&run.id).expect("q").expect("run").fence, fence);
         }
         // Released by its holder only.
         a.release(&run.id).expect("release");
-        assert_eq!(b.ops().owner_of(&run.id).expect("q"), Some(b.owner.clone()));
+        assert_eq!(
+            b.ops().owner_of(&run.id).expect("q").as_deref(),
+            Some(b.owner.id())
+        );
         b.release(&run.id).expect("release");
         assert_eq!(b.ops().owner_of(&run.id).expect("q"), None);
+        let l = b.lease(&run.id).expect("q").expect("run");
+        assert_eq!((l.holder, l.expires_at, l.fence), (None, None, fence));
         let _ = child.wait();
+    }
+
+    #[test]
+    fn another_hosts_lease_is_taken_only_after_it_expires_and_the_fence_moves() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let clock = SimClock::new(now());
+        let mut a = Journal::open(d.path()).expect("open a");
+        let run = open_at(&mut a, "h1", rows(&[]), clock.now())
+            .expect("create")
+            .run()
+            .clone();
+        let l = a.lease(&run.id).expect("q").expect("run");
+        assert_eq!(l.holder, Some((hostname(), std::process::id())));
+        assert_eq!(l.expires_at, Some(now() + Duration::from_secs(30)));
+        assert_eq!(l.fence, 1);
+        // The holder is on another host: its pid means nothing here.
+        set_owner(&a, &run.id, "host-b:4242:0");
+        let b = Journal::open(d.path()).expect("open b");
+        clock.advance(Duration::from_secs(29));
+        let e = b.claim(&run, clock.now()).expect_err("not expired yet");
+        assert_eq!(e.exit(), Exit::Busy);
+        assert!(e.to_string().contains("pid 4242 on host-b"), "{e}");
+        assert_eq!(b.lease(&run.id).expect("q").expect("run").fence, 1);
+        clock.advance(Duration::from_secs(1));
+        b.claim(&run, clock.now()).expect("expired: taken over");
+        let l = b.lease(&run.id).expect("q").expect("run");
+        assert_eq!(l.fence, 2, "a take-over moves the fence");
+        assert_eq!(l.expires_at, Some(clock.now() + Duration::from_secs(30)));
+        assert_eq!(
+            b.ops().owner_of(&run.id).expect("q").as_deref(),
+            Some(b.owner.id())
+        );
+        // The expiry is the journal's setting (`[state] lease_expiry`).
+        let c = Journal::open(d.path()).expect("open c");
+        c.set_lease_expiry(Duration::from_secs(2));
+        clock.advance(Duration::from_secs(30));
+        c.claim(&run, clock.now()).expect("b's lease expired");
+        let l = c.lease(&run.id).expect("q").expect("run");
+        assert_eq!(
+            (l.fence, l.expires_at),
+            (3, Some(clock.now() + Duration::from_secs(2)))
+        );
+    }
+
+    #[test]
+    fn the_heartbeat_keeps_a_lease_and_a_live_local_holder_past_its_expiry_is_taken() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let clock = SimClock::new(now());
+        let mut a = Journal::open(d.path()).expect("open a");
+        let run = open_at(&mut a, "h1", rows(&[]), clock.now())
+            .expect("create")
+            .run()
+            .clone();
+        let b = Journal::open(d.path()).expect("open b");
+        // Renewed every 10 s: never expires, however long the run sends.
+        for _ in 0..6 {
+            clock.advance(Duration::from_secs(10));
+            let until = a.renew(&run.id, clock.now()).expect("renew");
+            assert_eq!(until, Some(clock.now() + Duration::from_secs(30)));
+            let e = b.claim(&run, clock.now()).expect_err("renewed: still a's");
+            assert_eq!(e.exit(), Exit::Busy);
+        }
+        assert_eq!(
+            a.lease(&run.id).expect("q").expect("run").fence,
+            1,
+            "renewing is no claim"
+        );
+        // a stops renewing (paused, cut off) but its journal, in this live process, stays open:
+        // once the lease expired it is taken over all the same.
+        clock.advance(Duration::from_secs(29));
+        assert!(b.claim(&run, clock.now()).is_err());
+        clock.advance(Duration::from_secs(1));
+        b.claim(&run, clock.now()).expect("expired");
+        assert_eq!(b.lease(&run.id).expect("q").expect("run").fence, 2);
+        // a's next heartbeat finds the fence moved, and changes nothing.
+        let before = b.lease(&run.id).expect("q");
+        let e = a.renew(&run.id, clock.now()).expect_err("taken over");
+        assert!(e.is_fenced(), "{e}");
+        assert_eq!(b.lease(&run.id).expect("q"), before);
+        // The new holder's heartbeat goes on.
+        clock.advance(Duration::from_secs(10));
+        assert!(b.renew(&run.id, clock.now()).expect("renew").is_some());
+    }
+
+    #[test]
+    fn every_write_with_an_old_fence_fails_and_writes_nothing() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let clock = SimClock::new(now());
+        let mut a = Journal::open(d.path()).expect("open a");
+        let run = open_at(&mut a, "h1", rows(&[]), clock.now())
+            .expect("create")
+            .run()
+            .clone();
+        a.mark_in_flight(&run.id, 0, "v", &[101, 102], None, clock.now())
+            .expect("a's mark");
+        a.record_stages(
+            &run.id,
+            &[NewStage {
+                name: "all".into(),
+                first_call: 0,
+                calls: 1,
+                recipients: 4,
+                not_before: None,
+                gated: false,
+            }],
+        )
+        .expect("a's stages");
+        // a is paused past its expiry; b takes the run over and recovers it.
+        clock.advance(Duration::from_secs(31));
+        let mut b = Journal::open(d.path()).expect("open b");
+        let opened = open_at(&mut b, "h1", rows(&[]), clock.now()).expect("b resumes");
+        assert!(matches!(opened, Opened::Resumed { .. }), "{opened:?}");
+        let taken_at = clock.now();
+        let snapshot = |j: &Journal| {
+            (
+                j.run(&run.id).expect("q"),
+                j.counts(&run.id).expect("counts"),
+                j.calls(&run.id).expect("calls"),
+                j.stages(&run.id).expect("stages"),
+                j.lease(&run.id).expect("lease"),
+                j.attempts(&run.id).expect("attempts"),
+            )
+        };
+        let before = snapshot(&b);
+        assert_eq!(
+            before.1[&RecipientStatus::Unknown],
+            2,
+            "b's recovery: in flight → unknown"
+        );
+        // Every write a makes now fails with the fencing error, naming who took over and when.
+        let me = format!("pid {} on {}", std::process::id(), hostname());
+        let t = clock.now();
+        let upd = |id| RecipientUpdate {
+            id,
+            status: RecipientStatus::Sent,
+            message_id: Some(1),
+            error_code: None,
+            error_message: None,
+            detail: None,
+        };
+        let results: Vec<(&str, Result<(), JournalError>)> = vec![
+            ("mark", a.mark_in_flight(&run.id, 1, "v", &[103], None, t)),
+            (
+                "outcome",
+                a.record_outcome(&run.id, 0, CallState::Done, &[upd(101), upd(102)], None, t),
+            ),
+            ("retry", a.mark_retry(&run.id, 0, Some("x"), "m", t)),
+            (
+                "status",
+                a.set_status(&run.id, RunStatus::Interrupted, None, t),
+            ),
+            ("recover", a.recover(&run.id, run.action).map(|_| ())),
+            ("cancel", a.cancel_pending(&run.id, t).map(|_| ())),
+            ("expire", a.expire_pending(&run.id, t).map(|_| ())),
+            ("requeue", a.prepare_requeue(&run.id, t).map(|_| ())),
+            ("stage state", a.set_stage_state(&run.id, 0, "sent", t)),
+            (
+                "stage gate",
+                a.set_stage_gate(&run.id, 0, "passed", Some(t), None),
+            ),
+            (
+                "expire stage",
+                a.expire_stage(&run.id, 0, 0..1, "x", t).map(|_| ()),
+            ),
+            ("stages", a.record_stages(&run.id, &[])),
+            ("renew", a.renew(&run.id, t).map(|_| ())),
+        ];
+        for (what, r) in results {
+            let e = r.expect_err(what);
+            assert!(e.is_fenced(), "{what}: {e}");
+            assert_eq!(e.exit(), Exit::Busy, "{what}");
+            let msg = e.to_string();
+            assert!(msg.contains(&me), "{what}: {msg}");
+            assert!(msg.contains(&format!("at {taken_at}")), "{what}: {msg}");
+            assert!(msg.contains("wrote nothing more"), "{what}: {msg}");
+        }
+        assert_eq!(
+            snapshot(&b),
+            before,
+            "nothing a wrote after the take-over is there"
+        );
+        // The new holder writes as usual.
+        b.mark_in_flight(&run.id, 1, "v", &[103], None, t)
+            .expect("b writes");
+    }
+
+    #[tokio::test]
+    async fn a_group_commit_with_an_old_fence_fails_for_every_waiter() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut a = Journal::open(d.path()).expect("open a");
+        let run = open_at(&mut a, "h1", rows(&[]), now())
+            .expect("create")
+            .run()
+            .clone();
+        let mut b = Journal::open(d.path()).expect("open b");
+        open_at(&mut b, "h1", rows(&[]), now() + Duration::from_secs(30)).expect("b takes over");
+        let shared = SharedJournal::new(a);
+        let e = shared
+            .write(Write::Mark(Mark {
+                run_id: run.id.clone(),
+                seq: 0,
+                variant: "v".into(),
+                receivers: vec![101],
+                client_msg_id: None,
+                now: now(),
+            }))
+            .await
+            .expect_err("fenced");
+        assert!(e.is_fenced(), "{e}");
+        assert_eq!(e.exit(), Exit::Busy);
+        assert!(
+            b.calls(&run.id).expect("calls").is_empty(),
+            "no mark was written"
+        );
     }
 }

@@ -20,9 +20,11 @@
 //! `calls`). At most one unfinished (running/paused/interrupted) non-test run exists per
 //! (campaign, occurrence): `open_run` decides and acts in one IMMEDIATE transaction and a partial
 //! unique index (`runs_one_unfinished`) makes the database refuse a second one; a refusal is
-//! [`JournalError::Busy`] (exit 6). A run's lease (`runs.owner` = `host:pid:instance`, one per
-//! open `Journal`) is checked and taken in one transaction; it is live while that process runs
-//! (and, in this process, while that journal is open). Every method is synchronous: async callers
+//! [`JournalError::Busy`] (exit 6). A run's lease (see `lease`: a holder `runs.owner` =
+//! `host:pid:instance`, one per open `Journal`; an expiry renewed by the sending engine's
+//! heartbeat; a fencing number) is checked and taken in one transaction; every write for a run
+//! checks the fence in its own transaction, so once another process took the run over, this one
+//! writes nothing more ([`JournalError::Fenced`], exit 6). Every method is synchronous: async callers
 //! run it with `spawn_blocking` ([`SharedJournal`]). A failed write is returned as a
 //! [`JournalError`] (never swallowed, never flattened to text: its exit code survives) — the
 //! engine stops the run on it; a full disk (SQLITE_FULL, ENOSPC) is recognizable
@@ -53,7 +55,8 @@
 //! - **Runs and the lease**: [`Journal::open_run`] (the resume decision: create, resume,
 //!   continue, reopen, or "already finished", with the lease, in one transaction),
 //!   [`Journal::run`], [`Journal::latest_run`], [`Journal::unfinished_run`], [`Journal::runs`],
-//!   [`Journal::campaigns`], [`Journal::set_status`], [`Journal::claim`], [`Journal::release`],
+//!   [`Journal::campaigns`], [`Journal::set_status`], [`Journal::claim`], [`Journal::renew`],
+//!   [`Journal::release`], [`Journal::lease`], [`Journal::set_lease_expiry`],
 //!   [`Journal::prune_runs`].
 //! - **Recipients**: [`Journal::for_each_recipient`], [`Journal::for_each_recipient_ref`],
 //!   [`Journal::recipients`], [`Journal::last_line`], [`Journal::sendable`],
@@ -114,7 +117,7 @@ pub use attempts::Admission;
 pub use audit::Invocation;
 pub use commit::SharedJournal;
 pub use control::{ControlRequest, PendingControl};
-pub use lease::hostname;
+pub use lease::{hostname, Lease};
 pub use retry::{describe_codes, RetryCandidates};
 pub use stages::{NewStage, StageRow};
 pub use types::{
@@ -129,7 +132,7 @@ use jiff::Timestamp;
 use rusqlite::Connection;
 
 use crate::exit::Exit;
-use lease::{live_leases, new_owner};
+use lease::{live_leases, new_owner, Holder};
 use schema::is_unfinished_conflict;
 
 /// The database file name inside the state directory.
@@ -164,6 +167,20 @@ pub enum JournalError {
         campaign: String,
         run_id: String,
         owner: String,
+    },
+    /// Another process claimed the run (its lease expired while this one was paused, stopped
+    /// or cut off): this process must not write to the run any more, and did not.
+    #[error(
+        "run {run_id} was taken over by another imcast process ({holder}){}; this process stopped \
+         sending it and wrote nothing more to it (its calls in flight are that process's to settle: \
+         their recipients become `unknown`)",
+        match at { Some(t) => format!(" at {t}"), None => String::new() }
+    )]
+    Fenced {
+        run_id: String,
+        /// Who took it over, as people read it: `pid 4242 on host-a`.
+        holder: String,
+        at: Option<Timestamp>,
     },
     #[error("no run {0} in the journal")]
     NoRun(String),
@@ -205,7 +222,7 @@ impl JournalError {
         }
         match self {
             JournalError::Changed { .. } => Exit::Changed,
-            JournalError::Busy { .. } => Exit::Busy,
+            JournalError::Busy { .. } | JournalError::Fenced { .. } => Exit::Busy,
             JournalError::Db { source, .. }
                 if is_busy(source) || is_unfinished_conflict(source) =>
             {
@@ -216,6 +233,17 @@ impl JournalError {
             }
             JournalError::Write(e) => e.exit(),
             _ => Exit::Internal,
+        }
+    }
+}
+
+impl JournalError {
+    /// Whether this is (or a grouped write failed with) [`JournalError::Fenced`].
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            JournalError::Fenced { .. } => true,
+            JournalError::Write(e) => e.is_fenced(),
+            _ => false,
         }
     }
 }
@@ -232,8 +260,9 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 pub struct Journal {
     conn: Connection,
     path: PathBuf,
-    /// The lease id this journal writes into `runs.owner` (see [`Journal::claim`]).
-    owner: String,
+    /// The lease id this journal writes into `runs.owner` and the fences it took (see
+    /// [`Journal::claim`]).
+    owner: Holder,
     /// This journal's entry in [`LIVE_LEASES`].
     instance: u64,
 }
@@ -342,8 +371,8 @@ impl Journal {
 struct Ops<'a> {
     conn: &'a Connection,
     path: &'a Path,
-    /// The lease id of the journal these statements act for.
-    owner: &'a str,
+    /// The lease holder (id and fences) of the journal these statements act for.
+    owner: &'a Holder,
 }
 
 impl Ops<'_> {

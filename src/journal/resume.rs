@@ -310,10 +310,11 @@ impl Ops<'_> {
                 new.limit.window.as_millis() as i64,
                 new.total_calls as i64,
                 continue_from.map(|r| r.id.clone()),
-                self.owner,
+                self.owner.id(),
             ],
         )
         .map_err(&db)?;
+        self.take(id, now)?;
         let mut skipped = 0u64;
         let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
         let key = run_key(tx, id)
@@ -817,7 +818,7 @@ mod tests {
                 let holder = results
                     .iter()
                     .find(|(_, r)| r.is_ok())
-                    .map(|(j, _)| j.owner.clone());
+                    .map(|(j, _)| j.owner.id().to_string());
                 assert_eq!(j.ops().owner_of(&unfinished[0].id).expect("q"), holder);
             }
         }
@@ -838,11 +839,17 @@ mod tests {
         let e = open(&mut b, "h2", ResumeOptions::default(), other.clone()).expect_err("busy");
         assert!(matches!(e, JournalError::Busy { .. }), "{e}");
         // Refused without a trace: the lease is still a's.
-        assert_eq!(b.ops().owner_of(&id).expect("q"), Some(a.owner.clone()));
+        assert_eq!(
+            b.ops().owner_of(&id).expect("q"),
+            Some(a.owner.id().to_string())
+        );
         drop(a);
         let e = open(&mut b, "h2", ResumeOptions::default(), other).expect_err("changed");
         assert_eq!(e.exit(), Exit::Changed, "{e}");
         // The refusal rolled back the lease it took on the way.
-        assert_ne!(b.ops().owner_of(&id).expect("q"), Some(b.owner.clone()));
+        assert_ne!(
+            b.ops().owner_of(&id).expect("q"),
+            Some(b.owner.id().to_string())
+        );
     }
 }

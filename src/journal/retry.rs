@@ -323,7 +323,7 @@ impl Ops<'_> {
                     audit,
                     new.limit.limit as i64,
                     new.limit.window.as_millis() as i64,
-                    self.owner,
+                    self.owner.id(),
                     last.id,
                     // The plan's calls, as for any run: call numbers from here up resend
                     // re-queued receivers (`calls::prepare_requeue`), so none may collide with a
@@ -332,6 +332,7 @@ impl Ops<'_> {
                 ],
             )
             .map_err(&db)?;
+        self.take(&id, now)?;
         let key = run_key(self.conn, &id)
             .map_err(&db)?
             .ok_or_else(|| JournalError::NoRun(id.clone()))?;

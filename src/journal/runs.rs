@@ -2,7 +2,8 @@
 //! setting a run's status.
 //!
 //! Invariants: finished and cancelled runs get `finished_at` and lose their lease; any status but
-//! `running` releases the lease. Must not: create runs (only [`Journal::open_run`] does, in
+//! `running` releases the lease; [`Journal::set_status`] checks the run's fence (see `lease`) in
+//! its transaction. Must not: create runs (only [`Journal::open_run`] does, in
 //! `resume`).
 
 use std::time::Duration;
@@ -110,7 +111,9 @@ impl Journal {
         reason: Option<&str>,
         now: Timestamp,
     ) -> Result<(), JournalError> {
-        self.ops().set_status(run_id, status, reason, now)
+        let tx = self.fenced(run_id)?;
+        self.ops().set_status(run_id, status, reason, now)?;
+        tx.commit().map_err(self.db())
     }
 }
 

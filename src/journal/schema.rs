@@ -1,8 +1,9 @@
 //! The journal's schema: the migrations (numbered by `PRAGMA user_version`), the upgrade step that
 //! ends duplicate unfinished runs before the partial unique index is created, other stages'
 //! migrations ([`Journal::migrate_extra`]), and how values are stored: the recipient key (`rk` =
-//! run key << 32 | audience line), times of runs and calls as RFC 3339 text, and (migration 10,
-//! the compact journal) recipient rows of a few integers with what a call or a run shares stored
+//! run key << 32 | audience line), times of runs and calls as RFC 3339 text (the lease's
+//! instants, migration 10, as integer milliseconds since the epoch), and (migration 11, the
+//! compact journal) recipient rows of a few integers with what a call or a run shares stored
 //! once (see `rows` and `pack`).
 //!
 //! Portability (the PostgreSQL port): the statements are plain SQL (integer codes, BLOB lists
@@ -215,7 +216,20 @@ const MIGRATIONS: &[&str] = &[
         finished_at TEXT,
         PRIMARY KEY(run_id, idx)
      ) WITHOUT ROWID;",
-    // 10 (compact journal): the new tables; `compact_rows` fills them from the old ones and
+    // 10 (leases across hosts): a run's lease gets an expiry (`lease_expires_ms`, renewed by the
+    // sending engine's heartbeat) and a fencing number (`fence`, +1 at every claim) with who
+    // took it and when (`fence_holder`, `fence_at_ms`); instants in milliseconds since the
+    // epoch. A lease held when upgrading counts as claimed once (fence 1, taken at its run's last
+    // update); its expiry stays NULL, which keeps the old rule for it (live while its process
+    // runs), so an older process still sending is never taken over by the upgrade.
+    "ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN fence_holder TEXT;
+     ALTER TABLE runs ADD COLUMN fence_at_ms INTEGER;
+     ALTER TABLE runs ADD COLUMN lease_expires_ms INTEGER;
+     UPDATE runs SET fence = 1, fence_holder = owner,
+         fence_at_ms = CAST(ROUND((julianday(updated_at) - 2440587.5) * 86400000.0) AS INTEGER)
+      WHERE owner IS NOT NULL;",
+    // 11 (compact journal): the new tables; `compact_rows` fills them from the old ones and
     // `COMPACT_FINISH` puts them in their place (see `rows` for what each holds).
     // `recipients.status` is an integer code (`RecipientStatus::code`), `variant` an index into
     // `run_variants`, `at` NULL or nanoseconds; no index on `id` but a partial one on the refused
@@ -267,8 +281,12 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
+/// The migration (index into [`MIGRATIONS`]) that adds the lease's expiry and fence.
+#[cfg(test)]
+const LEASE_MIGRATION: usize = 9;
+
 /// The migration (index into [`MIGRATIONS`]) that makes the journal compact.
-const COMPACT_MIGRATION: usize = 9;
+const COMPACT_MIGRATION: usize = 10;
 
 /// After `compact_rows` filled `recipients_10`: it replaces `recipients`.
 const COMPACT_RECIPIENTS: &str = "DROP TABLE recipients;
@@ -1049,5 +1067,56 @@ mod tests {
 
     fn rows_of_test() -> Vec<SeedRow> {
         rows(&[])
+    }
+
+    #[test]
+    fn the_lease_migration_counts_a_held_lease_as_claimed_once_and_keeps_its_old_rule() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let before_leases = LEASE_MIGRATION;
+        {
+            let conn = Connection::open(&path).expect("open");
+            for m in &MIGRATIONS[..before_leases] {
+                conn.execute_batch(m).expect("schema");
+            }
+            conn.execute_batch(&format!("PRAGMA user_version = {before_leases};"))
+                .expect("version");
+            insert_run(&conn, "far", Some("a"), "running", false).expect("far");
+            insert_run(&conn, "dead", Some("b"), "running", false).expect("dead");
+            insert_run(&conn, "free", Some("c"), "paused", false).expect("free");
+            let host = hostname();
+            conn.execute_batch(&format!(
+                "UPDATE runs SET owner = 'other-host:7:0' WHERE id = 'far';
+                 UPDATE runs SET owner = '{host}:4294967295:0' WHERE id = 'dead';"
+            ))
+            .expect("owners");
+        }
+        let j = Journal::open_path(&path).expect("migrate");
+        let fence = |id: &str| -> (i64, Option<String>, Option<i64>, Option<i64>) {
+            j.connection()
+                .query_row(
+                    "SELECT fence, fence_holder, fence_at_ms, lease_expires_ms FROM runs WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .expect("row")
+        };
+        let at = now().as_millisecond();
+        assert_eq!(
+            fence("far"),
+            (1, Some("other-host:7:0".into()), Some(at), None)
+        );
+        assert_eq!(fence("free"), (0, None, None, None));
+        // No expiry: the old rule. Another host's lease stays live however late it is...
+        let far = j.run("far").expect("q").expect("far");
+        let e = j
+            .claim(&far, now() + std::time::Duration::from_secs(86_400))
+            .expect_err("live");
+        assert_eq!(e.exit(), Exit::Busy);
+        // ... and a dead local holder's is taken at once, the fence moving on.
+        let dead = j.run("dead").expect("q").expect("dead");
+        j.claim(&dead, now()).expect("dead holder");
+        assert_eq!(fence("dead").0, 2);
+        assert!(fence("dead").3.is_some(), "a claimed lease has an expiry");
     }
 }

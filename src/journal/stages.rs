@@ -58,7 +58,11 @@ impl Journal {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(db)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db)?;
+        super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
         for (i, s) in stages.iter().enumerate() {
             tx.execute(
                 "INSERT OR IGNORE INTO run_stages(run_id, idx, name, first_call, calls, recipients,
@@ -152,6 +156,7 @@ impl Journal {
         state: &str,
         now: Timestamp,
     ) -> Result<(), JournalError> {
+        let tx = self.fenced(run_id)?;
         self.conn
             .prepare_cached(
                 "UPDATE run_stages SET state = ?3,
@@ -162,7 +167,7 @@ impl Journal {
             .map_err(self.db())?
             .execute(params![run_id, i64::from(idx), state, ts(now)])
             .map_err(self.db())?;
-        Ok(())
+        tx.commit().map_err(self.db())
     }
 
     /// Set stage `idx`'s gate: its outcome, when it decides and why.
@@ -174,6 +179,7 @@ impl Journal {
         gate_at: Option<Timestamp>,
         detail: Option<&str>,
     ) -> Result<(), JournalError> {
+        let tx = self.fenced(run_id)?;
         self.conn
             .prepare_cached(
                 "UPDATE run_stages SET gate = ?3, gate_at = COALESCE(?4, gate_at),
@@ -189,7 +195,7 @@ impl Journal {
                 detail
             ])
             .map_err(self.db())?;
-        Ok(())
+        tx.commit().map_err(self.db())
     }
 }
 
@@ -213,6 +219,7 @@ impl Journal {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db)?;
+        super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
         let Some(key) = run_key(&tx, run_id).map_err(db)? else {
             return Err(JournalError::NoRun(run_id.into()));
         };

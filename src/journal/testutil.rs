@@ -64,6 +64,17 @@ pub(super) fn open(
     j.open_run(&new_run(hash), o, &mut f, now())
 }
 
+/// [`open`] at `at` (the lease's clock).
+pub(super) fn open_at(
+    j: &mut Journal,
+    hash: &str,
+    r: Vec<SeedRow>,
+    at: Timestamp,
+) -> Result<Opened, JournalError> {
+    let mut f = || -> SeedRows<'static, String> { Box::new(r.clone().into_iter().map(Ok)) };
+    j.open_run(&new_run(hash), ResumeOptions::default(), &mut f, at)
+}
+
 /// A direct insert of a run row (bypassing `open_run`).
 pub(super) fn insert_run(
     conn: &Connection,

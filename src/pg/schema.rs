@@ -8,8 +8,10 @@
 //! ([`SCHEMA_LOCK`]), so two hosts starting at once apply each version once and nobody sees a
 //! half-migrated schema; a store whose highest version is above [`SCHEMA_VERSION`] is never
 //! touched (an older imcast would not know what the newer tables mean; every host sharing a store
-//! must run a version that knows its schema). Opening the limiter applies what is missing (as the
-//! SQLite files do on open); `imcast state migrate` does the same on request and says what it did.
+//! must run a version that knows its schema). Opening the limiter, or a connection of the store
+//! layer (`crate::store::Conn::postgres`: the scheduler's occurrence record), applies what is
+//! missing (as the SQLite files do on open); `imcast state migrate` does the same on request and
+//! says what it did.
 //!
 //! Must not: drop or rewrite data a released version wrote without a migration that says so.
 
@@ -26,10 +28,11 @@ pub struct Migration {
 }
 
 /// Every version, in order (versions 1, 2, … without gaps).
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "the account limiter's log (imcast_throttle_key, imcast_throttle_log)",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "the account limiter's log (imcast_throttle_key, imcast_throttle_log)",
+        sql: "
     CREATE TABLE imcast_throttle_key(
         key TEXT PRIMARY KEY,
         units BIGINT NOT NULL DEFAULT 0,
@@ -43,7 +46,160 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         done BOOLEAN NOT NULL);
     CREATE INDEX imcast_throttle_log_key_until
         ON imcast_throttle_log(key, until_ns) INCLUDE (count);",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "the scheduler's occurrence record (sched_campaign, sched_occurrence)",
+        // The same names and columns as the SQLite tables (`daemon::state`), so one SQL text
+        // serves both backends (`crate::store`); integers are BIGINT.
+        sql: "
+    CREATE TABLE sched_campaign(
+        name TEXT PRIMARY KEY,
+        cursor BIGINT,
+        paused BIGINT NOT NULL DEFAULT 0,
+        path TEXT,
+        next_fire BIGINT,
+        updated_at BIGINT NOT NULL);
+    CREATE TABLE sched_occurrence(
+        campaign TEXT NOT NULL,
+        occurrence BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        run_key TEXT NOT NULL,
+        content_hash TEXT,
+        recorded_at BIGINT NOT NULL,
+        started_at BIGINT,
+        finished_at BIGINT,
+        paused_by TEXT,
+        detail TEXT,
+        node TEXT,
+        host TEXT,
+        pid BIGINT,
+        claimed_at BIGINT,
+        PRIMARY KEY (campaign, occurrence));
+    CREATE INDEX sched_occurrence_status ON sched_occurrence(status);",
+    },
+    Migration {
+        version: 3,
+        name: "the account limiter's decision as one function (imcast_throttle_decide)",
+        sql: THROTTLE_DECIDE,
+    },
+    Migration {
+        version: 4,
+        name: "the daemon roster (sched_roster)",
+        // The same columns as the SQLite table (`daemon::state::migrate`); self-contained.
+        sql: "
+    CREATE TABLE sched_roster(
+        node TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        version TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        every_secs BIGINT NOT NULL,
+        stopped_at BIGINT);",
+    },
+];
+
+/// Version 3: one admission decision in one call (one round trip), the same exact rule as
+/// `throttle.rs` decides for SQLite (the limiter's test suite runs on both backends and keeps them
+/// identical). Arguments, one array element per rule: the key, the units this call needs, the
+/// limit, the window (ns), the pacing increment and tolerance (ns; NULL: not paced) and the
+/// entry's fallback end; then `now` and the pending ends (id, key, end, close). Returns the wait
+/// in ns (> 0: nothing admitted, ask again then) and, when admitted, the entries' ids in rule
+/// order. Everything it does (ends written, ended entries deleted) commits with the statement.
+const THROTTLE_DECIDE: &str = "
+    CREATE FUNCTION imcast_throttle_decide(
+        p_keys text[], p_need bigint[], p_limit bigint[], p_window bigint[],
+        p_pace_step bigint[], p_pace_tol bigint[], p_until bigint[], p_now bigint,
+        p_end_ids bigint[], p_end_keys text[], p_end_until bigint[], p_end_close boolean[],
+        OUT wait_ns bigint, OUT ids bigint[])
+    LANGUAGE plpgsql VOLATILE AS $fn$
+    DECLARE
+        all_keys text[];
+        n_locked int;
+        i int;
+        used bigint;
+        tat bigint;
+        excess bigint;
+        free_at bigint;
+        w bigint;
+        new_tat bigint[] := ARRAY[]::bigint[];
+        new_id bigint;
+    BEGIN
+        -- Every key whose entries this decision touches, locked in key order (no deadlock
+        -- between decisions on overlapping keys), its row created when missing.
+        all_keys := ARRAY(SELECT DISTINCT k FROM unnest(p_keys || COALESCE(p_end_keys, '{}'))
+                          AS u(k) ORDER BY k);
+        PERFORM 1 FROM imcast_throttle_key WHERE key = ANY(all_keys) ORDER BY key FOR UPDATE;
+        GET DIAGNOSTICS n_locked = ROW_COUNT;
+        IF n_locked < cardinality(all_keys) THEN
+            INSERT INTO imcast_throttle_key(key) SELECT unnest(all_keys)
+                ON CONFLICT (key) DO NOTHING;
+            PERFORM 1 FROM imcast_throttle_key WHERE key = ANY(all_keys) ORDER BY key
+                FOR UPDATE;
+        END IF;
+        -- The pending ends: a close sets the end once (the first close wins), an extension
+        -- only pushes it out.
+        IF cardinality(p_end_ids) > 0 THEN
+            UPDATE imcast_throttle_log l
+            SET until_ns = CASE WHEN e.close THEN e.until_ns
+                                ELSE GREATEST(l.until_ns, e.until_ns) END,
+                done = e.close
+            FROM unnest(p_end_ids, p_end_until, p_end_close) AS e(id, until_ns, close)
+            WHERE l.id = e.id AND NOT l.done;
+        END IF;
+        -- Entries that ended before now stop counting: deleted, their units off the totals.
+        WITH gone AS (
+            DELETE FROM imcast_throttle_log WHERE key = ANY(p_keys) AND until_ns < p_now
+            RETURNING key, count),
+        s AS (SELECT key, SUM(count)::bigint AS n FROM gone GROUP BY key)
+        UPDATE imcast_throttle_key t SET units = t.units - s.n FROM s WHERE t.key = s.key;
+        wait_ns := 0;
+        FOR i IN 1 .. cardinality(p_keys) LOOP
+            SELECT k.units, k.tat_ns INTO used, tat FROM imcast_throttle_key k
+                WHERE k.key = p_keys[i];
+            used := COALESCE(used, 0);
+            -- 1. The hard guarantee: what counts now plus this call stays within the limit.
+            IF used + p_need[i] > p_limit[i] THEN
+                excess := used + p_need[i] - p_limit[i];
+                SELECT e.until_ns INTO free_at FROM (
+                    SELECT l.until_ns, (SUM(l.count) OVER (ORDER BY l.until_ns, l.id
+                                         ROWS UNBOUNDED PRECEDING))::bigint AS freed
+                    FROM imcast_throttle_log l WHERE l.key = p_keys[i]) e
+                WHERE e.freed >= excess ORDER BY e.until_ns LIMIT 1;
+                IF NOT FOUND THEN
+                    free_at := NULL;
+                END IF;
+                -- Nothing in flight frees before now + W: asking again then misses nothing.
+                w := LEAST(COALESCE(free_at + 1 - p_now, p_window[i] + 1), p_window[i] + 1);
+                wait_ns := GREATEST(wait_ns, GREATEST(w, 1));
+            END IF;
+            -- 2. Pacing (smoothness, not safety).
+            IF p_pace_step[i] IS NOT NULL THEN
+                tat := GREATEST(COALESCE(tat, p_now), p_now);
+                IF tat - p_now > p_pace_tol[i] THEN
+                    wait_ns := GREATEST(wait_ns, tat - p_now - p_pace_tol[i]);
+                END IF;
+                new_tat[i] := tat + p_pace_step[i];
+            END IF;
+        END LOOP;
+        IF wait_ns > 0 THEN
+            ids := NULL;
+            RETURN;
+        END IF;
+        ids := ARRAY[]::bigint[];
+        FOR i IN 1 .. cardinality(p_keys) LOOP
+            INSERT INTO imcast_throttle_log(key, at_ns, count, until_ns, done)
+                VALUES (p_keys[i], p_now, p_need[i], p_until[i], false)
+                RETURNING id INTO new_id;
+            ids := ids || new_id;
+            UPDATE imcast_throttle_key SET units = units + p_need[i],
+                tat_ns = CASE WHEN new_tat[i] IS NULL THEN tat_ns
+                              ELSE GREATEST(COALESCE(tat_ns, new_tat[i]), new_tat[i]) END
+                WHERE key = p_keys[i];
+        END LOOP;
+    END
+    $fn$;";
 
 /// The schema version this build knows (the last migration's).
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

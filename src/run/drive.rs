@@ -2,6 +2,11 @@
 //! action's key, capped by the campaign's own throttle on the campaign's key), the engine
 //! configured from the resolved settings, and the report written whatever way the engine ended.
 //!
+//! While the engine runs, a heartbeat renews the run's lease every `[state] lease_heartbeat` of
+//! the clock ([`heartbeat`]); once a renewal (or any journal write) finds the run taken over by
+//! another process, the engine stops at once, no report is written (the run is the other
+//! process's now) and the run ends with the journal's `Fenced` error (exit 6).
+//!
 //! Invariants: every run of the account shares one limiter per action through the state
 //! directory, or with `[state] url` through the PostgreSQL store (concurrent processes and hosts
 //! included); the report is attempted after every engine end, an engine error included; a full
@@ -17,7 +22,7 @@ use super::prepare::Prepared;
 use super::{Inputs, RunSummary};
 use crate::clock::SharedClock;
 use crate::exit::{Exit, ExitContext, Failure};
-use crate::journal::SharedJournal;
+use crate::journal::{JournalError, SharedJournal};
 use crate::report::{write_report_with, ReportOptions};
 use crate::send::{CallSource, Engine, EngineConfig, StopToken, Transport};
 use crate::throttle::{Limiter, LimiterOptions};
@@ -36,6 +41,47 @@ fn limiter_failure(e: crate::throttle::ThrottleError, campaign_file: &std::path:
     match e.disk_full() {
         Some(path) => super::disk_full_failure(path, campaign_file),
         None => Failure::new(Exit::Internal, e),
+    }
+}
+
+/// The run lease's heartbeat: at once, then every `every` of the clock (waiting with [`Clock::idle`], which
+/// never moves a simulated clock itself), renew this process's lease on `run_id`. A renewal that
+/// finds the run taken over stops the engine (`stop`: no call starts after it) and returns that
+/// error; another failure is logged and retried at the next beat (the lease is only lost once
+/// it expires). Ends when `done` fires.
+///
+/// [`Clock::idle`]: crate::clock::Clock::idle
+pub(super) async fn heartbeat(
+    journal: SharedJournal,
+    run_id: String,
+    clock: SharedClock,
+    every: std::time::Duration,
+    stop: StopToken,
+    done: tokio::sync::oneshot::Receiver<()>,
+) -> Option<JournalError> {
+    tokio::pin!(done);
+    let mut first = true;
+    loop {
+        // The first beat is at once: the claim's expiry counts from when the run was opened,
+        // which may be long ago for a large audience seeded in the same transaction.
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                biased;
+                _ = &mut done => return None,
+                _ = clock.idle(every) => {}
+            }
+        }
+        let (r, now) = (run_id.clone(), clock.now());
+        match journal.with(move |j| j.renew(&r, now)).await {
+            Ok(_) => {}
+            Err(e) if e.is_fenced() => {
+                stop.stop();
+                return Some(e);
+            }
+            Err(e) => {
+                tracing::warn!(run = %run_id, "could not renew the run's lease (retried at the next heartbeat): {e}")
+            }
+        }
     }
 }
 
@@ -101,6 +147,15 @@ where
     cfg.deadline = settings.deadline.map(|d| d.at(run.created_at));
 
     let control_every = cfg.control_every;
+    let (beat_done, beat_end) = tokio::sync::oneshot::channel();
+    let beat = tokio::spawn(heartbeat(
+        journal.clone(),
+        run.id.clone(),
+        clock.clone(),
+        settings.lease.heartbeat,
+        stop.clone(),
+        beat_end,
+    ));
     let make_engine = {
         let (journal, clock, stop, progress, warn) = (
             journal.clone(),
@@ -153,6 +208,20 @@ where
         }
         .run(source, make_engine)
         .await
+    };
+    let _ = beat_done.send(());
+    let fenced = beat.await.ok().flatten();
+    // Taken over: the run is the other process's now (its report too); this one wrote nothing
+    // more and says so.
+    if let Some(e) = fenced {
+        return Err(in_run(Failure::new(e.exit(), e), &run.id));
+    }
+    let end = match end {
+        Err(e) if e.is_fenced() => {
+            let exit = e.exit();
+            return Err(in_run(Failure::new(exit, e), &run.id));
+        }
+        end => end,
     };
     let reports_dir = paths.reports_dir.clone();
     let report_opts = ReportOptions {
@@ -213,4 +282,128 @@ where
         report_dir: Some(report.dir.clone()),
         already_finished: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::{Clock, SimClock};
+    use crate::journal::{Journal, NewRun, ResumeOptions, RunFlags, SeedRows};
+
+    fn start() -> jiff::Timestamp {
+        "2026-03-01T09:00:00Z".parse().expect("valid")
+    }
+
+    /// A run of campaign `c` opened by `j` at `at` (no recipients).
+    fn open(j: &mut Journal, at: jiff::Timestamp) -> String {
+        let new = NewRun {
+            id: None,
+            campaign: "c".into(),
+            occurrence: None,
+            plan_hash: "h".into(),
+            content_key: None,
+            action: crate::action::Action::Batch,
+            flags: RunFlags::default(),
+            is_test: false,
+            audit: serde_json::json!({}),
+            limit: crate::config::Limit::new(10, Duration::from_secs(1)),
+            total_calls: 0,
+        };
+        let mut rows = || -> SeedRows<'static, String> { Box::new(std::iter::empty()) };
+        j.open_run(&new, ResumeOptions::default(), &mut rows, at)
+            .expect("open")
+            .run()
+            .id
+            .clone()
+    }
+
+    /// Yield until `f` holds (the heartbeat runs on the blocking pool), at most 10 s of real time.
+    async fn until(mut f: impl FnMut() -> bool) {
+        let waited = crate::clock::Stopwatch::start();
+        while !f() {
+            assert!(waited.elapsed() < Duration::from_secs(10), "timed out");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_renews_on_the_clock_and_stops_the_run_once_taken_over() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let clock = SimClock::new(start());
+        let mut a = Journal::open(d.path()).expect("open a");
+        // Opened 5 s before the heartbeat starts: its first beat moves the expiry.
+        let run = open(&mut a, clock.now() - Duration::from_secs(5));
+        let reader = Journal::open(d.path()).expect("open reader");
+        let expiry = |r: &Journal| r.lease(&run).expect("q").expect("run").expires_at;
+        let a = SharedJournal::new(a);
+        let stop = StopToken::new();
+        let (done, end) = tokio::sync::oneshot::channel();
+        let beat = tokio::spawn(heartbeat(
+            a.clone(),
+            run.clone(),
+            Arc::new(clock.clone()),
+            Duration::from_secs(10),
+            stop.clone(),
+            end,
+        ));
+        // The first beat is at once; then one every 10 s of the clock, which the heartbeat never
+        // moves itself.
+        until(|| expiry(&reader) == Some(start() + Duration::from_secs(30))).await;
+        until(|| clock.idlers() == 1).await;
+        assert_eq!(
+            clock.now(),
+            start(),
+            "the heartbeat does not drive the clock"
+        );
+        for beat in 1..=3u64 {
+            until(|| clock.idlers() == 1).await;
+            clock.advance(Duration::from_secs(10));
+            let want = start() + Duration::from_secs(10 * beat + 30);
+            until(|| expiry(&reader) == Some(want)).await;
+        }
+        assert!(!stop.is_stopped());
+        // Another process takes the run over (its clock says a's lease expired).
+        let mut b = Journal::open(d.path()).expect("open b");
+        let taken = open(&mut b, start() + Duration::from_secs(3600));
+        assert_eq!(taken, run, "b resumed the same run");
+        assert_eq!(b.lease(&run).expect("q").expect("run").fence, 2);
+        // a's next beat finds the fence moved: the engine is told to stop, and a writes nothing.
+        let before = b.lease(&run).expect("q");
+        until(|| clock.idlers() == 1).await;
+        clock.advance(Duration::from_secs(10));
+        let e = tokio::time::timeout(Duration::from_secs(10), beat)
+            .await
+            .expect("the heartbeat ends")
+            .expect("task")
+            .expect("the take-over");
+        assert!(e.is_fenced(), "{e}");
+        assert!(stop.is_stopped(), "the engine is stopped at once");
+        assert_eq!(b.lease(&run).expect("q"), before);
+        drop(done);
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_ends_when_the_run_does() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let clock = SimClock::new(start());
+        let mut a = Journal::open(d.path()).expect("open a");
+        let run = open(&mut a, clock.now());
+        let (done, end) = tokio::sync::oneshot::channel();
+        let beat = tokio::spawn(heartbeat(
+            SharedJournal::new(a),
+            run,
+            Arc::new(clock.clone()),
+            Duration::from_secs(10),
+            StopToken::new(),
+            end,
+        ));
+        let _ = done.send(());
+        let r = tokio::time::timeout(Duration::from_secs(10), beat)
+            .await
+            .expect("ended")
+            .expect("task");
+        assert!(r.is_none());
+    }
 }

@@ -166,6 +166,7 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
     );
     let mut journal =
         Journal::open(&paths.state_dir).map_err(|e| journal_failure(e, &facts.campaign_file))?;
+    journal.set_lease_expiry(settings.lease.expiry);
     let new = NewRun {
         id: None,
         campaign: facts.campaign.clone(),

@@ -89,6 +89,9 @@ pub struct Settings {
     /// `[state] url`: the PostgreSQL database the account limiter's log lives in, shared by every
     /// process and host of the account (None: `throttle.db` in the state directory).
     pub state_url: Option<PgUrl>,
+    /// `[state] lease_heartbeat`/`lease_expiry`: how often the run renews its lease and how long
+    /// the lease lasts without renewal.
+    pub lease: crate::config::LeaseTimes,
 }
 
 impl Settings {
@@ -142,6 +145,7 @@ impl Settings {
             report_formats: report_formats.unwrap_or(account.report_formats),
             flags: flags.clone(),
             state_url: account.state_url.clone(),
+            lease: account.lease,
         }
     }
 

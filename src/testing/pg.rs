@@ -26,6 +26,11 @@
 //! the tests pass) and returns `None`, and the test returns early. A server that is installed but
 //! fails to start is always a failure.
 //!
+//! For the TLS tests, [`tls_cluster`] starts another cluster of its own the same way with
+//! `ssl = on` and a certificate, which [`make_certs`] makes with the `openssl` command (a test CA,
+//! a server certificate it signs for `localhost` only, and an unrelated CA); it stops when the
+//! [`LocalCluster`] is dropped (its watchdog's stdin closes) or the test process ends.
+//!
 //! Everything that talks to the server runs on a plain thread of its own, so the fixture works
 //! from sync tests and `#[tokio::test]`s alike (the blocking client must not run on a runtime
 //! thread).
@@ -240,12 +245,8 @@ fn start() -> Result<Server, Unavailable> {
             admin: Mutex::new(Some(client)),
         });
     }
-    let bin = find_bin().ok_or_else(|| {
-        Unavailable::NotInstalled(
-            "no initdb, pg_ctl and postgres on PATH or in /usr/lib/postgresql/*/bin".into(),
-        )
-    })?;
-    let local = start_cluster(&bin).map_err(Unavailable::Failed)?;
+    let bin = find_bin().ok_or_else(not_installed)?;
+    let local = start_cluster(&bin, None).map_err(Unavailable::Failed)?;
     let url = PgUrl::parse(&format!(
         "postgres://{SUPERUSER}@127.0.0.1:{}/postgres",
         local.port
@@ -257,6 +258,134 @@ fn start() -> Result<Server, Unavailable> {
         local: Some(local),
         admin: Mutex::new(Some(client)),
     })
+}
+
+fn not_installed() -> Unavailable {
+    Unavailable::NotInstalled(
+        "no initdb, pg_ctl and postgres on PATH or in /usr/lib/postgresql/*/bin".into(),
+    )
+}
+
+/// Certificates for a TLS test (PEM files in one folder).
+pub struct Certs {
+    /// The test CA's certificate (trust it with `sslrootcert=`).
+    pub ca: PathBuf,
+    /// Another CA's certificate, which signed nothing the server holds.
+    pub other_ca: PathBuf,
+    /// The server's certificate (signed by `ca`, valid for `localhost` only) and key.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+/// Make [`Certs`] in `dir` with the `openssl` command (P-256 keys, valid two days).
+pub fn make_certs(dir: &Path) -> Result<Certs, String> {
+    let openssl = |args: &[&str]| {
+        let mut c = Command::new("openssl");
+        c.args(args).current_dir(dir).stdin(Stdio::null());
+        run(
+            c,
+            &format!("openssl {}", args.first().copied().unwrap_or("")),
+        )
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for (name, cn) in [("ca", "imcast test CA"), ("other_ca", "unrelated test CA")] {
+        let (key, pem, subj) = (
+            format!("{name}.key"),
+            format!("{name}.pem"),
+            format!("/CN={cn}"),
+        );
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &subj,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&args)?;
+    }
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(&args)?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .map_err(|e| format!("server.ext: {e}"))?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])?;
+    Ok(Certs {
+        ca: dir.join("ca.pem"),
+        other_ca: dir.join("other_ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+    })
+}
+
+/// A cluster of its own with TLS on (`ssl = on`, `certs`' server certificate and key), plain
+/// connections still accepted (for `sslmode=disable`). Connect as `postgres` (trusted) to the
+/// `postgres` database on 127.0.0.1 (`localhost`) at its port. Stops when dropped.
+/// `NotInstalled` where PostgreSQL is not; see [`test_db`] for how tests treat that.
+pub fn tls_cluster(certs: &Certs) -> Result<LocalCluster, Unavailable> {
+    let bin = find_bin().ok_or_else(not_installed)?;
+    off_runtime(|| start_cluster(&bin, Some(certs))).map_err(Unavailable::Failed)
+}
+
+/// `Some(v)`, or `None` after saying loudly that PostgreSQL is not installed (a panic under CI),
+/// as [`test_db`] does.
+pub fn or_skip<T>(r: Result<T, Unavailable>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(Unavailable::NotInstalled(why)) => {
+            let msg = format!(
+                "POSTGRESQL TESTS NOT RUN: {why}. Install PostgreSQL (apt-get install -y postgresql). \
+                 The PostgreSQL backends were NOT tested."
+            );
+            if in_ci() {
+                panic!("{msg} CI is set, so this is a failure.");
+            }
+            loud(&msg);
+            None
+        }
+        Err(Unavailable::Failed(why)) => panic!("the test PostgreSQL server: {why}"),
+    }
 }
 
 /// The folder holding `initdb`, `pg_ctl` and `postgres`: `PATH` first (symlinks resolved, so
@@ -352,7 +481,7 @@ fi
 rm -rf "$3"
 "#;
 
-fn start_cluster(bin: &Path) -> Result<LocalCluster, String> {
+fn start_cluster(bin: &Path, tls: Option<&Certs>) -> Result<LocalCluster, String> {
     let root = is_root();
     // As root, /tmp: `postgres` must be able to reach the folder, and TMPDIR may be root's own.
     let tmp = if root {
@@ -420,12 +549,38 @@ fn start_cluster(bin: &Path) -> Result<LocalCluster, String> {
         .args(["--auth=trust", "-U", SUPERUSER, "--no-sync", "-E", "UTF8"])
         .arg("--locale=C");
     run(initdb, "initdb")?;
-    let conf = format!(
+    let mut conf = format!(
         "\n# imcast tests\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
          fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n\
          shared_buffers = 32MB\n",
         dir.display()
     );
+    if let Some(certs) = tls {
+        // The server's key must belong to the server's user and be readable by it alone.
+        for (from, to) in [
+            (&certs.server_cert, "server.crt"),
+            (&certs.server_key, "server.key"),
+        ] {
+            let dest = dir.join(to);
+            std::fs::copy(from, &dest).map_err(|e| format!("{}: {e}", from.display()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| format!("{}: {e}", dest.display()))?;
+            }
+            if root {
+                let mut c = Command::new("chown");
+                c.arg("postgres").arg(&dest);
+                run(c, "chown postgres")?;
+            }
+        }
+        conf.push_str(&format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            dir.join("server.crt").display(),
+            dir.join("server.key").display()
+        ));
+    }
     std::fs::OpenOptions::new()
         .append(true)
         .open(data.join("postgresql.conf"))

@@ -11,7 +11,9 @@ use std::path::Path;
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::store::{clamp_i64, End, KeyState, NewEntry, Store, StoreError};
+use super::store::{
+    clamp_i64, decide_by_steps, AskRule, Decided, End, KeyState, NewEntry, Steps, Store, StoreError,
+};
 
 pub(crate) struct SqliteStore {
     conn: Connection,
@@ -57,6 +59,36 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn decide(
+        &mut self,
+        rules: &[AskRule<'_>],
+        now: i128,
+        ends: &[End],
+    ) -> Result<Decided, StoreError> {
+        decide_by_steps(self, rules, now, ends)
+    }
+
+    fn rollback(&mut self) {
+        if self.in_tx {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.in_tx = false;
+        }
+    }
+
+    fn write_ends(&mut self, ends: &[End]) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.in_tx = true;
+        match self.write(ends) {
+            Ok(()) => Ok(self.commit()?),
+            Err(e) => {
+                self.rollback();
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl Steps for SqliteStore {
     fn begin(
         &mut self,
         keys: &[&str],
@@ -138,25 +170,6 @@ impl Store for SqliteStore {
 
     fn finish(&mut self) -> Result<(), StoreError> {
         Ok(self.commit()?)
-    }
-
-    fn rollback(&mut self) {
-        if self.in_tx {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            self.in_tx = false;
-        }
-    }
-
-    fn write_ends(&mut self, ends: &[End]) -> Result<(), StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        self.in_tx = true;
-        match self.write(ends) {
-            Ok(()) => Ok(self.commit()?),
-            Err(e) => {
-                self.rollback();
-                Err(e.into())
-            }
-        }
     }
 }
 

@@ -1,7 +1,12 @@
 //! Where the limiter's log lives: the small interface both backends implement ([`Store`]), and
-//! what passes through it. The rule itself (what counts, when to wait, pacing) is decided in
-//! `throttle.rs` once, for both; a backend only keeps the bookkeeping and makes each decision
-//! atomic against every other process on the same log.
+//! what passes through it. What a call needs of each rule (units, pacing step, fallback end) is
+//! worked out in `throttle.rs`; the rule on the store's state (what counts, when to wait, the
+//! pacing time) is [`decide_by_steps`] here, run by SQLite on its [`Steps`], and written a second
+//! time in PL/pgSQL (`imcast_throttle_decide`, `crate::pg::schema`) so that a decision on
+//! PostgreSQL is one round trip (admission p99 on loopback: BENCHMARKS.md). Two copies of one
+//! rule is the price of that; the limiter's test suite (`throttle/tests.rs`) runs every rule test
+//! on both backends, so they cannot drift apart unnoticed. A backend keeps the bookkeeping and
+//! makes each decision atomic against every other process on the same log.
 
 /// An entry's end to write: the call ended (`close`: set the end, mark it done; the first close
 /// wins), or it started late (push the in-flight fallback out to at least `until_ns`).
@@ -31,6 +36,84 @@ pub(crate) struct NewEntry<'a> {
     pub units: i64,
     /// The in-flight fallback end.
     pub until_ns: i128,
+}
+
+/// One rule's part of a decision, everything the store needs besides its own state: the rule's
+/// key and limit, what this call needs, the pacing step (computed from the rule, the call and the
+/// back-off, which the store does not know) and the entry's fallback end.
+#[derive(Debug, Clone)]
+pub(crate) struct AskRule<'a> {
+    pub key: &'a str,
+    /// Units this call takes on the key.
+    pub need: i64,
+    pub limit: i64,
+    pub window_ns: i64,
+    /// Paced rules: (this call's step of the theoretical arrival time, catch-up tolerance), ns.
+    pub pace: Option<(i64, i64)>,
+    /// The new entry's in-flight fallback end.
+    pub until_ns: i64,
+}
+
+/// What one decision came to in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decided {
+    /// Nothing admitted: ask again in this many nanoseconds (> 0).
+    Wait(i128),
+    /// Recorded: the entries' ids, one per rule in order.
+    Admitted(Vec<i64>),
+}
+
+/// The rule on a backend's [`Steps`]. `imcast_throttle_decide` (the PostgreSQL
+/// migration 3) is the same rule in PL/pgSQL, line for line: change both or neither (the
+/// limiter's test suite runs on both backends).
+pub(crate) fn decide_by_steps<S: Steps + ?Sized>(
+    store: &mut S,
+    rules: &[AskRule<'_>],
+    now: i128,
+    ends: &[End],
+) -> Result<Decided, StoreError> {
+    let keys: Vec<&str> = rules.iter().map(|r| r.key).collect();
+    let states = store.begin(&keys, now, ends)?;
+    let mut wait: i128 = 0;
+    let mut tats: Vec<(&str, i128)> = Vec::with_capacity(rules.len());
+    for (rule, state) in rules.iter().zip(&states) {
+        let used = state.used;
+        let need = i128::from(rule.need);
+        let limit = i128::from(rule.limit);
+        // 1. The hard guarantee: what counts now plus n stays within the limit.
+        if used + need > limit {
+            let excess = used + need - limit;
+            let free_at = store.earliest_free(rule.key, excess)?;
+            // An entry in flight ends at its completion + W, so nothing frees up before
+            // now + W except entries already ending: asking again then misses nothing.
+            let cap = i128::from(rule.window_ns) + 1;
+            let w = free_at.map_or(cap, |t| (t + 1 - now).min(cap));
+            wait = wait.max(w.max(1));
+        }
+        // 2. Pacing (smoothness, not safety).
+        if let Some((step, tolerance)) = rule.pace {
+            let tat = state.tat.unwrap_or(now).max(now);
+            let tolerance = i128::from(tolerance);
+            if tat - now > tolerance {
+                wait = wait.max(tat - now - tolerance);
+            }
+            tats.push((rule.key, tat + i128::from(step)));
+        }
+    }
+    if wait > 0 {
+        store.finish()?;
+        return Ok(Decided::Wait(wait));
+    }
+    let new: Vec<NewEntry<'_>> = rules
+        .iter()
+        .map(|rule| NewEntry {
+            key: rule.key,
+            at_ns: now,
+            units: rule.need,
+            until_ns: i128::from(rule.until_ns),
+        })
+        .collect();
+    Ok(Decided::Admitted(store.admit(&new, &tats)?))
 }
 
 /// Errors of a backend.
@@ -76,16 +159,35 @@ impl From<crate::pg::schema::SchemaError> for StoreError {
     }
 }
 
-/// The limiter's log. One decision is [`Store::begin`], any number of
-/// [`Store::earliest_free`], then [`Store::admit`] or [`Store::finish`]: one transaction that
-/// excludes every other decision on the same keys (every process, every host) from `begin` to
-/// the end, and sees everything they committed. After an error the caller calls
-/// [`Store::rollback`] before anything else.
+/// The limiter's log. One decision ([`Store::decide`]) is one transaction that excludes every
+/// other decision on the same keys (every process, every host) and sees everything they
+/// committed. After an error the caller calls [`Store::rollback`] before anything else.
 ///
 /// Invariants every backend keeps: a key's running total equals the sum of its entries' units;
 /// an entry is deleted only once its end is before `now`; a closed entry's end is never changed
 /// again.
 pub(crate) trait Store: Send {
+    /// One whole decision at `now` on `rules`, committed: write `ends` (ids unique), delete the
+    /// keys' entries that ended before `now`, apply the rule, and record the admission if it
+    /// admits. SQLite runs [`decide_by_steps`] on its [`Steps`]; PostgreSQL calls its server-side
+    /// function (one round trip).
+    fn decide(
+        &mut self,
+        rules: &[AskRule<'_>],
+        now: i128,
+        ends: &[End],
+    ) -> Result<Decided, StoreError>;
+
+    /// Abandon the decision in progress, if any.
+    fn rollback(&mut self);
+
+    /// Write `ends` outside a decision, in a transaction of their own.
+    fn write_ends(&mut self, ends: &[End]) -> Result<(), StoreError>;
+}
+
+/// A decision in steps, in one transaction: [`Steps::begin`], any number of
+/// [`Steps::earliest_free`], then [`Steps::admit`] or [`Steps::finish`].
+pub(crate) trait Steps {
     /// Start a decision at `now` on `keys`: write `ends` (ids unique), delete the keys' entries
     /// that ended before `now`, and return each key's state (in the order of `keys`).
     fn begin(
@@ -109,12 +211,6 @@ pub(crate) trait Store: Send {
 
     /// Commit a decision that admitted nothing (its ends and deletions stay).
     fn finish(&mut self) -> Result<(), StoreError>;
-
-    /// Abandon the decision in progress, if any.
-    fn rollback(&mut self);
-
-    /// Write `ends` outside a decision, in a transaction of their own.
-    fn write_ends(&mut self, ends: &[End]) -> Result<(), StoreError>;
 }
 
 /// `ends` with one end per entry, in first-seen order: a close wins over extensions (the first

@@ -15,7 +15,7 @@ use imcast::mock;
 use crate::common::{bin, first_line_within, status_until, OutputWithin};
 
 /// A child process killed on drop (a failing assertion must not leave a daemon behind).
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -24,7 +24,7 @@ impl Drop for Proc {
     }
 }
 
-fn mock_server(record: &Path) -> (Proc, String) {
+pub(crate) fn mock_server(record: &Path) -> (Proc, String) {
     let mut child = Command::new(bin())
         .args([
             "mock-server",
@@ -74,7 +74,7 @@ fn daemon(root: &Path, log: &Path, metrics_port: u16) -> Proc {
 }
 
 /// Deliveries per recipient in the mock's record.
-fn deliveries(path: &Path) -> BTreeMap<u64, u64> {
+pub(crate) fn deliveries(path: &Path) -> BTreeMap<u64, u64> {
     let mut out = BTreeMap::new();
     let Ok(text) = std::fs::read_to_string(path) else {
         return out;
@@ -99,7 +99,7 @@ fn free_port() -> u16 {
 }
 
 /// Poll `f` every 50 ms, at most `tries` times; true once it holds.
-fn wait_for(tries: u32, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(tries: u32, mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..tries {
         if f() {
             return true;
@@ -391,7 +391,7 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
             .request_control("c", req, Some("test"), jiff::Timestamp::UNIX_EPOCH)
             .expect("request")
     };
-    let status = |conn: &rusqlite::Connection| {
+    let status = |conn: &state::Conn| {
         state::occurrences(conn, Some("c"))
             .expect("rows")
             .first()
