@@ -337,3 +337,58 @@ pub fn max_in_window(events: &[(i128, u64)], w: Duration) -> u64 {
     }
     best
 }
+
+/// `imcast mock-server` as a process (its first stdout line is the bound address); killed on drop.
+pub struct MockServer {
+    child: Child,
+    addr: String,
+}
+
+impl MockServer {
+    pub fn start(args: &[&str]) -> MockServer {
+        let mut child = std::process::Command::new(bin())
+            .arg("mock-server")
+            .args(args)
+            .env_remove("VOLC_ACCESSKEY")
+            .env_remove("VOLC_SECRETKEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mock-server");
+        let addr = first_line_within(&mut child, Duration::from_secs(60), "imcast mock-server");
+        MockServer { child, addr }
+    }
+
+    /// A mock at 100,000 calls a second that records every delivery to `record`.
+    pub fn recording(record: &Path) -> MockServer {
+        let record = record.to_str().expect("utf-8 record path");
+        MockServer::start(&["--limit", "100000", "--window", "1s", "--record", record])
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> imcast::mock::MockStats {
+        let url = format!("{}/stats", self.endpoint());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            reqwest::get(url)
+                .await
+                .expect("GET /stats")
+                .json::<imcast::mock::MockStats>()
+                .await
+                .expect("stats json")
+        })
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

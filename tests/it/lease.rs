@@ -11,60 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use imcast::journal::{Journal, RecipientStatus};
-use imcast::mock::{self, MockStats};
+use imcast::mock;
 
-use crate::common::{
-    bin, first_line_within, poll_while_running, record_lines, wait_within, CHILD_LIMIT,
-};
-
-/// `imcast mock-server` as a process; killed on drop.
-struct MockServer {
-    child: Child,
-    addr: String,
-}
-
-impl MockServer {
-    fn start(args: &[&str]) -> MockServer {
-        let mut child = Command::new(bin())
-            .arg("mock-server")
-            .args(args)
-            .env_remove("VOLC_ACCESSKEY")
-            .env_remove("VOLC_SECRETKEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mock-server");
-        let addr = first_line_within(&mut child, Duration::from_secs(60), "imcast mock-server");
-        MockServer { child, addr }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn stats(&self) -> MockStats {
-        let url = format!("{}/stats", self.endpoint());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async {
-            reqwest::get(url)
-                .await
-                .expect("GET /stats")
-                .json::<MockStats>()
-                .await
-                .expect("stats json")
-        })
-    }
-}
-
-impl Drop for MockServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::common::{bin, poll_while_running, record_lines, wait_within, MockServer, CHILD_LIMIT};
 
 fn imcast_in(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(bin());

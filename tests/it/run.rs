@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,13 +12,13 @@ use imcast::clock::{Clock, SharedClock, SimClock, SystemClock};
 use imcast::config::RepoPaths;
 use imcast::exit::Exit;
 use imcast::journal::{CallState, Journal, RecipientStatus, RunFlags};
-use imcast::mock::{self, MockConfig, MockStats};
+use imcast::mock::{self, MockConfig};
 use imcast::run::{run_campaign, Request, RunSummary};
 use imcast::send::{Progress, StopReason, StopToken};
 use serde_json::Value;
 
 use crate::common::{
-    bin, first_line_within, max_in_window, poll_while_running, record_lines, stamps, wait_within,
+    bin, max_in_window, poll_while_running, record_lines, stamps, wait_within, MockServer,
     OutputWithin, CHILD_LIMIT,
 };
 
@@ -596,55 +596,6 @@ async fn quiet_hours_pause_the_engine_and_it_continues_after() {
 }
 
 // ---- real processes -------------------------------------------------------------------------
-
-/// `imcast mock-server` as a process; killed on drop.
-struct MockServer {
-    child: Child,
-    addr: String,
-}
-
-impl MockServer {
-    fn start(args: &[&str]) -> MockServer {
-        let mut child = Command::new(bin())
-            .arg("mock-server")
-            .args(args)
-            .env_remove("VOLC_ACCESSKEY")
-            .env_remove("VOLC_SECRETKEY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mock-server");
-        let addr = first_line_within(&mut child, Duration::from_secs(60), "imcast mock-server");
-        MockServer { child, addr }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn stats(&self) -> MockStats {
-        let url = format!("{}/stats", self.endpoint());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async {
-            reqwest::get(url)
-                .await
-                .expect("GET /stats")
-                .json::<MockStats>()
-                .await
-                .expect("stats json")
-        })
-    }
-}
-
-impl Drop for MockServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn imcast_run(repo: &Repo, file: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(bin());

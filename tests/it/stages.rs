@@ -18,7 +18,7 @@ use imcast::send::{StopReason, StopToken};
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::common::record_lines;
+use crate::common::{record_lines, MockServer};
 
 struct Repo {
     dir: tempfile::TempDir,
@@ -318,66 +318,6 @@ async fn skip_canary_does_not_wait_and_says_so() {
 
 // ---- real processes -------------------------------------------------------------------------
 
-/// `imcast mock-server` as a process; killed on drop.
-struct MockServer {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl MockServer {
-    fn start(record: &Path) -> MockServer {
-        let mut child = std::process::Command::new(crate::common::bin())
-            .args([
-                "mock-server",
-                "--limit",
-                "100000",
-                "--window",
-                "1s",
-                "--record",
-            ])
-            .arg(record)
-            .env_remove("VOLC_ACCESSKEY")
-            .env_remove("VOLC_SECRETKEY")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start mock-server");
-        let addr = crate::common::first_line_within(
-            &mut child,
-            Duration::from_secs(60),
-            "imcast mock-server",
-        );
-        MockServer { child, addr }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn stats(&self) -> mock::MockStats {
-        let url = format!("{}/stats", self.endpoint());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async {
-            reqwest::get(url)
-                .await
-                .expect("GET /stats")
-                .json::<mock::MockStats>()
-                .await
-                .expect("stats json")
-        })
-    }
-}
-
-impl Drop for MockServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn imcast_run(repo: &Repo, file: &Path) -> std::process::Command {
     let mut c = std::process::Command::new(crate::common::bin());
     c.arg("run")
@@ -409,7 +349,7 @@ fn a_crash_during_the_canary_wait_resumes_at_the_gate() {
     use crate::common::OutputWithin;
     let repo = Repo::new();
     let rec = repo.path("record.jsonl");
-    let mock = MockServer::start(&rec);
+    let mock = MockServer::recording(&rec);
     let ids = repo.audience(800);
     let file = repo.campaign(
         "can",
@@ -908,7 +848,7 @@ fn a_crash_between_waves_resumes_at_the_next_wave() {
 
     let repo = Repo::new();
     let rec = repo.path("record.jsonl");
-    let mock = MockServer::start(&rec);
+    let mock = MockServer::recording(&rec);
     let by_zone = zoned_audience(&repo, &[first, second], 50);
     let file = repo.campaign(
         "tz",
@@ -983,7 +923,7 @@ fn the_daemon_resumes_a_canary_wait_after_sigkill() {
     let repo = Repo::new();
     let root = std::fs::canonicalize(repo.dir.path()).expect("canon");
     let rec = root.join("record.jsonl");
-    let mock = MockServer::start(&rec);
+    let mock = MockServer::recording(&rec);
     let campaigns = root.join("campaigns");
     std::fs::create_dir_all(&campaigns).expect("mkdir");
     let ids: Vec<u64> = (0..600).map(|i| 700_000 + i).collect();
@@ -1182,25 +1122,17 @@ fn under_the_daemon_a_failed_canary_waits_for_imcast_resume() {
     let root = std::fs::canonicalize(repo.dir.path()).expect("canon");
     let rec = root.join("record.jsonl");
     // Half the receivers of every call are refused: the canary fails its 2 % bound.
-    let mut mock_child = std::process::Command::new(crate::common::bin())
-        .args(["mock-server", "--limit", "100000", "--window", "1s"])
-        .args(["--failed-receiver-rate", "0.5", "--record"])
-        .arg(&rec)
-        .env_remove("VOLC_ACCESSKEY")
-        .env_remove("VOLC_SECRETKEY")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mock-server");
-    let addr = crate::common::first_line_within(
-        &mut mock_child,
-        Duration::from_secs(60),
-        "imcast mock-server",
-    );
-    let mock = MockServer {
-        child: mock_child,
-        addr,
-    };
+    let rec_arg = rec.to_str().expect("utf-8 path");
+    let mock = MockServer::start(&[
+        "--limit",
+        "100000",
+        "--window",
+        "1s",
+        "--failed-receiver-rate",
+        "0.5",
+        "--record",
+        rec_arg,
+    ]);
     let campaigns = root.join("campaigns");
     std::fs::create_dir_all(&campaigns).expect("mkdir");
     let ids: Vec<u64> = (0..400).map(|i| 900_000 + i).collect();
