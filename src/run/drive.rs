@@ -23,6 +23,7 @@ use super::{Inputs, RunSummary};
 use crate::clock::SharedClock;
 use crate::exit::{Exit, ExitContext, Failure};
 use crate::journal::{JournalError, SharedJournal};
+use crate::registry::{Registration, RegistryError};
 use crate::report::{write_report_with, ReportOptions};
 use crate::send::{CallSource, Engine, EngineConfig, StopToken, Transport};
 use crate::throttle::{Limiter, LimiterOptions};
@@ -53,12 +54,13 @@ fn limiter_failure(e: crate::throttle::ThrottleError, campaign_file: &std::path:
 /// [`Clock::idle`]: crate::clock::Clock::idle
 pub(super) async fn heartbeat(
     journal: SharedJournal,
+    registry: Option<SharedRegistration>,
     run_id: String,
     clock: SharedClock,
     every: std::time::Duration,
     stop: StopToken,
     done: tokio::sync::oneshot::Receiver<()>,
-) -> Option<JournalError> {
+) -> Option<Lost> {
     tokio::pin!(done);
     let mut first = true;
     loop {
@@ -76,12 +78,101 @@ pub(super) async fn heartbeat(
             Ok(_) => {}
             Err(e) if e.is_fenced() => {
                 stop.stop();
-                return Some(e);
+                return Some(Lost::Journal(e));
             }
             Err(e) => {
                 tracing::warn!(run = %run_id, "could not renew the run's lease (retried at the next heartbeat): {e}")
             }
         }
+        // The run registry's row (with `[state] url`) is renewed with the journal's lease.
+        if let Some(reg) = &registry {
+            let reg = reg.clone();
+            let renewed = tokio::task::spawn_blocking(move || {
+                reg.lock().unwrap_or_else(|p| p.into_inner()).renew(now)
+            })
+            .await;
+            match renewed {
+                Ok(Ok(_)) => {}
+                Ok(Err(e @ RegistryError::TakenOver { .. })) => {
+                    stop.stop();
+                    return Some(Lost::Registry(e));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(run = %run_id, "could not renew the run's registration in the state store (retried at the next heartbeat): {e}")
+                }
+                Err(e) => tracing::warn!(run = %run_id, "run registry task failed: {e}"),
+            }
+        }
+    }
+}
+
+/// The run's registration in the store's run registry, shared with the heartbeat.
+pub(super) type SharedRegistration = Arc<std::sync::Mutex<Registration>>;
+
+/// Why the heartbeat stopped the run: the journal's lease or the registry's row was taken over.
+#[derive(Debug)]
+pub(super) enum Lost {
+    Journal(JournalError),
+    Registry(RegistryError),
+}
+
+impl Lost {
+    fn into_failure(self) -> Failure {
+        match self {
+            Lost::Journal(e) => Failure::new(e.exit(), e),
+            Lost::Registry(e) => Failure::new(e.exit(), e),
+        }
+    }
+
+    #[cfg(test)]
+    fn is_fenced(&self) -> bool {
+        match self {
+            Lost::Journal(e) => e.is_fenced(),
+            Lost::Registry(e) => matches!(e, RegistryError::TakenOver { .. }),
+        }
+    }
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lost::Journal(e) => e.fmt(f),
+            Lost::Registry(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Record how this session left the run in the registry (its status from the journal; the lease
+/// released). A failure is logged: the row then expires, and this state directory still owns it.
+async fn finish_registration(
+    registry: Option<SharedRegistration>,
+    journal: &SharedJournal,
+    run_id: &str,
+    clock: &SharedClock,
+) {
+    let Some(reg) = registry else { return };
+    let id = run_id.to_string();
+    let status = match journal.with(move |j| j.run(&id)).await {
+        Ok(Some(r)) => r.status,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(run = %run_id, "the run registry keeps a running status (the journal could not be read: {e})");
+            return;
+        }
+    };
+    let now = clock.now();
+    let done = tokio::task::spawn_blocking(move || {
+        reg.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .finish(status, now)
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(run = %run_id, "could not record the run's end in the state store's run registry: {e}")
+        }
+        Err(e) => tracing::warn!(run = %run_id, "run registry task failed: {e}"),
     }
 }
 
@@ -104,7 +195,12 @@ where
         paths,
         hooks,
     } = inputs;
-    let Prepared { journal, run } = prepared;
+    let Prepared {
+        journal,
+        run,
+        registry,
+    } = prepared;
+    let registry = registry.map(|r| Arc::new(std::sync::Mutex::new(r)));
     crate::failpoint::limit_journal(journal.connection());
     let journal = SharedJournal::new(journal);
     // The account limiter's log: `[state] url` (every process and host of the account), else
@@ -150,6 +246,7 @@ where
     let (beat_done, beat_end) = tokio::sync::oneshot::channel();
     let beat = tokio::spawn(heartbeat(
         journal.clone(),
+        registry.clone(),
         run.id.clone(),
         clock.clone(),
         settings.lease.heartbeat,
@@ -214,7 +311,7 @@ where
     // Taken over: the run is the other process's now (its report too); this one wrote nothing
     // more and says so.
     if let Some(e) = fenced {
-        return Err(in_run(Failure::new(e.exit(), e), &run.id));
+        return Err(in_run(e.into_failure(), &run.id));
     }
     let end = match end {
         Err(e) if e.is_fenced() => {
@@ -223,6 +320,7 @@ where
         }
         end => end,
     };
+    finish_registration(registry, &journal, &run.id, &clock).await;
     let reports_dir = paths.reports_dir.clone();
     let report_opts = ReportOptions {
         formats: settings.report_formats,
@@ -342,6 +440,7 @@ mod tests {
         let (done, end) = tokio::sync::oneshot::channel();
         let beat = tokio::spawn(heartbeat(
             a.clone(),
+            None,
             run.clone(),
             Arc::new(clock.clone()),
             Duration::from_secs(10),
@@ -393,6 +492,7 @@ mod tests {
         let (done, end) = tokio::sync::oneshot::channel();
         let beat = tokio::spawn(heartbeat(
             SharedJournal::new(a),
+            None,
             run,
             Arc::new(clock.clone()),
             Duration::from_secs(10),
