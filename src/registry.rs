@@ -28,7 +28,7 @@
 //! that another directory took over writes nothing more and learns it ([`RegistryError::TakenOver`]
 //! from [`Registration::renew`]: the run stops); a claim that the journal then refuses puts the
 //! previous holder back. Times come from the caller's clock. Test runs (`--test-to`) are never
-//! registered (the caller does not call it).
+//! registered, nor are `--mock` runs (the caller does not call it).
 //!
 //! Interim: this exists only while the journal (runs, recipients, calls) lives in each state
 //! directory; once the journal moves to the store, the run and its lease there replace this table.

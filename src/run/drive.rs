@@ -5,7 +5,10 @@
 //! While the engine runs, a heartbeat renews the run's lease every `[state] lease_heartbeat` of
 //! the clock ([`heartbeat`]); once a renewal (or any journal write) finds the run taken over by
 //! another process, the engine stops at once, no report is written (the run is the other
-//! process's now) and the run ends with the journal's `Fenced` error (exit 6).
+//! process's now) and the run ends with the journal's `Fenced` error (exit 6). With `[state] url`
+//! the heartbeat renews the run's row in the store's run registry too (a row another state
+//! directory took over stops the run the same way), and the run's status in the journal is
+//! written there when the engine ends.
 //!
 //! Invariants: every run of the account shares one limiter per action through the state
 //! directory, or with `[state] url` through the PostgreSQL store (concurrent processes and hosts

@@ -4,6 +4,12 @@
 //! (create, resume, refuse a changed plan, continue, already finished), with a note for people
 //! on what was decided; then what the report shows that the journal's core tables do not hold.
 //!
+//! With `[state] url` (not for `--test-to` or `--mock`), the store's run registry
+//! ([`crate::registry`]) is asked first whether this state directory may open the run at all
+//! (another state directory sending it, or having sent it, is a refusal, exit 6); a journal that
+//! then refuses the run puts the registry's row back, and the run's id and status are recorded in
+//! it once the journal decided.
+//!
 //! `--retry-failed` asks the journal what it would send before the confirmation (which shows it)
 //! and opens the follow-up run (`Journal::open_retry_run`) instead of `open_run`. A journal error
 //! that is a full disk becomes one message (which file, nothing lost, how to resume; exit 8).
@@ -160,7 +166,8 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
 
     // With a store: may this state directory open the run at all (another directory may be
     // sending it, or have sent it)? Decided before the journal opens it; undone if it refuses.
-    let mut registry = match (&settings.state_url, settings.is_test()) {
+    // (A `--test-to` or `--mock` run sends nothing real and is not registered.)
+    let mut registry = match (&settings.state_url, settings.is_test() || flags.mock) {
         (Some(url), false) => Some(
             crate::registry::Registration::claim(
                 url,

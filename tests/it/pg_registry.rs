@@ -97,8 +97,8 @@ async fn a_second_state_directory_is_refused_while_the_first_sends_and_after_it_
                      AND status = 'running' AND run_id IS NOT NULL",
                     &[],
                 )
-                .expect("registry")
-                .is_some()
+                // (Until the first run migrated the store, the table does not exist yet.)
+                .is_ok_and(|r| r.is_some())
             })
         });
         let busy = wait_within(
@@ -114,8 +114,25 @@ async fn a_second_state_directory_is_refused_while_the_first_sends_and_after_it_
             CHILD_LIMIT,
             "the second run after the first sent",
         );
+        // `imcast status` from the refused state directory lists the run registered elsewhere.
+        let mut st = Command::new(bin());
+        st.arg("status")
+            .arg(&file)
+            .arg("--state-dir")
+            .arg(root.join("state-b"))
+            .current_dir(&root)
+            .env_remove("RUST_LOG")
+            .env_remove("PGPASSWORD")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(p) = pw {
+            st.env("PGPASSWORD", p);
+        }
+        let status = wait_within(st.spawn().expect("spawn"), CHILD_LIMIT, "imcast status");
         (
             first_pid,
+            status,
             busy,
             still_running,
             first_out.status.code(),
@@ -126,7 +143,7 @@ async fn a_second_state_directory_is_refused_while_the_first_sends_and_after_it_
     })
     .await
     .expect("processes");
-    let (first_pid, busy, still_running, first_code, first_log, sent, root) = outcome;
+    let (first_pid, status, busy, still_running, first_code, first_log, sent, root) = outcome;
     m.shutdown().await;
     assert_eq!(first_code, Some(0), "the first run sends: {first_log}");
     assert!(
@@ -152,6 +169,18 @@ async fn a_second_state_directory_is_refused_while_the_first_sends_and_after_it_
             && err.contains("--new-run")
             && err.contains(&state_a.display().to_string()),
         "{err}"
+    );
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        out.contains("Registered from other state directories")
+            && out.contains(&format!("finished on {host} (pid {first_pid}")),
+        "{out}"
     );
     // Every recipient exactly once, all from the first run.
     let lines = record_lines(&rec, N);
