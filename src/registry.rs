@@ -59,7 +59,7 @@ pub enum RegistryError {
     Busy {
         campaign: String,
         occurrence: Option<String>,
-        other: Holder,
+        other: Box<Holder>,
         expires_in: Duration,
     },
     #[error(
@@ -77,7 +77,7 @@ pub enum RegistryError {
     Elsewhere {
         campaign: String,
         occurrence: Option<String>,
-        other: Holder,
+        other: Box<Holder>,
     },
     #[error(
         "Campaign {campaign:?}{}: run {} already sent from {} at {} (status {}, state directory {}). \
@@ -88,7 +88,7 @@ pub enum RegistryError {
     AlreadySent {
         campaign: String,
         occurrence: Option<String>,
-        other: Holder,
+        other: Box<Holder>,
     },
     #[error(
         "campaign {campaign:?}{}: the run registry in the state store was taken over by pid {} on \
@@ -98,7 +98,7 @@ pub enum RegistryError {
     TakenOver {
         campaign: String,
         occurrence: Option<String>,
-        other: Holder,
+        other: Box<Holder>,
     },
     #[error("the run registry in the state store: {0}")]
     Store(#[from] StoreError),
@@ -290,11 +290,11 @@ impl Registration {
             };
             let ours = r.host == claim.host && r.state_dir == claim.state_dir;
             let live = r.lease_expires.is_some_and(|t| t > now);
-            let refuse = |mk: fn(String, Option<String>, Holder) -> RegistryError| {
+            let refuse = |mk: fn(String, Option<String>, Box<Holder>) -> RegistryError| {
                 Err(mk(
                     claim.campaign.clone(),
                     claim.occurrence.clone(),
-                    r.clone(),
+                    Box::new(r.clone()),
                 ))
             };
             if ours {
@@ -315,7 +315,7 @@ impl Registration {
                     expires_in: r.lease_expires.map_or(Duration::ZERO, |t| {
                         Duration::from_millis(u64::try_from(ms(t) - ms(now)).unwrap_or(0))
                     }),
-                    other: r,
+                    other: Box::new(r),
                 });
             } else if r.is_unfinished() && !claim.new_run {
                 return refuse(|campaign, occurrence, other| RegistryError::Elsewhere {
@@ -385,7 +385,7 @@ impl Registration {
             Ok(Some(other)) => RegistryError::TakenOver {
                 campaign: self.claim.campaign.clone(),
                 occurrence: self.claim.occurrence.clone(),
-                other,
+                other: Box::new(other),
             },
             Ok(None) => StoreError::NoRows.into(),
             Err(e) => e.into(),
