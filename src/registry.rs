@@ -106,10 +106,10 @@ pub enum RegistryError {
 
 impl RegistryError {
     /// The exit code: a refusal is [`Exit::Busy`] (another state directory holds the run); a
-    /// store that cannot be reached is an environment failure.
+    /// store error is internal (as the limiter's).
     pub fn exit(&self) -> Exit {
         match self {
-            RegistryError::Store(_) => Exit::Environment,
+            RegistryError::Store(_) => Exit::Internal,
             _ => Exit::Busy,
         }
     }
