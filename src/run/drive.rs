@@ -509,4 +509,95 @@ mod tests {
             .expect("task");
         assert!(r.is_none());
     }
+
+    /// Off the runtime thread (the blocking PostgreSQL client must not run on it).
+    fn off<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(f).join().expect("thread")
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_renews_the_registry_row_and_stops_once_another_state_directory_took_it()
+    {
+        use crate::registry::{Claim, Registration};
+        use crate::store::{params, Conn};
+        let Some(db) = crate::testing::pg::test_db("drive_registry") else {
+            return;
+        };
+        let url = db.url().clone();
+        let d = tempfile::tempdir().expect("tempdir");
+        let clock = SimClock::new(start());
+        let mut a = Journal::open(d.path()).expect("open a");
+        let run = open(&mut a, clock.now());
+        let claim = |host: &str, dir: &str, new_run: bool| Claim {
+            campaign: "c".into(),
+            occurrence: None,
+            plan_hash: "h".into(),
+            new_run,
+            host: host.into(),
+            pid: 1,
+            state_dir: dir.into(),
+            expiry: Duration::from_secs(30),
+        };
+        let reg = {
+            let (url, c, run) = (url.clone(), claim("ha", "/a", false), run.clone());
+            off(move || {
+                let mut r = Registration::claim(&url, c, start()).expect("claim");
+                r.opened(&run, crate::journal::RunStatus::Running, "h", start())
+                    .expect("opened");
+                r
+            })
+        };
+        let expiry = {
+            let url = url.clone();
+            move || {
+                let url = url.clone();
+                off(move || {
+                    Conn::postgres(&url)
+                        .expect("connect")
+                        .query_row(
+                            "SELECT lease_expires_ms FROM imcast_run_registry WHERE campaign = 'c'",
+                            params![],
+                            |r| r.get::<Option<i64>>(0),
+                        )
+                        .expect("row")
+                })
+            }
+        };
+        let ms = |s: u64| Some((start() + Duration::from_secs(s)).as_millisecond());
+        let stop = StopToken::new();
+        let (done, end) = tokio::sync::oneshot::channel();
+        let beat = tokio::spawn(heartbeat(
+            SharedJournal::new(a),
+            Some(Arc::new(std::sync::Mutex::new(reg))),
+            run.clone(),
+            Arc::new(clock.clone()),
+            Duration::from_secs(10),
+            stop.clone(),
+            end,
+        ));
+        // The registry's row is renewed on the clock with the journal's lease.
+        until(|| clock.idlers() == 1).await;
+        clock.advance(Duration::from_secs(10));
+        until(|| expiry() == ms(40)).await;
+        // Another state directory takes the row over (--new-run, its clock past the expiry).
+        {
+            let (url, c) = (url.clone(), claim("hb", "/b", true));
+            off(move || {
+                Registration::claim(&url, c, start() + Duration::from_secs(3600)).expect("taken")
+            });
+        }
+        until(|| clock.idlers() == 1).await;
+        clock.advance(Duration::from_secs(10));
+        let lost = tokio::time::timeout(Duration::from_secs(10), beat)
+            .await
+            .expect("the heartbeat ends")
+            .expect("task")
+            .expect("the take-over");
+        assert!(
+            lost.is_fenced() && lost.to_string().contains("hb"),
+            "{lost}"
+        );
+        assert!(stop.is_stopped(), "the engine is stopped at once");
+        drop(done);
+    }
 }
