@@ -6,9 +6,11 @@
 #   examples/bench_client.sh 1000000
 #   WRAP="heaptrack -o /tmp/imcast-heap" examples/bench_client.sh 1000000   # where the client's memory goes
 #   KEEP=1 examples/bench_client.sh 1000000   # keep the temp repo (state, reports) to look at
+#   BIN=/tmp/imcast-old examples/bench_client.sh 1000000   # another build of imcast (a comparison)
+# Prints the state left per recipient too: the state database (imcast.db + -wal) / recipients.
 set -euo pipefail
 N=${1:-1000000}
-BIN=$(cd "$(dirname "$0")/.." && pwd)/target/release/imcast
+BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/imcast}
 D=$(mktemp -d)
 trap 'kill "${MOCK:-}" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$D"' EXIT
 cd "$D"
@@ -35,3 +37,8 @@ YAML
 VOLC_ACCESSKEY=AKLTmockaccesskey000000 VOLC_SECRETKEY=mock-secret-key-not-a-secret RUST_LOG=imcast=warn \
   ${WRAP:-/usr/bin/time -f "client: %e s wall, %U user %S sys, %M KB maxrss"} "$BIN" run bench.yaml --yes > /dev/null
 grep VmHWM "/proc/$MOCK/status" | sed 's/^/mock /'
+DB=$(find "$D" -name imcast.db | head -1)
+if [ -n "$DB" ]; then
+  BYTES=$(( $(stat -c %s "$DB") + $( [ -f "$DB-wal" ] && stat -c %s "$DB-wal" || echo 0) ))
+  echo "state: $BYTES bytes ($DB + -wal), $(awk -v b="$BYTES" -v n="$N" 'BEGIN { printf "%.1f", b / n }') bytes a recipient"
+fi

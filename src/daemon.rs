@@ -18,6 +18,10 @@
 //!   (a run is in its local journal, so a run of a dead daemon waits for that daemon's restart),
 //!   and stops a run of its own whose row another daemon cancelled. Overlap, pause flags and
 //!   cursors are the shared record's, so they hold across daemons.
+//! - Each daemon keeps a row in the store's roster (`sched_roster`: node, host, pid, version,
+//!   started, last seen) from [`Daemon::open`], refreshes `last_seen` every
+//!   [`HEARTBEAT_EVERY_SECS`] on the injected clock and marks it stopped on a clean shutdown;
+//!   it is for people (`imcast schedule`), nothing decides on it.
 //! - A missed occurrence later than `schedule.not_after` is recorded `skipped_late`; one due
 //!   while the campaign's previous run is going is `skipped_overlap` or `queued` (overlap).
 //! - While the campaign is paused by `imcast pause` or the stop file exists, no occurrence is
@@ -138,8 +142,9 @@ impl Hold {
 /// Consecutive failed ticks after which [`Daemon::run`] gives up.
 const MAX_FAILED_TICKS: u32 = 30;
 
-/// How often the daemon refreshes its claim on the state directory.
-const HEARTBEAT_EVERY_SECS: i64 = 10;
+/// How often the daemon refreshes its claim on the state directory and its roster row's
+/// `last_seen` (readers count it alive within [`state::ALIVE_BEATS`] of these).
+pub const HEARTBEAT_EVERY_SECS: i64 = 10;
 
 fn ts(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -175,6 +180,8 @@ pub struct Daemon {
     /// What `sched_campaign` holds for path/next_fire, to write only changes.
     published: BTreeMap<String, (String, Option<i64>)>,
     last_heartbeat: Option<i64>,
+    /// When this process opened (UTC seconds, the injected clock), for the roster.
+    started_at: i64,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -219,6 +226,11 @@ impl Daemon {
                 return Err(e.into());
             }
         };
+        // The roster: who is on the store (for `imcast schedule`), refreshed with the heartbeat.
+        if let Err(e) = state::roster_beat(&conn, &me, now, HEARTBEAT_EVERY_SECS, now) {
+            let _ = state::release_daemon(&local, pid);
+            return Err(e.into());
+        }
         let shared = cfg.store.is_some();
         if shared {
             info!(node = %me.node, host = %me.host, pid, "occurrence record in the PostgreSQL state store, shared with every daemon on it");
@@ -243,6 +255,7 @@ impl Daemon {
             next_logged: BTreeMap::new(),
             published: BTreeMap::new(),
             last_heartbeat: Some(now),
+            started_at: now,
         })
     }
 
@@ -280,6 +293,13 @@ impl Daemon {
             .is_none_or(|h| now.as_second() - h >= HEARTBEAT_EVERY_SECS)
         {
             state::heartbeat(&self.local, self.pid, now.as_second())?;
+            state::roster_beat(
+                &self.conn,
+                &self.me,
+                self.started_at,
+                HEARTBEAT_EVERY_SECS,
+                now.as_second(),
+            )?;
             self.last_heartbeat = Some(now.as_second());
         }
         let scan_due = match self.last_scan {
@@ -353,7 +373,15 @@ impl Daemon {
         }
         info!("daemon stopping: runs in progress stay resumable");
         self.runner.shutdown();
-        let _ = state::release_daemon(&self.local, self.pid);
+        // Off the runtime's threads: the store may be PostgreSQL (a blocking client).
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = self.clock.now().as_second();
+            if let Err(e) = state::roster_stop(&self.conn, &self.me, now) {
+                warn!(error = %e, "could not mark this daemon stopped in the roster; it ages out");
+            }
+            let _ = state::release_daemon(&self.local, self.pid);
+        })
+        .await;
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! kept in the PostgreSQL store so that two `imcast run` of one campaign from two state
 //! directories (two hosts, a CI runner and a laptop) on one store do not both send.
 //!
-//! Owns: the table `imcast_run_registry` (migration 4 in [`crate::pg::schema`]): one row per
+//! Owns: the table `imcast_run_registry` (migration 5 in [`crate::pg::schema`]): one row per
 //! campaign and occurrence key (the journal's: `''` here for an ad-hoc run, the schedule
 //! occurrence for a scheduled one) with the run's id, plan hash and status, its holder (host,
 //! pid, state directory), a lease expiry (the journal's lease times: `[state] lease_expiry`,

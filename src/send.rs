@@ -849,7 +849,7 @@ fn produce<S: CallSource>(
         }
         // Resumed: only the receivers still to send; those refused in an earlier session
         // (pending with refusals) go back to the re-queue pools, not into this call.
-        let looked_up = reader.sendable_detail(run_id, &call.receivers, resend_unknown);
+        let looked_up = reader.sendable_detail(run_id, call.seq, &call.receivers, resend_unknown);
         let found = match looked_up {
             Ok(r) => r,
             Err(e) => {

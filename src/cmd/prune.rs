@@ -1,6 +1,9 @@
 //! `imcast prune --older-than 90d [--reports]`: delete old rows from the state database — the
 //! journal's runs that ended before the cutoff (with their calls, recipients and what their
-//! reports recorded) and the scheduler's finished occurrences and handled control requests. With
+//! reports recorded) and the scheduler's finished occurrences and handled control requests, and
+//! daemon roster rows last seen before the cutoff (unless their daemon holds an active occurrence).
+//! With `[state] url` (the PostgreSQL store) the store's finished occurrences and roster rows go by
+//! the same rule, besides the state directory's. With
 //! `--reports` (never by default) also the report folders of runs that ended before the cutoff
 //! (`report::prune_reports`: only files imcast wrote). Unfinished runs and pending occurrences
 //! are never pruned.
@@ -50,12 +53,39 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
         ),
         None => "; reports stay (--reports removes them too)".into(),
     };
+    // `[state] url`: the occurrence record and the roster shared by every daemon on the store.
+    let store = match crate::cmd::daemon::state_url(&cwd, a.state.config.as_deref())
+        .exit(Exit::Invalid)?
+    {
+        Some(url) => {
+            let store = crate::config::StateStore::Postgres(url);
+            // The blocking client on a plain thread (no runtime here, but keep the rule simple).
+            let pruned = std::thread::scope(|s| {
+                s.spawn(|| state::open_store(&store).and_then(|c| state::prune_store(&c, cutoff)))
+                    .join()
+                    .map_err(|_| anyhow!("pruning the state store panicked"))
+            })
+            .exit(Exit::Internal)?
+            .context("pruning the occurrence record in the state store")
+            .exit(Exit::Internal)?;
+            Some(pruned)
+        }
+        None => None,
+    };
+    let store_note = match store {
+        Some((occ, roster)) => format!(
+            "; in the state store: {} and {}",
+            count(occ as u64, "schedule occurrence", "schedule occurrences"),
+            count(roster as u64, "daemon roster row", "daemon roster rows")
+        ),
+        None => String::new(),
+    };
     let Some(conn) = state::open_existing(&state_dir)
         .with_context(|| format!("state directory {}", state_dir.display()))
         .exit(Exit::Internal)?
     else {
         crate::outln!(
-            "nothing to prune in the journal: no state database in {}{reports_note}",
+            "nothing to prune in the journal: no state database in {}{store_note}{reports_note}",
             state_dir.display()
         );
         return Ok(Exit::Ok);
@@ -70,13 +100,15 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
     })?;
     crate::report::facts::forget_pruned(&journal).exit(Exit::Internal)?;
     let (occ, ctl) = state::prune(&conn, cutoff).exit(Exit::Internal)?;
+    let roster = state::prune_roster(&conn, cutoff).exit(Exit::Internal)?;
     crate::outln!(
-        "pruned {} ({}, {}), {} and {} older than {}{reports_note}",
+        "pruned {} ({}, {}), {}, {} and {} older than {}{store_note}{reports_note}",
         count(runs, "run", "runs"),
         count(calls, "call", "calls"),
         count(recipients, "recipient row", "recipient rows"),
         count(occ as u64, "schedule occurrence", "schedule occurrences"),
         count(ctl as u64, "control request", "control requests"),
+        count(roster as u64, "daemon roster row", "daemon roster rows"),
         humantime::format_duration(age)
     );
     Ok(Exit::Ok)

@@ -4,7 +4,9 @@
 //! Owns: `sched_campaign` (per campaign: the cursor — the last occurrence already decided — the
 //! user pause flag, the file and next fire time last published), `sched_occurrence` (one row per
 //! decided occurrence, keyed by campaign and UTC instant in whole seconds, naming the daemon that
-//! decided or claimed it: its node id, host, pid and when) — both in the store ([`open_store`]:
+//! decided or claimed it: its node id, host, pid and when), `sched_roster` (one row per daemon
+//! node on the store: host, pid, imcast version, started, last seen, stopped — see
+//! [`roster_beat`] and [`DaemonRow::alive`]) — all in the store ([`open_store`]:
 //! SQLite or PostgreSQL, the same statements through [`crate::store`]) — and, always in the
 //! local SQLite file ([`open`]): `sched_node` (this state directory's node id, random, made once),
 //! `sched_control` (a log of what the daemon did with each pause/resume/cancel request; the
@@ -26,6 +28,11 @@
 //! the store later): a run in progress is not yet taken over by another daemon if its host dies;
 //! it resumes when that daemon restarts (its node id is in its state directory, so a restart on
 //! another host with the same state directory resumes it too).
+//!
+//! The roster is for people (who is there, who holds what); nothing decides on it: whether a
+//! daemon "looks alive" compares its `last_seen` (its own clock) with the reader's clock, so it
+//! assumes the hosts' clocks agree within seconds (NTP), and the window
+//! ([`ALIVE_BEATS`] refresh intervals) is wide enough for that.
 //!
 //! Must not: touch the journal's tables (`runs`, `calls`, `recipients`, `run_counts`, `control`:
 //! the journal's methods are the only way to them); [`migrate`] only creates `sched_*` tables
@@ -97,6 +104,16 @@ pub fn migrate(conn: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
         CREATE TABLE IF NOT EXISTS sched_node (
             id INTEGER PRIMARY KEY CHECK (id = 1),
             node TEXT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS sched_roster (
+            node TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            version TEXT NOT NULL,
+            started_at INTEGER NOT NULL,
+            last_seen INTEGER NOT NULL,
+            every_secs INTEGER NOT NULL,
+            stopped_at INTEGER
         );",
     )?;
     // Who decided or claimed an occurrence (added after the table; older files get the columns).
@@ -657,15 +674,134 @@ pub fn release_daemon(conn: &Conn, pid: u32) -> Result<(), StateError> {
     Ok(())
 }
 
+/// A daemon counts as alive while its `last_seen` is at most this many of its refresh intervals
+/// old (refresh every 10 s: alive within 30 s, the run lease's expiry).
+pub const ALIVE_BEATS: i64 = 3;
+
+/// One row of `sched_roster`: a daemon node on the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonRow {
+    pub node: String,
+    pub host: String,
+    pub pid: i64,
+    /// The imcast version it runs.
+    pub version: String,
+    /// UTC seconds (its clock).
+    pub started_at: i64,
+    /// UTC seconds (its clock): the last refresh.
+    pub last_seen: i64,
+    /// How often it promised to refresh `last_seen`, seconds.
+    pub every_secs: i64,
+    /// UTC seconds: it stopped cleanly (a crash leaves this empty and `last_seen` ageing).
+    pub stopped_at: Option<i64>,
+}
+
+impl DaemonRow {
+    /// Alive at `now` (UTC seconds, the reader's clock): not stopped and seen within
+    /// [`ALIVE_BEATS`] refresh intervals.
+    pub fn alive(&self, now: i64) -> bool {
+        self.stopped_at.is_none() && now - self.last_seen <= self.alive_window()
+    }
+
+    /// The alive window in seconds.
+    pub fn alive_window(&self) -> i64 {
+        ALIVE_BEATS.saturating_mul(self.every_secs.max(1))
+    }
+}
+
+/// Write this daemon's roster row: on start and on each refresh (`started_at` is when this
+/// process started; `every_secs` how often it refreshes). A restart of the same node (its state
+/// directory) replaces the row, clearing `stopped_at`.
+pub fn roster_beat(
+    conn: &Conn,
+    me: &Claimant,
+    started_at: i64,
+    every_secs: i64,
+    now: i64,
+) -> Result<(), StateError> {
+    conn.execute(
+        "INSERT INTO sched_roster (node, host, pid, version, started_at, last_seen, every_secs, stopped_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
+         ON CONFLICT (node) DO UPDATE SET host = excluded.host, pid = excluded.pid,
+            version = excluded.version, started_at = excluded.started_at,
+            last_seen = excluded.last_seen, every_secs = excluded.every_secs, stopped_at = NULL",
+        params![
+            &me.node,
+            &me.host,
+            me.pid,
+            env!("CARGO_PKG_VERSION"),
+            started_at,
+            now,
+            every_secs
+        ],
+    )?;
+    Ok(())
+}
+
+/// Mark this daemon stopped (a clean shutdown), if the row is still this process's.
+pub fn roster_stop(conn: &Conn, me: &Claimant, now: i64) -> Result<(), StateError> {
+    conn.execute(
+        "UPDATE sched_roster SET stopped_at = ?3, last_seen = ?3 WHERE node = ?1 AND pid = ?2",
+        params![&me.node, me.pid, now],
+    )?;
+    Ok(())
+}
+
+/// Every daemon on the store, by host then node.
+pub fn roster(conn: &Conn) -> Result<Vec<DaemonRow>, StateError> {
+    Ok(conn.query_map(
+        "SELECT node, host, pid, version, started_at, last_seen, every_secs, stopped_at
+         FROM sched_roster ORDER BY host, node",
+        params![],
+        |r| {
+            Ok(DaemonRow {
+                node: r.get(0)?,
+                host: r.get(1)?,
+                pid: r.get(2)?,
+                version: r.get(3)?,
+                started_at: r.get(4)?,
+                last_seen: r.get(5)?,
+                every_secs: r.get(6)?,
+                stopped_at: r.get(7)?,
+            })
+        },
+    )?)
+}
+
+/// Prune the store ([`open_store`]'s connection): finished occurrences older than `cutoff` (UTC
+/// seconds; the rule of [`prune`]) and roster rows last seen before it whose node holds no active
+/// occurrence (the note "resumes when that daemon restarts" needs the row). Returns
+/// (occurrences, roster rows) deleted. On SQLite the store is the state directory's file: call
+/// this or [`prune`] for its occurrences, not both counts.
+pub fn prune_store(conn: &Conn, cutoff: i64) -> Result<(usize, usize), StateError> {
+    let occ = prune_occurrences(conn, cutoff)?;
+    let roster = prune_roster(conn, cutoff)?;
+    Ok((occ, roster))
+}
+
+/// Roster rows last seen before `cutoff` whose node holds no active occurrence.
+pub fn prune_roster(conn: &Conn, cutoff: i64) -> Result<usize, StateError> {
+    Ok(conn.execute(
+        "DELETE FROM sched_roster WHERE last_seen < ?1
+           AND NOT EXISTS (SELECT 1 FROM sched_occurrence o WHERE o.node = sched_roster.node
+                           AND o.status IN ('claimed', 'running', 'paused'))",
+        params![cutoff],
+    )?)
+}
+
+fn prune_occurrences(conn: &Conn, cutoff: i64) -> Result<usize, StateError> {
+    Ok(conn.execute(
+        "DELETE FROM sched_occurrence WHERE occurrence < ?1
+           AND status IN ('done', 'failed', 'cancelled', 'skipped_late', 'skipped_overlap')",
+        params![cutoff],
+    )?)
+}
+
 /// Delete finished occurrences older than `cutoff` (UTC seconds) and handled control requests
 /// older than it. Returns (occurrences, controls) deleted. Active and pending rows are kept.
 /// `conn` is the state directory's ([`open`]).
 pub fn prune(conn: &Conn, cutoff: i64) -> Result<(usize, usize), StateError> {
-    let occ = conn.execute(
-        "DELETE FROM sched_occurrence WHERE occurrence < ?1
-           AND status IN ('done', 'failed', 'cancelled', 'skipped_late', 'skipped_overlap')",
-        params![cutoff],
-    )?;
+    let occ = prune_occurrences(conn, cutoff)?;
     let ctl = conn.execute(
         "DELETE FROM sched_control WHERE handled_at IS NOT NULL AND handled_at < ?1",
         params![cutoff],
@@ -690,6 +826,91 @@ mod tests {
     }
 
     #[test]
+    fn roster_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open(dir.path()).expect("open");
+        record_once(&conn);
+        claims_name_the_daemon_and_pending_is_claimed_once(&conn);
+        roster_rules(&conn);
+    }
+
+    /// The roster on a simulated clock (instants are parameters): written on start, refreshed,
+    /// alive within ALIVE_BEATS refresh intervals, stopped on a clean shutdown, replaced on a
+    /// restart; pruning takes old finished occurrences and old roster rows, but keeps the row of a
+    /// daemon that holds an active occurrence. Runs after the two helpers above (their rows: `a`
+    /// 100 done, `b` 150 done, `q` 200 claimed by n-b).
+    fn roster_rules(conn: &Conn) {
+        let who = |node: &str, host: &str, pid: u32| Claimant {
+            node: node.into(),
+            host: host.into(),
+            pid,
+        };
+        let (a, b) = (who("n-a", "host-a", 11), who("n-b", "host-b", 22));
+        roster_beat(conn, &a, 1000, 10, 1000).expect("a starts");
+        roster_beat(conn, &b, 1000, 10, 1005).expect("b starts");
+        let get = |node: &str| {
+            roster(conn)
+                .expect("roster")
+                .into_iter()
+                .find(|d| d.node == node)
+                .expect("row")
+        };
+        let rs = roster(conn).expect("roster");
+        assert_eq!(
+            rs.iter()
+                .map(|d| (d.host.as_str(), d.pid, d.version.as_str(), d.last_seen))
+                .collect::<Vec<_>>(),
+            vec![
+                ("host-a", 11, env!("CARGO_PKG_VERSION"), 1000),
+                ("host-b", 22, env!("CARGO_PKG_VERSION"), 1005)
+            ]
+        );
+        // Alive while seen within 3 × 10 s; not after.
+        let ra = get("n-a");
+        assert_eq!(ra.alive_window(), 30);
+        assert!(ra.alive(1030) && !ra.alive(1031));
+        // A refresh moves last_seen, not started_at.
+        roster_beat(conn, &a, 1000, 10, 1020).expect("a refreshes");
+        let ra = get("n-a");
+        assert_eq!((ra.started_at, ra.last_seen), (1000, 1020));
+        assert!(ra.alive(1050) && !ra.alive(1051));
+        // A clean stop: not alive at once. A stop from an older process of the node (another pid)
+        // does not mark the current one stopped.
+        roster_stop(conn, &who("n-b", "host-b", 99), 1021).expect("stale stop");
+        assert_eq!(get("n-b").stopped_at, None);
+        roster_stop(conn, &a, 1025).expect("a stops");
+        let ra = get("n-a");
+        assert_eq!((ra.stopped_at, ra.last_seen), (Some(1025), 1025));
+        assert!(!ra.alive(1025));
+        // A restart of node a (another pid) replaces its row.
+        let a2 = who("n-a", "host-a2", 33);
+        roster_beat(conn, &a2, 1100, 10, 1100).expect("a restarts");
+        let ra = get("n-a");
+        assert_eq!(
+            (ra.host.as_str(), ra.pid, ra.started_at, ra.stopped_at),
+            ("host-a2", 33, 1100, None)
+        );
+        assert!(ra.alive(1110));
+        // Prune at 2000: a's row (last seen 1100) goes; b's too old as well, but it holds the
+        // claimed occurrence q@200, so it stays; the finished occurrences before 2000 go.
+        assert_eq!(prune_store(conn, 1050).expect("prune"), (2, 0));
+        assert_eq!(prune_store(conn, 2000).expect("prune"), (0, 1));
+        assert_eq!(
+            roster(conn)
+                .expect("roster")
+                .iter()
+                .map(|d| d.node.as_str())
+                .collect::<Vec<_>>(),
+            vec!["n-b"]
+        );
+        assert_eq!(occurrences(conn, None).expect("rows").len(), 1);
+        // Once q is finished, b's old row goes too.
+        update_occurrence(conn, "q", 200, status::DONE, Update::default()).expect("done");
+        assert_eq!(prune_roster(conn, 2000).expect("prune"), 1);
+        assert!(roster(conn).expect("roster").is_empty());
+    }
+
+    #[test]
     fn record_once_and_claims_on_postgres() {
         let Some(db) = crate::testing::pg::test_db("sched_state") else {
             return;
@@ -702,6 +923,7 @@ mod tests {
             // Migrating again (a second daemon connecting) changes nothing.
             let again = open_store(&StateStore::Postgres(url)).expect("again");
             assert_eq!(occurrences(&again, None).expect("rows").len(), 3);
+            roster_rules(&conn);
         })
         .join()
         .expect("thread");

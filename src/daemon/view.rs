@@ -1,7 +1,11 @@
 //! What `imcast schedule DIR` shows: each campaign's next occurrences (in its zone and UTC) and
-//! its past ones with their outcome from the `sched_*` tables, and which daemon (host, pid)
-//! decided or claimed each. Builds data only; the command
-//! renders it (human text or JSON). Must not: write to the state database.
+//! its past ones with their outcome from the `sched_*` tables, which daemon (host, pid)
+//! decided or claimed each, and the daemons on the store (`sched_roster`) with whether each looks
+//! alive at `now` ([`state::DaemonRow::alive`]: not stopped and seen within
+//! [`state::ALIVE_BEATS`] refresh intervals). An active occurrence (claimed, running, paused)
+//! whose daemon does not look alive gets a note: it resumes when that daemon restarts (a run in
+//! progress is in that daemon's local journal; no other daemon takes it over yet). Builds data
+//! only; the command renders it (human text or JSON). Must not: write to the state database.
 
 use std::path::Path;
 
@@ -14,6 +18,8 @@ use super::state::{self, StateError};
 #[derive(Debug, Clone, Serialize)]
 pub struct ScheduleView {
     pub now: String,
+    /// The daemons on the store (the state directory's, or every one on `[state] url`).
+    pub daemons: Vec<DaemonView>,
     pub campaigns: Vec<CampaignView>,
     pub invalid: Vec<InvalidFile>,
 }
@@ -53,6 +59,47 @@ pub struct Past {
     pub host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i64>,
+    /// Its daemon's node id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Set when it is active (claimed, running, paused) and its daemon does not look alive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One daemon of the roster.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonView {
+    /// Its state directory's node id.
+    pub node: String,
+    pub host: String,
+    pub pid: i64,
+    pub version: String,
+    pub started_at: String,
+    pub last_seen: String,
+    /// Seconds between `last_seen` and `now` (negative: its clock is ahead of this one).
+    pub last_seen_ago_seconds: i64,
+    /// Not stopped and seen within `alive_window_seconds`.
+    pub alive: bool,
+    /// [`state::ALIVE_BEATS`] times its refresh interval.
+    pub alive_window_seconds: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+}
+
+impl DaemonView {
+    fn state(&self) -> String {
+        let ago = humantime::format_duration(std::time::Duration::from_secs(
+            self.last_seen_ago_seconds.max(0).unsigned_abs(),
+        ));
+        if self.stopped_at.is_some() {
+            format!("stopped {ago} ago")
+        } else if self.alive {
+            format!("alive, last seen {ago} ago")
+        } else {
+            format!("NOT ALIVE, last seen {ago} ago")
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +119,10 @@ pub enum ViewError {
     State(#[from] StateError),
 }
 
+fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
 /// Build the view. `conn` is the state database if it exists; `past` caps past rows per campaign.
 pub fn schedule_view(
     dir: &Path,
@@ -89,6 +140,45 @@ pub fn schedule_view(
         p.file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| p.display().to_string())
+    };
+    let roster = match conn {
+        Some(conn) => state::roster(conn)?,
+        None => Vec::new(),
+    };
+    let at = |s: i64| ts(s).to_string();
+    let daemons: Vec<DaemonView> = roster
+        .iter()
+        .map(|d| DaemonView {
+            node: d.node.clone(),
+            host: d.host.clone(),
+            pid: d.pid,
+            version: d.version.clone(),
+            started_at: at(d.started_at),
+            last_seen: at(d.last_seen),
+            last_seen_ago_seconds: now.as_second() - d.last_seen,
+            alive: d.alive(now.as_second()),
+            alive_window_seconds: d.alive_window(),
+            stopped_at: d.stopped_at.map(at),
+        })
+        .collect();
+    let note = |r: &state::OccurrenceRow| -> Option<String> {
+        if !state::status::ACTIVE.contains(&r.status.as_str()) {
+            return None;
+        }
+        let d = daemons.iter().find(|d| Some(&d.node) == r.node.as_ref())?;
+        (!d.alive).then(|| {
+            format!(
+                "its daemon on {} (pid {}) is {}: it resumes when that daemon restarts \
+                 (no other daemon takes over a run in progress yet)",
+                d.host,
+                d.pid,
+                if d.stopped_at.is_some() {
+                    "stopped"
+                } else {
+                    "not alive"
+                }
+            )
+        })
     };
     let mut campaigns = Vec::new();
     let mut invalid = Vec::new();
@@ -129,7 +219,8 @@ pub fn schedule_view(
             .into_iter()
             .skip(skip)
             .map(|r| {
-                let t = Timestamp::from_second(r.occurrence).unwrap_or(Timestamp::UNIX_EPOCH);
+                let t = ts(r.occurrence);
+                let note = note(&r);
                 Past {
                     local: sched.map(|s| s.local(t)).unwrap_or_else(|| t.to_string()),
                     utc: t.to_string(),
@@ -137,6 +228,8 @@ pub fn schedule_view(
                     detail: r.detail,
                     host: r.host,
                     pid: r.pid,
+                    node: r.node,
+                    note,
                 }
             })
             .collect();
@@ -155,6 +248,7 @@ pub fn schedule_view(
     }
     Ok(ScheduleView {
         now: now.to_string(),
+        daemons,
         campaigns,
         invalid,
     })
@@ -164,6 +258,28 @@ pub fn schedule_view(
 pub fn render_human(v: &ScheduleView) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
+    if let Some(d) = v.daemons.first() {
+        let _ = writeln!(
+            o,
+            "daemons (alive: seen within {} refresh intervals, {}):",
+            state::ALIVE_BEATS,
+            humantime::format_duration(std::time::Duration::from_secs(
+                d.alive_window_seconds.max(0).unsigned_abs()
+            ))
+        );
+        for d in &v.daemons {
+            let _ = writeln!(
+                o,
+                "  {} (pid {}, node {}, imcast {})   started {}   {}",
+                d.host,
+                d.pid,
+                d.node.get(..8).unwrap_or(&d.node),
+                d.version,
+                d.started_at,
+                d.state()
+            );
+        }
+    }
     for c in &v.campaigns {
         let _ = writeln!(
             o,
@@ -212,6 +328,9 @@ pub fn render_human(v: &ScheduleView) -> String {
                     _ => String::new(),
                 };
                 let _ = writeln!(o, "    {}   {}   {}{by}", p.local, p.utc, p.status);
+                if let Some(n) = &p.note {
+                    let _ = writeln!(o, "      note: {n}");
+                }
             }
         }
     }

@@ -14,22 +14,34 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::counts::count_move;
-use super::schema::{rk_range, run_key, ts};
+use super::pack::{decode_list, encode_list, to_ns};
+use super::rows::{resolve, rows_at, variant_idx};
+use super::schema::{rk_range, run_key, ts, MAX_LINE};
 use super::{
     CallState, Journal, JournalError, Mark, Ops, Outcome, RecipientStatus, RecipientUpdate,
     Recovered, Sendable, Write,
 };
 use crate::action::Action;
 
-/// Ids per multi-row statement (well under SQLite's parameter limit).
-const CHUNK: usize = 500;
-
-/// `?first, ?first+1, …` for `n` parameters.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(",")
+/// A call's receivers as its row stores them: the audience lines of their rows (packed, in the
+/// given order) and the ids that have no row in the run (packed; None: none).
+pub(super) fn pack_receivers(
+    conn: &Connection,
+    key: i64,
+    seq: u64,
+    ids: &[u64],
+) -> rusqlite::Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let found = resolve(conn, key, seq, ids, true)?;
+    let mut lines = Vec::with_capacity(ids.len());
+    let mut strays = Vec::new();
+    for id in ids {
+        match found.get(id) {
+            Some(f) => lines.push(f.rk & MAX_LINE as i64),
+            None => strays.push(*id as i64),
+        }
+    }
+    let strays = (!strays.is_empty()).then(|| encode_list(&strays));
+    Ok((encode_list(&lines), strays))
 }
 
 impl Journal {
@@ -63,25 +75,29 @@ impl Ops<'_> {
         let db = self.db();
         let tx = self.conn;
         let mut rec = Recovered::default();
-        let (lo, hi) = rk_range(
+        let (lo, _) = rk_range(
             run_key(tx, run_id)
                 .map_err(&db)?
                 .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?,
         );
-        let calls: Vec<(i64, String)> = {
+        let key = lo >> 32;
+        let calls: Vec<(i64, Vec<u8>, String, i64)> = {
             let mut st = tx
                 .prepare(
-                    "SELECT seq, receivers FROM calls WHERE run_id = ?1 AND state = 'in_flight'",
+                    "SELECT seq, receivers, variant, attempts FROM calls
+                     WHERE run_id = ?1 AND state = 'in_flight'",
                 )
                 .map_err(&db)?;
             let v = st
-                .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map([run_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
                 .map_err(&db)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(&db)?;
             v
         };
-        for (seq, receivers) in calls {
+        for (seq, receivers, variant, attempts) in calls {
             if action == Action::Conversation {
                 tx.execute(
                     "UPDATE calls SET state = 'planned', error_message = 'interrupted; resent with the same ClientMsgId'
@@ -92,8 +108,7 @@ impl Ops<'_> {
                 rec.replanned_calls += 1;
                 continue;
             }
-            let ids: Vec<u64> = serde_json::from_str(&receivers)
-                .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
+            let lines = decode_list(&receivers)?;
             tx.execute(
                 "UPDATE calls SET state = 'unknown', error_message = 'the process stopped while the call was in flight'
                  WHERE run_id = ?1 AND seq = ?2",
@@ -101,19 +116,25 @@ impl Ops<'_> {
             )
             .map_err(&db)?;
             rec.unknown_calls += 1;
+            let vidx = variant_idx(tx, key, &variant).map_err(&db)?;
             let mut upd = tx
                 .prepare_cached(
-                    "UPDATE OR FAIL recipients SET status = 'unknown', error_code = 'InFlightAtCrash',
+                    "UPDATE OR FAIL recipients SET status = ?2, error_code = 'InFlightAtCrash',
                          error_message = 'the process stopped while this call was in flight; it may have been delivered',
-                         call_seq = ?3,
-                         variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
-                         attempts = attempts + (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
-                     WHERE id = ?2 AND rk BETWEEN ?4 AND ?5 AND status = 'pending'",
+                         call_seq = ?3, variant = ?4, attempts = attempts + ?5, at = NULL
+                     WHERE rk = ?1 AND status = ?6",
                 )
                 .map_err(&db)?;
-            for id in ids {
+            for line in lines {
                 rec.unknown_recipients += upd
-                    .execute(params![run_id, id as i64, seq, lo, hi])
+                    .execute(params![
+                        (key << 32) | (line & MAX_LINE as i64),
+                        RecipientStatus::Unknown.code(),
+                        seq,
+                        vidx,
+                        attempts,
+                        RecipientStatus::Pending.code()
+                    ])
                     .map_err(&db)? as u64;
             }
         }
@@ -153,9 +174,16 @@ impl Ops<'_> {
         let n = self
             .conn
             .execute(
-                "UPDATE recipients SET status = ?3, error_message = ?4, updated_at = ?5
-                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'",
-                params![lo, hi, to.as_str(), why, ts(now)],
+                "UPDATE recipients SET status = ?3, error_message = ?4, at = ?5
+                 WHERE rk BETWEEN ?1 AND ?2 AND status = ?6",
+                params![
+                    lo,
+                    hi,
+                    to.code(),
+                    why,
+                    to_ns(now),
+                    RecipientStatus::Pending.code()
+                ],
             )
             .map_err(&db)? as u64;
         count_move(self.conn, run_id, Some(RecipientStatus::Pending), to, n).map_err(&db)?;
@@ -166,49 +194,21 @@ impl Ops<'_> {
 impl Journal {
     // ---- calls ------------------------------------------------------------------------------
 
-    /// Of `ids`, those still to send in this run: `pending` (and `unknown` with `resend_unknown`),
-    /// in the given order.
+    /// Of `ids` (the receivers of plan call `seq`), those still to send in this run: `pending`
+    /// (and `unknown` with `resend_unknown`), in the given order.
     pub fn sendable(
         &self,
         run_id: &str,
+        seq: u64,
         ids: &[u64],
         resend_unknown: bool,
     ) -> Result<Vec<u64>, JournalError> {
-        let mut found = std::collections::HashSet::with_capacity(ids.len());
-        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
-            return Ok(Vec::new());
-        };
-        let (lo, hi) = rk_range(key);
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT id FROM recipients WHERE id IN ({}) AND rk BETWEEN ?1 AND ?2
-                   AND (status = 'pending' OR (?3 AND status = 'unknown'))",
-                placeholders(4, chunk.len())
-            );
-            let mut st = self.conn.prepare_cached(&sql).map_err(self.db())?;
-            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() + 3);
-            values.push(lo.into());
-            values.push(hi.into());
-            values.push(i64::from(resend_unknown).into());
-            values.extend(
-                chunk
-                    .iter()
-                    .map(|&id| rusqlite::types::Value::Integer(id as i64)),
-            );
-            let rows = st
-                .query_map(rusqlite::params_from_iter(values), |r| r.get::<_, i64>(0))
-                .map_err(self.db())?;
-            for r in rows {
-                found.insert(r.map_err(self.db())? as u64);
-            }
-        }
-        Ok(ids
-            .iter()
-            .copied()
-            .filter(|id| found.contains(id))
+        Ok(self
+            .sendable_detail(run_id, seq, ids, resend_unknown)?
+            .into_iter()
+            .map(|s| s.id)
             .collect())
     }
-
     /// True when no recipient of the run has an outcome yet (every valid row is still
     /// `pending`): a freshly created run. The engine then skips the per-call "still to send"
     /// lookup, since every receiver the plan names is pending. Never true for a `--retry-failed`
@@ -255,54 +255,26 @@ impl Journal {
     pub fn sendable_detail(
         &self,
         run_id: &str,
+        seq: u64,
         ids: &[u64],
         resend_unknown: bool,
     ) -> Result<Vec<Sendable>, JournalError> {
-        let mut found = std::collections::HashMap::with_capacity(ids.len());
         let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
             return Ok(Vec::new());
         };
-        let (lo, hi) = rk_range(key);
-        for chunk in ids.chunks(CHUNK) {
-            let sql = format!(
-                "SELECT id, refusals, status = 'pending' FROM recipients WHERE id IN ({}) AND rk BETWEEN ?1 AND ?2
-                   AND (status = 'pending' OR (?3 AND status = 'unknown'))",
-                placeholders(4, chunk.len())
-            );
-            let mut st = self.conn.prepare_cached(&sql).map_err(self.db())?;
-            let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(chunk.len() + 3);
-            values.push(lo.into());
-            values.push(hi.into());
-            values.push(i64::from(resend_unknown).into());
-            values.extend(
-                chunk
-                    .iter()
-                    .map(|&id| rusqlite::types::Value::Integer(id as i64)),
-            );
-            let rows = st
-                .query_map(rusqlite::params_from_iter(values), |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, bool>(2)?,
-                    ))
-                })
-                .map_err(self.db())?;
-            for r in rows {
-                let (id, refusals, pending) = r.map_err(self.db())?;
-                found.insert(
-                    id as u64,
-                    (refusals.clamp(0, u32::MAX as i64) as u32, pending),
-                );
-            }
-        }
+        let found = resolve(&self.conn, key, seq, ids, false).map_err(self.db())?;
+        let (pending, unknown) = (
+            RecipientStatus::Pending.code(),
+            RecipientStatus::Unknown.code(),
+        );
         Ok(ids
             .iter()
             .filter_map(|id| {
-                found.get(id).map(|&(refusals, pending)| Sendable {
+                let f = found.get(id)?;
+                (f.status == pending || (resend_unknown && f.status == unknown)).then(|| Sendable {
                     id: *id,
-                    refusals,
-                    pending,
+                    refusals: f.refusals.clamp(0, u32::MAX as i64) as u32,
+                    pending: f.status == pending,
                 })
             })
             .collect())
@@ -333,8 +305,8 @@ impl Journal {
             .optional()
             .map_err(db)?
             .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?;
-        let (lo, hi) = rk_range(key);
-        let stale: Vec<(i64, String, i64)> = {
+        let (lo, _) = rk_range(key);
+        let stale: Vec<(i64, Vec<u8>, i64)> = {
             let mut st = tx
                 .prepare(
                     "SELECT seq, receivers, attempts FROM calls
@@ -351,17 +323,20 @@ impl Journal {
             v
         };
         for (seq, receivers, attempts) in stale {
-            let ids: Vec<u64> = serde_json::from_str(&receivers)
-                .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
+            let lines = decode_list(&receivers)?;
             let mut upd = tx
                 .prepare_cached(
-                    "UPDATE OR FAIL recipients SET attempts = attempts + ?4
-                     WHERE id = ?1 AND rk BETWEEN ?2 AND ?3 AND status = 'pending'",
+                    "UPDATE OR FAIL recipients SET attempts = attempts + ?2
+                     WHERE rk = ?1 AND status = ?3",
                 )
                 .map_err(db)?;
-            for id in ids {
-                upd.execute(params![id as i64, lo, hi, attempts])
-                    .map_err(db)?;
+            for line in lines {
+                upd.execute(params![
+                    (lo & !(MAX_LINE as i64)) | (line & MAX_LINE as i64),
+                    attempts,
+                    RecipientStatus::Pending.code()
+                ])
+                .map_err(db)?;
             }
             tx.execute(
                 "UPDATE calls SET state = 'done', updated_at = ?3,
@@ -429,14 +404,18 @@ impl Journal {
         m: &Mark,
         db: &impl Fn(rusqlite::Error) -> JournalError,
     ) -> Result<(), JournalError> {
-        let recv = serde_json::to_string(&m.receivers)
-            .map_err(|e| JournalError::Corrupt(e.to_string()))?;
-        // Recipients are not touched here: the call row (with its receivers) is the in-flight
-        // mark; the outcome (or crash recovery) updates the recipients.
+        let key = run_key(tx, &m.run_id)
+            .map_err(db)?
+            .ok_or_else(|| JournalError::NoRun(m.run_id.clone()))?;
+        let (lines, strays) = pack_receivers(tx, key, m.seq, &m.receivers).map_err(db)?;
+        // Recipients are not touched here: the call row (with its receivers' lines) is the
+        // in-flight mark; the outcome (or crash recovery) updates the recipients.
         tx.prepare_cached(
-            "INSERT INTO calls(run_id, seq, variant, receivers, state, attempts, client_msg_id, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'in_flight', 1, ?5, ?6)
+            "INSERT INTO calls(run_id, seq, variant, receivers, strays, n_receivers, state, attempts,
+                               client_msg_id, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', 1, ?7, ?8)
              ON CONFLICT(run_id, seq) DO UPDATE SET variant = excluded.variant, receivers = excluded.receivers,
+                 strays = excluded.strays, n_receivers = excluded.n_receivers,
                  state = 'in_flight', attempts = calls.attempts + 1, client_msg_id = excluded.client_msg_id,
                  updated_at = excluded.updated_at",
         )
@@ -445,7 +424,9 @@ impl Journal {
             m.run_id,
             m.seq as i64,
             m.variant,
-            recv,
+            lines,
+            strays,
+            m.receivers.len() as i64,
             m.client_msg_id,
             ts(m.now)
         ])
@@ -502,18 +483,35 @@ impl Journal {
         o: &Outcome,
         db: &impl Fn(rusqlite::Error) -> JournalError,
     ) -> Result<(), JournalError> {
-        let (attempts, variant): (i64, String) = tx
-            .prepare_cached("SELECT attempts, variant FROM calls WHERE run_id = ?1 AND seq = ?2")
+        let (attempts, variant, receivers): (i64, String, Vec<u8>) = tx
+            .prepare_cached(
+                "SELECT attempts, variant, receivers FROM calls WHERE run_id = ?1 AND seq = ?2",
+            )
             .map_err(db)?
             .query_row(params![o.run_id, o.seq as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .map_err(db)?;
-        let (lo, hi) = rk_range(
-            run_key(tx, &o.run_id)
-                .map_err(db)?
-                .ok_or_else(|| JournalError::NoRun(o.run_id.clone()))?,
-        );
+        let key = run_key(tx, &o.run_id)
+            .map_err(db)?
+            .ok_or_else(|| JournalError::NoRun(o.run_id.clone()))?;
+        // The rows of the call's receivers (the lines its mark stored), by id; an update for an
+        // id outside them is looked up as a mark would.
+        let rks: Vec<i64> = decode_list(&receivers)?
+            .into_iter()
+            .map(|l| (key << 32) | (l & MAX_LINE as i64))
+            .collect();
+        let mut found = rows_at(tx, &rks).map_err(db)?;
+        let missing: Vec<u64> = o
+            .updates
+            .iter()
+            .map(|u| u.id)
+            .filter(|id| !found.contains_key(id))
+            .collect();
+        if !missing.is_empty() {
+            found.extend(resolve(tx, key, o.seq, &missing, true).map_err(db)?);
+        }
+        let vidx = variant_idx(tx, key, &variant).map_err(db)?;
         let mut upd = tx
             .prepare_cached(
                 // OR FAIL: at most one row per statement, so nothing to undo if it fails halfway;
@@ -522,42 +520,46 @@ impl Journal {
                 // A pending receiver keeps the attempts of earlier calls that refused it
                 // (FailedReceiver, re-queued) and adds this call's; an `unknown` one resent with
                 // --resend-unknown was in this very call before, whose count already holds them.
+                // No time of its own: the row's time is its call's (`rows::RunView::time`).
                 "UPDATE OR FAIL recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
-                     detail = ?7, updated_at = ?8, call_seq = ?9, variant = ?10,
-                     attempts = CASE WHEN ?12 = 'pending' THEN attempts + ?11 ELSE ?11 END,
+                     detail = ?7, at = NULL, call_seq = ?8, variant = ?9,
+                     attempts = CASE WHEN ?11 = ?1 THEN attempts + ?10 ELSE ?10 END,
                      refusals = refusals + (?5 IS 'FailedReceiver')
-                 WHERE id = ?2 AND rk BETWEEN ?1 AND ?13 AND status = ?12",
+                 WHERE rk = ?2 AND status = ?11",
             )
             .map_err(db)?;
-        let now_s = ts(o.now);
         // What every row of the call shares is bound once; per row only its own values (SQLite
         // keeps bindings between executions).
-        upd.raw_bind_parameter(1, lo).map_err(db)?;
-        upd.raw_bind_parameter(8, &now_s).map_err(db)?;
-        upd.raw_bind_parameter(9, o.seq as i64).map_err(db)?;
-        upd.raw_bind_parameter(10, &variant).map_err(db)?;
-        upd.raw_bind_parameter(11, attempts).map_err(db)?;
-        upd.raw_bind_parameter(13, hi).map_err(db)?;
+        upd.raw_bind_parameter(1, RecipientStatus::Pending.code())
+            .map_err(db)?;
+        upd.raw_bind_parameter(8, o.seq as i64).map_err(db)?;
+        upd.raw_bind_parameter(9, vidx).map_err(db)?;
+        upd.raw_bind_parameter(10, attempts).map_err(db)?;
         // (from, to) → recipients moved, for the per-status counters. A receiver is `pending`,
-        // or `unknown` when resent with --resend-unknown (tried second: rare).
+        // or `unknown` when resent with --resend-unknown.
         let mut moved: BTreeMap<(RecipientStatus, RecipientStatus), u64> = BTreeMap::new();
         for u in &o.updates {
-            upd.raw_bind_parameter(2, u.id as i64).map_err(db)?;
-            upd.raw_bind_parameter(3, u.status.as_str()).map_err(db)?;
+            let Some(f) = found.get(&u.id) else {
+                continue;
+            };
+            let from = match RecipientStatus::from_code(f.status) {
+                Ok(s @ (RecipientStatus::Pending | RecipientStatus::Unknown)) => s,
+                _ => continue,
+            };
+            upd.raw_bind_parameter(2, f.rk).map_err(db)?;
+            upd.raw_bind_parameter(3, u.status.code()).map_err(db)?;
             upd.raw_bind_parameter(4, u.message_id.map(|v| v as i64))
                 .map_err(db)?;
             upd.raw_bind_parameter(5, &u.error_code).map_err(db)?;
             upd.raw_bind_parameter(6, &u.error_message).map_err(db)?;
             upd.raw_bind_parameter(7, &u.detail).map_err(db)?;
-            for from in [RecipientStatus::Pending, RecipientStatus::Unknown] {
-                upd.raw_bind_parameter(12, from.as_str()).map_err(db)?;
-                let n = upd.raw_execute().map_err(db)?;
-                if n > 0 {
-                    *moved.entry((from, u.status)).or_default() += n as u64;
-                    break;
-                }
+            upd.raw_bind_parameter(11, from.code()).map_err(db)?;
+            let n = upd.raw_execute().map_err(db)?;
+            if n > 0 {
+                *moved.entry((from, u.status)).or_default() += n as u64;
             }
         }
+        let now_s = ts(o.now);
         for ((from, to), n) in moved {
             count_move(tx, &o.run_id, Some(from), to, n).map_err(db)?;
         }
@@ -673,7 +675,7 @@ mod tests {
         .expect("outcome");
         assert!(j.any_call_settled(&id).expect("q"));
         assert_eq!(
-            j.sendable_detail(&id, &[101, 102, 103, 104], false)
+            j.sendable_detail(&id, 0, &[101, 102, 103, 104], false)
                 .expect("q"),
             [Sendable {
                 id: 102,
@@ -750,7 +752,7 @@ mod tests {
         assert_eq!(rec.replanned_calls, 1);
         assert_eq!(rec.unknown_recipients, 0);
         assert_eq!(
-            j.sendable(&id, &[101], false).expect("q"),
+            j.sendable(&id, 0, &[101], false).expect("q"),
             vec![101],
             "resent with the same ClientMsgId"
         );

@@ -81,14 +81,25 @@ impl Journal {
         &self,
         run_id: &str,
     ) -> Result<BTreeMap<RecipientStatus, u64>, JournalError> {
-        self.grouped_counts(
-            "SELECT status, COUNT(*) FROM recipients
-             WHERE rk BETWEEN (SELECT key << 32 FROM runs WHERE id = ?1)
-                          AND (SELECT (key << 32) | 4294967295 FROM runs WHERE id = ?1)
-             GROUP BY status",
-            run_id,
-            RecipientStatus::ALL,
-        )
+        let mut out: BTreeMap<RecipientStatus, u64> =
+            RecipientStatus::ALL.iter().map(|k| (*k, 0)).collect();
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT status, COUNT(*) FROM recipients
+                 WHERE rk BETWEEN (SELECT key << 32 FROM runs WHERE id = ?1)
+                              AND (SELECT (key << 32) | 4294967295 FROM runs WHERE id = ?1)
+                 GROUP BY status",
+            )
+            .map_err(self.db())?;
+        let rows = st
+            .query_map([run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(self.db())?;
+        for row in rows {
+            let (code, n) = row.map_err(self.db())?;
+            out.insert(RecipientStatus::from_code(code)?, n as u64);
+        }
+        Ok(out)
     }
 
     /// Rows per key for a `SELECT key, COUNT(*) ... GROUP BY key` query, every key in `all`

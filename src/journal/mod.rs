@@ -30,6 +30,14 @@
 //! engine stops the run on it; a full disk (SQLITE_FULL, ENOSPC) is recognizable
 //! ([`JournalError::disk_full`], exit 8) so the run can say so in one message.
 //!
+//! Stored compactly (schema 10, issue 14: a run of ten million leaves under 50 bytes a recipient):
+//! a recipient row is a few integers (its key, id, status code, call, attempts, message id), and
+//! what a call or a run shares is stored once — a plan call's audience lines (`call_plan`), a
+//! run's Content variants (`run_variants`), the time a call was answered (a row's time unless it
+//! has its own) — with per-recipient text (error, P2P detail, a raw id that is not the number)
+//! only where a row has it. There is no index on `id`: a call's receivers are found through its
+//! plan call's lines (see `rows`). Portable SQL throughout except where `schema` says.
+//!
 //! Must not: talk to the network; let a rusqlite type into a public signature other than
 //! [`Journal::connection`] (for other stages' own tables in this file, never the journal's) and
 //! the [`JournalError::Db`] source. Integration tests may read the file to check what is stored
@@ -73,7 +81,8 @@
 //! blocking pool).
 //!
 //! One concern per file: `types` (statuses, runs, rows, writes), `schema` (migrations, the
-//! recipient key, stored time), `runs` (run rows and their status), `lease` (who is sending a
+//! recipient key, stored time), `rows` (seeding the compact rows, finding a call's receivers among
+//! them, what a reader needs to give a row back whole), `pack` (packed lists and row times), `runs` (run rows and their status), `lease` (who is sending a
 //! run), `resume` (the `open_run` decision), `calls` (in-flight marks, outcomes, re-queued
 //! receivers, crash recovery), `commit` (group commit and [`SharedJournal`]), `counts` (the
 //! per-status counters), `read` (recipient and call reads), `control` (pause/resume/cancel
@@ -91,10 +100,12 @@ mod commit;
 mod control;
 mod counts;
 mod lease;
+mod pack;
 mod prune;
 mod read;
 mod resume;
 mod retry;
+mod rows;
 mod runs;
 mod schema;
 mod stages;

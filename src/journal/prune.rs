@@ -53,6 +53,10 @@ impl Journal {
                         params![lo, hi],
                     )
                     .map_err(&db)? as u64;
+                tx.execute("DELETE FROM call_plan WHERE run_key = ?1", [key])
+                    .map_err(&db)?;
+                tx.execute("DELETE FROM run_variants WHERE run_key = ?1", [key])
+                    .map_err(&db)?;
             }
             tx.execute("DELETE FROM run_counts WHERE run_id = ?1", [id])
                 .map_err(&db)?;

@@ -3,21 +3,19 @@
 //! ([`Journal::for_each_recipient_ref`], the report's scan of ten million rows); and its calls
 //! ([`Journal::calls`], and what the report shows of them).
 //!
-//! Invariants: both recipient scans give the same rows and values; a row never updated reads the
-//! run's start time. Must not: write.
+//! Invariants: both recipient scans give the same rows and values (the owned one is the borrowed
+//! one copied); a row reads its own time, else its answered call's, else the run's start (see
+//! `rows::RunView`). Must not: write.
 
 use jiff::Timestamp;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 
+use super::pack::decode_list;
+use super::rows::{rows_at, RunView};
 use super::schema::{parse_ts, rk_range, run_key, MAX_LINE};
 use super::{
     CallEnd, CallRow, CallState, Journal, JournalError, RecipientRef, RecipientRow, RecipientStatus,
 };
-
-/// The number of receivers of a call row, counted in SQL without parsing the JSON array
-/// (`[1,2,3]`: commas + 1; `[]`: 0).
-const RECEIVERS: &str = "CASE WHEN receivers = '[]' THEN 0 \
-     ELSE length(receivers) - length(replace(receivers, ',', '')) + 1 END";
 
 impl Journal {
     /// Every recipient row of a run in audience order, streamed to `f` (stops at its first error).
@@ -26,59 +24,7 @@ impl Journal {
         run_id: &str,
         mut f: impl FnMut(RecipientRow) -> Result<(), E>,
     ) -> Result<(), E> {
-        let run: Option<(i64, String)> = self
-            .conn
-            .query_row(
-                "SELECT key, created_at FROM runs WHERE id = ?1",
-                [run_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(self.db())?;
-        let Some((key, created_at)) = run else {
-            return Ok(());
-        };
-        let (lo, hi) = rk_range(key);
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
-                        error_message, detail, updated_at, variant_name
-                 FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
-            )
-            .map_err(self.db())?;
-        let mut rows = st.query(params![lo, hi]).map_err(self.db())?;
-        while let Some(r) = rows.next().map_err(self.db())? {
-            let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<RecipientRow> {
-                let status: rusqlite::types::ValueRef<'_> = r.get_ref(3)?;
-                let id = r.get::<_, Option<i64>>(1)?.map(|v| v as u64);
-                let raw_id: Option<String> = r.get(2)?;
-                Ok(RecipientRow {
-                    line: (r.get::<_, i64>(0)? as u64) & MAX_LINE,
-                    raw_id: raw_id.unwrap_or_else(|| id.map(|v| v.to_string()).unwrap_or_default()),
-                    id,
-                    status: status
-                        .as_str()
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(RecipientStatus::Unknown),
-                    message_id: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-                    attempts: r.get::<_, i64>(5)? as u32,
-                    call: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-                    variant: r.get(7)?,
-                    error_code: r.get(8)?,
-                    error_message: r.get(9)?,
-                    detail: r.get(10)?,
-                    time: Some(
-                        r.get::<_, Option<String>>(11)?
-                            .unwrap_or_else(|| created_at.clone()),
-                    ),
-                    variant_name: r.get(12)?,
-                })
-            };
-            f(get(r).map_err(self.db())?)?;
-        }
-        Ok(())
+        self.for_each_recipient_ref::<E>(run_id, 0..=MAX_LINE, |r| f(r.to_row()))
     }
 
     /// The highest audience line of a run's recipient rows (None: no rows).
@@ -107,19 +53,10 @@ impl Journal {
         lines: std::ops::RangeInclusive<u64>,
         mut f: impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let run: Option<(i64, String)> = self
-            .conn
-            .query_row(
-                "SELECT key, created_at FROM runs WHERE id = ?1",
-                [run_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(self.db())?;
-        let Some((key, created_at)) = run else {
+        let Some(view) = RunView::load(&self.conn, run_id).map_err(self.db())? else {
             return Ok(());
         };
-        let (lo, _) = rk_range(key);
+        let (lo, _) = rk_range(view.key);
         let (first, last) = (
             (*lines.start()).min(MAX_LINE) as i64,
             (*lines.end()).min(MAX_LINE) as i64,
@@ -128,7 +65,7 @@ impl Journal {
             .conn
             .prepare(
                 "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
-                        error_message, detail, updated_at, variant_name
+                        error_message, detail, at, variant_name
                  FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
             )
             .map_err(self.db())?;
@@ -146,16 +83,22 @@ impl Journal {
         fn int(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<i64>> {
             r.get::<_, Option<i64>>(i)
         }
+        let mut buf = String::new();
         while let Some(r) = rows.next().map_err(self.db())? {
             let line = (r.get::<_, i64>(0).map_err(self.db())? as u64) & MAX_LINE;
             let id = int(r, 1).map_err(self.db())?.map(|v| v as u64);
             let message_id = int(r, 4).map_err(self.db())?.map(|v| v as u64);
             let attempts = r.get::<_, i64>(5).map_err(self.db())? as u32;
-            let call = int(r, 6).map_err(self.db())?.map(|v| v as u64);
-            let status = text(r, 3)
+            let call_seq = int(r, 6).map_err(self.db())?;
+            let status = RecipientStatus::from_code(r.get::<_, i64>(3).map_err(self.db())?)?;
+            let variant = int(r, 7)
                 .map_err(self.db())?
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(RecipientStatus::Unknown);
+                .and_then(|i| view.variants.get(&i))
+                .map(String::as_str);
+            let at = int(r, 11).map_err(self.db())?;
+            let time = view
+                .time(&self.conn, status, call_seq, at, &mut buf)
+                .map_err(self.db())?;
             let row = RecipientRef {
                 line,
                 id,
@@ -163,12 +106,12 @@ impl Journal {
                 status,
                 message_id,
                 attempts,
-                call,
-                variant: text(r, 7).map_err(self.db())?,
+                call: call_seq.map(|v| v as u64),
+                variant,
                 error_code: text(r, 8).map_err(self.db())?,
                 error_message: text(r, 9).map_err(self.db())?,
                 detail: text(r, 10).map_err(self.db())?,
-                time: text(r, 11).map_err(self.db())?.unwrap_or(&created_at),
+                time,
                 variant_name: text(r, 12).map_err(self.db())?,
             };
             f(&row)?;
@@ -211,7 +154,7 @@ impl Journal {
             .conn
             .prepare(
                 "SELECT seq, variant, receivers, state, attempts, client_msg_id, error_code,
-                        error_message, updated_at
+                        error_message, updated_at, strays
                  FROM calls WHERE run_id = ?1 AND (?2 IS NULL OR state = ?2) ORDER BY seq LIMIT ?3",
             )
             .map_err(self.db())?;
@@ -221,26 +164,54 @@ impl Journal {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
+                    r.get::<_, Vec<u8>>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, Option<String>>(5)?,
                     r.get::<_, Option<String>>(6)?,
                     r.get::<_, Option<String>>(7)?,
-                    r.get::<_, String>(8)?,
+                    (r.get::<_, String>(8)?, r.get::<_, Option<Vec<u8>>>(9)?),
                 ))
             })
             .map_err(self.db())?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.db())?;
+        let key = run_key(&self.conn, run_id).map_err(self.db())?.unwrap_or(0);
+        let by_line = |seq: i64, lines: &[u8], strays: Option<&[u8]>| {
+            let rks: Vec<i64> = decode_list(lines)?
+                .into_iter()
+                .map(|l| (key << 32) | (l & MAX_LINE as i64))
+                .collect();
+            let found = rows_at(&self.conn, &rks).map_err(self.db())?;
+            let by_rk: std::collections::HashMap<i64, u64> =
+                found.iter().map(|(id, f)| (f.rk, *id)).collect();
+            let mut ids = Vec::with_capacity(rks.len());
+            for rk in rks {
+                ids.push(*by_rk.get(&rk).ok_or_else(|| {
+                    JournalError::Corrupt(format!("call {seq} names a row the run does not hold"))
+                })?);
+            }
+            if let Some(s) = strays {
+                ids.extend(decode_list(s)?.into_iter().map(|v| v as u64));
+            }
+            Ok::<_, JournalError>(ids)
+        };
         raw.into_iter()
             .map(
-                |(seq, variant, receivers, state, attempts, client_msg_id, code, message, at)| {
+                |(
+                    seq,
+                    variant,
+                    receivers,
+                    state,
+                    attempts,
+                    client_msg_id,
+                    code,
+                    message,
+                    (at, strays),
+                )| {
                     Ok(CallRow {
                         seq: seq.max(0) as u64,
-                        receivers: serde_json::from_str(&receivers).map_err(|e| {
-                            JournalError::Corrupt(format!("call {seq} receivers: {e}"))
-                        })?,
+                        receivers: by_line(seq, &receivers, strays.as_deref())?,
                         variant,
                         state: state.parse()?,
                         attempts: attempts.max(0) as u64,
@@ -264,10 +235,10 @@ impl Journal {
     ) -> Result<(), E> {
         let mut st = self
             .conn
-            .prepare(&format!(
-                "SELECT updated_at, {RECEIVERS} FROM calls
-                 WHERE run_id = ?1 AND state IN ('done', 'unknown')"
-            ))
+            .prepare(
+                "SELECT updated_at, n_receivers FROM calls
+                 WHERE run_id = ?1 AND state IN ('done', 'unknown')",
+            )
             .map_err(self.db())?;
         let mut rows = st.query([run_id]).map_err(self.db())?;
         while let Some(r) = rows.next().map_err(self.db())? {

@@ -17,6 +17,8 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::counts::count_move;
 use super::lease::describe_owner;
+use super::pack::to_ns;
+use super::rows::Seeder;
 use super::schema::{is_unfinished_conflict, rk_range, run_key, ts, MAX_LINE};
 use super::{
     new_run_id, Journal, JournalError, NewRun, Opened, Ops, RecipientStatus, Recovered,
@@ -314,7 +316,6 @@ impl Ops<'_> {
         .map_err(&db)?;
         self.take(id, now)?;
         let mut skipped = 0u64;
-        let now_s = ts(now);
         let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
         let key = run_key(tx, id)
             .map_err(&db)?
@@ -323,19 +324,45 @@ impl Ops<'_> {
             Some(old) => run_key(tx, &old.id).map_err(&db)?.map(rk_range),
             None => None,
         };
+        // The rows a continued run carries over, by id (the compact layout has no index on
+        // `id`): one scan of the old run into a temporary table, dropped below.
+        if let Some((lo, hi)) = old_range {
+            tx.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS prior_rows(id INTEGER PRIMARY KEY, status INTEGER NOT NULL,
+                                                            message_id INTEGER);
+                 DELETE FROM temp.prior_rows;",
+            )
+            .map_err(&db)?;
+            tx.execute(
+                "INSERT OR IGNORE INTO temp.prior_rows(id, status, message_id)
+                 SELECT id, status, message_id FROM recipients
+                 WHERE rk BETWEEN ?1 AND ?2 AND id IS NOT NULL AND status IN (?3, ?4, ?5) ORDER BY rk",
+                params![
+                    lo,
+                    hi,
+                    RecipientStatus::Sent.code(),
+                    RecipientStatus::NotOnline.code(),
+                    RecipientStatus::Unknown.code()
+                ],
+            )
+            .map_err(&db)?;
+        }
+        let mut seeder = Seeder::new(key);
+        let now_ns = to_ns(now);
         {
             let mut ins = tx
                 .prepare(
                     "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message,
-                                            message_id, detail, updated_at, variant_name)
+                                            message_id, detail, at, variant_name)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(&db)?;
             let mut prior = tx
-                .prepare(
-                    "SELECT status, message_id FROM recipients
-                     WHERE id = ?3 AND rk BETWEEN ?1 AND ?2 AND status IN ('sent','not_online','unknown') LIMIT 1",
-                )
+                .prepare(if old_range.is_some() {
+                    "SELECT status, message_id FROM temp.prior_rows WHERE id = ?1"
+                } else {
+                    "SELECT 0, 0 WHERE ?1 IS NULL"
+                })
                 .map_err(&db)?;
             consume_in_batches(rows, |row| {
                 let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
@@ -349,49 +376,56 @@ impl Ops<'_> {
                         row.line
                     )));
                 }
-                if let (Some(old), Some((lo, hi)), Some(rid), RecipientStatus::Pending) =
+                let mut at: Option<i64> = None;
+                if let (Some(old), Some(_), Some(rid), RecipientStatus::Pending) =
                     (continue_from, old_range, row.id, row.status)
                 {
-                    let p: Option<(String, Option<i64>)> = prior
-                        .query_row(params![lo, hi, rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                    let p: Option<(i64, Option<i64>)> = prior
+                        .query_row(params![rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
                         .optional()
                         .map_err(&db)?;
                     if let Some((s, mid)) = p {
-                        let s: RecipientStatus = s.parse()?;
+                        let s = RecipientStatus::from_code(s)?;
                         if s != RecipientStatus::Unknown || !opts.resend_unknown {
                             status = s;
                             message_id = mid;
                             detail = Some(format!("carried over from run {}", old.id));
                             note = None;
+                            // Its own time: not the answer of this run's call `call_seq`.
+                            at = Some(now_ns);
                             skipped += 1;
                         }
                     }
                 }
                 *seeded.entry(status).or_default() += 1;
-                // The id's own decimal form is not stored twice. `updated_at` is written now
-                // although the run row holds the same time: an outcome then rewrites the row at
-                // the same size instead of growing it (which splits pages all over the table).
+                // The id's own decimal form is not stored twice; the time is the run's start
+                // (NULL) until an outcome gives the row its call's.
                 let raw_id = match row.id {
                     Some(v) if itoa::Buffer::new().format(v) == row.raw_id => None,
                     _ => Some(row.raw_id.as_str()),
                 };
-                let updated_at = Some(now_s.as_str());
+                let variant = seeder.row(row.line, row.call_seq, row.variant.as_deref());
                 ins.execute(params![
                     (key << 32) | row.line as i64,
                     row.id.map(|v| v as i64),
                     raw_id,
-                    status.as_str(),
+                    status.code(),
                     row.call_seq.map(|v| v as i64),
-                    row.variant,
+                    variant,
                     note,
                     message_id,
                     detail,
-                    updated_at,
+                    at,
                     row.variant_name,
                 ])
                 .map_err(&db)?;
                 Ok(())
             })?;
+        }
+        seeder.finish(tx).map_err(&db)?;
+        if old_range.is_some() {
+            tx.execute_batch("DROP TABLE temp.prior_rows")
+                .map_err(&db)?;
         }
         for (status, n) in seeded {
             count_move(tx, id, None, status, n).map_err(&db)?;
@@ -436,27 +470,33 @@ impl Ops<'_> {
         let tx = self.conn;
         let mut n = 0u64;
         let mut seen = 0u64;
+        let key = run_key(tx, &old.id)
+            .map_err(&db)?
+            .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
+        let mut plan = Seeder::new(key);
         {
-            let key = run_key(tx, &old.id)
-                .map_err(&db)?
-                .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
             let mut get = tx
                 .prepare("SELECT id, status FROM recipients WHERE rk = ?1")
                 .map_err(&db)?;
             let mut upd = tx
                 .prepare(
-                    "UPDATE recipients SET status = 'suppressed', error_message = ?2, updated_at = ?3
+                    "UPDATE recipients SET status = ?4, error_message = ?2, at = ?3
                      WHERE rk = ?1",
                 )
                 .map_err(&db)?;
             for row in rows {
                 let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
                 seen += 1;
+                // The new plan's calls (suppressed rows leave them, so receivers move between
+                // calls): its lines replace the old plan's below.
+                if row.status == RecipientStatus::Pending {
+                    plan.row(row.line, row.call_seq, None);
+                }
                 if row.line > MAX_LINE {
                     return Ok(None);
                 }
                 let rk = (key << 32) | row.line as i64;
-                let cur: Option<(Option<i64>, String)> = get
+                let cur: Option<(Option<i64>, i64)> = get
                     .query_row(params![rk], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
                     .map_err(&db)?;
@@ -466,7 +506,7 @@ impl Ops<'_> {
                 if cid.map(|v| v as u64) != row.id {
                     return Ok(None);
                 }
-                let cstatus: RecipientStatus = cstatus.parse()?;
+                let cstatus = RecipientStatus::from_code(cstatus)?;
                 let was_final_input = matches!(
                     cstatus,
                     RecipientStatus::Invalid
@@ -483,7 +523,13 @@ impl Ops<'_> {
                 );
                 if row.status == RecipientStatus::Suppressed && !was_final_input {
                     if cstatus == RecipientStatus::Pending {
-                        upd.execute(params![rk, row.note, ts(now)]).map_err(&db)?;
+                        upd.execute(params![
+                            rk,
+                            row.note,
+                            to_ns(now),
+                            RecipientStatus::Suppressed.code()
+                        ])
+                        .map_err(&db)?;
                         n += 1;
                     }
                     continue;
@@ -504,6 +550,9 @@ impl Ops<'_> {
         if total as u64 != seen {
             return Ok(None);
         }
+        tx.execute("DELETE FROM call_plan WHERE run_key = ?1", [key])
+            .map_err(&db)?;
+        plan.finish(tx).map_err(&db)?;
         count_move(
             tx,
             &old.id,
@@ -548,11 +597,11 @@ mod tests {
             other => panic!("expected resume, got {other:?}"),
         }
         assert_eq!(
-            j.sendable(&id, &[101, 102, 103], false).expect("q"),
+            j.sendable(&id, 0, &[101, 102, 103], false).expect("q"),
             vec![103]
         );
         assert_eq!(
-            j.sendable(&id, &[101, 102, 103], true).expect("q"),
+            j.sendable(&id, 0, &[101, 102, 103], true).expect("q"),
             vec![101, 102, 103]
         );
         // Changed hash, but only a new suppression: applied.
@@ -606,7 +655,7 @@ mod tests {
                 assert_eq!(from, id);
                 assert_eq!(skipped, 1);
                 assert_eq!(
-                    j.sendable(&run.id, &[101, 102], false).expect("q"),
+                    j.sendable(&run.id, 0, &[101, 102], false).expect("q"),
                     vec![102]
                 );
                 assert_eq!(

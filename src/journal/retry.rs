@@ -23,6 +23,7 @@ use jiff::Timestamp;
 use rusqlite::params;
 
 use super::counts::count_move;
+use super::rows::Seeder;
 use super::schema::{rk_range, run_key, ts, MAX_LINE};
 use super::{
     new_run_id, Journal, JournalError, NewRun, Opened, Ops, RecipientStatus, RunInfo, RunStatus,
@@ -207,11 +208,11 @@ impl Ops<'_> {
             .conn
             .prepare_cached(
                 "SELECT error_code, COUNT(*) FROM recipients
-                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'failed' GROUP BY error_code",
+                 WHERE rk BETWEEN ?1 AND ?2 AND status = ?3 GROUP BY error_code",
             )
             .map_err(self.db())?;
         let by_code = st
-            .query_map(params![lo, hi], |r| {
+            .query_map(params![lo, hi, RecipientStatus::Failed.code()], |r| {
                 Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
             })
             .map_err(self.db())?
@@ -272,11 +273,11 @@ impl Ops<'_> {
                 .conn
                 .prepare(
                     "SELECT id, error_code FROM recipients
-                     WHERE rk BETWEEN ?1 AND ?2 AND status = 'failed' AND id IS NOT NULL",
+                     WHERE rk BETWEEN ?1 AND ?2 AND status = ?3 AND id IS NOT NULL",
                 )
                 .map_err(&db)?;
             let found = st
-                .query_map(params![lo, hi], |r| {
+                .query_map(params![lo, hi, RecipientStatus::Failed.code()], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
                 })
                 .map_err(&db)?;
@@ -335,15 +336,15 @@ impl Ops<'_> {
         let key = run_key(self.conn, &id)
             .map_err(&db)?
             .ok_or_else(|| JournalError::NoRun(id.clone()))?;
-        let now_s = ts(now);
+        let mut seeder = Seeder::new(key);
         let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
         let mut found: HashSet<u64> = HashSet::new();
         {
             let mut ins = self
                 .conn
                 .prepare(
-                    "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(&db)?;
             for row in rows() {
@@ -361,19 +362,20 @@ impl Ops<'_> {
                 *seeded.entry(row.status).or_default() += 1;
                 let raw_id =
                     (itoa::Buffer::new().format(rid) != row.raw_id).then_some(row.raw_id.as_str());
+                let variant = seeder.row(row.line, row.call_seq, row.variant.as_deref());
                 ins.execute(params![
                     (key << 32) | row.line as i64,
                     rid as i64,
                     raw_id,
-                    row.status.as_str(),
+                    row.status.code(),
                     row.call_seq.map(|v| v as i64),
-                    row.variant,
+                    variant,
                     row.note,
-                    now_s,
                 ])
                 .map_err(&db)?;
             }
         }
+        seeder.finish(self.conn).map_err(&db)?;
         let retried = seeded.get(&RecipientStatus::Pending).copied().unwrap_or(0);
         if retried == 0 {
             return Err(JournalError::Retry(format!(
@@ -528,7 +530,7 @@ mod tests {
         // The engine looks every call's receivers up: only 102 is sendable.
         assert!(!j.all_valid_pending(&run.id).expect("q"));
         assert_eq!(
-            j.sendable(&run.id, &[101, 102, 103, 104], false)
+            j.sendable(&run.id, 0, &[101, 102, 103, 104], false)
                 .expect("q"),
             [102]
         );
@@ -554,7 +556,7 @@ mod tests {
         match open(&mut j, "h1", o, rows(&[])).expect("resend unknown") {
             Opened::Resumed { run: r, .. } => {
                 assert_eq!(r.id, first);
-                assert_eq!(j.sendable(&r.id, &[104], true).expect("q"), [104]);
+                assert_eq!(j.sendable(&r.id, 0, &[104], true).expect("q"), [104]);
             }
             other => panic!("{other:?}"),
         }

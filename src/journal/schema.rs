@@ -1,8 +1,15 @@
 //! The journal's schema: the migrations (numbered by `PRAGMA user_version`), the upgrade step that
 //! ends duplicate unfinished runs before the partial unique index is created, other stages'
 //! migrations ([`Journal::migrate_extra`]), and how values are stored: the recipient key (`rk` =
-//! run key << 32 | audience line) and times as RFC 3339 text (the lease's instants, migration 10,
-//! as integer milliseconds since the epoch).
+//! run key << 32 | audience line), times of runs and calls as RFC 3339 text (the lease's
+//! instants, migration 10, as integer milliseconds since the epoch), and (migration 11, the
+//! compact journal) recipient rows of a few integers with what a call or a run shares stored
+//! once (see `rows` and `pack`).
+//!
+//! Portability (the PostgreSQL port): the statements are plain SQL (integer codes, BLOB lists
+//! = `bytea`, a partial index, which PostgreSQL has). SQLite-only: `rk` is the rowid (`INTEGER
+//! PRIMARY KEY`: the table b-tree itself in audience order; on PostgreSQL a `bigint` primary key),
+//! `run_counts`/`run_stages` are `WITHOUT ROWID`, and `PRAGMA user_version` numbers the migrations.
 //!
 //! Invariants: a migration runs once, in order, inside one IMMEDIATE transaction with the
 //! version bump; a migration is never edited once released (add a new one). Must not: change
@@ -13,8 +20,13 @@ use std::path::Path;
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use std::collections::{BTreeMap, HashMap};
+
+use super::counts::count_move;
+use super::rows::Seeder;
 use super::runs::parse_action;
-use super::{Journal, JournalError, Ops, RecipientStatus};
+use super::{Journal, JournalError, RecipientStatus};
+use crate::action::Action;
 
 /// The index that keeps at most one unfinished non-test run per (campaign, occurrence).
 pub(super) const UNFINISHED_INDEX: &str = "runs_one_unfinished";
@@ -217,7 +229,231 @@ const MIGRATIONS: &[&str] = &[
      UPDATE runs SET fence = 1, fence_holder = owner,
          fence_at_ms = CAST(ROUND((julianday(updated_at) - 2440587.5) * 86400000.0) AS INTEGER)
       WHERE owner IS NOT NULL;",
+    // 11 (compact journal): the new tables; `compact_rows` fills them from the old ones and
+    // `COMPACT_FINISH` puts them in their place (see `rows` for what each holds).
+    // `recipients.status` is an integer code (`RecipientStatus::code`), `variant` an index into
+    // `run_variants`, `at` NULL or nanoseconds; no index on `id` but a partial one on the refused
+    // receivers. `calls.receivers` is the receivers' audience lines packed (`pack`), `strays` the
+    // ids with no row in the run (NULL: none), `n_receivers` how many.
+    "CREATE TABLE recipients_10(
+        rk INTEGER PRIMARY KEY,
+        id INTEGER,
+        status INTEGER NOT NULL,
+        call_seq INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        refusals INTEGER NOT NULL DEFAULT 0,
+        message_id INTEGER,
+        variant INTEGER,
+        at INTEGER,
+        raw_id TEXT,
+        variant_name TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        detail TEXT
+     );
+     CREATE TABLE run_variants(
+        run_key INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        variant TEXT NOT NULL,
+        PRIMARY KEY(run_key, idx),
+        UNIQUE(run_key, variant)
+     );
+     CREATE TABLE call_plan(
+        run_key INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        lines BLOB NOT NULL,
+        PRIMARY KEY(run_key, seq)
+     );
+     CREATE TABLE calls_10(
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        variant TEXT NOT NULL,
+        receivers BLOB NOT NULL,
+        strays BLOB,
+        n_receivers INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        client_msg_id TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY(run_id, seq)
+     );",
 ];
+
+/// The migration (index into [`MIGRATIONS`]) that adds the lease's expiry and fence.
+#[cfg(test)]
+const LEASE_MIGRATION: usize = 9;
+
+/// The migration (index into [`MIGRATIONS`]) that makes the journal compact.
+const COMPACT_MIGRATION: usize = 10;
+
+/// After `compact_rows` filled `recipients_10`: it replaces `recipients`.
+const COMPACT_RECIPIENTS: &str = "DROP TABLE recipients;
+     ALTER TABLE recipients_10 RENAME TO recipients;
+     CREATE INDEX recipients_refused ON recipients(id) WHERE refusals > 0;";
+
+/// After `compact_calls` filled `calls_10`: it replaces `calls`.
+const COMPACT_CALLS: &str = "DROP TABLE calls;
+     ALTER TABLE calls_10 RENAME TO calls;";
+
+/// Migration 10's rows: every recipient row into `recipients_10` (status as its code, the variant
+/// as an index into the run's dictionary, the time NULL where it is the time the new layout
+/// derives — its call's answer, or the run's start — and nanoseconds where it is not), and each
+/// plan call's lines into `call_plan`. In Rust because times and packed lists cannot be converted
+/// exactly in portable SQL.
+fn compact_rows(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+    let db = |source| JournalError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut runs: HashMap<i64, (String, String)> = HashMap::new();
+    {
+        let mut st = conn
+            .prepare("SELECT key, id, created_at FROM runs")
+            .map_err(db)?;
+        let mut rows = st.query([]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            runs.insert(
+                r.get(0).map_err(db)?,
+                (r.get(1).map_err(db)?, r.get(2).map_err(db)?),
+            );
+        }
+    }
+    let mut answered: HashMap<(String, i64), String> = HashMap::new();
+    {
+        let mut st = conn
+            .prepare("SELECT run_id, seq, updated_at FROM calls WHERE state IN ('done', 'unknown')")
+            .map_err(db)?;
+        let mut rows = st.query([]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            answered.insert(
+                (r.get(0).map_err(db)?, r.get(1).map_err(db)?),
+                r.get(2).map_err(db)?,
+            );
+        }
+    }
+    let mut seeders: BTreeMap<i64, Seeder> = BTreeMap::new();
+    let mut st = conn
+        .prepare(
+            "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
+                    error_message, detail, updated_at, refusals, variant_name
+             FROM recipients ORDER BY rk",
+        )
+        .map_err(db)?;
+    let mut ins = conn
+        .prepare(
+            "INSERT INTO recipients_10(rk, id, status, call_seq, attempts, refusals, message_id,
+                 variant, at, raw_id, variant_name, error_code, error_message, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .map_err(db)?;
+    let mut rows = st.query([]).map_err(db)?;
+    while let Some(r) = rows.next().map_err(db)? {
+        let rk: i64 = r.get(0).map_err(db)?;
+        let key = rk >> 32;
+        let status: RecipientStatus = r.get::<_, String>(3).map_err(db)?.parse()?;
+        let call_seq: Option<i64> = r.get(6).map_err(db)?;
+        let variant: Option<String> = r.get(7).map_err(db)?;
+        let updated_at: Option<String> = r.get(11).map_err(db)?;
+        let run = runs.get(&key);
+        let derived = run.map(|(id, created)| {
+            let call = call_seq
+                .filter(|_| status.given_by_call())
+                .and_then(|c| answered.get(&(id.clone(), c)));
+            call.unwrap_or(created).as_str()
+        });
+        let old = updated_at
+            .as_deref()
+            .or(run.map(|(_, created)| created.as_str()));
+        let at = match (old, derived) {
+            (Some(o), Some(d)) if o == d => None,
+            (Some(o), _) => Some(super::pack::to_ns(parse_ts(o)?)),
+            (None, _) => None,
+        };
+        let seeder = seeders.entry(key).or_insert_with(|| Seeder::new(key));
+        let variant = seeder.row(
+            (rk as u64) & MAX_LINE,
+            call_seq.map(|c| c as u64),
+            variant.as_deref(),
+        );
+        ins.execute(params![
+            rk,
+            r.get::<_, Option<i64>>(1).map_err(db)?,
+            status.code(),
+            call_seq,
+            r.get::<_, i64>(5).map_err(db)?,
+            r.get::<_, i64>(12).map_err(db)?,
+            r.get::<_, Option<i64>>(4).map_err(db)?,
+            variant,
+            at,
+            r.get::<_, Option<String>>(2).map_err(db)?,
+            r.get::<_, Option<String>>(13).map_err(db)?,
+            r.get::<_, Option<String>>(8).map_err(db)?,
+            r.get::<_, Option<String>>(9).map_err(db)?,
+            r.get::<_, Option<String>>(10).map_err(db)?,
+        ])
+        .map_err(db)?;
+    }
+    for (_, s) in seeders {
+        s.finish(conn).map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Migration 10's calls (after [`COMPACT_RECIPIENTS`]): each call's receivers found among the
+/// compact rows (as a mark finds them) and stored as their lines.
+fn compact_calls(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+    let db = |source| JournalError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut st = conn
+        .prepare(
+            "SELECT c.run_id, c.seq, c.variant, c.receivers, c.state, c.attempts, c.client_msg_id,
+                    c.error_code, c.error_message, c.updated_at, r.key
+             FROM calls c LEFT JOIN runs r ON r.id = c.run_id",
+        )
+        .map_err(db)?;
+    let mut rows = st.query([]).map_err(db)?;
+    while let Some(r) = rows.next().map_err(db)? {
+        let seq: i64 = r.get(1).map_err(db)?;
+        let receivers: String = r.get(3).map_err(db)?;
+        let ids: Vec<u64> = serde_json::from_str(&receivers)
+            .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
+        let key: Option<i64> = r.get(10).map_err(db)?;
+        let (lines, strays) = match key {
+            Some(key) => super::calls::pack_receivers(conn, key, seq as u64, &ids).map_err(db)?,
+            None => (
+                Vec::new(),
+                Some(super::pack::encode_list(
+                    &ids.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+                )),
+            ),
+        };
+        conn.execute(
+            "INSERT INTO calls_10(run_id, seq, variant, receivers, strays, n_receivers, state,
+                 attempts, client_msg_id, error_code, error_message, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                r.get::<_, String>(0).map_err(db)?,
+                seq,
+                r.get::<_, String>(2).map_err(db)?,
+                lines,
+                strays,
+                ids.len() as i64,
+                r.get::<_, String>(4).map_err(db)?,
+                r.get::<_, i64>(5).map_err(db)?,
+                r.get::<_, Option<String>>(6).map_err(db)?,
+                r.get::<_, Option<String>>(7).map_err(db)?,
+                r.get::<_, Option<String>>(8).map_err(db)?,
+                r.get::<_, String>(9).map_err(db)?,
+            ],
+        )
+        .map_err(db)?;
+    }
+    Ok(())
+}
 
 /// The migration (index into [`MIGRATIONS`]) that adds [`UNFINISHED_INDEX`].
 const UNFINISHED_INDEX_MIGRATION: usize = 4;
@@ -253,23 +489,16 @@ fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, 
             .filter(|(id, _, _, kept)| id != kept)
             .collect()
     };
-    // No lease holder: a migration has taken no fence, so it checks none.
-    let nobody = super::lease::Holder::new(String::new());
-    let ops = Ops {
-        conn,
-        path,
-        owner: &nobody,
-    };
     for (id, action, updated_at, kept) in &older {
         let action = parse_action(action)?;
-        let at = parse_ts(updated_at)?;
-        ops.recover(id, action)?;
-        ops.set_pending(
+        legacy_recover_v4(conn, id, action).map_err(db)?;
+        legacy_cancel_pending_v4(
+            conn,
             id,
-            RecipientStatus::Cancelled,
             "the run was cancelled: another unfinished run of the campaign was kept",
-            at,
-        )?;
+            updated_at,
+        )
+        .map_err(db)?;
         conn.execute(
             "UPDATE runs SET status = 'cancelled', finished_at = updated_at, owner = NULL,
                  stop_reason = ?2
@@ -285,6 +514,80 @@ fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, 
         .map_err(db)?;
     }
     Ok(older.len() as u64)
+}
+
+/// Crash recovery as schema 4 to 9 stored it (text statuses, JSON receivers, an index on `id`):
+/// frozen here for the migration step that runs on that schema (the journal's own recovery reads
+/// the compact layout).
+fn legacy_recover_v4(conn: &Connection, run_id: &str, action: Action) -> rusqlite::Result<()> {
+    let Some(key) = run_key(conn, run_id)? else {
+        return Ok(());
+    };
+    let (lo, hi) = rk_range(key);
+    let calls: Vec<(i64, String)> = conn
+        .prepare("SELECT seq, receivers FROM calls WHERE run_id = ?1 AND state = 'in_flight'")?
+        .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut moved = 0u64;
+    for (seq, receivers) in calls {
+        if action == Action::Conversation {
+            conn.execute(
+                "UPDATE calls SET state = 'planned', error_message = 'interrupted; resent with the same ClientMsgId'
+                 WHERE run_id = ?1 AND seq = ?2",
+                params![run_id, seq],
+            )?;
+            continue;
+        }
+        let ids: Vec<u64> = serde_json::from_str(&receivers).unwrap_or_default();
+        conn.execute(
+            "UPDATE calls SET state = 'unknown', error_message = 'the process stopped while the call was in flight'
+             WHERE run_id = ?1 AND seq = ?2",
+            params![run_id, seq],
+        )?;
+        for id in ids {
+            moved += conn.execute(
+                "UPDATE recipients SET status = 'unknown', error_code = 'InFlightAtCrash',
+                     error_message = 'the process stopped while this call was in flight; it may have been delivered',
+                     call_seq = ?3,
+                     variant = (SELECT variant FROM calls WHERE run_id = ?1 AND seq = ?3),
+                     attempts = attempts + (SELECT attempts FROM calls WHERE run_id = ?1 AND seq = ?3)
+                 WHERE id = ?2 AND rk BETWEEN ?4 AND ?5 AND status = 'pending'",
+                params![run_id, id as i64, seq, lo, hi],
+            )? as u64;
+        }
+    }
+    count_move(
+        conn,
+        run_id,
+        Some(RecipientStatus::Pending),
+        RecipientStatus::Unknown,
+        moved,
+    )
+}
+
+/// Pending recipients cancelled, as schema 4 to 9 stored them (see [`legacy_recover_v4`]).
+fn legacy_cancel_pending_v4(
+    conn: &Connection,
+    run_id: &str,
+    why: &str,
+    at: &str,
+) -> rusqlite::Result<()> {
+    let Some(key) = run_key(conn, run_id)? else {
+        return Ok(());
+    };
+    let (lo, hi) = rk_range(key);
+    let n = conn.execute(
+        "UPDATE recipients SET status = 'cancelled', error_message = ?3, updated_at = ?4
+         WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'",
+        params![lo, hi, why, at],
+    )? as u64;
+    count_move(
+        conn,
+        run_id,
+        Some(RecipientStatus::Pending),
+        RecipientStatus::Cancelled,
+        n,
+    )
 }
 
 /// Largest audience line a recipient key holds (`rk` = run key << 32 | line).
@@ -331,6 +634,12 @@ impl Journal {
                     end_duplicate_unfinished_runs(&tx, &path)?;
                 }
                 tx.execute_batch(m).map_err(db)?;
+                if i == COMPACT_MIGRATION {
+                    compact_rows(&tx, &path)?;
+                    tx.execute_batch(COMPACT_RECIPIENTS).map_err(db)?;
+                    compact_calls(&tx, &path)?;
+                    tx.execute_batch(COMPACT_CALLS).map_err(db)?;
+                }
             }
         }
         tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
@@ -548,11 +857,223 @@ mod tests {
         assert!(insert_run(j.connection(), "third", None, "paused", false).is_err());
     }
 
+    /// A journal as schema 9 left it (text statuses and times, JSON receivers, an `id` index),
+    /// holding an unfinished run: a sent receiver, a refused one waiting to be re-queued, a call
+    /// in flight at a crash, an invalid row and one suppressed later. Migration 10 keeps every
+    /// value (times included) and the run resumes: the in-flight receivers become `unknown`, the
+    /// refused one is found for its re-queue and sent, the counters stay exact.
+    #[test]
+    fn an_old_journal_is_compacted_and_its_run_resumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let (t0, t1, t2) = (
+            "2026-03-01T09:00:00Z",
+            "2026-03-01T09:00:05.25Z",
+            "2026-03-01T09:00:07Z",
+        );
+        {
+            let conn = Connection::open(&path).expect("open");
+            for m in &MIGRATIONS[..COMPACT_MIGRATION] {
+                conn.execute_batch(m).expect("schema");
+            }
+            conn.execute_batch(&format!("PRAGMA user_version = {COMPACT_MIGRATION};"))
+                .expect("version");
+            insert_run(&conn, "r1", None, "running", false).expect("run");
+            conn.execute("UPDATE runs SET total_calls = 2 WHERE id = 'r1'", [])
+                .expect("calls");
+            let row = |line: i64,
+                       id: Option<i64>,
+                       raw: Option<&str>,
+                       status: &str,
+                       msg: Option<i64>,
+                       attempts: i64,
+                       call: Option<i64>,
+                       code: Option<&str>,
+                       at: &str,
+                       refusals: i64| {
+                conn.execute(
+                    "INSERT INTO recipients(rk, id, raw_id, status, message_id, attempts, call_seq,
+                         variant, error_code, error_message, detail, updated_at, refusals, variant_name)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, ?10, ?11, NULL)",
+                    params![
+                        (1i64 << 32) | line,
+                        id,
+                        raw,
+                        status,
+                        msg,
+                        attempts,
+                        call,
+                        call.map(|_| "v"),
+                        code,
+                        at,
+                        refusals
+                    ],
+                )
+                .expect("row");
+            };
+            row(
+                2,
+                Some(101),
+                None,
+                "sent",
+                Some(9_007_199_254_740_993),
+                1,
+                Some(0),
+                None,
+                t1,
+                0,
+            );
+            row(
+                3,
+                Some(102),
+                None,
+                "pending",
+                None,
+                1,
+                Some(0),
+                Some("FailedReceiver"),
+                t1,
+                1,
+            );
+            row(4, Some(103), None, "pending", None, 0, Some(1), None, t0, 0);
+            row(5, Some(104), None, "pending", None, 0, Some(1), None, t0, 0);
+            row(6, None, Some("x"), "invalid", None, 0, None, None, t0, 0);
+            row(
+                7,
+                Some(106),
+                None,
+                "suppressed",
+                None,
+                0,
+                Some(1),
+                None,
+                t2,
+                0,
+            );
+            conn.execute_batch(&format!(
+                "INSERT INTO calls(run_id, seq, variant, receivers, state, attempts, updated_at)
+                 VALUES ('r1', 0, 'v', '[101,102]', 'done', 1, '{t1}'),
+                        ('r1', 1, 'v', '[103,104]', 'in_flight', 1, '{t0}');
+                 INSERT INTO run_counts(run_id, status, n) VALUES
+                   ('r1', 'sent', 1), ('r1', 'pending', 3), ('r1', 'invalid', 1), ('r1', 'suppressed', 1);"
+            ))
+            .expect("calls");
+        }
+        let mut j = Journal::open_path(&path).expect("migrate");
+        let version: i64 = j
+            .connection()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let rows = j.recipients("r1").expect("rows");
+        type Seen<'a> = (
+            u64,
+            &'a str,
+            RecipientStatus,
+            Option<&'a str>,
+            Option<&'a str>,
+        );
+        let seen: Vec<Seen<'_>> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.line,
+                    r.raw_id.as_str(),
+                    r.status,
+                    r.time.as_deref(),
+                    r.variant.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (2, "101", RecipientStatus::Sent, Some(t1), Some("v")),
+                (3, "102", RecipientStatus::Pending, Some(t1), Some("v")),
+                (4, "103", RecipientStatus::Pending, Some(t0), Some("v")),
+                (5, "104", RecipientStatus::Pending, Some(t0), Some("v")),
+                (6, "x", RecipientStatus::Invalid, Some(t0), None),
+                (7, "106", RecipientStatus::Suppressed, Some(t2), Some("v")),
+            ]
+        );
+        assert_eq!(rows[0].message_id, Some(9_007_199_254_740_993));
+        assert_eq!(rows[1].attempts, 1);
+        assert_eq!(rows[1].error_code.as_deref(), Some("FailedReceiver"));
+        let calls = j.calls("r1").expect("calls");
+        assert_eq!(calls[0].receivers, [101, 102]);
+        assert_eq!(calls[1].receivers, [103, 104]);
+        assert_eq!(calls[1].state, CallState::InFlight);
+        // No index on `id` is left; the refused receivers' partial one is there.
+        let indexes: Vec<String> = j
+            .connection()
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients' AND sql IS NOT NULL")
+            .expect("q")
+            .query_map([], |r| r.get(0))
+            .expect("q")
+            .collect::<Result<_, _>>()
+            .expect("names");
+        assert_eq!(indexes, ["recipients_refused"]);
+
+        // Resume: the crash's in-flight call makes its receivers unknown.
+        let opened = open(&mut j, "h", ResumeOptions::default(), rows_of_test()).expect("resume");
+        let Opened::Resumed { recovered, .. } = opened else {
+            panic!("expected a resume, got {opened:?}");
+        };
+        assert_eq!(recovered.unknown_recipients, 2);
+        assert_eq!(
+            j.sendable_detail("r1", 0, &[101, 102], false).expect("q"),
+            [Sendable {
+                id: 102,
+                refusals: 1,
+                pending: true
+            }]
+        );
+        assert_eq!(
+            j.sendable("r1", 1, &[103, 104], true).expect("q"),
+            [103, 104]
+        );
+        // The re-queued receiver is resent in an extra call and delivered.
+        let next = j.prepare_requeue("r1", now()).expect("requeue");
+        assert_eq!(next, 2);
+        j.mark_in_flight("r1", next, "v", &[102], None, now())
+            .expect("mark");
+        j.record_outcome(
+            "r1",
+            next,
+            CallState::Done,
+            &[RecipientUpdate {
+                id: 102,
+                status: RecipientStatus::Sent,
+                message_id: Some(7),
+                error_code: None,
+                error_message: None,
+                detail: None,
+            }],
+            None,
+            now(),
+        )
+        .expect("outcome");
+        let c = j.counts("r1").expect("counts");
+        assert_eq!(c[&RecipientStatus::Sent], 2);
+        assert_eq!(c[&RecipientStatus::Unknown], 2);
+        assert_eq!(c[&RecipientStatus::Pending], 0);
+        assert_eq!(c, j.counts_by_scan("r1").expect("scan"));
+        let r102 = j.recipients("r1").expect("rows").remove(1);
+        assert_eq!(
+            (r102.status, r102.attempts, r102.call),
+            (RecipientStatus::Sent, 2, Some(2))
+        );
+    }
+
+    fn rows_of_test() -> Vec<SeedRow> {
+        rows(&[])
+    }
+
     #[test]
     fn the_lease_migration_counts_a_held_lease_as_claimed_once_and_keeps_its_old_rule() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(DB_FILE);
-        let before_leases = MIGRATIONS.len() - 1;
+        let before_leases = LEASE_MIGRATION;
         {
             let conn = Connection::open(&path).expect("open");
             for m in &MIGRATIONS[..before_leases] {

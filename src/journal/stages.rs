@@ -226,10 +226,19 @@ impl Journal {
         let (lo, hi) = rk_range(key);
         let n = tx
             .execute(
-                "UPDATE recipients SET status = 'expired', error_message = ?5, updated_at = ?6
-                 WHERE rk BETWEEN ?1 AND ?2 AND status = 'pending'
+                "UPDATE recipients SET status = ?7, error_message = ?5, at = ?6
+                 WHERE rk BETWEEN ?1 AND ?2 AND status = ?8
                    AND call_seq >= ?3 AND call_seq < ?4",
-                params![lo, hi, calls.start as i64, calls.end as i64, why, ts(now)],
+                params![
+                    lo,
+                    hi,
+                    calls.start as i64,
+                    calls.end as i64,
+                    why,
+                    super::pack::to_ns(now),
+                    RecipientStatus::Expired.code(),
+                    RecipientStatus::Pending.code()
+                ],
             )
             .map_err(db)? as u64;
         count_move(

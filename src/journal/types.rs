@@ -78,6 +78,50 @@ str_enum!(
     }
 );
 
+impl RecipientStatus {
+    /// The integer a recipient row stores for this status (`recipients.status`, schema 10 on).
+    /// `sent` and `pending` are 0 and 1, which SQLite stores in no bytes at all, so the common
+    /// rows pay nothing for their status and an outcome rewrites a row at the same size. A stored
+    /// code never changes (old databases hold them).
+    pub fn code(self) -> i64 {
+        match self {
+            RecipientStatus::Sent => 0,
+            RecipientStatus::Pending => 1,
+            RecipientStatus::Failed => 2,
+            RecipientStatus::Unknown => 3,
+            RecipientStatus::NotOnline => 4,
+            RecipientStatus::Invalid => 5,
+            RecipientStatus::Duplicate => 6,
+            RecipientStatus::Suppressed => 7,
+            RecipientStatus::Holdout => 8,
+            RecipientStatus::Expired => 9,
+            RecipientStatus::Cancelled => 10,
+        }
+    }
+
+    /// The status a stored code means (see [`Self::code`]).
+    pub fn from_code(code: i64) -> Result<Self, JournalError> {
+        RecipientStatus::ALL
+            .iter()
+            .copied()
+            .find(|s| s.code() == code)
+            .ok_or_else(|| JournalError::Corrupt(format!("recipient status code {code}")))
+    }
+
+    /// Statuses a call's answer (or crash recovery) gives: a row with one of them and no time of
+    /// its own was last changed when its call (`call_seq`) was answered.
+    pub(super) fn given_by_call(self) -> bool {
+        matches!(
+            self,
+            RecipientStatus::Sent
+                | RecipientStatus::Failed
+                | RecipientStatus::Unknown
+                | RecipientStatus::NotOnline
+                | RecipientStatus::Pending
+        )
+    }
+}
+
 impl RunStatus {
     /// Running, paused or interrupted: `run` resumes it.
     pub fn is_unfinished(self) -> bool {
@@ -271,7 +315,8 @@ pub struct RecipientRef<'a> {
     pub error_code: Option<&'a str>,
     pub error_message: Option<&'a str>,
     pub detail: Option<&'a str>,
-    /// The last update (the run's start when the row was never updated).
+    /// The last update: the row's own time (cancelled, expired, suppressed on resume, carried
+    /// over), else when its call was answered, else the run's start.
     pub time: &'a str,
     /// The A/B variant (`message.variants`) the recipient was assigned.
     pub variant_name: Option<&'a str>,

@@ -85,6 +85,21 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 4,
+        name: "the daemon roster (sched_roster)",
+        // The same columns as the SQLite table (`daemon::state::migrate`); self-contained.
+        sql: "
+    CREATE TABLE sched_roster(
+        node TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        version TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        every_secs BIGINT NOT NULL,
+        stopped_at BIGINT);",
+    },
+    Migration {
+        version: 5,
         name: "the run registry: which state directory sends each campaign occurrence (imcast_run_registry)",
         // `crate::registry`: one row per campaign and occurrence ('' for ad-hoc runs); times in
         // ms since the epoch from the injected clock.

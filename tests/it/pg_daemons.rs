@@ -2,7 +2,8 @@
 //! state directory and its own copy of the campaigns folder (two checkouts of one repository),
 //! against one `imcast mock-server`: every occurrence is fired exactly once (the mock's record),
 //! the store names the host and pid that claimed each, and after a `kill -9` of one daemon the
-//! other fires every later occurrence. The test server is `imcast::testing::pg`'s (a throwaway
+//! other fires every later occurrence; `imcast schedule` lists both daemons, the killed one not
+//! alive once the alive window has passed. The test server is `imcast::testing::pg`'s (a throwaway
 //! cluster on 127.0.0.1, or `IMCAST_TEST_PG_URL`); where PostgreSQL is not installed the fixture
 //! says so loudly and, under CI, fails.
 
@@ -210,6 +211,46 @@ fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
         block.contains(&format!("by {host} (pid {b_pid})")),
         "{text}"
     );
+    // … and lists both daemons: b alive now; a (killed, no clean stop) not alive once the alive
+    // window (3 refreshes of 10 s) after its last refresh has passed.
+    let daemons = |now: Option<i64>| -> Vec<(i64, bool, Option<String>)> {
+        let mut c = Command::new(bin());
+        c.arg("schedule")
+            .arg(checkouts[1].join("campaigns"))
+            .args(["--output", "json"])
+            .env_remove("PGPASSWORD")
+            .envs(password.as_deref().map(|p| ("PGPASSWORD", p)));
+        if let Some(n) = now {
+            c.args([
+                "--now",
+                &jiff::Timestamp::from_second(n).expect("ts").to_string(),
+            ]);
+        }
+        let out = c.output_limited().expect("imcast schedule");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["daemons"]
+            .as_array()
+            .expect("daemons")
+            .iter()
+            .map(|d| {
+                assert_eq!(d["host"], host.as_str(), "{d}");
+                (
+                    d["pid"].as_i64().expect("pid"),
+                    d["alive"].as_bool().expect("alive"),
+                    d["stopped_at"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    };
+    let now_list = daemons(None);
+    let mut pids: Vec<i64> = now_list.iter().map(|d| d.0).collect();
+    pids.sort_unstable();
+    let mut want = vec![a_pid, b_pid];
+    want.sort_unstable();
+    assert_eq!(pids, want, "{now_list:?}");
+    assert!(now_list.contains(&(b_pid, true, None)), "{now_list:?}");
+    let later = daemons(Some(killed_at + 31));
+    assert!(later.contains(&(a_pid, false, None)), "{later:?}");
     drop(b);
 }
 
@@ -217,10 +258,11 @@ fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
 /// with two state directories and two copies of the folder on one PostgreSQL store, each with a
 /// fake runner. An occurrence starts on exactly one; one due while the other's run is going is
 /// queued and started once by whichever claims it; a pause or cancel given to one daemon's state
-/// directory holds or stops the run on the other.
+/// directory holds or stops the run on the other. The roster (what `imcast schedule` shows) names
+/// both; one that falls silent is not alive after the window, with a note on the run it holds.
 #[test]
 fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
-    use imcast::clock::SimClock;
+    use imcast::clock::{Clock, SimClock};
     use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
     use imcast::daemon::source::StandInSource;
     use imcast::daemon::state;
@@ -334,4 +376,167 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
     assert_eq!(row(k2).status, "cancelled");
     assert_eq!(row(k1).status, "done");
     assert!(rb.starts().is_empty());
+
+    // The roster names both daemons; at 03:00 a claims the occurrence, then falls silent (no
+    // tick, no clean stop) while b goes on: 31 s after a's last refresh, a is not alive and its
+    // running occurrence carries the note; b is alive.
+    clock.advance_to("2026-03-01T03:00:00Z".parse().expect("ts"));
+    tick(&mut a);
+    tick(&mut b);
+    let k3 = "h@2026-03-01T03:00:00Z";
+    assert_eq!(row(k3).node.as_deref(), Some(node_a.as_str()));
+    let folder = tmp.path().join("b").join("campaigns");
+    let view = || {
+        imcast::daemon::view::schedule_view(
+            &folder,
+            &StandInSource,
+            Some(&reader),
+            clock.now(),
+            1,
+            10,
+        )
+        .expect("view")
+    };
+    let v = view();
+    let alive: Vec<(&str, bool)> = v
+        .daemons
+        .iter()
+        .map(|d| (d.node.as_str(), d.alive))
+        .collect();
+    assert_eq!(alive.len(), 2, "{alive:?}");
+    assert!(alive.contains(&(node_a.as_str(), true)) && alive.contains(&(node_b.as_str(), true)));
+    for _ in 0..4 {
+        clock.advance(std::time::Duration::from_secs(10));
+        tick(&mut b);
+    }
+    clock.advance(std::time::Duration::from_secs(1));
+    let v = view();
+    let alive: Vec<(&str, bool)> = v
+        .daemons
+        .iter()
+        .map(|d| (d.node.as_str(), d.alive))
+        .collect();
+    assert!(
+        alive.contains(&(node_a.as_str(), false)) && alive.contains(&(node_b.as_str(), true)),
+        "{alive:?}"
+    );
+    let past = &v.campaigns[0].past;
+    let last = past.last().expect("k3");
+    assert_eq!(
+        (last.status.as_str(), last.node.as_deref()),
+        ("running", Some(node_a.as_str()))
+    );
+    assert!(
+        last.note.as_deref().is_some_and(
+            |n| n.contains("not alive") && n.contains("resumes when that daemon restarts")
+        ),
+        "{last:?}"
+    );
+    assert!(
+        past[..past.len() - 1].iter().all(|p| p.note.is_none()),
+        "{past:?}"
+    );
+    drop(a);
+}
+
+/// `imcast prune` with `[state] url`: the store's finished occurrences older than the cutoff go
+/// (pending and recent ones stay), and so do roster rows last seen before it, except the row of a
+/// daemon that still holds an active occurrence.
+#[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "`imcast prune` (a real process) ages rows by the system clock: the fixture must too"
+)]
+fn prune_prunes_the_store_occurrences_and_stale_roster_rows() {
+    use imcast::daemon::state::{self, Claimant};
+
+    let Some(db) = imcast::testing::pg::test_db("prune_store") else {
+        return;
+    };
+    let (url, password) = db.toml_url();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        tmp.path().join("imcast.toml"),
+        format!("[state]\nurl = \"{url}\"\n"),
+    )
+    .expect("imcast.toml");
+    let now = jiff::Timestamp::now().as_second();
+    let day = 86_400;
+    let who = |node: &str, pid: u32| Claimant {
+        node: node.into(),
+        host: format!("host-{node}"),
+        pid,
+    };
+    let store = db.store();
+    std::thread::spawn(move || {
+        let c = state::open_store(&store).expect("store");
+        state::upsert_campaign(&c, "p", "p.yaml", None, 0).expect("upsert");
+        for (occ, status, node) in [
+            (now - 100 * day, "done", "old"),
+            (now - 95 * day, "queued", "old"),
+            (now - 99 * day, "running", "holder"),
+            (now - 10 * day, "done", "new"),
+        ] {
+            state::record_occurrence_by(
+                &c,
+                Some(&who(node, 1)),
+                "p",
+                occ,
+                status,
+                &format!("p@{occ}"),
+                "h",
+                occ,
+                None,
+            )
+            .expect("record");
+        }
+        state::roster_beat(&c, &who("old", 1), now - 100 * day, 10, now - 100 * day).expect("old");
+        state::roster_beat(&c, &who("holder", 2), now - 99 * day, 10, now - 99 * day)
+            .expect("holder");
+        state::roster_beat(&c, &who("new", 3), now - day, 10, now - 10).expect("new");
+    })
+    .join()
+    .expect("thread");
+
+    let out = Command::new(bin())
+        .args(["prune", "--older-than", "90d", "--state-dir"])
+        .arg(tmp.path().join(".imcast"))
+        .arg("--config")
+        .arg(tmp.path().join("imcast.toml"))
+        .current_dir(tmp.path())
+        .env_remove("PGPASSWORD")
+        .envs(password.as_deref().map(|p| ("PGPASSWORD", p)))
+        .output_limited()
+        .expect("imcast prune");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("in the state store: 1 schedule occurrence and 1 daemon roster row"),
+        "{stdout}"
+    );
+    let (occ, roster) = db.with_client(|c| {
+        let occ: Vec<String> = c
+            .query(
+                "SELECT status FROM sched_occurrence ORDER BY occurrence",
+                &[],
+            )
+            .expect("occ")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let roster: Vec<String> = c
+            .query("SELECT node FROM sched_roster ORDER BY node", &[])
+            .expect("roster")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        (occ, roster)
+    });
+    assert_eq!(occ, vec!["running", "queued", "done"]);
+    assert_eq!(roster, vec!["holder", "new"]);
 }

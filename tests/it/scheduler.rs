@@ -968,6 +968,89 @@ async fn async_run_loop_fires_on_sim_clock_and_stops_gracefully() {
         "the runner is asked to stop gracefully"
     );
     assert_eq!(env.rows("a"), rows(&[("2026-03-01T00:05:00Z", "running")]));
+    // The roster: written at open, refreshed on the loop, marked stopped on the clean shutdown.
+    let roster = state::roster(&env.conn()).expect("roster");
+    assert_eq!(roster.len(), 1, "{roster:?}");
+    let me = &roster[0];
+    assert_eq!(me.pid, i64::from(std::process::id()));
+    assert_eq!(me.started_at, t("2026-03-01T00:00:00Z").as_second());
+    assert!(
+        me.last_seen >= t("2026-03-01T00:05:00Z").as_second(),
+        "refreshed on the loop: {me:?}"
+    );
+    assert_eq!(me.stopped_at, Some(me.last_seen), "{me:?}");
+    assert!(!me.alive(me.last_seen));
+}
+
+/// `imcast schedule` lists the daemon of the state directory and whether it looks alive; an
+/// occurrence it was running when it went silent (a kill -9: no clean stop) gets the note that it
+/// resumes when that daemon restarts.
+#[test]
+fn schedule_lists_the_daemons_and_notes_a_run_held_by_a_silent_one() {
+    let env = Env::new("2026-03-01T00:00:00Z");
+    env.write(
+        "a.yaml",
+        &format!("{BODY}name: a\nschedule:\n  at: 2026-03-01T00:05:00Z\n"),
+    );
+    let runner = Arc::new(FakeRunner::new());
+    let mut d = env.daemon(&runner);
+    d.tick().expect("tick");
+    env.at("2026-03-01T00:05:00Z");
+    d.tick().expect("tick");
+    assert_eq!(runner.starts(), vec!["a@2026-03-01T00:05:00Z"]);
+    env.at("2026-03-01T00:05:10Z");
+    d.tick().expect("tick: refreshes last_seen");
+    // Then silence: no clean stop (dropping a Daemon is what a kill -9 leaves in the store).
+    drop(d);
+    let node = state::roster(&env.conn()).expect("roster")[0].node.clone();
+    let schedule = |now: &str, json: bool| {
+        let mut c = Command::new(bin());
+        c.arg("schedule")
+            .arg(&env.dir)
+            .arg("--state-dir")
+            .arg(&env.state)
+            .args(["--now", now]);
+        if json {
+            c.args(["--output", "json"]);
+        }
+        let out = c.output_limited().expect("run imcast schedule");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let redact_daemon = |s: &str| {
+        // The host only where it is shown (a short host name could match other text).
+        let host = state::host_name();
+        redact(s, &env)
+            .replace(&format!("pid {}", std::process::id()), "pid [PID]")
+            .replace(&format!("  {host} (pid"), "  [HOST] (pid")
+            .replace(&format!("by {host} (pid"), "by [HOST] (pid")
+            .replace(&format!("on {host} (pid"), "on [HOST] (pid")
+            .replace(&node[..8], "[NODE]")
+            .replace(env!("CARGO_PKG_VERSION"), "[VERSION]")
+    };
+    // Within the window (last seen 00:05:10, refresh every 10 s: alive until 00:05:40).
+    let v: serde_json::Value =
+        serde_json::from_str(&schedule("2026-03-01T00:05:40Z", true)).expect("json");
+    assert_eq!(v["daemons"][0]["alive"], true, "{v}");
+    assert_eq!(v["daemons"][0]["alive_window_seconds"], 30, "{v}");
+    assert!(v["campaigns"][0]["past"][0].get("note").is_none(), "{v}");
+    // One second later it does not look alive, and its running occurrence says so.
+    let v: serde_json::Value =
+        serde_json::from_str(&schedule("2026-03-01T00:05:41Z", true)).expect("json");
+    assert_eq!(v["daemons"][0]["alive"], false, "{v}");
+    assert_eq!(v["daemons"][0]["last_seen"], "2026-03-01T00:05:10Z", "{v}");
+    assert_eq!(v["daemons"][0]["pid"], i64::from(std::process::id()), "{v}");
+    let past = &v["campaigns"][0]["past"][0];
+    assert_eq!(past["status"], "running", "{v}");
+    assert_eq!(past["node"], node.as_str(), "{v}");
+    assert!(
+        past["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("resumes when that daemon restarts")),
+        "{v}"
+    );
+    let text = redact_daemon(&schedule("2026-03-01T00:15:00Z", false));
+    insta::assert_snapshot!("schedule_daemons_human", text);
 }
 
 mod exactly_once {
