@@ -32,6 +32,7 @@ pub mod mock;
 pub mod pg;
 pub mod plan;
 pub mod provider;
+pub mod registry;
 pub mod render;
 pub mod report;
 pub mod run;

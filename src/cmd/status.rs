@@ -175,6 +175,68 @@ fn print_test_runs(tests: &[TestRun]) {
     }
 }
 
+/// With `[state] url`: the runs of `name` registered in the store's run registry from other state
+/// directories (none without a store; a store that cannot be read is a warning, not a failure).
+fn registered_elsewhere(
+    paths: &crate::config::RepoPaths,
+    name: &str,
+) -> Vec<crate::registry::Registered> {
+    let Some(url) = paths.account_config().ok().and_then(|a| a.state_url) else {
+        return Vec::new();
+    };
+    crate::registry::elsewhere(
+        &url,
+        name,
+        &crate::journal::hostname(),
+        &crate::registry::state_dir_key(&paths.state_dir),
+    )
+    .unwrap_or_else(|e| {
+        tracing::warn!("runs of other state directories are not shown: {e}");
+        Vec::new()
+    })
+}
+
+fn elsewhere_json(rows: &[crate::registry::Registered]) -> serde_json::Value {
+    rows.iter()
+        .map(|r| {
+            let h = &r.holder;
+            serde_json::json!({
+                "occurrence": r.occurrence,
+                "run_id": h.run_id,
+                "status": h.status,
+                "host": h.host,
+                "pid": h.pid,
+                "state_dir": h.state_dir,
+                "lease_expires_at": h.lease_expires.map(|t| t.to_string()),
+                "updated_at": h.updated_at.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn print_elsewhere(rows: &[crate::registry::Registered]) {
+    if rows.is_empty() {
+        return;
+    }
+    crate::outln!("Registered from other state directories (the state store's run registry):");
+    for r in rows {
+        let h = &r.holder;
+        crate::outln!(
+            "  {}run {} {} on {} (pid {}, state directory {}, updated {})",
+            r.occurrence
+                .as_deref()
+                .map(|o| format!("occurrence {o}: "))
+                .unwrap_or_default(),
+            h.run_id.as_deref().unwrap_or("(being opened)"),
+            h.status,
+            h.host,
+            h.pid,
+            h.state_dir,
+            h.updated_at
+        );
+    }
+}
+
 pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
     let name = campaign_name(&args.file)?;
     let (base, paths) = paths_for(
@@ -183,6 +245,11 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         args.report_dir.as_deref(),
         args.mock,
     );
+    let elsewhere = if args.mock {
+        Vec::new()
+    } else {
+        registered_elsewhere(&base, &name)
+    };
     let journal = open_existing(&paths)?;
     // The latest real run; `--test-to` runs are listed apart, never as "the" run.
     let run = match &journal {
@@ -206,6 +273,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     v["mock_runs"] = mock_runs(&base, &name).into();
                 }
                 v["test_runs"] = serde_json::to_value(&tests).exit(Exit::Internal)?;
+                v["elsewhere"] = elsewhere_json(&elsewhere);
                 crate::outln!("{v}")
             }
             OutputFormat::Human => {
@@ -218,6 +286,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     crate::outln!("{h}");
                 }
                 print_test_runs(&tests);
+                print_elsewhere(&elsewhere);
             }
         }
         return Ok(Exit::Ok);
@@ -244,6 +313,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     "test_runs".into(),
                     serde_json::to_value(&tests).exit(Exit::Internal)?,
                 );
+                o.insert("elsewhere".into(), elsewhere_json(&elsewhere));
                 o.insert(
                     "lease".into(),
                     match &lease {
@@ -324,6 +394,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                 );
             }
             print_test_runs(&tests);
+            print_elsewhere(&elsewhere);
         }
     }
     Ok(Exit::Ok)

@@ -98,6 +98,28 @@ pub const MIGRATIONS: &[Migration] = &[
         every_secs BIGINT NOT NULL,
         stopped_at BIGINT);",
     },
+    Migration {
+        version: 5,
+        name: "the run registry: which state directory sends each campaign occurrence (imcast_run_registry)",
+        // `crate::registry`: one row per campaign and occurrence ('' for ad-hoc runs); times in
+        // ms since the epoch from the injected clock.
+        sql: "
+    CREATE TABLE imcast_run_registry(
+        campaign TEXT NOT NULL,
+        occurrence TEXT NOT NULL,
+        run_id TEXT,
+        plan_hash TEXT NOT NULL,
+        status TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        state_dir TEXT NOT NULL,
+        lease_expires_ms BIGINT,
+        fence BIGINT NOT NULL,
+        opened_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        finished_ms BIGINT,
+        PRIMARY KEY (campaign, occurrence));",
+    },
 ];
 
 /// Version 3: one admission decision in one call (one round trip), the same exact rule as

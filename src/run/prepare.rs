@@ -4,6 +4,12 @@
 //! (create, resume, refuse a changed plan, continue, already finished), with a note for people
 //! on what was decided; then what the report shows that the journal's core tables do not hold.
 //!
+//! With `[state] url` (not for `--test-to` or `--mock`), the store's run registry
+//! ([`crate::registry`]) is asked first whether this state directory may open the run at all
+//! (another state directory sending it, or having sent it, is a refusal, exit 6); a journal that
+//! then refuses the run puts the registry's row back, and the run's id and status are recorded in
+//! it once the journal decided.
+//!
 //! `--retry-failed` asks the journal what it would send before the confirmation (which shows it)
 //! and opens the follow-up run (`Journal::open_retry_run`) instead of `open_run`. A journal error
 //! that is a full disk becomes one message (which file, nothing lost, how to resume; exit 8).
@@ -61,6 +67,8 @@ pub struct Confirmation {
 pub(super) struct Prepared {
     pub journal: Journal,
     pub run: RunInfo,
+    /// With `[state] url` (not for a test run): the run's row in the store's run registry.
+    pub registry: Option<crate::registry::Registration>,
 }
 
 pub(super) enum Prep {
@@ -156,6 +164,67 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         }
     }
 
+    // With a store: may this state directory open the run at all (another directory may be
+    // sending it, or have sent it)? Decided before the journal opens it; undone if it refuses.
+    // (A `--test-to` or `--mock` run sends nothing real and is not registered.)
+    let mut registry = match (&settings.state_url, settings.is_test() || flags.mock) {
+        (Some(url), false) => Some(
+            crate::registry::Registration::claim(
+                url,
+                crate::registry::Claim {
+                    campaign: facts.campaign.clone(),
+                    occurrence: facts.occurrence.clone(),
+                    plan_hash: facts.plan_hash.clone(),
+                    new_run: flags.new_run,
+                    host: crate::journal::hostname(),
+                    pid: std::process::id(),
+                    state_dir: crate::registry::state_dir_key(&paths.state_dir),
+                    expiry: settings.lease.expiry,
+                },
+                now,
+            )
+            .map_err(registry_failure)?,
+        ),
+        _ => None,
+    };
+    let opened = open_journal(inp, rows, now, retry.is_some());
+    let (journal, opened) = match opened {
+        Ok(j) => j,
+        Err(f) => {
+            if let Some(r) = registry.as_mut() {
+                if let Err(e) = r.abandon() {
+                    tracing::warn!("the run registry keeps this state directory's claim: {e}");
+                }
+            }
+            return Err(f);
+        }
+    };
+    if let Some(r) = registry.as_mut() {
+        let run = opened.run();
+        r.opened(&run.id, run.status, &run.plan_hash, now)
+            .map_err(registry_failure)?;
+    }
+    noted(inp, journal, opened, retry.as_ref(), registry)
+}
+
+fn registry_failure(e: crate::registry::RegistryError) -> Failure {
+    Failure::new(e.exit(), e)
+}
+
+/// The journal's decision (see [`prepare`]).
+fn open_journal<'r, E: std::fmt::Display + Send>(
+    inp: &Inputs,
+    rows: &mut dyn FnMut() -> SeedRows<'r, E>,
+    now: Timestamp,
+    retry_failed: bool,
+) -> Result<(Journal, Opened), Failure> {
+    let Inputs {
+        facts,
+        settings,
+        paths,
+        ..
+    } = inp;
+    let flags = &settings.flags;
     let audit = Audit::collect(
         &paths.root,
         &facts.plan_hash,
@@ -189,12 +258,24 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         continue_changed: flags.continue_changed,
         resend_unknown: flags.resend_unknown,
     };
-    let opened = if flags.retry_failed {
+    let opened = if retry_failed {
         journal.open_retry_run(&new, &crate::provider::retryable_failure, rows, now)
     } else {
         journal.open_run(&new, resume, rows, now)
     }
     .map_err(|e| journal_failure(e, &facts.campaign_file))?;
+    Ok((journal, opened))
+}
+
+/// The notes on what the journal decided, and what the engine drives (see [`prepare`]).
+fn noted(
+    inp: &Inputs,
+    journal: Journal,
+    opened: Opened,
+    retry: Option<&crate::journal::RetryCandidates>,
+    registry: Option<crate::registry::Registration>,
+) -> Result<Prep, Failure> {
+    let Inputs { facts, hooks, .. } = inp;
     let run = opened.run().clone();
     match &opened {
         Opened::AlreadyFinished(r) => {
@@ -298,7 +379,11 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
             count(*skipped, "recipient", "recipients")
         )),
     }
-    Ok(Prep::Go(Box::new(Prepared { journal, run })))
+    Ok(Prep::Go(Box::new(Prepared {
+        journal,
+        run,
+        registry,
+    })))
 }
 
 /// What `--retry-failed` would send now, from the journal (read before the confirmation; a

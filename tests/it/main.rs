@@ -15,6 +15,7 @@ mod lease;
 mod mock;
 mod numbers;
 mod pg_daemons;
+mod pg_registry;
 mod pg_store;
 mod pg_tls;
 mod plan;
