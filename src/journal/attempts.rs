@@ -91,11 +91,11 @@ impl Journal {
         run_id: &str,
         mut f: impl FnMut(Admission) -> Result<(), E>,
     ) -> Result<(), E> {
-        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
+        let Some(key) = run_key(self.sq(), run_id).map_err(self.db())? else {
             return Ok(());
         };
         let mut st = self
-            .conn
+            .sq()
             .prepare(
                 "SELECT at_ns, receivers FROM attempts WHERE run_key = ?1
                  ORDER BY at_ns, seq, attempt",
@@ -117,11 +117,11 @@ impl Journal {
     /// Failed attempts of a run per error code (retried ones included), as the engine recorded
     /// them: the provider's code, `HTTP<status>`, or the transport's class.
     pub fn attempt_codes(&self, run_id: &str) -> Result<BTreeMap<String, u64>, JournalError> {
-        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
+        let Some(key) = run_key(self.sq(), run_id).map_err(self.db())? else {
             return Ok(BTreeMap::new());
         };
         let mut st = self
-            .conn
+            .sq()
             .prepare(
                 "SELECT code, COUNT(*) FROM attempts WHERE run_key = ?1 AND code IS NOT NULL
                  GROUP BY code",

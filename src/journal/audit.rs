@@ -40,7 +40,7 @@ impl Journal {
     /// The invocations that opened a run, oldest first.
     pub fn invocations(&self, run_id: &str) -> Result<Vec<Invocation>, JournalError> {
         let mut st = self
-            .conn
+            .sq()
             .prepare_cached(
                 "SELECT at, decision, via, user, host, imcast_version, flags FROM run_invocations
                  WHERE run_id = ?1 ORDER BY seq",
@@ -101,7 +101,7 @@ impl Ops<'_> {
         } else {
             "run"
         };
-        self.conn
+        self.sq()
             .prepare_cached(
                 "INSERT INTO run_invocations(run_id, seq, at, decision, via, user, host, imcast_version, flags)
                  VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_invocations WHERE run_id = ?1),

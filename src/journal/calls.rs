@@ -49,17 +49,18 @@ impl Journal {
     /// SendMessage (conversation) calls, which go back to planned (ClientMsgId makes a resend safe).
     pub fn recover(&mut self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
         let path = self.path.clone();
-        let db = |source| JournalError::Db {
+        let db = |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
-            source,
+            source: source.into(),
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.sq(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(db)?;
         super::lease::check_fence(&tx, &self.path, &self.owner, run_id)?;
         let rec = Ops {
-            conn: &tx,
+            conn: &self.conn,
             path: &self.path,
             owner: &self.owner,
         }
@@ -73,7 +74,7 @@ impl Ops<'_> {
     /// See [`Journal::recover`]; the caller holds the transaction.
     pub(super) fn recover(&self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
         let db = self.db();
-        let tx = self.conn;
+        let tx = self.sq();
         let mut rec = Recovered::default();
         let (lo, _) = rk_range(
             run_key(tx, run_id)
@@ -167,12 +168,12 @@ impl Ops<'_> {
         now: Timestamp,
     ) -> Result<u64, JournalError> {
         let db = self.db();
-        let Some(key) = run_key(self.conn, run_id).map_err(&db)? else {
+        let Some(key) = run_key(self.sq(), run_id).map_err(&db)? else {
             return Ok(0);
         };
         let (lo, hi) = rk_range(key);
         let n = self
-            .conn
+            .sq()
             .execute(
                 "UPDATE recipients SET status = ?3, error_message = ?4, at = ?5
                  WHERE rk BETWEEN ?1 AND ?2 AND status = ?6",
@@ -186,7 +187,7 @@ impl Ops<'_> {
                 ],
             )
             .map_err(&db)? as u64;
-        count_move(self.conn, run_id, Some(RecipientStatus::Pending), to, n).map_err(&db)?;
+        count_move(self.sq(), run_id, Some(RecipientStatus::Pending), to, n).map_err(&db)?;
         Ok(n)
     }
 }
@@ -215,7 +216,7 @@ impl Journal {
     /// run: it holds only some of the plan's receivers (see `retry`).
     pub fn all_valid_pending(&self, run_id: &str) -> Result<bool, JournalError> {
         let any: bool = self
-            .conn
+            .sq()
             .query_row(
                 "SELECT EXISTS(SELECT 1 FROM run_counts WHERE run_id = ?1 AND n > 0
                    AND status NOT IN ('pending','invalid','duplicate','suppressed','holdout'))
@@ -241,7 +242,7 @@ impl Journal {
     /// True when any call of the run has an outcome (`done` or `unknown`). A run without one has
     /// no re-queued receivers either.
     pub fn any_call_settled(&self, run_id: &str) -> Result<bool, JournalError> {
-        self.conn
+        self.sq()
             .query_row(
                 "SELECT EXISTS(SELECT 1 FROM calls WHERE run_id = ?1 AND state IN ('done','unknown'))",
                 [run_id],
@@ -259,10 +260,10 @@ impl Journal {
         ids: &[u64],
         resend_unknown: bool,
     ) -> Result<Vec<Sendable>, JournalError> {
-        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
+        let Some(key) = run_key(self.sq(), run_id).map_err(self.db())? else {
             return Ok(Vec::new());
         };
-        let found = resolve(&self.conn, key, seq, ids, false).map_err(self.db())?;
+        let found = resolve(self.sq(), key, seq, ids, false).map_err(self.db())?;
         let (pending, unknown) = (
             RecipientStatus::Pending.code(),
             RecipientStatus::Unknown.code(),
@@ -287,14 +288,15 @@ impl Journal {
     /// next extra call gets: after every plan call and every call already recorded.
     pub fn prepare_requeue(&mut self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
         let path = self.path.clone();
-        let db = |source| JournalError::Db {
+        let db = |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
-            source,
+            source: source.into(),
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.sq(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(db)?;
         super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
         let (key, total, first): (i64, i64, Option<i64>) = tx
             .query_row(
@@ -368,7 +370,7 @@ impl Journal {
     /// Calls made for re-queued receivers (numbered from the run's `first_resend_seq` up).
     pub fn extra_calls(&self, run_id: &str) -> Result<u64, JournalError> {
         let n: i64 = self
-            .conn
+            .sq()
             .query_row(
                 "SELECT COUNT(*) FROM calls c JOIN runs r ON r.id = c.run_id
                  WHERE c.run_id = ?1 AND c.seq >= r.first_resend_seq",
@@ -444,7 +446,7 @@ impl Journal {
         now: Timestamp,
     ) -> Result<(), JournalError> {
         let tx = self.fenced(run_id)?;
-        self.conn
+        self.sq()
             .execute(
                 "UPDATE calls SET state = 'planned', error_code = ?3, error_message = ?4, updated_at = ?5
                  WHERE run_id = ?1 AND seq = ?2",
@@ -452,7 +454,7 @@ impl Journal {
             )
             .map_err(self.db())?;
         if let Some(code) = code {
-            super::attempts::attempt_ended_tx(&self.conn, run_id, seq, code).map_err(self.db())?;
+            super::attempts::attempt_ended_tx(self.sq(), run_id, seq, code).map_err(self.db())?;
         }
         tx.commit().map_err(self.db())
     }
@@ -620,10 +622,10 @@ impl Journal {
         &self,
         f: impl FnOnce(&Ops<'_>) -> Result<u64, JournalError>,
     ) -> Result<u64, JournalError> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+        let tx = rusqlite::Transaction::new_unchecked(self.sq(), TransactionBehavior::Immediate)
             .map_err(self.db())?;
         let n = f(&Ops {
-            conn: &tx,
+            conn: &self.conn,
             path: &self.path,
             owner: &self.owner,
         })?;

@@ -10,8 +10,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rusqlite::TransactionBehavior;
-
 use super::{Journal, JournalError, Write};
 
 impl Journal {
@@ -28,13 +26,13 @@ impl Journal {
         }
         let full = writes.iter().any(|w| matches!(w, Write::Mark(_)));
         if !full {
-            self.conn
+            self.sq()
                 .pragma_update(None, "synchronous", "NORMAL")
                 .map_err(self.db())?;
         }
         let res = self.write_batch_tx(writes);
         if !full {
-            let back = self.conn.pragma_update(None, "synchronous", "FULL");
+            let back = self.sq().pragma_update(None, "synchronous", "FULL");
             res?;
             return back.map_err(self.db());
         }
@@ -43,14 +41,15 @@ impl Journal {
 
     fn write_batch_tx(&mut self, writes: &[Write]) -> Result<(), JournalError> {
         let path = self.path.clone();
-        let db = |source| JournalError::Db {
+        let db = |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
-            source,
+            source: source.into(),
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.sq(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(db)?;
         super::lease::check_writes(&tx, &path, &self.owner, writes)?;
         let mut outcomes = false;
         for w in writes {
@@ -202,7 +201,8 @@ mod tests {
             source: rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
                 None,
-            ),
+            )
+            .into(),
         }));
         assert_eq!(busy.exit(), Exit::Busy);
     }

@@ -47,7 +47,7 @@ impl Journal {
         by: Option<&str>,
         now: Timestamp,
     ) -> Result<(), JournalError> {
-        self.conn
+        self.sq()
             .execute(
                 "INSERT INTO control(campaign, request, requested_at, requested_by) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(campaign) DO UPDATE SET request = excluded.request,
@@ -61,7 +61,7 @@ impl Journal {
     /// The pending control request for a campaign, if any.
     pub fn control(&self, campaign: &str) -> Result<Option<ControlRequest>, JournalError> {
         let s: Option<String> = self
-            .conn
+            .sq()
             .query_row(
                 "SELECT request FROM control WHERE campaign = ?1",
                 [campaign],
@@ -74,7 +74,7 @@ impl Journal {
 
     /// Whether a request for `campaign` is still waiting (nobody acted on it yet).
     pub fn control_pending(&self, campaign: &str) -> Result<bool, JournalError> {
-        self.conn
+        self.sq()
             .prepare_cached("SELECT 1 FROM control WHERE campaign = ?1")
             .map_err(self.db())?
             .exists([campaign])
@@ -85,7 +85,7 @@ impl Journal {
     /// not know) is left for whoever can.
     pub fn pending_controls(&self) -> Result<Vec<PendingControl>, JournalError> {
         let mut st = self
-            .conn
+            .sq()
             .prepare_cached(
                 "SELECT campaign, request, requested_at, requested_by FROM control ORDER BY campaign",
             )
@@ -117,7 +117,7 @@ impl Journal {
 
     /// Forget a campaign's control request, whichever it is (the engine, after acting on it).
     pub fn clear_control(&self, campaign: &str) -> Result<(), JournalError> {
-        self.conn
+        self.sq()
             .execute("DELETE FROM control WHERE campaign = ?1", [campaign])
             .map_err(self.db())?;
         Ok(())
@@ -135,7 +135,7 @@ impl Journal {
         req: &PendingControl,
         and_then: impl FnOnce(&Journal) -> Result<(), E>,
     ) -> Result<bool, E> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+        let tx = rusqlite::Transaction::new_unchecked(self.sq(), TransactionBehavior::Immediate)
             .map_err(self.db())?;
         let removed = tx
             .prepare_cached("DELETE FROM control WHERE campaign = ?1 AND requested_at = ?2")

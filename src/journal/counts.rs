@@ -45,7 +45,7 @@ impl Ops<'_> {
         status: RecipientStatus,
     ) -> Result<u64, JournalError> {
         let n: i64 = self
-            .conn
+            .sq()
             .prepare_cached(
                 "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1 AND status = ?2",
             )
@@ -84,7 +84,7 @@ impl Journal {
         let mut out: BTreeMap<RecipientStatus, u64> =
             RecipientStatus::ALL.iter().map(|k| (*k, 0)).collect();
         let mut st = self
-            .conn
+            .sq()
             .prepare_cached(
                 "SELECT status, COUNT(*) FROM recipients
                  WHERE rk BETWEEN (SELECT key << 32 FROM runs WHERE id = ?1)
@@ -114,7 +114,7 @@ impl Journal {
         K: Copy + Ord + FromStr<Err = JournalError>,
     {
         let mut out: BTreeMap<K, u64> = all.iter().map(|k| (*k, 0)).collect();
-        let mut st = self.conn.prepare_cached(sql).map_err(self.db())?;
+        let mut st = self.sq().prepare_cached(sql).map_err(self.db())?;
         let rows = st
             .query_map([run_id], |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
@@ -130,7 +130,7 @@ impl Journal {
     /// How many recipients of a run have `status`.
     pub fn count_status(&self, run_id: &str, status: RecipientStatus) -> Result<u64, JournalError> {
         let n: i64 = self
-            .conn
+            .sq()
             .query_row(
                 "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1 AND status = ?2",
                 params![run_id, status.as_str()],
@@ -152,7 +152,7 @@ impl Journal {
     /// Total provider attempts made (sum over calls).
     pub fn attempts(&self, run_id: &str) -> Result<u64, JournalError> {
         let n: i64 = self
-            .conn
+            .sq()
             .query_row(
                 "SELECT COALESCE(SUM(attempts), 0) FROM calls WHERE run_id = ?1",
                 [run_id],
@@ -167,7 +167,7 @@ impl Journal {
     /// now (zero once all moved on; a status none of them ever had is absent).
     pub fn recent_counts(&self, since: Timestamp) -> Result<Vec<RunCounts>, JournalError> {
         let mut runs = self
-            .conn
+            .sq()
             .prepare("SELECT id, campaign, updated_at FROM runs")
             .map_err(self.db())?;
         let recent: Vec<(String, String)> = runs
@@ -184,7 +184,7 @@ impl Journal {
             .map(|(id, campaign, _)| (id, campaign))
             .collect();
         let mut st = self
-            .conn
+            .sq()
             .prepare("SELECT status, n FROM run_counts WHERE run_id = ?1")
             .map_err(self.db())?;
         let mut out = Vec::with_capacity(recent.len());

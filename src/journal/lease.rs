@@ -116,9 +116,9 @@ pub(super) fn check_fence(
     let Some(mine) = holder.fence(run_id) else {
         return Ok(());
     };
-    let db = |source| JournalError::Db {
+    let db = |source: rusqlite::Error| JournalError::Db {
         path: path.to_path_buf(),
-        source,
+        source: source.into(),
     };
     let row: Option<(i64, Option<String>, Option<i64>)> = conn
         .prepare_cached("SELECT fence, fence_holder, fence_at_ms FROM runs WHERE id = ?1")
@@ -252,10 +252,10 @@ impl Journal {
     /// gets it. A free, expired or dead holder's lease (its process gone, or its journal closed
     /// in this process) is taken over, and the run's fence moves on.
     pub fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+        let tx = rusqlite::Transaction::new_unchecked(self.sq(), TransactionBehavior::Immediate)
             .map_err(self.db())?;
         let ops = Ops {
-            conn: &tx,
+            conn: &self.conn,
             path: &self.path,
             owner: &self.owner,
         };
@@ -267,7 +267,7 @@ impl Journal {
     /// run was taken over ([`JournalError::Fenced`]: the caller stops sending at once). Returns
     /// the new expiry (None: the lease is not held any more, e.g. the run was paused).
     pub fn renew(&self, run_id: &str, now: Timestamp) -> Result<Option<Timestamp>, JournalError> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+        let tx = rusqlite::Transaction::new_unchecked(self.sq(), TransactionBehavior::Immediate)
             .map_err(self.db())?;
         check_fence(&tx, &self.path, &self.owner, run_id)?;
         let until = plus(now, self.owner.expiry());
@@ -284,7 +284,7 @@ impl Journal {
     /// Give up the run's lease (if this journal holds it). The fence stays: it moves only when
     /// someone claims the run.
     pub fn release(&self, run_id: &str) -> Result<(), JournalError> {
-        self.conn
+        self.sq()
             .execute(
                 "UPDATE runs SET owner = NULL, lease_expires_ms = NULL WHERE id = ?1 AND owner = ?2",
                 params![run_id, self.owner.id()],
@@ -296,7 +296,7 @@ impl Journal {
     /// The run's lease: its holder (None once released), expiry and fence.
     pub fn lease(&self, run_id: &str) -> Result<Option<Lease>, JournalError> {
         let row: Option<(Option<String>, Option<i64>, i64)> = self
-            .conn
+            .sq()
             .query_row(
                 "SELECT owner, lease_expires_ms, fence FROM runs WHERE id = ?1",
                 [run_id],
@@ -314,10 +314,10 @@ impl Journal {
     }
 
     /// Begin an IMMEDIATE transaction on this journal's connection for a write to `run_id`,
-    /// after [`check_fence`]: the caller's statements (on `self.conn`) run inside it, and it
+    /// after [`check_fence`]: the caller's statements (on `self.sq()`) run inside it, and it
     /// commits with `.commit()` (dropped, it rolls back).
     pub(super) fn fenced(&self, run_id: &str) -> Result<rusqlite::Transaction<'_>, JournalError> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+        let tx = rusqlite::Transaction::new_unchecked(self.sq(), TransactionBehavior::Immediate)
             .map_err(self.db())?;
         check_fence(&tx, &self.path, &self.owner, run_id)?;
         Ok(tx)
@@ -327,7 +327,7 @@ impl Journal {
 impl Ops<'_> {
     pub(super) fn owner_of(&self, run_id: &str) -> Result<Option<String>, JournalError> {
         Ok(self
-            .conn
+            .sq()
             .query_row("SELECT owner FROM runs WHERE id = ?1", [run_id], |r| {
                 r.get::<_, Option<String>>(0)
             })
@@ -338,13 +338,13 @@ impl Ops<'_> {
 
     /// [`check_fence`] on these statements' connection (inside the caller's transaction).
     pub(super) fn check_fence(&self, run_id: &str) -> Result<(), JournalError> {
-        check_fence(self.conn, self.path, self.owner, run_id)
+        check_fence(self.sq(), self.path, self.owner, run_id)
     }
 
     /// See [`Journal::claim`]; the caller holds the IMMEDIATE transaction.
     pub(super) fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
         let held: (Option<String>, Option<i64>) = self
-            .conn
+            .sq()
             .query_row(
                 "SELECT owner, lease_expires_ms FROM runs WHERE id = ?1",
                 [&run.id],
@@ -374,7 +374,7 @@ impl Ops<'_> {
     /// (after the check in [`Ops::claim`], or for a run this journal just inserted).
     pub(super) fn take(&self, run_id: &str, now: Timestamp) -> Result<(), JournalError> {
         let fence: i64 = self
-            .conn
+            .sq()
             .query_row(
                 "UPDATE runs SET owner = ?2, updated_at = ?3, fence = fence + 1, fence_holder = ?2,
                      fence_at_ms = ?4, lease_expires_ms = ?5

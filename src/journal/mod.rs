@@ -144,7 +144,7 @@ pub enum JournalError {
     #[error("journal {path}: {source}")]
     Db {
         path: PathBuf,
-        source: rusqlite::Error,
+        source: crate::store::StoreError,
     },
     #[error("cannot create state directory {path}: {source}")]
     Io {
@@ -208,7 +208,10 @@ impl JournalError {
     /// error is: SQLite's SQLITE_FULL, or ENOSPC/EDQUOT creating the state directory.
     pub fn disk_full(&self) -> Option<&Path> {
         match self {
-            JournalError::Db { path, source } if crate::db::is_disk_full(source) => Some(path),
+            JournalError::Db {
+                path,
+                source: crate::store::StoreError::Sqlite(source),
+            } if crate::db::is_disk_full(source) => Some(path),
             JournalError::Io { path, source } if crate::exit::is_storage_full(source) => Some(path),
             JournalError::Write(e) => e.disk_full(),
             _ => None,
@@ -224,7 +227,8 @@ impl JournalError {
             JournalError::Changed { .. } => Exit::Changed,
             JournalError::Busy { .. } | JournalError::Fenced { .. } => Exit::Busy,
             JournalError::Db { source, .. }
-                if is_busy(source) || is_unfinished_conflict(source) =>
+                if matches!(source, crate::store::StoreError::Sqlite(e) if is_busy(e))
+                    || is_unfinished_conflict(source) =>
             {
                 Exit::Busy
             }
@@ -258,7 +262,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 /// The state database.
 pub struct Journal {
-    conn: Connection,
+    conn: crate::store::Conn,
     path: PathBuf,
     /// The lease id this journal writes into `runs.owner` and the fences it took (see
     /// [`Journal::claim`]).
@@ -282,9 +286,9 @@ impl Journal {
 
     /// Open (creating) the database file at `path` and bring its schema up to date.
     pub fn open_path(path: &Path) -> Result<Journal, JournalError> {
-        let db = |source| JournalError::Db {
+        let db = |source: rusqlite::Error| JournalError::Db {
             path: path.to_path_buf(),
-            source,
+            source: source.into(),
         };
         let conn = crate::db::open(path, "FULL").map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
@@ -294,7 +298,7 @@ impl Journal {
         conn.pragma_update(None, "cache_size", -16384).map_err(db)?;
         let (owner, instance) = new_owner();
         let mut j = Journal {
-            conn,
+            conn: crate::store::Conn::sqlite(conn),
             path: path.to_path_buf(),
             owner,
             instance,
@@ -312,13 +316,19 @@ impl Journal {
     /// report's `report_*`; same pragmas). Never for the journal's own tables: their methods are
     /// the only way to them.
     pub fn connection(&self) -> &Connection {
-        &self.conn
+        self.sq()
     }
 
-    fn db(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+    /// The SQLite connection under the journal's [`crate::store::Conn`] (transitional: the
+    /// statements not yet on [`crate::store`]).
+    fn sq(&self) -> &Connection {
+        sqlite_of(&self.conn)
+    }
+
+    fn db<E: Into<crate::store::StoreError>>(&self) -> impl Fn(E) -> JournalError + '_ {
         move |source| JournalError::Db {
             path: self.path.clone(),
-            source,
+            source: source.into(),
         }
     }
 
@@ -346,9 +356,9 @@ impl Journal {
         if !path.exists() {
             return Err(JournalError::Missing(path.to_path_buf()));
         }
-        let db = |source| JournalError::Db {
+        let db = |source: rusqlite::Error| JournalError::Db {
             path: path.to_path_buf(),
-            source,
+            source: source.into(),
         };
         let conn = crate::db::open(path, "FULL").map_err(db)?;
         conn.pragma_update(None, "query_only", true).map_err(db)?;
@@ -357,7 +367,7 @@ impl Journal {
         // Its own lease id, never written (the connection is read-only).
         let (owner, instance) = new_owner();
         Ok(Journal {
-            conn,
+            conn: crate::store::Conn::sqlite(conn),
             path: path.to_path_buf(),
             owner,
             instance,
@@ -369,19 +379,32 @@ impl Journal {
 /// (so a decision and what it does commit together), in a migration, or on the journal's own
 /// connection. Never begins or commits a transaction itself.
 struct Ops<'a> {
-    conn: &'a Connection,
+    conn: &'a crate::store::Conn,
     path: &'a Path,
     /// The lease holder (id and fences) of the journal these statements act for.
     owner: &'a Holder,
 }
 
 impl Ops<'_> {
-    fn db(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+    fn db<E: Into<crate::store::StoreError>>(&self) -> impl Fn(E) -> JournalError + '_ {
         move |source| JournalError::Db {
             path: self.path.to_path_buf(),
-            source,
+            source: source.into(),
         }
     }
+
+    /// See [`Journal::sq`].
+    fn sq(&self) -> &Connection {
+        sqlite_of(self.conn)
+    }
+}
+
+/// Transitional (the port of the journal onto [`crate::store`]): the SQLite connection of a
+/// journal, which is always SQLite until the PostgreSQL journal opens.
+fn sqlite_of(conn: &crate::store::Conn) -> &Connection {
+    #[allow(clippy::expect_used)]
+    conn.as_sqlite()
+        .expect("the journal's statements not yet ported run on SQLite only")
 }
 
 /// A run id: UTC start time plus a random suffix, e.g. `20260301T090000Z-3f9a`.

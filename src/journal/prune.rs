@@ -5,7 +5,7 @@
 //! report's to clean).
 
 use jiff::Timestamp;
-use rusqlite::{params, TransactionBehavior};
+use rusqlite::params;
 
 use super::schema::{rk_range, run_key};
 use super::{Journal, JournalError};
@@ -17,14 +17,15 @@ impl Journal {
     /// (runs, calls, recipients) deleted.
     pub fn prune_runs(&mut self, cutoff: Timestamp) -> Result<(u64, u64, u64), JournalError> {
         let path = self.path.clone();
-        let db = move |source| JournalError::Db {
+        let db = move |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
-            source,
+            source: source.into(),
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(&db)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.sq(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(&db)?;
         let old: Vec<String> = {
             let mut st = tx
                 .prepare(

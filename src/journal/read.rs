@@ -29,12 +29,12 @@ impl Journal {
 
     /// The highest audience line of a run's recipient rows (None: no rows).
     pub fn last_line(&self, run_id: &str) -> Result<Option<u64>, JournalError> {
-        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
+        let Some(key) = run_key(self.sq(), run_id).map_err(self.db())? else {
             return Ok(None);
         };
         let (lo, hi) = rk_range(key);
         let max: Option<i64> = self
-            .conn
+            .sq()
             .query_row(
                 "SELECT MAX(rk) FROM recipients WHERE rk BETWEEN ?1 AND ?2",
                 params![lo, hi],
@@ -53,7 +53,7 @@ impl Journal {
         lines: std::ops::RangeInclusive<u64>,
         mut f: impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let Some(view) = RunView::load(&self.conn, run_id).map_err(self.db())? else {
+        let Some(view) = RunView::load(self.sq(), run_id).map_err(self.db())? else {
             return Ok(());
         };
         let (lo, _) = rk_range(view.key);
@@ -62,7 +62,7 @@ impl Journal {
             (*lines.end()).min(MAX_LINE) as i64,
         );
         let mut st = self
-            .conn
+            .sq()
             .prepare(
                 "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
                         error_message, detail, at, variant_name
@@ -97,7 +97,7 @@ impl Journal {
                 .map(String::as_str);
             let at = int(r, 11).map_err(self.db())?;
             let time = view
-                .time(&self.conn, status, call_seq, at, &mut buf)
+                .time(self.sq(), status, call_seq, at, &mut buf)
                 .map_err(self.db())?;
             let row = RecipientRef {
                 line,
@@ -151,7 +151,7 @@ impl Journal {
         limit: Option<usize>,
     ) -> Result<Vec<CallRow>, JournalError> {
         let mut st = self
-            .conn
+            .sq()
             .prepare(
                 "SELECT seq, variant, receivers, state, attempts, client_msg_id, error_code,
                         error_message, updated_at, strays
@@ -176,13 +176,13 @@ impl Journal {
             .map_err(self.db())?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.db())?;
-        let key = run_key(&self.conn, run_id).map_err(self.db())?.unwrap_or(0);
+        let key = run_key(self.sq(), run_id).map_err(self.db())?.unwrap_or(0);
         let by_line = |seq: i64, lines: &[u8], strays: Option<&[u8]>| {
             let rks: Vec<i64> = decode_list(lines)?
                 .into_iter()
                 .map(|l| (key << 32) | (l & MAX_LINE as i64))
                 .collect();
-            let found = rows_at(&self.conn, &rks).map_err(self.db())?;
+            let found = rows_at(self.sq(), &rks).map_err(self.db())?;
             let by_rk: std::collections::HashMap<i64, u64> =
                 found.iter().map(|(id, f)| (f.rk, *id)).collect();
             let mut ids = Vec::with_capacity(rks.len());
@@ -234,7 +234,7 @@ impl Journal {
         mut f: impl FnMut(CallEnd) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut st = self
-            .conn
+            .sq()
             .prepare(
                 "SELECT updated_at, n_receivers FROM calls
                  WHERE run_id = ?1 AND state IN ('done', 'unknown')",

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use jiff::Timestamp;
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension};
 
 use super::counts::count_move;
 use super::lease::describe_owner;
@@ -91,16 +91,17 @@ impl Journal {
         decide: impl FnOnce(&Ops<'_>) -> Result<Opened, JournalError>,
     ) -> Result<Opened, JournalError> {
         let path = self.path.clone();
-        let db = |source| JournalError::Db {
+        let db = |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
-            source,
+            source: source.into(),
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.sq(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(db)?;
         let ops = Ops {
-            conn: &tx,
+            conn: &self.conn,
             path: &self.path,
             owner: &self.owner,
         };
@@ -288,7 +289,7 @@ impl Ops<'_> {
         let audit =
             serde_json::to_string(&new.audit).map_err(|e| JournalError::Corrupt(e.to_string()))?;
         let db = self.db();
-        let tx = self.conn;
+        let tx = self.sq();
         tx.execute(
             "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
                               created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
@@ -445,7 +446,7 @@ impl Ops<'_> {
         now: Timestamp,
     ) -> Result<Option<u64>, JournalError> {
         let db = self.db();
-        self.conn
+        self.sq()
             .execute_batch("SAVEPOINT apply_suppressions")
             .map_err(&db)?;
         let res = self.apply_suppressions(old, new, rows, now);
@@ -453,7 +454,7 @@ impl Ops<'_> {
             Ok(Some(_)) => "RELEASE apply_suppressions",
             _ => "ROLLBACK TO apply_suppressions; RELEASE apply_suppressions",
         };
-        let ended = self.conn.execute_batch(end).map_err(&db);
+        let ended = self.sq().execute_batch(end).map_err(&db);
         let n = res?;
         ended?;
         Ok(n)
@@ -467,7 +468,7 @@ impl Ops<'_> {
         now: Timestamp,
     ) -> Result<Option<u64>, JournalError> {
         let db = self.db();
-        let tx = self.conn;
+        let tx = self.sq();
         let mut n = 0u64;
         let mut seen = 0u64;
         let key = run_key(tx, &old.id)

@@ -200,12 +200,12 @@ impl Ops<'_> {
         last: &RunInfo,
         retryable: &dyn Fn(&str) -> bool,
     ) -> Result<RetryCandidates, JournalError> {
-        let key = run_key(self.conn, &last.id)
+        let key = run_key(self.sq(), &last.id)
             .map_err(self.db())?
             .ok_or_else(|| JournalError::NoRun(last.id.clone()))?;
         let (lo, hi) = rk_range(key);
         let mut st = self
-            .conn
+            .sq()
             .prepare_cached(
                 "SELECT error_code, COUNT(*) FROM recipients
                  WHERE rk BETWEEN ?1 AND ?2 AND status = ?3 GROUP BY error_code",
@@ -263,14 +263,14 @@ impl Ops<'_> {
         }
         let last = self.retry_source(campaign, occurrence)?;
         let db = self.db();
-        let old_key = run_key(self.conn, &last.id)
+        let old_key = run_key(self.sq(), &last.id)
             .map_err(&db)?
             .ok_or_else(|| JournalError::NoRun(last.id.clone()))?;
         let (lo, hi) = rk_range(old_key);
         let mut ids: HashSet<u64> = HashSet::new();
         {
             let mut st = self
-                .conn
+                .sq()
                 .prepare(
                     "SELECT id, error_code FROM recipients
                      WHERE rk BETWEEN ?1 AND ?2 AND status = ?3 AND id IS NOT NULL",
@@ -304,7 +304,7 @@ impl Ops<'_> {
         }
         let audit =
             serde_json::to_string(&audit).map_err(|e| JournalError::Corrupt(e.to_string()))?;
-        self.conn
+        self.sq()
             .execute(
                 "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
                                   created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
@@ -333,7 +333,7 @@ impl Ops<'_> {
             )
             .map_err(&db)?;
         self.take(&id, now)?;
-        let key = run_key(self.conn, &id)
+        let key = run_key(self.sq(), &id)
             .map_err(&db)?
             .ok_or_else(|| JournalError::NoRun(id.clone()))?;
         let mut seeder = Seeder::new(key);
@@ -341,7 +341,7 @@ impl Ops<'_> {
         let mut found: HashSet<u64> = HashSet::new();
         {
             let mut ins = self
-                .conn
+                .sq()
                 .prepare(
                     "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -375,7 +375,7 @@ impl Ops<'_> {
                 .map_err(&db)?;
             }
         }
-        seeder.finish(self.conn).map_err(&db)?;
+        seeder.finish(self.sq()).map_err(&db)?;
         let retried = seeded.get(&RecipientStatus::Pending).copied().unwrap_or(0);
         if retried == 0 {
             return Err(JournalError::Retry(format!(
@@ -387,7 +387,7 @@ impl Ops<'_> {
             )));
         }
         for (status, n) in seeded {
-            count_move(self.conn, &id, None, status, n).map_err(&db)?;
+            count_move(self.sq(), &id, None, status, n).map_err(&db)?;
         }
         let run = self.existing_run(&id)?;
         Ok(Opened::Retry {

@@ -53,7 +53,7 @@ impl Journal {
         include_tests: bool,
     ) -> Result<Option<RunInfo>, JournalError> {
         let raw = self
-            .conn
+            .sq()
             .query_row(
                 "SELECT * FROM runs WHERE campaign = ?1 AND (?2 OR is_test = 0)
                  ORDER BY created_at DESC, rowid DESC LIMIT 1",
@@ -78,7 +78,7 @@ impl Journal {
     /// All runs of a campaign, newest first.
     pub fn runs(&self, campaign: &str) -> Result<Vec<RunInfo>, JournalError> {
         let mut st = self
-            .conn
+            .sq()
             .prepare("SELECT * FROM runs WHERE campaign = ?1 ORDER BY created_at DESC, rowid DESC")
             .map_err(self.db())?;
         let raws = st
@@ -92,7 +92,7 @@ impl Journal {
     /// Every campaign with a run in the journal (test runs included), sorted.
     pub fn campaigns(&self) -> Result<Vec<String>, JournalError> {
         let mut st = self
-            .conn
+            .sq()
             .prepare("SELECT DISTINCT campaign FROM runs ORDER BY campaign")
             .map_err(self.db())?;
         let names = st
@@ -129,7 +129,7 @@ pub(super) fn parse_action(s: &str) -> Result<Action, JournalError> {
 impl Ops<'_> {
     pub(super) fn run(&self, id: &str) -> Result<Option<RunInfo>, JournalError> {
         let raw = self
-            .conn
+            .sq()
             .prepare_cached("SELECT * FROM runs WHERE id = ?1")
             .map_err(self.db())?
             .query_row([id], Journal::run_from_row)
@@ -149,7 +149,7 @@ impl Ops<'_> {
         occurrence: Option<&str>,
     ) -> Result<Option<RunInfo>, JournalError> {
         let raw = self
-            .conn
+            .sq()
             .prepare_cached(
                 "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
                    AND status IN ('running','paused','interrupted')
@@ -169,7 +169,7 @@ impl Ops<'_> {
         occurrence: Option<&str>,
     ) -> Result<Option<RunInfo>, JournalError> {
         let raw = self
-            .conn
+            .sq()
             .prepare_cached(
                 "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
                  ORDER BY created_at DESC, rowid DESC LIMIT 1",
@@ -190,7 +190,7 @@ impl Ops<'_> {
     ) -> Result<(), JournalError> {
         let done = matches!(status, RunStatus::Finished | RunStatus::Cancelled);
         let n = self
-            .conn
+            .sq()
             .prepare_cached(
                 "UPDATE runs SET status = ?2, stop_reason = ?3, updated_at = ?4,
                      finished_at = CASE WHEN ?5 THEN ?4 ELSE NULL END,

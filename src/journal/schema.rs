@@ -18,7 +18,7 @@
 use std::path::Path;
 
 use jiff::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -33,12 +33,17 @@ pub(super) const UNFINISHED_INDEX: &str = "runs_one_unfinished";
 
 /// Whether `e` is the database refusing a second unfinished run of a campaign occurrence
 /// (another process created or reopened one first).
-pub(super) fn is_unfinished_conflict(e: &rusqlite::Error) -> bool {
-    matches!(
-        e,
-        rusqlite::Error::SqliteFailure(f, Some(msg))
-            if f.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains(UNFINISHED_INDEX)
-    )
+pub(super) fn is_unfinished_conflict(e: &crate::store::StoreError) -> bool {
+    use crate::store::StoreError;
+    match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, Some(msg))) => {
+            f.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains(UNFINISHED_INDEX)
+        }
+        StoreError::Postgres(e) => e
+            .as_db_error()
+            .is_some_and(|d| d.constraint() == Some(UNFINISHED_INDEX)),
+        _ => false,
+    }
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -303,9 +308,9 @@ const COMPACT_CALLS: &str = "DROP TABLE calls;
 /// plan call's lines into `call_plan`. In Rust because times and packed lists cannot be converted
 /// exactly in portable SQL.
 fn compact_rows(conn: &Connection, path: &Path) -> Result<(), JournalError> {
-    let db = |source| JournalError::Db {
+    let db = |source: rusqlite::Error| JournalError::Db {
         path: path.to_path_buf(),
-        source,
+        source: source.into(),
     };
     let mut runs: HashMap<i64, (String, String)> = HashMap::new();
     {
@@ -404,9 +409,9 @@ fn compact_rows(conn: &Connection, path: &Path) -> Result<(), JournalError> {
 /// Migration 10's calls (after [`COMPACT_RECIPIENTS`]): each call's receivers found among the
 /// compact rows (as a mark finds them) and stored as their lines.
 fn compact_calls(conn: &Connection, path: &Path) -> Result<(), JournalError> {
-    let db = |source| JournalError::Db {
+    let db = |source: rusqlite::Error| JournalError::Db {
         path: path.to_path_buf(),
-        source,
+        source: source.into(),
     };
     let mut st = conn
         .prepare(
@@ -464,9 +469,9 @@ const UNFINISHED_INDEX_MIGRATION: usize = 4;
 /// in-flight call's receivers become `unknown`) and cancelled: pending recipients `cancelled`,
 /// the run `cancelled` with a stop reason naming the run kept. Returns how many were cancelled.
 fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, JournalError> {
-    let db = |source| JournalError::Db {
+    let db = |source: rusqlite::Error| JournalError::Db {
         path: path.to_path_buf(),
-        source,
+        source: source.into(),
     };
     let older: Vec<(String, String, String, String)> = {
         let mut st = conn
@@ -617,14 +622,15 @@ pub(super) fn parse_ts(s: &str) -> Result<Timestamp, JournalError> {
 impl Journal {
     pub(super) fn migrate(&mut self) -> Result<(), JournalError> {
         let path = self.path.clone();
-        let db = |source| JournalError::Db {
+        let db = |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
-            source,
+            source: source.into(),
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.sq(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(db)?;
         let version: i64 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(db)?;
@@ -651,14 +657,15 @@ impl Journal {
     /// version is ≤ i.
     pub fn migrate_extra(&mut self, component: &str, steps: &[&str]) -> Result<(), JournalError> {
         let path = self.path.clone();
-        let db = |source| JournalError::Db {
+        let db = |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
-            source,
+            source: source.into(),
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.sq(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(db)?;
         let v: i64 = tx
             .query_row(
                 "SELECT version FROM extra_migrations WHERE component = ?1",
@@ -739,6 +746,7 @@ mod tests {
         for status in ["running", "paused", "interrupted"] {
             let e = insert_run(c, &format!("dup-{status}"), None, status, false)
                 .expect_err("a second unfinished run");
+            let e = crate::store::StoreError::from(e);
             assert!(is_unfinished_conflict(&e), "{e}");
             let je = JournalError::Db {
                 path: j.path().to_path_buf(),
@@ -754,12 +762,12 @@ mod tests {
         insert_run(c, "occ-1", Some("2026-03-01T09:00Z"), "running", false).expect("occurrence");
         let e = insert_run(c, "occ-2", Some("2026-03-01T09:00Z"), "paused", false)
             .expect_err("same occurrence");
-        assert!(is_unfinished_conflict(&e), "{e}");
+        assert!(is_unfinished_conflict(&e.into()));
         // Reopening a finished run while another is unfinished is refused too.
         let e = c
             .execute("UPDATE runs SET status = 'running' WHERE id = 'done'", [])
             .expect_err("reopen");
-        assert!(is_unfinished_conflict(&e), "{e}");
+        assert!(is_unfinished_conflict(&e.into()));
     }
 
     #[test]

@@ -54,14 +54,15 @@ impl Journal {
     /// Record `stages` of `run_id` in order, unless already recorded (a resume keeps its rows).
     pub fn record_stages(&mut self, run_id: &str, stages: &[NewStage]) -> Result<(), JournalError> {
         let path = self.path.clone();
-        let db = |source| JournalError::Db {
+        let db = |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
-            source,
+            source: source.into(),
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.sq(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(db)?;
         super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
         for (i, s) in stages.iter().enumerate() {
             tx.execute(
@@ -101,7 +102,7 @@ impl Journal {
             Option<String>,
         );
         let mut st = self
-            .conn
+            .sq()
             .prepare_cached(
                 "SELECT idx, name, first_call, calls, recipients, not_before, state, gate, gate_at,
                      detail, started_at, finished_at
@@ -157,7 +158,7 @@ impl Journal {
         now: Timestamp,
     ) -> Result<(), JournalError> {
         let tx = self.fenced(run_id)?;
-        self.conn
+        self.sq()
             .prepare_cached(
                 "UPDATE run_stages SET state = ?3,
                      started_at = CASE WHEN ?3 = 'sending' THEN COALESCE(started_at, ?4) ELSE started_at END,
@@ -180,7 +181,7 @@ impl Journal {
         detail: Option<&str>,
     ) -> Result<(), JournalError> {
         let tx = self.fenced(run_id)?;
-        self.conn
+        self.sq()
             .prepare_cached(
                 "UPDATE run_stages SET gate = ?3, gate_at = COALESCE(?4, gate_at),
                      detail = COALESCE(?5, detail)
@@ -211,14 +212,15 @@ impl Journal {
         now: Timestamp,
     ) -> Result<u64, JournalError> {
         let path = self.path.clone();
-        let db = |source| JournalError::Db {
+        let db = |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
-            source,
+            source: source.into(),
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let tx = rusqlite::Transaction::new_unchecked(
+            self.sq(),
+            rusqlite::TransactionBehavior::Immediate,
+        )
+        .map_err(db)?;
         super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
         let Some(key) = run_key(&tx, run_id).map_err(db)? else {
             return Err(JournalError::NoRun(run_id.into()));

@@ -120,9 +120,9 @@ pub fn record_run(
 ) -> Result<(), JournalError> {
     journal.migrate_extra("report", MIGRATIONS)?;
     let path = journal.path().to_path_buf();
-    let db = |source| JournalError::Db {
+    let db = |source: rusqlite::Error| JournalError::Db {
         path: path.clone(),
-        source,
+        source: source.into(),
     };
     let conn = journal.connection();
     let tx = conn.unchecked_transaction().map_err(db)?;
@@ -169,9 +169,9 @@ pub fn record_run(
 /// runs it has is the journal's to say ([`Journal::run`]); this reads only the report's tables.
 pub fn forget_pruned(journal: &Journal) -> Result<u64, JournalError> {
     let conn = journal.connection();
-    let db = |source| JournalError::Db {
+    let db = |source: rusqlite::Error| JournalError::Db {
         path: journal.path().to_path_buf(),
-        source,
+        source: source.into(),
     };
     if !has_table(conn, "report_runs").map_err(db)? {
         return Ok(0);
@@ -227,9 +227,9 @@ pub fn recorded(
     journal: &Journal,
     run_id: &str,
 ) -> Result<(Option<RunMeta>, Vec<VariantFact>), JournalError> {
-    let db = |source| JournalError::Db {
+    let db = |source: rusqlite::Error| JournalError::Db {
         path: journal.path().to_path_buf(),
-        source,
+        source: source.into(),
     };
     recorded_in(journal.connection(), run_id).map_err(db)
 }
