@@ -7,14 +7,22 @@
 #   WRAP="heaptrack -o /tmp/imcast-heap" examples/bench_client.sh 1000000   # where the client's memory goes
 #   KEEP=1 examples/bench_client.sh 1000000   # keep the temp repo (state, reports) to look at
 #   BIN=/tmp/imcast-old examples/bench_client.sh 1000000   # another build of imcast (a comparison)
+#   PG=1 examples/bench_client.sh 1000000   # state in a throwaway PostgreSQL (examples/pg_cluster.sh,
+#                                           # fsync on) through `[state] url`, instead of SQLite
 # Prints the state left per recipient too: the state database (imcast.db + -wal) / recipients.
 set -euo pipefail
 N=${1:-1000000}
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/imcast}
 D=$(mktemp -d)
-trap 'kill "${MOCK:-}" 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$D"' EXIT
+HERE=$(cd "$(dirname "$0")" && pwd)
+trap 'kill "${MOCK:-}" 2>/dev/null || true; [ -z "${PG_DIR:-}" ] || "$HERE/pg_cluster.sh" stop "$PG_DIR"; [ -n "${KEEP:-}" ] || rm -rf "$D"' EXIT
 cd "$D"
 printf '[limits.batch]\nlimit = 1000000000\nwindow = "1s"\n[send]\nmax_requests_per_second = 1000000\nmax_batch_in_flight = 8\n' > imcast.toml
+if [ -n "${PG:-}" ]; then
+  eval "$("$HERE/pg_cluster.sh" start)"
+  printf '[state]\nurl = "%s"\n' "$PG_URL" >> imcast.toml
+  PG_EMPTY=$(psql "$PG_URL" -Atc "SELECT pg_database_size(current_database())")
+fi
 # ids above 2^53, written as text (awk numbers are doubles)
 awk -v n="$N" 'BEGIN { print "user_id,name"; for (i = 0; i < n; i++) printf "90071993%08d,user%d\n", i, i }' > audience.csv
 "$BIN" mock-server --limit 1000000000 --window 1s -q > mock.out 2> mock.err &
@@ -38,7 +46,11 @@ VOLC_ACCESSKEY=AKLTmockaccesskey000000 VOLC_SECRETKEY=mock-secret-key-not-a-secr
   ${WRAP:-/usr/bin/time -f "client: %e s wall, %U user %S sys, %M KB maxrss"} "$BIN" run bench.yaml --yes > /dev/null
 grep VmHWM "/proc/$MOCK/status" | sed 's/^/mock /'
 DB=$(find "$D" -name imcast.db | head -1)
-if [ -n "$DB" ]; then
+if [ -n "${PG:-}" ]; then
+  psql "$PG_URL" -qc CHECKPOINT
+  BYTES=$(( $(psql "$PG_URL" -Atc "SELECT pg_database_size(current_database())") - PG_EMPTY ))
+  echo "state: $BYTES bytes (PostgreSQL database growth, WAL not counted), $(awk -v b="$BYTES" -v n="$N" 'BEGIN { printf "%.1f", b / n }') bytes a recipient"
+elif [ -n "$DB" ]; then
   BYTES=$(( $(stat -c %s "$DB") + $( [ -f "$DB-wal" ] && stat -c %s "$DB-wal" || echo 0) ))
   echo "state: $BYTES bytes ($DB + -wal), $(awk -v b="$BYTES" -v n="$N" 'BEGIN { printf "%.1f", b / n }') bytes a recipient"
 fi
