@@ -90,6 +90,9 @@ pub enum StoreError {
     Sql { sql: String, why: &'static str },
     #[error("the PostgreSQL connection was lost inside a transaction")]
     Lost,
+    /// A value read back that its owner could not understand (a malformed packed list).
+    #[error("{0}")]
+    Value(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {
@@ -194,11 +197,64 @@ impl<'a, T: Copy + Into<Value<'a>>> From<&Option<T>> for Value<'a> {
     }
 }
 
-/// `params![a, b, c]`: a `&[Value]` from anything with `Into<Value>`.
+/// A value a parameter borrows from ([`params!`](crate::store::params) takes each argument by
+/// reference, so an owned `String`, `Vec<u8>` or a temporary such as `ts(now)` is a parameter
+/// as it is, for the statement it is written in).
+pub trait ToValue {
+    fn to_value(&self) -> Value<'_>;
+}
+
+impl ToValue for Value<'_> {
+    fn to_value(&self) -> Value<'_> {
+        *self
+    }
+}
+macro_rules! to_value_via_from {
+    ($($t:ty),*) => {$(
+        impl ToValue for $t {
+            fn to_value(&self) -> Value<'_> {
+                Value::from(*self)
+            }
+        }
+    )*};
+}
+to_value_via_from!(i64, i32, u32, bool);
+impl ToValue for str {
+    fn to_value(&self) -> Value<'_> {
+        Value::Text(self)
+    }
+}
+impl ToValue for String {
+    fn to_value(&self) -> Value<'_> {
+        Value::Text(self)
+    }
+}
+impl ToValue for [u8] {
+    fn to_value(&self) -> Value<'_> {
+        Value::Bytes(self)
+    }
+}
+impl ToValue for Vec<u8> {
+    fn to_value(&self) -> Value<'_> {
+        Value::Bytes(self)
+    }
+}
+impl<T: ToValue + ?Sized> ToValue for &T {
+    fn to_value(&self) -> Value<'_> {
+        (**self).to_value()
+    }
+}
+impl<T: ToValue> ToValue for Option<T> {
+    fn to_value(&self) -> Value<'_> {
+        self.as_ref().map_or(Value::Null, ToValue::to_value)
+    }
+}
+
+/// `params![a, b, c]`: a `&[Value]` borrowing each argument ([`ToValue`]).
 #[macro_export]
 macro_rules! store_params {
     ($($v:expr),* $(,)?) => {
-        &[$($crate::store::Value::from($v)),*][..]
+        &[$($crate::store::ToValue::to_value(&$v)),*][..]
     };
 }
 pub use crate::store_params as params;

@@ -41,15 +41,11 @@ impl Journal {
 
     fn write_batch_tx(&mut self, writes: &[Write]) -> Result<(), JournalError> {
         let path = self.path.clone();
-        let db = |source: rusqlite::Error| JournalError::Db {
+        let db = |source: crate::store::StoreError| JournalError::Db {
             path: path.clone(),
             source: source.into(),
         };
-        let tx = rusqlite::Transaction::new_unchecked(
-            self.sq(),
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(db)?;
+        let tx = super::begin_write(&self.conn).map_err(db)?;
         super::lease::check_writes(&tx, &path, &self.owner, writes)?;
         let mut outcomes = false;
         for w in writes {

@@ -332,6 +332,12 @@ impl Journal {
         }
     }
 
+    /// Begin a journal write transaction (see [`begin_write`]: on PostgreSQL it holds the journal's
+    /// advisory lock until it ends).
+    fn begin_write(&self) -> Result<crate::store::Tx<'_>, JournalError> {
+        begin_write(&self.conn).map_err(self.db())
+    }
+
     /// Statements on this journal's own connection (each commits by itself unless the caller
     /// opened a transaction).
     fn ops(&self) -> Ops<'_> {
@@ -392,19 +398,37 @@ impl Ops<'_> {
             source: source.into(),
         }
     }
-
-    /// See [`Journal::sq`].
-    fn sq(&self) -> &Connection {
-        sqlite_of(self.conn)
-    }
 }
 
-/// Transitional (the port of the journal onto [`crate::store`]): the SQLite connection of a
-/// journal, which is always SQLite until the PostgreSQL journal opens.
+/// The SQLite connection of a journal, for the steps only SQLite has (its migration history,
+/// pragmas, [`Journal::connection`]); the journal opens SQLite only until the PostgreSQL journal
+/// opens through the store.
 fn sqlite_of(conn: &crate::store::Conn) -> &Connection {
     #[allow(clippy::expect_used)]
     conn.as_sqlite()
-        .expect("the journal's statements not yet ported run on SQLite only")
+        .expect("a SQLite-only journal step (migration history, pragma) on a SQLite journal")
+}
+
+/// The PostgreSQL advisory lock every journal write transaction takes first (see
+/// [`begin_write`]); `imcast` in ASCII, then 2 (1 is the schema's, [`crate::pg::schema::SCHEMA_LOCK`]).
+pub(crate) const JOURNAL_LOCK: i64 = 0x696d_6361_7374_0002;
+
+/// Begin a journal write transaction: `BEGIN IMMEDIATE` on SQLite (the database's one write
+/// lock); on PostgreSQL `READ COMMITTED` whose first statement takes the transaction-scoped
+/// advisory lock [`JOURNAL_LOCK`], so journal writers are serialized exactly as on SQLite (the
+/// `open_run` decision, claims, fences and counters rely on it). Every journal write
+/// transaction begins here; reads outside a transaction need nothing.
+fn begin_write(
+    conn: &crate::store::Conn,
+) -> Result<crate::store::Tx<'_>, crate::store::StoreError> {
+    let tx = conn.transaction()?;
+    if conn.backend() == crate::store::Backend::Postgres {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(?1)",
+            crate::store::params![JOURNAL_LOCK],
+        )?;
+    }
+    Ok(tx)
 }
 
 /// A run id: UTC start time plus a random suffix, e.g. `20260301T090000Z-3f9a`.
