@@ -49,7 +49,7 @@ macro_rules! outcome_update {
     () => {
         " recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
              detail = ?7, at = NULL, call_seq = ?8, variant = ?9,
-             attempts = CASE WHEN ?11 = ?1 THEN attempts + ?10 ELSE ?10 END,
+             attempts = CASE WHEN CAST(?11 AS BIGINT) = CAST(?1 AS BIGINT) THEN attempts + ?10 ELSE ?10 END,
              refusals = refusals + CASE WHEN ?5 = 'FailedReceiver' THEN 1 ELSE 0 END
          WHERE rk = ?2 AND status = ?11"
     };

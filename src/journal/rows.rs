@@ -7,7 +7,7 @@
 //! about a byte a recipient), a run's Content variants (`run_variants`: a row holds the variant's
 //! small index), a recipient's time (NULL: the time its call was answered, or the run's start; an
 //! integer of nanoseconds only where it differs: cancelled, expired, suppressed on resume,
-//! carried over). A call's receivers are found through its plan call's lines (rowid look-ups),
+//! carried over). A call's receivers are found through its plan call's lines (look-ups by key, `rk`),
 //! then through the small partial index of refused receivers (`recipients_refused`, the only rows
 //! resent in another call), and only then by a scan of the run (receivers the run does not plan
 //! in that call: never in a real run; it keeps the old semantics for any caller).
@@ -37,7 +37,7 @@ fn corrupt(e: JournalError) -> StoreError {
 }
 
 /// The rows at `rks` (a run's keys), by id. Keys in one ascending contiguous range are read with
-/// one range scan, others one by one (rowid look-ups).
+/// one range scan, others one by one (look-ups by key).
 pub(super) fn rows_at(conn: &Conn, rks: &[i64]) -> Result<HashMap<u64, Found>, StoreError> {
     let mut out = HashMap::with_capacity(rks.len());
     let contiguous = rks.len() > 1 && rks.windows(2).all(|w| w[1] == w[0] + 1);

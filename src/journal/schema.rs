@@ -6,10 +6,14 @@
 //! compact journal) recipient rows of a few integers with what a call or a run shares stored
 //! once (see `rows` and `pack`).
 //!
-//! Portability (the PostgreSQL port): the statements are plain SQL (integer codes, BLOB lists
-//! = `bytea`, a partial index, which PostgreSQL has). SQLite-only: `rk` is the rowid (`INTEGER
-//! PRIMARY KEY`: the table b-tree itself in audience order; on PostgreSQL a `bigint` primary key),
-//! `run_counts`/`run_stages` are `WITHOUT ROWID`, and `PRAGMA user_version` numbers the migrations.
+//! Portability (the PostgreSQL port): the migrations here are SQLite's history and run on SQLite
+//! only (through [`crate::store::Conn::as_sqlite`]; PostgreSQL's journal tables are the store's
+//! own migrations, [`crate::pg::schema`]). The values they define are portable: integer codes,
+//! BLOB lists = `bytea`, a partial index, which PostgreSQL has. SQLite-only: `rk` is the rowid
+//! (`INTEGER PRIMARY KEY`: the table b-tree itself in audience order; on PostgreSQL a `bigint`
+//! primary key — statements name it `rk`, never `rowid`), `run_counts`/`run_stages` are `WITHOUT
+//! ROWID`, and `PRAGMA user_version` numbers the migrations. The helpers every statement uses
+//! ([`run_key`], [`rk_range`], [`is_unfinished_conflict`], times) are portable.
 //!
 //! Invariants: a migration runs once, in order, inside one IMMEDIATE transaction with the
 //! version bump; a migration is never edited once released (add a new one). Must not: change

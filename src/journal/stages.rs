@@ -1,7 +1,7 @@
 //! A run's stages (see `crate::stages`): recorded once when the run first reaches them, then
 //! their state, the time each may not start before and the canary gate's outcome.
 //!
-//! Invariants: rows are inserted once (`INSERT OR IGNORE`: a resumed run keeps the times it
+//! Invariants: rows are inserted once (`ON CONFLICT DO NOTHING`: a resumed run keeps the times it
 //! recorded, so a wait survives a restart); times are RFC 3339 text like every journal time.
 //! Must not: decide anything (the run does), touch recipients or calls.
 
