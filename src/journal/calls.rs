@@ -44,6 +44,22 @@ pub(super) fn pack_receivers(
     Ok((encode_list(&lines), strays))
 }
 
+/// PostgreSQL: a call's outcomes in one statement (see `Journal::outcome_tx`). ?1 the pending
+/// code; arrays ?2 rk, ?3 new status, ?4 message id, ?5 error code, ?6 error message, ?7 detail,
+/// ?8 the status each row moves from; ?9 the call, ?10 its variant index, ?11 its attempts.
+/// Returns (from, to) of each row it changed.
+pub(super) const PG_OUTCOMES: &str = "UPDATE recipients AS r SET status = u.status, message_id = u.message_id,
+                         error_code = u.code, error_message = u.msg, detail = u.detail, at = NULL,
+                         call_seq = ?9, variant = ?10,
+                         attempts = CASE WHEN u.from_status = ?1 THEN r.attempts + ?11 ELSE ?11 END,
+                         refusals = r.refusals + CASE WHEN u.code = 'FailedReceiver' THEN 1 ELSE 0 END
+                     FROM unnest(CAST(?2 AS BIGINT[]), CAST(?3 AS BIGINT[]), CAST(?4 AS BIGINT[]),
+                                 CAST(?5 AS TEXT[]), CAST(?6 AS TEXT[]), CAST(?7 AS TEXT[]),
+                                 CAST(?8 AS BIGINT[]))
+                          AS u(rk, status, message_id, code, msg, detail, from_status)
+                     WHERE r.rk = u.rk AND r.status = u.from_status
+                     RETURNING u.from_status, u.status";
+
 /// The per-row outcome update after its verb (`UPDATE` or SQLite's `UPDATE OR FAIL`).
 macro_rules! outcome_update {
     () => {
@@ -531,17 +547,7 @@ impl Journal {
             let from: Vec<Option<i64>> = rows.iter().map(|r| Some(r.2.code())).collect();
             let changed = tx
                 .query_map(
-                    "UPDATE recipients AS r SET status = u.status, message_id = u.message_id,
-                         error_code = u.code, error_message = u.msg, detail = u.detail, at = NULL,
-                         call_seq = ?9, variant = ?10,
-                         attempts = CASE WHEN u.from_status = ?1 THEN r.attempts + ?11 ELSE ?11 END,
-                         refusals = r.refusals + CASE WHEN u.code = 'FailedReceiver' THEN 1 ELSE 0 END
-                     FROM unnest(CAST(?2 AS BIGINT[]), CAST(?3 AS BIGINT[]), CAST(?4 AS BIGINT[]),
-                                 CAST(?5 AS TEXT[]), CAST(?6 AS TEXT[]), CAST(?7 AS TEXT[]),
-                                 CAST(?8 AS BIGINT[]))
-                          AS u(rk, status, message_id, code, msg, detail, from_status)
-                     WHERE r.rk = u.rk AND r.status = u.from_status
-                     RETURNING u.from_status, u.status",
+                    PG_OUTCOMES,
                     &[
                         Value::Int(RecipientStatus::Pending.code()),
                         Value::Ints(&rk),

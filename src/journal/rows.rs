@@ -209,7 +209,7 @@ const INSERT_ROW: &str = "INSERT INTO recipients(rk, id, raw_id, status, call_se
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 /// Rows a PostgreSQL bulk insert sends in one statement.
-const PG_BATCH: usize = 5000;
+pub(super) const PG_BATCH: usize = 5000;
 
 /// Writes a run's new recipient rows inside the caller's transaction. SQLite: the prepared
 /// insert, one row per execution (in-process, a few hundred nanoseconds each). PostgreSQL: a
@@ -460,6 +460,156 @@ impl RunView {
 mod tests {
     use crate::journal::testutil::*;
     use crate::journal::*;
+
+    /// The recipient columns the bulk paths write and update (a stand-in for the journal's
+    /// schema, which PostgreSQL gets from the store's migrations).
+    fn recipients_table(c: &crate::store::Conn) {
+        c.execute_batch(
+            "CREATE TABLE recipients(rk BIGINT PRIMARY KEY, id BIGINT, raw_id TEXT,
+                 status BIGINT NOT NULL, call_seq BIGINT, variant BIGINT, error_message TEXT,
+                 message_id BIGINT, detail TEXT, at BIGINT, variant_name TEXT,
+                 attempts BIGINT NOT NULL DEFAULT 0, refusals BIGINT NOT NULL DEFAULT 0,
+                 error_code TEXT)",
+        )
+        .expect("table");
+    }
+
+    /// `RowWriter` writes every row, whole, on either backend (PostgreSQL: in batches of
+    /// `PG_BATCH`, the last one by `finish`).
+    fn row_writer_writes_every_row(c: &crate::store::Conn) {
+        use super::{NewRow, RowWriter, PG_BATCH};
+        use crate::store::params;
+        recipients_table(c);
+        let n = PG_BATCH as i64 * 2 + 7;
+        let tx = c.transaction().expect("begin");
+        let mut w = RowWriter::new(&tx);
+        for i in 0..n {
+            let note = format!("note {i}");
+            w.write(NewRow {
+                rk: (1 << 32) | (i + 2),
+                id: (i % 5 != 0).then_some(9_007_199_254_740_993 + i),
+                raw_id: (i % 5 == 0).then_some("x"),
+                status: i % 3,
+                call_seq: Some(i / 500),
+                variant: Some(0),
+                error_message: (i % 2 == 0).then_some(note.as_str()),
+                message_id: None,
+                detail: None,
+                at: (i == 1).then_some(42),
+                variant_name: Some("v"),
+            })
+            .expect("write");
+        }
+        w.finish().expect("finish");
+        tx.commit().expect("commit");
+        let (count, ids, notes, ats): (i64, i64, i64, i64) = c
+            .query_row(
+                "SELECT COUNT(*), COUNT(id), COUNT(error_message), COUNT(at) FROM recipients",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .expect("count");
+        assert_eq!(
+            (count, ids, notes, ats),
+            (n, n - (n + 4) / 5, (n + 1) / 2, 1)
+        );
+        let last: (i64, Option<String>) = c
+            .query_row(
+                "SELECT id, error_message FROM recipients WHERE rk = ?1",
+                params![(1i64 << 32) | (n + 1)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("last row");
+        assert_eq!(last.0, 9_007_199_254_740_993 + n - 1);
+    }
+
+    #[test]
+    fn row_writer_writes_every_row_on_sqlite() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = crate::store::Conn::sqlite(
+            crate::db::open(&d.path().join("t.db"), "NORMAL").expect("open"),
+        );
+        row_writer_writes_every_row(&c);
+    }
+
+    /// PostgreSQL's bulk paths: the seeding batches, and a call's outcomes in one statement
+    /// (`calls::PG_OUTCOMES`): only rows still in the status they move from change, a refusal is
+    /// counted, attempts add up for a pending row, and each change is returned for the counters.
+    #[test]
+    fn bulk_seeding_and_outcomes_on_postgres() {
+        let Some(db) = crate::testing::pg::test_db("journal_bulk") else {
+            return;
+        };
+        let url = db.url().clone();
+        std::thread::spawn(move || {
+            use crate::store::{params, Value};
+            let c = crate::store::Conn::postgres(&url).expect("connect");
+            row_writer_writes_every_row(&c);
+            let rk = |line: i64| (1i64 << 32) | line;
+            // Rows at lines 2..=5 hold status 0, 1, 2, 0 (line - 2) % 3.
+            c.execute(
+                "UPDATE recipients SET attempts = 1 WHERE rk = ?1",
+                params![rk(5)],
+            )
+            .expect("attempts");
+            let rks = [Some(rk(2)), Some(rk(3)), Some(rk(5)), Some(rk(4))];
+            let to = [Some(4), Some(0), Some(4), Some(3)];
+            let mid = [Some(7), None, Some(8), None];
+            let code = [None, Some("FailedReceiver"), None, None];
+            let none: [Option<&str>; 4] = [None; 4];
+            // Line 4 (status 2) claims to move from 0: not in that status, unchanged.
+            let from = [Some(0), Some(1), Some(0), Some(0)];
+            let changed = c
+                .query_map(
+                    crate::journal::calls::PG_OUTCOMES,
+                    &[
+                        Value::Int(0),
+                        Value::Ints(&rks),
+                        Value::Ints(&to),
+                        Value::Ints(&mid),
+                        Value::Texts(&code),
+                        Value::Texts(&none),
+                        Value::Texts(&none),
+                        Value::Ints(&from),
+                        Value::Int(9),
+                        Value::Int(0),
+                        Value::Int(2),
+                    ],
+                    |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+                )
+                .expect("outcomes");
+            let mut changed = changed;
+            changed.sort_unstable();
+            assert_eq!(changed, [(0, 4), (0, 4), (1, 0)]);
+            let rows = c
+                .query_map(
+                    "SELECT rk, status, message_id, attempts, refusals, call_seq FROM recipients
+                     WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
+                    params![rk(2), rk(5)],
+                    |r| {
+                        Ok((
+                            r.get::<i64>(1)?,
+                            r.get::<Option<i64>>(2)?,
+                            r.get::<i64>(3)?,
+                            r.get::<i64>(4)?,
+                            r.get::<Option<i64>>(5)?,
+                        ))
+                    },
+                )
+                .expect("rows");
+            assert_eq!(
+                rows,
+                [
+                    (4, Some(7), 2, 0, Some(9)),
+                    (0, None, 2, 1, Some(9)),
+                    (2, None, 0, 0, Some(0)),
+                    (4, Some(8), 3, 0, Some(9)),
+                ]
+            );
+        })
+        .join()
+        .expect("thread");
+    }
 
     /// The state a run leaves per recipient, in bytes (deterministic, unlike time): 100,000
     /// recipients with ids above 2^53, one shared Content in calls of 500, every one sent with a
