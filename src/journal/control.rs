@@ -47,15 +47,15 @@ impl Journal {
         by: Option<&str>,
         now: Timestamp,
     ) -> Result<(), JournalError> {
-        self.conn
-            .execute(
+        let tx = self.begin_write()?;
+        tx.execute(
                 "INSERT INTO control(campaign, request, requested_at, requested_by) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(campaign) DO UPDATE SET request = excluded.request,
                      requested_at = excluded.requested_at, requested_by = excluded.requested_by",
                 params![campaign, req.as_str(), ts(now), by],
             )
             .map_err(self.db())?;
-        Ok(())
+        tx.commit().map_err(self.db())
     }
 
     /// The pending control request for a campaign, if any.
@@ -118,10 +118,10 @@ impl Journal {
 
     /// Forget a campaign's control request, whichever it is (the engine, after acting on it).
     pub fn clear_control(&self, campaign: &str) -> Result<(), JournalError> {
-        self.conn
-            .execute("DELETE FROM control WHERE campaign = ?1", params![campaign])
+        let tx = self.begin_write()?;
+        tx.execute("DELETE FROM control WHERE campaign = ?1", params![campaign])
             .map_err(self.db())?;
-        Ok(())
+        tx.commit().map_err(self.db())
     }
 
     /// `req` was acted on: remove it (unless a newer request for the campaign replaced it

@@ -282,13 +282,13 @@ impl Journal {
     /// Give up the run's lease (if this journal holds it). The fence stays: it moves only when
     /// someone claims the run.
     pub fn release(&self, run_id: &str) -> Result<(), JournalError> {
-        self.conn
-            .execute(
-                "UPDATE runs SET owner = NULL, lease_expires_ms = NULL WHERE id = ?1 AND owner = ?2",
-                params![run_id, self.owner.id()],
-            )
-            .map_err(self.db())?;
-        Ok(())
+        let tx = self.begin_write()?;
+        tx.execute(
+            "UPDATE runs SET owner = NULL, lease_expires_ms = NULL WHERE id = ?1 AND owner = ?2",
+            params![run_id, self.owner.id()],
+        )
+        .map_err(self.db())?;
+        tx.commit().map_err(self.db())
     }
 
     /// The run's lease: its holder (None once released), expiry and fence.

@@ -354,7 +354,7 @@ impl Ops<'_> {
         let mut seeder = Seeder::new(key);
         let now_ns = to_ns(now);
         {
-            let mut ins = RowWriter::new(tx);
+            let mut ins = RowWriter::new(tx).map_err(&db)?;
             let mut prior = tx
                 .prepare(if old_range.is_some() {
                     "SELECT status, message_id FROM prior_rows WHERE id = ?1"

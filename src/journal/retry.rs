@@ -333,7 +333,7 @@ impl Ops<'_> {
         let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
         let mut found: HashSet<u64> = HashSet::new();
         {
-            let mut ins = RowWriter::new(self.conn);
+            let mut ins = RowWriter::new(self.conn).map_err(&db)?;
             for row in rows() {
                 let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
                 let Some(rid) = row.id.filter(|v| ids.contains(v)) else {

@@ -218,6 +218,8 @@ pub(super) const PG_BATCH: usize = 5000;
 /// PostgreSQL-only branch, behind [`Conn::backend`]). [`RowWriter::finish`] writes the rest.
 pub(super) struct RowWriter<'c> {
     conn: &'c Conn,
+    /// SQLite: the insert, prepared once.
+    sqlite: Option<crate::store::Stmt<'c>>,
     pg: Option<PgRows>,
 }
 
@@ -237,31 +239,37 @@ struct PgRows {
 }
 
 impl<'c> RowWriter<'c> {
-    pub fn new(conn: &'c Conn) -> Self {
-        RowWriter {
+    pub fn new(conn: &'c Conn) -> Result<Self, StoreError> {
+        let pg = conn.backend() == Backend::Postgres;
+        Ok(RowWriter {
             conn,
-            pg: (conn.backend() == Backend::Postgres).then(PgRows::default),
-        }
+            sqlite: if pg {
+                None
+            } else {
+                Some(conn.prepare(INSERT_ROW)?)
+            },
+            pg: pg.then(PgRows::default),
+        })
     }
 
     pub fn write(&mut self, r: NewRow<'_>) -> Result<(), StoreError> {
+        if let Some(st) = self.sqlite.as_mut() {
+            st.execute(params![
+                r.rk,
+                r.id,
+                r.raw_id,
+                r.status,
+                r.call_seq,
+                r.variant,
+                r.error_message,
+                r.message_id,
+                r.detail,
+                r.at,
+                r.variant_name
+            ])?;
+            return Ok(());
+        }
         let Some(b) = self.pg.as_mut() else {
-            self.conn.execute(
-                INSERT_ROW,
-                params![
-                    r.rk,
-                    r.id,
-                    r.raw_id,
-                    r.status,
-                    r.call_seq,
-                    r.variant,
-                    r.error_message,
-                    r.message_id,
-                    r.detail,
-                    r.at,
-                    r.variant_name
-                ],
-            )?;
             return Ok(());
         };
         let own = |s: Option<&str>| s.map(str::to_string);
@@ -482,7 +490,7 @@ mod tests {
         recipients_table(c);
         let n = PG_BATCH as i64 * 2 + 7;
         let tx = c.transaction().expect("begin");
-        let mut w = RowWriter::new(&tx);
+        let mut w = RowWriter::new(&tx).expect("writer");
         for i in 0..n {
             let note = format!("note {i}");
             w.write(NewRow {
