@@ -36,7 +36,32 @@
 //! run's Content variants (`run_variants`), the time a call was answered (a row's time unless it
 //! has its own) — with per-recipient text (error, P2P detail, a raw id that is not the number)
 //! only where a row has it. There is no index on `id`: a call's receivers are found through its
-//! plan call's lines (see `rows`). Portable SQL throughout except where `schema` says.
+//! plan call's lines (see `rows`).
+//!
+//! Portable SQL throughout except where `schema` says: every statement runs on
+//! [`crate::store::Conn`] in the dialect both backends accept (numbered placeholders, `ON
+//! CONFLICT … DO NOTHING/UPDATE` where SQLite's `INSERT OR IGNORE/REPLACE` was, runs ordered by
+//! their `key` and read by named columns rather than `rowid` and `SELECT *`, `IS NOT DISTINCT
+//! FROM` for `IS ?`, `CAST(SUM(…) AS BIGINT)`, `CASE WHEN EXISTS(…) THEN 1 ELSE 0 END` for a
+//! boolean read back, `?N = 1` for a boolean parameter, `LIMIT` with `i64::MAX` rather than
+//! `-1`, `SAVEPOINT`/`RELEASE SAVEPOINT`, the reserved `"user"` column quoted, packed lists as
+//! bytes (`bytea`)). SQLite-only and kept so: the migration history (`schema`, through
+//! [`crate::store::Conn::as_sqlite`]; PostgreSQL's journal tables are the store's migrations,
+//! [`crate::pg::schema`]), the pragmas (`synchronous` per group commit in `commit`, the cache
+//! size when opening) and `UPDATE OR FAIL` for a call's per-row outcome (`calls`, measured
+//! faster on SQLite). PostgreSQL-only, behind [`crate::store::Conn::backend`] in the file that
+//! owns it: bulk writes of many rows in one statement through `unnest` of arrays (seeding a
+//! run's rows, `rows::RowWriter`; a call's outcomes, `calls`), since a round trip per row costs
+//! 30–50 µs there; a temporary table's `BIGINT` key (`resume`). Scans of a run's rows
+//! (recipients, calls, attempts, a retry's failed rows) stream through
+//! [`crate::store::Conn::for_each`], so memory stays flat whatever the run's size.
+//!
+//! Concurrency: every journal write transaction begins in one place ([`begin_write`]): `BEGIN
+//! IMMEDIATE` on SQLite; on PostgreSQL a `READ COMMITTED` transaction whose first statement takes
+//! the advisory lock [`JOURNAL_LOCK`] (`pg_advisory_xact_lock`, held until it ends), so journal
+//! writers are serialized on PostgreSQL exactly as SQLite's one write lock serializes them — the
+//! `open_run` decision, lease claims, fence checks and counters rely on it. Reads outside a
+//! transaction take nothing.
 //!
 //! Must not: talk to the network; let a rusqlite type into a public signature other than
 //! [`Journal::connection`] (for other stages' own tables in this file, never the journal's) and
@@ -316,12 +341,6 @@ impl Journal {
     /// report's `report_*`; same pragmas). Never for the journal's own tables: their methods are
     /// the only way to them.
     pub fn connection(&self) -> &Connection {
-        self.sq()
-    }
-
-    /// The SQLite connection under the journal's [`crate::store::Conn`] (transitional: the
-    /// statements not yet on [`crate::store`]).
-    fn sq(&self) -> &Connection {
         sqlite_of(&self.conn)
     }
 
@@ -330,6 +349,12 @@ impl Journal {
             path: self.path.clone(),
             source: source.into(),
         }
+    }
+
+    /// Begin a journal write transaction (see [`begin_write`]: on PostgreSQL it holds the journal's
+    /// advisory lock until it ends).
+    fn begin_write(&self) -> Result<crate::store::Tx<'_>, JournalError> {
+        begin_write(&self.conn).map_err(self.db())
     }
 
     /// Statements on this journal's own connection (each commits by itself unless the caller
@@ -392,19 +417,37 @@ impl Ops<'_> {
             source: source.into(),
         }
     }
-
-    /// See [`Journal::sq`].
-    fn sq(&self) -> &Connection {
-        sqlite_of(self.conn)
-    }
 }
 
-/// Transitional (the port of the journal onto [`crate::store`]): the SQLite connection of a
-/// journal, which is always SQLite until the PostgreSQL journal opens.
+/// The SQLite connection of a journal, for the steps only SQLite has (its migration history,
+/// pragmas, [`Journal::connection`]); the journal opens SQLite only until the PostgreSQL journal
+/// opens through the store.
 fn sqlite_of(conn: &crate::store::Conn) -> &Connection {
     #[allow(clippy::expect_used)]
     conn.as_sqlite()
-        .expect("the journal's statements not yet ported run on SQLite only")
+        .expect("a SQLite-only journal step (migration history, pragma) on a SQLite journal")
+}
+
+/// The PostgreSQL advisory lock every journal write transaction takes first (see
+/// [`begin_write`]); `imcast` in ASCII, then 2 (1 is the schema's, [`crate::pg::schema::SCHEMA_LOCK`]).
+pub(crate) const JOURNAL_LOCK: i64 = 0x696d_6361_7374_0002;
+
+/// Begin a journal write transaction: `BEGIN IMMEDIATE` on SQLite (the database's one write
+/// lock); on PostgreSQL `READ COMMITTED` whose first statement takes the transaction-scoped
+/// advisory lock [`JOURNAL_LOCK`], so journal writers are serialized exactly as on SQLite (the
+/// `open_run` decision, claims, fences and counters rely on it). Every journal write
+/// transaction begins here; reads outside a transaction need nothing.
+fn begin_write(
+    conn: &crate::store::Conn,
+) -> Result<crate::store::Tx<'_>, crate::store::StoreError> {
+    let tx = conn.transaction()?;
+    if conn.backend() == crate::store::Backend::Postgres {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(?1)",
+            crate::store::params![JOURNAL_LOCK],
+        )?;
+    }
+    Ok(tx)
 }
 
 /// A run id: UTC start time plus a random suffix, e.g. `20260301T090000Z-3f9a`.
