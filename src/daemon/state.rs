@@ -595,21 +595,21 @@ pub struct Update<'a> {
 /// [`Journal::finish_control`](crate::journal::Journal::finish_control)'s step, on the journal's
 /// connection, so the request's removal and this row commit together.
 pub fn log_control(
-    conn: &rusqlite::Connection,
+    conn: &Conn,
     req: &PendingControl,
     handled_at: i64,
     result: &str,
 ) -> Result<(), StateError> {
-    conn.prepare_cached(
+    conn.execute(
         "INSERT INTO sched_control (campaign, action, requested_at, handled_at, result) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(rusqlite::params![
-        req.campaign,
-        req.request.as_str(),
-        req.requested_at.as_second(),
-        handled_at,
-        result
-    ])?;
+        params![
+            req.campaign.as_str(),
+            req.request.as_str(),
+            req.requested_at.as_second(),
+            handled_at,
+            result
+        ],
+    )?;
     Ok(())
 }
 

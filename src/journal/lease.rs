@@ -406,7 +406,10 @@ mod tests {
 
     fn set_owner(j: &Journal, run: &str, o: &str) {
         j.connection()
-            .execute("UPDATE runs SET owner = ?2 WHERE id = ?1", params![run, o])
+            .execute(
+                "UPDATE runs SET owner = ?2 WHERE id = ?1",
+                crate::store::params![run, o],
+            )
             .expect("set owner");
     }
 

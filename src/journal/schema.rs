@@ -654,8 +654,12 @@ impl Journal {
     }
 
     /// Apply another stage's migrations once each: `steps[i]` runs when `component`'s recorded
-    /// version is ≤ i.
+    /// version is ≤ i. SQLite only: on PostgreSQL the store's migrations (`crate::pg::schema`)
+    /// made those tables, and this does nothing.
     pub fn migrate_extra(&mut self, component: &str, steps: &[&str]) -> Result<(), JournalError> {
+        if self.conn.as_sqlite().is_none() {
+            return Ok(());
+        }
         let path = self.path.clone();
         let db = |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
@@ -765,7 +769,7 @@ mod tests {
         assert!(is_unfinished_conflict(&e.into()));
         // Reopening a finished run while another is unfinished is refused too.
         let e = c
-            .execute("UPDATE runs SET status = 'running' WHERE id = 'done'", [])
+            .execute("UPDATE runs SET status = 'running' WHERE id = 'done'", &[])
             .expect_err("reopen");
         assert!(is_unfinished_conflict(&e.into()));
     }
@@ -970,7 +974,7 @@ mod tests {
         let mut j = Journal::open_path(&path).expect("migrate");
         let version: i64 = j
             .connection()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .query_row("PRAGMA user_version", &[], |r| r.get(0))
             .expect("version");
         assert_eq!(version, MIGRATIONS.len() as i64);
         let rows = j.recipients("r1").expect("rows");
@@ -1014,11 +1018,7 @@ mod tests {
         // No index on `id` is left; the refused receivers' partial one is there.
         let indexes: Vec<String> = j
             .connection()
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients' AND sql IS NOT NULL")
-            .expect("q")
-            .query_map([], |r| r.get(0))
-            .expect("q")
-            .collect::<Result<_, _>>()
+            .query_map("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients' AND sql IS NOT NULL", &[], |r| r.get(0))
             .expect("names");
         assert_eq!(indexes, ["recipients_refused"]);
 
@@ -1104,7 +1104,7 @@ mod tests {
             j.connection()
                 .query_row(
                     "SELECT fence, fence_holder, fence_at_ms, lease_expires_ms FROM runs WHERE id = ?1",
-                    [id],
+                    crate::store::params![id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .expect("row")

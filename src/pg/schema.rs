@@ -120,7 +120,164 @@ pub const MIGRATIONS: &[Migration] = &[
         finished_ms BIGINT,
         PRIMARY KEY (campaign, occurrence));",
     },
+    Migration {
+        version: 6,
+        name: "the journal: runs, recipients, calls, counters, control, leases, stages, attempts, report facts (runs, recipients, calls, call_plan, run_variants, run_counts, run_invocations, run_stages, control, attempts, report_runs, report_variants, sched_control)",
+        sql: JOURNAL,
+    },
 ];
+
+/// Version 6: the journal's tables (`crate::journal`), the final schema of the SQLite journal
+/// (its migrations 1-11, `journal::schema`) with the same table, column and index names, so one
+/// SQL text serves both backends (`crate::store`). Integers are BIGINT, byte lists BYTEA, text
+/// stays TEXT. Where PostgreSQL differs: `recipients.rk` is a plain BIGINT primary key (on SQLite
+/// the rowid: the table b-tree itself); `run_invocations."user"` is quoted (a reserved word in
+/// PostgreSQL: a statement must write `"user"`, which SQLite reads the same); no `WITHOUT ROWID`;
+/// no `extra_migrations` (other stages' tables are created here, not by
+/// `Journal::migrate_extra`). Also the report's facts (`report::facts`: `report_runs`,
+/// `report_variants`) and the daemon's log of control requests (`daemon::state::log_control`,
+/// `sched_control`, written in the journal's transaction that ends the request; its SQLite
+/// `AUTOINCREMENT` id is an identity column here).
+const JOURNAL: &str = "
+    CREATE TABLE runs(
+        id TEXT PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        occurrence TEXT,
+        plan_hash TEXT NOT NULL,
+        content_key TEXT,
+        action TEXT NOT NULL,
+        status TEXT NOT NULL,
+        flags TEXT NOT NULL,
+        is_test BIGINT NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        finished_at TEXT,
+        stop_reason TEXT,
+        audit TEXT NOT NULL,
+        limit_count BIGINT NOT NULL,
+        limit_window_ms BIGINT NOT NULL,
+        total_calls BIGINT NOT NULL,
+        continued_from TEXT,
+        owner TEXT,
+        key BIGINT,
+        first_resend_seq BIGINT,
+        retry_of TEXT,
+        fence BIGINT NOT NULL DEFAULT 0,
+        fence_holder TEXT,
+        fence_at_ms BIGINT,
+        lease_expires_ms BIGINT);
+    CREATE INDEX runs_campaign ON runs(campaign, created_at);
+    CREATE UNIQUE INDEX runs_key ON runs(key);
+    CREATE UNIQUE INDEX runs_one_unfinished ON runs(campaign, COALESCE(occurrence, ''))
+        WHERE is_test = 0 AND status IN ('running', 'paused', 'interrupted');
+    CREATE TABLE recipients(
+        rk BIGINT PRIMARY KEY,
+        id BIGINT,
+        status BIGINT NOT NULL,
+        call_seq BIGINT,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        refusals BIGINT NOT NULL DEFAULT 0,
+        message_id BIGINT,
+        variant BIGINT,
+        at BIGINT,
+        raw_id TEXT,
+        variant_name TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        detail TEXT);
+    CREATE INDEX recipients_refused ON recipients(id) WHERE refusals > 0;
+    CREATE TABLE run_variants(
+        run_key BIGINT NOT NULL,
+        idx BIGINT NOT NULL,
+        variant TEXT NOT NULL,
+        PRIMARY KEY(run_key, idx),
+        UNIQUE(run_key, variant));
+    CREATE TABLE call_plan(
+        run_key BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        lines BYTEA NOT NULL,
+        PRIMARY KEY(run_key, seq));
+    CREATE TABLE calls(
+        run_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        variant TEXT NOT NULL,
+        receivers BYTEA NOT NULL,
+        strays BYTEA,
+        n_receivers BIGINT NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        client_msg_id TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY(run_id, seq));
+    CREATE TABLE run_counts(
+        run_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY(run_id, status));
+    CREATE TABLE run_invocations(
+        run_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        at TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        via TEXT NOT NULL,
+        \"user\" TEXT,
+        host TEXT,
+        imcast_version TEXT,
+        flags TEXT NOT NULL,
+        PRIMARY KEY(run_id, seq));
+    CREATE TABLE run_stages(
+        run_id TEXT NOT NULL,
+        idx BIGINT NOT NULL,
+        name TEXT NOT NULL,
+        first_call BIGINT NOT NULL,
+        calls BIGINT NOT NULL,
+        recipients BIGINT NOT NULL,
+        not_before TEXT,
+        state TEXT NOT NULL,
+        gate TEXT,
+        gate_at TEXT,
+        detail TEXT,
+        started_at TEXT,
+        finished_at TEXT,
+        PRIMARY KEY(run_id, idx));
+    CREATE TABLE control(
+        campaign TEXT PRIMARY KEY,
+        request TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        requested_by TEXT);
+    CREATE TABLE attempts(
+        run_key BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        attempt BIGINT NOT NULL,
+        at_ns BIGINT NOT NULL,
+        receivers BIGINT NOT NULL,
+        code TEXT,
+        PRIMARY KEY(run_key, seq, attempt));
+    CREATE INDEX attempts_at ON attempts(run_key, at_ns);
+    CREATE TABLE report_runs(
+        run_id TEXT PRIMARY KEY,
+        campaign_file TEXT,
+        app_id BIGINT,
+        distinct_contents BIGINT NOT NULL);
+    CREATE TABLE report_variants(
+        run_id TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        recipients BIGINT NOT NULL,
+        msg_type BIGINT NOT NULL,
+        content TEXT NOT NULL,
+        content_bytes BIGINT NOT NULL,
+        ext TEXT NOT NULL,
+        variant_name TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY(run_id, variant));
+    CREATE TABLE sched_control(
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('pause', 'resume', 'cancel')),
+        requested_at BIGINT NOT NULL,
+        handled_at BIGINT,
+        result TEXT);";
 
 /// Version 3: one admission decision in one call (one round trip), the same exact rule as
 /// `throttle.rs` decides for SQLite (the limiter's test suite runs on both backends and keeps them
