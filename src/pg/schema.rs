@@ -477,11 +477,177 @@ mod tests {
     use super::*;
     use crate::testing::pg::test_db;
 
+    /// The journal's tables in the store (migration 6), in the order the test compares them.
+    const JOURNAL_TABLES: &[&str] = &[
+        "runs",
+        "recipients",
+        "calls",
+        "call_plan",
+        "run_variants",
+        "run_counts",
+        "run_invocations",
+        "run_stages",
+        "control",
+        "attempts",
+        "report_runs",
+        "report_variants",
+        "sched_control",
+    ];
+
+    /// Tables of the state directory's SQLite file that are not in migration 6, and why.
+    const NOT_IN_JOURNAL_MIGRATION: &[&str] = &[
+        // The SQLite journal's own bookkeeping.
+        "extra_migrations",
+        "sqlite_sequence",
+        // The scheduler's: already in the store (migrations 2 and 4).
+        "sched_campaign",
+        "sched_occurrence",
+        "sched_roster",
+        // Per state directory by design (`daemon::state`): its node id and daemon slot.
+        "sched_node",
+        "sched_daemon",
+    ];
+
+    /// (column, type, not null) of a table as the store layer sees it: SQLite's declared type
+    /// mapped to PostgreSQL's (INTEGER → bigint, TEXT → text, BLOB → bytea); a primary key
+    /// column counts as NOT NULL (PostgreSQL makes it so; SQLite's statements never store NULL
+    /// there).
+    type Columns = Vec<(String, String, bool)>;
+
+    fn sqlite_columns(c: &rusqlite::Connection, table: &str) -> Columns {
+        let mut st = c
+            .prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid")
+            .expect("prepare");
+        st.query_map([table], |r| {
+            let ty: String = r.get(1)?;
+            let ty = match ty.to_ascii_uppercase().as_str() {
+                "INTEGER" => "bigint",
+                "TEXT" => "text",
+                "BLOB" => "bytea",
+                other => panic!("{table}: a column of type {other}"),
+            };
+            Ok((
+                r.get::<_, String>(0)?,
+                ty.to_string(),
+                r.get::<_, i64>(2)? != 0 || r.get::<_, i64>(3)? > 0,
+            ))
+        })
+        .expect("columns")
+        .collect::<Result<_, _>>()
+        .expect("columns")
+    }
+
+    /// The SQLite journal's final schema (its migrations, the report's tables, the daemon's
+    /// control log) is migration 6's: the same tables, the same columns in the same order, the
+    /// same types and NOT NULLs, and the same explicit index names (`runs_one_unfinished` above
+    /// all: the journal recognizes a second unfinished run by that name), so one SQL text runs on
+    /// both. And no table of the journal's file is left out by mistake.
     #[test]
-    fn versions_are_one_two_three_without_gaps() {
+    fn the_journal_migration_is_the_sqlite_journals_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = crate::journal::Journal::open(dir.path()).expect("journal");
+        j.migrate_extra("report", crate::report::facts::MIGRATIONS)
+            .expect("report tables");
+        let lite = j.connection().as_sqlite().expect("sqlite");
+        crate::daemon::state::migrate(lite).expect("scheduler tables");
+        let all: Vec<String> = lite
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("tables")
+            .collect::<Result<_, _>>()
+            .expect("tables");
+        for t in &all {
+            assert!(
+                JOURNAL_TABLES.contains(&t.as_str())
+                    || NOT_IN_JOURNAL_MIGRATION.contains(&t.as_str()),
+                "table {t} of the state directory's file is neither in store migration 6 nor said \
+                 to stay out of it"
+            );
+        }
+        let lite_indexes = |t: &str| -> Vec<String> {
+            lite.prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 \
+                 AND sql IS NOT NULL ORDER BY name",
+            )
+            .expect("prepare")
+            .query_map([t], |r| r.get(0))
+            .expect("indexes")
+            .collect::<Result<_, _>>()
+            .expect("indexes")
+        };
+        let want: Vec<(Columns, Vec<String>)> = JOURNAL_TABLES
+            .iter()
+            .map(|t| (sqlite_columns(lite, t), lite_indexes(t)))
+            .collect();
+        assert!(want.iter().all(|(c, _)| !c.is_empty()), "{want:?}");
+
+        let Some(db) = test_db("journal_schema") else {
+            return;
+        };
+        let got: Vec<(Columns, Vec<String>)> = db.with_client(|c| {
+            migrate(c).expect("migrate");
+            JOURNAL_TABLES
+                .iter()
+                .map(|t| {
+                    let cols = c
+                        .query(
+                            "SELECT column_name::text, data_type::text, is_nullable = 'NO'
+                             FROM information_schema.columns
+                             WHERE table_schema = current_schema() AND table_name = $1
+                             ORDER BY ordinal_position",
+                            &[t],
+                        )
+                        .expect("columns")
+                        .iter()
+                        .map(|r| (r.get(0), r.get(1), r.get(2)))
+                        .collect();
+                    // Explicit indexes only (not those of a primary key or UNIQUE constraint).
+                    let idx = c
+                        .query(
+                            "SELECT indexname::text FROM pg_indexes i
+                             WHERE schemaname = current_schema() AND tablename = $1
+                               AND NOT EXISTS (SELECT 1 FROM pg_constraint k
+                                               WHERE k.conname = i.indexname)
+                             ORDER BY indexname",
+                            &[t],
+                        )
+                        .expect("indexes")
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    (cols, idx)
+                })
+                .collect()
+        });
+        for ((t, w), g) in JOURNAL_TABLES.iter().zip(&want).zip(&got) {
+            assert_eq!(
+                g, w,
+                "table {t}: PostgreSQL (left) and SQLite (right) differ"
+            );
+        }
+        // The unfinished-run index is partial and unique, as on SQLite.
+        let def: String = db.with_client(|c| {
+            c.query_one(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'runs_one_unfinished'",
+                &[],
+            )
+            .expect("index")
+            .get(0)
+        });
+        assert!(
+            def.starts_with("CREATE UNIQUE INDEX") && def.contains("WHERE"),
+            "{def}"
+        );
+    }
+
+    #[test]
+    fn versions_are_one_to_n_without_gaps() {
         for (i, m) in MIGRATIONS.iter().enumerate() {
             assert_eq!(m.version, i as i32 + 1, "{}", m.name);
         }
+        assert_eq!(SCHEMA_VERSION, 6, "the journal's tables are version 6");
+        assert!(MIGRATIONS[5].sql.contains("runs_one_unfinished"));
     }
 
     #[test]
