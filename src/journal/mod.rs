@@ -95,6 +95,8 @@
 
 mod attempts;
 mod audit;
+#[cfg(test)]
+mod backends;
 mod calls;
 mod commit;
 mod control;
