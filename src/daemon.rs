@@ -205,7 +205,11 @@ impl Daemon {
             None => crate::config::StateStore::Sqlite(cfg.state_dir.clone()),
         };
         // The journal (control requests; with `[state] url` in the store, shared by every host).
-        let journal = Journal::open_state(&store)?;
+        let journal = Journal::open_state(&crate::journal::journal_store(
+            cfg.store.as_ref(),
+            &cfg.state_dir,
+            false,
+        ))?;
         let local = state::open(&cfg.state_dir)?;
         let pid = std::process::id();
         let now = clock.now().as_second();

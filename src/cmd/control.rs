@@ -101,7 +101,8 @@ fn control(a: &ControlArgs, action: ControlRequest) -> CmdResult {
     let conn = state::open_existing(&state_dir)
         .with_context(|| format!("state directory {}", state_dir.display()))
         .exit(Exit::Internal)?;
-    if conn.is_none() && url.is_none() {
+    let store = crate::journal::journal_store(url.as_ref(), &state_dir, a.mock);
+    if conn.is_none() && !crate::journal::journal_exists(&store) {
         let below = state_dirs_below(&cwd, a.mock && a.state.state_dir.is_none());
         let mock_dir = state_dir.join(MOCK_DIR);
         let hint = if !a.mock && mock_dir.join(crate::journal::DB_FILE).is_file() {
@@ -125,7 +126,6 @@ fn control(a: &ControlArgs, action: ControlRequest) -> CmdResult {
         ))
         .exit(Exit::Invalid);
     }
-    let store = crate::journal::journal_store(url.as_ref(), &state_dir, a.mock);
     let journal = Journal::open_state(&store).map_err(|e| {
         let exit = e.exit();
         crate::exit::Failure::new(exit, e)

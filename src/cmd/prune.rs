@@ -84,14 +84,15 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
     let local = state::open_existing(&state_dir)
         .with_context(|| format!("state directory {}", state_dir.display()))
         .exit(Exit::Internal)?;
-    if local.is_none() && url.is_none() {
+    let journal_store = crate::journal::journal_store(url.as_ref(), &state_dir, false);
+    let in_store = matches!(journal_store, crate::config::StateStore::Postgres(_));
+    if local.is_none() && !in_store {
         crate::outln!(
             "nothing to prune in the journal: no state database in {}{store_note}{reports_note}",
             state_dir.display()
         );
         return Ok(Exit::Ok);
     }
-    let journal_store = crate::journal::journal_store(url.as_ref(), &state_dir, false);
     let mut journal = crate::journal::Journal::open_state(&journal_store).map_err(|e| {
         let exit = e.exit();
         crate::exit::Failure::new(exit, e)
@@ -106,7 +107,7 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
         (occ, ctl) = state::prune(conn, cutoff).exit(Exit::Internal)?;
         roster = state::prune_roster(conn, cutoff).exit(Exit::Internal)?;
     }
-    if url.is_some() {
+    if in_store {
         // The daemons' control log is written beside the journal (`state::log_control`).
         ctl += state::prune_control_log(journal.connection(), cutoff).exit(Exit::Internal)?;
     }

@@ -503,8 +503,13 @@ fn sqlite_of(conn: &crate::store::Conn) -> &Connection {
         .expect("the journal's statements not yet ported run on SQLite only")
 }
 
-/// Where the journal of a state directory lives: the PostgreSQL store of `[state] url` (`url`),
-/// else SQLite at `<state_dir>/imcast.db`. A mock state directory (`mock`: `imcast run --mock`
+/// Whether `[state] url` puts the journal in the PostgreSQL store ([`journal_store`]). Off until
+/// every journal statement runs on [`crate::store`] (the port of the journal: until then its
+/// statements panic on PostgreSQL); the lead turns it on when merging the port.
+pub const JOURNAL_IN_STORE: bool = false;
+
+/// Where the journal of a state directory lives: the PostgreSQL store of `[state] url` (`url`;
+/// while [`JOURNAL_IN_STORE`] is on), else SQLite at `<state_dir>/imcast.db`. A mock state directory (`mock`: `imcast run --mock`
 /// and what reads its runs) keeps its journal in SQLite whatever the configuration: mock runs
 /// send nothing real and must not meet the campaign's real runs in the shared store (one
 /// unfinished run per campaign occurrence).
@@ -514,7 +519,7 @@ pub fn journal_store(
     mock: bool,
 ) -> crate::config::StateStore {
     match url {
-        Some(u) if !mock => crate::config::StateStore::Postgres(u.clone()),
+        Some(u) if JOURNAL_IN_STORE && !mock => crate::config::StateStore::Postgres(u.clone()),
         _ => crate::config::StateStore::Sqlite(state_dir.to_path_buf()),
     }
 }
