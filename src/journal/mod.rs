@@ -1,6 +1,10 @@
 //! The journal: durable run state in SQLite at `<state_dir>/imcast.db` (the one state database;
 //! other stages add their own tables through [`Journal::connection`] and
-//! [`Journal::migrate_extra`]).
+//! [`Journal::migrate_extra`]), or with `[state] url` in the PostgreSQL state store
+//! ([`Journal::open_store`]: the same tables, made by the store's migration 6,
+//! `crate::pg::schema`), shared by every process and host on it. Every command opens it through
+//! [`Journal::open_state`] with the store [`journal_store`] picks (mock runs stay in SQLite;
+//! [`JOURNAL_IN_STORE`] turns the store on once every statement is ported).
 //!
 //! Owns: runs (one per campaign send, keyed by campaign + optional occurrence, recording the plan
 //! hash, status, flags, audit), calls (one row per provider call: planned → in_flight → done |
@@ -38,9 +42,11 @@
 //! only where a row has it. There is no index on `id`: a call's receivers are found through its
 //! plan call's lines (see `rows`). Portable SQL throughout except where `schema` says.
 //!
-//! Must not: talk to the network; let a rusqlite type into a public signature other than
-//! [`Journal::connection`] (for other stages' own tables in this file, never the journal's) and
-//! the [`JournalError::Db`] source. Integration tests may read the file to check what is stored
+//! Must not: talk to the network other than to the PostgreSQL store; let a rusqlite or
+//! postgres type into a public signature (other stages' own tables beside the journal's go through
+//! [`Journal::connection`], a [`crate::store::Conn`] in portable SQL, never the journal's tables;
+//! the [`JournalError::Db`] source is a [`crate::store::StoreError`]). On SQLite only: the file's
+//! pragmas and its migration history (`schema`). Integration tests may read the file to check what is stored
 //! (and write rows an older version left); no module of the crate does.
 //!
 //! # The surface, by concern
@@ -49,9 +55,13 @@
 //! the row and status types of `types`), every error a [`JournalError`], no transaction or
 //! connection handed out (the next backend implements the same list). By concern:
 //!
-//! - **Opening**: [`Journal::open`], [`Journal::open_path`], [`Journal::open_reader`],
-//!   [`Journal::reader`], [`Journal::path`]; [`new_run_id`], [`create_private_dir`]. Other stages'
-//!   tables in the same file: [`Journal::migrate_extra`], [`Journal::connection`].
+//! - **Opening**: [`Journal::open_state`] (what commands use: SQLite or the store, from
+//!   [`journal_store`]), [`Journal::open_state_reader`], [`Journal::open`], [`Journal::open_path`],
+//!   [`Journal::open_store`], [`Journal::open_reader`], [`Journal::reader`], [`Journal::source`]
+//!   ([`JournalSource`]), [`Journal::path`] (the file, or the store's URL without a password),
+//!   [`Journal::store_url`], [`journal_exists`]; [`new_run_id`], [`create_private_dir`]. Other
+//!   stages' tables beside the journal's: [`Journal::migrate_extra`] (SQLite; the store's come
+//!   from its migrations), [`Journal::connection`].
 //! - **Runs and the lease**: [`Journal::open_run`] (the resume decision: create, resume,
 //!   continue, reopen, or "already finished", with the lease, in one transaction),
 //!   [`Journal::run`], [`Journal::latest_run`], [`Journal::unfinished_run`], [`Journal::runs`],

@@ -750,7 +750,6 @@ mod tests {
         for status in ["running", "paused", "interrupted"] {
             let e = insert_run(c, &format!("dup-{status}"), None, status, false)
                 .expect_err("a second unfinished run");
-            let e = crate::store::StoreError::from(e);
             assert!(is_unfinished_conflict(&e), "{e}");
             let je = JournalError::Db {
                 path: j.path().to_path_buf(),
@@ -766,12 +765,12 @@ mod tests {
         insert_run(c, "occ-1", Some("2026-03-01T09:00Z"), "running", false).expect("occurrence");
         let e = insert_run(c, "occ-2", Some("2026-03-01T09:00Z"), "paused", false)
             .expect_err("same occurrence");
-        assert!(is_unfinished_conflict(&e.into()));
+        assert!(is_unfinished_conflict(&e));
         // Reopening a finished run while another is unfinished is refused too.
         let e = c
             .execute("UPDATE runs SET status = 'running' WHERE id = 'done'", &[])
             .expect_err("reopen");
-        assert!(is_unfinished_conflict(&e.into()));
+        assert!(is_unfinished_conflict(&e));
     }
 
     #[test]
