@@ -200,7 +200,16 @@ impl Daemon {
         source: Box<dyn CampaignSource>,
         runner: Arc<dyn Runner>,
     ) -> Result<Daemon, DaemonError> {
-        let journal = Journal::open(&cfg.state_dir)?;
+        let store = match &cfg.store {
+            Some(url) => crate::config::StateStore::Postgres(url.clone()),
+            None => crate::config::StateStore::Sqlite(cfg.state_dir.clone()),
+        };
+        // The journal (control requests; with `[state] url` in the store, shared by every host).
+        let journal = Journal::open_state(&crate::journal::journal_store(
+            cfg.store.as_ref(),
+            &cfg.state_dir,
+            false,
+        ))?;
         let local = state::open(&cfg.state_dir)?;
         let pid = std::process::id();
         let now = clock.now().as_second();
@@ -214,10 +223,6 @@ impl Daemon {
             node: state::node_id(&local)?,
             host: state::host_name(),
             pid,
-        };
-        let store = match &cfg.store {
-            Some(url) => crate::config::StateStore::Postgres(url.clone()),
-            None => crate::config::StateStore::Sqlite(cfg.state_dir.clone()),
         };
         let conn = match state::open_store(&store) {
             Ok(c) => c,

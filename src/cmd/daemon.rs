@@ -108,7 +108,7 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
                 .map(|act| (act.as_str().to_string(), account.account_limit(*act)))
                 .collect();
             journal_metrics.spawn_refresh(
-                state_dir.join(crate::journal::DB_FILE),
+                crate::journal::journal_store(account.state_url.as_ref(), &state_dir, false),
                 account.state_store(&state_dir),
                 limits,
                 Arc::new(SystemClock),

@@ -43,12 +43,20 @@ pub(crate) fn campaign_name(file: &Path) -> Result<String, Failure> {
     Ok(n.name)
 }
 
-/// The journal for a campaign file, if its state database exists (never creates one).
-pub(crate) fn open_existing(paths: &RepoPaths) -> Result<Option<Journal>, Failure> {
-    if !paths.state_dir.join(DB_FILE).is_file() {
+/// The journal for a campaign file, if its state database exists (never creates a SQLite file):
+/// with `[state] url` in its `imcast.toml` the PostgreSQL store's (not for `mock` runs, whose
+/// journal stays in the state directory: [`crate::journal::journal_store`]).
+pub(crate) fn open_existing(paths: &RepoPaths, mock: bool) -> Result<Option<Journal>, Failure> {
+    let url = if mock {
+        None
+    } else {
+        paths.account_config().exit(Exit::Invalid)?.state_url
+    };
+    let store = crate::journal::journal_store(url.as_ref(), &paths.state_dir, mock);
+    if !crate::journal::journal_exists(&store) {
         return Ok(None);
     }
-    Journal::open(&paths.state_dir).map(Some).map_err(|e| {
+    Journal::open_state(&store).map(Some).map_err(|e| {
         let exit = e.exit();
         Failure::new(exit, e)
     })
@@ -250,7 +258,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
     } else {
         registered_elsewhere(&base, &name)
     };
-    let journal = open_existing(&paths)?;
+    let journal = open_existing(&paths, args.mock)?;
     // The latest real run; `--test-to` runs are listed apart, never as "the" run.
     let run = match &journal {
         Some(j) => j.latest_run(&name, false).exit(Exit::Internal)?,

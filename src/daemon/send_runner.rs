@@ -254,7 +254,10 @@ impl SendRunner {
         let file = req.path.clone();
         let loaded = req.payload.campaign().cloned();
         let res = tokio::task::spawn_blocking(move || -> Result<String, String> {
-            let j = Journal::open(&paths.state_dir).map_err(|e| e.to_string())?;
+            // Where the run's journal is: the campaign's `[state] url`, as the run opened it.
+            let url = paths.account_config().map_err(|e| e.to_string())?.state_url;
+            let store = crate::journal::journal_store(url.as_ref(), &paths.state_dir, false);
+            let j = Journal::open_state(&store).map_err(|e| e.to_string())?;
             let id = match run_id {
                 Some(id) => id,
                 None => match j

@@ -9,7 +9,8 @@
 //! [`roster_beat`] and [`DaemonRow::alive`]) — all in the store ([`open_store`]:
 //! SQLite or PostgreSQL, the same statements through [`crate::store`]) — and, always in the
 //! local SQLite file ([`open`]): `sched_node` (this state directory's node id, random, made once),
-//! `sched_control` (a log of what the daemon did with each pause/resume/cancel request; the
+//! `sched_control` (beside the journal: with `[state] url` in the store, its migration 6; a log
+//! of what the daemon did with each pause/resume/cancel request; the
 //! requests themselves are the journal's — see
 //! [`Journal::pending_controls`](crate::journal::Journal::pending_controls) — and a log row is
 //! written by [`log_control`] inside
@@ -24,10 +25,11 @@
 //! N daemons on one store. A queued or quiet-held occurrence is started by whoever moves it to
 //! `claimed` first ([`claim_pending`]: a compare-and-set on its status).
 //!
-//! The run an occurrence starts is in the claiming daemon's local journal (the journal moves to
-//! the store later): a run in progress is not yet taken over by another daemon if its host dies;
-//! it resumes when that daemon restarts (its node id is in its state directory, so a restart on
-//! another host with the same state directory resumes it too).
+//! The run an occurrence starts is in the journal of the claiming daemon's state configuration:
+//! the state directory's file, or with `[state] url` the store's journal that every daemon reads
+//! (`Journal::open_state`). Which daemon resumes a run in progress is decided here by the
+//! occurrence row: the one that claimed it, when it restarts (its node id is in its state
+//! directory, so a restart on another host with the same state directory resumes it too).
 //!
 //! The roster is for people (who is there, who holds what); nothing decides on it: whether a
 //! daemon "looks alive" compares its `last_seen` (its own clock) with the reader's clock, so it
@@ -595,26 +597,27 @@ pub struct Update<'a> {
 /// [`Journal::finish_control`](crate::journal::Journal::finish_control)'s step, on the journal's
 /// connection, so the request's removal and this row commit together.
 pub fn log_control(
-    conn: &rusqlite::Connection,
+    conn: &Conn,
     req: &PendingControl,
     handled_at: i64,
     result: &str,
 ) -> Result<(), StateError> {
-    conn.prepare_cached(
+    conn.execute(
         "INSERT INTO sched_control (campaign, action, requested_at, handled_at, result) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(rusqlite::params![
-        req.campaign,
-        req.request.as_str(),
-        req.requested_at.as_second(),
-        handled_at,
-        result
-    ])?;
+        params![
+            req.campaign.as_str(),
+            req.request.as_str(),
+            req.requested_at.as_second(),
+            handled_at,
+            result
+        ],
+    )?;
     Ok(())
 }
 
 /// What the daemon answered to the latest request for `campaign` made at or after `since`
-/// (UTC seconds), once it acted on it. `conn` is the state directory's ([`open`]).
+/// (UTC seconds), once it acted on it. `conn` is the journal's ([`log_control`] writes there:
+/// the state directory's file, or the PostgreSQL store with `[state] url`).
 pub fn control_result(
     conn: &Conn,
     campaign: &str,
@@ -802,11 +805,18 @@ fn prune_occurrences(conn: &Conn, cutoff: i64) -> Result<usize, StateError> {
 /// `conn` is the state directory's ([`open`]).
 pub fn prune(conn: &Conn, cutoff: i64) -> Result<(usize, usize), StateError> {
     let occ = prune_occurrences(conn, cutoff)?;
-    let ctl = conn.execute(
+    let ctl = prune_control_log(conn, cutoff)?;
+    Ok((occ, ctl))
+}
+
+/// Delete the control log's rows handled before `cutoff` (UTC seconds). `conn` is the one
+/// [`log_control`] writes to: the journal's (the state directory's file, or the PostgreSQL store
+/// with `[state] url`).
+pub fn prune_control_log(conn: &Conn, cutoff: i64) -> Result<usize, StateError> {
+    Ok(conn.execute(
         "DELETE FROM sched_control WHERE handled_at IS NOT NULL AND handled_at < ?1",
         params![cutoff],
-    )?;
-    Ok((occ, ctl))
+    )?)
 }
 
 #[cfg(test)]

@@ -190,7 +190,7 @@ mod tests {
             .expect("finish");
         let left = |j: &Journal| -> i64 {
             j.connection()
-                .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+                .query_row("SELECT COUNT(*) FROM attempts", &[], |r| r.get(0))
                 .expect("count")
         };
         assert_eq!(left(&j), 3);

@@ -770,7 +770,7 @@ mod tests {
         // The refusal that made 103 `failed` is counted too.
         let n: i64 = j
             .connection()
-            .query_row("SELECT refusals FROM recipients WHERE id = 103", [], |r| {
+            .query_row("SELECT refusals FROM recipients WHERE id = 103", &[], |r| {
                 r.get(0)
             })
             .expect("refusals");

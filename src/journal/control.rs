@@ -175,7 +175,7 @@ mod tests {
             .expect("the caller's table");
         let logged = |j: &Journal| -> i64 {
             j.connection()
-                .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+                .query_row("SELECT COUNT(*) FROM log", &[], |r| r.get(0))
                 .expect("count")
         };
         let t0 = now();
@@ -217,7 +217,7 @@ mod tests {
             j.connection()
                 .execute(
                     "INSERT INTO log VALUES (?1, ?2)",
-                    rusqlite::params![req.campaign, req.request.as_str()],
+                    crate::store::params![req.campaign.as_str(), req.request.as_str()],
                 )
                 .map(|_| ())
                 .map_err(j.db())

@@ -404,7 +404,7 @@ mod tests {
         j.connection()
             .execute(
                 "UPDATE runs SET owner = ?2 WHERE id = ?1",
-                rusqlite::params![run, o],
+                crate::store::params![run, o],
             )
             .expect("set owner");
     }

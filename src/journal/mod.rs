@@ -1,6 +1,10 @@
 //! The journal: durable run state in SQLite at `<state_dir>/imcast.db` (the one state database;
 //! other stages add their own tables through [`Journal::connection`] and
-//! [`Journal::migrate_extra`]).
+//! [`Journal::migrate_extra`]), or with `[state] url` in the PostgreSQL state store
+//! ([`Journal::open_store`]: the same tables, made by the store's migration 6,
+//! `crate::pg::schema`), shared by every process and host on it. Every command opens it through
+//! [`Journal::open_state`] with the store [`journal_store`] picks (mock runs stay in SQLite;
+//! [`JOURNAL_IN_STORE`] turns the store on once every statement is ported).
 //!
 //! Owns: runs (one per campaign send, keyed by campaign + optional occurrence, recording the plan
 //! hash, status, flags, audit), calls (one row per provider call: planned → in_flight → done |
@@ -63,9 +67,11 @@
 //! `open_run` decision, lease claims, fence checks and counters rely on it. Reads outside a
 //! transaction take nothing.
 //!
-//! Must not: talk to the network; let a rusqlite type into a public signature other than
-//! [`Journal::connection`] (for other stages' own tables in this file, never the journal's) and
-//! the [`JournalError::Db`] source. Integration tests may read the file to check what is stored
+//! Must not: talk to the network other than to the PostgreSQL store; let a rusqlite or
+//! postgres type into a public signature (other stages' own tables beside the journal's go through
+//! [`Journal::connection`], a [`crate::store::Conn`] in portable SQL, never the journal's tables;
+//! the [`JournalError::Db`] source is a [`crate::store::StoreError`]). On SQLite only: the file's
+//! pragmas and its migration history (`schema`). Integration tests may read the file to check what is stored
 //! (and write rows an older version left); no module of the crate does.
 //!
 //! # The surface, by concern
@@ -74,9 +80,13 @@
 //! the row and status types of `types`), every error a [`JournalError`], no transaction or
 //! connection handed out (the next backend implements the same list). By concern:
 //!
-//! - **Opening**: [`Journal::open`], [`Journal::open_path`], [`Journal::open_reader`],
-//!   [`Journal::reader`], [`Journal::path`]; [`new_run_id`], [`create_private_dir`]. Other stages'
-//!   tables in the same file: [`Journal::migrate_extra`], [`Journal::connection`].
+//! - **Opening**: [`Journal::open_state`] (what commands use: SQLite or the store, from
+//!   [`journal_store`]), [`Journal::open_state_reader`], [`Journal::open`], [`Journal::open_path`],
+//!   [`Journal::open_store`], [`Journal::open_reader`], [`Journal::reader`], [`Journal::source`]
+//!   ([`JournalSource`]), [`Journal::path`] (the file, or the store's URL without a password),
+//!   [`Journal::store_url`], [`journal_exists`]; [`new_run_id`], [`create_private_dir`]. Other
+//!   stages' tables beside the journal's: [`Journal::migrate_extra`] (SQLite; the store's come
+//!   from its migrations), [`Journal::connection`].
 //! - **Runs and the lease**: [`Journal::open_run`] (the resume decision: create, resume,
 //!   continue, reopen, or "already finished", with the lease, in one transaction),
 //!   [`Journal::run`], [`Journal::latest_run`], [`Journal::unfinished_run`], [`Journal::runs`],
@@ -120,6 +130,8 @@
 
 mod attempts;
 mod audit;
+#[cfg(test)]
+mod backends;
 mod calls;
 mod commit;
 mod control;
@@ -288,7 +300,10 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 /// The state database.
 pub struct Journal {
     conn: crate::store::Conn,
+    /// The SQLite file, or the PostgreSQL store's URL without its password (for messages).
     path: PathBuf,
+    /// The PostgreSQL store this journal is on (`None`: SQLite at `path`), for [`Journal::reader`].
+    store: Option<crate::pg::PgUrl>,
     /// The lease id this journal writes into `runs.owner` and the fences it took (see
     /// [`Journal::claim`]).
     owner: Holder,
@@ -325,6 +340,7 @@ impl Journal {
         let mut j = Journal {
             conn: crate::store::Conn::sqlite(conn),
             path: path.to_path_buf(),
+            store: None,
             owner,
             instance,
         };
@@ -332,16 +348,81 @@ impl Journal {
         Ok(j)
     }
 
-    /// The database file.
+    /// Open the journal in the PostgreSQL state store at `url` (blocking: off the async runtime).
+    /// Its tables come from the store's migrations (`crate::pg::schema`, applied on connecting;
+    /// a newer schema is refused); [`Journal::path`] names the store without its password.
+    pub fn open_store(url: &crate::pg::PgUrl) -> Result<Journal, JournalError> {
+        let path = PathBuf::from(url.redacted());
+        let conn = crate::store::Conn::postgres(url).map_err(|source| JournalError::Db {
+            path: path.clone(),
+            source,
+        })?;
+        let (owner, instance) = new_owner();
+        Ok(Journal {
+            conn,
+            path,
+            store: Some(url.clone()),
+            owner,
+            instance,
+        })
+    }
+
+    /// Open the journal where the state configuration keeps it: SQLite at
+    /// `<state_dir>/imcast.db` (created, owner-only directory) without `[state] url`, the
+    /// PostgreSQL store with it. Every command opens its journal through this.
+    pub fn open_state(store: &crate::config::StateStore) -> Result<Journal, JournalError> {
+        match store {
+            crate::config::StateStore::Sqlite(dir) => Self::open(dir),
+            crate::config::StateStore::Postgres(url) => Self::open_store(url),
+        }
+    }
+
+    /// A journal that only reads, where the state configuration keeps it (see
+    /// [`Journal::open_reader`]; on PostgreSQL a second connection whose transactions are read
+    /// only). `Missing` when the SQLite file does not exist yet.
+    pub fn open_state_reader(
+        store: &crate::config::StateStore,
+        cache_kib: u32,
+    ) -> Result<Journal, JournalError> {
+        match store {
+            crate::config::StateStore::Sqlite(dir) => {
+                Self::open_reader(&dir.join(DB_FILE), cache_kib)
+            }
+            crate::config::StateStore::Postgres(url) => {
+                let j = Self::open_store(url)?;
+                j.conn
+                    .execute_batch("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                    .map_err(j.db())?;
+                Ok(j)
+            }
+        }
+    }
+
+    /// The database file (SQLite), or the PostgreSQL store's URL without its password.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The connection, for other stages' own tables in this file (the scheduler's `sched_*`, the
-    /// report's `report_*`; same pragmas). Never for the journal's own tables: their methods are
-    /// the only way to them.
-    pub fn connection(&self) -> &Connection {
-        sqlite_of(&self.conn)
+    /// The PostgreSQL store this journal is on (`None`: the SQLite file at [`Journal::path`]).
+    pub fn store_url(&self) -> Option<&crate::pg::PgUrl> {
+        self.store.as_ref()
+    }
+
+    /// Where another connection to this journal's database connects (a reader on a thread of
+    /// its own: [`JournalSource::open_reader`]).
+    pub fn source(&self) -> JournalSource {
+        match &self.store {
+            Some(url) => JournalSource::Store(url.clone()),
+            None => JournalSource::File(self.path.clone()),
+        }
+    }
+
+    /// The connection, for other stages' own tables beside the journal's (the scheduler's
+    /// `sched_control`, the report's `report_*`), in portable SQL ([`crate::store`]): the SQLite
+    /// file, or the PostgreSQL store. Never for the journal's own tables: their methods are the
+    /// only way to them.
+    pub fn connection(&self) -> &crate::store::Conn {
+        &self.conn
     }
 
     fn db<E: Into<crate::store::StoreError>>(&self) -> impl Fn(E) -> JournalError + '_ {
@@ -367,11 +448,12 @@ impl Journal {
         }
     }
 
-    /// A second connection to the same database that only reads (`query_only`): for a reader on
+    /// A second connection to the same database that only reads (`query_only`; on PostgreSQL a
+    /// read-only session): for a reader on
     /// another thread (the report scans the halves of a large run in parallel). Writes through it
     /// fail.
     pub fn reader(&self) -> Result<Journal, JournalError> {
-        Self::open_reader(&self.path, 16 * 1024)
+        self.source().open_reader(16 * 1024)
     }
 
     /// A journal that only reads the existing database at `path` (`query_only`, no migration;
@@ -394,9 +476,33 @@ impl Journal {
         Ok(Journal {
             conn: crate::store::Conn::sqlite(conn),
             path: path.to_path_buf(),
+            store: None,
             owner,
             instance,
         })
+    }
+}
+
+/// Where a journal's database is, to open another connection to it (see [`Journal::source`]).
+#[derive(Debug, Clone)]
+pub enum JournalSource {
+    /// The SQLite file.
+    File(PathBuf),
+    /// The PostgreSQL state store.
+    Store(crate::pg::PgUrl),
+}
+
+impl JournalSource {
+    /// A journal that only reads this database (see [`Journal::open_reader`]; on PostgreSQL a
+    /// connection of its own whose transactions are read only: blocking, off the async runtime).
+    pub fn open_reader(&self, cache_kib: u32) -> Result<Journal, JournalError> {
+        match self {
+            JournalSource::File(path) => Journal::open_reader(path, cache_kib),
+            JournalSource::Store(url) => Journal::open_state_reader(
+                &crate::config::StateStore::Postgres(url.clone()),
+                cache_kib,
+            ),
+        }
     }
 }
 
@@ -448,6 +554,36 @@ fn begin_write(
         )?;
     }
     Ok(tx)
+}
+
+/// Whether `[state] url` puts the journal in the PostgreSQL store ([`journal_store`]). Off until
+/// every journal statement runs on [`crate::store`] (the port of the journal: until then its
+/// statements panic on PostgreSQL); the lead turns it on when merging the port.
+pub const JOURNAL_IN_STORE: bool = true;
+
+/// Where the journal of a state directory lives: the PostgreSQL store of `[state] url` (`url`;
+/// while [`JOURNAL_IN_STORE`] is on), else SQLite at `<state_dir>/imcast.db`. A mock state directory (`mock`: `imcast run --mock`
+/// and what reads its runs) keeps its journal in SQLite whatever the configuration: mock runs
+/// send nothing real and must not meet the campaign's real runs in the shared store (one
+/// unfinished run per campaign occurrence).
+pub fn journal_store(
+    url: Option<&crate::pg::PgUrl>,
+    state_dir: &Path,
+    mock: bool,
+) -> crate::config::StateStore {
+    match url {
+        Some(u) if JOURNAL_IN_STORE && !mock => crate::config::StateStore::Postgres(u.clone()),
+        _ => crate::config::StateStore::Sqlite(state_dir.to_path_buf()),
+    }
+}
+
+/// Whether the journal in `store` may hold runs: its SQLite file exists (reads never create
+/// one); a PostgreSQL store always may.
+pub fn journal_exists(store: &crate::config::StateStore) -> bool {
+    match store {
+        crate::config::StateStore::Sqlite(dir) => dir.join(DB_FILE).is_file(),
+        crate::config::StateStore::Postgres(_) => true,
+    }
 }
 
 /// A run id: UTC start time plus a random suffix, e.g. `20260301T090000Z-3f9a`.

@@ -687,8 +687,12 @@ impl Journal {
     }
 
     /// Apply another stage's migrations once each: `steps[i]` runs when `component`'s recorded
-    /// version is ≤ i.
+    /// version is ≤ i. SQLite only: on PostgreSQL the store's migrations (`crate::pg::schema`)
+    /// made those tables, and this does nothing.
     pub fn migrate_extra(&mut self, component: &str, steps: &[&str]) -> Result<(), JournalError> {
+        if self.conn.as_sqlite().is_none() {
+            return Ok(());
+        }
         let path = self.path.clone();
         let db = |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
@@ -779,7 +783,6 @@ mod tests {
         for status in ["running", "paused", "interrupted"] {
             let e = insert_run(c, &format!("dup-{status}"), None, status, false)
                 .expect_err("a second unfinished run");
-            let e = crate::store::StoreError::from(e);
             assert!(is_unfinished_conflict(&e), "{e}");
             let je = JournalError::Db {
                 path: j.path().to_path_buf(),
@@ -795,12 +798,12 @@ mod tests {
         insert_run(c, "occ-1", Some("2026-03-01T09:00Z"), "running", false).expect("occurrence");
         let e = insert_run(c, "occ-2", Some("2026-03-01T09:00Z"), "paused", false)
             .expect_err("same occurrence");
-        assert!(is_unfinished_conflict(&e.into()));
+        assert!(is_unfinished_conflict(&e));
         // Reopening a finished run while another is unfinished is refused too.
         let e = c
-            .execute("UPDATE runs SET status = 'running' WHERE id = 'done'", [])
+            .execute("UPDATE runs SET status = 'running' WHERE id = 'done'", &[])
             .expect_err("reopen");
-        assert!(is_unfinished_conflict(&e.into()));
+        assert!(is_unfinished_conflict(&e));
     }
 
     #[test]
@@ -1003,7 +1006,7 @@ mod tests {
         let mut j = Journal::open_path(&path).expect("migrate");
         let version: i64 = j
             .connection()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .query_row("PRAGMA user_version", &[], |r| r.get(0))
             .expect("version");
         assert_eq!(version, MIGRATIONS.len() as i64);
         let rows = j.recipients("r1").expect("rows");
@@ -1047,11 +1050,7 @@ mod tests {
         // No index on `id` is left; the refused receivers' partial one is there.
         let indexes: Vec<String> = j
             .connection()
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients' AND sql IS NOT NULL")
-            .expect("q")
-            .query_map([], |r| r.get(0))
-            .expect("q")
-            .collect::<Result<_, _>>()
+            .query_map("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients' AND sql IS NOT NULL", &[], |r| r.get(0))
             .expect("names");
         assert_eq!(indexes, ["recipients_refused"]);
 
@@ -1137,7 +1136,7 @@ mod tests {
             j.connection()
                 .query_row(
                     "SELECT fence, fence_holder, fence_at_ms, lease_expires_ms FROM runs WHERE id = ?1",
-                    [id],
+                    crate::store::params![id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .expect("row")

@@ -233,8 +233,10 @@ fn open_journal<'r, E: std::fmt::Display + Send>(
         facts.app_id,
         flags,
     );
+    let store =
+        crate::journal::journal_store(settings.state_url.as_ref(), &paths.state_dir, flags.mock);
     let mut journal =
-        Journal::open(&paths.state_dir).map_err(|e| journal_failure(e, &facts.campaign_file))?;
+        Journal::open_state(&store).map_err(|e| journal_failure(e, &facts.campaign_file))?;
     journal.set_lease_expiry(settings.lease.expiry);
     let new = NewRun {
         id: None,
@@ -391,7 +393,11 @@ fn noted(
 fn retry_candidates(inp: &Inputs) -> Result<crate::journal::RetryCandidates, Failure> {
     let facts = &inp.facts;
     retry_preview(
-        &inp.paths.state_dir,
+        &crate::journal::journal_store(
+            inp.settings.state_url.as_ref(),
+            &inp.paths.state_dir,
+            inp.settings.flags.mock,
+        ),
         &facts.campaign,
         facts.occurrence.as_deref(),
         &facts.campaign_file,
@@ -417,40 +423,42 @@ fn with_wave_date(
 /// such run or an unreadable one is None (the run then plans today's date and the journal's
 /// usual plan check decides).
 pub(super) fn started_wave_date(
-    state_dir: &std::path::Path,
+    store: &crate::config::StateStore,
     campaign: &str,
 ) -> Option<jiff::civil::Date> {
-    if !state_dir.join(crate::journal::DB_FILE).exists() {
+    if !crate::journal::journal_exists(store) {
         return None;
     }
-    let journal = Journal::open(state_dir).ok()?;
+    let journal = Journal::open_state(store).ok()?;
     let run = journal.unfinished_run(campaign, None).ok()??;
     run.audit.get(WAVE_DATE)?.as_str()?.parse().ok()
 }
 
 /// What `imcast run FILE --retry-failed` would send now for `campaign` (its ad-hoc runs when
-/// `occurrence` is None), from the journal in `state_dir`: for the confirmation and
+/// `occurrence` is None), from the journal in `store`: for the confirmation and
 /// `imcast plan --retry-failed`. No finished run, an unfinished one, or nothing retryable is an
 /// error (exit 2) that says why.
 pub fn retry_preview(
-    state_dir: &std::path::Path,
+    store: &crate::config::StateStore,
     campaign: &str,
     occurrence: Option<&str>,
     campaign_file: &std::path::Path,
 ) -> Result<crate::journal::RetryCandidates, Failure> {
-    let db = state_dir.join(crate::journal::DB_FILE);
-    if !db.exists() {
-        return Err(Failure::new(
-            Exit::Invalid,
-            anyhow!(
-                "{}: --retry-failed: campaign {campaign:?} has no finished run to retry (no journal at {}); \
-                 nothing was sent",
-                campaign_file.display(),
-                db.display()
-            ),
-        ));
+    if let crate::config::StateStore::Sqlite(dir) = store {
+        let db = dir.join(crate::journal::DB_FILE);
+        if !db.exists() {
+            return Err(Failure::new(
+                Exit::Invalid,
+                anyhow!(
+                    "{}: --retry-failed: campaign {campaign:?} has no finished run to retry (no journal at {}); \
+                     nothing was sent",
+                    campaign_file.display(),
+                    db.display()
+                ),
+            ));
+        }
     }
-    let journal = Journal::open(state_dir).map_err(|e| journal_failure(e, campaign_file))?;
+    let journal = Journal::open_state(store).map_err(|e| journal_failure(e, campaign_file))?;
     journal
         .retry_candidates(campaign, occurrence, &crate::provider::retryable_failure)
         .map_err(|e| journal_failure(e, campaign_file))
