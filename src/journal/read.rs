@@ -63,47 +63,63 @@ impl Journal {
         );
         // Streamed (`for_each`): one row at a time, text borrowed from the database row.
         let mut buf = String::new();
+        // On PostgreSQL a streaming scan holds the connection: nothing else may be asked on it
+        // until the scan ends, so the time of the call that answered a row (which SQLite looks up
+        // as it goes, one call at a time, `RunView::time`) comes with the row from a join.
+        let pg = self.conn.backend() == crate::store::Backend::Postgres;
+        let sql = if pg {
+            "SELECT r.rk, r.id, r.raw_id, r.status, r.message_id, r.attempts, r.call_seq, r.variant,
+                    r.error_code, r.error_message, r.detail, r.at, r.variant_name, c.updated_at
+             FROM recipients r
+             LEFT JOIN calls c
+               ON c.run_id = ?3 AND c.seq = r.call_seq AND c.state IN ('done', 'unknown')
+             WHERE r.rk BETWEEN ?1 AND ?2 ORDER BY r.rk"
+        } else {
+            "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
+                    error_message, detail, at, variant_name
+             FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk"
+        };
+        let (from, to) = (lo | first, lo | last);
+        let with_run = params![from, to, run_id];
+        let without = params![from, to];
         self.conn
-            .for_each(
-                "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
-                        error_message, detail, at, variant_name
-                 FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
-                params![lo | first, lo | last],
-                |r| {
-                    let db = self.db();
-                    let line = (r.get::<i64>(0).map_err(&db)? as u64) & MAX_LINE;
-                    let id = r.get::<Option<i64>>(1).map_err(&db)?.map(|v| v as u64);
-                    let message_id = r.get::<Option<i64>>(4).map_err(&db)?.map(|v| v as u64);
-                    let attempts = r.get::<i64>(5).map_err(&db)? as u32;
-                    let call_seq = r.get::<Option<i64>>(6).map_err(&db)?;
-                    let status = RecipientStatus::from_code(r.get::<i64>(3).map_err(&db)?)?;
-                    let variant = r
-                        .get::<Option<i64>>(7)
-                        .map_err(&db)?
-                        .and_then(|i| view.variants.get(&i))
-                        .map(String::as_str);
-                    let at = r.get::<Option<i64>>(11).map_err(&db)?;
-                    let time = view
-                        .time(&self.conn, status, call_seq, at, &mut buf)
-                        .map_err(&db)?;
-                    let row = RecipientRef {
-                        line,
-                        id,
-                        raw_id: r.str(2).map_err(&db)?,
-                        status,
-                        message_id,
-                        attempts,
-                        call: call_seq.map(|v| v as u64),
-                        variant,
-                        error_code: r.str(8).map_err(&db)?,
-                        error_message: r.str(9).map_err(&db)?,
-                        detail: r.str(10).map_err(&db)?,
-                        time,
-                        variant_name: r.str(12).map_err(&db)?,
-                    };
-                    f(&row)
-                },
-            )
+            .for_each(sql, if pg { with_run } else { without }, |r| {
+                let db = self.db();
+                let line = (r.get::<i64>(0).map_err(&db)? as u64) & MAX_LINE;
+                let id = r.get::<Option<i64>>(1).map_err(&db)?.map(|v| v as u64);
+                let message_id = r.get::<Option<i64>>(4).map_err(&db)?.map(|v| v as u64);
+                let attempts = r.get::<i64>(5).map_err(&db)? as u32;
+                let call_seq = r.get::<Option<i64>>(6).map_err(&db)?;
+                let status = RecipientStatus::from_code(r.get::<i64>(3).map_err(&db)?)?;
+                let variant = r
+                    .get::<Option<i64>>(7)
+                    .map_err(&db)?
+                    .and_then(|i| view.variants.get(&i))
+                    .map(String::as_str);
+                let at = r.get::<Option<i64>>(11).map_err(&db)?;
+                let time = if pg {
+                    view.time_given(status, r.str(13).map_err(&db)?, at, &mut buf)
+                } else {
+                    view.time(&self.conn, status, call_seq, at, &mut buf)
+                }
+                .map_err(&db)?;
+                let row = RecipientRef {
+                    line,
+                    id,
+                    raw_id: r.str(2).map_err(&db)?,
+                    status,
+                    message_id,
+                    attempts,
+                    call: call_seq.map(|v| v as u64),
+                    variant,
+                    error_code: r.str(8).map_err(&db)?,
+                    error_message: r.str(9).map_err(&db)?,
+                    detail: r.str(10).map_err(&db)?,
+                    time,
+                    variant_name: r.str(12).map_err(&db)?,
+                };
+                f(&row)
+            })
             .map_err(self.db())?
     }
 

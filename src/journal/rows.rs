@@ -431,6 +431,25 @@ impl RunView {
 
     /// A row's time: its own (`at`), else when its call was answered (for a status a call
     /// gives), else the run's start.
+    /// [`RunView::time`] with the answering call's time already read (`call_time`: the
+    /// call's `updated_at` if it was answered), for a scan that cannot look it up as it goes.
+    pub fn time_given<'a>(
+        &'a self,
+        status: RecipientStatus,
+        call_time: Option<&'a str>,
+        at: Option<i64>,
+        buf: &'a mut String,
+    ) -> Result<&'a str, StoreError> {
+        if let Some(ns) = at {
+            *buf = super::pack::ns_text(ns).map_err(corrupt)?;
+            return Ok(buf.as_str());
+        }
+        match call_time {
+            Some(t) if status.given_by_call() => Ok(t),
+            _ => Ok(self.created_at.as_str()),
+        }
+    }
+
     pub fn time<'a>(
         &'a self,
         conn: &Conn,
@@ -473,7 +492,7 @@ mod tests {
     /// schema, which PostgreSQL gets from the store's migrations).
     fn recipients_table(c: &crate::store::Conn) {
         c.execute_batch(
-            "CREATE TABLE recipients(rk BIGINT PRIMARY KEY, id BIGINT, raw_id TEXT,
+            "CREATE TABLE IF NOT EXISTS recipients(rk BIGINT PRIMARY KEY, id BIGINT, raw_id TEXT,
                  status BIGINT NOT NULL, call_seq BIGINT, variant BIGINT, error_message TEXT,
                  message_id BIGINT, detail TEXT, at BIGINT, variant_name TEXT,
                  attempts BIGINT NOT NULL DEFAULT 0, refusals BIGINT NOT NULL DEFAULT 0,
