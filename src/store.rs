@@ -490,6 +490,17 @@ impl Row {
     }
 }
 
+/// The PostgreSQL client of a [`Conn`], or an error when a streaming scan ([`Conn::for_each`])
+/// on the same connection is still reading (the protocol allows one statement at a time: read
+/// what the scan's rows need before it, or with it).
+fn held(p: &RefCell<Pg>) -> Result<std::cell::RefMut<'_, Pg>, StoreError> {
+    p.try_borrow_mut().map_err(|_| StoreError::Sql {
+        sql: String::new(),
+        why: "a statement on a PostgreSQL connection while a streaming scan (for_each) on it is \
+              still reading",
+    })
+}
+
 /// Which database a [`Conn`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -730,7 +741,7 @@ impl Stmt<'_> {
     pub fn execute(&mut self, params: &[Value<'_>]) -> Result<usize, StoreError> {
         match &mut self.inner {
             StmtInner::Sqlite(st) => Ok(st.execute(rusqlite::params_from_iter(params.iter()))?),
-            StmtInner::Postgres(p, sql) => p.borrow_mut().execute(sql, params),
+            StmtInner::Postgres(p, sql) => held(p)?.execute(sql, params),
         }
     }
 
@@ -752,7 +763,7 @@ impl Stmt<'_> {
                 }
             }
             StmtInner::Postgres(p, sql) => {
-                let mut p = p.borrow_mut();
+                let mut p = held(p)?;
                 let st = p.statement(sql)?;
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params
                     .iter()
@@ -855,7 +866,7 @@ impl Conn {
             Inner::Sqlite(c) => Ok(c
                 .prepare_cached(sql)?
                 .execute(rusqlite::params_from_iter(params.iter()))?),
-            Inner::Postgres(p) => p.borrow_mut().execute(sql, params),
+            Inner::Postgres(p) => held(p)?.execute(sql, params),
         }
     }
 
@@ -863,7 +874,7 @@ impl Conn {
     pub fn execute_batch(&self, sql: &str) -> Result<(), StoreError> {
         match &self.inner {
             Inner::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Inner::Postgres(p) => Ok(p.borrow_mut().client()?.batch_execute(sql)?),
+            Inner::Postgres(p) => Ok(held(p)?.client()?.batch_execute(sql)?),
         }
     }
 
@@ -880,7 +891,7 @@ impl Conn {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(rows)
             }
-            Inner::Postgres(p) => p.borrow_mut().query(sql, params),
+            Inner::Postgres(p) => held(p)?.query(sql, params),
         }
     }
 
@@ -943,7 +954,7 @@ impl Conn {
             }
             Inner::Postgres(p) => {
                 use postgres::fallible_iterator::FallibleIterator;
-                let mut p = p.borrow_mut();
+                let mut p = held(p)?;
                 let st = p.statement(sql)?;
                 let mut rows = p.client()?.query_raw(&st, params.iter())?;
                 while let Some(r) = rows.next()? {
@@ -965,7 +976,7 @@ impl Conn {
                 inner: StmtInner::Sqlite(c.prepare_cached(sql)?),
             }),
             Inner::Postgres(p) => {
-                p.borrow_mut().statement(sql)?;
+                held(p)?.statement(sql)?;
                 Ok(Stmt {
                     inner: StmtInner::Postgres(p, sql.to_string()),
                 })
@@ -979,7 +990,7 @@ impl Conn {
         match &self.inner {
             Inner::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
             Inner::Postgres(p) => {
-                let mut p = p.borrow_mut();
+                let mut p = held(p)?;
                 if p.in_tx {
                     return Err(StoreError::Sql {
                         sql: "BEGIN".into(),
