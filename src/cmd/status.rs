@@ -47,7 +47,7 @@ pub(crate) fn campaign_name(file: &Path) -> Result<String, Failure> {
 /// with `[state] url` in its `imcast.toml` the PostgreSQL store's (not for `mock` runs, whose
 /// journal stays in the state directory: [`crate::journal::journal_store`]).
 pub(crate) fn open_existing(paths: &RepoPaths, mock: bool) -> Result<Option<Journal>, Failure> {
-    let url = if mock {
+    let url = if mock || !crate::journal::JOURNAL_IN_STORE {
         None
     } else {
         paths.account_config().exit(Exit::Invalid)?.state_url

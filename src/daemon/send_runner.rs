@@ -255,7 +255,11 @@ impl SendRunner {
         let loaded = req.payload.campaign().cloned();
         let res = tokio::task::spawn_blocking(move || -> Result<String, String> {
             // Where the run's journal is: the campaign's `[state] url`, as the run opened it.
-            let url = paths.account_config().map_err(|e| e.to_string())?.state_url;
+            let url = if crate::journal::JOURNAL_IN_STORE {
+                paths.account_config().map_err(|e| e.to_string())?.state_url
+            } else {
+                None
+            };
             let store = crate::journal::journal_store(url.as_ref(), &paths.state_dir, false);
             let j = Journal::open_state(&store).map_err(|e| e.to_string())?;
             let id = match run_id {
