@@ -29,7 +29,8 @@ pub(super) fn attempt_tx(
     };
     tx.execute(
         "INSERT INTO attempts(run_key, seq, attempt, at_ns, receivers, code)
-         SELECT ?1, seq, attempts, ?3, ?4, NULL FROM calls WHERE run_id = ?2 AND seq = ?5
+         SELECT CAST(?1 AS BIGINT), seq, attempts, CAST(?3 AS BIGINT), CAST(?4 AS BIGINT), NULL
+         FROM calls WHERE run_id = ?2 AND seq = ?5
          ON CONFLICT(run_key, seq, attempt) DO UPDATE SET at_ns = excluded.at_ns,
              receivers = excluded.receivers, code = NULL",
         params![

@@ -200,7 +200,7 @@ impl Ops<'_> {
         last: &RunInfo,
         retryable: &dyn Fn(&str) -> bool,
     ) -> Result<RetryCandidates, JournalError> {
-        let key = run_key(&self.conn, &last.id)
+        let key = run_key(self.conn, &last.id)
             .map_err(self.db())?
             .ok_or_else(|| JournalError::NoRun(last.id.clone()))?;
         let (lo, hi) = rk_range(key);
@@ -258,7 +258,7 @@ impl Ops<'_> {
         }
         let last = self.retry_source(campaign, occurrence)?;
         let db = self.db();
-        let old_key = run_key(&self.conn, &last.id)
+        let old_key = run_key(self.conn, &last.id)
             .map_err(&db)?
             .ok_or_else(|| JournalError::NoRun(last.id.clone()))?;
         let (lo, hi) = rk_range(old_key);
@@ -326,7 +326,7 @@ impl Ops<'_> {
             )
             .map_err(&db)?;
         self.take(&id, now)?;
-        let key = run_key(&self.conn, &id)
+        let key = run_key(self.conn, &id)
             .map_err(&db)?
             .ok_or_else(|| JournalError::NoRun(id.clone()))?;
         let mut seeder = Seeder::new(key);
@@ -367,7 +367,7 @@ impl Ops<'_> {
             }
             ins.finish().map_err(&db)?;
         }
-        seeder.finish(&self.conn).map_err(&db)?;
+        seeder.finish(self.conn).map_err(&db)?;
         let retried = seeded.get(&RecipientStatus::Pending).copied().unwrap_or(0);
         if retried == 0 {
             return Err(JournalError::Retry(format!(
@@ -379,7 +379,7 @@ impl Ops<'_> {
             )));
         }
         for (status, n) in seeded {
-            count_move(&self.conn, &id, None, status, n).map_err(&db)?;
+            count_move(self.conn, &id, None, status, n).map_err(&db)?;
         }
         let run = self.existing_run(&id)?;
         Ok(Opened::Retry {

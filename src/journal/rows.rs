@@ -183,7 +183,8 @@ pub(super) fn variant_idx(conn: &Conn, key: i64, variant: &str) -> Result<i64, S
     }
     conn.execute(
         "INSERT INTO run_variants(run_key, idx, variant)
-         SELECT ?1, COALESCE(MAX(idx) + 1, 0), ?2 FROM run_variants WHERE run_key = ?1",
+         SELECT CAST(?1 AS BIGINT), COALESCE(MAX(idx) + 1, 0), CAST(?2 AS TEXT)
+         FROM run_variants WHERE run_key = ?1",
         params![key, variant],
     )?;
     variant_idx(conn, key, variant)

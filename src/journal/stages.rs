@@ -56,7 +56,7 @@ impl Journal {
         let path = self.path.clone();
         let db = |source: crate::store::StoreError| JournalError::Db {
             path: path.clone(),
-            source: source.into(),
+            source,
         };
         let tx = super::begin_write(&self.conn).map_err(db)?;
         super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
@@ -198,7 +198,7 @@ impl Journal {
         let path = self.path.clone();
         let db = |source: crate::store::StoreError| JournalError::Db {
             path: path.clone(),
-            source: source.into(),
+            source,
         };
         let tx = super::begin_write(&self.conn).map_err(db)?;
         super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
