@@ -3,8 +3,10 @@
 //! decided or claimed each, and the daemons on the store (`sched_roster`) with whether each looks
 //! alive at `now` ([`state::DaemonRow::alive`]: not stopped and seen within
 //! [`state::ALIVE_BEATS`] refresh intervals). An active occurrence (claimed, running, paused)
-//! whose daemon does not look alive gets a note: a live daemon whose folder has the campaign
-//! takes it over once the run's lease expired, else it resumes when that daemon restarts. An
+//! whose daemon does not look alive gets a note: with the journal in a PostgreSQL store, a live
+//! daemon whose folder has the campaign takes it over once the run's lease expired; otherwise
+//! (one state directory, or the journal not in the store yet) it resumes when that daemon
+//! restarts. An
 //! occurrence a daemon took over names its holder now and whom it was taken over from
 //! ([`state::taken_over`]). Builds data only; the command renders it (human text or JSON).
 //! Must not: write to the state database.
@@ -167,24 +169,37 @@ pub fn schedule_view(
             stopped_at: d.stopped_at.map(at),
         })
         .collect();
+    // With the journal in a shared store, another daemon takes a silent one's runs over; on one
+    // state directory (or before the journal is in the store) they wait for a daemon there.
+    let takeover = match conn {
+        Some(c) if c.backend() == crate::store::Backend::Postgres => state::journal_in_store(c)?,
+        _ => false,
+    };
     let note = |r: &state::OccurrenceRow| -> Option<String> {
         if !state::status::ACTIVE.contains(&r.status.as_str()) {
             return None;
         }
         let d = daemons.iter().find(|d| Some(&d.node) == r.node.as_ref())?;
+        let how = if d.stopped_at.is_some() {
+            "stopped"
+        } else {
+            "not alive"
+        };
         (!d.alive).then(|| {
-            format!(
-                "its daemon on {} (pid {}) is {}: a live daemon whose folder has this campaign \
-                 takes it over once the run's lease expired (with `[state] url`, the journal in \
-                 the store); otherwise it resumes when that daemon restarts",
-                d.host,
-                d.pid,
-                if d.stopped_at.is_some() {
-                    "stopped"
-                } else {
-                    "not alive"
-                }
-            )
+            if takeover {
+                format!(
+                    "its daemon on {} (pid {}) is {how}: a live daemon whose folder has this \
+                     campaign takes it over once the run's lease has expired (or that daemon \
+                     resumes it when it restarts first)",
+                    d.host, d.pid
+                )
+            } else {
+                format!(
+                    "its daemon on {} (pid {}) is {how}: it resumes when that daemon restarts \
+                     (no other daemon takes over a run in progress yet)",
+                    d.host, d.pid
+                )
+            }
         })
     };
     let mut campaigns = Vec::new();

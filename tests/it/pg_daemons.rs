@@ -286,6 +286,9 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
         let state_dir = tmp.path().join(name).join(".imcast");
         let mut cfg = DaemonConfig::new(&dir, &state_dir);
         cfg.store = Some(db.url().clone());
+        // The note "resumes when that daemon restarts" is this test's: no takeover here (see
+        // `a_live_daemon_takes_over_the_run_of_a_silent_one_exactly_once`).
+        cfg.takeover = Some(false);
         let d = Daemon::open(
             cfg,
             Arc::new(clock.clone()),
@@ -437,6 +440,152 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
         "{past:?}"
     );
     drop(a);
+}
+
+/// Takeover on a simulated clock (no sleeping, no processes): four [`Daemon`]s on one PostgreSQL
+/// store, each with its own state directory, folder and fake runner; `d`'s folder does not have
+/// the campaign. `a` fires an occurrence, then falls silent (a kill -9: no tick, no clean stop).
+/// While `a` looks alive (30 s after its last refresh) nobody touches its run; then exactly one of
+/// the live daemons with the campaign takes it over (the first to tick: `c`), resuming the run
+/// (the runner is asked to resume it) and naming itself and whom it took it from in the record;
+/// `b` and `d` start nothing. When `a` comes back it stops its copy of the run and does not take
+/// it back. The run's end keeps the takeover note, and `imcast schedule`'s view shows it.
+#[test]
+fn a_live_daemon_takes_over_the_run_of_a_silent_one_exactly_once() {
+    use imcast::clock::{Clock, SimClock};
+    use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
+    use imcast::daemon::source::StandInSource;
+    use imcast::daemon::state;
+    use imcast::daemon::{Daemon, DaemonConfig};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let Some(db) = imcast::testing::pg::test_db("takeover_sim") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let clock = SimClock::new("2026-03-01T00:30:00Z".parse().expect("ts"));
+    let open = |name: &str, with_campaign: bool, runner: &Arc<FakeRunner>| {
+        let dir = tmp.path().join(name).join("campaigns");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        if with_campaign {
+            std::fs::write(
+                dir.join("h.yaml"),
+                "name: h\nschedule:\n  cron: \"0 * * * *\"\n  timezone: UTC\n  not_after: 10m\n",
+            )
+            .expect("campaign");
+        }
+        let state_dir = tmp.path().join(name).join(".imcast");
+        let mut cfg = DaemonConfig::new(&dir, &state_dir);
+        cfg.store = Some(db.url().clone());
+        // The fake runner has no journal in the store: force what the store's journal enables.
+        cfg.takeover = Some(true);
+        let d = Daemon::open(
+            cfg,
+            Arc::new(clock.clone()),
+            Box::new(StandInSource),
+            runner.clone(),
+        )
+        .expect("open daemon");
+        let node = state::node_id(&state::open(&state_dir).expect("local")).expect("node");
+        (d, node)
+    };
+    let runners: Vec<Arc<FakeRunner>> = (0..4).map(|_| Arc::new(FakeRunner::new())).collect();
+    let (mut a, node_a) = open("a", true, &runners[0]);
+    let (mut b, node_b) = open("b", true, &runners[1]);
+    let (mut c, node_c) = open("c", true, &runners[2]);
+    let (mut d, _node_d) = open("d", false, &runners[3]);
+    let (ra, rb, rc, rd) = (&runners[0], &runners[1], &runners[2], &runners[3]);
+    let tick = |d: &mut Daemon| d.tick().expect("tick");
+    for x in [&mut a, &mut b, &mut c, &mut d] {
+        tick(x);
+    }
+    let reader = state::open_store(&db.store()).expect("store");
+    let k1 = "h@2026-03-01T01:00:00Z";
+    let row = || {
+        state::occurrences(&reader, Some("h"))
+            .expect("rows")
+            .into_iter()
+            .find(|r| r.run_key == k1)
+            .expect("row")
+    };
+
+    // 01:00: a fires it; then a falls silent.
+    clock.advance_to("2026-03-01T01:00:00Z".parse().expect("ts"));
+    tick(&mut a);
+    assert_eq!(ra.starts(), vec![k1.to_string()]);
+    assert_eq!(row().node.as_deref(), Some(node_a.as_str()));
+    let others = |b: &mut Daemon, c: &mut Daemon, d: &mut Daemon| {
+        tick(d);
+        tick(c);
+        tick(b);
+    };
+    // Within a's alive window (last seen 01:00:00, 3 × 10 s): nobody takes it.
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(10));
+        others(&mut b, &mut c, &mut d);
+    }
+    assert!(rb.starts().is_empty() && rc.starts().is_empty() && rd.starts().is_empty());
+    assert_eq!(row().node.as_deref(), Some(node_a.as_str()));
+    // 01:00:40: a is not alive; c ticks first (after d, whose folder lacks the campaign).
+    clock.advance(Duration::from_secs(10));
+    others(&mut b, &mut c, &mut d);
+    assert_eq!(rc.starts(), vec![k1.to_string()], "c resumes the run");
+    assert!(rc.runs()[k1].resumed, "{:?}", rc.runs());
+    assert!(rb.starts().is_empty(), "{:?}", rb.starts());
+    assert!(rd.starts().is_empty(), "{:?}", rd.starts());
+    let r = row();
+    assert_eq!(
+        (r.status.as_str(), r.node.as_deref(), r.claimed_at),
+        (
+            "running",
+            Some(node_c.as_str()),
+            Some(clock.now().as_second())
+        )
+    );
+    let host = state::host_name();
+    let note = format!(
+        "taken over from {host} (pid {}) at 2026-03-01T01:00:40Z",
+        std::process::id()
+    );
+    assert_eq!(r.detail.as_deref(), Some(note.as_str()));
+    // More ticks change nothing: it is c's now, and c is alive.
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(10));
+        others(&mut b, &mut c, &mut d);
+    }
+    assert_eq!(rc.starts().len(), 1);
+    assert!(rb.starts().is_empty());
+
+    // a comes back: it stops its copy of the run and leaves the row alone.
+    tick(&mut a);
+    assert_eq!(ra.runs()[k1].status, RunStatus::Paused);
+    assert_eq!(ra.starts().len(), 1);
+    assert_eq!(row().node.as_deref(), Some(node_c.as_str()));
+
+    // c's run ends: done, the note kept after the run's detail; the view shows who and from whom.
+    rc.finish(k1, RunOutcome::Done);
+    clock.advance(Duration::from_secs(1));
+    tick(&mut c);
+    tick(&mut a);
+    let r = row();
+    assert_eq!(r.status, "done");
+    assert_eq!(r.detail.as_deref(), Some(note.as_str()));
+    let v = imcast::daemon::view::schedule_view(
+        &tmp.path().join("b").join("campaigns"),
+        &StandInSource,
+        Some(&reader),
+        clock.now(),
+        1,
+        10,
+    )
+    .expect("view");
+    let past = v.campaigns[0].past.last().expect("k1");
+    assert_eq!(past.node.as_deref(), Some(node_c.as_str()));
+    assert_eq!(past.taken_over.as_deref(), Some(note.as_str()));
+    let text = imcast::daemon::view::render_human(&v);
+    assert!(text.contains(&format!("      {note}")), "{text}");
+    assert_ne!(node_b, node_c);
 }
 
 /// `imcast prune` with `[state] url`: the store's finished occurrences older than the cutoff go
