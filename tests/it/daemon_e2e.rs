@@ -178,6 +178,27 @@ fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
     assert_eq!(occ.len(), 1, "one occurrence: {occ:?}");
     assert_eq!(occ[0].occurrence, at.as_second());
     assert_eq!(occ[0].status, "done", "{occ:?}\n{}", read_log());
+    // The record names the process that finished it, and whom it took the run over from.
+    let host = state::host_name();
+    let note = format!("taken over from {host} (pid {}) at ", first.0.id());
+    assert_eq!(occ[0].pid, Some(i64::from(second.0.id())), "{occ:?}");
+    assert!(
+        occ[0].detail.as_deref().is_some_and(|d| d.contains(&note)),
+        "{occ:?}"
+    );
+    let out = Command::new(bin())
+        .arg("schedule")
+        .arg(root.join("campaigns"))
+        .arg("--state-dir")
+        .arg(root.join(".imcast"))
+        .output_limited()
+        .expect("imcast schedule");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("done   by {host} (pid {})", second.0.id()))
+            && shown.contains(&note),
+        "{shown}"
+    );
 
     // The journal: exactly one run, for this occurrence, finished.
     let journal = Journal::open(&root.join(".imcast")).expect("journal");

@@ -254,6 +254,193 @@ fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
     drop(b);
 }
 
+/// kill -9 the daemon sending a run; the other takes it over and finishes it. Two `imcast daemon`
+/// processes on one PostgreSQL store (`[state] lease_heartbeat = "1s"`, `lease_expiry = "3s"`: the
+/// roster refreshes every second, a daemon is alive within 3 s, a run's lease lasts 3 s), one
+/// campaign of 1,000 recipients the mock takes about ten seconds to receive. Once part of the
+/// audience got it, the daemon the occurrence's claim names is killed; the other re-claims the
+/// occurrence once the killed one is not alive and the run's lease expired, resumes the run and
+/// finishes it: every recipient delivered at the mock or reported `unknown` (a call in flight
+/// at the kill may be lost), duplicates only among `unknown`, the occurrence `done`, held by the
+/// survivor and saying from whom it was taken over (`imcast schedule` too).
+#[test]
+#[ignore = "needs the journal in PostgreSQL (lead enables after merging)"]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "real daemon processes schedule on the system clock; a child's time limit is wall time"
+)]
+fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
+    let Some(db) = imcast::testing::pg::test_db("takeover_kill") else {
+        return;
+    };
+    let (url, password) = db.toml_url();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root: PathBuf = std::fs::canonicalize(tmp.path()).expect("canon");
+    let rec = root.join("record.jsonl");
+    let (_mock, endpoint) = mock_server(&rec);
+    let ids: Vec<u64> = (0..1_000).map(|i| 300_000 + i).collect();
+    let mut csv = String::from("user_id,grp\n");
+    for (i, id) in ids.iter().enumerate() {
+        csv.push_str(&format!("{id},g{}\n", i % 100));
+    }
+    // Far enough ahead for both daemons to start and scan (debug build, busy machine).
+    let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 8).expect("at");
+    let checkouts: Vec<PathBuf> = ["a", "b"].iter().map(|n| root.join(n)).collect();
+    for co in &checkouts {
+        let dir = co.join("campaigns");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        // 100 messages a second: 1,000 users in 100 calls (one per group) take about ten seconds.
+        std::fs::write(
+            co.join("imcast.toml"),
+            format!(
+                "[state]\nurl = \"{url}\"\nlease_heartbeat = \"1s\"\nlease_expiry = \"3s\"\n\n\
+                 [limits.batch]\nlimit = 100\nwindow = \"1s\"\n"
+            ),
+        )
+        .expect("imcast.toml");
+        std::fs::write(dir.join("a.csv"), &csv).expect("audience");
+        std::fs::write(
+            dir.join("tk.yaml"),
+            format!(
+                "version: 1\nname: tk\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{endpoint}\" }}\n\
+                 action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
+                 message:\n  type: text\n  text: \"Hello {{{{ grp }}}}\"\n\
+                 schedule:\n  at: {at}\n"
+            ),
+        )
+        .expect("campaign");
+    }
+    let mut procs = vec![
+        Some(daemon(&checkouts[0], password.as_deref())),
+        Some(daemon(&checkouts[1], password.as_deref())),
+    ];
+    let pids: Vec<i64> = procs
+        .iter()
+        .map(|p| i64::from(p.as_ref().expect("proc").0.id()))
+        .collect();
+    let logs = || {
+        checkouts
+            .iter()
+            .map(|c| {
+                format!(
+                    "--- {}:\n{}",
+                    c.display(),
+                    std::fs::read_to_string(c.join("daemon.log")).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // (status, pid, detail) of the occurrence.
+    let claim = || -> Option<(String, Option<i64>, Option<String>)> {
+        db.with_client(|c| {
+            c.query_opt(
+                "SELECT status, pid, detail FROM sched_occurrence WHERE campaign = 'tk'",
+                &[],
+            )
+            .ok()
+            .flatten()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+        })
+    };
+
+    // Part of the audience got it: kill -9 the daemon the claim names.
+    let started = wait_for(1_200, || deliveries(&rec).len() >= 150);
+    assert!(started, "the occurrence never started sending:\n{}", logs());
+    let holder = claim().and_then(|c| c.1).expect("the claim names a pid");
+    let k = pids.iter().position(|p| *p == holder).expect("one of ours");
+    let mut killed = procs[k].take().expect("proc");
+    killed.0.kill().expect("SIGKILL");
+    status_until(&mut killed.0, Instant::now() + Duration::from_secs(60))
+        .expect("the killed daemon was reaped");
+    let at_kill = deliveries(&rec).len();
+    assert!(at_kill < ids.len(), "killed mid-run ({at_kill} delivered)");
+    let survivor = pids[1 - k];
+    let survivor_dir = &checkouts[1 - k];
+
+    // The other daemon takes it over and finishes it.
+    let done = wait_for(2_400, || claim().is_some_and(|c| c.0 == "done"));
+    assert!(done, "{:?}\n{}", claim(), logs());
+    let (_, pid, detail) = claim().expect("row");
+    let host = imcast::daemon::state::host_name();
+    assert_eq!(pid, Some(survivor), "held by the survivor");
+    let note = format!("taken over from {host} (pid {holder}) at ");
+    assert!(
+        detail.as_deref().is_some_and(|d| d.contains(&note)),
+        "{detail:?}"
+    );
+    let survivor_log = std::fs::read_to_string(survivor_dir.join("daemon.log")).unwrap_or_default();
+    assert!(
+        survivor_log.contains("took over a run whose daemon is not alive"),
+        "{}",
+        logs()
+    );
+
+    // The survivor's report: every recipient sent or unknown.
+    let reports: Vec<PathBuf> = std::fs::read_dir(survivor_dir.join("reports/tk"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("recipients.csv"))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(reports.len(), 1, "{reports:?}\n{}", logs());
+    let mut r = csv::Reader::from_path(&reports[0]).expect("recipients.csv");
+    let h = r.headers().expect("header").clone();
+    let col = |n: &str| h.iter().position(|c| c == n).expect(n);
+    let (id_col, status_col) = (col("id"), col("status"));
+    let mut unknown = std::collections::BTreeSet::new();
+    let mut rows = 0;
+    for rec in r.records() {
+        let rec = rec.expect("row");
+        rows += 1;
+        match &rec[status_col] {
+            "sent" => {}
+            "unknown" => {
+                unknown.insert(rec[id_col].parse::<u64>().expect("id"));
+            }
+            other => panic!("recipient {} is {other}", &rec[id_col]),
+        }
+    }
+    assert_eq!(rows, ids.len());
+
+    // The mock's record: the audience, duplicates only among reported `unknown`.
+    std::thread::sleep(Duration::from_secs(1));
+    let got = deliveries(&rec);
+    let want: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+    let delivered: std::collections::BTreeSet<u64> = got.keys().copied().collect();
+    assert!(delivered.is_subset(&want), "delivered outside the audience");
+    let missing: Vec<&u64> = want.difference(&delivered).collect();
+    assert!(
+        missing.iter().all(|id| unknown.contains(id)),
+        "not delivered and not reported unknown: {missing:?}"
+    );
+    let dups: Vec<(&u64, &u64)> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dups.iter().all(|(id, _)| unknown.contains(id)),
+        "duplicates beyond reported unknown: {dups:?}"
+    );
+
+    // `imcast schedule` says who holds it now and from whom it was taken over.
+    let out = Command::new(bin())
+        .arg("schedule")
+        .arg(survivor_dir.join("campaigns"))
+        .args(["--past", "5"])
+        .env_remove("PGPASSWORD")
+        .envs(password.as_deref().map(|p| ("PGPASSWORD", p)))
+        .output_limited()
+        .expect("imcast schedule");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!("done   by {host} (pid {survivor})")),
+        "{text}"
+    );
+    assert!(text.contains(&note), "{text}");
+    drop(procs);
+}
+
 /// The same two-daemon rules on a simulated clock (no sleeping, no processes): two [`Daemon`]s
 /// with two state directories and two copies of the folder on one PostgreSQL store, each with a
 /// fake runner. An occurrence starts on exactly one; one due while the other's run is going is
