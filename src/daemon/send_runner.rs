@@ -474,3 +474,37 @@ fn lease_busy(f: &Failure) -> bool {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::Exit;
+    use crate::journal::JournalError;
+
+    /// Only a run lease held by another live process is "not yet": a run taken over (fenced),
+    /// another refusal (the run registry's, exit 6 too) or another failure is not retried.
+    #[test]
+    fn only_a_held_lease_is_not_yet() {
+        let busy = || JournalError::Busy {
+            campaign: "c".into(),
+            run_id: "r".into(),
+            owner: "pid 1 on h".into(),
+        };
+        assert!(lease_busy(&Failure::new(Exit::Busy, busy())));
+        assert!(lease_busy(&Failure::new(
+            Exit::Busy,
+            anyhow::Error::from(busy()).context("opening the run")
+        )));
+        let fenced = JournalError::Fenced {
+            run_id: "r".into(),
+            holder: "pid 2 on h".into(),
+            at: None,
+        };
+        assert!(!lease_busy(&Failure::new(Exit::Busy, fenced)));
+        assert!(!lease_busy(&Failure::new(
+            Exit::Busy,
+            anyhow::anyhow!("run is being sent from another state directory")
+        )));
+        assert!(!lease_busy(&Failure::new(Exit::Internal, busy())));
+    }
+}
