@@ -14,14 +14,22 @@
 //!   per run key); a finished one is never started again.
 //! - With `[state] url` ([`DaemonConfig::store`]) the occurrence record is in PostgreSQL, shared by
 //!   every daemon on it: the claim above is what lets only one of them fire an occurrence; each
-//!   daemon starts, resumes, polls and pauses only the runs of rows its node decided or claimed
-//!   (a run is in its local journal, so a run of a dead daemon waits for that daemon's restart),
-//!   and stops a run of its own whose row another daemon cancelled. Overlap, pause flags and
-//!   cursors are the shared record's, so they hold across daemons.
+//!   daemon starts, resumes, polls and pauses only the runs of rows its node decided or claimed,
+//!   and stops a run of its own whose row another daemon cancelled or took over. Overlap, pause
+//!   flags and cursors are the shared record's, so they hold across daemons.
+//! - Takeover (only when the journal is in the store too, [`state::journal_in_store`]; else a
+//!   run of a dead daemon waits for that daemon's restart): each tick, an active row of another
+//!   daemon that is not alive in the roster, of a campaign this daemon's folder has, whose run
+//!   lease expired or is absent ([`state::takeover`]), is re-claimed conditionally
+//!   ([`state::take_over`]) and its run resumed like after a restart: the journal's claim takes
+//!   the lease with a new fence and the dead daemon's calls in flight become `unknown`. A row
+//!   left by an earlier process of this node is re-claimed the same way when resumed, so the
+//!   record always names the process holding it.
 //! - Each daemon keeps a row in the store's roster (`sched_roster`: node, host, pid, version,
 //!   started, last seen) from [`Daemon::open`], refreshes `last_seen` every
-//!   [`HEARTBEAT_EVERY_SECS`] on the injected clock and marks it stopped on a clean shutdown;
-//!   it is for people (`imcast schedule`), nothing decides on it.
+//!   [`DaemonConfig::heartbeat`] (`[state] lease_heartbeat`, default [`HEARTBEAT_EVERY_SECS`])
+//!   on the injected clock and marks it stopped on a clean shutdown; `imcast schedule` shows it,
+//!   and takeover looks at it (the run lease decides).
 //! - A missed occurrence later than `schedule.not_after` is recorded `skipped_late`; one due
 //!   while the campaign's previous run is going is `skipped_overlap` or `queued` (overlap).
 //! - While the campaign is paused by `imcast pause` or the stop file exists, no occurrence is
@@ -576,12 +584,11 @@ impl Daemon {
             }
             // Left by an earlier process (of this node, or taken over from another): the row
             // names this process from now on, if nobody re-claimed it since it was read.
-            if row.pid != Some(i64::from(self.me.pid)) || row.host.as_deref() != Some(&self.me.host)
-            {
-                if !state::take_over(&self.conn, &row, &self.me, now.as_second())? {
-                    debug!(run = %row.run_key, "re-claimed by another daemon first");
-                    continue;
-                }
+            let earlier = row.pid != Some(i64::from(self.me.pid))
+                || row.host.as_deref() != Some(&self.me.host);
+            if earlier && !state::take_over(&self.conn, &row, &self.me, now.as_second())? {
+                debug!(run = %row.run_key, "re-claimed by another daemon first");
+                continue;
             }
             let Some(k) = self.campaigns.get(&row.campaign) else {
                 continue;

@@ -10,6 +10,11 @@
 //! task as `Paused` / `Cancelled` and is reported the same way. All runs share the account
 //! limiter through the state directory, like concurrent `imcast run` processes.
 //!
+//! A run whose lease another live process holds (the journal refuses to open it, busy) is "not
+//! yet", not a failure: it stays `Running` for the daemon and is opened again every `[state]
+//! lease_heartbeat` on the injected clock until the lease expired (a takeover waiting for a dead
+//! daemon's lease) or the holder finished it.
+//!
 //! Must not: block the caller (every call returns at once; work happens on the runtime), or
 //! send anything itself.
 

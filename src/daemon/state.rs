@@ -24,15 +24,20 @@
 //! N daemons on one store. A queued or quiet-held occurrence is started by whoever moves it to
 //! `claimed` first ([`claim_pending`]: a compare-and-set on its status).
 //!
-//! The run an occurrence starts is in the claiming daemon's local journal (the journal moves to
-//! the store later): a run in progress is not yet taken over by another daemon if its host dies;
-//! it resumes when that daemon restarts (its node id is in its state directory, so a restart on
-//! another host with the same state directory resumes it too).
+//! Takeover ([`takeover`], the rule in one place): an active occurrence whose claiming daemon
+//! does not look alive ([`is_orphan`]) and whose run's lease expired, was released or does not
+//! exist yet may be re-claimed by another daemon with a conditional UPDATE ([`take_over`]: of two
+//! daemons exactly one wins), which names the new holder in node/host/pid/`claimed_at` and writes
+//! a note (`taken over from HOST (pid N) at UTC`, [`TAKEN_OVER`]) into `detail`, kept after the
+//! run's own detail when it ends ([`finished_detail`]); no column was added for it. The daemon
+//! does this only when the journal is in the same store ([`journal_in_store`]): a run in a dead
+//! daemon's local journal cannot be resumed elsewhere, so it waits for that daemon's restart.
 //!
-//! The roster is for people (who is there, who holds what); nothing decides on it: whether a
+//! The roster says whom to look at; the run's lease (the journal's) is the authority: whether a
 //! daemon "looks alive" compares its `last_seen` (its own clock) with the reader's clock, so it
-//! assumes the hosts' clocks agree within seconds (NTP), and the window
-//! ([`ALIVE_BEATS`] refresh intervals) is wide enough for that.
+//! assumes the hosts' clocks agree within seconds (NTP), and the window ([`ALIVE_BEATS`] refresh
+//! intervals) is wide enough for that; the journal's claim checks the lease again and fences the
+//! old holder off.
 //!
 //! Must not: touch the journal's tables (`runs`, `calls`, `recipients`, `run_counts`, `control`:
 //! the journal's methods are the only way to them); [`migrate`] only creates `sched_*` tables
