@@ -584,8 +584,10 @@ impl Daemon {
             }
             // Left by an earlier process (of this node, or taken over from another): the row
             // names this process from now on, if nobody re-claimed it since it was read.
-            let earlier = row.pid != Some(i64::from(self.me.pid))
-                || row.host.as_deref() != Some(&self.me.host);
+            // (A row without a claimant, from an older imcast, is resumed as it is.)
+            let earlier = row.pid.is_some()
+                && (row.pid != Some(i64::from(self.me.pid))
+                    || row.host.as_deref() != Some(&self.me.host));
             if earlier && !state::take_over(&self.conn, &row, &self.me, now.as_second())? {
                 debug!(run = %row.run_key, "re-claimed by another daemon first");
                 continue;
