@@ -312,6 +312,18 @@ pub fn occurrence(
     Ok(conn.query_opt(&sql, params![campaign, occurrence], occ_row)?)
 }
 
+/// The occurrence of `campaign` whose run key is `run_key` (a daemon run's journal occurrence), if
+/// recorded.
+pub fn occurrence_by_key(
+    conn: &Conn,
+    campaign: &str,
+    run_key: &str,
+) -> Result<Option<OccurrenceRow>, StateError> {
+    let sql =
+        format!("SELECT {OCC_COLS} FROM sched_occurrence WHERE campaign = ?1 AND run_key = ?2");
+    Ok(conn.query_opt(&sql, params![campaign, run_key], occ_row)?)
+}
+
 /// Occurrences in any of `statuses`, oldest first.
 pub fn occurrences_in(conn: &Conn, statuses: &[&str]) -> Result<Vec<OccurrenceRow>, StateError> {
     let marks = (1..=statuses.len())
@@ -1366,6 +1378,11 @@ mod tests {
         assert!(orphans(conn, &c, 1041).expect("orphans").is_empty());
         roster_beat(conn, &a, 1050, 10, 1050).expect("a is back");
         assert!(!take_over(conn, &r300, &a, 1050).expect("stale"));
+        assert_eq!(
+            occurrence_by_key(conn, "t", "t@300").expect("q"),
+            Some(row(300))
+        );
+        assert_eq!(occurrence_by_key(conn, "t", "t@301").expect("q"), None);
         // A finished occurrence is never re-claimed, even by a direct call.
         assert!(!take_over(conn, &row(400), &b, 1050).expect("done"));
         assert_eq!(row(400).node.as_deref(), Some("a"));

@@ -199,6 +199,22 @@ fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
             && shown.contains(&note),
         "{shown}"
     );
+    // `imcast status` of the campaign says the same of its run's occurrence.
+    let out = Command::new(bin())
+        .arg("status")
+        .arg(campaigns.join("e2e.yaml"))
+        .arg("--state-dir")
+        .arg(root.join(".imcast"))
+        .output_limited()
+        .expect("imcast status");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!(
+            "  daemon    occurrence done by {host} (pid {})\n            {note}",
+            second.0.id()
+        )),
+        "{shown}"
+    );
 
     // The journal: exactly one run, for this occurrence, finished.
     let journal = Journal::open(&root.join(".imcast")).expect("journal");

@@ -438,6 +438,21 @@ fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
         "{text}"
     );
     assert!(text.contains(&note), "{text}");
+    // `imcast status` of the campaign: the run's occurrence held by the survivor, taken over.
+    let out = Command::new(bin())
+        .arg("status")
+        .arg(survivor_dir.join("campaigns/tk.yaml"))
+        .env_remove("PGPASSWORD")
+        .envs(password.as_deref().map(|p| ("PGPASSWORD", p)))
+        .output_limited()
+        .expect("imcast status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "  daemon    occurrence done by {host} (pid {survivor})\n            {note}"
+        )),
+        "{text}"
+    );
     drop(procs);
 }
 
