@@ -1386,6 +1386,10 @@ mod tests {
         // A finished occurrence is never re-claimed, even by a direct call.
         assert!(!take_over(conn, &row(400), &b, 1050).expect("done"));
         assert_eq!(row(400).node.as_deref(), Some("a"));
+        // A daemon that stopped cleanly is not alive at once: its run is an orphan right away.
+        assert!(!is_orphan(&row(500), &rs(), &b, 1050));
+        roster_stop(conn, &c, 1050).expect("c stops");
+        assert!(is_orphan(&row(500), &rs(), &b, 1050));
         // The note survives the run's end, after the run's own detail.
         assert_eq!(
             finished_detail(Some(note), Some("3 sent".into())).as_deref(),
