@@ -5,6 +5,10 @@
 //! with only mock runs says so and how to see them. The helpers here (`paths_for`,
 //! `reports_dir_for`, `mock_hint`) are shared with `imcast report`.
 //!
+//! A scheduled run also shows its occurrence in the daemons' record: which daemon (host, pid)
+//! holds it and, after a takeover, from whom (read only; a record that cannot be read is a
+//! warning).
+//!
 //! The campaign's name comes from `crate::spec::load`; a file that no longer validates (e.g. an
 //! audience file was moved since the run) still shows its runs through a minimal read of the
 //! top-level `name:` key, so status and report keep working on a broken campaign.
@@ -204,6 +208,32 @@ fn registered_elsewhere(
     })
 }
 
+/// A scheduled run's occurrence in the daemons' record (the state directory's, or the store's
+/// with `[state] url`): which daemon (host, pid) holds it and, after a takeover, from whom it was
+/// taken over. None for an ad-hoc run or an occurrence not recorded; a record that cannot be read
+/// is a warning, not a failure.
+fn daemon_occurrence(
+    paths: &RepoPaths,
+    run: &RunInfo,
+) -> Option<crate::daemon::state::OccurrenceRow> {
+    use crate::daemon::state;
+    let key = run.occurrence.as_deref()?;
+    let store = paths.account_config().ok()?.state_store(&paths.state_dir);
+    let conn = match &store {
+        crate::config::StateStore::Sqlite(dir) => state::open_existing(dir),
+        crate::config::StateStore::Postgres(_) => state::open_store(&store).map(Some),
+    };
+    conn.and_then(|c| {
+        c.map(|c| state::occurrence_by_key(&c, &run.campaign, key))
+            .transpose()
+    })
+    .map(Option::flatten)
+    .unwrap_or_else(|e| {
+        tracing::warn!("the daemons' record of this occurrence is not shown: {e}");
+        None
+    })
+}
+
 fn elsewhere_json(rows: &[crate::registry::Registered]) -> serde_json::Value {
     rows.iter()
         .map(|r| {
@@ -309,6 +339,11 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         .exit(Exit::Internal)?
         .filter(|l| l.holder.is_some());
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let occurrence = if args.mock {
+        None
+    } else {
+        daemon_occurrence(&base, &run)
+    };
     match args.output {
         OutputFormat::Json => {
             let mut v = serde_json::to_value(&s).exit(Exit::Internal)?;
@@ -322,6 +357,18 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     serde_json::to_value(&tests).exit(Exit::Internal)?,
                 );
                 o.insert("elsewhere".into(), elsewhere_json(&elsewhere));
+                if let Some(r) = &occurrence {
+                    o.insert(
+                        "daemon".into(),
+                        serde_json::json!({
+                            "status": r.status,
+                            "host": r.host,
+                            "pid": r.pid,
+                            "node": r.node,
+                            "taken_over": crate::daemon::state::taken_over(r.detail.as_deref()),
+                        }),
+                    );
+                }
                 o.insert(
                     "lease".into(),
                     match &lease {
@@ -368,6 +415,16 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     "  held by   pid {pid} on {host} ({until}, fence {})",
                     l.fence
                 );
+            }
+            if let Some(r) = &occurrence {
+                let by = match (&r.host, r.pid) {
+                    (Some(h), Some(pid)) => format!(" by {h} (pid {pid})"),
+                    _ => String::new(),
+                };
+                crate::outln!("  daemon    occurrence {}{by}", r.status);
+                if let Some(t) = crate::daemon::state::taken_over(r.detail.as_deref()) {
+                    crate::outln!("            {t}");
+                }
             }
             crate::outln!("  recipients {}", describe_counts(&s.counts));
             crate::outln!(
