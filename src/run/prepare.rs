@@ -167,7 +167,16 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
     // With a store: may this state directory open the run at all (another directory may be
     // sending it, or have sent it)? Decided before the journal opens it; undone if it refuses.
     // (A `--test-to` or `--mock` run sends nothing real and is not registered.)
-    let mut registry = match (&settings.state_url, settings.is_test() || flags.mock) {
+    // With the journal itself in the store, the journal decides (its runs are every state
+    // directory's): the registry is not asked.
+    let journal_in_store = matches!(
+        crate::journal::journal_store(settings.state_url.as_ref(), &paths.state_dir, flags.mock),
+        crate::config::StateStore::Postgres(_)
+    );
+    let mut registry = match (
+        &settings.state_url,
+        settings.is_test() || flags.mock || journal_in_store,
+    ) {
         (Some(url), false) => Some(
             crate::registry::Registration::claim(
                 url,

@@ -264,7 +264,6 @@ fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
 /// at the kill may be lost), duplicates only among `unknown`, the occurrence `done`, held by the
 /// survivor and saying from whom it was taken over (`imcast schedule` too).
 #[test]
-#[ignore = "needs the journal in PostgreSQL (lead enables after merging)"]
 #[allow(
     clippy::disallowed_methods,
     reason = "real daemon processes schedule on the system clock; a child's time limit is wall time"
