@@ -487,8 +487,8 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
         let state_dir = tmp.path().join(name).join(".imcast");
         let mut cfg = DaemonConfig::new(&dir, &state_dir);
         cfg.store = Some(db.url().clone());
-        // The note "resumes when that daemon restarts" is this test's: no takeover here (see
-        // `a_live_daemon_takes_over_the_run_of_a_silent_one_exactly_once`).
+        // No takeover here (see `a_live_daemon_takes_over_the_run_of_a_silent_one_exactly_once`):
+        // the silent daemon's run stays its own, with the note saying who would take it over.
         cfg.takeover = Some(false);
         let d = Daemon::open(
             cfg,
@@ -502,11 +502,12 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
     };
     let (ra, rb) = (Arc::new(FakeRunner::new()), Arc::new(FakeRunner::new()));
     let (mut a, _sa, node_a) = open("a", &ra);
-    let (mut b, sb, node_b) = open("b", &rb);
+    let (mut b, _sb, node_b) = open("b", &rb);
     assert_ne!(node_a, node_b);
     let tick = |d: &mut Daemon| d.tick().expect("tick");
+    // A control request goes to the journal, which is in the store: any host's `imcast pause`.
     let request = |req: ControlRequest| {
-        Journal::open(&sb)
+        Journal::open_store(db.url())
             .expect("journal")
             .request_control("h", req, None, jiff::Timestamp::UNIX_EPOCH)
             .expect("request");
@@ -552,7 +553,7 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
     assert_eq!(r2.pid, Some(i64::from(std::process::id())));
     assert!(r2.host.is_some() && r2.claimed_at.is_some(), "{r2:?}");
 
-    // `imcast pause h` given to b's state directory pauses a's run; resume continues it.
+    // `imcast pause h` given on any host (the store's journal) pauses a's run; resume continues it.
     request(ControlRequest::Pause);
     tick(&mut b);
     tick(&mut a);
@@ -631,9 +632,8 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
         ("running", Some(node_a.as_str()))
     );
     assert!(
-        last.note.as_deref().is_some_and(
-            |n| n.contains("not alive") && n.contains("resumes when that daemon restarts")
-        ),
+        last.note.as_deref().is_some_and(|n| n.contains("not alive")
+            && n.contains("takes it over once the run's lease has expired")),
         "{last:?}"
     );
     assert!(
