@@ -93,7 +93,7 @@ fn control(a: &ControlArgs, action: ControlRequest) -> CmdResult {
     };
     // `[state] url`: the journal (where requests go and the daemons log what they did) is the
     // store's, shared by every host; mock runs keep theirs in the state directory.
-    let url = if a.mock || !crate::journal::JOURNAL_IN_STORE {
+    let url = if a.mock {
         None
     } else {
         crate::cmd::daemon::state_url(&cwd, a.state.config.as_deref()).exit(Exit::Invalid)?

@@ -51,7 +51,7 @@ pub(crate) fn campaign_name(file: &Path) -> Result<String, Failure> {
 /// with `[state] url` in its `imcast.toml` the PostgreSQL store's (not for `mock` runs, whose
 /// journal stays in the state directory: [`crate::journal::journal_store`]).
 pub(crate) fn open_existing(paths: &RepoPaths, mock: bool) -> Result<Option<Journal>, Failure> {
-    let url = if mock || !crate::journal::JOURNAL_IN_STORE {
+    let url = if mock {
         None
     } else {
         paths.account_config().exit(Exit::Invalid)?.state_url
@@ -187,27 +187,6 @@ fn print_test_runs(tests: &[TestRun]) {
     }
 }
 
-/// With `[state] url`: the runs of `name` registered in the store's run registry from other state
-/// directories (none without a store; a store that cannot be read is a warning, not a failure).
-fn registered_elsewhere(
-    paths: &crate::config::RepoPaths,
-    name: &str,
-) -> Vec<crate::registry::Registered> {
-    let Some(url) = paths.account_config().ok().and_then(|a| a.state_url) else {
-        return Vec::new();
-    };
-    crate::registry::elsewhere(
-        &url,
-        name,
-        &crate::journal::hostname(),
-        &crate::registry::state_dir_key(&paths.state_dir),
-    )
-    .unwrap_or_else(|e| {
-        tracing::warn!("runs of other state directories are not shown: {e}");
-        Vec::new()
-    })
-}
-
 /// A scheduled run's occurrence in the daemons' record (the state directory's, or the store's
 /// with `[state] url`): which daemon (host, pid) holds it and, after a takeover, from whom it was
 /// taken over. None for an ad-hoc run or an occurrence not recorded; a record that cannot be read
@@ -234,47 +213,6 @@ fn daemon_occurrence(
     })
 }
 
-fn elsewhere_json(rows: &[crate::registry::Registered]) -> serde_json::Value {
-    rows.iter()
-        .map(|r| {
-            let h = &r.holder;
-            serde_json::json!({
-                "occurrence": r.occurrence,
-                "run_id": h.run_id,
-                "status": h.status,
-                "host": h.host,
-                "pid": h.pid,
-                "state_dir": h.state_dir,
-                "lease_expires_at": h.lease_expires.map(|t| t.to_string()),
-                "updated_at": h.updated_at.to_string(),
-            })
-        })
-        .collect()
-}
-
-fn print_elsewhere(rows: &[crate::registry::Registered]) {
-    if rows.is_empty() {
-        return;
-    }
-    crate::outln!("Registered from other state directories (the state store's run registry):");
-    for r in rows {
-        let h = &r.holder;
-        crate::outln!(
-            "  {}run {} {} on {} (pid {}, state directory {}, updated {})",
-            r.occurrence
-                .as_deref()
-                .map(|o| format!("occurrence {o}: "))
-                .unwrap_or_default(),
-            h.run_id.as_deref().unwrap_or("(being opened)"),
-            h.status,
-            h.host,
-            h.pid,
-            h.state_dir,
-            h.updated_at
-        );
-    }
-}
-
 pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
     let name = campaign_name(&args.file)?;
     let (base, paths) = paths_for(
@@ -283,11 +221,6 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         args.report_dir.as_deref(),
         args.mock,
     );
-    let elsewhere = if args.mock {
-        Vec::new()
-    } else {
-        registered_elsewhere(&base, &name)
-    };
     let journal = open_existing(&paths, args.mock)?;
     // The latest real run; `--test-to` runs are listed apart, never as "the" run.
     let run = match &journal {
@@ -311,7 +244,6 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     v["mock_runs"] = mock_runs(&base, &name).into();
                 }
                 v["test_runs"] = serde_json::to_value(&tests).exit(Exit::Internal)?;
-                v["elsewhere"] = elsewhere_json(&elsewhere);
                 crate::outln!("{v}")
             }
             OutputFormat::Human => {
@@ -324,7 +256,6 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     crate::outln!("{h}");
                 }
                 print_test_runs(&tests);
-                print_elsewhere(&elsewhere);
             }
         }
         return Ok(Exit::Ok);
@@ -356,7 +287,6 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     "test_runs".into(),
                     serde_json::to_value(&tests).exit(Exit::Internal)?,
                 );
-                o.insert("elsewhere".into(), elsewhere_json(&elsewhere));
                 if let Some(r) = &occurrence {
                     o.insert(
                         "daemon".into(),
@@ -459,7 +389,6 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                 );
             }
             print_test_runs(&tests);
-            print_elsewhere(&elsewhere);
         }
     }
     Ok(Exit::Ok)

@@ -305,11 +305,7 @@ impl SendRunner {
         let loaded = req.payload.campaign().cloned();
         let res = tokio::task::spawn_blocking(move || -> Result<String, String> {
             // Where the run's journal is: the campaign's `[state] url`, as the run opened it.
-            let url = if crate::journal::JOURNAL_IN_STORE {
-                paths.account_config().map_err(|e| e.to_string())?.state_url
-            } else {
-                None
-            };
+            let url = paths.account_config().map_err(|e| e.to_string())?.state_url;
             let store = crate::journal::journal_store(url.as_ref(), &paths.state_dir, false);
             let j = Journal::open_state(&store).map_err(|e| e.to_string())?;
             let id = match run_id {
@@ -494,7 +490,7 @@ mod tests {
     use crate::journal::JournalError;
 
     /// Only a run lease held by another live process is "not yet": a run taken over (fenced),
-    /// another refusal (the run registry's, exit 6 too) or another failure is not retried.
+    /// another refusal (exit 6 too, e.g. "already finished") or another failure is not retried.
     #[test]
     fn only_a_held_lease_is_not_yet() {
         let busy = || JournalError::Busy {

@@ -151,13 +151,10 @@ fn open_state_on_sqlite_is_the_state_directorys_file() {
         journal_store(Some(&url), d.path(), true),
         crate::config::StateStore::Sqlite(_)
     ));
-    assert_eq!(
-        matches!(
-            journal_store(Some(&url), d.path(), false),
-            crate::config::StateStore::Postgres(_)
-        ),
-        JOURNAL_IN_STORE
-    );
+    assert!(matches!(
+        journal_store(Some(&url), d.path(), false),
+        crate::config::StateStore::Postgres(_)
+    ));
     assert!(matches!(
         journal_store(None, d.path(), false),
         crate::config::StateStore::Sqlite(_)

@@ -3,8 +3,7 @@
 //! [`Journal::migrate_extra`]), or with `[state] url` in the PostgreSQL state store
 //! ([`Journal::open_store`]: the same tables, made by the store's migration 6,
 //! `crate::pg::schema`), shared by every process and host on it. Every command opens it through
-//! [`Journal::open_state`] with the store [`journal_store`] picks (mock runs stay in SQLite;
-//! [`JOURNAL_IN_STORE`] turns the store on once every statement is ported).
+//! [`Journal::open_state`] with the store [`journal_store`] picks (mock runs stay in SQLite).
 //!
 //! Owns: runs (one per campaign send, keyed by campaign + optional occurrence, recording the plan
 //! hash, status, flags, audit), calls (one row per provider call: planned → in_flight → done |
@@ -199,7 +198,7 @@ pub enum JournalError {
         old: String,
         new: String,
     },
-    #[error("run {run_id} of campaign {campaign:?} is being sent by another imcast process ({owner}); wait for it or stop it")]
+    #[error("run {run_id} of campaign {campaign:?} is being sent by another imcast process ({owner}); wait for it or stop it. Nothing was sent by this process")]
     Busy {
         campaign: String,
         run_id: String,
@@ -556,14 +555,9 @@ fn begin_write(
     Ok(tx)
 }
 
-/// Whether `[state] url` puts the journal in the PostgreSQL store ([`journal_store`]). Off until
-/// every journal statement runs on [`crate::store`] (the port of the journal: until then its
-/// statements panic on PostgreSQL); the lead turns it on when merging the port.
-pub const JOURNAL_IN_STORE: bool = true;
-
-/// Where the journal of a state directory lives: the PostgreSQL store of `[state] url` (`url`;
-/// while [`JOURNAL_IN_STORE`] is on), else SQLite at `<state_dir>/imcast.db`. A mock state directory (`mock`: `imcast run --mock`
-/// and what reads its runs) keeps its journal in SQLite whatever the configuration: mock runs
+/// Where the journal of a state directory lives: the PostgreSQL store of `[state] url` (`url`),
+/// shared by every state directory and host on it, else SQLite at `<state_dir>/imcast.db`. A
+/// mock state directory (`mock`: `imcast run --mock` and what reads its runs) keeps its journal in SQLite whatever the configuration: mock runs
 /// send nothing real and must not meet the campaign's real runs in the shared store (one
 /// unfinished run per campaign occurrence).
 pub fn journal_store(
@@ -572,7 +566,7 @@ pub fn journal_store(
     mock: bool,
 ) -> crate::config::StateStore {
     match url {
-        Some(u) if JOURNAL_IN_STORE && !mock => crate::config::StateStore::Postgres(u.clone()),
+        Some(u) if !mock => crate::config::StateStore::Postgres(u.clone()),
         _ => crate::config::StateStore::Sqlite(state_dir.to_path_buf()),
     }
 }

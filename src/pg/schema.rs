@@ -101,8 +101,8 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 5,
         name: "the run registry: which state directory sends each campaign occurrence (imcast_run_registry)",
-        // `crate::registry`: one row per campaign and occurrence ('' for ad-hoc runs); times in
-        // ms since the epoch from the injected clock.
+        // Unused since migration 6 moved the journal (runs and their leases) into the store: the
+        // interim run registry was removed; the table stays, as migrations are history.
         sql: "
     CREATE TABLE imcast_run_registry(
         campaign TEXT NOT NULL,

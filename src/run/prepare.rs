@@ -4,11 +4,10 @@
 //! (create, resume, refuse a changed plan, continue, already finished), with a note for people
 //! on what was decided; then what the report shows that the journal's core tables do not hold.
 //!
-//! With `[state] url` (not for `--test-to` or `--mock`), the store's run registry
-//! ([`crate::registry`]) is asked first whether this state directory may open the run at all
-//! (another state directory sending it, or having sent it, is a refusal, exit 6); a journal that
-//! then refuses the run puts the registry's row back, and the run's id and status are recorded in
-//! it once the journal decided.
+//! With `[state] url` (not for `--mock`), the journal is the store's, shared by every state
+//! directory and daemon on it: its decision covers runs opened from anywhere (another process
+//! sending the run is refused by the run's lease, exit 6; a run finished elsewhere is "already
+//! finished").
 //!
 //! `--retry-failed` asks the journal what it would send before the confirmation (which shows it)
 //! and opens the follow-up run (`Journal::open_retry_run`) instead of `open_run`. A journal error
@@ -67,8 +66,6 @@ pub struct Confirmation {
 pub(super) struct Prepared {
     pub journal: Journal,
     pub run: RunInfo,
-    /// With `[state] url` (not for a test run): the run's row in the store's run registry.
-    pub registry: Option<crate::registry::Registration>,
 }
 
 pub(super) enum Prep {
@@ -103,8 +100,8 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
     let Inputs {
         facts,
         settings,
-        paths,
         hooks,
+        ..
     } = inp;
     // `run_campaign` checked the whole guard on the plan's counts; this re-checks the one rule
     // the facts carry, for callers that come straight here (`execute`).
@@ -164,60 +161,8 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         }
     }
 
-    // With a store: may this state directory open the run at all (another directory may be
-    // sending it, or have sent it)? Decided before the journal opens it; undone if it refuses.
-    // (A `--test-to` or `--mock` run sends nothing real and is not registered.)
-    // With the journal itself in the store, the journal decides (its runs are every state
-    // directory's): the registry is not asked.
-    let journal_in_store = matches!(
-        crate::journal::journal_store(settings.state_url.as_ref(), &paths.state_dir, flags.mock),
-        crate::config::StateStore::Postgres(_)
-    );
-    let mut registry = match (
-        &settings.state_url,
-        settings.is_test() || flags.mock || journal_in_store,
-    ) {
-        (Some(url), false) => Some(
-            crate::registry::Registration::claim(
-                url,
-                crate::registry::Claim {
-                    campaign: facts.campaign.clone(),
-                    occurrence: facts.occurrence.clone(),
-                    plan_hash: facts.plan_hash.clone(),
-                    new_run: flags.new_run,
-                    host: crate::journal::hostname(),
-                    pid: std::process::id(),
-                    state_dir: crate::registry::state_dir_key(&paths.state_dir),
-                    expiry: settings.lease.expiry,
-                },
-                now,
-            )
-            .map_err(registry_failure)?,
-        ),
-        _ => None,
-    };
-    let opened = open_journal(inp, rows, now, retry.is_some());
-    let (journal, opened) = match opened {
-        Ok(j) => j,
-        Err(f) => {
-            if let Some(r) = registry.as_mut() {
-                if let Err(e) = r.abandon() {
-                    tracing::warn!("the run registry keeps this state directory's claim: {e}");
-                }
-            }
-            return Err(f);
-        }
-    };
-    if let Some(r) = registry.as_mut() {
-        let run = opened.run();
-        r.opened(&run.id, run.status, &run.plan_hash, now)
-            .map_err(registry_failure)?;
-    }
-    noted(inp, journal, opened, retry.as_ref(), registry)
-}
-
-fn registry_failure(e: crate::registry::RegistryError) -> Failure {
-    Failure::new(e.exit(), e)
+    let (journal, opened) = open_journal(inp, rows, now, retry.is_some())?;
+    noted(inp, journal, opened, retry.as_ref())
 }
 
 /// The journal's decision (see [`prepare`]).
@@ -284,7 +229,6 @@ fn noted(
     journal: Journal,
     opened: Opened,
     retry: Option<&crate::journal::RetryCandidates>,
-    registry: Option<crate::registry::Registration>,
 ) -> Result<Prep, Failure> {
     let Inputs { facts, hooks, .. } = inp;
     let run = opened.run().clone();
@@ -390,11 +334,7 @@ fn noted(
             count(*skipped, "recipient", "recipients")
         )),
     }
-    Ok(Prep::Go(Box::new(Prepared {
-        journal,
-        run,
-        registry,
-    })))
+    Ok(Prep::Go(Box::new(Prepared { journal, run })))
 }
 
 /// What `--retry-failed` would send now, from the journal (read before the confirmation; a
