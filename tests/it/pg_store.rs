@@ -123,7 +123,7 @@ async fn three_processes_on_one_store_share_one_p2p_limit() {
     }
     let done: i64 = db.with_client(|c| {
         c.query_one(
-            "SELECT COUNT(*) FROM runs WHERE status = 'done' AND is_test = 0",
+            "SELECT COUNT(*) FROM runs WHERE status = 'finished' AND is_test = 0",
             &[],
         )
         .expect("runs")
