@@ -65,14 +65,16 @@ impl Journal {
         let mut buf = String::new();
         // On PostgreSQL a streaming scan holds the connection: nothing else may be asked on it
         // until the scan ends, so the time of the call that answered a row (which SQLite looks up
-        // as it goes, one call at a time, `RunView::time`) comes with the row from a join.
+        // as it goes, one call at a time, `RunView::time`) comes with the row: a subquery on the
+        // calls' key, one index probe a row whatever the planner's statistics say (a join was
+        // planned as a scan of every call per row while the statistics were stale).
         let pg = self.conn.backend() == crate::store::Backend::Postgres;
         let sql = if pg {
             "SELECT r.rk, r.id, r.raw_id, r.status, r.message_id, r.attempts, r.call_seq, r.variant,
-                    r.error_code, r.error_message, r.detail, r.at, r.variant_name, c.updated_at
+                    r.error_code, r.error_message, r.detail, r.at, r.variant_name,
+                    (SELECT c.updated_at FROM calls c
+                     WHERE c.run_id = ?3 AND c.seq = r.call_seq AND c.state IN ('done', 'unknown'))
              FROM recipients r
-             LEFT JOIN calls c
-               ON c.run_id = ?3 AND c.seq = r.call_seq AND c.state IN ('done', 'unknown')
              WHERE r.rk BETWEEN ?1 AND ?2 ORDER BY r.rk"
         } else {
             "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
