@@ -9,6 +9,7 @@
 #   BIN=/tmp/imcast-old examples/bench_client.sh 1000000   # another build of imcast (a comparison)
 #   PG=1 examples/bench_client.sh 1000000   # state in a throwaway PostgreSQL (examples/pg_cluster.sh,
 #                                           # fsync on) through `[state] url`, instead of SQLite
+#   PG=1 PG_URL=postgres://… examples/bench_client.sh 1000000   # that database instead (left running)
 # Prints the state left per recipient too: the state database (imcast.db + -wal) / recipients.
 set -euo pipefail
 N=${1:-1000000}
@@ -19,7 +20,7 @@ trap 'kill "${MOCK:-}" 2>/dev/null || true; [ -z "${PG_DIR:-}" ] || "$HERE/pg_cl
 cd "$D"
 printf '[limits.batch]\nlimit = 1000000000\nwindow = "1s"\n[send]\nmax_requests_per_second = 1000000\nmax_batch_in_flight = 8\n' > imcast.toml
 if [ -n "${PG:-}" ]; then
-  eval "$("$HERE/pg_cluster.sh" start)"
+  [ -n "${PG_URL:-}" ] || eval "$("$HERE/pg_cluster.sh" start)"
   printf '[state]\nurl = "%s"\n' "$PG_URL" >> imcast.toml
   PG_EMPTY=$(psql "$PG_URL" -Atc "SELECT pg_database_size(current_database())")
 fi

@@ -14,14 +14,22 @@
 //!   per run key); a finished one is never started again.
 //! - With `[state] url` ([`DaemonConfig::store`]) the occurrence record is in PostgreSQL, shared by
 //!   every daemon on it: the claim above is what lets only one of them fire an occurrence; each
-//!   daemon starts, resumes, polls and pauses only the runs of rows its node decided or claimed
-//!   (a run is in its local journal, so a run of a dead daemon waits for that daemon's restart),
-//!   and stops a run of its own whose row another daemon cancelled. Overlap, pause flags and
-//!   cursors are the shared record's, so they hold across daemons.
+//!   daemon starts, resumes, polls and pauses only the runs of rows its node decided or claimed,
+//!   and stops a run of its own whose row another daemon cancelled or took over. Overlap, pause
+//!   flags and cursors are the shared record's, so they hold across daemons.
+//! - Takeover (only when the journal is in the store too, [`state::journal_in_store`]; else a
+//!   run of a dead daemon waits for that daemon's restart): each tick, an active row of another
+//!   daemon that is not alive in the roster, of a campaign this daemon's folder has, whose run
+//!   lease expired or is absent ([`state::takeover`]), is re-claimed conditionally
+//!   ([`state::take_over`]) and its run resumed like after a restart: the journal's claim takes
+//!   the lease with a new fence and the dead daemon's calls in flight become `unknown`. A row
+//!   left by an earlier process of this node is re-claimed the same way when resumed, so the
+//!   record always names the process holding it.
 //! - Each daemon keeps a row in the store's roster (`sched_roster`: node, host, pid, version,
 //!   started, last seen) from [`Daemon::open`], refreshes `last_seen` every
-//!   [`HEARTBEAT_EVERY_SECS`] on the injected clock and marks it stopped on a clean shutdown;
-//!   it is for people (`imcast schedule`), nothing decides on it.
+//!   [`DaemonConfig::heartbeat`] (`[state] lease_heartbeat`, default [`HEARTBEAT_EVERY_SECS`])
+//!   on the injected clock and marks it stopped on a clean shutdown; `imcast schedule` shows it,
+//!   and takeover looks at it (the run lease decides).
 //! - A missed occurrence later than `schedule.not_after` is recorded `skipped_late`; one due
 //!   while the campaign's previous run is going is `skipped_overlap` or `queued` (overlap).
 //! - While the campaign is paused by `imcast pause` or the stop file exists, no occurrence is
@@ -76,6 +84,14 @@ pub struct DaemonConfig {
     /// `[state] url`: the occurrence record lives in this PostgreSQL store, shared with every
     /// daemon on it (None: the state directory's SQLite file).
     pub store: Option<crate::pg::PgUrl>,
+    /// How often the daemon refreshes its roster row (and its claim on the state directory):
+    /// `[state] lease_heartbeat`, whole seconds, at least 1 (default [`HEARTBEAT_EVERY_SECS`]).
+    /// Other daemons count it alive within [`state::ALIVE_BEATS`] of these.
+    pub heartbeat: Duration,
+    /// Take over orphaned occurrences (see [`Daemon::tick`]): None (the default) decides by the
+    /// store — on with `[state] url` once the journal is in the store too
+    /// ([`state::journal_in_store`]); tests force it.
+    pub takeover: Option<bool>,
 }
 
 impl DaemonConfig {
@@ -86,6 +102,8 @@ impl DaemonConfig {
             scan_every: Duration::from_secs(5),
             tick_every: Duration::from_secs(1),
             store: None,
+            heartbeat: Duration::from_secs(HEARTBEAT_EVERY_SECS as u64),
+            takeover: None,
         }
     }
     /// `<state_dir>/STOP`: while it exists everything is paused.
@@ -146,6 +164,13 @@ const MAX_FAILED_TICKS: u32 = 30;
 /// `last_seen` (readers count it alive within [`state::ALIVE_BEATS`] of these).
 pub const HEARTBEAT_EVERY_SECS: i64 = 10;
 
+/// The roster refresh interval in whole seconds (at least 1).
+fn beat_secs(cfg: &DaemonConfig) -> i64 {
+    i64::try_from(cfg.heartbeat.as_secs_f64().ceil() as u64)
+        .unwrap_or(HEARTBEAT_EVERY_SECS)
+        .max(1)
+}
+
 fn ts(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
 }
@@ -182,6 +207,10 @@ pub struct Daemon {
     last_heartbeat: Option<i64>,
     /// When this process opened (UTC seconds, the injected clock), for the roster.
     started_at: i64,
+    /// Whether this daemon takes over orphaned occurrences of other daemons on the store.
+    takeover: bool,
+    /// Orphans already logged as waiting for their run's lease (run key → lease expiry).
+    waiting: BTreeMap<String, Timestamp>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -200,7 +229,16 @@ impl Daemon {
         source: Box<dyn CampaignSource>,
         runner: Arc<dyn Runner>,
     ) -> Result<Daemon, DaemonError> {
-        let journal = Journal::open(&cfg.state_dir)?;
+        let store = match &cfg.store {
+            Some(url) => crate::config::StateStore::Postgres(url.clone()),
+            None => crate::config::StateStore::Sqlite(cfg.state_dir.clone()),
+        };
+        // The journal (control requests; with `[state] url` in the store, shared by every host).
+        let journal = Journal::open_state(&crate::journal::journal_store(
+            cfg.store.as_ref(),
+            &cfg.state_dir,
+            false,
+        ))?;
         let local = state::open(&cfg.state_dir)?;
         let pid = std::process::id();
         let now = clock.now().as_second();
@@ -215,10 +253,6 @@ impl Daemon {
             host: state::host_name(),
             pid,
         };
-        let store = match &cfg.store {
-            Some(url) => crate::config::StateStore::Postgres(url.clone()),
-            None => crate::config::StateStore::Sqlite(cfg.state_dir.clone()),
-        };
         let conn = match state::open_store(&store) {
             Ok(c) => c,
             Err(e) => {
@@ -227,13 +261,32 @@ impl Daemon {
             }
         };
         // The roster: who is on the store (for `imcast schedule`), refreshed with the heartbeat.
-        if let Err(e) = state::roster_beat(&conn, &me, now, HEARTBEAT_EVERY_SECS, now) {
+        if let Err(e) = state::roster_beat(&conn, &me, now, beat_secs(&cfg), now) {
             let _ = state::release_daemon(&local, pid);
             return Err(e.into());
         }
         let shared = cfg.store.is_some();
+        let takeover = shared
+            && match cfg.takeover {
+                Some(t) => t,
+                None => match state::journal_in_store(&conn) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = state::release_daemon(&local, pid);
+                        return Err(e.into());
+                    }
+                },
+            };
         if shared {
             info!(node = %me.node, host = %me.host, pid, "occurrence record in the PostgreSQL state store, shared with every daemon on it");
+            if takeover {
+                info!(
+                    alive_window_secs = state::ALIVE_BEATS * beat_secs(&cfg),
+                    "takes over the runs of daemons that are not alive once their run lease expired"
+                );
+            } else {
+                info!("runs of a daemon that died wait for its restart (the journal is not in the store)");
+            }
         }
         Ok(Daemon {
             cfg,
@@ -256,6 +309,8 @@ impl Daemon {
             published: BTreeMap::new(),
             last_heartbeat: Some(now),
             started_at: now,
+            takeover,
+            waiting: BTreeMap::new(),
         })
     }
 
@@ -288,16 +343,17 @@ impl Daemon {
     /// One pass of the loop at the clock's current time.
     pub fn tick(&mut self) -> Result<(), DaemonError> {
         let now = self.clock.now();
+        let every = beat_secs(&self.cfg);
         if self
             .last_heartbeat
-            .is_none_or(|h| now.as_second() - h >= HEARTBEAT_EVERY_SECS)
+            .is_none_or(|h| now.as_second() - h >= every)
         {
             state::heartbeat(&self.local, self.pid, now.as_second())?;
             state::roster_beat(
                 &self.conn,
                 &self.me,
                 self.started_at,
-                HEARTBEAT_EVERY_SECS,
+                every,
                 now.as_second(),
             )?;
             self.last_heartbeat = Some(now.as_second());
@@ -319,6 +375,7 @@ impl Daemon {
             }
             self.stopped = stopped;
         }
+        self.take_over_orphans(now)?;
         self.attach_unattached(now)?;
         self.handle_controls(now)?;
         self.poll_runs(now)?;
@@ -473,14 +530,74 @@ impl Daemon {
         }
     }
 
+    /// Take over orphaned occurrences ([`state::takeover`]: active, claimed by a daemon that is
+    /// not alive, its run's lease expired or absent) of campaigns this daemon's folder has: the
+    /// row is re-claimed conditionally ([`state::take_over`]: of two daemons one wins) and
+    /// [`Self::attach_unattached`] resumes its run the same tick, as after a restart (the
+    /// journal's claim takes the lease with a new fence; calls the dead daemon had in flight
+    /// become `unknown`).
+    fn take_over_orphans(&mut self, now: Timestamp) -> Result<(), DaemonError> {
+        if !self.takeover {
+            return Ok(());
+        }
+        let n = now.as_second();
+        let roster = state::roster(&self.conn)?;
+        for row in state::occurrences_in(&self.conn, &status::ACTIVE)? {
+            if !state::is_orphan(&row, &roster, &self.me, n) {
+                continue;
+            }
+            if !self.campaigns.contains_key(&row.campaign) {
+                debug!(run = %row.run_key, "orphaned run of a campaign this folder does not have (or not valid): not taken over");
+                continue;
+            }
+            let lease = match self
+                .journal
+                .unfinished_run(&row.campaign, Some(&row.run_key))?
+            {
+                Some(run) => self.journal.lease(&run.id)?,
+                None => None,
+            };
+            match state::takeover(&row, &roster, &self.me, lease.as_ref(), now) {
+                state::Takeover::No => {}
+                state::Takeover::WaitLease(until) => {
+                    if self.waiting.insert(row.run_key.clone(), until) != Some(until) {
+                        info!(run = %row.run_key, from_host = row.host.as_deref().unwrap_or("?"), from_pid = row.pid.unwrap_or(0), lease_until = %until, "its daemon is not alive; taking it over once the run's lease expires");
+                    }
+                }
+                state::Takeover::Take => {
+                    self.waiting.remove(&row.run_key);
+                    if state::take_over(&self.conn, &row, &self.me, n)? {
+                        warn!(run = %row.run_key, from_host = row.host.as_deref().unwrap_or("?"), from_pid = row.pid.unwrap_or(0), "took over a run whose daemon is not alive: resuming it (its calls in flight become unknown)");
+                    } else {
+                        debug!(run = %row.run_key, "another daemon took it over first");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Resume runs recorded active by an earlier process (after a restart).
     fn attach_unattached(&mut self, now: Timestamp) -> Result<(), DaemonError> {
         for row in state::occurrences_in(&self.conn, &status::ACTIVE)? {
             if self.attached.contains(&row.run_key) || !self.mine(&row) {
                 continue;
             }
-            let Some(k) = self.campaigns.get(&row.campaign) else {
+            if !self.campaigns.contains_key(&row.campaign) {
                 debug!(run = %row.run_key, "cannot resume yet: campaign file missing or invalid");
+                continue;
+            }
+            // Left by an earlier process (of this node, or taken over from another): the row
+            // names this process from now on, if nobody re-claimed it since it was read.
+            // (A row without a claimant, from an older imcast, is resumed as it is.)
+            let earlier = row.pid.is_some()
+                && (row.pid != Some(i64::from(self.me.pid))
+                    || row.host.as_deref() != Some(&self.me.host));
+            if earlier && !state::take_over(&self.conn, &row, &self.me, now.as_second())? {
+                debug!(run = %row.run_key, "re-claimed by another daemon first");
+                continue;
+            }
+            let Some(k) = self.campaigns.get(&row.campaign) else {
                 continue;
             };
             let hold = self.hold(&row.campaign, self.user_paused(&row.campaign)?, now);
@@ -637,6 +754,18 @@ impl Daemon {
             self.runner.cancel(&key);
             info!(run = %key, "run cancelled in the occurrence record; stopped");
         }
+        // A run of ours whose row another daemon took over (this one looked dead to it): stop
+        // sending (a pause writes nothing; the journal's fence refuses our writes anyway).
+        let lost: Vec<String> = active
+            .iter()
+            .filter(|r| self.attached.contains(&r.run_key) && !self.mine(r))
+            .map(|r| r.run_key.clone())
+            .collect();
+        for key in lost {
+            self.attached.remove(&key);
+            self.runner.pause(&key);
+            warn!(run = %key, "another daemon took this run over; stopped sending it here");
+        }
         for row in active {
             if !self.attached.contains(&row.run_key) || !self.mine(&row) {
                 continue;
@@ -652,7 +781,10 @@ impl Daemon {
                 RunStatus::Running | RunStatus::Paused => {}
                 RunStatus::Finished { outcome, detail } => {
                     self.attached.remove(&row.run_key);
-                    let detail = (!detail.is_empty()).then_some(detail);
+                    let detail = state::finished_detail(
+                        row.detail.as_deref(),
+                        (!detail.is_empty()).then_some(detail),
+                    );
                     state::update_occurrence(
                         &self.conn,
                         &row.campaign,

@@ -6,7 +6,7 @@
 //! `IMCAST_FAILPOINT=journal_full[:K]` is not a crash: when a run's engine starts, the journal's
 //! connection may grow by at most K more pages (default 0; SQLite `PRAGMA max_page_count`), so a
 //! later write fails with SQLite's own SQLITE_FULL ("database or disk is full", code 13) — what a
-//! full disk gives, on any machine and without root ([`limit_journal`]).
+//! full disk gives, on any machine and without root ([`limit_journal`]; SQLite only).
 //!
 //! Must not: do anything else. It is compiled into release builds on purpose (the crash tests run
 //! the real binary); without the variable it is a no-op.
@@ -75,8 +75,15 @@ fn journal_full() -> Option<u64> {
 
 /// With `IMCAST_FAILPOINT=journal_full[:K]`: cap `conn`'s database at its current size plus K
 /// pages, so a write that needs more fails with SQLITE_FULL. Called when a run's engine starts.
-pub fn limit_journal(conn: &rusqlite::Connection) {
+/// SQLite only: on the PostgreSQL store it says so and does nothing.
+pub fn limit_journal(conn: &crate::store::Conn) {
     let Some(k) = journal_full() else {
+        return;
+    };
+    let Some(conn) = conn.as_sqlite() else {
+        crate::errln!(
+            "IMCAST_FAILPOINT=journal_full:{k}: ignored, the journal is in the PostgreSQL store"
+        );
         return;
     };
     let pages: Result<i64, _> = conn.query_row("PRAGMA page_count", [], |r| r.get(0));

@@ -32,7 +32,6 @@ pub mod mock;
 pub mod pg;
 pub mod plan;
 pub mod provider;
-pub mod registry;
 pub mod render;
 pub mod report;
 pub mod run;

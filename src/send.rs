@@ -604,7 +604,7 @@ impl<T: Transport> Engine<T> {
 
         // Producer: iterate the plan on its own thread, keep only receivers still to send.
         let (tx, mut rx) = mpsc::channel::<Produced<T::Payload>>(self.cfg.max_in_flight.max(1) * 2);
-        let db_path = self.journal.path().to_path_buf();
+        let db_path = self.journal.with(|j| Ok(j.source())).await?;
         let run_id = self.cfg.run_id.clone();
         let resend_unknown = self.cfg.resend_unknown;
         let producer = std::thread::Builder::new()
@@ -786,13 +786,13 @@ impl<T: Transport> Engine<T> {
 
 fn produce<S: CallSource>(
     source: Arc<S>,
-    db_path: &std::path::Path,
+    db_path: &crate::journal::JournalSource,
     run_id: &str,
     resend_unknown: bool,
     tx: mpsc::Sender<Produced<S::Payload>>,
 ) {
     // This connection only looks up a call's receivers: a small page cache (memory stays flat).
-    let reader = match crate::journal::Journal::open_reader(db_path, 2048) {
+    let reader = match db_path.open_reader(2048) {
         Ok(r) => r,
         Err(e) => {
             let _ = tx.blocking_send(Produced::Error {

@@ -3,9 +3,12 @@
 //! the same statements on either.
 //!
 //! Owns: [`Conn`] (a connection to either backend: `execute`, `execute_batch`, `query_row`,
-//! `query_opt`, `query_map`, `query`, [`Conn::transaction`]), [`Value`] (a parameter: integer,
-//! text, bytes or null; `Option<T>` is null or `T`) with the [`params!`](crate::store::params)
-//! macro, [`Row`] (an owned result row with typed getters, [`FromCell`]) and [`StoreError`].
+//! `query_opt`, `query_map`, `query`, the streaming [`Conn::for_each`], [`Conn::prepare`] for a
+//! statement run in a loop, [`Conn::transaction`]), [`Value`] (a parameter: integer, text, bytes
+//! or null; `Option<T>` is null or `T`; PostgreSQL-only arrays `BIGINT[]`/`TEXT[]`/`BYTEA[]` for
+//! a bulk write through `unnest`) with the [`params!`](crate::store::params) macro, [`Row`] (an
+//! owned result row with typed getters, [`FromCell`]), [`RowRef`] (a row borrowed during a scan)
+//! and [`StoreError`].
 //!
 //! Why this shape: the scheduler's occurrence record ([`crate::daemon::state`]) runs on it today,
 //! and the journal is ported onto it next. The API copies the part of rusqlite the journal uses
@@ -49,6 +52,9 @@
 //!
 //! Rows are read into owned values ([`Cell`]) before the caller's closure sees them: one code path
 //! for both backends, at the cost of a copy per value (the callers read a few rows at a time).
+//! A scan of many rows uses [`Conn::for_each`] instead: one row at a time, borrowed from the
+//! backend ([`RowRef`]: integers without a copy, text and bytes as `&str`/`&[u8]`), never
+//! collected — a run of ten million recipients is read in flat memory on both backends.
 //!
 //! Must not: rewrite SQL beyond the placeholders (a statement that needs a dialect of its own
 //! belongs to its owner, behind [`Conn::backend`]), or hold a PostgreSQL client on a runtime
@@ -84,6 +90,9 @@ pub enum StoreError {
     Sql { sql: String, why: &'static str },
     #[error("the PostgreSQL connection was lost inside a transaction")]
     Lost,
+    /// A value read back that its owner could not understand (a malformed packed list).
+    #[error("{0}")]
+    Value(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {
@@ -134,6 +143,12 @@ pub enum Value<'a> {
     Int(i64),
     Text(&'a str),
     Bytes(&'a [u8]),
+    /// PostgreSQL only: a `BIGINT[]` (for `unnest`, a bulk write of many rows in one statement).
+    Ints(&'a [Option<i64>]),
+    /// PostgreSQL only: a `TEXT[]`.
+    Texts(&'a [Option<&'a str>]),
+    /// PostgreSQL only: a `BYTEA[]`.
+    BytesArray(&'a [Option<&'a [u8]>]),
 }
 
 impl From<i64> for Value<'_> {
@@ -182,11 +197,64 @@ impl<'a, T: Copy + Into<Value<'a>>> From<&Option<T>> for Value<'a> {
     }
 }
 
-/// `params![a, b, c]`: a `&[Value]` from anything with `Into<Value>`.
+/// A value a parameter borrows from ([`params!`](crate::store::params) takes each argument by
+/// reference, so an owned `String`, `Vec<u8>` or a temporary such as `ts(now)` is a parameter
+/// as it is, for the statement it is written in).
+pub trait ToValue {
+    fn to_value(&self) -> Value<'_>;
+}
+
+impl ToValue for Value<'_> {
+    fn to_value(&self) -> Value<'_> {
+        *self
+    }
+}
+macro_rules! to_value_via_from {
+    ($($t:ty),*) => {$(
+        impl ToValue for $t {
+            fn to_value(&self) -> Value<'_> {
+                Value::from(*self)
+            }
+        }
+    )*};
+}
+to_value_via_from!(i64, i32, u32, bool);
+impl ToValue for str {
+    fn to_value(&self) -> Value<'_> {
+        Value::Text(self)
+    }
+}
+impl ToValue for String {
+    fn to_value(&self) -> Value<'_> {
+        Value::Text(self)
+    }
+}
+impl ToValue for [u8] {
+    fn to_value(&self) -> Value<'_> {
+        Value::Bytes(self)
+    }
+}
+impl ToValue for Vec<u8> {
+    fn to_value(&self) -> Value<'_> {
+        Value::Bytes(self)
+    }
+}
+impl<T: ToValue + ?Sized> ToValue for &T {
+    fn to_value(&self) -> Value<'_> {
+        (**self).to_value()
+    }
+}
+impl<T: ToValue> ToValue for Option<T> {
+    fn to_value(&self) -> Value<'_> {
+        self.as_ref().map_or(Value::Null, ToValue::to_value)
+    }
+}
+
+/// `params![a, b, c]`: a `&[Value]` borrowing each argument ([`ToValue`]).
 #[macro_export]
 macro_rules! store_params {
     ($($v:expr),* $(,)?) => {
-        &[$($crate::store::Value::from($v)),*][..]
+        &[$($crate::store::ToValue::to_value(&$v)),*][..]
     };
 }
 pub use crate::store_params as params;
@@ -199,6 +267,12 @@ impl rusqlite::ToSql for Value<'_> {
             Value::Int(i) => ValueRef::Integer(i),
             Value::Text(s) => ValueRef::Text(s.as_bytes()),
             Value::Bytes(b) => ValueRef::Blob(b),
+            Value::Ints(_) | Value::Texts(_) | Value::BytesArray(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "an array parameter is PostgreSQL only (SQLite has no arrays: write one row per statement)"
+                        .into(),
+                ))
+            }
         }))
     }
 }
@@ -236,6 +310,9 @@ impl postgres::types::ToSql for Value<'_> {
                     Err(format!("a bytes parameter where PostgreSQL expects {ty}").into())
                 }
             }
+            Value::Ints(v) => array_to_sql(v, ty, out, "BIGINT[]"),
+            Value::Texts(v) => array_to_sql(v, ty, out, "TEXT[]"),
+            Value::BytesArray(v) => array_to_sql(v, ty, out, "BYTEA[]"),
         }
     }
 
@@ -245,6 +322,23 @@ impl postgres::types::ToSql for Value<'_> {
     }
 
     postgres::types::to_sql_checked!();
+}
+
+/// An array parameter, checked against the type PostgreSQL expects (`want` names ours).
+fn array_to_sql<T: postgres::types::ToSql>(
+    v: &[T],
+    ty: &postgres::types::Type,
+    out: &mut bytes::BytesMut,
+    want: &str,
+) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    if <&[T] as postgres::types::ToSql>::accepts(ty) {
+        <&[T] as postgres::types::ToSql>::to_sql(&v, ty, out)
+    } else {
+        Err(format!(
+            "a {want} parameter where PostgreSQL expects {ty} (cast it: CAST(?1 AS {want}))"
+        )
+        .into())
+    }
 }
 
 /// One value of a result row.
@@ -396,6 +490,17 @@ impl Row {
     }
 }
 
+/// The PostgreSQL client of a [`Conn`], or an error when a streaming scan ([`Conn::for_each`])
+/// on the same connection is still reading (the protocol allows one statement at a time: read
+/// what the scan's rows need before it, or with it).
+fn held(p: &RefCell<Pg>) -> Result<std::cell::RefMut<'_, Pg>, StoreError> {
+    p.try_borrow_mut().map_err(|_| StoreError::Sql {
+        sql: String::new(),
+        why: "a statement on a PostgreSQL connection while a streaming scan (for_each) on it is \
+              still reading",
+    })
+}
+
 /// Which database a [`Conn`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -484,52 +589,202 @@ fn pg_connect(url: &PgUrl) -> Result<postgres::Client, StoreError> {
 }
 
 fn pg_row(r: &postgres::Row) -> Result<Row, StoreError> {
-    use postgres::types::Type;
     let mut cells = Vec::with_capacity(r.len());
-    for (i, col) in r.columns().iter().enumerate() {
-        let ty = col.type_();
-        let cell = match *ty {
-            Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Cell::Int),
-            Type::INT4 => r
-                .try_get::<_, Option<i32>>(i)?
-                .map(|v| Cell::Int(i64::from(v))),
-            Type::INT2 => r
-                .try_get::<_, Option<i16>>(i)?
-                .map(|v| Cell::Int(i64::from(v))),
-            Type::BOOL => r
-                .try_get::<_, Option<bool>>(i)?
-                .map(|v| Cell::Int(i64::from(v))),
-            Type::FLOAT8 => r.try_get::<_, Option<f64>>(i)?.map(Cell::Real),
-            Type::FLOAT4 => r
-                .try_get::<_, Option<f32>>(i)?
-                .map(|v| Cell::Real(f64::from(v))),
-            Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Cell::Bytes),
-            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
-                r.try_get::<_, Option<String>>(i)?.map(Cell::Text)
-            }
-            _ => {
-                return Err(StoreError::Unsupported {
-                    index: i,
-                    ty: ty.to_string(),
-                })
-            }
-        };
-        cells.push(cell.unwrap_or(Cell::Null));
+    for i in 0..r.len() {
+        cells.push(pg_cell(r, i)?);
     }
     Ok(Row { cells })
 }
 
-fn sqlite_row(r: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Row> {
+fn pg_cell(r: &postgres::Row, i: usize) -> Result<Cell, StoreError> {
+    use postgres::types::Type;
+    let ty = r
+        .columns()
+        .get(i)
+        .ok_or(StoreError::Type {
+            index: i,
+            want: "a column",
+            found: "no such column",
+        })?
+        .type_();
+    let cell = match *ty {
+        Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Cell::Int),
+        Type::INT4 => r
+            .try_get::<_, Option<i32>>(i)?
+            .map(|v| Cell::Int(i64::from(v))),
+        Type::INT2 => r
+            .try_get::<_, Option<i16>>(i)?
+            .map(|v| Cell::Int(i64::from(v))),
+        Type::BOOL => r
+            .try_get::<_, Option<bool>>(i)?
+            .map(|v| Cell::Int(i64::from(v))),
+        Type::FLOAT8 => r.try_get::<_, Option<f64>>(i)?.map(Cell::Real),
+        Type::FLOAT4 => r
+            .try_get::<_, Option<f32>>(i)?
+            .map(|v| Cell::Real(f64::from(v))),
+        Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Cell::Bytes),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+            r.try_get::<_, Option<String>>(i)?.map(Cell::Text)
+        }
+        _ => {
+            return Err(StoreError::Unsupported {
+                index: i,
+                ty: ty.to_string(),
+            })
+        }
+    };
+    Ok(cell.unwrap_or(Cell::Null))
+}
+
+fn sqlite_cell(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Cell> {
     use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Null => Cell::Null,
+        ValueRef::Integer(v) => Cell::Int(v),
+        ValueRef::Real(v) => Cell::Real(v),
+        ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Cell::Bytes(b.to_vec()),
+    })
+}
+
+/// A result row borrowed from the backend while [`Conn::for_each`] is on it: typed getters
+/// ([`RowRef::get`], owned as [`Row::get`]) and borrowed text and bytes ([`RowRef::str`],
+/// [`RowRef::bytes`], no allocation), for scans of millions of rows.
+pub struct RowRef<'r> {
+    inner: RowRefInner<'r>,
+}
+
+enum RowRefInner<'r> {
+    Sqlite(&'r rusqlite::Row<'r>),
+    Postgres(&'r postgres::Row),
+}
+
+impl RowRef<'_> {
+    /// Column `index` (from 0) as `T` (an integer reads without an allocation).
+    pub fn get<T: FromCell>(&self, index: usize) -> Result<T, StoreError> {
+        let c = match &self.inner {
+            RowRefInner::Sqlite(r) => sqlite_cell(r, index)?,
+            RowRefInner::Postgres(r) => pg_cell(r, index)?,
+        };
+        T::from_cell(&c).ok_or(StoreError::Type {
+            index,
+            want: T::want(),
+            found: c.kind(),
+        })
+    }
+
+    /// Column `index` as text borrowed from the row (None: NULL).
+    pub fn str(&self, index: usize) -> Result<Option<&str>, StoreError> {
+        match &self.inner {
+            RowRefInner::Sqlite(r) => match r.get_ref(index)? {
+                rusqlite::types::ValueRef::Null => Ok(None),
+                rusqlite::types::ValueRef::Text(t) => {
+                    std::str::from_utf8(t)
+                        .map(Some)
+                        .map_err(|_| StoreError::Type {
+                            index,
+                            want: "UTF-8 text",
+                            found: "text that is not UTF-8",
+                        })
+                }
+                v => Err(StoreError::Type {
+                    index,
+                    want: "text",
+                    found: sqlite_kind(v),
+                }),
+            },
+            RowRefInner::Postgres(r) => Ok(r.try_get::<_, Option<&str>>(index)?),
+        }
+    }
+
+    /// Column `index` as bytes borrowed from the row (None: NULL).
+    pub fn bytes(&self, index: usize) -> Result<Option<&[u8]>, StoreError> {
+        match &self.inner {
+            RowRefInner::Sqlite(r) => match r.get_ref(index)? {
+                rusqlite::types::ValueRef::Null => Ok(None),
+                rusqlite::types::ValueRef::Blob(b) => Ok(Some(b)),
+                v => Err(StoreError::Type {
+                    index,
+                    want: "bytes",
+                    found: sqlite_kind(v),
+                }),
+            },
+            RowRefInner::Postgres(r) => Ok(r.try_get::<_, Option<&[u8]>>(index)?),
+        }
+    }
+}
+
+fn sqlite_kind(v: rusqlite::types::ValueRef<'_>) -> &'static str {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "an integer",
+        ValueRef::Real(_) => "a real",
+        ValueRef::Text(_) => "text",
+        ValueRef::Blob(_) => "bytes",
+    }
+}
+
+/// A statement prepared once and run many times ([`Conn::prepare`]): on SQLite the prepared
+/// statement itself (from the connection's cache), on PostgreSQL the connection's cached one.
+pub struct Stmt<'c> {
+    inner: StmtInner<'c>,
+}
+
+enum StmtInner<'c> {
+    Sqlite(rusqlite::CachedStatement<'c>),
+    Postgres(&'c RefCell<Pg>, String),
+}
+
+impl Stmt<'_> {
+    /// Run it with `params`; the number of rows it changed.
+    pub fn execute(&mut self, params: &[Value<'_>]) -> Result<usize, StoreError> {
+        match &mut self.inner {
+            StmtInner::Sqlite(st) => Ok(st.execute(rusqlite::params_from_iter(params.iter()))?),
+            StmtInner::Postgres(p, sql) => held(p)?.execute(sql, params),
+        }
+    }
+
+    /// Its first row through `f`, if any.
+    pub fn query_opt<T>(
+        &mut self,
+        params: &[Value<'_>],
+        f: impl FnOnce(&RowRef<'_>) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        match &mut self.inner {
+            StmtInner::Sqlite(st) => {
+                let mut rows = st.query(rusqlite::params_from_iter(params.iter()))?;
+                match rows.next()? {
+                    Some(r) => f(&RowRef {
+                        inner: RowRefInner::Sqlite(r),
+                    })
+                    .map(Some),
+                    None => Ok(None),
+                }
+            }
+            StmtInner::Postgres(p, sql) => {
+                let mut p = held(p)?;
+                let st = p.statement(sql)?;
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+                    .collect();
+                match p.client()?.query_opt(&st, &refs)? {
+                    Some(r) => f(&RowRef {
+                        inner: RowRefInner::Postgres(&r),
+                    })
+                    .map(Some),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+}
+
+fn sqlite_row(r: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Row> {
     let mut cells = Vec::with_capacity(n);
     for i in 0..n {
-        cells.push(match r.get_ref(i)? {
-            ValueRef::Null => Cell::Null,
-            ValueRef::Integer(v) => Cell::Int(v),
-            ValueRef::Real(v) => Cell::Real(v),
-            ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
-            ValueRef::Blob(b) => Cell::Bytes(b.to_vec()),
-        });
+        cells.push(sqlite_cell(r, i)?);
     }
     Ok(Row { cells })
 }
@@ -611,7 +866,7 @@ impl Conn {
             Inner::Sqlite(c) => Ok(c
                 .prepare_cached(sql)?
                 .execute(rusqlite::params_from_iter(params.iter()))?),
-            Inner::Postgres(p) => p.borrow_mut().execute(sql, params),
+            Inner::Postgres(p) => held(p)?.execute(sql, params),
         }
     }
 
@@ -619,7 +874,7 @@ impl Conn {
     pub fn execute_batch(&self, sql: &str) -> Result<(), StoreError> {
         match &self.inner {
             Inner::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Inner::Postgres(p) => Ok(p.borrow_mut().client()?.batch_execute(sql)?),
+            Inner::Postgres(p) => Ok(held(p)?.client()?.batch_execute(sql)?),
         }
     }
 
@@ -636,7 +891,7 @@ impl Conn {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(rows)
             }
-            Inner::Postgres(p) => p.borrow_mut().query(sql, params),
+            Inner::Postgres(p) => held(p)?.query(sql, params),
         }
     }
 
@@ -674,13 +929,68 @@ impl Conn {
         self.query_row(sql, params, f).optional()
     }
 
+    /// Every row of a query streamed through `f`, one at a time, never collected (SQLite: the
+    /// prepared statement's rows; PostgreSQL: `query_raw`'s row stream): memory stays flat
+    /// however many rows the query returns. The outer result is the store's (preparing,
+    /// fetching); the inner one is `f`'s first error, which stops the scan.
+    pub fn for_each<E>(
+        &self,
+        sql: &str,
+        params: &[Value<'_>],
+        mut f: impl FnMut(&RowRef<'_>) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StoreError> {
+        match &self.inner {
+            Inner::Sqlite(c) => {
+                let mut st = c.prepare_cached(sql)?;
+                let mut rows = st.query(rusqlite::params_from_iter(params.iter()))?;
+                while let Some(r) = rows.next()? {
+                    if let Err(e) = f(&RowRef {
+                        inner: RowRefInner::Sqlite(r),
+                    }) {
+                        return Ok(Err(e));
+                    }
+                }
+                Ok(Ok(()))
+            }
+            Inner::Postgres(p) => {
+                use postgres::fallible_iterator::FallibleIterator;
+                let mut p = held(p)?;
+                let st = p.statement(sql)?;
+                let mut rows = p.client()?.query_raw(&st, params.iter())?;
+                while let Some(r) = rows.next()? {
+                    if let Err(e) = f(&RowRef {
+                        inner: RowRefInner::Postgres(&r),
+                    }) {
+                        return Ok(Err(e));
+                    }
+                }
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    /// A statement to run many times (a loop writing one row per statement).
+    pub fn prepare(&self, sql: &str) -> Result<Stmt<'_>, StoreError> {
+        match &self.inner {
+            Inner::Sqlite(c) => Ok(Stmt {
+                inner: StmtInner::Sqlite(c.prepare_cached(sql)?),
+            }),
+            Inner::Postgres(p) => {
+                held(p)?.statement(sql)?;
+                Ok(Stmt {
+                    inner: StmtInner::Postgres(p, sql.to_string()),
+                })
+            }
+        }
+    }
+
     /// Begin a transaction (SQLite: `IMMEDIATE`; PostgreSQL: `READ COMMITTED`; see the module
     /// doc). Statements run on the returned [`Tx`] (it derefs to this connection).
     pub fn transaction(&self) -> Result<Tx<'_>, StoreError> {
         match &self.inner {
             Inner::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
             Inner::Postgres(p) => {
-                let mut p = p.borrow_mut();
+                let mut p = held(p)?;
                 if p.in_tx {
                     return Err(StoreError::Sql {
                         sql: "BEGIN".into(),
@@ -875,6 +1185,130 @@ mod tests {
             })
             .expect("left");
         assert_eq!(left, vec![("a".to_string(), 1)]);
+    }
+
+    /// `for_each` streams every row (borrowed text and bytes, typed integers) and stops at the
+    /// closure's first error; a prepared `Stmt` runs many times.
+    fn streams_rows(c: &Conn) {
+        let blob = match c.backend() {
+            Backend::Sqlite => "BLOB",
+            Backend::Postgres => "BYTEA",
+        };
+        c.execute_batch(&format!(
+            "CREATE TABLE s(k BIGINT PRIMARY KEY, t TEXT, b {blob})"
+        ))
+        .expect("schema");
+        let mut ins = c
+            .prepare("INSERT INTO s(k, t, b) VALUES (?1, ?2, ?3)")
+            .expect("prepare");
+        for k in 0..1000i64 {
+            let t = (k % 2 == 0).then(|| format!("t{k}"));
+            ins.execute(params![k, t.as_ref(), &k.to_le_bytes()[..]])
+                .expect("insert");
+        }
+        drop(ins);
+        let (mut n, mut sum, mut texts) = (0, 0i64, 0);
+        c.for_each(
+            "SELECT k, t, b FROM s WHERE k >= ?1 ORDER BY k",
+            params![0i64],
+            |r| {
+                let k: i64 = r.get(0)?;
+                assert_eq!(r.bytes(2)?, Some(&k.to_le_bytes()[..]));
+                if let Some(t) = r.str(1)? {
+                    assert_eq!(t, format!("t{k}"));
+                    texts += 1;
+                }
+                n += 1;
+                sum += k;
+                Ok::<_, StoreError>(())
+            },
+        )
+        .expect("scan")
+        .expect("rows");
+        assert_eq!((n, sum, texts), (1000, 999 * 1000 / 2, 500));
+        let mut seen = 0;
+        let stopped = c
+            .for_each("SELECT k FROM s ORDER BY k", params![], |_| {
+                seen += 1;
+                if seen == 10 {
+                    Err("enough")
+                } else {
+                    Ok(())
+                }
+            })
+            .expect("scan");
+        assert_eq!((stopped, seen), (Err("enough"), 10));
+        let e = c
+            .for_each("SELECT t FROM s WHERE k = 0", params![], |r| {
+                r.get::<i64>(0).map(|_| ())
+            })
+            .expect("scan")
+            .expect_err("text is not an integer");
+        assert!(e.to_string().contains("column 0"), "{e}");
+        let mut get = c.prepare("SELECT t FROM s WHERE k = ?1").expect("prepare");
+        assert_eq!(
+            get.query_opt(params![2i64], |r| r.get::<Option<String>>(0))
+                .expect("q"),
+            Some(Some("t2".into()))
+        );
+        assert_eq!(
+            get.query_opt(params![5000i64], |r| r.get::<Option<String>>(0))
+                .expect("q"),
+            None
+        );
+    }
+
+    #[test]
+    fn for_each_streams_on_sqlite_and_arrays_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Conn::sqlite(crate::db::open(&dir.path().join("t.db"), "NORMAL").expect("open"));
+        streams_rows(&c);
+        let e = c
+            .execute("SELECT ?1", &[Value::Ints(&[Some(1)])])
+            .expect_err("no arrays on SQLite");
+        assert!(e.to_string().contains("PostgreSQL only"), "{e}");
+    }
+
+    #[test]
+    fn for_each_streams_and_arrays_unnest_on_postgres() {
+        let Some(db) = test_db("store_stream") else {
+            return;
+        };
+        let url = db.url().clone();
+        std::thread::spawn(move || {
+            let c = Conn::postgres(&url).expect("connect");
+            streams_rows(&c);
+            // One statement writes many rows from arrays (NULLs inside them too).
+            let ks: Vec<Option<i64>> = (5000..5100).map(Some).collect();
+            let ts: Vec<Option<&str>> = (0..100).map(|i| (i % 3 != 0).then_some("x")).collect();
+            let bs: Vec<Option<&[u8]>> = (0..100).map(|_| Some(&b"\x01"[..])).collect();
+            let n = c
+                .execute(
+                    "INSERT INTO s(k, t, b)
+                     SELECT * FROM unnest(CAST(?1 AS BIGINT[]), CAST(?2 AS TEXT[]), CAST(?3 AS BYTEA[]))",
+                    &[Value::Ints(&ks), Value::Texts(&ts), Value::BytesArray(&bs)],
+                )
+                .expect("unnest");
+            assert_eq!(n, 100);
+            let (count, nulls): (i64, i64) = c
+                .query_row(
+                    "SELECT COUNT(*), COUNT(*) - COUNT(t) FROM s WHERE k >= 5000",
+                    params![],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .expect("count");
+            assert_eq!((count, nulls), (100, 34));
+            // An array where PostgreSQL expects a scalar is an error naming both.
+            let e = c
+                .execute(
+                    "UPDATE s SET k = ?1 WHERE k = -1",
+                    &[Value::Ints(&[Some(1)])],
+                )
+                .expect_err("not an array column");
+            assert!(format!("{e:?}").contains("BIGINT[]"), "{e:?}");
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]

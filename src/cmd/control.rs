@@ -31,8 +31,11 @@ pub fn cancel(_g: &GlobalArgs, a: &ControlArgs) -> CmdResult {
 }
 
 /// Campaigns the state directory knows: scheduled by a daemon or sent by `imcast run`.
-fn known_names(conn: &state::Conn, journal: &Journal) -> anyhow::Result<Vec<String>> {
-    let mut names = state::campaign_names(conn)?;
+fn known_names(conn: Option<&state::Conn>, journal: &Journal) -> anyhow::Result<Vec<String>> {
+    let mut names = match conn {
+        Some(c) => state::campaign_names(c)?,
+        None => Vec::new(),
+    };
     names.extend(journal.campaigns()?);
     names.sort();
     names.dedup();
@@ -88,10 +91,18 @@ fn control(a: &ControlArgs, action: ControlRequest) -> CmdResult {
         None if a.mock => default_state_dir(&cwd).join(MOCK_DIR),
         None => default_state_dir(&cwd),
     };
-    let Some(conn) = state::open_existing(&state_dir)
+    // `[state] url`: the journal (where requests go and the daemons log what they did) is the
+    // store's, shared by every host; mock runs keep theirs in the state directory.
+    let url = if a.mock {
+        None
+    } else {
+        crate::cmd::daemon::state_url(&cwd, a.state.config.as_deref()).exit(Exit::Invalid)?
+    };
+    let conn = state::open_existing(&state_dir)
         .with_context(|| format!("state directory {}", state_dir.display()))
-        .exit(Exit::Internal)?
-    else {
+        .exit(Exit::Internal)?;
+    let store = crate::journal::journal_store(url.as_ref(), &state_dir, a.mock);
+    if conn.is_none() && !crate::journal::journal_exists(&store) {
         let below = state_dirs_below(&cwd, a.mock && a.state.state_dir.is_none());
         let mock_dir = state_dir.join(MOCK_DIR);
         let hint = if !a.mock && mock_dir.join(crate::journal::DB_FILE).is_file() {
@@ -114,12 +125,12 @@ fn control(a: &ControlArgs, action: ControlRequest) -> CmdResult {
             state_dir.display()
         ))
         .exit(Exit::Invalid);
-    };
-    let journal = Journal::open(&state_dir).map_err(|e| {
+    }
+    let journal = Journal::open_state(&store).map_err(|e| {
         let exit = e.exit();
         crate::exit::Failure::new(exit, e)
     })?;
-    let mut names = known_names(&conn, &journal).exit(Exit::Internal)?;
+    let mut names = known_names(conn.as_ref(), &journal).exit(Exit::Internal)?;
     // With `[state] url` the daemons' campaigns are the store's: one this state directory's daemon
     // has not fired yet (another daemon on the store did) is known too.
     names.extend(store_campaigns(&cwd, a.state.config.as_deref()));
@@ -146,7 +157,7 @@ fn control(a: &ControlArgs, action: ControlRequest) -> CmdResult {
                 .flatten()
                 .and_then(|c| {
                     let j = Journal::open(&mock_dir).ok()?;
-                    known_names(&c, &j).ok()
+                    known_names(Some(&c), &j).ok()
                 })
                 .is_some_and(|n| n.contains(&a.name))
         {
@@ -177,7 +188,10 @@ fn control(a: &ControlArgs, action: ControlRequest) -> CmdResult {
     }
     for _ in 0..30 {
         if !journal.control_pending(&a.name).exit(Exit::Internal)? {
-            match state::control_result(&conn, &a.name, since).exit(Exit::Internal)? {
+            // Logged beside the journal, in the request's transaction (`state::log_control`).
+            match state::control_result(journal.connection(), &a.name, since)
+                .exit(Exit::Internal)?
+            {
                 Some(result) => crate::outln!("{}: {result}", a.name),
                 None => crate::outln!(
                     "{}: {} taken by its running `imcast run`",

@@ -58,6 +58,10 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
     rt.block_on(async move {
         let mut cfg = DaemonConfig::new(&a.dir, &state_dir);
         cfg.store = store;
+        // The roster refresh follows the run lease's heartbeat (`[state] lease_heartbeat`).
+        cfg.heartbeat = account_config(&a.dir, a.state.config.as_deref())
+            .lease
+            .heartbeat;
         let source = SpecSource::new(crate::spec::LoadOptions {
             allow_endpoints: a.allow_endpoint.clone(),
         });
@@ -108,7 +112,7 @@ pub fn run(_g: &GlobalArgs, a: &DaemonArgs) -> CmdResult {
                 .map(|act| (act.as_str().to_string(), account.account_limit(*act)))
                 .collect();
             journal_metrics.spawn_refresh(
-                state_dir.join(crate::journal::DB_FILE),
+                crate::journal::journal_store(account.state_url.as_ref(), &state_dir, false),
                 account.state_store(&state_dir),
                 limits,
                 Arc::new(SystemClock),

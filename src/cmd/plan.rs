@@ -426,7 +426,7 @@ pub fn run(g: &GlobalArgs, a: &PlanArgs) -> CmdResult {
             None,
         );
         Some(crate::run::prepare::retry_preview(
-            &paths.state_dir,
+            &crate::journal::journal_store(settings.state_url.as_ref(), &paths.state_dir, false),
             &c.name,
             None,
             &a.file,

@@ -3,7 +3,8 @@
 //! reports recorded) and the scheduler's finished occurrences and handled control requests, and
 //! daemon roster rows last seen before the cutoff (unless their daemon holds an active occurrence).
 //! With `[state] url` (the PostgreSQL store) the store's finished occurrences and roster rows go by
-//! the same rule, besides the state directory's. With
+//! the same rule, besides the state directory's, and the journal pruned is the store's (its runs
+//! and the daemons' control log). With
 //! `--reports` (never by default) also the report folders of runs that ended before the cutoff
 //! (`report::prune_reports`: only files imcast wrote). Unfinished runs and pending occurrences
 //! are never pruned.
@@ -53,12 +54,12 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
         ),
         None => "; reports stay (--reports removes them too)".into(),
     };
-    // `[state] url`: the occurrence record and the roster shared by every daemon on the store.
-    let store = match crate::cmd::daemon::state_url(&cwd, a.state.config.as_deref())
-        .exit(Exit::Invalid)?
-    {
+    // `[state] url`: the occurrence record and the roster shared by every daemon on the store,
+    // and the journal (its runs, and the daemons' control log beside it).
+    let url = crate::cmd::daemon::state_url(&cwd, a.state.config.as_deref()).exit(Exit::Invalid)?;
+    let store = match &url {
         Some(url) => {
-            let store = crate::config::StateStore::Postgres(url);
+            let store = crate::config::StateStore::Postgres(url.clone());
             // The blocking client on a plain thread (no runtime here, but keep the rule simple).
             let pruned = std::thread::scope(|s| {
                 s.spawn(|| state::open_store(&store).and_then(|c| state::prune_store(&c, cutoff)))
@@ -80,17 +81,19 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
         ),
         None => String::new(),
     };
-    let Some(conn) = state::open_existing(&state_dir)
+    let local = state::open_existing(&state_dir)
         .with_context(|| format!("state directory {}", state_dir.display()))
-        .exit(Exit::Internal)?
-    else {
+        .exit(Exit::Internal)?;
+    let journal_store = crate::journal::journal_store(url.as_ref(), &state_dir, false);
+    let in_store = matches!(journal_store, crate::config::StateStore::Postgres(_));
+    if local.is_none() && !in_store {
         crate::outln!(
             "nothing to prune in the journal: no state database in {}{store_note}{reports_note}",
             state_dir.display()
         );
         return Ok(Exit::Ok);
-    };
-    let mut journal = crate::journal::Journal::open(&state_dir).map_err(|e| {
+    }
+    let mut journal = crate::journal::Journal::open_state(&journal_store).map_err(|e| {
         let exit = e.exit();
         crate::exit::Failure::new(exit, e)
     })?;
@@ -99,8 +102,15 @@ pub fn run(_g: &GlobalArgs, a: &PruneArgs) -> CmdResult {
         crate::exit::Failure::new(exit, e)
     })?;
     crate::report::facts::forget_pruned(&journal).exit(Exit::Internal)?;
-    let (occ, ctl) = state::prune(&conn, cutoff).exit(Exit::Internal)?;
-    let roster = state::prune_roster(&conn, cutoff).exit(Exit::Internal)?;
+    let (mut occ, mut ctl, mut roster) = (0, 0, 0);
+    if let Some(conn) = &local {
+        (occ, ctl) = state::prune(conn, cutoff).exit(Exit::Internal)?;
+        roster = state::prune_roster(conn, cutoff).exit(Exit::Internal)?;
+    }
+    if in_store {
+        // The daemons' control log is written beside the journal (`state::log_control`).
+        ctl += state::prune_control_log(journal.connection(), cutoff).exit(Exit::Internal)?;
+    }
     crate::outln!(
         "pruned {} ({}, {}), {}, {} and {} older than {}{store_note}{reports_note}",
         count(runs, "run", "runs"),

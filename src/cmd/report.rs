@@ -36,7 +36,7 @@ pub fn run(_g: &GlobalArgs, args: &ReportArgs) -> CmdResult {
                 .unwrap_or_default()
         }
     };
-    let Some(j) = super::status::open_existing(&paths)? else {
+    let Some(j) = super::status::open_existing(&paths, args.mock)? else {
         return Err(Failure::new(
             Exit::Invalid,
             anyhow!(

@@ -5,6 +5,10 @@
 //! with only mock runs says so and how to see them. The helpers here (`paths_for`,
 //! `reports_dir_for`, `mock_hint`) are shared with `imcast report`.
 //!
+//! A scheduled run also shows its occurrence in the daemons' record: which daemon (host, pid)
+//! holds it and, after a takeover, from whom (read only; a record that cannot be read is a
+//! warning).
+//!
 //! The campaign's name comes from `crate::spec::load`; a file that no longer validates (e.g. an
 //! audience file was moved since the run) still shows its runs through a minimal read of the
 //! top-level `name:` key, so status and report keep working on a broken campaign.
@@ -43,12 +47,20 @@ pub(crate) fn campaign_name(file: &Path) -> Result<String, Failure> {
     Ok(n.name)
 }
 
-/// The journal for a campaign file, if its state database exists (never creates one).
-pub(crate) fn open_existing(paths: &RepoPaths) -> Result<Option<Journal>, Failure> {
-    if !paths.state_dir.join(DB_FILE).is_file() {
+/// The journal for a campaign file, if its state database exists (never creates a SQLite file):
+/// with `[state] url` in its `imcast.toml` the PostgreSQL store's (not for `mock` runs, whose
+/// journal stays in the state directory: [`crate::journal::journal_store`]).
+pub(crate) fn open_existing(paths: &RepoPaths, mock: bool) -> Result<Option<Journal>, Failure> {
+    let url = if mock {
+        None
+    } else {
+        paths.account_config().exit(Exit::Invalid)?.state_url
+    };
+    let store = crate::journal::journal_store(url.as_ref(), &paths.state_dir, mock);
+    if !crate::journal::journal_exists(&store) {
         return Ok(None);
     }
-    Journal::open(&paths.state_dir).map(Some).map_err(|e| {
+    Journal::open_state(&store).map(Some).map_err(|e| {
         let exit = e.exit();
         Failure::new(exit, e)
     })
@@ -175,66 +187,30 @@ fn print_test_runs(tests: &[TestRun]) {
     }
 }
 
-/// With `[state] url`: the runs of `name` registered in the store's run registry from other state
-/// directories (none without a store; a store that cannot be read is a warning, not a failure).
-fn registered_elsewhere(
-    paths: &crate::config::RepoPaths,
-    name: &str,
-) -> Vec<crate::registry::Registered> {
-    let Some(url) = paths.account_config().ok().and_then(|a| a.state_url) else {
-        return Vec::new();
+/// A scheduled run's occurrence in the daemons' record (the state directory's, or the store's
+/// with `[state] url`): which daemon (host, pid) holds it and, after a takeover, from whom it was
+/// taken over. None for an ad-hoc run or an occurrence not recorded; a record that cannot be read
+/// is a warning, not a failure.
+fn daemon_occurrence(
+    paths: &RepoPaths,
+    run: &RunInfo,
+) -> Option<crate::daemon::state::OccurrenceRow> {
+    use crate::daemon::state;
+    let key = run.occurrence.as_deref()?;
+    let store = paths.account_config().ok()?.state_store(&paths.state_dir);
+    let conn = match &store {
+        crate::config::StateStore::Sqlite(dir) => state::open_existing(dir),
+        crate::config::StateStore::Postgres(_) => state::open_store(&store).map(Some),
     };
-    crate::registry::elsewhere(
-        &url,
-        name,
-        &crate::journal::hostname(),
-        &crate::registry::state_dir_key(&paths.state_dir),
-    )
-    .unwrap_or_else(|e| {
-        tracing::warn!("runs of other state directories are not shown: {e}");
-        Vec::new()
+    conn.and_then(|c| {
+        c.map(|c| state::occurrence_by_key(&c, &run.campaign, key))
+            .transpose()
     })
-}
-
-fn elsewhere_json(rows: &[crate::registry::Registered]) -> serde_json::Value {
-    rows.iter()
-        .map(|r| {
-            let h = &r.holder;
-            serde_json::json!({
-                "occurrence": r.occurrence,
-                "run_id": h.run_id,
-                "status": h.status,
-                "host": h.host,
-                "pid": h.pid,
-                "state_dir": h.state_dir,
-                "lease_expires_at": h.lease_expires.map(|t| t.to_string()),
-                "updated_at": h.updated_at.to_string(),
-            })
-        })
-        .collect()
-}
-
-fn print_elsewhere(rows: &[crate::registry::Registered]) {
-    if rows.is_empty() {
-        return;
-    }
-    crate::outln!("Registered from other state directories (the state store's run registry):");
-    for r in rows {
-        let h = &r.holder;
-        crate::outln!(
-            "  {}run {} {} on {} (pid {}, state directory {}, updated {})",
-            r.occurrence
-                .as_deref()
-                .map(|o| format!("occurrence {o}: "))
-                .unwrap_or_default(),
-            h.run_id.as_deref().unwrap_or("(being opened)"),
-            h.status,
-            h.host,
-            h.pid,
-            h.state_dir,
-            h.updated_at
-        );
-    }
+    .map(Option::flatten)
+    .unwrap_or_else(|e| {
+        tracing::warn!("the daemons' record of this occurrence is not shown: {e}");
+        None
+    })
 }
 
 pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
@@ -245,12 +221,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         args.report_dir.as_deref(),
         args.mock,
     );
-    let elsewhere = if args.mock {
-        Vec::new()
-    } else {
-        registered_elsewhere(&base, &name)
-    };
-    let journal = open_existing(&paths)?;
+    let journal = open_existing(&paths, args.mock)?;
     // The latest real run; `--test-to` runs are listed apart, never as "the" run.
     let run = match &journal {
         Some(j) => j.latest_run(&name, false).exit(Exit::Internal)?,
@@ -273,7 +244,6 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     v["mock_runs"] = mock_runs(&base, &name).into();
                 }
                 v["test_runs"] = serde_json::to_value(&tests).exit(Exit::Internal)?;
-                v["elsewhere"] = elsewhere_json(&elsewhere);
                 crate::outln!("{v}")
             }
             OutputFormat::Human => {
@@ -286,7 +256,6 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     crate::outln!("{h}");
                 }
                 print_test_runs(&tests);
-                print_elsewhere(&elsewhere);
             }
         }
         return Ok(Exit::Ok);
@@ -301,6 +270,11 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         .exit(Exit::Internal)?
         .filter(|l| l.holder.is_some());
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let occurrence = if args.mock {
+        None
+    } else {
+        daemon_occurrence(&base, &run)
+    };
     match args.output {
         OutputFormat::Json => {
             let mut v = serde_json::to_value(&s).exit(Exit::Internal)?;
@@ -313,7 +287,18 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     "test_runs".into(),
                     serde_json::to_value(&tests).exit(Exit::Internal)?,
                 );
-                o.insert("elsewhere".into(), elsewhere_json(&elsewhere));
+                if let Some(r) = &occurrence {
+                    o.insert(
+                        "daemon".into(),
+                        serde_json::json!({
+                            "status": r.status,
+                            "host": r.host,
+                            "pid": r.pid,
+                            "node": r.node,
+                            "taken_over": crate::daemon::state::taken_over(r.detail.as_deref()),
+                        }),
+                    );
+                }
                 o.insert(
                     "lease".into(),
                     match &lease {
@@ -361,6 +346,16 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     l.fence
                 );
             }
+            if let Some(r) = &occurrence {
+                let by = match (&r.host, r.pid) {
+                    (Some(h), Some(pid)) => format!(" by {h} (pid {pid})"),
+                    _ => String::new(),
+                };
+                crate::outln!("  daemon    occurrence {}{by}", r.status);
+                if let Some(t) = crate::daemon::state::taken_over(r.detail.as_deref()) {
+                    crate::outln!("            {t}");
+                }
+            }
             crate::outln!("  recipients {}", describe_counts(&s.counts));
             crate::outln!(
                 "  calls     {} done, {} unknown, {} planned, {}",
@@ -394,7 +389,6 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                 );
             }
             print_test_runs(&tests);
-            print_elsewhere(&elsewhere);
         }
     }
     Ok(Exit::Ok)

@@ -183,11 +183,11 @@ impl JournalMetrics {
         Self::default()
     }
 
-    /// Refresh from the state database at `db` and the limiter's log in `store` every `every`
-    /// until the runtime ends.
+    /// Refresh from the journal in `db` (the state directory's SQLite file, or the PostgreSQL
+    /// store) and the limiter's log in `store` every `every` until the runtime ends.
     pub fn spawn_refresh(
         &self,
-        db: std::path::PathBuf,
+        db: crate::config::StateStore,
         store: crate::config::StateStore,
         limits: Vec<(String, crate::config::Limit)>,
         clock: crate::clock::SharedClock,
@@ -230,12 +230,12 @@ pub enum MetricsError {
 
 /// The journal's families as Prometheus text, at `now`.
 pub fn journal_text(
-    db: &std::path::Path,
+    db: &crate::config::StateStore,
     usage: &mut crate::throttle::UsageReader,
     limits: &[(String, crate::config::Limit)],
     now: jiff::Timestamp,
 ) -> Result<String, MetricsError> {
-    let journal = crate::journal::Journal::open_reader(db, 2048)?;
+    let journal = crate::journal::Journal::open_state_reader(db, 2048)?;
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -339,18 +339,15 @@ mod tests {
     async fn journal_families_read_the_run_counters_and_the_limiter_file() {
         use crate::clock::{Clock, SimClock};
         let dir = tempfile::tempdir().expect("tempdir");
-        let journal = crate::journal::Journal::open(dir.path()).expect("journal");
+        // The journal's file (what the families read) exists.
+        crate::journal::Journal::open(dir.path()).expect("journal");
         let clock = SimClock::new("2026-03-01T09:00:00Z".parse().expect("ts"));
         let limit = crate::config::Limit::new(12_000, std::time::Duration::from_secs(60));
         let mut usage =
             crate::throttle::UsageReader::new(crate::config::StateStore::Sqlite(dir.path().into()));
-        let none = journal_text(
-            journal.path(),
-            &mut usage,
-            &[("batch".into(), limit)],
-            clock.now(),
-        )
-        .expect("metrics without a limiter file");
+        let db = crate::config::StateStore::Sqlite(dir.path().into());
+        let none = journal_text(&db, &mut usage, &[("batch".into(), limit)], clock.now())
+            .expect("metrics without a limiter file");
         assert!(
             none.contains("imcast_rate_used{action=\"batch\"} 0"),
             "{none}"
@@ -365,13 +362,8 @@ mod tests {
         .expect("limiter");
         // In flight (not completed): it counts.
         let _in_flight = limiter.acquire(500, None).await.expect("admitted");
-        let text = journal_text(
-            journal.path(),
-            &mut usage,
-            &[("batch".into(), limit)],
-            clock.now(),
-        )
-        .expect("metrics");
+        let text = journal_text(&db, &mut usage, &[("batch".into(), limit)], clock.now())
+            .expect("metrics");
         assert!(
             text.contains("imcast_rate_used{action=\"batch\"} 500"),
             "{text}"
@@ -397,7 +389,8 @@ mod tests {
         let clock = SimClock::new("2026-03-01T09:00:00Z".parse().expect("ts"));
         let limit = crate::config::Limit::new(12_000, std::time::Duration::from_secs(60));
         let limits = [("batch".to_string(), limit), ("p2p".to_string(), limit)];
-        let journal = journal.path().to_path_buf();
+        drop(journal);
+        let journal = crate::config::StateStore::Sqlite(dir.path().into());
         // Blocking client work off any runtime (this test has none; the fixture's own threads).
         std::thread::scope(|s| {
             s.spawn(|| {

@@ -10,6 +10,11 @@
 //! task as `Paused` / `Cancelled` and is reported the same way. All runs share the account
 //! limiter through the state directory, like concurrent `imcast run` processes.
 //!
+//! A run whose lease another live process holds (the journal refuses to open it, busy) is "not
+//! yet", not a failure: it stays `Running` for the daemon and is opened again every `[state]
+//! lease_heartbeat` on the injected clock until the lease expired (a takeover waiting for a dead
+//! daemon's lease) or the holder finished it.
+//!
 //! Must not: block the caller (every call returns at once; work happens on the runtime), or
 //! send anything itself.
 
@@ -171,6 +176,12 @@ impl SendRunner {
             e.stop = None;
             (e.want, e.req.clone())
         };
+        if let Err(f) = &res {
+            if lease_busy(f) {
+                self.not_yet(key, &req, f);
+                return;
+            }
+        }
         let state = match res {
             Err(f) => {
                 error!(run = %key, error = %f, "run failed");
@@ -243,6 +254,45 @@ impl SendRunner {
         }
     }
 
+    /// The run's lease is still held by another process (a daemon taking over a run whose lease
+    /// has not expired yet, or a holder that came back): not a failure — try again after the
+    /// lease heartbeat (`[state] lease_heartbeat`), on the injected clock. The run stays
+    /// `Running` for the daemon meanwhile; a pause or cancel asked during the wait is honoured
+    /// when it ends.
+    fn not_yet(&self, key: &str, req: &RunRequest, f: &Failure) {
+        let Some(me) = self.me.upgrade() else { return };
+        let wait = self
+            .paths_for_key(req)
+            .account_config()
+            .map(|a| a.lease.heartbeat)
+            .unwrap_or(crate::config::LeaseTimes::default().heartbeat);
+        warn!(run = %key, error = %f, retry_in = %humantime::format_duration(wait), "not yet: the run's lease is still held; trying again");
+        let clock = self.clock.clone();
+        let k = key.to_string();
+        let req2 = req.clone();
+        let mut g = self.lock();
+        let Some(e) = g.get_mut(key) else { return };
+        e.state = RunStatus::Running;
+        e.task = Some(self.rt.spawn(async move {
+            clock.idle(wait).await;
+            let want = me.lock().get(&k).map(|e| e.want);
+            let paused = |me: &SendRunner, st: RunStatus| {
+                if let Some(e) = me.lock().get_mut(&k) {
+                    e.state = st;
+                }
+            };
+            match want {
+                Some(Want::Run) if !me.shutting_down.load(Ordering::SeqCst) => me.spawn(&k),
+                Some(Want::Run | Want::Pause) => paused(&me, RunStatus::Paused),
+                Some(Want::Cancel) => {
+                    let st = me.cancel_in_journal(&req2, None).await;
+                    paused(&me, st);
+                }
+                None => {}
+            }
+        }));
+    }
+
     /// Pending recipients of the occurrence's unfinished run become `cancelled`; the run is
     /// recorded cancelled and its report written.
     async fn cancel_in_journal(&self, req: &RunRequest, run_id: Option<String>) -> RunStatus {
@@ -254,7 +304,10 @@ impl SendRunner {
         let file = req.path.clone();
         let loaded = req.payload.campaign().cloned();
         let res = tokio::task::spawn_blocking(move || -> Result<String, String> {
-            let j = Journal::open(&paths.state_dir).map_err(|e| e.to_string())?;
+            // Where the run's journal is: the campaign's `[state] url`, as the run opened it.
+            let url = paths.account_config().map_err(|e| e.to_string())?.state_url;
+            let store = crate::journal::journal_store(url.as_ref(), &paths.state_dir, false);
+            let j = Journal::open_state(&store).map_err(|e| e.to_string())?;
             let id = match run_id {
                 Some(id) => id,
                 None => match j
@@ -415,5 +468,51 @@ impl Runner for SendRunner {
                 s.stop();
             }
         }
+    }
+}
+
+/// Whether a run ended because its lease is held by another live process
+/// ([`crate::journal::JournalError::Busy`]; not a fence: a run taken over is not retried).
+fn lease_busy(f: &Failure) -> bool {
+    f.exit == crate::exit::Exit::Busy
+        && f.error.chain().any(|c| {
+            matches!(
+                c.downcast_ref::<crate::journal::JournalError>(),
+                Some(crate::journal::JournalError::Busy { .. })
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::Exit;
+    use crate::journal::JournalError;
+
+    /// Only a run lease held by another live process is "not yet": a run taken over (fenced),
+    /// another refusal (exit 6 too, e.g. "already finished") or another failure is not retried.
+    #[test]
+    fn only_a_held_lease_is_not_yet() {
+        let busy = || JournalError::Busy {
+            campaign: "c".into(),
+            run_id: "r".into(),
+            owner: "pid 1 on h".into(),
+        };
+        assert!(lease_busy(&Failure::new(Exit::Busy, busy())));
+        assert!(lease_busy(&Failure::new(
+            Exit::Busy,
+            anyhow::Error::from(busy()).context("opening the run")
+        )));
+        let fenced = JournalError::Fenced {
+            run_id: "r".into(),
+            holder: "pid 2 on h".into(),
+            at: None,
+        };
+        assert!(!lease_busy(&Failure::new(Exit::Busy, fenced)));
+        assert!(!lease_busy(&Failure::new(
+            Exit::Busy,
+            anyhow::anyhow!("run is being sent from another state directory")
+        )));
+        assert!(!lease_busy(&Failure::new(Exit::Internal, busy())));
     }
 }

@@ -9,7 +9,8 @@
 //! [`roster_beat`] and [`DaemonRow::alive`]) — all in the store ([`open_store`]:
 //! SQLite or PostgreSQL, the same statements through [`crate::store`]) — and, always in the
 //! local SQLite file ([`open`]): `sched_node` (this state directory's node id, random, made once),
-//! `sched_control` (a log of what the daemon did with each pause/resume/cancel request; the
+//! `sched_control` (beside the journal: with `[state] url` in the store, its migration 6; a log
+//! of what the daemon did with each pause/resume/cancel request; the
 //! requests themselves are the journal's — see
 //! [`Journal::pending_controls`](crate::journal::Journal::pending_controls) — and a log row is
 //! written by [`log_control`] inside
@@ -24,15 +25,26 @@
 //! N daemons on one store. A queued or quiet-held occurrence is started by whoever moves it to
 //! `claimed` first ([`claim_pending`]: a compare-and-set on its status).
 //!
-//! The run an occurrence starts is in the claiming daemon's local journal (the journal moves to
-//! the store later): a run in progress is not yet taken over by another daemon if its host dies;
-//! it resumes when that daemon restarts (its node id is in its state directory, so a restart on
-//! another host with the same state directory resumes it too).
+//! The run an occurrence starts is in the journal of the claiming daemon's state configuration:
+//! the state directory's file, or with `[state] url` the store's journal that every daemon reads
+//! (`Journal::open_state`). Which daemon resumes a run in progress is decided here by the
+//! occurrence row: the one that claimed it, when it restarts (its node id is in its state
+//! directory), or another daemon that takes it over.
 //!
-//! The roster is for people (who is there, who holds what); nothing decides on it: whether a
+//! Takeover ([`takeover`], the rule in one place): an active occurrence whose claiming daemon
+//! does not look alive ([`is_orphan`]) and whose run's lease expired, was released or does not
+//! exist yet may be re-claimed by another daemon with a conditional UPDATE ([`take_over`]: of two
+//! daemons exactly one wins), which names the new holder in node/host/pid/`claimed_at` and writes
+//! a note (`taken over from HOST (pid N) at UTC`, [`TAKEN_OVER`]) into `detail`, kept after the
+//! run's own detail when it ends ([`finished_detail`]); no column was added for it. The daemon
+//! does this only when the journal is in the same store ([`journal_in_store`]): a run in a dead
+//! daemon's local journal cannot be resumed elsewhere, so it waits for that daemon's restart.
+//!
+//! The roster says whom to look at; the run's lease (the journal's) is the authority: whether a
 //! daemon "looks alive" compares its `last_seen` (its own clock) with the reader's clock, so it
-//! assumes the hosts' clocks agree within seconds (NTP), and the window
-//! ([`ALIVE_BEATS`] refresh intervals) is wide enough for that.
+//! assumes the hosts' clocks agree within seconds (NTP), and the window ([`ALIVE_BEATS`] refresh
+//! intervals) is wide enough for that; the journal's claim checks the lease again and fences the
+//! old holder off.
 //!
 //! Must not: touch the journal's tables (`runs`, `calls`, `recipients`, `run_counts`, `control`:
 //! the journal's methods are the only way to them); [`migrate`] only creates `sched_*` tables
@@ -307,6 +319,18 @@ pub fn occurrence(
     Ok(conn.query_opt(&sql, params![campaign, occurrence], occ_row)?)
 }
 
+/// The occurrence of `campaign` whose run key is `run_key` (a daemon run's journal occurrence), if
+/// recorded.
+pub fn occurrence_by_key(
+    conn: &Conn,
+    campaign: &str,
+    run_key: &str,
+) -> Result<Option<OccurrenceRow>, StateError> {
+    let sql =
+        format!("SELECT {OCC_COLS} FROM sched_occurrence WHERE campaign = ?1 AND run_key = ?2");
+    Ok(conn.query_opt(&sql, params![campaign, run_key], occ_row)?)
+}
+
 /// Occurrences in any of `statuses`, oldest first.
 pub fn occurrences_in(conn: &Conn, statuses: &[&str]) -> Result<Vec<OccurrenceRow>, StateError> {
     let marks = (1..=statuses.len())
@@ -531,6 +555,150 @@ pub fn claim_pending(
     Ok(n == 1)
 }
 
+/// The start of the note a takeover writes into an occurrence's `detail` (see [`take_over`]).
+pub const TAKEN_OVER: &str = "taken over from ";
+
+/// Whether `row` is orphaned at `now` (UTC seconds, the reader's clock) for daemon `me`: it is
+/// active (claimed, running, paused), claimed by another daemon node, and that node does not
+/// look alive in `roster` ([`DaemonRow::alive`]; a node missing from the roster counts as not
+/// alive: nobody refreshes it). A row recorded without a claimant (an older record) is never an
+/// orphan. Whether its run may be taken over is then the run lease's to say ([`takeover`]).
+pub fn is_orphan(row: &OccurrenceRow, roster: &[DaemonRow], me: &Claimant, now: i64) -> bool {
+    if !status::ACTIVE.contains(&row.status.as_str()) {
+        return false;
+    }
+    let Some(node) = row.node.as_deref() else {
+        return false;
+    };
+    if node == me.node {
+        return false;
+    }
+    roster
+        .iter()
+        .find(|d| d.node == node)
+        .is_none_or(|d| !d.alive(now))
+}
+
+/// The active occurrences of other daemons that do not look alive at `now` ([`is_orphan`]),
+/// oldest first.
+pub fn orphans(conn: &Conn, me: &Claimant, now: i64) -> Result<Vec<OccurrenceRow>, StateError> {
+    let roster = roster(conn)?;
+    Ok(occurrences_in(conn, &status::ACTIVE)?
+        .into_iter()
+        .filter(|r| is_orphan(r, &roster, me, now))
+        .collect())
+}
+
+/// What a daemon does with an occurrence row on its loop ([`takeover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// Not an orphan: its daemon looks alive, it is this daemon's, or it is not active.
+    No,
+    /// An orphan whose run lease is still held until this instant: not yet.
+    WaitLease(jiff::Timestamp),
+    /// An orphan whose run lease expired, was released, or that has no run yet: take it over.
+    Take,
+}
+
+/// The takeover rule, the one place: `row` is taken over by `me` at `now` when it is an orphan
+/// ([`is_orphan`]) AND its run's lease (`lease`: the journal's, None when the occurrence has no
+/// unfinished run yet) is absent, released or expired at `now`. A lease without an expiry (an
+/// older release's) counts as held. The lease is the authority: the roster only says whom to
+/// look at; the journal's claim then checks the lease again, with a new fence.
+pub fn takeover(
+    row: &OccurrenceRow,
+    roster: &[DaemonRow],
+    me: &Claimant,
+    lease: Option<&crate::journal::Lease>,
+    now: jiff::Timestamp,
+) -> Takeover {
+    if !is_orphan(row, roster, me, now.as_second()) {
+        return Takeover::No;
+    }
+    match lease {
+        Some(l) if l.holder.is_some() => match l.expires_at {
+            Some(t) if t <= now => Takeover::Take,
+            Some(t) => Takeover::WaitLease(t),
+            None => Takeover::WaitLease(jiff::Timestamp::MAX),
+        },
+        _ => Takeover::Take,
+    }
+}
+
+/// The note [`take_over`] writes: `taken over from HOST (pid N) at UTC`.
+pub fn takeover_note(from: &OccurrenceRow, at: i64) -> String {
+    let at = jiff::Timestamp::from_second(at).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let host = from.host.as_deref().unwrap_or("an unknown host");
+    match from.pid {
+        Some(pid) => format!("{TAKEN_OVER}{host} (pid {pid}) at {at}"),
+        None => format!("{TAKEN_OVER}{host} at {at}"),
+    }
+}
+
+/// The takeover note in an occurrence's `detail`, if it was taken over.
+pub fn taken_over(detail: Option<&str>) -> Option<&str> {
+    let d = detail?;
+    let i = d.find(TAKEN_OVER)?;
+    (i == 0 || d[..i].ends_with("; ")).then(|| &d[i..])
+}
+
+/// The `detail` to record when a run ends: the run's own (`new`) followed by the takeover note
+/// the row carried (`old`), so `imcast schedule` still says whose run it was first.
+pub fn finished_detail(old: Option<&str>, new: Option<String>) -> Option<String> {
+    match (taken_over(old), new) {
+        (Some(n), Some(d)) if !d.contains(n) => Some(format!("{d}; {n}")),
+        (Some(n), None) => Some(n.to_string()),
+        (_, d) => d,
+    }
+}
+
+/// Re-claim `row` (as read) for `by` at `now`: node, host, pid and `claimed_at` become `by`'s
+/// and `detail` the [`takeover_note`], if the row is still active and still names the claim that
+/// was read (node, pid, `claimed_at`) — one conditional UPDATE, so of two daemons taking over
+/// one orphan exactly one wins (false: another did first, or its daemon came back and claimed it
+/// again). Used for an orphan of a dead daemon and for a row an earlier process of this node left.
+pub fn take_over(
+    conn: &Conn,
+    row: &OccurrenceRow,
+    by: &Claimant,
+    now: i64,
+) -> Result<bool, StateError> {
+    let note = takeover_note(row, now);
+    let n = conn.execute(
+        "UPDATE sched_occurrence SET node = ?3, host = ?4, pid = ?5, claimed_at = ?6, detail = ?7
+         WHERE campaign = ?1 AND occurrence = ?2
+           AND status IN ('claimed', 'running', 'paused')
+           AND COALESCE(node, '') = ?8 AND COALESCE(pid, -1) = ?9
+           AND COALESCE(claimed_at, -1) = ?10",
+        params![
+            &row.campaign,
+            row.occurrence,
+            &by.node,
+            &by.host,
+            by.pid,
+            now,
+            &note,
+            row.node.as_deref().unwrap_or(""),
+            row.pid.unwrap_or(-1),
+            row.claimed_at.unwrap_or(-1)
+        ],
+    )?;
+    Ok(n == 1)
+}
+
+/// Whether the PostgreSQL store holds the journal (its `runs` table): only then is a run of
+/// another daemon readable, and resumable, from here. Always true for SQLite (one file).
+pub fn journal_in_store(conn: &Conn) -> Result<bool, StateError> {
+    if conn.as_sqlite().is_some() {
+        return Ok(true);
+    }
+    Ok(
+        conn.query_row("SELECT to_regclass('runs') IS NOT NULL", params![], |r| {
+            r.get::<bool>(0)
+        })?,
+    )
+}
+
 /// Record an occurrence `failed` at `at` (UTC seconds), saying why.
 pub fn record_failed(
     conn: &Conn,
@@ -595,26 +763,27 @@ pub struct Update<'a> {
 /// [`Journal::finish_control`](crate::journal::Journal::finish_control)'s step, on the journal's
 /// connection, so the request's removal and this row commit together.
 pub fn log_control(
-    conn: &rusqlite::Connection,
+    conn: &Conn,
     req: &PendingControl,
     handled_at: i64,
     result: &str,
 ) -> Result<(), StateError> {
-    conn.prepare_cached(
+    conn.execute(
         "INSERT INTO sched_control (campaign, action, requested_at, handled_at, result) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(rusqlite::params![
-        req.campaign,
-        req.request.as_str(),
-        req.requested_at.as_second(),
-        handled_at,
-        result
-    ])?;
+        params![
+            req.campaign.as_str(),
+            req.request.as_str(),
+            req.requested_at.as_second(),
+            handled_at,
+            result
+        ],
+    )?;
     Ok(())
 }
 
 /// What the daemon answered to the latest request for `campaign` made at or after `since`
-/// (UTC seconds), once it acted on it. `conn` is the state directory's ([`open`]).
+/// (UTC seconds), once it acted on it. `conn` is the journal's ([`log_control`] writes there:
+/// the state directory's file, or the PostgreSQL store with `[state] url`).
 pub fn control_result(
     conn: &Conn,
     campaign: &str,
@@ -802,11 +971,18 @@ fn prune_occurrences(conn: &Conn, cutoff: i64) -> Result<usize, StateError> {
 /// `conn` is the state directory's ([`open`]).
 pub fn prune(conn: &Conn, cutoff: i64) -> Result<(usize, usize), StateError> {
     let occ = prune_occurrences(conn, cutoff)?;
-    let ctl = conn.execute(
+    let ctl = prune_control_log(conn, cutoff)?;
+    Ok((occ, ctl))
+}
+
+/// Delete the control log's rows handled before `cutoff` (UTC seconds). `conn` is the one
+/// [`log_control`] writes to: the journal's (the state directory's file, or the PostgreSQL store
+/// with `[state] url`).
+pub fn prune_control_log(conn: &Conn, cutoff: i64) -> Result<usize, StateError> {
+    Ok(conn.execute(
         "DELETE FROM sched_control WHERE handled_at IS NOT NULL AND handled_at < ?1",
         params![cutoff],
-    )?;
-    Ok((occ, ctl))
+    )?)
 }
 
 #[cfg(test)]
@@ -1052,6 +1228,238 @@ mod tests {
         assert!(
             record_occurrence(conn, "b", 150, status::DONE, "b@150", "h", 1, None).expect("rec")
         );
+    }
+
+    #[test]
+    fn takeover_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open(dir.path()).expect("open");
+        assert!(journal_in_store(&conn).expect("probe"), "one file");
+        takeover_rules(&conn);
+        racing_takeovers(&|| open(dir.path()).expect("open"));
+    }
+
+    #[test]
+    fn takeover_on_postgres() {
+        let Some(db) = crate::testing::pg::test_db("sched_takeover") else {
+            return;
+        };
+        let url = db.url().clone();
+        std::thread::spawn(move || {
+            let store = StateStore::Postgres(url);
+            let conn = open_store(&store).expect("store");
+            // The probe runs (true once the journal's tables are in the store).
+            journal_in_store(&conn).expect("probe");
+            takeover_rules(&conn);
+            racing_takeovers(&|| open_store(&store).expect("store"));
+        })
+        .join()
+        .expect("thread");
+    }
+
+    fn who(node: &str, pid: u32) -> Claimant {
+        Claimant {
+            node: node.into(),
+            host: format!("host-{node}"),
+            pid,
+        }
+    }
+
+    fn lease(until: Option<i64>, held: bool) -> crate::journal::Lease {
+        crate::journal::Lease {
+            holder: held.then(|| ("host-a".to_string(), 11)),
+            expires_at: until.map(|s| jiff::Timestamp::from_second(s).expect("ts")),
+            fence: 1,
+        }
+    }
+
+    /// The takeover rule on a simulated clock (instants are parameters): daemons a, b, c refresh
+    /// every 10 s (alive 30 s); a holds t@300 (running) and t@400 (done), c holds t@500. While a
+    /// is alive nothing is an orphan; once it is not, t@300 (only) is b's and c's to take, after
+    /// the run's lease expired; of b and c (having read the same row) exactly one re-claims it,
+    /// and the row then names the winner and whom it was taken from. A live daemon's claim and a
+    /// finished occurrence are never taken.
+    fn takeover_rules(conn: &Conn) {
+        let t = |s: i64| jiff::Timestamp::from_second(s).expect("ts");
+        let (a, b, c) = (who("a", 11), who("b", 22), who("c", 33));
+        for d in [&a, &b, &c] {
+            roster_beat(conn, d, 1000, 10, 1000).expect("beat");
+        }
+        upsert_campaign(conn, "t", "t.yaml", None, 0).expect("upsert");
+        for (occ, st, by) in [
+            (300, status::CLAIMED, &a),
+            (400, status::CLAIMED, &a),
+            (500, status::CLAIMED, &c),
+        ] {
+            assert!(record_occurrence_by(
+                conn,
+                Some(by),
+                "t",
+                occ,
+                st,
+                &format!("t@{occ}"),
+                "h",
+                1000,
+                None
+            )
+            .expect("record"));
+        }
+        update_occurrence(conn, "t", 300, status::RUNNING, Update::default()).expect("run");
+        update_occurrence(conn, "t", 400, status::DONE, Update::default()).expect("done");
+        update_occurrence(conn, "t", 500, status::RUNNING, Update::default()).expect("run");
+        let row = |occ: i64| occurrence(conn, "t", occ).expect("q").expect("row");
+        let rs = || roster(conn).expect("roster");
+
+        // a alive (seen at 1000, window 30 s): nothing is anyone's to take.
+        for me in [&b, &c] {
+            assert!(orphans(conn, me, 1030).expect("orphans").is_empty());
+            assert_eq!(takeover(&row(300), &rs(), me, None, t(1030)), Takeover::No);
+        }
+        // b and c refresh; a is silent. At 1031 a is not alive: t@300 is an orphan for b and c,
+        // never for a itself; t@400 is finished; t@500 is c's, alive.
+        roster_beat(conn, &b, 1000, 10, 1030).expect("beat");
+        roster_beat(conn, &c, 1000, 10, 1030).expect("beat");
+        let keys = |me: &Claimant| {
+            orphans(conn, me, 1031)
+                .expect("orphans")
+                .into_iter()
+                .map(|r| r.occurrence)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&b), vec![300]);
+        assert_eq!(keys(&c), vec![300]);
+        assert!(keys(&a).is_empty());
+        assert_eq!(takeover(&row(400), &rs(), &b, None, t(1031)), Takeover::No);
+        assert_eq!(takeover(&row(500), &rs(), &b, None, t(1031)), Takeover::No);
+        // The run's lease decides when: held until 1040 → not yet; expired, released or no run
+        // yet → take; a lease without expiry (an older release's) is held.
+        let r300 = row(300);
+        let held = lease(Some(1040), true);
+        assert_eq!(
+            takeover(&r300, &rs(), &b, Some(&held), t(1031)),
+            Takeover::WaitLease(t(1040))
+        );
+        assert_eq!(
+            takeover(&r300, &rs(), &b, Some(&held), t(1039)),
+            Takeover::WaitLease(t(1040))
+        );
+        assert_eq!(
+            takeover(&r300, &rs(), &b, Some(&held), t(1040)),
+            Takeover::Take
+        );
+        assert_eq!(
+            takeover(&r300, &rs(), &b, Some(&lease(None, false)), t(1031)),
+            Takeover::Take
+        );
+        assert_eq!(takeover(&r300, &rs(), &b, None, t(1031)), Takeover::Take);
+        assert_eq!(
+            takeover(&r300, &rs(), &b, Some(&lease(None, true)), t(1031)),
+            Takeover::WaitLease(jiff::Timestamp::MAX)
+        );
+        // A node missing from the roster (pruned, never beat) counts as not alive.
+        let mut ghost = r300.clone();
+        ghost.node = Some("gone".into());
+        assert!(is_orphan(&ghost, &rs(), &b, 1031));
+        ghost.node = None;
+        assert!(
+            !is_orphan(&ghost, &rs(), &b, 1031),
+            "no claimant: an older record"
+        );
+
+        // b and c both read t@300 and take it over: exactly one wins.
+        assert!(take_over(conn, &r300, &b, 1041).expect("b"));
+        assert!(!take_over(conn, &r300, &c, 1041).expect("c"));
+        let now300 = row(300);
+        assert_eq!(
+            (
+                now300.status.as_str(),
+                now300.node.as_deref(),
+                now300.host.as_deref(),
+                now300.pid,
+                now300.claimed_at
+            ),
+            (
+                status::RUNNING,
+                Some("b"),
+                Some("host-b"),
+                Some(22),
+                Some(1041)
+            )
+        );
+        let note = "taken over from host-a (pid 11) at 1970-01-01T00:17:21Z";
+        assert_eq!(now300.detail.as_deref(), Some(note));
+        assert_eq!(taken_over(now300.detail.as_deref()), Some(note));
+        // Now b's (alive): an orphan for nobody; a coming back does not get it by a stale read.
+        assert!(orphans(conn, &c, 1041).expect("orphans").is_empty());
+        roster_beat(conn, &a, 1050, 10, 1050).expect("a is back");
+        assert!(!take_over(conn, &r300, &a, 1050).expect("stale"));
+        assert_eq!(
+            occurrence_by_key(conn, "t", "t@300").expect("q"),
+            Some(row(300))
+        );
+        assert_eq!(occurrence_by_key(conn, "t", "t@301").expect("q"), None);
+        // A finished occurrence is never re-claimed, even by a direct call.
+        assert!(!take_over(conn, &row(400), &b, 1050).expect("done"));
+        assert_eq!(row(400).node.as_deref(), Some("a"));
+        // A daemon that stopped cleanly is not alive at once: its run is an orphan right away.
+        assert!(!is_orphan(&row(500), &rs(), &b, 1050));
+        roster_stop(conn, &c, 1050).expect("c stops");
+        assert!(is_orphan(&row(500), &rs(), &b, 1050));
+        // The note survives the run's end, after the run's own detail.
+        assert_eq!(
+            finished_detail(Some(note), Some("3 sent".into())).as_deref(),
+            Some(format!("3 sent; {note}").as_str())
+        );
+        assert_eq!(finished_detail(Some(note), None).as_deref(), Some(note));
+        assert_eq!(
+            finished_detail(Some("queued"), Some("x".into())).as_deref(),
+            Some("x")
+        );
+        assert_eq!(taken_over(Some(&format!("3 sent; {note}"))), Some(note));
+        assert_eq!(taken_over(Some("not taken over from anyone")), None);
+    }
+
+    /// Two daemons (two connections, two threads) re-claim one orphan at once, ten rounds:
+    /// exactly one wins each time.
+    fn racing_takeovers(open: &(dyn Fn() -> Conn + Sync)) {
+        let setup = open();
+        upsert_campaign(&setup, "r", "r.yaml", None, 0).expect("upsert");
+        for round in 0..10i64 {
+            let dead = who("dead", 9);
+            assert!(record_occurrence_by(
+                &setup,
+                Some(&dead),
+                "r",
+                round,
+                status::RUNNING,
+                &format!("r@{round}"),
+                "h",
+                5,
+                None
+            )
+            .expect("record"));
+            let row = occurrence(&setup, "r", round).expect("q").expect("row");
+            let barrier = std::sync::Barrier::new(2);
+            let won: Vec<bool> = std::thread::scope(|s| {
+                let hs: Vec<_> = [who("x", 1), who("y", 2)]
+                    .into_iter()
+                    .map(|me| {
+                        let (row, barrier) = (&row, &barrier);
+                        s.spawn(move || {
+                            let conn = open();
+                            barrier.wait();
+                            take_over(&conn, row, &me, 100 + round).expect("take over")
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().expect("thread")).collect()
+            });
+            assert_eq!(
+                won.iter().filter(|w| **w).count(),
+                1,
+                "round {round}: {won:?}"
+            );
+        }
     }
 
     #[test]

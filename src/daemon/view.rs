@@ -3,9 +3,13 @@
 //! decided or claimed each, and the daemons on the store (`sched_roster`) with whether each looks
 //! alive at `now` ([`state::DaemonRow::alive`]: not stopped and seen within
 //! [`state::ALIVE_BEATS`] refresh intervals). An active occurrence (claimed, running, paused)
-//! whose daemon does not look alive gets a note: it resumes when that daemon restarts (a run in
-//! progress is in that daemon's local journal; no other daemon takes it over yet). Builds data
-//! only; the command renders it (human text or JSON). Must not: write to the state database.
+//! whose daemon does not look alive gets a note: with the journal in a PostgreSQL store, a live
+//! daemon whose folder has the campaign takes it over once the run's lease expired; otherwise
+//! (one state directory, or the journal not in the store yet) it resumes when that daemon
+//! restarts. An
+//! occurrence a daemon took over names its holder now and whom it was taken over from
+//! ([`state::taken_over`]). Builds data only; the command renders it (human text or JSON).
+//! Must not: write to the state database.
 
 use std::path::Path;
 
@@ -65,6 +69,10 @@ pub struct Past {
     /// Set when it is active (claimed, running, paused) and its daemon does not look alive.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// `taken over from HOST (pid N) at UTC`: the daemon above took it (and its run) over from
+    /// that one, which was not alive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taken_over: Option<String>,
 }
 
 /// One daemon of the roster.
@@ -161,23 +169,37 @@ pub fn schedule_view(
             stopped_at: d.stopped_at.map(at),
         })
         .collect();
+    // With the journal in a shared store, another daemon takes a silent one's runs over; on one
+    // state directory (or before the journal is in the store) they wait for a daemon there.
+    let takeover = match conn {
+        Some(c) if c.backend() == crate::store::Backend::Postgres => state::journal_in_store(c)?,
+        _ => false,
+    };
     let note = |r: &state::OccurrenceRow| -> Option<String> {
         if !state::status::ACTIVE.contains(&r.status.as_str()) {
             return None;
         }
         let d = daemons.iter().find(|d| Some(&d.node) == r.node.as_ref())?;
+        let how = if d.stopped_at.is_some() {
+            "stopped"
+        } else {
+            "not alive"
+        };
         (!d.alive).then(|| {
-            format!(
-                "its daemon on {} (pid {}) is {}: it resumes when that daemon restarts \
-                 (no other daemon takes over a run in progress yet)",
-                d.host,
-                d.pid,
-                if d.stopped_at.is_some() {
-                    "stopped"
-                } else {
-                    "not alive"
-                }
-            )
+            if takeover {
+                format!(
+                    "its daemon on {} (pid {}) is {how}: a live daemon whose folder has this \
+                     campaign takes it over once the run's lease has expired (or that daemon \
+                     resumes it when it restarts first)",
+                    d.host, d.pid
+                )
+            } else {
+                format!(
+                    "its daemon on {} (pid {}) is {how}: it resumes when that daemon restarts \
+                     (no other daemon takes over a run in progress yet)",
+                    d.host, d.pid
+                )
+            }
         })
     };
     let mut campaigns = Vec::new();
@@ -221,6 +243,7 @@ pub fn schedule_view(
             .map(|r| {
                 let t = ts(r.occurrence);
                 let note = note(&r);
+                let taken_over = state::taken_over(r.detail.as_deref()).map(str::to_string);
                 Past {
                     local: sched.map(|s| s.local(t)).unwrap_or_else(|| t.to_string()),
                     utc: t.to_string(),
@@ -230,6 +253,7 @@ pub fn schedule_view(
                     pid: r.pid,
                     node: r.node,
                     note,
+                    taken_over,
                 }
             })
             .collect();
@@ -328,6 +352,9 @@ pub fn render_human(v: &ScheduleView) -> String {
                     _ => String::new(),
                 };
                 let _ = writeln!(o, "    {}   {}   {}{by}", p.local, p.utc, p.status);
+                if let Some(t) = &p.taken_over {
+                    let _ = writeln!(o, "      {t}");
+                }
                 if let Some(n) = &p.note {
                     let _ = writeln!(o, "      note: {n}");
                 }

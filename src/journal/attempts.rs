@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::store::{params, Conn, StoreError};
 use jiff::Timestamp;
-use rusqlite::{params, Connection};
 
 use super::schema::run_key;
 use super::{Journal, JournalError, Mark};
@@ -20,54 +20,56 @@ use super::{Journal, JournalError, Mark};
 /// Record the attempt `m` marks in flight (called by the mark's transaction, after the call row
 /// was written).
 pub(super) fn attempt_tx(
-    tx: &Connection,
+    tx: &Conn,
     m: &Mark,
-    db: &impl Fn(rusqlite::Error) -> JournalError,
+    db: &impl Fn(StoreError) -> JournalError,
 ) -> Result<(), JournalError> {
     let Some(key) = run_key(tx, &m.run_id).map_err(db)? else {
         return Err(JournalError::NoRun(m.run_id.clone()));
     };
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO attempts(run_key, seq, attempt, at_ns, receivers, code)
-         SELECT ?1, seq, attempts, ?3, ?4, NULL FROM calls WHERE run_id = ?2 AND seq = ?5",
+    tx.execute(
+        "INSERT INTO attempts(run_key, seq, attempt, at_ns, receivers, code)
+         SELECT CAST(?1 AS BIGINT), seq, attempts, CAST(?3 AS BIGINT), CAST(?4 AS BIGINT), NULL
+         FROM calls WHERE run_id = ?2 AND seq = ?5
+         ON CONFLICT(run_key, seq, attempt) DO UPDATE SET at_ns = excluded.at_ns,
+             receivers = excluded.receivers, code = NULL",
+        params![
+            key,
+            m.run_id,
+            clamp_i64(m.now.as_nanosecond()),
+            m.receivers.len() as i64,
+            m.seq as i64
+        ],
     )
-    .map_err(db)?
-    .execute(params![
-        key,
-        m.run_id,
-        clamp_i64(m.now.as_nanosecond()),
-        m.receivers.len() as i64,
-        m.seq as i64
-    ])
     .map_err(db)?;
     Ok(())
 }
 
 /// The latest attempt of call `seq` ended with `code` (a retry, a fatal stop, an error outcome).
 pub(super) fn attempt_ended_tx(
-    tx: &Connection,
+    tx: &Conn,
     run_id: &str,
     seq: u64,
     code: &str,
-) -> rusqlite::Result<()> {
+) -> Result<(), StoreError> {
     let Some(key) = run_key(tx, run_id)? else {
         return Ok(());
     };
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE attempts SET code = ?4
          WHERE run_key = ?1 AND seq = ?2
            AND attempt = (SELECT attempts FROM calls WHERE run_id = ?3 AND seq = ?2)",
-    )?
-    .execute(params![key, seq as i64, run_id, code])?;
+        params![key, seq as i64, run_id, code],
+    )?;
     Ok(())
 }
 
 /// Delete a run's attempts (pruning, in its transaction).
-pub(super) fn delete_run_tx(tx: &Connection, run_id: &str) -> rusqlite::Result<u64> {
+pub(super) fn delete_run_tx(tx: &Conn, run_id: &str) -> Result<u64, StoreError> {
     let Some(key) = run_key(tx, run_id)? else {
         return Ok(0);
     };
-    Ok(tx.execute("DELETE FROM attempts WHERE run_key = ?1", [key])? as u64)
+    Ok(tx.execute("DELETE FROM attempts WHERE run_key = ?1", params![key])? as u64)
 }
 
 fn clamp_i64(t: i128) -> i64 {
@@ -91,48 +93,45 @@ impl Journal {
         run_id: &str,
         mut f: impl FnMut(Admission) -> Result<(), E>,
     ) -> Result<(), E> {
-        let Some(key) = run_key(self.sq(), run_id).map_err(self.db())? else {
+        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
             return Ok(());
         };
-        let mut st = self
-            .sq()
-            .prepare(
+        self.conn
+            .for_each(
                 "SELECT at_ns, receivers FROM attempts WHERE run_key = ?1
                  ORDER BY at_ns, seq, attempt",
+                params![key],
+                |r| {
+                    let at: i64 = r.get(0).map_err(self.db())?;
+                    let receivers: i64 = r.get(1).map_err(self.db())?;
+                    f(Admission {
+                        at: Timestamp::from_nanosecond(i128::from(at)).map_err(|e| {
+                            JournalError::Corrupt(format!("admission time {at}: {e}"))
+                        })?,
+                        receivers: receivers.max(0) as u64,
+                    })
+                },
             )
-            .map_err(self.db())?;
-        let mut rows = st.query([key]).map_err(self.db())?;
-        while let Some(r) = rows.next().map_err(self.db())? {
-            let at: i64 = r.get(0).map_err(self.db())?;
-            let receivers: i64 = r.get(1).map_err(self.db())?;
-            f(Admission {
-                at: Timestamp::from_nanosecond(i128::from(at))
-                    .map_err(|e| JournalError::Corrupt(format!("admission time {at}: {e}")))?,
-                receivers: receivers.max(0) as u64,
-            })?;
-        }
-        Ok(())
+            .map_err(self.db())?
     }
 
     /// Failed attempts of a run per error code (retried ones included), as the engine recorded
     /// them: the provider's code, `HTTP<status>`, or the transport's class.
     pub fn attempt_codes(&self, run_id: &str) -> Result<BTreeMap<String, u64>, JournalError> {
-        let Some(key) = run_key(self.sq(), run_id).map_err(self.db())? else {
+        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
             return Ok(BTreeMap::new());
         };
-        let mut st = self
-            .sq()
-            .prepare(
+        let rows = self
+            .conn
+            .query_map(
                 "SELECT code, COUNT(*) FROM attempts WHERE run_key = ?1 AND code IS NOT NULL
                  GROUP BY code",
+                params![key],
+                |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)),
             )
             .map_err(self.db())?;
-        let rows = st
-            .query_map([key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(self.db())?;
         let mut out = BTreeMap::new();
-        for r in rows {
-            let (code, n) = r.map_err(self.db())?;
+        for (code, n) in rows {
             out.insert(code, n.max(0) as u64);
         }
         Ok(out)
@@ -192,7 +191,7 @@ mod tests {
             .expect("finish");
         let left = |j: &Journal| -> i64 {
             j.connection()
-                .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+                .query_row("SELECT COUNT(*) FROM attempts", &[], |r| r.get(0))
                 .expect("count")
         };
         assert_eq!(left(&j), 3);

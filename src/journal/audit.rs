@@ -14,8 +14,8 @@
 //! with its decision or not at all; pruning a run deletes its rows. Must not: record an
 //! invocation that changed nothing (an "already finished" answer).
 
+use crate::store::params;
 use jiff::Timestamp;
-use rusqlite::params;
 
 use super::schema::{parse_ts, ts};
 use super::{Journal, JournalError, NewRun, Ops, RunFlags};
@@ -39,27 +39,25 @@ pub struct Invocation {
 impl Journal {
     /// The invocations that opened a run, oldest first.
     pub fn invocations(&self, run_id: &str) -> Result<Vec<Invocation>, JournalError> {
-        let mut st = self
-            .sq()
-            .prepare_cached(
-                "SELECT at, decision, via, user, host, imcast_version, flags FROM run_invocations
+        // `"user"` is quoted: a reserved word on PostgreSQL (`user` alone is `current_user`).
+        let raws = self
+            .conn
+            .query_map(
+                "SELECT at, decision, via, \"user\", host, imcast_version, flags FROM run_invocations
                  WHERE run_id = ?1 ORDER BY seq",
-            )
-            .map_err(self.db())?;
-        let raws = st
-            .query_map([run_id], |r| {
+                params![run_id],
+                |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, String>(6)?,
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<Option<String>>(3)?,
+                    r.get::<Option<String>>(4)?,
+                    r.get::<Option<String>>(5)?,
+                    r.get::<String>(6)?,
                 ))
-            })
-            .map_err(self.db())?
-            .collect::<Result<Vec<_>, _>>()
+                },
+            )
             .map_err(self.db())?;
         raws.into_iter()
             .map(|(at, decision, via, user, host, imcast_version, flags)| {
@@ -101,22 +99,19 @@ impl Ops<'_> {
         } else {
             "run"
         };
-        self.sq()
-            .prepare_cached(
-                "INSERT INTO run_invocations(run_id, seq, at, decision, via, user, host, imcast_version, flags)
+        self.conn
+            .execute(
+                "INSERT INTO run_invocations(run_id, seq, at, decision, via, \"user\", host, imcast_version, flags)
                  VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_invocations WHERE run_id = ?1),
-                         ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .map_err(self.db())?
-            .execute(params![
+                         ?2, ?3, ?4, ?5, ?6, ?7, ?8)", params![
                 run_id,
                 ts(now),
                 decision,
                 via,
-                text("user"),
-                text("host"),
-                text("imcast_version"),
-                flags
+                text("user").as_deref(),
+                text("host").as_deref(),
+                text("imcast_version").as_deref(),
+                &flags
             ])
             .map_err(self.db())?;
         Ok(())

@@ -10,8 +10,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::store::{params, Backend, Conn, StoreError, Value};
 use jiff::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::counts::count_move;
 use super::pack::{decode_list, encode_list, to_ns};
@@ -26,11 +26,11 @@ use crate::action::Action;
 /// A call's receivers as its row stores them: the audience lines of their rows (packed, in the
 /// given order) and the ids that have no row in the run (packed; None: none).
 pub(super) fn pack_receivers(
-    conn: &Connection,
+    conn: &Conn,
     key: i64,
     seq: u64,
     ids: &[u64],
-) -> rusqlite::Result<(Vec<u8>, Option<Vec<u8>>)> {
+) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
     let found = resolve(conn, key, seq, ids, true)?;
     let mut lines = Vec::with_capacity(ids.len());
     let mut strays = Vec::new();
@@ -44,20 +44,38 @@ pub(super) fn pack_receivers(
     Ok((encode_list(&lines), strays))
 }
 
+/// PostgreSQL: a call's outcomes in one statement (see `Journal::outcome_tx`). ?1 the pending
+/// code; arrays ?2 rk, ?3 new status, ?4 message id, ?5 error code, ?6 error message, ?7 detail,
+/// ?8 the status each row moves from; ?9 the call, ?10 its variant index, ?11 its attempts.
+/// Returns (from, to) of each row it changed.
+pub(super) const PG_OUTCOMES: &str = "UPDATE recipients AS r SET status = u.status, message_id = u.message_id,
+                         error_code = u.code, error_message = u.msg, detail = u.detail, at = NULL,
+                         call_seq = ?9, variant = ?10,
+                         attempts = CASE WHEN u.from_status = ?1 THEN r.attempts + ?11 ELSE ?11 END,
+                         refusals = r.refusals + CASE WHEN u.code = 'FailedReceiver' THEN 1 ELSE 0 END
+                     FROM unnest(CAST(?2 AS BIGINT[]), CAST(?3 AS BIGINT[]), CAST(?4 AS BIGINT[]),
+                                 CAST(?5 AS TEXT[]), CAST(?6 AS TEXT[]), CAST(?7 AS TEXT[]),
+                                 CAST(?8 AS BIGINT[]))
+                          AS u(rk, status, message_id, code, msg, detail, from_status)
+                     WHERE r.rk = u.rk AND r.status = u.from_status
+                     RETURNING u.from_status, u.status";
+
+/// The per-row outcome update after its verb (`UPDATE` or SQLite's `UPDATE OR FAIL`).
+macro_rules! outcome_update {
+    () => {
+        " recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
+             detail = ?7, at = NULL, call_seq = ?8, variant = ?9,
+             attempts = CASE WHEN CAST(?11 AS BIGINT) = CAST(?1 AS BIGINT) THEN attempts + ?10 ELSE ?10 END,
+             refusals = refusals + CASE WHEN ?5 = 'FailedReceiver' THEN 1 ELSE 0 END
+         WHERE rk = ?2 AND status = ?11"
+    };
+}
+
 impl Journal {
     /// Settle in-flight calls left by a crash: their receivers become `unknown`, except for
     /// SendMessage (conversation) calls, which go back to planned (ClientMsgId makes a resend safe).
     pub fn recover(&mut self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
-        let path = self.path.clone();
-        let db = |source: rusqlite::Error| JournalError::Db {
-            path: path.clone(),
-            source: source.into(),
-        };
-        let tx = rusqlite::Transaction::new_unchecked(
-            self.sq(),
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(db)?;
+        let tx = self.begin_write()?;
         super::lease::check_fence(&tx, &self.path, &self.owner, run_id)?;
         let rec = Ops {
             conn: &self.conn,
@@ -65,7 +83,7 @@ impl Journal {
             owner: &self.owner,
         }
         .recover(run_id, action)?;
-        tx.commit().map_err(db)?;
+        tx.commit().map_err(self.db())?;
         Ok(rec)
     }
 }
@@ -74,7 +92,7 @@ impl Ops<'_> {
     /// See [`Journal::recover`]; the caller holds the transaction.
     pub(super) fn recover(&self, run_id: &str, action: Action) -> Result<Recovered, JournalError> {
         let db = self.db();
-        let tx = self.sq();
+        let tx = self.conn;
         let mut rec = Recovered::default();
         let (lo, _) = rk_range(
             run_key(tx, run_id)
@@ -82,22 +100,15 @@ impl Ops<'_> {
                 .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?,
         );
         let key = lo >> 32;
-        let calls: Vec<(i64, Vec<u8>, String, i64)> = {
-            let mut st = tx
-                .prepare(
-                    "SELECT seq, receivers, variant, attempts FROM calls
-                     WHERE run_id = ?1 AND state = 'in_flight'",
-                )
-                .map_err(&db)?;
-            let v = st
-                .query_map([run_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
-                .map_err(&db)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(&db)?;
-            v
-        };
+        // The calls in flight: a handful (at most the sender's concurrency), so collected.
+        let calls: Vec<(i64, Vec<u8>, String, i64)> = tx
+            .query_map(
+                "SELECT seq, receivers, variant, attempts FROM calls
+                 WHERE run_id = ?1 AND state = 'in_flight'",
+                params![run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(&db)?;
         for (seq, receivers, variant, attempts) in calls {
             if action == Action::Conversation {
                 tx.execute(
@@ -119,8 +130,8 @@ impl Ops<'_> {
             rec.unknown_calls += 1;
             let vidx = variant_idx(tx, key, &variant).map_err(&db)?;
             let mut upd = tx
-                .prepare_cached(
-                    "UPDATE OR FAIL recipients SET status = ?2, error_code = 'InFlightAtCrash',
+                .prepare(
+                    "UPDATE recipients SET status = ?2, error_code = 'InFlightAtCrash',
                          error_message = 'the process stopped while this call was in flight; it may have been delivered',
                          call_seq = ?3, variant = ?4, attempts = attempts + ?5, at = NULL
                      WHERE rk = ?1 AND status = ?6",
@@ -168,12 +179,12 @@ impl Ops<'_> {
         now: Timestamp,
     ) -> Result<u64, JournalError> {
         let db = self.db();
-        let Some(key) = run_key(self.sq(), run_id).map_err(&db)? else {
+        let Some(key) = run_key(self.conn, run_id).map_err(&db)? else {
             return Ok(0);
         };
         let (lo, hi) = rk_range(key);
         let n = self
-            .sq()
+            .conn
             .execute(
                 "UPDATE recipients SET status = ?3, error_message = ?4, at = ?5
                  WHERE rk BETWEEN ?1 AND ?2 AND status = ?6",
@@ -187,7 +198,7 @@ impl Ops<'_> {
                 ],
             )
             .map_err(&db)? as u64;
-        count_move(self.sq(), run_id, Some(RecipientStatus::Pending), to, n).map_err(&db)?;
+        count_move(self.conn, run_id, Some(RecipientStatus::Pending), to, n).map_err(&db)?;
         Ok(n)
     }
 }
@@ -215,13 +226,15 @@ impl Journal {
     /// lookup, since every receiver the plan names is pending. Never true for a `--retry-failed`
     /// run: it holds only some of the plan's receivers (see `retry`).
     pub fn all_valid_pending(&self, run_id: &str) -> Result<bool, JournalError> {
+        // CASE: a boolean expression reads back as 0/1 on both backends.
         let any: bool = self
-            .sq()
+            .conn
             .query_row(
-                "SELECT EXISTS(SELECT 1 FROM run_counts WHERE run_id = ?1 AND n > 0
+                "SELECT CASE WHEN EXISTS(SELECT 1 FROM run_counts WHERE run_id = ?1 AND n > 0
                    AND status NOT IN ('pending','invalid','duplicate','suppressed','holdout'))
-                 OR EXISTS(SELECT 1 FROM runs WHERE id = ?1 AND retry_of IS NOT NULL)",
-                [run_id],
+                 OR EXISTS(SELECT 1 FROM runs WHERE id = ?1 AND retry_of IS NOT NULL)
+                 THEN 1 ELSE 0 END",
+                params![run_id],
                 |r| r.get(0),
             )
             .map_err(self.db())?;
@@ -242,10 +255,11 @@ impl Journal {
     /// True when any call of the run has an outcome (`done` or `unknown`). A run without one has
     /// no re-queued receivers either.
     pub fn any_call_settled(&self, run_id: &str) -> Result<bool, JournalError> {
-        self.sq()
+        self.conn
             .query_row(
-                "SELECT EXISTS(SELECT 1 FROM calls WHERE run_id = ?1 AND state IN ('done','unknown'))",
-                [run_id],
+                "SELECT CASE WHEN EXISTS(SELECT 1 FROM calls WHERE run_id = ?1
+                     AND state IN ('done','unknown')) THEN 1 ELSE 0 END",
+                params![run_id],
                 |r| r.get(0),
             )
             .map_err(self.db())
@@ -260,10 +274,10 @@ impl Journal {
         ids: &[u64],
         resend_unknown: bool,
     ) -> Result<Vec<Sendable>, JournalError> {
-        let Some(key) = run_key(self.sq(), run_id).map_err(self.db())? else {
+        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
             return Ok(Vec::new());
         };
-        let found = resolve(self.sq(), key, seq, ids, false).map_err(self.db())?;
+        let found = resolve(&self.conn, key, seq, ids, false).map_err(self.db())?;
         let (pending, unknown) = (
             RecipientStatus::Pending.code(),
             RecipientStatus::Unknown.code(),
@@ -287,58 +301,43 @@ impl Journal {
     /// call itself becomes `done` (nothing more is sent under its number). Returns the number the
     /// next extra call gets: after every plan call and every call already recorded.
     pub fn prepare_requeue(&mut self, run_id: &str, now: Timestamp) -> Result<u64, JournalError> {
-        let path = self.path.clone();
-        let db = |source: rusqlite::Error| JournalError::Db {
-            path: path.clone(),
-            source: source.into(),
-        };
-        let tx = rusqlite::Transaction::new_unchecked(
-            self.sq(),
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(db)?;
-        super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
+        let db = self.db();
+        let tx = self.begin_write()?;
+        super::lease::check_fence(&tx, &self.path, &self.owner, run_id)?;
         let (key, total, first): (i64, i64, Option<i64>) = tx
-            .query_row(
+            .query_opt(
                 "SELECT key, total_calls, first_resend_seq FROM runs WHERE id = ?1",
-                [run_id],
+                params![run_id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .optional()
-            .map_err(db)?
+            .map_err(&db)?
             .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?;
         let (lo, _) = rk_range(key);
-        let stale: Vec<(i64, Vec<u8>, i64)> = {
-            let mut st = tx
-                .prepare(
-                    "SELECT seq, receivers, attempts FROM calls
-                     WHERE run_id = ?1 AND seq >= ?2 AND state = 'planned'",
-                )
-                .map_err(db)?;
-            let v = st
-                .query_map(params![run_id, first.unwrap_or(i64::MAX)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .map_err(db)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db)?;
-            v
-        };
+        // Extra calls left planned: a handful (a stop interrupts at most the sender's
+        // concurrency), so collected.
+        let stale: Vec<(i64, Vec<u8>, i64)> = tx
+            .query_map(
+                "SELECT seq, receivers, attempts FROM calls
+                 WHERE run_id = ?1 AND seq >= ?2 AND state = 'planned'",
+                params![run_id, first.unwrap_or(i64::MAX)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(&db)?;
         for (seq, receivers, attempts) in stale {
             let lines = decode_list(&receivers)?;
             let mut upd = tx
-                .prepare_cached(
-                    "UPDATE OR FAIL recipients SET attempts = attempts + ?2
+                .prepare(
+                    "UPDATE recipients SET attempts = attempts + ?2
                      WHERE rk = ?1 AND status = ?3",
                 )
-                .map_err(db)?;
+                .map_err(&db)?;
             for line in lines {
                 upd.execute(params![
                     (lo & !(MAX_LINE as i64)) | (line & MAX_LINE as i64),
                     attempts,
                     RecipientStatus::Pending.code()
                 ])
-                .map_err(db)?;
+                .map_err(&db)?;
             }
             tx.execute(
                 "UPDATE calls SET state = 'done', updated_at = ?3,
@@ -346,35 +345,35 @@ impl Journal {
                  WHERE run_id = ?1 AND seq = ?2",
                 params![run_id, seq, ts(now)],
             )
-            .map_err(db)?;
+            .map_err(&db)?;
         }
         let max_seq: Option<i64> = tx
             .query_row(
                 "SELECT MAX(seq) FROM calls WHERE run_id = ?1",
-                [run_id],
+                params![run_id],
                 |r| r.get(0),
             )
-            .map_err(db)?;
+            .map_err(&db)?;
         let next = max_seq.map_or(0, |m| m + 1).max(total).max(0);
         if first.is_none() {
             tx.execute(
                 "UPDATE runs SET first_resend_seq = ?2 WHERE id = ?1",
                 params![run_id, next],
             )
-            .map_err(db)?;
+            .map_err(&db)?;
         }
-        tx.commit().map_err(db)?;
+        tx.commit().map_err(&db)?;
         Ok(next as u64)
     }
 
     /// Calls made for re-queued receivers (numbered from the run's `first_resend_seq` up).
     pub fn extra_calls(&self, run_id: &str) -> Result<u64, JournalError> {
         let n: i64 = self
-            .sq()
+            .conn
             .query_row(
                 "SELECT COUNT(*) FROM calls c JOIN runs r ON r.id = c.run_id
                  WHERE c.run_id = ?1 AND c.seq >= r.first_resend_seq",
-                [run_id],
+                params![run_id],
                 |r| r.get(0),
             )
             .map_err(self.db())?;
@@ -402,9 +401,9 @@ impl Journal {
     }
 
     pub(super) fn mark_tx(
-        tx: &Connection,
+        tx: &Conn,
         m: &Mark,
-        db: &impl Fn(rusqlite::Error) -> JournalError,
+        db: &impl Fn(crate::store::StoreError) -> JournalError,
     ) -> Result<(), JournalError> {
         let key = run_key(tx, &m.run_id)
             .map_err(db)?
@@ -412,7 +411,7 @@ impl Journal {
         let (lines, strays) = pack_receivers(tx, key, m.seq, &m.receivers).map_err(db)?;
         // Recipients are not touched here: the call row (with its receivers' lines) is the
         // in-flight mark; the outcome (or crash recovery) updates the recipients.
-        tx.prepare_cached(
+        tx.execute(
             "INSERT INTO calls(run_id, seq, variant, receivers, strays, n_receivers, state, attempts,
                                client_msg_id, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', 1, ?7, ?8)
@@ -420,18 +419,17 @@ impl Journal {
                  strays = excluded.strays, n_receivers = excluded.n_receivers,
                  state = 'in_flight', attempts = calls.attempts + 1, client_msg_id = excluded.client_msg_id,
                  updated_at = excluded.updated_at",
+            params![
+                &m.run_id,
+                m.seq as i64,
+                &m.variant,
+                lines.as_slice(),
+                strays.as_deref(),
+                m.receivers.len() as i64,
+                m.client_msg_id.as_deref(),
+                &ts(m.now)
+            ],
         )
-        .map_err(db)?
-        .execute(params![
-            m.run_id,
-            m.seq as i64,
-            m.variant,
-            lines,
-            strays,
-            m.receivers.len() as i64,
-            m.client_msg_id,
-            ts(m.now)
-        ])
         .map_err(db)?;
         super::attempts::attempt_tx(tx, m, db)
     }
@@ -446,15 +444,14 @@ impl Journal {
         now: Timestamp,
     ) -> Result<(), JournalError> {
         let tx = self.fenced(run_id)?;
-        self.sq()
-            .execute(
+        tx.execute(
                 "UPDATE calls SET state = 'planned', error_code = ?3, error_message = ?4, updated_at = ?5
                  WHERE run_id = ?1 AND seq = ?2",
                 params![run_id, seq as i64, code, message, ts(now)],
             )
             .map_err(self.db())?;
         if let Some(code) = code {
-            super::attempts::attempt_ended_tx(self.sq(), run_id, seq, code).map_err(self.db())?;
+            super::attempts::attempt_ended_tx(&tx, run_id, seq, code).map_err(self.db())?;
         }
         tx.commit().map_err(self.db())
     }
@@ -481,18 +478,16 @@ impl Journal {
     }
 
     pub(super) fn outcome_tx(
-        tx: &Connection,
+        tx: &Conn,
         o: &Outcome,
-        db: &impl Fn(rusqlite::Error) -> JournalError,
+        db: &impl Fn(StoreError) -> JournalError,
     ) -> Result<(), JournalError> {
         let (attempts, variant, receivers): (i64, String, Vec<u8>) = tx
-            .prepare_cached(
+            .query_row(
                 "SELECT attempts, variant, receivers FROM calls WHERE run_id = ?1 AND seq = ?2",
+                params![&o.run_id, o.seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .map_err(db)?
-            .query_row(params![o.run_id, o.seq as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
             .map_err(db)?;
         let key = run_key(tx, &o.run_id)
             .map_err(db)?
@@ -514,32 +509,10 @@ impl Journal {
             found.extend(resolve(tx, key, o.seq, &missing, true).map_err(db)?);
         }
         let vidx = variant_idx(tx, key, &variant).map_err(db)?;
-        let mut upd = tx
-            .prepare_cached(
-                // OR FAIL: at most one row per statement, so nothing to undo if it fails halfway;
-                // SQLite then keeps no statement journal for it (measured: about half of the
-                // per-statement overhead of this update).
-                // A pending receiver keeps the attempts of earlier calls that refused it
-                // (FailedReceiver, re-queued) and adds this call's; an `unknown` one resent with
-                // --resend-unknown was in this very call before, whose count already holds them.
-                // No time of its own: the row's time is its call's (`rows::RunView::time`).
-                "UPDATE OR FAIL recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
-                     detail = ?7, at = NULL, call_seq = ?8, variant = ?9,
-                     attempts = CASE WHEN ?11 = ?1 THEN attempts + ?10 ELSE ?10 END,
-                     refusals = refusals + (?5 IS 'FailedReceiver')
-                 WHERE rk = ?2 AND status = ?11",
-            )
-            .map_err(db)?;
-        // What every row of the call shares is bound once; per row only its own values (SQLite
-        // keeps bindings between executions).
-        upd.raw_bind_parameter(1, RecipientStatus::Pending.code())
-            .map_err(db)?;
-        upd.raw_bind_parameter(8, o.seq as i64).map_err(db)?;
-        upd.raw_bind_parameter(9, vidx).map_err(db)?;
-        upd.raw_bind_parameter(10, attempts).map_err(db)?;
-        // (from, to) → recipients moved, for the per-status counters. A receiver is `pending`,
-        // or `unknown` when resent with --resend-unknown.
-        let mut moved: BTreeMap<(RecipientStatus, RecipientStatus), u64> = BTreeMap::new();
+        // The updates that apply: a receiver's row and the status it moves from (`pending`, or
+        // `unknown` when resent with --resend-unknown).
+        let mut rows: Vec<(&RecipientUpdate, i64, RecipientStatus)> =
+            Vec::with_capacity(o.updates.len());
         for u in &o.updates {
             let Some(f) = found.get(&u.id) else {
                 continue;
@@ -548,36 +521,107 @@ impl Journal {
                 Ok(s @ (RecipientStatus::Pending | RecipientStatus::Unknown)) => s,
                 _ => continue,
             };
-            upd.raw_bind_parameter(2, f.rk).map_err(db)?;
-            upd.raw_bind_parameter(3, u.status.code()).map_err(db)?;
-            upd.raw_bind_parameter(4, u.message_id.map(|v| v as i64))
+            rows.push((u, f.rk, from));
+        }
+        // (from, to) → recipients moved, for the per-status counters.
+        let mut moved: BTreeMap<(RecipientStatus, RecipientStatus), u64> = BTreeMap::new();
+        let bulk = tx.backend() == Backend::Postgres && {
+            // One statement updates each row once: an update list naming a row twice (never
+            // from the engine) takes the per-row path, which applies both in order.
+            let mut seen = std::collections::HashSet::with_capacity(rows.len());
+            rows.iter().all(|(_, rk, _)| seen.insert(*rk))
+        };
+        if bulk {
+            // PostgreSQL: one statement for the whole call (a round trip per receiver would cost
+            // 30-50 us each); the rows it changed say which moves happened.
+            let rk: Vec<Option<i64>> = rows.iter().map(|r| Some(r.1)).collect();
+            let to: Vec<Option<i64>> = rows.iter().map(|r| Some(r.0.status.code())).collect();
+            let mid: Vec<Option<i64>> = rows
+                .iter()
+                .map(|r| r.0.message_id.map(|v| v as i64))
+                .collect();
+            let code: Vec<Option<&str>> = rows.iter().map(|r| r.0.error_code.as_deref()).collect();
+            let msg: Vec<Option<&str>> =
+                rows.iter().map(|r| r.0.error_message.as_deref()).collect();
+            let detail: Vec<Option<&str>> = rows.iter().map(|r| r.0.detail.as_deref()).collect();
+            let from: Vec<Option<i64>> = rows.iter().map(|r| Some(r.2.code())).collect();
+            let changed = tx
+                .query_map(
+                    PG_OUTCOMES,
+                    &[
+                        Value::Int(RecipientStatus::Pending.code()),
+                        Value::Ints(&rk),
+                        Value::Ints(&to),
+                        Value::Ints(&mid),
+                        Value::Texts(&code),
+                        Value::Texts(&msg),
+                        Value::Texts(&detail),
+                        Value::Ints(&from),
+                        Value::Int(o.seq as i64),
+                        Value::Int(vidx),
+                        Value::Int(attempts),
+                    ],
+                    |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+                )
                 .map_err(db)?;
-            upd.raw_bind_parameter(5, &u.error_code).map_err(db)?;
-            upd.raw_bind_parameter(6, &u.error_message).map_err(db)?;
-            upd.raw_bind_parameter(7, &u.detail).map_err(db)?;
-            upd.raw_bind_parameter(11, from.code()).map_err(db)?;
-            let n = upd.raw_execute().map_err(db)?;
-            if n > 0 {
-                *moved.entry((from, u.status)).or_default() += n as u64;
+            for (f, t) in changed {
+                let key = (
+                    RecipientStatus::from_code(f)?,
+                    RecipientStatus::from_code(t)?,
+                );
+                *moved.entry(key).or_default() += 1;
+            }
+        } else {
+            // One prepared statement a row inside the transaction (SQLite: in-process, a few
+            // hundred nanoseconds each). `OR FAIL` on SQLite: at most one row per statement, so
+            // nothing to undo if it fails halfway; SQLite then keeps no statement journal for
+            // it (measured: about half of the per-statement overhead of this update).
+            // A pending receiver keeps the attempts of earlier calls that refused it
+            // (FailedReceiver, re-queued) and adds this call's; an `unknown` one resent with
+            // --resend-unknown was in this very call before, whose count already holds them.
+            // No time of its own: the row's time is its call's (`rows::RunView::time`).
+            let sql = match tx.backend() {
+                Backend::Sqlite => concat!("UPDATE OR FAIL", outcome_update!()),
+                Backend::Postgres => concat!("UPDATE", outcome_update!()),
+            };
+            let mut upd = tx.prepare(sql).map_err(db)?;
+            for (u, rk, from) in rows {
+                let n = upd
+                    .execute(params![
+                        RecipientStatus::Pending.code(),
+                        rk,
+                        u.status.code(),
+                        u.message_id.map(|v| v as i64),
+                        u.error_code.as_deref(),
+                        u.error_message.as_deref(),
+                        u.detail.as_deref(),
+                        o.seq as i64,
+                        vidx,
+                        attempts,
+                        from.code()
+                    ])
+                    .map_err(db)?;
+                if n > 0 {
+                    *moved.entry((from, u.status)).or_default() += n as u64;
+                }
             }
         }
         let now_s = ts(o.now);
         for ((from, to), n) in moved {
             count_move(tx, &o.run_id, Some(from), to, n).map_err(db)?;
         }
-        tx.prepare_cached(
+        tx.execute(
             "UPDATE calls SET state = ?3, error_code = ?4, error_message = ?5, updated_at = ?6
              WHERE run_id = ?1 AND seq = ?2",
+            params![
+                &o.run_id,
+                o.seq as i64,
+                o.state.as_str(),
+                o.error.as_ref().map(|e| e.0.as_str()),
+                o.error.as_ref().map(|e| e.1.as_str()),
+                &now_s
+            ],
         )
-        .map_err(db)?
-        .execute(params![
-            o.run_id,
-            o.seq as i64,
-            o.state.as_str(),
-            o.error.as_ref().map(|e| e.0.as_str()),
-            o.error.as_ref().map(|e| e.1.as_str()),
-            now_s
-        ])
         .map_err(db)?;
         if let Some((code, _)) = &o.error {
             super::attempts::attempt_ended_tx(tx, &o.run_id, o.seq, code).map_err(db)?;
@@ -622,8 +666,7 @@ impl Journal {
         &self,
         f: impl FnOnce(&Ops<'_>) -> Result<u64, JournalError>,
     ) -> Result<u64, JournalError> {
-        let tx = rusqlite::Transaction::new_unchecked(self.sq(), TransactionBehavior::Immediate)
-            .map_err(self.db())?;
+        let tx = super::begin_write(&self.conn).map_err(self.db())?;
         let n = f(&Ops {
             conn: &self.conn,
             path: &self.path,
@@ -727,7 +770,7 @@ mod tests {
         // The refusal that made 103 `failed` is counted too.
         let n: i64 = j
             .connection()
-            .query_row("SELECT refusals FROM recipients WHERE id = 103", [], |r| {
+            .query_row("SELECT refusals FROM recipients WHERE id = 103", &[], |r| {
                 r.get(0)
             })
             .expect("refusals");

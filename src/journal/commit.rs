@@ -24,32 +24,32 @@ impl Journal {
         if writes.is_empty() {
             return Ok(());
         }
-        let full = writes.iter().any(|w| matches!(w, Write::Mark(_)));
-        if !full {
-            self.sq()
-                .pragma_update(None, "synchronous", "NORMAL")
+        // SQLite only: the durability of one commit is a pragma of the connection. On
+        // PostgreSQL every commit is durable (the server's `synchronous_commit`).
+        let relaxed = match self.conn.as_sqlite() {
+            Some(c) if !writes.iter().any(|w| matches!(w, Write::Mark(_))) => Some(c),
+            _ => None,
+        };
+        if let Some(c) = relaxed {
+            c.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(self.db())?;
         }
         let res = self.write_batch_tx(writes);
-        if !full {
-            let back = self.sq().pragma_update(None, "synchronous", "FULL");
+        if let Some(c) = relaxed {
+            let back = c.pragma_update(None, "synchronous", "FULL");
             res?;
             return back.map_err(self.db());
         }
         res
     }
 
-    fn write_batch_tx(&mut self, writes: &[Write]) -> Result<(), JournalError> {
+    fn write_batch_tx(&self, writes: &[Write]) -> Result<(), JournalError> {
         let path = self.path.clone();
-        let db = |source: rusqlite::Error| JournalError::Db {
+        let db = |source: crate::store::StoreError| JournalError::Db {
             path: path.clone(),
-            source: source.into(),
+            source,
         };
-        let tx = rusqlite::Transaction::new_unchecked(
-            self.sq(),
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(db)?;
+        let tx = super::begin_write(&self.conn).map_err(db)?;
         super::lease::check_writes(&tx, &path, &self.owner, writes)?;
         let mut outcomes = false;
         for w in writes {

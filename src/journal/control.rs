@@ -11,8 +11,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::store::{params, OptionalExtension};
 use jiff::Timestamp;
-use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use super::schema::{parse_ts, ts};
@@ -47,24 +47,24 @@ impl Journal {
         by: Option<&str>,
         now: Timestamp,
     ) -> Result<(), JournalError> {
-        self.sq()
-            .execute(
+        let tx = self.begin_write()?;
+        tx.execute(
                 "INSERT INTO control(campaign, request, requested_at, requested_by) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(campaign) DO UPDATE SET request = excluded.request,
                      requested_at = excluded.requested_at, requested_by = excluded.requested_by",
                 params![campaign, req.as_str(), ts(now), by],
             )
             .map_err(self.db())?;
-        Ok(())
+        tx.commit().map_err(self.db())
     }
 
     /// The pending control request for a campaign, if any.
     pub fn control(&self, campaign: &str) -> Result<Option<ControlRequest>, JournalError> {
         let s: Option<String> = self
-            .sq()
+            .conn
             .query_row(
                 "SELECT request FROM control WHERE campaign = ?1",
-                [campaign],
+                params![campaign],
                 |r| r.get(0),
             )
             .optional()
@@ -74,33 +74,34 @@ impl Journal {
 
     /// Whether a request for `campaign` is still waiting (nobody acted on it yet).
     pub fn control_pending(&self, campaign: &str) -> Result<bool, JournalError> {
-        self.sq()
-            .prepare_cached("SELECT 1 FROM control WHERE campaign = ?1")
+        Ok(self
+            .conn
+            .query_opt(
+                "SELECT 1 FROM control WHERE campaign = ?1",
+                params![campaign],
+                |_| Ok(()),
+            )
             .map_err(self.db())?
-            .exists([campaign])
-            .map_err(self.db())
+            .is_some())
     }
 
     /// Every waiting request, by campaign. A row this version cannot read (a request kind it does
     /// not know) is left for whoever can.
     pub fn pending_controls(&self) -> Result<Vec<PendingControl>, JournalError> {
-        let mut st = self
-            .sq()
-            .prepare_cached(
+        let rows = self
+            .conn
+            .query_map(
                 "SELECT campaign, request, requested_at, requested_by FROM control ORDER BY campaign",
-            )
-            .map_err(self.db())?;
-        let rows = st
-            .query_map([], |r| {
+                params![],
+                |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<Option<String>>(3)?,
                 ))
-            })
-            .map_err(self.db())?
-            .collect::<Result<Vec<_>, _>>()
+                },
+            )
             .map_err(self.db())?;
         Ok(rows
             .into_iter()
@@ -117,10 +118,10 @@ impl Journal {
 
     /// Forget a campaign's control request, whichever it is (the engine, after acting on it).
     pub fn clear_control(&self, campaign: &str) -> Result<(), JournalError> {
-        self.sq()
-            .execute("DELETE FROM control WHERE campaign = ?1", [campaign])
+        let tx = self.begin_write()?;
+        tx.execute("DELETE FROM control WHERE campaign = ?1", params![campaign])
             .map_err(self.db())?;
-        Ok(())
+        tx.commit().map_err(self.db())
     }
 
     /// `req` was acted on: remove it (unless a newer request for the campaign replaced it
@@ -135,12 +136,12 @@ impl Journal {
         req: &PendingControl,
         and_then: impl FnOnce(&Journal) -> Result<(), E>,
     ) -> Result<bool, E> {
-        let tx = rusqlite::Transaction::new_unchecked(self.sq(), TransactionBehavior::Immediate)
-            .map_err(self.db())?;
+        let tx = self.begin_write()?;
         let removed = tx
-            .prepare_cached("DELETE FROM control WHERE campaign = ?1 AND requested_at = ?2")
-            .map_err(self.db())?
-            .execute(params![req.campaign, ts(req.requested_at)])
+            .execute(
+                "DELETE FROM control WHERE campaign = ?1 AND requested_at = ?2",
+                params![req.campaign, ts(req.requested_at)],
+            )
             .map_err(self.db())?;
         and_then(self)?;
         tx.commit().map_err(self.db())?;
@@ -174,7 +175,7 @@ mod tests {
             .expect("the caller's table");
         let logged = |j: &Journal| -> i64 {
             j.connection()
-                .query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+                .query_row("SELECT COUNT(*) FROM log", &[], |r| r.get(0))
                 .expect("count")
         };
         let t0 = now();
@@ -216,7 +217,7 @@ mod tests {
             j.connection()
                 .execute(
                     "INSERT INTO log VALUES (?1, ?2)",
-                    params![req.campaign, req.request.as_str()],
+                    crate::store::params![req.campaign.as_str(), req.request.as_str()],
                 )
                 .map(|_| ())
                 .map_err(j.db())

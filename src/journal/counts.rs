@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use crate::store::{params, Conn, StoreError};
 use jiff::Timestamp;
-use rusqlite::{params, Connection};
 
 use super::schema::parse_ts;
 use super::{CallState, Journal, JournalError, Ops, RecipientStatus, RunCounts};
@@ -18,18 +18,18 @@ use super::{CallState, Journal, JournalError, Ops, RecipientStatus, RunCounts};
 /// Move `n` recipients of a run from status `from` to `to` in the per-status counters
 /// (`from = None` adds new rows). Called in the same transaction as the change it counts.
 pub(super) fn count_move(
-    tx: &Connection,
+    tx: &Conn,
     run_id: &str,
     from: Option<RecipientStatus>,
     to: RecipientStatus,
     n: u64,
-) -> rusqlite::Result<()> {
+) -> Result<(), StoreError> {
     if n == 0 || from == Some(to) {
         return Ok(());
     }
-    let mut st = tx.prepare_cached(
+    let mut st = tx.prepare(
         "INSERT INTO run_counts(run_id, status, n) VALUES (?1, ?2, ?3)
-         ON CONFLICT(run_id, status) DO UPDATE SET n = n + excluded.n",
+         ON CONFLICT(run_id, status) DO UPDATE SET n = run_counts.n + excluded.n",
     )?;
     st.execute(params![run_id, to.as_str(), n as i64])?;
     if let Some(from) = from {
@@ -45,12 +45,12 @@ impl Ops<'_> {
         status: RecipientStatus,
     ) -> Result<u64, JournalError> {
         let n: i64 = self
-            .sq()
-            .prepare_cached(
-                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1 AND status = ?2",
+            .conn
+            .query_row(
+                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM run_counts WHERE run_id = ?1 AND status = ?2",
+                params![run_id, status.as_str()],
+                |r| r.get(0),
             )
-            .map_err(self.db())?
-            .query_row(params![run_id, status.as_str()], |r| r.get(0))
             .map_err(self.db())?;
         Ok(n as u64)
     }
@@ -83,20 +83,19 @@ impl Journal {
     ) -> Result<BTreeMap<RecipientStatus, u64>, JournalError> {
         let mut out: BTreeMap<RecipientStatus, u64> =
             RecipientStatus::ALL.iter().map(|k| (*k, 0)).collect();
-        let mut st = self
-            .sq()
-            .prepare_cached(
+        // Grouped by the database: a handful of rows, whatever the run's size.
+        let rows = self
+            .conn
+            .query_map(
                 "SELECT status, COUNT(*) FROM recipients
                  WHERE rk BETWEEN (SELECT key << 32 FROM runs WHERE id = ?1)
                               AND (SELECT (key << 32) | 4294967295 FROM runs WHERE id = ?1)
                  GROUP BY status",
+                params![run_id],
+                |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
             )
             .map_err(self.db())?;
-        let rows = st
-            .query_map([run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(self.db())?;
-        for row in rows {
-            let (code, n) = row.map_err(self.db())?;
+        for (code, n) in rows {
             out.insert(RecipientStatus::from_code(code)?, n as u64);
         }
         Ok(out)
@@ -114,14 +113,13 @@ impl Journal {
         K: Copy + Ord + FromStr<Err = JournalError>,
     {
         let mut out: BTreeMap<K, u64> = all.iter().map(|k| (*k, 0)).collect();
-        let mut st = self.sq().prepare_cached(sql).map_err(self.db())?;
-        let rows = st
-            .query_map([run_id], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        let rows = self
+            .conn
+            .query_map(sql, params![run_id], |r| {
+                Ok((r.get::<String>(0)?, r.get::<i64>(1)?))
             })
             .map_err(self.db())?;
-        for row in rows {
-            let (k, n) = row.map_err(self.db())?;
+        for (k, n) in rows {
             out.insert(k.parse()?, n as u64);
         }
         Ok(out)
@@ -129,10 +127,9 @@ impl Journal {
 
     /// How many recipients of a run have `status`.
     pub fn count_status(&self, run_id: &str, status: RecipientStatus) -> Result<u64, JournalError> {
-        let n: i64 = self
-            .sq()
+        let n: i64 = self.conn
             .query_row(
-                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1 AND status = ?2",
+                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM run_counts WHERE run_id = ?1 AND status = ?2",
                 params![run_id, status.as_str()],
                 |r| r.get(0),
             )
@@ -152,10 +149,10 @@ impl Journal {
     /// Total provider attempts made (sum over calls).
     pub fn attempts(&self, run_id: &str) -> Result<u64, JournalError> {
         let n: i64 = self
-            .sq()
+            .conn
             .query_row(
-                "SELECT COALESCE(SUM(attempts), 0) FROM calls WHERE run_id = ?1",
-                [run_id],
+                "SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) FROM calls WHERE run_id = ?1",
+                params![run_id],
                 |r| r.get(0),
             )
             .map_err(self.db())?;
@@ -166,37 +163,36 @@ impl Journal {
     /// the daemon's metrics: per run, each status its recipients have had and how many have it
     /// now (zero once all moved on; a status none of them ever had is absent).
     pub fn recent_counts(&self, since: Timestamp) -> Result<Vec<RunCounts>, JournalError> {
-        let mut runs = self
-            .sq()
-            .prepare("SELECT id, campaign, updated_at FROM runs")
-            .map_err(self.db())?;
-        let recent: Vec<(String, String)> = runs
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
+        let recent: Vec<(String, String)> = self
+            .conn
+            .query_map(
+                "SELECT id, campaign, updated_at FROM runs",
+                params![],
+                |r| {
+                    Ok((
+                        r.get::<String>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<String>(2)?,
+                    ))
+                },
+            )
             .map_err(self.db())?
-            .filter_map(Result::ok)
+            .into_iter()
             .filter(|(_, _, at)| parse_ts(at).is_ok_and(|t| t.as_second() >= since.as_second()))
             .map(|(id, campaign, _)| (id, campaign))
             .collect();
-        let mut st = self
-            .sq()
-            .prepare("SELECT status, n FROM run_counts WHERE run_id = ?1")
-            .map_err(self.db())?;
         let mut out = Vec::with_capacity(recent.len());
         for (run_id, campaign) in recent {
             let mut counts = BTreeMap::new();
-            let rows = st
-                .query_map([&run_id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })
+            let rows = self
+                .conn
+                .query_map(
+                    "SELECT status, n FROM run_counts WHERE run_id = ?1",
+                    params![&run_id],
+                    |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)),
+                )
                 .map_err(self.db())?;
-            for row in rows {
-                let (status, n) = row.map_err(self.db())?;
+            for (status, n) in rows {
                 counts.insert(status.parse()?, n.max(0) as u64);
             }
             out.push(RunCounts {

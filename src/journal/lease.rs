@@ -28,8 +28,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::store::{params, Conn, Tx};
 use jiff::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{Journal, JournalError, Ops, RunInfo, Write};
 
@@ -108,7 +108,7 @@ fn plus(now: Timestamp, d: Duration) -> i64 {
 /// has moved since (another process claimed it), [`JournalError::Fenced`] naming who took it
 /// over and when. Called inside the transaction of every write for a run, before it writes.
 pub(super) fn check_fence(
-    conn: &Connection,
+    conn: &Conn,
     path: &Path,
     holder: &Holder,
     run_id: &str,
@@ -116,16 +116,16 @@ pub(super) fn check_fence(
     let Some(mine) = holder.fence(run_id) else {
         return Ok(());
     };
-    let db = |source: rusqlite::Error| JournalError::Db {
-        path: path.to_path_buf(),
-        source: source.into(),
-    };
     let row: Option<(i64, Option<String>, Option<i64>)> = conn
-        .prepare_cached("SELECT fence, fence_holder, fence_at_ms FROM runs WHERE id = ?1")
-        .map_err(db)?
-        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()
-        .map_err(db)?;
+        .query_opt(
+            "SELECT fence, fence_holder, fence_at_ms FROM runs WHERE id = ?1",
+            params![run_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(|source| JournalError::Db {
+            path: path.to_path_buf(),
+            source,
+        })?;
     match row {
         Some((fence, _, _)) if fence == mine => Ok(()),
         Some((_, by, at)) => Err(JournalError::Fenced {
@@ -142,7 +142,7 @@ pub(super) fn check_fence(
 
 /// [`check_fence`] for each run a group commit writes to (see `commit`).
 pub(super) fn check_writes(
-    conn: &Connection,
+    conn: &Conn,
     path: &Path,
     holder: &Holder,
     writes: &[Write],
@@ -252,8 +252,7 @@ impl Journal {
     /// gets it. A free, expired or dead holder's lease (its process gone, or its journal closed
     /// in this process) is taken over, and the run's fence moves on.
     pub fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
-        let tx = rusqlite::Transaction::new_unchecked(self.sq(), TransactionBehavior::Immediate)
-            .map_err(self.db())?;
+        let tx = self.begin_write()?;
         let ops = Ops {
             conn: &self.conn,
             path: &self.path,
@@ -267,8 +266,7 @@ impl Journal {
     /// run was taken over ([`JournalError::Fenced`]: the caller stops sending at once). Returns
     /// the new expiry (None: the lease is not held any more, e.g. the run was paused).
     pub fn renew(&self, run_id: &str, now: Timestamp) -> Result<Option<Timestamp>, JournalError> {
-        let tx = rusqlite::Transaction::new_unchecked(self.sq(), TransactionBehavior::Immediate)
-            .map_err(self.db())?;
+        let tx = self.begin_write()?;
         check_fence(&tx, &self.path, &self.owner, run_id)?;
         let until = plus(now, self.owner.expiry());
         let n = tx
@@ -284,25 +282,24 @@ impl Journal {
     /// Give up the run's lease (if this journal holds it). The fence stays: it moves only when
     /// someone claims the run.
     pub fn release(&self, run_id: &str) -> Result<(), JournalError> {
-        self.sq()
-            .execute(
-                "UPDATE runs SET owner = NULL, lease_expires_ms = NULL WHERE id = ?1 AND owner = ?2",
-                params![run_id, self.owner.id()],
-            )
-            .map_err(self.db())?;
-        Ok(())
+        let tx = self.begin_write()?;
+        tx.execute(
+            "UPDATE runs SET owner = NULL, lease_expires_ms = NULL WHERE id = ?1 AND owner = ?2",
+            params![run_id, self.owner.id()],
+        )
+        .map_err(self.db())?;
+        tx.commit().map_err(self.db())
     }
 
     /// The run's lease: its holder (None once released), expiry and fence.
     pub fn lease(&self, run_id: &str) -> Result<Option<Lease>, JournalError> {
         let row: Option<(Option<String>, Option<i64>, i64)> = self
-            .sq()
-            .query_row(
+            .conn
+            .query_opt(
                 "SELECT owner, lease_expires_ms, fence FROM runs WHERE id = ?1",
-                [run_id],
+                params![run_id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
-            .optional()
             .map_err(self.db())?;
         Ok(row.map(|(owner, until, fence)| Lease {
             holder: owner
@@ -313,12 +310,12 @@ impl Journal {
         }))
     }
 
-    /// Begin an IMMEDIATE transaction on this journal's connection for a write to `run_id`,
-    /// after [`check_fence`]: the caller's statements (on `self.sq()`) run inside it, and it
-    /// commits with `.commit()` (dropped, it rolls back).
-    pub(super) fn fenced(&self, run_id: &str) -> Result<rusqlite::Transaction<'_>, JournalError> {
-        let tx = rusqlite::Transaction::new_unchecked(self.sq(), TransactionBehavior::Immediate)
-            .map_err(self.db())?;
+    /// Begin a write transaction ([`Journal::begin_write`]) on this journal's connection for a
+    /// write to `run_id`, after [`check_fence`]: the caller's statements (on `tx`, or
+    /// `self.conn`: the same connection) run inside it, and it commits with `.commit()`
+    /// (dropped, it rolls back).
+    pub(super) fn fenced(&self, run_id: &str) -> Result<Tx<'_>, JournalError> {
+        let tx = self.begin_write()?;
         check_fence(&tx, &self.path, &self.owner, run_id)?;
         Ok(tx)
     }
@@ -327,30 +324,30 @@ impl Journal {
 impl Ops<'_> {
     pub(super) fn owner_of(&self, run_id: &str) -> Result<Option<String>, JournalError> {
         Ok(self
-            .sq()
-            .query_row("SELECT owner FROM runs WHERE id = ?1", [run_id], |r| {
-                r.get::<_, Option<String>>(0)
-            })
-            .optional()
+            .conn
+            .query_opt(
+                "SELECT owner FROM runs WHERE id = ?1",
+                params![run_id],
+                |r| r.get::<Option<String>>(0),
+            )
             .map_err(self.db())?
             .flatten())
     }
 
     /// [`check_fence`] on these statements' connection (inside the caller's transaction).
     pub(super) fn check_fence(&self, run_id: &str) -> Result<(), JournalError> {
-        check_fence(self.sq(), self.path, self.owner, run_id)
+        check_fence(self.conn, self.path, self.owner, run_id)
     }
 
     /// See [`Journal::claim`]; the caller holds the IMMEDIATE transaction.
     pub(super) fn claim(&self, run: &RunInfo, now: Timestamp) -> Result<(), JournalError> {
         let held: (Option<String>, Option<i64>) = self
-            .sq()
-            .query_row(
+            .conn
+            .query_opt(
                 "SELECT owner, lease_expires_ms FROM runs WHERE id = ?1",
-                [&run.id],
+                params![&run.id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()
             .map_err(self.db())?
             .ok_or_else(|| JournalError::NoRun(run.id.clone()))?;
         if let (Some(o), until) = held {
@@ -374,8 +371,8 @@ impl Ops<'_> {
     /// (after the check in [`Ops::claim`], or for a run this journal just inserted).
     pub(super) fn take(&self, run_id: &str, now: Timestamp) -> Result<(), JournalError> {
         let fence: i64 = self
-            .sq()
-            .query_row(
+            .conn
+            .query_opt(
                 "UPDATE runs SET owner = ?2, updated_at = ?3, fence = fence + 1, fence_holder = ?2,
                      fence_at_ms = ?4, lease_expires_ms = ?5
                  WHERE id = ?1 RETURNING fence",
@@ -388,7 +385,6 @@ impl Ops<'_> {
                 ],
                 |r| r.get(0),
             )
-            .optional()
             .map_err(self.db())?
             .ok_or_else(|| JournalError::NoRun(run_id.to_string()))?;
         self.owner.set_fence(run_id, fence);
@@ -406,7 +402,10 @@ mod tests {
 
     fn set_owner(j: &Journal, run: &str, o: &str) {
         j.connection()
-            .execute("UPDATE runs SET owner = ?2 WHERE id = ?1", params![run, o])
+            .execute(
+                "UPDATE runs SET owner = ?2 WHERE id = ?1",
+                crate::store::params![run, o],
+            )
             .expect("set owner");
     }
 

@@ -1,6 +1,9 @@
 //! The journal: durable run state in SQLite at `<state_dir>/imcast.db` (the one state database;
 //! other stages add their own tables through [`Journal::connection`] and
-//! [`Journal::migrate_extra`]).
+//! [`Journal::migrate_extra`]), or with `[state] url` in the PostgreSQL state store
+//! ([`Journal::open_store`]: the same tables, made by the store's migration 6,
+//! `crate::pg::schema`), shared by every process and host on it. Every command opens it through
+//! [`Journal::open_state`] with the store [`journal_store`] picks (mock runs stay in SQLite).
 //!
 //! Owns: runs (one per campaign send, keyed by campaign + optional occurrence, recording the plan
 //! hash, status, flags, audit), calls (one row per provider call: planned → in_flight → done |
@@ -36,11 +39,38 @@
 //! run's Content variants (`run_variants`), the time a call was answered (a row's time unless it
 //! has its own) — with per-recipient text (error, P2P detail, a raw id that is not the number)
 //! only where a row has it. There is no index on `id`: a call's receivers are found through its
-//! plan call's lines (see `rows`). Portable SQL throughout except where `schema` says.
+//! plan call's lines (see `rows`).
 //!
-//! Must not: talk to the network; let a rusqlite type into a public signature other than
-//! [`Journal::connection`] (for other stages' own tables in this file, never the journal's) and
-//! the [`JournalError::Db`] source. Integration tests may read the file to check what is stored
+//! Portable SQL throughout except where `schema` says: every statement runs on
+//! [`crate::store::Conn`] in the dialect both backends accept (numbered placeholders, `ON
+//! CONFLICT … DO NOTHING/UPDATE` where SQLite's `INSERT OR IGNORE/REPLACE` was, runs ordered by
+//! their `key` and read by named columns rather than `rowid` and `SELECT *`, `IS NOT DISTINCT
+//! FROM` for `IS ?`, `CAST(SUM(…) AS BIGINT)`, `CASE WHEN EXISTS(…) THEN 1 ELSE 0 END` for a
+//! boolean read back, `?N = 1` for a boolean parameter, `LIMIT` with `i64::MAX` rather than
+//! `-1`, `SAVEPOINT`/`RELEASE SAVEPOINT`, the reserved `"user"` column quoted, packed lists as
+//! bytes (`bytea`)). SQLite-only and kept so: the migration history (`schema`, through
+//! [`crate::store::Conn::as_sqlite`]; PostgreSQL's journal tables are the store's migrations,
+//! [`crate::pg::schema`]), the pragmas (`synchronous` per group commit in `commit`, the cache
+//! size when opening) and `UPDATE OR FAIL` for a call's per-row outcome (`calls`, measured
+//! faster on SQLite). PostgreSQL-only, behind [`crate::store::Conn::backend`] in the file that
+//! owns it: bulk writes of many rows in one statement through `unnest` of arrays (seeding a
+//! run's rows, `rows::RowWriter`; a call's outcomes, `calls`), since a round trip per row costs
+//! 30–50 µs there; a temporary table's `BIGINT` key (`resume`). Scans of a run's rows
+//! (recipients, calls, attempts, a retry's failed rows) stream through
+//! [`crate::store::Conn::for_each`], so memory stays flat whatever the run's size.
+//!
+//! Concurrency: every journal write transaction begins in one place ([`begin_write`]): `BEGIN
+//! IMMEDIATE` on SQLite; on PostgreSQL a `READ COMMITTED` transaction whose first statement takes
+//! the advisory lock [`JOURNAL_LOCK`] (`pg_advisory_xact_lock`, held until it ends), so journal
+//! writers are serialized on PostgreSQL exactly as SQLite's one write lock serializes them — the
+//! `open_run` decision, lease claims, fence checks and counters rely on it. Reads outside a
+//! transaction take nothing.
+//!
+//! Must not: talk to the network other than to the PostgreSQL store; let a rusqlite or
+//! postgres type into a public signature (other stages' own tables beside the journal's go through
+//! [`Journal::connection`], a [`crate::store::Conn`] in portable SQL, never the journal's tables;
+//! the [`JournalError::Db`] source is a [`crate::store::StoreError`]). On SQLite only: the file's
+//! pragmas and its migration history (`schema`). Integration tests may read the file to check what is stored
 //! (and write rows an older version left); no module of the crate does.
 //!
 //! # The surface, by concern
@@ -49,9 +79,13 @@
 //! the row and status types of `types`), every error a [`JournalError`], no transaction or
 //! connection handed out (the next backend implements the same list). By concern:
 //!
-//! - **Opening**: [`Journal::open`], [`Journal::open_path`], [`Journal::open_reader`],
-//!   [`Journal::reader`], [`Journal::path`]; [`new_run_id`], [`create_private_dir`]. Other stages'
-//!   tables in the same file: [`Journal::migrate_extra`], [`Journal::connection`].
+//! - **Opening**: [`Journal::open_state`] (what commands use: SQLite or the store, from
+//!   [`journal_store`]), [`Journal::open_state_reader`], [`Journal::open`], [`Journal::open_path`],
+//!   [`Journal::open_store`], [`Journal::open_reader`], [`Journal::reader`], [`Journal::source`]
+//!   ([`JournalSource`]), [`Journal::path`] (the file, or the store's URL without a password),
+//!   [`Journal::store_url`], [`journal_exists`]; [`new_run_id`], [`create_private_dir`]. Other
+//!   stages' tables beside the journal's: [`Journal::migrate_extra`] (SQLite; the store's come
+//!   from its migrations), [`Journal::connection`].
 //! - **Runs and the lease**: [`Journal::open_run`] (the resume decision: create, resume,
 //!   continue, reopen, or "already finished", with the lease, in one transaction),
 //!   [`Journal::run`], [`Journal::latest_run`], [`Journal::unfinished_run`], [`Journal::runs`],
@@ -95,6 +129,8 @@
 
 mod attempts;
 mod audit;
+#[cfg(test)]
+mod backends;
 mod calls;
 mod commit;
 mod control;
@@ -162,7 +198,7 @@ pub enum JournalError {
         old: String,
         new: String,
     },
-    #[error("run {run_id} of campaign {campaign:?} is being sent by another imcast process ({owner}); wait for it or stop it")]
+    #[error("run {run_id} of campaign {campaign:?} is being sent by another imcast process ({owner}); wait for it or stop it. Nothing was sent by this process")]
     Busy {
         campaign: String,
         run_id: String,
@@ -263,7 +299,10 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 /// The state database.
 pub struct Journal {
     conn: crate::store::Conn,
+    /// The SQLite file, or the PostgreSQL store's URL without its password (for messages).
     path: PathBuf,
+    /// The PostgreSQL store this journal is on (`None`: SQLite at `path`), for [`Journal::reader`].
+    store: Option<crate::pg::PgUrl>,
     /// The lease id this journal writes into `runs.owner` and the fences it took (see
     /// [`Journal::claim`]).
     owner: Holder,
@@ -300,6 +339,7 @@ impl Journal {
         let mut j = Journal {
             conn: crate::store::Conn::sqlite(conn),
             path: path.to_path_buf(),
+            store: None,
             owner,
             instance,
         };
@@ -307,22 +347,81 @@ impl Journal {
         Ok(j)
     }
 
-    /// The database file.
+    /// Open the journal in the PostgreSQL state store at `url` (blocking: off the async runtime).
+    /// Its tables come from the store's migrations (`crate::pg::schema`, applied on connecting;
+    /// a newer schema is refused); [`Journal::path`] names the store without its password.
+    pub fn open_store(url: &crate::pg::PgUrl) -> Result<Journal, JournalError> {
+        let path = PathBuf::from(url.redacted());
+        let conn = crate::store::Conn::postgres(url).map_err(|source| JournalError::Db {
+            path: path.clone(),
+            source,
+        })?;
+        let (owner, instance) = new_owner();
+        Ok(Journal {
+            conn,
+            path,
+            store: Some(url.clone()),
+            owner,
+            instance,
+        })
+    }
+
+    /// Open the journal where the state configuration keeps it: SQLite at
+    /// `<state_dir>/imcast.db` (created, owner-only directory) without `[state] url`, the
+    /// PostgreSQL store with it. Every command opens its journal through this.
+    pub fn open_state(store: &crate::config::StateStore) -> Result<Journal, JournalError> {
+        match store {
+            crate::config::StateStore::Sqlite(dir) => Self::open(dir),
+            crate::config::StateStore::Postgres(url) => Self::open_store(url),
+        }
+    }
+
+    /// A journal that only reads, where the state configuration keeps it (see
+    /// [`Journal::open_reader`]; on PostgreSQL a second connection whose transactions are read
+    /// only). `Missing` when the SQLite file does not exist yet.
+    pub fn open_state_reader(
+        store: &crate::config::StateStore,
+        cache_kib: u32,
+    ) -> Result<Journal, JournalError> {
+        match store {
+            crate::config::StateStore::Sqlite(dir) => {
+                Self::open_reader(&dir.join(DB_FILE), cache_kib)
+            }
+            crate::config::StateStore::Postgres(url) => {
+                let j = Self::open_store(url)?;
+                j.conn
+                    .execute_batch("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                    .map_err(j.db())?;
+                Ok(j)
+            }
+        }
+    }
+
+    /// The database file (SQLite), or the PostgreSQL store's URL without its password.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The connection, for other stages' own tables in this file (the scheduler's `sched_*`, the
-    /// report's `report_*`; same pragmas). Never for the journal's own tables: their methods are
-    /// the only way to them.
-    pub fn connection(&self) -> &Connection {
-        self.sq()
+    /// The PostgreSQL store this journal is on (`None`: the SQLite file at [`Journal::path`]).
+    pub fn store_url(&self) -> Option<&crate::pg::PgUrl> {
+        self.store.as_ref()
     }
 
-    /// The SQLite connection under the journal's [`crate::store::Conn`] (transitional: the
-    /// statements not yet on [`crate::store`]).
-    fn sq(&self) -> &Connection {
-        sqlite_of(&self.conn)
+    /// Where another connection to this journal's database connects (a reader on a thread of
+    /// its own: [`JournalSource::open_reader`]).
+    pub fn source(&self) -> JournalSource {
+        match &self.store {
+            Some(url) => JournalSource::Store(url.clone()),
+            None => JournalSource::File(self.path.clone()),
+        }
+    }
+
+    /// The connection, for other stages' own tables beside the journal's (the scheduler's
+    /// `sched_control`, the report's `report_*`), in portable SQL ([`crate::store`]): the SQLite
+    /// file, or the PostgreSQL store. Never for the journal's own tables: their methods are the
+    /// only way to them.
+    pub fn connection(&self) -> &crate::store::Conn {
+        &self.conn
     }
 
     fn db<E: Into<crate::store::StoreError>>(&self) -> impl Fn(E) -> JournalError + '_ {
@@ -330,6 +429,12 @@ impl Journal {
             path: self.path.clone(),
             source: source.into(),
         }
+    }
+
+    /// Begin a journal write transaction (see [`begin_write`]: on PostgreSQL it holds the journal's
+    /// advisory lock until it ends).
+    fn begin_write(&self) -> Result<crate::store::Tx<'_>, JournalError> {
+        begin_write(&self.conn).map_err(self.db())
     }
 
     /// Statements on this journal's own connection (each commits by itself unless the caller
@@ -342,11 +447,12 @@ impl Journal {
         }
     }
 
-    /// A second connection to the same database that only reads (`query_only`): for a reader on
+    /// A second connection to the same database that only reads (`query_only`; on PostgreSQL a
+    /// read-only session): for a reader on
     /// another thread (the report scans the halves of a large run in parallel). Writes through it
     /// fail.
     pub fn reader(&self) -> Result<Journal, JournalError> {
-        Self::open_reader(&self.path, 16 * 1024)
+        self.source().open_reader(16 * 1024)
     }
 
     /// A journal that only reads the existing database at `path` (`query_only`, no migration;
@@ -369,9 +475,33 @@ impl Journal {
         Ok(Journal {
             conn: crate::store::Conn::sqlite(conn),
             path: path.to_path_buf(),
+            store: None,
             owner,
             instance,
         })
+    }
+}
+
+/// Where a journal's database is, to open another connection to it (see [`Journal::source`]).
+#[derive(Debug, Clone)]
+pub enum JournalSource {
+    /// The SQLite file.
+    File(PathBuf),
+    /// The PostgreSQL state store.
+    Store(crate::pg::PgUrl),
+}
+
+impl JournalSource {
+    /// A journal that only reads this database (see [`Journal::open_reader`]; on PostgreSQL a
+    /// connection of its own whose transactions are read only: blocking, off the async runtime).
+    pub fn open_reader(&self, cache_kib: u32) -> Result<Journal, JournalError> {
+        match self {
+            JournalSource::File(path) => Journal::open_reader(path, cache_kib),
+            JournalSource::Store(url) => Journal::open_state_reader(
+                &crate::config::StateStore::Postgres(url.clone()),
+                cache_kib,
+            ),
+        }
     }
 }
 
@@ -392,19 +522,62 @@ impl Ops<'_> {
             source: source.into(),
         }
     }
-
-    /// See [`Journal::sq`].
-    fn sq(&self) -> &Connection {
-        sqlite_of(self.conn)
-    }
 }
 
-/// Transitional (the port of the journal onto [`crate::store`]): the SQLite connection of a
-/// journal, which is always SQLite until the PostgreSQL journal opens.
+/// The SQLite connection of a journal, for the steps only SQLite has (its migration history,
+/// pragmas, [`Journal::connection`]); the journal opens SQLite only until the PostgreSQL journal
+/// opens through the store.
 fn sqlite_of(conn: &crate::store::Conn) -> &Connection {
     #[allow(clippy::expect_used)]
     conn.as_sqlite()
-        .expect("the journal's statements not yet ported run on SQLite only")
+        .expect("a SQLite-only journal step (migration history, pragma) on a SQLite journal")
+}
+
+/// The PostgreSQL advisory lock every journal write transaction takes first (see
+/// [`begin_write`]); `imcast` in ASCII, then 2 (1 is the schema's, [`crate::pg::schema::SCHEMA_LOCK`]).
+pub(crate) const JOURNAL_LOCK: i64 = 0x696d_6361_7374_0002;
+
+/// Begin a journal write transaction: `BEGIN IMMEDIATE` on SQLite (the database's one write
+/// lock); on PostgreSQL `READ COMMITTED` whose first statement takes the transaction-scoped
+/// advisory lock [`JOURNAL_LOCK`], so journal writers are serialized exactly as on SQLite (the
+/// `open_run` decision, claims, fences and counters rely on it). Every journal write
+/// transaction begins here; reads outside a transaction need nothing.
+fn begin_write(
+    conn: &crate::store::Conn,
+) -> Result<crate::store::Tx<'_>, crate::store::StoreError> {
+    let tx = conn.transaction()?;
+    if conn.backend() == crate::store::Backend::Postgres {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(?1)",
+            crate::store::params![JOURNAL_LOCK],
+        )?;
+    }
+    Ok(tx)
+}
+
+/// Where the journal of a state directory lives: the PostgreSQL store of `[state] url` (`url`),
+/// shared by every state directory and host on it, else SQLite at `<state_dir>/imcast.db`. A
+/// mock state directory (`mock`: `imcast run --mock` and what reads its runs) keeps its journal in SQLite whatever the configuration: mock runs
+/// send nothing real and must not meet the campaign's real runs in the shared store (one
+/// unfinished run per campaign occurrence).
+pub fn journal_store(
+    url: Option<&crate::pg::PgUrl>,
+    state_dir: &Path,
+    mock: bool,
+) -> crate::config::StateStore {
+    match url {
+        Some(u) if !mock => crate::config::StateStore::Postgres(u.clone()),
+        _ => crate::config::StateStore::Sqlite(state_dir.to_path_buf()),
+    }
+}
+
+/// Whether the journal in `store` may hold runs: its SQLite file exists (reads never create
+/// one); a PostgreSQL store always may.
+pub fn journal_exists(store: &crate::config::StateStore) -> bool {
+    match store {
+        crate::config::StateStore::Sqlite(dir) => dir.join(DB_FILE).is_file(),
+        crate::config::StateStore::Postgres(_) => true,
+    }
 }
 
 /// A run id: UTC start time plus a random suffix, e.g. `20260301T090000Z-3f9a`.

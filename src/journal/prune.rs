@@ -4,8 +4,8 @@
 //! resumed). Must not: delete report files (they are files, and the report's own tables are the
 //! report's to clean).
 
+use crate::store::params;
 use jiff::Timestamp;
-use rusqlite::params;
 
 use super::schema::{rk_range, run_key};
 use super::{Journal, JournalError};
@@ -16,27 +16,16 @@ impl Journal {
     /// still be resumed); reports already written are files and stay. Returns
     /// (runs, calls, recipients) deleted.
     pub fn prune_runs(&mut self, cutoff: Timestamp) -> Result<(u64, u64, u64), JournalError> {
-        let path = self.path.clone();
-        let db = move |source: rusqlite::Error| JournalError::Db {
-            path: path.clone(),
-            source: source.into(),
-        };
-        let tx = rusqlite::Transaction::new_unchecked(
-            self.sq(),
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(&db)?;
+        let db = self.db();
+        let tx = self.begin_write()?;
         let old: Vec<String> = {
-            let mut st = tx
-                .prepare(
+            let rows = tx
+                .query_map(
                     "SELECT id, COALESCE(finished_at, updated_at) FROM runs
                      WHERE status IN ('finished', 'cancelled')",
+                    params![],
+                    |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
                 )
-                .map_err(&db)?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(&db)?
-                .collect::<Result<Vec<_>, _>>()
                 .map_err(&db)?;
             rows.into_iter()
                 .filter(|(_, at)| at.parse::<Timestamp>().is_ok_and(|t| t < cutoff))
@@ -54,22 +43,22 @@ impl Journal {
                         params![lo, hi],
                     )
                     .map_err(&db)? as u64;
-                tx.execute("DELETE FROM call_plan WHERE run_key = ?1", [key])
+                tx.execute("DELETE FROM call_plan WHERE run_key = ?1", params![key])
                     .map_err(&db)?;
-                tx.execute("DELETE FROM run_variants WHERE run_key = ?1", [key])
+                tx.execute("DELETE FROM run_variants WHERE run_key = ?1", params![key])
                     .map_err(&db)?;
             }
-            tx.execute("DELETE FROM run_counts WHERE run_id = ?1", [id])
+            tx.execute("DELETE FROM run_counts WHERE run_id = ?1", params![id])
                 .map_err(&db)?;
-            tx.execute("DELETE FROM run_stages WHERE run_id = ?1", [id])
+            tx.execute("DELETE FROM run_stages WHERE run_id = ?1", params![id])
                 .map_err(&db)?;
-            tx.execute("DELETE FROM run_invocations WHERE run_id = ?1", [id])
+            tx.execute("DELETE FROM run_invocations WHERE run_id = ?1", params![id])
                 .map_err(&db)?;
             calls += tx
-                .execute("DELETE FROM calls WHERE run_id = ?1", [id])
+                .execute("DELETE FROM calls WHERE run_id = ?1", params![id])
                 .map_err(&db)? as u64;
             runs += tx
-                .execute("DELETE FROM runs WHERE id = ?1", [id])
+                .execute("DELETE FROM runs WHERE id = ?1", params![id])
                 .map_err(&db)? as u64;
         }
         tx.commit().map_err(&db)?;

@@ -7,8 +7,8 @@
 //! one copied); a row reads its own time, else its answered call's, else the run's start (see
 //! `rows::RunView`). Must not: write.
 
+use crate::store::params;
 use jiff::Timestamp;
-use rusqlite::params;
 
 use super::pack::decode_list;
 use super::rows::{rows_at, RunView};
@@ -29,12 +29,12 @@ impl Journal {
 
     /// The highest audience line of a run's recipient rows (None: no rows).
     pub fn last_line(&self, run_id: &str) -> Result<Option<u64>, JournalError> {
-        let Some(key) = run_key(self.sq(), run_id).map_err(self.db())? else {
+        let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
             return Ok(None);
         };
         let (lo, hi) = rk_range(key);
         let max: Option<i64> = self
-            .sq()
+            .conn
             .query_row(
                 "SELECT MAX(rk) FROM recipients WHERE rk BETWEEN ?1 AND ?2",
                 params![lo, hi],
@@ -53,7 +53,7 @@ impl Journal {
         lines: std::ops::RangeInclusive<u64>,
         mut f: impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let Some(view) = RunView::load(self.sq(), run_id).map_err(self.db())? else {
+        let Some(view) = RunView::load(&self.conn, run_id).map_err(self.db())? else {
             return Ok(());
         };
         let (lo, _) = rk_range(view.key);
@@ -61,62 +61,68 @@ impl Journal {
             (*lines.start()).min(MAX_LINE) as i64,
             (*lines.end()).min(MAX_LINE) as i64,
         );
-        let mut st = self
-            .sq()
-            .prepare(
-                "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
-                        error_message, detail, at, variant_name
-                 FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
-            )
-            .map_err(self.db())?;
-        let mut rows = st
-            .query(params![lo | first, lo | last])
-            .map_err(self.db())?;
-        fn text<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'a str>> {
-            match r.get_ref(i)? {
-                rusqlite::types::ValueRef::Null => Ok(None),
-                v => v.as_str().map(Some).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e))
-                }),
-            }
-        }
-        fn int(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<i64>> {
-            r.get::<_, Option<i64>>(i)
-        }
+        // Streamed (`for_each`): one row at a time, text borrowed from the database row.
         let mut buf = String::new();
-        while let Some(r) = rows.next().map_err(self.db())? {
-            let line = (r.get::<_, i64>(0).map_err(self.db())? as u64) & MAX_LINE;
-            let id = int(r, 1).map_err(self.db())?.map(|v| v as u64);
-            let message_id = int(r, 4).map_err(self.db())?.map(|v| v as u64);
-            let attempts = r.get::<_, i64>(5).map_err(self.db())? as u32;
-            let call_seq = int(r, 6).map_err(self.db())?;
-            let status = RecipientStatus::from_code(r.get::<_, i64>(3).map_err(self.db())?)?;
-            let variant = int(r, 7)
-                .map_err(self.db())?
-                .and_then(|i| view.variants.get(&i))
-                .map(String::as_str);
-            let at = int(r, 11).map_err(self.db())?;
-            let time = view
-                .time(self.sq(), status, call_seq, at, &mut buf)
-                .map_err(self.db())?;
-            let row = RecipientRef {
-                line,
-                id,
-                raw_id: text(r, 2).map_err(self.db())?,
-                status,
-                message_id,
-                attempts,
-                call: call_seq.map(|v| v as u64),
-                variant,
-                error_code: text(r, 8).map_err(self.db())?,
-                error_message: text(r, 9).map_err(self.db())?,
-                detail: text(r, 10).map_err(self.db())?,
-                time,
-                variant_name: text(r, 12).map_err(self.db())?,
-            };
-            f(&row)?;
-        }
-        Ok(())
+        // On PostgreSQL a streaming scan holds the connection: nothing else may be asked on it
+        // until the scan ends, so the time of the call that answered a row (which SQLite looks up
+        // as it goes, one call at a time, `RunView::time`) comes with the row: a subquery on the
+        // calls' key, one index probe a row whatever the planner's statistics say (a join was
+        // planned as a scan of every call per row while the statistics were stale).
+        let pg = self.conn.backend() == crate::store::Backend::Postgres;
+        let sql = if pg {
+            "SELECT r.rk, r.id, r.raw_id, r.status, r.message_id, r.attempts, r.call_seq, r.variant,
+                    r.error_code, r.error_message, r.detail, r.at, r.variant_name,
+                    (SELECT c.updated_at FROM calls c
+                     WHERE c.run_id = ?3 AND c.seq = r.call_seq AND c.state IN ('done', 'unknown'))
+             FROM recipients r
+             WHERE r.rk BETWEEN ?1 AND ?2 ORDER BY r.rk"
+        } else {
+            "SELECT rk, id, raw_id, status, message_id, attempts, call_seq, variant, error_code,
+                    error_message, detail, at, variant_name
+             FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk"
+        };
+        let (from, to) = (lo | first, lo | last);
+        let with_run = params![from, to, run_id];
+        let without = params![from, to];
+        self.conn
+            .for_each(sql, if pg { with_run } else { without }, |r| {
+                let db = self.db();
+                let line = (r.get::<i64>(0).map_err(&db)? as u64) & MAX_LINE;
+                let id = r.get::<Option<i64>>(1).map_err(&db)?.map(|v| v as u64);
+                let message_id = r.get::<Option<i64>>(4).map_err(&db)?.map(|v| v as u64);
+                let attempts = r.get::<i64>(5).map_err(&db)? as u32;
+                let call_seq = r.get::<Option<i64>>(6).map_err(&db)?;
+                let status = RecipientStatus::from_code(r.get::<i64>(3).map_err(&db)?)?;
+                let variant = r
+                    .get::<Option<i64>>(7)
+                    .map_err(&db)?
+                    .and_then(|i| view.variants.get(&i))
+                    .map(String::as_str);
+                let at = r.get::<Option<i64>>(11).map_err(&db)?;
+                let time = if pg {
+                    view.time_given(status, r.str(13).map_err(&db)?, at, &mut buf)
+                } else {
+                    view.time(&self.conn, status, call_seq, at, &mut buf)
+                }
+                .map_err(&db)?;
+                let row = RecipientRef {
+                    line,
+                    id,
+                    raw_id: r.str(2).map_err(&db)?,
+                    status,
+                    message_id,
+                    attempts,
+                    call: call_seq.map(|v| v as u64),
+                    variant,
+                    error_code: r.str(8).map_err(&db)?,
+                    error_message: r.str(9).map_err(&db)?,
+                    detail: r.str(10).map_err(&db)?,
+                    time,
+                    variant_name: r.str(12).map_err(&db)?,
+                };
+                f(&row)
+            })
+            .map_err(self.db())?
     }
 
     /// All recipient rows of a run (small runs and tests; large runs use [`Self::for_each_recipient`]).
@@ -150,39 +156,38 @@ impl Journal {
         state: Option<CallState>,
         limit: Option<usize>,
     ) -> Result<Vec<CallRow>, JournalError> {
-        let mut st = self
-            .sq()
-            .prepare(
+        // No limit: i64::MAX rows (LIMIT -1 is SQLite's, PostgreSQL refuses a negative one).
+        let limit = limit.map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let raw = self
+            .conn
+            .query_map(
                 "SELECT seq, variant, receivers, state, attempts, client_msg_id, error_code,
                         error_message, updated_at, strays
-                 FROM calls WHERE run_id = ?1 AND (?2 IS NULL OR state = ?2) ORDER BY seq LIMIT ?3",
+                 FROM calls WHERE run_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+                 ORDER BY seq LIMIT ?3",
+                params![run_id, state.map(CallState::as_str), limit],
+                |r| {
+                    Ok((
+                        r.get::<i64>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<Vec<u8>>(2)?,
+                        r.get::<String>(3)?,
+                        r.get::<i64>(4)?,
+                        r.get::<Option<String>>(5)?,
+                        r.get::<Option<String>>(6)?,
+                        r.get::<Option<String>>(7)?,
+                        (r.get::<String>(8)?, r.get::<Option<Vec<u8>>>(9)?),
+                    ))
+                },
             )
             .map_err(self.db())?;
-        let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
-        let raw = st
-            .query_map(params![run_id, state.map(CallState::as_str), limit], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                    (r.get::<_, String>(8)?, r.get::<_, Option<Vec<u8>>>(9)?),
-                ))
-            })
-            .map_err(self.db())?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(self.db())?;
-        let key = run_key(self.sq(), run_id).map_err(self.db())?.unwrap_or(0);
+        let key = run_key(&self.conn, run_id).map_err(self.db())?.unwrap_or(0);
         let by_line = |seq: i64, lines: &[u8], strays: Option<&[u8]>| {
             let rks: Vec<i64> = decode_list(lines)?
                 .into_iter()
                 .map(|l| (key << 32) | (l & MAX_LINE as i64))
                 .collect();
-            let found = rows_at(self.sq(), &rks).map_err(self.db())?;
+            let found = rows_at(&self.conn, &rks).map_err(self.db())?;
             let by_rk: std::collections::HashMap<i64, u64> =
                 found.iter().map(|(id, f)| (f.rk, *id)).collect();
             let mut ids = Vec::with_capacity(rks.len());
@@ -233,21 +238,18 @@ impl Journal {
         run_id: &str,
         mut f: impl FnMut(CallEnd) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut st = self
-            .sq()
-            .prepare(
+        self.conn
+            .for_each(
                 "SELECT updated_at, n_receivers FROM calls
                  WHERE run_id = ?1 AND state IN ('done', 'unknown')",
+                params![run_id],
+                |r| {
+                    let at: Timestamp = parse_ts(r.str(0).map_err(self.db())?.unwrap_or(""))?;
+                    let receivers = r.get::<i64>(1).map_err(self.db())?.max(0) as u64;
+                    f(CallEnd { at, receivers })
+                },
             )
-            .map_err(self.db())?;
-        let mut rows = st.query([run_id]).map_err(self.db())?;
-        while let Some(r) = rows.next().map_err(self.db())? {
-            let at: String = r.get(0).map_err(self.db())?;
-            let at: Timestamp = parse_ts(&at)?;
-            let receivers = r.get::<_, i64>(1).map_err(self.db())?.max(0) as u64;
-            f(CallEnd { at, receivers })?;
-        }
-        Ok(())
+            .map_err(self.db())?
     }
 }
 

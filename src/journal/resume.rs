@@ -12,13 +12,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::store::{params, Backend};
 use jiff::Timestamp;
-use rusqlite::{params, OptionalExtension};
 
 use super::counts::count_move;
 use super::lease::describe_owner;
 use super::pack::to_ns;
-use super::rows::Seeder;
+use super::rows::{NewRow, RowWriter, Seeder};
 use super::schema::{is_unfinished_conflict, rk_range, run_key, ts, MAX_LINE};
 use super::{
     new_run_id, Journal, JournalError, NewRun, Opened, Ops, RecipientStatus, Recovered,
@@ -90,16 +90,8 @@ impl Journal {
         now: Timestamp,
         decide: impl FnOnce(&Ops<'_>) -> Result<Opened, JournalError>,
     ) -> Result<Opened, JournalError> {
-        let path = self.path.clone();
-        let db = |source: rusqlite::Error| JournalError::Db {
-            path: path.clone(),
-            source: source.into(),
-        };
-        let tx = rusqlite::Transaction::new_unchecked(
-            self.sq(),
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(db)?;
+        let db = self.db();
+        let tx = self.begin_write()?;
         let ops = Ops {
             conn: &self.conn,
             path: &self.path,
@@ -108,12 +100,28 @@ impl Journal {
         match decide(&ops).and_then(|o| ops.record_opened(&o, new, now).map(|()| o)) {
             Ok(opened) => {
                 tx.commit().map_err(db)?;
+                self.refresh_statistics();
                 Ok(opened)
             }
             Err(e) => {
                 drop(tx);
                 Err(self.conflict_as_busy(e, &new.campaign, new.occurrence.as_deref()))
             }
+        }
+    }
+
+    /// PostgreSQL only: bring the planner's statistics of the run tables up to date once a run
+    /// was opened (seeded with up to millions of rows in one transaction). Autovacuum does it
+    /// too, but only after a minute or so; until then the planner believes the tables nearly
+    /// empty and plans a run's scans and joins for a few rows (measured: a report's scan of a
+    /// million rows joined to the calls took 42 s instead of under one). `ANALYZE` samples a
+    /// bounded number of rows whatever the table's size. A failure only costs speed: logged.
+    fn refresh_statistics(&self) {
+        if self.conn.backend() != crate::store::Backend::Postgres {
+            return;
+        }
+        if let Err(e) = self.conn.execute_batch("ANALYZE recipients; ANALYZE calls") {
+            tracing::debug!("ANALYZE of the journal's tables failed: {e}");
         }
     }
 
@@ -289,7 +297,7 @@ impl Ops<'_> {
         let audit =
             serde_json::to_string(&new.audit).map_err(|e| JournalError::Corrupt(e.to_string()))?;
         let db = self.db();
-        let tx = self.sq();
+        let tx = self.conn;
         tx.execute(
             "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
                               created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
@@ -328,16 +336,27 @@ impl Ops<'_> {
         // The rows a continued run carries over, by id (the compact layout has no index on
         // `id`): one scan of the old run into a temporary table, dropped below.
         if let Some((lo, hi)) = old_range {
-            tx.execute_batch(
-                "CREATE TEMP TABLE IF NOT EXISTS prior_rows(id INTEGER PRIMARY KEY, status INTEGER NOT NULL,
-                                                            message_id INTEGER);
-                 DELETE FROM temp.prior_rows;",
-            )
+            // SQLite: `INTEGER PRIMARY KEY` is the table's own b-tree; PostgreSQL's integers
+            // are 32-bit unless BIGINT (a temporary table is the session's on both).
+            tx.execute_batch(match tx.backend() {
+                Backend::Sqlite => {
+                    "CREATE TEMP TABLE IF NOT EXISTS prior_rows(id INTEGER PRIMARY KEY,
+                         status INTEGER NOT NULL, message_id INTEGER);
+                     DELETE FROM prior_rows;"
+                }
+                Backend::Postgres => {
+                    "CREATE TEMP TABLE IF NOT EXISTS prior_rows(id BIGINT PRIMARY KEY,
+                         status BIGINT NOT NULL, message_id BIGINT);
+                     DELETE FROM prior_rows;"
+                }
+            })
             .map_err(&db)?;
+            // The first row of an id wins (audience order), as INSERT OR IGNORE did.
             tx.execute(
-                "INSERT OR IGNORE INTO temp.prior_rows(id, status, message_id)
+                "INSERT INTO prior_rows(id, status, message_id)
                  SELECT id, status, message_id FROM recipients
-                 WHERE rk BETWEEN ?1 AND ?2 AND id IS NOT NULL AND status IN (?3, ?4, ?5) ORDER BY rk",
+                 WHERE rk BETWEEN ?1 AND ?2 AND id IS NOT NULL AND status IN (?3, ?4, ?5) ORDER BY rk
+                 ON CONFLICT(id) DO NOTHING",
                 params![
                     lo,
                     hi,
@@ -351,18 +370,12 @@ impl Ops<'_> {
         let mut seeder = Seeder::new(key);
         let now_ns = to_ns(now);
         {
-            let mut ins = tx
-                .prepare(
-                    "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message,
-                                            message_id, detail, at, variant_name)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .map_err(&db)?;
+            let mut ins = RowWriter::new(tx).map_err(&db)?;
             let mut prior = tx
                 .prepare(if old_range.is_some() {
-                    "SELECT status, message_id FROM temp.prior_rows WHERE id = ?1"
+                    "SELECT status, message_id FROM prior_rows WHERE id = ?1"
                 } else {
-                    "SELECT 0, 0 WHERE ?1 IS NULL"
+                    "SELECT 0, 0 WHERE CAST(?1 AS BIGINT) IS NULL"
                 })
                 .map_err(&db)?;
             consume_in_batches(rows, |row| {
@@ -382,8 +395,7 @@ impl Ops<'_> {
                     (continue_from, old_range, row.id, row.status)
                 {
                     let p: Option<(i64, Option<i64>)> = prior
-                        .query_row(params![rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
+                        .query_opt(params![rid as i64], |r| Ok((r.get(0)?, r.get(1)?)))
                         .map_err(&db)?;
                     if let Some((s, mid)) = p {
                         let s = RecipientStatus::from_code(s)?;
@@ -406,27 +418,28 @@ impl Ops<'_> {
                     _ => Some(row.raw_id.as_str()),
                 };
                 let variant = seeder.row(row.line, row.call_seq, row.variant.as_deref());
-                ins.execute(params![
-                    (key << 32) | row.line as i64,
-                    row.id.map(|v| v as i64),
+                ins.write(NewRow {
+                    rk: (key << 32) | row.line as i64,
+                    id: row.id.map(|v| v as i64),
                     raw_id,
-                    status.code(),
-                    row.call_seq.map(|v| v as i64),
+                    status: status.code(),
+                    call_seq: row.call_seq.map(|v| v as i64),
                     variant,
-                    note,
+                    error_message: note.as_deref(),
                     message_id,
-                    detail,
+                    detail: detail.as_deref(),
                     at,
-                    row.variant_name,
-                ])
+                    variant_name: row.variant_name.as_deref(),
+                })
                 .map_err(&db)?;
                 Ok(())
             })?;
+            drop(prior);
+            ins.finish().map_err(&db)?;
         }
         seeder.finish(tx).map_err(&db)?;
         if old_range.is_some() {
-            tx.execute_batch("DROP TABLE temp.prior_rows")
-                .map_err(&db)?;
+            tx.execute_batch("DROP TABLE prior_rows").map_err(&db)?;
         }
         for (status, n) in seeded {
             count_move(tx, id, None, status, n).map_err(&db)?;
@@ -446,15 +459,15 @@ impl Ops<'_> {
         now: Timestamp,
     ) -> Result<Option<u64>, JournalError> {
         let db = self.db();
-        self.sq()
+        self.conn
             .execute_batch("SAVEPOINT apply_suppressions")
             .map_err(&db)?;
         let res = self.apply_suppressions(old, new, rows, now);
         let end = match res {
-            Ok(Some(_)) => "RELEASE apply_suppressions",
-            _ => "ROLLBACK TO apply_suppressions; RELEASE apply_suppressions",
+            Ok(Some(_)) => "RELEASE SAVEPOINT apply_suppressions",
+            _ => "ROLLBACK TO SAVEPOINT apply_suppressions; RELEASE SAVEPOINT apply_suppressions",
         };
-        let ended = self.sq().execute_batch(end).map_err(&db);
+        let ended = self.conn.execute_batch(end).map_err(&db);
         let n = res?;
         ended?;
         Ok(n)
@@ -468,7 +481,7 @@ impl Ops<'_> {
         now: Timestamp,
     ) -> Result<Option<u64>, JournalError> {
         let db = self.db();
-        let tx = self.sq();
+        let tx = self.conn;
         let mut n = 0u64;
         let mut seen = 0u64;
         let key = run_key(tx, &old.id)
@@ -498,8 +511,7 @@ impl Ops<'_> {
                 }
                 let rk = (key << 32) | row.line as i64;
                 let cur: Option<(Option<i64>, i64)> = get
-                    .query_row(params![rk], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
+                    .query_opt(params![rk], |r| Ok((r.get(0)?, r.get(1)?)))
                     .map_err(&db)?;
                 let Some((cid, cstatus)) = cur else {
                     return Ok(None);
@@ -543,15 +555,15 @@ impl Ops<'_> {
         }
         let total: i64 = tx
             .query_row(
-                "SELECT COALESCE(SUM(n), 0) FROM run_counts WHERE run_id = ?1",
-                [&old.id],
+                "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM run_counts WHERE run_id = ?1",
+                params![&old.id],
                 |r| r.get(0),
             )
             .map_err(&db)?;
         if total as u64 != seen {
             return Ok(None);
         }
-        tx.execute("DELETE FROM call_plan WHERE run_key = ?1", [key])
+        tx.execute("DELETE FROM call_plan WHERE run_key = ?1", params![key])
             .map_err(&db)?;
         plan.finish(tx).map_err(&db)?;
         count_move(

@@ -19,11 +19,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
+use crate::store::params;
 use jiff::Timestamp;
-use rusqlite::params;
 
 use super::counts::count_move;
-use super::rows::Seeder;
+use super::rows::{NewRow, RowWriter, Seeder};
 use super::schema::{rk_range, run_key, ts, MAX_LINE};
 use super::{
     new_run_id, Journal, JournalError, NewRun, Opened, Ops, RecipientStatus, RunInfo, RunStatus,
@@ -200,23 +200,18 @@ impl Ops<'_> {
         last: &RunInfo,
         retryable: &dyn Fn(&str) -> bool,
     ) -> Result<RetryCandidates, JournalError> {
-        let key = run_key(self.sq(), &last.id)
+        let key = run_key(self.conn, &last.id)
             .map_err(self.db())?
             .ok_or_else(|| JournalError::NoRun(last.id.clone()))?;
         let (lo, hi) = rk_range(key);
-        let mut st = self
-            .sq()
-            .prepare_cached(
+        let by_code = self
+            .conn
+            .query_map(
                 "SELECT error_code, COUNT(*) FROM recipients
                  WHERE rk BETWEEN ?1 AND ?2 AND status = ?3 GROUP BY error_code",
+                params![lo, hi, RecipientStatus::Failed.code()],
+                |r| Ok((r.get::<Option<String>>(0)?, r.get::<i64>(1)?)),
             )
-            .map_err(self.db())?;
-        let by_code = st
-            .query_map(params![lo, hi, RecipientStatus::Failed.code()], |r| {
-                Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
-            })
-            .map_err(self.db())?
-            .collect::<Result<Vec<_>, _>>()
             .map_err(self.db())?;
         let mut c = RetryCandidates {
             run_id: last.id.clone(),
@@ -263,30 +258,28 @@ impl Ops<'_> {
         }
         let last = self.retry_source(campaign, occurrence)?;
         let db = self.db();
-        let old_key = run_key(self.sq(), &last.id)
+        let old_key = run_key(self.conn, &last.id)
             .map_err(&db)?
             .ok_or_else(|| JournalError::NoRun(last.id.clone()))?;
         let (lo, hi) = rk_range(old_key);
         let mut ids: HashSet<u64> = HashSet::new();
         {
-            let mut st = self
-                .sq()
-                .prepare(
+            // Streamed: a run of millions may have many failed rows (only the retryable ids
+            // are kept).
+            self.conn
+                .for_each(
                     "SELECT id, error_code FROM recipients
                      WHERE rk BETWEEN ?1 AND ?2 AND status = ?3 AND id IS NOT NULL",
+                    params![lo, hi, RecipientStatus::Failed.code()],
+                    |r| {
+                        if r.str(1)?.is_some_and(retryable) {
+                            ids.insert(r.get::<i64>(0)? as u64);
+                        }
+                        Ok(())
+                    },
                 )
+                .and_then(|r| r)
                 .map_err(&db)?;
-            let found = st
-                .query_map(params![lo, hi, RecipientStatus::Failed.code()], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
-                })
-                .map_err(&db)?;
-            for f in found {
-                let (id, code) = f.map_err(&db)?;
-                if code.as_deref().is_some_and(retryable) {
-                    ids.insert(id as u64);
-                }
-            }
         }
         if ids.is_empty() {
             return Err(nothing_to_retry(
@@ -304,7 +297,7 @@ impl Ops<'_> {
         }
         let audit =
             serde_json::to_string(&audit).map_err(|e| JournalError::Corrupt(e.to_string()))?;
-        self.sq()
+        self.conn
             .execute(
                 "INSERT INTO runs(id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test,
                                   created_at, updated_at, audit, limit_count, limit_window_ms, total_calls,
@@ -333,20 +326,14 @@ impl Ops<'_> {
             )
             .map_err(&db)?;
         self.take(&id, now)?;
-        let key = run_key(self.sq(), &id)
+        let key = run_key(self.conn, &id)
             .map_err(&db)?
             .ok_or_else(|| JournalError::NoRun(id.clone()))?;
         let mut seeder = Seeder::new(key);
         let mut seeded: BTreeMap<RecipientStatus, u64> = BTreeMap::new();
         let mut found: HashSet<u64> = HashSet::new();
         {
-            let mut ins = self
-                .sq()
-                .prepare(
-                    "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant, error_message)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(&db)?;
+            let mut ins = RowWriter::new(self.conn).map_err(&db)?;
             for row in rows() {
                 let row = row.map_err(|e| JournalError::Seed(e.to_string()))?;
                 let Some(rid) = row.id.filter(|v| ids.contains(v)) else {
@@ -363,19 +350,24 @@ impl Ops<'_> {
                 let raw_id =
                     (itoa::Buffer::new().format(rid) != row.raw_id).then_some(row.raw_id.as_str());
                 let variant = seeder.row(row.line, row.call_seq, row.variant.as_deref());
-                ins.execute(params![
-                    (key << 32) | row.line as i64,
-                    rid as i64,
+                ins.write(NewRow {
+                    rk: (key << 32) | row.line as i64,
+                    id: Some(rid as i64),
                     raw_id,
-                    row.status.code(),
-                    row.call_seq.map(|v| v as i64),
+                    status: row.status.code(),
+                    call_seq: row.call_seq.map(|v| v as i64),
                     variant,
-                    row.note,
-                ])
+                    error_message: row.note.as_deref(),
+                    message_id: None,
+                    detail: None,
+                    at: None,
+                    variant_name: None,
+                })
                 .map_err(&db)?;
             }
+            ins.finish().map_err(&db)?;
         }
-        seeder.finish(self.sq()).map_err(&db)?;
+        seeder.finish(self.conn).map_err(&db)?;
         let retried = seeded.get(&RecipientStatus::Pending).copied().unwrap_or(0);
         if retried == 0 {
             return Err(JournalError::Retry(format!(
@@ -387,7 +379,7 @@ impl Ops<'_> {
             )));
         }
         for (status, n) in seeded {
-            count_move(self.sq(), &id, None, status, n).map_err(&db)?;
+            count_move(self.conn, &id, None, status, n).map_err(&db)?;
         }
         let run = self.existing_run(&id)?;
         Ok(Opened::Retry {

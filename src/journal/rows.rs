@@ -7,7 +7,7 @@
 //! about a byte a recipient), a run's Content variants (`run_variants`: a row holds the variant's
 //! small index), a recipient's time (NULL: the time its call was answered, or the run's start; an
 //! integer of nanoseconds only where it differs: cancelled, expired, suppressed on resume,
-//! carried over). A call's receivers are found through its plan call's lines (rowid look-ups),
+//! carried over). A call's receivers are found through its plan call's lines (look-ups by key, `rk`),
 //! then through the small partial index of refused receivers (`recipients_refused`, the only rows
 //! resent in another call), and only then by a scan of the run (receivers the run does not plan
 //! in that call: never in a real run; it keeps the old semantics for any caller).
@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::store::{params, Backend, Conn, StoreError, Value};
 
 use super::pack::{decode_list, encode_list};
 use super::schema::{rk_range, MAX_LINE};
@@ -32,37 +32,36 @@ pub(super) struct Found {
     pub refusals: i64,
 }
 
-fn corrupt(e: JournalError) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+fn corrupt(e: JournalError) -> StoreError {
+    StoreError::Value(Box::new(e))
 }
 
 /// The rows at `rks` (a run's keys), by id. Keys in one ascending contiguous range are read with
-/// one range scan, others one by one (rowid look-ups).
-pub(super) fn rows_at(conn: &Connection, rks: &[i64]) -> rusqlite::Result<HashMap<u64, Found>> {
+/// one range scan, others one by one (look-ups by key).
+pub(super) fn rows_at(conn: &Conn, rks: &[i64]) -> Result<HashMap<u64, Found>, StoreError> {
     let mut out = HashMap::with_capacity(rks.len());
     let contiguous = rks.len() > 1 && rks.windows(2).all(|w| w[1] == w[0] + 1);
     if contiguous {
-        let mut st = conn.prepare_cached(
+        conn.for_each(
             "SELECT rk, id, status, refusals FROM recipients WHERE rk BETWEEN ?1 AND ?2",
-        )?;
-        let mut rows = st.query(params![rks[0], rks[rks.len() - 1]])?;
-        while let Some(r) = rows.next()? {
-            if let Some(id) = r.get::<_, Option<i64>>(1)? {
-                out.entry(id as u64).or_insert(Found {
-                    rk: r.get(0)?,
-                    status: r.get(2)?,
-                    refusals: r.get(3)?,
-                });
-            }
-        }
+            params![rks[0], rks[rks.len() - 1]],
+            |r| {
+                if let Some(id) = r.get::<Option<i64>>(1)? {
+                    out.entry(id as u64).or_insert(Found {
+                        rk: r.get(0)?,
+                        status: r.get(2)?,
+                        refusals: r.get(3)?,
+                    });
+                }
+                Ok::<_, StoreError>(())
+            },
+        )??;
         return Ok(out);
     }
-    let mut st =
-        conn.prepare_cached("SELECT id, status, refusals FROM recipients WHERE rk = ?1")?;
+    let mut st = conn.prepare("SELECT id, status, refusals FROM recipients WHERE rk = ?1")?;
     for &rk in rks {
-        let row: Option<(Option<i64>, i64, i64)> = st
-            .query_row([rk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
+        let row: Option<(Option<i64>, i64, i64)> =
+            st.query_opt(params![rk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         if let Some((Some(id), status, refusals)) = row {
             out.entry(id as u64).or_insert(Found {
                 rk,
@@ -75,11 +74,12 @@ pub(super) fn rows_at(conn: &Connection, rks: &[i64]) -> rusqlite::Result<HashMa
 }
 
 /// The keys of the audience lines a plan call holds (empty: no such plan call).
-pub(super) fn plan_rks(conn: &Connection, key: i64, seq: u64) -> rusqlite::Result<Vec<i64>> {
-    let blob: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT lines FROM call_plan WHERE run_key = ?1 AND seq = ?2")?
-        .query_row(params![key, seq as i64], |r| r.get(0))
-        .optional()?;
+pub(super) fn plan_rks(conn: &Conn, key: i64, seq: u64) -> Result<Vec<i64>, StoreError> {
+    let blob: Option<Vec<u8>> = conn.query_opt(
+        "SELECT lines FROM call_plan WHERE run_key = ?1 AND seq = ?2",
+        params![key, seq as i64],
+        |r| r.get(0),
+    )?;
     let Some(blob) = blob else {
         return Ok(Vec::new());
     };
@@ -98,12 +98,12 @@ pub(super) fn plan_rks(conn: &Connection, key: i64, seq: u64) -> rusqlite::Resul
 /// plan nor refused has nothing to send in this run: a `--retry-failed` run holds only some of
 /// the plan's receivers, and must not scan itself once per plan call for the others.
 pub(super) fn resolve(
-    conn: &Connection,
+    conn: &Conn,
     key: i64,
     seq: u64,
     ids: &[u64],
     scan: bool,
-) -> rusqlite::Result<HashMap<u64, Found>> {
+) -> Result<HashMap<u64, Found>, StoreError> {
     let mut found = rows_at(conn, &plan_rks(conn, key, seq)?)?;
     let missing: Vec<u64> = ids
         .iter()
@@ -114,21 +114,19 @@ pub(super) fn resolve(
         return Ok(found);
     }
     let (lo, hi) = rk_range(key);
-    let mut refused = conn.prepare_cached(
+    let mut refused = conn.prepare(
         "SELECT rk, status, refusals FROM recipients
          WHERE id = ?1 AND refusals > 0 AND rk BETWEEN ?2 AND ?3 ORDER BY rk LIMIT 1",
     )?;
     let mut rest = Vec::new();
     for id in missing {
-        let row: Option<Found> = refused
-            .query_row(params![id as i64, lo, hi], |r| {
-                Ok(Found {
-                    rk: r.get(0)?,
-                    status: r.get(1)?,
-                    refusals: r.get(2)?,
-                })
+        let row: Option<Found> = refused.query_opt(params![id as i64, lo, hi], |r| {
+            Ok(Found {
+                rk: r.get(0)?,
+                status: r.get(1)?,
+                refusals: r.get(2)?,
             })
-            .optional()?;
+        })?;
         match row {
             Some(f) => {
                 found.insert(id, f);
@@ -136,6 +134,7 @@ pub(super) fn resolve(
             None => rest.push(id),
         }
     }
+    drop(refused);
     if rest.is_empty() || !scan {
         return Ok(found);
     }
@@ -146,46 +145,197 @@ pub(super) fn resolve(
         RecipientStatus::Pending.code(),
         RecipientStatus::Unknown.code(),
     );
-    let mut st = conn.prepare_cached(
+    conn.for_each(
         "SELECT rk, id, status, refusals FROM recipients WHERE rk BETWEEN ?1 AND ?2 AND id IS NOT NULL",
-    )?;
-    let mut rows = st.query(params![lo, hi])?;
-    while let Some(r) = rows.next()? {
-        let id = r.get::<_, i64>(1)? as u64;
-        if !want.contains(&id) {
-            continue;
-        }
-        let f = Found {
-            rk: r.get(0)?,
-            status: r.get(2)?,
-            refusals: r.get(3)?,
-        };
-        let open = |s: i64| s == pending || s == unknown;
-        match found.get(&id) {
-            Some(old) if open(old.status) || !open(f.status) => {}
-            _ => {
-                found.insert(id, f);
+        params![lo, hi],
+        |r| {
+            let id = r.get::<i64>(1)? as u64;
+            if !want.contains(&id) {
+                return Ok(());
             }
-        }
-    }
+            let f = Found {
+                rk: r.get(0)?,
+                status: r.get(2)?,
+                refusals: r.get(3)?,
+            };
+            let open = |s: i64| s == pending || s == unknown;
+            match found.get(&id) {
+                Some(old) if open(old.status) || !open(f.status) => {}
+                _ => {
+                    found.insert(id, f);
+                }
+            }
+            Ok::<_, StoreError>(())
+        },
+    )??;
     Ok(found)
 }
 
 /// The index of `variant` in run `key`'s dictionary, added if new.
-pub(super) fn variant_idx(conn: &Connection, key: i64, variant: &str) -> rusqlite::Result<i64> {
-    let idx: Option<i64> = conn
-        .prepare_cached("SELECT idx FROM run_variants WHERE run_key = ?1 AND variant = ?2")?
-        .query_row(params![key, variant], |r| r.get(0))
-        .optional()?;
+pub(super) fn variant_idx(conn: &Conn, key: i64, variant: &str) -> Result<i64, StoreError> {
+    let idx: Option<i64> = conn.query_opt(
+        "SELECT idx FROM run_variants WHERE run_key = ?1 AND variant = ?2",
+        params![key, variant],
+        |r| r.get(0),
+    )?;
     if let Some(i) = idx {
         return Ok(i);
     }
-    conn.prepare_cached(
+    conn.execute(
         "INSERT INTO run_variants(run_key, idx, variant)
-         SELECT ?1, COALESCE(MAX(idx) + 1, 0), ?2 FROM run_variants WHERE run_key = ?1",
-    )?
-    .execute(params![key, variant])?;
+         SELECT CAST(?1 AS BIGINT), COALESCE(MAX(idx) + 1, 0), CAST(?2 AS TEXT)
+         FROM run_variants WHERE run_key = ?1",
+        params![key, variant],
+    )?;
     variant_idx(conn, key, variant)
+}
+
+/// One recipient row as seeding writes it ([`RowWriter`]).
+pub(super) struct NewRow<'a> {
+    pub rk: i64,
+    pub id: Option<i64>,
+    pub raw_id: Option<&'a str>,
+    pub status: i64,
+    pub call_seq: Option<i64>,
+    pub variant: Option<i64>,
+    pub error_message: Option<&'a str>,
+    pub message_id: Option<i64>,
+    pub detail: Option<&'a str>,
+    pub at: Option<i64>,
+    pub variant_name: Option<&'a str>,
+}
+
+const INSERT_ROW: &str = "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant,
+                              error_message, message_id, detail, at, variant_name)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// Rows a PostgreSQL bulk insert sends in one statement.
+pub(super) const PG_BATCH: usize = 5000;
+
+/// Writes a run's new recipient rows inside the caller's transaction. SQLite: the prepared
+/// insert, one row per execution (in-process, a few hundred nanoseconds each). PostgreSQL: a
+/// round trip per row would cost 30–50 µs (minutes for ten million), so rows are buffered and
+/// written [`PG_BATCH`] at a time with one `INSERT … SELECT FROM unnest(arrays)` (the
+/// PostgreSQL-only branch, behind [`Conn::backend`]). [`RowWriter::finish`] writes the rest.
+pub(super) struct RowWriter<'c> {
+    conn: &'c Conn,
+    /// SQLite: the insert, prepared once.
+    sqlite: Option<crate::store::Stmt<'c>>,
+    pg: Option<PgRows>,
+}
+
+#[derive(Default)]
+struct PgRows {
+    rk: Vec<Option<i64>>,
+    id: Vec<Option<i64>>,
+    raw_id: Vec<Option<String>>,
+    status: Vec<Option<i64>>,
+    call_seq: Vec<Option<i64>>,
+    variant: Vec<Option<i64>>,
+    error_message: Vec<Option<String>>,
+    message_id: Vec<Option<i64>>,
+    detail: Vec<Option<String>>,
+    at: Vec<Option<i64>>,
+    variant_name: Vec<Option<String>>,
+}
+
+impl<'c> RowWriter<'c> {
+    pub fn new(conn: &'c Conn) -> Result<Self, StoreError> {
+        let pg = conn.backend() == Backend::Postgres;
+        Ok(RowWriter {
+            conn,
+            sqlite: if pg {
+                None
+            } else {
+                Some(conn.prepare(INSERT_ROW)?)
+            },
+            pg: pg.then(PgRows::default),
+        })
+    }
+
+    pub fn write(&mut self, r: NewRow<'_>) -> Result<(), StoreError> {
+        if let Some(st) = self.sqlite.as_mut() {
+            st.execute(params![
+                r.rk,
+                r.id,
+                r.raw_id,
+                r.status,
+                r.call_seq,
+                r.variant,
+                r.error_message,
+                r.message_id,
+                r.detail,
+                r.at,
+                r.variant_name
+            ])?;
+            return Ok(());
+        }
+        let Some(b) = self.pg.as_mut() else {
+            return Ok(());
+        };
+        let own = |s: Option<&str>| s.map(str::to_string);
+        b.rk.push(Some(r.rk));
+        b.id.push(r.id);
+        b.raw_id.push(own(r.raw_id));
+        b.status.push(Some(r.status));
+        b.call_seq.push(r.call_seq);
+        b.variant.push(r.variant);
+        b.error_message.push(own(r.error_message));
+        b.message_id.push(r.message_id);
+        b.detail.push(own(r.detail));
+        b.at.push(r.at);
+        b.variant_name.push(own(r.variant_name));
+        if b.rk.len() >= PG_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let Some(b) = self.pg.as_mut() else {
+            return Ok(());
+        };
+        if b.rk.is_empty() {
+            return Ok(());
+        }
+        fn texts(v: &[Option<String>]) -> Vec<Option<&str>> {
+            v.iter().map(Option::as_deref).collect()
+        }
+        let (raw_id, error_message, detail, variant_name) = (
+            texts(&b.raw_id),
+            texts(&b.error_message),
+            texts(&b.detail),
+            texts(&b.variant_name),
+        );
+        self.conn.execute(
+            "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant,
+                                    error_message, message_id, detail, at, variant_name)
+             SELECT * FROM unnest(CAST(?1 AS BIGINT[]), CAST(?2 AS BIGINT[]), CAST(?3 AS TEXT[]),
+                                  CAST(?4 AS BIGINT[]), CAST(?5 AS BIGINT[]), CAST(?6 AS BIGINT[]),
+                                  CAST(?7 AS TEXT[]), CAST(?8 AS BIGINT[]), CAST(?9 AS TEXT[]),
+                                  CAST(?10 AS BIGINT[]), CAST(?11 AS TEXT[]))",
+            &[
+                Value::Ints(&b.rk),
+                Value::Ints(&b.id),
+                Value::Texts(&raw_id),
+                Value::Ints(&b.status),
+                Value::Ints(&b.call_seq),
+                Value::Ints(&b.variant),
+                Value::Texts(&error_message),
+                Value::Ints(&b.message_id),
+                Value::Texts(&detail),
+                Value::Ints(&b.at),
+                Value::Texts(&variant_name),
+            ],
+        )?;
+        *b = PgRows::default();
+        Ok(())
+    }
+
+    /// Write the rows still buffered (PostgreSQL); nothing on SQLite.
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        self.flush()
+    }
 }
 
 /// What seeding a run collects besides its rows: the variant dictionary and each plan call's
@@ -220,19 +370,22 @@ impl Seeder {
     }
 
     /// Write the dictionary and the plan calls' lines.
-    pub fn finish(self, conn: &Connection) -> rusqlite::Result<()> {
-        let mut ins = conn.prepare_cached(
-            "INSERT INTO run_variants(run_key, idx, variant) VALUES (?1, ?2, ?3)",
-        )?;
+    pub fn finish(self, conn: &Conn) -> Result<(), StoreError> {
+        let mut ins =
+            conn.prepare("INSERT INTO run_variants(run_key, idx, variant) VALUES (?1, ?2, ?3)")?;
         for (v, i) in &self.variants {
-            ins.execute(params![self.key, i, v])?;
+            ins.execute(params![self.key, *i, v])?;
         }
-        let mut ins = conn.prepare_cached(
+        let mut ins = conn.prepare(
             "INSERT INTO call_plan(run_key, seq, lines) VALUES (?1, ?2, ?3)
              ON CONFLICT(run_key, seq) DO UPDATE SET lines = excluded.lines",
         )?;
         for (seq, lines) in &self.plan {
-            ins.execute(params![self.key, *seq as i64, encode_list(lines)])?;
+            ins.execute(params![
+                self.key,
+                *seq as i64,
+                encode_list(lines).as_slice()
+            ])?;
         }
         Ok(())
     }
@@ -251,23 +404,23 @@ pub(super) struct RunView {
 }
 
 impl RunView {
-    pub fn load(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<RunView>> {
-        let run: Option<(i64, String)> = conn
-            .query_row(
-                "SELECT key, created_at FROM runs WHERE id = ?1",
-                [run_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+    pub fn load(conn: &Conn, run_id: &str) -> Result<Option<RunView>, StoreError> {
+        let run: Option<(i64, String)> = conn.query_opt(
+            "SELECT key, created_at FROM runs WHERE id = ?1",
+            params![run_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let Some((key, created_at)) = run else {
             return Ok(None);
         };
-        let mut variants = HashMap::new();
-        let mut st = conn.prepare("SELECT idx, variant FROM run_variants WHERE run_key = ?1")?;
-        let mut rows = st.query([key])?;
-        while let Some(r) = rows.next()? {
-            variants.insert(r.get(0)?, r.get(1)?);
-        }
+        let variants: HashMap<i64, String> = conn
+            .query_map(
+                "SELECT idx, variant FROM run_variants WHERE run_key = ?1",
+                params![key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .into_iter()
+            .collect();
         Ok(Some(RunView {
             key,
             run_id: run_id.to_string(),
@@ -279,14 +432,33 @@ impl RunView {
 
     /// A row's time: its own (`at`), else when its call was answered (for a status a call
     /// gives), else the run's start.
+    /// [`RunView::time`] with the answering call's time already read (`call_time`: the
+    /// call's `updated_at` if it was answered), for a scan that cannot look it up as it goes.
+    pub fn time_given<'a>(
+        &'a self,
+        status: RecipientStatus,
+        call_time: Option<&'a str>,
+        at: Option<i64>,
+        buf: &'a mut String,
+    ) -> Result<&'a str, StoreError> {
+        if let Some(ns) = at {
+            *buf = super::pack::ns_text(ns).map_err(corrupt)?;
+            return Ok(buf.as_str());
+        }
+        match call_time {
+            Some(t) if status.given_by_call() => Ok(t),
+            _ => Ok(self.created_at.as_str()),
+        }
+    }
+
     pub fn time<'a>(
         &'a self,
-        conn: &Connection,
+        conn: &Conn,
         status: RecipientStatus,
         call_seq: Option<i64>,
         at: Option<i64>,
         buf: &'a mut String,
-    ) -> rusqlite::Result<&'a str> {
+    ) -> Result<&'a str, StoreError> {
         if let Some(ns) = at {
             *buf = super::pack::ns_text(ns).map_err(corrupt)?;
             return Ok(buf.as_str());
@@ -294,13 +466,12 @@ impl RunView {
         if let (true, Some(c)) = (status.given_by_call(), call_seq) {
             let mut last = self.last_call.borrow_mut();
             if last.as_ref().map(|(s, _)| *s) != Some(c) {
-                let t: Option<String> = conn
-                    .prepare_cached(
-                        "SELECT updated_at FROM calls
-                         WHERE run_id = ?1 AND seq = ?2 AND state IN ('done', 'unknown')",
-                    )?
-                    .query_row(params![self.run_id, c], |r| r.get(0))
-                    .optional()?;
+                let t: Option<String> = conn.query_opt(
+                    "SELECT updated_at FROM calls
+                     WHERE run_id = ?1 AND seq = ?2 AND state IN ('done', 'unknown')",
+                    params![&self.run_id, c],
+                    |r| r.get(0),
+                )?;
                 *last = Some((c, t));
             }
             if let Some((_, Some(t))) = last.as_ref() {
@@ -317,6 +488,156 @@ impl RunView {
 mod tests {
     use crate::journal::testutil::*;
     use crate::journal::*;
+
+    /// The recipient columns the bulk paths write and update (a stand-in for the journal's
+    /// schema, which PostgreSQL gets from the store's migrations).
+    fn recipients_table(c: &crate::store::Conn) {
+        c.execute_batch(
+            "CREATE TABLE IF NOT EXISTS recipients(rk BIGINT PRIMARY KEY, id BIGINT, raw_id TEXT,
+                 status BIGINT NOT NULL, call_seq BIGINT, variant BIGINT, error_message TEXT,
+                 message_id BIGINT, detail TEXT, at BIGINT, variant_name TEXT,
+                 attempts BIGINT NOT NULL DEFAULT 0, refusals BIGINT NOT NULL DEFAULT 0,
+                 error_code TEXT)",
+        )
+        .expect("table");
+    }
+
+    /// `RowWriter` writes every row, whole, on either backend (PostgreSQL: in batches of
+    /// `PG_BATCH`, the last one by `finish`).
+    fn row_writer_writes_every_row(c: &crate::store::Conn) {
+        use super::{NewRow, RowWriter, PG_BATCH};
+        use crate::store::params;
+        recipients_table(c);
+        let n = PG_BATCH as i64 * 2 + 7;
+        let tx = c.transaction().expect("begin");
+        let mut w = RowWriter::new(&tx).expect("writer");
+        for i in 0..n {
+            let note = format!("note {i}");
+            w.write(NewRow {
+                rk: (1 << 32) | (i + 2),
+                id: (i % 5 != 0).then_some(9_007_199_254_740_993 + i),
+                raw_id: (i % 5 == 0).then_some("x"),
+                status: i % 3,
+                call_seq: Some(i / 500),
+                variant: Some(0),
+                error_message: (i % 2 == 0).then_some(note.as_str()),
+                message_id: None,
+                detail: None,
+                at: (i == 1).then_some(42),
+                variant_name: Some("v"),
+            })
+            .expect("write");
+        }
+        w.finish().expect("finish");
+        tx.commit().expect("commit");
+        let (count, ids, notes, ats): (i64, i64, i64, i64) = c
+            .query_row(
+                "SELECT COUNT(*), COUNT(id), COUNT(error_message), COUNT(at) FROM recipients",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .expect("count");
+        assert_eq!(
+            (count, ids, notes, ats),
+            (n, n - (n + 4) / 5, (n + 1) / 2, 1)
+        );
+        let last: (i64, Option<String>) = c
+            .query_row(
+                "SELECT id, error_message FROM recipients WHERE rk = ?1",
+                params![(1i64 << 32) | (n + 1)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("last row");
+        assert_eq!(last.0, 9_007_199_254_740_993 + n - 1);
+    }
+
+    #[test]
+    fn row_writer_writes_every_row_on_sqlite() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = crate::store::Conn::sqlite(
+            crate::db::open(&d.path().join("t.db"), "NORMAL").expect("open"),
+        );
+        row_writer_writes_every_row(&c);
+    }
+
+    /// PostgreSQL's bulk paths: the seeding batches, and a call's outcomes in one statement
+    /// (`calls::PG_OUTCOMES`): only rows still in the status they move from change, a refusal is
+    /// counted, attempts add up for a pending row, and each change is returned for the counters.
+    #[test]
+    fn bulk_seeding_and_outcomes_on_postgres() {
+        let Some(db) = crate::testing::pg::test_db("journal_bulk") else {
+            return;
+        };
+        let url = db.url().clone();
+        std::thread::spawn(move || {
+            use crate::store::{params, Value};
+            let c = crate::store::Conn::postgres(&url).expect("connect");
+            row_writer_writes_every_row(&c);
+            let rk = |line: i64| (1i64 << 32) | line;
+            // Rows at lines 2..=5 hold status 0, 1, 2, 0 (line - 2) % 3.
+            c.execute(
+                "UPDATE recipients SET attempts = 1 WHERE rk = ?1",
+                params![rk(5)],
+            )
+            .expect("attempts");
+            let rks = [Some(rk(2)), Some(rk(3)), Some(rk(5)), Some(rk(4))];
+            let to = [Some(4), Some(0), Some(4), Some(3)];
+            let mid = [Some(7), None, Some(8), None];
+            let code = [None, Some("FailedReceiver"), None, None];
+            let none: [Option<&str>; 4] = [None; 4];
+            // Line 4 (status 2) claims to move from 0: not in that status, unchanged.
+            let from = [Some(0), Some(1), Some(0), Some(0)];
+            let changed = c
+                .query_map(
+                    crate::journal::calls::PG_OUTCOMES,
+                    &[
+                        Value::Int(0),
+                        Value::Ints(&rks),
+                        Value::Ints(&to),
+                        Value::Ints(&mid),
+                        Value::Texts(&code),
+                        Value::Texts(&none),
+                        Value::Texts(&none),
+                        Value::Ints(&from),
+                        Value::Int(9),
+                        Value::Int(0),
+                        Value::Int(2),
+                    ],
+                    |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+                )
+                .expect("outcomes");
+            let mut changed = changed;
+            changed.sort_unstable();
+            assert_eq!(changed, [(0, 4), (0, 4), (1, 0)]);
+            let rows = c
+                .query_map(
+                    "SELECT rk, status, message_id, attempts, refusals, call_seq FROM recipients
+                     WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk",
+                    params![rk(2), rk(5)],
+                    |r| {
+                        Ok((
+                            r.get::<i64>(1)?,
+                            r.get::<Option<i64>>(2)?,
+                            r.get::<i64>(3)?,
+                            r.get::<i64>(4)?,
+                            r.get::<Option<i64>>(5)?,
+                        ))
+                    },
+                )
+                .expect("rows");
+            assert_eq!(
+                rows,
+                [
+                    (4, Some(7), 2, 0, Some(9)),
+                    (0, None, 2, 1, Some(9)),
+                    (2, None, 0, 0, Some(0)),
+                    (4, Some(8), 3, 0, Some(9)),
+                ]
+            );
+        })
+        .join()
+        .expect("thread");
+    }
 
     /// The state a run leaves per recipient, in bytes (deterministic, unlike time): 100,000
     /// recipients with ids above 2^53, one shared Content in calls of 500, every one sent with a

@@ -8,36 +8,47 @@
 
 use std::time::Duration;
 
+use crate::store::{params, OptionalExtension};
 use jiff::Timestamp;
-use rusqlite::{params, OptionalExtension};
 
 use super::schema::{parse_ts, ts};
 use super::{Journal, JournalError, Ops, RunInfo, RunStatus};
 use crate::action::Action;
 use crate::config::Limit;
 
+/// The columns [`Journal::run_from_row`] reads, in its order.
+macro_rules! run_columns {
+    () => {
+        "id, campaign, occurrence, plan_hash, content_key, action, status, flags, is_test, \
+         created_at, updated_at, finished_at, stop_reason, audit, limit_count, limit_window_ms, \
+         total_calls, continued_from, retry_of"
+    };
+}
+
 impl Journal {
-    fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
+    /// A run row selected with [`RUN_COLUMNS`] (named, in this order: `SELECT *` would follow
+    /// each backend's column order).
+    fn run_from_row(r: &crate::store::Row) -> Result<RawRun, crate::store::StoreError> {
         Ok(RawRun {
-            id: r.get("id")?,
-            campaign: r.get("campaign")?,
-            occurrence: r.get("occurrence")?,
-            plan_hash: r.get("plan_hash")?,
-            content_key: r.get("content_key")?,
-            action: r.get("action")?,
-            status: r.get("status")?,
-            flags: r.get("flags")?,
-            is_test: r.get("is_test")?,
-            created_at: r.get("created_at")?,
-            updated_at: r.get("updated_at")?,
-            finished_at: r.get("finished_at")?,
-            stop_reason: r.get("stop_reason")?,
-            audit: r.get("audit")?,
-            limit_count: r.get("limit_count")?,
-            limit_window_ms: r.get("limit_window_ms")?,
-            total_calls: r.get("total_calls")?,
-            continued_from: r.get("continued_from")?,
-            retry_of: r.get("retry_of")?,
+            id: r.get(0)?,
+            campaign: r.get(1)?,
+            occurrence: r.get(2)?,
+            plan_hash: r.get(3)?,
+            content_key: r.get(4)?,
+            action: r.get(5)?,
+            status: r.get(6)?,
+            flags: r.get(7)?,
+            is_test: r.get(8)?,
+            created_at: r.get(9)?,
+            updated_at: r.get(10)?,
+            finished_at: r.get(11)?,
+            stop_reason: r.get(12)?,
+            audit: r.get(13)?,
+            limit_count: r.get(14)?,
+            limit_window_ms: r.get(15)?,
+            total_calls: r.get(16)?,
+            continued_from: r.get(17)?,
+            retry_of: r.get(18)?,
         })
     }
 
@@ -53,10 +64,14 @@ impl Journal {
         include_tests: bool,
     ) -> Result<Option<RunInfo>, JournalError> {
         let raw = self
-            .sq()
+            .conn
             .query_row(
-                "SELECT * FROM runs WHERE campaign = ?1 AND (?2 OR is_test = 0)
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                concat!(
+                    "SELECT ",
+                    run_columns!(),
+                    " FROM runs WHERE campaign = ?1 AND (?2 = 1 OR is_test = 0)
+                     ORDER BY created_at DESC, key DESC LIMIT 1"
+                ),
                 params![campaign, include_tests],
                 Self::run_from_row,
             )
@@ -77,28 +92,30 @@ impl Journal {
 
     /// All runs of a campaign, newest first.
     pub fn runs(&self, campaign: &str) -> Result<Vec<RunInfo>, JournalError> {
-        let mut st = self
-            .sq()
-            .prepare("SELECT * FROM runs WHERE campaign = ?1 ORDER BY created_at DESC, rowid DESC")
-            .map_err(self.db())?;
-        let raws = st
-            .query_map([campaign], Self::run_from_row)
-            .map_err(self.db())?
-            .collect::<Result<Vec<_>, _>>()
+        let raws = self
+            .conn
+            .query_map(
+                concat!(
+                    "SELECT ",
+                    run_columns!(),
+                    " FROM runs WHERE campaign = ?1 ORDER BY created_at DESC, key DESC"
+                ),
+                params![campaign],
+                Self::run_from_row,
+            )
             .map_err(self.db())?;
         raws.into_iter().map(RawRun::into_info).collect()
     }
 
     /// Every campaign with a run in the journal (test runs included), sorted.
     pub fn campaigns(&self) -> Result<Vec<String>, JournalError> {
-        let mut st = self
-            .sq()
-            .prepare("SELECT DISTINCT campaign FROM runs ORDER BY campaign")
-            .map_err(self.db())?;
-        let names = st
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(self.db())?
-            .collect::<Result<Vec<_>, _>>()
+        let names = self
+            .conn
+            .query_map(
+                "SELECT DISTINCT campaign FROM runs ORDER BY campaign",
+                params![],
+                |r| r.get::<String>(0),
+            )
             .map_err(self.db())?;
         Ok(names)
     }
@@ -129,10 +146,12 @@ pub(super) fn parse_action(s: &str) -> Result<Action, JournalError> {
 impl Ops<'_> {
     pub(super) fn run(&self, id: &str) -> Result<Option<RunInfo>, JournalError> {
         let raw = self
-            .sq()
-            .prepare_cached("SELECT * FROM runs WHERE id = ?1")
-            .map_err(self.db())?
-            .query_row([id], Journal::run_from_row)
+            .conn
+            .query_row(
+                concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?1"),
+                params![id],
+                Journal::run_from_row,
+            )
             .optional()
             .map_err(self.db())?;
         raw.map(RawRun::into_info).transpose()
@@ -149,14 +168,18 @@ impl Ops<'_> {
         occurrence: Option<&str>,
     ) -> Result<Option<RunInfo>, JournalError> {
         let raw = self
-            .sq()
-            .prepare_cached(
-                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
-                   AND status IN ('running','paused','interrupted')
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            .conn
+            .query_row(
+                concat!(
+                    "SELECT ",
+                    run_columns!(),
+                    " FROM runs WHERE campaign = ?1 AND occurrence IS NOT DISTINCT FROM ?2
+                       AND is_test = 0 AND status IN ('running','paused','interrupted')
+                     ORDER BY created_at DESC, key DESC LIMIT 1"
+                ),
+                params![campaign, occurrence],
+                Journal::run_from_row,
             )
-            .map_err(self.db())?
-            .query_row(params![campaign, occurrence], Journal::run_from_row)
             .optional()
             .map_err(self.db())?;
         raw.map(RawRun::into_info).transpose()
@@ -169,13 +192,17 @@ impl Ops<'_> {
         occurrence: Option<&str>,
     ) -> Result<Option<RunInfo>, JournalError> {
         let raw = self
-            .sq()
-            .prepare_cached(
-                "SELECT * FROM runs WHERE campaign = ?1 AND occurrence IS ?2 AND is_test = 0
-                 ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            .conn
+            .query_row(
+                concat!(
+                    "SELECT ",
+                    run_columns!(),
+                    " FROM runs WHERE campaign = ?1 AND occurrence IS NOT DISTINCT FROM ?2
+                       AND is_test = 0 ORDER BY created_at DESC, key DESC LIMIT 1"
+                ),
+                params![campaign, occurrence],
+                Journal::run_from_row,
             )
-            .map_err(self.db())?
-            .query_row(params![campaign, occurrence], Journal::run_from_row)
             .optional()
             .map_err(self.db())?;
         raw.map(RawRun::into_info).transpose()
@@ -190,15 +217,14 @@ impl Ops<'_> {
     ) -> Result<(), JournalError> {
         let done = matches!(status, RunStatus::Finished | RunStatus::Cancelled);
         let n = self
-            .sq()
-            .prepare_cached(
+            .conn
+            .execute(
                 "UPDATE runs SET status = ?2, stop_reason = ?3, updated_at = ?4,
-                     finished_at = CASE WHEN ?5 THEN ?4 ELSE NULL END,
-                     owner = CASE WHEN ?5 OR ?2 != 'running' THEN NULL ELSE owner END
+                     finished_at = CASE WHEN ?5 = 1 THEN ?4 ELSE NULL END,
+                     owner = CASE WHEN ?5 = 1 OR ?2 <> 'running' THEN NULL ELSE owner END
                  WHERE id = ?1",
+                params![run_id, status.as_str(), reason, ts(now), done],
             )
-            .map_err(self.db())?
-            .execute(params![run_id, status.as_str(), reason, ts(now), done])
             .map_err(self.db())?;
         if n == 0 {
             return Err(JournalError::NoRun(run_id.into()));

@@ -6,10 +6,14 @@
 //! compact journal) recipient rows of a few integers with what a call or a run shares stored
 //! once (see `rows` and `pack`).
 //!
-//! Portability (the PostgreSQL port): the statements are plain SQL (integer codes, BLOB lists
-//! = `bytea`, a partial index, which PostgreSQL has). SQLite-only: `rk` is the rowid (`INTEGER
-//! PRIMARY KEY`: the table b-tree itself in audience order; on PostgreSQL a `bigint` primary key),
-//! `run_counts`/`run_stages` are `WITHOUT ROWID`, and `PRAGMA user_version` numbers the migrations.
+//! Portability (the PostgreSQL port): the migrations here are SQLite's history and run on SQLite
+//! only (through [`crate::store::Conn::as_sqlite`]; PostgreSQL's journal tables are the store's
+//! own migrations, [`crate::pg::schema`]). The values they define are portable: integer codes,
+//! BLOB lists = `bytea`, a partial index, which PostgreSQL has. SQLite-only: `rk` is the rowid
+//! (`INTEGER PRIMARY KEY`: the table b-tree itself in audience order; on PostgreSQL a `bigint`
+//! primary key — statements name it `rk`, never `rowid`), `run_counts`/`run_stages` are `WITHOUT
+//! ROWID`, and `PRAGMA user_version` numbers the migrations. The helpers every statement uses
+//! ([`run_key`], [`rk_range`], [`is_unfinished_conflict`], times) are portable.
 //!
 //! Invariants: a migration runs once, in order, inside one IMMEDIATE transaction with the
 //! version bump; a migration is never edited once released (add a new one). Must not: change
@@ -25,8 +29,9 @@ use std::collections::{BTreeMap, HashMap};
 use super::counts::count_move;
 use super::rows::Seeder;
 use super::runs::parse_action;
-use super::{Journal, JournalError, RecipientStatus};
+use super::{sqlite_of, Journal, JournalError, RecipientStatus};
 use crate::action::Action;
+use crate::store::{Conn, StoreError};
 
 /// The index that keeps at most one unfinished non-test run per (campaign, occurrence).
 pub(super) const UNFINISHED_INDEX: &str = "runs_one_unfinished";
@@ -307,10 +312,14 @@ const COMPACT_CALLS: &str = "DROP TABLE calls;
 /// derives — its call's answer, or the run's start — and nanoseconds where it is not), and each
 /// plan call's lines into `call_plan`. In Rust because times and packed lists cannot be converted
 /// exactly in portable SQL.
-fn compact_rows(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+fn compact_rows(conn: &Connection, sc: &Conn, path: &Path) -> Result<(), JournalError> {
     let db = |source: rusqlite::Error| JournalError::Db {
         path: path.to_path_buf(),
         source: source.into(),
+    };
+    let sdb = |source: StoreError| JournalError::Db {
+        path: path.to_path_buf(),
+        source,
     };
     let mut runs: HashMap<i64, (String, String)> = HashMap::new();
     {
@@ -401,17 +410,21 @@ fn compact_rows(conn: &Connection, path: &Path) -> Result<(), JournalError> {
         .map_err(db)?;
     }
     for (_, s) in seeders {
-        s.finish(conn).map_err(db)?;
+        s.finish(sc).map_err(sdb)?;
     }
     Ok(())
 }
 
 /// Migration 10's calls (after [`COMPACT_RECIPIENTS`]): each call's receivers found among the
 /// compact rows (as a mark finds them) and stored as their lines.
-fn compact_calls(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+fn compact_calls(conn: &Connection, sc: &Conn, path: &Path) -> Result<(), JournalError> {
     let db = |source: rusqlite::Error| JournalError::Db {
         path: path.to_path_buf(),
         source: source.into(),
+    };
+    let sdb = |source: StoreError| JournalError::Db {
+        path: path.to_path_buf(),
+        source,
     };
     let mut st = conn
         .prepare(
@@ -428,7 +441,7 @@ fn compact_calls(conn: &Connection, path: &Path) -> Result<(), JournalError> {
             .map_err(|e| JournalError::Corrupt(format!("call {seq} receivers: {e}")))?;
         let key: Option<i64> = r.get(10).map_err(db)?;
         let (lines, strays) = match key {
-            Some(key) => super::calls::pack_receivers(conn, key, seq as u64, &ids).map_err(db)?,
+            Some(key) => super::calls::pack_receivers(sc, key, seq as u64, &ids).map_err(sdb)?,
             None => (
                 Vec::new(),
                 Some(super::pack::encode_list(
@@ -468,10 +481,18 @@ const UNFINISHED_INDEX_MIGRATION: usize = 4;
 /// what `run` resumed before the index existed); the older ones are recovered like a crash (an
 /// in-flight call's receivers become `unknown`) and cancelled: pending recipients `cancelled`,
 /// the run `cancelled` with a stop reason naming the run kept. Returns how many were cancelled.
-fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, JournalError> {
+fn end_duplicate_unfinished_runs(
+    conn: &Connection,
+    sc: &Conn,
+    path: &Path,
+) -> Result<u64, JournalError> {
     let db = |source: rusqlite::Error| JournalError::Db {
         path: path.to_path_buf(),
         source: source.into(),
+    };
+    let sdb = |source: StoreError| JournalError::Db {
+        path: path.to_path_buf(),
+        source,
     };
     let older: Vec<(String, String, String, String)> = {
         let mut st = conn
@@ -496,14 +517,15 @@ fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, 
     };
     for (id, action, updated_at, kept) in &older {
         let action = parse_action(action)?;
-        legacy_recover_v4(conn, id, action).map_err(db)?;
+        legacy_recover_v4(conn, sc, id, action).map_err(sdb)?;
         legacy_cancel_pending_v4(
             conn,
+            sc,
             id,
             "the run was cancelled: another unfinished run of the campaign was kept",
             updated_at,
         )
-        .map_err(db)?;
+        .map_err(sdb)?;
         conn.execute(
             "UPDATE runs SET status = 'cancelled', finished_at = updated_at, owner = NULL,
                  stop_reason = ?2
@@ -524,8 +546,13 @@ fn end_duplicate_unfinished_runs(conn: &Connection, path: &Path) -> Result<u64, 
 /// Crash recovery as schema 4 to 9 stored it (text statuses, JSON receivers, an index on `id`):
 /// frozen here for the migration step that runs on that schema (the journal's own recovery reads
 /// the compact layout).
-fn legacy_recover_v4(conn: &Connection, run_id: &str, action: Action) -> rusqlite::Result<()> {
-    let Some(key) = run_key(conn, run_id)? else {
+fn legacy_recover_v4(
+    conn: &Connection,
+    sc: &Conn,
+    run_id: &str,
+    action: Action,
+) -> Result<(), StoreError> {
+    let Some(key) = run_key(sc, run_id)? else {
         return Ok(());
     };
     let (lo, hi) = rk_range(key);
@@ -562,7 +589,7 @@ fn legacy_recover_v4(conn: &Connection, run_id: &str, action: Action) -> rusqlit
         }
     }
     count_move(
-        conn,
+        sc,
         run_id,
         Some(RecipientStatus::Pending),
         RecipientStatus::Unknown,
@@ -573,11 +600,12 @@ fn legacy_recover_v4(conn: &Connection, run_id: &str, action: Action) -> rusqlit
 /// Pending recipients cancelled, as schema 4 to 9 stored them (see [`legacy_recover_v4`]).
 fn legacy_cancel_pending_v4(
     conn: &Connection,
+    sc: &Conn,
     run_id: &str,
     why: &str,
     at: &str,
-) -> rusqlite::Result<()> {
-    let Some(key) = run_key(conn, run_id)? else {
+) -> Result<(), StoreError> {
+    let Some(key) = run_key(sc, run_id)? else {
         return Ok(());
     };
     let (lo, hi) = rk_range(key);
@@ -587,7 +615,7 @@ fn legacy_cancel_pending_v4(
         params![lo, hi, why, at],
     )? as u64;
     count_move(
-        conn,
+        sc,
         run_id,
         Some(RecipientStatus::Pending),
         RecipientStatus::Cancelled,
@@ -604,10 +632,15 @@ pub(super) fn rk_range(key: i64) -> (i64, i64) {
 }
 
 /// A run's integer key (`runs.key`), if the run exists.
-pub(super) fn run_key(conn: &Connection, run_id: &str) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached("SELECT key FROM runs WHERE id = ?1")?
-        .query_row([run_id], |r| r.get(0))
-        .optional()
+pub(super) fn run_key(
+    conn: &crate::store::Conn,
+    run_id: &str,
+) -> Result<Option<i64>, crate::store::StoreError> {
+    conn.query_opt(
+        "SELECT key FROM runs WHERE id = ?1",
+        crate::store::params![run_id],
+        |r| r.get(0),
+    )
 }
 
 pub(super) fn ts(t: Timestamp) -> String {
@@ -627,7 +660,7 @@ impl Journal {
             source: source.into(),
         };
         let tx = rusqlite::Transaction::new_unchecked(
-            self.sq(),
+            sqlite_of(&self.conn),
             rusqlite::TransactionBehavior::Immediate,
         )
         .map_err(db)?;
@@ -637,13 +670,13 @@ impl Journal {
         for (i, m) in MIGRATIONS.iter().enumerate() {
             if (i as i64) >= version {
                 if i == UNFINISHED_INDEX_MIGRATION {
-                    end_duplicate_unfinished_runs(&tx, &path)?;
+                    end_duplicate_unfinished_runs(&tx, &self.conn, &path)?;
                 }
                 tx.execute_batch(m).map_err(db)?;
                 if i == COMPACT_MIGRATION {
-                    compact_rows(&tx, &path)?;
+                    compact_rows(&tx, &self.conn, &path)?;
                     tx.execute_batch(COMPACT_RECIPIENTS).map_err(db)?;
-                    compact_calls(&tx, &path)?;
+                    compact_calls(&tx, &self.conn, &path)?;
                     tx.execute_batch(COMPACT_CALLS).map_err(db)?;
                 }
             }
@@ -654,15 +687,19 @@ impl Journal {
     }
 
     /// Apply another stage's migrations once each: `steps[i]` runs when `component`'s recorded
-    /// version is ≤ i.
+    /// version is ≤ i. SQLite only: on PostgreSQL the store's migrations (`crate::pg::schema`)
+    /// made those tables, and this does nothing.
     pub fn migrate_extra(&mut self, component: &str, steps: &[&str]) -> Result<(), JournalError> {
+        if self.conn.as_sqlite().is_none() {
+            return Ok(());
+        }
         let path = self.path.clone();
         let db = |source: rusqlite::Error| JournalError::Db {
             path: path.clone(),
             source: source.into(),
         };
         let tx = rusqlite::Transaction::new_unchecked(
-            self.sq(),
+            sqlite_of(&self.conn),
             rusqlite::TransactionBehavior::Immediate,
         )
         .map_err(db)?;
@@ -746,7 +783,6 @@ mod tests {
         for status in ["running", "paused", "interrupted"] {
             let e = insert_run(c, &format!("dup-{status}"), None, status, false)
                 .expect_err("a second unfinished run");
-            let e = crate::store::StoreError::from(e);
             assert!(is_unfinished_conflict(&e), "{e}");
             let je = JournalError::Db {
                 path: j.path().to_path_buf(),
@@ -762,12 +798,12 @@ mod tests {
         insert_run(c, "occ-1", Some("2026-03-01T09:00Z"), "running", false).expect("occurrence");
         let e = insert_run(c, "occ-2", Some("2026-03-01T09:00Z"), "paused", false)
             .expect_err("same occurrence");
-        assert!(is_unfinished_conflict(&e.into()));
+        assert!(is_unfinished_conflict(&e));
         // Reopening a finished run while another is unfinished is refused too.
         let e = c
-            .execute("UPDATE runs SET status = 'running' WHERE id = 'done'", [])
+            .execute("UPDATE runs SET status = 'running' WHERE id = 'done'", &[])
             .expect_err("reopen");
-        assert!(is_unfinished_conflict(&e.into()));
+        assert!(is_unfinished_conflict(&e));
     }
 
     #[test]
@@ -970,7 +1006,7 @@ mod tests {
         let mut j = Journal::open_path(&path).expect("migrate");
         let version: i64 = j
             .connection()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .query_row("PRAGMA user_version", &[], |r| r.get(0))
             .expect("version");
         assert_eq!(version, MIGRATIONS.len() as i64);
         let rows = j.recipients("r1").expect("rows");
@@ -1014,11 +1050,7 @@ mod tests {
         // No index on `id` is left; the refused receivers' partial one is there.
         let indexes: Vec<String> = j
             .connection()
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients' AND sql IS NOT NULL")
-            .expect("q")
-            .query_map([], |r| r.get(0))
-            .expect("q")
-            .collect::<Result<_, _>>()
+            .query_map("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients' AND sql IS NOT NULL", &[], |r| r.get(0))
             .expect("names");
         assert_eq!(indexes, ["recipients_refused"]);
 
@@ -1104,7 +1136,7 @@ mod tests {
             j.connection()
                 .query_row(
                     "SELECT fence, fence_holder, fence_at_ms, lease_expires_ms FROM runs WHERE id = ?1",
-                    [id],
+                    crate::store::params![id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .expect("row")

@@ -1,12 +1,12 @@
 //! A run's stages (see `crate::stages`): recorded once when the run first reaches them, then
 //! their state, the time each may not start before and the canary gate's outcome.
 //!
-//! Invariants: rows are inserted once (`INSERT OR IGNORE`: a resumed run keeps the times it
+//! Invariants: rows are inserted once (`ON CONFLICT DO NOTHING`: a resumed run keeps the times it
 //! recorded, so a wait survives a restart); times are RFC 3339 text like every journal time.
 //! Must not: decide anything (the run does), touch recipients or calls.
 
+use crate::store::params;
 use jiff::Timestamp;
-use rusqlite::params;
 
 use super::counts::count_move;
 use super::schema::{parse_ts, rk_range, run_key, ts};
@@ -54,21 +54,18 @@ impl Journal {
     /// Record `stages` of `run_id` in order, unless already recorded (a resume keeps its rows).
     pub fn record_stages(&mut self, run_id: &str, stages: &[NewStage]) -> Result<(), JournalError> {
         let path = self.path.clone();
-        let db = |source: rusqlite::Error| JournalError::Db {
+        let db = |source: crate::store::StoreError| JournalError::Db {
             path: path.clone(),
-            source: source.into(),
+            source,
         };
-        let tx = rusqlite::Transaction::new_unchecked(
-            self.sq(),
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(db)?;
+        let tx = super::begin_write(&self.conn).map_err(db)?;
         super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
         for (i, s) in stages.iter().enumerate() {
             tx.execute(
-                "INSERT OR IGNORE INTO run_stages(run_id, idx, name, first_call, calls, recipients,
+                "INSERT INTO run_stages(run_id, idx, name, first_call, calls, recipients,
                      not_before, state, gate)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'waiting', ?8)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'waiting', ?8)
+                 ON CONFLICT(run_id, idx) DO NOTHING",
                 params![
                     run_id,
                     i as i64,
@@ -76,7 +73,7 @@ impl Journal {
                     s.first_call as i64,
                     s.calls as i64,
                     s.recipients as i64,
-                    s.not_before.map(ts),
+                    s.not_before.map(ts).as_deref(),
                     s.gated.then_some("waiting"),
                 ],
             )
@@ -101,33 +98,30 @@ impl Journal {
             Option<String>,
             Option<String>,
         );
-        let mut st = self
-            .sq()
-            .prepare_cached(
+        let raw: Vec<Raw> = self
+            .conn
+            .query_map(
                 "SELECT idx, name, first_call, calls, recipients, not_before, state, gate, gate_at,
                      detail, started_at, finished_at
                  FROM run_stages WHERE run_id = ?1 ORDER BY idx",
+                params![run_id],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                        r.get(10)?,
+                        r.get(11)?,
+                    ))
+                },
             )
-            .map_err(self.db())?;
-        let raw: Vec<Raw> = st
-            .query_map([run_id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                    r.get(11)?,
-                ))
-            })
-            .map_err(self.db())?
-            .collect::<Result<_, _>>()
             .map_err(self.db())?;
         raw.into_iter()
             .map(|r| {
@@ -158,15 +152,12 @@ impl Journal {
         now: Timestamp,
     ) -> Result<(), JournalError> {
         let tx = self.fenced(run_id)?;
-        self.sq()
-            .prepare_cached(
+        self.conn
+            .execute(
                 "UPDATE run_stages SET state = ?3,
                      started_at = CASE WHEN ?3 = 'sending' THEN COALESCE(started_at, ?4) ELSE started_at END,
                      finished_at = CASE WHEN ?3 IN ('sent', 'expired') THEN ?4 ELSE finished_at END
-                 WHERE run_id = ?1 AND idx = ?2",
-            )
-            .map_err(self.db())?
-            .execute(params![run_id, i64::from(idx), state, ts(now)])
+                 WHERE run_id = ?1 AND idx = ?2", params![run_id, i64::from(idx), state, ts(now)])
             .map_err(self.db())?;
         tx.commit().map_err(self.db())
     }
@@ -181,20 +172,13 @@ impl Journal {
         detail: Option<&str>,
     ) -> Result<(), JournalError> {
         let tx = self.fenced(run_id)?;
-        self.sq()
-            .prepare_cached(
+        self.conn
+            .execute(
                 "UPDATE run_stages SET gate = ?3, gate_at = COALESCE(?4, gate_at),
                      detail = COALESCE(?5, detail)
                  WHERE run_id = ?1 AND idx = ?2",
+                params![run_id, i64::from(idx), gate, gate_at.map(ts), detail],
             )
-            .map_err(self.db())?
-            .execute(params![
-                run_id,
-                i64::from(idx),
-                gate,
-                gate_at.map(ts),
-                detail
-            ])
             .map_err(self.db())?;
         tx.commit().map_err(self.db())
     }
@@ -212,15 +196,11 @@ impl Journal {
         now: Timestamp,
     ) -> Result<u64, JournalError> {
         let path = self.path.clone();
-        let db = |source: rusqlite::Error| JournalError::Db {
+        let db = |source: crate::store::StoreError| JournalError::Db {
             path: path.clone(),
-            source: source.into(),
+            source,
         };
-        let tx = rusqlite::Transaction::new_unchecked(
-            self.sq(),
-            rusqlite::TransactionBehavior::Immediate,
-        )
-        .map_err(db)?;
+        let tx = super::begin_write(&self.conn).map_err(db)?;
         super::lease::check_fence(&tx, &path, &self.owner, run_id)?;
         let Some(key) = run_key(&tx, run_id).map_err(db)? else {
             return Err(JournalError::NoRun(run_id.into()));

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
+
+use crate::store::{params, Conn, StoreError, Value};
 
 use super::{
     Journal, JournalError, NewRun, Opened, RecipientStatus, ResumeOptions, RunFlags, SeedRow,
@@ -75,19 +77,79 @@ pub(super) fn open_at(
     j.open_run(&new_run(hash), ResumeOptions::default(), &mut f, at)
 }
 
-/// A direct insert of a run row (bypassing `open_run`).
+/// A connection [`insert_run`] writes through: the journal's own ([`Journal::connection`], either
+/// backend) or a raw SQLite one (a migration test's older schema).
+pub(super) trait Exec {
+    fn exec(&self, sql: &str, params: &[Value<'_>]) -> Result<usize, StoreError>;
+}
+
+impl Exec for Connection {
+    fn exec(&self, sql: &str, params: &[Value<'_>]) -> Result<usize, StoreError> {
+        Ok(self.execute(sql, rusqlite::params_from_iter(params.iter()))?)
+    }
+}
+
+impl Exec for Conn {
+    fn exec(&self, sql: &str, params: &[Value<'_>]) -> Result<usize, StoreError> {
+        self.execute(sql, params)
+    }
+}
+
+/// A direct insert of a run row (bypassing `open_run`), in portable SQL.
 pub(super) fn insert_run(
-    conn: &Connection,
+    conn: &impl Exec,
     id: &str,
     occurrence: Option<&str>,
     status: &str,
     is_test: bool,
-) -> rusqlite::Result<usize> {
-    conn.execute(
-            "INSERT INTO runs(id, campaign, occurrence, plan_hash, action, status, flags, is_test, created_at,
-                              updated_at, audit, limit_count, limit_window_ms, total_calls, key)
-             VALUES (?1, 'spring', ?2, 'h', 'batch', ?3, '{}', ?4, '2026-03-01T09:00:00Z',
-                     '2026-03-01T09:00:00Z', '{}', 1, 1000, 1, (SELECT COALESCE(MAX(key), 0) + 1 FROM runs))",
-            params![id, occurrence, status, is_test],
-        )
+) -> Result<usize, StoreError> {
+    conn.exec(
+        "INSERT INTO runs(id, campaign, occurrence, plan_hash, action, status, flags, is_test, created_at,
+                          updated_at, audit, limit_count, limit_window_ms, total_calls, key)
+         VALUES (?1, 'spring', ?2, 'h', 'batch', ?3, '{}', ?4, '2026-03-01T09:00:00Z',
+                 '2026-03-01T09:00:00Z', '{}', 1, 1000, 1, (SELECT COALESCE(MAX(key), 0) + 1 FROM runs))",
+        params![id, occurrence, status, is_test],
+    )
+}
+
+/// The backends a test parameterized over both runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum On {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty journal on `on`, with what keeps it alive (a temporary directory or a throwaway
+/// PostgreSQL database: `crate::testing::pg::test_db`, which says loudly when PostgreSQL is not
+/// installed and fails in CI). `None`: PostgreSQL is not available here (the test returns).
+/// Drop the journal before the guard (a tuple drops in order).
+pub(super) fn fresh_journal(on: On, label: &str) -> Option<(Journal, Keep)> {
+    match on {
+        On::Sqlite => {
+            let d = tempfile::tempdir().expect("tempdir");
+            let j = Journal::open(d.path()).expect("open");
+            Some((j, Keep::Dir(d)))
+        }
+        On::Postgres => {
+            let db = crate::testing::pg::test_db(label)?;
+            let j = Journal::open_store(db.url()).expect("open the journal in the store");
+            Some((j, Keep::Db(Box::new(db))))
+        }
+    }
+}
+
+/// What keeps a [`fresh_journal`]'s database alive.
+pub(super) enum Keep {
+    Dir(tempfile::TempDir),
+    Db(Box<crate::testing::pg::TestDb>),
+}
+
+impl Keep {
+    /// A second journal on the same database (another process, as far as leases go).
+    pub(super) fn reopen(&self) -> Journal {
+        match self {
+            Keep::Dir(d) => Journal::open(d.path()).expect("reopen"),
+            Keep::Db(db) => Journal::open_store(db.url()).expect("reopen the store"),
+        }
+    }
 }

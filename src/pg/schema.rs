@@ -101,8 +101,8 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 5,
         name: "the run registry: which state directory sends each campaign occurrence (imcast_run_registry)",
-        // `crate::registry`: one row per campaign and occurrence ('' for ad-hoc runs); times in
-        // ms since the epoch from the injected clock.
+        // Unused since migration 6 moved the journal (runs and their leases) into the store: the
+        // interim run registry was removed; the table stays, as migrations are history.
         sql: "
     CREATE TABLE imcast_run_registry(
         campaign TEXT NOT NULL,
@@ -120,7 +120,164 @@ pub const MIGRATIONS: &[Migration] = &[
         finished_ms BIGINT,
         PRIMARY KEY (campaign, occurrence));",
     },
+    Migration {
+        version: 6,
+        name: "the journal: runs, recipients, calls, counters, control, leases, stages, attempts, report facts (runs, recipients, calls, call_plan, run_variants, run_counts, run_invocations, run_stages, control, attempts, report_runs, report_variants, sched_control)",
+        sql: JOURNAL,
+    },
 ];
+
+/// Version 6: the journal's tables (`crate::journal`), the final schema of the SQLite journal
+/// (its migrations 1-11, `journal::schema`) with the same table, column and index names, so one
+/// SQL text serves both backends (`crate::store`). Integers are BIGINT, byte lists BYTEA, text
+/// stays TEXT. Where PostgreSQL differs: `recipients.rk` is a plain BIGINT primary key (on SQLite
+/// the rowid: the table b-tree itself); `run_invocations."user"` is quoted (a reserved word in
+/// PostgreSQL: a statement must write `"user"`, which SQLite reads the same); no `WITHOUT ROWID`;
+/// no `extra_migrations` (other stages' tables are created here, not by
+/// `Journal::migrate_extra`). Also the report's facts (`report::facts`: `report_runs`,
+/// `report_variants`) and the daemon's log of control requests (`daemon::state::log_control`,
+/// `sched_control`, written in the journal's transaction that ends the request; its SQLite
+/// `AUTOINCREMENT` id is an identity column here).
+const JOURNAL: &str = "
+    CREATE TABLE runs(
+        id TEXT PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        occurrence TEXT,
+        plan_hash TEXT NOT NULL,
+        content_key TEXT,
+        action TEXT NOT NULL,
+        status TEXT NOT NULL,
+        flags TEXT NOT NULL,
+        is_test BIGINT NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        finished_at TEXT,
+        stop_reason TEXT,
+        audit TEXT NOT NULL,
+        limit_count BIGINT NOT NULL,
+        limit_window_ms BIGINT NOT NULL,
+        total_calls BIGINT NOT NULL,
+        continued_from TEXT,
+        owner TEXT,
+        key BIGINT,
+        first_resend_seq BIGINT,
+        retry_of TEXT,
+        fence BIGINT NOT NULL DEFAULT 0,
+        fence_holder TEXT,
+        fence_at_ms BIGINT,
+        lease_expires_ms BIGINT);
+    CREATE INDEX runs_campaign ON runs(campaign, created_at);
+    CREATE UNIQUE INDEX runs_key ON runs(key);
+    CREATE UNIQUE INDEX runs_one_unfinished ON runs(campaign, COALESCE(occurrence, ''))
+        WHERE is_test = 0 AND status IN ('running', 'paused', 'interrupted');
+    CREATE TABLE recipients(
+        rk BIGINT PRIMARY KEY,
+        id BIGINT,
+        status BIGINT NOT NULL,
+        call_seq BIGINT,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        refusals BIGINT NOT NULL DEFAULT 0,
+        message_id BIGINT,
+        variant BIGINT,
+        at BIGINT,
+        raw_id TEXT,
+        variant_name TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        detail TEXT);
+    CREATE INDEX recipients_refused ON recipients(id) WHERE refusals > 0;
+    CREATE TABLE run_variants(
+        run_key BIGINT NOT NULL,
+        idx BIGINT NOT NULL,
+        variant TEXT NOT NULL,
+        PRIMARY KEY(run_key, idx),
+        UNIQUE(run_key, variant));
+    CREATE TABLE call_plan(
+        run_key BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        lines BYTEA NOT NULL,
+        PRIMARY KEY(run_key, seq));
+    CREATE TABLE calls(
+        run_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        variant TEXT NOT NULL,
+        receivers BYTEA NOT NULL,
+        strays BYTEA,
+        n_receivers BIGINT NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        client_msg_id TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY(run_id, seq));
+    CREATE TABLE run_counts(
+        run_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY(run_id, status));
+    CREATE TABLE run_invocations(
+        run_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        at TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        via TEXT NOT NULL,
+        \"user\" TEXT,
+        host TEXT,
+        imcast_version TEXT,
+        flags TEXT NOT NULL,
+        PRIMARY KEY(run_id, seq));
+    CREATE TABLE run_stages(
+        run_id TEXT NOT NULL,
+        idx BIGINT NOT NULL,
+        name TEXT NOT NULL,
+        first_call BIGINT NOT NULL,
+        calls BIGINT NOT NULL,
+        recipients BIGINT NOT NULL,
+        not_before TEXT,
+        state TEXT NOT NULL,
+        gate TEXT,
+        gate_at TEXT,
+        detail TEXT,
+        started_at TEXT,
+        finished_at TEXT,
+        PRIMARY KEY(run_id, idx));
+    CREATE TABLE control(
+        campaign TEXT PRIMARY KEY,
+        request TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        requested_by TEXT);
+    CREATE TABLE attempts(
+        run_key BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        attempt BIGINT NOT NULL,
+        at_ns BIGINT NOT NULL,
+        receivers BIGINT NOT NULL,
+        code TEXT,
+        PRIMARY KEY(run_key, seq, attempt));
+    CREATE INDEX attempts_at ON attempts(run_key, at_ns);
+    CREATE TABLE report_runs(
+        run_id TEXT PRIMARY KEY,
+        campaign_file TEXT,
+        app_id BIGINT,
+        distinct_contents BIGINT NOT NULL);
+    CREATE TABLE report_variants(
+        run_id TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        recipients BIGINT NOT NULL,
+        msg_type BIGINT NOT NULL,
+        content TEXT NOT NULL,
+        content_bytes BIGINT NOT NULL,
+        ext TEXT NOT NULL,
+        variant_name TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY(run_id, variant));
+    CREATE TABLE sched_control(
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('pause', 'resume', 'cancel')),
+        requested_at BIGINT NOT NULL,
+        handled_at BIGINT,
+        result TEXT);";
 
 /// Version 3: one admission decision in one call (one round trip), the same exact rule as
 /// `throttle.rs` decides for SQLite (the limiter's test suite runs on both backends and keeps them
@@ -320,11 +477,177 @@ mod tests {
     use super::*;
     use crate::testing::pg::test_db;
 
+    /// The journal's tables in the store (migration 6), in the order the test compares them.
+    const JOURNAL_TABLES: &[&str] = &[
+        "runs",
+        "recipients",
+        "calls",
+        "call_plan",
+        "run_variants",
+        "run_counts",
+        "run_invocations",
+        "run_stages",
+        "control",
+        "attempts",
+        "report_runs",
+        "report_variants",
+        "sched_control",
+    ];
+
+    /// Tables of the state directory's SQLite file that are not in migration 6, and why.
+    const NOT_IN_JOURNAL_MIGRATION: &[&str] = &[
+        // The SQLite journal's own bookkeeping.
+        "extra_migrations",
+        "sqlite_sequence",
+        // The scheduler's: already in the store (migrations 2 and 4).
+        "sched_campaign",
+        "sched_occurrence",
+        "sched_roster",
+        // Per state directory by design (`daemon::state`): its node id and daemon slot.
+        "sched_node",
+        "sched_daemon",
+    ];
+
+    /// (column, type, not null) of a table as the store layer sees it: SQLite's declared type
+    /// mapped to PostgreSQL's (INTEGER → bigint, TEXT → text, BLOB → bytea); a primary key
+    /// column counts as NOT NULL (PostgreSQL makes it so; SQLite's statements never store NULL
+    /// there).
+    type Columns = Vec<(String, String, bool)>;
+
+    fn sqlite_columns(c: &rusqlite::Connection, table: &str) -> Columns {
+        let mut st = c
+            .prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1) ORDER BY cid")
+            .expect("prepare");
+        st.query_map([table], |r| {
+            let ty: String = r.get(1)?;
+            let ty = match ty.to_ascii_uppercase().as_str() {
+                "INTEGER" => "bigint",
+                "TEXT" => "text",
+                "BLOB" => "bytea",
+                other => panic!("{table}: a column of type {other}"),
+            };
+            Ok((
+                r.get::<_, String>(0)?,
+                ty.to_string(),
+                r.get::<_, i64>(2)? != 0 || r.get::<_, i64>(3)? > 0,
+            ))
+        })
+        .expect("columns")
+        .collect::<Result<_, _>>()
+        .expect("columns")
+    }
+
+    /// The SQLite journal's final schema (its migrations, the report's tables, the daemon's
+    /// control log) is migration 6's: the same tables, the same columns in the same order, the
+    /// same types and NOT NULLs, and the same explicit index names (`runs_one_unfinished` above
+    /// all: the journal recognizes a second unfinished run by that name), so one SQL text runs on
+    /// both. And no table of the journal's file is left out by mistake.
     #[test]
-    fn versions_are_one_two_three_without_gaps() {
+    fn the_journal_migration_is_the_sqlite_journals_schema() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = crate::journal::Journal::open(dir.path()).expect("journal");
+        j.migrate_extra("report", crate::report::facts::MIGRATIONS)
+            .expect("report tables");
+        let lite = j.connection().as_sqlite().expect("sqlite");
+        crate::daemon::state::migrate(lite).expect("scheduler tables");
+        let all: Vec<String> = lite
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("tables")
+            .collect::<Result<_, _>>()
+            .expect("tables");
+        for t in &all {
+            assert!(
+                JOURNAL_TABLES.contains(&t.as_str())
+                    || NOT_IN_JOURNAL_MIGRATION.contains(&t.as_str()),
+                "table {t} of the state directory's file is neither in store migration 6 nor said \
+                 to stay out of it"
+            );
+        }
+        let lite_indexes = |t: &str| -> Vec<String> {
+            lite.prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 \
+                 AND sql IS NOT NULL ORDER BY name",
+            )
+            .expect("prepare")
+            .query_map([t], |r| r.get(0))
+            .expect("indexes")
+            .collect::<Result<_, _>>()
+            .expect("indexes")
+        };
+        let want: Vec<(Columns, Vec<String>)> = JOURNAL_TABLES
+            .iter()
+            .map(|t| (sqlite_columns(lite, t), lite_indexes(t)))
+            .collect();
+        assert!(want.iter().all(|(c, _)| !c.is_empty()), "{want:?}");
+
+        let Some(db) = test_db("journal_schema") else {
+            return;
+        };
+        let got: Vec<(Columns, Vec<String>)> = db.with_client(|c| {
+            migrate(c).expect("migrate");
+            JOURNAL_TABLES
+                .iter()
+                .map(|t| {
+                    let cols = c
+                        .query(
+                            "SELECT column_name::text, data_type::text, is_nullable = 'NO'
+                             FROM information_schema.columns
+                             WHERE table_schema = current_schema() AND table_name = $1
+                             ORDER BY ordinal_position",
+                            &[t],
+                        )
+                        .expect("columns")
+                        .iter()
+                        .map(|r| (r.get(0), r.get(1), r.get(2)))
+                        .collect();
+                    // Explicit indexes only (not those of a primary key or UNIQUE constraint).
+                    let idx = c
+                        .query(
+                            "SELECT indexname::text FROM pg_indexes i
+                             WHERE schemaname = current_schema() AND tablename = $1
+                               AND NOT EXISTS (SELECT 1 FROM pg_constraint k
+                                               WHERE k.conname = i.indexname)
+                             ORDER BY indexname",
+                            &[t],
+                        )
+                        .expect("indexes")
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    (cols, idx)
+                })
+                .collect()
+        });
+        for ((t, w), g) in JOURNAL_TABLES.iter().zip(&want).zip(&got) {
+            assert_eq!(
+                g, w,
+                "table {t}: PostgreSQL (left) and SQLite (right) differ"
+            );
+        }
+        // The unfinished-run index is partial and unique, as on SQLite.
+        let def: String = db.with_client(|c| {
+            c.query_one(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'runs_one_unfinished'",
+                &[],
+            )
+            .expect("index")
+            .get(0)
+        });
+        assert!(
+            def.starts_with("CREATE UNIQUE INDEX") && def.contains("WHERE"),
+            "{def}"
+        );
+    }
+
+    #[test]
+    fn versions_are_one_to_n_without_gaps() {
         for (i, m) in MIGRATIONS.iter().enumerate() {
             assert_eq!(m.version, i as i32 + 1, "{}", m.name);
         }
+        assert_eq!(SCHEMA_VERSION, 6, "the journal's tables are version 6");
+        assert!(MIGRATIONS[5].sql.contains("runs_one_unfinished"));
     }
 
     #[test]

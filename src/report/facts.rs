@@ -5,7 +5,8 @@
 //!
 //! The rendered Contents are not part of the journal's core tables: the run records them once,
 //! when the engine is about to send ([`record_run`]), in two tables of its own in the same
-//! database (`report_runs`, `report_variants`, created through [`Journal::migrate_extra`]), at most
+//! database (`report_runs`, `report_variants`: in the SQLite journal created through
+//! [`Journal::migrate_extra`], in the PostgreSQL store by its migration 6), at most
 //! [`MAX_RECORDED_VARIANTS`] of them (the largest; `variants.csv` lists them all, the page the
 //! [`MAX_VARIANTS`] largest). A run recorded before those tables existed simply has
 //! no rendered Content in its report.
@@ -19,8 +20,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use crate::store::{params, Backend, Conn, StoreError};
 use jiff::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::action::Unit;
@@ -46,7 +47,8 @@ pub const MAX_CONTENT_BYTES: usize = 16 * 1024;
 /// Characters of any other text (error messages, ids, ext values) shown.
 pub const MAX_TEXT: usize = 500;
 
-const MIGRATIONS: &[&str] = &[
+/// The report's tables in the SQLite journal (on PostgreSQL: the store's migration 6).
+pub(crate) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE report_runs(
         run_id TEXT PRIMARY KEY,
         campaign_file TEXT,
@@ -119,48 +121,51 @@ pub fn record_run(
     variants: &[PlanVariant],
 ) -> Result<(), JournalError> {
     journal.migrate_extra("report", MIGRATIONS)?;
-    let path = journal.path().to_path_buf();
-    let db = |source: rusqlite::Error| JournalError::Db {
-        path: path.clone(),
-        source: source.into(),
+    let db = |source: StoreError| JournalError::Db {
+        path: journal.path().to_path_buf(),
+        source,
     };
-    let conn = journal.connection();
-    let tx = conn.unchecked_transaction().map_err(db)?;
+    let tx = journal.connection().transaction().map_err(db)?;
     tx.execute(
-        "INSERT OR REPLACE INTO report_runs(run_id, campaign_file, app_id, distinct_contents)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO report_runs(run_id, campaign_file, app_id, distinct_contents)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (run_id) DO UPDATE SET campaign_file = excluded.campaign_file,
+             app_id = excluded.app_id, distinct_contents = excluded.distinct_contents",
         params![
             run_id,
-            meta.campaign_file,
+            meta.campaign_file.as_deref(),
             meta.app_id.map(|v| v as i64),
             meta.distinct_contents as i64
         ],
     )
     .map_err(db)?;
-    tx.execute("DELETE FROM report_variants WHERE run_id = ?1", [run_id])
-        .map_err(db)?;
-    {
-        let mut st = tx
-            .prepare(
-                "INSERT OR REPLACE INTO report_variants(run_id, variant, recipients, msg_type, content,
-                                                        content_bytes, ext, variant_name)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .map_err(db)?;
-        for v in variants.iter().take(MAX_RECORDED_VARIANTS) {
-            let ext = serde_json::to_string(&v.ext).unwrap_or_else(|_| "{}".into());
-            st.execute(params![
+    tx.execute(
+        "DELETE FROM report_variants WHERE run_id = ?1",
+        params![run_id],
+    )
+    .map_err(db)?;
+    for v in variants.iter().take(MAX_RECORDED_VARIANTS) {
+        let ext = serde_json::to_string(&v.ext).unwrap_or_else(|_| "{}".into());
+        tx.execute(
+            "INSERT INTO report_variants(run_id, variant, recipients, msg_type, content,
+                                         content_bytes, ext, variant_name)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (run_id, variant) DO UPDATE SET recipients = excluded.recipients,
+                 msg_type = excluded.msg_type, content = excluded.content,
+                 content_bytes = excluded.content_bytes, ext = excluded.ext,
+                 variant_name = excluded.variant_name",
+            params![
                 run_id,
-                v.variant,
+                v.variant.as_str(),
                 v.recipients as i64,
-                v.msg_type,
+                i64::from(v.msg_type),
                 clip_bytes(&v.content, MAX_CONTENT_BYTES),
                 v.content.len() as i64,
-                ext,
+                ext.as_str(),
                 v.variant_name.as_deref().unwrap_or("")
-            ])
-            .map_err(db)?;
-        }
+            ],
+        )
+        .map_err(db)?;
     }
     tx.commit().map_err(db)
 }
@@ -169,19 +174,19 @@ pub fn record_run(
 /// runs it has is the journal's to say ([`Journal::run`]); this reads only the report's tables.
 pub fn forget_pruned(journal: &Journal) -> Result<u64, JournalError> {
     let conn = journal.connection();
-    let db = |source: rusqlite::Error| JournalError::Db {
+    let db = |source: StoreError| JournalError::Db {
         path: journal.path().to_path_buf(),
-        source: source.into(),
+        source,
     };
     if !has_table(conn, "report_runs").map_err(db)? {
         return Ok(0);
     }
     let kept: Vec<String> = conn
-        .prepare("SELECT run_id FROM report_runs UNION SELECT run_id FROM report_variants")
-        .map_err(db)?
-        .query_map([], |r| r.get(0))
-        .map_err(db)?
-        .collect::<Result<_, _>>()
+        .query_map(
+            "SELECT run_id FROM report_runs UNION SELECT run_id FROM report_variants",
+            params![],
+            |r| r.get(0),
+        )
         .map_err(db)?;
     let mut gone = Vec::new();
     for id in kept {
@@ -189,36 +194,49 @@ pub fn forget_pruned(journal: &Journal) -> Result<u64, JournalError> {
             gone.push(id);
         }
     }
-    let tx = conn.unchecked_transaction().map_err(db)?;
+    let tx = conn.transaction().map_err(db)?;
     let mut n = 0;
     for id in &gone {
         n += tx
-            .execute("DELETE FROM report_runs WHERE run_id = ?1", [id])
+            .execute(
+                "DELETE FROM report_runs WHERE run_id = ?1",
+                params![id.as_str()],
+            )
             .map_err(db)?;
-        tx.execute("DELETE FROM report_variants WHERE run_id = ?1", [id])
-            .map_err(db)?;
+        tx.execute(
+            "DELETE FROM report_variants WHERE run_id = ?1",
+            params![id.as_str()],
+        )
+        .map_err(db)?;
     }
     tx.commit().map_err(db)?;
     Ok(n as u64)
 }
 
-fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
+/// Whether the report's table `name` exists: on SQLite it is created on the first
+/// [`record_run`]; on PostgreSQL the store's migrations made it.
+fn has_table(conn: &Conn, name: &str) -> Result<bool, StoreError> {
+    if conn.backend() == Backend::Postgres {
+        return Ok(true);
+    }
+    conn.query_opt(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
+        params![name],
         |_| Ok(()),
     )
-    .optional()
     .map(|o| o.is_some())
 }
 
-fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
+/// Whether `table` has `column` (SQLite: tables an older imcast made; PostgreSQL: always).
+fn has_column(conn: &Conn, table: &str, column: &str) -> Result<bool, StoreError> {
+    if conn.backend() == Backend::Postgres {
+        return Ok(true);
+    }
+    conn.query_opt(
         "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2",
-        [table, column],
+        params![table, column],
         |_| Ok(()),
     )
-    .optional()
     .map(|o| o.is_some())
 }
 
@@ -227,33 +245,30 @@ pub fn recorded(
     journal: &Journal,
     run_id: &str,
 ) -> Result<(Option<RunMeta>, Vec<VariantFact>), JournalError> {
-    let db = |source: rusqlite::Error| JournalError::Db {
+    recorded_in(journal.connection(), run_id).map_err(|source| JournalError::Db {
         path: journal.path().to_path_buf(),
-        source: source.into(),
-    };
-    recorded_in(journal.connection(), run_id).map_err(db)
+        source,
+    })
 }
 
 fn recorded_in(
-    conn: &Connection,
+    conn: &Conn,
     run_id: &str,
-) -> rusqlite::Result<(Option<RunMeta>, Vec<VariantFact>)> {
+) -> Result<(Option<RunMeta>, Vec<VariantFact>), StoreError> {
     if !has_table(conn, "report_runs")? {
         return Ok((None, Vec::new()));
     }
-    let meta = conn
-        .query_row(
-            "SELECT campaign_file, app_id, distinct_contents FROM report_runs WHERE run_id = ?1",
-            [run_id],
-            |r| {
-                Ok(RunMeta {
-                    campaign_file: r.get(0)?,
-                    app_id: r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
-                    distinct_contents: r.get::<_, i64>(2)? as u64,
-                })
-            },
-        )
-        .optional()?;
+    let meta = conn.query_opt(
+        "SELECT campaign_file, app_id, distinct_contents FROM report_runs WHERE run_id = ?1",
+        params![run_id],
+        |r| {
+            Ok(RunMeta {
+                campaign_file: r.get(0)?,
+                app_id: r.get::<Option<i64>>(1)?.map(|v| v as u64),
+                distinct_contents: r.get::<i64>(2)? as u64,
+            })
+        },
+    )?;
     // A journal whose report tables predate the column (recorded by an older imcast and not
     // recorded since) reads an empty name.
     let name = if has_column(conn, "report_variants", "variant_name")? {
@@ -261,27 +276,28 @@ fn recorded_in(
     } else {
         "''"
     };
-    let mut st = conn.prepare(&format!(
-        "SELECT variant, recipients, msg_type, content, content_bytes, ext, {name}
-         FROM report_variants WHERE run_id = ?1 ORDER BY recipients DESC, variant"
-    ))?;
-    let variants = st
-        .query_map([run_id], |r| {
+    let variants = conn.query_map(
+        &format!(
+            "SELECT variant, recipients, msg_type, content, content_bytes, ext, {name}
+             FROM report_variants WHERE run_id = ?1 ORDER BY recipients DESC, variant"
+        ),
+        params![run_id],
+        |r| {
             let content: String = r.get(3)?;
-            let bytes = r.get::<_, i64>(4)? as u64;
+            let bytes = r.get::<i64>(4)? as u64;
             let ext: String = r.get(5)?;
             Ok(VariantFact {
                 variant: r.get(0)?,
                 variant_name: r.get(6)?,
-                recipients: r.get::<_, i64>(1)? as u64,
-                msg_type: r.get(2)?,
+                recipients: r.get::<i64>(1)? as u64,
+                msg_type: i32::try_from(r.get::<i64>(2)?).unwrap_or_default(),
                 truncated: bytes > content.len() as u64,
                 content,
                 content_bytes: bytes,
                 ext: serde_json::from_str(&ext).unwrap_or_default(),
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        },
+    )?;
     Ok((meta, variants))
 }
 
@@ -632,7 +648,7 @@ mod tests {
                 "INSERT INTO report_variants(run_id, variant, recipients, msg_type, content,
                                              content_bytes, ext)
                  VALUES ('r1', 'v1', 3, 1, 'hi', 2, '{}')",
-                [],
+                params![],
             )
             .expect("old row");
         let (_, old) = recorded(&j, "r1").expect("read old");

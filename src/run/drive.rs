@@ -6,9 +6,7 @@
 //! the clock ([`heartbeat`]); once a renewal (or any journal write) finds the run taken over by
 //! another process, the engine stops at once, no report is written (the run is the other
 //! process's now) and the run ends with the journal's `Fenced` error (exit 6). With `[state] url`
-//! the heartbeat renews the run's row in the store's run registry too (a row another state
-//! directory took over stops the run the same way), and the run's status in the journal is
-//! written there when the engine ends.
+//! the journal and its leases are the store's, shared by every state directory and host on it.
 //!
 //! Invariants: every run of the account shares one limiter per action through the state
 //! directory, or with `[state] url` through the PostgreSQL store (concurrent processes and hosts
@@ -26,7 +24,6 @@ use super::{Inputs, RunSummary};
 use crate::clock::SharedClock;
 use crate::exit::{Exit, ExitContext, Failure};
 use crate::journal::{JournalError, SharedJournal};
-use crate::registry::{Registration, RegistryError};
 use crate::report::{write_report_with, ReportOptions};
 use crate::send::{CallSource, Engine, EngineConfig, StopToken, Transport};
 use crate::throttle::{Limiter, LimiterOptions};
@@ -57,13 +54,12 @@ fn limiter_failure(e: crate::throttle::ThrottleError, campaign_file: &std::path:
 /// [`Clock::idle`]: crate::clock::Clock::idle
 pub(super) async fn heartbeat(
     journal: SharedJournal,
-    registry: Option<SharedRegistration>,
     run_id: String,
     clock: SharedClock,
     every: std::time::Duration,
     stop: StopToken,
     done: tokio::sync::oneshot::Receiver<()>,
-) -> Option<Lost> {
+) -> Option<JournalError> {
     tokio::pin!(done);
     let mut first = true;
     loop {
@@ -81,101 +77,12 @@ pub(super) async fn heartbeat(
             Ok(_) => {}
             Err(e) if e.is_fenced() => {
                 stop.stop();
-                return Some(Lost::Journal(e));
+                return Some(e);
             }
             Err(e) => {
                 tracing::warn!(run = %run_id, "could not renew the run's lease (retried at the next heartbeat): {e}")
             }
         }
-        // The run registry's row (with `[state] url`) is renewed with the journal's lease.
-        if let Some(reg) = &registry {
-            let reg = reg.clone();
-            let renewed = tokio::task::spawn_blocking(move || {
-                reg.lock().unwrap_or_else(|p| p.into_inner()).renew(now)
-            })
-            .await;
-            match renewed {
-                Ok(Ok(_)) => {}
-                Ok(Err(e @ RegistryError::TakenOver { .. })) => {
-                    stop.stop();
-                    return Some(Lost::Registry(e));
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(run = %run_id, "could not renew the run's registration in the state store (retried at the next heartbeat): {e}")
-                }
-                Err(e) => tracing::warn!(run = %run_id, "run registry task failed: {e}"),
-            }
-        }
-    }
-}
-
-/// The run's registration in the store's run registry, shared with the heartbeat.
-pub(super) type SharedRegistration = Arc<std::sync::Mutex<Registration>>;
-
-/// Why the heartbeat stopped the run: the journal's lease or the registry's row was taken over.
-#[derive(Debug)]
-pub(super) enum Lost {
-    Journal(JournalError),
-    Registry(RegistryError),
-}
-
-impl Lost {
-    fn into_failure(self) -> Failure {
-        match self {
-            Lost::Journal(e) => Failure::new(e.exit(), e),
-            Lost::Registry(e) => Failure::new(e.exit(), e),
-        }
-    }
-
-    #[cfg(test)]
-    fn is_fenced(&self) -> bool {
-        match self {
-            Lost::Journal(e) => e.is_fenced(),
-            Lost::Registry(e) => matches!(e, RegistryError::TakenOver { .. }),
-        }
-    }
-}
-
-impl std::fmt::Display for Lost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Lost::Journal(e) => e.fmt(f),
-            Lost::Registry(e) => e.fmt(f),
-        }
-    }
-}
-
-/// Record how this session left the run in the registry (its status from the journal; the lease
-/// released). A failure is logged: the row then expires, and this state directory still owns it.
-async fn finish_registration(
-    registry: Option<SharedRegistration>,
-    journal: &SharedJournal,
-    run_id: &str,
-    clock: &SharedClock,
-) {
-    let Some(reg) = registry else { return };
-    let id = run_id.to_string();
-    let status = match journal.with(move |j| j.run(&id)).await {
-        Ok(Some(r)) => r.status,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(run = %run_id, "the run registry keeps a running status (the journal could not be read: {e})");
-            return;
-        }
-    };
-    let now = clock.now();
-    let done = tokio::task::spawn_blocking(move || {
-        reg.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .finish(status, now)
-    })
-    .await;
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(run = %run_id, "could not record the run's end in the state store's run registry: {e}")
-        }
-        Err(e) => tracing::warn!(run = %run_id, "run registry task failed: {e}"),
     }
 }
 
@@ -198,12 +105,7 @@ where
         paths,
         hooks,
     } = inputs;
-    let Prepared {
-        journal,
-        run,
-        registry,
-    } = prepared;
-    let registry = registry.map(|r| Arc::new(std::sync::Mutex::new(r)));
+    let Prepared { journal, run } = prepared;
     crate::failpoint::limit_journal(journal.connection());
     let journal = SharedJournal::new(journal);
     // The account limiter's log: `[state] url` (every process and host of the account), else
@@ -249,7 +151,6 @@ where
     let (beat_done, beat_end) = tokio::sync::oneshot::channel();
     let beat = tokio::spawn(heartbeat(
         journal.clone(),
-        registry.clone(),
         run.id.clone(),
         clock.clone(),
         settings.lease.heartbeat,
@@ -314,7 +215,7 @@ where
     // Taken over: the run is the other process's now (its report too); this one wrote nothing
     // more and says so.
     if let Some(e) = fenced {
-        return Err(in_run(e.into_failure(), &run.id));
+        return Err(in_run(Failure::new(e.exit(), e), &run.id));
     }
     let end = match end {
         Err(e) if e.is_fenced() => {
@@ -323,7 +224,6 @@ where
         }
         end => end,
     };
-    finish_registration(registry, &journal, &run.id, &clock).await;
     let reports_dir = paths.reports_dir.clone();
     let report_opts = ReportOptions {
         formats: settings.report_formats,
@@ -443,7 +343,6 @@ mod tests {
         let (done, end) = tokio::sync::oneshot::channel();
         let beat = tokio::spawn(heartbeat(
             a.clone(),
-            None,
             run.clone(),
             Arc::new(clock.clone()),
             Duration::from_secs(10),
@@ -495,7 +394,6 @@ mod tests {
         let (done, end) = tokio::sync::oneshot::channel();
         let beat = tokio::spawn(heartbeat(
             SharedJournal::new(a),
-            None,
             run,
             Arc::new(clock.clone()),
             Duration::from_secs(10),
@@ -508,96 +406,5 @@ mod tests {
             .expect("ended")
             .expect("task");
         assert!(r.is_none());
-    }
-
-    /// Off the runtime thread (the blocking PostgreSQL client must not run on it).
-    fn off<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-        std::thread::spawn(f).join().expect("thread")
-    }
-
-    #[tokio::test]
-    async fn the_heartbeat_renews_the_registry_row_and_stops_once_another_state_directory_took_it()
-    {
-        use crate::registry::{Claim, Registration};
-        use crate::store::{params, Conn};
-        let Some(db) = crate::testing::pg::test_db("drive_registry") else {
-            return;
-        };
-        let url = db.url().clone();
-        let d = tempfile::tempdir().expect("tempdir");
-        let clock = SimClock::new(start());
-        let mut a = Journal::open(d.path()).expect("open a");
-        let run = open(&mut a, clock.now());
-        let claim = |host: &str, dir: &str, new_run: bool| Claim {
-            campaign: "c".into(),
-            occurrence: None,
-            plan_hash: "h".into(),
-            new_run,
-            host: host.into(),
-            pid: 1,
-            state_dir: dir.into(),
-            expiry: Duration::from_secs(30),
-        };
-        let reg = {
-            let (url, c, run) = (url.clone(), claim("ha", "/a", false), run.clone());
-            off(move || {
-                let mut r = Registration::claim(&url, c, start()).expect("claim");
-                r.opened(&run, crate::journal::RunStatus::Running, "h", start())
-                    .expect("opened");
-                r
-            })
-        };
-        let expiry = {
-            let url = url.clone();
-            move || {
-                let url = url.clone();
-                off(move || {
-                    Conn::postgres(&url)
-                        .expect("connect")
-                        .query_row(
-                            "SELECT lease_expires_ms FROM imcast_run_registry WHERE campaign = 'c'",
-                            params![],
-                            |r| r.get::<Option<i64>>(0),
-                        )
-                        .expect("row")
-                })
-            }
-        };
-        let ms = |s: u64| Some((start() + Duration::from_secs(s)).as_millisecond());
-        let stop = StopToken::new();
-        let (done, end) = tokio::sync::oneshot::channel();
-        let beat = tokio::spawn(heartbeat(
-            SharedJournal::new(a),
-            Some(Arc::new(std::sync::Mutex::new(reg))),
-            run.clone(),
-            Arc::new(clock.clone()),
-            Duration::from_secs(10),
-            stop.clone(),
-            end,
-        ));
-        // The registry's row is renewed on the clock with the journal's lease.
-        until(|| clock.idlers() == 1).await;
-        clock.advance(Duration::from_secs(10));
-        until(|| expiry() == ms(40)).await;
-        // Another state directory takes the row over (--new-run, its clock past the expiry).
-        {
-            let (url, c) = (url.clone(), claim("hb", "/b", true));
-            off(move || {
-                Registration::claim(&url, c, start() + Duration::from_secs(3600)).expect("taken")
-            });
-        }
-        until(|| clock.idlers() == 1).await;
-        clock.advance(Duration::from_secs(10));
-        let lost = tokio::time::timeout(Duration::from_secs(10), beat)
-            .await
-            .expect("the heartbeat ends")
-            .expect("task")
-            .expect("the take-over");
-        assert!(
-            lost.is_fenced() && lost.to_string().contains("hb"),
-            "{lost}"
-        );
-        assert!(stop.is_stopped(), "the engine is stopped at once");
-        drop(done);
     }
 }

@@ -260,7 +260,16 @@ pub async fn run_campaign(
             && occurrence.is_none()
             && !settings.is_test()
             && !flags.new_run)
-            .then(|| prepare::started_wave_date(&paths.state_dir, &c.name))
+            .then(|| {
+                prepare::started_wave_date(
+                    &crate::journal::journal_store(
+                        settings.state_url.as_ref(),
+                        &paths.state_dir,
+                        flags.mock,
+                    ),
+                    &c.name,
+                )
+            })
             .flatten();
         let local_date = resumed_date.or_else(|| {
             crate::stages::wave_date(

@@ -4,11 +4,10 @@
 //! (create, resume, refuse a changed plan, continue, already finished), with a note for people
 //! on what was decided; then what the report shows that the journal's core tables do not hold.
 //!
-//! With `[state] url` (not for `--test-to` or `--mock`), the store's run registry
-//! ([`crate::registry`]) is asked first whether this state directory may open the run at all
-//! (another state directory sending it, or having sent it, is a refusal, exit 6); a journal that
-//! then refuses the run puts the registry's row back, and the run's id and status are recorded in
-//! it once the journal decided.
+//! With `[state] url` (not for `--mock`), the journal is the store's, shared by every state
+//! directory and daemon on it: its decision covers runs opened from anywhere (another process
+//! sending the run is refused by the run's lease, exit 6; a run finished elsewhere is "already
+//! finished").
 //!
 //! `--retry-failed` asks the journal what it would send before the confirmation (which shows it)
 //! and opens the follow-up run (`Journal::open_retry_run`) instead of `open_run`. A journal error
@@ -67,8 +66,6 @@ pub struct Confirmation {
 pub(super) struct Prepared {
     pub journal: Journal,
     pub run: RunInfo,
-    /// With `[state] url` (not for a test run): the run's row in the store's run registry.
-    pub registry: Option<crate::registry::Registration>,
 }
 
 pub(super) enum Prep {
@@ -103,8 +100,8 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
     let Inputs {
         facts,
         settings,
-        paths,
         hooks,
+        ..
     } = inp;
     // `run_campaign` checked the whole guard on the plan's counts; this re-checks the one rule
     // the facts carry, for callers that come straight here (`execute`).
@@ -164,51 +161,8 @@ pub(super) fn prepare<'r, E: std::fmt::Display + Send>(
         }
     }
 
-    // With a store: may this state directory open the run at all (another directory may be
-    // sending it, or have sent it)? Decided before the journal opens it; undone if it refuses.
-    // (A `--test-to` or `--mock` run sends nothing real and is not registered.)
-    let mut registry = match (&settings.state_url, settings.is_test() || flags.mock) {
-        (Some(url), false) => Some(
-            crate::registry::Registration::claim(
-                url,
-                crate::registry::Claim {
-                    campaign: facts.campaign.clone(),
-                    occurrence: facts.occurrence.clone(),
-                    plan_hash: facts.plan_hash.clone(),
-                    new_run: flags.new_run,
-                    host: crate::journal::hostname(),
-                    pid: std::process::id(),
-                    state_dir: crate::registry::state_dir_key(&paths.state_dir),
-                    expiry: settings.lease.expiry,
-                },
-                now,
-            )
-            .map_err(registry_failure)?,
-        ),
-        _ => None,
-    };
-    let opened = open_journal(inp, rows, now, retry.is_some());
-    let (journal, opened) = match opened {
-        Ok(j) => j,
-        Err(f) => {
-            if let Some(r) = registry.as_mut() {
-                if let Err(e) = r.abandon() {
-                    tracing::warn!("the run registry keeps this state directory's claim: {e}");
-                }
-            }
-            return Err(f);
-        }
-    };
-    if let Some(r) = registry.as_mut() {
-        let run = opened.run();
-        r.opened(&run.id, run.status, &run.plan_hash, now)
-            .map_err(registry_failure)?;
-    }
-    noted(inp, journal, opened, retry.as_ref(), registry)
-}
-
-fn registry_failure(e: crate::registry::RegistryError) -> Failure {
-    Failure::new(e.exit(), e)
+    let (journal, opened) = open_journal(inp, rows, now, retry.is_some())?;
+    noted(inp, journal, opened, retry.as_ref())
 }
 
 /// The journal's decision (see [`prepare`]).
@@ -233,8 +187,10 @@ fn open_journal<'r, E: std::fmt::Display + Send>(
         facts.app_id,
         flags,
     );
+    let store =
+        crate::journal::journal_store(settings.state_url.as_ref(), &paths.state_dir, flags.mock);
     let mut journal =
-        Journal::open(&paths.state_dir).map_err(|e| journal_failure(e, &facts.campaign_file))?;
+        Journal::open_state(&store).map_err(|e| journal_failure(e, &facts.campaign_file))?;
     journal.set_lease_expiry(settings.lease.expiry);
     let new = NewRun {
         id: None,
@@ -273,7 +229,6 @@ fn noted(
     journal: Journal,
     opened: Opened,
     retry: Option<&crate::journal::RetryCandidates>,
-    registry: Option<crate::registry::Registration>,
 ) -> Result<Prep, Failure> {
     let Inputs { facts, hooks, .. } = inp;
     let run = opened.run().clone();
@@ -379,11 +334,7 @@ fn noted(
             count(*skipped, "recipient", "recipients")
         )),
     }
-    Ok(Prep::Go(Box::new(Prepared {
-        journal,
-        run,
-        registry,
-    })))
+    Ok(Prep::Go(Box::new(Prepared { journal, run })))
 }
 
 /// What `--retry-failed` would send now, from the journal (read before the confirmation; a
@@ -391,7 +342,11 @@ fn noted(
 fn retry_candidates(inp: &Inputs) -> Result<crate::journal::RetryCandidates, Failure> {
     let facts = &inp.facts;
     retry_preview(
-        &inp.paths.state_dir,
+        &crate::journal::journal_store(
+            inp.settings.state_url.as_ref(),
+            &inp.paths.state_dir,
+            inp.settings.flags.mock,
+        ),
         &facts.campaign,
         facts.occurrence.as_deref(),
         &facts.campaign_file,
@@ -417,40 +372,42 @@ fn with_wave_date(
 /// such run or an unreadable one is None (the run then plans today's date and the journal's
 /// usual plan check decides).
 pub(super) fn started_wave_date(
-    state_dir: &std::path::Path,
+    store: &crate::config::StateStore,
     campaign: &str,
 ) -> Option<jiff::civil::Date> {
-    if !state_dir.join(crate::journal::DB_FILE).exists() {
+    if !crate::journal::journal_exists(store) {
         return None;
     }
-    let journal = Journal::open(state_dir).ok()?;
+    let journal = Journal::open_state(store).ok()?;
     let run = journal.unfinished_run(campaign, None).ok()??;
     run.audit.get(WAVE_DATE)?.as_str()?.parse().ok()
 }
 
 /// What `imcast run FILE --retry-failed` would send now for `campaign` (its ad-hoc runs when
-/// `occurrence` is None), from the journal in `state_dir`: for the confirmation and
+/// `occurrence` is None), from the journal in `store`: for the confirmation and
 /// `imcast plan --retry-failed`. No finished run, an unfinished one, or nothing retryable is an
 /// error (exit 2) that says why.
 pub fn retry_preview(
-    state_dir: &std::path::Path,
+    store: &crate::config::StateStore,
     campaign: &str,
     occurrence: Option<&str>,
     campaign_file: &std::path::Path,
 ) -> Result<crate::journal::RetryCandidates, Failure> {
-    let db = state_dir.join(crate::journal::DB_FILE);
-    if !db.exists() {
-        return Err(Failure::new(
-            Exit::Invalid,
-            anyhow!(
-                "{}: --retry-failed: campaign {campaign:?} has no finished run to retry (no journal at {}); \
-                 nothing was sent",
-                campaign_file.display(),
-                db.display()
-            ),
-        ));
+    if let crate::config::StateStore::Sqlite(dir) = store {
+        let db = dir.join(crate::journal::DB_FILE);
+        if !db.exists() {
+            return Err(Failure::new(
+                Exit::Invalid,
+                anyhow!(
+                    "{}: --retry-failed: campaign {campaign:?} has no finished run to retry (no journal at {}); \
+                     nothing was sent",
+                    campaign_file.display(),
+                    db.display()
+                ),
+            ));
+        }
     }
-    let journal = Journal::open(state_dir).map_err(|e| journal_failure(e, campaign_file))?;
+    let journal = Journal::open_state(store).map_err(|e| journal_failure(e, campaign_file))?;
     journal
         .retry_candidates(campaign, occurrence, &crate::provider::retryable_failure)
         .map_err(|e| journal_failure(e, campaign_file))

@@ -178,6 +178,43 @@ fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
     assert_eq!(occ.len(), 1, "one occurrence: {occ:?}");
     assert_eq!(occ[0].occurrence, at.as_second());
     assert_eq!(occ[0].status, "done", "{occ:?}\n{}", read_log());
+    // The record names the process that finished it, and whom it took the run over from.
+    let host = state::host_name();
+    let note = format!("taken over from {host} (pid {}) at ", first.0.id());
+    assert_eq!(occ[0].pid, Some(i64::from(second.0.id())), "{occ:?}");
+    assert!(
+        occ[0].detail.as_deref().is_some_and(|d| d.contains(&note)),
+        "{occ:?}"
+    );
+    let out = Command::new(bin())
+        .arg("schedule")
+        .arg(root.join("campaigns"))
+        .arg("--state-dir")
+        .arg(root.join(".imcast"))
+        .output_limited()
+        .expect("imcast schedule");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("done   by {host} (pid {})", second.0.id()))
+            && shown.contains(&note),
+        "{shown}"
+    );
+    // `imcast status` of the campaign says the same of its run's occurrence.
+    let out = Command::new(bin())
+        .arg("status")
+        .arg(campaigns.join("e2e.yaml"))
+        .arg("--state-dir")
+        .arg(root.join(".imcast"))
+        .output_limited()
+        .expect("imcast status");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!(
+            "  daemon    occurrence done by {host} (pid {})\n            {note}",
+            second.0.id()
+        )),
+        "{shown}"
+    );
 
     // The journal: exactly one run, for this occurrence, finished.
     let journal = Journal::open(&root.join(".imcast")).expect("journal");
@@ -493,4 +530,180 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
     );
     assert_eq!(runs[0].status, imcast::journal::RunStatus::Cancelled);
     assert_eq!(m_ref.stats().messages, counts[&RecipientStatus::Sent]);
+}
+
+/// A run whose lease another live process holds is "not yet" for the daemon, not a failure: the
+/// occurrence is paused mid-run, another journal (a process that came back, or the daemon a
+/// takeover waits for) claims the run with a 2 s lease, and the run is resumed. The runner's
+/// open is refused (the lease is held) and retried every `[state] lease_heartbeat` (500 ms)
+/// until the lease expired; then the run resumes with a new fence (the other holder is fenced
+/// off) and finishes: the occurrence is `done`, every recipient sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the real runner schedules on the system clock; leases expire in wall time"
+)]
+async fn a_run_whose_lease_is_held_elsewhere_waits_and_resumes_once_it_expired() {
+    use imcast::daemon::send_runner::{SendRunner, SendRunnerConfig};
+    use imcast::daemon::source::SpecSource;
+    use imcast::daemon::{Daemon, DaemonConfig};
+    use imcast::journal::ControlRequest;
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = std::fs::canonicalize(tmp.path()).expect("canon");
+    let m = Arc::new(
+        mock::start(mock::MockConfig::default())
+            .await
+            .expect("mock"),
+    );
+    std::fs::write(
+        root.join("imcast.toml"),
+        "[state]\nlease_heartbeat = \"500ms\"\nlease_expiry = \"2s\"\n\n\
+         [limits.batch]\nlimit = 50\nwindow = \"1s\"\n",
+    )
+    .expect("toml");
+    let campaigns = root.join("campaigns");
+    std::fs::create_dir_all(&campaigns).expect("mkdir");
+    let n = 300u64;
+    let mut csv = String::from("user_id,grp\n");
+    for i in 0..n {
+        csv.push_str(&format!("{},g{}\n", 400_000 + i, i % 30));
+    }
+    std::fs::write(campaigns.join("a.csv"), csv).expect("csv");
+    let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("at");
+    std::fs::write(
+        campaigns.join("c.yaml"),
+        format!(
+            "version: 1\nname: c\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{}\" }}\n\
+             action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
+             message:\n  type: text\n  text: \"Hi {{{{ grp }}}}\"\nschedule:\n  at: {at}\n",
+            m.endpoint()
+        ),
+    )
+    .expect("campaign");
+    let state_dir = root.join(".imcast");
+    let clock: imcast::clock::SharedClock = Arc::new(imcast::clock::SystemClock);
+    let runner = SendRunner::new(
+        SendRunnerConfig {
+            state_dir: state_dir.clone(),
+            report_dir: Some(root.join("reports")),
+            config: None,
+            target: Some((m.endpoint(), m.credentials())),
+            report_formats: None,
+        },
+        clock.clone(),
+    );
+    let mut d = Daemon::open(
+        DaemonConfig::new(&campaigns, &state_dir),
+        clock,
+        Box::new(SpecSource::default()),
+        runner.clone(),
+    )
+    .expect("daemon");
+    let request = |req: ControlRequest| {
+        Journal::open(&state_dir)
+            .expect("journal")
+            .request_control("c", req, Some("test"), jiff::Timestamp::UNIX_EPOCH)
+            .expect("request")
+    };
+    let status = |sd: &Path| {
+        state::occurrences(&state::open(sd).expect("state"), Some("c"))
+            .expect("rows")
+            .first()
+            .map(|r| r.status.clone())
+            .unwrap_or_default()
+    };
+    // Tick (on the blocking pool: SQLite) until `done` holds, at most ~30 s.
+    async fn tick_until(
+        d: Daemon,
+        mut done: impl FnMut() -> bool + Send + 'static,
+    ) -> (Daemon, bool) {
+        let mut d = d;
+        for _ in 0..300 {
+            let (back, back_done, ok) = tokio::task::spawn_blocking(move || {
+                d.tick().expect("tick");
+                let ok = done();
+                (d, done, ok)
+            })
+            .await
+            .expect("join");
+            d = back;
+            done = back_done;
+            if ok {
+                return (d, true);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (d, false)
+    }
+    let m2 = m.clone();
+    let (back, ok) = tick_until(d, move || m2.stats().messages >= 50).await;
+    d = back;
+    assert!(ok, "the occurrence started sending");
+    request(ControlRequest::Pause);
+    let journal = Journal::open(&state_dir).expect("journal");
+    let run = journal.runs("c").expect("runs").remove(0);
+    let (sd, id) = (state_dir.clone(), run.id.clone());
+    let (back, ok) = tick_until(d, move || {
+        status(&sd) == "paused"
+            && Journal::open(&sd)
+                .expect("journal")
+                .run(&id)
+                .expect("run")
+                .is_some_and(|r| r.status != imcast::journal::RunStatus::Running)
+    })
+    .await;
+    d = back;
+    assert!(ok, "paused and the engine stopped");
+    let sent_before = m.stats().messages;
+    assert!(sent_before < n, "paused mid-run ({sent_before} sent)");
+
+    // Another holder takes the run's lease for 2 s and stays alive (this journal stays open).
+    let other = Journal::open(&state_dir).expect("journal");
+    other.set_lease_expiry(Duration::from_secs(2));
+    let run = other.run(&run.id).expect("run").expect("exists");
+    other
+        .claim(&run, jiff::Timestamp::now())
+        .expect("the other holder claims the lease");
+    let held_until = jiff::Timestamp::now().as_millisecond() + 2_000;
+
+    // Resume: not yet (the lease is held) — the occurrence stays running, nothing is sent — and
+    // once the lease expired the run goes on and finishes.
+    request(ControlRequest::Resume);
+    let (sd, m3) = (state_dir.clone(), m.clone());
+    let saw_held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let saw = saw_held.clone();
+    let (back, ok) = tick_until(d, move || {
+        let st = status(&sd);
+        if jiff::Timestamp::now().as_millisecond() < held_until - 300 {
+            // While the lease is held: the occurrence is not failed and nothing more is sent.
+            assert!(st == "running" || st == "paused", "{st}");
+            assert_eq!(
+                m3.stats().messages,
+                sent_before,
+                "sent while the lease was held"
+            );
+            saw.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        st == "done"
+    })
+    .await;
+    d = back;
+    assert!(
+        ok,
+        "the run finished after the lease expired: {}",
+        status(&state_dir)
+    );
+    assert!(saw_held.load(std::sync::atomic::Ordering::SeqCst));
+    runner.drain().await;
+    drop(d);
+    let counts = journal.counts(&run.id).expect("counts");
+    assert_eq!(counts[&RecipientStatus::Sent], n, "{counts:?}");
+    assert_eq!(m.stats().messages, n, "each recipient sent once");
+    // The other holder was fenced off when the runner took the run over.
+    let e = other
+        .renew(&run.id, jiff::Timestamp::now())
+        .expect_err("fenced");
+    assert!(e.is_fenced(), "{e}");
 }

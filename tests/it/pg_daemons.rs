@@ -254,6 +254,207 @@ fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
     drop(b);
 }
 
+/// kill -9 the daemon sending a run; the other takes it over and finishes it. Two `imcast daemon`
+/// processes on one PostgreSQL store (`[state] lease_heartbeat = "1s"`, `lease_expiry = "3s"`: the
+/// roster refreshes every second, a daemon is alive within 3 s, a run's lease lasts 3 s), one
+/// campaign of 1,000 recipients the mock takes about ten seconds to receive. Once part of the
+/// audience got it, the daemon the occurrence's claim names is killed; the other re-claims the
+/// occurrence once the killed one is not alive and the run's lease expired, resumes the run and
+/// finishes it: every recipient delivered at the mock or reported `unknown` (a call in flight
+/// at the kill may be lost), duplicates only among `unknown`, the occurrence `done`, held by the
+/// survivor and saying from whom it was taken over (`imcast schedule` too).
+#[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "real daemon processes schedule on the system clock; a child's time limit is wall time"
+)]
+fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
+    let Some(db) = imcast::testing::pg::test_db("takeover_kill") else {
+        return;
+    };
+    let (url, password) = db.toml_url();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root: PathBuf = std::fs::canonicalize(tmp.path()).expect("canon");
+    let rec = root.join("record.jsonl");
+    let (_mock, endpoint) = mock_server(&rec);
+    let ids: Vec<u64> = (0..1_000).map(|i| 300_000 + i).collect();
+    let mut csv = String::from("user_id,grp\n");
+    for (i, id) in ids.iter().enumerate() {
+        csv.push_str(&format!("{id},g{}\n", i % 100));
+    }
+    // Far enough ahead for both daemons to start and scan (debug build, busy machine).
+    let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 8).expect("at");
+    let checkouts: Vec<PathBuf> = ["a", "b"].iter().map(|n| root.join(n)).collect();
+    for co in &checkouts {
+        let dir = co.join("campaigns");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        // 100 messages a second: 1,000 users in 100 calls (one per group) take about ten seconds.
+        std::fs::write(
+            co.join("imcast.toml"),
+            format!(
+                "[state]\nurl = \"{url}\"\nlease_heartbeat = \"1s\"\nlease_expiry = \"3s\"\n\n\
+                 [limits.batch]\nlimit = 100\nwindow = \"1s\"\n"
+            ),
+        )
+        .expect("imcast.toml");
+        std::fs::write(dir.join("a.csv"), &csv).expect("audience");
+        std::fs::write(
+            dir.join("tk.yaml"),
+            format!(
+                "version: 1\nname: tk\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{endpoint}\" }}\n\
+                 action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
+                 message:\n  type: text\n  text: \"Hello {{{{ grp }}}}\"\n\
+                 schedule:\n  at: {at}\n"
+            ),
+        )
+        .expect("campaign");
+    }
+    let mut procs = vec![
+        Some(daemon(&checkouts[0], password.as_deref())),
+        Some(daemon(&checkouts[1], password.as_deref())),
+    ];
+    let pids: Vec<i64> = procs
+        .iter()
+        .map(|p| i64::from(p.as_ref().expect("proc").0.id()))
+        .collect();
+    let logs = || {
+        checkouts
+            .iter()
+            .map(|c| {
+                format!(
+                    "--- {}:\n{}",
+                    c.display(),
+                    std::fs::read_to_string(c.join("daemon.log")).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // (status, pid, detail) of the occurrence.
+    let claim = || -> Option<(String, Option<i64>, Option<String>)> {
+        db.with_client(|c| {
+            c.query_opt(
+                "SELECT status, pid, detail FROM sched_occurrence WHERE campaign = 'tk'",
+                &[],
+            )
+            .ok()
+            .flatten()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+        })
+    };
+
+    // Part of the audience got it: kill -9 the daemon the claim names.
+    let started = wait_for(1_200, || deliveries(&rec).len() >= 150);
+    assert!(started, "the occurrence never started sending:\n{}", logs());
+    let holder = claim().and_then(|c| c.1).expect("the claim names a pid");
+    let k = pids.iter().position(|p| *p == holder).expect("one of ours");
+    let mut killed = procs[k].take().expect("proc");
+    killed.0.kill().expect("SIGKILL");
+    status_until(&mut killed.0, Instant::now() + Duration::from_secs(60))
+        .expect("the killed daemon was reaped");
+    let at_kill = deliveries(&rec).len();
+    assert!(at_kill < ids.len(), "killed mid-run ({at_kill} delivered)");
+    let survivor = pids[1 - k];
+    let survivor_dir = &checkouts[1 - k];
+
+    // The other daemon takes it over and finishes it.
+    let done = wait_for(2_400, || claim().is_some_and(|c| c.0 == "done"));
+    assert!(done, "{:?}\n{}", claim(), logs());
+    let (_, pid, detail) = claim().expect("row");
+    let host = imcast::daemon::state::host_name();
+    assert_eq!(pid, Some(survivor), "held by the survivor");
+    let note = format!("taken over from {host} (pid {holder}) at ");
+    assert!(
+        detail.as_deref().is_some_and(|d| d.contains(&note)),
+        "{detail:?}"
+    );
+    let survivor_log = std::fs::read_to_string(survivor_dir.join("daemon.log")).unwrap_or_default();
+    assert!(
+        survivor_log.contains("took over a run whose daemon is not alive"),
+        "{}",
+        logs()
+    );
+
+    // The survivor's report: every recipient sent or unknown.
+    let reports: Vec<PathBuf> = std::fs::read_dir(survivor_dir.join("reports/tk"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("recipients.csv"))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(reports.len(), 1, "{reports:?}\n{}", logs());
+    let mut r = csv::Reader::from_path(&reports[0]).expect("recipients.csv");
+    let h = r.headers().expect("header").clone();
+    let col = |n: &str| h.iter().position(|c| c == n).expect(n);
+    let (id_col, status_col) = (col("id"), col("status"));
+    let mut unknown = std::collections::BTreeSet::new();
+    let mut rows = 0;
+    for rec in r.records() {
+        let rec = rec.expect("row");
+        rows += 1;
+        match &rec[status_col] {
+            "sent" => {}
+            "unknown" => {
+                unknown.insert(rec[id_col].parse::<u64>().expect("id"));
+            }
+            other => panic!("recipient {} is {other}", &rec[id_col]),
+        }
+    }
+    assert_eq!(rows, ids.len());
+
+    // The mock's record: the audience, duplicates only among reported `unknown`.
+    std::thread::sleep(Duration::from_secs(1));
+    let got = deliveries(&rec);
+    let want: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+    let delivered: std::collections::BTreeSet<u64> = got.keys().copied().collect();
+    assert!(delivered.is_subset(&want), "delivered outside the audience");
+    let missing: Vec<&u64> = want.difference(&delivered).collect();
+    assert!(
+        missing.iter().all(|id| unknown.contains(id)),
+        "not delivered and not reported unknown: {missing:?}"
+    );
+    let dups: Vec<(&u64, &u64)> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dups.iter().all(|(id, _)| unknown.contains(id)),
+        "duplicates beyond reported unknown: {dups:?}"
+    );
+
+    // `imcast schedule` says who holds it now and from whom it was taken over.
+    let out = Command::new(bin())
+        .arg("schedule")
+        .arg(survivor_dir.join("campaigns"))
+        .args(["--past", "5"])
+        .env_remove("PGPASSWORD")
+        .envs(password.as_deref().map(|p| ("PGPASSWORD", p)))
+        .output_limited()
+        .expect("imcast schedule");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!("done   by {host} (pid {survivor})")),
+        "{text}"
+    );
+    assert!(text.contains(&note), "{text}");
+    // `imcast status` of the campaign: the run's occurrence held by the survivor, taken over.
+    let out = Command::new(bin())
+        .arg("status")
+        .arg(survivor_dir.join("campaigns/tk.yaml"))
+        .env_remove("PGPASSWORD")
+        .envs(password.as_deref().map(|p| ("PGPASSWORD", p)))
+        .output_limited()
+        .expect("imcast status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "  daemon    occurrence done by {host} (pid {survivor})\n            {note}"
+        )),
+        "{text}"
+    );
+    drop(procs);
+}
+
 /// The same two-daemon rules on a simulated clock (no sleeping, no processes): two [`Daemon`]s
 /// with two state directories and two copies of the folder on one PostgreSQL store, each with a
 /// fake runner. An occurrence starts on exactly one; one due while the other's run is going is
@@ -286,6 +487,9 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
         let state_dir = tmp.path().join(name).join(".imcast");
         let mut cfg = DaemonConfig::new(&dir, &state_dir);
         cfg.store = Some(db.url().clone());
+        // No takeover here (see `a_live_daemon_takes_over_the_run_of_a_silent_one_exactly_once`):
+        // the silent daemon's run stays its own, with the note saying who would take it over.
+        cfg.takeover = Some(false);
         let d = Daemon::open(
             cfg,
             Arc::new(clock.clone()),
@@ -298,11 +502,12 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
     };
     let (ra, rb) = (Arc::new(FakeRunner::new()), Arc::new(FakeRunner::new()));
     let (mut a, _sa, node_a) = open("a", &ra);
-    let (mut b, sb, node_b) = open("b", &rb);
+    let (mut b, _sb, node_b) = open("b", &rb);
     assert_ne!(node_a, node_b);
     let tick = |d: &mut Daemon| d.tick().expect("tick");
+    // A control request goes to the journal, which is in the store: any host's `imcast pause`.
     let request = |req: ControlRequest| {
-        Journal::open(&sb)
+        Journal::open_store(db.url())
             .expect("journal")
             .request_control("h", req, None, jiff::Timestamp::UNIX_EPOCH)
             .expect("request");
@@ -348,7 +553,7 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
     assert_eq!(r2.pid, Some(i64::from(std::process::id())));
     assert!(r2.host.is_some() && r2.claimed_at.is_some(), "{r2:?}");
 
-    // `imcast pause h` given to b's state directory pauses a's run; resume continues it.
+    // `imcast pause h` given on any host (the store's journal) pauses a's run; resume continues it.
     request(ControlRequest::Pause);
     tick(&mut b);
     tick(&mut a);
@@ -427,9 +632,8 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
         ("running", Some(node_a.as_str()))
     );
     assert!(
-        last.note.as_deref().is_some_and(
-            |n| n.contains("not alive") && n.contains("resumes when that daemon restarts")
-        ),
+        last.note.as_deref().is_some_and(|n| n.contains("not alive")
+            && n.contains("takes it over once the run's lease has expired")),
         "{last:?}"
     );
     assert!(
@@ -437,6 +641,152 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
         "{past:?}"
     );
     drop(a);
+}
+
+/// Takeover on a simulated clock (no sleeping, no processes): four [`Daemon`]s on one PostgreSQL
+/// store, each with its own state directory, folder and fake runner; `d`'s folder does not have
+/// the campaign. `a` fires an occurrence, then falls silent (a kill -9: no tick, no clean stop).
+/// While `a` looks alive (30 s after its last refresh) nobody touches its run; then exactly one of
+/// the live daemons with the campaign takes it over (the first to tick: `c`), resuming the run
+/// (the runner is asked to resume it) and naming itself and whom it took it from in the record;
+/// `b` and `d` start nothing. When `a` comes back it stops its copy of the run and does not take
+/// it back. The run's end keeps the takeover note, and `imcast schedule`'s view shows it.
+#[test]
+fn a_live_daemon_takes_over_the_run_of_a_silent_one_exactly_once() {
+    use imcast::clock::{Clock, SimClock};
+    use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
+    use imcast::daemon::source::StandInSource;
+    use imcast::daemon::state;
+    use imcast::daemon::{Daemon, DaemonConfig};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let Some(db) = imcast::testing::pg::test_db("takeover_sim") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let clock = SimClock::new("2026-03-01T00:30:00Z".parse().expect("ts"));
+    let open = |name: &str, with_campaign: bool, runner: &Arc<FakeRunner>| {
+        let dir = tmp.path().join(name).join("campaigns");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        if with_campaign {
+            std::fs::write(
+                dir.join("h.yaml"),
+                "name: h\nschedule:\n  cron: \"0 * * * *\"\n  timezone: UTC\n  not_after: 10m\n",
+            )
+            .expect("campaign");
+        }
+        let state_dir = tmp.path().join(name).join(".imcast");
+        let mut cfg = DaemonConfig::new(&dir, &state_dir);
+        cfg.store = Some(db.url().clone());
+        // The fake runner has no journal in the store: force what the store's journal enables.
+        cfg.takeover = Some(true);
+        let d = Daemon::open(
+            cfg,
+            Arc::new(clock.clone()),
+            Box::new(StandInSource),
+            runner.clone(),
+        )
+        .expect("open daemon");
+        let node = state::node_id(&state::open(&state_dir).expect("local")).expect("node");
+        (d, node)
+    };
+    let runners: Vec<Arc<FakeRunner>> = (0..4).map(|_| Arc::new(FakeRunner::new())).collect();
+    let (mut a, node_a) = open("a", true, &runners[0]);
+    let (mut b, node_b) = open("b", true, &runners[1]);
+    let (mut c, node_c) = open("c", true, &runners[2]);
+    let (mut d, _node_d) = open("d", false, &runners[3]);
+    let (ra, rb, rc, rd) = (&runners[0], &runners[1], &runners[2], &runners[3]);
+    let tick = |d: &mut Daemon| d.tick().expect("tick");
+    for x in [&mut a, &mut b, &mut c, &mut d] {
+        tick(x);
+    }
+    let reader = state::open_store(&db.store()).expect("store");
+    let k1 = "h@2026-03-01T01:00:00Z";
+    let row = || {
+        state::occurrences(&reader, Some("h"))
+            .expect("rows")
+            .into_iter()
+            .find(|r| r.run_key == k1)
+            .expect("row")
+    };
+
+    // 01:00: a fires it; then a falls silent.
+    clock.advance_to("2026-03-01T01:00:00Z".parse().expect("ts"));
+    tick(&mut a);
+    assert_eq!(ra.starts(), vec![k1.to_string()]);
+    assert_eq!(row().node.as_deref(), Some(node_a.as_str()));
+    let others = |b: &mut Daemon, c: &mut Daemon, d: &mut Daemon| {
+        tick(d);
+        tick(c);
+        tick(b);
+    };
+    // Within a's alive window (last seen 01:00:00, 3 × 10 s): nobody takes it.
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(10));
+        others(&mut b, &mut c, &mut d);
+    }
+    assert!(rb.starts().is_empty() && rc.starts().is_empty() && rd.starts().is_empty());
+    assert_eq!(row().node.as_deref(), Some(node_a.as_str()));
+    // 01:00:40: a is not alive; c ticks first (after d, whose folder lacks the campaign).
+    clock.advance(Duration::from_secs(10));
+    others(&mut b, &mut c, &mut d);
+    assert_eq!(rc.starts(), vec![k1.to_string()], "c resumes the run");
+    assert!(rc.runs()[k1].resumed, "{:?}", rc.runs());
+    assert!(rb.starts().is_empty(), "{:?}", rb.starts());
+    assert!(rd.starts().is_empty(), "{:?}", rd.starts());
+    let r = row();
+    assert_eq!(
+        (r.status.as_str(), r.node.as_deref(), r.claimed_at),
+        (
+            "running",
+            Some(node_c.as_str()),
+            Some(clock.now().as_second())
+        )
+    );
+    let host = state::host_name();
+    let note = format!(
+        "taken over from {host} (pid {}) at 2026-03-01T01:00:40Z",
+        std::process::id()
+    );
+    assert_eq!(r.detail.as_deref(), Some(note.as_str()));
+    // More ticks change nothing: it is c's now, and c is alive.
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(10));
+        others(&mut b, &mut c, &mut d);
+    }
+    assert_eq!(rc.starts().len(), 1);
+    assert!(rb.starts().is_empty());
+
+    // a comes back: it stops its copy of the run and leaves the row alone.
+    tick(&mut a);
+    assert_eq!(ra.runs()[k1].status, RunStatus::Paused);
+    assert_eq!(ra.starts().len(), 1);
+    assert_eq!(row().node.as_deref(), Some(node_c.as_str()));
+
+    // c's run ends: done, the note kept after the run's detail; the view shows who and from whom.
+    rc.finish(k1, RunOutcome::Done);
+    clock.advance(Duration::from_secs(1));
+    tick(&mut c);
+    tick(&mut a);
+    let r = row();
+    assert_eq!(r.status, "done");
+    assert_eq!(r.detail.as_deref(), Some(note.as_str()));
+    let v = imcast::daemon::view::schedule_view(
+        &tmp.path().join("b").join("campaigns"),
+        &StandInSource,
+        Some(&reader),
+        clock.now(),
+        1,
+        10,
+    )
+    .expect("view");
+    let past = v.campaigns[0].past.last().expect("k1");
+    assert_eq!(past.node.as_deref(), Some(node_c.as_str()));
+    assert_eq!(past.taken_over.as_deref(), Some(note.as_str()));
+    let text = imcast::daemon::view::render_human(&v);
+    assert!(text.contains(&format!("      {note}")), "{text}");
+    assert_ne!(node_b, node_c);
 }
 
 /// `imcast prune` with `[state] url`: the store's finished occurrences older than the cutoff go

@@ -108,19 +108,28 @@ async fn three_processes_on_one_store_share_one_p2p_limit() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // Each state directory holds its own journal; none holds a limiter file: the log is in
-    // PostgreSQL.
+    // The journal and the limiter's log are in PostgreSQL: no state directory holds a journal or
+    // a limiter file, and the store holds the three finished runs.
     for k in 0..names.len() {
         let state = root.join(format!("state-{k}"));
         assert!(
-            state.join("imcast.db").exists(),
-            "state-{k} has its journal"
+            !state.join("imcast.db").exists(),
+            "state-{k}: no SQLite journal (the journal is in the store)"
         );
         assert!(
             !state.join(imcast::throttle::DB_FILE).exists(),
             "state-{k}: no SQLite limiter log beside the journal"
         );
     }
+    let done: i64 = db.with_client(|c| {
+        c.query_one(
+            "SELECT COUNT(*) FROM runs WHERE status = 'finished' AND is_test = 0",
+            &[],
+        )
+        .expect("runs")
+        .get(0)
+    });
+    assert_eq!(done, names.len() as i64, "three finished runs in the store");
     let total = PER_CAMPAIGN * names.len() as u64;
     assert_eq!(stats.rate_limited, 0, "no 429 at 10× the limit: {stats:?}");
     let lines = record_lines(&rec, total);

@@ -433,7 +433,7 @@ async fn imcast_toml_breaker_applies_to_a_campaign_without_one() {
         .connection()
         .query_row(
             "SELECT flags FROM runs WHERE id = ?1",
-            [s.run_id.as_deref().expect("run id")],
+            imcast::store::params![s.run_id.as_deref().expect("run id")],
             |r| r.get(0),
         )
         .expect("flags");

@@ -1,9 +1,12 @@
-//! The run registry in the PostgreSQL state store, with real processes: two state directories
-//! (two hosts, or a CI runner and a laptop) on one store, one campaign, a slow mock. While the
-//! first `imcast run` sends, the second exits 6 naming the first's host, pid and state directory;
-//! once the first finished, the second is refused again as "already sent"; the mock saw every
-//! recipient exactly once. The test server is `imcast::testing::pg`'s; where PostgreSQL is not
-//! installed the fixture says so loudly and, under CI, fails.
+//! Two `imcast run` of one campaign from two state directories (two hosts, or a CI runner and a
+//! laptop) on one PostgreSQL store, with real processes and a slow mock: one sends, one refuses.
+//! Every state directory on the store shares its one journal: while the first run sends, the
+//! second exits 6 (the run's lease: `JournalError::Busy`) naming the first's pid and host; once
+//! the first finished, the second finds the run "already finished" and sends nothing (exit 0);
+//! the mock saw every recipient exactly once; `imcast status` from the other state directory
+//! shows the finished run; neither state directory holds a journal file. The test server is
+//! `imcast::testing::pg`'s; where PostgreSQL is not installed the fixture says so loudly and,
+//! under CI, fails.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,7 +36,7 @@ fn run(root: &Path, file: &Path, state: &str, password: Option<&str>) -> Command
         .env_remove("RUST_LOG")
         .env_remove("PGPASSWORD")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(p) = password {
         c.env("PGPASSWORD", p);
@@ -42,8 +45,8 @@ fn run(root: &Path, file: &Path, state: &str, password: Option<&str>) -> Command
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_state_directory_is_refused_while_the_first_sends_and_after_it_sent() {
-    let Some(db) = imcast::testing::pg::test_db("registry_runs") else {
+async fn two_state_directories_on_one_store_one_sends_one_refuses() {
+    let Some(db) = imcast::testing::pg::test_db("two_dirs_runs") else {
         return;
     };
     let (url, password) = db.toml_url();
@@ -80,26 +83,32 @@ async fn a_second_state_directory_is_refused_while_the_first_sends_and_after_it_
     )
     .expect("campaign");
     let pw = password.clone();
+    let first_rec = rec.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let pw = pw.as_deref();
         // The first run's stderr goes to a file (nobody drains a pipe while it sends).
         let log = std::fs::File::create(root.join("first.log")).expect("log");
         let mut first = run(&root, &file, "state-a", pw)
+            .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn the first run");
         let first_pid = first.id();
-        // Registered and sending: its row in the store names its run.
+        // Sending: its run is open in the store's journal and the mock has seen a call.
         poll_while_running(&mut first, CHILD_LIMIT, "the first run", || {
-            db.with_client(|c| {
+            let opened = db.with_client(|c| {
                 c.query_opt(
-                    "SELECT 1 FROM imcast_run_registry WHERE campaign = 'slow' \
-                     AND status = 'running' AND run_id IS NOT NULL",
+                    "SELECT 1 FROM runs WHERE campaign = 'slow' \
+                     AND status = 'running' AND owner IS NOT NULL",
                     &[],
                 )
                 // (Until the first run migrated the store, the table does not exist yet.)
                 .is_ok_and(|r| r.is_some())
-            })
+            });
+            opened
+                && std::fs::read_to_string(&first_rec)
+                    .map(|t| !t.trim().is_empty())
+                    .unwrap_or(false)
         });
         let busy = wait_within(
             run(&root, &file, "state-b", pw).spawn().expect("spawn"),
@@ -109,12 +118,12 @@ async fn a_second_state_directory_is_refused_while_the_first_sends_and_after_it_
         let still_running = first.try_wait().expect("try_wait").is_none();
         let first_out = wait_within(first, CHILD_LIMIT, "the first run");
         let first_log = std::fs::read_to_string(root.join("first.log")).unwrap_or_default();
-        let sent = wait_within(
+        let again = wait_within(
             run(&root, &file, "state-b", pw).spawn().expect("spawn"),
             CHILD_LIMIT,
-            "the second run after the first sent",
+            "the second run after the first finished",
         );
-        // `imcast status` from the refused state directory lists the run registered elsewhere.
+        // `imcast status` from the other state directory reads the same journal.
         let mut st = Command::new(bin());
         st.arg("status")
             .arg(&file)
@@ -137,39 +146,49 @@ async fn a_second_state_directory_is_refused_while_the_first_sends_and_after_it_
             still_running,
             first_out.status.code(),
             first_log,
-            sent,
+            again,
             root,
         )
     })
     .await
     .expect("processes");
-    let (first_pid, status, busy, still_running, first_code, first_log, sent, root) = outcome;
+    let (first_pid, status, busy, still_running, first_code, first_log, again, root) = outcome;
     m.shutdown().await;
     assert_eq!(first_code, Some(0), "the first run sends: {first_log}");
     assert!(
         still_running,
         "the first run was still sending when the second was refused"
     );
+    // Refused by the run's lease in the shared journal, naming who sends it.
     let err = String::from_utf8_lossy(&busy.stderr);
     assert_eq!(busy.status.code(), Some(6), "busy: {err}");
     let host = imcast::journal::hostname();
-    let state_a = std::path::absolute(root.join("state-a")).expect("absolute");
     for want in [
-        format!("pid {first_pid} on {host}"),
-        format!("state directory {}", state_a.display()),
-        "Nothing was sent".to_string(),
-        "resume it there".to_string(),
+        "of campaign \"slow\" is being sent by another imcast process (".to_string(),
+        format!("(pid {first_pid} on {host}, its lease renewed until "),
+        "wait for it or stop it. Nothing was sent by this process".to_string(),
     ] {
         assert!(err.contains(&want), "{want:?} in: {err}");
     }
-    let err = String::from_utf8_lossy(&sent.stderr);
-    assert_eq!(sent.status.code(), Some(6), "already sent: {err}");
-    assert!(
-        err.contains(&format!("already sent from {host} at"))
-            && err.contains("--new-run")
-            && err.contains(&state_a.display().to_string()),
-        "{err}"
+    // After it finished: the same run, already finished, nothing sent (exit 0).
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(0), "already finished: {err}");
+    let run_id = err
+        .split("Campaign \"slow\": run ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .unwrap_or_else(|| panic!("the run named in: {err}"))
+        .to_string();
+    let want = format!(
+        "Campaign \"slow\": run {run_id} already finished (sent {N}). Nothing to send. \
+         Pass --new-run to send to everyone again."
     );
+    assert!(err.contains(&want), "{want:?} in: {err}");
+    assert!(
+        first_log.contains(&run_id),
+        "the first run sent {run_id}: {first_log}"
+    );
+    // `imcast status` from the other state directory: the finished run, from the shared journal.
     let out = String::from_utf8_lossy(&status.stdout);
     assert_eq!(
         status.status.code(),
@@ -178,10 +197,10 @@ async fn a_second_state_directory_is_refused_while_the_first_sends_and_after_it_
         String::from_utf8_lossy(&status.stderr)
     );
     assert!(
-        out.contains("Registered from other state directories")
-            && out.contains(&format!("finished on {host} (pid {first_pid}")),
+        out.contains(&format!("Campaign \"slow\": run {run_id} is finished (")),
         "{out}"
     );
+    assert!(out.contains(&format!("recipients sent {N}")), "{out}");
     // Every recipient exactly once, all from the first run.
     let lines = record_lines(&rec, N);
     let mut per: BTreeMap<u64, u64> = BTreeMap::new();
@@ -195,9 +214,9 @@ async fn a_second_state_directory_is_refused_while_the_first_sends_and_after_it_
         "a recipient reached twice: {per:?}"
     );
     assert_eq!(lines.len() as u64, N);
-    // The refused state directory holds no journal run: nothing was opened there.
-    assert!(
-        !root.join("state-b").join("imcast.db").exists(),
-        "the refused runs opened no journal"
-    );
+    // Everything is in the store: neither state directory holds a journal file.
+    for d in ["state-a", "state-b"] {
+        let db = root.join(d).join(imcast::journal::DB_FILE);
+        assert!(!db.exists(), "{} exists", db.display());
+    }
 }
