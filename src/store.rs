@@ -121,6 +121,25 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether PostgreSQL gave up waiting on another session: a lock held longer than
+    /// `lock_timeout` (55P03), a `statement_timeout` (57014), a deadlock or a serialization
+    /// failure. Another process holds what this one wants; trying again later may succeed (the
+    /// PostgreSQL counterpart of SQLite's SQLITE_BUSY).
+    pub fn is_lock_wait(&self) -> bool {
+        use postgres::error::SqlState;
+        match self {
+            StoreError::Postgres(e) => e.code().is_some_and(|c| {
+                *c == SqlState::LOCK_NOT_AVAILABLE
+                    || *c == SqlState::QUERY_CANCELED
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// `Result<T, StoreError>` → `Result<Option<T>, StoreError>`, as rusqlite's `OptionalExtension`.
 pub trait OptionalExtension<T> {
     fn optional(self) -> Result<Option<T>, StoreError>;

@@ -129,6 +129,50 @@ fn open_store_opens_the_journal_in_postgres() {
     assert!(matches!(j.source(), JournalSource::Store(_)));
 }
 
+/// A journal write that waits past the connection's `lock_timeout` for the journal's advisory
+/// lock (held by another session) fails as busy (exit 6), saying another process held the lock
+/// and to try again; once the lock is free the same write succeeds.
+#[test]
+fn lock_timeout_is_busy_on_postgres() {
+    let Some(db) = crate::testing::pg::test_db("journal_lock_timeout") else {
+        return;
+    };
+    let j = Journal::open_store(db.url()).expect("open the journal in the store");
+    let other = crate::store::Conn::postgres(db.url()).expect("a second session");
+    other
+        .execute_batch(&format!("SELECT pg_advisory_lock({JOURNAL_LOCK})"))
+        .expect("hold the journal's lock");
+    j.connection()
+        .execute_batch("SET lock_timeout = '200ms'")
+        .expect("short lock_timeout");
+    let e = j
+        .request_control("a", ControlRequest::Pause, Some("test"), at(0))
+        .expect_err("the lock is held");
+    assert!(
+        matches!(&e, JournalError::Db { source, .. } if source.is_lock_wait()),
+        "{e:?}"
+    );
+    assert_eq!(e.exit(), Exit::Busy, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("another imcast process held the journal's lock too long")
+            && text.contains("try again"),
+        "{text}"
+    );
+    // A grouped write keeps the exit.
+    assert_eq!(
+        JournalError::Write(std::sync::Arc::new(e)).exit(),
+        Exit::Busy
+    );
+    assert_eq!(j.control("a").expect("read"), None, "nothing was written");
+    other
+        .execute_batch(&format!("SELECT pg_advisory_unlock({JOURNAL_LOCK})"))
+        .expect("release");
+    j.request_control("a", ControlRequest::Pause, Some("test"), at(0))
+        .expect("the lock is free");
+    assert_eq!(j.control("a").expect("read"), Some(ControlRequest::Pause));
+}
+
 /// `open_state` on SQLite is the state directory's file, and a reader of it finds it missing
 /// before anything created it.
 #[test]
