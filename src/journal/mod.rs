@@ -365,10 +365,21 @@ impl Journal {
     /// Its tables come from the store's migrations (`crate::pg::schema`, applied on connecting;
     /// a newer schema is refused); [`Journal::path`] names the store without its password.
     pub fn open_store(url: &crate::pg::PgUrl) -> Result<Journal, JournalError> {
+        Self::open_store_with(url, &[])
+    }
+
+    /// [`Journal::open_store`] whose connection runs `on_connect` on every (re)connect
+    /// ([`crate::store::Conn::postgres_with`]).
+    fn open_store_with(
+        url: &crate::pg::PgUrl,
+        on_connect: &[&str],
+    ) -> Result<Journal, JournalError> {
         let path = PathBuf::from(url.redacted());
-        let conn = crate::store::Conn::postgres(url).map_err(|source| JournalError::Db {
-            path: path.clone(),
-            source,
+        let conn = crate::store::Conn::postgres_with(url, on_connect).map_err(|source| {
+            JournalError::Db {
+                path: path.clone(),
+                source,
+            }
         })?;
         let (owner, instance) = new_owner();
         Ok(Journal {
@@ -401,13 +412,11 @@ impl Journal {
             crate::config::StateStore::Sqlite(dir) => {
                 Self::open_reader(&dir.join(DB_FILE), cache_kib)
             }
-            crate::config::StateStore::Postgres(url) => {
-                let j = Self::open_store(url)?;
-                j.conn
-                    .execute_batch("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-                    .map_err(j.db())?;
-                Ok(j)
-            }
+            // Read only on every session: a silent reconnect stays read only.
+            crate::config::StateStore::Postgres(url) => Self::open_store_with(
+                url,
+                &["SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"],
+            ),
         }
     }
 
