@@ -495,7 +495,8 @@ fn status_lists_the_daemons_of_the_state_directory() {
         text(&out.stdout)
     );
     // Two daemons on the state directory: one alive (refreshing hourly, seen now), one stopped.
-    let now = jiff::Timestamp::now().as_second();
+    // The real clock: the `imcast status` process judges "alive" by its own.
+    let now = imcast::clock::Clock::now(&imcast::clock::SystemClock).as_second();
     let who = |node: &str, host: &str, pid: u32| state::Claimant {
         node: node.to_string(),
         host: host.to_string(),
