@@ -45,7 +45,9 @@
 //! PostgreSQL connections set `lock_timeout` (30 s) and `idle_in_transaction_session_timeout`
 //! (10 s, so a stopped process does not hold locks), apply the store's migrations
 //! ([`crate::pg::schema`]) on connecting, and reconnect on the next statement after a lost
-//! connection, except inside a transaction (that statement fails; the caller retries whole).
+//! connection, except inside a transaction (that statement fails; the caller retries whole). A
+//! reconnect re-applies the connection's session statements ([`Conn::postgres_with`]: a reader's
+//! read-only session stays read only).
 //! The `postgres` client runs a runtime of its own: a [`Conn`] to PostgreSQL must be opened and
 //! used off the async runtime's threads (tokio's blocking pool is fine); dropping it anywhere is
 //! safe ([`crate::pg::OffRuntime`]).
@@ -116,6 +118,25 @@ impl StoreError {
                     })
             }
             StoreError::Connect(_) | StoreError::Lost => true,
+            _ => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether PostgreSQL gave up waiting on another session: a lock held longer than
+    /// `lock_timeout` (55P03), a `statement_timeout` (57014), a deadlock or a serialization
+    /// failure. Another process holds what this one wants; trying again later may succeed (the
+    /// PostgreSQL counterpart of SQLite's SQLITE_BUSY).
+    pub fn is_lock_wait(&self) -> bool {
+        use postgres::error::SqlState;
+        match self {
+            StoreError::Postgres(e) => e.code().is_some_and(|c| {
+                *c == SqlState::LOCK_NOT_AVAILABLE
+                    || *c == SqlState::QUERY_CANCELED
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            }),
             _ => false,
         }
     }
@@ -524,6 +545,10 @@ struct Pg {
     /// SQL text as written → prepared statement (placeholders translated).
     stmts: HashMap<String, postgres::Statement>,
     in_tx: bool,
+    /// Session statements run on every (re)connect, after the store's own settings (e.g. a
+    /// reader's `SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY`): a silent reconnect
+    /// keeps the session what its owner made it.
+    on_connect: Vec<String>,
 }
 
 impl Pg {
@@ -535,7 +560,7 @@ impl Pg {
             }
             self.stmts.clear();
             self.client = None;
-            self.client = Some(OffRuntime::new(pg_connect(&self.url)?));
+            self.client = Some(OffRuntime::new(pg_connect(&self.url, &self.on_connect)?));
         }
         match self.client.as_deref_mut() {
             Some(c) => Ok(c),
@@ -576,7 +601,10 @@ impl Pg {
     }
 }
 
-fn pg_connect(url: &PgUrl) -> Result<postgres::Client, StoreError> {
+fn pg_connect<S: AsRef<str>>(
+    url: &PgUrl,
+    on_connect: &[S],
+) -> Result<postgres::Client, StoreError> {
     let mut client = crate::pg::connect(url)?;
     client.batch_execute(
         "SET lock_timeout = '30s'; SET idle_in_transaction_session_timeout = '10s'",
@@ -584,6 +612,10 @@ fn pg_connect(url: &PgUrl) -> Result<postgres::Client, StoreError> {
     let m = crate::pg::schema::migrate(&mut client)?;
     for (v, name) in &m.applied {
         tracing::info!(version = v, "state store: applied migration: {name}");
+    }
+    // After the migrations: a read-only session could not apply them.
+    for sql in on_connect {
+        client.batch_execute(sql.as_ref())?;
     }
     Ok(client)
 }
@@ -834,13 +866,21 @@ impl Conn {
     /// Connect to the PostgreSQL store (blocking: off the async runtime), applying the store's
     /// migrations (a newer schema is refused).
     pub fn postgres(url: &PgUrl) -> Result<Conn, StoreError> {
-        let client = pg_connect(url)?;
+        Self::postgres_with(url, &[])
+    }
+
+    /// [`Conn::postgres`], then `on_connect` (session statements without parameters, e.g.
+    /// `SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY`) on this session and on every
+    /// session a silent reconnect opens later, so the connection keeps its settings.
+    pub fn postgres_with(url: &PgUrl, on_connect: &[&str]) -> Result<Conn, StoreError> {
+        let client = pg_connect(url, on_connect)?;
         Ok(Conn {
             inner: Inner::Postgres(Box::new(RefCell::new(Pg {
                 url: url.clone(),
                 client: Some(OffRuntime::new(client)),
                 stmts: HashMap::new(),
                 in_tx: false,
+                on_connect: on_connect.iter().map(|s| (*s).to_string()).collect(),
             }))),
         })
     }

@@ -7,7 +7,8 @@
 //!
 //! A scheduled run also shows its occurrence in the daemons' record: which daemon (host, pid)
 //! holds it and, after a takeover, from whom (read only; a record that cannot be read is a
-//! warning).
+//! warning). When daemons are registered in that record (`sched_roster`), status lists them
+//! (host, pid, last seen, alive) as `imcast schedule` does; nothing when there are none.
 //!
 //! The campaign's name comes from `crate::spec::load`; a file that no longer validates (e.g. an
 //! audience file was moved since the run) still shows its runs through a minimal read of the
@@ -213,6 +214,42 @@ fn daemon_occurrence(
     })
 }
 
+/// The daemons registered in the daemons' record (the state directory's, or the store's with
+/// `[state] url`) as `imcast schedule` lists them; empty when there are none, for `--mock`, or
+/// when the record cannot be read (a warning).
+fn daemons(
+    paths: &RepoPaths,
+    mock: bool,
+    now: jiff::Timestamp,
+) -> Vec<crate::daemon::view::DaemonView> {
+    use crate::daemon::state;
+    if mock {
+        return Vec::new();
+    }
+    let Ok(config) = paths.account_config() else {
+        return Vec::new();
+    };
+    let store = config.state_store(&paths.state_dir);
+    let conn = match &store {
+        crate::config::StateStore::Sqlite(dir) => state::open_existing(dir),
+        crate::config::StateStore::Postgres(_) => state::open_store(&store).map(Some),
+    };
+    match conn.and_then(|c| c.map(|c| state::roster(&c)).transpose()) {
+        Ok(roster) => crate::daemon::view::daemon_views(&roster.unwrap_or_default(), now),
+        Err(e) => {
+            tracing::warn!("the daemons on the state store are not shown: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The human lines for the daemons (nothing when there are none).
+fn print_daemons(daemons: &[crate::daemon::view::DaemonView]) {
+    if !daemons.is_empty() {
+        crate::out!("{}", crate::daemon::view::render_daemons(daemons));
+    }
+}
+
 pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
     let name = campaign_name(&args.file)?;
     let (base, paths) = paths_for(
@@ -231,6 +268,8 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         Some(j) => test_runs(j, &name)?,
         None => Vec::new(),
     };
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let daemons = daemons(&base, args.mock, now);
     let (Some(j), Some(run)) = (journal, run) else {
         let hint = if args.mock {
             None
@@ -244,6 +283,9 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     v["mock_runs"] = mock_runs(&base, &name).into();
                 }
                 v["test_runs"] = serde_json::to_value(&tests).exit(Exit::Internal)?;
+                if !daemons.is_empty() {
+                    v["daemons"] = serde_json::to_value(&daemons).exit(Exit::Internal)?;
+                }
                 crate::outln!("{v}")
             }
             OutputFormat::Human => {
@@ -256,6 +298,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                     crate::outln!("{h}");
                 }
                 print_test_runs(&tests);
+                print_daemons(&daemons);
             }
         }
         return Ok(Exit::Ok);
@@ -269,7 +312,6 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
         .lease(&run.id)
         .exit(Exit::Internal)?
         .filter(|l| l.holder.is_some());
-    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
     let occurrence = if args.mock {
         None
     } else {
@@ -297,6 +339,12 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                             "node": r.node,
                             "taken_over": crate::daemon::state::taken_over(r.detail.as_deref()),
                         }),
+                    );
+                }
+                if !daemons.is_empty() {
+                    o.insert(
+                        "daemons".into(),
+                        serde_json::to_value(&daemons).exit(Exit::Internal)?,
                     );
                 }
                 o.insert(
@@ -389,6 +437,7 @@ pub fn run(_g: &GlobalArgs, args: &StatusArgs) -> CmdResult {
                 );
             }
             print_test_runs(&tests);
+            print_daemons(&daemons);
         }
     }
     Ok(Exit::Ok)

@@ -9,6 +9,7 @@
 //! restarts. An
 //! occurrence a daemon took over names its holder now and whom it was taken over from
 //! ([`state::taken_over`]). Builds data only; the command renders it (human text or JSON).
+//! `imcast status` shows the same list of daemons ([`daemon_views`], [`render_daemons`]).
 //! Must not: write to the state database.
 
 use std::path::Path;
@@ -131,6 +132,56 @@ fn ts(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
+/// The roster as people read it at `now` (also `imcast status`'s list of daemons).
+pub fn daemon_views(roster: &[state::DaemonRow], now: Timestamp) -> Vec<DaemonView> {
+    let at = |s: i64| ts(s).to_string();
+    roster
+        .iter()
+        .map(|d| DaemonView {
+            node: d.node.clone(),
+            host: d.host.clone(),
+            pid: d.pid,
+            version: d.version.clone(),
+            started_at: at(d.started_at),
+            last_seen: at(d.last_seen),
+            last_seen_ago_seconds: now.as_second() - d.last_seen,
+            alive: d.alive(now.as_second()),
+            alive_window_seconds: d.alive_window(),
+            stopped_at: d.stopped_at.map(at),
+        })
+        .collect()
+}
+
+/// The daemons block of the human text (`imcast schedule`, `imcast status`): a header line and
+/// one line per daemon; empty when there are none.
+pub fn render_daemons(daemons: &[DaemonView]) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    if let Some(d) = daemons.first() {
+        let _ = writeln!(
+            o,
+            "daemons (alive: seen within {} refresh intervals, {}):",
+            state::ALIVE_BEATS,
+            humantime::format_duration(std::time::Duration::from_secs(
+                d.alive_window_seconds.max(0).unsigned_abs()
+            ))
+        );
+        for d in daemons {
+            let _ = writeln!(
+                o,
+                "  {} (pid {}, node {}, imcast {})   started {}   {}",
+                d.host,
+                d.pid,
+                d.node.get(..8).unwrap_or(&d.node),
+                d.version,
+                d.started_at,
+                d.state()
+            );
+        }
+    }
+    o
+}
+
 /// Build the view. `conn` is the state database if it exists; `past` caps past rows per campaign.
 pub fn schedule_view(
     dir: &Path,
@@ -153,22 +204,7 @@ pub fn schedule_view(
         Some(conn) => state::roster(conn)?,
         None => Vec::new(),
     };
-    let at = |s: i64| ts(s).to_string();
-    let daemons: Vec<DaemonView> = roster
-        .iter()
-        .map(|d| DaemonView {
-            node: d.node.clone(),
-            host: d.host.clone(),
-            pid: d.pid,
-            version: d.version.clone(),
-            started_at: at(d.started_at),
-            last_seen: at(d.last_seen),
-            last_seen_ago_seconds: now.as_second() - d.last_seen,
-            alive: d.alive(now.as_second()),
-            alive_window_seconds: d.alive_window(),
-            stopped_at: d.stopped_at.map(at),
-        })
-        .collect();
+    let daemons = daemon_views(&roster, now);
     // With the journal in a shared store, another daemon takes a silent one's runs over; on one
     // state directory (or before the journal is in the store) they wait for a daemon there.
     let takeover = match conn {
@@ -281,29 +317,7 @@ pub fn schedule_view(
 /// Human text for [`ScheduleView`].
 pub fn render_human(v: &ScheduleView) -> String {
     use std::fmt::Write as _;
-    let mut o = String::new();
-    if let Some(d) = v.daemons.first() {
-        let _ = writeln!(
-            o,
-            "daemons (alive: seen within {} refresh intervals, {}):",
-            state::ALIVE_BEATS,
-            humantime::format_duration(std::time::Duration::from_secs(
-                d.alive_window_seconds.max(0).unsigned_abs()
-            ))
-        );
-        for d in &v.daemons {
-            let _ = writeln!(
-                o,
-                "  {} (pid {}, node {}, imcast {})   started {}   {}",
-                d.host,
-                d.pid,
-                d.node.get(..8).unwrap_or(&d.node),
-                d.version,
-                d.started_at,
-                d.state()
-            );
-        }
-    }
+    let mut o = render_daemons(&v.daemons);
     for c in &v.campaigns {
         let _ = writeln!(
             o,

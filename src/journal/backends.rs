@@ -129,6 +129,115 @@ fn open_store_opens_the_journal_in_postgres() {
     assert!(matches!(j.source(), JournalSource::Store(_)));
 }
 
+/// A journal write that waits past the connection's `lock_timeout` for the journal's advisory
+/// lock (held by another session) fails as busy (exit 6), saying another process held the lock
+/// and to try again; once the lock is free the same write succeeds.
+#[test]
+fn lock_timeout_is_busy_on_postgres() {
+    let Some(db) = crate::testing::pg::test_db("journal_lock_timeout") else {
+        return;
+    };
+    let j = Journal::open_store(db.url()).expect("open the journal in the store");
+    let other = crate::store::Conn::postgres(db.url()).expect("a second session");
+    other
+        .execute_batch(&format!("SELECT pg_advisory_lock({JOURNAL_LOCK})"))
+        .expect("hold the journal's lock");
+    j.connection()
+        .execute_batch("SET lock_timeout = '200ms'")
+        .expect("short lock_timeout");
+    let e = j
+        .request_control("a", ControlRequest::Pause, Some("test"), at(0))
+        .expect_err("the lock is held");
+    assert!(
+        matches!(&e, JournalError::Db { source, .. } if source.is_lock_wait()),
+        "{e:?}"
+    );
+    assert_eq!(e.exit(), Exit::Busy, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("another imcast process held the journal's lock too long")
+            && text.contains("try again"),
+        "{text}"
+    );
+    // A grouped write keeps the exit.
+    assert_eq!(
+        JournalError::Write(std::sync::Arc::new(e)).exit(),
+        Exit::Busy
+    );
+    assert_eq!(j.control("a").expect("read"), None, "nothing was written");
+    other
+        .execute_batch(&format!("SELECT pg_advisory_unlock({JOURNAL_LOCK})"))
+        .expect("release");
+    j.request_control("a", ControlRequest::Pause, Some("test"), at(0))
+        .expect("the lock is free");
+    assert_eq!(j.control("a").expect("read"), Some(ControlRequest::Pause));
+}
+
+/// A reader on PostgreSQL whose session is terminated reconnects on its next statement, and the
+/// new session is still read only: a write through it is refused.
+#[test]
+fn reader_stays_read_only_after_a_reconnect_on_postgres() {
+    let Some(db) = crate::testing::pg::test_db("journal_reader_reconnect") else {
+        return;
+    };
+    let _j = Journal::open_store(db.url()).expect("open the journal in the store");
+    let r = Journal::open_state_reader(&db.store(), 256).expect("reader");
+    let pid_of = |r: &Journal| -> i64 {
+        r.connection()
+            .query_row("SELECT CAST(pg_backend_pid() AS BIGINT)", &[], |row| {
+                row.get(0)
+            })
+            .expect("pid")
+    };
+    let pid = pid_of(&r);
+    let gone = db.with_client(move |c| {
+        let pid = i32::try_from(pid).expect("pid");
+        c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .expect("terminate");
+        // Terminating is asynchronous: wait until the backend is gone.
+        (0..200).any(|_| {
+            let left: i64 = c
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = $1",
+                    &[&pid],
+                )
+                .expect("pg_stat_activity")
+                .get(0);
+            if left > 0 {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            left == 0
+        })
+    });
+    assert!(gone, "the reader's backend was not terminated");
+    // The first statement meets the dead session; the next one reconnects.
+    let e = r
+        .connection()
+        .query("SELECT 1", &[])
+        .expect_err("the session is gone");
+    assert!(e.is_transient(), "{e:?}");
+    let new_pid = pid_of(&r);
+    assert_ne!(new_pid, pid, "a new session");
+    let e = r
+        .connection()
+        .execute("DELETE FROM runs", &[])
+        .expect_err("still read only");
+    assert!(
+        matches!(&e, crate::store::StoreError::Postgres(p)
+            if p.code() == Some(&postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)),
+        "{e:?}"
+    );
+    // Through the journal's own write path too.
+    let e = r
+        .request_control("a", ControlRequest::Pause, None, at(0))
+        .expect_err("a journal write through the reader");
+    assert!(
+        matches!(&e, JournalError::Db { source: crate::store::StoreError::Postgres(p), .. }
+            if p.code() == Some(&postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)),
+        "{e:?}"
+    );
+}
+
 /// `open_state` on SQLite is the state directory's file, and a reader of it finds it missing
 /// before anything created it.
 #[test]

@@ -64,7 +64,9 @@
 //! the advisory lock [`JOURNAL_LOCK`] (`pg_advisory_xact_lock`, held until it ends), so journal
 //! writers are serialized on PostgreSQL exactly as SQLite's one write lock serializes them — the
 //! `open_run` decision, lease claims, fence checks and counters rely on it. Reads outside a
-//! transaction take nothing.
+//! transaction take nothing. A writer that waits past the connection's `lock_timeout` (or meets
+//! a statement timeout, deadlock or serialization failure) fails as busy (exit 6, "try again"),
+//! as SQLITE_BUSY does.
 //!
 //! Must not: talk to the network other than to the PostgreSQL store; let a rusqlite or
 //! postgres type into a public signature (other stages' own tables beside the journal's go through
@@ -177,7 +179,7 @@ pub const DB_FILE: &str = "imcast.db";
 /// Errors from the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal {path}: {source}")]
+    #[error("journal {path}: {source}{}", lock_wait_hint(source))]
     Db {
         path: PathBuf,
         source: crate::store::StoreError,
@@ -264,6 +266,7 @@ impl JournalError {
             JournalError::Busy { .. } | JournalError::Fenced { .. } => Exit::Busy,
             JournalError::Db { source, .. }
                 if matches!(source, crate::store::StoreError::Sqlite(e) if is_busy(e))
+                    || source.is_lock_wait()
                     || is_unfinished_conflict(source) =>
             {
                 Exit::Busy
@@ -285,6 +288,17 @@ impl JournalError {
             JournalError::Write(e) => e.is_fenced(),
             _ => false,
         }
+    }
+}
+
+/// What a journal error adds when PostgreSQL gave up waiting for the journal's lock (or another
+/// session's rows): who held it and what to do.
+fn lock_wait_hint(source: &crate::store::StoreError) -> &'static str {
+    if source.is_lock_wait() {
+        " (another imcast process held the journal's lock too long; this write was not made: try \
+         again once that process is done)"
+    } else {
+        ""
     }
 }
 
@@ -351,10 +365,21 @@ impl Journal {
     /// Its tables come from the store's migrations (`crate::pg::schema`, applied on connecting;
     /// a newer schema is refused); [`Journal::path`] names the store without its password.
     pub fn open_store(url: &crate::pg::PgUrl) -> Result<Journal, JournalError> {
+        Self::open_store_with(url, &[])
+    }
+
+    /// [`Journal::open_store`] whose connection runs `on_connect` on every (re)connect
+    /// ([`crate::store::Conn::postgres_with`]).
+    fn open_store_with(
+        url: &crate::pg::PgUrl,
+        on_connect: &[&str],
+    ) -> Result<Journal, JournalError> {
         let path = PathBuf::from(url.redacted());
-        let conn = crate::store::Conn::postgres(url).map_err(|source| JournalError::Db {
-            path: path.clone(),
-            source,
+        let conn = crate::store::Conn::postgres_with(url, on_connect).map_err(|source| {
+            JournalError::Db {
+                path: path.clone(),
+                source,
+            }
         })?;
         let (owner, instance) = new_owner();
         Ok(Journal {
@@ -387,13 +412,11 @@ impl Journal {
             crate::config::StateStore::Sqlite(dir) => {
                 Self::open_reader(&dir.join(DB_FILE), cache_kib)
             }
-            crate::config::StateStore::Postgres(url) => {
-                let j = Self::open_store(url)?;
-                j.conn
-                    .execute_batch("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-                    .map_err(j.db())?;
-                Ok(j)
-            }
+            // Read only on every session: a silent reconnect stays read only.
+            crate::config::StateStore::Postgres(url) => Self::open_store_with(
+                url,
+                &["SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"],
+            ),
         }
     }
 

@@ -246,3 +246,66 @@ fn state_migrate_applies_then_refuses_a_newer_schema() {
     assert!(out.contains("nothing to migrate"), "{out}");
     assert!(out.contains("has no [state] url"), "{out}");
 }
+
+/// With `[state] url`, `imcast status` lists the daemons registered on the store (its
+/// `sched_roster`), whatever the state directory: host, pid, alive.
+#[test]
+fn status_lists_the_daemons_on_the_store() {
+    let Some(db) = imcast::testing::pg::test_db("status_daemons") else {
+        return;
+    };
+    let (url, password) = db.toml_url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("imcast.toml"),
+        format!("[state]\nurl = \"{url}\"\n"),
+    )
+    .expect("imcast.toml");
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1, endpoint: \"http://127.0.0.1:9\" }\n\
+         action: batch\nsender: 1\naudience: { ids: [1, 2, 3] }\nmessage: { type: text, text: hi }\n",
+    )
+    .expect("campaign");
+    let status = || {
+        let mut c = Command::new(bin());
+        c.args(["status", "c.yaml", "--output", "json"])
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("PGPASSWORD")
+            .stdin(Stdio::null());
+        if let Some(p) = &password {
+            c.env("PGPASSWORD", p);
+        }
+        let out = c.output_limited().expect("imcast status");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v
+    };
+    assert!(status().get("daemons").is_none(), "no daemon yet");
+    let store = db.store();
+    std::thread::spawn(move || {
+        use imcast::daemon::state;
+        let c = state::open_store(&store).expect("store");
+        let now = imcast::clock::Clock::now(&imcast::clock::SystemClock).as_second();
+        let me = state::Claimant {
+            node: "node-on-store".to_string(),
+            host: "host-pg".to_string(),
+            pid: 4343,
+        };
+        state::roster_beat(&c, &me, now - 60, 3600, now).expect("beat");
+    })
+    .join()
+    .expect("thread");
+    let v = status();
+    let d = v["daemons"].as_array().expect("daemons");
+    assert_eq!(d.len(), 1, "{v}");
+    assert_eq!(d[0]["host"], "host-pg");
+    assert_eq!(d[0]["pid"], 4343);
+    assert_eq!(d[0]["alive"], true);
+}

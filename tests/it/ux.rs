@@ -476,3 +476,82 @@ fn every_campaign_problem_has_a_line_and_column() {
     }
     assert!(seen >= 12, "the cases hold many problems ({seen})");
 }
+
+/// `imcast status` lists the daemons registered in the state directory (`sched_roster`), as
+/// `imcast schedule` does: host, pid, last seen and whether each looks alive; JSON carries them
+/// under `daemons`. Without any daemon nothing is added (the other status snapshots).
+#[test]
+fn status_lists_the_daemons_of_the_state_directory() {
+    use imcast::daemon::state;
+    let f = Fixture::new();
+    let root = std::fs::canonicalize(f.dir.path()).expect("canon");
+    f.write("c.yaml", MOCK_CAMPAIGN);
+    // Without daemons: no list.
+    let out = imcast_in(&root, &["status", "c.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("daemons"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Two daemons on the state directory: one alive (refreshing hourly, seen now), one stopped.
+    // The real clock: the `imcast status` process judges "alive" by its own.
+    let now = imcast::clock::Clock::now(&imcast::clock::SystemClock).as_second();
+    let who = |node: &str, host: &str, pid: u32| state::Claimant {
+        node: node.to_string(),
+        host: host.to_string(),
+        pid,
+    };
+    {
+        let c = state::open(&root.join(".imcast")).expect("state");
+        state::roster_beat(&c, &who("node-live-1", "host-a", 4242), now - 60, 3600, now)
+            .expect("live");
+        let gone = who("node-gone-2", "host-b", 777);
+        state::roster_beat(&c, &gone, now - 600, 10, now - 300).expect("gone");
+        state::roster_stop(&c, &gone, now - 300).expect("stop");
+    }
+    let out = imcast_in(&root, &["status", "c.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let human = text(&out.stdout);
+    assert!(human.contains("has no runs yet"), "{human}");
+    assert!(
+        human.contains("daemons (alive: seen within 3 refresh intervals"),
+        "{human}"
+    );
+    let line = |host: &str| {
+        human
+            .lines()
+            .find(|l| l.trim_start().starts_with(host))
+            .unwrap_or_else(|| panic!("no line for {host}: {human}"))
+            .to_string()
+    };
+    let a = line("host-a");
+    assert!(
+        a.contains("pid 4242") && a.contains("alive, last seen"),
+        "{a}"
+    );
+    assert!(!a.contains("NOT ALIVE"), "{a}");
+    let b = line("host-b");
+    assert!(b.contains("pid 777") && b.contains("stopped 5m"), "{b}");
+    let out = imcast_in(&root, &["status", "c.yaml", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let d = v["daemons"].as_array().expect("daemons");
+    let got: Vec<(&str, i64, bool)> = d
+        .iter()
+        .map(|d| {
+            (
+                d["host"].as_str().unwrap_or_default(),
+                d["pid"].as_i64().unwrap_or_default(),
+                d["alive"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(got, vec![("host-a", 4242, true), ("host-b", 777, false)]);
+    // `--mock` shows the mock state only: no daemons there.
+    let out = imcast_in(&root, &["status", "c.yaml", "--mock"]);
+    assert!(
+        !text(&out.stdout).contains("daemons"),
+        "{}",
+        text(&out.stdout)
+    );
+}
