@@ -45,21 +45,16 @@ pub(crate) fn mock_server(record: &Path) -> (Proc, String) {
     (Proc(child), format!("http://{addr}"))
 }
 
-fn daemon(root: &Path, log: &Path, metrics_port: u16) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    let child = Command::new(bin())
-        .arg("daemon")
+/// `imcast daemon` on `root/campaigns` with state in `root/.imcast`, reports in `root/reports`,
+/// the mock's keys, no failpoint, `RUST_LOG=info`, stdin and stdout closed, stderr to `log`.
+pub(crate) fn daemon_cmd(root: &Path, log: std::fs::File) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("daemon")
         .arg(root.join("campaigns"))
         .arg("--state-dir")
         .arg(root.join(".imcast"))
         .arg("--report-dir")
         .arg(root.join("reports"))
-        .arg("--metrics")
-        .arg(format!("127.0.0.1:{metrics_port}"))
         .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
         .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
         .env_remove("VOLC_SECRETKEY_FILE")
@@ -67,7 +62,19 @@ fn daemon(root: &Path, log: &Path, metrics_port: u16) -> Proc {
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(log);
+    c
+}
+
+fn daemon(root: &Path, log: &Path, metrics_port: u16) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let child = daemon_cmd(root, log)
+        .arg("--metrics")
+        .arg(format!("127.0.0.1:{metrics_port}"))
         .spawn()
         .expect("start daemon");
     Proc(child)
