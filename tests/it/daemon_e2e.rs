@@ -80,6 +80,31 @@ fn daemon(root: &Path, log: &Path, metrics_port: u16) -> Proc {
     Proc(child)
 }
 
+/// An audience CSV (`user_id,grp`): the `i`-th of `ids` in group `g{i % groups}`.
+pub(crate) fn grp_csv(ids: impl IntoIterator<Item = u64>, groups: u64) -> String {
+    let mut csv = String::from("user_id,grp\n");
+    for (i, id) in (0u64..).zip(ids) {
+        csv.push_str(&format!("{id},g{}\n", i % groups));
+    }
+    csv
+}
+
+/// Campaign `name`: a batch text `"{greeting} {{ grp }}"` from sender 10001 to `a.csv` (column
+/// `user_id`) through the provider at `endpoint`, scheduled once `at`.
+pub(crate) fn batch_campaign(
+    name: &str,
+    endpoint: &str,
+    greeting: &str,
+    at: jiff::Timestamp,
+) -> String {
+    format!(
+        "version: 1\nname: {name}\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{endpoint}\" }}\n\
+         action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
+         message:\n  type: text\n  text: \"{greeting} {{{{ grp }}}}\"\n\
+         schedule:\n  at: {at}\n"
+    )
+}
+
 /// Deliveries per recipient in the mock's record.
 pub(crate) fn deliveries(path: &Path) -> BTreeMap<u64, u64> {
     let mut out = BTreeMap::new();
@@ -163,11 +188,11 @@ fn send_daemon(
     std::fs::write(root.join("imcast.toml"), toml).expect("toml");
     let campaigns = root.join("campaigns");
     std::fs::create_dir_all(&campaigns).expect("mkdir");
-    let mut csv = String::from("user_id,grp\n");
-    for i in 0..n {
-        csv.push_str(&format!("{},g{}\n", id_base + i, i % groups));
-    }
-    std::fs::write(campaigns.join("a.csv"), csv).expect("csv");
+    std::fs::write(
+        campaigns.join("a.csv"),
+        grp_csv(id_base..id_base + n, groups),
+    )
+    .expect("csv");
     #[allow(
         clippy::disallowed_methods,
         reason = "the real runner schedules on the system clock: the campaign is due now"
@@ -176,12 +201,7 @@ fn send_daemon(
     let at = jiff::Timestamp::from_second(now).expect("at");
     std::fs::write(
         campaigns.join("c.yaml"),
-        format!(
-            "version: 1\nname: c\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{}\" }}\n\
-             action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
-             message:\n  type: text\n  text: \"Hi {{{{ grp }}}}\"\nschedule:\n  at: {at}\n",
-            m.endpoint()
-        ),
+        batch_campaign("c", m.endpoint().as_str(), "Hi", at),
     )
     .expect("campaign");
     let state_dir = root.join(".imcast");
@@ -225,20 +245,11 @@ fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
     let campaigns = root.join("campaigns");
     std::fs::create_dir_all(&campaigns).expect("mkdir");
     let ids: Vec<u64> = (0..1_000).map(|i| 200_000 + i).collect();
-    let mut csv = String::from("user_id,grp\n");
-    for (i, id) in ids.iter().enumerate() {
-        csv.push_str(&format!("{id},g{}\n", i % 100));
-    }
-    std::fs::write(campaigns.join("a.csv"), csv).expect("audience");
+    std::fs::write(campaigns.join("a.csv"), grp_csv(ids.iter().copied(), 100)).expect("audience");
     let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 4).expect("at");
     std::fs::write(
         campaigns.join("e2e.yaml"),
-        format!(
-            "version: 1\nname: e2e\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{endpoint}\" }}\n\
-             action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
-             message:\n  type: text\n  text: \"Hello {{{{ grp }}}}\"\n\
-             schedule:\n  at: {at}\n"
-        ),
+        batch_campaign("e2e", &endpoint, "Hello", at),
     )
     .expect("campaign");
     let log = root.join("daemon.log");

@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::{bin, pg_password, status_until, OutputWithin};
-use crate::daemon_e2e::{daemon_cmd, deliveries, mock_server, wait_for, Proc};
+use crate::daemon_e2e::{
+    batch_campaign, daemon_cmd, deliveries, grp_csv, mock_server, wait_for, Proc,
+};
 
 /// Campaigns, one occurrence each (`schedule.at`), `SPACING` seconds apart; campaign `i` sends to
 /// user `BASE + i` only, so the mock's record tells which occurrence a delivery belongs to.
@@ -291,10 +293,7 @@ fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
     let rec = root.join("record.jsonl");
     let (_mock, endpoint) = mock_server(&rec);
     let ids: Vec<u64> = (0..1_000).map(|i| 300_000 + i).collect();
-    let mut csv = String::from("user_id,grp\n");
-    for (i, id) in ids.iter().enumerate() {
-        csv.push_str(&format!("{id},g{}\n", i % 100));
-    }
+    let csv = grp_csv(ids.iter().copied(), 100);
     // Far enough ahead for both daemons to start and scan (debug build, busy machine).
     let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 8).expect("at");
     let checkouts: Vec<PathBuf> = ["a", "b"].iter().map(|n| root.join(n)).collect();
@@ -313,12 +312,7 @@ fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
         std::fs::write(dir.join("a.csv"), &csv).expect("audience");
         std::fs::write(
             dir.join("tk.yaml"),
-            format!(
-                "version: 1\nname: tk\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{endpoint}\" }}\n\
-                 action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
-                 message:\n  type: text\n  text: \"Hello {{{{ grp }}}}\"\n\
-                 schedule:\n  at: {at}\n"
-            ),
+            batch_campaign("tk", &endpoint, "Hello", at),
         )
         .expect("campaign");
     }
