@@ -10,7 +10,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use imcast::clock::{Clock, SimClock};
+use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
+use imcast::daemon::source::StandInSource;
+use imcast::daemon::{state, Daemon, DaemonConfig};
 
 use crate::common::{bin, pg_password, status_until, OutputWithin};
 use crate::daemon_e2e::{
@@ -40,12 +46,9 @@ fn sim_daemon(
     home: &Path,
     campaign: Option<&str>,
     takeover: bool,
-    clock: &imcast::clock::SimClock,
-    runner: &std::sync::Arc<imcast::daemon::runner::FakeRunner>,
-) -> (imcast::daemon::Daemon, PathBuf, String) {
-    use imcast::daemon::source::StandInSource;
-    use imcast::daemon::{state, Daemon, DaemonConfig};
-
+    clock: &SimClock,
+    runner: &Arc<FakeRunner>,
+) -> (Daemon, PathBuf, String) {
     let dir = home.join("campaigns");
     std::fs::create_dir_all(&dir).expect("mkdir");
     if let Some(text) = campaign {
@@ -57,7 +60,7 @@ fn sim_daemon(
     cfg.takeover = Some(takeover);
     let d = Daemon::open(
         cfg,
-        std::sync::Arc::new(clock.clone()),
+        Arc::new(clock.clone()),
         Box::new(StandInSource),
         runner.clone(),
     )
@@ -466,13 +469,7 @@ fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
 /// both; one that falls silent is not alive after the window, with a note on the run it holds.
 #[test]
 fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
-    use imcast::clock::{Clock, SimClock};
-    use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
-    use imcast::daemon::source::StandInSource;
-    use imcast::daemon::state;
-    use imcast::daemon::Daemon;
     use imcast::journal::{ControlRequest, Journal};
-    use std::sync::Arc;
 
     let Some(db) = imcast::testing::pg::test_db("two_daemons_sim") else {
         return;
@@ -644,14 +641,6 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
 /// it back. The run's end keeps the takeover note, and `imcast schedule`'s view shows it.
 #[test]
 fn a_live_daemon_takes_over_the_run_of_a_silent_one_exactly_once() {
-    use imcast::clock::{Clock, SimClock};
-    use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
-    use imcast::daemon::source::StandInSource;
-    use imcast::daemon::state;
-    use imcast::daemon::Daemon;
-    use std::sync::Arc;
-    use std::time::Duration;
-
     let Some(db) = imcast::testing::pg::test_db("takeover_sim") else {
         return;
     };
