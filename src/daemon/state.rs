@@ -989,6 +989,17 @@ pub fn prune_control_log(conn: &Conn, cutoff: i64) -> Result<usize, StateError> 
 mod tests {
     use super::*;
 
+    /// Who holds an occurrence and since when: (status, node, host, pid, claimed at).
+    fn claim(r: &OccurrenceRow) -> (&str, Option<&str>, Option<&str>, Option<i64>, Option<i64>) {
+        (
+            r.status.as_str(),
+            r.node.as_deref(),
+            r.host.as_deref(),
+            r.pid,
+            r.claimed_at,
+        )
+    }
+
     #[test]
     fn migrate_is_idempotent_and_record_once() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1143,13 +1154,7 @@ mod tests {
         .expect("rec"));
         let row = occurrence(conn, "q", 200).expect("q").expect("row");
         assert_eq!(
-            (
-                row.status.as_str(),
-                row.node.as_deref(),
-                row.host.as_deref(),
-                row.pid,
-                row.claimed_at
-            ),
+            claim(&row),
             (
                 status::QUEUED,
                 Some("n-a"),
@@ -1371,13 +1376,7 @@ mod tests {
         assert!(!take_over(conn, &r300, &c, 1041).expect("c"));
         let now300 = row(300);
         assert_eq!(
-            (
-                now300.status.as_str(),
-                now300.node.as_deref(),
-                now300.host.as_deref(),
-                now300.pid,
-                now300.claimed_at
-            ),
+            claim(&now300),
             (
                 status::RUNNING,
                 Some("b"),

@@ -50,17 +50,6 @@ fn at(secs: i64) -> Timestamp {
     now() + jiff::SignedDuration::from_secs(secs)
 }
 
-fn sent(id: u64, message: u64) -> RecipientUpdate {
-    RecipientUpdate {
-        id,
-        status: RecipientStatus::Sent,
-        message_id: Some(message),
-        error_code: None,
-        error_message: None,
-        detail: None,
-    }
-}
-
 // ---- what opening the journal on the store needs (runs now) ------------------------------
 
 /// `open_store` opens the journal in the store (its tables are migration 6's, applied on

@@ -677,14 +677,7 @@ mod tests {
                 .iter()
                 .map(|&id| {
                     message += 1;
-                    RecipientUpdate {
-                        id,
-                        status: RecipientStatus::Sent,
-                        message_id: Some(message),
-                        error_code: None,
-                        error_message: None,
-                        detail: None,
-                    }
+                    sent(id, message)
                 })
                 .collect();
             j.write_batch(&[Write::Mark(Mark {

@@ -11,14 +11,26 @@ use rusqlite::Connection;
 use crate::store::{params, Conn, StoreError, Value};
 
 use super::{
-    Journal, JournalError, NewRun, Opened, RecipientStatus, ResumeOptions, RunFlags, SeedRow,
-    SeedRows,
+    Journal, JournalError, NewRun, Opened, RecipientStatus, RecipientUpdate, ResumeOptions,
+    RunFlags, SeedRow, SeedRows,
 };
 use crate::action::Action;
 use crate::config::Limit;
 
 pub(super) fn now() -> Timestamp {
     "2026-03-01T09:00:00Z".parse().expect("valid")
+}
+
+/// Recipient `id` sent, the provider's message id `message`.
+pub(super) fn sent(id: u64, message: u64) -> RecipientUpdate {
+    RecipientUpdate {
+        id,
+        status: RecipientStatus::Sent,
+        message_id: Some(message),
+        error_code: None,
+        error_message: None,
+        detail: None,
+    }
 }
 
 pub(super) fn new_run(hash: &str) -> NewRun {

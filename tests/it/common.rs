@@ -6,13 +6,42 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The `imcast` binary cargo built for these tests.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_imcast"))
+}
+
+/// `imcast run FILE --yes --state-dir STATE_DIR` in `root` with the mock's keys, none of the
+/// caller's `VOLC_SECRETKEY_FILE`, `IMCAST_FAILPOINT`, `RUST_LOG` or `PGPASSWORD` (`PGPASSWORD` is
+/// `password` where given); stdin closed, stdout and stderr piped (a caller may redirect them).
+pub fn imcast_run(root: &Path, file: &Path, state_dir: &Path, password: Option<&str>) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("run")
+        .arg(file)
+        .arg("--yes")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .current_dir(root)
+        .env("VOLC_ACCESSKEY", imcast::mock::DEFAULT_ACCESS_KEY)
+        .env("VOLC_SECRETKEY", imcast::mock::DEFAULT_SECRET_KEY)
+        .env_remove("VOLC_SECRETKEY_FILE")
+        .env_remove("IMCAST_FAILPOINT")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    pg_password(&mut c, password);
+    c
+}
+
+/// `c` with `PGPASSWORD` set to `password` where given, else unset (never the caller's).
+pub fn pg_password<'c>(c: &'c mut Command, password: Option<&str>) -> &'c mut Command {
+    c.env_remove("PGPASSWORD")
+        .envs(password.map(|p| ("PGPASSWORD", p)))
 }
 
 /// The repository root (where Cargo.toml is).

@@ -45,21 +45,16 @@ pub(crate) fn mock_server(record: &Path) -> (Proc, String) {
     (Proc(child), format!("http://{addr}"))
 }
 
-fn daemon(root: &Path, log: &Path, metrics_port: u16) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    let child = Command::new(bin())
-        .arg("daemon")
+/// `imcast daemon` on `root/campaigns` with state in `root/.imcast`, reports in `root/reports`,
+/// the mock's keys, no failpoint, `RUST_LOG=info`, stdin and stdout closed, stderr to `log`.
+pub(crate) fn daemon_cmd(root: &Path, log: std::fs::File) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("daemon")
         .arg(root.join("campaigns"))
         .arg("--state-dir")
         .arg(root.join(".imcast"))
         .arg("--report-dir")
         .arg(root.join("reports"))
-        .arg("--metrics")
-        .arg(format!("127.0.0.1:{metrics_port}"))
         .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
         .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
         .env_remove("VOLC_SECRETKEY_FILE")
@@ -67,10 +62,47 @@ fn daemon(root: &Path, log: &Path, metrics_port: u16) -> Proc {
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(log);
+    c
+}
+
+fn daemon(root: &Path, log: &Path, metrics_port: u16) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let child = daemon_cmd(root, log)
+        .arg("--metrics")
+        .arg(format!("127.0.0.1:{metrics_port}"))
         .spawn()
         .expect("start daemon");
     Proc(child)
+}
+
+/// An audience CSV (`user_id,grp`): the `i`-th of `ids` in group `g{i % groups}`.
+pub(crate) fn grp_csv(ids: impl IntoIterator<Item = u64>, groups: u64) -> String {
+    let mut csv = String::from("user_id,grp\n");
+    for (i, id) in (0u64..).zip(ids) {
+        csv.push_str(&format!("{id},g{}\n", i % groups));
+    }
+    csv
+}
+
+/// Campaign `name`: a batch text `"{greeting} {{ grp }}"` from sender 10001 to `a.csv` (column
+/// `user_id`) through the provider at `endpoint`, scheduled once `at`.
+pub(crate) fn batch_campaign(
+    name: &str,
+    endpoint: &str,
+    greeting: &str,
+    at: jiff::Timestamp,
+) -> String {
+    format!(
+        "version: 1\nname: {name}\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{endpoint}\" }}\n\
+         action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
+         message:\n  type: text\n  text: \"{greeting} {{{{ grp }}}}\"\n\
+         schedule:\n  at: {at}\n"
+    )
 }
 
 /// Deliveries per recipient in the mock's record.
@@ -109,6 +141,91 @@ pub(crate) fn wait_for(tries: u32, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Tick `d` (on the blocking pool: SQLite) until `done` holds, at most ~30 s; gives `d` back and
+/// whether `done` held.
+async fn tick_until(
+    d: imcast::daemon::Daemon,
+    mut done: impl FnMut() -> bool + Send + 'static,
+) -> (imcast::daemon::Daemon, bool) {
+    let mut d = d;
+    for _ in 0..300 {
+        let (back, back_done, ok) = tokio::task::spawn_blocking(move || {
+            d.tick().expect("tick");
+            let ok = done();
+            (d, done, ok)
+        })
+        .await
+        .expect("join");
+        d = back;
+        done = back_done;
+        if ok {
+            return (d, true);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (d, false)
+}
+
+/// In `root`: `imcast.toml` holding `toml`, and a folder `campaigns` with campaign `c` (a batch
+/// text to `a.csv`, due now) and its audience `a.csv`: `n` users from `id_base` up, in `groups`
+/// groups (`grp`); then a [`SendRunner`](imcast::daemon::send_runner::SendRunner) sending to the
+/// mock `m` and a [`Daemon`](imcast::daemon::Daemon) on the folder (system clock), with state in
+/// `root/.imcast` and reports in `root/reports`. Returns (state directory, runner, daemon).
+fn send_daemon(
+    root: &Path,
+    toml: &str,
+    m: &mock::MockHandle,
+    (n, id_base, groups): (u64, u64, u64),
+) -> (
+    PathBuf,
+    std::sync::Arc<imcast::daemon::send_runner::SendRunner>,
+    imcast::daemon::Daemon,
+) {
+    use imcast::daemon::send_runner::{SendRunner, SendRunnerConfig};
+    use imcast::daemon::source::SpecSource;
+    use imcast::daemon::{Daemon, DaemonConfig};
+
+    std::fs::write(root.join("imcast.toml"), toml).expect("toml");
+    let campaigns = root.join("campaigns");
+    std::fs::create_dir_all(&campaigns).expect("mkdir");
+    std::fs::write(
+        campaigns.join("a.csv"),
+        grp_csv(id_base..id_base + n, groups),
+    )
+    .expect("csv");
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the real runner schedules on the system clock: the campaign is due now"
+    )]
+    let now = jiff::Timestamp::now().as_second();
+    let at = jiff::Timestamp::from_second(now).expect("at");
+    std::fs::write(
+        campaigns.join("c.yaml"),
+        batch_campaign("c", m.endpoint().as_str(), "Hi", at),
+    )
+    .expect("campaign");
+    let state_dir = root.join(".imcast");
+    let clock: imcast::clock::SharedClock = std::sync::Arc::new(imcast::clock::SystemClock);
+    let runner = SendRunner::new(
+        SendRunnerConfig {
+            state_dir: state_dir.clone(),
+            report_dir: Some(root.join("reports")),
+            config: None,
+            target: Some((m.endpoint(), m.credentials())),
+            report_formats: None,
+        },
+        clock.clone(),
+    );
+    let d = Daemon::open(
+        DaemonConfig::new(&campaigns, &state_dir),
+        clock,
+        Box::new(SpecSource::default()),
+        runner.clone(),
+    )
+    .expect("daemon");
+    (state_dir, runner, d)
+}
+
 #[test]
 #[allow(
     clippy::disallowed_methods,
@@ -128,20 +245,11 @@ fn daemon_fires_once_survives_sigkill_and_delivers_the_audience_once() {
     let campaigns = root.join("campaigns");
     std::fs::create_dir_all(&campaigns).expect("mkdir");
     let ids: Vec<u64> = (0..1_000).map(|i| 200_000 + i).collect();
-    let mut csv = String::from("user_id,grp\n");
-    for (i, id) in ids.iter().enumerate() {
-        csv.push_str(&format!("{id},g{}\n", i % 100));
-    }
-    std::fs::write(campaigns.join("a.csv"), csv).expect("audience");
+    std::fs::write(campaigns.join("a.csv"), grp_csv(ids.iter().copied(), 100)).expect("audience");
     let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 4).expect("at");
     std::fs::write(
         campaigns.join("e2e.yaml"),
-        format!(
-            "version: 1\nname: e2e\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{endpoint}\" }}\n\
-             action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
-             message:\n  type: text\n  text: \"Hello {{{{ grp }}}}\"\n\
-             schedule:\n  at: {at}\n"
-        ),
+        batch_campaign("e2e", &endpoint, "Hello", at),
     )
     .expect("campaign");
     let log = root.join("daemon.log");
@@ -368,9 +476,6 @@ async fn stop_file_pauses_a_plain_run_and_it_resumes_after() {
     reason = "the real daemon binary schedules on the system clock; a child's time limit is wall time"
 )]
 async fn pause_resume_cancel_act_on_a_running_occurrence() {
-    use imcast::daemon::send_runner::{SendRunner, SendRunnerConfig};
-    use imcast::daemon::source::SpecSource;
-    use imcast::daemon::{Daemon, DaemonConfig};
     use imcast::journal::ControlRequest;
     use std::sync::Arc;
 
@@ -379,48 +484,12 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
     let m = mock::start(mock::MockConfig::default())
         .await
         .expect("mock");
-    std::fs::write(
-        root.join("imcast.toml"),
+    let (state_dir, runner, mut d) = send_daemon(
+        &root,
         "[limits.batch]\nlimit = 50\nwindow = \"1s\"\n",
-    )
-    .expect("toml");
-    let campaigns = root.join("campaigns");
-    std::fs::create_dir_all(&campaigns).expect("mkdir");
-    let mut csv = String::from("user_id,grp\n");
-    for i in 0..1_000u64 {
-        csv.push_str(&format!("{},g{}\n", 300_000 + i, i % 100));
-    }
-    std::fs::write(campaigns.join("a.csv"), csv).expect("csv");
-    let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("at");
-    std::fs::write(
-        campaigns.join("c.yaml"),
-        format!(
-            "version: 1\nname: c\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{}\" }}\n\
-             action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
-             message:\n  type: text\n  text: \"Hi {{{{ grp }}}}\"\nschedule:\n  at: {at}\n",
-            m.endpoint()
-        ),
-    )
-    .expect("campaign");
-    let state_dir = root.join(".imcast");
-    let clock: imcast::clock::SharedClock = Arc::new(imcast::clock::SystemClock);
-    let runner = SendRunner::new(
-        SendRunnerConfig {
-            state_dir: state_dir.clone(),
-            report_dir: Some(root.join("reports")),
-            config: None,
-            target: Some((m.endpoint(), m.credentials())),
-            report_formats: None,
-        },
-        clock.clone(),
+        &m,
+        (1_000, 300_000, 100),
     );
-    let mut d = Daemon::open(
-        DaemonConfig::new(&campaigns, &state_dir),
-        clock,
-        Box::new(SpecSource::default()),
-        runner.clone(),
-    )
-    .expect("daemon");
     // What `imcast pause|resume|cancel c` records.
     let request = |req: ControlRequest| {
         Journal::open(&state_dir)
@@ -435,29 +504,6 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
             .map(|r| r.status.clone())
             .unwrap_or_default()
     };
-    // Tick (on the blocking pool: SQLite) until `done` holds, at most ~30 s.
-    async fn tick_until(
-        d: Daemon,
-        mut done: impl FnMut() -> bool + Send + 'static,
-    ) -> (Daemon, bool) {
-        let mut d = d;
-        for _ in 0..300 {
-            let (back, back_done, ok) = tokio::task::spawn_blocking(move || {
-                d.tick().expect("tick");
-                let ok = done();
-                (d, done, ok)
-            })
-            .await
-            .expect("join");
-            d = back;
-            done = back_done;
-            if ok {
-                return (d, true);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        (d, false)
-    }
     let sd = state_dir.clone();
     let m_ref = Arc::new(m);
     let m2 = m_ref.clone();
@@ -544,9 +590,6 @@ async fn pause_resume_cancel_act_on_a_running_occurrence() {
     reason = "the real runner schedules on the system clock; leases expire in wall time"
 )]
 async fn a_run_whose_lease_is_held_elsewhere_waits_and_resumes_once_it_expired() {
-    use imcast::daemon::send_runner::{SendRunner, SendRunnerConfig};
-    use imcast::daemon::source::SpecSource;
-    use imcast::daemon::{Daemon, DaemonConfig};
     use imcast::journal::ControlRequest;
     use std::sync::Arc;
 
@@ -557,50 +600,14 @@ async fn a_run_whose_lease_is_held_elsewhere_waits_and_resumes_once_it_expired()
             .await
             .expect("mock"),
     );
-    std::fs::write(
-        root.join("imcast.toml"),
+    let n = 300u64;
+    let (state_dir, runner, mut d) = send_daemon(
+        &root,
         "[state]\nlease_heartbeat = \"500ms\"\nlease_expiry = \"2s\"\n\n\
          [limits.batch]\nlimit = 50\nwindow = \"1s\"\n",
-    )
-    .expect("toml");
-    let campaigns = root.join("campaigns");
-    std::fs::create_dir_all(&campaigns).expect("mkdir");
-    let n = 300u64;
-    let mut csv = String::from("user_id,grp\n");
-    for i in 0..n {
-        csv.push_str(&format!("{},g{}\n", 400_000 + i, i % 30));
-    }
-    std::fs::write(campaigns.join("a.csv"), csv).expect("csv");
-    let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("at");
-    std::fs::write(
-        campaigns.join("c.yaml"),
-        format!(
-            "version: 1\nname: c\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{}\" }}\n\
-             action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
-             message:\n  type: text\n  text: \"Hi {{{{ grp }}}}\"\nschedule:\n  at: {at}\n",
-            m.endpoint()
-        ),
-    )
-    .expect("campaign");
-    let state_dir = root.join(".imcast");
-    let clock: imcast::clock::SharedClock = Arc::new(imcast::clock::SystemClock);
-    let runner = SendRunner::new(
-        SendRunnerConfig {
-            state_dir: state_dir.clone(),
-            report_dir: Some(root.join("reports")),
-            config: None,
-            target: Some((m.endpoint(), m.credentials())),
-            report_formats: None,
-        },
-        clock.clone(),
+        &m,
+        (n, 400_000, 30),
     );
-    let mut d = Daemon::open(
-        DaemonConfig::new(&campaigns, &state_dir),
-        clock,
-        Box::new(SpecSource::default()),
-        runner.clone(),
-    )
-    .expect("daemon");
     let request = |req: ControlRequest| {
         Journal::open(&state_dir)
             .expect("journal")
@@ -614,29 +621,6 @@ async fn a_run_whose_lease_is_held_elsewhere_waits_and_resumes_once_it_expired()
             .map(|r| r.status.clone())
             .unwrap_or_default()
     };
-    // Tick (on the blocking pool: SQLite) until `done` holds, at most ~30 s.
-    async fn tick_until(
-        d: Daemon,
-        mut done: impl FnMut() -> bool + Send + 'static,
-    ) -> (Daemon, bool) {
-        let mut d = d;
-        for _ in 0..300 {
-            let (back, back_done, ok) = tokio::task::spawn_blocking(move || {
-                d.tick().expect("tick");
-                let ok = done();
-                (d, done, ok)
-            })
-            .await
-            .expect("join");
-            d = back;
-            done = back_done;
-            if ok {
-                return (d, true);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        (d, false)
-    }
     let m2 = m.clone();
     let (back, ok) = tick_until(d, move || m2.stats().messages >= 50).await;
     d = back;

@@ -9,13 +9,19 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imcast::mock;
+use imcast::clock::{Clock, SimClock};
+use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
+use imcast::daemon::source::StandInSource;
+use imcast::daemon::{state, Daemon, DaemonConfig};
 
-use crate::common::{bin, status_until, OutputWithin};
-use crate::daemon_e2e::{deliveries, mock_server, wait_for, Proc};
+use crate::common::{bin, pg_password, status_until, OutputWithin};
+use crate::daemon_e2e::{
+    batch_campaign, daemon_cmd, deliveries, grp_csv, mock_server, wait_for, Proc,
+};
 
 /// Campaigns, one occurrence each (`schedule.at`), `SPACING` seconds apart; campaign `i` sends to
 /// user `BASE + i` only, so the mock's record tells which occurrence a delivery belongs to.
@@ -25,27 +31,42 @@ const BASE: u64 = 70_000;
 
 fn daemon(checkout: &Path, password: Option<&str>) -> Proc {
     let log = std::fs::File::create(checkout.join("daemon.log")).expect("log file");
-    let mut c = Command::new(bin());
-    c.arg("daemon")
-        .arg(checkout.join("campaigns"))
-        .arg("--state-dir")
-        .arg(checkout.join(".imcast"))
-        .arg("--report-dir")
-        .arg(checkout.join("reports"))
-        .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
-        .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
-        .env_remove("VOLC_SECRETKEY_FILE")
-        .env_remove("IMCAST_FAILPOINT")
-        .env_remove("IMCAST_STATE_PASSWORD_FILE")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    match password {
-        Some(p) => c.env("PGPASSWORD", p),
-        None => c.env_remove("PGPASSWORD"),
-    };
+    let mut c = daemon_cmd(checkout, log);
+    c.env_remove("IMCAST_STATE_PASSWORD_FILE");
+    pg_password(&mut c, password);
     Proc(c.spawn().expect("start daemon"))
+}
+
+/// A [`Daemon`](imcast::daemon::Daemon) on a simulated clock and the PostgreSQL store `db`, with
+/// its folder `home/campaigns` (holding `h.yaml` = `campaign` where given), its state directory
+/// `home/.imcast`, takeover as `takeover` says, and the fake `runner`. Returns (daemon, state
+/// directory, node id).
+fn sim_daemon(
+    db: &imcast::testing::pg::TestDb,
+    home: &Path,
+    campaign: Option<&str>,
+    takeover: bool,
+    clock: &SimClock,
+    runner: &Arc<FakeRunner>,
+) -> (Daemon, PathBuf, String) {
+    let dir = home.join("campaigns");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    if let Some(text) = campaign {
+        std::fs::write(dir.join("h.yaml"), text).expect("campaign");
+    }
+    let state_dir = home.join(".imcast");
+    let mut cfg = DaemonConfig::new(&dir, &state_dir);
+    cfg.store = Some(db.url().clone());
+    cfg.takeover = Some(takeover);
+    let d = Daemon::open(
+        cfg,
+        Arc::new(clock.clone()),
+        Box::new(StandInSource),
+        runner.clone(),
+    )
+    .expect("open daemon");
+    let node = state::node_id(&state::open(&state_dir).expect("local")).expect("node");
+    (d, state_dir, node)
 }
 
 /// (campaign, status, host, pid, node) of every occurrence in the store.
@@ -190,12 +211,10 @@ fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
     assert!(nodes.len() <= 2, "{nodes:?}");
 
     // `imcast schedule` (either checkout) reads the store and says who fired each.
-    let out = Command::new(bin())
+    let out = pg_password(&mut Command::new(bin()), password.as_deref())
         .arg("schedule")
         .arg(checkouts[1].join("campaigns"))
         .args(["--past", "5"])
-        .env_remove("PGPASSWORD")
-        .envs(password.as_deref().map(|p| ("PGPASSWORD", p)))
         .output_limited()
         .expect("imcast schedule");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -217,9 +236,8 @@ fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
         let mut c = Command::new(bin());
         c.arg("schedule")
             .arg(checkouts[1].join("campaigns"))
-            .args(["--output", "json"])
-            .env_remove("PGPASSWORD")
-            .envs(password.as_deref().map(|p| ("PGPASSWORD", p)));
+            .args(["--output", "json"]);
+        pg_password(&mut c, password.as_deref());
         if let Some(n) = now {
             c.args([
                 "--now",
@@ -278,10 +296,7 @@ fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
     let rec = root.join("record.jsonl");
     let (_mock, endpoint) = mock_server(&rec);
     let ids: Vec<u64> = (0..1_000).map(|i| 300_000 + i).collect();
-    let mut csv = String::from("user_id,grp\n");
-    for (i, id) in ids.iter().enumerate() {
-        csv.push_str(&format!("{id},g{}\n", i % 100));
-    }
+    let csv = grp_csv(ids.iter().copied(), 100);
     // Far enough ahead for both daemons to start and scan (debug build, busy machine).
     let at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 8).expect("at");
     let checkouts: Vec<PathBuf> = ["a", "b"].iter().map(|n| root.join(n)).collect();
@@ -300,12 +315,7 @@ fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
         std::fs::write(dir.join("a.csv"), &csv).expect("audience");
         std::fs::write(
             dir.join("tk.yaml"),
-            format!(
-                "version: 1\nname: tk\nprovider: {{ app_id: 666675, region: cn-north-1, endpoint: \"{endpoint}\" }}\n\
-                 action: batch\nsender: 10001\naudience:\n  csv: a.csv\n  id_column: user_id\n\
-                 message:\n  type: text\n  text: \"Hello {{{{ grp }}}}\"\n\
-                 schedule:\n  at: {at}\n"
-            ),
+            batch_campaign("tk", &endpoint, "Hello", at),
         )
         .expect("campaign");
     }
@@ -422,12 +432,10 @@ fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
     );
 
     // `imcast schedule` says who holds it now and from whom it was taken over.
-    let out = Command::new(bin())
+    let out = pg_password(&mut Command::new(bin()), password.as_deref())
         .arg("schedule")
         .arg(survivor_dir.join("campaigns"))
         .args(["--past", "5"])
-        .env_remove("PGPASSWORD")
-        .envs(password.as_deref().map(|p| ("PGPASSWORD", p)))
         .output_limited()
         .expect("imcast schedule");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -438,11 +446,9 @@ fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
     );
     assert!(text.contains(&note), "{text}");
     // `imcast status` of the campaign: the run's occurrence held by the survivor, taken over.
-    let out = Command::new(bin())
+    let out = pg_password(&mut Command::new(bin()), password.as_deref())
         .arg("status")
         .arg(survivor_dir.join("campaigns/tk.yaml"))
-        .env_remove("PGPASSWORD")
-        .envs(password.as_deref().map(|p| ("PGPASSWORD", p)))
         .output_limited()
         .expect("imcast status");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -463,13 +469,7 @@ fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
 /// both; one that falls silent is not alive after the window, with a note on the run it holds.
 #[test]
 fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
-    use imcast::clock::{Clock, SimClock};
-    use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
-    use imcast::daemon::source::StandInSource;
-    use imcast::daemon::state;
-    use imcast::daemon::{Daemon, DaemonConfig};
     use imcast::journal::{ControlRequest, Journal};
-    use std::sync::Arc;
 
     let Some(db) = imcast::testing::pg::test_db("two_daemons_sim") else {
         return;
@@ -477,28 +477,16 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let clock = SimClock::new("2026-03-01T00:30:00Z".parse().expect("ts"));
     let open = |name: &str, runner: &Arc<FakeRunner>| {
-        let dir = tmp.path().join(name).join("campaigns");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        std::fs::write(
-            dir.join("h.yaml"),
-            "name: h\nschedule:\n  cron: \"0 * * * *\"\n  timezone: UTC\n  not_after: 10m\n  overlap: queue\n",
-        )
-        .expect("campaign");
-        let state_dir = tmp.path().join(name).join(".imcast");
-        let mut cfg = DaemonConfig::new(&dir, &state_dir);
-        cfg.store = Some(db.url().clone());
         // No takeover here (see `a_live_daemon_takes_over_the_run_of_a_silent_one_exactly_once`):
         // the silent daemon's run stays its own, with the note saying who would take it over.
-        cfg.takeover = Some(false);
-        let d = Daemon::open(
-            cfg,
-            Arc::new(clock.clone()),
-            Box::new(StandInSource),
-            runner.clone(),
+        sim_daemon(
+            &db,
+            &tmp.path().join(name),
+            Some("name: h\nschedule:\n  cron: \"0 * * * *\"\n  timezone: UTC\n  not_after: 10m\n  overlap: queue\n"),
+            false,
+            &clock,
+            runner,
         )
-        .expect("open daemon");
-        let node = state::node_id(&state::open(&state_dir).expect("local")).expect("node");
-        (d, state_dir, node)
     };
     let (ra, rb) = (Arc::new(FakeRunner::new()), Arc::new(FakeRunner::new()));
     let (mut a, _sa, node_a) = open("a", &ra);
@@ -653,42 +641,23 @@ fn two_daemons_share_claims_queue_pause_and_cancel_through_the_store() {
 /// it back. The run's end keeps the takeover note, and `imcast schedule`'s view shows it.
 #[test]
 fn a_live_daemon_takes_over_the_run_of_a_silent_one_exactly_once() {
-    use imcast::clock::{Clock, SimClock};
-    use imcast::daemon::runner::{FakeRunner, RunOutcome, RunStatus};
-    use imcast::daemon::source::StandInSource;
-    use imcast::daemon::state;
-    use imcast::daemon::{Daemon, DaemonConfig};
-    use std::sync::Arc;
-    use std::time::Duration;
-
     let Some(db) = imcast::testing::pg::test_db("takeover_sim") else {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let clock = SimClock::new("2026-03-01T00:30:00Z".parse().expect("ts"));
     let open = |name: &str, with_campaign: bool, runner: &Arc<FakeRunner>| {
-        let dir = tmp.path().join(name).join("campaigns");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        if with_campaign {
-            std::fs::write(
-                dir.join("h.yaml"),
-                "name: h\nschedule:\n  cron: \"0 * * * *\"\n  timezone: UTC\n  not_after: 10m\n",
-            )
-            .expect("campaign");
-        }
-        let state_dir = tmp.path().join(name).join(".imcast");
-        let mut cfg = DaemonConfig::new(&dir, &state_dir);
-        cfg.store = Some(db.url().clone());
         // The fake runner has no journal in the store: force what the store's journal enables.
-        cfg.takeover = Some(true);
-        let d = Daemon::open(
-            cfg,
-            Arc::new(clock.clone()),
-            Box::new(StandInSource),
-            runner.clone(),
-        )
-        .expect("open daemon");
-        let node = state::node_id(&state::open(&state_dir).expect("local")).expect("node");
+        let (d, _, node) = sim_daemon(
+            &db,
+            &tmp.path().join(name),
+            with_campaign.then_some(
+                "name: h\nschedule:\n  cron: \"0 * * * *\"\n  timezone: UTC\n  not_after: 10m\n",
+            ),
+            true,
+            &clock,
+            runner,
+        );
         (d, node)
     };
     let runners: Vec<Arc<FakeRunner>> = (0..4).map(|_| Arc::new(FakeRunner::new())).collect();
@@ -848,14 +817,12 @@ fn prune_prunes_the_store_occurrences_and_stale_roster_rows() {
     .join()
     .expect("thread");
 
-    let out = Command::new(bin())
+    let out = pg_password(&mut Command::new(bin()), password.as_deref())
         .args(["prune", "--older-than", "90d", "--state-dir"])
         .arg(tmp.path().join(".imcast"))
         .arg("--config")
         .arg(tmp.path().join("imcast.toml"))
         .current_dir(tmp.path())
-        .env_remove("PGPASSWORD")
-        .envs(password.as_deref().map(|p| ("PGPASSWORD", p)))
         .output_limited()
         .expect("imcast prune");
     let stdout = String::from_utf8_lossy(&out.stdout);

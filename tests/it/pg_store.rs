@@ -11,7 +11,8 @@ use std::time::Duration;
 use imcast::mock::{self, MockConfig};
 
 use crate::common::{
-    bin, max_in_window, record_lines, stamps, wait_within, OutputWithin, CHILD_LIMIT,
+    bin, imcast_run, max_in_window, pg_password, record_lines, stamps, wait_within, OutputWithin,
+    CHILD_LIMIT,
 };
 
 /// Conversations per campaign (one P2P request each).
@@ -68,25 +69,13 @@ async fn three_processes_on_one_store_share_one_p2p_limit() {
         .iter()
         .enumerate()
         .map(|(k, file)| {
-            let mut c = Command::new(bin());
-            c.arg("run")
-                .arg(file)
-                .arg("--yes")
-                .arg("--state-dir")
-                .arg(root.join(format!("state-{k}")))
-                .current_dir(root)
-                .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
-                .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
-                .env_remove("VOLC_SECRETKEY_FILE")
-                .env_remove("IMCAST_FAILPOINT")
-                .env_remove("RUST_LOG")
-                .env_remove("PGPASSWORD")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            if let Some(p) = &password {
-                c.env("PGPASSWORD", p);
-            }
+            let mut c = imcast_run(
+                root,
+                file,
+                &root.join(format!("state-{k}")),
+                password.as_deref(),
+            );
+            c.stdout(Stdio::null());
             c.spawn().expect("spawn imcast run")
         })
         .collect();
@@ -190,11 +179,8 @@ fn state_migrate_applies_then_refuses_a_newer_schema() {
         c.args(["state", "migrate"])
             .current_dir(dir.path())
             .env_remove("RUST_LOG")
-            .env_remove("PGPASSWORD")
             .stdin(Stdio::null());
-        if let Some(p) = &password {
-            c.env("PGPASSWORD", p);
-        }
+        pg_password(&mut c, password.as_deref());
         let out = c.output_limited().expect("imcast state migrate");
         (
             out.status.code(),

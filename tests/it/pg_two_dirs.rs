@@ -15,33 +15,16 @@ use std::time::Duration;
 
 use imcast::mock::{self, MockConfig};
 
-use crate::common::{bin, poll_while_running, record_lines, wait_within, CHILD_LIMIT};
+use crate::common::{
+    bin, imcast_run, pg_password, poll_while_running, record_lines, wait_within, CHILD_LIMIT,
+};
 
 /// Conversations (one P2P request each), sent at `RATE` a second: the first run lasts ~12 s.
 const N: u64 = 60;
 const RATE: u64 = 5;
 
 fn run(root: &Path, file: &Path, state: &str, password: Option<&str>) -> Command {
-    let mut c = Command::new(bin());
-    c.arg("run")
-        .arg(file)
-        .arg("--yes")
-        .arg("--state-dir")
-        .arg(root.join(state))
-        .current_dir(root)
-        .env("VOLC_ACCESSKEY", mock::DEFAULT_ACCESS_KEY)
-        .env("VOLC_SECRETKEY", mock::DEFAULT_SECRET_KEY)
-        .env_remove("VOLC_SECRETKEY_FILE")
-        .env_remove("IMCAST_FAILPOINT")
-        .env_remove("RUST_LOG")
-        .env_remove("PGPASSWORD")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(p) = password {
-        c.env("PGPASSWORD", p);
-    }
-    c
+    imcast_run(root, file, &root.join(state), password)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,13 +114,10 @@ async fn two_state_directories_on_one_store_one_sends_one_refuses() {
             .arg(root.join("state-b"))
             .current_dir(&root)
             .env_remove("RUST_LOG")
-            .env_remove("PGPASSWORD")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(p) = pw {
-            st.env("PGPASSWORD", p);
-        }
+        pg_password(&mut st, pw);
         let status = wait_within(st.spawn().expect("spawn"), CHILD_LIMIT, "imcast status");
         (
             first_pid,
