@@ -12,7 +12,7 @@ use imcast::daemon::state;
 use imcast::journal::{Journal, RecipientStatus};
 use imcast::mock;
 
-use crate::common::{bin, first_line_within, status_until, OutputWithin};
+use crate::common::{bin, status_until, MockServer, OutputWithin};
 
 /// A child process killed on drop (a failing assertion must not leave a daemon behind).
 pub(crate) struct Proc(pub(crate) Child);
@@ -24,25 +24,18 @@ impl Drop for Proc {
     }
 }
 
-pub(crate) fn mock_server(record: &Path) -> (Proc, String) {
-    let mut child = Command::new(bin())
-        .args([
-            "mock-server",
-            "--limit",
-            "1000",
-            "--window",
-            "1s",
-            "--record",
-        ])
-        .arg(record)
-        .env_remove("VOLC_ACCESSKEY")
-        .env_remove("VOLC_SECRETKEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mock-server");
-    let addr = first_line_within(&mut child, Duration::from_secs(60), "imcast mock-server");
-    (Proc(child), format!("http://{addr}"))
+/// `imcast mock-server` (1000 a second, recording every request in `record`) and its endpoint.
+pub(crate) fn mock_server(record: &Path) -> (MockServer, String) {
+    let m = MockServer::start(&[
+        "--limit",
+        "1000",
+        "--window",
+        "1s",
+        "--record",
+        &record.to_string_lossy(),
+    ]);
+    let endpoint = m.endpoint();
+    (m, endpoint)
 }
 
 /// `imcast daemon` on `root/campaigns` with state in `root/.imcast`, reports in `root/reports`,
