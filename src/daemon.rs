@@ -17,8 +17,8 @@
 //!   daemon starts, resumes, polls and pauses only the runs of rows its node decided or claimed,
 //!   and stops a run of its own whose row another daemon cancelled or took over. Overlap, pause
 //!   flags and cursors are the shared record's, so they hold across daemons.
-//! - Takeover (only when the journal is in the store too, [`state::journal_in_store`]; else a
-//!   run of a dead daemon waits for that daemon's restart): each tick, an active row of another
+//! - Takeover (with `[state] url`, where the journal is in the store too; on one state directory
+//!   a run of a dead daemon waits for a daemon started there): each tick, an active row of another
 //!   daemon that is not alive in the roster, of a campaign this daemon's folder has, whose run
 //!   lease expired or is absent ([`state::takeover`]), is re-claimed conditionally
 //!   ([`state::take_over`]) and its run resumed like after a restart: the journal's claim takes
@@ -88,9 +88,8 @@ pub struct DaemonConfig {
     /// `[state] lease_heartbeat`, whole seconds, at least 1 (default [`HEARTBEAT_EVERY_SECS`]).
     /// Other daemons count it alive within [`state::ALIVE_BEATS`] of these.
     pub heartbeat: Duration,
-    /// Take over orphaned occurrences (see [`Daemon::tick`]): None (the default) decides by the
-    /// store — on with `[state] url` once the journal is in the store too
-    /// ([`state::journal_in_store`]); tests force it.
+    /// Take over orphaned occurrences (see [`Daemon::tick`]): None (the default) is on with
+    /// `[state] url` (the journal is in the store); tests force it.
     pub takeover: Option<bool>,
 }
 
@@ -266,17 +265,9 @@ impl Daemon {
             return Err(e.into());
         }
         let shared = cfg.store.is_some();
-        let takeover = shared
-            && match cfg.takeover {
-                Some(t) => t,
-                None => match state::journal_in_store(&conn) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = state::release_daemon(&local, pid);
-                        return Err(e.into());
-                    }
-                },
-            };
+        // The journal is in the store with `[state] url` (its schema is applied on connecting), so
+        // another daemon's run is readable and resumable from here.
+        let takeover = shared && cfg.takeover.unwrap_or(true);
         if shared {
             info!(node = %me.node, host = %me.host, pid, "occurrence record in the PostgreSQL state store, shared with every daemon on it");
             if takeover {
@@ -285,7 +276,7 @@ impl Daemon {
                     "takes over the runs of daemons that are not alive once their run lease expired"
                 );
             } else {
-                info!("runs of a daemon that died wait for its restart (the journal is not in the store)");
+                info!("takeover is off: runs of a daemon that died wait for its restart");
             }
         }
         Ok(Daemon {

@@ -37,8 +37,8 @@
 //! daemons exactly one wins), which names the new holder in node/host/pid/`claimed_at` and writes
 //! a note (`taken over from HOST (pid N) at UTC`, [`TAKEN_OVER`]) into `detail`, kept after the
 //! run's own detail when it ends ([`finished_detail`]); no column was added for it. The daemon
-//! does this only when the journal is in the same store ([`journal_in_store`]): a run in a dead
-//! daemon's local journal cannot be resumed elsewhere, so it waits for that daemon's restart.
+//! does this with `[state] url`, where the journal is in the same store (on one state directory
+//! a dead daemon's run waits for a daemon started there).
 //!
 //! The roster says whom to look at; the run's lease (the journal's) is the authority: whether a
 //! daemon "looks alive" compares its `last_seen` (its own clock) with the reader's clock, so it
@@ -686,19 +686,6 @@ pub fn take_over(
     Ok(n == 1)
 }
 
-/// Whether the PostgreSQL store holds the journal (its `runs` table): only then is a run of
-/// another daemon readable, and resumable, from here. Always true for SQLite (one file).
-pub fn journal_in_store(conn: &Conn) -> Result<bool, StateError> {
-    if conn.as_sqlite().is_some() {
-        return Ok(true);
-    }
-    Ok(
-        conn.query_row("SELECT to_regclass('runs') IS NOT NULL", params![], |r| {
-            r.get::<bool>(0)
-        })?,
-    )
-}
-
 /// Record an occurrence `failed` at `at` (UTC seconds), saying why.
 pub fn record_failed(
     conn: &Conn,
@@ -1239,7 +1226,6 @@ mod tests {
     fn takeover_on_sqlite() {
         let dir = tempfile::tempdir().expect("tempdir");
         let conn = open(dir.path()).expect("open");
-        assert!(journal_in_store(&conn).expect("probe"), "one file");
         takeover_rules(&conn);
         racing_takeovers(&|| open(dir.path()).expect("open"));
     }
@@ -1253,8 +1239,6 @@ mod tests {
         std::thread::spawn(move || {
             let store = StateStore::Postgres(url);
             let conn = open_store(&store).expect("store");
-            // The probe runs (true once the journal's tables are in the store).
-            journal_in_store(&conn).expect("probe");
             takeover_rules(&conn);
             racing_takeovers(&|| open_store(&store).expect("store"));
         })

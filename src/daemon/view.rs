@@ -205,12 +205,9 @@ pub fn schedule_view(
         None => Vec::new(),
     };
     let daemons = daemon_views(&roster, now);
-    // With the journal in a shared store, another daemon takes a silent one's runs over; on one
-    // state directory (or before the journal is in the store) they wait for a daemon there.
-    let takeover = match conn {
-        Some(c) if c.backend() == crate::store::Backend::Postgres => state::journal_in_store(c)?,
-        _ => false,
-    };
+    // In a shared store (the journal is there too), another daemon takes a silent one's runs
+    // over; on one state directory they wait for a daemon there.
+    let takeover = conn.is_some_and(|c| c.backend() == crate::store::Backend::Postgres);
     let note = |r: &state::OccurrenceRow| -> Option<String> {
         if !state::status::ACTIVE.contains(&r.status.as_str()) {
             return None;
