@@ -764,15 +764,51 @@ pub struct Stmt<'c> {
 }
 
 enum StmtInner<'c> {
-    Sqlite(rusqlite::CachedStatement<'c>),
+    /// The statement and, per parameter, the integer or NULL bound to it now (None: unknown, or
+    /// text/bytes, which are bound every time).
+    Sqlite(rusqlite::CachedStatement<'c>, Vec<Option<Bound>>),
     Postgres(&'c RefCell<Pg>, String),
+}
+
+/// A scalar bound to a SQLite parameter (see [`Stmt::execute`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    Null,
+    Int(i64),
 }
 
 impl Stmt<'_> {
     /// Run it with `params`; the number of rows it changed.
+    ///
+    /// SQLite: a parameter keeps its binding from one execution to the next, so an integer or
+    /// NULL equal to the one already bound is not bound again. A loop writing many rows mostly
+    /// changes a key or two per row (the rest is the call's or the run's); binding only those
+    /// measured about a quarter off the per-row cost of the journal's row updates.
     pub fn execute(&mut self, params: &[Value<'_>]) -> Result<usize, StoreError> {
         match &mut self.inner {
-            StmtInner::Sqlite(st) => Ok(st.execute(rusqlite::params_from_iter(params.iter()))?),
+            StmtInner::Sqlite(st, bound) => {
+                let want = st.parameter_count();
+                if params.len() != want {
+                    bound.iter_mut().for_each(|b| *b = None);
+                    return Err(rusqlite::Error::InvalidParameterCount(params.len(), want).into());
+                }
+                bound.resize(want, None);
+                for (i, (p, b)) in params.iter().zip(bound.iter_mut()).enumerate() {
+                    let now = match *p {
+                        Value::Null => Some(Bound::Null),
+                        Value::Int(v) => Some(Bound::Int(v)),
+                        _ => None,
+                    };
+                    if now.is_some() && *b == now {
+                        continue;
+                    }
+                    // Forget the binding first: if binding fails it is unknown.
+                    *b = None;
+                    st.raw_bind_parameter(i + 1, p)?;
+                    *b = now;
+                }
+                Ok(st.raw_execute()?)
+            }
             StmtInner::Postgres(p, sql) => held(p)?.execute(sql, params),
         }
     }
@@ -784,7 +820,9 @@ impl Stmt<'_> {
         f: impl FnOnce(&RowRef<'_>) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         match &mut self.inner {
-            StmtInner::Sqlite(st) => {
+            StmtInner::Sqlite(st, bound) => {
+                // `query` binds every parameter afresh.
+                bound.iter_mut().for_each(|b| *b = None);
                 let mut rows = st.query(rusqlite::params_from_iter(params.iter()))?;
                 match rows.next()? {
                     Some(r) => f(&RowRef {
@@ -1013,7 +1051,7 @@ impl Conn {
     pub fn prepare(&self, sql: &str) -> Result<Stmt<'_>, StoreError> {
         match &self.inner {
             Inner::Sqlite(c) => Ok(Stmt {
-                inner: StmtInner::Sqlite(c.prepare_cached(sql)?),
+                inner: StmtInner::Sqlite(c.prepare_cached(sql)?, Vec::new()),
             }),
             Inner::Postgres(p) => {
                 held(p)?.statement(sql)?;

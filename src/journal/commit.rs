@@ -26,16 +26,21 @@ impl Journal {
         }
         // SQLite only: the durability of one commit is a pragma of the connection. On
         // PostgreSQL every commit is durable (the server's `synchronous_commit`).
-        let relaxed = match self.conn.as_sqlite() {
-            Some(c) if !writes.iter().any(|w| matches!(w, Write::Mark(_))) => Some(c),
-            _ => None,
-        };
-        if let Some(c) = relaxed {
+        let relaxed =
+            self.conn.as_sqlite().is_some() && !writes.iter().any(|w| matches!(w, Write::Mark(_)));
+        fn sqlite(j: &Journal, relaxed: bool) -> Option<&rusqlite::Connection> {
+            j.conn.as_sqlite().filter(|_| relaxed)
+        }
+        if let Some(c) = sqlite(self, relaxed) {
             c.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(self.db())?;
         }
         let res = self.write_batch_tx(writes);
-        if let Some(c) = relaxed {
+        if res.is_err() {
+            // What the batch's marks looked up was rolled back with them.
+            self.marked.clear();
+        }
+        if let Some(c) = sqlite(self, relaxed) {
             let back = c.pragma_update(None, "synchronous", "FULL");
             res?;
             return back.map_err(self.db());
@@ -43,7 +48,7 @@ impl Journal {
         res
     }
 
-    fn write_batch_tx(&self, writes: &[Write]) -> Result<(), JournalError> {
+    fn write_batch_tx(&mut self, writes: &[Write]) -> Result<(), JournalError> {
         let path = self.path.clone();
         let db = |source: crate::store::StoreError| JournalError::Db {
             path: path.clone(),
@@ -54,10 +59,10 @@ impl Journal {
         let mut outcomes = false;
         for w in writes {
             match w {
-                Write::Mark(m) => Self::mark_tx(&tx, m, &db)?,
+                Write::Mark(m) => Self::mark_tx(&tx, m, &mut self.marked, &db)?,
                 Write::Outcome(o) => {
                     outcomes = true;
-                    Self::outcome_tx(&tx, o, &db)?
+                    Self::outcome_tx(&tx, o, &mut self.marked, &db)?
                 }
             }
         }

@@ -322,6 +322,9 @@ pub struct Journal {
     owner: Holder,
     /// This journal's entry in [`LIVE_LEASES`].
     instance: u64,
+    /// The receivers' rows each in-flight mark looked up, by (run, call), for its outcome (see
+    /// `calls::Marked`).
+    marked: calls::Marked,
 }
 
 impl Drop for Journal {
@@ -356,6 +359,7 @@ impl Journal {
             store: None,
             owner,
             instance,
+            marked: Default::default(),
         };
         j.migrate()?;
         Ok(j)
@@ -388,6 +392,7 @@ impl Journal {
             store: Some(url.clone()),
             owner,
             instance,
+            marked: Default::default(),
         })
     }
 
@@ -501,6 +506,7 @@ impl Journal {
             store: None,
             owner,
             instance,
+            marked: Default::default(),
         })
     }
 }

@@ -212,16 +212,95 @@ const INSERT_ROW: &str = "INSERT INTO recipients(rk, id, raw_id, status, call_se
 /// Rows a PostgreSQL bulk insert sends in one statement.
 pub(super) const PG_BATCH: usize = 5000;
 
-/// Writes a run's new recipient rows inside the caller's transaction. SQLite: the prepared
-/// insert, one row per execution (in-process, a few hundred nanoseconds each). PostgreSQL: a
+/// Writes a run's new recipient rows inside the caller's transaction. SQLite: rows are buffered
+/// and written [`SQLITE_BATCH`] to a prepared multi-row insert (in-process; measured about a
+/// third cheaper a row than one row per statement), the rest one row per statement. PostgreSQL: a
 /// round trip per row would cost 30–50 µs (minutes for ten million), so rows are buffered and
 /// written [`PG_BATCH`] at a time with one `INSERT … SELECT FROM unnest(arrays)` (the
 /// PostgreSQL-only branch, behind [`Conn::backend`]). [`RowWriter::finish`] writes the rest.
 pub(super) struct RowWriter<'c> {
     conn: &'c Conn,
-    /// SQLite: the insert, prepared once.
-    sqlite: Option<crate::store::Stmt<'c>>,
+    /// SQLite: the multi-row insert, prepared once, and the rows waiting for it.
+    sqlite: Option<(crate::store::Stmt<'c>, Vec<SqliteRow>)>,
     pg: Option<PgRows>,
+}
+
+/// Rows a SQLite multi-row insert writes in one statement (11 parameters each, far below
+/// SQLite's limit of 32,766).
+const SQLITE_BATCH: usize = 64;
+
+/// A row waiting for the SQLite multi-row insert ([`NewRow`], owned).
+struct SqliteRow {
+    ints: [Option<i64>; 7],
+    texts: [Option<String>; 4],
+}
+
+impl SqliteRow {
+    fn new(r: &NewRow<'_>) -> Self {
+        let own = |s: Option<&str>| s.map(str::to_string);
+        SqliteRow {
+            ints: [
+                Some(r.rk),
+                r.id,
+                Some(r.status),
+                r.call_seq,
+                r.variant,
+                r.message_id,
+                r.at,
+            ],
+            texts: [
+                own(r.raw_id),
+                own(r.error_message),
+                own(r.detail),
+                own(r.variant_name),
+            ],
+        }
+    }
+
+    /// Its parameters in [`INSERT_ROW`]'s order.
+    fn params(&self) -> [Value<'_>; 11] {
+        let [rk, id, status, call_seq, variant, message_id, at] = self.ints;
+        let [raw_id, error_message, detail, variant_name] = &self.texts;
+        fn t(s: &Option<String>) -> Value<'_> {
+            s.as_deref().map_or(Value::Null, Value::Text)
+        }
+        let i = |v: Option<i64>| v.map_or(Value::Null, Value::Int);
+        [
+            i(rk),
+            i(id),
+            t(raw_id),
+            i(status),
+            i(call_seq),
+            i(variant),
+            t(error_message),
+            i(message_id),
+            t(detail),
+            i(at),
+            t(variant_name),
+        ]
+    }
+}
+
+/// [`INSERT_ROW`] for `n` rows.
+fn insert_rows(n: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant,
+                                error_message, message_id, detail, at, variant_name) VALUES ",
+    );
+    for r in 0..n {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..11 {
+            if c > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("?{}", r * 11 + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 #[derive(Default)]
@@ -247,27 +326,23 @@ impl<'c> RowWriter<'c> {
             sqlite: if pg {
                 None
             } else {
-                Some(conn.prepare(INSERT_ROW)?)
+                Some((
+                    conn.prepare(&insert_rows(SQLITE_BATCH))?,
+                    Vec::with_capacity(SQLITE_BATCH),
+                ))
             },
             pg: pg.then(PgRows::default),
         })
     }
 
     pub fn write(&mut self, r: NewRow<'_>) -> Result<(), StoreError> {
-        if let Some(st) = self.sqlite.as_mut() {
-            st.execute(params![
-                r.rk,
-                r.id,
-                r.raw_id,
-                r.status,
-                r.call_seq,
-                r.variant,
-                r.error_message,
-                r.message_id,
-                r.detail,
-                r.at,
-                r.variant_name
-            ])?;
+        if let Some((st, rows)) = self.sqlite.as_mut() {
+            rows.push(SqliteRow::new(&r));
+            if rows.len() == SQLITE_BATCH {
+                let params: Vec<Value<'_>> = rows.iter().flat_map(SqliteRow::params).collect();
+                st.execute(&params)?;
+                rows.clear();
+            }
             return Ok(());
         }
         let Some(b) = self.pg.as_mut() else {
@@ -332,8 +407,14 @@ impl<'c> RowWriter<'c> {
         Ok(())
     }
 
-    /// Write the rows still buffered (PostgreSQL); nothing on SQLite.
+    /// Write the rows still buffered.
     pub fn finish(mut self) -> Result<(), StoreError> {
+        if let Some((_, rows)) = self.sqlite.take() {
+            let mut one = self.conn.prepare(INSERT_ROW)?;
+            for r in &rows {
+                one.execute(&r.params())?;
+            }
+        }
         self.flush()
     }
 }
