@@ -639,7 +639,7 @@ impl<T: Transport> Engine<T> {
             if now >= next_control {
                 next_control = now
                     + jiff::SignedDuration::try_from(self.cfg.control_every).unwrap_or_default();
-                let campaign = self.cfg.campaign.clone();
+                let (campaign, run_id) = (self.cfg.campaign.clone(), self.cfg.run_id.clone());
                 // The kill switch: `STOP` in the state directory pauses every run (no pid needed).
                 let stop_file = stop::stop_file(
                     self.journal
@@ -653,14 +653,7 @@ impl<T: Transport> Engine<T> {
                         if stop_file.exists() {
                             return Ok(Some(ControlRequest::Pause));
                         }
-                        let c = j.control(&campaign)?;
-                        if matches!(
-                            c,
-                            Some(ControlRequest::Pause) | Some(ControlRequest::Cancel)
-                        ) {
-                            j.clear_control(&campaign)?;
-                        }
-                        Ok(c)
+                        j.take_control(&run_id, &campaign)
                     })
                     .await
                 {

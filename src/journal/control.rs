@@ -116,7 +116,35 @@ impl Journal {
             .collect())
     }
 
-    /// Forget a campaign's control request, whichever it is (the engine, after acting on it).
+    /// The engine of run `run_id`'s poll: the campaign's request, and if it is a pause or a
+    /// cancel (which the engine acts on by stopping), removed in the same transaction, fenced by
+    /// the run's lease. A process whose run was taken over gets [`JournalError::Fenced`] and
+    /// removes nothing, so a pause meant for the new holder is never consumed by the old one
+    /// (which would then stop, while the new holder never saw the pause and went on sending).
+    pub fn take_control(
+        &self,
+        run_id: &str,
+        campaign: &str,
+    ) -> Result<Option<ControlRequest>, JournalError> {
+        let stops = |c: &Option<ControlRequest>| {
+            matches!(c, Some(ControlRequest::Pause | ControlRequest::Cancel))
+        };
+        // Most polls find nothing: read without the write lock first.
+        if !stops(&self.control(campaign)?) {
+            return self.control(campaign);
+        }
+        let tx = self.fenced(run_id)?;
+        let c = self.control(campaign)?;
+        if stops(&c) {
+            tx.execute("DELETE FROM control WHERE campaign = ?1", params![campaign])
+                .map_err(self.db())?;
+        }
+        tx.commit().map_err(self.db())?;
+        Ok(c)
+    }
+
+    /// Forget a campaign's control request, whichever it is (`imcast` commands outside a run;
+    /// a run's engine uses [`Journal::take_control`], which is fenced).
     pub fn clear_control(&self, campaign: &str) -> Result<(), JournalError> {
         let tx = self.begin_write()?;
         tx.execute("DELETE FROM control WHERE campaign = ?1", params![campaign])

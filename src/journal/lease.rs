@@ -608,6 +608,9 @@ mod tests {
                 j.attempts(&run.id).expect("attempts"),
             )
         };
+        // A pause given after the take-over is for b: a's poll must not consume it.
+        b.request_control("spring", ControlRequest::Pause, Some("ops"), clock.now())
+            .expect("pause");
         let before = snapshot(&b);
         assert_eq!(
             before.1[&RecipientStatus::Unknown],
@@ -651,6 +654,10 @@ mod tests {
             ),
             ("stages", a.record_stages(&run.id, &[])),
             ("renew", a.renew(&run.id, t).map(|_| ())),
+            (
+                "take control",
+                a.take_control(&run.id, "spring").map(|_| ()),
+            ),
         ];
         for (what, r) in results {
             let e = r.expect_err(what);
@@ -666,9 +673,14 @@ mod tests {
             before,
             "nothing a wrote after the take-over is there"
         );
-        // The new holder writes as usual.
+        // The new holder writes as usual, and finds the pause waiting for it.
         b.mark_in_flight(&run.id, 1, "v", &[103], None, t)
             .expect("b writes");
+        assert_eq!(
+            b.take_control(&run.id, "spring").expect("b polls"),
+            Some(ControlRequest::Pause)
+        );
+        assert_eq!(b.control("spring").expect("q"), None, "b consumed it");
     }
 
     #[tokio::test]
