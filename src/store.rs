@@ -695,7 +695,12 @@ impl RowRef<'_> {
     /// Column `index` (from 0) as `T` (an integer reads without an allocation).
     pub fn get<T: FromCell>(&self, index: usize) -> Result<T, StoreError> {
         let c = match &self.inner {
-            RowRefInner::Sqlite(r) => sqlite_cell(r, index)?,
+            // Integers and NULL (most of a scan's cells) without `sqlite_cell`'s general path.
+            RowRefInner::Sqlite(r) => match r.get_ref(index)? {
+                rusqlite::types::ValueRef::Integer(v) => Cell::Int(v),
+                rusqlite::types::ValueRef::Null => Cell::Null,
+                _ => sqlite_cell(r, index)?,
+            },
             RowRefInner::Postgres(r) => pg_cell(r, index)?,
         };
         T::from_cell(&c).ok_or(StoreError::Type {

@@ -15,7 +15,7 @@ use jiff::Timestamp;
 
 use super::counts::count_move;
 use super::pack::{decode_list, encode_list, to_ns};
-use super::rows::{resolve, rows_at, variant_idx, Found};
+use super::rows::{resolve, rows_at, variant_idx, FoundMap};
 use super::schema::{rk_range, run_key, ts, MAX_LINE};
 use super::{
     CallState, Journal, JournalError, Mark, Ops, Outcome, RecipientStatus, RecipientUpdate,
@@ -36,7 +36,7 @@ pub(super) fn pack_receivers(
 }
 
 /// [`pack_receivers`] from rows already looked up.
-fn pack_found(found: &HashMap<u64, Found>, ids: &[u64]) -> (Vec<u8>, Option<Vec<u8>>) {
+fn pack_found(found: &FoundMap, ids: &[u64]) -> (Vec<u8>, Option<Vec<u8>>) {
     let mut lines = Vec::with_capacity(ids.len());
     let mut strays = Vec::new();
     for id in ids {
@@ -59,19 +59,19 @@ fn pack_found(found: &HashMap<u64, Found>, ids: &[u64]) -> (Vec<u8>, Option<Vec<
 /// [`MARKED_MAX`] calls (the sender's concurrency is far below); beyond, it starts over (a
 /// missing entry is read from the journal as before).
 #[derive(Default)]
-pub(super) struct Marked(HashMap<(String, u64), HashMap<u64, Found>>);
+pub(super) struct Marked(HashMap<(String, u64), FoundMap>);
 
 const MARKED_MAX: usize = 1024;
 
 impl Marked {
-    fn put(&mut self, run_id: &str, seq: u64, found: HashMap<u64, Found>) {
+    fn put(&mut self, run_id: &str, seq: u64, found: FoundMap) {
         if self.0.len() >= MARKED_MAX {
             self.0.clear();
         }
         self.0.insert((run_id.to_string(), seq), found);
     }
 
-    fn take(&mut self, run_id: &str, seq: u64) -> Option<HashMap<u64, Found>> {
+    fn take(&mut self, run_id: &str, seq: u64) -> Option<FoundMap> {
         self.0.remove(&(run_id.to_string(), seq))
     }
 

@@ -24,6 +24,11 @@ use super::pack::{decode_list, encode_list};
 use super::schema::{rk_range, MAX_LINE};
 use super::{JournalError, RecipientStatus};
 
+/// A call's receivers' rows by id. Hashed with the plan's multiply hasher rather than SipHash:
+/// the keys are ids of the operator's own audience, and these maps are built for every call
+/// (SipHash measured about 1.5 % of a run's instructions here).
+pub(super) type FoundMap = HashMap<u64, Found, crate::plan::FastState>;
+
 /// A recipient row as a call's look-up finds it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Found {
@@ -38,8 +43,8 @@ fn corrupt(e: JournalError) -> StoreError {
 
 /// The rows at `rks` (a run's keys), by id. Keys in one ascending contiguous range are read with
 /// one range scan, others one by one (look-ups by key).
-pub(super) fn rows_at(conn: &Conn, rks: &[i64]) -> Result<HashMap<u64, Found>, StoreError> {
-    let mut out = HashMap::with_capacity(rks.len());
+pub(super) fn rows_at(conn: &Conn, rks: &[i64]) -> Result<FoundMap, StoreError> {
+    let mut out = FoundMap::with_capacity_and_hasher(rks.len(), Default::default());
     let contiguous = rks.len() > 1 && rks.windows(2).all(|w| w[1] == w[0] + 1);
     if contiguous {
         conn.for_each(
@@ -103,7 +108,7 @@ pub(super) fn resolve(
     seq: u64,
     ids: &[u64],
     scan: bool,
-) -> Result<HashMap<u64, Found>, StoreError> {
+) -> Result<FoundMap, StoreError> {
     let mut found = rows_at(conn, &plan_rks(conn, key, seq)?)?;
     let missing: Vec<u64> = ids
         .iter()
