@@ -97,14 +97,19 @@ pub(super) const PG_OUTCOMES: &str = "UPDATE recipients AS r SET status = u.stat
                      WHERE r.rk = u.rk AND r.status = u.from_status
                      RETURNING u.from_status, u.status";
 
-/// The per-row outcome update after its verb (`UPDATE` or SQLite's `UPDATE OR FAIL`).
+/// The per-row outcome update after its verb (`UPDATE` or SQLite's `UPDATE OR FAIL`), and what
+/// it adds for a refused receiver (`, refusals = refusals + 1`, or nothing): a statement that
+/// does not set `refusals` leaves the partial index on refused receivers alone (SQLite then
+/// skips evaluating it for the old and the new row: measured about 10 % of the update's cost).
 macro_rules! outcome_update {
-    () => {
-        " recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
+    ($refused:literal) => {
+        concat!(
+            " recipients SET status = ?3, message_id = ?4, error_code = ?5, error_message = ?6,
              detail = ?7, at = NULL, call_seq = ?8, variant = ?9,
-             attempts = CASE WHEN CAST(?11 AS BIGINT) = CAST(?1 AS BIGINT) THEN attempts + ?10 ELSE ?10 END,
-             refusals = refusals + CASE WHEN ?5 = 'FailedReceiver' THEN 1 ELSE 0 END
-         WHERE rk = ?2 AND status = ?11"
+             attempts = CASE WHEN CAST(?11 AS BIGINT) = CAST(?1 AS BIGINT) THEN attempts + ?10 ELSE ?10 END",
+            $refused,
+            " WHERE rk = ?2 AND status = ?11"
+        )
     };
 }
 
@@ -627,12 +632,27 @@ impl Journal {
             // (FailedReceiver, re-queued) and adds this call's; an `unknown` one resent with
             // --resend-unknown was in this very call before, whose count already holds them.
             // No time of its own: the row's time is its call's (`rows::RunView::time`).
-            let sql = match tx.backend() {
-                Backend::Sqlite => concat!("UPDATE OR FAIL", outcome_update!()),
-                Backend::Postgres => concat!("UPDATE", outcome_update!()),
+            let (plain, refused) = match tx.backend() {
+                Backend::Sqlite => (
+                    concat!("UPDATE OR FAIL", outcome_update!("")),
+                    concat!(
+                        "UPDATE OR FAIL",
+                        outcome_update!(", refusals = refusals + 1")
+                    ),
+                ),
+                Backend::Postgres => (
+                    concat!("UPDATE", outcome_update!("")),
+                    concat!("UPDATE", outcome_update!(", refusals = refusals + 1")),
+                ),
             };
-            let mut upd = tx.prepare(sql).map_err(db)?;
+            let mut plain = tx.prepare(plain).map_err(db)?;
+            let mut refused = tx.prepare(refused).map_err(db)?;
             for (u, rk, from) in rows {
+                let upd = if u.error_code.as_deref() == Some("FailedReceiver") {
+                    &mut refused
+                } else {
+                    &mut plain
+                };
                 let n = upd
                     .execute(params![
                         RecipientStatus::Pending.code(),
