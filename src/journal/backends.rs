@@ -544,3 +544,56 @@ fn prune(on: On) {
     assert!(j.run(&other).expect("q").is_some(), "unfinished: kept");
 }
 on_both!(prune_sqlite, prune_postgres, prune);
+
+/// A row's time is its answered call's (`updated_at`; a row left pending by it too), else the
+/// run's start (a suppressed row); on PostgreSQL the
+/// scan gives the same rows whether it reads the call times into memory first or with each row
+/// (a run with more answered calls than the bound).
+fn recipient_times(on: On) {
+    let Some((mut j, _keep)) = fresh_journal(on, "journal_times") else {
+        return;
+    };
+    let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[104]))
+        .expect("create")
+        .run()
+        .id
+        .clone();
+    j.mark_in_flight(&id, 0, "v", &[101, 102], None, now())
+        .expect("mark");
+    j.record_outcome(
+        &id,
+        0,
+        CallState::Done,
+        &[sent(101, 7), sent(102, 8)],
+        None,
+        at(5),
+    )
+    .expect("outcome");
+    let scan = |bound: usize| {
+        let mut v = Vec::new();
+        j.scan_recipients::<JournalError>(&id, 0..=u64::MAX, bound, |r| {
+            v.push(r.to_row());
+            Ok(())
+        })
+        .expect("scan");
+        v
+    };
+    let rows = scan(100);
+    let times: Vec<Option<String>> = rows.iter().map(|r| r.time.clone()).collect();
+    let (start, answered) = (
+        Some(super::schema::ts(now())),
+        Some(super::schema::ts(at(5))),
+    );
+    assert_eq!(
+        times,
+        [answered.clone(), answered.clone(), answered, start],
+        "{rows:?}"
+    );
+    assert_eq!(scan(0), rows, "call times read with each row");
+    assert_eq!(scan(1), rows, "one answered call: read first");
+}
+on_both!(
+    recipient_times_sqlite,
+    recipient_times_postgres,
+    recipient_times,
+);
