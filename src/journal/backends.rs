@@ -694,3 +694,39 @@ on_both!(
     outcomes_with_strays_and_repeats_postgres,
     outcomes_with_strays_and_repeats,
 );
+
+/// PostgreSQL: a run's per-call look-ups of its call (the outcome's read, the final state, the
+/// attempt's insert) go through the calls' key however many calls the run writes: opening a run
+/// leaves `calls` unanalyzed (statistics taken while it was nearly empty made the cached plans
+/// sequential scans, a cost per call growing with the run).
+#[test]
+fn call_look_ups_use_the_key_on_postgres() {
+    let Some((mut j, _keep)) = fresh_journal(On::Postgres, "journal_call_plans") else {
+        return;
+    };
+    let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+        .expect("create")
+        .run()
+        .id
+        .clone();
+    let seq_scans = |j: &Journal| -> i64 {
+        let c = j.connection();
+        c.execute_batch("SELECT pg_stat_force_next_flush()")
+            .expect("flush");
+        c.query_row(
+            "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'calls'",
+            &[],
+            |r| r.get(0),
+        )
+        .expect("stats")
+    };
+    let before = seq_scans(&j);
+    for seq in 1..=40u64 {
+        j.mark_in_flight(&id, seq, "v", &[], None, now())
+            .expect("mark");
+        j.record_outcome(&id, seq, CallState::Done, &[], None, at(1))
+            .expect("outcome");
+    }
+    let scans = seq_scans(&j) - before;
+    assert!(scans <= 5, "{scans} sequential scans of calls for 40 calls");
+}
