@@ -544,3 +544,189 @@ fn prune(on: On) {
     assert!(j.run(&other).expect("q").is_some(), "unfinished: kept");
 }
 on_both!(prune_sqlite, prune_postgres, prune);
+
+/// A row's time is its answered call's (`updated_at`; a row left pending by it too), else the
+/// run's start (a suppressed row); on PostgreSQL the
+/// scan gives the same rows whether it reads the call times into memory first or with each row
+/// (a run with more answered calls than the bound).
+fn recipient_times(on: On) {
+    let Some((mut j, _keep)) = fresh_journal(on, "journal_times") else {
+        return;
+    };
+    let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[104]))
+        .expect("create")
+        .run()
+        .id
+        .clone();
+    j.mark_in_flight(&id, 0, "v", &[101, 102], None, now())
+        .expect("mark");
+    j.record_outcome(
+        &id,
+        0,
+        CallState::Done,
+        &[sent(101, 7), sent(102, 8)],
+        None,
+        at(5),
+    )
+    .expect("outcome");
+    let scan = |bound: usize| {
+        let mut v = Vec::new();
+        j.scan_recipients::<JournalError>(&id, 0..=u64::MAX, bound, |r| {
+            v.push(r.to_row());
+            Ok(())
+        })
+        .expect("scan");
+        v
+    };
+    let rows = scan(100);
+    let times: Vec<Option<String>> = rows.iter().map(|r| r.time.clone()).collect();
+    let (start, answered) = (
+        Some(super::schema::ts(now())),
+        Some(super::schema::ts(at(5))),
+    );
+    assert_eq!(
+        times,
+        [answered.clone(), answered.clone(), answered, start],
+        "{rows:?}"
+    );
+    assert_eq!(scan(0), rows, "call times read with each row");
+    assert_eq!(scan(1), rows, "one answered call: read first");
+}
+on_both!(
+    recipient_times_sqlite,
+    recipient_times_postgres,
+    recipient_times,
+);
+
+/// A call's outcomes, also where PostgreSQL leaves its one-statement update (`calls::PG_OUTCOMES`)
+/// for the per-row one (an id named twice) or looks an id up outside the call's lines (a stray
+/// id without a row): the same rows change on both backends, only open ones (a suppressed
+/// receiver stays), a refusal is counted, and the counters match a scan.
+fn outcomes_with_strays_and_repeats(on: On) {
+    let Some((mut j, _keep)) = fresh_journal(on, "journal_outcome_paths") else {
+        return;
+    };
+    let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[104]))
+        .expect("create")
+        .run()
+        .id
+        .clone();
+    let refused = RecipientUpdate {
+        id: 102,
+        status: RecipientStatus::Pending,
+        message_id: None,
+        error_code: Some("FailedReceiver".into()),
+        error_message: None,
+        detail: None,
+    };
+    // Every receiver at the call's lines; 104 (suppressed) is not open and stays.
+    j.mark_in_flight(&id, 0, "v", &[101, 102, 104], None, now())
+        .expect("mark");
+    j.record_outcome(
+        &id,
+        0,
+        CallState::Done,
+        &[sent(101, 7), refused, sent(104, 9)],
+        None,
+        at(1),
+    )
+    .expect("outcome");
+    // The refused receiver resent in an extra call with a stray id (no row): the general path.
+    j.mark_in_flight(&id, 1, "v", &[102, 999], None, now())
+        .expect("mark");
+    j.record_outcome(
+        &id,
+        1,
+        CallState::Done,
+        &[sent(102, 8), sent(999, 10)],
+        None,
+        at(2),
+    )
+    .expect("outcome");
+    // An id named twice: the general path, applied in order.
+    j.mark_in_flight(&id, 2, "v", &[103], None, now())
+        .expect("mark");
+    j.record_outcome(
+        &id,
+        2,
+        CallState::Done,
+        &[sent(103, 11), sent(103, 12)],
+        None,
+        at(3),
+    )
+    .expect("outcome");
+    let rows = j.recipients(&id).expect("rows");
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.id.expect("id"),
+                r.status,
+                r.message_id,
+                r.attempts,
+                r.call,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (101, RecipientStatus::Sent, Some(7), 1, Some(0)),
+            (102, RecipientStatus::Sent, Some(8), 2, Some(1)),
+            (103, RecipientStatus::Sent, Some(11), 1, Some(2)),
+            (104, RecipientStatus::Suppressed, None, 0, Some(0)),
+        ]
+    );
+    let refusals: i64 = j
+        .connection()
+        .query_row("SELECT refusals FROM recipients WHERE id = 102", &[], |r| {
+            r.get(0)
+        })
+        .expect("refusals");
+    assert_eq!(refusals, 1);
+    let c = j.counts(&id).expect("counts");
+    assert_eq!(c[&RecipientStatus::Sent], 3);
+    assert_eq!(c[&RecipientStatus::Pending], 0);
+    assert_eq!(c, j.counts_by_scan(&id).expect("scan"));
+}
+on_both!(
+    outcomes_with_strays_and_repeats_sqlite,
+    outcomes_with_strays_and_repeats_postgres,
+    outcomes_with_strays_and_repeats,
+);
+
+/// PostgreSQL: a run's per-call look-ups of its call (the outcome's read, the final state, the
+/// attempt's insert) go through the calls' key however many calls the run writes: opening a run
+/// leaves `calls` unanalyzed (statistics taken while it was nearly empty made the cached plans
+/// sequential scans, a cost per call growing with the run).
+#[test]
+fn call_look_ups_use_the_key_on_postgres() {
+    let Some((mut j, _keep)) = fresh_journal(On::Postgres, "journal_call_plans") else {
+        return;
+    };
+    let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
+        .expect("create")
+        .run()
+        .id
+        .clone();
+    let seq_scans = |j: &Journal| -> i64 {
+        let c = j.connection();
+        c.execute_batch("SELECT pg_stat_force_next_flush()")
+            .expect("flush");
+        c.query_row(
+            "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'calls'",
+            &[],
+            |r| r.get(0),
+        )
+        .expect("stats")
+    };
+    let before = seq_scans(&j);
+    for seq in 1..=40u64 {
+        j.mark_in_flight(&id, seq, "v", &[], None, now())
+            .expect("mark");
+        j.record_outcome(&id, seq, CallState::Done, &[], None, at(1))
+            .expect("outcome");
+    }
+    let scans = seq_scans(&j) - before;
+    assert!(scans <= 5, "{scans} sequential scans of calls for 40 calls");
+}

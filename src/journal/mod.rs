@@ -53,9 +53,10 @@
 //! [`crate::pg::schema`]), the pragmas (`synchronous` per group commit in `commit`, the cache
 //! size when opening) and `UPDATE OR FAIL` for a call's per-row outcome (`calls`, measured
 //! faster on SQLite). PostgreSQL-only, behind [`crate::store::Conn::backend`] in the file that
-//! owns it: bulk writes of many rows in one statement through `unnest` of arrays (seeding a
-//! run's rows, `rows::RowWriter`; a call's outcomes, `calls`), since a round trip per row costs
-//! 30–50 µs there; a temporary table's `BIGINT` key (`resume`). Scans of a run's rows
+//! owns it: bulk writes of many rows in one statement (seeding a run's rows through a binary
+//! `COPY`, `rows::RowWriter`; a call's outcomes through `unnest` of arrays, `calls`), since a
+//! round trip per row costs 30–50 µs there; the report's scan reading the run's call times first
+//! (`read`); a temporary table's `BIGINT` key (`resume`). Scans of a run's rows
 //! (recipients, calls, attempts, a retry's failed rows) stream through
 //! [`crate::store::Conn::for_each`], so memory stays flat whatever the run's size.
 //!

@@ -17,6 +17,10 @@ use super::{
     CallEnd, CallRow, CallState, Journal, JournalError, RecipientRef, RecipientRow, RecipientStatus,
 };
 
+/// PostgreSQL: the recipient scan reads the times of a run's answered calls into memory first
+/// when it has at most this many (about 70 bytes each: 7 MB at most), else with each row.
+const PG_CALL_TIMES: usize = 100_000;
+
 impl Journal {
     /// Every recipient row of a run in audience order, streamed to `f` (stops at its first error).
     pub fn for_each_recipient<E: From<JournalError>>(
@@ -51,6 +55,18 @@ impl Journal {
         &self,
         run_id: &str,
         lines: std::ops::RangeInclusive<u64>,
+        f: impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.scan_recipients(run_id, lines, PG_CALL_TIMES, f)
+    }
+
+    /// [`Self::for_each_recipient_ref`], reading the call times into memory on PostgreSQL when
+    /// the run has at most `call_times` answered calls.
+    pub(super) fn scan_recipients<E: From<JournalError>>(
+        &self,
+        run_id: &str,
+        lines: std::ops::RangeInclusive<u64>,
+        call_times: usize,
         mut f: impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let Some(view) = RunView::load(&self.conn, run_id).map_err(self.db())? else {
@@ -65,11 +81,21 @@ impl Journal {
         let mut buf = String::new();
         // On PostgreSQL a streaming scan holds the connection: nothing else may be asked on it
         // until the scan ends, so the time of the call that answered a row (which SQLite looks up
-        // as it goes, one call at a time, `RunView::time`) comes with the row: a subquery on the
-        // calls' key, one index probe a row whatever the planner's statistics say (a join was
-        // planned as a scan of every call per row while the statistics were stale).
+        // as it goes, one call at a time, `RunView::time`) is read before the scan: every answered
+        // call's time into memory when the run has at most `PG_CALL_TIMES` of them (a shared
+        // Content: one call per 500 recipients; the scan is then a plain range scan). A run with
+        // more (a personalized one: a call per recipient) reads it with the row instead: a
+        // subquery on the calls' key, one index probe a row whatever the planner's statistics say
+        // (a join was planned as a scan of every call per row while the statistics were stale).
         let pg = self.conn.backend() == crate::store::Backend::Postgres;
-        let sql = if pg {
+        let call_times = if pg {
+            self.answered_call_times(run_id, call_times)
+                .map_err(self.db())?
+        } else {
+            None
+        };
+        let probe = pg && call_times.is_none();
+        let sql = if probe {
             "SELECT r.rk, r.id, r.raw_id, r.status, r.message_id, r.attempts, r.call_seq, r.variant,
                     r.error_code, r.error_message, r.detail, r.at, r.variant_name,
                     (SELECT c.updated_at FROM calls c
@@ -85,7 +111,7 @@ impl Journal {
         let with_run = params![from, to, run_id];
         let without = params![from, to];
         self.conn
-            .for_each(sql, if pg { with_run } else { without }, |r| {
+            .for_each(sql, if probe { with_run } else { without }, |r| {
                 let db = self.db();
                 let line = (r.get::<i64>(0).map_err(&db)? as u64) & MAX_LINE;
                 let id = r.get::<Option<i64>>(1).map_err(&db)?.map(|v| v as u64);
@@ -99,7 +125,10 @@ impl Journal {
                     .and_then(|i| view.variants.get(&i))
                     .map(String::as_str);
                 let at = r.get::<Option<i64>>(11).map_err(&db)?;
-                let time = if pg {
+                let time = if let Some(times) = &call_times {
+                    let t = call_seq.and_then(|c| times.get(&c)).map(String::as_str);
+                    view.time_given(status, t, at, &mut buf)
+                } else if probe {
                     view.time_given(status, r.str(13).map_err(&db)?, at, &mut buf)
                 } else {
                     view.time(&self.conn, status, call_seq, at, &mut buf)
@@ -123,6 +152,33 @@ impl Journal {
                 f(&row)
             })
             .map_err(self.db())?
+    }
+
+    /// The time of every answered call (done or unknown) of a run, by call number; None when the
+    /// run has more than `bound` of them (memory stays bounded: the caller reads each row's call
+    /// time another way).
+    fn answered_call_times(
+        &self,
+        run_id: &str,
+        bound: usize,
+    ) -> Result<Option<std::collections::HashMap<i64, String>>, crate::store::StoreError> {
+        let mut times = std::collections::HashMap::new();
+        let mut over = false;
+        self.conn.for_each(
+            "SELECT seq, updated_at FROM calls
+             WHERE run_id = ?1 AND state IN ('done', 'unknown') LIMIT ?2",
+            params![run_id, bound as i64 + 1],
+            |r| {
+                if times.len() >= bound {
+                    over = true;
+                    return Ok(());
+                }
+                let t = r.str(1)?.unwrap_or_default().to_string();
+                times.insert(r.get::<i64>(0)?, t);
+                Ok::<_, crate::store::StoreError>(())
+            },
+        )??;
+        Ok((!over).then_some(times))
     }
 
     /// All recipient rows of a run (small runs and tests; large runs use [`Self::for_each_recipient`]).

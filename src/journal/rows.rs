@@ -221,8 +221,10 @@ pub(super) const PG_BATCH: usize = 5000;
 /// and written [`SQLITE_BATCH`] to a prepared multi-row insert (in-process; measured about a
 /// third cheaper a row than one row per statement), the rest one row per statement. PostgreSQL: a
 /// round trip per row would cost 30–50 µs (minutes for ten million), so rows are buffered and
-/// written [`PG_BATCH`] at a time with one `INSERT … SELECT FROM unnest(arrays)` (the
-/// PostgreSQL-only branch, behind [`Conn::backend`]). [`RowWriter::finish`] writes the rest.
+/// written [`PG_BATCH`] at a time with one binary `COPY` ([`Conn::copy_in`]; the
+/// PostgreSQL-only branch, behind [`Conn::backend`]; measured against an
+/// `INSERT … SELECT FROM unnest(arrays)` of the same rows: see BENCHMARKS.md).
+/// [`RowWriter::finish`] writes the rest.
 pub(super) struct RowWriter<'c> {
     conn: &'c Conn,
     /// SQLite: the multi-row insert, prepared once, and the rows waiting for it.
@@ -372,43 +374,38 @@ impl<'c> RowWriter<'c> {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        let Some(b) = self.pg.as_mut() else {
+        let Some(b) = self.pg.as_ref() else {
             return Ok(());
         };
         if b.rk.is_empty() {
             return Ok(());
         }
-        fn texts(v: &[Option<String>]) -> Vec<Option<&str>> {
-            v.iter().map(Option::as_deref).collect()
-        }
-        let (raw_id, error_message, detail, variant_name) = (
-            texts(&b.raw_id),
-            texts(&b.error_message),
-            texts(&b.detail),
-            texts(&b.variant_name),
-        );
-        self.conn.execute(
-            "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant,
-                                    error_message, message_id, detail, at, variant_name)
-             SELECT * FROM unnest(CAST(?1 AS BIGINT[]), CAST(?2 AS BIGINT[]), CAST(?3 AS TEXT[]),
-                                  CAST(?4 AS BIGINT[]), CAST(?5 AS BIGINT[]), CAST(?6 AS BIGINT[]),
-                                  CAST(?7 AS TEXT[]), CAST(?8 AS BIGINT[]), CAST(?9 AS TEXT[]),
-                                  CAST(?10 AS BIGINT[]), CAST(?11 AS TEXT[]))",
-            &[
-                Value::Ints(&b.rk),
-                Value::Ints(&b.id),
-                Value::Texts(&raw_id),
-                Value::Ints(&b.status),
-                Value::Ints(&b.call_seq),
-                Value::Ints(&b.variant),
-                Value::Texts(&error_message),
-                Value::Ints(&b.message_id),
-                Value::Texts(&detail),
-                Value::Ints(&b.at),
-                Value::Texts(&variant_name),
-            ],
+        use crate::store::CopyType::{Int, Text};
+        self.conn.copy_in(
+            "COPY recipients(rk, id, raw_id, status, call_seq, variant,
+                             error_message, message_id, detail, at, variant_name)
+             FROM STDIN (FORMAT binary)",
+            &[Int, Int, Text, Int, Int, Int, Text, Int, Text, Int, Text],
+            |w| {
+                for i in 0..b.rk.len() {
+                    w.row(&[
+                        b.rk[i].into(),
+                        b.id[i].into(),
+                        b.raw_id[i].as_deref().into(),
+                        b.status[i].into(),
+                        b.call_seq[i].into(),
+                        b.variant[i].into(),
+                        b.error_message[i].as_deref().into(),
+                        b.message_id[i].into(),
+                        b.detail[i].as_deref().into(),
+                        b.at[i].into(),
+                        b.variant_name[i].as_deref().into(),
+                    ])?;
+                }
+                Ok(())
+            },
         )?;
-        *b = PgRows::default();
+        self.pg = Some(PgRows::default());
         Ok(())
     }
 
