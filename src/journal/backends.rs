@@ -3,10 +3,9 @@
 //! run by a `_sqlite` and a `_postgres` test.
 //!
 //! Two kinds: what opening the journal on the store needs (the connection, the report's facts,
-//! the daemon's control log: run on both now), and a representative set of the journal's own
-//! operations (open_run, marks and outcomes, recovery, the lease, control requests, pruning),
-//! whose `_postgres` half waits for the port of the journal's statements onto `crate::store`
-//! (until then they run on SQLite only; the lead removes the `#[ignore]` when both land).
+//! the daemon's control log), and a representative set of the journal's own operations
+//! (open_run, marks and outcomes, recovery, the lease, control requests, pruning, the report's
+//! scan), each run on both.
 
 use std::time::Duration;
 
@@ -418,6 +417,12 @@ fn marks_outcomes_and_counts(on: On) {
         error_message: Some("no such user".into()),
         detail: None,
     };
+    if on == On::Postgres {
+        // The tests' cluster runs with it off; the session as a team's server has it.
+        j.connection()
+            .execute("SET synchronous_commit = on", &[])
+            .expect("set");
+    }
     j.record_outcome(
         &id,
         0,
@@ -427,6 +432,23 @@ fn marks_outcomes_and_counts(on: On) {
         at(1),
     )
     .expect("outcome");
+    // The outcome-only commit's relaxed durability stayed in its own transaction: the
+    // connection's next commit (a mark's) is synchronous again.
+    let c = j.connection();
+    match on {
+        On::Sqlite => {
+            let full: i64 = c
+                .query_row("PRAGMA synchronous", &[], |r| r.get(0))
+                .expect("pragma");
+            assert_eq!(full, 2, "synchronous=FULL again");
+        }
+        On::Postgres => {
+            let sync: String = c
+                .query_row("SHOW synchronous_commit", &[], |r| r.get(0))
+                .expect("show");
+            assert_eq!(sync, "on", "SET LOCAL ended with its transaction");
+        }
+    }
     let c = j.counts(&id).expect("counts");
     assert_eq!(c[&RecipientStatus::Sent], 2);
     assert_eq!(c[&RecipientStatus::Failed], 1);
