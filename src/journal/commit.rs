@@ -2,8 +2,9 @@
 //! ([`Journal::write_batch`]), and [`SharedJournal`], the journal shared by async tasks, which
 //! batches whatever writes are waiting when it gets the journal.
 //!
-//! Invariants: a batch with a mark commits with `synchronous=FULL` (durable before its request
-//! leaves); outcomes alone commit with `NORMAL` (see [`Journal::write_batch`]); every waiter of a
+//! Invariants: a batch with a mark commits with `synchronous=FULL` (PostgreSQL: a synchronous
+//! commit; durable before its request leaves); outcomes alone commit with `NORMAL` (PostgreSQL:
+//! `synchronous_commit = off` for that transaction; see [`Journal::write_batch`]); every waiter of a
 //! failed batch gets the failure with its exit code. Must not: run a statement on a runtime
 //! thread (every operation goes to the blocking pool).
 
