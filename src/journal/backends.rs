@@ -45,6 +45,18 @@ macro_rules! on_both {
     };
 }
 
+/// A fresh journal on `on` with a new run of the test audience (`testutil::rows`, the ids in
+/// `suppressed` suppressed), and the run's id.
+fn journal_with_run(on: On, label: &str, suppressed: &[u64]) -> Option<(Journal, Keep, String)> {
+    let (mut j, keep) = fresh_journal(on, label)?;
+    let id = open(&mut j, "h1", ResumeOptions::default(), rows(suppressed))
+        .expect("create")
+        .run()
+        .id
+        .clone();
+    Some((j, keep, id))
+}
+
 fn at(secs: i64) -> Timestamp {
     now() + jiff::SignedDuration::from_secs(secs)
 }
@@ -393,14 +405,9 @@ on_both!(
 
 /// An in-flight mark and its outcome move the counters exactly (they match a scan of the rows).
 fn marks_outcomes_and_counts(on: On) {
-    let Some((mut j, _keep)) = fresh_journal(on, "journal_outcomes") else {
+    let Some((mut j, _keep, id)) = journal_with_run(on, "journal_outcomes", &[104]) else {
         return;
     };
-    let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[104]))
-        .expect("create")
-        .run()
-        .id
-        .clone();
     j.mark_in_flight(&id, 0, "v", &[101, 102, 103], None, now())
         .expect("mark");
     assert_eq!(
@@ -539,14 +546,9 @@ on_both!(
 
 /// Pruning deletes a finished run with its rows, and keeps an unfinished one.
 fn prune(on: On) {
-    let Some((mut j, _keep)) = fresh_journal(on, "journal_prune") else {
+    let Some((mut j, _keep, id)) = journal_with_run(on, "journal_prune", &[]) else {
         return;
     };
-    let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
-        .expect("create")
-        .run()
-        .id
-        .clone();
     j.set_status(&id, RunStatus::Finished, None, at(1))
         .expect("finish");
     let other = {
@@ -572,14 +574,9 @@ on_both!(prune_sqlite, prune_postgres, prune);
 /// scan gives the same rows whether it reads the call times into memory first or with each row
 /// (a run with more answered calls than the bound).
 fn recipient_times(on: On) {
-    let Some((mut j, _keep)) = fresh_journal(on, "journal_times") else {
+    let Some((mut j, _keep, id)) = journal_with_run(on, "journal_times", &[104]) else {
         return;
     };
-    let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[104]))
-        .expect("create")
-        .run()
-        .id
-        .clone();
     j.mark_in_flight(&id, 0, "v", &[101, 102], None, now())
         .expect("mark");
     j.record_outcome(
@@ -625,14 +622,9 @@ on_both!(
 /// id without a row): the same rows change on both backends, only open ones (a suppressed
 /// receiver stays), a refusal is counted, and the counters match a scan.
 fn outcomes_with_strays_and_repeats(on: On) {
-    let Some((mut j, _keep)) = fresh_journal(on, "journal_outcome_paths") else {
+    let Some((mut j, _keep, id)) = journal_with_run(on, "journal_outcome_paths", &[104]) else {
         return;
     };
-    let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[104]))
-        .expect("create")
-        .run()
-        .id
-        .clone();
     let refused = RecipientUpdate {
         id: 102,
         status: RecipientStatus::Pending,
@@ -723,14 +715,9 @@ on_both!(
 /// sequential scans, a cost per call growing with the run).
 #[test]
 fn call_look_ups_use_the_key_on_postgres() {
-    let Some((mut j, _keep)) = fresh_journal(On::Postgres, "journal_call_plans") else {
+    let Some((mut j, _keep, id)) = journal_with_run(On::Postgres, "journal_call_plans", &[]) else {
         return;
     };
-    let id = open(&mut j, "h1", ResumeOptions::default(), rows(&[]))
-        .expect("create")
-        .run()
-        .id
-        .clone();
     let seq_scans = |j: &Journal| -> i64 {
         let c = j.connection();
         c.execute_batch("SELECT pg_stat_force_next_flush()")
