@@ -1070,23 +1070,26 @@ impl Conn {
                 why: "COPY is PostgreSQL only (SQLite: a prepared insert, one row per execution)",
             });
         };
-        use postgres::types::Type;
-        let types: Vec<Type> = types
-            .iter()
-            .map(|t| match t {
-                CopyType::Int => Type::INT8,
-                CopyType::Text => Type::TEXT,
-                CopyType::Bytes => Type::BYTEA,
-            })
-            .collect();
         let mut p = held(p)?;
-        let writer = p.client()?.copy_in(sql)?;
-        let mut w = CopyRows {
-            w: postgres::binary_copy::BinaryCopyInWriter::new(writer, &types),
-            n: types.len(),
+        let w = p.client()?.copy_in(sql)?;
+        let mut rows_w = CopyRows {
+            w,
+            types: types.to_vec(),
+            buf: Vec::with_capacity(COPY_CHUNK + 4096),
+            rows: 0,
         };
-        rows(&mut w)?;
-        Ok(w.w.finish()?)
+        // The binary format's header: signature, flags, header extension length.
+        rows_w.buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        rows_w.buf.extend_from_slice(&0i32.to_be_bytes());
+        rows_w.buf.extend_from_slice(&0i32.to_be_bytes());
+        rows(&mut rows_w)?;
+        // The trailer: a field count of -1.
+        rows_w.buf.extend_from_slice(&(-1i16).to_be_bytes());
+        rows_w.send()?;
+        let CopyRows { w, rows, .. } = rows_w;
+        let n = w.finish()?;
+        debug_assert_eq!(n, rows);
+        Ok(n)
     }
 
     /// A statement to run many times (a loop writing one row per statement).
@@ -1156,27 +1159,79 @@ pub enum CopyType {
     Bytes,
 }
 
-/// The rows of a [`Conn::copy_in`] being written.
+/// Bytes of a [`Conn::copy_in`] gathered before they are handed to the connection.
+const COPY_CHUNK: usize = 64 << 10;
+
+/// The rows of a [`Conn::copy_in`] being written: encoded here in PostgreSQL's binary COPY
+/// format (a field count, then each field's length and big-endian bytes; -1 for NULL) and sent
+/// [`COPY_CHUNK`] at a time. The `postgres` crate's own binary writer runs its runtime once a
+/// row (measured: about 3,300 instructions a row, a tenth of a run's client CPU on PostgreSQL).
 pub struct CopyRows<'c> {
-    w: postgres::binary_copy::BinaryCopyInWriter<'c>,
-    n: usize,
+    w: postgres::CopyInWriter<'c>,
+    types: Vec<CopyType>,
+    buf: Vec<u8>,
+    rows: u64,
 }
 
 impl CopyRows<'_> {
     /// One row: a value per column, in the COPY's column order (`Value::Int`, `Value::Text`,
-    /// `Value::Bytes` or `Value::Null`).
+    /// `Value::Bytes` or `Value::Null`, as the column's [`CopyType`]).
     pub fn row(&mut self, values: &[Value<'_>]) -> Result<(), StoreError> {
-        if values.len() != self.n {
-            return Err(StoreError::Sql {
-                sql: String::new(),
-                why: "a COPY row with another number of values than the COPY has columns",
-            });
+        let bad = |why| StoreError::Sql {
+            sql: String::new(),
+            why,
+        };
+        if values.len() != self.types.len() {
+            return Err(bad(
+                "a COPY row with another number of values than the COPY has columns",
+            ));
         }
-        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> = values
-            .iter()
-            .map(|v| v as &(dyn postgres::types::ToSql + Sync))
-            .collect();
-        Ok(self.w.write(&refs)?)
+        let fields = i16::try_from(values.len()).map_err(|_| bad("a COPY of too many columns"))?;
+        self.buf.extend_from_slice(&fields.to_be_bytes());
+        for (v, t) in values.iter().zip(&self.types) {
+            let bytes: &[u8] = match (*v, t) {
+                (Value::Null, _) => {
+                    self.buf.extend_from_slice(&(-1i32).to_be_bytes());
+                    continue;
+                }
+                (Value::Int(i), CopyType::Int) => {
+                    self.buf.extend_from_slice(&8i32.to_be_bytes());
+                    self.buf.extend_from_slice(&i.to_be_bytes());
+                    continue;
+                }
+                (Value::Text(s), CopyType::Text) => s.as_bytes(),
+                (Value::Bytes(b), CopyType::Bytes) => b,
+                _ => {
+                    return Err(bad(
+                        "a COPY value of another type than its column (integer, text or bytes)",
+                    ))
+                }
+            };
+            let len = i32::try_from(bytes.len()).map_err(|_| bad("a COPY value over 2 GB"))?;
+            self.buf.extend_from_slice(&len.to_be_bytes());
+            self.buf.extend_from_slice(bytes);
+        }
+        self.rows += 1;
+        if self.buf.len() >= COPY_CHUNK {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    /// Hand what is gathered to the connection.
+    fn send(&mut self) -> Result<(), StoreError> {
+        use std::io::Write;
+        self.w.write_all(&self.buf).map_err(|e| {
+            // The connection's own error comes back wrapped in an I/O error.
+            let kind = e.kind();
+            match e.into_inner().map(|i| i.downcast::<postgres::Error>()) {
+                Some(Ok(pg)) => StoreError::Postgres(*pg),
+                Some(Err(other)) => StoreError::Value(other),
+                None => StoreError::Value(Box::new(std::io::Error::from(kind))),
+            }
+        })?;
+        self.buf.clear();
+        Ok(())
     }
 }
 
@@ -1500,6 +1555,31 @@ mod tests {
                 })
                 .expect("count");
             assert_eq!(n, 0, "an aborted COPY writes nothing");
+            let e = c
+                .copy_in(copy, &types, |w| {
+                    w.row(&[Value::Text("7001"), Value::Null, Value::Null])
+                })
+                .expect_err("text in an integer column");
+            assert!(e.to_string().contains("another type"), "{e}");
+            // Many rows: sent in several chunks, every one arrives, in one COPY.
+            let long = "z".repeat(100);
+            let n = c
+                .copy_in(copy, &types, |w| {
+                    for k in 8000..10_000 {
+                        w.row(&[Value::Int(k), Value::Text(&long), Value::Null])?;
+                    }
+                    Ok(())
+                })
+                .expect("a COPY larger than a chunk");
+            assert_eq!(n, 2000);
+            let (count, total): (i64, i64) = c
+                .query_row(
+                    "SELECT COUNT(*), CAST(SUM(length(t)) AS BIGINT) FROM s WHERE k >= 8000",
+                    params![],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .expect("count");
+            assert_eq!((count, total), (2000, 200_000));
         })
         .join()
         .expect("thread");
