@@ -63,21 +63,17 @@ impl Journal {
         campaign: &str,
         include_tests: bool,
     ) -> Result<Option<RunInfo>, JournalError> {
-        let raw = self
-            .conn
-            .query_row(
-                concat!(
-                    "SELECT ",
-                    run_columns!(),
-                    " FROM runs WHERE campaign = ?1 AND (?2 = 1 OR is_test = 0)
-                     ORDER BY created_at DESC, key DESC LIMIT 1"
-                ),
-                params![campaign, include_tests],
-                Self::run_from_row,
-            )
-            .optional()
-            .map_err(self.db())?;
-        raw.map(RawRun::into_info).transpose()
+        one_run(
+            &self.conn,
+            concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM runs WHERE campaign = ?1 AND (?2 = 1 OR is_test = 0)
+                 ORDER BY created_at DESC, key DESC LIMIT 1"
+            ),
+            params![campaign, include_tests],
+            self.db(),
+        )
     }
 
     /// The unfinished (running/paused/interrupted) non-test run of a campaign occurrence (the
@@ -134,6 +130,20 @@ impl Journal {
     }
 }
 
+/// The run `sql` (selecting [`run_columns!`]) finds with `params`, if any.
+fn one_run(
+    conn: &crate::store::Conn,
+    sql: &str,
+    params: &[crate::store::Value<'_>],
+    db: impl Fn(crate::store::StoreError) -> JournalError,
+) -> Result<Option<RunInfo>, JournalError> {
+    conn.query_row(sql, params, Journal::run_from_row)
+        .optional()
+        .map_err(db)?
+        .map(RawRun::into_info)
+        .transpose()
+}
+
 /// An action's stored name.
 pub(super) fn parse_action(s: &str) -> Result<Action, JournalError> {
     Action::ALL
@@ -145,16 +155,12 @@ pub(super) fn parse_action(s: &str) -> Result<Action, JournalError> {
 
 impl Ops<'_> {
     pub(super) fn run(&self, id: &str) -> Result<Option<RunInfo>, JournalError> {
-        let raw = self
-            .conn
-            .query_row(
-                concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?1"),
-                params![id],
-                Journal::run_from_row,
-            )
-            .optional()
-            .map_err(self.db())?;
-        raw.map(RawRun::into_info).transpose()
+        one_run(
+            self.conn,
+            concat!("SELECT ", run_columns!(), " FROM runs WHERE id = ?1"),
+            params![id],
+            self.db(),
+        )
     }
 
     pub(super) fn existing_run(&self, id: &str) -> Result<RunInfo, JournalError> {
@@ -167,22 +173,18 @@ impl Ops<'_> {
         campaign: &str,
         occurrence: Option<&str>,
     ) -> Result<Option<RunInfo>, JournalError> {
-        let raw = self
-            .conn
-            .query_row(
-                concat!(
-                    "SELECT ",
-                    run_columns!(),
-                    " FROM runs WHERE campaign = ?1 AND occurrence IS NOT DISTINCT FROM ?2
-                       AND is_test = 0 AND status IN ('running','paused','interrupted')
-                     ORDER BY created_at DESC, key DESC LIMIT 1"
-                ),
-                params![campaign, occurrence],
-                Journal::run_from_row,
-            )
-            .optional()
-            .map_err(self.db())?;
-        raw.map(RawRun::into_info).transpose()
+        one_run(
+            self.conn,
+            concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM runs WHERE campaign = ?1 AND occurrence IS NOT DISTINCT FROM ?2
+                   AND is_test = 0 AND status IN ('running','paused','interrupted')
+                 ORDER BY created_at DESC, key DESC LIMIT 1"
+            ),
+            params![campaign, occurrence],
+            self.db(),
+        )
     }
 
     /// The latest non-test run of a campaign occurrence (`None` = runs started by `imcast run`).
@@ -191,21 +193,17 @@ impl Ops<'_> {
         campaign: &str,
         occurrence: Option<&str>,
     ) -> Result<Option<RunInfo>, JournalError> {
-        let raw = self
-            .conn
-            .query_row(
-                concat!(
-                    "SELECT ",
-                    run_columns!(),
-                    " FROM runs WHERE campaign = ?1 AND occurrence IS NOT DISTINCT FROM ?2
-                       AND is_test = 0 ORDER BY created_at DESC, key DESC LIMIT 1"
-                ),
-                params![campaign, occurrence],
-                Journal::run_from_row,
-            )
-            .optional()
-            .map_err(self.db())?;
-        raw.map(RawRun::into_info).transpose()
+        one_run(
+            self.conn,
+            concat!(
+                "SELECT ",
+                run_columns!(),
+                " FROM runs WHERE campaign = ?1 AND occurrence IS NOT DISTINCT FROM ?2
+                   AND is_test = 0 ORDER BY created_at DESC, key DESC LIMIT 1"
+            ),
+            params![campaign, occurrence],
+            self.db(),
+        )
     }
 
     pub(super) fn set_status(
