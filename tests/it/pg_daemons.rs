@@ -23,6 +23,40 @@ use crate::daemon_e2e::{
     batch_campaign, daemon_cmd, deliveries, grp_csv, mock_server, wait_for, Proc,
 };
 
+/// The start of a daemon process test on the store: its database, the URL and password
+/// `imcast.toml` names, a temporary root (canonical), and the mock provider recording every
+/// delivery to `root/record.jsonl`.
+struct OnStore {
+    db: imcast::testing::pg::TestDb,
+    url: String,
+    password: Option<String>,
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    rec: PathBuf,
+    _mock: crate::common::MockServer,
+    endpoint: String,
+}
+
+/// [`OnStore`] for a test database labelled `label` (None: no PostgreSQL, the fixture said so).
+fn on_store(label: &str) -> Option<OnStore> {
+    let db = imcast::testing::pg::test_db(label)?;
+    let (url, password) = db.toml_url();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root: PathBuf = std::fs::canonicalize(tmp.path()).expect("canon");
+    let rec = root.join("record.jsonl");
+    let (mock, endpoint) = mock_server(&rec);
+    Some(OnStore {
+        db,
+        url,
+        password,
+        _tmp: tmp,
+        root,
+        rec,
+        _mock: mock,
+        endpoint,
+    })
+}
+
 /// Campaigns, one occurrence each (`schedule.at`), `SPACING` seconds apart; campaign `i` sends to
 /// user `BASE + i` only, so the mock's record tells which occurrence a delivery belongs to.
 const N: u64 = 8;
@@ -78,14 +112,19 @@ type StoreRow = (String, String, Option<String>, Option<i64>, Option<String>);
     reason = "real daemon processes schedule on the system clock; a child's time limit is wall time"
 )]
 fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
-    let Some(db) = imcast::testing::pg::test_db("two_daemons") else {
+    let Some(OnStore {
+        db,
+        url,
+        password,
+        _tmp,
+        root,
+        rec,
+        _mock,
+        endpoint,
+    }) = on_store("two_daemons")
+    else {
         return;
     };
-    let (url, password) = db.toml_url();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root: PathBuf = std::fs::canonicalize(tmp.path()).expect("canon");
-    let rec = root.join("record.jsonl");
-    let (_mock, endpoint) = mock_server(&rec);
     // Far enough ahead for both daemons to start and scan (debug build, busy machine).
     let t0 = jiff::Timestamp::now().as_second() + 8;
     let at = |i: u64| t0 + SPACING * i as i64;
@@ -287,14 +326,19 @@ fn two_daemons_on_one_store_fire_each_occurrence_once_and_survive_a_kill() {
     reason = "real daemon processes schedule on the system clock; a child's time limit is wall time"
 )]
 fn kill_the_sender_and_another_daemon_takes_over_and_finishes_the_run() {
-    let Some(db) = imcast::testing::pg::test_db("takeover_kill") else {
+    let Some(OnStore {
+        db,
+        url,
+        password,
+        _tmp,
+        root,
+        rec,
+        _mock,
+        endpoint,
+    }) = on_store("takeover_kill")
+    else {
         return;
     };
-    let (url, password) = db.toml_url();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let root: PathBuf = std::fs::canonicalize(tmp.path()).expect("canon");
-    let rec = root.join("record.jsonl");
-    let (_mock, endpoint) = mock_server(&rec);
     let ids: Vec<u64> = (0..1_000).map(|i| 300_000 + i).collect();
     let csv = grp_csv(ids.iter().copied(), 100);
     // Far enough ahead for both daemons to start and scan (debug build, busy machine).
