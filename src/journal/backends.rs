@@ -475,6 +475,78 @@ on_both!(
     marks_outcomes_and_counts,
 );
 
+/// A refused receiver resent in a call where everyone is delivered (PostgreSQL's statement for a
+/// delivered call, SQLite's per-row update): it becomes `sent` with its error cleared, its
+/// attempts adding both calls', its refusal kept; a row already final is left alone.
+fn delivered_call_after_a_refusal(on: On) {
+    let Some((mut j, _keep, id)) = journal_with_run(on, "journal_delivered", &[]) else {
+        return;
+    };
+    j.mark_in_flight(&id, 0, "v", &[101, 102, 103, 104], None, now())
+        .expect("mark");
+    let refused = RecipientUpdate {
+        id: 102,
+        status: RecipientStatus::Pending,
+        message_id: None,
+        error_code: Some("FailedReceiver".into()),
+        error_message: Some("refused".into()),
+        detail: None,
+    };
+    j.record_outcome(
+        &id,
+        0,
+        CallState::Done,
+        &[sent(101, 7), refused, sent(103, 8), sent(104, 9)],
+        None,
+        at(1),
+    )
+    .expect("outcome");
+    // The resend carries 102 again, and 101 (already sent: must stay as it is).
+    j.mark_in_flight(&id, 5, "v", &[102, 101], None, at(2))
+        .expect("mark resend");
+    j.record_outcome(
+        &id,
+        5,
+        CallState::Done,
+        &[sent(102, 11), sent(101, 99)],
+        None,
+        at(3),
+    )
+    .expect("resend outcome");
+    let c = j.counts(&id).expect("counts");
+    assert_eq!(c[&RecipientStatus::Sent], 4);
+    assert_eq!(c[&RecipientStatus::Pending], 0);
+    assert_eq!(c, j.counts_by_scan(&id).expect("scan"));
+    let rows = j.recipients(&id).expect("rows");
+    let r101 = &rows[0];
+    assert_eq!(
+        (r101.message_id, r101.attempts, r101.call),
+        (Some(7), 1, Some(0))
+    );
+    let r102 = &rows[1];
+    assert_eq!(r102.status, RecipientStatus::Sent);
+    assert_eq!(
+        (r102.message_id, r102.attempts, r102.call),
+        (Some(11), 2, Some(5))
+    );
+    assert_eq!(
+        (r102.error_code.as_deref(), r102.error_message.as_deref()),
+        (None, None)
+    );
+    let refusals: i64 = j
+        .connection()
+        .query_row("SELECT refusals FROM recipients WHERE id = 102", &[], |r| {
+            r.get(0)
+        })
+        .expect("refusals");
+    assert_eq!(refusals, 1, "the refusal stays counted");
+}
+on_both!(
+    delivered_call_after_a_refusal_sqlite,
+    delivered_call_after_a_refusal_postgres,
+    delivered_call_after_a_refusal,
+);
+
 /// Another host's lease is taken only once it expired, the fence moves, and the old holder's
 /// next write is refused and writes nothing.
 fn lease_claim_and_fence(on: On) {
