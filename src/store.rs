@@ -491,12 +491,12 @@ pub struct Row {
 impl Row {
     /// Column `index` (from 0) as `T`.
     pub fn get<T: FromCell>(&self, index: usize) -> Result<T, StoreError> {
-        let c = self.cells.get(index).ok_or(StoreError::Type {
+        let c = self.cells.get(index).ok_or_else(|| StoreError::Type {
             index,
             want: T::want(),
             found: "no such column",
         })?;
-        T::from_cell(c).ok_or(StoreError::Type {
+        T::from_cell(c).ok_or_else(|| StoreError::Type {
             index,
             want: T::want(),
             found: c.kind(),
@@ -634,7 +634,7 @@ fn pg_cell(r: &postgres::Row, i: usize) -> Result<Cell, StoreError> {
     let ty = r
         .columns()
         .get(i)
-        .ok_or(StoreError::Type {
+        .ok_or_else(|| StoreError::Type {
             index: i,
             want: "a column",
             found: "no such column",
@@ -704,7 +704,7 @@ impl RowRef<'_> {
             },
             RowRefInner::Postgres(r) => pg_cell(r, index)?,
         };
-        T::from_cell(&c).ok_or(StoreError::Type {
+        T::from_cell(&c).ok_or_else(|| StoreError::Type {
             index,
             want: T::want(),
             found: c.kind(),
