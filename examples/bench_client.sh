@@ -10,6 +10,8 @@
 #   PG=1 examples/bench_client.sh 1000000   # state in a throwaway PostgreSQL (examples/pg_cluster.sh,
 #                                           # fsync on) through `[state] url`, instead of SQLite
 #   PG=1 PG_URL=postgres://… examples/bench_client.sh 1000000   # that database instead (left running)
+#   PG=1 PG_STATS=1 examples/bench_client.sh 1000000   # + the server's CPU, its costliest statements
+#                                           # (pg_stat_statements) and how many row updates were HOT
 # Prints the state left per recipient too: the state database (imcast.db + -wal) / recipients.
 set -euo pipefail
 N=${1:-1000000}
@@ -20,8 +22,16 @@ trap 'kill "${MOCK:-}" 2>/dev/null || true; [ -z "${PG_DIR:-}" ] || "$HERE/pg_cl
 cd "$D"
 printf '[limits.batch]\nlimit = 1000000000\nwindow = "1s"\n[send]\nmax_requests_per_second = 1000000\nmax_batch_in_flight = 8\n' > imcast.toml
 if [ -n "${PG:-}" ]; then
-  [ -n "${PG_URL:-}" ] || eval "$("$HERE/pg_cluster.sh" start)"
+  if [ -z "${PG_URL:-}" ]; then
+    [ -z "${PG_STATS:-}" ] || PG_OPTS="${PG_OPTS:-} -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+    eval "$(PG_OPTS="${PG_OPTS:-}" "$HERE/pg_cluster.sh" start)"
+  fi
   printf '[state]\nurl = "%s"\n' "$PG_URL" >> imcast.toml
+  if [ -n "${PG_STATS:-}" ]; then
+    psql "$PG_URL" -qc "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+    # the postmaster's CPU with its reaped backends' (clock ticks); only for a cluster started here
+    [ -z "${PG_DIR:-}" ] || PM_TICKS=$(awk '{print $14+$15+$16+$17}' "/proc/$(head -1 "$PG_DIR/data/postmaster.pid")/stat")
+  fi
   PG_EMPTY=$(psql "$PG_URL" -Atc "SELECT pg_database_size(current_database())")
 fi
 # ids above 2^53, written as text (awk numbers are doubles)
@@ -51,6 +61,12 @@ if [ -n "${PG:-}" ]; then
   psql "$PG_URL" -qc CHECKPOINT
   BYTES=$(( $(psql "$PG_URL" -Atc "SELECT pg_database_size(current_database())") - PG_EMPTY ))
   echo "state: $BYTES bytes (PostgreSQL database growth, WAL not counted), $(awk -v b="$BYTES" -v n="$N" 'BEGIN { printf "%.1f", b / n }') bytes a recipient"
+  if [ -n "${PG_STATS:-}" ]; then
+    [ -z "${PM_TICKS:-}" ] || echo "server CPU: $(awk -v a="$PM_TICKS" -v b="$(awk '{print $14+$15+$16+$17}' "/proc/$(head -1 "$PG_DIR/data/postmaster.pid")/stat")" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz }') s (user + sys, backends included)"
+    psql "$PG_URL" -c "SELECT calls, round(total_exec_time) AS ms, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 70) AS statement
+                        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8" \
+                   -c "SELECT n_tup_upd AS row_updates, n_tup_hot_upd AS hot FROM pg_stat_user_tables WHERE relname = 'recipients'"
+  fi
 elif [ -n "$DB" ]; then
   BYTES=$(( $(stat -c %s "$DB") + $( [ -f "$DB-wal" ] && stat -c %s "$DB-wal" || echo 0) ))
   echo "state: $BYTES bytes ($DB + -wal), $(awk -v b="$BYTES" -v n="$N" 'BEGIN { printf "%.1f", b / n }') bytes a recipient"
