@@ -102,8 +102,8 @@ pub(super) const PG_OUTCOMES: &str = "UPDATE recipients AS r SET status = u.stat
 /// per row are sent (?2 rk, ?3 new status, ?4 message id), the rest are constants (?1 the pending
 /// code, ?5 the call, ?6 its variant index, ?7 its attempts). It sets neither `refusals` nor an
 /// indexed column, so with the table's free space (`fillfactor`, store migration 7) PostgreSQL
-/// updates each row in its page without a new index entry (a HOT update). Returns the new status
-/// of each row it changed.
+/// updates each row in its page without a new index entry (a HOT update). Returns (from, to) of
+/// each row it changed, as [`PG_OUTCOMES`].
 pub(super) const PG_DELIVERED: &str =
     "UPDATE recipients AS r SET status = u.status, message_id = u.message_id,
                          error_code = NULL, error_message = NULL, detail = NULL, at = NULL,
@@ -111,7 +111,7 @@ pub(super) const PG_DELIVERED: &str =
                      FROM unnest(CAST(?2 AS BIGINT[]), CAST(?3 AS BIGINT[]), CAST(?4 AS BIGINT[]))
                           AS u(rk, status, message_id)
                      WHERE r.rk = u.rk AND r.status = ?1
-                     RETURNING u.status";
+                     RETURNING CAST(?1 AS BIGINT), u.status";
 
 /// The per-row outcome update after its verb (`UPDATE` or SQLite's `UPDATE OR FAIL`), and what
 /// it adds for a refused receiver (`, refusals = refusals + 1`, or nothing): a statement that
@@ -608,66 +608,63 @@ impl Journal {
                 .iter()
                 .map(|r| r.0.message_id.map(|v| v as i64))
                 .collect();
+            // A delivered call (nearly every one) takes the statement with three arrays.
             let plain = rows.iter().all(|(u, _, from)| {
                 *from == RecipientStatus::Pending
                     && u.error_code.is_none()
                     && u.error_message.is_none()
                     && u.detail.is_none()
             });
-            if plain {
-                let changed = tx
-                    .query_map(
-                        PG_DELIVERED,
-                        &[
-                            Value::Int(RecipientStatus::Pending.code()),
-                            Value::Ints(&rk),
-                            Value::Ints(&to),
-                            Value::Ints(&mid),
-                            Value::Int(o.seq as i64),
-                            Value::Int(vidx),
-                            Value::Int(attempts),
-                        ],
-                        |r| r.get::<i64>(0),
-                    )
-                    .map_err(db)?;
-                for t in changed {
-                    let key = (RecipientStatus::Pending, RecipientStatus::from_code(t)?);
-                    *moved.entry(key).or_default() += 1;
-                }
+            let (code, msg, detail, from): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) = if plain {
+                Default::default()
             } else {
-                let code: Vec<Option<&str>> =
-                    rows.iter().map(|r| r.0.error_code.as_deref()).collect();
-                let msg: Vec<Option<&str>> =
-                    rows.iter().map(|r| r.0.error_message.as_deref()).collect();
-                let detail: Vec<Option<&str>> =
-                    rows.iter().map(|r| r.0.detail.as_deref()).collect();
-                let from: Vec<Option<i64>> = rows.iter().map(|r| Some(r.2.code())).collect();
-                let changed = tx
-                    .query_map(
-                        PG_OUTCOMES,
-                        &[
-                            Value::Int(RecipientStatus::Pending.code()),
-                            Value::Ints(&rk),
-                            Value::Ints(&to),
-                            Value::Ints(&mid),
-                            Value::Texts(&code),
-                            Value::Texts(&msg),
-                            Value::Texts(&detail),
-                            Value::Ints(&from),
-                            Value::Int(o.seq as i64),
-                            Value::Int(vidx),
-                            Value::Int(attempts),
-                        ],
-                        |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
-                    )
-                    .map_err(db)?;
-                for (f, t) in changed {
-                    let key = (
-                        RecipientStatus::from_code(f)?,
-                        RecipientStatus::from_code(t)?,
-                    );
-                    *moved.entry(key).or_default() += 1;
-                }
+                (
+                    rows.iter().map(|r| r.0.error_code.as_deref()).collect(),
+                    rows.iter().map(|r| r.0.error_message.as_deref()).collect(),
+                    rows.iter().map(|r| r.0.detail.as_deref()).collect(),
+                    rows.iter().map(|r| Some(r.2.code())).collect(),
+                )
+            };
+            let (sql, params) = if plain {
+                (
+                    PG_DELIVERED,
+                    vec![
+                        Value::Int(RecipientStatus::Pending.code()),
+                        Value::Ints(&rk),
+                        Value::Ints(&to),
+                        Value::Ints(&mid),
+                        Value::Int(o.seq as i64),
+                        Value::Int(vidx),
+                        Value::Int(attempts),
+                    ],
+                )
+            } else {
+                (
+                    PG_OUTCOMES,
+                    vec![
+                        Value::Int(RecipientStatus::Pending.code()),
+                        Value::Ints(&rk),
+                        Value::Ints(&to),
+                        Value::Ints(&mid),
+                        Value::Texts(&code),
+                        Value::Texts(&msg),
+                        Value::Texts(&detail),
+                        Value::Ints(&from),
+                        Value::Int(o.seq as i64),
+                        Value::Int(vidx),
+                        Value::Int(attempts),
+                    ],
+                )
+            };
+            let changed = tx
+                .query_map(sql, &params, |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)))
+                .map_err(db)?;
+            for (f, t) in changed {
+                let key = (
+                    RecipientStatus::from_code(f)?,
+                    RecipientStatus::from_code(t)?,
+                );
+                *moved.entry(key).or_default() += 1;
             }
         } else {
             // One prepared statement a row inside the transaction (SQLite: in-process, a few
