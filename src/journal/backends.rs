@@ -547,6 +547,96 @@ on_both!(
     delivered_call_after_a_refusal,
 );
 
+/// A new run's plan call marked with exactly its seeded receivers, in order, finds their rows by
+/// the call's lines without reading them (`calls::Marked`), and the outcome lands on the right
+/// rows; any other receiver list (another order, a subset), a call with a row that was not
+/// `pending` when seeded, and a call marked again after its outcome read their rows as before.
+fn fresh_marks_find_the_rows_by_their_lines(on: On) {
+    let Some((mut j, _keep)) = fresh_journal(on, "journal_fresh") else {
+        return;
+    };
+    // Calls 0 (101, 102), 1 (103, 104), 2 (105, suppressed 106).
+    let mut seed = rows(&[]);
+    seed.extend(rows(&[]).into_iter().take(2).map(|mut r| {
+        r.line += 4;
+        r.id = r.id.map(|v| v + 4);
+        r.raw_id = r.id.map(|v| v.to_string()).unwrap_or_default();
+        r
+    }));
+    for (i, r) in seed.iter_mut().enumerate() {
+        r.call_seq = Some(i as u64 / 2);
+        if r.id == Some(106) {
+            r.status = RecipientStatus::Suppressed;
+        }
+    }
+    let id = open(&mut j, "h1", ResumeOptions::default(), seed)
+        .expect("create")
+        .run()
+        .id
+        .clone();
+    j.mark_in_flight(&id, 0, "v", &[101, 102], None, now())
+        .expect("mark 0");
+    assert_eq!(j.marked.fresh_marks, 1, "call 0: its seeded receivers");
+    j.mark_in_flight(&id, 1, "v", &[104, 103], None, now())
+        .expect("mark 1");
+    j.mark_in_flight(&id, 2, "v", &[105], None, now())
+        .expect("mark 2");
+    assert_eq!(
+        j.marked.fresh_marks, 1,
+        "another order; a suppressed row in the call"
+    );
+    j.record_outcome(
+        &id,
+        0,
+        CallState::Done,
+        &[sent(102, 20), sent(101, 10)],
+        None,
+        at(1),
+    )
+    .expect("outcome 0");
+    j.record_outcome(
+        &id,
+        1,
+        CallState::Done,
+        &[sent(103, 30), sent(104, 40)],
+        None,
+        at(1),
+    )
+    .expect("outcome 1");
+    j.record_outcome(&id, 2, CallState::Done, &[sent(105, 50)], None, at(1))
+        .expect("outcome 2");
+    j.mark_in_flight(&id, 0, "v", &[101, 102], None, at(2))
+        .expect("mark 0 again");
+    assert_eq!(j.marked.fresh_marks, 1, "call 0 had its outcome");
+    let by_id: Vec<(Option<u64>, RecipientStatus, Option<u64>)> = j
+        .recipients(&id)
+        .expect("rows")
+        .into_iter()
+        .map(|r| (r.id, r.status, r.message_id))
+        .collect();
+    assert_eq!(
+        by_id,
+        [
+            (Some(101), RecipientStatus::Sent, Some(10)),
+            (Some(102), RecipientStatus::Sent, Some(20)),
+            (Some(103), RecipientStatus::Sent, Some(30)),
+            (Some(104), RecipientStatus::Sent, Some(40)),
+            (Some(105), RecipientStatus::Sent, Some(50)),
+            (Some(106), RecipientStatus::Suppressed, None),
+        ]
+    );
+    assert_eq!(j.calls(&id).expect("calls")[0].receivers, [101, 102]);
+    assert_eq!(j.calls(&id).expect("calls")[1].receivers, [104, 103]);
+    let c = j.counts(&id).expect("counts");
+    assert_eq!(c[&RecipientStatus::Sent], 5);
+    assert_eq!(c, j.counts_by_scan(&id).expect("scan"));
+}
+on_both!(
+    fresh_marks_find_the_rows_by_their_lines_sqlite,
+    fresh_marks_find_the_rows_by_their_lines_postgres,
+    fresh_marks_find_the_rows_by_their_lines,
+);
+
 /// Another host's lease is taken only once it expired, the fence moves, and the old holder's
 /// next write is refused and writes nothing.
 fn lease_claim_and_fence(on: On) {

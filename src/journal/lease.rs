@@ -257,6 +257,7 @@ impl Journal {
             conn: &self.conn,
             path: &self.path,
             owner: &self.owner,
+            seeded: None,
         };
         ops.claim(run, now)?;
         tx.commit().map_err(self.db())

@@ -473,6 +473,7 @@ impl Journal {
             conn: &self.conn,
             path: &self.path,
             owner: &self.owner,
+            seeded: None,
         }
     }
 
@@ -543,6 +544,9 @@ struct Ops<'a> {
     path: &'a Path,
     /// The lease holder (id and fences) of the journal these statements act for.
     owner: &'a Holder,
+    /// Where a run's creation leaves its plan calls' fingerprints (`calls::Marked`), for the
+    /// journal to keep once the creation is committed; None: not kept.
+    seeded: Option<&'a std::cell::RefCell<Option<calls::Seeded>>>,
 }
 
 impl Ops<'_> {

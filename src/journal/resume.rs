@@ -92,14 +92,19 @@ impl Journal {
     ) -> Result<Opened, JournalError> {
         let db = self.db();
         let tx = self.begin_write()?;
+        let seeded = std::cell::RefCell::new(None);
         let ops = Ops {
             conn: &self.conn,
             path: &self.path,
             owner: &self.owner,
+            seeded: Some(&seeded),
         };
         match decide(&ops).and_then(|o| ops.record_opened(&o, new, now).map(|()| o)) {
             Ok(opened) => {
                 tx.commit().map_err(db)?;
+                if let Some(s) = seeded.into_inner() {
+                    self.marked.seeded(s);
+                }
                 self.refresh_statistics();
                 Ok(opened)
             }
@@ -427,6 +432,7 @@ impl Ops<'_> {
                     _ => Some(row.raw_id.as_str()),
                 };
                 let variant = seeder.row(row.line, row.call_seq, row.variant.as_deref());
+                seeder.fingerprint(row.call_seq, row.id, status == RecipientStatus::Pending);
                 ins.write(NewRow {
                     rk: (key << 32) | row.line as i64,
                     id: row.id.map(|v| v as i64),
@@ -446,7 +452,14 @@ impl Ops<'_> {
             drop(prior);
             ins.finish().map_err(&db)?;
         }
+        let prints = seeder.fingerprints();
         seeder.finish(tx).map_err(&db)?;
+        if let Some(cell) = self.seeded {
+            *cell.borrow_mut() = Some(super::calls::Seeded {
+                run_id: id.to_string(),
+                calls: prints,
+            });
+        }
         if old_range.is_some() {
             tx.execute_batch("DROP TABLE prior_rows").map_err(&db)?;
         }

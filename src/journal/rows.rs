@@ -422,11 +422,63 @@ impl<'c> RowWriter<'c> {
 }
 
 /// What seeding a run collects besides its rows: the variant dictionary and each plan call's
-/// lines, written by [`Seeder::finish`].
+/// lines, written by [`Seeder::finish`]; and, for a new run, each plan call's [`Fingerprint`]
+/// ([`Seeder::fingerprints`]).
 pub(super) struct Seeder {
     key: i64,
     variants: HashMap<String, i64>,
     plan: BTreeMap<u64, Vec<i64>>,
+    prints: HashMap<u64, Print>,
+}
+
+/// The ids of a plan call's seeded rows, in the order of its lines (`call_plan`), as a count and
+/// a hash: a mark whose receivers have the same fingerprint names those rows in that order, so
+/// the call's lines say where each receiver's row is without reading the rows (see
+/// `calls::Marked`). Kept in this process's memory only (a few bytes a call), never stored, so
+/// the hash may be std's SipHash with its fixed keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Fingerprint {
+    n: u64,
+    hash: u64,
+}
+
+impl Fingerprint {
+    /// The fingerprint of `ids` in this order.
+    pub fn of(ids: &[u64]) -> Fingerprint {
+        let mut p = Print::default();
+        for &id in ids {
+            p.add(Some(id), true);
+        }
+        p.done().unwrap_or(Fingerprint { n: 0, hash: 0 })
+    }
+}
+
+/// A [`Fingerprint`] being built; spoiled by a row without an id or not `pending` (such a call
+/// gets none: its mark reads its rows).
+#[derive(Default)]
+struct Print {
+    n: u64,
+    h: std::hash::DefaultHasher,
+    spoiled: bool,
+}
+
+impl Print {
+    fn add(&mut self, id: Option<u64>, pending: bool) {
+        use std::hash::Hasher;
+        match id {
+            Some(id) if pending => self.h.write_u64(id),
+            _ => self.spoiled = true,
+        }
+        self.n += 1;
+    }
+
+    fn done(self) -> Option<Fingerprint> {
+        use std::hash::Hasher;
+        (!self.spoiled).then(|| Fingerprint {
+            n: self.n,
+            hash: self.h.finish(),
+        })
+    }
 }
 
 impl Seeder {
@@ -435,7 +487,25 @@ impl Seeder {
             key,
             variants: HashMap::new(),
             plan: BTreeMap::new(),
+            prints: HashMap::new(),
         }
+    }
+
+    /// Record the id and status of the row [`Seeder::row`] just recorded in plan call `call_seq`
+    /// (for [`Seeder::fingerprints`]).
+    pub fn fingerprint(&mut self, call_seq: Option<u64>, id: Option<u64>, pending: bool) {
+        if let Some(seq) = call_seq {
+            self.prints.entry(seq).or_default().add(id, pending);
+        }
+    }
+
+    /// Each plan call's [`Fingerprint`] (the calls whose rows were all `pending` with an id), once
+    /// every row went through [`Seeder::fingerprint`].
+    pub fn fingerprints(&mut self) -> HashMap<u64, Fingerprint> {
+        std::mem::take(&mut self.prints)
+            .into_iter()
+            .filter_map(|(seq, p)| p.done().map(|f| (seq, f)))
+            .collect()
     }
 
     /// The index to store for `variant`; records `line` in plan call `call_seq`.
