@@ -10,7 +10,9 @@
 //! carried over). A call's receivers are found through its plan call's lines (look-ups by key, `rk`),
 //! then through the small partial index of refused receivers (`recipients_refused`, the only rows
 //! resent in another call), and only then by a scan of the run (receivers the run does not plan
-//! in that call: never in a real run; it keeps the old semantics for any caller).
+//! in that call: never in a real run; it keeps the old semantics for any caller). A run this
+//! process seeds also leaves each plan call's [`Fingerprint`] in memory, so the call's first
+//! mark can take its rows' keys from its lines without reading the rows (`calls::Marked`).
 //!
 //! Invariants: every seeded row with a `call_seq` is in that call's `call_plan` lines; a row's
 //! `variant` index is in `run_variants` for its run. Must not: change a row's status (the callers
