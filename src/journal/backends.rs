@@ -637,6 +637,46 @@ on_both!(
     fresh_marks_find_the_rows_by_their_lines,
 );
 
+/// The seeded fingerprints hold only while the journal keeps the run under the fence it created
+/// it with: after another process took the run over and this one claimed it back, a mark reads
+/// the rows (the other process may have written them).
+fn fresh_marks_end_with_a_takeover(on: On) {
+    let Some((mut a, keep)) = fresh_journal(on, "journal_fresh_takeover") else {
+        return;
+    };
+    let clock = SimClock::new(now());
+    let run = open_at(&mut a, "h1", rows(&[]), clock.now())
+        .expect("create")
+        .run()
+        .clone();
+    let b = keep.reopen();
+    clock.advance(Duration::from_secs(31));
+    b.claim(&run, clock.now()).expect("b takes the run over");
+    clock.advance(Duration::from_secs(31));
+    a.claim(&run, clock.now()).expect("a claims it back");
+    a.mark_in_flight(&run.id, 0, "v", &[101, 102, 103, 104], None, clock.now())
+        .expect("mark");
+    assert_eq!(a.marked.fresh_marks, 0, "the fingerprints were dropped");
+    a.record_outcome(
+        &run.id,
+        0,
+        CallState::Done,
+        &[sent(101, 1), sent(102, 2), sent(103, 3), sent(104, 4)],
+        None,
+        clock.now(),
+    )
+    .expect("outcome");
+    assert_eq!(
+        a.counts(&run.id).expect("counts")[&RecipientStatus::Sent],
+        4
+    );
+}
+on_both!(
+    fresh_marks_end_with_a_takeover_sqlite,
+    fresh_marks_end_with_a_takeover_postgres,
+    fresh_marks_end_with_a_takeover,
+);
+
 /// Another host's lease is taken only once it expired, the fence moves, and the old holder's
 /// next write is refused and writes nothing.
 fn lease_claim_and_fence(on: On) {

@@ -75,10 +75,13 @@ pub(super) struct Marked {
     pub fresh_marks: u64,
 }
 
-/// The plan calls' [`Fingerprint`]s of a run this process created and seeded (kept until another
-/// run is created; never stored).
+/// The plan calls' [`Fingerprint`]s of a run this process created and seeded, valid while this
+/// journal holds the run under the fence it created it with (kept until the journal's next
+/// decision; never stored).
 pub(super) struct Seeded {
     pub run_id: String,
+    /// This journal's fence on the run once created ([`Marked::seeded`] sets it).
+    pub fence: Option<i64>,
     pub calls: HashMap<u64, Fingerprint>,
 }
 
@@ -102,9 +105,26 @@ impl Marked {
         self.found.clear();
     }
 
-    /// A run this process just created and seeded (replacing the last one's).
-    pub(super) fn seeded(&mut self, seeded: Seeded) {
-        self.seeded = Some(seeded);
+    /// After a decision of this journal: the run it created and seeded, with this journal's
+    /// fence on it (None: it created none; the last one's fingerprints are dropped either way).
+    pub(super) fn seeded(&mut self, seeded: Option<Seeded>, fence: impl Fn(&str) -> Option<i64>) {
+        self.seeded = seeded.map(|s| Seeded {
+            fence: fence(&s.run_id),
+            ..s
+        });
+    }
+
+    /// Before a write batch: drop the fingerprints unless this journal still holds their run
+    /// under the fence it created it with. After a takeover (and a claim back) another process
+    /// may have written the run's rows.
+    pub(super) fn check_seeded(&mut self, fence: impl Fn(&str) -> Option<i64>) {
+        if self
+            .seeded
+            .as_ref()
+            .is_some_and(|s| s.fence.is_none() || fence(&s.run_id) != s.fence)
+        {
+            self.seeded = None;
+        }
     }
 
     /// Whether `receivers` are plan call `seq`'s seeded rows, in the order of its lines, with no

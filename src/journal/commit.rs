@@ -70,6 +70,8 @@ impl Journal {
                 .map_err(db)?;
         }
         super::lease::check_writes(&tx, &path, &self.owner, writes)?;
+        let owner = &self.owner;
+        self.marked.check_seeded(|run| owner.fence(run));
         let mut outcomes = false;
         for w in writes {
             match w {

@@ -67,7 +67,7 @@ impl Holder {
         &self.id
     }
 
-    fn fence(&self, run_id: &str) -> Option<i64> {
+    pub(super) fn fence(&self, run_id: &str) -> Option<i64> {
         self.fences
             .lock()
             .unwrap_or_else(|p| p.into_inner())

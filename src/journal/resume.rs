@@ -102,9 +102,9 @@ impl Journal {
         match decide(&ops).and_then(|o| ops.record_opened(&o, new, now).map(|()| o)) {
             Ok(opened) => {
                 tx.commit().map_err(db)?;
-                if let Some(s) = seeded.into_inner() {
-                    self.marked.seeded(s);
-                }
+                let owner = &self.owner;
+                self.marked
+                    .seeded(seeded.into_inner(), |run| owner.fence(run));
                 self.refresh_statistics();
                 Ok(opened)
             }
@@ -457,6 +457,7 @@ impl Ops<'_> {
         if let Some(cell) = self.seeded {
             *cell.borrow_mut() = Some(super::calls::Seeded {
                 run_id: id.to_string(),
+                fence: None,
                 calls: prints,
             });
         }
