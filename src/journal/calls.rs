@@ -63,9 +63,10 @@ fn pack_found(found: &FoundMap, ids: &[u64]) -> (Vec<u8>, Option<Vec<u8>>) {
 /// call's mark whose receivers match the call's seeded rows (their [`Fingerprint`]) finds them by
 /// the call's lines alone, without reading them (measured: the mark's read was ≈ 1,950
 /// instructions a recipient on SQLite, and 0.9-2.8 s of the server's time a million on
-/// PostgreSQL). Those rows were all `pending` when seeded, and the call has had no outcome since
-/// (its outcome spends the fingerprint), so each is `pending` or was ended by a cancel or an
-/// expiry, which the outcome's guard on `pending` skips, as a fresh read would have.
+/// PostgreSQL). Those rows were all `pending` when seeded, the call has had no outcome since
+/// (its outcome spends the fingerprint), and no other process held the run since (the
+/// fingerprints go with a change of this journal's fence), so each is `pending` or was ended by
+/// a cancel or an expiry, which the outcome's guard on `pending` skips, as a fresh read would.
 #[derive(Default)]
 pub(super) struct Marked {
     found: HashMap<(String, u64), FoundMap>,
