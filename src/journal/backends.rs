@@ -57,6 +57,18 @@ fn journal_with_run(on: On, label: &str, suppressed: &[u64]) -> Option<(Journal,
     Some((j, keep, id))
 }
 
+/// A fresh journal on `on` with a new run of the test audience, created on a simulated clock
+/// (its lease's times are that clock's), the clock, and the run.
+fn journal_with_leased_run(on: On, label: &str) -> Option<(Journal, Keep, SimClock, RunInfo)> {
+    let (mut j, keep) = fresh_journal(on, label)?;
+    let clock = SimClock::new(now());
+    let run = open_at(&mut j, "h1", rows(&[]), clock.now())
+        .expect("create")
+        .run()
+        .clone();
+    Some((j, keep, clock, run))
+}
+
 fn at(secs: i64) -> Timestamp {
     now() + jiff::SignedDuration::from_secs(secs)
 }
@@ -641,14 +653,10 @@ on_both!(
 /// it with: after another process took the run over and this one claimed it back, a mark reads
 /// the rows (the other process may have written them).
 fn fresh_marks_end_with_a_takeover(on: On) {
-    let Some((mut a, keep)) = fresh_journal(on, "journal_fresh_takeover") else {
+    let Some((mut a, keep, clock, run)) = journal_with_leased_run(on, "journal_fresh_takeover")
+    else {
         return;
     };
-    let clock = SimClock::new(now());
-    let run = open_at(&mut a, "h1", rows(&[]), clock.now())
-        .expect("create")
-        .run()
-        .clone();
     let b = keep.reopen();
     clock.advance(Duration::from_secs(31));
     b.claim(&run, clock.now()).expect("b takes the run over");
@@ -680,14 +688,9 @@ on_both!(
 /// Another host's lease is taken only once it expired, the fence moves, and the old holder's
 /// next write is refused and writes nothing.
 fn lease_claim_and_fence(on: On) {
-    let Some((mut a, keep)) = fresh_journal(on, "journal_lease") else {
+    let Some((mut a, keep, clock, run)) = journal_with_leased_run(on, "journal_lease") else {
         return;
     };
-    let clock = SimClock::new(now());
-    let run = open_at(&mut a, "h1", rows(&[]), clock.now())
-        .expect("create")
-        .run()
-        .clone();
     assert_eq!(a.lease(&run.id).expect("q").expect("run").fence, 1);
     // b (another process; its holder on another host as far as `a`'s row says) waits for the
     // expiry.
