@@ -15,7 +15,8 @@
 //! row whose time zone is unknown is `invalid` (with local-time waves).
 //!
 //! Memory: the plan holds 8–16 bytes per valid recipient plus ~40 bytes per distinct Content,
-//! never rows × columns. Each distinct Content is stored once; above [`STORE_MAX_CONTENTS`] (or
+//! and 24 bytes per row that is not valid (its outcome, so [`Plan::rows`] never reads the
+//! audience again: see `rows`), never rows × columns. Suppression lists are dropped once applied. Each distinct Content is stored once; above [`STORE_MAX_CONTENTS`] (or
 //! [`STORE_MAX_BYTES`]) the plan keeps only each group's content hash and the position of its first
 //! row, and [`Plan::calls`] re-renders at send time (rendering is deterministic; a mismatch means
 //! the inputs changed and is an error, never a silent send).
@@ -36,6 +37,8 @@ use crate::audience::{load_suppression_in, AudienceError, AudienceReader, RowCur
 use crate::render::{RenderError, Rendered, Renderer, RowInput};
 use crate::spec::{Campaign, Source};
 use crate::variants::{Assigner, Assignment};
+
+mod rows;
 
 /// A hasher for keys that are already well mixed or are plain ids: one multiply instead of
 /// SipHash. The audience is trusted operator input, so hash flooding is not a concern here, and
@@ -301,7 +304,8 @@ pub struct Plan {
     group_size: Vec<u64>,
     /// The run's stages, in order (empty: one stage, the whole plan).
     stages: Vec<crate::stages::PlanStage>,
-    suppress: FastMap<u64, u16>,
+    /// What [`Plan::rows`] gives besides the valid ids (see `rows`).
+    log: rows::RowLog,
     suppress_labels: Vec<String>,
     samples: Vec<Sample>,
     variable_distinct: BTreeMap<String, u64>,
@@ -716,6 +720,11 @@ fn build_threads(
             },
         }
     }
+    let mut log = rows::RowLog::new(required.iter().map(|(_, r)| r.clone()).collect());
+    let inline_ids = match &c.audience.source {
+        Source::Ids(ids) => Some(ids),
+        Source::Csv { .. } => None,
+    };
     // Each valid row's zone (`schedule.local_time`), in audience order.
     let mut zones = crate::stages::Zones::new(c, &columns)?;
     let mut row_zone: Vec<u16> = Vec::new();
@@ -845,9 +854,20 @@ fn build_threads(
         let mut valid_ordinal = 0u64;
         while let Some(row) = reader.next_row_into(&mut fields)? {
             acc.counts.total += 1;
+            let at = log.line(row.line);
+            // The id's text, where it is not the id's decimal form (inline ids always are).
+            let text = || match inline_ids {
+                Some(ids) => ids
+                    .get(row.index as usize)
+                    .map(u64::to_string)
+                    .unwrap_or_default(),
+                None => fields.get(id_index).unwrap_or("").to_string(),
+            };
             let id = match row.id {
                 Ok(id) => id,
                 Err(reason) => {
+                    log.raw(at, &text());
+                    log.note(at, 0, rows::Note::BadId);
                     acc.counts.invalid += 1;
                     if let Some(o) = observer.as_mut() {
                         o(RowEvent::BadId {
@@ -859,7 +879,14 @@ fn build_threads(
                     continue;
                 }
             };
+            if inline_ids.is_none() {
+                let raw = fields.get(id_index).unwrap_or("");
+                if itoa::Buffer::new().format(id) != raw {
+                    log.raw(at, raw);
+                }
+            }
             if !seen.insert(id) {
+                log.note(at, id, rows::Note::Duplicate);
                 acc.counts.duplicate += 1;
                 if let Some(o) = observer.as_mut() {
                     o(RowEvent::Duplicate { id, line: row.line });
@@ -867,6 +894,7 @@ fn build_threads(
                 continue;
             }
             if let Some(list) = suppress.get(&id) {
+                log.note(at, id, rows::Note::Suppressed(*list));
                 acc.counts.suppressed += 1;
                 if let Some(o) = observer.as_mut() {
                     o(RowEvent::Suppressed {
@@ -877,10 +905,12 @@ fn build_threads(
                 }
                 continue;
             }
-            if let Some((_, column)) = required
+            if let Some((k, (_, column))) = required
                 .iter()
-                .find(|(i, _)| fields.get(*i).unwrap_or("").trim().is_empty())
+                .enumerate()
+                .find(|(_, (i, _))| fields.get(*i).unwrap_or("").trim().is_empty())
             {
+                log.note(at, id, rows::Note::Required(k as u16));
                 acc.counts.invalid += 1;
                 if let Some(o) = observer.as_mut() {
                     o(RowEvent::MissingRequired {
@@ -896,6 +926,7 @@ fn build_threads(
             } else {
                 match assigner.assign(id) {
                     Assignment::Holdout => {
+                        log.note(at, id, rows::Note::Holdout);
                         acc.counts.holdout += 1;
                         if let Some(o) = observer.as_mut() {
                             o(RowEvent::Holdout { id, line: row.line });
@@ -909,6 +940,8 @@ fn build_threads(
                 match z.resolve(&fields) {
                     Ok(i) => row_zone.push(i),
                     Err(reason) => {
+                        let r = log.zone_reason(&reason);
+                        log.note(at, id, rows::Note::BadZone(r));
                         acc.counts.invalid += 1;
                         if let Some(o) = observer.as_mut() {
                             o(RowEvent::BadZone {
@@ -1045,6 +1078,8 @@ fn build_threads(
     drop(by_key);
     drop(clash);
     drop(seen);
+    drop(suppress);
+    log.finish();
     if !failures.is_empty() {
         let mut v: Vec<RenderProblem> = failures.into_values().collect();
         v.sort_by(|a, b| b.count.cmp(&a.count).then(a.what.cmp(&b.what)));
@@ -1253,7 +1288,7 @@ fn build_threads(
         row_bucket,
         group_size,
         stages,
-        suppress,
+        log,
         suppress_labels,
         samples,
         variable_distinct,
@@ -1355,18 +1390,10 @@ impl Plan {
         }
     }
 
-    /// Every audience row in file order with its outcome.
+    /// Every audience row in file order with its outcome, from what the plan's pass over the
+    /// audience kept (the audience is not read again; see `rows`).
     pub fn rows(&self) -> impl Iterator<Item = Result<AudienceRow, PlanError>> + '_ {
-        RowIter {
-            plan: self,
-            reader: None,
-            first_line: FastMap::default(),
-            valid_seen: 0,
-            rank: vec![0; self.group_start.len().saturating_sub(1)],
-            required: Vec::new(),
-            zones: None,
-            done: false,
-        }
+        rows::Rows::new(self)
     }
 
     /// The `max` distinct Contents with the most recipients (ties: plan order), in plan order,
@@ -1568,133 +1595,6 @@ impl Iterator for CallIter<'_> {
     }
 }
 
-struct RowIter<'a> {
-    plan: &'a Plan,
-    reader: Option<AudienceReader>,
-    first_line: FastMap<u64, u64>,
-    valid_seen: usize,
-    rank: Vec<u32>,
-    required: Vec<(usize, String)>,
-    zones: Option<crate::stages::Zones>,
-    done: bool,
-}
-
-impl RowIter<'_> {
-    fn step(&mut self) -> Result<Option<AudienceRow>, PlanError> {
-        let p = self.plan;
-        if self.reader.is_none() {
-            let r = AudienceReader::open_in(&p.campaign.audience.source, &p.campaign.files)?;
-            let columns: Vec<String> = r
-                .header()
-                .map(|h| h.names.as_ref().clone())
-                .unwrap_or_default();
-            self.zones = crate::stages::Zones::new(&p.campaign, &columns)?;
-            if let Some(h) = r.header() {
-                for col in &p.campaign.audience.required {
-                    if let Some(i) = h.names.iter().position(|n| n == col) {
-                        self.required.push((i, col.clone()));
-                    }
-                }
-            }
-            self.reader = Some(r);
-        }
-        let Some(reader) = self.reader.as_mut() else {
-            return Ok(None);
-        };
-        let Some(row) = reader.next_row()? else {
-            return Ok(None);
-        };
-        let mut variant_name = None;
-        let status = match &row.id {
-            Err(reason) => RowStatus::Invalid {
-                reason: reason.clone(),
-            },
-            Ok(id) => {
-                if let Some(first) = self.first_line.get(id) {
-                    RowStatus::Duplicate { first_line: *first }
-                } else {
-                    self.first_line.insert(*id, row.line);
-                    if let Some(l) = p.suppress.get(id) {
-                        RowStatus::Suppressed {
-                            list: p
-                                .suppress_labels
-                                .get(*l as usize)
-                                .cloned()
-                                .unwrap_or_default(),
-                        }
-                    } else if let Some((_, col)) = self
-                        .required
-                        .iter()
-                        .find(|(i, _)| row.fields.get(*i).unwrap_or("").trim().is_empty())
-                    {
-                        RowStatus::Invalid {
-                            reason: format!("required column `{col}` is empty"),
-                        }
-                    } else if !p.assigner.is_trivial()
-                        && p.assigner.assign(*id) == Assignment::Holdout
-                    {
-                        RowStatus::Holdout
-                    } else if let Some(reason) = self
-                        .zones
-                        .as_mut()
-                        .and_then(|z| z.resolve(&row.fields).err())
-                    {
-                        RowStatus::Invalid { reason }
-                    } else {
-                        let bucket = match &p.row_bucket {
-                            Some(v) => v.get(self.valid_seen).copied(),
-                            None => p.row_group.get(self.valid_seen).copied(),
-                        };
-                        let Some(g) = bucket else {
-                            return Err(PlanError::Changed(format!(
-                                "line {}: more valid rows than planned",
-                                row.line
-                            )));
-                        };
-                        self.valid_seen += 1;
-                        let g = g as usize;
-                        let r = self.rank[g] as u64;
-                        self.rank[g] += 1;
-                        let max = p.campaign.action.max_receivers() as u64;
-                        variant_name = p.variant_name_of_group(g).map(str::to_string);
-                        RowStatus::Valid {
-                            call: p.group_call_base[g] + r / max,
-                        }
-                    }
-                }
-            }
-        };
-        Ok(Some(AudienceRow {
-            line: row.line,
-            id: row.id.ok(),
-            raw_id: row.raw_id,
-            status,
-            variant_name,
-        }))
-    }
-}
-
-impl Iterator for RowIter<'_> {
-    type Item = Result<AudienceRow, PlanError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        match self.step() {
-            Ok(Some(r)) => Some(Ok(r)),
-            Ok(None) => {
-                self.done = true;
-                None
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
-    }
-}
-
 /// See [`Plan::content_key`]. The campaign file is read as YAML so the `audience.exclude` entry
 /// can be left out; a file that does not read as a mapping is hashed as bytes.
 fn content_key_of(c: &Campaign, renderers: &[Renderer], audience_hash: &[u8]) -> String {
@@ -1814,5 +1714,110 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `rows()` gives what the plan's single pass kept; here checked against the audience read
+    /// again (line, id text and id of every row) and judged again (each status, a duplicate's
+    /// first line, a valid row's call and A/B variant), over ids written oddly, bad ids, blank
+    /// lines, a record over two lines, duplicates of valid and of suppressed rows, an empty
+    /// required column, a holdout and a canary (stages: buckets are not groups).
+    #[test]
+    fn rows_from_memory_match_the_audience_read_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = String::from("user_id,name,req\n");
+        a.push_str("1001,a,x\n0042,b,x\n 1003 ,c,x\n1001,dup,x\nabc,bad,x\n-5,neg,x\n");
+        a.push_str("99999999999999999999,big,x\n,empty,x\n\n\n\"1004\",\"two\nlines\",x\n");
+        a.push_str("1005,e,\n2001,sup,x\n2001,supdup,x\n0042,dup2,x\n");
+        for i in 0..3_000u64 {
+            let id = 10_000 + if i % 13 == 0 { i / 2 } else { i };
+            a.push_str(&format!(
+                "{id},n{},{}\n",
+                i % 7,
+                if i % 101 == 0 { "" } else { "x" }
+            ));
+        }
+        std::fs::write(dir.path().join("a.csv"), &a).expect("csv");
+        std::fs::write(dir.path().join("s.csv"), "user_id\n2001\n10005\n").expect("csv");
+        let yaml = "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1 }\naction: batch\nsender: 1\naudience: { csv: a.csv, required: [req], exclude: [ { csv: s.csv } ] }\nrollout: { canary: 10%, wait: 10m, max_failure_ratio: 0.02 }\nholdout: 10%\nmessage:\n  type: text\n  variants:\n    - { name: a, weight: 2, text: \"Hi {{ name }}\" }\n    - { name: b, weight: 1, text: \"static\" }\n";
+        let c = crate::spec::parse_str(
+            yaml,
+            dir.path().join("c.yaml"),
+            dir.path().to_path_buf(),
+            &LoadOptions::default(),
+        )
+        .unwrap_or_else(|p: Vec<Problem>| panic!("{p:?}"));
+        let plan = build(&c, &PlanOptions::default()).expect("plan");
+        assert!(plan.stages().len() == 2 && plan.counts().holdout > 0);
+        let mut call_of = HashMap::new();
+        for call in plan.calls() {
+            let call = call.expect("call");
+            for id in &call.receivers {
+                call_of.insert(*id, (call.seq, call.variant.clone()));
+            }
+        }
+        let rows: Vec<AudienceRow> = plan.rows().collect::<Result<_, _>>().expect("rows");
+        let mut reader = AudienceReader::open_in(&c.audience.source, &c.files).expect("open");
+        let mut first: HashMap<u64, u64> = HashMap::new();
+        let mut seen = 0;
+        let mut kinds = BTreeMap::new();
+        for got in &rows {
+            let want = reader.next_row().expect("read").expect("a row");
+            seen += 1;
+            assert_eq!(
+                (got.line, got.raw_id.as_str(), got.id),
+                (want.line, want.raw_id.as_str(), want.id.clone().ok()),
+                "{got:?}"
+            );
+            let id = match want.id {
+                Ok(id) => id,
+                Err(reason) => {
+                    assert_eq!(got.status, RowStatus::Invalid { reason });
+                    *kinds.entry("bad id").or_insert(0) += 1;
+                    continue;
+                }
+            };
+            if let Some(l) = first.get(&id) {
+                assert_eq!(got.status, RowStatus::Duplicate { first_line: *l });
+                *kinds.entry("duplicate").or_insert(0) += 1;
+                continue;
+            }
+            first.insert(id, want.line);
+            let kind = match &got.status {
+                RowStatus::Suppressed { list } => {
+                    assert!(id == 2001 || id == 10_005, "{got:?}");
+                    assert_eq!(list, "s.csv");
+                    "suppressed"
+                }
+                RowStatus::Invalid { reason } => {
+                    assert_eq!(want.fields.get(2), Some(""), "{got:?}");
+                    assert_eq!(reason, "required column `req` is empty");
+                    "required"
+                }
+                RowStatus::Holdout => {
+                    assert_eq!(plan.assigner.assign(id), Assignment::Holdout);
+                    "holdout"
+                }
+                RowStatus::Valid { call } => {
+                    let (seq, variant) = call_of.get(&id).expect("in a call");
+                    assert_eq!(call, seq, "{got:?}");
+                    assert_eq!(
+                        got.variant_name.as_deref(),
+                        plan.variant_name_of(variant),
+                        "{got:?}"
+                    );
+                    "valid"
+                }
+                RowStatus::Duplicate { .. } => panic!("{got:?}"),
+            };
+            *kinds.entry(kind).or_insert(0) += 1;
+        }
+        assert!(reader.next_row().expect("read").is_none(), "rows missing");
+        assert_eq!(seen, plan.counts().total);
+        assert_eq!(kinds.len(), 6, "{kinds:?}");
+        assert_eq!(kinds["valid"], call_of.len() as u64);
+        assert_eq!(rows[1].raw_id, "0042");
+        assert_eq!(rows[2].raw_id, " 1003 ");
+        assert_eq!(rows[8].line, 12, "a record after blank lines");
+        assert_eq!(rows[9].line, 14, "a record after one over two lines");
     }
 }
