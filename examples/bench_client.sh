@@ -64,7 +64,7 @@ if [ -n "${PG:-}" ]; then
   if [ -n "${PG_STATS:-}" ]; then
     [ -z "${PM_TICKS:-}" ] || echo "server CPU: $(awk -v a="$PM_TICKS" -v b="$(awk '{print $14+$15+$16+$17}' "/proc/$(head -1 "$PG_DIR/data/postmaster.pid")/stat")" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / hz }') s (user + sys, backends included)"
     psql "$PG_URL" -c "SELECT calls, round(total_exec_time) AS ms, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 70) AS statement
-                        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8" \
+                        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT ${PG_TOP:-8}" \
                    -c "SELECT n_tup_upd AS row_updates, n_tup_hot_upd AS hot FROM pg_stat_user_tables WHERE relname = 'recipients'"
   fi
 elif [ -n "$DB" ]; then

@@ -22,11 +22,9 @@ use super::{Journal, JournalError, Mark};
 pub(super) fn attempt_tx(
     tx: &Conn,
     m: &Mark,
+    key: i64,
     db: &impl Fn(StoreError) -> JournalError,
 ) -> Result<(), JournalError> {
-    let Some(key) = run_key(tx, &m.run_id).map_err(db)? else {
-        return Err(JournalError::NoRun(m.run_id.clone()));
-    };
     tx.execute(
         "INSERT INTO attempts(run_key, seq, attempt, at_ns, receivers, code)
          SELECT CAST(?1 AS BIGINT), seq, attempts, CAST(?3 AS BIGINT), CAST(?4 AS BIGINT), NULL

@@ -70,6 +70,8 @@ fn pack_found(found: &FoundMap, ids: &[u64]) -> (Vec<u8>, Option<Vec<u8>>) {
 #[derive(Default)]
 pub(super) struct Marked {
     found: HashMap<(String, u64), FoundMap>,
+    /// Variant indexes by (run key, variant): see [`Marked::variant`].
+    variants: HashMap<(i64, String), i64>,
     seeded: Option<Seeded>,
     /// Marks that found their rows by the seeded fingerprint (tests).
     #[cfg(test)]
@@ -104,6 +106,22 @@ impl Marked {
     /// committed). The seeded fingerprints stay: the seeding was committed with its run.
     pub(super) fn clear(&mut self) {
         self.found.clear();
+        self.variants.clear();
+    }
+
+    /// The index of `variant` in run `key`'s dictionary ([`variant_idx`]), remembered: a run's
+    /// dictionary only grows, and an index added by a batch that fails is forgotten with the
+    /// batch ([`Marked::clear`]). Saves a query a call (a round trip on PostgreSQL).
+    fn variant(&mut self, tx: &Conn, key: i64, variant: &str) -> Result<i64, StoreError> {
+        if let Some(i) = self.variants.get(&(key, variant.to_string())) {
+            return Ok(*i);
+        }
+        let i = variant_idx(tx, key, variant)?;
+        if self.variants.len() >= MARKED_MAX {
+            self.variants.clear();
+        }
+        self.variants.insert((key, variant.to_string()), i);
+        Ok(i)
     }
 
     /// After a decision of this journal: the run it created and seeded, with this journal's
@@ -525,15 +543,14 @@ impl Journal {
         })])
     }
 
+    /// Write mark `m` to run `key` (the caller checked the run's fence and found its key).
     pub(super) fn mark_tx(
         tx: &Conn,
         m: &Mark,
+        key: i64,
         marked: &mut Marked,
         db: &impl Fn(crate::store::StoreError) -> JournalError,
     ) -> Result<(), JournalError> {
-        let key = run_key(tx, &m.run_id)
-            .map_err(db)?
-            .ok_or_else(|| JournalError::NoRun(m.run_id.clone()))?;
         let mut found = None;
         if marked.fresh(&m.run_id, m.seq, &m.receivers) {
             // The call's seeded rows, in its lines' order (see `Marked`).
@@ -582,7 +599,7 @@ impl Journal {
             ],
         )
         .map_err(db)?;
-        super::attempts::attempt_tx(tx, m, db)
+        super::attempts::attempt_tx(tx, m, key, db)
     }
 
     /// A call attempt was not processed (safe to retry): back to planned, recipients untouched.
@@ -628,9 +645,11 @@ impl Journal {
         })])
     }
 
+    /// Write outcome `o` to run `key` (the caller checked the run's fence and found its key).
     pub(super) fn outcome_tx(
         tx: &Conn,
         o: &Outcome,
+        key: i64,
         marked: &mut Marked,
         db: &impl Fn(StoreError) -> JournalError,
     ) -> Result<(), JournalError> {
@@ -641,9 +660,6 @@ impl Journal {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .map_err(db)?;
-        let key = run_key(tx, &o.run_id)
-            .map_err(db)?
-            .ok_or_else(|| JournalError::NoRun(o.run_id.clone()))?;
         // The rows of the call's receivers (what its mark looked up in this process, else the
         // lines its mark stored), by id; an update for an id outside them is looked up as a mark
         // would.
@@ -667,7 +683,7 @@ impl Journal {
         if !missing.is_empty() {
             found.extend(resolve(tx, key, o.seq, &missing, true).map_err(db)?);
         }
-        let vidx = variant_idx(tx, key, &variant).map_err(db)?;
+        let vidx = marked.variant(tx, key, &variant).map_err(db)?;
         // The updates that apply: a receiver's row and the status it moves from (`pending`, or
         // `unknown` when resent with --resend-unknown).
         let mut rows: Vec<(&RecipientUpdate, i64, RecipientStatus)> =

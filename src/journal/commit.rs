@@ -69,16 +69,22 @@ impl Journal {
             tx.execute("SET LOCAL synchronous_commit = off", &[])
                 .map_err(db)?;
         }
-        super::lease::check_writes(&tx, &path, &self.owner, writes)?;
+        let keys = super::lease::check_writes(&tx, &path, &self.owner, writes)?;
+        let key = |run: &str| {
+            keys.iter()
+                .find(|(r, _)| r == run)
+                .map(|(_, k)| *k)
+                .ok_or_else(|| JournalError::NoRun(run.to_string()))
+        };
         let owner = &self.owner;
         self.marked.check_seeded(|run| owner.fence(run));
         let mut outcomes = false;
         for w in writes {
             match w {
-                Write::Mark(m) => Self::mark_tx(&tx, m, &mut self.marked, &db)?,
+                Write::Mark(m) => Self::mark_tx(&tx, m, key(&m.run_id)?, &mut self.marked, &db)?,
                 Write::Outcome(o) => {
                     outcomes = true;
-                    Self::outcome_tx(&tx, o, &mut self.marked, &db)?
+                    Self::outcome_tx(&tx, o, key(&o.run_id)?, &mut self.marked, &db)?
                 }
             }
         }

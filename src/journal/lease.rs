@@ -113,22 +113,35 @@ pub(super) fn check_fence(
     holder: &Holder,
     run_id: &str,
 ) -> Result<(), JournalError> {
-    let Some(mine) = holder.fence(run_id) else {
+    if holder.fence(run_id).is_none() {
         return Ok(());
-    };
-    let row: Option<(i64, Option<String>, Option<i64>)> = conn
+    }
+    fenced_key(conn, path, holder, run_id).map(drop)
+}
+
+/// Run `run_id`'s key, after [`check_fence`] (one query for both): what a group commit's writes
+/// to the run use, so a call's mark, attempt and outcome do not each look the key up again.
+pub(super) fn fenced_key(
+    conn: &Conn,
+    path: &Path,
+    holder: &Holder,
+    run_id: &str,
+) -> Result<i64, JournalError> {
+    let row: Option<(i64, i64, Option<String>, Option<i64>)> = conn
         .query_opt(
-            "SELECT fence, fence_holder, fence_at_ms FROM runs WHERE id = ?1",
+            "SELECT key, fence, fence_holder, fence_at_ms FROM runs WHERE id = ?1",
             params![run_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .map_err(|source| JournalError::Db {
             path: path.to_path_buf(),
             source,
         })?;
-    match row {
-        Some((fence, _, _)) if fence == mine => Ok(()),
-        Some((_, by, at)) => Err(JournalError::Fenced {
+    match (row, holder.fence(run_id)) {
+        (None, _) => Err(JournalError::NoRun(run_id.to_string())),
+        (Some((key, _, _, _)), None) => Ok(key),
+        (Some((key, fence, _, _)), Some(mine)) if fence == mine => Ok(key),
+        (Some((_, _, by, at)), Some(_)) => Err(JournalError::Fenced {
             run_id: run_id.to_string(),
             holder: by
                 .as_deref()
@@ -136,17 +149,16 @@ pub(super) fn check_fence(
                 .unwrap_or_else(|| "another process".into()),
             at: at.map(from_ms),
         }),
-        None => Err(JournalError::NoRun(run_id.to_string())),
     }
 }
 
-/// [`check_fence`] for each run a group commit writes to (see `commit`).
+/// [`fenced_key`] for each run a group commit writes to (see `commit`): the runs' keys.
 pub(super) fn check_writes(
     conn: &Conn,
     path: &Path,
     holder: &Holder,
     writes: &[Write],
-) -> Result<(), JournalError> {
+) -> Result<Vec<(String, i64)>, JournalError> {
     let mut runs: Vec<&str> = writes
         .iter()
         .map(|w| match w {
@@ -157,7 +169,8 @@ pub(super) fn check_writes(
     runs.sort_unstable();
     runs.dedup();
     runs.into_iter()
-        .try_for_each(|r| check_fence(conn, path, holder, r))
+        .map(|r| Ok((r.to_string(), fenced_key(conn, path, holder, r)?)))
+        .collect()
 }
 
 /// Journals open in this process, by instance number: a lease written by this process is live
