@@ -17,8 +17,7 @@ use super::*;
 use crate::clock::{Clock, SimClock};
 use crate::exit::Exit;
 
-/// A test on both backends: `$name` runs `$body(On)` as `${name}_sqlite` and, ignored with
-/// `$ignore` when given, `${name}_postgres`.
+/// A test on both backends: `$body(On)` as `$sqlite` and as `$postgres`.
 macro_rules! on_both {
     ($sqlite:ident, $postgres:ident, $body:ident $(,)?) => {
         #[test]
@@ -26,19 +25,6 @@ macro_rules! on_both {
             $body(On::Sqlite);
         }
         #[test]
-        fn $postgres() {
-            $body(On::Postgres);
-        }
-    };
-    ($sqlite:ident, $postgres:ident, $body:ident $(,)?) => {
-        #[test]
-        fn $sqlite() {
-            $body(On::Sqlite);
-        }
-        // Waits for the port of the journal's statements (`sq()` panics on PostgreSQL until
-        // then): enabled when the journal port lands (lead merges).
-        #[test]
-        #[ignore = "enabled when the journal port lands (lead merges)"]
         fn $postgres() {
             $body(On::Postgres);
         }
@@ -912,6 +898,65 @@ on_both!(
     outcomes_with_strays_and_repeats_sqlite,
     outcomes_with_strays_and_repeats_postgres,
     outcomes_with_strays_and_repeats,
+);
+
+/// A group commit that fails after an outcome added its call's variant to the run's dictionary
+/// takes the variant back with it: the next outcome of the call adds it again, and its rows name
+/// it (the outcome's remembered variant indexes go with the failed batch).
+fn a_failed_batch_forgets_the_variant_it_added(on: On) {
+    let Some((mut j, _keep, id)) = journal_with_run(on, "journal_failed_variant", &[]) else {
+        return;
+    };
+    j.mark_in_flight(&id, 0, "w", &[101, 102], None, now())
+        .expect("mark");
+    // The attempt of call 9's mark fails, after call 0's outcome in the same batch.
+    let (arm, disarm) = match on {
+        On::Sqlite => (
+            "CREATE TEMP TRIGGER boom BEFORE INSERT ON attempts WHEN NEW.seq = 9
+             BEGIN SELECT RAISE(ABORT, 'boom'); END;",
+            "DROP TRIGGER boom;",
+        ),
+        On::Postgres => (
+            "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.seq = 9 THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER boom BEFORE INSERT ON attempts FOR EACH ROW EXECUTE FUNCTION boom();",
+            "DROP TRIGGER boom ON attempts; DROP FUNCTION boom();",
+        ),
+    };
+    j.connection().execute_batch(arm).expect("arm");
+    let outcome = Outcome {
+        run_id: id.clone(),
+        seq: 0,
+        state: CallState::Done,
+        updates: vec![sent(101, 7), sent(102, 8)],
+        error: None,
+        now: at(1),
+    };
+    let mark = Mark {
+        run_id: id.clone(),
+        seq: 9,
+        variant: "x".into(),
+        receivers: vec![103],
+        client_msg_id: None,
+        now: at(1),
+    };
+    let failed = j.write_batch(&[Write::Outcome(outcome.clone()), Write::Mark(mark)]);
+    assert!(failed.is_err(), "{failed:?}");
+    j.connection().execute_batch(disarm).expect("disarm");
+    j.write_batch(&[Write::Outcome(outcome)]).expect("outcome");
+    let rows = j.recipients(&id).expect("rows");
+    for r in &rows[..2] {
+        assert_eq!(
+            (r.status, r.variant.as_deref()),
+            (RecipientStatus::Sent, Some("w")),
+            "{r:?}"
+        );
+    }
+}
+on_both!(
+    a_failed_batch_forgets_the_variant_it_added_sqlite,
+    a_failed_batch_forgets_the_variant_it_added_postgres,
+    a_failed_batch_forgets_the_variant_it_added,
 );
 
 /// PostgreSQL: a run's per-call look-ups of its call (the outcome's read, the final state, the
