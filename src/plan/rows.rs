@@ -4,12 +4,13 @@
 //!
 //! What is kept ([`RowLog`]) is what the plan does not already hold: the rows that are not valid
 //! (their id and why: 24 bytes each), the lines that do not follow their previous row's (a CSV
-//! record over several lines, a blank line), and the id text of a row where it is not its id's
-//! decimal form (every bad id, an id written `0042` or ` 42`). A valid row's id, call and A/B
-//! variant come from the plan's own per-bucket ids, as its calls do. So an ordinary audience costs
-//! a few bytes in all, and an audience of nothing but bad rows about as much as the plan holds for
-//! a valid one. A duplicate's first line is found when the rows are given (one walk of this log,
-//! only for the duplicated ids), not kept while the plan is built.
+//! record over several lines, a blank line: 16 bytes each), and the id text of a row where it is
+//! not its id's decimal form (every bad id, an id written `0042` or ` 42`: 16 bytes and the text).
+//! A valid row's id, call and A/B variant come from the plan's own per-bucket ids, as its calls
+//! do. So an ordinary audience costs a few bytes in all, and a row with a bad id about 40 bytes
+//! and its text, like the 36 or so a valid row costs while the plan is built. A duplicate's first
+//! line is found when the rows are given (one walk of this log, only for the duplicated ids), not
+//! kept while the plan is built.
 //!
 //! Invariants: the log is written in audience order, one [`RowLog::line`] per row; the rows
 //! given are exactly the rows the plan counted (`Counts::total`), each with the outcome the plan
@@ -48,8 +49,10 @@ pub(super) struct RowLog {
     /// previous line is 0).
     breaks: Vec<(u64, u64)>,
     notes: Vec<Noted>,
-    /// (row, id text) where the text is not the id's decimal form.
-    raw: Vec<(u64, Box<str>)>,
+    /// (row, end of its id text in `raw_text`) where the text is not the id's decimal form; a
+    /// text starts where the previous one ends.
+    raw: Vec<(u64, usize)>,
+    raw_text: String,
     /// The `audience.required` columns, by number.
     required: Vec<String>,
     /// Time zone problems, each once.
@@ -79,7 +82,8 @@ impl RowLog {
 
     /// Row `row`'s id text is `raw`, not its id's decimal form (or it has no id).
     pub fn raw(&mut self, row: u64, raw: &str) {
-        self.raw.push((row, raw.into()));
+        self.raw_text.push_str(raw);
+        self.raw.push((row, self.raw_text.len()));
     }
 
     /// Row `row` (id `id`, 0 for a bad id) is not valid: `note`.
@@ -109,6 +113,7 @@ impl RowLog {
         self.breaks.shrink_to_fit();
         self.notes.shrink_to_fit();
         self.raw.shrink_to_fit();
+        self.raw_text.shrink_to_fit();
     }
 
     fn walk(&self) -> Walk<'_> {
@@ -119,6 +124,7 @@ impl RowLog {
             b: 0,
             n: 0,
             r: 0,
+            text_at: 0,
         }
     }
 }
@@ -138,6 +144,8 @@ struct Walk<'a> {
     b: usize,
     n: usize,
     r: usize,
+    /// Where the next id text starts in `raw_text`.
+    text_at: usize,
 }
 
 impl<'a> Iterator for Walk<'a> {
@@ -165,9 +173,11 @@ impl<'a> Iterator for Walk<'a> {
             _ => None,
         };
         let raw = match log.raw.get(self.r) {
-            Some((r, text)) if *r == row => {
+            Some(&(r, end)) if r == row => {
                 self.r += 1;
-                Some(&**text)
+                let text = log.raw_text.get(self.text_at..end);
+                self.text_at = end;
+                text
             }
             _ => None,
         };
