@@ -15,11 +15,12 @@
 //! row whose time zone is unknown is `invalid` (with local-time waves).
 //!
 //! Memory: the plan holds 8–16 bytes per valid recipient plus ~40 bytes per distinct Content,
-//! and 24 bytes per row that is not valid (its outcome, so [`Plan::rows`] never reads the
-//! audience again: see `rows`), never rows × columns. Suppression lists are dropped once applied. Each distinct Content is stored once; above [`STORE_MAX_CONTENTS`] (or
-//! [`STORE_MAX_BYTES`]) the plan keeps only each group's content hash and the position of its first
-//! row, and [`Plan::calls`] re-renders at send time (rendering is deterministic; a mismatch means
-//! the inputs changed and is an error, never a silent send).
+//! and 24 bytes (plus the id's text, if odd) per row that is not valid: its outcome, so
+//! [`Plan::rows`] never reads the audience again (see `rows`). Never rows × columns. Suppression
+//! lists are dropped once applied. Each distinct Content is stored once; above
+//! [`STORE_MAX_CONTENTS`] (or [`STORE_MAX_BYTES`]) the plan keeps only each group's content hash
+//! and the position of its first row, and [`Plan::calls`] re-renders at send time (rendering is
+//! deterministic; a mismatch means the inputs changed and is an error, never a silent send).
 //!
 //! The plan hash covers everything that decides what is sent: the campaign file, every template
 //! file read (main and includes), the audience bytes, every exclude list and every extra
