@@ -418,6 +418,80 @@ async fn a_mock_run_sends_nobody_in_the_holdout_and_reports_them_as_holdout() {
     assert!(html.contains("data-status=\"holdout\""));
 }
 
+/// A staged A/B run (a canary, skipped here, cuts calls per stage and group): every recipient's
+/// row in the report names the A/B variant it was sent, the one its call carried. The rows used
+/// to take the variant of the group numbered like their bucket (stage × group) instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_ab_run_reports_each_recipients_own_variant() {
+    let f = Fixture::new();
+    f.write(
+        "imcast.toml",
+        "[limits.batch]\nlimit = 100000\nwindow = \"1s\"\n",
+    );
+    let ids: Vec<u64> = (0..400u64).map(|i| 300_000 + i).collect();
+    let mut csv = String::from("user_id\n");
+    for id in &ids {
+        csv.push_str(&format!("{id}\n"));
+    }
+    f.write("a.csv", &csv);
+    let file = f.write(
+        "c.yaml",
+        &campaign_text(
+            "{ csv: a.csv }",
+            "rollout: { canary: 10%, wait: 1h }\n",
+            &[
+                "{ name: a, weight: 1, text: \"Hi\" }",
+                "{ name: b, weight: 1, text: \"Hello\" }",
+            ],
+        ),
+    );
+    let c = spec::load(&file, &LoadOptions::default()).expect("valid");
+    let assigner = Assigner::new(&c);
+    let m = mock::start(MockConfig {
+        limit: 100_000,
+        window: Duration::from_secs(1),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let mut req = Request::new(c, RepoPaths::discover(&file, None, None, None));
+    req.target = Some((m.endpoint(), m.credentials()));
+    req.flags.mock = true;
+    req.flags.skip_canary = true;
+    req.report_formats = Some(imcast::config::ReportFormats {
+        csv: false,
+        jsonl: true,
+    });
+    let s = run_campaign(req, Arc::new(SystemClock), StopToken::new())
+        .await
+        .expect("run");
+    m.shutdown().await;
+    assert_eq!(s.exit, Exit::Ok, "{s:?}");
+    let dir = s.report_dir.as_ref().expect("report");
+    let rows: Vec<Value> = std::fs::read_to_string(dir.join("recipients.jsonl"))
+        .expect("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(rows.len(), ids.len());
+    let mut names = BTreeSet::new();
+    for r in &rows {
+        let id = r["id"].as_u64().expect("id");
+        let want = match assigner.assign(id) {
+            Assignment::Send(Some(0)) => "a",
+            Assignment::Send(Some(1)) => "b",
+            other => panic!("{id}: {other:?}"),
+        };
+        assert_eq!(
+            (&r["status"], &r["variant_name"]),
+            (&Value::from("sent"), &Value::from(want)),
+            "{r}"
+        );
+        names.insert(want);
+    }
+    assert_eq!(names.len(), 2);
+}
+
 /// A small fixed campaign for the snapshots.
 fn snapshot_fixture() -> Fixture {
     let f = Fixture::new();
