@@ -1110,6 +1110,15 @@ impl Conn {
     /// Begin a transaction (SQLite: `IMMEDIATE`; PostgreSQL: `READ COMMITTED`; see the module
     /// doc). Statements run on the returned [`Tx`] (it derefs to this connection).
     pub fn transaction(&self) -> Result<Tx<'_>, StoreError> {
+        self.transaction_then("")
+    }
+
+    /// [`Conn::transaction`], then on PostgreSQL the statements `pg_first` (parameterless,
+    /// `;`-separated, SQL of the caller's own, never input) in the same round trip as the
+    /// `BEGIN`: a journal write's advisory lock and its commit's durability setting cost no trip
+    /// of their own. If they fail, the transaction is rolled back before the error returns.
+    /// SQLite runs nothing more.
+    pub fn transaction_then(&self, pg_first: &str) -> Result<Tx<'_>, StoreError> {
         match &self.inner {
             Inner::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
             Inner::Postgres(p) => {
@@ -1120,8 +1129,19 @@ impl Conn {
                         why: "a transaction is already open on this connection",
                     });
                 }
-                p.client()?
-                    .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")?;
+                let client = p.client()?;
+                let sql = if pg_first.is_empty() {
+                    "BEGIN ISOLATION LEVEL READ COMMITTED".to_string()
+                } else {
+                    format!("BEGIN ISOLATION LEVEL READ COMMITTED; {pg_first}")
+                };
+                if let Err(e) = client.batch_execute(&sql) {
+                    // The BEGIN may have run: end it here, as a dropped Tx would.
+                    if !client.is_closed() && client.batch_execute("ROLLBACK").is_err() {
+                        p.client = None;
+                    }
+                    return Err(e.into());
+                }
                 p.in_tx = true;
             }
         }

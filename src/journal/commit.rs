@@ -62,13 +62,17 @@ impl Journal {
             path: path.clone(),
             source,
         };
-        let tx = super::begin_write(&self.conn).map_err(db)?;
-        if self.conn.backend() == crate::store::Backend::Postgres
-            && !writes.iter().any(|w| matches!(w, Write::Mark(_)))
-        {
-            tx.execute("SET LOCAL synchronous_commit = off", &[])
-                .map_err(db)?;
-        }
+        // PostgreSQL: an outcome-only commit is asynchronous (see `write_batch`).
+        let relaxed = !writes.iter().any(|w| matches!(w, Write::Mark(_)));
+        let tx = super::begin_write_then(
+            &self.conn,
+            if relaxed {
+                "SET LOCAL synchronous_commit = off"
+            } else {
+                ""
+            },
+        )
+        .map_err(db)?;
         let keys = super::lease::check_writes(&tx, &path, &self.owner, writes)?;
         let key = |run: &str| {
             keys.iter()

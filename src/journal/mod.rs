@@ -579,14 +579,18 @@ pub(crate) const JOURNAL_LOCK: i64 = 0x696d_6361_7374_0002;
 fn begin_write(
     conn: &crate::store::Conn,
 ) -> Result<crate::store::Tx<'_>, crate::store::StoreError> {
-    let tx = conn.transaction()?;
-    if conn.backend() == crate::store::Backend::Postgres {
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(?1)",
-            crate::store::params![JOURNAL_LOCK],
-        )?;
-    }
-    Ok(tx)
+    begin_write_then(conn, "")
+}
+
+/// [`begin_write`], then on PostgreSQL `pg_more` (a setting of the transaction) in the same
+/// round trip as the `BEGIN` and the lock ([`crate::store::Conn::transaction_then`]).
+fn begin_write_then<'c>(
+    conn: &'c crate::store::Conn,
+    pg_more: &str,
+) -> Result<crate::store::Tx<'c>, crate::store::StoreError> {
+    conn.transaction_then(&format!(
+        "SELECT pg_advisory_xact_lock({JOURNAL_LOCK}); {pg_more}"
+    ))
 }
 
 /// Where the journal of a state directory lives: the PostgreSQL store of `[state] url` (`url`),
