@@ -118,7 +118,7 @@ fn main() -> anyhow::Result<()> {
                 return Ok(SeedRow {
                     line: i + 1,
                     id: None,
-                    raw_id: format!("x{id}"),
+                    raw_id: Some(format!("x{id}")),
                     status: RecipientStatus::Invalid,
                     call_seq: None,
                     variant: None,
@@ -132,7 +132,7 @@ fn main() -> anyhow::Result<()> {
             Ok(SeedRow {
                 line: i + 1,
                 id: Some(id),
-                raw_id: id.to_string(),
+                raw_id: None,
                 status: RecipientStatus::Pending,
                 call_seq: Some(seq),
                 variant: None,

@@ -227,11 +227,24 @@ pub enum RowStatus {
 pub struct AudienceRow {
     pub line: u64,
     pub id: Option<u64>,
-    pub raw_id: String,
+    /// The id column's text where it is not the id's decimal form (None: it is, see
+    /// [`AudienceRow::id_text`]); a row without an id always has it.
+    pub raw_id: Option<String>,
     pub status: RowStatus,
     /// The A/B variant a valid row gets (None: no variants, or not valid).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant_name: Option<String>,
+}
+
+impl AudienceRow {
+    /// The id column's text as the audience has it.
+    pub fn id_text(&self) -> std::borrow::Cow<'_, str> {
+        match (&self.raw_id, self.id) {
+            (Some(raw), _) => raw.as_str().into(),
+            (None, Some(id)) => itoa::Buffer::new().format(id).to_string().into(),
+            (None, None) => "".into(),
+        }
+    }
 }
 
 /// A rendered example.
@@ -1765,7 +1778,7 @@ mod tests {
             let want = reader.next_row().expect("read").expect("a row");
             seen += 1;
             assert_eq!(
-                (got.line, got.raw_id.as_str(), got.id),
+                (got.line, &*got.id_text(), got.id),
                 (want.line, want.raw_id.as_str(), want.id.clone().ok()),
                 "{got:?}"
             );
@@ -1816,8 +1829,9 @@ mod tests {
         assert_eq!(seen, plan.counts().total);
         assert_eq!(kinds.len(), 6, "{kinds:?}");
         assert_eq!(kinds["valid"], call_of.len() as u64);
-        assert_eq!(rows[1].raw_id, "0042");
-        assert_eq!(rows[2].raw_id, " 1003 ");
+        assert_eq!(rows[0].raw_id, None, "1001 is its own text");
+        assert_eq!(rows[1].raw_id.as_deref(), Some("0042"));
+        assert_eq!(rows[2].raw_id.as_deref(), Some(" 1003 "));
         assert_eq!(rows[8].line, 12, "a record after blank lines");
         assert_eq!(rows[9].line, 14, "a record after one over two lines");
     }

@@ -558,7 +558,7 @@ fn fresh_marks_find_the_rows_by_their_lines(on: On) {
     seed.extend(rows(&[]).into_iter().take(2).map(|mut r| {
         r.line += 4;
         r.id = r.id.map(|v| v + 4);
-        r.raw_id = r.id.map(|v| v.to_string()).unwrap_or_default();
+        r.raw_id = None;
         r
     }));
     for (i, r) in seed.iter_mut().enumerate() {

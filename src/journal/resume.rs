@@ -427,10 +427,7 @@ impl Ops<'_> {
                 *seeded.entry(status).or_default() += 1;
                 // The id's own decimal form is not stored twice; the time is the run's start
                 // (NULL) until an outcome gives the row its call's.
-                let raw_id = match row.id {
-                    Some(v) if itoa::Buffer::new().format(v) == row.raw_id => None,
-                    _ => Some(row.raw_id.as_str()),
-                };
+                let raw_id = row.stored_raw_id();
                 let variant = seeder.row(row.line, row.call_seq, row.variant.as_deref());
                 seeder.fingerprint(row.call_seq, row.id, status == RecipientStatus::Pending);
                 ins.write(NewRow {

@@ -347,8 +347,7 @@ impl Ops<'_> {
                 }
                 found.insert(rid);
                 *seeded.entry(row.status).or_default() += 1;
-                let raw_id =
-                    (itoa::Buffer::new().format(rid) != row.raw_id).then_some(row.raw_id.as_str());
+                let raw_id = row.stored_raw_id();
                 let variant = seeder.row(row.line, row.call_seq, row.variant.as_deref());
                 ins.write(NewRow {
                     rk: (key << 32) | row.line as i64,

@@ -807,7 +807,7 @@ mod tests {
             .map(|i| SeedRow {
                 line: i + 2,
                 id: Some(9_007_199_300_000_000 + i * 7),
-                raw_id: (9_007_199_300_000_000 + i * 7).to_string(),
+                raw_id: Some((9_007_199_300_000_000 + i * 7).to_string()),
                 status: RecipientStatus::Pending,
                 call_seq: Some(i / 500),
                 variant: Some("3f9a8c0d2b7e4f61".into()),

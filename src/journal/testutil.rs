@@ -54,7 +54,7 @@ pub(super) fn rows(suppress: &[u64]) -> Vec<SeedRow> {
         .map(|i| SeedRow {
             line: i + 1,
             id: Some(100 + i),
-            raw_id: (100 + i).to_string(),
+            raw_id: None,
             status: if suppress.contains(&(100 + i)) {
                 RecipientStatus::Suppressed
             } else {

@@ -260,7 +260,8 @@ pub type SeedRows<'a, E> = Box<dyn Iterator<Item = Result<SeedRow, E>> + Send + 
 pub struct SeedRow {
     pub line: u64,
     pub id: Option<u64>,
-    pub raw_id: String,
+    /// The id column's text where it is not the id's decimal form (None: it is).
+    pub raw_id: Option<String>,
     /// Pending (valid), or final: invalid / duplicate / suppressed / holdout.
     pub status: RecipientStatus,
     pub call_seq: Option<u64>,
@@ -269,6 +270,16 @@ pub struct SeedRow {
     pub variant_name: Option<String>,
     /// Why invalid / which list suppressed / first line of a duplicate.
     pub note: Option<String>,
+}
+
+impl SeedRow {
+    /// The id text a row stores: None where it is the id's decimal form (not stored twice).
+    pub fn stored_raw_id(&self) -> Option<&str> {
+        match (self.id, self.raw_id.as_deref()) {
+            (Some(v), Some(raw)) if itoa::Buffer::new().format(v) == raw => None,
+            (_, raw) => raw,
+        }
+    }
 }
 
 /// One recipient row as stored (the report's row).

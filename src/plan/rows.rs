@@ -288,7 +288,6 @@ impl Iterator for Rows<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         let p = self.plan;
         let step = self.walk.next()?;
-        let decimal = |id: u64| itoa::Buffer::new().format(id).to_string();
         let Some(noted) = step.noted else {
             let Some((id, b, at)) = valid_at(p, &mut self.valid_seen, &mut self.rank) else {
                 return Some(Err(PlanError::Changed(format!(
@@ -304,7 +303,7 @@ impl Iterator for Rows<'_> {
             return Some(Ok(AudienceRow {
                 line: step.line,
                 id: Some(id),
-                raw_id: step.raw.map_or_else(|| decimal(id), str::to_string),
+                raw_id: step.raw.map(str::to_string),
                 status: RowStatus::Valid {
                     call: p.group_call_base.get(b).copied().unwrap_or(0) + at / max,
                 },
@@ -319,7 +318,7 @@ impl Iterator for Rows<'_> {
                 return Some(Ok(AudienceRow {
                     line: step.line,
                     id: None,
-                    raw_id: raw.to_string(),
+                    raw_id: Some(raw.to_string()),
                     status: RowStatus::Invalid {
                         reason: crate::audience::parse_id(raw)
                             .err()
@@ -352,7 +351,7 @@ impl Iterator for Rows<'_> {
         Some(Ok(AudienceRow {
             line: step.line,
             id: Some(id),
-            raw_id: step.raw.map_or_else(|| decimal(id), str::to_string),
+            raw_id: step.raw.map(str::to_string),
             status,
             variant_name: None,
         }))

@@ -100,7 +100,7 @@ pub fn test_seed_rows(calls: &[PlannedCall]) -> SeedRows<'static, PlanError> {
             rows.push(SeedRow {
                 line: rows.len() as u64 + 1,
                 id: Some(id),
-                raw_id: id.to_string(),
+                raw_id: None,
                 status: RecipientStatus::Pending,
                 call_seq: Some(c.seq),
                 variant: Some(c.variant.clone()),

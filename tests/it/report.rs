@@ -388,7 +388,7 @@ fn hostile_journal(root: &Path, rows: u64) -> (Journal, String) {
             Ok(SeedRow {
                 line: i as u64 + 1,
                 id: Some(id),
-                raw_id: id.to_string(),
+                raw_id: None,
                 status: RecipientStatus::Pending,
                 call_seq: Some(0),
                 variant: None,

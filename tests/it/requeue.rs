@@ -38,7 +38,7 @@ fn plan(users: u64, per_call: usize, variants: usize) -> (Vec<SeedRow>, Vec<Call
             rows.push(SeedRow {
                 line: rows.len() as u64 + 2,
                 id: Some(id),
-                raw_id: id.to_string(),
+                raw_id: None,
                 status: RecipientStatus::Pending,
                 call_seq: Some(seq as u64),
                 variant: Some(variant.clone()),

@@ -48,7 +48,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
             rows.push(SeedRow {
                 line: rows.len() as u64 + 2,
                 id: Some(id),
-                raw_id: id.to_string(),
+                raw_id: None,
                 status: RecipientStatus::Pending,
                 call_seq: Some(seq as u64),
                 variant: Some(variant.clone()),
@@ -68,7 +68,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
     rows.push(SeedRow {
         line: n + 2,
         id: None,
-        raw_id: "=cmd|' /C calc'!A0".into(),
+        raw_id: Some("=cmd|' /C calc'!A0".into()),
         status: RecipientStatus::Invalid,
         call_seq: None,
         variant: None,
@@ -78,7 +78,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
     rows.push(SeedRow {
         line: n + 3,
         id: Some(1_000),
-        raw_id: "1000".into(),
+        raw_id: Some("1000".into()),
         status: RecipientStatus::Duplicate,
         call_seq: None,
         variant: None,
@@ -88,7 +88,7 @@ fn plan(action: Action, users: u64, per_call: usize) -> (Vec<SeedRow>, Vec<Call<
     rows.push(SeedRow {
         line: n + 4,
         id: Some(999),
-        raw_id: "999".into(),
+        raw_id: None,
         status: RecipientStatus::Suppressed,
         call_seq: None,
         variant: None,
@@ -1563,7 +1563,7 @@ fn bench_engine() {
                 Ok(SeedRow {
                     line: i + 2,
                     id: Some(1_000 + i),
-                    raw_id: (1_000 + i).to_string(),
+                    raw_id: None,
                     status: RecipientStatus::Pending,
                     call_seq: Some(i / per_call),
                     variant: Some("v".into()),
