@@ -27,14 +27,20 @@ pub(super) fn count_move(
     if n == 0 || from == Some(to) {
         return Ok(());
     }
-    let mut st = tx.prepare(
-        "INSERT INTO run_counts(run_id, status, n) VALUES (?1, ?2, ?3)
-         ON CONFLICT(run_id, status) DO UPDATE SET n = run_counts.n + excluded.n",
-    )?;
-    st.execute(params![run_id, to.as_str(), n as i64])?;
-    if let Some(from) = from {
-        st.execute(params![run_id, from.as_str(), -(n as i64)])?;
-    }
+    match from {
+        // One statement for both counters (one round trip on PostgreSQL); `from` and `to` differ,
+        // so it touches each row once.
+        Some(from) => tx.execute(
+            "INSERT INTO run_counts(run_id, status, n) VALUES (?1, ?2, ?3), (?1, ?4, ?5)
+             ON CONFLICT(run_id, status) DO UPDATE SET n = run_counts.n + excluded.n",
+            params![run_id, to.as_str(), n as i64, from.as_str(), -(n as i64)],
+        )?,
+        None => tx.execute(
+            "INSERT INTO run_counts(run_id, status, n) VALUES (?1, ?2, ?3)
+             ON CONFLICT(run_id, status) DO UPDATE SET n = run_counts.n + excluded.n",
+            params![run_id, to.as_str(), n as i64],
+        )?,
+    };
     Ok(())
 }
 
