@@ -418,6 +418,43 @@ async fn a_mock_run_sends_nobody_in_the_holdout_and_reports_them_as_holdout() {
     assert!(html.contains("data-status=\"holdout\""));
 }
 
+/// The per-recipient report a [`mock_run`] writes.
+enum Kind {
+    Csv,
+    Jsonl,
+}
+
+/// Run campaign `c` (from `file`) once against a mock provider on 127.0.0.1, with `set` applied
+/// to the request; it must end `Ok`. The run's report folder.
+async fn mock_run(
+    file: &std::path::Path,
+    c: Campaign,
+    report: Kind,
+    set: impl FnOnce(&mut Request),
+) -> std::path::PathBuf {
+    let m = mock::start(MockConfig {
+        limit: 100_000,
+        window: Duration::from_secs(1),
+        ..MockConfig::default()
+    })
+    .await
+    .expect("mock");
+    let mut req = Request::new(c, RepoPaths::discover(file, None, None, None));
+    req.target = Some((m.endpoint(), m.credentials()));
+    req.flags.mock = true;
+    req.report_formats = Some(imcast::config::ReportFormats {
+        csv: matches!(report, Kind::Csv),
+        jsonl: matches!(report, Kind::Jsonl),
+    });
+    set(&mut req);
+    let s = run_campaign(req, Arc::new(SystemClock), StopToken::new())
+        .await
+        .expect("run");
+    m.shutdown().await;
+    assert_eq!(s.exit, Exit::Ok, "{s:?}");
+    s.report_dir.expect("report")
+}
+
 /// A staged A/B run (a canary, skipped here, cuts calls per stage and group): every recipient's
 /// row in the report names the A/B variant it was sent, the one its call carried. The rows used
 /// to take the variant of the group numbered like their bucket (stage × group) instead.
@@ -447,27 +484,7 @@ async fn a_staged_ab_run_reports_each_recipients_own_variant() {
     );
     let c = spec::load(&file, &LoadOptions::default()).expect("valid");
     let assigner = Assigner::new(&c);
-    let m = mock::start(MockConfig {
-        limit: 100_000,
-        window: Duration::from_secs(1),
-        ..MockConfig::default()
-    })
-    .await
-    .expect("mock");
-    let mut req = Request::new(c, RepoPaths::discover(&file, None, None, None));
-    req.target = Some((m.endpoint(), m.credentials()));
-    req.flags.mock = true;
-    req.flags.skip_canary = true;
-    req.report_formats = Some(imcast::config::ReportFormats {
-        csv: false,
-        jsonl: true,
-    });
-    let s = run_campaign(req, Arc::new(SystemClock), StopToken::new())
-        .await
-        .expect("run");
-    m.shutdown().await;
-    assert_eq!(s.exit, Exit::Ok, "{s:?}");
-    let dir = s.report_dir.as_ref().expect("report");
+    let dir = mock_run(&file, c, Kind::Jsonl, |req| req.flags.skip_canary = true).await;
     let rows: Vec<Value> = std::fs::read_to_string(dir.join("recipients.jsonl"))
         .expect("jsonl")
         .lines()
@@ -632,26 +649,7 @@ async fn variants_csv_names_each_ab_variant_with_its_recipients() {
         ),
     );
     let c = spec::load(&file, &LoadOptions::default()).expect("valid");
-    let m = mock::start(MockConfig {
-        limit: 100_000,
-        window: Duration::from_secs(1),
-        ..MockConfig::default()
-    })
-    .await
-    .expect("mock");
-    let mut req = Request::new(c, RepoPaths::discover(&file, None, None, None));
-    req.target = Some((m.endpoint(), m.credentials()));
-    req.flags.mock = true;
-    req.report_formats = Some(imcast::config::ReportFormats {
-        csv: true,
-        jsonl: false,
-    });
-    let s = run_campaign(req, Arc::new(SystemClock), StopToken::new())
-        .await
-        .expect("run");
-    m.shutdown().await;
-    assert_eq!(s.exit, Exit::Ok, "{s:?}");
-    let dir = s.report_dir.as_ref().expect("report");
+    let dir = mock_run(&file, c, Kind::Csv, |_| {}).await;
 
     // recipients.csv: rows per variant name, and which variant ids each name has.
     let mut rows = csv::Reader::from_path(dir.join("recipients.csv")).expect("recipients.csv");
