@@ -114,6 +114,9 @@ pub enum PlanError {
     RequiredWithoutColumns,
     #[error("the inputs changed since the plan was made: {0}")]
     Changed(String),
+    /// The plan's temporary file (its rejected rows past a few) could not be written or read.
+    #[error("{0}")]
+    Spool(String),
 }
 
 fn render_problems(ps: &[RenderProblem]) -> String {
@@ -1093,7 +1096,7 @@ fn build_threads(
     drop(clash);
     drop(seen);
     drop(suppress);
-    log.finish();
+    log.finish()?;
     if !failures.is_empty() {
         let mut v: Vec<RenderProblem> = failures.into_values().collect();
         v.sort_by(|a, b| b.count.cmp(&a.count).then(a.what.cmp(&b.what)));
@@ -1750,6 +1753,14 @@ mod tests {
                 if i % 101 == 0 { "" } else { "x" }
             ));
         }
+        // Enough rejected rows that the log's records go to its temporary file, then valid and
+        // duplicate rows after them.
+        for i in 0..40_000u64 {
+            a.push_str(&format!("bad{i},n,x\n"));
+            if i % 4 == 0 {
+                a.push_str(&format!("{},n,x\n", 20_000 + i / 4 % 700));
+            }
+        }
         std::fs::write(dir.path().join("a.csv"), &a).expect("csv");
         std::fs::write(dir.path().join("s.csv"), "user_id\n2001\n10005\n").expect("csv");
         let yaml = "version: 1\nname: t\nprovider: { app_id: 1, region: cn-north-1 }\naction: batch\nsender: 1\naudience: { csv: a.csv, required: [req], exclude: [ { csv: s.csv } ] }\nrollout: { canary: 10%, wait: 10m, max_failure_ratio: 0.02 }\nholdout: 10%\nmessage:\n  type: text\n  variants:\n    - { name: a, weight: 2, text: \"Hi {{ name }}\" }\n    - { name: b, weight: 1, text: \"static\" }\n";
@@ -1762,6 +1773,10 @@ mod tests {
         .unwrap_or_else(|p: Vec<Problem>| panic!("{p:?}"));
         let plan = build(&c, &PlanOptions::default()).expect("plan");
         assert!(plan.stages().len() == 2 && plan.counts().holdout > 0);
+        assert!(
+            plan.log.spilled(),
+            "the rejected rows' records went to the file"
+        );
         let mut call_of = HashMap::new();
         for call in plan.calls() {
             let call = call.expect("call");
