@@ -15,8 +15,8 @@
 //! row whose time zone is unknown is `invalid` (with local-time waves).
 //!
 //! Memory: the plan holds 8–16 bytes per valid recipient plus ~40 bytes per distinct Content,
-//! and 24 bytes (plus the id's text, if odd) per row that is not valid: its outcome, so
-//! [`Plan::rows`] never reads the audience again (see `rows`). Never rows × columns. Suppression
+//! and a record per row that is not valid (its outcome, so [`Plan::rows`] never reads the audience
+//! again: see `rows`; past 1 MiB they go to a temporary file). Never rows × columns. Suppression
 //! lists are dropped once applied. Each distinct Content is stored once; above
 //! [`STORE_MAX_CONTENTS`] (or [`STORE_MAX_BYTES`]) the plan keeps only each group's content hash
 //! and the position of its first row, and [`Plan::calls`] re-renders at send time (rendering is
