@@ -366,11 +366,7 @@ async fn a_mock_run_sends_nobody_in_the_holdout_and_reports_them_as_holdout() {
 
     // The report: status holdout (no variant, no call), everyone else their variant's name.
     let dir = s.report_dir.as_ref().expect("report");
-    let rows: Vec<Value> = std::fs::read_to_string(dir.join("recipients.jsonl"))
-        .expect("jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    let rows = jsonl_rows(dir);
     assert_eq!(rows.len(), ids.len());
     let mut by_variant: BTreeMap<String, u64> = BTreeMap::new();
     for r in &rows {
@@ -416,6 +412,15 @@ async fn a_mock_run_sends_nobody_in_the_holdout_and_reports_them_as_holdout() {
         by_variant["a"]
     )));
     assert!(html.contains("data-status=\"holdout\""));
+}
+
+/// The rows of a run's `recipients.jsonl` in report folder `dir`.
+fn jsonl_rows(dir: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("recipients.jsonl"))
+        .expect("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
 }
 
 /// The per-recipient report a [`mock_run`] writes.
@@ -485,11 +490,7 @@ async fn a_staged_ab_run_reports_each_recipients_own_variant() {
     let c = spec::load(&file, &LoadOptions::default()).expect("valid");
     let assigner = Assigner::new(&c);
     let dir = mock_run(&file, c, Kind::Jsonl, |req| req.flags.skip_canary = true).await;
-    let rows: Vec<Value> = std::fs::read_to_string(dir.join("recipients.jsonl"))
-        .expect("jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    let rows = jsonl_rows(&dir);
     assert_eq!(rows.len(), ids.len());
     let mut names = BTreeSet::new();
     for r in &rows {
