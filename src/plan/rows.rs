@@ -203,7 +203,9 @@ impl RowLog {
 
 fn spool_error(e: std::io::Error) -> PlanError {
     PlanError::Spool(format!(
-        "the plan's temporary file of rejected rows: {e} (is the temporary directory full?)"
+        "the plan's temporary file of rejected rows in {}: {e} (free space there, or set TMPDIR \
+         to another folder)",
+        std::env::temp_dir().display()
     ))
 }
 

@@ -563,3 +563,40 @@ fn plan_eta_accounts_for_quiet_hours() {
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("quiet      00:00–23:59 UTC"), "{text}");
 }
+
+/// An audience of many rejected rows whose plan cannot write its temporary file (TMPDIR names
+/// no folder) fails with an error naming the folder and what to do, and prints no plan.
+#[test]
+fn a_plan_that_cannot_write_its_temporary_file_says_where() {
+    let f = Fixture::new();
+    let mut csv = String::from("user_id\n");
+    for i in 0..60_000 {
+        csv.push_str(&format!("x{i}\n"));
+    }
+    f.write("a.csv", &csv);
+    let file = f.write(
+        "c.yaml",
+        &format!("{HEAD}audience: {{ csv: a.csv }}\nmessage: {{ type: text, text: hi }}\n"),
+    );
+    let gone = f.path("no-such-folder");
+    let out = std::process::Command::new(crate::common::bin())
+        .arg("plan")
+        .arg(&file)
+        .env("TMPDIR", &gone)
+        .output()
+        .expect("imcast plan");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the plan's temporary file of rejected rows in {}",
+            gone.display()
+        )) && err.contains("set TMPDIR"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
