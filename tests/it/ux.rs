@@ -259,13 +259,17 @@ fn daemon_and_pause_in_the_same_shell_share_the_state_directory() {
         .spawn()
         .expect("start daemon");
     let db = root.join(".imcast/imcast.db");
+    // Until the daemon has recorded its campaigns: up to about a minute (a CI machine running
+    // the whole suite on two cores once took more than the ten seconds this waited before).
     let mut known = false;
-    for _ in 0..200 {
+    let mut last = String::new();
+    for _ in 0..1200 {
         let out = imcast_in(&root, &["pause", "weekly", "--no-wait"]);
         if out.status.code() == Some(0) {
             known = true;
             break;
         }
+        last = format!("{:?}: {}", out.status.code(), text(&out.stderr));
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let _ = daemon.kill();
@@ -275,7 +279,10 @@ fn daemon_and_pause_in_the_same_shell_share_the_state_directory() {
         !root.join("campaigns/.imcast").exists(),
         "not in campaigns/.imcast"
     );
-    assert!(known, "`imcast pause weekly` finds the daemon's campaign");
+    assert!(
+        known,
+        "`imcast pause weekly` finds the daemon's campaign; last: {last}"
+    );
     // `run` of a file in that folder, and `prune`, agree too.
     let out = imcast_in(&root, &["prune", "--older-than", "1d"]);
     assert!(
