@@ -781,7 +781,7 @@ fn recipient_times(on: On) {
     .expect("outcome");
     let scan = |bound: usize| {
         let mut v = Vec::new();
-        j.scan_recipients::<JournalError>(&id, 0..=u64::MAX, bound, |r| {
+        j.scan_recipients::<JournalError>(&id, 0..=u64::MAX, bound, 1 << 16, |r| {
             v.push(r.to_row());
             Ok(())
         })
@@ -989,3 +989,169 @@ fn call_look_ups_use_the_key_on_postgres() {
     let scans = seq_scans(&j) - before;
     assert!(scans <= 5, "{scans} sequential scans of calls for 40 calls");
 }
+
+/// Deferred rows (`deferred`): a new run's planned pending rows with a canonical id are held per
+/// plan call, not as rows; every reader sees them as `pending` rows in audience order (whatever
+/// the scan's window), a call's outcome writes them with their final values (a receiver it does
+/// not name stays `pending`), crash recovery turns an in-flight call's into `unknown`, a cancel
+/// ends the rest, and the counters equal a scan at every step.
+fn deferred_rows(on: On) {
+    let Some((mut j, keep)) = fresh_journal(on, "journal_deferred") else {
+        return;
+    };
+    let row = |line: u64, id: Option<u64>, status: RecipientStatus, call: Option<u64>| SeedRow {
+        line,
+        id,
+        raw_id: None,
+        status,
+        call_seq: call,
+        variant: call.map(|_| "v".to_string()),
+        variant_name: None,
+        note: (status != RecipientStatus::Pending).then(|| "why".to_string()),
+    };
+    use RecipientStatus::{Duplicate, Invalid, Pending, Suppressed};
+    let mut seed = vec![
+        row(2, Some(101), Pending, Some(0)),
+        row(3, Some(102), Pending, Some(0)),
+        row(4, None, Invalid, None),
+        row(5, Some(103), Pending, Some(0)),
+        row(6, Some(104), Pending, Some(1)),
+        row(7, Some(105), Pending, Some(1)),
+        row(8, Some(101), Duplicate, None),
+        row(9, Some(106), Pending, Some(2)),
+        row(10, Some(107), Pending, Some(2)),
+        row(11, Some(108), Suppressed, None),
+        row(12, Some(109), Pending, Some(2)),
+    ];
+    // Not its decimal form: seeded as a row, beside its call's deferred ones.
+    seed[7].raw_id = Some("0106".into());
+    let mut f = || -> SeedRows<'static, String> { Box::new(seed.clone().into_iter().map(Ok)) };
+    let run = NewRun {
+        total_calls: 3,
+        ..new_run("h1")
+    };
+    let id = j
+        .open_run(&run, ResumeOptions::default(), &mut f, now())
+        .expect("create")
+        .run()
+        .id
+        .clone();
+    let count = |j: &Journal, sql: &str| -> i64 {
+        j.connection()
+            .query_row(sql, &[], |r| r.get(0))
+            .expect("count")
+    };
+    let stored = |j: &Journal| {
+        (
+            count(j, "SELECT COUNT(*) FROM deferred"),
+            count(j, "SELECT COUNT(*) FROM recipients"),
+        )
+    };
+    // Three entries (call 2's holds 107 and 109); rows for lines 4, 8, 9 and 11 only.
+    assert_eq!(stored(&j), (3, 4));
+    let check = |j: &Journal, what: &str| -> Vec<RecipientRow> {
+        let all = j.recipients(&id).expect("recipients");
+        let lines: Vec<u64> = all.iter().map(|r| r.line).collect();
+        assert_eq!(lines, (2..=12).collect::<Vec<_>>(), "{what}: {all:?}");
+        for window in [1, 2, 3, 5] {
+            let mut v = Vec::new();
+            j.scan_recipients::<JournalError>(&id, 0..=u64::MAX, 100, window, |r| {
+                v.push(r.to_row());
+                Ok(())
+            })
+            .expect("scan");
+            assert_eq!(v, all, "{what}: window {window}");
+        }
+        let mut part = Vec::new();
+        j.for_each_recipient_ref::<JournalError>(&id, 5..=9, |r| {
+            part.push(r.line);
+            Ok(())
+        })
+        .expect("part");
+        assert_eq!(part, [5, 6, 7, 8, 9], "{what}");
+        assert_eq!(
+            j.counts_by_scan(&id).expect("scan"),
+            j.counts(&id).expect("counts"),
+            "{what}"
+        );
+        assert_eq!(j.last_line(&id).expect("last"), Some(12), "{what}");
+        all
+    };
+    let all = check(&j, "seeded");
+    let r103 = &all[3];
+    assert_eq!(
+        (r103.id, r103.status, r103.call, r103.variant.as_deref()),
+        (Some(103), Pending, Some(0), Some("v"))
+    );
+    assert_eq!(
+        (r103.attempts, r103.time.clone()),
+        (0, Some(super::schema::ts(now())))
+    );
+    assert_eq!(j.counts(&id).expect("counts")[&Pending], 8);
+    // A resend lookup (another session) finds the deferred receivers pending.
+    assert_eq!(
+        j.sendable(&id, 2, &[106, 107, 109], false).expect("q"),
+        [106, 107, 109]
+    );
+    // Call 0 answered: 101 delivered, 103 failed, 102 not named (stays pending).
+    j.mark_in_flight(&id, 0, "v", &[101, 102, 103], None, now())
+        .expect("mark");
+    let failed = RecipientUpdate {
+        id: 103,
+        status: RecipientStatus::Failed,
+        message_id: None,
+        error_code: Some("InvalidParameter".into()),
+        error_message: Some("no".into()),
+        detail: None,
+    };
+    j.record_outcome(
+        &id,
+        0,
+        CallState::Done,
+        &[sent(101, 11), failed],
+        None,
+        now(),
+    )
+    .expect("outcome");
+    assert_eq!(stored(&j), (2, 7));
+    let all = check(&j, "call 0 answered");
+    assert_eq!(
+        all[..4]
+            .iter()
+            .map(|r| (r.status, r.message_id, r.attempts, r.error_code.as_deref()))
+            .collect::<Vec<_>>(),
+        [
+            (RecipientStatus::Sent, Some(11), 1, None),
+            (Pending, None, 0, None),
+            (Invalid, None, 0, None),
+            (RecipientStatus::Failed, None, 1, Some("InvalidParameter")),
+        ]
+    );
+    // Another process reads the same rows.
+    assert_eq!(check(&keep.reopen(), "another journal"), all);
+    // Call 1 in flight when the process stops: recovery makes its deferred receivers unknown.
+    j.mark_in_flight(&id, 1, "v", &[104, 105], None, now())
+        .expect("mark");
+    assert_eq!(
+        j.calls_in_state(&id, CallState::InFlight, 10).expect("q")[0].receivers,
+        [104, 105]
+    );
+    let rec = j
+        .recover(&id, crate::action::Action::Batch)
+        .expect("recover");
+    assert_eq!(rec.unknown_recipients, 2);
+    assert_eq!(stored(&j), (1, 9));
+    let all = check(&j, "recovered");
+    assert_eq!(
+        (all[4].status, all[4].error_code.as_deref(), all[4].attempts),
+        (RecipientStatus::Unknown, Some("InFlightAtCrash"), 1)
+    );
+    // A cancel ends every pending row, deferred or not (102, 106, 107, 109).
+    assert_eq!(j.cancel_pending(&id, now()).expect("cancel"), 4);
+    assert_eq!(stored(&j), (0, 11));
+    let all = check(&j, "cancelled");
+    assert!(all
+        .iter()
+        .all(|r| r.status != Pending && (r.line != 10 || r.status == RecipientStatus::Cancelled)));
+}
+on_both!(deferred_rows_sqlite, deferred_rows_postgres, deferred_rows);

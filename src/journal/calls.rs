@@ -14,6 +14,7 @@ use crate::store::{params, Backend, Conn, StoreError, Value};
 use jiff::Timestamp;
 
 use super::counts::count_move;
+use super::deferred::{self, Answered};
 use super::pack::{decode_list, encode_list, to_ns};
 use super::rows::{plan_rks, resolve, rows_at, variant_idx, Fingerprint, Found, FoundMap};
 use super::schema::{rk_range, run_key, ts, MAX_LINE};
@@ -31,7 +32,8 @@ pub(super) fn pack_receivers(
     seq: u64,
     ids: &[u64],
 ) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
-    let found = resolve(conn, key, seq, ids, true)?;
+    // Only the migration to the compact layout packs receivers this way: no deferred rows then.
+    let found = super::rows::resolve_in(conn, key, seq, ids, true, false)?;
     Ok(pack_found(&found, ids))
 }
 
@@ -264,6 +266,8 @@ impl Ops<'_> {
                 continue;
             }
             let lines = decode_list(&receivers)?;
+            // Its deferred receivers become rows first (then `unknown` like the others).
+            deferred::materialize_call(tx, key, seq).map_err(&db)?;
             tx.execute(
                 "UPDATE calls SET state = 'unknown', error_message = 'the process stopped while the call was in flight'
                  WHERE run_id = ?1 AND seq = ?2",
@@ -325,6 +329,7 @@ impl Ops<'_> {
         let Some(key) = run_key(self.conn, run_id).map_err(&db)? else {
             return Ok(0);
         };
+        deferred::materialize(self.conn, key).map_err(&db)?;
         let (lo, hi) = rk_range(key);
         let n = self
             .conn
@@ -660,6 +665,16 @@ impl Journal {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .map_err(db)?;
+        // The call's deferred rows (a plan call of a run seeded here or elsewhere, unanswered so
+        // far): inserted below with their outcome rather than updated (see `deferred`).
+        let entry = deferred::take(tx, key, o.seq as i64).map_err(db)?;
+        let mut deferred_rks: HashMap<i64, i64, crate::plan::FastState> = HashMap::default();
+        if let Some(e) = &entry {
+            deferred_rks.reserve(e.lines.len());
+            for (line, id) in e.lines.iter().zip(&e.ids) {
+                deferred_rks.insert((key << 32) | line, *id);
+            }
+        }
         // The rows of the call's receivers (what its mark looked up in this process, else the
         // lines its mark stored), by id; an update for an id outside them is looked up as a mark
         // would.
@@ -670,10 +685,18 @@ impl Journal {
                 let rks: Vec<i64> = decode_list(&receivers)?
                     .into_iter()
                     .map(|l| (key << 32) | (l & MAX_LINE as i64))
+                    .filter(|rk| !deferred_rks.contains_key(rk))
                     .collect();
                 rows_at(tx, &rks).map_err(db)?
             }
         };
+        for (rk, id) in &deferred_rks {
+            found.entry(*id as u64).or_insert(Found {
+                rk: *rk,
+                status: RecipientStatus::Pending.code(),
+                refusals: 0,
+            });
+        }
         let missing: Vec<u64> = o
             .updates
             .iter()
@@ -688,18 +711,60 @@ impl Journal {
         // `unknown` when resent with --resend-unknown).
         let mut rows: Vec<(&RecipientUpdate, i64, RecipientStatus)> =
             Vec::with_capacity(o.updates.len());
+        // (from, to) → recipients moved, for the per-status counters.
+        let mut moved: BTreeMap<(RecipientStatus, RecipientStatus), u64> = BTreeMap::new();
+        // Deferred receivers: their rows, inserted whole (first, so that an update naming a row
+        // twice finds it as the per-row path would).
+        let mut answered: Vec<Answered<'_>> = Vec::with_capacity(deferred_rks.len());
         for u in &o.updates {
             let Some(f) = found.get(&u.id) else {
                 continue;
             };
+            if let Some(id) = deferred_rks.remove(&f.rk) {
+                let refused = u.error_code.as_deref() == Some("FailedReceiver");
+                answered.push(Answered {
+                    rk: f.rk,
+                    id,
+                    status: u.status.code(),
+                    message_id: u.message_id.map(|v| v as i64),
+                    error_code: u.error_code.as_deref(),
+                    error_message: u.error_message.as_deref(),
+                    detail: u.detail.as_deref(),
+                    call_seq: o.seq as i64,
+                    variant: Some(vidx),
+                    attempts,
+                    refusals: i64::from(refused),
+                });
+                *moved
+                    .entry((RecipientStatus::Pending, u.status))
+                    .or_default() += 1;
+                continue;
+            }
             let from = match RecipientStatus::from_code(f.status) {
                 Ok(s @ (RecipientStatus::Pending | RecipientStatus::Unknown)) => s,
                 _ => continue,
             };
             rows.push((u, f.rk, from));
         }
-        // (from, to) → recipients moved, for the per-status counters.
-        let mut moved: BTreeMap<(RecipientStatus, RecipientStatus), u64> = BTreeMap::new();
+        // Deferred receivers the answer does not name stay `pending`, as seeded.
+        if let Some(e) = &entry {
+            let mut rest: Vec<(i64, i64)> = deferred_rks.into_iter().collect();
+            rest.sort_unstable();
+            answered.extend(rest.into_iter().map(|(rk, id)| Answered {
+                rk,
+                id,
+                status: RecipientStatus::Pending.code(),
+                message_id: None,
+                error_code: None,
+                error_message: None,
+                detail: None,
+                call_seq: e.seq,
+                variant: e.variant,
+                attempts: 0,
+                refusals: 0,
+            }));
+        }
+        deferred::insert_answered(tx, &answered).map_err(db)?;
         let bulk = tx.backend() == Backend::Postgres && {
             // One statement updates each row once: an update list naming a row twice (never
             // from the engine) takes the per-row path, which applies both in order.

@@ -104,6 +104,11 @@ impl Journal {
         for (code, n) in rows {
             out.insert(RecipientStatus::from_code(code)?, n as u64);
         }
+        // Deferred rows are `pending` (see `deferred`).
+        if let Some(key) = super::schema::run_key(&self.conn, run_id).map_err(self.db())? {
+            let (n, _) = super::deferred::extent(&self.conn, key).map_err(self.db())?;
+            *out.entry(RecipientStatus::Pending).or_default() += n;
+        }
         Ok(out)
     }
 

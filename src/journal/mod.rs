@@ -138,6 +138,7 @@ mod calls;
 mod commit;
 mod control;
 mod counts;
+mod deferred;
 mod lease;
 mod pack;
 mod prune;

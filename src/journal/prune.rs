@@ -43,6 +43,7 @@ impl Journal {
                         params![lo, hi],
                     )
                     .map_err(&db)? as u64;
+                recipients += super::deferred::delete_run(&tx, key).map_err(&db)?;
                 tx.execute("DELETE FROM call_plan WHERE run_key = ?1", params![key])
                     .map_err(&db)?;
                 tx.execute("DELETE FROM run_variants WHERE run_key = ?1", params![key])

@@ -10,6 +10,7 @@
 use crate::store::params;
 use jiff::Timestamp;
 
+use super::deferred::{self, DeferredRow};
 use super::pack::decode_list;
 use super::rows::{rows_at, RunView};
 use super::schema::{parse_ts, rk_range, run_key, MAX_LINE};
@@ -45,7 +46,9 @@ impl Journal {
                 |r| r.get(0),
             )
             .map_err(self.db())?;
-        Ok(max.map(|v| (v as u64) & MAX_LINE))
+        let (_, deferred) = super::deferred::extent(&self.conn, key).map_err(self.db())?;
+        let line = max.map(|v| v & MAX_LINE as i64);
+        Ok(line.max(deferred).map(|v| v as u64))
     }
 
     /// The recipient rows of a run whose audience line is in `lines`, in audience order,
@@ -57,16 +60,18 @@ impl Journal {
         lines: std::ops::RangeInclusive<u64>,
         f: impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.scan_recipients(run_id, lines, PG_CALL_TIMES, f)
+        self.scan_recipients(run_id, lines, PG_CALL_TIMES, WINDOW, f)
     }
 
     /// [`Self::for_each_recipient_ref`], reading the call times into memory on PostgreSQL when
-    /// the run has at most `call_times` answered calls.
+    /// the run has at most `call_times` answered calls, and `window` lines at a time when it has
+    /// deferred rows ([`WINDOW`]).
     pub(super) fn scan_recipients<E: From<JournalError>>(
         &self,
         run_id: &str,
         lines: std::ops::RangeInclusive<u64>,
         call_times: usize,
+        window: i64,
         mut f: impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let Some(view) = RunView::load(&self.conn, run_id).map_err(self.db())? else {
@@ -107,53 +112,135 @@ impl Journal {
                     error_message, detail, at, variant_name
              FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk"
         };
-        let (from, to) = (lo | first, lo | last);
-        let with_run = params![from, to, run_id];
-        let without = params![from, to];
-        self.conn
-            .for_each(sql, if probe { with_run } else { without }, |r| {
-                let db = self.db();
-                let line = (r.get::<i64>(0).map_err(&db)? as u64) & MAX_LINE;
-                let id = r.get::<Option<i64>>(1).map_err(&db)?.map(|v| v as u64);
-                let message_id = r.get::<Option<i64>>(4).map_err(&db)?.map(|v| v as u64);
-                let attempts = r.get::<i64>(5).map_err(&db)? as u32;
-                let call_seq = r.get::<Option<i64>>(6).map_err(&db)?;
-                let status = RecipientStatus::from_code(r.get::<i64>(3).map_err(&db)?)?;
-                let variant = r
-                    .get::<Option<i64>>(7)
-                    .map_err(&db)?
-                    .and_then(|i| view.variants.get(&i))
-                    .map(String::as_str);
-                let at = r.get::<Option<i64>>(11).map_err(&db)?;
-                let time = if let Some(times) = &call_times {
-                    let t = call_seq.and_then(|c| times.get(&c)).map(String::as_str);
-                    view.time_given(status, t, at, &mut buf)
-                } else if probe {
-                    view.time_given(status, r.str(13).map_err(&db)?, at, &mut buf)
-                } else {
-                    view.time(&self.conn, status, call_seq, at, &mut buf)
-                }
-                .map_err(&db)?;
-                let row = RecipientRef {
-                    line,
-                    id,
-                    raw_id: r.str(2).map_err(&db)?,
-                    status,
-                    message_id,
-                    attempts,
-                    call: call_seq.map(|v| v as u64),
-                    variant,
-                    error_code: r.str(8).map_err(&db)?,
-                    error_message: r.str(9).map_err(&db)?,
-                    detail: r.str(10).map_err(&db)?,
-                    time,
-                    variant_name: r.str(12).map_err(&db)?,
-                };
-                f(&row)
-            })
-            .map_err(self.db())?
+        // A run in progress may hold deferred rows (`deferred`): then the scan goes through the
+        // lines a window at a time, each window's deferred rows read first and merged in line
+        // order (memory: one window's). Otherwise one range scan.
+        let merge = deferred::any(&self.conn, view.key).map_err(self.db())?;
+        let windows: Vec<(i64, i64)> = if merge {
+            let end = self.last_line(run_id)?.map_or(-1, |l| (l as i64).min(last));
+            (first..=end)
+                .step_by(window.max(1) as usize)
+                .map(|w| (w, (w + window.max(1) - 1).min(end)))
+                .collect()
+        } else {
+            vec![(first, last)]
+        };
+        for (wfirst, wlast) in windows {
+            let mut waiting: std::collections::VecDeque<DeferredRow> = if merge {
+                deferred::in_window(&self.conn, view.key, wfirst, wlast)
+                    .map_err(self.db())?
+                    .into()
+            } else {
+                Default::default()
+            };
+            let (from, to) = (lo | wfirst, lo | wlast);
+            let with_run = params![from, to, run_id];
+            let without = params![from, to];
+            self.conn
+                .for_each(sql, if probe { with_run } else { without }, |r| {
+                    let db = self.db();
+                    let line = (r.get::<i64>(0).map_err(&db)? as u64) & MAX_LINE;
+                    while waiting.front().is_some_and(|d| (d.line as u64) < line) {
+                        if let Some(d) = waiting.pop_front() {
+                            emit_deferred(&view, &d, &mut buf, &mut f)?;
+                        }
+                    }
+                    scan_row(self, &view, r, &call_times, probe, &mut buf, &mut f)
+                })
+                .map_err(self.db())??;
+            for d in waiting {
+                emit_deferred(&view, &d, &mut buf, &mut f)?;
+            }
+        }
+        Ok(())
     }
+}
 
+/// Lines a window of [`Journal::scan_recipients`] covers when the run has deferred rows.
+pub(super) const WINDOW: i64 = 1 << 16;
+
+/// A deferred row as the scan gives it: `pending`, its plan call and variant, nothing else (see
+/// `deferred`).
+fn emit_deferred<E: From<JournalError>>(
+    view: &RunView,
+    d: &DeferredRow,
+    buf: &mut String,
+    f: &mut impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    let time = view
+        .time_given(RecipientStatus::Pending, None, None, buf)
+        .map_err(|e| JournalError::Corrupt(e.to_string()))?;
+    f(&RecipientRef {
+        line: d.line as u64,
+        id: Some(d.id as u64),
+        raw_id: None,
+        status: RecipientStatus::Pending,
+        message_id: None,
+        attempts: 0,
+        call: Some(d.call_seq as u64),
+        variant: d
+            .variant
+            .and_then(|i| view.variants.get(&i))
+            .map(String::as_str),
+        error_code: None,
+        error_message: None,
+        detail: None,
+        time,
+        variant_name: None,
+    })
+}
+
+/// One row of [`Journal::scan_recipients`]'s statement, given to `f`.
+fn scan_row<E: From<JournalError>>(
+    j: &Journal,
+    view: &RunView,
+    r: &crate::store::RowRef<'_>,
+    call_times: &Option<std::collections::HashMap<i64, String>>,
+    probe: bool,
+    buf: &mut String,
+    f: &mut impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    let db = j.db();
+    let line = (r.get::<i64>(0).map_err(&db)? as u64) & MAX_LINE;
+    let id = r.get::<Option<i64>>(1).map_err(&db)?.map(|v| v as u64);
+    let message_id = r.get::<Option<i64>>(4).map_err(&db)?.map(|v| v as u64);
+    let attempts = r.get::<i64>(5).map_err(&db)? as u32;
+    let call_seq = r.get::<Option<i64>>(6).map_err(&db)?;
+    let status = RecipientStatus::from_code(r.get::<i64>(3).map_err(&db)?)?;
+    let variant = r
+        .get::<Option<i64>>(7)
+        .map_err(&db)?
+        .and_then(|i| view.variants.get(&i))
+        .map(String::as_str);
+    let at = r.get::<Option<i64>>(11).map_err(&db)?;
+    let time = if let Some(times) = &call_times {
+        let t = call_seq.and_then(|c| times.get(&c)).map(String::as_str);
+        view.time_given(status, t, at, buf)
+    } else if probe {
+        view.time_given(status, r.str(13).map_err(&db)?, at, buf)
+    } else {
+        view.time(&j.conn, status, call_seq, at, buf)
+    }
+    .map_err(&db)?;
+    let row = RecipientRef {
+        line,
+        id,
+        raw_id: r.str(2).map_err(&db)?,
+        status,
+        message_id,
+        attempts,
+        call: call_seq.map(|v| v as u64),
+        variant,
+        error_code: r.str(8).map_err(&db)?,
+        error_message: r.str(9).map_err(&db)?,
+        detail: r.str(10).map_err(&db)?,
+        time,
+        variant_name: r.str(12).map_err(&db)?,
+    };
+    f(&row)
+}
+
+impl Journal {
     /// The time of every answered call (done or unknown) of a run, by call number; None when the
     /// run has more than `bound` of them (memory stays bounded: the caller reads each row's call
     /// time another way).
@@ -244,8 +331,16 @@ impl Journal {
                 .map(|l| (key << 32) | (l & MAX_LINE as i64))
                 .collect();
             let found = rows_at(&self.conn, &rks).map_err(self.db())?;
-            let by_rk: std::collections::HashMap<i64, u64> =
+            let mut by_rk: std::collections::HashMap<i64, u64> =
                 found.iter().map(|(id, f)| (f.rk, *id)).collect();
+            // A call not answered yet: its receivers may still be deferred rows.
+            if by_rk.len() < rks.len() {
+                if let Some(e) = deferred::peek(&self.conn, key, seq).map_err(self.db())? {
+                    for (line, id) in e.lines.iter().zip(&e.ids) {
+                        by_rk.insert((key << 32) | line, *id as u64);
+                    }
+                }
+            }
             let mut ids = Vec::with_capacity(rks.len());
             for rk in rks {
                 ids.push(*by_rk.get(&rk).ok_or_else(|| {

@@ -16,6 +16,7 @@ use crate::store::{params, Backend};
 use jiff::Timestamp;
 
 use super::counts::count_move;
+use super::deferred::Deferrer;
 use super::lease::describe_owner;
 use super::pack::to_ns;
 use super::rows::{NewRow, RowWriter, Seeder};
@@ -382,6 +383,7 @@ impl Ops<'_> {
             .map_err(&db)?;
         }
         let mut seeder = Seeder::new(key);
+        let mut deferrer = Deferrer::new(key);
         let now_ns = to_ns(now);
         {
             let mut ins = RowWriter::new(tx).map_err(&db)?;
@@ -430,6 +432,24 @@ impl Ops<'_> {
                 let raw_id = row.stored_raw_id();
                 let variant = seeder.row(row.line, row.call_seq, row.variant.as_deref());
                 seeder.fingerprint(row.call_seq, row.id, status == RecipientStatus::Pending);
+                // A planned pending row waits for its call's outcome (`deferred`).
+                let plain = raw_id.is_none()
+                    && row.variant_name.is_none()
+                    && note.is_none()
+                    && message_id.is_none()
+                    && detail.is_none()
+                    && at.is_none();
+                if deferrer.offer(
+                    row.line,
+                    row.id,
+                    raw_id.is_none(),
+                    status,
+                    row.call_seq,
+                    variant,
+                    plain,
+                ) {
+                    return Ok(());
+                }
                 ins.write(NewRow {
                     rk: (key << 32) | row.line as i64,
                     id: row.id.map(|v| v as i64),
@@ -451,6 +471,7 @@ impl Ops<'_> {
         }
         let prints = seeder.fingerprints();
         seeder.finish(tx).map_err(&db)?;
+        deferrer.finish(tx).map_err(&db)?;
         if let Some(cell) = self.seeded {
             *cell.borrow_mut() = Some(super::calls::Seeded {
                 run_id: id.to_string(),
@@ -507,6 +528,8 @@ impl Ops<'_> {
         let key = run_key(tx, &old.id)
             .map_err(&db)?
             .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
+        // Rows move between calls below: every deferred row is written first.
+        super::deferred::materialize(tx, key).map_err(&db)?;
         let mut plan = Seeder::new(key);
         {
             let mut get = tx

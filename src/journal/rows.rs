@@ -111,7 +111,39 @@ pub(super) fn resolve(
     ids: &[u64],
     scan: bool,
 ) -> Result<FoundMap, StoreError> {
-    let mut found = rows_at(conn, &plan_rks(conn, key, seq)?)?;
+    resolve_in(conn, key, seq, ids, scan, true)
+}
+
+/// [`resolve`]; `with_deferred` false: the journal has no deferred rows (nor their table: the
+/// migration to the compact layout, before migration 12).
+pub(super) fn resolve_in(
+    conn: &Conn,
+    key: i64,
+    seq: u64,
+    ids: &[u64],
+    scan: bool,
+    with_deferred: bool,
+) -> Result<FoundMap, StoreError> {
+    // The call's deferred rows read as `pending` rows (they have none yet: `deferred`).
+    let entry = match with_deferred {
+        true => super::deferred::peek(conn, key, seq as i64)?,
+        false => None,
+    };
+    let mut rks = plan_rks(conn, key, seq)?;
+    if let Some(e) = &entry {
+        let lines: std::collections::HashSet<i64> = e.lines.iter().copied().collect();
+        rks.retain(|rk| !lines.contains(&(rk & MAX_LINE as i64)));
+    }
+    let mut found = rows_at(conn, &rks)?;
+    if let Some(e) = entry {
+        for (line, id) in e.lines.iter().zip(&e.ids) {
+            found.entry(*id as u64).or_insert(Found {
+                rk: (key << 32) | line,
+                status: RecipientStatus::Pending.code(),
+                refusals: 0,
+            });
+        }
+    }
     let missing: Vec<u64> = ids
         .iter()
         .copied()
@@ -146,7 +178,11 @@ pub(super) fn resolve(
         return Ok(found);
     }
     // Not planned in this call and never refused: only callers outside a real run's flow get
-    // here (one scan of the run's rows for all of them).
+    // here (one scan of the run's rows for all of them, every deferred row written first; the
+    // callers with `scan` write).
+    if with_deferred {
+        super::deferred::materialize(conn, key)?;
+    }
     let want: std::collections::HashSet<u64> = rest.into_iter().collect();
     let (pending, unknown) = (
         RecipientStatus::Pending.code(),

@@ -136,6 +136,25 @@ pub const MIGRATIONS: &[Migration] = &[
         // second version filled another page before. Applies to the pages written from now on.
         sql: "ALTER TABLE recipients SET (fillfactor = 50);",
     },
+    Migration {
+        version: 8,
+        name: "deferred rows: a new run's pending rows held per plan call until its outcome writes them (deferred); recipients' pages full again (fillfactor 100)",
+        // A planned row is now written once, by its call's outcome (see `journal::deferred`):
+        // the free space migration 7 left for a second version is no longer used by most rows.
+        sql: "
+    CREATE TABLE deferred(
+        run_key BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        lo BIGINT NOT NULL,
+        hi BIGINT NOT NULL,
+        n BIGINT NOT NULL,
+        variant BIGINT,
+        lines BYTEA NOT NULL,
+        ids BYTEA NOT NULL,
+        PRIMARY KEY(run_key, seq));
+    CREATE INDEX deferred_lo ON deferred(run_key, lo);
+    ALTER TABLE recipients SET (fillfactor = 100);",
+    },
 ];
 
 /// Version 6: the journal's tables (`crate::journal`), the final schema of the SQLite journal
@@ -494,6 +513,7 @@ mod tests {
         "recipients",
         "calls",
         "call_plan",
+        "deferred",
         "run_variants",
         "run_counts",
         "run_invocations",
@@ -650,7 +670,8 @@ mod tests {
             def.starts_with("CREATE UNIQUE INDEX") && def.contains("WHERE"),
             "{def}"
         );
-        // Version 7: the recipients' pages keep half their space for the outcome's row version.
+        // Version 7 kept half of the recipients' pages free for the outcome's row version;
+        // version 8 (deferred rows: a planned row is written once, by its outcome) fills them.
         let opts: Option<Vec<String>> = db.with_client(|c| {
             c.query_one(
                 "SELECT reloptions FROM pg_class WHERE relname = 'recipients'",
@@ -659,7 +680,7 @@ mod tests {
             .expect("recipients")
             .get(0)
         });
-        assert_eq!(opts, Some(vec!["fillfactor=50".to_string()]));
+        assert_eq!(opts, Some(vec!["fillfactor=100".to_string()]));
     }
 
     #[test]
@@ -667,7 +688,7 @@ mod tests {
         for (i, m) in MIGRATIONS.iter().enumerate() {
             assert_eq!(m.version, i as i32 + 1, "{}", m.name);
         }
-        assert_eq!(SCHEMA_VERSION, 7, "the recipients' fillfactor is version 7");
+        assert_eq!(SCHEMA_VERSION, 8, "the deferred rows are version 8");
         assert!(MIGRATIONS[5].sql.contains("runs_one_unfinished"));
     }
 

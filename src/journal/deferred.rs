@@ -1,0 +1,413 @@
+//! Deferred rows: the planned, still-`pending` recipient rows of a new run, held per plan call
+//! (`deferred(run_key, seq, lo, hi, n, variant, lines, ids)`, the lines and ids packed like
+//! `call_plan`) instead of one row each, until the call's outcome inserts them with their final
+//! values. A recipient row of a shared-Content run was written three times before (seeded
+//! `pending`, rewritten with its outcome, read back by the report): written once, by its
+//! outcome, costs SQLite about a third of the journal's per-recipient work and PostgreSQL its
+//! seeding `COPY` and the outcome's updates (measured in BENCHMARKS.md, "Deferred rows").
+//!
+//! Which rows: those seeding writes `pending` with an id written in its decimal form, a plan
+//! call and no A/B `variant_name`, all of one call with the same Content variant index — nearly
+//! every row of a run. The others are seeded as rows, as before.
+//!
+//! Invariants: an audience line is either a recipient row or in one deferred entry of its run,
+//! never both (an entry becomes rows, or is deleted with its run, in the transaction that
+//! writes them); a deferred line reads as a `pending` row with its entry's call and variant, no
+//! attempts, no error and the run's start as its time. Only runs in progress have entries: every
+//! writer other than a call's outcome that changes a run's rows (crash recovery of an in-flight
+//! call, cancel, pause and expiry, a stage's expiry, resume's suppressions, the fallback scan of
+//! `rows::resolve`) first turns the entries it touches into rows ([`materialize`],
+//! [`materialize_call`]). Readers of a run that may be in progress read entries as rows: the
+//! report's scan ([`in_window`]), `counts_by_scan` and `last_line`. Must not: change a row that
+//! exists, or a status count (the callers move the counters as before: deferred rows are
+//! counted `pending` when seeded).
+
+use std::collections::BTreeMap;
+
+use crate::store::{params, Backend, Conn, StoreError, Value};
+
+use super::pack::{decode_list, encode_list};
+use super::rows::{NewRow, RowWriter};
+use super::{JournalError, RecipientStatus};
+
+fn corrupt(e: JournalError) -> StoreError {
+    StoreError::Value(Box::new(e))
+}
+
+/// One plan call's deferred rows: their audience lines and ids, in audience order.
+#[derive(Debug, Default)]
+pub(super) struct Entry {
+    pub seq: i64,
+    pub variant: Option<i64>,
+    pub lines: Vec<i64>,
+    pub ids: Vec<i64>,
+}
+
+impl Entry {
+    fn read(r: &crate::store::Row) -> Result<Entry, StoreError> {
+        let lines = decode_list(&r.get::<Vec<u8>>(2)?).map_err(corrupt)?;
+        let ids = decode_list(&r.get::<Vec<u8>>(3)?).map_err(corrupt)?;
+        if lines.len() != ids.len() {
+            return Err(corrupt(JournalError::Corrupt(format!(
+                "deferred rows of call {}: {} lines but {} ids",
+                r.get::<i64>(0)?,
+                lines.len(),
+                ids.len()
+            ))));
+        }
+        Ok(Entry {
+            seq: r.get(0)?,
+            variant: r.get(1)?,
+            lines,
+            ids,
+        })
+    }
+}
+
+/// What seeding defers, per plan call ([`Deferrer::offer`]), written by [`Deferrer::finish`].
+pub(super) struct Deferrer {
+    key: i64,
+    calls: BTreeMap<u64, Entry>,
+}
+
+impl Deferrer {
+    pub fn new(key: i64) -> Self {
+        Deferrer {
+            key,
+            calls: BTreeMap::new(),
+        }
+    }
+
+    /// Defer a seeded row if it can be (a `pending` row with a canonical id, a plan call and
+    /// no `variant_name`, with its call's variant index): true when deferred (the caller
+    /// writes no row for it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn offer(
+        &mut self,
+        line: u64,
+        id: Option<u64>,
+        canonical: bool,
+        status: RecipientStatus,
+        call_seq: Option<u64>,
+        variant: Option<i64>,
+        plain: bool,
+    ) -> bool {
+        let (Some(id), Some(seq), RecipientStatus::Pending, true, true) =
+            (id, call_seq, status, canonical, plain)
+        else {
+            return false;
+        };
+        let e = self.calls.entry(seq).or_insert_with(|| Entry {
+            seq: seq as i64,
+            variant,
+            ..Default::default()
+        });
+        if e.variant != variant {
+            return false;
+        }
+        e.lines.push(line as i64);
+        e.ids.push(id as i64);
+        true
+    }
+
+    /// Write the entries (one statement each; a few hundred rows per entry).
+    pub fn finish(self, conn: &Conn) -> Result<(), StoreError> {
+        let mut ins = conn.prepare(
+            "INSERT INTO deferred(run_key, seq, lo, hi, n, variant, lines, ids)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for e in self.calls.values() {
+            let (Some(lo), Some(hi)) = (e.lines.iter().min(), e.lines.iter().max()) else {
+                continue;
+            };
+            ins.execute(params![
+                self.key,
+                e.seq,
+                *lo,
+                *hi,
+                e.lines.len() as i64,
+                e.variant,
+                encode_list(&e.lines).as_slice(),
+                encode_list(&e.ids).as_slice()
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+const COLUMNS: &str = "seq, variant, lines, ids";
+
+/// Plan call `seq`'s deferred rows, removed from the table (the caller writes them as rows in
+/// the same transaction). None: the call has none.
+pub(super) fn take(conn: &Conn, key: i64, seq: i64) -> Result<Option<Entry>, StoreError> {
+    let mut out = None;
+    for r in conn.query(
+        &format!("DELETE FROM deferred WHERE run_key = ?1 AND seq = ?2 RETURNING {COLUMNS}"),
+        params![key, seq],
+    )? {
+        out = Some(Entry::read(&r)?);
+    }
+    Ok(out)
+}
+
+/// Plan call `seq`'s deferred rows, left in place (a reader).
+pub(super) fn peek(conn: &Conn, key: i64, seq: i64) -> Result<Option<Entry>, StoreError> {
+    let mut out = None;
+    for r in conn.query(
+        &format!("SELECT {COLUMNS} FROM deferred WHERE run_key = ?1 AND seq = ?2"),
+        params![key, seq],
+    )? {
+        out = Some(Entry::read(&r)?);
+    }
+    Ok(out)
+}
+
+/// Write an entry's rows as `pending` rows (it was taken from the table).
+fn write_pending(w: &mut RowWriter<'_>, key: i64, e: &Entry) -> Result<(), StoreError> {
+    for (line, id) in e.lines.iter().zip(&e.ids) {
+        w.write(NewRow {
+            rk: (key << 32) | line,
+            id: Some(*id),
+            raw_id: None,
+            status: RecipientStatus::Pending.code(),
+            call_seq: Some(e.seq),
+            variant: e.variant,
+            error_message: None,
+            message_id: None,
+            detail: None,
+            at: None,
+            variant_name: None,
+        })?;
+    }
+    Ok(())
+}
+
+/// Turn plan call `seq`'s deferred rows (if any) into `pending` rows. Returns how many.
+pub(super) fn materialize_call(conn: &Conn, key: i64, seq: i64) -> Result<u64, StoreError> {
+    let Some(e) = take(conn, key, seq)? else {
+        return Ok(0);
+    };
+    let mut w = RowWriter::new(conn)?;
+    write_pending(&mut w, key, &e)?;
+    w.finish()?;
+    Ok(e.lines.len() as u64)
+}
+
+/// Entries read at a time by [`materialize`] (memory: a few hundred rows each).
+const BATCH: i64 = 64;
+
+/// Turn every deferred row of run `key` into a `pending` row, before a writer that changes the
+/// run's rows in bulk. Returns how many.
+pub(super) fn materialize(conn: &Conn, key: i64) -> Result<u64, StoreError> {
+    if !any(conn, key)? {
+        return Ok(0);
+    }
+    let mut w = RowWriter::new(conn)?;
+    let (mut after, mut n) = (-1i64, 0u64);
+    loop {
+        let batch = conn.query(
+            &format!(
+                "SELECT {COLUMNS} FROM deferred WHERE run_key = ?1 AND seq > ?2
+                 ORDER BY seq LIMIT ?3"
+            ),
+            params![key, after, BATCH],
+        )?;
+        if batch.is_empty() {
+            break;
+        }
+        for r in &batch {
+            let e = Entry::read(r)?;
+            write_pending(&mut w, key, &e)?;
+            n += e.lines.len() as u64;
+            after = e.seq;
+        }
+    }
+    w.finish()?;
+    conn.execute("DELETE FROM deferred WHERE run_key = ?1", params![key])?;
+    Ok(n)
+}
+
+/// Whether run `key` has deferred rows.
+pub(super) fn any(conn: &Conn, key: i64) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_opt(
+            "SELECT seq FROM deferred WHERE run_key = ?1 LIMIT 1",
+            params![key],
+            |r| r.get::<i64>(0),
+        )?
+        .is_some())
+}
+
+/// How many deferred rows run `key` has, and the highest audience line among them.
+pub(super) fn extent(conn: &Conn, key: i64) -> Result<(u64, Option<i64>), StoreError> {
+    let (n, hi): (Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT CAST(SUM(n) AS BIGINT), MAX(hi) FROM deferred WHERE run_key = ?1",
+        params![key],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok((n.unwrap_or(0).max(0) as u64, hi))
+}
+
+/// Delete run `key`'s entries (with the run). Returns how many rows they held.
+pub(super) fn delete_run(conn: &Conn, key: i64) -> Result<u64, StoreError> {
+    let (n, _) = extent(conn, key)?;
+    conn.execute("DELETE FROM deferred WHERE run_key = ?1", params![key])?;
+    Ok(n)
+}
+
+/// A deferred row as a reader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DeferredRow {
+    pub line: i64,
+    pub id: i64,
+    pub call_seq: i64,
+    pub variant: Option<i64>,
+}
+
+/// The deferred rows of run `key` with an audience line in `first..=last`, in audience order.
+pub(super) fn in_window(
+    conn: &Conn,
+    key: i64,
+    first: i64,
+    last: i64,
+) -> Result<Vec<DeferredRow>, StoreError> {
+    let mut out = Vec::new();
+    for r in conn.query(
+        &format!("SELECT {COLUMNS} FROM deferred WHERE run_key = ?1 AND lo <= ?3 AND hi >= ?2"),
+        params![key, first, last],
+    )? {
+        let e = Entry::read(&r)?;
+        for (line, id) in e.lines.iter().zip(&e.ids) {
+            if (first..=last).contains(line) {
+                out.push(DeferredRow {
+                    line: *line,
+                    id: *id,
+                    call_seq: e.seq,
+                    variant: e.variant,
+                });
+            }
+        }
+    }
+    out.sort_unstable_by_key(|r| r.line);
+    Ok(out)
+}
+
+/// A deferred row's outcome, inserted as its row by [`insert_answered`].
+pub(super) struct Answered<'a> {
+    pub rk: i64,
+    pub id: i64,
+    pub status: i64,
+    pub message_id: Option<i64>,
+    pub error_code: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    pub detail: Option<&'a str>,
+    pub call_seq: i64,
+    pub variant: Option<i64>,
+    pub attempts: i64,
+    pub refusals: i64,
+}
+
+const ANSWERED_COLUMNS: &str =
+    "rk, id, status, message_id, error_code, error_message, detail, call_seq, variant, attempts, refusals";
+
+/// Rows one SQLite statement inserts ([`insert_answered`]; 11 parameters each).
+const SQLITE_ANSWERED: usize = 50;
+
+/// Insert the rows of a call's answered deferred receivers. SQLite: [`SQLITE_ANSWERED`] rows a
+/// prepared statement, the rest one by one; PostgreSQL: one statement over arrays.
+pub(super) fn insert_answered(conn: &Conn, rows: &[Answered<'_>]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    if conn.backend() == Backend::Postgres {
+        let ints = |f: &dyn Fn(&Answered<'_>) -> Option<i64>| -> Vec<Option<i64>> {
+            rows.iter().map(f).collect()
+        };
+        let (rk, id, status, mid, seq, variant, attempts, refusals) = (
+            ints(&|r| Some(r.rk)),
+            ints(&|r| Some(r.id)),
+            ints(&|r| Some(r.status)),
+            ints(&|r| r.message_id),
+            ints(&|r| Some(r.call_seq)),
+            ints(&|r| r.variant),
+            ints(&|r| Some(r.attempts)),
+            ints(&|r| Some(r.refusals)),
+        );
+        let code: Vec<Option<&str>> = rows.iter().map(|r| r.error_code).collect();
+        let msg: Vec<Option<&str>> = rows.iter().map(|r| r.error_message).collect();
+        let detail: Vec<Option<&str>> = rows.iter().map(|r| r.detail).collect();
+        conn.execute(
+            &format!(
+                "INSERT INTO recipients({ANSWERED_COLUMNS})
+                 SELECT * FROM unnest(CAST(?1 AS BIGINT[]), CAST(?2 AS BIGINT[]),
+                     CAST(?3 AS BIGINT[]), CAST(?4 AS BIGINT[]), CAST(?5 AS TEXT[]),
+                     CAST(?6 AS TEXT[]), CAST(?7 AS TEXT[]), CAST(?8 AS BIGINT[]),
+                     CAST(?9 AS BIGINT[]), CAST(?10 AS BIGINT[]), CAST(?11 AS BIGINT[]))"
+            ),
+            &[
+                Value::Ints(&rk),
+                Value::Ints(&id),
+                Value::Ints(&status),
+                Value::Ints(&mid),
+                Value::Texts(&code),
+                Value::Texts(&msg),
+                Value::Texts(&detail),
+                Value::Ints(&seq),
+                Value::Ints(&variant),
+                Value::Ints(&attempts),
+                Value::Ints(&refusals),
+            ],
+        )?;
+        return Ok(());
+    }
+    fn values<'v>(r: &'v Answered<'v>) -> [Value<'v>; 11] {
+        let opt = |v: Option<i64>| v.map_or(Value::Null, Value::Int);
+        let txt = |v: Option<&'v str>| v.map_or(Value::Null, Value::Text);
+        [
+            Value::Int(r.rk),
+            Value::Int(r.id),
+            Value::Int(r.status),
+            opt(r.message_id),
+            txt(r.error_code),
+            txt(r.error_message),
+            txt(r.detail),
+            Value::Int(r.call_seq),
+            opt(r.variant),
+            Value::Int(r.attempts),
+            Value::Int(r.refusals),
+        ]
+    }
+    let mut chunks = rows.chunks_exact(SQLITE_ANSWERED);
+    if rows.len() >= SQLITE_ANSWERED {
+        let mut sql = format!("INSERT INTO recipients({ANSWERED_COLUMNS}) VALUES ");
+        for r in 0..SQLITE_ANSWERED {
+            if r > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for c in 0..11 {
+                if c > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("?{}", r * 11 + c + 1));
+            }
+            sql.push(')');
+        }
+        let mut st = conn.prepare(&sql)?;
+        for chunk in chunks.by_ref() {
+            let params: Vec<Value<'_>> = chunk.iter().flat_map(values).collect();
+            st.execute(&params)?;
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut one = conn.prepare(&format!(
+            "INSERT INTO recipients({ANSWERED_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ))?;
+        for r in rest {
+            one.execute(&values(r))?;
+        }
+    }
+    Ok(())
+}
