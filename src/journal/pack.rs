@@ -14,23 +14,57 @@ use super::JournalError;
 
 /// `v` as zigzag deltas (from 0), each a LEB128 varint.
 pub(super) fn encode_list(v: &[i64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len() + 4);
-    let mut prev = 0i64;
+    let mut p = Packer {
+        out: Vec::with_capacity(v.len() + 4),
+        ..Packer::default()
+    };
     for &x in v {
-        let d = x.wrapping_sub(prev);
-        prev = x;
+        p.push(x);
+    }
+    p.out
+}
+
+/// [`encode_list`] one value at a time: a list being collected costs its packed size (a byte a
+/// line in audience order) rather than eight bytes a value (seeding keeps every plan call's
+/// lines until it writes them).
+#[derive(Debug, Default, Clone)]
+pub(super) struct Packer {
+    out: Vec<u8>,
+    prev: i64,
+    n: usize,
+}
+
+impl Packer {
+    pub fn push(&mut self, x: i64) {
+        let d = x.wrapping_sub(self.prev);
+        self.prev = x;
+        self.n += 1;
         let mut z = ((d << 1) ^ (d >> 63)) as u64;
         loop {
             let b = (z & 0x7f) as u8;
             z >>= 7;
             if z == 0 {
-                out.push(b);
+                self.out.push(b);
                 break;
             }
-            out.push(b | 0x80);
+            self.out.push(b | 0x80);
         }
     }
-    out
+
+    /// How many values were pushed.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// The last value pushed (None: none yet).
+    pub fn last(&self) -> Option<i64> {
+        (self.n > 0).then_some(self.prev)
+    }
+
+    /// The packed list ([`encode_list`]'s bytes).
+    pub fn bytes(&self) -> &[u8] {
+        &self.out
+    }
 }
 
 /// The list [`encode_list`] packed.

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::store::{params, Backend, Conn, StoreError, Value};
 
-use super::pack::{decode_list, encode_list};
+use super::pack::{decode_list, Packer};
 use super::schema::{rk_range, MAX_LINE};
 use super::{JournalError, RecipientStatus};
 
@@ -465,7 +465,7 @@ impl<'c> RowWriter<'c> {
 pub(super) struct Seeder {
     key: i64,
     variants: HashMap<String, i64>,
-    plan: BTreeMap<u64, Vec<i64>>,
+    plan: BTreeMap<u64, Packer>,
     prints: HashMap<u64, Print>,
 }
 
@@ -572,11 +572,8 @@ impl Seeder {
              ON CONFLICT(run_key, seq) DO UPDATE SET lines = excluded.lines",
         )?;
         for (seq, lines) in &self.plan {
-            ins.execute(params![
-                self.key,
-                *seq as i64,
-                encode_list(lines).as_slice()
-            ])?;
+            let lines = lines.bytes();
+            ins.execute(params![self.key, *seq as i64, lines])?;
         }
         Ok(())
     }
