@@ -1129,6 +1129,28 @@ fn deferred_rows(on: On) {
     );
     // Another process reads the same rows.
     assert_eq!(check(&keep.reopen(), "another journal"), all);
+    // Call 2 delivered: 106 (a row) updated, 107 and 109 (deferred) written with it.
+    j.mark_in_flight(&id, 2, "v", &[106, 107, 109], None, now())
+        .expect("mark");
+    j.record_outcome(
+        &id,
+        2,
+        CallState::Done,
+        &[sent(106, 16), sent(107, 17), sent(109, 19)],
+        None,
+        now(),
+    )
+    .expect("outcome");
+    assert_eq!(stored(&j), (1, 9));
+    let all = check(&j, "call 2 answered");
+    assert_eq!(
+        [7, 8, 10].map(|i| (all[i].id, all[i].status, all[i].message_id, all[i].attempts)),
+        [
+            (Some(106), RecipientStatus::Sent, Some(16), 1),
+            (Some(107), RecipientStatus::Sent, Some(17), 1),
+            (Some(109), RecipientStatus::Sent, Some(19), 1),
+        ]
+    );
     // Call 1 in flight when the process stops: recovery makes its deferred receivers unknown.
     j.mark_in_flight(&id, 1, "v", &[104, 105], None, now())
         .expect("mark");
@@ -1140,18 +1162,49 @@ fn deferred_rows(on: On) {
         .recover(&id, crate::action::Action::Batch)
         .expect("recover");
     assert_eq!(rec.unknown_recipients, 2);
-    assert_eq!(stored(&j), (1, 9));
+    assert_eq!(stored(&j), (0, 11));
     let all = check(&j, "recovered");
     assert_eq!(
         (all[4].status, all[4].error_code.as_deref(), all[4].attempts),
         (RecipientStatus::Unknown, Some("InFlightAtCrash"), 1)
     );
-    // A cancel ends every pending row, deferred or not (102, 106, 107, 109).
-    assert_eq!(j.cancel_pending(&id, now()).expect("cancel"), 4);
-    assert_eq!(stored(&j), (0, 11));
+    // A cancel ends the pending row left (102).
+    assert_eq!(j.cancel_pending(&id, now()).expect("cancel"), 1);
     let all = check(&j, "cancelled");
-    assert!(all
+    assert_eq!(all[1].status, RecipientStatus::Cancelled);
+    assert!(all.iter().all(|r| r.status != Pending), "{all:?}");
+}
+
+/// A cancel (and a deadline, a stage's expiry) ends deferred rows too: they are written first,
+/// then end like any pending row, in one transaction with the counters.
+fn deferred_rows_end_with_a_cancel(on: On) {
+    let Some((j, _keep, id)) = journal_with_run(on, "journal_deferred_cancel", &[102]) else {
+        return;
+    };
+    let count = |sql: &str| -> i64 {
+        j.connection()
+            .query_row(sql, &[], |r| r.get(0))
+            .expect("count")
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM deferred"), 1);
+    assert_eq!(j.cancel_pending(&id, now()).expect("cancel"), 3);
+    assert_eq!(count("SELECT COUNT(*) FROM deferred"), 0);
+    let statuses: Vec<RecipientStatus> = j
+        .recipients(&id)
+        .expect("rows")
         .iter()
-        .all(|r| r.status != Pending && (r.line != 10 || r.status == RecipientStatus::Cancelled)));
+        .map(|r| r.status)
+        .collect();
+    use RecipientStatus::{Cancelled, Suppressed};
+    assert_eq!(statuses, [Cancelled, Suppressed, Cancelled, Cancelled]);
+    assert_eq!(
+        j.counts_by_scan(&id).expect("scan"),
+        j.counts(&id).expect("counts")
+    );
 }
 on_both!(deferred_rows_sqlite, deferred_rows_postgres, deferred_rows);
+on_both!(
+    deferred_rows_end_with_a_cancel_sqlite,
+    deferred_rows_end_with_a_cancel_postgres,
+    deferred_rows_end_with_a_cancel,
+);

@@ -255,7 +255,7 @@ fn daemon_and_pause_in_the_same_shell_share_the_state_directory() {
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(f.dir.path().join("daemon.log")).expect("daemon log"))
         .spawn()
         .expect("start daemon");
     let db = root.join(".imcast/imcast.db");
@@ -281,7 +281,8 @@ fn daemon_and_pause_in_the_same_shell_share_the_state_directory() {
     );
     assert!(
         known,
-        "`imcast pause weekly` finds the daemon's campaign; last: {last}"
+        "`imcast pause weekly` finds the daemon's campaign; last: {last}\ndaemon's stderr:\n{}",
+        std::fs::read_to_string(f.dir.path().join("daemon.log")).unwrap_or_default()
     );
     // `run` of a file in that folder, and `prune`, agree too.
     let out = imcast_in(&root, &["prune", "--older-than", "1d"]);
