@@ -187,9 +187,11 @@ pub(super) const PG_OUTCOMES: &str = "UPDATE recipients AS r SET status = u.stat
 /// none has an error code, message or detail (a delivered call): only the arrays that differ
 /// per row are sent (?2 rk, ?3 new status, ?4 message id), the rest are constants (?1 the pending
 /// code, ?5 the call, ?6 its variant index, ?7 its attempts). It sets neither `refusals` nor an
-/// indexed column, so with the table's free space (`fillfactor`, store migration 7) PostgreSQL
-/// updates each row in its page without a new index entry (a HOT update). Returns (from, to) of
-/// each row it changed, as [`PG_OUTCOMES`].
+/// indexed column, so where its page has room PostgreSQL updates each row in place without a new
+/// index entry (a HOT update). Since deferred rows (store migration 8) a delivered plan call's rows
+/// are inserted by its outcome instead (`deferred::insert_answered`); this updates the rows that
+/// already exist (a resumed or resent call's). Returns (from, to) of each row it changed, as
+/// [`PG_OUTCOMES`].
 pub(super) const PG_DELIVERED: &str =
     "UPDATE recipients AS r SET status = u.status, message_id = u.message_id,
                          error_code = NULL, error_message = NULL, detail = NULL, at = NULL,
