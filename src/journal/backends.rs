@@ -1045,10 +1045,11 @@ fn deferred_rows(on: On) {
         (
             count(j, "SELECT COUNT(*) FROM deferred"),
             count(j, "SELECT COUNT(*) FROM recipients"),
+            count(j, "SELECT COUNT(*) FROM delivered"),
         )
     };
     // Three entries (call 2's holds 107 and 109); rows for lines 4, 8, 9 and 11 only.
-    assert_eq!(stored(&j), (3, 4));
+    assert_eq!(stored(&j), (3, 4, 0));
     let check = |j: &Journal, what: &str| -> Vec<RecipientRow> {
         let all = j.recipients(&id).expect("recipients");
         let lines: Vec<u64> = all.iter().map(|r| r.line).collect();
@@ -1113,7 +1114,8 @@ fn deferred_rows(on: On) {
         now(),
     )
     .expect("outcome");
-    assert_eq!(stored(&j), (2, 7));
+    // 101 (delivered plainly) kept with its call; 102 and 103 written as rows.
+    assert_eq!(stored(&j), (2, 6, 1));
     let all = check(&j, "call 0 answered");
     assert_eq!(
         all[..4]
@@ -1141,7 +1143,7 @@ fn deferred_rows(on: On) {
         now(),
     )
     .expect("outcome");
-    assert_eq!(stored(&j), (1, 9));
+    assert_eq!(stored(&j), (1, 6, 2));
     let all = check(&j, "call 2 answered");
     assert_eq!(
         [7, 8, 10].map(|i| (all[i].id, all[i].status, all[i].message_id, all[i].attempts)),
@@ -1162,17 +1164,34 @@ fn deferred_rows(on: On) {
         .recover(&id, crate::action::Action::Batch)
         .expect("recover");
     assert_eq!(rec.unknown_recipients, 2);
-    assert_eq!(stored(&j), (0, 11));
+    assert_eq!(stored(&j), (0, 8, 2));
     let all = check(&j, "recovered");
     assert_eq!(
         (all[4].status, all[4].error_code.as_deref(), all[4].attempts),
         (RecipientStatus::Unknown, Some("InFlightAtCrash"), 1)
     );
-    // A cancel ends the pending row left (102).
+    // A cancel ends the pending row left (102); the delivered ones are left alone.
     assert_eq!(j.cancel_pending(&id, now()).expect("cancel"), 1);
+    assert_eq!(stored(&j), (0, 8, 2));
     let all = check(&j, "cancelled");
     assert_eq!(all[1].status, RecipientStatus::Cancelled);
     assert!(all.iter().all(|r| r.status != Pending), "{all:?}");
+    // A delivered row reads its call's time and attempts, and written as a row (what a writer
+    // that reads rows by key does first) it is the same row.
+    assert_eq!(
+        (all[0].time.clone(), all[0].attempts, all[0].call),
+        (Some(super::schema::ts(now())), 1, Some(0))
+    );
+    let key = super::schema::run_key(j.connection(), &id)
+        .expect("key")
+        .expect("run");
+    assert_eq!(
+        super::deferred::materialize(j.connection(), key, super::deferred::Which::All)
+            .expect("materialize"),
+        3
+    );
+    assert_eq!(stored(&j), (0, 11, 0));
+    assert_eq!(check(&j, "written as rows"), all);
 }
 
 /// A cancel (and a deadline, a stage's expiry) ends deferred rows too: they are written first,

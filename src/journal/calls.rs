@@ -331,7 +331,7 @@ impl Ops<'_> {
         let Some(key) = run_key(self.conn, run_id).map_err(&db)? else {
             return Ok(0);
         };
-        deferred::materialize(self.conn, key).map_err(&db)?;
+        deferred::materialize(self.conn, key, deferred::Which::Pending).map_err(&db)?;
         let (lo, hi) = rk_range(key);
         let n = self
             .conn
@@ -717,12 +717,28 @@ impl Journal {
         let mut moved: BTreeMap<(RecipientStatus, RecipientStatus), u64> = BTreeMap::new();
         // Deferred receivers: their rows, inserted whole (first, so that an update naming a row
         // twice finds it as the per-row path would).
-        let mut answered: Vec<Answered<'_>> = Vec::with_capacity(deferred_rks.len());
+        let mut answered: Vec<Answered<'_>> = Vec::new();
+        // (line, id, message id) of the deferred receivers delivered plainly (`deferred`).
+        let mut sent: Vec<(i64, i64, i64)> = Vec::with_capacity(deferred_rks.len());
         for u in &o.updates {
             let Some(f) = found.get(&u.id) else {
                 continue;
             };
             if let Some(id) = deferred_rks.remove(&f.rk) {
+                *moved
+                    .entry((RecipientStatus::Pending, u.status))
+                    .or_default() += 1;
+                // Delivered with a message id and nothing of its own: kept with its call.
+                if let (RecipientStatus::Sent, Some(mid), None, None, None) = (
+                    u.status,
+                    u.message_id,
+                    &u.error_code,
+                    &u.error_message,
+                    &u.detail,
+                ) {
+                    sent.push((f.rk & MAX_LINE as i64, id, mid as i64));
+                    continue;
+                }
                 let refused = u.error_code.as_deref() == Some("FailedReceiver");
                 answered.push(Answered {
                     rk: f.rk,
@@ -737,9 +753,6 @@ impl Journal {
                     attempts,
                     refusals: i64::from(refused),
                 });
-                *moved
-                    .entry((RecipientStatus::Pending, u.status))
-                    .or_default() += 1;
                 continue;
             }
             let from = match RecipientStatus::from_code(f.status) {
@@ -767,6 +780,21 @@ impl Journal {
             }));
         }
         deferred::insert_answered(tx, &answered).map_err(db)?;
+        if !sent.is_empty() {
+            sent.sort_unstable();
+            let mut d = deferred::Delivered {
+                seq: o.seq as i64,
+                variant: Some(vidx),
+                attempts,
+                ..Default::default()
+            };
+            for (line, id, mid) in sent {
+                d.lines.push(line);
+                d.ids.push(id);
+                d.mids.push(mid);
+            }
+            d.insert(tx, key).map_err(db)?;
+        }
         let bulk = tx.backend() == Backend::Postgres && {
             // One statement updates each row once: an update list naming a row twice (never
             // from the engine) takes the per-row path, which applies both in order.

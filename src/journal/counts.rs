@@ -104,10 +104,11 @@ impl Journal {
         for (code, n) in rows {
             out.insert(RecipientStatus::from_code(code)?, n as u64);
         }
-        // Deferred rows are `pending` (see `deferred`).
+        // Deferred rows are `pending`, delivered ones `sent` (see `deferred`).
         if let Some(key) = super::schema::run_key(&self.conn, run_id).map_err(self.db())? {
-            let (n, _) = super::deferred::extent(&self.conn, key).map_err(self.db())?;
-            *out.entry(RecipientStatus::Pending).or_default() += n;
+            let (p, s, _) = super::deferred::extent(&self.conn, key).map_err(self.db())?;
+            *out.entry(RecipientStatus::Pending).or_default() += p;
+            *out.entry(RecipientStatus::Sent).or_default() += s;
         }
         Ok(out)
     }

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use crate::store::{params, Backend, Conn, StoreError, Value};
 
-use super::pack::{decode_list, Packer};
+use super::pack::{decode_list, encode_list, Packer};
 use super::rows::{NewRow, RowWriter};
 use super::{JournalError, RecipientStatus};
 
@@ -152,6 +152,13 @@ macro_rules! entry_columns {
     };
 }
 
+/// The columns [`Delivered::read`] reads first (a query may add more after them).
+macro_rules! delivered_columns {
+    () => {
+        "seq, variant, attempts, lines, ids, mids"
+    };
+}
+
 /// Plan call `seq`'s deferred rows, removed from the table (the caller writes them as rows in
 /// the same transaction). None: the call has none.
 pub(super) fn take(conn: &Conn, key: i64, seq: i64) -> Result<Option<Entry>, StoreError> {
@@ -218,90 +225,169 @@ pub(super) fn materialize_call(conn: &Conn, key: i64, seq: i64) -> Result<u64, S
 /// Entries read at a time by [`materialize`] (memory: a few hundred rows each).
 const BATCH: i64 = 64;
 
-/// Turn every deferred row of run `key` into a `pending` row, before a writer that changes the
-/// run's rows in bulk. Returns how many.
-pub(super) fn materialize(conn: &Conn, key: i64) -> Result<u64, StoreError> {
-    if !any(conn, key)? {
-        return Ok(0);
-    }
-    let mut w = RowWriter::new(conn)?;
-    let (mut after, mut n) = (-1i64, 0u64);
-    loop {
-        let batch = conn.query(
-            concat!(
-                "SELECT ",
-                entry_columns!(),
-                " FROM deferred WHERE run_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-            ),
-            params![key, after, BATCH],
-        )?;
-        if batch.is_empty() {
-            break;
+/// Which entries [`materialize`] writes as rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Which {
+    /// The `pending` ones (`deferred`): before a writer that changes pending rows in bulk.
+    Pending,
+    /// Those and the delivered ones (`delivered`): before a writer that reads or changes any row
+    /// by its key.
+    All,
+}
+
+/// Turn run `key`'s entries (see [`Which`]) into rows. Returns how many.
+pub(super) fn materialize(conn: &Conn, key: i64, which: Which) -> Result<u64, StoreError> {
+    let (pending, sent, _) = extent(conn, key)?;
+    let mut n = 0;
+    if pending > 0 {
+        let mut w = RowWriter::new(conn)?;
+        let mut after = -1i64;
+        loop {
+            let batch = conn.query(
+                concat!(
+                    "SELECT ",
+                    entry_columns!(),
+                    " FROM deferred WHERE run_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                ),
+                params![key, after, BATCH],
+            )?;
+            if batch.is_empty() {
+                break;
+            }
+            for r in &batch {
+                let e = Entry::read(r)?;
+                write_pending(&mut w, key, &e)?;
+                n += e.lines.len() as u64;
+                after = e.seq;
+            }
         }
-        for r in &batch {
-            let e = Entry::read(r)?;
-            write_pending(&mut w, key, &e)?;
-            n += e.lines.len() as u64;
-            after = e.seq;
-        }
+        w.finish()?;
+        conn.execute("DELETE FROM deferred WHERE run_key = ?1", params![key])?;
     }
-    w.finish()?;
-    conn.execute("DELETE FROM deferred WHERE run_key = ?1", params![key])?;
+    if sent > 0 && which == Which::All {
+        let mut after = -1i64;
+        loop {
+            let batch = conn.query(
+                concat!(
+                    "SELECT ",
+                    delivered_columns!(),
+                    " FROM delivered WHERE run_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+                ),
+                params![key, after, BATCH],
+            )?;
+            if batch.is_empty() {
+                break;
+            }
+            for r in &batch {
+                let d = Delivered::read(r)?;
+                insert_answered(conn, &d.answered(key))?;
+                n += d.lines.len() as u64;
+                after = d.seq;
+            }
+        }
+        conn.execute("DELETE FROM delivered WHERE run_key = ?1", params![key])?;
+    }
     Ok(n)
 }
 
-/// Whether run `key` has deferred rows.
+/// Whether run `key` has entries of either kind.
 pub(super) fn any(conn: &Conn, key: i64) -> Result<bool, StoreError> {
     Ok(conn
         .query_opt(
-            "SELECT seq FROM deferred WHERE run_key = ?1 LIMIT 1",
+            "SELECT CASE WHEN EXISTS(SELECT 1 FROM deferred WHERE run_key = ?1)
+                      OR EXISTS(SELECT 1 FROM delivered WHERE run_key = ?1) THEN 1 ELSE 0 END",
             params![key],
             |r| r.get::<i64>(0),
         )?
-        .is_some())
+        .is_some_and(|v| v == 1))
 }
 
-/// How many deferred rows run `key` has, and the highest audience line among them.
-pub(super) fn extent(conn: &Conn, key: i64) -> Result<(u64, Option<i64>), StoreError> {
-    let (n, hi): (Option<i64>, Option<i64>) = conn.query_row(
-        "SELECT CAST(SUM(n) AS BIGINT), MAX(hi) FROM deferred WHERE run_key = ?1",
+/// How many deferred (`pending`) and delivered (`sent`) rows run `key` has, and the highest
+/// audience line among them.
+pub(super) fn extent(conn: &Conn, key: i64) -> Result<(u64, u64, Option<i64>), StoreError> {
+    let (p, s, hi): (Option<i64>, Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT (SELECT CAST(SUM(n) AS BIGINT) FROM deferred WHERE run_key = ?1),
+                (SELECT CAST(SUM(n) AS BIGINT) FROM delivered WHERE run_key = ?1),
+                (SELECT MAX(m) FROM (SELECT MAX(hi) AS m FROM deferred WHERE run_key = ?1
+                                     UNION ALL
+                                     SELECT MAX(hi) AS m FROM delivered WHERE run_key = ?1) AS x)",
         params![key],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    Ok((n.unwrap_or(0).max(0) as u64, hi))
+    let n = |v: Option<i64>| v.unwrap_or(0).max(0) as u64;
+    Ok((n(p), n(s), hi))
+}
+
+/// The widest entry of run `key` (its `hi - lo`; 0: none), for [`in_window`].
+pub(super) fn max_span(conn: &Conn, key: i64) -> Result<i64, StoreError> {
+    let span: Option<i64> = conn.query_row(
+        "SELECT MAX(m) FROM (SELECT MAX(hi - lo) AS m FROM deferred WHERE run_key = ?1
+                             UNION ALL
+                             SELECT MAX(hi - lo) AS m FROM delivered WHERE run_key = ?1) AS x",
+        params![key],
+        |r| r.get(0),
+    )?;
+    Ok(span.unwrap_or(0).max(0))
 }
 
 /// Delete run `key`'s entries (with the run). Returns how many rows they held.
 pub(super) fn delete_run(conn: &Conn, key: i64) -> Result<u64, StoreError> {
-    let (n, _) = extent(conn, key)?;
+    let (p, s, _) = extent(conn, key)?;
     conn.execute("DELETE FROM deferred WHERE run_key = ?1", params![key])?;
-    Ok(n)
+    conn.execute("DELETE FROM delivered WHERE run_key = ?1", params![key])?;
+    Ok(p + s)
 }
 
-/// A deferred row as a reader sees it.
+/// A row of an entry as a reader sees it: `pending` (deferred) or `sent` (delivered, with its
+/// message id, its call's attempts and the index of its call's answer time in
+/// [`Window::times`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct DeferredRow {
     pub line: i64,
     pub id: i64,
     pub call_seq: i64,
     pub variant: Option<i64>,
+    pub sent: Option<SentRow>,
 }
 
-/// The deferred rows of run `key` with an audience line in `first..=last`, in audience order.
+/// What a delivered row has besides a deferred one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SentRow {
+    pub message_id: i64,
+    pub attempts: i64,
+    /// Index into [`Window::times`] (None: the call has no answer time; the run's start).
+    pub time: Option<usize>,
+}
+
+/// The entries' rows of a window of audience lines, in audience order.
+#[derive(Debug, Default)]
+pub(super) struct Window {
+    pub rows: std::collections::VecDeque<DeferredRow>,
+    /// The answer times of the delivered calls in the window.
+    pub times: Vec<String>,
+}
+
+/// The entries' rows of run `key` (run id `run_id`) with an audience line in `first..=last`.
+///
+/// `span`: the widest entry of the run ([`max_span`]), so that only the entries starting at most
+/// that far before the window are read (by the index on `lo`), not every entry before it.
 pub(super) fn in_window(
     conn: &Conn,
     key: i64,
+    run_id: &str,
     first: i64,
     last: i64,
-) -> Result<Vec<DeferredRow>, StoreError> {
+    span: i64,
+) -> Result<Window, StoreError> {
+    let from = first.saturating_sub(span);
     let mut out = Vec::new();
     for r in conn.query(
         concat!(
             "SELECT ",
             entry_columns!(),
-            " FROM deferred WHERE run_key = ?1 AND lo <= ?3 AND hi >= ?2"
+            " FROM deferred WHERE run_key = ?1 AND lo BETWEEN ?4 AND ?3 AND hi >= ?2"
         ),
-        params![key, first, last],
+        params![key, first, last, from],
     )? {
         let e = Entry::read(&r)?;
         for (line, id) in e.lines.iter().zip(&e.ids) {
@@ -311,11 +397,149 @@ pub(super) fn in_window(
                     id: *id,
                     call_seq: e.seq,
                     variant: e.variant,
+                    sent: None,
+                });
+            }
+        }
+    }
+    let mut times = Vec::new();
+    for r in conn.query(
+        "SELECT d.seq, d.variant, d.attempts, d.lines, d.ids, d.mids, c.updated_at
+         FROM delivered d LEFT JOIN calls c
+              ON c.run_id = ?4 AND c.seq = d.seq AND c.state IN ('done', 'unknown')
+         WHERE d.run_key = ?1 AND d.lo BETWEEN ?5 AND ?3 AND d.hi >= ?2",
+        params![key, first, last, run_id, from],
+    )? {
+        let d = Delivered::read(&r)?;
+        let time = r.get::<Option<String>>(6)?.map(|t| {
+            times.push(t);
+            times.len() - 1
+        });
+        for ((line, id), mid) in d.lines.iter().zip(&d.ids).zip(&d.mids) {
+            if (first..=last).contains(line) {
+                out.push(DeferredRow {
+                    line: *line,
+                    id: *id,
+                    call_seq: d.seq,
+                    variant: d.variant,
+                    sent: Some(SentRow {
+                        message_id: *mid,
+                        attempts: d.attempts,
+                        time,
+                    }),
                 });
             }
         }
     }
     out.sort_unstable_by_key(|r| r.line);
+    Ok(Window {
+        rows: out.into(),
+        times,
+    })
+}
+
+/// One plan call's delivered rows (`delivered`): receivers the call's answer delivered with a
+/// message id and nothing else of their own, kept per call rather than as rows. Status `sent`,
+/// the call's attempts and variant, the time its call was answered.
+#[derive(Debug, Default)]
+pub(super) struct Delivered {
+    pub seq: i64,
+    pub variant: Option<i64>,
+    pub attempts: i64,
+    pub lines: Vec<i64>,
+    pub ids: Vec<i64>,
+    pub mids: Vec<i64>,
+}
+
+impl Delivered {
+    fn read(r: &crate::store::Row) -> Result<Delivered, StoreError> {
+        let list = |i: usize| -> Result<Vec<i64>, StoreError> {
+            decode_list(&r.get::<Vec<u8>>(i)?).map_err(corrupt)
+        };
+        let (lines, ids, mids) = (list(3)?, list(4)?, list(5)?);
+        if lines.len() != ids.len() || lines.len() != mids.len() {
+            return Err(corrupt(JournalError::Corrupt(format!(
+                "delivered rows of call {}: {} lines, {} ids, {} message ids",
+                r.get::<i64>(0)?,
+                lines.len(),
+                ids.len(),
+                mids.len()
+            ))));
+        }
+        Ok(Delivered {
+            seq: r.get(0)?,
+            variant: r.get(1)?,
+            attempts: r.get(2)?,
+            lines,
+            ids,
+            mids,
+        })
+    }
+
+    /// Its rows as [`insert_answered`] writes them.
+    fn answered(&self, key: i64) -> Vec<Answered<'static>> {
+        self.lines
+            .iter()
+            .zip(&self.ids)
+            .zip(&self.mids)
+            .map(|((line, id), mid)| Answered {
+                rk: (key << 32) | line,
+                id: *id,
+                status: RecipientStatus::Sent.code(),
+                message_id: Some(*mid),
+                error_code: None,
+                error_message: None,
+                detail: None,
+                call_seq: self.seq,
+                variant: self.variant,
+                attempts: self.attempts,
+                refusals: 0,
+            })
+            .collect()
+    }
+
+    /// Write it (`lines` ascending, as the caller sorted them).
+    pub fn insert(&self, conn: &Conn, key: i64) -> Result<(), StoreError> {
+        let (Some(lo), Some(hi)) = (self.lines.first(), self.lines.last()) else {
+            return Ok(());
+        };
+        conn.execute(
+            "INSERT INTO delivered(run_key, seq, lo, hi, n, variant, attempts, lines, ids, mids)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                key,
+                self.seq,
+                *lo,
+                *hi,
+                self.lines.len() as i64,
+                self.variant,
+                self.attempts,
+                encode_list(&self.lines).as_slice(),
+                encode_list(&self.ids).as_slice(),
+                encode_list(&self.mids).as_slice()
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// Plan call `seq`'s delivered rows, left in place (a reader, or a mark's look-up).
+pub(super) fn peek_delivered(
+    conn: &Conn,
+    key: i64,
+    seq: i64,
+) -> Result<Option<Delivered>, StoreError> {
+    let mut out = None;
+    for r in conn.query(
+        concat!(
+            "SELECT ",
+            delivered_columns!(),
+            " FROM delivered WHERE run_key = ?1 AND seq = ?2"
+        ),
+        params![key, seq],
+    )? {
+        out = Some(Delivered::read(&r)?);
+    }
     Ok(out)
 }
 

@@ -10,7 +10,7 @@
 use crate::store::params;
 use jiff::Timestamp;
 
-use super::deferred::{self, DeferredRow};
+use super::deferred::{self, DeferredRow, Window};
 use super::pack::decode_list;
 use super::rows::{rows_at, RunView};
 use super::schema::{parse_ts, rk_range, run_key, MAX_LINE};
@@ -46,7 +46,7 @@ impl Journal {
                 |r| r.get(0),
             )
             .map_err(self.db())?;
-        let (_, deferred) = super::deferred::extent(&self.conn, key).map_err(self.db())?;
+        let (_, _, deferred) = super::deferred::extent(&self.conn, key).map_err(self.db())?;
         let line = max.map(|v| v & MAX_LINE as i64);
         Ok(line.max(deferred).map(|v| v as u64))
     }
@@ -112,10 +112,16 @@ impl Journal {
                     error_message, detail, at, variant_name
              FROM recipients WHERE rk BETWEEN ?1 AND ?2 ORDER BY rk"
         };
-        // A run in progress may hold deferred rows (`deferred`): then the scan goes through the
-        // lines a window at a time, each window's deferred rows read first and merged in line
-        // order (memory: one window's). Otherwise one range scan.
+        // A run may hold rows per call (`deferred`: a run in progress its calls' unanswered rows,
+        // any run its calls' delivered ones): then the scan goes through the lines a window at a
+        // time, each window's packed rows read first and merged in line order (memory: one
+        // window's). Otherwise one range scan.
         let merge = deferred::any(&self.conn, view.key).map_err(self.db())?;
+        let span = if merge {
+            deferred::max_span(&self.conn, view.key).map_err(self.db())?
+        } else {
+            0
+        };
         let windows: Vec<(i64, i64)> = if merge {
             let end = self.last_line(run_id)?.map_or(-1, |l| (l as i64).min(last));
             (first..=end)
@@ -126,12 +132,11 @@ impl Journal {
             vec![(first, last)]
         };
         for (wfirst, wlast) in windows {
-            let mut waiting: std::collections::VecDeque<DeferredRow> = if merge {
-                deferred::in_window(&self.conn, view.key, wfirst, wlast)
+            let mut waiting = if merge {
+                deferred::in_window(&self.conn, view.key, run_id, wfirst, wlast, span)
                     .map_err(self.db())?
-                    .into()
             } else {
-                Default::default()
+                Window::default()
             };
             let (from, to) = (lo | wfirst, lo | wlast);
             let with_run = params![from, to, run_id];
@@ -140,16 +145,16 @@ impl Journal {
                 .for_each(sql, if probe { with_run } else { without }, |r| {
                     let db = self.db();
                     let line = (r.get::<i64>(0).map_err(&db)? as u64) & MAX_LINE;
-                    while waiting.front().is_some_and(|d| (d.line as u64) < line) {
-                        if let Some(d) = waiting.pop_front() {
-                            emit_deferred(&view, &d, &mut buf, &mut f)?;
+                    while waiting.rows.front().is_some_and(|d| (d.line as u64) < line) {
+                        if let Some(d) = waiting.rows.pop_front() {
+                            emit_deferred(&view, &d, &waiting.times, &mut buf, &mut f)?;
                         }
                     }
                     scan_row(self, &view, r, &call_times, probe, &mut buf, &mut f)
                 })
                 .map_err(self.db())??;
-            for d in waiting {
-                emit_deferred(&view, &d, &mut buf, &mut f)?;
+            for d in &waiting.rows {
+                emit_deferred(&view, d, &waiting.times, &mut buf, &mut f)?;
             }
         }
         Ok(())
@@ -159,24 +164,36 @@ impl Journal {
 /// Lines a window of [`Journal::scan_recipients`] covers when the run has deferred rows.
 pub(super) const WINDOW: i64 = 1 << 16;
 
-/// A deferred row as the scan gives it: `pending`, its plan call and variant, nothing else (see
-/// `deferred`).
+/// A packed row as the scan gives it (see `deferred`): `pending` with its plan call and variant
+/// and nothing else, or `sent` with its message id, its call's attempts and its call's time.
 fn emit_deferred<E: From<JournalError>>(
     view: &RunView,
     d: &DeferredRow,
+    times: &[String],
     buf: &mut String,
     f: &mut impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
 ) -> Result<(), E> {
+    let status = match d.sent {
+        Some(_) => RecipientStatus::Sent,
+        None => RecipientStatus::Pending,
+    };
+    let call_time = d
+        .sent
+        .and_then(|s| s.time)
+        .and_then(|i| times.get(i))
+        .map(String::as_str);
     let time = view
-        .time_given(RecipientStatus::Pending, None, None, buf)
+        .time_given(status, call_time, None, buf)
         .map_err(|e| JournalError::Corrupt(e.to_string()))?;
     f(&RecipientRef {
         line: d.line as u64,
         id: Some(d.id as u64),
         raw_id: None,
-        status: RecipientStatus::Pending,
-        message_id: None,
-        attempts: 0,
+        status,
+        message_id: d.sent.map(|s| s.message_id as u64),
+        attempts: d
+            .sent
+            .map_or(0, |s| s.attempts.clamp(0, u32::MAX as i64) as u32),
         call: Some(d.call_seq as u64),
         variant: d
             .variant
@@ -337,6 +354,12 @@ impl Journal {
             if by_rk.len() < rks.len() {
                 if let Some(e) = deferred::peek(&self.conn, key, seq).map_err(self.db())? {
                     for (line, id) in e.lines.iter().zip(&e.ids) {
+                        by_rk.insert((key << 32) | line, *id as u64);
+                    }
+                }
+                let sent = deferred::peek_delivered(&self.conn, key, seq).map_err(self.db())?;
+                if let Some(d) = sent {
+                    for (line, id) in d.lines.iter().zip(&d.ids) {
                         by_rk.insert((key << 32) | line, *id as u64);
                     }
                 }

@@ -351,6 +351,8 @@ impl Ops<'_> {
         // The rows a continued run carries over, by id (the compact layout has no index on
         // `id`): one scan of the old run into a temporary table, dropped below.
         if let Some((lo, hi)) = old_range {
+            // The old run's delivered rows are read below: written as rows first (`deferred`).
+            super::deferred::materialize(tx, lo >> 32, super::deferred::Which::All).map_err(&db)?;
             // SQLite: `INTEGER PRIMARY KEY` is the table's own b-tree; PostgreSQL's integers
             // are 32-bit unless BIGINT (a temporary table is the session's on both).
             tx.execute_batch(match tx.backend() {
@@ -528,8 +530,9 @@ impl Ops<'_> {
         let key = run_key(tx, &old.id)
             .map_err(&db)?
             .ok_or_else(|| JournalError::NoRun(old.id.clone()))?;
-        // Rows move between calls below: every deferred row is written first.
-        super::deferred::materialize(tx, key).map_err(&db)?;
+        // Rows are read and moved between calls below by their keys: every entry is written as
+        // rows first (`deferred`).
+        super::deferred::materialize(tx, key, super::deferred::Which::All).map_err(&db)?;
         let mut plan = Seeder::new(key);
         {
             let mut get = tx

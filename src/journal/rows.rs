@@ -125,24 +125,43 @@ pub(super) fn resolve_in(
     with_deferred: bool,
 ) -> Result<FoundMap, StoreError> {
     // The call's deferred rows read as `pending` rows (they have none yet: `deferred`).
-    let entry = match with_deferred {
-        true => super::deferred::peek(conn, key, seq as i64)?,
-        false => None,
+    // The call's delivered rows read as `sent` rows (`deferred`).
+    let (entry, sent) = match with_deferred {
+        true => (
+            super::deferred::peek(conn, key, seq as i64)?,
+            super::deferred::peek_delivered(conn, key, seq as i64)?,
+        ),
+        false => (None, None),
     };
     let mut rks = plan_rks(conn, key, seq)?;
-    if let Some(e) = &entry {
-        let lines: std::collections::HashSet<i64> = e.lines.iter().copied().collect();
+    let mut packed: Vec<(i64, i64, RecipientStatus)> = Vec::new();
+    if let Some(e) = entry {
+        packed.extend(
+            e.lines
+                .iter()
+                .zip(&e.ids)
+                .map(|(l, id)| (*l, *id, RecipientStatus::Pending)),
+        );
+    }
+    if let Some(d) = sent {
+        packed.extend(
+            d.lines
+                .iter()
+                .zip(&d.ids)
+                .map(|(l, id)| (*l, *id, RecipientStatus::Sent)),
+        );
+    }
+    if !packed.is_empty() {
+        let lines: std::collections::HashSet<i64> = packed.iter().map(|p| p.0).collect();
         rks.retain(|rk| !lines.contains(&(rk & MAX_LINE as i64)));
     }
     let mut found = rows_at(conn, &rks)?;
-    if let Some(e) = entry {
-        for (line, id) in e.lines.iter().zip(&e.ids) {
-            found.entry(*id as u64).or_insert(Found {
-                rk: (key << 32) | line,
-                status: RecipientStatus::Pending.code(),
-                refusals: 0,
-            });
-        }
+    for (line, id, status) in packed {
+        found.entry(id as u64).or_insert(Found {
+            rk: (key << 32) | line,
+            status: status.code(),
+            refusals: 0,
+        });
     }
     let missing: Vec<u64> = ids
         .iter()
@@ -181,7 +200,7 @@ pub(super) fn resolve_in(
     // here (one scan of the run's rows for all of them, every deferred row written first; the
     // callers with `scan` write).
     if with_deferred {
-        super::deferred::materialize(conn, key)?;
+        super::deferred::materialize(conn, key, super::deferred::Which::All)?;
     }
     let want: std::collections::HashSet<u64> = rest.into_iter().collect();
     let (pending, unknown) = (

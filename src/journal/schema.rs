@@ -289,9 +289,11 @@ const MIGRATIONS: &[&str] = &[
         updated_at TEXT NOT NULL,
         PRIMARY KEY(run_id, seq)
      );",
-    // 12 (deferred rows): a new run's planned `pending` rows held per plan call until the call's
-    // outcome writes them (see `deferred`): audience lines and ids packed, `lo`/`hi` the lowest
-    // and highest line (a reader's window finds its entries by them), `n` how many.
+    // 12 (rows per call): a new run's planned `pending` rows held per plan call until the call's
+    // outcome writes them (`deferred`), and the rows a call's answer delivered plainly, kept per
+    // call (`delivered`, with their message ids and the call's attempts); see `deferred`:
+    // audience lines, ids and message ids packed, `lo`/`hi` the lowest and highest line (a
+    // reader's window finds its entries by them), `n` how many.
     "CREATE TABLE deferred(
         run_key INTEGER NOT NULL,
         seq INTEGER NOT NULL,
@@ -303,7 +305,21 @@ const MIGRATIONS: &[&str] = &[
         ids BLOB NOT NULL,
         PRIMARY KEY(run_key, seq)
      );
-     CREATE INDEX deferred_lo ON deferred(run_key, lo);",
+     CREATE INDEX deferred_lo ON deferred(run_key, lo);
+     CREATE TABLE delivered(
+        run_key INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        lo INTEGER NOT NULL,
+        hi INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        variant INTEGER,
+        attempts INTEGER NOT NULL,
+        lines BLOB NOT NULL,
+        ids BLOB NOT NULL,
+        mids BLOB NOT NULL,
+        PRIMARY KEY(run_key, seq)
+     );
+     CREATE INDEX delivered_lo ON delivered(run_key, lo);",
 ];
 
 /// The migration (index into [`MIGRATIONS`]) that adds the lease's expiry and fence.

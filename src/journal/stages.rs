@@ -205,7 +205,7 @@ impl Journal {
         let Some(key) = run_key(&tx, run_id).map_err(db)? else {
             return Err(JournalError::NoRun(run_id.into()));
         };
-        super::deferred::materialize(&tx, key).map_err(db)?;
+        super::deferred::materialize(&tx, key, super::deferred::Which::Pending).map_err(db)?;
         let (lo, hi) = rk_range(key);
         let n = tx
             .execute(

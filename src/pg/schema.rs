@@ -138,7 +138,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 8,
-        name: "deferred rows: a new run's pending rows held per plan call until its outcome writes them (deferred); recipients' pages full again (fillfactor 100)",
+        name: "rows per call: a new run's pending rows held per plan call until its outcome writes them (deferred), a call's plainly delivered rows kept per call (delivered); recipients' pages full again (fillfactor 100)",
         // A planned row is now written once, by its call's outcome (see `journal::deferred`):
         // the free space migration 7 left for a second version is no longer used by most rows.
         sql: "
@@ -153,6 +153,19 @@ pub const MIGRATIONS: &[Migration] = &[
         ids BYTEA NOT NULL,
         PRIMARY KEY(run_key, seq));
     CREATE INDEX deferred_lo ON deferred(run_key, lo);
+    CREATE TABLE delivered(
+        run_key BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        lo BIGINT NOT NULL,
+        hi BIGINT NOT NULL,
+        n BIGINT NOT NULL,
+        variant BIGINT,
+        attempts BIGINT NOT NULL,
+        lines BYTEA NOT NULL,
+        ids BYTEA NOT NULL,
+        mids BYTEA NOT NULL,
+        PRIMARY KEY(run_key, seq));
+    CREATE INDEX delivered_lo ON delivered(run_key, lo);
     ALTER TABLE recipients SET (fillfactor = 100);",
     },
 ];
@@ -514,6 +527,7 @@ mod tests {
         "calls",
         "call_plan",
         "deferred",
+        "delivered",
         "run_variants",
         "run_counts",
         "run_invocations",
