@@ -1129,8 +1129,13 @@ fn deferred_rows(on: On) {
             (RecipientStatus::Failed, None, 1, Some("InvalidParameter")),
         ]
     );
-    // Another process reads the same rows.
-    assert_eq!(check(&keep.reopen(), "another journal"), all);
+    // Another process reads the same rows, and resends none of the delivered ones.
+    let other = keep.reopen();
+    assert_eq!(check(&other, "another journal"), all);
+    assert_eq!(
+        other.sendable(&id, 0, &[101, 102, 103], true).expect("q"),
+        [102]
+    );
     // Call 2 delivered: 106 (a row) updated, 107 and 109 (deferred) written with it.
     j.mark_in_flight(&id, 2, "v", &[106, 107, 109], None, now())
         .expect("mark");
@@ -1226,4 +1231,67 @@ on_both!(
     deferred_rows_end_with_a_cancel_sqlite,
     deferred_rows_end_with_a_cancel_postgres,
     deferred_rows_end_with_a_cancel,
+);
+
+/// A resume that applies new suppressions reads and moves a run's rows by their keys: a call's
+/// delivered rows (kept per call, `deferred`) are written as rows first and stay `sent` with their
+/// message ids; the pending ones left get suppressed; nothing is counted twice.
+fn suppressions_after_a_delivered_call(on: On) {
+    let Some((mut j, _keep, id)) = journal_with_run(on, "journal_delivered_suppress", &[]) else {
+        return;
+    };
+    j.mark_in_flight(&id, 0, "v", &[101, 102], None, now())
+        .expect("mark");
+    j.record_outcome(
+        &id,
+        0,
+        CallState::Done,
+        &[sent(101, 7), sent(102, 8)],
+        None,
+        now(),
+    )
+    .expect("outcome");
+    let delivered = |j: &Journal| -> i64 {
+        j.connection()
+            .query_row("SELECT COUNT(*) FROM delivered", &[], |r| r.get(0))
+            .expect("count")
+    };
+    assert_eq!(delivered(&j), 1);
+    match open(&mut j, "h2", ResumeOptions::default(), rows(&[104])).expect("suppress") {
+        Opened::ResumedWithSuppressions {
+            newly_suppressed, ..
+        } => assert_eq!(newly_suppressed, 1),
+        other => panic!("expected a suppression resume, got {other:?}"),
+    }
+    assert_eq!(delivered(&j), 0);
+    let rows: Vec<(Option<u64>, RecipientStatus, Option<u64>)> = j
+        .recipients(&id)
+        .expect("rows")
+        .iter()
+        .map(|r| (r.id, r.status, r.message_id))
+        .collect();
+    use RecipientStatus::{Pending, Sent, Suppressed};
+    assert_eq!(
+        rows,
+        [
+            (Some(101), Sent, Some(7)),
+            (Some(102), Sent, Some(8)),
+            (Some(103), Pending, None),
+            (Some(104), Suppressed, None),
+        ]
+    );
+    assert_eq!(
+        j.counts_by_scan(&id).expect("scan"),
+        j.counts(&id).expect("counts")
+    );
+    // What is still to send of the call: 103 only.
+    assert_eq!(
+        j.sendable(&id, 0, &[101, 102, 103], false).expect("q"),
+        [103]
+    );
+}
+on_both!(
+    suppressions_after_a_delivered_call_sqlite,
+    suppressions_after_a_delivered_call_postgres,
+    suppressions_after_a_delivered_call,
 );

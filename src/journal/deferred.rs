@@ -1,26 +1,37 @@
-//! Deferred rows: the planned, still-`pending` recipient rows of a new run, held per plan call
-//! (`deferred(run_key, seq, lo, hi, n, variant, lines, ids)`, the lines and ids packed like
-//! `call_plan`) instead of one row each, until the call's outcome inserts them with their final
-//! values. A recipient row of a shared-Content run was written three times before (seeded
-//! `pending`, rewritten with its outcome, read back by the report): written once, by its
-//! outcome, costs SQLite about a third of the journal's per-recipient work and PostgreSQL its
-//! seeding `COPY` and the outcome's updates (measured in BENCHMARKS.md, "Deferred rows").
+//! Rows kept per call: the planned, still-`pending` recipient rows of a new run (`deferred`), and
+//! the rows a call's answer delivered plainly (`delivered`), each held per plan call instead of
+//! one row each. A recipient row of a shared-Content run was written three times before (seeded
+//! `pending`, rewritten with its outcome, read back by the report); now a delivered recipient is
+//! never a row of its own: three packed lists in its call's entry (a byte or two a line, id and
+//! message id in order) and what the call shares (its attempts, variant and answer time). Measured
+//! in BENCHMARKS.md, "Rows kept per call": the client's instructions −45 %, the state 47.5 → 7 bytes
+//! a recipient, PostgreSQL's server CPU about halved. Hand-written rather than a crate: it is the
+//! journal's own storage layout (the packing is `pack`'s).
 //!
-//! Which rows: those seeding writes `pending` with an id written in its decimal form, a plan
-//! call and no A/B `variant_name`, all of one call with the same Content variant index — nearly
-//! every row of a run. The others are seeded as rows, as before.
+//! - `deferred(run_key, seq, lo, hi, n, variant, lines, ids)`: seeding writes here the rows that
+//!   are `pending` with an id written in its decimal form, a plan call, nothing of their own and
+//!   no A/B `variant_name` (nearly every row); the others are seeded as rows, as before. A call's
+//!   outcome takes its entry (`DELETE … RETURNING`): a receiver delivered with a message id and
+//!   nothing else goes to the call's `delivered` entry, any other is inserted as a row with its
+//!   final values ([`insert_answered`]), a receiver the answer does not name as a `pending` row.
+//! - `delivered(run_key, seq, lo, hi, n, variant, attempts, lines, ids, mids)`: a row of it reads
+//!   as `sent` with its message id, its call's attempts and variant, and its call's answer time.
 //!
-//! Invariants: an audience line is either a recipient row or in one deferred entry of its run,
-//! never both (an entry becomes rows, or is deleted with its run, in the transaction that
-//! writes them); a deferred line reads as a `pending` row with its entry's call and variant, no
-//! attempts, no error and the run's start as its time. Only runs in progress have entries: every
-//! writer other than a call's outcome that changes a run's rows (crash recovery of an in-flight
-//! call, cancel, pause and expiry, a stage's expiry, resume's suppressions, the fallback scan of
-//! `rows::resolve`) first turns the entries it touches into rows ([`materialize`],
-//! [`materialize_call`]). Readers of a run that may be in progress read entries as rows: the
-//! report's scan ([`in_window`]), `counts_by_scan` and `last_line`. Must not: change a row that
-//! exists, or a status count (the callers move the counters as before: deferred rows are
-//! counted `pending` when seeded).
+//! Invariants: an audience line is a recipient row or in one entry of its run, never both (an
+//! entry becomes rows, or is deleted with its run, in the transaction that writes them);
+//! `lines` ascend in an entry, with `lo`/`hi` the first and last. A deferred line reads as a
+//! `pending` row with its entry's call and variant, no attempts, no error and the run's start as
+//! its time. Only an outcome creates a `delivered` entry, from the call's `deferred` one, so a
+//! plan call has at most one of each. Every writer other than a call's outcome that changes or
+//! reads rows by key first turns the entries it needs into rows ([`materialize`],
+//! [`materialize_call`]): crash recovery of an in-flight call, cancel, pause and expiry and a
+//! stage's expiry (the `pending` ones: a delivered row is final), resume's suppressions,
+//! `--continue-changed`'s carried-over rows and the fallback scan of `rows::resolve` (all).
+//! Readers see entries as rows: the report's scan ([`in_window`], a window at a time),
+//! `rows::resolve` (so what is still to send never includes a delivered receiver), the call
+//! list, `counts_by_scan` and `last_line`. Must not: change a row that exists, or a status count
+//! (the callers move the counters as before: deferred rows are counted `pending` when seeded,
+//! and move to `sent` with their outcome).
 
 use std::collections::BTreeMap;
 

@@ -40,8 +40,9 @@
 //! has its own) — with per-recipient text (error, P2P detail, a raw id that is not the number)
 //! only where a row has it. There is no index on `id`: a call's receivers are found through its
 //! plan call's lines (see `rows`). A new run's planned `pending` rows are not written when the run
-//! is seeded but held per plan call (`deferred`, schema 12) until the call's outcome writes each
-//! row once, with its final values; readers see them as `pending` rows.
+//! is seeded but held per plan call (`deferred`, schema 12) until the call's outcome: a receiver
+//! it delivered plainly stays in its call's entry (`delivered`: ids and message ids packed), any
+//! other becomes a row with its final values; readers see the entries as rows.
 //!
 //! Portable SQL throughout except where `schema` says: every statement runs on
 //! [`crate::store::Conn`] in the dialect both backends accept (numbered placeholders, `ON
