@@ -1295,3 +1295,75 @@ on_both!(
     suppressions_after_a_delivered_call_postgres,
     suppressions_after_a_delivered_call,
 );
+
+/// A call whose receivers are spread thinly through the audience (a small group among others)
+/// spans more than `deferred::WIDE` lines: a window of the report's scan far from the call's
+/// first line still finds its rows, deferred and then delivered.
+fn wide_entries_are_found_by_every_window(on: On) {
+    let Some((mut j, _keep)) = fresh_journal(on, "journal_wide_entries") else {
+        return;
+    };
+    let far = 2 + 2 * super::deferred::WIDE as u64;
+    let row = |line: u64, id: u64, call: u64| SeedRow {
+        line,
+        id: Some(id),
+        raw_id: None,
+        status: RecipientStatus::Pending,
+        call_seq: Some(call),
+        variant: Some("v".into()),
+        variant_name: None,
+        note: None,
+    };
+    let seed = vec![
+        row(2, 101, 0),
+        row(3, 102, 1),
+        row(4, 103, 1),
+        row(far, 104, 0),
+    ];
+    let mut f = || -> SeedRows<'static, String> { Box::new(seed.clone().into_iter().map(Ok)) };
+    let run = NewRun {
+        total_calls: 2,
+        ..new_run("h1")
+    };
+    let id = j
+        .open_run(&run, ResumeOptions::default(), &mut f, now())
+        .expect("create")
+        .run()
+        .id
+        .clone();
+    let scan = |j: &Journal| -> Vec<(u64, RecipientStatus)> {
+        let mut v = Vec::new();
+        j.scan_recipients::<JournalError>(&id, 0..=u64::MAX, 100, 10_000, |r| {
+            v.push((r.line, r.status));
+            Ok(())
+        })
+        .expect("scan");
+        v
+    };
+    use RecipientStatus::{Pending, Sent};
+    assert_eq!(
+        scan(&j),
+        [(2, Pending), (3, Pending), (4, Pending), (far, Pending)]
+    );
+    j.mark_in_flight(&id, 0, "v", &[101, 104], None, now())
+        .expect("mark");
+    j.record_outcome(
+        &id,
+        0,
+        CallState::Done,
+        &[sent(101, 1), sent(104, 4)],
+        None,
+        now(),
+    )
+    .expect("outcome");
+    assert_eq!(
+        scan(&j),
+        [(2, Sent), (3, Pending), (4, Pending), (far, Sent)]
+    );
+    assert_eq!(j.last_line(&id).expect("last"), Some(far));
+}
+on_both!(
+    wide_entries_are_found_by_every_window_sqlite,
+    wide_entries_are_found_by_every_window_postgres,
+    wide_entries_are_found_by_every_window,
+);

@@ -252,53 +252,63 @@ pub(super) fn materialize(conn: &Conn, key: i64, which: Which) -> Result<u64, St
     let mut n = 0;
     if pending > 0 {
         let mut w = RowWriter::new(conn)?;
-        let mut after = -1i64;
-        loop {
-            let batch = conn.query(
-                concat!(
-                    "SELECT ",
-                    entry_columns!(),
-                    " FROM deferred WHERE run_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-                ),
-                params![key, after, BATCH],
-            )?;
-            if batch.is_empty() {
-                break;
-            }
-            for r in &batch {
+        in_batches(
+            conn,
+            concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM deferred WHERE run_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ),
+            key,
+            |r| {
                 let e = Entry::read(r)?;
                 write_pending(&mut w, key, &e)?;
                 n += e.lines.len() as u64;
-                after = e.seq;
-            }
-        }
+                Ok(e.seq)
+            },
+        )?;
         w.finish()?;
         conn.execute("DELETE FROM deferred WHERE run_key = ?1", params![key])?;
     }
     if sent > 0 && which == Which::All {
-        let mut after = -1i64;
-        loop {
-            let batch = conn.query(
-                concat!(
-                    "SELECT ",
-                    delivered_columns!(),
-                    " FROM delivered WHERE run_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-                ),
-                params![key, after, BATCH],
-            )?;
-            if batch.is_empty() {
-                break;
-            }
-            for r in &batch {
+        in_batches(
+            conn,
+            concat!(
+                "SELECT ",
+                delivered_columns!(),
+                " FROM delivered WHERE run_key = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ),
+            key,
+            |r| {
                 let d = Delivered::read(r)?;
                 insert_answered(conn, &d.answered(key))?;
                 n += d.lines.len() as u64;
-                after = d.seq;
-            }
-        }
+                Ok(d.seq)
+            },
+        )?;
         conn.execute("DELETE FROM delivered WHERE run_key = ?1", params![key])?;
     }
     Ok(n)
+}
+
+/// Every entry `sql` selects for run `key` (?1 the run's key, ?2 the last call read, ?3 how many a
+/// batch), [`BATCH`] at a time in call order: `f` handles one and returns its call.
+fn in_batches(
+    conn: &Conn,
+    sql: &str,
+    key: i64,
+    mut f: impl FnMut(&crate::store::Row) -> Result<i64, StoreError>,
+) -> Result<(), StoreError> {
+    let mut after = -1i64;
+    loop {
+        let batch = conn.query(sql, params![key, after, BATCH])?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for r in &batch {
+            after = f(r)?;
+        }
+    }
 }
 
 /// Whether run `key` has entries of either kind.
@@ -329,17 +339,13 @@ pub(super) fn extent(conn: &Conn, key: i64) -> Result<(u64, u64, Option<i64>), S
     Ok((n(p), n(s), hi))
 }
 
-/// The widest entry of run `key` (its `hi - lo`; 0: none), for [`in_window`].
-pub(super) fn max_span(conn: &Conn, key: i64) -> Result<i64, StoreError> {
-    let span: Option<i64> = conn.query_row(
-        "SELECT MAX(m) FROM (SELECT MAX(hi - lo) AS m FROM deferred WHERE run_key = ?1
-                             UNION ALL
-                             SELECT MAX(hi - lo) AS m FROM delivered WHERE run_key = ?1) AS x",
-        params![key],
-        |r| r.get(0),
-    )?;
-    Ok(span.unwrap_or(0).max(0))
-}
+/// Lines an entry spans (`hi - lo`) beyond which it is *wide*: the partial indexes
+/// `deferred_wide` and `delivered_wide` (schema 12, store 8; the same number in their
+/// predicates) hold only wide entries, so that [`in_window`] finds an entry overlapping its
+/// window either by its start (at most this far before the window) or among the wide ones
+/// (few: a call is wide only when its receivers are spread thinly through the audience, a small
+/// group among others).
+pub(super) const WIDE: i64 = 65_536;
 
 /// Delete run `key`'s entries (with the run). Returns how many rows they held.
 pub(super) fn delete_run(conn: &Conn, key: i64) -> Result<u64, StoreError> {
@@ -379,24 +385,26 @@ pub(super) struct Window {
 }
 
 /// The entries' rows of run `key` (run id `run_id`) with an audience line in `first..=last`.
-///
-/// `span`: the widest entry of the run ([`max_span`]), so that only the entries starting at most
-/// that far before the window are read (by the index on `lo`), not every entry before it.
+/// An entry overlapping the window starts at most [`WIDE`] lines before it (read by the index on
+/// `lo`) or is wide (read by the partial index of wide entries), so a window never reads every
+/// entry before it.
 pub(super) fn in_window(
     conn: &Conn,
     key: i64,
     run_id: &str,
     first: i64,
     last: i64,
-    span: i64,
 ) -> Result<Window, StoreError> {
-    let from = first.saturating_sub(span);
+    let from = first.saturating_sub(WIDE);
     let mut out = Vec::new();
     for r in conn.query(
         concat!(
             "SELECT ",
             entry_columns!(),
-            " FROM deferred WHERE run_key = ?1 AND lo BETWEEN ?4 AND ?3 AND hi >= ?2"
+            " FROM deferred WHERE run_key = ?1 AND lo BETWEEN ?4 AND ?3 AND hi >= ?2
+             UNION ALL SELECT ",
+            entry_columns!(),
+            " FROM deferred WHERE run_key = ?1 AND hi - lo > 65536 AND lo < ?4 AND hi >= ?2"
         ),
         params![key, first, last, from],
     )? {
@@ -416,9 +424,13 @@ pub(super) fn in_window(
     let mut times = Vec::new();
     for r in conn.query(
         "SELECT d.seq, d.variant, d.attempts, d.lines, d.ids, d.mids, c.updated_at
-         FROM delivered d LEFT JOIN calls c
-              ON c.run_id = ?4 AND c.seq = d.seq AND c.state IN ('done', 'unknown')
-         WHERE d.run_key = ?1 AND d.lo BETWEEN ?5 AND ?3 AND d.hi >= ?2",
+         FROM (SELECT seq, variant, attempts, lines, ids, mids FROM delivered
+               WHERE run_key = ?1 AND lo BETWEEN ?5 AND ?3 AND hi >= ?2
+               UNION ALL
+               SELECT seq, variant, attempts, lines, ids, mids FROM delivered
+               WHERE run_key = ?1 AND hi - lo > 65536 AND lo < ?5 AND hi >= ?2) AS d
+         LEFT JOIN calls c
+              ON c.run_id = ?4 AND c.seq = d.seq AND c.state IN ('done', 'unknown')",
         params![key, first, last, run_id, from],
     )? {
         let d = Delivered::read(&r)?;
@@ -586,19 +598,7 @@ fn sqlite_answered_sql() -> &'static str {
             answered_columns!(),
             ") VALUES "
         ));
-        for r in 0..SQLITE_ANSWERED {
-            if r > 0 {
-                sql.push(',');
-            }
-            sql.push('(');
-            for c in 0..11 {
-                if c > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("?{}", r * 11 + c + 1));
-            }
-            sql.push(')');
-        }
+        super::rows::push_placeholders(&mut sql, SQLITE_ANSWERED, 11);
         sql
     })
 }

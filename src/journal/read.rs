@@ -117,11 +117,6 @@ impl Journal {
         // time, each window's packed rows read first and merged in line order (memory: one
         // window's). Otherwise one range scan.
         let merge = deferred::any(&self.conn, view.key).map_err(self.db())?;
-        let span = if merge {
-            deferred::max_span(&self.conn, view.key).map_err(self.db())?
-        } else {
-            0
-        };
         let windows: Vec<(i64, i64)> = if merge {
             let end = self.last_line(run_id)?.map_or(-1, |l| (l as i64).min(last));
             (first..=end)
@@ -133,7 +128,7 @@ impl Journal {
         };
         for (wfirst, wlast) in windows {
             let mut waiting = if merge {
-                deferred::in_window(&self.conn, view.key, run_id, wfirst, wlast, span)
+                deferred::in_window(&self.conn, view.key, run_id, wfirst, wlast)
                     .map_err(self.db())?
             } else {
                 Window::default()

@@ -351,20 +351,26 @@ fn insert_rows(n: usize) -> String {
         "INSERT INTO recipients(rk, id, raw_id, status, call_seq, variant,
                                 error_message, message_id, detail, at, variant_name) VALUES ",
     );
-    for r in 0..n {
+    push_placeholders(&mut sql, n, 11);
+    sql
+}
+
+/// `(?1,…,?cols),(…)…` for `rows` rows of a multi-row `VALUES`, appended to `sql`.
+pub(super) fn push_placeholders(sql: &mut String, rows: usize, cols: usize) {
+    use std::fmt::Write as _;
+    for r in 0..rows {
         if r > 0 {
             sql.push(',');
         }
         sql.push('(');
-        for c in 0..11 {
+        for c in 0..cols {
             if c > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!("?{}", r * 11 + c + 1));
+            let _ = write!(sql, "?{}", r * cols + c + 1);
         }
         sql.push(')');
     }
-    sql
 }
 
 #[derive(Default)]

@@ -306,6 +306,7 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY(run_key, seq)
      );
      CREATE INDEX deferred_lo ON deferred(run_key, lo);
+     CREATE INDEX deferred_wide ON deferred(run_key, lo) WHERE hi - lo > 65536;
      CREATE TABLE delivered(
         run_key INTEGER NOT NULL,
         seq INTEGER NOT NULL,
@@ -319,7 +320,8 @@ const MIGRATIONS: &[&str] = &[
         mids BLOB NOT NULL,
         PRIMARY KEY(run_key, seq)
      );
-     CREATE INDEX delivered_lo ON delivered(run_key, lo);",
+     CREATE INDEX delivered_lo ON delivered(run_key, lo);
+     CREATE INDEX delivered_wide ON delivered(run_key, lo) WHERE hi - lo > 65536;",
 ];
 
 /// The migration (index into [`MIGRATIONS`]) that adds the lease's expiry and fence.

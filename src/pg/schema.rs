@@ -153,6 +153,7 @@ pub const MIGRATIONS: &[Migration] = &[
         ids BYTEA NOT NULL,
         PRIMARY KEY(run_key, seq));
     CREATE INDEX deferred_lo ON deferred(run_key, lo);
+    CREATE INDEX deferred_wide ON deferred(run_key, lo) WHERE hi - lo > 65536;
     CREATE TABLE delivered(
         run_key BIGINT NOT NULL,
         seq BIGINT NOT NULL,
@@ -166,6 +167,7 @@ pub const MIGRATIONS: &[Migration] = &[
         mids BYTEA NOT NULL,
         PRIMARY KEY(run_key, seq));
     CREATE INDEX delivered_lo ON delivered(run_key, lo);
+    CREATE INDEX delivered_wide ON delivered(run_key, lo) WHERE hi - lo > 65536;
     ALTER TABLE recipients SET (fillfactor = 100);",
     },
 ];
