@@ -1151,6 +1151,32 @@ impl Conn {
         })
     }
 
+    /// Several reads that must see one state of the database (a scan in several statements
+    /// while another process writes): SQLite a deferred `BEGIN` (a WAL reader's snapshot, taken
+    /// at its first read; writers go on), PostgreSQL `REPEATABLE READ READ ONLY`. Ends when the
+    /// returned guard is dropped. None when a transaction is already open on this connection
+    /// (its statements see what it sees).
+    pub fn snapshot(&self) -> Result<Option<Snapshot<'_>>, StoreError> {
+        match &self.inner {
+            Inner::Sqlite(c) => {
+                if !c.is_autocommit() {
+                    return Ok(None);
+                }
+                c.execute_batch("BEGIN")?;
+            }
+            Inner::Postgres(p) => {
+                let mut p = held(p)?;
+                if p.in_tx {
+                    return Ok(None);
+                }
+                p.client()?
+                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+                p.in_tx = true;
+            }
+        }
+        Ok(Some(Snapshot { conn: self }))
+    }
+
     fn end(&self, sql: &str) -> Result<(), StoreError> {
         match &self.inner {
             Inner::Sqlite(c) => Ok(c.execute_batch(sql)?),
@@ -1252,6 +1278,19 @@ impl CopyRows<'_> {
         })?;
         self.buf.clear();
         Ok(())
+    }
+}
+
+/// A read-only snapshot ([`Conn::snapshot`]): ends (nothing to commit) when dropped.
+pub struct Snapshot<'c> {
+    conn: &'c Conn,
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        // A read-only transaction: ending it cannot lose anything; a failure drops the
+        // PostgreSQL connection (see `end`).
+        let _ = self.conn.end("COMMIT");
     }
 }
 

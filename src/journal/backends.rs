@@ -1367,3 +1367,52 @@ on_both!(
     wide_entries_are_found_by_every_window_postgres,
     wide_entries_are_found_by_every_window,
 );
+
+/// A scan in several statements (a window at a time) sees one state of the journal: a call
+/// answered by another process while the scan is between two windows moves its rows from the
+/// call's deferred entry to its delivered one in one commit, and the scan sees all of them
+/// before the move (without the snapshot it saw line 2 `pending` and line 3 `sent`).
+fn a_scan_sees_one_state_while_a_call_is_answered(on: On) {
+    let Some((mut j, keep, id)) = journal_with_run(on, "journal_scan_snapshot", &[]) else {
+        return;
+    };
+    let reader = keep.reopen();
+    let mut seen = Vec::new();
+    let mut answered = false;
+    reader
+        .scan_recipients::<JournalError>(&id, 0..=u64::MAX, 100, 1, |r| {
+            seen.push((r.line, r.status));
+            if !answered {
+                answered = true;
+                j.mark_in_flight(&id, 0, "v", &[101, 102, 103, 104], None, now())?;
+                j.record_outcome(
+                    &id,
+                    0,
+                    CallState::Done,
+                    &[sent(101, 1), sent(102, 2), sent(103, 3), sent(104, 4)],
+                    None,
+                    now(),
+                )?;
+            }
+            Ok(())
+        })
+        .expect("scan");
+    use RecipientStatus::{Pending, Sent};
+    assert_eq!(
+        seen,
+        [(2, Pending), (3, Pending), (4, Pending), (5, Pending)]
+    );
+    // A scan after the answer sees it.
+    let after: Vec<RecipientStatus> = reader
+        .recipients(&id)
+        .expect("rows")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(after, [Sent; 4]);
+}
+on_both!(
+    a_scan_sees_one_state_while_a_call_is_answered_sqlite,
+    a_scan_sees_one_state_while_a_call_is_answered_postgres,
+    a_scan_sees_one_state_while_a_call_is_answered,
+);

@@ -89,6 +89,8 @@ impl Journal {
     ) -> Result<BTreeMap<RecipientStatus, u64>, JournalError> {
         let mut out: BTreeMap<RecipientStatus, u64> =
             RecipientStatus::ALL.iter().map(|k| (*k, 0)).collect();
+        // The rows and the entries (`deferred`) as of one moment.
+        let _snapshot = self.conn.snapshot().map_err(self.db())?;
         // Grouped by the database: a handful of rows, whatever the run's size.
         let rows = self
             .conn

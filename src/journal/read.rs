@@ -37,6 +37,7 @@ impl Journal {
         let Some(key) = run_key(&self.conn, run_id).map_err(self.db())? else {
             return Ok(None);
         };
+        let _snapshot = self.conn.snapshot().map_err(self.db())?;
         let (lo, hi) = rk_range(key);
         let max: Option<i64> = self
             .conn
@@ -74,6 +75,11 @@ impl Journal {
         window: i64,
         mut f: impl FnMut(&RecipientRef<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
+        // One state of the journal for every statement below (its windows, the call times),
+        // whatever another process commits meanwhile: an answered call's rows move from its
+        // deferred entry to rows and its delivered entry in one commit, and a scan in several
+        // statements must not see them in both places, or in neither.
+        let _snapshot = self.conn.snapshot().map_err(self.db())?;
         let Some(view) = RunView::load(&self.conn, run_id).map_err(self.db())? else {
             return Ok(());
         };
