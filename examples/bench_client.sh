@@ -12,6 +12,8 @@
 #   PG=1 PG_URL=postgres://… examples/bench_client.sh 1000000   # that database instead (left running)
 #   PG=1 PG_STATS=1 examples/bench_client.sh 1000000   # + the server's CPU, its costliest statements
 #                                           # (pg_stat_statements) and how many row updates were HOT
+#   SPREAD=1000 examples/bench_client.sh 1000000   # two Contents: every 1000th recipient gets the other
+#                                           # one (a small group spread thinly: its calls span far)
 # Prints the state left per recipient too: the state database (imcast.db + -wal) / recipients.
 set -euo pipefail
 N=${1:-1000000}
@@ -35,11 +37,18 @@ if [ -n "${PG:-}" ]; then
   PG_EMPTY=$(psql "$PG_URL" -Atc "SELECT pg_database_size(current_database())")
 fi
 # ids above 2^53, written as text (awk numbers are doubles)
-awk -v n="$N" 'BEGIN { print "user_id,name"; for (i = 0; i < n; i++) printf "90071993%08d,user%d\n", i, i }' > audience.csv
+if [ -z "${SPREAD:-}" ]; then
+  awk -v n="$N" 'BEGIN { print "user_id,name"; for (i = 0; i < n; i++) printf "90071993%08d,user%d\n", i, i }' > audience.csv
+else
+  awk -v n="$N" -v s="$SPREAD" 'BEGIN { print "user_id,name,lang"
+    for (i = 0; i < n; i++) printf "90071993%08d,user%d,%s\n", i, i, (i % s == 0) ? "fr" : "en" }' > audience.csv
+fi
 "$BIN" mock-server --limit 1000000000 --window 1s -q > mock.out 2> mock.err &
 MOCK=$!
 for _ in $(seq 50); do [ -s mock.out ] && break; sleep 0.1; done
 ADDR=$(head -1 mock.out)
+TAIL=""
+[ -z "${SPREAD:-}" ] || TAIL=' ({{ lang }})'
 cat > bench.yaml <<YAML
 version: 1
 name: bench
@@ -51,7 +60,7 @@ audience:
   id_column: user_id
 message:
   type: text
-  text: "Hello from {{ campaign.name }}: the spring sale starts Saturday."
+  text: "Hello from {{ campaign.name }}: the spring sale starts Saturday.$TAIL"
 YAML
 VOLC_ACCESSKEY=AKLTmockaccesskey000000 VOLC_SECRETKEY=mock-secret-key-not-a-secret RUST_LOG=imcast=warn \
   ${WRAP:-/usr/bin/time -f "client: %e s wall, %U user %S sys, %M KB maxrss"} "$BIN" run bench.yaml --yes > /dev/null

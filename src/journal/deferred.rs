@@ -27,7 +27,9 @@
 //! [`materialize_call`]): crash recovery of an in-flight call, cancel, pause and expiry and a
 //! stage's expiry (the `pending` ones: a delivered row is final), resume's suppressions,
 //! `--continue-changed`'s carried-over rows and the fallback scan of `rows::resolve` (all).
-//! Readers see entries as rows: the report's scan ([`in_window`], a window at a time),
+//! Readers see entries as rows, each reading one snapshot (`store::Conn::snapshot`: an answered
+//! call's rows change table in one commit, never seen half moved): the report's scan
+//! ([`in_window`], a window at a time),
 //! `rows::resolve` (so what is still to send never includes a delivered receiver), the call
 //! list, `counts_by_scan` and `last_line`. Must not: change a row that exists, or a status count
 //! (the callers move the counters as before: deferred rows are counted `pending` when seeded,
