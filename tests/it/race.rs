@@ -678,3 +678,78 @@ fn kill_9_storm_then_resume_leaves_every_recipient_final() {
         stats.duplicates
     );
 }
+
+/// A run killed with -9 in the middle of sending, read from another process before anyone
+/// resumes it: a row per recipient, each once, in audience order (the calls not yet answered
+/// are kept per call as `pending`, the delivered ones per call as `sent`: the journal's reader
+/// gives them back as rows); every `sent` one was delivered once, every other is `pending`;
+/// the counters equal a scan. Resumed, the run ends with nothing pending.
+#[test]
+fn an_interrupted_run_reads_whole_from_another_process() {
+    let mock = MockProc::start(100);
+    let repo = Repo::new(&mock.endpoint(), 5_000_000, 3_000, 400);
+    let err = repo.path("killed.txt");
+    let mut p = Proc::spawn(repo.run(None, &err), err);
+    let deadline = Instant::now() + CHILD_LIMIT;
+    while mock.deliveries().len() < 100 {
+        assert!(
+            Instant::now() < deadline && p.try_status().is_none(),
+            "the run never got 100 recipients delivered: {}",
+            p.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.kill9();
+    let delivered = mock.deliveries();
+    let j = repo.journal();
+    let run = j
+        .latest_run(CAMPAIGN, false)
+        .expect("q")
+        .expect("a run exists");
+    let rows = j.recipients(&run.id).expect("rows");
+    let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
+    assert_eq!(
+        lines,
+        (2..2 + repo.ids.len() as u64).collect::<Vec<_>>(),
+        "a row per recipient, once each, in audience order"
+    );
+    let ids: BTreeSet<u64> = rows.iter().filter_map(|r| r.id).collect();
+    assert_eq!(ids.len(), repo.ids.len(), "every id once");
+    let (mut sent, mut pending) = (0, 0);
+    for r in &rows {
+        let id = r.id.expect("an id");
+        match r.status {
+            RecipientStatus::Sent => {
+                sent += 1;
+                assert_eq!(delivered.get(&id), Some(&1), "sent {id} was delivered once");
+                assert!(r.message_id.is_some(), "sent {id} has its message id");
+            }
+            RecipientStatus::Pending => pending += 1,
+            other => panic!("recipient {id} is {other:?} before the run is resumed"),
+        }
+    }
+    assert!(
+        sent > 0 && pending > 0,
+        "killed mid-run: {sent} sent, {pending} pending"
+    );
+    assert_eq!(
+        j.counts_by_scan(&run.id).expect("scan"),
+        j.counts(&run.id).expect("counts")
+    );
+    drop(j);
+    let err = repo.path("resumed.txt");
+    let mut last = Proc::spawn(repo.run(None, &err), err);
+    let s = last.wait_until(Instant::now() + CHILD_LIMIT, "resume");
+    assert!(
+        matches!(s.code(), Some(0 | 3)),
+        "resume {s:?}: {}",
+        last.stderr()
+    );
+    let (status, st) = repo.statuses();
+    assert_eq!(status, RunStatus::Finished);
+    assert_eq!(st.len(), repo.ids.len());
+    assert!(
+        st.values().all(|s| *s != RecipientStatus::Pending),
+        "nothing pending after the resume"
+    );
+}
