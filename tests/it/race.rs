@@ -685,6 +685,10 @@ fn kill_9_storm_then_resume_leaves_every_recipient_final() {
 /// gives them back as rows); every `sent` one was delivered once, every other is `pending`;
 /// the counters equal a scan. Resumed, the run ends with nothing pending.
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a real process killed on the real clock: a child's time limit"
+)]
 fn an_interrupted_run_reads_whole_from_another_process() {
     let mock = MockProc::start(100);
     let repo = Repo::new(&mock.endpoint(), 5_000_000, 3_000, 400);
