@@ -990,6 +990,19 @@ fn call_look_ups_use_the_key_on_postgres() {
     assert!(scans <= 5, "{scans} sequential scans of calls for 40 calls");
 }
 
+/// Call `seq` of run `id` marked in flight to `receivers` (variant "v"), then answered with
+/// `updates` (done).
+fn answer(
+    j: &mut Journal,
+    id: &str,
+    seq: u64,
+    receivers: &[u64],
+    updates: &[RecipientUpdate],
+) -> Result<(), JournalError> {
+    j.mark_in_flight(id, seq, "v", receivers, None, now())?;
+    j.record_outcome(id, seq, CallState::Done, updates, None, now())
+}
+
 /// Deferred rows (`deferred`): a new run's planned pending rows with a canonical id are held per
 /// plan call, not as rows; every reader sees them as `pending` rows in audience order (whatever
 /// the scan's window), a call's outcome writes them with their final values (a receiver it does
@@ -1095,8 +1108,6 @@ fn deferred_rows(on: On) {
         [106, 107, 109]
     );
     // Call 0 answered: 101 delivered, 103 failed, 102 not named (stays pending).
-    j.mark_in_flight(&id, 0, "v", &[101, 102, 103], None, now())
-        .expect("mark");
     let failed = RecipientUpdate {
         id: 103,
         status: RecipientStatus::Failed,
@@ -1105,15 +1116,7 @@ fn deferred_rows(on: On) {
         error_message: Some("no".into()),
         detail: None,
     };
-    j.record_outcome(
-        &id,
-        0,
-        CallState::Done,
-        &[sent(101, 11), failed],
-        None,
-        now(),
-    )
-    .expect("outcome");
+    answer(&mut j, &id, 0, &[101, 102, 103], &[sent(101, 11), failed]).expect("answer");
     // 101 (delivered plainly) kept with its call; 102 and 103 written as rows.
     assert_eq!(stored(&j), (2, 6, 1));
     let all = check(&j, "call 0 answered");
@@ -1137,17 +1140,8 @@ fn deferred_rows(on: On) {
         [102]
     );
     // Call 2 delivered: 106 (a row) updated, 107 and 109 (deferred) written with it.
-    j.mark_in_flight(&id, 2, "v", &[106, 107, 109], None, now())
-        .expect("mark");
-    j.record_outcome(
-        &id,
-        2,
-        CallState::Done,
-        &[sent(106, 16), sent(107, 17), sent(109, 19)],
-        None,
-        now(),
-    )
-    .expect("outcome");
+    let delivered = [sent(106, 16), sent(107, 17), sent(109, 19)];
+    answer(&mut j, &id, 2, &[106, 107, 109], &delivered).expect("answer");
     assert_eq!(stored(&j), (1, 6, 2));
     let all = check(&j, "call 2 answered");
     assert_eq!(
@@ -1240,17 +1234,7 @@ fn suppressions_after_a_delivered_call(on: On) {
     let Some((mut j, _keep, id)) = journal_with_run(on, "journal_delivered_suppress", &[]) else {
         return;
     };
-    j.mark_in_flight(&id, 0, "v", &[101, 102], None, now())
-        .expect("mark");
-    j.record_outcome(
-        &id,
-        0,
-        CallState::Done,
-        &[sent(101, 7), sent(102, 8)],
-        None,
-        now(),
-    )
-    .expect("outcome");
+    answer(&mut j, &id, 0, &[101, 102], &[sent(101, 7), sent(102, 8)]).expect("answer");
     let delivered = |j: &Journal| -> i64 {
         j.connection()
             .query_row("SELECT COUNT(*) FROM delivered", &[], |r| r.get(0))
@@ -1345,17 +1329,7 @@ fn wide_entries_are_found_by_every_window(on: On) {
         scan(&j),
         [(2, Pending), (3, Pending), (4, Pending), (far, Pending)]
     );
-    j.mark_in_flight(&id, 0, "v", &[101, 104], None, now())
-        .expect("mark");
-    j.record_outcome(
-        &id,
-        0,
-        CallState::Done,
-        &[sent(101, 1), sent(104, 4)],
-        None,
-        now(),
-    )
-    .expect("outcome");
+    answer(&mut j, &id, 0, &[101, 104], &[sent(101, 1), sent(104, 4)]).expect("answer");
     assert_eq!(
         scan(&j),
         [(2, Sent), (3, Pending), (4, Pending), (far, Sent)]
@@ -1384,15 +1358,8 @@ fn a_scan_sees_one_state_while_a_call_is_answered(on: On) {
             seen.push((r.line, r.status));
             if !answered {
                 answered = true;
-                j.mark_in_flight(&id, 0, "v", &[101, 102, 103, 104], None, now())?;
-                j.record_outcome(
-                    &id,
-                    0,
-                    CallState::Done,
-                    &[sent(101, 1), sent(102, 2), sent(103, 3), sent(104, 4)],
-                    None,
-                    now(),
-                )?;
+                let all = [sent(101, 1), sent(102, 2), sent(103, 3), sent(104, 4)];
+                answer(&mut j, &id, 0, &[101, 102, 103, 104], &all)?;
             }
             Ok(())
         })

@@ -100,22 +100,19 @@ impl Deferrer {
         }
     }
 
-    /// Defer a seeded row if it can be (a `pending` row with a canonical id, a plan call and
-    /// nothing else of its own — `plain` — with its call's variant index): true when deferred
-    /// (the caller writes no row for it). Rows come in audience order.
-    #[allow(clippy::too_many_arguments)]
+    /// Defer a seeded row if it can be (a `pending` row with an id and a plan call, `plain`:
+    /// nothing of its own, not even an id written another way; with its call's variant index):
+    /// true when deferred (the caller writes no row for it). Rows come in audience order.
     pub fn offer(
         &mut self,
         line: u64,
         id: Option<u64>,
-        canonical: bool,
         status: RecipientStatus,
         call_seq: Option<u64>,
         variant: Option<i64>,
         plain: bool,
     ) -> bool {
-        let (Some(id), Some(seq), RecipientStatus::Pending, true, true) =
-            (id, call_seq, status, canonical, plain)
+        let (Some(id), Some(seq), RecipientStatus::Pending, true) = (id, call_seq, status, plain)
         else {
             return false;
         };

@@ -434,22 +434,15 @@ impl Ops<'_> {
                 let raw_id = row.stored_raw_id();
                 let variant = seeder.row(row.line, row.call_seq, row.variant.as_deref());
                 seeder.fingerprint(row.call_seq, row.id, status == RecipientStatus::Pending);
-                // A planned pending row waits for its call's outcome (`deferred`).
+                // A planned pending row waits for its call's outcome (`deferred`) unless it has
+                // something of its own: an id written another way, an A/B name, a note, a time.
                 let plain = raw_id.is_none()
                     && row.variant_name.is_none()
                     && note.is_none()
                     && message_id.is_none()
                     && detail.is_none()
                     && at.is_none();
-                if deferrer.offer(
-                    row.line,
-                    row.id,
-                    raw_id.is_none(),
-                    status,
-                    row.call_seq,
-                    variant,
-                    plain,
-                ) {
+                if deferrer.offer(row.line, row.id, status, row.call_seq, variant, plain) {
                     return Ok(());
                 }
                 ins.write(NewRow {
