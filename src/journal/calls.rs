@@ -87,7 +87,7 @@ pub(super) struct Seeded {
     pub run_id: String,
     /// This journal's fence on the run once created ([`Marked::seeded`] sets it).
     pub fence: Option<i64>,
-    pub calls: HashMap<u64, Fingerprint>,
+    pub calls: HashMap<u64, Fingerprint, crate::plan::FastState>,
 }
 
 const MARKED_MAX: usize = 1024;

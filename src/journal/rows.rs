@@ -491,7 +491,7 @@ pub(super) struct Seeder {
     key: i64,
     variants: HashMap<String, i64>,
     plan: BTreeMap<u64, Packer>,
-    prints: HashMap<u64, Print>,
+    prints: HashMap<u64, Print, crate::plan::FastState>,
 }
 
 /// The ids of a plan call's seeded rows, in the order of its lines (`call_plan`), as a count and
@@ -550,7 +550,7 @@ impl Seeder {
             key,
             variants: HashMap::new(),
             plan: BTreeMap::new(),
-            prints: HashMap::new(),
+            prints: HashMap::default(),
         }
     }
 
@@ -564,7 +564,7 @@ impl Seeder {
 
     /// Each plan call's [`Fingerprint`] (the calls whose rows were all `pending` with an id), once
     /// every row went through [`Seeder::fingerprint`].
-    pub fn fingerprints(&mut self) -> HashMap<u64, Fingerprint> {
+    pub fn fingerprints(&mut self) -> HashMap<u64, Fingerprint, crate::plan::FastState> {
         std::mem::take(&mut self.prints)
             .into_iter()
             .filter_map(|(seq, p)| p.done().map(|f| (seq, f)))
@@ -574,7 +574,12 @@ impl Seeder {
     /// The index to store for `variant`; records `line` in plan call `call_seq`.
     pub fn row(&mut self, line: u64, call_seq: Option<u64>, variant: Option<&str>) -> Option<i64> {
         if let Some(seq) = call_seq {
-            self.plan.entry(seq).or_default().push(line as i64);
+            // A call's lines come one after another (the plan fills its calls in order): the
+            // last call first, before a search of the map.
+            match self.plan.last_entry() {
+                Some(mut last) if *last.key() == seq => last.get_mut().push(line as i64),
+                _ => self.plan.entry(seq).or_default().push(line as i64),
+            }
         }
         let v = variant?;
         if let Some(&i) = self.variants.get(v) {
@@ -612,7 +617,7 @@ pub(super) struct RunView {
     pub key: i64,
     run_id: String,
     created_at: String,
-    pub variants: HashMap<i64, String>,
+    pub variants: HashMap<i64, String, crate::plan::FastState>,
     last_call: std::cell::RefCell<Option<(i64, Option<String>)>>,
 }
 
@@ -626,7 +631,7 @@ impl RunView {
         let Some((key, created_at)) = run else {
             return Ok(None);
         };
-        let variants: HashMap<i64, String> = conn
+        let variants: HashMap<i64, String, crate::plan::FastState> = conn
             .query_map(
                 "SELECT idx, variant FROM run_variants WHERE run_key = ?1",
                 params![key],
