@@ -1469,6 +1469,10 @@ impl<T: Transport> Ctx<T> {
     }
 
     async fn finish(&self) -> Result<RunEnd, EngineError> {
+        // The calls' ends that no later decision carried: written before the run reports.
+        if let Err(e) = self.limiter.flush().await {
+            tracing::warn!(error = %e, "limiter: could not record the calls' ends (they keep counting until their fallback ends)");
+        }
         // What the warnings held back since their last line, said once at the end.
         let closing = self
             .warnings

@@ -119,6 +119,9 @@ const SLOW_AFTER_429: f64 = 2.0;
 const HOLD_AFTER_429: Duration = Duration::from_millis(250);
 /// Immediate retries of a decision after a transient store error.
 const TRANSIENT_RETRIES: u32 = 3;
+/// How long a completed call's end may wait for this process's next decision to write it (see
+/// [`Permit::complete`]).
+pub const END_LINGER: Duration = Duration::from_millis(50);
 const NS_PER_SEC: i128 = 1_000_000_000;
 
 /// Errors from the limiter.
@@ -234,6 +237,8 @@ struct Core {
     /// Ends not yet written. Taken only once written (under the store's lock): on an error they
     /// stay queued, and meanwhile the entries keep their (later) fallback ends.
     pending: Mutex<Vec<End>>,
+    /// A write of the pending ends is scheduled ([`Core::flush_later`]).
+    flush_scheduled: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
@@ -243,6 +248,7 @@ impl Core {
             store: Mutex::new(store),
             clock,
             pending: Mutex::new(Vec::new()),
+            flush_scheduled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -295,6 +301,29 @@ impl Core {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Write the pending ends within [`END_LINGER`], unless a decision of this process carries
+    /// them first (a decision writes the queued ends in its own transaction): a sending process
+    /// decides again within milliseconds, so a call's end costs no transaction of its own. Until
+    /// written, an entry keeps its fallback end, later than its real one: other processes see it
+    /// count a little longer, never shorter. Outside a runtime: written now.
+    fn flush_later(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        let Ok(h) = tokio::runtime::Handle::try_current() else {
+            return self.flush_soon();
+        };
+        if self.flush_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let core = self.clone();
+        h.spawn(async move {
+            tokio::time::sleep(END_LINGER).await;
+            core.flush_scheduled.store(false, Ordering::Release);
+            if !core.queued().0.is_empty() {
+                core.flush_soon();
+            }
+        });
     }
 
     /// Flush on the blocking pool when inside a runtime, else here.
@@ -379,17 +408,12 @@ impl Permit {
     }
 
     /// The answer (or error, or transport failure) arrived at `reply`: the call stops counting
-    /// one window later. Writes on the blocking pool.
+    /// one window later. Written with this process's next decision, or on the blocking pool
+    /// within [`END_LINGER`] ([`Core::flush_later`]); [`Limiter::flush`] writes every pending end
+    /// now (the end of a run).
     pub async fn complete(mut self, reply: Timestamp) {
         self.close_at(reply);
-        let core = self.core.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || core.flush())
-            .await
-            .map_err(|e| ThrottleError::Join(e.to_string()))
-            .and_then(|r| r)
-        {
-            tracing::warn!(error = %e, "limiter: could not record a call's end yet (it keeps counting until its fallback end)");
-        }
+        self.core.flush_later();
     }
 
     /// [`Permit::complete`] for blocking callers (simulations and tests).
@@ -547,6 +571,16 @@ impl Limiter {
         rules.extend(cap.rules.iter().cloned());
         self.rules = rules.into();
         self
+    }
+
+    /// Write every completed call's end now (on the blocking pool): what [`Permit::complete`]
+    /// left for a later decision. The engine calls it when a run stops sending, so the calls'
+    /// real ends are in the log before the process leaves.
+    pub async fn flush(&self) -> Result<(), ThrottleError> {
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || core.flush())
+            .await
+            .map_err(|e| ThrottleError::Join(e.to_string()))?
     }
 
     /// The limit this limiter enforces (the account's).
