@@ -21,7 +21,9 @@
 //! Invariants:
 //! - Each log entry has an end, `until_ns`: while the call is in flight a fallback (admission +
 //!   [`SEND_SLACK`] + the longest a call can take + one window), then the answer's instant + one
-//!   window once the engine completes its [`Permit`] (an error or a transport failure too). A permit
+//!   window once the engine completes its [`Permit`] (an error or a transport failure too; the
+//!   end is written by the process's next decision, in its transaction, or within [`END_LINGER`],
+//!   or by [`Limiter::flush`] when a run stops: meanwhile the fallback, later, holds). A permit
 //!   dropped without completion (cancelled future, panic) closes at drop time + one window. The
 //!   fallback is what a process killed with `kill -9` leaves: nothing it sent can be stamped after
 //!   its timeout, so its entries stop counting then and never block forever.

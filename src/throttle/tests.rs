@@ -1061,3 +1061,46 @@ both! {
         assert_eq!(together, alone);
     }
 }
+
+both! {
+    /// A completed call's end is written by the next decision of its process, or by
+    /// `Limiter::flush` (the end of a run), not by a transaction of its own: another process
+    /// (here a second limiter on the same store) then sees the call stop counting one window
+    /// after its answer, not at its fallback end (admission + slack + call timeout + window).
+    async fn a_completed_end_is_written_by_the_next_decision_or_the_flush(place: Place) {
+        let clock = SimClock::new(start());
+        let limit = Limit::new(2, Duration::from_secs(10));
+        let a = place.open("batch", limit, LimiterOptions::default(), &clock);
+        let b = place.open("batch", limit, LimiterOptions::default(), &clock);
+        let at = |acq: Acquired| match acq {
+            Acquired::At(p) => p,
+            Acquired::Deadline => panic!("no deadline given"),
+        };
+        let a1 = at(a.acquire(1, None).await.expect("acquire"));
+        a1.complete(clock.now()).await;
+        // A's next decision carries a1's end.
+        let a2 = at(a.acquire(1, None).await.expect("acquire"));
+        clock.advance(limit.window + Duration::from_millis(1));
+        let before = clock.now().as_nanosecond();
+        let b1 = at(b.acquire(1, None).await.expect("acquire"));
+        let waited = b1.at().as_nanosecond() - before;
+        assert!(
+            waited < ns(Duration::from_secs(30)),
+            "a1 still counted until its fallback end: B waited {waited} ns"
+        );
+        // No decision of A follows: its flush writes a2's end.
+        let now = clock.now();
+        a2.complete(now).await;
+        b1.complete(now).await;
+        a.flush().await.expect("flush");
+        clock.advance(limit.window + Duration::from_millis(1));
+        let before = clock.now().as_nanosecond();
+        let b2 = at(b.acquire(2, None).await.expect("acquire"));
+        let waited = b2.at().as_nanosecond() - before;
+        assert!(
+            waited < ns(Duration::from_secs(30)),
+            "a2 still counted until its fallback end: B waited {waited} ns"
+        );
+        b2.complete(clock.now()).await;
+    }
+}
