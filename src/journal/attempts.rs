@@ -7,7 +7,8 @@
 //! Invariants: a row is written in the same transaction as the attempt's in-flight mark (so it
 //! exists before the request leaves), numbered as `calls.attempts` after that mark; an attempt's
 //! code is set by the write that ends it (a retry, a fatal stop, an error outcome). Must not:
-//! change `calls` or `recipients` (only this table), or be read by anything but the methods here.
+//! change `calls` or `recipients` (only this table; on PostgreSQL the mark's statement wraps the
+//! call row's own upsert, `calls::MARK_CALL`, so that both rows cost one round trip), or be read by anything but the methods here.
 
 use std::collections::BTreeMap;
 
@@ -34,13 +35,33 @@ pub(super) fn attempt_tx(
         params![
             key,
             m.run_id,
-            clamp_i64(m.now.as_nanosecond()),
+            at_ns(m),
             m.receivers.len() as i64,
             m.seq as i64
         ],
     )
     .map_err(db)?;
     Ok(())
+}
+
+/// PostgreSQL: a mark's call row ([`super::calls::MARK_CALL`], ?1–?8) and its attempt's row
+/// (?9 the run's key, ?10 the admission in ns) in one statement, one round trip: the attempt is
+/// numbered by what the call row's upsert returns, as [`attempt_tx`] reads it back.
+pub(super) static PG_MARK_WITH_ATTEMPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH c AS ({} RETURNING seq, attempts)
+         INSERT INTO attempts(run_key, seq, attempt, at_ns, receivers, code)
+         SELECT CAST(?9 AS BIGINT), c.seq, c.attempts, CAST(?10 AS BIGINT), CAST(?6 AS BIGINT), NULL
+         FROM c
+         ON CONFLICT(run_key, seq, attempt) DO UPDATE SET at_ns = excluded.at_ns,
+             receivers = excluded.receivers, code = NULL",
+        super::calls::MARK_CALL
+    )
+});
+
+/// A mark's admission instant as stored (ns, clamped to `i64`).
+pub(super) fn at_ns(m: &Mark) -> i64 {
+    clamp_i64(m.now.as_nanosecond())
 }
 
 /// The latest attempt of call `seq` ended with `code` (a retry, a fatal stop, an error outcome).

@@ -167,6 +167,26 @@ impl Marked {
     }
 }
 
+/// A call's in-flight mark: its row, created or (a retry) updated with one more attempt.
+/// ?1 run id, ?2 call, ?3 variant, ?4 the receivers' lines (packed), ?5 strays, ?6 how many,
+/// ?7 client message id, ?8 time.
+pub(super) const MARK_CALL: &str = "INSERT INTO calls(run_id, seq, variant, receivers, strays, n_receivers, state, attempts,
+                               client_msg_id, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', 1, ?7, ?8)
+             ON CONFLICT(run_id, seq) DO UPDATE SET variant = excluded.variant, receivers = excluded.receivers,
+                 strays = excluded.strays, n_receivers = excluded.n_receivers,
+                 state = 'in_flight', attempts = calls.attempts + 1, client_msg_id = excluded.client_msg_id,
+                 updated_at = excluded.updated_at";
+
+/// [`MARK_CALL`]'s parameters, then the run's key (?9) and the admission in ns (?10), for
+/// [`super::attempts::PG_MARK_WITH_ATTEMPT`].
+fn params_with_attempt<'a>(p: &[Value<'a>], m: &Mark, key: i64) -> Vec<Value<'a>> {
+    let mut v = p.to_vec();
+    v.push(Value::Int(key));
+    v.push(Value::Int(super::attempts::at_ns(m)));
+    v
+}
+
 /// PostgreSQL: a call's outcomes in one statement (see `Journal::outcome_tx`). ?1 the pending
 /// code; arrays ?2 rk, ?3 new status, ?4 message id, ?5 error code, ?6 error message, ?7 detail,
 /// ?8 the status each row moves from; ?9 the call, ?10 its variant index, ?11 its attempts.
@@ -586,26 +606,22 @@ impl Journal {
         marked.put(&m.run_id, m.seq, found);
         // Recipients are not touched here: the call row (with its receivers' lines) is the
         // in-flight mark; the outcome (or crash recovery) updates the recipients.
-        tx.execute(
-            "INSERT INTO calls(run_id, seq, variant, receivers, strays, n_receivers, state, attempts,
-                               client_msg_id, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', 1, ?7, ?8)
-             ON CONFLICT(run_id, seq) DO UPDATE SET variant = excluded.variant, receivers = excluded.receivers,
-                 strays = excluded.strays, n_receivers = excluded.n_receivers,
-                 state = 'in_flight', attempts = calls.attempts + 1, client_msg_id = excluded.client_msg_id,
-                 updated_at = excluded.updated_at",
-            params![
-                &m.run_id,
-                m.seq as i64,
-                &m.variant,
-                lines.as_slice(),
-                strays.as_deref(),
-                m.receivers.len() as i64,
-                m.client_msg_id.as_deref(),
-                &ts(m.now)
-            ],
-        )
-        .map_err(db)?;
+        let (seq, n, now) = (m.seq as i64, m.receivers.len() as i64, ts(m.now));
+        let (lines, strays, cmid) = (
+            lines.as_slice(),
+            strays.as_deref(),
+            m.client_msg_id.as_deref(),
+        );
+        let params: Vec<Value<'_>> =
+            params![m.run_id, seq, m.variant, lines, strays, n, cmid, now].to_vec();
+        if tx.backend() == Backend::Postgres {
+            // One statement (one round trip): the call row, then its attempt's row from what the
+            // row's upsert returned.
+            tx.execute(&super::attempts::PG_MARK_WITH_ATTEMPT, &params_with_attempt(&params, m, key))
+                .map_err(db)?;
+            return Ok(());
+        }
+        tx.execute(MARK_CALL, &params).map_err(db)?;
         super::attempts::attempt_tx(tx, m, key, db)
     }
 
