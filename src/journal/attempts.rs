@@ -47,17 +47,18 @@ pub(super) fn attempt_tx(
 /// PostgreSQL: a mark's call row ([`super::calls::MARK_CALL`], ?1–?8) and its attempt's row
 /// (?9 the run's key, ?10 the admission in ns) in one statement, one round trip: the attempt is
 /// numbered by what the call row's upsert returns, as [`attempt_tx`] reads it back.
-pub(super) static PG_MARK_WITH_ATTEMPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH c AS ({} RETURNING seq, attempts)
+pub(super) static PG_MARK_WITH_ATTEMPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| {
+        format!(
+            "WITH c AS ({} RETURNING seq, attempts)
          INSERT INTO attempts(run_key, seq, attempt, at_ns, receivers, code)
          SELECT CAST(?9 AS BIGINT), c.seq, c.attempts, CAST(?10 AS BIGINT), CAST(?6 AS BIGINT), NULL
          FROM c
          ON CONFLICT(run_key, seq, attempt) DO UPDATE SET at_ns = excluded.at_ns,
              receivers = excluded.receivers, code = NULL",
-        super::calls::MARK_CALL
-    )
-});
+            super::calls::MARK_CALL
+        )
+    });
 
 /// A mark's admission instant as stored (ns, clamped to `i64`).
 pub(super) fn at_ns(m: &Mark) -> i64 {

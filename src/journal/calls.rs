@@ -617,8 +617,11 @@ impl Journal {
         if tx.backend() == Backend::Postgres {
             // One statement (one round trip): the call row, then its attempt's row from what the
             // row's upsert returned.
-            tx.execute(&super::attempts::PG_MARK_WITH_ATTEMPT, &params_with_attempt(&params, m, key))
-                .map_err(db)?;
+            tx.execute(
+                &super::attempts::PG_MARK_WITH_ATTEMPT,
+                &params_with_attempt(&params, m, key),
+            )
+            .map_err(db)?;
             return Ok(());
         }
         tx.execute(MARK_CALL, &params).map_err(db)?;
