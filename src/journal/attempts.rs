@@ -8,7 +8,8 @@
 //! exists before the request leaves), numbered as `calls.attempts` after that mark; an attempt's
 //! code is set by the write that ends it (a retry, a fatal stop, an error outcome). Must not:
 //! change `calls` or `recipients` (only this table; on PostgreSQL the mark's statement wraps the
-//! call row's own upsert, `calls::MARK_CALL`, so that both rows cost one round trip), or be read by anything but the methods here.
+//! call row's own upsert, `calls::MARK_CALL`, so that both rows cost one round trip), or be read
+//! by anything but the methods here.
 
 use std::collections::BTreeMap;
 
