@@ -328,6 +328,14 @@ impl Core {
         });
     }
 
+    /// [`Core::flush`] on the blocking pool, awaited.
+    async fn flush_pool(self: &Arc<Self>) -> Result<(), ThrottleError> {
+        let core = self.clone();
+        tokio::task::spawn_blocking(move || core.flush())
+            .await
+            .map_err(|e| ThrottleError::Join(e.to_string()))?
+    }
+
     /// Flush on the blocking pool when inside a runtime, else here.
     fn flush_soon(self: &Arc<Self>) {
         let core = self.clone();
@@ -399,12 +407,7 @@ impl Permit {
                 close: false,
             });
         }
-        let core = self.core.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || core.flush())
-            .await
-            .map_err(|e| ThrottleError::Join(e.to_string()))
-            .and_then(|r| r)
-        {
+        if let Err(e) = self.core.flush_pool().await {
             tracing::warn!(error = %e, "limiter: could not extend a late call's entry");
         }
     }
@@ -579,10 +582,7 @@ impl Limiter {
     /// left for a later decision. The engine calls it when a run stops sending, so the calls'
     /// real ends are in the log before the process leaves.
     pub async fn flush(&self) -> Result<(), ThrottleError> {
-        let core = self.core.clone();
-        tokio::task::spawn_blocking(move || core.flush())
-            .await
-            .map_err(|e| ThrottleError::Join(e.to_string()))?
+        self.core.flush_pool().await
     }
 
     /// The limit this limiter enforces (the account's).
