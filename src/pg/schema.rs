@@ -170,6 +170,11 @@ pub const MIGRATIONS: &[Migration] = &[
     CREATE INDEX delivered_wide ON delivered(run_key, lo) WHERE hi - lo > 65536;
     ALTER TABLE recipients SET (fillfactor = 100);",
     },
+    Migration {
+        version: 9,
+        name: "the limiter's decision deletes a key's ended entries once a window, or when the key is near its limit, instead of at every decision (imcast_throttle_decide, imcast_throttle_key.sweep_ns)",
+        sql: THROTTLE_DECIDE_SWEEP,
+    },
 ];
 
 /// Version 6: the journal's tables (`crate::journal`), the final schema of the SQLite journal
@@ -331,6 +336,7 @@ const JOURNAL: &str = "
 /// entry's fallback end; then `now` and the pending ends (id, key, end, close). Returns the wait
 /// in ns (> 0: nothing admitted, ask again then) and, when admitted, the entries' ids in rule
 /// order. Everything it does (ends written, ended entries deleted) commits with the statement.
+/// Replaced by version 9 ([`THROTTLE_DECIDE_SWEEP`]; the same arguments and rule).
 const THROTTLE_DECIDE: &str = "
     CREATE FUNCTION imcast_throttle_decide(
         p_keys text[], p_need bigint[], p_limit bigint[], p_window bigint[],
@@ -422,6 +428,143 @@ const THROTTLE_DECIDE: &str = "
                               ELSE GREATEST(COALESCE(tat_ns, new_tat[i]), new_tat[i]) END
                 WHERE key = p_keys[i];
         END LOOP;
+    END
+    $fn$;";
+
+/// Version 9: [`THROTTLE_DECIDE`]'s rule unchanged, with less work a decision. Measured with
+/// `pgbench` calling the function alone (BENCHMARKS.md), 0.48 ms a decision became 0.39 ms
+/// (0.22 ms with the commit's flush left out).
+///
+/// - A key's ended entries are deleted (their units taken off its total) only when the key's
+///   total, ended entries included, would refuse this call, or once a window
+///   (`imcast_throttle_key.sweep_ns`: the next sweep; NULL: at the next decision). The rule
+///   needs the ended entries gone only to judge a call the total would refuse: a total that
+///   still counts some ended entries is never below the true one, so when it admits, the true
+///   one admits too; when it would refuse, the sweep comes first and the rule runs on the true
+///   total and the true entries, exactly as before. Between sweeps the log keeps at most about
+///   two windows of entries. Before, every decision deleted the entries ended since the last
+///   one: a delete whose index scan stepped over the rows it had just deleted, not yet vacuumed,
+///   and that was a quarter of the function's time.
+/// - The keys' state is read in one statement, the new entries inserted and the totals updated
+///   in one statement each (ids drawn from the log's identity sequence first, so they come back
+///   in rule order), instead of a statement per rule for each.
+///
+/// SQLite (`store::decide_by_steps`) still deletes at every decision: in-process, it costs
+/// nothing worth saving. The limiter's suite, run on both backends, checks they decide alike.
+const THROTTLE_DECIDE_SWEEP: &str = "
+    ALTER TABLE imcast_throttle_key ADD COLUMN sweep_ns BIGINT;
+    CREATE OR REPLACE FUNCTION imcast_throttle_decide(
+        p_keys text[], p_need bigint[], p_limit bigint[], p_window bigint[],
+        p_pace_step bigint[], p_pace_tol bigint[], p_until bigint[], p_now bigint,
+        p_end_ids bigint[], p_end_keys text[], p_end_until bigint[], p_end_close boolean[],
+        OUT wait_ns bigint, OUT ids bigint[])
+    LANGUAGE plpgsql VOLATILE AS $fn$
+    DECLARE
+        all_keys text[];
+        n_locked int;
+        i int;
+        used bigint[];
+        tat bigint[];
+        sweep_at bigint[];
+        sweep text[] := ARRAY[]::text[];
+        sweep_next bigint[] := ARRAY[]::bigint[];
+        t bigint;
+        excess bigint;
+        free_at bigint;
+        w bigint;
+        new_tat bigint[] := ARRAY[]::bigint[];
+    BEGIN
+        -- Every key whose entries this decision touches, locked in key order (no deadlock
+        -- between decisions on overlapping keys), its row created when missing.
+        all_keys := ARRAY(SELECT DISTINCT k FROM unnest(p_keys || COALESCE(p_end_keys, '{}'))
+                          AS u(k) ORDER BY k);
+        PERFORM 1 FROM imcast_throttle_key WHERE key = ANY(all_keys) ORDER BY key FOR UPDATE;
+        GET DIAGNOSTICS n_locked = ROW_COUNT;
+        IF n_locked < cardinality(all_keys) THEN
+            INSERT INTO imcast_throttle_key(key) SELECT unnest(all_keys)
+                ON CONFLICT (key) DO NOTHING;
+            PERFORM 1 FROM imcast_throttle_key WHERE key = ANY(all_keys) ORDER BY key
+                FOR UPDATE;
+        END IF;
+        -- The pending ends: a close sets the end once (the first close wins), an extension
+        -- only pushes it out.
+        IF cardinality(p_end_ids) > 0 THEN
+            UPDATE imcast_throttle_log l
+            SET until_ns = CASE WHEN e.close THEN e.until_ns
+                                ELSE GREATEST(l.until_ns, e.until_ns) END,
+                done = e.close
+            FROM unnest(p_end_ids, p_end_until, p_end_close) AS e(id, until_ns, close)
+            WHERE l.id = e.id AND NOT l.done;
+        END IF;
+        -- The rules' keys' state, in rule order.
+        SELECT array_agg(k.units ORDER BY u.i), array_agg(k.tat_ns ORDER BY u.i),
+               array_agg(k.sweep_ns ORDER BY u.i)
+            INTO used, tat, sweep_at
+            FROM unnest(p_keys) WITH ORDINALITY AS u(key, i) JOIN imcast_throttle_key k USING (key);
+        -- Entries that ended before now stop counting: deleted, their units off the totals,
+        -- for a key whose total (ended entries included) would refuse this call, or whose
+        -- sweep is due; the next sweep one window from now.
+        FOR i IN 1 .. cardinality(p_keys) LOOP
+            IF used[i] + p_need[i] > p_limit[i] OR sweep_at[i] IS NULL OR p_now >= sweep_at[i] THEN
+                sweep := sweep || p_keys[i];
+                sweep_next := sweep_next || (p_now + p_window[i]);
+            END IF;
+        END LOOP;
+        IF cardinality(sweep) > 0 THEN
+            WITH gone AS (
+                DELETE FROM imcast_throttle_log WHERE key = ANY(sweep) AND until_ns < p_now
+                RETURNING key, count),
+            s AS (SELECT key, SUM(count)::bigint AS n FROM gone GROUP BY key),
+            x AS (SELECT key, MAX(n) AS next FROM unnest(sweep, sweep_next) AS x(key, n) GROUP BY key)
+            UPDATE imcast_throttle_key t SET units = t.units - COALESCE(s.n, 0), sweep_ns = x.next
+            FROM x LEFT JOIN s USING (key) WHERE t.key = x.key;
+            SELECT array_agg(k.units ORDER BY u.i)
+                INTO used
+                FROM unnest(p_keys) WITH ORDINALITY AS u(key, i) JOIN imcast_throttle_key k USING (key);
+        END IF;
+        wait_ns := 0;
+        FOR i IN 1 .. cardinality(p_keys) LOOP
+            -- 1. The hard guarantee: what counts now plus this call stays within the limit.
+            IF used[i] + p_need[i] > p_limit[i] THEN
+                excess := used[i] + p_need[i] - p_limit[i];
+                SELECT e.until_ns INTO free_at FROM (
+                    SELECT l.until_ns, (SUM(l.count) OVER (ORDER BY l.until_ns, l.id
+                                         ROWS UNBOUNDED PRECEDING))::bigint AS freed
+                    FROM imcast_throttle_log l WHERE l.key = p_keys[i]) e
+                WHERE e.freed >= excess ORDER BY e.until_ns LIMIT 1;
+                IF NOT FOUND THEN
+                    free_at := NULL;
+                END IF;
+                -- Nothing in flight frees before now + W: asking again then misses nothing.
+                w := LEAST(COALESCE(free_at + 1 - p_now, p_window[i] + 1), p_window[i] + 1);
+                wait_ns := GREATEST(wait_ns, GREATEST(w, 1));
+            END IF;
+            -- 2. Pacing (smoothness, not safety).
+            IF p_pace_step[i] IS NOT NULL THEN
+                t := GREATEST(COALESCE(tat[i], p_now), p_now);
+                IF t - p_now > p_pace_tol[i] THEN
+                    wait_ns := GREATEST(wait_ns, t - p_now - p_pace_tol[i]);
+                END IF;
+                new_tat[i] := t + p_pace_step[i];
+            END IF;
+        END LOOP;
+        IF wait_ns > 0 THEN
+            ids := NULL;
+            RETURN;
+        END IF;
+        -- Admitted: the entries (ids drawn first, in rule order), then the totals and the
+        -- pacing times (a key twice in the rules: the sum of its units, the latest time).
+        ids := ARRAY(SELECT nextval('imcast_throttle_log_id_seq')
+                     FROM generate_series(1, cardinality(p_keys)));
+        INSERT INTO imcast_throttle_log(id, key, at_ns, count, until_ns, done) OVERRIDING SYSTEM VALUE
+            SELECT u.id, u.key, p_now, u.need, u.until_ns, false
+            FROM unnest(ids, p_keys, p_need, p_until) AS u(id, key, need, until_ns);
+        UPDATE imcast_throttle_key k SET units = k.units + a.need,
+            tat_ns = CASE WHEN a.tat IS NULL THEN k.tat_ns
+                          ELSE GREATEST(COALESCE(k.tat_ns, a.tat), a.tat) END
+            FROM (SELECT u.key, SUM(u.need)::bigint AS need, MAX(u.tat) AS tat
+                  FROM unnest(p_keys, p_need, new_tat) AS u(key, need, tat) GROUP BY u.key) a
+            WHERE k.key = a.key;
     END
     $fn$;";
 
@@ -704,7 +847,7 @@ mod tests {
         for (i, m) in MIGRATIONS.iter().enumerate() {
             assert_eq!(m.version, i as i32 + 1, "{}", m.name);
         }
-        assert_eq!(SCHEMA_VERSION, 8, "the deferred rows are version 8");
+        assert_eq!(SCHEMA_VERSION, 9, "the limiter's sweep is version 9");
         assert!(MIGRATIONS[5].sql.contains("runs_one_unfinished"));
     }
 

@@ -3,15 +3,18 @@
 //!
 //! Tables (the store's versioned migrations, `crate::pg::schema`, applied on connecting; a newer
 //! schema is refused): `imcast_throttle_log(id, key, at_ns, count, until_ns, done)` with an index on
-//! `(key, until_ns) INCLUDE (count)`, and `imcast_throttle_key(key, units, tat_ns)`: one row per
-//! key holding the running total and the pacing time, and serving as the key's lock.
+//! `(key, until_ns) INCLUDE (count)`, and `imcast_throttle_key(key, units, tat_ns, sweep_ns)`: one
+//! row per key holding the running total, the pacing time and when its ended entries are next
+//! deleted, and serving as the key's lock.
 //!
-//! A decision is one call of the server-side function `imcast_throttle_decide` (migration 3),
-//! with one prepared statement: one round trip, in one READ COMMITTED transaction (the
-//! statement's own). The function locks the decision's key rows (`SELECT … FOR UPDATE` in key
-//! order, so two decisions on overlapping keys never deadlock; rows created when missing), then,
-//! each statement seeing everything the previous holders committed: writes the pending ends,
-//! deletes the ended entries (their units taken off the total), applies the rule and, if it
+//! A decision is one call of the server-side function `imcast_throttle_decide` (migration 3,
+//! replaced by migration 9), with one prepared statement: one round trip, in one READ COMMITTED
+//! transaction (the statement's own). The function locks the decision's key rows (`SELECT … FOR
+//! UPDATE` in key order, so two decisions on overlapping keys never deadlock; rows created when
+//! missing), then, each statement seeing everything the previous holders committed: writes the
+//! pending ends, deletes the ended entries (their units taken off the total) of a key whose total
+//! would refuse the call or whose sweep is due (once a window: deleting at every decision was a
+//! quarter of its time; the rule is unchanged, see migration 9), applies the rule and, if it
 //! admits, inserts the new entries and updates the totals and pacing times. It is the rule of
 //! `store::decide_by_steps` (which SQLite runs) written in PL/pgSQL — why, and what keeps the
 //! two identical, is in `store.rs`. Round trips are what an admission costs on a network: five

@@ -64,8 +64,9 @@ pub(crate) enum Decided {
 }
 
 /// The rule on a backend's [`Steps`]. `imcast_throttle_decide` (the PostgreSQL
-/// migration 3) is the same rule in PL/pgSQL, line for line: change both or neither (the
-/// limiter's test suite runs on both backends).
+/// migrations 3 and 9) is the same rule in PL/pgSQL: change both or neither (the limiter's test
+/// suite runs on both backends). It deletes a key's ended entries only when they could change
+/// the decision, or once a window (migration 9 says why that decides alike).
 pub(crate) fn decide_by_steps<S: Steps + ?Sized>(
     store: &mut S,
     rules: &[AskRule<'_>],

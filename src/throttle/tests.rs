@@ -1106,3 +1106,42 @@ both! {
         b2.complete(clock.now()).await;
     }
 }
+
+both! {
+    /// Ended entries stop counting at once, whenever the store deletes them. PostgreSQL deletes
+    /// a key's ended entries once a window, or first when its total (ended entries included)
+    /// would refuse the call (store migration 9); SQLite at every decision. Here, at 1.95 s, the
+    /// last sweep was at 1.2 s, and the total, three with two ended entries, would refuse: the
+    /// decision must sweep first and admit, then refuse what really is over the limit.
+    fn ended_entries_free_room_between_sweeps(place: Place) {
+        let clock = SimClock::new(start());
+        let limit = Limit::new(3, Duration::from_secs(1));
+        let l = place.open("batch", limit, LimiterOptions::default(), &clock);
+        let admit = |what: &str| match l.try_acquire(1).expect("decide") {
+            Ok(p) => p,
+            Err(w) => panic!("{what}: told to wait {w:?}"),
+        };
+        let answered = |p: Permit| p.complete_blocking(clock.now()).expect("complete");
+        let later = |ms| clock.advance(Duration::from_millis(ms));
+        // 0 s (a sweep: the key's first): a1, answered at once, counts until 1 s.
+        answered(admit("a1"));
+        later(900);
+        // 0.9 s: a2 and a3 count until 1.9 s.
+        let (a2, a3) = (admit("a2"), admit("a3"));
+        answered(a2);
+        answered(a3);
+        later(300);
+        // 1.2 s (a sweep: one window since the last; a1 is deleted): a4 counts until 2.2 s.
+        answered(admit("a4"));
+        later(750);
+        // 1.95 s: a2 and a3 have ended; only a4 counts.
+        let _a5 = admit("a5");
+        let _a6 = admit("a6");
+        assert!(
+            l.try_acquire(1).expect("decide").is_err(),
+            "a7 would be the fourth unit counting"
+        );
+        let (total, sum) = totals(&place, "batch");
+        assert_eq!((total, sum), (3, 3), "a4, a5 and a6 count; a1, a2, a3 deleted");
+    }
+}
