@@ -549,6 +549,8 @@ on_both!(
 /// the call's lines without reading them (`calls::Marked`), and the outcome lands on the right
 /// rows; any other receiver list (another order, a subset), a call with a row that was not
 /// `pending` when seeded, and a call marked again after its outcome read their rows as before.
+/// On PostgreSQL a fresh call whose rows are all deferred is marked from its plan row alone
+/// (`calls::PG_FRESH_MARK`); one with a row of its own (a note) reads the plan's lines.
 fn fresh_marks_find_the_rows_by_their_lines(on: On) {
     let Some((mut j, _keep)) = fresh_journal(on, "journal_fresh") else {
         return;
@@ -561,10 +563,20 @@ fn fresh_marks_find_the_rows_by_their_lines(on: On) {
         r.raw_id = None;
         r
     }));
+    // Call 3 (107 with a note of its own, 108).
+    seed.extend(rows(&[]).into_iter().take(2).map(|mut r| {
+        r.line += 8;
+        r.id = r.id.map(|v| v + 6);
+        r.raw_id = None;
+        r
+    }));
     for (i, r) in seed.iter_mut().enumerate() {
         r.call_seq = Some(i as u64 / 2);
         if r.id == Some(106) {
             r.status = RecipientStatus::Suppressed;
+        }
+        if r.id == Some(107) {
+            r.note = Some("vip".into());
         }
     }
     let id = open(&mut j, "h1", ResumeOptions::default(), seed)
@@ -575,12 +587,27 @@ fn fresh_marks_find_the_rows_by_their_lines(on: On) {
     j.mark_in_flight(&id, 0, "v", &[101, 102], None, now())
         .expect("mark 0");
     assert_eq!(j.marked.fresh_marks, 1, "call 0: its seeded receivers");
+    let from_plan = u64::from(matches!(on, On::Postgres));
+    assert_eq!(j.marked.plan_marks, from_plan, "call 0: all deferred");
+    j.mark_in_flight(&id, 3, "v", &[107, 108], None, now())
+        .expect("mark 3");
+    assert_eq!(j.marked.fresh_marks, 2, "call 3: its seeded receivers");
+    assert_eq!(j.marked.plan_marks, from_plan, "call 3: 107 has a row");
+    j.record_outcome(
+        &id,
+        3,
+        CallState::Done,
+        &[sent(107, 70), sent(108, 80)],
+        None,
+        at(1),
+    )
+    .expect("outcome 3");
     j.mark_in_flight(&id, 1, "v", &[104, 103], None, now())
         .expect("mark 1");
     j.mark_in_flight(&id, 2, "v", &[105], None, now())
         .expect("mark 2");
     assert_eq!(
-        j.marked.fresh_marks, 1,
+        j.marked.fresh_marks, 2,
         "another order; a suppressed row in the call"
     );
     j.record_outcome(
@@ -605,7 +632,8 @@ fn fresh_marks_find_the_rows_by_their_lines(on: On) {
         .expect("outcome 2");
     j.mark_in_flight(&id, 0, "v", &[101, 102], None, at(2))
         .expect("mark 0 again");
-    assert_eq!(j.marked.fresh_marks, 1, "call 0 had its outcome");
+    assert_eq!(j.marked.fresh_marks, 2, "call 0 had its outcome");
+    assert_eq!(j.marked.plan_marks, from_plan);
     let by_id: Vec<(Option<u64>, RecipientStatus, Option<u64>)> = j
         .recipients(&id)
         .expect("rows")
@@ -621,12 +649,16 @@ fn fresh_marks_find_the_rows_by_their_lines(on: On) {
             (Some(104), RecipientStatus::Sent, Some(40)),
             (Some(105), RecipientStatus::Sent, Some(50)),
             (Some(106), RecipientStatus::Suppressed, None),
+            (Some(107), RecipientStatus::Sent, Some(70)),
+            (Some(108), RecipientStatus::Sent, Some(80)),
         ]
     );
-    assert_eq!(j.calls(&id).expect("calls")[0].receivers, [101, 102]);
-    assert_eq!(j.calls(&id).expect("calls")[1].receivers, [104, 103]);
+    let calls = j.calls(&id).expect("calls");
+    assert_eq!(calls[0].receivers, [101, 102]);
+    assert_eq!(calls[1].receivers, [104, 103]);
+    assert_eq!(calls[3].receivers, [107, 108]);
     let c = j.counts(&id).expect("counts");
-    assert_eq!(c[&RecipientStatus::Sent], 5);
+    assert_eq!(c[&RecipientStatus::Sent], 7);
     assert_eq!(c, j.counts_by_scan(&id).expect("scan"));
 }
 on_both!(

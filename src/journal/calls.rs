@@ -78,6 +78,9 @@ pub(super) struct Marked {
     /// Marks that found their rows by the seeded fingerprint (tests).
     #[cfg(test)]
     pub fresh_marks: u64,
+    /// Of those, marks written from the plan's row alone (PostgreSQL, [`PG_FRESH_MARK`]; tests).
+    #[cfg(test)]
+    pub plan_marks: u64,
 }
 
 /// The plan calls' [`Fingerprint`]s of a run this process created and seeded, valid while this
@@ -88,6 +91,10 @@ pub(super) struct Seeded {
     /// This journal's fence on the run once created ([`Marked::seeded`] sets it).
     pub fence: Option<i64>,
     pub calls: HashMap<u64, Fingerprint, crate::plan::FastState>,
+    /// The plan calls with a row written at seeding (not deferred: an A/B name, a note, an id
+    /// written another way). The others' rows are all in their deferred entries, which their
+    /// outcomes take: on PostgreSQL their fresh marks read nothing ([`PG_FRESH_MARK`]).
+    pub written: std::collections::HashSet<u64, crate::plan::FastState>,
 }
 
 const MARKED_MAX: usize = 1024;
@@ -159,6 +166,13 @@ impl Marked {
         })
     }
 
+    /// Whether plan call `seq` of the seeded run had every row deferred (see [`Seeded`]).
+    fn all_deferred(&self, run_id: &str, seq: u64) -> bool {
+        self.seeded
+            .as_ref()
+            .is_some_and(|s| s.run_id == run_id && !s.written.contains(&seq))
+    }
+
     /// The call has an outcome: its next mark (if any) reads its rows.
     fn spend(&mut self, run_id: &str, seq: u64) {
         if let Some(s) = self.seeded.as_mut().filter(|s| s.run_id == run_id) {
@@ -178,6 +192,31 @@ pub(super) const MARK_CALL: &str = "INSERT INTO calls(run_id, seq, variant, rece
                  state = 'in_flight', attempts = calls.attempts + 1, client_msg_id = excluded.client_msg_id,
                  updated_at = excluded.updated_at";
 
+/// PostgreSQL: the fresh mark of a plan call whose rows are all deferred ([`Marked::fresh`] and
+/// [`Marked::all_deferred`]): its receivers are the call's seeded rows in the order of its lines,
+/// so the call row's packed lines are the plan's own (`call_plan.lines`, the same packing) and it
+/// has no strays. One statement, one round trip, nothing read back: the call row from the plan
+/// row, then its attempt's row ([`super::attempts::PG_MARK_WITH_ATTEMPT`]'s). The outcome finds
+/// every receiver in the call's deferred entry, so the mark keeps no rows for it either.
+/// ?1 run id, ?2 call, ?3 variant, ?4 how many, ?5 client message id, ?6 time, ?7 the run's key,
+/// ?8 the admission in ns. Changes one row of each table, or (no plan row: never for a seeded
+/// call) none, and the caller marks the call the usual way.
+const PG_FRESH_MARK: &str = "WITH c AS (
+        INSERT INTO calls(run_id, seq, variant, receivers, strays, n_receivers, state, attempts,
+                          client_msg_id, updated_at)
+        SELECT ?1, ?2, ?3, p.lines, NULL, ?4, 'in_flight', 1, ?5, ?6
+        FROM call_plan p WHERE p.run_key = ?7 AND p.seq = ?2
+        ON CONFLICT(run_id, seq) DO UPDATE SET variant = excluded.variant,
+            receivers = excluded.receivers, strays = NULL, n_receivers = excluded.n_receivers,
+            state = 'in_flight', attempts = calls.attempts + 1,
+            client_msg_id = excluded.client_msg_id, updated_at = excluded.updated_at
+        RETURNING seq, attempts)
+    INSERT INTO attempts(run_key, seq, attempt, at_ns, receivers, code)
+    SELECT CAST(?7 AS BIGINT), c.seq, c.attempts, CAST(?8 AS BIGINT), CAST(?4 AS BIGINT), NULL
+    FROM c
+    ON CONFLICT(run_key, seq, attempt) DO UPDATE SET at_ns = excluded.at_ns,
+        receivers = excluded.receivers, code = NULL";
+
 /// [`MARK_CALL`]'s parameters, then the run's key (?9) and the admission in ns (?10), for
 /// [`super::attempts::PG_MARK_WITH_ATTEMPT`].
 fn params_with_attempt<'a>(p: &[Value<'a>], m: &Mark, key: i64) -> Vec<Value<'a>> {
@@ -186,6 +225,25 @@ fn params_with_attempt<'a>(p: &[Value<'a>], m: &Mark, key: i64) -> Vec<Value<'a>
     v.push(Value::Int(super::attempts::at_ns(m)));
     v
 }
+
+/// An outcome's update of its call row: ?1 run id, ?2 call, ?3 state, ?4/?5 error code and
+/// message, ?6 time; returning [`OUTCOME_CALL_COLUMNS`].
+const OUTCOME_CALL: &str =
+    "UPDATE calls SET state = ?3, error_code = ?4, error_message = ?5, updated_at = ?6
+     WHERE run_id = ?1 AND seq = ?2";
+const OUTCOME_CALL_COLUMNS: &str = "attempts, variant, receivers";
+
+/// PostgreSQL: [`OUTCOME_CALL`] and `deferred::take` (?7 the run's key) in one statement: the
+/// deferred entry's columns first (NULL: none), then the call's. No row when the call has none
+/// (an error, as the update alone).
+static PG_OUTCOME_CALL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH c AS ({OUTCOME_CALL} RETURNING {OUTCOME_CALL_COLUMNS}),
+              d AS (DELETE FROM deferred WHERE run_key = ?7 AND seq = ?2 RETURNING {})
+         SELECT d.*, c.* FROM c LEFT JOIN d ON true",
+        deferred::ENTRY_COLUMNS
+    )
+});
 
 /// PostgreSQL: a call's outcomes in one statement (see `Journal::outcome_tx`). ?1 the pending
 /// code; arrays ?2 rk, ?3 new status, ?4 message id, ?5 error code, ?6 error message, ?7 detail,
@@ -579,7 +637,35 @@ impl Journal {
         db: &impl Fn(crate::store::StoreError) -> JournalError,
     ) -> Result<(), JournalError> {
         let mut found = None;
-        if marked.fresh(&m.run_id, m.seq, &m.receivers) {
+        let fresh = marked.fresh(&m.run_id, m.seq, &m.receivers);
+        if fresh && tx.backend() == Backend::Postgres && marked.all_deferred(&m.run_id, m.seq) {
+            let n = tx
+                .execute(
+                    PG_FRESH_MARK,
+                    params![
+                        m.run_id,
+                        m.seq as i64,
+                        m.variant,
+                        m.receivers.len() as i64,
+                        m.client_msg_id.as_deref(),
+                        ts(m.now),
+                        key,
+                        super::attempts::at_ns(m)
+                    ],
+                )
+                .map_err(db)?;
+            if n == 1 {
+                // Rows an earlier mark of the call looked up are not needed (see above).
+                marked.take(&m.run_id, m.seq);
+                #[cfg(test)]
+                {
+                    marked.fresh_marks += 1;
+                    marked.plan_marks += 1;
+                }
+                return Ok(());
+            }
+        }
+        if fresh {
             // The call's seeded rows, in its lines' order (see `Marked`).
             let rks = plan_rks(tx, key, m.seq).map_err(db)?;
             if rks.len() == m.receivers.len() {
@@ -679,27 +765,37 @@ impl Journal {
         marked: &mut Marked,
         db: &impl Fn(StoreError) -> JournalError,
     ) -> Result<(), JournalError> {
-        // The call's final state first, and what the rest needs from its row, in one statement
-        // (one round trip on PostgreSQL): the transaction makes the order invisible.
-        let (attempts, variant, receivers): (i64, String, Vec<u8>) = tx
-            .query_row(
-                "UPDATE calls SET state = ?3, error_code = ?4, error_message = ?5, updated_at = ?6
-                 WHERE run_id = ?1 AND seq = ?2
-                 RETURNING attempts, variant, receivers",
-                params![
-                    &o.run_id,
-                    o.seq as i64,
-                    o.state.as_str(),
-                    o.error.as_ref().map(|e| e.0.as_str()),
-                    o.error.as_ref().map(|e| e.1.as_str()),
-                    &ts(o.now)
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .map_err(db)?;
-        // The call's deferred rows (a plan call of a run seeded here or elsewhere, unanswered so
-        // far): inserted below with their outcome rather than updated (see `deferred`).
-        let entry = deferred::take(tx, key, o.seq as i64).map_err(db)?;
+        // The call's final state first, and what the rest needs from its row, in one statement:
+        // the transaction makes the order invisible. Then the call's deferred rows (a plan call
+        // of a run seeded here or elsewhere, unanswered so far), inserted below with their
+        // outcome rather than updated (see `deferred`): on PostgreSQL both in one statement
+        // ([`PG_OUTCOME_CALL`]), one round trip.
+        let (seq, now) = (o.seq as i64, ts(o.now));
+        let (code, message) = (
+            o.error.as_ref().map(|e| e.0.as_str()),
+            o.error.as_ref().map(|e| e.1.as_str()),
+        );
+        let state = o.state.as_str();
+        let p: Vec<Value<'_>> = params![o.run_id, seq, state, code, message, now, key].to_vec();
+        let ((attempts, variant, receivers), entry): ((i64, String, Vec<u8>), _) =
+            if tx.backend() == Backend::Postgres {
+                tx.query_row(&PG_OUTCOME_CALL, &p, |r| {
+                    Ok((
+                        (r.get(4)?, r.get(5)?, r.get(6)?),
+                        deferred::Entry::read_opt(r)?,
+                    ))
+                })
+                .map_err(db)?
+            } else {
+                let call = tx
+                    .query_row(
+                        &format!("{OUTCOME_CALL} RETURNING {OUTCOME_CALL_COLUMNS}"),
+                        &p[..6],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .map_err(db)?;
+                (call, deferred::take(tx, key, o.seq as i64).map_err(db)?)
+            };
         let mut deferred_rks: HashMap<i64, i64, crate::plan::FastState> = HashMap::default();
         if let Some(e) = &entry {
             deferred_rks.reserve(e.lines.len());
@@ -719,7 +815,12 @@ impl Journal {
                     .map(|l| (key << 32) | (l & MAX_LINE as i64))
                     .filter(|rk| !deferred_rks.contains_key(rk))
                     .collect();
-                rows_at(tx, &rks).map_err(db)?
+                if rks.is_empty() {
+                    // Every receiver is in the deferred entry (a fresh mark that read nothing).
+                    FoundMap::default()
+                } else {
+                    rows_at(tx, &rks).map_err(db)?
+                }
             }
         };
         for (rk, id) in &deferred_rks {
@@ -810,6 +911,19 @@ impl Journal {
             }));
         }
         deferred::insert_answered(tx, &answered).map_err(db)?;
+        // A call whose receivers all moved one way and were delivered plainly (nearly every
+        // call): its counters are written with its delivered rows, one statement on PostgreSQL.
+        let mut counted = None;
+        if !sent.is_empty() && rows.is_empty() && moved.len() == 1 {
+            if let Some(((from, to), n)) = moved.pop_first() {
+                counted = Some(super::counts::MoveCounts {
+                    run_id: &o.run_id,
+                    from,
+                    to,
+                    n,
+                });
+            }
+        }
         if !sent.is_empty() {
             sent.sort_unstable();
             let mut d = deferred::Delivered {
@@ -823,7 +937,7 @@ impl Journal {
                 d.ids.push(id);
                 d.mids.push(mid);
             }
-            d.insert(tx, key).map_err(db)?;
+            d.insert(tx, key, counted.as_ref()).map_err(db)?;
         }
         let bulk = tx.backend() == Backend::Postgres && !rows.is_empty() && {
             // One statement updates each row once: an update list naming a row twice (never

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use crate::store::{params, Conn, StoreError};
+use crate::store::{params, Conn, StoreError, Value};
 use jiff::Timestamp;
 
 use super::schema::parse_ts;
@@ -24,24 +24,72 @@ pub(super) fn count_move(
     to: RecipientStatus,
     n: u64,
 ) -> Result<(), StoreError> {
-    if n == 0 || from == Some(to) {
-        return Ok(());
-    }
     match from {
-        // One statement for both counters (one round trip on PostgreSQL); `from` and `to` differ,
-        // so it touches each row once.
-        Some(from) => tx.execute(
-            "INSERT INTO run_counts(run_id, status, n) VALUES (?1, ?2, ?3), (?1, ?4, ?5)
+        Some(from) => MoveCounts {
+            run_id,
+            from,
+            to,
+            n,
+        }
+        .write(tx),
+        None if n == 0 => Ok(()),
+        None => {
+            tx.execute(
+                "INSERT INTO run_counts(run_id, status, n) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(run_id, status) DO UPDATE SET n = run_counts.n + excluded.n",
+                params![run_id, to.as_str(), n as i64],
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// `n` recipients of a run moved from one status to another: both counters in one statement
+/// (one round trip on PostgreSQL, or part of another's: `deferred::Delivered::insert`).
+pub(super) struct MoveCounts<'a> {
+    pub run_id: &'a str,
+    pub from: RecipientStatus,
+    pub to: RecipientStatus,
+    pub n: u64,
+}
+
+impl MoveCounts<'_> {
+    /// The statement, its parameters numbered from `first`: the run, the new status and `n`,
+    /// the old status and `-n`. `from` and `to` differ, so it touches each row once.
+    pub fn sql_from(first: usize) -> String {
+        let p = |i: usize| format!("?{}", first + i);
+        format!(
+            "INSERT INTO run_counts(run_id, status, n) VALUES ({run}, {}, {}), ({run}, {}, {})
              ON CONFLICT(run_id, status) DO UPDATE SET n = run_counts.n + excluded.n",
-            params![run_id, to.as_str(), n as i64, from.as_str(), -(n as i64)],
-        )?,
-        None => tx.execute(
-            "INSERT INTO run_counts(run_id, status, n) VALUES (?1, ?2, ?3)
-             ON CONFLICT(run_id, status) DO UPDATE SET n = run_counts.n + excluded.n",
-            params![run_id, to.as_str(), n as i64],
-        )?,
-    };
-    Ok(())
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            run = p(0),
+        )
+    }
+
+    /// Its parameters, in [`MoveCounts::sql_from`]'s order.
+    pub fn params(&self) -> [Value<'_>; 5] {
+        [
+            Value::Text(self.run_id),
+            Value::Text(self.to.as_str()),
+            Value::Int(self.n as i64),
+            Value::Text(self.from.as_str()),
+            Value::Int(-(self.n as i64)),
+        ]
+    }
+
+    /// Write it alone (nothing when nothing moved).
+    pub fn write(&self, tx: &Conn) -> Result<(), StoreError> {
+        if self.n == 0 || self.from == self.to {
+            return Ok(());
+        }
+        static SQL: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| MoveCounts::sql_from(1));
+        tx.execute(&SQL, &self.params())?;
+        Ok(())
+    }
 }
 
 impl Ops<'_> {

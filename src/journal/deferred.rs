@@ -57,6 +57,15 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    /// The entry in a row's first four columns ([`entry_columns!`]), None when they are NULL (a
+    /// left join found no entry).
+    pub fn read_opt(r: &crate::store::Row) -> Result<Option<Entry>, StoreError> {
+        if r.get::<Option<i64>>(0)?.is_none() {
+            return Ok(None);
+        }
+        Entry::read(r).map(Some)
+    }
+
     fn read(r: &crate::store::Row) -> Result<Entry, StoreError> {
         let lines = decode_list(&r.get::<Vec<u8>>(2)?).map_err(corrupt)?;
         let ids = decode_list(&r.get::<Vec<u8>>(3)?).map_err(corrupt)?;
@@ -161,6 +170,9 @@ macro_rules! entry_columns {
         "seq, variant, lines, ids"
     };
 }
+
+/// [`entry_columns!`] as a constant (for statements built with `format!`).
+pub(super) const ENTRY_COLUMNS: &str = entry_columns!();
 
 /// The columns [`Delivered::read`] reads first (a query may add more after them).
 macro_rules! delivered_columns {
@@ -520,30 +532,66 @@ impl Delivered {
             .collect()
     }
 
-    /// Write it (`lines` ascending, as the caller sorted them).
-    pub fn insert(&self, conn: &Conn, key: i64) -> Result<(), StoreError> {
+    /// Write it (`lines` ascending, as the caller sorted them), and `counted` if any
+    /// ([`super::counts::MoveCounts`]: the run's counters for the call's one move): on
+    /// PostgreSQL in the same statement, one round trip (a delivered call's outcome writes
+    /// nothing else); on SQLite the two statements.
+    pub fn insert(
+        &self,
+        conn: &Conn,
+        key: i64,
+        counted: Option<&super::counts::MoveCounts<'_>>,
+    ) -> Result<(), StoreError> {
         let (Some(lo), Some(hi)) = (self.lines.first(), self.lines.last()) else {
-            return Ok(());
+            return counted.map_or(Ok(()), |c| c.write(conn));
         };
-        conn.execute(
-            "INSERT INTO delivered(run_key, seq, lo, hi, n, variant, attempts, lines, ids, mids)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                key,
-                self.seq,
-                *lo,
-                *hi,
-                self.lines.len() as i64,
-                self.variant,
-                self.attempts,
-                encode_list(&self.lines).as_slice(),
-                encode_list(&self.ids).as_slice(),
-                encode_list(&self.mids).as_slice()
-            ],
-        )?;
+        let (lines, ids, mids) = (
+            encode_list(&self.lines),
+            encode_list(&self.ids),
+            encode_list(&self.mids),
+        );
+        let mut p = vec![
+            Value::Int(key),
+            Value::Int(self.seq),
+            Value::Int(*lo),
+            Value::Int(*hi),
+            Value::Int(self.lines.len() as i64),
+            self.variant.map_or(Value::Null, Value::Int),
+            Value::Int(self.attempts),
+            Value::Bytes(&lines),
+            Value::Bytes(&ids),
+            Value::Bytes(&mids),
+        ];
+        match counted {
+            Some(c) if conn.backend() == Backend::Postgres => {
+                p.extend(c.params());
+                conn.execute(&INSERT_DELIVERED_COUNTED, &p)?;
+            }
+            _ => {
+                conn.execute(INSERT_DELIVERED, &p)?;
+                if let Some(c) = counted {
+                    c.write(conn)?;
+                }
+            }
+        }
         Ok(())
     }
 }
+
+/// A call's delivered rows: ?1 the run's key, ?2 the call, ?3/?4 its lowest and highest line,
+/// ?5 how many, ?6 variant, ?7 attempts, ?8 lines, ?9 ids, ?10 message ids (packed).
+const INSERT_DELIVERED: &str =
+    "INSERT INTO delivered(run_key, seq, lo, hi, n, variant, attempts, lines, ids, mids)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+/// PostgreSQL: [`INSERT_DELIVERED`], then the counters' statement of
+/// [`super::counts::MoveCounts`] with its parameters from ?11 on.
+static INSERT_DELIVERED_COUNTED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH d AS ({INSERT_DELIVERED}) {}",
+        super::counts::MoveCounts::sql_from(11)
+    )
+});
 
 /// Plan call `seq`'s delivered rows, left in place (a reader, or a mark's look-up).
 pub(super) fn peek_delivered(

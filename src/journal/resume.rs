@@ -386,6 +386,9 @@ impl Ops<'_> {
         }
         let mut seeder = Seeder::new(key);
         let mut deferrer = Deferrer::new(key);
+        // Plan calls with a row written here rather than deferred (see `calls::Seeded`).
+        let mut written: std::collections::HashSet<u64, crate::plan::FastState> =
+            Default::default();
         let now_ns = to_ns(now);
         {
             let mut ins = RowWriter::new(tx).map_err(&db)?;
@@ -445,6 +448,9 @@ impl Ops<'_> {
                 if deferrer.offer(row.line, row.id, status, row.call_seq, variant, plain) {
                     return Ok(());
                 }
+                if let Some(seq) = row.call_seq {
+                    written.insert(seq);
+                }
                 ins.write(NewRow {
                     rk: (key << 32) | row.line as i64,
                     id: row.id.map(|v| v as i64),
@@ -472,6 +478,7 @@ impl Ops<'_> {
                 run_id: id.to_string(),
                 fence: None,
                 calls: prints,
+                written,
             });
         }
         if old_range.is_some() {
