@@ -515,6 +515,28 @@ impl Row {
 /// The PostgreSQL client of a [`Conn`], or an error when a streaming scan ([`Conn::for_each`])
 /// on the same connection is still reading (the protocol allows one statement at a time: read
 /// what the scan's rows need before it, or with it).
+/// The rows of the last statement of a simple query, as text.
+fn last_rows(messages: Vec<postgres::SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
+    let (mut done, mut rows) = (Vec::new(), Vec::new());
+    for m in messages {
+        match m {
+            postgres::SimpleQueryMessage::Row(r) => rows.push(
+                (0..r.len())
+                    .map(|i| r.get(i).map(str::to_string))
+                    .collect::<Vec<_>>(),
+            ),
+            postgres::SimpleQueryMessage::CommandComplete(_) => done = std::mem::take(&mut rows),
+            _ => {}
+        }
+    }
+    done
+}
+
+/// `v` as an SQL string literal (standard-conforming strings: a quote is doubled).
+pub fn quote_literal(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
 fn held(p: &RefCell<Pg>) -> Result<std::cell::RefMut<'_, Pg>, StoreError> {
     p.try_borrow_mut().map_err(|_| StoreError::Sql {
         sql: String::new(),
@@ -1119,6 +1141,19 @@ impl Conn {
     /// of their own. If they fail, the transaction is rolled back before the error returns.
     /// SQLite runs nothing more.
     pub fn transaction_then(&self, pg_first: &str) -> Result<Tx<'_>, StoreError> {
+        Ok(self.transaction_then_read(pg_first, None)?.0)
+    }
+
+    /// [`Conn::transaction_then`], and on PostgreSQL `pg_read` too (one query after
+    /// `pg_first`, in the same round trip; SQL of the caller's own, any value in it quoted with
+    /// [`quote_literal`]): its rows, each column as text (None: NULL). SQLite runs neither and
+    /// returns None: the caller reads the usual way.
+    pub fn transaction_then_read(
+        &self,
+        pg_first: &str,
+        pg_read: Option<&str>,
+    ) -> Result<(Tx<'_>, Option<Vec<Vec<Option<String>>>>), StoreError> {
+        let mut read = None;
         match &self.inner {
             Inner::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,
             Inner::Postgres(p) => {
@@ -1130,25 +1165,38 @@ impl Conn {
                     });
                 }
                 let client = p.client()?;
-                let sql = if pg_first.is_empty() {
+                let mut sql = if pg_first.is_empty() {
                     "BEGIN ISOLATION LEVEL READ COMMITTED".to_string()
                 } else {
                     format!("BEGIN ISOLATION LEVEL READ COMMITTED; {pg_first}")
                 };
-                if let Err(e) = client.batch_execute(&sql) {
-                    // The BEGIN may have run: end it here, as a dropped Tx would.
-                    if !client.is_closed() && client.batch_execute("ROLLBACK").is_err() {
-                        p.client = None;
+                let res = match pg_read {
+                    None => client.batch_execute(&sql).map(|()| None),
+                    Some(q) => {
+                        sql = format!("{}; {q}", sql.trim_end().trim_end_matches(';'));
+                        client.simple_query(&sql).map(|m| Some(last_rows(m)))
                     }
-                    return Err(e.into());
+                };
+                match res {
+                    Ok(rows) => read = rows,
+                    Err(e) => {
+                        // The BEGIN may have run: end it here, as a dropped Tx would.
+                        if !client.is_closed() && client.batch_execute("ROLLBACK").is_err() {
+                            p.client = None;
+                        }
+                        return Err(e.into());
+                    }
                 }
                 p.in_tx = true;
             }
         }
-        Ok(Tx {
-            conn: self,
-            open: true,
-        })
+        Ok((
+            Tx {
+                conn: self,
+                open: true,
+            },
+            read,
+        ))
     }
 
     /// Several reads that must see one state of the database (a scan in several statements

@@ -64,16 +64,34 @@ impl Journal {
         };
         // PostgreSQL: an outcome-only commit is asynchronous (see `write_batch`).
         let relaxed = !writes.iter().any(|w| matches!(w, Write::Mark(_)));
-        let tx = super::begin_write_then(
-            &self.conn,
-            if relaxed {
-                "SET LOCAL synchronous_commit = off"
-            } else {
-                ""
-            },
-        )
-        .map_err(db)?;
-        let keys = super::lease::check_writes(&tx, &path, &self.owner, writes)?;
+        let pg_more = if relaxed {
+            "SET LOCAL synchronous_commit = off"
+        } else {
+            ""
+        };
+        // A batch for one run (nearly every one): on PostgreSQL its fence is read in the
+        // transaction's opening round trip, not one of its own.
+        fn run_of(w: &Write) -> &str {
+            match w {
+                Write::Mark(m) => &m.run_id,
+                Write::Outcome(o) => &o.run_id,
+            }
+        }
+        let one_run = run_of(&writes[0]);
+        let fence_sql = writes
+            .iter()
+            .all(|w| run_of(w) == one_run)
+            .then(|| super::lease::fence_query(one_run))
+            .flatten();
+        let (tx, read) =
+            super::begin_write_then_read(&self.conn, pg_more, fence_sql.as_deref()).map_err(db)?;
+        let keys = match read {
+            Some(rows) => vec![(
+                one_run.to_string(),
+                super::lease::fenced_key_of(&rows, &path, &self.owner, one_run)?,
+            )],
+            None => super::lease::check_writes(&tx, &path, &self.owner, writes)?,
+        };
         let key = |run: &str| {
             keys.iter()
                 .find(|(r, _)| r == run)

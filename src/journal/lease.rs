@@ -127,9 +127,9 @@ pub(super) fn fenced_key(
     holder: &Holder,
     run_id: &str,
 ) -> Result<i64, JournalError> {
-    let row: Option<(i64, i64, Option<String>, Option<i64>)> = conn
+    let row: Option<FenceRow> = conn
         .query_opt(
-            "SELECT key, fence, fence_holder, fence_at_ms FROM runs WHERE id = ?1",
+            &format!("SELECT {FENCE_COLUMNS} FROM runs WHERE id = ?1"),
             params![run_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
@@ -137,6 +137,67 @@ pub(super) fn fenced_key(
             path: path.to_path_buf(),
             source,
         })?;
+    judge_fence(row, holder, run_id)
+}
+
+/// What [`fenced_key`] reads of a run: key, fence, fence holder, when it was taken.
+type FenceRow = (i64, i64, Option<String>, Option<i64>);
+const FENCE_COLUMNS: &str = "key, fence, fence_holder, fence_at_ms";
+
+/// PostgreSQL: [`fenced_key`]'s query as text with the run id quoted, for the write
+/// transaction's opening round trip (`crate::store::Conn::transaction_then_read`). Only for an
+/// id of the characters imcast's run ids are made of (letters, digits, `-`, `_`, `.`, `:`), so
+/// the literal means the same under any server setting; None for any other (the caller reads
+/// the fence with a prepared statement).
+pub(super) fn fence_query(run_id: &str) -> Option<String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+    (!run_id.is_empty() && run_id.chars().all(plain)).then(|| {
+        format!(
+            "SELECT {FENCE_COLUMNS} FROM runs WHERE id = {}",
+            crate::store::quote_literal(run_id)
+        )
+    })
+}
+
+/// [`fenced_key`] on the rows [`fence_query`] returned (as text).
+pub(super) fn fenced_key_of(
+    rows: &[Vec<Option<String>>],
+    path: &Path,
+    holder: &Holder,
+    run_id: &str,
+) -> Result<i64, JournalError> {
+    let bad = |what: &str| JournalError::Db {
+        path: path.to_path_buf(),
+        source: crate::store::StoreError::Sql {
+            sql: "SELECT … FROM runs".into(),
+            why: if what == "key" {
+                "the run's key is not an integer"
+            } else {
+                "the run's fence is not an integer"
+            },
+        },
+    };
+    let row = match rows.first() {
+        None => None,
+        Some(r) => {
+            let int = |i: usize, what: &str| -> Result<Option<i64>, JournalError> {
+                match r.get(i).cloned().flatten() {
+                    None => Ok(None),
+                    Some(v) => v.parse().map(Some).map_err(|_| bad(what)),
+                }
+            };
+            Some((
+                int(0, "key")?.ok_or_else(|| bad("key"))?,
+                int(1, "fence")?.ok_or_else(|| bad("fence"))?,
+                r.get(2).cloned().flatten(),
+                int(3, "fence")?,
+            ))
+        }
+    };
+    judge_fence(row, holder, run_id)
+}
+
+fn judge_fence(row: Option<FenceRow>, holder: &Holder, run_id: &str) -> Result<i64, JournalError> {
     match (row, holder.fence(run_id)) {
         (None, _) => Err(JournalError::NoRun(run_id.to_string())),
         (Some((key, _, _, _)), None) => Ok(key),
@@ -413,6 +474,47 @@ mod tests {
     use crate::exit::Exit;
     use crate::journal::testutil::*;
     use crate::journal::*;
+
+    /// The fence read in a write's opening round trip: only plain run ids become a literal, and
+    /// its text rows are judged as the prepared read's are.
+    #[test]
+    fn the_fence_read_as_text_judges_as_the_prepared_one() {
+        assert_eq!(
+            fence_query("20261201T081242Z-3a7a").as_deref(),
+            Some(
+                "SELECT key, fence, fence_holder, fence_at_ms FROM runs \
+                 WHERE id = '20261201T081242Z-3a7a'"
+            )
+        );
+        for odd in ["", "a'b", "a\\b", "a b", "a\0b", "é"] {
+            assert_eq!(fence_query(odd), None, "{odd:?}");
+        }
+        let h = Holder::new("host:1:0".into());
+        let p = Path::new("/state");
+        let row = |fence: &str, by: Option<&str>| {
+            vec![vec![
+                Some("7".to_string()),
+                Some(fence.to_string()),
+                by.map(str::to_string),
+                Some("1000".to_string()),
+            ]]
+        };
+        // Not leased by this holder: the key.
+        assert_eq!(fenced_key_of(&row("3", None), p, &h, "r").expect("key"), 7);
+        h.set_fence("r", 3);
+        assert_eq!(fenced_key_of(&row("3", None), p, &h, "r").expect("key"), 7);
+        let e = fenced_key_of(&row("4", Some("other:9:0")), p, &h, "r").expect_err("fenced");
+        assert!(
+            e.is_fenced() && e.to_string().contains("pid 9 on other"),
+            "{e}"
+        );
+        assert!(matches!(
+            fenced_key_of(&[], p, &h, "r"),
+            Err(JournalError::NoRun(_))
+        ));
+        let e = fenced_key_of(&row("x", None), p, &h, "r").expect_err("not a number");
+        assert!(e.to_string().contains("not an integer"), "{e}");
+    }
 
     fn set_owner(j: &Journal, run: &str, o: &str) {
         j.connection()

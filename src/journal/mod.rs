@@ -597,6 +597,20 @@ fn begin_write_then<'c>(
     ))
 }
 
+/// [`begin_write_then`], and on PostgreSQL `pg_read` in the same round trip (its rows as text;
+/// see `crate::store::Conn::transaction_then_read`).
+#[allow(clippy::type_complexity)]
+fn begin_write_then_read<'c>(
+    conn: &'c crate::store::Conn,
+    pg_more: &str,
+    pg_read: Option<&str>,
+) -> Result<(crate::store::Tx<'c>, Option<Vec<Vec<Option<String>>>>), crate::store::StoreError> {
+    conn.transaction_then_read(
+        &format!("SELECT pg_advisory_xact_lock({JOURNAL_LOCK}); {pg_more}"),
+        pg_read,
+    )
+}
+
 /// Where the journal of a state directory lives: the PostgreSQL store of `[state] url` (`url`),
 /// shared by every state directory and host on it, else SQLite at `<state_dir>/imcast.db`. A
 /// mock state directory (`mock`: `imcast run --mock` and what reads its runs) keeps its journal in SQLite whatever the configuration: mock runs
