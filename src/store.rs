@@ -515,8 +515,11 @@ impl Row {
 /// The PostgreSQL client of a [`Conn`], or an error when a streaming scan ([`Conn::for_each`])
 /// on the same connection is still reading (the protocol allows one statement at a time: read
 /// what the scan's rows need before it, or with it).
+/// Rows of a simple query: each column as text (None: NULL).
+pub type TextRows = Vec<Vec<Option<String>>>;
+
 /// The rows of the last statement of a simple query, as text.
-fn last_rows(messages: Vec<postgres::SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
+fn last_rows(messages: Vec<postgres::SimpleQueryMessage>) -> TextRows {
     let (mut done, mut rows) = (Vec::new(), Vec::new());
     for m in messages {
         match m {
@@ -1152,7 +1155,7 @@ impl Conn {
         &self,
         pg_first: &str,
         pg_read: Option<&str>,
-    ) -> Result<(Tx<'_>, Option<Vec<Vec<Option<String>>>>), StoreError> {
+    ) -> Result<(Tx<'_>, Option<TextRows>), StoreError> {
         let mut read = None;
         match &self.inner {
             Inner::Sqlite(c) => c.execute_batch("BEGIN IMMEDIATE")?,

@@ -599,12 +599,11 @@ fn begin_write_then<'c>(
 
 /// [`begin_write_then`], and on PostgreSQL `pg_read` in the same round trip (its rows as text;
 /// see `crate::store::Conn::transaction_then_read`).
-#[allow(clippy::type_complexity)]
 fn begin_write_then_read<'c>(
     conn: &'c crate::store::Conn,
     pg_more: &str,
     pg_read: Option<&str>,
-) -> Result<(crate::store::Tx<'c>, Option<Vec<Vec<Option<String>>>>), crate::store::StoreError> {
+) -> Result<(crate::store::Tx<'c>, Option<crate::store::TextRows>), crate::store::StoreError> {
     conn.transaction_then_read(
         &format!("SELECT pg_advisory_xact_lock({JOURNAL_LOCK}); {pg_more}"),
         pg_read,
