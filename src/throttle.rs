@@ -39,6 +39,9 @@
 //!   quota it already spent.
 //! - Within one process, waiting admissions queue first-come first-served (an async gate), so a
 //!   500-receiver call is not starved by smaller ones and waiting tasks do not all poll SQLite.
+//!   The one at the gate decides those queued behind it in the same store call (in order, each
+//!   by the rule as if alone, up to the first that must wait): one round trip for several calls
+//!   on PostgreSQL ([`Limiter::acquire`]).
 //!
 //! What it costs: each call holds its units for its latency `L` plus one window, so the steady
 //! throughput is `limit / (W + L)`: the share `W / (W + L)` of the limit (99.6% at 250 ms on a
@@ -84,6 +87,7 @@
 //!
 //! [`Clock`]: crate::clock::Clock
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -125,6 +129,8 @@ const TRANSIENT_RETRIES: u32 = 3;
 /// [`Permit::complete`]).
 pub const END_LINGER: Duration = Duration::from_millis(50);
 const NS_PER_SEC: i128 = 1_000_000_000;
+/// Most admissions one store call decides ([`Limiter::acquire`]).
+const MAX_BATCH: usize = 16;
 
 /// Errors from the limiter.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +192,7 @@ impl Default for LimiterOptions {
 }
 
 /// One limit the limiter enforces, on its own key of the log.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     key: String,
     limit: u64,
@@ -241,6 +247,9 @@ struct Core {
     pending: Mutex<Vec<End>>,
     /// A write of the pending ends is scheduled ([`Core::flush_later`]).
     flush_scheduled: std::sync::atomic::AtomicBool,
+    /// Store calls that decided admissions (tests: how many a batch saved).
+    #[cfg(test)]
+    decisions: std::sync::atomic::AtomicUsize,
 }
 
 impl Core {
@@ -251,6 +260,8 @@ impl Core {
             clock,
             pending: Mutex::new(Vec::new()),
             flush_scheduled: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            decisions: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -362,6 +373,48 @@ pub struct Limiter {
     backoff: Arc<Mutex<Backoff>>,
     /// Admissions of this process queue here, first come first served.
     gate: Arc<tokio::sync::Mutex<()>>,
+    /// The admissions waiting at the gate, in arrival order: the one holding the gate decides
+    /// those behind it with the same rules in its store call ([`Limiter::acquire`]).
+    lobby: Arc<Mutex<VecDeque<Arc<Waiter>>>>,
+}
+
+/// An admission waiting in this process's [`Limiter::acquire`].
+struct Waiter {
+    n: u64,
+    rules: Arc<[Rule]>,
+    /// Its permit, once an admission ahead of it decided it in its batch.
+    permit: Mutex<Option<Permit>>,
+}
+
+impl Waiter {
+    fn take(&self) -> Option<Permit> {
+        self.permit.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A waiter's place in the lobby, left when its acquire ends (returns, fails or is dropped). A
+/// permit given to it that it did not take is dropped with it: the entry closes one window
+/// after that, as any permit dropped unused.
+struct Queued<'a> {
+    lobby: &'a Mutex<VecDeque<Arc<Waiter>>>,
+    me: Arc<Waiter>,
+}
+
+impl<'a> Queued<'a> {
+    fn new(lobby: &'a Mutex<VecDeque<Arc<Waiter>>>, me: Arc<Waiter>) -> Queued<'a> {
+        lock(lobby).push_back(me.clone());
+        Queued { lobby, me }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        lock(self.lobby).retain(|w| !Arc::ptr_eq(w, &self.me));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An admitted call's hold on the window. Complete it with the instant the answer (or error)
@@ -565,6 +618,7 @@ impl Limiter {
                 strikes: 0,
             })),
             gate: Arc::new(tokio::sync::Mutex::new(())),
+            lobby: Arc::new(Mutex::new(VecDeque::new())),
         }
     }
 
@@ -608,22 +662,41 @@ impl Limiter {
     /// Wait until `n` can start without breaking any limit, record it, and return its permit.
     /// With a deadline, gives up (taking nothing) once the wait would pass it. A store that
     /// cannot be reached is retried for [`STORE_PATIENCE`].
+    ///
+    /// Admissions of this process wait in arrival order at a gate; the one holding it decides,
+    /// in the same store call, those waiting behind it with the same rules ([`MAX_BATCH`] at
+    /// most), in order, each by the rule exactly as if alone at that instant, up to the first
+    /// that must wait ([`store::Store::decide_batch`]). On PostgreSQL that is one round trip
+    /// for several calls instead of one each: the limiter's decisions, one at a time, were
+    /// what bounded a sending run (1M recipients: 1.25 ms a decision, 2,000 in a row). Those
+    /// decided take their permit when their turn at the gate comes, without asking the store.
     pub async fn acquire(
         &self,
         n: u64,
         deadline: Option<Timestamp>,
     ) -> Result<Acquired, ThrottleError> {
         self.check_size(n)?;
+        let me = Arc::new(Waiter {
+            n,
+            rules: self.rules.clone(),
+            permit: Mutex::new(None),
+        });
+        let _queued = Queued::new(&self.lobby, me.clone());
         let _turn = self.gate.lock().await;
         let mut unreachable_since: Option<Timestamp> = None;
         let mut retry_in = Duration::from_millis(100);
         loop {
-            let me = self.clone();
-            let res = tokio::task::spawn_blocking(move || me.try_acquire(n))
+            if let Some(p) = me.take() {
+                return Ok(Acquired::At(p));
+            }
+            let batch = self.batch_behind(&me);
+            let ns: Vec<u64> = batch.iter().map(|w| w.n).collect();
+            let lim = self.clone();
+            let res = tokio::task::spawn_blocking(move || lim.try_decide(&ns))
                 .await
                 .map_err(|e| ThrottleError::Join(e.to_string()))?;
-            let res = match res {
-                Ok(r) => r,
+            let mut verdicts = match res {
+                Ok(v) => v.into_iter(),
                 Err(e) if e.is_transient() => {
                     let now = self.core.clock.now();
                     let since = *unreachable_since.get_or_insert(now);
@@ -638,9 +711,11 @@ impl Limiter {
                 Err(e) => return Err(e),
             };
             unreachable_since = None;
-            match res {
-                Ok(p) => return Ok(Acquired::At(p)),
-                Err(wait) => {
+            let mine = verdicts.next();
+            self.hand_out(&batch[1..], verdicts);
+            match mine {
+                Some(Ok(p)) => return Ok(Acquired::At(p)),
+                Some(Err(wait)) => {
                     if let Some(d) = deadline {
                         let now = self.core.clock.now();
                         if now.as_nanosecond() + wait.as_nanos() as i128 >= d.as_nanosecond() {
@@ -649,6 +724,38 @@ impl Limiter {
                     }
                     self.core.clock.sleep(wait).await;
                 }
+                // A store answers at least the first admission; if not, ask again.
+                None => {}
+            }
+        }
+    }
+
+    /// `me` then the admissions waiting behind it with the same rules, in arrival order.
+    fn batch_behind(&self, me: &Arc<Waiter>) -> Vec<Arc<Waiter>> {
+        let mut batch = vec![me.clone()];
+        let lobby = lock(&self.lobby);
+        batch.extend(
+            lobby
+                .iter()
+                .filter(|w| !Arc::ptr_eq(w, me) && w.rules == me.rules)
+                .take(MAX_BATCH - 1)
+                .cloned(),
+        );
+        batch
+    }
+
+    /// Give the admitted of `behind` their permits and take them out of the lobby (a wait
+    /// decided for one of them is not kept: it asks again at its turn).
+    fn hand_out(
+        &self,
+        behind: &[Arc<Waiter>],
+        verdicts: impl Iterator<Item = Result<Permit, Duration>>,
+    ) {
+        let mut lobby = lock(&self.lobby);
+        for (w, v) in behind.iter().zip(verdicts) {
+            if let Ok(p) = v {
+                *lock(&w.permit) = Some(p);
+                lobby.retain(|x| !Arc::ptr_eq(x, w));
             }
         }
     }
@@ -666,9 +773,19 @@ impl Limiter {
     /// A deadlock or lost connection is retried here a few times.
     pub fn try_acquire(&self, n: u64) -> Result<Result<Permit, Duration>, ThrottleError> {
         self.check_size(n)?;
+        self.try_decide(&[n])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.core.err()(StoreError::Lost))
+    }
+
+    /// Admissions of `ns` units decided in order in one store call (blocking): a verdict for
+    /// each up to the first that must wait (the rest were not decided). Transient store errors
+    /// are retried a few times.
+    fn try_decide(&self, ns: &[u64]) -> Result<Vec<Result<Permit, Duration>>, ThrottleError> {
         let mut attempt = 0;
         loop {
-            match self.decide(n) {
+            match self.decide(ns) {
                 Err(e) if e.is_transient() && attempt < TRANSIENT_RETRIES => {
                     tracing::debug!(error = %e, "limiter: retrying a decision");
                     attempt += 1;
@@ -678,31 +795,32 @@ impl Limiter {
         }
     }
 
-    /// One decision in one store transaction (rolled back on any error).
-    fn decide(&self, n: u64) -> Result<Result<Permit, Duration>, ThrottleError> {
+    /// One store call (one transaction on PostgreSQL; rolled back on any error).
+    fn decide(&self, ns: &[u64]) -> Result<Vec<Result<Permit, Duration>>, ThrottleError> {
         let now = self.core.clock.now().as_nanosecond();
         let to_wait = |ns: i128| Duration::from_nanos(ns.clamp(1, i128::from(u64::MAX)) as u64);
         let backoff = *self.backoff.lock().unwrap_or_else(|p| p.into_inner());
         if backoff.not_before > now {
-            return Ok(Err(to_wait(backoff.not_before - now)));
+            return Ok(vec![Err(to_wait(backoff.not_before - now))]);
         }
         let core = &self.core;
+        let asks: Vec<Vec<AskRule<'_>>> = ns.iter().map(|&n| self.ask(n, now, backoff)).collect();
         let mut store = core.store();
         let (ends, written) = core.queued();
-        match self.decide_in(&mut **store, n, now, backoff, &ends) {
-            Ok(verdict) => {
-                // The ends were committed with the decision.
+        #[cfg(test)]
+        core.decisions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match store.decide_batch(&asks, now, &ends) {
+            Ok(decided) => {
+                // The ends were committed with the first decision.
                 core.written(written);
-                Ok(match verdict {
-                    Verdict::Wait(ns) => Err(to_wait(ns)),
-                    Verdict::Admitted(entries) => Ok(Permit {
-                        core: core.clone(),
-                        at: Timestamp::from_nanosecond(now).unwrap_or(Timestamp::UNIX_EPOCH),
-                        entries,
-                        call_timeout_ns: self.opts.call_timeout.as_nanos() as i128,
-                        open: true,
-                    }),
-                })
+                Ok(decided
+                    .into_iter()
+                    .map(|d| match d {
+                        Decided::Wait(ns) => Err(to_wait(ns)),
+                        Decided::Admitted(ids) => Ok(self.permit(now, ids)),
+                    })
+                    .collect())
             }
             Err(e) => {
                 store.rollback();
@@ -711,18 +829,26 @@ impl Limiter {
         }
     }
 
-    /// What this call asks of each rule, then the rule on `store` (one transaction).
-    fn decide_in(
-        &self,
-        store: &mut dyn Store,
-        n: u64,
-        now: i128,
-        backoff: Backoff,
-        ends: &[End],
-    ) -> Result<Verdict, StoreError> {
+    /// The permit of an admission at `now` whose entries got `ids` (one per rule, in order).
+    fn permit(&self, now: i128, ids: Vec<i64>) -> Permit {
+        Permit {
+            core: self.core.clone(),
+            at: Timestamp::from_nanosecond(now).unwrap_or(Timestamp::UNIX_EPOCH),
+            entries: self
+                .rules
+                .iter()
+                .zip(ids)
+                .map(|(rule, id)| (id, rule.key.clone(), rule.window_ns))
+                .collect(),
+            call_timeout_ns: self.opts.call_timeout.as_nanos() as i128,
+            open: true,
+        }
+    }
+
+    /// What an admission of `n` units asks of each rule at `now`.
+    fn ask(&self, n: u64, now: i128, backoff: Backoff) -> Vec<AskRule<'_>> {
         let call_timeout_ns = self.opts.call_timeout.as_nanos() as i128;
-        let ask: Vec<AskRule<'_>> = self
-            .rules
+        self.rules
             .iter()
             .map(|rule| {
                 let need = rule.units(n) as i128;
@@ -746,17 +872,7 @@ impl Limiter {
                     until_ns: clamp_i64(fallback_end(now, call_timeout_ns, rule.window_ns)),
                 }
             })
-            .collect();
-        Ok(match store.decide(&ask, now, ends)? {
-            Decided::Wait(ns) => Verdict::Wait(ns),
-            Decided::Admitted(ids) => Verdict::Admitted(
-                self.rules
-                    .iter()
-                    .zip(ids)
-                    .map(|(rule, id)| (id, rule.key.clone(), rule.window_ns))
-                    .collect(),
-            ),
-        })
+            .collect()
     }
 
     /// The provider answered 429 (someone else spends this account's quota): hold admissions
@@ -842,14 +958,6 @@ impl UsageReader {
         }
         Ok(out)
     }
-}
-
-/// What one decision came to.
-enum Verdict {
-    /// Ask again in this many nanoseconds.
-    Wait(i128),
-    /// Recorded: (entry id, key, window ns) per rule.
-    Admitted(Vec<(i64, String, i128)>),
 }
 
 #[cfg(test)]

@@ -175,6 +175,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "the limiter's decision deletes a key's ended entries once a window, or when the key is near its limit, instead of at every decision (imcast_throttle_decide, imcast_throttle_key.sweep_ns)",
         sql: THROTTLE_DECIDE_SWEEP,
     },
+    Migration {
+        version: 10,
+        name: "several admissions of one process decided in one call, in order, each by the one rule (imcast_throttle_decide_batch)",
+        sql: THROTTLE_DECIDE_BATCH,
+    },
 ];
 
 /// Version 6: the journal's tables (`crate::journal`), the final schema of the SQLite journal
@@ -568,6 +573,43 @@ const THROTTLE_DECIDE_SWEEP: &str = "
     END
     $fn$;";
 
+/// Version 10: `imcast_throttle_decide_batch`, several admissions of one process decided in one
+/// round trip (`throttle::Limiter::acquire`: the calls queued behind the one deciding). It calls
+/// `imcast_throttle_decide` once per admission, in order, in the statement's one transaction, so
+/// each is decided exactly as alone at the same instant (each call sees the entries and pacing
+/// time the previous ones wrote), and stops at the first that must wait: the calls behind it are
+/// not decided (first come, first served; they ask again). The pending ends go with the first.
+/// Admission `a`'s rules are `p_first[a] ..= p_first[a + 1] - 1` of the other arrays (the last's
+/// run to their end). One row per decided admission, in order.
+const THROTTLE_DECIDE_BATCH: &str = "
+    CREATE FUNCTION imcast_throttle_decide_batch(
+        p_first int[], p_keys text[], p_need bigint[], p_limit bigint[], p_window bigint[],
+        p_pace_step bigint[], p_pace_tol bigint[], p_until bigint[], p_now bigint,
+        p_end_ids bigint[], p_end_keys text[], p_end_until bigint[], p_end_close boolean[])
+    RETURNS TABLE(wait_ns bigint, ids bigint[])
+    LANGUAGE plpgsql VOLATILE AS $fn$
+    DECLARE
+        a int;
+        lo int;
+        hi int;
+    BEGIN
+        FOR a IN 1 .. cardinality(p_first) LOOP
+            lo := p_first[a];
+            hi := CASE WHEN a < cardinality(p_first) THEN p_first[a + 1] - 1
+                       ELSE cardinality(p_keys) END;
+            SELECT d.wait_ns, d.ids INTO wait_ns, ids FROM imcast_throttle_decide(
+                p_keys[lo:hi], p_need[lo:hi], p_limit[lo:hi], p_window[lo:hi],
+                p_pace_step[lo:hi], p_pace_tol[lo:hi], p_until[lo:hi], p_now,
+                CASE WHEN a = 1 THEN p_end_ids ELSE '{}'::bigint[] END,
+                CASE WHEN a = 1 THEN p_end_keys ELSE '{}'::text[] END,
+                CASE WHEN a = 1 THEN p_end_until ELSE '{}'::bigint[] END,
+                CASE WHEN a = 1 THEN p_end_close ELSE '{}'::boolean[] END) d;
+            RETURN NEXT;
+            EXIT WHEN wait_ns > 0;
+        END LOOP;
+    END
+    $fn$;";
+
 /// The schema version this build knows (the last migration's).
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
@@ -847,7 +889,7 @@ mod tests {
         for (i, m) in MIGRATIONS.iter().enumerate() {
             assert_eq!(m.version, i as i32 + 1, "{}", m.name);
         }
-        assert_eq!(SCHEMA_VERSION, 9, "the limiter's sweep is version 9");
+        assert_eq!(SCHEMA_VERSION, 10, "the limiter's batch is version 10");
         assert!(MIGRATIONS[5].sql.contains("runs_one_unfinished"));
     }
 

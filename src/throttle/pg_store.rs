@@ -17,7 +17,9 @@
 //! quarter of its time; the rule is unchanged, see migration 9), applies the rule and, if it
 //! admits, inserts the new entries and updates the totals and pacing times. It is the rule of
 //! `store::decide_by_steps` (which SQLite runs) written in PL/pgSQL — why, and what keeps the
-//! two identical, is in `store.rs`. Round trips are what an admission costs on a network: five
+//! two identical, is in `store.rs`. Several admissions of this process queued together are one
+//! call of `imcast_throttle_decide_batch` (migration 10), which calls that function for each in
+//! order and stops at the first that must wait ([`Store::decide_batch`]). Round trips are what an admission costs on a network: five
 //! statements in a client-side transaction gave p99 7.3 ms on a loaded loopback, above the 5 ms
 //! target (BENCHMARKS.md). Writing a call's end alone locks the entry's key first too (a
 //! transaction of its own), so every change to a key's entries happens under its row lock and
@@ -47,6 +49,9 @@ const ENDS: &str = "UPDATE imcast_throttle_log l
         done = e.close
     FROM unnest($1::bigint[], $2::bigint[], $3::bool[]) AS e(id, until_ns, close)
     WHERE l.id = e.id AND NOT l.done";
+const DECIDE_BATCH: &str = "SELECT wait_ns, ids FROM imcast_throttle_decide_batch(
+    $1::int[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[],
+    $8::bigint[], $9::bigint, $10::bigint[], $11::text[], $12::bigint[], $13::bool[])";
 const DECIDE: &str = "SELECT wait_ns, ids FROM imcast_throttle_decide(
     $1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
     $7::bigint[], $8::bigint, $9::bigint[], $10::text[], $11::bigint[], $12::bool[])";
@@ -57,6 +62,7 @@ struct Conn {
     ensure: Statement,
     ends: Statement,
     decide: Statement,
+    decide_batch: Statement,
 }
 
 impl Conn {
@@ -74,9 +80,76 @@ impl Conn {
             ensure: client.prepare(ENSURE)?,
             ends: client.prepare(ENDS)?,
             decide: client.prepare(DECIDE)?,
+            decide_batch: client.prepare(DECIDE_BATCH)?,
             client,
         })
     }
+}
+
+/// The rules of a decision as the functions' array arguments.
+struct RuleArrays<'a> {
+    keys: Vec<&'a str>,
+    need: Vec<i64>,
+    limit: Vec<i64>,
+    window: Vec<i64>,
+    step: Vec<Option<i64>>,
+    tol: Vec<Option<i64>>,
+    until: Vec<i64>,
+}
+
+impl<'a> RuleArrays<'a> {
+    fn of<'r>(rules: impl Iterator<Item = &'r AskRule<'a>>) -> RuleArrays<'a>
+    where
+        'a: 'r,
+    {
+        let mut r = RuleArrays {
+            keys: Vec::new(),
+            need: Vec::new(),
+            limit: Vec::new(),
+            window: Vec::new(),
+            step: Vec::new(),
+            tol: Vec::new(),
+            until: Vec::new(),
+        };
+        for rule in rules {
+            r.keys.push(rule.key);
+            r.need.push(rule.need);
+            r.limit.push(rule.limit);
+            r.window.push(rule.window_ns);
+            r.step.push(rule.pace.map(|p| p.0));
+            r.tol.push(rule.pace.map(|p| p.1));
+            r.until.push(rule.until_ns);
+        }
+        r
+    }
+}
+
+/// The pending ends as the functions' array arguments.
+struct EndArrays<'a> {
+    ids: Vec<i64>,
+    keys: Vec<&'a str>,
+    until: Vec<i64>,
+    close: Vec<bool>,
+}
+
+impl<'a> EndArrays<'a> {
+    fn of(ends: &'a [End]) -> EndArrays<'a> {
+        EndArrays {
+            ids: ends.iter().map(|e| e.id).collect(),
+            keys: ends.iter().map(|e| e.key.as_str()).collect(),
+            until: ends.iter().map(|e| clamp_i64(e.until_ns)).collect(),
+            close: ends.iter().map(|e| e.close).collect(),
+        }
+    }
+}
+
+/// One row of a decision function: wait, or the admitted entries' ids.
+fn decided(row: &postgres::Row) -> Result<Decided, StoreError> {
+    let wait: i64 = row.try_get(0)?;
+    if wait > 0 {
+        return Ok(Decided::Wait(i128::from(wait)));
+    }
+    Ok(Decided::Admitted(row.try_get(1)?))
 }
 
 pub(crate) struct PgStore {
@@ -157,32 +230,60 @@ impl Store for PgStore {
         now: i128,
         ends: &[End],
     ) -> Result<Decided, StoreError> {
-        let keys: Vec<&str> = rules.iter().map(|r| r.key).collect();
-        let need: Vec<i64> = rules.iter().map(|r| r.need).collect();
-        let limit: Vec<i64> = rules.iter().map(|r| r.limit).collect();
-        let window: Vec<i64> = rules.iter().map(|r| r.window_ns).collect();
-        let step: Vec<Option<i64>> = rules.iter().map(|r| r.pace.map(|p| p.0)).collect();
-        let tol: Vec<Option<i64>> = rules.iter().map(|r| r.pace.map(|p| p.1)).collect();
-        let until: Vec<i64> = rules.iter().map(|r| r.until_ns).collect();
-        let end_ids: Vec<i64> = ends.iter().map(|e| e.id).collect();
-        let end_keys: Vec<&str> = ends.iter().map(|e| e.key.as_str()).collect();
-        let end_until: Vec<i64> = ends.iter().map(|e| clamp_i64(e.until_ns)).collect();
-        let end_close: Vec<bool> = ends.iter().map(|e| e.close).collect();
+        let r = RuleArrays::of(rules.iter());
+        let e = EndArrays::of(ends);
         let now = clamp_i64(now);
         let c = self.conn()?;
         let row = c.client.query_one(
             &c.decide,
             &[
-                &keys, &need, &limit, &window, &step, &tol, &until, &now, &end_ids, &end_keys,
-                &end_until, &end_close,
+                &r.keys, &r.need, &r.limit, &r.window, &r.step, &r.tol, &r.until, &now, &e.ids,
+                &e.keys, &e.until, &e.close,
             ],
         )?;
-        let wait: i64 = row.try_get(0)?;
-        if wait > 0 {
-            return Ok(Decided::Wait(i128::from(wait)));
+        decided(&row)
+    }
+
+    fn decide_batch(
+        &mut self,
+        asks: &[Vec<AskRule<'_>>],
+        now: i128,
+        ends: &[End],
+    ) -> Result<Vec<Decided>, StoreError> {
+        if asks.len() <= 1 {
+            return match asks.first() {
+                Some(a) => Ok(vec![self.decide(a, now, ends)?]),
+                None => Ok(Vec::new()),
+            };
         }
-        let ids: Vec<i64> = row.try_get(1)?;
-        Ok(Decided::Admitted(ids))
+        // Admission a's rules start at first[a] (1-based) in the flattened arrays.
+        let mut first: Vec<i32> = Vec::with_capacity(asks.len());
+        let mut at: i32 = 1;
+        for a in asks {
+            first.push(at);
+            at = at.saturating_add(i32::try_from(a.len()).unwrap_or(i32::MAX));
+        }
+        let rules: Vec<&AskRule<'_>> = asks.iter().flatten().collect();
+        let r = RuleArrays::of(rules.iter().copied());
+        let e = EndArrays::of(ends);
+        let now = clamp_i64(now);
+        let c = self.conn()?;
+        let rows = c.client.query(
+            &c.decide_batch,
+            &[
+                &first, &r.keys, &r.need, &r.limit, &r.window, &r.step, &r.tol, &r.until, &now,
+                &e.ids, &e.keys, &e.until, &e.close,
+            ],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(decided(row)?);
+        }
+        if out.is_empty() {
+            // The function decides at least the first admission.
+            return Err(StoreError::Lost);
+        }
+        Ok(out)
     }
 
     fn rollback(&mut self) {

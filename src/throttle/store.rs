@@ -179,6 +179,40 @@ pub(crate) trait Store: Send {
         ends: &[End],
     ) -> Result<Decided, StoreError>;
 
+    /// Several admissions decided in order at `now`, each by the rule exactly as if alone (it
+    /// sees what the previous ones recorded), `ends` written with the first; stops at the first
+    /// that must wait (its `Wait` is the last result): the ones behind it are not decided, so none
+    /// jumps ahead. Results for a prefix of `asks`, at least the first. By default one
+    /// [`Store::decide`] each (SQLite: in-process, a decision costs no round trip); PostgreSQL
+    /// decides them all in one call (`imcast_throttle_decide_batch`). An error after the first
+    /// decision ends the batch there (what was decided stands; the rest ask again alone).
+    fn decide_batch(
+        &mut self,
+        asks: &[Vec<AskRule<'_>>],
+        now: i128,
+        ends: &[End],
+    ) -> Result<Vec<Decided>, StoreError> {
+        let mut out = Vec::with_capacity(asks.len());
+        for (i, ask) in asks.iter().enumerate() {
+            match self.decide(ask, now, if i == 0 { ends } else { &[] }) {
+                Ok(d) => {
+                    let wait = matches!(d, Decided::Wait(_));
+                    out.push(d);
+                    if wait {
+                        break;
+                    }
+                }
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => {
+                    self.rollback();
+                    tracing::debug!(error = %e, "limiter: a batch ended early; the rest ask again");
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Abandon the decision in progress, if any.
     fn rollback(&mut self);
 

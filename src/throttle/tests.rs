@@ -1145,3 +1145,126 @@ both! {
         assert_eq!((total, sum), (3, 3), "a4, a5 and a6 count; a1, a2, a3 deleted");
     }
 }
+
+both! {
+    /// Several admissions in one store call (`Store::decide_batch`, on PostgreSQL
+    /// `imcast_throttle_decide_batch`) decide exactly as the same admissions one by one at the
+    /// same instant, stop at the first that must wait (a smaller one behind it, which would fit,
+    /// is not decided: nobody jumps ahead), and write the pending ends with the first.
+    fn a_batch_decides_as_one_by_one_and_stops_at_the_first_wait(place: Place) {
+        let clock = SimClock::new(start());
+        let limit = Limit::new(8, Duration::from_secs(60));
+        let verdicts = |got: Vec<Result<Permit, Duration>>| {
+            got.into_iter()
+                .map(|v| v.map(|p| p.entries.len()).map_err(|w| w.as_nanos()))
+                .collect::<Vec<_>>()
+        };
+        // One by one, on a place of its own.
+        let alone = place.fresh();
+        let a = alone.open("batch", limit, LimiterOptions::default(), &clock);
+        let mut one_by_one = Vec::new();
+        let mut kept = Vec::new();
+        for n in [3, 3, 3] {
+            match off(|| a.try_acquire(n)).expect("decide") {
+                Ok(p) => {
+                    one_by_one.push(Ok(p.entries.len()));
+                    kept.push(p);
+                }
+                Err(w) => one_by_one.push(Err(w.as_nanos())),
+            }
+        }
+        // The same in one call, with a call of 1 unit behind the one that waits; and an earlier
+        // admission's end pending, carried by the batch.
+        let l = place.open("batch", limit, LimiterOptions::default(), &clock);
+        let first = off(|| l.try_acquire(1)).expect("decide").expect("room");
+        clock.advance(Duration::from_millis(1));
+        let reply = clock.now();
+        // Completed without a write of its own: queued for the next decision.
+        let mut first = first;
+        first.close_at(reply);
+        drop(first);
+        let before = l.core.decisions.load(std::sync::atomic::Ordering::Relaxed);
+        clock.advance(limit.window + Duration::from_millis(1));
+        let got = off(|| l.decide(&[3, 3, 3, 1])).expect("decide");
+        let after = l.core.decisions.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(after - before, 1, "one store call");
+        let got = verdicts(got);
+        assert_eq!(got.len(), 3, "the fourth (1 unit) is behind a wait: not decided: {got:?}");
+        assert!(matches!(got[..2], [Ok(1), Ok(1)]), "{got:?}");
+        assert!(got[2].is_err(), "3 + 3 + 3 > 8: {got:?}");
+        assert_eq!(got, one_by_one, "decided as one by one");
+        // The pending end was written: the first call (1 unit) stopped counting a window after
+        // its answer, so the total is what the batch admitted.
+        assert_eq!(totals(&place, "batch"), (6, 6));
+        assert_eq!(totals(&alone, "batch"), (6, 6));
+        assert!(l.core.queued().0.is_empty(), "the end went with the batch");
+    }
+}
+
+both! {
+    /// Admissions queued at the gate are decided by the one holding it, in one store call, and
+    /// in arrival order: behind one that must wait, none is admitted, even one that would fit.
+    async fn admissions_queued_at_the_gate_are_decided_together_in_order(place: Place) {
+        let clock = SimClock::new(start());
+        let decisions = |l: &Limiter| l.core.decisions.load(std::sync::atomic::Ordering::Relaxed);
+        // Queue `asks` (units, deadline) while the gate is held, then let them go.
+        let run = |l: &Limiter, asks: Vec<(u64, Option<Timestamp>)>| {
+            let l = l.clone();
+            async move {
+                let turn = l.gate.clone().try_lock_owned().expect("gate free");
+                let n = asks.len();
+                let tasks: Vec<_> = asks
+                    .into_iter()
+                    .map(|(units, deadline)| {
+                        let l = l.clone();
+                        tokio::spawn(async move { l.acquire(units, deadline).await })
+                    })
+                    .collect();
+                let mut waited = 0;
+                while lock(&l.lobby).len() < n {
+                    assert!(waited < 5000, "{n} admissions never queued");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    waited += 1;
+                }
+                let before = decisions(&l);
+                drop(turn);
+                let mut got = Vec::new();
+                for t in tasks {
+                    got.push(t.await.expect("task").expect("acquire"));
+                }
+                assert!(lock(&l.lobby).is_empty(), "nobody left queued");
+                (decisions(&l) - before, got)
+            }
+        };
+        // Pacing lets 50 units through at once (a twentieth of the window): four calls of 2
+        // queued together are admitted by one store call.
+        let l = place.open("batch", Limit::new(1000, Duration::from_secs(1)), LimiterOptions::default(), &clock);
+        let (calls, got) = run(&l, vec![(2, None); 4]).await;
+        assert_eq!(calls, 1, "four admissions, one store call");
+        assert!(got.iter().all(|a| matches!(a, Acquired::At(_))), "{got:?}");
+        assert_eq!(totals(&place, "batch"), (8, 8));
+        // 10 a second: 8 units admitted and still in flight 3 s later (they count until their
+        // answer + 1 s, or their fallback end), when pacing holds nobody back any more. 3 units
+        // must wait past their deadline; 1 unit behind them would fit, but is not decided in
+        // their batch: it asks in a store call of its own once they gave up.
+        let l = place.open("small", Limit::new(10, Duration::from_secs(1)), LimiterOptions::default(), &clock);
+        let eight = {
+            let l = l.clone();
+            tokio::task::spawn_blocking(move || l.try_acquire(8))
+                .await
+                .expect("task")
+                .expect("decide")
+                .expect("room")
+        };
+        clock.advance(Duration::from_secs(3));
+        let soon = Some(clock.now() + Duration::from_millis(500));
+        let (calls, got) = run(&l, vec![(3, soon), (1, None)]).await;
+        assert!(
+            matches!(got[..], [Acquired::Deadline, Acquired::At(_)]),
+            "{got:?}"
+        );
+        assert_eq!(calls, 2, "the 1-unit call did not jump ahead in the 3-unit call's batch");
+        assert_eq!(totals(&place, "small"), (9, 9));
+        drop((got, eight));
+    }
+}
