@@ -139,8 +139,36 @@ impl Deferrer {
         true
     }
 
-    /// Write the entries (one statement each; a few hundred rows per entry).
+    /// Write the entries: on SQLite one statement each (a few hundred rows per entry), on
+    /// PostgreSQL one binary COPY for them all (a statement each was a round trip each: 2,000
+    /// for a 1M-recipient run, 0.2 s of its seeding).
     pub fn finish(self, conn: &Conn) -> Result<(), StoreError> {
+        if conn.backend() == Backend::Postgres {
+            use crate::store::CopyType::{Bytes, Int};
+            conn.copy_in(
+                "COPY deferred(run_key, seq, lo, hi, n, variant, lines, ids) FROM STDIN (FORMAT binary)",
+                &[Int, Int, Int, Int, Int, Int, Bytes, Bytes],
+                |w| {
+                    for (seq, e) in &self.calls {
+                        let Some(hi) = e.lines.last() else {
+                            continue;
+                        };
+                        w.row(&[
+                            self.key.into(),
+                            (*seq as i64).into(),
+                            e.lo.into(),
+                            hi.into(),
+                            (e.lines.len() as i64).into(),
+                            e.variant.into(),
+                            e.lines.bytes().into(),
+                            e.ids.bytes().into(),
+                        ])?;
+                    }
+                    Ok(())
+                },
+            )?;
+            return Ok(());
+        }
         let mut ins = conn.prepare(
             "INSERT INTO deferred(run_key, seq, lo, hi, n, variant, lines, ids)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

@@ -597,6 +597,26 @@ impl Seeder {
         for (v, i) in &self.variants {
             ins.execute(params![self.key, *i, v])?;
         }
+        if conn.backend() == Backend::Postgres {
+            // Many calls a statement (a statement each was a round trip each).
+            let plan: Vec<(&u64, &Packer)> = self.plan.iter().collect();
+            for chunk in plan.chunks(PG_PLAN_BATCH) {
+                let seqs: Vec<Option<i64>> = chunk.iter().map(|(s, _)| Some(**s as i64)).collect();
+                let lines: Vec<Option<&[u8]>> =
+                    chunk.iter().map(|(_, l)| Some(l.bytes())).collect();
+                conn.execute(
+                    "INSERT INTO call_plan(run_key, seq, lines)
+                     SELECT ?1, u.seq, u.lines FROM unnest(?2::bigint[], ?3::bytea[]) AS u(seq, lines)
+                     ON CONFLICT(run_key, seq) DO UPDATE SET lines = excluded.lines",
+                    &[
+                        Value::Int(self.key),
+                        Value::Ints(&seqs),
+                        Value::BytesArray(&lines),
+                    ],
+                )?;
+            }
+            return Ok(());
+        }
         let mut ins = conn.prepare(
             "INSERT INTO call_plan(run_key, seq, lines) VALUES (?1, ?2, ?3)
              ON CONFLICT(run_key, seq) DO UPDATE SET lines = excluded.lines",
@@ -608,6 +628,9 @@ impl Seeder {
         Ok(())
     }
 }
+
+/// Plan calls a PostgreSQL statement writes at seeding.
+const PG_PLAN_BATCH: usize = 1000;
 
 /// What a reader of a run's rows needs besides them: the run's start, its variant dictionary, and
 /// the time of the call a row was last answered by (looked up as the scan reaches it, one call
