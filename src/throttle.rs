@@ -374,7 +374,8 @@ pub struct Limiter {
     /// Admissions of this process queue here, first come first served.
     gate: Arc<tokio::sync::Mutex<()>>,
     /// The admissions waiting at the gate, in arrival order: the one holding the gate decides
-    /// those behind it with the same rules in its store call ([`Limiter::acquire`]).
+    /// those behind it, up to the first with other rules, in its store call
+    /// ([`Limiter::acquire`]).
     lobby: Arc<Mutex<VecDeque<Arc<Waiter>>>>,
 }
 
@@ -664,8 +665,8 @@ impl Limiter {
     /// cannot be reached is retried for [`STORE_PATIENCE`].
     ///
     /// Admissions of this process wait in arrival order at a gate; the one holding it decides,
-    /// in the same store call, those waiting behind it with the same rules ([`MAX_BATCH`] at
-    /// most), in order, each by the rule exactly as if alone at that instant, up to the first
+    /// in the same store call, those waiting behind it up to the first with other rules
+    /// ([`MAX_BATCH`] at most), in order, each by the rule exactly as if alone at that instant, up to the first
     /// that must wait ([`store::Store::decide_batch`]). On PostgreSQL that is one round trip
     /// for several calls instead of one each: the limiter's decisions, one at a time, were
     /// what bounded a sending run (1M recipients: 1.25 ms a decision, 2,000 in a row). Those
@@ -730,14 +731,17 @@ impl Limiter {
         }
     }
 
-    /// `me` then the admissions waiting behind it with the same rules, in arrival order.
+    /// `me` then the admissions waiting behind it, in arrival order, up to the first with other
+    /// rules (a campaign with its own throttle beside others on one account limiter): that one
+    /// decides at its turn, and nobody behind it goes first.
     fn batch_behind(&self, me: &Arc<Waiter>) -> Vec<Arc<Waiter>> {
         let mut batch = vec![me.clone()];
         let lobby = lock(&self.lobby);
         batch.extend(
             lobby
                 .iter()
-                .filter(|w| !Arc::ptr_eq(w, me) && w.rules == me.rules)
+                .filter(|w| !Arc::ptr_eq(w, me))
+                .take_while(|w| w.rules == me.rules)
                 .take(MAX_BATCH - 1)
                 .cloned(),
         );

@@ -1266,5 +1266,38 @@ both! {
         assert_eq!(calls, 2, "the 1-unit call did not jump ahead in the 3-unit call's batch");
         assert_eq!(totals(&place, "small"), (9, 9));
         drop((got, eight));
+        // A campaign with a throttle of its own shares the account's gate: queued between two
+        // of the account's calls, it ends the first one's batch (the one behind it does not go
+        // first) and decides alone.
+        let account = place.open("account", Limit::new(1000, Duration::from_secs(1)), LimiterOptions::default(), &clock);
+        let capped = account.clone().capped_by(place.open(
+            "campaign",
+            Limit::new(1000, Duration::from_secs(1)),
+            LimiterOptions::default(),
+            &clock,
+        ));
+        let turn = account.gate.clone().try_lock_owned().expect("gate free");
+        let tasks: Vec<_> = [&account, &capped, &account]
+            .into_iter()
+            .map(|l| {
+                let l = l.clone();
+                tokio::spawn(async move { l.acquire(1, None).await })
+            })
+            .collect();
+        for _ in 0..5000 {
+            if lock(&account.lobby).len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let before = decisions(&account);
+        drop(turn);
+        for t in tasks {
+            let got = t.await.expect("task").expect("acquire");
+            assert!(matches!(got, Acquired::At(_)), "{got:?}");
+        }
+        assert_eq!(decisions(&account) - before, 3, "no batch across other rules");
+        assert_eq!(totals(&place, "account"), (3, 3));
+        assert_eq!(totals(&place, "campaign"), (1, 1));
     }
 }
