@@ -45,21 +45,36 @@ pub(super) fn attempt_tx(
     Ok(())
 }
 
-/// PostgreSQL: a mark's call row ([`super::calls::MARK_CALL`], ?1–?8) and its attempt's row
-/// (?9 the run's key, ?10 the admission in ns) in one statement, one round trip: the attempt is
-/// numbered by what the call row's upsert returns, as [`attempt_tx`] reads it back.
-pub(super) static PG_MARK_WITH_ATTEMPT: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| {
-        format!(
-            "WITH c AS ({} RETURNING seq, attempts)
-         INSERT INTO attempts(run_key, seq, attempt, at_ns, receivers, code)
-         SELECT CAST(?9 AS BIGINT), c.seq, c.attempts, CAST(?10 AS BIGINT), CAST(?6 AS BIGINT), NULL
-         FROM c
-         ON CONFLICT(run_key, seq, attempt) DO UPDATE SET at_ns = excluded.at_ns,
-             receivers = excluded.receivers, code = NULL",
-            super::calls::MARK_CALL
+/// PostgreSQL: the attempt's row of a mark whose call row an upsert `c` just returned
+/// (`seq, attempts`): numbered by it, as [`attempt_tx`] reads it back. The arguments are the
+/// parameters holding the run's key, the admission in ns and the number of receivers.
+macro_rules! attempt_of_mark {
+    ($key:literal, $at_ns:literal, $receivers:literal) => {
+        concat!(
+            "INSERT INTO attempts(run_key, seq, attempt, at_ns, receivers, code)
+             SELECT CAST(",
+            $key,
+            " AS BIGINT), c.seq, c.attempts, CAST(",
+            $at_ns,
+            " AS BIGINT), CAST(",
+            $receivers,
+            " AS BIGINT), NULL
+             FROM c
+             ON CONFLICT(run_key, seq, attempt) DO UPDATE SET at_ns = excluded.at_ns,
+                 receivers = excluded.receivers, code = NULL"
         )
-    });
+    };
+}
+pub(super) use attempt_of_mark;
+
+/// PostgreSQL: a mark's call row ([`super::calls::MARK_CALL`], ?1–?8) and its attempt's row
+/// (?9 the run's key, ?10 the admission in ns) in one statement, one round trip.
+pub(super) const PG_MARK_WITH_ATTEMPT: &str = concat!(
+    "WITH c AS (",
+    super::calls::mark_call!(),
+    " RETURNING seq, attempts) ",
+    attempt_of_mark!("?9", "?10", "?6")
+);
 
 /// A mark's admission instant as stored (ns, clamped to `i64`).
 pub(super) fn at_ns(m: &Mark) -> i64 {

@@ -181,41 +181,61 @@ impl Marked {
     }
 }
 
+/// The head of a mark's call row insert (its columns).
+macro_rules! mark_call_into {
+    () => {
+        "INSERT INTO calls(run_id, seq, variant, receivers, strays, n_receivers, state, attempts,
+                           client_msg_id, updated_at)"
+    };
+}
+
+/// A mark's call row that exists already (a retry): one more attempt, in flight again.
+macro_rules! mark_call_upsert {
+    () => {
+        "ON CONFLICT(run_id, seq) DO UPDATE SET variant = excluded.variant,
+             receivers = excluded.receivers, strays = excluded.strays,
+             n_receivers = excluded.n_receivers, state = 'in_flight',
+             attempts = calls.attempts + 1, client_msg_id = excluded.client_msg_id,
+             updated_at = excluded.updated_at"
+    };
+}
+
 /// A call's in-flight mark: its row, created or (a retry) updated with one more attempt.
 /// ?1 run id, ?2 call, ?3 variant, ?4 the receivers' lines (packed), ?5 strays, ?6 how many,
 /// ?7 client message id, ?8 time.
-pub(super) const MARK_CALL: &str = "INSERT INTO calls(run_id, seq, variant, receivers, strays, n_receivers, state, attempts,
-                               client_msg_id, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', 1, ?7, ?8)
-             ON CONFLICT(run_id, seq) DO UPDATE SET variant = excluded.variant, receivers = excluded.receivers,
-                 strays = excluded.strays, n_receivers = excluded.n_receivers,
-                 state = 'in_flight', attempts = calls.attempts + 1, client_msg_id = excluded.client_msg_id,
-                 updated_at = excluded.updated_at";
+pub(super) const MARK_CALL: &str = mark_call!();
+
+/// [`MARK_CALL`]'s text, for statements that build on it with `concat!`.
+macro_rules! mark_call {
+    () => {
+        concat!(
+            $crate::journal::calls::mark_call_into!(),
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'in_flight', 1, ?7, ?8) ",
+            $crate::journal::calls::mark_call_upsert!()
+        )
+    };
+}
+pub(super) use {mark_call, mark_call_into, mark_call_upsert};
 
 /// PostgreSQL: the fresh mark of a plan call whose rows are all deferred ([`Marked::fresh`] and
 /// [`Marked::all_deferred`]): its receivers are the call's seeded rows in the order of its lines,
 /// so the call row's packed lines are the plan's own (`call_plan.lines`, the same packing) and it
 /// has no strays. One statement, one round trip, nothing read back: the call row from the plan
-/// row, then its attempt's row ([`super::attempts::PG_MARK_WITH_ATTEMPT`]'s). The outcome finds
-/// every receiver in the call's deferred entry, so the mark keeps no rows for it either.
+/// row ([`MARK_CALL`]'s insert and upsert), then its attempt's row
+/// ([`super::attempts::PG_MARK_WITH_ATTEMPT`]'s). The outcome finds every receiver in the call's
+/// deferred entry, so the mark keeps no rows for it either.
 /// ?1 run id, ?2 call, ?3 variant, ?4 how many, ?5 client message id, ?6 time, ?7 the run's key,
 /// ?8 the admission in ns. Changes one row of each table, or (no plan row: never for a seeded
 /// call) none, and the caller marks the call the usual way.
-const PG_FRESH_MARK: &str = "WITH c AS (
-        INSERT INTO calls(run_id, seq, variant, receivers, strays, n_receivers, state, attempts,
-                          client_msg_id, updated_at)
-        SELECT ?1, ?2, ?3, p.lines, NULL, ?4, 'in_flight', 1, ?5, ?6
-        FROM call_plan p WHERE p.run_key = ?7 AND p.seq = ?2
-        ON CONFLICT(run_id, seq) DO UPDATE SET variant = excluded.variant,
-            receivers = excluded.receivers, strays = NULL, n_receivers = excluded.n_receivers,
-            state = 'in_flight', attempts = calls.attempts + 1,
-            client_msg_id = excluded.client_msg_id, updated_at = excluded.updated_at
-        RETURNING seq, attempts)
-    INSERT INTO attempts(run_key, seq, attempt, at_ns, receivers, code)
-    SELECT CAST(?7 AS BIGINT), c.seq, c.attempts, CAST(?8 AS BIGINT), CAST(?4 AS BIGINT), NULL
-    FROM c
-    ON CONFLICT(run_key, seq, attempt) DO UPDATE SET at_ns = excluded.at_ns,
-        receivers = excluded.receivers, code = NULL";
+const PG_FRESH_MARK: &str = concat!(
+    "WITH c AS (",
+    mark_call_into!(),
+    " SELECT ?1, ?2, ?3, p.lines, NULL, ?4, 'in_flight', 1, ?5, ?6
+      FROM call_plan p WHERE p.run_key = ?7 AND p.seq = ?2 ",
+    mark_call_upsert!(),
+    " RETURNING seq, attempts) ",
+    super::attempts::attempt_of_mark!("?7", "?8", "?4")
+);
 
 /// [`MARK_CALL`]'s parameters, then the run's key (?9) and the admission in ns (?10), for
 /// [`super::attempts::PG_MARK_WITH_ATTEMPT`].
@@ -704,7 +724,7 @@ impl Journal {
             // One statement (one round trip): the call row, then its attempt's row from what the
             // row's upsert returned.
             tx.execute(
-                &super::attempts::PG_MARK_WITH_ATTEMPT,
+                super::attempts::PG_MARK_WITH_ATTEMPT,
                 &params_with_attempt(&params, m, key),
             )
             .map_err(db)?;
